@@ -1,0 +1,16 @@
+"""The plan language: read plans.yaml, check it, and model it as frozen values."""
+from ._durations import DurationError, format_duration, parse_duration
+from ._findings import Finding, Location, PlanError, Severity
+from ._load import Checked, PlanFileError, check_file, check_text, load_plan
+from ._model import (
+    ANY, Access, Condition, FailMode, Meter, Plan, Quota, QuotaKind, Status, SubjectLink, Tier,
+    Transition, Trigger, TriggerKind, Window,
+)
+from ._rules import RULES
+
+__all__ = [
+    "ANY", "Access", "Checked", "Condition", "DurationError", "FailMode", "Finding", "Location", "Meter",
+    "Plan", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Severity", "Status",
+    "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file", "check_text",
+    "format_duration", "load_plan", "parse_duration",
+]

@@ -1,0 +1,261 @@
+"""The plan as frozen values, built from a schema-valid document.
+
+Names that refer to other parts (a transition's statuses, a quota's meter)
+are kept as written; the rules in _rules report those that do not resolve.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ._durations import DurationError, parse_duration
+from ._findings import Location
+from ._yaml import Document
+
+ANY = "any"
+
+
+class Window(enum.Enum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    BILLING_PERIOD = "billing_period"
+    LIFETIME = "lifetime"
+
+
+class Access(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class FailMode(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class QuotaKind(enum.Enum):
+    LIMIT = "limit"
+    UNLIMITED = "unlimited"
+    TIER = "tier"
+
+
+class TriggerKind(enum.Enum):
+    STRIPE = "stripe"
+    TIMER = "timer"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    meter: str
+    kind: QuotaKind
+    limit: int | None = None
+    window: Window | None = None
+    location: Location | None = field(default=None, compare=False)
+
+    def describe(self) -> str:
+        if self.kind is QuotaKind.LIMIT:
+            return f"{self.limit} per {self.window.value.replace('_', ' ')}"
+        return "the tier's quota" if self.kind is QuotaKind.TIER else "unlimited"
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    name: str
+    description: str
+    fail_mode: FailMode
+    location: Location = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    prices: tuple[str, ...]
+    quotas: tuple[Quota, ...]
+    location: Location = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    name: str
+    description: str
+    initial: bool
+    access: Access
+    quotas: tuple[Quota, ...]
+    expires_after: int | None          # seconds; None when no timer or unparsable
+    expires_after_text: str | None     # as written, for messages and views
+    terminal: bool
+    paying: bool
+    grace: bool
+    fail_modes: tuple[tuple[str, FailMode], ...]
+    location: Location = field(compare=False)
+
+    @property
+    def allows(self) -> bool:
+        return self.access is Access.ALLOW
+
+    def quota(self, meter: str) -> Quota | None:
+        for q in self.quotas:
+            if q.meter == meter:
+                return q
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    kind: TriggerKind
+    name: str = ""         # event type for stripe, action for admin, "" for timer
+
+    @classmethod
+    def parse(cls, text: str) -> "Trigger":
+        if text == "timer":
+            return cls(TriggerKind.TIMER)
+        kind, _, name = text.partition(":")
+        return cls(TriggerKind(kind), name)
+
+    def __str__(self) -> str:
+        return "timer" if self.kind is TriggerKind.TIMER else f"{self.kind.value}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """The event object's field at path must hold one of values."""
+
+    path: tuple[str, ...]
+    values: tuple[object, ...]
+
+    def __str__(self) -> str:
+        vals = self.values[0] if len(self.values) == 1 else "|".join(map(str, self.values))
+        return f"{'.'.join(self.path)}={vals}"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    index: int
+    sources: tuple[str, ...]       # as written; ("any",) for any
+    trigger: Trigger
+    conditions: tuple[Condition, ...]
+    target: str
+    description: str
+    location: Location = field(compare=False)
+
+    @property
+    def from_any(self) -> bool:
+        return self.sources == (ANY,)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectLink:
+    client_reference_id: bool = True
+    metadata_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    file: str
+    version: int
+    timezone: str
+    meters: tuple[Meter, ...]
+    tiers: tuple[Tier, ...]
+    default_tier: str | None
+    statuses: tuple[Status, ...]
+    transitions: tuple[Transition, ...]
+    subject_link: SubjectLink
+    document: Document = field(compare=False, repr=False)
+
+    def status(self, name: str) -> Status | None:
+        return next((s for s in self.statuses if s.name == name), None)
+
+    def meter(self, name: str) -> Meter | None:
+        return next((m for m in self.meters if m.name == name), None)
+
+    def tier(self, name: str) -> Tier | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+    @property
+    def initial(self) -> Status | None:
+        return next((s for s in self.statuses if s.initial), None)
+
+    def sources_of(self, transition: Transition) -> tuple[str, ...]:
+        """The statuses a transition leaves from: `any` means every status that is not terminal."""
+        if transition.from_any:
+            return tuple(s.name for s in self.statuses if not s.terminal)
+        return transition.sources
+
+
+def build(doc: Document) -> Plan:
+    """The model of a document that passed the schema."""
+    data = doc.data
+    loc = doc.locate
+    meters = tuple(
+        Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")), doc.key_location(("meters", name)))
+        for name, m in data["meters"].items())
+    tiers = tuple(
+        Tier(name, tuple(t["prices"]), _quotas(doc, ("tiers", name, "quotas"), t.get("quotas", {})),
+             doc.key_location(("tiers", name)))
+        for name, t in data.get("tiers", {}).items())
+    statuses = tuple(_status(doc, name, s) for name, s in data["statuses"].items())
+    transitions = tuple(_transition(doc, i, t) for i, t in enumerate(data["transitions"]))
+    link = data.get("stripe", {}).get("subject", {})
+    return Plan(
+        file=doc.file,
+        version=data["version"],
+        timezone=data.get("timezone", "UTC"),
+        meters=meters,
+        tiers=tiers,
+        default_tier=data.get("default_tier"),
+        statuses=statuses,
+        transitions=transitions,
+        subject_link=SubjectLink(link.get("client_reference_id", True), link.get("metadata_key")),
+        document=doc,
+    )
+
+
+def _quotas(doc: Document, path, raw: dict) -> tuple[Quota, ...]:
+    out = []
+    for meter, q in raw.items():
+        where = doc.key_location(path + (meter,))
+        if isinstance(q, dict):
+            out.append(Quota(meter, QuotaKind.LIMIT, q["limit"], Window(q["per"]), where))
+        else:
+            out.append(Quota(meter, QuotaKind(q), location=where))
+    return tuple(out)
+
+
+def _status(doc: Document, name: str, s: dict) -> Status:
+    expires = s.get("expires_after")
+    try:
+        seconds = parse_duration(expires) if expires is not None else None
+    except DurationError:
+        seconds = None
+    return Status(
+        name=name,
+        description=s.get("description", ""),
+        initial=s.get("initial", False),
+        access=Access(s.get("access", "allow")),
+        quotas=_quotas(doc, ("statuses", name, "quotas"), s.get("quotas", {})),
+        expires_after=seconds,
+        expires_after_text=expires,
+        terminal=s.get("terminal", False),
+        paying=s.get("paying", False),
+        grace=s.get("grace", False),
+        fail_modes=tuple((m, FailMode(v)) for m, v in s.get("fail_mode", {}).items()),
+        location=doc.key_location(("statuses", name)),
+    )
+
+
+def _transition(doc: Document, index: int, t: dict) -> Transition:
+    sources = t["from"]
+    sources = tuple(sources) if isinstance(sources, list) else (sources,)
+    conditions = tuple(
+        Condition(tuple(path.split(".")), tuple(v) if isinstance(v, list) else (v,))
+        for path, v in t.get("when", {}).items())
+    return Transition(
+        index=index,
+        sources=sources,
+        trigger=Trigger.parse(t["on"]),
+        conditions=conditions,
+        target=t["to"],
+        description=t.get("description", ""),
+        location=doc.locate(("transitions", index)),
+    )

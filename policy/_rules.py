@@ -1,0 +1,314 @@
+"""The meaning checks: a named, ordered list of small rules over a built plan.
+
+Each rule takes the plan and yields findings; the codes it may yield are listed
+with it, so the list below is also the catalogue of meaning-level codes.
+"""
+from __future__ import annotations
+
+import zoneinfo
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from ._durations import DurationError, parse_duration
+from ._findings import Finding, Location, Severity
+from ._model import ANY, Plan, QuotaKind, Transition, TriggerKind, Window
+from ._stripe_events import SUBSCRIPTION_ENDING, is_known_event, starts_subscription
+
+Rule = Callable[[Plan], Iterator[Finding]]
+E, W = Severity.ERROR, Severity.WARNING
+
+
+def _f(code: str, severity: Severity, message: str, location: Location) -> Finding:
+    return Finding(code, severity, message, location)
+
+
+def reserved_names(plan: Plan) -> Iterator[Finding]:
+    if plan.status(ANY):
+        yield _f("reserved-name", E, "'any' is reserved for `from: any`; give this status another name",
+                 plan.status(ANY).location)
+
+
+def unknown_timezone(plan: Plan) -> Iterator[Finding]:
+    try:
+        zoneinfo.ZoneInfo(plan.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        yield _f("unknown-timezone", E,
+                 f"'{plan.timezone}' is not an IANA time zone; use a name like UTC or Europe/Berlin",
+                 plan.document.locate(("timezone",)))
+
+
+def unknown_names(plan: Plan) -> Iterator[Finding]:
+    statuses = {s.name for s in plan.statuses}
+    meters = {m.name for m in plan.meters}
+    known_s = ", ".join(sorted(statuses))
+    known_m = ", ".join(sorted(meters))
+    for t in plan.transitions:
+        for i, src in enumerate(t.sources):
+            if src != ANY and src not in statuses:
+                path = ("transitions", t.index, "from") + ((i,) if len(t.sources) > 1 or _is_list(plan, t) else ())
+                yield _f("unknown-status", E, f"transition from unknown status '{src}'; known: {known_s}",
+                         plan.document.locate(path))
+        if t.target not in statuses:
+            yield _f("unknown-status", E, f"transition to unknown status '{t.target}'; known: {known_s}",
+                     plan.document.locate(("transitions", t.index, "to")))
+    owners = [(("tiers", t.name), t.quotas) for t in plan.tiers] + [
+        (("statuses", s.name), s.quotas) for s in plan.statuses]
+    for where, quotas in owners:
+        for q in quotas:
+            if q.meter not in meters:
+                yield _f("unknown-meter", E,
+                         f"quota for unknown meter '{q.meter}' in {'.'.join(where)}; known meters: {known_m}",
+                         q.location)
+    for s in plan.statuses:
+        for meter, _ in s.fail_modes:
+            if meter not in meters:
+                yield _f("unknown-meter", E, f"fail_mode for unknown meter '{meter}'; known meters: {known_m}",
+                         plan.document.key_location(("statuses", s.name, "fail_mode", meter)))
+    if plan.default_tier is not None and plan.tier(plan.default_tier) is None:
+        tiers = ", ".join(t.name for t in plan.tiers) or "none declared"
+        yield _f("unknown-tier", E, f"default_tier '{plan.default_tier}' is not a tier; tiers: {tiers}",
+                 plan.document.locate(("default_tier",)))
+
+
+def _is_list(plan: Plan, t: Transition) -> bool:
+    return isinstance(plan.document.data["transitions"][t.index]["from"], list)
+
+
+def tier_quotas(plan: Plan) -> Iterator[Finding]:
+    uses_tier = [s for s in plan.statuses for q in s.quotas if q.kind is QuotaKind.TIER]
+    if uses_tier and not plan.tiers:
+        yield _f("no-tiers", E, f"status '{uses_tier[0].name}' uses the tier's quota, but the plan declares no tiers",
+                 uses_tier[0].location)
+    for s in plan.statuses:
+        for q in s.quotas:
+            if q.kind is not QuotaKind.TIER:
+                continue
+            for tier in plan.tiers:
+                if tier.quotas and all(tq.meter != q.meter for tq in tier.quotas):
+                    yield _f("tier-missing-meter", E,
+                             f"status '{s.name}' takes the tier's quota for '{q.meter}', but tier '{tier.name}' "
+                             f"has none: add quotas.{q.meter} to the tier", tier.location)
+    seen: dict[str, str] = {}
+    for tier in plan.tiers:
+        for i, price in enumerate(tier.prices):
+            if price in seen and seen[price] != tier.name:
+                yield _f("duplicate-price", E,
+                         f"price '{price}' selects both tier '{seen[price]}' and tier '{tier.name}': a price "
+                         "selects one tier", plan.document.locate(("tiers", tier.name, "prices", i)))
+            seen.setdefault(price, tier.name)
+
+
+def initial_status(plan: Plan) -> Iterator[Finding]:
+    initial = [s for s in plan.statuses if s.initial]
+    if not initial:
+        yield _f("no-initial", E, "no status is marked `initial: true`: unknown subjects need a status to start in",
+                 plan.document.key_location(("statuses",)))
+    for extra in initial[1:]:
+        yield _f("several-initial", E,
+                 f"'{extra.name}' is marked initial, but so is '{initial[0].name}': exactly one status is initial",
+                 plan.document.locate(("statuses", extra.name, "initial")))
+
+
+def durations(plan: Plan) -> Iterator[Finding]:
+    for s in plan.statuses:
+        if s.expires_after_text is None:
+            continue
+        try:
+            parse_duration(s.expires_after_text)
+        except DurationError as exc:
+            yield _f("invalid-duration", E, f"expires_after of '{s.name}': {exc}",
+                     plan.document.locate(("statuses", s.name, "expires_after")))
+
+
+def stripe_events(plan: Plan) -> Iterator[Finding]:
+    for t in plan.transitions:
+        if t.trigger.kind is TriggerKind.STRIPE and not is_known_event(t.trigger.name):
+            yield _f("unknown-stripe-event", E,
+                     f"'{t.trigger.name}' is not a Stripe event type (check the spelling, e.g. "
+                     "invoice.payment_failed)", plan.document.locate(("transitions", t.index, "on")))
+        if t.conditions and t.trigger.kind is not TriggerKind.STRIPE:
+            yield _f("condition-without-event", E,
+                     f"`when` tests fields of a Stripe event's object, but this transition is on {t.trigger}: "
+                     "remove `when` or put the transition on a stripe: trigger",
+                     plan.document.key_location(("transitions", t.index, "when")))
+
+
+def terminal_statuses(plan: Plan) -> Iterator[Finding]:
+    terminal = {s.name for s in plan.statuses if s.terminal}
+    for t in plan.transitions:
+        for i, src in enumerate(t.sources):
+            if src in terminal:
+                path = ("transitions", t.index, "from") + ((i,) if _is_list(plan, t) else ())
+                yield _f("exit-from-terminal", E,
+                         f"'{src}' is terminal, so no transition may leave it; remove it from `from` "
+                         "or drop `terminal: true`", plan.document.locate(path))
+
+
+def ways_out(plan: Plan) -> Iterator[Finding]:
+    leaving = {src for t in plan.transitions for src in plan.sources_of(t) if t.target != src}
+    for s in plan.statuses:
+        if not s.terminal and s.name not in leaving:
+            yield _f("no-way-out", E,
+                     f"'{s.name}' has no transition to another status: add one, or mark it `terminal: true`",
+                     s.location)
+
+
+def reachability(plan: Plan) -> Iterator[Finding]:
+    start = plan.initial
+    if start is None:
+        return
+    reached = {start.name}
+    queue = deque([start.name])
+    while queue:
+        here = queue.popleft()
+        for t in plan.transitions:
+            if here in plan.sources_of(t) and t.target not in reached and plan.status(t.target):
+                reached.add(t.target)
+                queue.append(t.target)
+    for s in plan.statuses:
+        if s.name not in reached:
+            yield _f("unreachable-status", E,
+                     f"no sequence of transitions from '{start.name}' reaches '{s.name}': add a transition "
+                     "to it, or remove it", s.location)
+
+
+def timers(plan: Plan) -> Iterator[Finding]:
+    with_timer = {s.name for s in plan.statuses if s.expires_after_text is not None}
+    on_timer: set[str] = set()
+    for t in plan.transitions:
+        if t.trigger.kind is not TriggerKind.TIMER:
+            continue
+        for i, src in enumerate(plan.sources_of(t)):
+            on_timer.add(src)
+            if src not in with_timer and plan.status(src) and not t.from_any:
+                yield _f("timer-without-expiry", E,
+                         f"transition on timer from '{src}', but '{src}' has no expires_after: "
+                         "add expires_after to the status, or use another trigger",
+                         plan.document.locate(("transitions", t.index, "on")))
+    for name in sorted(with_timer - on_timer, key=lambda n: [s.name for s in plan.statuses].index(n)):
+        yield _f("timer-unused", E,
+                 f"'{name}' has expires_after but no transition `on: timer` from it: nothing would happen "
+                 "when the timer runs out", plan.document.locate(("statuses", name, "expires_after")))
+
+
+def determinism(plan: Plan) -> Iterator[Finding]:
+    by_key: dict[tuple[str, str], list[Transition]] = {}
+    for t in plan.transitions:
+        for src in dict.fromkeys(plan.sources_of(t)):
+            by_key.setdefault((src, str(t.trigger)), []).append(t)
+    reported: set[tuple[int, int]] = set()
+    for (src, trigger), ts in by_key.items():
+        for i, a in enumerate(ts):
+            for b in ts[i + 1:]:
+                if (a.index, b.index) in reported or not _may_both_match(a, b):
+                    continue
+                reported.add((a.index, b.index))
+                yield _f("nondeterministic", E,
+                         f"in '{src}', {trigger} matches both this transition (to '{b.target}') and the one "
+                         f"at line {a.location.line} (to '{a.target}'): make their `when` conditions exclusive",
+                         b.location)
+
+
+def _may_both_match(a: Transition, b: Transition) -> bool:
+    """Two condition sets can both hold unless some shared field needs disjoint values."""
+    mine = {c.path: set(map(repr, c.values)) for c in a.conditions}
+    for c in b.conditions:
+        if c.path in mine and not (mine[c.path] & set(map(repr, c.values))):
+            return False
+    return True
+
+
+def billing_period_without_subscription(plan: Plan) -> Iterator[Finding]:
+    """A billing_period window needs a subscription's period: find statuses reachable without one."""
+    start = plan.initial
+    if start is None:
+        return
+    seen = {(start.name, False)}
+    queue = deque(seen)
+    while queue:
+        here, subscribed = queue.popleft()
+        for t in plan.transitions:
+            if here not in plan.sources_of(t) or not plan.status(t.target):
+                continue
+            after = subscribed
+            if t.trigger.kind is TriggerKind.STRIPE:
+                after = False if t.trigger.name in SUBSCRIPTION_ENDING else (
+                    True if starts_subscription(t.trigger.name) else subscribed)
+            if (t.target, after) not in seen:
+                seen.add((t.target, after))
+                queue.append((t.target, after))
+    unsubscribed = {name for name, sub in seen if not sub}
+    for s in plan.statuses:
+        for q in s.quotas:
+            if q.window is Window.BILLING_PERIOD and s.name in unsubscribed:
+                yield _f("billing-period-without-subscription", E,
+                         f"'{s.name}' counts {q.meter} per billing_period, but can be reached without a "
+                         "subscription (so without a billing period): use day, week or month", q.location)
+
+
+def payment_failure_handled(plan: Plan) -> Iterator[Finding]:
+    for s in plan.statuses:
+        if not s.paying:
+            continue
+        handles = any(t.trigger.kind is TriggerKind.STRIPE and t.trigger.name == "invoice.payment_failed"
+                      and s.name in plan.sources_of(t) for t in plan.transitions)
+        if not handles:
+            yield _f("unhandled-payment-failure", W,
+                     f"paying status '{s.name}' has no transition on stripe:invoice.payment_failed: "
+                     "a failed renewal would leave the customer here", s.location)
+
+
+def grace_not_skipped(plan: Plan) -> Iterator[Finding]:
+    """From a paying status, Stripe events and timers should reach a denying status only through grace.
+    Cancellation (customer.subscription.deleted) and admin actions are deliberate ends, not failures."""
+    for s in plan.statuses:
+        if not s.paying:
+            continue
+        found = _ungraced_way_to_denial(plan, s.name)
+        if found:
+            first_step, denying = found
+            yield _f("grace-skipped", W,
+                     f"paying status '{s.name}' can reach denying status '{denying}' without passing "
+                     "a grace status: customers would lose access at the first failed payment",
+                     first_step.location)
+
+
+def _ungraced_way_to_denial(plan: Plan, start: str) -> tuple[Transition, str] | None:
+    seen = {start}
+    queue: deque[tuple[str, Transition | None]] = deque([(start, None)])
+    while queue:
+        here, first = queue.popleft()
+        for t in plan.transitions:
+            if t.trigger.kind is TriggerKind.ADMIN or t.trigger.name in SUBSCRIPTION_ENDING:
+                continue
+            target = plan.status(t.target)
+            if here not in plan.sources_of(t) or target is None or target.grace or t.target in seen:
+                continue
+            if not target.allows:
+                return first or t, target.name
+            seen.add(t.target)
+            queue.append((t.target, first or t))
+    return None
+
+
+RULES: tuple[tuple[str, Rule], ...] = (
+    ("reserved-name", reserved_names),
+    ("unknown-timezone", unknown_timezone),
+    ("unknown-status/unknown-meter/unknown-tier", unknown_names),
+    ("no-tiers/tier-missing-meter/duplicate-price", tier_quotas),
+    ("no-initial/several-initial", initial_status),
+    ("invalid-duration", durations),
+    ("unknown-stripe-event/condition-without-event", stripe_events),
+    ("exit-from-terminal", terminal_statuses),
+    ("no-way-out", ways_out),
+    ("unreachable-status", reachability),
+    ("timer-without-expiry/timer-unused", timers),
+    ("nondeterministic", determinism),
+    ("billing-period-without-subscription", billing_period_without_subscription),
+    ("unhandled-payment-failure", payment_failure_handled),
+    ("grace-skipped", grace_not_skipped),
+)
+
+
+def check(plan: Plan) -> list[Finding]:
+    return [finding for _, rule in RULES for finding in rule(plan)]

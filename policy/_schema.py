@@ -1,0 +1,97 @@
+"""Checks a plan document against schema/plans.schema.json, the one description of the format."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from ._findings import Finding, Severity
+from ._yaml import Document
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "plans.schema.json"
+
+
+@functools.cache
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema())
+
+
+def check(doc: Document) -> list[Finding]:
+    """Every schema violation, one finding each, at the offending node."""
+    findings = []
+    errors = [leaf for top in _validator().iter_errors(doc.data) for leaf in _most_specific(top)]
+    for error in sorted(errors, key=lambda e: tuple(map(str, e.absolute_path))):
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            findings.extend(_unknown_keys(doc, error, path))
+            continue
+        code = "schema-" + str(error.validator).replace("_", "-").lower()
+        location = doc.key_location(path) if error.validator == "propertyNames" else doc.locate(path)
+        findings.append(Finding(code, Severity.ERROR, _message(error, path), location))
+    return findings
+
+
+def _most_specific(error: ValidationError) -> list[ValidationError]:
+    """For oneOf/anyOf, the errors of the alternative the value was most likely meant
+    to be (the one best_match picks), so that a reader gets what to fix."""
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        deeper = [e for e in error.context if len(e.absolute_path) > len(error.absolute_path)]
+        if deeper:
+            branch = best_match(deeper).relative_schema_path[0]
+            return [leaf for e in deeper if e.relative_schema_path[0] == branch for leaf in _most_specific(e)]
+    return [error]
+
+
+def _unknown_keys(doc: Document, error: ValidationError, path) -> list[Finding]:
+    allowed = sorted(error.schema.get("properties", {}))
+    extra = [k for k in error.instance if k not in error.schema.get("properties", {})]
+    out = []
+    for key in extra:
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        out.append(Finding("schema-unknown-key", Severity.ERROR,
+                           f"unknown key '{key}' in {_where(path)}{hint}",
+                           doc.key_location(path + (key,))))
+    return out
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) if path else "the top level"
+
+
+def _message(error: ValidationError, path) -> str:
+    where = _where(path)
+    v = error.validator
+    if v == "required":
+        return f"{where} is missing {error.message.split(' is a required')[0]}"
+    if v == "oneOf" or v == "anyOf":
+        described = error.schema.get("description")
+        options = []
+        for sub in error.schema.get(v, []):
+            if "const" in sub:
+                options.append(repr(sub["const"]))
+            elif sub.get("$ref", "").endswith("/limit"):
+                options.append("{limit: N, per: day|week|month|billing_period|lifetime}")
+            elif "$ref" in sub:
+                options.append(sub["$ref"].rsplit("/", 1)[-1].replace("_", " "))
+        return f"{where}: {error.instance!r} is not one of: {', '.join(options)}" + (
+            f" ({described})" if described else "")
+    if v == "enum":
+        return f"{where}: {error.instance!r} is not allowed; use one of: {', '.join(map(str, error.validator_value))}"
+    if v == "const":
+        return f"{where}: must be {error.validator_value!r}, not {error.instance!r}"
+    if v == "pattern" and path and path[-1] == "on":
+        return (f"{where}: {error.instance!r} is not a trigger; write stripe:<event type>, "
+                "timer, or admin:<action>")
+    if v == "propertyNames":
+        return f"{where}: {error.message}; names use lower case letters, digits and _, starting with a letter"
+    if v == "pattern":
+        return f"{where}: {error.instance!r} does not match the expected form ({error.schema.get('description') or error.validator_value})"
+    return f"{where}: {error.message}"

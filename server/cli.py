@@ -1,0 +1,31 @@
+"""`plangate`: one console script, one subcommand per job. Each subcommand imports only the
+layers it needs, so `plangate lint` never loads aiohttp, stripe or a database driver."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    from policy.cli import FORMATS
+
+    parser = argparse.ArgumentParser(prog="plangate", description="A subscription gate driven by plans.yaml.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("lint", help="check plan files; exit 0 clean, 1 on errors, 2 on usage or I/O problems")
+    p.add_argument("files", nargs="*", default=["plans.yaml"], metavar="FILE")
+    p.add_argument("--format", choices=FORMATS, default="text")
+    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "lint":
+        from policy.cli import lint
+        return lint(args.files, args.format, args.strict)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,10 +7,11 @@ from ._model import (
     Transition, Trigger, TriggerKind, Window,
 )
 from ._rules import RULES
+from ._rules import check as check_plan
 
 __all__ = [
     "ANY", "Access", "Checked", "Condition", "DurationError", "FailMode", "Finding", "Location", "Meter",
     "Plan", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Severity", "Status",
-    "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file", "check_text",
+    "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file", "check_plan", "check_text",
     "format_duration", "load_plan", "parse_duration",
 ]

@@ -1,0 +1,70 @@
+"""Decisions that explain themselves: allowed or not, why, and by which rule of the plan."""
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.Enum):
+    OK = "ok"                              # within the quota (or unlimited)
+    QUOTA_EXHAUSTED = "quota_exhausted"    # the amount does not fit in what is left of the window
+    STATUS_DENIES = "status_denies"        # the status allows no work (access: deny)
+    NO_QUOTA = "no_quota"                  # the status names no quota for this meter
+    DISABLED = "disabled"                  # enforcement is off: every check allowed
+    KILL_SWITCH = "kill_switch"            # an operator stopped all paid work
+    FAIL_OPEN = "fail_open"                # the store could not be read; the plan says let work through
+    FAIL_CLOSED = "fail_closed"            # the store could not be read; the plan says stop
+
+
+class Decision:
+    """One answer to "may this subject do this much of this meter now?".
+
+    `rule` names what decided, e.g. "plans.yaml:59 statuses.limited_free_trial.quotas.requests".
+    Times are Unix seconds; `resets_at` is None for windows that never reset.
+    """
+
+    __slots__ = ("allowed", "reason", "status", "tier", "meter", "limit", "used", "remaining",
+                 "window_start", "resets_at", "retry_after", "rule")
+
+    def __init__(self, allowed, reason, status, tier, meter, limit, used, remaining,
+                 window_start, resets_at, retry_after, rule):
+        self.allowed = allowed
+        self.reason = reason
+        self.status = status
+        self.tier = tier
+        self.meter = meter
+        self.limit = limit
+        self.used = used
+        self.remaining = remaining
+        self.window_start = window_start
+        self.resets_at = resets_at
+        self.retry_after = retry_after
+        self.rule = rule
+
+    def to_dict(self) -> dict:
+        return {
+            "allowed": self.allowed,
+            "reason": self.reason.value,
+            "status": self.status,
+            "tier": self.tier,
+            "meter": self.meter,
+            "limit": self.limit,
+            "used": self.used,
+            "remaining": self.remaining,
+            "window_start": self.window_start,
+            "resets_at": self.resets_at,
+            "retry_after": self.retry_after,
+            "rule": self.rule,
+        }
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Decision) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        verdict = "allowed" if self.allowed else "denied"
+        return (f"<Decision {verdict} {self.reason.value} status={self.status} {self.meter} "
+                f"used={self.used}/{self.limit} rule={self.rule}>")
+
+
+def override(reason: Reason, allowed: bool, status: str | None, tier: str | None, meter: str, rule: str) -> Decision:
+    """A decision not made by a quota: enforcement off, kill switch, or a fail mode."""
+    return Decision(allowed, reason, status, tier, meter, None, None, None, None, None, None, rule)

@@ -1,0 +1,70 @@
+"""Reading Stripe objects the plan cares about, in both API shapes (see shared Stripe notes)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+_MISSING = object()
+
+
+def field(obj: Mapping, path: tuple[str, ...]):
+    """The value at a dotted path in an event object, or a sentinel when any step is missing."""
+    here = obj
+    for part in path:
+        if isinstance(here, Mapping) and part in here:
+            here = here[part]
+        else:
+            return _MISSING
+    return here
+
+
+def is_missing(value) -> bool:
+    return value is _MISSING
+
+
+def _items(sub: Mapping) -> list:
+    items = sub.get("items")
+    data = items.get("data") if isinstance(items, Mapping) else None
+    return [i for i in data if isinstance(i, Mapping)] if isinstance(data, list) else []
+
+
+def price_ids(sub: Mapping) -> list[str]:
+    """Price (or legacy plan) ids of a subscription's items."""
+    out = []
+    for item in _items(sub):
+        for key in ("price", "plan"):
+            ref = item.get(key)
+            ident = ref.get("id") if isinstance(ref, Mapping) else ref
+            if isinstance(ident, str):
+                out.append(ident)
+                break
+    plan = sub.get("plan")
+    if not out and isinstance(plan, Mapping) and isinstance(plan.get("id"), str):
+        out.append(plan["id"])
+    return out
+
+
+def billing_period(sub: Mapping) -> tuple[float, float] | None:
+    """(start, end) of a subscription's current period: on the subscription (old shape) or on its
+    items (since API 2025-03-31)."""
+    start, end = sub.get("current_period_start"), sub.get("current_period_end")
+    if not _numbers(start, end):
+        for item in _items(sub):
+            start, end = item.get("current_period_start"), item.get("current_period_end")
+            if _numbers(start, end):
+                break
+    return (float(start), float(end)) if _numbers(start, end) and end > start else None
+
+
+def _numbers(*values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def invoice_subscription(invoice: Mapping) -> str | None:
+    """The subscription an invoice belongs to, in either shape."""
+    sub = invoice.get("subscription")
+    if isinstance(sub, Mapping):
+        sub = sub.get("id")
+    if isinstance(sub, str):
+        return sub
+    nested = field(invoice, ("parent", "subscription_details", "subscription"))
+    return nested if isinstance(nested, str) else None

@@ -1,0 +1,279 @@
+"""The compiled state table: built once from a valid plan, then asked many times.
+
+Every answer takes `now` (Unix seconds) as an argument; the table has no clock.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from zoneinfo import ZoneInfo
+
+from policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
+
+from ._decision import Decision, Reason
+from ._state import SubjectState
+from ._stripe import billing_period, field, is_missing, price_ids
+from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
+from ._windows import LIFETIME, CalendarClock, Span, billing_span
+
+
+class UnknownMeter(ValueError):
+    """The meter is not declared in the plan."""
+
+
+class UnknownStatus(ValueError):
+    """The status is not declared in the plan."""
+
+
+class _Rule:
+    """What one status allows of one meter for one tier, with the plan line that says so."""
+
+    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "name", "fail_mode")
+
+    def __init__(self, allows, deny_reason, limit, window, clock, name, fail_mode):
+        self.allows = allows
+        self.deny_reason = deny_reason
+        self.limit = limit          # None: unlimited
+        self.window = window        # policy.Window; LIFETIME for unlimited
+        self.clock = clock          # CalendarClock for day/week/month
+        self.name = name
+        self.fail_mode = fail_mode
+
+    def span(self, state: SubjectState, now: float) -> Span:
+        if self.clock is not None:
+            return self.clock.span(now)
+        if self.window is Window.BILLING_PERIOD:
+            return billing_span(now, state.period_start, state.period_end)
+        return LIFETIME
+
+
+class _Edge:
+    __slots__ = ("conditions", "target", "rule", "why")
+
+    def __init__(self, conditions, target, rule, why):
+        self.conditions = conditions  # ((path, frozenset of values), ...)
+        self.target = target
+        self.rule = rule
+        self.why = why
+
+    def matches(self, obj: Mapping) -> bool:
+        for path, allowed in self.conditions:
+            value = field(obj, path)
+            if is_missing(value) or not _member(value, allowed):
+                return False
+        return True
+
+
+def _member(value, allowed: tuple) -> bool:
+    # True == 1 in Python; a plan's `true` must not match a Stripe 1 (and vice versa).
+    return any(value == a and type(value) is type(a) for a in allowed)
+
+
+class StateTable:
+    """Immutable after construction; compile_plan() is the way to build one."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.version = _version(plan)
+        self.initial = plan.initial.name
+        self.meters = tuple(m.name for m in plan.meters)
+        self.statuses = tuple(s.name for s in plan.statuses)
+        self.actions = tuple(sorted({t.trigger.name for t in plan.transitions if t.trigger.kind.value == "admin"}))
+        self.tz = ZoneInfo(plan.timezone)
+        self._clocks = {w: CalendarClock(w, self.tz) for w in (Window.DAY, Window.WEEK, Window.MONTH)}
+        self._price_tier = {p: t.name for t in plan.tiers for p in t.prices}
+        self._expires = {s.name: s.expires_after for s in plan.statuses}
+        self._rules = {s.name: self._status_rules(s) for s in plan.statuses}
+        self._edges = self._compile_edges()
+
+    # --- decisions ---------------------------------------------------------------------------
+
+    def rule(self, state: SubjectState, meter: str) -> _Rule:
+        try:
+            by_tier = self._rules[state.status]
+        except KeyError:
+            raise UnknownStatus(f"status {state.status!r} is not in the plan") from None
+        rules = by_tier.get(state.tier) or by_tier[None]
+        try:
+            return rules[meter]
+        except KeyError:
+            raise UnknownMeter(f"meter {meter!r} is not in the plan; known: {', '.join(self.meters)}") from None
+
+    def window(self, state: SubjectState, meter: str, now: float) -> Span:
+        """The window whose usage counts for this subject and meter now (its start is the usage key)."""
+        return self.rule(state, meter).span(state, now)
+
+    def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> Decision:
+        """May the subject do `amount` of `meter` now, having used `used` in the current window?"""
+        if amount < 1:
+            _check_amount(amount)
+        rule = self.rule(state, meter)
+        if not rule.allows:
+            return Decision(False, rule.deny_reason, state.status, state.tier, meter, 0, used, 0,
+                            None, None, None, rule.name)
+        span = rule.span(state, now)
+        limit = rule.limit
+        if limit is None:
+            return Decision(True, Reason.OK, state.status, state.tier, meter, None, used, None,
+                            span.start, span.end, None, rule.name)
+        remaining = limit - used if used < limit else 0
+        if amount <= remaining:
+            return Decision(True, Reason.OK, state.status, state.tier, meter, limit, used, remaining,
+                            span.start, span.end, None, rule.name)
+        retry = math.ceil(span.end - now) if span.end is not None and amount <= limit else None
+        return Decision(False, Reason.QUOTA_EXHAUSTED, state.status, state.tier, meter, limit, used,
+                        remaining, span.start, span.end, retry, rule.name)
+
+    def consume(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Decision, int]:
+        """Check and count in one step: refuses rather than overshoots. Returns the decision (with the
+        usage after counting) and the window's usage afterwards."""
+        decision = self.can_process(state, meter, amount, used, now)
+        if not decision.allowed:
+            return decision, used
+        after = used + amount
+        decision.used = after
+        if decision.remaining is not None:
+            decision.remaining -= amount
+        return decision, after
+
+    def increment_usage(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Span, int]:
+        """Count work that already ran: the window it counts in and the usage after."""
+        _check_amount(amount)
+        return self.window(state, meter, now), used + amount
+
+    def fail_mode(self, state: SubjectState | None, meter: str) -> FailMode:
+        """What to answer when usage cannot be read: the status's fail mode, or the meter's."""
+        if state is None or state.status not in self._rules:
+            return self.plan.meter(meter).fail_mode if self.plan.meter(meter) else FailMode.CLOSED
+        return self.rule(state, meter).fail_mode
+
+    # --- transitions -------------------------------------------------------------------------
+
+    def initial_state(self, subject: str, now: float) -> SubjectState:
+        return self._enter(SubjectState(subject, self.initial, plan_version=self.version), self.initial, now)
+
+    def timer_due(self, state: SubjectState, now: float) -> bool:
+        return state.timer_due is not None and now >= state.timer_due
+
+    def apply(self, state: SubjectState, trigger: Trigger, now: float) -> Outcome:
+        """The transition a trigger causes, or a no-op that says why nothing moved."""
+        if state.status not in self._rules:
+            raise UnknownStatus(f"status {state.status!r} is not in the plan")
+        facts = state
+        obj: Mapping = {}
+        if isinstance(trigger, StripeEvent):
+            obj = trigger.object if isinstance(trigger.object, Mapping) else {}
+            if obj.get("object") == "subscription":
+                facts = self.subscription_facts(state, obj)
+        elif isinstance(trigger, TimerFired):
+            if state.timer_due is None:
+                return Outcome(state, facts, trigger.key, f"no timer runs in '{state.status}'")
+            if now < state.timer_due:
+                return Outcome(state, facts, trigger.key,
+                               f"the timer of '{state.status}' is due at {state.timer_due:.0f}, not yet")
+        edges = self._edges.get((state.status, trigger.key), ())
+        for edge in edges:
+            if edge.matches(obj):
+                if edge.target == state.status:
+                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule})")
+                moved = self._enter(facts, edge.target, now)
+                return Outcome(state, moved, trigger.key, f"{state.status} -> {edge.target}: {edge.why}",
+                               True, edge.rule)
+        why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
+               f"no transition from '{state.status}' on {trigger.key} matches the event ("
+               + "; ".join(e.why for e in edges) + ")")
+        return Outcome(state, facts, trigger.key, why)
+
+    def override(self, state: SubjectState, to: str, now: float, why: str = "") -> Outcome:
+        """An admin's direct move to a status, outside the plan's transitions (audited by the caller)."""
+        if to not in self._rules:
+            raise UnknownStatus(f"status {to!r} is not in the plan; known: {', '.join(self.statuses)}")
+        if to == state.status:
+            return Outcome(state, state, "admin:override", f"already in '{to}'")
+        return Outcome(state, self._enter(state, to, now), "admin:override",
+                       f"{state.status} -> {to}: admin override" + (f" ({why})" if why else ""), True)
+
+    def subscription_facts(self, state: SubjectState, sub: Mapping) -> SubjectState:
+        """The subject's tier and billing period as a Stripe subscription object states them."""
+        tier = state.tier
+        prices = price_ids(sub)
+        if prices:
+            tier = next((self._price_tier[p] for p in prices if p in self._price_tier), self.plan.default_tier)
+        period = billing_period(sub)
+        start, end = period if period else (state.period_start, state.period_end)
+        if (tier, start, end) == (state.tier, state.period_start, state.period_end):
+            return state
+        return state.with_(tier=tier, period_start=start, period_end=end)
+
+    def tier_for_price(self, price: str) -> str | None:
+        return self._price_tier.get(price, self.plan.default_tier)
+
+    # --- compilation -------------------------------------------------------------------------
+
+    def _enter(self, state: SubjectState, status: str, now: float) -> SubjectState:
+        expires = self._expires[status]
+        return state.with_(status=status, since=now, timer_due=now + expires if expires else None,
+                           plan_version=self.version)
+
+    def _status_rules(self, status: Status) -> dict[str | None, dict[str, _Rule]]:
+        tiers: list[str | None] = [None] + [t.name for t in self.plan.tiers]
+        return {tier: {m.name: self._meter_rule(status, m.name, tier) for m in self.plan.meters} for tier in tiers}
+
+    def _meter_rule(self, status: Status, meter: str, tier: str | None) -> _Rule:
+        plan = self.plan
+        fail = dict(status.fail_modes).get(meter, plan.meter(meter).fail_mode)
+        where = f"{plan.file}:{{line}} statuses.{status.name}"
+        if status.access is Access.DENY:
+            line = plan.document.locate(("statuses", status.name, "access")).line
+            return _Rule(False, Reason.STATUS_DENIES, 0, None, None, where.format(line=line) + ".access", fail)
+        quota = status.quota(meter)
+        if quota is None:
+            return _Rule(False, Reason.NO_QUOTA, 0, None, None,
+                         where.format(line=status.location.line) + f" (no quota for {meter})", fail)
+        name = where.format(line=quota.location.line) + f".quotas.{meter}"
+        if quota.kind is QuotaKind.TIER:
+            # A subject without a known tier (say, moved here by an admin) gets the default tier.
+            chosen = plan.tier(tier or plan.default_tier or "") or (plan.tiers[0] if plan.tiers else None)
+            quota = next((q for q in chosen.quotas if q.meter == meter), None) if chosen else None
+            if quota is None:
+                return _Rule(False, Reason.NO_QUOTA, 0, None, None, name + " (the tier has no quota)", fail)
+            name = f"{plan.file}:{quota.location.line} tiers.{chosen.name}.quotas.{meter} (via {name.split(' ', 1)[1]})"
+        if quota.kind is QuotaKind.UNLIMITED:
+            return _Rule(True, None, None, Window.LIFETIME, None, name, fail)
+        return _Rule(True, None, quota.limit, quota.window, self._clocks.get(quota.window), name, fail)
+
+    def _compile_edges(self) -> dict[tuple[str, str], tuple[_Edge, ...]]:
+        edges: dict[tuple[str, str], list[_Edge]] = {}
+        for t in self.plan.transitions:
+            conditions = tuple((c.path, c.values) for c in t.conditions)
+            when = " when " + ", ".join(map(str, t.conditions)) if t.conditions else ""
+            rule = f"{self.plan.file}:{t.location.line} transitions[{t.index}]"
+            why = f"on {t.trigger}{when} ({rule})"
+            for src in self.plan.sources_of(t):
+                edges.setdefault((src, str(t.trigger)), []).append(_Edge(conditions, t.target, rule, why))
+        return {k: tuple(v) for k, v in edges.items()}
+
+
+def _version(plan: Plan) -> str:
+    canonical = json.dumps(plan.document.data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _check_amount(amount: int) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
+        raise ValueError(f"amount must be a whole number of at least 1, not {amount!r}")
+
+
+def compile_plan(plan: Plan) -> StateTable:
+    """The table of a plan; PlanError (with the findings) when the plan has an error finding."""
+    findings = check_plan(plan)
+    if any(f.is_error for f in findings):
+        raise PlanError(tuple(findings))
+    return StateTable(plan)
+
+
+def compile_file(path) -> StateTable:
+    """Load, check and compile a plan file in one step (PlanError, PlanFileError)."""
+    return StateTable(load_plan(path))

@@ -1,0 +1,97 @@
+"""Quota windows: which window an instant falls in, and when it resets.
+
+Calendar windows start at local midnight in the plan's time zone (weeks on
+Monday), so they follow daylight-saving changes and month ends. A window's
+bounds are computed once and reused until `now` leaves them: the hot path
+does no calendar arithmetic.
+"""
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from policy import Window
+
+LIFETIME_START = 0
+MONTH_SECONDS = 30 * 86400  # the stand-in billing period of a subject with no period from Stripe
+
+
+class Span:
+    """One window: start (inclusive, whole Unix seconds, the usage key) to end (exclusive, or None: never)."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: int, end: int | None):
+        self.start = start
+        self.end = end
+
+    def __contains__(self, now: float) -> bool:
+        return self.start <= now and (self.end is None or now < self.end)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Span) and (self.start, self.end) == (other.start, other.end)
+
+    def __repr__(self) -> str:
+        return f"Span({self.start}, {self.end})"
+
+
+LIFETIME = Span(LIFETIME_START, None)
+
+
+class CalendarClock:
+    """Bounds of the current day, week or month in one time zone, cached until `now` passes them."""
+
+    __slots__ = ("kind", "tz", "_cached")
+
+    def __init__(self, kind: Window, tz: ZoneInfo):
+        if kind not in (Window.DAY, Window.WEEK, Window.MONTH):
+            raise ValueError(f"{kind} is not a calendar window")
+        self.kind = kind
+        self.tz = tz
+        self._cached = Span(0, 0)
+
+    def span(self, now: float) -> Span:
+        cached = self._cached
+        if cached.start <= now < cached.end:
+            return cached
+        span = self._compute(now)
+        self._cached = span
+        return span
+
+    def _compute(self, now: float) -> Span:
+        today = datetime.fromtimestamp(now, self.tz).date()
+        span = self._around(today)
+        # Where a zone skips or repeats local midnight, guard the edge: windows still tile the line.
+        if now < span.start:
+            span = self._around(today - timedelta(days=1))
+        elif now >= span.end:
+            span = self._around(today + timedelta(days=1))
+        return span
+
+    def _around(self, day: date) -> Span:
+        if self.kind is Window.DAY:
+            first, after = day, day + timedelta(days=1)
+        elif self.kind is Window.WEEK:
+            first = day - timedelta(days=day.weekday())
+            after = first + timedelta(days=7)
+        else:
+            first = day.replace(day=1)
+            after = (first + timedelta(days=32)).replace(day=1)
+        return Span(self._midnight(first), self._midnight(after))
+
+    def _midnight(self, day: date) -> int:
+        return math.floor(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp())
+
+
+def billing_span(now: float, period_start: float | None, period_end: float | None) -> Span:
+    """The billing period containing now. Past the known period's end (renewal not yet reported),
+    periods of the same length follow; before it, likewise backwards. No period known: 30-day
+    periods from the Unix epoch, so that the window is still well defined."""
+    if period_start is None or period_end is None or period_end <= period_start:
+        start, length = 0, MONTH_SECONDS
+    else:
+        start, length = int(period_start), int(period_end) - int(period_start)
+    k = math.floor((now - start) / length)
+    first = start + k * length
+    return Span(first, first + length)

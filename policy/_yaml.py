@@ -13,6 +13,7 @@ import yaml
 from ._findings import Finding, Location, Severity
 
 Path = tuple[str | int, ...]
+MAX_DEPTH = 16
 
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
@@ -54,15 +55,51 @@ def _finding(file: str, code: str, message: str, mark, path: Path = ()) -> Findi
 
 
 def parse(text: str, file: str) -> tuple[Document | None, list[Finding]]:
-    """Parse text; on any finding the document is None."""
+    """Parse text; on any finding the document is None.
+
+    libyaml (when PyYAML has it) composes ten times faster; its positions are the same, but
+    only the pure-Python parser can point at an alias itself, so any problem is reported
+    from a second, pure-Python pass.
+    """
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        doc, findings = _parse_with(fast, text, file)
+        if doc is not None:
+            return doc, findings
+    return _parse_with(_PythonLoader, text, file)
+
+
+class _AliasUsed(Exception):
+    def __init__(self, mark):
+        self.mark = mark
+
+
+class _PythonLoader(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasUsed(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+_ALIAS = "aliases (*name) are not allowed: write the value out where it is used"
+_HINTS = {"block end": "; check the indentation of this line and the one above",
+          "could not find expected ':'": "; a key needs a colon and a space after it"}
+
+
+def _parse_with(loader, text: str, file: str) -> tuple[Document | None, list[Finding]]:
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(text, Loader=loader))
+    except _AliasUsed as alias:
+        return None, [_finding(file, "yaml-not-plain", _ALIAS, alias.mark)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or "not valid YAML"
-        return None, [_finding(file, "yaml-syntax", f"YAML syntax: {problem}", mark)]
+        hint = next((h for key, h in _HINTS.items() if key in problem), "")
+        return None, [_finding(file, "yaml-syntax", f"YAML syntax: {problem}{hint}", mark)]
     except yaml.YAMLError as exc:  # e.g. a reader error on control characters
         return None, [_finding(file, "yaml-syntax", f"YAML syntax: {exc}", getattr(exc, "problem_mark", None))]
+    except RecursionError:
+        return None, [_finding(file, "yaml-syntax", "YAML syntax: the document is nested too deeply", None)]
     if len(nodes) != 1:
         msg = "the file is empty: a plan needs at least version, meters, statuses and transitions" if not nodes \
             else "the file holds several YAML documents (---); a plan is one document"
@@ -85,9 +122,12 @@ class _Builder:
     def build(self, node, path: Path):
         self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if id(node) in self._seen_anchors:
+            self.findings.append(_finding(self.file, "yaml-not-plain", _ALIAS, node.start_mark, path))
+            return None
+        if len(path) > MAX_DEPTH:
+            # No plan needs this; stopping here keeps the later checks from recursing without end.
             self.findings.append(_finding(
-                self.file, "yaml-not-plain",
-                "aliases (*name) are not allowed: write the value out where it is used",
+                self.file, "yaml-not-plain", f"the value is nested more than {MAX_DEPTH} levels deep",
                 node.start_mark, path))
             return None
         if node.tag not in _PLAIN_TAGS:
@@ -136,4 +176,12 @@ class _Builder:
 
     def _scalar(self, node):
         """A resolved scalar node's Python value, built the way SafeLoader builds it."""
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ValueError, KeyError, TypeError, yaml.YAMLError):
+            # e.g. `!!int abc`, `!!bool maybe`, or a number too long to convert
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.findings.append(_finding(
+                self.file, "yaml-not-plain", f"the value {node.value[:40]!r} cannot be read as {kind}",
+                node.start_mark))
+            return None

@@ -75,10 +75,11 @@ def _is_list(plan: Plan, t: Transition) -> bool:
 
 
 def tier_quotas(plan: Plan) -> Iterator[Finding]:
-    uses_tier = [s for s in plan.statuses for q in s.quotas if q.kind is QuotaKind.TIER]
+    uses_tier = [(s, q) for s in plan.statuses for q in s.quotas if q.kind is QuotaKind.TIER]
     if uses_tier and not plan.tiers:
-        yield _f("no-tiers", E, f"status '{uses_tier[0].name}' uses the tier's quota, but the plan declares no tiers",
-                 uses_tier[0].location)
+        status, quota = uses_tier[0]
+        yield _f("no-tiers", E, f"status '{status.name}' uses the tier's quota, but the plan declares no tiers",
+                 quota.location)
     for s in plan.statuses:
         for q in s.quotas:
             if q.kind is not QuotaKind.TIER:
@@ -153,12 +154,17 @@ def ways_out(plan: Plan) -> Iterator[Finding]:
                      s.location)
 
 
+def _initial_names(plan: Plan) -> list[str]:
+    """Where searches start: every status marked initial (several is reported once, by initial_status)."""
+    return [s.name for s in plan.statuses if s.initial]
+
+
 def reachability(plan: Plan) -> Iterator[Finding]:
-    start = plan.initial
-    if start is None:
+    starts = _initial_names(plan)
+    if not starts:
         return
-    reached = {start.name}
-    queue = deque([start.name])
+    reached = set(starts)
+    queue = deque(starts)
     while queue:
         here = queue.popleft()
         for t in plan.transitions:
@@ -168,7 +174,7 @@ def reachability(plan: Plan) -> Iterator[Finding]:
     for s in plan.statuses:
         if s.name not in reached:
             yield _f("unreachable-status", E,
-                     f"no sequence of transitions from '{start.name}' reaches '{s.name}': add a transition "
+                     f"no sequence of transitions from '{starts[0]}' reaches '{s.name}': add a transition "
                      "to it, or remove it", s.location)
 
 
@@ -220,10 +226,7 @@ def _may_both_match(a: Transition, b: Transition) -> bool:
 
 def billing_period_without_subscription(plan: Plan) -> Iterator[Finding]:
     """A billing_period window needs a subscription's period: find statuses reachable without one."""
-    start = plan.initial
-    if start is None:
-        return
-    seen = {(start.name, False)}
+    seen = {(name, False) for name in _initial_names(plan)}
     queue = deque(seen)
     while queue:
         here, subscribed = queue.popleft()

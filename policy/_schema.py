@@ -34,8 +34,17 @@ def check(doc: Document) -> list[Finding]:
             findings.extend(_unknown_keys(doc, error, path))
             continue
         code = "schema-" + str(error.validator).replace("_", "-").lower()
-        location = doc.key_location(path) if error.validator == "propertyNames" else doc.locate(path)
-        findings.append(Finding(code, Severity.ERROR, _message(error, path), location))
+        if _is_name_error(error):
+            # the error is about a key of the mapping at path: point at that key
+            location = doc.key_location(path + (error.instance,))
+            message = (f"{_where(path)}: {_short(error.instance)} is not a field path: write field names of "
+                       "letters, digits and _, joined by dots, e.g. status or metadata.plan")
+            if not path or path[-1] != "when":
+                message = (f"{_where(path)}: the name {_short(error.instance)} is not allowed; names use lower "
+                           "case letters, digits and _, start with a letter and have at most 64 characters")
+        else:
+            location, message = doc.locate(path), _message(error, path)
+        findings.append(Finding(code, Severity.ERROR, message, location))
     return findings
 
 
@@ -60,6 +69,15 @@ def _unknown_keys(doc: Document, error: ValidationError, path) -> list[Finding]:
                            f"unknown key '{key}' in {_where(path)}{hint}",
                            doc.key_location(path + (key,))))
     return out
+
+
+def _is_name_error(error: ValidationError) -> bool:
+    return "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _where(path) -> str:
@@ -90,8 +108,10 @@ def _message(error: ValidationError, path) -> str:
     if v == "pattern" and path and path[-1] == "on":
         return (f"{where}: {error.instance!r} is not a trigger; write stripe:<event type>, "
                 "timer, or admin:<action>")
-    if v == "propertyNames":
-        return f"{where}: {error.message}; names use lower case letters, digits and _, starting with a letter"
     if v == "pattern":
         return f"{where}: {error.instance!r} does not match the expected form ({error.schema.get('description') or error.validator_value})"
+    if v == "type":
+        expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(
+            error.validator_value)
+        return f"{where}: {_short(error.instance)} is not of type {expected}"
     return f"{where}: {error.message}"

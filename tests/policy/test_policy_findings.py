@@ -1,0 +1,69 @@
+"""Every finding code has a small broken plan that provokes exactly that problem, at a known line."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from policy import RULES, Severity, check_file
+
+PLANS = Path(__file__).resolve().parent / "plans"
+EXPECT = re.compile(r"# expect: (?P<code>[a-z0-9-]+) (?P<severity>error|warning) line (?P<line>\d+)")
+
+# Codes of the YAML and schema layers that must each have a fixture (the rule codes come from RULES).
+YAML_CODES = {"yaml-syntax", "duplicate-key", "yaml-not-plain"}
+SCHEMA_CODES = {
+    "schema-unknown-key", "schema-required", "schema-type", "schema-enum", "schema-const", "schema-pattern",
+    "schema-oneof", "schema-minimum", "schema-minproperties", "schema-minitems", "schema-minlength",
+    "schema-maxlength",
+}
+
+
+def _expectation(path: Path) -> tuple[str, Severity, int]:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    match = EXPECT.fullmatch(first)
+    assert match, f"{path.name}: the first line must read '# expect: <code> <severity> line <N>'"
+    return match["code"], Severity(match["severity"]), int(match["line"])
+
+
+FIXTURES = sorted(PLANS.glob("*.yaml"))
+FIXTURE_CODES = {_expectation(p)[0] for p in FIXTURES}
+RULE_CODES = {code for names, _ in RULES for code in names.split("/")}
+
+
+class TestBrokenPlans:
+    @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+    def test_provokes_exactly_its_finding(self, path: Path):
+        code, severity, line = _expectation(path)
+        findings = check_file(path).findings
+        assert [(f.code, f.severity, f.location.line) for f in findings] == [(code, severity, line)], \
+            "\n".join(map(str, findings))
+
+    @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+    def test_is_named_after_its_code(self, path: Path):
+        code, _, _ = _expectation(path)
+        assert path.stem == code or path.stem.startswith(code + "--")
+
+    @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+    def test_message_says_what_and_location_is_in_the_file(self, path: Path):
+        (finding,) = check_file(path).findings
+        assert finding.location.file == str(path)
+        assert finding.location.column >= 1
+        assert len(finding.message) > 20
+
+
+class TestCatalogue:
+    def test_every_rule_code_has_a_fixture(self):
+        assert RULE_CODES - FIXTURE_CODES == set()
+
+    def test_every_yaml_and_schema_code_has_a_fixture(self):
+        assert (YAML_CODES | SCHEMA_CODES) - FIXTURE_CODES == set()
+
+    def test_no_fixture_for_an_unknown_code(self):
+        assert FIXTURE_CODES - RULE_CODES - YAML_CODES - SCHEMA_CODES == set()
+
+    def test_rule_names_are_unique_codes(self):
+        codes = [code for names, _ in RULES for code in names.split("/")]
+        assert len(codes) == len(set(codes))
+        assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", c) for c in codes)

@@ -16,6 +16,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", default=["plans.yaml"], metavar="FILE")
     p.add_argument("--format", choices=FORMATS, default="text")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
+
+    for name, text in (("serve", "start the gate (settings from the environment and config.env)"),
+                       ("migrate", "bring the store's schema up to date")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
     return parser
 
 
@@ -24,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lint":
         from policy.cli import lint
         return lint(args.files, args.format, args.strict)
+    if args.command == "serve":
+        from server.serve import serve
+        return serve(args.env_file)
+    if args.command == "migrate":
+        from server.serve import migrate
+        return migrate(args.env_file)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,63 @@
+"""Request bodies: parsed and checked before any work, so bad input gets a clear 4xx and writes nothing."""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+MAX_TEXT = 200
+
+
+class BadRequest(Exception):
+    """A request the gate refuses: HTTP status, stable error code, and a message saying how to fix it."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+async def json_object(request: web.Request, allowed: set[str]) -> dict:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "invalid_json", "the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}; "
+                                               f"allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+def text(body: dict, name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(400, "missing_field", f"'{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(400, "invalid_field", f"'{name}' must be a string, not {type(value).__name__}")
+    if not value or len(value) > MAX_TEXT:
+        raise BadRequest(400, "invalid_field", f"'{name}' must be 1 to {MAX_TEXT} characters long")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadRequest(400, "invalid_field", f"'{name}' must not contain control characters")
+    return value
+
+
+def amount(body: dict, maximum: int) -> int:
+    value = body.get("amount", 1)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(400, "invalid_field", f"'amount' must be a whole number, not {type(value).__name__}")
+    if not 1 <= value <= maximum:
+        raise BadRequest(400, "invalid_field", f"'amount' must be from 1 to {maximum}, not {value}")
+    return value
+
+
+def one_of(value: str, known: tuple[str, ...], code: str, what: str) -> str:
+    if value not in known:
+        raise BadRequest(422, code, f"unknown {what} '{value}'; known: {', '.join(known)}")
+    return value

@@ -1,0 +1,157 @@
+"""The HTTP API: /v1/ routes for the workflow server and operators, and the probes."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aiohttp import web
+
+from engine import Decision
+
+from . import _input as inp
+from .gate import Counting, Gate, StoreUnavailable
+from .metrics import CONTENT_TYPE
+from .store import IdempotencyConflict
+
+GATE = web.AppKey("gate", Gate)
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schema" / "openapi.json"
+_DECISION_FIELDS = {"subject", "meter", "amount"}
+_COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def decision_body(subject: str, amount: int, d: Decision) -> dict:
+    return {
+        "subject": subject, "allowed": d.allowed, "reason": d.reason.value, "status": d.status, "tier": d.tier,
+        "meter": d.meter, "amount": amount, "limit": d.limit, "used": d.used, "remaining": d.remaining,
+        "window_start": iso(d.window_start), "resets_at": iso(d.resets_at), "retry_after": d.retry_after,
+        "rule": d.rule,
+    }
+
+
+async def _decision_request(request: web.Request, fields: set[str], key_required: bool):
+    gate = request.app[GATE]
+    body = await inp.json_object(request, fields)
+    subject = inp.text(body, "subject")
+    meter = inp.one_of(inp.text(body, "meter"), gate.table.meters, "unknown_meter", "meter")
+    amount = inp.amount(body, gate.config.max_amount)
+    key = inp.text(body, "idempotency_key", required=key_required) if "idempotency_key" in fields else None
+    return gate, subject, meter, amount, key
+
+
+async def check(request: web.Request) -> web.Response:
+    gate, subject, meter, amount, _ = await _decision_request(request, _DECISION_FIELDS, False)
+    return web.json_response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
+
+
+async def consume(request: web.Request) -> web.Response:
+    gate, subject, meter, amount, key = await _decision_request(request, _COUNT_FIELDS, False)
+    return _counted(subject, amount, await _count(gate, subject, meter, amount, key, True))
+
+
+async def usage(request: web.Request) -> web.Response:
+    gate, subject, meter, amount, key = await _decision_request(request, _COUNT_FIELDS, True)
+    try:
+        result = await _count(gate, subject, meter, amount, key, False)
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "usage could not be counted now; retry with the same "
+                                                       "idempotency_key") from None
+    return _counted(subject, amount, result)
+
+
+async def _count(gate: Gate, subject, meter, amount, key, enforce) -> Counting:
+    try:
+        return await gate.count(subject, meter, amount, key, enforce=enforce)
+    except IdempotencyConflict as exc:
+        raise inp.BadRequest(409, "idempotency_key_reused", str(exc)) from None
+
+
+def _counted(subject: str, amount: int, result: Counting) -> web.Response:
+    body = decision_body(subject, amount, result.decision)
+    body["counted"] = result.counted
+    body["duplicate"] = result.duplicate
+    return web.json_response(body)
+
+
+async def subject_view(request: web.Request) -> web.Response:
+    gate = request.app[GATE]
+    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    try:
+        view = await gate.describe(subject)
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
+    for key in ("since", "timer_due", "period_start", "period_end"):
+        view[key] = iso(view[key])
+    for row in view["usage"]:
+        row["window_start"], row["resets_at"] = iso(row["window_start"]), iso(row["resets_at"])
+    for row in view["transitions"]:
+        row["at"] = iso(row["at"])
+    return web.json_response(view)
+
+
+async def transition(request: web.Request) -> web.Response:
+    gate = request.app[GATE]
+    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    body = await inp.json_object(request, {"to", "action", "reason", "actor"})
+    to, action = inp.text(body, "to", required=False), inp.text(body, "action", required=False)
+    if (to is None) == (action is None):
+        raise inp.BadRequest(400, "invalid_field", "give exactly one of 'to' (a status) or 'action' (a named "
+                                                   "admin action of the plan)")
+    if to is not None:
+        inp.one_of(to, gate.table.statuses, "unknown_status", "status")
+    else:
+        inp.one_of(action, gate.table.actions, "unknown_action", "admin action")
+    reason = inp.text(body, "reason")
+    actor = inp.text(body, "actor", required=False) or "admin-api"
+    try:
+        outcome = await gate.admin(subject, to=to, action=action, why=reason, actor=actor)
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing "
+                                                       "changed; try again") from None
+    return web.json_response({
+        "subject": subject, "moved": outcome.moved, "from": outcome.before.status, "to": outcome.state.status,
+        "trigger": outcome.trigger, "reason": outcome.reason, "rule": outcome.rule,
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gate = request.app[GATE]
+    checks = {"plan": {"ok": True, "version": gate.table.version}}
+    try:
+        await gate._timed("ping", gate.store.ping())
+        checks["store"] = {"ok": True}
+    except StoreUnavailable:
+        checks["store"] = {"ok": False, "error": "the store did not answer in time or failed"}
+    ready = all(c["ok"] for c in checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/check", check)
+    app.router.add_post("/v1/consume", consume)
+    app.router.add_post("/v1/usage", usage)
+    app.router.add_get("/v1/subjects/{subject}", subject_view)
+    app.router.add_post("/v1/subjects/{subject}/transition", transition)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,91 @@
+"""The aiohttp application: middlewares (request id, errors as JSON, auth, latency) and life cycle."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+
+from aiohttp import web
+
+from engine import StateTable
+
+from . import api
+from ._input import BadRequest
+from .config import Config
+from .gate import Gate
+from .logs import log, request_id as current_request_id
+from .metrics import Metrics
+from .store import Store
+
+_HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                413: "body_too_large", 415: "unsupported_media_type"}
+
+
+def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool = True) -> web.Application:
+    metrics = Metrics()
+    gate = Gate(config, table, store, metrics)
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[_errors, _authenticate(config.api_token)])
+    app[api.GATE] = gate
+    api.add_routes(app)
+
+    async def lifecycle(app: web.Application):
+        await store.open()
+        if migrate:
+            await store.migrate()
+        log(logging.INFO, "started", plan_version=table.version, enforcement=config.enabled,
+            kill_switch=config.kill_switch, fail_mode=config.fail_mode)
+        yield
+        await store.close()
+        log(logging.INFO, "stopped")
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _error(status: int, code: str, message: str, request_id: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status,
+                             headers={"X-Request-Id": request_id})
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    current_request_id.set(request_id)
+    metrics = request.app[api.GATE].metrics
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except BadRequest as exc:
+        metrics.rejected.labels(exc.code).inc()
+        return _error(exc.status, exc.code, exc.message, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_ERRORS.get(exc.status, "http_error")
+        metrics.rejected.labels(code).inc()
+        message = exc.text if exc.status != 413 else f"the body is larger than {request.app._client_max_size} bytes"
+        return _error(exc.status, code, message or exc.reason, request_id)
+    except Exception:
+        log(logging.ERROR, "internal_error", path=request.path, request_id=request_id, exc_info=True)
+        return _error(500, "internal", "the gate failed to handle this request; it was logged", request_id)
+    finally:
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _authenticate(token: str):
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler):
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not token or not hmac.compare_digest(given, expected):
+                raise BadRequest(401, "unauthorized", "send Authorization: Bearer <PLANGATE_API_TOKEN>")
+        return await handler(request)
+
+    return authenticate

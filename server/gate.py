@@ -1,0 +1,248 @@
+"""The gate: decisions against stored state, atomic counting, and the one door for state changes.
+
+Subject state (and the usage of its current windows) is cached; every local write updates or
+invalidates the entry, so the cache never makes a decision wrong after a local write. When the
+store fails or is too slow, the answer follows the fail mode.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+
+from engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, override)
+from policy import FailMode
+
+from .config import Config
+from .logs import Throttle, log
+from .metrics import Metrics
+from .store import AuditEntry, Counted, Store, StoredSubject, StoreError
+
+MAX_CONFLICT_RETRIES = 5
+
+
+class StoreUnavailable(Exception):
+    """The store failed or exceeded its time budget (already counted and logged)."""
+
+
+@dataclass
+class _Entry:
+    stored: StoredSubject
+    used: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Counting:
+    decision: Decision
+    counted: bool
+    duplicate: bool = False
+
+
+class Gate:
+    def __init__(self, config: Config, table: StateTable, store: Store, metrics: Metrics,
+                 clock=time.time):
+        self.config = config
+        self.table = table
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._cache: TTLCache = TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl) \
+            if config.cache_ttl > 0 else TTLCache(maxsize=1, ttl=1e-9)
+        self._throttle = Throttle()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _timed(self, operation: str, coro, *, shield: bool = False):
+        """Run a store call within the time budget; StoreUnavailable on failure or timeout. Writes are
+        shielded so that a slow commit finishes (and stays consistent) even when the caller gives up."""
+        task = asyncio.ensure_future(coro)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task) if shield else task, self.config.store_timeout)
+        except (StoreError, asyncio.TimeoutError, OSError) as exc:
+            self.metrics.store_errors.labels(operation).inc()
+            if self._throttle.ready(operation):
+                log(logging.ERROR, "store_error", operation=operation,
+                    error=str(exc) or f"no answer within {self.config.store_timeout}s")
+            raise StoreUnavailable(operation) from exc
+
+    async def _entry(self, subject: str, now: float) -> _Entry:
+        entry = self._cache.get(subject)
+        if entry is not None:
+            self.metrics.cache.labels("hit").inc()
+            return entry
+        self.metrics.cache.labels("miss").inc()
+        stored = await self._timed("load", self.store.load(subject))
+        if stored is None:
+            stored = StoredSubject(self.table.initial_state(subject, now), 0)
+        entry = _Entry(stored)
+        self._cache[subject] = entry
+        return entry
+
+    async def _used(self, entry: _Entry, meter: str, window_start: int) -> int:
+        key = (meter, window_start)
+        if key not in entry.used:
+            found = await self._timed("usage", self.store.used(entry.stored.state.subject, [key]))
+            entry.used[key] = max(entry.used.get(key, 0), found[key])
+        return entry.used[key]
+
+    def invalidate(self, subject: str) -> None:
+        self._cache.pop(subject, None)
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    def _preempt(self, subject: str, meter: str) -> Decision | None:
+        """Decisions that need no state: enforcement off, or the kill switch."""
+        if not self.config.enabled:
+            return override(Reason.DISABLED, True, None, None, meter, "SUBSCRIPTION_ENABLED=false")
+        if self.config.kill_switch:
+            return override(Reason.KILL_SWITCH, False, None, None, meter, "SUBSCRIPTION_KILL_SWITCH=true")
+        return None
+
+    def _fail(self, subject: str, meter: str) -> Decision:
+        entry = self._cache.get(subject)
+        state = entry.stored.state if entry else None
+        mode = self.config.fail_mode
+        if mode == "plan":
+            mode = self.table.fail_mode(state, meter).value
+        why = "PLANGATE_FAIL_MODE" if self.config.fail_mode != "plan" else "the plan's fail_mode"
+        self.metrics.fail_mode.labels(mode).inc()
+        if mode == FailMode.OPEN.value:
+            return override(Reason.FAIL_OPEN, True, state and state.status, state and state.tier, meter,
+                            f"store unavailable; {why} is open")
+        return override(Reason.FAIL_CLOSED, False, state and state.status, state and state.tier, meter,
+                        f"store unavailable; {why} is closed")
+
+    async def check(self, subject: str, meter: str, amount: int) -> Decision:
+        decision = self._preempt(subject, meter)
+        if decision is None:
+            now = self.clock()
+            try:
+                entry = await self._entry(subject, now)
+                state = entry.stored.state
+                span = self.table.window(state, meter, now)
+                used = await self._used(entry, meter, span.start)
+                decision = self.table.can_process(state, meter, amount, used, now)
+            except StoreUnavailable:
+                decision = self._fail(subject, meter)
+        self._observe("check", subject, decision)
+        return decision
+
+    async def count(self, subject: str, meter: str, amount: int, key: str | None, *, enforce: bool) -> Counting:
+        """consume (enforce=True: check and count in one step) or usage (enforce=False: count work that
+        already ran, whatever the quota says)."""
+        endpoint = "consume" if enforce else "usage"
+        decision = self._preempt(subject, meter) if enforce else None
+        if decision is not None:
+            self._observe(endpoint, subject, decision)
+            return Counting(decision, False)
+        try:
+            result = await self._count(subject, meter, amount, key, enforce)
+        except StoreUnavailable:
+            if not enforce:
+                raise      # work that ran must be counted: the caller retries with the same key
+            result = Counting(self._fail(subject, meter), False)
+        self._observe(endpoint, subject, result.decision)
+        if result.counted and not result.duplicate:
+            self.metrics.usage.labels(meter).inc(amount)
+        return result
+
+    async def _count(self, subject, meter, amount, key, enforce) -> Counting:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            now = self.clock()
+            entry = await self._entry(subject, now)
+            state = entry.stored.state
+            rule = self.table.rule(state, meter)
+            span = rule.span(state, now)
+            if enforce and not rule.allows:
+                used = await self._used(entry, meter, span.start)
+                return Counting(self.table.can_process(state, meter, amount, used, now), False)
+            limit = rule.limit if enforce else None
+            done: Counted = await self._timed(
+                "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now), shield=True)
+            if done.conflict:
+                self.invalidate(subject)
+                continue
+            if entry.stored.version == 0:
+                self.invalidate(subject)   # now stored: reload its version next time
+            else:
+                k = (meter, span.start)
+                entry.used[k] = max(entry.used.get(k, 0), done.used)
+            if enforce and done.counted:
+                decision, _ = self.table.consume(state, meter, amount, done.used - amount, now)
+            else:
+                # Refused: why, against the usage the database saw. Usage: what is left after counting.
+                decision = self.table.can_process(state, meter, amount if enforce else 1, done.used, now)
+            return Counting(decision, done.counted, done.duplicate)
+        raise StoreUnavailable("count: the subject kept changing")
+
+    def _observe(self, endpoint: str, subject: str, decision: Decision) -> None:
+        reason = decision.reason.value
+        self.metrics.decisions.labels(endpoint, reason).inc()
+        if not decision.allowed:
+            self.metrics.denials.labels(reason).inc()
+            log(logging.INFO, "denied", endpoint=endpoint, subject=subject, meter=decision.meter, reason=reason,
+                status=decision.status, used=decision.used, limit=decision.limit, rule=decision.rule)
+
+    # --- the door -----------------------------------------------------------------------------
+
+    async def apply(self, subject: str, trigger: Trigger | None, *, to: str | None = None, why: str = "",
+                    cause_id: str | None = None, actor: str | None = None) -> Outcome:
+        """Every state change goes through here: the engine decides, the store commits state and audit
+        in one transaction (retrying on a concurrent writer), and the cache entry is dropped."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            now = self.clock()
+            stored = await self._timed("load", self.store.load(subject))
+            if stored is None:
+                stored = StoredSubject(self.table.initial_state(subject, now), 0)
+            outcome = (self.table.override(stored.state, to, now, why) if to is not None
+                       else self.table.apply(stored.state, trigger, now))
+            if not outcome.changed and stored.version != 0:
+                return outcome
+            audit = None
+            if outcome.moved:
+                reason = outcome.reason + (f"; {why}" if why and to is None else "")
+                audit = AuditEntry(subject, stored.state.status, outcome.state.status, outcome.trigger, reason,
+                                   now, self.table.version, cause_id, actor)
+            new = StoredSubject(outcome.state, stored.version, stored.stripe_customer, stored.stripe_subscription)
+            if await self._timed("save", self.store.save(new, stored.version, audit), shield=True):
+                self.invalidate(subject)
+                if outcome.moved:
+                    self.metrics.transitions.labels(outcome.trigger.split(":")[0], outcome.state.status).inc()
+                    log(logging.INFO, "transition", subject=subject, trigger=outcome.trigger,
+                        from_status=stored.state.status, to_status=outcome.state.status, reason=outcome.reason,
+                        actor=actor, cause_id=cause_id)
+                return outcome
+            self.invalidate(subject)
+        raise StoreUnavailable("apply: the subject kept changing")
+
+    async def admin(self, subject: str, *, to: str | None, action: str | None, why: str, actor: str) -> Outcome:
+        trigger = AdminAction(action, actor) if action else None
+        return await self.apply(subject, trigger, to=to, why=why, actor=actor)
+
+    # --- views --------------------------------------------------------------------------------
+
+    async def describe(self, subject: str) -> dict:
+        now = self.clock()
+        stored = await self._timed("load", self.store.load(subject))
+        known = stored is not None
+        state: SubjectState = stored.state if known else self.table.initial_state(subject, now)
+        windows = {m: self.table.window(state, m, now) for m in self.table.meters}
+        used = await self._timed("usage", self.store.used(subject, [(m, w.start) for m, w in windows.items()]))
+        usage = []
+        for meter, span in windows.items():
+            d = self.table.can_process(state, meter, 1, used[(meter, span.start)], now)
+            usage.append({"meter": meter, "used": d.used, "limit": d.limit, "remaining": d.remaining,
+                          "allowed": d.allowed, "reason": d.reason.value, "window_start": d.window_start,
+                          "resets_at": d.resets_at, "rule": d.rule})
+        history = await self._timed("transitions", self.store.transitions(subject)) if known else []
+        return {
+            "subject": subject, "known": known, "status": state.status, "tier": state.tier, "since": state.since,
+            "timer_due": state.timer_due, "period_start": state.period_start, "period_end": state.period_end,
+            "plan_version": state.plan_version,
+            "stripe_customer": stored.stripe_customer if known else None,
+            "stripe_subscription": stored.stripe_subscription if known else None,
+            "usage": usage, "transitions": [a.to_dict() for a in history],
+        }

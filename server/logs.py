@@ -1,0 +1,55 @@
+"""Structured logs: one JSON object a line, never a secret."""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+
+LOGGER_NAME = "plangate"
+_SECRET_WORDS = ("token", "secret", "authorization", "password", "signature")
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "event": record.getMessage()}
+        if request_id.get() is not None:
+            entry["request_id"] = request_id.get()
+        fields = getattr(record, "fields", None) or {}
+        for key, value in fields.items():
+            entry[key] = "[redacted]" if any(w in key.lower() for w in _SECRET_WORDS) else value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str = "INFO", stream=None) -> logging.Logger:
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
+
+
+def log(level: int, event: str, exc_info: bool = False, **fields) -> None:
+    logging.getLogger(LOGGER_NAME).log(level, event, exc_info=exc_info, extra={"fields": fields})
+
+
+class Throttle:
+    """Lets a message through at most once per interval (store outages must not flood the log)."""
+
+    def __init__(self, interval: float = 10.0):
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def ready(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) >= self.interval:
+            self._last[key] = now
+            return True
+        return False

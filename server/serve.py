@@ -1,0 +1,94 @@
+"""`plangate serve` and `plangate migrate`: start the gate, or bring the store's schema up to date."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from aiohttp import web
+
+from engine import compile_file
+from policy import PlanError, PlanFileError
+
+from .app import create_app
+from .config import Config, ConfigError
+from .logs import configure
+from .store import StoreError, open_store
+
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"plangate: {message}", file=sys.stderr)
+    return code
+
+
+def _setup(env_file: str | None):
+    config = Config.from_env(env_file=env_file)
+    table = compile_file(config.plans)
+    return config, table
+
+
+def serve(env_file: str | None = "config.env") -> int:
+    try:
+        config, table = _setup(env_file)
+        config.require_token()
+    except ConfigError as exc:
+        return _fail(f"invalid setting: {exc}", 2)
+    except PlanFileError as exc:
+        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS)", 2)
+    except PlanError as exc:
+        return _fail(str(exc), 2)
+    configure(config.log_level)
+    try:
+        asyncio.run(_serve(config, table))
+    except StoreError as exc:
+        return _fail(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})", 1)
+    except OSError as exc:
+        return _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1)
+    return 0
+
+
+async def _serve(config: Config, table) -> None:
+    store = open_store(config.database, sqlite_synchronous=config.sqlite_synchronous)
+    app = create_app(config, table, store)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        print(f"plangate: listening on http://{host}:{port} (plan {table.version}, "
+              f"enforcement {'on' if config.enabled else 'off'})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("plangate: stopping: finishing requests in flight", flush=True)
+    finally:
+        # Stops accepting, lets requests in flight finish (up to the timeout), then closes the store.
+        await runner.cleanup()
+
+
+def migrate(env_file: str | None = "config.env") -> int:
+    try:
+        config = Config.from_env(env_file=env_file)
+    except ConfigError as exc:
+        return _fail(f"invalid setting: {exc}", 2)
+
+    async def run():
+        store = open_store(config.database, sqlite_synchronous=config.sqlite_synchronous)
+        await store.open()
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        before, after = asyncio.run(run())
+    except StoreError as exc:
+        return _fail(f"migration failed: {exc}", 1)
+    print(f"plangate: {config.database}: schema version {before} -> {after}"
+          if after != before else f"plangate: {config.database}: schema is current (version {after})")
+    return 0

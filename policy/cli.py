@@ -7,6 +7,7 @@ from typing import TextIO
 
 from ._findings import Finding
 from ._load import PlanFileError, check_file
+from ._model import Plan
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -60,3 +61,41 @@ def _github(findings: list[Finding]) -> str:
 
 _FORMATS = {"text": _text, "json": _json, "github": _github}
 FORMATS = tuple(_FORMATS)
+
+
+def graph(file: str = "plans.yaml", fmt: str = "mermaid", out: TextIO | None = None,
+          err: TextIO | None = None) -> int:
+    """Print the state diagram; exit 1 with the findings when the plan has errors, 2 on I/O problems."""
+    from ._views import GRAPH_FORMATS
+
+    plan, code = _checked_plan("graph", file, err or sys.stderr)
+    if plan is not None:
+        (out or sys.stdout).write(GRAPH_FORMATS[fmt](plan))
+    return code
+
+
+def explain(file: str = "plans.yaml", out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print each status in plain words; exit codes as for graph."""
+    from ._views import explain as explain_plan
+
+    plan, code = _checked_plan("explain", file, err or sys.stderr)
+    if plan is not None:
+        (out or sys.stdout).write(explain_plan(plan))
+    return code
+
+
+def _checked_plan(command: str, file: str, err: TextIO) -> tuple[Plan | None, int]:
+    """The plan of a file with no error finding (warnings go to err), or None and the exit code."""
+    try:
+        checked = check_file(file)
+    except PlanFileError as exc:
+        print(f"plangate {command}: {exc}", file=err)
+        return None, EXIT_USAGE
+    err.write(_text(list(checked.findings)))
+    if not checked.ok:
+        print(f"plangate {command}: {file} has errors; fix them first (plangate lint {file})", file=err)
+        return None, EXIT_FINDINGS
+    return checked.plan, EXIT_OK
+
+
+GRAPH_FORMATS = ("mermaid", "dot")

@@ -1,0 +1,171 @@
+"""Views of a checked plan for people: the state diagram (Mermaid or Graphviz DOT) and a
+status-by-status explanation a product owner can read without knowing the file format."""
+from __future__ import annotations
+
+from ._model import Condition, FailMode, Plan, Quota, QuotaKind, Status, Transition, TriggerKind
+
+
+def _value(value: object) -> str:
+    """A condition value as it is written in YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _condition(c: Condition, sep: str = "|") -> str:
+    return f"{'.'.join(c.path)}={sep.join(map(_value, c.values))}"
+
+
+def _edges(plan: Plan) -> list[tuple[str, str, Transition]]:
+    """(source, target, transition) for every arrow, in the order the plan lists transitions;
+    `from: any` gives one arrow per status it covers."""
+    return [(src, t.target, t) for t in plan.transitions for src in dict.fromkeys(plan.sources_of(t))]
+
+
+def _arrow_label(plan: Plan, source: str, t: Transition) -> str:
+    label = str(t.trigger)
+    status = plan.status(source)
+    if t.trigger.kind is TriggerKind.TIMER and status and status.expires_after_text:
+        label += f" ({status.expires_after_text})"
+    if t.conditions:
+        label += " [" + ", ".join(_condition(c) for c in t.conditions) + "]"
+    return label
+
+
+def _facts(status: Status) -> list[str]:
+    """Short lines shown inside a status's box."""
+    lines = [] if status.allows else ["no access"]
+    for q in status.quotas if status.allows else ():
+        lines.append(f"{q.meter} {'tier quota' if q.kind is QuotaKind.TIER else q.describe()}")
+    if status.expires_after_text:
+        lines.append(f"timer {status.expires_after_text}")
+    if status.grace:
+        lines.append("grace")
+    return lines
+
+
+def mermaid(plan: Plan) -> str:
+    """A Mermaid stateDiagram-v2: [*] marks the initial status and follows terminal ones."""
+    lines = ["stateDiagram-v2"]
+    for s in plan.statuses:
+        if s.initial:
+            lines.append(f"    [*] --> {s.name}")
+    for s in plan.statuses:
+        lines.extend(f"    {s.name} : {_mermaid_text(fact)}" for fact in _facts(s))
+    for source, target, t in _edges(plan):
+        lines.append(f"    {source} --> {target} : {_mermaid_text(_arrow_label(plan, source, t))}")
+    for s in plan.statuses:
+        if s.terminal:
+            lines.append(f"    {s.name} --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    # Mermaid ends a label at ';' and reads '#...;' as an entity: write both as entities.
+    return text.replace("#", "#35;").replace(";", "#59;").replace("%%", "#37;#37;")
+
+
+def dot(plan: Plan) -> str:
+    """A Graphviz digraph: a point leads to the initial status, terminal ones have a double border."""
+    lines = ["digraph plan {", "    rankdir=LR;", '    node [shape=box, style=rounded, fontname="Helvetica"];',
+             '    edge [fontname="Helvetica", fontsize=10];', '    "__start" [shape=point, label=""];']
+    for s in plan.statuses:
+        label = "\\n".join(_dot_text(part) for part in [s.name, *_facts(s)])
+        extra = ", peripheries=2" if s.terminal else ""
+        extra += ', style="rounded,dashed"' if not s.allows else ""
+        lines.append(f'    "{_dot_text(s.name)}" [label="{label}"{extra}];')
+    for s in plan.statuses:
+        if s.initial:
+            lines.append(f'    "__start" -> "{_dot_text(s.name)}";')
+    for source, target, t in _edges(plan):
+        lines.append(f'    "{_dot_text(source)}" -> "{_dot_text(target)}" '
+                     f'[label="{_dot_text(_arrow_label(plan, source, t))}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+GRAPH_FORMATS = {"mermaid": mermaid, "dot": dot}
+
+
+def explain(plan: Plan) -> str:
+    """Each status in plain words: access, quota and fail mode per meter, timer, and what moves a subject on."""
+    tiers = ", ".join(t.name + (" (default)" if t.name == plan.default_tier else "") for t in plan.tiers)
+    out = [f"{plan.file}: {len(plan.statuses)} statuses; meters: {', '.join(m.name for m in plan.meters)}; "
+           f"tiers: {tiers or 'none'}; time zone: {plan.timezone}."]
+    if plan.initial:
+        out.append(f"A subject nobody has seen yet starts in {plan.initial.name}.")
+    for s in plan.statuses:
+        out.append("")
+        out.extend(_explain_status(plan, s))
+    return "\n".join(out) + "\n"
+
+
+def _explain_status(plan: Plan, s: Status) -> list[str]:
+    marks = [word for word, on in (("initial", s.initial), ("paying", s.paying), ("grace", s.grace),
+                                   ("terminal", s.terminal)) if on]
+    out = [s.name + (f" ({', '.join(marks)})" if marks else "")]
+    if s.description:
+        out.append(f"  {s.description}")
+    if not s.allows:
+        out.append("  access:    denied: no work at all")
+    else:
+        out.append("  access:    allowed, within the quotas below")
+        for meter in plan.meters:
+            out.append(f"  {meter.name + ':':<10} {_quota_text(plan, s.quota(meter.name))}")
+            out.append(f"  {'':<10} if the usage store cannot be read: {_fail_mode_text(plan, s, meter.name)}")
+    out.extend(_timer_lines(plan, s))
+    moves = [t for t in plan.transitions if s.name in plan.sources_of(t)]
+    if s.terminal or not moves:
+        out.append("  moves on:  never" + (" (terminal)" if s.terminal else ""))
+        return out
+    out.append("  moves on:")
+    labels = [_explain_trigger(plan, s, t) for t in moves]
+    width = max(map(len, labels))
+    out.extend(f"    {label:<{width}}  -> {t.target}" + (" (stays)" if t.target == s.name else "")
+               for label, t in zip(labels, moves))
+    return out
+
+
+def _quota_text(plan: Plan, q: Quota | None) -> str:
+    if q is None:
+        return "no quota here, so none of it is allowed"
+    if q.kind is not QuotaKind.TIER:
+        return q.describe()
+    per_tier = []
+    for tier in plan.tiers:
+        tq = next((x for x in tier.quotas if x.meter == q.meter), None)
+        per_tier.append(f"{tier.name}: {tq.describe() if tq else 'none'}")
+    return "the subscribed tier's quota (" + ("; ".join(per_tier) or "no tiers") + ")"
+
+
+def _fail_mode_text(plan: Plan, s: Status, meter: str) -> str:
+    default = plan.meter(meter).fail_mode
+    mode = dict(s.fail_modes).get(meter, default)
+    text = "open (work goes ahead)" if mode is FailMode.OPEN else "closed (work stops)"
+    return text + (f", overriding the meter's {default.value}" if mode is not default else "")
+
+
+def _timer_lines(plan: Plan, s: Status) -> list[str]:
+    if not s.expires_after_text:
+        return ["  timer:     none"]
+    targets = [t.target for t in plan.transitions
+               if t.trigger.kind is TriggerKind.TIMER and s.name in plan.sources_of(t)]
+    return [f"  timer:     after {s.expires_after_text} in this status, moves to {' or '.join(targets) or '?'}"]
+
+
+def _explain_trigger(plan: Plan, s: Status, t: Transition) -> str:
+    if t.trigger.kind is TriggerKind.TIMER:
+        text = f"when the timer runs out ({s.expires_after_text})"
+    elif t.trigger.kind is TriggerKind.STRIPE:
+        text = f"on Stripe {t.trigger.name}"
+    else:
+        text = f"on admin action {t.trigger.name}"
+    for i, c in enumerate(t.conditions):
+        text += (" if " if i == 0 else " and ") + f"{'.'.join(c.path)} is {' or '.join(map(_value, c.values))}"
+    return text

@@ -7,7 +7,7 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    from policy.cli import FORMATS
+    from policy.cli import FORMATS, GRAPH_FORMATS
 
     parser = argparse.ArgumentParser(prog="plangate", description="A subscription gate driven by plans.yaml.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -16,6 +16,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", default=["plans.yaml"], metavar="FILE")
     p.add_argument("--format", choices=FORMATS, default="text")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
+
+    p = sub.add_parser("graph", help="print the plan's state diagram (Mermaid or Graphviz DOT)")
+    p.add_argument("file", nargs="?", default="plans.yaml", metavar="FILE")
+    p.add_argument("--format", choices=GRAPH_FORMATS, default="mermaid")
+
+    p = sub.add_parser("explain", help="print each status of the plan in plain words")
+    p.add_argument("file", nargs="?", default="plans.yaml", metavar="FILE")
 
     for name, text in (("serve", "start the gate (settings from the environment and config.env)"),
                        ("migrate", "bring the store's schema up to date")):
@@ -29,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lint":
         from policy.cli import lint
         return lint(args.files, args.format, args.strict)
+    if args.command == "graph":
+        from policy.cli import graph
+        return graph(args.file, args.format)
+    if args.command == "explain":
+        from policy.cli import explain
+        return explain(args.file)
     if args.command == "serve":
         from server.serve import serve
         return serve(args.env_file)

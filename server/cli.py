@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="print each status of the plan in plain words")
     p.add_argument("file", nargs="?", default="plans.yaml", metavar="FILE")
 
+    p = sub.add_parser("test", help="run scenario files against the plan; exit 0 all passed, 1 any failed, "
+                                    "2 on usage or file problems",
+                       usage="plangate test [-h] [PLAN] [SCENARIO ...]",
+                       description="PLAN defaults to plans.yaml, SCENARIO (files or directories) to the "
+                                   "scenarios/ directory next to the plan.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="[PLAN] [SCENARIO ...]")
+
     for name, text in (("serve", "start the gate (settings from the environment and config.env)"),
                        ("migrate", "bring the store's schema up to date")):
         p = sub.add_parser(name, help=text)
@@ -42,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "explain":
         from policy.cli import explain
         return explain(args.file)
+    if args.command == "test":
+        from engine.cli import run_scenarios
+        return run_scenarios(args.paths)
     if args.command == "serve":
         from server.serve import serve
         return serve(args.env_file)

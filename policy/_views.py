@@ -14,8 +14,8 @@ def _value(value: object) -> str:
     return str(value)
 
 
-def _condition(c: Condition, sep: str = "|") -> str:
-    return f"{'.'.join(c.path)}={sep.join(map(_value, c.values))}"
+def _condition(c: Condition) -> str:
+    return f"{'.'.join(c.path)}={'|'.join(map(_value, c.values))}"
 
 
 def _edges(plan: Plan) -> list[tuple[str, str, Transition]]:
@@ -62,9 +62,12 @@ def mermaid(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MERMAID_ENTITIES = str.maketrans({"#": "#35;", ";": "#59;", "%": "#37;"})
+
+
 def _mermaid_text(text: str) -> str:
-    # Mermaid ends a label at ';' and reads '#...;' as an entity: write both as entities.
-    return text.replace("#", "#35;").replace(";", "#59;").replace("%%", "#37;#37;")
+    # Mermaid ends a label at ';', reads '#...;' as an entity and '%%' as a comment: write them as entities.
+    return text.translate(_MERMAID_ENTITIES)
 
 
 def dot(plan: Plan) -> str:

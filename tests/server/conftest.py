@@ -1,0 +1,151 @@
+"""Real gates for the server tests: the app on 127.0.0.1 (free port) over a real SQLite file."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engine import compile_file
+from server.app import create_app
+from server.config import Config
+from server.store import open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = ROOT / "plans.yaml"
+TOKEN = "test-token-0123456789abcdef"
+BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_PLANS": str(PLAN)}
+
+
+@dataclass
+class Gate:
+    """A running gate and a client for it."""
+
+    url: str
+    session: aiohttp.ClientSession
+    app: object = None
+    database: str = ""
+
+    async def call(self, method: str, path: str, body=None, *, token: str | None = TOKEN, raw: bytes | None = None,
+                   headers: dict | None = None):
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
+        async with self.session.request(method, self.url + path, headers=hdrs, **kwargs) as resp:
+            text = await resp.text()
+            try:
+                import json
+                payload = json.loads(text)
+            except ValueError:
+                payload = text
+            return resp.status, payload
+
+    async def post(self, path: str, body=None, **kw):
+        return await self.call("POST", path, body, **kw)
+
+    async def get(self, path: str, **kw):
+        return await self.call("GET", path, **kw)
+
+    async def check(self, subject: str, amount: int = 1, meter: str = "requests"):
+        return await self.post("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
+
+    async def consume(self, subject: str, amount: int = 1, key: str | None = None, meter: str = "requests"):
+        body = {"subject": subject, "meter": meter, "amount": amount}
+        if key is not None:
+            body["idempotency_key"] = key
+        return await self.post("/v1/consume", body)
+
+
+def config_for(database: str, **env) -> Config:
+    return Config.from_env({**BASE_ENV, "PLANGATE_DATABASE": database, **env}, env_file=None)
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    return str(tmp_path / "gate.sqlite3")
+
+
+@pytest.fixture
+async def start_gate(aiohttp_server, database):
+    """start_gate(**env) -> Gate: a gate app served on 127.0.0.1 by aiohttp's test server."""
+    sessions = []
+
+    async def start(plan: Path = PLAN, **env) -> Gate:
+        config = config_for(database, PLANGATE_PLANS=str(plan), **env)
+        app = create_app(config, compile_file(config.plans), open_store(config.database))
+        server = await aiohttp_server(app, host="127.0.0.1")
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        sessions.append(session)
+        return Gate(str(server.make_url("")).rstrip("/"), session, app, database)
+
+    yield start
+    for s in sessions:
+        await s.close()
+
+
+@pytest.fixture
+async def gate(start_gate) -> Gate:
+    return await start_gate()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GateProcess:
+    """`plangate serve` as a real process, stopped by SIGTERM (SIGKILL if it hangs)."""
+
+    def __init__(self, env: dict, cwd: Path):
+        self.port = free_port()
+        full = {**os.environ, **env, "PLANGATE_PORT": str(self.port), "PLANGATE_HOST": "127.0.0.1"}
+        exe = Path(sys.executable).with_name("plangate")
+        self.proc = subprocess.Popen([str(exe), "serve", "--env-file", ""], env=full, cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"plangate serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("plangate serve did not start listening in time")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def gate_process(tmp_path):
+    started = []
+
+    def start(**env) -> GateProcess:
+        p = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "proc.sqlite3"), **env}, tmp_path)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()

@@ -1,0 +1,222 @@
+"""Every endpoint of a real gate on 127.0.0.1 over a real SQLite file, and every way to call it wrong."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from .conftest import TOKEN
+
+
+def rows(database: str, sql: str, *args):
+    with sqlite3.connect(database) as db:
+        return db.execute(sql, args).fetchall()
+
+
+class TestCheck:
+    async def test_unknown_subject_gets_the_initial_status(self, gate):
+        status, body = await gate.check("new-user")
+        assert status == 200
+        assert body["allowed"] is True and body["reason"] == "ok"
+        assert body["status"] == "limited_free_trial"
+        assert (body["limit"], body["used"], body["remaining"]) == (20, 0, 20)
+        assert body["window_start"].endswith("T00:00:00Z") and body["resets_at"].endswith("T00:00:00Z")
+        assert "statuses.limited_free_trial.quotas.requests" in body["rule"]
+
+    async def test_check_writes_nothing(self, gate):
+        await gate.check("reader")
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+    async def test_amount_over_what_is_left_is_denied_with_retry_after(self, gate):
+        await gate.consume("u", 15)
+        status, body = await gate.check("u", 6)
+        assert status == 200
+        assert body["allowed"] is False and body["reason"] == "quota_exhausted"
+        assert body["remaining"] == 5 and body["retry_after"] > 0
+
+    async def test_disabled_enforcement_allows_everything(self, start_gate):
+        gate = await start_gate(SUBSCRIPTION_ENABLED="false")
+        status, body = await gate.check("u", 10_000)
+        assert (status, body["allowed"], body["reason"]) == (200, True, "disabled")
+
+    async def test_kill_switch_denies_everything(self, start_gate):
+        gate = await start_gate(SUBSCRIPTION_KILL_SWITCH="true")
+        for path in ("/v1/check", "/v1/consume"):
+            status, body = await gate.post(path, {"subject": "u", "meter": "requests", "amount": 1})
+            assert (status, body["allowed"], body["reason"]) == (200, False, "kill_switch")
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+
+class TestConsume:
+    async def test_counts_and_refuses_instead_of_overshooting(self, gate):
+        answers = [await gate.consume("u", 7) for _ in range(3)]
+        assert [b["allowed"] for _, b in answers] == [True, True, False]
+        assert [b["used"] for _, b in answers] == [7, 14, 14]
+        assert answers[2][1]["counted"] is False and answers[2][1]["reason"] == "quota_exhausted"
+        assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(14,)]
+
+    async def test_same_idempotency_key_counts_once(self, gate):
+        first = await gate.consume("u", 3, key="job-1")
+        again = await gate.consume("u", 3, key="job-1")
+        assert first[1]["counted"] is True and first[1]["duplicate"] is False
+        assert again[1]["counted"] is True and again[1]["duplicate"] is True
+        assert again[1]["used"] == 3
+        assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(3,)]
+
+    async def test_key_reused_for_other_work_is_a_conflict(self, gate):
+        await gate.consume("u", 3, key="job-1")
+        status, body = await gate.consume("u", 4, key="job-1")
+        assert status == 409 and body["error"] == "idempotency_key_reused"
+        assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(3,)]
+
+    async def test_first_consume_stores_the_subject_in_its_initial_status(self, gate):
+        await gate.consume("fresh", 1)
+        assert rows(gate.database, "SELECT status, version FROM subscriptions WHERE subject = 'fresh'") == [
+            ("limited_free_trial", 1)]
+
+    async def test_denying_status_counts_nothing(self, gate):
+        await gate.post("/v1/subjects/u/transition", {"action": "close_account", "reason": "fraud"})
+        status, body = await gate.consume("u", 1)
+        assert (status, body["allowed"], body["reason"], body["counted"]) == (200, False, "status_denies", False)
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+
+class TestUsage:
+    async def test_counts_work_that_ran_even_past_the_limit(self, gate):
+        body = {"subject": "u", "meter": "requests", "amount": 25, "idempotency_key": "done-1"}
+        status, answer = await gate.post("/v1/usage", body)
+        assert status == 200 and answer["counted"] is True and answer["used"] == 25
+        assert answer["remaining"] == 0 and answer["allowed"] is False
+        status, again = await gate.post("/v1/usage", body)
+        assert again["duplicate"] is True
+        assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(25,)]
+
+    async def test_idempotency_key_is_required(self, gate):
+        status, body = await gate.post("/v1/usage", {"subject": "u", "meter": "requests", "amount": 1})
+        assert (status, body["error"]) == (400, "missing_field")
+
+
+class TestSubjectsAndAdmin:
+    async def test_view_of_an_unknown_subject(self, gate):
+        status, body = await gate.get("/v1/subjects/nobody")
+        assert status == 200 and body["known"] is False and body["status"] == "limited_free_trial"
+        assert body["usage"][0]["meter"] == "requests" and body["transitions"] == []
+
+    async def test_action_moves_and_is_audited(self, gate):
+        await gate.consume("u", 2)
+        status, body = await gate.post("/v1/subjects/u/transition",
+                                       {"action": "close_account", "reason": "chargeback", "actor": "ops@x"})
+        assert status == 200 and body["moved"] is True
+        assert (body["from"], body["to"]) == ("limited_free_trial", "closed")
+        status, view = await gate.get("/v1/subjects/u")
+        assert view["status"] == "closed" and view["known"] is True
+        audit = view["transitions"][0]
+        assert (audit["from"], audit["to"], audit["trigger"], audit["actor"]) == (
+            "limited_free_trial", "closed", "admin:close_account", "ops@x")
+        assert "chargeback" in audit["reason"]
+        status, check = await gate.check("u")
+        assert check["allowed"] is False and check["reason"] == "status_denies"
+
+    async def test_direct_override_to_a_status(self, gate):
+        status, body = await gate.post("/v1/subjects/u/transition", {"to": "billing_problem", "reason": "support"})
+        assert status == 200 and body["moved"] is True and body["to"] == "billing_problem"
+        assert rows(gate.database, "SELECT from_status, to_status, trigger FROM transitions") == [
+            ("limited_free_trial", "billing_problem", "admin:override")]
+
+    async def test_action_that_does_not_apply_is_a_recorded_no_op(self, gate):
+        status, body = await gate.post("/v1/subjects/u/transition",
+                                       {"action": "restart_free_trial", "reason": "support"})
+        assert status == 200 and body["moved"] is False and "no transition" in body["reason"]
+        assert rows(gate.database, "SELECT * FROM transitions") == []
+
+    @pytest.mark.parametrize("body, code, status", [
+        ({"to": "nowhere", "reason": "x"}, "unknown_status", 422),
+        ({"action": "launch_rockets", "reason": "x"}, "unknown_action", 422),
+        ({"to": "paid", "action": "close_account", "reason": "x"}, "invalid_field", 400),
+        ({"reason": "x"}, "invalid_field", 400),
+        ({"to": "paid"}, "missing_field", 400),
+        ({"to": "paid", "reason": ""}, "invalid_field", 400),
+    ])
+    async def test_bad_transitions_change_nothing(self, gate, body, code, status):
+        got_status, got = await gate.post("/v1/subjects/u/transition", body)
+        assert (got_status, got["error"]) == (status, code) and got["message"]
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+
+
+class TestAuth:
+    @pytest.mark.parametrize("token", [None, "", "wrong-token-0123456789", TOKEN + "x", TOKEN[:-1]])
+    @pytest.mark.parametrize("method, path", [
+        ("POST", "/v1/check"), ("POST", "/v1/consume"), ("POST", "/v1/usage"), ("GET", "/v1/subjects/u"),
+        ("POST", "/v1/subjects/u/transition")])
+    async def test_v1_needs_the_token(self, gate, token, method, path):
+        status, body = await gate.call(method, path, {"subject": "u", "meter": "requests"}, token=token)
+        assert status == 401 and body["error"] == "unauthorized"
+
+    @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json"])
+    async def test_probes_are_open(self, gate, path):
+        status, _ = await gate.get(path, token=None)
+        assert status == 200
+
+
+BAD_BODIES = [
+    (b"not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_json"),
+    (b'{"meter": "requests"}', 400, "missing_field"),
+    (b'{"subject": 5, "meter": "requests"}', 400, "invalid_field"),
+    (b'{"subject": "", "meter": "requests"}', 400, "invalid_field"),
+    (b'{"subject": "a\\u0000b", "meter": "requests"}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "requests", "amount": 0}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "requests", "amount": -3}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "requests", "amount": 1.5}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "requests", "amount": "2"}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "requests", "amount": true}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "requests", "amount": 100000000000}', 400, "invalid_field"),
+    (b'{"subject": "u", "meter": "tokens", "amount": 1}', 422, "unknown_meter"),
+    (b'{"subject": "u", "meter": "requests", "colour": "red"}', 400, "unknown_field"),
+]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("path", ["/v1/check", "/v1/consume"])
+    @pytest.mark.parametrize("raw, status, code", BAD_BODIES)
+    async def test_rejected_with_a_clear_error_and_nothing_written(self, gate, path, raw, status, code):
+        got_status, body = await gate.post(path, raw=raw)
+        assert (got_status, body["error"]) == (status, code)
+        assert isinstance(body["message"], str) and body["message"]
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+    async def test_body_over_the_limit(self, gate):
+        raw = b'{"subject": "' + b"a" * 20_000 + b'", "meter": "requests"}'
+        status, body = await gate.post("/v1/consume", raw=raw)
+        assert (status, body["error"]) == (413, "body_too_large")
+
+    async def test_unknown_route_and_method(self, gate):
+        assert (await gate.get("/v1/nothing-here"))[1]["error"] == "not_found"
+        status, body = await gate.get("/v1/check")
+        assert (status, body["error"]) == (405, "method_not_allowed")
+
+    async def test_request_id_is_echoed(self, gate):
+        async with gate.session.post(gate.url + "/v1/check", json={"subject": "u", "meter": "requests"},
+                                     headers={"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "abc-123"}) as r:
+            assert r.headers["X-Request-Id"] == "abc-123"
+
+
+class TestProbes:
+    async def test_health_and_readiness(self, gate):
+        assert (await gate.get("/healthz")) == (200, {"status": "alive"})
+        status, body = await gate.get("/readyz")
+        assert status == 200 and body["ready"] is True
+        assert body["checks"]["store"]["ok"] is True and body["checks"]["plan"]["version"]
+
+    async def test_metrics_count_decisions_denials_and_usage(self, gate):
+        for _ in range(3):
+            await gate.consume("u", 9)
+        await gate.check("u")
+        status, text = await gate.get("/metrics")
+        assert status == 200
+        assert 'plangate_decisions_total{endpoint="consume",reason="ok"} 2.0' in text
+        assert 'plangate_denials_total{reason="quota_exhausted"} 1.0' in text
+        assert 'plangate_usage_counted_total{meter="requests"} 18.0' in text
+        assert "plangate_cache_hit_ratio" in text and "plangate_request_seconds_bucket" in text

@@ -1,0 +1,191 @@
+"""Running a parsed scenario against the compiled plan with a virtual clock, step by step.
+
+What the server does with the world (deliver Stripe events, sweep due timers, count usage in the
+store) is played here in memory, through the same table calls, so a passing scenario says what
+the running gate will do.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from policy import format_duration
+
+from ._decision import Decision
+from ._scenario import Expectation, Scenario, Step, _iso, _show
+from ._state import SubjectState
+from ._table import StateTable
+from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired
+from ._usage import UsageBook
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first expectation that did not hold, with what happened at its step."""
+
+    step: Step
+    expectation: Expectation
+    actual: object
+    happened: str
+
+    def describe(self, file: str) -> str:
+        e = self.expectation
+        return (f"step {self.step.number} ({self.step.kind}) at {file}:{e.line}: {e.key}: "
+                f"expected {_show_value(e.key, e.value, e.written)}, got {_show_value(e.key, self.actual)}\n"
+                f"    {self.happened}")
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: Scenario
+    failure: Failure | None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class _Seen:
+    """What one step did: the decision it made (if any), whether it moved the subject, in words."""
+
+    decision: Decision | None
+    moved: bool
+    happened: str
+
+
+def play(table: StateTable, scenario: Scenario) -> Result:
+    """Run every step in order; stop at the first expectation that does not hold."""
+    player = _Player(table, scenario)
+    for step in scenario.steps:
+        seen = player.do(step)
+        failure = player.verify(step, seen)
+        if failure is not None:
+            return Result(scenario, failure)
+    return Result(scenario, None)
+
+
+class _Player:
+    def __init__(self, table: StateTable, scenario: Scenario):
+        self.table = table
+        self.scenario = scenario
+        self.now = scenario.start
+        self.state: SubjectState = table.initial_state(scenario.subject, self.now)
+        self.book = UsageBook(table)
+        self.fired: float | None = None   # a deadline fires once, even when its timer moves nothing
+
+    def do(self, step: Step) -> _Seen:
+        return getattr(self, "_" + step.kind)(step)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _check(self, step: Step) -> _Seen:
+        decision = self.book.check(self.state, step.meter, step.amount, self.now)
+        return _Seen(decision, False, f"check of {step.amount} {step.meter}: {_explain(decision)}")
+
+    def _consume(self, step: Step) -> _Seen:
+        decision = self.book.consume(self.state, step.meter, step.amount, self.now)
+        verb = "counted" if decision.allowed else "refused"
+        return _Seen(decision, False, f"consume {step.amount} {step.meter} {verb}: {_explain(decision)}")
+
+    def _wait(self, step: Step) -> _Seen:
+        return self._advance(self.now + step.value, f"waited {format_duration(step.value)}")
+
+    def _until(self, step: Step) -> _Seen:
+        return self._advance(step.value, f"moved the clock to {_iso(step.value)}")
+
+    def _stripe(self, step: Step) -> _Seen:
+        event = StripeEvent(step.value, step.object, step.extra, self.now)
+        other = self._other_subject(step.object)
+        if other is not None:
+            return _Seen(None, False, f"{event.key} is about '{other}', not '{self.scenario.subject}': ignored")
+        return self._outcome(self.table.apply(self.state, event, self.now))
+
+    def _admin(self, step: Step) -> _Seen:
+        return self._outcome(self.table.apply(self.state, AdminAction(step.value, step.extra), self.now))
+
+    def _override(self, step: Step) -> _Seen:
+        return self._outcome(self.table.override(self.state, step.value, self.now, step.extra))
+
+    # --- the clock and triggers ----------------------------------------------------------------
+
+    def _advance(self, until: float, what: str) -> _Seen:
+        """Move the clock; each timer due on the way fires at its deadline, as the server's sweep would."""
+        moved, notes = False, []
+        while True:
+            due = self.state.timer_due
+            if due is None or due > until or due == self.fired:
+                break
+            self.fired = due
+            self.now = max(self.now, due)
+            outcome = self.table.apply(self.state, TimerFired(), self.now)
+            self.state = outcome.state
+            moved = moved or outcome.moved
+            notes.append(f"timer at {_iso(due)}: {outcome.reason}")
+        self.now = until
+        return _Seen(None, moved, what + (": " + "; ".join(notes) if notes else ", no timer fired"))
+
+    def _outcome(self, outcome: Outcome) -> _Seen:
+        self.state = outcome.state
+        return _Seen(None, outcome.moved, f"{outcome.trigger}: {outcome.reason}")
+
+    def _other_subject(self, obj: Mapping) -> str | None:
+        """The subject an event names when it is not the scenario's (the server would not apply it)."""
+        link = self.table.plan.subject_link
+        named = obj.get("client_reference_id") if link.client_reference_id else None
+        if not isinstance(named, str) and link.metadata_key:
+            meta = obj.get("metadata")
+            named = meta.get(link.metadata_key) if isinstance(meta, Mapping) else None
+        return named if isinstance(named, str) and named != self.scenario.subject else None
+
+    # --- expectations ------------------------------------------------------------------------
+
+    def verify(self, step: Step, seen: _Seen) -> Failure | None:
+        for e in step.expect:
+            actual = self.actual(e, step, seen)
+            if not _same(actual, e.value):
+                return Failure(step, e, actual, seen.happened)
+        return None
+
+    def actual(self, e: Expectation, step: Step, seen: _Seen):
+        state = self.state
+        if e.key in ("status", "tier"):
+            return getattr(state, e.key)
+        if e.key == "moved":
+            return seen.moved
+        if e.key == "timer":
+            if isinstance(e.value, bool):
+                return state.timer_due is not None
+            return False if state.timer_due is None else math.ceil(state.timer_due - self.now)
+        if seen.decision is None:
+            # After a step that made no decision, expectations about one ask a fresh check (not counted).
+            seen.decision = self.book.check(state, step.meter, step.amount, self.now)
+            seen.happened += f"; then a check of {step.amount} {step.meter}: {_explain(seen.decision)}"
+        if e.key == "reason":
+            return seen.decision.reason.value
+        return getattr(seen.decision, e.key)
+
+
+def _same(actual, expected) -> bool:
+    # true is not 1 and false is not 0 here: a `timer: false` must not pass for "due in 0 seconds".
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return actual is expected
+    return actual == expected
+
+
+def _explain(decision: Decision) -> str:
+    limit = "unlimited" if decision.limit is None else f"{decision.used}/{decision.limit} used"
+    verdict = "allowed" if decision.allowed else "denied"
+    return f"{verdict}, {decision.reason.value}, {limit} in '{decision.status}' by {decision.rule}"
+
+
+def _show_value(key: str, value, written=None) -> str:
+    if key in ("retry_after", "timer") and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value}s ({format_duration(value)})" if value > 0 else f"{value}s"
+    if key == "resets_at" and isinstance(value, (int, float)):
+        return _iso(value)
+    if key == "timer" and isinstance(value, bool):
+        return "a running timer" if value else "no timer"
+    shown = value if written is None else written
+    return shown if isinstance(shown, str) else _show(shown)

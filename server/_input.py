@@ -24,6 +24,8 @@ async def json_object(request: web.Request, allowed: set[str]) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(400, "invalid_json", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_json", "the body must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -45,6 +47,9 @@ def text(body: dict, name: str, *, required: bool = True) -> str | None:
         raise BadRequest(400, "invalid_field", f"'{name}' must be 1 to {MAX_TEXT} characters long")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise BadRequest(400, "invalid_field", f"'{name}' must not contain control characters")
+    if not value.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        # JSON lets "\ud800" through; the store cannot encode it (it would be a 500).
+        raise BadRequest(400, "invalid_field", f"'{name}' must be valid Unicode (no lone surrogates)")
     return value
 
 

@@ -53,6 +53,10 @@ async def _serve(config: Config, table) -> None:
     store = open_store(config.database, sqlite_synchronous=config.sqlite_synchronous)
     app = create_app(config, table, store)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
@@ -60,10 +64,6 @@ async def _serve(config: Config, table) -> None:
         host, port = runner.addresses[0][:2]
         print(f"plangate: listening on http://{host}:{port} (plan {table.version}, "
               f"enforcement {'on' if config.enabled else 'off'})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("plangate: stopping: finishing requests in flight", flush=True)
     finally:

@@ -1,0 +1,57 @@
+"""Settings: defaults, parsing, config.env loading, and refusals that name the variable."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from server.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TestConfig:
+    def test_defaults(self):
+        c = Config.from_env({})
+        assert (c.enabled, c.kill_switch, c.host, c.port, c.fail_mode) == (False, False, "127.0.0.1", 8080, "plan")
+        assert c.plans == "plans.yaml" and c.database.endswith(".sqlite3")
+
+    @pytest.mark.parametrize("raw, value", [("true", True), ("1", True), ("YES", True), ("off", False), ("0", False)])
+    def test_booleans(self, raw, value):
+        assert Config.from_env({"SUBSCRIPTION_ENABLED": raw}).enabled is value
+
+    @pytest.mark.parametrize("name, value", [
+        ("PLANGATE_PORT", "-1"), ("PLANGATE_CACHE_SIZE", "0"), ("PLANGATE_STORE_TIMEOUT", "soon"),
+        ("SUBSCRIPTION_KILL_SWITCH", "perhaps"), ("PLANGATE_LOG_LEVEL", "LOUD"), ("PLANGATE_MAX_AMOUNT", "1.5"),
+    ])
+    def test_invalid_values_name_variable_value_and_what_is_allowed(self, name, value):
+        with pytest.raises(ConfigError) as err:
+            Config.from_env({name: value})
+        message = str(err.value)
+        assert name in message and repr(value) in message and ("allowed" in message or "needed" in message)
+
+    def test_token_is_required_to_serve_and_never_shown(self):
+        with pytest.raises(ConfigError) as err:
+            Config.from_env({"PLANGATE_API_TOKEN": "abc"}).require_token()
+        assert "abc" not in str(err.value)
+        assert "0123456789abcdef0" not in repr(Config.from_env({"PLANGATE_API_TOKEN": "0123456789abcdef0"}))
+
+    def test_config_env_file_fills_in_but_environment_wins(self, tmp_path, monkeypatch):
+        env_file = tmp_path / "config.env"
+        env_file.write_text("PLANGATE_PORT=9191\nPLANGATE_CACHE_SIZE=77\n")
+        monkeypatch.setenv("PLANGATE_CACHE_SIZE", "55")
+        monkeypatch.delenv("PLANGATE_PORT", raising=False)
+        try:
+            c = Config.from_env(env_file=str(env_file))
+        finally:
+            os.environ.pop("PLANGATE_PORT", None)     # load_dotenv put it into the process environment
+        assert (c.port, c.cache_size) == (9191, 55)
+
+    def test_every_variable_is_documented_in_the_example(self):
+        source = (ROOT / "server" / "config.py").read_text()
+        used = set(re.findall(r'"((?:PLANGATE|SUBSCRIPTION|STRIPE)_[A-Z_]+)"', source))
+        example = (ROOT / "config.env.example").read_text()
+        documented = set(re.findall(r"^#?\s*((?:PLANGATE|SUBSCRIPTION|STRIPE)_[A-Z_]+)=", example, re.M))
+        assert used and used <= documented, sorted(used - documented)

@@ -1,0 +1,105 @@
+"""`plangate serve` and `plangate migrate` as real processes: start-up checks, restart, graceful stop."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .conftest import BASE_ENV, PLAN, TOKEN
+
+PLANGATE = str(Path(sys.executable).with_name("plangate"))
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def run(args, env, cwd, timeout=30):
+    return subprocess.run([PLANGATE, *args, "--env-file", ""], env={**os.environ, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+async def post(url: str, path: str, body: dict):
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
+        async with s.post(url + path, json=body, headers=AUTH) as r:
+            return r.status, await r.json()
+
+
+class TestStartupRefusesBadSettings:
+    @pytest.mark.parametrize("name, value, says", [
+        ("PLANGATE_PORT", "eighty", "PLANGATE_PORT='eighty'"),
+        ("PLANGATE_PORT", "70000", "from 0 to 65535"),
+        ("SUBSCRIPTION_ENABLED", "maybe", "SUBSCRIPTION_ENABLED='maybe'"),
+        ("PLANGATE_FAIL_MODE", "sideways", "allowed are plan, open, closed"),
+        ("PLANGATE_CACHE_TTL", "-1", "PLANGATE_CACHE_TTL"),
+        ("PLANGATE_API_TOKEN", "short", "PLANGATE_API_TOKEN"),
+        ("PLANGATE_PLANS", "missing.yaml", "missing.yaml"),
+    ])
+    def test_exits_2_naming_the_variable_before_binding(self, tmp_path, name, value, says):
+        env = {**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "db.sqlite3"), "PLANGATE_PORT": "0", name: value}
+        done = run(["serve"], env, tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "db.sqlite3").exists()
+
+    def test_a_broken_plan_is_refused_with_its_findings(self, tmp_path):
+        broken = tmp_path / "plans.yaml"
+        broken.write_text(PLAN.read_text().replace("initial: true", "initial: false"))
+        env = {**BASE_ENV, "PLANGATE_PLANS": str(broken), "PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
+        done = run(["serve"], env, tmp_path)
+        assert done.returncode == 2 and "no-initial" in done.stderr
+
+
+class TestMigrate:
+    def test_migrate_sets_the_schema_version_once(self, tmp_path):
+        env = {"PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
+        first = run(["migrate"], env, tmp_path)
+        again = run(["migrate"], env, tmp_path)
+        assert first.returncode == 0 and "schema version 0 -> 1" in first.stdout
+        assert again.returncode == 0 and "schema is current (version 1)" in again.stdout
+        with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (1,)
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+class TestRestart:
+    async def test_state_and_usage_survive_a_restart(self, gate_process):
+        first = gate_process()
+        await post(first.url, "/v1/consume", {"subject": "u", "meter": "requests", "amount": 12,
+                                              "idempotency_key": "job-1"})
+        await post(first.url, "/v1/subjects/v/transition", {"to": "billing_problem", "reason": "test"})
+        code, out, err = first.stop()
+        assert code == 0, err
+        second = gate_process()
+        status, body = await post(second.url, "/v1/check", {"subject": "u", "meter": "requests"})
+        assert (body["used"], body["remaining"]) == (12, 8)
+        status, repeat = await post(second.url, "/v1/consume", {"subject": "u", "meter": "requests", "amount": 12,
+                                                                "idempotency_key": "job-1"})
+        assert repeat["duplicate"] is True and repeat["used"] == 12
+        status, body = await post(second.url, "/v1/check", {"subject": "v", "meter": "requests"})
+        assert body["status"] == "billing_problem"
+
+    async def test_sigterm_finishes_requests_in_flight(self, gate_process, tmp_path):
+        proc = gate_process()
+        tasks = [asyncio.create_task(post(proc.url, "/v1/consume", {"subject": f"s{i}", "meter": "requests",
+                                                                     "amount": 1, "idempotency_key": f"k{i}"}))
+                 for i in range(50)]
+        await asyncio.sleep(0.01)
+        proc.proc.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        answered = [r for r in results if not isinstance(r, BaseException)]
+        out, err = proc.proc.communicate(timeout=20)
+        code = proc.proc.returncode
+        assert code == 0, err
+        assert "stopping" in out and all(status == 200 for status, _ in answered)
+        with sqlite3.connect(tmp_path / "proc.sqlite3") as db:
+            stored = db.execute("SELECT COUNT(*) FROM usage_keys").fetchone()[0]
+        # Every answered consume is durable; nothing was counted that was not answered or refused.
+        assert stored >= sum(b["counted"] for _, b in answered)
+        logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert logs[-1]["event"] == "stopped"

@@ -1,0 +1,121 @@
+"""The SQLite store on a real file: migrations, pragmas, atomic counting, optimistic concurrency."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from engine import SubjectState
+from server.store import AuditEntry, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SQLiteStore(str(tmp_path / "store.sqlite3"))
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def fresh(subject="u", status="limited_free_trial") -> StoredSubject:
+    return StoredSubject(SubjectState(subject, status, since=100.0, plan_version="v1"), 0)
+
+
+class TestSchema:
+    async def test_pragmas_and_indexes(self, store):
+        with sqlite3.connect(store.path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"subscriptions_by_timer", "subscriptions_by_customer", "subscriptions_by_subscription",
+                "transitions_by_subject", "quota_usage_by_window"} <= indexes
+        async with store._reading() as db:
+            assert (await (await db.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
+            assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
+
+    async def test_migrate_is_idempotent(self, store):
+        assert await store.migrate() == (1, 1)
+
+    async def test_a_closed_store_raises_store_error(self, store):
+        await store.close()
+        with pytest.raises(StoreError):
+            await store.load("u")
+
+    async def test_an_unopenable_path_is_a_store_error(self, tmp_path):
+        (tmp_path / "file").write_text("x")
+        s = SQLiteStore(str(tmp_path / "file" / "db.sqlite3"))
+        with pytest.raises(StoreError):
+            await s.open()
+
+
+class TestCounting:
+    async def test_first_count_stores_the_subject(self, store):
+        done = await store.count(fresh(), "requests", 0, 3, 10, None, 100.0)
+        assert (done.counted, done.used) == (True, 3)
+        assert (await store.load("u")).version == 1
+
+    async def test_limit_is_enforced_in_the_database(self, store):
+        await store.count(fresh(), "requests", 0, 8, 10, None, 100.0)
+        current = await store.load("u")
+        refused = await store.count(current, "requests", 0, 3, 10, None, 100.0)
+        assert (refused.counted, refused.used) == (False, 8)
+        assert (await store.count(current, "requests", 0, 2, 10, None, 100.0)).used == 10
+
+    async def test_no_limit_counts_past_anything(self, store):
+        done = await store.count(fresh(), "requests", 0, 50, None, None, 100.0)
+        assert done.counted and done.used == 50
+
+    async def test_stale_version_is_a_conflict_and_writes_nothing(self, store):
+        await store.count(fresh(), "requests", 0, 1, 10, None, 100.0)
+        stale = StoredSubject(fresh().state, 7)
+        done = await store.count(stale, "requests", 0, 1, 10, "k", 100.0)
+        assert done.conflict and not done.counted
+        assert (await store.used("u", [("requests", 0)])) == {("requests", 0): 1}
+
+    async def test_idempotency_key(self, store):
+        first = await store.count(fresh(), "requests", 0, 2, 10, "k1", 100.0)
+        current = await store.load("u")
+        again = await store.count(current, "requests", 0, 2, 10, "k1", 100.0)
+        assert (again.duplicate, again.used) == (True, first.used)
+        with pytest.raises(IdempotencyConflict):
+            await store.count(current, "requests", 0, 3, 10, "k1", 100.0)
+
+    async def test_windows_are_separate_rows(self, store):
+        await store.count(fresh(), "requests", 0, 2, 10, None, 100.0)
+        current = await store.load("u")
+        await store.count(current, "requests", 86400, 5, 10, None, 100.0)
+        assert await store.used("u", [("requests", 0), ("requests", 86400), ("requests", 7)]) == {
+            ("requests", 0): 2, ("requests", 86400): 5, ("requests", 7): 0}
+
+
+class TestSaving:
+    async def test_state_and_audit_in_one_transaction(self, store):
+        new = StoredSubject(fresh().state.with_(status="paid"), 0, "cus_1", "sub_1")
+        audit = AuditEntry("u", "limited_free_trial", "paid", "admin:override", "test", 100.0, "v1")
+        assert await store.save(new, 0, audit)
+        loaded = await store.load("u")
+        assert (loaded.state.status, loaded.version, loaded.stripe_customer) == ("paid", 1, "cus_1")
+        assert [a.to_status for a in await store.transitions("u")] == ["paid"]
+
+    async def test_concurrent_writers_never_overwrite_each_other(self, store):
+        await store.save(fresh(), 0, None)
+        base = await store.load("u")
+
+        async def write(status: str) -> bool:
+            new = StoredSubject(base.state.with_(status=status), base.version)
+            return await store.save(new, base.version, AuditEntry("u", "x", status, "t", "r", 1.0, "v1"))
+
+        results = await asyncio.gather(*(write(s) for s in ("paid", "grace_period", "canceled")))
+        assert sum(results) == 1
+        assert len(await store.transitions("u")) == 1
+        assert (await store.load("u")).version == 2
+
+    async def test_a_failing_audit_rolls_back_the_state(self, store):
+        await store.save(fresh(), 0, None)
+        base = await store.load("u")
+        bad_audit = AuditEntry("u", "a", None, "t", "r", 1.0, "v1")   # to_status NOT NULL
+        with pytest.raises(StoreError):
+            await store.save(StoredSubject(base.state.with_(status="paid"), 1), 1, bad_audit)
+        loaded = await store.load("u")
+        assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)

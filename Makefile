@@ -15,9 +15,21 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# A local gate on the shipped plan: enforcement on, SQLite under var/, a generated token.
 run: $(STAMP)
+	@mkdir -p var
+	@test -s var/api-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > var/api-token
 	$(BIN)/plangate lint plans.yaml
-	$(BIN)/plangate explain plans.yaml
+	@export SUBSCRIPTION_ENABLED=$${SUBSCRIPTION_ENABLED:-true} \
+	       PLANGATE_DATABASE=$${PLANGATE_DATABASE:-var/plangate.sqlite3} \
+	       PLANGATE_API_TOKEN=$${PLANGATE_API_TOKEN:-$$(cat var/api-token)} \
+	       PLANGATE_PORT=$${PLANGATE_PORT:-8080}; \
+	$(BIN)/plangate migrate && \
+	echo "" && \
+	echo "API token (also in var/api-token): $$PLANGATE_API_TOKEN" && \
+	echo "Try:  curl -s -X POST http://127.0.0.1:$$PLANGATE_PORT/v1/check -H \"Authorization: Bearer $$PLANGATE_API_TOKEN\" -d '{\"subject\": \"alice\", \"meter\": \"requests\"}'" && \
+	echo "Stop with Ctrl-C." && echo "" && \
+	exec $(BIN)/plangate serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -92,6 +92,10 @@ def billing_span(now: float, period_start: float | None, period_end: float | Non
         start, length = 0, MONTH_SECONDS
     else:
         start, length = int(period_start), int(period_end) - int(period_start)
-    k = math.floor((now - start) / length)
-    first = start + k * length
+    first = start + math.floor((now - start) / length) * length
+    # The division rounds: an instant a hair before a boundary can land one period late (or early).
+    if now < first:
+        first -= length
+    elif now >= first + length:
+        first += length
     return Span(first, first + length)

@@ -1,0 +1,99 @@
+"""Whatever text or structure it is given, the loader answers with findings or a plan, never an exception."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policy import Checked, check_text
+from policy._views import dot, explain, mermaid
+from policy import _yaml
+
+SHIPPED_TEXT = (Path(__file__).resolve().parents[2] / "plans.yaml").read_text(encoding="utf-8")
+SHIPPED_DATA = _yaml.parse(SHIPPED_TEXT, "plans.yaml")[0].data
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Words of the plan language, so that mutations often stay schema-valid and reach the rules.
+WORDS = st.sampled_from([
+    "any", "timer", "tier", "unlimited", "open", "closed", "allow", "deny", "day", "billing_period",
+    "lifetime", "7d", "0d", "-1h", "soon", "stripe:invoice.paid", "stripe:invoice.payment_failed",
+    "stripe:customer.subscription.deleted", "stripe:no.such_event", "admin:close_account", "paid", "paid_trial",
+    "grace_period", "canceled", "limited_free_trial", "requests", "pro", "status", "Europe/Berlin", "Nowhere/X",
+])
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(), st.text(max_size=20), WORDS)
+VALUES = WORDS | st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8) | WORDS, inner, max_size=3),
+    max_leaves=8)
+
+
+def _paths(data, prefix=()):
+    yield prefix
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        yield from _paths(value, prefix + (key,))
+
+
+def _mutate(data, path, op: str, value):
+    """One edit at path: delete it, replace it, rename its key, or add a child to it."""
+    if not path:
+        return value if op == "replace" else data
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    if op == "delete":
+        del parent[last]
+    elif op == "replace":
+        parent[last] = value
+    elif op == "rename" and isinstance(parent, dict):
+        parent[str(value)] = parent.pop(last)
+    elif op == "add" and isinstance(parent[last], dict):
+        parent[last][str(value)] = value
+    elif op == "add" and isinstance(parent[last], list):
+        parent[last].append(value)
+    return data
+
+
+def _assert_answers(text: str) -> Checked:
+    checked = check_text(text, "fuzz.yaml")
+    assert isinstance(checked, Checked)
+    assert checked.plan is not None or checked.findings
+    for f in checked.findings:
+        assert f.location.line >= 1 and f.location.column >= 1 and f.message
+    if checked.ok:
+        # a plan without errors must also be viewable
+        mermaid(checked.plan), dot(checked.plan), explain(checked.plan)
+    return checked
+
+
+class TestLoaderNeverRaises:
+    @FUZZ
+    @given(st.text())
+    def test_arbitrary_text(self, text):
+        _assert_answers(text)
+
+    @FUZZ
+    @given(VALUES)
+    def test_arbitrary_yaml_structures(self, value):
+        _assert_answers(yaml.safe_dump(value, allow_unicode=True))
+
+    @FUZZ
+    @given(st.data())
+    def test_mutations_of_the_shipped_plan(self, data):
+        plan = copy.deepcopy(SHIPPED_DATA)
+        for _ in range(data.draw(st.integers(1, 4), label="edits")):
+            paths = list(_paths(plan))
+            path = data.draw(st.sampled_from(paths), label="path")
+            op = data.draw(st.sampled_from(["delete", "replace", "rename", "add"]), label="op")
+            plan = _mutate(plan, path, op, data.draw(VALUES, label="value"))
+        _assert_answers(yaml.safe_dump(plan, allow_unicode=True, sort_keys=False))
+
+    @FUZZ
+    @given(st.integers(0, SHIPPED_TEXT.count("\n")), st.text(max_size=30))
+    def test_text_inserted_into_the_shipped_plan(self, line, snippet):
+        lines = SHIPPED_TEXT.splitlines(keepends=True)
+        _assert_answers("".join(lines[:line]) + snippet + "".join(lines[line:]))

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
 
+import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
 from policy import check_file, load_plan
@@ -37,3 +40,20 @@ class TestSchema:
         first = shipped_plan.read_text(encoding="utf-8").splitlines()[0]
         assert first == "# yaml-language-server: $schema=schema/plans.schema.json"
         assert (shipped_plan.parent / first.split("$schema=", 1)[1]).is_file()
+
+
+class TestPreCommitHook:
+    @pytest.fixture
+    def hook(self, repo) -> dict:
+        (hook,) = yaml.safe_load((repo / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+        return hook
+
+    def test_runs_plangate_lint_from_this_package(self, hook):
+        assert (hook["id"], hook["entry"], hook["language"]) == ("plangate-lint", "plangate lint", "python")
+
+    @pytest.mark.parametrize("name, matches", [
+        ("plans.yaml", True), ("deploy/plans.staging.yaml", True), ("plans-eu.yml", True),
+        ("myplans.yaml", False), ("config.yaml", False), ("plans.json", False),
+    ])
+    def test_picks_plan_files(self, hook, name, matches):
+        assert bool(re.search(hook["files"], name)) is matches

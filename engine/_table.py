@@ -16,7 +16,7 @@ from ._decision import Decision, Reason
 from ._state import SubjectState
 from ._stripe import billing_period, field, is_missing, price_ids
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
-from ._windows import LIFETIME, CalendarClock, Span, billing_span
+from ._windows import LIFETIME, BillingClock, CalendarClock, Span
 
 
 class UnknownMeter(ValueError):
@@ -30,7 +30,7 @@ class UnknownStatus(ValueError):
 class _Rule:
     """What one status allows of one meter for one tier, with the plan line that says so."""
 
-    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "name", "fail_mode")
+    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "billing", "name", "fail_mode")
 
     def __init__(self, allows, deny_reason, limit, window, clock, name, fail_mode):
         self.allows = allows
@@ -38,14 +38,15 @@ class _Rule:
         self.limit = limit          # None: unlimited
         self.window = window        # policy.Window; LIFETIME for unlimited
         self.clock = clock          # CalendarClock for day/week/month
+        self.billing = BillingClock() if window is Window.BILLING_PERIOD else None
         self.name = name
         self.fail_mode = fail_mode
 
     def span(self, state: SubjectState, now: float) -> Span:
         if self.clock is not None:
             return self.clock.span(now)
-        if self.window is Window.BILLING_PERIOD:
-            return billing_span(now, state.period_start, state.period_end)
+        if self.billing is not None:
+            return self.billing.span(now, state.period_start, state.period_end)
         return LIFETIME
 
 
@@ -107,13 +108,23 @@ class StateTable:
 
     def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> Decision:
         """May the subject do `amount` of `meter` now, having used `used` in the current window?"""
-        if amount < 1:
+        # The hot path: a few dict lookups and the cached window bounds, no calendar arithmetic.
+        if amount.__class__ is not int or amount < 1:
             _check_amount(amount)
-        rule = self.rule(state, meter)
+        try:
+            rule = self._rules[state.status][state.tier][meter]
+        except KeyError:
+            rule = self.rule(state, meter)    # an unknown tier falls back; unknown names raise
         if not rule.allows:
             return Decision(False, rule.deny_reason, state.status, state.tier, meter, 0, used, 0,
                             None, None, None, rule.name)
-        span = rule.span(state, now)
+        clock = rule.clock
+        if clock is not None:
+            span = clock._cached
+            if not span.start <= now < span.end:
+                span = clock.span(now)
+        else:
+            span = rule.span(state, now)
         limit = rule.limit
         if limit is None:
             return Decision(True, Reason.OK, state.status, state.tier, meter, None, used, None,

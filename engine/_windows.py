@@ -84,6 +84,24 @@ class CalendarClock:
         return math.floor(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp())
 
 
+class BillingClock:
+    """The billing window of the period last asked about, cached until `now` leaves it or another
+    period is asked about (one per quota; subjects with other periods recompute, cheaply)."""
+
+    __slots__ = ("_cached",)
+
+    def __init__(self):
+        self._cached: tuple = (None, None, Span(0, 0))
+
+    def span(self, now: float, period_start: float | None, period_end: float | None) -> Span:
+        start, end, span = self._cached    # one tuple: a reader never sees half an update
+        if start == period_start and end == period_end and span.start <= now < span.end:
+            return span
+        span = billing_span(now, period_start, period_end)
+        self._cached = (period_start, period_end, span)
+        return span
+
+
 def billing_span(now: float, period_start: float | None, period_end: float | None) -> Span:
     """The billing period containing now. Past the known period's end (renewal not yet reported),
     periods of the same length follow; before it, likewise backwards. No period known: 30-day

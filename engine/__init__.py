@@ -3,6 +3,7 @@
 Pure code: no I/O beyond loading the plan, no clock (`now` is always an argument).
 """
 from ._decision import Decision, Reason, override
+from ._history import Step, advance, event_order, replay
 from ._state import SubjectState
 from ._table import StateTable, UnknownMeter, UnknownStatus, compile_file, compile_plan
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
@@ -11,7 +12,7 @@ from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
 
 __all__ = [
-    "AdminAction", "Decision", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
+    "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
     "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
     "compile_file", "compile_plan", "invoice_subscription", "override", "price_ids",
 ]

@@ -16,6 +16,7 @@ class SubjectState:
     period_start: float | None = None    # the Stripe billing period, when subscribed
     period_end: float | None = None
     plan_version: str = ""
+    paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
 
     def with_(self, **changes) -> "SubjectState":
         return replace(self, **changes)

@@ -86,6 +86,7 @@ class StateTable:
         self._clocks = {w: CalendarClock(w, self.tz) for w in (Window.DAY, Window.WEEK, Window.MONTH)}
         self._price_tier = {p: t.name for t in plan.tiers for p in t.prices}
         self._expires = {s.name: s.expires_after for s in plan.statuses}
+        self._grace = frozenset(s.name for s in plan.statuses if s.grace)
         self._rules = {s.name: self._status_rules(s) for s in plan.statuses}
         self._edges = self._compile_edges()
 
@@ -178,6 +179,8 @@ class StateTable:
             obj = trigger.object if isinstance(trigger.object, Mapping) else {}
             if obj.get("object") == "subscription":
                 facts = self.subscription_facts(state, obj)
+            elif obj.get("object") == "invoice":
+                facts = self.invoice_facts(state, obj)
         elif isinstance(trigger, TimerFired):
             if state.timer_due is None:
                 return Outcome(state, facts, trigger.key, f"no timer runs in '{state.status}'")
@@ -185,6 +188,10 @@ class StateTable:
                 return Outcome(state, facts, trigger.key,
                                f"the timer of '{state.status}' is due at {state.timer_due:.0f}, not yet")
         edges = self._edges.get((state.status, trigger.key), ())
+        if isinstance(trigger, TimerFired) and not edges:
+            # A due timer fires once: with nothing to do, it stops rather than firing again.
+            return Outcome(state, facts.with_(timer_due=None), trigger.key,
+                           f"the timer of '{state.status}' ran out; no transition on it")
         for edge in edges:
             if edge.matches(obj):
                 if edge.target == state.status:
@@ -218,6 +225,18 @@ class StateTable:
             return state
         return state.with_(tier=tier, period_start=start, period_end=end)
 
+    def invoice_facts(self, state: SubjectState, invoice: Mapping) -> SubjectState:
+        """A paid invoice extends what the subject has paid for: to the end of its lines' periods, or to the
+        end of the known billing period."""
+        if invoice.get("status") != "paid" and invoice.get("paid") is not True:
+            return state
+        ends = [line["period"]["end"] for line in _lines(invoice)
+                if isinstance(line.get("period"), Mapping) and isinstance(line["period"].get("end"), (int, float))]
+        end = max(ends) if ends else state.period_end
+        if end is None or (state.paid_through is not None and end <= state.paid_through):
+            return state
+        return state.with_(paid_through=float(end))
+
     def tier_for_price(self, price: str) -> str | None:
         return self._price_tier.get(price, self.plan.default_tier)
 
@@ -225,8 +244,10 @@ class StateTable:
 
     def _enter(self, state: SubjectState, status: str, now: float) -> SubjectState:
         expires = self._expires[status]
-        return state.with_(status=status, since=now, timer_due=now + expires if expires else None,
-                           plan_version=self.version)
+        due = now + expires if expires else None
+        if due is not None and status in self._grace and state.paid_through is not None:
+            due = max(due, state.paid_through)    # grace never ends before the paid-through date
+        return state.with_(status=status, since=now, timer_due=due, plan_version=self.version)
 
     def _status_rules(self, status: Status) -> dict[str | None, dict[str, _Rule]]:
         tiers: list[str | None] = [None] + [t.name for t in self.plan.tiers]
@@ -265,6 +286,12 @@ class StateTable:
             for src in self.plan.sources_of(t):
                 edges.setdefault((src, str(t.trigger)), []).append(_Edge(conditions, t.target, rule, why))
         return {k: tuple(v) for k, v in edges.items()}
+
+
+def _lines(invoice: Mapping) -> list:
+    lines = invoice.get("lines")
+    data = lines.get("data") if isinstance(lines, Mapping) else None
+    return [line for line in data if isinstance(line, Mapping)] if isinstance(data, list) else []
 
 
 def _version(plan: Plan) -> str:

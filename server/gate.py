@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
@@ -19,7 +19,7 @@ from policy import FailMode
 from .config import Config
 from .logs import Throttle, log
 from .metrics import Metrics
-from .store import AuditEntry, Counted, Store, StoredSubject, StoreError
+from .store import AuditEntry, Change, Counted, Store, StoredSubject, StoreError
 
 MAX_CONFLICT_RETRIES = 5
 
@@ -206,8 +206,9 @@ class Gate:
                 reason = outcome.reason + (f"; {why}" if why and to is None else "")
                 audit = AuditEntry(subject, stored.state.status, outcome.state.status, outcome.trigger, reason,
                                    now, self.table.version, cause_id, actor)
-            new = StoredSubject(outcome.state, stored.version, stored.stripe_customer, stored.stripe_subscription)
-            if await self._timed("save", self.store.save(new, stored.version, audit), shield=True):
+            new = replace(stored, state=outcome.state)
+            change = Change(new, stored.version, audits=(audit,) if audit else ())
+            if await self._timed("save", self.store.commit(change), shield=True):
                 self.invalidate(subject)
                 if outcome.moved:
                     self.metrics.transitions.labels(outcome.trigger.split(":")[0], outcome.state.status).inc()

@@ -1,5 +1,6 @@
 """The gate's durable state, behind one interface (SQLite now; PostgreSQL is the second implementation)."""
-from ._base import AuditEntry, Counted, IdempotencyConflict, Store, StoredSubject, StoreError
+from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
+                    StoredSubject, StoreError)
 from ._sqlite import SQLiteStore
 
 
@@ -8,5 +9,5 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL") -> Store:
     return SQLiteStore(database, sqlite_synchronous)
 
 
-__all__ = ["AuditEntry", "Counted", "IdempotencyConflict", "SQLiteStore", "Store", "StoreError", "StoredSubject",
-           "open_store"]
+__all__ = ["AuditEntry", "Change", "Counted", "DuplicateEvent", "EventRecord", "IdempotencyConflict", "Payment",
+           "SQLiteStore", "Store", "StoreError", "StoredSubject", "open_store"]

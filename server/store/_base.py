@@ -4,11 +4,13 @@ Exception tree:
 
     StoreError          the store failed to answer (unreachable, locked, broken, too slow)
     IdempotencyConflict an idempotency key was reused for different work
+    DuplicateEvent      a Stripe event id is already stored (a repeat delivery)
 """
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 from engine import SubjectState
 
@@ -21,12 +23,67 @@ class IdempotencyConflict(ValueError):
     """An idempotency key came back with another subject, meter or amount than the first time."""
 
 
+class DuplicateEvent(Exception):
+    """The Stripe event is stored already: another delivery of it came first."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredSubject:
     state: SubjectState
     version: int                      # 0: not stored yet
     stripe_customer: str | None = None
     stripe_subscription: str | None = None
+    watermark: float | None = None    # created of the newest Stripe event in the subject's fold
+    confirmed_at: float | None = None # when Stripe last told us about the subject
+
+
+def state_json(state: SubjectState | None) -> str | None:
+    return None if state is None else json.dumps(asdict(state), separators=(",", ":"))
+
+
+def state_from_json(text: str | None) -> SubjectState | None:
+    return None if text is None else SubjectState(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A Stripe event as stored: what it was, whose it is, and what it did (applied, noop, stale, pending)."""
+
+    id: str
+    type: str
+    created: float
+    payload: str
+    outcome: str
+    reason: str = ""
+    subject: str | None = None
+    stripe_customer: str | None = None
+    stripe_subscription: str | None = None
+    state_before: SubjectState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    invoice_id: str
+    status: str
+    created: float
+    subject: str | None = None
+    stripe_customer: str | None = None
+    stripe_subscription: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """Everything one state change writes, committed in one transaction or not at all."""
+
+    subject: StoredSubject                         # the new row
+    expected_version: int                          # 0: the subject is not stored yet
+    audits: tuple["AuditEntry", ...] = ()
+    new_events: tuple[EventRecord, ...] = ()       # inserted; a stored id raises DuplicateEvent
+    replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
+    payments: tuple[Payment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +144,51 @@ class Store(abc.ABC):
         version is no longer current.version (a version of 0 stores current.state first)."""
 
     @abc.abstractmethod
-    async def save(self, new: StoredSubject, expected_version: int, audit: AuditEntry | None) -> bool:
-        """Write a subject's new state (and its audit row) in one transaction, if the stored version
-        is still expected_version (0: not stored yet). False when another writer came first."""
+    async def commit(self, change: Change) -> bool:
+        """Write a change in one transaction, if the subject's stored version is still the expected one.
+        False when another writer came first (nothing written); DuplicateEvent when a new event is stored
+        already (nothing written)."""
+
+    @abc.abstractmethod
+    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
+        """Store an event that changes no subject (pending, or for no subject); False if stored already."""
+
+    @abc.abstractmethod
+    async def event_seen(self, event_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
+        """The subject linked to a Stripe subscription id, else to a customer id."""
+
+    @abc.abstractmethod
+    async def history(self, subject: str, since: float) -> list[EventRecord]:
+        """The subject's folded events with created >= since, oldest first."""
+
+    @abc.abstractmethod
+    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
+        """Events kept for no subject yet that name this customer or subscription, oldest first."""
+
+    @abc.abstractmethod
+    async def last_admin_change(self, subject: str) -> float | None:
+        """When an admin last moved the subject (a person's decision the fold does not rewrite)."""
+
+    @abc.abstractmethod
+    async def due_timers(self, now: float, limit: int) -> list[str]:
+        """Subjects whose timer is due at now, earliest first (through the timer index)."""
+
+    @abc.abstractmethod
+    async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float,
+                       limit: int) -> list[StoredSubject]:
+        """Subjects with a Stripe subscription that are in one of statuses, or not confirmed since a time."""
+
+    @abc.abstractmethod
+    async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
+        """Drop usage rows of windows that started before usage_before (never lifetime ones) and
+        idempotency keys older than keys_before; (usage rows, keys) dropped."""
+
+    @abc.abstractmethod
+    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
+        """The subject's most recent Stripe events, newest first."""
 
     @abc.abstractmethod
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:

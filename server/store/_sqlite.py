@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -15,11 +16,14 @@ import aiosqlite
 
 from engine import SubjectState
 
-from ._base import AuditEntry, Counted, IdempotencyConflict, Store, StoreError, StoredSubject
+from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
+                    StoreError, StoredSubject, state_from_json, state_json)
 
 BUSY_TIMEOUT_MS = 5000
-_SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, "
-                    "stripe_customer, stripe_subscription, version")
+_SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
+                    "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at")
+_EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
+                  "state_before")
 
 
 def sqlite_path(database: str) -> str:
@@ -165,38 +169,138 @@ class SQLiteStore(Store):
             return True
         return row is not None and row[0] == current.version
 
-    async def save(self, new: StoredSubject, expected_version: int, audit: AuditEntry | None) -> bool:
+    async def commit(self, change: Change) -> bool:
+        new = change.subject
         s = new.state
         async with self._transaction() as db:
-            if expected_version == 0:
+            if change.expected_version == 0:
                 cursor = await db.execute("SELECT 1 FROM subscriptions WHERE subject = ?", (s.subject,))
                 if await cursor.fetchone():
                     return False
-                await self._insert(db, new, audit.at if audit else s.since)
+                await self._insert(db, new, _now_of(change))
             else:
                 cursor = await db.execute(
                     "UPDATE subscriptions SET status = ?, tier = ?, since = ?, timer_due = ?, period_start = ?, "
-                    "period_end = ?, plan_version = ?, stripe_customer = ?, stripe_subscription = ?, "
-                    "version = version + 1, updated_at = ? WHERE subject = ? AND version = ?",
+                    "period_end = ?, plan_version = ?, paid_through = ?, stripe_customer = ?, stripe_subscription = ?, "
+                    "stripe_watermark = ?, confirmed_at = ?, version = version + 1, updated_at = ? "
+                    "WHERE subject = ? AND version = ?",
                     (s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
-                     new.stripe_customer, new.stripe_subscription, audit.at if audit else s.since,
-                     s.subject, expected_version))
+                     s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at,
+                     _now_of(change), s.subject, change.expected_version))
                 if cursor.rowcount != 1:
                     return False
-            if audit is not None:
+            for audit in change.audits:
                 await db.execute(
                     "INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
                     "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (audit.subject, audit.from_status, audit.to_status, audit.trigger, audit.cause_id,
                      audit.reason, audit.actor, audit.at, audit.plan_version))
+            for event in change.new_events:
+                if not await self._insert_event(db, event):
+                    raise DuplicateEvent(event.id)
+            for event in change.replayed_events:
+                await db.execute(
+                    "UPDATE subscription_events SET subject = ?, outcome = ?, reason = ?, state_before = ? "
+                    "WHERE event_id = ?",
+                    (event.subject, event.outcome, event.reason, state_json(event.state_before), event.id))
+            await self._upsert_payments(db, change.payments)
         return True
+
+    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
+        async with self._transaction() as db:
+            if not await self._insert_event(db, event):
+                return False
+            await self._upsert_payments(db, payments)
+        return True
+
+    async def _insert_event(self, db: aiosqlite.Connection, e: EventRecord) -> bool:
+        cursor = await db.execute(
+            f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
+             e.stripe_subscription, state_json(e.state_before), time.time()))
+        return cursor.rowcount == 1
+
+    async def _upsert_payments(self, db: aiosqlite.Connection, payments) -> None:
+        for p in payments:
+            await db.execute(
+                "INSERT INTO payments (invoice_id, subject, stripe_customer, stripe_subscription, status, amount, "
+                "currency, event_id, created, updated_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (invoice_id) DO UPDATE SET status = excluded.status, amount = excluded.amount, "
+                "subject = COALESCE(excluded.subject, payments.subject), event_id = excluded.event_id, "
+                "updated_created = excluded.updated_created WHERE excluded.updated_created >= payments.updated_created",
+                (p.invoice_id, p.subject, p.stripe_customer, p.stripe_subscription, p.status, p.amount, p.currency,
+                 p.event_id, p.created, p.created))
 
     async def _insert(self, db: aiosqlite.Connection, new: StoredSubject, now: float) -> None:
         s = new.state
         await db.execute(
-            f"INSERT INTO subscriptions ({_SUBJECT_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            f"INSERT INTO subscriptions ({_SUBJECT_COLUMNS}, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
             (s.subject, s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
-             new.stripe_customer, new.stripe_subscription, now))
+             s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at, now))
+
+    # --- what the webhook and the jobs look up ----------------------------------------------------
+
+    async def event_seen(self, event_id: str) -> bool:
+        return bool(await self._rows("SELECT 1 FROM subscription_events WHERE event_id = ?", (event_id,)))
+
+    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
+        for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
+            if value:
+                rows = await self._rows(f"SELECT subject FROM subscriptions WHERE {column} = ? LIMIT 1", (value,))
+                if rows:
+                    return rows[0][0]
+        return None
+
+    async def history(self, subject: str, since: float) -> list[EventRecord]:
+        rows = await self._rows(
+            f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = ? AND created >= ? "
+            "AND outcome != 'pending' ORDER BY created, event_id", (subject, since))
+        return [_event(r) for r in rows]
+
+    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
+        rows = await self._rows(
+            f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
+            "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
+            "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)) ORDER BY created, event_id",
+            (customer, subscription))
+        return [_event(r) for r in rows]
+
+    async def last_admin_change(self, subject: str) -> float | None:
+        rows = await self._rows("SELECT MAX(at) FROM transitions WHERE subject = ? AND trigger LIKE 'admin:%'",
+                                (subject,))
+        return rows[0][0]
+
+    async def due_timers(self, now: float, limit: int) -> list[str]:
+        rows = await self._rows("SELECT subject FROM subscriptions WHERE timer_due <= ? ORDER BY timer_due LIMIT ?",
+                                (now, limit))
+        return [r[0] for r in rows]
+
+    async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
+        marks = ", ".join("?" for _ in statuses) or "NULL"
+        rows = await self._rows(
+            f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE stripe_subscription IS NOT NULL AND "
+            f"(status IN ({marks}) OR COALESCE(confirmed_at, 0) < ?) ORDER BY COALESCE(confirmed_at, 0) LIMIT ?",
+            (*statuses, unconfirmed_before, limit))
+        return [_subject(r) for r in rows]
+
+    async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
+        async with self._transaction() as db:
+            usage = await db.execute("DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ?",
+                                     (usage_before,))
+            keys = await db.execute("DELETE FROM usage_keys WHERE created_at < ?", (keys_before,))
+            return usage.rowcount, keys.rowcount
+
+    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
+        rows = await self._rows(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = ? "
+                                "ORDER BY created DESC, event_id DESC LIMIT ?", (subject, limit))
+        return [_event(r) for r in rows]
+
+    async def _rows(self, sql: str, params) -> list:
+        async with self._reading() as db:
+            cursor = await db.execute(sql, params)
+            return await cursor.fetchall()
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -250,5 +354,16 @@ def _statements(sql: str) -> list[str]:
 
 def _subject(row) -> StoredSubject:
     state = SubjectState(subject=row[0], status=row[1], tier=row[2], since=row[3], timer_due=row[4],
-                         period_start=row[5], period_end=row[6], plan_version=row[7])
-    return StoredSubject(state, row[10], row[8], row[9])
+                         period_start=row[5], period_end=row[6], plan_version=row[7], paid_through=row[8])
+    return StoredSubject(state, row[11], row[9], row[10], row[12], row[13])
+
+
+def _event(row) -> EventRecord:
+    return EventRecord(id=row[0], type=row[1], created=row[2], payload=row[3], outcome=row[4], reason=row[5] or "",
+                       subject=row[6], stripe_customer=row[7], stripe_subscription=row[8],
+                       state_before=state_from_json(row[9]))
+
+
+def _now_of(change: Change) -> float:
+    """The time a change is stamped with: its audit's, else the state's own."""
+    return change.audits[-1].at if change.audits else change.subject.state.since

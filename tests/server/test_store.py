@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from engine import SubjectState
-from server.store import AuditEntry, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError
+from server.store import AuditEntry, Change, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ class TestSchema:
             assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
 
     async def test_migrate_is_idempotent(self, store):
-        assert await store.migrate() == (1, 1)
+        assert await store.migrate() == (2, 2)
 
     async def test_a_closed_store_raises_store_error(self, store):
         await store.close()
@@ -93,18 +93,18 @@ class TestSaving:
     async def test_state_and_audit_in_one_transaction(self, store):
         new = StoredSubject(fresh().state.with_(status="paid"), 0, "cus_1", "sub_1")
         audit = AuditEntry("u", "limited_free_trial", "paid", "admin:override", "test", 100.0, "v1")
-        assert await store.save(new, 0, audit)
+        assert await store.commit(Change(new, 0, (audit,)))
         loaded = await store.load("u")
         assert (loaded.state.status, loaded.version, loaded.stripe_customer) == ("paid", 1, "cus_1")
         assert [a.to_status for a in await store.transitions("u")] == ["paid"]
 
     async def test_concurrent_writers_never_overwrite_each_other(self, store):
-        await store.save(fresh(), 0, None)
+        await store.commit(Change(fresh(), 0))
         base = await store.load("u")
 
         async def write(status: str) -> bool:
             new = StoredSubject(base.state.with_(status=status), base.version)
-            return await store.save(new, base.version, AuditEntry("u", "x", status, "t", "r", 1.0, "v1"))
+            return await store.commit(Change(new, base.version, (AuditEntry("u", "x", status, "t", "r", 1.0, "v1"),)))
 
         results = await asyncio.gather(*(write(s) for s in ("paid", "grace_period", "canceled")))
         assert sum(results) == 1
@@ -112,10 +112,10 @@ class TestSaving:
         assert (await store.load("u")).version == 2
 
     async def test_a_failing_audit_rolls_back_the_state(self, store):
-        await store.save(fresh(), 0, None)
+        await store.commit(Change(fresh(), 0))
         base = await store.load("u")
         bad_audit = AuditEntry("u", "a", None, "t", "r", 1.0, "v1")   # to_status NOT NULL
         with pytest.raises(StoreError):
-            await store.save(StoredSubject(base.state.with_(status="paid"), 1), 1, bad_audit)
+            await store.commit(Change(StoredSubject(base.state.with_(status="paid"), 1), 1, (bad_audit,)))
         loaded = await store.load("u")
         assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)

@@ -152,7 +152,7 @@ class TestBillingPeriod:
         assert span.start % MONTH_SECONDS == 0 and span.end - span.start == MONTH_SECONDS
 
     def test_an_instant_a_hair_before_a_boundary_is_in_the_earlier_period(self):
-        # Found by the property tests: float division put such instants one period late.
+        # Float division used to put such instants one period late, outside their window.
         start, length = 1820608300, 365 * DAY
         boundary = start - 48 * length
         now = math.nextafter(float(boundary), 0)

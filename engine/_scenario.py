@@ -87,12 +87,17 @@ def looks_like_scenario(text: str, file: str) -> bool:
 
 def parse_scenario(text: str, file: str, table: StateTable) -> Scenario:
     """The scenario a text describes, checked against the plan; ScenarioError lists every problem."""
-    if not text.strip():
-        raise ScenarioError([(Location(file), "the file is empty: a scenario needs a name and steps")])
     doc, findings = parse(text, file)
     if doc is None:
-        raise ScenarioError([(f.location, f.message.replace("a plan is", "a scenario is")) for f in findings])
+        raise ScenarioError([(f.location, _in_scenario_words(f.message)) for f in findings])
     return _Reader(doc, table).scenario()
+
+
+def _in_scenario_words(message: str) -> str:
+    """The YAML reader speaks of plans; a few of its messages need other words here."""
+    if message.startswith("the file is empty"):
+        return "the file is empty: a scenario needs a name, a start and steps"
+    return message.replace("a plan is one document", "a scenario is one document")
 
 
 class _Reader:

@@ -1,0 +1,213 @@
+"""`plangate test`: the shipped scenarios pass, failures and broken files are reported like a test runner."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import compile_file
+from engine._playback import play
+from engine._scenario import ScenarioError, implied_object, parse_scenario
+from engine.cli import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, run_scenarios
+from server.cli import main
+
+FIXTURES = Path(__file__).resolve().parent / "scenarios"
+HEADER = re.compile(r"# expect: exit (\d) line (\d+): (.*)")
+
+
+def fixtures() -> list[Path]:
+    return sorted(FIXTURES.glob("*.yaml"))
+
+
+def expectation(path: Path) -> tuple[int, int, str]:
+    code, line, text = HEADER.fullmatch(path.read_text(encoding="utf-8").splitlines()[0]).groups()
+    return int(code), int(line), text
+
+
+class TestShippedScenarios:
+    def test_all_pass_in_process(self, in_repo, capsys):
+        assert main(["test"]) == EXIT_PASSED
+        out = capsys.readouterr().out.splitlines()
+        count = len(list((in_repo / "scenarios").glob("*.yaml")))
+        assert count >= 9
+        assert out[-1] == f"{count} passed, 0 failed"
+        assert all(line.startswith("PASS ") for line in out[:-1])
+
+    def test_all_pass_as_a_real_process(self, repo):
+        done = subprocess.run([sys.executable, "-m", "server.cli", "test"], cwd=repo, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == EXIT_PASSED, done.stdout + done.stderr
+        assert done.stdout.rstrip().endswith(" passed, 0 failed")
+
+    def test_every_shipped_scenario_explains_its_format_in_a_header(self, repo):
+        for path in (repo / "scenarios").glob("*.yaml"):
+            assert path.read_text(encoding="utf-8").startswith("# "), path.name
+
+
+class TestFixtures:
+    @pytest.mark.parametrize("path", fixtures(), ids=lambda p: p.stem)
+    def test_each_fixture_gives_its_exit_code_and_located_message(self, repo, path, capsys):
+        code, line, text = expectation(path)
+        assert run_scenarios([str(repo / "plans.yaml"), str(path)]) == code
+        out, err = capsys.readouterr()
+        if code == EXIT_USAGE:
+            assert re.search(rf"^{re.escape(str(path))}:{line}:\d+: .*{re.escape(text)}", err, re.M), err
+            assert out.rstrip().endswith("0 passed, 0 failed, 1 file(s) could not run")
+        else:
+            assert out.startswith("FAIL ") and f"({path})" in out
+            assert re.search(rf"^  step \d+ \(\w+\) at {re.escape(str(path))}:{line}: {re.escape(text)}$", out, re.M), out
+            assert out.rstrip().endswith("0 passed, 1 failed")
+
+    def test_the_failure_names_the_step_and_what_happened(self, repo, capsys):
+        run_scenarios([str(repo / "plans.yaml"), str(FIXTURES / "expectation-fails.yaml")])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1].startswith("  step 2 (consume) at ")
+        assert lines[2].strip().startswith("consume 6 requests counted: allowed, ok, 16/20 used")
+
+    def test_broken_files_do_not_stop_the_others(self, repo, capsys):
+        args = [str(repo / "plans.yaml"), str(FIXTURES / "unknown-meter.yaml"), str(repo / "scenarios")]
+        assert run_scenarios(args) == EXIT_USAGE
+        out = capsys.readouterr().out
+        assert "PASS " in out and "1 file(s) could not run" in out
+
+    def test_a_failure_and_a_pass_exit_one(self, repo, capsys):
+        args = [str(repo / "plans.yaml"), str(FIXTURES / "status-fails.yaml"),
+                str(repo / "scenarios" / "free-daily-quota.yaml")]
+        assert run_scenarios(args) == EXIT_FAILED
+        assert capsys.readouterr().out.rstrip().endswith("1 passed, 1 failed")
+
+
+class TestArguments:
+    def test_a_missing_plan(self, tmp_path, capsys):
+        assert run_scenarios([str(tmp_path / "plans.yaml"), str(FIXTURES)]) == EXIT_USAGE
+        assert "no such file" in capsys.readouterr().err
+
+    def test_a_missing_scenario(self, repo, tmp_path, capsys):
+        assert run_scenarios([str(repo / "plans.yaml"), str(tmp_path / "nope.yaml")]) == EXIT_USAGE
+        assert "nope.yaml: no such file or directory" in capsys.readouterr().err
+
+    def test_a_directory_without_scenarios(self, repo, tmp_path, capsys):
+        assert run_scenarios([str(repo / "plans.yaml"), str(tmp_path)]) == EXIT_USAGE
+        assert "no scenario files" in capsys.readouterr().err
+
+    def test_a_plan_with_errors_shows_its_findings(self, tmp_path, capsys):
+        plan = tmp_path / "plans.yaml"
+        plan.write_text("version: 1\nmeters: {requests: {}}\nstatuses: {free: {}}\ntransitions: []\n")
+        assert run_scenarios([str(plan), str(FIXTURES / "expectation-fails.yaml")]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "has errors" in err
+        assert f"{plan}:3:1: no-initial error" in err and f"{plan}:3:12: no-way-out error" in err
+
+    def test_without_arguments_the_shipped_plan_and_scenarios(self, in_repo, capsys):
+        assert run_scenarios([]) == EXIT_PASSED
+
+    def test_a_scenario_first_means_the_default_plan(self, in_repo, capsys):
+        assert run_scenarios(["scenarios/free-daily-quota.yaml"]) == EXIT_PASSED
+        assert capsys.readouterr().out.startswith("PASS free use")
+
+    def test_a_directory_first_means_the_default_plan(self, in_repo, capsys):
+        assert run_scenarios(["scenarios"]) == EXIT_PASSED
+
+    def test_a_plan_alone_runs_the_scenarios_next_to_it(self, repo, tmp_path, capsys):
+        (tmp_path / "plans.yaml").write_text((repo / "plans.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+        (tmp_path / "scenarios").mkdir()
+        story = (repo / "scenarios" / "free-daily-quota.yaml").read_text(encoding="utf-8")
+        (tmp_path / "scenarios" / "one.yaml").write_text(story, encoding="utf-8")
+        assert run_scenarios([str(tmp_path / "plans.yaml")]) == EXIT_PASSED
+        assert capsys.readouterr().out.rstrip().endswith("1 passed, 0 failed")
+
+    def test_a_file_named_twice_runs_once(self, in_repo, capsys):
+        assert run_scenarios(["plans.yaml", "scenarios/free-daily-quota.yaml", "scenarios"]) == EXIT_PASSED
+        out = capsys.readouterr().out
+        assert out.count("(scenarios/free-daily-quota.yaml)") == 1
+
+
+TIMER_PLAN = """\
+version: 1
+meters:
+  requests: {}
+  tokens: {}
+statuses:
+  free:
+    initial: true
+    quotas: {requests: {limit: 10, per: day}, tokens: {limit: 1000, per: month}}
+  trial:
+    expires_after: 1d
+    quotas: {requests: {limit: 100, per: day}, tokens: unlimited}
+transitions:
+  - from: free
+    on: admin:try
+    to: trial
+  - from: trial
+    on: timer
+    to: trial
+  - from: trial
+    on: admin:end
+    to: free
+"""
+
+
+class TestPlayback:
+    @pytest.fixture
+    def table(self, write_plan):
+        return write_plan(TIMER_PLAN)
+
+    def run(self, table, text: str):
+        return play(table, parse_scenario(text, "story.yaml", table))
+
+    def test_a_timer_that_moves_nothing_fires_once(self, table):
+        result = self.run(table, """\
+name: a timer whose transition stays put
+start: "2026-01-05T09:00:00Z"
+meter: requests
+steps:
+  - admin: try
+    expect: {status: trial, timer: 1d}
+  - wait: 3d
+    expect: {status: trial, moved: false}
+""")
+        assert result.passed, result.failure
+
+    def test_a_plan_with_several_meters_needs_one_named(self, table):
+        with pytest.raises(ScenarioError) as caught:
+            parse_scenario('name: x\nstart: "2026-01-05T09:00:00Z"\nsteps:\n  - consume: 1\n', "s.yaml", table)
+        assert "s.yaml:4:5: step 1 needs a meter" in str(caught.value)
+
+    def test_a_step_may_name_its_meter(self, table):
+        result = self.run(table, """\
+name: two meters
+start: "2026-01-05T09:00:00Z"
+meter: requests
+steps:
+  - consume: 500
+    meter: tokens
+    expect: {remaining: 500, resets_at: "2026-02-01T00:00:00Z"}
+  - expect: {remaining: 10}
+  - expect: {allowed: false, remaining: 500}
+    meter: tokens
+    amount: 501
+""")
+        assert result.passed, result.failure
+
+    @pytest.mark.parametrize("event, obj", [
+        ("customer.subscription.updated", "subscription"), ("invoice.paid", "invoice"),
+        ("checkout.session.completed", "checkout.session"), ("charge.refunded", "charge"),
+        ("customer.created", "customer"),
+    ])
+    def test_the_object_type_is_implied_by_the_event(self, event, obj):
+        assert implied_object(event) == obj
+
+    def test_an_event_about_someone_else_is_ignored(self, shipped):
+        result = play(shipped, parse_scenario("""\
+name: not my checkout
+start: "2026-01-05T09:00:00Z"
+subject: alice
+steps:
+  - stripe: checkout.session.completed
+    object: {metadata: {plangate_subject: bob}}
+    expect: {status: limited_free_trial, moved: false}
+""", "s.yaml", shipped))
+        assert result.passed, result.failure

@@ -6,6 +6,7 @@ import json
 from aiohttp import web
 
 MAX_TEXT = 200
+MAX_BODY = web.AppKey("max_body", int)   # bytes a /v1/ body may have
 
 
 class BadRequest(Exception):
@@ -19,7 +20,12 @@ class BadRequest(Exception):
 
 
 async def json_object(request: web.Request, allowed: set[str]) -> dict:
+    limit = request.app.get(MAX_BODY)
+    if limit is not None and (request.content_length or 0) > limit:
+        raise BadRequest(413, "body_too_large", f"the body is larger than {limit} bytes")
     raw = await request.read()
+    if limit is not None and len(raw) > limit:
+        raise BadRequest(413, "body_too_large", f"the body is larger than {limit} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

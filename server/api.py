@@ -15,6 +15,7 @@ from .metrics import CONTENT_TYPE
 from .store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
+JOBS = web.AppKey("jobs", object)
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schema" / "openapi.json"
 _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
@@ -120,6 +121,16 @@ async def transition(request: web.Request) -> web.Response:
     })
 
 
+async def run_job(request: web.Request) -> web.Response:
+    """Run a job now (operators, the simulator, tests): sweep, reconcile or cleanup."""
+    name = request.match_info["job"]
+    inp.one_of(name, ("sweep", "reconcile", "cleanup"), "unknown_job", "job")
+    result = await request.app[JOBS].run(name)
+    if result is None:
+        raise inp.BadRequest(503, "job_failed", f"the {name} job failed; see the gate's log")
+    return web.json_response({"job": name, "result": list(result) if isinstance(result, tuple) else result})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -151,6 +162,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/usage", usage)
     app.router.add_get("/v1/subjects/{subject}", subject_view)
     app.router.add_post("/v1/subjects/{subject}/transition", transition)
+    app.router.add_post("/v1/jobs/{job}", run_job)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -10,10 +10,12 @@ from aiohttp import web
 
 from engine import StateTable
 
-from . import api
-from ._input import BadRequest
+from . import api, webhook
+from ._input import MAX_BODY, BadRequest
 from .config import Config
 from .gate import Gate
+from .ingest import Ingest
+from .jobs import Jobs
 from .logs import log, request_id as current_request_id
 from .metrics import Metrics
 from .store import Store
@@ -22,21 +24,35 @@ _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: 
                 413: "body_too_large", 415: "unsupported_media_type"}
 
 
-def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool = True) -> web.Application:
+def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool = True,
+               run_jobs: bool = True) -> web.Application:
     metrics = Metrics()
     gate = Gate(config, table, store, metrics)
-    app = web.Application(client_max_size=config.max_body_bytes,
+    # The webhook may carry large events; /v1/ bodies are held to max_body_bytes in _input.
+    app = web.Application(client_max_size=max(config.max_body_bytes, config.webhook_max_bytes),
                           middlewares=[_errors, _authenticate(config.api_token)])
     app[api.GATE] = gate
+    app[MAX_BODY] = config.max_body_bytes
+    ingest = Ingest(gate)
+    app[webhook.INGEST] = ingest
+    jobs = Jobs(gate, ingest)
+    app[api.JOBS] = jobs
     api.add_routes(app)
+    app.router.add_post("/webhook/stripe", webhook.receive)
 
     async def lifecycle(app: web.Application):
         await store.open()
         if migrate:
             await store.migrate()
+        caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
+        if run_jobs:
+            jobs.start()
+        if not config.webhook_secrets:
+            log(logging.WARNING, "webhook_disabled", why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
         log(logging.INFO, "started", plan_version=table.version, enforcement=config.enabled,
-            kill_switch=config.kill_switch, fail_mode=config.fail_mode)
+            kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield
+        await jobs.stop()
         await store.close()
         log(logging.INFO, "stopped")
 

@@ -36,6 +36,17 @@ class Config:
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
     sqlite_synchronous: str = "NORMAL"
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_tolerance: int = 300
+    webhook_max_bytes: int = 524_288
+    stripe_secret_key: str = field(default="", repr=False)
+    stripe_api_base: str = "https://api.stripe.com"
+    sweep_schedule: str = "* * * * *"
+    reconcile_schedule: str = "*/15 * * * *"
+    cleanup_schedule: str = "17 3 * * *"
+    reconcile_after: float = 3 * 86400.0
+    usage_retention_days: int = 400
+    idempotency_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
@@ -63,6 +74,17 @@ class Config:
             max_body_bytes=r.integer("PLANGATE_MAX_BODY_BYTES", 16_384, 256, 10_000_000),
             log_level=r.choice("PLANGATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             sqlite_synchronous=r.choice("PLANGATE_SQLITE_SYNCHRONOUS", "NORMAL", ("NORMAL", "FULL")),
+            webhook_secrets=r.secrets("STRIPE_WEBHOOK_SECRET"),
+            webhook_tolerance=r.integer("STRIPE_WEBHOOK_TOLERANCE", 300, 1, 3600),
+            webhook_max_bytes=r.integer("PLANGATE_WEBHOOK_MAX_BYTES", 524_288, 1024, 50_000_000),
+            stripe_secret_key=r.stripe_key("STRIPE_SECRET_KEY"),
+            stripe_api_base=r.url("STRIPE_API_BASE", "https://api.stripe.com"),
+            sweep_schedule=r.cron("PLANGATE_SWEEP_SCHEDULE", "* * * * *"),
+            reconcile_schedule=r.cron("PLANGATE_RECONCILE_SCHEDULE", "*/15 * * * *"),
+            cleanup_schedule=r.cron("PLANGATE_CLEANUP_SCHEDULE", "17 3 * * *"),
+            reconcile_after=r.number("PLANGATE_RECONCILE_AFTER", 3 * 86400.0, 60.0, 365 * 86400.0),
+            usage_retention_days=r.integer("PLANGATE_USAGE_RETENTION_DAYS", 400, 1, 100_000),
+            idempotency_retention_days=r.integer("PLANGATE_IDEMPOTENCY_RETENTION_DAYS", 30, 1, 100_000),
         )
 
     def require_token(self) -> None:
@@ -115,6 +137,43 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(f"{name}={value!r}: a whole number from {low} to {high} is needed")
         return number
+
+    def cron(self, name: str, default: str) -> str:
+        """A five-field cron schedule, checked with the parser the job scheduler (aiocron) runs on."""
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        value = self.text(name, default)
+        try:
+            CronSim(value, datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ConfigError(f"{name}={value!r}: allowed is a cron schedule of five fields, e.g. "
+                              f"'*/5 * * * *' ({exc})") from None
+        return value
+
+    def stripe_key(self, name: str) -> str:
+        value = self.text(name, "")
+        if value and not value.startswith(("sk_", "rk_")):
+            raise ConfigError(f"{name}: the value is not a Stripe secret or restricted key (sk_... or rk_...)")
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name, default).rstrip("/")
+        if not value.startswith(("http://", "https://")) or len(value) < 10:
+            raise ConfigError(f"{name}={value!r}: allowed is an http:// or https:// address")
+        return value
+
+    def secrets(self, name: str) -> tuple[str, ...]:
+        """Comma-separated webhook signing secrets (several while rotating); each starts with whsec_."""
+        value = self._raw(name) or ""
+        found = tuple(part.strip() for part in value.split(",") if part.strip())
+        for secret in found:
+            if not secret.startswith("whsec_") or len(secret) < 12:
+                shown = secret[:6] + "..." if len(secret) > 6 else "(too short)"
+                raise ConfigError(f"{name}: {shown} is not a webhook signing secret; each comma-separated "
+                                  "value is the endpoint's whsec_... secret from Stripe")
+        return found
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         value = self._raw(name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
-from engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, override)
+from engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, advance, override)
 from policy import FailMode
 
 from .config import Config
@@ -55,17 +55,18 @@ class Gate:
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def _timed(self, operation: str, coro, *, shield: bool = False):
+    async def _timed(self, operation: str, coro, *, shield: bool = False, timeout: float | None = None):
         """Run a store call within the time budget; StoreUnavailable on failure or timeout. Writes are
         shielded so that a slow commit finishes (and stays consistent) even when the caller gives up."""
         task = asyncio.ensure_future(coro)
+        budget = timeout or self.config.store_timeout
         try:
-            return await asyncio.wait_for(asyncio.shield(task) if shield else task, self.config.store_timeout)
+            return await asyncio.wait_for(asyncio.shield(task) if shield else task, budget)
         except (StoreError, asyncio.TimeoutError, OSError) as exc:
             self.metrics.store_errors.labels(operation).inc()
             if self._throttle.ready(operation):
                 log(logging.ERROR, "store_error", operation=operation,
-                    error=str(exc) or f"no answer within {self.config.store_timeout}s")
+                    error=str(exc) or f"no answer within {budget}s")
             raise StoreUnavailable(operation) from exc
 
     async def _entry(self, subject: str, now: float) -> _Entry:
@@ -190,6 +191,20 @@ class Gate:
 
     async def apply(self, subject: str, trigger: Trigger | None, *, to: str | None = None, why: str = "",
                     cause_id: str | None = None, actor: str | None = None) -> Outcome:
+        """A trigger (or an admin's direct move `to` a status) through the door."""
+        def decide(state: SubjectState, now: float) -> list[Outcome]:
+            if to is not None:
+                return [self.table.override(state, to, now, why)]
+            return [self.table.apply(state, trigger, now)]
+
+        return (await self._door(subject, decide, why=why if to is None else "", cause_id=cause_id, actor=actor))[-1]
+
+    async def fire_due(self, subject: str) -> list[Outcome]:
+        """Fire the subject's due timers, each at its own deadline (catching up after downtime)."""
+        return await self._door(subject, lambda state, now: advance(self.table, state, now)[1], actor="timer")
+
+    async def _door(self, subject: str, decide, *, why: str = "", cause_id: str | None = None,
+                    actor: str | None = None) -> list[Outcome]:
         """Every state change goes through here: the engine decides, the store commits state and audit
         in one transaction (retrying on a concurrent writer), and the cache entry is dropped."""
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -197,27 +212,25 @@ class Gate:
             stored = await self._timed("load", self.store.load(subject))
             if stored is None:
                 stored = StoredSubject(self.table.initial_state(subject, now), 0)
-            outcome = (self.table.override(stored.state, to, now, why) if to is not None
-                       else self.table.apply(stored.state, trigger, now))
-            if not outcome.changed and stored.version != 0:
-                return outcome
-            audit = None
-            if outcome.moved:
-                reason = outcome.reason + (f"; {why}" if why and to is None else "")
-                audit = AuditEntry(subject, stored.state.status, outcome.state.status, outcome.trigger, reason,
-                                   now, self.table.version, cause_id, actor)
-            new = replace(stored, state=outcome.state)
-            change = Change(new, stored.version, audits=(audit,) if audit else ())
+            outcomes = decide(stored.state, now)
+            if not outcomes or not any(o.changed for o in outcomes):
+                return outcomes or [Outcome(stored.state, stored.state, "timer", "no timer is due")]
+            audits = tuple(
+                AuditEntry(subject, o.before.status, o.state.status, o.trigger,
+                           o.reason + (f"; {why}" if why else ""), o.state.since if o.trigger == "timer" else now,
+                           self.table.version, cause_id, actor)
+                for o in outcomes if o.moved)
+            change = Change(replace(stored, state=outcomes[-1].state), stored.version, audits=audits)
             if await self._timed("save", self.store.commit(change), shield=True):
                 self.invalidate(subject)
-                if outcome.moved:
-                    self.metrics.transitions.labels(outcome.trigger.split(":")[0], outcome.state.status).inc()
-                    log(logging.INFO, "transition", subject=subject, trigger=outcome.trigger,
-                        from_status=stored.state.status, to_status=outcome.state.status, reason=outcome.reason,
+                for audit in audits:
+                    self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
+                    log(logging.INFO, "transition", subject=subject, trigger=audit.trigger,
+                        from_status=audit.from_status, to_status=audit.to_status, reason=audit.reason,
                         actor=actor, cause_id=cause_id)
-                return outcome
+                return outcomes
             self.invalidate(subject)
-        raise StoreUnavailable("apply: the subject kept changing")
+        raise StoreUnavailable("the subject kept changing")
 
     async def admin(self, subject: str, *, to: str | None, action: str | None, why: str, actor: str) -> Outcome:
         trigger = AdminAction(action, actor) if action else None

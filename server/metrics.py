@@ -28,6 +28,9 @@ class Metrics:
         self.latency = Histogram("plangate_request_seconds", "Request handling time by route.", ["route"],
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
                                  registry=r)
+        self.webhooks = Counter("plangate_webhooks", "Stripe webhook deliveries by outcome (or refusal).",
+                                ["outcome"], registry=r)
+        self.jobs = Counter("plangate_job_runs", "Job runs by job and result.", ["job", "result"], registry=r)
         self.rejected = Counter("plangate_rejected_requests", "Requests refused before any work (4xx) by error.",
                                 ["error"], registry=r)
 

@@ -1,0 +1,189 @@
+"""Stripe events into subject state: exactly once, in any order, through the one door.
+
+A subject's state is the fold of its Stripe events in created order (engine.replay). An event that
+arrives in order is folded onto the stored state; one that arrives late makes the fold run again from
+the state before the first event it precedes, and is recorded `stale` when that changes nothing. The
+event rows, the state, the audit rows and the payments of one delivery commit in one transaction.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+
+from engine import StripeEvent, SubjectState, event_order, replay
+
+from .gate import Gate, StoreUnavailable
+from .logs import log
+from .store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
+from .stripe_objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
+
+MAX_ATTEMPTS = 8
+WEBHOOK_STORE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the webhook answers: the outcome of the event (applied, noop, stale, pending, ignored)."""
+
+    event_id: str
+    outcome: str
+    subject: str | None = None
+    duplicate: bool = False
+    status: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"received": True, "event": self.event_id, "outcome": self.outcome, "subject": self.subject,
+                "duplicate": self.duplicate, "status": self.status}
+
+
+class Ingest:
+    def __init__(self, gate: Gate):
+        self.gate = gate
+        self.store = gate.store
+        self.table = gate.table
+        self.relevant = FACT_EVENTS | {t.trigger.name for t in gate.table.plan.transitions
+                                       if t.trigger.kind.value == "stripe"}
+
+    async def _io(self, operation: str, coro):
+        return await self.gate._timed(operation, coro, shield=True, timeout=WEBHOOK_STORE_TIMEOUT)
+
+    async def receive(self, event: StripeEvent, payload: str, *, record_noop: bool = True) -> Received:
+        """Handle one verified event. StoreUnavailable propagates: the caller answers 5xx and Stripe retries.
+        record_noop=False (reconciliation): an event that changes nothing only marks the subject confirmed."""
+        if event.type not in self.relevant:
+            return Received(event.id, "ignored")
+        if await self._io("event_seen", self.store.event_seen(event.id)):
+            return Received(event.id, "duplicate", duplicate=True)
+        obj = event.object
+        customer, subscription = stripe_ids(obj)
+        subject = named_subject(obj, self.table.plan.subject_link)
+        linking = subject is not None
+        if subject is None:
+            subject = await self._io("find_subject", self.store.find_subject(customer, subscription))
+        record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
+                             subscription)
+        payment = payment_of(event.type, event.id, event.created, obj, subject)
+        payments = (payment,) if payment else ()
+        if subject is None:
+            reason = "no subject yet: kept until a checkout or subscription links its customer or subscription"
+            stored = await self._io("record_event", self.store.record_event(
+                replace(record, reason=reason, outcome="pending" if customer or subscription else "ignored"),
+                payments))
+            return Received(event.id, "pending" if stored else "duplicate", duplicate=not stored)
+        try:
+            received = await self._fold(subject, [(event, record)], payments, (customer, subscription), linking,
+                                        record_noop=record_noop)
+        except DuplicateEvent:
+            return Received(event.id, "duplicate", subject, duplicate=True)
+        if linking and (customer or subscription):
+            await self._adopt_pending(subject, customer, subscription)
+        return received
+
+    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None) -> None:
+        """Events that came before the link to their subject: folded in now, in created order."""
+        waiting = await self._io("pending", self.store.pending(customer, subscription))
+        if waiting:
+            items = [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
+                      replace(r, subject=subject)) for r in waiting]
+            await self._fold(subject, items, (), (None, None), False, stored_rows=True)
+
+    async def _fold(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
+                    ids: tuple[str | None, str | None], linking: bool, *, stored_rows: bool = False,
+                    record_noop: bool = True) -> Received:
+        first = min((e for e, _ in incoming), key=event_order)
+        for _ in range(MAX_ATTEMPTS):
+            now = self.gate.clock()
+            stored = await self._io("load", self.store.load(subject)) or StoredSubject(
+                self.table.initial_state(subject, first.created), 0)
+            later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
+            if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
+                change = self._stale_after_admin(stored, incoming, now)
+            else:
+                change = self._change(stored, incoming, later, payments, ids, linking, now, stored_rows)
+            if not record_noop and not change.audits and _essence(change.subject.state) == _essence(stored.state):
+                change = Change(replace(stored, confirmed_at=now), stored.version)
+            if await self._io("commit", self.store.commit(change)):
+                self.gate.invalidate(subject)
+                self._log(change, stored)
+                mine = next((r for r in change.new_events + change.replayed_events if r.id == incoming[0][0].id),
+                            None)
+                return Received(incoming[0][0].id, mine.outcome if mine else "noop", subject,
+                                status=change.subject.state.status)
+        raise StoreUnavailable("webhook: the subject kept changing; Stripe will deliver again")
+
+    async def _later(self, subject: str, stored: StoredSubject, first: StripeEvent, ids: set[str]) -> list[EventRecord]:
+        """Stored events of the subject that sort after `first`: the part of the fold to run again."""
+        if stored.watermark is None or first.created > stored.watermark:
+            return []
+        rows = await self._io("history", self.store.history(subject, first.created))
+        key = event_order(first)
+        return [r for r in rows if r.id not in ids and event_order(_as_event(r)) > key]
+
+    def _change(self, stored: StoredSubject, incoming, later: list[EventRecord], payments, ids, linking, now,
+                stored_rows) -> Change:
+        base = later[0].state_before if later and later[0].state_before else stored.state
+        records = {r.id: r for _, r in incoming}
+        records.update({r.id: r for r in later})
+        final, steps = replay(self.table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
+        late = bool(later)
+        fold_changed = _essence(final) != _essence(stored.state)
+        rows, audits = [], []
+        for step in steps:
+            outcome = "applied" if step.outcome.moved else "noop"
+            reason = step.outcome.reason
+            if late and step.event.id in {e.id for e, _ in incoming}:
+                outcome = "applied" if fold_changed else "stale"
+                reason = (f"arrived after {len(later)} newer event(s); folded in created order: {reason}"
+                          if fold_changed else f"older than events already applied; changes nothing ({reason})")
+            rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before))
+            if not late:
+                audits.extend(self._audits(step, now))
+        if late and final.status != stored.state.status:
+            cause = incoming[0][0]
+            audits.append(AuditEntry(stored.state.subject, stored.state.status, final.status, cause.key,
+                                     f"events folded again in created order after {cause.id} arrived late",
+                                     now, self.table.version, cause.id, "stripe"))
+        customer, subscription = ids
+        watermark = max([stored.watermark or 0.0] + [e.created for e, _ in incoming])
+        new = replace(stored, state=final, watermark=watermark, confirmed_at=now,
+                      stripe_customer=_newer(stored.stripe_customer, customer, late and not linking),
+                      stripe_subscription=_newer(stored.stripe_subscription, subscription, late and not linking))
+        fresh = {e.id for e, _ in incoming} if not stored_rows else set()
+        return Change(new, stored.version, tuple(audits),
+                      new_events=tuple(r for r in rows if r.id in fresh),
+                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=tuple(payments))
+
+    def _audits(self, step, now: float) -> list[AuditEntry]:
+        out = []
+        for o in step.timers + (step.outcome,):
+            if o.moved:
+                cause = step.event.id if o is step.outcome else None
+                out.append(AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason,
+                                      o.state.since, self.table.version, cause, "stripe" if cause else "timer"))
+        return out
+
+    def _stale_after_admin(self, stored: StoredSubject, incoming, now: float) -> Change:
+        reason = "older than an admin's later change to the subject: a person's decision is not rewritten"
+        rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in incoming)
+        return Change(replace(stored, confirmed_at=now), stored.version, new_events=rows)
+
+    def _log(self, change: Change, stored: StoredSubject) -> None:
+        for audit in change.audits:
+            self.gate.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
+            log(logging.INFO, "transition", subject=audit.subject, trigger=audit.trigger, from_status=audit.from_status,
+                to_status=audit.to_status, reason=audit.reason, cause_id=audit.cause_id, actor=audit.actor)
+
+
+def _as_event(row: EventRecord) -> StripeEvent:
+    return StripeEvent(row.type, json.loads(row.payload)["data"]["object"], row.id, row.created)
+
+
+def _essence(state: SubjectState) -> tuple:
+    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through)
+
+
+def _newer(current: str | None, seen: str | None, keep_current: bool) -> str | None:
+    if seen is None:
+        return current
+    return current if keep_current and current else seen

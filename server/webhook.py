@@ -1,0 +1,80 @@
+"""POST /webhook/stripe: verify the raw body with Stripe's signature scheme before reading anything in it."""
+from __future__ import annotations
+
+import json
+import logging
+
+import stripe
+from aiohttp import web
+
+from engine import StripeEvent
+
+from ._input import BadRequest
+from .gate import StoreUnavailable
+from .ingest import Ingest
+from .logs import Throttle, log
+
+INGEST = web.AppKey("ingest", Ingest)
+_throttle = Throttle(60.0)
+
+
+def _verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int) -> str:
+    """The body as text once a secret's signature matches; BadRequest otherwise."""
+    if not header:
+        raise BadRequest(400, "signature_missing", "no Stripe-Signature header: only signed events are accepted")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "signature_invalid", "the body is not UTF-8 text") from None
+    problem = "no signature matches"
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance)
+            return text
+        except stripe.SignatureVerificationError as exc:
+            problem = str(exc.user_message or exc)
+    raise BadRequest(400, "signature_invalid", f"the Stripe signature does not verify: {problem}")
+
+
+def _event(text: str) -> tuple[StripeEvent, str]:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise BadRequest(400, "invalid_event", "the signed body is not JSON") from None
+    ok = isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"] and \
+        isinstance(body.get("type"), str) and isinstance(body.get("created"), (int, float)) and \
+        not isinstance(body.get("created"), bool) and isinstance(body.get("data"), dict) and \
+        isinstance(body["data"].get("object"), dict)
+    if not ok:
+        raise BadRequest(400, "invalid_event", "the body is not a Stripe event (id, type, created, data.object)")
+    return StripeEvent(body["type"], body["data"]["object"], body["id"], float(body["created"])), text
+
+
+async def receive(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    config = ingest.gate.config
+    metrics = ingest.gate.metrics
+    if not config.webhook_secrets:
+        if _throttle.ready("no-secret"):
+            log(logging.ERROR, "webhook_refused", why="STRIPE_WEBHOOK_SECRET is not set: no event can be verified")
+        metrics.webhooks.labels("no_secret").inc()
+        raise BadRequest(503, "webhook_not_configured", "STRIPE_WEBHOOK_SECRET is not set on the gate")
+    if request.content_length is not None and request.content_length > config.webhook_max_bytes:
+        metrics.webhooks.labels("too_large").inc()
+        raise BadRequest(413, "body_too_large", f"the body is larger than {config.webhook_max_bytes} bytes")
+    payload = await request.read()
+    try:
+        text = _verify(payload, request.headers.get("Stripe-Signature"), config.webhook_secrets,
+                       config.webhook_tolerance)
+        event, text = _event(text)
+    except BadRequest as exc:
+        metrics.webhooks.labels(exc.code).inc()
+        raise
+    try:
+        received = await ingest.receive(event, text)
+    except StoreUnavailable:
+        metrics.webhooks.labels("store_error").inc()
+        raise BadRequest(500, "store_unavailable", "the event could not be stored; nothing was applied; "
+                                                   "Stripe will deliver it again") from None
+    metrics.webhooks.labels(received.outcome).inc()
+    return web.json_response(received.to_dict())

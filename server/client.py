@@ -1,0 +1,292 @@
+"""An async client for the workflow server: ask the gate before paid work, count after, with a time budget.
+
+    async with GateClient("http://127.0.0.1:8080", token) as gate:
+        decision = await gate.consume(user_id, "requests", idempotency_key=job_id)
+        if decision.allowed:
+            ...
+
+When the gate cannot answer in time (timeout, connection error, 5xx), a decision call returns a decision the
+client made itself (`local=True`, reason `fail_open` or `fail_closed`); bad input (a 4xx) raises, because it
+is a bug in the caller that must not be silently allowed.
+
+Exception tree:
+
+    GateError           anything this client raises
+    GateRequestError    the gate refused the request (4xx): status, code, message
+    GateUnavailable     no usable answer in time, for calls that have no fail mode (subject, transition)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+__all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateUnavailable", "MeterUsage",
+           "SubjectView", "TransitionRecord", "TransitionResult"]
+
+FAIL_OPEN = "fail_open"
+FAIL_CLOSED = "fail_closed"
+
+
+class GateError(Exception):
+    """Anything this client raises."""
+
+
+class GateRequestError(GateError):
+    """The gate refused the request (4xx): fix the call; `code` is the gate's stable error code."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class GateUnavailable(GateError):
+    """The gate gave no usable answer within the time budget (timeout, connection error, 5xx)."""
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    """The gate's answer to "may this subject do this much of this meter now?" (and, on consume and usage,
+    whether it was counted). `local`: the client made it up because the gate did not answer."""
+
+    subject: str
+    allowed: bool
+    reason: str
+    status: str | None
+    tier: str | None
+    meter: str
+    amount: int
+    limit: int | None
+    used: int | None
+    remaining: int | None
+    window_start: datetime | None
+    resets_at: datetime | None
+    retry_after: int | None
+    rule: str
+    counted: bool = False
+    duplicate: bool = False
+    local: bool = False
+
+    @classmethod
+    def from_json(cls, body: dict) -> "GateDecision":
+        return cls(
+            subject=body["subject"], allowed=body["allowed"], reason=body["reason"], status=body["status"],
+            tier=body["tier"], meter=body["meter"], amount=body["amount"], limit=body["limit"], used=body["used"],
+            remaining=body["remaining"], window_start=_time(body["window_start"]),
+            resets_at=_time(body["resets_at"]), retry_after=body["retry_after"], rule=body["rule"],
+            counted=body.get("counted", False), duplicate=body.get("duplicate", False))
+
+    @classmethod
+    def unanswered(cls, subject: str, meter: str, amount: int, fail_open: bool, why: str) -> "GateDecision":
+        return cls(subject=subject, allowed=fail_open, reason=FAIL_OPEN if fail_open else FAIL_CLOSED,
+                   status=None, tier=None, meter=meter, amount=amount, limit=None, used=None, remaining=None,
+                   window_start=None, resets_at=None, retry_after=None, rule=f"client: {why}", local=True)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterUsage:
+    meter: str
+    used: int
+    limit: int | None
+    remaining: int | None
+    allowed: bool
+    reason: str
+    window_start: datetime | None
+    resets_at: datetime | None
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    from_status: str | None
+    to_status: str
+    trigger: str
+    reason: str
+    at: datetime
+    plan_version: str
+    cause_id: str | None
+    actor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    subject: str
+    known: bool
+    status: str
+    tier: str | None
+    since: datetime
+    timer_due: datetime | None
+    period_start: datetime | None
+    period_end: datetime | None
+    plan_version: str
+    stripe_customer: str | None
+    stripe_subscription: str | None
+    usage: tuple[MeterUsage, ...]
+    transitions: tuple[TransitionRecord, ...]
+
+    @classmethod
+    def from_json(cls, body: dict) -> "SubjectView":
+        usage = tuple(MeterUsage(**{**u, "window_start": _time(u["window_start"]),
+                                    "resets_at": _time(u["resets_at"])}) for u in body["usage"])
+        history = tuple(TransitionRecord(
+            from_status=t["from"], to_status=t["to"], trigger=t["trigger"], reason=t["reason"], at=_time(t["at"]),
+            plan_version=t["plan_version"], cause_id=t["cause_id"], actor=t["actor"]) for t in body["transitions"])
+        return cls(
+            subject=body["subject"], known=body["known"], status=body["status"], tier=body["tier"],
+            since=_time(body["since"]), timer_due=_time(body["timer_due"]),
+            period_start=_time(body["period_start"]), period_end=_time(body["period_end"]),
+            plan_version=body["plan_version"], stripe_customer=body["stripe_customer"],
+            stripe_subscription=body["stripe_subscription"], usage=usage, transitions=history)
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    subject: str
+    moved: bool
+    from_status: str
+    to_status: str
+    trigger: str
+    reason: str
+    rule: str | None
+
+    @classmethod
+    def from_json(cls, body: dict) -> "TransitionResult":
+        return cls(subject=body["subject"], moved=body["moved"], from_status=body["from"], to_status=body["to"],
+                   trigger=body["trigger"], reason=body["reason"], rule=body["rule"])
+
+
+class _NoAnswer(Exception):
+    """Internal: the gate gave no usable answer; the message says why (never the token)."""
+
+
+class GateClient:
+    """The gate's HTTP API as typed calls. `timeout` is the budget, in seconds, for a whole call (connect,
+    send, wait, read). With `session`, the caller's aiohttp session is used and left open."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 0.25, fail_open: bool = True,
+                 session: aiohttp.ClientSession | None = None):
+        if timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.fail_open = fail_open
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self._session = session
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:
+        return f"GateClient({self.base_url!r}, timeout={self.timeout}, fail_open={self.fail_open})"
+
+    async def __aenter__(self) -> "GateClient":
+        self._open()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    # --- decisions: fail mode on no answer ------------------------------------------------------
+
+    async def check(self, subject: str, meter: str, amount: int = 1) -> GateDecision:
+        """May `subject` do `amount` of `meter` now? Counts nothing."""
+        return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
+
+    async def consume(self, subject: str, meter: str, amount: int = 1,
+                      idempotency_key: str | None = None) -> GateDecision:
+        """Check and count in one step: `counted` says whether the amount was counted. With a key, a repeat
+        (say, a retry after a local decision) counts at most once and answers `duplicate=True`."""
+        body = {"subject": subject, "meter": meter, "amount": amount}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return await self._decide("/v1/consume", body)
+
+    async def usage(self, subject: str, meter: str, amount: int, idempotency_key: str) -> GateDecision:
+        """Count work that already ran. A local decision means nothing was counted: retry later with the
+        same key."""
+        return await self._decide("/v1/usage", {"subject": subject, "meter": meter, "amount": amount,
+                                                "idempotency_key": idempotency_key})
+
+    async def _decide(self, path: str, body: dict) -> GateDecision:
+        try:
+            answer = await self._call("POST", path, body)
+            try:
+                return GateDecision.from_json(answer)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise _NoAnswer(f"the gate's answer is not a decision ({type(exc).__name__}: {exc})") from None
+        except _NoAnswer as exc:
+            return GateDecision.unanswered(body["subject"], body["meter"], body["amount"], self.fail_open, str(exc))
+
+    # --- operator calls: no fail mode, GateUnavailable on no answer ------------------------------
+
+    async def subject(self, subject: str) -> SubjectView:
+        """The subject's status, timers, usage per meter and recent transitions."""
+        return SubjectView.from_json(await self._strict("GET", f"/v1/subjects/{quote(subject, safe='')}"))
+
+    async def transition(self, subject: str, *, to: str | None = None, action: str | None = None,
+                         reason: str) -> TransitionResult:
+        """An admin override: `to` a status, or a named admin `action` of the plan (exactly one)."""
+        if (to is None) == (action is None):
+            raise ValueError("give exactly one of to= (a status) or action= (an admin action)")
+        body = {"reason": reason, **({"to": to} if to is not None else {"action": action})}
+        path = f"/v1/subjects/{quote(subject, safe='')}/transition"
+        return TransitionResult.from_json(await self._strict("POST", path, body))
+
+    async def _strict(self, method: str, path: str, body: dict | None = None) -> dict:
+        try:
+            return await self._call(method, path, body)
+        except _NoAnswer as exc:
+            raise GateUnavailable(f"{method} {self.base_url}{path}: {exc}") from None
+
+    # --- the wire ---------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: dict | None) -> dict:
+        """The gate's JSON answer (2xx); GateRequestError for a 4xx; _NoAnswer for everything else."""
+        session = self._open()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with session.request(method, self.base_url + path, json=body, headers=self._auth) as resp:
+                    status, raw = resp.status, await resp.read()
+        except TimeoutError:
+            raise _NoAnswer(f"no answer within {self.timeout}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            # The exception's text names the address, never the headers; do not chain it (its
+            # request_info holds the Authorization header).
+            raise _NoAnswer(f"{type(exc).__name__}: {exc}") from None
+        if status >= 500:
+            raise _NoAnswer(f"the gate answered {status}")
+        answer = _json(raw)
+        if status >= 400:
+            code = answer.get("error") if isinstance(answer, dict) else None
+            message = answer.get("message") if isinstance(answer, dict) else None
+            raise GateRequestError(status, code or "http_error", message or raw[:200].decode("utf-8", "replace"))
+        if not isinstance(answer, dict):
+            raise _NoAnswer(f"the gate answered {status} without a JSON object")
+        return answer
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None

@@ -1,0 +1,245 @@
+"""POST /webhook/stripe on a real gate: signatures, exactly once, any order, faults."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sqlite3
+import time
+
+import pytest
+
+from . import stripe_events as se
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+DAY = 86400.0
+
+
+def q(database: str, sql: str, *args):
+    with sqlite3.connect(database) as db:
+        return db.execute(sql, args).fetchall()
+
+
+@pytest.fixture
+async def hook(start_gate):
+    return await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET)
+
+
+async def deliver(gate, evt: dict, *, secret: str = se.SECRET, header: str | None = None, raw: bytes | None = None):
+    body = raw if raw is not None else se.encode(evt)
+    sig = header if header is not None else se.sign(body, secret)
+    return await gate.call("POST", "/webhook/stripe", raw=body, token=None, headers={"Stripe-Signature": sig})
+
+
+async def status_of(gate, subject: str) -> str:
+    return (await gate.get(f"/v1/subjects/{subject}"))[1]["status"]
+
+
+class TestSignatures:
+    @pytest.mark.parametrize("case", ["missing", "malformed", "wrong_secret", "expired", "tampered", "v0_only"])
+    async def test_refused_with_400_and_nothing_written(self, hook, case):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        body = se.encode(evt)
+        header = {
+            "missing": "",
+            "malformed": "this is not a signature",
+            "wrong_secret": se.sign(body, "whsec_other_secret_123456"),
+            "expired": se.sign(body, timestamp=int(time.time()) - 301),
+            "tampered": se.sign(body),
+            "v0_only": se.sign(body).replace("v1=", "v0="),
+        }[case]
+        raw = body.replace(b"alice", b"mallory") if case == "tampered" else body
+        status, answer = await deliver(hook, evt, header=header, raw=raw)
+        assert status == 400 and answer["error"] in ("signature_missing", "signature_invalid")
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+        assert await status_of(hook, "alice") == "limited_free_trial"
+        _, metrics = await hook.get("/metrics")
+        assert 'plangate_webhooks_total{outcome="signature_' in metrics
+
+    async def test_rotated_secrets_any_may_match(self, start_gate):
+        gate = await start_gate(STRIPE_WEBHOOK_SECRET=f"whsec_old_secret_0001,{se.SECRET}")
+        first = se.event("checkout.session.completed", se.checkout("a1"), time.time())
+        assert (await deliver(gate, first, secret="whsec_old_secret_0001"))[0] == 200
+        second = se.event("checkout.session.completed", se.checkout("a2", "cus_2", "sub_2"), time.time())
+        assert (await deliver(gate, second))[0] == 200
+        both = se.event("checkout.session.completed", se.checkout("a3", "cus_3", "sub_3"), time.time())
+        body = se.encode(both)
+        header = se.sign(body, "whsec_unknown_000001") + "," + se.sign(body).split(",")[1]
+        assert (await deliver(gate, both, header=header))[0] == 200
+
+    async def test_no_secret_configured_is_503_and_accepts_nothing(self, gate):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        status, answer = await deliver(gate, evt)
+        assert (status, answer["error"]) == (503, "webhook_not_configured")
+        assert q(gate.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+
+    @pytest.mark.parametrize("raw", [b"{not json", b"[]", b'{"id": "evt_1", "type": "x"}', b"\xff\xfe"])
+    async def test_signed_but_malformed_is_400(self, hook, raw):
+        header = se.sign(raw.decode("latin-1")) if raw == b"\xff\xfe" else se.sign(raw)
+        status, answer = await deliver(hook, {}, raw=raw, header=header)
+        assert status == 400 and answer["error"] in ("invalid_event", "signature_invalid")
+
+    async def test_body_over_the_limit_is_413(self, start_gate):
+        gate = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, PLANGATE_WEBHOOK_MAX_BYTES="2048")
+        evt = se.event("checkout.session.completed", {**se.checkout("a"), "pad": "x" * 5000}, time.time())
+        status, answer = await deliver(gate, evt)
+        assert (status, answer["error"]) == (413, "body_too_large")
+
+
+class TestExactlyOnce:
+    async def test_repeat_delivery_is_a_duplicate_and_changes_nothing(self, hook):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        first = await deliver(hook, evt)
+        again = await deliver(hook, evt)
+        assert first[1]["outcome"] == "applied" and first[1]["duplicate"] is False
+        assert again[0] == 200 and again[1]["duplicate"] is True
+        assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]
+
+    async def test_fifty_concurrent_deliveries_give_one_transition(self, hook):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        answers = await asyncio.gather(*(deliver(hook, evt) for _ in range(50)))
+        assert all(status == 200 for status, _ in answers)
+        assert sum(not a["duplicate"] for _, a in answers) == 1
+        assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(1,)]
+
+    async def test_two_events_for_one_change_apply_once(self, hook):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 60))
+        await deliver(hook, se.event("invoice.paid", se.invoice("paid"), now - 30))
+        await deliver(hook, se.event("invoice.payment_succeeded", se.invoice("paid"), now - 30))
+        moves = q(hook.database, "SELECT from_status, to_status FROM transitions ORDER BY id")
+        assert moves == [("limited_free_trial", "paid_trial"), ("paid_trial", "paid")]
+        assert q(hook.database, "SELECT invoice_id, status, amount FROM payments") == [("in_1", "paid", 2000)]
+
+    async def test_unknown_event_types_are_ignored_cheaply(self, hook):
+        evt = se.event("charge.refunded", {"id": "ch_1", "object": "charge", "customer": "cus_1"}, time.time())
+        status, answer = await deliver(hook, evt)
+        assert (status, answer["outcome"]) == (200, "ignored")
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+
+    async def test_the_cache_is_invalidated_after_a_transition(self, hook):
+        assert (await hook.check("alice"))[1]["status"] == "limited_free_trial"
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), time.time()))
+        assert (await hook.check("alice"))[1]["status"] == "paid_trial"
+
+
+def lifecycle(n: int, start: float) -> list[dict]:
+    """Checkout into the trial, the trial turning paid, a renewal failing, and recovering."""
+    cus, sub, who = f"cus_{n}", f"sub_{n}", f"user{n}"
+    return [
+        se.event("checkout.session.completed", se.checkout(who, cus, sub), start),
+        se.event("customer.subscription.created", se.subscription("trialing", who, sub_id=sub, customer=cus), start + 1),
+        se.event("invoice.paid", se.invoice("paid", sub_id=sub, customer=cus, inv_id=f"in_{n}a"), start + 2),
+        se.event("invoice.payment_failed", se.invoice("open", sub_id=sub, customer=cus, inv_id=f"in_{n}b"), start + 3),
+        se.event("customer.subscription.updated", se.subscription("active", who, sub_id=sub, customer=cus),
+                 start + 4),
+    ]
+
+
+class TestAnyOrder:
+    async def test_every_permutation_of_a_lifecycle_converges(self, hook):
+        start = time.time() - 3600
+        in_order = lifecycle(0, start)
+        for evt in in_order:
+            await deliver(hook, evt)
+        expected = await status_of(hook, "user0")
+        assert expected == "paid"
+        finals = {}
+        for n, order in enumerate(itertools.permutations(range(5)), start=1):
+            events = lifecycle(n, start)
+            for i in order:
+                status, _ = await deliver(hook, events[i])
+                assert status == 200
+            finals[order] = await status_of(hook, f"user{n}")
+        wrong = {o: s for o, s in finals.items() if s != expected}
+        assert not wrong, wrong
+
+    async def test_an_older_event_after_a_newer_one_is_stale(self, hook):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 100))
+        await deliver(hook, se.event("customer.subscription.created", se.subscription("trialing", "alice"), now - 95))
+        await deliver(hook, se.event("invoice.paid", se.invoice("paid"), now - 50))
+        # An update from the trial, delivered after the payment that ended it: it would move nothing back.
+        _, answer = await deliver(hook, se.event("customer.subscription.updated",
+                                                 se.subscription("trialing", "alice"), now - 90))
+        assert answer["outcome"] == "stale" and answer["status"] == "paid"
+        assert q(hook.database, "SELECT outcome FROM subscription_events WHERE type = "
+                                "'customer.subscription.updated'") == [("stale",)]
+        assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(2,)]
+
+    async def test_events_before_their_link_wait_and_then_apply_in_order(self, hook):
+        now = time.time()
+        created = se.subscription("trialing", sub_id="sub_9", customer="cus_9")   # no metadata: no subject yet
+        _, answer = await deliver(hook, se.event("customer.subscription.created", created, now - 20))
+        assert answer["outcome"] == "pending"
+        _, answer = await deliver(hook, se.event("invoice.paid", se.invoice("paid", sub_id="sub_9", customer="cus_9"),
+                                                 now - 10))
+        assert answer["outcome"] == "pending"
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("late", "cus_9", "sub_9"), now - 30))
+        assert await status_of(hook, "late") == "paid"
+        outcomes = q(hook.database, "SELECT type, outcome, subject FROM subscription_events ORDER BY created")
+        assert [o[1] for o in outcomes] == ["applied", "noop", "applied"] and {o[2] for o in outcomes} == {"late"}
+
+
+class TestShapes:
+    @pytest.mark.parametrize("new_shape", [True, False])
+    async def test_both_shapes_link_and_carry_the_period(self, hook, new_shape):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 100))
+        sub = se.subscription("active", "alice", start=now - DAY, end=now + 29 * DAY, new_shape=new_shape)
+        await deliver(hook, se.event("customer.subscription.updated", sub, now - 90))
+        await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", new_shape=new_shape), now - 80))
+        _, view = await hook.get("/v1/subjects/alice")
+        assert view["status"] == "grace_period" and view["tier"] == "pro"
+        assert view["period_end"] is not None and view["stripe_subscription"] == "sub_1"
+
+
+class TestGraceAndTimers:
+    async def test_grace_never_ends_before_the_paid_through_date(self, hook):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 100))
+        await deliver(hook, se.event("invoice.paid", se.invoice("paid", period_end=now + 10 * DAY), now - 90))
+        await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", inv_id="in_2"), now - 80))
+        _, view = await hook.get("/v1/subjects/alice")
+        assert view["status"] == "grace_period"
+        assert view["timer_due"] == q(hook.database, "SELECT strftime('%Y-%m-%dT%H:%M:%SZ', paid_through, "
+                                                     "'unixepoch') FROM subscriptions")[0][0]
+
+    async def test_server_down_across_a_trial_end_catches_up_on_start(self, start_gate):
+        first = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, PLANGATE_SWEEP_SCHEDULE="0 0 1 1 *")
+        await deliver(first, se.event("checkout.session.completed", se.checkout("alice"), time.time() - 8 * DAY))
+        assert await status_of(first, "alice") == "paid_trial"          # due a day ago; nobody swept
+        await first.app.shutdown()
+        await first.app.cleanup()
+        second = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET)
+        _, view = await second.get("/v1/subjects/alice")
+        assert view["status"] == "billing_problem"
+        assert view["transitions"][0]["trigger"] == "timer"
+
+    async def test_sweep_job_on_demand(self, hook):
+        await deliver(hook, se.event("invoice.payment_failed", se.invoice("open"), time.time()))
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), time.time() - 9 * DAY))
+        status, answer = await hook.post("/v1/jobs/sweep")
+        assert status == 200 and answer["result"] >= 0
+        assert await status_of(hook, "alice") == "billing_problem"
+        status, answer = await hook.post("/v1/jobs/nonsense")
+        assert (status, answer["error"]) == (422, "unknown_job")
+
+
+class TestFaults:
+    async def test_store_failing_mid_event_answers_500_then_the_retry_applies_once(self, hook):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        db = sqlite3.connect(hook.database, isolation_level=None, timeout=5)
+        db.execute("BEGIN IMMEDIATE")           # a long write elsewhere: our commit cannot get the lock
+        try:
+            status, answer = await deliver(hook, evt)
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert status == 500 and answer["error"] == "store_unavailable"
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+        status, answer = await deliver(hook, evt)
+        assert status == 200 and answer["outcome"] == "applied"
+        assert (await deliver(hook, evt))[1]["duplicate"] is True
+        assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]

@@ -1,15 +1,22 @@
-"""Checks a plan document against schema/plans.schema.json, the one description of the format."""
+"""Checks a plan document against schema/plans.schema.json, the one description of the format.
+
+jsonschema is imported only when a document is not valid: a clean plan is confirmed by
+_fastschema, which keeps `plangate lint` on a clean plan from paying for jsonschema's import.
+"""
 from __future__ import annotations
 
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
-
+from . import _fastschema
 from ._findings import Finding, Severity
 from ._yaml import Document
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "plans.schema.json"
 
@@ -21,11 +28,22 @@ def schema() -> dict:
 
 @functools.cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
+
+
+def _surely_valid(data: object) -> bool:
+    try:
+        return _fastschema.is_valid(schema(), data)
+    except _fastschema.Unsupported:
+        return False
 
 
 def check(doc: Document) -> list[Finding]:
     """Every schema violation, one finding each, at the offending node."""
+    if _surely_valid(doc.data):
+        return []
     findings = []
     errors = [leaf for top in _validator().iter_errors(doc.data) for leaf in _most_specific(top)]
     for error in sorted(errors, key=lambda e: tuple(map(str, e.absolute_path))):
@@ -54,6 +72,8 @@ def _most_specific(error: ValidationError) -> list[ValidationError]:
     if error.validator in ("oneOf", "anyOf") and error.context:
         deeper = [e for e in error.context if len(e.absolute_path) > len(error.absolute_path)]
         if deeper:
+            from jsonschema.exceptions import best_match
+
             branch = best_match(deeper).relative_schema_path[0]
             return [leaf for e in deeper if e.relative_schema_path[0] == branch for leaf in _most_specific(e)]
     return [error]

@@ -4,14 +4,16 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policy import Checked, check_text
 from policy._views import dot, explain, mermaid
-from policy import _yaml
+from policy import _fastschema, _schema, _yaml
 
+PLANS = Path(__file__).resolve().parent / "plans"
 SHIPPED_TEXT = (Path(__file__).resolve().parents[2] / "plans.yaml").read_text(encoding="utf-8")
 SHIPPED_DATA = _yaml.parse(SHIPPED_TEXT, "plans.yaml")[0].data
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -97,3 +99,57 @@ class TestLoaderNeverRaises:
     def test_text_inserted_into_the_shipped_plan(self, line, snippet):
         lines = SHIPPED_TEXT.splitlines(keepends=True)
         _assert_answers("".join(lines[:line]) + snippet + "".join(lines[line:]))
+
+
+class TestFastSchemaAgreesWithJsonschema:
+    """The quick yes of _fastschema must be jsonschema's answer, or a clean lint could hide a violation."""
+
+    @staticmethod
+    def _agree(data) -> None:
+        from jsonschema import Draft202012Validator
+
+        schema = _schema.schema()
+        assert _fastschema.is_valid(schema, data) is Draft202012Validator(schema).is_valid(data)
+
+    def test_supports_every_keyword_of_the_shipped_schema(self):
+        assert _fastschema.is_valid(_schema.schema(), SHIPPED_DATA) is True
+
+    @pytest.mark.parametrize("path", sorted(PLANS.glob("*.yaml")), ids=lambda p: p.stem)
+    def test_on_the_broken_plans(self, path):
+        doc, _ = _yaml.parse(path.read_text(encoding="utf-8"), path.name)
+        if doc is not None:
+            self._agree(doc.data)
+
+    @pytest.mark.parametrize("edit", [
+        ("version", True), ("version", 1.0), ("version", "1"), ("timezone", None),
+        ("statuses.paid.quotas.requests", {"limit": float("nan"), "per": "day"}),
+        ("statuses.paid.quotas.requests", {"limit": 5.0, "per": "day"}),
+        ("statuses.paid.quotas.requests", {"limit": True, "per": "day"}),
+        ("statuses.paid.quotas.requests", ["tier"]),
+        ("statuses.paid.initial", 1),
+        ("tiers.pro.prices", []),
+    ], ids=repr)
+    def test_on_edge_values(self, edit):
+        data = copy.deepcopy(SHIPPED_DATA)
+        *parents, last = edit[0].split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = edit[1]
+        self._agree(data)
+
+    @FUZZ
+    @given(st.data())
+    def test_on_mutations_of_the_shipped_plan(self, data):
+        plan = copy.deepcopy(SHIPPED_DATA)
+        for _ in range(data.draw(st.integers(1, 3), label="edits")):
+            path = data.draw(st.sampled_from(list(_paths(plan))), label="path")
+            op = data.draw(st.sampled_from(["delete", "replace", "rename", "add"]), label="op")
+            plan = _mutate(plan, path, op, data.draw(VALUES, label="value"))
+        self._agree(plan)
+
+    def test_unknown_keywords_are_left_to_jsonschema(self):
+        with pytest.raises(_fastschema.Unsupported):
+            _fastschema.is_valid({"type": "integer", "maximum": 3}, 4)
+        with pytest.raises(_fastschema.Unsupported):
+            _fastschema.is_valid({"$ref": "https://example.com/s.json"}, 4)

@@ -69,3 +69,11 @@ class TestLightCommands:
         loaded = {name.split(".")[0] for name in result["modules"]}
         assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
         assert "engine" not in loaded
+
+    def test_clean_lint_does_not_import_jsonschema(self):
+        # jsonschema's import is over a third of a lint's time; a clean plan is confirmed without it
+        done = subprocess.run([sys.executable, "-c", PROBE.format(argv=["lint", "plans.yaml"])], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["code"] == 0
+        assert "jsonschema" not in result["modules"]

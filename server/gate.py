@@ -199,6 +199,32 @@ class Gate:
 
         return (await self._door(subject, decide, why=why if to is None else "", cause_id=cause_id, actor=actor))[-1]
 
+    async def sweep(self, limit: int) -> tuple[int, int]:
+        """Fire due timers of up to `limit` subjects in one transaction; (subjects found due, moved).
+        A subject that changed meanwhile goes through the door on its own."""
+        now = self.clock()
+        due = await self._timed("due", self.store.due(now, limit), timeout=30.0)
+        changes, moved = [], 0
+        for stored in due:
+            state, outcomes = advance(self.table, stored.state, now)
+            audits = tuple(AuditEntry(stored.state.subject, o.before.status, o.state.status, o.trigger, o.reason,
+                                      o.state.since, self.table.version, None, "timer") for o in outcomes if o.moved)
+            changes.append(Change(replace(stored, state=state), stored.version, audits))
+        done = await self._timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
+        for change in changes:
+            subject = change.subject.state.subject
+            if subject in done:
+                self.invalidate(subject)
+                moved += bool(change.audits)
+                for audit in change.audits:
+                    self.metrics.transitions.labels("timer", audit.to_status).inc()
+                    log(logging.INFO, "transition", subject=subject, trigger="timer", from_status=audit.from_status,
+                        to_status=audit.to_status, reason=audit.reason, actor="timer")
+            else:
+                outcomes = await self.fire_due(subject)
+                moved += any(o.moved for o in outcomes)
+        return len(due), moved
+
     async def fire_due(self, subject: str) -> list[Outcome]:
         """Fire the subject's due timers, each at its own deadline (catching up after downtime)."""
         return await self._door(subject, lambda state, now: advance(self.table, state, now)[1], actor="timer")

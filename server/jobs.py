@@ -71,17 +71,12 @@ class Jobs:
     # --- jobs ------------------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Fire every timer due now, found through the timer index; returns how many subjects moved."""
+        """Fire every timer due now, found through the timer index, a batch at a time; how many moved."""
         moved = 0
         for _ in range(MAX_SWEEP_ROUNDS):
-            due = await self.gate._timed("due_timers", self.gate.store.due_timers(self.gate.clock(), SWEEP_BATCH),
-                                         timeout=30.0)
-            if not due:
-                break
-            for subject in due:
-                outcomes = await self.gate.fire_due(subject)
-                moved += any(o.moved for o in outcomes)
-            if len(due) < SWEEP_BATCH:
+            found, moved_now = await self.gate.sweep(SWEEP_BATCH)
+            moved += moved_now
+            if found < SWEEP_BATCH:
                 break
         return moved
 

@@ -173,8 +173,13 @@ class Store(abc.ABC):
         """When an admin last moved the subject (a person's decision the fold does not rewrite)."""
 
     @abc.abstractmethod
-    async def due_timers(self, now: float, limit: int) -> list[str]:
+    async def due(self, now: float, limit: int) -> list[StoredSubject]:
         """Subjects whose timer is due at now, earliest first (through the timer index)."""
+
+    @abc.abstractmethod
+    async def commit_batch(self, changes: list[Change]) -> set[str]:
+        """Commit many changes of stored subjects (state and audit rows only) in one transaction; the
+        subjects whose expected version still held. The others are left untouched."""
 
     @abc.abstractmethod
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float,

@@ -20,6 +20,7 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_from_json, state_json)
 
 BUSY_TIMEOUT_MS = 5000
+_BATCH_ROWS = 500   # 14 parameters a row, well under SQLite's limit of 32766
 _SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
                     "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at")
 _EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
@@ -272,10 +273,46 @@ class SQLiteStore(Store):
                                 (subject,))
         return rows[0][0]
 
-    async def due_timers(self, now: float, limit: int) -> list[str]:
-        rows = await self._rows("SELECT subject FROM subscriptions WHERE timer_due <= ? ORDER BY timer_due LIMIT ?",
-                                (now, limit))
-        return [r[0] for r in rows]
+    async def due(self, now: float, limit: int) -> list[StoredSubject]:
+        rows = await self._rows(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= ? "
+                                "ORDER BY timer_due LIMIT ?", (now, limit))
+        return [_subject(r) for r in rows]
+
+    async def commit_batch(self, changes: list[Change]) -> set[str]:
+        if not changes:
+            return set()
+        if any(c.expected_version == 0 or c.new_events or c.replayed_events or c.payments for c in changes):
+            raise ValueError("commit_batch takes changes of stored subjects with audits only")
+        done: set[str] = set()
+        async with self._transaction() as db:
+            for start in range(0, len(changes), _BATCH_ROWS):
+                part = changes[start:start + _BATCH_ROWS]
+                values = ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in part)
+                params = []
+                for c in part:
+                    n, st = c.subject, c.subject.state
+                    params += [st.subject, c.expected_version, st.status, st.tier, st.since, st.timer_due,
+                               st.period_start, st.period_end, st.plan_version, st.paid_through, n.stripe_customer,
+                               n.stripe_subscription, n.watermark, n.confirmed_at]
+                cursor = await db.execute(
+                    "WITH v (subject, expected, status, tier, since, timer_due, period_start, period_end, plan_version, "
+                    f"paid_through, stripe_customer, stripe_subscription, watermark, confirmed_at) AS (VALUES {values}) "
+                    "UPDATE subscriptions SET status = v.status, tier = v.tier, since = v.since, "
+                    "timer_due = v.timer_due, period_start = v.period_start, period_end = v.period_end, "
+                    "plan_version = v.plan_version, paid_through = v.paid_through, "
+                    "stripe_customer = v.stripe_customer, stripe_subscription = v.stripe_subscription, "
+                    "stripe_watermark = v.watermark, confirmed_at = v.confirmed_at, "
+                    "version = subscriptions.version + 1, updated_at = v.since "
+                    "FROM v WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
+                    "RETURNING subscriptions.subject", params)
+                done.update(r[0] for r in await cursor.fetchall())
+            audits = [a for c in changes if c.subject.state.subject in done for a in c.audits]
+            await db.executemany(
+                "INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
+                "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(a.subject, a.from_status, a.to_status, a.trigger, a.cause_id, a.reason, a.actor, a.at,
+                  a.plan_version) for a in audits])
+        return done
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
         marks = ", ".join("?" for _ in statuses) or "NULL"

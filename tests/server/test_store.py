@@ -119,3 +119,22 @@ class TestSaving:
             await store.commit(Change(StoredSubject(base.state.with_(status="paid"), 1), 1, (bad_audit,)))
         loaded = await store.load("u")
         assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)
+
+
+class TestBatches:
+    async def test_commit_batch_writes_the_current_and_skips_the_stale(self, store):
+        for name in ("a", "b", "c"):
+            await store.commit(Change(fresh(name), 0))
+        await store.commit(Change(StoredSubject(fresh("b").state.with_(tier="pro"), 1), 1))   # b moved on
+        changes = [Change(StoredSubject(fresh(n).state.with_(status="paid"), 1), 1,
+                          (AuditEntry(n, "limited_free_trial", "paid", "timer", "r", 1.0, "v1"),))
+                   for n in ("a", "b", "c")]
+        assert await store.commit_batch(changes) == {"a", "c"}
+        assert [(await store.load(n)).state.status for n in "abc"] == ["paid", "limited_free_trial", "paid"]
+        assert [len(await store.transitions(n)) for n in "abc"] == [1, 0, 1]
+
+    async def test_due_finds_only_due_timers_earliest_first(self, store):
+        for name, due in (("late", 300.0), ("early", 150.0), ("never", None), ("later", 900.0)):
+            await store.commit(Change(StoredSubject(fresh(name).state.with_(timer_due=due), 0), 0))
+        assert [s.state.subject for s in await store.due(400.0, 10)] == ["early", "late"]
+        assert [s.state.subject for s in await store.due(400.0, 1)] == ["early"]

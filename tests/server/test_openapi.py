@@ -155,9 +155,10 @@ class TestDocument:
         for requirement in op.get("security", []):
             assert set(requirement) <= set(SPEC["components"]["securitySchemes"])
         if "requestBody" in op:
+            assert "413" in op["responses"]
+        if template in POSTS:    # bodies the gate validates are closed; Stripe's events are not ours to close
             schema = op["requestBody"]["content"]["application/json"]["schema"]
             assert resolve(schema)[0]["additionalProperties"] is False
-            assert "413" in op["responses"]
 
     def test_operation_ids_are_unique(self):
         ids = [op["operationId"] for _, _, op in operations()]
@@ -165,7 +166,7 @@ class TestDocument:
 
     def test_error_codes_are_the_ones_the_server_uses(self):
         root = SPEC_PATH.parents[1] / "server"
-        source = "".join((root / name).read_text(encoding="utf-8") for name in ("_input.py", "api.py", "app.py"))
+        source = "".join((root / name).read_text(encoding="utf-8") for name in ("_input.py", "api.py", "app.py", "webhook.py"))
         used = set(re.findall(r'BadRequest\(\d{3}, "(\w+)"', source))
         used |= set(re.findall(r'"(unknown_\w+)", "', source))                # inp.one_of(..., code, what)
         used |= set(re.findall(r'\d{3}: "(\w+)"', source))                   # app._HTTP_ERRORS
@@ -174,7 +175,7 @@ class TestDocument:
 
 
 # Routes another part of the gate is still building; each leaves this set when the spec documents it.
-NOT_YET_DOCUMENTED = {("post", "/webhook/stripe")}
+NOT_YET_DOCUMENTED: set[tuple[str, str]] = set()
 
 
 class TestRoutes:
@@ -214,7 +215,8 @@ def full_bodies(template: str) -> list[dict]:
     }[template]
 
 
-POSTS = [t for t, m, op in operations() if m == "post" and "requestBody" in op]
+# Bodies the gate validates itself (the webhook's body is Stripe's event, verified by signature instead).
+POSTS = [t for t, m, op in operations() if m == "post" and "requestBody" in op and t != "/webhook/stripe"]
 BAD_TEXT = ["", "x" * 201, 5, True, ["a"], {"a": 1}, "a\x00b", "line\nbreak", "del\x7f"]
 BAD_AMOUNT = [0, -1, -(2**63), 1.5, "1", True, None, [1], {}]
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from . import stripe_events as se
+from .test_openapi import documented
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DAY = 86400.0
@@ -26,9 +27,13 @@ async def hook(start_gate):
 
 
 async def deliver(gate, evt: dict, *, secret: str = se.SECRET, header: str | None = None, raw: bytes | None = None):
+    """Post an event; every answer is checked against schema/openapi.json."""
     body = raw if raw is not None else se.encode(evt)
     sig = header if header is not None else se.sign(body, secret)
-    return await gate.call("POST", "/webhook/stripe", raw=body, token=None, headers={"Stripe-Signature": sig})
+    async with gate.session.post(gate.url + "/webhook/stripe", data=body, headers={"Stripe-Signature": sig}) as r:
+        payload = json.loads(await r.text())
+        documented("post", "/webhook/stripe", r.status, r.content_type, payload, r.headers)
+        return r.status, payload
 
 
 async def status_of(gate, subject: str) -> str:

@@ -71,14 +71,15 @@ def _print(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """Defaults unless argv is given: the bench runner calls main() with its own command line in sys.argv."""
     parser = argparse.ArgumentParser(prog="python -m bench.engine_decision", description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=200_000, help="calls per repeat")
     parser.add_argument("--repeat", type=int, default=7, help="repeats; the best counts")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv or [])
     rows = measure(args.number, args.repeat)
     _print(rows)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -19,6 +19,10 @@ from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._windows import LIFETIME, BillingClock, CalendarClock, Span
 
 
+# Enum members are slow to look up on the class (~0.2 µs each on Python 3.11): bind them once.
+_OK, _EXHAUSTED = Reason.OK, Reason.QUOTA_EXHAUSTED
+
+
 class UnknownMeter(ValueError):
     """The meter is not declared in the plan."""
 
@@ -124,18 +128,22 @@ class StateTable:
             span = clock._cached
             if not span.start <= now < span.end:
                 span = clock.span(now)
+        elif rule.billing is not None:
+            start, end, span = rule.billing._cached
+            if not (start == state.period_start and end == state.period_end and span.start <= now < span.end):
+                span = rule.billing.span(now, state.period_start, state.period_end)
         else:
-            span = rule.span(state, now)
+            span = LIFETIME
         limit = rule.limit
         if limit is None:
-            return Decision(True, Reason.OK, state.status, state.tier, meter, None, used, None,
+            return Decision(True, _OK, state.status, state.tier, meter, None, used, None,
                             span.start, span.end, None, rule.name)
         remaining = limit - used if used < limit else 0
         if amount <= remaining:
-            return Decision(True, Reason.OK, state.status, state.tier, meter, limit, used, remaining,
+            return Decision(True, _OK, state.status, state.tier, meter, limit, used, remaining,
                             span.start, span.end, None, rule.name)
         retry = math.ceil(span.end - now) if span.end is not None and amount <= limit else None
-        return Decision(False, Reason.QUOTA_EXHAUSTED, state.status, state.tier, meter, limit, used,
+        return Decision(False, _EXHAUSTED, state.status, state.tier, meter, limit, used,
                         remaining, span.start, span.end, retry, rule.name)
 
     def consume(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Decision, int]:

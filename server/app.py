@@ -44,6 +44,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         await store.open()
         if migrate:
             await store.migrate()
+        store.listen(gate.invalidate, gate.invalidate_all)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:
             jobs.start()
@@ -53,6 +54,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield
         await jobs.stop()
+        await store.unlisten()
         await store.close()
         log(logging.INFO, "stopped")
 

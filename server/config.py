@@ -46,6 +46,10 @@ class Config:
     cleanup_schedule: str = "17 3 * * *"
     reconcile_after: float = 3 * 86400.0
     usage_retention_days: int = 400
+    pool_min: int = 1
+    pool_max: int = 10
+    connect_timeout: float = 5.0
+    command_timeout: float = 10.0
     idempotency_retention_days: int = 30
 
     @classmethod
@@ -85,7 +89,16 @@ class Config:
             reconcile_after=r.number("PLANGATE_RECONCILE_AFTER", 3 * 86400.0, 60.0, 365 * 86400.0),
             usage_retention_days=r.integer("PLANGATE_USAGE_RETENTION_DAYS", 400, 1, 100_000),
             idempotency_retention_days=r.integer("PLANGATE_IDEMPOTENCY_RETENTION_DAYS", 30, 1, 100_000),
+            pool_min=r.integer("PLANGATE_PG_POOL_MIN", 1, 0, 1000),
+            pool_max=r.integer("PLANGATE_PG_POOL_MAX", 10, 1, 1000),
+            connect_timeout=r.number("PLANGATE_PG_CONNECT_TIMEOUT", 5.0, 0.1, 300.0),
+            command_timeout=r.number("PLANGATE_PG_COMMAND_TIMEOUT", 10.0, 0.1, 3600.0),
         )
+
+    def store_options(self) -> dict:
+        """What open_store needs besides the address."""
+        return {"sqlite_synchronous": self.sqlite_synchronous, "pool_min": self.pool_min, "pool_max": self.pool_max,
+                "connect_timeout": self.connect_timeout, "command_timeout": self.command_timeout}
 
     def require_token(self) -> None:
         """Serving needs a token: every /v1/ route is authenticated."""

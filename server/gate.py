@@ -84,13 +84,16 @@ class Gate:
 
     async def _used(self, entry: _Entry, meter: str, window_start: int) -> int:
         key = (meter, window_start)
-        if key not in entry.used:
+        if key not in entry.used or not self.store.caches_usage:
             found = await self._timed("usage", self.store.used(entry.stored.state.subject, [key]))
             entry.used[key] = max(entry.used.get(key, 0), found[key])
         return entry.used[key]
 
     def invalidate(self, subject: str) -> None:
         self._cache.pop(subject, None)
+
+    def invalidate_all(self) -> None:
+        self._cache.clear()
 
     # --- decisions ----------------------------------------------------------------------------
 

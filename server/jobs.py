@@ -55,11 +55,12 @@ class Jobs:
         return run
 
     async def run(self, name: str):
-        """Run one job now; its failure is logged and counted, and returns None."""
+        """Run one job now (on one node at a time); its failure is logged and counted, and returns None."""
         job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup}[name]
         started = time.perf_counter()
         try:
-            result = await job()
+            async with self.gate.store.exclusive(name) as mine:
+                result = await job() if mine else 0
         except Exception as exc:   # a job must never take the server down
             self.gate.metrics.jobs.labels(name, "error").inc()
             log(logging.ERROR, "job_failed", job=name, error=f"{type(exc).__name__}: {exc}")

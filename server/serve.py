@@ -50,7 +50,7 @@ def serve(env_file: str | None = "config.env") -> int:
 
 
 async def _serve(config: Config, table) -> None:
-    store = open_store(config.database, sqlite_synchronous=config.sqlite_synchronous)
+    store = open_store(config.database, **config.store_options())
     app = create_app(config, table, store)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     stop = asyncio.Event()
@@ -78,7 +78,7 @@ def migrate(env_file: str | None = "config.env") -> int:
         return _fail(f"invalid setting: {exc}", 2)
 
     async def run():
-        store = open_store(config.database, sqlite_synchronous=config.sqlite_synchronous)
+        store = open_store(config.database, **config.store_options())
         await store.open()
         try:
             return await store.migrate()

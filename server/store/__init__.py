@@ -4,8 +4,13 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
 from ._sqlite import SQLiteStore
 
 
-def open_store(database: str, *, sqlite_synchronous: str = "NORMAL") -> Store:
-    """The store a PLANGATE_DATABASE value names (not yet opened)."""
+def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: int = 1, pool_max: int = 10,
+               connect_timeout: float = 5.0, command_timeout: float = 10.0) -> Store:
+    """The store a PLANGATE_DATABASE value names (not yet opened): postgresql://... or a SQLite file."""
+    if database.startswith(("postgresql://", "postgres://")):
+        from ._postgres import PostgresStore    # asyncpg loads only for a PostgreSQL store
+        return PostgresStore(database, pool_min=pool_min, pool_max=pool_max, connect_timeout=connect_timeout,
+                             command_timeout=command_timeout)
     return SQLiteStore(database, sqlite_synchronous)
 
 

@@ -9,6 +9,7 @@ Exception tree:
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -115,6 +116,20 @@ class Counted:
 
 class Store(abc.ABC):
     """Durable state of every subject. Methods raise StoreError when the database fails."""
+
+    # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
+    caches_usage = True
+
+    def listen(self, on_subject, on_reset) -> None:
+        """Start telling this node about subjects other nodes changed (nothing to do for one node)."""
+
+    async def unlisten(self) -> None:
+        """Stop what listen() started."""
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, job: str):
+        """Run a job on one node at a time; yields False when another node is running it."""
+        yield True
 
     @abc.abstractmethod
     async def open(self) -> None: ...

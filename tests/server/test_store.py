@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: migrations, pragmas, atomic counting, optimistic concurrency."""
+"""The store contract, run against both implementations (a real SQLite file and a real PostgreSQL
+database): migrations, atomic counting, optimistic concurrency, batches. SQLite's own settings last."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,24 @@ import sqlite3
 import pytest
 
 from engine import SubjectState
-from server.store import AuditEntry, Change, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError
+from tests import postgres
+from server.store import AuditEntry, Change, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError, open_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path):
+    dsn = await postgres.create_database() if request.param == "postgresql" else str(tmp_path / "store.sqlite3")
+    s = open_store(dsn)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+    if request.param == "postgresql":
+        await postgres.drop_database(dsn)
 
 
 @pytest.fixture
-async def store(tmp_path):
+async def sqlite_store(tmp_path):
     s = SQLiteStore(str(tmp_path / "store.sqlite3"))
     await s.open()
     await s.migrate()
@@ -23,8 +37,9 @@ def fresh(subject="u", status="limited_free_trial") -> StoredSubject:
     return StoredSubject(SubjectState(subject, status, since=100.0, plan_version="v1"), 0)
 
 
-class TestSchema:
-    async def test_pragmas_and_indexes(self, store):
+class TestSQLiteSettings:
+    async def test_pragmas_and_indexes(self, sqlite_store):
+        store = sqlite_store
         with sqlite3.connect(store.path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
             indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -34,6 +49,14 @@ class TestSchema:
             assert (await (await db.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
             assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
 
+    async def test_an_unopenable_path_is_a_store_error(self, tmp_path):
+        (tmp_path / "file").write_text("x")
+        s = SQLiteStore(str(tmp_path / "file" / "db.sqlite3"))
+        with pytest.raises(StoreError):
+            await s.open()
+
+
+class TestSchema:
     async def test_migrate_is_idempotent(self, store):
         assert await store.migrate() == (2, 2)
 
@@ -42,9 +65,8 @@ class TestSchema:
         with pytest.raises(StoreError):
             await store.load("u")
 
-    async def test_an_unopenable_path_is_a_store_error(self, tmp_path):
-        (tmp_path / "file").write_text("x")
-        s = SQLiteStore(str(tmp_path / "file" / "db.sqlite3"))
+    async def test_an_unreachable_postgresql_is_a_store_error(self):
+        s = open_store(f"postgresql://postgres@127.0.0.1:{_free_port()}/none", connect_timeout=1.0)
         with pytest.raises(StoreError):
             await s.open()
 
@@ -138,3 +160,29 @@ class TestBatches:
             await store.commit(Change(StoredSubject(fresh(name).state.with_(timer_due=due), 0), 0))
         assert [s.state.subject for s in await store.due(400.0, 10)] == ["early", "late"]
         assert [s.state.subject for s in await store.due(400.0, 1)] == ["early"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TestConcurrentCounting:
+    async def test_concurrent_counts_never_pass_the_limit(self, store):
+        await store.commit(Change(fresh(), 0))
+        current = await store.load("u")
+        results = await asyncio.gather(*(store.count(current, "requests", 0, 1, 25, f"k{i}", 100.0)
+                                         for i in range(60)))
+        assert sum(r.counted for r in results) == 25
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 25}
+
+    async def test_concurrent_repeats_of_one_key_count_once(self, store):
+        await store.commit(Change(fresh(), 0))
+        current = await store.load("u")
+        results = await asyncio.gather(*(store.count(current, "requests", 0, 3, None, "same", 100.0)
+                                         for _ in range(20)))
+        assert sum(not r.duplicate for r in results) == 1 and all(r.counted for r in results)
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 3}

@@ -1,0 +1,443 @@
+"""The shared store: PostgreSQL through an asyncpg pool, for several gate nodes.
+
+Counting is one INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING; a committed state change
+NOTIFYs the other nodes (channel plangate_subjects, payload: the subject) so they drop it from their caches.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import asyncpg
+
+from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
+                    StoreError, StoredSubject, state_from_json, state_json)
+from ._migrations import migrations, statements
+
+CHANNEL = "plangate_subjects"
+_MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
+_JOB_LOCK_BASE = 0x706C_6800
+_SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
+                    "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at")
+_EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
+                  "state_before")
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
+
+
+class PostgresStore(Store):
+    caches_usage = False      # other nodes count too: usage is read from the database on every check
+
+    def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0,
+                 command_timeout: float = 10.0):
+        self.dsn = dsn
+        self.pool_min, self.pool_max = pool_min, pool_max
+        self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.pool_min, max_size=self.pool_max, timeout=self.connect_timeout,
+                command_timeout=self.command_timeout)
+        except (*_ERRORS, ValueError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(*_ERRORS):
+                await asyncio.wait_for(pool.close(), 5)
+
+    @contextlib.asynccontextmanager
+    async def _conn(self):
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        try:
+            async with self._pool.acquire(timeout=self.connect_timeout) as conn:
+                yield conn
+        except _ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _tx(self):
+        async with self._conn() as conn:
+            try:
+                async with conn.transaction():
+                    yield conn
+            except _ERRORS as exc:
+                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def migrate(self) -> tuple[int, int]:
+        async with self._tx() as db:
+            await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await db.execute("CREATE TABLE IF NOT EXISTS plangate_schema (version INTEGER NOT NULL)")
+            before = await db.fetchval("SELECT max(version) FROM plangate_schema") or 0
+            version = before
+            for number, _, sql in migrations("postgresql"):
+                if number > version:
+                    for statement in statements(sql):
+                        await db.execute(statement)
+                    await db.execute("INSERT INTO plangate_schema (version) VALUES ($1)", number)
+                    version = number
+        return before, version
+
+    async def ping(self) -> None:
+        async with self._conn() as db:
+            await db.fetchval("SELECT 1 FROM subscriptions LIMIT 1")
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def load(self, subject: str) -> StoredSubject | None:
+        async with self._conn() as db:
+            row = await db.fetchrow(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = $1", subject)
+        return _subject(row) if row else None
+
+    async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if not windows:
+            return {}
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT meter, window_start, used FROM quota_usage WHERE subject = $1 AND "
+                "(meter, window_start) IN (SELECT * FROM unnest($2::text[], $3::bigint[]))",
+                subject, [m for m, _ in windows], [s for _, s in windows])
+        found = {(r[0], r[1]): r[2] for r in rows}
+        return {w: found.get(w, 0) for w in windows}
+
+    async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT subject, from_status, to_status, trigger, reason, at, plan_version, cause_id, actor "
+                "FROM transitions WHERE subject = $1 ORDER BY id DESC LIMIT $2", subject, limit)
+        return [AuditEntry(*r) for r in rows]
+
+    # --- counting ------------------------------------------------------------------------------
+
+    async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
+                    limit: int | None, key: str | None, now: float) -> Counted:
+        subject = current.state.subject
+        async with self._conn() as db:
+            try:
+                async with db.transaction():
+                    if key is not None:
+                        # The key row goes first: a concurrent twin waits on it, then sees it and is a duplicate.
+                        fresh = await db.fetchval(
+                            "INSERT INTO usage_keys (key, subject, meter, amount, window_start, used_after, created_at) "
+                            "VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (key) DO NOTHING RETURNING 1",
+                            key, subject, meter, amount, window_start, now)
+                        if not fresh:
+                            return await self._repeat(db, key, subject, meter, amount)
+                    if not await self._is_current(db, current, now):
+                        raise _Abort(Counted(False, 0, conflict=True))
+                    if limit is not None and amount > limit:
+                        raise _Abort(Counted(False, await self._used_now(db, subject, meter, window_start)))
+                    used = await db.fetchval(
+                        "INSERT INTO quota_usage (subject, meter, window_start, used) VALUES ($1, $2, $3, $4) "
+                        "ON CONFLICT (subject, meter, window_start) DO UPDATE SET used = quota_usage.used + "
+                        "EXCLUDED.used WHERE $5::bigint IS NULL OR quota_usage.used + EXCLUDED.used <= $5 "
+                        "RETURNING used", subject, meter, window_start, amount, limit)
+                    if used is None:
+                        raise _Abort(Counted(False, await self._used_now(db, subject, meter, window_start)))
+                    if key is not None:
+                        await db.execute("UPDATE usage_keys SET used_after = $2 WHERE key = $1", key, used)
+                    return Counted(True, used)
+            except _Abort as abort:         # rolled back: a refused count stores no key
+                return abort.result
+            except _ERRORS as exc:
+                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def _repeat(self, db, key: str, subject: str, meter: str, amount: int) -> Counted:
+        seen = await db.fetchrow("SELECT subject, meter, amount, used_after FROM usage_keys WHERE key = $1", key)
+        if (seen[0], seen[1], seen[2]) != (subject, meter, amount):
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was first used for subject {seen[0]!r}, meter {seen[1]!r}, "
+                f"amount {seen[2]}; use a new key for different work")
+        return Counted(True, seen[3], duplicate=True)
+
+    async def _used_now(self, db, subject: str, meter: str, window_start: int) -> int:
+        return await db.fetchval("SELECT used FROM quota_usage WHERE subject = $1 AND meter = $2 AND "
+                                 "window_start = $3", subject, meter, window_start) or 0
+
+    async def _is_current(self, db, current: StoredSubject, now: float) -> bool:
+        """Inside the count's transaction, with the subject's row share-locked (no transition can commit
+        under the count): is it still the version the decision was made on?"""
+        if current.version == 0:
+            await db.execute(_insert_sql() + " ON CONFLICT (subject) DO NOTHING", *_insert_args(current, now))
+        version = await db.fetchval("SELECT version FROM subscriptions WHERE subject = $1 FOR SHARE",
+                                    current.state.subject)
+        return version == (current.version or 1)
+
+    # --- state changes -------------------------------------------------------------------------
+
+    async def commit(self, change: Change) -> bool:
+        new, s = change.subject, change.subject.state
+        async with self._conn() as db:
+            try:
+                async with db.transaction():
+                    if change.expected_version == 0:
+                        inserted = await db.fetchval(_insert_sql() + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
+                                                     *_insert_args(new, _now_of(change)))
+                        if not inserted:
+                            return False
+                    else:
+                        done = await db.fetchval(
+                            "UPDATE subscriptions SET status = $1, tier = $2, since = $3, timer_due = $4, "
+                            "period_start = $5, period_end = $6, plan_version = $7, paid_through = $8, "
+                            "stripe_customer = $9, stripe_subscription = $10, stripe_watermark = $11, "
+                            "confirmed_at = $12, version = version + 1, updated_at = $13 "
+                            "WHERE subject = $14 AND version = $15 RETURNING 1",
+                            s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
+                            s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark,
+                            new.confirmed_at, _now_of(change), s.subject, change.expected_version)
+                        if not done:
+                            return False
+                    await self._audit(db, change.audits)
+                    for event in change.new_events:
+                        if not await self._insert_event(db, event):
+                            raise DuplicateEvent(event.id)
+                    for e in change.replayed_events:
+                        await db.execute(
+                            "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
+                            "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
+                    await self._upsert_payments(db, change.payments)
+                    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
+            except _ERRORS as exc:
+                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        return True
+
+    async def commit_batch(self, changes: list[Change]) -> set[str]:
+        if not changes:
+            return set()
+        if any(c.expected_version == 0 or c.new_events or c.replayed_events or c.payments for c in changes):
+            raise ValueError("commit_batch takes changes of stored subjects with audits only")
+        cols = list(zip(*[_row(c) for c in changes]))
+        async with self._tx() as db:
+            rows = await db.fetch(
+                "UPDATE subscriptions SET status = v.status, tier = v.tier, since = v.since, timer_due = v.timer_due, "
+                "period_start = v.period_start, period_end = v.period_end, plan_version = v.plan_version, "
+                "paid_through = v.paid_through, stripe_customer = v.customer, stripe_subscription = v.sub, "
+                "stripe_watermark = v.watermark, confirmed_at = v.confirmed_at, version = subscriptions.version + 1, "
+                "updated_at = v.since FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
+                "$5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::text[], $10::float8[], $11::text[], "
+                "$12::text[], $13::float8[], $14::float8[]) AS v (subject, expected, status, tier, since, timer_due, "
+                "period_start, period_end, plan_version, paid_through, customer, sub, watermark, confirmed_at) "
+                "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
+                "RETURNING subscriptions.subject", *cols)
+            done = {r[0] for r in rows}
+            await self._audit(db, [a for c in changes if c.subject.state.subject in done for a in c.audits])
+            for subject in done:
+                await db.execute("SELECT pg_notify($1, $2)", CHANNEL, subject)
+        return done
+
+    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
+        async with self._tx() as db:
+            if not await self._insert_event(db, event):
+                return False
+            await self._upsert_payments(db, payments)
+        return True
+
+    async def _audit(self, db, audits) -> None:
+        if audits:
+            await db.executemany(
+                "INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
+                "plan_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [(a.subject, a.from_status, a.to_status, a.trigger, a.cause_id, a.reason, a.actor, a.at,
+                  a.plan_version) for a in audits])
+
+    async def _insert_event(self, db, e: EventRecord) -> bool:
+        return bool(await db.fetchval(
+            f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+            e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
+            e.stripe_subscription, state_json(e.state_before), time.time()))
+
+    async def _upsert_payments(self, db, payments) -> None:
+        for p in payments:
+            await db.execute(
+                "INSERT INTO payments (invoice_id, subject, stripe_customer, stripe_subscription, status, amount, "
+                "currency, event_id, created, updated_created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) "
+                "ON CONFLICT (invoice_id) DO UPDATE SET status = EXCLUDED.status, amount = EXCLUDED.amount, "
+                "subject = COALESCE(EXCLUDED.subject, payments.subject), event_id = EXCLUDED.event_id, "
+                "updated_created = EXCLUDED.updated_created "
+                "WHERE EXCLUDED.updated_created >= payments.updated_created",
+                p.invoice_id, p.subject, p.stripe_customer, p.stripe_subscription, p.status, p.amount, p.currency,
+                p.event_id, p.created)
+
+    # --- lookups for webhooks and jobs -----------------------------------------------------------
+
+    async def event_seen(self, event_id: str) -> bool:
+        async with self._conn() as db:
+            return bool(await db.fetchval("SELECT 1 FROM subscription_events WHERE event_id = $1", event_id))
+
+    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
+        async with self._conn() as db:
+            for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
+                if value:
+                    found = await db.fetchval(f"SELECT subject FROM subscriptions WHERE {column} = $1 LIMIT 1", value)
+                    if found:
+                        return found
+        return None
+
+    async def history(self, subject: str, since: float) -> list[EventRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 AND "
+                                  "created >= $2 AND outcome <> 'pending' ORDER BY created, event_id", subject, since)
+        return [_event(r) for r in rows]
+
+    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
+                "((stripe_customer IS NOT NULL AND stripe_customer = $1) OR "
+                "(stripe_subscription IS NOT NULL AND stripe_subscription = $2)) ORDER BY created, event_id",
+                customer, subscription)
+        return [_event(r) for r in rows]
+
+    async def last_admin_change(self, subject: str) -> float | None:
+        async with self._conn() as db:
+            return await db.fetchval("SELECT max(at) FROM transitions WHERE subject = $1 AND trigger LIKE 'admin:%'",
+                                     subject)
+
+    async def due(self, now: float, limit: int) -> list[StoredSubject]:
+        async with self._conn() as db:
+            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
+                                  "ORDER BY timer_due LIMIT $2", now, limit)
+        return [_subject(r) for r in rows]
+
+    async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE stripe_subscription IS NOT NULL AND "
+                "(status = ANY($1::text[]) OR coalesce(confirmed_at, 0) < $2) ORDER BY coalesce(confirmed_at, 0) "
+                "LIMIT $3", list(statuses), unconfirmed_before, limit)
+        return [_subject(r) for r in rows]
+
+    async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
+        async with self._tx() as db:
+            usage = await db.execute("DELETE FROM quota_usage WHERE window_start > 0 AND window_start < $1",
+                                     usage_before)
+            keys = await db.execute("DELETE FROM usage_keys WHERE created_at < $1", keys_before)
+        return int(usage.split()[-1]), int(keys.split()[-1])
+
+    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
+                                  "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
+        return [_event(r) for r in rows]
+
+    def listen(self, on_subject, on_reset) -> None:
+        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout)
+        self._listener.start()
+
+    async def unlisten(self) -> None:
+        if getattr(self, "_listener", None) is not None:
+            await self._listener.stop()
+            self._listener = None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, job: str):
+        """Hold a job's advisory lock for the block; yields False when another node holds it."""
+        key = _JOB_LOCK_BASE + sum(job.encode())
+        async with self._conn() as db:
+            got = await db.fetchval("SELECT pg_try_advisory_lock($1)", key)
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    with contextlib.suppress(*_ERRORS):
+                        await db.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+class _Abort(Exception):
+    """Leave a transaction by rolling it back, with the answer to give."""
+
+    def __init__(self, result: Counted):
+        self.result = result
+
+
+def _insert_sql() -> str:
+    return (f"INSERT INTO subscriptions ({_SUBJECT_COLUMNS}, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $13, $14)")
+
+
+def _insert_args(new: StoredSubject, now: float) -> tuple:
+    s = new.state
+    return (s.subject, s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
+            s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at, now)
+
+
+def _row(c: Change) -> tuple:
+    n, s = c.subject, c.subject.state
+    return (s.subject, c.expected_version, s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end,
+            s.plan_version, s.paid_through, n.stripe_customer, n.stripe_subscription, n.watermark, n.confirmed_at)
+
+
+def _subject(r) -> StoredSubject:
+    from engine import SubjectState
+
+    state = SubjectState(subject=r[0], status=r[1], tier=r[2], since=r[3], timer_due=r[4], period_start=r[5],
+                         period_end=r[6], plan_version=r[7], paid_through=r[8])
+    return StoredSubject(state, r[11], r[9], r[10], r[12], r[13])
+
+
+def _event(r) -> EventRecord:
+    return EventRecord(id=r[0], type=r[1], created=r[2], payload=r[3], outcome=r[4], reason=r[5] or "",
+                       subject=r[6], stripe_customer=r[7], stripe_subscription=r[8],
+                       state_before=state_from_json(r[9]))
+
+
+def _now_of(change: Change) -> float:
+    return change.audits[-1].at if change.audits else change.subject.state.since
+
+
+class Listener:
+    """Keeps one connection LISTENing on the invalidation channel. When it is lost, every cached subject
+    may be stale: on_reset drops them all, then the listener reconnects (with a growing pause)."""
+
+    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0):
+        self.dsn, self.on_subject, self.on_reset = dsn, on_subject, on_reset
+        self.connect_timeout = connect_timeout
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        pause = 0.1
+        while True:
+            lost = asyncio.Event()
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+                conn.add_termination_listener(lambda _: lost.set())
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
+                self.on_reset()            # whatever changed while we were not listening
+                self.connected.set()
+                pause = 0.1
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), 1.0)
+                    except asyncio.TimeoutError:
+                        await conn.execute("SELECT 1")      # notices a dead connection promptly
+            except asyncio.CancelledError:
+                raise
+            except _ERRORS:
+                pass
+            finally:
+                self.connected.clear()
+                if conn is not None:
+                    with contextlib.suppress(*_ERRORS, asyncio.CancelledError):
+                        conn.terminate()
+            self.on_reset()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)

@@ -1,0 +1,23 @@
+"""Fixtures every layer's tests may use: real PostgreSQL databases (see tests/postgres.py)."""
+from __future__ import annotations
+
+import pytest
+
+from tests import postgres
+
+
+@pytest.fixture
+async def pg_dsn():
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    dsn = await postgres.create_database()
+    yield dsn
+    await postgres.drop_database(dsn)
+
+
+@pytest.fixture
+def pg_cluster():
+    """A throwaway PostgreSQL cluster of this test's own, started; it may stop and start it."""
+    cluster = postgres.Cluster()
+    cluster.start()
+    yield cluster
+    cluster.remove()

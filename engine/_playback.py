@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from policy import format_duration
 
 from ._decision import Decision
+from ._history import advance
 from ._scenario import Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
-from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired
+from ._triggers import AdminAction, Outcome, StripeEvent
 from ._usage import UsageBook
 
 
@@ -73,7 +74,6 @@ class _Player:
         self.now = scenario.start
         self.state: SubjectState = table.initial_state(scenario.subject, self.now)
         self.book = UsageBook(table)
-        self.fired: float | None = None   # a deadline fires once, even when its timer moves nothing
 
     def do(self, step: Step) -> _Seen:
         return getattr(self, "_" + step.kind)(step)
@@ -111,20 +111,12 @@ class _Player:
     # --- the clock and triggers ----------------------------------------------------------------
 
     def _advance(self, until: float, what: str) -> _Seen:
-        """Move the clock; each timer due on the way fires at its deadline, as the server's sweep would."""
-        moved, notes = False, []
-        while True:
-            due = self.state.timer_due
-            if due is None or due > until or due == self.fired:
-                break
-            self.fired = due
-            self.now = max(self.now, due)
-            outcome = self.table.apply(self.state, TimerFired(), self.now)
-            self.state = outcome.state
-            moved = moved or outcome.moved
-            notes.append(f"timer at {_iso(due)}: {outcome.reason}")
+        """Move the clock; timers due on the way fire at their deadlines, as the server's sweep does."""
+        self.state, fired = advance(self.table, self.state, until)
         self.now = until
-        return _Seen(None, moved, what + (": " + "; ".join(notes) if notes else ", no timer fired"))
+        notes = [f"timer at {_iso(o.before.timer_due)}: {o.reason}" for o in fired]
+        return _Seen(None, any(o.moved for o in fired),
+                     what + (": " + "; ".join(notes) if notes else ", no timer fired"))
 
     def _outcome(self, outcome: Outcome) -> _Seen:
         self.state = outcome.state

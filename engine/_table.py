@@ -203,6 +203,9 @@ class StateTable:
         for edge in edges:
             if edge.matches(obj):
                 if edge.target == state.status:
+                    if isinstance(trigger, TimerFired):
+                        # Staying put is all a due timer does here: it stops, or every sweep would fire it.
+                        facts = facts.with_(timer_due=None)
                     return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule})")
                 moved = self._enter(facts, edge.target, now)
                 return Outcome(state, moved, trigger.key, f"{state.status} -> {edge.target}: {edge.why}",

@@ -158,7 +158,7 @@ class TestPlayback:
     def run(self, table, text: str):
         return play(table, parse_scenario(text, "story.yaml", table))
 
-    def test_a_timer_that_moves_nothing_fires_once(self, table):
+    def test_a_timer_that_moves_nothing_fires_once_and_stops(self, table):
         result = self.run(table, """\
 name: a timer whose transition stays put
 start: "2026-01-05T09:00:00Z"
@@ -167,7 +167,7 @@ steps:
   - admin: try
     expect: {status: trial, timer: 1d}
   - wait: 3d
-    expect: {status: trial, moved: false}
+    expect: {status: trial, moved: false, timer: false}
 """)
         assert result.passed, result.failure
 

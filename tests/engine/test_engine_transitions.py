@@ -99,6 +99,15 @@ class TestNoOps:
         assert (out.moved, out.state, out.rule) == (False, free, None)
         assert out.reason == "no transition from 'free' on stripe:charge.refunded"
 
+    def test_a_due_timer_whose_transition_stays_put_stops(self, write_plan):
+        table = write_plan(CONDITIONS_PLAN.replace("  - from: trial\n    on: timer\n    to: free\n",
+                                                   "  - from: trial\n    on: timer\n    to: trial\n"
+                                                   "  - from: trial\n    on: admin:end\n    to: free\n"))
+        trial = table.apply(table.initial_state("s", NOW), AdminAction("try"), NOW).state
+        out = table.apply(trial, TimerFired(), NOW + 2 * DAY)
+        assert not out.moved and out.state.status == "trial" and out.state.timer_due is None
+        assert out.reason.startswith("already in 'trial'")
+
     def test_a_self_transition_does_not_move_or_restart_anything(self, table, free):
         paid = table.apply(free, updated(), NOW).state
         out = table.apply(paid, StripeEvent("invoice.paid", {"object": "invoice"}), NOW + DAY)

@@ -109,16 +109,22 @@ class GateProcess:
         self.port = free_port()
         full = {**os.environ, **env, "PLANGATE_PORT": str(self.port), "PLANGATE_HOST": "127.0.0.1"}
         exe = Path(sys.executable).with_name("plangate")
-        self.proc = subprocess.Popen([str(exe), "serve", "--env-file", ""], env=full, cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Output goes to files: a pipe nobody reads fills up and would block a busy gate.
+        self._out, self._err = cwd / f"gate-{self.port}.out", cwd / f"gate-{self.port}.err"
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self.proc = subprocess.Popen([str(exe), "serve", "--env-file", ""], env=full, cwd=cwd,
+                                         stdout=out, stderr=err, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait_ready()
+
+    def output(self) -> tuple[str, str]:
+        return self._out.read_text(), self._err.read_text()
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"plangate serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise RuntimeError(f"plangate serve exited {self.proc.returncode}: {self.output()[1]}")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
@@ -130,11 +136,11 @@ class GateProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
+            self.proc.wait()
+        return (self.proc.returncode, *self.output())
 
 
 @pytest.fixture

@@ -93,8 +93,8 @@ class TestRestart:
         proc.proc.send_signal(signal.SIGTERM)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         answered = [r for r in results if not isinstance(r, BaseException)]
-        out, err = proc.proc.communicate(timeout=20)
-        code = proc.proc.returncode
+        code = proc.proc.wait(timeout=20)
+        out, err = proc.output()
         assert code == 0, err
         assert "stopping" in out and all(status == 200 for status, _ in answered)
         with sqlite3.connect(tmp_path / "proc.sqlite3") as db:

@@ -10,8 +10,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policy import format_duration
-
 from ._decision import Decision
 from ._history import advance
 from ._scenario import Expectation, Scenario, Step, _iso, _show
@@ -90,7 +88,7 @@ class _Player:
         return _Seen(decision, False, f"consume {step.amount} {step.meter} {verb}: {_explain(decision)}")
 
     def _wait(self, step: Step) -> _Seen:
-        return self._advance(self.now + step.value, f"waited {format_duration(step.value)}")
+        return self._advance(self.now + step.value, f"waited {_span_words(step.value)}")
 
     def _until(self, step: Step) -> _Seen:
         return self._advance(step.value, f"moved the clock to {_iso(step.value)}")
@@ -174,10 +172,20 @@ def _explain(decision: Decision) -> str:
 
 def _show_value(key: str, value, written=None) -> str:
     if key in ("retry_after", "timer") and isinstance(value, int) and not isinstance(value, bool):
-        return f"{value}s ({format_duration(value)})" if value > 0 else f"{value}s"
+        return f"{value}s ({_span_words(value)})" if value > 0 else f"{value}s"
     if key == "resets_at" and isinstance(value, (int, float)):
         return _iso(value)
     if key == "timer" and isinstance(value, bool):
         return "a running timer" if value else "no timer"
     shown = value if written is None else written
     return shown if isinstance(shown, str) else _show(shown)
+
+
+def _span_words(seconds: int) -> str:
+    """Seconds as a person reads them: 7d, 15h, 1d 2h 30m."""
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts)

@@ -150,7 +150,7 @@ class _Reader:
             self.problem(("steps",), f"{what} a list of at least one step (`- consume: 1`, `- wait: 1d`, ...)")
             return ()
         out, clock = [], start
-        for i, item in enumerate(raw or ()):
+        for i, item in enumerate(raw):
             step = self.step(i, item, meter)
             if step is None:
                 continue

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Reason, compile_file
+from engine import Reason, billing_span, compile_file
 from engine._windows import CalendarClock
-from engine import billing_span
 from policy import Window
 
 from .helpers import WINDOWS_PLAN

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from engine import compile_file
 from engine._playback import play
 from engine._scenario import ScenarioError, implied_object, parse_scenario
 from engine.cli import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, run_scenarios

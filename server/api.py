@@ -1,6 +1,7 @@
 """The HTTP API: /v1/ routes for the workflow server and operators, and the probes."""
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
 
 
+@functools.lru_cache(maxsize=1024)   # a window's bounds repeat on every answer in it: format them once
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None

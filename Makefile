@@ -19,15 +19,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	@mkdir -p var
 	@test -s var/api-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > var/api-token
+	@test -s var/webhook-secret || $(BIN)/python -c 'import secrets; print("whsec_" + secrets.token_hex(24))' > var/webhook-secret
 	$(BIN)/plangate lint plans.yaml
 	@export SUBSCRIPTION_ENABLED=$${SUBSCRIPTION_ENABLED:-true} \
 	       PLANGATE_DATABASE=$${PLANGATE_DATABASE:-var/plangate.sqlite3} \
 	       PLANGATE_API_TOKEN=$${PLANGATE_API_TOKEN:-$$(cat var/api-token)} \
+	       STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-$$(cat var/webhook-secret)} \
 	       PLANGATE_PORT=$${PLANGATE_PORT:-8080}; \
 	$(BIN)/plangate migrate && \
 	echo "" && \
 	echo "API token (also in var/api-token): $$PLANGATE_API_TOKEN" && \
+	echo "Stripe webhook secret (also in var/webhook-secret): $$STRIPE_WEBHOOK_SECRET" && \
 	echo "Try:  curl -s -X POST http://127.0.0.1:$$PLANGATE_PORT/v1/check -H \"Authorization: Bearer $$PLANGATE_API_TOKEN\" -d '{\"subject\": \"alice\", \"meter\": \"requests\"}'" && \
+	echo "Simulate Stripe (another shell, same directory):  $(BIN)/plangate stripe-simulate --url http://127.0.0.1:$$PLANGATE_PORT" && \
 	echo "Stop with Ctrl-C." && echo "" && \
 	exec $(BIN)/plangate serve
 

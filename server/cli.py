@@ -35,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                        ("migrate", "bring the store's schema up to date")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+
+    p = sub.add_parser("stripe-simulate", help="send signed Stripe event sequences to a running gate and print its "
+                                               "decisions; exit 0 all passed, 1 any failed, 2 on usage or no gate")
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenarios to run (default: all; see --list)")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the gate (default %(default)s)")
+    p.add_argument("--secret", help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET, else var/webhook-secret)")
+    p.add_argument("--token", help="API token (default: $PLANGATE_API_TOKEN, else var/api-token)")
+    p.add_argument("--subject", help="the subject (default: a fresh random one); with several scenarios, a prefix")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
 
@@ -58,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from server.serve import migrate
         return migrate(args.env_file)
+    if args.command == "stripe-simulate":
+        from server.simulate import run
+        return run(args)
     raise AssertionError(args.command)
 
 

@@ -77,16 +77,19 @@ class Ingest:
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
         if linking and (customer or subscription):
-            await self._adopt_pending(subject, customer, subscription)
+            adopted = await self._adopt_pending(subject, customer, subscription)
+            if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
+                received = replace(received, status=adopted.status)
         return received
 
-    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None) -> None:
+    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None) -> Received | None:
         """Events that came before the link to their subject: folded in now, in created order."""
         waiting = await self._io("pending", self.store.pending(customer, subscription))
         if waiting:
             items = [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
                       replace(r, subject=subject)) for r in waiting]
-            await self._fold(subject, items, (), (None, None), False, stored_rows=True)
+            return await self._fold(subject, items, (), (None, None), False, stored_rows=True)
+        return None
 
     async def _fold(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
                     ids: tuple[str | None, str | None], linking: bool, *, stored_rows: bool = False,

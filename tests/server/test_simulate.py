@@ -1,0 +1,142 @@
+"""`plangate stripe-simulate` against a real `plangate serve`: every scenario passes and leaves the gate in the
+state it claims; as a process too; an unreachable gate, a wrong secret and usage errors."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from server import simulate
+
+from . import stripe_events as se
+from .conftest import BASE_ENV, ROOT, TOKEN, GateProcess, free_port
+
+PLANGATE = str(Path(sys.executable).with_name("plangate"))
+FINAL = {"checkout-to-paid": "paid", "payment-failure-and-recovery": "paid", "grace-runs-out": "paid",
+         "cancellation": "canceled", "duplicates-and-reordering": "paid"}
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    """One real gate for the module: every run uses fresh subjects, customers and subscriptions."""
+    where = tmp_path_factory.mktemp("simulate")
+    proc = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(where / "gate.sqlite3"),
+                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, where)
+    proc.database = str(where / "gate.sqlite3")
+    yield proc
+    proc.stop()
+
+
+def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN) -> int:
+    return simulate.main(["--url", gate.url, "--secret", secret, "--token", token, *args])
+
+
+def view(gate, subject: str) -> dict:
+    request = urllib.request.Request(f"{gate.url}/v1/subjects/{subject}", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def outcomes(gate, subject: str) -> list[str]:
+    with sqlite3.connect(gate.database) as db:
+        return [r[0] for r in db.execute("SELECT outcome FROM subscription_events WHERE subject = ? "
+                                          "ORDER BY created", (subject,))]
+
+
+def test_every_scenario_passes_and_the_gate_holds_what_it_printed(gate, capsys):
+    assert simulate_(gate, "--subject", "everything") == 0
+    out = capsys.readouterr().out
+    for name, status in FINAL.items():
+        assert f"PASS {name}" in out
+        state = view(gate, f"everything-{name}")
+        assert state["known"] and state["status"] == status, (name, state)
+        assert state["stripe_subscription"].startswith("sub_sim") and state["stripe_customer"].startswith("cus_sim")
+    assert "5 of 5 scenario(s) passed" in out and "FAIL" not in out and "!!" not in out
+    moves = [(t["from"], t["to"], t["actor"]) for t in view(gate, "everything-grace-runs-out")["transitions"]]
+    assert ("grace_period", "billing_problem", "timer") in moves and ("billing_problem", "paid", "stripe") in moves
+    assert view(gate, "everything-cancellation")["usage"][0]["allowed"] is False
+    assert view(gate, "everything-payment-failure-and-recovery")["period_end"] is not None   # old shape read
+    assert view(gate, "everything-checkout-to-paid")["period_end"] is not None                # new shape read
+    # Stored outcomes: the pending event applied once linked, the late one stale; the duplicate stored nothing.
+    assert sorted(outcomes(gate, "everything-duplicates-and-reordering")) == \
+        ["applied", "applied", "applied", "applied", "noop", "stale"]
+    for line in ("gate:  pending", "gate:  duplicate", "gate:  stale", "check: denied  reason=status_denies"):
+        assert line in out
+
+
+def test_one_scenario_as_a_process(gate, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN")}
+    done = subprocess.run([PLANGATE, "stripe-simulate", "--url", gate.url, "--secret", se.SECRET, "--token", TOKEN,
+                           "--subject", "proc", "checkout-to-paid"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS checkout-to-paid" in done.stdout and "1 of 1 scenario(s) passed" in done.stdout
+    assert done.stdout.count("check: allowed") == 4 and done.stderr == ""
+    assert view(gate, "proc")["status"] == "paid"
+
+
+def test_the_secret_and_token_come_from_the_environment_or_var(gate, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("PLANGATE_API_TOKEN", TOKEN)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "webhook-secret").write_text(se.SECRET + "\n")
+    assert simulate.main(["--url", gate.url, "cancellation"]) == 0
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", f"{se.SECRET},whsec_next_secret_000")   # rotation: the first signs
+    (tmp_path / "var" / "webhook-secret").write_text("whsec_not_the_gates_000\n")
+    assert simulate.main(["--url", gate.url, "cancellation"]) == 0
+    assert capsys.readouterr().out.count("PASS cancellation") == 2
+
+
+def test_an_unreachable_gate_exits_2_with_one_line(capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    assert simulate.main(["--url", url, "--secret", se.SECRET, "--token", TOKEN]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"plangate stripe-simulate: cannot reach the gate at {url}")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_a_wrong_secret_exits_1_and_shows_the_400(gate, capsys):
+    assert simulate_(gate, "checkout-to-paid", "grace-runs-out", secret="whsec_not_the_gates_secret") == 1
+    out = capsys.readouterr().out
+    assert out.count("answered 400 signature_invalid") == 4     # each scenario's first event, and its FAIL line
+    assert "FAIL checkout-to-paid" in out and "FAIL grace-runs-out" in out and "0 of 2 scenario(s) passed" in out
+
+
+def test_a_wrong_token_is_found_before_any_event_is_sent(gate, capsys):
+    assert simulate_(gate, "--subject", "never", "checkout-to-paid", token="not-the-token-0123456789") == 2
+    assert "answered 401 unauthorized" in capsys.readouterr().err
+    assert view(gate, "never")["known"] is False
+
+
+@pytest.mark.parametrize("args, says", [
+    (["nope"], "unknown scenario 'nope'; known: checkout-to-paid"),
+    (["--url", "localhost:8080"], "is not an http(s) URL"),
+])
+def test_usage_errors_exit_2(args, says, capsys):
+    assert simulate.main(["--secret", se.SECRET, "--token", TOKEN, *args]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_no_secret_anywhere_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
+    assert simulate.main(["--token", TOKEN]) == 2
+    assert "no webhook secret: pass --secret" in capsys.readouterr().err
+
+
+def test_list_names_every_scenario(capsys):
+    assert simulate.main(["--list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(FINAL)
+
+
+def test_the_makefile_gives_make_run_a_webhook_secret():
+    run = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\ntest:", 1)[0]
+    assert "var/webhook-secret" in run and "STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-" in run

@@ -238,15 +238,21 @@ class StateTable:
 
     def invoice_facts(self, state: SubjectState, invoice: Mapping) -> SubjectState:
         """A paid invoice extends what the subject has paid for: to the end of its lines' periods, or to the
-        end of the known billing period."""
+        end of the known billing period. It also gives a billing period to a subject that has none yet
+        (paid before any subscription event arrived)."""
         if invoice.get("status") != "paid" and invoice.get("paid") is not True:
             return state
-        ends = [line["period"]["end"] for line in _lines(invoice)
-                if isinstance(line.get("period"), Mapping) and isinstance(line["period"].get("end"), (int, float))]
-        end = max(ends) if ends else state.period_end
-        if end is None or (state.paid_through is not None and end <= state.paid_through):
-            return state
-        return state.with_(paid_through=float(end))
+        periods = [(p["start"], p["end"]) for p in (line.get("period") for line in _lines(invoice))
+                   if isinstance(p, Mapping) and all(isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
+                                                     for k in ("start", "end")) and p["end"] > p["start"]]
+        end = max(e for _, e in periods) if periods else state.period_end
+        changes = {}
+        if end is not None and (state.paid_through is None or end > state.paid_through):
+            changes["paid_through"] = float(end)
+        if state.period_start is None and periods:
+            start, stop = max(periods, key=lambda p: p[1])
+            changes.update(period_start=float(start), period_end=float(stop))
+        return state.with_(**changes) if changes else state
 
     def tier_for_price(self, price: str) -> str | None:
         return self._price_tier.get(price, self.plan.default_tier)

@@ -198,3 +198,22 @@ class TestStateAndFacts:
 
     def test_the_same_trigger_gives_the_same_outcome(self, table, free):
         assert table.apply(free, updated(), NOW) == table.apply(free, updated(), NOW)
+
+
+class TestInvoiceFacts:
+    """A paid invoice's lines tell what is paid for; they give a period to a subject that has none yet."""
+
+    def test_paid_invoice_sets_paid_through_and_a_missing_period(self, table):
+        state = table.initial_state("u", 1_000.0)
+        invoice = {"object": "invoice", "status": "paid",
+                   "lines": {"data": [{"period": {"start": 2_000, "end": 2_000 + 30 * 86400}}]}}
+        after = table.invoice_facts(state, invoice)
+        assert (after.paid_through, after.period_start, after.period_end) == (2_000 + 30 * 86400, 2_000.0,
+                                                                              2_000 + 30 * 86400)
+
+    def test_known_period_is_kept_and_paid_through_only_grows(self, table):
+        state = table.initial_state("u", 1_000.0).with_(period_start=10.0, period_end=20.0, paid_through=500.0)
+        older = {"object": "invoice", "status": "paid", "lines": {"data": [{"period": {"start": 1, "end": 400}}]}}
+        assert table.invoice_facts(state, older) == state
+        unpaid = {"object": "invoice", "status": "open", "lines": {"data": [{"period": {"start": 1, "end": 900}}]}}
+        assert table.invoice_facts(state, unpaid) == state

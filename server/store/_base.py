@@ -36,6 +36,7 @@ class StoredSubject:
     stripe_subscription: str | None = None
     watermark: float | None = None    # created of the newest Stripe event in the subject's fold
     confirmed_at: float | None = None # when Stripe last told us about the subject
+    fold_state: SubjectState | None = None  # the state its Stripe events alone give (see migration 0003)
 
 
 def state_json(state: SubjectState | None) -> str | None:

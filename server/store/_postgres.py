@@ -14,14 +14,26 @@ import asyncpg
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
+from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 CHANNEL = "plangate_subjects"
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
-_SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
-                    "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at")
-_EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
-                  "state_before")
+_SUBJECT_COLUMNS = SUBJECT_COLUMNS
+_EVENT_COLUMNS = EVENT_COLUMNS
+_INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) VALUES "
+                   f"($1, {', '.join(f'${i}' for i in range(2, len(WRITTEN) + 2))}, 1, ${len(WRITTEN) + 2})")
+_UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c in enumerate(WRITTEN, 1))}, "
+                   f"version = version + 1, updated_at = ${len(WRITTEN) + 1} "
+                   f"WHERE subject = ${len(WRITTEN) + 2} AND version = ${len(WRITTEN) + 3} RETURNING 1")
+_TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
+          "stripe_subscription": "text", "fold_state": "text"}   # the others are float8
+_BATCH_UPDATE = (
+    f"UPDATE subscriptions SET {', '.join(f'{c} = v.{c}' for c in WRITTEN)}, version = subscriptions.version + 1, "
+    "updated_at = v.since FROM unnest($1::text[], $2::bigint[], "
+    + ", ".join(f"${i}::{_TYPES.get(c, 'float8')}[]" for i, c in enumerate(WRITTEN, 3))
+    + f") AS v (subject, expected, {', '.join(WRITTEN)}) "
+    "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
@@ -93,7 +105,7 @@ class PostgresStore(Store):
     async def load(self, subject: str) -> StoredSubject | None:
         async with self._conn() as db:
             row = await db.fetchrow(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = $1", subject)
-        return _subject(row) if row else None
+        return subject_from_row(row) if row else None
 
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:
@@ -164,7 +176,8 @@ class PostgresStore(Store):
         """Inside the count's transaction, with the subject's row share-locked (no transition can commit
         under the count): is it still the version the decision was made on?"""
         if current.version == 0:
-            await db.execute(_insert_sql() + " ON CONFLICT (subject) DO NOTHING", *_insert_args(current, now))
+            await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                             *subject_values(current), now)
         version = await db.fetchval("SELECT version FROM subscriptions WHERE subject = $1 FOR SHARE",
                                     current.state.subject)
         return version == (current.version or 1)
@@ -177,20 +190,13 @@ class PostgresStore(Store):
             try:
                 async with db.transaction():
                     if change.expected_version == 0:
-                        inserted = await db.fetchval(_insert_sql() + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
-                                                     *_insert_args(new, _now_of(change)))
+                        inserted = await db.fetchval(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
+                                                     s.subject, *subject_values(new), now_of(change))
                         if not inserted:
                             return False
                     else:
-                        done = await db.fetchval(
-                            "UPDATE subscriptions SET status = $1, tier = $2, since = $3, timer_due = $4, "
-                            "period_start = $5, period_end = $6, plan_version = $7, paid_through = $8, "
-                            "stripe_customer = $9, stripe_subscription = $10, stripe_watermark = $11, "
-                            "confirmed_at = $12, version = version + 1, updated_at = $13 "
-                            "WHERE subject = $14 AND version = $15 RETURNING 1",
-                            s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
-                            s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark,
-                            new.confirmed_at, _now_of(change), s.subject, change.expected_version)
+                        done = await db.fetchval(_UPDATE_SUBJECT, *subject_values(new), now_of(change), s.subject,
+                                                 change.expected_version)
                         if not done:
                             return False
                     await self._audit(db, change.audits)
@@ -212,19 +218,10 @@ class PostgresStore(Store):
             return set()
         if any(c.expected_version == 0 or c.new_events or c.replayed_events or c.payments for c in changes):
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
-        cols = list(zip(*[_row(c) for c in changes]))
+        cols = list(zip(*[(c.subject.state.subject, c.expected_version, *subject_values(c.subject))
+                          for c in changes]))
         async with self._tx() as db:
-            rows = await db.fetch(
-                "UPDATE subscriptions SET status = v.status, tier = v.tier, since = v.since, timer_due = v.timer_due, "
-                "period_start = v.period_start, period_end = v.period_end, plan_version = v.plan_version, "
-                "paid_through = v.paid_through, stripe_customer = v.customer, stripe_subscription = v.sub, "
-                "stripe_watermark = v.watermark, confirmed_at = v.confirmed_at, version = subscriptions.version + 1, "
-                "updated_at = v.since FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
-                "$5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::text[], $10::float8[], $11::text[], "
-                "$12::text[], $13::float8[], $14::float8[]) AS v (subject, expected, status, tier, since, timer_due, "
-                "period_start, period_end, plan_version, paid_through, customer, sub, watermark, confirmed_at) "
-                "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
-                "RETURNING subscriptions.subject", *cols)
+            rows = await db.fetch(_BATCH_UPDATE, *cols)
             done = {r[0] for r in rows}
             await self._audit(db, [a for c in changes if c.subject.state.subject in done for a in c.audits])
             for subject in done:
@@ -284,7 +281,7 @@ class PostgresStore(Store):
         async with self._conn() as db:
             rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 AND "
                                   "created >= $2 AND outcome <> 'pending' ORDER BY created, event_id", subject, since)
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
         async with self._conn() as db:
@@ -293,7 +290,7 @@ class PostgresStore(Store):
                 "((stripe_customer IS NOT NULL AND stripe_customer = $1) OR "
                 "(stripe_subscription IS NOT NULL AND stripe_subscription = $2)) ORDER BY created, event_id",
                 customer, subscription)
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def last_admin_change(self, subject: str) -> float | None:
         async with self._conn() as db:
@@ -304,7 +301,7 @@ class PostgresStore(Store):
         async with self._conn() as db:
             rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
                                   "ORDER BY timer_due LIMIT $2", now, limit)
-        return [_subject(r) for r in rows]
+        return [subject_from_row(r) for r in rows]
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
         async with self._conn() as db:
@@ -312,7 +309,7 @@ class PostgresStore(Store):
                 f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE stripe_subscription IS NOT NULL AND "
                 "(status = ANY($1::text[]) OR coalesce(confirmed_at, 0) < $2) ORDER BY coalesce(confirmed_at, 0) "
                 "LIMIT $3", list(statuses), unconfirmed_before, limit)
-        return [_subject(r) for r in rows]
+        return [subject_from_row(r) for r in rows]
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
         async with self._tx() as db:
@@ -325,7 +322,7 @@ class PostgresStore(Store):
         async with self._conn() as db:
             rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     def listen(self, on_subject, on_reset) -> None:
         self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout)
@@ -355,41 +352,6 @@ class _Abort(Exception):
 
     def __init__(self, result: Counted):
         self.result = result
-
-
-def _insert_sql() -> str:
-    return (f"INSERT INTO subscriptions ({_SUBJECT_COLUMNS}, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $13, $14)")
-
-
-def _insert_args(new: StoredSubject, now: float) -> tuple:
-    s = new.state
-    return (s.subject, s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
-            s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at, now)
-
-
-def _row(c: Change) -> tuple:
-    n, s = c.subject, c.subject.state
-    return (s.subject, c.expected_version, s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end,
-            s.plan_version, s.paid_through, n.stripe_customer, n.stripe_subscription, n.watermark, n.confirmed_at)
-
-
-def _subject(r) -> StoredSubject:
-    from engine import SubjectState
-
-    state = SubjectState(subject=r[0], status=r[1], tier=r[2], since=r[3], timer_due=r[4], period_start=r[5],
-                         period_end=r[6], plan_version=r[7], paid_through=r[8])
-    return StoredSubject(state, r[11], r[9], r[10], r[12], r[13])
-
-
-def _event(r) -> EventRecord:
-    return EventRecord(id=r[0], type=r[1], created=r[2], payload=r[3], outcome=r[4], reason=r[5] or "",
-                       subject=r[6], stripe_customer=r[7], stripe_subscription=r[8],
-                       state_before=state_from_json(r[9]))
-
-
-def _now_of(change: Change) -> float:
-    return change.audits[-1].at if change.audits else change.subject.state.since
 
 
 class Listener:

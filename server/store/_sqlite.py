@@ -9,39 +9,35 @@ import asyncio
 import sqlite3
 import time
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 
 import aiosqlite
 
 from engine import SubjectState
 
+from ._migrations import migrations, statements
+from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 
 BUSY_TIMEOUT_MS = 5000
-_BATCH_ROWS = 500   # 14 parameters a row, well under SQLite's limit of 32766
-_SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
-                    "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at")
-_INSERT_SUBJECT = (f"INSERT INTO subscriptions ({_SUBJECT_COLUMNS}, updated_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)")
-_EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
-                  "state_before")
+_BATCH_ROWS = 500   # 15 parameters a row, well under SQLite's limit of 32766
+_SUBJECT_COLUMNS = SUBJECT_COLUMNS
+_EVENT_COLUMNS = EVENT_COLUMNS
+_INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
+                   f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?)")
+_UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in WRITTEN)}, version = version + 1, "
+                   "updated_at = ? WHERE subject = ? AND version = ?")
+_BATCH_UPDATE = ("WITH v (subject, expected, {columns}) AS (VALUES {{values}}) UPDATE subscriptions SET {sets}, "
+                 "version = subscriptions.version + 1, updated_at = v.since FROM v "
+                 "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
+                 "RETURNING subscriptions.subject").format(columns=", ".join(WRITTEN),
+                                                           sets=", ".join(f"{c} = v.{c}" for c in WRITTEN))
 
 
 def sqlite_path(database: str) -> str:
     """The file of a PLANGATE_DATABASE value: a path, or sqlite:///path."""
     return database.removeprefix("sqlite:///").removeprefix("sqlite://")
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, SQL) of every migration, in order."""
-    folder = resources.files("server.store") / "migrations" / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 class SQLiteStore(Store):
@@ -84,10 +80,10 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             before = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
             version = before
-            for number, _, sql in migrations():
+            for number, _, sql in migrations("sqlite"):
                 if number <= version:
                     continue
-                for statement in _statements(sql):
+                for statement in statements(sql):
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number}")
                 version = number
@@ -103,7 +99,7 @@ class SQLiteStore(Store):
         async with self._reading() as db:
             cursor = await db.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ?", (subject,))
             row = await cursor.fetchone()
-        return _subject(row) if row else None
+        return subject_from_row(row) if row else None
 
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:
@@ -141,16 +137,10 @@ class SQLiteStore(Store):
                 cursor = await db.execute("SELECT 1 FROM subscriptions WHERE subject = ?", (s.subject,))
                 if await cursor.fetchone():
                     return False
-                await self._insert(db, new, _now_of(change))
+                await self._insert(db, new, now_of(change))
             else:
                 cursor = await db.execute(
-                    "UPDATE subscriptions SET status = ?, tier = ?, since = ?, timer_due = ?, period_start = ?, "
-                    "period_end = ?, plan_version = ?, paid_through = ?, stripe_customer = ?, stripe_subscription = ?, "
-                    "stripe_watermark = ?, confirmed_at = ?, version = version + 1, updated_at = ? "
-                    "WHERE subject = ? AND version = ?",
-                    (s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
-                     s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at,
-                     _now_of(change), s.subject, change.expected_version))
+                    _UPDATE_SUBJECT, (*subject_values(new), now_of(change), s.subject, change.expected_version))
                 if cursor.rowcount != 1:
                     return False
             for audit in change.audits:
@@ -216,7 +206,7 @@ class SQLiteStore(Store):
         rows = await self._rows(
             f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = ? AND created >= ? "
             "AND outcome != 'pending' ORDER BY created, event_id", (subject, since))
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
         rows = await self._rows(
@@ -224,7 +214,7 @@ class SQLiteStore(Store):
             "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
             "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)) ORDER BY created, event_id",
             (customer, subscription))
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def last_admin_change(self, subject: str) -> float | None:
         rows = await self._rows("SELECT MAX(at) FROM transitions WHERE subject = ? AND trigger LIKE 'admin:%'",
@@ -234,7 +224,7 @@ class SQLiteStore(Store):
     async def due(self, now: float, limit: int) -> list[StoredSubject]:
         rows = await self._rows(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= ? "
                                 "ORDER BY timer_due LIMIT ?", (now, limit))
-        return [_subject(r) for r in rows]
+        return [subject_from_row(r) for r in rows]
 
     async def commit_batch(self, changes: list[Change]) -> set[str]:
         if not changes:
@@ -245,24 +235,10 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             for start in range(0, len(changes), _BATCH_ROWS):
                 part = changes[start:start + _BATCH_ROWS]
-                values = ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in part)
-                params = []
-                for c in part:
-                    n, st = c.subject, c.subject.state
-                    params += [st.subject, c.expected_version, st.status, st.tier, st.since, st.timer_due,
-                               st.period_start, st.period_end, st.plan_version, st.paid_through, n.stripe_customer,
-                               n.stripe_subscription, n.watermark, n.confirmed_at]
-                cursor = await db.execute(
-                    "WITH v (subject, expected, status, tier, since, timer_due, period_start, period_end, plan_version, "
-                    f"paid_through, stripe_customer, stripe_subscription, watermark, confirmed_at) AS (VALUES {values}) "
-                    "UPDATE subscriptions SET status = v.status, tier = v.tier, since = v.since, "
-                    "timer_due = v.timer_due, period_start = v.period_start, period_end = v.period_end, "
-                    "plan_version = v.plan_version, paid_through = v.paid_through, "
-                    "stripe_customer = v.stripe_customer, stripe_subscription = v.stripe_subscription, "
-                    "stripe_watermark = v.watermark, confirmed_at = v.confirmed_at, "
-                    "version = subscriptions.version + 1, updated_at = v.since "
-                    "FROM v WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
-                    "RETURNING subscriptions.subject", params)
+                values = ", ".join(f"(?, ?, {', '.join('?' for _ in WRITTEN)})" for _ in part)
+                params = [v for c in part for v in (c.subject.state.subject, c.expected_version,
+                                                     *subject_values(c.subject))]
+                cursor = await db.execute(_BATCH_UPDATE.format(values=values), params)
                 done.update(r[0] for r in await cursor.fetchall())
             audits = [a for c in changes if c.subject.state.subject in done for a in c.audits]
             await db.executemany(
@@ -278,7 +254,7 @@ class SQLiteStore(Store):
             f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE stripe_subscription IS NOT NULL AND "
             f"(status IN ({marks}) OR COALESCE(confirmed_at, 0) < ?) ORDER BY COALESCE(confirmed_at, 0) LIMIT ?",
             (*statuses, unconfirmed_before, limit))
-        return [_subject(r) for r in rows]
+        return [subject_from_row(r) for r in rows]
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
         async with self._transaction() as db:
@@ -290,7 +266,7 @@ class SQLiteStore(Store):
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
         rows = await self._rows(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = ? "
                                 "ORDER BY created DESC, event_id DESC LIMIT ?", (subject, limit))
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def _rows(self, sql: str, params) -> list:
         async with self._reading() as db:
@@ -423,29 +399,7 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
 
 
 def _subject_params(new: StoredSubject, now: float) -> tuple:
-    s = new.state
-    return (s.subject, s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version,
-            s.paid_through, new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at, now)
+    return (new.state.subject, *subject_values(new), now)
 
 
-def _statements(sql: str) -> list[str]:
-    """Split a migration file into statements (no semicolons inside statements in our files)."""
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
-
-def _subject(row) -> StoredSubject:
-    state = SubjectState(subject=row[0], status=row[1], tier=row[2], since=row[3], timer_due=row[4],
-                         period_start=row[5], period_end=row[6], plan_version=row[7], paid_through=row[8])
-    return StoredSubject(state, row[11], row[9], row[10], row[12], row[13])
-
-
-def _event(row) -> EventRecord:
-    return EventRecord(id=row[0], type=row[1], created=row[2], payload=row[3], outcome=row[4], reason=row[5] or "",
-                       subject=row[6], stripe_customer=row[7], stripe_subscription=row[8],
-                       state_before=state_from_json(row[9]))
-
-
-def _now_of(change: Change) -> float:
-    """The time a change is stamped with: its audit's, else the state's own."""
-    return change.audits[-1].at if change.audits else change.subject.state.since

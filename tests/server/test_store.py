@@ -58,7 +58,7 @@ class TestSQLiteSettings:
 
 class TestSchema:
     async def test_migrate_is_idempotent(self, store):
-        assert await store.migrate() == (2, 2)
+        assert await store.migrate() == (3, 3)
 
     async def test_a_closed_store_raises_store_error(self, store):
         await store.close()

@@ -1,0 +1,38 @@
+"""Rows of the store's tables as values: the same columns and conversions for every database."""
+from __future__ import annotations
+
+from engine import SubjectState
+
+from ._base import Change, EventRecord, StoredSubject, state_from_json, state_json
+
+SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
+                   "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at, fold_state")
+EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
+                 "state_before")
+# The columns a change writes, in the order of subject_values().
+WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version", "paid_through",
+           "stripe_customer", "stripe_subscription", "stripe_watermark", "confirmed_at", "fold_state")
+
+
+def subject_from_row(r) -> StoredSubject:
+    state = SubjectState(subject=r[0], status=r[1], tier=r[2], since=r[3], timer_due=r[4], period_start=r[5],
+                         period_end=r[6], plan_version=r[7], paid_through=r[8])
+    return StoredSubject(state, r[11], r[9], r[10], r[12], r[13], state_from_json(r[14]))
+
+
+def subject_values(new: StoredSubject) -> tuple:
+    """The values of WRITTEN for a subject's new row."""
+    s = new.state
+    return (s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version, s.paid_through,
+            new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at, state_json(new.fold_state))
+
+
+def event_from_row(r) -> EventRecord:
+    return EventRecord(id=r[0], type=r[1], created=r[2], payload=r[3], outcome=r[4], reason=r[5] or "",
+                       subject=r[6], stripe_customer=r[7], stripe_subscription=r[8],
+                       state_before=state_from_json(r[9]))
+
+
+def now_of(change: Change) -> float:
+    """The time a change is stamped with: its last audit's, else the state's own."""
+    return change.audits[-1].at if change.audits else change.subject.state.since

@@ -249,7 +249,11 @@ class Gate:
                            o.reason + (f"; {why}" if why else ""), o.state.since if o.trigger == "timer" else now,
                            self.table.version, cause_id, actor)
                 for o in outcomes if o.moved)
-            change = Change(replace(stored, state=outcomes[-1].state), stored.version, audits=audits)
+            # An admin's change is a person's decision: the next Stripe event folds onto it, not onto the
+            # state the Stripe events alone gave (timers keep that state: the fold recomputes them).
+            fold_state = stored.fold_state if actor == "timer" else None
+            change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
+                            audits=audits)
             if await self._timed("save", self.store.commit(change), shield=True):
                 self.invalidate(subject)
                 for audit in audits:

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from engine import StripeEvent, SubjectState, event_order, replay
+from engine import StripeEvent, SubjectState, advance, event_order, replay
 
 from .gate import Gate, StoreUnavailable
 from .logs import log
@@ -125,50 +125,66 @@ class Ingest:
 
     def _change(self, stored: StoredSubject, incoming, later: list[EventRecord], payments, ids, linking, now,
                 stored_rows) -> Change:
-        base = later[0].state_before if later and later[0].state_before else stored.state
+        # Where the fold starts: before the first later event; else the state the Stripe events alone gave
+        # (so that an event created before a timer that already fired is folded in before it); else, after
+        # an admin's change (which drops the fold state), the stored state.
+        base = (later[0].state_before if later and later[0].state_before else
+                stored.fold_state if stored.fold_state is not None else stored.state)
+        exact = not later and base == stored.state
         records = {r.id: r for _, r in incoming}
         records.update({r.id: r for r in later})
-        final, steps = replay(self.table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
-        late = bool(later)
-        fold_changed = _essence(final) != _essence(stored.state)
+        fold, steps = replay(self.table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
+        # Folded from before timers that already fired: fire again what is still due, at the deadlines, so the
+        # subject does not step back. (Folded onto the stored state, due timers are left to the sweep.)
+        final, timers = (fold, []) if exact else advance(self.table, fold, now)
+        changed = _essence(final) != _essence(stored.state)
+        mine = {e.id for e, _ in incoming}
         rows, audits = [], []
         for step in steps:
             outcome = "applied" if step.outcome.moved else "noop"
             reason = step.outcome.reason
-            if late and step.event.id in {e.id for e, _ in incoming}:
-                outcome = "applied" if fold_changed else "stale"
+            if later and step.event.id in mine:
+                outcome = "applied" if changed else "stale"
                 reason = (f"arrived after {len(later)} newer event(s); folded in created order: {reason}"
-                          if fold_changed else f"older than events already applied; changes nothing ({reason})")
+                          if changed else f"older than events already applied; changes nothing ({reason})")
             rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before))
-            if not late:
+            if exact:
                 audits.extend(self._audits(step, now))
-        if late and final.status != stored.state.status:
+        if exact:
+            audits.extend(self._timer_audits(timers))
+        elif final.status != stored.state.status:
             cause = incoming[0][0]
             audits.append(AuditEntry(stored.state.subject, stored.state.status, final.status, cause.key,
-                                     f"events folded again in created order after {cause.id} arrived late",
-                                     now, self.table.version, cause.id, "stripe"))
+                                     f"events folded again in created order after {cause.id} arrived: "
+                                     f"{steps[-1].outcome.reason}", now, self.table.version, cause.id, "stripe"))
         customer, subscription = ids
         watermark = max([stored.watermark or 0.0] + [e.created for e, _ in incoming])
-        new = replace(stored, state=final, watermark=watermark, confirmed_at=now,
+        late = bool(later)
+        new = replace(stored, state=final, fold_state=fold, watermark=watermark, confirmed_at=now,
                       stripe_customer=_newer(stored.stripe_customer, customer, late and not linking),
                       stripe_subscription=_newer(stored.stripe_subscription, subscription, late and not linking))
-        fresh = {e.id for e, _ in incoming} if not stored_rows else set()
+        fresh = mine if not stored_rows else set()
         return Change(new, stored.version, tuple(audits),
                       new_events=tuple(r for r in rows if r.id in fresh),
                       replayed_events=tuple(r for r in rows if r.id not in fresh), payments=tuple(payments))
 
+    def _timer_audits(self, outcomes) -> list[AuditEntry]:
+        return [AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
+                           self.table.version, None, "timer") for o in outcomes if o.moved]
+
     def _audits(self, step, now: float) -> list[AuditEntry]:
-        out = []
-        for o in step.timers + (step.outcome,):
-            if o.moved:
-                cause = step.event.id if o is step.outcome else None
-                out.append(AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason,
-                                      o.state.since, self.table.version, cause, "stripe" if cause else "timer"))
+        out = self._timer_audits(step.timers)
+        if step.outcome.moved:
+            o = step.outcome
+            out.append(AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason,
+                                  o.state.since, self.table.version, step.event.id, "stripe"))
         return out
 
-    def _stale_after_admin(self, stored: StoredSubject, incoming, now: float) -> Change:
+    def _stale_after_admin(self, stored: StoredSubject, incoming, now: float, stored_rows: bool = False) -> Change:
         reason = "older than an admin's later change to the subject: a person's decision is not rewritten"
         rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in incoming)
+        if stored_rows:     # adopted pending events: their rows exist already and are updated, not inserted
+            return Change(replace(stored, confirmed_at=now), stored.version, replayed_events=rows)
         return Change(replace(stored, confirmed_at=now), stored.version, new_events=rows)
 
     def _log(self, change: Change, stored: StoredSubject) -> None:

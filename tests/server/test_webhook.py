@@ -224,6 +224,26 @@ class TestGraceAndTimers:
         assert view["status"] == "billing_problem"
         assert view["transitions"][0]["trigger"] == "timer"
 
+    async def test_an_event_from_before_a_fired_timer_is_folded_in_before_it(self, hook):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 8 * DAY))
+        await hook.post("/v1/jobs/sweep")
+        assert await status_of(hook, "alice") == "billing_problem"       # the trial timer fired a day ago
+        # Stripe's word from before the deadline, delivered late: in order, it ends the trial paid.
+        sub = se.subscription("active", "alice", start=now - 8 * DAY, end=now + 22 * DAY)
+        _, answer = await deliver(hook, se.event("customer.subscription.created", sub, now - 8 * DAY + 5))
+        assert answer["status"] == "paid" and await status_of(hook, "alice") == "paid"
+
+    async def test_a_late_event_that_changes_nothing_does_not_undo_a_fired_timer(self, hook):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 8 * DAY))
+        await hook.post("/v1/jobs/sweep")
+        moves = q(hook.database, "SELECT count(*) FROM transitions")
+        sub = se.subscription("trialing", "alice", start=now - 8 * DAY, end=now - DAY)
+        await deliver(hook, se.event("customer.subscription.updated", sub, now - 7 * DAY))
+        assert await status_of(hook, "alice") == "billing_problem"
+        assert q(hook.database, "SELECT count(*) FROM transitions") == moves
+
     async def test_sweep_job_on_demand(self, hook):
         await deliver(hook, se.event("invoice.payment_failed", se.invoice("open"), time.time()))
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), time.time() - 9 * DAY))

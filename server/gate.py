@@ -214,18 +214,24 @@ class Gate:
                                       o.state.since, self.table.version, None, "timer") for o in outcomes if o.moved)
             changes.append(Change(replace(stored, state=state), stored.version, audits))
         done = await self._timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
-        for change in changes:
-            subject = change.subject.state.subject
-            if subject in done:
-                self.invalidate(subject)
-                moved += bool(change.audits)
-                for audit in change.audits:
-                    self.metrics.transitions.labels("timer", audit.to_status).inc()
-                    log(logging.INFO, "transition", subject=subject, trigger="timer", from_status=audit.from_status,
-                        to_status=audit.to_status, reason=audit.reason, actor="timer")
-            else:
-                outcomes = await self.fire_due(subject)
-                moved += any(o.moved for o in outcomes)
+        fired: dict[str, int] = {}      # to_status -> transitions: the counter is bumped once per status
+        try:
+            for change in changes:
+                subject = change.subject.state.subject
+                if subject in done:
+                    self.invalidate(subject)
+                    moved += bool(change.audits)
+                    for audit in change.audits:
+                        fired[audit.to_status] = fired.get(audit.to_status, 0) + 1
+                        log(logging.INFO, "transition", subject=subject, trigger="timer",
+                            from_status=audit.from_status, to_status=audit.to_status, reason=audit.reason,
+                            actor="timer")
+                else:
+                    outcomes = await self.fire_due(subject)
+                    moved += any(o.moved for o in outcomes)
+        finally:
+            for to_status, count in fired.items():
+                self.metrics.transitions.labels("timer", to_status).inc(count)
         return len(due), moved
 
     async def fire_due(self, subject: str) -> list[Outcome]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import sys
@@ -12,17 +13,27 @@ _SECRET_WORDS = ("token", "secret", "authorization", "password", "signature")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
+_ENCODER = json.JSONEncoder(default=str)      # json.dumps(..., default=str) builds one per call
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret(key: str) -> bool:
+    """Is a field of this name redacted? Asked once per name: field names are the code's keywords."""
+    return any(w in key.lower() for w in _SECRET_WORDS)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "event": record.getMessage()}
-        if request_id.get() is not None:
-            entry["request_id"] = request_id.get()
+        rid = request_id.get()
+        if rid is not None:
+            entry["request_id"] = rid
         fields = getattr(record, "fields", None) or {}
         for key, value in fields.items():
-            entry[key] = "[redacted]" if any(w in key.lower() for w in _SECRET_WORDS) else value
+            entry[key] = "[redacted]" if _secret(key) else value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 def configure(level: str = "INFO", stream=None) -> logging.Logger:

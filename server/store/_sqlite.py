@@ -21,18 +21,23 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_from_json, state_json)
 
 BUSY_TIMEOUT_MS = 5000
-_BATCH_ROWS = 500   # 15 parameters a row, well under SQLite's limit of 32766
+_BATCH_ROWS = 500   # 10 parameters a row, well under SQLite's limit of 32766
 _SUBJECT_COLUMNS = SUBJECT_COLUMNS
 _EVENT_COLUMNS = EVENT_COLUMNS
 _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
                    f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?)")
 _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in WRITTEN)}, version = version + 1, "
                    "updated_at = ? WHERE subject = ? AND version = ?")
+# What commit_batch (timers) writes: the engine's state, in _commit_batch's order of values.
+_BATCH_WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version", "paid_through")
+_BATCH_ROW = f"(?, ?, {', '.join('?' for _ in _BATCH_WRITTEN)})"
 _BATCH_UPDATE = ("WITH v (subject, expected, {columns}) AS (VALUES {{values}}) UPDATE subscriptions SET {sets}, "
                  "version = subscriptions.version + 1, updated_at = v.since FROM v "
                  "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
-                 "RETURNING subscriptions.subject").format(columns=", ".join(WRITTEN),
-                                                           sets=", ".join(f"{c} = v.{c}" for c in WRITTEN))
+                 "RETURNING subscriptions.subject").format(columns=", ".join(_BATCH_WRITTEN),
+                                                           sets=", ".join(f"{c} = v.{c}" for c in _BATCH_WRITTEN))
+_INSERT_TRANSITION = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
+                      "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def sqlite_path(database: str) -> str:
@@ -96,29 +101,23 @@ class SQLiteStore(Store):
     # --- reads ---------------------------------------------------------------------------------
 
     async def load(self, subject: str) -> StoredSubject | None:
-        async with self._reading() as db:
-            cursor = await db.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ?", (subject,))
-            row = await cursor.fetchone()
-        return subject_from_row(row) if row else None
+        rows = await self._rows(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ?", (subject,))
+        return subject_from_row(rows[0]) if rows else None
 
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:
             return {}
         where = " OR ".join("(meter = ? AND window_start = ?)" for _ in windows)
         params = [subject] + [v for pair in windows for v in pair]
-        async with self._reading() as db:
-            cursor = await db.execute(
-                f"SELECT meter, window_start, used FROM quota_usage WHERE subject = ? AND ({where})", params)
-            rows = await cursor.fetchall()
+        rows = await self._rows(f"SELECT meter, window_start, used FROM quota_usage WHERE subject = ? AND ({where})",
+                                params)
         found = {(meter, start): used for meter, start, used in rows}
         return {w: found.get(w, 0) for w in windows}
 
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
-        async with self._reading() as db:
-            cursor = await db.execute(
-                "SELECT subject, from_status, to_status, trigger, reason, at, plan_version, cause_id, actor "
-                "FROM transitions WHERE subject = ? ORDER BY id DESC LIMIT ?", (subject, limit))
-            rows = await cursor.fetchall()
+        rows = await self._rows(
+            "SELECT subject, from_status, to_status, trigger, reason, at, plan_version, cause_id, actor "
+            "FROM transitions WHERE subject = ? ORDER BY id DESC LIMIT ?", (subject, limit))
         return [AuditEntry(*row) for row in rows]
 
     # --- writes --------------------------------------------------------------------------------
@@ -130,64 +129,12 @@ class SQLiteStore(Store):
         return await self._write_whole(_count, current, meter, window_start, amount, limit, key, now)
 
     async def commit(self, change: Change) -> bool:
-        new = change.subject
-        s = new.state
-        async with self._transaction() as db:
-            if change.expected_version == 0:
-                cursor = await db.execute("SELECT 1 FROM subscriptions WHERE subject = ?", (s.subject,))
-                if await cursor.fetchone():
-                    return False
-                await self._insert(db, new, now_of(change))
-            else:
-                cursor = await db.execute(
-                    _UPDATE_SUBJECT, (*subject_values(new), now_of(change), s.subject, change.expected_version))
-                if cursor.rowcount != 1:
-                    return False
-            for audit in change.audits:
-                await db.execute(
-                    "INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
-                    "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (audit.subject, audit.from_status, audit.to_status, audit.trigger, audit.cause_id,
-                     audit.reason, audit.actor, audit.at, audit.plan_version))
-            for event in change.new_events:
-                if not await self._insert_event(db, event):
-                    raise DuplicateEvent(event.id)
-            for event in change.replayed_events:
-                await db.execute(
-                    "UPDATE subscription_events SET subject = ?, outcome = ?, reason = ?, state_before = ? "
-                    "WHERE event_id = ?",
-                    (event.subject, event.outcome, event.reason, state_json(event.state_before), event.id))
-            await self._upsert_payments(db, change.payments)
-        return True
+        # Whole on the writer's thread, as count: one hand-over instead of one per statement (five or more
+        # for a webhook's event), which is what bounded signed webhook ingest (writes are serialized).
+        return await self._write_whole(_commit, change)
 
     async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
-        async with self._transaction() as db:
-            if not await self._insert_event(db, event):
-                return False
-            await self._upsert_payments(db, payments)
-        return True
-
-    async def _insert_event(self, db: aiosqlite.Connection, e: EventRecord) -> bool:
-        cursor = await db.execute(
-            f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (event_id) DO NOTHING",
-            (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-             e.stripe_subscription, state_json(e.state_before), time.time()))
-        return cursor.rowcount == 1
-
-    async def _upsert_payments(self, db: aiosqlite.Connection, payments) -> None:
-        for p in payments:
-            await db.execute(
-                "INSERT INTO payments (invoice_id, subject, stripe_customer, stripe_subscription, status, amount, "
-                "currency, event_id, created, updated_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (invoice_id) DO UPDATE SET status = excluded.status, amount = excluded.amount, "
-                "subject = COALESCE(excluded.subject, payments.subject), event_id = excluded.event_id, "
-                "updated_created = excluded.updated_created WHERE excluded.updated_created >= payments.updated_created",
-                (p.invoice_id, p.subject, p.stripe_customer, p.stripe_subscription, p.status, p.amount, p.currency,
-                 p.event_id, p.created, p.created))
-
-    async def _insert(self, db: aiosqlite.Connection, new: StoredSubject, now: float) -> None:
-        await db.execute(_INSERT_SUBJECT, _subject_params(new, now))
+        return await self._write_whole(_record_event, event, payments)
 
     # --- what the webhook and the jobs look up ----------------------------------------------------
 
@@ -231,22 +178,7 @@ class SQLiteStore(Store):
             return set()
         if any(c.expected_version == 0 or c.new_events or c.replayed_events or c.payments for c in changes):
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
-        done: set[str] = set()
-        async with self._transaction() as db:
-            for start in range(0, len(changes), _BATCH_ROWS):
-                part = changes[start:start + _BATCH_ROWS]
-                values = ", ".join(f"(?, ?, {', '.join('?' for _ in WRITTEN)})" for _ in part)
-                params = [v for c in part for v in (c.subject.state.subject, c.expected_version,
-                                                     *subject_values(c.subject))]
-                cursor = await db.execute(_BATCH_UPDATE.format(values=values), params)
-                done.update(r[0] for r in await cursor.fetchall())
-            audits = [a for c in changes if c.subject.state.subject in done for a in c.audits]
-            await db.executemany(
-                "INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
-                "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(a.subject, a.from_status, a.to_status, a.trigger, a.cause_id, a.reason, a.actor, a.at,
-                  a.plan_version) for a in audits])
-        return done
+        return await self._write_whole(_commit_batch, changes)
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
         marks = ", ".join("?" for _ in statuses) or "NULL"
@@ -269,9 +201,9 @@ class SQLiteStore(Store):
         return [event_from_row(r) for r in rows]
 
     async def _rows(self, sql: str, params) -> list:
+        # One hand-over to the reader's thread (execute and fetch together), not two.
         async with self._reading() as db:
-            cursor = await db.execute(sql, params)
-            return await cursor.fetchall()
+            return await db.execute_fetchall(sql, params)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -396,6 +328,85 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         db.execute("INSERT INTO usage_keys (key, subject, meter, amount, window_start, used_after, created_at) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, subject, meter, amount, window_start, row[0], now))
     return Counted(True, row[0])
+
+
+def _commit(db: sqlite3.Connection, change: Change) -> bool:
+    """SQLiteStore.commit's transaction, on the writer's thread."""
+    new = change.subject
+    s = new.state
+    if change.expected_version == 0:
+        if db.execute("SELECT 1 FROM subscriptions WHERE subject = ?", (s.subject,)).fetchone():
+            return False
+        db.execute(_INSERT_SUBJECT, _subject_params(new, now_of(change)))
+    else:
+        cursor = db.execute(_UPDATE_SUBJECT,
+                            (*subject_values(new), now_of(change), s.subject, change.expected_version))
+        if cursor.rowcount != 1:
+            return False
+    if change.audits:
+        db.executemany(_INSERT_TRANSITION, [_transition_values(a) for a in change.audits])
+    for event in change.new_events:
+        if not _insert_event(db, event):
+            raise DuplicateEvent(event.id)
+    for event in change.replayed_events:
+        db.execute("UPDATE subscription_events SET subject = ?, outcome = ?, reason = ?, state_before = ? "
+                   "WHERE event_id = ?",
+                   (event.subject, event.outcome, event.reason, state_json(event.state_before), event.id))
+    _upsert_payments(db, change.payments)
+    return True
+
+
+def _record_event(db: sqlite3.Connection, event: EventRecord, payments: tuple[Payment, ...]) -> bool:
+    """SQLiteStore.record_event's transaction, on the writer's thread."""
+    if not _insert_event(db, event):
+        return False
+    _upsert_payments(db, payments)
+    return True
+
+
+def _insert_event(db: sqlite3.Connection, e: EventRecord) -> bool:
+    cursor = db.execute(
+        f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
+         e.stripe_subscription, state_json(e.state_before), time.time()))
+    return cursor.rowcount == 1
+
+
+def _upsert_payments(db: sqlite3.Connection, payments) -> None:
+    for p in payments:
+        db.execute(
+            "INSERT INTO payments (invoice_id, subject, stripe_customer, stripe_subscription, status, amount, "
+            "currency, event_id, created, updated_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (invoice_id) DO UPDATE SET status = excluded.status, amount = excluded.amount, "
+            "subject = COALESCE(excluded.subject, payments.subject), event_id = excluded.event_id, "
+            "updated_created = excluded.updated_created WHERE excluded.updated_created >= payments.updated_created",
+            (p.invoice_id, p.subject, p.stripe_customer, p.stripe_subscription, p.status, p.amount, p.currency,
+             p.event_id, p.created, p.created))
+
+
+def _commit_batch(db: sqlite3.Connection, changes: list[Change]) -> set[str]:
+    """SQLiteStore.commit_batch's transaction, on the writer's thread. A batch writes the subjects' state
+    (_BATCH_WRITTEN) and audit rows only: their Stripe ids, watermark, confirmation and fold state stay as
+    stored (the version check makes the stored row the one each change was made from), which spares the
+    indexes on the Stripe ids a rewrite of every row."""
+    done: set[str] = set()
+    for start in range(0, len(changes), _BATCH_ROWS):
+        part = changes[start:start + _BATCH_ROWS]
+        values = ", ".join(_BATCH_ROW for _ in part)
+        params = []
+        for c in part:
+            st = c.subject.state
+            params += (st.subject, c.expected_version, st.status, st.tier, st.since, st.timer_due, st.period_start,
+                       st.period_end, st.plan_version, st.paid_through)
+        done.update(r[0] for r in db.execute(_BATCH_UPDATE.format(values=values), params).fetchall())
+    db.executemany(_INSERT_TRANSITION, [_transition_values(a) for c in changes if c.subject.state.subject in done
+                                        for a in c.audits])
+    return done
+
+
+def _transition_values(a: AuditEntry) -> tuple:
+    return (a.subject, a.from_status, a.to_status, a.trigger, a.cause_id, a.reason, a.actor, a.at, a.plan_version)
 
 
 def _subject_params(new: StoredSubject, now: float) -> tuple:

@@ -1,0 +1,250 @@
+"""The timer sweep (`Gate.sweep`) over a SQLite store of many subjects, a thousand of them due.
+
+What it measures (issue 5, "Speed"): the sweep job's one batch, `Gate.sweep(1000)`: the due rows read
+through the timer index (`store.due`), the engine firing each timer, and the new states and audit rows
+committed in one transaction, on a gate built as server/app.py builds it (shipped plans.yaml, a real
+SQLite file in WAL mode, INFO logs written as `plangate serve` writes them, here to a file). Goal:
+under 50 ms with a million subjects and a thousand due.
+
+The store is created by SQLiteStore.migrate() and then filled fast with sqlite3 executemany: most
+subjects paid (no timer) or on the free trial, some in a paid trial or in grace with a timer in the
+future, and `--due` of them (paid_trial and grace_period, half each) with a timer in the past. Each
+run sweeps the same due rows; they are re-armed (status and timer restored) between runs. The
+baseline is the same number of due rows read with one plain indexed SELECT through sqlite3, in the
+same run, interleaved with the sweeps. Run at two store sizes (100k and 1M subjects by default), the
+due count fixed: the time follows the number due, not the number of subjects.
+
+    python -m bench.sweep [--subjects 100000,1000000] [--due 1000] [--runs 15]
+
+`main()` prints a table and returns its rows (a list of dicts) for the bench runner.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine import compile_file  # noqa: E402
+from server.config import Config  # noqa: E402
+from server.gate import Gate  # noqa: E402
+from server.logs import LOGGER_NAME, configure  # noqa: E402
+from server.metrics import Metrics  # noqa: E402
+from server.store import SQLiteStore  # noqa: E402
+
+GOAL_MS = 50.0
+DAY = 86400.0
+TIME_LIMIT = 600.0           # seconds for the whole bench; a run past it stops with an error
+_DUE_STATUSES = ("paid_trial", "grace_period")
+_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
+            "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at, updated_at")
+_BASELINE_SQL = ("SELECT subject, status, tier, since, timer_due, period_start, period_end, plan_version, "
+                 "paid_through, stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at "
+                 "FROM subscriptions WHERE timer_due <= ? ORDER BY timer_due LIMIT ?")
+
+
+def _rows(count: int, due: int, now: float, plan_version: str, seed: int = 5):
+    """Subscriptions rows: `due` of them (spread over the table) with a timer in the past."""
+    rng = random.Random(seed)
+    step = count // due
+    for i in range(count):
+        subject = f"user-{i:08d}"
+        if i % step == 0 and i // step < due:
+            status = _DUE_STATUSES[(i // step) % 2]
+            timer_due = now - rng.uniform(60, DAY)
+            since = timer_due - (7 * DAY if status == "paid_trial" else 3 * DAY)
+        else:
+            pick = rng.random()
+            if pick < 0.55:
+                status, timer_due = "paid", None
+            elif pick < 0.85:
+                status, timer_due = "limited_free_trial", None
+            elif pick < 0.95:
+                status, timer_due = "paid_trial", now + rng.uniform(60, 7 * DAY)
+            else:
+                status, timer_due = "grace_period", now + rng.uniform(60, 3 * DAY)
+            since = now - rng.uniform(DAY, 300 * DAY)
+        stripe = status != "limited_free_trial"
+        yield (subject, status, "pro" if stripe else None, since, timer_due,
+               now - 10 * DAY if stripe else None, now + 20 * DAY if stripe else None, plan_version,
+               now - 10 * DAY if status == "grace_period" else None,
+               f"cus_{i:08d}" if stripe else None, f"sub_{i:08d}" if stripe else None, 1,
+               since if stripe else None, since, since)
+
+
+async def _migrate(path: Path) -> None:
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+def populate(path: Path, count: int, due: int, now: float, plan_version: str) -> tuple[float, list[tuple]]:
+    """Create the store (migrations) and bulk-insert `count` subjects; (seconds, the due rows' re-arm values)."""
+    started = time.perf_counter()
+    asyncio.run(_migrate(path))
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("BEGIN")
+        marks = ", ".join("?" for _ in _COLUMNS.split(", "))
+        db.executemany(f"INSERT INTO subscriptions ({_COLUMNS}) VALUES ({marks})",
+                       _rows(count, due, now, plan_version))
+        db.execute("COMMIT")
+        db.execute("ANALYZE")
+        rearm = db.execute("SELECT status, since, timer_due, subject FROM subscriptions WHERE timer_due <= ?",
+                           (now,)).fetchall()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    if len(rearm) != due:
+        raise RuntimeError(f"expected {due} due rows, found {len(rearm)}")
+    return time.perf_counter() - started, rearm
+
+
+def _check_index(db: sqlite3.Connection, now: float, due: int) -> str:
+    plan = " ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + _BASELINE_SQL, (now, due)))
+    if "subscriptions_by_timer" not in plan:
+        raise RuntimeError(f"the due query does not use the timer index: {plan}")
+    return plan
+
+
+async def _measure(path: Path, table, due: int, runs: int, rearm: list[tuple], deadline: float) -> dict:
+    config = Config(enabled=True, database=str(path))
+    store = SQLiteStore(config.database, config.sqlite_synchronous)
+    await store.open()
+    gate = Gate(config, table, store, Metrics())
+    phases: dict[str, float] = {}
+    for name in ("due", "commit_batch"):                # where a sweep's time goes: its two store calls
+        setattr(store, name, _timed_call(getattr(store, name), name, phases))
+    plain = sqlite3.connect(path, isolation_level=None)
+    sweeps, baselines, parts = [], [], []
+    try:
+        plan = _check_index(plain, time.time(), due)
+        for n in range(runs + 1):                        # run 0 warms the caches and is not counted
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench.sweep: over its time limit of {TIME_LIMIT:.0f}s")
+            started = time.perf_counter()
+            found = plain.execute(_BASELINE_SQL, (time.time(), due)).fetchall()
+            baseline = time.perf_counter() - started
+            if len(found) != due:
+                raise RuntimeError(f"baseline: {len(found)} due rows, expected {due}")
+
+            phases.clear()
+            started = time.perf_counter()
+            swept, moved = await gate.sweep(due)
+            elapsed = time.perf_counter() - started
+            if (swept, moved) != (due, due):
+                raise RuntimeError(f"sweep: found {swept} due and moved {moved}, expected {due} and {due}")
+            left = plain.execute("SELECT COUNT(*) FROM subscriptions WHERE timer_due <= ?", (time.time(),)).fetchone()
+            if left[0]:
+                raise RuntimeError(f"sweep: {left[0]} timers still due after the sweep")
+
+            plain.execute("BEGIN IMMEDIATE")                 # re-arm the same timers for the next run
+            plain.executemany("UPDATE subscriptions SET status = ?, since = ?, timer_due = ? WHERE subject = ?",
+                              rearm)
+            plain.execute("COMMIT")
+            if n:
+                sweeps.append(elapsed * 1000)
+                baselines.append(baseline * 1000)
+                parts.append((phases["due"] * 1000, phases["commit_batch"] * 1000,
+                              (elapsed - phases["due"] - phases["commit_batch"]) * 1000))
+    finally:
+        plain.close()
+        await store.close()
+    return {"sweep_best_ms": round(min(sweeps), 2), "sweep_median_ms": round(statistics.median(sweeps), 2),
+            "baseline_best_ms": round(min(baselines), 2), "baseline_median_ms": round(statistics.median(baselines), 2),
+            "ratio": round(statistics.median(sweeps) / statistics.median(baselines), 1),
+            "due_median_ms": round(statistics.median(p[0] for p in parts), 2),
+            "commit_batch_median_ms": round(statistics.median(p[1] for p in parts), 2),
+            "engine_and_logs_median_ms": round(statistics.median(p[2] for p in parts), 2), "index": plan}
+
+
+def _timed_call(method, name: str, into: dict):
+    async def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            into[name] = time.perf_counter() - started
+    return timed
+
+
+def measure(sizes: list[int], due: int, runs: int) -> list[dict]:
+    table = compile_file(ROOT / "plans.yaml")
+    deadline = time.monotonic() + TIME_LIMIT
+    rows = []
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    with tempfile.TemporaryDirectory(prefix="plangate-bench-sweep-") as tmp:
+        folder = Path(tmp)
+        with open(folder / "gate.log", "w") as log_file:
+            configure("INFO", stream=log_file)              # the server's logging, to a file
+            try:
+                for count in sizes:
+                    path = folder / f"gate-{count}.sqlite3"
+                    now = time.time()
+                    seconds, rearm = populate(path, count, due, now, table.version)
+                    print(f"sweep: {count:,} subjects ({due:,} due) stored in {seconds:.1f}s "
+                          f"({path.stat().st_size / 1e6:.0f} MB)", flush=True)
+                    got = asyncio.run(_measure(path, table, due, runs, rearm, deadline))
+                    rows.append({"subjects": count, "due": due, "runs": runs, **got,
+                                 "goal_ms": GOAL_MS, "met": got["sweep_median_ms"] < GOAL_MS})
+                    path.unlink()
+            finally:
+                logger.handlers[:] = saved[0]
+                logger.setLevel(saved[1])
+                logger.propagate = saved[2]
+    return rows
+
+
+def print_table(rows: list[dict], out=sys.stdout) -> None:
+    head = ("subjects", "due", "sweep best/median ms", "SELECT best/median ms", "ratio", "goal", "")
+    lines = [head] + [(f"{r['subjects']:,}", f"{r['due']:,}", f"{r['sweep_best_ms']:.1f}/{r['sweep_median_ms']:.1f}",
+                       f"{r['baseline_best_ms']:.2f}/{r['baseline_median_ms']:.2f}", f"{r['ratio']:.0f}x",
+                       f"<{r['goal_ms']:g}ms", "met" if r["met"] else "NOT met") for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    for n, line in enumerate(lines):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    for r in rows:
+        print(f"{r['subjects']:,} subjects, medians: due rows read {r['due_median_ms']:.1f} ms, commit_batch "
+              f"{r['commit_batch_median_ms']:.1f} ms, engine, logs and the rest {r['engine_and_logs_median_ms']:.1f} ms",
+              file=out)
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        print(f"{b['subjects'] / a['subjects']:.0f}x the subjects, same number due: sweep median "
+              f"x{b['sweep_median_ms'] / a['sweep_median_ms']:.2f}", file=out)
+    if rows:
+        print(f"due rows read through: {rows[0]['index']}", file=out)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subjects", default="100000,1000000", help="store sizes, comma-separated")
+    parser.add_argument("--due", type=int, default=1000, help="due timers (and the sweep's batch size)")
+    parser.add_argument("--runs", type=int, default=15, help="measured sweeps per store size (after one warm-up)")
+    args = parser.parse_args([] if argv is None else argv)
+    sizes = [int(s.replace("_", "")) for s in args.subjects.split(",") if s.strip()]
+    if any(s < args.due * 2 for s in sizes):
+        parser.error("every store size needs at least twice as many subjects as are due")
+    rows = measure(sizes, args.due, max(1, args.runs))
+    print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

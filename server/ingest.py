@@ -70,7 +70,18 @@ class Ingest:
             stored = await self._io("record_event", self.store.record_event(
                 replace(record, reason=reason, outcome="pending" if customer or subscription else "ignored"),
                 payments))
-            return Received(event.id, "pending" if stored else "duplicate", duplicate=not stored)
+            if not stored:
+                return Received(event.id, "duplicate", duplicate=True)
+            if customer or subscription:
+                # The link may have committed after the lookup above (Stripe sends an invoice and the event that
+                # links it at the same moment). Look again: either this sees the link, or the linking delivery's
+                # own look for waiting events, which comes after its commit, sees this row.
+                linked = await self._io("find_subject", self.store.find_subject(customer, subscription))
+                if linked is not None:
+                    adopted = await self._adopt_pending(linked, customer, subscription, answer_for=event.id)
+                    if adopted is not None:
+                        return adopted
+            return Received(event.id, "pending")
         try:
             received = await self._fold(subject, [(event, record)], payments, (customer, subscription), linking,
                                         record_noop=record_noop)
@@ -82,23 +93,35 @@ class Ingest:
                 received = replace(received, status=adopted.status)
         return received
 
-    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None) -> Received | None:
-        """Events that came before the link to their subject: folded in now, in created order."""
-        waiting = await self._io("pending", self.store.pending(customer, subscription))
-        if waiting:
-            items = [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
-                      replace(r, subject=subject)) for r in waiting]
-            return await self._fold(subject, items, (), (None, None), False, stored_rows=True)
-        return None
+    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None, *,
+                             answer_for: str | None = None) -> Received | None:
+        """Events that came before the link to their subject: folded in now, in created order. Several
+        deliveries may find the same waiting events at once; the fold reads them afresh after each load of
+        the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
+        async def waiting():
+            rows = await self._io("pending", self.store.pending(customer, subscription))
+            return [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
+                     replace(r, subject=subject)) for r in rows]
+
+        return await self._fold(subject, [], (), (None, None), False, stored_rows=True, waiting=waiting,
+                                answer_for=answer_for)
 
     async def _fold(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
                     ids: tuple[str | None, str | None], linking: bool, *, stored_rows: bool = False,
-                    record_noop: bool = True) -> Received:
-        first = min((e for e, _ in incoming), key=event_order)
+                    record_noop: bool = True, waiting=None, answer_for: str | None = None) -> Received | None:
+        """waiting (adoption): reads the events to fold, after each load; None when none is left."""
         for _ in range(MAX_ATTEMPTS):
             now = self.gate.clock()
-            stored = await self._io("load", self.store.load(subject)) or StoredSubject(
-                self.table.initial_state(subject, first.created), 0)
+            stored = await self._io("load", self.store.load(subject))
+            if waiting is not None:
+                incoming = await waiting()
+                if not incoming:
+                    return None
+                # Their invoices' payments rows were written without a subject: they get it now.
+                payments = tuple(p for p in (payment_of(e.type, e.id, e.created, e.object, subject)
+                                             for e, _ in incoming) if p)
+            first = min((e for e, _ in incoming), key=event_order)
+            stored = stored or StoredSubject(self.table.initial_state(subject, first.created), 0)
             later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
             if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
                 change = self._stale_after_admin(stored, incoming, now)
@@ -109,9 +132,9 @@ class Ingest:
             if await self._io("commit", self.store.commit(change)):
                 self.gate.invalidate(subject)
                 self._log(change, stored)
-                mine = next((r for r in change.new_events + change.replayed_events if r.id == incoming[0][0].id),
-                            None)
-                return Received(incoming[0][0].id, mine.outcome if mine else "noop", subject,
+                answer = answer_for or incoming[0][0].id
+                mine = next((r for r in change.new_events + change.replayed_events if r.id == answer), None)
+                return Received(answer, mine.outcome if mine else "noop", subject,
                                 status=change.subject.state.status)
         raise StoreUnavailable("webhook: the subject kept changing; Stripe will deliver again")
 

@@ -35,6 +35,7 @@ class Jobs:
                        and grace & set(plan.sources_of(t))}
         self.doubtful_statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
         self._stripe: stripe.StripeClient | None = None
+        self._http: stripe.AIOHTTPClient | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -48,6 +49,9 @@ class Jobs:
         for cron in self._crons:
             cron.stop()
         self._crons.clear()
+        if self._http is not None:
+            await self._http.close_async()
+            self._http, self._stripe = None, None
 
     def _runner(self, name: str):
         async def run():
@@ -103,8 +107,9 @@ class Jobs:
 
     async def _subscription(self, subscription_id: str) -> dict | None:
         if self._stripe is None:
+            self._http = stripe.AIOHTTPClient()
             self._stripe = stripe.StripeClient(
-                self.config.stripe_secret_key, http_client=stripe.AIOHTTPClient(),
+                self.config.stripe_secret_key, http_client=self._http,
                 base_addresses={"api": self.config.stripe_api_base}, max_network_retries=2)
         try:
             sub = await self._stripe.v1.subscriptions.retrieve_async(subscription_id)

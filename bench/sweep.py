@@ -12,7 +12,9 @@ future, and `--due` of them (paid_trial and grace_period, half each) with a time
 run sweeps the same due rows; they are re-armed (status and timer restored) between runs. The
 baseline is the same number of due rows read with one plain indexed SELECT through sqlite3, in the
 same run, interleaved with the sweeps. Run at two store sizes (100k and 1M subjects by default), the
-due count fixed: the time follows the number due, not the number of subjects.
+due count fixed, the runs interleaved between them: the time follows the number due, not the number of
+subjects. The time of the sweep's two store calls (the due rows read, the batch committed) is shown too;
+the rest is the engine, building the changes, cache and metrics, and a log line per transition.
 
     python -m bench.sweep [--subjects 100000,1000000] [--due 1000] [--runs 15]
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import sqlite3
 import statistics
@@ -121,55 +124,84 @@ def _check_index(db: sqlite3.Connection, now: float, due: int) -> str:
     return plan
 
 
-async def _measure(path: Path, table, due: int, runs: int, rearm: list[tuple], deadline: float) -> dict:
-    config = Config(enabled=True, database=str(path))
-    store = SQLiteStore(config.database, config.sqlite_synchronous)
-    await store.open()
-    gate = Gate(config, table, store, Metrics())
-    phases: dict[str, float] = {}
-    for name in ("due", "commit_batch"):                # where a sweep's time goes: its two store calls
-        setattr(store, name, _timed_call(getattr(store, name), name, phases))
-    plain = sqlite3.connect(path, isolation_level=None)
-    sweeps, baselines, parts = [], [], []
+class _Store:
+    """One store size: its gate (as server/app.py builds it), a plain connection for the baseline, figures."""
+
+    def __init__(self, path: Path, table, due: int, rearm: list[tuple]):
+        self.path, self.table, self.due, self.rearm = path, table, due, rearm
+        self.sweeps: list[float] = []
+        self.baselines: list[float] = []
+        self.parts: list[tuple[float, float, float]] = []
+        self.phases: dict[str, float] = {}
+
+    async def open(self) -> None:
+        config = Config(enabled=True, database=str(self.path))
+        self.store = SQLiteStore(config.database, config.sqlite_synchronous)
+        await self.store.open()
+        self.gate = Gate(config, self.table, self.store, Metrics())
+        for name in ("due", "commit_batch"):            # where a sweep's time goes: its two store calls
+            setattr(self.store, name, _timed_call(getattr(self.store, name), name, self.phases))
+        self.plain = sqlite3.connect(self.path, isolation_level=None)
+        self.plan = _check_index(self.plain, time.time(), self.due)
+
+    async def close(self) -> None:
+        self.plain.close()
+        await self.store.close()
+
+    async def run(self, counted: bool) -> None:
+        """The baseline SELECT, one sweep, checks, and the timers re-armed."""
+        due, plain = self.due, self.plain
+        started = time.perf_counter()
+        found = plain.execute(_BASELINE_SQL, (time.time(), due)).fetchall()
+        baseline = time.perf_counter() - started
+        if len(found) != due:
+            raise RuntimeError(f"baseline: {len(found)} due rows, expected {due}")
+
+        self.phases.clear()
+        started = time.perf_counter()
+        swept, moved = await self.gate.sweep(due)
+        elapsed = time.perf_counter() - started
+        if (swept, moved) != (due, due):
+            raise RuntimeError(f"sweep: found {swept} due and moved {moved}, expected {due} and {due}")
+        left = plain.execute("SELECT COUNT(*) FROM subscriptions WHERE timer_due <= ?", (time.time(),)).fetchone()
+        if left[0]:
+            raise RuntimeError(f"sweep: {left[0]} timers still due after the sweep")
+
+        plain.execute("BEGIN IMMEDIATE")                     # re-arm the same timers for the next run
+        plain.executemany("UPDATE subscriptions SET status = ?, since = ?, timer_due = ? WHERE subject = ?",
+                          self.rearm)
+        plain.execute("COMMIT")
+        if counted:
+            self.sweeps.append(elapsed * 1000)
+            self.baselines.append(baseline * 1000)
+            self.parts.append((self.phases["due"] * 1000, self.phases["commit_batch"] * 1000,
+                               (elapsed - self.phases["due"] - self.phases["commit_batch"]) * 1000))
+
+    def figures(self) -> dict:
+        sweeps, baselines, parts = self.sweeps, self.baselines, self.parts
+        return {"sweep_best_ms": round(min(sweeps), 2), "sweep_median_ms": round(statistics.median(sweeps), 2),
+                "baseline_best_ms": round(min(baselines), 2),
+                "baseline_median_ms": round(statistics.median(baselines), 2),
+                "ratio": round(statistics.median(sweeps) / statistics.median(baselines), 1),
+                "due_median_ms": round(statistics.median(p[0] for p in parts), 2),
+                "commit_batch_median_ms": round(statistics.median(p[1] for p in parts), 2),
+                "engine_and_logs_median_ms": round(statistics.median(p[2] for p in parts), 2), "index": self.plan}
+
+
+async def _measure(stores: list[_Store], runs: int, deadline: float) -> None:
+    """Runs interleaved between the store sizes, so that the machine's other work weighs on each alike."""
     try:
-        plan = _check_index(plain, time.time(), due)
-        for n in range(runs + 1):                        # run 0 warms the caches and is not counted
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bench.sweep: over its time limit of {TIME_LIMIT:.0f}s")
-            started = time.perf_counter()
-            found = plain.execute(_BASELINE_SQL, (time.time(), due)).fetchall()
-            baseline = time.perf_counter() - started
-            if len(found) != due:
-                raise RuntimeError(f"baseline: {len(found)} due rows, expected {due}")
-
-            phases.clear()
-            started = time.perf_counter()
-            swept, moved = await gate.sweep(due)
-            elapsed = time.perf_counter() - started
-            if (swept, moved) != (due, due):
-                raise RuntimeError(f"sweep: found {swept} due and moved {moved}, expected {due} and {due}")
-            left = plain.execute("SELECT COUNT(*) FROM subscriptions WHERE timer_due <= ?", (time.time(),)).fetchone()
-            if left[0]:
-                raise RuntimeError(f"sweep: {left[0]} timers still due after the sweep")
-
-            plain.execute("BEGIN IMMEDIATE")                 # re-arm the same timers for the next run
-            plain.executemany("UPDATE subscriptions SET status = ?, since = ?, timer_due = ? WHERE subject = ?",
-                              rearm)
-            plain.execute("COMMIT")
-            if n:
-                sweeps.append(elapsed * 1000)
-                baselines.append(baseline * 1000)
-                parts.append((phases["due"] * 1000, phases["commit_batch"] * 1000,
-                              (elapsed - phases["due"] - phases["commit_batch"]) * 1000))
+        for s in stores:
+            await s.open()
+        for n in range(runs + 1):                            # run 0 warms the caches and is not counted
+            for s in stores:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"bench.sweep: over its time limit of {TIME_LIMIT:.0f}s")
+                await s.run(counted=n > 0)
     finally:
-        plain.close()
-        await store.close()
-    return {"sweep_best_ms": round(min(sweeps), 2), "sweep_median_ms": round(statistics.median(sweeps), 2),
-            "baseline_best_ms": round(min(baselines), 2), "baseline_median_ms": round(statistics.median(baselines), 2),
-            "ratio": round(statistics.median(sweeps) / statistics.median(baselines), 1),
-            "due_median_ms": round(statistics.median(p[0] for p in parts), 2),
-            "commit_batch_median_ms": round(statistics.median(p[1] for p in parts), 2),
-            "engine_and_logs_median_ms": round(statistics.median(p[2] for p in parts), 2), "index": plan}
+        for s in stores:
+            if hasattr(s, "plain"):
+                await s.close()
 
 
 def _timed_call(method, name: str, into: dict):
@@ -185,29 +217,28 @@ def _timed_call(method, name: str, into: dict):
 def measure(sizes: list[int], due: int, runs: int) -> list[dict]:
     table = compile_file(ROOT / "plans.yaml")
     deadline = time.monotonic() + TIME_LIMIT
-    rows = []
     logger = logging.getLogger(LOGGER_NAME)
     saved = (list(logger.handlers), logger.level, logger.propagate)
     with tempfile.TemporaryDirectory(prefix="plangate-bench-sweep-") as tmp:
         folder = Path(tmp)
+        stores = []
+        for count in sizes:
+            path = folder / f"gate-{count}.sqlite3"
+            seconds, rearm = populate(path, count, due, time.time(), table.version)
+            print(f"sweep: {count:,} subjects ({due:,} due) stored in {seconds:.1f}s "
+                  f"({path.stat().st_size / 1e6:.0f} MB)", flush=True)
+            stores.append(_Store(path, table, due, rearm))
+        os.sync()                   # the bulk load's dirty pages on disk before timing, not during
         with open(folder / "gate.log", "w") as log_file:
             configure("INFO", stream=log_file)              # the server's logging, to a file
             try:
-                for count in sizes:
-                    path = folder / f"gate-{count}.sqlite3"
-                    now = time.time()
-                    seconds, rearm = populate(path, count, due, now, table.version)
-                    print(f"sweep: {count:,} subjects ({due:,} due) stored in {seconds:.1f}s "
-                          f"({path.stat().st_size / 1e6:.0f} MB)", flush=True)
-                    got = asyncio.run(_measure(path, table, due, runs, rearm, deadline))
-                    rows.append({"subjects": count, "due": due, "runs": runs, **got,
-                                 "goal_ms": GOAL_MS, "met": got["sweep_median_ms"] < GOAL_MS})
-                    path.unlink()
+                asyncio.run(_measure(stores, runs, deadline))
             finally:
                 logger.handlers[:] = saved[0]
                 logger.setLevel(saved[1])
                 logger.propagate = saved[2]
-    return rows
+    return [{"subjects": count, "due": due, "runs": runs, **s.figures(), "goal_ms": GOAL_MS,
+             "met": s.figures()["sweep_median_ms"] < GOAL_MS} for count, s in zip(sizes, stores)]
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:

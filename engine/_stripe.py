@@ -55,8 +55,17 @@ def billing_period(sub: Mapping) -> tuple[float, float] | None:
     return (float(start), float(end)) if _numbers(start, end) and end > start else None
 
 
+# Unix seconds a Stripe timestamp may have: 1970 to 2286. Outside (NaN, infinity, 1e20, before 1970) it is no
+# date Stripe sends, and a state holding it could not be shown as a date.
+MAX_SECONDS = 9_999_999_999
+
+
+def unix_seconds(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_SECONDS
+
+
 def _numbers(*values) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return all(unix_seconds(v) for v in values)
 
 
 def invoice_subscription(invoice: Mapping) -> str | None:

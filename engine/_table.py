@@ -14,7 +14,7 @@ from policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window,
 
 from ._decision import Decision, Reason
 from ._state import SubjectState
-from ._stripe import billing_period, field, is_missing, price_ids
+from ._stripe import billing_period, field, is_missing, price_ids, unix_seconds
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._windows import LIFETIME, BillingClock, CalendarClock, Span
 
@@ -243,8 +243,8 @@ class StateTable:
         if invoice.get("status") != "paid" and invoice.get("paid") is not True:
             return state
         periods = [(p["start"], p["end"]) for p in (line.get("period") for line in _lines(invoice))
-                   if isinstance(p, Mapping) and all(isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
-                                                     for k in ("start", "end")) and p["end"] > p["start"]]
+                   if isinstance(p, Mapping) and all(unix_seconds(p.get(k)) for k in ("start", "end"))
+                   and p["end"] > p["start"]]
         end = max(e for _, e in periods) if periods else state.period_end
         changes = {}
         if end is not None and (state.paid_through is None or end > state.paid_through):

@@ -46,6 +46,8 @@ def text(body: dict, name: str, *, required: bool = True) -> str | None:
     if value is None:
         if required:
             raise BadRequest(400, "missing_field", f"'{name}' is required")
+        if name in body:    # the spec says a string: null is refused, not taken for "not given"
+            raise BadRequest(400, "invalid_field", f"'{name}' must be a string or left out, not null")
         return None
     if not isinstance(value, str):
         raise BadRequest(400, "invalid_field", f"'{name}' must be a string, not {type(value).__name__}")

@@ -142,7 +142,9 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {"plan": {"ok": True, "version": gate.table.version}}
     try:
         await gate._timed("ping", gate.store.ping())
-        checks["store"] = {"ok": True}
+        failed = gate.write_failure()
+        checks["store"] = {"ok": True} if failed is None else \
+            {"ok": False, "error": f"the store reads but a write failed just now: {failed}"}
     except StoreUnavailable:
         checks["store"] = {"ok": False, "error": "the store did not answer in time or failed"}
     ready = all(c["ok"] for c in checks.values())

@@ -87,7 +87,12 @@ async def _errors(request: web.Request, handler):
         code = _HTTP_ERRORS.get(exc.status, "http_error")
         metrics.rejected.labels(code).inc()
         message = exc.text if exc.status != 413 else f"the body is larger than {request.app._client_max_size} bytes"
-        return _error(exc.status, code, message or exc.reason, request_id)
+        response = _error(exc.status, code, message or exc.reason, request_id)
+        if "Allow" in exc.headers:      # a 405 names the methods the route has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionResetError:
+        raise       # the client went away before its request was read: nobody to answer, no failure of the gate
     except Exception:
         log(logging.ERROR, "internal_error", path=request.path, request_id=request_id, exc_info=True)
         return _error(500, "internal", "the gate failed to handle this request; it was logged", request_id)

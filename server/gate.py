@@ -22,6 +22,10 @@ from .metrics import Metrics
 from .store import AuditEntry, Change, Counted, Store, StoredSubject, StoreError
 
 MAX_CONFLICT_RETRIES = 5
+# A store that still reads but cannot write (read-only file, full disk) answers /readyz's read: readiness also
+# says "not ready" for this long after a write failed, unless a write has succeeded since.
+WRITE_FAILURE_MEMORY = 10.0
+_WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
 
 class StoreUnavailable(Exception):
@@ -52,24 +56,35 @@ class Gate:
         self._cache: TTLCache = TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl) \
             if config.cache_ttl > 0 else TTLCache(maxsize=1, ttl=1e-9)
         self._throttle = Throttle()
+        self._write_failure: tuple[float, str] | None = None    # (monotonic time, error) of the last failed write
 
     # --- reading ------------------------------------------------------------------------------
 
     async def _timed(self, operation: str, coro, *, shield: bool = False, timeout: float | None = None):
         """Run a store call within the time budget; StoreUnavailable on failure or timeout. Writes are
-        shielded so that a slow commit finishes (and stays consistent) even when the caller gives up. A read
-        runs in the caller's task under asyncio.timeout: a task and wait_for of its own per store call were
-        a fifth of a signed webhook's CPU on the event loop."""
+        shielded so that a slow commit finishes (and stays consistent) even when the caller gives up."""
+        task = asyncio.ensure_future(coro)
         budget = timeout or self.config.store_timeout
         try:
-            async with asyncio.timeout(budget):
-                return await (asyncio.shield(asyncio.ensure_future(coro)) if shield else coro)
+            result = await asyncio.wait_for(asyncio.shield(task) if shield else task, budget)
         except (StoreError, asyncio.TimeoutError, OSError) as exc:
             self.metrics.store_errors.labels(operation).inc()
             if self._throttle.ready(operation):
                 log(logging.ERROR, "store_error", operation=operation,
                     error=str(exc) or f"no answer within {budget}s")
+            if operation in _WRITES and not isinstance(exc, asyncio.TimeoutError):   # slow is not broken
+                self._write_failure = (time.monotonic(), str(exc))
             raise StoreUnavailable(operation) from exc
+        if operation in _WRITES:
+            self._write_failure = None
+        return result
+
+    def write_failure(self) -> str | None:
+        """The error of the last write, while it failed recently and no write has succeeded since."""
+        failed = self._write_failure
+        if failed is not None and time.monotonic() - failed[0] < WRITE_FAILURE_MEMORY:
+            return failed[1]
+        return None
 
     async def _entry(self, subject: str, now: float) -> _Entry:
         entry = self._cache.get(subject)

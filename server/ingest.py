@@ -124,7 +124,7 @@ class Ingest:
             stored = stored or StoredSubject(self.table.initial_state(subject, first.created), 0)
             later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
             if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
-                change = self._stale_after_admin(stored, incoming, now)
+                change = self._stale_after_admin(stored, incoming, now, stored_rows)
             else:
                 change = self._change(stored, incoming, later, payments, ids, linking, now, stored_rows)
             if not record_noop and not change.audits and _essence(change.subject.state) == _essence(stored.state):

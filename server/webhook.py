@@ -1,6 +1,7 @@
 """POST /webhook/stripe: verify the raw body with Stripe's signature scheme before reading anything in it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -15,6 +16,11 @@ from .ingest import Ingest
 from .logs import Throttle, log
 
 INGEST = web.AppKey("ingest", Ingest)
+# Stripe's `created` is whole Unix seconds. Anything else (1.5, NaN, Infinity, 1e300, a year past 2286 or before
+# 1970) is no Stripe event: stored, it would break every later view of its subject (dates out of range).
+MAX_CREATED = 9_999_999_999
+# Stripe sends an event's body at once; a client that trickles it in holds a connection and a task: cut off.
+BODY_TIMEOUT = 10.0
 _throttle = Throttle(60.0)
 
 
@@ -39,12 +45,14 @@ def _verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolera
 def _event(text: str) -> tuple[StripeEvent, str]:
     try:
         body = json.loads(text)
-    except ValueError:
-        raise BadRequest(400, "invalid_event", "the signed body is not JSON") from None
+    except (ValueError, RecursionError):
+        raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
+    created = body.get("created") if isinstance(body, dict) else None
+    seconds = (isinstance(created, int) and not isinstance(created, bool)) or \
+        (isinstance(created, float) and created.is_integer())          # JSON Schema's integer: 5.0 is one
     ok = isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"] and \
-        isinstance(body.get("type"), str) and isinstance(body.get("created"), (int, float)) and \
-        not isinstance(body.get("created"), bool) and isinstance(body.get("data"), dict) and \
-        isinstance(body["data"].get("object"), dict)
+        isinstance(body.get("type"), str) and seconds and 0 <= created <= MAX_CREATED and \
+        isinstance(body.get("data"), dict) and isinstance(body["data"].get("object"), dict)
     if not ok:
         raise BadRequest(400, "invalid_event", "the body is not a Stripe event (id, type, created, data.object)")
     return StripeEvent(body["type"], body["data"]["object"], body["id"], float(body["created"])), text
@@ -62,7 +70,16 @@ async def receive(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > config.webhook_max_bytes:
         metrics.webhooks.labels("too_large").inc()
         raise BadRequest(413, "body_too_large", f"the body is larger than {config.webhook_max_bytes} bytes")
-    payload = await request.read()
+    try:
+        payload = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+    except asyncio.TimeoutError:
+        metrics.webhooks.labels("body_timeout").inc()
+        raise BadRequest(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+    except web.HTTPRequestEntityTooLarge:
+        payload = None            # sent without Content-Length (chunked): read up to the app's limit, no further
+    if payload is None or len(payload) > config.webhook_max_bytes:
+        metrics.webhooks.labels("too_large").inc()
+        raise BadRequest(413, "body_too_large", f"the body is larger than {config.webhook_max_bytes} bytes")
     try:
         text = _verify(payload, request.headers.get("Stripe-Signature"), config.webhook_secrets,
                        config.webhook_tolerance)

@@ -50,6 +50,8 @@ MAX_REQUESTS = 500_000          # per measured run, whatever the duration
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
+# Percentiles of the latency distribution every run reports (for the report's chart), wrk or Python.
+DIST_PCTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9, 100)
 
 # endpoint -> (minimum gate/bare ratio, maximum gate p99 in ms or None)
 GOALS = {"check": (0.85, 5.0), "consume": (0.5, None)}
@@ -212,6 +214,7 @@ class Load:
     duration: float
     max_requests: int
     key_prefix: str         # unique per run: consume's idempotency keys never repeat
+    subjects: int = SUBJECTS    # distinct subjects the requests cycle through
 
     @property
     def path(self) -> str:
@@ -226,6 +229,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float | None = None     # the server's CPU time per request, in microseconds
+    dist: list | None = None        # [[percentile, ms], ...] at DIST_PCTS: the latency distribution
 
     @property
     def rps(self) -> float:
@@ -262,15 +266,38 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT %%d %%d %%d %%d %%d\n", summary.requests, summary.duration,
            e.connect + e.read + e.write + e.timeout + e.status, latency:percentile(50), latency:percentile(99)))
+  io.write("DIST")
+  for _, p in ipairs({%(pcts)s}) do
+    io.write(string.format(" %%s:%%d", p, p >= 100 and latency.max or latency:percentile(p)))
+  end
+  io.write("\n")
 end
 """
+
+
+def parse_wrk_dist(stdout: str) -> list | None:
+    """The DIST line a bench's wrk script writes: `DIST pct:micros ...` -> [[pct, ms], ...]."""
+    found = re.search(r"^DIST (.*)$", stdout, re.M)
+    if not found:
+        return None
+    return [[float(p), int(us) / 1000] for p, us in (item.split(":") for item in found.group(1).split())]
+
+
+def wrk_dist_lua() -> str:
+    """DIST_PCTS as a Lua list, for a wrk script's done()."""
+    return ", ".join(f"{p:g}" for p in DIST_PCTS)
+
+
+def dist_of(ordered: list[float]) -> list:
+    """[[pct, ms], ...] at DIST_PCTS from sorted latencies in seconds."""
+    return [[p, round(_percentile(ordered, p) * 1000, 3)] for p in DIST_PCTS] if ordered else []
 
 
 def run_wrk(load: Load, folder: Path, threads: int = 1) -> Result:
     script = folder / f"{load.endpoint}-{load.key_prefix}.lua"
     script.write_text(_WRK_SCRIPT % {"endpoint": load.endpoint, "token": load.token, "prefix": load.key_prefix,
-                                     "subjects": SUBJECTS, "max": max(1, load.max_requests // threads),
-                                     "meter": METER})
+                                     "subjects": load.subjects, "max": max(1, load.max_requests // threads),
+                                     "meter": METER, "pcts": wrk_dist_lua()})
     argv = ["wrk", f"-t{threads}", f"-c{load.connections}", f"-d{max(1, round(load.duration))}s",
             "--timeout", "2s", "-s", str(script), load.url + load.path]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=load.duration + 30)
@@ -278,7 +305,7 @@ def run_wrk(load: Load, folder: Path, threads: int = 1) -> Result:
     if done.returncode != 0 or not found:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-1000:]} {done.stderr[-1000:]}")
     requests, micros, errors, p50, p99 = map(int, found.groups())
-    return Result(requests, micros / 1e6, errors, p50 / 1000, p99 / 1000)
+    return Result(requests, micros / 1e6, errors, p50 / 1000, p99 / 1000, dist=parse_wrk_dist(done.stdout))
 
 
 def run_python_generator(load: Load) -> Result:
@@ -317,7 +344,7 @@ def _python_load_main() -> None:
                 while issued < load.max_requests and time.perf_counter() < deadline:
                     issued += 1
                     n += 1
-                    body = {"subject": f"bench-{load.endpoint}-{n % SUBJECTS}", "meter": METER, "amount": 1}
+                    body = {"subject": f"bench-{load.endpoint}-{(wid * 7919 + n) % load.subjects}", "meter": METER, "amount": 1}
                     if load.endpoint == "consume":
                         body["idempotency_key"] = f"{load.key_prefix}-{wid}-{n}"
                     data = json.dumps(body).encode()
@@ -335,7 +362,7 @@ def _python_load_main() -> None:
             seconds = time.perf_counter() - started
         latencies.sort()
         return Result(len(latencies), seconds, errors, _percentile(latencies, 50) * 1000,
-                      _percentile(latencies, 99) * 1000)
+                      _percentile(latencies, 99) * 1000, dist=dist_of(latencies))
 
     print(json.dumps(asdict(asyncio.run(run()))), flush=True)
 
@@ -407,7 +434,8 @@ def _row(endpoint: str, generator: str, gate: Result, bare: Result, troubles: di
             "goal": goal, "met": met,
             # One connection: no queueing behind other requests, so the latency is the service time.
             **{f"{which}_{p}_ms_1conn": round(getattr(alone[which], f"{p}_ms"), 3)
-               for which in ("gate", "bare") if which in alone for p in ("p50", "p99")}}
+               for which in ("gate", "bare") if which in alone for p in ("p50", "p99")},
+            "gate_latency_dist": gate.dist, "bare_latency_dist": bare.dist}
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:

@@ -1,0 +1,426 @@
+"""`/v1/consume` on PostgreSQL, one gate node and two, against SQLite and a bare aiohttp endpoint in the same
+run; and how long a transition made on one node takes to show on the other.
+
+What it measures (issue 6, "Speed"):
+
+- Durable consume throughput (one unique idempotency key per request, many subjects, the shipped plan with
+  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of bench.http_gate (the
+  same-run baseline), one gate on SQLite, one gate on PostgreSQL, and two gates (two `plangate serve`
+  processes) on the same PostgreSQL database with the load split evenly across them (half the connections
+  each, two load generators at once). Warm-up, then measured runs interleaved, the best of each counts.
+- Where the time goes, for each run: the CPU time per request of the gate process(es), of all PostgreSQL
+  server processes (from /proc), how busy the whole machine was, and, on PostgreSQL, the store round trips
+  (statements sent by asyncpg, BEGIN/COMMIT and the pool's reset included) and transactions per consume.
+  The round trips are counted inside the gate processes by a small wrapper around asyncpg's Connection
+  (`_COUNTING_PRELUDE`), written to a file four times a second.
+- The cross-node invalidation delay: for N fresh subjects, node B reads the subject (now in its cache,
+  whose TTL is PLANGATE_CACHE_TTL, 5 s by default), node A moves it with an admin transition (POST
+  /v1/subjects/{s}/transition), and B's /v1/check is polled back to back until it shows the new status.
+  The delay counts from A's answer (the transition committed) to B's first answer with the new status.
+
+Servers, load generators and their life cycle are bench.http_gate's (real processes on 127.0.0.1, wrk when
+on PATH, else a Python aiohttp client). The PostgreSQL database is a fresh one on the server named by
+PLANGATE_BENCH_POSTGRES (an admin DSN; default postgresql://postgres@127.0.0.1:5432/postgres), dropped at
+the end. Without a reachable server the PostgreSQL rows say so and are not met.
+
+    python -m bench.postgres_consume [--duration 3] [--rounds 2] [--connections 32] [--subjects 2000]
+                                     [--samples 200] [--generator auto|wrk|python]
+
+`main()` prints a table and returns its rows (a list of dicts) for the bench runner.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.http_gate import (HOST, MAX_REQUESTS, Load, Result, Server, _gate_troubles, _percentile,  # noqa: E402
+                             _probe, choose_generator, run_python_generator, run_wrk, start_bare, write_plan)
+
+ADMIN_DSN = os.environ.get("PLANGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+SUBJECTS = 2000                  # many subjects: consume is not one hot row
+CONSUME_RATIO_GOAL = 0.5         # issue 4's consume goal against bare aiohttp, held for every store here
+INVALIDATION_TIMEOUT = 10.0      # seconds one sample may take before it counts as lost
+
+# asyncpg, counted: every statement a gate process sends (execute without arguments is one simple query
+# round trip; _execute is every prepared one: fetch, fetchval, fetchrow, execute with arguments).
+_COUNTING_PRELUDE = r"""
+import sys, threading, time, os
+import asyncpg.connection as _c
+_n = [0]
+_execute, _private = _c.Connection.execute, _c.Connection._execute
+async def execute(self, query, *args, timeout=None):
+    if not args:
+        _n[0] += 1
+    return await _execute(self, query, *args, timeout=timeout)
+async def _counted(self, *a, **k):
+    _n[0] += 1
+    return await _private(self, *a, **k)
+_c.Connection.execute, _c.Connection._execute = execute, _counted
+_path = os.environ["PLANGATE_BENCH_COUNT_FILE"]
+def _dump():
+    while True:
+        with open(_path + ".tmp", "w") as f:
+            f.write(str(_n[0]))
+        os.replace(_path + ".tmp", _path)
+        time.sleep(0.25)
+threading.Thread(target=_dump, daemon=True).start()
+from server.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+async def _pg(sql: str, *args, dsn: str = ADMIN_DSN, fetch: bool = False):
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return await conn.fetch(sql, *args) if fetch else await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+def create_database() -> str:
+    name = f"plangate_bench_{secrets.token_hex(6)}"
+    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_database(dsn: str) -> None:
+    try:
+        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[-1]}" WITH (FORCE)'))
+    except Exception as exc:  # noqa: BLE001 - cleanup: say so, do not hide the figures
+        print(f"postgres_consume: could not drop {dsn.rsplit('/', 1)[-1]}: {exc}", file=sys.stderr)
+
+
+def pg_xacts(dsn: str) -> int:
+    time.sleep(1.1)     # backends flush their statistics at most once a second (PostgreSQL 15+)
+    rows = asyncio.run(_pg("SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = $1",
+                           dsn.rsplit("/", 1)[-1], fetch=True))
+    return int(rows[0]["n"]) if rows else 0
+
+
+# --- CPU from /proc --------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL server process on this machine (backends, WAL writer, ...)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    cpu = _proc_cpu(int(entry.name))
+                    if cpu is not None:
+                        found[int(entry.name)] = cpu
+            except OSError:
+                continue
+    return found
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+class Meter:
+    """CPU of the gate processes and of PostgreSQL, machine load, round trips and transactions over one run."""
+
+    def __init__(self, gates: list[Server], count_files: list[Path], dsn: str | None):
+        self.gates, self.count_files, self.dsn = gates, count_files, dsn
+
+    def _round_trips(self) -> int | None:
+        if not self.count_files:
+            return None
+        time.sleep(0.3)                 # the counters are written every 0.25 s
+        return sum(int(p.read_text() or 0) for p in self.count_files)
+
+    def __enter__(self):
+        self.rt0 = self._round_trips()
+        self.x0 = pg_xacts(self.dsn) if self.dsn else None
+        self.gate0 = [g.cpu_seconds() for g in self.gates]
+        self.pg0 = postgres_cpu()
+        self.busy0 = machine_busy()
+        return self
+
+    def __exit__(self, *exc):
+        self.busy1 = machine_busy()
+        self.pg1 = postgres_cpu()
+        self.gate1 = [g.cpu_seconds() for g in self.gates]
+        self.x1 = pg_xacts(self.dsn) if self.dsn else None
+        self.rt1 = self._round_trips()
+
+    def figures(self, requests: int) -> dict:
+        n = max(1, requests)
+        gate = sum((b or 0) - (a or 0) for a, b in zip(self.gate0, self.gate1))
+        pg = sum(cpu - self.pg0.get(pid, 0.0) for pid, cpu in self.pg1.items())
+        busy, total = (self.busy1[0] - self.busy0[0]), (self.busy1[1] - self.busy0[1])
+        out = {"gate_cpu_us": round(gate / n * 1e6, 1), "postgres_cpu_us": round(pg / n * 1e6, 1),
+               "machine_busy_pct": round(100 * busy / total, 1) if total else None}
+        if self.rt0 is not None and self.rt1 is not None:
+            out["round_trips_per_consume"] = round((self.rt1 - self.rt0) / n, 2)
+        if self.x0 is not None:
+            out["pg_xacts_per_consume"] = round((self.x1 - self.x0) / n, 2)
+        return out
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None) -> Server:
+    """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
+    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
+                "PLANGATE_PORT": "0", "PLANGATE_DATABASE": database,
+                "PLANGATE_PLANS": str(folder / "plans.yaml")})
+    if count_file is not None:
+        env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
+        argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
+    else:
+        argv = [sys.executable, "-m", "server.cli", "serve", "--env-file", ""]
+    return Server(name, argv, env, folder)
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+def _combine(parts: list[Result]) -> Result:
+    """Two load generators run at once (one per node): requests add up over the longer run; the latency
+    percentiles are the per-node figures averaged, percentile by percentile (the nodes share the load evenly)."""
+    if len(parts) == 1:
+        return parts[0]
+    dist = None
+    if all(p.dist for p in parts):
+        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)] for i, (pct, _) in enumerate(parts[0].dist)]
+    return Result(sum(p.requests for p in parts), max(p.seconds for p in parts), sum(p.errors for p in parts),
+                  statistics.fmean(p.p50_ms for p in parts), max(p.p99_ms for p in parts), dist=dist)
+
+
+# --- the invalidation delay ----------------------------------------------------------------------
+
+async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -> dict:
+    import aiohttp
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    tag = secrets.token_hex(3)
+    delays, lost, polls = [], 0, []
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def check(url: str, subject: str) -> str:
+            async with session.post(f"{url}/v1/check", json={"subject": subject, "meter": "requests"}) as resp:
+                return (await resp.json())["status"]
+
+        for i in range(samples):
+            subject = f"inv-{tag}-{i}"
+            before = await check(url_b, subject)            # B has it cached now
+            before = await check(url_b, subject)
+            if before == "canceled":
+                raise RuntimeError(f"{subject}: already canceled before the transition")
+            async with session.post(f"{url_a}/v1/subjects/{subject}/transition",
+                                    json={"to": "canceled", "reason": "bench: invalidation delay"}) as resp:
+                moved = await resp.json()
+                if resp.status != 200 or moved.get("to") != "canceled":
+                    raise RuntimeError(f"node A did not move {subject}: {resp.status} {moved}")
+            committed = time.perf_counter()
+            n = 0
+            while True:
+                n += 1
+                if await check(url_b, subject) == "canceled":
+                    delays.append(time.perf_counter() - committed)
+                    polls.append(n)
+                    break
+                if time.perf_counter() - committed > INVALIDATION_TIMEOUT:
+                    lost += 1
+                    break
+    delays.sort()
+    return {"samples": samples, "seen": len(delays), "lost": lost,
+            "p50_ms": round(_percentile(delays, 50) * 1000, 3), "p99_ms": round(_percentile(delays, 99) * 1000, 3),
+            "max_ms": round(delays[-1] * 1000, 3) if delays else None,
+            "polls_median": statistics.median(polls) if polls else None,
+            "delays_ms": [round(d * 1000, 3) for d in delays]}
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+
+def _verdict(row: dict) -> str:
+    """Where the time of one consume goes, in words."""
+    if row.get("skipped"):
+        return row["skipped"]
+    gate, pg = row.get("gate_cpu_us") or 0, row.get("postgres_cpu_us") or 0
+    busy = row.get("machine_busy_pct") or 0
+    parts = [f"gate {gate:.0f} us CPU/consume, PostgreSQL {pg:.0f} us" if row["store"] == "postgresql"
+             else f"gate {gate:.0f} us CPU/consume"]
+    if "round_trips_per_consume" in row:
+        parts.append(f"{row['round_trips_per_consume']:.1f} store round trips and "
+                     f"{row.get('pg_xacts_per_consume', 0):.2f} transactions per consume")
+    parts.append(f"machine {busy:.0f}% busy")
+    if busy >= 85:
+        who = "the gate process" if gate >= pg else "PostgreSQL"
+        parts.append(f"CPU-bound on a shared machine; the largest share is {who}'s")
+    elif row["nodes"] == 1 and row["store"] == "postgresql":
+        parts.append("not CPU-bound: waiting on round trips to PostgreSQL")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m bench.postgres_consume", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measured run (default 3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per setup")
+    parser.add_argument("--rounds", type=int, default=2, help="measured runs per setup, interleaved; best counts")
+    parser.add_argument("--connections", type=int, default=32, help="in all, split across nodes")
+    parser.add_argument("--subjects", type=int, default=SUBJECTS)
+    parser.add_argument("--samples", type=int, default=200, help="invalidation delay samples")
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    args = parser.parse_args([] if argv is None else argv)
+    generator = choose_generator(args.generator)
+    print(f"postgres_consume: load generator: {generator}; {args.connections} connections in all, "
+          f"{args.subjects} subjects, {args.duration:g}s x {args.rounds} per setup", flush=True)
+
+    token = secrets.token_urlsafe(24)
+    rows: list[dict] = []
+    dsn, pg_error = None, None
+    try:
+        dsn = create_database()
+    except Exception as exc:  # noqa: BLE001 - no server: the SQLite and bare figures still count
+        pg_error = f"PostgreSQL not reachable at {ADMIN_DSN.split('@')[-1]}: {type(exc).__name__}: {exc}"
+        print(f"postgres_consume: {pg_error}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="plangate-bench-pg-") as tmp:
+        folder = Path(tmp)
+        write_plan(folder)
+        servers: list[Server] = []
+        try:
+            bare = start_bare(folder, False)
+            servers.append(bare)
+            sqlite = start_gate("gate-sqlite", folder, token, str(folder / "gate.sqlite3"))
+            servers.append(sqlite)
+            setups: dict[str, tuple[list[Server], list[Path], str | None]] = {
+                "bare": ([bare], [], None), "sqlite-1": ([sqlite], [], None)}
+            if dsn:
+                counts = [folder / "count-a", folder / "count-b"]
+                node_a = start_gate("gate-pg-a", folder, token, dsn, counts[0])
+                servers.append(node_a)
+                node_b = start_gate("gate-pg-b", folder, token, dsn, counts[1])
+                servers.append(node_b)
+                setups["postgresql-1"] = ([node_a], counts[:1], dsn)
+                setups["postgresql-2"] = ([node_a, node_b], counts, dsn)
+            for nodes, _, _ in setups.values():
+                for node in nodes:
+                    _probe(node.url, "consume", token)
+
+            def measure(name: str, duration: float, tag: str) -> tuple[Result, dict]:
+                nodes, count_files, db = setups[name]
+                per = max(1, args.connections // len(nodes))
+                loads = [Load(n.url, "consume", token, per, duration, MAX_REQUESTS // len(nodes),
+                              f"{name}-{tag}-{i}-{secrets.token_hex(4)}", args.subjects) for i, n in enumerate(nodes)]
+                run = (lambda load: run_wrk(load, folder)) if generator == "wrk" else run_python_generator
+                with Meter(nodes, count_files, db) as meter:
+                    with ThreadPoolExecutor(len(loads)) as pool:
+                        parts = list(pool.map(run, loads))
+                got = _combine(parts)
+                return got, meter.figures(got.requests)
+
+            if args.warmup > 0:
+                for name in setups:
+                    measure(name, args.warmup, "warm")
+            best: dict[str, tuple[Result, dict]] = {}
+            for n in range(max(1, args.rounds)):
+                for name in setups:
+                    got = measure(name, args.duration, str(n))
+                    if name not in best or got[0].rps > best[name][0].rps:
+                        best[name] = got
+            troubles = {name: _gate_troubles(nodes[0].url) for name, (nodes, _, _) in setups.items() if name != "bare"}
+            if dsn:
+                troubles["postgresql-2"] = {k: troubles["postgresql-1"][k] + _gate_troubles(node_b.url)[k]
+                                            for k in troubles["postgresql-1"]}
+            invalidation = (asyncio.run(invalidation_delay(node_a.url, node_b.url, token, args.samples))
+                            if dsn else None)
+        finally:
+            for server in reversed(servers):
+                server.stop()
+            if dsn:
+                drop_database(dsn)
+
+    base, base_fig = best["bare"]
+    for name in ("sqlite-1", "postgresql-1", "postgresql-2"):
+        store, nodes = name.rsplit("-", 1)
+        row = {"what": f"/v1/consume on {'SQLite' if store == 'sqlite' else 'PostgreSQL'}, {nodes} node"
+                       + ("s" if nodes != "1" else ""), "store": store, "nodes": int(nodes), "generator": generator,
+               "connections": args.connections, "subjects": args.subjects,
+               "bare_rps": round(base.rps, 1), "bare_p50_ms": round(base.p50_ms, 3),
+               "bare_p99_ms": round(base.p99_ms, 3), "bare_cpu_us": base_fig["gate_cpu_us"],
+               "bare_latency_dist": base.dist, "goal": f"ratio>={CONSUME_RATIO_GOAL}"}
+        if name not in best:
+            row.update({"skipped": pg_error or "not run", "met": False})
+            rows.append(row)
+            continue
+        got, fig = best[name]
+        trouble = troubles[name]
+        ratio = got.rps / base.rps if base.rps else 0.0
+        row.update({"rps": round(got.rps, 1), "ratio": round(ratio, 3), "p50_ms": round(got.p50_ms, 3),
+                    "p99_ms": round(got.p99_ms, 3), "requests": got.requests, "errors": got.errors,
+                    "fail_mode_answers": int(trouble["fail_mode_answers"]),
+                    "store_errors": int(trouble["store_errors"]), **fig, "latency_dist": got.dist,
+                    "met": ratio >= CONSUME_RATIO_GOAL and got.errors == 0 and not any(trouble.values())})
+        row["bottleneck"] = _verdict(row)
+        rows.append(row)
+    if invalidation is not None or pg_error:
+        rows.append({"what": "cross-node invalidation delay (PostgreSQL NOTIFY)", "store": "postgresql",
+                     "nodes": 2, **(invalidation or {"skipped": pg_error}),
+                     "goal": "seen on the other node, well under the cache TTL (5 s)",
+                     "met": bool(invalidation and not invalidation["lost"] and invalidation["p99_ms"] < 1000)})
+    print_table(rows)
+    return rows
+
+
+def print_table(rows: list[dict], out=sys.stdout) -> None:
+    head = ("setup", "req/s", "bare req/s", "ratio", "p50/p99 ms", "gate/pg CPU us", "rt/consume", "busy", "")
+    lines = [head]
+    for r in rows:
+        if "rps" not in r:
+            continue
+        lines.append((r["what"], f"{r['rps']:.0f}", f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
+                      f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}", f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
+                      f"{r['round_trips_per_consume']:.1f}" if "round_trips_per_consume" in r else "-",
+                      f"{r['machine_busy_pct']:.0f}%", "met" if r["met"] else "NOT met"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    for n, line in enumerate(lines):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    for r in rows:
+        if r.get("skipped"):
+            print(f"  {r['what']}: skipped: {r['skipped']}", file=out)
+        elif "bottleneck" in r:
+            print(f"  {r['what']}: {r['bottleneck']}", file=out)
+        elif "p50_ms" in r:
+            print(f"  {r['what']}: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms "
+                  f"over {r['seen']}/{r['samples']} samples ({r['lost']} lost), median {r['polls_median']} polls",
+                  file=out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,9 +1,9 @@
 """Request bodies: parsed and checked before any work, so bad input gets a clear 4xx and writes nothing."""
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
+
+from . import _json
 
 MAX_TEXT = 200
 MAX_BODY = web.AppKey("max_body", int)   # bytes a /v1/ body may have
@@ -27,7 +27,7 @@ async def json_object(request: web.Request, allowed: set[str]) -> dict:
     if limit is not None and len(raw) > limit:
         raise BadRequest(413, "body_too_large", f"the body is larger than {limit} bytes")
     try:
-        body = json.loads(raw)
+        body = _json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:

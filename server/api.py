@@ -10,7 +10,7 @@ from aiohttp import web
 
 from engine import Decision
 
-from . import _input as inp
+from . import _input as inp, _json
 from .gate import Counting, Gate, StoreUnavailable
 from .metrics import CONTENT_TYPE
 from .store import IdempotencyConflict
@@ -50,7 +50,7 @@ async def _decision_request(request: web.Request, fields: set[str], key_required
 
 async def check(request: web.Request) -> web.Response:
     gate, subject, meter, amount, _ = await _decision_request(request, _DECISION_FIELDS, False)
-    return web.json_response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
+    return _json.response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
 
 
 async def consume(request: web.Request) -> web.Response:
@@ -79,7 +79,7 @@ def _counted(subject: str, amount: int, result: Counting) -> web.Response:
     body = decision_body(subject, amount, result.decision)
     body["counted"] = result.counted
     body["duplicate"] = result.duplicate
-    return web.json_response(body)
+    return _json.response(body)
 
 
 async def subject_view(request: web.Request) -> web.Response:
@@ -95,7 +95,7 @@ async def subject_view(request: web.Request) -> web.Response:
         row["window_start"], row["resets_at"] = iso(row["window_start"]), iso(row["resets_at"])
     for row in view["transitions"]:
         row["at"] = iso(row["at"])
-    return web.json_response(view)
+    return _json.response(view)
 
 
 async def transition(request: web.Request) -> web.Response:
@@ -117,7 +117,7 @@ async def transition(request: web.Request) -> web.Response:
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing "
                                                        "changed; try again") from None
-    return web.json_response({
+    return _json.response({
         "subject": subject, "moved": outcome.moved, "from": outcome.before.status, "to": outcome.state.status,
         "trigger": outcome.trigger, "reason": outcome.reason, "rule": outcome.rule,
     })
@@ -130,11 +130,11 @@ async def run_job(request: web.Request) -> web.Response:
     result = await request.app[JOBS].run(name)
     if result is None:
         raise inp.BadRequest(503, "job_failed", f"the {name} job failed; see the gate's log")
-    return web.json_response({"job": name, "result": list(result) if isinstance(result, tuple) else result})
+    return _json.response({"job": name, "result": list(result) if isinstance(result, tuple) else result})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    return _json.response({"status": "alive"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -148,7 +148,7 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreUnavailable:
         checks["store"] = {"ok": False, "error": "the store did not answer in time or failed"}
     ready = all(c["ok"] for c in checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return _json.response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

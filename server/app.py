@@ -10,7 +10,7 @@ from aiohttp import web
 
 from engine import StateTable
 
-from . import api, webhook
+from . import _json, api, webhook
 from ._input import MAX_BODY, BadRequest
 from .config import Config
 from .gate import Gate
@@ -63,8 +63,8 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status,
-                             headers={"X-Request-Id": request_id})
+    return _json.response({"error": code, "message": message}, status=status,
+                          headers={"X-Request-Id": request_id})
 
 
 @web.middleware

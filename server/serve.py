@@ -5,6 +5,7 @@ import asyncio
 import signal
 import sys
 
+import uvloop
 from aiohttp import web
 
 from engine import compile_file
@@ -41,7 +42,7 @@ def serve(env_file: str | None = "config.env") -> int:
         return _fail(str(exc), 2)
     configure(config.log_level)
     try:
-        asyncio.run(_serve(config, table))
+        uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's
     except StoreError as exc:
         return _fail(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})", 1)
     except OSError as exc:

@@ -41,7 +41,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/plangate lint --strict plans.yaml
 
-bench: $(STAMP)
+# Every benchmark of bench/, then one table (also bench/results/report.md) and a latency chart
+# (bench/results/latency.png); how to read them: bench/README.md. The bench extra brings matplotlib.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:

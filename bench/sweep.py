@@ -265,7 +265,9 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subjects", default="100000,1000000", help="store sizes, comma-separated")
+    parser.add_argument("--subjects", default=os.environ.get("PLANGATE_BENCH_SWEEP_SUBJECTS", "100000,1000000"),
+                        help="store sizes, comma-separated (default: $PLANGATE_BENCH_SWEEP_SUBJECTS, else "
+                             "100000,1000000)")
     parser.add_argument("--due", type=int, default=1000, help="due timers (and the sweep's batch size)")
     parser.add_argument("--runs", type=int, default=15, help="measured sweeps per store size (after one warm-up)")
     args = parser.parse_args([] if argv is None else argv)

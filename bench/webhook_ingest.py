@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.http_gate import (HOST, Result, Server, _gate_argv, _gate_troubles, _percentile,  # noqa: E402
-                             choose_generator, start_bare)
+                             choose_generator, dist_of, parse_wrk_dist, start_bare, wrk_dist_lua)
 from tests.server import stripe_events as se  # noqa: E402
 
 GOAL_EPS = 3000.0
@@ -153,6 +153,11 @@ function done(summary, latency, requests)
            e.connect + e.read + e.write + e.timeout + e.status, latency:percentile(50), latency:percentile(99)))
   io.write(string.format("OUTCOMES %%d %%d %%d %%d %%d %%d %%d\n", counts.answered, counts.applied, counts.noop,
            counts.stale, counts.pending, counts.ignored, counts.duplicate))
+  io.write("DIST")
+  for _, p in ipairs({%(pcts)s}) do
+    io.write(string.format(" %%s:%%d", p, p >= 100 and latency.max or latency:percentile(p)))
+  end
+  io.write("\n")
 end
 """
 
@@ -160,7 +165,8 @@ end
 def run_wrk(shot: Shot, folder: Path, tag: str) -> tuple[Result, dict]:
     """bench.http_gate's wrk run (one thread, same RESULT line), with a script that sends pre-signed requests."""
     script = folder / f"webhook-{tag}.lua"
-    script.write_text(_WRK_SCRIPT % {"path": shot.path, "file": shot.requests_file, "stop_after": shot.stop_after})
+    script.write_text(_WRK_SCRIPT % {"path": shot.path, "file": shot.requests_file, "stop_after": shot.stop_after,
+                                     "pcts": wrk_dist_lua()})
     argv = ["wrk", "-t1", f"-c{shot.connections}", f"-d{max(1, round(shot.duration))}s", "--timeout", "2s",
             "-s", str(script), shot.url + shot.path]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=shot.duration + 60)
@@ -170,7 +176,7 @@ def run_wrk(shot: Shot, folder: Path, tag: str) -> tuple[Result, dict]:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-1000:]} {done.stderr[-1000:]}")
     requests, micros, errors, p50, p99 = map(int, found.groups())
     answered, *outcomes = map(int, counted.groups())
-    return (Result(requests, micros / 1e6, errors, p50 / 1000, p99 / 1000),
+    return (Result(requests, micros / 1e6, errors, p50 / 1000, p99 / 1000, dist=parse_wrk_dist(done.stdout)),
             {"answered": answered, **dict(zip(OUTCOMES, outcomes))})
 
 
@@ -230,7 +236,7 @@ def _python_load_main() -> None:
             seconds = time.perf_counter() - started
         latencies.sort()
         return (Result(len(latencies), seconds, errors, _percentile(latencies, 50) * 1000,
-                       _percentile(latencies, 99) * 1000), outcomes)
+                       _percentile(latencies, 99) * 1000, dist=dist_of(latencies)), outcomes)
 
     result, outcomes = asyncio.run(run())
     print(json.dumps({"result": asdict(result), "outcomes": outcomes}), flush=True)
@@ -277,7 +283,8 @@ def _row(synchronous: str, generator: str, gate: Result, bare: Result, outcomes:
             "outcomes": {k: v for k, v in outcomes.items() if k != "answered"},
             "stored_events": stored["events"], "subjects_by_status": stored["statuses"],
             "store_errors": int(troubles["store_errors"]), "requests_exhausted": exhausted,
-            "goal": f">= {GOAL_EPS:.0f} events/s", "met": clean and gate.rps >= GOAL_EPS, "clean": clean}
+            "goal": f">= {GOAL_EPS:.0f} events/s", "met": clean and gate.rps >= GOAL_EPS, "clean": clean,
+            "latency_dist": gate.dist, "bare_latency_dist": bare.dist}
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:

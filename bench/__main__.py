@@ -4,8 +4,9 @@
 
 Modules are discovered, not listed: a new bench/<name>.py with a main() is run too. What a main()
 returns (figures as dicts) is saved to bench/results/<name>.json unless --no-save. At the end one table
-of every bench run is printed and written with a latency chart (bench/_report.py: bench/results/report.md
-and latency.png); --report-only rebuilds them from the saved bench/results/<name>.json files.
+of every bench run is printed; a full run (no NAME) also writes it with a latency chart (bench/_report.py:
+bench/results/report.md and latency.png), so that running one bench does not replace the full report with
+a part of it; --report-only rebuilds them from the saved bench/results/<name>.json files.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== bench.{name}: {time.perf_counter() - started:.1f}s\n", flush=True)
         if not args.no_save and result is not None:
             _save(name, result)
-    _report.write(results, errors)
+    _report.write(results, errors, files=not args.names)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -181,6 +181,7 @@ def chart(results: dict[str, object], path: Path) -> Path | None:
         return None
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -197,6 +198,9 @@ def chart(results: dict[str, object], path: Path) -> Path | None:
             ys = [p for p, _ in dist]
             ax.step(xs, ys, where="post", label=label, marker=".", markersize=3)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("latency, ms (log)")
         ax.set_ylabel("percentile")
         ax.set_ylim(0, 100.5)
@@ -212,16 +216,19 @@ def chart(results: dict[str, object], path: Path) -> Path | None:
     return path
 
 
-def write(results: dict[str, object], failed: dict[str, str] | None = None) -> str:
-    """Print the table, write report.md and latency.png; returns the table text."""
+def write(results: dict[str, object], failed: dict[str, str] | None = None, files: bool = True) -> str:
+    """Print the table and, if `files`, write report.md and latency.png; returns the table text."""
     rows = normalize(results, failed)
     at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     table = text_table(rows)
+    print(f"\n== report ({at}, {os.cpu_count()} CPUs)\n{table}\n")
+    summary = f"{sum(1 for r in rows if r['met'])} of {len(rows)} rows meet their goal."
+    if not files:
+        print(f"{summary} (a partial run: bench/results/report.md and latency.png left as they were)", flush=True)
+        return table
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "report.md").write_text(markdown(rows, at), encoding="utf-8")
     png = chart(results, RESULTS / "latency.png")
-    print(f"\n== report ({at}, {os.cpu_count()} CPUs)\n{table}\n")
-    print(f"{sum(1 for r in rows if r['met'])} of {len(rows)} rows meet their goal. Written: "
-          f"{(RESULTS / 'report.md').relative_to(HERE.parent)}"
+    print(f"{summary} Written: {(RESULTS / 'report.md').relative_to(HERE.parent)}"
           + (f", {png.relative_to(HERE.parent)}" if png else ""), flush=True)
     return table

@@ -64,7 +64,9 @@ def _postgres_consume(rows: list[dict]) -> list[dict]:
             out.append(_row(r["what"], None, "", goal=r["goal"], met=False, note=f"skipped: {r['skipped']}"))
         elif "rps" in r:
             note = (f"rt/consume {r['round_trips_per_consume']}, " if "round_trips_per_consume" in r else "") + \
-                   f"cpu us gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']}, busy {r['machine_busy_pct']}%"
+                   f"cpu us gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']}, busy {r['machine_busy_pct']}%" + \
+                   (f"; {r['store_errors']} store errors, {r['fail_mode_answers']} fail-mode answers"
+                    if r.get("store_errors") or r.get("fail_mode_answers") else "")
             out.append(_row(f"{r['what']}, vs bare aiohttp", r["rps"], "req/s", r["bare_rps"], "bare aiohttp",
                             r["ratio"], r["goal"], r["met"], note))
         else:

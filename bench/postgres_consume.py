@@ -278,6 +278,9 @@ def _verdict(row: dict) -> str:
         parts.append(f"{row['round_trips_per_consume']:.1f} store round trips and "
                      f"{row.get('pg_xacts_per_consume', 0):.2f} transactions per consume")
     parts.append(f"machine {busy:.0f}% busy")
+    if row.get("fail_mode_answers") or row.get("store_errors"):
+        parts.append(f"{row['store_errors']} store errors and {row['fail_mode_answers']} fail-mode answers over the "
+                     "node's life (store calls past PLANGATE_STORE_TIMEOUT, 0.25 s by default, when overloaded)")
     if busy >= 85:
         who = "the gate process" if gate >= pg else "PostgreSQL"
         parts.append(f"CPU-bound on a shared machine; the largest share is {who}'s")

@@ -36,6 +36,10 @@ _BATCH_UPDATE = ("WITH v (subject, expected, {columns}) AS (VALUES {{values}}) U
                  "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
                  "RETURNING subscriptions.subject").format(columns=", ".join(_BATCH_WRITTEN),
                                                            sets=", ".join(f"{c} = v.{c}" for c in _BATCH_WRITTEN))
+# Group commit: concurrent counts wait for the writer and then go in one transaction, each in a SAVEPOINT of
+# its own (one count's failure or refusal rolls back only itself), answered once that transaction committed.
+# A transaction is ~200 us of SQLite's work whatever it holds; in a group a count measured 58 us (of 32).
+_COUNT_GROUP_MAX = 64
 _INSERT_TRANSITION = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
                       "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -52,6 +56,8 @@ class SQLiteStore(Store):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._counts: list[tuple[tuple, asyncio.Future]] = []     # counts waiting for the next group
+        self._counting: asyncio.Task | None = None                 # the task that commits the groups
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -73,6 +79,8 @@ class SQLiteStore(Store):
         return conn
 
     async def close(self) -> None:
+        if self._counting is not None:      # counts already queued are committed (or fail) first
+            await asyncio.wait([self._counting])
         for conn in (self._writer, self._reader):
             if conn is not None:
                 try:
@@ -125,8 +133,54 @@ class SQLiteStore(Store):
     async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
                     limit: int | None, key: str | None, now: float) -> Counted:
         # Run whole on the writer's thread: one hand-over between the event loop and SQLite instead of one
-        # per statement and fetch (eleven), which is what bounded /v1/consume (writes are serialized).
-        return await self._write_whole(_count, current, meter, window_start, amount, limit, key, now)
+        # per statement and fetch (eleven), which is what bounded /v1/consume (writes are serialized); and
+        # with the counts that queued meanwhile, in one transaction (group commit, _commit_counts).
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        done = asyncio.get_running_loop().create_future()
+        self._counts.append(((current, meter, window_start, amount, limit, key, now), done))
+        if self._counting is None:
+            self._counting = asyncio.create_task(self._commit_counts())
+        return await done
+
+    async def _commit_counts(self) -> None:
+        """Commits the queued counts, a group at a time, until none is left. A count's future is resolved
+        only after its group's COMMIT (or with its error): a count is never acknowledged before it is durable
+        as the store's synchronous setting makes commits. A count whose caller gave up before its group
+        started is not run (as a count waiting for the write lock was not)."""
+        try:
+            while self._counts:
+                async with self._write_lock:
+                    group = [(args, f) for args, f in self._counts[:_COUNT_GROUP_MAX] if not f.done()]
+                    del self._counts[:_COUNT_GROUP_MAX]
+                    if not group:
+                        continue
+                    try:
+                        writer = self._writer
+                        if writer is None:
+                            raise StoreError("the store is not open")
+                        try:
+                            results = await writer._execute(_count_group_in_thread, writer._conn,
+                                                            [args for args, _ in group])
+                        except _WriteFailed as exc:
+                            raise StoreError(str(exc)) from exc.__cause__
+                    except Exception as exc:
+                        for _, f in group:
+                            if not f.done():
+                                f.set_exception(exc)
+                        continue
+                    except BaseException:       # this task cancelled: its group's callers learn nothing more
+                        for _, f in group:
+                            f.cancel()
+                        raise
+                    for (_, f), (ok, value) in zip(group, results):
+                        if not f.done():
+                            f.set_result(value) if ok else f.set_exception(value)
+        finally:
+            self._counting = None
+            for _, f in self._counts:   # only if this task itself was cancelled
+                f.cancel()
+            self._counts.clear()
 
     async def commit(self, change: Change) -> bool:
         # Whole on the writer's thread, as count: one hand-over instead of one per statement (five or more
@@ -328,6 +382,45 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         db.execute("INSERT INTO usage_keys (key, subject, meter, amount, window_start, used_after, created_at) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, subject, meter, amount, window_start, row[0], now))
     return Counted(True, row[0])
+
+
+def _count_group_in_thread(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
+    """A group of counts (_count's arguments each) in one transaction, each in a SAVEPOINT: a count that
+    raises rolls back to its savepoint and gets its error, the others go on. (True, Counted) or (False,
+    exception) per count, once COMMIT succeeded; _WriteFailed for all if the transaction cannot begin or
+    commit, or SQLite rolled the whole transaction back (disk full, I/O error)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _WriteFailed(f"SQLite: cannot start a write: {exc}") from exc
+    results: list[tuple[bool, object]] = []
+    try:
+        for args in group:
+            db.execute("SAVEPOINT count")
+            try:
+                results.append((True, _count(db, *args)))
+            except Exception as exc:
+                db.execute("ROLLBACK TO count")
+                if isinstance(exc, sqlite3.Error):
+                    error = StoreError(f"SQLite: {exc}")
+                    error.__cause__ = exc
+                    exc = error
+                results.append((False, exc))
+            db.execute("RELEASE count")
+            if not db.in_transaction:
+                raise sqlite3.OperationalError("the transaction was rolled back")
+    except sqlite3.Error as exc:
+        _rollback_in_thread(db)
+        raise _WriteFailed(f"SQLite: {exc}") from exc
+    except BaseException:
+        _rollback_in_thread(db)
+        raise
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback_in_thread(db)
+        raise _WriteFailed(f"SQLite: commit failed: {exc}") from exc
+    return results
 
 
 def _commit(db: sqlite3.Connection, change: Change) -> bool:

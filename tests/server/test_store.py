@@ -49,6 +49,26 @@ class TestSQLiteSettings:
             assert (await (await db.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
             assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
 
+    async def test_concurrent_counts_share_transactions_and_fail_alone(self, sqlite_store):
+        """Group commit: counts that queue together go in one transaction (SQLite's own trace of the
+        writer's statements counts the BEGINs); a count refused inside the group fails alone."""
+        store = sqlite_store
+        await store.commit(Change(fresh(), 0))
+        current = await store.load("u")
+        await store.count(current, "requests", 0, 1, None, "taken", 100.0)
+        statements: list[str] = []
+        await store._writer.set_trace_callback(statements.append)
+        results = await asyncio.gather(*(store.count(current, "requests", 0, 1, None, f"k{i}", 100.0)
+                                         for i in range(40)),
+                                       store.count(current, "requests", 0, 2, None, "taken", 100.0),
+                                       return_exceptions=True)
+        await store._writer.set_trace_callback(None)
+        assert isinstance(results[-1], IdempotencyConflict)
+        assert all(r.counted and not r.duplicate for r in results[:-1])
+        assert sorted(r.used for r in results[:-1]) == list(range(2, 42))
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 41}
+        assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4 and statements.count("COMMIT") >= 1
+
     async def test_an_unopenable_path_is_a_store_error(self, tmp_path):
         (tmp_path / "file").write_text("x")
         s = SQLiteStore(str(tmp_path / "file" / "db.sqlite3"))

@@ -69,6 +69,23 @@ class TestSQLiteSettings:
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 41}
         assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4 and statements.count("COMMIT") >= 1
 
+    async def test_the_wal_is_checkpointed_between_transactions_not_in_a_commit(self, tmp_path):
+        store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)
+        await store.open()
+        try:
+            await store.migrate()
+            assert (await (await store._writer.execute("PRAGMA wal_autocheckpoint")).fetchone()) == (0,)
+            statements: list[str] = []
+            await store._writer.set_trace_callback(statements.append)
+            await store.commit(Change(fresh(), 0))
+            await asyncio.sleep(0.3)
+            checkpoints = [i for i, sql in enumerate(statements) if sql == "PRAGMA wal_checkpoint(PASSIVE)"]
+            assert checkpoints and checkpoints[-1] > statements.index("COMMIT")
+            assert await store.commit(Change(fresh("v"), 0))      # the writer still commits after a checkpoint
+        finally:
+            await store.close()
+        assert store._checkpointing is None
+
     async def test_an_unopenable_path_is_a_store_error(self, tmp_path):
         (tmp_path / "file").write_text("x")
         s = SQLiteStore(str(tmp_path / "file" / "db.sqlite3"))

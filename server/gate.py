@@ -17,7 +17,7 @@ from engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectS
 from policy import FailMode
 
 from .config import Config
-from .logs import Throttle, log
+from .logs import Throttle, log, log_each
 from .metrics import Metrics
 from .store import AuditEntry, Change, Counted, Store, StoredSubject, StoreError
 
@@ -234,6 +234,7 @@ class Gate:
             changes.append(Change(replace(stored, state=state), stored.version, audits))
         done = await self._timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
         fired: dict[str, int] = {}      # to_status -> transitions: the counter is bumped once per status
+        lines: list[dict] = []          # a log line per transition, written together (log_each)
         try:
             for change in changes:
                 subject = change.subject.state.subject
@@ -242,13 +243,16 @@ class Gate:
                     moved += bool(change.audits)
                     for audit in change.audits:
                         fired[audit.to_status] = fired.get(audit.to_status, 0) + 1
-                        log(logging.INFO, "transition", subject=subject, trigger="timer",
-                            from_status=audit.from_status, to_status=audit.to_status, reason=audit.reason,
-                            actor="timer")
+                        lines.append({"subject": subject, "trigger": "timer", "from_status": audit.from_status,
+                                      "to_status": audit.to_status, "reason": audit.reason, "actor": "timer"})
                 else:
+                    if lines:           # in order with the lines fire_due logs
+                        log_each(logging.INFO, "transition", lines)
+                        lines = []
                     outcomes = await self.fire_due(subject)
                     moved += any(o.moved for o in outcomes)
         finally:
+            log_each(logging.INFO, "transition", lines)
             for to_status, count in fired.items():
                 self.metrics.transitions.labels("timer", to_status).inc(count)
         return len(due), moved

@@ -66,6 +66,33 @@ def log(level: int, event: str, exc_info: bool = False, **fields) -> None:
     logging.getLogger(LOGGER_NAME).log(level, event, exc_info=exc_info, extra={"fields": fields})
 
 
+def log_each(level: int, event: str, rows: list[dict]) -> None:
+    """log(level, event, **fields) for each of rows, one line each, written together: a sweep logs a line
+    per transition, and a record passed alone through logging (caller lookup, handler lock, a write and a
+    flush per line) cost 31 us of which this keeps the record and the line (~10 us)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not rows or not logger.isEnabledFor(level):
+        return
+    records = [logger.makeRecord(LOGGER_NAME, level, "(unknown file)", 0, event, (), None, extra={"fields": f})
+               for f in rows]
+    handler = logger.handlers[0] if len(logger.handlers) == 1 else None
+    if (handler is None or type(handler) is not logging.StreamHandler or logger.filters or handler.filters
+            or logger.propagate or level < handler.level or logger.disabled):
+        for record in records:      # any other set-up (tests' capture, filters): logging's own path
+            logger.handle(record)
+        return
+    try:
+        lines = "".join(handler.format(r) + handler.terminator for r in records)
+        handler.acquire()
+        try:
+            handler.stream.write(lines)
+            handler.flush()
+        finally:
+            handler.release()
+    except Exception:
+        handler.handleError(records[0])
+
+
 class Throttle:
     """Lets a message through at most once per interval (store outages must not flood the log)."""
 

@@ -21,7 +21,9 @@ from .logs import Throttle, log, log_each
 from .metrics import Metrics
 from .store import AuditEntry, Change, Counted, Store, StoredSubject, StoreError
 
-MAX_CONFLICT_RETRIES = 5
+# A count or a transition decided on a version another writer then changed is decided again; a burst of
+# webhooks on one subject may need several rounds (seen with 5: a consume gave up under checkout bursts).
+MAX_CONFLICT_RETRIES = 20
 # A store that still reads but cannot write (read-only file, full disk) answers /readyz's read: readiness also
 # says "not ready" for this long after a write failed, unless a write has succeeded since.
 WRITE_FAILURE_MEMORY = 10.0

@@ -21,3 +21,7 @@ def pg_cluster():
     cluster.start()
     yield cluster
     cluster.remove()
+
+
+# A gate app on 127.0.0.1 over a real store, for the server tests and the end-to-end tests alike.
+from tests.server.conftest import database, start_gate  # noqa: E402,F401

@@ -416,37 +416,25 @@ def _count_group_in_thread(db: sqlite3.Connection, group: list[tuple]) -> list[t
     raises rolls back to its savepoint and gets its error, the others go on. (True, Counted) or (False,
     exception) per count, once COMMIT succeeded; _WriteFailed for all if the transaction cannot begin or
     commit, or SQLite rolled the whole transaction back (disk full, I/O error)."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise _WriteFailed(f"SQLite: cannot start a write: {exc}") from exc
+    return _transaction_in_thread(db, _counts_in_savepoints, (group,))
+
+
+def _counts_in_savepoints(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
     results: list[tuple[bool, object]] = []
-    try:
-        for args in group:
-            db.execute("SAVEPOINT count")
-            try:
-                results.append((True, _count(db, *args)))
-            except Exception as exc:
-                db.execute("ROLLBACK TO count")
-                if isinstance(exc, sqlite3.Error):
-                    error = StoreError(f"SQLite: {exc}")
-                    error.__cause__ = exc
-                    exc = error
-                results.append((False, exc))
-            db.execute("RELEASE count")
-            if not db.in_transaction:
-                raise sqlite3.OperationalError("the transaction was rolled back")
-    except sqlite3.Error as exc:
-        _rollback_in_thread(db)
-        raise _WriteFailed(f"SQLite: {exc}") from exc
-    except BaseException:
-        _rollback_in_thread(db)
-        raise
-    try:
-        db.execute("COMMIT")
-    except sqlite3.Error as exc:
-        _rollback_in_thread(db)
-        raise _WriteFailed(f"SQLite: commit failed: {exc}") from exc
+    for args in group:
+        db.execute("SAVEPOINT count")
+        try:
+            results.append((True, _count(db, *args)))
+        except Exception as exc:
+            db.execute("ROLLBACK TO count")
+            if isinstance(exc, sqlite3.Error):
+                error = StoreError(f"SQLite: {exc}")
+                error.__cause__ = exc
+                exc = error
+            results.append((False, exc))
+        db.execute("RELEASE count")
+        if not db.in_transaction:
+            raise sqlite3.OperationalError("the transaction was rolled back")
     return results
 
 

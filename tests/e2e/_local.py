@@ -1,6 +1,5 @@
 """What the fault, abuse and soak tests share: a real gate app served on 127.0.0.1 over a store of the test's
-choosing (without the localstripe wiring of conftest.start_gate), signed Stripe deliveries, and metrics read back
-from /metrics."""
+choosing, with jobs run only on demand, signed Stripe deliveries, and metrics read back from /metrics."""
 from __future__ import annotations
 
 import asyncio
@@ -15,11 +14,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import compile_file
-from server.app import create_app
-from server.store import open_store
 from tests.server import stripe_events as se
-from tests.server.conftest import ROOT, TOKEN, Gate, config_for
+from tests.server.conftest import ROOT, TOKEN, Gate
 
 # Jobs run when a test asks, never by the clock in the middle of one.
 QUIET = {"PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *",
@@ -27,22 +23,13 @@ QUIET = {"PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": 
 
 
 @pytest.fixture
-async def local_gate(aiohttp_server):
+def local_gate(start_gate):
     """local_gate(database, **env) -> Gate: the app on a free port of 127.0.0.1 over `database` (a SQLite path
-    or a postgresql:// DSN); its store is closed when the test ends."""
-    sessions = []
-
+    or a postgresql:// DSN), with jobs run only when a test asks."""
     async def start(database: str, **env) -> Gate:
-        config = config_for(database, **{**QUIET, **env})
-        app = create_app(config, compile_file(config.plans), open_store(config.database, **config.store_options()))
-        server = await aiohttp_server(app, host="127.0.0.1")
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        sessions.append(session)
-        return Gate(str(server.make_url("")).rstrip("/"), session, app, database)
+        return await start_gate(database=database, **{**QUIET, **env})
 
-    yield start
-    for s in sessions:
-        await s.close()
+    return start
 
 
 async def deliver(session: aiohttp.ClientSession, url: str, evt: dict, *, timestamp: int | None = None,

@@ -75,12 +75,13 @@ def database(tmp_path) -> str:
 
 @pytest.fixture
 async def start_gate(aiohttp_server, database):
-    """start_gate(**env) -> Gate: a gate app served on 127.0.0.1 by aiohttp's test server."""
+    """start_gate(plan=..., database=..., **env) -> Gate: a gate app served on 127.0.0.1 by aiohttp's test
+    server, over the test's SQLite file unless another store (a path or a postgresql:// DSN) is given."""
     sessions = []
 
-    async def start(plan: Path = PLAN, **env) -> Gate:
+    async def start(plan: Path = PLAN, database: str = database, **env) -> Gate:
         config = config_for(database, PLANGATE_PLANS=str(plan), **env)
-        app = create_app(config, compile_file(config.plans), open_store(config.database))
+        app = create_app(config, compile_file(config.plans), open_store(config.database, **config.store_options()))
         server = await aiohttp_server(app, host="127.0.0.1")
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         sessions.append(session)

@@ -126,9 +126,9 @@ class GateProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"plangate serve exited {self.proc.returncode}: {self.output()[1]}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            # Its own "listening" line, not just an open port: another test's process may hold a freed port.
+            if f"listening on http://127.0.0.1:{self.port} " in self._out.read_text():
+                return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("plangate serve did not start listening in time")

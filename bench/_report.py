@@ -11,6 +11,7 @@ import datetime
 import os
 from pathlib import Path
 from typing import Callable
+from bench._columns import columns
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -128,14 +129,7 @@ HEAD = ("what", "figure", "same-run baseline", "ratio", "goal", "")
 
 
 def text_table(rows: list[dict]) -> str:
-    lines = [HEAD] + [_cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(HEAD))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return columns([HEAD] + [_cells(r) for r in rows])
 
 
 def markdown(rows: list[dict], at: str) -> str:

@@ -41,6 +41,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from bench._columns import columns
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -446,11 +447,7 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
                        r["goal"], "met" if r["met"] else "NOT met",
                        f"{r['gate_cpu_us']:.0f}/{r['bare_cpu_us']:.0f} ({r['cpu_ratio']:.2f})" if r["cpu_ratio"] else "-")
                       for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
-        if n == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    print(columns(lines), file=out)
     alone = [r for r in rows if "gate_p99_ms_1conn" in r]
     if alone:
         print("latency with 1 connection (no queueing): " + "; ".join(

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._columns import columns  # noqa: E402
 from bench.http_gate import (HOST, MAX_REQUESTS, Load, Result, Server, _gate_troubles, _percentile,  # noqa: E402
                              _probe, choose_generator, run_python_generator, run_wrk, start_bare, write_plan)
 
@@ -409,11 +410,7 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
                       f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}", f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
                       f"{r['round_trips_per_consume']:.1f}" if "round_trips_per_consume" in r else "-",
                       f"{r['machine_busy_pct']:.0f}%", "met" if r["met"] else "NOT met"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
-        if n == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    print(columns(lines), file=out)
     for r in rows:
         if r.get("skipped"):
             print(f"  {r['what']}: skipped: {r['skipped']}", file=out)

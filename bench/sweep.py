@@ -44,6 +44,7 @@ from server.gate import Gate  # noqa: E402
 from server.logs import LOGGER_NAME, configure  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
 from server.store import SQLiteStore  # noqa: E402
+from bench._columns import columns  # noqa: E402
 
 GOAL_MS = 50.0
 DAY = 86400.0
@@ -246,11 +247,7 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
     lines = [head] + [(f"{r['subjects']:,}", f"{r['due']:,}", f"{r['sweep_best_ms']:.1f}/{r['sweep_median_ms']:.1f}",
                        f"{r['baseline_best_ms']:.2f}/{r['baseline_median_ms']:.2f}", f"{r['ratio']:.0f}x",
                        f"<{r['goal_ms']:g}ms", "met" if r["met"] else "NOT met") for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
-        if n == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    print(columns(lines), file=out)
     for r in rows:
         print(f"{r['subjects']:,} subjects, medians: due rows read {r['due_median_ms']:.1f} ms, commit_batch "
               f"{r['commit_batch_median_ms']:.1f} ms, engine, logs and the rest {r['engine_and_logs_median_ms']:.1f} ms",

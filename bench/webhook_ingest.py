@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 from bench.http_gate import (HOST, Result, Server, _gate_argv, _gate_troubles, _percentile,  # noqa: E402
                              choose_generator, dist_of, parse_wrk_dist, start_bare, wrk_dist_lua)
 from tests.server import stripe_events as se  # noqa: E402
+from bench._columns import columns  # noqa: E402
 
 GOAL_EPS = 3000.0
 PATH = "/webhook/stripe"
@@ -296,11 +297,7 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
                        f"{r['cpu_us_per_event']:.0f}/{r['bare_cpu_us']:.0f}" if r["cpu_us_per_event"] and r["bare_cpu_us"]
                        else "-")
                       for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
-        if n == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    print(columns(lines), file=out)
     for r in rows:
         print(f"  {r['synchronous']}: {r['events']} events of {r['body_bytes']} bytes on average; answers "
               + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if v)

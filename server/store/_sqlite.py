@@ -21,6 +21,10 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_from_json, state_json)
 
 BUSY_TIMEOUT_MS = 5000
+# SQLite's page cache per connection, in KiB (negative: a size, not a page count). Its default, 2 MiB, holds
+# little of a large store: a sweep of 1000 due timers among 1M subjects committed in 64 ms with it, 44 ms
+# with 64 MiB (pages of the table and its indexes stay cached between batches).
+CACHE_KIB = 65536
 # The writer does not checkpoint the WAL inside a commit (SQLite's auto-checkpoint did, ~25 ms in the
 # sweep's commit, on whichever request's commit crossed 1000 pages): a task of the store does it, PASSIVE,
 # between transactions, this often.
@@ -97,7 +101,7 @@ class SQLiteStore(Store):
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in ("journal_mode = WAL", f"busy_timeout = {BUSY_TIMEOUT_MS}", "foreign_keys = ON",
-                       f"synchronous = {self.synchronous}"):
+                       f"synchronous = {self.synchronous}", f"cache_size = -{CACHE_KIB}"):
             await conn.execute(f"PRAGMA {pragma}")
         return conn
 

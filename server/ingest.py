@@ -20,6 +20,7 @@ from .stripe_objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
+_UNREAD = object()      # _fold's `loaded` when the caller has not read the subject's row
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,13 @@ class Ingest:
         record_noop=False (reconciliation): an event that changes nothing only marks the subject confirmed."""
         if event.type not in self.relevant:
             return Received(event.id, "ignored")
-        if await self._io("event_seen", self.store.event_seen(event.id)):
-            return Received(event.id, "duplicate", duplicate=True)
         obj = event.object
         customer, subscription = stripe_ids(obj)
-        subject = named_subject(obj, self.table.plan.subject_link)
-        linking = subject is not None
-        if subject is None:
-            subject = await self._io("find_subject", self.store.find_subject(customer, subscription))
+        named = named_subject(obj, self.table.plan.subject_link)
+        linking = named is not None
+        seen, subject, stored = await self._io("lookup", self.store.lookup(event.id, named, customer, subscription))
+        if seen:
+            return Received(event.id, "duplicate", duplicate=True)
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
                              subscription)
         payment = payment_of(event.type, event.id, event.created, obj, subject)
@@ -84,7 +84,7 @@ class Ingest:
             return Received(event.id, "pending")
         try:
             received = await self._fold(subject, [(event, record)], payments, (customer, subscription), linking,
-                                        record_noop=record_noop)
+                                        record_noop=record_noop, loaded=stored)
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
         if linking and (customer or subscription):
@@ -103,16 +103,23 @@ class Ingest:
             return [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
                      replace(r, subject=subject)) for r in rows]
 
+        # Mostly none wait: then the subject is not loaded at all. When some do, the fold reads them again
+        # after its load (above), which is what keeps two deliveries from folding one event in twice.
+        if not await waiting():
+            return None
         return await self._fold(subject, [], (), (None, None), False, stored_rows=True, waiting=waiting,
                                 answer_for=answer_for)
 
     async def _fold(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
                     ids: tuple[str | None, str | None], linking: bool, *, stored_rows: bool = False,
-                    record_noop: bool = True, waiting=None, answer_for: str | None = None) -> Received | None:
-        """waiting (adoption): reads the events to fold, after each load; None when none is left."""
-        for _ in range(MAX_ATTEMPTS):
+                    record_noop: bool = True, waiting=None, answer_for: str | None = None,
+                    loaded: StoredSubject | None | object = _UNREAD) -> Received | None:
+        """waiting (adoption): reads the events to fold, after each load; None when none is left.
+        loaded: the subject's row as the caller just read it, for the first attempt."""
+        for attempt in range(MAX_ATTEMPTS):
             now = self.gate.clock()
-            stored = await self._io("load", self.store.load(subject))
+            stored = loaded if attempt == 0 and loaded is not _UNREAD else \
+                await self._io("load", self.store.load(subject))
             if waiting is not None:
                 incoming = await waiting()
                 if not incoming:

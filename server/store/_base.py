@@ -176,6 +176,16 @@ class Store(abc.ABC):
     async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
         """The subject linked to a Stripe subscription id, else to a customer id."""
 
+    async def lookup(self, event_id: str, subject: str | None, customer: str | None,
+                     subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
+        """What a webhook event needs first: (stored already, its subject, that subject's row). The subject is
+        the one the event names, else the one its Stripe ids are linked to. A store may answer it in one call."""
+        if await self.event_seen(event_id):
+            return True, None, None
+        if subject is None:
+            subject = await self.find_subject(customer, subscription)
+        return False, subject, (await self.load(subject) if subject is not None else None)
+
     @abc.abstractmethod
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         """The subject's folded events with created >= since, oldest first."""

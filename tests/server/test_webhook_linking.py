@@ -29,17 +29,19 @@ async def test_an_event_whose_lookup_misses_a_link_committed_meanwhile_is_not_st
     """The invoice looks for its subject before the subscription's link commits, and is recorded pending after
     the link's own look for waiting events: it must still be applied, not wait for ever."""
     store = hook.app[GATE].store
-    real_find = store.find_subject
+    real_lookup = store.lookup
     looking, linked = asyncio.Event(), asyncio.Event()
 
-    async def find_before_the_link(customer, subscription):
+    async def lookup_before_the_link(event_id, subject, customer, subscription):
         if not looking.is_set():        # the first lookup answers what the store held before the link committed
+            found = await real_lookup(event_id, subject, customer, subscription)
+            assert found == (False, None, None)
             looking.set()
             await linked.wait()
-            return None
-        return await real_find(customer, subscription)
+            return found
+        return await real_lookup(event_id, subject, customer, subscription)
 
-    monkeypatch.setattr(store, "find_subject", find_before_the_link)
+    monkeypatch.setattr(store, "lookup", lookup_before_the_link)
     now = time.time()
     paid = asyncio.create_task(deliver(hook, se.event("invoice.paid", se.invoice("paid"), now - 10)))
     await looking.wait()

@@ -44,10 +44,10 @@ _BATCH_UPDATE = ("WITH v (subject, expected, {columns}) AS (VALUES {{values}}) U
                  "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
                  "RETURNING subscriptions.subject").format(columns=", ".join(_BATCH_WRITTEN),
                                                            sets=", ".join(f"{c} = v.{c}" for c in _BATCH_WRITTEN))
-# Group commit: concurrent counts wait for the writer and then go in one transaction, each in a SAVEPOINT of
-# its own (one count's failure or refusal rolls back only itself), answered once that transaction committed.
-# A transaction is ~200 us of SQLite's work whatever it holds; in a group a count measured 58 us (of 32).
-_COUNT_GROUP_MAX = 64
+# Group commit: concurrent writes (counts, webhook events) wait for the writer and then go in one transaction,
+# each in a SAVEPOINT of its own, answered once that transaction committed. A transaction is ~200 us of
+# SQLite's work whatever it holds; in a group a count measured 58 us (of 32).
+_GROUP_MAX = 64
 _INSERT_TRANSITION = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
                       "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -66,8 +66,8 @@ class SQLiteStore(Store):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._counts: list[tuple[tuple, asyncio.Future]] = []     # counts waiting for the next group
-        self._counting: asyncio.Task | None = None                 # the task that commits the groups
+        self._writes: list[tuple[tuple, asyncio.Future]] = []     # (fn, args) waiting for the next group
+        self._committing: asyncio.Task | None = None               # the task that commits the groups
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -110,8 +110,8 @@ class SQLiteStore(Store):
             self._checkpointing.cancel()
             await asyncio.wait([self._checkpointing])
             self._checkpointing = None
-        if self._counting is not None:      # counts already queued are committed (or fail) first
-            await asyncio.wait([self._counting])
+        if self._committing is not None:    # writes already queued are committed (or fail) first
+            await asyncio.wait([self._committing])
         for conn in (self._writer, self._reader):
             if conn is not None:
                 try:
@@ -162,27 +162,38 @@ class SQLiteStore(Store):
 
     async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
                     limit: int | None, key: str | None, now: float) -> Counted:
-        # Run whole on the writer's thread: one hand-over between the event loop and SQLite instead of one
-        # per statement and fetch (eleven), which is what bounded /v1/consume (writes are serialized); and
-        # with the counts that queued meanwhile, in one transaction (group commit, _commit_counts).
+        return await self._grouped(_count, current, meter, window_start, amount, limit, key, now)
+
+    async def commit(self, change: Change) -> bool:
+        return await self._grouped(_commit, change)
+
+    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
+        return await self._grouped(_record_event, event, payments)
+
+    async def _grouped(self, fn, *args):
+        """fn(connection, *args) as a write of its own, committed with the writes that queued meanwhile (group
+        commit, _commit_groups). Each runs whole on the writer's thread: one hand-over between the event loop
+        and SQLite instead of one per statement (a count made eleven, a webhook's event five or more), which
+        is what bounded /v1/consume and webhook ingest (writes are serialized)."""
         if self._writer is None:
             raise StoreError("the store is not open")
         done = asyncio.get_running_loop().create_future()
-        self._counts.append(((current, meter, window_start, amount, limit, key, now), done))
-        if self._counting is None:
-            self._counting = asyncio.create_task(self._commit_counts())
+        self._writes.append(((fn, args), done))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_groups())
         return await done
 
-    async def _commit_counts(self) -> None:
-        """Commits the queued counts, a group at a time, until none is left. A count's future is resolved
-        only after its group's COMMIT (or with its error): a count is never acknowledged before it is durable
-        as the store's synchronous setting makes commits. A count whose caller gave up before its group
-        started is not run (as a count waiting for the write lock was not)."""
+    async def _commit_groups(self) -> None:
+        """Commits the queued writes, a group at a time, until none is left: one transaction a group, each
+        write in a SAVEPOINT of its own (one that fails or refuses rolls back only itself). A write's future
+        is resolved only after its group's COMMIT (or with its error): nothing is acknowledged before it is
+        durable as the store's synchronous setting makes commits. A write whose caller gave up before its
+        group started is not run (as a write waiting for the write lock was not)."""
         try:
-            while self._counts:
+            while self._writes:
                 async with self._write_lock:
-                    group = [(args, f) for args, f in self._counts[:_COUNT_GROUP_MAX] if not f.done()]
-                    del self._counts[:_COUNT_GROUP_MAX]
+                    group = [(write, f) for write, f in self._writes[:_GROUP_MAX] if not f.done()]
+                    del self._writes[:_GROUP_MAX]
                     if not group:
                         continue
                     try:
@@ -190,8 +201,8 @@ class SQLiteStore(Store):
                         if writer is None:
                             raise StoreError("the store is not open")
                         try:
-                            results = await writer._execute(_count_group_in_thread, writer._conn,
-                                                            [args for args, _ in group])
+                            results = await writer._execute(_group_in_thread, writer._conn,
+                                                            [write for write, _ in group])
                         except _WriteFailed as exc:
                             raise StoreError(str(exc)) from exc.__cause__
                     except Exception as exc:
@@ -207,18 +218,10 @@ class SQLiteStore(Store):
                         if not f.done():
                             f.set_result(value) if ok else f.set_exception(value)
         finally:
-            self._counting = None
-            for _, f in self._counts:   # only if this task itself was cancelled
+            self._committing = None
+            for _, f in self._writes:   # only if this task itself was cancelled
                 f.cancel()
-            self._counts.clear()
-
-    async def commit(self, change: Change) -> bool:
-        # Whole on the writer's thread, as count: one hand-over instead of one per statement (five or more
-        # for a webhook's event), which is what bounded signed webhook ingest (writes are serialized).
-        return await self._write_whole(_commit, change)
-
-    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
-        return await self._write_whole(_record_event, event, payments)
+            self._writes.clear()
 
     # --- what the webhook and the jobs look up ----------------------------------------------------
 
@@ -448,28 +451,28 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
     return Counted(True, row[0])
 
 
-def _count_group_in_thread(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
-    """A group of counts (_count's arguments each) in one transaction, each in a SAVEPOINT: a count that
-    raises rolls back to its savepoint and gets its error, the others go on. (True, Counted) or (False,
-    exception) per count, once COMMIT succeeded; _WriteFailed for all if the transaction cannot begin or
-    commit, or SQLite rolled the whole transaction back (disk full, I/O error)."""
-    return _transaction_in_thread(db, _counts_in_savepoints, (group,))
+def _group_in_thread(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
+    """A group of writes ((fn, args) each) in one transaction, each in a SAVEPOINT: a write that raises
+    rolls back to its savepoint and gets its error, the others go on. (True, result) or (False, exception)
+    per write, once COMMIT succeeded; _WriteFailed for all if the transaction cannot begin or commit, or
+    SQLite rolled the whole transaction back (disk full, I/O error)."""
+    return _transaction_in_thread(db, _in_savepoints, (group,))
 
 
-def _counts_in_savepoints(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
+def _in_savepoints(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
     results: list[tuple[bool, object]] = []
-    for args in group:
-        db.execute("SAVEPOINT count")
+    for fn, args in group:
+        db.execute("SAVEPOINT write")
         try:
-            results.append((True, _count(db, *args)))
+            results.append((True, fn(db, *args)))
         except Exception as exc:
-            db.execute("ROLLBACK TO count")
+            db.execute("ROLLBACK TO write")
             if isinstance(exc, sqlite3.Error):
                 error = StoreError(f"SQLite: {exc}")
                 error.__cause__ = exc
                 exc = error
             results.append((False, exc))
-        db.execute("RELEASE count")
+        db.execute("RELEASE write")
         if not db.in_transaction:
             raise sqlite3.OperationalError("the transaction was rolled back")
     return results

@@ -135,7 +135,7 @@ end
 function response(status, headers, body)
   answered = answered + 1
   if status ~= 200 then refused = refused + 1 end
-  local outcome = body:match('"outcome": "(%%a+)"')
+  local outcome = body:match('"outcome":%%s*"(%%a+)"')
   if outcome == "applied" then applied = applied + 1
   elseif outcome == "noop" then noop = noop + 1
   elseif outcome == "stale" then stale = stale + 1
@@ -225,7 +225,7 @@ def _python_load_main() -> None:
                             answer = await resp.read()
                             ok = resp.status == 200
                         outcomes["answered"] += 1
-                        found = re.search(rb'"outcome": "(\w+)"', answer)
+                        found = re.search(rb'"outcome":\s*"(\w+)"', answer)
                         if found and found.group(1).decode() in outcomes:
                             outcomes[found.group(1).decode()] += 1
                     except (aiohttp.ClientError, asyncio.TimeoutError):

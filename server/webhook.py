@@ -10,6 +10,7 @@ from aiohttp import web
 
 from engine import StripeEvent
 
+from . import _json
 from ._input import BadRequest
 from .gate import StoreUnavailable
 from .ingest import Ingest
@@ -71,7 +72,8 @@ async def receive(request: web.Request) -> web.Response:
         metrics.webhooks.labels("too_large").inc()
         raise BadRequest(413, "body_too_large", f"the body is larger than {config.webhook_max_bytes} bytes")
     try:
-        payload = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+        async with asyncio.timeout(BODY_TIMEOUT):     # not wait_for: that makes a task of every read
+            payload = await request.read()
     except asyncio.TimeoutError:
         metrics.webhooks.labels("body_timeout").inc()
         raise BadRequest(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
@@ -94,4 +96,4 @@ async def receive(request: web.Request) -> web.Response:
         raise BadRequest(500, "store_unavailable", "the event could not be stored; nothing was applied; "
                                                    "Stripe will deliver it again") from None
     metrics.webhooks.labels(received.outcome).inc()
-    return web.json_response(received.to_dict())
+    return _json.response(received.to_dict())

@@ -55,13 +55,14 @@ class _Rule:
 
 
 class _Edge:
-    __slots__ = ("conditions", "target", "rule", "why")
+    __slots__ = ("conditions", "target", "rule", "why", "moved")
 
-    def __init__(self, conditions, target, rule, why):
+    def __init__(self, conditions, source, target, rule, why):
         self.conditions = conditions  # ((path, frozenset of values), ...)
         self.target = target
         self.rule = rule
         self.why = why
+        self.moved = f"{source} -> {target}: {why}"   # the reason of the move, built once, not per transition
 
     def matches(self, obj: Mapping) -> bool:
         for path, allowed in self.conditions:
@@ -208,8 +209,7 @@ class StateTable:
                         facts = facts.with_(timer_due=None)
                     return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule})")
                 moved = self._enter(facts, edge.target, now)
-                return Outcome(state, moved, trigger.key, f"{state.status} -> {edge.target}: {edge.why}",
-                               True, edge.rule)
+                return Outcome(state, moved, trigger.key, edge.moved, True, edge.rule)
         why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
                f"no transition from '{state.status}' on {trigger.key} matches the event ("
                + "; ".join(e.why for e in edges) + ")")
@@ -264,7 +264,9 @@ class StateTable:
         due = now + expires if expires else None
         if due is not None and status in self._grace and state.paid_through is not None:
             due = max(due, state.paid_through)    # grace never ends before the paid-through date
-        return state.with_(status=status, since=now, timer_due=due, plan_version=self.version)
+        # Built whole rather than through with_ (2.5 -> 1.8 us): every transition enters a status.
+        return SubjectState(state.subject, status, state.tier, now, due, state.period_start, state.period_end,
+                            self.version, state.paid_through)
 
     def _status_rules(self, status: Status) -> dict[str | None, dict[str, _Rule]]:
         tiers: list[str | None] = [None] + [t.name for t in self.plan.tiers]
@@ -301,7 +303,7 @@ class StateTable:
             rule = f"{self.plan.file}:{t.location.line} transitions[{t.index}]"
             why = f"on {t.trigger}{when} ({rule})"
             for src in self.plan.sources_of(t):
-                edges.setdefault((src, str(t.trigger)), []).append(_Edge(conditions, t.target, rule, why))
+                edges.setdefault((src, str(t.trigger)), []).append(_Edge(conditions, src, t.target, rule, why))
         return {k: tuple(v) for k, v in edges.items()}
 
 

@@ -228,20 +228,27 @@ class Gate:
         A subject that changed meanwhile goes through the door on its own."""
         now = self.clock()
         due = await self._timed("due", self.store.due(now, limit), timeout=30.0)
+        table, version = self.table, self.table.version
         changes, moved = [], 0
         for stored in due:
-            state, outcomes = advance(self.table, stored.state, now)
-            audits = tuple(AuditEntry(stored.state.subject, o.before.status, o.state.status, o.trigger, o.reason,
-                                      o.state.since, self.table.version, None, "timer") for o in outcomes if o.moved)
-            changes.append(Change(replace(stored, state=state), stored.version, audits))
+            # Values built directly (with_state, not dataclasses.replace): this loop is a sweep's engine step.
+            state, outcomes = advance(table, stored.state, now)
+            subject = state.subject
+            audits = tuple([AuditEntry(subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
+                                       version, None, "timer") for o in outcomes if o.moved])
+            changes.append(Change(stored.with_state(state), stored.version, audits))
         done = await self._timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
         fired: dict[str, int] = {}      # to_status -> transitions: the counter is bumped once per status
         lines: list[dict] = []          # a log line per transition, written together (log_each)
+        cache = self._cache
         try:
             for change in changes:
                 subject = change.subject.state.subject
                 if subject in done:
-                    self.invalidate(subject)
+                    # Most due subjects are not cached: a membership test is 0.4 us, invalidate()'s pop 1.7 us
+                    # (an expired entry, not in the cache for the test, is never answered either).
+                    if subject in cache:
+                        self.invalidate(subject)
                     moved += bool(change.audits)
                     for audit in change.audits:
                         fired[audit.to_status] = fired.get(audit.to_status, 0) + 1

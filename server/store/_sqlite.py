@@ -29,21 +29,17 @@ CACHE_KIB = 65536
 # sweep's commit, on whichever request's commit crossed 1000 pages): a task of the store does it, PASSIVE,
 # between transactions, this often.
 CHECKPOINT_INTERVAL = 1.0
-_BATCH_ROWS = 500   # 10 parameters a row, well under SQLite's limit of 32766
 _SUBJECT_COLUMNS = SUBJECT_COLUMNS
 _EVENT_COLUMNS = EVENT_COLUMNS
 _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
                    f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?)")
 _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in WRITTEN)}, version = version + 1, "
                    "updated_at = ? WHERE subject = ? AND version = ?")
-# What commit_batch (timers) writes: the engine's state, in _commit_batch's order of values.
+# What commit_batch (timers) writes: the engine's state, in _commit_batch's order of values, then updated_at,
+# and the row's key and expected version.
 _BATCH_WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version", "paid_through")
-_BATCH_ROW = f"(?, ?, {', '.join('?' for _ in _BATCH_WRITTEN)})"
-_BATCH_UPDATE = ("WITH v (subject, expected, {columns}) AS (VALUES {{values}}) UPDATE subscriptions SET {sets}, "
-                 "version = subscriptions.version + 1, updated_at = v.since FROM v "
-                 "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected "
-                 "RETURNING subscriptions.subject").format(columns=", ".join(_BATCH_WRITTEN),
-                                                           sets=", ".join(f"{c} = v.{c}" for c in _BATCH_WRITTEN))
+_BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in _BATCH_WRITTEN)}, version = version + 1, "
+                 "updated_at = ? WHERE subject = ? AND version = ?")
 # Group commit: concurrent writes (counts, webhook events) wait for the writer and then go in one transaction,
 # each in a SAVEPOINT of its own, answered once that transaction committed. A transaction is ~200 us of
 # SQLite's work whatever it holds; in a group a count measured 58 us (of 32).
@@ -537,17 +533,17 @@ def _commit_batch(db: sqlite3.Connection, changes: list[Change]) -> set[str]:
     """SQLiteStore.commit_batch's transaction, on the writer's thread. A batch writes the subjects' state
     (_BATCH_WRITTEN) and audit rows only: their Stripe ids, watermark, confirmation and fold state stay as
     stored (the version check makes the stored row the one each change was made from), which spares the
-    indexes on the Stripe ids a rewrite of every row."""
+    indexes on the Stripe ids a rewrite of every row. An UPDATE a subject, whose row count says whether its
+    version held: 1000 of them took 27-31 ms with their audit rows, one UPDATE ... FROM (VALUES ...) RETURNING
+    a 500 (SQLite materializes the values and the joined rows first) 37-44 ms."""
+    execute = db.execute
     done: set[str] = set()
-    for start in range(0, len(changes), _BATCH_ROWS):
-        part = changes[start:start + _BATCH_ROWS]
-        values = ", ".join(_BATCH_ROW for _ in part)
-        params = []
-        for c in part:
-            st = c.subject.state
-            params += (st.subject, c.expected_version, st.status, st.tier, st.since, st.timer_due, st.period_start,
-                       st.period_end, st.plan_version, st.paid_through)
-        done.update(r[0] for r in db.execute(_BATCH_UPDATE.format(values=values), params).fetchall())
+    for c in changes:
+        st = c.subject.state
+        if execute(_BATCH_UPDATE, (st.status, st.tier, st.since, st.timer_due, st.period_start, st.period_end,
+                                   st.plan_version, st.paid_through, st.since, st.subject,
+                                   c.expected_version)).rowcount == 1:
+            done.add(st.subject)
     db.executemany(_INSERT_TRANSITION, [_transition_values(a) for c in changes if c.subject.state.subject in done
                                         for a in c.audits])
     return done

@@ -1,4 +1,4 @@
-"""Checks a plan document against schema/plans.schema.json, the one description of the format.
+"""Checks a plan document against policy/plans.schema.json, the one description of the format.
 
 jsonschema is imported only when a document is not valid: a clean plan is confirmed by
 _fastschema, which keeps `plangate lint` on a clean plan from paying for jsonschema's import.
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "plans.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parent / "plans.schema.json"
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from .store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
 JOBS = web.AppKey("jobs", object)
-OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schema" / "openapi.json"
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
 

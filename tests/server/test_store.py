@@ -121,6 +121,13 @@ class TestCounting:
         assert (refused.counted, refused.used) == (False, 8)
         assert (await store.count(current, "requests", 0, 2, 10, None, 100.0)).used == 10
 
+    async def test_a_first_count_past_the_limit_writes_no_window(self, store):
+        refused = await store.count(fresh(), "requests", 0, 11, 10, None, 100.0)
+        assert (refused.counted, refused.used) == (False, 0)
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 0}
+        current = await store.load("u") or fresh()       # PostgreSQL stores nothing for a refused first count
+        assert (await store.count(current, "requests", 0, 10, 10, None, 100.0)).used == 10
+
     async def test_no_limit_counts_past_anything(self, store):
         done = await store.count(fresh(), "requests", 0, 50, None, None, 100.0)
         assert done.counted and done.used == 50

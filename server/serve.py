@@ -53,7 +53,10 @@ def serve(env_file: str | None = "config.env") -> int:
 async def _serve(config: Config, table) -> None:
     store = open_store(config.database, **config.store_options())
     app = create_app(config, table, store)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    # keepalive_timeout: a connection with no complete request for this long is closed, whether idle or
+    # trickling its headers in (aiohttp's own default is an hour).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           keepalive_timeout=config.idle_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -252,6 +252,49 @@ async def test_a_body_that_never_arrives_is_cut_off(local_gate, tmp_path, monkey
     assert sample(found, "plangate_webhooks_total", outcome="body_timeout") == 1
 
 
+async def test_slow_or_silent_headers_are_cut_off(tmp_path):
+    """A connection that sends no complete request within PLANGATE_IDLE_TIMEOUT (1 s here) is closed: one that
+    trickles its headers in, a byte every 100 ms, and one that sends nothing."""
+    gate = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "idle.sqlite3"),
+                        "PLANGATE_IDLE_TIMEOUT": "1"}, tmp_path)
+    try:
+        trickle = head(100, se.sign(b"{}")).encode()
+        slow_reader, slow_writer = await raw(gate.url, "")
+        silent_reader, silent_writer = await raw(gate.url, "")
+        t0 = time.perf_counter()
+        for i in range(len(trickle)):
+            if slow_reader.at_eof() or slow_writer.is_closing():
+                break
+            try:
+                slow_writer.write(trickle[i:i + 1])
+                await slow_writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.sleep(0.1)
+            if time.perf_counter() - t0 > 1.5 and await _closed(slow_reader):
+                break
+        cut = time.perf_counter() - t0
+        assert await _closed(slow_reader) and 0.9 < cut < 5, cut
+        assert await _closed(silent_reader)
+        for w in (slow_writer, silent_writer):
+            w.close()
+    finally:
+        code, _, err = gate.stop()
+    assert code == 0, err
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    """True when the gate closed the connection (end of stream, with no answer sent)."""
+    try:
+        data = await asyncio.wait_for(reader.read(1024), 0.05)
+    except asyncio.TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    assert data == b"", data
+    return True
+
+
 async def test_a_flood_of_unused_event_types_is_ignored_cheaply(abused, session):
     """Thousands of validly signed events of types the plan does not use: each answered `ignored` without
     touching the store."""

@@ -25,6 +25,7 @@ class TestConfig:
     @pytest.mark.parametrize("name, value", [
         ("PLANGATE_PORT", "-1"), ("PLANGATE_CACHE_SIZE", "0"), ("PLANGATE_STORE_TIMEOUT", "soon"),
         ("SUBSCRIPTION_KILL_SWITCH", "perhaps"), ("PLANGATE_LOG_LEVEL", "LOUD"), ("PLANGATE_MAX_AMOUNT", "1.5"),
+        ("PLANGATE_IDLE_TIMEOUT", "0"),
     ])
     def test_invalid_values_name_variable_value_and_what_is_allowed(self, name, value):
         with pytest.raises(ConfigError) as err:

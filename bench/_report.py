@@ -36,7 +36,9 @@ def _http_gate(rows: list[dict]) -> list[dict]:
             out.append(_row(f"{ep} p99 latency, 32 connections", r["gate_p99_ms"], "ms", r["bare_p99_ms"],
                             "bare aiohttp p99", round(r["gate_p99_ms"] / r["bare_p99_ms"], 2) if r["bare_p99_ms"] else None,
                             f"< {limit:g} ms", r["gate_p99_ms"] < limit,
-                            f"1 connection: p99 {r.get('gate_p99_ms_1conn', '-')} ms (bare {r.get('bare_p99_ms_1conn', '-')})"))
+                            f"1 connection: p99 {r.get('gate_p99_ms_1conn', '-')} ms (bare {r.get('bare_p99_ms_1conn', '-')}); "
+                            f"paced, ~{r.get('gate_rps_paced', '-')} req/s: p99 {r.get('gate_p99_ms_paced', '-')} ms "
+                            f"(bare {r.get('bare_p99_ms_paced', '-')})"))
     return out
 
 

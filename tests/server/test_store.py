@@ -10,6 +10,7 @@ import pytest
 from engine import SubjectState
 from tests import postgres
 from server.store import AuditEntry, Change, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError, open_store
+from server.store import _sqlite
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -69,22 +70,46 @@ class TestSQLiteSettings:
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 41}
         assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4 and statements.count("COMMIT") >= 1
 
-    async def test_the_wal_is_checkpointed_between_transactions_not_in_a_commit(self, tmp_path):
+    async def test_the_wal_is_checkpointed_beside_the_writer_not_in_its_commits(self, tmp_path):
         store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)
         await store.open()
         try:
             await store.migrate()
             assert (await (await store._writer.execute("PRAGMA wal_autocheckpoint")).fetchone()) == (0,)
-            statements: list[str] = []
-            await store._writer.set_trace_callback(statements.append)
+            written: list[str] = []
+            checkpointed: list[str] = []
+            await store._writer.set_trace_callback(written.append)
+            await store._checkpointer.set_trace_callback(checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
-            checkpoints = [i for i, sql in enumerate(statements) if sql == "PRAGMA wal_checkpoint(PASSIVE)"]
-            assert checkpoints and checkpoints[-1] > statements.index("COMMIT")
+            assert "PRAGMA wal_checkpoint(PASSIVE)" in checkpointed
+            assert not [sql for sql in written if "checkpoint" in sql]      # a small WAL: the writer never waits
+            with sqlite3.connect(tmp_path / "store.sqlite3") as db:     # every frame already copied
+                _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert frames == copied
             assert await store.commit(Change(fresh("v"), 0))      # the writer still commits after a checkpoint
         finally:
             await store.close()
-        assert store._checkpointing is None
+        assert store._checkpointing is None and store._checkpointer is None
+
+    async def test_a_wal_past_its_limit_is_checkpointed_by_the_writer_and_starts_over(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(_sqlite, "WAL_RESTART_FRAMES", 1)
+        store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)
+        await store.open()
+        try:
+            await store.migrate()
+            written: list[str] = []
+            await store._writer.set_trace_callback(written.append)
+            for i in range(20):
+                await store.commit(Change(fresh(f"s{i}"), 0))
+            await asyncio.sleep(0.3)
+            assert "PRAGMA wal_checkpoint(PASSIVE)" in written
+            assert await store.commit(Change(fresh("last"), 0))     # this write starts the WAL over
+            with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+                _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert 0 < frames < 10, frames
+        finally:
+            await store.close()
 
     async def test_an_unopenable_path_is_a_store_error(self, tmp_path):
         (tmp_path / "file").write_text("x")

@@ -69,7 +69,10 @@ def configure(level: str = "INFO", stream=None) -> logging.Logger:
 
 
 def log(level: int, event: str, exc_info: bool = False, **fields) -> None:
-    logging.getLogger(LOGGER_NAME).log(level, event, exc_info=exc_info, extra={"fields": fields})
+    if exc_info:
+        logging.getLogger(LOGGER_NAME).log(level, event, exc_info=True, extra={"fields": fields})
+    else:       # a transition or a denial: log_each's line without a LogRecord
+        log_each(level, event, [fields])
 
 
 def log_each(level: int, event: str, rows: list[dict]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -65,6 +66,9 @@ async def _serve(config: Config, table) -> None:
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
+        # What exists now (modules, the plan, the app) lives as long as the process. A full collection
+        # walked it all, ~32 ms here, a pause every request in flight waits out: frozen, it is never walked.
+        gc.freeze()
         host, port = runner.addresses[0][:2]
         print(f"plangate: listening on http://{host}:{port} (plan {table.version}, "
               f"enforcement {'on' if config.enabled else 'off'})", flush=True)

@@ -34,7 +34,7 @@ class Config:
     store_timeout: float = 0.25
     max_amount: int = 1_000_000
     max_body_bytes: int = 16_384
-    idle_timeout: float = 15.0
+    idle_timeout: float = 75.0
     log_level: str = "INFO"
     sqlite_synchronous: str = "NORMAL"
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -77,7 +77,7 @@ class Config:
             store_timeout=r.number("PLANGATE_STORE_TIMEOUT", 0.25, 0.001, 60.0),
             max_amount=r.integer("PLANGATE_MAX_AMOUNT", 1_000_000, 1, 2**62),
             max_body_bytes=r.integer("PLANGATE_MAX_BODY_BYTES", 16_384, 256, 10_000_000),
-            idle_timeout=r.number("PLANGATE_IDLE_TIMEOUT", 15.0, 0.5, 3600.0),
+            idle_timeout=r.number("PLANGATE_IDLE_TIMEOUT", 75.0, 0.5, 3600.0),
             log_level=r.choice("PLANGATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             sqlite_synchronous=r.choice("PLANGATE_SQLITE_SYNCHRONOUS", "NORMAL", ("NORMAL", "FULL")),
             webhook_secrets=r.secrets("STRIPE_WEBHOOK_SECRET"),

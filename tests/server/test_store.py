@@ -9,7 +9,8 @@ import pytest
 
 from engine import SubjectState
 from tests import postgres
-from server.store import AuditEntry, Change, IdempotencyConflict, SQLiteStore, StoredSubject, StoreError, open_store
+from server.store import (AuditEntry, Change, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
+                          StoredSubject, StoreError, open_store)
 from server.store import _sqlite
 
 
@@ -69,6 +70,25 @@ class TestSQLiteSettings:
         assert sorted(r.used for r in results[:-1]) == list(range(2, 42))
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 41}
         assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4 and statements.count("COMMIT") >= 1
+
+    async def test_concurrent_webhook_commits_share_transactions_and_fail_alone(self, sqlite_store):
+        """Group commit for every small write: events of 30 subjects committed at once share transactions; an
+        event stored already fails alone (DuplicateEvent), its subject's row rolled back with it."""
+        store = sqlite_store
+
+        def change(subject: str, event_id: str) -> Change:
+            event = EventRecord(event_id, "checkout.session.completed", 1.0, "{}", "applied", "", subject)
+            return Change(fresh(subject), 0, new_events=(event,))
+
+        assert await store.commit(change("first", "evt_taken"))
+        statements: list[str] = []
+        await store._writer.set_trace_callback(statements.append)
+        results = await asyncio.gather(*(store.commit(change(f"s{i}", f"evt_{i}")) for i in range(30)),
+                                       store.commit(change("late", "evt_taken")), return_exceptions=True)
+        await store._writer.set_trace_callback(None)
+        assert results[:-1] == [True] * 30 and isinstance(results[-1], DuplicateEvent)
+        assert all([await store.load(f"s{i}") for i in range(30)]) and await store.load("late") is None
+        assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4
 
     async def test_the_wal_is_checkpointed_beside_the_writer_not_in_its_commits(self, tmp_path):
         store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)

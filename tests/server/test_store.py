@@ -232,6 +232,22 @@ class TestSaving:
         assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)
 
 
+class TestLookup:
+    async def test_what_a_webhook_event_needs_first(self, store):
+        """(stored already, its subject, the subject's row): named, found by a Stripe id, unknown, seen."""
+        linked = StoredSubject(fresh("alice").state, 0, stripe_customer="cus_a", stripe_subscription="sub_a")
+        event = EventRecord("evt_seen", "checkout.session.completed", 1.0, "{}", "applied", "", "alice")
+        assert await store.commit(Change(linked, 0, new_events=(event,)))
+        seen, subject, row = await store.lookup("evt_new", "alice", None, None)
+        assert (seen, subject, row.state.subject, row.version) == (False, "alice", "alice", 1)
+        for customer, subscription in (("cus_a", None), (None, "sub_a"), ("cus_other", "sub_a")):
+            seen, subject, row = await store.lookup("evt_new", None, customer, subscription)
+            assert (seen, subject, row.stripe_subscription) == (False, "alice", "sub_a")
+        assert await store.lookup("evt_new", None, "cus_nobody", "sub_nobody") == (False, None, None)
+        assert await store.lookup("evt_new", "bob", None, None) == (False, "bob", None)
+        assert await store.lookup("evt_seen", None, "cus_a", None) == (True, None, None)
+
+
 class TestBatches:
     async def test_commit_batch_writes_the_current_and_skips_the_stale(self, store):
         for name in ("a", "b", "c"):

@@ -155,6 +155,13 @@ class Server:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def cpu_us_per_request(self, before: float | None, requests: int) -> float | None:
+        """CPU microseconds a request since `before` (a cpu_seconds() reading); None when unknown."""
+        after = self.cpu_seconds()
+        if before is None or after is None or not requests:
+            return None
+        return (after - before) / requests * 1e6
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -482,14 +489,23 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
                   f"{r['gate_store_errors']} store errors so far: these figures are not the store's", file=out)
 
 
+def load_options(parser: argparse.ArgumentParser, duration: float) -> None:
+    """The options every HTTP bench takes: run lengths, rounds, connections, load generator, event loop."""
+    parser.add_argument("--duration", type=float, default=duration,
+                        help=f"seconds per measured run (default {duration:g})")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per server")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measured runs per server, gate and bare interleaved; the best (most req/s) of each "
+                             "is reported (default 2)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run the servers under uvloop's installed policy (an experiment)")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench.http_gate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measured run (default 3)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per server and endpoint")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="measured runs per server and endpoint, gate and bare interleaved; the best "
-                             "(most req/s) of each is reported (default 2)")
-    parser.add_argument("--connections", type=int, default=32)
+    load_options(parser, duration=3.0)
     parser.add_argument("--alone", type=float, default=2.0,
                         help="seconds of a 1-connection run per server and endpoint, for latency without "
                              "queueing (0: skip)")
@@ -497,10 +513,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="a run per server and endpoint at about this share of the gate's best req/s, "
                              "the connections pausing between requests, for latency below saturation (0: skip)")
     parser.add_argument("--max-requests", type=int, default=MAX_REQUESTS, help="per measured run")
-    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--endpoints", default="check,consume", help="comma-separated: check, consume")
-    parser.add_argument("--uvloop", action="store_true",
-                        help="run both servers under uvloop (not a dependency: an experiment)")
     args = parser.parse_args([] if argv is None else argv)
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
     for e in endpoints:
@@ -532,11 +545,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     load = Load(urls[which], endpoint, token, connections, duration, args.max_requests,
                                 f"{which}-{tag}-{secrets.token_hex(4)}", pause_ms=pause_ms)
                     server = servers[0] if which == "gate" else servers[1]
-                    cpu_before = server.cpu_seconds()
+                    before = server.cpu_seconds()
                     got = run_wrk(load, folder) if generator == "wrk" else run_python_generator(load)
-                    cpu_after = server.cpu_seconds()
-                    if cpu_before is not None and cpu_after is not None and got.requests:
-                        got.cpu_us = (cpu_after - cpu_before) / got.requests * 1e6
+                    got.cpu_us = server.cpu_us_per_request(before, got.requests)
                     return got
 
                 if args.warmup > 0:

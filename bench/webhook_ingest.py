@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.http_gate import (HOST, Result, Server, _gate_argv, _gate_troubles, _percentile,  # noqa: E402
-                             choose_generator, dist_of, parse_wrk_dist, start_bare, wrk_dist_lua)
+                             choose_generator, dist_of, load_options, parse_wrk_dist, start_bare, wrk_dist_lua)
 from tests.server import stripe_events as se  # noqa: E402
 from bench._columns import columns  # noqa: E402
 
@@ -309,19 +309,13 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench.webhook_ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measured run (default 4)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per server")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="measured runs per server, gate and bare interleaved; the best of each counts")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    load_options(parser, duration=4.0)
     parser.add_argument("--synchronous", default="NORMAL",
                         help="PLANGATE_SQLITE_SYNCHRONOUS values to run, comma-separated (NORMAL, FULL)")
     parser.add_argument("--new-share", type=float, default=0.5,
                         help="share of checkouts of new subjects once follow-ups can start (default 0.5)")
     parser.add_argument("--rate-cap", type=int, default=RATE_CAP,
                         help=f"events/s the pre-signed files are sized for (default {RATE_CAP})")
-    parser.add_argument("--uvloop", action="store_true", help="run both servers under uvloop (an experiment)")
     args = parser.parse_args([] if argv is None else argv)
     modes = [m.strip().upper() for m in args.synchronous.split(",") if m.strip()]
     if not modes or any(m not in ("NORMAL", "FULL") for m in modes):
@@ -361,12 +355,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     stop_after = count - args.connections if which == "gate" else 0
                     shot = Shot(server.url, PATH if which == "gate" else BARE_PATH, str(requests_file),
                                 args.connections, duration, stop_after)
-                    cpu_before = server.cpu_seconds()
+                    before = server.cpu_seconds()
                     got, outcomes = (run_wrk(shot, folder, tag) if generator == "wrk"
                                      else run_python_generator(shot))
-                    cpu_after = server.cpu_seconds()
-                    if cpu_before is not None and cpu_after is not None and got.requests:
-                        got.cpu_us = (cpu_after - cpu_before) / got.requests * 1e6
+                    got.cpu_us = server.cpu_us_per_request(before, got.requests)
                     requests_file.unlink()
                     return got, outcomes, body_bytes, bool(stop_after and outcomes["answered"] >= stop_after)
 

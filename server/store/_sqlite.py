@@ -137,17 +137,7 @@ class SQLiteStore(Store):
         self._writer = self._reader = self._checkpointer = None
 
     async def migrate(self) -> tuple[int, int]:
-        async with self._transaction() as db:
-            before = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
-            version = before
-            for number, _, sql in migrations("sqlite"):
-                if number <= version:
-                    continue
-                for statement in statements(sql):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {number}")
-                version = number
-        return before, version
+        return await self._write_whole(_migrate)
 
     async def ping(self) -> None:
         async with self._reading() as db:
@@ -292,11 +282,7 @@ class SQLiteStore(Store):
         return [subject_from_row(r) for r in rows]
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
-        async with self._transaction() as db:
-            usage = await db.execute("DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ?",
-                                     (usage_before,))
-            keys = await db.execute("DELETE FROM usage_keys WHERE created_at < ?", (keys_before,))
-            return usage.rowcount, keys.rowcount
+        return await self._write_whole(_cleanup, usage_before, keys_before)
 
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
         rows = await self._rows(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = ? "
@@ -316,35 +302,10 @@ class SQLiteStore(Store):
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _transaction(self):
-        """One write transaction on the writer connection; any failure rolls it back whole."""
-        if self._writer is None:
-            raise StoreError("the store is not open")
-        async with self._write_lock:
-            db = self._writer
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite: cannot start a write: {exc}") from exc
-            try:
-                yield db
-            except sqlite3.Error as exc:
-                await _rollback(db)
-                raise StoreError(f"SQLite: {exc}") from exc
-            except BaseException:
-                await _rollback(db)
-                raise
-            try:
-                await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                await _rollback(db)
-                raise StoreError(f"SQLite: commit failed: {exc}") from exc
-
     async def _write_whole(self, fn, *args):
         """fn(connection, *args) as one write transaction, run whole in one call on the writer's thread
         (aiosqlite's worker, which owns the connection): BEGIN IMMEDIATE, fn, COMMIT; any failure rolls it
-        back whole. Errors as from _transaction. aiosqlite has no public call for this: `_execute` is its
+        back whole; a SQLite error is a StoreError. aiosqlite has no public call for this: `_execute` is its
         own hand-over to the worker (the store tests fail loudly if a new aiosqlite drops it)."""
         if self._writer is None:
             raise StoreError("the store is not open")
@@ -365,15 +326,8 @@ class SQLiteStore(Store):
             raise StoreError(f"SQLite: {exc}") from exc
 
 
-async def _rollback(db: aiosqlite.Connection) -> None:
-    try:
-        await db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
-
-
 class _WriteFailed(Exception):
-    """A SQLite error inside _transaction_in_thread, with _transaction's message."""
+    """A SQLite error inside _transaction_in_thread, with the message the StoreError gets."""
 
 
 def _transaction_in_thread(db: sqlite3.Connection, fn, args):
@@ -402,6 +356,24 @@ def _rollback_in_thread(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
     except sqlite3.Error:
         pass
+
+
+def _migrate(db: sqlite3.Connection) -> tuple[int, int]:
+    """SQLiteStore.migrate's transaction: the migrations past PRAGMA user_version; (version before, after)."""
+    before = version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, _, sql in migrations("sqlite"):
+        if number > version:
+            for statement in statements(sql):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+            version = number
+    return before, version
+
+
+def _cleanup(db: sqlite3.Connection, usage_before: int, keys_before: float) -> tuple[int, int]:
+    usage = db.execute("DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ?", (usage_before,))
+    keys = db.execute("DELETE FROM usage_keys WHERE created_at < ?", (keys_before,))
+    return usage.rowcount, keys.rowcount
 
 
 def _load(db: sqlite3.Connection, subject: str) -> StoredSubject | None:

@@ -1,14 +1,18 @@
-"""The embedded store: one SQLite file in WAL mode, through aiosqlite.
+"""The embedded store: one SQLite file in WAL mode.
 
-Writes go through one connection, one transaction at a time (SQLite has one writer anyway);
-reads use a second connection, which WAL lets run beside the writer.
+Writes go one transaction at a time (SQLite has one writer anyway); reads use a connection of their own,
+which WAL lets run beside the writer. Reads and the small writes of requests (counts, webhook events) run on
+the event loop's own thread: each is tens of microseconds of SQLite's work on cached pages, less than handing
+it to a thread and back, and a second thread holding the GIL made every hand-over a contended one (measured:
+18 context switches per webhook event, a third of its CPU). What may take long runs on aiosqlite's worker
+threads: migrations, the sweep's batch and cleanup, checkpoints (they fsync), and every commit when
+synchronous is FULL (each commit fsyncs).
 """
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
@@ -21,6 +25,10 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_from_json, state_json)
 
 BUSY_TIMEOUT_MS = 5000
+# The loop's own connections never wait in SQLite (busy_timeout 0): a lock held by another process (another
+# gate, `plangate migrate`, a backup) is waited out asleep, the loop serving other requests meanwhile, retried
+# after these pauses (seconds) and then every last one, up to BUSY_TIMEOUT_MS in all.
+_BUSY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05)
 # SQLite's page cache per connection, in KiB (negative: a size, not a page count). Its default, 2 MiB, holds
 # little of a large store: a sweep of 1000 due timers among 1M subjects committed in 64 ms with it, 44 ms
 # with 64 MiB (pages of the table and its indexes stay cached between batches).
@@ -49,8 +57,9 @@ _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in _BATC
                  "updated_at = ? WHERE subject = ? AND version = ?")
 # Group commit: concurrent writes (counts, webhook events) wait for the writer and then go in one transaction,
 # each in a SAVEPOINT of its own, answered once that transaction committed. A transaction is ~200 us of
-# SQLite's work whatever it holds; in a group a count measured 58 us (of 32).
-_GROUP_MAX = 64
+# SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us (of 8). The cap bounds
+# how long a group holds the loop: ~5 ms for 32 webhook events.
+_GROUP_MAX = 32
 # A window's count, created or added to, in one statement (one fewer of a count's seven): nothing is written
 # and no row is returned when `amount` would take it past the limit (NULL: no limit).
 _ADD_USAGE = ("INSERT INTO quota_usage (subject, meter, window_start, used) SELECT ?, ?, ?, ? "
@@ -73,8 +82,11 @@ class SQLiteStore(Store):
         self.checkpoint_interval = checkpoint_interval
         self._checkpointing: asyncio.Task | None = None
         self._checkpointer: aiosqlite.Connection | None = None
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._writer: aiosqlite.Connection | None = None       # on its worker thread: long writes
+        self._loop_writer: sqlite3.Connection | None = None     # on the loop's thread: small writes
+        self._reader: sqlite3.Connection | None = None          # on the loop's thread: every read
+        # Every commit fsyncs under FULL: those stay off the loop, on the writer's thread.
+        self._commits_on_loop = synchronous.upper() != "FULL"
         self._write_lock = asyncio.Lock()
         self._writes: list[tuple[tuple, asyncio.Future]] = []     # (fn, args) waiting for the next group
         self._committing: asyncio.Task | None = None               # the task that commits the groups
@@ -87,7 +99,10 @@ class SQLiteStore(Store):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._connect()
             await self._writer.execute_fetchall("PRAGMA wal_autocheckpoint = 0")
-            self._reader = await self._connect()
+            if self._commits_on_loop:
+                self._loop_writer = self._connect_on_loop()
+                self._loop_writer.execute("PRAGMA wal_autocheckpoint = 0")
+            self._reader = self._connect_on_loop()
             self._checkpointer = await self._connect()
         except (sqlite3.Error, OSError) as exc:
             await self.close()
@@ -113,12 +128,21 @@ class SQLiteStore(Store):
             except (sqlite3.Error, ValueError):
                 pass
 
+    def _pragmas(self, busy_timeout_ms: int) -> tuple[str, ...]:
+        return ("journal_mode = WAL", f"busy_timeout = {busy_timeout_ms}", "foreign_keys = ON",
+                f"synchronous = {self.synchronous}", f"cache_size = -{CACHE_KIB}",
+                f"journal_size_limit = {WAL_LIMIT_BYTES}")
+
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode = WAL", f"busy_timeout = {BUSY_TIMEOUT_MS}", "foreign_keys = ON",
-                       f"synchronous = {self.synchronous}", f"cache_size = -{CACHE_KIB}",
-                       f"journal_size_limit = {WAL_LIMIT_BYTES}"):
+        for pragma in self._pragmas(BUSY_TIMEOUT_MS):
             await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def _connect_on_loop(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        for pragma in self._pragmas(0):
+            conn.execute(f"PRAGMA {pragma}").fetchall()
         return conn
 
     async def close(self) -> None:
@@ -128,20 +152,21 @@ class SQLiteStore(Store):
             self._checkpointing = None
         if self._committing is not None:    # writes already queued are committed (or fail) first
             await asyncio.wait([self._committing])
-        for conn in (self._writer, self._reader, self._checkpointer):
+        for conn in (self._writer, self._loop_writer, self._reader, self._checkpointer):
             if conn is not None:
                 try:
-                    await conn.close()
+                    closed = conn.close()
+                    if closed is not None:     # aiosqlite's close is a coroutine, sqlite3's is not
+                        await closed
                 except (sqlite3.Error, ValueError):
                     pass
-        self._writer = self._reader = self._checkpointer = None
+        self._writer = self._loop_writer = self._reader = self._checkpointer = None
 
     async def migrate(self) -> tuple[int, int]:
         return await self._write_whole(_migrate)
 
     async def ping(self) -> None:
-        async with self._reading() as db:
-            await db.execute("SELECT 1 FROM subscriptions LIMIT 1")
+        await self._rows("SELECT 1 FROM subscriptions LIMIT 1", ())
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -178,9 +203,7 @@ class SQLiteStore(Store):
 
     async def _grouped(self, fn, *args):
         """fn(connection, *args) as a write of its own, committed with the writes that queued meanwhile (group
-        commit, _commit_groups). Each runs whole on the writer's thread: one hand-over between the event loop
-        and SQLite instead of one per statement (a count made eleven, a webhook's event five or more), which
-        is what bounded /v1/consume and webhook ingest (writes are serialized)."""
+        commit, _commit_groups): one transaction for the writes of every request that arrived meanwhile."""
         if self._writer is None:
             raise StoreError("the store is not open")
         done = asyncio.get_running_loop().create_future()
@@ -194,7 +217,7 @@ class SQLiteStore(Store):
         write in a SAVEPOINT of its own (one that fails or refuses rolls back only itself). A write's future
         is resolved only after its group's COMMIT (or with its error): nothing is acknowledged before it is
         durable as the store's synchronous setting makes commits. A write whose caller gave up before its
-        group started is not run (as a write waiting for the write lock was not)."""
+        group started (or while a lock held it back) is not run."""
         try:
             while self._writes:
                 async with self._write_lock:
@@ -203,14 +226,7 @@ class SQLiteStore(Store):
                     if not group:
                         continue
                     try:
-                        writer = self._writer
-                        if writer is None:
-                            raise StoreError("the store is not open")
-                        try:
-                            results = await writer._execute(_group_in_thread, writer._conn,
-                                                            [write for write, _ in group])
-                        except _WriteFailed as exc:
-                            raise StoreError(str(exc)) from exc.__cause__
+                        group, results = await self._commit_group(group)
                     except Exception as exc:
                         for _, f in group:
                             if not f.done():
@@ -239,7 +255,6 @@ class SQLiteStore(Store):
 
     async def lookup(self, event_id: str, subject: str | None, customer: str | None,
                      subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
-        # The three reads in one hand-over to the reader's thread, not three (a hand-over costs ~55 us of CPU).
         return await self._read(_lookup, event_id, subject, customer, subscription)
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
@@ -290,15 +305,29 @@ class SQLiteStore(Store):
         return [event_from_row(r) for r in rows]
 
     async def _read(self, fn, *args):
-        """fn(connection, *args) run whole on the reader's thread: one hand-over for several statements
-        (aiosqlite's `_execute`, as _write_whole uses it)."""
-        async with self._reading() as db:
-            return await db._execute(fn, db._conn, *args)
+        """fn(reader, *args) on the loop's thread; a SQLite error is a StoreError."""
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        try:
+            return await _on_loop(fn, self._reader, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
 
     async def _rows(self, sql: str, params) -> list:
-        # One hand-over to the reader's thread (execute and fetch together), not two.
-        async with self._reading() as db:
-            return await db.execute_fetchall(sql, params)
+        return await self._read(_fetch_all, sql, params)
+
+    async def _commit_group(self, group: list) -> tuple[list, list]:
+        """The group's writes in one transaction (_group): on the loop's thread, or on the writer's when
+        commits fsync. (the writes still wanted, their results): a write whose caller gave up while a lock
+        held the group back is dropped."""
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        try:
+            if self._loop_writer is None:
+                return group, await self._writer._execute(_group, self._writer._conn, [w for w, _ in group])
+            return await _on_loop(_group_still_wanted, self._loop_writer, group)
+        except _WriteFailed as exc:
+            raise StoreError(str(exc)) from exc.__cause__
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -312,25 +341,43 @@ class SQLiteStore(Store):
         async with self._write_lock:
             writer = self._writer
             try:
-                return await writer._execute(_transaction_in_thread, writer._conn, fn, args)
+                return await writer._execute(_transaction, writer._conn, fn, args)
             except _WriteFailed as exc:
                 raise StoreError(str(exc)) from exc.__cause__
 
-    @asynccontextmanager
-    async def _reading(self):
-        if self._reader is None:
-            raise StoreError("the store is not open")
-        try:
-            yield self._reader
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite: {exc}") from exc
-
 
 class _WriteFailed(Exception):
-    """A SQLite error inside _transaction_in_thread, with the message the StoreError gets."""
+    """A SQLite error inside _transaction, with the message the StoreError gets."""
 
 
-def _transaction_in_thread(db: sqlite3.Connection, fn, args):
+def _busy(exc: BaseException | None) -> bool:
+    """SQLITE_BUSY (or one of its extended codes): another connection holds a lock this one must wait for."""
+    return isinstance(exc, sqlite3.OperationalError) and \
+        (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+async def _on_loop(fn, *args):
+    """fn(*args) on the loop's thread, retried while SQLite answers BUSY (as busy_timeout would, but asleep:
+    the loop serves other requests meanwhile), up to BUSY_TIMEOUT_MS; then the BUSY error stands. A write
+    that got BUSY was rolled back whole by _transaction: retrying it is safe."""
+    waited, pauses = 0.0, iter(_BUSY_PAUSES)
+    while True:
+        try:
+            return fn(*args)
+        except (sqlite3.OperationalError, _WriteFailed) as exc:
+            cause = exc.__cause__ if isinstance(exc, _WriteFailed) else exc
+            if not _busy(cause) or waited >= BUSY_TIMEOUT_MS / 1000:
+                raise
+        pause = next(pauses, _BUSY_PAUSES[-1])
+        await asyncio.sleep(pause)
+        waited += pause
+
+
+def _fetch_all(db: sqlite3.Connection, sql: str, params) -> list:
+    return db.execute(sql, params).fetchall()
+
+
+def _transaction(db: sqlite3.Connection, fn, args):
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
@@ -338,20 +385,20 @@ def _transaction_in_thread(db: sqlite3.Connection, fn, args):
     try:
         result = fn(db, *args)
     except sqlite3.Error as exc:
-        _rollback_in_thread(db)
+        _rollback(db)
         raise _WriteFailed(f"SQLite: {exc}") from exc
     except BaseException:
-        _rollback_in_thread(db)
+        _rollback(db)
         raise
     try:
         db.execute("COMMIT")
     except sqlite3.Error as exc:
-        _rollback_in_thread(db)
+        _rollback(db)
         raise _WriteFailed(f"SQLite: commit failed: {exc}") from exc
     return result
 
 
-def _rollback_in_thread(db: sqlite3.Connection) -> None:
+def _rollback(db: sqlite3.Connection) -> None:
     try:
         db.execute("ROLLBACK")
     except sqlite3.Error:
@@ -396,7 +443,7 @@ def _find_subject(db: sqlite3.Connection, customer: str | None, subscription: st
 
 def _lookup(db: sqlite3.Connection, event_id: str, subject: str | None, customer: str | None,
             subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
-    """SQLiteStore.lookup's reads, on the reader's thread."""
+    """SQLiteStore.lookup's reads."""
     if _event_seen(db, event_id):
         return True, None, None
     if subject is None:
@@ -406,7 +453,7 @@ def _lookup(db: sqlite3.Connection, event_id: str, subject: str | None, customer
 
 def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_start: int, amount: int,
            limit: int | None, key: str | None, now: float) -> Counted:
-    """SQLiteStore.count's transaction, on the writer's thread."""
+    """SQLiteStore.count's transaction."""
     subject = current.state.subject
     if key is not None:
         seen = db.execute("SELECT subject, meter, amount, used_after FROM usage_keys WHERE key = ?", (key,)).fetchone()
@@ -434,12 +481,18 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
     return Counted(True, row[0])
 
 
-def _group_in_thread(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
+def _group_still_wanted(db: sqlite3.Connection, group: list[tuple]) -> tuple[list, list]:
+    """_group over the writes of `group` ((write, future) each) whose caller still waits: (those, results)."""
+    group = [(write, f) for write, f in group if not f.done()]
+    return group, _group(db, [write for write, _ in group])
+
+
+def _group(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
     """A group of writes ((fn, args) each) in one transaction, each in a SAVEPOINT: a write that raises
     rolls back to its savepoint and gets its error, the others go on. (True, result) or (False, exception)
     per write, once COMMIT succeeded; _WriteFailed for all if the transaction cannot begin or commit, or
     SQLite rolled the whole transaction back (disk full, I/O error)."""
-    return _transaction_in_thread(db, _in_savepoints, (group,))
+    return _transaction(db, _in_savepoints, (group,))
 
 
 def _in_savepoints(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[bool, object]]:
@@ -462,7 +515,7 @@ def _in_savepoints(db: sqlite3.Connection, group: list[tuple]) -> list[tuple[boo
 
 
 def _commit(db: sqlite3.Connection, change: Change) -> bool:
-    """SQLiteStore.commit's transaction, on the writer's thread."""
+    """SQLiteStore.commit's transaction."""
     new = change.subject
     s = new.state
     if change.expected_version == 0:
@@ -488,7 +541,7 @@ def _commit(db: sqlite3.Connection, change: Change) -> bool:
 
 
 def _record_event(db: sqlite3.Connection, event: EventRecord, payments: tuple[Payment, ...]) -> bool:
-    """SQLiteStore.record_event's transaction, on the writer's thread."""
+    """SQLiteStore.record_event's transaction."""
     if not _insert_event(db, event):
         return False
     _upsert_payments(db, payments)
@@ -517,7 +570,7 @@ def _upsert_payments(db: sqlite3.Connection, payments) -> None:
 
 
 def _commit_batch(db: sqlite3.Connection, changes: list[Change]) -> set[str]:
-    """SQLiteStore.commit_batch's transaction, on the writer's thread. A batch writes the subjects' state
+    """SQLiteStore.commit_batch's transaction. A batch writes the subjects' state
     (_BATCH_WRITTEN) and audit rows only: their Stripe ids, watermark, confirmation and fold state stay as
     stored (the version check makes the stored row the one each change was made from), which spares the
     indexes on the Stripe ids a rewrite of every row. An UPDATE a subject, whose row count says whether its

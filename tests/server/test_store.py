@@ -47,9 +47,13 @@ class TestSQLiteSettings:
             indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"subscriptions_by_timer", "subscriptions_by_customer", "subscriptions_by_subscription",
                 "transitions_by_subject", "quota_usage_by_window"} <= indexes
-        async with store._reading() as db:
-            assert (await (await db.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
-            assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
+        # The loop's connections never wait inside SQLite (a lock is waited out asleep); the writer's thread
+        # (migrations, batches) waits in SQLite, up to its busy timeout.
+        for db in (store._reader, store._loop_writer):
+            assert db.execute("PRAGMA foreign_keys").fetchone() == (1,)
+            assert db.execute("PRAGMA busy_timeout").fetchone() == (0,)
+        assert (await (await store._writer.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
+        assert (await (await store._writer.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
 
     async def test_concurrent_counts_share_transactions_and_fail_alone(self, sqlite_store):
         """Group commit: counts that queue together go in one transaction (SQLite's own trace of the
@@ -59,12 +63,12 @@ class TestSQLiteSettings:
         current = await store.load("u")
         await store.count(current, "requests", 0, 1, None, "taken", 100.0)
         statements: list[str] = []
-        await store._writer.set_trace_callback(statements.append)
+        store._loop_writer.set_trace_callback(statements.append)
         results = await asyncio.gather(*(store.count(current, "requests", 0, 1, None, f"k{i}", 100.0)
                                          for i in range(40)),
                                        store.count(current, "requests", 0, 2, None, "taken", 100.0),
                                        return_exceptions=True)
-        await store._writer.set_trace_callback(None)
+        store._loop_writer.set_trace_callback(None)
         assert isinstance(results[-1], IdempotencyConflict)
         assert all(r.counted and not r.duplicate for r in results[:-1])
         assert sorted(r.used for r in results[:-1]) == list(range(2, 42))
@@ -82,10 +86,10 @@ class TestSQLiteSettings:
 
         assert await store.commit(change("first", "evt_taken"))
         statements: list[str] = []
-        await store._writer.set_trace_callback(statements.append)
+        store._loop_writer.set_trace_callback(statements.append)
         results = await asyncio.gather(*(store.commit(change(f"s{i}", f"evt_{i}")) for i in range(30)),
                                        store.commit(change("late", "evt_taken")), return_exceptions=True)
-        await store._writer.set_trace_callback(None)
+        store._loop_writer.set_trace_callback(None)
         assert results[:-1] == [True] * 30 and isinstance(results[-1], DuplicateEvent)
         assert all([await store.load(f"s{i}") for i in range(30)]) and await store.load("late") is None
         assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4
@@ -99,6 +103,7 @@ class TestSQLiteSettings:
             written: list[str] = []
             checkpointed: list[str] = []
             await store._writer.set_trace_callback(written.append)
+            store._loop_writer.set_trace_callback(written.append)
             await store._checkpointer.set_trace_callback(checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
@@ -128,6 +133,59 @@ class TestSQLiteSettings:
             with sqlite3.connect(tmp_path / "store.sqlite3") as db:
                 _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             assert 0 < frames < 10, frames
+        finally:
+            await store.close()
+
+    async def test_a_lock_held_elsewhere_is_waited_out_asleep_then_the_write_commits(self, sqlite_store):
+        """Another process's write lock: the count waits (the loop meanwhile serves reads), commits once the
+        lock is gone; a count whose caller gave up while it waited is never run."""
+        store = sqlite_store
+        await store.commit(Change(fresh(), 0))
+        current = await store.load("u")
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            counting = asyncio.create_task(store.count(current, "requests", 0, 1, None, "waited", 100.0))
+            given_up = asyncio.create_task(store.count(current, "requests", 0, 5, None, "given-up", 100.0))
+            started = asyncio.get_running_loop().time()
+            await asyncio.sleep(0.2)
+            assert not counting.done() and not given_up.done()
+            assert (await store.load("u")).version == 1        # reads go on meanwhile, without delay
+            assert asyncio.get_running_loop().time() - started < 0.5
+            given_up.cancel()
+            other.execute("COMMIT")
+            done = await asyncio.wait_for(counting, 2)
+        finally:
+            other.close()
+        assert (done.counted, done.used) == (True, 1)
+        assert given_up.cancelled()
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 1}
+        assert (await store.count(current, "requests", 0, 5, None, "given-up", 100.0)).duplicate is False
+
+    async def test_a_lock_held_past_the_busy_timeout_is_a_store_error(self, sqlite_store, monkeypatch):
+        monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 100)
+        store = sqlite_store
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError, match="locked"):
+                await asyncio.wait_for(store.commit(Change(fresh(), 0)), 2)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await store.commit(Change(fresh(), 0))       # and the store works again at once
+
+    async def test_commits_that_fsync_run_on_the_writers_thread(self, tmp_path):
+        store = SQLiteStore(str(tmp_path / "store.sqlite3"), synchronous="FULL")
+        await store.open()
+        try:
+            await store.migrate()
+            assert store._loop_writer is None
+            written: list[str] = []
+            await store._writer.set_trace_callback(written.append)
+            results = await asyncio.gather(*(store.commit(Change(fresh(f"s{i}"), 0)) for i in range(10)))
+            assert results == [True] * 10 and "BEGIN IMMEDIATE" in written
+            assert (await (await store._writer.execute("PRAGMA synchronous")).fetchone()) == (2,)
         finally:
             await store.close()
 

@@ -14,6 +14,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Awaitable
 
 import aiosqlite
 
@@ -60,12 +61,11 @@ _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in _BATC
 # SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us (of 8). The cap bounds
 # how long a group holds the loop: ~5 ms for 32 webhook events.
 _GROUP_MAX = 32
-# A window's count, created or added to, in one statement (one fewer of a count's seven): nothing is written
-# and no row is returned when `amount` would take it past the limit (NULL: no limit).
-_ADD_USAGE = ("INSERT INTO quota_usage (subject, meter, window_start, used) SELECT ?, ?, ?, ? "
-              "WHERE ? IS NULL OR ? <= ? "
-              "ON CONFLICT (subject, meter, window_start) DO UPDATE SET used = used + excluded.used "
-              "WHERE ? IS NULL OR used + excluded.used <= ? RETURNING used")
+# A window's count grows in the database, and only while it stays within the limit (NULL: no limit). Then
+# read back: an UPDATE and a SELECT measured 7 us, an upsert with RETURNING 12.5 us (RETURNING alone ~4.6).
+_ADD_USAGE = ("UPDATE quota_usage SET used = used + ? WHERE subject = ? AND meter = ? AND window_start = ? "
+              "AND (? IS NULL OR used + ? <= ?)")
+_USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?"
 _INSERT_TRANSITION = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
                       "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -191,26 +191,30 @@ class SQLiteStore(Store):
 
     # --- writes --------------------------------------------------------------------------------
 
-    async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
-                    limit: int | None, key: str | None, now: float) -> Counted:
-        return await self._grouped(_count, current, meter, window_start, amount, limit, key, now)
+    # The writes of requests return their group's future itself, awaitable as the coroutine of an async def
+    # is: the gate shields every write, and shielding a coroutine wraps it in a task first (~8 us a request).
 
-    async def commit(self, change: Change) -> bool:
-        return await self._grouped(_commit, change)
+    def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
+              limit: int | None, key: str | None, now: float) -> Awaitable[Counted]:
+        return self._grouped(_count, current, meter, window_start, amount, limit, key, now)
 
-    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
-        return await self._grouped(_record_event, event, payments)
+    def commit(self, change: Change) -> Awaitable[bool]:
+        return self._grouped(_commit, change)
 
-    async def _grouped(self, fn, *args):
+    def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
+        return self._grouped(_record_event, event, payments)
+
+    def _grouped(self, fn, *args) -> asyncio.Future:
         """fn(connection, *args) as a write of its own, committed with the writes that queued meanwhile (group
         commit, _commit_groups): one transaction for the writes of every request that arrived meanwhile."""
-        if self._writer is None:
-            raise StoreError("the store is not open")
         done = asyncio.get_running_loop().create_future()
+        if self._writer is None:
+            done.set_exception(StoreError("the store is not open"))
+            return done
         self._writes.append(((fn, args), done))
         if self._committing is None:
             self._committing = asyncio.create_task(self._commit_groups())
-        return await done
+        return done
 
     async def _commit_groups(self) -> None:
         """Commits the queued writes, a group at a time, until none is left: one transaction a group, each
@@ -470,15 +474,20 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         db.execute(_INSERT_SUBJECT, _subject_params(current, now))
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)
-    row = db.execute(_ADD_USAGE, (subject, meter, window_start, amount, limit, amount, limit, limit, limit)).fetchone()
-    if row is None:
-        used = db.execute("SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",
-                          (subject, meter, window_start)).fetchone()
-        return Counted(False, used[0] if used else 0)
+    window = (subject, meter, window_start)
+    if db.execute(_ADD_USAGE, (amount, *window, limit, amount, limit)).rowcount:
+        used = db.execute(_USED, window).fetchone()[0]
+    else:       # the window has no row yet, or the amount would take it past the limit
+        found = db.execute(_USED, window).fetchone()
+        if found is not None or (limit is not None and amount > limit):
+            return Counted(False, found[0] if found else 0)
+        db.execute("INSERT INTO quota_usage (subject, meter, window_start, used) VALUES (?, ?, ?, ?)",
+                   (*window, amount))
+        used = amount
     if key is not None:
         db.execute("INSERT INTO usage_keys (key, subject, meter, amount, window_start, used_after, created_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, subject, meter, amount, window_start, row[0], now))
-    return Counted(True, row[0])
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, subject, meter, amount, window_start, used, now))
+    return Counted(True, used)
 
 
 def _group_still_wanted(db: sqlite3.Connection, group: list[tuple]) -> tuple[list, list]:

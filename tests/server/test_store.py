@@ -145,8 +145,8 @@ class TestSQLiteSettings:
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
-            counting = asyncio.create_task(store.count(current, "requests", 0, 1, None, "waited", 100.0))
-            given_up = asyncio.create_task(store.count(current, "requests", 0, 5, None, "given-up", 100.0))
+            counting = asyncio.ensure_future(store.count(current, "requests", 0, 1, None, "waited", 100.0))
+            given_up = asyncio.ensure_future(store.count(current, "requests", 0, 5, None, "given-up", 100.0))
             started = asyncio.get_running_loop().time()
             await asyncio.sleep(0.2)
             assert not counting.done() and not given_up.done()

@@ -16,11 +16,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class BadRequest(Exception):
     """A request the gate refuses: HTTP status, stable error code, and a message saying how to fix it."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers      # for the answer (a 405's Allow)
 
 
 async def json_object(request: web.Request, allowed: set[str]) -> dict:

@@ -61,6 +61,11 @@ _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in _BATC
 # SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us (of 8). The cap bounds
 # how long a group holds the loop: ~5 ms for 32 webhook events.
 _GROUP_MAX = 32
+# Turns of the event loop a group waits for before it starts, while it is not full. Writes run on the loop, so
+# a group began with only the requests of one turn: 4.8 webhook events on average at 32 connections (each
+# COMMIT ~170 us); after two turns 9.7, and 1750 -> 2200 events/s. Two turns add tens of microseconds to a
+# lone write.
+_GATHER_TURNS = 2
 # A window's count grows in the database, and only while it stays within the limit (NULL: no limit). Then
 # read back: an UPDATE and a SELECT measured 7 us, an upsert with RETURNING 12.5 us (RETURNING alone ~4.6).
 _ADD_USAGE = ("UPDATE quota_usage SET used = used + ? WHERE subject = ? AND meter = ? AND window_start = ? "
@@ -224,6 +229,10 @@ class SQLiteStore(Store):
         group started (or while a lock held it back) is not run."""
         try:
             while self._writes:
+                for _ in range(_GATHER_TURNS):       # let the requests already read queue their writes too
+                    if len(self._writes) >= _GROUP_MAX:
+                        break
+                    await asyncio.sleep(0)
                 async with self._write_lock:
                     group = [(write, f) for write, f in self._writes[:_GROUP_MAX] if not f.done()]
                     del self._writes[:_GROUP_MAX]

@@ -3,6 +3,8 @@ database): migrations, atomic counting, optimistic concurrency, batches. SQLite'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sqlite3
 
 import pytest
@@ -12,6 +14,7 @@ from tests import postgres
 from server.store import (AuditEntry, Change, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
                           StoredSubject, StoreError, open_store)
 from server.store import _sqlite
+from server.store._base import state_from_json, state_json
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -350,3 +353,13 @@ class TestConcurrentCounting:
                                          for _ in range(20)))
         assert sum(not r.duplicate for r in results) == 1 and all(r.counted for r in results)
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 3}
+
+
+class TestStateJson:
+    @pytest.mark.parametrize("state", [
+        SubjectState("u", "paid", "pro", 1700000000.25, None, 1, 2.5, "v1", 1e16),
+        SubjectState("süße", "paid_trial", None, 0.1, 5e-324, -1, 1e300, "v", -0.0),   # non-ASCII: the stdlib writes it
+    ])
+    def test_the_standard_librarys_text_and_back(self, state):
+        assert state_json(state) == json.dumps(dataclasses.asdict(state), separators=(",", ":"))
+        assert state_from_json(state_json(state)) == state

@@ -7,6 +7,7 @@ event rows, the state, the audit rows and the payments of one delivery commit in
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -47,11 +48,20 @@ class Ingest:
                                        if t.trigger.kind.value == "stripe"}
 
     async def _io(self, operation: str, coro):
-        return await self.gate._timed(operation, coro, shield=True, timeout=WEBHOOK_STORE_TIMEOUT)
+        # Under receive()'s one time budget for all of an event's store calls.
+        return await self.gate._untimed(operation, coro, shield=True)
 
     async def receive(self, event: StripeEvent, payload: str, *, record_noop: bool = True) -> Received:
         """Handle one verified event. StoreUnavailable propagates: the caller answers 5xx and Stripe retries.
-        record_noop=False (reconciliation): an event that changes nothing only marks the subject confirmed."""
+        record_noop=False (reconciliation): an event that changes nothing only marks the subject confirmed.
+        All the event's store calls share one budget, WEBHOOK_STORE_TIMEOUT."""
+        try:
+            async with asyncio.timeout(WEBHOOK_STORE_TIMEOUT):
+                return await self._receive(event, payload, record_noop)
+        except asyncio.TimeoutError as exc:
+            raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
+
+    async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
         if event.type not in self.relevant:
             return Received(event.id, "ignored")
         obj = event.object

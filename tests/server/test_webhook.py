@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from server import ingest
+
 from . import stripe_events as se
 from .test_openapi import documented
 
@@ -269,4 +271,29 @@ class TestFaults:
         status, answer = await deliver(hook, evt)
         assert status == 200 and answer["outcome"] == "applied"
         assert (await deliver(hook, evt))[1]["duplicate"] is True
+        assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]
+
+    async def test_one_budget_bounds_all_of_an_events_store_calls(self, hook, monkeypatch):
+        """A commit held back by another process's lock: the event answers 500 once the budget is spent (not
+        at the lock's own 5 s), counted as the webhook's store error, nothing written meanwhile. The write was
+        shielded: it may still land once the lock is gone, so Stripe's retry finds it applied or applies it,
+        once either way."""
+        monkeypatch.setattr(ingest, "WEBHOOK_STORE_TIMEOUT", 0.3)
+        evt = se.event("checkout.session.completed", se.checkout("bob"), time.time())
+        db = sqlite3.connect(hook.database, isolation_level=None, timeout=5)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.perf_counter()
+            status, answer = await deliver(hook, evt)
+            took = time.perf_counter() - started
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert (status, answer["error"]) == (500, "store_unavailable") and took < 3, took
+        _, metrics = await hook.get("/metrics")
+        assert 'plangate_store_errors_total{operation="webhook"} 1.0' in metrics
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+        status, answer = await deliver(hook, evt)
+        assert status == 200 and answer["outcome"] in ("applied", "duplicate")
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(1,)]
         assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]

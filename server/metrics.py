@@ -1,61 +1,107 @@
-"""The gate's Prometheus metrics, in a registry of its own (one per app, so tests stay independent)."""
+"""The gate's Prometheus metrics, in a registry of its own (one per app, so tests stay independent).
+
+Every update comes from the event loop's thread (the store's threads update none), so the values are plain
+numbers, handed to prometheus-client as metric families when /metrics is scraped: its own metrics lock on
+every update and look their children up each time, 3.7 us of a check's ~85 (now ~0.5).
+"""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from bisect import bisect_left
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
 
 
-class _Children:
-    """A labelled metric whose children are looked up once per label values: prometheus_client's
-    labels() validates and locks on every call (2-5 us, three times a request)."""
+class _Count:
+    __slots__ = ("value",)
 
-    __slots__ = ("metric", "_children")
+    def __init__(self) -> None:
+        self.value = 0
 
-    def __init__(self, metric) -> None:
-        self.metric = metric
-        self._children: dict[tuple, object] = {}
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
 
-    def labels(self, *values):
+
+class _Observed:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)     # per bucket (not cumulative), the last for +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1     # a bucket holds values up to its bound
+        self.sum += value
+
+
+class _Labelled:
+    """A counter (or histogram) by label values: labels(*values) is the child to inc() (or observe())."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], child=_Count) -> None:
+        self.name, self.documentation, self.labelnames, self._child = name, documentation, labelnames, child
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def labels(self, *values: str):
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self.metric.labels(*values)
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            child = self._children[values] = self._child()
         return child
+
+    def family(self):
+        if self._child is _Observed:
+            family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for values, child in self._children.items():
+                cumulative, buckets = 0, []
+                for bound, count in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"), child.counts):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                family.add_metric([str(v) for v in values], buckets, child.sum)
+            return family
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._children.items():
+            family.add_metric([str(v) for v in values], child.value)
+        return family
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.decisions = _Children(Counter("plangate_decisions", "Decisions by endpoint and reason.",
-                                 ["endpoint", "reason"], registry=r))
-        self.denials = _Children(Counter("plangate_denials", "Denied decisions by reason.", ["reason"], registry=r))
-        self.usage = _Children(Counter("plangate_usage_counted", "Units counted, by meter.", ["meter"], registry=r))
-        self.fail_mode = _Children(Counter("plangate_fail_mode_answers",
-                                 "Answers given by a fail mode because the store could not be read.",
-                                 ["mode"], registry=r))
-        self.store_errors = _Children(Counter("plangate_store_errors", "Store failures and timeouts, by operation.",
-                                    ["operation"], registry=r))
-        self.cache = _Children(Counter("plangate_cache_lookups", "Subject cache lookups by result.", ["result"],
-                                       registry=r))
-        self.cache_ratio = Gauge("plangate_cache_hit_ratio", "Share of subject lookups answered by the cache.",
-                                 registry=r)
-        self.cache_ratio.set_function(self._hit_ratio)
-        self.transitions = _Children(Counter("plangate_transitions", "Committed status changes.",
-                                   ["trigger_kind", "to"], registry=r))
-        self.latency = _Children(Histogram("plangate_request_seconds", "Request handling time by route.", ["route"],
-                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
-                                 registry=r))
-        self.webhooks = _Children(Counter("plangate_webhooks", "Stripe webhook deliveries by outcome (or refusal).",
-                                ["outcome"], registry=r))
-        self.jobs = _Children(Counter("plangate_job_runs", "Job runs by job and result.", ["job", "result"],
-                                      registry=r))
-        self.rejected = _Children(Counter("plangate_rejected_requests",
-                                          "Requests refused before any work (4xx) by error.", ["error"], registry=r))
+        self.decisions = _Labelled("plangate_decisions", "Decisions by endpoint and reason.", ("endpoint", "reason"))
+        self.denials = _Labelled("plangate_denials", "Denied decisions by reason.", ("reason",))
+        self.usage = _Labelled("plangate_usage_counted", "Units counted, by meter.", ("meter",))
+        self.fail_mode = _Labelled("plangate_fail_mode_answers",
+                                   "Answers given by a fail mode because the store could not be read.", ("mode",))
+        self.store_errors = _Labelled("plangate_store_errors", "Store failures and timeouts, by operation.",
+                                      ("operation",))
+        self.cache = _Labelled("plangate_cache_lookups", "Subject cache lookups by result.", ("result",))
+        self.transitions = _Labelled("plangate_transitions", "Committed status changes.", ("trigger_kind", "to"))
+        self.latency = _Labelled("plangate_request_seconds", "Request handling time by route.", ("route",),
+                                 child=_Observed)
+        self.webhooks = _Labelled("plangate_webhooks", "Stripe webhook deliveries by outcome (or refusal).",
+                                  ("outcome",))
+        self.jobs = _Labelled("plangate_job_runs", "Job runs by job and result.", ("job", "result"))
+        self.rejected = _Labelled("plangate_rejected_requests", "Requests refused before any work (4xx) by error.",
+                                  ("error",))
+        self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
+                          self.transitions, self.latency, self.webhooks, self.jobs, self.rejected)
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self):
+        """prometheus-client's collector protocol: every metric as it is now."""
+        for metric in self._labelled:
+            yield metric.family()
+        yield GaugeMetricFamily("plangate_cache_hit_ratio", "Share of subject lookups answered by the cache.",
+                                value=self._hit_ratio())
 
     def _hit_ratio(self) -> float:
-        hits = self.cache.labels("hit")._value.get()
-        misses = self.cache.labels("miss")._value.get()
+        hits, misses = self.cache.labels("hit").value, self.cache.labels("miss").value
         return hits / (hits + misses) if hits + misses else 0.0
 
     def render(self) -> bytes:

@@ -1,12 +1,14 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Writes go one transaction at a time (SQLite has one writer anyway); reads use a connection of their own,
-which WAL lets run beside the writer. Reads and the small writes of requests (counts, webhook events) run on
-the event loop's own thread: each is tens of microseconds of SQLite's work on cached pages, less than handing
-it to a thread and back, and a second thread holding the GIL made every hand-over a contended one (measured:
-18 context switches per webhook event, a third of its CPU). What may take long runs on aiosqlite's worker
-threads: migrations, the sweep's batch and cleanup, checkpoints (they fsync), and every commit when
-synchronous is FULL (each commit fsyncs).
+Writes go one transaction at a time (SQLite has one writer anyway). Reads and the small writes of requests
+(counts, webhook events) run on the event loop's own thread, on one connection: each is tens of microseconds
+of SQLite's work on cached pages, less than handing it to a thread and back, and a second thread holding the
+GIL made every hand-over a contended one (measured: 18 context switches per webhook event, a third of its
+CPU). Reads share the connection that writes, whose page cache its own commits keep (another connection's
+commit empties it: three reads of a webhook event took 15% longer on a connection of their own); the loop
+runs a write transaction whole, so a read never sees one half done. What may take long runs on aiosqlite's
+worker threads, beside it (WAL): migrations, the sweep's batch and cleanup, checkpoints (they fsync), and
+every commit when synchronous is FULL (each commit fsyncs).
 """
 from __future__ import annotations
 
@@ -88,8 +90,7 @@ class SQLiteStore(Store):
         self._checkpointing: asyncio.Task | None = None
         self._checkpointer: aiosqlite.Connection | None = None
         self._writer: aiosqlite.Connection | None = None       # on its worker thread: long writes
-        self._loop_writer: sqlite3.Connection | None = None     # on the loop's thread: small writes
-        self._reader: sqlite3.Connection | None = None          # on the loop's thread: every read
+        self._loop_db: sqlite3.Connection | None = None         # on the loop's thread: reads, small writes
         # Every commit fsyncs under FULL: those stay off the loop, on the writer's thread.
         self._commits_on_loop = synchronous.upper() != "FULL"
         self._write_lock = asyncio.Lock()
@@ -104,10 +105,8 @@ class SQLiteStore(Store):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._connect()
             await self._writer.execute_fetchall("PRAGMA wal_autocheckpoint = 0")
-            if self._commits_on_loop:
-                self._loop_writer = self._connect_on_loop()
-                self._loop_writer.execute("PRAGMA wal_autocheckpoint = 0")
-            self._reader = self._connect_on_loop()
+            self._loop_db = self._connect_on_loop()
+            self._loop_db.execute("PRAGMA wal_autocheckpoint = 0")
             self._checkpointer = await self._connect()
         except (sqlite3.Error, OSError) as exc:
             await self.close()
@@ -157,7 +156,7 @@ class SQLiteStore(Store):
             self._checkpointing = None
         if self._committing is not None:    # writes already queued are committed (or fail) first
             await asyncio.wait([self._committing])
-        for conn in (self._writer, self._loop_writer, self._reader, self._checkpointer):
+        for conn in (self._writer, self._loop_db, self._checkpointer):
             if conn is not None:
                 try:
                     closed = conn.close()
@@ -165,7 +164,7 @@ class SQLiteStore(Store):
                         await closed
                 except (sqlite3.Error, ValueError):
                     pass
-        self._writer = self._loop_writer = self._reader = self._checkpointer = None
+        self._writer = self._loop_db = self._checkpointer = None
 
     async def migrate(self) -> tuple[int, int]:
         return await self._write_whole(_migrate)
@@ -318,11 +317,11 @@ class SQLiteStore(Store):
         return [event_from_row(r) for r in rows]
 
     async def _read(self, fn, *args):
-        """fn(reader, *args) on the loop's thread; a SQLite error is a StoreError."""
-        if self._reader is None:
+        """fn(connection, *args) on the loop's thread; a SQLite error is a StoreError."""
+        if self._loop_db is None:
             raise StoreError("the store is not open")
         try:
-            return await _on_loop(fn, self._reader, *args)
+            return await _on_loop(fn, self._loop_db, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite: {exc}") from exc
 
@@ -336,9 +335,9 @@ class SQLiteStore(Store):
         if self._writer is None:
             raise StoreError("the store is not open")
         try:
-            if self._loop_writer is None:
+            if not self._commits_on_loop:
                 return group, await self._writer._execute(_group, self._writer._conn, [w for w, _ in group])
-            return await _on_loop(_group_still_wanted, self._loop_writer, group)
+            return await _on_loop(_group_still_wanted, self._loop_db, group)
         except _WriteFailed as exc:
             raise StoreError(str(exc)) from exc.__cause__
 

@@ -53,9 +53,8 @@ class TestSQLiteSettings:
         assert "subscriptions_by_status" not in indexes      # no query read it; every status change wrote it
         # The loop's connections never wait inside SQLite (a lock is waited out asleep); the writer's thread
         # (migrations, batches) waits in SQLite, up to its busy timeout.
-        for db in (store._reader, store._loop_writer):
-            assert db.execute("PRAGMA foreign_keys").fetchone() == (1,)
-            assert db.execute("PRAGMA busy_timeout").fetchone() == (0,)
+        assert store._loop_db.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert store._loop_db.execute("PRAGMA busy_timeout").fetchone() == (0,)
         assert (await (await store._writer.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
         assert (await (await store._writer.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
 
@@ -67,12 +66,12 @@ class TestSQLiteSettings:
         current = await store.load("u")
         await store.count(current, "requests", 0, 1, None, "taken", 100.0)
         statements: list[str] = []
-        store._loop_writer.set_trace_callback(statements.append)
+        store._loop_db.set_trace_callback(statements.append)
         results = await asyncio.gather(*(store.count(current, "requests", 0, 1, None, f"k{i}", 100.0)
                                          for i in range(40)),
                                        store.count(current, "requests", 0, 2, None, "taken", 100.0),
                                        return_exceptions=True)
-        store._loop_writer.set_trace_callback(None)
+        store._loop_db.set_trace_callback(None)
         assert isinstance(results[-1], IdempotencyConflict)
         assert all(r.counted and not r.duplicate for r in results[:-1])
         assert sorted(r.used for r in results[:-1]) == list(range(2, 42))
@@ -90,10 +89,10 @@ class TestSQLiteSettings:
 
         assert await store.commit(change("first", "evt_taken"))
         statements: list[str] = []
-        store._loop_writer.set_trace_callback(statements.append)
+        store._loop_db.set_trace_callback(statements.append)
         results = await asyncio.gather(*(store.commit(change(f"s{i}", f"evt_{i}")) for i in range(30)),
                                        store.commit(change("late", "evt_taken")), return_exceptions=True)
-        store._loop_writer.set_trace_callback(None)
+        store._loop_db.set_trace_callback(None)
         assert results[:-1] == [True] * 30 and isinstance(results[-1], DuplicateEvent)
         assert all([await store.load(f"s{i}") for i in range(30)]) and await store.load("late") is None
         assert 1 <= statements.count("BEGIN IMMEDIATE") <= 4
@@ -107,7 +106,7 @@ class TestSQLiteSettings:
             written: list[str] = []
             checkpointed: list[str] = []
             await store._writer.set_trace_callback(written.append)
-            store._loop_writer.set_trace_callback(written.append)
+            store._loop_db.set_trace_callback(written.append)
             await store._checkpointer.set_trace_callback(checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
@@ -154,7 +153,8 @@ class TestSQLiteSettings:
             started = asyncio.get_running_loop().time()
             await asyncio.sleep(0.2)
             assert not counting.done() and not given_up.done()
-            assert (await store.load("u")).version == 1        # reads go on meanwhile, without delay
+            assert (await store.load("u")).version == 1        # reads go on meanwhile, without delay,
+            assert not store._loop_db.in_transaction            # on a connection no group holds half done
             assert asyncio.get_running_loop().time() - started < 0.5
             given_up.cancel()
             other.execute("COMMIT")
@@ -184,11 +184,13 @@ class TestSQLiteSettings:
         await store.open()
         try:
             await store.migrate()
-            assert store._loop_writer is None
-            written: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            on_thread: list[str] = []
+            on_loop: list[str] = []
+            await store._writer.set_trace_callback(on_thread.append)
+            store._loop_db.set_trace_callback(on_loop.append)
             results = await asyncio.gather(*(store.commit(Change(fresh(f"s{i}"), 0)) for i in range(10)))
-            assert results == [True] * 10 and "BEGIN IMMEDIATE" in written
+            assert results == [True] * 10 and "BEGIN IMMEDIATE" in on_thread and "BEGIN IMMEDIATE" not in on_loop
+            assert await store.load("s3") is not None and on_loop        # reads stay on the loop
             assert (await (await store._writer.execute("PRAGMA synchronous")).fetchone()) == (2,)
         finally:
             await store.close()

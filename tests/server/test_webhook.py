@@ -110,6 +110,20 @@ class TestExactlyOnce:
         assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]
         assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(1,)]
 
+    async def test_a_burst_of_distinct_events_for_one_subject_is_all_applied(self, hook):
+        """Stripe sends several events of one subscription at once (invoice, payment, subscription). They
+        are folded in one after another, not left to race each other: none is answered 500."""
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 600))
+        burst = [se.event("invoice.paid", se.invoice("paid", inv_id=f"in_{k}"), now - 300 + k) for k in range(40)]
+        answers = await asyncio.gather(*(deliver(hook, evt) for evt in burst))
+        assert [status for status, _ in answers] == [200] * 40, answers
+        assert sorted(a["outcome"] for _, a in answers) == ["applied"] + ["noop"] * 39
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(41,)]
+        assert q(hook.database, "SELECT COUNT(*) FROM payments WHERE subject = 'alice'") == [(40,)]
+        assert q(hook.database, "SELECT from_status, to_status FROM transitions ORDER BY id") == \
+            [("limited_free_trial", "paid_trial"), ("paid_trial", "paid")]
+
     async def test_two_events_for_one_change_apply_once(self, hook):
         now = time.time()
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 60))

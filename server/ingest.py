@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from dataclasses import dataclass, replace
 
 from engine import StripeEvent, SubjectState, advance, event_order, replay
@@ -48,10 +47,11 @@ class Ingest:
         self.relevant = FACT_EVENTS | {t.trigger.name for t in gate.table.plan.transitions
                                        if t.trigger.kind.value == "stripe"}
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
-        # subscription at once), and folds that race each other all but one lose on the version and start
-        # over (measured: 40 at once left some failing all MAX_ATTEMPTS, answered 500). A lock lives as long
-        # as a fold holds or waits for it. Folds in other processes (PostgreSQL) still meet on the version.
-        self._folding: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # subscription at once), and folds that race each other all lose on the version but one, and start
+        # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for
+        # the future of the fold of its subject before it (a chain, not a lock: a dict entry and a future a
+        # fold). Folds in other processes (PostgreSQL) still meet on the version.
+        self._folding: dict[str, asyncio.Future] = {}
 
     async def _io(self, operation: str, coro):
         # Under receive()'s one time budget for all of an event's store calls.
@@ -132,18 +132,24 @@ class Ingest:
                     loaded: StoredSubject | None | object = _UNREAD) -> Received | None:
         """waiting (adoption): reads the events to fold, after each load; None when none is left.
         loaded: the subject's row as the caller just read it, for the first attempt."""
-        lock = self._folding.get(subject)
-        if lock is None:
-            lock = self._folding[subject] = asyncio.Lock()
-        elif lock.locked():
-            loaded = _UNREAD        # read before the fold that holds the lock commits: read it again after
-        async with lock:
-            return await self._fold_alone(subject, incoming, payments, ids, linking, stored_rows=stored_rows,
-                                          record_noop=record_noop, waiting=waiting, answer_for=answer_for,
-                                          loaded=loaded)
+        before = self._folding.get(subject)
+        mine = self._folding[subject] = asyncio.get_running_loop().create_future()
+        try:
+            if before is not None:
+                loaded = _UNREAD        # read before the fold ahead committed: read again once it is done
+                await asyncio.shield(before)    # cancelled while waiting: `before` itself goes on
+            return await self._fold_alone(subject, incoming, payments, ids, linking, stored_rows, record_noop,
+                                          waiting, answer_for, loaded)
+        finally:
+            if before is None or before.done():
+                mine.set_result(None)
+            else:       # cancelled while waiting: the fold after this one still waits for the one before
+                before.add_done_callback(lambda _: mine.set_result(None))
+            if self._folding.get(subject) is mine:
+                del self._folding[subject]
 
     async def _fold_alone(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
-                          ids: tuple[str | None, str | None], linking: bool, *, stored_rows: bool, record_noop: bool,
+                          ids: tuple[str | None, str | None], linking: bool, stored_rows: bool, record_noop: bool,
                           waiting, answer_for: str | None, loaded: StoredSubject | None | object) -> Received | None:
         for attempt in range(MAX_ATTEMPTS):
             now = self.gate.clock()

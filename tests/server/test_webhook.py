@@ -124,6 +124,39 @@ class TestExactlyOnce:
         assert q(hook.database, "SELECT from_status, to_status FROM transitions ORDER BY id") == \
             [("limited_free_trial", "paid_trial"), ("paid_trial", "paid")]
 
+    async def test_a_fold_given_up_while_waiting_for_its_turn_leaves_the_others_in_order(self, hook):
+        """Three events of one subject, the first held at its commit by another connection's lock: the second,
+        waiting its turn, is cancelled (its caller gave up). The first and third still apply, the second
+        leaves nothing behind, and no turn is left waiting."""
+        from engine import StripeEvent
+        from server.webhook import INGEST
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 600))
+        receiver = hook.app[INGEST]
+        events = [se.event("invoice.paid", se.invoice("paid", inv_id=f"in_{k}"), now - 300 + k) for k in range(3)]
+        locker = sqlite3.connect(hook.database, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            tasks = [asyncio.create_task(receiver.receive(
+                StripeEvent(e["type"], e["data"]["object"], e["id"], e["created"]), json.dumps(e))) for e in events]
+            for _ in range(200):
+                await asyncio.sleep(0.005)
+                if "alice" in receiver._folding and all(not t.done() for t in tasks):
+                    break
+            tasks[1].cancel()
+            await asyncio.sleep(0.05)
+            # The third waits for the first, not for the cancelled second: it has queued no write yet.
+            assert not tasks[2].done() and receiver.store._writes == []
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        first, second, third = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(second, asyncio.CancelledError)
+        assert (first.outcome, third.outcome) == ("applied", "noop")
+        stored = q(hook.database, "SELECT event_id FROM subscription_events WHERE type = 'invoice.paid' ORDER BY 1")
+        assert stored == sorted([(events[0]["id"],), (events[2]["id"],)])
+        assert receiver._folding == {}
+
     async def test_two_events_for_one_change_apply_once(self, hook):
         now = time.time()
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 60))

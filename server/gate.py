@@ -27,7 +27,7 @@ MAX_CONFLICT_RETRIES = 20
 # A store that still reads but cannot write (read-only file, full disk) answers /readyz's read: readiness also
 # says "not ready" for this long after a write failed, unless a write has succeeded since.
 WRITE_FAILURE_MEMORY = 10.0
-_WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
+WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
 
 class StoreUnavailable(Exception):
@@ -81,7 +81,7 @@ class Gate:
             result = await (asyncio.shield(asyncio.ensure_future(coro)) if shield else coro)
         except (StoreError, OSError) as exc:
             raise self.store_failed(operation, exc, str(exc)) from exc
-        if operation in _WRITES:
+        if operation in WRITES:
             self._write_failure = None
         return result
 
@@ -90,7 +90,7 @@ class Gate:
         self.metrics.store_errors.labels(operation).inc()
         if self._throttle.ready(operation):
             log(logging.ERROR, "store_error", operation=operation, error=error)
-        if operation in _WRITES and not isinstance(exc, asyncio.TimeoutError):   # slow is not broken
+        if operation in WRITES and not isinstance(exc, asyncio.TimeoutError):   # slow is not broken
             self._write_failure = (time.monotonic(), str(exc))
         return StoreUnavailable(operation)
 

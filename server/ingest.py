@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from engine import StripeEvent, SubjectState, advance, event_order, replay
 
-from .gate import Gate, StoreUnavailable
+from .gate import WRITES, Gate, StoreUnavailable
 from .logs import log
 from .store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
 from .stripe_objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
@@ -54,8 +54,9 @@ class Ingest:
         self._folding: dict[str, asyncio.Future] = {}
 
     async def _io(self, operation: str, coro):
-        # Under receive()'s one time budget for all of an event's store calls.
-        return await self.gate._untimed(operation, coro, shield=True)
+        # Under receive()'s one time budget for all of an event's store calls. Writes are shielded, as the
+        # gate's are; a read given up is harmless, and shielding one made a task of it (~1.5 an event).
+        return await self.gate._untimed(operation, coro, shield=operation in WRITES)
 
     async def receive(self, event: StripeEvent, payload: str, *, record_noop: bool = True) -> Received:
         """Handle one verified event. StoreUnavailable propagates: the caller answers 5xx and Stripe retries.

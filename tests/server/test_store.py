@@ -311,6 +311,21 @@ class TestLookup:
         assert await store.lookup("evt_new", "bob", None, None) == (False, "bob", None)
         assert await store.lookup("evt_seen", None, "cus_a", None) == (True, None, None)
 
+    async def test_pending_events_by_customer_or_subscription_once_each_in_created_order(self, store):
+        def waiting(id_, created, customer, subscription, outcome="pending"):
+            return EventRecord(id_, "invoice.paid", created, "{}", outcome, "", None, customer, subscription)
+
+        for e in (waiting("e_both", 30.0, "cus_a", "sub_a"), waiting("e_cus", 10.0, "cus_a", None),
+                  waiting("e_sub", 20.0, None, "sub_a"), waiting("e_sub_other_cus", 20.0, "cus_b", "sub_a"),
+                  waiting("e_other", 5.0, "cus_b", "sub_b"), waiting("e_done", 1.0, "cus_a", "sub_a", "applied")):
+            assert await store.record_event(e)
+        ids = lambda rows: [r.id for r in rows]     # noqa: E731
+        assert ids(await store.pending("cus_a", "sub_a")) == ["e_cus", "e_sub", "e_sub_other_cus", "e_both"]
+        assert ids(await store.pending("cus_a", None)) == ["e_cus", "e_both"]
+        assert ids(await store.pending(None, "sub_a")) == ["e_sub", "e_sub_other_cus", "e_both"]
+        assert ids(await store.pending("cus_b", "sub_nobody")) == ["e_other", "e_sub_other_cus"]
+        assert await store.pending("cus_nobody", None) == []
+
 
 class TestBatches:
     async def test_commit_batch_writes_the_current_and_skips_the_stale(self, store):

@@ -13,6 +13,7 @@ every commit when synchronous is FULL (each commit fsyncs).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from pathlib import Path
@@ -51,8 +52,27 @@ _SUBJECT_COLUMNS = SUBJECT_COLUMNS
 _EVENT_COLUMNS = EVENT_COLUMNS
 _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
                    f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?)")
-_UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in WRITTEN)}, version = version + 1, "
-                   "updated_at = ? WHERE subject = ? AND version = ?")
+# A subject's row is rewritten with only those of its indexed columns whose value changes: SQLite rewrites an
+# index entry whenever its column is SET, even to the value it holds. Most webhook events leave the Stripe ids
+# and the timer as they are; writing them anyway took 10 updates in a commit from 11 to 36 pages, 15 to 34 us
+# an update. The row's current values of those columns are read with the version check.
+_INDEXED = ("timer_due", "stripe_customer", "stripe_subscription")
+_INDEXED_AT = tuple(WRITTEN.index(c) for c in _INDEXED)
+_CURRENT = ("SELECT timer_due, stripe_customer, stripe_subscription FROM subscriptions "
+            "WHERE subject = ? AND version = ?")
+
+
+@functools.lru_cache(maxsize=2 ** len(_INDEXED))
+def _update_subject(changed: tuple[bool, ...]) -> tuple[str, tuple[int, ...]]:
+    """(the UPDATE of a subject's row, the positions in subject_values() of the values it sets) when the
+    indexed columns change as `changed` says."""
+    skipped = {c for c, moved in zip(_INDEXED, changed) if not moved}
+    positions = tuple(i for i, c in enumerate(WRITTEN) if c not in skipped)
+    sets = ", ".join(WRITTEN[i] + " = ?" for i in positions)
+    return (f"UPDATE subscriptions SET {sets}, version = version + 1, updated_at = ? WHERE subject = ? AND version = ?",
+            positions)
+
+
 # What commit_batch (timers) writes: the engine's state, in _commit_batch's order of values, then updated_at,
 # and the row's key and expected version.
 _BATCH_WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version", "paid_through")
@@ -547,10 +567,12 @@ def _commit(db: sqlite3.Connection, change: Change) -> bool:
             return False
         db.execute(_INSERT_SUBJECT, _subject_params(new, now_of(change)))
     else:
-        cursor = db.execute(_UPDATE_SUBJECT,
-                            (*subject_values(new), now_of(change), s.subject, change.expected_version))
-        if cursor.rowcount != 1:
+        current = db.execute(_CURRENT, (s.subject, change.expected_version)).fetchone()
+        if current is None:
             return False
+        values = subject_values(new)
+        sql, positions = _update_subject(tuple(values[i] != was for i, was in zip(_INDEXED_AT, current)))
+        db.execute(sql, (*[values[i] for i in positions], now_of(change), s.subject, change.expected_version))
     if change.audits:
         db.executemany(_INSERT_TRANSITION, [_transition_values(a) for a in change.audits])
     for event in change.new_events:

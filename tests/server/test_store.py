@@ -286,6 +286,29 @@ class TestSaving:
         assert len(await store.transitions("u")) == 1
         assert (await store.load("u")).version == 2
 
+    async def test_updates_keep_the_stripe_ids_and_the_timer_findable_whether_they_change_or_not(self, store):
+        """SQLite rewrites only the indexed columns whose value changes: the indexes must follow either way."""
+        first = StoredSubject(fresh().state.with_(status="paid_trial", timer_due=500.0), 0, "cus_a", "sub_a")
+        assert await store.commit(Change(first, 0))
+        steps = [  # (timer, customer, subscription) of each next row
+            (500.0, "cus_a", "sub_a"),      # nothing indexed changes
+            (500.0, "cus_b", "sub_a"),      # one id changes
+            (None, "cus_b", "sub_b"),       # the timer goes, the other id changes
+            (700.0, None, "sub_b"),         # a timer again, an id cleared
+        ]
+        for version, (timer, customer, subscription) in enumerate(steps, start=1):
+            row = StoredSubject(first.state.with_(timer_due=timer, tier=f"t{version}"), version, customer, subscription)
+            assert await store.commit(Change(row, version))
+            loaded = await store.load("u")
+            assert (loaded.version, loaded.state.tier, loaded.state.timer_due, loaded.stripe_customer,
+                    loaded.stripe_subscription) == (version + 1, f"t{version}", timer, customer, subscription)
+            assert await store.find_subject(customer, None) == ("u" if customer else None)
+            assert await store.find_subject(None, subscription) == "u"
+            for gone in {"cus_a", "cus_b"} - {customer}:
+                assert await store.find_subject(gone, None) is None
+            assert [s.state.subject for s in await store.due(1000.0, 10)] == (["u"] if timer else [])
+        assert not await store.commit(Change(first, 3))      # a version already gone changes nothing
+
     async def test_a_failing_audit_rolls_back_the_state(self, store):
         await store.commit(Change(fresh(), 0))
         base = await store.load("u")

@@ -466,11 +466,17 @@ def _event_seen(db: sqlite3.Connection, event_id: str) -> bool:
 
 
 def _find_subject(db: sqlite3.Connection, customer: str | None, subscription: str | None) -> str | None:
+    row = _find_row(db, "subject", customer, subscription)
+    return row[0] if row else None
+
+
+def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None):
+    """`columns` of the subject linked to the subscription, else to the customer; None if neither is."""
     for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
         if value:
-            row = db.execute(f"SELECT subject FROM subscriptions WHERE {column} = ? LIMIT 1", (value,)).fetchone()
+            row = db.execute(f"SELECT {columns} FROM subscriptions WHERE {column} = ? LIMIT 1", (value,)).fetchone()
             if row:
-                return row[0]
+                return row
     return None
 
 
@@ -485,9 +491,10 @@ def _lookup(db: sqlite3.Connection, event_id: str, subject: str | None, customer
     """SQLiteStore.lookup's reads."""
     if _event_seen(db, event_id):
         return True, None, None
-    if subject is None:
-        subject = _find_subject(db, customer, subscription)
-    return False, subject, (_load(db, subject) if subject is not None else None)
+    if subject is None:     # found by a Stripe id: its row read at once
+        row = _find_row(db, _SUBJECT_COLUMNS, customer, subscription)
+        return False, (row[0] if row else None), (subject_from_row(row) if row else None)
+    return False, subject, _load(db, subject)
 
 
 def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_start: int, amount: int,

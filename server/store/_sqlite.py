@@ -78,8 +78,8 @@ def _update_subject(changed: tuple[bool, ...]) -> tuple[str, tuple[int, ...]]:
 _BATCH_WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version", "paid_through")
 _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in _BATCH_WRITTEN)}, version = version + 1, "
                  "updated_at = ? WHERE subject = ? AND version = ?")
-# Group commit: concurrent writes (counts, webhook events) wait for the writer and then go in one transaction,
-# each in a SAVEPOINT of its own, answered once that transaction committed. A transaction is ~200 us of
+# Group commit: concurrent writes (counts, webhook events) wait for the writer and then go in one transaction
+# (_group: one that raises rolls back alone), answered once that transaction committed. A transaction is ~200 us of
 # SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us (of 8). The cap bounds
 # how long a group holds the loop: ~5 ms for 32 webhook events.
 _GROUP_MAX = 32
@@ -247,8 +247,8 @@ class SQLiteStore(Store):
         return done
 
     async def _commit_groups(self) -> None:
-        """Commits the queued writes, a group at a time, until none is left: one transaction a group, each
-        write in a SAVEPOINT of its own (one that fails or refuses rolls back only itself). A write's future
+        """Commits the queued writes, a group at a time, until none is left: one transaction a group, where a
+        write that fails rolls back only itself (_group). A write's future
         is resolved only after its group's COMMIT (or with its error): nothing is acknowledged before it is
         durable as the store's synchronous setting makes commits. A write whose caller gave up before its
         group started (or while a lock held it back) is not run."""

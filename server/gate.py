@@ -27,6 +27,9 @@ MAX_CONFLICT_RETRIES = 20
 # A store that still reads but cannot write (read-only file, full disk) answers /readyz's read: readiness also
 # says "not ready" for this long after a write failed, unless a write has succeeded since.
 WRITE_FAILURE_MEMORY = 10.0
+# Due timers committed a transaction at a time in chunks of this many subjects: SQLite commits them on the event
+# loop, which serves no request meanwhile (250: ~5 ms, as long as a group of 32 webhook events holds it).
+SWEEP_CHUNK = 250
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
 
@@ -235,8 +238,8 @@ class Gate:
         return (await self._door(subject, decide, why=why if to is None else "", cause_id=cause_id, actor=actor))[-1]
 
     async def sweep(self, limit: int) -> tuple[int, int]:
-        """Fire due timers of up to `limit` subjects in one transaction; (subjects found due, moved).
-        A subject that changed meanwhile goes through the door on its own."""
+        """Fire due timers of up to `limit` subjects, SWEEP_CHUNK of them a transaction; (subjects found due,
+        moved). A subject that changed meanwhile goes through the door on its own."""
         now = self.clock()
         due = await self._timed("due", self.store.due(now, limit), timeout=30.0)
         table, version = self.table, self.table.version
@@ -248,7 +251,14 @@ class Gate:
             audits = tuple([AuditEntry(subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
                                        version, None, "timer") for o in outcomes if o.moved])
             changes.append(Change(stored.with_state(state), stored.version, audits))
+        for start in range(0, len(changes), SWEEP_CHUNK):
+            moved += await self._commit_timers(changes[start:start + SWEEP_CHUNK])
+        return len(due), moved
+
+    async def _commit_timers(self, changes: list[Change]) -> int:
+        """One transaction of a sweep, then the cache, logs and metrics of what it committed; subjects moved."""
         done = await self._timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
+        moved = 0
         fired: dict[str, int] = {}      # to_status -> transitions: the counter is bumped once per status
         lines: list[dict] = []          # a log line per transition, written together (log_each)
         cache = self._cache
@@ -275,7 +285,7 @@ class Gate:
             log_each(logging.INFO, "transition", lines)
             for to_status, count in fired.items():
                 self.metrics.transitions.labels("timer", to_status).inc(count)
-        return len(due), moved
+        return moved
 
     async def fire_due(self, subject: str) -> list[Outcome]:
         """Fire the subject's due timers, each at its own deadline (catching up after downtime)."""

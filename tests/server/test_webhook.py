@@ -302,6 +302,29 @@ class TestGraceAndTimers:
         status, answer = await hook.post("/v1/jobs/nonsense")
         assert (status, answer["error"]) == (422, "unknown_job")
 
+    async def test_a_sweep_of_several_transactions_moves_every_due_subject_once(self, hook):
+        """More subjects due than one of the sweep's transactions holds (gate.SWEEP_CHUNK): each moves once,
+        with its audit row, and the cached ones answer their new status at once."""
+        from server import gate as gate_module
+        count = 2 * gate_module.SWEEP_CHUNK + 17
+        started = time.time() - 9 * DAY
+        for first in range(0, count, 50):
+            answers = await asyncio.gather(*(deliver(hook, se.event(
+                "checkout.session.completed", se.checkout(f"u{i}", f"cus_{i}", f"sub_{i}"), started))
+                for i in range(first, min(count, first + 50))))
+            assert all(status == 200 for status, _ in answers)
+        cached = [f"u{i}" for i in (0, gate_module.SWEEP_CHUNK, count - 1)]
+        for subject in cached:
+            assert (await hook.check(subject))[1]["status"] == "paid_trial"
+        status, answer = await hook.post("/v1/jobs/sweep")
+        assert (status, answer["result"]) == (200, count)
+        assert q(hook.database, "SELECT status, COUNT(*) FROM subscriptions GROUP BY status") == \
+            [("billing_problem", count)]
+        assert q(hook.database, "SELECT COUNT(*), COUNT(DISTINCT subject) FROM transitions WHERE actor = 'timer'") == \
+            [(count, count)]
+        for subject in cached:
+            assert (await hook.check(subject))[1]["status"] == "billing_problem"
+
 
 class TestFaults:
     async def test_store_failing_mid_event_answers_500_then_the_retry_applies_once(self, hook):

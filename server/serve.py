@@ -55,9 +55,13 @@ async def _serve(config: Config, table) -> None:
     store = open_store(config.database, **config.store_options())
     app = create_app(config, table, store)
     # keepalive_timeout: a connection with no complete request for this long is closed, whether idle or
-    # trickling its headers in (aiohttp's own default is an hour).
+    # trickling its headers in (aiohttp's own default is an hour). lingering_time 0: a request answered before
+    # its body came in (refused: too large, unauthorized, a body too slow) has its connection closed, not kept
+    # for up to 10 s to read and drop the rest. aiohttp's lingering read is not woken when the client hangs
+    # up: each such request held a task, a socket and a timer for the 10 s (measured: 2,500 refusals a second
+    # grew the process by 77 MB, and collecting that garbage paused the loop for up to 180 ms).
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           keepalive_timeout=config.idle_timeout)
+                           keepalive_timeout=config.idle_timeout, lingering_time=0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

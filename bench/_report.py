@@ -79,6 +79,20 @@ def _postgres_consume(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _webhook_abuse(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        if r["phase"] == "idle":
+            continue
+        answered = ", ".join(f"{k} {v}" for k, v in r["abuse"].items() if v)
+        out.append(_row(f"/v1/check p99 during webhook abuse: {r['phase']}", r["p99_ms"], "ms", r["idle_p99_ms"],
+                        "same probe, gate idle", r["ratio"], r["goal"], r["met"],
+                        f"{r['checks']} checks, max {r['max_ms']} ms; abuse: {answered}"
+                        + ("" if r["clean"] else "; NOT clean") +
+                        (f"; {r['events_stored_after_all']} events stored" if r.get("events_stored_after_all") else "")))
+    return out
+
+
 def _lint_startup(result: dict | list) -> list[dict]:
     rows = result if isinstance(result, list) else [result]
     return [_row(f"plangate lint {r['plan']} (median process time)", r["lint_median_ms"], "ms",
@@ -87,9 +101,11 @@ def _lint_startup(result: dict | list) -> list[dict]:
 
 
 NORMALIZERS: dict[str, Callable] = {"http_gate": _http_gate, "engine_decision": _engine_decision,
-                                    "webhook_ingest": _webhook_ingest, "sweep": _sweep,
-                                    "postgres_consume": _postgres_consume, "lint_startup": _lint_startup}
-ORDER = ("http_gate", "postgres_consume", "engine_decision", "webhook_ingest", "sweep", "lint_startup")
+                                    "webhook_ingest": _webhook_ingest, "webhook_abuse": _webhook_abuse,
+                                    "sweep": _sweep, "postgres_consume": _postgres_consume,
+                                    "lint_startup": _lint_startup}
+ORDER = ("http_gate", "postgres_consume", "engine_decision", "webhook_ingest", "webhook_abuse", "sweep",
+         "lint_startup")
 
 
 def normalize(results: dict[str, object], failed: dict[str, str] | None = None) -> list[dict]:
@@ -164,6 +180,9 @@ def _series(results: dict[str, object]) -> list[tuple[str, list[tuple[str, list]
         if r.get("latency_dist"):
             panels.append((f"webhook ingest (synchronous={r['synchronous']})",
                            [("gate", r["latency_dist"]), ("bare aiohttp", r.get("bare_latency_dist"))]))
+    abuse = [(r["phase"], r["latency_dist"]) for r in results.get("webhook_abuse") or [] if r.get("latency_dist")]
+    if abuse:
+        panels.append(("/v1/check during webhook abuse (webhook_abuse, 1 probe connection)", abuse))
     for r in results.get("postgres_consume") or []:
         if r.get("delays_ms"):
             n = len(r["delays_ms"])

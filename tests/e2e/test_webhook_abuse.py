@@ -3,9 +3,9 @@ without Content-Length), slow clients, floods of event types the plan does not u
 cheaply, nothing reaches subscription_events, and meanwhile /v1/check keeps its latency.
 
 The latency is measured by a probe in a process of its own (tests/e2e/_probe.py: one keep-alive connection, a
-check every 2 ms). The goal is p99 under 5 ms on an idle machine; these shared 2-core machines run the gate, the
-abuse and the probe at once, so the bound held here is PLANGATE_ABUSE_P99_MS (default 50 ms); every figure is
-printed (pytest -s shows them).
+check every 2 ms). Its goal, p99 under 5 ms, is held by bench/webhook_abuse.py (speed targets live in benchmarks,
+not in timed tests); the bound here only catches a gate that stalls, PLANGATE_ABUSE_P99_MS (default 50 ms), and
+every figure is printed (pytest -s shows them).
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 What it measures (issue 5, "Speed"): the sweep job's one batch, `Gate.sweep(1000)`: the due rows read
 through the timer index (`store.due`), the engine firing each timer, and the new states and audit rows
-committed (in transactions of server.gate.SWEEP_CHUNK subjects), on a gate built as server/app.py builds it (shipped plans.yaml, a real
-SQLite file in WAL mode, INFO logs written as `plangate serve` writes them, here to a file). Goal:
-under 50 ms with a million subjects and a thousand due.
+committed (in transactions of server.gate.SWEEP_CHUNK subjects), on a gate built as server/app.py builds it
+(shipped plans.yaml, a real SQLite file in WAL mode, INFO logs written as `plangate serve` writes them, here
+to a file). Goal: under 50 ms with a million subjects and a thousand due.
 
 The store is created by SQLiteStore.migrate() and then filled fast with sqlite3 executemany: most
 subjects paid (no timer) or on the free trial, some in a paid trial or in grace with a timer in the

@@ -80,9 +80,9 @@ _BATCH_WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "perio
 _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in _BATCH_WRITTEN)}, version = version + 1, "
                  "updated_at = ? WHERE subject = ? AND version = ?")
 # Group commit: concurrent writes (counts, webhook events) wait for the writer and then go in one transaction
-# (_group: one that raises rolls back alone), answered once that transaction committed. A transaction is ~200 us of
-# SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us (of 8). The cap bounds
-# how long a group holds the loop: ~5 ms for 32 webhook events.
+# (_group: one that raises rolls back alone), answered once that transaction committed. A transaction is
+# ~200 us of SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us (of 8). The
+# cap bounds how long a group holds the loop: ~5 ms for 32 webhook events.
 _GROUP_MAX = 32
 # Turns of the event loop a group waits for before it starts, while it is not full. Writes run on the loop, so
 # a group began with only the requests of one turn: 4.8 webhook events on average at 32 connections (each

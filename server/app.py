@@ -102,13 +102,14 @@ def _guarded(handler, route: str, token: str, metrics: Metrics):
     token, errors as JSON and the route's latency."""
     expected = f"Bearer {token}".encode()
     rejected, latency = metrics.rejected, metrics.latency.labels(route)
+    protected = None if route == "unmatched" else route.startswith("/v1/")     # unmatched: by the request's path
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-Id", "")[:64] or _new_request_id()
         current_request_id.set(request_id)
         started = time.perf_counter()
         try:
-            if request.path.startswith("/v1/"):
+            if protected if protected is not None else request.path.startswith("/v1/"):
                 given = request.headers.get("Authorization", "").encode()
                 if not token or not hmac.compare_digest(given, expected):
                     raise BadRequest(401, "unauthorized", "send Authorization: Bearer <PLANGATE_API_TOKEN>")

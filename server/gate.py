@@ -60,6 +60,7 @@ class Gate:
         self.clock = clock
         self._cache: TTLCache = TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl) \
             if config.cache_ttl > 0 else TTLCache(maxsize=1, ttl=1e-9)
+        self._cache_hits = metrics.cache.labels("hit")
         self._throttle = Throttle()
         self._write_failure: tuple[float, str] | None = None    # (monotonic time, error) of the last failed write
 
@@ -107,7 +108,7 @@ class Gate:
     async def _entry(self, subject: str, now: float) -> _Entry:
         entry = self._cache.get(subject)
         if entry is not None:
-            self.metrics.cache.labels("hit").inc()
+            self._cache_hits.inc()
             return entry
         self.metrics.cache.labels("miss").inc()
         stored = await self._timed("load", self.store.load(subject))
@@ -159,10 +160,17 @@ class Gate:
         if decision is None:
             now = self.clock()
             try:
-                entry = await self._entry(subject, now)
+                # A warm cache answers without a coroutine per step (_entry, _used): the check's common case.
+                entry = self._cache.get(subject)
+                if entry is None:
+                    entry = await self._entry(subject, now)
+                else:
+                    self._cache_hits.inc()
                 state = entry.stored.state
                 span = self.table.window(state, meter, now)
-                used = await self._used(entry, meter, span.start)
+                used = entry.used.get((meter, span.start)) if self.store.caches_usage else None
+                if used is None:
+                    used = await self._used(entry, meter, span.start)
                 decision = self.table.can_process(state, meter, amount, used, now)
             except StoreUnavailable:
                 decision = self._fail(subject, meter)

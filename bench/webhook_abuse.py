@@ -38,16 +38,13 @@ if str(ROOT) not in sys.path:
 from bench._columns import columns  # noqa: E402
 from bench.http_gate import HOST, Server, _gate_argv, _percentile, choose_generator, dist_of  # noqa: E402
 from bench.webhook_ingest import PATH, Shot, run_python_generator, run_wrk, write_requests  # noqa: E402
+from tests.e2e._abuse import UNUSED, chunked_until_answered, declared_huge, head, raw  # noqa: E402
 from tests.server import stripe_events as se  # noqa: E402
 
 GOAL_P99_MS = 5.0
 MAX_BYTES = 65_536
 TOLERANCE = 300
 SLOW_CLIENTS = 50
-# Types Stripe sends that the shipped plan neither transitions on nor keeps facts of.
-UNUSED = ("charge.succeeded", "charge.refunded", "customer.created", "customer.updated", "payment_intent.created",
-          "payment_intent.succeeded", "invoice.created", "invoice.finalized", "product.updated", "price.created",
-          "balance.available", "payout.paid")
 
 
 def start_gate(folder: Path, secret: str, token: str) -> Server:
@@ -111,60 +108,25 @@ def flood(url: str, requests: list[tuple[str, str]], folder: Path, tag: str, con
     return {"sent": result.requests, "not_200": result.errors, **outcomes}
 
 
-def _head(length: int | None) -> bytes:
-    lines = ["POST /webhook/stripe HTTP/1.1", f"Host: {HOST}", "Content-Type: application/json",
-             "Stripe-Signature: t=1,v1=00",
-             "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def _status(reader: asyncio.StreamReader, timeout: float) -> int:
-    line = await asyncio.wait_for(reader.readline(), timeout)
-    return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else 0
-
-
-async def _huge_once(port: int, chunked: bool) -> int:
-    """One body over the limit: a 10 MB Content-Length with 4 KiB sent, or chunks without end; its status."""
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        writer.write(_head(None if chunked else 10_000_000))
-        if not chunked:
-            writer.write(b"{" * 4096)
-            return await _status(reader, 10)
-        answer = asyncio.ensure_future(_status(reader, 10))
-        try:
-            for _ in range(4 * MAX_BYTES // 4096):          # up to 4x the limit, until the gate answers
-                if answer.done():
-                    break
-                writer.write(b"1000\r\n" + b"[" * 4096 + b"\r\n")
-                await writer.drain()
-                await asyncio.sleep(0.001)
-        except (ConnectionError, OSError):
-            pass                                               # the gate closed the connection: refused too
-        return await answer
-    finally:
-        writer.close()
-
-
-async def huge_bodies(port: int, duration: float, parallel: int = 10) -> dict:
+async def huge_bodies(url: str, duration: float, parallel: int = 10) -> dict:
     statuses: list[int] = []
     deadline = time.monotonic() + duration
 
     async def worker(chunked: bool) -> None:
-        while time.monotonic() < deadline:
-            statuses.append(await _huge_once(port, chunked))
+        while time.monotonic() < deadline:     # chunked: up to 4x the limit, until the gate answers
+            try:
+                statuses.append(await (chunked_until_answered(url, 4 * MAX_BYTES // 4096) if chunked else
+                                       declared_huge(url)))
+            except (AssertionError, OSError, asyncio.TimeoutError):     # no status line: counted as other
+                statuses.append(0)
 
     await asyncio.gather(*(worker(i % 2 == 1) for i in range(parallel)))
     return {"sent": len(statuses), "413": statuses.count(413), "other": len(statuses) - statuses.count(413)}
 
 
-async def slow_clients(port: int, duration: float, body: bytes, signature: str) -> dict:
+async def slow_clients(url: str, duration: float, body: bytes, signature: str) -> dict:
     """SLOW_CLIENTS connections each sending its body a byte every 100 ms: none is complete within the run."""
-    conns = []
-    for _ in range(SLOW_CLIENTS):
-        reader, writer = await asyncio.open_connection(HOST, port)
-        writer.write(_head(len(body)).replace(b"t=1,v1=00", signature.encode()))
-        conns.append((reader, writer))
+    conns = [await raw(url, head(len(body), signature)) for _ in range(SLOW_CLIENTS)]
     sent = 0
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline and sent < len(body) - 1:
@@ -219,7 +181,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="plangate-bench-abuse-") as tmp:
         folder = Path(tmp)
         gate = start_gate(folder, secret, token)
-        port = int(gate.url.rsplit(":", 1)[1])
         try:
             def phase(name: str, abuse, clean) -> None:
                 probe = Probe(gate.url, token)
@@ -240,10 +201,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             phase("unused event types", lambda: flood(gate.url, unused, folder, "unused", args.connections,
                                                       args.duration, generator),
                   lambda a: a["sent"] > 0 and a["not_200"] == 0 and a["ignored"] == a["answered"])
-            phase("huge bodies", lambda: asyncio.run(huge_bodies(port, args.duration)),
+            phase("huge bodies", lambda: asyncio.run(huge_bodies(gate.url, args.duration)),
                   lambda a: a["sent"] > 0 and a["other"] == 0)
             body = se.encode(se.event("checkout.session.completed", se.checkout("slow-user"), time.time()))
-            phase("slow clients", lambda: asyncio.run(slow_clients(port, args.duration, body, se.sign(body, secret))),
+            phase("slow clients", lambda: asyncio.run(slow_clients(gate.url, args.duration, body,
+                                                                   se.sign(body, secret))),
                   lambda a: a["answered_early"] == 0)
         finally:
             gate.stop()

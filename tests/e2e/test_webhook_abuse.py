@@ -23,14 +23,11 @@ from server.stripe_objects import FACT_EVENTS
 from tests.server import stripe_events as se
 from tests.server.conftest import BASE_ENV, GateProcess
 
+from ._abuse import UNUSED, chunked_until_answered, declared_huge, head, raw, status_line
 from ._local import QUIET, CheckLatency, deliver, local_gate, metrics, sample  # noqa: F401 - local_gate: fixture
 
 P99_BOUND_MS = float(os.environ.get("PLANGATE_ABUSE_P99_MS", "50"))
 MAX_BYTES = 65_536
-# Types Stripe sends that the shipped plan neither transitions on nor keeps facts of.
-UNUSED = ["charge.succeeded", "charge.refunded", "customer.created", "customer.updated", "payment_intent.created",
-          "payment_intent.succeeded", "invoice.created", "invoice.finalized", "product.updated", "price.created",
-          "balance.available", "payout.paid"]
 
 
 @pytest.fixture
@@ -72,30 +69,6 @@ def held(probe: CheckLatency) -> None:
     assert probe.errors == 0
     assert len(probe.ms) >= 50, probe.summary()
     assert probe.p99() < P99_BOUND_MS, probe.summary()
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
-async def raw(url: str, head: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(url))
-    writer.write(head.encode())
-    await writer.drain()
-    return reader, writer
-
-
-def head(length: int | None, signature: str = "t=1,v1=00", chunked: bool = False) -> str:
-    lines = ["POST /webhook/stripe HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
-             f"Stripe-Signature: {signature}"]
-    lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}")
-    return "\r\n".join(lines) + "\r\n\r\n"
-
-
-async def status_line(reader: asyncio.StreamReader, timeout: float) -> int:
-    line = await asyncio.wait_for(reader.readline(), timeout)
-    assert line.startswith(b"HTTP/1.1 "), line
-    return int(line.split()[1])
 
 
 async def test_idle_latency_baseline(abused):
@@ -183,35 +156,11 @@ async def test_huge_bodies_are_refused_before_they_are_read(abused, session):
     status, answer = await deliver(session, abused.url, big)
     assert (status, answer["error"]) == (413, "body_too_large")
 
-    async def declared_huge():
-        r, w = await raw(abused.url, head(10_000_000))
-        w.write(b"{" * 4096)
-        try:
-            return await status_line(r, 10)
-        finally:
-            w.close()
-
-    async def chunked_huge():
-        r, w = await raw(abused.url, head(None, chunked=True))
-        done = asyncio.ensure_future(status_line(r, 10))
-        try:
-            for _ in range(40):                              # 40 x 4 KiB = 160 KiB, over the 64 KiB limit
-                if done.done():
-                    break
-                w.write(b"1000\r\n" + b"[" * 4096 + b"\r\n")
-                await w.drain()
-                await asyncio.sleep(0.001)
-        except (ConnectionError, OSError):
-            pass
-        try:
-            return await done
-        finally:
-            w.close()
-
     async with CheckLatency(abused.url, "under 400 huge bodies") as probe:
         statuses = []
-        for _ in range(20):
-            statuses += await asyncio.gather(*[declared_huge() for _ in range(10)], *[chunked_huge() for _ in range(10)])
+        for _ in range(20):     # chunked: 40 x 4 KiB = 160 KiB, over the 64 KiB limit
+            statuses += await asyncio.gather(*[declared_huge(abused.url) for _ in range(10)],
+                                             *[chunked_until_answered(abused.url, 40) for _ in range(10)])
     held(probe)
     assert statuses == [413] * 400
     assert stored_events(abused.database) == 0

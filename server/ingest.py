@@ -62,6 +62,8 @@ class Ingest:
         """Handle one verified event. StoreUnavailable propagates: the caller answers 5xx and Stripe retries.
         record_noop=False (reconciliation): an event that changes nothing only marks the subject confirmed.
         All the event's store calls share one budget, WEBHOOK_STORE_TIMEOUT."""
+        if event.type not in self.relevant:     # no store call, no budget to arm (a flood of these is cheap)
+            return Received(event.id, "ignored")
         try:
             async with asyncio.timeout(WEBHOOK_STORE_TIMEOUT):
                 return await self._receive(event, payload, record_noop)
@@ -69,8 +71,6 @@ class Ingest:
             raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
-        if event.type not in self.relevant:
-            return Received(event.id, "ignored")
         obj = event.object
         customer, subscription = stripe_ids(obj)
         named = named_subject(obj, self.table.plan.subject_link)

@@ -1,7 +1,7 @@
 """A quick yes to "is this document valid against the schema?", so that a clean plan is
 checked without importing jsonschema (over a third of a lint's whole-process time).
 
-It knows only the keywords plans.schema.json uses and answers exactly as jsonschema's
+It knows only the keywords schema/plans.schema.json uses and answers exactly as jsonschema's
 Draft 2020-12 validator does for them; on any other keyword it raises Unsupported and the
 caller asks jsonschema. It never reports anything: when it says no, jsonschema runs and
 produces the findings.

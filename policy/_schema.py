@@ -1,4 +1,4 @@
-"""Checks a plan document against policy/plans.schema.json, the one description of the format.
+"""Checks a plan document against schema/plans.schema.json, the one description of the format.
 
 jsonschema is imported only when a document is not valid: a clean plan is confirmed by
 _fastschema, which keeps `plangate lint` on a clean plan from paying for jsonschema's import.
@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+import plangate_schema
 
 from . import _fastschema
 from ._findings import Finding, Severity
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "plans.schema.json"
+SCHEMA_PATH = plangate_schema.PLANS
 
 
 @functools.cache

@@ -4,8 +4,8 @@ from __future__ import annotations
 import functools
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
+import plangate_schema
 from aiohttp import web
 
 from engine import Decision
@@ -17,7 +17,7 @@ from .store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
 JOBS = web.AppKey("jobs", object)
-OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
+OPENAPI_PATH = plangate_schema.OPENAPI
 _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("policy", "engine", "server")
+PACKAGES = ("policy", "engine", "server", "schema")
+INSTALLED_AS = {"schema/": "plangate_schema/"}    # pyproject.toml package-dir
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def _source_files() -> set[str]:
     tracked = subprocess.run(["git", "ls-files", *PACKAGES], cwd=ROOT, capture_output=True, text=True, check=True)
-    return {name for name in tracked.stdout.split() if "/__pycache__/" not in name}
+    names = {name for name in tracked.stdout.split() if "/__pycache__/" not in name}
+    return {next((to + name[len(src):] for src, to in INSTALLED_AS.items() if name.startswith(src)), name)
+            for name in names}
 
 
 def test_the_wheel_holds_every_file_of_the_packages(wheel):

@@ -1,4 +1,4 @@
-"""schemathesis drives every route of server/openapi.json against a real `plangate serve` process.
+"""schemathesis drives every route of schema/openapi.json against a real `plangate serve` process.
 
 Generated requests (valid for the schema) and malformed ones (negative mode: wrong types, missing fields, bad
 headers, undeclared methods, no or wrong token) go to a real gate over HTTP on 127.0.0.1 with the API token given;
@@ -32,7 +32,7 @@ from tests.server.conftest import BASE_ENV, PLAN, TOKEN, GateProcess
 
 from ._local import deliver, local_gate, q  # noqa: F401 - local_gate is a fixture
 
-SPEC_PATH = PLAN.parent / "server" / "openapi.json"
+SPEC_PATH = PLAN.parent / "schema" / "openapi.json"
 SECRET = "whsec_fuzz_0123456789abcdef"
 MAX_EXAMPLES = int(os.environ.get("PLANGATE_FUZZ_EXAMPLES", "25"))
 TABLE = compile_file(str(PLAN))
@@ -41,7 +41,7 @@ MAX_AMOUNT = 1_000_000
 
 
 def plan_spec() -> dict:
-    """server/openapi.json with the plan's names where the spec can only say 'a string'."""
+    """schema/openapi.json with the plan's names where the spec can only say 'a string'."""
     spec = copy.deepcopy(json.loads(SPEC_PATH.read_text(encoding="utf-8")))
     schemas = spec["components"]["schemas"]
     for request in ("CheckRequest", "ConsumeRequest", "UsageRequest"):

@@ -32,13 +32,13 @@ class TestShippedPlan:
 
 class TestSchema:
     def test_is_valid_json_schema_2020_12(self, repo):
-        schema = json.loads((repo / "policy" / "plans.schema.json").read_text(encoding="utf-8"))
+        schema = json.loads((repo / "schema" / "plans.schema.json").read_text(encoding="utf-8"))
         Draft202012Validator.check_schema(schema)
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
     def test_shipped_plan_names_it_for_editors(self, shipped_plan, repo):
         first = shipped_plan.read_text(encoding="utf-8").splitlines()[0]
-        assert first == "# yaml-language-server: $schema=policy/plans.schema.json"
+        assert first == "# yaml-language-server: $schema=schema/plans.schema.json"
         assert (shipped_plan.parent / first.split("$schema=", 1)[1]).is_file()
 
 

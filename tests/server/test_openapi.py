@@ -1,4 +1,4 @@
-"""server/openapi.json: a valid OpenAPI 3.1 document, in step with the app's routes and with _input.py,
+"""schema/openapi.json: a valid OpenAPI 3.1 document, in step with the app's routes and with _input.py,
 and true of what a real gate answers, route by route and status by status."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from server.api import GATE
 
 from .conftest import TOKEN
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "server" / "openapi.json"
+SPEC_PATH = Path(__file__).resolve().parents[2] / "schema" / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
 BASE = "urn:plangate:openapi"
 REGISTRY = Registry().with_resource(BASE, Resource.from_contents(SPEC, default_specification=DRAFT202012))

@@ -29,7 +29,7 @@ async def hook(start_gate):
 
 
 async def deliver(gate, evt: dict, *, secret: str = se.SECRET, header: str | None = None, raw: bytes | None = None):
-    """Post an event; every answer is checked against server/openapi.json."""
+    """Post an event; every answer is checked against schema/openapi.json."""
     body = raw if raw is not None else se.encode(evt)
     sig = header if header is not None else se.sign(body, secret)
     async with gate.session.post(gate.url + "/webhook/stripe", data=body, headers={"Stripe-Signature": sig}) as r:

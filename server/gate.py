@@ -60,7 +60,7 @@ class Gate:
         self.clock = clock
         self._cache: TTLCache = TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl) \
             if config.cache_ttl > 0 else TTLCache(maxsize=1, ttl=1e-9)
-        self._cache_hits = metrics.cache.labels("hit")
+        self._cache_hits, self._cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
         self._throttle = Throttle()
         self._write_failure: tuple[float, str] | None = None    # (monotonic time, error) of the last failed write
 
@@ -105,12 +105,19 @@ class Gate:
             return failed[1]
         return None
 
-    async def _entry(self, subject: str, now: float) -> _Entry:
-        entry = self._cache.get(subject)
-        if entry is not None:
-            self._cache_hits.inc()
-            return entry
-        self.metrics.cache.labels("miss").inc()
+    # The cache's two steps are plain calls, awaited only when the store must answer: a check from a warm
+    # cache runs no coroutine of its own.
+
+    def _cached(self, subject: str) -> _Entry | None:
+        try:
+            entry = self._cache[subject]        # one call into cachetools; get() makes four
+        except KeyError:
+            return None
+        self._cache_hits.inc()
+        return entry
+
+    async def _load_entry(self, subject: str, now: float) -> _Entry:
+        self._cache_misses.inc()
         stored = await self._timed("load", self.store.load(subject))
         if stored is None:
             stored = StoredSubject(self.table.initial_state(subject, now), 0)
@@ -118,12 +125,16 @@ class Gate:
         self._cache[subject] = entry
         return entry
 
-    async def _used(self, entry: _Entry, meter: str, window_start: int) -> int:
-        key = (meter, window_start)
-        if key not in entry.used or not self.store.caches_usage:
-            found = await self._timed("usage", self.store.used(entry.stored.state.subject, [key]))
-            entry.used[key] = max(entry.used.get(key, 0), found[key])
-        return entry.used[key]
+    def _cached_used(self, entry: _Entry, window: tuple[str, int]) -> int | None:
+        """A window's usage (meter, start) if the cache may answer it: every count of this store is local."""
+        return entry.used.get(window) if self.store.caches_usage else None
+
+    async def _used(self, entry: _Entry, window: tuple[str, int]) -> int:
+        used = self._cached_used(entry, window)
+        if used is None:
+            found = await self._timed("usage", self.store.used(entry.stored.state.subject, [window]))
+            used = entry.used[window] = max(entry.used.get(window, 0), found[window])
+        return used
 
     def invalidate(self, subject: str) -> None:
         self._cache.pop(subject, None)
@@ -142,7 +153,7 @@ class Gate:
         return None
 
     def _fail(self, subject: str, meter: str) -> Decision:
-        entry = self._cache.get(subject)
+        entry = self._cache.get(subject)      # not _cached: a fail-mode answer is no cache hit
         state = entry.stored.state if entry else None
         mode = self.config.fail_mode
         if mode == "plan":
@@ -160,18 +171,12 @@ class Gate:
         if decision is None:
             now = self.clock()
             try:
-                # A warm cache answers without a coroutine per step (_entry, _used): the check's common case.
-                try:
-                    entry = self._cache[subject]        # one call into cachetools; get() makes four
-                except KeyError:
-                    entry = await self._entry(subject, now)
-                else:
-                    self._cache_hits.inc()
+                entry = self._cached(subject) or await self._load_entry(subject, now)
                 state = entry.stored.state
-                span = self.table.window(state, meter, now)
-                used = entry.used.get((meter, span.start)) if self.store.caches_usage else None
+                window = (meter, self.table.window(state, meter, now).start)
+                used = self._cached_used(entry, window)      # _used without its coroutine, when the cache has it
                 if used is None:
-                    used = await self._used(entry, meter, span.start)
+                    used = await self._used(entry, window)
                 decision = self.table.can_process(state, meter, amount, used, now)
             except StoreUnavailable:
                 decision = self._fail(subject, meter)
@@ -200,12 +205,12 @@ class Gate:
     async def _count(self, subject, meter, amount, key, enforce) -> Counting:
         for _ in range(MAX_CONFLICT_RETRIES):
             now = self.clock()
-            entry = await self._entry(subject, now)
+            entry = self._cached(subject) or await self._load_entry(subject, now)
             state = entry.stored.state
             rule = self.table.rule(state, meter)
             span = rule.span(state, now)
             if enforce and not rule.allows:
-                used = await self._used(entry, meter, span.start)
+                used = await self._used(entry, (meter, span.start))
                 return Counting(self.table.can_process(state, meter, amount, used, now), False)
             limit = rule.limit if enforce else None
             done: Counted = await self._timed(

@@ -43,7 +43,8 @@ async def status_of(gate, subject: str) -> str:
 
 
 class TestSignatures:
-    @pytest.mark.parametrize("case", ["missing", "malformed", "wrong_secret", "expired", "tampered", "v0_only"])
+    @pytest.mark.parametrize("case", ["missing", "malformed", "wrong_secret", "expired", "tampered", "v0_only",
+                                      "expired_wrong_secret", "timestamp_not_a_number"])
     async def test_refused_with_400_and_nothing_written(self, hook, case):
         evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
         body = se.encode(evt)
@@ -54,10 +55,14 @@ class TestSignatures:
             "expired": se.sign(body, timestamp=int(time.time()) - 301),
             "tampered": se.sign(body),
             "v0_only": se.sign(body).replace("v1=", "v0="),
+            "expired_wrong_secret": se.sign(body, "whsec_other_secret_123456", timestamp=int(time.time()) - 301),
+            "timestamp_not_a_number": "t=soon," + se.sign(body).split(",", 1)[1],
         }[case]
         raw = body.replace(b"alice", b"mallory") if case == "tampered" else body
         status, answer = await deliver(hook, evt, header=header, raw=raw)
         assert status == 400 and answer["error"] in ("signature_missing", "signature_invalid")
+        if case.startswith("expired"):      # refused on its time alone, before any HMAC, whatever the secret
+            assert "more than 300 s ago" in answer["message"], answer
         assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
         assert await status_of(hook, "alice") == "limited_free_trial"
         _, metrics = await hook.get("/metrics")

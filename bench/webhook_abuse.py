@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -36,8 +35,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._columns import columns  # noqa: E402
-from bench.http_gate import HOST, Server, _gate_argv, _percentile, choose_generator, dist_of  # noqa: E402
-from bench.webhook_ingest import PATH, Shot, run_python_generator, run_wrk, write_requests  # noqa: E402
+from bench.http_gate import _percentile, choose_generator, dist_of  # noqa: E402
+from bench.webhook_ingest import (PATH, Shot, _stored, run_python_generator, run_wrk, start_gate,  # noqa: E402
+                                  write_requests)
 from tests.e2e._abuse import UNUSED, chunked_until_answered, declared_huge, head, raw  # noqa: E402
 from tests.server import stripe_events as se  # noqa: E402
 
@@ -45,15 +45,6 @@ GOAL_P99_MS = 5.0
 MAX_BYTES = 65_536
 TOLERANCE = 300
 SLOW_CLIENTS = 50
-
-
-def start_gate(folder: Path, secret: str, token: str) -> Server:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
-                "PLANGATE_PORT": "0", "PLANGATE_PLANS": str(ROOT / "plans.yaml"),
-                "PLANGATE_DATABASE": str(folder / "abuse.sqlite3"), "STRIPE_WEBHOOK_SECRET": secret,
-                "PLANGATE_WEBHOOK_MAX_BYTES": str(MAX_BYTES)})
-    return Server("gate-abuse", _gate_argv(False), env, folder)
 
 
 class Probe:
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="plangate-bench-abuse-") as tmp:
         folder = Path(tmp)
-        gate = start_gate(folder, secret, token)
+        gate = start_gate(folder, secret, "NORMAL", False, token, PLANGATE_WEBHOOK_MAX_BYTES=str(MAX_BYTES))
         try:
             def phase(name: str, abuse, clean) -> None:
                 probe = Probe(gate.url, token)
@@ -209,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   lambda a: a["answered_early"] == 0)
         finally:
             gate.stop()
-        stored = _stored_events(folder / "abuse.sqlite3")
+        stored = sum(_stored(folder / "gate-normal.sqlite3")["events"].values())
     for r in rows:
         r["events_stored_after_all"] = stored
         if stored:
@@ -217,15 +208,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(rows)
     print(f"  events stored after all of it: {stored} (should be 0)")
     return rows
-
-
-def _stored_events(database: Path) -> int:
-    import sqlite3
-    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT COUNT(*) FROM subscription_events").fetchone()[0]
-    finally:
-        db.close()
 
 
 if __name__ == "__main__":

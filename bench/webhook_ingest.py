@@ -245,13 +245,15 @@ def _python_load_main() -> None:
 
 # --- the gate -----------------------------------------------------------------------------------
 
-def start_gate(folder: Path, secret: str, synchronous: str, uvloop: bool) -> Server:
-    """`plangate serve` (bench.http_gate's process) with the shipped plan and a webhook secret."""
+def start_gate(folder: Path, secret: str, synchronous: str, uvloop: bool, token: str | None = None,
+               **settings: str) -> Server:
+    """`plangate serve` (bench.http_gate's process) with the shipped plan, a webhook secret, the /v1/ token
+    (a random one unless given) and any other PLANGATE_ settings; its database is gate-<synchronous>.sqlite3."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": secrets.token_urlsafe(24),
+    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token or secrets.token_urlsafe(24),
                 "PLANGATE_HOST": HOST, "PLANGATE_PORT": "0", "PLANGATE_PLANS": str(ROOT / "plans.yaml"),
                 "PLANGATE_DATABASE": str(folder / f"gate-{synchronous.lower()}.sqlite3"),
-                "PLANGATE_SQLITE_SYNCHRONOUS": synchronous, "STRIPE_WEBHOOK_SECRET": secret})
+                "PLANGATE_SQLITE_SYNCHRONOUS": synchronous, "STRIPE_WEBHOOK_SECRET": secret, **settings})
     return Server(f"gate-{synchronous.lower()}", _gate_argv(uvloop), env, folder)
 
 

@@ -15,6 +15,15 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
 
 
 def statements(sql: str) -> list[str]:
-    """A migration file's statements (our files keep semicolons out of statements and comments)."""
+    """A migration file's statements, split at the semicolons outside $$-quoted bodies (a function's body
+    keeps its own). Our files keep semicolons out of comments and "--" out of strings."""
     lines = [line.split("--", 1)[0] for line in sql.splitlines()]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+    pieces = [""]
+    for i, part in enumerate("\n".join(lines).split("$$")):
+        if i % 2:                       # inside $$ ... $$: part of the statement being read
+            pieces[-1] += f"$${part}$$"
+        else:
+            first, *rest = part.split(";")
+            pieces[-1] += first
+            pieces += rest
+    return [piece.strip() for piece in pieces if piece.strip()]

@@ -53,7 +53,7 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.pool_min, max_size=self.pool_max, timeout=self.connect_timeout,
-                command_timeout=self.command_timeout)
+                command_timeout=self.command_timeout, reset=_keep_session)
         except (*_ERRORS, ValueError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
 
@@ -130,6 +130,18 @@ class PostgresStore(Store):
     async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
                     limit: int | None, key: str | None, now: float) -> Counted:
         subject = current.state.subject
+        if current.version:
+            async with self._conn() as db:
+                try:
+                    outcome, used, *seen = await db.fetchrow(
+                        "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)",
+                        subject, meter, window_start, amount, limit, key, now, current.version)
+                except _ERRORS as exc:
+                    raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            if outcome == "repeat":
+                return _repeated(key, subject, meter, amount, *seen, used)
+            return Counted(outcome == "counted", used, conflict=outcome == "conflict")
+        # Not stored yet: the row goes in with the count, by statements (plangate_count takes no whole row).
         async with self._conn() as db:
             try:
                 async with db.transaction():
@@ -162,11 +174,7 @@ class PostgresStore(Store):
 
     async def _repeat(self, db, key: str, subject: str, meter: str, amount: int) -> Counted:
         seen = await db.fetchrow("SELECT subject, meter, amount, used_after FROM usage_keys WHERE key = $1", key)
-        if (seen[0], seen[1], seen[2]) != (subject, meter, amount):
-            raise IdempotencyConflict(
-                f"idempotency key {key!r} was first used for subject {seen[0]!r}, meter {seen[1]!r}, "
-                f"amount {seen[2]}; use a new key for different work")
-        return Counted(True, seen[3], duplicate=True)
+        return _repeated(key, subject, meter, amount, *seen)
 
     async def _used_now(self, db, subject: str, meter: str, window_start: int) -> int:
         return await db.fetchval("SELECT used FROM quota_usage WHERE subject = $1 AND meter = $2 AND "
@@ -343,8 +351,30 @@ class PostgresStore(Store):
                 yield bool(got)
             finally:
                 if got:
-                    with contextlib.suppress(*_ERRORS):
+                    try:
                         await db.execute("SELECT pg_advisory_unlock($1)", key)
+                    except BaseException as exc:    # failed or cancelled: the session ends, and its lock with it
+                        db.terminate()              # (the pool's release unlocks nothing: _keep_session)
+                        if not isinstance(exc, _ERRORS):
+                            raise
+
+
+async def _keep_session(conn) -> None:
+    """The pool's reset of a released connection: none. asyncpg's default sends one more query on every release
+    (unlock every advisory lock, close cursors, unlisten, reset settings): a round trip for each store call.
+    Our sessions change none of that: no SET, no cursor, LISTEN only on the Listener's own connection, and the
+    one session lock (exclusive) is released by its holder, or its connection closed. asyncpg still rolls back
+    a transaction left open."""
+
+
+def _repeated(key: str, subject: str, meter: str, amount: int, seen_subject: str, seen_meter: str, seen_amount: int,
+              used_after: int) -> Counted:
+    """A key counted before: its first count's usage, if it was for the same work."""
+    if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was first used for subject {seen_subject!r}, meter {seen_meter!r}, "
+            f"amount {seen_amount}; use a new key for different work")
+    return Counted(True, used_after, duplicate=True)
 
 
 class _Abort(Exception):

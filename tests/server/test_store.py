@@ -11,9 +11,10 @@ import pytest
 
 from engine import SubjectState
 from tests import postgres
-from server.store import (AuditEntry, Change, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
+from server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
                           StoredSubject, StoreError, open_store)
 from server.store import _sqlite
+from server.store._migrations import statements
 from server.store._base import state_from_json, state_json
 
 
@@ -204,7 +205,12 @@ class TestSQLiteSettings:
 
 class TestSchema:
     async def test_migrate_is_idempotent(self, store):
-        assert await store.migrate() == (4, 4)
+        assert await store.migrate() == (5, 5)
+
+    def test_a_migration_splits_at_semicolons_outside_dollar_quoted_bodies(self):
+        sql = "CREATE TABLE a (x INT); -- one; two\nCREATE FUNCTION f() AS $$BEGIN x; y; END$$;\nDROP TABLE a;"
+        assert statements(sql) == ["CREATE TABLE a (x INT)", "CREATE FUNCTION f() AS $$BEGIN x; y; END$$",
+                                   "DROP TABLE a"]
 
     async def test_a_closed_store_raises_store_error(self, store):
         await store.close()
@@ -247,6 +253,24 @@ class TestCounting:
         done = await store.count(stale, "requests", 0, 1, 10, "k", 100.0)
         assert done.conflict and not done.counted
         assert (await store.used("u", [("requests", 0)])) == {("requests", 0): 1}
+
+    async def test_a_refused_count_keeps_no_key(self, store):
+        """Refused by the quota (or by an amount past the limit), the count stores nothing: its key counts later
+        work as new, not as a repeat of the refusal."""
+        await store.count(fresh(), "requests", 0, 8, 10, "a", 100.0)
+        current = await store.load("u")
+        assert (await store.count(current, "requests", 0, 3, 10, "b", 100.0)).counted is False
+        assert (await store.count(current, "requests", 0, 11, 10, "c", 100.0)) == Counted(False, 8)
+        for key in ("b", "c"):
+            done = await store.count(current, "requests", 0, 1, 10, key, 100.0)
+            assert done.counted and not done.duplicate
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 10}
+
+    async def test_a_conflicting_count_keeps_no_key(self, store):
+        await store.count(fresh(), "requests", 0, 1, 10, None, 100.0)
+        assert (await store.count(StoredSubject(fresh().state, 7), "requests", 0, 2, 10, "k", 100.0)).conflict
+        again = await store.count(await store.load("u"), "requests", 0, 2, 10, "k", 100.0)
+        assert (again.counted, again.duplicate, again.used) == (True, False, 3)
 
     async def test_idempotency_key(self, store):
         first = await store.count(fresh(), "requests", 0, 2, 10, "k1", 100.0)
@@ -393,6 +417,30 @@ class TestConcurrentCounting:
                                          for _ in range(20)))
         assert sum(not r.duplicate for r in results) == 1 and all(r.counted for r in results)
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 3}
+
+
+class TestJobLocks:
+    async def test_a_job_lock_is_held_by_one_node_and_ends_with_its_block(self):
+        """The pool resets nothing on release (one round trip less a store call): a job's lock must still end
+        with its block, or the connection it was taken on would keep it for whichever call comes next."""
+        dsn = await postgres.create_database()
+        first, second = open_store(dsn, pool_max=1), open_store(dsn)
+        try:
+            await first.open()
+            await first.migrate()
+            await second.open()
+            async with first.exclusive("sweep") as mine:
+                async with second.exclusive("sweep") as theirs:
+                    assert (mine, theirs) == (True, False)
+                async with second.exclusive("reconcile") as other_job:
+                    assert other_job
+            await first.load("u")           # the one pooled connection, used again
+            async with second.exclusive("sweep") as theirs_now:
+                assert theirs_now
+        finally:
+            await first.close()
+            await second.close()
+            await postgres.drop_database(dsn)
 
 
 class TestStateJson:

@@ -64,18 +64,21 @@ class PostgresStore(Store):
                 await asyncio.wait_for(pool.close(), 5)
 
     @contextlib.asynccontextmanager
-    async def _conn(self):
+    async def _conn(self, timeout: float | None = None):
+        """A pooled connection. The wait for one is bounded by the caller's time budget (the gate runs every
+        store call under one), not by a timer of its own: asyncpg's acquire timeout is a task and a timer per
+        call. Calls outside a gate's budget (migrate, a job's lock) pass `timeout`."""
         if self._pool is None:
             raise StoreError("the store is not open")
         try:
-            async with self._pool.acquire(timeout=self.connect_timeout) as conn:
+            async with self._pool.acquire(timeout=timeout) as conn:
                 yield conn
         except _ERRORS as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     @contextlib.asynccontextmanager
-    async def _tx(self):
-        async with self._conn() as conn:
+    async def _tx(self, timeout: float | None = None):
+        async with self._conn(timeout) as conn:
             try:
                 async with conn.transaction():
                     yield conn
@@ -83,7 +86,7 @@ class PostgresStore(Store):
                 raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def migrate(self) -> tuple[int, int]:
-        async with self._tx() as db:
+        async with self._tx(self.connect_timeout) as db:
             await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await db.execute("CREATE TABLE IF NOT EXISTS plangate_schema (version INTEGER NOT NULL)")
             before = await db.fetchval("SELECT max(version) FROM plangate_schema") or 0
@@ -345,7 +348,7 @@ class PostgresStore(Store):
     async def exclusive(self, job: str):
         """Hold a job's advisory lock for the block; yields False when another node holds it."""
         key = _JOB_LOCK_BASE + sum(job.encode())
-        async with self._conn() as db:
+        async with self._conn(self.connect_timeout) as db:
             got = await db.fetchval("SELECT pg_try_advisory_lock($1)", key)
             try:
                 yield bool(got)

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="plangate-bench-abuse-") as tmp:
         folder = Path(tmp)
-        gate = start_gate(folder, secret, "NORMAL", False, token, PLANGATE_WEBHOOK_MAX_BYTES=str(MAX_BYTES))
+        gate = start_gate(folder, secret, "NORMAL", token, PLANGATE_WEBHOOK_MAX_BYTES=str(MAX_BYTES))
         try:
             def phase(name: str, abuse, clean) -> None:
                 probe = Probe(gate.url, token)

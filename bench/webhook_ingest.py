@@ -245,7 +245,7 @@ def _python_load_main() -> None:
 
 # --- the gate -----------------------------------------------------------------------------------
 
-def start_gate(folder: Path, secret: str, synchronous: str, uvloop: bool, token: str | None = None,
+def start_gate(folder: Path, secret: str, synchronous: str, token: str | None = None,
                **settings: str) -> Server:
     """`plangate serve` (bench.http_gate's process) with the shipped plan, a webhook secret, the /v1/ token
     (a random one unless given) and any other PLANGATE_ settings; its database is gate-<synchronous>.sqlite3."""
@@ -254,7 +254,7 @@ def start_gate(folder: Path, secret: str, synchronous: str, uvloop: bool, token:
                 "PLANGATE_HOST": HOST, "PLANGATE_PORT": "0", "PLANGATE_PLANS": str(ROOT / "plans.yaml"),
                 "PLANGATE_DATABASE": str(folder / f"gate-{synchronous.lower()}.sqlite3"),
                 "PLANGATE_SQLITE_SYNCHRONOUS": synchronous, "STRIPE_WEBHOOK_SECRET": secret, **settings})
-    return Server(f"gate-{synchronous.lower()}", _gate_argv(uvloop), env, folder)
+    return Server(f"gate-{synchronous.lower()}", _gate_argv(), env, folder)
 
 
 def _stored(database: Path) -> dict:
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     generator = choose_generator(args.generator)
     print(f"webhook_ingest: load generator: {generator}; {args.connections} connections, "
-          f"{args.duration:g}s x {args.rounds} per server" + (", servers under uvloop" if args.uvloop else ""),
+          f"{args.duration:g}s x {args.rounds} per server" + (", bare baseline on uvloop" if args.uvloop else ""),
           flush=True)
     secret = "whsec_" + secrets.token_hex(16)
     rows = []
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             bare = start_bare(folder, args.uvloop)
             servers.append(bare)
             for mode in modes:
-                gate = start_gate(folder, secret, mode, args.uvloop)
+                gate = start_gate(folder, secret, mode)
                 servers.append(gate)
                 runs = 0
 

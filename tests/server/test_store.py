@@ -180,6 +180,20 @@ class TestSQLiteSettings:
             other.close()
         assert await store.commit(Change(fresh(), 0))       # and the store works again at once
 
+    async def test_the_search_for_doubtful_subjects_runs_on_the_writers_thread(self, sqlite_store):
+        """It visits every subscribed subject: on the loop it would hold every request meanwhile."""
+        store = sqlite_store
+        subscribed = StoredSubject(fresh().state, 0, "cus_1", "sub_1")
+        assert await store.commit(Change(subscribed, 0))
+        on_thread: list[str] = []
+        on_loop: list[str] = []
+        await store._writer.set_trace_callback(on_thread.append)
+        store._loop_db.set_trace_callback(on_loop.append)
+        found = await store.doubtful(("billing_problem",), 1e12, 10)
+        assert [s.state.subject for s in found] == ["u"]
+        assert any("COALESCE(confirmed_at" in sql for sql in on_thread)
+        assert not any("COALESCE(confirmed_at" in sql for sql in on_loop)
+
     async def test_commits_that_fsync_run_on_the_writers_thread(self, tmp_path):
         store = SQLiteStore(str(tmp_path / "store.sqlite3"), synchronous="FULL")
         await store.open()

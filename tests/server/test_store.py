@@ -433,6 +433,36 @@ class TestConcurrentCounting:
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 3}
 
 
+class TestPostgresPool:
+    async def test_callers_get_a_connection_in_the_order_they_asked(self):
+        """Callers keep arriving while others wait (as checks do under load): each gets a connection in its
+        turn. asyncpg's pool alone hands a freed connection to whoever asks first, and a woken waiter that
+        finds it gone waits again at the back: under load some checks waited past their time budget and
+        were answered by the fail mode. With one connection, the order of answers is the order of turns."""
+        dsn = await postgres.create_database()
+        store = open_store(dsn, pool_max=1)
+        asked, answered = [], []
+        try:
+            await store.open()
+            await store.migrate()
+
+            async def call(n: int):
+                asked.append(n)
+                await store.load("u")
+                answered.append(n)
+
+            calls = []
+            for n in range(200):        # a new caller every turn of the loop, as requests keep coming
+                calls.append(asyncio.ensure_future(call(n)))
+                await asyncio.sleep(0)
+            await asyncio.wait_for(asyncio.gather(*calls), 60)
+        finally:
+            await store.close()
+            await postgres.drop_database(dsn)
+        passed_over = [n for i, n in enumerate(answered) if n != asked[i]]
+        assert not passed_over, f"{len(passed_over)} of {len(answered)} answered out of turn"
+
+
 class TestJobLocks:
     async def test_a_job_lock_is_held_by_one_node_and_ends_with_its_block(self):
         """The pool resets nothing on release (one round trip less a store call): a job's lock must still end

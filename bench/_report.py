@@ -66,7 +66,7 @@ def _postgres_consume(rows: list[dict]) -> list[dict]:
         if r.get("skipped"):
             out.append(_row(r["what"], None, "", goal=r["goal"], met=False, note=f"skipped: {r['skipped']}"))
         elif "rps" in r:
-            note = (f"rt/consume {r['round_trips_per_consume']}, " if "round_trips_per_consume" in r else "") + \
+            note = (f"rt/req {r['round_trips_per_request']}, " if "round_trips_per_request" in r else "") + \
                    f"cpu us gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']}, busy {r['machine_busy_pct']}%" + \
                    (f"; {r['store_errors']} store errors, {r['fail_mode_answers']} fail-mode answers"
                     if r.get("store_errors") or r.get("fail_mode_answers") else "")
@@ -171,11 +171,13 @@ def _series(results: dict[str, object]) -> list[tuple[str, list[tuple[str, list]
         if r.get("gate_latency_dist"):
             panels.append((f"{r['endpoint']} (http_gate, 32 connections, 4 subjects)",
                            [("gate", r["gate_latency_dist"]), ("bare aiohttp", r.get("bare_latency_dist"))]))
-    consume = [(r["what"].replace("/v1/consume on ", ""), r["latency_dist"])
-               for r in results.get("postgres_consume") or [] if r.get("latency_dist")]
-    if consume:
-        bare = next((r["bare_latency_dist"] for r in results["postgres_consume"] if r.get("bare_latency_dist")), None)
-        panels.append(("/v1/consume by store (postgres_consume, many subjects)", consume + [("bare aiohttp", bare)]))
+    for endpoint in ("consume", "check"):
+        measured = [r for r in results.get("postgres_consume") or []
+                    if r.get("latency_dist") and r.get("endpoint", "consume") == endpoint]
+        if measured:
+            panels.append((f"/v1/{endpoint} by store (postgres_consume, many subjects)",
+                           [(r["what"].replace(f"/v1/{endpoint} on ", ""), r["latency_dist"]) for r in measured]
+                           + [("bare aiohttp", measured[0].get("bare_latency_dist"))]))
     for r in results.get("webhook_ingest") or []:
         if r.get("latency_dist"):
             panels.append((f"webhook ingest (synchronous={r['synchronous']})",

@@ -1,5 +1,5 @@
 """`/v1/consume` on PostgreSQL, one gate node and two, against SQLite and a bare aiohttp endpoint in the same
-run; and how long a transition made on one node takes to show on the other.
+run; `/v1/check` on PostgreSQL; and how long a transition made on one node takes to show on the other.
 
 What it measures (issue 6, "Speed"):
 
@@ -8,9 +8,13 @@ What it measures (issue 6, "Speed"):
   same-run baseline), one gate on SQLite, one gate on PostgreSQL, and two gates (two `plangate serve`
   processes) on the same PostgreSQL database with the load split evenly across them (half the connections
   each, two load generators at once). Warm-up, then measured runs interleaved, the best of each counts.
+- `/v1/check` on one PostgreSQL node, warm cache (bench.http_gate's few subjects), against the bare endpoint's
+  check: usage is read from the database on every check (other nodes count too), so each check waits its turn
+  for a pooled connection. It is met when every check was answered from the store: none by the fail mode,
+  none past PLANGATE_STORE_TIMEOUT.
 - Where the time goes, for each run: the CPU time per request of the gate process(es), of all PostgreSQL
   server processes (from /proc), how busy the whole machine was, and, on PostgreSQL, the store round trips
-  (statements sent by asyncpg, BEGIN/COMMIT and the pool's reset included) and transactions per consume.
+  (statements sent by asyncpg, BEGIN/COMMIT included) and transactions per request.
   The round trips are counted inside the gate processes by a small wrapper around asyncpg's Connection
   (`_COUNTING_PRELUDE`), written to a file four times a second.
 - The cross-node invalidation delay: for N fresh subjects, node B reads the subject (now in its cache,
@@ -47,7 +51,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._columns import columns  # noqa: E402
-from bench.http_gate import (HOST, MAX_REQUESTS, Load, Result, Server, _gate_troubles, _percentile,  # noqa: E402
+from bench.http_gate import (HOST, MAX_REQUESTS, SUBJECTS as WARM_SUBJECTS, Load, Result, Server,  # noqa: E402
+                             _gate_troubles, _percentile,
                              _probe, choose_generator, run_python_generator, run_wrk, start_bare, write_plan)
 
 ADMIN_DSN = os.environ.get("PLANGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -186,9 +191,9 @@ class Meter:
         out = {"gate_cpu_us": round(gate / n * 1e6, 1), "postgres_cpu_us": round(pg / n * 1e6, 1),
                "machine_busy_pct": round(100 * busy / total, 1) if total else None}
         if self.rt0 is not None and self.rt1 is not None:
-            out["round_trips_per_consume"] = round((self.rt1 - self.rt0) / n, 2)
+            out["round_trips_per_request"] = round((self.rt1 - self.rt0) / n, 2)
         if self.x0 is not None:
-            out["pg_xacts_per_consume"] = round((self.x1 - self.x0) / n, 2)
+            out["pg_xacts_per_request"] = round((self.x1 - self.x0) / n, 2)
         return out
 
 
@@ -268,16 +273,16 @@ async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -
 # --- the benchmark -------------------------------------------------------------------------------
 
 def _verdict(row: dict) -> str:
-    """Where the time of one consume goes, in words."""
+    """Where the time of one request goes, in words."""
     if row.get("skipped"):
         return row["skipped"]
     gate, pg = row.get("gate_cpu_us") or 0, row.get("postgres_cpu_us") or 0
-    busy = row.get("machine_busy_pct") or 0
-    parts = [f"gate {gate:.0f} us CPU/consume, PostgreSQL {pg:.0f} us" if row["store"] == "postgresql"
-             else f"gate {gate:.0f} us CPU/consume"]
-    if "round_trips_per_consume" in row:
-        parts.append(f"{row['round_trips_per_consume']:.1f} store round trips and "
-                     f"{row.get('pg_xacts_per_consume', 0):.2f} transactions per consume")
+    busy, what = row.get("machine_busy_pct") or 0, row["endpoint"]
+    parts = [f"gate {gate:.0f} us CPU/{what}, PostgreSQL {pg:.0f} us" if row["store"] == "postgresql"
+             else f"gate {gate:.0f} us CPU/{what}"]
+    if "round_trips_per_request" in row:
+        parts.append(f"{row['round_trips_per_request']:.1f} store round trips and "
+                     f"{row.get('pg_xacts_per_request', 0):.2f} transactions per {what}")
     parts.append(f"machine {busy:.0f}% busy")
     if row.get("fail_mode_answers") or row.get("store_errors"):
         parts.append(f"{row['store_errors']} store errors and {row['fail_mode_answers']} fail-mode answers over the "
@@ -321,25 +326,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
             servers.append(bare)
             sqlite = start_gate("gate-sqlite", folder, token, str(folder / "gate.sqlite3"))
             servers.append(sqlite)
-            setups: dict[str, tuple[list[Server], list[Path], str | None]] = {
-                "bare": ([bare], [], None), "sqlite-1": ([sqlite], [], None)}
+            # name -> (nodes, their round-trip count files, the database, the endpoint driven)
+            setups: dict[str, tuple[list[Server], list[Path], str | None, str]] = {
+                "bare": ([bare], [], None, "consume"), "sqlite-1": ([sqlite], [], None, "consume")}
             if dsn:
                 counts = [folder / "count-a", folder / "count-b"]
                 node_a = start_gate("gate-pg-a", folder, token, dsn, counts[0])
                 servers.append(node_a)
                 node_b = start_gate("gate-pg-b", folder, token, dsn, counts[1])
                 servers.append(node_b)
-                setups["postgresql-1"] = ([node_a], counts[:1], dsn)
-                setups["postgresql-2"] = ([node_a, node_b], counts, dsn)
-            for nodes, _, _ in setups.values():
+                setups["postgresql-1"] = ([node_a], counts[:1], dsn, "consume")
+                setups["postgresql-2"] = ([node_a, node_b], counts, dsn, "consume")
+                setups["bare-check"] = ([bare], [], None, "check")
+                setups["postgresql-1-check"] = ([node_a], counts[:1], dsn, "check")
+            for nodes, _, _, endpoint in setups.values():
                 for node in nodes:
-                    _probe(node.url, "consume", token)
+                    _probe(node.url, endpoint, token)
 
             def measure(name: str, duration: float, tag: str) -> tuple[Result, dict]:
-                nodes, count_files, db = setups[name]
+                nodes, count_files, db, endpoint = setups[name]
                 per = max(1, args.connections // len(nodes))
-                loads = [Load(n.url, "consume", token, per, duration, MAX_REQUESTS // len(nodes),
-                              f"{name}-{tag}-{i}-{secrets.token_hex(4)}", args.subjects) for i, n in enumerate(nodes)]
+                subjects = args.subjects if endpoint == "consume" else WARM_SUBJECTS   # check: a warm cache
+                loads = [Load(n.url, endpoint, token, per, duration, MAX_REQUESTS // len(nodes),
+                              f"{name}-{tag}-{i}-{secrets.token_hex(4)}", subjects) for i, n in enumerate(nodes)]
                 run = (lambda load: run_wrk(load, folder)) if generator == "wrk" else run_python_generator
                 with Meter(nodes, count_files, db) as meter:
                     with ThreadPoolExecutor(len(loads)) as pool:
@@ -356,7 +365,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     got = measure(name, args.duration, str(n))
                     if name not in best or got[0].rps > best[name][0].rps:
                         best[name] = got
-            troubles = {name: _gate_troubles(nodes[0].url) for name, (nodes, _, _) in setups.items() if name != "bare"}
+            troubles = {name: _gate_troubles(nodes[0].url) for name, (nodes, *_) in setups.items()
+                        if not name.startswith("bare")}
             if dsn:
                 troubles["postgresql-2"] = {k: troubles["postgresql-1"][k] + _gate_troubles(node_b.url)[k]
                                             for k in troubles["postgresql-1"]}
@@ -372,7 +382,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in ("sqlite-1", "postgresql-1", "postgresql-2"):
         store, nodes = name.rsplit("-", 1)
         row = {"what": f"/v1/consume on {'SQLite' if store == 'sqlite' else 'PostgreSQL'}, {nodes} node"
-                       + ("s" if nodes != "1" else ""), "store": store, "nodes": int(nodes), "generator": generator,
+                       + ("s" if nodes != "1" else ""), "endpoint": "consume", "store": store, "nodes": int(nodes),
+               "generator": generator,
                "connections": args.connections, "subjects": args.subjects,
                "bare_rps": round(base.rps, 1), "bare_p50_ms": round(base.p50_ms, 3),
                "bare_p99_ms": round(base.p99_ms, 3), "bare_cpu_us": base_fig["gate_cpu_us"],
@@ -391,6 +402,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "met": ratio >= CONSUME_RATIO_GOAL and got.errors == 0 and not any(trouble.values())})
         row["bottleneck"] = _verdict(row)
         rows.append(row)
+    rows.append(_check_row(best, troubles, pg_error, generator, args))
     if invalidation is not None or pg_error:
         rows.append({"what": "cross-node invalidation delay (PostgreSQL NOTIFY)", "store": "postgresql",
                      "nodes": 2, **(invalidation or {"skipped": pg_error}),
@@ -400,15 +412,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def _check_row(best: dict, troubles: dict, pg_error: str | None, generator: str, args) -> dict:
+    """/v1/check on one PostgreSQL node: met when every check was answered from the store."""
+    row = {"what": "/v1/check on PostgreSQL, 1 node", "endpoint": "check", "store": "postgresql", "nodes": 1,
+           "generator": generator, "connections": args.connections, "subjects": WARM_SUBJECTS,
+           "goal": "no fail-mode answer"}
+    if "postgresql-1-check" not in best:
+        return {**row, "skipped": pg_error or "not run", "met": False}
+    (got, fig), (base, base_fig) = best["postgresql-1-check"], best["bare-check"]
+    trouble = troubles["postgresql-1-check"]
+    row.update({"bare_rps": round(base.rps, 1), "bare_p50_ms": round(base.p50_ms, 3),
+                "bare_p99_ms": round(base.p99_ms, 3), "bare_cpu_us": base_fig["gate_cpu_us"],
+                "bare_latency_dist": base.dist, "rps": round(got.rps, 1),
+                "ratio": round(got.rps / base.rps, 3) if base.rps else 0.0, "p50_ms": round(got.p50_ms, 3),
+                "p99_ms": round(got.p99_ms, 3), "requests": got.requests, "errors": got.errors,
+                "fail_mode_answers": int(trouble["fail_mode_answers"]), "store_errors": int(trouble["store_errors"]),
+                **fig, "latency_dist": got.dist, "met": got.errors == 0 and not any(trouble.values())})
+    row["bottleneck"] = _verdict(row)
+    return row
+
+
 def print_table(rows: list[dict], out=sys.stdout) -> None:
-    head = ("setup", "req/s", "bare req/s", "ratio", "p50/p99 ms", "gate/pg CPU us", "rt/consume", "busy", "")
+    head = ("setup", "req/s", "bare req/s", "ratio", "p50/p99 ms", "gate/pg CPU us", "rt/req", "busy", "")
     lines = [head]
     for r in rows:
         if "rps" not in r:
             continue
         lines.append((r["what"], f"{r['rps']:.0f}", f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
                       f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}", f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
-                      f"{r['round_trips_per_consume']:.1f}" if "round_trips_per_consume" in r else "-",
+                      f"{r['round_trips_per_request']:.1f}" if "round_trips_per_request" in r else "-",
                       f"{r['machine_busy_pct']:.0f}%", "met" if r["met"] else "NOT met"))
     print(columns(lines), file=out)
     for r in rows:

@@ -175,7 +175,8 @@ def _series(results: dict[str, object]) -> list[tuple[str, list[tuple[str, list]
         measured = [r for r in results.get("postgres_consume") or []
                     if r.get("latency_dist") and r.get("endpoint", "consume") == endpoint]
         if measured:
-            panels.append((f"/v1/{endpoint} by store (postgres_consume, many subjects)",
+            load = "many subjects" if endpoint == "consume" else "4 subjects"
+            panels.append((f"/v1/{endpoint} by store (postgres_consume, {load})",
                            [(r["what"].replace(f"/v1/{endpoint} on ", ""), r["latency_dist"]) for r in measured]
                            + [("bare aiohttp", measured[0].get("bare_latency_dist"))]))
     for r in results.get("webhook_ingest") or []:

@@ -26,6 +26,8 @@ _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, v
 _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c in enumerate(WRITTEN, 1))}, "
                    f"version = version + 1, updated_at = ${len(WRITTEN) + 1} "
                    f"WHERE subject = ${len(WRITTEN) + 2} AND version = ${len(WRITTEN) + 3} RETURNING 1")
+# A count in one round trip (migration 5): $8 is the subject's version the decision was made on.
+_COUNT = "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)"
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
           "stripe_subscription": "text", "fold_state": "text"}   # the others are float8
 _BATCH_UPDATE = (
@@ -145,65 +147,38 @@ class PostgresStore(Store):
     async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
                     limit: int | None, key: str | None, now: float) -> Counted:
         subject = current.state.subject
-        if current.version:
-            async with self._conn() as db:
-                try:
-                    outcome, used, *seen = await db.fetchrow(
-                        "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)",
-                        subject, meter, window_start, amount, limit, key, now, current.version)
-                except _ERRORS as exc:
-                    raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-            if outcome == "repeat":
-                return _repeated(key, subject, meter, amount, *seen, used)
-            return Counted(outcome == "counted", used, conflict=outcome == "conflict")
-        # Not stored yet: the row goes in with the count, by statements (plangate_count takes no whole row).
+        args = (subject, meter, window_start, amount, limit, key, now)
         async with self._conn() as db:
             try:
-                async with db.transaction():
-                    if key is not None:
-                        # The key row goes first: a concurrent twin waits on it, then sees it and is a duplicate.
-                        fresh = await db.fetchval(
-                            "INSERT INTO usage_keys (key, subject, meter, amount, window_start, used_after, created_at) "
-                            "VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (key) DO NOTHING RETURNING 1",
-                            key, subject, meter, amount, window_start, now)
-                        if not fresh:
-                            return await self._repeat(db, key, subject, meter, amount)
-                    if not await self._is_current(db, current, now):
-                        raise _Abort(Counted(False, 0, conflict=True))
-                    if limit is not None and amount > limit:
-                        raise _Abort(Counted(False, await self._used_now(db, subject, meter, window_start)))
-                    used = await db.fetchval(
-                        "INSERT INTO quota_usage (subject, meter, window_start, used) VALUES ($1, $2, $3, $4) "
-                        "ON CONFLICT (subject, meter, window_start) DO UPDATE SET used = quota_usage.used + "
-                        "EXCLUDED.used WHERE $5::bigint IS NULL OR quota_usage.used + EXCLUDED.used <= $5 "
-                        "RETURNING used", subject, meter, window_start, amount, limit)
-                    if used is None:
-                        raise _Abort(Counted(False, await self._used_now(db, subject, meter, window_start)))
-                    if key is not None:
-                        await db.execute("UPDATE usage_keys SET used_after = $2 WHERE key = $1", key, used)
-                    return Counted(True, used)
-            except _Abort as abort:         # rolled back: a refused count stores no key
-                return abort.result
+                if current.version:
+                    row = await db.fetchrow(_COUNT, *args, current.version)
+                else:
+                    row = await self._count_first(db, current, args)
             except _ERRORS as exc:
                 raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        outcome, used, *seen = row
+        if outcome == "repeat":
+            seen_subject, seen_meter, seen_amount = seen
+            if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
+                raise IdempotencyConflict(
+                    f"idempotency key {key!r} was first used for subject {seen_subject!r}, meter {seen_meter!r}, "
+                    f"amount {seen_amount}; use a new key for different work")
+            return Counted(True, used, duplicate=True)
+        return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
-    async def _repeat(self, db, key: str, subject: str, meter: str, amount: int) -> Counted:
-        seen = await db.fetchrow("SELECT subject, meter, amount, used_after FROM usage_keys WHERE key = $1", key)
-        return _repeated(key, subject, meter, amount, *seen)
-
-    async def _used_now(self, db, subject: str, meter: str, window_start: int) -> int:
-        return await db.fetchval("SELECT used FROM quota_usage WHERE subject = $1 AND meter = $2 AND "
-                                 "window_start = $3", subject, meter, window_start) or 0
-
-    async def _is_current(self, db, current: StoredSubject, now: float) -> bool:
-        """Inside the count's transaction, with the subject's row share-locked (no transition can commit
-        under the count): is it still the version the decision was made on?"""
-        if current.version == 0:
-            await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
-                             *subject_values(current), now)
-        version = await db.fetchval("SELECT version FROM subscriptions WHERE subject = $1 FOR SHARE",
-                                    current.state.subject)
-        return version == (current.version or 1)
+    async def _count_first(self, db, current: StoredSubject, args: tuple):
+        """plangate_count's row for a subject not stored yet: its row goes in with the count (as version 1,
+        unless another writer's is there), or not at all."""
+        try:
+            async with db.transaction():
+                await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                                 *subject_values(current), args[-1])
+                row = await db.fetchrow(_COUNT, *args, 1)
+                if row[0] != "counted":
+                    raise _Abort(row)
+        except _Abort as abort:         # rolled back: a refused first count stores nothing
+            return abort.row
+        return row
 
     # --- state changes -------------------------------------------------------------------------
 
@@ -382,21 +357,11 @@ async def _keep_session(conn) -> None:
     a transaction left open."""
 
 
-def _repeated(key: str, subject: str, meter: str, amount: int, seen_subject: str, seen_meter: str, seen_amount: int,
-              used_after: int) -> Counted:
-    """A key counted before: its first count's usage, if it was for the same work."""
-    if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
-        raise IdempotencyConflict(
-            f"idempotency key {key!r} was first used for subject {seen_subject!r}, meter {seen_meter!r}, "
-            f"amount {seen_amount}; use a new key for different work")
-    return Counted(True, used_after, duplicate=True)
-
-
 class _Abort(Exception):
-    """Leave a transaction by rolling it back, with the answer to give."""
+    """Leave a transaction by rolling it back, with plangate_count's row to answer with."""
 
-    def __init__(self, result: Counted):
-        self.result = result
+    def __init__(self, row):
+        self.row = row
 
 
 class Listener:

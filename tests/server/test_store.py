@@ -280,6 +280,18 @@ class TestCounting:
             assert done.counted and not done.duplicate
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 10}
 
+    async def test_a_first_count_stores_its_subject_only_with_the_count(self, store):
+        """The first count of a subject not stored yet: refused, it stores neither key nor subject on
+        PostgreSQL (nor a key on SQLite); counted, a repeat of its key, even as a first count, is a duplicate."""
+        assert (await store.count(fresh(), "requests", 0, 11, 10, "f", 100.0)).counted is False
+        current = await store.load("u")
+        assert current is None or isinstance(store, SQLiteStore)
+        first = await store.count(current or fresh(), "requests", 0, 4, 10, "f", 100.0)
+        assert (first.counted, first.duplicate, first.used) == (True, False, 4)
+        again = await store.count(fresh(), "requests", 0, 4, 10, "f", 100.0)
+        assert (again.duplicate, again.used) == (True, 4)
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 4}
+
     async def test_a_conflicting_count_keeps_no_key(self, store):
         await store.count(fresh(), "requests", 0, 1, 10, None, 100.0)
         assert (await store.count(StoredSubject(fresh().state, 7), "requests", 0, 2, 10, "k", 100.0)).conflict

@@ -5,7 +5,7 @@
 -- a refusal or a stale version: leaving it by the exception below undoes the key and the usage, so a refused
 -- count still stores nothing. Outcomes: counted, refused (used: the usage now), conflict (the row's version is
 -- not p_version), repeat (the key was seen: its first subject, meter, amount and usage after it).
--- A subject not stored yet (version 0) is still counted by the store's statements: it needs the whole row.
+-- A subject not stored yet: the store inserts its row first, in the same transaction, and calls this for version 1.
 
 CREATE OR REPLACE FUNCTION plangate_count(p_subject TEXT, p_meter TEXT, p_window BIGINT, p_amount BIGINT,
                                           p_limit BIGINT, p_key TEXT, p_now DOUBLE PRECISION, p_version BIGINT)

@@ -131,9 +131,12 @@ class Gate:
 
     async def _used(self, entry: _Entry, window: tuple[str, int]) -> int:
         used = self._cached_used(entry, window)
-        if used is None:
-            found = await self._timed("usage", self.store.used(entry.stored.state.subject, [window]))
-            used = entry.used[window] = max(entry.used.get(window, 0), found[window])
+        return used if used is not None else await self._read_used(entry, window)
+
+    async def _read_used(self, entry: _Entry, window: tuple[str, int]) -> int:
+        """A window's usage from the store, kept in the entry (never below what this gate counted)."""
+        found = await self._timed("usage", self.store.used(entry.stored.state.subject, [window]))
+        used = entry.used[window] = max(entry.used.get(window, 0), found[window])
         return used
 
     def invalidate(self, subject: str) -> None:
@@ -176,7 +179,7 @@ class Gate:
                 window = (meter, self.table.window(state, meter, now).start)
                 used = self._cached_used(entry, window)      # _used without its coroutine, when the cache has it
                 if used is None:
-                    used = await self._used(entry, window)
+                    used = await self._read_used(entry, window)
                 decision = self.table.can_process(state, meter, amount, used, now)
             except StoreUnavailable:
                 decision = self._fail(subject, meter)

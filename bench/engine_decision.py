@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine import SubjectState, compile_file  # noqa: E402
+from plangate.engine import SubjectState, compile_file  # noqa: E402
 
 GOAL_NS = 1000.0
 START = 1_767_603_600.0          # 2026-01-05T09:00:00Z

@@ -27,7 +27,7 @@ WARMUP = 2
 def _plangate() -> list[str]:
     """The installed console script next to this interpreter, as CI runs it; else the module."""
     script = Path(sys.executable).parent / "plangate"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "plangate.cli"]
 
 
 def _run_ms(argv: list[str]) -> float:
@@ -48,7 +48,7 @@ def _p90(samples: list[float]) -> float:
 def measure(runs: int = 20, plan: str = "plans.yaml") -> dict:
     commands = {
         "lint": _plangate() + ["lint", plan],
-        "imports": [sys.executable, "-c", "import server.cli, policy.cli"],
+        "imports": [sys.executable, "-c", "import plangate.cli, plangate.policy.cli"],
         "baseline": [sys.executable, "-c", "pass"],
     }
     samples: dict[str, list[float]] = {name: [] for name in commands}

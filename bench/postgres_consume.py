@@ -83,7 +83,7 @@ def _dump():
         os.replace(_path + ".tmp", _path)
         time.sleep(0.25)
 threading.Thread(target=_dump, daemon=True).start()
-from server.cli import main
+from plangate.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -209,7 +209,7 @@ def start_gate(name: str, folder: Path, token: str, database: str, count_file: P
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
         argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
     else:
-        argv = [sys.executable, "-m", "server.cli", "serve", "--env-file", ""]
+        argv = [sys.executable, "-m", "plangate.cli", "serve", "--env-file", ""]
     return Server(name, argv, env, folder)
 
 

@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine import compile_file  # noqa: E402
-from server.config import Config  # noqa: E402
-from server.gate import Gate  # noqa: E402
-from server.logs import LOGGER_NAME, configure  # noqa: E402
-from server.metrics import Metrics  # noqa: E402
-from server.store import SQLiteStore  # noqa: E402
+from plangate.engine import compile_file  # noqa: E402
+from plangate.server.config import Config  # noqa: E402
+from plangate.server.gate import Gate  # noqa: E402
+from plangate.server.logs import LOGGER_NAME, configure  # noqa: E402
+from plangate.server.metrics import Metrics  # noqa: E402
+from plangate.server.store import SQLiteStore  # noqa: E402
 from bench._columns import columns  # noqa: E402
 
 GOAL_MS = 50.0

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from policy import DurationError, Location, parse_duration
-from policy._stripe_events import is_known_event
-from policy._yaml import Document, parse
+from plangate.policy import DurationError, Location, parse_duration
+from plangate.policy._stripe_events import is_known_event
+from plangate.policy._yaml import Document, parse
 
 from ._decision import Reason
 from ._table import StateTable

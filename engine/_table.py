@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
+from plangate.policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
 
 from ._decision import Decision, Reason
 from ._state import SubjectState

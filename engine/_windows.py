@@ -11,7 +11,7 @@ import math
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from policy import Window
+from plangate.policy import Window
 
 LIFETIME_START = 0
 MONTH_SECONDS = 30 * 86400  # the stand-in billing period of a subject with no period from Stripe

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from policy import PlanError, PlanFileError
-from policy._load import read_text
+from plangate.policy import PlanError, PlanFileError
+from plangate.policy._load import read_text
 
 from ._playback import Result, play
 from ._scenario import Scenario, ScenarioError, looks_like_scenario, parse_scenario

@@ -9,7 +9,7 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
-import plangate_schema
+from plangate import schema as plangate_schema
 
 from . import _fastschema
 from ._findings import Finding, Severity

@@ -5,10 +5,10 @@ import functools
 import json
 from datetime import datetime, timezone
 
-import plangate_schema
+from plangate import schema as plangate_schema
 from aiohttp import web
 
-from engine import Decision
+from plangate.engine import Decision
 
 from . import _input as inp, _json
 from .gate import Counting, Gate, StoreUnavailable

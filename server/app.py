@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from engine import StateTable
+from plangate.engine import StateTable
 
 from . import _json, api, webhook
 from ._input import MAX_BODY, BadRequest

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
-from engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, advance, override)
-from policy import FailMode
+from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, advance, override)
+from plangate.policy import FailMode
 
 from .config import Config
 from .logs import Throttle, log, log_each

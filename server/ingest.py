@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from engine import StripeEvent, SubjectState, advance, event_order, replay
+from plangate.engine import StripeEvent, SubjectState, advance, event_order, replay
 
 from .gate import WRITES, Gate, StoreUnavailable
 from .logs import log

@@ -9,8 +9,8 @@ import time
 import aiocron
 import stripe
 
-from engine import StripeEvent
-from policy import TriggerKind
+from plangate.engine import StripeEvent
+from plangate.policy import TriggerKind
 
 from .gate import Gate, StoreUnavailable
 from .ingest import Ingest

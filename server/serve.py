@@ -9,8 +9,8 @@ import sys
 import uvloop
 from aiohttp import web
 
-from engine import compile_file
-from policy import PlanError, PlanFileError
+from plangate.engine import compile_file
+from plangate.policy import PlanError, PlanFileError
 
 from .app import create_app
 from .config import Config, ConfigError

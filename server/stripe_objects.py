@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine import invoice_subscription
-from policy import SubjectLink
+from plangate.engine import invoice_subscription
+from plangate.policy import SubjectLink
 
 from .store import Payment
 

@@ -9,7 +9,7 @@ import time
 import stripe
 from aiohttp import web
 
-from engine import StripeEvent
+from plangate.engine import StripeEvent
 
 from . import _json
 from ._input import BadRequest

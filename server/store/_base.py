@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 import orjson
 
-from engine import SubjectState
+from plangate.engine import SubjectState
 
 _STATE_FIELDS = tuple(f.name for f in fields(SubjectState))
 

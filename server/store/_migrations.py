@@ -6,7 +6,7 @@ from importlib import resources
 
 def migrations(dialect: str) -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration of a dialect ("sqlite", "postgresql"), in order."""
-    folder = resources.files("server.store") / "migrations" / dialect
+    folder = resources.files("plangate.server.store") / "migrations" / dialect
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):

@@ -1,7 +1,7 @@
 """Rows of the store's tables as values: the same columns and conversions for every database."""
 from __future__ import annotations
 
-from engine import SubjectState
+from plangate.engine import SubjectState
 
 from ._base import Change, EventRecord, StoredSubject, state_from_json, state_json
 

@@ -22,7 +22,7 @@ from typing import Awaitable
 
 import aiosqlite
 
-from engine import SubjectState
+from plangate.engine import SubjectState
 
 from ._migrations import migrations, statements
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values

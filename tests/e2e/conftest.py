@@ -29,10 +29,10 @@ import pytest
 import stripe
 from aiohttp import web
 
-from engine import compile_file
-from server.app import create_app
-from server.store import open_store
-from server.webhook import INGEST
+from plangate.engine import compile_file
+from plangate.server.app import create_app
+from plangate.server.store import open_store
+from plangate.server.webhook import INGEST
 from tests.server.conftest import PLAN, Gate, config_for
 
 KEY = "sk_test_plangate_e2e_0123456789"

@@ -31,8 +31,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from engine import compile_file
-from server.config import Config
+from plangate.engine import compile_file
+from plangate.server.config import Config
 from tests.server import stripe_events as se
 from tests.server.conftest import BASE_ENV, PLAN, TOKEN, GateProcess
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-import server.gate
+import plangate.server.gate
 from tests.server import stripe_events as se
 
 from ._local import deliver, local_gate, metrics, sample  # noqa: F401 - local_gate is a fixture
@@ -217,7 +217,7 @@ class TestSQLiteReadOnly:
     async def test_readiness_recovers_without_any_write(self, local_gate, tmp_path, monkeypatch):
         """Nobody writes after the fault (a load balancer sends no traffic to an unready node): readiness
         still comes back once the failed write is old enough."""
-        monkeypatch.setattr(server.gate, "WRITE_FAILURE_MEMORY", 0.5)
+        monkeypatch.setattr(plangate.server.gate, "WRITE_FAILURE_MEMORY", 0.5)
         database = str(tmp_path / "store" / "gate.sqlite3")
         gate = await local_gate(database, **FAST)
         with read_only(database):

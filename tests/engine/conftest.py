@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import StateTable, compile_file
+from plangate.engine import StateTable, compile_file
 
 from .helpers import WINDOWS_PLAN
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-import engine
-from engine import StateTable, compile_file, compile_plan
-from policy import PlanError, PlanFileError, check_text
+from plangate import engine
+from plangate.engine import StateTable, compile_file, compile_plan
+from plangate.policy import PlanError, PlanFileError, check_text
 
 from .helpers import WINDOWS_PLAN
 

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from engine import Decision, Reason, UnknownMeter, UnknownStatus, override
-from policy import FailMode
+from plangate.engine import Decision, Reason, UnknownMeter, UnknownStatus, override
+from plangate.policy import FailMode
 
 from .helpers import at
 

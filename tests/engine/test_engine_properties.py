@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Reason, billing_span, compile_file
-from engine._windows import CalendarClock
-from policy import Window
+from plangate.engine import Reason, billing_span, compile_file
+from plangate.engine._windows import CalendarClock
+from plangate.policy import Window
 
 from .helpers import WINDOWS_PLAN
 

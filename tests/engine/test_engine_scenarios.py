@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine._playback import play
-from engine._scenario import ScenarioError, implied_object, parse_scenario
-from engine.cli import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, run_scenarios
-from server.cli import main
+from plangate.engine._playback import play
+from plangate.engine._scenario import ScenarioError, implied_object, parse_scenario
+from plangate.engine.cli import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, run_scenarios
+from plangate.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "scenarios"
 HEADER = re.compile(r"# expect: exit (\d) line (\d+): (.*)")
@@ -36,7 +36,7 @@ class TestShippedScenarios:
         assert all(line.startswith("PASS ") for line in out[:-1])
 
     def test_all_pass_as_a_real_process(self, repo):
-        done = subprocess.run([sys.executable, "-m", "server.cli", "test"], cwd=repo, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "plangate.cli", "test"], cwd=repo, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == EXIT_PASSED, done.stdout + done.stderr
         assert done.stdout.rstrip().endswith(" passed, 0 failed")

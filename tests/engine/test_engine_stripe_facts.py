@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-import engine
-from engine import billing_period, invoice_subscription, price_ids
+from plangate import engine
+from plangate.engine import billing_period, invoice_subscription, price_ids
 
 from .helpers import at
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import AdminAction, StripeEvent, TimerFired, UnknownStatus
+from plangate.engine import AdminAction, StripeEvent, TimerFired, UnknownStatus
 
 from .helpers import at
 

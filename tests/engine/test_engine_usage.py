@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import Reason, UsageBook
+from plangate.engine import Reason, UsageBook
 
 from .helpers import at
 

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from .helpers import at
-from engine import Span, billing_span
-from engine._windows import LIFETIME, MONTH_SECONDS, CalendarClock
-from policy import Window
+from plangate.engine import Span, billing_span
+from plangate.engine._windows import LIFETIME, MONTH_SECONDS, CalendarClock
+from plangate.policy import Window
 
 HOUR, DAY = 3600, 86400
 

@@ -1,7 +1,7 @@
 """The policy layer's public surface is a deliberate list: changing it should be a decision."""
 from __future__ import annotations
 
-import policy
+from plangate import policy
 
 
 class TestPublicNames:

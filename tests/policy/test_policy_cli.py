@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
+from plangate.cli import main
 
 PLANS = Path(__file__).resolve().parent / "plans"
 ERRORS = PLANS / "nondeterministic.yaml"           # one error

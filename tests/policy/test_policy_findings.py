@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from policy import RULES, Severity, check_file
+from plangate.policy import RULES, Severity, check_file
 
 PLANS = Path(__file__).resolve().parent / "plans"
 EXPECT = re.compile(r"# expect: (?P<code>[a-z0-9-]+) (?P<severity>error|warning) line (?P<line>\d+)")

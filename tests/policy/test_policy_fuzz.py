@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy import Checked, check_text
-from policy._views import dot, explain, mermaid
-from policy import _fastschema, _schema, _yaml
+from plangate.policy import Checked, check_text
+from plangate.policy._views import dot, explain, mermaid
+from plangate.policy import _fastschema, _schema, _yaml
 
 PLANS = Path(__file__).resolve().parent / "plans"
 SHIPPED_TEXT = (Path(__file__).resolve().parents[2] / "plans.yaml").read_text(encoding="utf-8")

@@ -11,11 +11,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("aiohttp", "stripe", "aiosqlite", "asyncpg", "sqlite3", "psycopg", "aiocron")
-FORBIDDEN = {"policy": {"engine", "server"}, "engine": {"server"}}
+# Each layer (a folder, installed as plangate.<folder>) and the packages it must not import.
+FORBIDDEN = {"policy": {"plangate.engine", "plangate.server", "plangate.client"},
+             "engine": {"plangate.server", "plangate.client"}}
 
 PROBE = """
 import io, json, sys, contextlib
-from server.cli import main
+from plangate.cli import main
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     code = main({argv!r})
 print(json.dumps({{"code": code, "modules": sorted(sys.modules)}}))
@@ -26,7 +28,7 @@ def _imported_modules(path: Path, package: str) -> set[str]:
     """Absolute names of the modules a file imports (relative imports resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     # the module's dotted parts; for __init__ too, dropping `level` parts leaves the right package
-    here = [package, *path.relative_to(REPO / package).with_suffix("").parts]
+    here = ["plangate", package, *path.relative_to(REPO / package).with_suffix("").parts]
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -49,12 +51,27 @@ class TestLayerImports:
             f"{path.relative_to(REPO)} imports {name}"
             for path in _python_files(package)
             for name in _imported_modules(path, package)
-            if name.split(".")[0] in FORBIDDEN[package]
+            if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN[package])
         ]
         assert offences == []
 
     def test_the_check_sees_relative_imports(self):
-        assert _imported_modules(REPO / "policy" / "cli.py", "policy") >= {"policy._load", "policy._findings"}
+        assert _imported_modules(REPO / "policy" / "cli.py", "policy") >= {"plangate.policy._load",
+                                                                           "plangate.policy._findings"}
+
+    def test_nothing_imports_a_folder_by_its_repository_name(self):
+        # Run from the checkout, `import server` would load a second copy of plangate.server (two Gate classes,
+        # two enums whose members compare unequal): every import uses the installed name.
+        tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+        offences = []
+        for name in tracked.stdout.split():
+            tree = ast.parse((REPO / name).read_text(encoding="utf-8"), name)
+            for node in ast.walk(tree):
+                imported = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+                offences += [f"{name}:{node.lineno} {m}" for m in imported
+                             if m.split(".")[0] in {"policy", "engine", "server", "schema", "plangate_schema"}]
+        assert offences == []
 
 
 class TestLightCommands:
@@ -68,7 +85,7 @@ class TestLightCommands:
         assert result["code"] == 0
         loaded = {name.split(".")[0] for name in result["modules"]}
         assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
-        assert "engine" not in loaded
+        assert "plangate.engine" not in result["modules"]
 
     def test_clean_lint_does_not_import_jsonschema(self):
         # jsonschema's import is over a third of a lint's time; a clean plan is confirmed without it

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from policy import check_file, load_plan
+from plangate.policy import check_file, load_plan
 
 
 class TestShippedPlan:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from policy import check_text
-from policy._views import dot, explain, mermaid
-from server.cli import main
+from plangate.policy import check_text
+from plangate.policy._views import dot, explain, mermaid
+from plangate.cli import main
 
 PLANS = Path(__file__).resolve().parent / "plans"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from policy import check_text
-from policy import _yaml
+from plangate.policy import check_text
+from plangate.policy import _yaml
 
 
 @pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML built without libyaml")

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine import compile_file
-from server.app import create_app
-from server.config import Config
-from server.store import open_store
+from plangate.engine import compile_file
+from plangate.server.app import create_app
+from plangate.server.config import Config
+from plangate.server.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans.yaml"

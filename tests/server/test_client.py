@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from server.client import GateClient, GateDecision, GateRequestError, GateUnavailable
+from plangate.client import GateClient, GateDecision, GateRequestError, GateUnavailable
 
 from .conftest import TOKEN, free_port
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Config, ConfigError
+from plangate.server.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from server.api import GATE
+from plangate.server.api import GATE
 
 from .conftest import TOKEN
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server import simulate
+from plangate.cli import main as plangate_main
 
 from . import stripe_events as se
 from .conftest import BASE_ENV, ROOT, TOKEN, GateProcess, free_port
@@ -34,7 +34,7 @@ def gate(tmp_path_factory):
 
 
 def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN) -> int:
-    return simulate.main(["--url", gate.url, "--secret", secret, "--token", token, *args])
+    return plangate_main(["stripe-simulate", "--url", gate.url, "--secret", secret, "--token", token, *args])
 
 
 def view(gate, subject: str) -> dict:
@@ -87,16 +87,16 @@ def test_the_secret_and_token_come_from_the_environment_or_var(gate, tmp_path, m
     monkeypatch.setenv("PLANGATE_API_TOKEN", TOKEN)
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "webhook-secret").write_text(se.SECRET + "\n")
-    assert simulate.main(["--url", gate.url, "cancellation"]) == 0
+    assert plangate_main(["stripe-simulate", "--url", gate.url, "cancellation"]) == 0
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", f"{se.SECRET},whsec_next_secret_000")   # rotation: the first signs
     (tmp_path / "var" / "webhook-secret").write_text("whsec_not_the_gates_000\n")
-    assert simulate.main(["--url", gate.url, "cancellation"]) == 0
+    assert plangate_main(["stripe-simulate", "--url", gate.url, "cancellation"]) == 0
     assert capsys.readouterr().out.count("PASS cancellation") == 2
 
 
 def test_an_unreachable_gate_exits_2_with_one_line(capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    assert simulate.main(["--url", url, "--secret", se.SECRET, "--token", TOKEN]) == 2
+    assert plangate_main(["stripe-simulate", "--url", url, "--secret", se.SECRET, "--token", TOKEN]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"plangate stripe-simulate: cannot reach the gate at {url}")
@@ -121,19 +121,19 @@ def test_a_wrong_token_is_found_before_any_event_is_sent(gate, capsys):
     (["--url", "localhost:8080"], "is not an http(s) URL"),
 ])
 def test_usage_errors_exit_2(args, says, capsys):
-    assert simulate.main(["--secret", se.SECRET, "--token", TOKEN, *args]) == 2
+    assert plangate_main(["stripe-simulate", "--secret", se.SECRET, "--token", TOKEN, *args]) == 2
     assert says in capsys.readouterr().err
 
 
 def test_no_secret_anywhere_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
-    assert simulate.main(["--token", TOKEN]) == 2
+    assert plangate_main(["stripe-simulate", "--token", TOKEN]) == 2
     assert "no webhook secret: pass --secret" in capsys.readouterr().err
 
 
 def test_list_names_every_scenario(capsys):
-    assert simulate.main(["--list"]) == 0
+    assert plangate_main(["stripe-simulate", "--list"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(FINAL)
 
 

@@ -9,13 +9,13 @@ import sqlite3
 
 import pytest
 
-from engine import SubjectState
+from plangate.engine import SubjectState
 from tests import postgres
-from server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
+from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
                           StoredSubject, StoreError, open_store)
-from server.store import _sqlite
-from server.store._migrations import statements
-from server.store._base import state_from_json, state_json
+from plangate.server.store import _sqlite
+from plangate.server.store._migrations import statements
+from plangate.server.store._base import state_from_json, state_json
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from server import ingest
+from plangate.server import ingest
 
 from . import stripe_events as se
 from .test_openapi import documented
@@ -133,8 +133,8 @@ class TestExactlyOnce:
         """Three events of one subject, the first held at its commit by another connection's lock: the second,
         waiting its turn, is cancelled (its caller gave up). The first and third still apply, the second
         leaves nothing behind, and no turn is left waiting."""
-        from engine import StripeEvent
-        from server.webhook import INGEST
+        from plangate.engine import StripeEvent
+        from plangate.server.webhook import INGEST
         now = time.time()
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 600))
         receiver = hook.app[INGEST]
@@ -310,7 +310,7 @@ class TestGraceAndTimers:
     async def test_a_sweep_of_several_transactions_moves_every_due_subject_once(self, hook):
         """More subjects due than one of the sweep's transactions holds (gate.SWEEP_CHUNK): each moves once,
         with its audit row, and the cached ones answer their new status at once."""
-        from server import gate as gate_module
+        from plangate.server import gate as gate_module
         count = 2 * gate_module.SWEEP_CHUNK + 17
         started = time.time() - 9 * DAY
         for first in range(0, count, 50):

@@ -318,8 +318,3 @@ def run(args, out=None) -> int:
     print(f"{passed} of {len(results)} scenario(s) passed", file=out)
     return 0 if passed == len(results) else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`plangate stripe-simulate ARGS`, in-process."""
-    from .cli import main as cli
-    return cli(["stripe-simulate", *(sys.argv[1:] if argv is None else argv)])

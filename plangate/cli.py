@@ -1,15 +1,22 @@
 """`plangate`: one console script, one subcommand per job. Each subcommand imports only the
-layers it needs, so `plangate lint` never loads aiohttp, stripe or a database driver."""
+layers it needs, so `plangate lint` never loads aiohttp, stripe or a database driver, and the plan tools
+run on the core install (`pip install plangate`); the gate's commands need the `server` extra."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from plangate import __version__
+
+# Commands that run the gate or talk Stripe: they need `pip install 'plangate[server]'`.
+SERVER_COMMANDS = ("serve", "migrate", "stripe-simulate")
+
 
 def _parser() -> argparse.ArgumentParser:
-    from policy.cli import FORMATS, GRAPH_FORMATS
+    from plangate.policy.cli import FORMATS, GRAPH_FORMATS
 
     parser = argparse.ArgumentParser(prog="plangate", description="A subscription gate driven by plans.yaml.")
+    parser.add_argument("--version", action="version", version=f"plangate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("lint", help="check plan files; exit 0 clean, 1 on errors, 2 on usage or I/O problems")
@@ -49,28 +56,37 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in SERVER_COMMANDS:
+        try:
+            return _server_command(args)
+        except ModuleNotFoundError as exc:
+            print(f"plangate {args.command}: needs the gate's dependencies ({exc.name} is not installed): "
+                  "pip install 'plangate[server]'", file=sys.stderr)
+            return 2
     if args.command == "lint":
-        from policy.cli import lint
+        from plangate.policy.cli import lint
         return lint(args.files, args.format, args.strict)
     if args.command == "graph":
-        from policy.cli import graph
+        from plangate.policy.cli import graph
         return graph(args.file, args.format)
     if args.command == "explain":
-        from policy.cli import explain
+        from plangate.policy.cli import explain
         return explain(args.file)
     if args.command == "test":
-        from engine.cli import run_scenarios
+        from plangate.engine.cli import run_scenarios
         return run_scenarios(args.paths)
+    raise AssertionError(args.command)
+
+
+def _server_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        from server.serve import serve
+        from plangate.server.serve import serve
         return serve(args.env_file)
     if args.command == "migrate":
-        from server.serve import migrate
+        from plangate.server.serve import migrate
         return migrate(args.env_file)
-    if args.command == "stripe-simulate":
-        from server.simulate import run
-        return run(args)
-    raise AssertionError(args.command)
+    from plangate.simulate import run
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class Refused(Exception):
     """The gate answered a request with a non-2xx status."""
 
 
-class Gate:
+class GateCalls:
     """A small HTTP client for the gate (stdlib only; proxies from the environment are ignored)."""
 
     def __init__(self, url: str, secret: str, token: str):
@@ -82,7 +82,7 @@ class Gate:
 class Run:
     """One scenario on its own subject, customer and subscription; collects what did not go as expected."""
 
-    def __init__(self, gate: Gate, subject: str, out):
+    def __init__(self, gate: GateCalls, subject: str, out):
         self.gate, self.subject, self.out = gate, subject, out
         self.tag = secrets.token_hex(5)
         self.customer, self.sub_id = f"cus_sim{self.tag}", f"sub_sim{self.tag}"
@@ -289,7 +289,7 @@ def run(args, out=None) -> int:
         return _usage("no webhook secret: pass --secret, set STRIPE_WEBHOOK_SECRET or create var/webhook-secret")
     if not token:
         return _usage("no API token: pass --token, set PLANGATE_API_TOKEN or create var/api-token")
-    gate = Gate(args.url, secret, token)
+    gate = GateCalls(args.url, secret, token)
     base = args.subject or f"sim-{secrets.token_hex(4)}"
     results: dict[str, bool] = {}
     try:

@@ -66,7 +66,7 @@ class Gate:
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def _timed(self, operation: str, coro, *, shield: bool = False, timeout: float | None = None):
+    async def timed(self, operation: str, coro, *, shield: bool = False, timeout: float | None = None):
         """Run a store call within the time budget; StoreUnavailable on failure or timeout. Writes are
         shielded so that a slow commit finishes (and stays consistent) even when the caller gives up. A read
         runs in the caller's task under asyncio.timeout: a task and wait_for of its own per store call were
@@ -74,12 +74,12 @@ class Gate:
         budget = timeout or self.config.store_timeout
         try:
             async with asyncio.timeout(budget):
-                return await self._untimed(operation, coro, shield=shield)
+                return await self.untimed(operation, coro, shield=shield)
         except asyncio.TimeoutError as exc:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
-    async def _untimed(self, operation: str, coro, *, shield: bool = False):
-        """_timed without a timer of its own, for callers whose budget covers several store calls (a timer
+    async def untimed(self, operation: str, coro, *, shield: bool = False):
+        """timed() without a timer of its own, for callers whose budget covers several store calls (a timer
         each cost ~6 us)."""
         try:
             result = await (asyncio.shield(asyncio.ensure_future(coro)) if shield else coro)
@@ -118,7 +118,7 @@ class Gate:
 
     async def _load_entry(self, subject: str, now: float) -> _Entry:
         self._cache_misses.inc()
-        stored = await self._timed("load", self.store.load(subject))
+        stored = await self.timed("load", self.store.load(subject))
         if stored is None:
             stored = StoredSubject(self.table.initial_state(subject, now), 0)
         entry = _Entry(stored)
@@ -135,7 +135,7 @@ class Gate:
 
     async def _read_used(self, entry: _Entry, window: tuple[str, int]) -> int:
         """A window's usage from the store, kept in the entry (never below what this gate counted)."""
-        found = await self._timed("usage", self.store.used(entry.stored.state.subject, [window]))
+        found = await self.timed("usage", self.store.used(entry.stored.state.subject, [window]))
         used = entry.used[window] = max(entry.used.get(window, 0), found[window])
         return used
 
@@ -216,7 +216,7 @@ class Gate:
                 used = await self._used(entry, (meter, span.start))
                 return Counting(self.table.can_process(state, meter, amount, used, now), False)
             limit = rule.limit if enforce else None
-            done: Counted = await self._timed(
+            done: Counted = await self.timed(
                 "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now), shield=True)
             if done.conflict:
                 self.invalidate(subject)
@@ -258,7 +258,7 @@ class Gate:
         """Fire due timers of up to `limit` subjects, SWEEP_CHUNK of them a transaction; (subjects found due,
         moved). A subject that changed meanwhile goes through the door on its own."""
         now = self.clock()
-        due = await self._timed("due", self.store.due(now, limit), timeout=30.0)
+        due = await self.timed("due", self.store.due(now, limit), timeout=30.0)
         table, version = self.table, self.table.version
         changes, moved = [], 0
         for stored in due:
@@ -274,7 +274,7 @@ class Gate:
 
     async def _commit_timers(self, changes: list[Change]) -> int:
         """One transaction of a sweep, then the cache, logs and metrics of what it committed; subjects moved."""
-        done = await self._timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
+        done = await self.timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
         moved = 0
         fired: dict[str, int] = {}      # to_status -> transitions: the counter is bumped once per status
         lines: list[dict] = []          # a log line per transition, written together (log_each)
@@ -314,7 +314,7 @@ class Gate:
         in one transaction (retrying on a concurrent writer), and the cache entry is dropped."""
         for _ in range(MAX_CONFLICT_RETRIES):
             now = self.clock()
-            stored = await self._timed("load", self.store.load(subject))
+            stored = await self.timed("load", self.store.load(subject))
             if stored is None:
                 stored = StoredSubject(self.table.initial_state(subject, now), 0)
             outcomes = decide(stored.state, now)
@@ -330,7 +330,7 @@ class Gate:
             fold_state = stored.fold_state if actor == "timer" else None
             change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
                             audits=audits)
-            if await self._timed("save", self.store.commit(change), shield=True):
+            if await self.timed("save", self.store.commit(change), shield=True):
                 self.invalidate(subject)
                 for audit in audits:
                     self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
@@ -349,18 +349,18 @@ class Gate:
 
     async def describe(self, subject: str) -> dict:
         now = self.clock()
-        stored = await self._timed("load", self.store.load(subject))
+        stored = await self.timed("load", self.store.load(subject))
         known = stored is not None
         state: SubjectState = stored.state if known else self.table.initial_state(subject, now)
         windows = {m: self.table.window(state, m, now) for m in self.table.meters}
-        used = await self._timed("usage", self.store.used(subject, [(m, w.start) for m, w in windows.items()]))
+        used = await self.timed("usage", self.store.used(subject, [(m, w.start) for m, w in windows.items()]))
         usage = []
         for meter, span in windows.items():
             d = self.table.can_process(state, meter, 1, used[(meter, span.start)], now)
             usage.append({"meter": meter, "used": d.used, "limit": d.limit, "remaining": d.remaining,
                           "allowed": d.allowed, "reason": d.reason.value, "window_start": d.window_start,
                           "resets_at": d.resets_at, "rule": d.rule})
-        history = await self._timed("transitions", self.store.transitions(subject)) if known else []
+        history = await self.timed("transitions", self.store.transitions(subject)) if known else []
         return {
             "subject": subject, "known": known, "status": state.status, "tier": state.tier, "since": state.since,
             "timer_due": state.timer_due, "period_start": state.period_start, "period_end": state.period_end,

@@ -1,25 +1,19 @@
 """The gate's scheduled jobs (aiocron): fire due timers, reconcile doubtful subjects with Stripe,
-drop usage of windows long past. A failing run is logged and counted, never fatal."""
+drop usage of windows long past (the reconciliation itself is stripe.reconcile). A failing run is logged and counted, never fatal."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import aiocron
-import stripe
 
-from plangate.engine import StripeEvent
-from plangate.policy import TriggerKind
-
-from .gate import Gate, StoreUnavailable
-from .ingest import Ingest
+from .gate import Gate
 from .logs import log
+from .stripe.ingest import Ingest
+from .stripe.reconcile import Reconciler
 
 SWEEP_BATCH = 1000
 MAX_SWEEP_ROUNDS = 100
-RECONCILE_BATCH = 200
-_ENDED = {"canceled", "incomplete_expired"}
 
 
 class Jobs:
@@ -28,14 +22,7 @@ class Jobs:
         self.ingest = ingest
         self.config = gate.config
         self._crons: list[aiocron.Cron] = []
-        plan = gate.table.plan
-        # Doubtful: grace statuses, and where their timers lead (the billing problem once grace runs out).
-        grace = {s.name for s in plan.statuses if s.grace}
-        after_grace = {t.target for t in plan.transitions if t.trigger.kind is TriggerKind.TIMER
-                       and grace & set(plan.sources_of(t))}
-        self.doubtful_statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
-        self._stripe: stripe.StripeClient | None = None
-        self._http: stripe.AIOHTTPClient | None = None
+        self.reconciler = Reconciler(gate, ingest)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -49,9 +36,7 @@ class Jobs:
         for cron in self._crons:
             cron.stop()
         self._crons.clear()
-        if self._http is not None:
-            await self._http.close_async()
-            self._http, self._stripe = None, None
+        await self.reconciler.close()
 
     def _runner(self, name: str):
         async def run():
@@ -86,46 +71,12 @@ class Jobs:
         return moved
 
     async def reconcile(self) -> int:
-        """Ask Stripe for the subscription of each doubtful subject and apply what it says."""
-        if not self.config.stripe_secret_key:
-            return 0
-        now = self.gate.clock()
-        subjects = await self.gate._timed(
-            "doubtful", self.gate.store.doubtful(self.doubtful_statuses, now - self.config.reconcile_after,
-                                                 RECONCILE_BATCH), timeout=30.0)
-        changed = 0
-        for stored in subjects:
-            sub = await self._subscription(stored.stripe_subscription)
-            if sub is None:
-                continue
-            event = _synthetic(sub, now)
-            received = await self.ingest.receive(event, json.dumps(
-                {"id": event.id, "type": event.type, "created": event.created, "data": {"object": sub}}),
-                record_noop=False)
-            changed += received.outcome == "applied"
-        return changed
-
-    async def _subscription(self, subscription_id: str) -> dict | None:
-        if self._stripe is None:
-            self._http = stripe.AIOHTTPClient()
-            self._stripe = stripe.StripeClient(
-                self.config.stripe_secret_key, http_client=self._http,
-                base_addresses={"api": self.config.stripe_api_base}, max_network_retries=2)
-        try:
-            sub = await self._stripe.v1.subscriptions.retrieve_async(subscription_id)
-        except stripe.InvalidRequestError as exc:
-            log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
-            return None
-        return sub.to_dict()
+        """Ask Stripe about each doubtful subject and apply what it says; how many changed."""
+        return await self.reconciler.run()
 
     async def cleanup(self) -> tuple[int, int]:
         now = self.gate.clock()
         usage_before = int(now - self.config.usage_retention_days * 86400)
         keys_before = now - self.config.idempotency_retention_days * 86400
-        return await self.gate._timed("cleanup", self.gate.store.cleanup(usage_before, keys_before), timeout=60.0)
+        return await self.gate.timed("cleanup", self.gate.store.cleanup(usage_before, keys_before), timeout=60.0)
 
-
-def _synthetic(sub: dict, now: float) -> StripeEvent:
-    """What Stripe's subscription says now, as the event that would have told us."""
-    kind = "customer.subscription.deleted" if sub.get("status") in _ENDED else "customer.subscription.updated"
-    return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", now)

@@ -12,7 +12,7 @@ from aiohttp import web
 from plangate.engine import compile_file
 from plangate.policy import PlanError, PlanFileError
 
-from .app import create_app
+from .http.app import create_app
 from .config import Config, ConfigError
 from .logs import configure
 from .store import StoreError, open_store

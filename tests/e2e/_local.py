@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server import stripe_events as se
-from tests.server.conftest import ROOT, TOKEN, Gate
+from tests.server.conftest import ROOT, TOKEN, ServedGate
 
 # Jobs run when a test asks, never by the clock in the middle of one.
 QUIET = {"PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *",
@@ -24,9 +24,9 @@ QUIET = {"PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": 
 
 @pytest.fixture
 def local_gate(start_gate):
-    """local_gate(database, **env) -> Gate: the app on a free port of 127.0.0.1 over `database` (a SQLite path
+    """local_gate(database, **env) -> ServedGate: the app on a free port of 127.0.0.1 over `database` (a SQLite path
     or a postgresql:// DSN), with jobs run only when a test asks."""
-    async def start(database: str, **env) -> Gate:
+    async def start(database: str, **env) -> ServedGate:
         return await start_gate(database=database, **{**QUIET, **env})
 
     return start
@@ -40,7 +40,7 @@ async def deliver(session: aiohttp.ClientSession, url: str, evt: dict, *, timest
         return r.status, json.loads(await r.text())
 
 
-async def metrics(gate: Gate) -> dict[tuple[str, tuple], float]:
+async def metrics(gate: ServedGate) -> dict[tuple[str, tuple], float]:
     """/metrics as {(sample name, sorted labels): value}."""
     status, text = await gate.get("/metrics", token=None)
     assert status == 200

@@ -30,10 +30,10 @@ import stripe
 from aiohttp import web
 
 from plangate.engine import compile_file
-from plangate.server.app import create_app
+from plangate.server.http.app import create_app
 from plangate.server.store import open_store
-from plangate.server.webhook import INGEST
-from tests.server.conftest import PLAN, Gate, config_for
+from plangate.server.http.webhook import INGEST
+from tests.server.conftest import PLAN, ServedGate, config_for
 
 KEY = "sk_test_plangate_e2e_0123456789"
 WEBHOOK_SECRET = "whsec_e2e_localstripe_0123456789"
@@ -158,11 +158,11 @@ async def localstripe_server(aiohttp_server, monkeypatch):
 
 @pytest.fixture
 async def stripe_gate(aiohttp_server, tmp_path, localstripe_server):
-    """stripe_gate(hooked=True, **env) -> Gate: a real gate on 127.0.0.1 whose Stripe is localstripe; with hooked,
+    """stripe_gate(hooked=True, **env) -> ServedGate: a real gate on 127.0.0.1 whose Stripe is localstripe; with hooked,
     localstripe delivers its webhooks to it."""
     sessions = []
 
-    async def start(*, hooked: bool = True, **env) -> Gate:
+    async def start(*, hooked: bool = True, **env) -> ServedGate:
         settings = {"STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "STRIPE_SECRET_KEY": KEY,
                     "STRIPE_API_BASE": localstripe_server.url,
                     # Jobs run when a test asks (POST /v1/jobs/...), never by the clock in the middle of one.
@@ -173,7 +173,7 @@ async def stripe_gate(aiohttp_server, tmp_path, localstripe_server):
         server = await aiohttp_server(app, host="127.0.0.1")
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         sessions.append(session)
-        gate = Gate(str(server.make_url("")).rstrip("/"), session, app, database)
+        gate = ServedGate(str(server.make_url("")).rstrip("/"), session, app, database)
         if hooked:
             await localstripe_server.hook(gate.url + "/webhook/stripe")
         return gate
@@ -201,6 +201,6 @@ async def eventually(fetch, done, what: str, timeout: float = 10.0, every: float
         await asyncio.sleep(every)
 
 
-def relevant(gate: Gate) -> frozenset[str]:
+def relevant(gate: ServedGate) -> frozenset[str]:
     """Event types the gate records (the others it answers `ignored` without storing)."""
     return frozenset(gate.app[INGEST].relevant)

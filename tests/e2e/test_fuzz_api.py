@@ -26,7 +26,7 @@ import stripe
 from hypothesis import HealthCheck, settings
 
 from plangate.engine import compile_file
-from plangate.server.stripe_objects import FACT_EVENTS
+from plangate.server.stripe.objects import FACT_EVENTS
 from tests.server import stripe_events as se
 from tests.server.conftest import BASE_ENV, PLAN, TOKEN, GateProcess
 

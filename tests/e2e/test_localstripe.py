@@ -16,7 +16,7 @@ import pytest
 import stripe
 
 from tests.server import stripe_events as se
-from tests.server.conftest import BASE_ENV, Gate, GateProcess
+from tests.server.conftest import BASE_ENV, ServedGate, GateProcess
 
 from .conftest import KEY, WEBHOOK_SECRET, eventually, q, relevant
 
@@ -307,7 +307,7 @@ class TestServedGate:
                               "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *", "PYTHONWARNINGS": "always"}, tmp_path)
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-                gate = Gate(served.url, session, None, database)
+                gate = ServedGate(served.url, session, None, database)
                 await ls.hook(gate.url + "/webhook/stripe")
                 cus = await ls.customer("hana")
                 sub = await ls.subscribe(cus["id"], "hana")
@@ -325,5 +325,5 @@ class TestServedGate:
             code, _, err = served.stop()
         assert code == 0, err
         assert "Traceback" not in err and "Unclosed" not in err, err
-        assert moves(Gate(served.url, None, None, database), "hana") == \
+        assert moves(ServedGate(served.url, None, None, database), "hana") == \
             [("limited_free_trial", "paid"), ("paid", "grace_period"), ("grace_period", "canceled")]

@@ -18,8 +18,8 @@ import time
 import aiohttp
 import pytest
 
-import plangate.server.webhook
-from plangate.server.stripe_objects import FACT_EVENTS
+import plangate.server.http.webhook
+from plangate.server.stripe.objects import FACT_EVENTS
 from tests.server import stripe_events as se
 from tests.server.conftest import BASE_ENV, GateProcess
 
@@ -190,7 +190,7 @@ async def test_slow_clients_hold_up_nobody(abused, session):
 
 async def test_a_body_that_never_arrives_is_cut_off(local_gate, tmp_path, monkeypatch):
     """The bound on a slow client: after BODY_TIMEOUT (10 s; 0.5 s here) it gets a 408 and nothing is read."""
-    monkeypatch.setattr(plangate.server.webhook, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(plangate.server.http.webhook, "BODY_TIMEOUT", 0.5)
     gate = await local_gate(str(tmp_path / "gate.sqlite3"))
     evt = se.encode(se.event("checkout.session.completed", se.checkout("slow-user"), time.time()))
     reader, writer = await raw(gate.url, head(len(evt), se.sign(evt)))

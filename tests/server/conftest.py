@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from plangate.engine import compile_file
-from plangate.server.app import create_app
+from plangate.server.http.app import create_app
 from plangate.server.config import Config
 from plangate.server.store import open_store
 
@@ -29,7 +29,7 @@ BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGA
 
 
 @dataclass
-class Gate:
+class ServedGate:
     """A running gate and a client for it."""
 
     url: str
@@ -79,17 +79,17 @@ def database(tmp_path) -> str:
 
 @pytest.fixture
 async def start_gate(aiohttp_server, database):
-    """start_gate(plan=..., database=..., **env) -> Gate: a gate app served on 127.0.0.1 by aiohttp's test
+    """start_gate(plan=..., database=..., **env) -> ServedGate: a gate app served on 127.0.0.1 by aiohttp's test
     server, over the test's SQLite file unless another store (a path or a postgresql:// DSN) is given."""
     sessions = []
 
-    async def start(plan: Path = PLAN, database: str = database, **env) -> Gate:
+    async def start(plan: Path = PLAN, database: str = database, **env) -> ServedGate:
         config = config_for(database, PLANGATE_PLANS=str(plan), **env)
         app = create_app(config, compile_file(config.plans), open_store(config.database, **config.store_options()))
         server = await aiohttp_server(app, host="127.0.0.1")
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         sessions.append(session)
-        return Gate(str(server.make_url("")).rstrip("/"), session, app, database)
+        return ServedGate(str(server.make_url("")).rstrip("/"), session, app, database)
 
     yield start
     for s in sessions:
@@ -97,7 +97,7 @@ async def start_gate(aiohttp_server, database):
 
 
 @pytest.fixture
-async def gate(start_gate) -> Gate:
+async def gate(start_gate) -> ServedGate:
     return await start_gate()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 
-from plangate.server.api import GATE
+from plangate.server.http.api import GATE
 
 
 @contextmanager

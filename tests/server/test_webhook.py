@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from plangate.server import ingest
+from plangate.server.stripe import ingest
 
 from . import stripe_events as se
 from .test_openapi import documented
@@ -134,7 +134,7 @@ class TestExactlyOnce:
         waiting its turn, is cancelled (its caller gave up). The first and third still apply, the second
         leaves nothing behind, and no turn is left waiting."""
         from plangate.engine import StripeEvent
-        from plangate.server.webhook import INGEST
+        from plangate.server.http.webhook import INGEST
         now = time.time()
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 600))
         receiver = hook.app[INGEST]

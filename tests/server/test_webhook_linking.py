@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from plangate.server.api import GATE
+from plangate.server.http.api import GATE
 
 from . import stripe_events as se
 from .test_webhook import deliver, q, status_of

@@ -11,9 +11,9 @@ from aiohttp import web
 from plangate.engine import Decision
 
 from . import _input as inp, _json
-from .gate import Counting, Gate, StoreUnavailable
-from .metrics import CONTENT_TYPE
-from .store import IdempotencyConflict
+from ..gate import Counting, Gate, StoreUnavailable
+from ..metrics import CONTENT_TYPE
+from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
 JOBS = web.AppKey("jobs", object)
@@ -141,7 +141,7 @@ async def readyz(request: web.Request) -> web.Response:
     gate = request.app[GATE]
     checks = {"plan": {"ok": True, "version": gate.table.version}}
     try:
-        await gate._timed("ping", gate.store.ping())
+        await gate.timed("ping", gate.store.ping())
         failed = gate.write_failure()
         checks["store"] = {"ok": True} if failed is None else \
             {"ok": False, "error": f"the store reads but a write failed just now: {failed}"}

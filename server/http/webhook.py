@@ -13,9 +13,9 @@ from plangate.engine import StripeEvent
 
 from . import _json
 from ._input import BadRequest
-from .gate import StoreUnavailable
-from .ingest import Ingest
-from .logs import Throttle, log
+from ..gate import StoreUnavailable
+from ..stripe.ingest import Ingest
+from ..logs import Throttle, log
 
 INGEST = web.AppKey("ingest", Ingest)
 # Stripe's `created` is whole Unix seconds. Anything else (1.5, NaN, Infinity, 1e300, a year past 2286 or before

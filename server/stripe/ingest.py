@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 
 from plangate.engine import StripeEvent, SubjectState, advance, event_order, replay
 
-from .gate import WRITES, Gate, StoreUnavailable
-from .logs import log
-from .store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
-from .stripe_objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
+from ..gate import WRITES, Gate, StoreUnavailable
+from ..logs import log
+from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
+from .objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
@@ -56,7 +56,7 @@ class Ingest:
     async def _io(self, operation: str, coro):
         # Under receive()'s one time budget for all of an event's store calls. Writes are shielded, as the
         # gate's are; a read given up is harmless, and shielding one made a task of it (~1.5 an event).
-        return await self.gate._untimed(operation, coro, shield=operation in WRITES)
+        return await self.gate.untimed(operation, coro, shield=operation in WRITES)
 
     async def receive(self, event: StripeEvent, payload: str, *, record_noop: bool = True) -> Received:
         """Handle one verified event. StoreUnavailable propagates: the caller answers 5xx and Stripe retries.

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from plangate.engine import invoice_subscription
 from plangate.policy import SubjectLink
 
-from .store import Payment
+from ..store import Payment
 
 # Events that carry facts the gate keeps (links, billing periods, payments) even when no transition uses them.
 FACT_EVENTS = frozenset({

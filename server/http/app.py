@@ -14,13 +14,13 @@ from plangate.engine import StateTable
 
 from . import _json, api, webhook
 from ._input import MAX_BODY, BadRequest
-from .config import Config
-from .gate import Gate
-from .ingest import Ingest
-from .jobs import Jobs
-from .logs import log, request_id as current_request_id
-from .metrics import Metrics
-from .store import Store
+from ..config import Config
+from ..gate import Gate
+from ..stripe.ingest import Ingest
+from ..jobs import Jobs
+from ..logs import log, request_id as current_request_id
+from ..metrics import Metrics
+from ..store import Store
 
 _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large", 415: "unsupported_media_type"}

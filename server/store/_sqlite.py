@@ -530,6 +530,8 @@ def _count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
     # stored now, in its initial state.
     row = db.execute("SELECT version FROM subscriptions WHERE subject = ?", (subject,)).fetchone()
     if current.version == 0 and row is None:
+        if limit is not None and amount > limit:    # refused: a subject not stored yet stays so
+            return Counted(False, 0)
         db.execute(_INSERT_SUBJECT, _subject_params(current, now))
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)

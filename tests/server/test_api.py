@@ -47,6 +47,13 @@ class TestCheck:
             assert (status, body["allowed"], body["reason"]) == (200, False, "kill_switch")
         assert rows(gate.database, "SELECT * FROM quota_usage") == []
 
+    async def test_kill_switch_wins_while_enforcement_is_off(self, start_gate):
+        gate = await start_gate(SUBSCRIPTION_KILL_SWITCH="true", SUBSCRIPTION_ENABLED="false")
+        for path in ("/v1/check", "/v1/consume"):
+            status, body = await gate.post(path, {"subject": "u", "meter": "requests", "amount": 1})
+            assert (status, body["allowed"], body["reason"]) == (200, False, "kill_switch")
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
 
 class TestConsume:
     async def test_counts_and_refuses_instead_of_overshooting(self, gate):
@@ -80,6 +87,24 @@ class TestConsume:
         status, body = await gate.consume("u", 1)
         assert (status, body["allowed"], body["reason"], body["counted"]) == (200, False, "status_denies", False)
         assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+    async def test_a_counted_key_replayed_after_the_status_denies_is_a_duplicate(self, gate):
+        first = await gate.consume("u", 3, key="job-1")
+        assert first[1]["counted"] is True
+        await gate.post("/v1/subjects/u/transition", {"action": "close_account", "reason": "fraud"})
+        status, again = await gate.consume("u", 3, key="job-1")
+        assert status == 200 and (again["counted"], again["duplicate"]) == (True, True)
+        assert again["used"] == 3
+        status, other = await gate.consume("u", 4, key="job-1")
+        assert (status, other["error"]) == (409, "idempotency_key_reused")
+        assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(3,)]
+
+    async def test_a_refused_first_consume_stores_no_subject(self, gate):
+        status, body = await gate.consume("fresh", 21, key="too-much")
+        assert (status, body["allowed"], body["counted"]) == (200, False, False)
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+        assert rows(gate.database, "SELECT * FROM usage_keys") == []
+        assert (await gate.get("/v1/subjects/fresh"))[1]["known"] is False
 
 
 class TestUsage:

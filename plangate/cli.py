@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the gate (default %(default)s)")
     p.add_argument("--secret", help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET, else var/webhook-secret)")
     p.add_argument("--token", help="API token (default: $PLANGATE_API_TOKEN, else var/api-token)")
+    p.add_argument("--admin-token", help="admin token, for POST /v1/jobs/sweep (default: $PLANGATE_ADMIN_TOKEN, "
+                                         "else var/admin-token)")
     p.add_argument("--subject", help="the subject (default: a fresh random one); with several scenarios, a prefix")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser

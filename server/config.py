@@ -27,7 +27,10 @@ class Config:
     database: str = "var/plangate.sqlite3"
     host: str = "127.0.0.1"
     port: int = 8080
-    api_token: str = field(default="", repr=False)
+    # Bearer tokens by scope, several while rotating. API: check, consume, usage, reading a subject. Admin: those
+    # and what changes state on a person's word (transitions, jobs).
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    admin_tokens: tuple[str, ...] = field(default=(), repr=False)
     fail_mode: str = "plan"
     cache_ttl: float = 5.0
     cache_size: int = 10_000
@@ -70,7 +73,8 @@ class Config:
             database=r.text("PLANGATE_DATABASE", "var/plangate.sqlite3"),
             host=r.text("PLANGATE_HOST", "127.0.0.1"),
             port=r.integer("PLANGATE_PORT", 8080, 0, 65535),
-            api_token=r.text("PLANGATE_API_TOKEN", ""),
+            api_tokens=r.tokens("PLANGATE_API_TOKEN"),
+            admin_tokens=r.tokens("PLANGATE_ADMIN_TOKEN"),
             fail_mode=r.choice("PLANGATE_FAIL_MODE", "plan", ("plan", "open", "closed")),
             cache_ttl=r.number("PLANGATE_CACHE_TTL", 5.0, 0.0, 3600.0),
             cache_size=r.integer("PLANGATE_CACHE_SIZE", 10_000, 1, 10_000_000),
@@ -103,11 +107,18 @@ class Config:
                 "connect_timeout": self.connect_timeout, "command_timeout": self.command_timeout}
 
     def require_token(self) -> None:
-        """Serving needs a token: every /v1/ route is authenticated."""
-        if len(self.api_token) < 16:
-            shown = "(empty)" if not self.api_token else "(too short)"
-            raise ConfigError(f"PLANGATE_API_TOKEN={shown}: set a secret of at least 16 characters, "
-                              "e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        """Serving needs an API token: every /v1/ route is authenticated. The admin token is optional (without
+        it the admin routes refuse every caller), but never one of the API tokens: that would undo the scopes."""
+        if not self.api_tokens:
+            raise ConfigError(f"PLANGATE_API_TOKEN=(empty): set a secret of at least {MIN_TOKEN} characters, "
+                              f"e.g. the output of: {TOKEN_RECIPE}")
+        if set(self.api_tokens) & set(self.admin_tokens):
+            raise ConfigError("PLANGATE_ADMIN_TOKEN: a token is also in PLANGATE_API_TOKEN; the admin token must be "
+                              "a secret of its own")
+
+
+MIN_TOKEN = 16
+TOKEN_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class _Reader:
@@ -188,6 +199,19 @@ class _Reader:
                 shown = secret[:6] + "..." if len(secret) > 6 else "(too short)"
                 raise ConfigError(f"{name}: {shown} is not a webhook signing secret; each comma-separated "
                                   "value is the endpoint's whsec_... secret from Stripe")
+        return found
+
+    def tokens(self, name: str) -> tuple[str, ...]:
+        """Comma-separated bearer tokens (several while rotating: any is accepted). Each is visible ASCII, no
+        space: what a client sends after "Bearer " must be the token itself, and HTTP drops spaces at a header's
+        end. A token is never shown in the message."""
+        value = self._raw(name) or ""
+        found = tuple(part.strip() for part in value.split(",") if part.strip())
+        for i, token in enumerate(found, 1):
+            if len(token) < MIN_TOKEN or not (token.isascii() and token.isprintable()) or " " in token:
+                raise ConfigError(f"{name}: token {i} of {len(found)} is not usable: each comma-separated token is "
+                                  f"at least {MIN_TOKEN} visible ASCII characters without spaces, e.g. the output "
+                                  f"of: {TOKEN_RECIPE}")
         return found
 
     def number(self, name: str, default: float, low: float, high: float) -> float:

@@ -160,6 +160,8 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
 
+# Routes that change state on a person's word: PLANGATE_ADMIN_TOKEN only. Every other /v1/ route takes either token.
+ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/jobs/{job}"})
 # (method, path, handler) of every route but the webhook's (webhook.receive); GET routes answer HEAD too.
 ROUTES = (
     ("POST", "/v1/check", check),

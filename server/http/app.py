@@ -2,7 +2,6 @@
 life cycle."""
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
 import secrets
@@ -13,6 +12,7 @@ from aiohttp import web
 from plangate.engine import StateTable
 
 from . import _json, api, webhook
+from ._auth import Scope, Tokens, matches
 from ._input import MAX_BODY, BadRequest
 from ..config import Config
 from ..gate import Gate
@@ -22,6 +22,7 @@ from ..logs import log, request_id as current_request_id
 from ..metrics import Metrics
 from ..store import Store
 
+_BY_PATH = object()     # the scope of the catch-all route: an API token for a path under /v1/, else none
 _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large", 415: "unsupported_media_type"}
 
@@ -38,7 +39,8 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[webhook.INGEST] = ingest
     jobs = Jobs(gate, ingest)
     app[api.JOBS] = jobs
-    _add_routes(app, (*api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)), config.api_token, metrics)
+    _add_routes(app, (*api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
+                Tokens(config.api_tokens, config.admin_tokens), metrics)
 
     async def lifecycle(app: web.Application):
         await store.open()
@@ -67,7 +69,7 @@ def _error(status: int, code: str, message: str, request_id: str, headers: dict 
                           headers={"X-Request-Id": request_id, **(headers or {})})
 
 
-def _add_routes(app: web.Application, routes, token: str, metrics: Metrics) -> None:
+def _add_routes(app: web.Application, routes, tokens: Tokens, metrics: Metrics) -> None:
     """Each route's handler wrapped by _guarded; every path answers its other methods with a JSON 405 naming
     those it has, and every other path gets a JSON 404. A wrapper per route, not a middleware: with any
     middleware aiohttp runs a chain of two on every request (~3.5 us of a check's ~85)."""
@@ -76,14 +78,15 @@ def _add_routes(app: web.Application, routes, token: str, metrics: Metrics) -> N
         by_path.setdefault(path, []).append((method, handler))
     for path, handlers in by_path.items():
         allowed = set()
+        scope = Scope.ADMIN if path in api.ADMIN_PATHS else Scope.API if path.startswith("/v1/") else None
         for method, handler in handlers:
-            app.router.add_route(method, path, _guarded(handler, path, token, metrics))
+            app.router.add_route(method, path, _guarded(handler, path, scope, tokens, metrics))
             allowed |= {method, "HEAD"} if method == "GET" else {method}
             if method == "GET":
-                app.router.add_route("HEAD", path, _guarded(handler, path, token, metrics))
-        app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", token,
-                                                 metrics))
-    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", token, metrics))
+                app.router.add_route("HEAD", path, _guarded(handler, path, scope, tokens, metrics))
+        app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", scope,
+                                                 tokens, metrics))
+    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", _BY_PATH, tokens, metrics))
 
 
 def _not_allowed(allow: str):
@@ -97,22 +100,26 @@ async def _not_found(request: web.Request) -> web.Response:
     raise BadRequest(404, "not_found", f"no route for {request.path}; see /openapi.json")
 
 
-def _guarded(handler, route: str, token: str, metrics: Metrics):
-    """handler with the request id (the caller's X-Request-Id, else a new one, echoed in the answer), the /v1/
-    token, errors as JSON and the route's latency."""
-    expected = f"Bearer {token}".encode()
+def _guarded(handler, route: str, scope, tokens: Tokens, metrics: Metrics):
+    """handler with the request id (the caller's X-Request-Id, else a new one, echoed in the answer), the token
+    of its scope (a Scope; None: open; _BY_PATH: an API token under /v1/), errors as JSON and the route's
+    latency."""
     rejected, latency = metrics.rejected, metrics.latency.labels(route)
-    protected = None if route == "unmatched" else route.startswith("/v1/")     # unmatched: by the request's path
+    accepted = {needs: tokens.accepted(needs) for needs in Scope}
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-Id", "")[:64] or _new_request_id()
         current_request_id.set(request_id)
         started = time.perf_counter()
         try:
-            if protected if protected is not None else request.path.startswith("/v1/"):
-                given = request.headers.get("Authorization", "").encode()
-                if not token or not hmac.compare_digest(given, expected):
-                    raise BadRequest(401, "unauthorized", "send Authorization: Bearer <PLANGATE_API_TOKEN>")
+            needs = scope if scope is not _BY_PATH else Scope.API if request.path.startswith("/v1/") else None
+            if needs is not None:
+                # One header, exactly a token of the scope: the common case is a comparison of strings.
+                given = request.headers.getall("Authorization", None)
+                if given is None or len(given) != 1 or not matches(given[0], accepted[needs]):
+                    refused = tokens.refusal(given, needs)
+                    if refused is not None:
+                        raise refused
             response = await handler(request)
             response.headers["X-Request-Id"] = request_id
             return response

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from plangate.engine import compile_file
 from plangate.server.stripe.objects import FACT_EVENTS
 from tests.server import stripe_events as se
-from tests.server.conftest import BASE_ENV, PLAN, TOKEN, GateProcess
+from tests.server.conftest import ADMIN_TOKEN, BASE_ENV, PLAN, GateProcess
 
 from ._local import deliver, local_gate, q  # noqa: F401 - local_gate is a fixture
 
@@ -85,7 +85,7 @@ def fuzz_gate(tmp_path_factory):
 
 def config(mode: str) -> schemathesis.Config:
     return schemathesis.Config.from_dict({
-        "headers": {"Authorization": f"Bearer {TOKEN}"},
+        "headers": {"Authorization": f"Bearer {ADMIN_TOKEN}"},
         "generation": {"mode": mode, "max-examples": MAX_EXAMPLES},
         "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
                    "stateful": {"enabled": False}},
@@ -147,7 +147,7 @@ class TestFoundByFuzzing:
         gate = await local_gate(str(tmp_path / "gate.sqlite3"))
         for method, path, allowed in (("TRACE", "/v1/check", "POST"), ("DELETE", "/v1/subjects/u", "GET"),
                                       ("PUT", "/webhook/stripe", "POST")):
-            async with gate.session.request(method, gate.url + path, headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            async with gate.session.request(method, gate.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
                 body = await r.json()
                 assert (r.status, body["error"]) == (405, "method_not_allowed")
                 assert allowed in r.headers["Allow"], r.headers

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -21,10 +22,13 @@ from plangate.server.store import open_store
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans.yaml"
 TOKEN = "test-token-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+_SCOPED = object()      # ServedGate.call's default: the token the path's scope needs
 # A store call's budget of 5 s, not 0.25: on a shared machine running the whole suite, a store call slower than
 # 0.25 s made a correctness test get a fail-mode answer (seen once: 40 concurrent usage reports, one 503). Tests
 # of the fail modes set their own budget.
-BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_PLANS": str(PLAN),
+BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "PLANGATE_PLANS": str(PLAN),
             "PLANGATE_STORE_TIMEOUT": "5"}
 
 
@@ -37,9 +41,11 @@ class ServedGate:
     app: object = None
     database: str = ""
 
-    async def call(self, method: str, path: str, body=None, *, token: str | None = TOKEN, raw: bytes | None = None,
+    async def call(self, method: str, path: str, body=None, *, token=_SCOPED, raw: bytes | None = None,
                    headers: dict | None = None):
         hdrs = dict(headers or {})
+        if token is _SCOPED:
+            token = token_for(path)
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
         kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
@@ -66,6 +72,13 @@ class ServedGate:
         if key is not None:
             body["idempotency_key"] = key
         return await self.post("/v1/consume", body)
+
+
+def token_for(path: str) -> str:
+    """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions and jobs, else the API
+    token."""
+    path = urlsplit(path).path
+    return ADMIN_TOKEN if path.startswith("/v1/jobs/") or path.endswith("/transition") else TOKEN
 
 
 def config_for(database: str, **env) -> Config:

@@ -13,9 +13,8 @@ import pytest
 from tests import postgres
 
 from . import stripe_events as se
-from .conftest import BASE_ENV, PLAN, GateProcess, TOKEN
+from .conftest import BASE_ENV, PLAN, GateProcess, token_for
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DAY = 86400.0
 
 
@@ -43,7 +42,8 @@ def nodes(tmp_path, pg_dsn):
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None):
-    async with session.post(url, json=body, headers=headers or AUTH) as r:
+    auth = {"Authorization": f"Bearer {token_for(url)}"}
+    async with session.post(url, json=body, headers=headers or auth) as r:
         return r.status, await r.json()
 
 

@@ -13,9 +13,9 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from plangate.server.http.api import GATE
+from plangate.server.http.api import ADMIN_PATHS, GATE
 
-from .conftest import TOKEN
+from .conftest import TOKEN, _SCOPED, token_for
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "schema" / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
@@ -102,8 +102,9 @@ def documented(method: str, template: str, status: int, media: str, payload, hea
 
 
 async def call(gate, method: str, path: str, template: str, *, body=None, raw: bytes | None = None,
-               token: str | None = TOKEN) -> tuple[int, object]:
+               token=_SCOPED) -> tuple[int, object]:
     """Send a real request, check the answer against the spec, return (status, payload)."""
+    token = token_for(path) if token is _SCOPED else token
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
     async with gate.session.request(method, gate.url + path, headers=headers, **kwargs) as resp:
@@ -152,6 +153,7 @@ class TestDocument:
         secured = template.startswith("/v1/")
         assert bool(op.get("security")) == secured
         assert ("401" in op["responses"]) == secured
+        assert ("403" in op["responses"]) == (template in ADMIN_PATHS) == (op.get("security") == [{"adminAuth": []}])
         for requirement in op.get("security", []):
             assert set(requirement) <= set(SPEC["components"]["securitySchemes"])
         if "requestBody" in op:

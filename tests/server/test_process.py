@@ -13,10 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import BASE_ENV, PLAN, TOKEN
+from .conftest import BASE_ENV, PLAN, TOKEN, token_for
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def run(args, env, cwd, timeout=30):
@@ -26,7 +25,7 @@ def run(args, env, cwd, timeout=30):
 
 async def post(url: str, path: str, body: dict):
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
-        async with s.post(url + path, json=body, headers=AUTH) as r:
+        async with s.post(url + path, json=body, headers={"Authorization": f"Bearer {token_for(path)}"}) as r:
             return r.status, await r.json()
 
 

@@ -15,7 +15,7 @@ import pytest
 from plangate.cli import main as plangate_main
 
 from . import stripe_events as se
-from .conftest import BASE_ENV, ROOT, TOKEN, GateProcess, free_port
+from .conftest import ADMIN_TOKEN, BASE_ENV, ROOT, TOKEN, GateProcess, free_port
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
 FINAL = {"checkout-to-paid": "paid", "payment-failure-and-recovery": "paid", "grace-runs-out": "paid",
@@ -33,8 +33,9 @@ def gate(tmp_path_factory):
     proc.stop()
 
 
-def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN) -> int:
-    return plangate_main(["stripe-simulate", "--url", gate.url, "--secret", secret, "--token", token, *args])
+def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN, admin_token: str = ADMIN_TOKEN) -> int:
+    return plangate_main(["stripe-simulate", "--url", gate.url, "--secret", secret, "--token", token,
+                          "--admin-token", admin_token, *args])
 
 
 def view(gate, subject: str) -> dict:
@@ -71,7 +72,8 @@ def test_every_scenario_passes_and_the_gate_holds_what_it_printed(gate, capsys):
 
 
 def test_one_scenario_as_a_process(gate, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN",
+                                                               "PLANGATE_ADMIN_TOKEN")}
     done = subprocess.run([PLANGATE, "stripe-simulate", "--url", gate.url, "--secret", se.SECRET, "--token", TOKEN,
                            "--subject", "proc", "checkout-to-paid"], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
@@ -92,11 +94,20 @@ def test_the_secret_and_token_come_from_the_environment_or_var(gate, tmp_path, m
     (tmp_path / "var" / "webhook-secret").write_text("whsec_not_the_gates_000\n")
     assert plangate_main(["stripe-simulate", "--url", gate.url, "cancellation"]) == 0
     assert capsys.readouterr().out.count("PASS cancellation") == 2
+    monkeypatch.delenv("PLANGATE_ADMIN_TOKEN", raising=False)
+    assert plangate_main(["stripe-simulate", "--url", gate.url, "grace-runs-out"]) == 2     # no admin token
+    assert "no admin token, which grace-runs-out needs" in capsys.readouterr().err
+    (tmp_path / "var" / "admin-token").write_text(ADMIN_TOKEN + "\n")
+    assert plangate_main(["stripe-simulate", "--url", gate.url, "grace-runs-out"]) == 0
+    monkeypatch.setenv("PLANGATE_ADMIN_TOKEN", TOKEN)        # the API token where the admin token belongs: 403
+    assert plangate_main(["stripe-simulate", "--url", gate.url, "grace-runs-out"]) == 2
+    assert "answered 403 forbidden" in capsys.readouterr().err
 
 
 def test_an_unreachable_gate_exits_2_with_one_line(capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    assert plangate_main(["stripe-simulate", "--url", url, "--secret", se.SECRET, "--token", TOKEN]) == 2
+    assert plangate_main(["stripe-simulate", "--url", url, "--secret", se.SECRET, "--token", TOKEN,
+                          "--admin-token", ADMIN_TOKEN]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"plangate stripe-simulate: cannot reach the gate at {url}")

@@ -44,7 +44,8 @@ async def status_of(gate, subject: str) -> str:
 
 class TestSignatures:
     @pytest.mark.parametrize("case", ["missing", "malformed", "wrong_secret", "expired", "tampered", "v0_only",
-                                      "expired_wrong_secret", "timestamp_not_a_number"])
+                                      "expired_wrong_secret", "timestamp_not_a_number", "v1_not_ascii",
+                                      "v1_not_ascii_beside_a_good_one"])
     async def test_refused_with_400_and_nothing_written(self, hook, case):
         evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
         body = se.encode(evt)
@@ -57,6 +58,8 @@ class TestSignatures:
             "v0_only": se.sign(body).replace("v1=", "v0="),
             "expired_wrong_secret": se.sign(body, "whsec_other_secret_123456", timestamp=int(time.time()) - 301),
             "timestamp_not_a_number": "t=soon," + se.sign(body).split(",", 1)[1],
+            "v1_not_ascii": f"t={int(time.time())},v1=\u00e9" + "0" * 63,
+            "v1_not_ascii_beside_a_good_one": se.sign(body, "whsec_other_secret_123456") + ",v1=\u00e9\u00e9",
         }[case]
         raw = body.replace(b"alice", b"mallory") if case == "tampered" else body
         status, answer = await deliver(hook, evt, header=header, raw=raw)

@@ -5,6 +5,7 @@ Pure code: no I/O beyond loading the plan, no clock (`now` is always an argument
 from ._decision import Decision, Reason, override
 from ._history import Step, advance, event_order, replay
 from ._state import SubjectState
+from ._subjects import MAX_SUBJECT, subject_problem
 from ._table import StateTable, UnknownMeter, UnknownStatus, compile_file, compile_plan
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._usage import UsageBook
@@ -12,7 +13,7 @@ from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
 
 __all__ = [
-    "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
+    "MAX_SUBJECT", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
     "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
-    "compile_file", "compile_plan", "invoice_subscription", "override", "price_ids",
+    "compile_file", "compile_plan", "invoice_subscription", "override", "price_ids", "subject_problem",
 ]

@@ -41,7 +41,7 @@ def decision_body(subject: str, amount: int, d: Decision) -> dict:
 async def _decision_request(request: web.Request, fields: set[str], key_required: bool):
     gate = request.app[GATE]
     body = await inp.json_object(request, fields)
-    subject = inp.text(body, "subject")
+    subject = inp.subject(body)
     meter = inp.one_of(inp.text(body, "meter"), gate.table.meters, "unknown_meter", "meter")
     amount = inp.amount(body, gate.config.max_amount)
     key = inp.text(body, "idempotency_key", required=key_required) if "idempotency_key" in fields else None
@@ -84,7 +84,7 @@ def _counted(subject: str, amount: int, result: Counting) -> web.Response:
 
 async def subject_view(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.subject({"subject": request.match_info["subject"]})
     try:
         view = await gate.describe(subject)
     except StoreUnavailable:
@@ -100,7 +100,7 @@ async def subject_view(request: web.Request) -> web.Response:
 
 async def transition(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.subject({"subject": request.match_info["subject"]})
     body = await inp.json_object(request, {"to", "action", "reason", "actor"})
     to, action = inp.text(body, "to", required=False), inp.text(body, "action", required=False)
     if (to is None) == (action is None):

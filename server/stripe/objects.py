@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from plangate.engine import invoice_subscription
+import logging
+
+from plangate.engine import invoice_subscription, subject_problem
 from plangate.policy import SubjectLink
 
+from ..logs import log
 from ..store import Payment
 
 # Events that carry facts the gate keeps (links, billing periods, payments) even when no transition uses them.
@@ -14,7 +17,6 @@ FACT_EVENTS = frozenset({
     "customer.subscription.deleted", "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed",
     "invoice.payment_action_required",
 })
-MAX_SUBJECT = 200
 
 
 def _id(value) -> str | None:
@@ -53,8 +55,12 @@ def named_subject(obj: Mapping, link: SubjectLink) -> str | None:
             if isinstance(metadata, Mapping):
                 candidates.append(metadata.get(link.metadata_key))
     for value in candidates:
-        if isinstance(value, str) and 0 < len(value) <= MAX_SUBJECT and value.isprintable():
-            return value
+        if isinstance(value, str) and value:
+            problem = subject_problem(value)
+            if problem is None:
+                return value
+            # The API refuses such an id, so no subject has it: the event waits for a link by its Stripe ids.
+            log(logging.WARNING, "stripe_subject_refused", subject=value[:250], problem=f"the subject {problem}")
     return None
 
 

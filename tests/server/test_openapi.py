@@ -222,6 +222,9 @@ def full_bodies(template: str) -> list[dict]:
 POSTS = [t for t, m, op in operations() if m == "post" and "requestBody" in op and t != "/webhook/stripe"]
 BAD_TEXT = ["", "x" * 201, 5, True, ["a"], {"a": 1}, "a\x00b", "line\nbreak", "del\x7f"]
 BAD_AMOUNT = [0, -1, -(2**63), 1.5, "1", True, None, [1], {}]
+# What the Subject pattern refuses beyond Text's (the rest of the rule, NFC and printable, is tests/server/
+# test_subjects.py's).
+BAD_SUBJECT = BAD_TEXT + [" alice", "alice ", "\u0085alice"]
 
 
 def concrete(template: str) -> str:
@@ -230,7 +233,7 @@ def concrete(template: str) -> str:
 
 def bad_values(field: dict) -> list:
     kind = field["$ref"].rsplit("/", 1)[-1]
-    return {"Text": BAD_TEXT, "Amount": BAD_AMOUNT}[kind]
+    return {"Text": BAD_TEXT, "Amount": BAD_AMOUNT, "Subject": BAD_SUBJECT}[kind]
 
 
 class TestRequestsMatchValidation:

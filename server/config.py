@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -24,7 +25,7 @@ class Config:
     enabled: bool = False
     kill_switch: bool = False
     plans: str = "plans.yaml"
-    database: str = "var/plangate.sqlite3"
+    database: str = field(default="var/plangate.sqlite3", repr=False)   # a PostgreSQL address may hold a password
     host: str = "127.0.0.1"
     port: int = 8080
     # Bearer tokens by scope, several while rotating. API: check, consume, usage, reading a subject. Admin: those
@@ -101,6 +102,13 @@ class Config:
             command_timeout=r.number("PLANGATE_PG_COMMAND_TIMEOUT", 10.0, 0.1, 3600.0),
         )
 
+    def database_shown(self, text: str | None = None) -> str:
+        """PLANGATE_DATABASE (or `text` that may quote it, an error's) with the password replaced by ***: what
+        may be printed or logged."""
+        text = self.database if text is None else text
+        password = _password(self.database)
+        return text.replace(f":{password}@", ":***@").replace(password, "***") if password else text
+
     def store_options(self) -> dict:
         """What open_store needs besides the address."""
         return {"sqlite_synchronous": self.sqlite_synchronous, "pool_min": self.pool_min, "pool_max": self.pool_max,
@@ -115,6 +123,15 @@ class Config:
         if set(self.api_tokens) & set(self.admin_tokens):
             raise ConfigError("PLANGATE_ADMIN_TOKEN: a token is also in PLANGATE_API_TOKEN; the admin token must be "
                               "a secret of its own")
+
+
+def _password(database: str) -> str | None:
+    """The password in a postgresql:// address, if any."""
+    try:
+        return urlsplit(database).password or None
+    except ValueError:      # a malformed address (a port that is no number...): find it by hand
+        userinfo = database.partition("://")[2].rpartition("@")[0]
+        return userinfo.partition(":")[2] or None
 
 
 MIN_TOKEN = 16

@@ -45,7 +45,7 @@ def serve(env_file: str | None = "config.env") -> int:
     try:
         uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's
     except StoreError as exc:
-        return _fail(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})", 1)
+        return _fail(config.database_shown(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})"), 1)
     except OSError as exc:
         return _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1)
     return 0
@@ -100,7 +100,8 @@ def migrate(env_file: str | None = "config.env") -> int:
     try:
         before, after = asyncio.run(run())
     except StoreError as exc:
-        return _fail(f"migration failed: {exc}", 1)
-    print(f"plangate: {config.database}: schema version {before} -> {after}"
-          if after != before else f"plangate: {config.database}: schema is current (version {after})")
+        return _fail(config.database_shown(f"migration failed: {exc} (PLANGATE_DATABASE={config.database})"), 1)
+    shown = config.database_shown()
+    print(f"plangate: {shown}: schema version {before} -> {after}"
+          if after != before else f"plangate: {shown}: schema is current (version {after})")
     return 0

@@ -63,7 +63,9 @@ class PostgresStore(Store):
                 self.dsn, min_size=self.pool_min, max_size=self.pool_max, timeout=self.connect_timeout,
                 command_timeout=self.command_timeout, reset=_keep_session)
         except (*_ERRORS, ValueError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+            why = f"no answer within {self.connect_timeout:g} s" if isinstance(exc, asyncio.TimeoutError) else \
+                str(exc) or type(exc).__name__
+            raise StoreError(f"cannot connect to PostgreSQL: {why}") from exc
 
     async def close(self) -> None:
         if self._pool is not None:

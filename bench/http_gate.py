@@ -174,7 +174,7 @@ class Server:
 
 def _gate_argv() -> list[str]:
     """`plangate serve` under the bench's interpreter (it runs on uvloop by itself)."""
-    return [sys.executable, "-m", "plangate.cli", "serve", "--env-file", ""]
+    return [sys.executable, "-m", "plangate.cli", "serve", "--env-file", "", "--create-store"]
 
 
 def start_gate(folder: Path, token: str) -> Server:

@@ -207,9 +207,9 @@ def start_gate(name: str, folder: Path, token: str, database: str, count_file: P
                 "PLANGATE_PLANS": str(folder / "plans.yaml")})
     if count_file is not None:
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
-        argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
+        argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", "", "--create-store"]
     else:
-        argv = [sys.executable, "-m", "plangate.cli", "serve", "--env-file", ""]
+        argv = [sys.executable, "-m", "plangate.cli", "serve", "--env-file", "", "--create-store"]
     return Server(name, argv, env, folder)
 
 

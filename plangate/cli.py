@@ -39,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", help="[PLAN] [SCENARIO ...]")
 
     for name, text in (("serve", "start the gate (settings from the environment and config.env)"),
-                       ("migrate", "bring the store's schema up to date")):
+                       ("migrate", "create the store, or bring its schema up to date")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+        if name == "serve":
+            p.add_argument("--create-store", action="store_true",
+                           help="start on a new, empty SQLite store when there is none (default: refuse; "
+                                "`plangate migrate` creates it)")
 
     p = sub.add_parser("stripe-simulate", help="send signed Stripe event sequences to a running gate and print its "
                                                "decisions; exit 0 all passed, 1 any failed, 2 on usage or no gate")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def _server_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from plangate.server.serve import serve
-        return serve(args.env_file)
+        return serve(args.env_file, args.create_store)
     if args.command == "migrate":
         from plangate.server.serve import migrate
         return migrate(args.env_file)

@@ -5,6 +5,7 @@ import asyncio
 import gc
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
@@ -15,7 +16,7 @@ from plangate.policy import PlanError, PlanFileError
 from .http.app import create_app
 from .config import Config, ConfigError
 from .logs import configure
-from .store import StoreError, open_store
+from .store import StoreError, open_store, sqlite_path
 
 SHUTDOWN_TIMEOUT = 10.0
 
@@ -31,7 +32,20 @@ def _setup(env_file: str | None):
     return config, table
 
 
-def serve(env_file: str | None = "config.env") -> int:
+def _missing_store(config: Config) -> str | None:
+    """Why serve does not start on this SQLite file: it is not there. A gate that made a new, empty store would
+    answer every paying subject as new (and count old idempotency keys again) after its file was lost or moved."""
+    if config.database.startswith(("postgresql://", "postgres://")):
+        return None
+    path = sqlite_path(config.database)
+    if path == ":memory:" or Path(path).exists():
+        return None
+    return (f"no store at {path} (PLANGATE_DATABASE): `plangate migrate` creates it (as `make run` does); "
+            "`plangate serve --create-store` starts on a new, empty one. If the gate ran on this path before, "
+            "its file was deleted or moved: put it back rather than start empty")
+
+
+def serve(env_file: str | None = "config.env", create_store: bool = False) -> int:
     try:
         config, table = _setup(env_file)
         config.require_token()
@@ -41,6 +55,9 @@ def serve(env_file: str | None = "config.env") -> int:
         return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS)", 2)
     except PlanError as exc:
         return _fail(str(exc), 2)
+    missing = None if create_store else _missing_store(config)
+    if missing:
+        return _fail(missing, 2)
     configure(config.log_level)
     try:
         uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's

@@ -44,6 +44,11 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
 
     async def lifecycle(app: web.Application):
         await store.open()
+        try:
+            await store.claim()
+        except BaseException:
+            await store.close()
+            raise
         if migrate:
             await store.migrate()
         store.listen(gate.invalidate, gate.invalidate_all)

@@ -1,7 +1,7 @@
 """The gate's durable state, behind one interface (SQLite now; PostgreSQL is the second implementation)."""
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoredSubject, StoreError)
-from ._sqlite import SQLiteStore
+from ._sqlite import SQLiteStore, sqlite_path
 
 
 def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: int = 1, pool_max: int = 10,
@@ -15,4 +15,4 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
 
 
 __all__ = ["AuditEntry", "Change", "Counted", "DuplicateEvent", "EventRecord", "IdempotencyConflict", "Payment",
-           "SQLiteStore", "Store", "StoreError", "StoredSubject", "open_store"]
+           "SQLiteStore", "Store", "StoreError", "StoredSubject", "open_store", "sqlite_path"]

@@ -142,6 +142,10 @@ class Store(abc.ABC):
     async def unlisten(self) -> None:
         """Stop what listen() started."""
 
+    async def claim(self) -> None:
+        """Make this process the store's gate, where the store serves one gate process only (SQLite);
+        StoreError naming the other process when one has it. Released by close()."""
+
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):
         """Run a job on one node at a time; yields False when another node is running it."""

@@ -14,7 +14,9 @@ fsyncs).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -123,6 +125,8 @@ class SQLiteStore(Store):
         self._write_lock = asyncio.Lock()
         self._writes: list[tuple[tuple, asyncio.Future]] = []     # (fn, args) waiting for the next group
         self._committing: asyncio.Task | None = None               # the task that commits the groups
+        self._identity: tuple[int, int] | None = None   # (device, inode) of the file opened (_check_file)
+        self._claimed: int | None = None                # the descriptor holding the gate's lock (claim)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class SQLiteStore(Store):
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._checkpointing = asyncio.create_task(self._checkpoint_now_and_then())
+        self._identity = _identity_of(self.path)
 
     async def _checkpoint_now_and_then(self) -> None:
         """PRAGMA wal_checkpoint(PASSIVE) every checkpoint_interval on the checkpointer's connection (it copies
@@ -192,12 +197,51 @@ class SQLiteStore(Store):
                 except (sqlite3.Error, ValueError):
                     pass
         self._writer = self._loop_db = self._checkpointer = None
+        self._unclaim()
 
     async def migrate(self) -> tuple[int, int]:
         return await self._write_whole(_migrate)
 
     async def ping(self) -> None:
+        self._check_file()
         await self._rows("SELECT 1 FROM subscriptions LIMIT 1", ())
+
+    # --- the file itself ---------------------------------------------------------------------------
+
+    async def claim(self) -> None:
+        """One gate process per file: each keeps its own cache, which another process's writes would not
+        invalidate (a closed subject answered allowed for the cache's lifetime). An exclusive lock on a file
+        beside the database, holding the pid, for as long as the store is open; the system drops it when the
+        process ends, however it ends."""
+        if self.path == ":memory:" or self._claimed is not None:
+            return
+        lock = f"{self.path}-gate.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"{self.path} is served by another gate process (pid {holder}, holding {lock}): one "
+                             "SQLite file serves one gate process, whose cache no other process's writes reach; "
+                             "stop that one first, or give every gate one PostgreSQL database "
+                             "(PLANGATE_DATABASE=postgresql://...)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._claimed = fd
+
+    def _unclaim(self) -> None:
+        if self._claimed is not None:
+            os.close(self._claimed)     # the lock goes with its descriptor; the file stays (no race on it)
+            self._claimed = None
+
+    def _check_file(self) -> None:
+        """StoreError when the file at the path is no longer the one opened (deleted, moved or replaced): the
+        open connections would go on writing to a file no restart finds, and a restart would begin empty."""
+        if self._identity is not None and _identity_of(self.path) != self._identity:
+            raise StoreError(f"SQLite: {self.path} is not the file the gate opened any more (deleted, moved or "
+                             "replaced): writes are refused; put the file back, or restart the gate on the right "
+                             "one (`plangate serve` will not start on a missing store)")
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -265,6 +309,7 @@ class SQLiteStore(Store):
                     if not group:
                         continue
                     try:
+                        self._check_file()
                         group, results = await self._commit_group(group)
                     except Exception as exc:
                         for _, f in group:
@@ -322,6 +367,7 @@ class SQLiteStore(Store):
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
         # On the loop's connection, like the writes of requests: its page cache holds what they wrote, where
         # the writer's was emptied by each of their commits (a batch of 1000: 21-29 ms there, 16-19 ms here).
+        self._check_file()
         return await self._write_whole(_commit_batch, changes, on_loop=self._commits_on_loop)
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
@@ -333,6 +379,7 @@ class SQLiteStore(Store):
         return [subject_from_row(r) for r in rows]
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
+        self._check_file()
         return await self._write_whole(_cleanup, usage_before, keys_before)
 
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
@@ -421,6 +468,17 @@ async def _on_loop(fn, *args):
         pause = next(pauses, _BUSY_PAUSES[-1])
         await asyncio.sleep(pause)
         waited += pause
+
+
+def _identity_of(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at path; None for an in-memory database or no file."""
+    if path == ":memory:":
+        return None
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return (-1, -1)     # no file: never the one opened
+    return found.st_dev, found.st_ino
 
 
 def _fetch_all(db: sqlite3.Connection, sql: str, params) -> list:

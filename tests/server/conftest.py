@@ -123,14 +123,15 @@ def free_port() -> int:
 class GateProcess:
     """`plangate serve` as a real process, stopped by SIGTERM (SIGKILL if it hangs)."""
 
-    def __init__(self, env: dict, cwd: Path):
+    def __init__(self, env: dict, cwd: Path, *, create_store: bool = True):
         self.port = free_port()
         full = {**os.environ, **env, "PLANGATE_PORT": str(self.port), "PLANGATE_HOST": "127.0.0.1"}
         exe = Path(sys.executable).with_name("plangate")
         # Output goes to files: a pipe nobody reads fills up and would block a busy gate.
         self._out, self._err = cwd / f"gate-{self.port}.out", cwd / f"gate-{self.port}.err"
         with open(self._out, "w") as out, open(self._err, "w") as err:
-            self.proc = subprocess.Popen([str(exe), "serve", "--env-file", ""], env=full, cwd=cwd,
+            self.proc = subprocess.Popen([str(exe), "serve", "--env-file", "", *["--create-store"] * create_store],
+                                         env=full, cwd=cwd,
                                          stdout=out, stderr=err, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait_ready()
@@ -165,8 +166,9 @@ class GateProcess:
 def gate_process(tmp_path):
     started = []
 
-    def start(**env) -> GateProcess:
-        p = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "proc.sqlite3"), **env}, tmp_path)
+    def start(create_store: bool = True, **env) -> GateProcess:
+        p = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "proc.sqlite3"), **env}, tmp_path,
+                        create_store=create_store)
         started.append(p)
         return p
 

@@ -4,6 +4,7 @@ run on the core install (`pip install plangate`); the gate's commands need the `
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from plangate import __version__
@@ -61,7 +62,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        code = _run(_parser().parse_args(argv))
+        sys.stdout.flush()      # here, not at exit, where a closed pipe could no longer be caught
+        return code
+    except BrokenPipeError:
+        # The reader went away (`plangate graph ... | head`): nothing more to say to it, and no traceback.
+        # stdout points at /dev/null so that Python's own flush at exit does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in SERVER_COMMANDS:
         try:
             return _server_command(args)

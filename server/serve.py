@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from plangate.engine import compile_file
-from plangate.policy import PlanError, PlanFileError
+from plangate.engine import StateTable, compile_plan
+from plangate.policy import Finding, PlanError, PlanFileError, check_file
 
 from .http.app import create_app
 from .config import Config, ConfigError
-from .logs import configure
+from .logs import configure, log
 from .store import StoreError, open_store, sqlite_path
 
 SHUTDOWN_TIMEOUT = 10.0
+BACKLOG = 128       # aiohttp's own default for a site
 
 
 def _fail(message: str, code: int) -> int:
@@ -26,10 +29,12 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _setup(env_file: str | None):
-    config = Config.from_env(env_file=env_file)
-    table = compile_file(config.plans)
-    return config, table
+def _plan(config: Config) -> tuple[StateTable, tuple[Finding, ...]]:
+    """The compiled plan and its warnings; PlanFileError, or PlanError with its findings."""
+    checked = check_file(config.plans)
+    if not checked.ok:
+        raise PlanError(checked.findings)
+    return compile_plan(checked.plan), tuple(f for f in checked.findings if not f.is_error)
 
 
 def _missing_store(config: Config) -> str | None:
@@ -47,20 +52,28 @@ def _missing_store(config: Config) -> str | None:
 
 def serve(env_file: str | None = "config.env", create_store: bool = False) -> int:
     try:
-        config, table = _setup(env_file)
+        config = Config.from_env(env_file=env_file)
         config.require_token()
+        table, warnings = _plan(config)
     except ConfigError as exc:
         return _fail(f"invalid setting: {exc}", 2)
     except PlanFileError as exc:
-        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS)", 2)
+        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS={config.plans})", 2)
     except PlanError as exc:
-        return _fail(str(exc), 2)
+        return _fail(f"{exc}\nfix the plan named by PLANGATE_PLANS={config.plans} (plangate lint {config.plans})", 2)
     missing = None if create_store else _missing_store(config)
     if missing:
         return _fail(missing, 2)
     configure(config.log_level)
+    for finding in warnings:        # served anyway, but said where the operator looks
+        log(logging.WARNING, "plan_warning", code=finding.code, message=finding.message,
+            where=f"{finding.location.file}:{finding.location.line}:{finding.location.column}")
     try:
-        uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's
+        sockets = _listen(config.host, config.port)   # before the store is opened or "started" is logged
+    except OSError as exc:
+        return _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1)
+    try:
+        uvloop.run(_serve(config, table, sockets))     # libuv's loop: less CPU per request, a shorter p99
     except StoreError as exc:
         return _fail(config.database_shown(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})"), 1)
     except OSError as exc:
@@ -68,7 +81,29 @@ def serve(env_file: str | None = "config.env", create_store: bool = False) -> in
     return 0
 
 
-async def _serve(config: Config, table) -> None:
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of host (as asyncio's create_server would bind them), made before
+    anything starts: a port in use fails here, with nothing opened, migrated or logged as started."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                  flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
     store = open_store(config.database, **config.store_options())
     app = create_app(config, table, store)
     # keepalive_timeout: a connection with no complete request for this long is closed, whether idle or
@@ -85,8 +120,8 @@ async def _serve(config: Config, table) -> None:
         loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         # What exists now (modules, the plan, the app) lives as long as the process. A full collection
         # walked it all, ~32 ms here, a pause every request in flight waits out: frozen, it is never walked.
         gc.freeze()

@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("serve", "start the gate (settings from the environment and config.env)"),
                        ("migrate", "create the store, or bring its schema up to date")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+        p.add_argument("--env-file", action="append", metavar="FILE",
+                       help="settings file, if it exists (default config.env); several: an earlier one wins over a "
+                            "later one, the environment over all")
         if name == "serve":
             p.add_argument("--create-store", action="store_true",
                            help="start on a new, empty SQLite store when there is none (default: refuse; "
@@ -102,10 +104,10 @@ def _run(args: argparse.Namespace) -> int:
 def _server_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from plangate.server.serve import serve
-        return serve(args.env_file, args.create_store)
+        return serve(args.env_file or "config.env", args.create_store)
     if args.command == "migrate":
         from plangate.server.serve import migrate
-        return migrate(args.env_file)
+        return migrate(args.env_file or "config.env")
     from plangate.simulate import run
     return run(args)
 

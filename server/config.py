@@ -6,7 +6,7 @@ so that `plangate serve` stops before it binds a port.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -58,13 +58,15 @@ class Config:
     idempotency_retention_days: int = 30
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
-        """Settings from `env` (default: the process environment, after loading `env_file` if it exists;
-        variables already set win over the file)."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 env_file: str | Sequence[str] | None = "config.env") -> "Config":
+        """Settings from `env` (default: the process environment, after loading `env_file`, or each of several in
+        turn, where it exists; variables already set win over a file, and an earlier file over a later one)."""
         if env is None:
-            if env_file and Path(env_file).is_file():
-                from dotenv import load_dotenv
-                load_dotenv(env_file, override=False)
+            for name in [env_file] if isinstance(env_file, str) else env_file or ():
+                if name and Path(name).is_file():
+                    from dotenv import load_dotenv
+                    load_dotenv(name, override=False)
             env = os.environ
         r = _Reader(env)
         return cls(

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
@@ -50,7 +51,7 @@ def _missing_store(config: Config) -> str | None:
             "its file was deleted or moved: put it back rather than start empty")
 
 
-def serve(env_file: str | None = "config.env", create_store: bool = False) -> int:
+def serve(env_file: str | Sequence[str] | None = "config.env", create_store: bool = False) -> int:
     try:
         config = Config.from_env(env_file=env_file)
         config.require_token()
@@ -135,7 +136,7 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
         await runner.cleanup()
 
 
-def migrate(env_file: str | None = "config.env") -> int:
+def migrate(env_file: str | Sequence[str] | None = "config.env") -> int:
     try:
         config = Config.from_env(env_file=env_file)
     except ConfigError as exc:

@@ -36,7 +36,11 @@ _BATCH_UPDATE = (
     + ", ".join(f"${i}::{_TYPES.get(c, 'float8')}[]" for i, c in enumerate(WRITTEN, 3))
     + f") AS v (subject, expected, {', '.join(WRITTEN)}) "
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
+# InternalClientError: a connection the server dropped in the middle of an operation, handed out again before the
+# pool noticed, refuses the next one ("cannot switch to state 12; another operation is in progress"; seen on
+# Python 3.12 and 3.13 when PostgreSQL stops). It is the store failing like any other.
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError,
+           asyncio.TimeoutError)
 
 
 class PostgresStore(Store):
@@ -86,7 +90,11 @@ class PostgresStore(Store):
             raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()        # its protocol is stuck mid-operation: never hand it out again
+                    raise
         except _ERRORS as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         finally:

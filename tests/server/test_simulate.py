@@ -15,7 +15,7 @@ import pytest
 from plangate.cli import main as plangate_main
 
 from . import stripe_events as se
-from .conftest import ADMIN_TOKEN, BASE_ENV, ROOT, TOKEN, GateProcess, free_port
+from .conftest import ADMIN_TOKEN, BASE_ENV, TOKEN, GateProcess, free_port
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
 FINAL = {"checkout-to-paid": "paid", "payment-failure-and-recovery": "paid", "grace-runs-out": "paid",
@@ -147,7 +147,3 @@ def test_list_names_every_scenario(capsys):
     assert plangate_main(["stripe-simulate", "--list"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(FINAL)
 
-
-def test_the_makefile_gives_make_run_a_webhook_secret():
-    run = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\ntest:", 1)[0]
-    assert "var/webhook-secret" in run and "STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-" in run

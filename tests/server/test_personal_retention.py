@@ -142,4 +142,8 @@ async def _back_to_schema_5(database: str) -> None:
         db.execute("PRAGMA secure_delete = OFF")
         for sql in undo:
             db.execute(sql)
+        # Rows rewritten before secure_delete was on leave their old copies in free pages (here: each payload
+        # grown onto overflow pages, then cut back, freeing them unzeroed).
+        db.execute("UPDATE subscription_events SET payload = payload || printf('%6000s', '')")
+        db.execute("UPDATE subscription_events SET payload = rtrim(payload)")
         db.execute("PRAGMA user_version = 5")

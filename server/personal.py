@@ -154,10 +154,15 @@ class PersonalData:
             raise ErasureUnavailable("PLANGATE_PSEUDONYM_SECRET is not set: erasure needs it for stable pseudonyms")
         pseudonym = self.pseudonyms.subject(subject)
         if subject == pseudonym:        # already a pseudonym: erasing it again only drops ended Stripe ids
-            return await self._erase(pseudonym, pseudonym, actor, self.gate.clock()) or Erased(subject, pseudonym, True)
+            done = await self._erase(pseudonym, pseudonym, actor, self.gate.clock())
+            if done is not None:
+                await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT)
+            return done or Erased(subject, pseudonym, True)
         done = await self._erase(subject, pseudonym, actor, self.gate.clock())
         if done is None:
             done = Erased(subject, pseudonym, already=True)
+        else:
+            await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT)
         log(logging.INFO, "erased", pseudonym=pseudonym, actor=actor, already_erased=done.already,
             events=done.events, stripe_ids_kept=done.stripe_ids_kept)
         return done

@@ -34,7 +34,8 @@ _MOVE = (
      "used = quota_usage.used + excluded.used", "pseudonym subject"),
     ("DELETE FROM quota_usage WHERE subject = ?", "subject"),
     ("DELETE FROM usage_keys WHERE subject = ?", "subject"),
-    ("UPDATE transitions SET reason = from_status || ' -> ' || to_status || ' by ' || COALESCE(actor, 'an admin') "
+    ("UPDATE transitions SET reason = COALESCE(from_status, '') || ' -> ' || to_status || ' by ' || "
+     "COALESCE(actor, 'an admin') "
      "|| ': the reason given was erased with the subject''s personal data' "
      "WHERE subject = ? AND trigger LIKE 'admin:%'", "subject"),
     ("UPDATE transitions SET subject = ? WHERE subject = ?", "pseudonym subject"),

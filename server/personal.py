@@ -17,14 +17,13 @@ from dataclasses import dataclass, replace
 
 from .gate import MAX_CONFLICT_RETRIES, Gate, StoreUnavailable
 from .logs import log
-from .store import AuditEntry, Erasure, EventRecord, StoredSubject
-from .store._migrations import number_of
+from .store import AuditEntry, Erasure, EventRecord, StoredSubject, migration_number
 from .stripe.objects import ENDED
 from .stripe.reduction import Reducer
 
 RETENTION_BATCH = 500
 # The migration that brought retention: a store migrated across it had raw payloads, reduced once it is.
-RETENTION_MIGRATION = number_of("personal_data")
+RETENTION_MIGRATION = migration_number("personal_data")
 ERASURE_TIMEOUT = 60.0
 # Keys whose value is a Stripe id, and the prefixes of ids that lead to a person (a price or a product does not).
 _ID_KEYS = frozenset({"id", "customer", "subscription", "invoice", "charge", "payment_intent", "latest_invoice",
@@ -94,7 +93,7 @@ class PersonalData:
 
     # --- retention ----------------------------------------------------------------------------------
 
-    async def retain(self, *, everything: bool = False) -> Retained:
+    async def retain(self) -> Retained:
         """Reduce the payloads of events older than PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS, drop the Stripe ids of
         erased subjects whose subscription ended, and let go of the database's copies of what was rewritten."""
         now = self.gate.clock()
@@ -118,7 +117,7 @@ class PersonalData:
             after = (rows[-1].created, rows[-1].id)
         dropped = await self._drop_ended_ids(now)
         if reduced or dropped:
-            await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT)
+            await self._scrub()
         if kept:
             log(logging.WARNING, "payloads_kept", events=len(kept), first=kept[:10],
                 why="reducing them would change what the gate reads of them; kept as Stripe sent them")
@@ -153,19 +152,19 @@ class PersonalData:
         if self.pseudonyms is None:
             raise ErasureUnavailable("PLANGATE_PSEUDONYM_SECRET is not set: erasure needs it for stable pseudonyms")
         pseudonym = self.pseudonyms.subject(subject)
-        if subject == pseudonym:        # already a pseudonym: erasing it again only drops ended Stripe ids
-            done = await self._erase(pseudonym, pseudonym, actor, self.gate.clock())
-            if done is not None:
-                await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT)
-            return done or Erased(subject, pseudonym, True)
         done = await self._erase(subject, pseudonym, actor, self.gate.clock())
         if done is None:
             done = Erased(subject, pseudonym, already=True)
         else:
-            await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT)
+            await self._scrub()
         log(logging.INFO, "erased", pseudonym=pseudonym, actor=actor, already_erased=done.already,
             events=done.events, stripe_ids_kept=done.stripe_ids_kept)
         return done
+
+    async def _scrub(self) -> None:
+        if not await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT):
+            log(logging.WARNING, "scrub_incomplete", why="the database was busy: copies of rewritten rows stay in "
+                                                         "its write-ahead log until the next cleanup")
 
     async def pseudonym_if_erased(self, subject: str) -> str | None:
         """The subject's pseudonym if it was erased (and not stored again since: the caller knows that)."""

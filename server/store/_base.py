@@ -261,8 +261,10 @@ class Store(abc.ABC):
     async def reduce_payloads(self, payloads: list[tuple[str, str]], at: float) -> int:
         """Replace the payloads of events ((event id, reduced payload) each), stamped reduced at `at`."""
 
-    async def scrub(self) -> None:
-        """Let go of copies of what was just rewritten that the database still holds outside its tables."""
+    async def scrub(self) -> bool:
+        """Let go of copies of what was just rewritten that the database still holds outside its tables; False
+        when it could not (they go at a later scrub)."""
+        return True
 
     async def compact(self) -> None:
         """Rewrite the database without the free space old rows left (once, after the first reduction)."""

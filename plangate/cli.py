@@ -9,7 +9,7 @@ import sys
 from plangate import __version__
 
 # Commands that run the gate or talk Stripe: they need `pip install 'plangate[server]'`.
-SERVER_COMMANDS = ("serve", "migrate", "stripe-simulate")
+SERVER_COMMANDS = ("serve", "migrate", "erase", "stripe-simulate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                        ("migrate", "bring the store's schema up to date")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+
+    p = sub.add_parser("erase", help="erase a subject's personal data (kept under a pseudonym: usage, audit); "
+                                      "idempotent; needs PLANGATE_PSEUDONYM_SECRET")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("--actor", default="plangate-erase", help="who asks, for the audit (default %(default)s)")
+    p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
 
     p = sub.add_parser("stripe-simulate", help="send signed Stripe event sequences to a running gate and print its "
                                                "decisions; exit 0 all passed, 1 any failed, 2 on usage or no gate")
@@ -85,6 +91,9 @@ def _server_command(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         from plangate.server.serve import migrate
         return migrate(args.env_file)
+    if args.command == "erase":
+        from plangate.server.serve import erase
+        return erase(args.env_file, args.subject, args.actor)
     from plangate.simulate import run
     return run(args)
 

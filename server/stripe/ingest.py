@@ -40,8 +40,9 @@ class Received:
 
 
 class Ingest:
-    def __init__(self, gate: Gate):
+    def __init__(self, gate: Gate, personal=None):
         self.gate = gate
+        self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
         self.table = gate.table
         self.relevant = FACT_EVENTS | {t.trigger.name for t in gate.table.plan.transitions
@@ -78,6 +79,13 @@ class Ingest:
         seen, subject, stored = await self._io("lookup", self.store.lookup(event.id, named, customer, subscription))
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
+        if named is not None and stored is None and self.personal is not None:
+            # A subject not stored may be one that was erased: its events land on its pseudonym, and keep
+            # nothing of it as Stripe sent it.
+            pseudonym = await self._io("erased", self.personal.pseudonym_if_erased(named))
+            if pseudonym is not None:
+                subject, stored = pseudonym, await self._io("load", self.store.load(pseudonym))
+                payload = self.personal.conceal(payload, named, pseudonym)
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
                              subscription)
         payment = payment_of(event.type, event.id, event.created, obj, subject)

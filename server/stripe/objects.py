@@ -15,6 +15,8 @@ FACT_EVENTS = frozenset({
     "invoice.payment_action_required",
 })
 MAX_SUBJECT = 200
+# Subscription statuses after which Stripe sends nothing more about the subscription.
+ENDED = frozenset({"canceled", "incomplete_expired"})
 
 
 def _id(value) -> str | None:

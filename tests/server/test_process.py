@@ -60,10 +60,10 @@ class TestMigrate:
         env = {"PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
         first = run(["migrate"], env, tmp_path)
         again = run(["migrate"], env, tmp_path)
-        assert first.returncode == 0 and "schema version 0 -> 5" in first.stdout
-        assert again.returncode == 0 and "schema is current (version 5)" in again.stdout
+        assert first.returncode == 0 and "schema version 0 -> 6" in first.stdout
+        assert again.returncode == 0 and "schema is current (version 6)" in again.stdout
         with sqlite3.connect(tmp_path / "db.sqlite3") as db:
-            assert db.execute("PRAGMA user_version").fetchone() == (5,)
+            assert db.execute("PRAGMA user_version").fetchone() == (6,)
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 

@@ -80,7 +80,8 @@ def scenario_files(sources: list[Path]) -> list[Path]:
     files: list[Path] = []
     for source in sources:
         if source.is_dir():
-            found = sorted(p for p in source.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+            # Folders inside count too: scenarios/lifecycles/<name>/story.yaml beside its event files.
+            found = sorted(p for p in source.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
             if not found:
                 raise _Usage(f"{source}: no scenario files (*.yaml) in this directory")
             files.extend(found)

@@ -28,6 +28,7 @@ class Lifecycle:
     title: str                  # the story's name
     subject: str
     events: tuple[dict, ...]    # in delivery order, as the story replays them
+    expects: tuple[dict | None, ...]    # what the story expects after each event, if anything
     ends_at: float              # the story's last moment
     ends: dict                  # what the story expects then (status, ...)
     tag: str                    # the part of every Stripe id that is this lifecycle's
@@ -55,6 +56,7 @@ def load(folder: Path) -> Lifecycle:
         story = yaml.safe_load((folder / STORY).read_text(encoding="utf-8"))
         steps = story["steps"]
         events = tuple(json.loads((folder / s["event"]).read_text(encoding="utf-8")) for s in steps if "event" in s)
+        expects = tuple(s.get("expect") for s in steps if "event" in s)
         last = steps[-1]
         ends_at = datetime.fromisoformat(last["until"]).timestamp()
         ends = dict(last["expect"])
@@ -65,7 +67,7 @@ def load(folder: Path) -> Lifecycle:
     match = re.fullmatch(r"cus_([A-Za-z0-9]+)", customer)
     if not match:
         raise CorpusError(f"{folder}: its first customer.created names no customer id of the form cus_<tag>")
-    return Lifecycle(folder.name, story["name"], story["subject"], events, ends_at, ends, match.group(1))
+    return Lifecycle(folder.name, story["name"], story["subject"], events, expects, ends_at, ends, match.group(1))
 
 
 def corpus(root: Path = DEFAULT_CORPUS) -> list[Lifecycle]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import datetime, timezone
 
 import pytest
 
@@ -104,3 +105,27 @@ async def test_shuffled_with_repeats_into_a_running_gate(start_gate, life):
         assert answer["duplicate"] == (event["id"] in seen and answer["outcome"] != "ignored"), answer
         seen.add(event["id"])
     await _ends_where_the_story_says(gate, life, clock)
+
+
+async def test_the_sweep_fires_a_timer_anchored_to_trial_end_and_keeps_the_date(start_gate):
+    """The trial's events up to trial_end, and no word of the first charge: the stored timer is trial_end + 2h,
+    and the sweep fires it then (not at 7 days from checkout, not before)."""
+    life = next(life for life in LIVES if life.name == "trial-converts")
+    gate, clock = await _started(start_gate, life)
+    trial_end = next(e["data"]["object"]["trial_end"] for e in life.events
+                     if e["type"] == "customer.subscription.created")
+    for event in life.events:
+        if event["created"] > trial_end:
+            break
+        clock.now = max(clock.now, event["created"] + 2)
+        await _deliver(gate, event)
+    status, view = await gate.get(f"/v1/subjects/{life.subject}")
+    due = datetime.fromtimestamp(trial_end + 2 * 3600, timezone.utc).isoformat().replace("+00:00", "Z")
+    assert view["status"] == "paid_trial" and view["timer_due"] == due
+    clock.now = trial_end + 2 * 3600 - 1
+    await gate.post("/v1/jobs/sweep")
+    assert (await gate.get(f"/v1/subjects/{life.subject}"))[1]["status"] == "paid_trial"
+    clock.now = trial_end + 2 * 3600
+    await gate.post("/v1/jobs/sweep")
+    _, view = await gate.get(f"/v1/subjects/{life.subject}")
+    assert view["status"] == "billing_problem" and view["transitions"][0]["trigger"] == "timer"

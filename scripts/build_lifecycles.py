@@ -383,7 +383,7 @@ class Life:
         folder = OUT / self.name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        lines = ["# A lifecycle of the corpus (scenarios/lifecycles/README.md): " + self.about,
+        lines = ["# A lifecycle of the corpus (scenarios/README.md, Lifecycles): " + self.about,
                  "# Each step replays one event file, as Stripe sends it, in delivery order.",
                  f"name: {json.dumps(self.title)}", f'start: "{iso(self.events[0][0]["created"] - 60)}"',
                  f"subject: {self.subject}", "steps:"]

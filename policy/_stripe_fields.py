@@ -93,7 +93,7 @@ def field_type(object_type: str, path: tuple[str, ...]) -> FieldType:
         if part not in here or part == "":
             known = [k for k in here if k not in ("", EACH)]
             near = difflib.get_close_matches(part, known, n=3)
-            where = f"{walked}" if walked else f"a {object_type}"
+            where = walked or ("an " if object_type[0] in "aeiou" else "a ") + object_type
             hint = f"; did you mean {' or '.join(near)}?" if near else ""
             raise NoSuchField(f"{where} has no field '{part}'{hint}")
         kind, here = _type_of(here[part])

@@ -49,14 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", default="plangate-erase", help="who asks, for the audit (default %(default)s)")
     p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
 
-    p = sub.add_parser("stripe-simulate", help="send signed Stripe event sequences to a running gate and print its "
+    p = sub.add_parser("stripe-simulate", help="send the lifecycle corpus, signed, to a running gate and print its "
                                                "decisions; exit 0 all passed, 1 any failed, 2 on usage or no gate")
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenarios to run (default: all; see --list)")
+    p.add_argument("scenarios", nargs="*", metavar="LIFECYCLE", help="lifecycles to play (default: all; see --list)")
+    p.add_argument("--corpus", default="scenarios/lifecycles", help="the lifecycle corpus (default %(default)s)")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the gate (default %(default)s)")
     p.add_argument("--secret", help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET, else var/webhook-secret)")
     p.add_argument("--token", help="API token (default: $PLANGATE_API_TOKEN, else var/api-token)")
-    p.add_argument("--subject", help="the subject (default: a fresh random one); with several scenarios, a prefix")
-    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--subject", help="the subject (default: a fresh random one); with several lifecycles, a prefix")
+    p.add_argument("--list", action="store_true", help="list the lifecycles and exit")
     return parser
 
 

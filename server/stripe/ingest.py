@@ -12,12 +12,12 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from plangate.engine import StripeEvent, SubjectState, advance, event_order, replay
+from plangate.engine import StripeEvent, SubjectState, advance, event_order, relevant_events, replay
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
-from .objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
+from .objects import named_subject, payment_of, stripe_ids
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
@@ -45,8 +45,7 @@ class Ingest:
         self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
         self.table = gate.table
-        self.relevant = FACT_EVENTS | {t.trigger.name for t in gate.table.plan.transitions
-                                       if t.trigger.kind.value == "stripe"}
+        self.relevant = relevant_events(gate.table.plan)
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
         # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for

@@ -11,9 +11,12 @@ from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._usage import UsageBook
 from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
+from ._links import FACT_EVENTS, named_subject, refused_names, relevant_events, stripe_ids
 
 __all__ = [
-    "MAX_SUBJECT", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
-    "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
-    "compile_file", "compile_plan", "invoice_subscription", "override", "price_ids", "subject_problem",
+    "FACT_EVENTS", "MAX_SUBJECT", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome",
+    "Reason", "Span", "StateTable", "StripeEvent", "SubjectState", "TimerFired", "Trigger", "UnknownMeter",
+    "UnknownStatus", "UsageBook", "billing_period", "billing_span", "compile_file", "compile_plan",
+    "invoice_subscription", "named_subject", "override", "price_ids", "refused_names", "relevant_events",
+    "stripe_ids", "subject_problem",
 ]

@@ -13,10 +13,12 @@ from plangate.engine import Decision
 from . import _input as inp, _json
 from ..gate import Counting, Gate, StoreUnavailable
 from ..metrics import CONTENT_TYPE
+from ..personal import ErasureUnavailable, PersonalData
 from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
 JOBS = web.AppKey("jobs", object)
+PERSONAL = web.AppKey("personal", PersonalData)
 OPENAPI_PATH = plangate_schema.OPENAPI
 _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
@@ -123,6 +125,23 @@ async def transition(request: web.Request) -> web.Response:
     })
 
 
+async def erase(request: web.Request) -> web.Response:
+    """Erase a subject's personal data: its rows kept under a pseudonym (usage, audit), its Stripe payloads
+    reduced, its Stripe ids dropped unless a subscription is live. Idempotent. Any text names the subject, not
+    only an id by the subject rule (inp.subject): one stored before that rule may still need erasing."""
+    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    body = await inp.json_object(request, {"actor"})
+    actor = inp.text(body, "actor", required=False) or "admin-api"
+    try:
+        erased = await request.app[PERSONAL].erase(subject, actor)
+    except ErasureUnavailable as exc:
+        raise inp.BadRequest(503, "erasure_not_configured", str(exc)) from None
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
+                                                       "erased; try again") from None
+    return _json.response(erased.to_dict())
+
+
 async def run_job(request: web.Request) -> web.Response:
     """Run a job now (operators, the simulator, tests): sweep, reconcile or cleanup."""
     name = request.match_info["job"]
@@ -161,7 +180,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # Routes that change state on a person's word: PLANGATE_ADMIN_TOKEN only. Every other /v1/ route takes either token.
-ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/jobs/{job}"})
+ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/subjects/{subject}/erase", "/v1/jobs/{job}"})
 # (method, path, handler) of every route but the webhook's (webhook.receive); GET routes answer HEAD too.
 ROUTES = (
     ("POST", "/v1/check", check),
@@ -169,6 +188,7 @@ ROUTES = (
     ("POST", "/v1/usage", usage),
     ("GET", "/v1/subjects/{subject}", subject_view),
     ("POST", "/v1/subjects/{subject}/transition", transition),
+    ("POST", "/v1/subjects/{subject}/erase", erase),
     ("POST", "/v1/jobs/{job}", run_job),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),

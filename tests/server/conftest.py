@@ -27,9 +27,9 @@ _SCOPED = object()      # ServedGate.call's default: the token the path's scope 
 # A store call's budget of 5 s, not 0.25: on a shared machine running the whole suite, a store call slower than
 # 0.25 s made a correctness test get a fail-mode answer (seen once: 40 concurrent usage reports, one 503). Tests
 # of the fail modes set their own budget.
+PSEUDONYM_SECRET = "test-pseudonym-secret-0123456789"
 BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-            "PLANGATE_PLANS": str(PLAN),
-            "PLANGATE_STORE_TIMEOUT": "5"}
+            "PLANGATE_PLANS": str(PLAN), "PLANGATE_STORE_TIMEOUT": "5", "PLANGATE_PSEUDONYM_SECRET": PSEUDONYM_SECRET}
 
 
 @dataclass
@@ -75,10 +75,10 @@ class ServedGate:
 
 
 def token_for(path: str) -> str:
-    """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions and jobs, else the API
-    token."""
+    """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions, erasure and jobs, else
+    the API token."""
     path = urlsplit(path).path
-    return ADMIN_TOKEN if path.startswith("/v1/jobs/") or path.endswith("/transition") else TOKEN
+    return ADMIN_TOKEN if path.startswith("/v1/jobs/") or path.endswith(("/transition", "/erase")) else TOKEN
 
 
 def config_for(database: str, **env) -> Config:

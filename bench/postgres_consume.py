@@ -199,10 +199,16 @@ class Meter:
 
 # --- servers -------------------------------------------------------------------------------------
 
+def admin_token(token: str) -> str:
+    """The bench gates' admin token (transitions need it), derived from their API token."""
+    return f"{token}-admin"
+
+
 def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None) -> Server:
     """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
+    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_ADMIN_TOKEN": admin_token(token),
+                "PLANGATE_HOST": HOST,
                 "PLANGATE_PORT": "0", "PLANGATE_DATABASE": database,
                 "PLANGATE_PLANS": str(folder / "plans.yaml")})
     if count_file is not None:
@@ -247,7 +253,8 @@ async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -
             if before == "canceled":
                 raise RuntimeError(f"{subject}: already canceled before the transition")
             async with session.post(f"{url_a}/v1/subjects/{subject}/transition",
-                                    json={"to": "canceled", "reason": "bench: invalidation delay"}) as resp:
+                                    json={"to": "canceled", "reason": "bench: invalidation delay"},
+                                    headers={"Authorization": f"Bearer {admin_token(token)}"}) as resp:
                 moved = await resp.json()
                 if resp.status != 200 or moved.get("to") != "canceled":
                     raise RuntimeError(f"node A did not move {subject}: {resp.status} {moved}")

@@ -4,13 +4,12 @@ Every answer takes `now` (Unix seconds) as an argument; the table has no clock.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
+from plangate.policy import (Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan,
+                             version_of)
 
 from ._decision import Decision, Reason
 from ._state import SubjectState
@@ -82,7 +81,7 @@ class StateTable:
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.version = _version(plan)
+        self.version = version_of(plan)
         self.initial = plan.initial.name
         self.meters = tuple(m.name for m in plan.meters)
         self.statuses = tuple(s.name for s in plan.statuses)
@@ -311,11 +310,6 @@ def _lines(invoice: Mapping) -> list:
     lines = invoice.get("lines")
     data = lines.get("data") if isinstance(lines, Mapping) else None
     return [line for line in data if isinstance(line, Mapping)] if isinstance(data, list) else []
-
-
-def _version(plan: Plan) -> str:
-    canonical = json.dumps(plan.document.data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def _check_amount(amount: int) -> None:

@@ -3,15 +3,19 @@ from ._durations import DurationError, format_duration, parse_duration
 from ._findings import Finding, Location, PlanError, Severity
 from ._load import Checked, PlanFileError, check_file, check_text, load_plan
 from ._model import (
-    ANY, Access, Condition, FailMode, Meter, Plan, Quota, QuotaKind, Status, SubjectLink, Tier,
-    Transition, Trigger, TriggerKind, Window,
+    ANY, Access, Condition, ExistingSubscribers, FailMode, Meter, Plan, Quota, QuotaKind, Retired, Status,
+    SubjectLink, Tier, Transition, Trigger, TriggerKind, Window, version_of,
 )
+from ._renames import Kind, Move, NameMap, Stranded, explain_stranded, stranded
+from ._diff import Impact, PlanChange, PlanDiff
+from ._diff import diff as diff_plans
 from ._rules import RULES
 from ._rules import check as check_plan
 
 __all__ = [
-    "ANY", "Access", "Checked", "Condition", "DurationError", "FailMode", "Finding", "Location", "Meter",
-    "Plan", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Severity", "Status",
-    "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file", "check_plan", "check_text",
-    "format_duration", "load_plan", "parse_duration",
+    "ANY", "Access", "Checked", "Condition", "DurationError", "ExistingSubscribers", "FailMode", "Finding", "Impact", "Kind",
+    "Location", "Meter", "Move", "NameMap", "Plan", "PlanChange", "PlanDiff", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES",
+    "Retired", "Severity", "Status", "Stranded", "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind",
+    "Window", "check_file", "check_plan", "check_text", "diff_plans", "explain_stranded", "format_duration", "load_plan",
+    "parse_duration", "stranded", "version_of",
 ]

@@ -284,7 +284,7 @@ class StateTable:
         pinned = self._pinned.get(state.plan_version) if self._pinned else None
         if pinned is None:
             return self.version, None
-        keeps = pinned.keeps.get(self._tier_of(state))
+        keeps = pinned.keeps.get(self.tier_of(state))
         if keeps is None or (keeps is ExistingSubscribers.AT_RENEWAL and renewed(state, now, self.deployed_at)):
             return self.version, None
         return state.plan_version, keeps
@@ -344,7 +344,8 @@ class StateTable:
             return self._rules
         return pinned.rules
 
-    def _tier_of(self, state: SubjectState) -> str | None:
+    def tier_of(self, state: SubjectState) -> str | None:
+        """The tier (of this plan) whose quotas a subject takes: its own under the plan's name, else the default."""
         tier = state.tier
         if tier is not None and tier not in self._tier_names:
             move = self._names.tiers.get(tier)

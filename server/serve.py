@@ -12,9 +12,11 @@ from aiohttp import web
 from plangate.engine import compile_file
 from plangate.policy import PlanError, PlanFileError
 
+from .http.api import PLANS
 from .http.app import create_app
 from .config import Config, ConfigError
 from .logs import configure
+from .plan_versions import PlanRefused
 from .store import StoreError, open_store
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -46,6 +48,8 @@ def serve(env_file: str | None = "config.env") -> int:
         uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's
     except StoreError as exc:
         return _fail(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})", 1)
+    except PlanRefused as exc:
+        return _fail(f"the gate did not start: {exc} (PLANGATE_PLANS={config.plans})", 1)
     except OSError as exc:
         return _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1)
     return 0
@@ -66,6 +70,9 @@ async def _serve(config: Config, table) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP reads the plan file again: deployed if it lints clean and strands no stored subject, else refused
+    # with a log line, the running plan kept.
+    loop.add_signal_handler(signal.SIGHUP, app[PLANS].reload_soon, "sighup")
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)

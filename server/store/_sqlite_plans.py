@@ -38,10 +38,10 @@ class SQLitePlans:
 
     async def subjects_named(self, statuses: tuple[str, ...], tiers: tuple[str, ...], limit: int,
                              skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        skipped = f" AND subject NOT IN ({_marks(skip)})" if skip else ""     # NOT IN (NULL) would hold for none
         rows = await self._scan(
             f"SELECT {SUBJECT_COLUMNS} FROM subscriptions WHERE (status IN ({_marks(statuses)}) OR "
-            f"tier IN ({_marks(tiers)})) AND subject NOT IN ({_marks(skip)}) LIMIT ?",
-            (*statuses, *tiers, *skip, limit))
+            f"tier IN ({_marks(tiers)})){skipped} LIMIT ?", (*statuses, *tiers, *skip, limit))
         return [subject_from_row(r) for r in rows]
 
     async def subjects_on(self, versions: tuple[str, ...], limit: int, after: str = "") -> list[StoredSubject]:

@@ -50,4 +50,4 @@ def renewed(state: SubjectState, now: float, deployed_at: float) -> bool:
     Past the stored period's end counts: the next period has begun, reported by Stripe or not."""
     if state.period_end is None:
         return True
-    return now >= state.period_end or (state.period_start is not None and state.period_start >= deployed_at)
+    return now >= state.period_end or (state.period_start is not None and state.period_start > deployed_at)

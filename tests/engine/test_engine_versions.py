@@ -150,3 +150,51 @@ class TestGrandfathering:
         new = table(lowered_pro("never"))
         assert new.override(subscriber(), "grace", DEPLOY).state.plan_version == V1_TABLE.version
         assert new.apply(subscriber(), AdminAction("close_account"), DEPLOY).state.plan_version == new.version
+
+
+class TestScenarioStep:
+    """`- plan: FILE` in a scenario: the plan changes mid-story, at that step's time."""
+
+    STORY = """\
+name: a rename and a lowered quota mid-story
+start: "2026-03-01T08:00:00Z"
+subject: ann
+steps:
+  - stripe: customer.subscription.created
+    object: {{status: active}}
+    price: price_pro
+    period: {{start: "2026-03-01T08:00:00Z", end: "2026-04-01T08:00:00Z"}}
+  - consume: 4000
+  - plan: {plan}
+    expect: {expect}
+  - until: "2026-04-01T08:00:00Z"
+    expect: {{kept: null, limit: 3000}}
+"""
+
+    def run(self, tmp_path, plan_text: str, expect: str, plan: str = "v2.yaml"):
+        from plangate.engine._playback import play
+        from plangate.engine._scenario import parse_scenario
+
+        (tmp_path / "v2.yaml").write_text(plan_text, encoding="utf-8")
+        story = tmp_path / "story.yaml"
+        story.write_text(self.STORY.format(plan=plan, expect=expect), encoding="utf-8")
+        return play(V1_TABLE, parse_scenario(story.read_text(), str(story), V1_TABLE))
+
+    def test_kept_until_renewal(self, tmp_path):
+        result = self.run(tmp_path, lowered_pro("at_renewal"), "{moved: false, kept: at_renewal, limit: 5000, used: 4000}")
+        assert result.passed, result.failure.describe("story")
+
+    def test_a_renamed_status_moves_the_subject_and_later_steps_use_the_new_names(self, tmp_path):
+        text = renamed("paid", "paying", base=lowered_pro("never"))
+        story = self.STORY.replace("{kept: null, limit: 3000}", "{status: paying, kept: never, limit: 5000}")
+        self.STORY = story
+        result = self.run(tmp_path, text, "{status: paying, moved: true, kept: never}")
+        assert result.passed, result.failure.describe("story")
+
+    def test_a_missing_or_broken_plan_is_a_located_problem(self, tmp_path):
+        from plangate.engine._scenario import ScenarioError
+
+        with pytest.raises(ScenarioError, match=r"story.yaml:10:11: plan: .*nope.yaml: no such file"):
+            self.run(tmp_path, V1, "{moved: false}", plan="nope.yaml")
+        with pytest.raises(ScenarioError, match="has errors; fix them first"):
+            self.run(tmp_path, "version: 1\nmeters: {}\n", "{moved: false}")

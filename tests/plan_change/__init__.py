@@ -19,7 +19,7 @@ def edited(*replacements: tuple[str, str], base: str = V1) -> str:
 
 def renamed(old: str, new: str, base: str = V1) -> str:
     """A status (or tier) renamed wherever its name stands, the old name kept under renamed_from."""
-    text = re.sub(rf"(?<![\w]){old}(?![\w])", new, base)
+    text = re.sub(rf"(?<![\w.:]){old}(?![\w.])", new, base)     # a name, not part of invoice.paid
     return text.replace(f"  {new}:\n", f"  {new}:\n    renamed_from: [{old}]\n", 1)
 
 

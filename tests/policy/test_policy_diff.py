@@ -165,3 +165,16 @@ class TestCommand:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_shipped_stories_second_plan_is_plans_yaml_with_one_change():
+    """scenarios/plans/pro-3000-at-renewal.yaml is plans.yaml with pro's quota lowered at renewal, nothing else.
+    When plans.yaml changes, copy it again and make that one change (its header says which)."""
+    repo = Path(__file__).resolve().parents[2]
+    shipped = check_text((repo / "plans.yaml").read_text(encoding="utf-8"), "plans.yaml")
+    second = check_text((repo / "scenarios/plans/pro-3000-at-renewal.yaml").read_text(encoding="utf-8"), "second.yaml")
+    result = diff(shipped.plan, second.plan)
+    assert [c.message for c in result.changes] == [
+        "tier 'pro': existing subscribers now -> at_renewal",
+        "tier 'pro': requests quota lowered, 5000 per billing period -> 3000 per billing period; existing "
+        "subscribers get it at their next billing period"]

@@ -131,9 +131,8 @@ class StateTable:
         if amount.__class__ is not int or amount < 1:
             _check_amount(amount)
         try:
-            pinned = self._pinned.get(state.plan_version) if self._pinned else None
-            rules = self._rules if pinned is None else self._rules_for(state, now)
-            rule = rules[state.status][state.tier][meter]
+            # Subjects kept on an older plan version exist only while _pinned does: one test of it otherwise.
+            rule = (self._rules_for(state, now) if self._pinned else self._rules)[state.status][state.tier][meter]
         except KeyError:
             rule = self.rule(state, meter, now)    # an old name is read as its new one; unknown names raise
         if not rule.allows:

@@ -7,7 +7,7 @@ from aiohttp import web
 from . import _input as inp, _json
 from ..gate import StoreUnavailable
 from .api import PLANS, iso
-MAX_SUBJECTS = 1000
+MAX_SUBJECTS = 50      # a body of 50 subjects of 200 characters fits in PLANGATE_MAX_BODY_BYTES
 _REFUSAL_STATUS = {"plan_invalid": 422, "plan_unreadable": 422, "plan_strands_subjects": 409,
                    "store_unavailable": 503}
 

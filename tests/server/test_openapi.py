@@ -223,7 +223,7 @@ def full_bodies(template: str) -> list[dict]:
 POSTS = [t for t, m, op in operations() if m == "post" and "requestBody" in op and t != "/webhook/stripe"]
 BAD_TEXT = ["", "x" * 201, 5, True, ["a"], {"a": 1}, "a\x00b", "line\nbreak", "del\x7f"]
 BAD_AMOUNT = [0, -1, -(2**63), 1.5, "1", True, None, [1], {}]
-BAD_SUBJECTS = [[], "a", None, 5, {"a": 1}, [""], [5], ["a\x00b"], ["x"] * 1001]
+BAD_SUBJECTS = [[], "a", None, 5, {"a": 1}, [""], [5], ["a\x00b"], ["x"] * 51]
 
 
 def concrete(template: str) -> str:

@@ -403,6 +403,8 @@ class StateTable:
             # A subject without a known tier (say, moved here by an admin) gets the default tier.
             chosen = plan.tier(tier or plan.default_tier or "") or (plan.tiers[0] if plan.tiers else None)
             old = (kept or {}).get(chosen.name) if chosen else None
+            if old is not None and old.quota(meter) is None:
+                old = None      # a meter the older tier had no quota for: the tier's quota as it is now
             quota = (old or chosen).quota(meter) if chosen else None
             if quota is None:
                 return _Rule(False, Reason.NO_QUOTA, 0, None, None, name + " (the tier has no quota)", fail)

@@ -22,7 +22,7 @@ from plangate.policy import (Finding, NameMap, Plan, PlanError, PlanFileError, S
                              explain_stranded, stranded, version_of)
 from plangate.policy._load import read_text
 
-from .gate import Gate
+from .gate import Gate, StoreUnavailable
 from .logs import log
 from .store import AuditEntry, Change, StoreError
 from .store._plans import Census, Deploy, PlanRecord
@@ -175,12 +175,18 @@ class PlanKeeper:
         if not names:
             return 0
         moved, skip = 0, set()
-        while True:
-            batch = await self._io(self.store.subjects_named(tuple(names.statuses), tuple(names.tiers),
-                                                             MIGRATE_BATCH, tuple(skip)))
-            if not batch:
-                return moved
-            moved += await self._migrate_batch(table, batch, skip)
+        try:
+            while True:
+                batch = await self.gate.timed("plan_migrate", self.store.subjects_named(
+                    tuple(names.statuses), tuple(names.tiers), MIGRATE_BATCH, tuple(skip)), timeout=30.0)
+                if not batch:
+                    return moved
+                moved += await self._migrate_batch(table, batch, skip)
+        except StoreUnavailable:
+            # The plan is deployed already: the others move when the door, the sweep or the next deploy meets them.
+            log(logging.ERROR, "plan_migrate_incomplete", moved=moved, why="the store failed; subjects still under "
+                "old names are decided under the new ones and move when next written")
+            return moved
 
     async def _migrate_batch(self, table: StateTable, batch, skip: set[str]) -> int:
         now = self.gate.clock()

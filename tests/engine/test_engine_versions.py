@@ -139,6 +139,18 @@ class TestGrandfathering:
         with_policy = table(lowered_pro("never").replace("limit: 3000", "limit: 5000"))
         assert with_policy.kept_versions == ()
 
+    def test_a_meter_the_older_tier_had_no_quota_for_takes_todays(self):
+        text = lowered_pro("never").replace("    fail_mode: open\n", "    fail_mode: open\n  images: {}\n").replace(
+            "      requests: {limit: 3000, per: billing_period}\n",
+            "      requests: {limit: 3000, per: billing_period}\n      images: {limit: 40, per: billing_period}\n").replace(
+            "      requests: {limit: 20000, per: billing_period}\n",
+            "      requests: {limit: 20000, per: billing_period}\n      images: unlimited\n").replace(
+            "  paid:\n    paying: true\n    quotas:\n      requests: tier\n",
+            "  paid:\n    paying: true\n    quotas:\n      requests: tier\n      images: tier\n")
+        new = table(text)
+        assert new.can_process(subscriber(), "requests", 1, 0, DEPLOY).limit == 5000
+        assert new.can_process(subscriber(), "images", 1, 0, DEPLOY).limit == 40
+
     def test_timers_of_a_kept_subject(self):
         new = table(lowered_pro("at_renewal"))
         grace = SubjectState("ann", "grace", "pro", DEPLOY - DAY, DEPLOY + DAY, *PERIOD, V1_TABLE.version)

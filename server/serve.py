@@ -10,7 +10,7 @@ import uvloop
 from aiohttp import web
 
 from plangate.engine import compile_file
-from plangate.policy import PlanError, PlanFileError
+from plangate.policy import PlanError, PlanFileError, check_file, explain_stranded, stranded
 
 from .http.api import PLANS
 from .http.app import create_app
@@ -100,14 +100,31 @@ def migrate(env_file: str | None = "config.env") -> int:
         store = open_store(config.database, **config.store_options())
         await store.open()
         try:
-            return await store.migrate()
+            versions = await store.migrate()
+            return versions, await _stranded(store, config.plans)
         finally:
             await store.close()
 
     try:
-        before, after = asyncio.run(run())
+        (before, after), stranded_by = asyncio.run(run())
     except StoreError as exc:
         return _fail(f"migration failed: {exc}", 1)
     print(f"plangate: {config.database}: schema version {before} -> {after}"
           if after != before else f"plangate: {config.database}: schema is current (version {after})")
+    if stranded_by:
+        return _fail(f"the schema is current, but `plangate serve` will refuse this plan: {stranded_by}", 1)
     return 0
+
+
+async def _stranded(store, plans: str) -> str | None:
+    """What the plan file would strand among the stored subjects, in words (None: nothing, or no plan to check:
+    serve reports a missing or broken one itself)."""
+    try:
+        checked = check_file(plans)
+    except PlanFileError:
+        return None
+    if not checked.ok:
+        return None
+    census = await store.census()
+    found = stranded(checked.plan, census.statuses, census.tiers)
+    return explain_stranded(found, plans) if found else None

@@ -19,7 +19,7 @@ from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_
                                lowered_pro, renamed)
 
 from . import stripe_events as se
-from .conftest import ServedGate, config_for
+from .conftest import TOKEN, ServedGate, config_for
 from .test_openapi import documented
 
 DAY = 86400.0
@@ -72,13 +72,11 @@ class Rig:
 
     async def call(self, method: str, path: str, template: str, body=None):
         """A request whose answer must be what schema/openapi.json documents."""
-        headers = {"Authorization": f"Bearer {self.gate_token}"}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
         async with self.session.request(method, self.gate.url + path, json=body, headers=headers) as resp:
             payload = await resp.json()
             documented(method, template, resp.status, resp.content_type, payload, resp.headers)
             return resp.status, payload
-
-    gate_token = __import__("tests.server.conftest", fromlist=["TOKEN"]).TOKEN
 
     async def webhook(self, type_: str, obj: dict, created: float | None = None) -> dict:
         body = se.encode(se.event(type_, obj, created or time.time()))

@@ -46,6 +46,9 @@ class TestStart:
         assert "status 'billing_problem': 3 stored subject(s)" in done.stderr
         assert "renamed_from: [billing_problem]" in done.stderr and "retired:" in done.stderr
         assert "Traceback" not in done.stderr and "listening" not in done.stdout
+        done = run(["migrate"], env, tmp_path)      # migrate says so too, before a deploy gets that far
+        assert done.returncode == 1 and "schema is current" in done.stdout
+        assert "will refuse this plan" in done.stderr and "status 'billing_problem': 3" in done.stderr
 
 
 class TestSighup:

@@ -15,6 +15,7 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
 from ._postgres_personal import PostgresPersonalData
+from ._postgres_plans import PLAN_CHANNEL, PostgresPlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 CHANNEL = "plangate_subjects"
@@ -40,7 +41,7 @@ _BATCH_UPDATE = (
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
-class PostgresStore(PostgresPersonalData, Store):
+class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
     caches_usage = False      # other nodes count too: usage is read from the database on every check
     channel = CHANNEL
 
@@ -297,10 +298,14 @@ class PostgresStore(PostgresPersonalData, Store):
             return await db.fetchval("SELECT max(at) FROM transitions WHERE subject = $1 AND trigger LIKE 'admin:%'",
                                      subject)
 
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
         async with self._conn() as db:
-            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
-                                  "ORDER BY timer_due LIMIT $2", now, limit)
+            if skip:
+                rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 AND "
+                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2", now, limit, list(skip))
+            else:
+                rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
+                                      "ORDER BY timer_due LIMIT $2", now, limit)
         return [subject_from_row(r) for r in rows]
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
@@ -324,8 +329,9 @@ class PostgresStore(PostgresPersonalData, Store):
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
         return [event_from_row(r) for r in rows]
 
-    def listen(self, on_subject, on_reset) -> None:
-        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout)
+    def listen(self, on_subject, on_reset, on_plan=None) -> None:
+        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout,
+                                  on_plan=on_plan)
         self._listener.start()
 
     async def unlisten(self) -> None:
@@ -367,11 +373,12 @@ class _Abort(Exception):
 
 
 class Listener:
-    """Keeps one connection LISTENing on the invalidation channel. When it is lost, every cached subject
-    may be stale: on_reset drops them all, then the listener reconnects (with a growing pause)."""
+    """Keeps one connection LISTENing on the invalidation channel (and, with on_plan, on the plan channel).
+    When it is lost, every cached subject may be stale: on_reset drops them all, then the listener reconnects
+    (with a growing pause); on_plan(None) then asks whether a plan was deployed meanwhile."""
 
-    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0):
-        self.dsn, self.on_subject, self.on_reset = dsn, on_subject, on_reset
+    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0, on_plan=None):
+        self.dsn, self.on_subject, self.on_reset, self.on_plan = dsn, on_subject, on_reset, on_plan
         self.connect_timeout = connect_timeout
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -395,7 +402,11 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
+                if self.on_plan is not None:
+                    await conn.add_listener(PLAN_CHANNEL, lambda _c, _pid, _ch, version: self.on_plan(version))
                 self.on_reset()            # whatever changed while we were not listening
+                if self.on_plan is not None:
+                    self.on_plan(None)
                 self.connected.set()
                 pause = 0.1
                 while not lost.is_set():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._subscriptions import Subscription, followed
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectState:
@@ -17,6 +19,12 @@ class SubjectState:
     period_end: float | None = None
     plan_version: str = ""
     paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
+    subscriptions: tuple[Subscription, ...] = ()   # every Stripe subscription of the subject the fold has seen
+
+    @property
+    def follows(self) -> Subscription | None:
+        """The subscription the status follows (engine._subscriptions says which)."""
+        return followed(self.subscriptions)
 
     def with_(self, **changes) -> SubjectState:
         """A copy with some fields changed, as dataclasses.replace, which looks the fields up on every call
@@ -25,7 +33,8 @@ class SubjectState:
         new = SubjectState(get("subject", self.subject), get("status", self.status), get("tier", self.tier),
                            get("since", self.since), get("timer_due", self.timer_due),
                            get("period_start", self.period_start), get("period_end", self.period_end),
-                           get("plan_version", self.plan_version), get("paid_through", self.paid_through))
+                           get("plan_version", self.plan_version), get("paid_through", self.paid_through),
+                           get("subscriptions", self.subscriptions))
         if changes:
             raise TypeError(f"SubjectState has no field {', '.join(map(repr, changes))}")
         return new

@@ -10,11 +10,13 @@ import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
+from plangate.policy import (Access, FailMode, Plan, PlanError, QuotaKind, Status, SubscriptionScope, Window, check_plan,
+                             load_plan)
 
 from ._decision import Decision, Reason
 from ._state import SubjectState
 from ._stripe import billing_period, field, is_missing, price_ids, unix_seconds
+from ._subscriptions import followed, subscription_of, take_in
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._windows import LIFETIME, BillingClock, CalendarClock, Span
 
@@ -55,14 +57,17 @@ class _Rule:
 
 
 class _Edge:
-    __slots__ = ("conditions", "target", "rule", "why", "moved")
+    __slots__ = ("conditions", "target", "rule", "why", "moved", "followed", "other")
 
-    def __init__(self, conditions, source, target, rule, why):
+    def __init__(self, conditions, source, target, rule, why, scope=SubscriptionScope.FOLLOWED):
         self.conditions = conditions  # ((path, frozenset of values), ...)
         self.target = target
         self.rule = rule
         self.why = why
         self.moved = f"{source} -> {target}: {why}"   # the reason of the move, built once, not per transition
+        # Which events it hears: about the followed subscription (or none), about another one of the subject's.
+        self.followed = scope is not SubscriptionScope.OTHER
+        self.other = scope is not SubscriptionScope.FOLLOWED
 
     def matches(self, obj: Mapping) -> bool:
         for path, allowed in self.conditions:
@@ -184,12 +189,15 @@ class StateTable:
             raise UnknownStatus(f"status {state.status!r} is not in the plan")
         facts = state
         obj: Mapping = {}
+        other = None        # (the subscription the event is about, the one the subject follows) when they differ
         if isinstance(trigger, StripeEvent):
             obj = trigger.object if isinstance(trigger.object, Mapping) else {}
-            if obj.get("object") == "subscription":
-                facts = self.subscription_facts(state, obj)
-            elif obj.get("object") == "invoice":
-                facts = self.invoice_facts(state, obj)
+            facts, other = self._take_in(state, obj, now)
+            if other is None:       # another subscription's tier, period and payments are not the subject's
+                if obj.get("object") == "subscription":
+                    facts = self.subscription_facts(facts, obj)
+                elif obj.get("object") == "invoice":
+                    facts = self.invoice_facts(facts, obj)
         elif isinstance(trigger, TimerFired):
             if state.timer_due is None:
                 return Outcome(state, facts, trigger.key, f"no timer runs in '{state.status}'")
@@ -202,18 +210,40 @@ class StateTable:
             return Outcome(state, facts.with_(timer_due=None), trigger.key,
                            f"the timer of '{state.status}' ran out; no transition on it")
         for edge in edges:
-            if edge.matches(obj):
+            if (edge.other if other else edge.followed) and edge.matches(obj):
+                about = "" if other is None else f" (about {other[0]}; the subject follows {other[1]})"
                 if edge.target == state.status:
                     if isinstance(trigger, TimerFired):
                         # Staying put is all a due timer does here: it stops, or every sweep would fire it.
                         facts = facts.with_(timer_due=None)
-                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule})")
+                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule}){about}")
                 moved = self._enter(facts, edge.target, now)
-                return Outcome(state, moved, trigger.key, edge.moved, True, edge.rule)
+                return Outcome(state, moved, trigger.key, edge.moved + about, True, edge.rule)
+        if other is not None:
+            return Outcome(state, facts, trigger.key,
+                           f"about subscription {other[0]}, but the subject's status follows {other[1]}: recorded, "
+                           f"the subject stays in '{state.status}' (no transition from it on {trigger.key} with "
+                           "`subscription: other` or `any` matches)", other_subscription=True)
         why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
                f"no transition from '{state.status}' on {trigger.key} matches the event ("
                + "; ".join(e.why for e in edges) + ")")
         return Outcome(state, facts, trigger.key, why)
+
+    def _take_in(self, state: SubjectState, obj: Mapping, now: float) -> tuple[SubjectState, tuple[str, str] | None]:
+        """The state with what the event's object says of the subscription it is about; and (that subscription,
+        the followed one) when they differ."""
+        about = subscription_of(obj)
+        if about is None:
+            return state, None
+        subscriptions = take_in(state.subscriptions, about, obj, now, self._named_tier)
+        if subscriptions is not state.subscriptions:
+            state = state.with_(subscriptions=subscriptions)
+        follows = followed(subscriptions)
+        return state, (None if follows is None or follows.id == about else (about, follows.id))
+
+    def _named_tier(self, sub: Mapping) -> str | None:
+        """The tier a subscription's prices select by name (None: no price of it is in a tier of the plan)."""
+        return next((self._price_tier[p] for p in price_ids(sub) if p in self._price_tier), None)
 
     def override(self, state: SubjectState, to: str, now: float, why: str = "") -> Outcome:
         """An admin's direct move to a status, outside the plan's transitions (audited by the caller)."""
@@ -266,7 +296,7 @@ class StateTable:
             due = max(due, state.paid_through)    # grace never ends before the paid-through date
         # Built whole rather than through with_ (2.5 -> 1.8 us): every transition enters a status.
         return SubjectState(state.subject, status, state.tier, now, due, state.period_start, state.period_end,
-                            self.version, state.paid_through)
+                            self.version, state.paid_through, state.subscriptions)
 
     def _status_rules(self, status: Status) -> dict[str | None, dict[str, _Rule]]:
         tiers: list[str | None] = [None] + [t.name for t in self.plan.tiers]
@@ -302,8 +332,11 @@ class StateTable:
             when = " when " + ", ".join(map(str, t.conditions)) if t.conditions else ""
             rule = f"{self.plan.file}:{t.location.line} transitions[{t.index}]"
             why = f"on {t.trigger}{when} ({rule})"
+            if t.subscription is not SubscriptionScope.FOLLOWED:
+                why += f" (subscription: {t.subscription.value})"
             for src in self.plan.sources_of(t):
-                edges.setdefault((src, str(t.trigger)), []).append(_Edge(conditions, src, t.target, rule, why))
+                edges.setdefault((src, str(t.trigger)), []).append(
+                    _Edge(conditions, src, t.target, rule, why, t.subscription))
         return {k: tuple(v) for k, v in edges.items()}
 
 

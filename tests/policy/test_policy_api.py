@@ -9,7 +9,7 @@ class TestPublicNames:
         assert policy.__all__ == [
             "ANY", "Access", "Checked", "Condition", "DurationError", "FailMode", "Finding", "Location",
             "Meter", "Plan", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Severity",
-            "Status", "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file",
+            "Status", "SubjectLink", "SubscriptionScope", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file",
             "check_plan", "check_text", "format_duration", "load_plan", "parse_duration",
         ]
 

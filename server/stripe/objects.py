@@ -8,12 +8,19 @@ from plangate.policy import SubjectLink
 
 from ..store import Payment
 
-# Events that carry facts the gate keeps (links, billing periods, payments) even when no transition uses them.
+# Events about money coming back: the subject's record keeps them even when no transition uses them.
+MONEY_BACK_EVENTS = frozenset({
+    "charge.refunded", "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated",
+})
+# Events that carry facts the gate keeps (links, billing periods, subscriptions, payments) even when no transition
+# uses them. charge.succeeded links a charge and its payment intent to the customer (since API 2025-03-31 an
+# invoice names neither): a later dispute, which names only the charge, finds its subject by them.
 FACT_EVENTS = frozenset({
     "checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
-    "customer.subscription.deleted", "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed",
-    "invoice.payment_action_required",
-})
+    "customer.subscription.deleted", "customer.subscription.paused", "customer.subscription.resumed", "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed",
+    "invoice.payment_action_required", "charge.succeeded",
+}) | MONEY_BACK_EVENTS
 MAX_SUBJECT = 200
 
 

@@ -3,15 +3,11 @@ while) and fold what their subscription says now, as the event that would have t
 from __future__ import annotations
 
 import json
-import logging
-
-import stripe
 
 from plangate.engine import StripeEvent
 from plangate.policy import TriggerKind
 
 from ..gate import Gate
-from ..logs import log
 from .ingest import Ingest
 
 RECONCILE_BATCH = 200
@@ -28,13 +24,9 @@ class Reconciler:
         after_grace = {t.target for t in plan.transitions if t.trigger.kind is TriggerKind.TIMER
                        and grace & set(plan.sources_of(t))}
         self.doubtful_statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
-        self._stripe: stripe.StripeClient | None = None
-        self._http: stripe.AIOHTTPClient | None = None
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close_async()
-            self._http, self._stripe = None, None
+        await self.ingest.api.close()
 
     async def run(self) -> int:
         """Ask Stripe for the subscription of each doubtful subject and apply what it says; how many changed."""
@@ -46,7 +38,7 @@ class Reconciler:
                                                  RECONCILE_BATCH), timeout=30.0)
         changed = 0
         for stored in subjects:
-            sub = await self._subscription(stored.stripe_subscription)
+            sub = await self.ingest.api.subscription(stored.stripe_subscription)
             if sub is None:
                 continue
             event = _synthetic(sub, now)
@@ -55,19 +47,6 @@ class Reconciler:
                 record_noop=False)
             changed += received.outcome == "applied"
         return changed
-
-    async def _subscription(self, subscription_id: str) -> dict | None:
-        if self._stripe is None:
-            self._http = stripe.AIOHTTPClient()
-            self._stripe = stripe.StripeClient(
-                self.gate.config.stripe_secret_key, http_client=self._http,
-                base_addresses={"api": self.gate.config.stripe_api_base}, max_network_retries=2)
-        try:
-            sub = await self._stripe.v1.subscriptions.retrieve_async(subscription_id)
-        except stripe.InvalidRequestError as exc:
-            log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
-            return None
-        return sub.to_dict()
 
 
 def _synthetic(sub: dict, now: float) -> StripeEvent:

@@ -4,11 +4,11 @@ A customer can hold several subscriptions over time, and at once: a new one star
 still `past_due` (Stripe cancels the old one by dunning days later), or an add-on beside the main one. The
 subject's status follows one of them:
 
-1. Among its subscriptions whose price selects a tier of the plan by name (the plan's own product), or
-   among all of them when none does (an add-on's price is in no tier);
-2. the most recently created one that has not ended (`canceled`, `incomplete_expired`); a subscription the
-   gate knows only from an invoice or a checkout, not from the subscription itself, counts as older than
-   every one whose creation it saw;
+1. Among its subscriptions but add-ons (a subscription whose prices are known and select no tier of the
+   plan by name), or among all of them when all are add-ons;
+2. the most recently created one that has not ended (`canceled`, `incomplete_expired`). A Checkout Session
+   creates its subscription: one known only from its checkout was created then. One known only from an
+   invoice counts as older than every one whose creation the gate saw;
 3. when all of them have ended, the one that ended last (so that its end is the subject's).
 
 So when the followed subscription ends while another is live, the subject follows the live one; an event
@@ -46,6 +46,11 @@ class Subscription:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    @property
+    def addon(self) -> bool:
+        """Its prices are known (from the subscription itself) and none selects a tier of the plan by name."""
+        return self.status is not None and self.tier is None
+
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -74,7 +79,7 @@ def followed(subscriptions: tuple[Subscription, ...]) -> Subscription | None:
     """The subscription the subject's status follows (see the module's rule)."""
     if not subscriptions:
         return None
-    pool = [s for s in subscriptions if s.tier is not None] or subscriptions
+    pool = [s for s in subscriptions if not s.addon] or subscriptions
     live = [s for s in pool if not s.ended]
     if live:
         return max(live, key=_newest)
@@ -88,12 +93,14 @@ def _newest(s: Subscription) -> tuple:
 def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, created: float,
             tier_of_prices) -> tuple[Subscription, ...]:
     """The subscriptions with what the event's object says of `ident`: a subscription object tells its status
-    and dates; an invoice or checkout only that it exists. tier_of_prices(prices) -> the tier named for them."""
+    and dates; an invoice only that it exists; a checkout that it exists since `created`.
+    tier_of_prices(subscription) -> the tier its prices name, or None."""
     known = next((s for s in subscriptions if s.id == ident), None)
     if obj.get("object") != "subscription":
         if known is not None:
             return subscriptions
-        return subscriptions + (Subscription(ident),)
+        created_then = float(created) if obj.get("object") == "checkout.session" else None
+        return subscriptions + (Subscription(ident, created=created_then),)
     status = obj.get("status") if isinstance(obj.get("status"), str) else (known.status if known else None)
     period = billing_period(obj)
     was = known or Subscription(ident)

@@ -83,8 +83,16 @@ class TestWhichSubscriptionIsFollowed:
         assert followed(subs).id == "sub_A"
 
     def test_one_known_only_from_an_invoice_counts_as_older(self):
-        subs = (Subscription("sub_old", None, None, None), Subscription("sub_new", "active", T0, None))
+        subs = (Subscription("sub_old", None, None, None), Subscription("sub_new", "active", T0, "pro"))
         assert followed(subs).id == "sub_new"
+
+    def test_one_known_only_from_its_checkout_is_no_add_on(self):
+        subs = (Subscription("sub_A", "past_due", T0, "pro"), Subscription("sub_B", None, T0 + 5, None))
+        assert followed(subs).id == "sub_B"
+
+    def test_add_ons_alone_are_followed_like_any(self):
+        subs = (Subscription("sub_C", "active", T0, None), Subscription("sub_D", "active", T0 + 5, None))
+        assert followed(subs).id == "sub_D"
 
     def test_none(self):
         assert followed(()) is None

@@ -120,7 +120,7 @@ async def receive(request: web.Request) -> web.Response:
                                                    "Stripe will deliver it again") from None
     except StripeUnavailable as exc:
         metrics.webhooks.labels("stripe_unavailable").inc()
-        log(logging.WARNING, "webhook_retry", event=event.id, why=str(exc))
+        log(logging.WARNING, "webhook_retry", event_id=event.id, why=str(exc))
         raise BadRequest(503, "stripe_unavailable", "the event names only a payment the gate has not seen, and "
                                                     "Stripe's API did not say whose it is; nothing was stored; "
                                                     "Stripe will deliver it again") from None

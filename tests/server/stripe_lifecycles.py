@@ -79,6 +79,7 @@ class Life:
     subject: str
     start: float
     events: list[dict] = field(default_factory=list)
+    made: int = 0       # events made so far: each gets the next id, even when a test drops some from `events`
 
     @property
     def customer(self) -> str:
@@ -88,7 +89,8 @@ class Life:
         return f"sub_{name}{self.n}"
 
     def add(self, type_: str, obj: dict, at: float) -> dict:
-        evt = se.event(type_, obj, at, f"evt_{self.n}_{len(self.events):03d}")
+        evt = se.event(type_, obj, at, f"evt_{self.n}_{self.made:03d}")
+        self.made += 1
         self.events.append(evt)
         return evt
 

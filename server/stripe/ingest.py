@@ -304,7 +304,8 @@ def _as_event(row: EventRecord) -> StripeEvent:
 
 
 def _essence(state: SubjectState) -> tuple:
-    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through)
+    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through,
+            state.subscriptions)
 
 
 def _newer(current: str | None, seen: str | None, keep_current: bool) -> str | None:

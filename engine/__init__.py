@@ -11,11 +11,12 @@ from ._usage import UsageBook
 from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
 from ._subscriptions import Subscription, followed, subscription_of
-from ._links import Refs, stripe_refs
+from ._links import FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, relevant_events, stripe_ids, stripe_refs
 
 __all__ = [
-    "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
+    "FACT_EVENTS", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
     "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
-    "compile_file", "compile_plan", "invoice_subscription", "override", "price_ids",
-    "Refs", "Subscription", "followed", "stripe_refs", "subscription_of",
+    "compile_file", "compile_plan", "invoice_subscription", "named_subject", "override", "price_ids",
+    "relevant_events", "stripe_ids",
+    "MONEY_BACK_EVENTS", "Refs", "Subscription", "followed", "stripe_refs", "subscription_of",
 ]

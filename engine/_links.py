@@ -1,17 +1,76 @@
-"""The Stripe ids an event's object names, by which the gate links it to its subject.
+"""Whose a Stripe event is: the pure rules the gate links events to subjects by, shared by the server's webhook
+and `plangate test` (so that a story fails where the live gate would leave an event pending).
 
-A subscription, an invoice and a Checkout Session name their customer and subscription. Charges, payment
-intents, refunds and disputes name a charge or a payment intent, and (but for disputes) mostly the customer;
-a dispute names only its charge and payment intent. The gate remembers the charge and payment intent ids of
-every event it links, so that a later event naming only one of them (a dispute) finds its subject; where it
-has not seen them, Stripe's API says whose the charge is (server/stripe/links.py).
+An event is linked to a subject when its object names the subject (client_reference_id, or the plan's metadata
+key), else by the Stripe ids it carries (customer, subscription) once an earlier event linked them. Which fields
+link which object types is the table policy/data/stripe_objects.json ("links") ships; the gate reads the
+customer, subscription, charge and payment intent kinds (stripe_refs).
+
+Charges, payment intents, refunds and disputes name a charge or a payment intent, and (but for disputes)
+mostly the customer; a dispute names only its charge and payment intent. The gate remembers the charge and
+payment intent ids of every event it links, so that a later event naming only one of them finds its subject;
+where it has not seen them, Stripe's API says whose the charge is (server/stripe/api.py).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from plangate.policy import Plan, SubjectLink
+
 from ._subscriptions import subscription_of
+
+# Events about money coming back: the subject's record keeps them even when no transition uses them.
+MONEY_BACK_EVENTS = frozenset({
+    "charge.refunded", "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated",
+})
+# Events that carry facts the gate keeps (links, billing periods, subscriptions, payments) even when no transition
+# uses them. charge.succeeded links a charge and its payment intent to the customer (since API 2025-03-31 an
+# invoice names neither): a later dispute, which names only the charge, finds its subject by them.
+FACT_EVENTS = frozenset({
+    "checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
+    "customer.subscription.deleted", "customer.subscription.paused", "customer.subscription.resumed",
+    "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed", "invoice.payment_action_required",
+    "charge.succeeded",
+}) | MONEY_BACK_EVENTS
+MAX_SUBJECT = 200
+
+
+def relevant_events(plan: Plan) -> frozenset[str]:
+    """The event types the gate reads at all; any other is answered `ignored` without being linked."""
+    return FACT_EVENTS | {t.trigger.name for t in plan.transitions if t.trigger.kind.value == "stripe"}
+
+
+def _id(value) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def stripe_ids(obj: Mapping) -> tuple[str | None, str | None]:
+    """(customer id, subscription id) an event's object names, in either API shape."""
+    refs = stripe_refs(obj)
+    return refs.customer, refs.subscription
+
+
+def named_subject(obj: Mapping, link: SubjectLink) -> str | None:
+    """The subject an object names itself: client_reference_id (Checkout) or the plan's metadata key on the
+    object, or on the subscription details an invoice carries."""
+    candidates = []
+    if link.client_reference_id and obj.get("object") == "checkout.session":
+        candidates.append(obj.get("client_reference_id"))
+    if link.metadata_key:
+        parent = obj.get("parent")
+        for holder in (obj, obj.get("subscription_details"),
+                       parent.get("subscription_details") if isinstance(parent, Mapping) else None):
+            metadata = holder.get("metadata") if isinstance(holder, Mapping) else None
+            if isinstance(metadata, Mapping):
+                candidates.append(metadata.get(link.metadata_key))
+    for value in candidates:
+        if isinstance(value, str) and 0 < len(value) <= MAX_SUBJECT and value.isprintable():
+            return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +96,6 @@ class Refs:
         """Names a charge or payment intent but no customer or subscription (a dispute): only the payment's
         own record says whose it is."""
         return not (self.customer or self.subscription) and bool(self.charge or self.payment_intent)
-
-
-def _id(value) -> str | None:
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
 
 
 def stripe_refs(obj: Mapping) -> Refs:

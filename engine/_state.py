@@ -14,11 +14,13 @@ class SubjectState:
     status: str
     tier: str | None = None
     since: float = 0.0
-    timer_due: float | None = None       # when the status's expires_after runs out, if it has one
+    timer_due: float | None = None       # when the status's timer (expires_after or expires_at) runs out
     period_start: float | None = None    # the Stripe billing period, when subscribed
     period_end: float | None = None
     plan_version: str = ""
     paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
+    trial_end: float | None = None       # the followed subscription's dates a status timer may be anchored to
+    cancel_at: float | None = None
     subscriptions: tuple[Subscription, ...] = ()   # every Stripe subscription of the subject the fold has seen
 
     @property
@@ -34,6 +36,7 @@ class SubjectState:
                            get("since", self.since), get("timer_due", self.timer_due),
                            get("period_start", self.period_start), get("period_end", self.period_end),
                            get("plan_version", self.plan_version), get("paid_through", self.paid_through),
+                           get("trial_end", self.trial_end), get("cancel_at", self.cancel_at),
                            get("subscriptions", self.subscriptions))
         if changes:
             raise TypeError(f"SubjectState has no field {', '.join(map(repr, changes))}")

@@ -12,13 +12,13 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from plangate.engine import Refs, StripeEvent, SubjectState, advance, event_order, replay, stripe_refs
+from plangate.engine import Refs, StripeEvent, SubjectState, advance, event_order, relevant_events, replay, stripe_refs
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
 from .api import StripeApi
-from .objects import FACT_EVENTS, named_subject, payment_of
+from .objects import named_subject, payment_of
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
@@ -42,12 +42,12 @@ class Received:
 
 
 class Ingest:
-    def __init__(self, gate: Gate):
+    def __init__(self, gate: Gate, personal=None):
         self.gate = gate
+        self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
         self.table = gate.table
-        self.relevant = FACT_EVENTS | {t.trigger.name for t in gate.table.plan.transitions
-                                       if t.trigger.kind.value == "stripe"}
+        self.relevant = relevant_events(gate.table.plan)
         self.api = StripeApi(gate.config)       # whose a charge is, when an event names nothing else
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
@@ -82,6 +82,13 @@ class Ingest:
             event.id, named, refs.customer, refs.subscription, refs.payments))
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
+        if named is not None and stored is None and self.personal is not None:
+            # A subject not stored may be one that was erased: its events land on its pseudonym, and keep
+            # nothing of it as Stripe sent it.
+            pseudonym = await self._io("erased", self.personal.pseudonym_if_erased(named))
+            if pseudonym is not None:
+                subject, stored = pseudonym, await self._io("load", self.store.load(pseudonym))
+                payload = self.personal.conceal(payload, named, pseudonym)
         if subject is None and refs.only_payments and self.api.configured:
             # A dispute (or a refund without its customer) of a charge the gate has not seen: Stripe's record of
             # the charge names the customer. StripeUnavailable propagates: answered 5xx, Stripe delivers again.
@@ -291,7 +298,7 @@ class Ingest:
 
 def _links(before: SubjectState, after: SubjectState, events: list[StripeEvent]) -> tuple[str, ...]:
     """Stripe ids the fold links to the subject that it had not: subscriptions it had not seen (those it had
-    were linked when first seen, or by migration 6), and the charges and payment intents of the events."""
+    were linked when first seen, or by migration subscriptions_and_links), and the charges and payment intents of the events."""
     known = {s.id for s in before.subscriptions}
     ids = [s.id for s in after.subscriptions if s.id not in known]
     for event in events:

@@ -133,6 +133,7 @@ class TestResubscribeDuringDunning:
         final, steps = replay(table, table.initial_state("u", T0 - 10), events)
         assert steps[-1].outcome.other_subscription and final.follows.id == "sub_A"
         assert final.status == "paid"
+        assert final.period_start == T0      # A's period, as the gate knows it, until A's next event says more
         # A's own end is the subject's end now.
         final, steps = replay(table, final, [ev("customer.subscription.deleted", sub("sub_A", "canceled", T0),
                                                 T0 + 45 * DAY)])

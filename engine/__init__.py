@@ -11,7 +11,9 @@ from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._usage import UsageBook
 from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
-from ._links import FACT_EVENTS, named_subject, refused_names, relevant_events, stripe_ids
+from ._subscriptions import Subscription, followed, subscription_of
+from ._links import (FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, refused_names, relevant_events, stripe_ids,
+                     stripe_refs)
 
 __all__ = [
     "FACT_EVENTS", "MAX_SUBJECT", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome",
@@ -19,4 +21,5 @@ __all__ = [
     "UnknownStatus", "UsageBook", "billing_period", "billing_span", "compile_file", "compile_plan",
     "invoice_subscription", "named_subject", "override", "price_ids", "refused_names", "relevant_events",
     "stripe_ids", "subject_problem",
+    "MONEY_BACK_EVENTS", "Refs", "Subscription", "followed", "stripe_refs", "subscription_of",
 ]

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from plangate.engine import StateTable
 
-from . import _json, api, webhook
+from . import _json, api, plan_api, webhook
 from ._auth import Scope, Tokens, matches
 from ._input import MAX_BODY, BadRequest
 from ..config import Config
@@ -21,8 +21,11 @@ from ..jobs import Jobs
 from ..personal import PersonalData
 from ..logs import log, request_id as current_request_id
 from ..metrics import Metrics
+from ..plan_versions import PlanKeeper
 from ..store import Store
 
+# Routes that change state on a person's word: the admin token only. Every other /v1/ route takes either token.
+ADMIN_PATHS = api.ADMIN_PATHS | plan_api.ADMIN_PATHS
 _BY_PATH = object()     # the scope of the catch-all route: an API token for a path under /v1/, else none
 _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large", 415: "unsupported_media_type"}
@@ -42,7 +45,9 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[webhook.INGEST] = ingest
     jobs = Jobs(gate, ingest, personal)
     app[api.JOBS] = jobs
-    _add_routes(app, (*api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
+    plans = PlanKeeper(gate, config.plans)
+    app[plan_api.PLANS] = plans
+    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
                 Tokens(config.api_tokens, config.admin_tokens), metrics)
 
     async def lifecycle(app: web.Application):
@@ -54,15 +59,21 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
             raise
         if migrate:
             await personal.after_migration(*await store.migrate())
-        store.listen(gate.invalidate, gate.invalidate_all)
+        try:
+            await plans.start()     # checked against the stored subjects before anything is decided with it
+        except Exception:
+            await store.close()
+            raise
+        store.listen(gate.invalidate, gate.invalidate_all, plans.announced)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:
             jobs.start()
         if not config.webhook_secrets:
             log(logging.WARNING, "webhook_disabled", why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
-        log(logging.INFO, "started", plan_version=table.version, enforcement=config.enabled,
+        log(logging.INFO, "started", plan_version=gate.table.version, enforcement=config.enabled,
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield
+        await plans.stop()
         await jobs.stop()
         await store.unlisten()
         await store.close()
@@ -86,7 +97,7 @@ def _add_routes(app: web.Application, routes, tokens: Tokens, metrics: Metrics) 
         by_path.setdefault(path, []).append((method, handler))
     for path, handlers in by_path.items():
         allowed = set()
-        scope = Scope.ADMIN if path in api.ADMIN_PATHS else Scope.API if path.startswith("/v1/") else None
+        scope = Scope.ADMIN if path in ADMIN_PATHS else Scope.API if path.startswith("/v1/") else None
         for method, handler in handlers:
             app.router.add_route(method, path, _guarded(handler, path, scope, tokens, metrics))
             allowed |= {method, "HEAD"} if method == "GET" else {method}

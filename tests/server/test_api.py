@@ -214,7 +214,9 @@ class TestAuth:
             assert status == 401, value
 
     @pytest.mark.parametrize("path, body", [("/v1/subjects/u/transition", {"to": "paid", "reason": "r"}),
-                                            ("/v1/subjects/u/erase", {"actor": "dpo"}), ("/v1/jobs/sweep", None)])
+                                            ("/v1/subjects/u/erase", {"actor": "dpo"}), ("/v1/jobs/sweep", None),
+                                            ("/v1/plan/reload", {"actor": "ops"}),
+                                            ("/v1/plan/upgrade", {"subjects": ["u"], "reason": "r"})])
     async def test_the_api_token_cannot_change_state_on_a_persons_word(self, gate, path, body):
         status, answer = await gate.post(path, body, token=TOKEN)
         assert (status, answer["error"]) == (403, "forbidden") and "PLANGATE_ADMIN_TOKEN" in answer["message"]

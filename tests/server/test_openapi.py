@@ -13,7 +13,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from plangate.server.http.api import ADMIN_PATHS, GATE
+from plangate.server.http.api import GATE
+from plangate.server.http.app import ADMIN_PATHS
 
 from .conftest import TOKEN, _SCOPED, token_for
 

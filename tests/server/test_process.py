@@ -16,9 +16,10 @@ import pytest
 
 from plangate.server.store._migrations import migrations
 
-from .conftest import BASE_ENV, PLAN, ROOT, token_for
+from .conftest import BASE_ENV, PLAN, ROOT, TOKEN, token_for
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
+AUTH = {"Authorization": f"Bearer {TOKEN}"}     # the API token: reading routes (post() picks the route's own)
 
 
 def run(args, env, cwd, timeout=30):

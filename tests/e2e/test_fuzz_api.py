@@ -54,6 +54,7 @@ def plan_spec() -> dict:
     transition["to"] = {"type": "string", "enum": list(TABLE.statuses)}
     transition["action"] = {"type": "string", "enum": list(TABLE.actions)}
     schemas["UpgradeRequest"]["properties"]["tier"] = {"type": "string", "enum": [t.name for t in TABLE.plan.tiers]}
+    schemas["SubjectList"]["items"] = names
     for place in (spec["paths"]["/v1/subjects/{subject}"], spec["paths"]["/v1/subjects/{subject}/transition"]):
         place["parameters"][0]["schema"] = names
     # The gate's configured bound (PLANGATE_MAX_AMOUNT, default here); above it the answer is a documented 400.

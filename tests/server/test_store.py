@@ -13,7 +13,7 @@ from plangate.engine import SubjectState
 from tests import postgres
 from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
                           StoredSubject, StoreError, open_store)
-from plangate.server.store import _sqlite
+from plangate.server.store import _sqlite_connections
 from plangate.server.store._migrations import statements
 from plangate.server.store._base import state_from_json, state_json
 
@@ -108,7 +108,7 @@ class TestSQLiteSettings:
             checkpointed: list[str] = []
             await store._writer.set_trace_callback(written.append)
             store._loop_db.set_trace_callback(written.append)
-            await store._checkpointer.set_trace_callback(checkpointed.append)
+            await store._checkpoints.connection.set_trace_callback(checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
             assert "PRAGMA wal_checkpoint(PASSIVE)" in checkpointed
@@ -119,10 +119,10 @@ class TestSQLiteSettings:
             assert await store.commit(Change(fresh("v"), 0))      # the writer still commits after a checkpoint
         finally:
             await store.close()
-        assert store._checkpointing is None and store._checkpointer is None
+        assert store._checkpoints._task is None and store._checkpoints.connection is None
 
     async def test_a_wal_past_its_limit_is_checkpointed_by_the_writer_and_starts_over(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(_sqlite, "WAL_RESTART_FRAMES", 1)
+        monkeypatch.setattr(_sqlite_connections, "WAL_RESTART_FRAMES", 1)
         store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)
         await store.open()
         try:
@@ -168,7 +168,7 @@ class TestSQLiteSettings:
         assert (await store.count(current, "requests", 0, 5, None, "given-up", 100.0)).duplicate is False
 
     async def test_a_lock_held_past_the_busy_timeout_is_a_store_error(self, sqlite_store, monkeypatch):
-        monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 100)
+        monkeypatch.setattr(_sqlite_connections, "BUSY_TIMEOUT_MS", 100)
         store = sqlite_store
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")

@@ -151,7 +151,7 @@ class TestExactlyOnce:
             tasks[1].cancel()
             await asyncio.sleep(0.05)
             # The third waits for the first, not for the cancelled second: it has queued no write yet.
-            assert not tasks[2].done() and receiver.store._writes == []
+            assert not tasks[2].done() and receiver.store._groups.waiting == 0
         finally:
             locker.execute("ROLLBACK")
             locker.close()

@@ -235,7 +235,7 @@ class Gate:
         raise StoreUnavailable("count: the subject kept changing")
 
     def _observe(self, endpoint: str, subject: str, decision: Decision) -> None:
-        reason = decision.reason._value_        # the member's value; `.value` is a property, two calls in Python
+        reason = decision.reason
         self.metrics.decisions.labels(endpoint, reason).inc()
         if not decision.allowed:
             self.metrics.denials.labels(reason).inc()

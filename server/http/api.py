@@ -31,7 +31,7 @@ def iso(ts: float | None) -> str | None:
 
 def decision_body(subject: str, amount: int, d: Decision) -> dict:
     return {
-        "subject": subject, "allowed": d.allowed, "reason": d.reason._value_, "status": d.status, "tier": d.tier,
+        "subject": subject, "allowed": d.allowed, "reason": d.reason, "status": d.status, "tier": d.tier,
         "meter": d.meter, "amount": amount, "limit": d.limit, "used": d.used, "remaining": d.remaining,
         "window_start": iso(d.window_start), "resets_at": iso(d.resets_at), "retry_after": d.retry_after,
         "rule": d.rule,

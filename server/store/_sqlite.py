@@ -7,9 +7,10 @@ GIL made every hand-over a contended one (measured: 18 context switches per webh
 CPU). Reads share the connection that writes, whose page cache its own commits keep (another connection's
 commit empties it: three reads of a webhook event took 15% longer on a connection of their own); the loop
 runs a write transaction whole, so a read never sees one half done. So do the sweep's batches (the gate
-keeps them to a few milliseconds each). What may take long runs on aiosqlite's worker threads, beside it
-(WAL): migrations, cleanup, checkpoints (they fsync), and every commit when synchronous is FULL (each commit
-fsyncs).
+keeps them to a few milliseconds each). What may take long runs on connections with threads of their own,
+beside it (WAL): migrations, cleanup, checkpoints (they fsync), and every commit when synchronous is FULL
+(each commit fsyncs). A transaction is handed to such a thread whole, in one call (ThreadConnection.run),
+not a statement at a time.
 
 This module says where each call runs; _sqlite_queries.py holds the SQL, _sqlite_transactions.py the
 transactions and the group commit, _sqlite_connections.py the connections and checkpoints.
@@ -21,11 +22,10 @@ import sqlite3
 from pathlib import Path
 from typing import Awaitable
 
-import aiosqlite
-
 from . import _sqlite_queries as queries
 from ._base import AuditEntry, Change, Counted, EventRecord, Payment, Store, StoreError, StoredSubject
-from ._sqlite_connections import CHECKPOINT_INTERVAL, Checkpointer, connect, connect_on_loop, run_on_loop, sqlite_path
+from ._sqlite_connections import (CHECKPOINT_INTERVAL, Checkpointer, ThreadConnection, connect_on_loop, run_on_loop,
+                                  sqlite_path)
 from ._sqlite_transactions import GroupCommit, WriteFailed, group_still_wanted, run_group, transaction
 
 
@@ -34,7 +34,8 @@ class SQLiteStore(Store):
         self.path = sqlite_path(database)
         self.synchronous = synchronous
         self._checkpoints = Checkpointer(checkpoint_interval, self._checkpoint_on_writer)
-        self._writer: aiosqlite.Connection | None = None       # on its worker thread: long writes
+        self._writer = ThreadConnection("writer")               # on a thread of its own: long writes
+        self._open = False
         self._loop_db: sqlite3.Connection | None = None         # on the loop's thread: reads, small writes
         # Every commit fsyncs under FULL: those stay off the loop, on the writer's thread.
         self._commits_on_loop = synchronous.upper() != "FULL"
@@ -47,11 +48,12 @@ class SQLiteStore(Store):
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await connect(self.path, self.synchronous)
-            await self._writer.execute_fetchall("PRAGMA wal_autocheckpoint = 0")
+            await self._writer.open(self.path, self.synchronous)
+            await self._writer.fetch_all("PRAGMA wal_autocheckpoint = 0")
             self._loop_db = connect_on_loop(self.path, self.synchronous)
             self._loop_db.execute("PRAGMA wal_autocheckpoint = 0")
             await self._checkpoints.open(self.path, self.synchronous)
+            self._open = True
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -59,21 +61,23 @@ class SQLiteStore(Store):
     async def _checkpoint_on_writer(self) -> None:
         """A checkpoint between the writer's transactions: SQLite starts the WAL over only after one."""
         async with self._write_lock:
-            if self._writer is not None:
-                await self._writer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            if self._open:
+                await self._writer.fetch_all("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def close(self) -> None:
         await self._checkpoints.close()
         await self._groups.drain()      # writes already queued are committed (or fail) first
-        for conn in (self._writer, self._loop_db):
-            if conn is not None:
-                try:
-                    closed = conn.close()
-                    if closed is not None:     # aiosqlite's close is a coroutine, sqlite3's is not
-                        await closed
-                except (sqlite3.Error, ValueError):
-                    pass
-        self._writer = self._loop_db = None
+        self._open = False
+        try:
+            await self._writer.close()
+        except sqlite3.Error:
+            pass
+        if self._loop_db is not None:
+            try:
+                self._loop_db.close()
+            except sqlite3.Error:
+                pass
+            self._loop_db = None
 
     async def migrate(self) -> tuple[int, int]:
         return await self._write_whole(queries.migrate)
@@ -111,7 +115,7 @@ class SQLiteStore(Store):
     def _grouped(self, fn, *args) -> asyncio.Future:
         """fn(connection, *args) as a write of its own, committed with the writes that queued meanwhile (group
         commit): one transaction for the writes of every request that arrived meanwhile."""
-        if self._writer is None:
+        if not self._open:
             done = asyncio.get_running_loop().create_future()
             done.set_exception(StoreError("the store is not open"))
             return done
@@ -174,10 +178,10 @@ class SQLiteStore(Store):
         """A read that visits every subject (no index can answer it) on the writer's thread: SQLite lets go of
         the GIL while it steps, so the loop keeps serving. On the loop, doubtful() over a million subscribed
         subjects held every request for about 150 ms (on the thread: the loop paused 3.5 ms at most)."""
-        if self._writer is None:
+        if not self._open:
             raise StoreError("the store is not open")
         try:
-            return await self._writer._execute(fn, self._writer._conn, *args)
+            return await self._writer.run(fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite: {exc}") from exc
 
@@ -185,29 +189,26 @@ class SQLiteStore(Store):
         """The group's writes in one transaction (run_group): on the loop's thread, or on the writer's when
         commits fsync. (the writes still wanted, their results): a write whose caller gave up while a lock
         held the group back is dropped."""
-        if self._writer is None:
+        if not self._open:
             raise StoreError("the store is not open")
         try:
             if not self._commits_on_loop:
-                return group, await self._writer._execute(run_group, self._writer._conn, [w for w, _ in group])
+                return group, await self._writer.run(run_group, [w for w, _ in group])
             return await run_on_loop(group_still_wanted, self._loop_db, group)
         except WriteFailed as exc:
             raise StoreError(str(exc)) from exc.__cause__
 
     async def _write_whole(self, fn, *args, on_loop: bool = False):
-        """fn(connection, *args) as one write transaction, run whole in one call on the writer's thread
-        (aiosqlite's worker, which owns the connection), or on_loop on the loop's connection: BEGIN IMMEDIATE,
-        fn, COMMIT; any failure rolls it back whole; a SQLite error is a StoreError. aiosqlite has no public
-        call for this: `_execute` is its own hand-over to the worker (the store tests fail loudly if a new
-        aiosqlite drops it)."""
-        if self._writer is None:
+        """fn(connection, *args) as one write transaction, run whole in one call on the writer's thread, or
+        on_loop on the loop's connection: BEGIN IMMEDIATE, fn, COMMIT; any failure rolls it back whole; a
+        SQLite error is a StoreError."""
+        if not self._open:
             raise StoreError("the store is not open")
         async with self._write_lock:
-            writer = self._writer
             try:
                 if on_loop:
                     return await run_on_loop(transaction, self._loop_db, fn, args)
-                return await writer._execute(transaction, writer._conn, fn, args)
+                return await self._writer.run(transaction, fn, args)
             except WriteFailed as exc:
                 raise StoreError(str(exc)) from exc.__cause__
 

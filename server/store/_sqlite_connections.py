@@ -1,14 +1,16 @@
 """The SQLite store's connections: their settings, the loop's calls that wait out another process's lock
-asleep, and the checkpoints that copy the WAL back into the database file."""
+asleep, the connections that live on a thread of their own, and the checkpoints that copy the WAL back
+into the database file."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiosqlite
-
+from ._base import StoreError
 from ._sqlite_transactions import WriteFailed
 
 BUSY_TIMEOUT_MS = 5000
@@ -44,12 +46,103 @@ def _pragmas(synchronous: str, busy_timeout_ms: int) -> tuple[str, ...]:
             f"journal_size_limit = {WAL_LIMIT_BYTES}")
 
 
-async def connect(path: str, synchronous: str) -> aiosqlite.Connection:
-    """A connection on a worker thread of its own, which waits in SQLite for another process's lock."""
-    conn = await aiosqlite.connect(path, isolation_level=None)
+class ThreadConnection:
+    """A sqlite3 connection that lives on a thread of its own, which waits in SQLite for another process's
+    lock: `run(fn, *args)` hands fn(connection, *args) to that thread whole, so a transaction of any number
+    of statements is one hand-over and back. Calls run in the order they were made.
+
+    The hand-over is the standard library's thread, queue and loop.call_soon_threadsafe, as aiosqlite does
+    it inside; aiosqlite's public API hands over one statement at a time (a transaction of a consume would
+    be eight hand-overs, each costing more than this one), and asyncio's run_in_executor costs several times
+    as much per hand-over (bench/README.md, "The SQLite writer's thread")."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._calls: queue.SimpleQueue | None = None
+
+    async def open(self, path: str, synchronous: str) -> None:
+        """Starts the thread, which connects; a failure to connect is raised here."""
+        self._calls = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(self._calls, path, synchronous), name=f"plangate-sqlite-{self.name}",
+                         daemon=True).start()     # daemon: a store left open never holds up the interpreter's exit
+        try:
+            await self.run(_nothing)
+        except BaseException:
+            self._stop()
+            raise
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """fn(connection, *args) on the connection's thread, its result (or exception) in the future; StoreError
+        when the connection is closed."""
+        done = asyncio.get_running_loop().create_future()
+        if self._calls is None:
+            done.set_exception(StoreError(f"the store is not open (its {self.name} connection is closed)"))
+        else:
+            self._calls.put((done, fn, args))
+        return done
+
+    async def fetch_all(self, sql: str, params: tuple = ()) -> list:
+        """Every row of one statement (a pragma's row left unread would keep a statement open)."""
+        return await self.run(_fetch_all, sql, params)
+
+    async def close(self) -> None:
+        """Closes the connection once the calls already made have run; the thread ends."""
+        if self._calls is not None:
+            closing = self.run(_close)
+            self._stop()
+            await closing
+
+    def _stop(self) -> None:
+        if self._calls is not None:
+            self._calls.put(None)
+            self._calls = None
+
+
+def _serve(calls: queue.SimpleQueue, path: str, synchronous: str) -> None:
+    """The connection's thread: connects, then runs the calls handed over until told to stop (None)."""
+    conn: sqlite3.Connection | None = None
+    failed: BaseException | None = None
+    try:
+        conn = _connect_on_thread(path, synchronous)
+    except BaseException as exc:      # every call learns it, the first being open()'s
+        failed = exc
+    while (call := calls.get()) is not None:
+        done, fn, args = call
+        try:
+            if conn is None:
+                raise failed or sqlite3.ProgrammingError("no connection")
+            outcome = (True, fn(conn, *args))
+        except BaseException as exc:
+            outcome = (False, exc)
+        try:
+            done.get_loop().call_soon_threadsafe(_settle, done, outcome)
+        except RuntimeError:        # the loop is closed: nobody waits any more
+            pass
+
+
+def _settle(done: asyncio.Future, outcome: tuple[bool, Any]) -> None:
+    if not done.done():     # its caller may have given up (cancelled)
+        ok, value = outcome
+        done.set_result(value) if ok else done.set_exception(value)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A call that only proves the thread is connected."""
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    conn.close()
+
+
+def _connect_on_thread(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
     for pragma in _pragmas(synchronous, BUSY_TIMEOUT_MS):
-        await conn.execute(f"PRAGMA {pragma}")
+        conn.execute(f"PRAGMA {pragma}").fetchall()
     return conn
+
+
+def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple) -> list:
+    return db.execute(sql, params).fetchall()
 
 
 def connect_on_loop(path: str, synchronous: str) -> sqlite3.Connection:
@@ -91,11 +184,11 @@ class Checkpointer:
     def __init__(self, interval: float, on_writer: Callable[[], Awaitable[None]]):
         self.interval = interval
         self._on_writer = on_writer
-        self.connection: aiosqlite.Connection | None = None
+        self.connection = ThreadConnection("checkpointer")
         self._task: asyncio.Task | None = None
 
     async def open(self, path: str, synchronous: str) -> None:
-        self.connection = await connect(path, synchronous)
+        await self.connection.open(path, synchronous)
         self._task = asyncio.create_task(self._now_and_then())
 
     async def close(self) -> None:
@@ -103,23 +196,18 @@ class Checkpointer:
             self._task.cancel()
             await asyncio.wait([self._task])
             self._task = None
-        if self.connection is not None:
-            try:
-                await self.connection.close()
-            except (sqlite3.Error, ValueError):
-                pass
-            self.connection = None
+        try:
+            await self.connection.close()
+        except sqlite3.Error:
+            pass
 
     async def _now_and_then(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            if self.connection is None:
-                return
             try:
-                # (busy, frames in the WAL, frames copied), fetched to the end: a pragma's row left unread
-                # keeps a statement open.
-                (_, frames, _), = await self.connection.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                # (busy, frames in the WAL, frames copied)
+                (_, frames, _), = await self.connection.fetch_all("PRAGMA wal_checkpoint(PASSIVE)")
                 if frames > WAL_RESTART_FRAMES:
                     await self._on_writer()
-            except (sqlite3.Error, ValueError):
+            except (sqlite3.Error, StoreError):
                 pass

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+import threading
 
 import pytest
 
@@ -56,8 +57,22 @@ class TestSQLiteSettings:
         # (migrations, batches) waits in SQLite, up to its busy timeout.
         assert store._loop_db.execute("PRAGMA foreign_keys").fetchone() == (1,)
         assert store._loop_db.execute("PRAGMA busy_timeout").fetchone() == (0,)
-        assert (await (await store._writer.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
-        assert (await (await store._writer.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
+        assert (await store._writer.fetch_all("PRAGMA foreign_keys"))[0] == (1,)
+        assert (await store._writer.fetch_all("PRAGMA busy_timeout"))[0][0] > 0
+        # The writer's connection lives on a thread of its own, not the loop's.
+        assert await store._writer.run(lambda _: threading.get_ident()) != threading.get_ident()
+
+    async def test_closing_the_store_ends_its_threads(self, tmp_path):
+        store = SQLiteStore(str(tmp_path / "store.sqlite3"))
+        await store.open()
+        await store.migrate()
+        assert [t for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]
+        await store.close()
+        for _ in range(100):
+            if not [t for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]:
+                break
+            await asyncio.sleep(0.01)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]
 
     async def test_concurrent_counts_share_transactions_and_fail_alone(self, sqlite_store):
         """Group commit: counts that queue together go in one transaction (SQLite's own trace of the
@@ -103,12 +118,12 @@ class TestSQLiteSettings:
         await store.open()
         try:
             await store.migrate()
-            assert (await (await store._writer.execute("PRAGMA wal_autocheckpoint")).fetchone()) == (0,)
+            assert (await store._writer.fetch_all("PRAGMA wal_autocheckpoint"))[0] == (0,)
             written: list[str] = []
             checkpointed: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, written.append)
             store._loop_db.set_trace_callback(written.append)
-            await store._checkpoints.connection.set_trace_callback(checkpointed.append)
+            await store._checkpoints.connection.run(sqlite3.Connection.set_trace_callback, checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
             assert "PRAGMA wal_checkpoint(PASSIVE)" in checkpointed
@@ -119,7 +134,9 @@ class TestSQLiteSettings:
             assert await store.commit(Change(fresh("v"), 0))      # the writer still commits after a checkpoint
         finally:
             await store.close()
-        assert store._checkpoints._task is None and store._checkpoints.connection is None
+        assert store._checkpoints._task is None
+        with pytest.raises(StoreError):
+            await store._checkpoints.connection.fetch_all("SELECT 1")
 
     async def test_a_wal_past_its_limit_is_checkpointed_by_the_writer_and_starts_over(self, tmp_path, monkeypatch):
         monkeypatch.setattr(_sqlite_connections, "WAL_RESTART_FRAMES", 1)
@@ -128,7 +145,7 @@ class TestSQLiteSettings:
         try:
             await store.migrate()
             written: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, written.append)
             for i in range(20):
                 await store.commit(Change(fresh(f"s{i}"), 0))
             await asyncio.sleep(0.3)
@@ -187,7 +204,7 @@ class TestSQLiteSettings:
         assert await store.commit(Change(subscribed, 0))
         on_thread: list[str] = []
         on_loop: list[str] = []
-        await store._writer.set_trace_callback(on_thread.append)
+        await store._writer.run(sqlite3.Connection.set_trace_callback, on_thread.append)
         store._loop_db.set_trace_callback(on_loop.append)
         found = await store.doubtful(("billing_problem",), 1e12, 10)
         assert [s.state.subject for s in found] == ["u"]
@@ -201,12 +218,12 @@ class TestSQLiteSettings:
             await store.migrate()
             on_thread: list[str] = []
             on_loop: list[str] = []
-            await store._writer.set_trace_callback(on_thread.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, on_thread.append)
             store._loop_db.set_trace_callback(on_loop.append)
             results = await asyncio.gather(*(store.commit(Change(fresh(f"s{i}"), 0)) for i in range(10)))
             assert results == [True] * 10 and "BEGIN IMMEDIATE" in on_thread and "BEGIN IMMEDIATE" not in on_loop
             assert await store.load("s3") is not None and on_loop        # reads stay on the loop
-            assert (await (await store._writer.execute("PRAGMA synchronous")).fetchone()) == (2,)
+            assert (await store._writer.fetch_all("PRAGMA synchronous"))[0] == (2,)
         finally:
             await store.close()
 

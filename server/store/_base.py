@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import operator
 from dataclasses import asdict, dataclass, fields
 
 import orjson
@@ -43,10 +44,13 @@ class StoredSubject:
     fold_state: SubjectState | None = None  # the state its Stripe events alone give (see migration 0003)
 
     def with_state(self, state: SubjectState) -> StoredSubject:
-        """The same row with a new state: dataclasses.replace(self, state=state) in 1.5 us, not 3.2 (a sweep
+        """The same row with a new state: dataclasses.replace(self, state=state), at half its cost (a sweep
         makes one per due subject)."""
-        return StoredSubject(state, self.version, self.stripe_customer, self.stripe_subscription, self.watermark,
-                             self.confirmed_at, self.fold_state)
+        return StoredSubject(state, *_BESIDE_STATE(self))
+
+
+# StoredSubject's fields after `state`, read in one call.
+_BESIDE_STATE = operator.attrgetter(*(f.name for f in fields(StoredSubject)[1:]))
 
 
 def state_json(state: SubjectState | None) -> str | None:

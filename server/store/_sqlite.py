@@ -53,7 +53,7 @@ class SQLiteStore(Store):
             self._loop_db = connect_on_loop(self.path, self.synchronous)
             self._loop_db.execute("PRAGMA wal_autocheckpoint = 0")
             await self._checkpoints.open(self.path, self.synchronous)
-            self._open = True
+            self._open = self._groups.open = True
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -67,7 +67,7 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         await self._checkpoints.close()
         await self._groups.drain()      # writes already queued are committed (or fail) first
-        self._open = False
+        self._open = self._groups.open = False
         try:
             await self._writer.close()
         except sqlite3.Error:
@@ -100,26 +100,17 @@ class SQLiteStore(Store):
 
     # --- writes --------------------------------------------------------------------------------
 
-    # The writes of requests return their group's future itself (GroupCommit.add says why).
+    # The writes of requests go in a group commit, which answers with a future (GroupCommit.add says why).
 
     def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
               limit: int | None, key: str | None, now: float) -> Awaitable[Counted]:
-        return self._grouped(queries.count, current, meter, window_start, amount, limit, key, now)
+        return self._groups.add(queries.count, current, meter, window_start, amount, limit, key, now)
 
     def commit(self, change: Change) -> Awaitable[bool]:
-        return self._grouped(queries.commit, change)
+        return self._groups.add(queries.commit, change)
 
     def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
-        return self._grouped(queries.record_event, event, payments)
-
-    def _grouped(self, fn, *args) -> asyncio.Future:
-        """fn(connection, *args) as a write of its own, committed with the writes that queued meanwhile (group
-        commit): one transaction for the writes of every request that arrived meanwhile."""
-        if not self._open:
-            done = asyncio.get_running_loop().create_future()
-            done.set_exception(StoreError("the store is not open"))
-            return done
-        return self._groups.add(fn, args)
+        return self._groups.add(queries.record_event, event, payments)
 
     # --- what the webhook and the jobs look up ----------------------------------------------------
 

@@ -123,12 +123,16 @@ class GroupCommit:
         self._write_lock = write_lock
         self._writes: list[Queued] = []
         self._committing: asyncio.Task | None = None      # the task that commits the groups
+        self.open = False       # the store's: a write added while it is not fails at once
 
-    def add(self, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
+    def add(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """fn(connection, *args) as a write of its own, committed with the writes that queue meanwhile.
         The future itself is returned, awaitable as the coroutine of an async def is: the gate shields every
         write, and shielding a coroutine wraps it in a task first (~8 us a request)."""
         done = asyncio.get_running_loop().create_future()
+        if not self.open:
+            done.set_exception(StoreError("the store is not open"))
+            return done
         self._writes.append(((fn, args), done))
         if self._committing is None:
             self._committing = asyncio.create_task(self._commit_groups())

@@ -11,7 +11,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import NamedTuple
 
 from plangate.engine import StripeEvent, SubjectState, advance, event_order, replay
@@ -284,8 +285,9 @@ def _as_event(row: EventRecord) -> StripeEvent:
     return StripeEvent(row.type, json.loads(row.payload)["data"]["object"], row.id, row.created)
 
 
-def _essence(state: SubjectState) -> tuple:
-    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through)
+# What a fold may change of a state, compared to tell whether it changed anything: every field but the
+# subject, when it entered its status and the plan version it was decided under.
+_essence = attrgetter(*(f.name for f in fields(SubjectState) if f.name not in ("subject", "since", "plan_version")))
 
 
 def _newer(current: str | None, seen: str | None, keep_current: bool) -> str | None:

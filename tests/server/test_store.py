@@ -386,6 +386,47 @@ class TestSaving:
         assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)
 
 
+class TestRows:
+    """Every field of a stored subject goes into its row and comes back: the columns are derived from the
+    declarations, so a field added to SubjectState or StoredSubject is covered here as soon as its migration
+    adds the column."""
+
+    @staticmethod
+    def every_field_set(subject: str, version: int) -> StoredSubject:
+        def distinct(cls, skip=()):
+            return {f.name: (f"{f.name}-{i}" if "str" in str(f.type) else float(1000 + i))
+                    for i, f in enumerate(dataclasses.fields(cls)) if f.name not in skip}
+
+        state = SubjectState(**{**distinct(SubjectState), "subject": subject})
+        fold = state.with_(status="fold-status")
+        return StoredSubject(**{**distinct(StoredSubject, skip=("state", "version", "fold_state")),
+                                "state": state, "version": version, "fold_state": fold})
+
+    async def test_every_field_is_stored_and_loaded(self, store):
+        first = self.every_field_set("u", 0)
+        assert await store.commit(Change(first, 0))
+        assert await store.load("u") == dataclasses.replace(first, version=1)
+        second = self.every_field_set("u", 1)
+        second = dataclasses.replace(second, state=second.state.with_(status="moved", tier="other"),
+                                     stripe_customer="cus_moved")
+        assert await store.commit(Change(second, 1))
+        assert await store.load("u") == dataclasses.replace(second, version=2)
+        assert [s.state.subject for s in await store.due(1e9, 10)] == ["u"]
+        assert (await store.due(1e9, 10))[0] == dataclasses.replace(second, version=2)
+
+    async def test_a_batch_writes_every_field_of_the_state(self, store):
+        assert await store.commit(Change(fresh(), 0))
+        moved = self.every_field_set("u", 1)
+        assert await store.commit_batch([Change(dataclasses.replace(moved, stripe_customer=None), 1)]) == {"u"}
+        loaded = await store.load("u")
+        assert loaded.state == moved.state and loaded.stripe_customer is None     # the ids stay as stored
+
+    def test_with_state_keeps_every_other_field(self):
+        row = self.every_field_set("u", 7)
+        new_state = row.state.with_(status="elsewhere")
+        assert row.with_state(new_state) == dataclasses.replace(row, state=new_state)
+
+
 class TestLookup:
     async def test_what_a_webhook_event_needs_first(self, store):
         """(stored already, its subject, the subject's row): named, found by a Stripe id, unknown, seen."""

@@ -237,9 +237,5 @@ class Store(abc.ABC):
         idempotency keys older than keys_before; (usage rows, keys) dropped."""
 
     @abc.abstractmethod
-    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
-        """The subject's most recent Stripe events, newest first."""
-
-    @abc.abstractmethod
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
         """The subject's most recent transitions, newest first."""

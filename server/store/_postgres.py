@@ -316,12 +316,6 @@ class PostgresStore(Store):
             keys = await db.execute("DELETE FROM usage_keys WHERE created_at < $1", keys_before)
         return int(usage.split()[-1]), int(keys.split()[-1])
 
-    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
-        async with self._conn() as db:
-            rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
-                                  "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
-        return [event_from_row(r) for r in rows]
-
     def listen(self, on_subject, on_reset) -> None:
         self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout)
         self._listener.start()

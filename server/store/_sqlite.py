@@ -151,9 +151,6 @@ class SQLiteStore(Store):
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
         return await self._write_whole(queries.cleanup, usage_before, keys_before)
 
-    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
-        return await self._read(queries.events, subject, limit)
-
     # --- where each call runs ------------------------------------------------------------------
 
     async def _read(self, fn, *args):

@@ -154,12 +154,6 @@ def doubtful(db: sqlite3.Connection, statuses: tuple[str, ...], unconfirmed_befo
     return [subject_from_row(r) for r in rows]
 
 
-def events(db: sqlite3.Connection, subject: str, limit: int) -> list[EventRecord]:
-    rows = db.execute(f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject = ? "
-                      "ORDER BY created DESC, event_id DESC LIMIT ?", (subject, limit)).fetchall()
-    return [event_from_row(r) for r in rows]
-
-
 # --- writes (each runs inside a transaction the caller holds) ------------------------------------------
 
 def migrate(db: sqlite3.Connection) -> tuple[int, int]:

@@ -247,7 +247,8 @@ class Result:
 
 
 _WRK_SCRIPT = r"""
-local endpoint, token, prefix, subjects, max_per_thread = "%(endpoint)s", "%(token)s", "%(prefix)s", %(subjects)d, %(max)d
+local endpoint, token, prefix = "%(endpoint)s", "%(token)s", "%(prefix)s"
+local subjects, max_per_thread = %(subjects)d, %(max)d
 local counter, answered = 0, 0
 local threads = {}
 local tid = 0
@@ -357,7 +358,8 @@ def _python_load_main() -> None:
                 while issued < load.max_requests and time.perf_counter() < deadline:
                     issued += 1
                     n += 1
-                    body = {"subject": f"bench-{load.endpoint}-{(wid * 7919 + n) % load.subjects}", "meter": METER, "amount": 1}
+                    subject = f"bench-{load.endpoint}-{(wid * 7919 + n) % load.subjects}"
+                    body = {"subject": subject, "meter": METER, "amount": 1}
                     if load.endpoint == "consume":
                         body["idempotency_key"] = f"{load.key_prefix}-{wid}-{n}"
                     data = json.dumps(body).encode()
@@ -366,7 +368,7 @@ def _python_load_main() -> None:
                         async with session.post(url, data=data, headers=headers) as resp:
                             await resp.read()
                             ok = resp.status == 200
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         ok = False
                     latencies.append(time.perf_counter() - t0)
                     errors += not ok
@@ -445,7 +447,8 @@ def _row(endpoint: str, generator: str, gate: Result, bare: Result, troubles: di
             "cpu_ratio": cpu_ratio and round(cpu_ratio, 3),
             "gate_requests": gate.requests, "bare_requests": bare.requests,
             "gate_errors": gate.errors, "bare_errors": bare.errors,
-            "gate_fail_mode_answers": int(troubles["fail_mode_answers"]), "gate_store_errors": int(troubles["store_errors"]),
+            "gate_fail_mode_answers": int(troubles["fail_mode_answers"]),
+            "gate_store_errors": int(troubles["store_errors"]),
             "goal": goal, "met": met,
             # One connection: no queueing behind other requests, so the latency is the service time.
             **{f"{which}_{p}_ms_1conn": round(getattr(alone[which], f"{p}_ms"), 3)
@@ -461,9 +464,11 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
     head = ("endpoint", "gate req/s", "bare req/s", "ratio", "gate p50/p99 ms", "bare p50/p99 ms", "goal", "",
             "cpu us/req gate/bare")
     lines = [head] + [(r["endpoint"], f"{r['gate_rps']:.0f}", f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
-                       f"{r['gate_p50_ms']:.2f}/{r['gate_p99_ms']:.2f}", f"{r['bare_p50_ms']:.2f}/{r['bare_p99_ms']:.2f}",
+                       f"{r['gate_p50_ms']:.2f}/{r['gate_p99_ms']:.2f}",
+                       f"{r['bare_p50_ms']:.2f}/{r['bare_p99_ms']:.2f}",
                        r["goal"], "met" if r["met"] else "NOT met",
-                       f"{r['gate_cpu_us']:.0f}/{r['bare_cpu_us']:.0f} ({r['cpu_ratio']:.2f})" if r["cpu_ratio"] else "-")
+                       f"{r['gate_cpu_us']:.0f}/{r['bare_cpu_us']:.0f} ({r['cpu_ratio']:.2f})"
+                       if r["cpu_ratio"] else "-")
                       for r in rows]
     print(columns(lines), file=out)
     alone = [r for r in rows if "gate_p99_ms_1conn" in r]
@@ -539,7 +544,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     _probe(url, endpoint, token)
 
                 def measure(which: str, duration: float, tag: str, connections: int = args.connections,
-                            pause_ms: int = 0) -> Result:
+                            pause_ms: int = 0, endpoint: str = endpoint) -> Result:
                     load = Load(urls[which], endpoint, token, connections, duration, args.max_requests,
                                 f"{which}-{tag}-{secrets.token_hex(4)}", pause_ms=pause_ms)
                     server = servers[0] if which == "gate" else servers[1]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import statistics
@@ -222,7 +221,8 @@ def _combine(parts: list[Result]) -> Result:
         return parts[0]
     dist = None
     if all(p.dist for p in parts):
-        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)] for i, (pct, _) in enumerate(parts[0].dist)]
+        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)]
+                for i, (pct, _) in enumerate(parts[0].dist)]
     return Result(sum(p.requests for p in parts), max(p.seconds for p in parts), sum(p.errors for p in parts),
                   statistics.fmean(p.p50_ms for p in parts), max(p.p99_ms for p in parts), dist=dist)
 

@@ -108,7 +108,7 @@ async def huge_bodies(url: str, duration: float, parallel: int = 10) -> dict:
             try:
                 statuses.append(await (chunked_until_answered(url, 4 * MAX_BYTES // 4096) if chunked else
                                        declared_huge(url)))
-            except (AssertionError, OSError, asyncio.TimeoutError):     # no status line: counted as other
+            except (TimeoutError, AssertionError, OSError):     # no status line: counted as other
                 statuses.append(0)
 
     await asyncio.gather(*(worker(i % 2 == 1) for i in range(parallel)))
@@ -130,7 +130,7 @@ async def slow_clients(url: str, duration: float, body: bytes, signature: str) -
         try:
             await asyncio.wait_for(reader.read(1), 0.005)
             answered += 1
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         writer.close()
     return {"sent": SLOW_CLIENTS, "bytes_each": sent, "answered_early": answered}

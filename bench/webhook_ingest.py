@@ -228,7 +228,7 @@ def _python_load_main() -> None:
                         found = re.search(rb'"outcome":\s*"(\w+)"', answer)
                         if found and found.group(1).decode() in outcomes:
                             outcomes[found.group(1).decode()] += 1
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         ok = False
                     latencies.append(time.perf_counter() - t0)
                     errors += not ok
@@ -280,7 +280,8 @@ def _row(synchronous: str, generator: str, gate: Result, bare: Result, outcomes:
             "events_per_s": round(gate.rps, 1), "bare_rps": round(bare.rps, 1), "ratio": round(ratio, 3),
             "p50_ms": round(gate.p50_ms, 3), "p99_ms": round(gate.p99_ms, 3),
             "bare_p50_ms": round(bare.p50_ms, 3), "bare_p99_ms": round(bare.p99_ms, 3),
-            "cpu_us_per_event": gate.cpu_us and round(gate.cpu_us, 1), "bare_cpu_us": bare.cpu_us and round(bare.cpu_us, 1),
+            "cpu_us_per_event": gate.cpu_us and round(gate.cpu_us, 1),
+            "bare_cpu_us": bare.cpu_us and round(bare.cpu_us, 1),
             "events": gate.requests, "bare_requests": bare.requests, "body_bytes": body_bytes,
             "errors": gate.errors, "bare_errors": bare.errors,
             "outcomes": {k: v for k, v in outcomes.items() if k != "answered"},
@@ -296,8 +297,8 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
     lines = [head] + [(r["endpoint"], r["synchronous"], f"{r['events_per_s']:.0f}", f"{r['bare_rps']:.0f}",
                        f"{r['ratio']:.2f}", f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}",
                        f"{r['bare_p50_ms']:.2f}/{r['bare_p99_ms']:.2f}", r["goal"], "met" if r["met"] else "NOT met",
-                       f"{r['cpu_us_per_event']:.0f}/{r['bare_cpu_us']:.0f}" if r["cpu_us_per_event"] and r["bare_cpu_us"]
-                       else "-")
+                       f"{r['cpu_us_per_event']:.0f}/{r['bare_cpu_us']:.0f}"
+                       if r["cpu_us_per_event"] and r["bare_cpu_us"] else "-")
                       for r in rows]
     print(columns(lines), file=out)
     for r in rows:
@@ -342,7 +343,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 servers.append(gate)
                 runs = 0
 
-                def measure(which: str, duration: float) -> tuple[Result, dict, int, bool]:
+                def measure(which: str, duration: float, mode: str = mode,
+                            gate: Server = gate) -> tuple[Result, dict, int, bool]:
                     """One run on fresh subjects, its events signed just before it."""
                     nonlocal runs
                     runs += 1

@@ -12,7 +12,8 @@ from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
 
 __all__ = [
-    "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
+    "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable",
+    "StripeEvent", "SubjectState",
     "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
     "compile_file", "compile_plan", "invoice_subscription", "override", "price_ids",
 ]

@@ -7,8 +7,9 @@ Running a parsed scenario is `_playback.play`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from plangate.policy import DurationError, Location, parse_duration
 from plangate.policy._stripe_events import is_known_event
@@ -57,7 +58,7 @@ class Step:
     number: int             # 1-based, as a reader counts them
     kind: str               # "check" or one of KINDS
     line: int
-    value: object           # amount, seconds, instant, event type, action or status
+    value: Any              # amount, seconds, instant, event type, action or status: the kind says which
     meter: str | None
     amount: int
     expect: tuple[Expectation, ...]
@@ -124,7 +125,7 @@ class _Reader:
         if meter is None and len(self.table.meters) == 1:
             meter = self.table.meters[0]
         steps = self.steps(data, start, meter)
-        if self.problems:
+        if self.problems or name is None:
             raise ScenarioError(self.problems)
         return Scenario(name, self.doc.file, start, subject, meter, steps)
 
@@ -399,4 +400,4 @@ def _show(value) -> str:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

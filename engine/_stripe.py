@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 _MISSING = object()
 
@@ -46,7 +47,8 @@ def price_ids(sub: Mapping) -> list[str]:
 def billing_period(sub: Mapping) -> tuple[float, float] | None:
     """(start, end) of a subscription's current period: on the subscription (old shape) or on its
     items (since API 2025-03-31)."""
-    start, end = sub.get("current_period_start"), sub.get("current_period_end")
+    start: Any = sub.get("current_period_start")
+    end: Any = sub.get("current_period_end")
     if not _numbers(start, end):
         for item in _items(sub):
             start, end = item.get("current_period_start"), item.get("current_period_end")

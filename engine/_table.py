@@ -10,12 +10,13 @@ import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import Access, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
+from plangate.policy import (Access, FailMode, Location, Plan, PlanError, QuotaKind, Status, Window, check_plan,
+                             load_plan)
 
 from ._decision import Decision, Reason
 from ._state import SubjectState, compiled_replace
 from ._stripe import billing_period, field, is_missing, price_ids, unix_seconds
-from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
+from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
 from ._windows import BillingClock, CalendarClock, LifetimeClock, Span
 
 
@@ -84,6 +85,8 @@ class StateTable:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.version = _version(plan)
+        if plan.initial is None:
+            raise PlanError(())     # check_plan refuses a plan without an initial status (no-initial)
         self.initial = plan.initial.name
         self.meters = tuple(m.name for m in plan.meters)
         self.statuses = tuple(s.name for s in plan.statuses)
@@ -158,7 +161,8 @@ class StateTable:
     def fail_mode(self, state: SubjectState | None, meter: str) -> FailMode:
         """What to answer when usage cannot be read: the status's fail mode, or the meter's."""
         if state is None or state.status not in self._rules:
-            return self.plan.meter(meter).fail_mode if self.plan.meter(meter) else FailMode.CLOSED
+            declared = self.plan.meter(meter)
+            return declared.fail_mode if declared else FailMode.CLOSED
         return self.rule(state, meter).fail_mode
 
     # --- transitions -------------------------------------------------------------------------
@@ -263,7 +267,8 @@ class StateTable:
 
     def _meter_rule(self, status: Status, meter: str, tier: str | None) -> _Rule:
         plan = self.plan
-        fail = dict(status.fail_modes).get(meter, plan.meter(meter).fail_mode)
+        declared = plan.meter(meter)
+        fail = dict(status.fail_modes).get(meter, declared.fail_mode if declared else FailMode.CLOSED)
         where = f"{plan.file}:{{line}} statuses.{status.name}"
         if status.access is Access.DENY:
             line = plan.document.locate(("statuses", status.name, "access")).line
@@ -271,16 +276,17 @@ class StateTable:
         quota = status.quota(meter)
         if quota is None:
             return _Rule(False, Reason.NO_QUOTA, 0, None, None,
-                         where.format(line=status.location.line) + f" (no quota for {meter})", fail)
-        name = where.format(line=quota.location.line) + f".quotas.{meter}"
+                         where.format(line=_line(status.location)) + f" (no quota for {meter})", fail)
+        name = where.format(line=_line(quota.location)) + f".quotas.{meter}"
         if quota.kind is QuotaKind.TIER:
             # A subject without a known tier (say, moved here by an admin) gets the default tier.
             chosen = plan.tier(tier or plan.default_tier or "") or (plan.tiers[0] if plan.tiers else None)
             quota = next((q for q in chosen.quotas if q.meter == meter), None) if chosen else None
-            if quota is None:
+            if quota is None or chosen is None:
                 return _Rule(False, Reason.NO_QUOTA, 0, None, None, name + " (the tier has no quota)", fail)
-            name = f"{plan.file}:{quota.location.line} tiers.{chosen.name}.quotas.{meter} (via {name.split(' ', 1)[1]})"
-        if quota.kind is QuotaKind.UNLIMITED:
+            name = (f"{plan.file}:{_line(quota.location)} tiers.{chosen.name}.quotas.{meter} "
+                    f"(via {name.split(' ', 1)[1]})")
+        if quota.kind is QuotaKind.UNLIMITED or quota.window is None:
             return _Rule(True, None, None, Window.LIFETIME, None, name, fail)
         return _Rule(True, None, quota.limit, quota.window, self._clocks.get(quota.window), name, fail)
 
@@ -294,6 +300,11 @@ class StateTable:
             for src in self.plan.sources_of(t):
                 edges.setdefault((src, str(t.trigger)), []).append(_Edge(conditions, src, t.target, rule, why))
         return {k: tuple(v) for k, v in edges.items()}
+
+
+def _line(location: Location | None) -> int:
+    """The line a rule names: a plan built from a file locates every node (a model built by hand, line 1)."""
+    return location.line if location is not None else 1
 
 
 def _lines(invoice: Mapping) -> list:

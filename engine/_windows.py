@@ -69,7 +69,7 @@ class CalendarClock:
 
     def span_for(self, state, now: float) -> Span:
         cached = self._cached
-        if cached.start <= now < cached.end:
+        if cached.start <= now < cached.end:  # type: ignore[operator]  # a calendar window always ends
             return cached
         span = self._compute(now)
         self._cached = span
@@ -81,7 +81,7 @@ class CalendarClock:
         # Where a zone skips or repeats local midnight, guard the edge: windows still tile the line.
         if now < span.start:
             span = self._around(today - timedelta(days=1))
-        elif now >= span.end:
+        elif now >= span.end:  # type: ignore[operator]  # a calendar window always ends
             span = self._around(today + timedelta(days=1))
         return span
 

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -117,7 +118,7 @@ class Run:
 
     def inv(self, type_: str, n: int, start: float, end: float, created: float, *, new: bool, reason: str) -> dict:
         paid, amount = type_ == "invoice.paid", 2000
-        obj = {"id": f"in_sim{self.tag}{n}", "object": "invoice", "status": "paid" if paid else "open",
+        obj: dict[str, Any] = {"id": f"in_sim{self.tag}{n}", "object": "invoice", "status": "paid" if paid else "open",
                "customer": self.customer, "currency": "usd", "amount_due": amount, "amount_paid": amount * paid,
                "billing_reason": reason, "lines": {"object": "list", "data": [
                    {"id": f"il_sim{self.tag}{n}", "object": "line_item", "amount": amount,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import zoneinfo
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from ._durations import DurationError, parse_duration
 from ._findings import Finding, Location, Severity
@@ -18,14 +19,16 @@ Rule = Callable[[Plan], Iterator[Finding]]
 E, W = Severity.ERROR, Severity.WARNING
 
 
-def _f(code: str, severity: Severity, message: str, location: Location) -> Finding:
-    return Finding(code, severity, message, location)
+def _f(code: str, severity: Severity, message: str, location: Location | None) -> Finding:
+    """A finding; a model node built without a location (only in tests) is placed at the top of no file."""
+    return Finding(code, severity, message, location or Location(""))
 
 
 def reserved_names(plan: Plan) -> Iterator[Finding]:
-    if plan.status(ANY):
+    reserved = plan.status(ANY)
+    if reserved:
         yield _f("reserved-name", E, "'any' is reserved for `from: any`; give this status another name",
-                 plan.status(ANY).location)
+                 reserved.location)
 
 
 def unknown_timezone(plan: Plan) -> Iterator[Finding]:
@@ -71,7 +74,8 @@ def unknown_names(plan: Plan) -> Iterator[Finding]:
 
 
 def _is_list(plan: Plan, t: Transition) -> bool:
-    return isinstance(plan.document.data["transitions"][t.index]["from"], list)
+    data: Any = plan.document.data
+    return isinstance(data["transitions"][t.index]["from"], list)
 
 
 def tier_quotas(plan: Plan) -> Iterator[Finding]:
@@ -184,7 +188,7 @@ def timers(plan: Plan) -> Iterator[Finding]:
     for t in plan.transitions:
         if t.trigger.kind is not TriggerKind.TIMER:
             continue
-        for i, src in enumerate(plan.sources_of(t)):
+        for src in plan.sources_of(t):
             on_timer.add(src)
             if src not in with_timer and plan.status(src) and not t.from_any:
                 yield _f("timer-without-expiry", E,

@@ -54,7 +54,7 @@ class Config:
     idempotency_retention_days: int = 30
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> Config:
         """Settings from `env` (default: the process environment, after loading `env_file` if it exists;
         variables already set win over the file)."""
         if env is None:

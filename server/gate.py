@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
-from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, advance, override)
+from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, advance,
+                             override)
 from plangate.policy import FailMode
 
 from .config import Config
@@ -75,7 +76,7 @@ class Gate:
         try:
             async with asyncio.timeout(budget):
                 return await self.untimed(operation, coro, shield=shield)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
     async def untimed(self, operation: str, coro, *, shield: bool = False):
@@ -250,6 +251,8 @@ class Gate:
         def decide(state: SubjectState, now: float) -> list[Outcome]:
             if to is not None:
                 return [self.table.override(state, to, now, why)]
+            if trigger is None:
+                raise ValueError("apply: give a trigger or `to`")
             return [self.table.apply(state, trigger, now)]
 
         return (await self._door(subject, decide, why=why if to is None else "", cause_id=cause_id, actor=actor))[-1]

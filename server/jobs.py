@@ -1,5 +1,6 @@
-"""The gate's scheduled jobs (aiocron): fire due timers, reconcile doubtful subjects with Stripe,
-drop usage of windows long past (the reconciliation itself is stripe.reconcile). A failing run is logged and counted, never fatal."""
+"""The gate's scheduled jobs (aiocron): fire due timers, reconcile doubtful subjects with Stripe, drop usage of
+windows long past (the reconciliation itself is stripe.reconcile). A failing run is logged and counted, never
+fatal."""
 from __future__ import annotations
 
 import logging

@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = error
         for value in entry.values():
             kind = type(value)
-            if kind not in _ORJSON_TYPES and not (kind is float and math.isfinite(value)):
+            if kind not in _ORJSON_TYPES and not (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
                 return _ENCODER.encode(entry)
         try:
             line = orjson.dumps(entry).decode()

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import functools
-import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from plangate import schema as plangate_schema
 from aiohttp import web
@@ -12,11 +11,12 @@ from plangate.engine import Decision
 
 from . import _input as inp, _json
 from ..gate import Counting, Gate, StoreUnavailable
+from ..jobs import Jobs
 from ..metrics import CONTENT_TYPE
 from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
-JOBS = web.AppKey("jobs", object)
+JOBS = web.AppKey("jobs", Jobs)
 OPENAPI_PATH = plangate_schema.OPENAPI
 _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
@@ -26,7 +26,7 @@ _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def decision_body(subject: str, amount: int, d: Decision) -> dict:
@@ -108,7 +108,7 @@ async def transition(request: web.Request) -> web.Response:
                                                    "admin action of the plan)")
     if to is not None:
         inp.one_of(to, gate.table.statuses, "unknown_status", "status")
-    else:
+    elif action is not None:
         inp.one_of(action, gate.table.actions, "unknown_action", "admin action")
     reason = inp.text(body, "reason")
     actor = inp.text(body, "actor", required=False) or "admin-api"

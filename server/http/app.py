@@ -52,7 +52,8 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         if run_jobs:
             jobs.start()
         if not config.webhook_secrets:
-            log(logging.WARNING, "webhook_disabled", why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
+            log(logging.WARNING, "webhook_disabled",
+                why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
         log(logging.INFO, "started", plan_version=table.version, enforcement=config.enabled,
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield

@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import stripe
 from aiohttp import web
@@ -67,7 +68,7 @@ def _event(text: str) -> tuple[StripeEvent, str]:
         body = json.loads(text)
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
-    created = body.get("created") if isinstance(body, dict) else None
+    created: Any = body.get("created") if isinstance(body, dict) else None
     seconds = (isinstance(created, int) and not isinstance(created, bool)) or \
         (isinstance(created, float) and created.is_integer())          # JSON Schema's integer: 5.0 is one
     ok = isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"] and \
@@ -96,7 +97,7 @@ async def receive(request: web.Request) -> web.Response:
         else:
             async with asyncio.timeout(BODY_TIMEOUT):     # not wait_for: that makes a task of every read
                 payload = await request.read()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         metrics.webhooks.labels("body_timeout").inc()
         raise BadRequest(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
     except web.HTTPRequestEntityTooLarge:

@@ -12,6 +12,7 @@ import abc
 import contextlib
 import json
 import operator
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, fields
 
 import orjson
@@ -101,7 +102,7 @@ class Change:
 
     subject: StoredSubject                         # the new row
     expected_version: int                          # 0: the subject is not stored yet
-    audits: tuple["AuditEntry", ...] = ()
+    audits: tuple[AuditEntry, ...] = ()
     new_events: tuple[EventRecord, ...] = ()       # inserted; a stored id raises DuplicateEvent
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
@@ -140,10 +141,10 @@ class Store(abc.ABC):
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
 
-    def listen(self, on_subject, on_reset) -> None:
+    def listen(self, on_subject, on_reset) -> None:  # noqa: B027 - a store of one node has nothing to listen to
         """Start telling this node about subjects other nodes changed (nothing to do for one node)."""
 
-    async def unlisten(self) -> None:
+    async def unlisten(self) -> None:  # noqa: B027 - nor anything to stop
         """Stop what listen() started."""
 
     @contextlib.asynccontextmanager
@@ -171,21 +172,24 @@ class Store(abc.ABC):
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Usage of the given (meter, window start) pairs; missing ones are 0."""
 
+    # The three writes of requests are awaitables, not necessarily coroutines: a store may answer with the
+    # future of a group commit.
+
     @abc.abstractmethod
-    async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
-                    limit: int | None, key: str | None, now: float) -> Counted:
+    def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
+              limit: int | None, key: str | None, now: float) -> Awaitable[Counted]:
         """Add amount to a window's usage in one atomic step, unless that would pass `limit`
         (None: no limit, the work already ran). Refuses with conflict=True when the subject's stored
         version is no longer current.version (a version of 0 stores current.state first)."""
 
     @abc.abstractmethod
-    async def commit(self, change: Change) -> bool:
+    def commit(self, change: Change) -> Awaitable[bool]:
         """Write a change in one transaction, if the subject's stored version is still the expected one.
         False when another writer came first (nothing written); DuplicateEvent when a new event is stored
         already (nothing written)."""
 
     @abc.abstractmethod
-    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
+    def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
         """Store an event that changes no subject (pending, or for no subject); False if stored already."""
 
     @abc.abstractmethod

@@ -12,7 +12,7 @@ import time
 import asyncpg
 
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
-                    StoreError, StoredSubject, state_from_json, state_json)
+                    StoreError, StoredSubject, state_json)
 from ._migrations import migrations, statements
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
@@ -76,11 +76,12 @@ class PostgresStore(Store):
         """A pooled connection, in turn (first come, first served). The wait is bounded by the caller's time
         budget (the gate runs every store call under one), not by a timer of its own: asyncpg's acquire timeout
         is a task and a timer per call. Calls outside a gate's budget (migrate, a job's lock) pass `timeout`."""
-        if self._pool is None:
+        if self._pool is None or self._turns is None:
             raise StoreError("the store is not open")
+        turns = self._turns
         try:
-            await (self._turns.acquire() if timeout is None else asyncio.wait_for(self._turns.acquire(), timeout))
-        except asyncio.TimeoutError as exc:
+            await (turns.acquire() if timeout is None else asyncio.wait_for(turns.acquire(), timeout))
+        except TimeoutError as exc:
             raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
         try:
             async with self._pool.acquire() as conn:
@@ -88,7 +89,7 @@ class PostgresStore(Store):
         except _ERRORS as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         finally:
-            self._turns.release()       # after the connection is back in the pool: the next turn finds it there
+            turns.release()       # after the connection is back in the pool: the next turn finds it there
 
     @contextlib.asynccontextmanager
     async def _tx(self, timeout: float | None = None):
@@ -321,9 +322,10 @@ class PostgresStore(Store):
         self._listener.start()
 
     async def unlisten(self) -> None:
-        if getattr(self, "_listener", None) is not None:
-            await self._listener.stop()
-            self._listener = None
+        listener: Listener | None = getattr(self, "_listener", None)
+        if listener is not None:
+            await listener.stop()
+            del self._listener
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):
@@ -385,7 +387,7 @@ class Listener:
             conn = None
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-                conn.add_termination_listener(lambda _: lost.set())
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
                 self.on_reset()            # whatever changed while we were not listening
                 self.connected.set()
@@ -393,7 +395,7 @@ class Listener:
                 while not lost.is_set():
                     try:
                         await asyncio.wait_for(lost.wait(), 1.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         await conn.execute("SELECT 1")      # notices a dead connection promptly
             except asyncio.CancelledError:
                 raise

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Awaitable
+from collections.abc import Awaitable
 
 from . import _sqlite_queries as queries
 from ._base import AuditEntry, Change, Counted, EventRecord, Payment, Store, StoreError, StoredSubject

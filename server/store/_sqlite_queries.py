@@ -267,11 +267,12 @@ def _upsert_payments(db: sqlite3.Connection, payments) -> None:
 
 
 def commit_batch(db: sqlite3.Connection, changes: list[Change]) -> set[str]:
-    """Store.commit_batch's statements. A batch writes the subjects' state and audit rows only: their Stripe ids, watermark, confirmation and fold state stay as
-    stored (the version check makes the stored row the one each change was made from), which spares the
-    indexes on the Stripe ids a rewrite of every row. An UPDATE a subject, whose row count says whether its
-    version held: 1000 of them took 27-31 ms with their audit rows, one UPDATE ... FROM (VALUES ...) RETURNING
-    a 500 (SQLite materializes the values and the joined rows first) 37-44 ms."""
+    """Store.commit_batch's statements. A batch writes the subjects' state and audit rows only: their Stripe
+    ids, watermark, confirmation and fold state stay as stored (the version check makes the stored row the one
+    each change was made from), which spares the indexes on the Stripe ids a rewrite of every row. An UPDATE a
+    subject, whose row count says whether its version held: 1000 of them took 27-31 ms with their audit rows,
+    one UPDATE ... FROM (VALUES ...) RETURNING a 500 (SQLite materializes the values and the joined rows first)
+    37-44 ms."""
     execute = db.execute
     done: set[str] = set()
     for c in changes:

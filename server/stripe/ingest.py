@@ -8,6 +8,7 @@ event rows, the state, the audit rows and the payments of one delivery commit in
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,13 @@ from .objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
-_UNREAD = object()      # _fold's `loaded` when the caller has not read the subject's row
+class _Unread(enum.Enum):
+    """_fold's `loaded` when the caller has not read the subject's row."""
+
+    UNREAD = 0
+
+
+_UNREAD = _Unread.UNREAD
 
 Incoming = tuple[tuple[StripeEvent, EventRecord], ...]     # events to fold in, each with its row
 
@@ -89,7 +96,7 @@ class Ingest:
         try:
             async with asyncio.timeout(WEBHOOK_STORE_TIMEOUT):
                 return await self._receive(event, payload, record_noop)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
@@ -126,6 +133,7 @@ class Ingest:
                                               linking, record_noop=record_noop), loaded=stored)
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
+        assert received is not None     # only an adoption (waiting for events) can find none to fold
         if linking and (customer or subscription):
             adopted = await self._adopt_pending(subject, customer, subscription)
             if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
@@ -148,7 +156,7 @@ class Ingest:
             return None
         return await self._fold(_Fold(subject, stored_rows=True, waiting=waiting, answer_for=answer_for))
 
-    async def _fold(self, fold: _Fold, loaded: StoredSubject | None | object = _UNREAD) -> Received | None:
+    async def _fold(self, fold: _Fold, loaded: StoredSubject | None | _Unread = _UNREAD) -> Received | None:
         """The fold, after the fold of the same subject before it (if any). loaded: the subject's row as the
         caller just read it, for the first attempt. None: the fold was waiting for events and found none."""
         subject = fold.subject
@@ -167,13 +175,14 @@ class Ingest:
             if self._folding.get(subject) is mine:
                 del self._folding[subject]
 
-    async def _fold_alone(self, fold: _Fold, loaded: StoredSubject | None | object) -> Received | None:
+    async def _fold_alone(self, fold: _Fold, loaded: StoredSubject | None | _Unread) -> Received | None:
         subject = fold.subject
         incoming = fold.incoming
         for attempt in range(MAX_ATTEMPTS):
             now = self.gate.clock()
             stored = loaded if attempt == 0 and loaded is not _UNREAD else \
                 await self._io("load", self.store.load(subject))
+            assert stored is not _UNREAD
             if fold.waiting is not None:
                 incoming = await fold.waiting()
                 if not incoming:

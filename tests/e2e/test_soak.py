@@ -61,7 +61,7 @@ class Traffic:
             async with session.request(method, self.url + path, **kw) as r:
                 text = await r.text()
                 self._note(kind, r.status, time.perf_counter() - t0, text)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             self._note(kind, 0, time.perf_counter() - t0, repr(exc))
 
     def _event(self) -> tuple[bytes, str]:

@@ -12,8 +12,8 @@ import pytest
 
 from plangate.engine import SubjectState
 from tests import postgres
-from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
-                          StoredSubject, StoreError, open_store)
+from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
+                                   SQLiteStore, StoredSubject, StoreError, open_store)
 from plangate.server.store import _sqlite_connections
 from plangate.server.store._migrations import statements
 from plangate.server.store._base import state_from_json, state_json

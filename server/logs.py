@@ -1,13 +1,21 @@
-"""Structured logs: one JSON object a line, never a secret."""
+"""Structured logs: one JSON object a line, never a secret.
+
+For tests, as structlog ships its own: capture_logs() collects what the gate logs meanwhile, written by the
+gate's own handler and formatter (redaction included) and parsed back; parse_lines() reads a process's
+stderr the same way.
+"""
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import io
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 
@@ -123,3 +131,51 @@ class Throttle:
             self._last[key] = now
             return True
         return False
+
+
+def parse_lines(text: str) -> list[dict]:
+    """Each line of a log stream as the object it holds; ValueError naming the first line that is not a JSON
+    object (a traceback printed raw, a stray print): every line the gate writes is one."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            raise ValueError(f"log line {number} is not a JSON object: {line[:300]!r}")
+        entries.append(entry)
+    return entries
+
+
+class CapturedLogs:
+    """What capture_logs() saw: `entries` (each line parsed) and `text` (the lines as written)."""
+
+    def __init__(self) -> None:
+        self._stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self._stream.getvalue()
+
+    @property
+    def entries(self) -> list[dict]:
+        return parse_lines(self.text)
+
+    def events(self, event: str) -> list[dict]:
+        return [e for e in self.entries if e["event"] == event]
+
+
+@contextlib.contextmanager
+def capture_logs(level: str = "DEBUG") -> Iterator[CapturedLogs]:
+    """The gate's logger writes to memory meanwhile, set up as configure() sets it up for `plangate serve`
+    (so its lines are made as in production); then its set-up before is restored."""
+    logger = logging.getLogger(LOGGER_NAME)
+    before = (logger.handlers[:], logger.level, logger.propagate)
+    captured = CapturedLogs()
+    configure(level, stream=captured._stream)
+    try:
+        yield captured
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = before
+

@@ -29,8 +29,8 @@ class SubjectState:
 def compiled_with(cls: type) -> Callable[..., Any]:
     """cls.with_(**changes), compiled from the dataclass's fields as dataclasses compiles __init__: one call of
     the constructor with each field's new or current value. dataclasses.replace looks the fields up on every
-    call (callgrind: 2.7 times this one's instructions); a copy written out by hand would lose a field added
-    later without a word."""
+    call (several times this one's cost); a copy written out by hand would lose a field added later without
+    a word."""
     values = ", ".join(f"get({name!r}, self.{name})" for name in _names(cls))
     return _compiled(cls, "with_", "self, **changes", [
         "get = changes.pop",
@@ -42,7 +42,7 @@ def compiled_with(cls: type) -> Callable[..., Any]:
 
 def compiled_replace(cls: type, *changed: str) -> Callable[..., Any]:
     """f(obj, *new values of `changed`): a copy of obj with those fields changed, compiled from the fields
-    like with_, for a copy made on every transition (keyword arguments cost a third more than this)."""
+    like with_, for a copy made on every transition (keyword arguments cost more than positions)."""
     unknown = set(changed) - set(_names(cls))
     if unknown:
         raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, sorted(unknown)))}")

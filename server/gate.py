@@ -29,7 +29,8 @@ MAX_CONFLICT_RETRIES = 20
 # says "not ready" for this long after a write failed, unless a write has succeeded since.
 WRITE_FAILURE_MEMORY = 10.0
 # Due timers committed a transaction at a time in chunks of this many subjects: SQLite commits them on the event
-# loop, which serves no request meanwhile (250: ~5 ms, as long as a group of 32 webhook events holds it).
+# loop, which serves no request meanwhile, so a chunk holds the loop no longer than a full group commit of
+# webhook events does.
 SWEEP_CHUNK = 250
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
@@ -80,8 +81,8 @@ class Gate:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
     async def untimed(self, operation: str, coro, *, shield: bool = False):
-        """timed() without a timer of its own, for callers whose budget covers several store calls (a timer
-        each cost ~6 us)."""
+        """timed() without a timer of its own, for callers whose budget covers several store calls (one timer
+        for all of them, not one each)."""
         try:
             result = await (asyncio.shield(asyncio.ensure_future(coro)) if shield else coro)
         except (StoreError, OSError) as exc:
@@ -286,7 +287,7 @@ class Gate:
             for change in changes:
                 subject = change.subject.state.subject
                 if subject in done:
-                    # Most due subjects are not cached: a membership test is 0.4 us, invalidate()'s pop 1.7 us
+                    # Most due subjects are not cached: a membership test costs less than invalidate()'s pop
                     # (an expired entry, not in the cache for the test, is never answered either).
                     if subject in cache:
                         self.invalidate(subject)

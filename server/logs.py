@@ -25,7 +25,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 
 _ENCODER = json.JSONEncoder(default=str)      # json.dumps(..., default=str) builds one per call
-# orjson writes a line in a tenth of the stdlib's time (a sweep logs a line per transition). Types it
+# orjson writes a line in a fraction of the stdlib's time (a sweep logs a line per transition). Types it
 # writes differently from the stdlib (enums, datetimes, dataclasses...) and non-ASCII text (the stdlib's
 # lines are ASCII) go to the stdlib encoder, so a line says what it said before, only without spaces.
 _ORJSON_TYPES = frozenset((str, int, bool, type(None)))     # and finite floats (orjson writes NaN as null)
@@ -85,9 +85,9 @@ def log(level: int, event: str, exc_info: bool = False, **fields) -> None:
 
 def log_each(level: int, event: str, rows: list[dict]) -> None:
     """log(level, event, **fields) for each of rows, one line each, written together: a sweep logs a line
-    per transition, and a record passed alone through logging (caller lookup, handler lock, a write and a
-    flush per line) cost 31 us. With the server's handler the lines are made without a LogRecord each
-    (its __init__ was 5 of the 9 us a line left), all stamped with the time they are written."""
+    per transition, and a record passed alone through logging pays a caller lookup, the handler's lock, a
+    write and a flush per line. With the server's handler the lines are made without a LogRecord each (its
+    __init__ was most of what a line still cost), all stamped with the time they are written."""
     logger = logging.getLogger(LOGGER_NAME)
     if not rows or not logger.isEnabledFor(level):
         return

@@ -58,8 +58,8 @@ async def _serve(config: Config, table) -> None:
     # trickling its headers in (aiohttp's own default is an hour). lingering_time 0: a request answered before
     # its body came in (refused: too large, unauthorized, a body too slow) has its connection closed, not kept
     # for up to 10 s to read and drop the rest. aiohttp's lingering read is not woken when the client hangs
-    # up: each such request held a task, a socket and a timer for the 10 s (measured: 2,500 refusals a second
-    # grew the process by 77 MB, and collecting that garbage paused the loop for up to 180 ms).
+    # up: each such request held a task, a socket and a timer for the 10 s, so a flood of refusals grew the
+    # process and paused the loop to collect the garbage.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            keepalive_timeout=config.idle_timeout, lingering_time=0)
     stop = asyncio.Event()
@@ -71,7 +71,7 @@ async def _serve(config: Config, table) -> None:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         # What exists now (modules, the plan, the app) lives as long as the process. A full collection
-        # walked it all, ~32 ms here, a pause every request in flight waits out: frozen, it is never walked.
+        # walked it all, a pause every request in flight waits out: frozen, it is never walked.
         gc.freeze()
         host, port = runner.addresses[0][:2]
         print(f"plangate: listening on http://{host}:{port} (plan {table.version}, "

@@ -42,7 +42,7 @@ def _signed_at(header: str) -> int | None:
 def _verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int) -> str:
     """The body as text once a secret's signature matches; BadRequest otherwise. A signature made longer ago
     than the tolerance is refused before any HMAC is computed: the stripe package checks the time last, and
-    its refusal (an exception carrying the body) cost a replayed signature ~40% of its answer."""
+    its refusal (an exception carrying the body) is a large part of what a replayed signature costs."""
     if not header:
         raise BadRequest(400, "signature_missing", "no Stripe-Signature header: only signed events are accepted")
     signed_at = _signed_at(header)

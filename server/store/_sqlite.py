@@ -3,9 +3,9 @@
 Writes go one transaction at a time (SQLite has one writer anyway). Reads and the small writes of requests
 (counts, webhook events) run on the event loop's own thread, on one connection: each is tens of microseconds
 of SQLite's work on cached pages, less than handing it to a thread and back, and a second thread holding the
-GIL made every hand-over a contended one (measured: 18 context switches per webhook event, a third of its
-CPU). Reads share the connection that writes, whose page cache its own commits keep (another connection's
-commit empties it: three reads of a webhook event took 15% longer on a connection of their own); the loop
+GIL made every hand-over a contended one (context switches cost a webhook event a third of its CPU). Reads
+share the connection that writes, whose page cache its own commits keep (another connection's commit
+empties it, and reads on a connection of their own were slower); the loop
 runs a write transaction whole, so a read never sees one half done. So do the sweep's batches (the gate
 keeps them to a few milliseconds each). What may take long runs on connections with threads of their own,
 beside it (WAL): migrations, cleanup, checkpoints (they fsync), and every commit when synchronous is FULL
@@ -142,7 +142,7 @@ class SQLiteStore(Store):
         if any(c.expected_version == 0 or c.new_events or c.replayed_events or c.payments for c in changes):
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
         # On the loop's connection, like the writes of requests: its page cache holds what they wrote, where
-        # the writer's was emptied by each of their commits (a batch of 1000: 21-29 ms there, 16-19 ms here).
+        # the writer's was emptied by each of their commits.
         return await self._write_whole(queries.commit_batch, changes, on_loop=self._commits_on_loop)
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
@@ -165,7 +165,7 @@ class SQLiteStore(Store):
     async def _scan(self, fn, *args):
         """A read that visits every subject (no index can answer it) on the writer's thread: SQLite lets go of
         the GIL while it steps, so the loop keeps serving. On the loop, doubtful() over a million subscribed
-        subjects held every request for about 150 ms (on the thread: the loop paused 3.5 ms at most)."""
+        subjects held every request until it was done."""
         if not self._open:
             raise StoreError("the store is not open")
         try:

@@ -19,17 +19,16 @@ BUSY_TIMEOUT_MS = 5000
 # after these pauses (seconds) and then every last one, up to BUSY_TIMEOUT_MS in all.
 _BUSY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05)
 # SQLite's page cache per connection, in KiB (negative: a size, not a page count). Its default, 2 MiB, holds
-# little of a large store: a sweep of 1000 due timers among 1M subjects committed in 64 ms with it, 44 ms
-# with 64 MiB (pages of the table and its indexes stay cached between batches).
+# little of a large store: with 64 MiB, a sweep's batches among a million subjects find the pages of the
+# table and its indexes still cached from the batch before.
 CACHE_KIB = 65536
-# The writer does not checkpoint the WAL inside a commit (SQLite's auto-checkpoint did, ~25 ms in the
-# sweep's commit, on whichever request's commit crossed 1000 pages); nor between commits: a checkpoint
-# (its fsync) held the writes behind it for 10-25 ms a second (consume's p99 with one connection 12 ms;
-# 1 ms without). A connection of the store's own does it, PASSIVE (never waiting for readers or the
-# writer), this often, while writes go on. Under writes that never pause it cannot catch up with them, and
-# SQLite starts the WAL over only once a checkpoint has: past WAL_RESTART_FRAMES pages (32 MiB of 4 KiB
-# pages) the writer checkpoints once between its transactions, as it used to every time (measured: the WAL
-# grew 4.6 MB/s under saturating consumes without this, and stays bounded with it).
+# The writer does not checkpoint the WAL inside a commit (SQLite's auto-checkpoint did, in whichever
+# request's commit crossed 1000 pages); nor between commits: a checkpoint (its fsync) held the writes behind
+# it, which set consume's p99. A connection of the store's own does it, PASSIVE (never waiting for readers
+# or the writer), this often, while writes go on. Under writes that never pause it cannot catch up with
+# them, and SQLite starts the WAL over only once a checkpoint has: past WAL_RESTART_FRAMES pages (32 MiB of
+# 4 KiB pages) the writer checkpoints once between its transactions, so that the WAL stays bounded under
+# saturating writes too.
 CHECKPOINT_INTERVAL = 1.0
 WAL_RESTART_FRAMES = 8192
 WAL_LIMIT_BYTES = 64 << 20      # the WAL file is cut back to this size when SQLite starts it over

@@ -19,8 +19,8 @@ _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, v
                    f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?)")
 # A subject's row is rewritten with only those of its indexed columns whose value changes: SQLite rewrites an
 # index entry whenever its column is SET, even to the value it holds. Most webhook events leave the Stripe ids
-# and the timer as they are; writing them anyway took 10 updates in a commit from 11 to 36 pages, 15 to 34 us
-# an update. The row's current values of those columns are read with the version check.
+# and the timer as they are, and writing them anyway tripled the pages a commit writes. The row's current
+# values of those columns are read with the version check.
 _INDEXED = ("timer_due", "stripe_customer", "stripe_subscription")
 _INDEXED_AT = tuple(WRITTEN.index(c) for c in _INDEXED)
 _CURRENT = ("SELECT timer_due, stripe_customer, stripe_subscription FROM subscriptions "
@@ -43,13 +43,13 @@ def _update_subject(changed: tuple[bool, ...]) -> tuple[str, tuple[int, ...]]:
 _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in STATE_COLUMNS[1:])}, "
                  "version = version + 1, updated_at = ? WHERE subject = ? AND version = ?")
 # A window's count grows in the database, and only while it stays within the limit (NULL: no limit). Then
-# read back: an UPDATE and a SELECT measured 7 us, an upsert with RETURNING 12.5 us (RETURNING alone ~4.6).
+# read back: an UPDATE and a SELECT cost less than one upsert with RETURNING.
 _ADD_USAGE = ("UPDATE quota_usage SET used = used + ? WHERE subject = ? AND meter = ? AND window_start = ? "
               "AND (? IS NULL OR used + ? <= ?)")
 _USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?"
 # Events waiting for their subject, by customer or subscription: a search in each partial index (the second
 # leaves out what the first found). `customer = ? OR subscription = ?` scanned every pending event instead,
-# reading each one's row (1000 pending: 158 us, this 5-7 us), and every linking event asks.
+# reading each one's row, and every linking event asks.
 _PENDING = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_customer = ?1 "
             f"UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
             "stripe_subscription = ?2 AND (stripe_customer = ?1) IS NOT 1")
@@ -270,9 +270,8 @@ def commit_batch(db: sqlite3.Connection, changes: list[Change]) -> set[str]:
     """Store.commit_batch's statements. A batch writes the subjects' state and audit rows only: their Stripe
     ids, watermark, confirmation and fold state stay as stored (the version check makes the stored row the one
     each change was made from), which spares the indexes on the Stripe ids a rewrite of every row. An UPDATE a
-    subject, whose row count says whether its version held: 1000 of them took 27-31 ms with their audit rows,
-    one UPDATE ... FROM (VALUES ...) RETURNING a 500 (SQLite materializes the values and the joined rows first)
-    37-44 ms."""
+    subject, whose row count says whether its version held: one UPDATE ... FROM (VALUES ...) RETURNING for all
+    of them was slower (SQLite materializes the values and the joined rows first)."""
     execute = db.execute
     done: set[str] = set()
     for c in changes:

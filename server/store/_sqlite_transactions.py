@@ -12,13 +12,12 @@ from typing import Any
 
 from ._base import StoreError
 
-# A transaction is ~200 us of SQLite's work whatever it holds; in a group a count measured 26 us (of 32), 30 us
-# (of 8). The cap bounds how long a group holds the loop: ~5 ms for 32 webhook events.
+# A transaction costs SQLite about as much whatever it holds, so a write in a group costs a fraction of a
+# write alone. The cap bounds how long a group holds the loop (a few milliseconds for webhook events).
 GROUP_MAX = 32
 # Turns of the event loop a group waits for before it starts, while it is not full. Writes run on the loop, so
-# a group began with only the requests of one turn: 4.8 webhook events on average at 32 connections (each
-# COMMIT ~170 us); after two turns 9.7, and 1750 -> 2200 events/s. Two turns add tens of microseconds to a
-# lone write.
+# a group began with only the requests of one turn; after two turns it holds about twice as many, each COMMIT
+# shared by more writes. Two turns add tens of microseconds to a lone write.
 GATHER_TURNS = 2
 
 Write = tuple[Callable[..., Any], tuple]                      # fn(connection, *args), args
@@ -71,7 +70,7 @@ def run_group(db: sqlite3.Connection, group: list[Write]) -> Results:
     others go on. (True, result) or (False, exception) per write, once COMMIT succeeded; WriteFailed for all if
     the transaction cannot begin or commit, or SQLite rolled the whole transaction back (disk full, I/O
     error). Writes seldom raise (a duplicate event, a reused idempotency key): the group runs first without a
-    SAVEPOINT per write (two statements a write, ~3-5 us); if one raises, the whole transaction is rolled back
+    SAVEPOINT per write (two statements a write); if one raises, the whole transaction is rolled back
     and the group runs again, each write in a SAVEPOINT. A write depends only on what the database holds, so
     running it again gives what it gave."""
     if len(group) > 1:
@@ -128,7 +127,7 @@ class GroupCommit:
     def add(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """fn(connection, *args) as a write of its own, committed with the writes that queue meanwhile.
         The future itself is returned, awaitable as the coroutine of an async def is: the gate shields every
-        write, and shielding a coroutine wraps it in a task first (~8 us a request)."""
+        write, and shielding a coroutine wraps it in a task first, a task a request."""
         done = asyncio.get_running_loop().create_future()
         if not self.open:
             done.set_exception(StoreError("the store is not open"))

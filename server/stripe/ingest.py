@@ -38,7 +38,7 @@ Incoming = tuple[tuple[StripeEvent, EventRecord], ...]     # events to fold in, 
 
 class _Fold(NamedTuple):
     """One fold of a subject's events, as its caller asks for it. (A named tuple, not a frozen dataclass: one
-    is made per webhook event, and a tuple is built in a fraction of the time.)"""
+    is made per webhook event, and a tuple is built for less.)"""
 
     subject: str
     incoming: Incoming = ()
@@ -77,7 +77,7 @@ class Ingest:
                                        if t.trigger.kind.value == "stripe"}
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
-        # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for
+        # over: with enough at once, some fail all MAX_ATTEMPTS and are answered 500. A fold waits for
         # the future of the fold of its subject before it (a chain, not a lock: a dict entry and a future a
         # fold). Folds in other processes (PostgreSQL) still meet on the version.
         self._folding: dict[str, asyncio.Future] = {}

@@ -4,11 +4,11 @@ run; `/v1/check` on PostgreSQL; and how long a transition made on one node takes
 What it measures (issue 6, "Speed"):
 
 - Durable consume throughput (one unique idempotency key per request, many subjects, the shipped plan with
-  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of bench.http_gate (the
+  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of the harness (bench/_harness.py; the
   same-run baseline), one gate on SQLite, one gate on PostgreSQL, and two gates (two `plangate serve`
   processes) on the same PostgreSQL database with the load split evenly across them (half the connections
   each, two load generators at once). Warm-up, then measured runs interleaved, the best of each counts.
-- `/v1/check` on one PostgreSQL node, warm cache (bench.http_gate's few subjects), against the bare endpoint's
+- `/v1/check` on one PostgreSQL node, warm cache (the harness's few subjects), against the bare endpoint's
   check: usage is read from the database on every check (other nodes count too), so each check waits its turn
   for a pooled connection. It is met when every check was answered from the store: none by the fail mode,
   none past PLANGATE_STORE_TIMEOUT.
@@ -22,7 +22,7 @@ What it measures (issue 6, "Speed"):
   /v1/subjects/{s}/transition), and B's /v1/check is polled back to back until it shows the new status.
   The delay counts from A's answer (the transition committed) to B's first answer with the new status.
 
-Servers, load generators and their life cycle are bench.http_gate's (real processes on 127.0.0.1, wrk when
+Servers, load generators and their life cycle are the harness's (real processes on 127.0.0.1, wrk when
 on PATH, else a Python aiohttp client). The PostgreSQL database is a fresh one on the server named by
 PLANGATE_BENCH_POSTGRES (an admin DSN; default postgresql://postgres@127.0.0.1:5432/postgres), dropped at
 the end. Without a reachable server the PostgreSQL rows say so and are not met.
@@ -50,9 +50,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._columns import columns  # noqa: E402
-from bench.http_gate import (HOST, MAX_REQUESTS, SUBJECTS as WARM_SUBJECTS, Load, Result, Server,  # noqa: E402
-                             _gate_troubles, _percentile,
-                             _probe, choose_generator, run_python_generator, run_wrk, start_bare, write_plan)
+from bench._harness import MAX_REQUESTS, Load, Result, Server, choose_generator, gate_env, gate_troubles  # noqa: E402
+from bench._harness import SUBJECTS as WARM_SUBJECTS  # noqa: E402
+from bench._harness import percentile, probe, run_python_generator, run_wrk, start_bare, write_plan  # noqa: E402
 
 ADMIN_DSN = os.environ.get("PLANGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUBJECTS = 2000                  # many subjects: consume is not one hot row
@@ -200,10 +200,7 @@ class Meter:
 
 def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None) -> Server:
     """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
-                "PLANGATE_PORT": "0", "PLANGATE_DATABASE": database,
-                "PLANGATE_PLANS": str(folder / "plans.yaml")})
+    env = gate_env(PLANGATE_API_TOKEN=token, PLANGATE_DATABASE=database, PLANGATE_PLANS=str(folder / "plans.yaml"))
     if count_file is not None:
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
         argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
@@ -264,7 +261,7 @@ async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -
                     break
     delays.sort()
     return {"samples": samples, "seen": len(delays), "lost": lost,
-            "p50_ms": round(_percentile(delays, 50) * 1000, 3), "p99_ms": round(_percentile(delays, 99) * 1000, 3),
+            "p50_ms": round(percentile(delays, 50) * 1000, 3), "p99_ms": round(percentile(delays, 99) * 1000, 3),
             "max_ms": round(delays[-1] * 1000, 3) if delays else None,
             "polls_median": statistics.median(polls) if polls else None,
             "delays_ms": [round(d * 1000, 3) for d in delays]}
@@ -341,7 +338,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 setups["postgresql-1-check"] = ([node_a], counts[:1], dsn, "check")
             for nodes, _, _, endpoint in setups.values():
                 for node in nodes:
-                    _probe(node.url, endpoint, token)
+                    probe(node.url, endpoint, token)
 
             def measure(name: str, duration: float, tag: str) -> tuple[Result, dict]:
                 nodes, count_files, db, endpoint = setups[name]
@@ -365,10 +362,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     got = measure(name, args.duration, str(n))
                     if name not in best or got[0].rps > best[name][0].rps:
                         best[name] = got
-            troubles = {name: _gate_troubles(nodes[0].url) for name, (nodes, *_) in setups.items()
+            troubles = {name: gate_troubles(nodes[0].url) for name, (nodes, *_) in setups.items()
                         if not name.startswith("bare")}
             if dsn:
-                troubles["postgresql-2"] = {k: troubles["postgresql-1"][k] + _gate_troubles(node_b.url)[k]
+                troubles["postgresql-2"] = {k: troubles["postgresql-1"][k] + gate_troubles(node_b.url)[k]
                                             for k in troubles["postgresql-1"]}
             invalidation = (asyncio.run(invalidation_delay(node_a.url, node_b.url, token, args.samples))
                             if dsn else None)

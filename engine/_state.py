@@ -14,11 +14,13 @@ class SubjectState:
     status: str
     tier: str | None = None
     since: float = 0.0
-    timer_due: float | None = None       # when the status's expires_after runs out, if it has one
+    timer_due: float | None = None       # when the status's timer (expires_after or expires_at) runs out
     period_start: float | None = None    # the Stripe billing period, when subscribed
     period_end: float | None = None
     plan_version: str = ""
     paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
+    trial_end: float | None = None       # the subscription's dates a status timer may be anchored to
+    cancel_at: float | None = None
 
     def with_(self, **changes: Any) -> SubjectState:
         """A copy with some fields changed, as dataclasses.replace. (Replaced below by the same copy compiled

@@ -14,6 +14,7 @@ import asyncpg
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_json)
 from ._migrations import migrations, statements
+from ._postgres_personal import PostgresPersonalData
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 CHANNEL = "plangate_subjects"
@@ -39,8 +40,9 @@ _BATCH_UPDATE = (
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresPersonalData, Store):
     caches_usage = False      # other nodes count too: usage is read from the database on every check
+    channel = CHANNEL
 
     def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0,
                  command_timeout: float = 10.0):

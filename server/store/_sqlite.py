@@ -26,10 +26,11 @@ from . import _sqlite_queries as queries
 from ._base import AuditEntry, Change, Counted, EventRecord, Payment, Store, StoreError, StoredSubject
 from ._sqlite_connections import (CHECKPOINT_INTERVAL, Checkpointer, ThreadConnection, connect_on_loop, run_on_loop,
                                   sqlite_path)
+from ._sqlite_personal import SQLitePersonalData
 from ._sqlite_transactions import GroupCommit, WriteFailed, group_still_wanted, run_group, transaction
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLitePersonalData, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous
@@ -161,6 +162,10 @@ class SQLiteStore(Store):
             return await run_on_loop(fn, self._loop_db, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite: {exc}") from exc
+
+    async def _rows(self, sql: str, params) -> list:
+        """The rows of one read on the loop's thread (the personal data's statements are _personal's)."""
+        return await self._read(queries.fetch_all, sql, params)
 
     async def _scan(self, fn, *args):
         """A read that visits every subject (no index can answer it) on the writer's thread: SQLite lets go of

@@ -40,7 +40,9 @@ def sqlite_path(database: str) -> str:
 
 
 def _pragmas(synchronous: str, busy_timeout_ms: int) -> tuple[str, ...]:
-    return ("journal_mode = WAL", f"busy_timeout = {busy_timeout_ms}", "foreign_keys = ON",
+    # secure_delete: the space a rewritten or deleted row leaves is zeroed, so that a reduced payload or an
+    # erased subject does not live on in free space (_sqlite_personal).
+    return ("journal_mode = WAL", f"busy_timeout = {busy_timeout_ms}", "foreign_keys = ON", "secure_delete = ON",
             f"synchronous = {synchronous}", f"cache_size = -{CACHE_KIB}",
             f"journal_size_limit = {WAL_LIMIT_BYTES}")
 

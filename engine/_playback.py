@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ._decision import Decision
 from ._history import advance
-from ._links import named_subject, relevant_events, stripe_ids
+from ._links import named_subject, relevant_events, stripe_refs
 from ._scenario import Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
@@ -107,12 +107,15 @@ class _Player:
         named = named_subject(obj, self.table.plan.subject_link)
         if named is not None and named != self.scenario.subject:
             return _Seen(None, False, f"{event.key} is about '{named}', not '{self.scenario.subject}': ignored")
-        ids = {i for i in stripe_ids(obj) if i}
+        refs = stripe_refs(obj)
+        ids = {i for i in (refs.customer, refs.subscription, *refs.payments) if i}
         if named is None and (step.whole or ids) and not ids & self.linked:
+            asked = (" (a gate with STRIPE_SECRET_KEY would ask Stripe whose the charge is; a story cannot)"
+                     if refs.only_payments else "")
             return _Seen(None, False, f"{event} cannot be linked to '{self.scenario.subject}': it names no "
                                       "subject, and no earlier event linked "
                                       f"{' or '.join(sorted(ids)) or 'a customer or subscription of it'}; the gate "
-                                      "would keep it pending", broken=True)
+                                      f"would keep it pending{asked}", broken=True)
         self.linked |= ids
         return self._outcome(self.table.apply(self.state, event, self.now))
 
@@ -127,6 +130,16 @@ class _Player:
 
     def _admin(self, step: Step) -> _Seen:
         return self._outcome(self.table.apply(self.state, AdminAction(step.value, step.extra), self.now))
+
+    def _plan(self, step: Step) -> _Seen:
+        """The plan changes: the gate deploys it, and moves the subject if the plan renamed or retired its
+        status or tier (usage counted so far stays counted)."""
+        table: StateTable = step.value
+        self.table = self.book.table = table
+        moved = table.migrate(self.state, self.now)
+        if moved is None:
+            return _Seen(None, False, f"the plan changed to version {table.version}; the subject stays as it is")
+        return self._outcome(moved)
 
     def _override(self, step: Step) -> _Seen:
         return self._outcome(self.table.override(self.state, step.value, self.now, step.extra))
@@ -162,6 +175,9 @@ class _Player:
             return getattr(state, e.key)
         if e.key == "moved":
             return seen.moved
+        if e.key == "kept":
+            kept = self.table.decided_under(state, self.now)[1]
+            return None if kept is None else kept.value
         if e.key == "timer":
             if isinstance(e.value, bool):
                 return state.timer_due is not None

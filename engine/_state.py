@@ -5,6 +5,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from collections.abc import Callable
 
+from ._subscriptions import Subscription, followed
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectState:
@@ -19,8 +21,14 @@ class SubjectState:
     period_end: float | None = None
     plan_version: str = ""
     paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
-    trial_end: float | None = None       # the subscription's dates a status timer may be anchored to
+    trial_end: float | None = None       # the followed subscription's dates a status timer may be anchored to
     cancel_at: float | None = None
+    subscriptions: tuple[Subscription, ...] = ()   # every Stripe subscription of the subject the fold has seen
+
+    @property
+    def follows(self) -> Subscription | None:
+        """The subscription the status follows (engine._subscriptions says which)."""
+        return followed(self.subscriptions)
 
     def with_(self, **changes: Any) -> SubjectState:
         """A copy with some fields changed, as dataclasses.replace. (Replaced below by the same copy compiled

@@ -4,20 +4,21 @@ Every answer takes `now` (Unix seconds) as an argument; the table has no clock.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import (Access, Anchor, FailMode, Location, Plan, PlanError, QuotaKind, Status, Window,
-                             check_plan, load_plan)
+from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, Location, NameMap, Plan, PlanError,
+                             QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan, load_plan, version_of)
 from plangate.policy._conditions import compile_all
+from plangate.policy._renames import How
 
 from ._decision import Decision, Reason
 from ._state import SubjectState, compiled_replace
 from ._stripe import billing_period, price_ids, subscription_dates, unix_seconds
+from ._subscriptions import Subscription, followed, subscription_of, take_in
 from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
+from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
 from ._windows import BillingClock, CalendarClock, LifetimeClock, Span
 
 
@@ -58,22 +59,29 @@ class _Rule:
 
 
 class _Edge:
-    __slots__ = ("matches", "target", "rule", "why", "moved")
+    __slots__ = ("matches", "target", "rule", "why", "moved", "followed", "other")
 
-    def __init__(self, matches, source, target, rule, why):
+    def __init__(self, matches, source, target, rule, why, scope=SubscriptionScope.FOLLOWED):
         self.matches = matches        # the transition's `when`, compiled once: object -> bool
         self.target = target
         self.rule = rule
         self.why = why
         self.moved = f"{source} -> {target}: {why}"   # the reason of the move, built once, not per transition
+        # Which events it hears: about the followed subscription (or none), about another one of the subject's.
+        self.followed = scope is not SubscriptionScope.OTHER
+        self.other = scope is not SubscriptionScope.FOLLOWED
 
 
 class StateTable:
-    """Immutable after construction; compile_plan() is the way to build one."""
+    """Immutable after construction; compile_plan() is the way to build one.
 
-    def __init__(self, plan: Plan):
+    `older`: earlier versions of the plan (by version) that stored subjects may still be on, and
+    `deployed_at`: when this plan became the active one. Subjects on an older version keep its tier quotas
+    as each tier's `existing_subscribers` says."""
+
+    def __init__(self, plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0):
         self.plan = plan
-        self.version = _version(plan)
+        self.version = version_of(plan)
         if plan.initial is None:
             raise PlanError(())     # check_plan refuses a plan without an initial status (no-initial)
         self.initial = plan.initial.name
@@ -88,14 +96,22 @@ class StateTable:
         self._grace = frozenset(s.name for s in plan.statuses if s.grace)
         self._rules = {s.name: self._status_rules(s) for s in plan.statuses}
         self._edges = self._compile_edges()
+        self._names = NameMap.of(plan)
+        self._tier_names = frozenset(t.name for t in plan.tiers)
+        self._uses_tier = {s.name: any(q.kind is QuotaKind.TIER for q in s.quotas) for s in plan.statuses}
+        self.deployed_at = deployed_at
+        self._pinned = {v: p for v, p in ((v, self._pin(v, old)) for v, old in (older or {}).items()
+                                          if v != self.version) if p is not None}
 
     # --- decisions ---------------------------------------------------------------------------
 
-    def rule(self, state: SubjectState, meter: str) -> _Rule:
-        try:
-            by_tier = self._rules[state.status]
-        except KeyError:
-            raise UnknownStatus(f"status {state.status!r} is not in the plan") from None
+    def rule(self, state: SubjectState, meter: str, now: float = 0.0) -> _Rule:
+        """The rule deciding the subject's meter (for a subject on an older plan version, with the quotas it
+        keeps); a status or tier the plan renamed or retired is read under its new name."""
+        by_tier = self._rules_for(state, now).get(state.status)
+        if by_tier is None or (state.tier is not None and state.tier not in by_tier):
+            state = self.named(state, now)
+            by_tier = self._rules_for(state, now)[state.status]
         rules = by_tier.get(state.tier) or by_tier[None]
         try:
             return rules[meter]
@@ -104,7 +120,7 @@ class StateTable:
 
     def window(self, state: SubjectState, meter: str, now: float) -> Span:
         """The window whose usage counts for this subject and meter now (its start is the usage key)."""
-        return self.rule(state, meter).span(state, now)
+        return self.rule(state, meter, now).span(state, now)
 
     def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> Decision:
         """May the subject do `amount` of `meter` now, having used `used` in the current window?"""
@@ -112,9 +128,10 @@ class StateTable:
         if amount.__class__ is not int or amount < 1:
             _check_amount(amount)
         try:
-            rule = self._rules[state.status][state.tier][meter]
+            # Subjects kept on an older plan version exist only while _pinned does: one test of it otherwise.
+            rule = (self._rules_for(state, now) if self._pinned else self._rules)[state.status][state.tier][meter]
         except KeyError:
-            rule = self.rule(state, meter)    # an unknown tier falls back; unknown names raise
+            rule = self.rule(state, meter, now)    # an old name is read as its new one; unknown names raise
         if not rule.allows:
             return Decision(False, rule.deny_reason, state.status, state.tier, meter, 0, used, 0,
                             None, None, None, rule.name)
@@ -165,16 +182,19 @@ class StateTable:
 
     def apply(self, state: SubjectState, trigger: Trigger, now: float) -> Outcome:
         """The transition a trigger causes, or a no-op that says why nothing moved."""
-        if state.status not in self._rules:
-            raise UnknownStatus(f"status {state.status!r} is not in the plan")
+        if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names):
+            state = self.named(state, now)
         facts = state
         obj: Mapping = {}
+        other = None        # (the subscription the event is about, the one the subject follows) when they differ
         if isinstance(trigger, StripeEvent):
             obj = trigger.object if isinstance(trigger.object, Mapping) else {}
-            if obj.get("object") == "subscription":
-                facts = self._retimed(state, self.subscription_facts(state, obj))
-            elif obj.get("object") == "invoice":
-                facts = self.invoice_facts(state, obj)
+            facts, other = self._take_in(state, obj, now)
+            if other is None:       # another subscription's tier, period, dates and payments are not the subject's
+                if obj.get("object") == "subscription":
+                    facts = self._retimed(facts, self.subscription_facts(facts, obj))
+                elif obj.get("object") == "invoice":
+                    facts = self.invoice_facts(facts, obj)
         elif isinstance(trigger, TimerFired):
             if state.timer_due is None:
                 return Outcome(state, facts, trigger.key, f"no timer runs in '{state.status}'")
@@ -187,23 +207,58 @@ class StateTable:
             return Outcome(state, facts.with_(timer_due=None), trigger.key,
                            f"the timer of '{state.status}' ran out; no transition on it")
         for edge in edges:
-            if edge.matches(obj):
+            if (edge.other if other else edge.followed) and edge.matches(obj):
+                about = "" if other is None else f" (about {other[0]}; the subject follows {other[1]})"
                 if edge.target == state.status:
                     if isinstance(trigger, TimerFired):
                         # Staying put is all a due timer does here: it stops, or every sweep would fire it.
                         facts = facts.with_(timer_due=None)
-                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule})")
+                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule}){about}")
                 moved = self._enter(facts, edge.target, now)
-                return Outcome(state, moved, trigger.key, edge.moved, True, edge.rule)
+                return Outcome(state, moved, trigger.key, edge.moved + about, True, edge.rule)
+        if other is not None:
+            return Outcome(state, facts, trigger.key,
+                           f"about subscription {other[0]}, but the subject's status follows {other[1]}: recorded, "
+                           f"the subject stays in '{state.status}' (no transition from it on {trigger.key} with "
+                           "`subscription: other` or `any` matches)", other_subscription=True)
         why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
                f"no transition from '{state.status}' on {trigger.key} matches the event ("
                + "; ".join(e.why for e in edges) + ")")
         return Outcome(state, facts, trigger.key, why)
 
+    def _take_in(self, state: SubjectState, obj: Mapping, now: float) -> tuple[SubjectState, tuple[str, str] | None]:
+        """The state with what the event's object says of the subscription it is about; and (that subscription,
+        the followed one) when they differ."""
+        about = subscription_of(obj)
+        if about is None:
+            return state, None
+        subscriptions = take_in(state.subscriptions, about, obj, now, self._named_tier)
+        if subscriptions is state.subscriptions:
+            follows = state.follows
+        else:
+            was, follows = state.follows, followed(subscriptions)
+            state = state.with_(subscriptions=subscriptions)
+            if follows is not None and follows.id != about and (was is None or was.id != follows.id):
+                state = self._retimed(state, self._followed_facts(state, follows))
+        return state, (None if follows is None or follows.id == about else (about, follows.id))
+
+    def _followed_facts(self, state: SubjectState, sub: Subscription) -> SubjectState:
+        """The subject's tier, period and dates as the gate knows them of the subscription it now follows (the one
+        it followed ended while this one lives on): until this one's own next event says more."""
+        start, end = (sub.period_start, sub.period_end) if sub.period_end is not None else \
+            (state.period_start, state.period_end)
+        return state.with_(tier=sub.tier or (state.tier if sub.status is None else self.plan.default_tier),
+                           period_start=start, period_end=end, trial_end=sub.trial_end, cancel_at=sub.cancel_at)
+
+    def _named_tier(self, sub: Mapping) -> str | None:
+        """The tier a subscription's prices select by name (None: no price of it is in a tier of the plan)."""
+        return next((self._price_tier[p] for p in price_ids(sub) if p in self._price_tier), None)
+
     def override(self, state: SubjectState, to: str, now: float, why: str = "") -> Outcome:
         """An admin's direct move to a status, outside the plan's transitions (audited by the caller)."""
         if to not in self._rules:
             raise UnknownStatus(f"status {to!r} is not in the plan; known: {', '.join(self.statuses)}")
+        state = self.named(state, now)
         if to == state.status:
             return Outcome(state, state, "admin:override", f"already in '{to}'")
         return Outcome(state, self._enter(state, to, now), "admin:override",
@@ -221,6 +276,10 @@ class StateTable:
         if (tier, start, end, trial_end, cancel_at) == (state.tier, state.period_start, state.period_end,
                                                         state.trial_end, state.cancel_at):
             return state
+        if state.tier is not None and tier != state.tier and state.plan_version != self.version:
+            # Another tier is a new subscription to it: its quotas as they are now, whatever the old one kept.
+            return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at,
+                               plan_version=self.version)
         return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at)
 
     def _retimed(self, before: SubjectState, facts: SubjectState) -> SubjectState:
@@ -252,10 +311,106 @@ class StateTable:
     def tier_for_price(self, price: str) -> str | None:
         return self._price_tier.get(price, self.plan.default_tier)
 
+    # --- plan versions -----------------------------------------------------------------------
+
+    def decided_under(self, state: SubjectState, now: float) -> tuple[str, ExistingSubscribers | None]:
+        """The plan version whose tier quotas decide the subject, and why it is not this one (the tier's
+        existing_subscribers), or (this version, None)."""
+        pinned = self._pinned.get(state.plan_version) if self._pinned else None
+        if pinned is None:
+            return self.version, None
+        tier = self.tier_of(state)
+        keeps = pinned.keeps.get(tier) if tier is not None else None
+        if keeps is None or (keeps is ExistingSubscribers.AT_RENEWAL and renewed(state, now, self.deployed_at)):
+            return self.version, None
+        return state.plan_version, keeps
+
+    @property
+    def kept_versions(self) -> tuple[str, ...]:
+        """The older versions some tier's subscribers may be kept on."""
+        return tuple(self._pinned)
+
+    def named(self, state: SubjectState, now: float) -> SubjectState:
+        """The state under the plan's names: a renamed status or tier takes its new name, a retired one enters
+        the status (or takes the tier) that replaced it. UnknownStatus for a status neither declared nor mapped."""
+        outcome = self.migrate(state, now)
+        return state if outcome is None else outcome.state
+
+    def migrate(self, state: SubjectState, now: float) -> Outcome | None:
+        """The plan change a stored state needs (an old status or tier name), or None when the plan knows its
+        names. The gate commits it once, audited, before anything else happens to the subject."""
+        why, rules, before = [], [], state
+        if state.status not in self._rules:
+            move = self._names.statuses.get(state.status)
+            if move is None:
+                raise UnknownStatus(f"status {state.status!r} is not in the plan, nor mapped by renamed_from or "
+                                    f"retired; known: {', '.join(self.statuses)}")
+            if move.how is How.RENAMED:
+                timer = state.timer_due if self._expires[move.new] else None
+                state = state.with_(status=move.new, timer_due=timer)
+            else:
+                state = self._enter(state, move.new, now)
+            why.append(move.describe())
+            rules.append(f"{self.plan.file}:{move.location.line}")
+        if state.tier is not None and state.tier not in self._tier_names:
+            move = self._names.tiers.get(state.tier)
+            if move is not None:
+                state = state.with_(tier=move.new)
+                why.append(move.describe())
+                rules.append(f"{self.plan.file}:{move.location.line}")
+        if not why:
+            return None
+        return Outcome(before, state, PLAN_TRIGGER, "plan change: " + "; ".join(why), True,
+                       ", ".join(rules))
+
+    def upgrade(self, state: SubjectState, now: float) -> Outcome | None:
+        """Move a subject kept on an older plan version to this one (an admin's decision), or None when it is
+        decided under this version already."""
+        state = self.named(state, now)
+        version, keeps = self.decided_under(state, now)
+        if keeps is None:
+            return None
+        return Outcome(state, state.with_(plan_version=self.version), PLAN_TRIGGER,
+                       f"plan change: upgraded from plan version {version} (kept: {keeps.value}) to {self.version}",
+                       True)
+
+    def _rules_for(self, state: SubjectState, now: float) -> dict:
+        pinned = self._pinned.get(state.plan_version) if self._pinned else None
+        if pinned is None or self.decided_under(state, now)[1] is None:
+            return self._rules
+        return pinned.rules
+
+    def tier_of(self, state: SubjectState) -> str | None:
+        """The tier (of this plan) whose quotas a subject takes: its own under the plan's name, else the default."""
+        tier = state.tier
+        if tier is not None and tier not in self._tier_names:
+            move = self._names.tiers.get(tier)
+            tier = move.new if move else None
+        return tier or self.plan.default_tier
+
+    def _keeps(self, state: SubjectState, status: str, now: float) -> bool:
+        """Does a subject on an older version stay on it when it enters `status`? While it moves between
+        statuses that take the tier's quota (paid, grace, back); entering one from elsewhere (subscribing
+        anew) takes the quotas as they are now."""
+        return bool(self._uses_tier.get(state.status) and self._uses_tier.get(status)
+                    and self.decided_under(state, now)[1] is not None)
+
+    def _pin(self, version: str, old: Plan) -> Pinned | None:
+        kept = kept_tiers(self.plan, old)
+        if not kept:
+            return None
+        rules = {s.name: self._status_rules(s, kept, version) for s in self.plan.statuses}
+        return Pinned(version, rules, {name: tier.existing_subscribers for name in kept
+                                       if (tier := self.plan.tier(name)) is not None})
+
     # --- compilation -------------------------------------------------------------------------
 
     def _enter(self, state: SubjectState, status: str, now: float) -> SubjectState:
-        return _entered(state, status, now, self._due(state, status, now), self.version)
+        due = self._due(state, status, now)
+        version = self.version
+        if self._pinned and state.plan_version != version and self._keeps(state, status, now):
+            version = state.plan_version
+        return _entered(state, status, now, due, version)
 
     def _due(self, state: SubjectState, status: str, entered: float) -> float | None:
         """When the timer of a status entered at `entered` runs out: at its anchor date (plus slack) when the
@@ -272,11 +427,15 @@ class StateTable:
             due = max(due, state.paid_through)    # grace never ends before the paid-through date
         return due
 
-    def _status_rules(self, status: Status) -> dict[str | None, dict[str, _Rule]]:
+    def _status_rules(self, status: Status, kept: Mapping[str, Tier] | None = None,
+                      version: str = "") -> dict[str | None, dict[str, _Rule]]:
         tiers: list[str | None] = [None] + [t.name for t in self.plan.tiers]
-        return {tier: {m.name: self._meter_rule(status, m.name, tier) for m in self.plan.meters} for tier in tiers}
+        return {tier: {m.name: self._meter_rule(status, m.name, tier, kept, version) for m in self.plan.meters}
+                for tier in tiers}
 
-    def _meter_rule(self, status: Status, meter: str, tier: str | None) -> _Rule:
+    def _meter_rule(self, status: Status, meter: str, tier: str | None, kept: Mapping[str, Tier] | None = None,
+                    version: str = "") -> _Rule:
+        """kept: tiers (by name in this plan) whose quotas come from an older plan `version` instead."""
         plan = self.plan
         declared = plan.meter(meter)
         fail = dict(status.fail_modes).get(meter, declared.fail_mode if declared else FailMode.CLOSED)
@@ -292,11 +451,17 @@ class StateTable:
         if quota.kind is QuotaKind.TIER:
             # A subject without a known tier (say, moved here by an admin) gets the default tier.
             chosen = plan.tier(tier or plan.default_tier or "") or (plan.tiers[0] if plan.tiers else None)
-            quota = next((q for q in chosen.quotas if q.meter == meter), None) if chosen else None
+            old = (kept or {}).get(chosen.name) if chosen else None
+            if old is not None and old.quota(meter) is None:
+                old = None      # a meter the older tier had no quota for: the tier's quota as it is now
+            quota = (old or chosen).quota(meter) if chosen else None
             if quota is None or chosen is None:
                 return _Rule(False, Reason.NO_QUOTA, 0, None, None, name + " (the tier has no quota)", fail)
             name = (f"{plan.file}:{_line(quota.location)} tiers.{chosen.name}.quotas.{meter} "
                     f"(via {name.split(' ', 1)[1]})")
+            if old is not None:
+                name = (f"plan {version} tiers.{old.name}.quotas.{meter}, kept by existing subscribers "
+                        f"({chosen.existing_subscribers.value}; via {name.split(' (via ', 1)[1]}")
         if quota.kind is QuotaKind.UNLIMITED or quota.window is None:
             return _Rule(True, None, None, Window.LIFETIME, None, name, fail)
         return _Rule(True, None, quota.limit, quota.window, self._clocks.get(quota.window), name, fail)
@@ -308,8 +473,11 @@ class StateTable:
             when = " when " + ", ".join(map(str, t.conditions)) if t.conditions else ""
             rule = f"{self.plan.file}:{t.location.line} transitions[{t.index}]"
             why = f"on {t.trigger}{when} ({rule})"
+            if t.subscription is not SubscriptionScope.FOLLOWED:
+                why += f" (subscription: {t.subscription.value})"
             for src in self.plan.sources_of(t):
-                edges.setdefault((src, str(t.trigger)), []).append(_Edge(matches, src, t.target, rule, why))
+                edges.setdefault((src, str(t.trigger)), []).append(
+                    _Edge(matches, src, t.target, rule, why, t.subscription))
         return {k: tuple(v) for k, v in edges.items()}
 
 
@@ -331,22 +499,18 @@ def _lines(invoice: Mapping) -> list:
     return [line for line in data if isinstance(line, Mapping)] if isinstance(data, list) else []
 
 
-def _version(plan: Plan) -> str:
-    canonical = json.dumps(plan.document.data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
 def _check_amount(amount: int) -> None:
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
         raise ValueError(f"amount must be a whole number of at least 1, not {amount!r}")
 
 
-def compile_plan(plan: Plan) -> StateTable:
-    """The table of a plan; PlanError (with the findings) when the plan has an error finding."""
+def compile_plan(plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0) -> StateTable:
+    """The table of a plan (see StateTable for older and deployed_at); PlanError (with the findings) when the
+    plan has an error finding."""
     findings = check_plan(plan)
     if any(f.is_error for f in findings):
         raise PlanError(tuple(findings))
-    return StateTable(plan)
+    return StateTable(plan, older, deployed_at)
 
 
 def compile_file(path) -> StateTable:

@@ -12,11 +12,13 @@ from plangate.engine import Decision
 from . import _input as inp, _json
 from ..gate import Counting, Gate, StoreUnavailable
 from ..jobs import Jobs
+from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
 from ..personal import ErasureUnavailable, PersonalData
 from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
+PLANS = web.AppKey("plans", PlanKeeper)      # plan_api's, and /readyz's
 JOBS = web.AppKey("jobs", Jobs)
 PERSONAL = web.AppKey("personal", PersonalData)
 OPENAPI_PATH = plangate_schema.OPENAPI
@@ -97,6 +99,9 @@ async def subject_view(request: web.Request) -> web.Response:
         row["window_start"], row["resets_at"] = iso(row["window_start"]), iso(row["resets_at"])
     for row in view["transitions"]:
         row["at"] = iso(row["at"])
+    for row in view["subscriptions"]:
+        for key in ("created", "current_period_start", "current_period_end", "trial_end", "cancel_at", "ended_at"):
+            row[key] = iso(row[key])
     return _json.response(view)
 
 
@@ -157,7 +162,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    checks = {"plan": {"ok": True, "version": gate.table.version}}
+    plans = request.app.get(PLANS)
+    checks = {"plan": plans.readiness() if plans is not None else {"ok": True, "version": gate.table.version}}
     try:
         await gate.timed("ping", gate.store.ping())
         failed = gate.write_failure()

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, fields
 
 import orjson
 
-from plangate.engine import SubjectState
+from plangate.engine import SubjectState, Subscription
+
+from ._plans import Census, Deploy, PlanRecord
 
 _STATE_FIELDS = tuple(f.name for f in fields(SubjectState))
 
@@ -65,7 +67,25 @@ def state_json(state: SubjectState | None) -> str | None:
 
 
 def state_from_json(text: str | None) -> SubjectState | None:
-    return None if text is None else SubjectState(**orjson.loads(text))
+    if text is None:
+        return None
+    data = orjson.loads(text)
+    if data.get("subscriptions"):       # a state written before migration subscriptions_and_links has none
+        data["subscriptions"] = subscriptions_from(data["subscriptions"])
+    elif "subscriptions" in data:
+        data["subscriptions"] = ()
+    return SubjectState(**data)
+
+
+def subscriptions_json(subscriptions: tuple[Subscription, ...]) -> str | None:
+    """A subject's subscriptions as JSON (the stripe_subscriptions column); None when it has none."""
+    return orjson.dumps([s.to_dict() for s in subscriptions]).decode() if subscriptions else None
+
+
+def subscriptions_from(data) -> tuple[Subscription, ...]:
+    if isinstance(data, (str, bytes)):
+        data = orjson.loads(data)
+    return tuple(Subscription.from_dict(d) for d in data) if data else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +102,7 @@ class EventRecord:
     stripe_customer: str | None = None
     stripe_subscription: str | None = None
     state_before: SubjectState | None = None
+    stripe_payment: str | None = None     # the charge (else payment intent) it names: a pending event waits for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +128,7 @@ class Change:
     new_events: tuple[EventRecord, ...] = ()       # inserted; a stored id raises DuplicateEvent
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
+    links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +182,9 @@ class Store(abc.ABC):
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
 
-    def listen(self, on_subject, on_reset) -> None:  # noqa: B027 - a store of one node has nothing to listen to
-        """Start telling this node about subjects other nodes changed (nothing to do for one node)."""
+    def listen(self, on_subject, on_reset, on_plan=None) -> None:  # noqa: B027 - one node has nothing to listen to
+        """Start telling this node about subjects other nodes changed, and (on_plan, with the version) about
+        plans they deployed (nothing to do for one node)."""
 
     async def unlisten(self) -> None:  # noqa: B027 - nor anything to stop
         """Stop what listen() started."""
@@ -215,17 +238,20 @@ class Store(abc.ABC):
     async def event_seen(self, event_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
-        """The subject linked to a Stripe subscription id, else to a customer id."""
+    async def find_subject(self, customer: str | None, subscription: str | None,
+                           payments: tuple[str, ...] = ()) -> str | None:
+        """The subject linked to a Stripe subscription id, else to a customer id, else to one of `payments`
+        (charge and payment intent ids seen in its events before)."""
 
     async def lookup(self, event_id: str, subject: str | None, customer: str | None,
-                     subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
+                     subscription: str | None, payments: tuple[str, ...] = ()
+                     ) -> tuple[bool, str | None, StoredSubject | None]:
         """What a webhook event needs first: (stored already, its subject, that subject's row). The subject is
         the one the event names, else the one its Stripe ids are linked to. A store may answer it in one call."""
         if await self.event_seen(event_id):
             return True, None, None
         if subject is None:
-            subject = await self.find_subject(customer, subscription)
+            subject = await self.find_subject(customer, subscription, payments)
         return False, subject, (await self.load(subject) if subject is not None else None)
 
     @abc.abstractmethod
@@ -233,16 +259,19 @@ class Store(abc.ABC):
         """The subject's folded events with created >= since, oldest first."""
 
     @abc.abstractmethod
-    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
-        """Events kept for no subject yet that name this customer or subscription, oldest first."""
+    async def pending(self, customer: str | None, subscription: str | None,
+                      payments: tuple[str, ...] = ()) -> list[EventRecord]:
+        """Events kept for no subject yet that name this customer or subscription, or wait for one of
+        `payments` (charge and payment intent ids), oldest first."""
 
     @abc.abstractmethod
     async def last_admin_change(self, subject: str) -> float | None:
         """When an admin last moved the subject (a person's decision the fold does not rewrite)."""
 
     @abc.abstractmethod
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
-        """Subjects whose timer is due at now, earliest first (through the timer index)."""
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        """Subjects whose timer is due at now, earliest first (through the timer index), but those in skip (the
+        sweep's subjects that failed: they wait for the next sweep rather than hold back the others)."""
 
     @abc.abstractmethod
     async def commit_batch(self, changes: list[Change]) -> set[str]:
@@ -298,5 +327,41 @@ class Store(abc.ABC):
         """Pseudonyms of erased subjects whose Stripe ids are still kept (a subscription was live)."""
 
     @abc.abstractmethod
+    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
+        """The subject's most recent Stripe events, newest first."""
+
+    @abc.abstractmethod
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
         """The subject's most recent transitions, newest first."""
+
+    # --- plans (_plans.py) ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def census(self) -> Census:
+        """Stored subjects counted by status, tier and plan version (a read of every subject)."""
+
+    @abc.abstractmethod
+    async def record_deploy(self, plan: PlanRecord, deploy: Deploy) -> Deploy:
+        """Store a plan version (unless stored already) and its deploy, in one transaction; the deploy as stored
+        (with its id). On a shared store every node is told (listen's on_plan)."""
+
+    @abc.abstractmethod
+    async def deploy_moved(self, deploy_id: int, moved: int) -> None:
+        """Record how many stored subjects a deploy's renames and retirements moved."""
+
+    @abc.abstractmethod
+    async def deploys(self, limit: int = 50) -> list[Deploy]:
+        """The newest deploys first: the first is the active plan."""
+
+    @abc.abstractmethod
+    async def plan_versions(self, versions: tuple[str, ...]) -> dict[str, PlanRecord]:
+        """The stored documents of these plan versions (those the store has)."""
+
+    @abc.abstractmethod
+    async def subjects_named(self, statuses: tuple[str, ...], tiers: tuple[str, ...], limit: int,
+                             skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        """Up to `limit` stored subjects in one of statuses or on one of tiers, but those in skip."""
+
+    @abc.abstractmethod
+    async def subjects_on(self, versions: tuple[str, ...], limit: int, after: str = "") -> list[StoredSubject]:
+        """Up to `limit` stored subjects on one of these plan versions, by subject name after `after`."""

@@ -15,6 +15,7 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_json)
 from ._migrations import migrations, statements
 from ._postgres_personal import PostgresPersonalData
+from ._postgres_plans import PLAN_CHANNEL, PostgresPlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 CHANNEL = "plangate_subjects"
@@ -30,7 +31,14 @@ _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c 
 # A count in one round trip (migration 5): $8 is the subject's version the decision was made on.
 _COUNT = "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)"
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
-          "stripe_subscription": "text", "fold_state": "text"}   # the others are float8
+          "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text"}   # others: float8
+# The subject a Stripe id leads to: the row's own subscription or customer, else a link of its events (another
+# subscription it holds or held, a charge, a payment intent), in that order of preference.
+_FIND = ("SELECT subject FROM (SELECT subject, 0 AS rank FROM subscriptions WHERE stripe_subscription = $1 "
+         "UNION ALL SELECT subject, 1 FROM stripe_links WHERE stripe_id = $1 "
+         "UNION ALL SELECT subject, 2 FROM subscriptions WHERE stripe_customer = $2 "
+         "UNION ALL SELECT subject, 3 + array_position($3::text[], stripe_id) FROM stripe_links "
+         "WHERE stripe_id = ANY($3::text[])) AS found ORDER BY rank LIMIT 1")
 _BATCH_UPDATE = (
     f"UPDATE subscriptions SET {', '.join(f'{c} = v.{c}' for c in WRITTEN)}, version = subscriptions.version + 1, "
     "updated_at = v.since FROM unnest($1::text[], $2::bigint[], "
@@ -40,7 +48,7 @@ _BATCH_UPDATE = (
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
-class PostgresStore(PostgresPersonalData, Store):
+class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
     caches_usage = False      # other nodes count too: usage is read from the database on every check
     channel = CHANNEL
 
@@ -209,6 +217,9 @@ class PostgresStore(PostgresPersonalData, Store):
                             "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
                             "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
                     await self._upsert_payments(db, change.payments)
+                    if change.links:
+                        await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
+                                         "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
                     await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
             except _ERRORS as exc:
                 raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
@@ -247,9 +258,9 @@ class PostgresStore(PostgresPersonalData, Store):
     async def _insert_event(self, db, e: EventRecord) -> bool:
         return bool(await db.fetchval(
             f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
             e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-            e.stripe_subscription, state_json(e.state_before), time.time()))
+            e.stripe_subscription, state_json(e.state_before), e.stripe_payment, time.time()))
 
     async def _upsert_payments(self, db, payments) -> None:
         for p in payments:
@@ -269,14 +280,12 @@ class PostgresStore(PostgresPersonalData, Store):
         async with self._conn() as db:
             return bool(await db.fetchval("SELECT 1 FROM subscription_events WHERE event_id = $1", event_id))
 
-    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
+    async def find_subject(self, customer: str | None, subscription: str | None,
+                           payments: tuple[str, ...] = ()) -> str | None:
+        if not (customer or subscription or payments):
+            return None
         async with self._conn() as db:
-            for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
-                if value:
-                    found = await db.fetchval(f"SELECT subject FROM subscriptions WHERE {column} = $1 LIMIT 1", value)
-                    if found:
-                        return found
-        return None
+            return await db.fetchval(_FIND, subscription, customer, list(payments))
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         async with self._conn() as db:
@@ -284,13 +293,15 @@ class PostgresStore(PostgresPersonalData, Store):
                                   "created >= $2 AND outcome <> 'pending' ORDER BY created, event_id", subject, since)
         return [event_from_row(r) for r in rows]
 
-    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
+    async def pending(self, customer: str | None, subscription: str | None,
+                      payments: tuple[str, ...] = ()) -> list[EventRecord]:
         async with self._conn() as db:
             rows = await db.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
                 "((stripe_customer IS NOT NULL AND stripe_customer = $1) OR "
-                "(stripe_subscription IS NOT NULL AND stripe_subscription = $2)) ORDER BY created, event_id",
-                customer, subscription)
+                "(stripe_subscription IS NOT NULL AND stripe_subscription = $2) OR "
+                "(stripe_payment IS NOT NULL AND stripe_payment = ANY($3::text[]))) ORDER BY created, event_id",
+                customer, subscription, list(payments))
         return [event_from_row(r) for r in rows]
 
     async def last_admin_change(self, subject: str) -> float | None:
@@ -298,10 +309,15 @@ class PostgresStore(PostgresPersonalData, Store):
             return await db.fetchval("SELECT max(at) FROM transitions WHERE subject = $1 AND trigger LIKE 'admin:%'",
                                      subject)
 
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
         async with self._conn() as db:
-            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
-                                  "ORDER BY timer_due LIMIT $2", now, limit)
+            if skip:
+                rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 AND "
+                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2",
+                                      now, limit, list(skip))
+            else:
+                rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
+                                      "ORDER BY timer_due LIMIT $2", now, limit)
         return [subject_from_row(r) for r in rows]
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
@@ -319,8 +335,15 @@ class PostgresStore(PostgresPersonalData, Store):
             keys = await db.execute("DELETE FROM usage_keys WHERE created_at < $1", keys_before)
         return int(usage.split()[-1]), int(keys.split()[-1])
 
-    def listen(self, on_subject, on_reset) -> None:
-        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout)
+    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
+                                  "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
+        return [event_from_row(r) for r in rows]
+
+    def listen(self, on_subject, on_reset, on_plan=None) -> None:
+        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout,
+                                  on_plan=on_plan)
         self._listener.start()
 
     async def unlisten(self) -> None:
@@ -363,11 +386,12 @@ class _Abort(Exception):
 
 
 class Listener:
-    """Keeps one connection LISTENing on the invalidation channel. When it is lost, every cached subject
-    may be stale: on_reset drops them all, then the listener reconnects (with a growing pause)."""
+    """Keeps one connection LISTENing on the invalidation channel (and, with on_plan, on the plan channel).
+    When it is lost, every cached subject may be stale: on_reset drops them all, then the listener reconnects
+    (with a growing pause); on_plan(None) then asks whether a plan was deployed meanwhile."""
 
-    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0):
-        self.dsn, self.on_subject, self.on_reset = dsn, on_subject, on_reset
+    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0, on_plan=None):
+        self.dsn, self.on_subject, self.on_reset, self.on_plan = dsn, on_subject, on_reset, on_plan
         self.connect_timeout = connect_timeout
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -391,7 +415,11 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
+                if self.on_plan is not None:
+                    await conn.add_listener(PLAN_CHANNEL, lambda _c, _pid, _ch, version: self.on_plan(version))
                 self.on_reset()            # whatever changed while we were not listening
+                if self.on_plan is not None:
+                    self.on_plan(None)
                 self.connected.set()
                 pause = 0.1
                 while not lost.is_set():

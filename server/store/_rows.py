@@ -1,9 +1,9 @@
 """Rows of the store's tables as values: the same columns and conversions for every database.
 
-A subject's row holds each field of SubjectState in a column of the same name, then StoredSubject's other
-fields (in _STORED_COLUMN's columns where the names differ): the column lists and conversions below are
-derived from the two declarations, so a field added to either is read and written once its migration adds
-the column.
+A subject's row holds each field of SubjectState, then each of StoredSubject's own fields, each in a column of
+the field's name unless _COLUMN names another, as it is unless _TO_ROW / _FROM_ROW convert it (JSON text).
+The column lists and the conversions below are derived from the two declarations, so a field added to either is
+read and written once its migration adds the column (and, for a value SQL cannot hold, its conversion here).
 """
 from __future__ import annotations
 
@@ -11,65 +11,69 @@ from dataclasses import fields
 
 from plangate.engine import SubjectState
 
-from ._base import Change, EventRecord, StoredSubject, state_from_json, state_json
+from ._base import (Change, EventRecord, StoredSubject, state_from_json, state_json, subscriptions_from,
+                    subscriptions_json)
 
-STATE_COLUMNS = tuple(f.name for f in fields(SubjectState))
+_STATE = tuple(f.name for f in fields(SubjectState))
 _STORED = tuple(f.name for f in fields(StoredSubject) if f.name != "state")
-_STORED_COLUMN = {"watermark": "stripe_watermark"}
-if _STORED[-1] != "fold_state" or STATE_COLUMNS[0] != "subject":
-    raise TypeError("subject_from_row reads the subject first and fold_state (JSON) last")
+_COLUMN = {"watermark": "stripe_watermark", "subscriptions": "stripe_subscriptions"}
+# Fields kept as JSON text: the expression that writes one ({} is the value) and the one that reads it back.
+_TO_ROW = {"fold_state": "state_json({})", "subscriptions": "subscriptions_json({})"}
+_FROM_ROW = {"fold_state": "None if {0} is None else state_from_json({0})",
+             "subscriptions": "() if {0} is None else subscriptions_from({0})"}
+_SCOPE = {"StoredSubject": StoredSubject, "SubjectState": SubjectState, "state_json": state_json,
+          "state_from_json": state_from_json, "subscriptions_json": subscriptions_json,
+          "subscriptions_from": subscriptions_from}
+if _STATE[0] != "subject" or set(_STATE) & set(_STORED):
+    raise TypeError("a subject's row starts with its key, and no field of the row shares a state field's name")
 
-SUBJECT_COLUMNS = ", ".join(STATE_COLUMNS + tuple(_STORED_COLUMN.get(name, name) for name in _STORED))
+
+def _column(name: str) -> str:
+    return _COLUMN.get(name, name)
+
+
+STATE_COLUMNS = tuple(_column(name) for name in _STATE)
+SUBJECT_COLUMNS = ", ".join(STATE_COLUMNS + tuple(_column(name) for name in _STORED))
 EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
-                 "state_before")
+                 "state_before, stripe_payment")
 # The columns a change writes (all but the key and the version), in the order of subject_values().
-WRITTEN = STATE_COLUMNS[1:] + tuple(_STORED_COLUMN.get(name, name) for name in _STORED if name != "version")
+WRITTEN = STATE_COLUMNS[1:] + tuple(_column(name) for name in _STORED if name != "version")
 
 
-
-def _values_of(paths: list[str]):
-    """A function of an object that returns the tuple of the values at `paths` (attribute names, dotted, or
-    a call `json(...)`), compiled: reads written out cost less than operator.attrgetter or a tuple joined from
-    parts, and every write of a subject reads its row's values."""
-    return eval(f"lambda o: ({''.join(f'{path}, ' for path in paths)})", {"json": state_json})
-
-
-_N_STATE = len(STATE_COLUMNS)
-_STATE_WRITTEN = _values_of([f"o.{name}" for name in STATE_COLUMNS[1:]])
-# WRITTEN's values: the state's, then the row's own between the version and the fold state (JSON).
-_SUBJECT_WRITTEN = _values_of([f"o.state.{name}" for name in STATE_COLUMNS[1:]]
-                              + [f"o.{name}" for name in _STORED[1:-1]] + ["json(o.fold_state)"])
+def _compiled(params: str, expression: str):
+    """A function compiled from the column lists: reads and writes written out cost less than
+    operator.attrgetter or a tuple joined from parts, and every write of a subject makes its row's values
+    (every read, its value back)."""
+    return eval(f"lambda {params}: {expression}", dict(_SCOPE))
 
 
-def _from_row():
-    """subject_from_row, compiled from the column lists like _values_of (a sweep converts a row per due
-    subject, a webhook event one or two)."""
-    state = ", ".join(f"r[{i}]" for i in range(_N_STATE))
-    stored = "".join(f"r[{i}], " for i in range(_N_STATE, _N_STATE + len(_STORED) - 1))
-    last = _N_STATE + len(_STORED) - 1
-    return eval(f"lambda r: StoredSubject(SubjectState({state}), {stored}None if r[{last}] is None else "
-                f"state_from_json(r[{last}]))",
-                {"StoredSubject": StoredSubject, "SubjectState": SubjectState, "state_from_json": state_from_json})
+def _to_row(name: str, value: str) -> str:
+    return _TO_ROW[name].format(value) if name in _TO_ROW else value
 
 
-subject_from_row = _from_row()
+_STATE_VALUES = _compiled("o", "(" + "".join(f"{_to_row(n, 'o.' + n)}, " for n in _STATE[1:]) + ")")
+_SUBJECT_VALUES = _compiled("o", "(" + "".join(f"{_to_row(n, 'o.state.' + n)}, " for n in _STATE[1:])
+                            + "".join(f"{_to_row(n, 'o.' + n)}, " for n in _STORED if n != "version") + ")")
+_FROM = [_FROM_ROW.get(name, "{0}").format(f"r[{i}]") for i, name in enumerate(_STATE + _STORED)]
+subject_from_row = _compiled("r", f"StoredSubject(SubjectState({', '.join(_FROM[:len(_STATE)])}), "
+                                  f"{', '.join(_FROM[len(_STATE):])})")
 subject_from_row.__doc__ = "A row of SUBJECT_COLUMNS (a tuple, or a database's record) as a StoredSubject."
 
 
 def subject_values(new: StoredSubject) -> tuple:
     """The values of WRITTEN for a subject's new row."""
-    return _SUBJECT_WRITTEN(new)
+    return _SUBJECT_VALUES(new)
 
 
 def state_values(state: SubjectState) -> tuple:
     """The values of a state's columns but the subject (STATE_COLUMNS[1:]), in their order."""
-    return _STATE_WRITTEN(state)
+    return _STATE_VALUES(state)
 
 
 def event_from_row(r) -> EventRecord:
     return EventRecord(id=r[0], type=r[1], created=r[2], payload=r[3], outcome=r[4], reason=r[5] or "",
                        subject=r[6], stripe_customer=r[7], stripe_subscription=r[8],
-                       state_before=state_from_json(r[9]))
+                       state_before=state_from_json(r[9]), stripe_payment=r[10])
 
 
 def now_of(change: Change) -> float:

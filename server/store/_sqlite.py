@@ -27,10 +27,12 @@ from ._base import AuditEntry, Change, Counted, EventRecord, Payment, Store, Sto
 from ._sqlite_connections import (CHECKPOINT_INTERVAL, Checkpointer, ThreadConnection, connect_on_loop, run_on_loop,
                                   sqlite_path)
 from ._sqlite_personal import SQLitePersonalData
+from ._sqlite_plans import SQLitePlans
 from ._sqlite_transactions import GroupCommit, WriteFailed, group_still_wanted, run_group, transaction
 
 
-class SQLiteStore(SQLitePersonalData, Store):
+
+class SQLiteStore(SQLitePersonalData, SQLitePlans, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous
@@ -118,24 +120,30 @@ class SQLiteStore(SQLitePersonalData, Store):
     async def event_seen(self, event_id: str) -> bool:
         return await self._read(queries.event_seen, event_id)
 
-    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
-        return await self._read(queries.find_subject, customer, subscription)
+    async def find_subject(self, customer: str | None, subscription: str | None,
+                           payments: tuple[str, ...] = ()) -> str | None:
+        return await self._read(queries.find_subject, customer, subscription, payments)
 
     async def lookup(self, event_id: str, subject: str | None, customer: str | None,
-                     subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
-        return await self._read(queries.lookup, event_id, subject, customer, subscription)
+                     subscription: str | None, payments: tuple[str, ...] = ()
+                     ) -> tuple[bool, str | None, StoredSubject | None]:
+        return await self._read(queries.lookup, event_id, subject, customer, subscription, payments)
+
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         return await self._read(queries.history, subject, since)
 
-    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
-        return await self._read(queries.pending, customer, subscription)
+    async def pending(self, customer: str | None, subscription: str | None,
+                      payments: tuple[str, ...] = ()) -> list[EventRecord]:
+        return await self._read(queries.pending, customer, subscription, payments)
+
 
     async def last_admin_change(self, subject: str) -> float | None:
         return await self._read(queries.last_admin_change, subject)
 
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
-        return await self._read(queries.due, now, limit)
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        return await self._read(queries.due, now, limit, skip)
+
 
     async def commit_batch(self, changes: list[Change]) -> set[str]:
         if not changes:
@@ -147,10 +155,13 @@ class SQLiteStore(SQLitePersonalData, Store):
         return await self._write_whole(queries.commit_batch, changes, on_loop=self._commits_on_loop)
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
-        return await self._scan(queries.doubtful, statuses, unconfirmed_before, limit)
+        return await self._on_writer_thread(queries.doubtful, statuses, unconfirmed_before, limit)
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
         return await self._write_whole(queries.cleanup, usage_before, keys_before)
+
+    async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
+        return await self._read(queries.events, subject, limit)
 
     # --- where each call runs ------------------------------------------------------------------
 
@@ -167,10 +178,14 @@ class SQLiteStore(SQLitePersonalData, Store):
         """The rows of one read on the loop's thread (the personal data's statements are _personal's)."""
         return await self._read(queries.fetch_all, sql, params)
 
-    async def _scan(self, fn, *args):
-        """A read that visits every subject (no index can answer it) on the writer's thread: SQLite lets go of
-        the GIL while it steps, so the loop keeps serving. On the loop, doubtful() over a million subscribed
-        subjects held every request until it was done."""
+    async def _scan(self, sql: str, params) -> list:
+        """The rows of a read that visits every subject, on the writer's thread (_on_writer_thread)."""
+        return await self._on_writer_thread(queries.fetch_all, sql, params)
+
+    async def _on_writer_thread(self, fn, *args):
+        """fn(connection, *args), a read that visits every subject (no index can answer it), on the writer's
+        thread: SQLite lets go of the GIL while it steps, so the loop keeps serving. On the loop, doubtful()
+        over a million subscribed subjects held every request until it was done."""
         if not self._open:
             raise StoreError("the store is not open")
         try:
@@ -204,4 +219,5 @@ class SQLiteStore(SQLitePersonalData, Store):
                 return await self._writer.run(transaction, fn, args)
             except WriteFailed as exc:
                 raise StoreError(str(exc)) from exc.__cause__
+
 

@@ -53,6 +53,13 @@ _USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window
 _PENDING = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_customer = ?1 "
             f"UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
             "stripe_subscription = ?2 AND (stripe_customer = ?1) IS NOT 1")
+# Events waiting for a charge or payment intent (a dispute), that neither of the above found.
+_PENDING_PAYMENT = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_payment = ? "
+                    "AND (stripe_customer = ?) IS NOT 1 AND (stripe_subscription = ?) IS NOT 1")
+_LINKED = "SELECT subject FROM stripe_links WHERE stripe_id = ?"
+_LINK = "INSERT OR IGNORE INTO stripe_links (stripe_id, subject) VALUES (?, ?)"
+_INSERT_EVENT = (f"INSERT INTO subscription_events ({EVENT_COLUMNS}, received_at) "
+                 f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS.split(','))}, ?) ON CONFLICT (event_id) DO NOTHING")
 _INSERT_TRANSITION = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
                       "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -92,28 +99,47 @@ def event_seen(db: sqlite3.Connection, event_id: str) -> bool:
     return db.execute("SELECT 1 FROM subscription_events WHERE event_id = ?", (event_id,)).fetchone() is not None
 
 
-def find_subject(db: sqlite3.Connection, customer: str | None, subscription: str | None) -> str | None:
-    row = _find_row(db, "subject", customer, subscription)
+def find_subject(db: sqlite3.Connection, customer: str | None, subscription: str | None,
+                 payments: tuple[str, ...] = ()) -> str | None:
+    row = _find_row(db, "subject", customer, subscription, payments)
     return row[0] if row else None
 
 
-def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None):
-    """`columns` of the subject linked to the subscription, else to the customer; None if neither is."""
+def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None,
+              payments: tuple[str, ...] = ()):
+    """`columns` of the subject linked to the subscription (its row's, else any it had), else to the customer,
+    else to a charge or payment intent of its events; None if none is."""
     for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
         if value:
             row = db.execute(f"SELECT {columns} FROM subscriptions WHERE {column} = ? LIMIT 1", (value,)).fetchone()
             if row:
                 return row
+        if column == "stripe_subscription" and value:     # another subscription the subject holds or held
+            row = _linked_row(db, columns, value)
+            if row:
+                return row
+    for value in payments:
+        row = _linked_row(db, columns, value)
+        if row:
+            return row
     return None
 
 
+def _linked_row(db: sqlite3.Connection, columns: str, stripe_id: str):
+    linked = db.execute(_LINKED, (stripe_id,)).fetchone()
+    if linked is None:
+        return None
+    return db.execute(f"SELECT {columns} FROM subscriptions WHERE subject = ?", (linked[0],)).fetchone()
+
+
 def lookup(db: sqlite3.Connection, event_id: str, subject: str | None, customer: str | None,
-           subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
+           subscription: str | None, payments: tuple[str, ...] = ()
+           ) -> tuple[bool, str | None, StoredSubject | None]:
     """Store.lookup's reads."""
     if event_seen(db, event_id):
         return True, None, None
     if subject is None:     # found by a Stripe id: its row read at once
-        row = _find_row(db, SUBJECT_COLUMNS, customer, subscription)
+        row = _find_row(db, SUBJECT_COLUMNS, customer, subscription, payments)
         return False, (row[0] if row else None), (subject_from_row(row) if row else None)
     return False, subject, load(db, subject)
 
@@ -124,9 +150,14 @@ def history(db: sqlite3.Connection, subject: str, since: float) -> list[EventRec
     return [event_from_row(r) for r in rows]
 
 
-def pending(db: sqlite3.Connection, customer: str | None, subscription: str | None) -> list[EventRecord]:
+def pending(db: sqlite3.Connection, customer: str | None, subscription: str | None,
+            payments: tuple[str, ...] = ()) -> list[EventRecord]:
     """Store.pending's events, in created order."""
     rows = db.execute(_PENDING, (customer, subscription)).fetchall()
+    for payment in payments:
+        rows += db.execute(_PENDING_PAYMENT, (payment, customer, subscription)).fetchall()
+    if payments:
+        rows = list({row[0]: row for row in rows}.values())      # a charge and its payment intent: one row
     if len(rows) > 1:
         rows.sort(key=lambda row: (row[2], row[0]))     # (created, event_id)
     return [event_from_row(r) for r in rows]
@@ -137,9 +168,10 @@ def last_admin_change(db: sqlite3.Connection, subject: str) -> float | None:
                       (subject,)).fetchone()[0]
 
 
-def due(db: sqlite3.Connection, now: float, limit: int) -> list[StoredSubject]:
-    rows = db.execute(f"SELECT {SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= ? ORDER BY timer_due LIMIT ?",
-                      (now, limit)).fetchall()
+def due(db: sqlite3.Connection, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+    skipped = f" AND subject NOT IN ({', '.join('?' for _ in skip)})" if skip else ""
+    rows = db.execute(f"SELECT {SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= ?{skipped} "
+                      "ORDER BY timer_due LIMIT ?", (now, *skip, limit)).fetchall()
     return [subject_from_row(r) for r in rows]
 
 
@@ -152,6 +184,12 @@ def doubtful(db: sqlite3.Connection, statuses: tuple[str, ...], unconfirmed_befo
         f"(status IN ({marks}) OR COALESCE(confirmed_at, 0) < ?) ORDER BY COALESCE(confirmed_at, 0) LIMIT ?",
         (*statuses, unconfirmed_before, limit)).fetchall()
     return [subject_from_row(r) for r in rows]
+
+
+def events(db: sqlite3.Connection, subject: str, limit: int) -> list[EventRecord]:
+    rows = db.execute(f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject = ? "
+                      "ORDER BY created DESC, event_id DESC LIMIT ?", (subject, limit)).fetchall()
+    return [event_from_row(r) for r in rows]
 
 
 # --- writes (each runs inside a transaction the caller holds) ------------------------------------------
@@ -234,6 +272,8 @@ def commit(db: sqlite3.Connection, change: Change) -> bool:
                    "WHERE event_id = ?",
                    (event.subject, event.outcome, event.reason, state_json(event.state_before), event.id))
     _upsert_payments(db, change.payments)
+    if change.links:
+        db.executemany(_LINK, [(stripe_id, s.subject) for stripe_id in change.links])
     return True
 
 
@@ -246,11 +286,9 @@ def record_event(db: sqlite3.Connection, event: EventRecord, payments: tuple[Pay
 
 
 def _insert_event(db: sqlite3.Connection, e: EventRecord) -> bool:
-    cursor = db.execute(
-        f"INSERT INTO subscription_events ({EVENT_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (event_id) DO NOTHING",
-        (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-         e.stripe_subscription, state_json(e.state_before), time.time()))
+    cursor = db.execute(_INSERT_EVENT, (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject,
+                                        e.stripe_customer, e.stripe_subscription, state_json(e.state_before),
+                                        e.stripe_payment, time.time()))
     return cursor.rowcount == 1
 
 

@@ -16,15 +16,19 @@ from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import NamedTuple
 
-from plangate.engine import StripeEvent, SubjectState, advance, event_order, relevant_events, replay
+from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
+                             relevant_events, replay, stripe_refs)
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, Payment, StoredSubject
-from .objects import named_subject, payment_of, stripe_ids
+from .api import StripeApi
+from .objects import named_subject, payment_of
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
+
+
 class _Unread(enum.Enum):
     """_fold's `loaded` when the caller has not read the subject's row."""
 
@@ -55,7 +59,8 @@ class _Fold(NamedTuple):
 
 @dataclass(frozen=True)
 class Received:
-    """What the webhook answers: the outcome of the event (applied, noop, stale, pending, ignored)."""
+    """What the webhook answers: the outcome of the event (applied, noop, stale, other_subscription, pending,
+    ignored)."""
 
     event_id: str
     outcome: str
@@ -73,14 +78,29 @@ class Ingest:
         self.gate = gate
         self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
-        self.table = gate.table
-        self.relevant = relevant_events(gate.table.plan)
+        self._relevant: tuple[StateTable | None, frozenset[str]] = (None, frozenset())
+        self.api = StripeApi(gate.config)       # whose a charge is, when an event names nothing else
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
         # over: with enough at once, some fail all MAX_ATTEMPTS and are answered 500. A fold waits for
         # the future of the fold of its subject before it (a chain, not a lock: a dict entry and a future a
         # fold). Folds in other processes (PostgreSQL) still meet on the version.
         self._folding: dict[str, asyncio.Future] = {}
+
+    @property
+    def table(self) -> StateTable:
+        """The plan the gate decides with now (a reload may swap it: a fold reads it once per attempt)."""
+        return self.gate.table
+
+    @property
+    def relevant(self) -> frozenset[str]:
+        """The Stripe event types that can change a subject under the current plan."""
+        table, types = self._relevant
+        if table is not self.gate.table:
+            table = self.gate.table
+            types = relevant_events(table.plan)
+            self._relevant = (table, types)
+        return types
 
     async def _io(self, operation: str, coro):
         # Under receive()'s one time budget for all of an event's store calls. Writes are shielded, as the
@@ -101,10 +121,11 @@ class Ingest:
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
         obj = event.object
-        customer, subscription = stripe_ids(obj)
+        refs = stripe_refs(obj)
         named = named_subject(obj, self.table.plan.subject_link)
         linking = named is not None
-        seen, subject, stored = await self._io("lookup", self.store.lookup(event.id, named, customer, subscription))
+        seen, subject, stored = await self._io("lookup", self.store.lookup(
+            event.id, named, refs.customer, refs.subscription, refs.payments))
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
         if named is not None and stored is None and self.personal is not None:
@@ -114,46 +135,64 @@ class Ingest:
             if pseudonym is not None:
                 subject, stored = pseudonym, await self._io("load", self.store.load(pseudonym))
                 payload = self.personal.conceal(payload, named, pseudonym)
+        if subject is None and refs.only_payments and self.api.configured:
+            # A dispute (or a refund without its customer) of a charge the gate has not seen: Stripe's record of
+            # the charge names the customer. StripeUnavailable propagates: answered 5xx, Stripe delivers again.
+            refs = await self.api.owner(refs)
+            if refs.customer:
+                subject = await self._io("find_subject", self.store.find_subject(refs.customer, None))
+                stored = await self._io("load", self.store.load(subject)) if subject is not None else None
+        customer, subscription = refs.customer, refs.subscription
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
-                             subscription)
+                             subscription, stripe_payment=refs.charge or refs.payment_intent)
         payment = payment_of(event.type, event.id, event.created, obj, subject)
         payments = (payment,) if payment else ()
         if subject is None:
-            reason = "no subject yet: kept until a checkout or subscription links its customer or subscription"
-            stored = await self._io("record_event", self.store.record_event(
-                replace(record, reason=reason, outcome="pending" if customer or subscription else "ignored"),
-                payments))
-            if not stored:
-                return Received(event.id, "duplicate", duplicate=True)
-            if customer or subscription:
-                # The link may have committed after the lookup above (Stripe sends an invoice and the event that
-                # links it at the same moment). Look again: either this sees the link, or the linking delivery's
-                # own look for waiting events, which comes after its commit, sees this row.
-                linked = await self._io("find_subject", self.store.find_subject(customer, subscription))
-                if linked is not None:
-                    adopted = await self._adopt_pending(linked, customer, subscription, answer_for=event.id)
-                    if adopted is not None:
-                        return adopted
-            return Received(event.id, "pending")
+            return await self._keep(event, record, refs, payments)
         try:
             received = await self._fold(_Fold(subject, ((event, record),), payments, (customer, subscription),
                                               linking, record_noop=record_noop), loaded=stored)
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
         assert received is not None     # only an adoption (waiting for events) can find none to fold
-        if linking and (customer or subscription):
-            adopted = await self._adopt_pending(subject, customer, subscription)
+        # Events that waited for what this one links: its customer and subscription when it names its subject,
+        # its charge and payment intent (which a waiting dispute names) in any case.
+        adopt = (customer, subscription, refs.payments) if linking else (None, None, refs.payments)
+        if any(adopt[:2]) or adopt[2]:
+            adopted = await self._adopt_pending(subject, *adopt)
             if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
                 received = replace(received, status=adopted.status)
         return received
 
-    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None, *,
-                             answer_for: str | None = None) -> Received | None:
+    async def _keep(self, event: StripeEvent, record: EventRecord, refs: Refs, payments) -> Received:
+        """An event for no known subject: kept `pending` if it names a Stripe id a later event may link."""
+        reason = ("no subject yet: kept until a checkout or subscription links its customer or subscription"
+                  if refs.customer or refs.subscription else
+                  "no subject yet: kept until an event of its subject names its charge or payment intent")
+        stored = await self._io("record_event", self.store.record_event(
+            replace(record, reason=reason, outcome="pending" if refs.any else "ignored"), payments))
+        if not stored:
+            return Received(event.id, "duplicate", duplicate=True)
+        if refs.any:
+            # The link may have committed after the lookup above (Stripe sends an invoice and the event that
+            # links it at the same moment). Look again: either this sees the link, or the linking delivery's
+            # own look for waiting events, which comes after its commit, sees this row.
+            linked = await self._io("find_subject", self.store.find_subject(refs.customer, refs.subscription,
+                                                                            refs.payments))
+            if linked is not None:
+                adopted = await self._adopt_pending(linked, refs.customer, refs.subscription, refs.payments,
+                                                    answer_for=event.id)
+                if adopted is not None:
+                    return adopted
+        return Received(event.id, "pending" if refs.any else "ignored")
+
+    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None,
+                             payments: tuple[str, ...] = (), *, answer_for: str | None = None) -> Received | None:
         """Events that came before the link to their subject: folded in now, in created order. Several
         deliveries may find the same waiting events at once; the fold reads them afresh after each load of
         the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
         async def waiting() -> Incoming:
-            rows = await self._io("pending", self.store.pending(customer, subscription))
+            rows = await self._io("pending", self.store.pending(customer, subscription, payments))
             return tuple((StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
                           replace(r, subject=subject)) for r in rows)
 
@@ -197,13 +236,16 @@ class Ingest:
                 # Their invoices' payments rows were written without a subject: they get it now.
                 fold = fold._replace(incoming=incoming, payments=tuple(
                     p for p in (payment_of(e.type, e.id, e.created, e.object, subject) for e, _ in incoming) if p))
+            table = self.table
+            if stored is not None and await self._migrated(table, subject, stored, now):
+                continue        # moved to the plan's names first, through the door: fold onto the row it wrote
             first = min((e for e, _ in incoming), key=event_order)
-            stored = stored or StoredSubject(self.table.initial_state(subject, first.created), 0)
+            stored = stored or StoredSubject(table.initial_state(subject, first.created), 0)
             later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
             if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
                 change = self._stale_after_admin(stored, incoming, now, fold.stored_rows)
             else:
-                change = self._change(fold, stored, later, now)
+                change = self._change(table, fold, stored, later, now)
             if not fold.record_noop and not change.audits and \
                     _essence(change.subject.state) == _essence(stored.state):
                 change = Change(replace(stored, confirmed_at=now), stored.version)
@@ -218,6 +260,17 @@ class Ingest:
             why=f"the subject changed under each of {MAX_ATTEMPTS} attempts; answered 500 for Stripe to deliver again")
         raise StoreUnavailable("webhook: the subject kept changing; Stripe will deliver again")
 
+    async def _migrated(self, table: StateTable, subject: str, stored: StoredSubject, now: float) -> bool:
+        """Did the subject need a plan change (a status or tier name the plan renamed or retired)? Then it was
+        made, audited, through the gate's door."""
+        try:
+            needed = table.migrate(stored.state, now) is not None
+        except UnknownStatus as exc:
+            raise self.gate.state_unknown(subject, exc) from None
+        if needed:
+            await self.gate.migrate_subject(subject)
+        return needed
+
     async def _later(self, subject: str, stored: StoredSubject, first: StripeEvent, ids: set[str]) -> list[EventRecord]:
         """Stored events of the subject that sort after `first`: the part of the fold to run again."""
         if stored.watermark is None or first.created > stored.watermark:
@@ -226,20 +279,22 @@ class Ingest:
         key = event_order(first)
         return [r for r in rows if r.id not in ids and event_order(_as_event(r)) > key]
 
-    def _change(self, fold: _Fold, stored: StoredSubject, later: list[EventRecord], now: float) -> Change:
+    def _change(self, table: StateTable, fold: _Fold, stored: StoredSubject, later: list[EventRecord],
+                now: float) -> Change:
         # Where the fold starts: before the first later event; else the state the Stripe events alone gave
         # (so that an event created before a timer that already fired is folded in before it); else, after
         # an admin's change (which drops the fold state), the stored state.
         base = (later[0].state_before if later and later[0].state_before else
                 stored.fold_state if stored.fold_state is not None else stored.state)
+        base = table.named(base, now)    # stored before a rename: under the plan's names
         exact = not later and base == stored.state
         incoming = fold.incoming
         records = {r.id: r for _, r in incoming}
         records.update({r.id: r for r in later})
-        folded, steps = replay(self.table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
+        folded, steps = replay(table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
         # Folded from before timers that already fired: fire again what is still due, at the deadlines, so the
         # subject does not step back. (Folded onto the stored state, due timers are left to the sweep.)
-        final, timers = (folded, []) if exact else advance(self.table, folded, now)
+        final, timers = (folded, []) if exact else advance(table, folded, now)
         changed = _essence(final) != _essence(stored.state)
         mine = {e.id for e, _ in incoming}
         rows, audits = [], []
@@ -250,37 +305,42 @@ class Ingest:
                 outcome = "applied" if changed else "stale"
                 reason = (f"arrived after {len(later)} newer event(s); folded in created order: {reason}"
                           if changed else f"older than events already applied; changes nothing ({reason})")
+            if step.outcome.other_subscription:     # whenever it came, another subscription's event moves nothing
+                outcome = "other_subscription"
             rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before))
             if exact:
-                audits.extend(self._audits(step, now))
+                audits.extend(self._audits(table, step, now))
         if exact:
-            audits.extend(self._timer_audits(timers))
+            audits.extend(self._timer_audits(table, timers))
         elif final.status != stored.state.status:
             cause = incoming[0][0]
             audits.append(AuditEntry(stored.state.subject, stored.state.status, final.status, cause.key,
                                      f"events folded again in created order after {cause.id} arrived: "
-                                     f"{steps[-1].outcome.reason}", now, self.table.version, cause.id, "stripe"))
+                                     f"{steps[-1].outcome.reason}", now, table.version, cause.id, "stripe"))
         customer, subscription = fold.ids
         watermark = max([stored.watermark or 0.0] + [e.created for e, _ in incoming])
         keep = bool(later) and not fold.linking
+        follows = final.follows
         new = replace(stored, state=final, fold_state=folded, watermark=watermark, confirmed_at=now,
                       stripe_customer=_newer(stored.stripe_customer, customer, keep),
-                      stripe_subscription=_newer(stored.stripe_subscription, subscription, keep))
+                      stripe_subscription=follows.id if follows is not None else
+                      _newer(stored.stripe_subscription, subscription, keep))
         fresh = mine if not fold.stored_rows else set()
         return Change(new, stored.version, tuple(audits),
                       new_events=tuple(r for r in rows if r.id in fresh),
-                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=fold.payments)
+                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=fold.payments,
+                      links=_links(stored.state, final, [e for e, _ in incoming]))
 
-    def _timer_audits(self, outcomes) -> list[AuditEntry]:
+    def _timer_audits(self, table: StateTable, outcomes) -> list[AuditEntry]:
         return [AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
-                           self.table.version, None, "timer") for o in outcomes if o.moved]
+                           table.version, None, "timer") for o in outcomes if o.moved]
 
-    def _audits(self, step, now: float) -> list[AuditEntry]:
-        out = self._timer_audits(step.timers)
+    def _audits(self, table: StateTable, step, now: float) -> list[AuditEntry]:
+        out = self._timer_audits(table, step.timers)
         if step.outcome.moved:
             o = step.outcome
             out.append(AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason,
-                                  o.state.since, self.table.version, step.event.id, "stripe"))
+                                  o.state.since, table.version, step.event.id, "stripe"))
         return out
 
     def _stale_after_admin(self, stored: StoredSubject, incoming, now: float, stored_rows: bool = False) -> Change:
@@ -295,6 +355,17 @@ class Ingest:
             self.gate.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
             log(logging.INFO, "transition", subject=audit.subject, trigger=audit.trigger, from_status=audit.from_status,
                 to_status=audit.to_status, reason=audit.reason, cause_id=audit.cause_id, actor=audit.actor)
+
+
+def _links(before: SubjectState, after: SubjectState, events: list[StripeEvent]) -> tuple[str, ...]:
+    """Stripe ids the fold links to the subject that it had not: subscriptions it had not seen (those it had
+    were linked when first seen, or by migration subscriptions_and_links), and the charges and payment intents
+    of the events."""
+    known = {s.id for s in before.subscriptions}
+    ids = [s.id for s in after.subscriptions if s.id not in known]
+    for event in events:
+        ids.extend(stripe_refs(event.object).payments)
+    return tuple(dict.fromkeys(ids))
 
 
 def _as_event(row: EventRecord) -> StripeEvent:

@@ -3,15 +3,11 @@ while) and fold what their subscription says now, as the event that would have t
 from __future__ import annotations
 
 import json
-import logging
-
-import stripe
 
 from plangate.engine import StripeEvent
 from plangate.policy import TriggerKind
 
 from ..gate import Gate
-from ..logs import log
 from .ingest import Ingest
 from .objects import ENDED
 
@@ -22,19 +18,25 @@ class Reconciler:
     def __init__(self, gate: Gate, ingest: Ingest):
         self.gate = gate
         self.ingest = ingest
-        plan = gate.table.plan
-        # Doubtful: grace statuses, and where their timers lead (the billing problem once grace runs out).
-        grace = {s.name for s in plan.statuses if s.grace}
-        after_grace = {t.target for t in plan.transitions if t.trigger.kind is TriggerKind.TIMER
-                       and grace & set(plan.sources_of(t))}
-        self.doubtful_statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
-        self._stripe: stripe.StripeClient | None = None
-        self._http: stripe.AIOHTTPClient | None = None
+        self._doubtful: tuple[object, tuple[str, ...]] = (None, ())
+
+    @property
+    def doubtful_statuses(self) -> tuple[str, ...]:
+        """Grace statuses, and where their timers lead (the billing problem once grace runs out), under the
+        plan the gate runs now."""
+        table, statuses = self._doubtful
+        if table is not self.gate.table:
+            table = self.gate.table
+            plan = table.plan
+            grace = {s.name for s in plan.statuses if s.grace}
+            after_grace = {t.target for t in plan.transitions if t.trigger.kind is TriggerKind.TIMER
+                           and grace & set(plan.sources_of(t))}
+            statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
+            self._doubtful = (table, statuses)
+        return statuses
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close_async()
-            self._http, self._stripe = None, None
+        await self.ingest.api.close()
 
     async def run(self) -> int:
         """Ask Stripe for the subscription of each doubtful subject and apply what it says; how many changed."""
@@ -46,7 +48,7 @@ class Reconciler:
                                                  RECONCILE_BATCH), timeout=30.0)
         changed = 0
         for stored in subjects:
-            sub = await self._subscription(stored.stripe_subscription)
+            sub = await self.ingest.api.subscription(stored.stripe_subscription)
             if sub is None:
                 continue
             event = _synthetic(sub, now)
@@ -55,19 +57,6 @@ class Reconciler:
                 record_noop=False)
             changed += received.outcome == "applied"
         return changed
-
-    async def _subscription(self, subscription_id: str) -> dict | None:
-        if self._stripe is None:
-            self._http = stripe.AIOHTTPClient()
-            self._stripe = stripe.StripeClient(
-                self.gate.config.stripe_secret_key, http_client=self._http,
-                base_addresses={"api": self.gate.config.stripe_api_base}, max_network_retries=2)
-        try:
-            sub = await self._stripe.v1.subscriptions.retrieve_async(subscription_id)
-        except stripe.InvalidRequestError as exc:
-            log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
-            return None
-        return sub.to_dict()
 
 
 def _synthetic(sub: dict, now: float) -> StripeEvent:

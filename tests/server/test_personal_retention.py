@@ -125,10 +125,18 @@ class TestMigration:
 
 
 async def _back_to_schema_5(database: str) -> None:
-    """Undo migrations 6 and 7, with a connection that does not zero what it frees (as the gate did before)."""
+    """Undo migrations 6 and later, with a connection that does not zero what it frees (as the gate did before
+    it)."""
     undo = ["DROP INDEX subscription_events_unreduced", "ALTER TABLE subscription_events DROP COLUMN reduced_at",
             "DROP TABLE erasures",
-            "ALTER TABLE subscriptions DROP COLUMN trial_end", "ALTER TABLE subscriptions DROP COLUMN cancel_at"]
+            # 7: the subscription's dates
+            "ALTER TABLE subscriptions DROP COLUMN trial_end", "ALTER TABLE subscriptions DROP COLUMN cancel_at",
+            # 8: plan versions
+            "DROP TABLE plan_deploys", "DROP TABLE plan_versions",
+            # 9: subscriptions and links
+            "DROP INDEX subscription_events_pending_by_payment",
+            "ALTER TABLE subscription_events DROP COLUMN stripe_payment", "DROP TABLE stripe_links",
+            "ALTER TABLE subscriptions DROP COLUMN stripe_subscriptions"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

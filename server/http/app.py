@@ -44,7 +44,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         await store.open()
         if migrate:
             await store.migrate()
-        store.listen(gate.invalidate, gate.invalidate_all)
+        store.listen(gate.invalidate, gate.invalidate_all, gate.usage_counted)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:
             jobs.start()

@@ -136,8 +136,10 @@ class Store(abc.ABC):
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
 
-    def listen(self, on_subject, on_reset) -> None:
-        """Start telling this node about subjects other nodes changed (nothing to do for one node)."""
+    def listen(self, on_subject, on_reset, on_usage=None) -> None:
+        """Start telling this node about subjects other nodes changed, on_subject(subject), and about their
+        counts, on_usage(subject, meter, window_start, used); on_reset() when some may have been missed
+        (nothing to do for one node)."""
 
     async def unlisten(self) -> None:
         """Stop what listen() started."""

@@ -11,12 +11,14 @@ import time
 
 import asyncpg
 
+from ._batches import Batches
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 CHANNEL = "plangate_subjects"
+USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 6)
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
 _SUBJECT_COLUMNS = SUBJECT_COLUMNS
@@ -26,8 +28,12 @@ _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, v
 _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c in enumerate(WRITTEN, 1))}, "
                    f"version = version + 1, updated_at = ${len(WRITTEN) + 1} "
                    f"WHERE subject = ${len(WRITTEN) + 2} AND version = ${len(WRITTEN) + 3} RETURNING 1")
-# A count in one round trip (migration 5): $8 is the subject's version the decision was made on.
-_COUNT = "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)"
+# Counts in one round trip (migration 6): one array per argument of Store.count, one element per count.
+_COUNT_BATCH = ("SELECT * FROM plangate_count_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], "
+                "$6::text[], $7::bigint[], $8::float8[], $9)")
+# Batches of counts in flight per node at once; counts that arrive meanwhile wait and go in the next one.
+BATCHES_IN_FLIGHT = 2
+DEADLOCK_RETRIES = 3
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
           "stripe_subscription": "text", "fold_state": "text"}   # the others are float8
 _BATCH_UPDATE = (
@@ -40,7 +46,12 @@ _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionErr
 
 
 class PostgresStore(Store):
-    caches_usage = False      # other nodes count too: usage is read from the database on every check
+    @property
+    def caches_usage(self) -> bool:
+        """Other nodes count too: a cached usage is current only while every count reaches this node (the
+        listener hears plangate_usage); otherwise usage is read from the database on every check."""
+        listener = getattr(self, "_listener", None)
+        return listener is not None and listener.hears_usage and listener.connected.is_set()
 
     def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0,
                  command_timeout: float = 10.0):
@@ -49,6 +60,9 @@ class PostgresStore(Store):
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
         self._pool: asyncpg.Pool | None = None
         self._turns: asyncio.Semaphore | None = None     # made by open(), in the loop that uses it
+        self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT)
+        self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
+        self.announce_usage = True    # each count NOTIFYs plangate_usage (other nodes' caches stay current)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -66,6 +80,7 @@ class PostgresStore(Store):
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
+        await self._counts.drain(5.0)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             with contextlib.suppress(*_ERRORS):
@@ -147,15 +162,11 @@ class PostgresStore(Store):
     async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
                     limit: int | None, key: str | None, now: float) -> Counted:
         subject = current.state.subject
-        args = (subject, meter, window_start, amount, limit, key, now)
-        async with self._conn() as db:
-            try:
-                if current.version:
-                    row = await db.fetchrow(_COUNT, *args, current.version)
-                else:
-                    row = await self._count_first(db, current, args)
-            except _ERRORS as exc:
-                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        item = (subject, meter, window_start, amount, limit, key, current.version, now)
+        if current.version:
+            row = await self._counts.submit(item)
+        else:
+            row = await self._count_first(current, item)
         outcome, used, *seen = row
         if outcome == "repeat":
             seen_subject, seen_meter, seen_amount = seen
@@ -166,18 +177,56 @@ class PostgresStore(Store):
             return Counted(True, used, duplicate=True)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
-    async def _count_first(self, db, current: StoredSubject, args: tuple):
-        """plangate_count's row for a subject not stored yet: its row goes in with the count (as version 1,
-        unless another writer's is there), or not at all."""
+    async def _count_batch(self, items: list[tuple]) -> list:
+        """plangate_count_batch's row for each count, in one call (one round trip, one commit). The counts run
+        sorted by (subject, meter, window) so that every batch of every node takes its row locks in one order;
+        a batch chosen as a deadlock's victim anyway (locks taken by the sweep or a state change) runs again.
+        A statement that fails for one count's values fails the call: the counts then run one call each, so
+        that the failure is that count's alone."""
+        order = sorted(range(len(items)), key=lambda i: items[i][:3])
+        ordered = [items[i] for i in order]
+        rows = [None] * len(items)
+        async with self._conn() as db:
+            for attempt in range(DEADLOCK_RETRIES + 1):
+                try:
+                    found = await db.fetch(_COUNT_BATCH, *_columns(ordered), self.announce_usage)
+                    break
+                except asyncpg.TransactionRollbackError:
+                    self.batches_retried += 1
+                    if attempt == DEADLOCK_RETRIES:
+                        raise
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    if len(items) == 1:
+                        raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+                    found = [await self._count_alone(db, item) for item in ordered]
+                    break
+        for i, row in zip(order, found):
+            rows[i] = row
+        return rows
+
+    async def _count_alone(self, db, item: tuple):
+        """One count in a call of its own; its failure as a StoreError (for its caller alone)."""
         try:
-            async with db.transaction():
-                await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
-                                 *subject_values(current), args[-1])
-                row = await db.fetchrow(_COUNT, *args, 1)
-                if row[0] != "counted":
-                    raise _Abort(row)
-        except _Abort as abort:         # rolled back: a refused first count stores nothing
-            return abort.row
+            return (await db.fetch(_COUNT_BATCH, *_columns([item]), self.announce_usage))[0]
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            return StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
+
+    async def _count_first(self, current: StoredSubject, item: tuple):
+        """The count's row for a subject not stored yet: its row goes in with the count (as version 1, unless
+        another writer's is there), or not at all. Not batched: a subject's first count happens once."""
+        item = (*item[:6], 1, item[7])
+        async with self._conn() as db:
+            try:
+                async with db.transaction():
+                    await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                                     *subject_values(current), item[-1])
+                    row = (await db.fetch(_COUNT_BATCH, *_columns([item]), self.announce_usage))[0]
+                    if row[0] != "counted":
+                        raise _Abort(row)
+            except _Abort as abort:         # rolled back: a refused first count stores nothing
+                return abort.row
+            except _ERRORS as exc:
+                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         return row
 
     # --- state changes -------------------------------------------------------------------------
@@ -219,6 +268,10 @@ class PostgresStore(Store):
         cols = list(zip(*[(c.subject.state.subject, c.expected_version, *subject_values(c.subject))
                           for c in changes]))
         async with self._tx() as db:
+            # Rows locked in the order batches of counts take them (code point order: Python's sort, and
+            # COLLATE "C" here), so that a sweep and a batch never wait for each other both ways.
+            await db.execute('SELECT 1 FROM subscriptions WHERE subject = ANY($1::text[]) '
+                             'ORDER BY subject COLLATE "C" FOR UPDATE', cols[0])
             rows = await db.fetch(_BATCH_UPDATE, *cols)
             done = {r[0] for r in rows}
             await self._audit(db, [a for c in changes if c.subject.state.subject in done for a in c.audits])
@@ -322,8 +375,9 @@ class PostgresStore(Store):
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
         return [event_from_row(r) for r in rows]
 
-    def listen(self, on_subject, on_reset) -> None:
-        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout)
+    def listen(self, on_subject, on_reset, on_usage=None) -> None:
+        self._listener = Listener(self.dsn, on_subject, on_reset, on_usage if self.announce_usage else None,
+                                  connect_timeout=self.connect_timeout)
         self._listener.start()
 
     async def unlisten(self) -> None:
@@ -357,6 +411,11 @@ async def _keep_session(conn) -> None:
     a transaction left open."""
 
 
+def _columns(counts: list[tuple]) -> list[list]:
+    """Store.count's arguments of many counts as plangate_count_batch's arrays."""
+    return [list(column) for column in zip(*counts)]
+
+
 class _Abort(Exception):
     """Leave a transaction by rolling it back, with plangate_count's row to answer with."""
 
@@ -365,11 +424,14 @@ class _Abort(Exception):
 
 
 class Listener:
-    """Keeps one connection LISTENing on the invalidation channel. When it is lost, every cached subject
-    may be stale: on_reset drops them all, then the listener reconnects (with a growing pause)."""
+    """Keeps one connection LISTENing on the invalidation channel, and on plangate_usage when on_usage is
+    given (on_usage(subject, meter, window_start, used) for every count any node committed). When it is lost,
+    every cached subject may be stale: on_reset drops them all, then the listener reconnects (with a growing
+    pause)."""
 
-    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0):
-        self.dsn, self.on_subject, self.on_reset = dsn, on_subject, on_reset
+    def __init__(self, dsn: str, on_subject, on_reset, on_usage=None, *, connect_timeout: float = 5.0):
+        self.dsn, self.on_subject, self.on_reset, self.on_usage = dsn, on_subject, on_reset, on_usage
+        self.hears_usage = on_usage is not None
         self.connect_timeout = connect_timeout
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -384,6 +446,12 @@ class Listener:
                 await self._task
             self._task = None
 
+    def _counted(self, note: str) -> None:
+        """One plangate_usage notification: a line per count, "used window meter subject" (tab-separated)."""
+        for line in note.split("\n"):
+            used, window, meter, subject = line.split("\t", 3)
+            self.on_usage(subject, meter, int(window), int(used))
+
     async def _run(self) -> None:
         pause = 0.1
         while True:
@@ -393,6 +461,8 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
+                if self.on_usage is not None:
+                    await conn.add_listener(USAGE_CHANNEL, lambda _c, _pid, _ch, note: self._counted(note))
                 self.on_reset()            # whatever changed while we were not listening
                 self.connected.set()
                 pause = 0.1

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from plangate.server.store._migrations import migrations
+
 from .conftest import BASE_ENV, PLAN, TOKEN
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
@@ -58,12 +60,13 @@ class TestStartupRefusesBadSettings:
 class TestMigrate:
     def test_migrate_sets_the_schema_version_once(self, tmp_path):
         env = {"PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
+        latest = migrations("sqlite")[-1][0]
         first = run(["migrate"], env, tmp_path)
         again = run(["migrate"], env, tmp_path)
-        assert first.returncode == 0 and "schema version 0 -> 5" in first.stdout
-        assert again.returncode == 0 and "schema is current (version 5)" in again.stdout
+        assert first.returncode == 0 and f"schema version 0 -> {latest}" in first.stdout
+        assert again.returncode == 0 and f"schema is current (version {latest})" in again.stdout
         with sqlite3.connect(tmp_path / "db.sqlite3") as db:
-            assert db.execute("PRAGMA user_version").fetchone() == (5,)
+            assert db.execute("PRAGMA user_version").fetchone() == (latest,)
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 

@@ -57,7 +57,10 @@ from bench.http_gate import (HOST, MAX_REQUESTS, SUBJECTS as WARM_SUBJECTS, Load
 
 ADMIN_DSN = os.environ.get("PLANGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUBJECTS = 2000                  # many subjects: consume is not one hot row
-CONSUME_RATIO_GOAL = 0.5         # issue 4's consume goal against bare aiohttp, held for every store here
+SQLITE_RATIO_GOAL = 0.5          # issue 4's consume goal against bare aiohttp
+FLOOR_RATIO_GOAL = 1.0           # issue 18: consume on one PostgreSQL node at least as fast as the one-upsert floor
+SCALING_GOAL = 1.0               # issue 18: 2 and 3 nodes at least as fast as one
+CHECK_RATIO_GOAL = 0.7           # issue 18: check on PostgreSQL against bare aiohttp
 INVALIDATION_TIMEOUT = 10.0      # seconds one sample may take before it counts as lost
 
 # asyncpg, counted: every statement a gate process sends (execute without arguments is one simple query
@@ -134,18 +137,27 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def postgres_cpu() -> dict[int, float]:
-    """CPU seconds so far of every PostgreSQL server process on this machine (backends, WAL writer, ...)."""
+def postgres_cpu(database: str | None = None) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL server processes on this machine: with `database`, its backends and
+    the cluster's shared ones (WAL writer, checkpointer, ...), not the backends of other databases (other
+    tests and benches on a shared machine use the same server)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    cpu = _proc_cpu(int(entry.name))
-                    if cpu is not None:
-                        found[int(entry.name)] = cpu
+                if (entry / "comm").read_text().strip() != "postgres":
+                    continue
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
             except OSError:
                 continue
+            # A backend's title: "postgres: [cluster:] user database host(port) state"; shared ones have no host.
+            backend = any("(" in word and word.startswith(("127.", "[", "::", "/")) for word in title) or \
+                "[local]" in title
+            if database and backend and database not in title:
+                continue
+            cpu = _proc_cpu(int(entry.name))
+            if cpu is not None:
+                found[int(entry.name)] = cpu
     return found
 
 
@@ -172,13 +184,14 @@ class Meter:
         self.rt0 = self._round_trips()
         self.x0 = pg_xacts(self.dsn) if self.dsn else None
         self.gate0 = [g.cpu_seconds() for g in self.gates]
-        self.pg0 = postgres_cpu()
+        self.database = self.dsn.rsplit("/", 1)[-1] if self.dsn else None
+        self.pg0 = postgres_cpu(self.database)
         self.busy0 = machine_busy()
         return self
 
     def __exit__(self, *exc):
         self.busy1 = machine_busy()
-        self.pg1 = postgres_cpu()
+        self.pg1 = postgres_cpu(self.database)
         self.gate1 = [g.cpu_seconds() for g in self.gates]
         self.x1 = pg_xacts(self.dsn) if self.dsn else None
         self.rt1 = self._round_trips()
@@ -281,7 +294,7 @@ def _verdict(row: dict) -> str:
     parts = [f"gate {gate:.0f} us CPU/{what}, PostgreSQL {pg:.0f} us" if row["store"] == "postgresql"
              else f"gate {gate:.0f} us CPU/{what}"]
     if "round_trips_per_request" in row:
-        parts.append(f"{row['round_trips_per_request']:.1f} store round trips and "
+        parts.append(f"{row['round_trips_per_request']:.2f} store round trips and "
                      f"{row.get('pg_xacts_per_request', 0):.2f} transactions per {what}")
     parts.append(f"machine {busy:.0f}% busy")
     if row.get("fail_mode_answers") or row.get("store_errors"):
@@ -295,6 +308,18 @@ def _verdict(row: dict) -> str:
     return "; ".join(parts)
 
 
+# name -> (what it is measured against, the goal on the ratio): every row of the table, in order. A goal of
+# None: shown, not held to anything (the floor's own ratio to bare aiohttp says what the database costs).
+ROWS = {
+    "floor": ("bare", None),
+    "sqlite-1": ("bare", SQLITE_RATIO_GOAL),
+    "postgresql-1": ("floor", FLOOR_RATIO_GOAL),
+    "postgresql-2": ("postgresql-1", SCALING_GOAL),
+    "postgresql-3": ("postgresql-1", SCALING_GOAL),
+    "postgresql-1-check": ("bare-check", CHECK_RATIO_GOAL),
+}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench.postgres_consume", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measured run (default 3)")
@@ -303,7 +328,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--connections", type=int, default=32, help="in all, split across nodes")
     parser.add_argument("--subjects", type=int, default=SUBJECTS)
     parser.add_argument("--samples", type=int, default=200, help="invalidation delay samples")
+    parser.add_argument("--nodes", type=int, default=3, help="most PostgreSQL nodes to measure consume on")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--only", default="", help="comma-separated setups to measure (default all): "
+                        "bare, floor, sqlite-1, postgresql-N, bare-check, postgresql-1-check")
     args = parser.parse_args([] if argv is None else argv)
     generator = choose_generator(args.generator)
     print(f"postgres_consume: load generator: {generator}; {args.connections} connections in all, "
@@ -322,64 +350,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_plan(folder)
         servers: list[Server] = []
         try:
-            bare = start_bare(folder, False)
-            servers.append(bare)
-            sqlite = start_gate("gate-sqlite", folder, token, str(folder / "gate.sqlite3"))
-            servers.append(sqlite)
-            # name -> (nodes, their round-trip count files, the database, the endpoint driven)
-            setups: dict[str, tuple[list[Server], list[Path], str | None, str]] = {
-                "bare": ([bare], [], None, "consume"), "sqlite-1": ([sqlite], [], None, "consume")}
-            if dsn:
-                counts = [folder / "count-a", folder / "count-b"]
-                node_a = start_gate("gate-pg-a", folder, token, dsn, counts[0])
-                servers.append(node_a)
-                node_b = start_gate("gate-pg-b", folder, token, dsn, counts[1])
-                servers.append(node_b)
-                setups["postgresql-1"] = ([node_a], counts[:1], dsn, "consume")
-                setups["postgresql-2"] = ([node_a, node_b], counts, dsn, "consume")
-                setups["bare-check"] = ([bare], [], None, "check")
-                setups["postgresql-1-check"] = ([node_a], counts[:1], dsn, "check")
-            for nodes, _, _, endpoint in setups.values():
-                for node in nodes:
-                    _probe(node.url, endpoint, token)
-
-            def measure(name: str, duration: float, tag: str) -> tuple[Result, dict]:
-                nodes, count_files, db, endpoint = setups[name]
-                per = max(1, args.connections // len(nodes))
-                loads = [Load(n.url, endpoint, token, per, duration, MAX_REQUESTS // len(nodes),
-                              f"{name}-{tag}-{i}-{secrets.token_hex(4)}", _subjects(endpoint, args))
-                         for i, n in enumerate(nodes)]
-                run = (lambda load: run_wrk(load, folder)) if generator == "wrk" else run_python_generator
-                with Meter(nodes, count_files, db) as meter:
-                    with ThreadPoolExecutor(len(loads)) as pool:
-                        parts = list(pool.map(run, loads))
-                got = _combine(parts)
-                return got, meter.figures(got.requests)
-
-            if args.warmup > 0:
-                for name in setups:
-                    measure(name, args.warmup, "warm")
-            best: dict[str, tuple[Result, dict]] = {}
-            for n in range(max(1, args.rounds)):
-                for name in setups:
-                    got = measure(name, args.duration, str(n))
-                    if name not in best or got[0].rps > best[name][0].rps:
-                        best[name] = got
-            troubles = {name: _gate_troubles(nodes[0].url) for name, (nodes, *_) in setups.items()
-                        if not name.startswith("bare")}
-            if dsn:
-                troubles["postgresql-2"] = {k: troubles["postgresql-1"][k] + _gate_troubles(node_b.url)[k]
-                                            for k in troubles["postgresql-1"]}
-            invalidation = (asyncio.run(invalidation_delay(node_a.url, node_b.url, token, args.samples))
-                            if dsn else None)
+            setups = _start(folder, token, dsn, args, servers)
+            wanted = [n for n in setups if not args.only or n in args.only.split(",")]
+            best = _measure(setups, wanted, folder, token, generator, args)
+            troubles = {name: _troubles(nodes) for name, (nodes, *_) in setups.items()
+                        if name in best and not name.startswith(("bare", "floor"))}
+            nodes = setups.get(f"postgresql-{min(2, args.nodes)}", ([],))[0]
+            invalidation = (asyncio.run(invalidation_delay(nodes[0].url, nodes[1].url, token, args.samples))
+                            if dsn and len(nodes) > 1 and args.samples else None)
         finally:
             for server in reversed(servers):
                 server.stop()
             if dsn:
                 drop_database(dsn)
 
-    for name in ("sqlite-1", "postgresql-1", "postgresql-2", "postgresql-1-check"):
-        rows.append(_row(name, best, troubles, pg_error, generator, args))
+    for name, (base, goal) in ROWS.items():
+        if name in wanted or name.startswith("postgresql-") and not dsn:
+            rows.append(_row(name, base, goal, best, troubles, pg_error, generator, args))
     if invalidation is not None or pg_error:
         rows.append({"what": "cross-node invalidation delay (PostgreSQL NOTIFY)", "store": "postgresql",
                      "nodes": 2, **(invalidation or {"skipped": pg_error}),
@@ -389,49 +376,130 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def _start(folder: Path, token: str, dsn: str | None, args, servers: list[Server]) -> dict:
+    """Every server, each a process of its own; name -> (its nodes, their round-trip count files, the
+    database its CPU is read from, the endpoint driven)."""
+    bare = start_bare(folder, False)
+    servers.append(bare)
+    sqlite = start_gate("gate-sqlite", folder, token, str(folder / "gate.sqlite3"))
+    servers.append(sqlite)
+    setups: dict[str, tuple[list[Server], list[Path], str | None, str]] = {
+        "bare": ([bare], [], None, "consume"), "sqlite-1": ([sqlite], [], None, "consume")}
+    if dsn:
+        floor = start_floor(folder, dsn)
+        servers.append(floor)
+        setups["floor"] = ([floor], [], dsn, "consume")
+        counts = [folder / f"count-{i}" for i in range(args.nodes)]
+        nodes = []
+        for i, count in enumerate(counts):
+            nodes.append(start_gate(f"gate-pg-{i}", folder, token, dsn, count))
+            servers.append(nodes[-1])
+            setups[f"postgresql-{i + 1}"] = (nodes[:i + 1], counts[:i + 1], dsn, "consume")
+        setups["bare-check"] = ([bare], [], None, "check")
+        setups["postgresql-1-check"] = ([nodes[0]], counts[:1], dsn, "check")
+    for nodes, _, _, endpoint in setups.values():
+        for node in nodes:
+            _probe(node.url, endpoint, token)
+    return setups
+
+
+def _measure(setups: dict, wanted: list[str], folder: Path, token: str, generator: str, args) -> dict:
+    """Warm-up, then rounds of measured runs, setups interleaved; the best run (most req/s) of each setup."""
+    def measure(name: str, duration: float, tag: str, metered: bool) -> tuple[Result, dict]:
+        nodes, count_files, db, endpoint = setups[name]
+        shares = [args.connections // len(nodes) + (i < args.connections % len(nodes)) for i in range(len(nodes))]
+        loads = [Load(n.url, endpoint, token, share, duration, MAX_REQUESTS // len(nodes),
+                      f"{name}-{tag}-{i}-{secrets.token_hex(4)}", _subjects(endpoint, args))
+                 for i, (n, share) in enumerate(zip(nodes, shares))]
+        run = (lambda load: run_wrk(load, folder)) if generator == "wrk" else run_python_generator
+        with Meter(nodes, count_files, db if metered else None) as meter:
+            with ThreadPoolExecutor(len(loads)) as pool:
+                parts = list(pool.map(run, loads))
+        got = _combine(parts)
+        return got, meter.figures(got.requests)
+
+    if args.warmup > 0:
+        for name in wanted:
+            measure(name, args.warmup, "warm", False)
+    best: dict[str, tuple[Result, dict]] = {}
+    for n in range(max(1, args.rounds)):
+        for name in wanted:
+            got = measure(name, args.duration, str(n), True)
+            print(f"  {name} round {n}: {got[0].rps:.0f} req/s, gate {got[1]['gate_cpu_us']} us, "
+                  f"pg {got[1]['postgres_cpu_us']} us, busy {got[1]['machine_busy_pct']}%", flush=True)
+            if name not in best or got[0].rps > best[name][0].rps:
+                best[name] = got
+    return best
+
+
+def _troubles(nodes: list[Server]) -> dict[str, float]:
+    found = [_gate_troubles(node.url) for node in nodes]
+    return {k: sum(f[k] for f in found) for k in found[0]}
+
+
+def start_floor(folder: Path, dsn: str) -> Server:
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench._floor import serve_floor; serve_floor(0, {dsn!r})"
+    return Server("floor", [sys.executable, "-c", code], dict(os.environ), folder)
+
+
 def _subjects(endpoint: str, args) -> int:
     """Consume spreads over many subjects (no hot row); check drives a warm cache, as bench.http_gate's does."""
     return args.subjects if endpoint == "consume" else WARM_SUBJECTS
 
 
-def _row(name: str, best: dict, troubles: dict, pg_error: str | None, generator: str, args) -> dict:
-    """One setup's row against the bare endpoint of the same endpoint. Consume is held to issue 4's ratio; the
-    check on PostgreSQL only to being answered from the store (none by the fail mode). Every row needs a
-    clean run."""
+_NAMES = {"bare": "bare aiohttp", "bare-check": "bare aiohttp", "floor": "the one-upsert floor"}
+
+
+def _what(name: str) -> str:
+    if name == "floor":
+        return "/v1/consume, one-upsert floor (aiohttp+uvloop+orjson+asyncpg, one durable upsert a request)"
     store, nodes = name.split("-")[:2]
     endpoint = "check" if name.endswith("-check") else "consume"
-    row = {"what": f"/v1/{endpoint} on {'SQLite' if store == 'sqlite' else 'PostgreSQL'}, {nodes} node"
-                   + ("s" if nodes != "1" else ""), "endpoint": endpoint, "store": store, "nodes": int(nodes),
-           "generator": generator, "connections": args.connections,
-           "subjects": _subjects(endpoint, args),
-           "goal": f"ratio>={CONSUME_RATIO_GOAL}" if endpoint == "consume" else "no fail-mode answer"}
-    if name not in best:
-        return {**row, "skipped": pg_error or "not run", "met": False}
-    (got, fig), (base, base_fig) = best[name], best["bare" if endpoint == "consume" else "bare-check"]
-    trouble = troubles[name]
-    ratio = got.rps / base.rps if base.rps else 0.0
-    row.update({"bare_rps": round(base.rps, 1), "bare_p50_ms": round(base.p50_ms, 3),
-                "bare_p99_ms": round(base.p99_ms, 3), "bare_cpu_us": base_fig["gate_cpu_us"],
-                "bare_latency_dist": base.dist, "rps": round(got.rps, 1), "ratio": round(ratio, 3),
+    return (f"/v1/{endpoint} on {'SQLite' if store == 'sqlite' else 'PostgreSQL'}, {nodes} node"
+            + ("s" if nodes != "1" else ""))
+
+
+def _row(name: str, base: str, goal: float | None, best: dict, troubles: dict, pg_error: str | None,
+         generator: str, args) -> dict:
+    """One setup's row against its baseline of the same run. Every held row also needs a clean run (no errors,
+    no fail-mode answers, no store errors)."""
+    endpoint = "check" if name.endswith("-check") else "consume"
+    store, nodes = ("postgresql", "1") if name == "floor" else name.split("-")[:2]
+    row = {"what": _what(name), "endpoint": endpoint, "store": store, "nodes": int(nodes), "generator": generator,
+           "connections": args.connections, "subjects": _subjects(endpoint, args), "baseline": base,
+           "baseline_what": _NAMES.get(base) or _what(base),
+           "goal": f"ratio>={goal}" if goal is not None else "-"}
+    if name not in best or base not in best:
+        return {**row, "skipped": pg_error or "not run", "met": False if goal is not None else None}
+    (got, fig), (ref, ref_fig) = best[name], best[base]
+    trouble = troubles.get(name, {})
+    ratio = got.rps / ref.rps if ref.rps else 0.0
+    row.update({"bare_rps": round(ref.rps, 1), "bare_p50_ms": round(ref.p50_ms, 3), "bare_p99_ms": round(ref.p99_ms, 3),
+                "bare_cpu_us": ref_fig["gate_cpu_us"], "bare_postgres_cpu_us": ref_fig["postgres_cpu_us"],
+                "bare_latency_dist": ref.dist, "rps": round(got.rps, 1), "ratio": round(ratio, 3),
                 "p50_ms": round(got.p50_ms, 3), "p99_ms": round(got.p99_ms, 3), "requests": got.requests,
-                "errors": got.errors, "fail_mode_answers": int(trouble["fail_mode_answers"]),
-                "store_errors": int(trouble["store_errors"]), **fig, "latency_dist": got.dist,
-                "met": (endpoint == "check" or ratio >= CONSUME_RATIO_GOAL) and got.errors == 0
-                       and not any(trouble.values())})
+                "errors": got.errors, "fail_mode_answers": int(trouble.get("fail_mode_answers", 0)),
+                "store_errors": int(trouble.get("store_errors", 0)), **fig, "latency_dist": got.dist})
+    if "floor" in best and name.startswith("postgresql-") and endpoint == "consume":
+        row["floor_ratio"] = round(got.rps / best["floor"][0].rps, 3) if best["floor"][0].rps else 0.0
+    clean = got.errors == 0 and not any(trouble.values())
+    row["met"] = None if goal is None else (ratio >= goal and clean)
     row["bottleneck"] = _verdict(row)
     return row
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:
-    head = ("setup", "req/s", "bare req/s", "ratio", "p50/p99 ms", "gate/pg CPU us", "rt/req", "busy", "")
+    head = ("setup", "req/s", "against", "req/s", "ratio", "goal", "p50/p99 ms", "gate/pg CPU us", "rt/req", "busy",
+            "")
     lines = [head]
     for r in rows:
         if "rps" not in r:
             continue
-        lines.append((r["what"], f"{r['rps']:.0f}", f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
-                      f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}", f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
-                      f"{r['round_trips_per_request']:.1f}" if "round_trips_per_request" in r else "-",
-                      f"{r['machine_busy_pct']:.0f}%", "met" if r["met"] else "NOT met"))
+        lines.append((r["what"], f"{r['rps']:.0f}", r["baseline_what"], f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
+                      r["goal"], f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}",
+                      f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
+                      f"{r['round_trips_per_request']:.2f}" if "round_trips_per_request" in r else "-",
+                      f"{r['machine_busy_pct']:.0f}%", {True: "met", False: "NOT met", None: ""}[r["met"]]))
     print(columns(lines), file=out)
     for r in rows:
         if r.get("skipped"):

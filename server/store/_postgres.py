@@ -31,8 +31,10 @@ _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c 
 # Counts in one round trip (migration 6): one array per argument of Store.count, one element per count.
 _COUNT_BATCH = ("SELECT * FROM plangate_count_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], "
                 "$6::text[], $7::bigint[], $8::float8[], $9)")
-# Batches of counts in flight per node at once; counts that arrive meanwhile wait and go in the next one.
-BATCHES_IN_FLIGHT = 2
+# Batches of counts (and of subject loads) in flight per node at once; what arrives meanwhile waits and goes in
+# the next one. One: the round trip and commit of a batch is the time the next one has to fill up (with two,
+# batches came out about half as large and PostgreSQL spent more CPU a count, on two cores).
+BATCHES_IN_FLIGHT = 1
 DEADLOCK_RETRIES = 3
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
           "stripe_subscription": "text", "fold_state": "text"}   # the others are float8
@@ -61,6 +63,7 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._turns: asyncio.Semaphore | None = None     # made by open(), in the loop that uses it
         self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT)
+        self._loads = Batches(self._load_batch, BATCHES_IN_FLIGHT)
         self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
         self.announce_usage = True    # each count NOTIFYs plangate_usage (other nodes' caches stay current)
 
@@ -81,6 +84,7 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._counts.drain(5.0)
+        await self._loads.drain(1.0)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             with contextlib.suppress(*_ERRORS):
@@ -135,9 +139,15 @@ class PostgresStore(Store):
     # --- reads ---------------------------------------------------------------------------------
 
     async def load(self, subject: str) -> StoredSubject | None:
+        return await self._loads.submit(subject)
+
+    async def _load_batch(self, subjects: list[str]) -> list[StoredSubject | None]:
+        """The rows of subjects asked for together (cache misses under load), in one query."""
         async with self._conn() as db:
-            row = await db.fetchrow(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = $1", subject)
-        return subject_from_row(row) if row else None
+            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ANY($1::text[])",
+                                  list(set(subjects)))
+        found = {row[0]: subject_from_row(row) for row in rows}
+        return [found.get(subject) for subject in subjects]
 
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:

@@ -64,6 +64,7 @@ class PostgresStore(Store):
         self._turns: asyncio.Semaphore | None = None     # made by open(), in the loop that uses it
         self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT)
         self._loads = Batches(self._load_batch, BATCHES_IN_FLIGHT)
+        self.query_logger = None      # a callable given every statement this store sends (set before open())
         self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
         self.announce_usage = True    # each count NOTIFYs plangate_usage (other nodes' caches stay current)
 
@@ -78,9 +79,15 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.pool_min, max_size=self.pool_max, timeout=self.connect_timeout,
-                command_timeout=self.command_timeout, reset=_keep_session)
+                command_timeout=self.command_timeout, reset=_keep_session, init=self._watch)
         except (*_ERRORS, ValueError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def _watch(self, conn) -> None:
+        """A new pooled connection: every statement it sends goes to query_logger, when one is set (before
+        open(); asyncpg's own hook, a LoggedQuery per statement)."""
+        if self.query_logger is not None:
+            conn.add_query_logger(self.query_logger)
 
     async def close(self) -> None:
         await self._counts.drain(5.0)

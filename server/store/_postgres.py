@@ -12,6 +12,7 @@ import time
 import asyncpg
 
 from ._batches import Batches
+from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
@@ -44,7 +45,6 @@ _BATCH_UPDATE = (
     + ", ".join(f"${i}::{_TYPES.get(c, 'float8')}[]" for i, c in enumerate(WRITTEN, 3))
     + f") AS v (subject, expected, {', '.join(WRITTEN)}) "
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
 class PostgresStore(Store):
@@ -56,14 +56,19 @@ class PostgresStore(Store):
         return listener is not None and listener.hears_usage and listener.connected.is_set()
 
     def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0,
-                 command_timeout: float = 10.0):
+                 command_timeout: float = 10.0, replicas: tuple[str, ...] = (), replica_max_lag: float = 1.0):
         self.dsn = dsn
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
-        self._pool: asyncpg.Pool | None = None
-        self._turns: asyncio.Semaphore | None = None     # made by open(), in the loop that uses it
+        options = {"min_size": pool_min, "max_size": pool_max, "connect_timeout": connect_timeout,
+                   "command_timeout": command_timeout, "reset": _keep_session, "init": self._watch}
+        self._primary = Pool(dsn, **options)
+        # Reads of subjects (checks, GET /v1/subjects) may go to streaming replicas; see _pg_pool.Replicas.
+        self.replicas = Replicas(self._primary, [Pool(r, **options) for r in replicas], replica_max_lag) \
+            if replicas else None
         self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT)
         self._loads = Batches(self._load_batch, BATCHES_IN_FLIGHT)
+        self._listener: Listener | None = None
         self.query_logger = None      # a callable given every statement this store sends (set before open())
         self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
         self.announce_usage = True    # each count NOTIFYs plangate_usage (other nodes' caches stay current)
@@ -71,17 +76,14 @@ class PostgresStore(Store):
     # --- life cycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # Turns at the pool, one per connection, a freed one handed to the longest waiter. asyncpg's own wait is
-        # an asyncio queue, where a woken waiter that finds the connection taken already (by a caller that came
-        # later and never waited) waits again at the back: at 32 checks in flight on 10 connections some waited
-        # past PLANGATE_STORE_TIMEOUT and were answered by the fail mode (p95 161 ms; in turns, p99 5-6 ms).
-        self._turns = asyncio.Semaphore(self.pool_max)
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=self.pool_min, max_size=self.pool_max, timeout=self.connect_timeout,
-                command_timeout=self.command_timeout, reset=_keep_session, init=self._watch)
-        except (*_ERRORS, ValueError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        await self._primary.open()
+        if self.replicas is not None:
+            for pool in self.replicas.pools:
+                try:
+                    await pool.open()
+                except StoreError:
+                    pass            # a replica down at start: reads go to the primary (its pool opens lazily)
+            self.replicas.start()
 
     async def _watch(self, conn) -> None:
         """A new pooled connection: every statement it sends goes to query_logger, when one is set (before
@@ -92,29 +94,26 @@ class PostgresStore(Store):
     async def close(self) -> None:
         await self._counts.drain(5.0)
         await self._loads.drain(1.0)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            with contextlib.suppress(*_ERRORS):
-                await asyncio.wait_for(pool.close(), 5)
+        if self.replicas is not None:
+            await self.replicas.stop()
+            for pool in self.replicas.pools:
+                await pool.close()
+        await self._primary.close()
 
-    @contextlib.asynccontextmanager
-    async def _conn(self, timeout: float | None = None):
-        """A pooled connection, in turn (first come, first served). The wait is bounded by the caller's time
-        budget (the gate runs every store call under one), not by a timer of its own: asyncpg's acquire timeout
-        is a task and a timer per call. Calls outside a gate's budget (migrate, a job's lock) pass `timeout`."""
-        if self._pool is None:
-            raise StoreError("the store is not open")
-        try:
-            await (self._turns.acquire() if timeout is None else asyncio.wait_for(self._turns.acquire(), timeout))
-        except asyncio.TimeoutError as exc:
-            raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except _ERRORS as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._turns.release()       # after the connection is back in the pool: the next turn finds it there
+    def _conn(self, timeout: float | None = None):
+        """A connection to the primary, in turn (Pool.conn)."""
+        return self._primary.conn(timeout)
+
+    def _reader(self, *subjects: str):
+        """A connection for reading these subjects: a replica that is current enough, else the primary."""
+        return (self.replicas.reader(subjects) if self.replicas is not None else self._primary).conn()
+
+    def _changed(self, *subjects: str) -> None:
+        """This node wrote these subjects, or tried to on a version it read (maybe from a replica): until a
+        replica is confirmed past now, they are read from the primary."""
+        if self.replicas is not None:
+            for subject in subjects:
+                self.replicas.touched(subject)
 
     @contextlib.asynccontextmanager
     async def _tx(self, timeout: float | None = None):
@@ -137,6 +136,8 @@ class PostgresStore(Store):
                         await db.execute(statement)
                     await db.execute("INSERT INTO plangate_schema (version) VALUES ($1)", number)
                     version = number
+        if version != before and self.replicas is not None:
+            self.replicas.forget()          # no replica is read before it has the new schema
         return before, version
 
     async def ping(self) -> None:
@@ -150,7 +151,7 @@ class PostgresStore(Store):
 
     async def _load_batch(self, subjects: list[str]) -> list[StoredSubject | None]:
         """The rows of subjects asked for together (cache misses under load), in one query."""
-        async with self._conn() as db:
+        async with self._reader(*subjects) as db:
             rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ANY($1::text[])",
                                   list(set(subjects)))
         found = {row[0]: subject_from_row(row) for row in rows}
@@ -159,7 +160,7 @@ class PostgresStore(Store):
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:
             return {}
-        async with self._conn() as db:
+        async with self._reader(subject) as db:
             rows = await db.fetch(
                 "SELECT meter, window_start, used FROM quota_usage WHERE subject = $1 AND "
                 "(meter, window_start) IN (SELECT * FROM unnest($2::text[], $3::bigint[]))",
@@ -168,7 +169,7 @@ class PostgresStore(Store):
         return {w: found.get(w, 0) for w in windows}
 
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
-        async with self._conn() as db:
+        async with self._reader(subject) as db:
             rows = await db.fetch(
                 "SELECT subject, from_status, to_status, trigger, reason, at, plan_version, cause_id, actor "
                 "FROM transitions WHERE subject = $1 ORDER BY id DESC LIMIT $2", subject, limit)
@@ -185,6 +186,8 @@ class PostgresStore(Store):
         else:
             row = await self._count_first(current, item)
         outcome, used, *seen = row
+        if outcome in ("counted", "conflict"):
+            self._changed(subject)
         if outcome == "repeat":
             seen_subject, seen_meter, seen_amount = seen
             if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
@@ -250,6 +253,7 @@ class PostgresStore(Store):
 
     async def commit(self, change: Change) -> bool:
         new, s = change.subject, change.subject.state
+        self._changed(s.subject)        # written, or decided on a row that was stale: the primary has it now
         async with self._conn() as db:
             try:
                 async with db.transaction():
@@ -284,6 +288,7 @@ class PostgresStore(Store):
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
         cols = list(zip(*[(c.subject.state.subject, c.expected_version, *subject_values(c.subject))
                           for c in changes]))
+        self._changed(*cols[0])
         async with self._tx() as db:
             # Rows locked in the order batches of counts take them (code point order: Python's sort, and
             # COLLATE "C" here), so that a sweep and a batch never wait for each other both ways.
@@ -387,12 +392,20 @@ class PostgresStore(Store):
         return int(usage.split()[-1]), int(keys.split()[-1])
 
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
-        async with self._conn() as db:
+        async with self._reader(subject) as db:
             rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
         return [event_from_row(r) for r in rows]
 
     def listen(self, on_subject, on_reset, on_usage=None) -> None:
+        if self.replicas is not None:       # what another node changed is read from the primary for a while
+            replicas = self.replicas
+
+            def heard(subject: str, *_usage) -> None:
+                replicas.touched(subject)
+
+            on_subject, on_reset = _after(heard, on_subject), _after(replicas.forget, on_reset)
+            on_usage = on_usage and _after(heard, on_usage)
         self._listener = Listener(self.dsn, on_subject, on_reset, on_usage if self.announce_usage else None,
                                   connect_timeout=self.connect_timeout)
         self._listener.start()
@@ -426,6 +439,14 @@ async def _keep_session(conn) -> None:
     Our sessions change none of that: no SET, no cursor, LISTEN only on the Listener's own connection, and the
     one session lock (exclusive) is released by its holder, or its connection closed. asyncpg still rolls back
     a transaction left open."""
+
+
+def _after(first, then):
+    """A callback that calls first(*args), then then(*args)."""
+    def both(*args) -> None:
+        first(*args)
+        then(*args)
+    return both
 
 
 def _columns(counts: list[tuple]) -> list[list]:

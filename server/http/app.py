@@ -29,6 +29,7 @@ _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: 
 def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool = True,
                run_jobs: bool = True) -> web.Application:
     metrics = Metrics()
+    metrics.replica_lags = store.replica_lags
     gate = Gate(config, table, store, metrics)
     # The webhook may carry large events; /v1/ bodies are held to max_body_bytes in _input.
     app = web.Application(client_max_size=max(config.max_body_bytes, config.webhook_max_bytes))

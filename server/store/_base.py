@@ -144,6 +144,10 @@ class Store(abc.ABC):
     async def unlisten(self) -> None:
         """Stop what listen() started."""
 
+    def replica_lags(self) -> dict[str, float]:
+        """Measured lag (seconds) of each read replica, by host:port (none but on PostgreSQL with replicas)."""
+        return {}
+
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):
         """Run a job on one node at a time; yields False when another node is running it."""

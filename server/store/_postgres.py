@@ -100,6 +100,11 @@ class PostgresStore(Store):
                 await pool.close()
         await self._primary.close()
 
+    def replica_lags(self) -> dict[str, float]:
+        if self.replicas is None:
+            return {}
+        return {pool.dsn.split("@")[-1].split("/")[0]: lag for pool, lag in zip(self.replicas.pools, self.replicas.lag)}
+
     def _conn(self, timeout: float | None = None):
         """A connection to the primary, in turn (Pool.conn)."""
         return self._primary.conn(timeout)

@@ -7,6 +7,7 @@ write goes to the primary.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import asyncpg
@@ -205,3 +206,7 @@ class TestGateOnReplicas:
         status, answer = await gate.check("bob")
         assert status == 200 and answer["reason"] == "ok" and answer["used"] == 0
         assert store.replicas.reader(["bob"]) in store.replicas.pools
+        status, text = await gate.get("/metrics")
+        port = replica.rsplit(":", 1)[1].split("/")[0]
+        lag = re.search(rf'plangate_replica_lag_seconds{{replica="127.0.0.1:{port}"}} (\S+)', text)
+        assert status == 200 and lag and 0 <= float(lag.group(1)) < 0.5, text[-500:]

@@ -319,6 +319,13 @@ class TestCounting:
         with pytest.raises(IdempotencyConflict):
             await store.count(current, "requests", 0, 3, 10, "k1", 100.0)
 
+    async def test_a_key_reused_for_another_subject_is_a_conflict(self, store):
+        await store.count(fresh("a"), "requests", 0, 2, 10, "shared", 100.0)
+        await store.commit(Change(fresh("b"), 0))
+        with pytest.raises(IdempotencyConflict, match="subject 'a'"):
+            await store.count(await store.load("b"), "requests", 0, 2, 10, "shared", 100.0)
+        assert await store.used("b", [("requests", 0)]) == {("requests", 0): 0}
+
     async def test_windows_are_separate_rows(self, store):
         await store.count(fresh(), "requests", 0, 2, 10, None, 100.0)
         current = await store.load("u")

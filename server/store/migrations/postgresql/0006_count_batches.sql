@@ -9,6 +9,9 @@
 --
 -- The arrays are one count each, in the order to run them: the store sorts them by (subject, meter, window)
 -- so that every batch takes its row locks in the same order, and two nodes' batches cannot deadlock.
+-- Every statement names the count's subject (so that the schema can run on Citus, distributed by subject; see
+-- README), but for the search of a key first used for another subject, which only a key unique across subjects
+-- can meet.
 -- Outcomes as plangate_count's: counted, refused (used: the usage now), conflict (the row's version is not
 -- p_versions[i]), repeat (the key was seen: its first subject, meter, amount and usage after it).
 -- Every count that went through is also announced on the channel plangate_usage, one line per count
@@ -38,7 +41,12 @@ BEGIN
             IF NOT FOUND THEN
                 SELECT 'repeat', k.used_after, k.subject, k.meter, k.amount
                 INTO outcome, used, seen_subject, seen_meter, seen_amount
-                FROM usage_keys AS k WHERE k.key = p_keys[i];
+                FROM usage_keys AS k WHERE k.subject = p_subjects[i] AND k.key = p_keys[i];
+                IF NOT FOUND THEN
+                    SELECT 'repeat', k.used_after, k.subject, k.meter, k.amount
+                    INTO outcome, used, seen_subject, seen_meter, seen_amount
+                    FROM usage_keys AS k WHERE k.key = p_keys[i];
+                END IF;
                 RETURN NEXT;
                 CONTINUE;
             END IF;
@@ -58,7 +66,7 @@ BEGIN
             outcome := 'counted';
             used := v_used;
             IF p_keys[i] IS NOT NULL THEN
-                UPDATE usage_keys SET used_after = v_used WHERE key = p_keys[i];
+                UPDATE usage_keys SET used_after = v_used WHERE subject = p_subjects[i] AND key = p_keys[i];
             END IF;
             IF p_announce THEN
                 v_line := v_used || E'\t' || p_windows[i] || E'\t' || p_meters[i] || E'\t' || p_subjects[i];
@@ -70,7 +78,7 @@ BEGIN
             END IF;
         ELSE
             IF p_keys[i] IS NOT NULL THEN
-                DELETE FROM usage_keys WHERE key = p_keys[i];
+                DELETE FROM usage_keys WHERE subject = p_subjects[i] AND key = p_keys[i];
             END IF;
             IF outcome IS NULL THEN
                 outcome := 'refused';

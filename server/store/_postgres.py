@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 
 import asyncpg
 
@@ -182,24 +183,28 @@ class PostgresStore(Store):
 
     # --- counting ------------------------------------------------------------------------------
 
-    async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
-                    limit: int | None, key: str | None, now: float) -> Counted:
-        subject = current.state.subject
-        item = (subject, meter, window_start, amount, limit, key, current.version, now)
+    def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
+              limit: int | None, key: str | None, now: float) -> Awaitable[Counted]:
+        """Store.count, as a future of the batch the count joins (no task of its own: the gate shields it)."""
+        item = (current.state.subject, meter, window_start, amount, limit, key, current.version, now)
         if current.version:
-            row = await self._counts.submit(item)
-        else:
-            row = await self._count_first(current, item)
+            return self._counts.submit(item)
+        return asyncio.ensure_future(self._count_first(current, item))
+
+    def _counted(self, item: tuple, row) -> Counted | Exception:
+        """What plangate_count_batch's row says of one count (an IdempotencyConflict for that count alone)."""
+        if isinstance(row, Exception):
+            return row
+        subject, meter, _, amount, _, key = item[:6]
         outcome, used, *seen = row
-        if outcome in ("counted", "conflict"):
-            self._changed(subject)
         if outcome == "repeat":
-            seen_subject, seen_meter, seen_amount = seen
-            if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
-                raise IdempotencyConflict(
-                    f"idempotency key {key!r} was first used for subject {seen_subject!r}, meter {seen_meter!r}, "
-                    f"amount {seen_amount}; use a new key for different work")
+            if tuple(seen) != (subject, meter, amount):
+                return IdempotencyConflict(
+                    f"idempotency key {key!r} was first used for subject {seen[0]!r}, meter {seen[1]!r}, "
+                    f"amount {seen[2]}; use a new key for different work")
             return Counted(True, used, duplicate=True)
+        if outcome != "refused":
+            self._changed(subject)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
     async def _count_batch(self, items: list[tuple]) -> list:
@@ -226,7 +231,7 @@ class PostgresStore(Store):
                     found = [await self._count_alone(db, item) for item in ordered]
                     break
         for i, row in zip(order, found):
-            rows[i] = row
+            rows[i] = self._counted(items[i], row)
         return rows
 
     async def _count_alone(self, db, item: tuple):
@@ -237,7 +242,7 @@ class PostgresStore(Store):
             return StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
 
     async def _count_first(self, current: StoredSubject, item: tuple):
-        """The count's row for a subject not stored yet: its row goes in with the count (as version 1, unless
+        """A count for a subject not stored yet: its row goes in with the count (as version 1, unless
         another writer's is there), or not at all. Not batched: a subject's first count happens once."""
         item = (*item[:6], 1, item[7])
         async with self._conn() as db:
@@ -249,10 +254,13 @@ class PostgresStore(Store):
                     if row[0] != "counted":
                         raise _Abort(row)
             except _Abort as abort:         # rolled back: a refused first count stores nothing
-                return abort.row
+                row = abort.row
             except _ERRORS as exc:
                 raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-        return row
+        counted = self._counted(item, row)
+        if isinstance(counted, Exception):
+            raise counted
+        return counted
 
     # --- state changes -------------------------------------------------------------------------
 

@@ -212,12 +212,14 @@ class Meter:
 
 # --- servers -------------------------------------------------------------------------------------
 
-def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None) -> Server:
-    """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given."""
+def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None,
+               **settings: str) -> Server:
+    """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given;
+    `settings` are more PLANGATE_ variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
     env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
                 "PLANGATE_PORT": "0", "PLANGATE_DATABASE": database,
-                "PLANGATE_PLANS": str(folder / "plans.yaml")})
+                "PLANGATE_PLANS": str(folder / "plans.yaml"), **settings})
     if count_file is not None:
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
         argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
@@ -330,6 +332,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--samples", type=int, default=200, help="invalidation delay samples")
     parser.add_argument("--nodes", type=int, default=3, help="most PostgreSQL nodes to measure consume on")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--no-push-usage", action="store_true",
+                        help="PostgreSQL nodes with PLANGATE_PG_PUSH_USAGE=false: counts are not announced, and "
+                             "checks read usage from the database (what pushing usage costs a consume)")
     parser.add_argument("--only", default="", help="comma-separated setups to measure (default all): "
                         "bare, floor, sqlite-1, postgresql-N, bare-check, postgresql-1-check")
     args = parser.parse_args([] if argv is None else argv)
@@ -392,7 +397,8 @@ def _start(folder: Path, token: str, dsn: str | None, args, servers: list[Server
         counts = [folder / f"count-{i}" for i in range(args.nodes)]
         nodes = []
         for i, count in enumerate(counts):
-            nodes.append(start_gate(f"gate-pg-{i}", folder, token, dsn, count))
+            nodes.append(start_gate(f"gate-pg-{i}", folder, token, dsn, count,
+                                    PLANGATE_PG_PUSH_USAGE="false" if args.no_push_usage else "true"))
             servers.append(nodes[-1])
             setups[f"postgresql-{i + 1}"] = (nodes[:i + 1], counts[:i + 1], dsn, "consume")
         setups["bare-check"] = ([bare], [], None, "check")

@@ -54,6 +54,7 @@ class Config:
     idempotency_retention_days: int = 30
     replicas: tuple[str, ...] = field(default=(), repr=False)     # DSNs may hold passwords
     replica_max_lag: float = 1.0
+    push_usage: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
@@ -99,13 +100,14 @@ class Config:
             command_timeout=r.number("PLANGATE_PG_COMMAND_TIMEOUT", 10.0, 0.1, 3600.0),
             replicas=r.replicas("PLANGATE_PG_REPLICAS", r.text("PLANGATE_DATABASE", "var/plangate.sqlite3")),
             replica_max_lag=r.number("PLANGATE_PG_REPLICA_MAX_LAG", 1.0, 0.01, 60.0),
+            push_usage=r.boolean("PLANGATE_PG_PUSH_USAGE", True),
         )
 
     def store_options(self) -> dict:
         """What open_store needs besides the address."""
         return {"sqlite_synchronous": self.sqlite_synchronous, "pool_min": self.pool_min, "pool_max": self.pool_max,
                 "connect_timeout": self.connect_timeout, "command_timeout": self.command_timeout,
-                "replicas": self.replicas, "replica_max_lag": self.replica_max_lag}
+                "replicas": self.replicas, "replica_max_lag": self.replica_max_lag, "push_usage": self.push_usage}
 
     def require_token(self) -> None:
         """Serving needs a token: every /v1/ route is authenticated."""

@@ -146,8 +146,11 @@ class Gate:
     def usage_counted(self, subject: str, meter: str, window_start: int, used: int) -> None:
         """A count some node committed, pushed by the store: a cached window's usage is kept current (it only
         grows within a window, so the larger value is the newer one)."""
-        entry = self._cache.get(subject)
-        if entry is not None and used > entry.used.get((meter, window_start), 0):
+        try:
+            entry = self._cache[subject]        # one call into cachetools; get() makes four
+        except KeyError:
+            return
+        if used > entry.used.get((meter, window_start), 0):
             entry.used[(meter, window_start)] = used
 
     def invalidate_all(self) -> None:

@@ -57,7 +57,8 @@ class PostgresStore(Store):
         return listener is not None and listener.hears_usage and listener.connected.is_set()
 
     def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0,
-                 command_timeout: float = 10.0, replicas: tuple[str, ...] = (), replica_max_lag: float = 1.0):
+                 command_timeout: float = 10.0, replicas: tuple[str, ...] = (), replica_max_lag: float = 1.0,
+                 push_usage: bool = True):
         self.dsn = dsn
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
@@ -72,7 +73,10 @@ class PostgresStore(Store):
         self._listener: Listener | None = None
         self.query_logger = None      # a callable given every statement this store sends (set before open())
         self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
-        self.announce_usage = True    # each count NOTIFYs plangate_usage (other nodes' caches stay current)
+        # Each count NOTIFYs plangate_usage, so that every node's checks answer from usage it holds. It costs the
+        # database a transaction per node per batch to deliver (bench/README.md has the figures).
+        self.announce_usage = push_usage
+        self._backends: set[int] = set()    # server PIDs of this store's pooled connections
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -91,6 +95,9 @@ class PostgresStore(Store):
         open(); asyncpg's own hook, a LoggedQuery per statement)."""
         if self.query_logger is not None:
             conn.add_query_logger(self.query_logger)
+        pid = conn.get_server_pid()
+        self._backends.add(pid)
+        conn.add_termination_listener(lambda _conn: self._backends.discard(pid))
 
     async def close(self) -> None:
         await self._counts.drain(5.0)
@@ -420,7 +427,7 @@ class PostgresStore(Store):
             on_subject, on_reset = _after(heard, on_subject), _after(replicas.forget, on_reset)
             on_usage = on_usage and _after(heard, on_usage)
         self._listener = Listener(self.dsn, on_subject, on_reset, on_usage if self.announce_usage else None,
-                                  connect_timeout=self.connect_timeout)
+                                  connect_timeout=self.connect_timeout, mine=self._backends)
         self._listener.start()
 
     async def unlisten(self) -> None:
@@ -480,8 +487,12 @@ class Listener:
     every cached subject may be stale: on_reset drops them all, then the listener reconnects (with a growing
     pause)."""
 
-    def __init__(self, dsn: str, on_subject, on_reset, on_usage=None, *, connect_timeout: float = 5.0):
+    def __init__(self, dsn: str, on_subject, on_reset, on_usage=None, *, connect_timeout: float = 5.0,
+                 mine: set[int] = frozenset()):
+        """mine: server PIDs whose counts this node has applied already (its own pool's): their plangate_usage
+        notifications are skipped."""
         self.dsn, self.on_subject, self.on_reset, self.on_usage = dsn, on_subject, on_reset, on_usage
+        self.mine = mine
         self.hears_usage = on_usage is not None
         self.connect_timeout = connect_timeout
         self.connected = asyncio.Event()
@@ -497,8 +508,10 @@ class Listener:
                 await self._task
             self._task = None
 
-    def _counted(self, note: str) -> None:
+    def _counted(self, _conn, pid: int, _channel: str, note: str) -> None:
         """One plangate_usage notification: a line per count, "used window meter subject" (tab-separated)."""
+        if pid in self.mine:
+            return
         for line in note.split("\n"):
             used, window, meter, subject = line.split("\t", 3)
             self.on_usage(subject, meter, int(window), int(used))
@@ -513,7 +526,7 @@ class Listener:
                 conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
                 if self.on_usage is not None:
-                    await conn.add_listener(USAGE_CHANNEL, lambda _c, _pid, _ch, note: self._counted(note))
+                    await conn.add_listener(USAGE_CHANNEL, self._counted)
                 self.on_reset()            # whatever changed while we were not listening
                 self.connected.set()
                 pause = 0.1

@@ -10,9 +10,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from plangate.engine import compile_file
+from plangate.engine import SubjectState, compile_file
 from plangate.server.gate import Gate
 from plangate.server.metrics import Metrics
+from plangate.server.store import StoredSubject, open_store
 from plangate.server.store._postgres import PostgresStore
 from tests import postgres
 
@@ -219,3 +220,26 @@ class TestChecksFromPushedUsage:
             for gate in nodes:
                 await gate.store.unlisten()
                 await gate.store.close()
+
+    async def test_without_pushed_usage_every_check_reads_the_database(self, pg_dsn):
+        store = open_store(pg_dsn, push_usage=False)
+        heard: list[tuple] = []
+        await store.open()
+        try:
+            await store.migrate()
+            store.listen(lambda s: None, lambda: None, lambda *usage: heard.append(usage))
+            await asyncio.wait_for(store._listener.connected.wait(), 10)
+            assert not store.caches_usage
+            other = open_store(pg_dsn)
+            await other.open()
+            try:
+                await other.count(StoredSubject(SubjectState("u", "paid", since=1.0, plan_version="v"), 0),
+                                  "requests", 0, 1, None, "k", 1.0)
+                await other.count(await other.load("u"), "requests", 0, 1, None, "k2", 1.0)
+            finally:
+                await other.close()
+            await asyncio.sleep(0.2)
+            assert heard == []          # this node does not listen for counts, whoever sends them
+        finally:
+            await store.unlisten()
+            await store.close()

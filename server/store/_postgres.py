@@ -13,14 +13,13 @@ from collections.abc import Awaitable
 import asyncpg
 
 from ._batches import Batches
+from ._pg_listener import CHANNEL, Listener
 from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
-CHANNEL = "plangate_subjects"
-USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 6)
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
 _SUBJECT_COLUMNS = SUBJECT_COLUMNS
@@ -70,6 +69,7 @@ class PostgresStore(Store):
             if replicas else None
         self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT)
         self._loads = Batches(self._load_batch, BATCHES_IN_FLIGHT)
+        self._writes = Batches(self._write_batch, BATCHES_IN_FLIGHT)
         self._listener: Listener | None = None
         self.query_logger = None      # a callable given every statement this store sends (set before open())
         self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
@@ -102,6 +102,7 @@ class PostgresStore(Store):
     async def close(self) -> None:
         await self._counts.drain(5.0)
         await self._loads.drain(1.0)
+        await self._writes.drain(5.0)
         if self.replicas is not None:
             await self.replicas.stop()
             for pool in self.replicas.pools:
@@ -271,35 +272,89 @@ class PostgresStore(Store):
 
     # --- state changes -------------------------------------------------------------------------
 
-    async def commit(self, change: Change) -> bool:
+    def commit(self, change: Change) -> Awaitable[bool]:
+        """Store.commit, in the next batch of writes (see _write_batch)."""
+        return self._writes.submit(change)
+
+    def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
+        """Store.record_event, in the next batch of writes (see _write_batch)."""
+        return self._writes.submit((event, payments))
+
+    async def _write_batch(self, writes: list) -> list:
+        """State changes and events arriving together, committed in one transaction: one commit (one WAL flush)
+        for many webhooks. None rolls another back: a write first inserts its new events (a stored id is a
+        repeat delivery), then its subject's row (the expected version, or no row yet), and when either fails it
+        deletes the events it inserted and writes nothing more. Writes go in subject order, as counts do, so
+        batches of nodes never wait for each other both ways; a statement that fails outright fails the
+        transaction: then each write runs in a transaction of its own, so that the failure is its alone."""
+        order = sorted(range(len(writes)), key=lambda i: _write_subject(writes[i]) or "")
+        results = [None] * len(writes)
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                async with self._tx() as db:
+                    for i in order:
+                        results[i] = await self._write(db, writes[i])
+                break
+            except StoreError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, asyncpg.TransactionRollbackError) and attempt < DEADLOCK_RETRIES:
+                    self.batches_retried += 1
+                    continue
+                # Only a statement's failure is one write's fault; a lost connection or a timeout fails them all.
+                if len(writes) == 1 or not isinstance(cause, asyncpg.PostgresError) or \
+                        isinstance(cause, (asyncpg.PostgresConnectionError, asyncpg.QueryCanceledError)):
+                    raise
+                results = [await self._write_alone(write) for write in writes]
+                break
+        return results
+
+    async def _write_alone(self, write):
+        try:
+            async with self._tx() as db:
+                return await self._write(db, write)
+        except StoreError as exc:
+            return exc
+
+    async def _write(self, db, write):
+        """One write of a batch: True, False (a stale version, or an event stored already: nothing written), or
+        DuplicateEvent (a change's new event stored already: nothing written)."""
+        if isinstance(write, tuple):
+            event, payments = write
+            if not await self._insert_event(db, event):
+                return False
+            await self._upsert_payments(db, payments)
+            return True
+        change = write
         new, s = change.subject, change.subject.state
         self._changed(s.subject)        # written, or decided on a row that was stale: the primary has it now
-        async with self._conn() as db:
-            try:
-                async with db.transaction():
-                    if change.expected_version == 0:
-                        inserted = await db.fetchval(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
-                                                     s.subject, *subject_values(new), now_of(change))
-                        if not inserted:
-                            return False
-                    else:
-                        done = await db.fetchval(_UPDATE_SUBJECT, *subject_values(new), now_of(change), s.subject,
-                                                 change.expected_version)
-                        if not done:
-                            return False
-                    await self._audit(db, change.audits)
-                    for event in change.new_events:
-                        if not await self._insert_event(db, event):
-                            raise DuplicateEvent(event.id)
-                    for e in change.replayed_events:
-                        await db.execute(
-                            "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
-                            "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
-                    await self._upsert_payments(db, change.payments)
-                    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
-            except _ERRORS as exc:
-                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        inserted = []
+        for event in change.new_events:
+            if not await self._insert_event(db, event):
+                await self._unwrite(db, inserted)
+                return DuplicateEvent(event.id)
+            inserted.append(event.id)
+        if change.expected_version == 0:
+            done = await db.fetchval(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
+                                     s.subject, *subject_values(new), now_of(change))
+        else:
+            done = await db.fetchval(_UPDATE_SUBJECT, *subject_values(new), now_of(change), s.subject,
+                                     change.expected_version)
+        if not done:
+            await self._unwrite(db, inserted)
+            return False
+        await self._audit(db, change.audits)
+        for e in change.replayed_events:
+            await db.execute(
+                "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
+                "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
+        await self._upsert_payments(db, change.payments)
+        await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
         return True
+
+    async def _unwrite(self, db, event_ids: list[str]) -> None:
+        """Take back the events a write of this transaction inserted (it failed after them)."""
+        if event_ids:
+            await db.execute("DELETE FROM subscription_events WHERE event_id = ANY($1::text[])", event_ids)
 
     async def commit_batch(self, changes: list[Change]) -> set[str]:
         if not changes:
@@ -320,13 +375,6 @@ class PostgresStore(Store):
             for subject in done:
                 await db.execute("SELECT pg_notify($1, $2)", CHANNEL, subject)
         return done
-
-    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
-        async with self._tx() as db:
-            if not await self._insert_event(db, event):
-                return False
-            await self._upsert_payments(db, payments)
-        return True
 
     async def _audit(self, db, audits) -> None:
         if audits:
@@ -469,6 +517,11 @@ def _after(first, then):
     return both
 
 
+def _write_subject(write) -> str | None:
+    """The subject a write of _write_batch is about (an event's, or a change's)."""
+    return write[0].subject if isinstance(write, tuple) else write.subject.state.subject
+
+
 def _columns(counts: list[tuple]) -> list[list]:
     """Store.count's arguments of many counts as plangate_count_batch's arrays."""
     return [list(column) for column in zip(*counts)]
@@ -479,71 +532,3 @@ class _Abort(Exception):
 
     def __init__(self, row):
         self.row = row
-
-
-class Listener:
-    """Keeps one connection LISTENing on the invalidation channel, and on plangate_usage when on_usage is
-    given (on_usage(subject, meter, window_start, used) for every count any node committed). When it is lost,
-    every cached subject may be stale: on_reset drops them all, then the listener reconnects (with a growing
-    pause)."""
-
-    def __init__(self, dsn: str, on_subject, on_reset, on_usage=None, *, connect_timeout: float = 5.0,
-                 mine: set[int] = frozenset()):
-        """mine: server PIDs whose counts this node has applied already (its own pool's): their plangate_usage
-        notifications are skipped."""
-        self.dsn, self.on_subject, self.on_reset, self.on_usage = dsn, on_subject, on_reset, on_usage
-        self.mine = mine
-        self.hears_usage = on_usage is not None
-        self.connect_timeout = connect_timeout
-        self.connected = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def _counted(self, _conn, pid: int, _channel: str, note: str) -> None:
-        """One plangate_usage notification: a line per count, "used window meter subject" (tab-separated)."""
-        if pid in self.mine:
-            return
-        for line in note.split("\n"):
-            used, window, meter, subject = line.split("\t", 3)
-            self.on_usage(subject, meter, int(window), int(used))
-
-    async def _run(self) -> None:
-        pause = 0.1
-        while True:
-            lost = asyncio.Event()
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-                conn.add_termination_listener(lambda _: lost.set())
-                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
-                if self.on_usage is not None:
-                    await conn.add_listener(USAGE_CHANNEL, self._counted)
-                self.on_reset()            # whatever changed while we were not listening
-                self.connected.set()
-                pause = 0.1
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), 1.0)
-                    except asyncio.TimeoutError:
-                        await conn.execute("SELECT 1")      # notices a dead connection promptly
-            except asyncio.CancelledError:
-                raise
-            except _ERRORS:
-                pass
-            finally:
-                self.connected.clear()
-                if conn is not None:
-                    with contextlib.suppress(*_ERRORS, asyncio.CancelledError):
-                        conn.terminate()
-            self.on_reset()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)

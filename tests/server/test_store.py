@@ -510,6 +510,35 @@ class TestCountsArrivingTogether:
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 24}
 
 
+    async def test_state_changes_and_events_arriving_together_each_get_their_own_answer(self, store):
+        """Webhook writes committed together (SQLite's group commit; PostgreSQL's batch of writes in one
+        transaction): a repeat delivery or a stale version fails alone and writes nothing of its own."""
+        def event(event_id: str, subject: str | None, outcome: str = "applied") -> EventRecord:
+            return EventRecord(event_id, "invoice.paid", 1.0, "{}", outcome, "", subject, "cus_x" if subject is None
+                               else None)
+
+        assert await store.commit(Change(fresh("taken"), 0, new_events=(event("evt_taken", "taken"),)))
+        assert await store.commit(Change(fresh("moved"), 0))
+        moved = await store.load("moved")
+        assert await store.commit(Change(StoredSubject(moved.state.with_(tier="pro"), 1), 1))
+        calls = [store.commit(Change(fresh(f"s{i}"), 0, new_events=(event(f"evt_{i}", f"s{i}"),))) for i in range(8)]
+        calls += [store.commit(Change(fresh("late"), 0, new_events=(event("evt_late", "late"),
+                                                                    event("evt_taken", "late")))),
+                  store.commit(Change(StoredSubject(moved.state.with_(status="paid"), 1), 1,
+                                      new_events=(event("evt_stale", "moved"),))),
+                  store.record_event(event("evt_waiting", None, "pending")),
+                  store.record_event(event("evt_taken", None, "pending"))]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert results[:8] == [True] * 8 and all([await store.load(f"s{i}") for i in range(8)])
+        assert isinstance(results[8], DuplicateEvent) and await store.load("late") is None
+        assert results[9] is False and (await store.load("moved")).state.tier == "pro"
+        assert results[10:] == [True, False]
+        assert [await store.event_seen(e) for e in ("evt_late", "evt_stale", "evt_waiting", "evt_3")] == \
+            [False, False, True, True]
+        if isinstance(store, PostgresStore):
+            assert store._writes.sizes[-1] == 12              # one transaction
+
+
 class TestPostgresBatches:
     async def test_a_count_that_fails_in_the_database_fails_alone(self, pg_store):
         """An overflow of a bigint fails plangate_count_batch's call: the batch runs again a count a call, and

@@ -1,22 +1,28 @@
-"""`/v1/consume` on PostgreSQL, one gate node and two, against SQLite and a bare aiohttp endpoint in the same
-run; `/v1/check` on PostgreSQL; and how long a transition made on one node takes to show on the other.
+"""`/v1/consume` on PostgreSQL on one, two and three gate nodes, against the one-upsert floor, SQLite and a bare
+aiohttp endpoint in the same run; `/v1/check` on PostgreSQL; and how long a transition made on one node takes
+to show on the other.
 
-What it measures (issue 6, "Speed"):
+What it measures (issues 6 and 18):
 
 - Durable consume throughput (one unique idempotency key per request, many subjects, the shipped plan with
-  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of bench.http_gate (the
-  same-run baseline), one gate on SQLite, one gate on PostgreSQL, and two gates (two `plangate serve`
-  processes) on the same PostgreSQL database with the load split evenly across them (half the connections
-  each, two load generators at once). Warm-up, then measured runs interleaved, the best of each counts.
+  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of bench.http_gate; the
+  one-upsert floor (bench/_floor.py: aiohttp + uvloop + orjson + asyncpg, one durable INSERT ... ON CONFLICT
+  DO UPDATE ... RETURNING per request, the least a gate counting in PostgreSQL can do on this stack); one gate
+  on SQLite; and one, two and three gates (each a `plangate serve` process of its own) on the same PostgreSQL
+  database, the load split evenly across them (one load generator per node, at once). Consume on one
+  PostgreSQL node is held to the floor (>= 1.0), two and three nodes to one node (>= 1.0: on two cores the
+  machine is the limit, so the CPU per request says what more cores would give). Warm-up, then measured runs
+  interleaved, the best of each counts.
 - `/v1/check` on one PostgreSQL node, warm cache (bench.http_gate's few subjects), against the bare endpoint's
-  check: usage is read from the database on every check (other nodes count too), so each check waits its turn
-  for a pooled connection. It is met when every check was answered from the store: none by the fail mode,
-  none past PLANGATE_STORE_TIMEOUT.
-- Where the time goes, for each run: the CPU time per request of the gate process(es), of all PostgreSQL
-  server processes (from /proc), how busy the whole machine was, and, on PostgreSQL, the store round trips
-  (statements sent by asyncpg, BEGIN/COMMIT included) and transactions per request.
-  The round trips are counted inside the gate processes by a small wrapper around asyncpg's Connection
-  (`_COUNTING_PRELUDE`), written to a file four times a second.
+  check (>= 0.7): the node answers from the usage it holds (every count is pushed to it), with no fail-mode
+  answer and no store error.
+- Where the time goes, for each run: the CPU time per request of the gate process(es) and of PostgreSQL (the
+  backends of the bench's database and the server's shared processes, not other databases' backends: other
+  tests share the server), from /proc; how busy the whole machine was; and, on PostgreSQL, the store round
+  trips (statements sent by asyncpg, BEGIN/COMMIT included) and transactions per request (every backend's,
+  the listeners' deliveries of notifications included). The round trips are counted inside the gate
+  processes by a small wrapper around asyncpg's Connection (`_COUNTING_PRELUDE`), written to a file four
+  times a second.
 - The cross-node invalidation delay: for N fresh subjects, node B reads the subject (now in its cache,
   whose TTL is PLANGATE_CACHE_TTL, 5 s by default), node A moves it with an admin transition (POST
   /v1/subjects/{s}/transition), and B's /v1/check is polled back to back until it shows the new status.
@@ -28,7 +34,8 @@ PLANGATE_BENCH_POSTGRES (an admin DSN; default postgresql://postgres@127.0.0.1:5
 the end. Without a reachable server the PostgreSQL rows say so and are not met.
 
     python -m bench.postgres_consume [--duration 3] [--rounds 2] [--connections 32] [--subjects 2000]
-                                     [--samples 200] [--generator auto|wrk|python]
+                                     [--samples 200] [--nodes 3] [--generator auto|wrk|python]
+                                     [--no-push-usage] [--only bare,floor,postgresql-1,...]
 
 `main()` prints a table and returns its rows (a list of dicts) for the bench runner.
 """

@@ -1,7 +1,11 @@
 """The shared store: PostgreSQL through an asyncpg pool, for several gate nodes.
 
-Counting is one INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING; a committed state change
-NOTIFYs the other nodes (channel plangate_subjects, payload: the subject) so they drop it from their caches.
+Counting is an INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING per count, run for every count a
+node has waiting in one call of plangate_count_batch (one round trip, one commit); subject loads and writes
+that arrive together go together too (_batches.Batches). A committed state change NOTIFYs the other nodes
+(channel plangate_subjects, payload: the subject) so they drop it from their caches; a committed count is
+announced on plangate_usage so they keep its usage current. Reads of subjects may go to streaming replicas
+(_pg_pool.Replicas).
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ class PostgresStore(Store):
         self._writes = Batches(self._write_batch, BATCHES_IN_FLIGHT)
         self._listener: Listener | None = None
         self.query_logger = None      # a callable given every statement this store sends (set before open())
-        self.batches_retried = 0      # batches of counts chosen as a deadlock's victim and run again
+        self.batches_retried = 0      # batches chosen as a deadlock's victim and run again
         # Each count NOTIFYs plangate_usage, so that every node's checks answer from usage it holds. It costs the
         # database a transaction per node per batch to deliver (bench/README.md has the figures).
         self.announce_usage = push_usage
@@ -528,7 +532,7 @@ def _columns(counts: list[tuple]) -> list[list]:
 
 
 class _Abort(Exception):
-    """Leave a transaction by rolling it back, with plangate_count's row to answer with."""
+    """Leave a transaction by rolling it back, with plangate_count_batch's row to answer with."""
 
     def __init__(self, row):
         self.row = row

@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-push-usage", action="store_true",
                         help="PostgreSQL nodes with PLANGATE_PG_PUSH_USAGE=false: counts are not announced, and "
                              "checks read usage from the database (what pushing usage costs a consume)")
+    parser.add_argument("--gate-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PLANGATE_ setting for every PostgreSQL node (repeatable), e.g. PLANGATE_CACHE_TTL=60")
     parser.add_argument("--only", default="", help="comma-separated setups to measure (default all): "
                         "bare, floor, sqlite-1, postgresql-N, bare-check, postgresql-1-check")
     args = parser.parse_args([] if argv is None else argv)
@@ -404,8 +406,9 @@ def _start(folder: Path, token: str, dsn: str | None, args, servers: list[Server
         counts = [folder / f"count-{i}" for i in range(args.nodes)]
         nodes = []
         for i, count in enumerate(counts):
-            nodes.append(start_gate(f"gate-pg-{i}", folder, token, dsn, count,
-                                    PLANGATE_PG_PUSH_USAGE="false" if args.no_push_usage else "true"))
+            settings = dict(pair.split("=", 1) for pair in args.gate_env)
+            settings.setdefault("PLANGATE_PG_PUSH_USAGE", "false" if args.no_push_usage else "true")
+            nodes.append(start_gate(f"gate-pg-{i}", folder, token, dsn, count, **settings))
             servers.append(nodes[-1])
             setups[f"postgresql-{i + 1}"] = (nodes[:i + 1], counts[:i + 1], dsn, "consume")
         setups["bare-check"] = ([bare], [], None, "check")

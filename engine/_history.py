@@ -40,7 +40,8 @@ def advance(table: StateTable, state: SubjectState, until: float) -> tuple[Subje
     for _ in range(MAX_TIMER_CHAIN):
         if state.timer_due is None or state.timer_due > until:
             break
-        outcome = table.apply(state, TimerFired(), state.timer_due)
+        # A timer anchored to a date already past when its status was entered fires on entry, not before it.
+        outcome = table.apply(state, TimerFired(), max(state.timer_due, state.since))
         steps.append(outcome)
         state = outcome.state
     return state, steps

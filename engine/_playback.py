@@ -7,11 +7,11 @@ the running gate will do.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._decision import Decision
 from ._history import advance
+from ._links import named_subject, relevant_events, stripe_ids
 from ._scenario import Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
@@ -21,15 +21,18 @@ from ._usage import UsageBook
 
 @dataclass(frozen=True)
 class Failure:
-    """The first expectation that did not hold, with what happened at its step."""
+    """The first expectation that did not hold, with what happened at its step; or a step that could not
+    happen as written (expectation None, `happened` says why)."""
 
     step: Step
-    expectation: Expectation
+    expectation: Expectation | None
     actual: object
     happened: str
 
     def describe(self, file: str) -> str:
         e = self.expectation
+        if e is None:
+            return f"step {self.step.number} ({self.step.kind}) at {file}:{self.step.line}: {self.happened}"
         return (f"step {self.step.number} ({self.step.kind}) at {file}:{e.line}: {e.key}: "
                 f"expected {_show_value(e.key, e.value, e.written)}, got {_show_value(e.key, self.actual)}\n"
                 f"    {self.happened}")
@@ -52,6 +55,7 @@ class _Seen:
     decision: Decision | None
     moved: bool
     happened: str
+    broken: bool = False        # the step could not happen as written (an event the gate could not link)
 
 
 def play(table: StateTable, scenario: Scenario) -> Result:
@@ -72,6 +76,8 @@ class _Player:
         self.now = scenario.start
         self.state: SubjectState = table.initial_state(scenario.subject, self.now)
         self.book = UsageBook(table)
+        self.relevant = relevant_events(table.plan)
+        self.linked: set[str] = set()       # Stripe ids linked to the subject so far, as the gate keeps them
 
     def do(self, step: Step) -> _Seen:
         return getattr(self, "_" + step.kind)(step)
@@ -95,10 +101,28 @@ class _Player:
 
     def _stripe(self, step: Step) -> _Seen:
         event = StripeEvent(step.value, step.object, step.extra, self.now)
-        other = self._other_subject(step.object)
-        if other is not None:
-            return _Seen(None, False, f"{event.key} is about '{other}', not '{self.scenario.subject}': ignored")
+        if step.value not in self.relevant:
+            return _Seen(None, False, f"{event.key}: the gate reads no {step.value} events (ignored)")
+        named = named_subject(step.object, self.table.plan.subject_link)
+        if named is not None and named != self.scenario.subject:
+            return _Seen(None, False, f"{event.key} is about '{named}', not '{self.scenario.subject}': ignored")
+        ids = {i for i in stripe_ids(step.object) if i}
+        if named is None and (step.whole or ids) and not ids & self.linked:
+            return _Seen(None, False, f"{event} cannot be linked to '{self.scenario.subject}': it names no "
+                                      "subject, and no earlier event linked "
+                                      f"{' or '.join(sorted(ids)) or 'a customer or subscription of it'}; the gate "
+                                      "would keep it pending", broken=True)
+        self.linked |= ids
         return self._outcome(self.table.apply(self.state, event, self.now))
+
+    def _event(self, step: Step) -> _Seen:
+        """A whole event from a file: it happens at its `created` (timers due before fire first)."""
+        if step.at <= self.now:
+            return self._stripe(step)
+        waited = self._advance(step.at, f"moved the clock to {_iso(step.at)}")
+        seen = self._stripe(step)
+        return _Seen(seen.decision, waited.moved or seen.moved, f"{waited.happened}; then {seen.happened}",
+                     seen.broken)
 
     def _admin(self, step: Step) -> _Seen:
         return self._outcome(self.table.apply(self.state, AdminAction(step.value, step.extra), self.now))
@@ -120,18 +144,11 @@ class _Player:
         self.state = outcome.state
         return _Seen(None, outcome.moved, f"{outcome.trigger}: {outcome.reason}")
 
-    def _other_subject(self, obj: Mapping) -> str | None:
-        """The subject an event names when it is not the scenario's (the server would not apply it)."""
-        link = self.table.plan.subject_link
-        named = obj.get("client_reference_id") if link.client_reference_id else None
-        if not isinstance(named, str) and link.metadata_key:
-            meta = obj.get("metadata")
-            named = meta.get(link.metadata_key) if isinstance(meta, Mapping) else None
-        return named if isinstance(named, str) and named != self.scenario.subject else None
-
     # --- expectations ------------------------------------------------------------------------
 
     def verify(self, step: Step, seen: _Seen) -> Failure | None:
+        if seen.broken:
+            return Failure(step, None, None, seen.happened)
         for e in step.expect:
             actual = self.actual(e, step, seen)
             if not _same(actual, e.value):

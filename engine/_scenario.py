@@ -6,9 +6,12 @@ Running a parsed scenario is `_playback.play`.
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from plangate.policy import DurationError, Location, parse_duration
 from plangate.policy._stripe_events import is_known_event
@@ -18,7 +21,7 @@ from ._decision import Reason
 from ._table import StateTable
 
 # Step kinds, each named by its key; a step with only `expect` is a check of the meter.
-KINDS = ("consume", "wait", "until", "stripe", "admin", "override")
+KINDS = ("consume", "wait", "until", "stripe", "event", "admin", "override")
 _FOR_DECISION = {"expect", "amount", "meter"}
 _EXTRA_KEYS = {
     "check": _FOR_DECISION,
@@ -26,6 +29,7 @@ _EXTRA_KEYS = {
     "wait": _FOR_DECISION,
     "until": _FOR_DECISION,
     "stripe": _FOR_DECISION | {"object", "id", "price", "period"},
+    "event": _FOR_DECISION,
     "admin": _FOR_DECISION | {"actor"},
     "override": _FOR_DECISION | {"why"},
 }
@@ -63,6 +67,8 @@ class Step:
     expect: tuple[Expectation, ...]
     object: Mapping | None = None
     extra: str = ""         # event id, actor, or the why of an override
+    at: float | None = None     # an `event:` step: the event's `created`, when it happens
+    whole: bool = False         # the event came whole from a file, as Stripe sends it
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,8 @@ class _Reader:
             return None
         if step.kind == "wait":
             return clock + step.value
+        if step.kind == "event":
+            return max(clock, step.at)
         if step.kind == "until":
             if step.value < clock:
                 self.problem(("steps", step.number - 1, "until"),
@@ -205,10 +213,12 @@ class _Reader:
         if kind == "consume":
             amount = value
         expect = self.expectations(item, path)
-        obj, extra = None, ""
+        obj, extra, at = None, "", None
         if kind == "stripe":
             obj = self.stripe_object(item, path, value)
             extra = self.text(item, path + ("id",)) or ""
+        elif kind == "event" and value is not None:
+            value, obj, extra, at = value["type"], value["data"]["object"], value.get("id") or "", value["created"]
         elif kind in ("admin", "override"):
             extra = self.text(item, path + ("actor" if kind == "admin" else "why",)) or ""
         needs_meter = kind in ("check", "consume") or any(e.key in _DECISION_KEYS for e in expect)
@@ -218,11 +228,31 @@ class _Reader:
         if len(self.problems) > before:
             return None
         line = self.doc.locate(path).line
-        return Step(i + 1, kind, line, value, step_meter, amount, expect, obj, extra)
+        return Step(i + 1, kind, line, value, step_meter, amount, expect, obj, extra, at, kind == "event")
 
     def _kind_check(self, kind: str):
         return {"consume": _amount, "wait": _duration, "until": _instant, "stripe": _event_type,
-                "admin": self._action, "override": self._status}[kind]
+                "event": self._event_file, "admin": self._action, "override": self._status}[kind]
+
+    def _event_file(self, value) -> dict:
+        """A whole Stripe event, as Stripe sends it, from a JSON file named relative to the story."""
+        if not isinstance(value, str) or not value.strip():
+            raise _Bad(f"{_show(value)} is not a file name: write the path of a Stripe event's JSON file")
+        path = Path(self.doc.file).parent / value
+        try:
+            event = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise _Bad(f"cannot read {path} ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise _Bad(f"{path} is not JSON: {exc}") from None
+        data = event.get("data") if isinstance(event, Mapping) else None
+        if not (isinstance(data, Mapping) and isinstance(data.get("object"), Mapping)):
+            raise _Bad(f"{path} is not a Stripe event: it needs data.object")
+        created = event.get("created")
+        if not isinstance(created, int) or isinstance(created, bool) or not 0 < created < 10_000_000_000:
+            raise _Bad(f"{path}: created must be Unix seconds, as Stripe sends it, not {_show(created)}")
+        _event_type(event.get("type"))
+        return event
 
     def expectations(self, item: Mapping, path: tuple) -> tuple[Expectation, ...]:
         raw = item.get("expect")
@@ -254,7 +284,7 @@ class _Reader:
         if not isinstance(obj, Mapping):
             self.problem(path + ("object",), "object: a mapping of the event object's fields")
             return {}
-        obj = dict(obj)
+        obj = _times(dict(obj))
         if event:
             obj.setdefault("object", implied_object(event))
         price = self.text(item, path + ("price",))
@@ -293,6 +323,21 @@ def implied_object(event: str) -> str:
     subscription, invoice.paid -> invoice, checkout.session.completed -> checkout.session."""
     prefix = event.rsplit(".", 1)[0]
     return prefix.split(".", 1)[1] if prefix.startswith("customer.") else prefix
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def _times(value):
+    """An object written in a story, with times written as "2026-01-12T09:00:00Z" turned into the Unix seconds
+    Stripe sends (trial_end, cancel_at, ...)."""
+    if isinstance(value, Mapping):
+        return {k: _times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_times(v) for v in value]
+    if isinstance(value, str) and _ISO_TIME.fullmatch(value):
+        return int(datetime.fromisoformat(value).timestamp())
+    return value
 
 
 def _unknown_step_key(key: str, kind: str, allowed: set) -> str:

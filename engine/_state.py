@@ -12,11 +12,13 @@ class SubjectState:
     status: str
     tier: str | None = None
     since: float = 0.0
-    timer_due: float | None = None       # when the status's expires_after runs out, if it has one
+    timer_due: float | None = None       # when the status's timer (expires_after or expires_at) runs out
     period_start: float | None = None    # the Stripe billing period, when subscribed
     period_end: float | None = None
     plan_version: str = ""
     paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
+    trial_end: float | None = None       # the subscription's dates a status timer may be anchored to
+    cancel_at: float | None = None
 
     def with_(self, **changes) -> SubjectState:
         """A copy with some fields changed, as dataclasses.replace, which looks the fields up on every call
@@ -25,7 +27,8 @@ class SubjectState:
         new = SubjectState(get("subject", self.subject), get("status", self.status), get("tier", self.tier),
                            get("since", self.since), get("timer_due", self.timer_due),
                            get("period_start", self.period_start), get("period_end", self.period_end),
-                           get("plan_version", self.plan_version), get("paid_through", self.paid_through))
+                           get("plan_version", self.plan_version), get("paid_through", self.paid_through),
+                           get("trial_end", self.trial_end), get("cancel_at", self.cancel_at))
         if changes:
             raise TypeError(f"SubjectState has no field {', '.join(map(repr, changes))}")
         return new

@@ -68,6 +68,17 @@ def _numbers(*values) -> bool:
     return all(unix_seconds(v) for v in values)
 
 
+def subscription_dates(sub: Mapping, trial_end: float | None, cancel_at: float | None) -> tuple[float | None, float | None]:
+    """(trial_end, cancel_at) as a subscription object states them: a field the object carries replaces what
+    was known (null clears it: a cancellation withdrawn); a field it does not carry leaves it as it was."""
+    def read(key: str, known: float | None) -> float | None:
+        if key not in sub:
+            return known
+        value = sub[key]
+        return float(value) if unix_seconds(value) else None
+    return read("trial_end", trial_end), read("cancel_at", cancel_at)
+
+
 def invoice_subscription(invoice: Mapping) -> str | None:
     """The subscription an invoice belongs to, in either shape."""
     sub = invoice.get("subscription")

@@ -19,6 +19,7 @@ from ._table import StateTable, compile_file
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_PLAN = "plans.yaml"
 SCENARIO_DIR = "scenarios"
+STORY = "story.yaml"
 _SUFFIXES = (".yaml", ".yml")
 
 
@@ -80,7 +81,10 @@ def scenario_files(sources: list[Path]) -> list[Path]:
     files: list[Path] = []
     for source in sources:
         if source.is_dir():
-            found = sorted(p for p in source.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+            # A folder's stories, and the story of each folder in it that holds one beside its event files
+            # (`plangate test scenarios/lifecycles` runs the lifecycle corpus).
+            found = sorted(p for p in [*source.iterdir(), *source.glob(f"*/{STORY}")]
+                           if p.suffix in _SUFFIXES and p.is_file())
             if not found:
                 raise _Usage(f"{source}: no scenario files (*.yaml) in this directory")
             files.extend(found)

@@ -9,7 +9,7 @@ import sys
 from plangate import __version__
 
 # Commands that run the gate or talk Stripe: they need `pip install 'plangate[server]'`.
-SERVER_COMMANDS = ("serve", "migrate", "stripe-simulate")
+SERVER_COMMANDS = ("serve", "migrate", "erase", "stripe-simulate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,14 +43,21 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
 
-    p = sub.add_parser("stripe-simulate", help="send signed Stripe event sequences to a running gate and print its "
+    p = sub.add_parser("erase", help="erase a subject's personal data (kept under a pseudonym: usage, audit); "
+                                      "idempotent; needs PLANGATE_PSEUDONYM_SECRET")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("--actor", default="plangate-erase", help="who asks, for the audit (default %(default)s)")
+    p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+
+    p = sub.add_parser("stripe-simulate", help="send the lifecycle corpus, signed, to a running gate and print its "
                                                "decisions; exit 0 all passed, 1 any failed, 2 on usage or no gate")
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenarios to run (default: all; see --list)")
+    p.add_argument("scenarios", nargs="*", metavar="LIFECYCLE", help="lifecycles to play (default: all; see --list)")
+    p.add_argument("--corpus", default="scenarios/lifecycles", help="the lifecycle corpus (default %(default)s)")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the gate (default %(default)s)")
     p.add_argument("--secret", help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET, else var/webhook-secret)")
     p.add_argument("--token", help="API token (default: $PLANGATE_API_TOKEN, else var/api-token)")
-    p.add_argument("--subject", help="the subject (default: a fresh random one); with several scenarios, a prefix")
-    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--subject", help="the subject (default: a fresh random one); with several lifecycles, a prefix")
+    p.add_argument("--list", action="store_true", help="list the lifecycles and exit")
     return parser
 
 
@@ -85,6 +92,9 @@ def _server_command(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         from plangate.server.serve import migrate
         return migrate(args.env_file)
+    if args.command == "erase":
+        from plangate.server.serve import erase
+        return erase(args.env_file, args.subject, args.actor)
     from plangate.simulate import run
     return run(args)
 

@@ -6,13 +6,19 @@ are kept as written; the rules in _rules report those that do not resolve.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
+from . import _conditions
+from ._conditions import Condition, Group, Node
 from ._durations import DurationError, parse_duration
 from ._findings import Location
 from ._yaml import Document
 
 ANY = "any"
+# The subscription's dates a status timer can be anchored to (`expires_at: trial_end + 2h`).
+ANCHORS = ("trial_end", "current_period_end", "cancel_at")
+_ANCHOR_FORM = re.compile(r"\s*([a-z_]+)\s*(?:([+-])\s*(.*?))?\s*")
 
 
 class Window(enum.Enum):
@@ -76,6 +82,25 @@ class Tier:
 
 
 @dataclass(frozen=True, slots=True)
+class Anchor:
+    """A timer set to a date of the subscription, moved by `slack` seconds (`trial_end + 2h`)."""
+
+    date: str           # one of ANCHORS
+    slack: int          # seconds; negative: before the date
+    text: str           # as written
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """DurationError when the slack is not a duration; the schema has checked the date's name."""
+        match = _ANCHOR_FORM.fullmatch(text)
+        if match is None or match.group(1) not in ANCHORS:
+            raise DurationError(f"{text!r} is not a date of the subscription; use one of {', '.join(ANCHORS)}")
+        date, sign, slack = match.groups()
+        seconds = parse_duration(slack) if sign else 0
+        return cls(date, -seconds if sign == "-" else seconds, text)
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     name: str
     description: str
@@ -89,6 +114,13 @@ class Status:
     grace: bool
     fail_modes: tuple[tuple[str, FailMode], ...]
     location: Location = field(compare=False)
+    expires_at: Anchor | None = None   # a timer on a subscription date; None when none or unparsable
+    expires_at_text: str | None = None
+    trial: bool = False
+
+    @property
+    def has_timer(self) -> bool:
+        return self.expires_after_text is not None or self.expires_at_text is not None
 
     @property
     def allows(self) -> bool:
@@ -118,23 +150,11 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
-class Condition:
-    """The event object's field at path must hold one of values."""
-
-    path: tuple[str, ...]
-    values: tuple[object, ...]
-
-    def __str__(self) -> str:
-        vals = self.values[0] if len(self.values) == 1 else "|".join(map(str, self.values))
-        return f"{'.'.join(self.path)}={vals}"
-
-
-@dataclass(frozen=True, slots=True)
 class Transition:
     index: int
     sources: tuple[str, ...]       # as written; ("any",) for any
     trigger: Trigger
-    conditions: tuple[Condition, ...]
+    conditions: tuple[Node, ...]       # all must hold; see _conditions
     target: str
     description: str
     location: Location = field(compare=False)
@@ -228,6 +248,11 @@ def _status(doc: Document, name: str, s: dict) -> Status:
         seconds = parse_duration(expires) if expires is not None else None
     except DurationError:
         seconds = None
+    at = s.get("expires_at")
+    try:
+        anchor = Anchor.parse(at) if at is not None else None
+    except DurationError:
+        anchor = None
     return Status(
         name=name,
         description=s.get("description", ""),
@@ -241,15 +266,16 @@ def _status(doc: Document, name: str, s: dict) -> Status:
         grace=s.get("grace", False),
         fail_modes=tuple((m, FailMode(v)) for m, v in s.get("fail_mode", {}).items()),
         location=doc.key_location(("statuses", name)),
+        expires_at=anchor,
+        expires_at_text=at,
+        trial=s.get("trial", False),
     )
 
 
 def _transition(doc: Document, index: int, t: dict) -> Transition:
     sources = t["from"]
     sources = tuple(sources) if isinstance(sources, list) else (sources,)
-    conditions = tuple(
-        Condition(tuple(path.split(".")), tuple(v) if isinstance(v, list) else (v,))
-        for path, v in t.get("when", {}).items())
+    conditions = _conditions.build(t.get("when", {}), ("transitions", index, "when"), doc.key_location)
     return Transition(
         index=index,
         sources=sources,

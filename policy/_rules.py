@@ -9,9 +9,11 @@ import zoneinfo
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from . import _stripe_rules as stripe_rules
+from ._conditions import COMPARISONS, EACH, Condition, Op, compile_node
 from ._durations import DurationError, parse_duration
 from ._findings import Finding, Location, Severity
-from ._model import ANY, Plan, QuotaKind, Transition, TriggerKind, Window
+from ._model import ANY, Anchor, Plan, QuotaKind, Transition, TriggerKind, Window
 from ._stripe_events import SUBSCRIPTION_ENDING, is_known_event, starts_subscription
 
 Rule = Callable[[Plan], Iterator[Finding]]
@@ -112,13 +114,15 @@ def initial_status(plan: Plan) -> Iterator[Finding]:
 
 def durations(plan: Plan) -> Iterator[Finding]:
     for s in plan.statuses:
-        if s.expires_after_text is None:
-            continue
-        try:
-            parse_duration(s.expires_after_text)
-        except DurationError as exc:
-            yield _f("invalid-duration", E, f"expires_after of '{s.name}': {exc}",
-                     plan.document.locate(("statuses", s.name, "expires_after")))
+        for key, parse in (("expires_after", parse_duration), ("expires_at", Anchor.parse)):
+            text = s.expires_after_text if key == "expires_after" else s.expires_at_text
+            if text is None:
+                continue
+            try:
+                parse(text)
+            except DurationError as exc:
+                yield _f("invalid-duration", E, f"{key} of '{s.name}': {exc}",
+                         plan.document.locate(("statuses", s.name, key)))
 
 
 def stripe_events(plan: Plan) -> Iterator[Finding]:
@@ -179,7 +183,7 @@ def reachability(plan: Plan) -> Iterator[Finding]:
 
 
 def timers(plan: Plan) -> Iterator[Finding]:
-    with_timer = {s.name for s in plan.statuses if s.expires_after_text is not None}
+    with_timer = {s.name for s in plan.statuses if s.has_timer}
     on_timer: set[str] = set()
     for t in plan.transitions:
         if t.trigger.kind is not TriggerKind.TIMER:
@@ -188,13 +192,14 @@ def timers(plan: Plan) -> Iterator[Finding]:
             on_timer.add(src)
             if src not in with_timer and plan.status(src) and not t.from_any:
                 yield _f("timer-without-expiry", E,
-                         f"transition on timer from '{src}', but '{src}' has no expires_after: "
-                         "add expires_after to the status, or use another trigger",
+                         f"transition on timer from '{src}', but '{src}' has no expires_after or expires_at: "
+                         "give the status a timer, or use another trigger",
                          plan.document.locate(("transitions", t.index, "on")))
     for name in sorted(with_timer - on_timer, key=lambda n: [s.name for s in plan.statuses].index(n)):
+        key = "expires_after" if plan.status(name).expires_after_text is not None else "expires_at"
         yield _f("timer-unused", E,
-                 f"'{name}' has expires_after but no transition `on: timer` from it: nothing would happen "
-                 "when the timer runs out", plan.document.locate(("statuses", name, "expires_after")))
+                 f"'{name}' has {key} but no transition `on: timer` from it: nothing would happen "
+                 "when the timer runs out", plan.document.locate(("statuses", name, key)))
 
 
 def determinism(plan: Plan) -> Iterator[Finding]:
@@ -216,12 +221,62 @@ def determinism(plan: Plan) -> Iterator[Finding]:
 
 
 def _may_both_match(a: Transition, b: Transition) -> bool:
-    """Two condition sets can both hold unless some shared field needs disjoint values."""
-    mine = {c.path: set(map(repr, c.values)) for c in a.conditions}
-    for c in b.conditions:
-        if c.path in mine and not (mine[c.path] & set(map(repr, c.values))):
-            return False
+    """Two transitions can both match one object unless a condition each must meet (outside `any:` groups)
+    on the same field admits no value in common. Paths into lists are never exclusive: two elements may
+    differ."""
+    for x in _required(a.conditions):
+        for y in _required(b.conditions):
+            if x.path == y.path and EACH not in x.path and _disjoint(x, y):
+                return False
     return True
+
+
+def _required(nodes) -> list[Condition]:
+    """Conditions that must hold for the whole to hold: the top level and `all:` groups, not `any:` ones."""
+    out = []
+    for node in nodes:
+        if isinstance(node, Condition):
+            out.append(node)
+        elif node.kind == "all":
+            out.extend(_required(node.members))
+    return out
+
+
+def _disjoint(x: Condition, y: Condition) -> bool:
+    return _one_way_disjoint(x, y) or _one_way_disjoint(y, x)
+
+
+def _one_way_disjoint(x: Condition, y: Condition) -> bool:
+    if x.op in (Op.EQ, Op.IN):
+        return all(not _admits(y, v) for v in x.values)
+    if x.op is Op.EXISTS:
+        if y.op is Op.EXISTS:
+            return x.value != y.value
+        return x.value is False and y.op in COMPARISONS      # a comparison needs a number there
+    if x.op in COMPARISONS and y.op in COMPARISONS:
+        lo_x, hi_x = _bounds(x)
+        lo_y, hi_y = _bounds(y)
+        return lo_x[0] > hi_y[0] or lo_y[0] > hi_x[0] or (
+            (lo_x[0] == hi_y[0] and not (lo_x[1] and hi_y[1])) or (lo_y[0] == hi_x[0] and not (lo_y[1] and hi_x[1])))
+    return False
+
+
+def _bounds(c: Condition) -> tuple[tuple[float, bool], tuple[float, bool]]:
+    """(lowest, included?), (highest, included?) of the numbers a comparison admits."""
+    inf = float("inf")
+    v = float(c.value)
+    return {Op.GT: ((v, False), (inf, False)), Op.GTE: ((v, True), (inf, False)),
+            Op.LT: ((-inf, False), (v, False)), Op.LTE: ((-inf, False), (v, True))}[c.op]
+
+
+def _admits(c: Condition, value: object) -> bool:
+    """Whether condition c holds for a field holding value (as the compiled predicate decides)."""
+    obj: dict = {}
+    here = obj
+    for part in c.path[:-1]:
+        here = here.setdefault(part, {})
+    here[c.path[-1]] = value
+    return compile_node(c)(obj)
 
 
 def billing_period_without_subscription(plan: Plan) -> Iterator[Finding]:
@@ -263,7 +318,8 @@ def payment_failure_handled(plan: Plan) -> Iterator[Finding]:
 
 def grace_not_skipped(plan: Plan) -> Iterator[Finding]:
     """From a paying status, Stripe events and timers should reach a denying status only through grace.
-    Cancellation (customer.subscription.deleted) and admin actions are deliberate ends, not failures."""
+    Cancellation, a pause, a refund or a dispute, and admin actions are deliberate ends, not failed payments
+    (stripe_rules.fails_payment)."""
     for s in plan.statuses:
         if not s.paying:
             continue
@@ -282,7 +338,7 @@ def _ungraced_way_to_denial(plan: Plan, start: str) -> tuple[Transition, str] | 
     while queue:
         here, first = queue.popleft()
         for t in plan.transitions:
-            if t.trigger.kind is TriggerKind.ADMIN or t.trigger.name in SUBSCRIPTION_ENDING:
+            if not stripe_rules.fails_payment(t):
                 continue
             target = plan.status(t.target)
             if here not in plan.sources_of(t) or target is None or target.grace or t.target in seen:
@@ -310,8 +366,23 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("billing-period-without-subscription", billing_period_without_subscription),
     ("unhandled-payment-failure", payment_failure_handled),
     ("grace-skipped", grace_not_skipped),
+    ("unknown-field/wrong-value-type", stripe_rules.condition_fields),
+    ("unlinkable-event", stripe_rules.linkable_events),
+    ("zero-invoice-ends-trial", stripe_rules.zero_invoice_ends_trial),
+    ("active-ends-trial", stripe_rules.active_ends_trial),
+    ("paying-without-exit", stripe_rules.paying_exits),
 )
+
+# Findings a `# plangate: ignore[code]` comment on their line may silence: warnings, and what the plan says of
+# Stripe's objects (the field lists may lag behind an account's API version). Findings the compiled table
+# cannot run with are never silenced.
+SILENCEABLE = frozenset({
+    "unhandled-payment-failure", "grace-skipped", "unknown-field", "wrong-value-type", "unlinkable-event",
+    "zero-invoice-ends-trial", "active-ends-trial", "paying-without-exit",
+})
 
 
 def check(plan: Plan) -> list[Finding]:
-    return [finding for _, rule in RULES for finding in rule(plan)]
+    ignores = plan.document.ignores
+    return [finding for _, rule in RULES for finding in rule(plan)
+            if not (finding.code in SILENCEABLE and finding.code in ignores.get(finding.location.line, ()))]

@@ -57,8 +57,9 @@ def check(doc: Document) -> list[Finding]:
             # the error is about a key of the mapping at path: point at that key
             location = doc.key_location(path + (error.instance,))
             message = (f"{_where(path)}: {_short(error.instance)} is not a field path: write field names of "
-                       "letters, digits and _, joined by dots, e.g. status or metadata.plan")
-            if not path or path[-1] != "when":
+                       "letters, digits and _, joined by dots, with [] after a list's name, e.g. status, "
+                       "metadata.plan or items.data[].price.id")
+            if "when" not in path:
                 message = (f"{_where(path)}: the name {_short(error.instance)} is not allowed; names use lower "
                            "case letters, digits and _, start with a letter and have at most 64 characters")
         else:

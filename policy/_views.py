@@ -2,20 +2,7 @@
 status-by-status explanation a product owner can read without knowing the file format."""
 from __future__ import annotations
 
-from ._model import Condition, FailMode, Plan, Quota, QuotaKind, Status, Transition, TriggerKind
-
-
-def _value(value: object) -> str:
-    """A condition value as it is written in YAML."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _condition(c: Condition) -> str:
-    return f"{'.'.join(c.path)}={'|'.join(map(_value, c.values))}"
+from ._model import FailMode, Plan, Quota, QuotaKind, Status, Transition, TriggerKind
 
 
 def _edges(plan: Plan) -> list[tuple[str, str, Transition]]:
@@ -27,10 +14,10 @@ def _edges(plan: Plan) -> list[tuple[str, str, Transition]]:
 def _arrow_label(plan: Plan, source: str, t: Transition) -> str:
     label = str(t.trigger)
     status = plan.status(source)
-    if t.trigger.kind is TriggerKind.TIMER and status and status.expires_after_text:
-        label += f" ({status.expires_after_text})"
+    if t.trigger.kind is TriggerKind.TIMER and status and status.has_timer:
+        label += f" ({_timer_short(status)})"
     if t.conditions:
-        label += " [" + ", ".join(_condition(c) for c in t.conditions) + "]"
+        label += " [" + ", ".join(map(str, t.conditions)) + "]"
     return label
 
 
@@ -39,11 +26,17 @@ def _facts(status: Status) -> list[str]:
     lines = [] if status.allows else ["no access"]
     for q in status.quotas if status.allows else ():
         lines.append(f"{q.meter} {'tier quota' if q.kind is QuotaKind.TIER else q.describe()}")
-    if status.expires_after_text:
-        lines.append(f"timer {status.expires_after_text}")
+    if status.has_timer:
+        lines.append(f"timer {_timer_short(status)}")
     if status.grace:
         lines.append("grace")
     return lines
+
+
+def _timer_short(status: Status) -> str:
+    """"7d", "trial_end + 2h", or "trial_end + 2h else 8d"."""
+    parts = [status.expires_at_text, status.expires_after_text]
+    return " else ".join(p for p in parts if p)
 
 
 def mermaid(plan: Plan) -> str:
@@ -110,8 +103,8 @@ def explain(plan: Plan) -> str:
 
 
 def _explain_status(plan: Plan, s: Status) -> list[str]:
-    marks = [word for word, on in (("initial", s.initial), ("paying", s.paying), ("grace", s.grace),
-                                   ("terminal", s.terminal)) if on]
+    marks = [word for word, on in (("initial", s.initial), ("trial", s.trial), ("paying", s.paying),
+                                   ("grace", s.grace), ("terminal", s.terminal)) if on]
     out = [s.name + (f" ({', '.join(marks)})" if marks else "")]
     if s.description:
         out.append(f"  {s.description}")
@@ -155,20 +148,26 @@ def _fail_mode_text(plan: Plan, s: Status, meter: str) -> str:
 
 
 def _timer_lines(plan: Plan, s: Status) -> list[str]:
-    if not s.expires_after_text:
+    if not s.has_timer:
         return ["  timer:     none"]
     targets = [t.target for t in plan.transitions
                if t.trigger.kind is TriggerKind.TIMER and s.name in plan.sources_of(t)]
-    return [f"  timer:     after {s.expires_after_text} in this status, moves to {' or '.join(targets) or '?'}"]
+    moves = f"moves to {' or '.join(targets) or '?'}"
+    if s.expires_at_text is None:
+        return [f"  timer:     after {s.expires_after_text} in this status, {moves}"]
+    fallback = (f"; while the subscription has no {s.expires_at.date if s.expires_at else 'such date'}, "
+                f"after {s.expires_after_text} in this status") if s.expires_after_text else ""
+    return [f"  timer:     at the subscription's {s.expires_at_text}{fallback}; then {moves} "
+            "(the timer follows the date when Stripe moves it)"]
 
 
 def _explain_trigger(plan: Plan, s: Status, t: Transition) -> str:
     if t.trigger.kind is TriggerKind.TIMER:
-        text = f"when the timer runs out ({s.expires_after_text})"
+        text = f"when the timer runs out ({_timer_short(s)})"
     elif t.trigger.kind is TriggerKind.STRIPE:
         text = f"on Stripe {t.trigger.name}"
     else:
         text = f"on admin action {t.trigger.name}"
     for i, c in enumerate(t.conditions):
-        text += (" if " if i == 0 else " and ") + f"{'.'.join(c.path)} is {' or '.join(map(_value, c.values))}"
+        text += (" if " if i == 0 else " and ") + c.words()
     return text

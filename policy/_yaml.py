@@ -6,7 +6,8 @@ can blow up in size).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -33,6 +34,7 @@ class Document:
     file: str
     data: object
     positions: dict[Path, tuple[int, int]]
+    ignores: dict[int, frozenset[str]] = field(default_factory=dict)   # line -> codes its comment silences
 
     def locate(self, path: Path) -> Location:
         """The location of the node at path, or of its nearest located parent."""
@@ -46,6 +48,20 @@ class Document:
         """The location of a mapping key (the key itself, not its value)."""
         line, column = self.positions.get(("key",) + tuple(path), self.positions.get(tuple(path), (1, 1)))
         return Location(self.file, line, column, tuple(path))
+
+
+# `# plangate: ignore[code, other-code]` at the end of a line (a YAML comment: after a space, or alone).
+_IGNORE = re.compile(r"(?:^|\s)#\s*plangate:\s*ignore\[([a-z0-9,\s-]+)\]")
+
+
+def ignore_comments(text: str) -> dict[int, frozenset[str]]:
+    """The finding codes each line's comment silences, by 1-based line number."""
+    out = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _IGNORE.search(line) if "plangate" in line else None
+        if match:
+            out[number] = frozenset(code.strip() for code in match.group(1).split(",") if code.strip())
+    return out
 
 
 def _finding(file: str, code: str, message: str, mark, path: Path = ()) -> Finding:
@@ -108,7 +124,7 @@ def _parse_with(loader, text: str, file: str) -> tuple[Document | None, list[Fin
     data = builder.build(nodes[0], ())
     if builder.findings:
         return None, builder.findings
-    return Document(file, data, builder.positions), []
+    return Document(file, data, builder.positions, ignore_comments(text)), []
 
 
 class _Builder:

@@ -55,6 +55,8 @@ class Config:
     replicas: tuple[str, ...] = field(default=(), repr=False)     # DSNs may hold passwords
     replica_max_lag: float = 1.0
     push_usage: bool = True
+    payload_retention_days: int = 4
+    pseudonym_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
@@ -94,6 +96,8 @@ class Config:
             reconcile_after=r.number("PLANGATE_RECONCILE_AFTER", 3 * 86400.0, 60.0, 365 * 86400.0),
             usage_retention_days=r.integer("PLANGATE_USAGE_RETENTION_DAYS", 400, 1, 100_000),
             idempotency_retention_days=r.integer("PLANGATE_IDEMPOTENCY_RETENTION_DAYS", 30, 1, 100_000),
+            payload_retention_days=r.integer("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", 4, 0, 100_000),
+            pseudonym_secret=r.secret("PLANGATE_PSEUDONYM_SECRET"),
             pool_min=r.integer("PLANGATE_PG_POOL_MIN", 1, 0, 1000),
             pool_max=r.integer("PLANGATE_PG_POOL_MAX", 10, 1, 1000),
             connect_timeout=r.number("PLANGATE_PG_CONNECT_TIMEOUT", 5.0, 0.1, 300.0),
@@ -172,6 +176,14 @@ class _Reader:
         except CronSimError as exc:
             raise ConfigError(f"{name}={value!r}: allowed is a cron schedule of five fields, e.g. "
                               f"'*/5 * * * *' ({exc})") from None
+        return value
+
+    def secret(self, name: str) -> str:
+        """A secret of the gate's own: unset, or at least 16 characters."""
+        value = self.text(name, "")
+        if value and len(value) < 16:
+            raise ConfigError(f"{name}=(too short): set a secret of at least 16 characters, e.g. the output of: "
+                              "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return value
 
     def stripe_key(self, name: str) -> str:

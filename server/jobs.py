@@ -1,5 +1,6 @@
 """The gate's scheduled jobs (aiocron): fire due timers, reconcile doubtful subjects with Stripe,
-drop usage of windows long past (the reconciliation itself is stripe.reconcile). A failing run is logged and counted, never fatal."""
+drop usage of windows long past and reduce personal data past its retention (the reconciliation itself is
+stripe.reconcile, retention is personal). A failing run is logged and counted, never fatal."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ import aiocron
 
 from .gate import Gate
 from .logs import log
+from .personal import PersonalData
 from .stripe.ingest import Ingest
 from .stripe.reconcile import Reconciler
 
@@ -17,9 +19,10 @@ MAX_SWEEP_ROUNDS = 100
 
 
 class Jobs:
-    def __init__(self, gate: Gate, ingest: Ingest):
+    def __init__(self, gate: Gate, ingest: Ingest, personal: PersonalData | None = None):
         self.gate = gate
         self.ingest = ingest
+        self.personal = personal or PersonalData(gate)
         self.config = gate.config
         self._crons: list[aiocron.Cron] = []
         self.reconciler = Reconciler(gate, ingest)
@@ -74,9 +77,15 @@ class Jobs:
         """Ask Stripe about each doubtful subject and apply what it says; how many changed."""
         return await self.reconciler.run()
 
-    async def cleanup(self) -> tuple[int, int]:
+    async def cleanup(self) -> tuple[int, int, int, int]:
+        """Drop usage of windows long past and old idempotency keys, reduce Stripe payloads past their retention,
+        drop the Stripe ids of erased subjects whose subscription ended: (usage rows, keys, payloads reduced,
+        erased subjects whose Stripe ids were dropped)."""
         now = self.gate.clock()
         usage_before = int(now - self.config.usage_retention_days * 86400)
         keys_before = now - self.config.idempotency_retention_days * 86400
-        return await self.gate.timed("cleanup", self.gate.store.cleanup(usage_before, keys_before), timeout=60.0)
+        usage, keys = await self.gate.timed("cleanup", self.gate.store.cleanup(usage_before, keys_before),
+                                            timeout=60.0)
+        retained = await self.personal.retain()
+        return usage, keys, retained.reduced, retained.ids_dropped
 

@@ -1,8 +1,10 @@
-"""`plangate serve` and `plangate migrate`: start the gate, or bring the store's schema up to date."""
+"""`plangate serve`, `plangate migrate` and `plangate erase`: start the gate, bring the store's schema up to date,
+erase a subject's personal data."""
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import signal
 import sys
 
@@ -14,7 +16,10 @@ from plangate.policy import PlanError, PlanFileError
 
 from .http.app import create_app
 from .config import Config, ConfigError
+from .gate import Gate, StoreUnavailable
 from .logs import configure
+from .metrics import Metrics
+from .personal import RETENTION_MIGRATION, PersonalData
 from .store import StoreError, open_store
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -84,23 +89,76 @@ async def _serve(config: Config, table) -> None:
 
 
 def migrate(env_file: str | None = "config.env") -> int:
+    """The schema, then (once, across the migration that brought retention) the payloads stored before it,
+    reduced with the plan's readers: a fresh store needs no plan."""
     try:
         config = Config.from_env(env_file=env_file)
     except ConfigError as exc:
         return _fail(f"invalid setting: {exc}", 2)
+    try:
+        table, unreadable = compile_file(config.plans), None
+    except (PlanFileError, PlanError) as exc:
+        table, unreadable = None, exc
 
     async def run():
         store = open_store(config.database, **config.store_options())
         await store.open()
         try:
-            return await store.migrate()
+            before, after = await store.migrate()
+            reduced = None
+            if table is not None:
+                reduced = await PersonalData(Gate(config, table, store, Metrics())).after_migration(before, after)
+            return before, after, reduced
         finally:
             await store.close()
 
     try:
-        before, after = asyncio.run(run())
+        before, after, reduced = asyncio.run(run())
     except StoreError as exc:
         return _fail(f"migration failed: {exc}", 1)
+    except StoreUnavailable:
+        return _fail("migration failed: the store did not answer while reducing stored payloads", 1)
     print(f"plangate: {config.database}: schema version {before} -> {after}"
           if after != before else f"plangate: {config.database}: schema is current (version {after})")
+    if reduced is not None:
+        print(f"plangate: Stripe payloads older than {config.payload_retention_days} days reduced to what the gate "
+              f"reads: {reduced.reduced}" + (f" ({reduced.kept} kept as they came, see the log)" if reduced.kept else ""))
+    elif table is None and before and before < RETENTION_MIGRATION <= after:
+        return _fail(f"stored Stripe payloads were not reduced: the plan cannot be read ({unreadable}; "
+                     "PLANGATE_PLANS). The cleanup job of a running gate reduces them; then VACUUM the SQLite file", 1)
+    return 0
+
+
+def erase(env_file: str | None, subject: str, actor: str) -> int:
+    """`plangate erase SUBJECT`: what POST /v1/subjects/{subject}/erase does, straight on the store. Other nodes
+    on PostgreSQL drop the subject from their caches; a gate on the same SQLite file forgets it within
+    PLANGATE_CACHE_TTL (its next write to the subject finds the row gone)."""
+    if not subject or len(subject) > 200 or not subject.isprintable():
+        return _fail("erase: the subject must be 1 to 200 printable characters", 2)
+    try:
+        config, table = _setup(env_file)
+    except ConfigError as exc:
+        return _fail(f"invalid setting: {exc}", 2)
+    except PlanFileError as exc:
+        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS)", 2)
+    except PlanError as exc:
+        return _fail(str(exc), 2)
+    if not config.pseudonym_secret:
+        return _fail("erase: PLANGATE_PSEUDONYM_SECRET is not set; erasure needs it (the same on every node, "
+                     "never changed)", 2)
+
+    async def run():
+        store = open_store(config.database, **config.store_options())
+        await store.open()
+        try:
+            return await PersonalData(Gate(config, table, store, Metrics())).erase(subject, actor)
+        finally:
+            await store.close()
+
+    try:
+        erased = asyncio.run(run())
+    except (StoreError, StoreUnavailable) as exc:
+        return _fail(f"erase failed: the store failed ({exc}); nothing was erased (is the schema current? "
+                     "plangate migrate)", 1)
+    print(json.dumps(erased.to_dict()))
     return 0

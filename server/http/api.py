@@ -13,10 +13,12 @@ from plangate.engine import Decision
 from . import _input as inp, _json
 from ..gate import Counting, Gate, StoreUnavailable
 from ..metrics import CONTENT_TYPE
+from ..personal import ErasureUnavailable, PersonalData
 from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
 JOBS = web.AppKey("jobs", object)
+PERSONAL = web.AppKey("personal", PersonalData)
 OPENAPI_PATH = plangate_schema.OPENAPI
 _DECISION_FIELDS = {"subject", "meter", "amount"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
@@ -123,6 +125,22 @@ async def transition(request: web.Request) -> web.Response:
     })
 
 
+async def erase(request: web.Request) -> web.Response:
+    """Erase a subject's personal data: its rows kept under a pseudonym (usage, audit), its Stripe payloads
+    reduced, its Stripe ids dropped unless a subscription is live. Idempotent."""
+    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    body = await inp.json_object(request, {"actor"})
+    actor = inp.text(body, "actor", required=False) or "admin-api"
+    try:
+        erased = await request.app[PERSONAL].erase(subject, actor)
+    except ErasureUnavailable as exc:
+        raise inp.BadRequest(503, "erasure_not_configured", str(exc)) from None
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
+                                                       "erased; try again") from None
+    return _json.response(erased.to_dict())
+
+
 async def run_job(request: web.Request) -> web.Response:
     """Run a job now (operators, the simulator, tests): sweep, reconcile or cleanup."""
     name = request.match_info["job"]
@@ -167,6 +185,7 @@ ROUTES = (
     ("POST", "/v1/usage", usage),
     ("GET", "/v1/subjects/{subject}", subject_view),
     ("POST", "/v1/subjects/{subject}/transition", transition),
+    ("POST", "/v1/subjects/{subject}/erase", erase),
     ("POST", "/v1/jobs/{job}", run_job),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),

@@ -18,6 +18,7 @@ from ..config import Config
 from ..gate import Gate
 from ..stripe.ingest import Ingest
 from ..jobs import Jobs
+from ..personal import PersonalData
 from ..logs import log, request_id as current_request_id
 from ..metrics import Metrics
 from ..store import Store
@@ -35,16 +36,18 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app = web.Application(client_max_size=max(config.max_body_bytes, config.webhook_max_bytes))
     app[api.GATE] = gate
     app[MAX_BODY] = config.max_body_bytes
-    ingest = Ingest(gate)
+    personal = PersonalData(gate)
+    app[api.PERSONAL] = personal
+    ingest = Ingest(gate, personal)
     app[webhook.INGEST] = ingest
-    jobs = Jobs(gate, ingest)
+    jobs = Jobs(gate, ingest, personal)
     app[api.JOBS] = jobs
     _add_routes(app, (*api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)), config.api_token, metrics)
 
     async def lifecycle(app: web.Application):
         await store.open()
         if migrate:
-            await store.migrate()
+            await personal.after_migration(*await store.migrate())
         store.listen(gate.invalidate, gate.invalidate_all, gate.usage_counted)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:

@@ -78,6 +78,14 @@ def _event(text: str) -> tuple[StripeEvent, str]:
     return StripeEvent(body["type"], body["data"]["object"], body["id"], float(body["created"])), text
 
 
+def _raised_at(exc: BaseException) -> str:
+    """file:line of the innermost frame an exception went through."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else "?"
+
+
 async def receive(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     config = ingest.gate.config
@@ -117,5 +125,13 @@ async def receive(request: web.Request) -> web.Response:
         metrics.webhooks.labels("store_error").inc()
         raise BadRequest(500, "store_unavailable", "the event could not be stored; nothing was applied; "
                                                    "Stripe will deliver it again") from None
+    except Exception as exc:    # noqa: BLE001 - answered 500: Stripe delivers again
+        # The message of an error raised on an event's content may quote it (a name, an email, an address):
+        # the log says the error's kind and where it was raised, never its message.
+        metrics.webhooks.labels("error").inc()
+        log(logging.ERROR, "webhook_failed", event=event.id, type=event.type, error=type(exc).__name__,
+            at=_raised_at(exc))
+        raise BadRequest(500, "internal", "the event could not be handled; nothing was applied; it was logged; "
+                                          "Stripe will deliver it again") from None
     metrics.webhooks.labels(received.outcome).inc()
     return _json.response(received.to_dict())

@@ -120,6 +120,24 @@ class AuditEntry:
                 "at": self.at, "plan_version": self.plan_version, "cause_id": self.cause_id, "actor": self.actor}
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """Everything one erasure writes, in one transaction: the subject's rows moved to its pseudonym, its events
+    rewritten, and the erasure remembered (by pseudonym). Erasing a pseudonym again (subject == pseudonym)
+    drops the Stripe ids an erasure kept while a subscription was live."""
+
+    subject: str                                   # the id erased
+    pseudonym: str
+    expected_version: int                          # of the subject's row as read; 0: none was stored
+    row: StoredSubject | None                      # the pseudonym's row to write; None: nothing stored
+    events: tuple[EventRecord, ...]                # rewritten: payload, subject, Stripe ids, state_before
+    invoices: tuple[tuple[str, str], ...]          # (invoice id stored, id kept) when Stripe ids are dropped
+    drop_stripe_ids: bool
+    at: float
+    actor: str
+    audit: AuditEntry | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Counted:
     """What a counting write did. `conflict`: the subject changed since it was read; nothing written."""
@@ -237,6 +255,44 @@ class Store(abc.ABC):
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
         """Drop usage rows of windows that started before usage_before (never lifetime ones) and
         idempotency keys older than keys_before; (usage rows, keys) dropped."""
+
+    # --- personal data (retention and erasure) ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def unreduced(self, before: float, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
+        """Events created before `before` whose payload is still as Stripe sent it, in (created, id) order,
+        from after the (created, id) `after`."""
+
+    @abc.abstractmethod
+    async def reduce_payloads(self, payloads: list[tuple[str, str]], at: float) -> int:
+        """Replace the payloads of events ((event id, reduced payload) each), stamped reduced at `at`."""
+
+    async def scrub(self) -> bool:
+        """Let go of copies of what was just rewritten that the database still holds outside its tables; False
+        when it could not (they go at a later scrub)."""
+        return True
+
+    async def compact(self) -> None:
+        """Rewrite the database without the free space old rows left (once, after the first reduction)."""
+
+    @abc.abstractmethod
+    async def personal_rows(self, subject: str, customer: str | None,
+                            subscription: str | None) -> tuple[list[EventRecord], list[str]]:
+        """The subject's events (and those waiting that name its Stripe customer or subscription), oldest first,
+        and the invoice ids of its payments."""
+
+    @abc.abstractmethod
+    async def erase(self, erasure: Erasure) -> bool:
+        """Write an erasure in one transaction, if the subject's row is still at the version read; False when
+        another writer came first (nothing written). Other nodes drop the subject and its pseudonym."""
+
+    @abc.abstractmethod
+    async def erased(self, pseudonym: str) -> bool:
+        """Was the subject of this pseudonym erased?"""
+
+    @abc.abstractmethod
+    async def erasures_keeping_ids(self, limit: int) -> list[str]:
+        """Pseudonyms of erased subjects whose Stripe ids are still kept (a subscription was live)."""
 
     @abc.abstractmethod
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:

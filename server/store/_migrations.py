@@ -14,6 +14,11 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def number_of(name: str, dialect: str = "sqlite") -> int:
+    """The number of the migration file NNNN_<name>.sql (the same in both folders)."""
+    return next(number for number, file, _ in migrations(dialect) if file.split("_", 1)[1] == f"{name}.sql")
+
+
 def statements(sql: str) -> list[str]:
     """A migration file's statements, split at the semicolons outside $$-quoted bodies (a function's body
     keeps its own). Our files keep semicolons out of comments and "--" out of strings."""

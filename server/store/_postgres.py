@@ -22,6 +22,7 @@ from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
+from ._postgres_personal import PostgresPersonalData
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
@@ -51,7 +52,9 @@ _BATCH_UPDATE = (
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresPersonalData, Store):
+    channel = CHANNEL
+
     @property
     def caches_usage(self) -> bool:
         """Other nodes count too: a cached usage is current only while every count reaches this node (the

@@ -26,6 +26,7 @@ from plangate.engine import SubjectState
 
 from ._migrations import migrations, statements
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
+from ._sqlite_personal import SQLitePersonalData
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
 
@@ -109,7 +110,7 @@ def sqlite_path(database: str) -> str:
     return database.removeprefix("sqlite:///").removeprefix("sqlite://")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLitePersonalData, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous
@@ -160,7 +161,9 @@ class SQLiteStore(Store):
                 pass
 
     def _pragmas(self, busy_timeout_ms: int) -> tuple[str, ...]:
-        return ("journal_mode = WAL", f"busy_timeout = {busy_timeout_ms}", "foreign_keys = ON",
+        # secure_delete: the space a rewritten or deleted row leaves is zeroed, so that a reduced payload or an
+        # erased subject does not live on in free space (_sqlite_personal).
+        return ("journal_mode = WAL", f"busy_timeout = {busy_timeout_ms}", "foreign_keys = ON", "secure_delete = ON",
                 f"synchronous = {self.synchronous}", f"cache_size = -{CACHE_KIB}",
                 f"journal_size_limit = {WAL_LIMIT_BYTES}")
 

@@ -12,12 +12,12 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from plangate.engine import StripeEvent, SubjectState, advance, event_order, replay
+from plangate.engine import StripeEvent, SubjectState, advance, event_order, relevant_events, replay
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
-from .objects import FACT_EVENTS, named_subject, payment_of, stripe_ids
+from .objects import named_subject, payment_of, stripe_ids
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
@@ -40,12 +40,12 @@ class Received:
 
 
 class Ingest:
-    def __init__(self, gate: Gate):
+    def __init__(self, gate: Gate, personal=None):
         self.gate = gate
+        self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
         self.table = gate.table
-        self.relevant = FACT_EVENTS | {t.trigger.name for t in gate.table.plan.transitions
-                                       if t.trigger.kind.value == "stripe"}
+        self.relevant = relevant_events(gate.table.plan)
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
         # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for
@@ -78,6 +78,13 @@ class Ingest:
         seen, subject, stored = await self._io("lookup", self.store.lookup(event.id, named, customer, subscription))
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
+        if named is not None and stored is None and self.personal is not None:
+            # A subject not stored may be one that was erased: its events land on its pseudonym, and keep
+            # nothing of it as Stripe sent it.
+            pseudonym = await self._io("erased", self.personal.pseudonym_if_erased(named))
+            if pseudonym is not None:
+                subject, stored = pseudonym, await self._io("load", self.store.load(pseudonym))
+                payload = self.personal.conceal(payload, named, pseudonym)
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
                              subscription)
         payment = payment_of(event.type, event.id, event.created, obj, subject)

@@ -13,9 +13,9 @@ from plangate.policy import TriggerKind
 from ..gate import Gate
 from ..logs import log
 from .ingest import Ingest
+from .objects import ENDED
 
 RECONCILE_BATCH = 200
-_ENDED = {"canceled", "incomplete_expired"}
 
 
 class Reconciler:
@@ -72,5 +72,5 @@ class Reconciler:
 
 def _synthetic(sub: dict, now: float) -> StripeEvent:
     """What Stripe's subscription says now, as the event that would have told us."""
-    kind = "customer.subscription.deleted" if sub.get("status") in _ENDED else "customer.subscription.updated"
+    kind = "customer.subscription.deleted" if sub.get("status") in ENDED else "customer.subscription.updated"
     return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", now)

@@ -83,10 +83,10 @@ class TestConditions:
         assert "metadata.plan=gold" in out.reason
 
     def test_a_list_of_values_matches_any_of_them(self, shipped):
-        paid = shipped.initial_state("s", NOW).with_(status="paid")
+        trial = shipped.initial_state("s", NOW).with_(status="paid_trial")
         for status in ("past_due", "unpaid"):
             event = StripeEvent("customer.subscription.updated", {"object": "subscription", "status": status})
-            assert shipped.apply(paid, event, NOW).state.status == "grace_period"
+            assert shipped.apply(trial, event, NOW).state.status == "billing_problem"
 
     def test_an_object_that_is_not_a_mapping_matches_no_condition(self, table, free):
         out = table.apply(free, StripeEvent("customer.subscription.updated", None), NOW)

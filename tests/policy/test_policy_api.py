@@ -7,8 +7,8 @@ from plangate import policy
 class TestPublicNames:
     def test_all_is_pinned(self):
         assert policy.__all__ == [
-            "ANY", "Access", "Checked", "Condition", "DurationError", "FailMode", "Finding", "Location",
-            "Meter", "Plan", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Severity",
+            "ANCHORS", "ANY", "Access", "Anchor", "Checked", "Condition", "DurationError", "FailMode", "Finding",
+            "Group", "Location", "Meter", "Op", "Plan", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Severity",
             "Status", "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file",
             "check_plan", "check_text", "format_duration", "load_plan", "parse_duration",
         ]

@@ -20,14 +20,17 @@ class TestShippedPlan:
     def test_models_the_product(self, shipped_plan):
         plan = load_plan(shipped_plan)
         assert [s.name for s in plan.statuses] == [
-            "limited_free_trial", "paid_trial", "paid", "grace_period", "billing_problem", "canceled", "closed"]
+            "limited_free_trial", "paid_trial", "paid", "grace_period", "billing_problem", "paused", "canceled", "closed"]
         assert plan.initial.name == "limited_free_trial"
         assert plan.status("paid_trial").expires_after == 7 * 86400
+        assert (plan.status("paid_trial").expires_at.date, plan.status("paid_trial").expires_at.slack) == \
+            ("trial_end", 2 * 3600)
         assert plan.status("grace_period").expires_after == 3 * 86400
         assert [m.name for m in plan.meters] == ["requests"]
         events = {t.trigger.name for t in plan.transitions}
         assert {"checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
-                "customer.subscription.deleted", "invoice.paid", "invoice.payment_failed"} <= events
+                "customer.subscription.deleted", "invoice.paid", "invoice.payment_failed",
+                "customer.subscription.paused", "customer.subscription.resumed", "charge.dispute.closed"} <= events
 
 
 class TestSchema:

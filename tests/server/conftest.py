@@ -24,8 +24,9 @@ TOKEN = "test-token-0123456789abcdef"
 # A store call's budget of 5 s, not 0.25: on a shared machine running the whole suite, a store call slower than
 # 0.25 s made a correctness test get a fail-mode answer (seen once: 40 concurrent usage reports, one 503). Tests
 # of the fail modes set their own budget.
+PSEUDONYM_SECRET = "test-pseudonym-secret-0123456789"
 BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_PLANS": str(PLAN),
-            "PLANGATE_STORE_TIMEOUT": "5"}
+            "PLANGATE_STORE_TIMEOUT": "5", "PLANGATE_PSEUDONYM_SECRET": PSEUDONYM_SECRET}
 
 
 @dataclass

@@ -26,7 +26,8 @@ class TestConfig:
         ("PLANGATE_PORT", "-1"), ("PLANGATE_CACHE_SIZE", "0"), ("PLANGATE_STORE_TIMEOUT", "soon"),
         ("SUBSCRIPTION_KILL_SWITCH", "perhaps"), ("PLANGATE_LOG_LEVEL", "LOUD"), ("PLANGATE_MAX_AMOUNT", "1.5"),
         ("PLANGATE_IDLE_TIMEOUT", "0"), ("PLANGATE_PG_REPLICAS", "mysql://replica:3306/db"),
-        ("PLANGATE_PG_REPLICA_MAX_LAG", "0"),
+        ("PLANGATE_PG_REPLICA_MAX_LAG", "0"), ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "-1"),
+        ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "3.5"),
     ])
     def test_invalid_values_name_variable_value_and_what_is_allowed(self, name, value):
         with pytest.raises(ConfigError) as err:
@@ -48,6 +49,13 @@ class TestConfig:
             Config.from_env({"PLANGATE_API_TOKEN": "abc"}).require_token()
         assert "abc" not in str(err.value)
         assert "0123456789abcdef0" not in repr(Config.from_env({"PLANGATE_API_TOKEN": "0123456789abcdef0"}))
+
+    def test_a_short_pseudonym_secret_is_refused_and_never_shown(self):
+        with pytest.raises(ConfigError) as err:
+            Config.from_env({"PLANGATE_PSEUDONYM_SECRET": "short-one"})
+        assert "PLANGATE_PSEUDONYM_SECRET" in str(err.value) and "short-one" not in str(err.value)
+        secret = "a-pseudonym-secret-0123456789"
+        assert secret not in repr(Config.from_env({"PLANGATE_PSEUDONYM_SECRET": secret}))
 
     def test_config_env_file_fills_in_but_environment_wins(self, tmp_path, monkeypatch):
         env_file = tmp_path / "config.env"

@@ -213,6 +213,7 @@ def full_bodies(template: str) -> list[dict]:
         "/v1/usage": [{**base, "idempotency_key": f"job-{n}"}],
         "/v1/subjects/{subject}/transition": [{"to": "paid", "reason": "support ticket 7", "actor": "ops"},
                                               {"action": "close_account", "reason": "abuse", "actor": "ops"}],
+        "/v1/subjects/{subject}/erase": [{"actor": "privacy-desk"}],
     }[template]
 
 

@@ -60,9 +60,9 @@ class TestStartupRefusesBadSettings:
 class TestMigrate:
     def test_migrate_sets_the_schema_version_once(self, tmp_path):
         env = {"PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
-        latest = migrations("sqlite")[-1][0]
         first = run(["migrate"], env, tmp_path)
         again = run(["migrate"], env, tmp_path)
+        latest = migrations("sqlite")[-1][0]
         assert first.returncode == 0 and f"schema version 0 -> {latest}" in first.stdout
         assert again.returncode == 0 and f"schema is current (version {latest})" in again.stdout
         with sqlite3.connect(tmp_path / "db.sqlite3") as db:

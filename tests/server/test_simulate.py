@@ -1,5 +1,5 @@
-"""`plangate stripe-simulate` against a real `plangate serve`: every scenario passes and leaves the gate in the
-state it claims; as a process too; an unreachable gate, a wrong secret and usage errors."""
+"""`plangate stripe-simulate` against a real `plangate serve`: it plays the lifecycle corpus, every lifecycle passes
+and leaves the gate where its story ends; as a process too; an unreachable gate, a wrong secret and usage errors."""
 from __future__ import annotations
 
 import json
@@ -15,11 +15,14 @@ import pytest
 from plangate.cli import main as plangate_main
 
 from . import stripe_events as se
+from plangate.lifecycles import corpus
+
 from .conftest import BASE_ENV, ROOT, TOKEN, GateProcess, free_port
+from .test_lifecycles import NEEDS_LINKING
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
-FINAL = {"checkout-to-paid": "paid", "payment-failure-and-recovery": "paid", "grace-runs-out": "paid",
-         "cancellation": "canceled", "duplicates-and-reordering": "paid"}
+CORPUS = ROOT / "scenarios" / "lifecycles"
+LIVES = {life.name: life for life in corpus(CORPUS) if life.name not in NEEDS_LINKING}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def gate(tmp_path_factory):
 
 
 def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN) -> int:
-    return plangate_main(["stripe-simulate", "--url", gate.url, "--secret", secret, "--token", token, *args])
+    return plangate_main(["stripe-simulate", "--url", gate.url, "--secret", secret, "--token", token,
+                          "--corpus", str(CORPUS), *args])
 
 
 def view(gate, subject: str) -> dict:
@@ -49,35 +53,38 @@ def outcomes(gate, subject: str) -> list[str]:
                                           "ORDER BY created", (subject,))]
 
 
-def test_every_scenario_passes_and_the_gate_holds_what_it_printed(gate, capsys):
-    assert simulate_(gate, "--subject", "everything") == 0
+def test_every_lifecycle_passes_and_the_gate_holds_where_its_story_ends(gate, capsys):
+    assert simulate_(gate, "--subject", "everything", *LIVES) == 0
     out = capsys.readouterr().out
-    for name, status in FINAL.items():
+    for name, life in LIVES.items():
         assert f"PASS {name}" in out
         state = view(gate, f"everything-{name}")
-        assert state["known"] and state["status"] == status, (name, state)
-        assert state["stripe_subscription"].startswith("sub_sim") and state["stripe_customer"].startswith("cus_sim")
-    assert "5 of 5 scenario(s) passed" in out and "FAIL" not in out and "!!" not in out
-    moves = [(t["from"], t["to"], t["actor"]) for t in view(gate, "everything-grace-runs-out")["transitions"]]
-    assert ("grace_period", "billing_problem", "timer") in moves and ("billing_problem", "paid", "stripe") in moves
-    assert view(gate, "everything-cancellation")["usage"][0]["allowed"] is False
-    assert view(gate, "everything-payment-failure-and-recovery")["period_end"] is not None   # old shape read
-    assert view(gate, "everything-checkout-to-paid")["period_end"] is not None                # new shape read
-    # Stored outcomes: the pending event applied once linked, the late one stale; the duplicate stored nothing.
-    assert sorted(outcomes(gate, "everything-duplicates-and-reordering")) == \
-        ["applied", "applied", "applied", "applied", "noop", "stale"]
-    for line in ("gate:  pending", "gate:  duplicate", "gate:  stale", "check: denied  reason=status_denies"):
+        assert state["known"] and {k: state[k] for k in life.ends} == life.ends, (name, state)
+        assert state["stripe_customer"].startswith(f"cus_{life.tag}")
+    assert f"{len(LIVES)} of {len(LIVES)} lifecycle(s) passed" in out and "FAIL" not in out and "!!" not in out
+    moves = [(t["from"], t["to"], t["actor"]) for t in view(gate, "everything-retries-exhausted-canceled")["transitions"]]
+    assert ("grace_period", "billing_problem", "timer") in moves and ("billing_problem", "canceled", "stripe") in moves
+    assert view(gate, "everything-cancel-at-period-end")["usage"][0]["allowed"] is False
+    assert "applied" in outcomes(gate, "everything-trial-converts")
+    for line in ("gate:  applied  status=paid_trial", "check: denied  reason=status_denies"):
         assert line in out
 
 
-def test_one_scenario_as_a_process(gate, tmp_path):
+def test_a_second_run_of_a_lifecycle_gets_fresh_ids_and_passes_again(gate, capsys):
+    assert simulate_(gate, "--subject", "twice", "trial-converts") == 0
+    assert simulate_(gate, "--subject", "twice-again", "trial-converts") == 0
+    assert view(gate, "twice")["stripe_customer"] != view(gate, "twice-again")["stripe_customer"]
+    assert "duplicate" not in capsys.readouterr().out
+
+
+def test_one_lifecycle_as_a_process(gate, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN")}
     done = subprocess.run([PLANGATE, "stripe-simulate", "--url", gate.url, "--secret", se.SECRET, "--token", TOKEN,
-                           "--subject", "proc", "checkout-to-paid"], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+                           "--corpus", str(CORPUS), "--subject", "proc", "trial-converts"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "PASS checkout-to-paid" in done.stdout and "1 of 1 scenario(s) passed" in done.stdout
-    assert done.stdout.count("check: allowed") == 4 and done.stderr == ""
+    assert "PASS trial-converts" in done.stdout and "1 of 1 lifecycle(s) passed" in done.stdout
+    assert done.stderr == ""
     assert view(gate, "proc")["status"] == "paid"
 
 
@@ -87,16 +94,18 @@ def test_the_secret_and_token_come_from_the_environment_or_var(gate, tmp_path, m
     monkeypatch.setenv("PLANGATE_API_TOKEN", TOKEN)
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "webhook-secret").write_text(se.SECRET + "\n")
-    assert plangate_main(["stripe-simulate", "--url", gate.url, "cancellation"]) == 0
+    args = ["stripe-simulate", "--url", gate.url, "--corpus", str(CORPUS), "cancel-at-period-end"]
+    assert plangate_main(args) == 0
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", f"{se.SECRET},whsec_next_secret_000")   # rotation: the first signs
     (tmp_path / "var" / "webhook-secret").write_text("whsec_not_the_gates_000\n")
-    assert plangate_main(["stripe-simulate", "--url", gate.url, "cancellation"]) == 0
-    assert capsys.readouterr().out.count("PASS cancellation") == 2
+    assert plangate_main(args) == 0
+    assert capsys.readouterr().out.count("PASS cancel-at-period-end") == 2
 
 
 def test_an_unreachable_gate_exits_2_with_one_line(capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    assert plangate_main(["stripe-simulate", "--url", url, "--secret", se.SECRET, "--token", TOKEN]) == 2
+    assert plangate_main(["stripe-simulate", "--url", url, "--secret", se.SECRET, "--token", TOKEN,
+                          "--corpus", str(CORPUS)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"plangate stripe-simulate: cannot reach the gate at {url}")
@@ -104,37 +113,44 @@ def test_an_unreachable_gate_exits_2_with_one_line(capsys):
 
 
 def test_a_wrong_secret_exits_1_and_shows_the_400(gate, capsys):
-    assert simulate_(gate, "checkout-to-paid", "grace-runs-out", secret="whsec_not_the_gates_secret") == 1
+    assert simulate_(gate, "trial-converts", "sca-on-renewal", secret="whsec_not_the_gates_secret") == 1
     out = capsys.readouterr().out
-    assert out.count("answered 400 signature_invalid") == 4     # each scenario's first event, and its FAIL line
-    assert "FAIL checkout-to-paid" in out and "FAIL grace-runs-out" in out and "0 of 2 scenario(s) passed" in out
+    assert out.count("answered 400 signature_invalid") == 4     # each lifecycle's first event, and its FAIL line
+    assert "FAIL trial-converts" in out and "FAIL sca-on-renewal" in out and "0 of 2 lifecycle(s) passed" in out
 
 
 def test_a_wrong_token_is_found_before_any_event_is_sent(gate, capsys):
-    assert simulate_(gate, "--subject", "never", "checkout-to-paid", token="not-the-token-0123456789") == 2
+    assert simulate_(gate, "--subject", "never", "trial-converts", token="not-the-token-0123456789") == 2
     assert "answered 401 unauthorized" in capsys.readouterr().err
     assert view(gate, "never")["known"] is False
 
 
 @pytest.mark.parametrize("args, says", [
-    (["nope"], "unknown scenario 'nope'; known: checkout-to-paid"),
+    (["nope"], "unknown lifecycle 'nope'; known: cancel-at-period-end"),
     (["--url", "localhost:8080"], "is not an http(s) URL"),
 ])
 def test_usage_errors_exit_2(args, says, capsys):
-    assert plangate_main(["stripe-simulate", "--secret", se.SECRET, "--token", TOKEN, *args]) == 2
+    assert plangate_main(["stripe-simulate", "--secret", se.SECRET, "--token", TOKEN, "--corpus", str(CORPUS),
+                          *args]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_missing_corpus_exits_2(tmp_path, capsys):
+    assert plangate_main(["stripe-simulate", "--corpus", str(tmp_path / "none"), "--list"]) == 2
+    assert "no lifecycles" in capsys.readouterr().err
 
 
 def test_no_secret_anywhere_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
-    assert plangate_main(["stripe-simulate", "--token", TOKEN]) == 2
+    assert plangate_main(["stripe-simulate", "--token", TOKEN, "--corpus", str(CORPUS)]) == 2
     assert "no webhook secret: pass --secret" in capsys.readouterr().err
 
 
-def test_list_names_every_scenario(capsys):
-    assert plangate_main(["stripe-simulate", "--list"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(FINAL)
+def test_list_names_every_lifecycle_of_the_corpus(capsys):
+    assert plangate_main(["stripe-simulate", "--list", "--corpus", str(CORPUS)]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == sorted(p.name for p in CORPUS.iterdir() if (p / "story.yaml").is_file())
 
 
 def test_the_makefile_gives_make_run_a_webhook_secret():

@@ -249,7 +249,7 @@ class TestShapes:
         now = time.time()
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 100))
         sub = se.subscription("active", "alice", start=now - DAY, end=now + 29 * DAY, new_shape=new_shape)
-        await deliver(hook, se.event("customer.subscription.updated", sub, now - 90))
+        await deliver(hook, se.event("customer.subscription.created", sub, now - 90))
         await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", new_shape=new_shape), now - 80))
         _, view = await hook.get("/v1/subjects/alice")
         assert view["status"] == "grace_period" and view["tier"] == "pro"

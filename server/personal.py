@@ -1,0 +1,267 @@
+"""What the gate keeps about people: Stripe payloads reduced once Stripe can no longer fold them again, and the
+erasure of a subject (its rows kept under a stable pseudonym, its personal data gone).
+
+A pseudonym is an HMAC-SHA256 of the subject id with PLANGATE_PSEUDONYM_SECRET: the same subject always gets the
+same one (erasing twice, or events naming an erased subject, land on it), and without the secret nobody can tell
+whose it is. Stripe ids of an erased subject stay while one of its subscriptions is live (its events must still
+find it); once it ended, the retention job replaces them by pseudonyms too.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass, replace
+
+from .gate import MAX_CONFLICT_RETRIES, Gate, StoreUnavailable
+from .logs import log
+from .store import AuditEntry, Erasure, EventRecord, StoredSubject, migration_number
+from .stripe.objects import ENDED
+from .stripe.reduction import Reducer
+
+RETENTION_BATCH = 500
+# The migration that brought retention: a store migrated across it had raw payloads, reduced once it is.
+RETENTION_MIGRATION = migration_number("personal_data")
+ERASURE_TIMEOUT = 60.0
+# Keys whose value is a Stripe id, and the prefixes of ids that lead to a person (a price or a product does not).
+_ID_KEYS = frozenset({"id", "customer", "subscription", "invoice", "charge", "payment_intent", "latest_invoice",
+                      "latest_charge", "payment_method", "default_payment_method", "subscription_item",
+                      "setup_intent"})
+_PERSONAL_PREFIXES = ("cus_", "sub_", "in_", "il_", "ii_", "si_", "ch_", "py_", "pi_", "pm_", "src_", "card_",
+                      "ba_", "cs_", "seti_", "re_", "dp_", "du_", "txn_", "cn_")
+
+
+class ErasureUnavailable(Exception):
+    """Erasure needs PLANGATE_PSEUDONYM_SECRET, and it is not set."""
+
+
+class Pseudonyms:
+    def __init__(self, secret: str):
+        self._key = secret.encode()
+
+    def _mac(self, kind: str, value: str) -> str:
+        return hmac.new(self._key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+    def subject(self, subject: str) -> str:
+        return "erased_" + self._mac("subject", subject)[:32]
+
+    def stripe_id(self, value: str) -> str:
+        """The id kept for a Stripe id of an erased subject: its kind (prefix) and a pseudonym."""
+        prefix = value[:value.index("_") + 1] if "_" in value else ""
+        return f"{prefix}erased{self._mac('stripe', value)[:24]}"
+
+
+def pseudonyms_of(gate: Gate) -> Pseudonyms | None:
+    secret = gate.config.pseudonym_secret
+    return Pseudonyms(secret) if secret else None
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What an erasure did."""
+
+    subject: str
+    pseudonym: str
+    already: bool = False          # erased before; nothing stored under the subject since
+    known: bool = False            # a subject row was stored
+    events: int = 0                # event rows rewritten
+    stripe_ids_kept: bool = False  # a subscription is live: its Stripe ids stay until it ends
+
+    def to_dict(self) -> dict:
+        return {"subject": self.subject, "pseudonym": self.pseudonym, "erased": True, "already_erased": self.already,
+                "known": self.known, "events": self.events, "stripe_ids_kept": self.stripe_ids_kept}
+
+
+@dataclass(frozen=True)
+class Retained:
+    """What a retention run did: payloads reduced, payloads it could not reduce (kept, and logged), erased
+    subjects whose Stripe ids it dropped."""
+
+    reduced: int = 0
+    kept: int = 0
+    ids_dropped: int = 0
+
+
+class PersonalData:
+    def __init__(self, gate: Gate):
+        self.gate = gate
+        self.store = gate.store
+        self.reducer = Reducer(gate.table)
+        self.pseudonyms = pseudonyms_of(gate)
+
+    # --- retention ----------------------------------------------------------------------------------
+
+    async def retain(self) -> Retained:
+        """Reduce the payloads of events older than PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS, drop the Stripe ids of
+        erased subjects whose subscription ended, and let go of the database's copies of what was rewritten."""
+        now = self.gate.clock()
+        before = now - self.gate.config.payload_retention_days * 86400.0
+        reduced, kept, after = 0, [], None
+        while True:
+            rows = await self.gate.timed("unreduced", self.store.unreduced(before, after, RETENTION_BATCH),
+                                         timeout=ERASURE_TIMEOUT)
+            done = []
+            for row in rows:
+                payload = self.reducer.reduce(row.payload)
+                if payload is None:
+                    kept.append(row.id)
+                else:
+                    done.append((row.id, payload))
+                await asyncio.sleep(0)      # a batch is ~100 ms of reducing: requests go on meanwhile
+            reduced += await self.gate.timed("reduce", self.store.reduce_payloads(done, now), shield=True,
+                                             timeout=ERASURE_TIMEOUT)
+            if len(rows) < RETENTION_BATCH:
+                break
+            after = (rows[-1].created, rows[-1].id)
+        dropped = await self._drop_ended_ids(now)
+        if reduced or dropped:
+            await self._scrub()
+        if kept:
+            log(logging.WARNING, "payloads_kept", events=len(kept), first=kept[:10],
+                why="reducing them would change what the gate reads of them; kept as Stripe sent them")
+        return Retained(reduced, len(kept), dropped)
+
+    async def after_migration(self, before: int, after: int) -> Retained | None:
+        """After a migration across RETENTION_MIGRATION of a store that held events: reduce what is stored
+        now, then rewrite the database without the free space the raw payloads left (SQLite: VACUUM)."""
+        if not before or not before < RETENTION_MIGRATION <= after:
+            return None
+        retained = await self.retain()
+        await self.gate.timed("compact", self.store.compact(), shield=True, timeout=3600.0)
+        log(logging.INFO, "payloads_reduced", reduced=retained.reduced, kept=retained.kept,
+            why=f"migration {RETENTION_MIGRATION}: payloads older than PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS")
+        return retained
+
+    async def _drop_ended_ids(self, now: float) -> int:
+        if self.pseudonyms is None:
+            return 0
+        dropped = 0
+        for pseudonym in await self.gate.timed("erasures", self.store.erasures_keeping_ids(RETENTION_BATCH),
+                                               timeout=ERASURE_TIMEOUT):
+            done = await self._erase(pseudonym, pseudonym, "retention", now)
+            dropped += done is not None and not done.stripe_ids_kept
+        return dropped
+
+    # --- erasure ------------------------------------------------------------------------------------
+
+    async def erase(self, subject: str, actor: str) -> Erased:
+        """Erase a subject (idempotent). ErasureUnavailable without a pseudonym secret; StoreUnavailable when
+        the store fails or the subject kept changing."""
+        if self.pseudonyms is None:
+            raise ErasureUnavailable("PLANGATE_PSEUDONYM_SECRET is not set: erasure needs it for stable pseudonyms")
+        pseudonym = self.pseudonyms.subject(subject)
+        done = await self._erase(subject, pseudonym, actor, self.gate.clock())
+        if done is None:
+            done = Erased(subject, pseudonym, already=True)
+        else:
+            await self._scrub()
+        log(logging.INFO, "erased", pseudonym=pseudonym, actor=actor, already_erased=done.already,
+            events=done.events, stripe_ids_kept=done.stripe_ids_kept)
+        return done
+
+    async def _scrub(self) -> None:
+        if not await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT):
+            log(logging.WARNING, "scrub_incomplete", why="the database was busy: copies of rewritten rows stay in "
+                                                         "its write-ahead log until the next cleanup")
+
+    async def pseudonym_if_erased(self, subject: str) -> str | None:
+        """The subject's pseudonym if it was erased (and not stored again since: the caller knows that)."""
+        if self.pseudonyms is None:
+            return None
+        pseudonym = self.pseudonyms.subject(subject)
+        return pseudonym if await self.store.erased(pseudonym) else None
+
+    def conceal(self, payload: str, subject: str, pseudonym: str) -> str:
+        """The payload of an event that names an erased subject, as the erasure left its others: reduced, with
+        the pseudonym for the subject (Stripe ids stay: the erasure kept them, or they name nothing stored)."""
+        return self._payload(payload, "", 0.0, subject, pseudonym, False)
+
+    async def _erase(self, subject: str, pseudonym: str, actor: str, now: float) -> Erased | None:
+        """One erasure, retried while the subject changes under it; None when there was nothing to do."""
+        timed, store = self.gate.timed, self.store
+        for _ in range(MAX_CONFLICT_RETRIES):
+            stored = await timed("load", store.load(subject), timeout=ERASURE_TIMEOUT)
+            customer, subscription = (stored.stripe_customer, stored.stripe_subscription) if stored else (None, None)
+            events, invoices = await timed("personal_rows", store.personal_rows(subject, customer, subscription),
+                                           timeout=ERASURE_TIMEOUT)
+            live = _live(events, subscription)
+            if subject == pseudonym:
+                if stored is None or live:
+                    return None
+            elif stored is None and not events and not invoices and \
+                    await timed("erased", store.erased(pseudonym), timeout=ERASURE_TIMEOUT):
+                return None
+            erasure = self._erasure(subject, pseudonym, stored, events, invoices, live, actor, now)
+            if await timed("erase", store.erase(erasure), shield=True, timeout=ERASURE_TIMEOUT):
+                self.gate.invalidate(subject)
+                self.gate.invalidate(pseudonym)
+                return Erased(subject, pseudonym, known=stored is not None, events=len(events), stripe_ids_kept=live)
+        raise StoreUnavailable("erase: the subject kept changing")
+
+    def _erasure(self, subject: str, pseudonym: str, stored: StoredSubject | None, events: list[EventRecord],
+                 invoices: list[str], live: bool, actor: str, now: float) -> Erasure:
+        drop = not live
+        row = audit = None
+        if stored is not None:
+            fold = stored.fold_state.with_(subject=pseudonym) if stored.fold_state is not None else None
+            row = replace(stored, state=stored.state.with_(subject=pseudonym), fold_state=fold,
+                          stripe_customer=None if drop else stored.stripe_customer,
+                          stripe_subscription=None if drop else stored.stripe_subscription)
+            why = ("personal data erased; Stripe ids kept while the subscription is live" if live else
+                   "personal data erased" if subject != pseudonym else
+                   "the erased subject's subscription ended: its Stripe ids replaced by pseudonyms")
+            status = stored.state.status
+            audit = AuditEntry(pseudonym, status, status, "erasure", why, now, self.gate.table.version, None, actor)
+        ids = self.pseudonyms.stripe_id
+        return Erasure(subject, pseudonym, stored.version if stored else 0, row,
+                       tuple(self._rewritten(r, subject, pseudonym, drop) for r in events),
+                       tuple((i, ids(i)) for i in invoices if not i.startswith("in_erased")) if drop else (),
+                       drop, now, actor, audit)
+
+    def _payload(self, payload: str, event_id: str, created: float, subject: str, pseudonym: str,
+                 drop_ids: bool) -> str:
+        reduced = self.reducer.reduce(payload, strict=False) or json.dumps(
+            {"id": event_id, "type": "", "created": created, "data": {"object": {}}})
+        body = _substituted(json.loads(reduced), subject, pseudonym, self.pseudonyms.stripe_id if drop_ids else None)
+        return json.dumps(body, separators=(",", ":"))
+
+    def _rewritten(self, row: EventRecord, subject: str, pseudonym: str, drop_ids: bool) -> EventRecord:
+        before = row.state_before.with_(subject=pseudonym) if row.state_before is not None and \
+            row.state_before.subject == subject else row.state_before
+        return replace(row, payload=self._payload(row.payload, row.id, row.created, subject, pseudonym, drop_ids),
+                       subject=pseudonym if row.subject == subject else row.subject, state_before=before,
+                       stripe_customer=None if drop_ids else row.stripe_customer,
+                       stripe_subscription=None if drop_ids else row.stripe_subscription)
+
+
+def _substituted(value, subject: str, pseudonym: str, stripe_id, key: str | None = None):
+    """A JSON value with the subject replaced by its pseudonym wherever it appears whole, and (stripe_id given)
+    every Stripe id that leads to a person replaced by its pseudonym (the same one everywhere, so that what
+    links events together still does)."""
+    if isinstance(value, dict):
+        return {k: _substituted(v, subject, pseudonym, stripe_id, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substituted(v, subject, pseudonym, stripe_id, key) for v in value]
+    if value == subject:
+        return pseudonym
+    if stripe_id is not None and isinstance(value, str) and key in _ID_KEYS and value.startswith(_PERSONAL_PREFIXES) \
+            and "_erased" not in value:
+        return stripe_id(value)
+    return value
+
+
+def _live(events: list[EventRecord], subscription: str | None) -> bool:
+    """Is the subscription live, as the newest of the events about it says (no word of its end: live)?"""
+    if subscription is None:
+        return False
+    status = None
+    for row in sorted(events, key=lambda r: (r.created, r.id)):
+        try:
+            obj = json.loads(row.payload)["data"]["object"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(obj, dict) and obj.get("object") == "subscription" and obj.get("id") == subscription:
+            status = "canceled" if row.type == "customer.subscription.deleted" else obj.get("status")
+    return status not in ENDED

@@ -1,0 +1,95 @@
+"""The SQL of retention and erasure, one text for both databases: written with ? and numbered for PostgreSQL.
+
+An erasure moves a subject's rows to its pseudonym in one transaction: the state row (written anew: its state
+names the subject), usage summed into the pseudonym's windows, the audit (an admin's free-text reason may name
+the person: it is replaced by a sentence saying so), payments and events (rewritten by the caller: reduced
+payloads, the pseudonym for the subject, Stripe ids dropped when no subscription is live). Idempotency keys are
+dropped: they are the caller's text, and live a few weeks at most.
+"""
+from __future__ import annotations
+
+from ._base import Erasure, state_json
+from ._rows import EVENT_COLUMNS, WRITTEN, subject_values
+
+UNREDUCED = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE reduced_at IS NULL AND created < ? AND "
+             "(created > ? OR (created = ? AND event_id > ?)) ORDER BY created, event_id LIMIT ?")
+REDUCE = "UPDATE subscription_events SET payload = ?, reduced_at = ? WHERE event_id = ?"
+PERSONAL_EVENTS = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject = ? UNION ALL "
+                   f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject IS NULL AND "
+                   "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
+                   "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)) ORDER BY created, event_id")
+PERSONAL_INVOICES = ("SELECT invoice_id FROM payments WHERE subject = ? OR (subject IS NULL AND "
+                     "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
+                     "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)))")
+ERASED = "SELECT 1 FROM erasures WHERE pseudonym = ?"
+KEEPING_IDS = "SELECT pseudonym FROM erasures WHERE stripe_ids_dropped_at IS NULL ORDER BY erased_at LIMIT ?"
+_VERSION = "SELECT version FROM subscriptions WHERE subject = ?"
+_WRITE_ROW = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
+              f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?) ON CONFLICT (subject) DO UPDATE SET "
+              + ", ".join(f"{c} = excluded.{c}" for c in WRITTEN)
+              + ", version = subscriptions.version + 1, updated_at = excluded.updated_at")
+_MOVE = (
+    ("INSERT INTO quota_usage (subject, meter, window_start, used) SELECT ?, meter, window_start, used "
+     "FROM quota_usage WHERE subject = ? ON CONFLICT (subject, meter, window_start) DO UPDATE SET "
+     "used = quota_usage.used + excluded.used", "pseudonym subject"),
+    ("DELETE FROM quota_usage WHERE subject = ?", "subject"),
+    ("DELETE FROM usage_keys WHERE subject = ?", "subject"),
+    ("UPDATE transitions SET reason = COALESCE(from_status, '') || ' -> ' || to_status || ' by ' || "
+     "COALESCE(actor, 'an admin') "
+     "|| ': the reason given was erased with the subject''s personal data' "
+     "WHERE subject = ? AND trigger LIKE 'admin:%'", "subject"),
+    ("UPDATE transitions SET subject = ? WHERE subject = ?", "pseudonym subject"),
+    ("UPDATE payments SET subject = ? WHERE subject = ?", "pseudonym subject"),
+    ("DELETE FROM subscriptions WHERE subject = ?", "subject"),
+)
+_EVENT = ("UPDATE subscription_events SET payload = ?, subject = ?, stripe_customer = ?, stripe_subscription = ?, "
+          "state_before = ?, reduced_at = ? WHERE event_id = ?")
+_INVOICE = ("UPDATE payments SET invoice_id = ?, stripe_customer = NULL, stripe_subscription = NULL "
+            "WHERE invoice_id = ?")
+_REMEMBER = ("INSERT INTO erasures (pseudonym, erased_at, actor, stripe_ids_dropped_at) VALUES (?, ?, ?, ?) "
+             "ON CONFLICT (pseudonym) DO UPDATE SET erased_at = excluded.erased_at, actor = excluded.actor, "
+             "stripe_ids_dropped_at = excluded.stripe_ids_dropped_at")
+_IDS_DROPPED = "UPDATE erasures SET stripe_ids_dropped_at = ? WHERE pseudonym = ?"
+_AUDIT = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
+          "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def numbered(sql: str) -> str:
+    """The statement with PostgreSQL's $1, $2, ... for its ? marks (our statements hold no ? in strings)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
+def unreduced_args(before: float, after: tuple[float, str] | None, limit: int) -> tuple:
+    created, event_id = after if after is not None else (-1.0, "")
+    return before, created, created, event_id, limit
+
+
+def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
+    """Every statement of an erasure, in order, as (SQL with ? marks, arguments). They run once the subject's
+    version (version_check) is the one the erasure was made from."""
+    out: list[tuple[str, tuple]] = []
+    if e.row is not None:
+        out.append((_WRITE_ROW, (e.pseudonym, *subject_values(e.row), e.at)))
+    if e.subject != e.pseudonym:
+        names = {"subject": e.subject, "pseudonym": e.pseudonym}
+        out.extend((sql, tuple(names[n] for n in args.split())) for sql, args in _MOVE)
+    for r in e.events:
+        out.append((_EVENT, (r.payload, r.subject, r.stripe_customer, r.stripe_subscription,
+                             state_json(r.state_before), e.at, r.id)))
+    out.extend((_INVOICE, (kept, stored)) for stored, kept in e.invoices)
+    dropped = e.at if e.drop_stripe_ids else None
+    if e.subject != e.pseudonym:
+        out.append((_REMEMBER, (e.pseudonym, e.at, e.actor, dropped)))
+    elif dropped is not None:
+        out.append((_IDS_DROPPED, (dropped, e.pseudonym)))
+    if e.audit is not None and e.row is not None:
+        a = e.audit
+        out.append((_AUDIT, (a.subject, a.from_status, a.to_status, a.trigger, a.cause_id, a.reason, a.actor, a.at,
+                             a.plan_version)))
+    return out
+
+
+def version_check(e: Erasure) -> tuple[str, tuple]:
+    """The query of the subject's stored version (no row: version 0)."""
+    return _VERSION, (e.subject,)

@@ -1,0 +1,178 @@
+"""Erasure of a subject on both stores, by the route and by `plangate erase`: its personal data gone from the files
+and tables, its usage and audit kept under a stable pseudonym, Stripe ids kept only while a subscription is live,
+idempotent, and every node's cache dropped."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import postgres
+
+from . import stripe_events as se
+from .conftest import BASE_ENV, PLAN
+from .personal_lifecycle import DAY, Lifecycle
+from .personal_store import deliver, found, rows, store_text
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+ENV = {"STRIPE_WEBHOOK_SECRET": se.SECRET}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "gate.sqlite3")
+        return
+    dsn = await postgres.create_database()
+    yield dsn
+    await postgres.drop_database(dsn)
+
+
+async def erase(gate, subject: str, **body) -> dict:
+    status, answer = await gate.post(f"/v1/subjects/{subject}/erase", body)
+    assert status == 200, answer
+    return answer
+
+
+async def view(gate, subject: str) -> dict:
+    return (await gate.get(f"/v1/subjects/{subject}"))[1]
+
+
+def stripe_ids(life: Lifecycle) -> list[str]:
+    return [life.customer, life.subscription, f"in_Pii{life.n:05d}b", f"ch_Pii{life.n:05d}b"]
+
+
+class TestErasure:
+    async def test_a_live_subscriber_keeps_usage_audit_and_stripe_ids_until_the_subscription_ends(
+            self, start_gate, database):
+        gate = await start_gate(**ENV)
+        life = Lifecycle("user_live", time.time() - 80 * DAY)
+        for evt in life.until_live():
+            await deliver(gate, evt)
+        assert (await gate.consume("user_live", 3, key="job-1"))[1]["counted"] is True
+        before = await view(gate, "user_live")
+        assert before["status"] == "paid"
+
+        erased = await erase(gate, "user_live", actor="privacy-desk")
+        pseudonym = erased["pseudonym"]
+        assert erased == {"subject": "user_live", "pseudonym": pseudonym, "erased": True, "already_erased": False,
+                          "known": True, "events": erased["events"], "stripe_ids_kept": True}
+        assert erased["events"] >= 10 and pseudonym.startswith("erased_")
+        text = await store_text(database)
+        assert not found(text, life.person.needles() + ["user_live"])
+        assert life.customer in text and life.subscription in text          # its events must still find it
+        kept = await view(gate, pseudonym)
+        assert {k: kept[k] for k in ("status", "tier", "period_end")} == \
+            {k: before[k] for k in ("status", "tier", "period_end")}
+        assert kept["usage"][0]["used"] == 3 and kept["stripe_subscription"] == life.subscription
+        assert [t["trigger"] for t in kept["transitions"]][0] == "erasure"
+        assert kept["transitions"][0]["actor"] == "privacy-desk"
+        assert len(kept["transitions"]) == len(before["transitions"]) + 1
+        fresh = await view(gate, "user_live")
+        assert fresh["known"] is False and fresh["status"] == "limited_free_trial" and fresh["usage"][0]["used"] == 0
+
+        again = await erase(gate, "user_live")
+        assert again["already_erased"] is True and again["pseudonym"] == pseudonym
+        assert len((await view(gate, pseudonym))["transitions"]) == len(kept["transitions"])
+
+        # Stripe ends the subscription: its event names the subject, and lands on the pseudonym.
+        deleted = next(e for e in life.events() if e["type"] == "customer.subscription.deleted")
+        _, answer = await deliver(gate, deleted)
+        assert (answer["subject"], answer["status"]) == (pseudonym, "canceled")
+        assert (await view(gate, "user_live"))["known"] is False
+        assert (await gate.post("/v1/jobs/cleanup"))[1]["result"][3] == 1
+        text = await store_text(database)
+        assert not found(text, life.person.needles() + stripe_ids(life) + ["user_live"])
+        assert (await view(gate, pseudonym))["status"] == "canceled"
+        assert (await rows(database, "SELECT count(*) FROM erasures WHERE stripe_ids_dropped_at IS NOT NULL")) == [(1,)]
+        assert (await gate.post("/v1/jobs/cleanup"))[1]["result"][3] == 0
+
+    async def test_an_ended_subscriber_loses_stripe_ids_at_once_and_an_admins_words_about_them(
+            self, start_gate, database):
+        gate = await start_gate(**ENV)
+        life = Lifecycle("user_ended", time.time() - 80 * DAY, 3)
+        for evt in life.events():
+            await deliver(gate, evt)
+        status, _ = await gate.post("/v1/subjects/user_ended/transition",
+                                    {"action": "close_account", "reason": f"{life.person.name} asked by phone"})
+        assert status == 200
+        erased = await erase(gate, "user_ended")
+        assert erased["stripe_ids_kept"] is False
+        text = await store_text(database)
+        assert not found(text, life.person.needles() + stripe_ids(life) + ["user_ended"])
+        kept = await view(gate, erased["pseudonym"])
+        assert kept["status"] == "closed" and kept["stripe_customer"] is None
+        assert [t["trigger"] for t in kept["transitions"][:2]] == ["erasure", "admin:close_account"]
+        assert "erased" in kept["transitions"][1]["reason"]
+
+    async def test_a_subject_used_again_after_erasure_is_new_and_a_second_erasure_adds_its_usage(
+            self, start_gate, database):
+        gate = await start_gate(**ENV)
+        await gate.consume("returning", 2, key="a-1")
+        first = await erase(gate, "returning")
+        await gate.consume("returning", 5, key="a-1")       # the old key was dropped with the subject
+        assert (await view(gate, "returning"))["usage"][0]["used"] == 5
+        second = await erase(gate, "returning")
+        assert second["already_erased"] is False and second["pseudonym"] == first["pseudonym"]
+        assert (await view(gate, first["pseudonym"]))["usage"][0]["used"] == 7
+        assert not found(await store_text(database), ["returning"])
+
+    async def test_an_unknown_subject_is_remembered_once(self, start_gate, database):
+        gate = await start_gate(**ENV)
+        first = await erase(gate, "never-seen")
+        assert (first["known"], first["already_erased"], first["events"]) == (False, False, 0)
+        assert (await erase(gate, "never-seen"))["already_erased"] is True
+        assert await rows(database, "SELECT count(*) FROM erasures") == [(1,)]
+
+    async def test_without_a_pseudonym_secret_nothing_is_erased(self, start_gate, database):
+        gate = await start_gate(**ENV, PLANGATE_PSEUDONYM_SECRET="")
+        await gate.consume("kept", 1, key="k-1")
+        status, answer = await gate.post("/v1/subjects/kept/erase", {})
+        assert (status, answer["error"]) == (503, "erasure_not_configured")
+        assert (await view(gate, "kept"))["known"] is True
+
+
+class TestAcrossNodes:
+    async def test_every_node_drops_the_erased_subject_from_its_cache(self, start_gate, pg_dsn):
+        one = await start_gate(database=pg_dsn, PLANGATE_CACHE_TTL="300", **ENV)
+        two = await start_gate(database=pg_dsn, PLANGATE_CACHE_TTL="300", **ENV)
+        await one.consume("shared", 4, key="s-1")
+        assert (await two.check("shared"))[1]["used"] == 4      # usage is read from the database on every check
+        await one.post("/v1/subjects/shared/transition", {"to": "billing_problem", "reason": "test"})
+        await postgres.await_until(lambda: _status(two, "shared", "billing_problem"), timeout=5)
+        await erase(one, "shared")
+        assert await postgres.await_until(lambda: _status(two, "shared", "limited_free_trial"), timeout=2)
+
+
+async def _status(gate, subject: str, status: str) -> bool:
+    return (await gate.check(subject))[1]["status"] == status
+
+
+class TestCommand:
+    async def test_plangate_erase_on_the_store_a_gate_serves(self, start_gate, database, tmp_path):
+        gate = await start_gate(PLANGATE_CACHE_TTL="300", **ENV)
+        life = Lifecycle("user_cli", time.time() - 80 * DAY, 4)
+        for evt in life.events():
+            await deliver(gate, evt)
+        assert (await gate.check("user_cli"))[1]["status"] == "canceled"      # cached by the serving gate
+        env = {**BASE_ENV, "PLANGATE_DATABASE": database, "PLANGATE_PLANS": str(PLAN)}
+        done = await _plangate(["erase", "user_cli", "--actor", "dpo", "--env-file", ""], env, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert '"already_erased": false' in done.stdout and '"stripe_ids_kept": false' in done.stdout
+        again = await _plangate(["erase", "user_cli", "--env-file", ""], env, tmp_path)
+        assert again.returncode == 0 and '"already_erased": true' in again.stdout
+        assert not found(await store_text(database), life.person.needles() + stripe_ids(life) + ["user_cli"])
+        if database.startswith("postgresql://"):       # the serving gate heard of it
+            assert await postgres.await_until(lambda: _status(gate, "user_cli", "limited_free_trial"), timeout=2)
+        refused = await _plangate(["erase", "x", "--env-file", ""], {**env, "PLANGATE_PSEUDONYM_SECRET": ""}, tmp_path)
+        assert refused.returncode == 2 and "PLANGATE_PSEUDONYM_SECRET" in refused.stderr
+
+
+async def _plangate(argv: list[str], env: dict, cwd) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env}
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "plangate", *argv], env=full, cwd=cwd,
+                                   capture_output=True, text=True, timeout=120)

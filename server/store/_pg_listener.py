@@ -10,7 +10,7 @@ import asyncpg
 from ._pg_pool import ERRORS as _ERRORS
 
 CHANNEL = "plangate_subjects"
-USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 8)
+USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 9)
 
 
 class Listener:

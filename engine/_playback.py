@@ -127,6 +127,16 @@ class _Player:
     def _admin(self, step: Step) -> _Seen:
         return self._outcome(self.table.apply(self.state, AdminAction(step.value, step.extra), self.now))
 
+    def _plan(self, step: Step) -> _Seen:
+        """The plan changes: the gate deploys it, and moves the subject if the plan renamed or retired its
+        status or tier (usage counted so far stays counted)."""
+        table: StateTable = step.value
+        self.table = self.book.table = table
+        moved = table.migrate(self.state, self.now)
+        if moved is None:
+            return _Seen(None, False, f"the plan changed to version {table.version}; the subject stays as it is")
+        return self._outcome(moved)
+
     def _override(self, step: Step) -> _Seen:
         return self._outcome(self.table.override(self.state, step.value, self.now, step.extra))
 
@@ -161,6 +171,9 @@ class _Player:
             return getattr(state, e.key)
         if e.key == "moved":
             return seen.moved
+        if e.key == "kept":
+            kept = self.table.decided_under(state, self.now)[1]
+            return None if kept is None else kept.value
         if e.key == "timer":
             if isinstance(e.value, bool):
                 return state.timer_due is not None

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from plangate.policy import DurationError, Location, parse_duration
+from plangate.policy import DurationError, Location, PlanError, PlanFileError, load_plan, parse_duration
 from plangate.policy._stripe_events import is_known_event
 from plangate.policy._yaml import Document, parse
 
 from ._decision import Reason
-from ._table import StateTable
+from ._table import StateTable, compile_plan
 
 # Step kinds, each named by its key; a step with only `expect` is a check of the meter.
-KINDS = ("consume", "wait", "until", "stripe", "event", "admin", "override")
+KINDS = ("consume", "wait", "until", "stripe", "event", "admin", "override", "plan")
 _FOR_DECISION = {"expect", "amount", "meter"}
 _EXTRA_KEYS = {
     "check": _FOR_DECISION,
@@ -32,6 +32,7 @@ _EXTRA_KEYS = {
     "event": _FOR_DECISION,
     "admin": _FOR_DECISION | {"actor"},
     "override": _FOR_DECISION | {"why"},
+    "plan": _FOR_DECISION,
 }
 TOP_KEYS = ("name", "description", "start", "subject", "meter", "steps")
 DEFAULT_SUBJECT = "subject"
@@ -111,6 +112,8 @@ class _Reader:
         self.doc = doc
         self.table = table
         self.problems: list[tuple[Location, str]] = []
+        self.plans = {table.version: table.plan}    # every plan of the story so far: a later one keeps their quotas
+        self.clock: float | None = None               # the story's clock at the step being read
 
     def problem(self, path: tuple, message: str, key: bool = False) -> None:
         loc = self.doc.key_location(path) if key else self.doc.locate(path)
@@ -157,6 +160,7 @@ class _Reader:
             return ()
         out, clock = [], start
         for i, item in enumerate(raw):
+            self.clock = clock
             step = self.step(i, item, meter)
             if step is None:
                 continue
@@ -232,7 +236,7 @@ class _Reader:
 
     def _kind_check(self, kind: str):
         return {"consume": _amount, "wait": _duration, "until": _instant, "stripe": _event_type,
-                "event": self._event_file, "admin": self._action, "override": self._status}[kind]
+                "event": self._event_file, "admin": self._action, "override": self._status, "plan": self._plan}[kind]
 
     def _event_file(self, value) -> dict:
         """A whole Stripe event, as Stripe sends it, from a JSON file named relative to the story."""
@@ -253,6 +257,21 @@ class _Reader:
             raise _Bad(f"{path}: created must be Unix seconds, as Stripe sends it, not {_show(created)}")
         _event_type(event.get("type"))
         return event
+
+    def _plan(self, value) -> StateTable:
+        """A plan change mid-story: the file (beside the scenario) deployed at this step's time, with the story's
+        earlier plans as older versions; the steps after it are read against it."""
+        path = Path(self.doc.file).parent / _text(value)
+        try:
+            plan = load_plan(path)
+        except PlanFileError as exc:
+            raise _Bad(str(exc)) from None
+        except PlanError as exc:
+            raise _Bad(f"the plan {path} has errors; fix them first (plangate lint {path})") from None
+        table = compile_plan(plan, dict(self.plans), self.clock or 0.0)
+        self.plans[table.version] = plan
+        self.table = table
+        return table
 
     def expectations(self, item: Mapping, path: tuple) -> tuple[Expectation, ...]:
         raw = item.get("expect")
@@ -277,7 +296,8 @@ class _Reader:
     def _expectation_check(self, key: str):
         return {"status": self._status, "tier": self._tier, "allowed": _bool, "moved": _bool,
                 "reason": _reason, "remaining": _count, "used": _count, "limit": _count,
-                "retry_after": _seconds_or_none, "timer": _timer, "resets_at": _instant_or_none}.get(key)
+                "retry_after": _seconds_or_none, "timer": _timer, "resets_at": _instant_or_none,
+                "kept": _kept}.get(key)
 
     def stripe_object(self, item: Mapping, path: tuple, event: str | None) -> dict:
         obj = item.get("object", {})
@@ -314,7 +334,7 @@ class _Reader:
 
 
 EXPECTATION_KEYS = ("status", "tier", "allowed", "reason", "remaining", "used", "limit", "moved",
-                    "retry_after", "timer", "resets_at")
+                    "retry_after", "timer", "resets_at", "kept")
 _DECISION_KEYS = frozenset({"allowed", "reason", "remaining", "used", "limit", "retry_after", "resets_at"})
 
 
@@ -406,6 +426,12 @@ def _reason(value) -> str:
 def _event_type(value) -> str:
     if not isinstance(value, str) or not is_known_event(value):
         raise _Bad(f"{_show(value)} is not a Stripe event type (check the spelling, e.g. invoice.paid)")
+    return value
+
+
+def _kept(value) -> str | None:
+    if value not in (None, "at_renewal", "never"):
+        raise _Bad(f"{_show(value)} is not what keeps a subject on an older plan: null, at_renewal or never")
     return value
 
 

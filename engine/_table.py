@@ -4,19 +4,20 @@ Every answer takes `now` (Unix seconds) as an argument; the table has no clock.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import Access, Anchor, FailMode, Plan, PlanError, QuotaKind, Status, Window, check_plan, load_plan
+from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, NameMap, Plan, PlanError, QuotaKind, Status,
+                             Tier, Window, check_plan, load_plan, version_of)
 from plangate.policy._conditions import compile_all
+from plangate.policy._renames import How
 
 from ._decision import Decision, Reason
 from ._state import SubjectState
 from ._stripe import billing_period, price_ids, subscription_dates, unix_seconds
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
+from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
 from ._windows import LIFETIME, BillingClock, CalendarClock, Span
 
 
@@ -67,11 +68,15 @@ class _Edge:
 
 
 class StateTable:
-    """Immutable after construction; compile_plan() is the way to build one."""
+    """Immutable after construction; compile_plan() is the way to build one.
 
-    def __init__(self, plan: Plan):
+    `older`: earlier versions of the plan (by version) that stored subjects may still be on, and
+    `deployed_at`: when this plan became the active one. Subjects on an older version keep its tier quotas
+    as each tier's `existing_subscribers` says."""
+
+    def __init__(self, plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0):
         self.plan = plan
-        self.version = _version(plan)
+        self.version = version_of(plan)
         self.initial = plan.initial.name
         self.meters = tuple(m.name for m in plan.meters)
         self.statuses = tuple(s.name for s in plan.statuses)
@@ -84,14 +89,22 @@ class StateTable:
         self._grace = frozenset(s.name for s in plan.statuses if s.grace)
         self._rules = {s.name: self._status_rules(s) for s in plan.statuses}
         self._edges = self._compile_edges()
+        self._names = NameMap.of(plan)
+        self._tier_names = frozenset(t.name for t in plan.tiers)
+        self._uses_tier = {s.name: any(q.kind is QuotaKind.TIER for q in s.quotas) for s in plan.statuses}
+        self.deployed_at = deployed_at
+        self._pinned = {v: p for v, p in ((v, self._pin(v, old)) for v, old in (older or {}).items()
+                                          if v != self.version) if p is not None}
 
     # --- decisions ---------------------------------------------------------------------------
 
-    def rule(self, state: SubjectState, meter: str) -> _Rule:
-        try:
-            by_tier = self._rules[state.status]
-        except KeyError:
-            raise UnknownStatus(f"status {state.status!r} is not in the plan") from None
+    def rule(self, state: SubjectState, meter: str, now: float = 0.0) -> _Rule:
+        """The rule deciding the subject's meter (for a subject on an older plan version, with the quotas it
+        keeps); a status or tier the plan renamed or retired is read under its new name."""
+        by_tier = self._rules_for(state, now).get(state.status)
+        if by_tier is None or (state.tier is not None and state.tier not in by_tier):
+            state = self.named(state, now)
+            by_tier = self._rules_for(state, now)[state.status]
         rules = by_tier.get(state.tier) or by_tier[None]
         try:
             return rules[meter]
@@ -100,7 +113,7 @@ class StateTable:
 
     def window(self, state: SubjectState, meter: str, now: float) -> Span:
         """The window whose usage counts for this subject and meter now (its start is the usage key)."""
-        return self.rule(state, meter).span(state, now)
+        return self.rule(state, meter, now).span(state, now)
 
     def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> Decision:
         """May the subject do `amount` of `meter` now, having used `used` in the current window?"""
@@ -108,9 +121,10 @@ class StateTable:
         if amount.__class__ is not int or amount < 1:
             _check_amount(amount)
         try:
-            rule = self._rules[state.status][state.tier][meter]
+            # Subjects kept on an older plan version exist only while _pinned does: one test of it otherwise.
+            rule = (self._rules_for(state, now) if self._pinned else self._rules)[state.status][state.tier][meter]
         except KeyError:
-            rule = self.rule(state, meter)    # an unknown tier falls back; unknown names raise
+            rule = self.rule(state, meter, now)    # an old name is read as its new one; unknown names raise
         if not rule.allows:
             return Decision(False, rule.deny_reason, state.status, state.tier, meter, 0, used, 0,
                             None, None, None, rule.name)
@@ -170,8 +184,8 @@ class StateTable:
 
     def apply(self, state: SubjectState, trigger: Trigger, now: float) -> Outcome:
         """The transition a trigger causes, or a no-op that says why nothing moved."""
-        if state.status not in self._rules:
-            raise UnknownStatus(f"status {state.status!r} is not in the plan")
+        if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names):
+            state = self.named(state, now)
         facts = state
         obj: Mapping = {}
         if isinstance(trigger, StripeEvent):
@@ -209,6 +223,7 @@ class StateTable:
         """An admin's direct move to a status, outside the plan's transitions (audited by the caller)."""
         if to not in self._rules:
             raise UnknownStatus(f"status {to!r} is not in the plan; known: {', '.join(self.statuses)}")
+        state = self.named(state, now)
         if to == state.status:
             return Outcome(state, state, "admin:override", f"already in '{to}'")
         return Outcome(state, self._enter(state, to, now), "admin:override",
@@ -226,6 +241,10 @@ class StateTable:
         if (tier, start, end, trial_end, cancel_at) == (state.tier, state.period_start, state.period_end,
                                                         state.trial_end, state.cancel_at):
             return state
+        if state.tier is not None and tier != state.tier and state.plan_version != self.version:
+            # Another tier is a new subscription to it: its quotas as they are now, whatever the old one kept.
+            return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at,
+                               plan_version=self.version)
         return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at)
 
     def _retimed(self, before: SubjectState, facts: SubjectState) -> SubjectState:
@@ -257,13 +276,106 @@ class StateTable:
     def tier_for_price(self, price: str) -> str | None:
         return self._price_tier.get(price, self.plan.default_tier)
 
+    # --- plan versions -----------------------------------------------------------------------
+
+    def decided_under(self, state: SubjectState, now: float) -> tuple[str, ExistingSubscribers | None]:
+        """The plan version whose tier quotas decide the subject, and why it is not this one (the tier's
+        existing_subscribers), or (this version, None)."""
+        pinned = self._pinned.get(state.plan_version) if self._pinned else None
+        if pinned is None:
+            return self.version, None
+        keeps = pinned.keeps.get(self.tier_of(state))
+        if keeps is None or (keeps is ExistingSubscribers.AT_RENEWAL and renewed(state, now, self.deployed_at)):
+            return self.version, None
+        return state.plan_version, keeps
+
+    @property
+    def kept_versions(self) -> tuple[str, ...]:
+        """The older versions some tier's subscribers may be kept on."""
+        return tuple(self._pinned)
+
+    def named(self, state: SubjectState, now: float) -> SubjectState:
+        """The state under the plan's names: a renamed status or tier takes its new name, a retired one enters
+        the status (or takes the tier) that replaced it. UnknownStatus for a status neither declared nor mapped."""
+        outcome = self.migrate(state, now)
+        return state if outcome is None else outcome.state
+
+    def migrate(self, state: SubjectState, now: float) -> Outcome | None:
+        """The plan change a stored state needs (an old status or tier name), or None when the plan knows its
+        names. The gate commits it once, audited, before anything else happens to the subject."""
+        why, rules, before = [], [], state
+        if state.status not in self._rules:
+            move = self._names.statuses.get(state.status)
+            if move is None:
+                raise UnknownStatus(f"status {state.status!r} is not in the plan, nor mapped by renamed_from or "
+                                    f"retired; known: {', '.join(self.statuses)}")
+            if move.how is How.RENAMED:
+                timer = state.timer_due if self._expires[move.new] else None
+                state = state.with_(status=move.new, timer_due=timer)
+            else:
+                state = self._enter(state, move.new, now)
+            why.append(move.describe())
+            rules.append(f"{self.plan.file}:{move.location.line}")
+        if state.tier is not None and state.tier not in self._tier_names:
+            move = self._names.tiers.get(state.tier)
+            if move is not None:
+                state = state.with_(tier=move.new)
+                why.append(move.describe())
+                rules.append(f"{self.plan.file}:{move.location.line}")
+        if not why:
+            return None
+        return Outcome(before, state, PLAN_TRIGGER, "plan change: " + "; ".join(why), True,
+                       ", ".join(rules))
+
+    def upgrade(self, state: SubjectState, now: float) -> Outcome | None:
+        """Move a subject kept on an older plan version to this one (an admin's decision), or None when it is
+        decided under this version already."""
+        state = self.named(state, now)
+        version, keeps = self.decided_under(state, now)
+        if keeps is None:
+            return None
+        return Outcome(state, state.with_(plan_version=self.version), PLAN_TRIGGER,
+                       f"plan change: upgraded from plan version {version} (kept: {keeps.value}) to {self.version}",
+                       True)
+
+    def _rules_for(self, state: SubjectState, now: float) -> dict:
+        pinned = self._pinned.get(state.plan_version) if self._pinned else None
+        if pinned is None or self.decided_under(state, now)[1] is None:
+            return self._rules
+        return pinned.rules
+
+    def tier_of(self, state: SubjectState) -> str | None:
+        """The tier (of this plan) whose quotas a subject takes: its own under the plan's name, else the default."""
+        tier = state.tier
+        if tier is not None and tier not in self._tier_names:
+            move = self._names.tiers.get(tier)
+            tier = move.new if move else None
+        return tier or self.plan.default_tier
+
+    def _keeps(self, state: SubjectState, status: str, now: float) -> bool:
+        """Does a subject on an older version stay on it when it enters `status`? While it moves between
+        statuses that take the tier's quota (paid, grace, back); entering one from elsewhere (subscribing
+        anew) takes the quotas as they are now."""
+        return bool(self._uses_tier.get(state.status) and self._uses_tier.get(status)
+                    and self.decided_under(state, now)[1] is not None)
+
+    def _pin(self, version: str, old: Plan) -> Pinned | None:
+        kept = kept_tiers(self.plan, old)
+        if not kept:
+            return None
+        rules = {s.name: self._status_rules(s, kept, version) for s in self.plan.statuses}
+        return Pinned(version, rules, {name: self.plan.tier(name).existing_subscribers for name in kept})
+
     # --- compilation -------------------------------------------------------------------------
 
     def _enter(self, state: SubjectState, status: str, now: float) -> SubjectState:
         due = self._due(state, status, now)
+        version = self.version
+        if self._pinned and state.plan_version != version and self._keeps(state, status, now):
+            version = state.plan_version
         # Built whole rather than through with_ (2.5 -> 1.8 us): every transition enters a status.
         return SubjectState(state.subject, status, state.tier, now, due, state.period_start, state.period_end,
-                            self.version, state.paid_through, state.trial_end, state.cancel_at)
+                            version, state.paid_through, state.trial_end, state.cancel_at)
 
     def _due(self, state: SubjectState, status: str, entered: float) -> float | None:
         """When the timer of a status entered at `entered` runs out: at its anchor date (plus slack) when the
@@ -280,11 +392,15 @@ class StateTable:
             due = max(due, state.paid_through)    # grace never ends before the paid-through date
         return due
 
-    def _status_rules(self, status: Status) -> dict[str | None, dict[str, _Rule]]:
+    def _status_rules(self, status: Status, kept: Mapping[str, Tier] | None = None,
+                      version: str = "") -> dict[str | None, dict[str, _Rule]]:
         tiers: list[str | None] = [None] + [t.name for t in self.plan.tiers]
-        return {tier: {m.name: self._meter_rule(status, m.name, tier) for m in self.plan.meters} for tier in tiers}
+        return {tier: {m.name: self._meter_rule(status, m.name, tier, kept, version) for m in self.plan.meters}
+                for tier in tiers}
 
-    def _meter_rule(self, status: Status, meter: str, tier: str | None) -> _Rule:
+    def _meter_rule(self, status: Status, meter: str, tier: str | None, kept: Mapping[str, Tier] | None = None,
+                    version: str = "") -> _Rule:
+        """kept: tiers (by name in this plan) whose quotas come from an older plan `version` instead."""
         plan = self.plan
         fail = dict(status.fail_modes).get(meter, plan.meter(meter).fail_mode)
         where = f"{plan.file}:{{line}} statuses.{status.name}"
@@ -299,10 +415,16 @@ class StateTable:
         if quota.kind is QuotaKind.TIER:
             # A subject without a known tier (say, moved here by an admin) gets the default tier.
             chosen = plan.tier(tier or plan.default_tier or "") or (plan.tiers[0] if plan.tiers else None)
-            quota = next((q for q in chosen.quotas if q.meter == meter), None) if chosen else None
+            old = (kept or {}).get(chosen.name) if chosen else None
+            if old is not None and old.quota(meter) is None:
+                old = None      # a meter the older tier had no quota for: the tier's quota as it is now
+            quota = (old or chosen).quota(meter) if chosen else None
             if quota is None:
                 return _Rule(False, Reason.NO_QUOTA, 0, None, None, name + " (the tier has no quota)", fail)
             name = f"{plan.file}:{quota.location.line} tiers.{chosen.name}.quotas.{meter} (via {name.split(' ', 1)[1]})"
+            if old is not None:
+                name = (f"plan {version} tiers.{old.name}.quotas.{meter}, kept by existing subscribers "
+                        f"({chosen.existing_subscribers.value}; via {name.split(' (via ', 1)[1]}")
         if quota.kind is QuotaKind.UNLIMITED:
             return _Rule(True, None, None, Window.LIFETIME, None, name, fail)
         return _Rule(True, None, quota.limit, quota.window, self._clocks.get(quota.window), name, fail)
@@ -332,22 +454,18 @@ def _lines(invoice: Mapping) -> list:
     return [line for line in data if isinstance(line, Mapping)] if isinstance(data, list) else []
 
 
-def _version(plan: Plan) -> str:
-    canonical = json.dumps(plan.document.data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
 def _check_amount(amount: int) -> None:
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
         raise ValueError(f"amount must be a whole number of at least 1, not {amount!r}")
 
 
-def compile_plan(plan: Plan) -> StateTable:
-    """The table of a plan; PlanError (with the findings) when the plan has an error finding."""
+def compile_plan(plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0) -> StateTable:
+    """The table of a plan (see StateTable for older and deployed_at); PlanError (with the findings) when the
+    plan has an error finding."""
     findings = check_plan(plan)
     if any(f.is_error for f in findings):
         raise PlanError(tuple(findings))
-    return StateTable(plan)
+    return StateTable(plan, older, deployed_at)
 
 
 def compile_file(path) -> StateTable:

@@ -13,7 +13,7 @@ SERVER_COMMANDS = ("serve", "migrate", "erase", "stripe-simulate")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from plangate.policy.cli import FORMATS, GRAPH_FORMATS
+    from plangate.policy.cli import DIFF_FORMATS, FORMATS, GRAPH_FORMATS
 
     parser = argparse.ArgumentParser(prog="plangate", description="A subscription gate driven by plans.yaml.")
     parser.add_argument("--version", action="version", version=f"plangate {__version__}")
@@ -30,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="print each status of the plan in plain words")
     p.add_argument("file", nargs="?", default="plans.yaml", metavar="FILE")
+
+    p = sub.add_parser("diff", help="what changed between two plans, in plain words; exit 0 when nothing would be "
+                                    "stranded, 1 when stored subjects would be, 2 on usage, I/O or store problems")
+    p.add_argument("old", metavar="OLD", help="the plan deployed now")
+    p.add_argument("new", metavar="NEW", help="the plan to deploy")
+    p.add_argument("--format", choices=DIFF_FORMATS, default="text")
+    p.add_argument("--database", metavar="URL",
+                   help="also show the impact on the subjects stored there (a SQLite file or postgresql://...; "
+                        "needs pip install 'plangate[server]')")
 
     p = sub.add_parser("test", help="run scenario files against the plan; exit 0 all passed, 1 any failed, "
                                     "2 on usage or file problems",
@@ -79,10 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "explain":
         from plangate.policy.cli import explain
         return explain(args.file)
+    if args.command == "diff":
+        from plangate.policy.cli import diff
+        return diff(args.old, args.new, args.format, impact=_impact_on(args.database) if args.database else None)
     if args.command == "test":
         from plangate.engine.cli import run_scenarios
         return run_scenarios(args.paths)
     raise AssertionError(args.command)
+
+
+def _impact_on(database: str):
+    """plangate diff --database: the impact on stored subjects, from the store (loaded only when asked for)."""
+    def impact(result):
+        from plangate.policy.cli import ImpactError
+        try:
+            from plangate.server.plan_impact import impact_on_store
+        except ModuleNotFoundError as exc:
+            raise ImpactError(f"--database needs the gate's dependencies ({exc.name} is not installed): "
+                              "pip install 'plangate[server]'") from None
+        return impact_on_store(result, database)
+    return impact
 
 
 def _server_command(args: argparse.Namespace) -> int:

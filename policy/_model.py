@@ -6,6 +6,8 @@ are kept as written; the rules in _rules report those that do not resolve.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +53,14 @@ class TriggerKind(enum.Enum):
     ADMIN = "admin"
 
 
+class ExistingSubscribers(enum.Enum):
+    """When a tier's quotas change, what subscribers already on the tier get."""
+
+    NOW = "now"                 # the new quotas at once
+    AT_RENEWAL = "at_renewal"   # the new quotas from their next billing period
+    NEVER = "never"             # the quotas they subscribed under, until an admin upgrades them
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     meter: str
@@ -79,6 +89,11 @@ class Tier:
     prices: tuple[str, ...]
     quotas: tuple[Quota, ...]
     location: Location = field(compare=False)
+    renamed_from: tuple[str, ...] = ()
+    existing_subscribers: ExistingSubscribers = ExistingSubscribers.NOW
+
+    def quota(self, meter: str) -> Quota | None:
+        return next((q for q in self.quotas if q.meter == meter), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +136,7 @@ class Status:
     @property
     def has_timer(self) -> bool:
         return self.expires_after_text is not None or self.expires_at_text is not None
+    renamed_from: tuple[str, ...] = ()
 
     @property
     def allows(self) -> bool:
@@ -170,6 +186,14 @@ class SubjectLink:
     metadata_key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """Names removed from the plan and where their stored subjects go: (old name, new name) pairs."""
+
+    statuses: tuple[tuple[str, str], ...] = ()
+    tiers: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class Plan:
     file: str
@@ -182,6 +206,7 @@ class Plan:
     transitions: tuple[Transition, ...]
     subject_link: SubjectLink
     document: Document = field(compare=False, repr=False)
+    retired: Retired = Retired()
 
     def status(self, name: str) -> Status | None:
         return next((s for s in self.statuses if s.name == name), None)
@@ -203,6 +228,13 @@ class Plan:
         return transition.sources
 
 
+def version_of(plan: Plan) -> str:
+    """The plan's version: a hash of what the document says (not of its text: comments and layout do not
+    change it). The gate records it with every subject and transition."""
+    canonical = json.dumps(plan.document.data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 def build(doc: Document) -> Plan:
     """The model of a document that passed the schema."""
     data = doc.data
@@ -212,8 +244,10 @@ def build(doc: Document) -> Plan:
         for name, m in data["meters"].items())
     tiers = tuple(
         Tier(name, tuple(t["prices"]), _quotas(doc, ("tiers", name, "quotas"), t.get("quotas", {})),
-             doc.key_location(("tiers", name)))
+             doc.key_location(("tiers", name)), tuple(t.get("renamed_from", ())),
+             ExistingSubscribers(t.get("existing_subscribers", "now")))
         for name, t in data.get("tiers", {}).items())
+    retired = data.get("retired", {})
     statuses = tuple(_status(doc, name, s) for name, s in data["statuses"].items())
     transitions = tuple(_transition(doc, i, t) for i, t in enumerate(data["transitions"]))
     link = data.get("stripe", {}).get("subject", {})
@@ -228,6 +262,7 @@ def build(doc: Document) -> Plan:
         transitions=transitions,
         subject_link=SubjectLink(link.get("client_reference_id", True), link.get("metadata_key")),
         document=doc,
+        retired=Retired(tuple(retired.get("statuses", {}).items()), tuple(retired.get("tiers", {}).items())),
     )
 
 
@@ -269,6 +304,7 @@ def _status(doc: Document, name: str, s: dict) -> Status:
         expires_at=anchor,
         expires_at_text=at,
         trial=s.get("trial", False),
+        renamed_from=tuple(s.get("renamed_from", ())),
     )
 
 

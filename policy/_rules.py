@@ -350,6 +350,33 @@ def _ungraced_way_to_denial(plan: Plan, start: str) -> tuple[Transition, str] | 
     return None
 
 
+def renames(plan: Plan) -> Iterator[Finding]:
+    """Old names (renamed_from, retired) must be names the plan no longer has, each mapped once, to a name
+    it has."""
+    from ._renames import How, Kind, moves
+
+    current = {Kind.STATUS: {s.name for s in plan.statuses}, Kind.TIER: {t.name for t in plan.tiers}}
+    first: dict[tuple[Kind, str], object] = {}
+    for move in moves(plan):
+        kind, key = move.kind.value, "renamed_from" if move.how is How.RENAMED else "retired"
+        if move.old in current[move.kind]:
+            code = "renamed-from-existing" if move.how is How.RENAMED else "retired-existing"
+            yield _f(code, E, f"{kind} '{move.old}' is still in the plan, so it cannot be an old name ({key}): "
+                              f"remove it from {key}, or remove the {kind}", move.location)
+        elif (move.kind, move.old) in first:
+            earlier = first[(move.kind, move.old)]
+            yield _f("renamed-twice", E, f"old {kind} name '{move.old}' is mapped twice (to '{earlier.new}' at line "
+                                         f"{earlier.location.line}, and to '{move.new}' here): a stored subject can "
+                                         "go one way only", move.location)
+        else:
+            first[(move.kind, move.old)] = move
+        if move.how is How.RETIRED and move.new not in current[move.kind]:
+            known = ", ".join(sorted(current[move.kind])) or "none declared"
+            section = "statuses" if move.kind is Kind.STATUS else "tiers"
+            yield _f(f"unknown-{kind}", E, f"retired {kind} '{move.old}' goes to unknown {kind} '{move.new}'; "
+                                           f"known: {known}", plan.document.locate(("retired", section, move.old)))
+
+
 RULES: tuple[tuple[str, Rule], ...] = (
     ("reserved-name", reserved_names),
     ("unknown-timezone", unknown_timezone),
@@ -371,6 +398,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("zero-invoice-ends-trial", stripe_rules.zero_invoice_ends_trial),
     ("active-ends-trial", stripe_rules.active_ends_trial),
     ("paying-without-exit", stripe_rules.paying_exits),
+    ("renamed-from-existing/retired-existing/renamed-twice", renames),
 )
 
 # Findings a `# plangate: ignore[code]` comment on their line may silence: warnings, and what the plan says of

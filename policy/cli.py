@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import TextIO
 
 from ._findings import Finding
@@ -44,19 +45,8 @@ def _json(findings: list[Finding]) -> str:
 
 
 def _github(findings: list[Finding]) -> str:
-    def escape(text: str) -> str:
-        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-    def prop(text: str) -> str:
-        return escape(text).replace(":", "%3A").replace(",", "%2C")
-
-    lines = []
-    for f in findings:
-        level = "error" if f.is_error else "warning"
-        loc = f.location
-        lines.append(f"::{level} file={prop(loc.file)},line={loc.line},col={loc.column},"
-                     f"title={prop(f.code)}::{escape(f.message)}\n")
-    return "".join(lines)
+    return "".join(_annotation("error" if f.is_error else "warning", f.location.file, f.location.line,
+                               f.location.column, f.code, f.message) for f in findings)
 
 
 _FORMATS = {"text": _text, "json": _json, "github": _github}
@@ -99,3 +89,81 @@ def _checked_plan(command: str, file: str, err: TextIO) -> tuple[Plan | None, in
 
 
 GRAPH_FORMATS = ("mermaid", "dot")
+
+
+class ImpactError(Exception):
+    """The impact on stored subjects could not be computed (no store driver, store unreachable)."""
+
+
+def diff(old_file: str, new_file: str, fmt: str = "text", out: TextIO | None = None, err: TextIO | None = None,
+         impact=None) -> int:
+    """What changed from old to new, and with `impact` (a callable from the PlanDiff to its Impact rows) what it
+    does to stored subjects. Exit 0 when nothing is stranded, 1 when the new plan would strand subjects (or a
+    plan has errors), 2 on usage, I/O or store problems."""
+    from ._diff import diff as plan_diff
+
+    out, err = out or sys.stdout, err or sys.stderr
+    plans = []
+    for file in (old_file, new_file):
+        plan, code = _checked_plan("diff", file, err)
+        if plan is None:
+            return code
+        plans.append(plan)
+    result = plan_diff(*plans)
+    if impact is not None:
+        try:
+            result = replace(result, impact=tuple(impact(result)))
+        except ImpactError as exc:
+            print(f"plangate diff: {exc}", file=err)
+            return EXIT_USAGE
+    out.write(_DIFF_FORMATS[fmt](result))
+    if fmt == "text":
+        verdict = ("the new plan would strand stored subjects (see above): map each old name with renamed_from "
+                   "or retired" if result.strands else "the new plan strands no subject")
+        print(f"plangate diff: {verdict}", file=err)
+    return EXIT_FINDINGS if result.strands else EXIT_OK
+
+
+def _diff_text(result) -> str:
+    from ._model import version_of
+
+    old, new = result.old, result.new
+    lines = [f"{old.file} ({version_of(old)}) -> {new.file} ({version_of(new)}): {len(result.changes)} change(s)"]
+    for c in result.changes:
+        mark = "[strands] " if c.strands else "[lowered] " if c.lowered else ""
+        lines.append(f"{c.location.file}:{c.location.line}:{c.location.column}: {mark}{c.message}")
+    if result.impact is not None:
+        lines.append(f"impact on stored subjects: {len(result.impact)} finding(s)")
+        lines += [f"  {'[stranded] ' if i.strands else ''}{i.message}" for i in result.impact]
+    return "\n".join(lines) + "\n"
+
+
+def _diff_json(result) -> str:
+    return json.dumps(result.to_dict(), indent=2) + "\n"
+
+
+def _diff_github(result) -> str:
+    lines = []
+    for c in result.changes:
+        level = "error" if c.strands else "warning" if c.lowered or c.effect.value == "removed" else "notice"
+        lines.append(_annotation(level, c.location.file, c.location.line, c.location.column,
+                                 f"plan {c.area.value} {c.effect.value}", c.message))
+    for i in result.impact or ():
+        where = i.location or result.new.document.locate(())
+        lines.append(_annotation("error" if i.strands else "notice", where.file, where.line, where.column,
+                                 "stored subjects", i.message))
+    return "".join(lines)
+
+
+def _annotation(level: str, file: str, line: int, column: int, title: str, message: str) -> str:
+    def escape(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    def prop(text: str) -> str:
+        return escape(text).replace(":", "%3A").replace(",", "%2C")
+
+    return f"::{level} file={prop(file)},line={line},col={column},title={prop(title)}::{escape(message)}\n"
+
+
+_DIFF_FORMATS = {"text": _diff_text, "json": _diff_json, "github": _diff_github}
+DIFF_FORMATS = tuple(_DIFF_FORMATS)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
-from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, advance, override)
+from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable, SubjectState, Trigger, UnknownStatus,
+                             advance, override)
 from plangate.policy import FailMode
 
 from .config import Config
@@ -35,6 +36,11 @@ WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup
 
 class StoreUnavailable(Exception):
     """The store failed or exceeded its time budget (already counted and logged)."""
+
+
+class StateUnknown(StoreUnavailable):
+    """A stored subject's status is neither in the plan this node runs nor mapped by it (another node may run a
+    newer plan): answered like a store failure, never decided (already counted and logged)."""
 
 
 @dataclass
@@ -63,6 +69,22 @@ class Gate:
         self._cache_hits, self._cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
         self._throttle = Throttle()
         self._write_failure: tuple[float, str] | None = None    # (monotonic time, error) of the last failed write
+        self.on_unknown_state = None    # called (no argument) when a stored state is not in the plan: look again
+
+    def use(self, table: StateTable) -> None:
+        """Decide with another table from now on. One assignment: a request reads the table once and decides
+        wholly under it, so none is decided by a half-swapped plan. Cached subjects are read again."""
+        self.table = table
+        self.invalidate_all()
+
+    def state_unknown(self, subject: str, exc: UnknownStatus) -> StateUnknown:
+        """Counts, logs (throttled) and reports a stored state this node's plan does not know."""
+        self.metrics.unknown_state.inc()
+        if self._throttle.ready("unknown_state"):
+            log(logging.ERROR, "unknown_state", subject=subject, error=str(exc), plan_version=self.table.version)
+        if self.on_unknown_state is not None:
+            self.on_unknown_state()
+        return StateUnknown("the subject's stored state is not in this node's plan")
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -186,13 +208,17 @@ class Gate:
             now = self.clock()
             try:
                 entry = self._cached(subject) or await self._load_entry(subject, now)
+                table = self.table      # one plan decides the whole request, whatever a reload swaps meanwhile
                 state = entry.stored.state
-                window = (meter, self.table.window(state, meter, now).start)
+                window = (meter, table.window(state, meter, now).start)
                 used = self._cached_used(entry, window)      # _used without its coroutine, when the cache has it
                 if used is None:
                     used = await self._read_used(entry, window)
-                decision = self.table.can_process(state, meter, amount, used, now)
+                decision = table.can_process(state, meter, amount, used, now)
             except StoreUnavailable:
+                decision = self._fail(subject, meter)
+            except UnknownStatus as exc:
+                self.state_unknown(subject, exc)
                 decision = self._fail(subject, meter)
         self._observe("check", subject, decision)
         return decision
@@ -206,7 +232,10 @@ class Gate:
             self._observe(endpoint, subject, decision)
             return Counting(decision, False)
         try:
-            result = await self._count(subject, meter, amount, key, enforce)
+            try:
+                result = await self._count(subject, meter, amount, key, enforce)
+            except UnknownStatus as exc:
+                raise self.state_unknown(subject, exc) from None
         except StoreUnavailable:
             if not enforce:
                 raise      # work that ran must be counted: the caller retries with the same key
@@ -220,12 +249,13 @@ class Gate:
         for _ in range(MAX_CONFLICT_RETRIES):
             now = self.clock()
             entry = self._cached(subject) or await self._load_entry(subject, now)
+            table = self.table          # one plan decides the whole count
             state = entry.stored.state
-            rule = self.table.rule(state, meter)
+            rule = table.rule(state, meter, now)
             span = rule.span(state, now)
             if enforce and not rule.allows:
                 used = await self._used(entry, (meter, span.start))
-                return Counting(self.table.can_process(state, meter, amount, used, now), False)
+                return Counting(table.can_process(state, meter, amount, used, now), False)
             limit = rule.limit if enforce else None
             done: Counted = await self.timed(
                 "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now), shield=True)
@@ -238,10 +268,10 @@ class Gate:
                 k = (meter, span.start)
                 entry.used[k] = max(entry.used.get(k, 0), done.used)
             if enforce and done.counted:
-                decision, _ = self.table.consume(state, meter, amount, done.used - amount, now)
+                decision, _ = table.consume(state, meter, amount, done.used - amount, now)
             else:
                 # Refused: why, against the usage the database saw. Usage: what is left after counting.
-                decision = self.table.can_process(state, meter, amount if enforce else 1, done.used, now)
+                decision = table.can_process(state, meter, amount if enforce else 1, done.used, now)
             return Counting(decision, done.counted, done.duplicate)
         raise StoreUnavailable("count: the subject kept changing")
 
@@ -258,36 +288,56 @@ class Gate:
     async def apply(self, subject: str, trigger: Trigger | None, *, to: str | None = None, why: str = "",
                     cause_id: str | None = None, actor: str | None = None) -> Outcome:
         """A trigger (or an admin's direct move `to` a status) through the door."""
-        def decide(state: SubjectState, now: float) -> list[Outcome]:
+        def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
             if to is not None:
-                return [self.table.override(state, to, now, why)]
-            return [self.table.apply(state, trigger, now)]
+                return [table.override(state, to, now, why)]
+            return [table.apply(state, trigger, now)]
 
         return (await self._door(subject, decide, why=why if to is None else "", cause_id=cause_id, actor=actor))[-1]
 
-    async def sweep(self, limit: int) -> tuple[int, int]:
+    async def sweep(self, limit: int, failed: set[str] | None = None) -> tuple[int, int]:
         """Fire due timers of up to `limit` subjects, SWEEP_CHUNK of them a transaction; (subjects found due,
-        moved). A subject that changed meanwhile goes through the door on its own."""
+        moved). A subject that changed meanwhile goes through the door on its own. Each subject on its own: one
+        that fails is logged, counted and left for the next sweep, and goes into `failed`, which the next
+        batches of this sweep skip (the others are never held back by it)."""
         now = self.clock()
-        due = await self.timed("due", self.store.due(now, limit), timeout=30.0)
-        table, version = self.table, self.table.version
+        failed = set() if failed is None else failed
+        due = await self.timed("due", self.store.due(now, limit, tuple(failed)), timeout=30.0)
+        table = self.table
+        version = table.version
         changes, moved = [], 0
         for stored in due:
-            # Values built directly (with_state, not dataclasses.replace): this loop is a sweep's engine step.
-            state, outcomes = advance(table, stored.state, now)
-            subject = state.subject
+            subject = stored.state.subject
+            try:
+                # A stored name the plan renamed or retired moves first, audited as a plan change.
+                first = table.migrate(stored.state, now)
+                # Values built directly (with_state, not dataclasses.replace): this loop is a sweep's engine step.
+                state, outcomes = advance(table, first.state if first else stored.state, now)
+            except Exception as exc:        # noqa: BLE001 - whatever one subject does, the others go on
+                self._sweep_failed(subject, "decide", exc, failed)
+                continue
+            if first is not None:
+                outcomes = [first, *outcomes]
             audits = tuple([AuditEntry(subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
-                                       version, None, "timer") for o in outcomes if o.moved])
+                                       version, None, o.trigger if o.trigger == "plan" else "timer")
+                            for o in outcomes if o.moved])
             changes.append(Change(stored.with_state(state), stored.version, audits))
         for start in range(0, len(changes), SWEEP_CHUNK):
-            moved += await self._commit_timers(changes[start:start + SWEEP_CHUNK])
+            moved += await self._commit_timers(changes[start:start + SWEEP_CHUNK], failed)
         return len(due), moved
 
-    async def _commit_timers(self, changes: list[Change]) -> int:
+    def _sweep_failed(self, subject: str, stage: str, exc: BaseException, failed: set[str]) -> None:
+        failed.add(subject)
+        self.metrics.sweep_failures.labels(stage).inc()
+        if self._throttle.ready(f"sweep_{subject}"):
+            log(logging.ERROR, "sweep_subject_failed", subject=subject, stage=stage,
+                error=f"{type(exc).__name__}: {exc}", retry="at the next sweep")
+
+    async def _commit_timers(self, changes: list[Change], failed: set[str]) -> int:
         """One transaction of a sweep, then the cache, logs and metrics of what it committed; subjects moved."""
         done = await self.timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
         moved = 0
-        fired: dict[str, int] = {}      # to_status -> transitions: the counter is bumped once per status
+        fired: dict[tuple[str, str], int] = {}      # (trigger, to_status) -> transitions: bumped once per pair
         lines: list[dict] = []          # a log line per transition, written together (log_each)
         cache = self._cache
         try:
@@ -300,45 +350,71 @@ class Gate:
                         self.invalidate(subject)
                     moved += bool(change.audits)
                     for audit in change.audits:
-                        fired[audit.to_status] = fired.get(audit.to_status, 0) + 1
-                        lines.append({"subject": subject, "trigger": "timer", "from_status": audit.from_status,
-                                      "to_status": audit.to_status, "reason": audit.reason, "actor": "timer"})
+                        key = (audit.trigger, audit.to_status)
+                        fired[key] = fired.get(key, 0) + 1
+                        lines.append({"subject": subject, "trigger": audit.trigger, "from_status": audit.from_status,
+                                      "to_status": audit.to_status, "reason": audit.reason, "actor": audit.actor})
                 else:
                     if lines:           # in order with the lines fire_due logs
                         log_each(logging.INFO, "transition", lines)
                         lines = []
-                    outcomes = await self.fire_due(subject)
+                    try:
+                        outcomes = await self.fire_due(subject)
+                    except Exception as exc:     # noqa: BLE001 - one subject's failure stops no other
+                        self._sweep_failed(subject, "commit", exc, failed)
+                        continue
                     moved += any(o.moved for o in outcomes)
         finally:
             log_each(logging.INFO, "transition", lines)
-            for to_status, count in fired.items():
-                self.metrics.transitions.labels("timer", to_status).inc(count)
+            for (trigger, to_status), count in fired.items():
+                self.metrics.transitions.labels(trigger, to_status).inc(count)
         return moved
 
     async def fire_due(self, subject: str) -> list[Outcome]:
         """Fire the subject's due timers, each at its own deadline (catching up after downtime)."""
-        return await self._door(subject, lambda state, now: advance(self.table, state, now)[1], actor="timer")
+        return await self._door(subject, lambda table, state, now: advance(table, state, now)[1], actor="timer")
+
+    async def migrate_subject(self, subject: str) -> list[Outcome]:
+        """The plan change a stored subject under an old name needs, through the door (nothing when none)."""
+        return await self._door(subject, lambda table, state, now: [], actor="plan")
+
+    async def upgrade_subject(self, subject: str, why: str, actor: str) -> list[Outcome]:
+        """Move a subject kept on an older plan version to the active one (an admin's decision), audited."""
+        def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
+            outcome = table.upgrade(state, now)
+            return [outcome] if outcome is not None else []
+        return await self._door(subject, decide, why=why, actor=actor)
 
     async def _door(self, subject: str, decide, *, why: str = "", cause_id: str | None = None,
                     actor: str | None = None) -> list[Outcome]:
         """Every state change goes through here: the engine decides, the store commits state and audit
-        in one transaction (retrying on a concurrent writer), and the cache entry is dropped."""
+        in one transaction (retrying on a concurrent writer), and the cache entry is dropped. A stored name
+        the plan renamed or retired is moved first, in the same transaction, audited as a plan change."""
         for _ in range(MAX_CONFLICT_RETRIES):
             now = self.clock()
             stored = await self.timed("load", self.store.load(subject))
+            table = self.table          # one plan decides the whole change
             if stored is None:
-                stored = StoredSubject(self.table.initial_state(subject, now), 0)
-            outcomes = decide(stored.state, now)
+                stored = StoredSubject(table.initial_state(subject, now), 0)
+            try:
+                first = table.migrate(stored.state, now)
+                outcomes = decide(table, first.state if first else stored.state, now)
+            except UnknownStatus as exc:
+                raise self.state_unknown(subject, exc) from None
+            if first is not None:
+                outcomes = [first, *outcomes]
             if not outcomes or not any(o.changed for o in outcomes):
                 return outcomes or [Outcome(stored.state, stored.state, "timer", "no timer is due")]
             audits = tuple(
                 AuditEntry(subject, o.before.status, o.state.status, o.trigger,
-                           o.reason + (f"; {why}" if why else ""), o.state.since if o.trigger == "timer" else now,
-                           self.table.version, cause_id, actor)
+                           o.reason + (f"; {why}" if why and o is not first else ""),
+                           o.state.since if o.trigger == "timer" else now, table.version, cause_id,
+                           "plan" if o is first else actor)
                 for o in outcomes if o.moved)
             # An admin's change is a person's decision: the next Stripe event folds onto it, not onto the
-            # state the Stripe events alone gave (timers keep that state: the fold recomputes them).
-            fold_state = stored.fold_state if actor == "timer" else None
+            # state the Stripe events alone gave (timers and plan changes keep that state: the fold recomputes
+            # them, and reads its old names as the new ones).
+            fold_state = stored.fold_state if actor in ("timer", "plan") else None
             change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
                             audits=audits)
             if await self.timed("save", self.store.commit(change), shield=True):
@@ -347,7 +423,7 @@ class Gate:
                     self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
                     log(logging.INFO, "transition", subject=subject, trigger=audit.trigger,
                         from_status=audit.from_status, to_status=audit.to_status, reason=audit.reason,
-                        actor=actor, cause_id=cause_id)
+                        actor=audit.actor, cause_id=cause_id)
                 return outcomes
             self.invalidate(subject)
         raise StoreUnavailable("the subject kept changing")
@@ -361,13 +437,19 @@ class Gate:
     async def describe(self, subject: str) -> dict:
         now = self.clock()
         stored = await self.timed("load", self.store.load(subject))
+        table = self.table
         known = stored is not None
-        state: SubjectState = stored.state if known else self.table.initial_state(subject, now)
-        windows = {m: self.table.window(state, m, now) for m in self.table.meters}
+        state: SubjectState = stored.state if known else table.initial_state(subject, now)
+        try:
+            state = table.named(state, now)     # as the plan names it (the next write stores it so)
+        except UnknownStatus as exc:
+            raise self.state_unknown(subject, exc) from None
+        decided_under, kept = table.decided_under(state, now)
+        windows = {m: table.window(state, m, now) for m in table.meters}
         used = await self.timed("usage", self.store.used(subject, [(m, w.start) for m, w in windows.items()]))
         usage = []
         for meter, span in windows.items():
-            d = self.table.can_process(state, meter, 1, used[(meter, span.start)], now)
+            d = table.can_process(state, meter, 1, used[(meter, span.start)], now)
             usage.append({"meter": meter, "used": d.used, "limit": d.limit, "remaining": d.remaining,
                           "allowed": d.allowed, "reason": d.reason.value, "window_start": d.window_start,
                           "resets_at": d.resets_at, "rule": d.rule})
@@ -375,7 +457,7 @@ class Gate:
         return {
             "subject": subject, "known": known, "status": state.status, "tier": state.tier, "since": state.since,
             "timer_due": state.timer_due, "period_start": state.period_start, "period_end": state.period_end,
-            "plan_version": state.plan_version,
+            "plan_version": decided_under, "plan_kept": kept.value if kept else None,
             "stripe_customer": stored.stripe_customer if known else None,
             "stripe_subscription": stored.stripe_subscription if known else None,
             "usage": usage, "transitions": [a.to_dict() for a in history],

@@ -66,8 +66,9 @@ class Jobs:
     async def sweep(self) -> int:
         """Fire every timer due now, found through the timer index, a batch at a time; how many moved."""
         moved = 0
+        failed: set[str] = set()        # subjects that failed in this sweep: the next batches pass them over
         for _ in range(MAX_SWEEP_ROUNDS):
-            found, moved_now = await self.gate.sweep(SWEEP_BATCH)
+            found, moved_now = await self.gate.sweep(SWEEP_BATCH, failed)
             moved += moved_now
             if found < SWEEP_BATCH:
                 break

@@ -88,8 +88,18 @@ class Metrics:
         self.jobs = _Labelled("plangate_job_runs", "Job runs by job and result.", ("job", "result"))
         self.rejected = _Labelled("plangate_rejected_requests", "Requests refused before any work (4xx) by error.",
                                   ("error",))
+        self.sweep_failures = _Labelled("plangate_sweep_subject_failures",
+                                        "Subjects a sweep could not move (left for the next sweep), by stage.",
+                                        ("stage",))
+        self.plan_reloads = _Labelled("plangate_plan_reloads", "Plan reloads by result (applied, unchanged, "
+                                      "refused, followed: another node's deploy).", ("result",))
+        self.plan_moved = _Labelled("plangate_plan_moved_subjects", "Stored subjects moved by plan changes (renamed "
+                                    "or retired names, upgrades).", ("kind",))
+        self.unknown_state = _Count()
+        self.plan_version = ""          # set by the plan keeper: the version this node decides with
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
-                          self.transitions, self.latency, self.webhooks, self.jobs, self.rejected)
+                          self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
+                          self.sweep_failures, self.plan_reloads, self.plan_moved)
         self.replica_lags = dict     # () -> {replica: seconds}: the store's measured replica lags (none by default)
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -100,6 +110,14 @@ class Metrics:
             yield metric.family()
         yield GaugeMetricFamily("plangate_cache_hit_ratio", "Share of subject lookups answered by the cache.",
                                 value=self._hit_ratio())
+        unknown = CounterMetricFamily("plangate_unknown_state", "Stored subjects whose status this node's plan "
+                                      "neither has nor maps (answered by the fail mode, never decided).")
+        unknown.add_metric([], self.unknown_state.value)
+        yield unknown
+        info = GaugeMetricFamily("plangate_plan_info", "The plan version this node decides with (value 1).",
+                                 labels=("version",))
+        info.add_metric([self.plan_version], 1)
+        yield info
         lags = self.replica_lags()
         if lags:
             family = GaugeMetricFamily("plangate_replica_lag_seconds", "How stale a read from each PostgreSQL "

@@ -12,14 +12,16 @@ import uvloop
 from aiohttp import web
 
 from plangate.engine import compile_file
-from plangate.policy import PlanError, PlanFileError
+from plangate.policy import PlanError, PlanFileError, check_file, explain_stranded, stranded
 
+from .http.api import PLANS
 from .http.app import create_app
 from .config import Config, ConfigError
 from .gate import Gate, StoreUnavailable
 from .logs import configure
 from .metrics import Metrics
 from .personal import RETENTION_MIGRATION, PersonalData
+from .plan_versions import PlanRefused
 from .store import StoreError, open_store
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -51,6 +53,8 @@ def serve(env_file: str | None = "config.env") -> int:
         uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's
     except StoreError as exc:
         return _fail(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})", 1)
+    except PlanRefused as exc:
+        return _fail(f"the gate did not start: {exc} (PLANGATE_PLANS={config.plans})", 1)
     except OSError as exc:
         return _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1)
     return 0
@@ -71,6 +75,9 @@ async def _serve(config: Config, table) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP reads the plan file again: deployed if it lints clean and strands no stored subject, else refused
+    # with a log line, the running plan kept.
+    loop.add_signal_handler(signal.SIGHUP, app[PLANS].reload_soon, "sighup")
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
@@ -108,12 +115,12 @@ def migrate(env_file: str | None = "config.env") -> int:
             reduced = None
             if table is not None:
                 reduced = await PersonalData(Gate(config, table, store, Metrics())).after_migration(before, after)
-            return before, after, reduced
+            return before, after, reduced, await _stranded(store, config.plans)
         finally:
             await store.close()
 
     try:
-        before, after, reduced = asyncio.run(run())
+        before, after, reduced, stranded_by = asyncio.run(run())
     except StoreError as exc:
         return _fail(f"migration failed: {exc}", 1)
     except StoreUnavailable:
@@ -126,6 +133,8 @@ def migrate(env_file: str | None = "config.env") -> int:
     elif table is None and before and before < RETENTION_MIGRATION <= after:
         return _fail(f"stored Stripe payloads were not reduced: the plan cannot be read ({unreadable}; "
                      "PLANGATE_PLANS). The cleanup job of a running gate reduces them; then VACUUM the SQLite file", 1)
+    if stranded_by:
+        return _fail(f"the schema is current, but `plangate serve` will refuse this plan: {stranded_by}", 1)
     return 0
 
 
@@ -162,3 +171,17 @@ def erase(env_file: str | None, subject: str, actor: str) -> int:
                      "plangate migrate)", 1)
     print(json.dumps(erased.to_dict()))
     return 0
+
+
+async def _stranded(store, plans: str) -> str | None:
+    """What the plan file would strand among the stored subjects, in words (None: nothing, or no plan to check:
+    serve reports a missing or broken one itself)."""
+    try:
+        checked = check_file(plans)
+    except PlanFileError:
+        return None
+    if not checked.ok:
+        return None
+    census = await store.census()
+    found = stranded(checked.plan, census.statuses, census.tiers)
+    return explain_stranded(found, plans) if found else None

@@ -17,6 +17,7 @@ from ..personal import ErasureUnavailable, PersonalData
 from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
+PLANS = web.AppKey("plans", object)      # the PlanKeeper (plan_api), for /readyz
 JOBS = web.AppKey("jobs", object)
 PERSONAL = web.AppKey("personal", PersonalData)
 OPENAPI_PATH = plangate_schema.OPENAPI
@@ -157,7 +158,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    checks = {"plan": {"ok": True, "version": gate.table.version}}
+    plans = request.app.get(PLANS)
+    checks = {"plan": plans.readiness() if plans is not None else {"ok": True, "version": gate.table.version}}
     try:
         await gate.timed("ping", gate.store.ping())
         failed = gate.write_failure()

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from plangate.engine import StateTable
 
-from . import _json, api, webhook
+from . import _json, api, plan_api, webhook
 from ._input import MAX_BODY, BadRequest
 from ..config import Config
 from ..gate import Gate
@@ -21,6 +21,7 @@ from ..jobs import Jobs
 from ..personal import PersonalData
 from ..logs import log, request_id as current_request_id
 from ..metrics import Metrics
+from ..plan_versions import PlanKeeper
 from ..store import Store
 
 _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -42,21 +43,30 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[webhook.INGEST] = ingest
     jobs = Jobs(gate, ingest, personal)
     app[api.JOBS] = jobs
-    _add_routes(app, (*api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)), config.api_token, metrics)
+    plans = PlanKeeper(gate, config.plans)
+    app[plan_api.PLANS] = plans
+    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)), config.api_token,
+                metrics)
 
     async def lifecycle(app: web.Application):
         await store.open()
         if migrate:
             await personal.after_migration(*await store.migrate())
-        store.listen(gate.invalidate, gate.invalidate_all, gate.usage_counted)
+        try:
+            await plans.start()     # checked against the stored subjects before anything is decided with it
+        except Exception:
+            await store.close()
+            raise
+        store.listen(gate.invalidate, gate.invalidate_all, plans.announced, on_usage=gate.usage_counted)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:
             jobs.start()
         if not config.webhook_secrets:
             log(logging.WARNING, "webhook_disabled", why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
-        log(logging.INFO, "started", plan_version=table.version, enforcement=config.enabled,
+        log(logging.INFO, "started", plan_version=gate.table.version, enforcement=config.enabled,
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield
+        await plans.stop()
         await jobs.stop()
         await store.unlisten()
         await store.close()

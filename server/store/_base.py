@@ -17,6 +17,8 @@ import orjson
 
 from plangate.engine import SubjectState
 
+from ._plans import Census, Deploy, PlanRecord
+
 _STATE_FIELDS = tuple(f.name for f in fields(SubjectState))
 
 
@@ -154,10 +156,10 @@ class Store(abc.ABC):
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
 
-    def listen(self, on_subject, on_reset, on_usage=None) -> None:
-        """Start telling this node about subjects other nodes changed, on_subject(subject), and about their
-        counts, on_usage(subject, meter, window_start, used); on_reset() when some may have been missed
-        (nothing to do for one node)."""
+    def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:
+        """Start telling this node about subjects other nodes changed, on_subject(subject); (on_plan, with the
+        version) about plans they deployed; (on_usage(subject, meter, window_start, used)) about their counts;
+        on_reset() when some may have been missed (nothing to do for one node)."""
 
     async def unlisten(self) -> None:
         """Stop what listen() started."""
@@ -238,8 +240,9 @@ class Store(abc.ABC):
         """When an admin last moved the subject (a person's decision the fold does not rewrite)."""
 
     @abc.abstractmethod
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
-        """Subjects whose timer is due at now, earliest first (through the timer index)."""
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        """Subjects whose timer is due at now, earliest first (through the timer index), but those in skip (the
+        sweep's subjects that failed: they wait for the next sweep rather than hold back the others)."""
 
     @abc.abstractmethod
     async def commit_batch(self, changes: list[Change]) -> set[str]:
@@ -301,3 +304,35 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
         """The subject's most recent transitions, newest first."""
+
+    # --- plans (_plans.py) ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def census(self) -> Census:
+        """Stored subjects counted by status, tier and plan version (a read of every subject)."""
+
+    @abc.abstractmethod
+    async def record_deploy(self, plan: PlanRecord, deploy: Deploy) -> Deploy:
+        """Store a plan version (unless stored already) and its deploy, in one transaction; the deploy as stored
+        (with its id). On a shared store every node is told (listen's on_plan)."""
+
+    @abc.abstractmethod
+    async def deploy_moved(self, deploy_id: int, moved: int) -> None:
+        """Record how many stored subjects a deploy's renames and retirements moved."""
+
+    @abc.abstractmethod
+    async def deploys(self, limit: int = 50) -> list[Deploy]:
+        """The newest deploys first: the first is the active plan."""
+
+    @abc.abstractmethod
+    async def plan_versions(self, versions: tuple[str, ...]) -> dict[str, PlanRecord]:
+        """The stored documents of these plan versions (those the store has)."""
+
+    @abc.abstractmethod
+    async def subjects_named(self, statuses: tuple[str, ...], tiers: tuple[str, ...], limit: int,
+                             skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        """Up to `limit` stored subjects in one of statuses or on one of tiers, but those in skip."""
+
+    @abc.abstractmethod
+    async def subjects_on(self, versions: tuple[str, ...], limit: int, after: str = "") -> list[StoredSubject]:
+        """Up to `limit` stored subjects on one of these plan versions, by subject name after `after`."""

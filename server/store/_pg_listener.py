@@ -8,22 +8,24 @@ import contextlib
 import asyncpg
 
 from ._pg_pool import ERRORS as _ERRORS
+from ._postgres_plans import PLAN_CHANNEL
 
 CHANNEL = "plangate_subjects"
 USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 9)
 
 
 class Listener:
-    """Keeps one connection LISTENing on the invalidation channel, and on plangate_usage when on_usage is
-    given (on_usage(subject, meter, window_start, used) for every count any node committed). When it is lost,
-    every cached subject may be stale: on_reset drops them all, then the listener reconnects (with a growing
-    pause)."""
+    """Keeps one connection LISTENing on the invalidation channel, on the plan channel when on_plan is given,
+    and on plangate_usage when on_usage is (on_usage(subject, meter, window_start, used) for every count any
+    node committed). When it is lost, every cached subject may be stale: on_reset drops them all, then the
+    listener reconnects (with a growing pause); on_plan(None) then asks whether a plan was deployed meanwhile."""
 
     def __init__(self, dsn: str, on_subject, on_reset, on_usage=None, *, connect_timeout: float = 5.0,
-                 mine: set[int] = frozenset()):
+                 mine: set[int] = frozenset(), on_plan=None):
         """mine: server PIDs whose counts this node has applied already (its own pool's): their plangate_usage
         notifications are skipped."""
         self.dsn, self.on_subject, self.on_reset, self.on_usage = dsn, on_subject, on_reset, on_usage
+        self.on_plan = on_plan
         self.mine = mine
         self.hears_usage = on_usage is not None
         self.connect_timeout = connect_timeout
@@ -59,7 +61,11 @@ class Listener:
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
                 if self.on_usage is not None:
                     await conn.add_listener(USAGE_CHANNEL, self._counted)
+                if self.on_plan is not None:
+                    await conn.add_listener(PLAN_CHANNEL, lambda _c, _pid, _ch, version: self.on_plan(version))
                 self.on_reset()            # whatever changed while we were not listening
+                if self.on_plan is not None:
+                    self.on_plan(None)
                 self.connected.set()
                 pause = 0.1
                 while not lost.is_set():

@@ -23,6 +23,7 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Id
                     StoreError, StoredSubject, state_from_json, state_json)
 from ._migrations import migrations, statements
 from ._postgres_personal import PostgresPersonalData
+from ._postgres_plans import PostgresPlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
@@ -52,7 +53,7 @@ _BATCH_UPDATE = (
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
 
 
-class PostgresStore(PostgresPersonalData, Store):
+class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
     channel = CHANNEL
 
     @property
@@ -445,10 +446,14 @@ class PostgresStore(PostgresPersonalData, Store):
             return await db.fetchval("SELECT max(at) FROM transitions WHERE subject = $1 AND trigger LIKE 'admin:%'",
                                      subject)
 
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
         async with self._conn() as db:
-            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
-                                  "ORDER BY timer_due LIMIT $2", now, limit)
+            if skip:
+                rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 AND "
+                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2", now, limit, list(skip))
+            else:
+                rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
+                                      "ORDER BY timer_due LIMIT $2", now, limit)
         return [subject_from_row(r) for r in rows]
 
     async def doubtful(self, statuses: tuple[str, ...], unconfirmed_before: float, limit: int) -> list[StoredSubject]:
@@ -472,7 +477,7 @@ class PostgresStore(PostgresPersonalData, Store):
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
         return [event_from_row(r) for r in rows]
 
-    def listen(self, on_subject, on_reset, on_usage=None) -> None:
+    def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:
         if self.replicas is not None:       # what another node changed is read from the primary for a while
             replicas = self.replicas
 
@@ -482,7 +487,7 @@ class PostgresStore(PostgresPersonalData, Store):
             on_subject, on_reset = _after(heard, on_subject), _after(replicas.forget, on_reset)
             on_usage = on_usage and _after(heard, on_usage)
         self._listener = Listener(self.dsn, on_subject, on_reset, on_usage if self.announce_usage else None,
-                                  connect_timeout=self.connect_timeout, mine=self._backends)
+                                  connect_timeout=self.connect_timeout, mine=self._backends, on_plan=on_plan)
         self._listener.start()
 
     async def unlisten(self) -> None:

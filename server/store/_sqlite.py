@@ -25,6 +25,7 @@ import aiosqlite
 from plangate.engine import SubjectState
 
 from ._migrations import migrations, statements
+from ._sqlite_plans import SQLitePlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 from ._sqlite_personal import SQLitePersonalData
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
@@ -110,7 +111,7 @@ def sqlite_path(database: str) -> str:
     return database.removeprefix("sqlite:///").removeprefix("sqlite://")
 
 
-class SQLiteStore(SQLitePersonalData, Store):
+class SQLiteStore(SQLitePersonalData, SQLitePlans, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous
@@ -313,9 +314,10 @@ class SQLiteStore(SQLitePersonalData, Store):
                                 (subject,))
         return rows[0][0]
 
-    async def due(self, now: float, limit: int) -> list[StoredSubject]:
-        rows = await self._rows(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= ? "
-                                "ORDER BY timer_due LIMIT ?", (now, limit))
+    async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+        skipped = f" AND subject NOT IN ({', '.join('?' for _ in skip)})" if skip else ""
+        rows = await self._rows(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= ?{skipped} "
+                                "ORDER BY timer_due LIMIT ?", (now, *skip, limit))
         return [subject_from_row(r) for r in rows]
 
     async def commit_batch(self, changes: list[Change]) -> set[str]:

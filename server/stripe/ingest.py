@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from plangate.engine import StripeEvent, SubjectState, advance, event_order, relevant_events, replay
+from plangate.engine import StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order, relevant_events, replay
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
@@ -44,14 +44,28 @@ class Ingest:
         self.gate = gate
         self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
-        self.table = gate.table
-        self.relevant = relevant_events(gate.table.plan)
+        self._relevant: tuple[StateTable | None, frozenset[str]] = (None, frozenset())
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
         # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for
         # the future of the fold of its subject before it (a chain, not a lock: a dict entry and a future a
         # fold). Folds in other processes (PostgreSQL) still meet on the version.
         self._folding: dict[str, asyncio.Future] = {}
+
+    @property
+    def table(self) -> StateTable:
+        """The plan the gate decides with now (a reload may swap it: a fold reads it once per attempt)."""
+        return self.gate.table
+
+    @property
+    def relevant(self) -> frozenset[str]:
+        """The Stripe event types that can change a subject under the current plan."""
+        table, types = self._relevant
+        if table is not self.gate.table:
+            table = self.gate.table
+            types = relevant_events(table.plan)
+            self._relevant = (table, types)
+        return types
 
     async def _io(self, operation: str, coro):
         # Under receive()'s one time budget for all of an event's store calls. Writes are shielded, as the
@@ -170,13 +184,16 @@ class Ingest:
                 # Their invoices' payments rows were written without a subject: they get it now.
                 payments = tuple(p for p in (payment_of(e.type, e.id, e.created, e.object, subject)
                                              for e, _ in incoming) if p)
+            table = self.table
+            if stored is not None and await self._migrated(table, subject, stored, now):
+                continue        # moved to the plan's names first, through the door: fold onto the row it wrote
             first = min((e for e, _ in incoming), key=event_order)
-            stored = stored or StoredSubject(self.table.initial_state(subject, first.created), 0)
+            stored = stored or StoredSubject(table.initial_state(subject, first.created), 0)
             later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
             if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
                 change = self._stale_after_admin(stored, incoming, now, stored_rows)
             else:
-                change = self._change(stored, incoming, later, payments, ids, linking, now, stored_rows)
+                change = self._change(table, stored, incoming, later, payments, ids, linking, now, stored_rows)
             if not record_noop and not change.audits and _essence(change.subject.state) == _essence(stored.state):
                 change = Change(replace(stored, confirmed_at=now), stored.version)
             if await self._io("commit", self.store.commit(change)):
@@ -190,6 +207,17 @@ class Ingest:
             why=f"the subject changed under each of {MAX_ATTEMPTS} attempts; answered 500 for Stripe to deliver again")
         raise StoreUnavailable("webhook: the subject kept changing; Stripe will deliver again")
 
+    async def _migrated(self, table: StateTable, subject: str, stored: StoredSubject, now: float) -> bool:
+        """Did the subject need a plan change (a status or tier name the plan renamed or retired)? Then it was
+        made, audited, through the gate's door."""
+        try:
+            needed = table.migrate(stored.state, now) is not None
+        except UnknownStatus as exc:
+            raise self.gate.state_unknown(subject, exc) from None
+        if needed:
+            await self.gate.migrate_subject(subject)
+        return needed
+
     async def _later(self, subject: str, stored: StoredSubject, first: StripeEvent, ids: set[str]) -> list[EventRecord]:
         """Stored events of the subject that sort after `first`: the part of the fold to run again."""
         if stored.watermark is None or first.created > stored.watermark:
@@ -198,20 +226,21 @@ class Ingest:
         key = event_order(first)
         return [r for r in rows if r.id not in ids and event_order(_as_event(r)) > key]
 
-    def _change(self, stored: StoredSubject, incoming, later: list[EventRecord], payments, ids, linking, now,
-                stored_rows) -> Change:
+    def _change(self, table: StateTable, stored: StoredSubject, incoming, later: list[EventRecord], payments, ids,
+                linking, now, stored_rows) -> Change:
         # Where the fold starts: before the first later event; else the state the Stripe events alone gave
         # (so that an event created before a timer that already fired is folded in before it); else, after
         # an admin's change (which drops the fold state), the stored state.
         base = (later[0].state_before if later and later[0].state_before else
                 stored.fold_state if stored.fold_state is not None else stored.state)
+        base = table.named(base, now)    # stored before a rename: under the plan's names
         exact = not later and base == stored.state
         records = {r.id: r for _, r in incoming}
         records.update({r.id: r for r in later})
-        fold, steps = replay(self.table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
+        fold, steps = replay(table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
         # Folded from before timers that already fired: fire again what is still due, at the deadlines, so the
         # subject does not step back. (Folded onto the stored state, due timers are left to the sweep.)
-        final, timers = (fold, []) if exact else advance(self.table, fold, now)
+        final, timers = (fold, []) if exact else advance(table, fold, now)
         changed = _essence(final) != _essence(stored.state)
         mine = {e.id for e, _ in incoming}
         rows, audits = [], []
@@ -224,14 +253,14 @@ class Ingest:
                           if changed else f"older than events already applied; changes nothing ({reason})")
             rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before))
             if exact:
-                audits.extend(self._audits(step, now))
+                audits.extend(self._audits(table, step, now))
         if exact:
-            audits.extend(self._timer_audits(timers))
+            audits.extend(self._timer_audits(table, timers))
         elif final.status != stored.state.status:
             cause = incoming[0][0]
             audits.append(AuditEntry(stored.state.subject, stored.state.status, final.status, cause.key,
                                      f"events folded again in created order after {cause.id} arrived: "
-                                     f"{steps[-1].outcome.reason}", now, self.table.version, cause.id, "stripe"))
+                                     f"{steps[-1].outcome.reason}", now, table.version, cause.id, "stripe"))
         customer, subscription = ids
         watermark = max([stored.watermark or 0.0] + [e.created for e, _ in incoming])
         late = bool(later)
@@ -243,16 +272,16 @@ class Ingest:
                       new_events=tuple(r for r in rows if r.id in fresh),
                       replayed_events=tuple(r for r in rows if r.id not in fresh), payments=tuple(payments))
 
-    def _timer_audits(self, outcomes) -> list[AuditEntry]:
+    def _timer_audits(self, table: StateTable, outcomes) -> list[AuditEntry]:
         return [AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
-                           self.table.version, None, "timer") for o in outcomes if o.moved]
+                           table.version, None, "timer") for o in outcomes if o.moved]
 
-    def _audits(self, step, now: float) -> list[AuditEntry]:
-        out = self._timer_audits(step.timers)
+    def _audits(self, table: StateTable, step, now: float) -> list[AuditEntry]:
+        out = self._timer_audits(table, step.timers)
         if step.outcome.moved:
             o = step.outcome
             out.append(AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason,
-                                  o.state.since, self.table.version, step.event.id, "stripe"))
+                                  o.state.since, table.version, step.event.id, "stripe"))
         return out
 
     def _stale_after_admin(self, stored: StoredSubject, incoming, now: float, stored_rows: bool = False) -> Change:

@@ -22,14 +22,24 @@ class Reconciler:
     def __init__(self, gate: Gate, ingest: Ingest):
         self.gate = gate
         self.ingest = ingest
-        plan = gate.table.plan
-        # Doubtful: grace statuses, and where their timers lead (the billing problem once grace runs out).
-        grace = {s.name for s in plan.statuses if s.grace}
-        after_grace = {t.target for t in plan.transitions if t.trigger.kind is TriggerKind.TIMER
-                       and grace & set(plan.sources_of(t))}
-        self.doubtful_statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
+        self._doubtful: tuple[object, tuple[str, ...]] = (None, ())
         self._stripe: stripe.StripeClient | None = None
         self._http: stripe.AIOHTTPClient | None = None
+
+    @property
+    def doubtful_statuses(self) -> tuple[str, ...]:
+        """Grace statuses, and where their timers lead (the billing problem once grace runs out), under the
+        plan the gate runs now."""
+        table, statuses = self._doubtful
+        if table is not self.gate.table:
+            table = self.gate.table
+            plan = table.plan
+            grace = {s.name for s in plan.statuses if s.grace}
+            after_grace = {t.target for t in plan.transitions if t.trigger.kind is TriggerKind.TIMER
+                           and grace & set(plan.sources_of(t))}
+            statuses = tuple(s.name for s in plan.statuses if s.name in grace | after_grace)
+            self._doubtful = (table, statuses)
+        return statuses
 
     async def close(self) -> None:
         if self._http is not None:

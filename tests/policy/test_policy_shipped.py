@@ -47,9 +47,17 @@ class TestSchema:
 
 class TestPreCommitHook:
     @pytest.fixture
-    def hook(self, repo) -> dict:
-        (hook,) = yaml.safe_load((repo / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
-        return hook
+    def hooks(self, repo) -> dict:
+        return {h["id"]: h for h in yaml.safe_load((repo / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))}
+
+    @pytest.fixture
+    def hook(self, hooks) -> dict:
+        return hooks["plangate-lint"]
+
+    def test_diff_hook_runs_plangate_diff_on_the_files_it_is_given(self, hooks):
+        hook = hooks["plangate-diff"]
+        assert (hook["entry"], hook["language"], hook["pass_filenames"]) == ("plangate diff", "python", False)
+        assert re.search(hook["files"], "deploy/plans.yaml")
 
     def test_runs_plangate_lint_from_this_package(self, hook):
         assert (hook["id"], hook["entry"], hook["language"]) == ("plangate-lint", "plangate lint", "python")

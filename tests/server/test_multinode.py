@@ -194,7 +194,7 @@ class TestChecksFromPushedUsage:
                 await store.open()
                 await store.migrate()
                 gate = Gate(config, table, store, Metrics())
-                store.listen(gate.invalidate, gate.invalidate_all, gate.usage_counted)
+                store.listen(gate.invalidate, gate.invalidate_all, on_usage=gate.usage_counted)
                 await asyncio.wait_for(store._listener.connected.wait(), 10)
                 nodes.append(gate)
             a, b = nodes
@@ -227,7 +227,7 @@ class TestChecksFromPushedUsage:
         await store.open()
         try:
             await store.migrate()
-            store.listen(lambda s: None, lambda: None, lambda *usage: heard.append(usage))
+            store.listen(lambda s: None, lambda: None, on_usage=lambda *usage: heard.append(usage))
             await asyncio.wait_for(store._listener.connected.wait(), 10)
             assert not store.caches_usage
             other = open_store(pg_dsn)

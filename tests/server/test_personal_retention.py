@@ -125,9 +125,14 @@ class TestMigration:
 
 
 async def _back_to_schema_5(database: str) -> None:
-    """Undo migration 6, with a connection that does not zero what it frees (as the gate did before it)."""
+    """Undo migrations 6 and later, with a connection that does not zero what it frees (as the gate did before
+    it)."""
     undo = ["DROP INDEX subscription_events_unreduced", "ALTER TABLE subscription_events DROP COLUMN reduced_at",
-            "DROP TABLE erasures"]
+            "DROP TABLE erasures",
+            # 7: the subscription's dates
+            "ALTER TABLE subscriptions DROP COLUMN trial_end", "ALTER TABLE subscriptions DROP COLUMN cancel_at",
+            # 8: plan versions
+            "DROP TABLE plan_deploys", "DROP TABLE plan_versions"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

@@ -62,7 +62,7 @@ class TestMigrate:
         env = {"PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
         first = run(["migrate"], env, tmp_path)
         again = run(["migrate"], env, tmp_path)
-        latest = migrations("sqlite")[-1][0]
+        latest = max(number for number, _, _ in migrations("sqlite"))
         assert first.returncode == 0 and f"schema version 0 -> {latest}" in first.stdout
         assert again.returncode == 0 and f"schema is current (version {latest})" in again.stdout
         with sqlite3.connect(tmp_path / "db.sqlite3") as db:

@@ -1,0 +1,53 @@
+"""Plan versions in the engine: stored names a plan renamed or retired, and subjects kept on an older
+version's tier quotas (grandfathered, as the tier's `existing_subscribers` says).
+
+A table compiled with older plan versions holds, for each older version whose tier quotas some tier keeps,
+the rules of the active plan's statuses with that version's tier quotas, compiled once: deciding a subject
+on such a version is one dict lookup away from deciding any other.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from plangate.policy import ExistingSubscribers, Plan, Tier
+
+from ._state import SubjectState
+
+PLAN_TRIGGER = "plan"       # the trigger of a plan change in audit rows and outcomes
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """An older plan version some subjects are kept on: the rules with its tier quotas, and per tier of the
+    active plan (by name) how long a subscriber keeps them."""
+
+    version: str
+    rules: dict                                   # status -> tier -> meter -> rule, as StateTable._rules
+    keeps: Mapping[str, ExistingSubscribers]      # only tiers whose quotas changed and do not apply now
+
+
+def counterpart(old: Plan, tier: Tier) -> Tier | None:
+    """The tier of an older plan that `tier` of the active plan was: the same name, or one it was renamed from."""
+    return old.tier(tier.name) or next((t for t in old.tiers if t.name in tier.renamed_from), None)
+
+
+def kept_tiers(active: Plan, old: Plan) -> dict[str, Tier]:
+    """Tiers of the active plan whose subscribers on `old` keep old's quotas for a while: their quotas changed
+    and their `existing_subscribers` is not `now`. Each with its tier in `old`."""
+    kept = {}
+    for tier in active.tiers:
+        if tier.existing_subscribers is ExistingSubscribers.NOW:
+            continue
+        was = counterpart(old, tier)
+        if was is not None and set(was.quotas) != set(tier.quotas):
+            kept[tier.name] = was
+    return kept
+
+
+def renewed(state: SubjectState, now: float, deployed_at: float) -> bool:
+    """Has the subject's billing period turned over since the active plan was deployed (or has it none)?
+    Past the stored period's end counts: the next period has begun, reported by Stripe or not."""
+    if state.period_end is None:
+        return True
+    return now >= state.period_end or (state.period_start is not None and state.period_start > deployed_at)

@@ -1,0 +1,212 @@
+"""Plan versions in the engine: old names read as their new ones (and migrated once, as a plan change), and
+subjects kept on an older version's tier quotas as the tier's existing_subscribers says."""
+from __future__ import annotations
+
+import pytest
+
+from plangate.engine import (AdminAction, StateTable, StripeEvent, SubjectState, TimerFired, UnknownStatus, advance,
+                             compile_plan)
+from plangate.policy import check_text
+from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
+                               lowered_pro, renamed)
+
+DAY = 86400.0
+DEPLOY = 1_800_000_000.0
+PERIOD = (DEPLOY - 10 * DAY, DEPLOY + 20 * DAY)     # a pro subscriber's month, a third gone at the deploy
+
+
+def plan(text: str, file: str = "plans.yaml"):
+    checked = check_text(text, file)
+    assert checked.ok, [str(f) for f in checked.findings]
+    return checked.plan
+
+
+V1_TABLE = compile_plan(plan(V1))
+
+
+def table(text: str, deployed_at: float = DEPLOY) -> StateTable:
+    return compile_plan(plan(text), {V1_TABLE.version: plan(V1)}, deployed_at)
+
+
+def subscriber(status="paid", tier="pro", version=V1_TABLE.version, period=PERIOD, **kw) -> SubjectState:
+    return SubjectState("ann", status, tier, DEPLOY - 10 * DAY, None, *period, version, **kw)
+
+
+class TestOldNames:
+    def test_a_renamed_status_is_migrated_once_keeping_its_timer(self):
+        new = table(renamed("trial", "paid_trial"))
+        stored = SubjectState("ann", "trial", None, DEPLOY - DAY, DEPLOY + 6 * DAY, plan_version=V1_TABLE.version)
+        outcome = new.migrate(stored, DEPLOY)
+        assert outcome.moved and outcome.trigger == "plan"
+        assert outcome.reason == "plan change: status 'trial' is now 'paid_trial' (renamed_from)"
+        assert (outcome.state.status, outcome.state.since, outcome.state.timer_due) == \
+            ("paid_trial", DEPLOY - DAY, DEPLOY + 6 * DAY)
+        assert new.migrate(outcome.state, DEPLOY) is None        # once
+
+    def test_an_old_name_is_decided_and_moved_as_its_new_one(self):
+        new = table(renamed("trial", "paid_trial"))
+        stored = SubjectState("ann", "trial", None, DEPLOY - DAY, DEPLOY + 6 * DAY)
+        assert new.can_process(stored, "requests", 1, 0, DEPLOY).limit == 500
+        assert new.apply(stored, StripeEvent("invoice.paid", {"object": "invoice"}), DEPLOY).state.status == "paid"
+        assert new.apply(stored, TimerFired(), DEPLOY + 7 * DAY).state.status == "billing_problem"
+
+    def test_a_retired_status_enters_its_target(self):
+        new = table(edited(*WITHOUT_BILLING_PROBLEM) + RETIRE_BILLING_PROBLEM)
+        stored = SubjectState("ann", "billing_problem", "pro", DEPLOY - DAY)
+        outcome = new.migrate(stored, DEPLOY)
+        assert (outcome.before.status, outcome.state.status, outcome.state.since) == \
+            ("billing_problem", "canceled", DEPLOY)
+        assert "was removed; its subjects go to 'canceled' (retired)" in outcome.reason
+        assert outcome.rule.startswith("plans.yaml:")
+
+    def test_a_stranded_status_raises_unknown_status_naming_the_fix(self):
+        new = table(edited(*WITHOUT_BILLING_PROBLEM))
+        with pytest.raises(UnknownStatus, match="nor mapped by renamed_from or retired"):
+            new.migrate(SubjectState("ann", "billing_problem"), DEPLOY)
+
+    def test_a_renamed_tier_keeps_its_quota_not_the_default_tiers(self):
+        new = table(renamed("team", "business"))
+        stored = subscriber(tier="team")
+        assert new.can_process(stored, "requests", 1, 0, DEPLOY).limit == 20000
+        outcome = new.migrate(stored, DEPLOY)
+        assert (outcome.state.tier, outcome.state.status) == ("business", "paid")
+        assert outcome.reason == "plan change: tier 'team' is now 'business' (renamed_from)"
+
+    def test_a_retired_tier_moves_to_its_target(self):
+        new = table(edited(*WITHOUT_TEAM) + RETIRE_TEAM)
+        outcome = new.migrate(subscriber(tier="team"), DEPLOY)
+        assert outcome.state.tier == "pro"
+        assert new.can_process(outcome.state, "requests", 1, 0, DEPLOY).limit == 5000
+
+
+class TestGrandfathering:
+    @pytest.mark.parametrize("policy, limit", [("now", 3000), ("at_renewal", 5000), ("never", 5000)])
+    def test_a_lowered_quota_mid_period(self, policy, limit):
+        new = table(lowered_pro(policy))
+        decision = new.can_process(subscriber(), "requests", 1, 4000, DEPLOY + DAY)
+        assert decision.limit == limit
+        assert decision.allowed is (limit == 5000)
+        version, keeps = new.decided_under(subscriber(), DEPLOY + DAY)
+        assert version == (new.version if policy == "now" else V1_TABLE.version)
+        if policy != "now":
+            assert decision.rule.startswith(f"plan {V1_TABLE.version} tiers.pro.quotas.requests, kept by existing")
+
+    @pytest.mark.parametrize("policy, limit", [("at_renewal", 3000), ("never", 5000)])
+    def test_after_the_renewal(self, policy, limit):
+        new = table(lowered_pro(policy))
+        # the period turned over (reported by Stripe or not): at_renewal gives the new quota, never does not
+        assert new.can_process(subscriber(), "requests", 1, 0, PERIOD[1] + 1).limit == limit
+        renewed = subscriber(period=(PERIOD[1], PERIOD[1] + 30 * DAY))
+        assert new.can_process(renewed, "requests", 1, 0, PERIOD[1] + 1).limit == limit
+
+    def test_new_subjects_and_current_subjects_get_the_new_quota(self):
+        new = table(lowered_pro("never"))
+        assert new.can_process(subscriber(version=new.version), "requests", 1, 0, DEPLOY).limit == 3000
+        assert new.can_process(subscriber(version=""), "requests", 1, 0, DEPLOY).limit == 3000
+        fresh = new.initial_state("bob", DEPLOY)
+        assert fresh.plan_version == new.version
+
+    def test_a_kept_subject_keeps_its_version_through_grace_and_back(self):
+        new = table(lowered_pro("never"))
+        kept = subscriber()
+        failed = new.apply(kept, StripeEvent("invoice.payment_failed", {"object": "invoice"}), DEPLOY)
+        assert (failed.state.status, failed.state.plan_version) == ("grace", V1_TABLE.version)
+        assert new.can_process(failed.state, "requests", 1, 0, DEPLOY).limit == 5000
+        paid = new.apply(failed.state, StripeEvent("invoice.paid", {"object": "invoice", "status": "paid"}), DEPLOY)
+        assert paid.state.plan_version == V1_TABLE.version
+
+    def test_subscribing_anew_or_changing_tier_takes_the_quota_as_it_is(self):
+        new = table(lowered_pro("never"))
+        free = subscriber(status="free", tier=None, period=(None, None))
+        trial = new.apply(free, StripeEvent("checkout.session.completed", {"object": "checkout.session"}), DEPLOY)
+        assert trial.state.plan_version == new.version
+        upgrade = {"object": "subscription", "status": "active",
+                   "items": {"data": [{"price": {"id": "price_team"}}]}}
+        moved = new.apply(subscriber(), StripeEvent("customer.subscription.updated", upgrade), DEPLOY)
+        assert (moved.state.tier, moved.state.plan_version) == ("team", new.version)
+
+    def test_upgrade_moves_a_kept_subject_to_the_active_version(self):
+        new = table(lowered_pro("never"))
+        outcome = new.upgrade(subscriber(), DEPLOY)
+        assert outcome.trigger == "plan" and outcome.moved
+        assert outcome.state.plan_version == new.version
+        assert new.can_process(outcome.state, "requests", 1, 0, DEPLOY).limit == 3000
+        assert new.upgrade(outcome.state, DEPLOY) is None
+
+    def test_a_tier_whose_quotas_did_not_change_keeps_nothing(self):
+        new = table(edited(("price_team]", "price_team, price_team_yearly]")))
+        assert new.kept_versions == ()
+        with_policy = table(lowered_pro("never").replace("limit: 3000", "limit: 5000"))
+        assert with_policy.kept_versions == ()
+
+    def test_a_meter_the_older_tier_had_no_quota_for_takes_todays(self):
+        text = lowered_pro("never").replace("    fail_mode: open\n", "    fail_mode: open\n  images: {}\n").replace(
+            "      requests: {limit: 3000, per: billing_period}\n",
+            "      requests: {limit: 3000, per: billing_period}\n      images: {limit: 40, per: billing_period}\n").replace(
+            "      requests: {limit: 20000, per: billing_period}\n",
+            "      requests: {limit: 20000, per: billing_period}\n      images: unlimited\n").replace(
+            "  paid:\n    paying: true\n    quotas:\n      requests: tier\n",
+            "  paid:\n    paying: true\n    quotas:\n      requests: tier\n      images: tier\n")
+        new = table(text)
+        assert new.can_process(subscriber(), "requests", 1, 0, DEPLOY).limit == 5000
+        assert new.can_process(subscriber(), "images", 1, 0, DEPLOY).limit == 40
+
+    def test_timers_of_a_kept_subject(self):
+        new = table(lowered_pro("at_renewal"))
+        grace = SubjectState("ann", "grace", "pro", DEPLOY - DAY, DEPLOY + DAY, *PERIOD, V1_TABLE.version)
+        state, fired = advance(new, grace, DEPLOY + 2 * DAY)
+        assert [o.state.status for o in fired] == ["billing_problem"]
+        assert state.plan_version == new.version      # billing_problem takes no tier quota
+
+    def test_admin_override_keeps_a_kept_subject_between_tier_statuses(self):
+        new = table(lowered_pro("never"))
+        assert new.override(subscriber(), "grace", DEPLOY).state.plan_version == V1_TABLE.version
+        assert new.apply(subscriber(), AdminAction("close_account"), DEPLOY).state.plan_version == new.version
+
+
+class TestScenarioStep:
+    """`- plan: FILE` in a scenario: the plan changes mid-story, at that step's time."""
+
+    STORY = """\
+name: a rename and a lowered quota mid-story
+start: "2026-03-01T08:00:00Z"
+subject: ann
+steps:
+  - stripe: customer.subscription.created
+    object: {{status: active}}
+    price: price_pro
+    period: {{start: "2026-03-01T08:00:00Z", end: "2026-04-01T08:00:00Z"}}
+  - consume: 4000
+  - plan: {plan}
+    expect: {expect}
+  - until: "2026-04-01T08:00:00Z"
+    expect: {{kept: null, limit: 3000}}
+"""
+
+    def run(self, tmp_path, plan_text: str, expect: str, plan: str = "v2.yaml"):
+        from plangate.engine._playback import play
+        from plangate.engine._scenario import parse_scenario
+
+        (tmp_path / "v2.yaml").write_text(plan_text, encoding="utf-8")
+        story = tmp_path / "story.yaml"
+        story.write_text(self.STORY.format(plan=plan, expect=expect), encoding="utf-8")
+        return play(V1_TABLE, parse_scenario(story.read_text(), str(story), V1_TABLE))
+
+    def test_kept_until_renewal(self, tmp_path):
+        result = self.run(tmp_path, lowered_pro("at_renewal"), "{moved: false, kept: at_renewal, limit: 5000, used: 4000}")
+        assert result.passed, result.failure.describe("story")
+
+    def test_a_renamed_status_moves_the_subject_and_later_steps_use_the_new_names(self, tmp_path):
+        text = renamed("paid", "paying", base=lowered_pro("never"))
+        story = self.STORY.replace("{kept: null, limit: 3000}", "{status: paying, kept: never, limit: 5000}")
+        self.STORY = story
+        result = self.run(tmp_path, text, "{status: paying, moved: true, kept: never}")
+        assert result.passed, result.failure.describe("story")
+
+    def test_a_missing_or_broken_plan_is_a_located_problem(self, tmp_path):
+        from plangate.engine._scenario import ScenarioError
+
+        with pytest.raises(ScenarioError, match=r"story.yaml:10:11: plan: .*nope.yaml: no such file"):
+            self.run(tmp_path, V1, "{moved: false}", plan="nope.yaml")
+        with pytest.raises(ScenarioError, match="has errors; fix them first"):
+            self.run(tmp_path, "version: 1\nmeters: {}\n", "{moved: false}")

@@ -1,0 +1,180 @@
+"""plangate diff: what changed between two plans, in plain words, and whether the new one would strand subjects."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plangate.cli import main
+from plangate.policy import check_text
+from plangate.policy._diff import Area, Effect, diff
+from plangate.policy.cli import diff as diff_command
+from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
+                               lowered_pro, renamed)
+
+
+
+def plan(text: str, file: str = "new.yaml"):
+    checked = check_text(text, file)
+    assert checked.ok, [str(f) for f in checked.findings]
+    return checked.plan
+
+
+BASE = V1
+
+
+class TestChanges:
+    def test_same_plan_has_no_change(self):
+        result = diff(plan(BASE, "old.yaml"), plan(BASE))
+        assert result.changes == () and not result.strands
+        assert result.summary() == "no change in meaning"
+
+    def test_a_rename_is_one_change_and_strands_nothing(self):
+        result = diff(plan(BASE, "old.yaml"), plan(renamed("trial", "paid_trial")))
+        assert [(c.area, c.effect) for c in result.changes] == [(Area.STATUS, Effect.RENAMED)]
+        (change,) = result.changes
+        assert change.message == "status 'trial' is now 'paid_trial' (renamed_from)"
+        assert change.statuses == ("trial",) and not result.strands
+
+    def test_a_removed_status_without_mapping_strands(self):
+        result = diff(plan(BASE, "old.yaml"), plan(edited(*WITHOUT_BILLING_PROBLEM)))
+        removed = [c for c in result.changes if c.effect is Effect.REMOVED and c.area is Area.STATUS]
+        assert [c.statuses for c in removed] == [("billing_problem",)]
+        assert removed[0].strands and result.strands
+        assert "stranded" in removed[0].message
+        # its transitions are gone or lead elsewhere: said once per group of sources
+        assert any(c.area is Area.TRANSITION and c.effect is Effect.CHANGED and "'canceled', not 'billing_problem'"
+                   in c.message for c in result.changes)
+
+    def test_a_removed_status_with_a_retired_mapping_does_not_strand(self):
+        text = edited(*WITHOUT_BILLING_PROBLEM) + RETIRE_BILLING_PROBLEM
+        result = diff(plan(BASE, "old.yaml"), plan(text))
+        (retired,) = [c for c in result.changes if c.effect is Effect.RETIRED]
+        assert retired.message == "status 'billing_problem' was removed; its subjects go to 'canceled' (retired)"
+        assert not result.strands
+
+    def test_a_removed_tier_strands_and_a_retired_one_does_not(self):
+        old = plan(BASE, "old.yaml")
+        (change,) = diff(old, plan(edited(*WITHOUT_TEAM))).changes
+        assert (change.area, change.effect, change.tiers, change.strands) == (Area.TIER, Effect.REMOVED, ("team",), True)
+        retired = diff(old, plan(edited(*WITHOUT_TEAM) + RETIRE_TEAM))
+        assert [(c.effect, c.strands) for c in retired.changes] == [(Effect.RETIRED, False)]
+
+    def test_a_renamed_tier(self):
+        result = diff(plan(BASE, "old.yaml"), plan(renamed("team", "business")))
+        assert [c.message for c in result.changes] == ["tier 'team' is now 'business' (renamed_from)"]
+
+    def test_a_lowered_tier_quota_says_what_existing_subscribers_get(self):
+        result = diff(plan(BASE, "old.yaml"), plan(lowered_pro("at_renewal")))
+        lowered = [c for c in result.changes if c.lowered]
+        (quota,) = lowered
+        assert (quota.tiers, quota.meter, quota.limit) == (("pro",), "requests", 3000)
+        assert quota.message == ("tier 'pro': requests quota lowered, 5000 per billing period -> 3000 per billing "
+                                 "period; existing subscribers get it at their next billing period")
+        assert any(c.message == "tier 'pro': existing subscribers now -> at_renewal" for c in result.changes)
+
+    def test_windows_timers_and_meters(self):
+        text = edited(("requests: {limit: 20, per: day}", "requests: {limit: 20, per: week}"),
+                      ("expires_after: 3d", "expires_after: 5d"),
+                      ("    fail_mode: open\n", "    fail_mode: open\n  images:\n    description: One image.\n"))
+        messages = [c.message for c in diff(plan(BASE, "old.yaml"), plan(text)).changes]
+        assert "meter 'images' added" in messages
+        assert "status 'free': requests window 20 per day -> 20 per week" in messages
+        assert "status 'grace': timer 3d -> 5d" in messages
+
+    def test_an_added_transition_from_any(self):
+        text = edited(("  closed:\n", "  frozen:\n    access: deny\n    terminal: true\n  closed:\n"),
+                      ("  - from: [billing_problem, canceled]\n", "  - from: any\n    on: admin:freeze\n"
+                                                                   "    to: frozen\n  - from: [billing_problem, canceled]\n"))
+        messages = [c.message for c in diff(plan(BASE, "old.yaml"), plan(text)).changes]
+        assert messages == ["status 'frozen' added", "transition added: from any status on admin:freeze -> 'frozen'"]
+
+
+class TestCommand:
+    @pytest.fixture
+    def files(self, tmp_path):
+        def write(name: str, text: str) -> str:
+            path = tmp_path / name
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        return write
+
+    def run(self, *args, impact=None) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = diff_command(*args, out=out, err=err, impact=impact)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_text_names_file_and_line_of_each_change(self, files):
+        old, new = files("old.yaml", BASE), files("new.yaml", lowered_pro("at_renewal"))
+        code, out, err = self.run(old, new)
+        assert code == 0
+        assert f"{new}:" in out and "[lowered] tier 'pro': requests quota lowered" in out
+        assert "strands no subject" in err
+
+    def test_exit_1_when_the_new_plan_would_strand(self, files):
+        old, new = files("old.yaml", BASE), files("new.yaml", edited(*WITHOUT_BILLING_PROBLEM))
+        code, out, err = self.run(old, new)
+        assert code == 1
+        assert "[strands] status 'billing_problem' removed with no mapping" in out
+        assert "would strand" in err
+
+    def test_json(self, files):
+        old, new = files("old.yaml", BASE), files("new.yaml", renamed("trial", "paid_trial"))
+        code, out, _ = self.run(old, new, "json")
+        body = json.loads(out)
+        assert code == 0 and body["strands"] is False and body["impact"] is None
+        assert body["changes"] == [{"area": "status", "effect": "renamed", "file": new, "line": body["changes"][0]["line"],
+                                    "message": "status 'trial' is now 'paid_trial' (renamed_from)", "strands": False,
+                                    "lowered": False, "statuses": ["trial"], "tiers": []}]
+        assert body["old"]["version"] != body["new"]["version"]
+
+    def test_github_annotations(self, files):
+        old, new = files("old.yaml", BASE), files("new.yaml", edited(*WITHOUT_BILLING_PROBLEM))
+        code, out, _ = self.run(old, new, "github")
+        assert code == 1
+        assert any(line.startswith(f"::error file={new},line=") and "billing_problem" in line
+                   for line in out.splitlines())
+
+    def test_a_plan_with_errors_or_no_file(self, files):
+        old = files("old.yaml", BASE)
+        assert self.run(old, files("bad.yaml", "version: 2\n"))[0] == 1
+        code, _, err = self.run(old, str(Path(old).with_name("missing.yaml")))
+        assert code == 2 and "no such file" in err
+
+    def test_an_impact_that_fails_exits_2(self, files):
+        from plangate.policy.cli import ImpactError
+
+        def broken(_):
+            raise ImpactError("cannot reach the store")
+        code, _, err = self.run(files("old.yaml", BASE), files("new.yaml", BASE), impact=broken)
+        assert code == 2 and "cannot reach the store" in err
+
+    def test_through_the_plangate_command(self, files, capsys):
+        assert main(["diff", files("old.yaml", BASE), files("new.yaml", edited(*WITHOUT_BILLING_PROBLEM))]) == 1
+        assert "[strands]" in capsys.readouterr().out
+
+    def test_as_a_real_process_it_loads_no_server_package(self, files):
+        old, new = files("old.yaml", BASE), files("new.yaml", lowered_pro("at_renewal"))
+        code = ("import sys; from plangate.cli import main; rc = main(['diff', %r, %r]); "
+                "loaded = [m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'stripe', 'asyncpg', 'aiosqlite')"
+                " or m.startswith('plangate.server')]; print(loaded); sys.exit(rc)") % (old, new)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_shipped_stories_second_plan_is_plans_yaml_with_one_change():
+    """scenarios/plans/pro-3000-at-renewal.yaml is plans.yaml with pro's quota lowered at renewal, nothing else.
+    When plans.yaml changes, copy it again and make that one change (its header says which)."""
+    repo = Path(__file__).resolve().parents[2]
+    shipped = check_text((repo / "plans.yaml").read_text(encoding="utf-8"), "plans.yaml")
+    second = check_text((repo / "scenarios/plans/pro-3000-at-renewal.yaml").read_text(encoding="utf-8"), "second.yaml")
+    result = diff(shipped.plan, second.plan)
+    assert [c.message for c in result.changes] == [
+        "tier 'pro': existing subscribers now -> at_renewal",
+        "tier 'pro': requests quota lowered, 5000 per billing period -> 3000 per billing period; existing "
+        "subscribers get it at their next billing period"]

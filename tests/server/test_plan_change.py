@@ -1,0 +1,339 @@
+"""Plan changes against stored subjects, on both stores (a SQLite file and a real PostgreSQL): renamed and
+removed statuses and tiers with and without a mapping, lowered quotas with each existing_subscribers choice,
+reloads refused and accepted, and a sweep that one broken subject cannot stop."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from plangate.engine import compile_file
+from plangate.server.http.app import create_app
+from plangate.server.plan_versions import PlanRefused
+from plangate.server.store import open_store
+from tests import postgres
+from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
+                               lowered_pro, renamed)
+
+from . import stripe_events as se
+from .conftest import TOKEN, ServedGate, config_for
+from .test_openapi import documented
+
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "gate.sqlite3")
+        return
+    dsn = await postgres.create_database()
+    yield dsn
+    await postgres.drop_database(dsn)
+
+
+class Rig:
+    """One gate at a time on one store, started on a plan file this test writes (stopped before the next, as a
+    deploy restarts a node)."""
+
+    def __init__(self, folder: Path, database: str):
+        self.plan = folder / "plans.yaml"
+        self.database = database
+        self.server: TestServer | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.gate: ServedGate | None = None
+
+    def write(self, text: str) -> None:
+        self.plan.write_text(text, encoding="utf-8")
+
+    async def start(self, text: str | None = None) -> ServedGate:
+        await self.stop()
+        if text is not None:
+            self.write(text)
+        config = config_for(self.database, PLANGATE_PLANS=str(self.plan), STRIPE_WEBHOOK_SECRET=se.SECRET,
+                            PLANGATE_SWEEP_SCHEDULE="0 0 1 1 *")
+        app = create_app(config, compile_file(config.plans), open_store(config.database, **config.store_options()))
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self.gate = ServedGate(str(self.server.make_url("")).rstrip("/"), self.session, app, self.database)
+        return self.gate
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.close()
+
+    async def call(self, method: str, path: str, template: str, body=None):
+        """A request whose answer must be what schema/openapi.json documents."""
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with self.session.request(method, self.gate.url + path, json=body, headers=headers) as resp:
+            payload = await resp.json()
+            documented(method, template, resp.status, resp.content_type, payload, resp.headers)
+            return resp.status, payload
+
+    async def webhook(self, type_: str, obj: dict, created: float | None = None) -> dict:
+        body = se.encode(se.event(type_, obj, created or time.time()))
+        async with self.session.post(self.gate.url + "/webhook/stripe", data=body,
+                                     headers={"Stripe-Signature": se.sign(body)}) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def subscribe(self, subject: str, price: str = "price_pro", *, start: float | None = None,
+                        days: float = 30) -> None:
+        """An active subscription (its period began 10 days ago unless `start` says)."""
+        start = time.time() - 10 * DAY if start is None else start
+        n = abs(hash(subject)) % 10**8
+        sub = se.subscription("active", subject, sub_id=f"sub_{n}", customer=f"cus_{n}", start=start,
+                              end=start + days * DAY, price=price)
+        answer = await self.webhook("customer.subscription.created", sub)
+        assert answer["status"] == "paid", answer
+
+    async def move(self, subject: str, to: str) -> None:
+        status, body = await self.call("POST", f"/v1/subjects/{subject}/transition",
+                                       "/v1/subjects/{subject}/transition", {"to": to, "reason": "test"})
+        assert status == 200 and body["to"] == to, body
+
+    async def subject(self, subject: str) -> dict:
+        status, body = await self.call("GET", f"/v1/subjects/{subject}", "/v1/subjects/{subject}")
+        assert status == 200, body
+        return body
+
+    async def check(self, subject: str, amount: int = 1) -> dict:
+        status, body = await self.call("POST", "/v1/check", "/v1/check",
+                                       {"subject": subject, "meter": "requests", "amount": amount})
+        assert status == 200, body
+        return body
+
+    async def plan_view(self) -> dict:
+        status, body = await self.call("GET", "/v1/plan", "/v1/plan")
+        assert status == 200, body
+        return body
+
+
+@pytest.fixture
+async def rig(tmp_path, store_url):
+    r = Rig(tmp_path, store_url)
+    yield r
+    await r.stop()
+
+
+def plan_changes(view: dict) -> list[dict]:
+    return [t for t in view["transitions"] if t["trigger"] == "plan"]
+
+
+class TestRenamedAndRemoved:
+    async def test_a_renamed_status_moves_its_subjects_once_audited(self, rig):
+        await rig.start(V1)
+        for name in ("ann", "bob"):
+            await rig.webhook("checkout.session.completed", se.checkout(name, f"cus_{name}", f"sub_{name}"))
+        before = await rig.subject("ann")
+        assert before["status"] == "trial"
+
+        await rig.start(renamed("trial", "paid_trial"))
+        after = await rig.subject("ann")
+        assert (after["status"], after["timer_due"]) == ("paid_trial", before["timer_due"])
+        (change,) = plan_changes(after)
+        assert (change["from"], change["to"], change["actor"]) == ("trial", "paid_trial", "plan")
+        assert change["reason"] == "plan change: status 'trial' is now 'paid_trial' (renamed_from)"
+        assert (await rig.check("bob"))["limit"] == 500
+        (deploy, first) = (await rig.plan_view())["history"][:2]
+        assert (deploy["moved"], deploy["previous"], first["previous"]) == (2, first["version"], None)
+        assert "1 change(s): 1 status" == deploy["summary"]
+
+        await rig.start()           # again, on the same plan: nothing moves twice
+        assert len(plan_changes(await rig.subject("ann"))) == 1
+        assert len((await rig.plan_view())["history"]) == 2
+
+    async def test_a_removed_status_without_mapping_refuses_to_start(self, rig):
+        await rig.start(V1)
+        for name in ("ann", "bob"):
+            await rig.move(name, "billing_problem")
+        await rig.stop()
+        rig.write(edited(*WITHOUT_BILLING_PROBLEM))
+        with pytest.raises(PlanRefused) as refused:
+            await rig.start()
+        message = str(refused.value)
+        assert "status 'billing_problem': 2 stored subject(s)" in message
+        assert "retired: {statuses: {billing_problem: <new status>}}" in message
+        assert [s.to_dict()["count"] for s in refused.value.stranded] == [2]
+        await rig.start(V1)         # nothing was deployed or moved
+        assert (await rig.subject("ann"))["status"] == "billing_problem"
+        assert len((await rig.plan_view())["history"]) == 1
+
+    async def test_a_removed_status_with_a_mapping_moves_its_subjects(self, rig):
+        await rig.start(V1)
+        await rig.move("ann", "billing_problem")
+        await rig.start(edited(*WITHOUT_BILLING_PROBLEM) + RETIRE_BILLING_PROBLEM)
+        view = await rig.subject("ann")
+        assert view["status"] == "canceled"
+        (change,) = plan_changes(view)
+        assert "status 'billing_problem' was removed; its subjects go to 'canceled' (retired)" in change["reason"]
+        decision = await rig.check("ann")
+        assert (decision["allowed"], decision["reason"]) == (False, "status_denies")
+
+    async def test_a_removed_tier_refuses_without_mapping_and_moves_with_one(self, rig):
+        await rig.start(V1)
+        await rig.subscribe("ann", "price_team")
+        assert (await rig.check("ann"))["limit"] == 20000
+        await rig.stop()
+        rig.write(edited(*WITHOUT_TEAM))
+        with pytest.raises(PlanRefused, match="tier 'team': 1 stored subject"):
+            await rig.start()
+        await rig.start(edited(*WITHOUT_TEAM) + RETIRE_TEAM)
+        view = await rig.subject("ann")
+        assert (view["status"], view["tier"]) == ("paid", "pro")
+        assert "tier 'team' was removed; its subjects go to 'pro' (retired)" in plan_changes(view)[0]["reason"]
+        assert (await rig.check("ann"))["limit"] == 5000
+
+    async def test_a_renamed_tier_keeps_its_quota(self, rig):
+        await rig.start(V1)
+        await rig.subscribe("ann", "price_team")
+        await rig.start(renamed("team", "business"))
+        view = await rig.subject("ann")
+        assert view["tier"] == "business" and (await rig.check("ann"))["limit"] == 20000
+
+
+class TestGrandfathering:
+    @pytest.mark.parametrize("policy, limit_now, limit_after_renewal", [
+        ("now", 3000, 3000), ("at_renewal", 5000, 3000), ("never", 5000, 5000)])
+    async def test_a_lowered_quota(self, rig, policy, limit_now, limit_after_renewal):
+        gate = await rig.start(V1)
+        await rig.subscribe("ann")
+        for _ in range(4):
+            await gate.consume("ann", 1000)
+        v1 = (await rig.plan_view())["version"]
+
+        await rig.start(lowered_pro(policy))
+        decision = await rig.check("ann")
+        assert (decision["limit"], decision["used"], decision["allowed"]) == (limit_now, 4000, limit_now == 5000)
+        view = await rig.subject("ann")
+        assert view["plan_version"] == (v1 if policy != "now" else (await rig.plan_view())["version"])
+        assert view["plan_kept"] == (None if policy == "now" else policy)
+        assert (await rig.check("newcomer"))["status"] == "free"
+        await rig.subscribe("newcomer")
+        assert (await rig.check("newcomer"))["limit"] == 3000        # a new subscriber: the quota as it is
+
+        # Stripe reports the renewal: the next period starts (Stripe's times are whole seconds, after the deploy)
+        n = abs(hash("ann")) % 10**8
+        renewal = time.time() + 2
+        renewed = se.subscription("active", "ann", sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal,
+                                  end=renewal + 30 * DAY, price="price_pro")
+        await rig.webhook("customer.subscription.updated", renewed)
+        assert (await rig.check("ann"))["limit"] == limit_after_renewal
+
+    async def test_upgrade_moves_kept_subscribers_audited(self, rig):
+        await rig.start(V1)
+        await rig.subscribe("ann")
+        await rig.subscribe("bob")
+        await rig.subscribe("cat", "price_team")
+        await rig.start(lowered_pro("never"))
+        assert (await rig.check("ann"))["limit"] == 5000
+        status, body = await rig.call("POST", "/v1/plan/upgrade", "/v1/plan/upgrade",
+                                      {"subjects": ["ann"], "reason": "new prices for ann"})
+        assert (status, body["moved"]) == (200, 1)
+        assert (await rig.check("ann"))["limit"] == 3000 and (await rig.check("bob"))["limit"] == 5000
+        (change,) = plan_changes(await rig.subject("ann"))
+        assert change["reason"].startswith("plan change: upgraded from plan version ")
+        status, body = await rig.call("POST", "/v1/plan/upgrade", "/v1/plan/upgrade",
+                                      {"tier": "pro", "reason": "everyone on the new prices"})
+        assert (status, body["moved"]) == (200, 1)          # bob; cat's tier kept nothing
+        assert (await rig.check("bob"))["limit"] == 3000
+        status, body = await rig.call("POST", "/v1/plan/upgrade", "/v1/plan/upgrade",
+                                      {"tier": "gold", "reason": "r"})
+        assert (status, body["error"]) == (422, "unknown_tier")
+
+    async def test_a_kept_subscriber_keeps_the_quota_through_grace(self, rig):
+        await rig.start(V1)
+        await rig.subscribe("ann")
+        await rig.start(lowered_pro("never"))
+        await rig.webhook("invoice.payment_failed", se.invoice("open", sub_id=f"sub_{abs(hash('ann')) % 10**8}",
+                                                              customer=f"cus_{abs(hash('ann')) % 10**8}"))
+        decision = await rig.check("ann")
+        assert (decision["status"], decision["limit"]) == ("grace", 5000)
+
+
+class TestReload:
+    async def test_refused_then_accepted(self, rig):
+        await rig.start(V1)
+        await rig.move("ann", "billing_problem")
+        v1 = (await rig.plan_view())["version"]
+
+        rig.write(edited(*WITHOUT_BILLING_PROBLEM))
+        status, body = await rig.call("POST", "/v1/plan/reload", "/v1/plan/reload")
+        assert (status, body["error"]) == (409, "plan_strands_subjects")
+        assert body["stranded"] == [{"kind": "status", "name": "billing_problem", "count": 1,
+                                     "fix": body["stranded"][0]["fix"]}]
+        assert (await rig.plan_view())["version"] == v1
+        async with rig.session.get(rig.gate.url + "/readyz") as resp:
+            ready = await resp.json()
+        assert ready["checks"]["plan"]["last_reload"] == {"outcome": "refused", "reason": "plan_strands_subjects"}
+        assert ready["checks"]["plan"]["version"] == v1 and resp.status == 200
+
+        rig.write("version: 1\nmeters: {}\n")
+        status, body = await rig.call("POST", "/v1/plan/reload", "/v1/plan/reload", {"actor": "ops"})
+        assert (status, body["error"]) == (422, "plan_invalid") and body["findings"]
+
+        rig.write(edited(*WITHOUT_BILLING_PROBLEM) + RETIRE_BILLING_PROBLEM)
+        status, body = await rig.call("POST", "/v1/plan/reload", "/v1/plan/reload", {"actor": "ops"})
+        assert (status, body["outcome"], body["previous"], body["moved"]) == (200, "applied", v1, 1)
+        assert any(c["effect"] == "retired" for c in body["changes"])
+        view = await rig.plan_view()
+        assert view["version"] == body["version"] != v1
+        assert (view["history"][0]["actor"], view["history"][0]["moved"]) == ("reload:ops", 1)
+        assert "billing_problem: canceled" in view["document"]
+        assert (await rig.subject("ann"))["status"] == "canceled"
+        async with rig.session.get(rig.gate.url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert f'plangate_plan_info{{version="{body["version"]}"}} 1.0' in metrics
+        assert 'plangate_plan_reloads_total{result="refused"} 2.0' in metrics
+
+        status, body = await rig.call("POST", "/v1/plan/reload", "/v1/plan/reload")
+        assert (status, body["outcome"]) == (200, "unchanged")
+
+
+class TestSweepIsolation:
+    async def test_one_subject_the_plan_cannot_decide_stops_no_other(self, rig, store_url):
+        gate = await rig.start(V1)
+        for name in ("ann", "bob", "cat"):
+            await rig.webhook("checkout.session.completed", se.checkout(name, f"cus_{name}", f"sub_{name}"),
+                              time.time() - 8 * DAY)
+        # Another node's plan wrote a status this one has never heard of (a deploy in progress).
+        await _sql(store_url, "UPDATE subscriptions SET status = 'limbo' WHERE subject = 'bob'")
+        status, body = await gate.post("/v1/jobs/sweep", {})
+        assert (status, body["result"]) == (200, 2)
+        assert (await rig.subject("ann"))["status"] == "billing_problem"
+        assert (await rig.subject("cat"))["status"] == "billing_problem"
+        # never a 500 for it: the fail mode answers, its view is a 503
+        decision = await rig.check("bob")
+        assert decision["reason"] in ("fail_open", "fail_closed")
+        status, _ = await gate.get("/v1/subjects/bob")
+        assert status == 503
+        async with rig.session.get(rig.gate.url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert 'plangate_sweep_subject_failures_total{stage="decide"} 1.0' in metrics
+        assert "plangate_unknown_state_total" in metrics
+        await _sql(store_url, "UPDATE subscriptions SET status = 'trial' WHERE subject = 'bob'")
+        status, body = await gate.post("/v1/jobs/sweep", {})
+        assert body["result"] == 1                                        # retried at the next sweep
+        assert (await rig.subject("bob"))["status"] == "billing_problem"
+
+
+async def _sql(store_url: str, sql: str) -> None:
+    if store_url.startswith("postgresql://"):
+        import asyncpg
+        conn = await asyncpg.connect(store_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+        return
+    import sqlite3
+    with sqlite3.connect(store_url) as db:
+        db.execute(sql)

@@ -1,0 +1,102 @@
+"""plangate diff --database: what a plan change does to the subjects stored there, on both stores."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from plangate.cli import main
+from tests import postgres
+from tests.plan_change import V1, WITHOUT_BILLING_PROBLEM, edited, lowered_pro
+
+from .test_plan_change import Rig
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stored(request, tmp_path):
+    """A store with: ann and bob on pro (4000 and 100 requests used this period), cat in billing_problem, dan in
+    grace (a running timer). Yields (store address, folder)."""
+    if request.param == "postgresql":
+        url = asyncio.run(postgres.create_database())
+    else:
+        url = str(tmp_path / "gate.sqlite3")
+
+    async def fill():
+        rig = Rig(tmp_path, url)
+        gate = await rig.start(V1)
+        try:
+            for name, used in (("ann", 4000), ("bob", 100)):
+                await rig.subscribe(name)
+                assert (await gate.consume(name, used))[0] == 200
+            await rig.move("cat", "billing_problem")
+            await rig.subscribe("dan")
+            await rig.move("dan", "grace")
+        finally:
+            await rig.stop()
+
+    asyncio.run(fill())
+    yield url, tmp_path
+    if request.param == "postgresql":
+        asyncio.run(postgres.drop_database(url))
+
+
+def diff(folder, new_text: str, *args) -> list[str]:
+    old, new = folder / "old.yaml", folder / "new.yaml"
+    old.write_text(V1)
+    new.write_text(new_text)
+    return [str(old), str(new), *args]
+
+
+class TestImpact:
+    def test_a_lowered_quota_counts_who_is_over_it_now(self, stored, capsys):
+        url, folder = stored
+        assert main(["diff", *diff(folder, lowered_pro("now"), "--database", url)]) == 0
+        out = capsys.readouterr().out
+        assert ("tier 'pro': requests quota lowered, 5000 per billing period -> 3000 per billing period; existing "
+                "subscribers get it now: 3 subject(s), 1 over the new limit of 3000 right now") in out
+        assert "4 stored subject(s) in all" in out
+
+    def test_kept_subscribers_are_said_to_keep_the_old_quota(self, stored, capsys):
+        url, folder = stored
+        assert main(["diff", *diff(folder, lowered_pro("never"), "--database", url, "--format", "json")]) == 0
+        body = json.loads(capsys.readouterr().out)
+        (row,) = [i for i in body["impact"] if "over the new limit" in i["message"]]
+        assert row["subjects"] == 1 and "they keep the old quota (never)" in row["message"]
+
+    def test_stranded_subjects_fail_and_an_empty_removed_status_does_not(self, stored, capsys):
+        url, folder = stored
+        assert main(["diff", *diff(folder, edited(*WITHOUT_BILLING_PROBLEM), "--database", url)]) == 1
+        out = capsys.readouterr().out
+        assert "[stranded] status 'billing_problem': 1 stored subject(s) would be stranded" in out
+        # nobody is in trial: without a store the removal fails (anyone in it would be stranded), with it not
+        without_trial = edited(("  trial:\n    expires_after: 7d\n    quotas:\n      requests: {limit: 500, per: day}\n",
+                                ""), ("stripe:checkout.session.completed\n    to: trial", "stripe:checkout.session.completed\n    to: paid"),
+                               ("[free, canceled, trial]", "[free, canceled]"), ("  - from: trial\n    on: stripe:invoice.paid\n"
+                                                                                "    to: paid\n  - from: trial\n    on: timer\n"
+                                                                                "    to: billing_problem\n", ""),
+                               ("[trial, paid, grace, billing_problem]", "[paid, grace, billing_problem]"))
+        assert main(["diff", *diff(folder, without_trial)]) == 1
+        assert main(["diff", *diff(folder, without_trial, "--database", url)]) == 0
+
+    def test_whose_timers_change(self, stored, capsys):
+        url, folder = stored
+        main(["diff", *diff(folder, edited(("expires_after: 3d", "expires_after: 5d")), "--database", url)])
+        assert "status 'grace': timer 3d -> 5d: 1 of 1 subject(s) have a running timer" in capsys.readouterr().out
+
+    def test_a_missing_store_is_a_usage_error(self, tmp_path, capsys):
+        assert main(["diff", *diff(tmp_path, V1, "--database", str(tmp_path / "nope.sqlite3"))]) == 2
+        assert "no such SQLite file" in capsys.readouterr().err
+
+
+def test_without_the_server_extra_database_says_what_to_install(tmp_path):
+    """A core install has no store: --database says to install plangate[server] (simulated by hiding it)."""
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(V1)
+    new.write_text(V1)
+    code = ("import sys; sys.modules['aiosqlite'] = None; from plangate.cli import main; "
+            f"sys.exit(main(['diff', {str(old)!r}, {str(new)!r}, '--database', 'x.sqlite3']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "pip install 'plangate[server]'" in done.stderr

@@ -1,0 +1,108 @@
+"""Plan changes in real `plangate serve` processes: a start refused on a plan that strands stored subjects,
+SIGHUP reloads, and two nodes on one PostgreSQL switching together."""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import aiohttp
+
+from tests import postgres
+from tests.plan_change import V1, WITHOUT_BILLING_PROBLEM, edited, lowered_pro, renamed
+
+from .conftest import BASE_ENV, GateProcess
+from .test_multinode import nodes  # noqa: F401 - the fixture
+from .test_process import AUTH, post, run
+
+
+async def get(url: str, path: str) -> tuple[int, object]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
+        async with s.get(url + path, headers=AUTH) as r:
+            text = await r.text()
+            return r.status, json.loads(text) if r.content_type == "application/json" else text
+
+
+async def plan_version(url: str) -> str:
+    _, ready = await get(url, "/readyz")
+    return ready["checks"]["plan"]["version"]
+
+
+class TestStart:
+    def test_serve_refuses_a_plan_that_strands_stored_subjects(self, tmp_path, gate_process):
+        plan = tmp_path / "plans.yaml"
+        plan.write_text(V1)
+        node = gate_process(PLANGATE_PLANS=str(plan))
+        for name in ("ann", "bob", "cat"):
+            status, _ = asyncio.run(post(node.url, f"/v1/subjects/{name}/transition",
+                                         {"to": "billing_problem", "reason": "test"}))
+            assert status == 200
+        node.stop()
+        plan.write_text(edited(*WITHOUT_BILLING_PROBLEM))
+        env = {**BASE_ENV, "PLANGATE_PLANS": str(plan), "PLANGATE_DATABASE": str(tmp_path / "proc.sqlite3"),
+               "PLANGATE_PORT": "0"}
+        done = run(["serve"], env, tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert "status 'billing_problem': 3 stored subject(s)" in done.stderr
+        assert "renamed_from: [billing_problem]" in done.stderr and "retired:" in done.stderr
+        assert "Traceback" not in done.stderr and "listening" not in done.stdout
+        done = run(["migrate"], env, tmp_path)      # migrate says so too, before a deploy gets that far
+        assert done.returncode == 1 and "schema is current" in done.stdout
+        assert "will refuse this plan" in done.stderr and "status 'billing_problem': 3" in done.stderr
+
+
+class TestSighup:
+    async def test_sighup_deploys_a_good_plan_and_refuses_a_stranding_one(self, tmp_path, gate_process):
+        plan = tmp_path / "plans.yaml"
+        plan.write_text(V1)
+        node = gate_process(PLANGATE_PLANS=str(plan))
+        v1 = await plan_version(node.url)
+        status, _ = await post(node.url, "/v1/subjects/ann/transition", {"to": "billing_problem", "reason": "t"})
+        assert status == 200
+
+        plan.write_text(edited(*WITHOUT_BILLING_PROBLEM))
+        node.proc.send_signal(signal.SIGHUP)
+        assert await postgres.await_until(lambda: _logged(node, "plan_refused"), timeout=10)
+        assert await plan_version(node.url) == v1
+
+        plan.write_text(lowered_pro("never"))
+        node.proc.send_signal(signal.SIGHUP)
+
+        async def switched():
+            return await plan_version(node.url) != v1
+        assert await postgres.await_until(switched, timeout=10)
+        _, view = await get(node.url, "/v1/plan")
+        assert [d["actor"] for d in view["history"]] == ["sighup", "start"]
+        returncode, _, err = node.stop()
+        assert returncode == 0 and "plan_applied" in err
+
+
+async def _logged(node: GateProcess, event: str) -> bool:
+    return f'"{event}"' in node.output()[1]
+
+
+class TestTwoNodes:
+    async def test_a_reload_on_one_node_switches_the_other(self, tmp_path, nodes):  # noqa: F811
+        plan = tmp_path / "plans.yaml"
+        plan.write_text(V1)
+        a, b = nodes(2, PLANGATE_PLANS=str(plan), PLANGATE_CACHE_TTL="300")
+        v1 = await plan_version(a.url)
+        assert await plan_version(b.url) == v1
+        status, _ = await post(a.url, "/v1/subjects/ann/transition", {"to": "trial", "reason": "test"})
+        _, before = await post(b.url, "/v1/check", {"subject": "ann", "meter": "requests"})
+        assert before["status"] == "trial"            # cached on b for 300 s
+
+        plan.write_text(renamed("trial", "paid_trial"))
+        status, body = await post(a.url, "/v1/plan/reload", {"actor": "ops"})
+        assert (status, body["outcome"], body["moved"]) == (200, "applied", 1)
+
+        async def b_switched():
+            return await plan_version(b.url) == body["version"]
+        assert await postgres.await_until(b_switched, timeout=10)
+        _, after = await post(b.url, "/v1/check", {"subject": "ann", "meter": "requests"})
+        assert (after["status"], after["limit"]) == ("paid_trial", 500)
+        _, metrics = await get(b.url, "/metrics")
+        assert f'plangate_plan_info{{version="{body["version"]}"}} 1.0' in metrics
+        assert 'plangate_plan_reloads_total{result="followed"} 1.0' in metrics
+        _, view = await get(b.url, "/v1/plan")
+        assert view["version"] == body["version"] and view["history"][0]["node"] != view["node"]

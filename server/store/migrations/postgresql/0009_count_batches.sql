@@ -19,7 +19,7 @@
 -- keep their cached usage current from them (a check answers without a round trip), and PostgreSQL delivers
 -- them only once the batch has committed.
 
-CREATE FUNCTION plangate_count_batch(p_subjects TEXT[], p_meters TEXT[], p_windows BIGINT[], p_amounts BIGINT[],
+CREATE OR REPLACE FUNCTION plangate_count_batch(p_subjects TEXT[], p_meters TEXT[], p_windows BIGINT[], p_amounts BIGINT[],
                                      p_limits BIGINT[], p_keys TEXT[], p_versions BIGINT[], p_nows DOUBLE PRECISION[],
                                      p_announce BOOLEAN)
 RETURNS TABLE (outcome TEXT, used BIGINT, seen_subject TEXT, seen_meter TEXT, seen_amount BIGINT)
@@ -94,4 +94,4 @@ BEGIN
 END
 $$;
 
-DROP FUNCTION plangate_count(TEXT, TEXT, BIGINT, BIGINT, BIGINT, TEXT, DOUBLE PRECISION, BIGINT);
+DROP FUNCTION IF EXISTS plangate_count(TEXT, TEXT, BIGINT, BIGINT, BIGINT, TEXT, DOUBLE PRECISION, BIGINT);

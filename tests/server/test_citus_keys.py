@@ -15,13 +15,15 @@ import re
 
 from plangate.engine import SubjectState
 from plangate.server.store import AuditEntry, Change, EventRecord, Payment, StoredSubject
+from plangate.server.store._base import Erasure
+from plangate.server.store._plans import Deploy, PlanRecord
 from plangate.server.store._migrations import migrations
 from plangate.server.store._postgres import PostgresStore
 
 BY_SUBJECT = ("subscriptions", "quota_usage", "usage_keys", "transitions")
 BY_ID = {"subscription_events": "event_id", "payments": "invoice_id"}
-SUBJECT_KEY = re.compile(r"\bsubject\s*=\s*(\$\d+|p_subjects\[i\]|ANY\(\$\d+)|^INSERT INTO \w+ (AS \w+ )?\((key, )?subject\b",
-                         re.I)
+SUBJECT_KEY = re.compile(r"(?<!NOT )\bsubject\s*=\s*(\$\d+|p_subjects\[i\]|ANY\(\$\d+)|"
+                         r"^INSERT INTO \w+ (AS \w+ )?\((key, )?subject\b", re.I)
 # Statements that cannot be routed to one subject's shard, and why that is acceptable (each runs off the
 # request path, or once per webhook, never per check or consume).
 EXCEPTIONS = {
@@ -39,6 +41,20 @@ EXCEPTIONS = {
     "FROM usage_keys AS k WHERE k.key = p_keys[i]": "a key first used for another subject (answered 409): found by "
                                                     "the key alone where keys are unique across subjects; on Citus "
                                                     "they are unique per subject and this never runs",
+    "FROM subscription_events WHERE reduced_at IS NULL": "retention's scan of events not reduced yet: every shard, "
+                                                         "in the daily job",
+    "SELECT invoice_id FROM payments WHERE subject = $1 OR": "an erasure's search of a person's invoices (by subject "
+                                                            "or Stripe ids): every shard of payments, per erasure",
+    "UPDATE payments SET subject = $1 WHERE subject = $2": "an erasure moving invoices to the pseudonym: every shard "
+                                                          "of payments, per erasure",
+    "UPDATE transitions SET subject = $1 WHERE subject = $2": "an erasure moving the audit to the pseudonym: it changes "
+                                                             "the distribution key, which Citus refuses; there it must "
+                                                             "be an INSERT ... SELECT and a DELETE (not done: README)",
+    "FROM subscriptions GROUP BY status, tier, plan_version": "a plan deploy's census: every shard, once per deploy",
+    "FROM subscriptions WHERE plan_version = ANY($1::text[])": "a deploy moving subjects off old plan versions, in "
+                                                              "subject order: every shard, per deploy",
+    "FROM subscriptions WHERE (status = ANY($1::text[]) OR": "a deploy finding subjects under renamed statuses or "
+                                                            "tiers: every shard, per deploy",
     "FROM subscription_events WHERE outcome = 'pending'": "events waiting for a subject, found by Stripe ids when "
                                                          "one links: every shard, once per linking event",
 }
@@ -105,6 +121,34 @@ async def _drive(store: PostgresStore) -> None:
     await store.transitions("b")
     async with store.exclusive("sweep"):
         pass
+    await _drive_personal_data(store)
+    await _drive_plans(store)
+
+
+async def _drive_personal_data(store: PostgresStore) -> None:
+    await store.unreduced(1e12, None, 10)
+    await store.reduce_payloads([("evt_1", "{}")], 150.0)
+    await store.scrub()
+    await store.compact()
+    await store.personal_rows("b", "cus_b", "sub_b")
+    b = await store.load("b")
+    audit = AuditEntry("p_b", b.state.status, b.state.status, "erasure", "erased", 160.0, "v1")
+    await store.erase(Erasure("b", "p_b", b.version, StoredSubject(state("p_b"), 0), (), (("in_1", "in_p1"),),
+                              False, 160.0, "test", audit))
+    await store.erase(Erasure("p_b", "p_b", 1, None, (), (), True, 170.0, "test"))
+    await store.erased("p_b")
+    await store.erasures_keeping_ids(10)
+
+
+async def _drive_plans(store: PostgresStore) -> None:
+    await store.census()
+    deploy = await store.record_deploy(PlanRecord("v2", "0" * 64, "plans.yaml", "version: 1", 180.0),
+                                       Deploy(0, "v2", "v1", 180.0, "test", "node-1", "a test deploy"))
+    await store.deploy_moved(deploy.id, 1)
+    await store.deploys()
+    await store.plan_versions(("v1", "v2"))
+    await store.subjects_named(("paid",), ("pro",), 10, ("p_b",))
+    await store.subjects_on(("v1",), 10, "a")
 
 
 class TestCitusKeys:
@@ -129,6 +173,8 @@ class TestCitusKeys:
 
     def test_the_check_rejects_a_statement_not_keyed_by_subject(self):
         assert _problem("SELECT used FROM quota_usage WHERE meter = $1") == "quota_usage without its subject"
+        assert _problem("SELECT 1 FROM subscriptions WHERE NOT subject = ANY($1::text[])") == \
+            "subscriptions without its subject"
         assert _problem("UPDATE subscription_events SET outcome = $1 WHERE subject = $2") == \
             "subscription_events without its event_id"
         assert _problem("SELECT used FROM quota_usage WHERE subject = $1 AND meter = $2") is None

@@ -12,12 +12,15 @@ from collections.abc import Awaitable, Callable, Sequence
 
 
 class Batches:
-    def __init__(self, run: Callable[[list], Awaitable[Sequence]], depth: int):
+    def __init__(self, run: Callable[[list], Awaitable[Sequence]], depth: int, stall_after: float | None = None):
         """run(items) -> one result per item, in order (an exception instance fails that item alone); if run
-        raises, every item of the batch fails with that exception."""
-        self._run, self._depth = run, depth
+        raises, every item of the batch fails with that exception. With stall_after, a batch waits for the one
+        running only that long (seconds) before it is sent beside it, up to `depth` at once: one slow round trip
+        (a database backend descheduled on a busy machine) does not hold every caller of the node."""
+        self._run, self._depth, self._stall_after = run, depth, stall_after
         self._waiting: list[tuple[object, asyncio.Future]] = []
         self._scheduled = False
+        self._stall: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task] = set()
         self.sizes: list[int] = []          # items per batch sent, kept for the last 1,000 batches (tests, bench)
 
@@ -25,13 +28,24 @@ class Batches:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append((item, future))
-        if not self._scheduled and len(self._running) < self._depth:
-            self._scheduled = True
-            loop.call_soon(self._start)
+        if not self._scheduled:
+            if not self._running or (len(self._running) < self._depth and not self._stall_after):
+                self._scheduled = True
+                loop.call_soon(self._start)
+            elif self._stall is None and self._stall_after and len(self._running) < self._depth:
+                self._stall = loop.call_later(self._stall_after, self._stalled)
         return future
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._waiting and not self._scheduled and len(self._running) < self._depth:
+            self._start()
 
     def _start(self) -> None:
         self._scheduled = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         waiting = [(item, future) for item, future in self._waiting if not future.done()]
         self._waiting = []
         if not waiting:
@@ -74,6 +88,9 @@ class Batches:
                 await asyncio.wait(set(self._running), timeout=left)
             else:
                 await asyncio.sleep(0)
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         for task in list(self._running):
             task.cancel()
         for _, future in self._waiting:

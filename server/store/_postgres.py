@@ -77,8 +77,8 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
                    "command_timeout": command_timeout, "reset": _keep_session, "init": self._watch}
         self._primary = Pool(dsn, **options)
         # Reads of subjects (checks, GET /v1/subjects) may go to streaming replicas; see _pg_pool.Replicas.
-        self.replicas = Replicas(self._primary, [Pool(r, **options) for r in replicas], replica_max_lag) \
-            if replicas else None
+        self.replicas = Replicas(self._primary, [Pool(r, **{**options, "init": self._watch_replica})
+                                                 for r in replicas], replica_max_lag) if replicas else None
         self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT, STALLED_AFTER)
         self._loads = Batches(self._load_batch, BATCHES_IN_FLIGHT, STALLED_AFTER)
         self._writes = Batches(self._write_batch, BATCHES_IN_FLIGHT, STALLED_AFTER)
@@ -102,11 +102,16 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
                     pass            # a replica down at start: reads go to the primary (its pool opens lazily)
             self.replicas.start()
 
-    async def _watch(self, conn) -> None:
-        """A new pooled connection: every statement it sends goes to query_logger, when one is set (before
-        open(); asyncpg's own hook, a LoggedQuery per statement)."""
+    async def _watch_replica(self, conn) -> None:
+        """A new pooled connection to a replica: every statement it sends goes to query_logger, when one is set
+        (before open(); asyncpg's own hook, a LoggedQuery per statement)."""
         if self.query_logger is not None:
             conn.add_query_logger(self.query_logger)
+
+    async def _watch(self, conn) -> None:
+        """A new pooled connection to the primary: watched as a replica's, and its server PID known while it
+        lives (the usage notifications of its counts are this node's own)."""
+        await self._watch_replica(conn)
         pid = conn.get_server_pid()
         self._backends.add(pid)
         conn.add_termination_listener(lambda _conn: self._backends.discard(pid))
@@ -124,7 +129,8 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
     def replica_lags(self) -> dict[str, float]:
         if self.replicas is None:
             return {}
-        return {pool.dsn.split("@")[-1].split("/")[0]: lag for pool, lag in zip(self.replicas.pools, self.replicas.lag)}
+        return {pool.dsn.split("@")[-1].split("/")[0]: lag
+                for pool, lag in zip(self.replicas.pools, self.replicas.lag)}
 
     def _conn(self, timeout: float | None = None):
         """A connection to the primary, in turn (Pool.conn)."""

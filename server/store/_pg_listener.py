@@ -11,7 +11,7 @@ from ._pg_pool import ERRORS as _ERRORS
 from ._postgres_plans import PLAN_CHANNEL
 
 CHANNEL = "plangate_subjects"
-USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 9)
+USAGE_CHANNEL = "plangate_usage"    # sent by plangate_count_batch (migration 10)
 
 
 class Listener:

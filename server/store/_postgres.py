@@ -35,7 +35,7 @@ _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, v
 _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c in enumerate(WRITTEN, 1))}, "
                    f"version = version + 1, updated_at = ${len(WRITTEN) + 1} "
                    f"WHERE subject = ${len(WRITTEN) + 2} AND version = ${len(WRITTEN) + 3} RETURNING 1")
-# Counts in one round trip (migration 9): one array per argument of Store.count, one element per count.
+# Counts in one round trip (migration 10): one array per argument of Store.count, one element per count.
 _COUNT_BATCH = ("SELECT * FROM plangate_count_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], "
                 "$6::text[], $7::bigint[], $8::float8[], $9)")
 # Batches of counts (of subject loads, of writes) per node: one in flight, and what arrives meanwhile waits and

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ._decision import Decision
 from ._history import advance
-from ._links import named_subject, relevant_events, stripe_ids
+from ._links import named_subject, relevant_events, stripe_refs
 from ._scenario import Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
@@ -106,12 +106,15 @@ class _Player:
         named = named_subject(step.object, self.table.plan.subject_link)
         if named is not None and named != self.scenario.subject:
             return _Seen(None, False, f"{event.key} is about '{named}', not '{self.scenario.subject}': ignored")
-        ids = {i for i in stripe_ids(step.object) if i}
+        refs = stripe_refs(step.object)
+        ids = {i for i in (refs.customer, refs.subscription, *refs.payments) if i}
         if named is None and (step.whole or ids) and not ids & self.linked:
+            asked = (" (a gate with STRIPE_SECRET_KEY would ask Stripe whose the charge is; a story cannot)"
+                     if refs.only_payments else "")
             return _Seen(None, False, f"{event} cannot be linked to '{self.scenario.subject}': it names no "
                                       "subject, and no earlier event linked "
                                       f"{' or '.join(sorted(ids)) or 'a customer or subscription of it'}; the gate "
-                                      "would keep it pending", broken=True)
+                                      f"would keep it pending{asked}", broken=True)
         self.linked |= ids
         return self._outcome(self.table.apply(self.state, event, self.now))
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._subscriptions import Subscription, followed
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectState:
@@ -17,8 +19,14 @@ class SubjectState:
     period_end: float | None = None
     plan_version: str = ""
     paid_through: float | None = None    # end of the last period Stripe reported paid: grace lasts at least until then
-    trial_end: float | None = None       # the subscription's dates a status timer may be anchored to
+    trial_end: float | None = None       # the followed subscription's dates a status timer may be anchored to
     cancel_at: float | None = None
+    subscriptions: tuple[Subscription, ...] = ()   # every Stripe subscription of the subject the fold has seen
+
+    @property
+    def follows(self) -> Subscription | None:
+        """The subscription the status follows (engine._subscriptions says which)."""
+        return followed(self.subscriptions)
 
     def with_(self, **changes) -> SubjectState:
         """A copy with some fields changed, as dataclasses.replace, which looks the fields up on every call
@@ -28,7 +36,8 @@ class SubjectState:
                            get("since", self.since), get("timer_due", self.timer_due),
                            get("period_start", self.period_start), get("period_end", self.period_end),
                            get("plan_version", self.plan_version), get("paid_through", self.paid_through),
-                           get("trial_end", self.trial_end), get("cancel_at", self.cancel_at))
+                           get("trial_end", self.trial_end), get("cancel_at", self.cancel_at),
+                           get("subscriptions", self.subscriptions))
         if changes:
             raise TypeError(f"SubjectState has no field {', '.join(map(repr, changes))}")
         return new

@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
 from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, NameMap, Plan, PlanError, QuotaKind, Status,
-                             Tier, Window, check_plan, load_plan, version_of)
+                             SubscriptionScope, Tier, Window, check_plan, load_plan, version_of)
 from plangate.policy._conditions import compile_all
 from plangate.policy._renames import How
 
 from ._decision import Decision, Reason
 from ._state import SubjectState
 from ._stripe import billing_period, price_ids, subscription_dates, unix_seconds
+from ._subscriptions import Subscription, followed, subscription_of, take_in
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
 from ._windows import LIFETIME, BillingClock, CalendarClock, Span
@@ -57,14 +58,17 @@ class _Rule:
 
 
 class _Edge:
-    __slots__ = ("matches", "target", "rule", "why", "moved")
+    __slots__ = ("matches", "target", "rule", "why", "moved", "followed", "other")
 
-    def __init__(self, matches, source, target, rule, why):
+    def __init__(self, matches, source, target, rule, why, scope=SubscriptionScope.FOLLOWED):
         self.matches = matches        # the transition's `when`, compiled once: object -> bool
         self.target = target
         self.rule = rule
         self.why = why
         self.moved = f"{source} -> {target}: {why}"   # the reason of the move, built once, not per transition
+        # Which events it hears: about the followed subscription (or none), about another one of the subject's.
+        self.followed = scope is not SubscriptionScope.OTHER
+        self.other = scope is not SubscriptionScope.FOLLOWED
 
 
 class StateTable:
@@ -188,12 +192,15 @@ class StateTable:
             state = self.named(state, now)
         facts = state
         obj: Mapping = {}
+        other = None        # (the subscription the event is about, the one the subject follows) when they differ
         if isinstance(trigger, StripeEvent):
             obj = trigger.object if isinstance(trigger.object, Mapping) else {}
-            if obj.get("object") == "subscription":
-                facts = self._retimed(state, self.subscription_facts(state, obj))
-            elif obj.get("object") == "invoice":
-                facts = self.invoice_facts(state, obj)
+            facts, other = self._take_in(state, obj, now)
+            if other is None:       # another subscription's tier, period, dates and payments are not the subject's
+                if obj.get("object") == "subscription":
+                    facts = self._retimed(facts, self.subscription_facts(facts, obj))
+                elif obj.get("object") == "invoice":
+                    facts = self.invoice_facts(facts, obj)
         elif isinstance(trigger, TimerFired):
             if state.timer_due is None:
                 return Outcome(state, facts, trigger.key, f"no timer runs in '{state.status}'")
@@ -206,18 +213,52 @@ class StateTable:
             return Outcome(state, facts.with_(timer_due=None), trigger.key,
                            f"the timer of '{state.status}' ran out; no transition on it")
         for edge in edges:
-            if edge.matches(obj):
+            if (edge.other if other else edge.followed) and edge.matches(obj):
+                about = "" if other is None else f" (about {other[0]}; the subject follows {other[1]})"
                 if edge.target == state.status:
                     if isinstance(trigger, TimerFired):
                         # Staying put is all a due timer does here: it stops, or every sweep would fire it.
                         facts = facts.with_(timer_due=None)
-                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule})")
+                    return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule}){about}")
                 moved = self._enter(facts, edge.target, now)
-                return Outcome(state, moved, trigger.key, edge.moved, True, edge.rule)
+                return Outcome(state, moved, trigger.key, edge.moved + about, True, edge.rule)
+        if other is not None:
+            return Outcome(state, facts, trigger.key,
+                           f"about subscription {other[0]}, but the subject's status follows {other[1]}: recorded, "
+                           f"the subject stays in '{state.status}' (no transition from it on {trigger.key} with "
+                           "`subscription: other` or `any` matches)", other_subscription=True)
         why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
                f"no transition from '{state.status}' on {trigger.key} matches the event ("
                + "; ".join(e.why for e in edges) + ")")
         return Outcome(state, facts, trigger.key, why)
+
+    def _take_in(self, state: SubjectState, obj: Mapping, now: float) -> tuple[SubjectState, tuple[str, str] | None]:
+        """The state with what the event's object says of the subscription it is about; and (that subscription,
+        the followed one) when they differ."""
+        about = subscription_of(obj)
+        if about is None:
+            return state, None
+        subscriptions = take_in(state.subscriptions, about, obj, now, self._named_tier)
+        if subscriptions is state.subscriptions:
+            follows = state.follows
+        else:
+            was, follows = state.follows, followed(subscriptions)
+            state = state.with_(subscriptions=subscriptions)
+            if follows is not None and follows.id != about and (was is None or was.id != follows.id):
+                state = self._retimed(state, self._followed_facts(state, follows))
+        return state, (None if follows is None or follows.id == about else (about, follows.id))
+
+    def _followed_facts(self, state: SubjectState, sub: Subscription) -> SubjectState:
+        """The subject's tier, period and dates as the gate knows them of the subscription it now follows (the one
+        it followed ended while this one lives on): until this one's own next event says more."""
+        start, end = (sub.period_start, sub.period_end) if sub.period_end is not None else \
+            (state.period_start, state.period_end)
+        return state.with_(tier=sub.tier or (state.tier if sub.status is None else self.plan.default_tier),
+                           period_start=start, period_end=end, trial_end=sub.trial_end, cancel_at=sub.cancel_at)
+
+    def _named_tier(self, sub: Mapping) -> str | None:
+        """The tier a subscription's prices select by name (None: no price of it is in a tier of the plan)."""
+        return next((self._price_tier[p] for p in price_ids(sub) if p in self._price_tier), None)
 
     def override(self, state: SubjectState, to: str, now: float, why: str = "") -> Outcome:
         """An admin's direct move to a status, outside the plan's transitions (audited by the caller)."""
@@ -375,7 +416,7 @@ class StateTable:
             version = state.plan_version
         # Built whole rather than through with_ (2.5 -> 1.8 us): every transition enters a status.
         return SubjectState(state.subject, status, state.tier, now, due, state.period_start, state.period_end,
-                            version, state.paid_through, state.trial_end, state.cancel_at)
+                            version, state.paid_through, state.trial_end, state.cancel_at, state.subscriptions)
 
     def _due(self, state: SubjectState, status: str, entered: float) -> float | None:
         """When the timer of a status entered at `entered` runs out: at its anchor date (plus slack) when the
@@ -436,8 +477,11 @@ class StateTable:
             when = " when " + ", ".join(map(str, t.conditions)) if t.conditions else ""
             rule = f"{self.plan.file}:{t.location.line} transitions[{t.index}]"
             why = f"on {t.trigger}{when} ({rule})"
+            if t.subscription is not SubscriptionScope.FOLLOWED:
+                why += f" (subscription: {t.subscription.value})"
             for src in self.plan.sources_of(t):
-                edges.setdefault((src, str(t.trigger)), []).append(_Edge(matches, src, t.target, rule, why))
+                edges.setdefault((src, str(t.trigger)), []).append(
+                    _Edge(matches, src, t.target, rule, why, t.subscription))
         return {k: tuple(v) for k, v in edges.items()}
 
 

@@ -50,7 +50,7 @@ Trigger = StripeEvent | TimerFired | AdminAction
 class Outcome:
     """What a trigger did. `moved` when the status changed; `rule` names the transition of the plan
     that moved it (None for a no-op or an admin's direct override). A no-op may still update facts
-    in `state` (a subscription's tier and billing period)."""
+    in `state` (a subscription's tier and billing period, what the gate knows of each subscription)."""
 
     before: SubjectState
     state: SubjectState
@@ -58,6 +58,7 @@ class Outcome:
     reason: str
     moved: bool = False
     rule: str | None = None
+    other_subscription: bool = False    # about a subscription the subject's status does not follow, and it stayed
 
     @property
     def changed(self) -> bool:

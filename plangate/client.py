@@ -27,7 +27,7 @@ from urllib.parse import quote
 import aiohttp
 
 __all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateUnavailable", "MeterUsage",
-           "SubjectView", "TransitionRecord", "TransitionResult"]
+           "StripeSubscription", "SubjectView", "TransitionRecord", "TransitionResult"]
 
 FAIL_OPEN = "fail_open"
 FAIL_CLOSED = "fail_closed"
@@ -120,6 +120,31 @@ class TransitionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StripeSubscription:
+    """One of the subject's Stripe subscriptions; `followed`: the subject's status follows it."""
+
+    id: str
+    status: str | None
+    followed: bool
+    tier: str | None
+    created: datetime | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    trial_end: datetime | None
+    cancel_at: datetime | None
+    ended_at: datetime | None
+
+    @classmethod
+    def from_json(cls, body: dict) -> "StripeSubscription":
+        return cls(**{name: _time(body[name]) if name in _SUBSCRIPTION_TIMES else body[name]
+                      for name in cls.__slots__})
+
+
+_SUBSCRIPTION_TIMES = frozenset({"created", "current_period_start", "current_period_end", "trial_end", "cancel_at",
+                                 "ended_at"})
+
+
+@dataclass(frozen=True, slots=True)
 class SubjectView:
     subject: str
     known: bool
@@ -134,6 +159,7 @@ class SubjectView:
     stripe_subscription: str | None
     usage: tuple[MeterUsage, ...]
     transitions: tuple[TransitionRecord, ...]
+    subscriptions: tuple[StripeSubscription, ...] = ()
 
     @classmethod
     def from_json(cls, body: dict) -> "SubjectView":
@@ -147,7 +173,8 @@ class SubjectView:
             since=_time(body["since"]), timer_due=_time(body["timer_due"]),
             period_start=_time(body["period_start"]), period_end=_time(body["period_end"]),
             plan_version=body["plan_version"], stripe_customer=body["stripe_customer"],
-            stripe_subscription=body["stripe_subscription"], usage=usage, transitions=history)
+            stripe_subscription=body["stripe_subscription"], usage=usage, transitions=history,
+            subscriptions=tuple(StripeSubscription.from_json(b) for b in body.get("subscriptions", ())))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from ._load import Checked, PlanFileError, check_file, check_text, load_plan
 from ._conditions import Condition, Group, Op
 from ._model import (
     ANCHORS, ANY, Access, Anchor, ExistingSubscribers, FailMode, Meter, Plan, Quota, QuotaKind, Retired, Status,
-    SubjectLink, Tier, Transition, Trigger, TriggerKind, Window, version_of,
+    SubjectLink, SubscriptionScope, Tier, Transition, Trigger, TriggerKind, Window, version_of,
 )
 from ._renames import Kind, Move, NameMap, Stranded, explain_stranded, stranded
 from ._diff import Impact, PlanChange, PlanDiff
@@ -17,7 +17,7 @@ __all__ = [
     "ANCHORS", "ANY", "Access", "Anchor", "Checked", "Condition", "DurationError", "ExistingSubscribers", "FailMode",
     "Finding", "Group", "Impact", "Kind", "Location", "Meter", "Move", "NameMap", "Op", "Plan", "PlanChange",
     "PlanDiff", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Retired", "Severity", "Status",
-    "Stranded", "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window", "check_file", "check_plan",
-    "check_text", "diff_plans", "explain_stranded", "format_duration", "load_plan", "parse_duration", "stranded",
-    "version_of",
+    "Stranded", "SubjectLink", "SubscriptionScope", "Tier", "Transition", "Trigger", "TriggerKind", "Window",
+    "check_file", "check_plan", "check_text", "diff_plans", "explain_stranded", "format_duration", "load_plan",
+    "parse_duration", "stranded", "version_of",
 ]

@@ -47,6 +47,14 @@ class QuotaKind(enum.Enum):
     TIER = "tier"
 
 
+class SubscriptionScope(enum.Enum):
+    """Which of a subject's Stripe subscriptions a transition listens to (see engine._subscriptions)."""
+
+    FOLLOWED = "followed"    # the one the subject's status follows (and events about no subscription)
+    OTHER = "other"          # only the subject's other subscriptions (an add-on, the old one after a re-subscribe)
+    ANY = "any"              # every subscription of the subject
+
+
 class TriggerKind(enum.Enum):
     STRIPE = "stripe"
     TIMER = "timer"
@@ -174,6 +182,7 @@ class Transition:
     target: str
     description: str
     location: Location = field(compare=False)
+    subscription: SubscriptionScope = SubscriptionScope.FOLLOWED
 
     @property
     def from_any(self) -> bool:
@@ -320,4 +329,5 @@ def _transition(doc: Document, index: int, t: dict) -> Transition:
         target=t["to"],
         description=t.get("description", ""),
         location=doc.locate(("transitions", index)),
+        subscription=SubscriptionScope(t.get("subscription", "followed")),
     )

@@ -13,8 +13,8 @@ from . import _stripe_rules as stripe_rules
 from ._conditions import COMPARISONS, EACH, Condition, Op, compile_node
 from ._durations import DurationError, parse_duration
 from ._findings import Finding, Location, Severity
-from ._model import ANY, Anchor, Plan, QuotaKind, Transition, TriggerKind, Window
-from ._stripe_events import SUBSCRIPTION_ENDING, is_known_event, starts_subscription
+from ._model import ANY, Anchor, Plan, QuotaKind, SubscriptionScope, Transition, TriggerKind, Window
+from ._stripe_events import SUBSCRIPTION_ENDING, about_subscription, is_known_event, starts_subscription
 
 Rule = Callable[[Plan], Iterator[Finding]]
 E, W = Severity.ERROR, Severity.WARNING
@@ -138,6 +138,30 @@ def stripe_events(plan: Plan) -> Iterator[Finding]:
                      plan.document.key_location(("transitions", t.index, "when")))
 
 
+def subscription_scopes(plan: Plan) -> Iterator[Finding]:
+    """`subscription:` says which of the subject's subscriptions a Stripe event may be about: it means nothing on
+    another trigger, and `other` or `any` mean nothing on an event about no subscription."""
+    for t in plan.transitions:
+        if "subscription" not in _keys(plan, t):
+            continue
+        where = plan.document.key_location(("transitions", t.index, "subscription"))
+        if t.trigger.kind is not TriggerKind.STRIPE:
+            yield _f("subscription-without-event", E,
+                     f"`subscription` says which Stripe subscription an event is about, but this transition is on "
+                     f"{t.trigger}: remove `subscription` or put the transition on a stripe: trigger", where)
+        elif t.subscription is not SubscriptionScope.FOLLOWED and not about_subscription(t.trigger.name):
+            yield _f("subscription-scope-unused", W,
+                     f"{t.trigger.name} is about no subscription (its object is no subscription, invoice or "
+                     f"Checkout Session), so `subscription: {t.subscription.value}` "
+                     + ("never matches" if t.subscription is SubscriptionScope.OTHER else "changes nothing")
+                     + ": remove it", where)
+
+
+def _keys(plan: Plan, t: Transition) -> tuple[str, ...]:
+    raw = plan.document.data["transitions"][t.index]
+    return tuple(raw) if isinstance(raw, dict) else ()
+
+
 def terminal_statuses(plan: Plan) -> Iterator[Finding]:
     terminal = {s.name for s in plan.statuses if s.terminal}
     for t in plan.transitions:
@@ -222,8 +246,10 @@ def determinism(plan: Plan) -> Iterator[Finding]:
 
 def _may_both_match(a: Transition, b: Transition) -> bool:
     """Two transitions can both match one object unless a condition each must meet (outside `any:` groups)
-    on the same field admits no value in common. Paths into lists are never exclusive: two elements may
-    differ."""
+    on the same field admits no value in common, or one listens to the followed subscription and the other
+    only to the others. Paths into lists are never exclusive: two elements may differ."""
+    if {a.subscription, b.subscription} == {SubscriptionScope.FOLLOWED, SubscriptionScope.OTHER}:
+        return False
     for x in _required(a.conditions):
         for y in _required(b.conditions):
             if x.path == y.path and EACH not in x.path and _disjoint(x, y):
@@ -385,6 +411,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("no-initial/several-initial", initial_status),
     ("invalid-duration", durations),
     ("unknown-stripe-event/condition-without-event", stripe_events),
+    ("subscription-without-event/subscription-scope-unused", subscription_scopes),
     ("exit-from-terminal", terminal_statuses),
     ("no-way-out", ways_out),
     ("unreachable-status", reachability),

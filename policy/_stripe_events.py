@@ -25,3 +25,8 @@ def starts_subscription(name: str) -> bool:
     return (name == "checkout.session.completed"
             or (name.startswith("customer.subscription.") and name not in SUBSCRIPTION_ENDING)
             or name.startswith("invoice."))
+
+
+def about_subscription(name: str) -> bool:
+    """Events whose object can name a subscription: the subscription itself, an invoice, a Checkout Session."""
+    return name.startswith(("customer.subscription.", "invoice.", "checkout.session."))

@@ -2,7 +2,7 @@
 status-by-status explanation a product owner can read without knowing the file format."""
 from __future__ import annotations
 
-from ._model import FailMode, Plan, Quota, QuotaKind, Status, Transition, TriggerKind
+from ._model import FailMode, Plan, Quota, QuotaKind, Status, SubscriptionScope, Transition, TriggerKind
 
 
 def _edges(plan: Plan) -> list[tuple[str, str, Transition]]:
@@ -18,6 +18,8 @@ def _arrow_label(plan: Plan, source: str, t: Transition) -> str:
         label += f" ({_timer_short(status)})"
     if t.conditions:
         label += " [" + ", ".join(map(str, t.conditions)) + "]"
+    if t.subscription is not SubscriptionScope.FOLLOWED:
+        label += f" ({t.subscription.value} subscription)"
     return label
 
 
@@ -168,6 +170,10 @@ def _explain_trigger(plan: Plan, s: Status, t: Transition) -> str:
         text = f"on Stripe {t.trigger.name}"
     else:
         text = f"on admin action {t.trigger.name}"
+    if t.subscription is SubscriptionScope.OTHER:
+        text += " about another of its subscriptions than the one its status follows"
+    elif t.subscription is SubscriptionScope.ANY:
+        text += " about any of its subscriptions"
     for i, c in enumerate(t.conditions):
         text += (" if " if i == 0 else " and ") + c.words()
     return text

@@ -460,5 +460,15 @@ class Gate:
             "plan_version": decided_under, "plan_kept": kept.value if kept else None,
             "stripe_customer": stored.stripe_customer if known else None,
             "stripe_subscription": stored.stripe_subscription if known else None,
+            "subscriptions": _subscriptions_view(state),
             "usage": usage, "transitions": [a.to_dict() for a in history],
         }
+
+
+def _subscriptions_view(state: SubjectState) -> list[dict]:
+    """The subject's Stripe subscriptions as the view shows them (times as Unix seconds; the API formats them)."""
+    follows = state.follows
+    return [{"id": s.id, "status": s.status, "followed": follows is not None and s.id == follows.id, "tier": s.tier,
+             "created": s.created, "current_period_start": s.period_start, "current_period_end": s.period_end,
+             "trial_end": s.trial_end, "cancel_at": s.cancel_at, "ended_at": s.ended_at}
+            for s in state.subscriptions]

@@ -205,8 +205,8 @@ class PersonalData:
         drop = not live
         row = audit = None
         if stored is not None:
-            fold = stored.fold_state.with_(subject=pseudonym) if stored.fold_state is not None else None
-            row = replace(stored, state=stored.state.with_(subject=pseudonym), fold_state=fold,
+            fold = self._state(stored.fold_state, pseudonym, drop) if stored.fold_state is not None else None
+            row = replace(stored, state=self._state(stored.state, pseudonym, drop), fold_state=fold,
                           stripe_customer=None if drop else stored.stripe_customer,
                           stripe_subscription=None if drop else stored.stripe_subscription)
             why = ("personal data erased; Stripe ids kept while the subscription is live" if live else
@@ -228,12 +228,24 @@ class PersonalData:
         return json.dumps(body, separators=(",", ":"))
 
     def _rewritten(self, row: EventRecord, subject: str, pseudonym: str, drop_ids: bool) -> EventRecord:
-        before = row.state_before.with_(subject=pseudonym) if row.state_before is not None and \
-            row.state_before.subject == subject else row.state_before
+        before = row.state_before
+        if before is not None and before.subject in (subject, pseudonym):
+            before = self._state(before, pseudonym, drop_ids)
         return replace(row, payload=self._payload(row.payload, row.id, row.created, subject, pseudonym, drop_ids),
                        subject=pseudonym if row.subject == subject else row.subject, state_before=before,
                        stripe_customer=None if drop_ids else row.stripe_customer,
-                       stripe_subscription=None if drop_ids else row.stripe_subscription)
+                       stripe_subscription=None if drop_ids else row.stripe_subscription,
+                       stripe_payment=None if drop_ids else row.stripe_payment)
+
+    def _state(self, state, pseudonym: str, drop_ids: bool):
+        """A state of the subject under its pseudonym; the ids of its Stripe subscriptions replaced by theirs when
+        Stripe ids are dropped (the same pseudonym as in the payloads, so the fold still matches them)."""
+        state = state.with_(subject=pseudonym)
+        if drop_ids and state.subscriptions:
+            ids = self.pseudonyms.stripe_id
+            state = state.with_(subscriptions=tuple(
+                s if "_erased" in s.id else replace(s, id=ids(s.id)) for s in state.subscriptions))
+        return state
 
 
 def _substituted(value, subject: str, pseudonym: str, stripe_id, key: str | None = None):

@@ -98,6 +98,9 @@ async def subject_view(request: web.Request) -> web.Response:
         row["window_start"], row["resets_at"] = iso(row["window_start"]), iso(row["resets_at"])
     for row in view["transitions"]:
         row["at"] = iso(row["at"])
+    for row in view["subscriptions"]:
+        for key in ("created", "current_period_start", "current_period_end", "trial_end", "cancel_at", "ended_at"):
+            row[key] = iso(row[key])
     return _json.response(view)
 
 

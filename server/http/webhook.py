@@ -14,6 +14,7 @@ from plangate.engine import StripeEvent
 from . import _json
 from ._input import BadRequest
 from ..gate import StoreUnavailable
+from ..stripe.api import StripeUnavailable
 from ..stripe.ingest import Ingest
 from ..logs import Throttle, log
 
@@ -125,11 +126,17 @@ async def receive(request: web.Request) -> web.Response:
         metrics.webhooks.labels("store_error").inc()
         raise BadRequest(500, "store_unavailable", "the event could not be stored; nothing was applied; "
                                                    "Stripe will deliver it again") from None
+    except StripeUnavailable as exc:
+        metrics.webhooks.labels("stripe_unavailable").inc()
+        log(logging.WARNING, "webhook_retry", event_id=event.id, why=str(exc))
+        raise BadRequest(503, "stripe_unavailable", "the event names only a payment the gate has not seen, and "
+                                                    "Stripe's API did not say whose it is; nothing was stored; "
+                                                    "Stripe will deliver it again") from None
     except Exception as exc:    # noqa: BLE001 - answered 500: Stripe delivers again
         # The message of an error raised on an event's content may quote it (a name, an email, an address):
         # the log says the error's kind and where it was raised, never its message.
         metrics.webhooks.labels("error").inc()
-        log(logging.ERROR, "webhook_failed", event=event.id, type=event.type, error=type(exc).__name__,
+        log(logging.ERROR, "webhook_failed", event_id=event.id, type=event.type, error=type(exc).__name__,
             at=_raised_at(exc))
         raise BadRequest(500, "internal", "the event could not be handled; nothing was applied; it was logged; "
                                           "Stripe will deliver it again") from None

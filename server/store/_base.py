@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 import orjson
 
-from plangate.engine import SubjectState
+from plangate.engine import SubjectState, Subscription
 
 from ._plans import Census, Deploy, PlanRecord
 
@@ -61,7 +61,25 @@ def state_json(state: SubjectState | None) -> str | None:
 
 
 def state_from_json(text: str | None) -> SubjectState | None:
-    return None if text is None else SubjectState(**orjson.loads(text))
+    if text is None:
+        return None
+    data = orjson.loads(text)
+    if data.get("subscriptions"):       # a state written before migration subscriptions_and_links has none
+        data["subscriptions"] = subscriptions_from(data["subscriptions"])
+    elif "subscriptions" in data:
+        data["subscriptions"] = ()
+    return SubjectState(**data)
+
+
+def subscriptions_json(subscriptions: tuple[Subscription, ...]) -> str | None:
+    """A subject's subscriptions as JSON (the stripe_subscriptions column); None when it has none."""
+    return orjson.dumps([s.to_dict() for s in subscriptions]).decode() if subscriptions else None
+
+
+def subscriptions_from(data) -> tuple[Subscription, ...]:
+    if isinstance(data, (str, bytes)):
+        data = orjson.loads(data)
+    return tuple(Subscription.from_dict(d) for d in data) if data else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +96,7 @@ class EventRecord:
     stripe_customer: str | None = None
     stripe_subscription: str | None = None
     state_before: SubjectState | None = None
+    stripe_payment: str | None = None     # the charge (else payment intent) it names: a pending event waits for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,7 @@ class Change:
     new_events: tuple[EventRecord, ...] = ()       # inserted; a stored id raises DuplicateEvent
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
+    links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,17 +234,20 @@ class Store(abc.ABC):
     async def event_seen(self, event_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
-        """The subject linked to a Stripe subscription id, else to a customer id."""
+    async def find_subject(self, customer: str | None, subscription: str | None,
+                           payments: tuple[str, ...] = ()) -> str | None:
+        """The subject linked to a Stripe subscription id, else to a customer id, else to one of `payments`
+        (charge and payment intent ids seen in its events before)."""
 
     async def lookup(self, event_id: str, subject: str | None, customer: str | None,
-                     subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
+                     subscription: str | None, payments: tuple[str, ...] = ()
+                     ) -> tuple[bool, str | None, StoredSubject | None]:
         """What a webhook event needs first: (stored already, its subject, that subject's row). The subject is
         the one the event names, else the one its Stripe ids are linked to. A store may answer it in one call."""
         if await self.event_seen(event_id):
             return True, None, None
         if subject is None:
-            subject = await self.find_subject(customer, subscription)
+            subject = await self.find_subject(customer, subscription, payments)
         return False, subject, (await self.load(subject) if subject is not None else None)
 
     @abc.abstractmethod
@@ -232,8 +255,10 @@ class Store(abc.ABC):
         """The subject's folded events with created >= since, oldest first."""
 
     @abc.abstractmethod
-    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
-        """Events kept for no subject yet that name this customer or subscription, oldest first."""
+    async def pending(self, customer: str | None, subscription: str | None,
+                      payments: tuple[str, ...] = ()) -> list[EventRecord]:
+        """Events kept for no subject yet that name this customer or subscription, or wait for one of
+        `payments` (charge and payment intent ids), oldest first."""
 
     @abc.abstractmethod
     async def last_admin_change(self, subject: str) -> float | None:

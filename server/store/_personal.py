@@ -40,10 +40,13 @@ _MOVE = (
      "WHERE subject = ? AND trigger LIKE 'admin:%'", "subject"),
     ("UPDATE transitions SET subject = ? WHERE subject = ?", "pseudonym subject"),
     ("UPDATE payments SET subject = ? WHERE subject = ?", "pseudonym subject"),
+    ("UPDATE stripe_links SET subject = ? WHERE subject = ?", "pseudonym subject"),
     ("DELETE FROM subscriptions WHERE subject = ?", "subject"),
 )
 _EVENT = ("UPDATE subscription_events SET payload = ?, subject = ?, stripe_customer = ?, stripe_subscription = ?, "
-          "state_before = ?, reduced_at = ? WHERE event_id = ?")
+          "state_before = ?, reduced_at = ?, stripe_payment = ? WHERE event_id = ?")
+# The Stripe ids (subscriptions, charges, payment intents) that led to the subject, dropped with its others.
+_LINKS_DROPPED = "DELETE FROM stripe_links WHERE subject = ?"
 _INVOICE = ("UPDATE payments SET invoice_id = ?, stripe_customer = NULL, stripe_subscription = NULL "
             "WHERE invoice_id = ?")
 _REMEMBER = ("INSERT INTO erasures (pseudonym, erased_at, actor, stripe_ids_dropped_at) VALUES (?, ?, ?, ?) "
@@ -76,9 +79,11 @@ def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
         out.extend((sql, tuple(names[n] for n in args.split())) for sql, args in _MOVE)
     for r in e.events:
         out.append((_EVENT, (r.payload, r.subject, r.stripe_customer, r.stripe_subscription,
-                             state_json(r.state_before), e.at, r.id)))
+                             state_json(r.state_before), e.at, r.stripe_payment, r.id)))
     out.extend((_INVOICE, (kept, stored)) for stored, kept in e.invoices)
     dropped = e.at if e.drop_stripe_ids else None
+    if dropped is not None:
+        out.append((_LINKS_DROPPED, (e.pseudonym,)))
     if e.subject != e.pseudonym:
         out.append((_REMEMBER, (e.pseudonym, e.at, e.actor, dropped)))
     elif dropped is not None:

@@ -48,7 +48,14 @@ BATCHES_IN_FLIGHT = 3
 STALLED_AFTER = 0.003
 DEADLOCK_RETRIES = 3
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
-          "stripe_subscription": "text", "fold_state": "text"}   # the others are float8
+          "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text"}   # others: float8
+# The subject a Stripe id leads to: the row's own subscription or customer, else a link of its events (another
+# subscription it holds or held, a charge, a payment intent), in that order of preference.
+_FIND = ("SELECT subject FROM (SELECT subject, 0 AS rank FROM subscriptions WHERE stripe_subscription = $1 "
+         "UNION ALL SELECT subject, 1 FROM stripe_links WHERE stripe_id = $1 "
+         "UNION ALL SELECT subject, 2 FROM subscriptions WHERE stripe_customer = $2 "
+         "UNION ALL SELECT subject, 3 + array_position($3::text[], stripe_id) FROM stripe_links "
+         "WHERE stripe_id = ANY($3::text[])) AS found ORDER BY rank LIMIT 1")
 _BATCH_UPDATE = (
     f"UPDATE subscriptions SET {', '.join(f'{c} = v.{c}' for c in WRITTEN)}, version = subscriptions.version + 1, "
     "updated_at = v.since FROM unnest($1::text[], $2::bigint[], "
@@ -366,6 +373,9 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
                 "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
                 "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
         await self._upsert_payments(db, change.payments)
+        if change.links:
+            await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
+                             "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
         await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
         return True
 
@@ -405,9 +415,9 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
     async def _insert_event(self, db, e: EventRecord) -> bool:
         return bool(await db.fetchval(
             f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
             e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-            e.stripe_subscription, state_json(e.state_before), time.time()))
+            e.stripe_subscription, state_json(e.state_before), e.stripe_payment, time.time()))
 
     async def _upsert_payments(self, db, payments) -> None:
         for p in payments:
@@ -427,14 +437,12 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         async with self._conn() as db:
             return bool(await db.fetchval("SELECT 1 FROM subscription_events WHERE event_id = $1", event_id))
 
-    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
+    async def find_subject(self, customer: str | None, subscription: str | None,
+                           payments: tuple[str, ...] = ()) -> str | None:
+        if not (customer or subscription or payments):
+            return None
         async with self._conn() as db:
-            for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
-                if value:
-                    found = await db.fetchval(f"SELECT subject FROM subscriptions WHERE {column} = $1 LIMIT 1", value)
-                    if found:
-                        return found
-        return None
+            return await db.fetchval(_FIND, subscription, customer, list(payments))
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         async with self._conn() as db:
@@ -442,13 +450,15 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
                                   "created >= $2 AND outcome <> 'pending' ORDER BY created, event_id", subject, since)
         return [event_from_row(r) for r in rows]
 
-    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
+    async def pending(self, customer: str | None, subscription: str | None,
+                      payments: tuple[str, ...] = ()) -> list[EventRecord]:
         async with self._conn() as db:
             rows = await db.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
                 "((stripe_customer IS NOT NULL AND stripe_customer = $1) OR "
-                "(stripe_subscription IS NOT NULL AND stripe_subscription = $2)) ORDER BY created, event_id",
-                customer, subscription)
+                "(stripe_subscription IS NOT NULL AND stripe_subscription = $2) OR "
+                "(stripe_payment IS NOT NULL AND stripe_payment = ANY($3::text[]))) ORDER BY created, event_id",
+                customer, subscription, list(payments))
         return [event_from_row(r) for r in rows]
 
     async def last_admin_change(self, subject: str) -> float | None:

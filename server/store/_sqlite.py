@@ -102,6 +102,11 @@ _USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window
 _PENDING = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_customer = ?1 "
             f"UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
             "stripe_subscription = ?2 AND (stripe_customer = ?1) IS NOT 1")
+# Events waiting for a charge or payment intent (a dispute), that neither of the above found.
+_PENDING_PAYMENT = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_payment = ? "
+                    "AND (stripe_customer = ?) IS NOT 1 AND (stripe_subscription = ?) IS NOT 1")
+_LINKED = "SELECT subject FROM stripe_links WHERE stripe_id = ?"
+_LINK = "INSERT OR IGNORE INTO stripe_links (stripe_id, subject) VALUES (?, ?)"
 _INSERT_TRANSITION = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
                       "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -293,12 +298,14 @@ class SQLiteStore(SQLitePersonalData, SQLitePlans, Store):
     async def event_seen(self, event_id: str) -> bool:
         return await self._read(_event_seen, event_id)
 
-    async def find_subject(self, customer: str | None, subscription: str | None) -> str | None:
-        return await self._read(_find_subject, customer, subscription)
+    async def find_subject(self, customer: str | None, subscription: str | None,
+                           payments: tuple[str, ...] = ()) -> str | None:
+        return await self._read(_find_subject, customer, subscription, payments)
 
     async def lookup(self, event_id: str, subject: str | None, customer: str | None,
-                     subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
-        return await self._read(_lookup, event_id, subject, customer, subscription)
+                     subscription: str | None, payments: tuple[str, ...] = ()
+                     ) -> tuple[bool, str | None, StoredSubject | None]:
+        return await self._read(_lookup, event_id, subject, customer, subscription, payments)
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         rows = await self._rows(
@@ -306,8 +313,9 @@ class SQLiteStore(SQLitePersonalData, SQLitePlans, Store):
             "AND outcome != 'pending' ORDER BY created, event_id", (subject, since))
         return [event_from_row(r) for r in rows]
 
-    async def pending(self, customer: str | None, subscription: str | None) -> list[EventRecord]:
-        return [event_from_row(r) for r in await self._read(_pending, customer, subscription)]
+    async def pending(self, customer: str | None, subscription: str | None,
+                      payments: tuple[str, ...] = ()) -> list[EventRecord]:
+        return [event_from_row(r) for r in await self._read(_pending, customer, subscription, payments)]
 
     async def last_admin_change(self, subject: str) -> float | None:
         rows = await self._rows("SELECT MAX(at) FROM transitions WHERE subject = ? AND trigger LIKE 'admin:%'",
@@ -487,34 +495,58 @@ def _event_seen(db: sqlite3.Connection, event_id: str) -> bool:
     return db.execute("SELECT 1 FROM subscription_events WHERE event_id = ?", (event_id,)).fetchone() is not None
 
 
-def _find_subject(db: sqlite3.Connection, customer: str | None, subscription: str | None) -> str | None:
-    row = _find_row(db, "subject", customer, subscription)
+def _find_subject(db: sqlite3.Connection, customer: str | None, subscription: str | None,
+                  payments: tuple[str, ...] = ()) -> str | None:
+    row = _find_row(db, "subject", customer, subscription, payments)
     return row[0] if row else None
 
 
-def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None):
-    """`columns` of the subject linked to the subscription, else to the customer; None if neither is."""
+def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None,
+              payments: tuple[str, ...] = ()):
+    """`columns` of the subject linked to the subscription (its row's, else any it had), else to the customer,
+    else to a charge or payment intent of its events; None if none is."""
     for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
         if value:
             row = db.execute(f"SELECT {columns} FROM subscriptions WHERE {column} = ? LIMIT 1", (value,)).fetchone()
             if row:
                 return row
+        if column == "stripe_subscription" and value:     # another subscription the subject holds or held
+            row = _linked_row(db, columns, value)
+            if row:
+                return row
+    for value in payments:
+        row = _linked_row(db, columns, value)
+        if row:
+            return row
     return None
 
 
-def _pending(db: sqlite3.Connection, customer: str | None, subscription: str | None) -> list:
+def _linked_row(db: sqlite3.Connection, columns: str, stripe_id: str):
+    linked = db.execute(_LINKED, (stripe_id,)).fetchone()
+    if linked is None:
+        return None
+    return db.execute(f"SELECT {columns} FROM subscriptions WHERE subject = ?", (linked[0],)).fetchone()
+
+
+def _pending(db: sqlite3.Connection, customer: str | None, subscription: str | None,
+             payments: tuple[str, ...] = ()) -> list:
     """SQLiteStore.pending's rows, in created order."""
     rows = db.execute(_PENDING, (customer, subscription)).fetchall()
+    for payment in payments:
+        rows += db.execute(_PENDING_PAYMENT, (payment, customer, subscription)).fetchall()
+    if payments:
+        rows = list({row[0]: row for row in rows}.values())      # a charge and its payment intent: one row
     return rows if len(rows) < 2 else sorted(rows, key=lambda row: (row[2], row[0]))     # (created, event_id)
 
 
 def _lookup(db: sqlite3.Connection, event_id: str, subject: str | None, customer: str | None,
-            subscription: str | None) -> tuple[bool, str | None, StoredSubject | None]:
+            subscription: str | None, payments: tuple[str, ...] = ()
+            ) -> tuple[bool, str | None, StoredSubject | None]:
     """SQLiteStore.lookup's reads."""
     if _event_seen(db, event_id):
         return True, None, None
     if subject is None:     # found by a Stripe id: its row read at once
-        row = _find_row(db, _SUBJECT_COLUMNS, customer, subscription)
+        row = _find_row(db, _SUBJECT_COLUMNS, customer, subscription, payments)
         return False, (row[0] if row else None), (subject_from_row(row) if row else None)
     return False, subject, _load(db, subject)
 
@@ -631,6 +663,8 @@ def _commit(db: sqlite3.Connection, change: Change) -> bool:
                    "WHERE event_id = ?",
                    (event.subject, event.outcome, event.reason, state_json(event.state_before), event.id))
     _upsert_payments(db, change.payments)
+    if change.links:
+        db.executemany(_LINK, [(stripe_id, s.subject) for stripe_id in change.links])
     return True
 
 
@@ -644,10 +678,10 @@ def _record_event(db: sqlite3.Connection, event: EventRecord, payments: tuple[Pa
 
 def _insert_event(db: sqlite3.Connection, e: EventRecord) -> bool:
     cursor = db.execute(
-        f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (event_id) DO NOTHING",
         (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-         e.stripe_subscription, state_json(e.state_before), time.time()))
+         e.stripe_subscription, state_json(e.state_before), e.stripe_payment, time.time()))
     return cursor.rowcount == 1
 
 

@@ -12,12 +12,14 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from plangate.engine import StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order, relevant_events, replay
+from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
+                             relevant_events, replay, stripe_refs)
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
-from .objects import named_subject, payment_of, stripe_ids
+from .api import StripeApi
+from .objects import named_subject, payment_of
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
@@ -26,7 +28,8 @@ _UNREAD = object()      # _fold's `loaded` when the caller has not read the subj
 
 @dataclass(frozen=True)
 class Received:
-    """What the webhook answers: the outcome of the event (applied, noop, stale, pending, ignored)."""
+    """What the webhook answers: the outcome of the event (applied, noop, stale, other_subscription, pending,
+    ignored)."""
 
     event_id: str
     outcome: str
@@ -45,6 +48,7 @@ class Ingest:
         self.personal = personal        # PersonalData: events that name an erased subject go to its pseudonym
         self.store = gate.store
         self._relevant: tuple[StateTable | None, frozenset[str]] = (None, frozenset())
+        self.api = StripeApi(gate.config)       # whose a charge is, when an event names nothing else
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
         # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for
@@ -86,10 +90,11 @@ class Ingest:
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
         obj = event.object
-        customer, subscription = stripe_ids(obj)
+        refs = stripe_refs(obj)
         named = named_subject(obj, self.table.plan.subject_link)
         linking = named is not None
-        seen, subject, stored = await self._io("lookup", self.store.lookup(event.id, named, customer, subscription))
+        seen, subject, stored = await self._io("lookup", self.store.lookup(
+            event.id, named, refs.customer, refs.subscription, refs.payments))
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
         if named is not None and stored is None and self.personal is not None:
@@ -99,45 +104,63 @@ class Ingest:
             if pseudonym is not None:
                 subject, stored = pseudonym, await self._io("load", self.store.load(pseudonym))
                 payload = self.personal.conceal(payload, named, pseudonym)
+        if subject is None and refs.only_payments and self.api.configured:
+            # A dispute (or a refund without its customer) of a charge the gate has not seen: Stripe's record of
+            # the charge names the customer. StripeUnavailable propagates: answered 5xx, Stripe delivers again.
+            refs = await self.api.owner(refs)
+            if refs.customer:
+                subject = await self._io("find_subject", self.store.find_subject(refs.customer, None))
+                stored = await self._io("load", self.store.load(subject)) if subject is not None else None
+        customer, subscription = refs.customer, refs.subscription
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
-                             subscription)
+                             subscription, stripe_payment=refs.charge or refs.payment_intent)
         payment = payment_of(event.type, event.id, event.created, obj, subject)
         payments = (payment,) if payment else ()
         if subject is None:
-            reason = "no subject yet: kept until a checkout or subscription links its customer or subscription"
-            stored = await self._io("record_event", self.store.record_event(
-                replace(record, reason=reason, outcome="pending" if customer or subscription else "ignored"),
-                payments))
-            if not stored:
-                return Received(event.id, "duplicate", duplicate=True)
-            if customer or subscription:
-                # The link may have committed after the lookup above (Stripe sends an invoice and the event that
-                # links it at the same moment). Look again: either this sees the link, or the linking delivery's
-                # own look for waiting events, which comes after its commit, sees this row.
-                linked = await self._io("find_subject", self.store.find_subject(customer, subscription))
-                if linked is not None:
-                    adopted = await self._adopt_pending(linked, customer, subscription, answer_for=event.id)
-                    if adopted is not None:
-                        return adopted
-            return Received(event.id, "pending")
+            return await self._keep(event, record, refs, payments)
         try:
             received = await self._fold(subject, [(event, record)], payments, (customer, subscription), linking,
                                         record_noop=record_noop, loaded=stored)
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
-        if linking and (customer or subscription):
-            adopted = await self._adopt_pending(subject, customer, subscription)
+        # Events that waited for what this one links: its customer and subscription when it names its subject,
+        # its charge and payment intent (which a waiting dispute names) in any case.
+        adopt = (customer, subscription, refs.payments) if linking else (None, None, refs.payments)
+        if any(adopt[:2]) or adopt[2]:
+            adopted = await self._adopt_pending(subject, *adopt)
             if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
                 received = replace(received, status=adopted.status)
         return received
 
-    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None, *,
-                             answer_for: str | None = None) -> Received | None:
+    async def _keep(self, event: StripeEvent, record: EventRecord, refs: Refs, payments) -> Received:
+        """An event for no known subject: kept `pending` if it names a Stripe id a later event may link."""
+        reason = ("no subject yet: kept until a checkout or subscription links its customer or subscription"
+                  if refs.customer or refs.subscription else
+                  "no subject yet: kept until an event of its subject names its charge or payment intent")
+        stored = await self._io("record_event", self.store.record_event(
+            replace(record, reason=reason, outcome="pending" if refs.any else "ignored"), payments))
+        if not stored:
+            return Received(event.id, "duplicate", duplicate=True)
+        if refs.any:
+            # The link may have committed after the lookup above (Stripe sends an invoice and the event that
+            # links it at the same moment). Look again: either this sees the link, or the linking delivery's
+            # own look for waiting events, which comes after its commit, sees this row.
+            linked = await self._io("find_subject", self.store.find_subject(refs.customer, refs.subscription,
+                                                                            refs.payments))
+            if linked is not None:
+                adopted = await self._adopt_pending(linked, refs.customer, refs.subscription, refs.payments,
+                                                    answer_for=event.id)
+                if adopted is not None:
+                    return adopted
+        return Received(event.id, "pending" if refs.any else "ignored")
+
+    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None,
+                             payments: tuple[str, ...] = (), *, answer_for: str | None = None) -> Received | None:
         """Events that came before the link to their subject: folded in now, in created order. Several
         deliveries may find the same waiting events at once; the fold reads them afresh after each load of
         the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
         async def waiting():
-            rows = await self._io("pending", self.store.pending(customer, subscription))
+            rows = await self._io("pending", self.store.pending(customer, subscription, payments))
             return [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
                      replace(r, subject=subject)) for r in rows]
 
@@ -251,6 +274,8 @@ class Ingest:
                 outcome = "applied" if changed else "stale"
                 reason = (f"arrived after {len(later)} newer event(s); folded in created order: {reason}"
                           if changed else f"older than events already applied; changes nothing ({reason})")
+            if step.outcome.other_subscription:     # whenever it came, another subscription's event moves nothing
+                outcome = "other_subscription"
             rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before))
             if exact:
                 audits.extend(self._audits(table, step, now))
@@ -264,13 +289,16 @@ class Ingest:
         customer, subscription = ids
         watermark = max([stored.watermark or 0.0] + [e.created for e, _ in incoming])
         late = bool(later)
+        follows = final.follows
         new = replace(stored, state=final, fold_state=fold, watermark=watermark, confirmed_at=now,
                       stripe_customer=_newer(stored.stripe_customer, customer, late and not linking),
-                      stripe_subscription=_newer(stored.stripe_subscription, subscription, late and not linking))
+                      stripe_subscription=follows.id if follows is not None else
+                      _newer(stored.stripe_subscription, subscription, late and not linking))
         fresh = mine if not stored_rows else set()
         return Change(new, stored.version, tuple(audits),
                       new_events=tuple(r for r in rows if r.id in fresh),
-                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=tuple(payments))
+                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=tuple(payments),
+                      links=_links(stored.state, final, [e for e, _ in incoming]))
 
     def _timer_audits(self, table: StateTable, outcomes) -> list[AuditEntry]:
         return [AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
@@ -298,12 +326,23 @@ class Ingest:
                 to_status=audit.to_status, reason=audit.reason, cause_id=audit.cause_id, actor=audit.actor)
 
 
+def _links(before: SubjectState, after: SubjectState, events: list[StripeEvent]) -> tuple[str, ...]:
+    """Stripe ids the fold links to the subject that it had not: subscriptions it had not seen (those it had
+    were linked when first seen, or by migration subscriptions_and_links), and the charges and payment intents of the events."""
+    known = {s.id for s in before.subscriptions}
+    ids = [s.id for s in after.subscriptions if s.id not in known]
+    for event in events:
+        ids.extend(stripe_refs(event.object).payments)
+    return tuple(dict.fromkeys(ids))
+
+
 def _as_event(row: EventRecord) -> StripeEvent:
     return StripeEvent(row.type, json.loads(row.payload)["data"]["object"], row.id, row.created)
 
 
 def _essence(state: SubjectState) -> tuple:
-    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through)
+    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through,
+            state.subscriptions)
 
 
 def _newer(current: str | None, seen: str | None, keep_current: bool) -> str | None:

@@ -3,15 +3,11 @@ while) and fold what their subscription says now, as the event that would have t
 from __future__ import annotations
 
 import json
-import logging
-
-import stripe
 
 from plangate.engine import StripeEvent
 from plangate.policy import TriggerKind
 
 from ..gate import Gate
-from ..logs import log
 from .ingest import Ingest
 from .objects import ENDED
 
@@ -23,8 +19,6 @@ class Reconciler:
         self.gate = gate
         self.ingest = ingest
         self._doubtful: tuple[object, tuple[str, ...]] = (None, ())
-        self._stripe: stripe.StripeClient | None = None
-        self._http: stripe.AIOHTTPClient | None = None
 
     @property
     def doubtful_statuses(self) -> tuple[str, ...]:
@@ -42,9 +36,7 @@ class Reconciler:
         return statuses
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close_async()
-            self._http, self._stripe = None, None
+        await self.ingest.api.close()
 
     async def run(self) -> int:
         """Ask Stripe for the subscription of each doubtful subject and apply what it says; how many changed."""
@@ -56,7 +48,7 @@ class Reconciler:
                                                  RECONCILE_BATCH), timeout=30.0)
         changed = 0
         for stored in subjects:
-            sub = await self._subscription(stored.stripe_subscription)
+            sub = await self.ingest.api.subscription(stored.stripe_subscription)
             if sub is None:
                 continue
             event = _synthetic(sub, now)
@@ -65,19 +57,6 @@ class Reconciler:
                 record_noop=False)
             changed += received.outcome == "applied"
         return changed
-
-    async def _subscription(self, subscription_id: str) -> dict | None:
-        if self._stripe is None:
-            self._http = stripe.AIOHTTPClient()
-            self._stripe = stripe.StripeClient(
-                self.gate.config.stripe_secret_key, http_client=self._http,
-                base_addresses={"api": self.gate.config.stripe_api_base}, max_network_retries=2)
-        try:
-            sub = await self._stripe.v1.subscriptions.retrieve_async(subscription_id)
-        except stripe.InvalidRequestError as exc:
-            log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
-            return None
-        return sub.to_dict()
 
 
 def _synthetic(sub: dict, now: float) -> StripeEvent:

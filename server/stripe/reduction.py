@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from plangate.engine import StateTable, StripeEvent, SubjectState
+from plangate.engine import StateTable, StripeEvent, SubjectState, stripe_refs
 from plangate.policy import SubjectLink
 
-from .objects import named_subject, payment_of, stripe_ids
+from .objects import named_subject, payment_of
 
 # Paths (lists are crossed: "items.data.price.id" is every item's price id) of what Stripe objects say about a
 # subscription's life, its money and its links. A reference field keeps the id alone when Stripe expanded it
@@ -153,7 +153,7 @@ class Reducer:
         """What every reader of the gate answers about an event: its links, its payment, and what it does
         from each status of the plan."""
         obj = event.object
-        out: list = [stripe_ids(obj), named_subject(obj, self.link),
+        out: list = [stripe_refs(obj), named_subject(obj, self.link),
                      payment_of(event.type, event.id, event.created, obj, None)]
         out.extend(self.table.apply(state, event, event.created) for state in self._states)
         return tuple(out)

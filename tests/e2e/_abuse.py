@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 # Types Stripe sends that the shipped plan neither transitions on nor keeps facts of.
-UNUSED = ("charge.succeeded", "charge.refunded", "customer.created", "customer.updated", "payment_intent.created",
+UNUSED = ("charge.captured", "charge.pending", "customer.created", "customer.updated", "payment_intent.created",
           "payment_intent.succeeded", "invoice.created", "invoice.finalized", "product.updated", "price.created",
           "balance.available", "payout.paid")
 

@@ -35,7 +35,7 @@ FD_MARGIN = 2
 CLIENTS = 6
 SUBJECTS = [f"soak-{i}" for i in range(400)]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-UNUSED = ["charge.succeeded", "customer.updated", "payment_intent.created", "invoice.finalized"]
+UNUSED = ["charge.captured", "customer.updated", "payment_intent.created", "invoice.finalized"]
 
 
 class Traffic:

@@ -7,12 +7,12 @@ from plangate import policy
 class TestPublicNames:
     def test_all_is_pinned(self):
         assert policy.__all__ == [
-            "ANCHORS", "ANY", "Access", "Anchor", "Checked", "Condition", "DurationError", "ExistingSubscribers",
-            "FailMode", "Finding", "Group", "Impact", "Kind", "Location", "Meter", "Move", "NameMap", "Op", "Plan",
-            "PlanChange", "PlanDiff", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Retired",
-            "Severity", "Status", "Stranded", "SubjectLink", "Tier", "Transition", "Trigger", "TriggerKind", "Window",
-            "check_file", "check_plan", "check_text", "diff_plans", "explain_stranded", "format_duration",
-            "load_plan", "parse_duration", "stranded", "version_of",
+            "ANCHORS", "ANY", "Access", "Anchor", "Checked", "Condition", "DurationError", "ExistingSubscribers", "FailMode",
+            "Finding", "Group", "Impact", "Kind", "Location", "Meter", "Move", "NameMap", "Op", "Plan", "PlanChange",
+            "PlanDiff", "PlanError", "PlanFileError", "Quota", "QuotaKind", "RULES", "Retired", "Severity", "Status",
+            "Stranded", "SubjectLink", "SubscriptionScope", "Tier", "Transition", "Trigger", "TriggerKind", "Window",
+            "check_file", "check_plan", "check_text", "diff_plans", "explain_stranded", "format_duration", "load_plan",
+            "parse_duration", "stranded", "version_of",
         ]
 
     def test_every_public_name_exists(self):

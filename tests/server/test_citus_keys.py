@@ -21,15 +21,16 @@ from plangate.server.store._migrations import migrations
 from plangate.server.store._postgres import PostgresStore
 
 BY_SUBJECT = ("subscriptions", "quota_usage", "usage_keys", "transitions")
-BY_ID = {"subscription_events": "event_id", "payments": "invoice_id"}
+BY_ID = {"subscription_events": "event_id", "payments": "invoice_id", "stripe_links": "stripe_id"}
 SUBJECT_KEY = re.compile(r"(?<!NOT )\bsubject\s*=\s*(\$\d+|p_subjects\[i\]|ANY\(\$\d+)|"
                          r"^INSERT INTO \w+ (AS \w+ )?\((key, )?subject\b", re.I)
 # Statements that cannot be routed to one subject's shard, and why that is acceptable (each runs off the
 # request path, or once per webhook, never per check or consume).
 EXCEPTIONS = {
     "SELECT 1 FROM subscriptions LIMIT 1": "/readyz's probe: any one shard answers it",
-    "WHERE stripe_subscription = $1": "a webhook finds its subject by Stripe id (once per event): every shard",
-    "WHERE stripe_customer = $1": "as above, by the Stripe customer",
+    "FROM subscriptions WHERE stripe_subscription = $1 UNION ALL": "a webhook finds its subject by its Stripe "
+                                                                   "subscription or customer (once per event): "
+                                                                   "every shard of subscriptions",
     "WHERE timer_due <= $1": "the sweep's due-timer scan: every shard, once a minute, through the timer index",
     "status = ANY($1::text[]) OR": "reconciliation's search for doubtful subjects: every shard, every 15 minutes",
     "DELETE FROM quota_usage WHERE window_start": "cleanup of windows long past: every shard, once a day",
@@ -50,6 +51,10 @@ EXCEPTIONS = {
     "UPDATE transitions SET subject = $1 WHERE subject = $2": "an erasure moving the audit to the pseudonym: it changes "
                                                              "the distribution key, which Citus refuses; there it must "
                                                              "be an INSERT ... SELECT and a DELETE (not done: README)",
+    "UPDATE stripe_links SET subject = $1 WHERE subject = $2": "an erasure moving a person's Stripe links to the "
+                                                              "pseudonym: every shard of stripe_links, per erasure",
+    "DELETE FROM stripe_links WHERE subject = $1": "an erasure dropping a person's Stripe links: every shard of "
+                                                  "stripe_links, per erasure",
     "FROM subscriptions GROUP BY status, tier, plan_version": "a plan deploy's census: every shard, once per deploy",
     "FROM subscriptions WHERE plan_version = ANY($1::text[])": "a deploy moving subjects off old plan versions, in "
                                                               "subject order: every shard, per deploy",
@@ -100,18 +105,18 @@ async def _drive(store: PostgresStore) -> None:
     payment = Payment("in_1", "paid", 100.0, "b", "cus_b", "sub_b", 500, "eur", "evt_1")
     b = StoredSubject(state("b", status="paid_trial", timer_due=150.0), 0, "cus_b", "sub_b")
     audit = AuditEntry("b", "limited_free_trial", "paid_trial", "stripe:checkout", "r", 100.0, "v1", "evt_1")
-    await store.commit(Change(b, 0, (audit,), new_events=(event,), payments=(payment,)))
+    await store.commit(Change(b, 0, (audit,), new_events=(event,), payments=(payment,), links=("sub_b", "ch_1")))
     replayed = EventRecord("evt_1", event.type, 100.0, "{}", "noop", "", "b", "cus_b", "sub_b", state("b"))
     b = await store.load("b")
     await store.commit(Change(b, b.version, replayed_events=(replayed,)))
     await store.record_event(EventRecord("evt_2", "invoice.paid", 90.0, "{}", "pending", "", None, "cus_c"),
                              (Payment("in_2", "paid", 90.0, None, "cus_c"),))
     await store.event_seen("evt_2")
-    await store.find_subject("cus_b", "sub_b")
+    await store.find_subject("cus_b", "sub_b", ("ch_1",))
     await store.find_subject("cus_b", None)
     await store.lookup("evt_3", None, "cus_b", "sub_b")
     await store.history("b", 0.0)
-    await store.pending("cus_c", "sub_c")
+    await store.pending("cus_c", "sub_c", ("ch_1",))
     await store.last_admin_change("b")
     due = await store.due(200.0, 10)
     await store.commit_batch([Change(d.with_state(d.state.with_(timer_due=None)), d.version) for d in due])

@@ -17,10 +17,7 @@ from . import stripe_events as se
 from .conftest import PLAN, ROOT
 
 CORPUS = ROOT / "scenarios" / "lifecycles"
-# These need the gate to link disputes by the charge they name and to tell one subscription of a subject from
-# another (issue 14, items 3 and 4, on another branch): until that lands they are left out here.
-NEEDS_LINKING = {"dispute-lost", "resubscribe-during-dunning"}
-LIVES = [life for life in corpus(CORPUS) if life.name not in NEEDS_LINKING]
+LIVES = list(corpus(CORPUS))
 IDS = [life.name for life in LIVES]
 
 

@@ -111,16 +111,15 @@ class TestErasure:
 
     async def test_a_subject_used_again_after_erasure_is_new_and_a_second_erasure_adds_its_usage(
             self, start_gate, database):
-        # A name the stored plan's text does not hold ("returning" is in a comment of plans.yaml).
         gate = await start_gate(**ENV)
-        await gate.consume("user_came_back", 2, key="a-1")
-        first = await erase(gate, "user_came_back")
-        await gate.consume("user_came_back", 5, key="a-1")       # the old key was dropped with the subject
-        assert (await view(gate, "user_came_back"))["usage"][0]["used"] == 5
-        second = await erase(gate, "user_came_back")
+        await gate.consume("user_back", 2, key="a-1")
+        first = await erase(gate, "user_back")
+        await gate.consume("user_back", 5, key="a-1")       # the old key was dropped with the subject
+        assert (await view(gate, "user_back"))["usage"][0]["used"] == 5
+        second = await erase(gate, "user_back")
         assert second["already_erased"] is False and second["pseudonym"] == first["pseudonym"]
         assert (await view(gate, first["pseudonym"]))["usage"][0]["used"] == 7
-        assert not found(await store_text(database), ["user_came_back"])
+        assert not found(await store_text(database), ["user_back"])
 
     async def test_an_unknown_subject_is_remembered_once(self, start_gate, database):
         gate = await start_gate(**ENV)

@@ -132,7 +132,11 @@ async def _back_to_schema_5(database: str) -> None:
             # 7: the subscription's dates
             "ALTER TABLE subscriptions DROP COLUMN trial_end", "ALTER TABLE subscriptions DROP COLUMN cancel_at",
             # 8: plan versions
-            "DROP TABLE plan_deploys", "DROP TABLE plan_versions"]
+            "DROP TABLE plan_deploys", "DROP TABLE plan_versions",
+            # 9: subscriptions and links
+            "DROP INDEX subscription_events_pending_by_payment",
+            "ALTER TABLE subscription_events DROP COLUMN stripe_payment", "DROP TABLE stripe_links",
+            "ALTER TABLE subscriptions DROP COLUMN stripe_subscriptions"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

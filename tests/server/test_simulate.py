@@ -18,11 +18,10 @@ from . import stripe_events as se
 from plangate.lifecycles import corpus
 
 from .conftest import BASE_ENV, ROOT, TOKEN, GateProcess, free_port
-from .test_lifecycles import NEEDS_LINKING
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
 CORPUS = ROOT / "scenarios" / "lifecycles"
-LIVES = {life.name: life for life in corpus(CORPUS) if life.name not in NEEDS_LINKING}
+LIVES = {life.name: life for life in corpus(CORPUS)}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sqlite3
 import asyncpg
 import pytest
 
-from plangate.engine import SubjectState
+from plangate.engine import SubjectState, Subscription
 from tests import postgres
 from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
                           StoredSubject, StoreError, open_store)
@@ -649,11 +649,48 @@ class TestJobLocks:
             await postgres.drop_database(dsn)
 
 
+SUBSCRIPTIONS = (Subscription("sub_A", "canceled", 1.0, "pro", 1.0, 2.0, None, None, 3.0),
+                 Subscription("sub_B", None, None, None))
+
+
 class TestStateJson:
     @pytest.mark.parametrize("state", [
         SubjectState("u", "paid", "pro", 1700000000.25, None, 1, 2.5, "v1", 1e16),
         SubjectState("süße", "paid_trial", None, 0.1, 5e-324, -1, 1e300, "v", -0.0),   # non-ASCII: the stdlib writes it
+        SubjectState("u", "paid", "pro", 1.0, subscriptions=SUBSCRIPTIONS),
+        SubjectState("ü", "paid", "pro", 1.0, subscriptions=SUBSCRIPTIONS),
     ])
     def test_the_standard_librarys_text_and_back(self, state):
         assert state_json(state) == json.dumps(dataclasses.asdict(state), separators=(",", ":"))
         assert state_from_json(state_json(state)) == state
+
+    def test_a_state_written_before_subscriptions_were_kept_has_none(self):
+        text = state_json(SubjectState("u", "paid")).replace(',"subscriptions":[]', "")
+        assert "subscriptions" not in text and state_from_json(text).subscriptions == ()
+
+
+class TestSubscriptionsAndLinks:
+    async def test_a_subjects_subscriptions_are_stored_and_read_back(self, store):
+        row = StoredSubject(fresh().state.with_(status="paid", subscriptions=SUBSCRIPTIONS), 0, "cus_1", "sub_B")
+        assert await store.commit(Change(row, 0))
+        loaded = await store.load("u")
+        assert loaded.state.subscriptions == SUBSCRIPTIONS and loaded.state.follows.id == "sub_B"   # live
+
+    async def test_linked_ids_find_their_subject_and_the_first_link_stays(self, store):
+        assert await store.commit(Change(fresh("a"), 0, links=("sub_old", "ch_1", "pi_1")))
+        assert await store.commit(Change(StoredSubject(fresh("b").state, 0, "cus_b", "sub_b"), 0, links=("ch_1",)))
+        assert await store.find_subject(None, "sub_old") == "a"
+        assert await store.find_subject(None, None, ("ch_unknown", "pi_1")) == "a"
+        assert await store.find_subject(None, None, ("ch_1",)) == "a"
+        assert await store.find_subject("cus_b", "sub_old") == "a"      # a subscription before a customer
+        assert await store.find_subject(None, None, ("ch_2",)) is None
+        assert (await store.lookup("evt_x", None, None, None, ("pi_1",)))[1] == "a"
+
+    async def test_events_waiting_for_a_payment_are_found_by_it(self, store):
+        waiting = EventRecord("evt_d", "charge.dispute.created", 5.0, "{}", "pending", stripe_payment="ch_9")
+        other = EventRecord("evt_e", "charge.refunded", 4.0, "{}", "pending", stripe_customer="cus_9",
+                            stripe_payment="ch_8")
+        assert await store.record_event(waiting) and await store.record_event(other)
+        assert [r.id for r in await store.pending(None, None, ("ch_9",))] == ["evt_d"]
+        assert [r.id for r in await store.pending("cus_9", None, ("ch_9", "ch_8"))] == ["evt_e", "evt_d"]
+        assert [r.stripe_payment for r in await store.pending("cus_9", None)] == ["ch_8"]

@@ -172,7 +172,8 @@ class TestExactlyOnce:
         assert q(hook.database, "SELECT invoice_id, status, amount FROM payments") == [("in_1", "paid", 2000)]
 
     async def test_unknown_event_types_are_ignored_cheaply(self, hook):
-        evt = se.event("charge.refunded", {"id": "ch_1", "object": "charge", "customer": "cus_1"}, time.time())
+        evt = se.event("payment_method.attached", {"id": "pm_1", "object": "payment_method", "customer": "cus_1"},
+                       time.time())
         status, answer = await deliver(hook, evt)
         assert (status, answer["outcome"]) == (200, "ignored")
         assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]

@@ -32,14 +32,14 @@ async def test_an_event_whose_lookup_misses_a_link_committed_meanwhile_is_not_st
     real_lookup = store.lookup
     looking, linked = asyncio.Event(), asyncio.Event()
 
-    async def lookup_before_the_link(event_id, subject, customer, subscription):
+    async def lookup_before_the_link(event_id, subject, customer, subscription, payments=()):
         if not looking.is_set():        # the first lookup answers what the store held before the link committed
-            found = await real_lookup(event_id, subject, customer, subscription)
+            found = await real_lookup(event_id, subject, customer, subscription, payments)
             assert found == (False, None, None)
             looking.set()
             await linked.wait()
             return found
-        return await real_lookup(event_id, subject, customer, subscription)
+        return await real_lookup(event_id, subject, customer, subscription, payments)
 
     monkeypatch.setattr(store, "lookup", lookup_before_the_link)
     now = time.time()
@@ -65,8 +65,8 @@ async def test_two_links_adopting_one_waiting_event_at_once_apply_it_once(hook, 
     real_pending = store.pending
     arrived, calls = asyncio.Event(), []
 
-    async def pending_read_by_both(customer, subscription):
-        rows = await real_pending(customer, subscription)
+    async def pending_read_by_both(customer, subscription, payments=()):
+        rows = await real_pending(customer, subscription, payments)
         calls.append(rows)
         if len(calls) <= 2:             # both adopters read the waiting rows before either commits
             if len(calls) == 2:

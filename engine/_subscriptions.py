@@ -1,0 +1,133 @@
+"""Which of a subject's Stripe subscriptions its status follows, and what the gate knows of each.
+
+A customer can hold several subscriptions over time, and at once: a new one started while the old one is
+still `past_due` (Stripe cancels the old one by dunning days later), or an add-on beside the main one. The
+subject's status follows one of them:
+
+1. Among its subscriptions but add-ons (a subscription whose prices are known and select no tier of the
+   plan by name), or among all of them when all are add-ons;
+2. the most recently created one that has not ended (`canceled`, `incomplete_expired`). A Checkout Session
+   creates its subscription: one known only from its checkout was created then. One known only from an
+   invoice counts as older than every one whose creation the gate saw;
+3. when all of them have ended, the one that ended last (so that its end is the subject's).
+
+So when the followed subscription ends while another is live, the subject follows the live one; an event
+about a subscription that is not the followed one moves the subject only on a transition of the plan that
+says so (`subscription: other` or `any`).
+
+Pure: the knowledge is part of the subject's state, so it is rebuilt by the fold of its events, in any
+order of delivery.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._stripe import billing_period, invoice_subscription, unix_seconds
+
+ENDED = frozenset({"canceled", "incomplete_expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What the gate knows of one Stripe subscription. Times are Unix seconds; None when not known."""
+
+    id: str
+    status: str | None = None        # Stripe's status; None while known only from an invoice or checkout
+    created: float | None = None     # when Stripe created it (None: its creation was not seen)
+    tier: str | None = None          # the tier its price selects by name (not through default_tier)
+    period_start: float | None = None
+    period_end: float | None = None
+    trial_end: float | None = None
+    cancel_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    @property
+    def addon(self) -> bool:
+        """Its prices are known (from the subscription itself) and none selects a tier of the plan by name."""
+        return self.status is not None and self.tier is None
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Subscription:
+        return cls(**{name: data.get(name) for name in cls.__slots__ if name in data})
+
+
+def subscription_of(obj: Mapping) -> str | None:
+    """The subscription an event's object is about: a subscription, an invoice (either shape) or a Checkout
+    Session that names one; None for objects about no subscription (charges, customers, ...)."""
+    kind = obj.get("object")
+    if kind == "subscription":
+        ident = obj.get("id")
+    elif kind == "invoice":
+        ident = invoice_subscription(obj)
+    elif kind == "checkout.session":
+        ident = obj.get("subscription")
+        ident = ident.get("id") if isinstance(ident, Mapping) else ident
+    else:
+        return None
+    return ident if isinstance(ident, str) and ident else None
+
+
+def followed(subscriptions: tuple[Subscription, ...]) -> Subscription | None:
+    """The subscription the subject's status follows (see the module's rule)."""
+    if not subscriptions:
+        return None
+    pool = [s for s in subscriptions if not s.addon] or subscriptions
+    live = [s for s in pool if not s.ended]
+    if live:
+        return max(live, key=_newest)
+    return max(pool, key=lambda s: (s.ended_at or 0.0, *_newest(s)))
+
+
+def _newest(s: Subscription) -> tuple:
+    return (s.created is not None, s.created or 0.0, s.id)
+
+
+def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, created: float,
+            tier_of_prices) -> tuple[Subscription, ...]:
+    """The subscriptions with what the event's object says of `ident`: a subscription object tells its status
+    and dates; an invoice only that it exists; a checkout that it exists since `created`.
+    tier_of_prices(subscription) -> the tier its prices name, or None."""
+    known = next((s for s in subscriptions if s.id == ident), None)
+    if obj.get("object") != "subscription":
+        if known is not None:
+            return subscriptions
+        created_then = float(created) if obj.get("object") == "checkout.session" else None
+        return subscriptions + (Subscription(ident, created=created_then),)
+    status = obj.get("status") if isinstance(obj.get("status"), str) else (known.status if known else None)
+    period = billing_period(obj)
+    was = known or Subscription(ident)
+    ended_at = was.ended_at
+    if status in ENDED:
+        ended_at = ended_at or _date(obj, "ended_at") or _date(obj, "canceled_at") or float(created)
+    else:
+        ended_at = None
+    new = Subscription(
+        ident, status,
+        _date(obj, "created") or was.created,
+        tier_of_prices(obj) if _has_prices(obj) else was.tier,
+        period[0] if period else was.period_start,
+        period[1] if period else was.period_end,
+        _date(obj, "trial_end") if "trial_end" in obj else was.trial_end,
+        _date(obj, "cancel_at") if "cancel_at" in obj else was.cancel_at,
+        ended_at)
+    if new == known:
+        return subscriptions
+    return tuple(new if s.id == ident else s for s in subscriptions) if known else subscriptions + (new,)
+
+
+def _has_prices(obj: Mapping) -> bool:
+    items = obj.get("items")
+    return (isinstance(items, Mapping) and isinstance(items.get("data"), list)) or isinstance(obj.get("plan"), Mapping)
+
+
+def _date(obj: Mapping, key: str) -> float | None:
+    value = obj.get(key)
+    return float(value) if unix_seconds(value) else None

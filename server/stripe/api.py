@@ -1,0 +1,87 @@
+"""Stripe's API, for what no event says: a subscription as it is now (reconciliation), and whose a charge or
+payment intent is (an event that names only its payment, such as a dispute).
+
+One StripeClient over aiohttp (STRIPE_SECRET_KEY, STRIPE_API_BASE), made in the running loop on first use.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import stripe
+
+from plangate.engine import Refs, stripe_refs
+
+from ..config import Config
+from ..logs import log
+
+# One question's budget: the webhook's store calls share 10 s (ingest.WEBHOOK_STORE_TIMEOUT) after it.
+ASK_TIMEOUT = 5.0
+_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+
+
+class StripeUnavailable(Exception):
+    """Stripe's API did not answer (unreachable, too slow, rate limited, a 5xx): ask again later."""
+
+
+class StripeApi:
+    def __init__(self, config: Config):
+        self.config = config
+        self._client: stripe.StripeClient | None = None
+        self._http: stripe.AIOHTTPClient | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.config.stripe_secret_key)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close_async()
+            self._http, self._client = None, None
+
+    def _stripe(self) -> stripe.StripeClient:
+        if self._client is None:
+            self._http = stripe.AIOHTTPClient()
+            self._client = stripe.StripeClient(
+                self.config.stripe_secret_key, http_client=self._http,
+                base_addresses={"api": self.config.stripe_api_base}, max_network_retries=2)
+        return self._client
+
+    async def subscription(self, subscription_id: str) -> dict | None:
+        """The subscription as Stripe has it now; None when Stripe does not know it (logged)."""
+        try:
+            sub = await self._stripe().v1.subscriptions.retrieve_async(subscription_id)
+        except stripe.InvalidRequestError as exc:
+            log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
+            return None
+        return sub.to_dict()
+
+    async def owner(self, refs: Refs) -> Refs:
+        """The ids of `refs` with the customer (and the other payment id) Stripe's record of its charge, else
+        of its payment intent, names; `refs` as it was when Stripe has no such payment, or no customer for
+        it. StripeUnavailable when Stripe did not answer."""
+        for kind, ident in (("charges", refs.charge), ("payment_intents", refs.payment_intent)):
+            if not ident:
+                continue
+            found = await self._retrieve(kind, ident)
+            if found is not None:
+                named = stripe_refs(found)
+                return Refs(named.customer, refs.subscription, refs.charge or named.charge,
+                            refs.payment_intent or named.payment_intent)
+        return refs
+
+    async def _retrieve(self, kind: str, ident: str) -> dict | None:
+        try:
+            async with asyncio.timeout(ASK_TIMEOUT):
+                found = await getattr(self._stripe().v1, kind).retrieve_async(ident)
+        except stripe.InvalidRequestError as exc:       # no such object (404), or a malformed id
+            log(logging.INFO, "stripe_lookup_unknown", object=kind, id=ident, error=str(exc.user_message))
+            return None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            log(logging.ERROR, "stripe_lookup_refused", object=kind, id=ident, error=str(exc.user_message),
+                why="STRIPE_SECRET_KEY is refused: events naming only a payment stay pending")
+            return None
+        except (*_TRANSIENT, TimeoutError) as exc:
+            raise StripeUnavailable(f"Stripe's API did not answer for {ident}: "
+                                    f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
+        return found.to_dict()

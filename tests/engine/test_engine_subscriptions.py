@@ -1,0 +1,206 @@
+"""Several Stripe subscriptions per subject: which one the status follows, and what another one's events do.
+
+The plan is tests/plans/several-subscriptions.yaml; its `subscription: other` transition (the add-on's end) is
+kept or dropped per test.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from plangate.engine import StripeEvent, Subscription, followed, replay, stripe_refs, subscription_of
+
+PLAN = Path(__file__).resolve().parents[1] / "plans" / "several-subscriptions.yaml"
+T0 = 1_800_000_000.0
+DAY = 86400.0
+
+
+def plan_text(addon_switch: bool) -> str:
+    text = PLAN.read_text(encoding="utf-8")
+    if not addon_switch:
+        start = text.index("  # ADD-ON")
+        end = text.index("  - from", text.index("to: without_addon", start))
+        text = text[:start] + text[end:]
+    return text
+
+
+@pytest.fixture
+def table(write_plan):
+    """The plan without the add-on's transition: an old subscription's end is no add-on's."""
+    return write_plan(plan_text(False))
+
+
+def sub(ident: str, status: str, created: float, *, price: str = "price_pro_monthly", **extra) -> dict:
+    return {"id": ident, "object": "subscription", "status": status, "customer": "cus_1", "created": int(created),
+            "items": {"object": "list", "data": [{"id": f"si_{ident}", "price": {"id": price},
+                                                  "current_period_start": int(created),
+                                                  "current_period_end": int(created + 30 * DAY)}]}, **extra}
+
+
+def invoice(ident: str, subscription: str, status: str) -> dict:
+    return {"id": ident, "object": "invoice", "status": status, "customer": "cus_1",
+            "parent": {"type": "subscription_details", "subscription_details": {"subscription": subscription}}}
+
+
+def ev(type_: str, obj: dict, created: float, ident: str | None = None) -> StripeEvent:
+    return StripeEvent(type_, obj, ident or f"evt_{type_}_{obj['id']}_{int(created)}", created)
+
+
+def resubscribe_during_dunning() -> list[StripeEvent]:
+    """A is paid, its renewal fails (past_due); the customer subscribes again (B, paid at once); Stripe retries A's
+    invoice and fails again, then cancels A by dunning two weeks later."""
+    return [
+        ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+        ev("invoice.payment_failed", invoice("in_A2", "sub_A", "open"), T0 + 30 * DAY),
+        ev("customer.subscription.updated", sub("sub_A", "past_due", T0), T0 + 30 * DAY + 1),
+        ev("customer.subscription.created", sub("sub_B", "active", T0 + 31 * DAY), T0 + 31 * DAY),
+        ev("invoice.paid", invoice("in_B1", "sub_B", "paid"), T0 + 31 * DAY),
+        ev("invoice.payment_failed", invoice("in_A2", "sub_A", "open"), T0 + 35 * DAY, "evt_retry_A"),
+        ev("customer.subscription.deleted", sub("sub_A", "canceled", T0, ended_at=int(T0 + 45 * DAY)),
+           T0 + 45 * DAY),
+    ]
+
+
+class TestWhichSubscriptionIsFollowed:
+    def test_the_newest_live_one(self):
+        subs = (Subscription("sub_A", "past_due", T0, "pro"), Subscription("sub_B", "active", T0 + 5, "pro"))
+        assert followed(subs).id == "sub_B"
+
+    def test_a_live_one_before_an_ended_newer_one(self):
+        subs = (Subscription("sub_A", "past_due", T0, "pro"),
+                Subscription("sub_B", "canceled", T0 + 5, "pro", ended_at=T0 + 9))
+        assert followed(subs).id == "sub_A"
+
+    def test_when_all_ended_the_one_that_ended_last(self):
+        subs = (Subscription("sub_A", "canceled", T0, "pro", ended_at=T0 + 20),
+                Subscription("sub_B", "canceled", T0 + 5, "pro", ended_at=T0 + 9))
+        assert followed(subs).id == "sub_A"
+
+    def test_the_plans_own_product_before_an_add_on(self):
+        subs = (Subscription("sub_A", "active", T0, "pro"), Subscription("sub_C", "active", T0 + 5, None))
+        assert followed(subs).id == "sub_A"
+
+    def test_one_known_only_from_an_invoice_counts_as_older(self):
+        subs = (Subscription("sub_old", None, None, None), Subscription("sub_new", "active", T0, "pro"))
+        assert followed(subs).id == "sub_new"
+
+    def test_one_known_only_from_its_checkout_is_no_add_on(self):
+        subs = (Subscription("sub_A", "past_due", T0, "pro"), Subscription("sub_B", None, T0 + 5, None))
+        assert followed(subs).id == "sub_B"
+
+    def test_add_ons_alone_are_followed_like_any(self):
+        subs = (Subscription("sub_C", "active", T0, None), Subscription("sub_D", "active", T0 + 5, None))
+        assert followed(subs).id == "sub_D"
+
+    def test_none(self):
+        assert followed(()) is None
+
+    @pytest.mark.parametrize("obj, expected", [
+        ({"object": "subscription", "id": "sub_1"}, "sub_1"),
+        ({"object": "invoice", "subscription": "sub_2"}, "sub_2"),
+        ({"object": "invoice", "parent": {"subscription_details": {"subscription": "sub_3"}}}, "sub_3"),
+        ({"object": "checkout.session", "subscription": "sub_4"}, "sub_4"),
+        ({"object": "checkout.session", "subscription": None}, None),
+        ({"object": "charge", "id": "ch_1", "customer": "cus_1"}, None),
+    ])
+    def test_what_an_object_is_about(self, obj, expected):
+        assert subscription_of(obj) == expected
+
+
+class TestResubscribeDuringDunning:
+    def test_the_old_subscriptions_end_leaves_the_subject_on_the_new_ones_status(self, table):
+        final, steps = replay(table, table.initial_state("u", T0 - 10), resubscribe_during_dunning())
+        assert [s.outcome.state.status for s in steps] == \
+            ["paid", "grace", "grace", "paid", "paid", "paid", "paid"]
+        assert [s.outcome.other_subscription for s in steps] == [False] * 5 + [True, True]
+        assert "about subscription sub_A, but the subject's status follows sub_B" in steps[-1].outcome.reason
+        assert final.status == "paid" and final.follows.id == "sub_B"
+        assert {s.id: s.status for s in final.subscriptions} == {"sub_A": "canceled", "sub_B": "active"}
+        assert final.subscriptions[0].ended_at == T0 + 45 * DAY
+        assert final.period_start == T0 + 31 * DAY        # B's period, not A's
+
+    def test_every_order_of_delivery_folds_to_the_same_state(self, table):
+        events = resubscribe_during_dunning()
+        expected, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        for order in itertools.islice(itertools.permutations(events), 0, None, 97):
+            assert replay(table, table.initial_state("u", T0 - 10), order)[0] == expected
+
+    def test_when_the_followed_one_ends_the_live_one_is_followed_and_the_end_moves_nothing(self, table):
+        events = resubscribe_during_dunning()[:5] + [
+            ev("customer.subscription.deleted", sub("sub_B", "canceled", T0 + 31 * DAY), T0 + 33 * DAY)]
+        final, steps = replay(table, table.initial_state("u", T0 - 10), events)
+        assert steps[-1].outcome.other_subscription and final.follows.id == "sub_A"
+        assert final.status == "paid"
+        assert final.period_start == T0      # A's period, as the gate knows it, until A's next event says more
+        # A's own end is the subject's end now.
+        final, steps = replay(table, final, [ev("customer.subscription.deleted", sub("sub_A", "canceled", T0),
+                                                T0 + 45 * DAY)])
+        assert final.status == "canceled" and not steps[-1].outcome.other_subscription
+
+    def test_the_only_subscriptions_end_cancels(self, table):
+        events = resubscribe_during_dunning()[:1] + [
+            ev("customer.subscription.deleted", sub("sub_A", "canceled", T0), T0 + 10 * DAY)]
+        final, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.status == "canceled" and final.follows.id == "sub_A"
+
+
+class TestAddOn:
+    def events(self):
+        return [
+            ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+            ev("customer.subscription.created", sub("sub_C", "active", T0 + DAY, price="price_addon"), T0 + DAY),
+            ev("invoice.paid", invoice("in_C1", "sub_C", "paid"), T0 + DAY),
+            ev("customer.subscription.deleted", sub("sub_C", "canceled", T0 + DAY, price="price_addon"),
+               T0 + 9 * DAY),
+        ]
+
+    def test_the_add_ons_end_moves_the_subject_where_the_plan_says(self, write_plan):
+        table = write_plan(plan_text(True))
+        final, steps = replay(table, table.initial_state("u", T0 - 10), self.events())
+        assert final.status == "without_addon" and steps[-1].outcome.moved
+        assert "(about sub_C; the subject follows sub_A)" in steps[-1].outcome.reason
+        assert final.follows.id == "sub_A" and final.period_end == T0 + 30 * DAY    # A's period, not C's
+
+    def test_without_the_switch_it_is_recorded_and_moves_nothing(self, write_plan):
+        table = write_plan(plan_text(False))
+        final, steps = replay(table, table.initial_state("u", T0 - 10), self.events())
+        assert final.status == "paid" and steps[-1].outcome.other_subscription
+        assert not steps[-1].outcome.moved
+
+    def test_the_followed_subscriptions_end_is_not_heard_by_an_other_transition(self, write_plan):
+        table = write_plan(plan_text(True))
+        events = self.events()[:1] + [ev("customer.subscription.deleted", sub("sub_A", "canceled", T0), T0 + DAY)]
+        final, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.status == "canceled"
+
+
+class TestRefs:
+    @pytest.mark.parametrize("obj, expected", [
+        ({"object": "charge", "id": "ch_1", "customer": "cus_1", "payment_intent": "pi_1"},
+         ("cus_1", None, "ch_1", "pi_1")),
+        ({"object": "dispute", "id": "dp_1", "charge": "ch_1", "payment_intent": "pi_1"},
+         (None, None, "ch_1", "pi_1")),
+        ({"object": "refund", "id": "re_1", "charge": {"id": "ch_1"}, "payment_intent": None},
+         (None, None, "ch_1", None)),
+        ({"object": "payment_intent", "id": "pi_1", "customer": "cus_1", "latest_charge": "ch_1"},
+         ("cus_1", None, "ch_1", "pi_1")),
+        ({"object": "invoice", "id": "in_1", "customer": "cus_1", "subscription": "sub_1", "charge": "ch_1",
+          "payment_intent": "pi_1"}, ("cus_1", "sub_1", "ch_1", "pi_1")),
+        ({"object": "invoice", "id": "in_1", "customer": "cus_1",
+          "parent": {"subscription_details": {"subscription": "sub_1"}},
+          "payments": {"data": [{"status": "canceled", "payment": {"type": "payment_intent", "payment_intent": "pi_0"}},
+                                {"status": "paid", "payment": {"type": "payment_intent", "payment_intent": "pi_1"}}]}},
+         ("cus_1", "sub_1", None, "pi_1")),
+        ({"object": "invoice_payment", "invoice": "in_1", "payment": {"type": "charge", "charge": "ch_1"}},
+         (None, None, "ch_1", None)),
+        ({"object": "customer", "id": "cus_1"}, ("cus_1", None, None, None)),
+    ])
+    def test_the_ids_each_object_names(self, obj, expected):
+        refs = stripe_refs(obj)
+        assert (refs.customer, refs.subscription, refs.charge, refs.payment_intent) == expected
+
+    def test_a_dispute_names_only_its_payment(self):
+        assert stripe_refs({"object": "dispute", "charge": "ch_1"}).only_payments
+        assert not stripe_refs({"object": "charge", "id": "ch_1", "customer": "cus_1"}).only_payments

@@ -1,0 +1,139 @@
+"""Charges, refunds and disputes linked to their subject, through a real gate on each store (a SQLite file, a real
+PostgreSQL): by customer, by a charge or payment intent seen before, and pending until such a link appears.
+(Asking Stripe's API whose a charge is: tests/e2e/test_stripe_links.py.)
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from . import stripe_events as se
+from .stripe_lifecycles import DAY, Life, charge, dispute, invoice
+from .test_webhook_subscriptions import outcomes, play, start, view  # noqa: F401 (start is a fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def paid_customer(n: int) -> Life:
+    """A customer who subscribed 20 days ago and paid: its charge ch_in_A{n}_1, payment intent pi_in_A{n}_1."""
+    life = Life(n, f"user{n}", time.time() - 20 * DAY)
+    life.subscribe("A", life.start)
+    return life
+
+
+def evt(life: Life, type_: str, obj: dict, days: float) -> dict:
+    return life.add(type_, obj, life.start + days * DAY)
+
+
+class TestDisputes:
+    async def test_a_dispute_is_linked_by_the_charge_seen_before(self, start):
+        gate = await start()
+        life = paid_customer(1)
+        await play(gate, life.events)
+        opened = evt(life, "charge.dispute.created", dispute("dp_1", "needs_response", charge="ch_in_A1_1",
+                                                             payment_intent="pi_in_A1_1"), 5)
+        (answer,) = await play(gate, [opened])
+        assert (answer["outcome"], answer["subject"], answer["status"]) == ("applied", "user1", "disputed")
+        won = evt(life, "charge.dispute.closed", dispute("dp_1", "won", charge="ch_in_A1_1",
+                                                         payment_intent="pi_in_A1_1"), 12)
+        (answer,) = await play(gate, [won])
+        assert (answer["outcome"], answer["status"]) == ("applied", "paid")
+
+    async def test_by_the_payment_intent_alone(self, start):
+        gate = await start()
+        life = paid_customer(2)
+        await play(gate, life.events)
+        opened = evt(life, "charge.dispute.created", dispute("dp_2", "needs_response", charge="ch_unseen",
+                                                             payment_intent="pi_in_A2_1"), 5)
+        (answer,) = await play(gate, [opened])
+        assert (answer["subject"], answer["status"]) == ("user2", "disputed")
+
+    async def test_by_the_charge_an_invoice_of_the_old_shape_named(self, start):
+        gate = await start()
+        life = Life(3, "user3", time.time() - 20 * DAY)
+        life.subscribe("A", life.start)
+        old = invoice("in_old3", "paid", subscription=life.sub_id("A"), customer=life.customer,
+                      period=(life.start + 10 * DAY, life.start + 40 * DAY))
+        old.pop("parent")
+        old.update(subscription=life.sub_id("A"), charge="ch_old3", payment_intent="pi_old3")
+        evt(life, "invoice.paid", old, 10)
+        await play(gate, life.events)
+        opened = evt(life, "charge.dispute.created", dispute("dp_3", "needs_response", charge="ch_old3",
+                                                             payment_intent=None), 12)
+        (answer,) = await play(gate, [opened])
+        assert (answer["subject"], answer["status"]) == ("user3", "disputed")
+
+    async def test_a_dispute_of_a_charge_not_seen_waits_and_is_adopted_when_the_charge_appears(self, start):
+        """No STRIPE_SECRET_KEY: nothing to ask. The dispute waits (pending) until an event of the subject names
+        its charge (here the charge's own charge.succeeded, delivered late), then folds in at its created time."""
+        gate = await start()
+        life = paid_customer(4)
+        succeeded = next(e for e in life.events if e["type"] == "charge.succeeded")
+        early = [e for e in life.events if e is not succeeded]
+        await play(gate, early)
+        opened = evt(life, "charge.dispute.created", dispute("dp_4", "needs_response", charge="ch_in_A4_1",
+                                                             payment_intent=None), 5)
+        (answer,) = await play(gate, [opened])
+        assert (answer["outcome"], answer["subject"]) == ("pending", None)
+        assert (await view(gate, "user4"))["status"] == "paid"
+        (answer,) = await play(gate, [succeeded])
+        assert answer["status"] == "disputed"
+        assert (await view(gate, "user4"))["status"] == "disputed"
+        assert (await outcomes(gate, "user4"))[opened["id"]] == ("charge.dispute.created", "applied")
+
+    async def test_a_dispute_recorded_without_a_transition_still_is_the_subjects(self, start):
+        """The plan has no transition on funds_withdrawn: the event is kept in the subject's record (a fact)."""
+        gate = await start()
+        life = paid_customer(5)
+        await play(gate, life.events)
+        withdrawn = evt(life, "charge.dispute.funds_withdrawn",
+                        dispute("dp_5", "needs_response", charge="ch_in_A5_1", payment_intent="pi_in_A5_1"), 5)
+        (answer,) = await play(gate, [withdrawn])
+        assert (answer["outcome"], answer["subject"], answer["status"]) == ("noop", "user5", "paid")
+        assert (await outcomes(gate, "user5"))[withdrawn["id"]] == ("charge.dispute.funds_withdrawn", "noop")
+
+
+class TestRefunds:
+    async def test_a_refund_is_linked_by_its_customer(self, start):
+        gate = await start()
+        life = paid_customer(6)
+        await play(gate, life.events)
+        refunded = evt(life, "charge.refunded", charge("ch_in_A6_1", customer=life.customer,
+                                                       payment_intent="pi_in_A6_1", refunded=2000), 3)
+        (answer,) = await play(gate, [refunded])
+        assert (answer["outcome"], answer["subject"]) == ("noop", "user6")
+        assert (await outcomes(gate, "user6"))[refunded["id"]] == ("charge.refunded", "noop")
+
+    async def test_a_refund_of_an_unknown_customer_waits_for_the_checkout_that_links_it(self, start):
+        gate = await start()
+        life = paid_customer(7)
+        refunded = life.add("charge.refunded", charge("ch_in_A7_1", customer=life.customer,
+                                                      payment_intent="pi_in_A7_1", refunded=2000),
+                            life.start + 3 * DAY)
+        (answer,) = await play(gate, [refunded])
+        assert (answer["outcome"], answer["subject"]) == ("pending", None)
+        await play(gate, life.events[:-1])
+        assert (await outcomes(gate, "user7"))[refunded["id"]] == ("charge.refunded", "noop")
+
+    async def test_an_event_naming_no_stripe_id_is_ignored(self, start):
+        gate = await start()
+        life = Life(8, "user8", time.time())
+        lone = life.add("charge.dispute.created", {"id": "dp_8", "object": "dispute", "status": "needs_response"},
+                        time.time())
+        (answer,) = await play(gate, [lone])
+        assert answer["outcome"] == "ignored"
+
+
+class TestLinksSurviveTheSubscription:
+    async def test_a_late_event_of_an_old_subscription_finds_its_subject_by_that_subscription(self, start):
+        """The subject now follows B; an event naming only A (and another customer id, as after a customer
+        merge) still finds the subject, through the link of A kept when A was first seen."""
+        gate = await start()
+        life = paid_customer(9)
+        life.subscribe("B", life.start + 2 * DAY)
+        await play(gate, life.events)
+        late = invoice("in_A9_late", "open", subscription=life.sub_id("A"), customer="cus_other",
+                       period=(life.start, life.start + 30 * DAY), attempts=1)
+        (answer,) = await play(gate, [se.event("invoice.payment_failed", late, life.start + 3 * DAY, "evt_9_late")])
+        assert (answer["subject"], answer["outcome"]) == ("user9", "other_subscription")

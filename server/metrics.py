@@ -100,6 +100,7 @@ class Metrics:
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
                           self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
                           self.sweep_failures, self.plan_reloads, self.plan_moved)
+        self.replica_lags = dict     # () -> {replica: seconds}: the store's measured replica lags (none by default)
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -117,6 +118,14 @@ class Metrics:
                                  labels=("version",))
         info.add_metric([self.plan_version], 1)
         yield info
+        lags = self.replica_lags()
+        if lags:
+            family = GaugeMetricFamily("plangate_replica_lag_seconds", "How stale a read from each PostgreSQL "
+                                       "replica can be, as last measured (+Inf: not known to be current).",
+                                       labels=("replica",))
+            for replica, lag in lags.items():
+                family.add_metric([replica], lag)
+            yield family
 
     def _hit_ratio(self) -> float:
         hits, misses = self.cache.labels("hit").value, self.cache.labels("miss").value

@@ -37,7 +37,7 @@ DIST_PCTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9,
 
 # --- the bare endpoint ------------------------------------------------------------------------------
 
-def _bare_answers() -> dict:
+def bare_answers() -> dict:
     """Decision-shaped answers, so that the bare endpoint sends as many bytes as the gate does."""
     answer = {"allowed": True, "reason": "within_quota", "status": "limited_free_trial", "tier": None,
               "meter": METER, "amount": 1, "limit": 1_000_000_000, "used": 1, "remaining": 999_999_999,
@@ -58,7 +58,7 @@ def serve_bare(port: int) -> None:
 
     from aiohttp import web
 
-    answers = _bare_answers()
+    answers = bare_answers()
     default = next(iter(answers.values()))
 
     async def decide(request: web.Request) -> web.Response:

@@ -68,11 +68,15 @@ def _postgres_consume(rows: list[dict]) -> list[dict]:
         if r.get("skipped"):
             out.append(_row(r["what"], None, "", goal=r["goal"], met=False, note=f"skipped: {r['skipped']}"))
         elif "rps" in r:
+            against = r.get("baseline_what", "bare aiohttp")
             note = (f"rt/req {r['round_trips_per_request']}, " if "round_trips_per_request" in r else "") + \
-                   f"cpu us gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']}, busy {r['machine_busy_pct']}%" + \
+                   f"cpu us/req gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']} ({against}: " \
+                   f"{r.get('bare_cpu_us')} / {r.get('bare_postgres_cpu_us', '-')}), busy {r['machine_busy_pct']}%" + \
+                   (f"; {r['floor_ratio']} of the floor" if "floor_ratio" in r and against != "the one-upsert floor"
+                    else "") + \
                    (f"; {r['store_errors']} store errors, {r['fail_mode_answers']} fail-mode answers"
                     if r.get("store_errors") or r.get("fail_mode_answers") else "")
-            out.append(_row(f"{r['what']}, vs bare aiohttp", r["rps"], "req/s", r["bare_rps"], "bare aiohttp",
+            out.append(_row(f"{r['what']}, vs {against}", r["rps"], "req/s", r["bare_rps"], against,
                             r["ratio"], r["goal"], r["met"], note))
         else:
             for p in ("p50", "p99"):

@@ -151,7 +151,8 @@ class Gate:
         return entry
 
     def _cached_used(self, entry: _Entry, window: tuple[str, int]) -> int | None:
-        """A window's usage (meter, start) if the cache may answer it: every count of this store is local."""
+        """A window's usage (meter, start) if the cache may answer it: every count of the store is local, or
+        the store pushes every count to this node (store.caches_usage says which, at this moment)."""
         return entry.used.get(window) if self.store.caches_usage else None
 
     async def _used(self, entry: _Entry, window: tuple[str, int]) -> int:
@@ -166,6 +167,16 @@ class Gate:
 
     def invalidate(self, subject: str) -> None:
         self._cache.pop(subject, None)
+
+    def usage_counted(self, subject: str, meter: str, window_start: int, used: int) -> None:
+        """A count some node committed, pushed by the store: a cached window's usage is kept current (it only
+        grows within a window, so the larger value is the newer one)."""
+        try:
+            entry = self._cache[subject]        # one call into cachetools; get() makes four
+        except KeyError:
+            return
+        if used > entry.used.get((meter, window_start), 0):
+            entry.used[(meter, window_start)] = used
 
     def invalidate_all(self) -> None:
         self._cache.clear()

@@ -7,6 +7,7 @@ every update and look their children up each time, a cost every check would pay.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -101,6 +102,8 @@ class Metrics:
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
                           self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
                           self.sweep_failures, self.plan_reloads, self.plan_moved)
+        # () -> {replica: seconds}: the store's measured replica lags (none by default)
+        self.replica_lags: Callable[[], dict[str, float]] = dict
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -118,6 +121,14 @@ class Metrics:
                                  labels=("version",))
         info.add_metric([self.plan_version], 1)
         yield info
+        lags = self.replica_lags()
+        if lags:
+            family = GaugeMetricFamily("plangate_replica_lag_seconds", "How stale a read from each PostgreSQL "
+                                       "replica can be, as last measured (+Inf: not known to be current).",
+                                       labels=("replica",))
+            for replica, lag in lags.items():
+                family.add_metric([replica], lag)
+            yield family
 
     def _hit_ratio(self) -> float:
         hits, misses = self.cache.labels("hit").value, self.cache.labels("miss").value

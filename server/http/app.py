@@ -32,6 +32,7 @@ _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: 
 def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool = True,
                run_jobs: bool = True) -> web.Application:
     metrics = Metrics()
+    metrics.replica_lags = store.replica_lags
     gate = Gate(config, table, store, metrics)
     # The webhook may carry large events; /v1/ bodies are held to max_body_bytes in _input.
     client_max_size = max(config.max_body_bytes, config.webhook_max_bytes)
@@ -58,7 +59,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         except Exception:
             await store.close()
             raise
-        store.listen(gate.invalidate, gate.invalidate_all, plans.announced)
+        store.listen(gate.invalidate, gate.invalidate_all, plans.announced, on_usage=gate.usage_counted)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:
             jobs.start()

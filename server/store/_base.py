@@ -182,12 +182,17 @@ class Store(abc.ABC):
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
 
-    def listen(self, on_subject, on_reset, on_plan=None) -> None:  # noqa: B027 - one node has nothing to listen to
-        """Start telling this node about subjects other nodes changed, and (on_plan, with the version) about
-        plans they deployed (nothing to do for one node)."""
+    def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:  # noqa: B027 - one node: nothing
+        """Start telling this node about subjects other nodes changed, on_subject(subject); (on_plan, with the
+        version) about plans they deployed; (on_usage(subject, meter, window_start, used)) about their counts;
+        on_reset() when some may have been missed (nothing to do for one node)."""
 
     async def unlisten(self) -> None:  # noqa: B027 - nor anything to stop
         """Stop what listen() started."""
+
+    def replica_lags(self) -> dict[str, float]:
+        """Measured lag (seconds) of each read replica, by host:port (none but on PostgreSQL with replicas)."""
+        return {}
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):

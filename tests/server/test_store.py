@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 
+import asyncpg
 import pytest
 
 from plangate.engine import SubjectState, Subscription
@@ -15,6 +16,7 @@ from tests import postgres
 from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
                                    SQLiteStore, StoredSubject, StoreError, open_store)
 from plangate.server.store import _sqlite_connections
+from plangate.server.store._postgres import PostgresStore
 from plangate.server.store._migrations import migrations, statements
 from plangate.server.store._base import state_from_json, state_json
 
@@ -29,6 +31,15 @@ async def store(request, tmp_path):
     await s.close()
     if request.param == "postgresql":
         await postgres.drop_database(dsn)
+
+
+@pytest.fixture
+async def pg_store(pg_dsn):
+    s = open_store(pg_dsn)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
 
 
 @pytest.fixture
@@ -325,6 +336,13 @@ class TestCounting:
         with pytest.raises(IdempotencyConflict):
             await store.count(current, "requests", 0, 3, 10, "k1", 100.0)
 
+    async def test_a_key_reused_for_another_subject_is_a_conflict(self, store):
+        await store.count(fresh("a"), "requests", 0, 2, 10, "shared", 100.0)
+        await store.commit(Change(fresh("b"), 0))
+        with pytest.raises(IdempotencyConflict, match="subject 'a'"):
+            await store.count(await store.load("b"), "requests", 0, 2, 10, "shared", 100.0)
+        assert await store.used("b", [("requests", 0)]) == {("requests", 0): 0}
+
     async def test_windows_are_separate_rows(self, store):
         await store.count(fresh(), "requests", 0, 2, 10, None, 100.0)
         current = await store.load("u")
@@ -506,6 +524,136 @@ class TestConcurrentCounting:
                                          for _ in range(20)))
         assert sum(not r.duplicate for r in results) == 1 and all(r.counted for r in results)
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 3}
+
+
+class TestCountsArrivingTogether:
+    """Counts that arrive together commit together (SQLite: one transaction on the loop's connection; PostgreSQL:
+    one call of plangate_count_batch), each answered with its own outcome."""
+
+    async def test_each_count_of_a_batch_gets_its_own_answer(self, store):
+        for name in ("a", "b", "c"):
+            await store.commit(Change(fresh(name), 0))
+        a, b, c = [await store.load(n) for n in "abc"]
+        await store.count(a, "requests", 0, 1, None, "taken", 100.0)
+        stale_c = StoredSubject(c.state, 7)
+        calls = [store.count(a, "requests", 0, 1, 10, f"k{i}", 100.0) for i in range(5)]
+        calls += [store.count(b, "requests", 0, 11, 10, "too-big", 100.0),       # refused: past the limit
+                  store.count(stale_c, "requests", 0, 1, 10, "stale", 100.0),    # conflict: c moved on
+                  store.count(a, "requests", 0, 2, None, "taken", 100.0),        # the key, other work: 409
+                  store.count(b, "requests", 0, 3, 10, "twice", 100.0),          # one key twice in the batch
+                  store.count(b, "requests", 0, 3, 10, "twice", 100.0)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        counted, (too_big, stale, taken, twice, again) = results[:5], results[5:]
+        assert sorted(r.used for r in counted) == [2, 3, 4, 5, 6] and all(r.counted for r in counted)
+        assert (too_big.counted, too_big.used) == (False, 0)
+        assert stale.conflict and not stale.counted
+        assert isinstance(taken, IdempotencyConflict)
+        assert sorted([twice.duplicate, again.duplicate]) == [False, True] and twice.used == again.used == 3
+        if isinstance(store, PostgresStore):
+            assert store._counts.sizes[-1] == 10          # all in one call
+        assert await store.used("a", [("requests", 0)]) == {("requests", 0): 6}
+        assert await store.used("b", [("requests", 0)]) == {("requests", 0): 3}
+        # The refused and the conflicting counts kept no key: the same keys count later work as new.
+        for current, key in ((b, "too-big"), (await store.load("c"), "stale")):
+            done = await store.count(current, "requests", 0, 1, 10, key, 100.0)
+            assert done.counted and not done.duplicate
+
+    async def test_concurrent_counts_in_batches_admit_exactly_the_limit(self, store):
+        await store.commit(Change(fresh(), 0))
+        current = await store.load("u")
+        results = []
+        for wave in range(4):       # several batches, the limit reached inside one of them
+            results += await asyncio.gather(*(store.count(current, "requests", 0, 2, 25, f"w{wave}-{i}", 100.0)
+                                              for i in range(9)))
+        assert sum(r.counted for r in results) == 12
+        assert sorted(r.used for r in results if r.counted) == list(range(2, 25, 2))
+        assert all(r.used == 24 for r in results if not r.counted)
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 24}
+
+
+    async def test_state_changes_and_events_arriving_together_each_get_their_own_answer(self, store):
+        """Webhook writes committed together (SQLite's group commit; PostgreSQL's batch of writes in one
+        transaction): a repeat delivery or a stale version fails alone and writes nothing of its own."""
+        def event(event_id: str, subject: str | None, outcome: str = "applied") -> EventRecord:
+            return EventRecord(event_id, "invoice.paid", 1.0, "{}", outcome, "", subject, "cus_x" if subject is None
+                               else None)
+
+        assert await store.commit(Change(fresh("taken"), 0, new_events=(event("evt_taken", "taken"),)))
+        assert await store.commit(Change(fresh("moved"), 0))
+        moved = await store.load("moved")
+        assert await store.commit(Change(StoredSubject(moved.state.with_(tier="pro"), 1), 1))
+        calls = [store.commit(Change(fresh(f"s{i}"), 0, new_events=(event(f"evt_{i}", f"s{i}"),))) for i in range(8)]
+        calls += [store.commit(Change(fresh("late"), 0, new_events=(event("evt_late", "late"),
+                                                                    event("evt_taken", "late")))),
+                  store.commit(Change(StoredSubject(moved.state.with_(status="paid"), 1), 1,
+                                      new_events=(event("evt_stale", "moved"),))),
+                  store.record_event(event("evt_waiting", None, "pending")),
+                  store.record_event(event("evt_taken", None, "pending"))]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert results[:8] == [True] * 8 and all([await store.load(f"s{i}") for i in range(8)])
+        assert isinstance(results[8], DuplicateEvent) and await store.load("late") is None
+        assert results[9] is False and (await store.load("moved")).state.tier == "pro"
+        assert results[10:] == [True, False]
+        assert [await store.event_seen(e) for e in ("evt_late", "evt_stale", "evt_waiting", "evt_3")] == \
+            [False, False, True, True]
+        if isinstance(store, PostgresStore):
+            assert store._writes.sizes[-1] == 12              # one transaction
+
+
+class TestPostgresBatches:
+    async def test_a_count_that_fails_in_the_database_fails_alone(self, pg_store):
+        """An overflow of a bigint fails plangate_count_batch's call: the batch runs again a count a call, and
+        only the failing count's caller gets the error."""
+        store = pg_store
+        for name in ("a", "b"):
+            await store.commit(Change(fresh(name), 0))
+        a, b = await store.load("a"), await store.load("b")
+        await store.count(a, "requests", 0, 2**62, None, "big-1", 100.0)
+        results = await asyncio.gather(store.count(b, "requests", 0, 1, 10, "n1", 100.0),
+                                       store.count(a, "requests", 0, 2**62, None, "big-2", 100.0),
+                                       store.count(b, "requests", 0, 1, 10, "n2", 100.0), return_exceptions=True)
+        assert store._counts.sizes[-1] == 3
+        assert isinstance(results[1], StoreError) and "out of range" in str(results[1])
+        assert [(r.counted, r.used) for r in (results[0], results[2])] in ([(True, 1), (True, 2)],
+                                                                             [(True, 2), (True, 1)])
+        assert await store.used("a", [("requests", 0)]) == {("requests", 0): 2**62}
+        assert (await store.count(a, "requests", 0, 1, None, "big-2", 100.0)).duplicate is False   # no key kept
+
+    async def test_two_nodes_batches_over_the_same_subjects_never_deadlock(self, pg_dsn):
+        """Two nodes' batches over the same subjects, arriving in opposite orders, both held up in the middle by
+        a row another session has locked: each batch takes its row locks in (subject, meter, window) order, so
+        once the row is free one batch waits for the other instead of both waiting for each other (a deadlock
+        PostgreSQL would break after deadlock_timeout, a second, by failing one batch)."""
+        nodes = [open_store(pg_dsn), open_store(pg_dsn)]
+        blocker = None
+        try:
+            for node in nodes:
+                await node.open()
+            await nodes[0].migrate()
+            names = [f"s{i:02}" for i in range(12)]
+            for name in names:
+                await nodes[0].count(fresh(name), "requests", 0, 1, None, None, 100.0)
+            rows = {n: await nodes[0].load(n) for n in names}
+            blocker = await asyncpg.connect(pg_dsn)
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT 1 FROM quota_usage WHERE subject = 's06' FOR UPDATE")
+            batches = [asyncio.gather(*(node.count(rows[n], "requests", 0, 1, None, f"{tag}-{n}", 100.0)
+                                        for n in order))
+                       for node, order, tag in ((nodes[0], names, "a"), (nodes[1], names[::-1], "b"))]
+            await asyncio.sleep(0.3)
+            assert not any(b.done() for b in batches)          # both wait for s06
+            await blocker.execute("ROLLBACK")
+            results = await asyncio.wait_for(asyncio.gather(*batches), 20)
+            assert all(r.counted for batch in results for r in batch)
+            assert nodes[0]._counts.sizes[-1] == nodes[1]._counts.sizes[-1] == 12
+            assert nodes[0].batches_retried == nodes[1].batches_retried == 0
+            for n in names:
+                assert await nodes[1].used(n, [("requests", 0)]) == {("requests", 0): 3}
+        finally:
+            if blocker is not None:
+                await blocker.close()
+            for node in nodes:
+                await node.close()
 
 
 class TestPostgresPool:

@@ -26,9 +26,9 @@ def serve_floor(port: int, dsn: str) -> None:
     import uvloop
     from aiohttp import web
 
-    from bench.http_gate import METER, _bare_answers
+    from bench._harness import METER, bare_answers
 
-    template = next(iter(_bare_answers().values()))
+    template = next(iter(bare_answers().values()))
 
     async def consume(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())

@@ -5,7 +5,7 @@ to show on the other.
 What it measures (issues 6 and 18):
 
 - Durable consume throughput (one unique idempotency key per request, many subjects, the shipped plan with
-  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of bench.http_gate; the
+  the initial status's quotas raised out of reach) on: the harness's bare aiohttp endpoint (bench/_harness.py); the
   one-upsert floor (bench/_floor.py: aiohttp + uvloop + orjson + asyncpg, one durable INSERT ... ON CONFLICT
   DO UPDATE ... RETURNING per request, the least a gate counting in PostgreSQL can do on this stack); one gate
   on SQLite; and one, two and three gates (each a `plangate serve` process of its own) on the same PostgreSQL
@@ -13,7 +13,7 @@ What it measures (issues 6 and 18):
   PostgreSQL node is held to the floor (>= 1.0), two and three nodes to one node (>= 1.0: on two cores the
   machine is the limit, so the CPU per request says what more cores would give). Warm-up, then measured runs
   interleaved, the best of each counts.
-- `/v1/check` on one PostgreSQL node, warm cache (bench.http_gate's few subjects), against the bare endpoint's
+- `/v1/check` on one PostgreSQL node, warm cache (the harness's few subjects), against the bare endpoint's
   check (>= 0.7): the node answers from the usage it holds (every count is pushed to it), with no fail-mode
   answer and no store error.
 - Where the time goes, for each run: the CPU time per request of the gate process(es) and of PostgreSQL (the
@@ -28,7 +28,7 @@ What it measures (issues 6 and 18):
   /v1/subjects/{s}/transition), and B's /v1/check is polled back to back until it shows the new status.
   The delay counts from A's answer (the transition committed) to B's first answer with the new status.
 
-Servers, load generators and their life cycle are bench.http_gate's (real processes on 127.0.0.1, wrk when
+Servers, load generators and their life cycle are the harness's (real processes on 127.0.0.1, wrk when
 on PATH, else a Python aiohttp client). The PostgreSQL database is a fresh one on the server named by
 PLANGATE_BENCH_POSTGRES (an admin DSN; default postgresql://postgres@127.0.0.1:5432/postgres), dropped at
 the end. Without a reachable server the PostgreSQL rows say so and are not met.
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import statistics
@@ -58,9 +57,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._columns import columns  # noqa: E402
-from bench.http_gate import (HOST, MAX_REQUESTS, SUBJECTS as WARM_SUBJECTS, Load, Result, Server,  # noqa: E402
-                             _gate_troubles, _percentile,
-                             _probe, choose_generator, run_python_generator, run_wrk, start_bare, write_plan)
+from bench._harness import MAX_REQUESTS, Load, Result, Server, choose_generator, gate_env, gate_troubles  # noqa: E402
+from bench._harness import SUBJECTS as WARM_SUBJECTS  # noqa: E402
+from bench._harness import percentile, probe, run_python_generator, run_wrk, start_bare, write_plan  # noqa: E402
 
 ADMIN_DSN = os.environ.get("PLANGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUBJECTS = 2000                  # many subjects: consume is not one hot row
@@ -223,10 +222,8 @@ def start_gate(name: str, folder: Path, token: str, database: str, count_file: P
                **settings: str) -> Server:
     """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given;
     `settings` are more PLANGATE_ variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
-                "PLANGATE_PORT": "0", "PLANGATE_DATABASE": database,
-                "PLANGATE_PLANS": str(folder / "plans.yaml"), **settings})
+    env = gate_env(PLANGATE_API_TOKEN=token, PLANGATE_DATABASE=database, PLANGATE_PLANS=str(folder / "plans.yaml"),
+                   **settings)
     if count_file is not None:
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
         argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
@@ -244,7 +241,8 @@ def _combine(parts: list[Result]) -> Result:
         return parts[0]
     dist = None
     if all(p.dist for p in parts):
-        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)] for i, (pct, _) in enumerate(parts[0].dist)]
+        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)]
+                for i, (pct, _) in enumerate(parts[0].dist)]
     return Result(sum(p.requests for p in parts), max(p.seconds for p in parts), sum(p.errors for p in parts),
                   statistics.fmean(p.p50_ms for p in parts), max(p.p99_ms for p in parts), dist=dist)
 
@@ -286,7 +284,7 @@ async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -
                     break
     delays.sort()
     return {"samples": samples, "seen": len(delays), "lost": lost,
-            "p50_ms": round(_percentile(delays, 50) * 1000, 3), "p99_ms": round(_percentile(delays, 99) * 1000, 3),
+            "p50_ms": round(percentile(delays, 50) * 1000, 3), "p99_ms": round(percentile(delays, 99) * 1000, 3),
             "max_ms": round(delays[-1] * 1000, 3) if delays else None,
             "polls_median": statistics.median(polls) if polls else None,
             "delays_ms": [round(d * 1000, 3) for d in delays]}
@@ -415,7 +413,7 @@ def _start(folder: Path, token: str, dsn: str | None, args, servers: list[Server
         setups["postgresql-1-check"] = ([nodes[0]], counts[:1], dsn, "check")
     for nodes, _, _, endpoint in setups.values():
         for node in nodes:
-            _probe(node.url, endpoint, token)
+            probe(node.url, endpoint, token)
     return setups
 
 
@@ -449,12 +447,13 @@ def _measure(setups: dict, wanted: list[str], folder: Path, token: str, generato
 
 
 def _troubles(nodes: list[Server]) -> dict[str, float]:
-    found = [_gate_troubles(node.url) for node in nodes]
+    found = [gate_troubles(node.url) for node in nodes]
     return {k: sum(f[k] for f in found) for k in found[0]}
 
 
 def start_floor(folder: Path, dsn: str) -> Server:
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench._floor import serve_floor; serve_floor(0, {dsn!r})"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench._floor import serve_floor; "
+            f"serve_floor(0, {dsn!r})")
     return Server("floor", [sys.executable, "-c", code], dict(os.environ), folder)
 
 

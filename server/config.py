@@ -59,7 +59,7 @@ class Config:
     pseudonym_secret: str = field(default="", repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> Config:
         """Settings from `env` (default: the process environment, after loading `env_file` if it exists;
         variables already set win over the file)."""
         if env is None:

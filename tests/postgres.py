@@ -78,7 +78,7 @@ class Cluster:
     """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port, in a temporary folder; can be stopped
     and started again (to test what a restart does to the gate)."""
 
-    def __init__(self, replica_of: "Cluster | None" = None):
+    def __init__(self, replica_of: Cluster | None = None):
         """A new cluster (initdb), or with `replica_of` a streaming replica of that running cluster: a copy
         taken with pg_basebackup, set to follow it (-R writes standby.signal and primary_conninfo)."""
         bin_dir = _pg_bin()

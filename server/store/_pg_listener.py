@@ -21,7 +21,7 @@ class Listener:
     listener reconnects (with a growing pause); on_plan(None) then asks whether a plan was deployed meanwhile."""
 
     def __init__(self, dsn: str, on_subject, on_reset, on_usage=None, *, connect_timeout: float = 5.0,
-                 mine: set[int] = frozenset(), on_plan=None):
+                 mine: set[int] | frozenset[int] = frozenset(), on_plan=None):
         """mine: server PIDs whose counts this node has applied already (its own pool's): their plangate_usage
         notifications are skipped."""
         self.dsn, self.on_subject, self.on_reset, self.on_usage = dsn, on_subject, on_reset, on_usage
@@ -57,7 +57,7 @@ class Listener:
             conn = None
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-                conn.add_termination_listener(lambda _: lost.set())
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
                 if self.on_usage is not None:
                     await conn.add_listener(USAGE_CHANNEL, self._counted)
@@ -71,7 +71,7 @@ class Listener:
                 while not lost.is_set():
                     try:
                         await asyncio.wait_for(lost.wait(), 1.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         await conn.execute("SELECT 1")      # notices a dead connection promptly
             except asyncio.CancelledError:
                 raise

@@ -56,11 +56,12 @@ class Pool:
         """A pooled connection, in turn. The wait is bounded by the caller's time budget (the gate runs every
         store call under one), not by a timer of its own: asyncpg's acquire timeout is a task and a timer per
         call. Calls outside a gate's budget (migrate, a job's lock) pass `timeout`."""
-        if self._pool is None:
+        if self._pool is None or self._turns is None:
             raise StoreError("the store is not open")
+        turns = self._turns
         try:
-            await (self._turns.acquire() if timeout is None else asyncio.wait_for(self._turns.acquire(), timeout))
-        except asyncio.TimeoutError as exc:
+            await (turns.acquire() if timeout is None else asyncio.wait_for(turns.acquire(), timeout))
+        except TimeoutError as exc:
             raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
         try:
             async with self._pool.acquire() as conn:
@@ -68,7 +69,7 @@ class Pool:
         except ERRORS as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         finally:
-            self._turns.release()       # after the connection is back in the pool: the next turn finds it there
+            turns.release()       # after the connection is back in the pool: the next turn finds it there
 
 
 class Replicas:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 from collections.abc import Awaitable
 
 import asyncpg
@@ -20,7 +21,7 @@ from ._batches import Batches
 from ._pg_listener import CHANNEL, Listener
 from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
-                    StoreError, StoredSubject, state_from_json, state_json)
+                    StoreError, StoredSubject, state_json)
 from ._migrations import migrations, statements
 from ._postgres_personal import PostgresPersonalData
 from ._postgres_plans import PostgresPlans
@@ -68,7 +69,7 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
     channel = CHANNEL
 
     @property
-    def caches_usage(self) -> bool:
+    def caches_usage(self) -> bool:  # type: ignore[override]  # a property where the base has a constant
         """Other nodes count too: a cached usage is current only while every count reaches this node (the
         listener hears plangate_usage); otherwise usage is read from the database on every check."""
         listener = getattr(self, "_listener", None)
@@ -80,7 +81,7 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         self.dsn = dsn
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
-        options = {"min_size": pool_min, "max_size": pool_max, "connect_timeout": connect_timeout,
+        options: dict[str, Any] = {"min_size": pool_min, "max_size": pool_max, "connect_timeout": connect_timeout,
                    "command_timeout": command_timeout, "reset": _keep_session, "init": self._watch}
         self._primary = Pool(dsn, **options)
         # Reads of subjects (checks, GET /v1/subjects) may go to streaming replicas; see _pg_pool.Replicas.
@@ -248,7 +249,7 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         that the failure is that count's alone."""
         order = sorted(range(len(items)), key=lambda i: items[i][:3])
         ordered = [items[i] for i in order]
-        rows = [None] * len(items)
+        rows: list[Any] = [None] * len(items)
         async with self._conn() as db:
             for attempt in range(DEADLOCK_RETRIES + 1):
                 try:
@@ -352,7 +353,7 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         change = write
         new, s = change.subject, change.subject.state
         self._changed(s.subject)        # written, or decided on a row that was stale: the primary has it now
-        inserted = []
+        inserted: list[str] = []
         for event in change.new_events:
             if not await self._insert_event(db, event):
                 await self._unwrite(db, inserted)
@@ -470,7 +471,8 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         async with self._conn() as db:
             if skip:
                 rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 AND "
-                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2", now, limit, list(skip))
+                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2",
+                                      now, limit, list(skip))
             else:
                 rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
                                       "ORDER BY timer_due LIMIT $2", now, limit)
@@ -511,9 +513,10 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         self._listener.start()
 
     async def unlisten(self) -> None:
-        if getattr(self, "_listener", None) is not None:
-            await self._listener.stop()
-            self._listener = None
+        listener: Listener | None = getattr(self, "_listener", None)
+        if listener is not None:
+            await listener.stop()
+            del self._listener
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):

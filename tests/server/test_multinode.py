@@ -26,7 +26,8 @@ DAY = 86400.0
 
 def plan_with_daily_limit(folder: Path, limit: int) -> Path:
     path = folder / "plans.yaml"
-    path.write_text(PLAN.read_text().replace("requests: {limit: 20, per: day}", f"requests: {{limit: {limit}, per: day}}"))
+    path.write_text(PLAN.read_text().replace("requests: {limit: 20, per: day}",
+                                             f"requests: {{limit: {limit}, per: day}}"))
     return path
 
 
@@ -102,7 +103,7 @@ class TestAcrossNodes:
                 await post(s, a.url + f"/v1/subjects/{subject}/transition", {"to": "closed", "reason": "test"})
                 moved = time.perf_counter()
 
-                async def seen_on_b():
+                async def seen_on_b(subject=subject):
                     _, d = await post(s, b.url + "/v1/check", {"subject": subject, "meter": "requests"})
                     return d["status"] == "closed"
 

@@ -6,15 +6,16 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+import threading
 
 import asyncpg
 import pytest
 
 from plangate.engine import SubjectState, Subscription
 from tests import postgres
-from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
-                          StoredSubject, StoreError, open_store)
-from plangate.server.store import _sqlite
+from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
+                                   SQLiteStore, StoredSubject, StoreError, open_store)
+from plangate.server.store import _sqlite_connections
 from plangate.server.store._postgres import PostgresStore
 from plangate.server.store._migrations import migrations, statements
 from plangate.server.store._base import state_from_json, state_json
@@ -67,8 +68,22 @@ class TestSQLiteSettings:
         # (migrations, batches) waits in SQLite, up to its busy timeout.
         assert store._loop_db.execute("PRAGMA foreign_keys").fetchone() == (1,)
         assert store._loop_db.execute("PRAGMA busy_timeout").fetchone() == (0,)
-        assert (await (await store._writer.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
-        assert (await (await store._writer.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
+        assert (await store._writer.fetch_all("PRAGMA foreign_keys"))[0] == (1,)
+        assert (await store._writer.fetch_all("PRAGMA busy_timeout"))[0][0] > 0
+        # The writer's connection lives on a thread of its own, not the loop's.
+        assert await store._writer.run(lambda _: threading.get_ident()) != threading.get_ident()
+
+    async def test_closing_the_store_ends_its_threads(self, tmp_path):
+        store = SQLiteStore(str(tmp_path / "store.sqlite3"))
+        await store.open()
+        await store.migrate()
+        assert [t for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]
+        await store.close()
+        for _ in range(100):
+            if not [t for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]:
+                break
+            await asyncio.sleep(0.01)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]
 
     async def test_concurrent_counts_share_transactions_and_fail_alone(self, sqlite_store):
         """Group commit: counts that queue together go in one transaction (SQLite's own trace of the
@@ -114,12 +129,12 @@ class TestSQLiteSettings:
         await store.open()
         try:
             await store.migrate()
-            assert (await (await store._writer.execute("PRAGMA wal_autocheckpoint")).fetchone()) == (0,)
+            assert (await store._writer.fetch_all("PRAGMA wal_autocheckpoint"))[0] == (0,)
             written: list[str] = []
             checkpointed: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, written.append)
             store._loop_db.set_trace_callback(written.append)
-            await store._checkpointer.set_trace_callback(checkpointed.append)
+            await store._checkpoints.connection.run(sqlite3.Connection.set_trace_callback, checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
             assert "PRAGMA wal_checkpoint(PASSIVE)" in checkpointed
@@ -130,16 +145,18 @@ class TestSQLiteSettings:
             assert await store.commit(Change(fresh("v"), 0))      # the writer still commits after a checkpoint
         finally:
             await store.close()
-        assert store._checkpointing is None and store._checkpointer is None
+        assert store._checkpoints._task is None
+        with pytest.raises(StoreError):
+            await store._checkpoints.connection.fetch_all("SELECT 1")
 
     async def test_a_wal_past_its_limit_is_checkpointed_by_the_writer_and_starts_over(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(_sqlite, "WAL_RESTART_FRAMES", 1)
+        monkeypatch.setattr(_sqlite_connections, "WAL_RESTART_FRAMES", 1)
         store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)
         await store.open()
         try:
             await store.migrate()
             written: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, written.append)
             for i in range(20):
                 await store.commit(Change(fresh(f"s{i}"), 0))
             await asyncio.sleep(0.3)
@@ -179,7 +196,7 @@ class TestSQLiteSettings:
         assert (await store.count(current, "requests", 0, 5, None, "given-up", 100.0)).duplicate is False
 
     async def test_a_lock_held_past_the_busy_timeout_is_a_store_error(self, sqlite_store, monkeypatch):
-        monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 100)
+        monkeypatch.setattr(_sqlite_connections, "BUSY_TIMEOUT_MS", 100)
         store = sqlite_store
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -198,7 +215,7 @@ class TestSQLiteSettings:
         assert await store.commit(Change(subscribed, 0))
         on_thread: list[str] = []
         on_loop: list[str] = []
-        await store._writer.set_trace_callback(on_thread.append)
+        await store._writer.run(sqlite3.Connection.set_trace_callback, on_thread.append)
         store._loop_db.set_trace_callback(on_loop.append)
         found = await store.doubtful(("billing_problem",), 1e12, 10)
         assert [s.state.subject for s in found] == ["u"]
@@ -212,12 +229,12 @@ class TestSQLiteSettings:
             await store.migrate()
             on_thread: list[str] = []
             on_loop: list[str] = []
-            await store._writer.set_trace_callback(on_thread.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, on_thread.append)
             store._loop_db.set_trace_callback(on_loop.append)
             results = await asyncio.gather(*(store.commit(Change(fresh(f"s{i}"), 0)) for i in range(10)))
             assert results == [True] * 10 and "BEGIN IMMEDIATE" in on_thread and "BEGIN IMMEDIATE" not in on_loop
             assert await store.load("s3") is not None and on_loop        # reads stay on the loop
-            assert (await (await store._writer.execute("PRAGMA synchronous")).fetchone()) == (2,)
+            assert (await store._writer.fetch_all("PRAGMA synchronous"))[0] == (2,)
         finally:
             await store.close()
 
@@ -387,6 +404,50 @@ class TestSaving:
             await store.commit(Change(StoredSubject(base.state.with_(status="paid"), 1), 1, (bad_audit,)))
         loaded = await store.load("u")
         assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)
+
+
+class TestRows:
+    """Every field of a stored subject goes into its row and comes back: the columns are derived from the
+    declarations, so a field added to SubjectState or StoredSubject is covered here as soon as its migration
+    adds the column."""
+
+    @staticmethod
+    def every_field_set(subject: str, version: int) -> StoredSubject:
+        def distinct(cls, skip=()):
+            return {f.name: (f"{f.name}-{i}" if "str" in str(f.type) else float(1000 + i))
+                    for i, f in enumerate(dataclasses.fields(cls)) if f.name not in skip}
+
+        # A value of its own in every field; those that hold structures, built of distinct values too.
+        structured = {"subscriptions": (Subscription(**distinct(Subscription)),
+                                        Subscription(**{**distinct(Subscription), "id": "sub_other"}))}
+        state = SubjectState(**{**distinct(SubjectState), **structured, "subject": subject})
+        fold = state.with_(status="fold-status")
+        return StoredSubject(**{**distinct(StoredSubject, skip=("state", "version", "fold_state")),
+                                "state": state, "version": version, "fold_state": fold})
+
+    async def test_every_field_is_stored_and_loaded(self, store):
+        first = self.every_field_set("u", 0)
+        assert await store.commit(Change(first, 0))
+        assert await store.load("u") == dataclasses.replace(first, version=1)
+        second = self.every_field_set("u", 1)
+        second = dataclasses.replace(second, state=second.state.with_(status="moved", tier="other"),
+                                     stripe_customer="cus_moved")
+        assert await store.commit(Change(second, 1))
+        assert await store.load("u") == dataclasses.replace(second, version=2)
+        assert [s.state.subject for s in await store.due(1e9, 10)] == ["u"]
+        assert (await store.due(1e9, 10))[0] == dataclasses.replace(second, version=2)
+
+    async def test_a_batch_writes_every_field_of_the_state(self, store):
+        assert await store.commit(Change(fresh(), 0))
+        moved = self.every_field_set("u", 1)
+        assert await store.commit_batch([Change(dataclasses.replace(moved, stripe_customer=None), 1)]) == {"u"}
+        loaded = await store.load("u")
+        assert loaded.state == moved.state and loaded.stripe_customer is None     # the ids stay as stored
+
+    def test_with_state_keeps_every_other_field(self):
+        row = self.every_field_set("u", 7)
+        new_state = row.state.with_(status="elsewhere")
+        assert row.with_state(new_state) == dataclasses.replace(row, state=new_state)
 
 
 class TestLookup:

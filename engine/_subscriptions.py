@@ -21,6 +21,7 @@ order of delivery.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
 
 from ._stripe import billing_period, invoice_subscription, unix_seconds
@@ -56,7 +57,8 @@ class Subscription:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Subscription:
-        return cls(**{name: data.get(name) for name in cls.__slots__ if name in data})
+        values: dict[str, Any] = {name: data.get(name) for name in cls.__slots__ if name in data}
+        return cls(**values)
 
 
 def subscription_of(obj: Mapping) -> str | None:
@@ -129,5 +131,5 @@ def _has_prices(obj: Mapping) -> bool:
 
 
 def _date(obj: Mapping, key: str) -> float | None:
-    value = obj.get(key)
+    value: Any = obj.get(key)
     return float(value) if unix_seconds(value) else None

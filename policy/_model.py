@@ -10,9 +10,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _conditions
-from ._conditions import Condition, Group, Node
+from ._conditions import Node
 from ._durations import DurationError, parse_duration
 from ._findings import Location
 from ._yaml import Document
@@ -78,7 +79,7 @@ class Quota:
     location: Location | None = field(default=None, compare=False)
 
     def describe(self) -> str:
-        if self.kind is QuotaKind.LIMIT:
+        if self.kind is QuotaKind.LIMIT and self.window is not None:
             return f"{self.limit} per {self.window.value.replace('_', ' ')}"
         return "the tier's quota" if self.kind is QuotaKind.TIER else "unlimited"
 
@@ -163,7 +164,7 @@ class Trigger:
     name: str = ""         # event type for stripe, action for admin, "" for timer
 
     @classmethod
-    def parse(cls, text: str) -> "Trigger":
+    def parse(cls, text: str) -> Trigger:
         if text == "timer":
             return cls(TriggerKind.TIMER)
         kind, _, name = text.partition(":")
@@ -246,10 +247,10 @@ def version_of(plan: Plan) -> str:
 
 def build(doc: Document) -> Plan:
     """The model of a document that passed the schema."""
-    data = doc.data
-    loc = doc.locate
+    data: Any = doc.data
     meters = tuple(
-        Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")), doc.key_location(("meters", name)))
+        Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")),
+              doc.key_location(("meters", name)))
         for name, m in data["meters"].items())
     tiers = tuple(
         Tier(name, tuple(t["prices"]), _quotas(doc, ("tiers", name, "quotas"), t.get("quotas", {})),

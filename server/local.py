@@ -61,13 +61,14 @@ def hint(out=None) -> int:
                                                          ("admin-token", "PLANGATE_ADMIN_TOKEN", admin),
                                                          ("secret", "STRIPE_WEBHOOK_SECRET", secret))
              if value != kept[name] and not value.startswith("(")]
+    extra = "".join(" " + g for g in given)
     print(f"""
 API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}
 Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}
 Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}
 Enforcement {'on' if config.enabled else 'off (SUBSCRIPTION_ENABLED=false)'}; store {config.database_shown()}
 Try:  curl -s -X POST {url}/v1/check -H "Authorization: Bearer {api}" -d '{{"subject": "alice", "meter": "requests"}}'
-Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{''.join(' ' + g for g in given)}
+Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{extra}
 Stop with Ctrl-C.
 """, file=out, flush=True)
     return 0

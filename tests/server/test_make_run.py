@@ -104,4 +104,5 @@ class TestPythonVersions:
                                    "PLANGATE_TEST_POSTGRES": "postgresql://postgres@127.0.0.1:5432/postgres"})
         assert done.returncode == 0, done.stdout + done.stderr
         assert [line for line in done.stdout.splitlines() if line.startswith("make ")] == [
-            "make test PYTHON=python3.11 VENV=.venv-ci-3.11", "make test PYTHON=python3.13 VENV=.venv-ci-3.13"]
+            "make lint PYTHON=python3.13 VENV=.venv-ci-3.13", "make test PYTHON=python3.11 VENV=.venv-ci-3.11",
+            "make test PYTHON=python3.13 VENV=.venv-ci-3.13"]

@@ -22,6 +22,15 @@ class SubjectState:
     trial_end: float | None = None       # the followed subscription's dates a status timer may be anchored to
     cancel_at: float | None = None
     subscriptions: tuple[Subscription, ...] = ()   # every Stripe subscription of the subject the fold has seen
+    quantity: int | None = None          # the followed subscription's quantity of its tier's item (seats)
+    addons: tuple[tuple[str, int], ...] = ()   # add-ons its live subscriptions buy: (name, quantity), by name
+    traits: tuple[tuple[str, int], ...] = ()   # numbers set on the subject through the API (a quota per_unit)
+
+    def trait(self, name: str) -> int | None:
+        for key, value in self.traits:
+            if key == name:
+                return value
+        return None
 
     @property
     def follows(self) -> Subscription | None:
@@ -37,7 +46,8 @@ class SubjectState:
                            get("period_start", self.period_start), get("period_end", self.period_end),
                            get("plan_version", self.plan_version), get("paid_through", self.paid_through),
                            get("trial_end", self.trial_end), get("cancel_at", self.cancel_at),
-                           get("subscriptions", self.subscriptions))
+                           get("subscriptions", self.subscriptions), get("quantity", self.quantity),
+                           get("addons", self.addons), get("traits", self.traits))
         if changes:
             raise TypeError(f"SubjectState has no field {', '.join(map(repr, changes))}")
         return new

@@ -121,7 +121,7 @@ def entitlements_used(plan: Plan) -> Iterator[Finding]:
                          plan.document.key_location(("addons", a.name, "quotas", meter)))
     limited = {q.meter for s in plan.statuses if s.allows for q in s.quotas if q.kind is not QuotaKind.UNLIMITED}
     for c in plan.credits:
-        if c.meter not in limited:
+        if c.meter not in limited and plan.meter(c.meter) is not None:
             yield _f("credits-unspendable", W,
                      f"credits of {c.meter} are spent once a window's limit is used up, but no status that allows "
                      f"access has a limit for {c.meter}: they could never be spent",

@@ -217,6 +217,10 @@ class StateTable:
         """Can the meter's work be paid with credits past a limit?"""
         return meter in self._credit_meters
 
+    def tier_grants_apply(self, meter: str) -> bool:
+        """Does some tier grant credits of the meter each window?"""
+        return any(m == meter for _, m in self._period_grants)
+
     def spendable(self, state: SubjectState, meter: str, now: float) -> Spendable:
         """Which of its grants the subject may spend now (see Spendable)."""
         return Spendable(self.credits.not_before(state, meter), self._takes_tier(state, meter, now))

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, fields
 import orjson
 
 from plangate.engine import SubjectState, Subscription
+from plangate.engine._credits import Grant
+
+from ._credits import OverageReport, Spend
 
 from ._plans import Census, Deploy, PlanRecord
 
@@ -68,7 +71,21 @@ def state_from_json(text: str | None) -> SubjectState | None:
         data["subscriptions"] = subscriptions_from(data["subscriptions"])
     elif "subscriptions" in data:
         data["subscriptions"] = ()
+    for key in ("addons", "traits"):    # JSON lists; a state written before migration entitlements has none
+        if key in data:
+            data[key] = pairs_from(data[key])
     return SubjectState(**data)
+
+
+def pairs_json(pairs: tuple[tuple[str, int], ...]) -> str | None:
+    """A state's (name, number) pairs (add-ons, traits) as JSON; None when there are none."""
+    return orjson.dumps(pairs).decode() if pairs else None
+
+
+def pairs_from(data) -> tuple[tuple[str, int], ...]:
+    if isinstance(data, (str, bytes)):
+        data = orjson.loads(data)
+    return tuple((str(name), int(value)) for name, value in data) if data else ()
 
 
 def subscriptions_json(subscriptions: tuple[Subscription, ...]) -> str | None:
@@ -123,6 +140,7 @@ class Change:
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
     links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
+    grants: tuple["Grant", ...] = ()               # credits its events grant (a grant held already is not made again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +186,9 @@ class Counted:
     used: int
     duplicate: bool = False
     conflict: bool = False
+    credits_used: int = 0           # a spend: what the work took of the subject's credits
+    overage: int = 0                # ... and how much of it was overage
+    balance: int | None = None      # ... and the credits left (None: not read)
 
 
 class Store(abc.ABC):
@@ -214,6 +235,47 @@ class Store(abc.ABC):
         """Add amount to a window's usage in one atomic step, unless that would pass `limit`
         (None: no limit, the work already ran). Refuses with conflict=True when the subject's stored
         version is no longer current.version (a version of 0 stores current.state first)."""
+
+    @abc.abstractmethod
+    async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
+                    key: str | None, now: float) -> Counted:
+        """A count that may go past the window's limit, in one atomic step: the limit first, then the subject's
+        credits (spend.which, in spending order; spend.grants made first), then overage up to spend.ceiling (a
+        report row for it when spend.report). Refuses (nothing written) past the ceiling; a key seen before
+        answers as the first time; conflict=True as for count."""
+
+    @abc.abstractmethod
+    async def grants(self, subject: str, now: float) -> list[Grant]:
+        """The subject's spendable grants, and its latest tier grants (spent or not)."""
+
+    @abc.abstractmethod
+    async def recent_grants(self, subject: str, limit: int = 50) -> list[Grant]:
+        """The subject's newest grants, spent and expired ones included."""
+
+    @abc.abstractmethod
+    async def add_grants(self, subject: str, grants: tuple[Grant, ...], actor: str | None) -> int:
+        """Make grants (one already made, by its id, is not made again); how many were made."""
+
+    @abc.abstractmethod
+    async def overage_due(self, now: float, limit: int) -> list[OverageReport]:
+        """Pending overage reports due to be sent, the longest waiting first."""
+
+    @abc.abstractmethod
+    async def update_reports(self, reports: list[OverageReport]) -> None:
+        """Record what sending reports did (status, attempts, next attempt, error)."""
+
+    @abc.abstractmethod
+    async def overage_reports(self, subject: str | None, status: str | None, limit: int = 100
+                              ) -> list[OverageReport]:
+        """A subject's newest reports, or the newest with a status."""
+
+    @abc.abstractmethod
+    async def overage_counts(self) -> dict[str, tuple[int, int]]:
+        """Reports per status: (how many, their total value)."""
+
+    @abc.abstractmethod
+    async def overage_sent(self, start: float, end: float) -> list[tuple[str, str, int]]:
+        """(customer, meter event name, total value) sent for work counted between start and end."""
 
     @abc.abstractmethod
     async def commit(self, change: Change) -> bool:

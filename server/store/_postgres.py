@@ -13,7 +13,9 @@ import asyncpg
 
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_from_json, state_json)
+from ._credits import grant_values
 from ._migrations import migrations, statements
+from ._postgres_credits import _INSERT_GRANT, PostgresCredits
 from ._postgres_personal import PostgresPersonalData
 from ._postgres_plans import PLAN_CHANNEL, PostgresPlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
@@ -31,7 +33,8 @@ _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c 
 # A count in one round trip (migration 5): $8 is the subject's version the decision was made on.
 _COUNT = "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)"
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
-          "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text"}   # others: float8
+          "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text", "quantity": "int8",
+          "addons": "text", "traits": "text"}   # others: float8
 # The subject a Stripe id leads to: the row's own subscription or customer, else a link of its events (another
 # subscription it holds or held, a charge, a payment intent), in that order of preference.
 _FIND = ("SELECT subject FROM (SELECT subject, 0 AS rank FROM subscriptions WHERE stripe_subscription = $1 "
@@ -48,7 +51,7 @@ _BATCH_UPDATE = (
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
-class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
+class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store):
     caches_usage = False      # other nodes count too: usage is read from the database on every check
     channel = CHANNEL
 
@@ -176,6 +179,10 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
             return Counted(True, used, duplicate=True)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
+    async def _insert_subject(self, db, current: StoredSubject, now: float) -> None:
+        await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                         *subject_values(current), now)
+
     async def _count_first(self, db, current: StoredSubject, args: tuple):
         """plangate_count's row for a subject not stored yet: its row goes in with the count (as version 1,
         unless another writer's is there), or not at all."""
@@ -219,6 +226,9 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
                     if change.links:
                         await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
                                          "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
+                    if change.grants:
+                        await db.executemany(_INSERT_GRANT, [grant_values(s.subject, g, "stripe")
+                                                             for g in change.grants])
                     await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
             except _ERRORS as exc:
                 raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc

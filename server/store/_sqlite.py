@@ -25,6 +25,7 @@ import aiosqlite
 from plangate.engine import SubjectState
 
 from ._migrations import migrations, statements
+from ._sqlite_credits import SQLiteCredits, _insert_grants
 from ._sqlite_plans import SQLitePlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 from ._sqlite_personal import SQLitePersonalData
@@ -116,7 +117,7 @@ def sqlite_path(database: str) -> str:
     return database.removeprefix("sqlite:///").removeprefix("sqlite://")
 
 
-class SQLiteStore(SQLitePersonalData, SQLitePlans, Store):
+class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous
@@ -665,6 +666,8 @@ def _commit(db: sqlite3.Connection, change: Change) -> bool:
     _upsert_payments(db, change.payments)
     if change.links:
         db.executemany(_LINK, [(stripe_id, s.subject) for stripe_id in change.links])
+    if change.grants:
+        _insert_grants(db, s.subject, change.grants, "stripe")
     return True
 
 

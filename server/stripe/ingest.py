@@ -142,7 +142,7 @@ class Ingest:
         session = event.object.get("id")
         items = await self.api.line_items(session) if self.api.configured and isinstance(session, str) else None
         if items is None:
-            log(logging.WARNING, "credit_pack_unread", event=event.id, session=session,
+            log(logging.WARNING, "credit_pack_unread", event_id=event.id, session=session,
                 why="a paid one-time Checkout whose line items the gate cannot read (set STRIPE_SECRET_KEY): "
                     "it grants no credits")
             return event, payload

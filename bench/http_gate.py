@@ -59,7 +59,12 @@ _LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
 DIST_PCTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9, 100)
 
 # endpoint -> (minimum gate/bare ratio, maximum gate p99 in ms or None)
-GOALS = {"check": (0.85, 5.0), "consume": (0.5, None)}
+GOALS = {"check": (0.85, 5.0), "consume": (0.5, None), "check_entitled": (0.0, None)}
+# check_entitled (issue 19): /v1/check alternating a feature (granted by the status) and a meter whose limit is
+# per seat (a trait) and used up, so that the subject's credits decide: the gate's CPU a request within this
+# factor of a plain check's, measured in the same run.
+ENTITLED_CPU_GOAL = 1.5
+ENTITLED_METER = "tokens"
 
 
 # --- the bare endpoint ------------------------------------------------------------------------------
@@ -207,6 +212,12 @@ def write_plan(folder: Path) -> Path:
     if len(initial) != 1:
         raise RuntimeError("plans.yaml: expected exactly one initial status")
     initial[0]["quotas"] = {meter: {"limit": 10**12, "per": "day"} for meter in plan["meters"]}
+    # What check_entitled asks: a feature, and a meter per seat whose credits decide once its limit is used up.
+    plan["meters"][ENTITLED_METER] = {"description": "check_entitled's meter", "fail_mode": "open"}
+    plan["features"] = {"sso": {"description": "check_entitled's feature"}}
+    plan["credits"] = {ENTITLED_METER: {"packs": {"price_bench_pack": 1000}}}
+    initial[0]["features"] = ["sso"]
+    initial[0]["quotas"][ENTITLED_METER] = {"limit": 10, "per": "day", "per_unit": {"trait": "seats"}}
     path = folder / "plans.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
     return path
@@ -228,7 +239,7 @@ class Load:
 
     @property
     def path(self) -> str:
-        return f"/v1/{self.endpoint}"
+        return "/v1/check" if self.endpoint == "check_entitled" else f"/v1/{self.endpoint}"
 
 
 @dataclass
@@ -260,13 +271,17 @@ function request()
   counter = counter + 1
   local subject = string.format("bench-%%s-%%d", endpoint, counter %% subjects)
   local body
-  if endpoint == "consume" then
+  if endpoint == "check_entitled" and counter %% 2 == 0 then
+    body = string.format('{"subject":"%%s","feature":"sso"}', subject)
+  elseif endpoint == "check_entitled" then
+    body = string.format('{"subject":"%%s","meter":"%(entitled_meter)s","amount":1}', subject)
+  elseif endpoint == "consume" then
     body = string.format('{"subject":"%%s","meter":"%(meter)s","amount":1,"idempotency_key":"%%s-%%d-%%d"}',
                          subject, prefix, thread_id, counter)
   else
     body = string.format('{"subject":"%%s","meter":"%(meter)s","amount":1}', subject)
   end
-  return wrk.format("POST", "/v1/" .. endpoint, headers, body)
+  return wrk.format("POST", "%(path)s", headers, body)
 end
 function delay()
   return %(pause)d
@@ -310,7 +325,8 @@ def run_wrk(load: Load, folder: Path, threads: int = 1) -> Result:
     script = folder / f"{load.endpoint}-{load.key_prefix}.lua"
     script.write_text(_WRK_SCRIPT % {"endpoint": load.endpoint, "token": load.token, "prefix": load.key_prefix,
                                      "subjects": load.subjects, "max": max(1, load.max_requests // threads),
-                                     "meter": METER, "pcts": wrk_dist_lua(), "pause": load.pause_ms})
+                                     "meter": METER, "pcts": wrk_dist_lua(), "pause": load.pause_ms,
+                                     "entitled_meter": ENTITLED_METER, "path": load.path})
     argv = ["wrk", f"-t{threads}", f"-c{load.connections}", f"-d{max(1, round(load.duration))}s",
             "--timeout", "2s", "-s", str(script), load.url + load.path]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=load.duration + 30)
@@ -358,6 +374,9 @@ def _python_load_main() -> None:
                     issued += 1
                     n += 1
                     body = {"subject": f"bench-{load.endpoint}-{(wid * 7919 + n) % load.subjects}", "meter": METER, "amount": 1}
+                    if load.endpoint == "check_entitled":
+                        body = ({"subject": body["subject"], "feature": "sso"} if n % 2 == 0 else
+                                {**body, "meter": ENTITLED_METER})
                     if load.endpoint == "consume":
                         body["idempotency_key"] = f"{load.key_prefix}-{wid}-{n}"
                     data = json.dumps(body).encode()
@@ -399,8 +418,30 @@ def choose_generator(wanted: str) -> str:
 
 # --- the benchmark ----------------------------------------------------------------------------------
 
+def _post(url: str, path: str, token: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _entitle(url: str, token: str) -> None:
+    """check_entitled's subjects: 3 seats (a limit of 30), the day's allowance used up, credits to spend."""
+    for i in range(SUBJECTS):
+        subject = f"bench-check_entitled-{i}"
+        _post(url, f"/v1/subjects/{subject}/traits", token, {"traits": {"seats": 3}})
+        _post(url, "/v1/consume", token, {"subject": subject, "meter": ENTITLED_METER, "amount": 30})
+        _post(url, f"/v1/subjects/{subject}/credits", token,
+              {"meter": ENTITLED_METER, "amount": 10**6, "reason": "bench"})
+    answer = _post(url, "/v1/check", token, {"subject": "bench-check_entitled-0", "meter": ENTITLED_METER})
+    if not (answer.get("allowed") and answer.get("credits") and answer.get("limit") == 30):
+        raise RuntimeError(f"check_entitled: the subject is not decided by its credits: {answer}")
+
+
 def _probe(url: str, endpoint: str, token: str) -> dict:
     """One request before the load: the endpoint answers 200 and allows (else the figures mean nothing)."""
+    if endpoint == "check_entitled":
+        return {}
     body = {"subject": f"bench-{endpoint}-0", "meter": METER, "amount": 1}
     if endpoint == "consume":
         body["idempotency_key"] = f"probe-{secrets.token_hex(8)}"
@@ -511,7 +552,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="a run per server and endpoint at about this share of the gate's best req/s, "
                              "the connections pausing between requests, for latency below saturation (0: skip)")
     parser.add_argument("--max-requests", type=int, default=MAX_REQUESTS, help="per measured run")
-    parser.add_argument("--endpoints", default="check,consume", help="comma-separated: check, consume")
+    parser.add_argument("--endpoints", default="check,consume,check_entitled",
+                        help="comma-separated: check, consume, check_entitled")
     args = parser.parse_args([] if argv is None else argv)
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
     for e in endpoints:
@@ -534,6 +576,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             servers.append(start_gate(folder, token))
             servers.append(start_bare(folder, args.uvloop))
             urls = {"gate": servers[0].url, "bare": servers[1].url}
+            if "check_entitled" in endpoints:
+                _entitle(urls["gate"], token)
             for endpoint in endpoints:
                 for url in urls.values():
                     _probe(url, endpoint, token)
@@ -567,8 +611,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         finally:
             for server in reversed(servers):
                 server.stop()
+    _entitled_goal(rows)
     print_table(rows)
     return rows
+
+
+def _entitled_goal(rows: list[dict]) -> None:
+    """check_entitled's goal: its gate CPU a request within ENTITLED_CPU_GOAL of the plain check's."""
+    plain = next((r for r in rows if r["endpoint"] == "/v1/check"), None)
+    for r in rows:
+        if r["endpoint"] == "/v1/check_entitled":
+            r["endpoint"] = "/v1/check (features, seats, credits)"
+            vs = r["gate_cpu_us"] / plain["gate_cpu_us"] if plain and plain["gate_cpu_us"] and r["gate_cpu_us"] \
+                else None
+            r["cpu_vs_check"] = vs and round(vs, 3)
+            r["goal"] = f"gate cpu <= {ENTITLED_CPU_GOAL}x plain check"
+            r["met"] = vs is not None and vs <= ENTITLED_CPU_GOAL and r["gate_errors"] == 0
 
 
 if __name__ == "__main__":

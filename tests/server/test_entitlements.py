@@ -247,3 +247,33 @@ class TestAcrossNodes:
 
 def _unused(_: web.Application) -> None:
     """aiohttp's web is imported for the fake's fixture's types."""
+
+
+class TestPersonalData:
+    async def test_erasure_moves_credits_and_overage_to_the_pseudonym(self, start):
+        gate = await start(AI, PLANGATE_MAX_AMOUNT="100000000")
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("p1", "account", "price_scale_yearly"), NOW - 60))
+        await gate.post("/v1/subjects/p1/credits", {"meter": "tokens", "amount": 10,
+                                                     "reason": "Jane Doe asked nicely", "actor": "ops"})
+        await consume(gate, "p1", "tokens", 20_000_015)
+        status, erased = await gate.post("/v1/subjects/p1/erase", {"actor": "privacy"})
+        assert status == 200, erased
+        store = gate.app[GATE].store
+        pseudonym = erased["pseudonym"]
+        assert await store.recent_grants("p1") == [] and await store.overage_reports("p1", None) == []
+        (grant,) = await store.recent_grants(pseudonym)
+        assert grant.remaining == 0 and "Jane" not in grant.note
+        (report,) = await store.overage_reports(pseudonym, None)
+        assert (report.subject, report.value) == (pseudonym, 5)
+
+    def test_a_reduced_checkout_keeps_its_credit_packs(self):
+        from plangate.engine import compile_file
+        from plangate.server.stripe.reduction import Reducer
+        obj = pack_checkout("p2", "cs_pack_9", [("price_tokens_1m", 4)])
+        obj["customer_details"] = {"email": "jane@example.com", "name": "Jane Doe"}
+        evt = se.event("checkout.session.completed", obj, NOW)
+        reduced = json.loads(Reducer(compile_file(AI)).reduce(json.dumps(evt)))
+        kept = reduced["data"]["object"]
+        assert "customer_details" not in kept
+        assert kept["line_items"]["data"] == [{"price": {"id": "price_tokens_1m"}, "quantity": 4}]

@@ -12,7 +12,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
 # A local gate on the shipped plan: enforcement on, SQLite under var/, a generated token.
@@ -38,7 +38,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The repository's static checks (also .pre-commit-config.yaml's): ruff, mypy (tools/typecheck), the shipped plan.
 lint: $(STAMP)
+	$(BIN)/ruff check .
+	PYTHON=$(BIN)/python tools/typecheck
 	$(BIN)/plangate lint --strict plans.yaml
 
 # Every benchmark of bench/, then one table (also bench/results/report.md) and a latency chart
@@ -46,7 +49,7 @@ lint: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
 # wrk drives the HTTP benches: a Python client needs a core of its own to keep up, and on two cores it

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 def _save(name: str, result: object) -> None:
     folder = HERE / "results"
     folder.mkdir(exist_ok=True)
-    record = {"bench": name, "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    record = {"bench": name, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "python": sys.version.split()[0], "result": result}
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 

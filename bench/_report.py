@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 from bench._columns import columns
 
 HERE = Path(__file__).resolve().parent
@@ -40,9 +40,11 @@ def _http_gate(rows: list[dict]) -> list[dict]:
         if "p99<" in r["goal"]:
             limit = float(r["goal"].split("p99<")[1].rstrip("ms"))
             out.append(_row(f"{ep} p99 latency, 32 connections", r["gate_p99_ms"], "ms", r["bare_p99_ms"],
-                            "bare aiohttp p99", round(r["gate_p99_ms"] / r["bare_p99_ms"], 2) if r["bare_p99_ms"] else None,
+                            "bare aiohttp p99",
+                            round(r["gate_p99_ms"] / r["bare_p99_ms"], 2) if r["bare_p99_ms"] else None,
                             f"< {limit:g} ms", r["gate_p99_ms"] < limit,
-                            f"1 connection: p99 {r.get('gate_p99_ms_1conn', '-')} ms (bare {r.get('bare_p99_ms_1conn', '-')}); "
+                            f"1 connection: p99 {r.get('gate_p99_ms_1conn', '-')} ms "
+                            f"(bare {r.get('bare_p99_ms_1conn', '-')}); "
                             f"paced, ~{r.get('gate_rps_paced', '-')} req/s: p99 {r.get('gate_p99_ms_paced', '-')} ms "
                             f"(bare {r.get('bare_p99_ms_paced', '-')})"))
     return out
@@ -73,11 +75,15 @@ def _postgres_consume(rows: list[dict]) -> list[dict]:
         if r.get("skipped"):
             out.append(_row(r["what"], None, "", goal=r["goal"], met=False, note=f"skipped: {r['skipped']}"))
         elif "rps" in r:
+            against = r.get("baseline_what", "bare aiohttp")
             note = (f"rt/req {r['round_trips_per_request']}, " if "round_trips_per_request" in r else "") + \
-                   f"cpu us gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']}, busy {r['machine_busy_pct']}%" + \
+                   f"cpu us/req gate {r['gate_cpu_us']} pg {r['postgres_cpu_us']} ({against}: " \
+                   f"{r.get('bare_cpu_us')} / {r.get('bare_postgres_cpu_us', '-')}), busy {r['machine_busy_pct']}%" + \
+                   (f"; {r['floor_ratio']} of the floor" if "floor_ratio" in r and against != "the one-upsert floor"
+                    else "") + \
                    (f"; {r['store_errors']} store errors, {r['fail_mode_answers']} fail-mode answers"
                     if r.get("store_errors") or r.get("fail_mode_answers") else "")
-            out.append(_row(f"{r['what']}, vs bare aiohttp", r["rps"], "req/s", r["bare_rps"], "bare aiohttp",
+            out.append(_row(f"{r['what']}, vs {against}", r["rps"], "req/s", r["bare_rps"], against,
                             r["ratio"], r["goal"], r["met"], note))
         else:
             for p in ("p50", "p99"):
@@ -96,7 +102,8 @@ def _webhook_abuse(rows: list[dict]) -> list[dict]:
                         "same probe, gate idle", r["ratio"], r["goal"], r["met"],
                         f"{r['checks']} checks, max {r['max_ms']} ms; abuse: {answered}"
                         + ("" if r["clean"] else "; NOT clean") +
-                        (f"; {r['events_stored_after_all']} events stored" if r.get("events_stored_after_all") else "")))
+                        (f"; {r['events_stored_after_all']} events stored" if r.get("events_stored_after_all")
+                         else "")))
     return out
 
 
@@ -197,7 +204,8 @@ def _series(results: dict[str, object]) -> list[tuple[str, list[tuple[str, list]
         if r.get("delays_ms"):
             n = len(r["delays_ms"])
             panels.append((f"cross-node invalidation delay ({n} samples)",
-                           [("A committed -> B sees it", [[100 * (i + 1) / n, d] for i, d in enumerate(r["delays_ms"])])]))
+                           [("A committed -> B sees it",
+                             [[100 * (i + 1) / n, d] for i, d in enumerate(r["delays_ms"])])]))
     return panels
 
 
@@ -246,7 +254,7 @@ def chart(results: dict[str, object], path: Path) -> Path | None:
 def write(results: dict[str, object], failed: dict[str, str] | None = None, files: bool = True) -> str:
     """Print the table and, if `files`, write report.md and latency.png; returns the table text."""
     rows = normalize(results, failed)
-    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     table = text_table(rows)
     print(f"\n== report ({at}, {os.cpu_count()} CPUs)\n{table}\n")
     summary = f"{sum(1 for r in rows if r['met'])} of {len(rows)} rows meet their goal."

@@ -1,34 +1,41 @@
-"""`/v1/consume` on PostgreSQL, one gate node and two, against SQLite and a bare aiohttp endpoint in the same
-run; `/v1/check` on PostgreSQL; and how long a transition made on one node takes to show on the other.
+"""`/v1/consume` on PostgreSQL on one, two and three gate nodes, against the one-upsert floor, SQLite and a bare
+aiohttp endpoint in the same run; `/v1/check` on PostgreSQL; and how long a transition made on one node takes
+to show on the other.
 
-What it measures (issue 6, "Speed"):
+What it measures (issues 6 and 18):
 
 - Durable consume throughput (one unique idempotency key per request, many subjects, the shipped plan with
-  the initial status's quotas raised out of reach) on: the bare aiohttp endpoint of bench.http_gate (the
-  same-run baseline), one gate on SQLite, one gate on PostgreSQL, and two gates (two `plangate serve`
-  processes) on the same PostgreSQL database with the load split evenly across them (half the connections
-  each, two load generators at once). Warm-up, then measured runs interleaved, the best of each counts.
-- `/v1/check` on one PostgreSQL node, warm cache (bench.http_gate's few subjects), against the bare endpoint's
-  check: usage is read from the database on every check (other nodes count too), so each check waits its turn
-  for a pooled connection. It is met when every check was answered from the store: none by the fail mode,
-  none past PLANGATE_STORE_TIMEOUT.
-- Where the time goes, for each run: the CPU time per request of the gate process(es), of all PostgreSQL
-  server processes (from /proc), how busy the whole machine was, and, on PostgreSQL, the store round trips
-  (statements sent by asyncpg, BEGIN/COMMIT included) and transactions per request.
-  The round trips are counted inside the gate processes by a small wrapper around asyncpg's Connection
-  (`_COUNTING_PRELUDE`), written to a file four times a second.
+  the initial status's quotas raised out of reach) on: the harness's bare aiohttp endpoint (bench/_harness.py); the
+  one-upsert floor (bench/_floor.py: aiohttp + uvloop + orjson + asyncpg, one durable INSERT ... ON CONFLICT
+  DO UPDATE ... RETURNING per request, the least a gate counting in PostgreSQL can do on this stack); one gate
+  on SQLite; and one, two and three gates (each a `plangate serve` process of its own) on the same PostgreSQL
+  database, the load split evenly across them (one load generator per node, at once). Consume on one
+  PostgreSQL node is held to the floor (>= 1.0), two and three nodes to one node (>= 1.0: on two cores the
+  machine is the limit, so the CPU per request says what more cores would give). Warm-up, then measured runs
+  interleaved, the best of each counts.
+- `/v1/check` on one PostgreSQL node, warm cache (the harness's few subjects), against the bare endpoint's
+  check (>= 0.7): the node answers from the usage it holds (every count is pushed to it), with no fail-mode
+  answer and no store error.
+- Where the time goes, for each run: the CPU time per request of the gate process(es) and of PostgreSQL (the
+  backends of the bench's database and the server's shared processes, not other databases' backends: other
+  tests share the server), from /proc; how busy the whole machine was; and, on PostgreSQL, the store round
+  trips (statements sent by asyncpg, BEGIN/COMMIT included) and transactions per request (every backend's,
+  the listeners' deliveries of notifications included). The round trips are counted inside the gate
+  processes by a small wrapper around asyncpg's Connection (`_COUNTING_PRELUDE`), written to a file four
+  times a second.
 - The cross-node invalidation delay: for N fresh subjects, node B reads the subject (now in its cache,
   whose TTL is PLANGATE_CACHE_TTL, 5 s by default), node A moves it with an admin transition (POST
   /v1/subjects/{s}/transition), and B's /v1/check is polled back to back until it shows the new status.
   The delay counts from A's answer (the transition committed) to B's first answer with the new status.
 
-Servers, load generators and their life cycle are bench.http_gate's (real processes on 127.0.0.1, wrk when
+Servers, load generators and their life cycle are the harness's (real processes on 127.0.0.1, wrk when
 on PATH, else a Python aiohttp client). The PostgreSQL database is a fresh one on the server named by
 PLANGATE_BENCH_POSTGRES (an admin DSN; default postgresql://postgres@127.0.0.1:5432/postgres), dropped at
 the end. Without a reachable server the PostgreSQL rows say so and are not met.
 
     python -m bench.postgres_consume [--duration 3] [--rounds 2] [--connections 32] [--subjects 2000]
-                                     [--samples 200] [--generator auto|wrk|python]
+                                     [--samples 200] [--nodes 3] [--generator auto|wrk|python]
+                                     [--no-push-usage] [--only bare,floor,postgresql-1,...]
 
 `main()` prints a table and returns its rows (a list of dicts) for the bench runner.
 """
@@ -36,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import statistics
@@ -51,13 +57,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._columns import columns  # noqa: E402
-from bench.http_gate import (HOST, MAX_REQUESTS, SUBJECTS as WARM_SUBJECTS, Load, Result, Server,  # noqa: E402
-                             _gate_troubles, _percentile,
-                             _probe, choose_generator, run_python_generator, run_wrk, start_bare, write_plan)
+from bench._harness import MAX_REQUESTS, Load, Result, Server, choose_generator, gate_env, gate_troubles  # noqa: E402
+from bench._harness import SUBJECTS as WARM_SUBJECTS  # noqa: E402
+from bench._harness import percentile, probe, run_python_generator, run_wrk, start_bare, write_plan  # noqa: E402
 
 ADMIN_DSN = os.environ.get("PLANGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUBJECTS = 2000                  # many subjects: consume is not one hot row
-CONSUME_RATIO_GOAL = 0.5         # issue 4's consume goal against bare aiohttp, held for every store here
+SQLITE_RATIO_GOAL = 0.5          # issue 4's consume goal against bare aiohttp
+FLOOR_RATIO_GOAL = 1.0           # issue 18: consume on one PostgreSQL node at least as fast as the one-upsert floor
+SCALING_GOAL = 1.0               # issue 18: 2 and 3 nodes at least as fast as one
+CHECK_RATIO_GOAL = 0.7           # issue 18: check on PostgreSQL against bare aiohttp
 INVALIDATION_TIMEOUT = 10.0      # seconds one sample may take before it counts as lost
 
 # asyncpg, counted: every statement a gate process sends (execute without arguments is one simple query
@@ -134,18 +143,27 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def postgres_cpu() -> dict[int, float]:
-    """CPU seconds so far of every PostgreSQL server process on this machine (backends, WAL writer, ...)."""
+def postgres_cpu(database: str | None = None) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL server processes on this machine: with `database`, its backends and
+    the cluster's shared ones (WAL writer, checkpointer, ...), not the backends of other databases (other
+    tests and benches on a shared machine use the same server)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    cpu = _proc_cpu(int(entry.name))
-                    if cpu is not None:
-                        found[int(entry.name)] = cpu
+                if (entry / "comm").read_text().strip() != "postgres":
+                    continue
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
             except OSError:
                 continue
+            # A backend's title: "postgres: [cluster:] user database host(port) state"; shared ones have no host.
+            backend = any("(" in word and word.startswith(("127.", "[", "::", "/")) for word in title) or \
+                "[local]" in title
+            if database and backend and database not in title:
+                continue
+            cpu = _proc_cpu(int(entry.name))
+            if cpu is not None:
+                found[int(entry.name)] = cpu
     return found
 
 
@@ -172,13 +190,14 @@ class Meter:
         self.rt0 = self._round_trips()
         self.x0 = pg_xacts(self.dsn) if self.dsn else None
         self.gate0 = [g.cpu_seconds() for g in self.gates]
-        self.pg0 = postgres_cpu()
+        self.database = self.dsn.rsplit("/", 1)[-1] if self.dsn else None
+        self.pg0 = postgres_cpu(self.database)
         self.busy0 = machine_busy()
         return self
 
     def __exit__(self, *exc):
         self.busy1 = machine_busy()
-        self.pg1 = postgres_cpu()
+        self.pg1 = postgres_cpu(self.database)
         self.gate1 = [g.cpu_seconds() for g in self.gates]
         self.x1 = pg_xacts(self.dsn) if self.dsn else None
         self.rt1 = self._round_trips()
@@ -199,12 +218,12 @@ class Meter:
 
 # --- servers -------------------------------------------------------------------------------------
 
-def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None) -> Server:
-    """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": token, "PLANGATE_HOST": HOST,
-                "PLANGATE_PORT": "0", "PLANGATE_DATABASE": database,
-                "PLANGATE_PLANS": str(folder / "plans.yaml")})
+def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None,
+               **settings: str) -> Server:
+    """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given;
+    `settings` are more PLANGATE_ variables."""
+    env = gate_env(PLANGATE_API_TOKEN=token, PLANGATE_DATABASE=database, PLANGATE_PLANS=str(folder / "plans.yaml"),
+                   **settings)
     if count_file is not None:
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
         argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
@@ -222,7 +241,8 @@ def _combine(parts: list[Result]) -> Result:
         return parts[0]
     dist = None
     if all(p.dist for p in parts):
-        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)] for i, (pct, _) in enumerate(parts[0].dist)]
+        dist = [[pct, round(statistics.fmean(p.dist[i][1] for p in parts), 3)]
+                for i, (pct, _) in enumerate(parts[0].dist)]
     return Result(sum(p.requests for p in parts), max(p.seconds for p in parts), sum(p.errors for p in parts),
                   statistics.fmean(p.p50_ms for p in parts), max(p.p99_ms for p in parts), dist=dist)
 
@@ -264,7 +284,7 @@ async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -
                     break
     delays.sort()
     return {"samples": samples, "seen": len(delays), "lost": lost,
-            "p50_ms": round(_percentile(delays, 50) * 1000, 3), "p99_ms": round(_percentile(delays, 99) * 1000, 3),
+            "p50_ms": round(percentile(delays, 50) * 1000, 3), "p99_ms": round(percentile(delays, 99) * 1000, 3),
             "max_ms": round(delays[-1] * 1000, 3) if delays else None,
             "polls_median": statistics.median(polls) if polls else None,
             "delays_ms": [round(d * 1000, 3) for d in delays]}
@@ -281,7 +301,7 @@ def _verdict(row: dict) -> str:
     parts = [f"gate {gate:.0f} us CPU/{what}, PostgreSQL {pg:.0f} us" if row["store"] == "postgresql"
              else f"gate {gate:.0f} us CPU/{what}"]
     if "round_trips_per_request" in row:
-        parts.append(f"{row['round_trips_per_request']:.1f} store round trips and "
+        parts.append(f"{row['round_trips_per_request']:.2f} store round trips and "
                      f"{row.get('pg_xacts_per_request', 0):.2f} transactions per {what}")
     parts.append(f"machine {busy:.0f}% busy")
     if row.get("fail_mode_answers") or row.get("store_errors"):
@@ -295,6 +315,18 @@ def _verdict(row: dict) -> str:
     return "; ".join(parts)
 
 
+# name -> (what it is measured against, the goal on the ratio): every row of the table, in order. A goal of
+# None: shown, not held to anything (the floor's own ratio to bare aiohttp says what the database costs).
+ROWS = {
+    "floor": ("bare", None),
+    "sqlite-1": ("bare", SQLITE_RATIO_GOAL),
+    "postgresql-1": ("floor", FLOOR_RATIO_GOAL),
+    "postgresql-2": ("postgresql-1", SCALING_GOAL),
+    "postgresql-3": ("postgresql-1", SCALING_GOAL),
+    "postgresql-1-check": ("bare-check", CHECK_RATIO_GOAL),
+}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench.postgres_consume", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measured run (default 3)")
@@ -303,7 +335,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--connections", type=int, default=32, help="in all, split across nodes")
     parser.add_argument("--subjects", type=int, default=SUBJECTS)
     parser.add_argument("--samples", type=int, default=200, help="invalidation delay samples")
+    parser.add_argument("--nodes", type=int, default=3, help="most PostgreSQL nodes to measure consume on")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--no-push-usage", action="store_true",
+                        help="PostgreSQL nodes with PLANGATE_PG_PUSH_USAGE=false: counts are not announced, and "
+                             "checks read usage from the database (what pushing usage costs a consume)")
+    parser.add_argument("--gate-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PLANGATE_ setting for every PostgreSQL node (repeatable), e.g. PLANGATE_CACHE_TTL=60")
+    parser.add_argument("--only", default="", help="comma-separated setups to measure (default all): "
+                        "bare, floor, sqlite-1, postgresql-N, bare-check, postgresql-1-check")
     args = parser.parse_args([] if argv is None else argv)
     generator = choose_generator(args.generator)
     print(f"postgres_consume: load generator: {generator}; {args.connections} connections in all, "
@@ -322,64 +362,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_plan(folder)
         servers: list[Server] = []
         try:
-            bare = start_bare(folder, False)
-            servers.append(bare)
-            sqlite = start_gate("gate-sqlite", folder, token, str(folder / "gate.sqlite3"))
-            servers.append(sqlite)
-            # name -> (nodes, their round-trip count files, the database, the endpoint driven)
-            setups: dict[str, tuple[list[Server], list[Path], str | None, str]] = {
-                "bare": ([bare], [], None, "consume"), "sqlite-1": ([sqlite], [], None, "consume")}
-            if dsn:
-                counts = [folder / "count-a", folder / "count-b"]
-                node_a = start_gate("gate-pg-a", folder, token, dsn, counts[0])
-                servers.append(node_a)
-                node_b = start_gate("gate-pg-b", folder, token, dsn, counts[1])
-                servers.append(node_b)
-                setups["postgresql-1"] = ([node_a], counts[:1], dsn, "consume")
-                setups["postgresql-2"] = ([node_a, node_b], counts, dsn, "consume")
-                setups["bare-check"] = ([bare], [], None, "check")
-                setups["postgresql-1-check"] = ([node_a], counts[:1], dsn, "check")
-            for nodes, _, _, endpoint in setups.values():
-                for node in nodes:
-                    _probe(node.url, endpoint, token)
-
-            def measure(name: str, duration: float, tag: str) -> tuple[Result, dict]:
-                nodes, count_files, db, endpoint = setups[name]
-                per = max(1, args.connections // len(nodes))
-                loads = [Load(n.url, endpoint, token, per, duration, MAX_REQUESTS // len(nodes),
-                              f"{name}-{tag}-{i}-{secrets.token_hex(4)}", _subjects(endpoint, args))
-                         for i, n in enumerate(nodes)]
-                run = (lambda load: run_wrk(load, folder)) if generator == "wrk" else run_python_generator
-                with Meter(nodes, count_files, db) as meter:
-                    with ThreadPoolExecutor(len(loads)) as pool:
-                        parts = list(pool.map(run, loads))
-                got = _combine(parts)
-                return got, meter.figures(got.requests)
-
-            if args.warmup > 0:
-                for name in setups:
-                    measure(name, args.warmup, "warm")
-            best: dict[str, tuple[Result, dict]] = {}
-            for n in range(max(1, args.rounds)):
-                for name in setups:
-                    got = measure(name, args.duration, str(n))
-                    if name not in best or got[0].rps > best[name][0].rps:
-                        best[name] = got
-            troubles = {name: _gate_troubles(nodes[0].url) for name, (nodes, *_) in setups.items()
-                        if not name.startswith("bare")}
-            if dsn:
-                troubles["postgresql-2"] = {k: troubles["postgresql-1"][k] + _gate_troubles(node_b.url)[k]
-                                            for k in troubles["postgresql-1"]}
-            invalidation = (asyncio.run(invalidation_delay(node_a.url, node_b.url, token, args.samples))
-                            if dsn else None)
+            setups = _start(folder, token, dsn, args, servers)
+            wanted = [n for n in setups if not args.only or n in args.only.split(",")]
+            best = _measure(setups, wanted, folder, token, generator, args)
+            troubles = {name: _troubles(nodes) for name, (nodes, *_) in setups.items()
+                        if name in best and not name.startswith(("bare", "floor"))}
+            nodes = setups.get(f"postgresql-{min(2, args.nodes)}", ([],))[0]
+            invalidation = (asyncio.run(invalidation_delay(nodes[0].url, nodes[1].url, token, args.samples))
+                            if dsn and len(nodes) > 1 and args.samples else None)
         finally:
             for server in reversed(servers):
                 server.stop()
             if dsn:
                 drop_database(dsn)
 
-    for name in ("sqlite-1", "postgresql-1", "postgresql-2", "postgresql-1-check"):
-        rows.append(_row(name, best, troubles, pg_error, generator, args))
+    for name, (base, goal) in ROWS.items():
+        if name in wanted or name.startswith("postgresql-") and not dsn:
+            rows.append(_row(name, base, goal, best, troubles, pg_error, generator, args))
     if invalidation is not None or pg_error:
         rows.append({"what": "cross-node invalidation delay (PostgreSQL NOTIFY)", "store": "postgresql",
                      "nodes": 2, **(invalidation or {"skipped": pg_error}),
@@ -389,49 +388,133 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def _start(folder: Path, token: str, dsn: str | None, args, servers: list[Server]) -> dict:
+    """Every server, each a process of its own; name -> (its nodes, their round-trip count files, the
+    database its CPU is read from, the endpoint driven)."""
+    bare = start_bare(folder, False)
+    servers.append(bare)
+    sqlite = start_gate("gate-sqlite", folder, token, str(folder / "gate.sqlite3"))
+    servers.append(sqlite)
+    setups: dict[str, tuple[list[Server], list[Path], str | None, str]] = {
+        "bare": ([bare], [], None, "consume"), "sqlite-1": ([sqlite], [], None, "consume")}
+    if dsn:
+        floor = start_floor(folder, dsn)
+        servers.append(floor)
+        setups["floor"] = ([floor], [], dsn, "consume")
+        counts = [folder / f"count-{i}" for i in range(args.nodes)]
+        nodes = []
+        for i, count in enumerate(counts):
+            settings = dict(pair.split("=", 1) for pair in args.gate_env)
+            settings.setdefault("PLANGATE_PG_PUSH_USAGE", "false" if args.no_push_usage else "true")
+            nodes.append(start_gate(f"gate-pg-{i}", folder, token, dsn, count, **settings))
+            servers.append(nodes[-1])
+            setups[f"postgresql-{i + 1}"] = (nodes[:i + 1], counts[:i + 1], dsn, "consume")
+        setups["bare-check"] = ([bare], [], None, "check")
+        setups["postgresql-1-check"] = ([nodes[0]], counts[:1], dsn, "check")
+    for nodes, _, _, endpoint in setups.values():
+        for node in nodes:
+            probe(node.url, endpoint, token)
+    return setups
+
+
+def _measure(setups: dict, wanted: list[str], folder: Path, token: str, generator: str, args) -> dict:
+    """Warm-up, then rounds of measured runs, setups interleaved; the best run (most req/s) of each setup."""
+    def measure(name: str, duration: float, tag: str, metered: bool) -> tuple[Result, dict]:
+        nodes, count_files, db, endpoint = setups[name]
+        shares = [args.connections // len(nodes) + (i < args.connections % len(nodes)) for i in range(len(nodes))]
+        loads = [Load(n.url, endpoint, token, share, duration, MAX_REQUESTS // len(nodes),
+                      f"{name}-{tag}-{i}-{secrets.token_hex(4)}", _subjects(endpoint, args))
+                 for i, (n, share) in enumerate(zip(nodes, shares))]
+        run = (lambda load: run_wrk(load, folder)) if generator == "wrk" else run_python_generator
+        with Meter(nodes, count_files, db if metered else None) as meter:
+            with ThreadPoolExecutor(len(loads)) as pool:
+                parts = list(pool.map(run, loads))
+        got = _combine(parts)
+        return got, meter.figures(got.requests)
+
+    if args.warmup > 0:
+        for name in wanted:
+            measure(name, args.warmup, "warm", False)
+    best: dict[str, tuple[Result, dict]] = {}
+    for n in range(max(1, args.rounds)):
+        for name in wanted:
+            got = measure(name, args.duration, str(n), True)
+            print(f"  {name} round {n}: {got[0].rps:.0f} req/s, gate {got[1]['gate_cpu_us']} us, "
+                  f"pg {got[1]['postgres_cpu_us']} us, busy {got[1]['machine_busy_pct']}%", flush=True)
+            if name not in best or got[0].rps > best[name][0].rps:
+                best[name] = got
+    return best
+
+
+def _troubles(nodes: list[Server]) -> dict[str, float]:
+    found = [gate_troubles(node.url) for node in nodes]
+    return {k: sum(f[k] for f in found) for k in found[0]}
+
+
+def start_floor(folder: Path, dsn: str) -> Server:
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench._floor import serve_floor; "
+            f"serve_floor(0, {dsn!r})")
+    return Server("floor", [sys.executable, "-c", code], dict(os.environ), folder)
+
+
 def _subjects(endpoint: str, args) -> int:
     """Consume spreads over many subjects (no hot row); check drives a warm cache, as bench.http_gate's does."""
     return args.subjects if endpoint == "consume" else WARM_SUBJECTS
 
 
-def _row(name: str, best: dict, troubles: dict, pg_error: str | None, generator: str, args) -> dict:
-    """One setup's row against the bare endpoint of the same endpoint. Consume is held to issue 4's ratio; the
-    check on PostgreSQL only to being answered from the store (none by the fail mode). Every row needs a
-    clean run."""
+_NAMES = {"bare": "bare aiohttp", "bare-check": "bare aiohttp", "floor": "the one-upsert floor"}
+
+
+def _what(name: str) -> str:
+    if name == "floor":
+        return "/v1/consume, one-upsert floor (aiohttp+uvloop+orjson+asyncpg, one durable upsert a request)"
     store, nodes = name.split("-")[:2]
     endpoint = "check" if name.endswith("-check") else "consume"
-    row = {"what": f"/v1/{endpoint} on {'SQLite' if store == 'sqlite' else 'PostgreSQL'}, {nodes} node"
-                   + ("s" if nodes != "1" else ""), "endpoint": endpoint, "store": store, "nodes": int(nodes),
-           "generator": generator, "connections": args.connections,
-           "subjects": _subjects(endpoint, args),
-           "goal": f"ratio>={CONSUME_RATIO_GOAL}" if endpoint == "consume" else "no fail-mode answer"}
-    if name not in best:
-        return {**row, "skipped": pg_error or "not run", "met": False}
-    (got, fig), (base, base_fig) = best[name], best["bare" if endpoint == "consume" else "bare-check"]
-    trouble = troubles[name]
-    ratio = got.rps / base.rps if base.rps else 0.0
-    row.update({"bare_rps": round(base.rps, 1), "bare_p50_ms": round(base.p50_ms, 3),
-                "bare_p99_ms": round(base.p99_ms, 3), "bare_cpu_us": base_fig["gate_cpu_us"],
-                "bare_latency_dist": base.dist, "rps": round(got.rps, 1), "ratio": round(ratio, 3),
+    return (f"/v1/{endpoint} on {'SQLite' if store == 'sqlite' else 'PostgreSQL'}, {nodes} node"
+            + ("s" if nodes != "1" else ""))
+
+
+def _row(name: str, base: str, goal: float | None, best: dict, troubles: dict, pg_error: str | None,
+         generator: str, args) -> dict:
+    """One setup's row against its baseline of the same run. Every held row also needs a clean run (no errors,
+    no fail-mode answers, no store errors)."""
+    endpoint = "check" if name.endswith("-check") else "consume"
+    store, nodes = ("postgresql", "1") if name == "floor" else name.split("-")[:2]
+    row = {"what": _what(name), "endpoint": endpoint, "store": store, "nodes": int(nodes), "generator": generator,
+           "connections": args.connections, "subjects": _subjects(endpoint, args), "baseline": base,
+           "baseline_what": _NAMES.get(base) or _what(base),
+           "goal": f"ratio>={goal}" if goal is not None else "-"}
+    if name not in best or base not in best:
+        return {**row, "skipped": pg_error or "not run", "met": False if goal is not None else None}
+    (got, fig), (ref, ref_fig) = best[name], best[base]
+    trouble = troubles.get(name, {})
+    ratio = got.rps / ref.rps if ref.rps else 0.0
+    row.update({"bare_rps": round(ref.rps, 1), "bare_p50_ms": round(ref.p50_ms, 3), "bare_p99_ms": round(ref.p99_ms, 3),
+                "bare_cpu_us": ref_fig["gate_cpu_us"], "bare_postgres_cpu_us": ref_fig["postgres_cpu_us"],
+                "bare_latency_dist": ref.dist, "rps": round(got.rps, 1), "ratio": round(ratio, 3),
                 "p50_ms": round(got.p50_ms, 3), "p99_ms": round(got.p99_ms, 3), "requests": got.requests,
-                "errors": got.errors, "fail_mode_answers": int(trouble["fail_mode_answers"]),
-                "store_errors": int(trouble["store_errors"]), **fig, "latency_dist": got.dist,
-                "met": (endpoint == "check" or ratio >= CONSUME_RATIO_GOAL) and got.errors == 0
-                       and not any(trouble.values())})
+                "errors": got.errors, "fail_mode_answers": int(trouble.get("fail_mode_answers", 0)),
+                "store_errors": int(trouble.get("store_errors", 0)), **fig, "latency_dist": got.dist})
+    if "floor" in best and name.startswith("postgresql-") and endpoint == "consume":
+        row["floor_ratio"] = round(got.rps / best["floor"][0].rps, 3) if best["floor"][0].rps else 0.0
+    clean = got.errors == 0 and not any(trouble.values())
+    row["met"] = None if goal is None else (ratio >= goal and clean)
     row["bottleneck"] = _verdict(row)
     return row
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:
-    head = ("setup", "req/s", "bare req/s", "ratio", "p50/p99 ms", "gate/pg CPU us", "rt/req", "busy", "")
+    head = ("setup", "req/s", "against", "req/s", "ratio", "goal", "p50/p99 ms", "gate/pg CPU us", "rt/req", "busy",
+            "")
     lines = [head]
     for r in rows:
         if "rps" not in r:
             continue
-        lines.append((r["what"], f"{r['rps']:.0f}", f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
-                      f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}", f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
-                      f"{r['round_trips_per_request']:.1f}" if "round_trips_per_request" in r else "-",
-                      f"{r['machine_busy_pct']:.0f}%", "met" if r["met"] else "NOT met"))
+        lines.append((r["what"], f"{r['rps']:.0f}", r["baseline_what"], f"{r['bare_rps']:.0f}", f"{r['ratio']:.2f}",
+                      r["goal"], f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}",
+                      f"{r['gate_cpu_us']:.0f}/{r['postgres_cpu_us']:.0f}",
+                      f"{r['round_trips_per_request']:.2f}" if "round_trips_per_request" in r else "-",
+                      f"{r['machine_busy_pct']:.0f}%", {True: "met", False: "NOT met", None: ""}[r["met"]]))
     print(columns(lines), file=out)
     for r in rows:
         if r.get("skipped"):

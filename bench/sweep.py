@@ -250,7 +250,8 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
     print(columns(lines), file=out)
     for r in rows:
         print(f"{r['subjects']:,} subjects, medians: due rows read {r['due_median_ms']:.1f} ms, commit_batch "
-              f"{r['commit_batch_median_ms']:.1f} ms, engine, logs and the rest {r['engine_and_logs_median_ms']:.1f} ms",
+              f"{r['commit_batch_median_ms']:.1f} ms, "
+              f"engine, logs and the rest {r['engine_and_logs_median_ms']:.1f} ms",
               file=out)
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]

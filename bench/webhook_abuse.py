@@ -35,9 +35,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._columns import columns  # noqa: E402
-from bench.http_gate import _percentile, choose_generator, dist_of  # noqa: E402
-from bench.webhook_ingest import (PATH, Shot, _stored, run_python_generator, run_wrk, start_gate,  # noqa: E402
-                                  write_requests)
+from bench._harness import choose_generator, dist_of, percentile  # noqa: E402
+from bench._webhooks import (PATH, Shot, run_python_generator, run_wrk, start_gate, stored,  # noqa: E402
+                             write_requests)
 from tests.e2e._abuse import UNUSED, chunked_until_answered, declared_huge, head, raw  # noqa: E402
 from tests.server import stripe_events as se  # noqa: E402
 
@@ -108,7 +108,7 @@ async def huge_bodies(url: str, duration: float, parallel: int = 10) -> dict:
             try:
                 statuses.append(await (chunked_until_answered(url, 4 * MAX_BYTES // 4096) if chunked else
                                        declared_huge(url)))
-            except (AssertionError, OSError, asyncio.TimeoutError):     # no status line: counted as other
+            except (TimeoutError, AssertionError, OSError):     # no status line: counted as other
                 statuses.append(0)
 
     await asyncio.gather(*(worker(i % 2 == 1) for i in range(parallel)))
@@ -130,7 +130,7 @@ async def slow_clients(url: str, duration: float, body: bytes, signature: str) -
         try:
             await asyncio.wait_for(reader.read(1), 0.005)
             answered += 1
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         writer.close()
     return {"sent": SLOW_CLIENTS, "bytes_each": sent, "answered_early": answered}
@@ -140,10 +140,10 @@ async def slow_clients(url: str, duration: float, body: bytes, signature: str) -
 
 def _row(phase: str, ms: list[float], errors: int, idle_p99: float | None, abuse: dict, clean: bool) -> dict:
     ordered = sorted(ms)
-    p99 = _percentile(ordered, 99) if ordered else None
+    p99 = percentile(ordered, 99) if ordered else None
     ok = bool(ordered) and errors == 0 and clean and p99 < GOAL_P99_MS
     return {"phase": phase, "checks": len(ordered), "probe_errors": errors,
-            "p50_ms": round(_percentile(ordered, 50), 3) if ordered else None,
+            "p50_ms": round(percentile(ordered, 50), 3) if ordered else None,
             "p99_ms": round(p99, 3) if p99 is not None else None, "max_ms": round(ordered[-1], 3) if ordered else None,
             "idle_p99_ms": idle_p99, "ratio": round(p99 / idle_p99, 2) if p99 and idle_p99 else None,
             "abuse": abuse, "clean": clean, "goal": f"p99 < {GOAL_P99_MS:g} ms", "met": ok,
@@ -200,13 +200,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   lambda a: a["answered_early"] == 0)
         finally:
             gate.stop()
-        stored = sum(_stored(folder / "gate-normal.sqlite3")["events"].values())
+        stored_events = sum(stored(folder / "gate-normal.sqlite3")["events"].values())
     for r in rows:
-        r["events_stored_after_all"] = stored
-        if stored:
+        r["events_stored_after_all"] = stored_events
+        if stored_events:
             r["met"] = False
     print_table(rows)
-    print(f"  events stored after all of it: {stored} (should be 0)")
+    print(f"  events stored after all of it: {stored_events} (should be 0)")
     return rows
 
 

@@ -14,7 +14,8 @@ from ._subscriptions import Subscription, followed, subscription_of
 from ._links import FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, relevant_events, stripe_ids, stripe_refs
 
 __all__ = [
-    "FACT_EVENTS", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span", "StateTable", "StripeEvent", "SubjectState",
+    "FACT_EVENTS", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span",
+    "StateTable", "StripeEvent", "SubjectState",
     "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
     "compile_file", "compile_plan", "invoice_subscription", "named_subject", "override", "price_ids",
     "relevant_events", "stripe_ids",

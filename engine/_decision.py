@@ -4,7 +4,10 @@ from __future__ import annotations
 import enum
 
 
-class Reason(enum.Enum):
+class Reason(enum.StrEnum):
+    """Why a decision went as it did. A member is its own text (a str): answers, logs and metric labels take
+    it as it is, with no look-up of `.value`, which is a property (a Python call on every decision)."""
+
     OK = "ok"                              # within the quota (or unlimited)
     QUOTA_EXHAUSTED = "quota_exhausted"    # the amount does not fit in what is left of the window
     STATUS_DENIES = "status_denies"        # the status allows no work (access: deny)

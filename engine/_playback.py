@@ -86,11 +86,11 @@ class _Player:
     # --- steps -------------------------------------------------------------------------------
 
     def _check(self, step: Step) -> _Seen:
-        decision = self.book.check(self.state, step.meter, step.amount, self.now)
+        decision = self.book.check(self.state, _meter(step), step.amount, self.now)
         return _Seen(decision, False, f"check of {step.amount} {step.meter}: {_explain(decision)}")
 
     def _consume(self, step: Step) -> _Seen:
-        decision = self.book.consume(self.state, step.meter, step.amount, self.now)
+        decision = self.book.consume(self.state, _meter(step), step.amount, self.now)
         verb = "counted" if decision.allowed else "refused"
         return _Seen(decision, False, f"consume {step.amount} {step.meter} {verb}: {_explain(decision)}")
 
@@ -101,13 +101,14 @@ class _Player:
         return self._advance(step.value, f"moved the clock to {_iso(step.value)}")
 
     def _stripe(self, step: Step) -> _Seen:
-        event = StripeEvent(step.value, step.object, step.extra, self.now)
+        obj = step.object or {}
+        event = StripeEvent(step.value, obj, step.extra, self.now)
         if step.value not in self.relevant:
             return _Seen(None, False, f"{event.key}: the gate reads no {step.value} events (ignored)")
-        named = named_subject(step.object, self.table.plan.subject_link)
+        named = named_subject(obj, self.table.plan.subject_link)
         if named is not None and named != self.scenario.subject:
             return _Seen(None, False, f"{event.key} is about '{named}', not '{self.scenario.subject}': ignored")
-        refs = stripe_refs(step.object)
+        refs = stripe_refs(obj)
         ids = {i for i in (refs.customer, refs.subscription, *refs.payments) if i}
         if named is None and (step.whole or ids) and not ids & self.linked:
             asked = (" (a gate with STRIPE_SECRET_KEY would ask Stripe whose the charge is; a story cannot)"
@@ -126,7 +127,7 @@ class _Player:
 
     def _event(self, step: Step) -> _Seen:
         """A whole event from a file: it happens at its `created` (timers due before fire first)."""
-        if step.at <= self.now:
+        if step.at is None or step.at <= self.now:
             return self._stripe(step)
         waited = self._advance(step.at, f"moved the clock to {_iso(step.at)}")
         seen = self._stripe(step)
@@ -174,7 +175,7 @@ class _Player:
         """Move the clock; timers due on the way fire at their deadlines, as the server's sweep does."""
         self.state, fired = advance(self.table, self.state, until)
         self.now = until
-        notes = [f"timer at {_iso(o.before.timer_due)}: {o.reason}" for o in fired]
+        notes = [f"timer at {_iso(o.before.timer_due or until)}: {o.reason}" for o in fired]
         return _Seen(None, any(o.moved for o in fired),
                      what + (": " + "; ".join(notes) if notes else ", no timer fired"))
 
@@ -208,7 +209,7 @@ class _Player:
             return False if state.timer_due is None else math.ceil(state.timer_due - self.now)
         if seen.decision is None:
             # After a step that made no decision, expectations about one ask a fresh check (not counted).
-            seen.decision = self.book.check(state, step.meter, step.amount, self.now)
+            seen.decision = self.book.check(state, _meter(step), step.amount, self.now)
             seen.happened += f"; then a check of {step.amount} {step.meter}: {_explain(seen.decision)}"
         if e.key == "reason":
             return seen.decision.reason.value
@@ -249,3 +250,10 @@ def _span_words(seconds: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return " ".join(parts)
+
+
+def _meter(step: Step) -> str:
+    """The meter of a step that decides (the reader refuses such a step without one)."""
+    if step.meter is None:
+        raise ValueError(f"step {step.number} has no meter")
+    return step.meter

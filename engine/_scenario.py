@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from plangate.policy import DurationError, Location, PlanError, PlanFileError, load_plan, parse_duration
@@ -65,7 +66,7 @@ class Step:
     number: int             # 1-based, as a reader counts them
     kind: str               # "check" or one of KINDS
     line: int
-    value: object           # amount, seconds, instant, event type, action or status
+    value: Any              # amount, seconds, instant, event type, action or status: the kind says which
     meter: str | None
     amount: int
     expect: tuple[Expectation, ...]
@@ -136,7 +137,7 @@ class _Reader:
         if meter is None and len(self.table.meters) == 1:
             meter = self.table.meters[0]
         steps = self.steps(data, start, meter)
-        if self.problems:
+        if self.problems or name is None:
             raise ScenarioError(self.problems)
         return Scenario(name, self.doc.file, start, subject, meter, steps)
 
@@ -177,7 +178,7 @@ class _Reader:
             return None
         if step.kind == "wait":
             return clock + step.value
-        if step.kind == "event":
+        if step.kind == "event" and step.at is not None:
             return max(clock, step.at)
         if step.kind == "until":
             if step.value < clock:
@@ -275,7 +276,7 @@ class _Reader:
             plan = load_plan(path)
         except PlanFileError as exc:
             raise _Bad(str(exc)) from None
-        except PlanError as exc:
+        except PlanError:
             raise _Bad(f"the plan {path} has errors; fix them first (plangate lint {path})") from None
         table = compile_plan(plan, dict(self.plans), self.clock or 0.0)
         self.plans[table.version] = plan
@@ -494,4 +495,4 @@ def _show(value) -> str:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 _MISSING = object()
 
@@ -62,7 +63,8 @@ def price_items(sub: Mapping) -> list[tuple[str, int]]:
 def billing_period(sub: Mapping) -> tuple[float, float] | None:
     """(start, end) of a subscription's current period: on the subscription (old shape) or on its
     items (since API 2025-03-31)."""
-    start, end = sub.get("current_period_start"), sub.get("current_period_end")
+    start: Any = sub.get("current_period_start")
+    end: Any = sub.get("current_period_end")
     if not _numbers(start, end):
         for item in _items(sub):
             start, end = item.get("current_period_start"), item.get("current_period_end")
@@ -84,7 +86,8 @@ def _numbers(*values) -> bool:
     return all(unix_seconds(v) for v in values)
 
 
-def subscription_dates(sub: Mapping, trial_end: float | None, cancel_at: float | None) -> tuple[float | None, float | None]:
+def subscription_dates(sub: Mapping, trial_end: float | None,
+                       cancel_at: float | None) -> tuple[float | None, float | None]:
     """(trial_end, cancel_at) as a subscription object states them: a field the object carries replaces what
     was known (null clears it: a cancellation withdrawn); a field it does not carry leaves it as it was."""
     def read(key: str, known: float | None) -> float | None:

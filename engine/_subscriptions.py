@@ -21,6 +21,7 @@ order of delivery.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
 
 from ._stripe import billing_period, invoice_subscription, unix_seconds
@@ -60,7 +61,7 @@ class Subscription:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Subscription:
-        values = {name: data.get(name) for name in cls.__slots__ if name in data}
+        values: dict[str, Any] = {name: data.get(name) for name in cls.__slots__ if name in data}
         if "addons" in values:      # JSON has lists: the state compares tuples
             values["addons"] = tuple((str(name), int(q)) for name, q in values["addons"] or ())
         return cls(**values)
@@ -147,5 +148,5 @@ def _has_prices(obj: Mapping) -> bool:
 
 
 def _date(obj: Mapping, key: str) -> float | None:
-    value = obj.get(key)
+    value: Any = obj.get(key)
     return float(value) if unix_seconds(value) else None

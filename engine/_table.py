@@ -8,8 +8,8 @@ import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, NameMap, Plan, PlanError, QuotaKind, Status,
-                             SubscriptionScope, Tier, Window, check_plan, load_plan, version_of)
+from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, Location, NameMap, Plan, PlanError,
+                             QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan, load_plan, version_of)
 from plangate.policy._conditions import compile_all
 from plangate.policy._renames import How
 
@@ -18,16 +18,20 @@ from plangate.policy._entitlements import Anchoring
 from ._credits import CreditRules, Grant, Spendable, last_window, period_grants
 from ._decision import Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
-from ._state import SubjectState
+from ._state import SubjectState, compiled_replace
 from ._stripe import billing_period, price_ids, price_items, subscription_dates, unix_seconds
 from ._subscriptions import Subscription, followed, live_addons, subscription_of, take_in
-from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
+from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
 from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
-from ._windows import LIFETIME, AnniversaryClock, BillingClock, CalendarClock, FixedClock, Span, billing_span
+from ._windows import (AnniversaryClock, BillingClock, CalendarClock, FixedClock, LifetimeClock, Span,
+                       billing_span)
 
 
-# Enum members are slow to look up on the class (~0.2 µs each on Python 3.11): bind them once.
+# Enum members are slow to look up on the class (a descriptor call each on Python 3.11): bind them once.
 _OK, _EXHAUSTED = Reason.OK, Reason.QUOTA_EXHAUSTED
+_LIFETIME_CLOCK = LifetimeClock()
+# A state entering a status: (state, status, since, timer_due, plan_version) -> the new state.
+_entered = compiled_replace(SubjectState, "status", "since", "timer_due", "plan_version")
 
 
 class UnknownMeter(ValueError):
@@ -41,18 +45,18 @@ class UnknownStatus(ValueError):
 class _Rule:
     """What one status allows of one meter for one tier, with the plan line that says so."""
 
-    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "billing", "name", "fail_mode",
+    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "name", "fail_mode",
                  "scaled", "units", "adds", "beyond", "overage", "credits")
 
-    def __init__(self, allows, deny_reason, limit, window, clock, name, fail_mode, billing=None):
+    def __init__(self, allows, deny_reason, limit, window, clock, name, fail_mode):
         self.allows = allows
         self.deny_reason = deny_reason
         self.limit = limit          # None: unlimited
         self.window = window        # policy.Window; LIFETIME for unlimited
-        self.clock = clock          # CalendarClock (day/week/month) or FixedClock (minute/hour)
-        # The window from the subject's subscription: its billing period, or days, weeks or months from its
-        # anniversary (AnniversaryClock, which has BillingClock's interface).
-        self.billing = billing or (BillingClock() if window is Window.BILLING_PERIOD else None)
+        # The table's CalendarClock for day/week/month or FixedClock for minute/hour (shared by its rules), an
+        # AnniversaryClock or a BillingClock of the rule's own, or the lifetime's.
+        self.clock = clock if clock is not None else \
+            BillingClock() if window is Window.BILLING_PERIOD else _LIFETIME_CLOCK
         self.name = name
         self.fail_mode = fail_mode
         self.scaled = False         # the limit depends on the subject: per unit, or add-ons add to it
@@ -74,11 +78,7 @@ class _Rule:
         return limit
 
     def span(self, state: SubjectState, now: float) -> Span:
-        if self.clock is not None:
-            return self.clock.span(now)
-        if self.billing is not None:
-            return self.billing.span(now, state.period_start, state.period_end)
-        return LIFETIME
+        return self.clock.span_for(state, now)
 
 
 class _Edge:
@@ -105,6 +105,8 @@ class StateTable:
     def __init__(self, plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0):
         self.plan = plan
         self.version = version_of(plan)
+        if plan.initial is None:
+            raise PlanError(())     # check_plan refuses a plan without an initial status (no-initial)
         self.initial = plan.initial.name
         self.meters = tuple(m.name for m in plan.meters)
         self.statuses = tuple(s.name for s in plan.statuses)
@@ -165,17 +167,7 @@ class StateTable:
         if not rule.allows:
             return Decision(False, rule.deny_reason, state.status, state.tier, meter, 0, used, 0,
                             None, None, None, rule.name)
-        clock = rule.clock
-        if clock is not None:
-            span = clock._cached
-            if not span.start <= now < span.end:
-                span = clock.span(now)
-        elif rule.billing is not None:
-            start, end, span = rule.billing._cached
-            if not (start == state.period_start and end == state.period_end and span.start <= now < span.end):
-                span = rule.billing.span(now, state.period_start, state.period_end)
-        else:
-            span = LIFETIME
+        span = rule.clock.span_for(state, now)
         limit = rule.limit
         if limit is None:
             return Decision(True, _OK, state.status, state.tier, meter, None, used, None,
@@ -252,7 +244,8 @@ class StateTable:
     def fail_mode(self, state: SubjectState | None, meter: str) -> FailMode:
         """What to answer when usage cannot be read: the status's fail mode, or the meter's."""
         if state is None or state.status not in self._rules:
-            return self.plan.meter(meter).fail_mode if self.plan.meter(meter) else FailMode.CLOSED
+            declared = self.plan.meter(meter)
+            return declared.fail_mode if declared else FailMode.CLOSED
         return self.rule(state, meter).fail_mode
 
     # --- transitions -------------------------------------------------------------------------
@@ -417,7 +410,8 @@ class StateTable:
         pinned = self._pinned.get(state.plan_version) if self._pinned else None
         if pinned is None:
             return self.version, None
-        keeps = pinned.keeps.get(self.tier_of(state))
+        tier = self.tier_of(state)
+        keeps = pinned.keeps.get(tier) if tier is not None else None
         if keeps is None or (keeps is ExistingSubscribers.AT_RENEWAL and renewed(state, now, self.deployed_at)):
             return self.version, None
         return state.plan_version, keeps
@@ -497,7 +491,8 @@ class StateTable:
         if not kept:
             return None
         rules = {s.name: self._status_rules(s, kept, version) for s in self.plan.statuses}
-        return Pinned(version, rules, {name: self.plan.tier(name).existing_subscribers for name in kept})
+        return Pinned(version, rules, {name: tier.existing_subscribers for name in kept
+                                       if (tier := self.plan.tier(name)) is not None})
 
     # --- compilation -------------------------------------------------------------------------
 
@@ -506,10 +501,7 @@ class StateTable:
         version = self.version
         if self._pinned and state.plan_version != version and self._keeps(state, status, now):
             version = state.plan_version
-        # Built whole rather than through with_ (2.5 -> 1.8 us): every transition enters a status.
-        return SubjectState(state.subject, status, state.tier, now, due, state.period_start, state.period_end,
-                            version, state.paid_through, state.trial_end, state.cancel_at, state.subscriptions,
-                            state.quantity, state.addons, state.traits)
+        return _entered(state, status, now, due, version)
 
     def _due(self, state: SubjectState, status: str, entered: float) -> float | None:
         """When the timer of a status entered at `entered` runs out: at its anchor date (plus slack) when the
@@ -536,7 +528,8 @@ class StateTable:
                     version: str = "") -> _Rule:
         """kept: tiers (by name in this plan) whose quotas come from an older plan `version` instead."""
         plan = self.plan
-        fail = dict(status.fail_modes).get(meter, plan.meter(meter).fail_mode)
+        declared = plan.meter(meter)
+        fail = dict(status.fail_modes).get(meter, declared.fail_mode if declared else FailMode.CLOSED)
         where = f"{plan.file}:{{line}} statuses.{status.name}"
         if status.access is Access.DENY:
             line = plan.document.locate(("statuses", status.name, "access")).line
@@ -544,8 +537,8 @@ class StateTable:
         quota = status.quota(meter)
         if quota is None:
             return _Rule(False, Reason.NO_QUOTA, 0, None, None,
-                         where.format(line=status.location.line) + f" (no quota for {meter})", fail)
-        name = where.format(line=quota.location.line) + f".quotas.{meter}"
+                         where.format(line=_line(status.location)) + f" (no quota for {meter})", fail)
+        name = where.format(line=_line(quota.location)) + f".quotas.{meter}"
         if quota.kind is QuotaKind.TIER:
             # A subject without a known tier (say, moved here by an admin) gets the default tier.
             chosen = plan.tier(tier or plan.default_tier or "") or (plan.tiers[0] if plan.tiers else None)
@@ -553,23 +546,24 @@ class StateTable:
             if old is not None and old.quota(meter) is None:
                 old = None      # a meter the older tier had no quota for: the tier's quota as it is now
             quota = (old or chosen).quota(meter) if chosen else None
-            if quota is None:
+            if quota is None or chosen is None:
                 return _Rule(False, Reason.NO_QUOTA, 0, None, None, name + " (the tier has no quota)", fail)
-            name = f"{plan.file}:{quota.location.line} tiers.{chosen.name}.quotas.{meter} (via {name.split(' ', 1)[1]})"
+            name = (f"{plan.file}:{_line(quota.location)} tiers.{chosen.name}.quotas.{meter} "
+                    f"(via {name.split(' ', 1)[1]})")
             if old is not None:
                 name = (f"plan {version} tiers.{old.name}.quotas.{meter}, kept by existing subscribers "
                         f"({chosen.existing_subscribers.value}; via {name.split(' (via ', 1)[1]}")
-        if quota.kind is QuotaKind.UNLIMITED:
+        if quota.kind is QuotaKind.UNLIMITED or quota.window is None:
             return _Rule(True, None, None, Window.LIFETIME, None, name, fail)
         return self._limit_rule(status, meter, quota, name, fail)
 
     def _limit_rule(self, status: Status, meter: str, quota, name: str, fail) -> _Rule:
         """A limit's rule: its window's clock, and what may change it per subject (units, add-ons) or let work
         past it (credits, overage)."""
-        clock, billing = self._clocks.get(quota.window), None
+        clock = self._clocks.get(quota.window)
         if quota.anchor is Anchoring.BILLING and quota.window in (Window.DAY, Window.WEEK, Window.MONTH):
-            clock, billing = None, AnniversaryClock(quota.window, self._clocks[quota.window])
-        rule = _Rule(True, None, quota.limit, quota.window, clock, name, fail, billing)
+            clock = AnniversaryClock(quota.window, self._clocks[quota.window])
+        rule = _Rule(True, None, quota.limit, quota.window, clock, name, fail)
         rule.units = quota.per_unit
         if status.quota(meter) is not None and status.quota(meter).kind is QuotaKind.TIER:
             rule.adds = {a.name: a.adds(meter) for a in self.plan.addons if a.adds(meter)}
@@ -593,6 +587,11 @@ class StateTable:
                 edges.setdefault((src, str(t.trigger)), []).append(
                     _Edge(matches, src, t.target, rule, why, t.subscription))
         return {k: tuple(v) for k, v in edges.items()}
+
+
+def _line(location: Location | None) -> int:
+    """The line a rule names: a plan built from a file locates every node (a model built by hand, line 1)."""
+    return location.line if location is not None else 1
 
 
 def _date(state: SubjectState, anchor: Anchor) -> float | None:

@@ -40,6 +40,19 @@ class Span:
 LIFETIME = Span(LIFETIME_START, None)
 
 
+# Every clock answers span_for(state, now), the window a subject's usage counts in now, from a cache of the
+# window last asked about: the table asks a rule's clock on every decision, one call whatever the window.
+
+
+class LifetimeClock:
+    """The window of unlimited quotas: one, forever."""
+
+    __slots__ = ()
+
+    def span_for(self, state, now: float) -> Span:
+        return LIFETIME
+
+
 class CalendarClock:
     """Bounds of the current day, week or month in one time zone, cached until `now` passes them."""
 
@@ -53,8 +66,11 @@ class CalendarClock:
         self._cached = Span(0, 0)
 
     def span(self, now: float) -> Span:
+        return self.span_for(None, now)
+
+    def span_for(self, state, now: float) -> Span:
         cached = self._cached
-        if cached.start <= now < cached.end:
+        if cached.start <= now < cached.end:  # type: ignore[operator]  # a calendar window always ends
             return cached
         span = self._compute(now)
         self._cached = span
@@ -66,7 +82,7 @@ class CalendarClock:
         # Where a zone skips or repeats local midnight, guard the edge: windows still tile the line.
         if now < span.start:
             span = self._around(today - timedelta(days=1))
-        elif now >= span.end:
+        elif now >= span.end:  # type: ignore[operator]  # a calendar window always ends
             span = self._around(today + timedelta(days=1))
         return span
 
@@ -94,12 +110,13 @@ class BillingClock:
     def __init__(self):
         self._cached: tuple = (None, None, Span(0, 0))
 
-    def span(self, now: float, period_start: float | None, period_end: float | None) -> Span:
+    def span_for(self, state, now: float) -> Span:
+        """The billing window of the subject's period (state.period_start, state.period_end) at now."""
         start, end, span = self._cached    # one tuple: a reader never sees half an update
-        if start == period_start and end == period_end and span.start <= now < span.end:
+        if start == state.period_start and end == state.period_end and span.start <= now < span.end:
             return span
-        span = billing_span(now, period_start, period_end)
-        self._cached = (period_start, period_end, span)
+        span = billing_span(now, state.period_start, state.period_end)
+        self._cached = (state.period_start, state.period_end, span)
         return span
 
 
@@ -131,12 +148,18 @@ class FixedClock:
         self._cached = Span(0, 0)
 
     def span(self, now: float) -> Span:
+        return self.span_for(None, now)
+
+    def span_for(self, state, now: float) -> Span:
         cached = self._cached
         if cached.start <= now < cached.end:
             return cached
         start = int(now // self.length) * self.length
         span = self._cached = Span(start, start + self.length)
         return span
+
+    def _compute(self, now: float) -> Span:
+        return self.span_for(None, now)
 
 
 class AnniversaryClock:
@@ -152,6 +175,9 @@ class AnniversaryClock:
         self.kind = kind
         self.calendar = calendar
         self._cached: tuple = (None, None, Span(0, 0))     # (period start, end, span): BillingClock's shape
+
+    def span_for(self, state, now: float) -> Span:
+        return self.span(now, state.period_start, state.period_end)
 
     def span(self, now: float, period_start: float | None, period_end: float | None = None) -> Span:
         start, end, span = self._cached

@@ -55,6 +55,11 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+def _moment(value: str) -> datetime:
+    """A time the gate always sends."""
+    return datetime.fromisoformat(value)
+
+
 @dataclass(frozen=True, slots=True)
 class GateDecision:
     """The gate's answer to "may this subject do this much of this meter now?" (and, on consume and usage,
@@ -79,7 +84,7 @@ class GateDecision:
     local: bool = False
 
     @classmethod
-    def from_json(cls, body: dict) -> "GateDecision":
+    def from_json(cls, body: dict) -> GateDecision:
         return cls(
             subject=body["subject"], allowed=body["allowed"], reason=body["reason"], status=body["status"],
             tier=body["tier"], meter=body["meter"], amount=body["amount"], limit=body["limit"], used=body["used"],
@@ -88,7 +93,7 @@ class GateDecision:
             counted=body.get("counted", False), duplicate=body.get("duplicate", False))
 
     @classmethod
-    def unanswered(cls, subject: str, meter: str, amount: int, fail_open: bool, why: str) -> "GateDecision":
+    def unanswered(cls, subject: str, meter: str, amount: int, fail_open: bool, why: str) -> GateDecision:
         return cls(subject=subject, allowed=fail_open, reason=FAIL_OPEN if fail_open else FAIL_CLOSED,
                    status=None, tier=None, meter=meter, amount=amount, limit=None, used=None, remaining=None,
                    window_start=None, resets_at=None, retry_after=None, rule=f"client: {why}", local=True)
@@ -135,9 +140,10 @@ class StripeSubscription:
     ended_at: datetime | None
 
     @classmethod
-    def from_json(cls, body: dict) -> "StripeSubscription":
-        return cls(**{name: _time(body[name]) if name in _SUBSCRIPTION_TIMES else body[name]
-                      for name in cls.__slots__})
+    def from_json(cls, body: dict) -> StripeSubscription:
+        values: dict[str, Any] = {name: _time(body[name]) if name in _SUBSCRIPTION_TIMES else body[name]
+                                  for name in cls.__slots__}
+        return cls(**values)
 
 
 _SUBSCRIPTION_TIMES = frozenset({"created", "current_period_start", "current_period_end", "trial_end", "cancel_at",
@@ -162,15 +168,15 @@ class SubjectView:
     subscriptions: tuple[StripeSubscription, ...] = ()
 
     @classmethod
-    def from_json(cls, body: dict) -> "SubjectView":
+    def from_json(cls, body: dict) -> SubjectView:
         usage = tuple(MeterUsage(**{**u, "window_start": _time(u["window_start"]),
                                     "resets_at": _time(u["resets_at"])}) for u in body["usage"])
         history = tuple(TransitionRecord(
-            from_status=t["from"], to_status=t["to"], trigger=t["trigger"], reason=t["reason"], at=_time(t["at"]),
+            from_status=t["from"], to_status=t["to"], trigger=t["trigger"], reason=t["reason"], at=_moment(t["at"]),
             plan_version=t["plan_version"], cause_id=t["cause_id"], actor=t["actor"]) for t in body["transitions"])
         return cls(
             subject=body["subject"], known=body["known"], status=body["status"], tier=body["tier"],
-            since=_time(body["since"]), timer_due=_time(body["timer_due"]),
+            since=_moment(body["since"]), timer_due=_time(body["timer_due"]),
             period_start=_time(body["period_start"]), period_end=_time(body["period_end"]),
             plan_version=body["plan_version"], stripe_customer=body["stripe_customer"],
             stripe_subscription=body["stripe_subscription"], usage=usage, transitions=history,
@@ -188,7 +194,7 @@ class TransitionResult:
     rule: str | None
 
     @classmethod
-    def from_json(cls, body: dict) -> "TransitionResult":
+    def from_json(cls, body: dict) -> TransitionResult:
         return cls(subject=body["subject"], moved=body["moved"], from_status=body["from"], to_status=body["to"],
                    trigger=body["trigger"], reason=body["reason"], rule=body["rule"])
 
@@ -215,7 +221,7 @@ class GateClient:
     def __repr__(self) -> str:
         return f"GateClient({self.base_url!r}, timeout={self.timeout}, fail_open={self.fail_open})"
 
-    async def __aenter__(self) -> "GateClient":
+    async def __aenter__(self) -> GateClient:
         self._open()
         return self
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 from ._findings import Location
@@ -120,7 +121,8 @@ def _plan_level(old: Plan, new: Plan) -> Iterator[PlanChange]:
                          "months start at another midnight", new.document.locate(("timezone",)))
     if old.default_tier != new.default_tier:
         yield PlanChange(Area.TIER, Effect.CHANGED, f"default tier {old.default_tier} -> {new.default_tier}: "
-                         "subscriptions whose price is in no tier get the new one", new.document.locate(("default_tier",)))
+                         "subscriptions whose price is in no tier get the new one",
+                         new.document.locate(("default_tier",)))
 
 
 def _meters(old: Plan, new: Plan) -> Iterator[PlanChange]:
@@ -137,7 +139,7 @@ def _meters(old: Plan, new: Plan) -> Iterator[PlanChange]:
             yield PlanChange(Area.METER, Effect.ADDED, f"meter '{m.name}' added", m.location)
 
 
-def _counterparts(old_items, new_items, moves) -> Iterator[tuple[object, object | None, object | None]]:
+def _counterparts(old_items, new_items, moves) -> Iterator[tuple[Any, Any, Any]]:
     """(old item, its new item or None, the move that maps it or None) for every old item."""
     by_name = {i.name: i for i in new_items}
     for item in old_items:
@@ -198,7 +200,8 @@ def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
     before = {q.meter: q for q in old}
     after = {q.meter: q for q in new}
     for meter in [*before, *(m for m in after if m not in before)]:
-        was, now = before.get(meter), after.get(meter)
+        was: Any = before.get(meter)        # Quota | None: a LIMIT quota has its limit
+        now: Any = after.get(meter)
         if was == now:
             continue
         location = now.location if now is not None and now.location is not None else where
@@ -215,9 +218,9 @@ def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
         else:
             lowered = (now.kind is QuotaKind.LIMIT and
                        (was.kind is QuotaKind.UNLIMITED or (was.kind is QuotaKind.LIMIT and now.limit < was.limit)))
-            verb = "lowered" if lowered else "raised" if (
-                was.kind is QuotaKind.LIMIT and (now.kind is QuotaKind.UNLIMITED or
-                                                 (now.kind is QuotaKind.LIMIT and now.limit > was.limit))) else "changed"
+            raised = was.kind is QuotaKind.LIMIT and (now.kind is QuotaKind.UNLIMITED or
+                                                     (now.kind is QuotaKind.LIMIT and now.limit > was.limit))
+            verb = "lowered" if lowered else "raised" if raised else "changed"
             yield PlanChange(Area.QUOTA, Effect.CHANGED, f"{owner}: {meter} quota {verb}, {was.describe()} -> "
                              f"{now.describe()}", location, lowered=lowered, meter=meter,
                              limit=now.limit if lowered else None)
@@ -240,7 +243,8 @@ def _statuses(old: Plan, new: Plan) -> Iterator[PlanChange]:
             reached.add(now.name)
             yield from _status_changes(s, now)
         elif s.expires_after is not None:
-            yield PlanChange(Area.TIMER, Effect.CHANGED, f"status '{s.name}': its running timers ({s.expires_after_text}) "
+            yield PlanChange(Area.TIMER, Effect.CHANGED,
+                             f"status '{s.name}': its running timers ({s.expires_after_text}) "
                              f"end; subjects enter '{now.name}' afresh", move.location, statuses=(s.name,))
     for s in new.statuses:
         if s.name not in reached and old.status(s.name) is None:
@@ -257,7 +261,7 @@ def _status_changes(old: Status, new: Status) -> Iterator[PlanChange]:
             yield PlanChange(Area.STATUS, Effect.CHANGED, f"status '{name}': {flag} {str(getattr(old, flag)).lower()}"
                              f" -> {str(getattr(new, flag)).lower()}", new.location, statuses=affects)
     if old.expires_after != new.expires_after:
-        words = {None: "no timer"}
+        words: dict[Any, str] = {None: "no timer"}
         yield PlanChange(Area.TIMER, Effect.CHANGED, f"status '{name}': timer "
                          f"{words.get(old.expires_after, old.expires_after_text)} -> "
                          f"{words.get(new.expires_after, new.expires_after_text)}", new.location, statuses=affects)
@@ -274,7 +278,7 @@ def _modes(status: Status) -> str:
 
 def _edges(plan: Plan, rename: dict[str, str]) -> dict[tuple[str, str, str], tuple[str, Location]]:
     """(source, trigger, conditions) -> (target, location), names through `rename` (old plan -> new names)."""
-    out = {}
+    out: dict[tuple[str, str, str], tuple[str, Location]] = {}
     for t in plan.transitions:
         when = ", ".join(map(str, t.conditions))
         for src in plan.sources_of(t):

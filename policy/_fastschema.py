@@ -9,6 +9,7 @@ produces the findings.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "$comment", "title", "description", "examples", "default"})
 _KNOWN = _ANNOTATIONS | {
@@ -116,10 +117,10 @@ class _Checker:
             return all(self.valid(arg, item) for item in value)
         return True
 
-    def _resolve(self, ref: str) -> object:
+    def _resolve(self, ref: str) -> Any:
         if not ref.startswith("#/"):
             raise Unsupported(f"$ref {ref!r} outside this schema")
-        node: object = self.root
+        node: Any = self.root
         for part in ref[2:].split("/"):
             node = node[part.replace("~1", "/").replace("~0", "~")]
         return node

@@ -58,6 +58,6 @@ def check_file(path: str | Path) -> Checked:
 def load_plan(path: str | Path) -> Plan:
     """A plan with no error finding, or PlanError carrying the findings."""
     checked = check_file(path)
-    if not checked.ok:
+    if not checked.ok or checked.plan is None:
         raise PlanError(checked.findings)
     return checked.plan

@@ -10,9 +10,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _conditions
-from ._conditions import Condition, Group, Node
+from ._conditions import Node
 from ._durations import DurationError, parse_duration
 from ._entitlements import (PURCHASE_PRIORITY, Addon, Anchoring, CreditRule, Feature, OnCancel, Overage, PerUnit,
                             PeriodGrant)
@@ -85,7 +86,7 @@ class Quota:
     overage: Overage | None = None
 
     def describe(self) -> str:
-        if self.kind is QuotaKind.LIMIT:
+        if self.kind is QuotaKind.LIMIT and self.window is not None:
             text = f"{self.limit} per {self.window.value.replace('_', ' ')}"
             if self.anchor is Anchoring.BILLING:
                 text += " from the billing anniversary"
@@ -181,7 +182,7 @@ class Trigger:
     name: str = ""         # event type for stripe, action for admin, "" for timer
 
     @classmethod
-    def parse(cls, text: str) -> "Trigger":
+    def parse(cls, text: str) -> Trigger:
         if text == "timer":
             return cls(TriggerKind.TIMER)
         kind, _, name = text.partition(":")
@@ -273,8 +274,7 @@ def version_of(plan: Plan) -> str:
 
 def build(doc: Document) -> Plan:
     """The model of a document that passed the schema."""
-    data = doc.data
-    loc = doc.locate
+    data: Any = doc.data
     meters = tuple(
         Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")), doc.key_location(("meters", name)),
               m.get("stripe_meter"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import zoneinfo
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 from . import _entitlement_rules as entitlement_rules
 from . import _stripe_rules as stripe_rules
@@ -21,14 +22,16 @@ Rule = Callable[[Plan], Iterator[Finding]]
 E, W = Severity.ERROR, Severity.WARNING
 
 
-def _f(code: str, severity: Severity, message: str, location: Location) -> Finding:
-    return Finding(code, severity, message, location)
+def _f(code: str, severity: Severity, message: str, location: Location | None) -> Finding:
+    """A finding; a model node built without a location (only in tests) is placed at the top of no file."""
+    return Finding(code, severity, message, location or Location(""))
 
 
 def reserved_names(plan: Plan) -> Iterator[Finding]:
-    if plan.status(ANY):
+    reserved = plan.status(ANY)
+    if reserved:
         yield _f("reserved-name", E, "'any' is reserved for `from: any`; give this status another name",
-                 plan.status(ANY).location)
+                 reserved.location)
 
 
 def unknown_timezone(plan: Plan) -> Iterator[Finding]:
@@ -74,7 +77,8 @@ def unknown_names(plan: Plan) -> Iterator[Finding]:
 
 
 def _is_list(plan: Plan, t: Transition) -> bool:
-    return isinstance(plan.document.data["transitions"][t.index]["from"], list)
+    data: Any = plan.document.data
+    return isinstance(data["transitions"][t.index]["from"], list)
 
 
 def tier_quotas(plan: Plan) -> Iterator[Finding]:
@@ -213,7 +217,7 @@ def timers(plan: Plan) -> Iterator[Finding]:
     for t in plan.transitions:
         if t.trigger.kind is not TriggerKind.TIMER:
             continue
-        for i, src in enumerate(plan.sources_of(t)):
+        for src in plan.sources_of(t):
             on_timer.add(src)
             if src not in with_timer and plan.status(src) and not t.from_any:
                 yield _f("timer-without-expiry", E,
@@ -221,7 +225,8 @@ def timers(plan: Plan) -> Iterator[Finding]:
                          "give the status a timer, or use another trigger",
                          plan.document.locate(("transitions", t.index, "on")))
     for name in sorted(with_timer - on_timer, key=lambda n: [s.name for s in plan.statuses].index(n)):
-        key = "expires_after" if plan.status(name).expires_after_text is not None else "expires_at"
+        status = plan.status(name)
+        key = "expires_after" if status is not None and status.expires_after_text is not None else "expires_at"
         yield _f("timer-unused", E,
                  f"'{name}' has {key} but no transition `on: timer` from it: nothing would happen "
                  "when the timer runs out", plan.document.locate(("statuses", name, key)))
@@ -291,7 +296,7 @@ def _one_way_disjoint(x: Condition, y: Condition) -> bool:
 def _bounds(c: Condition) -> tuple[tuple[float, bool], tuple[float, bool]]:
     """(lowest, included?), (highest, included?) of the numbers a comparison admits."""
     inf = float("inf")
-    v = float(c.value)
+    v = float(cast(float, c.value))     # a comparison's value is a number (the schema says so)
     return {Op.GT: ((v, False), (inf, False)), Op.GTE: ((v, True), (inf, False)),
             Op.LT: ((-inf, False), (v, False)), Op.LTE: ((-inf, False), (v, True))}[c.op]
 
@@ -383,7 +388,7 @@ def renames(plan: Plan) -> Iterator[Finding]:
     from ._renames import How, Kind, moves
 
     current = {Kind.STATUS: {s.name for s in plan.statuses}, Kind.TIER: {t.name for t in plan.tiers}}
-    first: dict[tuple[Kind, str], object] = {}
+    first: dict[tuple[Kind, str], Any] = {}     # the first move of each old name
     for move in moves(plan):
         kind, key = move.kind.value, "renamed_from" if move.how is How.RENAMED else "retired"
         if move.old in current[move.kind]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plangate import schema as plangate_schema
 
@@ -55,7 +55,7 @@ def check(doc: Document) -> list[Finding]:
         code = "schema-" + str(error.validator).replace("_", "-").lower()
         if _is_name_error(error):
             # the error is about a key of the mapping at path: point at that key
-            location = doc.key_location(path + (error.instance,))
+            location = doc.key_location(path + (_instance(error),))
             message = (f"{_where(path)}: {_short(error.instance)} is not a field path: write field names of "
                        "letters, digits and _, joined by dots, with [] after a list's name, e.g. status, "
                        "metadata.plan or items.data[].price.id")
@@ -81,9 +81,20 @@ def _most_specific(error: ValidationError) -> list[ValidationError]:
     return [error]
 
 
+def _schema(error: ValidationError) -> dict[str, Any]:
+    """The schema node an error is about (this schema's nodes are objects, never true/false)."""
+    return error.schema if isinstance(error.schema, dict) else {}
+
+
+def _instance(error: ValidationError) -> Any:
+    """The document's value the error is about (jsonschema types it with its own `unset` marker)."""
+    return error.instance
+
+
 def _unknown_keys(doc: Document, error: ValidationError, path) -> list[Finding]:
-    allowed = sorted(error.schema.get("properties", {}))
-    extra = [k for k in error.instance if k not in error.schema.get("properties", {})]
+    properties = _schema(error).get("properties", {})
+    allowed = sorted(properties)
+    extra = [k for k in _instance(error) if k not in properties]
     out = []
     for key in extra:
         hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
@@ -111,10 +122,12 @@ def _message(error: ValidationError, path) -> str:
     v = error.validator
     if v == "required":
         return f"{where} is missing {error.message.split(' is a required')[0]}"
+    schema = _schema(error)
+    expected: Any = error.validator_value
     if v == "oneOf" or v == "anyOf":
-        described = error.schema.get("description")
+        described = schema.get("description")
         options = []
-        for sub in error.schema.get(v, []):
+        for sub in schema.get(str(v), []):
             if "const" in sub:
                 options.append(repr(sub["const"]))
             elif sub.get("$ref", "").endswith("/limit"):
@@ -124,16 +137,16 @@ def _message(error: ValidationError, path) -> str:
         return f"{where}: {error.instance!r} is not one of: {', '.join(options)}" + (
             f" ({described})" if described else "")
     if v == "enum":
-        return f"{where}: {error.instance!r} is not allowed; use one of: {', '.join(map(str, error.validator_value))}"
+        return f"{where}: {error.instance!r} is not allowed; use one of: {', '.join(map(str, expected))}"
     if v == "const":
         return f"{where}: must be {error.validator_value!r}, not {error.instance!r}"
     if v == "pattern" and path and path[-1] == "on":
         return (f"{where}: {error.instance!r} is not a trigger; write stripe:<event type>, "
                 "timer, or admin:<action>")
     if v == "pattern":
-        return f"{where}: {error.instance!r} does not match the expected form ({error.schema.get('description') or error.validator_value})"
+        form = schema.get("description") or expected
+        return f"{where}: {error.instance!r} does not match the expected form ({form})"
     if v == "type":
-        expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(
-            error.validator_value)
-        return f"{where}: {_short(error.instance)} is not of type {expected}"
+        kinds = expected if isinstance(expected, str) else " or ".join(expected)
+        return f"{where}: {_short(error.instance)} is not of type {kinds}"
     return f"{where}: {error.message}"

@@ -176,7 +176,8 @@ def zero_invoice_ends_trial(plan: Plan) -> Iterator[Finding]:
 def active_ends_trial(plan: Plan) -> Iterator[Finding]:
     for src, t in _leaving_trial(plan):
         target = plan.status(t.target)
-        if _on(t, "customer.subscription.updated") and target.paying and matches(t, ACTIVE_AT_TRIAL_END):
+        if _on(t, "customer.subscription.updated") and target is not None and target.paying and \
+                matches(t, ACTIVE_AT_TRIAL_END):
             yield _f("active-ends-trial", W,
                      f"'{src}' moves to paying status '{t.target}' when the subscription turns active, but Stripe "
                      "turns a trial active at trial_end and charges about an hour later: move on invoice.paid "

@@ -209,7 +209,8 @@ def _quota_text(plan: Plan, q: Quota | None) -> str:
 
 
 def _fail_mode_text(plan: Plan, s: Status, meter: str) -> str:
-    default = plan.meter(meter).fail_mode
+    declared = plan.meter(meter)
+    default = declared.fail_mode if declared else FailMode.CLOSED
     mode = dict(s.fail_modes).get(meter, default)
     text = "open (work goes ahead)" if mode is FailMode.OPEN else "closed (work stops)"
     return text + (f", overriding the meter's {default.value}" if mode is not default else "")

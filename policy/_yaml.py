@@ -7,6 +7,7 @@ can blow up in size).
 from __future__ import annotations
 
 import re
+from typing import Any
 from dataclasses import dataclass, field
 
 import yaml
@@ -32,7 +33,7 @@ class Document:
     """Plain data plus where each node stands: path -> (line, column), 1-based."""
 
     file: str
-    data: object
+    data: Any                   # the document as YAML gives it: mappings, lists and scalars
     positions: dict[Path, tuple[int, int]]
     ignores: dict[int, frozenset[str]] = field(default_factory=dict)   # line -> codes its comment silences
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "scenarios" / "lifecycles"
@@ -26,7 +26,7 @@ PRICE = {"price_pro_monthly": (2000, "month"), "price_pro_yearly": (20000, "year
 
 
 def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Life:
@@ -170,7 +170,8 @@ class Life:
                 "discount_amounts": [], "discountable": True, "discounts": [], "invoice": inv_id, "livemode": False,
                 "metadata": {},
                 "parent": {"invoice_item_details": None, "type": "subscription_item_details",
-                           "subscription_item_details": {"invoice_item": None, "proration": reason == "subscription_update",
+                           "subscription_item_details": {"invoice_item": None,
+                                                         "proration": reason == "subscription_update",
                                                          "proration_details": {"credited_items": None},
                                                          "subscription": self.sub_id,
                                                          "subscription_item": f"si_{self.tag}"}},
@@ -243,7 +244,8 @@ class Life:
                             "network_decline_code": "51" if failed else None,
                             "network_status": "declined_by_network" if failed else "approved_by_network",
                             "reason": "insufficient_funds" if failed else None, "risk_level": "normal",
-                            "risk_score": 32, "seller_message": "The bank returned the decline code `insufficient_funds`."
+                            "risk_score": 32,
+                            "seller_message": "The bank returned the decline code `insufficient_funds`."
                             if failed else "Payment complete.", "type": "issuer_declined" if failed else "authorized"},
                 "paid": not failed, "payment_intent": pi, "payment_method": self.pm,
                 "payment_method_details": {"card": {"amount_authorized": None if failed else amount, "brand": "visa",
@@ -609,7 +611,8 @@ def refund_and_cancel() -> Life:
               previous={"amount_refunded": 0, "refunded": False}, expect={"status": "paid", "moved": False})
     refund = {"id": re_id, "object": "refund", "amount": 2000, "balance_transaction": f"txn_{re_id[3:]}",
               "charge": charge["id"], "created": int(at), "currency": "usd", "destination_details": {
-                  "card": {"reference": None, "reference_status": "pending", "reference_type": "acquirer_reference_number",
+                  "card": {"reference": None, "reference_status": "pending",
+                           "reference_type": "acquirer_reference_number",
                            "type": "refund"}, "type": "card"},
               "metadata": {}, "payment_intent": charge["payment_intent"], "reason": "requested_by_customer",
               "receipt_number": None, "source_transfer_reversal": None, "status": "succeeded",

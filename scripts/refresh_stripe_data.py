@@ -98,9 +98,9 @@ def _kind(tp, owner: type) -> tuple[str, object | None, bool]:
         return "any", None, nullable
     if origin is typing.Literal:
         return _literal(list(args)) + (False,)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         return "list", args[0] if args else None, False
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         return "map", None, False
     if isinstance(tp, type):
         if tp is bool:

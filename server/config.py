@@ -53,11 +53,14 @@ class Config:
     connect_timeout: float = 5.0
     command_timeout: float = 10.0
     idempotency_retention_days: int = 30
+    replicas: tuple[str, ...] = field(default=(), repr=False)     # DSNs may hold passwords
+    replica_max_lag: float = 1.0
+    push_usage: bool = True
     payload_retention_days: int = 4
     pseudonym_secret: str = field(default="", repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> Config:
         """Settings from `env` (default: the process environment, after loading `env_file` if it exists;
         variables already set win over the file)."""
         if env is None:
@@ -101,12 +104,16 @@ class Config:
             pool_max=r.integer("PLANGATE_PG_POOL_MAX", 10, 1, 1000),
             connect_timeout=r.number("PLANGATE_PG_CONNECT_TIMEOUT", 5.0, 0.1, 300.0),
             command_timeout=r.number("PLANGATE_PG_COMMAND_TIMEOUT", 10.0, 0.1, 3600.0),
+            replicas=r.replicas("PLANGATE_PG_REPLICAS", r.text("PLANGATE_DATABASE", "var/plangate.sqlite3")),
+            replica_max_lag=r.number("PLANGATE_PG_REPLICA_MAX_LAG", 1.0, 0.01, 60.0),
+            push_usage=r.boolean("PLANGATE_PG_PUSH_USAGE", True),
         )
 
     def store_options(self) -> dict:
         """What open_store needs besides the address."""
         return {"sqlite_synchronous": self.sqlite_synchronous, "pool_min": self.pool_min, "pool_max": self.pool_max,
-                "connect_timeout": self.connect_timeout, "command_timeout": self.command_timeout}
+                "connect_timeout": self.connect_timeout, "command_timeout": self.command_timeout,
+                "replicas": self.replicas, "replica_max_lag": self.replica_max_lag, "push_usage": self.push_usage}
 
     def require_token(self) -> None:
         """Serving needs a token: every /v1/ route is authenticated."""
@@ -202,6 +209,18 @@ class _Reader:
                 shown = secret[:6] + "..." if len(secret) > 6 else "(too short)"
                 raise ConfigError(f"{name}: {shown} is not a webhook signing secret; each comma-separated "
                                   "value is the endpoint's whsec_... secret from Stripe")
+        return found
+
+    def replicas(self, name: str, database: str) -> tuple[str, ...]:
+        """Comma-separated postgresql:// addresses of streaming replicas of the PostgreSQL database."""
+        found = tuple(part.strip() for part in (self._raw(name) or "").split(",") if part.strip())
+        for dsn in found:
+            if not dsn.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"{name}: {dsn.split('@')[-1]!r} is not allowed; each comma-separated value is a "
+                                  "postgresql:// address of a streaming replica")
+        if found and not database.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"{name}: replicas are allowed only with a PostgreSQL PLANGATE_DATABASE "
+                              f"(postgresql://...), not {database!r}")
         return found
 
     def number(self, name: str, default: float, low: float, high: float) -> float:

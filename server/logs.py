@@ -1,13 +1,21 @@
-"""Structured logs: one JSON object a line, never a secret."""
+"""Structured logs: one JSON object a line, never a secret.
+
+For tests, as structlog ships its own: capture_logs() collects what the gate logs meanwhile, written by the
+gate's own handler and formatter (redaction included) and parsed back; parse_lines() reads a process's
+stderr the same way.
+"""
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import io
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 
@@ -17,7 +25,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 
 _ENCODER = json.JSONEncoder(default=str)      # json.dumps(..., default=str) builds one per call
-# orjson writes a line in a tenth of the stdlib's time (a sweep logs a line per transition). Types it
+# orjson writes a line in a fraction of the stdlib's time (a sweep logs a line per transition). Types it
 # writes differently from the stdlib (enums, datetimes, dataclasses...) and non-ASCII text (the stdlib's
 # lines are ASCII) go to the stdlib encoder, so a line says what it said before, only without spaces.
 _ORJSON_TYPES = frozenset((str, int, bool, type(None)))     # and finite floats (orjson writes NaN as null)
@@ -48,7 +56,7 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = error
         for value in entry.values():
             kind = type(value)
-            if kind not in _ORJSON_TYPES and not (kind is float and math.isfinite(value)):
+            if kind not in _ORJSON_TYPES and not (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
                 return _ENCODER.encode(entry)
         try:
             line = orjson.dumps(entry).decode()
@@ -77,9 +85,9 @@ def log(level: int, event: str, exc_info: bool = False, **fields) -> None:
 
 def log_each(level: int, event: str, rows: list[dict]) -> None:
     """log(level, event, **fields) for each of rows, one line each, written together: a sweep logs a line
-    per transition, and a record passed alone through logging (caller lookup, handler lock, a write and a
-    flush per line) cost 31 us. With the server's handler the lines are made without a LogRecord each
-    (its __init__ was 5 of the 9 us a line left), all stamped with the time they are written."""
+    per transition, and a record passed alone through logging pays a caller lookup, the handler's lock, a
+    write and a flush per line. With the server's handler the lines are made without a LogRecord each (its
+    __init__ was most of what a line still cost), all stamped with the time they are written."""
     logger = logging.getLogger(LOGGER_NAME)
     if not rows or not logger.isEnabledFor(level):
         return
@@ -123,3 +131,51 @@ class Throttle:
             self._last[key] = now
             return True
         return False
+
+
+def parse_lines(text: str) -> list[dict]:
+    """Each line of a log stream as the object it holds; ValueError naming the first line that is not a JSON
+    object (a traceback printed raw, a stray print): every line the gate writes is one."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            raise ValueError(f"log line {number} is not a JSON object: {line[:300]!r}")
+        entries.append(entry)
+    return entries
+
+
+class CapturedLogs:
+    """What capture_logs() saw: `entries` (each line parsed) and `text` (the lines as written)."""
+
+    def __init__(self) -> None:
+        self._stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self._stream.getvalue()
+
+    @property
+    def entries(self) -> list[dict]:
+        return parse_lines(self.text)
+
+    def events(self, event: str) -> list[dict]:
+        return [e for e in self.entries if e["event"] == event]
+
+
+@contextlib.contextmanager
+def capture_logs(level: str = "DEBUG") -> Iterator[CapturedLogs]:
+    """The gate's logger writes to memory meanwhile, set up as configure() sets it up for `plangate serve`
+    (so its lines are made as in production); then its set-up before is restored."""
+    logger = logging.getLogger(LOGGER_NAME)
+    before = (logger.handlers[:], logger.level, logger.propagate)
+    captured = CapturedLogs()
+    configure(level, stream=captured._stream)
+    try:
+        yield captured
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = before
+

@@ -200,6 +200,12 @@ class PersonalData:
                 return Erased(subject, pseudonym, known=stored is not None, events=len(events), stripe_ids_kept=live)
         raise StoreUnavailable("erase: the subject kept changing")
 
+    def _pseudonyms(self) -> Pseudonyms:
+        """The pseudonyms of an erasure under way (erase() refuses to start without them)."""
+        if self.pseudonyms is None:
+            raise ErasureUnavailable("PLANGATE_PSEUDONYM_SECRET is not set: erasure needs it for stable pseudonyms")
+        return self.pseudonyms
+
     def _erasure(self, subject: str, pseudonym: str, stored: StoredSubject | None, events: list[EventRecord],
                  invoices: list[str], live: bool, actor: str, now: float) -> Erasure:
         drop = not live
@@ -214,7 +220,7 @@ class PersonalData:
                    "the erased subject's subscription ended: its Stripe ids replaced by pseudonyms")
             status = stored.state.status
             audit = AuditEntry(pseudonym, status, status, "erasure", why, now, self.gate.table.version, None, actor)
-        ids = self.pseudonyms.stripe_id
+        ids = self._pseudonyms().stripe_id
         return Erasure(subject, pseudonym, stored.version if stored else 0, row,
                        tuple(self._rewritten(r, subject, pseudonym, drop) for r in events),
                        tuple((i, ids(i)) for i in invoices if not i.startswith("in_erased")) if drop else (),
@@ -224,7 +230,7 @@ class PersonalData:
                  drop_ids: bool) -> str:
         reduced = self.reducer.reduce(payload, strict=False) or json.dumps(
             {"id": event_id, "type": "", "created": created, "data": {"object": {}}})
-        body = _substituted(json.loads(reduced), subject, pseudonym, self.pseudonyms.stripe_id if drop_ids else None)
+        body = _substituted(json.loads(reduced), subject, pseudonym, self._pseudonyms().stripe_id if drop_ids else None)
         return json.dumps(body, separators=(",", ":"))
 
     def _rewritten(self, row: EventRecord, subject: str, pseudonym: str, drop_ids: bool) -> EventRecord:
@@ -242,7 +248,7 @@ class PersonalData:
         Stripe ids are dropped (the same pseudonym as in the payloads, so the fold still matches them)."""
         state = state.with_(subject=pseudonym)
         if drop_ids and state.subscriptions:
-            ids = self.pseudonyms.stripe_id
+            ids = self._pseudonyms().stripe_id
             state = state.with_(subscriptions=tuple(
                 s if "_erased" in s.id else replace(s, id=ids(s.id)) for s in state.subscriptions))
         return state

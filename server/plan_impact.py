@@ -79,7 +79,7 @@ async def _over_quota(store, old: StateTable, change: PlanChange, subjects: int,
     rows = await store.subjects_named(change.statuses, change.tiers, EXAMINED)
     over = 0
     for stored in rows:
-        used = await _used(store, old, stored, change.meter, now)
+        used = await _used(store, old, stored, change.meter or "", now)    # a quota's change names its meter
         if used is not None and used > (change.limit or 0):
             over += 1
     examined = f" (of the first {len(rows)})" if len(rows) < subjects else ""

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from plangate.engine import StateTable, UnknownStatus, compile_plan
 from plangate.policy import (Finding, NameMap, Plan, PlanError, PlanFileError, Stranded, check_text, diff_plans,
@@ -30,7 +31,8 @@ from .store._plans import Census, Deploy, PlanRecord
 MIGRATE_BATCH = 250        # subjects under old names moved a transaction at a time, as the sweep commits timers
 UPGRADE_PAGE = 500
 HISTORY = 50
-LOOK_AGAIN_AFTER = 5.0     # a stored state this node's plan does not know: ask the store for a newer plan, at most this often
+# A stored state this node's plan does not know: ask the store for a newer plan, at most this often.
+LOOK_AGAIN_AFTER = 5.0
 
 
 class PlanRefused(Exception):
@@ -59,7 +61,7 @@ class Reload:
     refused: PlanRefused | None = field(default=None)
 
     def to_dict(self) -> dict:
-        body = {"outcome": self.outcome, "version": self.version, "previous": self.previous,
+        body: dict[str, Any] = {"outcome": self.outcome, "version": self.version, "previous": self.previous,
                 "summary": self.summary, "changes": list(self.changes), "moved": self.moved}
         if self.refused is not None:
             body["refused"] = self.refused.to_dict()
@@ -117,7 +119,7 @@ class PlanKeeper:
 
     async def _deploy(self, text: str, actor: str) -> Reload:
         checked = check_text(text, self.file)
-        if not checked.ok:
+        if not checked.ok or checked.plan is None:
             errors = tuple(f for f in checked.findings if f.is_error)
             raise PlanRefused(str(PlanError(errors)) + f"\nfix them first (plangate lint {self.file})",
                               "plan_invalid", findings=errors)
@@ -138,7 +140,7 @@ class PlanKeeper:
             record = PlanRecord(version, hashlib.sha256(text.encode()).hexdigest(), self.file, text, now)
             deploy = await self._io(self.store.record_deploy(
                 record, Deploy(0, version, active.version if active else None, now, actor, self.node, summary)))
-        deployed_at = now if deploy is not None else active.at
+        deployed_at = now if deploy is not None or active is None else active.at
         table = _compile(plan, records, version, deployed_at)
         self._use(table, deployed_at)
         moved = await self.migrate_names(table)
@@ -174,7 +176,7 @@ class PlanKeeper:
         names = NameMap.of(table.plan)
         if not names:
             return 0
-        moved, skip = 0, set()
+        moved, skip = 0, set[str]()
         try:
             while True:
                 batch = await self.gate.timed("plan_migrate", self.store.subjects_named(

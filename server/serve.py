@@ -67,8 +67,8 @@ async def _serve(config: Config, table) -> None:
     # trickling its headers in (aiohttp's own default is an hour). lingering_time 0: a request answered before
     # its body came in (refused: too large, unauthorized, a body too slow) has its connection closed, not kept
     # for up to 10 s to read and drop the rest. aiohttp's lingering read is not woken when the client hangs
-    # up: each such request held a task, a socket and a timer for the 10 s (measured: 2,500 refusals a second
-    # grew the process by 77 MB, and collecting that garbage paused the loop for up to 180 ms).
+    # up: each such request held a task, a socket and a timer for the 10 s, so a flood of refusals grew the
+    # process and paused the loop to collect the garbage.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            keepalive_timeout=config.idle_timeout, lingering_time=0)
     stop = asyncio.Event()
@@ -83,7 +83,7 @@ async def _serve(config: Config, table) -> None:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         # What exists now (modules, the plan, the app) lives as long as the process. A full collection
-        # walked it all, ~32 ms here, a pause every request in flight waits out: frozen, it is never walked.
+        # walked it all, a pause every request in flight waits out: frozen, it is never walked.
         gc.freeze()
         host, port = runner.addresses[0][:2]
         print(f"plangate: listening on http://{host}:{port} (plan {table.version}, "
@@ -128,8 +128,9 @@ def migrate(env_file: str | None = "config.env") -> int:
     print(f"plangate: {config.database}: schema version {before} -> {after}"
           if after != before else f"plangate: {config.database}: schema is current (version {after})")
     if reduced is not None:
+        kept = f" ({reduced.kept} kept as they came, see the log)" if reduced.kept else ""
         print(f"plangate: Stripe payloads older than {config.payload_retention_days} days reduced to what the gate "
-              f"reads: {reduced.reduced}" + (f" ({reduced.kept} kept as they came, see the log)" if reduced.kept else ""))
+              f"reads: {reduced.reduced}{kept}")
     elif table is None and before and before < RETENTION_MIGRATION <= after:
         return _fail(f"stored Stripe payloads were not reduced: the plan cannot be read ({unreadable}; "
                      "PLANGATE_PLANS). The cleanup job of a running gate reduces them; then VACUUM the SQLite file", 1)
@@ -180,7 +181,7 @@ async def _stranded(store, plans: str) -> str | None:
         checked = check_file(plans)
     except PlanFileError:
         return None
-    if not checked.ok:
+    if not checked.ok or checked.plan is None:
         return None
     census = await store.census()
     found = stranded(checked.plan, census.statuses, census.tiers)

@@ -78,7 +78,9 @@ class Cluster:
     """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port, in a temporary folder; can be stopped
     and started again (to test what a restart does to the gate)."""
 
-    def __init__(self):
+    def __init__(self, replica_of: Cluster | None = None):
+        """A new cluster (initdb), or with `replica_of` a streaming replica of that running cluster: a copy
+        taken with pg_basebackup, set to follow it (-R writes standby.signal and primary_conninfo)."""
         bin_dir = _pg_bin()
         if bin_dir is None:
             _unavailable("no initdb found (install PostgreSQL's server package)")
@@ -89,7 +91,11 @@ class Cluster:
         self._as_user = os.geteuid() == 0       # initdb refuses to run as root: use the postgres account
         if self._as_user:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        if replica_of is None:
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        else:
+            self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(replica_of.port), "-U", "postgres",
+                      "-D", str(self.data), "-R", "-X", "stream", "--no-sync")
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

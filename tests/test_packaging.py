@@ -88,7 +88,7 @@ def test_the_core_install_runs_the_plan_tools_without_the_gate(wheel, tmp_path):
     pip = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
                          capture_output=True, text=True, timeout=300)
     assert pip.returncode == 0, pip.stderr[-3000:]
-    for module in ("aiohttp", "stripe", "asyncpg", "aiosqlite"):
+    for module in ("aiohttp", "stripe", "asyncpg", "uvloop"):
         probe = subprocess.run([str(env_dir / "bin" / "python"), "-c", f"import {module}"], capture_output=True)
         assert probe.returncode != 0, f"{module} came with the core install"
     shutil.copy(ROOT / "plans.yaml", tmp_path / "plans.yaml")

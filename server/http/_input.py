@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Literal, overload
 
 from aiohttp import web
 
@@ -46,6 +47,12 @@ async def json_object(request: web.Request, allowed: set[str]) -> dict:
         raise BadRequest(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}; "
                                                f"allowed: {', '.join(sorted(allowed))}")
     return body
+
+
+@overload
+def text(body: dict, name: str, *, required: Literal[True] = ...) -> str: ...
+@overload
+def text(body: dict, name: str, *, required: bool) -> str | None: ...
 
 
 def text(body: dict, name: str, *, required: bool = True) -> str | None:

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import functools
-import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from plangate import schema as plangate_schema
 from aiohttp import web
@@ -13,13 +12,15 @@ from plangate.engine._entitlements import UnknownFeature
 
 from . import _input as inp, _json
 from ..gate import Counting, Gate, StoreUnavailable
+from ..jobs import Jobs
+from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
 from ..personal import ErasureUnavailable, PersonalData
 from ..store import IdempotencyConflict
 
 GATE = web.AppKey("gate", Gate)
-PLANS = web.AppKey("plans", object)      # the PlanKeeper (plan_api), for /readyz
-JOBS = web.AppKey("jobs", object)
+PLANS = web.AppKey("plans", PlanKeeper)      # plan_api's, and /readyz's
+JOBS = web.AppKey("jobs", Jobs)
 PERSONAL = web.AppKey("personal", PersonalData)
 OPENAPI_PATH = plangate_schema.OPENAPI
 _DECISION_FIELDS = {"subject", "meter", "amount"}
@@ -33,12 +34,12 @@ _OVERAGE_STATUSES = ("pending", "sent", "refused")
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def decision_body(subject: str, amount: int, d: Decision) -> dict:
     return {
-        "subject": subject, "allowed": d.allowed, "reason": d.reason._value_, "status": d.status, "tier": d.tier,
+        "subject": subject, "allowed": d.allowed, "reason": d.reason, "status": d.status, "tier": d.tier,
         "meter": d.meter, "amount": amount, "limit": d.limit, "used": d.used, "remaining": d.remaining,
         "window_start": iso(d.window_start), "resets_at": iso(d.resets_at), "retry_after": d.retry_after,
         "rule": d.rule, "feature": d.feature, "credits": d.credits, "credits_used": d.credits_used,
@@ -220,7 +221,7 @@ async def transition(request: web.Request) -> web.Response:
                                                    "admin action of the plan)")
     if to is not None:
         inp.one_of(to, gate.table.statuses, "unknown_status", "status")
-    else:
+    elif action is not None:
         inp.one_of(action, gate.table.actions, "unknown_action", "admin action")
     reason = inp.text(body, "reason")
     actor = inp.text(body, "actor", required=False) or "admin-api"

@@ -7,6 +7,7 @@ import itertools
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -31,9 +32,11 @@ _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: 
 def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool = True,
                run_jobs: bool = True) -> web.Application:
     metrics = Metrics()
+    metrics.replica_lags = store.replica_lags
     gate = Gate(config, table, store, metrics)
     # The webhook may carry large events; /v1/ bodies are held to max_body_bytes in _input.
-    app = web.Application(client_max_size=max(config.max_body_bytes, config.webhook_max_bytes))
+    client_max_size = max(config.max_body_bytes, config.webhook_max_bytes)
+    app = web.Application(client_max_size=client_max_size)
     app[api.GATE] = gate
     app[MAX_BODY] = config.max_body_bytes
     personal = PersonalData(gate)
@@ -44,8 +47,8 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[api.JOBS] = jobs
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
-    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)), config.api_token,
-                metrics)
+    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
+                _Guard(config.api_token, metrics, client_max_size))
 
     async def lifecycle(app: web.Application):
         await store.open()
@@ -56,12 +59,13 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         except Exception:
             await store.close()
             raise
-        store.listen(gate.invalidate, gate.invalidate_all, plans.announced)
+        store.listen(gate.invalidate, gate.invalidate_all, plans.announced, on_usage=gate.usage_counted)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         if run_jobs:
             jobs.start()
         if not config.webhook_secrets:
-            log(logging.WARNING, "webhook_disabled", why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
+            log(logging.WARNING, "webhook_disabled",
+                why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
         log(logging.INFO, "started", plan_version=gate.table.version, enforcement=config.enabled,
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield
@@ -80,23 +84,31 @@ def _error(status: int, code: str, message: str, request_id: str, headers: dict 
                           headers={"X-Request-Id": request_id, **(headers or {})})
 
 
-def _add_routes(app: web.Application, routes, token: str, metrics: Metrics) -> None:
+@dataclass(frozen=True)
+class _Guard:
+    """What every route's wrapper checks and reports with."""
+
+    token: str
+    metrics: Metrics
+    client_max_size: int    # the application's limit on a body, named when aiohttp refuses one (413)
+
+
+def _add_routes(app: web.Application, routes, guard: _Guard) -> None:
     """Each route's handler wrapped by _guarded; every path answers its other methods with a JSON 405 naming
     those it has, and every other path gets a JSON 404. A wrapper per route, not a middleware: with any
-    middleware aiohttp runs a chain of two on every request (~3.5 us of a check's ~85)."""
+    middleware aiohttp runs a chain of two on every request."""
     by_path: dict[str, list] = {}
     for method, path, handler in routes:
         by_path.setdefault(path, []).append((method, handler))
     for path, handlers in by_path.items():
         allowed = set()
         for method, handler in handlers:
-            app.router.add_route(method, path, _guarded(handler, path, token, metrics))
+            app.router.add_route(method, path, _guarded(handler, path, guard))
             allowed |= {method, "HEAD"} if method == "GET" else {method}
             if method == "GET":
-                app.router.add_route("HEAD", path, _guarded(handler, path, token, metrics))
-        app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", token,
-                                                 metrics))
-    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", token, metrics))
+                app.router.add_route("HEAD", path, _guarded(handler, path, guard))
+        app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", guard))
+    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", guard))
 
 
 def _not_allowed(allow: str):
@@ -110,11 +122,13 @@ async def _not_found(request: web.Request) -> web.Response:
     raise BadRequest(404, "not_found", f"no route for {request.path}; see /openapi.json")
 
 
-def _guarded(handler, route: str, token: str, metrics: Metrics):
+def _guarded(handler, route: str, guard: _Guard):
     """handler with the request id (the caller's X-Request-Id, else a new one, echoed in the answer), the /v1/
     token, errors as JSON and the route's latency."""
+    token = guard.token
     expected = f"Bearer {token}".encode()
-    rejected, latency = metrics.rejected, metrics.latency.labels(route)
+    too_large = f"the body is larger than {guard.client_max_size} bytes"
+    rejected, latency = guard.metrics.rejected, guard.metrics.latency.labels(route)
     protected = None if route == "unmatched" else route.startswith("/v1/")     # unmatched: by the request's path
 
     async def guarded(request: web.Request) -> web.StreamResponse:
@@ -137,8 +151,7 @@ def _guarded(handler, route: str, token: str, metrics: Metrics):
                 raise
             code = _HTTP_ERRORS.get(exc.status, "http_error")
             rejected.labels(code).inc()
-            message = exc.text if exc.status != 413 else \
-                f"the body is larger than {request.app._client_max_size} bytes"
+            message = exc.text if exc.status != 413 else too_large
             return _error(exc.status, code, message or exc.reason, request_id)
         except ConnectionResetError:
             raise   # the client went away before its request was read: nobody to answer, no failure of the gate
@@ -151,8 +164,8 @@ def _guarded(handler, route: str, token: str, metrics: Metrics):
     return guarded
 
 
-# Request ids: a random prefix per process and a counter, 32 hex digits as uuid4().hex was (which cost
-# ~7 us a request); unique within the process, and across processes but for a 64-bit prefix collision.
+# Request ids: a random prefix per process and a counter, 32 hex digits as uuid4().hex was (which costs a
+# random draw a request); unique within the process, and across processes but for a 64-bit prefix collision.
 _REQUEST_ID_PREFIX = secrets.token_hex(8)
 _request_ids = itertools.count(1)
 

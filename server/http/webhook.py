@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import stripe
 from aiohttp import web
@@ -42,7 +43,7 @@ def _signed_at(header: str) -> int | None:
 def _verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int) -> str:
     """The body as text once a secret's signature matches; BadRequest otherwise. A signature made longer ago
     than the tolerance is refused before any HMAC is computed: the stripe package checks the time last, and
-    its refusal (an exception carrying the body) cost a replayed signature ~40% of its answer."""
+    its refusal (an exception carrying the body) is a large part of what a replayed signature costs."""
     if not header:
         raise BadRequest(400, "signature_missing", "no Stripe-Signature header: only signed events are accepted")
     signed_at = _signed_at(header)
@@ -68,7 +69,7 @@ def _event(text: str) -> tuple[StripeEvent, str]:
         body = json.loads(text)
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
-    created = body.get("created") if isinstance(body, dict) else None
+    created: Any = body.get("created") if isinstance(body, dict) else None
     seconds = (isinstance(created, int) and not isinstance(created, bool)) or \
         (isinstance(created, float) and created.is_integer())          # JSON Schema's integer: 5.0 is one
     ok = isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"] and \
@@ -105,7 +106,7 @@ async def receive(request: web.Request) -> web.Response:
         else:
             async with asyncio.timeout(BODY_TIMEOUT):     # not wait_for: that makes a task of every read
                 payload = await request.read()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         metrics.webhooks.labels("body_timeout").inc()
         raise BadRequest(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
     except web.HTTPRequestEntityTooLarge:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import operator
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, fields
 
 import orjson
@@ -48,15 +50,19 @@ class StoredSubject:
     fold_state: SubjectState | None = None  # the state its Stripe events alone give (see migration 0003)
 
     def with_state(self, state: SubjectState) -> StoredSubject:
-        """The same row with a new state: dataclasses.replace(self, state=state) in 1.5 us, not 3.2 (a sweep
+        """The same row with a new state: dataclasses.replace(self, state=state), at half its cost (a sweep
         makes one per due subject)."""
-        return StoredSubject(state, self.version, self.stripe_customer, self.stripe_subscription, self.watermark,
-                             self.confirmed_at, self.fold_state)
+        return StoredSubject(state, *_BESIDE_STATE(self))
+
+
+# StoredSubject's fields after `state`, read in one call.
+_BESIDE_STATE = operator.attrgetter(*(f.name for f in fields(StoredSubject)[1:]))
 
 
 def state_json(state: SubjectState | None) -> str | None:
-    """A state as compact JSON: orjson's text (1.3 us; asdict and json.dumps took 16.5, twice a webhook event),
-    which is the standard library's for these fields, but for non-ASCII text, which it writes as before."""
+    """A state as compact JSON: orjson's text (asdict and json.dumps cost ten times as much, twice a webhook
+    event), which is the standard library's for these fields, but for non-ASCII text, which it writes as
+    before."""
     if state is None:
         return None
     text = orjson.dumps({name: getattr(state, name) for name in _STATE_FIELDS}).decode()
@@ -135,7 +141,7 @@ class Change:
 
     subject: StoredSubject                         # the new row
     expected_version: int                          # 0: the subject is not stored yet
-    audits: tuple["AuditEntry", ...] = ()
+    audits: tuple[AuditEntry, ...] = ()
     new_events: tuple[EventRecord, ...] = ()       # inserted; a stored id raises DuplicateEvent
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
@@ -196,13 +202,20 @@ class Store(abc.ABC):
 
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
+    # True when this process is the only writer: credit grants read once may be kept (spends update them).
+    caches_grants = True
 
-    def listen(self, on_subject, on_reset, on_plan=None) -> None:
-        """Start telling this node about subjects other nodes changed, and (on_plan, with the version) about
-        plans they deployed (nothing to do for one node)."""
+    def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:  # noqa: B027 - one node: nothing
+        """Start telling this node about subjects other nodes changed, on_subject(subject); (on_plan, with the
+        version) about plans they deployed; (on_usage(subject, meter, window_start, used)) about their counts;
+        on_reset() when some may have been missed (nothing to do for one node)."""
 
-    async def unlisten(self) -> None:
+    async def unlisten(self) -> None:  # noqa: B027 - nor anything to stop
         """Stop what listen() started."""
+
+    def replica_lags(self) -> dict[str, float]:
+        """Measured lag (seconds) of each read replica, by host:port (none but on PostgreSQL with replicas)."""
+        return {}
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):
@@ -229,9 +242,12 @@ class Store(abc.ABC):
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Usage of the given (meter, window start) pairs; missing ones are 0."""
 
+    # The three writes of requests are awaitables, not necessarily coroutines: a store may answer with the
+    # future of a group commit.
+
     @abc.abstractmethod
-    async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
-                    limit: int | None, key: str | None, now: float) -> Counted:
+    def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
+              limit: int | None, key: str | None, now: float) -> Awaitable[Counted]:
         """Add amount to a window's usage in one atomic step, unless that would pass `limit`
         (None: no limit, the work already ran). Refuses with conflict=True when the subject's stored
         version is no longer current.version (a version of 0 stores current.state first)."""
@@ -278,13 +294,13 @@ class Store(abc.ABC):
         """(customer, meter event name, total value) sent for work counted between start and end."""
 
     @abc.abstractmethod
-    async def commit(self, change: Change) -> bool:
+    def commit(self, change: Change) -> Awaitable[bool]:
         """Write a change in one transaction, if the subject's stored version is still the expected one.
         False when another writer came first (nothing written); DuplicateEvent when a new event is stored
         already (nothing written)."""
 
     @abc.abstractmethod
-    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
+    def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
         """Store an event that changes no subject (pending, or for no subject); False if stored already."""
 
     @abc.abstractmethod
@@ -357,7 +373,7 @@ class Store(abc.ABC):
         when it could not (they go at a later scrub)."""
         return True
 
-    async def compact(self) -> None:
+    async def compact(self) -> None:  # noqa: B027 - a store with nothing to compact does nothing
         """Rewrite the database without the free space old rows left (once, after the first reduction)."""
 
     @abc.abstractmethod

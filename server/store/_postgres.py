@@ -1,26 +1,34 @@
 """The shared store: PostgreSQL through an asyncpg pool, for several gate nodes.
 
-Counting is one INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING; a committed state change
-NOTIFYs the other nodes (channel plangate_subjects, payload: the subject) so they drop it from their caches.
+Counting is an INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING per count, run for every count a
+node has waiting in one call of plangate_count_batch (one round trip, one commit); subject loads and writes
+that arrive together go together too (_batches.Batches). A committed state change NOTIFYs the other nodes
+(channel plangate_subjects, payload: the subject) so they drop it from their caches; a committed count is
+announced on plangate_usage so they keep its usage current. Reads of subjects may go to streaming replicas
+(_pg_pool.Replicas).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from typing import Any
+from collections.abc import Awaitable
 
 import asyncpg
 
+from ._batches import Batches
+from ._pg_listener import CHANNEL, Listener
+from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
-                    StoreError, StoredSubject, state_from_json, state_json)
-from ._credits import grant_values
+                    StoreError, StoredSubject, state_json)
 from ._migrations import migrations, statements
+from ._credits import grant_values
 from ._postgres_credits import _INSERT_GRANT, PostgresCredits
 from ._postgres_personal import PostgresPersonalData
-from ._postgres_plans import PLAN_CHANNEL, PostgresPlans
+from ._postgres_plans import PostgresPlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
 
-CHANNEL = "plangate_subjects"
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
 _SUBJECT_COLUMNS = SUBJECT_COLUMNS
@@ -30,8 +38,18 @@ _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, v
 _UPDATE_SUBJECT = (f"UPDATE subscriptions SET {', '.join(f'{c} = ${i}' for i, c in enumerate(WRITTEN, 1))}, "
                    f"version = version + 1, updated_at = ${len(WRITTEN) + 1} "
                    f"WHERE subject = ${len(WRITTEN) + 2} AND version = ${len(WRITTEN) + 3} RETURNING 1")
-# A count in one round trip (migration 5): $8 is the subject's version the decision was made on.
-_COUNT = "SELECT * FROM plangate_count($1, $2, $3, $4, $5, $6, $7, $8)"
+# Counts in one round trip (migration 10): one array per argument of Store.count, one element per count.
+_COUNT_BATCH = ("SELECT * FROM plangate_count_batch($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], "
+                "$6::text[], $7::bigint[], $8::float8[], $9)")
+# Batches of counts (of subject loads, of writes) per node: one in flight, and what arrives meanwhile waits and
+# goes in the next one (its round trip and commit is the next batch's time to fill up; with two always in
+# flight, batches came out about half as large and PostgreSQL spent more CPU a count, on two cores). Only when
+# the one in flight has taken STALLED_AFTER does another go beside it, up to BATCHES_IN_FLIGHT: on a busy
+# machine one descheduled backend held every consume of the node (a run at 1,019 req/s against the floor's
+# 3,573; with a second batch after 3 ms, 2,904 and 6,267 against 3,822 and 4,109 in the same minutes).
+BATCHES_IN_FLIGHT = 3
+STALLED_AFTER = 0.003
+DEADLOCK_RETRIES = 3
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
           "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text", "quantity": "int8",
           "addons": "text", "traits": "text"}   # others: float8
@@ -48,60 +66,98 @@ _BATCH_UPDATE = (
     + ", ".join(f"${i}::{_TYPES.get(c, 'float8')}[]" for i, c in enumerate(WRITTEN, 3))
     + f") AS v (subject, expected, {', '.join(WRITTEN)}) "
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
 class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store):
-    caches_usage = False      # other nodes count too: usage is read from the database on every check
     channel = CHANNEL
+    caches_grants = False     # other nodes spend credits too, and tell no node: grants are read when needed
+
+    @property
+    def caches_usage(self) -> bool:  # type: ignore[override]  # a property where the base has a constant
+        """Other nodes count too: a cached usage is current only while every count reaches this node (the
+        listener hears plangate_usage); otherwise usage is read from the database on every check."""
+        listener = getattr(self, "_listener", None)
+        return listener is not None and listener.hears_usage and listener.connected.is_set()
 
     def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0,
-                 command_timeout: float = 10.0):
+                 command_timeout: float = 10.0, replicas: tuple[str, ...] = (), replica_max_lag: float = 1.0,
+                 push_usage: bool = True):
         self.dsn = dsn
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
-        self._pool: asyncpg.Pool | None = None
-        self._turns: asyncio.Semaphore | None = None     # made by open(), in the loop that uses it
+        options: dict[str, Any] = {"min_size": pool_min, "max_size": pool_max, "connect_timeout": connect_timeout,
+                   "command_timeout": command_timeout, "reset": _keep_session, "init": self._watch}
+        self._primary = Pool(dsn, **options)
+        # Reads of subjects (checks, GET /v1/subjects) may go to streaming replicas; see _pg_pool.Replicas.
+        self.replicas = Replicas(self._primary, [Pool(r, **{**options, "init": self._watch_replica})
+                                                 for r in replicas], replica_max_lag) if replicas else None
+        self._counts = Batches(self._count_batch, BATCHES_IN_FLIGHT, STALLED_AFTER)
+        self._loads = Batches(self._load_batch, BATCHES_IN_FLIGHT, STALLED_AFTER)
+        self._writes = Batches(self._write_batch, BATCHES_IN_FLIGHT, STALLED_AFTER)
+        self._listener: Listener | None = None
+        self.query_logger = None      # a callable given every statement this store sends (set before open())
+        self.batches_retried = 0      # batches chosen as a deadlock's victim and run again
+        # Each count NOTIFYs plangate_usage, so that every node's checks answer from usage it holds. It costs the
+        # database a transaction per node per batch to deliver (bench/README.md has the figures).
+        self.announce_usage = push_usage
+        self._backends: set[int] = set()    # server PIDs of this store's pooled connections
 
     # --- life cycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # Turns at the pool, one per connection, a freed one handed to the longest waiter. asyncpg's own wait is
-        # an asyncio queue, where a woken waiter that finds the connection taken already (by a caller that came
-        # later and never waited) waits again at the back: at 32 checks in flight on 10 connections some waited
-        # past PLANGATE_STORE_TIMEOUT and were answered by the fail mode (p95 161 ms; in turns, p99 5-6 ms).
-        self._turns = asyncio.Semaphore(self.pool_max)
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=self.pool_min, max_size=self.pool_max, timeout=self.connect_timeout,
-                command_timeout=self.command_timeout, reset=_keep_session)
-        except (*_ERRORS, ValueError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        await self._primary.open()
+        if self.replicas is not None:
+            for pool in self.replicas.pools:
+                try:
+                    await pool.open()
+                except StoreError:
+                    pass            # a replica down at start: reads go to the primary (its pool opens lazily)
+            self.replicas.start()
+
+    async def _watch_replica(self, conn) -> None:
+        """A new pooled connection to a replica: every statement it sends goes to query_logger, when one is set
+        (before open(); asyncpg's own hook, a LoggedQuery per statement)."""
+        if self.query_logger is not None:
+            conn.add_query_logger(self.query_logger)
+
+    async def _watch(self, conn) -> None:
+        """A new pooled connection to the primary: watched as a replica's, and its server PID known while it
+        lives (the usage notifications of its counts are this node's own)."""
+        await self._watch_replica(conn)
+        pid = conn.get_server_pid()
+        self._backends.add(pid)
+        conn.add_termination_listener(lambda _conn: self._backends.discard(pid))
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            with contextlib.suppress(*_ERRORS):
-                await asyncio.wait_for(pool.close(), 5)
+        await self._counts.drain(5.0)
+        await self._loads.drain(1.0)
+        await self._writes.drain(5.0)
+        if self.replicas is not None:
+            await self.replicas.stop()
+            for pool in self.replicas.pools:
+                await pool.close()
+        await self._primary.close()
 
-    @contextlib.asynccontextmanager
-    async def _conn(self, timeout: float | None = None):
-        """A pooled connection, in turn (first come, first served). The wait is bounded by the caller's time
-        budget (the gate runs every store call under one), not by a timer of its own: asyncpg's acquire timeout
-        is a task and a timer per call. Calls outside a gate's budget (migrate, a job's lock) pass `timeout`."""
-        if self._pool is None:
-            raise StoreError("the store is not open")
-        try:
-            await (self._turns.acquire() if timeout is None else asyncio.wait_for(self._turns.acquire(), timeout))
-        except asyncio.TimeoutError as exc:
-            raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except _ERRORS as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._turns.release()       # after the connection is back in the pool: the next turn finds it there
+    def replica_lags(self) -> dict[str, float]:
+        if self.replicas is None:
+            return {}
+        return {pool.dsn.split("@")[-1].split("/")[0]: lag
+                for pool, lag in zip(self.replicas.pools, self.replicas.lag)}
+
+    def _conn(self, timeout: float | None = None):
+        """A connection to the primary, in turn (Pool.conn)."""
+        return self._primary.conn(timeout)
+
+    def _reader(self, *subjects: str):
+        """A connection for reading these subjects: a replica that is current enough, else the primary."""
+        return (self.replicas.reader(subjects) if self.replicas is not None else self._primary).conn()
+
+    def _changed(self, *subjects: str) -> None:
+        """This node wrote these subjects, or tried to on a version it read (maybe from a replica): until a
+        replica is confirmed past now, they are read from the primary."""
+        if self.replicas is not None:
+            for subject in subjects:
+                self.replicas.touched(subject)
 
     @contextlib.asynccontextmanager
     async def _tx(self, timeout: float | None = None):
@@ -124,6 +180,8 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
                         await db.execute(statement)
                     await db.execute("INSERT INTO plangate_schema (version) VALUES ($1)", number)
                     version = number
+        if version != before and self.replicas is not None:
+            self.replicas.forget()          # no replica is read before it has the new schema
         return before, version
 
     async def ping(self) -> None:
@@ -133,14 +191,20 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
     # --- reads ---------------------------------------------------------------------------------
 
     async def load(self, subject: str) -> StoredSubject | None:
-        async with self._conn() as db:
-            row = await db.fetchrow(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = $1", subject)
-        return subject_from_row(row) if row else None
+        return await self._loads.submit(subject)
+
+    async def _load_batch(self, subjects: list[str]) -> list[StoredSubject | None]:
+        """The rows of subjects asked for together (cache misses under load), in one query."""
+        async with self._reader(*subjects) as db:
+            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ANY($1::text[])",
+                                  list(set(subjects)))
+        found = {row[0]: subject_from_row(row) for row in rows}
+        return [found.get(subject) for subject in subjects]
 
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:
             return {}
-        async with self._conn() as db:
+        async with self._reader(subject) as db:
             rows = await db.fetch(
                 "SELECT meter, window_start, used FROM quota_usage WHERE subject = $1 AND "
                 "(meter, window_start) IN (SELECT * FROM unnest($2::text[], $3::bigint[]))",
@@ -149,7 +213,7 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
         return {w: found.get(w, 0) for w in windows}
 
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
-        async with self._conn() as db:
+        async with self._reader(subject) as db:
             rows = await db.fetch(
                 "SELECT subject, from_status, to_status, trigger, reason, at, plan_version, cause_id, actor "
                 "FROM transitions WHERE subject = $1 ORDER BY id DESC LIMIT $2", subject, limit)
@@ -157,82 +221,180 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
 
     # --- counting ------------------------------------------------------------------------------
 
-    async def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
-                    limit: int | None, key: str | None, now: float) -> Counted:
-        subject = current.state.subject
-        args = (subject, meter, window_start, amount, limit, key, now)
-        async with self._conn() as db:
-            try:
-                if current.version:
-                    row = await db.fetchrow(_COUNT, *args, current.version)
-                else:
-                    row = await self._count_first(db, current, args)
-            except _ERRORS as exc:
-                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+    def count(self, current: StoredSubject, meter: str, window_start: int, amount: int,
+              limit: int | None, key: str | None, now: float) -> Awaitable[Counted]:
+        """Store.count, as a future of the batch the count joins (no task of its own: the gate shields it)."""
+        item = (current.state.subject, meter, window_start, amount, limit, key, current.version, now)
+        if current.version:
+            return self._counts.submit(item)
+        return asyncio.ensure_future(self._count_first(current, item))
+
+    def _counted(self, item: tuple, row) -> Counted | Exception:
+        """What plangate_count_batch's row says of one count (an IdempotencyConflict for that count alone)."""
+        if isinstance(row, Exception):
+            return row
+        subject, meter, _, amount, _, key = item[:6]
         outcome, used, *seen = row
         if outcome == "repeat":
-            seen_subject, seen_meter, seen_amount = seen
-            if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
-                raise IdempotencyConflict(
-                    f"idempotency key {key!r} was first used for subject {seen_subject!r}, meter {seen_meter!r}, "
-                    f"amount {seen_amount}; use a new key for different work")
+            if tuple(seen) != (subject, meter, amount):
+                return IdempotencyConflict(
+                    f"idempotency key {key!r} was first used for subject {seen[0]!r}, meter {seen[1]!r}, "
+                    f"amount {seen[2]}; use a new key for different work")
             return Counted(True, used, duplicate=True)
+        if outcome != "refused":
+            self._changed(subject)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
     async def _insert_subject(self, db, current: StoredSubject, now: float) -> None:
+        """A subject not stored yet, in its initial state (another writer's row, if there, stays)."""
         await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
                          *subject_values(current), now)
 
-    async def _count_first(self, db, current: StoredSubject, args: tuple):
-        """plangate_count's row for a subject not stored yet: its row goes in with the count (as version 1,
-        unless another writer's is there), or not at all."""
+    async def _count_batch(self, items: list[tuple]) -> list:
+        """plangate_count_batch's row for each count, in one call (one round trip, one commit). The counts run
+        sorted by (subject, meter, window) so that every batch of every node takes its row locks in one order;
+        a batch chosen as a deadlock's victim anyway (locks taken by the sweep or a state change) runs again.
+        A statement that fails for one count's values fails the call: the counts then run one call each, so
+        that the failure is that count's alone."""
+        order = sorted(range(len(items)), key=lambda i: items[i][:3])
+        ordered = [items[i] for i in order]
+        rows: list[Any] = [None] * len(items)
+        async with self._conn() as db:
+            for attempt in range(DEADLOCK_RETRIES + 1):
+                try:
+                    found = await db.fetch(_COUNT_BATCH, *_columns(ordered), self.announce_usage)
+                    break
+                except asyncpg.TransactionRollbackError:
+                    self.batches_retried += 1
+                    if attempt == DEADLOCK_RETRIES:
+                        raise
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    if len(items) == 1:
+                        raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+                    found = [await self._count_alone(db, item) for item in ordered]
+                    break
+        for i, row in zip(order, found):
+            rows[i] = self._counted(items[i], row)
+        return rows
+
+    async def _count_alone(self, db, item: tuple):
+        """One count in a call of its own; its failure as a StoreError (for its caller alone)."""
         try:
-            async with db.transaction():
-                await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
-                                 *subject_values(current), args[-1])
-                row = await db.fetchrow(_COUNT, *args, 1)
-                if row[0] != "counted":
-                    raise _Abort(row)
-        except _Abort as abort:         # rolled back: a refused first count stores nothing
-            return abort.row
-        return row
+            return (await db.fetch(_COUNT_BATCH, *_columns([item]), self.announce_usage))[0]
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            return StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
 
-    # --- state changes -------------------------------------------------------------------------
-
-    async def commit(self, change: Change) -> bool:
-        new, s = change.subject, change.subject.state
+    async def _count_first(self, current: StoredSubject, item: tuple):
+        """A count for a subject not stored yet: its row goes in with the count (as version 1, unless
+        another writer's is there), or not at all. Not batched: a subject's first count happens once."""
+        item = (*item[:6], 1, item[7])
         async with self._conn() as db:
             try:
                 async with db.transaction():
-                    if change.expected_version == 0:
-                        inserted = await db.fetchval(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
-                                                     s.subject, *subject_values(new), now_of(change))
-                        if not inserted:
-                            return False
-                    else:
-                        done = await db.fetchval(_UPDATE_SUBJECT, *subject_values(new), now_of(change), s.subject,
-                                                 change.expected_version)
-                        if not done:
-                            return False
-                    await self._audit(db, change.audits)
-                    for event in change.new_events:
-                        if not await self._insert_event(db, event):
-                            raise DuplicateEvent(event.id)
-                    for e in change.replayed_events:
-                        await db.execute(
-                            "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
-                            "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
-                    await self._upsert_payments(db, change.payments)
-                    if change.links:
-                        await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
-                                         "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
-                    if change.grants:
-                        await db.executemany(_INSERT_GRANT, [grant_values(s.subject, g, "stripe")
-                                                             for g in change.grants])
-                    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
+                    await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                                     *subject_values(current), item[-1])
+                    row = (await db.fetch(_COUNT_BATCH, *_columns([item]), self.announce_usage))[0]
+                    if row[0] != "counted":
+                        raise _Abort(row)
+            except _Abort as abort:         # rolled back: a refused first count stores nothing
+                row = abort.row
             except _ERRORS as exc:
                 raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        counted = self._counted(item, row)
+        if isinstance(counted, Exception):
+            raise counted
+        return counted
+
+    # --- state changes -------------------------------------------------------------------------
+
+    def commit(self, change: Change) -> Awaitable[bool]:
+        """Store.commit, in the next batch of writes (see _write_batch)."""
+        return self._writes.submit(change)
+
+    def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
+        """Store.record_event, in the next batch of writes (see _write_batch)."""
+        return self._writes.submit((event, payments))
+
+    async def _write_batch(self, writes: list) -> list:
+        """State changes and events arriving together, committed in one transaction: one commit (one WAL flush)
+        for many webhooks. None rolls another back: a write first inserts its new events (a stored id is a
+        repeat delivery), then its subject's row (the expected version, or no row yet), and when either fails it
+        deletes the events it inserted and writes nothing more. Writes go in subject order, as counts do, so
+        batches of nodes never wait for each other both ways; a statement that fails outright fails the
+        transaction: then each write runs in a transaction of its own, so that the failure is its alone."""
+        order = sorted(range(len(writes)), key=lambda i: _write_subject(writes[i]) or "")
+        results = [None] * len(writes)
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                async with self._tx() as db:
+                    for i in order:
+                        results[i] = await self._write(db, writes[i])
+                break
+            except StoreError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, asyncpg.TransactionRollbackError) and attempt < DEADLOCK_RETRIES:
+                    self.batches_retried += 1
+                    continue
+                # Only a statement's failure is one write's fault; a lost connection or a timeout fails them all.
+                if len(writes) == 1 or not isinstance(cause, asyncpg.PostgresError) or \
+                        isinstance(cause, (asyncpg.PostgresConnectionError, asyncpg.QueryCanceledError)):
+                    raise
+                results = [await self._write_alone(write) for write in writes]
+                break
+        return results
+
+    async def _write_alone(self, write):
+        try:
+            async with self._tx() as db:
+                return await self._write(db, write)
+        except StoreError as exc:
+            return exc
+
+    async def _write(self, db, write):
+        """One write of a batch: True, False (a stale version, or an event stored already: nothing written), or
+        DuplicateEvent (a change's new event stored already: nothing written)."""
+        if isinstance(write, tuple):
+            event, payments = write
+            if not await self._insert_event(db, event):
+                return False
+            await self._upsert_payments(db, payments)
+            return True
+        change = write
+        new, s = change.subject, change.subject.state
+        self._changed(s.subject)        # written, or decided on a row that was stale: the primary has it now
+        inserted: list[str] = []
+        for event in change.new_events:
+            if not await self._insert_event(db, event):
+                await self._unwrite(db, inserted)
+                return DuplicateEvent(event.id)
+            inserted.append(event.id)
+        if change.expected_version == 0:
+            done = await db.fetchval(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING RETURNING 1",
+                                     s.subject, *subject_values(new), now_of(change))
+        else:
+            done = await db.fetchval(_UPDATE_SUBJECT, *subject_values(new), now_of(change), s.subject,
+                                     change.expected_version)
+        if not done:
+            await self._unwrite(db, inserted)
+            return False
+        await self._audit(db, change.audits)
+        for e in change.replayed_events:
+            await db.execute(
+                "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
+                "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
+        await self._upsert_payments(db, change.payments)
+        if change.links:
+            await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
+                             "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
+        if change.grants:
+            await db.executemany(_INSERT_GRANT, [grant_values(s.subject, g, "stripe") for g in change.grants])
+        await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
         return True
+
+    async def _unwrite(self, db, event_ids: list[str]) -> None:
+        """Take back the events a write of this transaction inserted (it failed after them)."""
+        if event_ids:
+            await db.execute("DELETE FROM subscription_events WHERE event_id = ANY($1::text[])", event_ids)
 
     async def commit_batch(self, changes: list[Change]) -> set[str]:
         if not changes:
@@ -241,20 +403,18 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
         cols = list(zip(*[(c.subject.state.subject, c.expected_version, *subject_values(c.subject))
                           for c in changes]))
+        self._changed(*cols[0])
         async with self._tx() as db:
+            # Rows locked in the order batches of counts take them (code point order: Python's sort, and
+            # COLLATE "C" here), so that a sweep and a batch never wait for each other both ways.
+            await db.execute('SELECT 1 FROM subscriptions WHERE subject = ANY($1::text[]) '
+                             'ORDER BY subject COLLATE "C" FOR UPDATE', cols[0])
             rows = await db.fetch(_BATCH_UPDATE, *cols)
             done = {r[0] for r in rows}
             await self._audit(db, [a for c in changes if c.subject.state.subject in done for a in c.audits])
             for subject in done:
                 await db.execute("SELECT pg_notify($1, $2)", CHANNEL, subject)
         return done
-
-    async def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> bool:
-        async with self._tx() as db:
-            if not await self._insert_event(db, event):
-                return False
-            await self._upsert_payments(db, payments)
-        return True
 
     async def _audit(self, db, audits) -> None:
         if audits:
@@ -322,7 +482,8 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
         async with self._conn() as db:
             if skip:
                 rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 AND "
-                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2", now, limit, list(skip))
+                                      "NOT subject = ANY($3::text[]) ORDER BY timer_due LIMIT $2",
+                                      now, limit, list(skip))
             else:
                 rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE timer_due <= $1 "
                                       "ORDER BY timer_due LIMIT $2", now, limit)
@@ -344,20 +505,29 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
         return int(usage.split()[-1]), int(keys.split()[-1])
 
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
-        async with self._conn() as db:
+        async with self._reader(subject) as db:
             rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
         return [event_from_row(r) for r in rows]
 
-    def listen(self, on_subject, on_reset, on_plan=None) -> None:
-        self._listener = Listener(self.dsn, on_subject, on_reset, connect_timeout=self.connect_timeout,
-                                  on_plan=on_plan)
+    def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:
+        if self.replicas is not None:       # what another node changed is read from the primary for a while
+            replicas = self.replicas
+
+            def heard(subject: str, *_usage) -> None:
+                replicas.touched(subject)
+
+            on_subject, on_reset = _after(heard, on_subject), _after(replicas.forget, on_reset)
+            on_usage = on_usage and _after(heard, on_usage)
+        self._listener = Listener(self.dsn, on_subject, on_reset, on_usage if self.announce_usage else None,
+                                  connect_timeout=self.connect_timeout, mine=self._backends, on_plan=on_plan)
         self._listener.start()
 
     async def unlisten(self) -> None:
-        if getattr(self, "_listener", None) is not None:
-            await self._listener.stop()
-            self._listener = None
+        listener: Listener | None = getattr(self, "_listener", None)
+        if listener is not None:
+            await listener.stop()
+            del self._listener
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):
@@ -385,64 +555,26 @@ async def _keep_session(conn) -> None:
     a transaction left open."""
 
 
+def _after(first, then):
+    """A callback that calls first(*args), then then(*args)."""
+    def both(*args) -> None:
+        first(*args)
+        then(*args)
+    return both
+
+
+def _write_subject(write) -> str | None:
+    """The subject a write of _write_batch is about (an event's, or a change's)."""
+    return write[0].subject if isinstance(write, tuple) else write.subject.state.subject
+
+
+def _columns(counts: list[tuple]) -> list[list]:
+    """Store.count's arguments of many counts as plangate_count_batch's arrays."""
+    return [list(column) for column in zip(*counts)]
+
+
 class _Abort(Exception):
-    """Leave a transaction by rolling it back, with plangate_count's row to answer with."""
+    """Leave a transaction by rolling it back, with plangate_count_batch's row to answer with."""
 
     def __init__(self, row):
         self.row = row
-
-
-class Listener:
-    """Keeps one connection LISTENing on the invalidation channel (and, with on_plan, on the plan channel).
-    When it is lost, every cached subject may be stale: on_reset drops them all, then the listener reconnects
-    (with a growing pause); on_plan(None) then asks whether a plan was deployed meanwhile."""
-
-    def __init__(self, dsn: str, on_subject, on_reset, *, connect_timeout: float = 5.0, on_plan=None):
-        self.dsn, self.on_subject, self.on_reset, self.on_plan = dsn, on_subject, on_reset, on_plan
-        self.connect_timeout = connect_timeout
-        self.connected = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        pause = 0.1
-        while True:
-            lost = asyncio.Event()
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-                conn.add_termination_listener(lambda _: lost.set())
-                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, subject: self.on_subject(subject))
-                if self.on_plan is not None:
-                    await conn.add_listener(PLAN_CHANNEL, lambda _c, _pid, _ch, version: self.on_plan(version))
-                self.on_reset()            # whatever changed while we were not listening
-                if self.on_plan is not None:
-                    self.on_plan(None)
-                self.connected.set()
-                pause = 0.1
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), 1.0)
-                    except asyncio.TimeoutError:
-                        await conn.execute("SELECT 1")      # notices a dead connection promptly
-            except asyncio.CancelledError:
-                raise
-            except _ERRORS:
-                pass
-            finally:
-                self.connected.clear()
-                if conn is not None:
-                    with contextlib.suppress(*_ERRORS, asyncio.CancelledError):
-                        conn.terminate()
-            self.on_reset()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)

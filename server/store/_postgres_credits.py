@@ -9,7 +9,7 @@ from ._base import Counted, IdempotencyConflict, StoredSubject
 from ._credits import OverageReport, Spend
 from ._personal import numbered
 
-_SPEND = "SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+_SPEND = "SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 _INSERT_GRANT = numbered(sql.INSERT_GRANT)
 _GRANTS = numbered(sql.GRANTS)
 _RECENT = numbered(sql.RECENT_GRANTS)
@@ -21,7 +21,8 @@ _SENT = numbered(sql.SENT_TOTALS)
 
 
 class PostgresCredits:
-    """Mixed into PostgresStore: uses its _conn and _tx, and _insert_subject for a subject not stored yet."""
+    """Mixed into PostgresStore: uses its _conn and _tx, _insert_subject for a subject not stored yet, and
+    announce_usage (a spend is announced on plangate_usage as a count is)."""
 
     async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
                     key: str | None, now: float) -> Counted:
@@ -35,7 +36,7 @@ class PostgresCredits:
                     await db.executemany(_INSERT_GRANT, [sql.grant_values(subject, g, None) for g in spend.grants])
                 if current.version == 0:
                     await self._insert_subject(db, current, now)
-                row = await db.fetchrow(_SPEND, *args, current.version or 1, *report)
+                row = await db.fetchrow(_SPEND, *args, current.version or 1, *report, self.announce_usage)
                 if row[0] != "counted":
                     raise _Undo(row)
         except _Undo as undo:

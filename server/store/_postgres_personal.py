@@ -2,6 +2,9 @@
 the subject and its pseudonym: every node drops both from its cache."""
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Any
+
 from . import _personal as sql
 from ._base import Erasure, EventRecord
 from ._rows import event_from_row
@@ -13,6 +16,12 @@ _ERASED, _KEEPING_IDS = sql.numbered(sql.ERASED), sql.numbered(sql.KEEPING_IDS)
 
 class PostgresPersonalData:
     """Mixed into PostgresStore: uses its _conn, _tx and channel."""
+
+    if TYPE_CHECKING:       # PostgresStore's
+        channel: str
+
+        def _conn(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
+        def _tx(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
     async def unreduced(self, before: float, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
         async with self._conn() as db:

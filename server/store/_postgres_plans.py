@@ -2,6 +2,9 @@
 (NOTIFY plangate_plans, payload: the version), as a subject's change is (plangate_subjects)."""
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Any
+
 from ._base import StoredSubject
 from ._plans import (CENSUS, DEPLOY_COLUMNS, PLAN_COLUMNS, Census, Deploy, PlanRecord, deploy_from_row,
                      plan_from_row)
@@ -12,6 +15,10 @@ PLAN_CHANNEL = "plangate_plans"
 
 class PostgresPlans:
     """Mixed into PostgresStore: uses its _conn and _tx."""
+
+    if TYPE_CHECKING:       # PostgresStore's
+        def _conn(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
+        def _tx(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
     async def census(self) -> Census:
         async with self._conn() as db:

@@ -1,39 +1,75 @@
-"""Rows of the store's tables as values: the same columns and conversions for every database."""
+"""Rows of the store's tables as values: the same columns and conversions for every database.
+
+A subject's row holds each field of SubjectState, then each of StoredSubject's own fields, each in a column of
+the field's name unless _COLUMN names another, as it is unless _TO_ROW / _FROM_ROW convert it (JSON text).
+The column lists and the conversions below are derived from the two declarations, so a field added to either is
+read and written once its migration adds the column (and, for a value SQL cannot hold, its conversion here).
+"""
 from __future__ import annotations
+
+from dataclasses import fields
 
 from plangate.engine import SubjectState
 
 from ._base import (Change, EventRecord, StoredSubject, pairs_from, pairs_json, state_from_json, state_json,
                     subscriptions_from, subscriptions_json)
 
-SUBJECT_COLUMNS = ("subject, status, tier, since, timer_due, period_start, period_end, plan_version, paid_through, "
-                   "stripe_customer, stripe_subscription, version, stripe_watermark, confirmed_at, fold_state, "
-                   "trial_end, cancel_at, stripe_subscriptions, quantity, addons, traits")
+_STATE = tuple(f.name for f in fields(SubjectState))
+_STORED = tuple(f.name for f in fields(StoredSubject) if f.name != "state")
+_COLUMN = {"watermark": "stripe_watermark", "subscriptions": "stripe_subscriptions"}
+# Fields kept as JSON text: the expression that writes one ({} is the value) and the one that reads it back.
+_TO_ROW = {"fold_state": "state_json({})", "subscriptions": "subscriptions_json({})",
+           "addons": "pairs_json({})", "traits": "pairs_json({})"}
+_FROM_ROW = {"fold_state": "None if {0} is None else state_from_json({0})",
+             "subscriptions": "() if {0} is None else subscriptions_from({0})",
+             "addons": "() if {0} is None else pairs_from({0})", "traits": "() if {0} is None else pairs_from({0})"}
+_SCOPE = {"StoredSubject": StoredSubject, "SubjectState": SubjectState, "state_json": state_json,
+          "state_from_json": state_from_json, "subscriptions_json": subscriptions_json,
+          "subscriptions_from": subscriptions_from, "pairs_json": pairs_json, "pairs_from": pairs_from}
+if _STATE[0] != "subject" or set(_STATE) & set(_STORED):
+    raise TypeError("a subject's row starts with its key, and no field of the row shares a state field's name")
+
+
+def _column(name: str) -> str:
+    return _COLUMN.get(name, name)
+
+
+STATE_COLUMNS = tuple(_column(name) for name in _STATE)
+SUBJECT_COLUMNS = ", ".join(STATE_COLUMNS + tuple(_column(name) for name in _STORED))
 EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
                  "state_before, stripe_payment")
-# The columns a change writes, in the order of subject_values().
-WRITTEN = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version", "paid_through",
-           "stripe_customer", "stripe_subscription", "stripe_watermark", "confirmed_at", "fold_state", "trial_end",
-           "cancel_at", "stripe_subscriptions", "quantity", "addons", "traits")
+# The columns a change writes (all but the key and the version), in the order of subject_values().
+WRITTEN = STATE_COLUMNS[1:] + tuple(_column(name) for name in _STORED if name != "version")
 
 
-def subject_from_row(r) -> StoredSubject:
-    # SUBJECT_COLUMNS begin with SubjectState's fields in their order: passed by position, 3.95 -> 3.45 us a row
-    # (the sweep converts a row per due subject).
-    return StoredSubject(SubjectState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[15], r[16],
-                                      () if r[17] is None else subscriptions_from(r[17]), r[18],
-                                      () if r[19] is None else pairs_from(r[19]),
-                                      () if r[20] is None else pairs_from(r[20])),
-                         r[11], r[9], r[10], r[12], r[13], None if r[14] is None else state_from_json(r[14]))
+def _compiled(params: str, expression: str):
+    """A function compiled from the column lists: reads and writes written out cost less than
+    operator.attrgetter or a tuple joined from parts, and every write of a subject makes its row's values
+    (every read, its value back)."""
+    return eval(f"lambda {params}: {expression}", dict(_SCOPE))
+
+
+def _to_row(name: str, value: str) -> str:
+    return _TO_ROW[name].format(value) if name in _TO_ROW else value
+
+
+_STATE_VALUES = _compiled("o", "(" + "".join(f"{_to_row(n, 'o.' + n)}, " for n in _STATE[1:]) + ")")
+_SUBJECT_VALUES = _compiled("o", "(" + "".join(f"{_to_row(n, 'o.state.' + n)}, " for n in _STATE[1:])
+                            + "".join(f"{_to_row(n, 'o.' + n)}, " for n in _STORED if n != "version") + ")")
+_FROM = [_FROM_ROW.get(name, "{0}").format(f"r[{i}]") for i, name in enumerate(_STATE + _STORED)]
+subject_from_row = _compiled("r", f"StoredSubject(SubjectState({', '.join(_FROM[:len(_STATE)])}), "
+                                  f"{', '.join(_FROM[len(_STATE):])})")
+subject_from_row.__doc__ = "A row of SUBJECT_COLUMNS (a tuple, or a database's record) as a StoredSubject."
 
 
 def subject_values(new: StoredSubject) -> tuple:
     """The values of WRITTEN for a subject's new row."""
-    s = new.state
-    return (s.status, s.tier, s.since, s.timer_due, s.period_start, s.period_end, s.plan_version, s.paid_through,
-            new.stripe_customer, new.stripe_subscription, new.watermark, new.confirmed_at, state_json(new.fold_state),
-            s.trial_end, s.cancel_at, subscriptions_json(s.subscriptions), s.quantity, pairs_json(s.addons),
-            pairs_json(s.traits))
+    return _SUBJECT_VALUES(new)
+
+
+def state_values(state: SubjectState) -> tuple:
+    """The values of a state's columns but the subject (STATE_COLUMNS[1:]), in their order."""
+    return _STATE_VALUES(state)
 
 
 def event_from_row(r) -> EventRecord:

@@ -8,16 +8,17 @@ from typing import Awaitable
 from plangate.engine._credits import Grant, spending_order
 
 from . import _credits as sql
+from . import _sqlite_queries as queries
 from ._base import Counted, IdempotencyConflict, StoredSubject
 from ._credits import OverageReport, Spend
 
 
 class SQLiteCredits:
-    """Mixed into SQLiteStore: uses its _grouped, _rows and _write_whole."""
+    """Mixed into SQLiteStore: uses its group commit (_groups), _rows and _write_whole."""
 
     def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
               key: str | None, now: float) -> Awaitable[Counted]:
-        return self._grouped(_spend, current, meter, window_start, amount, spend, key, now)
+        return self._groups.add(_spend, current, meter, window_start, amount, spend, key, now)
 
     async def grants(self, subject: str, now: float) -> list[Grant]:
         return [sql.grant_from_row(r) for r in await self._rows(sql.GRANTS, sql.grants_args(subject, now))]
@@ -27,7 +28,7 @@ class SQLiteCredits:
 
     async def add_grants(self, subject: str, grants: tuple[Grant, ...], actor: str | None) -> int:
         def write(db: sqlite3.Connection) -> int:
-            return _insert_grants(db, subject, grants, actor)
+            return queries.insert_grants(db, subject, grants, actor)
         return await self._write_whole(write, on_loop=self._commits_on_loop) if grants else 0
 
     async def overage_due(self, now: float, limit: int) -> list[OverageReport]:
@@ -50,18 +51,9 @@ class SQLiteCredits:
         return [tuple(r) for r in await self._rows(sql.SENT_TOTALS, (start, end))]
 
 
-def _insert_grants(db: sqlite3.Connection, subject: str, grants, actor: str | None) -> int:
-    made = 0
-    for g in grants:
-        made += db.execute(sql.INSERT_GRANT, sql.grant_values(subject, g, actor)).rowcount
-    return made
-
-
 def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
            key: str | None, now: float) -> Counted:
     """SQLiteStore.spend's transaction (what plangate_spend does on PostgreSQL)."""
-    from ._sqlite import _INSERT_SUBJECT, _subject_params      # noqa: PLC0415 - _sqlite imports this module
-
     subject = current.state.subject
     if key is not None:
         seen = db.execute("SELECT subject, meter, amount, used_after, credits_used, overage FROM usage_keys "
@@ -74,10 +66,10 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
             return Counted(True, seen[3], duplicate=True, credits_used=seen[4], overage=seen[5])
     row = db.execute("SELECT version FROM subscriptions WHERE subject = ?", (subject,)).fetchone()
     if current.version == 0 and row is None:
-        db.execute(_INSERT_SUBJECT, _subject_params(current, now))
+        db.execute(queries._INSERT_SUBJECT, queries._subject_params(current, now))
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)
-    _insert_grants(db, subject, spend.grants, None)
+    queries.insert_grants(db, subject, spend.grants, None)
     window = (subject, meter, window_start)
     found = db.execute("SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",
                        window).fetchone()

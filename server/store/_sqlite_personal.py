@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import _personal as sql
 from ._base import Erasure, EventRecord, StoreError
@@ -15,7 +17,16 @@ from ._rows import event_from_row
 
 
 class SQLitePersonalData:
-    """Mixed into SQLiteStore: uses its _write_whole, _rows and writer connection."""
+    """Mixed into SQLiteStore: uses its _write_whole, _rows, write lock and writer connection."""
+
+    if TYPE_CHECKING:       # SQLiteStore's
+        from ._sqlite_connections import ThreadConnection
+        _open: bool
+        _write_lock: asyncio.Lock
+        _writer: ThreadConnection
+
+        async def _rows(self, sql: str, params) -> list: ...
+        async def _write_whole(self, fn: Callable[..., Any], *args: Any, on_loop: bool = False) -> Any: ...
 
     async def unreduced(self, before: float, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
         rows = await self._rows(sql.UNREDUCED, sql.unreduced_args(before, after, limit))
@@ -65,10 +76,10 @@ class SQLitePersonalData:
 
     async def _outside_transaction(self, statement: str) -> list:
         """A statement that cannot run in a transaction, on the writer's thread, between its transactions."""
-        if self._writer is None:
+        if not self._open:
             raise StoreError("the store is not open")
         async with self._write_lock:
             try:
-                return list(await self._writer.execute_fetchall(statement))
+                return await self._writer.fetch_all(statement)
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite: {statement}: {exc}") from exc

@@ -3,6 +3,8 @@ and old versions) runs on the writer's thread, as the reconciliation's search do
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ._base import StoredSubject
 from ._plans import (CENSUS, DEPLOY_COLUMNS, PLAN_COLUMNS, Census, Deploy, PlanRecord, deploy_from_row,
@@ -17,6 +19,11 @@ def _marks(values) -> str:
 class SQLitePlans:
     """Mixed into SQLiteStore: uses its _rows (a read on the loop), _scan (a read on the writer's thread) and
     _write_whole (a write transaction)."""
+
+    if TYPE_CHECKING:       # SQLiteStore's
+        async def _rows(self, sql: str, params) -> list: ...
+        async def _scan(self, sql: str, params) -> list: ...
+        async def _write_whole(self, fn: Callable[..., Any], *args: Any, on_loop: bool = False) -> Any: ...
 
     async def census(self) -> Census:
         return Census(tuple(tuple(r) for r in await self._scan(CENSUS, ())))
@@ -57,7 +64,7 @@ def _record_deploy(db: sqlite3.Connection, plan: PlanRecord, deploy: Deploy) -> 
     cursor = db.execute("INSERT INTO plan_deploys (version, previous, at, actor, node, summary, moved) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (deploy.version, deploy.previous, deploy.at, deploy.actor,
                                                         deploy.node, deploy.summary, deploy.moved))
-    return Deploy(cursor.lastrowid, deploy.version, deploy.previous, deploy.at, deploy.actor, deploy.node,
+    return Deploy(cursor.lastrowid or 0, deploy.version, deploy.previous, deploy.at, deploy.actor, deploy.node,
                   deploy.summary, deploy.moved)
 
 

@@ -8,22 +8,53 @@ event rows, the state, the audit rows and the payments of one delivery commit in
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
+from typing import NamedTuple
 
 from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
                              relevant_events, replay, stripe_refs)
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
-from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, StoredSubject
+from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, Payment, StoredSubject
 from .api import StripeApi
 from .objects import named_subject, payment_of
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
-_UNREAD = object()      # _fold's `loaded` when the caller has not read the subject's row
+
+
+class _Unread(enum.Enum):
+    """_fold's `loaded` when the caller has not read the subject's row."""
+
+    UNREAD = 0
+
+
+_UNREAD = _Unread.UNREAD
+
+Incoming = tuple[tuple[StripeEvent, EventRecord], ...]     # events to fold in, each with its row
+
+
+class _Fold(NamedTuple):
+    """One fold of a subject's events, as its caller asks for it. (A named tuple, not a frozen dataclass: one
+    is made per webhook event, and a tuple is built for less.)"""
+
+    subject: str
+    incoming: Incoming = ()
+    payments: tuple[Payment, ...] = ()
+    ids: tuple[str | None, str | None] = (None, None)   # the Stripe customer and subscription the events name
+    linking: bool = False       # the events name the subject: their Stripe ids become the subject's
+    stored_rows: bool = False   # the events' rows are stored already (adopted): updated, not inserted
+    record_noop: bool = True    # False (reconciliation): a fold that changes nothing only confirms the subject
+    # Adoption: reads the events to fold (and their payments get the subject) after each load of the
+    # subject; () when none is left.
+    waiting: Callable[[], Awaitable[Incoming]] | None = None
+    answer_for: str | None = None   # the event the answer is about (default: the first incoming one)
 
 
 @dataclass(frozen=True)
@@ -51,7 +82,7 @@ class Ingest:
         self.api = StripeApi(gate.config)       # whose a charge is, when an event names nothing else
         # One fold at a time per subject: Stripe sends a subscription's events in bursts (invoice, payment,
         # subscription at once), and folds that race each other all lose on the version but one, and start
-        # over (measured: of 40 at once, some failed all MAX_ATTEMPTS and were answered 500). A fold waits for
+        # over: with enough at once, some fail all MAX_ATTEMPTS and are answered 500. A fold waits for
         # the future of the fold of its subject before it (a chain, not a lock: a dict entry and a future a
         # fold). Folds in other processes (PostgreSQL) still meet on the version.
         self._folding: dict[str, asyncio.Future] = {}
@@ -85,7 +116,7 @@ class Ingest:
         try:
             async with asyncio.timeout(WEBHOOK_STORE_TIMEOUT):
                 return await self._receive(event, payload, record_noop)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
@@ -121,10 +152,11 @@ class Ingest:
         if subject is None:
             return await self._keep(event, record, refs, payments)
         try:
-            received = await self._fold(subject, [(event, record)], payments, (customer, subscription), linking,
-                                        record_noop=record_noop, loaded=stored)
+            received = await self._fold(_Fold(subject, ((event, record),), payments, (customer, subscription),
+                                              linking, record_noop=record_noop), loaded=stored)
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
+        assert received is not None     # only an adoption (waiting for events) can find none to fold
         # Events that waited for what this one links: its customer and subscription when it names its subject,
         # its charge and payment intent (which a waiting dispute names) in any case.
         adopt = (customer, subscription, refs.payments) if linking else (None, None, refs.payments)
@@ -178,32 +210,28 @@ class Ingest:
         """Events that came before the link to their subject: folded in now, in created order. Several
         deliveries may find the same waiting events at once; the fold reads them afresh after each load of
         the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
-        async def waiting():
+        async def waiting() -> Incoming:
             rows = await self._io("pending", self.store.pending(customer, subscription, payments))
-            return [(StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
-                     replace(r, subject=subject)) for r in rows]
+            return tuple((StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
+                          replace(r, subject=subject)) for r in rows)
 
         # Mostly none wait: then the subject is not loaded at all. When some do, the fold reads them again
         # after its load (above), which is what keeps two deliveries from folding one event in twice.
         if not await waiting():
             return None
-        return await self._fold(subject, [], (), (None, None), False, stored_rows=True, waiting=waiting,
-                                answer_for=answer_for)
+        return await self._fold(_Fold(subject, stored_rows=True, waiting=waiting, answer_for=answer_for))
 
-    async def _fold(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
-                    ids: tuple[str | None, str | None], linking: bool, *, stored_rows: bool = False,
-                    record_noop: bool = True, waiting=None, answer_for: str | None = None,
-                    loaded: StoredSubject | None | object = _UNREAD) -> Received | None:
-        """waiting (adoption): reads the events to fold, after each load; None when none is left.
-        loaded: the subject's row as the caller just read it, for the first attempt."""
+    async def _fold(self, fold: _Fold, loaded: StoredSubject | None | _Unread = _UNREAD) -> Received | None:
+        """The fold, after the fold of the same subject before it (if any). loaded: the subject's row as the
+        caller just read it, for the first attempt. None: the fold was waiting for events and found none."""
+        subject = fold.subject
         before = self._folding.get(subject)
         mine = self._folding[subject] = asyncio.get_running_loop().create_future()
         try:
             if before is not None:
                 loaded = _UNREAD        # read before the fold ahead committed: read again once it is done
                 await asyncio.shield(before)    # cancelled while waiting: `before` itself goes on
-            return await self._fold_alone(subject, incoming, payments, ids, linking, stored_rows, record_noop,
-                                          waiting, answer_for, loaded)
+            return await self._fold_alone(fold, loaded)
         finally:
             if before is None or before.done():
                 mine.set_result(None)
@@ -212,20 +240,21 @@ class Ingest:
             if self._folding.get(subject) is mine:
                 del self._folding[subject]
 
-    async def _fold_alone(self, subject: str, incoming: list[tuple[StripeEvent, EventRecord]], payments,
-                          ids: tuple[str | None, str | None], linking: bool, stored_rows: bool, record_noop: bool,
-                          waiting, answer_for: str | None, loaded: StoredSubject | None | object) -> Received | None:
+    async def _fold_alone(self, fold: _Fold, loaded: StoredSubject | None | _Unread) -> Received | None:
+        subject = fold.subject
+        incoming = fold.incoming
         for attempt in range(MAX_ATTEMPTS):
             now = self.gate.clock()
             stored = loaded if attempt == 0 and loaded is not _UNREAD else \
                 await self._io("load", self.store.load(subject))
-            if waiting is not None:
-                incoming = await waiting()
+            assert stored is not _UNREAD
+            if fold.waiting is not None:
+                incoming = await fold.waiting()
                 if not incoming:
                     return None
                 # Their invoices' payments rows were written without a subject: they get it now.
-                payments = tuple(p for p in (payment_of(e.type, e.id, e.created, e.object, subject)
-                                             for e, _ in incoming) if p)
+                fold = fold._replace(incoming=incoming, payments=tuple(
+                    p for p in (payment_of(e.type, e.id, e.created, e.object, subject) for e, _ in incoming) if p))
             table = self.table
             if stored is not None and await self._migrated(table, subject, stored, now):
                 continue        # moved to the plan's names first, through the door: fold onto the row it wrote
@@ -233,15 +262,16 @@ class Ingest:
             stored = stored or StoredSubject(table.initial_state(subject, first.created), 0)
             later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
             if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
-                change = self._stale_after_admin(stored, incoming, now, stored_rows)
+                change = self._stale_after_admin(stored, incoming, now, fold.stored_rows)
             else:
-                change = self._change(table, stored, incoming, later, payments, ids, linking, now, stored_rows)
-            if not record_noop and not change.audits and _essence(change.subject.state) == _essence(stored.state):
+                change = self._change(table, fold, stored, later, now)
+            if not fold.record_noop and not change.audits and \
+                    _essence(change.subject.state) == _essence(stored.state):
                 change = Change(replace(stored, confirmed_at=now), stored.version)
             if await self._io("commit", self.store.commit(change)):
                 self.gate.invalidate(subject)
                 self._log(change, stored)
-                answer = answer_for or incoming[0][0].id
+                answer = fold.answer_for or incoming[0][0].id
                 mine = next((r for r in change.new_events + change.replayed_events if r.id == answer), None)
                 return Received(answer, mine.outcome if mine else "noop", subject,
                                 status=change.subject.state.status)
@@ -268,8 +298,8 @@ class Ingest:
         key = event_order(first)
         return [r for r in rows if r.id not in ids and event_order(_as_event(r)) > key]
 
-    def _change(self, table: StateTable, stored: StoredSubject, incoming, later: list[EventRecord], payments, ids,
-                linking, now, stored_rows) -> Change:
+    def _change(self, table: StateTable, fold: _Fold, stored: StoredSubject, later: list[EventRecord],
+                now: float) -> Change:
         # Where the fold starts: before the first later event; else the state the Stripe events alone gave
         # (so that an event created before a timer that already fired is folded in before it); else, after
         # an admin's change (which drops the fold state), the stored state.
@@ -279,12 +309,13 @@ class Ingest:
         if base.traits != stored.state.traits:      # set through the API, never by Stripe: the stored ones hold
             base = base.with_(traits=stored.state.traits)
         exact = not later and base == stored.state
+        incoming = fold.incoming
         records = {r.id: r for _, r in incoming}
         records.update({r.id: r for r in later})
-        fold, steps = replay(table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
+        folded, steps = replay(table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
         # Folded from before timers that already fired: fire again what is still due, at the deadlines, so the
         # subject does not step back. (Folded onto the stored state, due timers are left to the sweep.)
-        final, timers = (fold, []) if exact else advance(table, fold, now)
+        final, timers = (folded, []) if exact else advance(table, folded, now)
         changed = _essence(final) != _essence(stored.state)
         mine = {e.id for e, _ in incoming}
         rows, audits = [], []
@@ -307,18 +338,18 @@ class Ingest:
             audits.append(AuditEntry(stored.state.subject, stored.state.status, final.status, cause.key,
                                      f"events folded again in created order after {cause.id} arrived: "
                                      f"{steps[-1].outcome.reason}", now, table.version, cause.id, "stripe"))
-        customer, subscription = ids
+        customer, subscription = fold.ids
         watermark = max([stored.watermark or 0.0] + [e.created for e, _ in incoming])
-        late = bool(later)
+        keep = bool(later) and not fold.linking
         follows = final.follows
-        new = replace(stored, state=final, fold_state=fold, watermark=watermark, confirmed_at=now,
-                      stripe_customer=_newer(stored.stripe_customer, customer, late and not linking),
+        new = replace(stored, state=final, fold_state=folded, watermark=watermark, confirmed_at=now,
+                      stripe_customer=_newer(stored.stripe_customer, customer, keep),
                       stripe_subscription=follows.id if follows is not None else
-                      _newer(stored.stripe_subscription, subscription, late and not linking))
-        fresh = mine if not stored_rows else set()
+                      _newer(stored.stripe_subscription, subscription, keep))
+        fresh = mine if not fold.stored_rows else set()
         return Change(new, stored.version, tuple(audits),
                       new_events=tuple(r for r in rows if r.id in fresh),
-                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=tuple(payments),
+                      replayed_events=tuple(r for r in rows if r.id not in fresh), payments=fold.payments,
                       links=_links(stored.state, final, [e for e, _ in incoming]),
                       grants=_grants(table, incoming))
 
@@ -351,7 +382,8 @@ class Ingest:
 
 def _links(before: SubjectState, after: SubjectState, events: list[StripeEvent]) -> tuple[str, ...]:
     """Stripe ids the fold links to the subject that it had not: subscriptions it had not seen (those it had
-    were linked when first seen, or by migration subscriptions_and_links), and the charges and payment intents of the events."""
+    were linked when first seen, or by migration subscriptions_and_links), and the charges and payment intents
+    of the events."""
     known = {s.id for s in before.subscriptions}
     ids = [s.id for s in after.subscriptions if s.id not in known]
     for event in events:
@@ -369,9 +401,9 @@ def _as_event(row: EventRecord) -> StripeEvent:
     return StripeEvent(row.type, json.loads(row.payload)["data"]["object"], row.id, row.created)
 
 
-def _essence(state: SubjectState) -> tuple:
-    return (state.status, state.tier, state.period_start, state.period_end, state.timer_due, state.paid_through,
-            state.subscriptions)
+# What a fold may change of a state, compared to tell whether it changed anything: every field but the
+# subject, when it entered its status and the plan version it was decided under.
+_essence = attrgetter(*(f.name for f in fields(SubjectState) if f.name not in ("subject", "since", "plan_version")))
 
 
 def _newer(current: str | None, seen: str | None, keep_current: bool) -> str | None:

@@ -10,6 +10,7 @@ reader answers is refused (the payload stays as it came, and the caller says so)
 from __future__ import annotations
 
 import json
+from typing import cast
 from collections.abc import Mapping
 
 from plangate.engine import StateTable, StripeEvent, SubjectState, stripe_refs
@@ -70,7 +71,7 @@ class _Keep:
         out.whole = self.whole or other.whole
         for key in self.fields.keys() | other.fields.keys():
             a, b = self.fields.get(key), other.fields.get(key)
-            out.fields[key] = a.merged(b) if a is not None and b is not None else (a or b)
+            out.fields[key] = a.merged(b) if a is not None and b is not None else cast(_Keep, a or b)  # one is
         return out
 
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server import stripe_events as se
@@ -20,16 +19,6 @@ from tests.server.conftest import ROOT, TOKEN, ServedGate
 # Jobs run when a test asks, never by the clock in the middle of one.
 QUIET = {"PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *",
          "PLANGATE_CLEANUP_SCHEDULE": "0 0 1 1 *", "STRIPE_WEBHOOK_SECRET": se.SECRET}
-
-
-@pytest.fixture
-def local_gate(start_gate):
-    """local_gate(database, **env) -> ServedGate: the app on a free port of 127.0.0.1 over `database` (a SQLite path
-    or a postgresql:// DSN), with jobs run only when a test asks."""
-    async def start(database: str, **env) -> ServedGate:
-        return await start_gate(database=database, **{**QUIET, **env})
-
-    return start
 
 
 async def deliver(session: aiohttp.ClientSession, url: str, evt: dict, *, timestamp: int | None = None,
@@ -99,7 +88,7 @@ class CheckLatency:
         self.ms: list[float] = []
         self.errors = 0
 
-    async def __aenter__(self) -> "CheckLatency":
+    async def __aenter__(self) -> CheckLatency:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.e2e._probe", self.url, TOKEN, cwd=str(ROOT),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -35,6 +35,8 @@ from plangate.server.store import open_store
 from plangate.server.http.webhook import INGEST
 from tests.server.conftest import PLAN, ServedGate, config_for
 
+from ._local import QUIET
+
 KEY = "sk_test_plangate_e2e_0123456789"
 WEBHOOK_SECRET = "whsec_e2e_localstripe_0123456789"
 HOOK_ID = "plangate"
@@ -123,6 +125,16 @@ def _app() -> web.Application:
     for route in ls_server.app.router.routes():
         app.router.add_route(route.method, route.resource.canonical, route.handler)
     return app
+
+
+@pytest.fixture
+def local_gate(start_gate):
+    """local_gate(database, **env) -> ServedGate: the app on a free port of 127.0.0.1 over `database` (a SQLite path
+    or a postgresql:// DSN), with jobs run only when a test asks."""
+    async def start(database: str, **env) -> ServedGate:
+        return await start_gate(database=database, **{**QUIET, **env})
+
+    return start
 
 
 @pytest.fixture

@@ -159,7 +159,7 @@ async def _post(session: aiohttp.ClientSession, run: Run, path: str, **kw):
                 return r.status, json.loads(text)
             except ValueError:
                 return r.status, text
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         run.no_answer += 1
         return None, None
 

@@ -34,7 +34,7 @@ from plangate.server.stripe.objects import FACT_EVENTS
 from tests.server import stripe_events as se
 from tests.server.conftest import BASE_ENV, ENTITLED, PLAN, TOKEN, GateProcess
 
-from ._local import deliver, local_gate, q  # noqa: F401 - local_gate is a fixture
+from ._local import deliver, q
 
 SPEC_PATH = PLAN.parent / "schema" / "openapi.json"
 SECRET = "whsec_fuzz_0123456789abcdef"

@@ -35,7 +35,7 @@ import pytest
 import plangate.server.gate
 from tests.server import stripe_events as se
 
-from ._local import deliver, local_gate, metrics, sample  # noqa: F401 - local_gate is a fixture
+from ._local import deliver, metrics, sample
 
 FAST = {"PLANGATE_STORE_TIMEOUT": "0.5", "PLANGATE_CACHE_TTL": "60"}
 

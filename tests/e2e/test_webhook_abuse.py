@@ -24,7 +24,7 @@ from tests.server import stripe_events as se
 from tests.server.conftest import BASE_ENV, GateProcess
 
 from ._abuse import UNUSED, chunked_until_answered, declared_huge, head, raw, status_line
-from ._local import QUIET, CheckLatency, deliver, local_gate, metrics, sample  # noqa: F401 - local_gate: fixture
+from ._local import QUIET, CheckLatency, deliver, metrics, sample
 
 P99_BOUND_MS = float(os.environ.get("PLANGATE_ABUSE_P99_MS", "50"))
 MAX_BYTES = 65_536
@@ -118,7 +118,8 @@ async def test_replayed_signatures_are_refused_and_repeats_change_nothing(abused
     assert stored_events(abused.database) == 1
     found = await gate_metrics(session, abused.url)
     assert sample(found, "plangate_webhooks_total", outcome="signature_invalid") == 600
-    async with session.get(abused.url + "/v1/subjects/victim-0", headers={"Authorization": f"Bearer {BASE_ENV['PLANGATE_API_TOKEN']}"}) as r:
+    auth = {"Authorization": f"Bearer {BASE_ENV['PLANGATE_API_TOKEN']}"}
+    async with session.get(abused.url + "/v1/subjects/victim-0", headers=auth) as r:
         view = await r.json()
     assert (view["known"], view["status"]) == (False, "limited_free_trial")
 
@@ -239,7 +240,7 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
     """True when the gate closed the connection (end of stream, with no answer sent)."""
     try:
         data = await asyncio.wait_for(reader.read(1024), 0.05)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     except ConnectionError:
         return True

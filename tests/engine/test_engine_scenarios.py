@@ -57,7 +57,8 @@ class TestFixtures:
             assert out.rstrip().endswith("0 passed, 0 failed, 1 file(s) could not run")
         else:
             assert out.startswith("FAIL ") and f"({path})" in out
-            assert re.search(rf"^  step \d+ \(\w+\) at {re.escape(str(path))}:{line}: {re.escape(text)}$", out, re.M), out
+            step = rf"^  step \d+ \(\w+\) at {re.escape(str(path))}:{line}: {re.escape(text)}$"
+            assert re.search(step, out, re.M), out
             assert out.rstrip().endswith("0 passed, 1 failed")
 
     def test_the_failure_names_the_step_and_what_happened(self, repo, capsys):

@@ -157,13 +157,16 @@ class TestIgnoreComments:
     TEXT = BASE.format(event="invoice.paid", when="{amount_payed: 1}")
 
     def test_a_comment_naming_the_code_silences_its_line(self):
-        quiet = self.TEXT.replace("    when: {amount_payed: 1}", "    when: {amount_payed: 1}  # plangate: ignore[unknown-field]")
+        quiet = self.TEXT.replace("    when: {amount_payed: 1}",
+                                  "    when: {amount_payed: 1}  # plangate: ignore[unknown-field]")
         assert check_text(quiet, "p.yaml").findings == ()
 
     def test_another_code_or_another_line_does_not(self):
-        other = self.TEXT.replace("    when: {amount_payed: 1}", "    when: {amount_payed: 1}  # plangate: ignore[grace-skipped]")
+        other = self.TEXT.replace("    when: {amount_payed: 1}",
+                                  "    when: {amount_payed: 1}  # plangate: ignore[grace-skipped]")
         assert [f.code for f in check_text(other, "p.yaml").findings] == ["unknown-field"]
-        above = self.TEXT.replace("    when: {amount_payed: 1}", "    # plangate: ignore[unknown-field]\n    when: {amount_payed: 1}")
+        above = self.TEXT.replace("    when: {amount_payed: 1}",
+                                  "    # plangate: ignore[unknown-field]\n    when: {amount_payed: 1}")
         assert [f.code for f in check_text(above, "p.yaml").findings] == ["unknown-field"]
 
     def test_a_finding_the_table_cannot_run_with_is_never_silenced(self):

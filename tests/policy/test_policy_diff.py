@@ -159,9 +159,9 @@ class TestCommand:
 
     def test_as_a_real_process_it_loads_no_server_package(self, files):
         old, new = files("old.yaml", BASE), files("new.yaml", lowered_pro("at_renewal"))
-        code = ("import sys; from plangate.cli import main; rc = main(['diff', %r, %r]); "
+        code = (f"import sys; from plangate.cli import main; rc = main(['diff', {str(old)!r}, {str(new)!r}]); "
                 "loaded = [m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'stripe', 'asyncpg', 'aiosqlite')"
-                " or m.startswith('plangate.server')]; print(loaded); sys.exit(rc)") % (old, new)
+                " or m.startswith('plangate.server')]; print(loaded); sys.exit(rc)")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == "[]"

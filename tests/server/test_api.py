@@ -192,6 +192,21 @@ class TestBadInput:
         status, body = await gate.post("/v1/consume", raw=raw)
         assert (status, body["error"]) == (413, "body_too_large")
 
+    async def test_a_chunked_body_over_the_apps_limit_is_413_naming_it(self, start_gate):
+        """No Content-Length: aiohttp reads up to the application's limit and refuses the rest; the answer
+        names that limit (the larger of the API's and the webhook's)."""
+        gate = await start_gate(PLANGATE_MAX_BODY_BYTES="1024", PLANGATE_WEBHOOK_MAX_BYTES="4096")
+
+        async def chunks():
+            yield b'{"subject": "'
+            for _ in range(10):
+                yield b"a" * 1000
+            yield b'", "meter": "requests"}'
+
+        status, body = await gate.post("/v1/consume", raw=chunks())
+        assert (status, body["error"]) == (413, "body_too_large")
+        assert body["message"] == "the body is larger than 4096 bytes"
+
     async def test_unknown_route_and_method(self, gate):
         assert (await gate.get("/v1/nothing-here"))[1]["error"] == "not_found"
         status, body = await gate.get("/v1/check")

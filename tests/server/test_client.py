@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import aiohttp
 import pytest
@@ -45,7 +45,7 @@ def slow_handler(release: asyncio.Event, bound: float = 5.0):
     async def handler(request):
         try:
             await asyncio.wait_for(release.wait(), bound)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return web.json_response({"too": "late"})
     return handler
@@ -68,7 +68,7 @@ class TestDecisions:
         d = await client.check("new-user", "requests")
         assert (d.allowed, d.reason, d.status, d.meter, d.amount) == (True, "ok", "limited_free_trial", "requests", 1)
         assert (d.limit, d.used, d.remaining, d.counted, d.duplicate, d.local) == (20, 0, 20, False, False, False)
-        assert d.window_start.tzinfo is not None and d.window_start <= datetime.now(timezone.utc) < d.resets_at
+        assert d.window_start.tzinfo is not None and d.window_start <= datetime.now(UTC) < d.resets_at
         assert d.retry_after is None and "limited_free_trial" in d.rule
 
     async def test_consume_counts_and_then_refuses(self, client):

@@ -25,7 +25,8 @@ class TestConfig:
     @pytest.mark.parametrize("name, value", [
         ("PLANGATE_PORT", "-1"), ("PLANGATE_CACHE_SIZE", "0"), ("PLANGATE_STORE_TIMEOUT", "soon"),
         ("SUBSCRIPTION_KILL_SWITCH", "perhaps"), ("PLANGATE_LOG_LEVEL", "LOUD"), ("PLANGATE_MAX_AMOUNT", "1.5"),
-        ("PLANGATE_IDLE_TIMEOUT", "0"), ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "-1"),
+        ("PLANGATE_IDLE_TIMEOUT", "0"), ("PLANGATE_PG_REPLICAS", "mysql://replica:3306/db"),
+        ("PLANGATE_PG_REPLICA_MAX_LAG", "0"), ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "-1"),
         ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "3.5"),
     ])
     def test_invalid_values_name_variable_value_and_what_is_allowed(self, name, value):
@@ -33,6 +34,15 @@ class TestConfig:
             Config.from_env({name: value})
         message = str(err.value)
         assert name in message and repr(value) in message and ("allowed" in message or "needed" in message)
+
+    def test_replicas_need_a_postgresql_database_and_keep_their_passwords_out_of_sight(self):
+        replica = "postgresql://gate:s3cret@replica-1:5432/plangate"
+        with pytest.raises(ConfigError, match="PLANGATE_PG_REPLICAS.*PostgreSQL"):
+            Config.from_env({"PLANGATE_PG_REPLICAS": replica})
+        c = Config.from_env({"PLANGATE_DATABASE": "postgresql://gate@primary/plangate",
+                             "PLANGATE_PG_REPLICAS": f" {replica} , {replica.replace('-1', '-2')}"})
+        assert c.replicas == (replica, replica.replace("-1", "-2")) and c.replica_max_lag == 1.0
+        assert "s3cret" not in repr(c) and c.store_options()["replicas"] == c.replicas
 
     def test_token_is_required_to_serve_and_never_shown(self):
         with pytest.raises(ConfigError) as err:

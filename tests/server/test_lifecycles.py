@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -33,7 +33,8 @@ def test_the_corpus_holds_at_least_ten_lifecycles_with_every_kind_of_event():
     # Stripe sends several events in one second: the corpus has ties in `created`.
     assert all(len({e["created"] for e in life.events}) < len(life.events) for life in LIVES)
     # The current API shape: an invoice names its subscription under parent.subscription_details.
-    invoices = [e["data"]["object"] for life in LIVES for e in life.events if e["data"]["object"]["object"] == "invoice"]
+    invoices = [e["data"]["object"] for life in LIVES for e in life.events
+                if e["data"]["object"]["object"] == "invoice"]
     assert invoices and all("subscription" not in i and i["parent"]["subscription_details"]["subscription"]
                             for i in invoices)
 
@@ -117,7 +118,7 @@ async def test_the_sweep_fires_a_timer_anchored_to_trial_end_and_keeps_the_date(
         clock.now = max(clock.now, event["created"] + 2)
         await _deliver(gate, event)
     status, view = await gate.get(f"/v1/subjects/{life.subject}")
-    due = datetime.fromtimestamp(trial_end + 2 * 3600, timezone.utc).isoformat().replace("+00:00", "Z")
+    due = datetime.fromtimestamp(trial_end + 2 * 3600, UTC).isoformat().replace("+00:00", "Z")
     assert view["status"] == "paid_trial" and view["timer_due"] == due
     clock.now = trial_end + 2 * 3600 - 1
     await gate.post("/v1/jobs/sweep")

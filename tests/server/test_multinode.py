@@ -10,10 +10,15 @@ import aiohttp
 import asyncpg
 import pytest
 
+from plangate.engine import SubjectState, compile_file
+from plangate.server.gate import Gate
+from plangate.server.metrics import Metrics
+from plangate.server.store import StoredSubject, open_store
+from plangate.server.store._postgres import PostgresStore
 from tests import postgres
 
 from . import stripe_events as se
-from .conftest import BASE_ENV, PLAN, GateProcess, TOKEN
+from .conftest import BASE_ENV, PLAN, GateProcess, TOKEN, config_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DAY = 86400.0
@@ -21,7 +26,8 @@ DAY = 86400.0
 
 def plan_with_daily_limit(folder: Path, limit: int) -> Path:
     path = folder / "plans.yaml"
-    path.write_text(PLAN.read_text().replace("requests: {limit: 20, per: day}", f"requests: {{limit: {limit}, per: day}}"))
+    path.write_text(PLAN.read_text().replace("requests: {limit: 20, per: day}",
+                                             f"requests: {{limit: {limit}, per: day}}"))
     return path
 
 
@@ -97,7 +103,7 @@ class TestAcrossNodes:
                 await post(s, a.url + f"/v1/subjects/{subject}/transition", {"to": "closed", "reason": "test"})
                 moved = time.perf_counter()
 
-                async def seen_on_b():
+                async def seen_on_b(subject=subject):
                     _, d = await post(s, b.url + "/v1/check", {"subject": subject, "meter": "requests"})
                     return d["status"] == "closed"
 
@@ -171,3 +177,70 @@ class TestPostgresRestart:
         assert acknowledged <= stored_keys                    # nothing acknowledged was lost
         assert used == [(len(stored_keys),)]                  # nothing counted twice
         assert len(acknowledged) > 50
+
+
+class TestChecksFromPushedUsage:
+    """A node answers a check from the usage it holds while the database pushes it every count (plangate_usage);
+    when it cannot know (its listener is gone), it reads the database."""
+
+    async def test_a_count_on_one_node_reaches_the_others_checks_without_a_read(self, pg_dsn):
+        config = config_for(pg_dsn)
+        table = compile_file(config.plans)
+        nodes, logs = [], []
+        try:
+            for _ in range(2):
+                store = PostgresStore(pg_dsn)
+                logs.append([])
+                store.query_logger = logs[-1].append
+                await store.open()
+                await store.migrate()
+                gate = Gate(config, table, store, Metrics())
+                store.listen(gate.invalidate, gate.invalidate_all, on_usage=gate.usage_counted)
+                await asyncio.wait_for(store._listener.connected.wait(), 10)
+                nodes.append(gate)
+            a, b = nodes
+            await a.count("u", "requests", 1, "k0", enforce=True)
+            assert (await b.check("u", "requests", 1)).used == 1      # b reads it once, then holds it
+            reads = lambda: [q for q in logs[1] if "quota_usage" in q.query]     # noqa: E731
+            assert len(reads()) == 1 and b.store.caches_usage
+            for i in range(1, 6):
+                await a.count("u", "requests", 2, f"k{i}", enforce=True)
+
+                async def seen(used=1 + 2 * i):
+                    return (await b.check("u", "requests", 1)).used == used
+                assert await postgres.await_until(seen, timeout=5.0, step=0.002)
+            assert len(reads()) == 1                                  # every figure came pushed, none read
+            # No listener, no knowing: every check reads the database again.
+            await b.store.unlisten()
+            assert not b.store.caches_usage
+            await a.count("u", "requests", 4, "k9", enforce=True)
+            assert (await b.check("u", "requests", 1)).used == 15
+            assert (await b.check("u", "requests", 1)).used == 15
+            assert len(reads()) == 3
+        finally:
+            for gate in nodes:
+                await gate.store.unlisten()
+                await gate.store.close()
+
+    async def test_without_pushed_usage_every_check_reads_the_database(self, pg_dsn):
+        store = open_store(pg_dsn, push_usage=False)
+        heard: list[tuple] = []
+        await store.open()
+        try:
+            await store.migrate()
+            store.listen(lambda s: None, lambda: None, on_usage=lambda *usage: heard.append(usage))
+            await asyncio.wait_for(store._listener.connected.wait(), 10)
+            assert not store.caches_usage
+            other = open_store(pg_dsn)
+            await other.open()
+            try:
+                await other.count(StoredSubject(SubjectState("u", "paid", since=1.0, plan_version="v"), 0),
+                                  "requests", 0, 1, None, "k", 1.0)
+                await other.count(await other.load("u"), "requests", 0, 1, None, "k2", 1.0)
+            finally:
+                await other.close()
+            await asyncio.sleep(0.2)
+            assert heard == []          # this node does not listen for counts, whoever sends them
+        finally:
+            await store.unlisten()
+            await store.close()

@@ -61,7 +61,8 @@ def test_every_lifecycle_passes_and_the_gate_holds_where_its_story_ends(gate, ca
         assert state["known"] and {k: state[k] for k in life.ends} == life.ends, (name, state)
         assert state["stripe_customer"].startswith(f"cus_{life.tag}")
     assert f"{len(LIVES)} of {len(LIVES)} lifecycle(s) passed" in out and "FAIL" not in out and "!!" not in out
-    moves = [(t["from"], t["to"], t["actor"]) for t in view(gate, "everything-retries-exhausted-canceled")["transitions"]]
+    moves = [(t["from"], t["to"], t["actor"])
+             for t in view(gate, "everything-retries-exhausted-canceled")["transitions"]]
     assert ("grace_period", "billing_problem", "timer") in moves and ("billing_problem", "canceled", "stripe") in moves
     assert view(gate, "everything-cancel-at-period-end")["usage"][0]["allowed"] is False
     assert "applied" in outcomes(gate, "everything-trial-converts")

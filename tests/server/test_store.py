@@ -6,14 +6,17 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+import threading
 
+import asyncpg
 import pytest
 
 from plangate.engine import SubjectState, Subscription
 from tests import postgres
-from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, SQLiteStore,
-                          StoredSubject, StoreError, open_store)
-from plangate.server.store import _sqlite
+from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
+                                   SQLiteStore, StoredSubject, StoreError, open_store)
+from plangate.server.store import _sqlite_connections
+from plangate.server.store._postgres import PostgresStore
 from plangate.server.store._migrations import migrations, statements
 from plangate.server.store._base import state_from_json, state_json
 
@@ -28,6 +31,15 @@ async def store(request, tmp_path):
     await s.close()
     if request.param == "postgresql":
         await postgres.drop_database(dsn)
+
+
+@pytest.fixture
+async def pg_store(pg_dsn):
+    s = open_store(pg_dsn)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
 
 
 @pytest.fixture
@@ -56,8 +68,22 @@ class TestSQLiteSettings:
         # (migrations, batches) waits in SQLite, up to its busy timeout.
         assert store._loop_db.execute("PRAGMA foreign_keys").fetchone() == (1,)
         assert store._loop_db.execute("PRAGMA busy_timeout").fetchone() == (0,)
-        assert (await (await store._writer.execute("PRAGMA foreign_keys")).fetchone()) == (1,)
-        assert (await (await store._writer.execute("PRAGMA busy_timeout")).fetchone())[0] > 0
+        assert (await store._writer.fetch_all("PRAGMA foreign_keys"))[0] == (1,)
+        assert (await store._writer.fetch_all("PRAGMA busy_timeout"))[0][0] > 0
+        # The writer's connection lives on a thread of its own, not the loop's.
+        assert await store._writer.run(lambda _: threading.get_ident()) != threading.get_ident()
+
+    async def test_closing_the_store_ends_its_threads(self, tmp_path):
+        store = SQLiteStore(str(tmp_path / "store.sqlite3"))
+        await store.open()
+        await store.migrate()
+        assert [t for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]
+        await store.close()
+        for _ in range(100):
+            if not [t for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]:
+                break
+            await asyncio.sleep(0.01)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("plangate-sqlite")]
 
     async def test_concurrent_counts_share_transactions_and_fail_alone(self, sqlite_store):
         """Group commit: counts that queue together go in one transaction (SQLite's own trace of the
@@ -103,12 +129,12 @@ class TestSQLiteSettings:
         await store.open()
         try:
             await store.migrate()
-            assert (await (await store._writer.execute("PRAGMA wal_autocheckpoint")).fetchone()) == (0,)
+            assert (await store._writer.fetch_all("PRAGMA wal_autocheckpoint"))[0] == (0,)
             written: list[str] = []
             checkpointed: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, written.append)
             store._loop_db.set_trace_callback(written.append)
-            await store._checkpointer.set_trace_callback(checkpointed.append)
+            await store._checkpoints.connection.run(sqlite3.Connection.set_trace_callback, checkpointed.append)
             await store.commit(Change(fresh(), 0))
             await asyncio.sleep(0.3)
             assert "PRAGMA wal_checkpoint(PASSIVE)" in checkpointed
@@ -119,16 +145,18 @@ class TestSQLiteSettings:
             assert await store.commit(Change(fresh("v"), 0))      # the writer still commits after a checkpoint
         finally:
             await store.close()
-        assert store._checkpointing is None and store._checkpointer is None
+        assert store._checkpoints._task is None
+        with pytest.raises(StoreError):
+            await store._checkpoints.connection.fetch_all("SELECT 1")
 
     async def test_a_wal_past_its_limit_is_checkpointed_by_the_writer_and_starts_over(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(_sqlite, "WAL_RESTART_FRAMES", 1)
+        monkeypatch.setattr(_sqlite_connections, "WAL_RESTART_FRAMES", 1)
         store = SQLiteStore(str(tmp_path / "store.sqlite3"), checkpoint_interval=0.05)
         await store.open()
         try:
             await store.migrate()
             written: list[str] = []
-            await store._writer.set_trace_callback(written.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, written.append)
             for i in range(20):
                 await store.commit(Change(fresh(f"s{i}"), 0))
             await asyncio.sleep(0.3)
@@ -168,7 +196,7 @@ class TestSQLiteSettings:
         assert (await store.count(current, "requests", 0, 5, None, "given-up", 100.0)).duplicate is False
 
     async def test_a_lock_held_past_the_busy_timeout_is_a_store_error(self, sqlite_store, monkeypatch):
-        monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 100)
+        monkeypatch.setattr(_sqlite_connections, "BUSY_TIMEOUT_MS", 100)
         store = sqlite_store
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -187,7 +215,7 @@ class TestSQLiteSettings:
         assert await store.commit(Change(subscribed, 0))
         on_thread: list[str] = []
         on_loop: list[str] = []
-        await store._writer.set_trace_callback(on_thread.append)
+        await store._writer.run(sqlite3.Connection.set_trace_callback, on_thread.append)
         store._loop_db.set_trace_callback(on_loop.append)
         found = await store.doubtful(("billing_problem",), 1e12, 10)
         assert [s.state.subject for s in found] == ["u"]
@@ -201,12 +229,12 @@ class TestSQLiteSettings:
             await store.migrate()
             on_thread: list[str] = []
             on_loop: list[str] = []
-            await store._writer.set_trace_callback(on_thread.append)
+            await store._writer.run(sqlite3.Connection.set_trace_callback, on_thread.append)
             store._loop_db.set_trace_callback(on_loop.append)
             results = await asyncio.gather(*(store.commit(Change(fresh(f"s{i}"), 0)) for i in range(10)))
             assert results == [True] * 10 and "BEGIN IMMEDIATE" in on_thread and "BEGIN IMMEDIATE" not in on_loop
             assert await store.load("s3") is not None and on_loop        # reads stay on the loop
-            assert (await (await store._writer.execute("PRAGMA synchronous")).fetchone()) == (2,)
+            assert (await store._writer.fetch_all("PRAGMA synchronous"))[0] == (2,)
         finally:
             await store.close()
 
@@ -308,6 +336,13 @@ class TestCounting:
         with pytest.raises(IdempotencyConflict):
             await store.count(current, "requests", 0, 3, 10, "k1", 100.0)
 
+    async def test_a_key_reused_for_another_subject_is_a_conflict(self, store):
+        await store.count(fresh("a"), "requests", 0, 2, 10, "shared", 100.0)
+        await store.commit(Change(fresh("b"), 0))
+        with pytest.raises(IdempotencyConflict, match="subject 'a'"):
+            await store.count(await store.load("b"), "requests", 0, 2, 10, "shared", 100.0)
+        assert await store.used("b", [("requests", 0)]) == {("requests", 0): 0}
+
     async def test_windows_are_separate_rows(self, store):
         await store.count(fresh(), "requests", 0, 2, 10, None, 100.0)
         current = await store.load("u")
@@ -369,6 +404,52 @@ class TestSaving:
             await store.commit(Change(StoredSubject(base.state.with_(status="paid"), 1), 1, (bad_audit,)))
         loaded = await store.load("u")
         assert (loaded.state.status, loaded.version) == ("limited_free_trial", 1)
+
+
+class TestRows:
+    """Every field of a stored subject goes into its row and comes back: the columns are derived from the
+    declarations, so a field added to SubjectState or StoredSubject is covered here as soon as its migration
+    adds the column."""
+
+    @staticmethod
+    def every_field_set(subject: str, version: int) -> StoredSubject:
+        def distinct(cls, skip=()):
+            return {f.name: (f"{f.name}-{i}" if "str" in str(f.type) else float(1000 + i))
+                    for i, f in enumerate(dataclasses.fields(cls)) if f.name not in skip}
+
+        # A value of its own in every field; those that hold structures, built of distinct values too.
+        pairs = {"addons": (("addon-a", 2), ("addon-b", 3)), "quantity": 7}
+        structured = {"subscriptions": (Subscription(**{**distinct(Subscription), **pairs}),
+                                        Subscription(**{**distinct(Subscription), **pairs, "id": "sub_other"})),
+                      **pairs, "traits": (("members", 40), ("seats", 5))}
+        state = SubjectState(**{**distinct(SubjectState), **structured, "subject": subject})
+        fold = state.with_(status="fold-status")
+        return StoredSubject(**{**distinct(StoredSubject, skip=("state", "version", "fold_state")),
+                                "state": state, "version": version, "fold_state": fold})
+
+    async def test_every_field_is_stored_and_loaded(self, store):
+        first = self.every_field_set("u", 0)
+        assert await store.commit(Change(first, 0))
+        assert await store.load("u") == dataclasses.replace(first, version=1)
+        second = self.every_field_set("u", 1)
+        second = dataclasses.replace(second, state=second.state.with_(status="moved", tier="other"),
+                                     stripe_customer="cus_moved")
+        assert await store.commit(Change(second, 1))
+        assert await store.load("u") == dataclasses.replace(second, version=2)
+        assert [s.state.subject for s in await store.due(1e9, 10)] == ["u"]
+        assert (await store.due(1e9, 10))[0] == dataclasses.replace(second, version=2)
+
+    async def test_a_batch_writes_every_field_of_the_state(self, store):
+        assert await store.commit(Change(fresh(), 0))
+        moved = self.every_field_set("u", 1)
+        assert await store.commit_batch([Change(dataclasses.replace(moved, stripe_customer=None), 1)]) == {"u"}
+        loaded = await store.load("u")
+        assert loaded.state == moved.state and loaded.stripe_customer is None     # the ids stay as stored
+
+    def test_with_state_keeps_every_other_field(self):
+        row = self.every_field_set("u", 7)
+        new_state = row.state.with_(status="elsewhere")
+        assert row.with_state(new_state) == dataclasses.replace(row, state=new_state)
 
 
 class TestLookup:
@@ -445,6 +526,136 @@ class TestConcurrentCounting:
                                          for _ in range(20)))
         assert sum(not r.duplicate for r in results) == 1 and all(r.counted for r in results)
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 3}
+
+
+class TestCountsArrivingTogether:
+    """Counts that arrive together commit together (SQLite: one transaction on the loop's connection; PostgreSQL:
+    one call of plangate_count_batch), each answered with its own outcome."""
+
+    async def test_each_count_of_a_batch_gets_its_own_answer(self, store):
+        for name in ("a", "b", "c"):
+            await store.commit(Change(fresh(name), 0))
+        a, b, c = [await store.load(n) for n in "abc"]
+        await store.count(a, "requests", 0, 1, None, "taken", 100.0)
+        stale_c = StoredSubject(c.state, 7)
+        calls = [store.count(a, "requests", 0, 1, 10, f"k{i}", 100.0) for i in range(5)]
+        calls += [store.count(b, "requests", 0, 11, 10, "too-big", 100.0),       # refused: past the limit
+                  store.count(stale_c, "requests", 0, 1, 10, "stale", 100.0),    # conflict: c moved on
+                  store.count(a, "requests", 0, 2, None, "taken", 100.0),        # the key, other work: 409
+                  store.count(b, "requests", 0, 3, 10, "twice", 100.0),          # one key twice in the batch
+                  store.count(b, "requests", 0, 3, 10, "twice", 100.0)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        counted, (too_big, stale, taken, twice, again) = results[:5], results[5:]
+        assert sorted(r.used for r in counted) == [2, 3, 4, 5, 6] and all(r.counted for r in counted)
+        assert (too_big.counted, too_big.used) == (False, 0)
+        assert stale.conflict and not stale.counted
+        assert isinstance(taken, IdempotencyConflict)
+        assert sorted([twice.duplicate, again.duplicate]) == [False, True] and twice.used == again.used == 3
+        if isinstance(store, PostgresStore):
+            assert store._counts.sizes[-1] == 10          # all in one call
+        assert await store.used("a", [("requests", 0)]) == {("requests", 0): 6}
+        assert await store.used("b", [("requests", 0)]) == {("requests", 0): 3}
+        # The refused and the conflicting counts kept no key: the same keys count later work as new.
+        for current, key in ((b, "too-big"), (await store.load("c"), "stale")):
+            done = await store.count(current, "requests", 0, 1, 10, key, 100.0)
+            assert done.counted and not done.duplicate
+
+    async def test_concurrent_counts_in_batches_admit_exactly_the_limit(self, store):
+        await store.commit(Change(fresh(), 0))
+        current = await store.load("u")
+        results = []
+        for wave in range(4):       # several batches, the limit reached inside one of them
+            results += await asyncio.gather(*(store.count(current, "requests", 0, 2, 25, f"w{wave}-{i}", 100.0)
+                                              for i in range(9)))
+        assert sum(r.counted for r in results) == 12
+        assert sorted(r.used for r in results if r.counted) == list(range(2, 25, 2))
+        assert all(r.used == 24 for r in results if not r.counted)
+        assert await store.used("u", [("requests", 0)]) == {("requests", 0): 24}
+
+
+    async def test_state_changes_and_events_arriving_together_each_get_their_own_answer(self, store):
+        """Webhook writes committed together (SQLite's group commit; PostgreSQL's batch of writes in one
+        transaction): a repeat delivery or a stale version fails alone and writes nothing of its own."""
+        def event(event_id: str, subject: str | None, outcome: str = "applied") -> EventRecord:
+            return EventRecord(event_id, "invoice.paid", 1.0, "{}", outcome, "", subject, "cus_x" if subject is None
+                               else None)
+
+        assert await store.commit(Change(fresh("taken"), 0, new_events=(event("evt_taken", "taken"),)))
+        assert await store.commit(Change(fresh("moved"), 0))
+        moved = await store.load("moved")
+        assert await store.commit(Change(StoredSubject(moved.state.with_(tier="pro"), 1), 1))
+        calls = [store.commit(Change(fresh(f"s{i}"), 0, new_events=(event(f"evt_{i}", f"s{i}"),))) for i in range(8)]
+        calls += [store.commit(Change(fresh("late"), 0, new_events=(event("evt_late", "late"),
+                                                                    event("evt_taken", "late")))),
+                  store.commit(Change(StoredSubject(moved.state.with_(status="paid"), 1), 1,
+                                      new_events=(event("evt_stale", "moved"),))),
+                  store.record_event(event("evt_waiting", None, "pending")),
+                  store.record_event(event("evt_taken", None, "pending"))]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert results[:8] == [True] * 8 and all([await store.load(f"s{i}") for i in range(8)])
+        assert isinstance(results[8], DuplicateEvent) and await store.load("late") is None
+        assert results[9] is False and (await store.load("moved")).state.tier == "pro"
+        assert results[10:] == [True, False]
+        assert [await store.event_seen(e) for e in ("evt_late", "evt_stale", "evt_waiting", "evt_3")] == \
+            [False, False, True, True]
+        if isinstance(store, PostgresStore):
+            assert store._writes.sizes[-1] == 12              # one transaction
+
+
+class TestPostgresBatches:
+    async def test_a_count_that_fails_in_the_database_fails_alone(self, pg_store):
+        """An overflow of a bigint fails plangate_count_batch's call: the batch runs again a count a call, and
+        only the failing count's caller gets the error."""
+        store = pg_store
+        for name in ("a", "b"):
+            await store.commit(Change(fresh(name), 0))
+        a, b = await store.load("a"), await store.load("b")
+        await store.count(a, "requests", 0, 2**62, None, "big-1", 100.0)
+        results = await asyncio.gather(store.count(b, "requests", 0, 1, 10, "n1", 100.0),
+                                       store.count(a, "requests", 0, 2**62, None, "big-2", 100.0),
+                                       store.count(b, "requests", 0, 1, 10, "n2", 100.0), return_exceptions=True)
+        assert store._counts.sizes[-1] == 3
+        assert isinstance(results[1], StoreError) and "out of range" in str(results[1])
+        assert [(r.counted, r.used) for r in (results[0], results[2])] in ([(True, 1), (True, 2)],
+                                                                             [(True, 2), (True, 1)])
+        assert await store.used("a", [("requests", 0)]) == {("requests", 0): 2**62}
+        assert (await store.count(a, "requests", 0, 1, None, "big-2", 100.0)).duplicate is False   # no key kept
+
+    async def test_two_nodes_batches_over_the_same_subjects_never_deadlock(self, pg_dsn):
+        """Two nodes' batches over the same subjects, arriving in opposite orders, both held up in the middle by
+        a row another session has locked: each batch takes its row locks in (subject, meter, window) order, so
+        once the row is free one batch waits for the other instead of both waiting for each other (a deadlock
+        PostgreSQL would break after deadlock_timeout, a second, by failing one batch)."""
+        nodes = [open_store(pg_dsn), open_store(pg_dsn)]
+        blocker = None
+        try:
+            for node in nodes:
+                await node.open()
+            await nodes[0].migrate()
+            names = [f"s{i:02}" for i in range(12)]
+            for name in names:
+                await nodes[0].count(fresh(name), "requests", 0, 1, None, None, 100.0)
+            rows = {n: await nodes[0].load(n) for n in names}
+            blocker = await asyncpg.connect(pg_dsn)
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT 1 FROM quota_usage WHERE subject = 's06' FOR UPDATE")
+            batches = [asyncio.gather(*(node.count(rows[n], "requests", 0, 1, None, f"{tag}-{n}", 100.0)
+                                        for n in order))
+                       for node, order, tag in ((nodes[0], names, "a"), (nodes[1], names[::-1], "b"))]
+            await asyncio.sleep(0.3)
+            assert not any(b.done() for b in batches)          # both wait for s06
+            await blocker.execute("ROLLBACK")
+            results = await asyncio.wait_for(asyncio.gather(*batches), 20)
+            assert all(r.counted for batch in results for r in batch)
+            assert nodes[0]._counts.sizes[-1] == nodes[1]._counts.sizes[-1] == 12
+            assert nodes[0].batches_retried == nodes[1].batches_retried == 0
+            for n in names:
+                assert await nodes[1].used(n, [("requests", 0)]) == {("requests", 0): 3}
+        finally:
+            if blocker is not None:
+                await blocker.close()
+            for node in nodes:
+                await node.close()
 
 
 class TestPostgresPool:

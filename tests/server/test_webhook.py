@@ -151,7 +151,7 @@ class TestExactlyOnce:
             tasks[1].cancel()
             await asyncio.sleep(0.05)
             # The third waits for the first, not for the cancelled second: it has queued no write yet.
-            assert not tasks[2].done() and receiver.store._writes == []
+            assert not tasks[2].done() and receiver.store._groups.waiting == 0
         finally:
             locker.execute("ROLLBACK")
             locker.close()
@@ -189,7 +189,8 @@ def lifecycle(n: int, start: float) -> list[dict]:
     cus, sub, who = f"cus_{n}", f"sub_{n}", f"user{n}"
     return [
         se.event("checkout.session.completed", se.checkout(who, cus, sub), start),
-        se.event("customer.subscription.created", se.subscription("trialing", who, sub_id=sub, customer=cus), start + 1),
+        se.event("customer.subscription.created", se.subscription("trialing", who, sub_id=sub, customer=cus),
+                 start + 1),
         se.event("invoice.paid", se.invoice("paid", sub_id=sub, customer=cus, inv_id=f"in_{n}a"), start + 2),
         se.event("invoice.payment_failed", se.invoice("open", sub_id=sub, customer=cus, inv_id=f"in_{n}b"), start + 3),
         se.event("customer.subscription.updated", se.subscription("active", who, sub_id=sub, customer=cus),

@@ -50,7 +50,8 @@ CREATE TABLE overage_reports (
 CREATE INDEX overage_reports_due ON overage_reports (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX overage_reports_by_subject ON overage_reports (subject, at);
 
--- A count that may go past the window's limit, in one round trip, as plangate_count (migration 5) is: the work
+-- A count that may go past the window's limit, in one round trip (a count of its own, not in a batch as
+-- plangate_count_batch's: it holds the window's row while it takes the grants in order): the work
 -- takes what is left of the limit first, then the subject's credits (grants in spending order: priority, the one
 -- expiring first, the oldest), then overage, and the window may hold at most p_ceiling (NULL: no ceiling: work
 -- that already ran, or unbounded overage). The window's row is locked first, then the grants in spending order:
@@ -59,12 +60,13 @@ CREATE INDEX overage_reports_by_subject ON overage_reports (subject, at);
 -- transaction (p_report: the meter event's name; NULL: not reported). Leaving the inner block by PGC01 undoes the
 -- key, the window and the grants: a refused count stores nothing. Outcomes as plangate_count's, with what the work
 -- spent of the credits, its overage, and the balance left (the spendable grants: p_not_before and p_tier_grants
--- say which, as engine.Spendable does).
+-- say which, as engine.Spendable does). A count that went through is announced on plangate_usage as
+-- plangate_count_batch announces its counts (p_announce), so that every node's cached usage stays current.
 CREATE OR REPLACE FUNCTION plangate_spend(p_subject TEXT, p_meter TEXT, p_window BIGINT, p_amount BIGINT,
                                           p_limit BIGINT, p_ceiling BIGINT, p_credits BOOLEAN,
                                           p_not_before DOUBLE PRECISION, p_tier_grants BOOLEAN, p_key TEXT,
                                           p_now DOUBLE PRECISION, p_version BIGINT, p_report TEXT,
-                                          p_report_id TEXT, p_customer TEXT)
+                                          p_report_id TEXT, p_customer TEXT, p_announce BOOLEAN)
 RETURNS TABLE (outcome TEXT, used BIGINT, seen_subject TEXT, seen_meter TEXT, seen_amount BIGINT,
                spent BIGINT, over BIGINT, balance BIGINT)
 LANGUAGE plpgsql AS $$
@@ -134,6 +136,10 @@ BEGIN
             WHERE k.key = p_key;
         END IF;
         v_balance := plangate_balance(p_subject, p_meter, p_now, p_not_before, p_tier_grants);
+        IF p_announce THEN
+            PERFORM pg_notify('plangate_usage', (v_used + v_allow + v_over) || E'\t' || p_window || E'\t' || p_meter
+                                                || E'\t' || p_subject);
+        END IF;
         RETURN QUERY SELECT 'counted'::TEXT, v_used + v_allow + v_over, NULL::TEXT, NULL::TEXT, NULL::BIGINT,
                             v_spent, v_over, v_balance;
         RETURN;

@@ -1,0 +1,3 @@
+-- Nothing for SQLite: PostgreSQL's migration of this number adds plangate_count_batch, counts in batches.
+-- Here concurrent counts already share a transaction on the event loop's own connection (group commit).
+-- The file keeps the two folders' numbers the same, so both stores report schema version 10.

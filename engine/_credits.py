@@ -128,10 +128,12 @@ class CreditRules:
             price = line.get("price") if isinstance(line, Mapping) else None
             price = price.get("id") if isinstance(price, Mapping) else price
             rule = self.packs.get(price) if isinstance(price, str) else None
+            per_unit = rule.pack(price) if rule is not None and isinstance(price, str) else None
             quantity = line.get("quantity", 1)
-            if rule is None or not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
+            if rule is None or per_unit is None or not isinstance(quantity, int) or isinstance(quantity, bool) \
+                    or quantity < 1:
                 continue
-            amount = rule.pack(price) * quantity
+            amount = per_unit * quantity
             expires = created + rule.expires_after if rule.expires_after else None
             out.append(Grant(f"{session}:{i}", rule.meter, amount, amount, rule.priority, float(created), expires,
                              GrantSource.PURCHASE, f"{quantity} x {price}"))
@@ -195,12 +197,12 @@ def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
 def last_window(grants: Iterable[Grant], meter: str) -> tuple[float, float, int] | None:
     """(start, end, left) of the latest window the subject has a tier grant of; `left`: what its period and
     rollover grants held at its end."""
-    windows: dict[float, list[Grant]] = {}
+    windows: dict[float, list[tuple[float, Grant]]] = {}
     for g in grants:
         if g.meter == meter and g.source in (GrantSource.PERIOD, GrantSource.ROLLOVER) and g.expires_at is not None:
-            windows.setdefault(g.created, []).append(g)
+            windows.setdefault(g.created, []).append((g.expires_at, g))
     if not windows:
         return None
     start = max(windows)
     held = windows[start]
-    return start, max(g.expires_at for g in held), sum(g.remaining for g in held)
+    return start, max(end for end, _ in held), sum(g.remaining for _, g in held)

@@ -77,11 +77,13 @@ class Decision:
     def __repr__(self) -> str:
         verdict = "allowed" if self.allowed else "denied"
         if self.feature is not None:
-            return f"<Decision {verdict} {self.reason.value} status={self.status} feature {self.feature} rule={self.rule}>"
+            return (f"<Decision {verdict} {self.reason.value} status={self.status} feature {self.feature} "
+                    f"rule={self.rule}>")
         return (f"<Decision {verdict} {self.reason.value} status={self.status} {self.meter} "
                 f"used={self.used}/{self.limit} rule={self.rule}>")
 
 
-def override(reason: Reason, allowed: bool, status: str | None, tier: str | None, meter: str, rule: str) -> Decision:
-    """A decision not made by a quota: enforcement off, kill switch, or a fail mode."""
+def override(reason: Reason, allowed: bool, status: str | None, tier: str | None, meter: str | None,
+             rule: str) -> Decision:
+    """A decision not made by a quota: enforcement off, kill switch, or a fail mode (meter None: a feature's)."""
     return Decision(allowed, reason, status, tier, meter, None, None, None, None, None, None, rule)

@@ -119,7 +119,7 @@ class _Player:
                                       f"would keep it pending{asked}", broken=True)
         self.linked |= ids
         seen = self._outcome(self.table.apply(self.state, event, self.now))
-        grants = self.table.credits.purchased(step.value, step.object, self.now)
+        grants = self.table.credits.purchased(step.value, step.object or {}, self.now)
         if grants:
             self.book.add_grants(self.scenario.subject, grants)
             seen.happened += "; granted " + ", ".join(f"{g.amount} {g.meter} credits ({g.note})" for g in grants)
@@ -154,8 +154,8 @@ class _Player:
 
     def _grant(self, step: Step) -> _Seen:
         """An admin grants credits (as POST /v1/subjects/{subject}/credits does)."""
-        expires = step.object.get("expires_after")
-        grant = Grant(f"story:{step.number}", step.meter, step.value, step.value, self.table.credits.admin_priority,
+        expires = (step.object or {}).get("expires_after")
+        grant = Grant(f"story:{step.number}", _meter(step), step.value, step.value, self.table.credits.admin_priority,
                       self.now, self.now + expires if expires else None, GrantSource.ADMIN, "a step of the story")
         self.book.add_grants(self.scenario.subject, [grant])
         return _Seen(None, False, f"granted {step.value} {step.meter} credits")
@@ -214,7 +214,7 @@ class _Player:
         if e.key == "reason":
             return seen.decision.reason.value
         if e.key == "credits":      # the balance now, after the step
-            return self.book.balance(state, step.meter, self.now)
+            return self.book.balance(state, _meter(step), self.now)
         return getattr(seen.decision, e.key)
 
 

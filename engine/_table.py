@@ -112,8 +112,9 @@ class StateTable:
         self.statuses = tuple(s.name for s in plan.statuses)
         self.actions = tuple(sorted({t.trigger.name for t in plan.transitions if t.trigger.kind.value == "admin"}))
         self.tz = ZoneInfo(plan.timezone)
-        self._clocks = {w: CalendarClock(w, self.tz) for w in (Window.DAY, Window.WEEK, Window.MONTH)}
-        self._clocks.update({Window.MINUTE: FixedClock(60), Window.HOUR: FixedClock(3600)})
+        self._calendars = {w: CalendarClock(w, self.tz) for w in (Window.DAY, Window.WEEK, Window.MONTH)}
+        self._clocks: dict[Window, CalendarClock | FixedClock] = {
+            **self._calendars, Window.MINUTE: FixedClock(60), Window.HOUR: FixedClock(3600)}
         self.features = Features(plan)
         self._credit_meters = frozenset(c.meter for c in plan.credits) | frozenset(
             g.meter for t in plan.tiers for g in t.credits)
@@ -225,15 +226,17 @@ class StateTable:
     def tier_grants(self, state: SubjectState, meter: str, now: float, grants) -> tuple[Grant, ...]:
         """The credits the subject's tier grants for the window containing now (and the rollover into it), when
         the subject has no grant of that window yet and its status takes the tier's quota of the meter."""
-        grant = self._period_grants.get((self.tier_of(state), meter)) if self._period_grants else None
+        tier = self.tier_of(state)
+        grant = self._period_grants.get((tier, meter)) if self._period_grants and tier is not None else None
         if grant is None or not self._takes_tier(state, meter, now):
             return ()
         window = Window(grant.window)
-        if window is Window.BILLING_PERIOD:
-            def span_at(t: float) -> Span:
+        clock = self._clocks.get(window)
+
+        def span_at(t: float) -> Span:
+            if clock is None:       # per billing period
                 return billing_span(t, state.period_start, state.period_end)
-        else:
-            span_at = self._clocks[window]._compute
+            return clock._compute(t)
         return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter))
 
     def increment_usage(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Span, int]:
@@ -560,12 +563,13 @@ class StateTable:
     def _limit_rule(self, status: Status, meter: str, quota, name: str, fail) -> _Rule:
         """A limit's rule: its window's clock, and what may change it per subject (units, add-ons) or let work
         past it (credits, overage)."""
-        clock = self._clocks.get(quota.window)
+        clock: CalendarClock | FixedClock | AnniversaryClock | None = self._clocks.get(quota.window)
         if quota.anchor is Anchoring.BILLING and quota.window in (Window.DAY, Window.WEEK, Window.MONTH):
-            clock = AnniversaryClock(quota.window, self._clocks[quota.window])
+            clock = AnniversaryClock(quota.window, self._calendars[quota.window])
         rule = _Rule(True, None, quota.limit, quota.window, clock, name, fail)
         rule.units = quota.per_unit
-        if status.quota(meter) is not None and status.quota(meter).kind is QuotaKind.TIER:
+        own = status.quota(meter)
+        if own is not None and own.kind is QuotaKind.TIER:
             rule.adds = {a.name: a.adds(meter) for a in self.plan.addons if a.adds(meter)}
         rule.scaled = rule.units is not None or bool(rule.adds)
         if quota.overage is not None:

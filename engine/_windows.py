@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import math
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, UTC
 from zoneinfo import ZoneInfo
 
 from plangate.policy import Window
@@ -152,7 +152,7 @@ class FixedClock:
 
     def span_for(self, state, now: float) -> Span:
         cached = self._cached
-        if cached.start <= now < cached.end:
+        if cached.start <= now < cached.end:       # type: ignore[operator]  # a fixed window always ends
             return cached
         start = int(now // self.length) * self.length
         span = self._cached = Span(start, start + self.length)
@@ -196,8 +196,8 @@ def anniversary_span(kind: Window, now: float, anchor: float) -> Span:
         length = 86400 if kind is Window.DAY else 7 * 86400
         start = int(anchor) + math.floor((now - int(anchor)) / length) * length
         return Span(start, start + length)
-    first = datetime.fromtimestamp(int(anchor), timezone.utc)
-    at = datetime.fromtimestamp(now, timezone.utc)
+    first = datetime.fromtimestamp(int(anchor), UTC)
+    at = datetime.fromtimestamp(now, UTC)
     n = (at.year - first.year) * 12 + (at.month - first.month)
     while _month_after(first, n) > now:
         n -= 1

@@ -276,8 +276,8 @@ def build(doc: Document) -> Plan:
     """The model of a document that passed the schema."""
     data: Any = doc.data
     meters = tuple(
-        Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")), doc.key_location(("meters", name)),
-              m.get("stripe_meter"))
+        Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")),
+              doc.key_location(("meters", name)), m.get("stripe_meter"))
         for name, m in data["meters"].items())
     tiers = tuple(
         Tier(name, tuple(t["prices"]), _quotas(doc, ("tiers", name, "quotas"), t.get("quotas", {})),

@@ -32,7 +32,8 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
     ceiling = None if not enforce or rule.overage == OVERAGE_UNBOUNDED else limit + (rule.overage or 0)
     which = table.spendable(state, meter, now) if rule.credits else ANY_GRANT
     new = table.tier_grants(state, meter, now, grants) if rule.credits and grants is not None else ()
-    report = table.plan.meter(meter).stripe_meter if rule.overage is not None else None
+    declared = table.plan.meter(meter)
+    report = declared.stripe_meter if rule.overage is not None and declared is not None else None
     return Spend(limit, ceiling, rule.credits, which, tuple(new), report,
                  overage_identifier(state.subject, meter, key) if report else None, customer)
 

@@ -20,5 +20,5 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
 
 
 __all__ = ["AuditEntry", "Change", "Counted", "DuplicateEvent", "Erasure", "EventRecord", "IdempotencyConflict",
-           "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError", "StoredSubject", "migration_number",
-           "open_store"]
+           "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError", "StoredSubject",
+           "migration_number", "open_store"]

@@ -146,7 +146,7 @@ class Change:
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
     links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
-    grants: tuple["Grant", ...] = ()               # credits its events grant (a grant held already is not made again)
+    grants: tuple[Grant, ...] = ()               # credits its events grant (a grant held already is not made again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +253,8 @@ class Store(abc.ABC):
         version is no longer current.version (a version of 0 stores current.state first)."""
 
     @abc.abstractmethod
-    async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
-                    key: str | None, now: float) -> Counted:
+    def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
+              key: str | None, now: float) -> Awaitable[Counted]:
         """A count that may go past the window's limit, in one atomic step: the limit first, then the subject's
         credits (spend.which, in spending order; spend.grants made first), then overage up to spend.ceiling (a
         report row for it when spend.report). Refuses (nothing written) past the ceiling; a key seen before

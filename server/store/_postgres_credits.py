@@ -2,6 +2,9 @@
 plangate_spend (migration entitlements): atomic across nodes, one round trip."""
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Any
+
 from plangate.engine._credits import Grant
 
 from . import _credits as sql
@@ -23,6 +26,14 @@ _SENT = numbered(sql.SENT_TOTALS)
 class PostgresCredits:
     """Mixed into PostgresStore: uses its _conn and _tx, _insert_subject for a subject not stored yet, and
     announce_usage (a spend is announced on plangate_usage as a count is)."""
+
+    if TYPE_CHECKING:       # PostgresStore's
+        channel: str
+        announce_usage: bool
+
+        def _conn(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
+        def _tx(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
+        async def _insert_subject(self, db: Any, current: StoredSubject, now: float) -> None: ...
 
     async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
                     key: str | None, now: float) -> Counted:

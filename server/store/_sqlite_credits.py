@@ -3,7 +3,9 @@ commit, as a count is: the key, the window, the grants and the report in one tra
 from __future__ import annotations
 
 import sqlite3
-from typing import Awaitable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
 
 from plangate.engine._credits import Grant, spending_order
 
@@ -12,9 +14,19 @@ from . import _sqlite_queries as queries
 from ._base import Counted, IdempotencyConflict, StoredSubject
 from ._credits import OverageReport, Spend
 
+if TYPE_CHECKING:
+    from ._sqlite_transactions import GroupCommit
+
 
 class SQLiteCredits:
     """Mixed into SQLiteStore: uses its group commit (_groups), _rows and _write_whole."""
+
+    if TYPE_CHECKING:       # SQLiteStore's
+        _groups: GroupCommit
+        _commits_on_loop: bool
+
+        async def _rows(self, sql: str, params) -> list: ...
+        async def _write_whole(self, fn: Callable[..., Any], *args: Any, on_loop: bool = False) -> Any: ...
 
     def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
               key: str | None, now: float) -> Awaitable[Counted]:

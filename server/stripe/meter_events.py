@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, replace
 
 import stripe
+from stripe.params.billing import MeterEventCreateParams
 
 from ..gate import Gate
 from ..logs import log
@@ -86,8 +87,9 @@ class MeterEvents:
             return replace(report, next_attempt_at=now + NO_CUSTOMER_PAUSE,
                            last_error="the subject has no Stripe customer yet")
         report = replace(report, stripe_customer=customer, attempts=report.attempts + 1)
-        params = {"event_name": report.event_name, "identifier": report.identifier, "timestamp": int(report.at),
-                  "payload": {"stripe_customer_id": customer, "value": str(report.value)}}
+        params: MeterEventCreateParams = {
+            "event_name": report.event_name, "identifier": report.identifier, "timestamp": int(report.at),
+            "payload": {"stripe_customer_id": customer, "value": str(report.value)}}
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
                 await self.api.client().v1.billing.meter_events.create_async(

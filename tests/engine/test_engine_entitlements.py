@@ -2,7 +2,7 @@
 windows anchored to the billing anniversary (issue 19), decided by the pure table."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 

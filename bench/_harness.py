@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 METER = "requests"
+ENTITLED_METER = "tokens"        # http_gate check_entitled's meter (write_plan adds it)
 SUBJECTS = 4                    # "the same few subjects": warm cache
 MAX_REQUESTS = 500_000          # per measured run, whatever the duration
 START_TIMEOUT = 30.0
@@ -185,6 +186,13 @@ def write_plan(folder: Path) -> Path:
     if len(initial) != 1:
         raise RuntimeError("plans.yaml: expected exactly one initial status")
     initial[0]["quotas"] = {meter: {"limit": 10**12, "per": "day"} for meter in plan["meters"]}
+    # What http_gate's check_entitled asks (issue 19): a feature, and a meter per seat whose credits decide once
+    # its limit is used up. Plain checks and consumes never meet them.
+    plan["meters"][ENTITLED_METER] = {"description": "check_entitled's meter", "fail_mode": "open"}
+    plan["features"] = {"sso": {"description": "check_entitled's feature"}}
+    plan["credits"] = {ENTITLED_METER: {"packs": {"price_bench_pack": 1000}}}
+    initial[0]["features"] = ["sso"]
+    initial[0]["quotas"][ENTITLED_METER] = {"limit": 10, "per": "day", "per_unit": {"trait": "seats"}}
     path = folder / "plans.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
     return path
@@ -206,7 +214,7 @@ class Load:
 
     @property
     def path(self) -> str:
-        return f"/v1/{self.endpoint}"
+        return "/v1/check" if self.endpoint == "check_entitled" else f"/v1/{self.endpoint}"
 
 
 @dataclass
@@ -239,13 +247,17 @@ function request()
   counter = counter + 1
   local subject = string.format("bench-%%s-%%d", endpoint, counter %% subjects)
   local body
-  if endpoint == "consume" then
+  if endpoint == "check_entitled" and counter %% 2 == 0 then
+    body = string.format('{"subject":"%%s","feature":"sso"}', subject)
+  elseif endpoint == "check_entitled" then
+    body = string.format('{"subject":"%%s","meter":"%(entitled_meter)s","amount":1}', subject)
+  elseif endpoint == "consume" then
     body = string.format('{"subject":"%%s","meter":"%(meter)s","amount":1,"idempotency_key":"%%s-%%d-%%d"}',
                          subject, prefix, thread_id, counter)
   else
     body = string.format('{"subject":"%%s","meter":"%(meter)s","amount":1}', subject)
   end
-  return wrk.format("POST", "/v1/" .. endpoint, headers, body)
+  return wrk.format("POST", "%(path)s", headers, body)
 end
 function delay()
   return %(pause)d
@@ -289,7 +301,8 @@ def run_wrk(load: Load, folder: Path, threads: int = 1) -> Result:
     script = folder / f"{load.endpoint}-{load.key_prefix}.lua"
     script.write_text(_WRK_SCRIPT % {"endpoint": load.endpoint, "token": load.token, "prefix": load.key_prefix,
                                      "subjects": load.subjects, "max": max(1, load.max_requests // threads),
-                                     "meter": METER, "pcts": wrk_dist_lua(), "pause": load.pause_ms})
+                                     "meter": METER, "pcts": wrk_dist_lua(), "pause": load.pause_ms,
+                                     "entitled_meter": ENTITLED_METER, "path": load.path})
     argv = ["wrk", f"-t{threads}", f"-c{load.connections}", f"-d{max(1, round(load.duration))}s",
             "--timeout", "2s", "-s", str(script), load.url + load.path]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=load.duration + 30)
@@ -338,6 +351,9 @@ def python_load_main() -> None:
                     n += 1
                     subject = f"bench-{load.endpoint}-{(wid * 7919 + n) % load.subjects}"
                     body = {"subject": subject, "meter": METER, "amount": 1}
+                    if load.endpoint == "check_entitled":
+                        body = ({"subject": subject, "feature": "sso"} if n % 2 == 0 else
+                                {**body, "meter": ENTITLED_METER})
                     if load.endpoint == "consume":
                         body["idempotency_key"] = f"{load.key_prefix}-{wid}-{n}"
                     data = json.dumps(body).encode()
@@ -381,6 +397,8 @@ def choose_generator(wanted: str) -> str:
 
 def probe(url: str, endpoint: str, token: str) -> dict:
     """One request before the load: the endpoint answers 200 and allows (else the figures mean nothing)."""
+    if endpoint == "check_entitled":       # its subjects are set up and checked by http_gate
+        return {}
     body = {"subject": f"bench-{endpoint}-0", "meter": METER, "amount": 1}
     if endpoint == "consume":
         body["idempotency_key"] = f"probe-{secrets.token_hex(8)}"

@@ -32,17 +32,24 @@ A gate that answered from its fail mode or had store errors during the run is re
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
+import urllib.request
 import sys
 import tempfile
 from pathlib import Path
 
 from bench._columns import columns
-from bench._harness import (MAX_REQUESTS, Load, Result, Server, choose_generator, gate_troubles, load_options, probe,
-                            run_python_generator, run_wrk, start_bare, start_gate, write_plan)
+from bench._harness import (ENTITLED_METER, MAX_REQUESTS, SUBJECTS, Load, Result, Server, choose_generator,
+                            gate_troubles, load_options, probe, run_python_generator, run_wrk, start_bare, start_gate,
+                            write_plan)
 
 # endpoint -> (minimum gate/bare ratio, maximum gate p99 in ms or None)
-GOALS = {"check": (0.85, 5.0), "consume": (0.5, None)}
+GOALS = {"check": (0.85, 5.0), "consume": (0.5, None), "check_entitled": (0.0, None)}
+# check_entitled (issue 19): /v1/check alternating a feature (granted by the status) and a meter whose limit is
+# per seat (a trait) and used up, so that the subject's credits decide: the gate's CPU a request within this
+# factor of a plain check's, measured in the same run.
+ENTITLED_CPU_GOAL = 1.5
 
 
 # --- the benchmark ----------------------------------------------------------------------------------
@@ -74,6 +81,39 @@ def _row(endpoint: str, generator: str, gate: Result, bare: Result, troubles: di
                for which in ("gate", "bare") if which in paced for p in ("p50", "p99")},
             **{f"{which}_rps_paced": round(paced[which].rps, 1) for which in ("gate", "bare") if which in paced},
             "gate_latency_dist": gate.dist, "bare_latency_dist": bare.dist}
+
+
+def _post(url: str, path: str, token: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def entitle(url: str, token: str) -> None:
+    """check_entitled's subjects: 3 seats (a limit of 30), the day's allowance used up, credits to spend."""
+    for i in range(SUBJECTS):
+        subject = f"bench-check_entitled-{i}"
+        _post(url, f"/v1/subjects/{subject}/traits", token, {"traits": {"seats": 3}})
+        _post(url, "/v1/consume", token, {"subject": subject, "meter": ENTITLED_METER, "amount": 30})
+        _post(url, f"/v1/subjects/{subject}/credits", token,
+              {"meter": ENTITLED_METER, "amount": 10**6, "reason": "bench"})
+    answer = _post(url, "/v1/check", token, {"subject": "bench-check_entitled-0", "meter": ENTITLED_METER})
+    if not (answer.get("allowed") and answer.get("credits") and answer.get("limit") == 30):
+        raise RuntimeError(f"check_entitled: the subject is not decided by its credits: {answer}")
+
+
+def entitled_goal(rows: list[dict]) -> None:
+    """check_entitled's goal: its gate CPU a request within ENTITLED_CPU_GOAL of the plain check's."""
+    plain = next((r for r in rows if r["endpoint"] == "/v1/check"), None)
+    for r in rows:
+        if r["endpoint"] == "/v1/check_entitled":
+            r["endpoint"] = "/v1/check (features, seats, credits)"
+            vs = r["gate_cpu_us"] / plain["gate_cpu_us"] if plain and plain["gate_cpu_us"] and r["gate_cpu_us"] \
+                else None
+            r["cpu_vs_check"] = vs and round(vs, 3)
+            r["goal"] = f"gate cpu <= {ENTITLED_CPU_GOAL}x plain check"
+            r["met"] = vs is not None and vs <= ENTITLED_CPU_GOAL and r["gate_errors"] == 0
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:
@@ -117,7 +157,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="a run per server and endpoint at about this share of the gate's best req/s, "
                              "the connections pausing between requests, for latency below saturation (0: skip)")
     parser.add_argument("--max-requests", type=int, default=MAX_REQUESTS, help="per measured run")
-    parser.add_argument("--endpoints", default="check,consume", help="comma-separated: check, consume")
+    parser.add_argument("--endpoints", default="check,consume,check_entitled",
+                        help="comma-separated: check, consume, check_entitled")
     args = parser.parse_args([] if argv is None else argv)
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
     for e in endpoints:
@@ -142,6 +183,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                       PLANGATE_PLANS=str(write_plan(folder))))
             servers.append(start_bare(folder, args.uvloop))
             urls = {"gate": servers[0].url, "bare": servers[1].url}
+            if "check_entitled" in endpoints:
+                entitle(urls["gate"], token)
             for endpoint in endpoints:
                 for url in urls.values():
                     probe(url, endpoint, token)
@@ -175,6 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         finally:
             for server in reversed(servers):
                 server.stop()
+    entitled_goal(rows)
     print_table(rows)
     return rows
 

@@ -39,7 +39,8 @@ FACT_EVENTS = frozenset({
 
 def relevant_events(plan: Plan) -> frozenset[str]:
     """The event types the gate reads at all; any other is answered `ignored` without being linked."""
-    return FACT_EVENTS | {t.trigger.name for t in plan.transitions if t.trigger.kind.value == "stripe"}
+    credits = {"checkout.session.async_payment_succeeded"} if any(c.packs for c in plan.credits) else set()
+    return FACT_EVENTS | credits | {t.trigger.name for t in plan.transitions if t.trigger.kind.value == "stripe"}
 
 
 def _id(value) -> str | None:

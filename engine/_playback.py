@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ._credits import Grant, GrantSource
 from ._decision import Decision
 from ._history import advance
 from ._links import named_subject, relevant_events, stripe_refs
@@ -117,7 +118,12 @@ class _Player:
                                       f"{' or '.join(sorted(ids)) or 'a customer or subscription of it'}; the gate "
                                       f"would keep it pending{asked}", broken=True)
         self.linked |= ids
-        return self._outcome(self.table.apply(self.state, event, self.now))
+        seen = self._outcome(self.table.apply(self.state, event, self.now))
+        grants = self.table.credits.purchased(step.value, step.object or {}, self.now)
+        if grants:
+            self.book.add_grants(self.scenario.subject, grants)
+            seen.happened += "; granted " + ", ".join(f"{g.amount} {g.meter} credits ({g.note})" for g in grants)
+        return seen
 
     def _event(self, step: Step) -> _Seen:
         """A whole event from a file: it happens at its `created` (timers due before fire first)."""
@@ -140,6 +146,25 @@ class _Player:
         if moved is None:
             return _Seen(None, False, f"the plan changed to version {table.version}; the subject stays as it is")
         return self._outcome(moved)
+
+    def _feature(self, step: Step) -> _Seen:
+        decision = self.table.feature(self.state, step.value, self.now)
+        verdict = "entitled" if decision.allowed else f"not entitled ({decision.reason.value})"
+        return _Seen(decision, False, f"feature {step.value}: {verdict} by {decision.rule}")
+
+    def _grant(self, step: Step) -> _Seen:
+        """An admin grants credits (as POST /v1/subjects/{subject}/credits does)."""
+        expires = (step.object or {}).get("expires_after")
+        grant = Grant(f"story:{step.number}", _meter(step), step.value, step.value, self.table.credits.admin_priority,
+                      self.now, self.now + expires if expires else None, GrantSource.ADMIN, "a step of the story")
+        self.book.add_grants(self.scenario.subject, [grant])
+        return _Seen(None, False, f"granted {step.value} {step.meter} credits")
+
+    def _traits(self, step: Step) -> _Seen:
+        traits = dict(self.state.traits)
+        traits.update(step.value)
+        self.state = self.state.with_(traits=tuple(sorted(traits.items())))
+        return _Seen(None, False, "traits now " + ", ".join(f"{k}={v}" for k, v in self.state.traits))
 
     def _override(self, step: Step) -> _Seen:
         return self._outcome(self.table.override(self.state, step.value, self.now, step.extra))
@@ -188,6 +213,8 @@ class _Player:
             seen.happened += f"; then a check of {step.amount} {step.meter}: {_explain(seen.decision)}"
         if e.key == "reason":
             return seen.decision.reason.value
+        if e.key == "credits":      # the balance now, after the step
+            return self.book.balance(state, _meter(step), self.now)
         return getattr(seen.decision, e.key)
 
 

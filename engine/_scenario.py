@@ -22,18 +22,21 @@ from ._decision import Reason
 from ._table import StateTable, compile_plan
 
 # Step kinds, each named by its key; a step with only `expect` is a check of the meter.
-KINDS = ("consume", "wait", "until", "stripe", "event", "admin", "override", "plan")
+KINDS = ("consume", "wait", "until", "stripe", "event", "admin", "override", "plan", "feature", "grant", "traits")
 _FOR_DECISION = {"expect", "amount", "meter"}
 _EXTRA_KEYS = {
     "check": _FOR_DECISION,
     "consume": {"expect", "meter"},
     "wait": _FOR_DECISION,
     "until": _FOR_DECISION,
-    "stripe": _FOR_DECISION | {"object", "id", "price", "period"},
+    "stripe": _FOR_DECISION | {"object", "id", "price", "period", "quantity"},
     "event": _FOR_DECISION,
     "admin": _FOR_DECISION | {"actor"},
     "override": _FOR_DECISION | {"why"},
     "plan": _FOR_DECISION,
+    "feature": {"expect"},
+    "grant": _FOR_DECISION | {"expires_after"},
+    "traits": _FOR_DECISION,
 }
 TOP_KEYS = ("name", "description", "start", "subject", "meter", "steps")
 DEFAULT_SUBJECT = "subject"
@@ -226,7 +229,12 @@ class _Reader:
             value, obj, extra, at = value["type"], value["data"]["object"], value.get("id") or "", value["created"]
         elif kind in ("admin", "override"):
             extra = self.text(item, path + ("actor" if kind == "admin" else "why",)) or ""
-        needs_meter = kind in ("check", "consume") or any(e.key in _DECISION_KEYS for e in expect)
+        elif kind == "grant":
+            obj = {"expires_after": self.field(item, path + ("expires_after",), _duration)}
+            if step_meter is not None and not self.table.has_credits(step_meter):
+                self.problem(path, f"step {i + 1} grants {step_meter} credits, but the plan has no credits of "
+                                   f"{step_meter} (add `credits: {{{step_meter}: ...}}` to the plan)")
+        needs_meter = kind in ("check", "consume", "grant") or any(e.key in _DECISION_KEYS for e in expect)
         if needs_meter and step_meter is None:
             self.problem(path, f"step {i + 1} needs a meter: the plan has several "
                                f"({', '.join(self.table.meters)}); add `meter:` to the step or the scenario")
@@ -237,7 +245,8 @@ class _Reader:
 
     def _kind_check(self, kind: str):
         return {"consume": _amount, "wait": _duration, "until": _instant, "stripe": _event_type,
-                "event": self._event_file, "admin": self._action, "override": self._status, "plan": self._plan}[kind]
+                "event": self._event_file, "admin": self._action, "override": self._status, "plan": self._plan,
+                "feature": self._feature, "grant": _amount, "traits": _traits}[kind]
 
     def _event_file(self, value) -> dict:
         """A whole Stripe event, as Stripe sends it, from a JSON file named relative to the story."""
@@ -298,7 +307,7 @@ class _Reader:
         return {"status": self._status, "tier": self._tier, "allowed": _bool, "moved": _bool,
                 "reason": _reason, "remaining": _count, "used": _count, "limit": _count,
                 "retry_after": _seconds_or_none, "timer": _timer, "resets_at": _instant_or_none,
-                "kept": _kept}.get(key)
+                "kept": _kept, "credits": _count, "credits_used": _count, "overage": _count}.get(key)
 
     def stripe_object(self, item: Mapping, path: tuple, event: str | None) -> dict:
         obj = item.get("object", {})
@@ -310,10 +319,14 @@ class _Reader:
             obj.setdefault("object", implied_object(event))
         price = self.text(item, path + ("price",))
         period = self.field(item, path + ("period",), _period)
+        quantity = self.field(item, path + ("quantity",), _amount)
+        if quantity is not None and price is None:
+            self.problem(path + ("quantity",), "quantity: goes with `price:` (the quantity of that price's item)")
         if price is not None or period is not None:
             sub_item: dict = {}
             if price is not None:
                 sub_item["price"] = {"id": price}
+                sub_item["quantity"] = quantity or 1
             if period is not None:
                 sub_item["current_period_start"], sub_item["current_period_end"] = period
             obj["items"] = {"object": "list", "data": [sub_item]}
@@ -333,10 +346,14 @@ class _Reader:
     def _action(self, value) -> str:
         return _one_of(value, self.table.actions, "admin action")
 
+    def _feature(self, value) -> str:
+        return _one_of(value, self.table.features.names, "feature")
+
 
 EXPECTATION_KEYS = ("status", "tier", "allowed", "reason", "remaining", "used", "limit", "moved",
-                    "retry_after", "timer", "resets_at", "kept")
-_DECISION_KEYS = frozenset({"allowed", "reason", "remaining", "used", "limit", "retry_after", "resets_at"})
+                    "retry_after", "timer", "resets_at", "kept", "credits", "credits_used", "overage")
+_DECISION_KEYS = frozenset({"allowed", "reason", "remaining", "used", "limit", "retry_after", "resets_at",
+                            "credits", "credits_used", "overage"})
 
 
 def implied_object(event: str) -> str:
@@ -422,6 +439,13 @@ def _reason(value) -> str:
     if value not in known:
         raise _Bad(f"unknown reason {_show(value)}; reasons are {', '.join(known)}")
     return value
+
+
+def _traits(value) -> dict:
+    if not isinstance(value, Mapping) or not value or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items()):
+        raise _Bad("write the subject's traits as {name: number, ...}, e.g. {seats: 5}")
+    return dict(value)
 
 
 def _event_type(value) -> str:

@@ -24,6 +24,15 @@ class SubjectState:
     trial_end: float | None = None       # the followed subscription's dates a status timer may be anchored to
     cancel_at: float | None = None
     subscriptions: tuple[Subscription, ...] = ()   # every Stripe subscription of the subject the fold has seen
+    quantity: int | None = None          # the followed subscription's quantity of its tier's item (seats)
+    addons: tuple[tuple[str, int], ...] = ()   # add-ons its live subscriptions buy: (name, quantity), by name
+    traits: tuple[tuple[str, int], ...] = ()   # numbers set on the subject through the API (a quota per_unit)
+
+    def trait(self, name: str) -> int | None:
+        for key, value in self.traits:
+            if key == name:
+                return value
+        return None
 
     @property
     def follows(self) -> Subscription | None:

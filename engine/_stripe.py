@@ -44,6 +44,22 @@ def price_ids(sub: Mapping) -> list[str]:
     return out
 
 
+def price_items(sub: Mapping) -> list[tuple[str, int]]:
+    """(price or legacy plan id, quantity) of each of a subscription's items; a quantity Stripe leaves out (a
+    metered price) counts as 1."""
+    out = []
+    for item in _items(sub):
+        for key in ("price", "plan"):
+            ref = item.get(key)
+            ident = ref.get("id") if isinstance(ref, Mapping) else ref
+            if isinstance(ident, str):
+                quantity = item.get("quantity")
+                ok = isinstance(quantity, int) and not isinstance(quantity, bool) and quantity >= 0
+                out.append((ident, quantity if ok else 1))
+                break
+    return out
+
+
 def billing_period(sub: Mapping) -> tuple[float, float] | None:
     """(start, end) of a subscription's current period: on the subscription (old shape) or on its
     items (since API 2025-03-31)."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from ._stripe import billing_period, invoice_subscription, unix_seconds
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
+# Statuses in which a subscription's add-ons count: Stripe serves it (past_due: while it retries the payment).
+LIVE = frozenset({"active", "trialing", "past_due"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Subscription:
     trial_end: float | None = None
     cancel_at: float | None = None
     ended_at: float | None = None
+    quantity: int | None = None      # of the item whose price selects its tier (seats); None: not known
+    addons: tuple[tuple[str, int], ...] = ()    # (add-on of the plan, quantity) its items buy
 
     @property
     def ended(self) -> bool:
@@ -58,7 +62,19 @@ class Subscription:
     @classmethod
     def from_dict(cls, data: Mapping) -> Subscription:
         values: dict[str, Any] = {name: data.get(name) for name in cls.__slots__ if name in data}
+        if "addons" in values:      # JSON has lists: the state compares tuples
+            values["addons"] = tuple((str(name), int(q)) for name, q in values["addons"] or ())
         return cls(**values)
+
+
+def live_addons(subscriptions: tuple[Subscription, ...]) -> tuple[tuple[str, int], ...]:
+    """The add-ons the subject's live subscriptions buy, each with its whole quantity, by name."""
+    total: dict[str, int] = {}
+    for s in subscriptions:
+        if s.addons and s.status in LIVE:
+            for name, quantity in s.addons:
+                total[name] = total.get(name, 0) + quantity
+    return tuple(sorted(total.items()))
 
 
 def subscription_of(obj: Mapping) -> str | None:
@@ -93,10 +109,10 @@ def _newest(s: Subscription) -> tuple:
 
 
 def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, created: float,
-            tier_of_prices) -> tuple[Subscription, ...]:
+            items_of) -> tuple[Subscription, ...]:
     """The subscriptions with what the event's object says of `ident`: a subscription object tells its status
     and dates; an invoice only that it exists; a checkout that it exists since `created`.
-    tier_of_prices(subscription) -> the tier its prices name, or None."""
+    items_of(subscription) -> (the tier its prices name or None, that item's quantity, its add-ons)."""
     known = next((s for s in subscriptions if s.id == ident), None)
     if obj.get("object") != "subscription":
         if known is not None:
@@ -111,15 +127,16 @@ def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, c
         ended_at = ended_at or _date(obj, "ended_at") or _date(obj, "canceled_at") or float(created)
     else:
         ended_at = None
+    tier, quantity, addons = items_of(obj) if _has_prices(obj) else (was.tier, was.quantity, was.addons)
     new = Subscription(
         ident, status,
         _date(obj, "created") or was.created,
-        tier_of_prices(obj) if _has_prices(obj) else was.tier,
+        tier,
         period[0] if period else was.period_start,
         period[1] if period else was.period_end,
         _date(obj, "trial_end") if "trial_end" in obj else was.trial_end,
         _date(obj, "cancel_at") if "cancel_at" in obj else was.cancel_at,
-        ended_at)
+        ended_at, quantity, addons)
     if new == known:
         return subscriptions
     return tuple(new if s.id == ident else s for s in subscriptions) if known else subscriptions + (new,)

@@ -13,13 +13,18 @@ from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, Loca
 from plangate.policy._conditions import compile_all
 from plangate.policy._renames import How
 
+from plangate.policy._entitlements import Anchoring
+
+from ._credits import CreditRules, Grant, Spendable, last_window, period_grants
 from ._decision import Decision, Reason
+from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
-from ._stripe import billing_period, price_ids, subscription_dates, unix_seconds
-from ._subscriptions import Subscription, followed, subscription_of, take_in
+from ._stripe import billing_period, price_ids, price_items, subscription_dates, unix_seconds
+from ._subscriptions import Subscription, followed, live_addons, subscription_of, take_in
 from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
 from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
-from ._windows import BillingClock, CalendarClock, LifetimeClock, Span
+from ._windows import (AnniversaryClock, BillingClock, CalendarClock, FixedClock, LifetimeClock, Span,
+                       billing_span)
 
 
 # Enum members are slow to look up on the class (a descriptor call each on Python 3.11): bind them once.
@@ -40,19 +45,37 @@ class UnknownStatus(ValueError):
 class _Rule:
     """What one status allows of one meter for one tier, with the plan line that says so."""
 
-    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "name", "fail_mode")
+    __slots__ = ("allows", "deny_reason", "limit", "window", "clock", "name", "fail_mode",
+                 "scaled", "units", "adds", "beyond", "overage", "credits")
 
     def __init__(self, allows, deny_reason, limit, window, clock, name, fail_mode):
         self.allows = allows
         self.deny_reason = deny_reason
         self.limit = limit          # None: unlimited
         self.window = window        # policy.Window; LIFETIME for unlimited
-        # The table's CalendarClock for day/week/month (shared by its rules), a BillingClock of the rule's own,
-        # or the lifetime's.
+        # The table's CalendarClock for day/week/month or FixedClock for minute/hour (shared by its rules), an
+        # AnniversaryClock or a BillingClock of the rule's own, or the lifetime's.
         self.clock = clock if clock is not None else \
             BillingClock() if window is Window.BILLING_PERIOD else _LIFETIME_CLOCK
         self.name = name
         self.fail_mode = fail_mode
+        self.scaled = False         # the limit depends on the subject: per unit, or add-ons add to it
+        self.units = None           # policy PerUnit: the limit is per unit of the quantity or a trait
+        self.adds: dict[str, int] = {}      # add-on -> what it adds per unit of its quantity
+        self.beyond = False         # past the limit, credits or overage may let work through
+        self.overage: int | None = None     # how much overage a window allows (None: none)
+        self.credits = False        # the meter has credits to spend past the limit
+
+    def limit_for(self, state: SubjectState) -> int:
+        """The limit for this subject: per unit of its quantity or trait (1 when unknown), plus its add-ons'."""
+        limit = self.limit
+        if self.units is not None:
+            units = state.quantity if self.units.trait is None else state.trait(self.units.trait)
+            limit *= 1 if units is None else units
+        if self.adds and state.addons:
+            for name, quantity in state.addons:
+                limit += self.adds.get(name, 0) * quantity
+        return limit
 
     def span(self, state: SubjectState, now: float) -> Span:
         return self.clock.span_for(state, now)
@@ -89,7 +112,15 @@ class StateTable:
         self.statuses = tuple(s.name for s in plan.statuses)
         self.actions = tuple(sorted({t.trigger.name for t in plan.transitions if t.trigger.kind.value == "admin"}))
         self.tz = ZoneInfo(plan.timezone)
-        self._clocks = {w: CalendarClock(w, self.tz) for w in (Window.DAY, Window.WEEK, Window.MONTH)}
+        self._calendars = {w: CalendarClock(w, self.tz) for w in (Window.DAY, Window.WEEK, Window.MONTH)}
+        self._clocks: dict[Window, CalendarClock | FixedClock] = {
+            **self._calendars, Window.MINUTE: FixedClock(60), Window.HOUR: FixedClock(3600)}
+        self.features = Features(plan)
+        self._credit_meters = frozenset(c.meter for c in plan.credits) | frozenset(
+            g.meter for t in plan.tiers for g in t.credits)
+        self._addon_prices = {p: a.name for a in plan.addons for p in a.prices}
+        self.credits = CreditRules(plan)
+        self._period_grants = {(t.name, g.meter): g for t in plan.tiers for g in t.credits}
         self._price_tier = {p: t.name for t in plan.tiers for p in t.prices}
         self._expires = {s.name: s.expires_after for s in plan.statuses}
         self._anchors: dict[str, Anchor] = {s.name: s.expires_at for s in plan.statuses if s.expires_at}
@@ -122,8 +153,10 @@ class StateTable:
         """The window whose usage counts for this subject and meter now (its start is the usage key)."""
         return self.rule(state, meter, now).span(state, now)
 
-    def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> Decision:
-        """May the subject do `amount` of `meter` now, having used `used` in the current window?"""
+    def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float,
+                    balance: int = 0) -> Decision:
+        """May the subject do `amount` of `meter` now, having used `used` in the current window (and having
+        `balance` spendable credits of the meter, spent once the limit is used up)?"""
         # The hot path: a few dict lookups and the cached window bounds, no calendar arithmetic.
         if amount.__class__ is not int or amount < 1:
             _check_amount(amount)
@@ -140,25 +173,71 @@ class StateTable:
         if limit is None:
             return Decision(True, _OK, state.status, state.tier, meter, None, used, None,
                             span.start, span.end, None, rule.name)
+        if rule.scaled:
+            limit = rule.limit_for(state)
         remaining = limit - used if used < limit else 0
         if amount <= remaining:
             return Decision(True, _OK, state.status, state.tier, meter, limit, used, remaining,
                             span.start, span.end, None, rule.name)
+        if rule.beyond:
+            return beyond(rule, state, meter, amount, used, limit, span, now, balance)
         retry = math.ceil(span.end - now) if span.end is not None and amount <= limit else None
         return Decision(False, _EXHAUSTED, state.status, state.tier, meter, limit, used,
                         remaining, span.start, span.end, retry, rule.name)
 
-    def consume(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Decision, int]:
+    def consume(self, state: SubjectState, meter: str, amount: int, used: int, now: float,
+                balance: int = 0) -> tuple[Decision, int]:
         """Check and count in one step: refuses rather than overshoots. Returns the decision (with the
-        usage after counting) and the window's usage afterwards."""
-        decision = self.can_process(state, meter, amount, used, now)
+        usage after counting) and the window's usage afterwards. What credits pay for is not counted in the
+        window (decision.credits_used says how much of the balance it takes); overage is."""
+        decision = self.can_process(state, meter, amount, used, now, balance)
         if not decision.allowed:
             return decision, used
-        after = used + amount
+        counted = amount - decision.credits_used
+        after = used + counted
         decision.used = after
         if decision.remaining is not None:
-            decision.remaining -= amount
+            decision.remaining = max(0, decision.remaining - counted)
         return decision, after
+
+    def feature(self, state: SubjectState, feature: str, now: float = 0.0) -> Decision:
+        """Is the feature granted to the subject now? UnknownFeature for a feature the plan does not declare."""
+        if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names):
+            state = self.named(state, now)
+        return self.features.decide(state, feature)
+
+    def has_credits(self, meter: str) -> bool:
+        """Can the meter's work be paid with credits past a limit?"""
+        return meter in self._credit_meters
+
+    def tier_grants_apply(self, meter: str) -> bool:
+        """Does some tier grant credits of the meter each window?"""
+        return any(m == meter for _, m in self._period_grants)
+
+    def spendable(self, state: SubjectState, meter: str, now: float) -> Spendable:
+        """Which of its grants the subject may spend now (see Spendable)."""
+        return Spendable(self.credits.not_before(state, meter), self._takes_tier(state, meter, now))
+
+    def _takes_tier(self, state: SubjectState, meter: str, now: float) -> bool:
+        status = self.plan.status(self.named(state, now).status)
+        quota = status.quota(meter) if status is not None and status.allows else None
+        return quota is not None and quota.kind is QuotaKind.TIER
+
+    def tier_grants(self, state: SubjectState, meter: str, now: float, grants) -> tuple[Grant, ...]:
+        """The credits the subject's tier grants for the window containing now (and the rollover into it), when
+        the subject has no grant of that window yet and its status takes the tier's quota of the meter."""
+        tier = self.tier_of(state)
+        grant = self._period_grants.get((tier, meter)) if self._period_grants and tier is not None else None
+        if grant is None or not self._takes_tier(state, meter, now):
+            return ()
+        window = Window(grant.window)
+        clock = self._clocks.get(window)
+
+        def span_at(t: float) -> Span:
+            if clock is None:       # per billing period
+                return billing_span(t, state.period_start, state.period_end)
+            return clock._compute(t)
+        return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter))
 
     def increment_usage(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Span, int]:
         """Count work that already ran: the window it counts in and the usage after."""
@@ -232,12 +311,12 @@ class StateTable:
         about = subscription_of(obj)
         if about is None:
             return state, None
-        subscriptions = take_in(state.subscriptions, about, obj, now, self._named_tier)
+        subscriptions = take_in(state.subscriptions, about, obj, now, self._items)
         if subscriptions is state.subscriptions:
             follows = state.follows
         else:
             was, follows = state.follows, followed(subscriptions)
-            state = state.with_(subscriptions=subscriptions)
+            state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
             if follows is not None and follows.id != about and (was is None or was.id != follows.id):
                 state = self._retimed(state, self._followed_facts(state, follows))
         return state, (None if follows is None or follows.id == about else (about, follows.id))
@@ -248,11 +327,24 @@ class StateTable:
         start, end = (sub.period_start, sub.period_end) if sub.period_end is not None else \
             (state.period_start, state.period_end)
         return state.with_(tier=sub.tier or (state.tier if sub.status is None else self.plan.default_tier),
-                           period_start=start, period_end=end, trial_end=sub.trial_end, cancel_at=sub.cancel_at)
+                           period_start=start, period_end=end, trial_end=sub.trial_end, cancel_at=sub.cancel_at,
+                           quantity=sub.quantity if sub.status is not None else state.quantity)
 
-    def _named_tier(self, sub: Mapping) -> str | None:
-        """The tier a subscription's prices select by name (None: no price of it is in a tier of the plan)."""
-        return next((self._price_tier[p] for p in price_ids(sub) if p in self._price_tier), None)
+    def _items(self, sub: Mapping) -> tuple[str | None, int | None, tuple[tuple[str, int], ...]]:
+        """What a subscription's items buy: the tier its prices select by name (None: no price of it is in a tier
+        of the plan), the quantity of that item (seats; None without one), and the add-ons of the plan its other
+        items are, with their quantities."""
+        tier = quantity = None
+        addons: dict[str, int] = {}
+        for price, count in price_items(sub):
+            if tier is None and price in self._price_tier:
+                tier, quantity = self._price_tier[price], count
+            elif price in self._addon_prices:
+                name = self._addon_prices[price]
+                addons[name] = addons.get(name, 0) + count
+        if tier is None and sub.get("object") == "subscription" and isinstance(sub.get("quantity"), int):
+            quantity = sub["quantity"]      # the old shape's subscription-level quantity
+        return tier, quantity, tuple(sorted(addons.items()))
 
     def override(self, state: SubjectState, to: str, now: float, why: str = "") -> Outcome:
         """An admin's direct move to a status, outside the plan's transitions (audited by the caller)."""
@@ -266,21 +358,23 @@ class StateTable:
 
     def subscription_facts(self, state: SubjectState, sub: Mapping) -> SubjectState:
         """The subject's tier and billing period as a Stripe subscription object states them."""
-        tier = state.tier
+        tier, quantity = state.tier, state.quantity
         prices = price_ids(sub)
         if prices:
             tier = next((self._price_tier[p] for p in prices if p in self._price_tier), self.plan.default_tier)
+            quantity = self._items(sub)[1]
         period = billing_period(sub)
         start, end = period if period else (state.period_start, state.period_end)
         trial_end, cancel_at = subscription_dates(sub, state.trial_end, state.cancel_at)
         if (tier, start, end, trial_end, cancel_at) == (state.tier, state.period_start, state.period_end,
                                                         state.trial_end, state.cancel_at):
-            return state
+            return state if quantity == state.quantity else state.with_(quantity=quantity)
         if state.tier is not None and tier != state.tier and state.plan_version != self.version:
             # Another tier is a new subscription to it: its quotas as they are now, whatever the old one kept.
             return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at,
-                               plan_version=self.version)
-        return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at)
+                               plan_version=self.version, quantity=quantity)
+        return state.with_(tier=tier, period_start=start, period_end=end, trial_end=trial_end, cancel_at=cancel_at,
+                           quantity=quantity)
 
     def _retimed(self, before: SubjectState, facts: SubjectState) -> SubjectState:
         """When Stripe moves the date the current status's timer is anchored to (a trial extended, a
@@ -464,7 +558,25 @@ class StateTable:
                         f"({chosen.existing_subscribers.value}; via {name.split(' (via ', 1)[1]}")
         if quota.kind is QuotaKind.UNLIMITED or quota.window is None:
             return _Rule(True, None, None, Window.LIFETIME, None, name, fail)
-        return _Rule(True, None, quota.limit, quota.window, self._clocks.get(quota.window), name, fail)
+        return self._limit_rule(status, meter, quota, name, fail)
+
+    def _limit_rule(self, status: Status, meter: str, quota, name: str, fail) -> _Rule:
+        """A limit's rule: its window's clock, and what may change it per subject (units, add-ons) or let work
+        past it (credits, overage)."""
+        clock: CalendarClock | FixedClock | AnniversaryClock | None = self._clocks.get(quota.window)
+        if quota.anchor is Anchoring.BILLING and quota.window in (Window.DAY, Window.WEEK, Window.MONTH):
+            clock = AnniversaryClock(quota.window, self._calendars[quota.window])
+        rule = _Rule(True, None, quota.limit, quota.window, clock, name, fail)
+        rule.units = quota.per_unit
+        own = status.quota(meter)
+        if own is not None and own.kind is QuotaKind.TIER:
+            rule.adds = {a.name: a.adds(meter) for a in self.plan.addons if a.adds(meter)}
+        rule.scaled = rule.units is not None or bool(rule.adds)
+        if quota.overage is not None:
+            rule.overage = OVERAGE_UNBOUNDED if quota.overage.up_to is None else quota.overage.up_to
+        rule.credits = self.has_credits(meter)
+        rule.beyond = rule.credits or rule.overage is not None
+        return rule
 
     def _compile_edges(self) -> dict[tuple[str, str], tuple[_Edge, ...]]:
         edges: dict[tuple[str, str], list[_Edge]] = {}

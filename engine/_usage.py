@@ -1,31 +1,55 @@
-"""An in-memory usage book: what the store does durably, for scenarios and tests."""
+"""An in-memory usage book: what the store does durably, for scenarios and tests (credits included)."""
 from __future__ import annotations
 
+from ._credits import Grant, balance, spend
 from ._decision import Decision
 from ._state import SubjectState
 from ._table import StateTable
 
 
 class UsageBook:
-    """Usage per (subject, meter, window start); a new window is a new key, so resets need no job."""
+    """Usage per (subject, meter, window start); a new window is a new key, so resets need no job. Credit grants
+    per subject, spent as the store spends them; overage counted per meter."""
 
     def __init__(self, table: StateTable):
         self.table = table
         self._used: dict[tuple[str, str, int], int] = {}
+        self.grants: dict[str, list[Grant]] = {}
+        self.overage: dict[tuple[str, str], int] = {}       # (subject, meter) -> overage counted so far
 
     def used(self, state: SubjectState, meter: str, now: float) -> int:
         span = self.table.window(state, meter, now)
         return self._used.get((state.subject, meter, span.start), 0)
 
+    def add_grants(self, subject: str, grants) -> None:
+        """Grants made (ids already held are not made again: the same payment grants once)."""
+        held = self.grants.setdefault(subject, [])
+        known = {g.id for g in held}
+        held.extend(g for g in grants if g.id not in known)
+
+    def balance(self, state: SubjectState, meter: str, now: float) -> int:
+        """The subject's spendable credits of the meter now (the tier's grant of this window included)."""
+        if not self.table.has_credits(meter):
+            return 0
+        self.add_grants(state.subject, self.table.tier_grants(state, meter, now, self.grants.get(state.subject, ())))
+        return balance(self.grants.get(state.subject, ()), meter, now, self.table.spendable(state, meter, now))
+
     def check(self, state: SubjectState, meter: str, amount: int, now: float) -> Decision:
-        return self.table.can_process(state, meter, amount, self.used(state, meter, now), now)
+        return self.table.can_process(state, meter, amount, self.used(state, meter, now), now,
+                                      self.balance(state, meter, now))
 
     def consume(self, state: SubjectState, meter: str, amount: int, now: float) -> Decision:
         span = self.table.window(state, meter, now)
         key = (state.subject, meter, span.start)
-        decision, after = self.table.consume(state, meter, amount, self._used.get(key, 0), now)
+        decision, after = self.table.consume(state, meter, amount, self._used.get(key, 0), now,
+                                             self.balance(state, meter, now))
         if decision.allowed:
             self._used[key] = after
+            if decision.credits_used:
+                self.grants[state.subject], _ = spend(self.grants[state.subject], meter, decision.credits_used, now,
+                                                      self.table.spendable(state, meter, now))
+            if decision.overage:
+                self.overage[(state.subject, meter)] = self.overage.get((state.subject, meter), 0) + decision.overage
         return decision
 
     def record(self, state: SubjectState, meter: str, amount: int, now: float) -> int:

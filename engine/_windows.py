@@ -7,8 +7,9 @@ does no calendar arithmetic.
 """
 from __future__ import annotations
 
+import calendar
 import math
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, UTC
 from zoneinfo import ZoneInfo
 
 from plangate.policy import Window
@@ -134,3 +135,81 @@ def billing_span(now: float, period_start: float | None, period_end: float | Non
     elif now >= first + length:
         first += length
     return Span(first, first + length)
+
+
+class FixedClock:
+    """Minute and hour windows: fixed lengths from the Unix epoch (time zones shift no minute or hour that
+    matters to a rate limit), cached until `now` leaves them. `retry_after` is the seconds to the window's end."""
+
+    __slots__ = ("length", "_cached")
+
+    def __init__(self, length: int):
+        self.length = length
+        self._cached = Span(0, 0)
+
+    def span(self, now: float) -> Span:
+        return self.span_for(None, now)
+
+    def span_for(self, state, now: float) -> Span:
+        cached = self._cached
+        if cached.start <= now < cached.end:       # type: ignore[operator]  # a fixed window always ends
+            return cached
+        start = int(now // self.length) * self.length
+        span = self._cached = Span(start, start + self.length)
+        return span
+
+    def _compute(self, now: float) -> Span:
+        return self.span_for(None, now)
+
+
+class AnniversaryClock:
+    """Day, week or month windows that start on the subscription's billing anniversary (its period's start, in
+    UTC as Stripe bills): a monthly allowance on a yearly price resets each month on the day it was bought; a
+    month that has no such day ends on its last (bought on the 31st: the 30th, the 28th, ...), as Stripe's
+    billing does. Without a known period the calendar window of the same kind applies. The window of the anchor
+    last asked about is cached (one per quota: subjects with other anchors recompute, cheaply)."""
+
+    __slots__ = ("kind", "calendar", "_cached")
+
+    def __init__(self, kind: Window, calendar: CalendarClock):
+        self.kind = kind
+        self.calendar = calendar
+        self._cached: tuple = (None, None, Span(0, 0))     # (period start, end, span): BillingClock's shape
+
+    def span_for(self, state, now: float) -> Span:
+        return self.span(now, state.period_start, state.period_end)
+
+    def span(self, now: float, period_start: float | None, period_end: float | None = None) -> Span:
+        start, end, span = self._cached
+        if start == period_start and end == period_end and span.start <= now < span.end:
+            return span
+        if period_start is None:
+            return self.calendar.span(now)
+        span = anniversary_span(self.kind, now, period_start)
+        self._cached = (period_start, period_end, span)
+        return span
+
+
+def anniversary_span(kind: Window, now: float, anchor: float) -> Span:
+    """The day, week or month (from the anniversary `anchor`, Unix seconds) that contains now."""
+    if kind is not Window.MONTH:
+        length = 86400 if kind is Window.DAY else 7 * 86400
+        start = int(anchor) + math.floor((now - int(anchor)) / length) * length
+        return Span(start, start + length)
+    first = datetime.fromtimestamp(int(anchor), UTC)
+    at = datetime.fromtimestamp(now, UTC)
+    n = (at.year - first.year) * 12 + (at.month - first.month)
+    while _month_after(first, n) > now:
+        n -= 1
+    while _month_after(first, n + 1) <= now:
+        n += 1
+    return Span(_month_after(first, n), _month_after(first, n + 1))
+
+
+def _month_after(first: datetime, n: int) -> int:
+    """Unix seconds of the anniversary n months after `first` (day clamped to the month's last)."""
+    year, month = divmod(first.month - 1 + n, 12)
+    year += first.year
+    month += 1
+    day = min(first.day, calendar.monthrange(year, month)[1])
+    return int(first.replace(year=year, month=month, day=day).timestamp())

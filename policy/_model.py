@@ -15,6 +15,8 @@ from typing import Any
 from . import _conditions
 from ._conditions import Node
 from ._durations import DurationError, parse_duration
+from ._entitlements import (PURCHASE_PRIORITY, Addon, Anchoring, CreditRule, Feature, OnCancel, Overage, PerUnit,
+                            PeriodGrant)
 from ._findings import Location
 from ._yaml import Document
 
@@ -25,6 +27,8 @@ _ANCHOR_FORM = re.compile(r"\s*([a-z_]+)\s*(?:([+-])\s*(.*?))?\s*")
 
 
 class Window(enum.Enum):
+    MINUTE = "minute"
+    HOUR = "hour"
     DAY = "day"
     WEEK = "week"
     MONTH = "month"
@@ -77,10 +81,20 @@ class Quota:
     limit: int | None = None
     window: Window | None = None
     location: Location | None = field(default=None, compare=False)
+    anchor: Anchoring = Anchoring.CALENDAR
+    per_unit: PerUnit | None = None
+    overage: Overage | None = None
 
     def describe(self) -> str:
         if self.kind is QuotaKind.LIMIT and self.window is not None:
-            return f"{self.limit} per {self.window.value.replace('_', ' ')}"
+            text = f"{self.limit} per {self.window.value.replace('_', ' ')}"
+            if self.anchor is Anchoring.BILLING:
+                text += " from the billing anniversary"
+            if self.per_unit is not None:
+                text += " " + self.per_unit.describe()
+            if self.overage is not None:
+                text += ", then " + self.overage.describe()
+            return text
         return "the tier's quota" if self.kind is QuotaKind.TIER else "unlimited"
 
 
@@ -90,6 +104,7 @@ class Meter:
     description: str
     fail_mode: FailMode
     location: Location = field(compare=False)
+    stripe_meter: str | None = None     # the Stripe billing meter's event name overage is reported to
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +115,8 @@ class Tier:
     location: Location = field(compare=False)
     renamed_from: tuple[str, ...] = ()
     existing_subscribers: ExistingSubscribers = ExistingSubscribers.NOW
+    features: tuple[str, ...] = ()
+    credits: tuple[PeriodGrant, ...] = ()
 
     def quota(self, meter: str) -> Quota | None:
         return next((q for q in self.quotas if q.meter == meter), None)
@@ -141,6 +158,7 @@ class Status:
     expires_at: Anchor | None = None   # a timer on a subscription date; None when none or unparsable
     expires_at_text: str | None = None
     trial: bool = False
+    features: tuple[str, ...] = ()     # feature names; TIER_FEATURES for the tier's (and its add-ons')
 
     @property
     def has_timer(self) -> bool:
@@ -217,6 +235,15 @@ class Plan:
     subject_link: SubjectLink
     document: Document = field(compare=False, repr=False)
     retired: Retired = Retired()
+    features: tuple[Feature, ...] = ()
+    addons: tuple[Addon, ...] = ()
+    credits: tuple[CreditRule, ...] = ()
+
+    def credit(self, meter: str) -> CreditRule | None:
+        return next((c for c in self.credits if c.meter == meter), None)
+
+    def addon(self, name: str) -> Addon | None:
+        return next((a for a in self.addons if a.name == name), None)
 
     def status(self, name: str) -> Status | None:
         return next((s for s in self.statuses if s.name == name), None)
@@ -250,12 +277,15 @@ def build(doc: Document) -> Plan:
     data: Any = doc.data
     meters = tuple(
         Meter(name, m.get("description", ""), FailMode(m.get("fail_mode", "closed")),
-              doc.key_location(("meters", name)))
+              doc.key_location(("meters", name)), m.get("stripe_meter"))
         for name, m in data["meters"].items())
     tiers = tuple(
         Tier(name, tuple(t["prices"]), _quotas(doc, ("tiers", name, "quotas"), t.get("quotas", {})),
              doc.key_location(("tiers", name)), tuple(t.get("renamed_from", ())),
-             ExistingSubscribers(t.get("existing_subscribers", "now")))
+             ExistingSubscribers(t.get("existing_subscribers", "now")), tuple(t.get("features", ())),
+             tuple(PeriodGrant(meter, g["amount"], g["per"], g.get("rollover", 0),
+                               doc.key_location(("tiers", name, "credits", meter)))
+                   for meter, g in t.get("credits", {}).items()))
         for name, t in data.get("tiers", {}).items())
     retired = data.get("retired", {})
     statuses = tuple(_status(doc, name, s) for name, s in data["statuses"].items())
@@ -273,7 +303,24 @@ def build(doc: Document) -> Plan:
         subject_link=SubjectLink(link.get("client_reference_id", True), link.get("metadata_key")),
         document=doc,
         retired=Retired(tuple(retired.get("statuses", {}).items()), tuple(retired.get("tiers", {}).items())),
+        features=tuple(Feature(name, f.get("description", ""), doc.key_location(("features", name)))
+                       for name, f in data.get("features", {}).items()),
+        addons=tuple(Addon(name, tuple(a["prices"]), tuple(a.get("features", ())), tuple(a.get("quotas", {}).items()),
+                           doc.key_location(("addons", name)), a.get("description", ""))
+                     for name, a in data.get("addons", {}).items()),
+        credits=tuple(_credit(doc, meter, c) for meter, c in data.get("credits", {}).items()),
     )
+
+
+def _credit(doc: Document, meter: str, c: dict) -> CreditRule:
+    expires = c.get("expires_after")
+    try:
+        seconds = parse_duration(expires) if expires is not None else None
+    except DurationError:
+        seconds = None
+    return CreditRule(meter, tuple(c.get("packs", {}).items()), seconds, expires,
+                      c.get("priority", PURCHASE_PRIORITY), OnCancel(c.get("on_cancel", "keep")),
+                      doc.key_location(("credits", meter)), c.get("description", ""))
 
 
 def _quotas(doc: Document, path, raw: dict) -> tuple[Quota, ...]:
@@ -281,10 +328,24 @@ def _quotas(doc: Document, path, raw: dict) -> tuple[Quota, ...]:
     for meter, q in raw.items():
         where = doc.key_location(path + (meter,))
         if isinstance(q, dict):
-            out.append(Quota(meter, QuotaKind.LIMIT, q["limit"], Window(q["per"]), where))
+            out.append(Quota(meter, QuotaKind.LIMIT, q["limit"], Window(q["per"]), where,
+                             Anchoring(q.get("anchor", "calendar")), _per_unit(q.get("per_unit")),
+                             _overage(q.get("overage"))))
         else:
             out.append(Quota(meter, QuotaKind(q), location=where))
     return tuple(out)
+
+
+def _per_unit(raw) -> PerUnit | None:
+    if raw is None:
+        return None
+    return PerUnit() if raw == "quantity" else PerUnit(raw["trait"])
+
+
+def _overage(raw) -> Overage | None:
+    if raw is None:
+        return None
+    return Overage() if raw == "unbounded" else Overage(raw["up_to"])
 
 
 def _status(doc: Document, name: str, s: dict) -> Status:
@@ -315,6 +376,7 @@ def _status(doc: Document, name: str, s: dict) -> Status:
         expires_at_text=at,
         trial=s.get("trial", False),
         renamed_from=tuple(s.get("renamed_from", ())),
+        features=tuple(s.get("features", ())),
     )
 
 

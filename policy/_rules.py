@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+from . import _entitlement_rules as entitlement_rules
 from . import _stripe_rules as stripe_rules
 from ._conditions import COMPARISONS, EACH, Condition, Op, compile_node
 from ._durations import DurationError, parse_duration
@@ -431,6 +432,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("active-ends-trial", stripe_rules.active_ends_trial),
     ("paying-without-exit", stripe_rules.paying_exits),
     ("renamed-from-existing/retired-existing/renamed-twice", renames),
+    *entitlement_rules.RULES,
 )
 
 # Findings a `# plangate: ignore[code]` comment on their line may silence: warnings, and what the plan says of
@@ -439,7 +441,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
 SILENCEABLE = frozenset({
     "unhandled-payment-failure", "grace-skipped", "unknown-field", "wrong-value-type", "unlinkable-event",
     "zero-invoice-ends-trial", "active-ends-trial", "paying-without-exit",
-})
+}) | entitlement_rules.SILENCEABLE
 
 
 def check(plan: Plan) -> list[Finding]:

@@ -2,6 +2,7 @@
 status-by-status explanation a product owner can read without knowing the file format."""
 from __future__ import annotations
 
+from ._entitlements import TIER_FEATURES
 from ._model import FailMode, Plan, Quota, QuotaKind, Status, SubscriptionScope, Transition, TriggerKind
 
 
@@ -96,12 +97,47 @@ def explain(plan: Plan) -> str:
     tiers = ", ".join(t.name + (" (default)" if t.name == plan.default_tier else "") for t in plan.tiers)
     out = [f"{plan.file}: {len(plan.statuses)} statuses; meters: {', '.join(m.name for m in plan.meters)}; "
            f"tiers: {tiers or 'none'}; time zone: {plan.timezone}."]
+    if plan.features:
+        out.append("Features (yes/no entitlements): " + ", ".join(
+            f.name + (f" ({f.description})" if f.description else "") for f in plan.features) + ".")
     if plan.initial:
         out.append(f"A subject nobody has seen yet starts in {plan.initial.name}.")
     for s in plan.statuses:
         out.append("")
         out.extend(_explain_status(plan, s))
+    out.extend(_explain_extras(plan))
     return "\n".join(out) + "\n"
+
+
+def _explain_extras(plan: Plan) -> list[str]:
+    """Tiers' features and grants, add-ons and credits, in plain words."""
+    out: list[str] = []
+    for tier in plan.tiers:
+        if tier.features or tier.credits:
+            out += ["", f"tier {tier.name}"]
+            if tier.features:
+                out.append(f"  features:  {', '.join(tier.features)} (where a status grants `features: [tier]`)")
+            out += [f"  credits:   {g.meter}: {g.describe()}, spent first" for g in tier.credits]
+    for a in plan.addons:
+        out += ["", f"add-on {a.name} (prices {', '.join(a.prices)})"]
+        if a.description:
+            out.append(f"  {a.description}")
+        out.append("  while the subscription (or item) that bought it is live, where a status takes the tier's "
+                   "features or quota:")
+        if a.features:
+            out.append(f"  features:  {', '.join(a.features)}")
+        out += [f"  {meter + ':':<10} +{amount} a window per unit of its quantity, on top of the tier's limit"
+                for meter, amount in a.quotas]
+    for c in plan.credits:
+        out += ["", f"credits of {c.meter}" + (f": {c.description}" if c.description else "")]
+        out.append(f"  spent once a window's limit of {c.meter} is used up, before any overage; never twice")
+        for price, amount in c.packs:
+            out.append(f"  bought:    a one-time Checkout payment of {price} grants {amount} per unit of quantity")
+        life = f"expire {c.expires_after_text} after the payment" if c.expires_after_text else "never expire"
+        out.append(f"  they {life}; priority {c.priority} (lower numbers are spent first); an admin may grant more")
+        out.append("  when the subscription ends: " + ("kept" if c.on_cancel.value == "keep" else
+                                                      "those granted before cannot be spent"))
+    return out
 
 
 def _explain_status(plan: Plan, s: Status) -> list[str]:
@@ -114,8 +150,13 @@ def _explain_status(plan: Plan, s: Status) -> list[str]:
         out.append("  access:    denied: no work at all")
     else:
         out.append("  access:    allowed, within the quotas below")
+        if s.features:
+            out.append(f"  features:  {_features_text(plan, s)}")
         for meter in plan.meters:
             out.append(f"  {meter.name + ':':<10} {_quota_text(plan, s.quota(meter.name))}")
+            extra = _beyond_limit_text(plan, s.quota(meter.name))
+            if extra:
+                out.append(f"  {'':<10} {extra}")
             out.append(f"  {'':<10} if the usage store cannot be read: {_fail_mode_text(plan, s, meter.name)}")
     out.extend(_timer_lines(plan, s))
     moves = [t for t in plan.transitions if s.name in plan.sources_of(t)]
@@ -128,6 +169,31 @@ def _explain_status(plan: Plan, s: Status) -> list[str]:
     out.extend(f"    {label:<{width}}  -> {t.target}" + (" (stays)" if t.target == s.name else "")
                for label, t in zip(labels, moves))
     return out
+
+
+def _features_text(plan: Plan, s: Status) -> str:
+    named = [f for f in s.features if f != TIER_FEATURES]
+    parts = [", ".join(named)] if named else []
+    if TIER_FEATURES in s.features:
+        per_tier = "; ".join(f"{t.name}: {', '.join(t.features) or 'none'}" for t in plan.tiers)
+        addons = [a.name for a in plan.addons if a.features]
+        parts.append(f"the subscribed tier's ({per_tier})" + (f" and its live add-ons' ({', '.join(addons)})"
+                                                               if addons else ""))
+    return " and ".join(parts) + "; any other feature: not entitled"
+
+
+def _beyond_limit_text(plan: Plan, q: Quota | None) -> str:
+    """What happens past the limit: credits, add-ons (for a tier quota)."""
+    if q is None or q.kind is QuotaKind.UNLIMITED:
+        return ""
+    notes = []
+    if q.kind is QuotaKind.TIER:
+        adds = [f"{a.name} +{a.adds(q.meter)}" for a in plan.addons if a.adds(q.meter)]
+        if adds:
+            notes.append("add-ons add to it (" + ", ".join(adds) + " per unit)")
+    if plan.credit(q.meter) is not None or any(g.meter == q.meter for t in plan.tiers for g in t.credits):
+        notes.append("past the limit, the subject's credits are spent")
+    return "; ".join(notes)
 
 
 def _quota_text(plan: Plan, q: Quota | None) -> str:

@@ -49,6 +49,7 @@ class Config:
     sweep_schedule: str = "* * * * *"
     reconcile_schedule: str = "*/15 * * * *"
     cleanup_schedule: str = "17 3 * * *"
+    report_schedule: str = "* * * * *"
     reconcile_after: float = 3 * 86400.0
     usage_retention_days: int = 400
     pool_min: int = 1
@@ -100,6 +101,7 @@ class Config:
             sweep_schedule=r.cron("PLANGATE_SWEEP_SCHEDULE", "* * * * *"),
             reconcile_schedule=r.cron("PLANGATE_RECONCILE_SCHEDULE", "*/15 * * * *"),
             cleanup_schedule=r.cron("PLANGATE_CLEANUP_SCHEDULE", "17 3 * * *"),
+            report_schedule=r.cron("PLANGATE_OVERAGE_REPORT_SCHEDULE", "* * * * *"),
             reconcile_after=r.number("PLANGATE_RECONCILE_AFTER", 3 * 86400.0, 60.0, 365 * 86400.0),
             usage_retention_days=r.integer("PLANGATE_USAGE_RETENTION_DAYS", 400, 1, 100_000),
             idempotency_retention_days=r.integer("PLANGATE_IDEMPOTENCY_RETENTION_DAYS", 30, 1, 100_000),

@@ -18,6 +18,7 @@ from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable,
                              advance, override)
 from plangate.policy import FailMode
 
+from . import entitlements
 from .config import Config
 from .logs import Throttle, log, log_each
 from .metrics import Metrics
@@ -33,6 +34,7 @@ WRITE_FAILURE_MEMORY = 10.0
 # loop, which serves no request meanwhile, so a chunk holds the loop no longer than a full group commit of
 # webhook events does.
 SWEEP_CHUNK = 250
+_EXHAUSTED = Reason.QUOTA_EXHAUSTED
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
 
@@ -49,6 +51,7 @@ class StateUnknown(StoreUnavailable):
 class _Entry:
     stored: StoredSubject
     used: dict[tuple[str, int], int] = field(default_factory=dict)
+    grants: list | None = None      # its credit grants, when the cache may keep them (one writer)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ class Gate:
 
     # --- decisions ----------------------------------------------------------------------------
 
-    def _preempt(self, subject: str, meter: str) -> Decision | None:
+    def _preempt(self, subject: str, meter: str | None) -> Decision | None:
         """Decisions that need no state: the kill switch (it wins, enforcement on or off), or enforcement off."""
         if self.config.kill_switch:
             return override(Reason.KILL_SWITCH, False, None, None, meter, "SUBSCRIPTION_KILL_SWITCH=true")
@@ -218,6 +221,10 @@ class Gate:
                 if used is None:
                     used = await self._read_used(entry, window)
                 decision = table.can_process(state, meter, amount, used, now)
+                if (decision.reason is _EXHAUSTED or decision.overage) and table.has_credits(meter):
+                    grants = await self._grants(entry, now)
+                    decision = table.can_process(state, meter, amount, used, now,
+                                                 entitlements.balance_of(table, state, meter, now, grants))
             except StoreUnavailable:
                 decision = self._fail(subject, meter)
             except UnknownStatus as exc:
@@ -225,6 +232,62 @@ class Gate:
                 decision = self._fail(subject, meter)
         self._observe("check", subject, decision)
         return decision
+
+    async def _grants(self, entry: _Entry, now: float) -> list:
+        """The subject's grants: from the cache when this gate is the only writer, else the store."""
+        if entry.grants is not None and self.store.caches_grants:
+            return entry.grants
+        grants = await self.timed("credits", self.store.grants(entry.stored.state.subject, now))
+        if self.store.caches_grants:
+            entry.grants = grants
+        return grants
+
+    async def feature(self, subject: str, feature: str) -> Decision:
+        """Is the feature granted to the subject now? UnknownFeature (a ValueError) for one the plan lacks."""
+        decision = self._preempt(subject, None)
+        if decision is None:
+            now = self.clock()
+            try:
+                entry = self._cached(subject) or await self._load_entry(subject, now)
+                decision = self.table.feature(entry.stored.state, feature, now)
+            except StoreUnavailable:
+                decision = self._fail_feature(subject)
+            except UnknownStatus as exc:
+                self.state_unknown(subject, exc)
+                decision = self._fail_feature(subject)
+        decision.feature = feature
+        self._observe("check", subject, decision)
+        return decision
+
+    def _fail_feature(self, subject: str) -> Decision:
+        """A feature whose subject cannot be read: PLANGATE_FAIL_MODE=open lets it through; otherwise closed (a
+        feature has no meter, so no fail mode of the plan's)."""
+        open_ = self.config.fail_mode == FailMode.OPEN.value
+        self.metrics.fail_mode.labels("open" if open_ else "closed").inc()
+        return override(Reason.FAIL_OPEN if open_ else Reason.FAIL_CLOSED, open_, None, None, None,
+                        f"store unavailable; PLANGATE_FAIL_MODE is {self.config.fail_mode}")
+
+    async def grant(self, subject: str, meter: str, amount: int, *, actor: str, reason: str, key: str | None,
+                    expires_at: float | None, priority: int | None):
+        """An admin grants credits (audited: the grant keeps who and why). (the grant, made now: False when the
+        key's grant was made before)."""
+        grant = entitlements.admin_grant(meter, amount, self.clock(), reason=reason, key=key, expires_at=expires_at,
+                                         priority=priority)
+        made = await self.timed("save", self.store.add_grants(subject, (grant,), actor), shield=True)
+        self.invalidate(subject)
+        entitlements.log_grant(subject, grant, actor, bool(made))
+        return grant, bool(made)
+
+    async def set_traits(self, subject: str, traits: dict[str, int], actor: str) -> SubjectState:
+        """Set numbers on the subject (a quota per_unit of a trait), through the door."""
+        def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
+            merged = dict(state.traits)
+            merged.update(traits)
+            new = state.with_(traits=tuple(sorted(merged.items())))
+            return [Outcome(state, new, "admin:traits", "traits set: " + ", ".join(f"{k}={v}" for k, v in
+                                                                                 sorted(traits.items())))]
+        outcomes = await self._door(subject, decide, actor=actor)
+        return outcomes[-1].state
 
     async def count(self, subject: str, meter: str, amount: int, key: str | None, *, enforce: bool) -> Counting:
         """consume (enforce=True: check and count in one step) or usage (enforce=False: count work that
@@ -259,6 +322,13 @@ class Gate:
             if enforce and not rule.allows and key is None:
                 used = await self._used(entry, (meter, span.start))
                 return Counting(table.can_process(state, meter, amount, used, now), False)
+            # (A consume a denying status refuses reaches this only to have its key answered: no credits spent.)
+            if (rule.allows or not enforce) and rule.beyond and rule.limit is not None:
+                counting = await self._spend(entry, table, state, rule, meter, span, amount, key, enforce, now)
+                if counting is None:
+                    self.invalidate(subject)
+                    continue
+                return counting
             # A status that denies is a limit of 0: the store still answers a key it has seen first (a repeat,
             # or the key reused for other work), whatever the status says now.
             limit = (rule.limit if rule.allows else 0) if enforce else None
@@ -280,6 +350,27 @@ class Gate:
                 decision = table.can_process(state, meter, amount if enforce else 1, done.used, now)
             return Counting(decision, done.counted, done.duplicate)
         raise StoreUnavailable("count: the subject kept changing")
+
+    async def _spend(self, entry: _Entry, table: StateTable, state: SubjectState, rule, meter: str, span, amount: int,
+                     key: str | None, enforce: bool, now: float) -> Counting | None:
+        """A count that may go past the limit (credits, then overage); None when the subject changed meanwhile."""
+        grants = await self._grants(entry, now) if rule.credits and table.tier_grants_apply(meter) else None
+        spend = entitlements.spend_of(table, state, rule, meter, enforce, now, grants, entry.stored.stripe_customer,
+                                      key)
+        done = await self.timed("count", self.store.spend(entry.stored, meter, span.start, amount, spend, key, now),
+                                shield=True)
+        if done.conflict:
+            return None
+        if entry.stored.version == 0:
+            self.invalidate(entry.stored.state.subject)
+        else:
+            k = (meter, span.start)
+            entry.used[k] = max(entry.used.get(k, 0), done.used)
+            entry.grants = None
+        decision = entitlements.decided(table, state, meter, amount, enforce, done, now)
+        if done.overage and not done.duplicate:
+            self.metrics.overage.labels(meter).inc(done.overage)
+        return Counting(decision, done.counted, done.duplicate)
 
     def _observe(self, endpoint: str, subject: str, decision: Decision) -> None:
         reason = decision.reason
@@ -462,6 +553,12 @@ class Gate:
                           "allowed": d.allowed, "reason": d.reason.value, "window_start": d.window_start,
                           "resets_at": d.resets_at, "rule": d.rule})
         history = await self.timed("transitions", self.store.transitions(subject)) if known else []
+        credits = []
+        if any(table.has_credits(m) for m in table.meters):
+            spendable = await self.timed("credits", self.store.grants(subject, now))
+            recent = await self.timed("credits", self.store.recent_grants(subject))
+            credits = entitlements.credits_view(table, state, now, spendable, recent)
+        overage = await self.timed("overage", self.store.overage_reports(subject, None, 20))
         return {
             "subject": subject, "known": known, "status": state.status, "tier": state.tier, "since": state.since,
             "timer_due": state.timer_due, "period_start": state.period_start, "period_end": state.period_end,
@@ -470,6 +567,9 @@ class Gate:
             "stripe_subscription": stored.stripe_subscription if known else None,
             "subscriptions": _subscriptions_view(state),
             "usage": usage, "transitions": [a.to_dict() for a in history],
+            "features": table.features.of(state), "quantity": state.quantity,
+            "addons": [{"addon": name, "quantity": q} for name, q in state.addons], "traits": dict(state.traits),
+            "credits": credits, "overage": overage,
         }
 
 

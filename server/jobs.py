@@ -12,6 +12,7 @@ from .gate import Gate
 from .logs import log
 from .personal import PersonalData
 from .stripe.ingest import Ingest
+from .stripe.meter_events import MeterEvents
 from .stripe.reconcile import Reconciler
 
 SWEEP_BATCH = 1000
@@ -26,13 +27,15 @@ class Jobs:
         self.config = gate.config
         self._crons: list[aiocron.Cron] = []
         self.reconciler = Reconciler(gate, ingest)
+        self.meter_events = MeterEvents(gate, ingest.api)
 
     # --- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         for name, schedule in (("sweep", self.config.sweep_schedule),
                                ("reconcile", self.config.reconcile_schedule),
-                               ("cleanup", self.config.cleanup_schedule)):
+                               ("cleanup", self.config.cleanup_schedule),
+                               ("report", self.config.report_schedule)):
             self._crons.append(aiocron.crontab(schedule, func=self._runner(name), start=True))
 
     async def stop(self) -> None:
@@ -48,7 +51,7 @@ class Jobs:
 
     async def run(self, name: str):
         """Run one job now (on one node at a time); its failure is logged and counted, and returns None."""
-        job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup}[name]
+        job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup, "report": self.report}[name]
         started = time.perf_counter()
         try:
             async with self.gate.store.exclusive(name) as mine:
@@ -75,8 +78,15 @@ class Jobs:
         return moved
 
     async def reconcile(self) -> int:
-        """Ask Stripe about each doubtful subject and apply what it says; how many changed."""
-        return await self.reconciler.run()
+        """Ask Stripe about each doubtful subject and apply what it says; how many changed. Then compare the overage
+        sent over the last day with Stripe's meter summaries (differences are logged and shown in /v1/overage)."""
+        changed = await self.reconciler.run()
+        await self.meter_events.reconcile()
+        return changed
+
+    async def report(self) -> tuple[int, int, int]:
+        """Send the overage reports due now to Stripe: (sent, left for a retry, refused)."""
+        return await self.meter_events.send_due()
 
     async def cleanup(self) -> tuple[int, int, int, int]:
         """Drop usage of windows long past and old idempotency keys, reduce Stripe payloads past their retention,

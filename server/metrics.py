@@ -97,11 +97,14 @@ class Metrics:
                                       "refused, followed: another node's deploy).", ("result",))
         self.plan_moved = _Labelled("plangate_plan_moved_subjects", "Stored subjects moved by plan changes (renamed "
                                     "or retired names, upgrades).", ("kind",))
+        self.overage = _Labelled("plangate_overage_counted", "Units of work counted as overage, by meter.", ("meter",))
+        self.overage_reports = _Labelled("plangate_overage_reports", "Overage reports sent to Stripe, by result "
+                                         "(sent, retry, refused).", ("result",))
         self.unknown_state = _Count()
         self.plan_version = ""          # set by the plan keeper: the version this node decides with
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
                           self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
-                          self.sweep_failures, self.plan_reloads, self.plan_moved)
+                          self.sweep_failures, self.plan_reloads, self.plan_moved, self.overage, self.overage_reports)
         # () -> {replica: seconds}: the store's measured replica lags (none by default)
         self.replica_lags: Callable[[], dict[str, float]] = dict
         self.registry = CollectorRegistry()

@@ -60,4 +60,5 @@ def matches(value: str, accepted: tuple[str, ...]) -> bool:
 
 def _unauthorized(why: str) -> BadRequest:
     return BadRequest(401, "unauthorized", f"{why}: send Authorization: Bearer <PLANGATE_API_TOKEN> "
-                                           "(PLANGATE_ADMIN_TOKEN for transitions, erasure, jobs and plan changes)")
+                                           "(PLANGATE_ADMIN_TOKEN for transitions, erasure, credits, traits, jobs "
+                                           "and plan changes)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal, overload
 
 from aiohttp import web
@@ -14,6 +15,7 @@ MAX_TEXT = 200
 MAX_BODY = web.AppKey("max_body", int)   # bytes a /v1/ body may have
 _CONTROL = re.compile("[\x00-\x1f\x7f]")     # one C scan, not a generator over every character
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NAME = re.compile("[a-z][a-z0-9_]{0,63}")
 
 
 class BadRequest(Exception):
@@ -97,3 +99,49 @@ def one_of(value: str, known: tuple[str, ...], code: str, what: str) -> str:
     if value not in known:
         raise BadRequest(422, code, f"unknown {what} '{value}'; known: {', '.join(known)}")
     return value
+
+
+def whole(body: dict, name: str, low: int, high: int) -> int | None:
+    """An optional whole number from low to high."""
+    value = body.get(name)
+    if value is None and name not in body:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(400, "invalid_field", f"'{name}' must be a whole number from {low} to {high}")
+    return value
+
+
+def instant(body: dict, name: str) -> float | None:
+    """An optional time, as RFC 3339 text with a zone ("2027-01-01T00:00:00Z")."""
+    value = body.get(name)
+    if value is None and name not in body:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise BadRequest(400, "invalid_field", f"'{name}' must be a time like \"2027-01-01T00:00:00Z\"")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(400, "invalid_field", f"'{name}' must be a time like \"2027-01-01T00:00:00Z\"") from None
+    if moment.tzinfo is None:
+        raise BadRequest(400, "invalid_field", f"'{name}' needs a time zone: end it with Z or an offset")
+    return moment.timestamp()
+
+
+MAX_TRAITS = 32
+
+
+def traits(body: dict) -> dict[str, int]:
+    """{"traits": {name: whole number}}: names as the plan's, at most MAX_TRAITS of them."""
+    if "traits" not in body:
+        raise BadRequest(400, "missing_field", "'traits' is required")
+    value = body.get("traits")
+    if not isinstance(value, dict) or not value or len(value) > MAX_TRAITS:
+        raise BadRequest(400, "invalid_field", f"'traits' must be an object of 1 to {MAX_TRAITS} names and whole "
+                                               "numbers, e.g. {\"members\": 40}")
+    for name, number in value.items():
+        if not _NAME.fullmatch(name):
+            raise BadRequest(400, "invalid_field", f"trait name {name[:64]!r} must be lower case letters, digits "
+                                                   "and _, starting with a letter")
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 1_000_000_000:
+            raise BadRequest(400, "invalid_field", f"trait '{name}' must be a whole number from 0 to 1000000000")
+    return dict(value)

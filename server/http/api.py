@@ -8,6 +8,7 @@ from plangate import schema as plangate_schema
 from aiohttp import web
 
 from plangate.engine import Decision
+from plangate.engine._entitlements import UnknownFeature
 
 from . import _input as inp, _json
 from ..gate import Counting, Gate, StoreUnavailable
@@ -23,7 +24,10 @@ JOBS = web.AppKey("jobs", Jobs)
 PERSONAL = web.AppKey("personal", PersonalData)
 OPENAPI_PATH = plangate_schema.OPENAPI
 _DECISION_FIELDS = {"subject", "meter", "amount"}
+_CHECK_FIELDS = _DECISION_FIELDS | {"feature"}
 _COUNT_FIELDS = _DECISION_FIELDS | {"idempotency_key"}
+_GRANT_FIELDS = {"meter", "amount", "reason", "actor", "idempotency_key", "expires_at", "priority"}
+_OVERAGE_STATUSES = ("pending", "sent", "refused")
 
 
 @functools.lru_cache(maxsize=1024)   # a window's bounds repeat on every answer in it: format them once
@@ -38,13 +42,15 @@ def decision_body(subject: str, amount: int, d: Decision) -> dict:
         "subject": subject, "allowed": d.allowed, "reason": d.reason, "status": d.status, "tier": d.tier,
         "meter": d.meter, "amount": amount, "limit": d.limit, "used": d.used, "remaining": d.remaining,
         "window_start": iso(d.window_start), "resets_at": iso(d.resets_at), "retry_after": d.retry_after,
-        "rule": d.rule,
+        "rule": d.rule, "feature": d.feature, "credits": d.credits, "credits_used": d.credits_used,
+        "overage": d.overage,
     }
 
 
-async def _decision_request(request: web.Request, fields: set[str], key_required: bool):
+async def _decision_request(request: web.Request, fields: set[str], key_required: bool, body: dict | None = None):
     gate = request.app[GATE]
-    body = await inp.json_object(request, fields)
+    if body is None:
+        body = await inp.json_object(request, fields)
     subject = inp.subject(body)
     meter = inp.one_of(inp.text(body, "meter"), gate.table.meters, "unknown_meter", "meter")
     amount = inp.amount(body, gate.config.max_amount)
@@ -53,8 +59,22 @@ async def _decision_request(request: web.Request, fields: set[str], key_required
 
 
 async def check(request: web.Request) -> web.Response:
-    gate, subject, meter, amount, _ = await _decision_request(request, _DECISION_FIELDS, False)
-    return _json.response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
+    body = await inp.json_object(request, _CHECK_FIELDS)
+    if "feature" not in body:
+        gate, subject, meter, amount, _ = await _decision_request(request, _DECISION_FIELDS, False, body)
+        return _json.response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
+    gate = request.app[GATE]
+    subject = inp.text(body, "subject")
+    feature = inp.text(body, "feature")
+    if "meter" in body or "amount" in body:
+        raise inp.BadRequest(400, "invalid_field", "a check asks for a meter (with an amount) or for a feature, "
+                                                   "not both")
+    inp.one_of(feature, gate.table.features.names, "unknown_feature", "feature")
+    try:
+        decision = await gate.feature(subject, feature)
+    except UnknownFeature as exc:      # a reload took the feature away meanwhile
+        raise inp.BadRequest(422, "unknown_feature", str(exc)) from None
+    return _json.response(decision_body(subject, 1, decision))
 
 
 async def consume(request: web.Request) -> web.Response:
@@ -102,7 +122,93 @@ async def subject_view(request: web.Request) -> web.Response:
     for row in view["subscriptions"]:
         for key in ("created", "current_period_start", "current_period_end", "trial_end", "cancel_at", "ended_at"):
             row[key] = iso(row[key])
+    for meter in view["credits"]:
+        for row in meter["grants"]:
+            row["created"], row["expires_at"] = iso(row["created"]), iso(row["expires_at"])
+    view["overage"] = [_report(r) for r in view["overage"]]
     return _json.response(view)
+
+
+def _report(r) -> dict:
+    row = r.to_dict()
+    for key in ("at", "next_attempt_at", "sent_at"):
+        row[key] = iso(row[key])
+    return row
+
+
+async def grant_credits(request: web.Request) -> web.Response:
+    """An admin grants credits of a meter to a subject: audited (the grant keeps the actor and the reason); the
+    same idempotency_key grants once."""
+    gate = request.app[GATE]
+    subject = inp.subject({"subject": request.match_info["subject"]})
+    body = await inp.json_object(request, _GRANT_FIELDS)
+    meter = inp.one_of(inp.text(body, "meter"), tuple(m for m in gate.table.meters if gate.table.has_credits(m)),
+                       "unknown_meter", "meter with credits")
+    if "amount" not in body:
+        raise inp.BadRequest(400, "missing_field", "'amount' is required")
+    amount = inp.amount(body, gate.config.max_amount)
+    reason = inp.text(body, "reason")
+    actor = inp.text(body, "actor", required=False) or "admin-api"
+    key = inp.text(body, "idempotency_key", required=False)
+    expires_at = inp.instant(body, "expires_at")
+    priority = inp.whole(body, "priority", 0, 1000)
+    if expires_at is not None and expires_at <= gate.clock():
+        raise inp.BadRequest(400, "invalid_field", "'expires_at' must be in the future")
+    try:
+        grant, made = await gate.grant(subject, meter, amount, actor=actor, reason=reason, key=key,
+                                       expires_at=expires_at, priority=priority)
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
+                                                       "granted; try again with the same idempotency_key") from None
+    row = grant.to_dict()
+    row["created"], row["expires_at"] = iso(row["created"]), iso(row["expires_at"])
+    return _json.response({"subject": subject, "granted": made, "grant": row})
+
+
+async def set_traits(request: web.Request) -> web.Response:
+    """Set numbers on a subject that its quotas may be per unit of (`per_unit: {trait: NAME}`)."""
+    gate = request.app[GATE]
+    subject = inp.subject({"subject": request.match_info["subject"]})
+    body = await inp.json_object(request, {"traits", "actor"})
+    traits = inp.traits(body)
+    actor = inp.text(body, "actor", required=False) or "admin-api"
+    try:
+        state = await gate.set_traits(subject, traits, actor)
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing "
+                                                       "changed; try again") from None
+    return _json.response({"subject": subject, "traits": dict(state.traits)})
+
+
+async def overage(request: web.Request) -> web.Response:
+    """Overage reports: how many per status, and the newest of one status (default refused) or of one subject."""
+    gate = request.app[GATE]
+    status = request.query.get("status", "refused")
+    if status not in _OVERAGE_STATUSES:
+        raise inp.BadRequest(400, "invalid_field", f"'status' must be one of {', '.join(_OVERAGE_STATUSES)}")
+    subject = request.query.get("subject")
+    if subject is not None:
+        subject = inp.text({"subject": subject}, "subject")
+    try:
+        counts = await gate.timed("overage", gate.store.overage_counts())
+        reports = await gate.timed("overage", gate.store.overage_reports(subject, None if subject else status))
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
+    return _json.response({
+        "counts": {s: {"reports": counts.get(s, (0, 0))[0], "value": counts.get(s, (0, 0))[1]}
+                   for s in _OVERAGE_STATUSES},
+        "reports": [_report(r) for r in reports], "reconciliation": _last_check(request)})
+
+
+def _last_check(request: web.Request) -> dict | None:
+    jobs = request.app.get(JOBS)
+    checked = getattr(getattr(jobs, "meter_events", None), "last_check", None)
+    if checked is None:
+        return None
+    row = checked.to_dict()
+    for key in ("at", "start", "end"):
+        row[key] = iso(row[key])
+    return row
 
 
 async def transition(request: web.Request) -> web.Response:
@@ -150,7 +256,7 @@ async def erase(request: web.Request) -> web.Response:
 async def run_job(request: web.Request) -> web.Response:
     """Run a job now (operators, the simulator, tests): sweep, reconcile or cleanup."""
     name = request.match_info["job"]
-    inp.one_of(name, ("sweep", "reconcile", "cleanup"), "unknown_job", "job")
+    inp.one_of(name, ("sweep", "reconcile", "cleanup", "report"), "unknown_job", "job")
     result = await request.app[JOBS].run(name)
     if result is None:
         raise inp.BadRequest(503, "job_failed", f"the {name} job failed; see the gate's log")
@@ -186,7 +292,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # Routes that change state on a person's word: PLANGATE_ADMIN_TOKEN only. Every other /v1/ route takes either token.
-ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/subjects/{subject}/erase", "/v1/jobs/{job}"})
+# Credits and traits raise what a subject may do, as a move to a paying status would.
+ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/subjects/{subject}/erase",
+                         "/v1/subjects/{subject}/credits", "/v1/subjects/{subject}/traits", "/v1/jobs/{job}"})
 # (method, path, handler) of every route but the webhook's (webhook.receive); GET routes answer HEAD too.
 ROUTES = (
     ("POST", "/v1/check", check),
@@ -195,6 +303,9 @@ ROUTES = (
     ("GET", "/v1/subjects/{subject}", subject_view),
     ("POST", "/v1/subjects/{subject}/transition", transition),
     ("POST", "/v1/subjects/{subject}/erase", erase),
+    ("POST", "/v1/subjects/{subject}/credits", grant_credits),
+    ("POST", "/v1/subjects/{subject}/traits", set_traits),
+    ("GET", "/v1/overage", overage),
     ("POST", "/v1/jobs/{job}", run_job),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),

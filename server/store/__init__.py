@@ -1,6 +1,7 @@
 """The gate's durable state, behind one interface (SQLite now; PostgreSQL is the second implementation)."""
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, Erasure, EventRecord, IdempotencyConflict, Payment,
                     Store, StoredSubject, StoreError)
+from ._credits import OverageReport, Spend
 from ._migrations import number_of as migration_number
 from ._sqlite import SQLiteStore, sqlite_path
 
@@ -19,5 +20,5 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
 
 
 __all__ = ["AuditEntry", "Change", "Counted", "DuplicateEvent", "Erasure", "EventRecord", "IdempotencyConflict",
-           "Payment", "SQLiteStore", "Store", "StoreError", "StoredSubject", "migration_number", "open_store",
-           "sqlite_path"]
+           "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError", "StoredSubject",
+           "migration_number", "open_store", "sqlite_path"]

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, fields
 import orjson
 
 from plangate.engine import SubjectState, Subscription
+from plangate.engine._credits import Grant
+
+from ._credits import OverageReport, Spend
 
 from ._plans import Census, Deploy, PlanRecord
 
@@ -74,7 +77,21 @@ def state_from_json(text: str | None) -> SubjectState | None:
         data["subscriptions"] = subscriptions_from(data["subscriptions"])
     elif "subscriptions" in data:
         data["subscriptions"] = ()
+    for key in ("addons", "traits"):    # JSON lists; a state written before migration entitlements has none
+        if key in data:
+            data[key] = pairs_from(data[key])
     return SubjectState(**data)
+
+
+def pairs_json(pairs: tuple[tuple[str, int], ...]) -> str | None:
+    """A state's (name, number) pairs (add-ons, traits) as JSON; None when there are none."""
+    return orjson.dumps(pairs).decode() if pairs else None
+
+
+def pairs_from(data) -> tuple[tuple[str, int], ...]:
+    if isinstance(data, (str, bytes)):
+        data = orjson.loads(data)
+    return tuple((str(name), int(value)) for name, value in data) if data else ()
 
 
 def subscriptions_json(subscriptions: tuple[Subscription, ...]) -> str | None:
@@ -129,6 +146,7 @@ class Change:
     replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
     payments: tuple[Payment, ...] = ()
     links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
+    grants: tuple[Grant, ...] = ()               # credits its events grant (a grant held already is not made again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +192,9 @@ class Counted:
     used: int
     duplicate: bool = False
     conflict: bool = False
+    credits_used: int = 0           # a spend: what the work took of the subject's credits
+    overage: int = 0                # ... and how much of it was overage
+    balance: int | None = None      # ... and the credits left (None: not read)
 
 
 class Store(abc.ABC):
@@ -181,6 +202,8 @@ class Store(abc.ABC):
 
     # True when this process is the only writer (SQLite): usage read once may be kept up to date locally.
     caches_usage = True
+    # True when this process is the only writer: credit grants read once may be kept (spends update them).
+    caches_grants = True
 
     def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:  # noqa: B027 - one node: nothing
         """Start telling this node about subjects other nodes changed, on_subject(subject); (on_plan, with the
@@ -232,6 +255,47 @@ class Store(abc.ABC):
         """Add amount to a window's usage in one atomic step, unless that would pass `limit`
         (None: no limit, the work already ran). Refuses with conflict=True when the subject's stored
         version is no longer current.version (a version of 0 stores current.state first)."""
+
+    @abc.abstractmethod
+    def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
+              key: str | None, now: float) -> Awaitable[Counted]:
+        """A count that may go past the window's limit, in one atomic step: the limit first, then the subject's
+        credits (spend.which, in spending order; spend.grants made first), then overage up to spend.ceiling (a
+        report row for it when spend.report). Refuses (nothing written) past the ceiling; a key seen before
+        answers as the first time; conflict=True as for count."""
+
+    @abc.abstractmethod
+    async def grants(self, subject: str, now: float) -> list[Grant]:
+        """The subject's spendable grants, and its latest tier grants (spent or not)."""
+
+    @abc.abstractmethod
+    async def recent_grants(self, subject: str, limit: int = 50) -> list[Grant]:
+        """The subject's newest grants, spent and expired ones included."""
+
+    @abc.abstractmethod
+    async def add_grants(self, subject: str, grants: tuple[Grant, ...], actor: str | None) -> int:
+        """Make grants (one already made, by its id, is not made again); how many were made."""
+
+    @abc.abstractmethod
+    async def overage_due(self, now: float, limit: int) -> list[OverageReport]:
+        """Pending overage reports due to be sent, the longest waiting first."""
+
+    @abc.abstractmethod
+    async def update_reports(self, reports: list[OverageReport]) -> None:
+        """Record what sending reports did (status, attempts, next attempt, error)."""
+
+    @abc.abstractmethod
+    async def overage_reports(self, subject: str | None, status: str | None, limit: int = 100
+                              ) -> list[OverageReport]:
+        """A subject's newest reports, or the newest with a status."""
+
+    @abc.abstractmethod
+    async def overage_counts(self) -> dict[str, tuple[int, int]]:
+        """Reports per status: (how many, their total value)."""
+
+    @abc.abstractmethod
+    async def overage_sent(self, start: float, end: float) -> list[tuple[str, str, int]]:
+        """(customer, meter event name, total value) sent for work counted between start and end."""
 
     @abc.abstractmethod
     def commit(self, change: Change) -> Awaitable[bool]:

@@ -41,12 +41,24 @@ _MOVE = (
     ("UPDATE transitions SET subject = ? WHERE subject = ?", "pseudonym subject"),
     ("UPDATE payments SET subject = ? WHERE subject = ?", "pseudonym subject"),
     ("UPDATE stripe_links SET subject = ? WHERE subject = ?", "pseudonym subject"),
+    # Credits stay with the pseudonym (a grant of the same id there: its amounts summed); an admin's reason may
+    # name the person, so it goes as an admin's free-text reason in the audit does.
+    ("INSERT INTO credit_grants (subject, grant_id, meter, amount, remaining, priority, created_at, expires_at, "
+     "source, note, actor) SELECT ?, grant_id, meter, amount, remaining, priority, created_at, expires_at, source, "
+     "CASE WHEN source = 'admin' THEN 'an admin''s grant: the reason given was erased with the subject''s "
+     "personal data' ELSE note END, actor FROM credit_grants WHERE subject = ? "
+     "ON CONFLICT (subject, grant_id) DO UPDATE SET amount = credit_grants.amount + excluded.amount, "
+     "remaining = credit_grants.remaining + excluded.remaining", "pseudonym subject"),
+    ("DELETE FROM credit_grants WHERE subject = ?", "subject"),
+    ("UPDATE overage_reports SET subject = ? WHERE subject = ?", "pseudonym subject"),
     ("DELETE FROM subscriptions WHERE subject = ?", "subject"),
 )
 _EVENT = ("UPDATE subscription_events SET payload = ?, subject = ?, stripe_customer = ?, stripe_subscription = ?, "
           "state_before = ?, reduced_at = ?, stripe_payment = ? WHERE event_id = ?")
 # The Stripe ids (subscriptions, charges, payment intents) that led to the subject, dropped with its others.
 _LINKS_DROPPED = "DELETE FROM stripe_links WHERE subject = ?"
+# Overage already sent or refused needs its customer no more; a pending report keeps it until it is sent.
+_REPORTS_IDS_DROPPED = "UPDATE overage_reports SET stripe_customer = NULL WHERE subject = ? AND status <> 'pending'"
 _INVOICE = ("UPDATE payments SET invoice_id = ?, stripe_customer = NULL, stripe_subscription = NULL "
             "WHERE invoice_id = ?")
 _REMEMBER = ("INSERT INTO erasures (pseudonym, erased_at, actor, stripe_ids_dropped_at) VALUES (?, ?, ?, ?) "
@@ -84,6 +96,7 @@ def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
     dropped = e.at if e.drop_stripe_ids else None
     if dropped is not None:
         out.append((_LINKS_DROPPED, (e.pseudonym,)))
+        out.append((_REPORTS_IDS_DROPPED, (e.pseudonym,)))
     if e.subject != e.pseudonym:
         out.append((_REMEMBER, (e.pseudonym, e.at, e.actor, dropped)))
     elif dropped is not None:

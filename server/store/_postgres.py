@@ -23,6 +23,8 @@ from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
                     StoreError, StoredSubject, state_json)
 from ._migrations import migrations, statements
+from ._credits import grant_values
+from ._postgres_credits import _INSERT_GRANT, PostgresCredits
 from ._postgres_personal import PostgresPersonalData
 from ._postgres_plans import PostgresPlans
 from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
@@ -49,7 +51,8 @@ BATCHES_IN_FLIGHT = 3
 STALLED_AFTER = 0.003
 DEADLOCK_RETRIES = 3
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
-          "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text"}   # others: float8
+          "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text", "quantity": "int8",
+          "addons": "text", "traits": "text"}   # others: float8
 # The subject a Stripe id leads to: the row's own subscription or customer, else a link of its events (another
 # subscription it holds or held, a charge, a payment intent), in that order of preference.
 _FIND = ("SELECT subject FROM (SELECT subject, 0 AS rank FROM subscriptions WHERE stripe_subscription = $1 "
@@ -65,8 +68,9 @@ _BATCH_UPDATE = (
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
 
 
-class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
+class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store):
     channel = CHANNEL
+    caches_grants = False     # other nodes spend credits too, and tell no node: grants are read when needed
 
     @property
     def caches_usage(self) -> bool:  # type: ignore[override]  # a property where the base has a constant
@@ -241,6 +245,11 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
             self._changed(subject)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
+    async def _insert_subject(self, db, current: StoredSubject, now: float) -> None:
+        """A subject not stored yet, in its initial state (another writer's row, if there, stays)."""
+        await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                         *subject_values(current), now)
+
     async def _count_batch(self, items: list[tuple]) -> list:
         """plangate_count_batch's row for each count, in one call (one round trip, one commit). The counts run
         sorted by (subject, meter, window) so that every batch of every node takes its row locks in one order;
@@ -377,6 +386,8 @@ class PostgresStore(PostgresPersonalData, PostgresPlans, Store):
         if change.links:
             await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
                              "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
+        if change.grants:
+            await db.executemany(_INSERT_GRANT, [grant_values(s.subject, g, "stripe") for g in change.grants])
         await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
         return True
 

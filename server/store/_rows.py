@@ -11,19 +11,21 @@ from dataclasses import fields
 
 from plangate.engine import SubjectState
 
-from ._base import (Change, EventRecord, StoredSubject, state_from_json, state_json, subscriptions_from,
-                    subscriptions_json)
+from ._base import (Change, EventRecord, StoredSubject, pairs_from, pairs_json, state_from_json, state_json,
+                    subscriptions_from, subscriptions_json)
 
 _STATE = tuple(f.name for f in fields(SubjectState))
 _STORED = tuple(f.name for f in fields(StoredSubject) if f.name != "state")
 _COLUMN = {"watermark": "stripe_watermark", "subscriptions": "stripe_subscriptions"}
 # Fields kept as JSON text: the expression that writes one ({} is the value) and the one that reads it back.
-_TO_ROW = {"fold_state": "state_json({})", "subscriptions": "subscriptions_json({})"}
+_TO_ROW = {"fold_state": "state_json({})", "subscriptions": "subscriptions_json({})",
+           "addons": "pairs_json({})", "traits": "pairs_json({})"}
 _FROM_ROW = {"fold_state": "None if {0} is None else state_from_json({0})",
-             "subscriptions": "() if {0} is None else subscriptions_from({0})"}
+             "subscriptions": "() if {0} is None else subscriptions_from({0})",
+             "addons": "() if {0} is None else pairs_from({0})", "traits": "() if {0} is None else pairs_from({0})"}
 _SCOPE = {"StoredSubject": StoredSubject, "SubjectState": SubjectState, "state_json": state_json,
           "state_from_json": state_from_json, "subscriptions_json": subscriptions_json,
-          "subscriptions_from": subscriptions_from}
+          "subscriptions_from": subscriptions_from, "pairs_json": pairs_json, "pairs_from": pairs_from}
 if _STATE[0] != "subject" or set(_STATE) & set(_STORED):
     raise TypeError("a subject's row starts with its key, and no field of the row shares a state field's name")
 

@@ -29,11 +29,12 @@ from ._sqlite_connections import (CHECKPOINT_INTERVAL, Checkpointer, ThreadConne
 from ._sqlite_file import StoreFile
 from ._sqlite_personal import SQLitePersonalData
 from ._sqlite_plans import SQLitePlans
+from ._sqlite_credits import SQLiteCredits
 from ._sqlite_transactions import GroupCommit, WriteFailed, group_still_wanted, run_group, transaction
 
 
 
-class SQLiteStore(SQLitePersonalData, SQLitePlans, Store):
+class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous

@@ -9,6 +9,7 @@ import functools
 import sqlite3
 import time
 
+from . import _credits as credits_sql
 from ._base import AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, \
     StoredSubject, state_json
 from ._migrations import migrations, statements
@@ -277,6 +278,8 @@ def commit(db: sqlite3.Connection, change: Change) -> bool:
     _upsert_payments(db, change.payments)
     if change.links:
         db.executemany(_LINK, [(stripe_id, s.subject) for stripe_id in change.links])
+    if change.grants:
+        insert_grants(db, s.subject, change.grants, "stripe")
     return True
 
 
@@ -330,3 +333,11 @@ def _transition_values(a: AuditEntry) -> tuple:
 
 def _subject_params(new: StoredSubject, now: float) -> tuple:
     return (new.state.subject, *subject_values(new), now)
+
+
+def insert_grants(db: sqlite3.Connection, subject: str, grants, actor: str | None) -> int:
+    """Credit grants made (one whose id the subject holds already is not made again); how many were made."""
+    made = 0
+    for g in grants:
+        made += db.execute(credits_sql.INSERT_GRANT, credits_sql.grant_values(subject, g, actor)).rowcount
+    return made

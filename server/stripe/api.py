@@ -39,6 +39,10 @@ class StripeApi:
             await self._http.close_async()
             self._http, self._client = None, None
 
+    def client(self) -> stripe.StripeClient:
+        """The StripeClient (made in the running loop on first use)."""
+        return self._stripe()
+
     def _stripe(self) -> stripe.StripeClient:
         if self._client is None:
             self._http = stripe.AIOHTTPClient()
@@ -85,3 +89,23 @@ class StripeApi:
             raise StripeUnavailable(f"Stripe's API did not answer for {ident}: "
                                     f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
         return found.to_dict()
+
+    async def line_items(self, session_id: str) -> dict | None:
+        """A Checkout Session's line items as Stripe lists them ({"object": "list", "data": [...]}, each with its
+        price and quantity): webhooks leave them out. None when Stripe does not know the session (logged);
+        StripeUnavailable when it did not answer."""
+        try:
+            async with asyncio.timeout(ASK_TIMEOUT):
+                items = await self._stripe().v1.checkout.sessions.line_items.list_async(session_id, {"limit": 100})
+        except stripe.InvalidRequestError as exc:
+            log(logging.WARNING, "stripe_lookup_unknown", object="checkout.session", id=session_id,
+                error=str(exc.user_message))
+            return None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            log(logging.ERROR, "stripe_lookup_refused", object="checkout.session", id=session_id,
+                error=str(exc.user_message), why="STRIPE_SECRET_KEY is refused: credit packs cannot be read")
+            return None
+        except (*_TRANSIENT, TimeoutError) as exc:
+            raise StripeUnavailable(f"Stripe's API did not answer for {session_id}'s line items: "
+                                    f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
+        return items.to_dict()

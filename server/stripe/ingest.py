@@ -120,6 +120,8 @@ class Ingest:
             raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
+        if self.table.credits.needs_line_items(event.type, event.object):
+            event, payload = await self._with_line_items(event, payload)
         obj = event.object
         refs = stripe_refs(obj)
         named = named_subject(obj, self.table.plan.subject_link)
@@ -168,6 +170,23 @@ class Ingest:
             if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
                 received = replace(received, status=adopted.status)
         return received
+
+    async def _with_line_items(self, event: StripeEvent, payload: str) -> tuple[StripeEvent, str]:
+        """A paid one-time Checkout's line items (which credit packs, how many), which its webhook leaves out:
+        asked of Stripe and kept in the stored payload, so that every fold of the event reads the same. A repeat
+        delivery answers `duplicate` before it gets here with nothing asked. Without STRIPE_SECRET_KEY (or when
+        Stripe does not know the session) the event grants nothing: logged. StripeUnavailable propagates."""
+        session = event.object.get("id")
+        items = await self.api.line_items(session) if self.api.configured and isinstance(session, str) else None
+        if items is None:
+            log(logging.WARNING, "credit_pack_unread", event_id=event.id, session=session,
+                why="a paid one-time Checkout whose line items the gate cannot read (set STRIPE_SECRET_KEY): "
+                    "it grants no credits")
+            return event, payload
+        obj = dict(event.object, line_items=items)
+        body = json.loads(payload)
+        body["data"]["object"] = obj
+        return replace(event, object=obj), json.dumps(body, separators=(",", ":"))
 
     async def _keep(self, event: StripeEvent, record: EventRecord, refs: Refs, payments) -> Received:
         """An event for no known subject: kept `pending` if it names a Stripe id a later event may link."""
@@ -292,6 +311,8 @@ class Ingest:
         base = (later[0].state_before if later and later[0].state_before else
                 stored.fold_state if stored.fold_state is not None else stored.state)
         base = table.named(base, now)    # stored before a rename: under the plan's names
+        if base.traits != stored.state.traits:      # set through the API, never by Stripe: the stored ones hold
+            base = base.with_(traits=stored.state.traits)
         exact = not later and base == stored.state
         incoming = fold.incoming
         records = {r.id: r for _, r in incoming}
@@ -334,7 +355,8 @@ class Ingest:
         return Change(new, stored.version, tuple(audits),
                       new_events=tuple(r for r in rows if r.id in fresh),
                       replayed_events=tuple(r for r in rows if r.id not in fresh), payments=fold.payments,
-                      links=_links(stored.state, final, [e for e, _ in incoming]))
+                      links=_links(stored.state, final, [e for e, _ in incoming]),
+                      grants=_grants(table, incoming))
 
     def _timer_audits(self, table: StateTable, outcomes) -> list[AuditEntry]:
         return [AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
@@ -351,9 +373,10 @@ class Ingest:
     def _stale_after_admin(self, stored: StoredSubject, incoming, now: float, stored_rows: bool = False) -> Change:
         reason = "older than an admin's later change to the subject: a person's decision is not rewritten"
         rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in incoming)
+        grants = _grants(self.table, incoming)      # money paid grants its credits, whatever an admin did
         if stored_rows:     # adopted pending events: their rows exist already and are updated, not inserted
-            return Change(replace(stored, confirmed_at=now), stored.version, replayed_events=rows)
-        return Change(replace(stored, confirmed_at=now), stored.version, new_events=rows)
+            return Change(replace(stored, confirmed_at=now), stored.version, replayed_events=rows, grants=grants)
+        return Change(replace(stored, confirmed_at=now), stored.version, new_events=rows, grants=grants)
 
     def _log(self, change: Change, stored: StoredSubject) -> None:
         for audit in change.audits:
@@ -371,6 +394,12 @@ def _links(before: SubjectState, after: SubjectState, events: list[StripeEvent])
     for event in events:
         ids.extend(stripe_refs(event.object).payments)
     return tuple(dict.fromkeys(ids))
+
+
+def _grants(table: StateTable, incoming) -> tuple:
+    """The credits the events grant (a paid one-time Checkout of credit packs): made with their commit, by ids the
+    same payment always gives, so a repeat or a refold grants nothing more."""
+    return tuple(g for e, _ in incoming for g in table.credits.purchased(e.type, e.object, e.created))
 
 
 def _as_event(row: EventRecord) -> StripeEvent:

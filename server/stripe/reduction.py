@@ -43,6 +43,8 @@ FACTS = (
     "lines.data.id", "lines.data.amount", "lines.data.quantity", "lines.data.period.start", "lines.data.period.end",
     "lines.data.price.id", "lines.data.pricing.price_details.price", "lines.data.subscription.id",
     "lines.data.parent.subscription_item_details.subscription",
+    # a one-time Checkout's line items (the gate asks Stripe for them): which credit packs, how many
+    "line_items.object", "line_items.data.price.id", "line_items.data.quantity", "line_items.data.amount_total",
 )
 # The event around its object: what the fold reads of it (event_order, StripeEvent) and what says its shape.
 ENVELOPE = ("id", "object", "type", "created", "api_version", "livemode")
@@ -157,6 +159,7 @@ class Reducer:
         out: list = [stripe_refs(obj), named_subject(obj, self.link),
                      payment_of(event.type, event.id, event.created, obj, None)]
         out.extend(self.table.apply(state, event, event.created) for state in self._states)
+        out.append(self.table.credits.purchased(event.type, obj, event.created))
         return tuple(out)
 
     def keep(self, event: StripeEvent) -> _Keep:

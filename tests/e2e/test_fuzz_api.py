@@ -20,22 +20,30 @@ import json
 import os
 import time
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import schemathesis
+
 import stripe
 from hypothesis import HealthCheck, settings
 
 from plangate.engine import compile_file
 from plangate.server.stripe.objects import FACT_EVENTS
 from tests.server import stripe_events as se
-from tests.server.conftest import ADMIN_TOKEN, BASE_ENV, PLAN, GateProcess
+from tests.server.conftest import ADMIN_TOKEN, BASE_ENV, ENTITLED, PLAN, GateProcess
 
 from ._local import deliver, q
 
 SPEC_PATH = PLAN.parent / "schema" / "openapi.json"
 SECRET = "whsec_fuzz_0123456789abcdef"
 MAX_EXAMPLES = int(os.environ.get("PLANGATE_FUZZ_EXAMPLES", "25"))
-TABLE = compile_file(str(PLAN))
+# The shipped plan with a feature and credits (tests/server/conftest.ENTITLED), so that feature checks and credit
+# grants have names to reach.
+FUZZ_PLAN = Path(tempfile.mkdtemp(prefix="plangate-fuzz-plan-")) / "plans.yaml"
+FUZZ_PLAN.write_text(PLAN.read_text(encoding="utf-8") + ENTITLED, encoding="utf-8")
+TABLE = compile_file(str(FUZZ_PLAN))
 WEBHOOK = ("POST", "/webhook/stripe")
 MAX_AMOUNT = 1_000_000
 
@@ -50,12 +58,18 @@ def plan_spec() -> dict:
     for request in ("CheckRequest", "ConsumeRequest", "UsageRequest"):
         schemas[request]["properties"]["meter"] = {"type": "string", "enum": list(TABLE.meters)}
         schemas[request]["properties"]["subject"] = names
+    schemas["CheckRequest"]["properties"]["feature"] = {"type": "string", "enum": list(TABLE.features.names)}
+    schemas["CreditGrantRequest"]["properties"]["meter"] = {
+        "type": "string", "enum": [m for m in TABLE.meters if TABLE.has_credits(m)]}
+    # An expiry in the past is a documented 400: a grant expires in the future.
+    schemas["CreditGrantRequest"]["properties"]["expires_at"] = {"type": "string", "enum": ["2099-01-01T00:00:00Z"]}
     transition = schemas["TransitionRequest"]["properties"]
     transition["to"] = {"type": "string", "enum": list(TABLE.statuses)}
     transition["action"] = {"type": "string", "enum": list(TABLE.actions)}
     schemas["UpgradeRequest"]["properties"]["tier"] = {"type": "string", "enum": [t.name for t in TABLE.plan.tiers]}
     schemas["SubjectList"]["items"] = names
-    for place in (spec["paths"]["/v1/subjects/{subject}"], spec["paths"]["/v1/subjects/{subject}/transition"]):
+    for place in (spec["paths"]["/v1/subjects/{subject}"], spec["paths"]["/v1/subjects/{subject}/transition"],
+                  spec["paths"]["/v1/subjects/{subject}/credits"], spec["paths"]["/v1/subjects/{subject}/traits"]):
         place["parameters"][0]["schema"] = names
     # The gate's configured bound (PLANGATE_MAX_AMOUNT, default here); above it the answer is a documented 400.
     schemas["Amount"]["maximum"] = MAX_AMOUNT
@@ -79,7 +93,7 @@ def plan_spec() -> dict:
 @pytest.fixture(scope="module")
 def fuzz_gate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
-    gate = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(folder / "fuzz.sqlite3"),
+    gate = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(folder / "fuzz.sqlite3"), "PLANGATE_PLANS": str(FUZZ_PLAN),
                         "STRIPE_WEBHOOK_SECRET": SECRET, "PLANGATE_LOG_LEVEL": "WARNING",
                         "PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *"}, folder)
     yield gate
@@ -128,9 +142,12 @@ def signed(case, positive: bool) -> dict:
 
 
 def call(case, gate: GateProcess, positive: bool):
-    if positive and isinstance(case.body, dict) and isinstance(case.body.get("amount"), float):
-        # JSON Schema calls 2.0 an integer; the gate refuses it as documented (Amount: "1.0 is refused").
-        case.body["amount"] = int(case.body["amount"])
+    for name in ("amount", "priority"):
+        if positive and isinstance(case.body, dict) and isinstance(case.body.get(name), float):
+            # JSON Schema calls 2.0 an integer; the gate refuses it as documented ("1.0 is refused").
+            case.body[name] = int(case.body[name])
+    if positive and isinstance(case.body, dict) and isinstance(case.body.get("traits"), dict):
+        case.body["traits"] = {k: int(v) if isinstance(v, float) else v for k, v in case.body["traits"].items()}
     extra = signed(case, positive)
     headers = extra.pop("headers", None)
     response = case.call_and_validate(base_url=gate.url, headers=headers, **extra)

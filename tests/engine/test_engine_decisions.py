@@ -124,7 +124,8 @@ class TestExplains:
     def test_to_dict_carries_every_field(self, shipped, free):
         d = shipped.can_process(free, "requests", 1, 3, NOW)
         assert set(d.to_dict()) == {"allowed", "reason", "status", "tier", "meter", "limit", "used", "remaining",
-                                    "window_start", "resets_at", "retry_after", "rule"}
+                                    "window_start", "resets_at", "retry_after", "rule", "feature", "credits",
+                                    "credits_used", "overage"}
         assert d.to_dict()["reason"] == "ok"
 
     def test_repr_says_the_verdict_and_the_rule(self, shipped, free):

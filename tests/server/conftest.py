@@ -78,7 +78,8 @@ def token_for(path: str) -> str:
     """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions, erasure, jobs and plan
     changes, else the API token."""
     path = urlsplit(path).path
-    admin = path.startswith(("/v1/jobs/", "/v1/plan/")) or path.endswith(("/transition", "/erase"))
+    admin = path.startswith(("/v1/jobs/", "/v1/plan/")) or \
+        path.endswith(("/transition", "/erase", "/credits", "/traits"))
     return ADMIN_TOKEN if admin else TOKEN
 
 
@@ -100,7 +101,8 @@ async def start_gate(aiohttp_server, database):
     async def start(plan: Path = PLAN, database: str = database, **env) -> ServedGate:
         # No job on a schedule (once a year): a test runs the jobs it needs through POST /v1/jobs/{job}, and a
         # sweep the clock started in the middle of a test would race the one it runs.
-        quiet = {f"PLANGATE_{job}_SCHEDULE": "0 0 1 1 *" for job in ("SWEEP", "RECONCILE", "CLEANUP")}
+        quiet = {f"PLANGATE_{job}_SCHEDULE": "0 0 1 1 *" for job in ("SWEEP", "RECONCILE", "CLEANUP",
+                                                                     "OVERAGE_REPORT")}
         config = config_for(database, PLANGATE_PLANS=str(plan), **{**quiet, **env})
         app = create_app(config, compile_file(config.plans), open_store(config.database, **config.store_options()))
         server = await aiohttp_server(app, host="127.0.0.1")
@@ -116,6 +118,24 @@ async def start_gate(aiohttp_server, database):
 @pytest.fixture
 async def gate(start_gate) -> ServedGate:
     return await start_gate()
+
+
+# The shipped plan with credits of its meter and a feature (derived from plans.yaml, not a copy of it).
+ENTITLED = """
+features:
+  priority_support: {description: Answers within the hour}
+credits:
+  requests:
+    packs: {price_requests_pack: 1000}
+    expires_after: 365d
+"""
+
+
+@pytest.fixture
+def entitled_plan(tmp_path) -> Path:
+    path = tmp_path / "entitled-plans.yaml"
+    path.write_text(PLAN.read_text(encoding="utf-8") + ENTITLED, encoding="utf-8")
+    return path
 
 
 def free_port() -> int:

@@ -18,6 +18,12 @@ from plangate.server.http.app import ADMIN_PATHS
 
 from .conftest import TOKEN, _SCOPED, token_for
 
+
+@pytest.fixture
+async def gate(start_gate, entitled_plan):
+    """The shipped plan with credits and a feature: every route has something to answer."""
+    return await start_gate(plan=entitled_plan)
+
 SPEC_PATH = Path(__file__).resolve().parents[2] / "schema" / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
 BASE = "urn:plangate:openapi"
@@ -211,12 +217,16 @@ def full_bodies(template: str) -> list[dict]:
     n = next(_serial)
     base = {"subject": f"user-{n}", "meter": "requests", "amount": 2}
     return {
-        "/v1/check": [base],
+        "/v1/check": [base, {"subject": f"user-{n}", "feature": "priority_support"}],
         "/v1/consume": [{**base, "idempotency_key": f"job-{n}"}],
         "/v1/usage": [{**base, "idempotency_key": f"job-{n}"}],
         "/v1/subjects/{subject}/transition": [{"to": "paid", "reason": "support ticket 7", "actor": "ops"},
                                               {"action": "close_account", "reason": "abuse", "actor": "ops"}],
         "/v1/subjects/{subject}/erase": [{"actor": "privacy-desk"}],
+        "/v1/subjects/{subject}/credits": [{"meter": "requests", "amount": 50, "reason": "goodwill", "actor": "ops",
+                                            "idempotency_key": f"grant-{n}", "expires_at": "2099-01-01T00:00:00Z",
+                                            "priority": 3}],
+        "/v1/subjects/{subject}/traits": [{"traits": {"members": 3}, "actor": "ops"}],
         "/v1/plan/reload": [{"actor": "ops"}],
         "/v1/plan/upgrade": [{"tier": "pro", "reason": "price change", "actor": "ops"},
                              {"subjects": [f"user-{n}"], "reason": "support ticket 8"}],
@@ -237,7 +247,17 @@ def concrete(template: str) -> str:
     return template.replace("{subject}", f"user-{next(_serial)}").replace("{job}", "sweep")
 
 
-def bad_values(field: dict) -> list:
+BAD_BY_NAME = {
+    "expires_at": [5, True, None, [], {}],
+    "priority": [-1, 1001, 1.5, "1", True, None],
+    "traits": [{}, [], "x", None, {"Members": 1}, {"a": -1}, {"a": 1.5}, {"a": "1"}, {"a": True},
+               {f"t{i}": 1 for i in range(33)}],
+}
+
+
+def bad_values(field: dict, name: str = "") -> list:
+    if "$ref" not in field:
+        return BAD_BY_NAME[name]
     kind = field["$ref"].rsplit("/", 1)[-1]
     return {"Text": BAD_TEXT, "Amount": BAD_AMOUNT, "Subject": BAD_SUBJECT, "SubjectList": BAD_SUBJECTS}[kind]
 
@@ -276,7 +296,7 @@ class TestRequestsMatchValidation:
         schema, check = request_schema(template)
         for name, field in schema["properties"].items():
             good = next(b for b in full_bodies(template) if name in b)
-            for value in bad_values(field):
+            for value in bad_values(field, name):
                 body = {**good, name: value}
                 assert not check.is_valid(body), (name, value)
                 status, payload = await call(gate, "POST", concrete(template), template, body=body)
@@ -421,7 +441,7 @@ class TestAnswersAsDocumented:
             got, payload = await call(gate, "POST", template, template, body=with_key(template, OK_BODY))
             assert (got, payload["reason"]) == (200, reason if template != "/v1/usage" else "ok")
 
-    @pytest.mark.parametrize("job", ["sweep", "reconcile", "cleanup"])
+    @pytest.mark.parametrize("job", ["sweep", "reconcile", "cleanup", "report"])
     async def test_jobs(self, gate, job):
         await call(gate, "POST", "/v1/usage", "/v1/usage", body=OK_BODY)
         got, payload = await call(gate, "POST", f"/v1/jobs/{job}", "/v1/jobs/{job}")

@@ -136,7 +136,12 @@ async def _back_to_schema_5(database: str) -> None:
             # 9: subscriptions and links
             "DROP INDEX subscription_events_pending_by_payment",
             "ALTER TABLE subscription_events DROP COLUMN stripe_payment", "DROP TABLE stripe_links",
-            "ALTER TABLE subscriptions DROP COLUMN stripe_subscriptions"]
+            "ALTER TABLE subscriptions DROP COLUMN stripe_subscriptions",
+            # 11: entitlements (10 adds a function on PostgreSQL only, replaced when it runs again)
+            "DROP TABLE overage_reports", "DROP TABLE credit_grants",
+            "ALTER TABLE usage_keys DROP COLUMN credits_used", "ALTER TABLE usage_keys DROP COLUMN overage",
+            "ALTER TABLE subscriptions DROP COLUMN quantity", "ALTER TABLE subscriptions DROP COLUMN addons",
+            "ALTER TABLE subscriptions DROP COLUMN traits"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

@@ -419,8 +419,10 @@ class TestRows:
                     for i, f in enumerate(dataclasses.fields(cls)) if f.name not in skip}
 
         # A value of its own in every field; those that hold structures, built of distinct values too.
-        structured = {"subscriptions": (Subscription(**distinct(Subscription)),
-                                        Subscription(**{**distinct(Subscription), "id": "sub_other"}))}
+        pairs = {"addons": (("addon-a", 2), ("addon-b", 3)), "quantity": 7}
+        structured = {"subscriptions": (Subscription(**{**distinct(Subscription), **pairs}),
+                                        Subscription(**{**distinct(Subscription), **pairs, "id": "sub_other"})),
+                      **pairs, "traits": (("members", 40), ("seats", 5))}
         state = SubjectState(**{**distinct(SubjectState), **structured, "subject": subject})
         fold = state.with_(status="fold-status")
         return StoredSubject(**{**distinct(StoredSubject, skip=("state", "version", "fold_state")),

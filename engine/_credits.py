@@ -1,0 +1,208 @@
+"""Credits: balances in a meter's unit, made of grants, spent once a window's limit is used up.
+
+A grant comes from a one-time Checkout payment of a price the plan lists (its credits per unit times the line's
+quantity), from an admin, or from the subject's tier for each window (`tiers.<name>.credits`), the unspent part
+of a window's grants carried into the next up to the rollover cap. Grants are spent in order: priority (a
+lower number first), then the one that expires first, then the oldest. What a grant holds is the store's (it
+changes with every spend, atomically with the count); the rules here are pure.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from plangate.policy import Plan
+from plangate.policy._entitlements import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel
+
+from ._state import SubjectState
+from ._subscriptions import Subscription
+
+# The Checkout events that complete a payment: at once (a card), or later (a bank debit).
+PURCHASE_EVENTS = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
+_MAX_WINDOWS = 400          # windows stepped through to carry a rollover (it settles after two)
+
+
+class GrantSource(enum.Enum):
+    PURCHASE = "purchase"      # a one-time Checkout payment of a credit pack
+    ADMIN = "admin"            # an admin's grant (audited: actor and reason)
+    PERIOD = "period"          # the tier's grant for a window
+    ROLLOVER = "rollover"      # what the previous window's grants left, carried over (capped)
+
+
+_TIER_SOURCES = (GrantSource.PERIOD, GrantSource.ROLLOVER)
+
+
+@dataclass(frozen=True, slots=True)
+class Spendable:
+    """Which of a subject's grants it may spend now, besides those spent or expired: not those made before its
+    last cancellation (`not_before`, when the plan forfeits them), and the tier's grants only while its status
+    takes the tier's quota of the meter."""
+
+    not_before: float | None = None
+    tier_grants: bool = True
+
+
+ANY_GRANT = Spendable()
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One grant of credits. `remaining` is what is left of `amount`; times are Unix seconds."""
+
+    id: str
+    meter: str
+    amount: int
+    remaining: int
+    priority: int
+    created: float
+    expires_at: float | None
+    source: GrantSource
+    note: str = ""              # the price bought, or an admin's actor and reason
+
+    def spendable(self, now: float, which: Spendable | None = None) -> bool:
+        if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at):
+            return False
+        if which is None:
+            return True
+        if not which.tier_grants and self.source in _TIER_SOURCES:
+            return False
+        return which.not_before is None or self.created >= which.not_before
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "meter": self.meter, "amount": self.amount, "remaining": self.remaining,
+                "priority": self.priority, "created": self.created, "expires_at": self.expires_at,
+                "source": self.source.value, "note": self.note}
+
+
+def spending_order(grant: Grant) -> tuple:
+    return (grant.priority, grant.expires_at is None, grant.expires_at or 0.0, grant.created, grant.id)
+
+
+def balance(grants: Iterable[Grant], meter: str, now: float, which: Spendable = ANY_GRANT) -> int:
+    return sum(g.remaining for g in grants if g.meter == meter and g.spendable(now, which))
+
+
+def spend(grants: list[Grant], meter: str, amount: int, now: float,
+          which: Spendable = ANY_GRANT) -> tuple[list[Grant], int]:
+    """The grants after spending up to `amount` of the meter's credits, in spending order; and what was spent."""
+    left = amount
+    by_id = {g.id: g for g in grants}
+    for g in sorted((g for g in grants if g.meter == meter and g.spendable(now, which)), key=spending_order):
+        if left == 0:
+            break
+        take = min(left, g.remaining)
+        by_id[g.id] = Grant(g.id, g.meter, g.amount, g.remaining - take, g.priority, g.created, g.expires_at,
+                            g.source, g.note)
+        left -= take
+    return list(by_id.values()), amount - left
+
+
+class CreditRules:
+    """The plan's credits, compiled once: which prices are credit packs, and the meters that forfeit credits when
+    the subscription ends."""
+
+    def __init__(self, plan: Plan):
+        self.packs = {price: c for c in plan.credits for price, _ in c.packs}
+        self.forfeit = frozenset(c.meter for c in plan.credits if c.on_cancel is OnCancel.FORFEIT)
+        self.admin_priority = ADMIN_PRIORITY
+
+    def needs_line_items(self, event_type: str, obj: Mapping) -> bool:
+        """A paid one-time Checkout whose line items the event does not carry (Stripe sends them only when asked):
+        the gate asks Stripe for them before it folds the event in, when the plan sells credit packs."""
+        return bool(self.packs) and _paid_payment(event_type, obj) and not isinstance(obj.get("line_items"), Mapping)
+
+    def purchased(self, event_type: str, obj: Mapping, created: float) -> tuple[Grant, ...]:
+        """The grants a paid one-time Checkout of credit packs makes: per line whose price is a pack, its credits
+        per unit times the line's quantity. Each grant's id is the session's and the line's: the same payment
+        never grants twice, however often its event comes."""
+        if not self.packs or not _paid_payment(event_type, obj):
+            return ()
+        session = obj.get("id")
+        items = obj.get("line_items")
+        lines = items.get("data") if isinstance(items, Mapping) else None
+        if not isinstance(session, str) or not isinstance(lines, list):
+            return ()
+        out = []
+        for i, line in enumerate(lines):
+            price = line.get("price") if isinstance(line, Mapping) else None
+            price = price.get("id") if isinstance(price, Mapping) else price
+            rule = self.packs.get(price) if isinstance(price, str) else None
+            per_unit = rule.pack(price) if rule is not None and isinstance(price, str) else None
+            quantity = line.get("quantity", 1)
+            if rule is None or per_unit is None or not isinstance(quantity, int) or isinstance(quantity, bool) \
+                    or quantity < 1:
+                continue
+            amount = per_unit * quantity
+            expires = created + rule.expires_after if rule.expires_after else None
+            out.append(Grant(f"{session}:{i}", rule.meter, amount, amount, rule.priority, float(created), expires,
+                             GrantSource.PURCHASE, f"{quantity} x {price}"))
+        return tuple(out)
+
+    def not_before(self, state: SubjectState, meter: str) -> float | None:
+        """For a meter whose credits are forfeited when the subscription ends: grants made before the subject's
+        last cancellation (a subscription of a tier ending while no other was live) cannot be spent."""
+        if meter not in self.forfeit:
+            return None
+        return cancelled_at(state.subscriptions)
+
+
+def _paid_payment(event_type: str, obj: Mapping) -> bool:
+    return (event_type in PURCHASE_EVENTS and obj.get("object") == "checkout.session" and obj.get("mode") == "payment"
+            and obj.get("payment_status") == "paid")
+
+
+def cancelled_at(subscriptions: tuple[Subscription, ...]) -> float | None:
+    """When the subject last stopped having a live subscription of a tier (None: never). A re-subscription that
+    started before the old one ended (during dunning) is no cancellation."""
+    tiers = [s for s in subscriptions if not s.addon]
+    last = None
+    for s in tiers:
+        if not s.ended or s.ended_at is None:
+            continue
+        covered = any(o is not s and (o.created or 0.0) <= s.ended_at and
+                      (not o.ended or (o.ended_at or 0.0) > s.ended_at) for o in tiers)
+        if not covered and (last is None or s.ended_at > last):
+            last = s.ended_at
+    return last
+
+
+def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
+                  last: tuple[float, float, int] | None) -> tuple[Grant, ...]:
+    """The grants the tier makes for the window containing `now`, if not made yet: its amount and, with a
+    rollover cap, what the previous windows left. `span_at(t)` is the window containing t (a Span). `last`:
+    (start, end, what was left at its end) of the latest window the subject has grants of (period and rollover
+    ones), or None. A window the subject never touched still carried its grant: it left amount + its own carry."""
+    span = span_at(now)
+    period_id = f"period:{meter}:{span.start}"
+    if last is not None and last[0] >= span.start:
+        return ()
+    carry = 0
+    if rollover and last is not None:
+        left, end = last[2], last[1]
+        for _ in range(_MAX_WINDOWS):
+            if end >= span.start:
+                break
+            left = amount + min(rollover, left)      # a window nobody touched: its grant and carry, all left
+            end = span_at(end).end
+        carry = min(rollover, left)
+    grants = [Grant(period_id, meter, amount, amount, PERIOD_PRIORITY, float(span.start), span.end,
+                    GrantSource.PERIOD, f"the tier's grant for the window from {span.start}")]
+    if carry:
+        grants.append(Grant(f"rollover:{meter}:{span.start}", meter, carry, carry, PERIOD_PRIORITY,
+                            float(span.start), span.end, GrantSource.ROLLOVER, "carried over from the window before"))
+    return tuple(grants)
+
+
+def last_window(grants: Iterable[Grant], meter: str) -> tuple[float, float, int] | None:
+    """(start, end, left) of the latest window the subject has a tier grant of; `left`: what its period and
+    rollover grants held at its end."""
+    windows: dict[float, list[tuple[float, Grant]]] = {}
+    for g in grants:
+        if g.meter == meter and g.source in (GrantSource.PERIOD, GrantSource.ROLLOVER) and g.expires_at is not None:
+            windows.setdefault(g.created, []).append((g.expires_at, g))
+    if not windows:
+        return None
+    start = max(windows)
+    held = windows[start]
+    return start, max(end for end, _ in held), sum(g.remaining for _, g in held)

@@ -1,0 +1,89 @@
+"""The gate's side of entitlements beyond one quota: counting past a limit (credits, then overage, reported to
+Stripe later), the subject's credit balance, and admin grants. The decisions are the engine's; this reads and
+writes the store for them."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+
+from plangate.engine import Decision, StateTable, SubjectState
+from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance
+from plangate.engine._entitlements import OVERAGE_UNBOUNDED
+from plangate.policy._entitlements import ADMIN_PRIORITY
+
+from .logs import log
+from .store import Counted, Spend
+
+
+
+def overage_identifier(subject: str, meter: str, key: str | None) -> str:
+    """The meter event identifier of one counted piece of work's overage: from its idempotency key (a retried
+    consume reports nothing twice, and Stripe counts a re-sent event once), else new."""
+    if key is None:
+        return "pgo_" + uuid.uuid4().hex
+    return "pgo_" + hashlib.sha256(f"{subject}\0{meter}\0{key}".encode()).hexdigest()[:40]
+
+
+def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: bool, now: float, grants,
+             customer: str | None, key: str | None) -> Spend:
+    """What the store needs to count past the rule's limit for this subject."""
+    limit = rule.limit_for(state) if rule.scaled else rule.limit
+    ceiling = None if not enforce or rule.overage == OVERAGE_UNBOUNDED else limit + (rule.overage or 0)
+    which = table.spendable(state, meter, now) if rule.credits else ANY_GRANT
+    new = table.tier_grants(state, meter, now, grants) if rule.credits and grants is not None else ()
+    declared = table.plan.meter(meter)
+    report = declared.stripe_meter if rule.overage is not None and declared is not None else None
+    return Spend(limit, ceiling, rule.credits, which, tuple(new), report,
+                 overage_identifier(state.subject, meter, key) if report else None, customer)
+
+
+def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enforce: bool, done: Counted,
+            now: float) -> Decision:
+    """The decision a spend's outcome gives: the engine's split of the work, against what the store saw."""
+    if done.duplicate:
+        allow = amount - done.credits_used - done.overage
+        decision, _ = table.consume(state, meter, amount, done.used - allow - done.overage, now, done.credits_used)
+        decision.credits = None     # a repeat: the balance now is not what the first answer said
+    elif not done.counted:
+        return table.can_process(state, meter, amount, done.used, now, done.balance or 0)
+    elif enforce:
+        used_before = done.used - (amount - done.credits_used)
+        decision, _ = table.consume(state, meter, amount, used_before, now, (done.balance or 0) + done.credits_used)
+    else:       # work that already ran: what is left after counting it
+        decision = table.can_process(state, meter, 1, done.used, now, done.balance or 0)
+    decision.credits_used, decision.overage = done.credits_used, done.overage
+    if done.balance is not None and not done.duplicate:
+        decision.credits = done.balance
+    return decision
+
+
+def balance_of(table: StateTable, state: SubjectState, meter: str, now: float, grants) -> int:
+    """The subject's spendable credits of the meter now: its grants and the tier's grant of this window."""
+    made = list(grants) + list(table.tier_grants(state, meter, now, grants))
+    return balance(made, meter, now, table.spendable(state, meter, now))
+
+
+def admin_grant(meter: str, amount: int, now: float, *, reason: str, key: str | None, expires_at: float | None,
+                priority: int | None) -> Grant:
+    """An admin's grant: its id from the caller's key (granting twice with one key grants once), else new."""
+    ident = "admin:" + (hashlib.sha256(key.encode()).hexdigest()[:32] if key else uuid.uuid4().hex)
+    return Grant(ident, meter, amount, amount, ADMIN_PRIORITY if priority is None else priority, now, expires_at,
+                 GrantSource.ADMIN, reason)
+
+
+def credits_view(table: StateTable, state: SubjectState, now: float, spendable: list[Grant],
+                 recent: list[Grant]) -> list[dict]:
+    """Per meter with credits: the balance now, and the newest grants (spent and expired ones too)."""
+    out = []
+    for meter in table.meters:
+        if not table.has_credits(meter):
+            continue
+        mine = [g.to_dict() for g in recent if g.meter == meter]
+        out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable), "grants": mine})
+    return out
+
+
+def log_grant(subject: str, grant: Grant, actor: str, made: bool) -> None:
+    log(logging.INFO, "credits_granted" if made else "credits_grant_repeated", subject=subject, meter=grant.meter,
+        amount=grant.amount, grant=grant.id, actor=actor)

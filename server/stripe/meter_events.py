@@ -1,0 +1,152 @@
+"""Overage reported to Stripe as billing meter events (POST /v1/billing/meter_events, through the `stripe`
+package), and checked against Stripe's own sums.
+
+Each counted piece of work's overage is a report row, written with its count (never lost with a crash). The
+`report` job sends the due ones a batch at a time, a few at once; each event carries the report's identifier,
+and the request the same as its idempotency key, so a report sent twice (a timeout, a crash before its row said
+`sent`) is counted once by Stripe. A transient failure (unreachable, 429, 5xx) leaves the report pending, retried
+later with a growing pause; one Stripe refuses (4xx: an unknown customer or meter, a timestamp older than 35 days)
+is kept, `refused`, with Stripe's message: visible in GET /v1/overage and the metrics, never dropped. A report
+whose subject has no Stripe customer yet waits (pending) for one.
+
+Reconciliation asks Stripe for each meter's summaries per customer over the last day (whole minutes, as Stripe
+aggregates them, until a few minutes ago: Stripe processes events asynchronously) and compares them with what was
+sent; a difference is logged and shown, not resent (Stripe's identifiers dedupe for 24 hours only).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+
+import stripe
+from stripe.params.billing import MeterEventCreateParams
+
+from ..gate import Gate
+from ..logs import log
+from ..store import OverageReport
+from .api import ASK_TIMEOUT, StripeApi
+
+REPORT_BATCH = 200
+SENDING_AT_ONCE = 8
+RETRY_FIRST = 30.0          # seconds before the first retry; doubled each attempt
+RETRY_MOST = 3600.0
+NO_CUSTOMER_PAUSE = 300.0   # a report whose subject has no Stripe customer yet is looked at again this often
+RECONCILE_SPAN = 86400      # reconciliation compares the last day...
+RECONCILE_SETTLE = 600      # ...until this long ago
+_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the last reconciliation found: per (customer, event name) the value sent and the value Stripe sums."""
+
+    at: float
+    start: float
+    end: float
+    differences: tuple[tuple[str, str, int, int], ...]     # (customer, event name, sent, Stripe's)
+    compared: int
+
+    def to_dict(self) -> dict:
+        return {"at": self.at, "start": self.start, "end": self.end, "compared": self.compared,
+                "differences": [{"customer": c, "event_name": e, "sent": s, "stripe": t}
+                                for c, e, s, t in self.differences]}
+
+
+class MeterEvents:
+    def __init__(self, gate: Gate, api: StripeApi):
+        self.gate = gate
+        self.api = api
+        self.last_check: Checked | None = None
+
+    async def send_due(self) -> tuple[int, int, int]:
+        """Send the reports due now: (sent, left for a retry, refused)."""
+        if not self.api.configured:
+            return 0, 0, 0
+        now = self.gate.clock()
+        due = await self.gate.timed("overage", self.gate.store.overage_due(now, REPORT_BATCH), timeout=30.0)
+        if not due:
+            return 0, 0, 0
+        turns = asyncio.Semaphore(SENDING_AT_ONCE)
+
+        async def one(report: OverageReport) -> OverageReport:
+            async with turns:
+                return await self._send(report, now)
+
+        done = await asyncio.gather(*(one(r) for r in due))
+        await self.gate.timed("overage", self.gate.store.update_reports(list(done)), shield=True, timeout=30.0)
+        counts = {status: sum(1 for r in done if r.status == status) for status in ("sent", "pending", "refused")}
+        for result, status in (("sent", "sent"), ("retry", "pending"), ("refused", "refused")):
+            if counts[status]:
+                self.gate.metrics.overage_reports.labels(result).inc(counts[status])
+        return counts["sent"], counts["pending"], counts["refused"]
+
+    async def _send(self, report: OverageReport, now: float) -> OverageReport:
+        customer = report.stripe_customer or await self._customer(report.subject)
+        if customer is None:
+            return replace(report, next_attempt_at=now + NO_CUSTOMER_PAUSE,
+                           last_error="the subject has no Stripe customer yet")
+        report = replace(report, stripe_customer=customer, attempts=report.attempts + 1)
+        params: MeterEventCreateParams = {
+            "event_name": report.event_name, "identifier": report.identifier, "timestamp": int(report.at),
+            "payload": {"stripe_customer_id": customer, "value": str(report.value)}}
+        try:
+            async with asyncio.timeout(ASK_TIMEOUT):
+                await self.api.client().v1.billing.meter_events.create_async(
+                    params, {"idempotency_key": report.identifier})
+        except stripe.InvalidRequestError as exc:
+            message = str(exc.user_message or exc)
+            if "identifier" in message and "already" in message:     # sent before (its answer was lost)
+                return replace(report, status="sent", sent_at=now, last_error=None)
+            log(logging.WARNING, "overage_refused", report=report.identifier, subject=report.subject,
+                event_name=report.event_name, error=message)
+            return replace(report, status="refused", last_error=f"Stripe refused it: {message}"[:500])
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            return self._later(report, now, f"Stripe refused the key: {exc.user_message or exc}")
+        except _TRANSIENT as exc:
+            return self._later(report, now, f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}")
+        return replace(report, status="sent", sent_at=now, last_error=None)
+
+    @staticmethod
+    def _later(report: OverageReport, now: float, error: str) -> OverageReport:
+        pause = min(RETRY_FIRST * 2 ** max(report.attempts - 1, 0), RETRY_MOST)
+        return replace(report, next_attempt_at=now + pause, last_error=error[:500])
+
+    async def _customer(self, subject: str) -> str | None:
+        stored = await self.gate.timed("load", self.gate.store.load(subject))
+        return stored.stripe_customer if stored is not None else None
+
+    async def reconcile(self) -> Checked | None:
+        """Compare what was sent over the last day with Stripe's meter summaries (logged when they differ)."""
+        if not self.api.configured:
+            return None
+        now = self.gate.clock()
+        end = (int(now) - RECONCILE_SETTLE) // 60 * 60
+        start = end - RECONCILE_SPAN
+        sent = await self.gate.timed("overage", self.gate.store.overage_sent(start, end), timeout=30.0)
+        if not sent:
+            self.last_check = Checked(now, start, end, (), 0)
+            return self.last_check
+        meters = await self._meters()
+        differences = []
+        for customer, event_name, value in sent:
+            meter = meters.get(event_name)
+            theirs = await self._summed(meter, customer, start, end) if meter else 0
+            if theirs != value:
+                differences.append((customer, event_name, value, theirs))
+                log(logging.WARNING, "overage_mismatch", customer=customer, event_name=event_name, sent=value,
+                    stripe=theirs, start=start, end=end, meter=meter or "none with this event name")
+        self.last_check = Checked(now, start, end, tuple(differences), len(sent))
+        return self.last_check
+
+    async def _meters(self) -> dict[str, str]:
+        """Stripe's meters: event name -> meter id."""
+        async with asyncio.timeout(ASK_TIMEOUT):
+            listed = await self.api.client().v1.billing.meters.list_async({"limit": 100})
+        return {m["event_name"]: m["id"] for m in listed.to_dict().get("data", [])}
+
+    async def _summed(self, meter: str, customer: str, start: int, end: int) -> int:
+        async with asyncio.timeout(ASK_TIMEOUT):
+            listed = await self.api.client().v1.billing.meters.event_summaries.list_async(
+                meter, {"customer": customer, "start_time": start, "end_time": end, "limit": 100})
+        return int(sum(float(s.get("aggregated_value", 0)) for s in listed.to_dict().get("data", [])))

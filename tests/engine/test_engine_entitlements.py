@@ -1,0 +1,285 @@
+"""Entitlements beyond one quota: features, seats and traits, add-ons, credits and overage, minute/hour windows and
+windows anchored to the billing anniversary (issue 19), decided by the pure table."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from plangate.engine import Reason, StripeEvent, SubjectState, UsageBook, compile_file
+from plangate.engine._credits import (Grant, GrantSource, Spendable, balance, cancelled_at, last_window,
+                                      period_grants, spend)
+from plangate.engine._entitlements import UnknownFeature
+from plangate.engine._subscriptions import Subscription
+from plangate.engine._windows import FixedClock, Span, anniversary_span
+from plangate.policy import Window
+
+from .conftest import REPO
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def saas():
+    return compile_file(REPO / "examples" / "saas" / "plans.yaml")
+
+
+@pytest.fixture(scope="module")
+def ai():
+    return compile_file(REPO / "examples" / "ai-api" / "plans.yaml")
+
+
+@pytest.fixture(scope="module")
+def b2b():
+    return compile_file(REPO / "examples" / "b2b" / "plans.yaml")
+
+
+NOW = ts("2027-02-10T09:00:30Z")
+
+
+def subscribed(table, tier_price: str, quantity: int = 1, extra=(), ident: str = "sub_1", status: str = "active"):
+    items = [{"price": {"id": tier_price}, "quantity": quantity, "current_period_start": int(ts("2027-02-10T09:00:00Z")),
+              "current_period_end": int(ts("2027-03-10T09:00:00Z"))}]
+    items += [{"price": {"id": p}, "quantity": q} for p, q in extra]
+    return {"object": "subscription", "id": ident, "customer": "cus_1", "status": status, "items": {"data": items}}
+
+
+def fold(table, *objects, subject="ws"):
+    state = table.initial_state(subject, NOW - 30)
+    for i, obj in enumerate(objects):
+        kind = "customer.subscription.deleted" if obj.get("status") == "canceled" else "customer.subscription.created"
+        state = table.apply(state, StripeEvent(kind, obj, f"evt_{i}", NOW - 20 + i), NOW - 20 + i).state
+    return state
+
+
+class TestFeatures:
+    def test_free_status_grants_nothing_and_says_not_entitled(self, saas):
+        d = saas.feature(saas.initial_state("ws", NOW), "sso", NOW)
+        assert (d.allowed, d.reason, d.feature, d.meter) == (False, Reason.NOT_ENTITLED, "sso", None)
+        assert "statuses.free" in d.rule
+
+    def test_tier_features_by_tier(self, saas):
+        team = fold(saas, subscribed(saas, "price_team_seat_monthly", 5))
+        pro = fold(saas, subscribed(saas, "price_pro_monthly"))
+        assert saas.feature(team, "sso", NOW).allowed
+        assert "tiers.team.features" in saas.feature(team, "sso", NOW).rule
+        assert not saas.feature(pro, "sso", NOW).allowed
+        assert saas.feature(pro, "custom_domain", NOW).allowed
+
+    def test_a_status_that_denies_access_answers_status_denies(self, b2b):
+        state = b2b.initial_state("org", NOW).with_(status="suspended")
+        assert b2b.feature(state, "sso", NOW).reason is Reason.STATUS_DENIES
+
+    def test_an_unknown_feature_raises(self, saas):
+        with pytest.raises(UnknownFeature):
+            saas.feature(saas.initial_state("ws", NOW), "teleport", NOW)
+
+    def test_features_are_a_lookup_in_the_compiled_table(self, saas):
+        assert saas.features.granted["paid"]["team"]["sso"].startswith(str(REPO / "examples/saas/plans.yaml")) or \
+            "tiers.team.features" in saas.features.granted["paid"]["team"]["sso"]
+        assert "sso" not in saas.features.granted["paid"]["pro"]
+
+
+class TestSeatsAndTraits:
+    def test_the_limit_is_per_unit_of_the_items_quantity(self, saas):
+        state = fold(saas, subscribed(saas, "price_team_seat_monthly", 5))
+        assert state.quantity == 5
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 500
+        assert saas.can_process(state, "api_calls", 1, 0, NOW).limit == 300
+
+    def test_an_update_with_a_new_quantity_changes_the_limit(self, saas):
+        state = fold(saas, subscribed(saas, "price_team_seat_monthly", 5))
+        state = saas.apply(state, StripeEvent("customer.subscription.updated",
+                                              subscribed(saas, "price_team_seat_monthly", 2), "evt_u", NOW), NOW).state
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 200
+
+    def test_a_trait_scales_the_limit_and_one_unit_when_unset(self, b2b):
+        state = b2b.initial_state("org", NOW).with_(status="customer", tier="business")
+        assert b2b.can_process(state, "documents", 1, 0, NOW).limit == 50
+        assert b2b.can_process(state.with_(traits=(("members", 12),)), "documents", 1, 0, NOW).limit == 600
+        assert b2b.can_process(state.with_(traits=(("members", 0),)), "documents", 1, 0, NOW).limit == 0
+
+
+class TestAddons:
+    def test_an_extra_item_adds_its_features_and_quota(self, saas):
+        state = fold(saas, subscribed(saas, "price_pro_monthly", 1, [("price_audit_log_monthly", 1),
+                                                                     ("price_export_pack_monthly", 3)]))
+        assert state.addons == (("audit_log_addon", 1), ("export_pack", 3))
+        assert saas.feature(state, "audit_log", NOW).allowed
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 200 + 3 * 500
+
+    def test_an_addon_subscription_ends_on_its_own(self, saas):
+        main = subscribed(saas, "price_pro_monthly")
+        addon = {"object": "subscription", "id": "sub_addon", "customer": "cus_1", "status": "active",
+                 "items": {"data": [{"price": {"id": "price_export_pack_monthly"}, "quantity": 1}]}}
+        state = fold(saas, main, addon)
+        assert (state.status, state.follows.id, state.addons) == ("paid", "sub_1", (("export_pack", 1),))
+        state = fold(saas, main, addon, dict(addon, status="canceled"))
+        assert (state.status, state.addons) == ("paid", ())
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 200
+
+    def test_addons_count_only_where_the_status_takes_the_tier(self, saas):
+        state = fold(saas, subscribed(saas, "price_pro_monthly", 1, [("price_export_pack_monthly", 1)]))
+        free = state.with_(status="ended")
+        assert saas.can_process(free, "exports", 1, 0, NOW).limit == 10
+        assert not saas.feature(free.with_(addons=(("audit_log_addon", 1),)), "audit_log", NOW).allowed
+
+    def test_a_past_due_addon_still_counts_an_unpaid_one_does_not(self, saas):
+        addon = {"object": "subscription", "id": "sub_addon", "customer": "cus_1",
+                 "items": {"data": [{"price": {"id": "price_audit_log_monthly"}, "quantity": 1}]}}
+        base = subscribed(saas, "price_pro_monthly")
+        assert fold(saas, base, dict(addon, status="past_due")).addons == (("audit_log_addon", 1),)
+        assert fold(saas, base, dict(addon, status="unpaid")).addons == ()
+
+
+class TestWindows:
+    def test_minute_and_hour_windows_and_exact_retry_after(self, write_plan):
+        table = write_plan("""
+version: 1
+meters: {calls: {}, jobs: {}}
+statuses:
+  free:
+    initial: true
+    quotas: {calls: {limit: 2, per: minute}, jobs: {limit: 1, per: hour}}
+  gone: {access: deny, terminal: true}
+transitions: [{from: free, on: "admin:close", to: gone}]
+""")
+        state = table.initial_state("s", NOW)
+        d = table.can_process(state, "calls", 1, 2, NOW)
+        assert (d.allowed, d.retry_after, d.window_start, d.resets_at) == (False, 30, NOW - 30, NOW + 30)
+        d = table.can_process(state, "jobs", 1, 1, NOW + 0.25)
+        assert d.retry_after == 3600 - 30 - 0 and d.resets_at - d.window_start == 3600
+
+    def test_fixed_clock_tiles_the_line(self):
+        clock = FixedClock(60)
+        assert clock.span(119.999) == Span(60, 120) and clock.span(120) == Span(120, 180)
+
+    @pytest.mark.parametrize("anchor, now, start, end", [
+        ("2027-01-31T10:00:00Z", "2027-02-15T00:00:00Z", "2027-01-31T10:00:00Z", "2027-02-28T10:00:00Z"),
+        ("2027-01-31T10:00:00Z", "2027-02-28T10:00:00Z", "2027-02-28T10:00:00Z", "2027-03-31T10:00:00Z"),
+        ("2027-01-31T10:00:00Z", "2028-02-29T12:00:00Z", "2028-02-29T10:00:00Z", "2028-03-31T10:00:00Z"),
+        ("2027-03-15T00:00:00Z", "2027-03-14T23:59:59Z", "2027-02-15T00:00:00Z", "2027-03-15T00:00:00Z"),
+        ("2026-05-20T08:30:00Z", "2027-05-20T08:29:59Z", "2027-04-20T08:30:00Z", "2027-05-20T08:30:00Z"),
+    ])
+    def test_months_from_the_anniversary_clamp_to_the_months_last_day(self, anchor, now, start, end):
+        assert anniversary_span(Window.MONTH, ts(now), ts(anchor)) == Span(int(ts(start)), int(ts(end)))
+
+    def test_days_and_weeks_from_the_anniversary(self):
+        anchor = ts("2027-01-31T10:00:00Z")
+        assert anniversary_span(Window.DAY, anchor + 86400 * 3 + 5, anchor).start == anchor + 86400 * 3
+        assert anniversary_span(Window.WEEK, anchor - 1, anchor) == Span(int(anchor) - 7 * 86400, int(anchor))
+
+    def test_an_anchored_quota_without_a_period_counts_by_the_calendar(self, ai):
+        state = ai.initial_state("a", NOW).with_(status="subscribed", tier="scale")
+        d = ai.can_process(state, "tokens", 1, 0, NOW)
+        assert (d.window_start, d.resets_at) == (ts("2027-02-01T00:00:00Z"), ts("2027-03-01T00:00:00Z"))
+
+
+class TestCreditsAndOverage:
+    def grants(self, *specs):
+        return [Grant(f"g{i}", "tokens", amount, remaining, priority, created, expires, GrantSource.ADMIN)
+                for i, (amount, remaining, priority, created, expires) in enumerate(specs)]
+
+    def test_credits_are_spent_once_the_allowance_is_used_up(self, ai):
+        state = ai.initial_state("a", NOW)
+        d, after = ai.consume(state, "tokens", 30, 49990, NOW, balance=100)
+        assert (d.allowed, d.credits_used, d.credits, d.overage, after, d.remaining) == (True, 20, 80, 0, 50000, 0)
+
+    def test_not_enough_credits_and_no_overage_refuses_and_spends_nothing(self, ai):
+        d, after = ai.consume(ai.initial_state("a", NOW), "tokens", 30, 49990, NOW, balance=5)
+        assert (d.allowed, d.reason, d.credits, d.credits_used, after) == (False, Reason.QUOTA_EXHAUSTED, 5, 0, 49990)
+
+    def test_overage_after_credits(self, ai):
+        state = fold(ai, subscribed(ai, "price_scale_yearly"))
+        limit = ai.can_process(state, "tokens", 1, 0, NOW).limit
+        d, after = ai.consume(state, "tokens", 100, limit - 10, NOW, balance=50)
+        assert (d.allowed, d.credits_used, d.overage, after) == (True, 50, 40, limit + 40)
+
+    def test_overage_up_to_a_cap_per_window(self, write_plan):
+        table = write_plan("""
+version: 1
+meters: {tokens: {stripe_meter: tokens_over}}
+statuses:
+  free:
+    initial: true
+    quotas: {tokens: {limit: 100, per: day, overage: {up_to: 50}}}
+  gone: {access: deny, terminal: true}
+transitions: [{from: free, on: "admin:close", to: gone}]
+""")
+        state = table.initial_state("s", NOW)
+        assert table.can_process(state, "tokens", 50, 100, NOW).overage == 50
+        d = table.can_process(state, "tokens", 51, 100, NOW)
+        assert (d.allowed, d.reason, d.retry_after) == (False, Reason.QUOTA_EXHAUSTED, 14 * 3600 + 59 * 60 + 30)
+        assert table.can_process(state, "tokens", 10, 140, NOW).allowed
+        assert not table.can_process(state, "tokens", 11, 140, NOW).allowed
+
+    def test_grants_are_spent_by_priority_then_expiry_then_age(self):
+        grants = self.grants((10, 10, 10, 1.0, None), (10, 10, 5, 2.0, None), (10, 10, 5, 3.0, 500.0),
+                             (10, 10, 5, 0.5, 50.0))
+        after, spent = spend(grants, "tokens", 25, 100.0)
+        left = {g.id: g.remaining for g in after}
+        assert spent == 25 and left == {"g0": 5, "g1": 0, "g2": 0, "g3": 10}     # g3 expired at 50
+
+    def test_balance_leaves_out_spent_expired_and_forfeited_grants(self):
+        grants = self.grants((10, 0, 1, 1.0, None), (10, 7, 1, 1.0, 99.0), (10, 4, 1, 200.0, None))
+        assert balance(grants, "tokens", 50.0) == 11
+        assert balance(grants, "tokens", 100.0) == 4
+        assert balance(grants, "tokens", 50.0, Spendable(not_before=150.0)) == 4
+
+    def test_a_cancellation_is_when_no_tier_subscription_stays_live(self):
+        old = Subscription("sub_a", "canceled", 10.0, "pro", ended_at=100.0)
+        new = Subscription("sub_b", "active", 50.0, "pro")
+        assert cancelled_at((old,)) == 100.0
+        assert cancelled_at((old, new)) is None          # re-subscribed during dunning: no cancellation
+        assert cancelled_at((old, Subscription("sub_c", "active", 150.0, "pro"))) == 100.0
+
+    def test_tier_grants_roll_over_up_to_the_cap_and_through_untouched_windows(self):
+        def span_at(t):
+            start = int(t // 100) * 100
+            return Span(start, start + 100)
+        first = period_grants(50, 30, "tokens", span_at, 10.0, None)
+        assert [(g.source, g.amount, g.expires_at) for g in first] == [(GrantSource.PERIOD, 50, 100)]
+        spent_some = [Grant(g.id, g.meter, g.amount, 20, g.priority, g.created, g.expires_at, g.source) for g in first]
+        second = period_grants(50, 30, "tokens", span_at, 110.0, last_window(spent_some, "tokens"))
+        assert [g.amount for g in second] == [50, 20]
+        assert period_grants(50, 30, "tokens", span_at, 150.0, last_window(spent_some + list(second), "tokens")) == ()
+        skipped = period_grants(50, 30, "tokens", span_at, 510.0, last_window(spent_some, "tokens"))
+        assert [g.amount for g in skipped] == [50, 30]
+
+    def test_a_checkout_of_packs_grants_per_unit_of_quantity_once_per_line(self, ai):
+        session = {"object": "checkout.session", "id": "cs_1", "mode": "payment", "payment_status": "paid",
+                   "line_items": {"data": [{"price": {"id": "price_tokens_1m"}, "quantity": 3},
+                                           {"price": {"id": "price_unrelated"}, "quantity": 1}]}}
+        (grant,) = ai.credits.purchased("checkout.session.completed", session, 1000.0)
+        assert (grant.id, grant.amount, grant.expires_at, grant.priority) == ("cs_1:0", 3_000_000, 1000.0 + 365 * 86400, 10)
+        assert ai.credits.purchased("checkout.session.completed", dict(session, payment_status="unpaid"), 1.0) == ()
+        assert ai.credits.purchased("checkout.session.completed", dict(session, mode="subscription"), 1.0) == ()
+        assert ai.credits.needs_line_items("checkout.session.completed",
+                                           {k: v for k, v in session.items() if k != "line_items"})
+
+    def test_the_usage_book_spends_and_counts_overage(self, ai):
+        book = UsageBook(ai)
+        state = fold(ai, subscribed(ai, "price_scale_yearly"))
+        book.add_grants("ws", [Grant("g", "tokens", 10, 10, 5, NOW - 5, None, GrantSource.ADMIN)])
+        limit = book.check(state, "tokens", 1, NOW).limit
+        book.consume(state, "tokens", limit, NOW)
+        d = book.consume(state, "tokens", 15, NOW)
+        assert (d.credits_used, d.overage, book.balance(state, "tokens", NOW), book.overage[("ws", "tokens")]) == \
+            (10, 5, 0, 5)
+
+
+class TestStateCarriesEntitlements:
+    def test_with_covers_every_field(self):
+        state = SubjectState("s", "free")
+        changed = state.with_(quantity=3, addons=(("a", 1),), traits=(("members", 2),))
+        assert (changed.quantity, changed.addons, changed.traits) == (3, (("a", 1),), (("members", 2),))
+
+    def test_a_status_entered_keeps_quantity_addons_and_traits(self, saas):
+        state = fold(saas, subscribed(saas, "price_team_seat_monthly", 4, [("price_audit_log_monthly", 1)]))
+        state = state.with_(traits=(("x", 1),))
+        moved = saas.apply(state, StripeEvent("invoice.payment_failed", {"object": "invoice", "customer": "cus_1",
+                                                                        "subscription": "sub_1"}, "e", NOW), NOW)
+        assert moved.moved and (moved.state.quantity, moved.state.addons, moved.state.traits) == \
+            (4, (("audit_log_addon", 1),), (("x", 1),))

@@ -1,0 +1,114 @@
+"""A small Stripe-shaped HTTP server on 127.0.0.1 for what localstripe lacks: billing meter events (POST
+/v1/billing/meter_events, form-encoded as the stripe package sends it), meters and their event summaries, and a
+Checkout Session's line items. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
+fail the next requests (503 with Stripe-Should-Retry: false, so the client's own retries do not hide it)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+KEY = "sk_test_meters_0123456789"
+
+
+@dataclass
+class FakeStripe:
+    meters: dict[str, str] = field(default_factory=dict)              # event name -> meter id
+    customers: set[str] = field(default_factory=set)
+    line_items: dict[str, list[dict]] = field(default_factory=dict)    # session id -> its lines
+    events: list[dict] = field(default_factory=list)                   # meter events accepted
+    requests: list[tuple[str, dict]] = field(default_factory=list)     # (path, form) of every meter event POST
+    failing: int = 0                                                   # the next requests answered 503
+    lost: int = 0           # the next accepted events whose answer is lost (a 503 after Stripe recorded them)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/billing/meter_events", self.meter_event)
+        app.router.add_get("/v1/billing/meters", self.list_meters)
+        app.router.add_get("/v1/billing/meters/{meter}/event_summaries", self.summaries)
+        app.router.add_get("/v1/checkout/sessions/{session}/line_items", self.session_lines)
+        return app
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("Authorization") != f"Bearer {KEY}":
+            return _error(401, "authentication_error", "Invalid API Key provided")
+        if self.failing:
+            self.failing -= 1
+            return web.json_response({"error": {"type": "api_error", "message": "Stripe is down (test)"}},
+                                     status=503, headers={"Stripe-Should-Retry": "false"})
+        return None
+
+    async def meter_event(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        form = dict(await request.post())
+        self.requests.append((request.path, form))
+        name, ident = form.get("event_name"), form.get("identifier")
+        customer = form.get("payload[stripe_customer_id]")
+        if name not in self.meters:
+            return _error(400, "invalid_request_error", f"No active meter was found for event name {name}.")
+        if customer not in self.customers:
+            return _error(400, "invalid_request_error", f"No such customer: '{customer}'", "resource_missing")
+        if any(e["identifier"] == ident for e in self.events):
+            return _error(400, "invalid_request_error",
+                          f"An event with identifier {ident} already exists.")
+        timestamp = int(form.get("timestamp") or time.time())
+        if timestamp < time.time() - 35 * 86400:
+            return _error(400, "invalid_request_error", "Timestamp must be within the past 35 calendar days.")
+        event = {"object": "billing.meter_event", "created": int(time.time()), "event_name": name,
+                 "identifier": ident, "livemode": False, "timestamp": timestamp,
+                 "payload": {"stripe_customer_id": customer, "value": form.get("payload[value]")}}
+        self.events.append(event)
+        if self.lost:
+            self.lost -= 1
+            return web.json_response({"error": {"type": "api_error", "message": "lost answer (test)"}},
+                                     status=503, headers={"Stripe-Should-Retry": "false"})
+        return web.json_response(event)
+
+    async def list_meters(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        data = [{"id": ident, "object": "billing.meter", "event_name": name, "status": "active"}
+                for name, ident in self.meters.items()]
+        return web.json_response({"object": "list", "data": data, "has_more": False, "url": "/v1/billing/meters"})
+
+    async def summaries(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        meter = request.match_info["meter"]
+        name = next((n for n, i in self.meters.items() if i == meter), None)
+        q = request.query
+        start, end, customer = int(q["start_time"]), int(q["end_time"]), q["customer"]
+        if start % 60 or end % 60:
+            return _error(400, "invalid_request_error", "start_time and end_time must be aligned to minutes")
+        total = sum(float(e["payload"]["value"]) for e in self.events if e["event_name"] == name
+                    and e["payload"]["stripe_customer_id"] == customer and start <= e["timestamp"] < end)
+        data = [{"id": "mtrsum_1", "object": "billing.meter_event_summary", "aggregated_value": total,
+                 "start_time": start, "end_time": end, "livemode": False, "meter": meter}]
+        return web.json_response({"object": "list", "data": data, "has_more": False,
+                                  "url": f"/v1/billing/meters/{meter}/event_summaries"})
+
+    async def session_lines(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        session = request.match_info["session"]
+        if session not in self.line_items:
+            return _error(404, "invalid_request_error", f"No such checkout.session: '{session}'", "resource_missing")
+        data = [{"id": f"li_{i}", "object": "item", "quantity": line["quantity"], "currency": "usd",
+                 "amount_total": 1000 * line["quantity"], "description": "Credit pack",
+                 "price": {"id": line["price"], "object": "price", "type": "one_time"}}
+                for i, line in enumerate(self.line_items[session])]
+        return web.json_response({"object": "list", "data": data, "has_more": False,
+                                  "url": f"/v1/checkout/sessions/{session}/line_items"})
+
+
+def _error(status: int, kind: str, message: str, code: str | None = None) -> web.Response:
+    body = {"type": kind, "message": message}
+    if code:
+        body["code"] = code
+    return web.json_response({"error": body}, status=status)

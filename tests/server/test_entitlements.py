@@ -1,0 +1,279 @@
+"""Entitlements through a running gate, on both stores (issue 19): features in /v1/check, seats from Stripe's
+subscription items, traits set through the API, credits granted by an admin or a paid Checkout and spent once
+the window's allowance is used up (never twice, never past the balance, also across PostgreSQL nodes)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from aiohttp import web
+
+from plangate.server.http.api import GATE
+
+from . import stripe_events as se
+from .conftest import ROOT
+from .stripe_meters import KEY, FakeStripe
+
+SAAS = ROOT / "examples" / "saas" / "plans.yaml"
+AI = ROOT / "examples" / "ai-api" / "plans.yaml"
+B2B = ROOT / "examples" / "b2b" / "plans.yaml"
+QUIET = {"STRIPE_WEBHOOK_SECRET": se.SECRET}
+NOW = time.time()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+
+
+@pytest.fixture
+def start(start_gate, database):
+    async def run(plan, **env):
+        return await start_gate(plan=plan, database=database, **{**QUIET, **env})
+    return run
+
+
+async def deliver(gate, evt: dict) -> dict:
+    body = se.encode(evt)
+    async with gate.session.post(gate.url + "/webhook/stripe", data=body,
+                                 headers={"Stripe-Signature": se.sign(body)}) as r:
+        text = await r.text()
+        assert r.status == 200, text
+        return json.loads(text)
+
+
+def subscription(subject: str, key: str, price: str, quantity: int = 1, *, sub_id: str = "sub_1",
+                 customer: str = "cus_1", status: str = "active", extra=()) -> dict:
+    items = [{"id": "si_1", "object": "subscription_item", "quantity": quantity,
+              "price": {"id": price, "object": "price"},
+              "current_period_start": int(NOW - 86400), "current_period_end": int(NOW + 29 * 86400)}]
+    items += [{"id": f"si_{i + 2}", "object": "subscription_item", "quantity": q,
+               "price": {"id": p, "object": "price"}} for i, (p, q) in enumerate(extra)]
+    return {"id": sub_id, "object": "subscription", "status": status, "customer": customer,
+            "created": int(NOW - 86400), "metadata": {key: subject}, "items": {"object": "list", "data": items}}
+
+
+def pack_checkout(subject: str, session: str, lines=None, *, customer: str = "cus_1") -> dict:
+    obj = {"id": session, "object": "checkout.session", "mode": "payment", "payment_status": "paid",
+           "status": "complete", "client_reference_id": subject, "customer": customer, "subscription": None,
+           "metadata": {}}
+    if lines is not None:
+        obj["line_items"] = {"object": "list", "data": [
+            {"id": f"li_{i}", "object": "item", "quantity": q, "price": {"id": p, "object": "price"}}
+            for i, (p, q) in enumerate(lines)]}
+    return obj
+
+
+async def check(gate, subject: str, **body) -> dict:
+    status, answer = await gate.post("/v1/check", {"subject": subject, **body})
+    assert status == 200, answer
+    return answer
+
+
+async def consume(gate, subject: str, meter: str, amount: int, key: str | None = None) -> dict:
+    body = {"subject": subject, "meter": meter, "amount": amount}
+    if key:
+        body["idempotency_key"] = key
+    status, answer = await gate.post("/v1/consume", body)
+    assert status == 200, answer
+    return answer
+
+
+async def view(gate, subject: str) -> dict:
+    status, body = await gate.get(f"/v1/subjects/{subject}")
+    assert status == 200, body
+    return body
+
+
+class TestFeaturesAndSeats:
+    async def test_a_feature_follows_the_tier_and_the_limit_the_seats(self, start):
+        gate = await start(SAAS)
+        free = await check(gate, "ws1", feature="sso")
+        assert (free["allowed"], free["reason"], free["feature"], free["meter"]) == (False, "not_entitled", "sso", None)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("ws1", "workspace", "price_team_seat_monthly", 5), NOW - 60))
+        team = await check(gate, "ws1", feature="sso")
+        assert (team["allowed"], team["reason"], team["status"], team["tier"]) == (True, "ok", "paid", "team")
+        assert (await check(gate, "ws1", meter="exports"))["limit"] == 500
+        await deliver(gate, se.event("customer.subscription.updated",
+                                     subscription("ws1", "workspace", "price_team_seat_monthly", 8), NOW - 30))
+        assert (await check(gate, "ws1", meter="exports"))["limit"] == 800
+        body = await view(gate, "ws1")
+        assert (body["features"], body["quantity"]) == (["custom_domain", "sso", "audit_log"], 8)
+
+    async def test_an_addon_item_and_an_addon_subscription_each_end_on_their_own(self, start):
+        gate = await start(SAAS)
+        main = subscription("ws2", "workspace", "price_pro_monthly", extra=[("price_audit_log_monthly", 1)])
+        await deliver(gate, se.event("customer.subscription.created", main, NOW - 90))
+        pack = subscription("ws2", "workspace", "price_export_pack_monthly", 2, sub_id="sub_2")
+        pack["items"]["data"][0]["price"]["id"] = "price_export_pack_monthly"
+        await deliver(gate, se.event("customer.subscription.created", pack, NOW - 80))
+        assert (await check(gate, "ws2", meter="exports"))["limit"] == 200 + 2 * 500
+        assert (await check(gate, "ws2", feature="audit_log"))["allowed"] is True
+        await deliver(gate, se.event("customer.subscription.deleted", {**pack, "status": "canceled"}, NOW - 70))
+        body = await view(gate, "ws2")
+        assert (body["status"], body["addons"]) == ("paid", [{"addon": "audit_log_addon", "quantity": 1}])
+        assert (await check(gate, "ws2", meter="exports"))["limit"] == 200
+
+    async def test_an_unknown_feature_and_a_mixed_body_are_refused(self, start):
+        gate = await start(SAAS)
+        status, body = await gate.post("/v1/check", {"subject": "ws", "feature": "teleport"})
+        assert (status, body["error"]) == (422, "unknown_feature")
+        status, body = await gate.post("/v1/check", {"subject": "ws", "feature": "sso", "meter": "exports"})
+        assert (status, body["error"]) == (400, "invalid_field")
+
+    async def test_traits_scale_a_quota_and_outlive_stripes_events(self, start):
+        gate = await start(B2B)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("org1", "org", "price_business_yearly"), NOW - 60))
+        status, body = await gate.post("/v1/subjects/org1/traits", {"traits": {"members": 40}, "actor": "crm"})
+        assert (status, body) == (200, {"subject": "org1", "traits": {"members": 40}})
+        assert (await check(gate, "org1", meter="documents"))["limit"] == 2000
+        await deliver(gate, se.event("customer.subscription.updated",
+                                     subscription("org1", "org", "price_business_yearly"), NOW - 30))
+        # A late event makes the fold run again from before the traits were set: they hold.
+        await deliver(gate, se.event("invoice.paid", se.invoice("paid"), NOW - 45))
+        assert (await check(gate, "org1", meter="documents"))["limit"] == 2000
+        assert (await view(gate, "org1"))["traits"] == {"members": 40}
+
+
+class TestCredits:
+    async def test_an_admin_grant_is_spent_past_the_allowance_once(self, start):
+        gate = await start(AI)
+        await consume(gate, "a1", "tokens", 50000)
+        refused = await consume(gate, "a1", "tokens", 600)
+        assert (refused["allowed"], refused["reason"], refused["credits"]) == (False, "quota_exhausted", 0)
+        grant = {"meter": "tokens", "amount": 1000, "reason": "support ticket 42", "actor": "ops",
+                 "idempotency_key": "ticket-42"}
+        status, body = await gate.post("/v1/subjects/a1/credits", grant)
+        assert status == 200 and body["granted"] is True and body["grant"]["source"] == "admin"
+        status, again = await gate.post("/v1/subjects/a1/credits", grant)
+        assert status == 200 and again["granted"] is False and again["grant"]["id"] == body["grant"]["id"]
+        assert (await check(gate, "a1", meter="tokens", amount=600))["credits"] == 400
+        spent = await consume(gate, "a1", "tokens", 600, key="job-1")
+        assert (spent["allowed"], spent["credits_used"], spent["credits"], spent["used"]) == (True, 600, 400, 50000)
+        repeat = await consume(gate, "a1", "tokens", 600, key="job-1")
+        assert repeat["duplicate"] is True and repeat["credits_used"] == 600
+        (credits,) = (await view(gate, "a1"))["credits"]
+        assert credits["balance"] == 400
+        assert [(g["amount"], g["remaining"], g["note"]) for g in credits["grants"]] == \
+            [(1000, 400, "support ticket 42")]
+
+    async def test_concurrent_spends_never_pass_the_balance(self, start):
+        gate = await start(AI)
+        await consume(gate, "a2", "tokens", 50000)
+        await gate.post("/v1/subjects/a2/credits", {"meter": "tokens", "amount": 95, "reason": "test"})
+        answers = await asyncio.gather(*(consume(gate, "a2", "tokens", 10, key=f"k{i}") for i in range(20)))
+        assert sum(a["counted"] for a in answers) == 9
+        assert (await view(gate, "a2"))["credits"][0]["balance"] == 5
+
+    async def test_a_paid_checkout_of_packs_grants_per_quantity_once(self, start):
+        gate = await start(AI)
+        lines = [("price_tokens_1m", 2)]
+        first = se.event("checkout.session.completed", pack_checkout("a3", "cs_pack_1", lines), NOW - 20)
+        answer = await deliver(gate, first)
+        assert answer["status"] == "free"           # a credit purchase moves no status (the plan tests `mode`)
+        await deliver(gate, first)                  # the same event again
+        await deliver(gate, se.event("checkout.session.completed", pack_checkout("a3", "cs_pack_1", lines), NOW - 10))
+        (credits,) = (await view(gate, "a3"))["credits"]
+        assert credits["balance"] == 2_000_000 and len(credits["grants"]) == 1
+        assert credits["grants"][0]["source"] == "purchase" and credits["grants"][0]["expires_at"] is not None
+
+    async def test_credits_are_kept_when_the_subscription_ends(self, start):
+        gate = await start(AI)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("a4", "account", "price_starter_monthly"), NOW - 90))
+        await deliver(gate, se.event("checkout.session.completed",
+                                     pack_checkout("a4", "cs_pack_4", [("price_tokens_1m", 1)]), NOW - 80))
+        body = await view(gate, "a4")
+        assert body["credits"][0]["balance"] == 1_000_000 + 200_000      # bought, and the tier's for the period
+        await deliver(gate, se.event("customer.subscription.deleted",
+                                     subscription("a4", "account", "price_starter_monthly", status="canceled"),
+                                     NOW - 70))
+        body = await view(gate, "a4")
+        assert (body["status"], body["credits"][0]["balance"]) == ("lapsed", 1_000_000)
+
+
+@pytest.fixture
+async def fake_stripe(aiohttp_server):
+    fake = FakeStripe(meters={"api_tokens_overage": "mtr_test_1"}, customers={"cus_1"})
+    server = await aiohttp_server(fake.app(), host="127.0.0.1")
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+class TestLineItemsFromStripe:
+    async def test_a_checkout_without_its_line_items_is_read_from_stripe(self, start, fake_stripe):
+        fake_stripe.line_items["cs_pack_5"] = [{"price": "price_tokens_1m", "quantity": 3}]
+        gate = await start(AI, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url)
+        await deliver(gate, se.event("checkout.session.completed", pack_checkout("a5", "cs_pack_5"), NOW - 10))
+        assert (await view(gate, "a5"))["credits"][0]["balance"] == 3_000_000
+        (stored,) = [e for e in await gate.app[GATE].store.events("a5") if e.type == "checkout.session.completed"]
+        assert json.loads(stored.payload)["data"]["object"]["line_items"]["data"][0]["quantity"] == 3
+
+    async def test_stripe_down_answers_503_and_the_retry_grants(self, start, fake_stripe):
+        fake_stripe.line_items["cs_pack_6"] = [{"price": "price_tokens_1m", "quantity": 1}]
+        fake_stripe.failing = 1
+        gate = await start(AI, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url)
+        evt = se.event("checkout.session.completed", pack_checkout("a6", "cs_pack_6"), NOW - 10)
+        body = se.encode(evt)
+        async with gate.session.post(gate.url + "/webhook/stripe", data=body,
+                                     headers={"Stripe-Signature": se.sign(body)}) as r:
+            assert r.status == 503
+        assert await gate.app[GATE].store.events("a6") == []
+        await deliver(gate, evt)
+        assert (await view(gate, "a6"))["credits"][0]["balance"] == 1_000_000
+
+    async def test_without_a_key_the_purchase_is_recorded_and_grants_nothing(self, start):
+        gate = await start(AI)
+        answer = await deliver(gate, se.event("checkout.session.completed", pack_checkout("a7", "cs_pack_7"), NOW))
+        assert answer["outcome"] in ("noop", "applied")
+        assert (await view(gate, "a7"))["credits"][0]["balance"] == 0
+
+
+class TestAcrossNodes:
+    async def test_two_nodes_spend_one_balance_exactly(self, start_gate, pg_dsn):
+        first = await start_gate(plan=AI, database=pg_dsn, **QUIET)
+        second = await start_gate(plan=AI, database=pg_dsn, **QUIET)
+        await consume(first, "n1", "tokens", 50000)
+        await first.post("/v1/subjects/n1/credits", {"meter": "tokens", "amount": 200, "reason": "test"})
+        answers = await asyncio.gather(*(consume(node, "n1", "tokens", 7, key=f"n{i}")
+                                         for i in range(40) for node in ((first, second)[i % 2],)))
+        assert sum(a["counted"] for a in answers) == 28          # 28 x 7 = 196 <= 200 < 29 x 7
+        assert (await view(second, "n1"))["credits"][0]["balance"] == 4
+
+
+def _unused(_: web.Application) -> None:
+    """aiohttp's web is imported for the fake's fixture's types."""
+
+
+class TestPersonalData:
+    async def test_erasure_moves_credits_and_overage_to_the_pseudonym(self, start):
+        gate = await start(AI, PLANGATE_MAX_AMOUNT="100000000")
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("p1", "account", "price_scale_yearly"), NOW - 60))
+        await gate.post("/v1/subjects/p1/credits", {"meter": "tokens", "amount": 10,
+                                                     "reason": "Jane Doe asked nicely", "actor": "ops"})
+        await consume(gate, "p1", "tokens", 20_000_015)
+        status, erased = await gate.post("/v1/subjects/p1/erase", {"actor": "privacy"})
+        assert status == 200, erased
+        store = gate.app[GATE].store
+        pseudonym = erased["pseudonym"]
+        assert await store.recent_grants("p1") == [] and await store.overage_reports("p1", None) == []
+        (grant,) = await store.recent_grants(pseudonym)
+        assert grant.remaining == 0 and "Jane" not in grant.note
+        (report,) = await store.overage_reports(pseudonym, None)
+        assert (report.subject, report.value) == (pseudonym, 5)
+
+    def test_a_reduced_checkout_keeps_its_credit_packs(self):
+        from plangate.engine import compile_file
+        from plangate.server.stripe.reduction import Reducer
+        obj = pack_checkout("p2", "cs_pack_9", [("price_tokens_1m", 4)])
+        obj["customer_details"] = {"email": "jane@example.com", "name": "Jane Doe"}
+        evt = se.event("checkout.session.completed", obj, NOW)
+        reduced = json.loads(Reducer(compile_file(AI)).reduce(json.dumps(evt)))
+        kept = reduced["data"]["object"]
+        assert "customer_details" not in kept
+        assert kept["line_items"]["data"] == [{"price": {"id": "price_tokens_1m"}, "quantity": 4}]

@@ -1,0 +1,136 @@
+"""Overage reported to Stripe as billing meter events (issue 19), against a small real Stripe-shaped server on
+127.0.0.1: one event per counted piece of work (its identifier), sent by the `report` job, retried with a growing
+pause, counted once by Stripe when an answer was lost, kept and shown when Stripe refuses it, and checked by
+reconciliation against Stripe's meter summaries. On both stores."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from plangate.server.http.api import GATE
+
+from .stripe_meters import KEY, FakeStripe
+from .test_entitlements import AI, QUIET, consume, deliver, subscription, view
+from . import stripe_events as se
+
+NOW = time.time()
+LIMIT = 20_000_000
+BIG = {"PLANGATE_MAX_AMOUNT": str(10 * LIMIT)}      # the month's allowance counted in one request
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+
+
+@pytest.fixture
+async def fake(aiohttp_server):
+    fake = FakeStripe(meters={"api_tokens_overage": "mtr_test_1"}, customers={"cus_1"})
+    server = await aiohttp_server(fake.app(), host="127.0.0.1")
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@pytest.fixture
+async def scale(start_gate, database, fake):
+    """A gate whose subject s1 (customer cus_1) is on the Scale tier, its month's allowance used up."""
+    gate = await start_gate(plan=AI, database=database, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake.url, **BIG, **QUIET)
+    await deliver(gate, se.event("customer.subscription.created",
+                                 subscription("s1", "account", "price_scale_yearly"), NOW - 60))
+    assert (await consume(gate, "s1", "tokens", LIMIT, key="fill"))["overage"] == 0
+    return gate
+
+
+async def job(gate, name: str = "report"):
+    status, body = await gate.post(f"/v1/jobs/{name}")
+    assert status == 200, body
+    return body["result"]
+
+
+async def overage(gate, **query) -> dict:
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    status, body = await gate.get("/v1/overage" + (f"?{qs}" if qs else ""))
+    assert status == 200, body
+    return body
+
+
+class TestReporting:
+    async def test_overage_is_counted_reported_once_and_sent(self, scale, fake):
+        first = await consume(scale, "s1", "tokens", 1500, key="job-1")
+        assert (first["allowed"], first["overage"], first["used"]) == (True, 1500, LIMIT + 1500)
+        again = await consume(scale, "s1", "tokens", 1500, key="job-1")
+        assert again["duplicate"] is True and again["overage"] == 1500
+        (report,) = (await view(scale, "s1"))["overage"]
+        assert (report["status"], report["value"], report["stripe_customer"]) == ("pending", 1500, "cus_1")
+        assert await job(scale) == [1, 0, 0]
+        (event,) = fake.events
+        assert (event["identifier"], event["payload"]) == \
+            (report["identifier"], {"stripe_customer_id": "cus_1", "value": "1500"})
+        assert event["event_name"] == "api_tokens_overage"
+        assert await job(scale) == [0, 0, 0]
+        assert (await overage(scale, status="sent"))["counts"]["sent"] == {"reports": 1, "value": 1500}
+
+    async def test_a_transient_failure_is_retried_after_a_pause(self, scale, fake):
+        await consume(scale, "s1", "tokens", 10, key="job-2")
+        fake.failing = 1
+        assert await job(scale) == [0, 1, 0]
+        (pending,) = (await overage(scale, status="pending"))["reports"]
+        assert pending["attempts"] == 1 and "APIError" in pending["last_error"]
+        assert await job(scale) == [0, 0, 0]            # not due yet: it waits its pause
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 31
+        assert await job(scale) == [1, 0, 0]
+        assert len(fake.events) == 1
+
+    async def test_a_lost_answer_is_not_counted_twice(self, scale, fake):
+        await consume(scale, "s1", "tokens", 10, key="job-3")
+        fake.lost = 1                                    # Stripe records it, its answer never arrives
+        assert await job(scale) == [0, 1, 0]
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 31
+        assert await job(scale) == [1, 0, 0]
+        assert len(fake.events) == 1 and len(fake.requests) == 2
+        assert {r[1]["identifier"] for r in fake.requests} == {fake.events[0]["identifier"]}
+
+    async def test_a_refused_report_is_kept_and_shown(self, start_gate, database, fake):
+        fake.customers.clear()                           # Stripe knows no such customer
+        gate = await start_gate(plan=AI, database=database, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake.url,
+                                **BIG, **QUIET)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("s2", "account", "price_scale_yearly"), NOW - 60))
+        await consume(gate, "s2", "tokens", LIMIT + 5, key="job-4")
+        assert await job(gate) == [0, 0, 1]
+        body = await overage(gate)                       # refused ones by default
+        (refused,) = body["reports"]
+        assert refused["status"] == "refused" and "No such customer" in refused["last_error"]
+        assert body["counts"]["refused"] == {"reports": 1, "value": 5}
+        assert await job(gate) == [0, 0, 0]              # kept, not sent again
+        assert (await view(gate, "s2"))["overage"][0]["status"] == "refused"
+
+    async def test_without_a_key_reports_wait(self, start_gate, database):
+        gate = await start_gate(plan=AI, database=database, **BIG, **QUIET)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("s3", "account", "price_scale_yearly"), NOW - 60))
+        await consume(gate, "s3", "tokens", LIMIT + 7)
+        assert await job(gate) == [0, 0, 0]
+        assert (await overage(gate, status="pending"))["counts"]["pending"] == {"reports": 1, "value": 7}
+
+
+class TestReconciliation:
+    async def test_what_was_sent_is_compared_with_stripes_sums(self, scale, fake):
+        await consume(scale, "s1", "tokens", 40, key="job-5")
+        await consume(scale, "s1", "tokens", 2, key="job-6")
+        assert await job(scale) == [2, 0, 0]
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 1200               # past the settling time Stripe gets
+        await job(scale, "reconcile")
+        checked = (await overage(scale))["reconciliation"]
+        assert (checked["compared"], checked["differences"]) == (1, [])
+        fake.events.append({**fake.events[0], "identifier": "sent_by_someone_else"})
+        await job(scale, "reconcile")
+        (difference,) = (await overage(scale))["reconciliation"]["differences"]
+        assert difference == {"customer": "cus_1", "event_name": "api_tokens_overage", "sent": 42, "stripe": 82}

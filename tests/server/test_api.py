@@ -223,6 +223,14 @@ class TestAuth:
         assert rows(gate.database, "SELECT * FROM subscriptions") == []
         assert (await gate.post(path, body, token=ADMIN_TOKEN))[0] == 200
 
+    @pytest.mark.parametrize("path, body", [("/v1/subjects/u/credits", {"meter": "requests", "amount": 5,
+                                                                         "reason": "r"}),
+                                            ("/v1/subjects/u/traits", {"traits": {"members": 1000}})])
+    async def test_the_api_token_cannot_raise_what_a_subject_may_do(self, gate, path, body):
+        status, answer = await gate.post(path, body, token=TOKEN)
+        assert (status, answer["error"]) == (403, "forbidden")
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+
     async def test_the_admin_token_also_reads_and_decides(self, gate):
         assert (await gate.post(
             "/v1/check", {"subject": "u", "meter": "requests"}, token=ADMIN_TOKEN))[0] == 200

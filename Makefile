@@ -1,13 +1,25 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
-PYTHON ?= python3.11
-VENV   := .venv
+SUPPORTED := 3.13 3.12 3.11
+# The newest supported Python found (or PYTHON=...): one on PATH that runs (a pyenv shim of a version pyenv has not
+# selected is on PATH but does not run), else one pyenv has installed.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for v in $(SUPPORTED); do \
+	  if python$$v -c '' >/dev/null 2>&1; then echo python$$v; exit; fi; \
+	  for p in $$(pyenv root 2>/dev/null)/versions/$$v*/bin/python$$v; do \
+	    if [ -x "$$p" ]; then echo "$$p"; exit; fi; done; done)
+endif
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Settings of `make run`: the environment wins, then config.env, then make run's defaults (var/run.env).
+RUN_ENV := --env-file config.env --env-file var/run.env
 
 .PHONY: run test lint bench clean
 
 $(BIN)/python:
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=/path/to/python3.11"; exit 2; }
+	@test -n "$(PYTHON)" || { echo "need Python 3.11, 3.12 or 3.13 (python3.13, python3.12 or python3.11 on PATH, or installed by pyenv), or: make PYTHON=/path/to/python3"; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null || \
+	  { echo "$(PYTHON) is not Python 3.11, 3.12 or 3.13 (make PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
@@ -15,25 +27,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# A local gate on the shipped plan: enforcement on, SQLite under var/, a generated token.
+# A local gate on the shipped plan: enforcement on, SQLite under var/, generated tokens and webhook secret
+# (var/api-token, var/admin-token, var/webhook-secret), each a default that config.env or the environment overrides.
 run: $(STAMP)
-	@mkdir -p var
-	@test -s var/api-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > var/api-token
-	@test -s var/webhook-secret || $(BIN)/python -c 'import secrets; print("whsec_" + secrets.token_hex(24))' > var/webhook-secret
+	@$(BIN)/python -m plangate.server.local prepare
 	$(BIN)/plangate lint plans.yaml
-	@export SUBSCRIPTION_ENABLED=$${SUBSCRIPTION_ENABLED:-true} \
-	       PLANGATE_DATABASE=$${PLANGATE_DATABASE:-var/plangate.sqlite3} \
-	       PLANGATE_API_TOKEN=$${PLANGATE_API_TOKEN:-$$(cat var/api-token)} \
-	       STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-$$(cat var/webhook-secret)} \
-	       PLANGATE_PORT=$${PLANGATE_PORT:-8080}; \
-	$(BIN)/plangate migrate && \
-	echo "" && \
-	echo "API token (also in var/api-token): $$PLANGATE_API_TOKEN" && \
-	echo "Stripe webhook secret (also in var/webhook-secret): $$STRIPE_WEBHOOK_SECRET" && \
-	echo "Try:  curl -s -X POST http://127.0.0.1:$$PLANGATE_PORT/v1/check -H \"Authorization: Bearer $$PLANGATE_API_TOKEN\" -d '{\"subject\": \"alice\", \"meter\": \"requests\"}'" && \
-	echo "Simulate Stripe (another shell, same directory):  $(BIN)/plangate stripe-simulate --url http://127.0.0.1:$$PLANGATE_PORT" && \
-	echo "Stop with Ctrl-C." && echo "" && \
-	exec $(BIN)/plangate serve
+	$(BIN)/plangate migrate $(RUN_ENV)
+	@$(BIN)/python -m plangate.server.local hint
+	@exec $(BIN)/plangate serve $(RUN_ENV)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -61,4 +62,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) .venv-ci-*/ var .pytest_cache

@@ -148,7 +148,7 @@ class Server:
 
 def gate_argv() -> list[str]:
     """`plangate serve` under the bench's interpreter (it runs on uvloop by itself)."""
-    return [sys.executable, "-m", "plangate.cli", "serve", "--env-file", ""]
+    return [sys.executable, "-m", "plangate.cli", "serve", "--env-file", "", "--create-store"]
 
 
 def gate_env(**settings: str) -> dict:

@@ -218,17 +218,22 @@ class Meter:
 
 # --- servers -------------------------------------------------------------------------------------
 
+def admin_token(token: str) -> str:
+    """The bench gates' admin token (transitions need it), derived from their API token."""
+    return f"{token}-admin"
+
+
 def start_gate(name: str, folder: Path, token: str, database: str, count_file: Path | None = None,
                **settings: str) -> Server:
     """`plangate serve` on `database` (a SQLite path or a PostgreSQL DSN); counted when count_file is given;
     `settings` are more PLANGATE_ variables."""
-    env = gate_env(PLANGATE_API_TOKEN=token, PLANGATE_DATABASE=database, PLANGATE_PLANS=str(folder / "plans.yaml"),
-                   **settings)
+    env = gate_env(PLANGATE_API_TOKEN=token, PLANGATE_ADMIN_TOKEN=admin_token(token), PLANGATE_DATABASE=database,
+                   PLANGATE_PLANS=str(folder / "plans.yaml"), **settings)
     if count_file is not None:
         env["PLANGATE_BENCH_COUNT_FILE"] = str(count_file)
-        argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", ""]
+        argv = [sys.executable, "-c", _COUNTING_PRELUDE, "serve", "--env-file", "", "--create-store"]
     else:
-        argv = [sys.executable, "-m", "plangate.cli", "serve", "--env-file", ""]
+        argv = [sys.executable, "-m", "plangate.cli", "serve", "--env-file", "", "--create-store"]
     return Server(name, argv, env, folder)
 
 
@@ -267,7 +272,8 @@ async def invalidation_delay(url_a: str, url_b: str, token: str, samples: int) -
             if before == "canceled":
                 raise RuntimeError(f"{subject}: already canceled before the transition")
             async with session.post(f"{url_a}/v1/subjects/{subject}/transition",
-                                    json={"to": "canceled", "reason": "bench: invalidation delay"}) as resp:
+                                    json={"to": "canceled", "reason": "bench: invalidation delay"},
+                                    headers={"Authorization": f"Bearer {admin_token(token)}"}) as resp:
                 moved = await resp.json()
                 if resp.status != 200 or moved.get("to") != "canceled":
                     raise RuntimeError(f"node A did not move {subject}: {resp.status} {moved}")

@@ -5,19 +5,21 @@ Pure code: no I/O beyond loading the plan, no clock (`now` is always an argument
 from ._decision import Decision, Reason, override
 from ._history import Step, advance, event_order, replay
 from ._state import SubjectState
+from ._subjects import MAX_SUBJECT, subject_problem
 from ._table import StateTable, UnknownMeter, UnknownStatus, compile_file, compile_plan
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._usage import UsageBook
 from ._windows import Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
 from ._subscriptions import Subscription, followed, subscription_of
-from ._links import FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, relevant_events, stripe_ids, stripe_refs
+from ._links import (FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, refused_names, relevant_events, stripe_ids,
+                     stripe_refs)
 
 __all__ = [
-    "FACT_EVENTS", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome", "Reason", "Span",
-    "StateTable", "StripeEvent", "SubjectState",
-    "TimerFired", "Trigger", "UnknownMeter", "UnknownStatus", "UsageBook", "billing_period", "billing_span",
-    "compile_file", "compile_plan", "invoice_subscription", "named_subject", "override", "price_ids",
-    "relevant_events", "stripe_ids",
+    "FACT_EVENTS", "MAX_SUBJECT", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome",
+    "Reason", "Span", "StateTable", "StripeEvent", "SubjectState", "TimerFired", "Trigger", "UnknownMeter",
+    "UnknownStatus", "UsageBook", "billing_period", "billing_span", "compile_file", "compile_plan",
+    "invoice_subscription", "named_subject", "override", "price_ids", "refused_names", "relevant_events",
+    "stripe_ids", "subject_problem",
     "MONEY_BACK_EVENTS", "Refs", "Subscription", "followed", "stripe_refs", "subscription_of",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from plangate.policy import Plan, SubjectLink
 
+from ._subjects import subject_problem
 from ._subscriptions import subscription_of
 
 # Events about money coming back: the subject's record keeps them even when no transition uses them.
@@ -34,7 +35,6 @@ FACT_EVENTS = frozenset({
     "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed", "invoice.payment_action_required",
     "charge.succeeded",
 }) | MONEY_BACK_EVENTS
-MAX_SUBJECT = 200
 
 
 def relevant_events(plan: Plan) -> frozenset[str]:
@@ -57,7 +57,23 @@ def stripe_ids(obj: Mapping) -> tuple[str | None, str | None]:
 
 def named_subject(obj: Mapping, link: SubjectLink) -> str | None:
     """The subject an object names itself: client_reference_id (Checkout) or the plan's metadata key on the
-    object, or on the subscription details an invoice carries."""
+    object, or on the subscription details an invoice carries; the first that is a subject id by the rule the
+    API applies too (subject_problem)."""
+    for value in _names(obj, link):
+        if isinstance(value, str) and subject_problem(value) is None:
+            return value
+    return None
+
+
+def refused_names(obj: Mapping, link: SubjectLink) -> list[tuple[str, str]]:
+    """What an object names where a subject id belongs but is none, each with why (for the gate's log): no subject
+    has such an id, so its event waits for a link by its Stripe ids."""
+    return [(value, problem) for value in _names(obj, link)
+            if isinstance(value, str) and value and (problem := subject_problem(value)) is not None]
+
+
+def _names(obj: Mapping, link: SubjectLink) -> list:
+    """The values in the places an object may name its subject, in order of precedence."""
     candidates = []
     if link.client_reference_id and obj.get("object") == "checkout.session":
         candidates.append(obj.get("client_reference_id"))
@@ -68,10 +84,7 @@ def named_subject(obj: Mapping, link: SubjectLink) -> str | None:
             metadata = holder.get("metadata") if isinstance(holder, Mapping) else None
             if isinstance(metadata, Mapping):
                 candidates.append(metadata.get(link.metadata_key))
-    for value in candidates:
-        if isinstance(value, str) and 0 < len(value) <= MAX_SUBJECT and value.isprintable():
-            return value
-    return None
+    return candidates
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ def split_arguments(args: list[str]) -> tuple[Path, list[Path]]:
     """The plan and the scenario sources. The first argument is the plan unless it is a directory
     or a scenario file; without scenarios, the `scenarios` directory next to the plan is used."""
     paths = [Path(a) for a in args]
+    if len(paths) == 1 and not paths[0].exists():      # a plan or a scenario? neither is there
+        raise _Usage(f"{paths[0]}: no such file or directory (plangate test [PLAN] [SCENARIO ...])")
     if paths and not _is_scenario_source(paths[0]):
         plan, sources = paths[0], paths[1:]
     else:

@@ -4,6 +4,7 @@ run on the core install (`pip install plangate`); the gate's commands need the `
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from plangate import __version__
@@ -48,9 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", help="[PLAN] [SCENARIO ...]")
 
     for name, text in (("serve", "start the gate (settings from the environment and config.env)"),
-                       ("migrate", "bring the store's schema up to date")):
+                       ("migrate", "create the store, or bring its schema up to date")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+        p.add_argument("--env-file", action="append", metavar="FILE",
+                       help="settings file, if it exists (default config.env); several: an earlier one wins over a "
+                            "later one, the environment over all")
+        if name == "serve":
+            p.add_argument("--create-store", action="store_true",
+                           help="start on a new, empty SQLite store when there is none (default: refuse; "
+                                "`plangate migrate` creates it)")
 
     p = sub.add_parser("erase", help="erase a subject's personal data (kept under a pseudonym: usage, audit); "
                                       "idempotent; needs PLANGATE_PSEUDONYM_SECRET")
@@ -65,13 +72,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the gate (default %(default)s)")
     p.add_argument("--secret", help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET, else var/webhook-secret)")
     p.add_argument("--token", help="API token (default: $PLANGATE_API_TOKEN, else var/api-token)")
+    p.add_argument("--admin-token", help="admin token, for POST /v1/jobs/sweep (default: $PLANGATE_ADMIN_TOKEN, "
+                                         "else var/admin-token)")
     p.add_argument("--subject", help="the subject (default: a fresh random one); with several lifecycles, a prefix")
     p.add_argument("--list", action="store_true", help="list the lifecycles and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        code = _run(_parser().parse_args(argv))
+        sys.stdout.flush()      # here, not at exit, where a closed pipe could no longer be caught
+        return code
+    except BrokenPipeError:
+        # The reader went away (`plangate graph ... | head`): nothing more to say to it, and no traceback.
+        # stdout points at /dev/null so that Python's own flush at exit does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in SERVER_COMMANDS:
         try:
             return _server_command(args)
@@ -113,10 +136,10 @@ def _impact_on(database: str):
 def _server_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from plangate.server.serve import serve
-        return serve(args.env_file)
+        return serve(args.env_file or "config.env", args.create_store)
     if args.command == "migrate":
         from plangate.server.serve import migrate
-        return migrate(args.env_file)
+        return migrate(args.env_file or "config.env")
     if args.command == "erase":
         from plangate.server.serve import erase
         return erase(args.env_file, args.subject, args.actor)

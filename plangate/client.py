@@ -1,6 +1,6 @@
 """An async client for the workflow server: ask the gate before paid work, count after, with a time budget.
 
-    async with GateClient("http://127.0.0.1:8080", token) as gate:
+    async with GateClient("http://127.0.0.1:8080", token) as gate:     # admin_token=...: for transition()
         decision = await gate.consume(user_id, "requests", idempotency_key=job_id)
         if decision.allowed:
             ...
@@ -207,14 +207,20 @@ class GateClient:
     """The gate's HTTP API as typed calls. `timeout` is the budget, in seconds, for a whole call (connect,
     send, wait, read). With `session`, the caller's aiohttp session is used and left open."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 0.25, fail_open: bool = True,
-                 session: aiohttp.ClientSession | None = None):
+    def __init__(self, base_url: str, token: str, *, admin_token: str | None = None, timeout: float = 0.25,
+                 fail_open: bool = True, session: aiohttp.ClientSession | None = None):
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        for name, value in (("token", token), ("admin_token", admin_token)):
+            # HTTP drops spaces at a header's end: the gate would see another token than the one given.
+            if value is not None and (not value or value != value.strip() or " " in value):
+                raise ValueError(f"{name} must be the token alone, without spaces around or in it")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.fail_open = fail_open
         self._auth = {"Authorization": f"Bearer {token}"}
+        # Transitions need the admin token (PLANGATE_ADMIN_TOKEN); without one the gate refuses them (403).
+        self._admin_auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else self._auth
         self._session = session
         self._owns_session = session is None
 
@@ -283,22 +289,23 @@ class GateClient:
             raise ValueError("give exactly one of to= (a status) or action= (an admin action)")
         body = {"reason": reason, **({"to": to} if to is not None else {"action": action})}
         path = f"/v1/subjects/{quote(subject, safe='')}/transition"
-        return TransitionResult.from_json(await self._strict("POST", path, body))
+        return TransitionResult.from_json(await self._strict("POST", path, body, admin=True))
 
-    async def _strict(self, method: str, path: str, body: dict | None = None) -> dict:
+    async def _strict(self, method: str, path: str, body: dict | None = None, *, admin: bool = False) -> dict:
         try:
-            return await self._call(method, path, body)
+            return await self._call(method, path, body, self._admin_auth if admin else self._auth)
         except _NoAnswer as exc:
             raise GateUnavailable(f"{method} {self.base_url}{path}: {exc}") from None
 
     # --- the wire ---------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, body: dict | None) -> dict:
+    async def _call(self, method: str, path: str, body: dict | None, auth: dict | None = None) -> dict:
         """The gate's JSON answer (2xx); GateRequestError for a 4xx; _NoAnswer for everything else."""
         session = self._open()
         try:
             async with asyncio.timeout(self.timeout):
-                async with session.request(method, self.base_url + path, json=body, headers=self._auth) as resp:
+                async with session.request(method, self.base_url + path, json=body,
+                                           headers=auth or self._auth) as resp:
                     status, raw = resp.status, await resp.read()
         except TimeoutError:
             raise _NoAnswer(f"no answer within {self.timeout}s") from None

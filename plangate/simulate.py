@@ -35,8 +35,8 @@ class Refused(Exception):
 class GateCalls:
     """A small HTTP client for the gate (stdlib only; proxies from the environment are ignored)."""
 
-    def __init__(self, url: str, secret: str, token: str):
-        self.url, self.secret, self.token = url.rstrip("/"), secret, token
+    def __init__(self, url: str, secret: str, token: str, admin_token: str | None = None):
+        self.url, self.secret, self.token, self.admin_token = url.rstrip("/"), secret, token, admin_token
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> dict:
@@ -58,9 +58,10 @@ class GateCalls:
         except ValueError:
             raise Refused(f"{method} {path} did not answer JSON") from None
 
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+    def api(self, method: str, path: str, body: dict | None = None, *, admin: bool = False) -> dict:
+        """A /v1/ call with the API token, or with the admin token (jobs, transitions)."""
         data = json.dumps(body).encode() if body is not None else None
-        return self.call(method, path, data, {"Authorization": f"Bearer {self.token}",
+        return self.call(method, path, data, {"Authorization": f"Bearer {self.admin_token if admin else self.token}",
                                               "Content-Type": "application/json"})
 
     def deliver(self, event: dict) -> dict:
@@ -69,6 +70,9 @@ class GateCalls:
         header = stripe.WebhookSignature.generate_signature_header(payload, self.secret, int(time.time()))
         return self.call("POST", "/webhook/stripe", payload.encode(), {"Stripe-Signature": header,
                                                                        "Content-Type": "application/json"})
+
+    def sweep(self) -> dict:
+        return self.api("POST", "/v1/jobs/sweep", admin=True)
 
     def check(self, subject: str) -> dict:
         return self.api("POST", "/v1/check", {"subject": subject, "meter": "requests", "amount": 1})
@@ -96,7 +100,7 @@ class Run:
         """Every event in the corpus's order, what the story expects after each, then a sweep and the end."""
         for event, expect in zip(self.events, self.life.expects):
             self.send(event, expect or {})
-        result = self.gate.api("POST", "/v1/jobs/sweep")
+        result = self.gate.sweep()
         self.say(f"  > POST /v1/jobs/sweep: {result.get('result')} timer(s) fired")
         view = self.gate.subject(self.subject)
         for key, wanted in self.life.ends.items():
@@ -171,12 +175,17 @@ def run(args, out=None) -> int:
         return _usage("no webhook secret: pass --secret, set STRIPE_WEBHOOK_SECRET or create var/webhook-secret")
     if not token:
         return _usage("no API token: pass --token, set PLANGATE_API_TOKEN or create var/api-token")
-    gate = GateCalls(args.url, secret, token)
+    admin_token = _setting(args.admin_token, "PLANGATE_ADMIN_TOKEN", "var/admin-token")
+    if not admin_token:
+        return _usage("no admin token, which each lifecycle's POST /v1/jobs/sweep needs: pass --admin-token, set "
+                      "PLANGATE_ADMIN_TOKEN or create var/admin-token")
+    gate = GateCalls(args.url, secret, token, admin_token)
     base = args.subject or f"sim-{secrets.token_hex(4)}"
     results: dict[str, bool] = {}
     try:
         gate.call("GET", "/healthz")
         gate.check(base)         # a wrong token is a usage error: found before any event is sent
+        gate.sweep()             # the admin token too (a sweep is what the schedule runs every minute anyway)
     except (Refused, Unreachable) as exc:
         return _usage(str(exc))
     try:

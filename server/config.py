@@ -6,9 +6,10 @@ so that `plangate serve` stops before it binds a port.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -24,10 +25,13 @@ class Config:
     enabled: bool = False
     kill_switch: bool = False
     plans: str = "plans.yaml"
-    database: str = "var/plangate.sqlite3"
+    database: str = field(default="var/plangate.sqlite3", repr=False)   # a PostgreSQL address may hold a password
     host: str = "127.0.0.1"
     port: int = 8080
-    api_token: str = field(default="", repr=False)
+    # Bearer tokens by scope, several while rotating. API: check, consume, usage, reading a subject. Admin: those
+    # and what changes state on a person's word (transitions, jobs).
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    admin_tokens: tuple[str, ...] = field(default=(), repr=False)
     fail_mode: str = "plan"
     cache_ttl: float = 5.0
     cache_size: int = 10_000
@@ -60,13 +64,15 @@ class Config:
     pseudonym_secret: str = field(default="", repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | None = "config.env") -> Config:
-        """Settings from `env` (default: the process environment, after loading `env_file` if it exists;
-        variables already set win over the file)."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 env_file: str | Sequence[str] | None = "config.env") -> Config:
+        """Settings from `env` (default: the process environment, after loading `env_file`, or each of several in
+        turn, where it exists; variables already set win over a file, and an earlier file over a later one)."""
         if env is None:
-            if env_file and Path(env_file).is_file():
-                from dotenv import load_dotenv
-                load_dotenv(env_file, override=False)
+            for name in [env_file] if isinstance(env_file, str) else env_file or ():
+                if name and Path(name).is_file():
+                    from dotenv import load_dotenv
+                    load_dotenv(name, override=False)
             env = os.environ
         r = _Reader(env)
         return cls(
@@ -76,7 +82,8 @@ class Config:
             database=r.text("PLANGATE_DATABASE", "var/plangate.sqlite3"),
             host=r.text("PLANGATE_HOST", "127.0.0.1"),
             port=r.integer("PLANGATE_PORT", 8080, 0, 65535),
-            api_token=r.text("PLANGATE_API_TOKEN", ""),
+            api_tokens=r.tokens("PLANGATE_API_TOKEN"),
+            admin_tokens=r.tokens("PLANGATE_ADMIN_TOKEN"),
             fail_mode=r.choice("PLANGATE_FAIL_MODE", "plan", ("plan", "open", "closed")),
             cache_ttl=r.number("PLANGATE_CACHE_TTL", 5.0, 0.0, 3600.0),
             cache_size=r.integer("PLANGATE_CACHE_SIZE", 10_000, 1, 10_000_000),
@@ -109,6 +116,13 @@ class Config:
             push_usage=r.boolean("PLANGATE_PG_PUSH_USAGE", True),
         )
 
+    def database_shown(self, text: str | None = None) -> str:
+        """PLANGATE_DATABASE (or `text` that may quote it, an error's) with the password replaced by ***: what
+        may be printed or logged."""
+        text = self.database if text is None else text
+        password = _password(self.database)
+        return text.replace(f":{password}@", ":***@").replace(password, "***") if password else text
+
     def store_options(self) -> dict:
         """What open_store needs besides the address."""
         return {"sqlite_synchronous": self.sqlite_synchronous, "pool_min": self.pool_min, "pool_max": self.pool_max,
@@ -116,11 +130,27 @@ class Config:
                 "replicas": self.replicas, "replica_max_lag": self.replica_max_lag, "push_usage": self.push_usage}
 
     def require_token(self) -> None:
-        """Serving needs a token: every /v1/ route is authenticated."""
-        if len(self.api_token) < 16:
-            shown = "(empty)" if not self.api_token else "(too short)"
-            raise ConfigError(f"PLANGATE_API_TOKEN={shown}: set a secret of at least 16 characters, "
-                              "e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        """Serving needs an API token: every /v1/ route is authenticated. The admin token is optional (without
+        it the admin routes refuse every caller), but never one of the API tokens: that would undo the scopes."""
+        if not self.api_tokens:
+            raise ConfigError(f"PLANGATE_API_TOKEN=(empty): set a secret of at least {MIN_TOKEN} characters, "
+                              f"e.g. the output of: {TOKEN_RECIPE}")
+        if set(self.api_tokens) & set(self.admin_tokens):
+            raise ConfigError("PLANGATE_ADMIN_TOKEN: a token is also in PLANGATE_API_TOKEN; the admin token must be "
+                              "a secret of its own")
+
+
+def _password(database: str) -> str | None:
+    """The password in a postgresql:// address, if any."""
+    try:
+        return urlsplit(database).password or None
+    except ValueError:      # a malformed address (a port that is no number...): find it by hand
+        userinfo = database.partition("://")[2].rpartition("@")[0]
+        return userinfo.partition(":")[2] or None
+
+
+MIN_TOKEN = 16
+TOKEN_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class _Reader:
@@ -209,6 +239,19 @@ class _Reader:
                 shown = secret[:6] + "..." if len(secret) > 6 else "(too short)"
                 raise ConfigError(f"{name}: {shown} is not a webhook signing secret; each comma-separated "
                                   "value is the endpoint's whsec_... secret from Stripe")
+        return found
+
+    def tokens(self, name: str) -> tuple[str, ...]:
+        """Comma-separated bearer tokens (several while rotating: any is accepted). Each is visible ASCII, no
+        space: what a client sends after "Bearer " must be the token itself, and HTTP drops spaces at a header's
+        end. A token is never shown in the message."""
+        value = self._raw(name) or ""
+        found = tuple(part.strip() for part in value.split(",") if part.strip())
+        for i, token in enumerate(found, 1):
+            if len(token) < MIN_TOKEN or not (token.isascii() and token.isprintable()) or " " in token:
+                raise ConfigError(f"{name}: token {i} of {len(found)} is not usable: each comma-separated token is "
+                                  f"at least {MIN_TOKEN} visible ASCII characters without spaces, e.g. the output "
+                                  f"of: {TOKEN_RECIPE}")
         return found
 
     def replicas(self, name: str, database: str) -> tuple[str, ...]:

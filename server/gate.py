@@ -187,11 +187,11 @@ class Gate:
     # --- decisions ----------------------------------------------------------------------------
 
     def _preempt(self, subject: str, meter: str | None) -> Decision | None:
-        """Decisions that need no state: enforcement off, or the kill switch."""
-        if not self.config.enabled:
-            return override(Reason.DISABLED, True, None, None, meter, "SUBSCRIPTION_ENABLED=false")
+        """Decisions that need no state: the kill switch (it wins, enforcement on or off), or enforcement off."""
         if self.config.kill_switch:
             return override(Reason.KILL_SWITCH, False, None, None, meter, "SUBSCRIPTION_KILL_SWITCH=true")
+        if not self.config.enabled:
+            return override(Reason.DISABLED, True, None, None, meter, "SUBSCRIPTION_ENABLED=false")
         return None
 
     def _fail(self, subject: str, meter: str) -> Decision:
@@ -319,16 +319,19 @@ class Gate:
             state = entry.stored.state
             rule = table.rule(state, meter, now)
             span = rule.span(state, now)
-            if enforce and not rule.allows:
+            if enforce and not rule.allows and key is None:
                 used = await self._used(entry, (meter, span.start))
                 return Counting(table.can_process(state, meter, amount, used, now), False)
-            if rule.beyond and rule.limit is not None:
+            # (A consume a denying status refuses reaches this only to have its key answered: no credits spent.)
+            if (rule.allows or not enforce) and rule.beyond and rule.limit is not None:
                 counting = await self._spend(entry, table, state, rule, meter, span, amount, key, enforce, now)
                 if counting is None:
                     self.invalidate(subject)
                     continue
                 return counting
-            limit = rule.limit if enforce else None
+            # A status that denies is a limit of 0: the store still answers a key it has seen first (a repeat,
+            # or the key reused for other work), whatever the status says now.
+            limit = (rule.limit if rule.allows else 0) if enforce else None
             done: Counted = await self.timed(
                 "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now), shield=True)
             if done.conflict:
@@ -339,10 +342,11 @@ class Gate:
             else:
                 k = (meter, span.start)
                 entry.used[k] = max(entry.used.get(k, 0), done.used)
-            if enforce and done.counted:
+            if enforce and done.counted and rule.allows:
                 decision, _ = table.consume(state, meter, amount, done.used - amount, now)
             else:
-                # Refused: why, against the usage the database saw. Usage: what is left after counting.
+                # Refused (or a repeat of a key counted before the status came to deny): why, against the usage
+                # the database saw. Usage: what is left after counting.
                 decision = table.can_process(state, meter, amount if enforce else 1, done.used, now)
             return Counting(decision, done.counted, done.duplicate)
         raise StoreUnavailable("count: the subject kept changing")

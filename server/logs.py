@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,14 @@ import orjson
 LOGGER_NAME = "plangate"
 _SECRET_WORDS = ("token", "secret", "authorization", "password", "signature")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Stripe's secret, restricted and publishable keys and webhook secrets, whole or masked as Stripe's own errors
+# show them ("Invalid API Key provided: sk_test_****1234"): an error's text may carry one.
+_KEY_LOOKING = re.compile(r"\b(?:(?:sk|rk|pk)_(?:test|live)_|whsec_)[A-Za-z0-9*]+")
+
+
+def redact_keys(text: str) -> str:
+    """text with every key-looking value replaced by [redacted]."""
+    return _KEY_LOOKING.sub("[redacted]", text)
 
 
 _ENCODER = json.JSONEncoder(default=str)      # json.dumps(..., default=str) builds one per call
@@ -39,7 +48,7 @@ def _secret(key: str) -> bool:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        error = self.formatException(record.exc_info).splitlines()[-1] if record.exc_info else None
+        error = redact_keys(self.formatException(record.exc_info).splitlines()[-1]) if record.exc_info else None
         return self.line(record.created, record.levelname, record.getMessage(), getattr(record, "fields", None),
                          request_id.get(), error)
 
@@ -77,6 +86,9 @@ def configure(level: str = "INFO", stream=None) -> logging.Logger:
 
 
 def log(level: int, event: str, exc_info: bool = False, **fields) -> None:
+    error = fields.get("error")
+    if error.__class__ is str:      # an error's text (a store's, Stripe's API's) may quote a key
+        fields["error"] = redact_keys(error)
     if exc_info:
         logging.getLogger(LOGGER_NAME).log(level, event, exc_info=True, extra={"fields": fields})
     else:       # a transition or a denial: log_each's line without a LogRecord

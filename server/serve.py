@@ -5,26 +5,31 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import signal
+import socket
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from plangate.engine import compile_file
-from plangate.policy import PlanError, PlanFileError, check_file, explain_stranded, stranded
+from plangate.engine import StateTable, compile_file, compile_plan
+from plangate.policy import Finding, PlanError, PlanFileError, check_file, explain_stranded, stranded
 
 from .http.api import PLANS
 from .http.app import create_app
 from .config import Config, ConfigError
 from .gate import Gate, StoreUnavailable
-from .logs import configure
+from .logs import configure, log
 from .metrics import Metrics
 from .personal import RETENTION_MIGRATION, PersonalData
 from .plan_versions import PlanRefused
-from .store import StoreError, open_store
+from .store import StoreError, open_store, sqlite_path
 
 SHUTDOWN_TIMEOUT = 10.0
+BACKLOG = 128       # aiohttp's own default for a site
 
 
 def _fail(message: str, code: int) -> int:
@@ -32,27 +37,53 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _setup(env_file: str | None):
-    config = Config.from_env(env_file=env_file)
-    table = compile_file(config.plans)
-    return config, table
+def _plan(config: Config) -> tuple[StateTable, tuple[Finding, ...]]:
+    """The compiled plan and its warnings; PlanFileError, or PlanError with its findings."""
+    checked = check_file(config.plans)
+    if not checked.ok or checked.plan is None:
+        raise PlanError(checked.findings)
+    return compile_plan(checked.plan), tuple(f for f in checked.findings if not f.is_error)
 
 
-def serve(env_file: str | None = "config.env") -> int:
+def _missing_store(config: Config) -> str | None:
+    """Why serve does not start on this SQLite file: it is not there. A gate that made a new, empty store would
+    answer every paying subject as new (and count old idempotency keys again) after its file was lost or moved."""
+    if config.database.startswith(("postgresql://", "postgres://")):
+        return None
+    path = sqlite_path(config.database)
+    if path == ":memory:" or Path(path).exists():
+        return None
+    return (f"no store at {path} (PLANGATE_DATABASE): `plangate migrate` creates it (as `make run` does); "
+            "`plangate serve --create-store` starts on a new, empty one. If the gate ran on this path before, "
+            "its file was deleted or moved: put it back rather than start empty")
+
+
+def serve(env_file: str | Sequence[str] | None = "config.env", create_store: bool = False) -> int:
     try:
-        config, table = _setup(env_file)
+        config = Config.from_env(env_file=env_file)
         config.require_token()
+        table, warnings = _plan(config)
     except ConfigError as exc:
         return _fail(f"invalid setting: {exc}", 2)
     except PlanFileError as exc:
-        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS)", 2)
+        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS={config.plans})", 2)
     except PlanError as exc:
-        return _fail(str(exc), 2)
+        return _fail(f"{exc}\nfix the plan named by PLANGATE_PLANS={config.plans} (plangate lint {config.plans})", 2)
+    missing = None if create_store else _missing_store(config)
+    if missing:
+        return _fail(missing, 2)
     configure(config.log_level)
+    for finding in warnings:        # served anyway, but said where the operator looks
+        log(logging.WARNING, "plan_warning", code=finding.code, message=finding.message,
+            where=f"{finding.location.file}:{finding.location.line}:{finding.location.column}")
     try:
-        uvloop.run(_serve(config, table))     # libuv's loop: less CPU per request, a shorter p99 than asyncio's
+        sockets = _listen(config.host, config.port)   # before the store is opened or "started" is logged
+    except OSError as exc:
+        return _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1)
+    try:
+        uvloop.run(_serve(config, table, sockets))     # libuv's loop: less CPU per request, a shorter p99
     except StoreError as exc:
-        return _fail(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})", 1)
+        return _fail(config.database_shown(f"the store failed: {exc} (PLANGATE_DATABASE={config.database})"), 1)
     except PlanRefused as exc:
         return _fail(f"the gate did not start: {exc} (PLANGATE_PLANS={config.plans})", 1)
     except OSError as exc:
@@ -60,7 +91,29 @@ def serve(env_file: str | None = "config.env") -> int:
     return 0
 
 
-async def _serve(config: Config, table) -> None:
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of host (as asyncio's create_server would bind them), made before
+    anything starts: a port in use fails here, with nothing opened, migrated or logged as started."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                  flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
     store = open_store(config.database, **config.store_options())
     app = create_app(config, table, store)
     # keepalive_timeout: a connection with no complete request for this long is closed, whether idle or
@@ -80,8 +133,8 @@ async def _serve(config: Config, table) -> None:
     loop.add_signal_handler(signal.SIGHUP, app[PLANS].reload_soon, "sighup")
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         # What exists now (modules, the plan, the app) lives as long as the process. A full collection
         # walked it all, a pause every request in flight waits out: frozen, it is never walked.
         gc.freeze()
@@ -95,7 +148,7 @@ async def _serve(config: Config, table) -> None:
         await runner.cleanup()
 
 
-def migrate(env_file: str | None = "config.env") -> int:
+def migrate(env_file: str | Sequence[str] | None = "config.env") -> int:
     """The schema, then (once, across the migration that brought retention) the payloads stored before it,
     reduced with the plan's readers: a fresh store needs no plan."""
     try:
@@ -122,11 +175,12 @@ def migrate(env_file: str | None = "config.env") -> int:
     try:
         before, after, reduced, stranded_by = asyncio.run(run())
     except StoreError as exc:
-        return _fail(f"migration failed: {exc}", 1)
+        return _fail(config.database_shown(f"migration failed: {exc} (PLANGATE_DATABASE={config.database})"), 1)
     except StoreUnavailable:
         return _fail("migration failed: the store did not answer while reducing stored payloads", 1)
-    print(f"plangate: {config.database}: schema version {before} -> {after}"
-          if after != before else f"plangate: {config.database}: schema is current (version {after})")
+    shown = config.database_shown()
+    print(f"plangate: {shown}: schema version {before} -> {after}"
+          if after != before else f"plangate: {shown}: schema is current (version {after})")
     if reduced is not None:
         kept = f" ({reduced.kept} kept as they came, see the log)" if reduced.kept else ""
         print(f"plangate: Stripe payloads older than {config.payload_retention_days} days reduced to what the gate "
@@ -139,20 +193,22 @@ def migrate(env_file: str | None = "config.env") -> int:
     return 0
 
 
-def erase(env_file: str | None, subject: str, actor: str) -> int:
+def erase(env_file: str | Sequence[str] | None, subject: str, actor: str) -> int:
     """`plangate erase SUBJECT`: what POST /v1/subjects/{subject}/erase does, straight on the store. Other nodes
     on PostgreSQL drop the subject from their caches; a gate on the same SQLite file forgets it within
     PLANGATE_CACHE_TTL (its next write to the subject finds the row gone)."""
+    # Not the subject id rule (subject_problem): a subject stored before that rule may still need erasing.
     if not subject or len(subject) > 200 or not subject.isprintable():
         return _fail("erase: the subject must be 1 to 200 printable characters", 2)
     try:
-        config, table = _setup(env_file)
+        config = Config.from_env(env_file=env_file)
+        table, _ = _plan(config)
     except ConfigError as exc:
         return _fail(f"invalid setting: {exc}", 2)
     except PlanFileError as exc:
-        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS)", 2)
+        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS={config.plans})", 2)
     except PlanError as exc:
-        return _fail(str(exc), 2)
+        return _fail(f"{exc}\nfix the plan named by PLANGATE_PLANS={config.plans} (plangate lint {config.plans})", 2)
     if not config.pseudonym_secret:
         return _fail("erase: PLANGATE_PSEUDONYM_SECRET is not set; erasure needs it (the same on every node, "
                      "never changed)", 2)
@@ -168,8 +224,8 @@ def erase(env_file: str | None, subject: str, actor: str) -> int:
     try:
         erased = asyncio.run(run())
     except (StoreError, StoreUnavailable) as exc:
-        return _fail(f"erase failed: the store failed ({exc}); nothing was erased (is the schema current? "
-                     "plangate migrate)", 1)
+        return _fail(config.database_shown(f"erase failed: the store failed ({exc}); nothing was erased (is the "
+                                           "schema current? plangate migrate)"), 1)
     print(json.dumps(erased.to_dict()))
     return 0
 

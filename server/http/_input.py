@@ -7,6 +7,8 @@ from typing import Literal, overload
 
 from aiohttp import web
 
+from plangate.engine import subject_problem
+
 from . import _json
 
 MAX_TEXT = 200
@@ -72,6 +74,15 @@ def text(body: dict, name: str, *, required: bool = True) -> str | None:
     if not value.isascii() and _SURROGATE.search(value):
         # JSON lets "\ud800" through; the store cannot encode it (it would be a 500).
         raise BadRequest(400, "invalid_field", f"'{name}' must be valid Unicode (no lone surrogates)")
+    return value
+
+
+def subject(body: dict, name: str = "subject") -> str:
+    """A subject id, by the one rule every door applies (plangate.engine.subject_problem)."""
+    value = text(body, name)
+    problem = subject_problem(value)
+    if problem is not None:
+        raise BadRequest(400, "invalid_field", f"'{name}' {problem}")
     return value
 
 

@@ -51,7 +51,7 @@ async def _decision_request(request: web.Request, fields: set[str], key_required
     gate = request.app[GATE]
     if body is None:
         body = await inp.json_object(request, fields)
-    subject = inp.text(body, "subject")
+    subject = inp.subject(body)
     meter = inp.one_of(inp.text(body, "meter"), gate.table.meters, "unknown_meter", "meter")
     amount = inp.amount(body, gate.config.max_amount)
     key = inp.text(body, "idempotency_key", required=key_required) if "idempotency_key" in fields else None
@@ -108,7 +108,7 @@ def _counted(subject: str, amount: int, result: Counting) -> web.Response:
 
 async def subject_view(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.subject({"subject": request.match_info["subject"]})
     try:
         view = await gate.describe(subject)
     except StoreUnavailable:
@@ -140,7 +140,7 @@ async def grant_credits(request: web.Request) -> web.Response:
     """An admin grants credits of a meter to a subject: audited (the grant keeps the actor and the reason); the
     same idempotency_key grants once."""
     gate = request.app[GATE]
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.subject({"subject": request.match_info["subject"]})
     body = await inp.json_object(request, _GRANT_FIELDS)
     meter = inp.one_of(inp.text(body, "meter"), tuple(m for m in gate.table.meters if gate.table.has_credits(m)),
                        "unknown_meter", "meter with credits")
@@ -168,7 +168,7 @@ async def grant_credits(request: web.Request) -> web.Response:
 async def set_traits(request: web.Request) -> web.Response:
     """Set numbers on a subject that its quotas may be per unit of (`per_unit: {trait: NAME}`)."""
     gate = request.app[GATE]
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.subject({"subject": request.match_info["subject"]})
     body = await inp.json_object(request, {"traits", "actor"})
     traits = inp.traits(body)
     actor = inp.text(body, "actor", required=False) or "admin-api"
@@ -213,7 +213,7 @@ def _last_check(request: web.Request) -> dict | None:
 
 async def transition(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.subject({"subject": request.match_info["subject"]})
     body = await inp.json_object(request, {"to", "action", "reason", "actor"})
     to, action = inp.text(body, "to", required=False), inp.text(body, "action", required=False)
     if (to is None) == (action is None):
@@ -238,7 +238,8 @@ async def transition(request: web.Request) -> web.Response:
 
 async def erase(request: web.Request) -> web.Response:
     """Erase a subject's personal data: its rows kept under a pseudonym (usage, audit), its Stripe payloads
-    reduced, its Stripe ids dropped unless a subscription is live. Idempotent."""
+    reduced, its Stripe ids dropped unless a subscription is live. Idempotent. Any text names the subject, not
+    only an id by the subject rule (inp.subject): one stored before that rule may still need erasing."""
     subject = inp.text({"subject": request.match_info["subject"]}, "subject")
     body = await inp.json_object(request, {"actor"})
     actor = inp.text(body, "actor", required=False) or "admin-api"
@@ -290,6 +291,10 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
 
+# Routes that change state on a person's word: PLANGATE_ADMIN_TOKEN only. Every other /v1/ route takes either token.
+# Credits and traits raise what a subject may do, as a move to a paying status would.
+ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/subjects/{subject}/erase",
+                         "/v1/subjects/{subject}/credits", "/v1/subjects/{subject}/traits", "/v1/jobs/{job}"})
 # (method, path, handler) of every route but the webhook's (webhook.receive); GET routes answer HEAD too.
 ROUTES = (
     ("POST", "/v1/check", check),

@@ -2,7 +2,6 @@
 life cycle."""
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
 import secrets
@@ -14,6 +13,7 @@ from aiohttp import web
 from plangate.engine import StateTable
 
 from . import _json, api, plan_api, webhook
+from ._auth import Scope, Tokens, matches
 from ._input import MAX_BODY, BadRequest
 from ..config import Config
 from ..gate import Gate
@@ -25,6 +25,9 @@ from ..metrics import Metrics
 from ..plan_versions import PlanKeeper
 from ..store import Store
 
+# Routes that change state on a person's word: the admin token only. Every other /v1/ route takes either token.
+ADMIN_PATHS = api.ADMIN_PATHS | plan_api.ADMIN_PATHS
+_BY_PATH = object()     # the scope of the catch-all route: an API token for a path under /v1/, else none
 _HTTP_ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large", 415: "unsupported_media_type"}
 
@@ -48,10 +51,15 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
     _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
-                _Guard(config.api_token, metrics, client_max_size))
+                _Guard(Tokens(config.api_tokens, config.admin_tokens), metrics, client_max_size))
 
     async def lifecycle(app: web.Application):
         await store.open()
+        try:
+            await store.claim()
+        except BaseException:
+            await store.close()
+            raise
         if migrate:
             await personal.after_migration(*await store.migrate())
         try:
@@ -88,7 +96,7 @@ def _error(status: int, code: str, message: str, request_id: str, headers: dict 
 class _Guard:
     """What every route's wrapper checks and reports with."""
 
-    token: str
+    tokens: Tokens
     metrics: Metrics
     client_max_size: int    # the application's limit on a body, named when aiohttp refuses one (413)
 
@@ -102,13 +110,15 @@ def _add_routes(app: web.Application, routes, guard: _Guard) -> None:
         by_path.setdefault(path, []).append((method, handler))
     for path, handlers in by_path.items():
         allowed = set()
+        scope = Scope.ADMIN if path in ADMIN_PATHS else Scope.API if path.startswith("/v1/") else None
         for method, handler in handlers:
-            app.router.add_route(method, path, _guarded(handler, path, guard))
+            app.router.add_route(method, path, _guarded(handler, path, scope, guard))
             allowed |= {method, "HEAD"} if method == "GET" else {method}
             if method == "GET":
-                app.router.add_route("HEAD", path, _guarded(handler, path, guard))
-        app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", guard))
-    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", guard))
+                app.router.add_route("HEAD", path, _guarded(handler, path, scope, guard))
+        app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", scope,
+                                                 guard))
+    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", _BY_PATH, guard))
 
 
 def _not_allowed(allow: str):
@@ -122,24 +132,28 @@ async def _not_found(request: web.Request) -> web.Response:
     raise BadRequest(404, "not_found", f"no route for {request.path}; see /openapi.json")
 
 
-def _guarded(handler, route: str, guard: _Guard):
-    """handler with the request id (the caller's X-Request-Id, else a new one, echoed in the answer), the /v1/
-    token, errors as JSON and the route's latency."""
-    token = guard.token
-    expected = f"Bearer {token}".encode()
+def _guarded(handler, route: str, scope, guard: _Guard):
+    """handler with the request id (the caller's X-Request-Id, else a new one, echoed in the answer), the token
+    of its scope (a Scope; None: open; _BY_PATH: an API token under /v1/), errors as JSON and the route's
+    latency."""
+    tokens = guard.tokens
+    accepted = {needs: tokens.accepted(needs) for needs in Scope}
     too_large = f"the body is larger than {guard.client_max_size} bytes"
     rejected, latency = guard.metrics.rejected, guard.metrics.latency.labels(route)
-    protected = None if route == "unmatched" else route.startswith("/v1/")     # unmatched: by the request's path
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-Id", "")[:64] or _new_request_id()
         current_request_id.set(request_id)
         started = time.perf_counter()
         try:
-            if protected if protected is not None else request.path.startswith("/v1/"):
-                given = request.headers.get("Authorization", "").encode()
-                if not token or not hmac.compare_digest(given, expected):
-                    raise BadRequest(401, "unauthorized", "send Authorization: Bearer <PLANGATE_API_TOKEN>")
+            needs = scope if scope is not _BY_PATH else Scope.API if request.path.startswith("/v1/") else None
+            if needs is not None:
+                # One header, exactly a token of the scope: the common case is a comparison of strings.
+                given = request.headers.getall("Authorization", None)
+                if given is None or len(given) != 1 or not matches(given[0], accepted[needs]):
+                    refused = tokens.refusal(given, needs)
+                    if refused is not None:
+                        raise refused
             response = await handler(request)
             response.headers["X-Request-Id"] = request_id
             return response

@@ -55,7 +55,7 @@ async def upgrade(request: web.Request) -> web.Response:
     if "subjects" in body:
         if not isinstance(subjects, list) or not 1 <= len(subjects) <= MAX_SUBJECTS:
             raise inp.BadRequest(400, "invalid_field", f"'subjects' must be a list of 1 to {MAX_SUBJECTS} subjects")
-        subjects = [inp.text({"subjects": s}, "subjects") for s in subjects]
+        subjects = [inp.subject({"subjects": s}, "subjects") for s in subjects]
     try:
         moved = await keeper.upgrade(tier=tier, subjects=subjects, why=reason, actor=actor)
     except StoreUnavailable:
@@ -64,6 +64,8 @@ async def upgrade(request: web.Request) -> web.Response:
     return _json.response({"moved": moved, "version": keeper.gate.table.version})
 
 
+# Reload and upgrade: PLANGATE_ADMIN_TOKEN only (server/http/_auth.py).
+ADMIN_PATHS = frozenset({"/v1/plan/reload", "/v1/plan/upgrade"})
 ROUTES = (
     ("GET", "/v1/plan", plan_view),
     ("POST", "/v1/plan/reload", reload),

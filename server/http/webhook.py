@@ -46,6 +46,8 @@ def _verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolera
     its refusal (an exception carrying the body) is a large part of what a replayed signature costs."""
     if not header:
         raise BadRequest(400, "signature_missing", "no Stripe-Signature header: only signed events are accepted")
+    if not header.isascii():    # Stripe's are hex digits and a timestamp; the stripe package compares ASCII only
+        raise BadRequest(400, "signature_invalid", "the Stripe signature does not verify: the header is not ASCII")
     signed_at = _signed_at(header)
     if signed_at is not None and signed_at < time.time() - tolerance:
         raise BadRequest(400, "signature_invalid", f"the Stripe signature does not verify: it was made at "

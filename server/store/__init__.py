@@ -3,7 +3,7 @@ from ._base import (AuditEntry, Change, Counted, DuplicateEvent, Erasure, EventR
                     Store, StoredSubject, StoreError)
 from ._credits import OverageReport, Spend
 from ._migrations import number_of as migration_number
-from ._sqlite import SQLiteStore
+from ._sqlite import SQLiteStore, sqlite_path
 
 
 def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: int = 1, pool_max: int = 10,
@@ -21,4 +21,4 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
 
 __all__ = ["AuditEntry", "Change", "Counted", "DuplicateEvent", "Erasure", "EventRecord", "IdempotencyConflict",
            "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError", "StoredSubject",
-           "migration_number", "open_store"]
+           "migration_number", "open_store", "sqlite_path"]

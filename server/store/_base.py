@@ -213,6 +213,10 @@ class Store(abc.ABC):
     async def unlisten(self) -> None:  # noqa: B027 - nor anything to stop
         """Stop what listen() started."""
 
+    async def claim(self) -> None:  # noqa: B027 - most stores serve any number of gates: nothing to claim
+        """Make this process the store's gate, where the store serves one gate process only (SQLite);
+        StoreError naming the other process when one has it. Released by close()."""
+
     def replica_lags(self) -> dict[str, float]:
         """Measured lag (seconds) of each read replica, by host:port (none but on PostgreSQL with replicas)."""
         return {}

@@ -15,7 +15,11 @@ import asyncpg
 
 from ._base import StoreError
 
-ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
+# InternalClientError: a connection the server dropped in the middle of an operation, handed out again before the
+# pool noticed, refuses the next one ("cannot switch to state 12; another operation is in progress"; seen on
+# Python 3.12 and 3.13 when PostgreSQL stops). It is the store failing like any other.
+ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError,
+          asyncio.TimeoutError)
 
 
 class Pool:
@@ -39,7 +43,10 @@ class Pool:
         try:
             self._pool = await asyncpg.create_pool(self.dsn, **self._options)
         except (*ERRORS, ValueError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+            timeout = self._options["timeout"]
+            why = f"no answer within {timeout:g} s" if isinstance(exc, asyncio.TimeoutError) else \
+                str(exc) or type(exc).__name__
+            raise StoreError(f"cannot connect to PostgreSQL: {why}") from exc
 
     @property
     def is_open(self) -> bool:
@@ -65,7 +72,11 @@ class Pool:
             raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()        # its protocol is stuck mid-operation: never hand it out again
+                    raise
         except ERRORS as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         finally:

@@ -26,6 +26,7 @@ from . import _sqlite_queries as queries
 from ._base import AuditEntry, Change, Counted, EventRecord, Payment, Store, StoreError, StoredSubject
 from ._sqlite_connections import (CHECKPOINT_INTERVAL, Checkpointer, ThreadConnection, connect_on_loop, run_on_loop,
                                   sqlite_path)
+from ._sqlite_file import StoreFile
 from ._sqlite_personal import SQLitePersonalData
 from ._sqlite_plans import SQLitePlans
 from ._sqlite_credits import SQLiteCredits
@@ -45,6 +46,7 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
         self._commits_on_loop = synchronous.upper() != "FULL"
         self._write_lock = asyncio.Lock()
         self._groups = GroupCommit(self._commit_group, self._write_lock)
+        self._file = StoreFile(self.path)       # deleted or moved under the gate; one gate per file
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -58,6 +60,7 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
             self._loop_db.execute("PRAGMA wal_autocheckpoint = 0")
             await self._checkpoints.open(self.path, self.synchronous)
             self._open = self._groups.open = True
+            self._file.remember()
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -82,11 +85,16 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
             except sqlite3.Error:
                 pass
             self._loop_db = None
+        self._file.release()
+
+    async def claim(self) -> None:
+        self._file.claim()
 
     async def migrate(self) -> tuple[int, int]:
         return await self._write_whole(queries.migrate)
 
     async def ping(self) -> None:
+        self._file.check()
         await self._read(queries.ping)
 
     # --- reads ---------------------------------------------------------------------------------
@@ -151,6 +159,7 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
             return set()
         if any(c.expected_version == 0 or c.new_events or c.replayed_events or c.payments for c in changes):
             raise ValueError("commit_batch takes changes of stored subjects with audits only")
+        self._file.check()
         # On the loop's connection, like the writes of requests: its page cache holds what they wrote, where
         # the writer's was emptied by each of their commits.
         return await self._write_whole(queries.commit_batch, changes, on_loop=self._commits_on_loop)
@@ -159,6 +168,7 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
         return await self._on_writer_thread(queries.doubtful, statuses, unconfirmed_before, limit)
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
+        self._file.check()
         return await self._write_whole(queries.cleanup, usage_before, keys_before)
 
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
@@ -200,6 +210,7 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
         held the group back is dropped."""
         if not self._open:
             raise StoreError("the store is not open")
+        self._file.check()
         try:
             if not self._commits_on_loop:
                 return group, await self._writer.run(run_group, [w for w, _ in group])

@@ -51,9 +51,10 @@ _USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window
 # Events waiting for their subject, by customer or subscription: a search in each partial index (the second
 # leaves out what the first found). `customer = ? OR subscription = ?` scanned every pending event instead,
 # reading each one's row, and every linking event asks.
-_PENDING = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_customer = ?1 "
-            f"UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
-            "stripe_subscription = ?2 AND (stripe_customer = ?1) IS NOT 1")
+# Named parameters with a dict: numbered ones (?1) bound from a sequence are deprecated since Python 3.12.
+_PENDING = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
+            f"stripe_customer = :customer UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events WHERE "
+            "outcome = 'pending' AND stripe_subscription = :subscription AND (stripe_customer = :customer) IS NOT 1")
 # Events waiting for a charge or payment intent (a dispute), that neither of the above found.
 _PENDING_PAYMENT = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_payment = ? "
                     "AND (stripe_customer = ?) IS NOT 1 AND (stripe_subscription = ?) IS NOT 1")
@@ -154,7 +155,7 @@ def history(db: sqlite3.Connection, subject: str, since: float) -> list[EventRec
 def pending(db: sqlite3.Connection, customer: str | None, subscription: str | None,
             payments: tuple[str, ...] = ()) -> list[EventRecord]:
     """Store.pending's events, in created order."""
-    rows = db.execute(_PENDING, (customer, subscription)).fetchall()
+    rows = db.execute(_PENDING, {"customer": customer, "subscription": subscription}).fetchall()
     for payment in payments:
         rows += db.execute(_PENDING_PAYMENT, (payment, customer, subscription)).fetchall()
     if payments:
@@ -229,6 +230,8 @@ def count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_sta
     # stored now, in its initial state.
     row = db.execute("SELECT version FROM subscriptions WHERE subject = ?", (subject,)).fetchone()
     if current.version == 0 and row is None:
+        if limit is not None and amount > limit:    # refused: a subject not stored yet stays so
+            return Counted(False, 0)
         db.execute(_INSERT_SUBJECT, _subject_params(current, now))
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)

@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
-                             relevant_events, replay, stripe_refs)
+                             refused_names, relevant_events, replay, stripe_refs)
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
@@ -125,6 +125,11 @@ class Ingest:
         obj = event.object
         refs = stripe_refs(obj)
         named = named_subject(obj, self.table.plan.subject_link)
+        if named is None:
+            for value, problem in refused_names(obj, self.table.plan.subject_link):
+                # The API refuses such an id, so no subject has it: the event waits for a link by its Stripe ids.
+                log(logging.WARNING, "stripe_subject_refused", event_id=event.id, subject=value[:250],
+                    problem=f"the subject {problem}")
         linking = named is not None
         seen, subject, stored = await self._io("lookup", self.store.lookup(
             event.id, named, refs.customer, refs.subscription, refs.payments))

@@ -25,7 +25,7 @@ import pytest
 
 from plangate.server.logs import parse_lines
 from tests.server import stripe_events as se
-from tests.server.conftest import BASE_ENV, TOKEN, GateProcess
+from tests.server.conftest import ADMIN_TOKEN, BASE_ENV, TOKEN, GateProcess
 
 from ._local import QUIET, open_fds, percentile, rss_kib
 
@@ -36,6 +36,7 @@ FD_MARGIN = 2
 CLIENTS = 6
 SUBJECTS = [f"soak-{i}" for i in range(400)]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 UNUSED = ["charge.captured", "customer.updated", "payment_intent.created", "invoice.finalized"]
 
 
@@ -121,12 +122,12 @@ class Traffic:
         elif pick < 0.89:
             change = rng.choice([{"to": "paid"}, {"to": "limited_free_trial"}, {"action": "restart_free_trial"},
                                  {"to": "grace_period"}, {"action": "close_account"}])
-            await self._call(session, "transition", "POST", f"/v1/subjects/{subject}/transition", headers=AUTH,
+            await self._call(session, "transition", "POST", f"/v1/subjects/{subject}/transition", headers=ADMIN,
                              json={**change, "reason": "soak", "actor": "soak"})
         elif pick < 0.998:
             await self._call(session, "view", "GET", f"/v1/subjects/{subject}", headers=AUTH)
         else:
-            await self._call(session, "sweep", "POST", "/v1/jobs/sweep", headers=AUTH)
+            await self._call(session, "sweep", "POST", "/v1/jobs/sweep", headers=ADMIN)
 
     async def client(self, until: float) -> None:
         timeout = aiohttp.ClientTimeout(total=30)

@@ -133,7 +133,13 @@ async def test_huge_bodies_are_refused_before_they_are_read(abused, session):
     print(f"\n413 for a declared 50 MB body after {1000 * (time.perf_counter() - t0):.1f} ms")
     # ...and the connection closed at once: not held open (a task, a socket, a timer each) for aiohttp's 10 s
     # of lingering, reading and dropping the rest of a body the client will never send.
-    assert b'"body_too_large"' in await asyncio.wait_for(reader.read(), 3)
+    try:
+        rest = await asyncio.wait_for(reader.read(), 3)
+    except ConnectionResetError:
+        # The gate closed with the unread body in its buffer, so the kernel reset the connection, which may
+        # overtake the answer's last segment (seen under load on Python 3.13): closed at once all the same.
+        rest = None
+    assert rest is None or b'"body_too_large"' in rest
     writer.close()
 
     # No Content-Length (chunked, never ending): the gate reads up to its limit, answers, and stops reading.

@@ -89,6 +89,11 @@ class TestArguments:
         assert run_scenarios([str(repo / "plans.yaml"), str(tmp_path / "nope.yaml")]) == EXIT_USAGE
         assert "nope.yaml: no such file or directory" in capsys.readouterr().err
 
+    def test_a_lone_missing_file_is_not_called_the_plan(self, in_repo, capsys):
+        assert run_scenarios(["scenarios/nope.yaml"]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith("plangate test: scenarios/nope.yaml: no such file or directory") and "plan " not in err
+
     def test_a_directory_without_scenarios(self, repo, tmp_path, capsys):
         assert run_scenarios([str(repo / "plans.yaml"), str(tmp_path)]) == EXIT_USAGE
         assert "no scenario files" in capsys.readouterr().err

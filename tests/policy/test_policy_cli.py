@@ -143,6 +143,16 @@ class TestRealProcess:
         done = subprocess.run([plangate, "lint", "--strict"], cwd=repo, capture_output=True, text=True, timeout=60)
         assert (done.returncode, done.stdout) == (0, "")
 
+    @pytest.mark.parametrize("argv", [["graph", "--format", "dot"], ["graph"], ["explain"], ["lint", "--format", "json"],
+                                      ["--help"]])
+    def test_a_closed_pipe_ends_it_without_a_traceback(self, plangate, repo, argv):
+        """`plangate graph --format dot plans.yaml | head -1`: the reader is gone before the output is written."""
+        proc = subprocess.Popen([plangate, *argv, *(["plans.yaml"] if argv[0] != "--help" else [])], cwd=repo,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) in (0, 1) and err == ""
+
     def test_missing_file_exits_2_without_traceback(self, plangate, tmp_path):
         done = subprocess.run([plangate, "lint", str(tmp_path / "nope.yaml")],
                               capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -21,12 +22,14 @@ from plangate.server.store import open_store
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans.yaml"
 TOKEN = "test-token-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+_SCOPED = object()      # ServedGate.call's default: the token the path's scope needs
 # A store call's budget of 5 s, not 0.25: on a shared machine running the whole suite, a store call slower than
 # 0.25 s made a correctness test get a fail-mode answer (seen once: 40 concurrent usage reports, one 503). Tests
 # of the fail modes set their own budget.
 PSEUDONYM_SECRET = "test-pseudonym-secret-0123456789"
-BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_PLANS": str(PLAN),
-            "PLANGATE_STORE_TIMEOUT": "5", "PLANGATE_PSEUDONYM_SECRET": PSEUDONYM_SECRET}
+BASE_ENV = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_API_TOKEN": TOKEN, "PLANGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "PLANGATE_PLANS": str(PLAN), "PLANGATE_STORE_TIMEOUT": "5", "PLANGATE_PSEUDONYM_SECRET": PSEUDONYM_SECRET}
 
 
 @dataclass
@@ -38,9 +41,11 @@ class ServedGate:
     app: object = None
     database: str = ""
 
-    async def call(self, method: str, path: str, body=None, *, token: str | None = TOKEN, raw: bytes | None = None,
+    async def call(self, method: str, path: str, body=None, *, token=_SCOPED, raw: bytes | None = None,
                    headers: dict | None = None):
         hdrs = dict(headers or {})
+        if token is _SCOPED:
+            token = token_for(path)
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
         kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
@@ -67,6 +72,15 @@ class ServedGate:
         if key is not None:
             body["idempotency_key"] = key
         return await self.post("/v1/consume", body)
+
+
+def token_for(path: str) -> str:
+    """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions, erasure, jobs and plan
+    changes, else the API token."""
+    path = urlsplit(path).path
+    admin = path.startswith(("/v1/jobs/", "/v1/plan/")) or \
+        path.endswith(("/transition", "/erase", "/credits", "/traits"))
+    return ADMIN_TOKEN if admin else TOKEN
 
 
 def config_for(database: str, **env) -> Config:
@@ -133,14 +147,15 @@ def free_port() -> int:
 class GateProcess:
     """`plangate serve` as a real process, stopped by SIGTERM (SIGKILL if it hangs)."""
 
-    def __init__(self, env: dict, cwd: Path):
+    def __init__(self, env: dict, cwd: Path, *, create_store: bool = True):
         self.port = free_port()
         full = {**os.environ, **env, "PLANGATE_PORT": str(self.port), "PLANGATE_HOST": "127.0.0.1"}
         exe = Path(sys.executable).with_name("plangate")
         # Output goes to files: a pipe nobody reads fills up and would block a busy gate.
         self._out, self._err = cwd / f"gate-{self.port}.out", cwd / f"gate-{self.port}.err"
         with open(self._out, "w") as out, open(self._err, "w") as err:
-            self.proc = subprocess.Popen([str(exe), "serve", "--env-file", ""], env=full, cwd=cwd,
+            self.proc = subprocess.Popen([str(exe), "serve", "--env-file", "", *["--create-store"] * create_store],
+                                         env=full, cwd=cwd,
                                          stdout=out, stderr=err, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait_ready()
@@ -175,8 +190,9 @@ class GateProcess:
 def gate_process(tmp_path):
     started = []
 
-    def start(**env) -> GateProcess:
-        p = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "proc.sqlite3"), **env}, tmp_path)
+    def start(create_store: bool = True, **env) -> GateProcess:
+        p = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "proc.sqlite3"), **env}, tmp_path,
+                        create_store=create_store)
         started.append(p)
         return p
 

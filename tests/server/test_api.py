@@ -1,11 +1,12 @@
 """Every endpoint of a real gate on 127.0.0.1 over a real SQLite file, and every way to call it wrong."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
 
-from .conftest import TOKEN
+from .conftest import ADMIN_TOKEN, TOKEN
 
 
 def rows(database: str, sql: str, *args):
@@ -47,6 +48,13 @@ class TestCheck:
             assert (status, body["allowed"], body["reason"]) == (200, False, "kill_switch")
         assert rows(gate.database, "SELECT * FROM quota_usage") == []
 
+    async def test_kill_switch_wins_while_enforcement_is_off(self, start_gate):
+        gate = await start_gate(SUBSCRIPTION_KILL_SWITCH="true", SUBSCRIPTION_ENABLED="false")
+        for path in ("/v1/check", "/v1/consume"):
+            status, body = await gate.post(path, {"subject": "u", "meter": "requests", "amount": 1})
+            assert (status, body["allowed"], body["reason"]) == (200, False, "kill_switch")
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
 
 class TestConsume:
     async def test_counts_and_refuses_instead_of_overshooting(self, gate):
@@ -80,6 +88,24 @@ class TestConsume:
         status, body = await gate.consume("u", 1)
         assert (status, body["allowed"], body["reason"], body["counted"]) == (200, False, "status_denies", False)
         assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+    async def test_a_counted_key_replayed_after_the_status_denies_is_a_duplicate(self, gate):
+        first = await gate.consume("u", 3, key="job-1")
+        assert first[1]["counted"] is True
+        await gate.post("/v1/subjects/u/transition", {"action": "close_account", "reason": "fraud"})
+        status, again = await gate.consume("u", 3, key="job-1")
+        assert status == 200 and (again["counted"], again["duplicate"]) == (True, True)
+        assert again["used"] == 3
+        status, other = await gate.consume("u", 4, key="job-1")
+        assert (status, other["error"]) == (409, "idempotency_key_reused")
+        assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(3,)]
+
+    async def test_a_refused_first_consume_stores_no_subject(self, gate):
+        status, body = await gate.consume("fresh", 21, key="too-much")
+        assert (status, body["allowed"], body["counted"]) == (200, False, False)
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+        assert rows(gate.database, "SELECT * FROM usage_keys") == []
+        assert (await gate.get("/v1/subjects/fresh"))[1]["known"] is False
 
 
 class TestUsage:
@@ -152,6 +178,81 @@ class TestAuth:
     async def test_v1_needs_the_token(self, gate, token, method, path):
         status, body = await gate.call(method, path, {"subject": "u", "meter": "requests"}, token=token)
         assert status == 401 and body["error"] == "unauthorized"
+
+    @pytest.mark.parametrize("value", [f"bearer {TOKEN}", f"BEARER {TOKEN}", f"bEaReR {TOKEN}",
+                                       f"Bearer   {TOKEN}"])
+    async def test_the_scheme_is_case_insensitive(self, gate, value):
+        status, body = await gate.call(
+            "POST", "/v1/check", {"subject": "u", "meter": "requests"}, token=None, headers={"Authorization": value})
+        assert status == 200 and body["allowed"] is True
+
+    @pytest.mark.parametrize("values", [[TOKEN, TOKEN], [TOKEN, "wrong-token-0123456789"],
+                                        ["wrong-token-0123456789", TOKEN]])
+    async def test_two_authorization_headers_are_refused(self, gate, values):
+        headers = [("Authorization", f"Bearer {v}") for v in values]
+        async with gate.session.post(gate.url + "/v1/check", json={"subject": "u", "meter": "requests"},
+                                     headers=headers) as r:
+            assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+
+    @pytest.mark.parametrize("value", [b"Bearer " + TOKEN.encode() + b"\xff", b"\xff\xfe", b"Bearer \xc3\xa9",
+                                       b"Bearer " + TOKEN.encode() + b"\xc2\xa0", b"Bearer\xa0" + TOKEN.encode()])
+    async def test_bytes_that_are_not_ascii_are_refused_not_a_500(self, gate, value, caplog):
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(gate.url.rsplit(":", 1)[1]))
+        body = b'{"subject": "u", "meter": "requests"}'
+        writer.write(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + value +
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert b'"unauthorized"' in answer
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+    async def test_a_token_with_whitespace_around_it_is_not_the_token(self, gate):
+        for value in (f"Bearer {TOKEN}\u00a0", f"Bearer {TOKEN} x", f"Bearer {TOKEN},{TOKEN}"):
+            status, body = await gate.call("POST", "/v1/check", {"subject": "u", "meter": "requests"}, token=None,
+                                           headers={"Authorization": value})
+            assert status == 401, value
+
+    @pytest.mark.parametrize("path, body", [("/v1/subjects/u/transition", {"to": "paid", "reason": "r"}),
+                                            ("/v1/subjects/u/erase", {"actor": "dpo"}), ("/v1/jobs/sweep", None),
+                                            ("/v1/plan/reload", {"actor": "ops"}),
+                                            ("/v1/plan/upgrade", {"subjects": ["u"], "reason": "r"})])
+    async def test_the_api_token_cannot_change_state_on_a_persons_word(self, gate, path, body):
+        status, answer = await gate.post(path, body, token=TOKEN)
+        assert (status, answer["error"]) == (403, "forbidden") and "PLANGATE_ADMIN_TOKEN" in answer["message"]
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+        assert (await gate.post(path, body, token=ADMIN_TOKEN))[0] == 200
+
+    @pytest.mark.parametrize("path, body", [("/v1/subjects/u/credits", {"meter": "requests", "amount": 5,
+                                                                         "reason": "r"}),
+                                            ("/v1/subjects/u/traits", {"traits": {"members": 1000}})])
+    async def test_the_api_token_cannot_raise_what_a_subject_may_do(self, gate, path, body):
+        status, answer = await gate.post(path, body, token=TOKEN)
+        assert (status, answer["error"]) == (403, "forbidden")
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+
+    async def test_the_admin_token_also_reads_and_decides(self, gate):
+        assert (await gate.post(
+            "/v1/check", {"subject": "u", "meter": "requests"}, token=ADMIN_TOKEN))[0] == 200
+        assert (await gate.get("/v1/subjects/u", token=ADMIN_TOKEN))[0] == 200
+
+    async def test_without_an_admin_token_the_admin_routes_refuse_everyone(self, start_gate):
+        gate = await start_gate(PLANGATE_ADMIN_TOKEN="")
+        status, answer = await gate.post("/v1/jobs/sweep", token=TOKEN)
+        assert status == 403 and "set PLANGATE_ADMIN_TOKEN" in answer["message"]
+        assert (await gate.post("/v1/jobs/sweep", token=ADMIN_TOKEN))[0] == 401
+
+    async def test_several_tokens_of_a_scope_are_valid_at_once(self, start_gate):
+        old, new, admin_old, admin_new = ("old-api-token-0123456789", "new-api-token-0123456789",
+                                          "old-admin-token-0123456789", "new-admin-token-0123456789")
+        gate = await start_gate(PLANGATE_API_TOKEN=f"{old}, {new}", PLANGATE_ADMIN_TOKEN=f"{admin_old},{admin_new}")
+        for token in (old, new, admin_old, admin_new):
+            assert (await gate.post("/v1/check", {"subject": "u", "meter": "requests"}, token=token))[0] == 200
+        for token in (admin_old, admin_new):
+            assert (await gate.post("/v1/jobs/sweep", token=token))[0] == 200
+        for token in (old, new):
+            assert (await gate.post("/v1/jobs/sweep", token=token))[0] == 403
+        assert (await gate.post("/v1/check", {"subject": "u", "meter": "requests"}, token=TOKEN))[0] == 401
 
     @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json"])
     async def test_probes_are_open(self, gate, path):

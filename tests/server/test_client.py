@@ -12,7 +12,7 @@ from aiohttp import web
 
 from plangate.client import GateClient, GateDecision, GateRequestError, GateUnavailable
 
-from .conftest import TOKEN, free_port
+from .conftest import ADMIN_TOKEN, TOKEN, free_port
 
 BUDGET = 0.2        # for the gates that cannot answer
 PATIENT = 10.0      # for the real gate: a slow test machine must not turn into a fail-open answer
@@ -20,7 +20,7 @@ PATIENT = 10.0      # for the real gate: a slow test machine must not turn into 
 
 @pytest.fixture
 async def client(gate):
-    async with GateClient(gate.url, TOKEN, timeout=PATIENT) as c:
+    async with GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as c:
         yield c
 
 
@@ -222,6 +222,25 @@ class TestClientItself:
             session = client._session
             await client.check("u", "requests")
         assert session.closed
+
+    async def test_transitions_go_with_the_admin_token_and_the_rest_with_the_api_token(self, gate):
+        async with GateClient(gate.url, TOKEN, timeout=PATIENT) as client:
+            with pytest.raises(GateRequestError) as caught:
+                await client.transition("u", to="paid", reason="r")
+            assert (caught.value.status, caught.value.code) == (403, "forbidden")
+        async with GateClient(gate.url, "wrong-api-token-0123456789", admin_token=ADMIN_TOKEN,
+                              timeout=PATIENT) as client:
+            assert (await client.transition("u", to="paid", reason="r")).to_status == "paid"
+            with pytest.raises(GateRequestError) as caught:
+                await client.check("u", "requests")
+            assert caught.value.status == 401
+
+    @pytest.mark.parametrize("token", [TOKEN + " ", " " + TOKEN, TOKEN + "\t", "", "two words-0123456789"])
+    def test_a_token_with_spaces_is_refused_at_once(self, token):
+        for kwargs in ({"token": token}, {"token": TOKEN, "admin_token": token}):
+            with pytest.raises(ValueError) as caught:
+                GateClient("http://127.0.0.1:1", **kwargs)
+            assert token.strip() not in str(caught.value) or not token.strip()
 
     def test_a_budget_must_be_positive(self):
         with pytest.raises(ValueError):

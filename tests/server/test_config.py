@@ -50,6 +50,28 @@ class TestConfig:
         assert "abc" not in str(err.value)
         assert "0123456789abcdef0" not in repr(Config.from_env({"PLANGATE_API_TOKEN": "0123456789abcdef0"}))
 
+    def test_tokens_by_scope_several_each_while_rotating(self):
+        c = Config.from_env({"PLANGATE_API_TOKEN": " api-token-0123456789a, api-token-0123456789b ",
+                             "PLANGATE_ADMIN_TOKEN": "admin-token-0123456789"})
+        assert c.api_tokens == ("api-token-0123456789a", "api-token-0123456789b")
+        assert c.admin_tokens == ("admin-token-0123456789",)
+        c.require_token()
+        assert "0123456789" not in repr(c)
+
+    @pytest.mark.parametrize("name", ["PLANGATE_API_TOKEN", "PLANGATE_ADMIN_TOKEN"])
+    @pytest.mark.parametrize("value", ["short-one", "with a space 0123456789", "caf\u00e9-0123456789abcdef",
+                                       "good-token-0123456789,short"])
+    def test_an_unusable_token_is_refused_and_never_shown(self, name, value):
+        with pytest.raises(ConfigError) as err:
+            Config.from_env({name: value})
+        assert name in str(err.value) and value not in str(err.value) and "short" not in str(err.value)
+
+    def test_the_admin_token_is_a_secret_of_its_own(self):
+        same = "the-same-token-0123456789"
+        with pytest.raises(ConfigError) as err:
+            Config.from_env({"PLANGATE_API_TOKEN": same, "PLANGATE_ADMIN_TOKEN": same}).require_token()
+        assert "PLANGATE_ADMIN_TOKEN" in str(err.value) and same not in str(err.value)
+
     def test_a_short_pseudonym_secret_is_refused_and_never_shown(self):
         with pytest.raises(ConfigError) as err:
             Config.from_env({"PLANGATE_PSEUDONYM_SECRET": "short-one"})

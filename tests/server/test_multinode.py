@@ -18,9 +18,8 @@ from plangate.server.store._postgres import PostgresStore
 from tests import postgres
 
 from . import stripe_events as se
-from .conftest import BASE_ENV, PLAN, GateProcess, TOKEN, config_for
+from .conftest import BASE_ENV, PLAN, GateProcess, config_for, token_for
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DAY = 86400.0
 
 
@@ -49,7 +48,8 @@ def nodes(tmp_path, pg_dsn):
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None):
-    async with session.post(url, json=body, headers=headers or AUTH) as r:
+    auth = {"Authorization": f"Bearer {token_for(url)}"}
+    async with session.post(url, json=body, headers=headers or auth) as r:
         return r.status, await r.json()
 
 

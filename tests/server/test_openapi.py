@@ -14,8 +14,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from plangate.server.http.api import GATE
+from plangate.server.http.app import ADMIN_PATHS
 
-from .conftest import TOKEN
+from .conftest import TOKEN, _SCOPED, token_for
 
 
 @pytest.fixture
@@ -108,8 +109,9 @@ def documented(method: str, template: str, status: int, media: str, payload, hea
 
 
 async def call(gate, method: str, path: str, template: str, *, body=None, raw: bytes | None = None,
-               token: str | None = TOKEN) -> tuple[int, object]:
+               token=_SCOPED) -> tuple[int, object]:
     """Send a real request, check the answer against the spec, return (status, payload)."""
+    token = token_for(path) if token is _SCOPED else token
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
     async with gate.session.request(method, gate.url + path, headers=headers, **kwargs) as resp:
@@ -158,6 +160,7 @@ class TestDocument:
         secured = template.startswith("/v1/")
         assert bool(op.get("security")) == secured
         assert ("401" in op["responses"]) == secured
+        assert ("403" in op["responses"]) == (template in ADMIN_PATHS) == (op.get("security") == [{"adminAuth": []}])
         for requirement in op.get("security", []):
             assert set(requirement) <= set(SPEC["components"]["securitySchemes"])
         if "requestBody" in op:
@@ -234,6 +237,9 @@ def full_bodies(template: str) -> list[dict]:
 POSTS = [t for t, m, op in operations() if m == "post" and "requestBody" in op and t != "/webhook/stripe"]
 BAD_TEXT = ["", "x" * 201, 5, True, ["a"], {"a": 1}, "a\x00b", "line\nbreak", "del\x7f"]
 BAD_AMOUNT = [0, -1, -(2**63), 1.5, "1", True, None, [1], {}]
+# What the Subject pattern refuses beyond Text's (the rest of the rule, NFC and printable, is tests/server/
+# test_subjects.py's).
+BAD_SUBJECT = BAD_TEXT + [" alice", "alice ", "\u0085alice"]
 BAD_SUBJECTS = [[], "a", None, 5, {"a": 1}, [""], [5], ["a\x00b"], ["x"] * 51]
 
 
@@ -253,7 +259,7 @@ def bad_values(field: dict, name: str = "") -> list:
     if "$ref" not in field:
         return BAD_BY_NAME[name]
     kind = field["$ref"].rsplit("/", 1)[-1]
-    return {"Text": BAD_TEXT, "Amount": BAD_AMOUNT, "SubjectList": BAD_SUBJECTS}[kind]
+    return {"Text": BAD_TEXT, "Amount": BAD_AMOUNT, "Subject": BAD_SUBJECT, "SubjectList": BAD_SUBJECTS}[kind]
 
 
 class TestRequestsMatchValidation:

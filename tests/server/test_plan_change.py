@@ -19,7 +19,7 @@ from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_
                                lowered_pro, renamed)
 
 from . import stripe_events as se
-from .conftest import TOKEN, ServedGate, config_for
+from .conftest import ServedGate, config_for, token_for
 from .test_openapi import documented
 
 DAY = 86400.0
@@ -72,7 +72,7 @@ class Rig:
 
     async def call(self, method: str, path: str, template: str, body=None):
         """A request whose answer must be what schema/openapi.json documents."""
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+        headers = {"Authorization": f"Bearer {token_for(path)}"}
         async with self.session.request(method, self.gate.url + path, json=body, headers=headers) as resp:
             payload = await resp.json()
             documented(method, template, resp.status, resp.content_type, payload, resp.headers)

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,10 +16,10 @@ import pytest
 
 from plangate.server.store._migrations import migrations
 
-from .conftest import BASE_ENV, PLAN, TOKEN
+from .conftest import BASE_ENV, PLAN, ROOT, TOKEN, token_for
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}     # the API token: reading routes (post() picks the route's own)
 
 
 def run(args, env, cwd, timeout=30):
@@ -28,7 +29,7 @@ def run(args, env, cwd, timeout=30):
 
 async def post(url: str, path: str, body: dict):
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
-        async with s.post(url + path, json=body, headers=AUTH) as r:
+        async with s.post(url + path, json=body, headers={"Authorization": f"Bearer {token_for(path)}"}) as r:
             return r.status, await r.json()
 
 
@@ -55,6 +56,25 @@ class TestStartupRefusesBadSettings:
         env = {**BASE_ENV, "PLANGATE_PLANS": str(broken), "PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}
         done = run(["serve"], env, tmp_path)
         assert done.returncode == 2 and "no-initial" in done.stderr
+        assert f"PLANGATE_PLANS={broken}" in done.stderr
+
+    def test_a_port_in_use_fails_before_anything_starts(self, tmp_path):
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            port = taken.getsockname()[1]
+            database = tmp_path / "db.sqlite3"
+            done = run(["serve", "--create-store"], {**BASE_ENV, "PLANGATE_DATABASE": str(database),
+                                                     "PLANGATE_PORT": str(port)}, tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+        assert '"started"' not in done.stderr and not database.exists()     # no store opened, nothing logged
+
+    async def test_plan_warnings_are_logged_at_start(self, tmp_path, gate_process):
+        plan = ROOT / "tests" / "policy" / "plans" / "grace-skipped.yaml"
+        proc = gate_process(PLANGATE_PLANS=str(plan))
+        _, err = proc.output()
+        [warning] = [json.loads(line) for line in err.splitlines() if '"plan_warning"' in line]
+        assert (warning["level"], warning["code"]) == ("warning", "grace-skipped")
+        assert warning["where"].startswith(f"{plan}:") and "grace" in warning["message"]
 
 
 class TestMigrate:

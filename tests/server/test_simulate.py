@@ -17,7 +17,7 @@ from plangate.cli import main as plangate_main
 from . import stripe_events as se
 from plangate.lifecycles import corpus
 
-from .conftest import BASE_ENV, ROOT, TOKEN, GateProcess, free_port
+from .conftest import ADMIN_TOKEN, BASE_ENV, ROOT, TOKEN, GateProcess, free_port
 
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
 CORPUS = ROOT / "scenarios" / "lifecycles"
@@ -35,9 +35,9 @@ def gate(tmp_path_factory):
     proc.stop()
 
 
-def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN) -> int:
+def simulate_(gate, *args: str, secret: str = se.SECRET, token: str = TOKEN, admin_token: str = ADMIN_TOKEN) -> int:
     return plangate_main(["stripe-simulate", "--url", gate.url, "--secret", secret, "--token", token,
-                          "--corpus", str(CORPUS), *args])
+                          "--admin-token", admin_token, "--corpus", str(CORPUS), *args])
 
 
 def view(gate, subject: str) -> dict:
@@ -78,8 +78,10 @@ def test_a_second_run_of_a_lifecycle_gets_fresh_ids_and_passes_again(gate, capsy
 
 
 def test_one_lifecycle_as_a_process(gate, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN",
+                                                               "PLANGATE_ADMIN_TOKEN")}
     done = subprocess.run([PLANGATE, "stripe-simulate", "--url", gate.url, "--secret", se.SECRET, "--token", TOKEN,
+                           "--admin-token", ADMIN_TOKEN,
                            "--corpus", str(CORPUS), "--subject", "proc", "trial-converts"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -92,6 +94,7 @@ def test_the_secret_and_token_come_from_the_environment_or_var(gate, tmp_path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
     monkeypatch.setenv("PLANGATE_API_TOKEN", TOKEN)
+    monkeypatch.setenv("PLANGATE_ADMIN_TOKEN", ADMIN_TOKEN)
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "webhook-secret").write_text(se.SECRET + "\n")
     args = ["stripe-simulate", "--url", gate.url, "--corpus", str(CORPUS), "cancel-at-period-end"]
@@ -100,12 +103,20 @@ def test_the_secret_and_token_come_from_the_environment_or_var(gate, tmp_path, m
     (tmp_path / "var" / "webhook-secret").write_text("whsec_not_the_gates_000\n")
     assert plangate_main(args) == 0
     assert capsys.readouterr().out.count("PASS cancel-at-period-end") == 2
+    monkeypatch.delenv("PLANGATE_ADMIN_TOKEN", raising=False)
+    assert plangate_main(args) == 2     # no admin token: every lifecycle ends with a sweep
+    assert "no admin token, which each lifecycle's POST /v1/jobs/sweep needs" in capsys.readouterr().err
+    (tmp_path / "var" / "admin-token").write_text(ADMIN_TOKEN + "\n")
+    assert plangate_main(args) == 0
+    monkeypatch.setenv("PLANGATE_ADMIN_TOKEN", TOKEN)        # the API token where the admin token belongs: 403
+    assert plangate_main(args) == 2
+    assert "answered 403 forbidden" in capsys.readouterr().err
 
 
 def test_an_unreachable_gate_exits_2_with_one_line(capsys):
     url = f"http://127.0.0.1:{free_port()}"
     assert plangate_main(["stripe-simulate", "--url", url, "--secret", se.SECRET, "--token", TOKEN,
-                          "--corpus", str(CORPUS)]) == 2
+                          "--admin-token", ADMIN_TOKEN, "--corpus", str(CORPUS)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"plangate stripe-simulate: cannot reach the gate at {url}")
@@ -152,7 +163,3 @@ def test_list_names_every_lifecycle_of_the_corpus(capsys):
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == sorted(p.name for p in CORPUS.iterdir() if (p / "story.yaml").is_file())
 
-
-def test_the_makefile_gives_make_run_a_webhook_secret():
-    run = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\ntest:", 1)[0]
-    assert "var/webhook-secret" in run and "STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-" in run

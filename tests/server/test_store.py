@@ -284,7 +284,7 @@ class TestCounting:
         refused = await store.count(fresh(), "requests", 0, 11, 10, None, 100.0)
         assert (refused.counted, refused.used) == (False, 0)
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 0}
-        current = await store.load("u") or fresh()       # PostgreSQL stores nothing for a refused first count
+        current = await store.load("u") or fresh()       # a refused first count stores nothing
         assert (await store.count(current, "requests", 0, 10, 10, None, 100.0)).used == 10
 
     async def test_no_limit_counts_past_anything(self, store):
@@ -311,12 +311,13 @@ class TestCounting:
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 10}
 
     async def test_a_first_count_stores_its_subject_only_with_the_count(self, store):
-        """The first count of a subject not stored yet: refused, it stores neither key nor subject on
-        PostgreSQL (nor a key on SQLite); counted, a repeat of its key, even as a first count, is a duplicate."""
+        """The first count of a subject not stored yet: refused (by the quota, or by a limit of 0, a status
+        that denies), it stores neither key nor subject; counted, a repeat of its key, even as a first count, is
+        a duplicate."""
         assert (await store.count(fresh(), "requests", 0, 11, 10, "f", 100.0)).counted is False
-        current = await store.load("u")
-        assert current is None or isinstance(store, SQLiteStore)
-        first = await store.count(current or fresh(), "requests", 0, 4, 10, "f", 100.0)
+        assert (await store.count(fresh(), "requests", 0, 1, 0, "f", 100.0)).counted is False
+        assert await store.load("u") is None
+        first = await store.count(fresh(), "requests", 0, 4, 10, "f", 100.0)
         assert (first.counted, first.duplicate, first.used) == (True, False, 4)
         again = await store.count(fresh(), "requests", 0, 4, 10, "f", 100.0)
         assert (again.duplicate, again.used) == (True, 4)

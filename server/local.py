@@ -1,0 +1,89 @@
+"""`make run`'s local gate: generated secrets under var/, its defaults as the last of the settings files, and
+what to try once it runs.
+
+    python -m plangate.server.local prepare   # var/api-token, var/admin-token, var/webhook-secret, var/run.env
+    python -m plangate.server.local hint      # the tokens and commands of the settings in effect
+
+`plangate migrate` and `plangate serve` then read `--env-file config.env --env-file var/run.env`: the environment
+wins over config.env, and config.env over make run's defaults.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError
+
+VAR = Path("var")
+ENV_FILES = ("config.env", str(VAR / "run.env"))
+# name -> (file under var/ its value is kept in, how a new one is made)
+_SECRETS = {
+    "PLANGATE_API_TOKEN": ("api-token", lambda: secrets.token_urlsafe(32)),
+    "PLANGATE_ADMIN_TOKEN": ("admin-token", lambda: secrets.token_urlsafe(32)),
+    "STRIPE_WEBHOOK_SECRET": ("webhook-secret", lambda: "whsec_" + secrets.token_hex(24)),
+}
+DEFAULTS = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_DATABASE": "var/plangate.sqlite3", "PLANGATE_PORT": "8080"}
+
+
+def prepare() -> None:
+    """The secrets (each made once, then kept) and var/run.env, make run's defaults."""
+    VAR.mkdir(exist_ok=True)
+    values = dict(DEFAULTS)
+    for name, (file, make) in _SECRETS.items():
+        path = VAR / file
+        if not path.is_file() or not path.read_text().strip():
+            path.write_text(make() + "\n")
+            path.chmod(0o600)
+        values[name] = path.read_text().strip()
+    lines = [f"{name}={value}" for name, value in values.items()]
+    (VAR / "run.env").write_text("# make run's defaults, written by it: the environment and config.env win over "
+                                 "them.\n" + "\n".join(lines) + "\n")
+
+
+def hint(out=None) -> int:
+    """The tokens, the secret and the commands of the settings in effect (what serve will read)."""
+    out = out or sys.stdout
+    try:
+        config = Config.from_env(env_file=ENV_FILES)
+    except ConfigError as exc:
+        print(f"plangate: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    api = config.api_tokens[0] if config.api_tokens else "(none: set PLANGATE_API_TOKEN)"
+    admin = config.admin_tokens[0] if config.admin_tokens else "(none: the admin routes refuse every caller)"
+    secret = config.webhook_secrets[0] if config.webhook_secrets else "(none: /webhook/stripe answers 503)"
+    url = f"http://{config.host}:{config.port}"
+    kept = {name: (VAR / file).read_text().strip() if (VAR / file).is_file() else None
+            for name, (file, _) in _SECRETS.items()}
+    # The simulator finds var/'s values by itself; a value config.env or the environment set is passed along.
+    given = [f"--{flag} {value}" for flag, name, value in (("token", "PLANGATE_API_TOKEN", api),
+                                                         ("admin-token", "PLANGATE_ADMIN_TOKEN", admin),
+                                                         ("secret", "STRIPE_WEBHOOK_SECRET", secret))
+             if value != kept[name] and not value.startswith("(")]
+    extra = "".join(" " + g for g in given)
+    print(f"""
+API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}
+Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}
+Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}
+Enforcement {'on' if config.enabled else 'off (SUBSCRIPTION_ENABLED=false)'}; store {config.database_shown()}
+Try:  curl -s -X POST {url}/v1/check -H "Authorization: Bearer {api}" -d '{{"subject": "alice", "meter": "requests"}}'
+Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{extra}
+Stop with Ctrl-C.
+""", file=out, flush=True)
+    return 0
+
+
+def _plangate() -> str:
+    """The plangate command beside this interpreter, as a path from here (.venv/bin/plangate)."""
+    found = Path(sys.executable).with_name("plangate")
+    return os.path.relpath(found) if found.is_file() else "plangate"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["prepare"]:
+        prepare()
+    elif sys.argv[1:] == ["hint"]:
+        sys.exit(hint())
+    else:
+        sys.exit("usage: python -m plangate.server.local prepare|hint")

@@ -1,0 +1,108 @@
+"""`make run` as a new user runs it: generated tokens that work, and config.env's values over its defaults."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, free_port
+
+
+def post(url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    """make_run() -> (stdout so far, port): `make run` in a folder of its own, on this interpreter's venv (already
+    installed), with nothing of the gate's settings in the environment; stopped at the end."""
+    if shutil.which("make") is None:
+        pytest.fail("make is not installed")
+    venv = Path(sys.executable).parent.parent
+    shutil.copy(ROOT / "plans.yaml", tmp_path / "plans.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
+    started = []
+
+    def start(port: int) -> str:
+        out = tmp_path / "make-run.out"
+        with open(out, "w") as sink:
+            proc = subprocess.Popen(["make", "-f", str(ROOT / "Makefile"), "run", f"VENV={venv}",
+                                     "-o", f"{venv}/.installed"], cwd=tmp_path, env=env, stdout=sink,
+                                    stderr=subprocess.STDOUT, start_new_session=True, text=True)
+        started.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if f"listening on http://127.0.0.1:{port} " in out.read_text():
+                return out.read_text()
+            time.sleep(0.1)
+        raise AssertionError(f"make run did not start: {out.read_text()}")
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+
+
+def test_config_env_wins_over_make_runs_defaults_and_the_printed_tokens_work(make_run, tmp_path):
+    port = free_port()
+    (tmp_path / "config.env").write_text(f"SUBSCRIPTION_ENABLED=false\nPLANGATE_PORT={port}\n"
+                                         "PLANGATE_DATABASE=var/mine.sqlite3\n")
+    out = make_run(port)
+    api, admin, secret = ((tmp_path / "var" / name).read_text().strip()
+                          for name in ("api-token", "admin-token", "webhook-secret"))
+    assert secret.startswith("whsec_") and f"Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}" in out
+    assert f"API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}" in out
+    assert f"Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}" in out
+    assert f"curl -s -X POST http://127.0.0.1:{port}/v1/check" in out
+    status, decision = post(f"http://127.0.0.1:{port}/v1/check", api, {"subject": "alice", "meter": "requests"})
+    assert (status, decision["reason"]) == (200, "disabled")        # config.env's false, not make run's true
+    assert post(f"http://127.0.0.1:{port}/v1/jobs/sweep", admin)[0] == 200
+    assert (tmp_path / "var" / "mine.sqlite3").exists() and not (tmp_path / "var" / "plangate.sqlite3").exists()
+
+
+def fake_bin(folder: Path, runs: dict[str, bool]) -> str:
+    """A PATH of `folder` (interpreters that run or not, like a pyenv shim of a version not selected, and a make
+    that says what it was asked) and the system's tools, without pyenv."""
+    folder.mkdir()
+    for name, works in runs.items():
+        (folder / name).write_text(f"#!/bin/sh\nexit {0 if works else 127}\n")
+        (folder / name).chmod(0o755)
+    (folder / "make").write_text('#!/bin/sh\necho "make $*"\n')
+    (folder / "make").chmod(0o755)
+    return f"{folder}:/usr/bin:/bin"
+
+
+class TestPythonVersions:
+    def print_python(self, path: str, *args: str) -> str:
+        done = subprocess.run(["/usr/bin/make", "-s", "-f", str(ROOT / "Makefile"), "-f", "-", *args, "print"],
+                              input="print:\n\t@echo $(PYTHON)\n", cwd=ROOT, capture_output=True, text=True,
+                              env={"PATH": path, "HOME": os.environ.get("HOME", "/")}, timeout=30)
+        return done.stdout.strip()
+
+    def test_the_makefile_takes_the_newest_supported_python_that_runs(self, tmp_path):
+        path = fake_bin(tmp_path / "bin", {"python3.13": False, "python3.12": True, "python3.11": True,
+                                           "python3.14": True})
+        assert self.print_python(path) == "python3.12"
+        assert self.print_python(path, "PYTHON=python3.11") == "python3.11"
+
+    def test_ci_runs_the_oldest_and_the_newest_one_after_the_other(self, tmp_path):
+        path = fake_bin(tmp_path / "bin", {"python3.11": True, "python3.12": True, "python3.13": True})
+        done = subprocess.run([str(ROOT / ".ci" / "run")], capture_output=True, text=True, timeout=60,
+                              env={"PATH": path, "HOME": os.environ.get("HOME", "/"),
+                                   "PLANGATE_TEST_POSTGRES": "postgresql://postgres@127.0.0.1:5432/postgres"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert [line for line in done.stdout.splitlines() if line.startswith("make ")] == [
+            "make lint PYTHON=python3.13 VENV=.venv-ci-3.13", "make test PYTHON=python3.11 VENV=.venv-ci-3.11",
+            "make test PYTHON=python3.13 VENV=.venv-ci-3.13"]

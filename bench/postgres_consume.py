@@ -21,8 +21,8 @@ What it measures (issues 6 and 18):
   tests share the server), from /proc; how busy the whole machine was; and, on PostgreSQL, the store round
   trips (statements sent by asyncpg, BEGIN/COMMIT included) and transactions per request (every backend's,
   the listeners' deliveries of notifications included). The round trips are counted inside the gate
-  processes by a small wrapper around asyncpg's Connection (`_COUNTING_PRELUDE`), written to a file four
-  times a second.
+  processes by asyncpg's public query logger on each of their connections (`_COUNTING_PRELUDE`), written
+  to a file four times a second.
 - The cross-node invalidation delay: for N fresh subjects, node B reads the subject (now in its cache,
   whose TTL is PLANGATE_CACHE_TTL, 5 s by default), node A moves it with an admin transition (POST
   /v1/subjects/{s}/transition), and B's /v1/check is polled back to back until it shows the new status.
@@ -69,21 +69,20 @@ SCALING_GOAL = 1.0               # issue 18: 2 and 3 nodes at least as fast as o
 CHECK_RATIO_GOAL = 0.7           # issue 18: check on PostgreSQL against bare aiohttp
 INVALIDATION_TIMEOUT = 10.0      # seconds one sample may take before it counts as lost
 
-# asyncpg, counted: every statement a gate process sends (execute without arguments is one simple query
-# round trip; _execute is every prepared one: fetch, fetchval, fetchrow, execute with arguments).
+# asyncpg, counted: every statement a gate process sends, through asyncpg's public query logger (added to each
+# connection as it is made: the pool's and the listener's both come from asyncpg.connection.connect).
 _COUNTING_PRELUDE = r"""
 import sys, threading, time, os
-import asyncpg.connection as _c
+import asyncpg, asyncpg.connection as _c
 _n = [0]
-_execute, _private = _c.Connection.execute, _c.Connection._execute
-async def execute(self, query, *args, timeout=None):
-    if not args:
-        _n[0] += 1
-    return await _execute(self, query, *args, timeout=timeout)
-async def _counted(self, *a, **k):
+def _count(record):
     _n[0] += 1
-    return await _private(self, *a, **k)
-_c.Connection.execute, _c.Connection._execute = execute, _counted
+_connect = _c.connect
+async def _counting_connect(*args, **kwargs):
+    connection = await _connect(*args, **kwargs)
+    connection.add_query_logger(_count)
+    return connection
+_c.connect = asyncpg.connect = _counting_connect
 _path = os.environ["PLANGATE_BENCH_COUNT_FILE"]
 def _dump():
     while True:

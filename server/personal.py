@@ -88,8 +88,17 @@ class PersonalData:
     def __init__(self, gate: Gate):
         self.gate = gate
         self.store = gate.store
-        self.reducer = Reducer(gate.table)
+        self._reducer = Reducer(gate.table)
         self.pseudonyms = pseudonyms_of(gate)
+
+    @property
+    def reducer(self) -> Reducer:
+        """The reducer of the plan the gate decides with now: after a reload, payloads keep what the reloaded
+        plan reads (its conditions and facts), not what the plan the gate started with read."""
+        table = self.gate.table
+        if self._reducer.table is not table:
+            self._reducer = Reducer(table)
+        return self._reducer
 
     # --- retention ----------------------------------------------------------------------------------
 

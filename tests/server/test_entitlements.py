@@ -139,6 +139,19 @@ class TestFeaturesAndSeats:
         assert (await view(gate, "org1"))["traits"] == {"members": 40}
 
 
+    async def test_traits_set_by_an_admin_are_audited_who_and_why(self, start):
+        gate = await start(B2B)
+        body = {"traits": {"members": 40}, "actor": "crm", "reason": "contract 2027-114: 40 members"}
+        status, answer = await gate.post("/v1/subjects/org2/traits", body)
+        assert status == 200, answer
+        (audit,) = [t for t in (await view(gate, "org2"))["transitions"] if t["trigger"] == "admin:traits"]
+        assert audit["actor"] == "crm" and audit["from"] == audit["to"]
+        assert "members=40" in audit["reason"] and "contract 2027-114: 40 members" in audit["reason"]
+        # the same traits again change nothing: nothing more is audited
+        assert (await gate.post("/v1/subjects/org2/traits", body))[0] == 200
+        assert [t["trigger"] for t in (await view(gate, "org2"))["transitions"]].count("admin:traits") == 1
+
+
 class TestCredits:
     async def test_an_admin_grant_is_spent_past_the_allowance_once(self, start):
         gate = await start(AI)

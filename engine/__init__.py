@@ -17,7 +17,8 @@ from ._links import (FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, refuse
                      stripe_refs)
 
 __all__ = [
-    "FACT_EVENTS", "MAX_SUBJECT", "AbsurdPurchase", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome",
+    "FACT_EVENTS", "MAX_SUBJECT", "AbsurdPurchase", "AdminAction", "Decision", "Step", "advance", "event_order",
+    "replay", "Outcome",
     "Reason", "Span", "StateTable", "StripeEvent", "SubjectState", "TimerFired", "Trigger", "UnknownMeter",
     "UnknownStatus", "UsageBook", "billing_period", "billing_span", "compile_file", "compile_plan",
     "invoice_subscription", "named_subject", "override", "price_ids", "refused_names", "relevant_events",

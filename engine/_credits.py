@@ -12,8 +12,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from plangate.policy import Plan
-from plangate.policy._entitlements import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel
+from plangate.policy import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel, Plan
 
 from ._state import SubjectState
 from ._subscriptions import Subscription

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from plangate.engine import StateTable, UnknownStatus, compile_plan
-from plangate.policy import ExistingSubscribers, Impact, PlanChange, PlanDiff, stranded
-from plangate.policy._diff import Area
+from plangate.policy import Area, ExistingSubscribers, Impact, PlanChange, PlanDiff, stranded
 from plangate.policy.cli import ImpactError
 
 from .config import shown_address

@@ -23,8 +23,9 @@ INGEST = web.AppKey("ingest", Ingest)
 # Stripe's `created` is whole Unix seconds. Anything else (1.5, NaN, Infinity, 1e300, a year past 2286 or before
 # 1970) is no Stripe event: stored, it would break every later view of its subject (dates out of range).
 MAX_CREATED = 9_999_999_999
-# The stores hold 64-bit integers; Stripe never sends a number beyond them (nor an infinite one). Such an event,
-# even signed, is refused whole before anything is written, rather than half-stored or a 500.
+# The stores hold 64-bit integers; Stripe never sends an integer beyond them. Such an event, even signed, is
+# refused whole before anything is written, rather than half-stored or a 500. (Floats, infinite ones too, are
+# never stored as integers: a reader that finds one out of range leaves it, as for a billing period.)
 INT64 = (-(2**63), 2**63 - 1)
 # Stripe sends an event's body at once; a client that trickles it in holds a connection and a task: cut off.
 BODY_TIMEOUT = 10.0
@@ -80,20 +81,9 @@ def _int64(digits: str) -> int:
     return value
 
 
-def _finite(digits: str) -> float:
-    value = float(digits)
-    if value in (float("inf"), float("-inf")):
-        raise _Unstorable(f"a number too large for a float ({digits[:24]})")
-    return value
-
-
-def _constant(name: str) -> float:
-    raise _Unstorable(f"{name}, which JSON does not have")
-
-
 def _event(text: str) -> tuple[StripeEvent, str]:
     try:
-        body = json.loads(text, parse_int=_int64, parse_float=_finite, parse_constant=_constant)
+        body = json.loads(text, parse_int=_int64)
     except _Unstorable as exc:
         raise BadRequest(400, "invalid_event", f"the signed body holds {exc}: no Stripe event does, and the "
                                                f"store holds 64-bit integers; nothing was written") from None

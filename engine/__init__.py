@@ -2,6 +2,7 @@
 
 Pure code: no I/O beyond loading the plan, no clock (`now` is always an argument).
 """
+from ._credits import AbsurdPurchase
 from ._decision import Decision, Reason, override
 from ._history import Step, advance, event_order, replay
 from ._state import SubjectState
@@ -16,7 +17,8 @@ from ._links import (FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, refuse
                      stripe_refs)
 
 __all__ = [
-    "FACT_EVENTS", "MAX_SUBJECT", "AdminAction", "Decision", "Step", "advance", "event_order", "replay", "Outcome",
+    "FACT_EVENTS", "MAX_SUBJECT", "AbsurdPurchase", "AdminAction", "Decision", "Step", "advance", "event_order",
+    "replay", "Outcome",
     "Reason", "Span", "StateTable", "StripeEvent", "SubjectState", "TimerFired", "Trigger", "UnknownMeter",
     "UnknownStatus", "UsageBook", "billing_period", "billing_span", "compile_file", "compile_plan",
     "invoice_subscription", "named_subject", "override", "price_ids", "refused_names", "relevant_events",

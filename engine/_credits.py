@@ -12,15 +12,21 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from plangate.policy import Plan
-from plangate.policy._entitlements import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel
+from plangate.policy import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel, Plan
 
 from ._state import SubjectState
 from ._subscriptions import Subscription
 
 # The Checkout events that complete a payment: at once (a card), or later (a bank debit).
 PURCHASE_EVENTS = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
+# The most credits one grant may hold: the stores count in 64-bit integers, and balances are summed.
+MAX_GRANT = 2**62
 _MAX_WINDOWS = 400          # windows stepped through to carry a rollover (it settles after two)
+
+
+class AbsurdPurchase(ValueError):
+    """A paid Checkout whose credit packs come to more than one grant may hold (MAX_GRANT): no real payment does;
+    the event is refused whole rather than stored in part."""
 
 
 class GrantSource(enum.Enum):
@@ -134,6 +140,9 @@ class CreditRules:
                     or quantity < 1:
                 continue
             amount = per_unit * quantity
+            if amount > MAX_GRANT:
+                raise AbsurdPurchase(f"{quantity} x {price} come to {amount} credits, more than a grant holds "
+                                     f"({MAX_GRANT})")
             expires = created + rule.expires_after if rule.expires_after else None
             out.append(Grant(f"{session}:{i}", rule.meter, amount, amount, rule.priority, float(created), expires,
                              GrantSource.PURCHASE, f"{quantity} x {price}"))

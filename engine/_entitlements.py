@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 
-from plangate.policy import Plan
-from plangate.policy._entitlements import TIER_FEATURES
+from plangate.policy import TIER_FEATURES, Plan
 
 from ._decision import Decision, Reason
 from ._state import SubjectState

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from plangate.policy import DurationError, Location, PlanError, PlanFileError, load_plan, parse_duration
-from plangate.policy._stripe_events import is_known_event
-from plangate.policy._yaml import Document, parse
+from plangate.policy import (DurationError, Location, PlanError, PlanFileError, YamlDocument, is_known_event,
+                             load_plan, parse_duration, parse_yaml)
 
 from ._decision import Reason
 from ._table import StateTable, compile_plan
@@ -92,13 +91,13 @@ class _Bad(ValueError):
 
 def looks_like_scenario(text: str, file: str) -> bool:
     """Whether a YAML text is a scenario (a mapping with `steps`) rather than a plan."""
-    doc, _ = parse(text, file)
+    doc, _ = parse_yaml(text, file)
     return doc is not None and isinstance(doc.data, Mapping) and "steps" in doc.data
 
 
 def parse_scenario(text: str, file: str, table: StateTable) -> Scenario:
     """The scenario a text describes, checked against the plan; ScenarioError lists every problem."""
-    doc, findings = parse(text, file)
+    doc, findings = parse_yaml(text, file)
     if doc is None:
         raise ScenarioError([(f.location, _in_scenario_words(f.message)) for f in findings])
     return _Reader(doc, table).scenario()
@@ -112,7 +111,7 @@ def _in_scenario_words(message: str) -> str:
 
 
 class _Reader:
-    def __init__(self, doc: Document, table: StateTable):
+    def __init__(self, doc: YamlDocument, table: StateTable):
         self.doc = doc
         self.table = table
         self.problems: list[tuple[Location, str]] = []

@@ -8,12 +8,9 @@ import math
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
-from plangate.policy import (Access, Anchor, ExistingSubscribers, FailMode, Location, NameMap, Plan, PlanError,
-                             QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan, load_plan, version_of)
-from plangate.policy._conditions import compile_all
-from plangate.policy._renames import How
-
-from plangate.policy._entitlements import Anchoring
+from plangate.policy import (Access, Anchor, Anchoring, ExistingSubscribers, FailMode, How, Location, NameMap, Plan,
+                             PlanError, QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan,
+                             compile_conditions, load_plan, version_of)
 
 from ._credits import CreditRules, Grant, Spendable, last_window, period_grants
 from ._decision import Decision, Reason
@@ -581,7 +578,7 @@ class StateTable:
     def _compile_edges(self) -> dict[tuple[str, str], tuple[_Edge, ...]]:
         edges: dict[tuple[str, str], list[_Edge]] = {}
         for t in self.plan.transitions:
-            matches = compile_all(t.conditions)
+            matches = compile_conditions(t.conditions)
             when = " when " + ", ".join(map(str, t.conditions)) if t.conditions else ""
             rule = f"{self.plan.file}:{t.location.line} transitions[{t.index}]"
             why = f"on {t.trigger}{when} ({rule})"

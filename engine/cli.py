@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from plangate.policy import PlanError, PlanFileError
-from plangate.policy._load import read_text
+from plangate.policy import read_plan_text as read_text
 
 from ._playback import Result, play
 from ._scenario import Scenario, ScenarioError, looks_like_scenario, parse_scenario

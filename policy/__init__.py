@@ -2,13 +2,19 @@
 from ._durations import DurationError, format_duration, parse_duration
 from ._findings import Finding, Location, PlanError, Severity
 from ._load import Checked, PlanFileError, check_file, check_text, load_plan
+from ._load import read_text as read_plan_text
 from ._conditions import Condition, Group, Op
+from ._conditions import compile_all as compile_conditions
+from ._entitlements import ADMIN_PRIORITY, PERIOD_PRIORITY, TIER_FEATURES, Anchoring, OnCancel
+from ._stripe_events import is_known_event
+from ._yaml import Document as YamlDocument
+from ._yaml import parse as parse_yaml
 from ._model import (
     ANCHORS, ANY, Access, Anchor, ExistingSubscribers, FailMode, Meter, Plan, Quota, QuotaKind, Retired, Status,
     SubjectLink, SubscriptionScope, Tier, Transition, Trigger, TriggerKind, Window, version_of,
 )
-from ._renames import Kind, Move, NameMap, Stranded, explain_stranded, stranded
-from ._diff import Impact, PlanChange, PlanDiff
+from ._renames import How, Kind, Move, NameMap, Stranded, explain_stranded, stranded
+from ._diff import Area, Impact, PlanChange, PlanDiff
 from ._diff import diff as diff_plans
 from ._rules import RULES
 from ._rules import check as check_plan
@@ -20,4 +26,7 @@ __all__ = [
     "Stranded", "SubjectLink", "SubscriptionScope", "Tier", "Transition", "Trigger", "TriggerKind", "Window",
     "check_file", "check_plan", "check_text", "diff_plans", "explain_stranded", "format_duration", "load_plan",
     "parse_duration", "stranded", "version_of",
+    # What the engine and the server build on (credits, windows, conditions, renames, scenario files):
+    "ADMIN_PRIORITY", "PERIOD_PRIORITY", "TIER_FEATURES", "Anchoring", "Area", "How", "OnCancel", "YamlDocument",
+    "compile_conditions", "is_known_event", "parse_yaml", "read_plan_text",
 ]

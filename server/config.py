@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 
 class ConfigError(ValueError):
@@ -117,11 +117,9 @@ class Config:
         )
 
     def database_shown(self, text: str | None = None) -> str:
-        """PLANGATE_DATABASE (or `text` that may quote it, an error's) with the password replaced by ***: what
-        may be printed or logged."""
-        text = self.database if text is None else text
-        password = _password(self.database)
-        return text.replace(f":{password}@", ":***@").replace(password, "***") if password else text
+        """PLANGATE_DATABASE (or `text` that may quote it or a replica's address, an error's) with every password
+        of PLANGATE_DATABASE and PLANGATE_PG_REPLICAS replaced by ***: what may be printed or logged."""
+        return shown_address(self.database if text is None else text, self.database, *self.replicas)
 
     def store_options(self) -> dict:
         """What open_store needs besides the address."""
@@ -140,13 +138,29 @@ class Config:
                               "a secret of its own")
 
 
-def _password(database: str) -> str | None:
-    """The password in a postgresql:// address, if any."""
+def _passwords(address: str) -> list[str]:
+    """The passwords in a postgresql:// address: its user's, and any `password=` parameter."""
+    found = []
     try:
-        return urlsplit(database).password or None
+        parts = urlsplit(address)
+        found.append(parts.password or "")
+        query = parts.query
     except ValueError:      # a malformed address (a port that is no number...): find it by hand
-        userinfo = database.partition("://")[2].rpartition("@")[0]
-        return userinfo.partition(":")[2] or None
+        userinfo = address.partition("://")[2].rpartition("@")[0]
+        found.append(userinfo.partition(":")[2])
+        query = address.partition("?")[2]
+    found += [value for key, value in parse_qsl(query, keep_blank_values=True) if key == "password"]
+    return [p for p in found if p]
+
+
+def shown_address(text: str, *addresses: str) -> str:
+    """`text` with the passwords of `addresses` (default: `text` itself, one address) replaced by ***: the one
+    rule for every database address the gate may print or log, the primary's and its replicas'."""
+    for address in addresses or (text,):
+        for password in sorted(_passwords(address), key=len, reverse=True):
+            text = text.replace(f":{password}@", ":***@").replace(f"password={password}", "password=***") \
+                .replace(password, "***")
+    return text
 
 
 MIN_TOKEN = 16
@@ -263,7 +277,7 @@ class _Reader:
                                   "postgresql:// address of a streaming replica")
         if found and not database.startswith(("postgresql://", "postgres://")):
             raise ConfigError(f"{name}: replicas are allowed only with a PostgreSQL PLANGATE_DATABASE "
-                              f"(postgresql://...), not {database!r}")
+                              f"(postgresql://...), not {shown_address(database)!r}")
         return found
 
     def number(self, name: str, default: float, low: float, high: float) -> float:

@@ -10,7 +10,7 @@ import uuid
 from plangate.engine import Decision, StateTable, SubjectState
 from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance
 from plangate.engine._entitlements import OVERAGE_UNBOUNDED
-from plangate.policy._entitlements import ADMIN_PRIORITY
+from plangate.policy import ADMIN_PRIORITY
 
 from .logs import log
 from .store import Counted, Spend

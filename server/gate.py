@@ -278,15 +278,16 @@ class Gate:
         entitlements.log_grant(subject, grant, actor, bool(made))
         return grant, bool(made)
 
-    async def set_traits(self, subject: str, traits: dict[str, int], actor: str) -> SubjectState:
-        """Set numbers on the subject (a quota per_unit of a trait), through the door."""
+    async def set_traits(self, subject: str, traits: dict[str, int], actor: str, why: str = "") -> SubjectState:
+        """Set numbers on the subject (a quota per_unit of a trait), through the door: audited as an admin's
+        transition is (who, why), the status staying what it was."""
         def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
             merged = dict(state.traits)
             merged.update(traits)
             new = state.with_(traits=tuple(sorted(merged.items())))
             return [Outcome(state, new, "admin:traits", "traits set: " + ", ".join(f"{k}={v}" for k, v in
                                                                                  sorted(traits.items())))]
-        outcomes = await self._door(subject, decide, actor=actor)
+        outcomes = await self._door(subject, decide, why=why, actor=actor)
         return outcomes[-1].state
 
     async def count(self, subject: str, meter: str, amount: int, key: str | None, *, enforce: bool) -> Counting:
@@ -509,7 +510,7 @@ class Gate:
                            o.reason + (f"; {why}" if why and o is not first else ""),
                            o.state.since if o.trigger == "timer" else now, table.version, cause_id,
                            "plan" if o is first else actor)
-                for o in outcomes if o.moved)
+                for o in outcomes if o.moved or (o.changed and o.trigger.startswith("admin:")))
             # An admin's change is a person's decision: the next Stripe event folds onto it, not onto the
             # state the Stripe events alone gave (timers and plan changes keep that state: the fold recomputes
             # them, and reads its old names as the new ones).

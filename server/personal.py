@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .gate import MAX_CONFLICT_RETRIES, Gate, StoreUnavailable
@@ -88,8 +89,17 @@ class PersonalData:
     def __init__(self, gate: Gate):
         self.gate = gate
         self.store = gate.store
-        self.reducer = Reducer(gate.table)
+        self._reducer = Reducer(gate.table)
         self.pseudonyms = pseudonyms_of(gate)
+
+    @property
+    def reducer(self) -> Reducer:
+        """The reducer of the plan the gate decides with now: after a reload, payloads keep what the reloaded
+        plan reads (its conditions and facts), not what the plan the gate started with read."""
+        table = self.gate.table
+        if self._reducer.table is not table:
+            self._reducer = Reducer(table)
+        return self._reducer
 
     # --- retention ----------------------------------------------------------------------------------
 
@@ -184,16 +194,17 @@ class PersonalData:
         for _ in range(MAX_CONFLICT_RETRIES):
             stored = await timed("load", store.load(subject), timeout=ERASURE_TIMEOUT)
             customer, subscription = (stored.stripe_customer, stored.stripe_subscription) if stored else (None, None)
-            events, invoices = await timed("personal_rows", store.personal_rows(subject, customer, subscription),
-                                           timeout=ERASURE_TIMEOUT)
+            events, invoices, grants = await timed("personal_rows",
+                                                   store.personal_rows(subject, customer, subscription),
+                                                   timeout=ERASURE_TIMEOUT)
             live = _live(events, subscription)
             if subject == pseudonym:
                 if stored is None or live:
                     return None
-            elif stored is None and not events and not invoices and \
+            elif stored is None and not events and not invoices and not grants and \
                     await timed("erased", store.erased(pseudonym), timeout=ERASURE_TIMEOUT):
                 return None
-            erasure = self._erasure(subject, pseudonym, stored, events, invoices, live, actor, now)
+            erasure = self._erasure(subject, pseudonym, stored, events, invoices, grants, live, actor, now)
             if await timed("erase", store.erase(erasure), shield=True, timeout=ERASURE_TIMEOUT):
                 self.gate.invalidate(subject)
                 self.gate.invalidate(pseudonym)
@@ -207,7 +218,7 @@ class PersonalData:
         return self.pseudonyms
 
     def _erasure(self, subject: str, pseudonym: str, stored: StoredSubject | None, events: list[EventRecord],
-                 invoices: list[str], live: bool, actor: str, now: float) -> Erasure:
+                 invoices: list[str], grants: list[str], live: bool, actor: str, now: float) -> Erasure:
         drop = not live
         row = audit = None
         if stored is not None:
@@ -224,7 +235,7 @@ class PersonalData:
         return Erasure(subject, pseudonym, stored.version if stored else 0, row,
                        tuple(self._rewritten(r, subject, pseudonym, drop) for r in events),
                        tuple((i, ids(i)) for i in invoices if not i.startswith("in_erased")) if drop else (),
-                       drop, now, actor, audit)
+                       drop, now, actor, audit, tuple(_pseudonymised_grants(grants, ids)) if drop else ())
 
     def _payload(self, payload: str, event_id: str, created: float, subject: str, pseudonym: str,
                  drop_ids: bool) -> str:
@@ -283,3 +294,12 @@ def _live(events: list[EventRecord], subscription: str | None) -> bool:
         if isinstance(obj, dict) and obj.get("object") == "subscription" and obj.get("id") == subscription:
             status = "canceled" if row.type == "customer.subscription.deleted" else obj.get("status")
     return status not in ENDED
+
+
+def _pseudonymised_grants(grants: list[str], ids: Callable[[str], str]):
+    """(id stored, id kept) of bought grants ("SESSION:LINE"): the session's id replaced as the payloads' is, so
+    the grant a refold of the rewritten event makes is this one."""
+    for grant in grants:
+        session, sep, line = grant.rpartition(":")
+        if sep and session and "_erased" not in session:
+            yield grant, f"{ids(session)}:{line}"

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from plangate.engine import StateTable, UnknownStatus, compile_plan
-from plangate.policy import ExistingSubscribers, Impact, PlanChange, PlanDiff, stranded
-from plangate.policy._diff import Area
+from plangate.policy import Area, ExistingSubscribers, Impact, PlanChange, PlanDiff, stranded
 from plangate.policy.cli import ImpactError
 
+from .config import shown_address
 from .store import StoredSubject, StoreError, open_store
 from .store._plans import Census
 from .store._sqlite import sqlite_path
@@ -24,16 +24,7 @@ def impact_on_store(result: PlanDiff, database: str) -> list[Impact]:
     try:
         return asyncio.run(_impact(result, database))
     except (StoreError, OSError) as exc:
-        raise ImpactError(f"cannot read the store {_shown(database)}: {exc}") from None
-
-
-def _shown(database: str) -> str:
-    """The address without a password."""
-    if "://" in database and "@" in database:
-        scheme, rest = database.split("://", 1)
-        auth, host = rest.rsplit("@", 1)
-        return f"{scheme}://{auth.split(':', 1)[0]}@{host}"
-    return database
+        raise ImpactError(f"cannot read the store {shown_address(database)}: {exc}") from None
 
 
 async def _impact(result: PlanDiff, database: str) -> list[Impact]:

@@ -21,7 +21,7 @@ from typing import Any
 from plangate.engine import StateTable, UnknownStatus, compile_plan
 from plangate.policy import (Finding, NameMap, Plan, PlanError, PlanFileError, Stranded, check_text, diff_plans,
                              explain_stranded, stranded, version_of)
-from plangate.policy._load import read_text
+from plangate.policy import read_plan_text as read_text
 
 from .gate import Gate, StoreUnavailable
 from .logs import log

@@ -45,6 +45,24 @@ def _plan(config: Config) -> tuple[StateTable, tuple[Finding, ...]]:
     return compile_plan(checked.plan), tuple(f for f in checked.findings if not f.is_error)
 
 
+def _configured(env_file: str | Sequence[str] | None, *, serving: bool
+                ) -> tuple[Config, StateTable, tuple[Finding, ...]] | int:
+    """The settings and the compiled plan (with its warnings), or the exit code of a usage error, said: serve and
+    erase start alike (serving also needs an API token)."""
+    try:
+        config = Config.from_env(env_file=env_file)
+        if serving:
+            config.require_token()
+        table, warnings = _plan(config)
+    except ConfigError as exc:
+        return _fail(f"invalid setting: {exc}", 2)
+    except PlanFileError as exc:
+        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS={config.plans})", 2)
+    except PlanError as exc:
+        return _fail(f"{exc}\nfix the plan named by PLANGATE_PLANS={config.plans} (plangate lint {config.plans})", 2)
+    return config, table, warnings
+
+
 def _missing_store(config: Config) -> str | None:
     """Why serve does not start on this SQLite file: it is not there. A gate that made a new, empty store would
     answer every paying subject as new (and count old idempotency keys again) after its file was lost or moved."""
@@ -59,16 +77,10 @@ def _missing_store(config: Config) -> str | None:
 
 
 def serve(env_file: str | Sequence[str] | None = "config.env", create_store: bool = False) -> int:
-    try:
-        config = Config.from_env(env_file=env_file)
-        config.require_token()
-        table, warnings = _plan(config)
-    except ConfigError as exc:
-        return _fail(f"invalid setting: {exc}", 2)
-    except PlanFileError as exc:
-        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS={config.plans})", 2)
-    except PlanError as exc:
-        return _fail(f"{exc}\nfix the plan named by PLANGATE_PLANS={config.plans} (plangate lint {config.plans})", 2)
+    loaded = _configured(env_file, serving=True)
+    if isinstance(loaded, int):
+        return loaded
+    config, table, warnings = loaded
     missing = None if create_store else _missing_store(config)
     if missing:
         return _fail(missing, 2)
@@ -200,15 +212,10 @@ def erase(env_file: str | Sequence[str] | None, subject: str, actor: str) -> int
     # Not the subject id rule (subject_problem): a subject stored before that rule may still need erasing.
     if not subject or len(subject) > 200 or not subject.isprintable():
         return _fail("erase: the subject must be 1 to 200 printable characters", 2)
-    try:
-        config = Config.from_env(env_file=env_file)
-        table, _ = _plan(config)
-    except ConfigError as exc:
-        return _fail(f"invalid setting: {exc}", 2)
-    except PlanFileError as exc:
-        return _fail(f"cannot read the plan: {exc} (PLANGATE_PLANS={config.plans})", 2)
-    except PlanError as exc:
-        return _fail(f"{exc}\nfix the plan named by PLANGATE_PLANS={config.plans} (plangate lint {config.plans})", 2)
+    loaded = _configured(env_file, serving=False)
+    if isinstance(loaded, int):
+        return loaded
+    config, table, _ = loaded
     if not config.pseudonym_secret:
         return _fail("erase: PLANGATE_PSEUDONYM_SECRET is not set; erasure needs it (the same on every node, "
                      "never changed)", 2)

@@ -169,11 +169,12 @@ async def set_traits(request: web.Request) -> web.Response:
     """Set numbers on a subject that its quotas may be per unit of (`per_unit: {trait: NAME}`)."""
     gate = request.app[GATE]
     subject = inp.subject({"subject": request.match_info["subject"]})
-    body = await inp.json_object(request, {"traits", "actor"})
+    body = await inp.json_object(request, {"traits", "actor", "reason"})
     traits = inp.traits(body)
     actor = inp.text(body, "actor", required=False) or "admin-api"
+    reason = inp.text(body, "reason", required=False) or ""
     try:
-        state = await gate.set_traits(subject, traits, actor)
+        state = await gate.set_traits(subject, traits, actor, reason)
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing "
                                                        "changed; try again") from None

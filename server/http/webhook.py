@@ -10,7 +10,7 @@ from typing import Any
 import stripe
 from aiohttp import web
 
-from plangate.engine import StripeEvent
+from plangate.engine import AbsurdPurchase, StripeEvent
 
 from . import _json
 from ._input import BadRequest
@@ -23,6 +23,10 @@ INGEST = web.AppKey("ingest", Ingest)
 # Stripe's `created` is whole Unix seconds. Anything else (1.5, NaN, Infinity, 1e300, a year past 2286 or before
 # 1970) is no Stripe event: stored, it would break every later view of its subject (dates out of range).
 MAX_CREATED = 9_999_999_999
+# The stores hold 64-bit integers; Stripe never sends an integer beyond them. Such an event, even signed, is
+# refused whole before anything is written, rather than half-stored or a 500. (Floats, infinite ones too, are
+# never stored as integers: a reader that finds one out of range leaves it, as for a billing period.)
+INT64 = (-(2**63), 2**63 - 1)
 # Stripe sends an event's body at once; a client that trickles it in holds a connection and a task: cut off.
 BODY_TIMEOUT = 10.0
 _throttle = Throttle(60.0)
@@ -66,9 +70,23 @@ def _verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolera
     raise BadRequest(400, "signature_invalid", f"the Stripe signature does not verify: {problem}")
 
 
+class _Unstorable(ValueError):
+    pass
+
+
+def _int64(digits: str) -> int:
+    value = int(digits)
+    if not INT64[0] <= value <= INT64[1]:
+        raise _Unstorable(f"an integer beyond 64 bits ({digits[:24]}{'...' if len(digits) > 24 else ''})")
+    return value
+
+
 def _event(text: str) -> tuple[StripeEvent, str]:
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_int=_int64)
+    except _Unstorable as exc:
+        raise BadRequest(400, "invalid_event", f"the signed body holds {exc}: no Stripe event does, and the "
+                                               f"store holds 64-bit integers; nothing was written") from None
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
     created: Any = body.get("created") if isinstance(body, dict) else None
@@ -129,6 +147,10 @@ async def receive(request: web.Request) -> web.Response:
         metrics.webhooks.labels("store_error").inc()
         raise BadRequest(500, "store_unavailable", "the event could not be stored; nothing was applied; "
                                                    "Stripe will deliver it again") from None
+    except AbsurdPurchase as exc:
+        metrics.webhooks.labels("invalid_event").inc()
+        raise BadRequest(400, "invalid_event", f"the signed event cannot be a payment: {exc}; nothing was "
+                                               "written") from None
     except StripeUnavailable as exc:
         metrics.webhooks.labels("stripe_unavailable").inc()
         log(logging.WARNING, "webhook_retry", event_id=event.id, why=str(exc))

@@ -182,6 +182,7 @@ class Erasure:
     at: float
     actor: str
     audit: AuditEntry | None = None
+    grants: tuple[tuple[str, str], ...] = ()       # (grant id stored, id kept) of bought grants, as invoices
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,9 +383,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def personal_rows(self, subject: str, customer: str | None,
-                            subscription: str | None) -> tuple[list[EventRecord], list[str]]:
+                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str]]:
         """The subject's events (and those waiting that name its Stripe customer or subscription), oldest first,
-        and the invoice ids of its payments."""
+        the invoice ids of its payments, and the ids of its grants bought through Checkout."""
 
     @abc.abstractmethod
     async def erase(self, erasure: Erasure) -> bool:

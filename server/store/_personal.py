@@ -3,7 +3,8 @@
 An erasure moves a subject's rows to its pseudonym in one transaction: the state row (written anew: its state
 names the subject), usage summed into the pseudonym's windows, the audit (an admin's free-text reason may name
 the person: it is replaced by a sentence saying so), payments and events (rewritten by the caller: reduced
-payloads, the pseudonym for the subject, Stripe ids dropped when no subscription is live). Idempotency keys are
+payloads, the pseudonym for the subject, Stripe ids dropped when no subscription is live), and credit grants
+(those bought keep the session's id as a pseudonym once Stripe ids are dropped). Idempotency keys are
 dropped: they are the caller's text, and live a few weeks at most.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ PERSONAL_EVENTS = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subje
 PERSONAL_INVOICES = ("SELECT invoice_id FROM payments WHERE subject = ? OR (subject IS NULL AND "
                      "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
                      "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)))")
+# Grants bought through Checkout are named by the session (cs_...): a Stripe id, pseudonymised with the others.
+PERSONAL_GRANTS = "SELECT grant_id FROM credit_grants WHERE subject = ? AND source = 'purchase'"
 ERASED = "SELECT 1 FROM erasures WHERE pseudonym = ?"
 KEEPING_IDS = "SELECT pseudonym FROM erasures WHERE stripe_ids_dropped_at IS NULL ORDER BY erased_at LIMIT ?"
 _VERSION = "SELECT version FROM subscriptions WHERE subject = ?"
@@ -61,6 +64,7 @@ _LINKS_DROPPED = "DELETE FROM stripe_links WHERE subject = ?"
 _REPORTS_IDS_DROPPED = "UPDATE overage_reports SET stripe_customer = NULL WHERE subject = ? AND status <> 'pending'"
 _INVOICE = ("UPDATE payments SET invoice_id = ?, stripe_customer = NULL, stripe_subscription = NULL "
             "WHERE invoice_id = ?")
+_GRANT = "UPDATE credit_grants SET grant_id = ? WHERE subject = ? AND grant_id = ?"
 _REMEMBER = ("INSERT INTO erasures (pseudonym, erased_at, actor, stripe_ids_dropped_at) VALUES (?, ?, ?, ?) "
              "ON CONFLICT (pseudonym) DO UPDATE SET erased_at = excluded.erased_at, actor = excluded.actor, "
              "stripe_ids_dropped_at = excluded.stripe_ids_dropped_at")
@@ -93,6 +97,7 @@ def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
         out.append((_EVENT, (r.payload, r.subject, r.stripe_customer, r.stripe_subscription,
                              state_json(r.state_before), e.at, r.stripe_payment, r.id)))
     out.extend((_INVOICE, (kept, stored)) for stored, kept in e.invoices)
+    out.extend((_GRANT, (kept, e.pseudonym, stored)) for stored, kept in e.grants)
     dropped = e.at if e.drop_stripe_ids else None
     if dropped is not None:
         out.append((_LINKS_DROPPED, (e.pseudonym,)))

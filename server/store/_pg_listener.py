@@ -7,6 +7,7 @@ import contextlib
 
 import asyncpg
 
+from ._background import Background
 from ._pg_pool import ERRORS as _ERRORS
 from ._postgres_plans import PLAN_CHANNEL
 
@@ -30,17 +31,13 @@ class Listener:
         self.hears_usage = on_usage is not None
         self.connect_timeout = connect_timeout
         self.connected = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._background = Background()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._background.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()
 
     def _counted(self, _conn, pid: int, _channel: str, note: str) -> None:
         """One plangate_usage notification: a line per count, "used window meter subject" (tab-separated)."""

@@ -13,6 +13,7 @@ import time
 
 import asyncpg
 
+from ._background import Background
 from ._base import StoreError
 
 # InternalClientError: a connection the server dropped in the middle of an operation, handed out again before the
@@ -100,17 +101,13 @@ class Replicas:
         self._touched: dict[str, float] = {}                # subject -> when this node last knew it changed
         self._turn = itertools.cycle(range(len(replicas)))
         self._positions: list[tuple[float, int]] = []       # (monotonic time noted, primary's WAL position)
-        self._task: asyncio.Task | None = None
+        self._background = Background()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._probe_forever())
+        self._background.start(self._probe_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()
 
     def touched(self, subject: str) -> None:
         """The subject changed now (a local write, or a notification from another node): a replica serves it

@@ -48,6 +48,14 @@ WEBHOOK = ("POST", "/webhook/stripe")
 MAX_AMOUNT = 1_000_000
 
 
+INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+# Any JSON two levels deep whose integers are 64-bit ones (the generator's own integers may be 128-bit).
+_LEAF = {"anyOf": [{"type": ["string", "boolean", "null"]}, INT64,
+                   {"type": "number", "minimum": -1e300, "maximum": 1e300}]}
+_NESTED = {"anyOf": [_LEAF, {"type": "array", "items": _LEAF}, {"type": "object", "additionalProperties": _LEAF}]}
+JSON64 = {"anyOf": [_LEAF, {"type": "array", "items": _NESTED}, {"type": "object", "additionalProperties": _NESTED}]}
+
+
 def plan_spec() -> dict:
     """schema/openapi.json with the plan's names where the spec can only say 'a string'."""
     spec = copy.deepcopy(json.loads(SPEC_PATH.read_text(encoding="utf-8")))
@@ -83,10 +91,15 @@ def plan_spec() -> dict:
             "id": ids, "customer": ids, "subscription": ids, "client_reference_id": {"enum": ["alice", "bob", None]},
             "status": {"enum": ["active", "trialing", "past_due", "canceled", "paid", "open", "unpaid"]},
             "metadata": {"type": "object", "properties": {"plangate_subject": {"enum": ["alice", "bob", ""]}}},
-            "current_period_start": {"type": "integer"}, "current_period_end": {"type": "integer"},
-            "items": {"type": "object"}, "lines": {"type": "object"}, "parent": {"type": "object"},
+            "current_period_start": INT64, "current_period_end": INT64,
+            "items": JSON64, "lines": JSON64, "parent": JSON64,
         },
+        "additionalProperties": JSON64,
     }
+    # The gate refuses a signed event holding an integer beyond 64 bits (400, documented): a valid one has none,
+    # wherever it is (extra fields too).
+    event["additionalProperties"] = JSON64
+    event["properties"]["data"]["additionalProperties"] = JSON64
     return spec
 
 

@@ -96,3 +96,32 @@ class TestConfig:
         example = (ROOT / "config.env.example").read_text()
         documented = set(re.findall(r"^#?\s*((?:PLANGATE|SUBSCRIPTION|STRIPE)_[A-Z_]+)=", example, re.M))
         assert used and used <= documented, sorted(used - documented)
+
+
+class TestAddressesShown:
+    """One rule masks every PostgreSQL address the gate holds, the primary's and its replicas'."""
+
+    PRIMARY = "postgresql://gate:primary-pw-1@db1:5432/plangate"
+    REPLICAS = "postgresql://reader:replica-pw-2@db2:5432/plangate,postgres://reader:replica-pw-3@db3/plangate"
+
+    def config(self, **env):
+        return Config.from_env({"PLANGATE_DATABASE": self.PRIMARY, "PLANGATE_PG_REPLICAS": self.REPLICAS, **env})
+
+    def test_an_error_quoting_a_replica_is_shown_without_its_password(self):
+        c = self.config()
+        shown = c.database_shown(f"the store failed: cannot reach {c.replicas[0]} nor {c.replicas[1]} "
+                                 f"(PLANGATE_DATABASE={c.database}, PLANGATE_PG_REPLICAS={','.join(c.replicas)})")
+        for password in ("primary-pw-1", "replica-pw-2", "replica-pw-3"):
+            assert password not in shown
+        assert "postgresql://reader:***@db2:5432/plangate" in shown and "gate:***@db1" in shown
+
+    def test_a_password_given_as_a_parameter_is_masked_too(self):
+        c = self.config(PLANGATE_DATABASE="postgresql://gate@db1/plangate?sslmode=require&password=param-pw-4",
+                        PLANGATE_PG_REPLICAS="postgresql://db2/plangate?password=param-pw-5")
+        shown = c.database_shown(f"{c.database} {c.replicas[0]}")
+        assert "param-pw-4" not in shown and "param-pw-5" not in shown and "password=***" in shown
+
+    def test_plan_impact_shows_an_address_by_the_same_rule(self):
+        from plangate.server.config import shown_address
+        assert shown_address(self.PRIMARY) == "postgresql://gate:***@db1:5432/plangate"
+        assert shown_address("var/plangate.sqlite3") == "var/plangate.sqlite3"

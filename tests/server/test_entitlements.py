@@ -139,6 +139,19 @@ class TestFeaturesAndSeats:
         assert (await view(gate, "org1"))["traits"] == {"members": 40}
 
 
+    async def test_traits_set_by_an_admin_are_audited_who_and_why(self, start):
+        gate = await start(B2B)
+        body = {"traits": {"members": 40}, "actor": "crm", "reason": "contract 2027-114: 40 members"}
+        status, answer = await gate.post("/v1/subjects/org2/traits", body)
+        assert status == 200, answer
+        (audit,) = [t for t in (await view(gate, "org2"))["transitions"] if t["trigger"] == "admin:traits"]
+        assert audit["actor"] == "crm" and audit["from"] == audit["to"]
+        assert "members=40" in audit["reason"] and "contract 2027-114: 40 members" in audit["reason"]
+        # the same traits again change nothing: nothing more is audited
+        assert (await gate.post("/v1/subjects/org2/traits", body))[0] == 200
+        assert [t["trigger"] for t in (await view(gate, "org2"))["transitions"]].count("admin:traits") == 1
+
+
 class TestCredits:
     async def test_an_admin_grant_is_spent_past_the_allowance_once(self, start):
         gate = await start(AI)
@@ -277,3 +290,49 @@ class TestPersonalData:
         kept = reduced["data"]["object"]
         assert "customer_details" not in kept
         assert kept["line_items"]["data"] == [{"price": {"id": "price_tokens_1m"}, "quantity": 4}]
+
+
+class TestForfeit:
+    """`on_cancel: forfeit` through a running gate on each store: credits bought or granted while subscribed
+    cannot be spent once the subscription ends (the balance says 0, consume refuses past the allowance); what is
+    bought after the end is spendable; `keep` (the shipped example) keeps them."""
+
+    @pytest.fixture
+    def forfeiting(self, tmp_path):
+        path = tmp_path / "ai-forfeit.yaml"
+        text = AI.read_text()
+        assert text.count("on_cancel: keep") == 1
+        path.write_text(text.replace("on_cancel: keep", "on_cancel: forfeit"), encoding="utf-8")
+        return path
+
+    @pytest.mark.parametrize("on_cancel", ["forfeit", "keep"])
+    async def test_credits_of_an_ended_subscription(self, start, forfeiting, on_cancel):
+        gate = await start(forfeiting if on_cancel == "forfeit" else AI)
+        sub = subscription("f1", "account", "price_starter_monthly", sub_id="sub_f1", customer="cus_f1")
+        await deliver(gate, se.event("customer.subscription.created", sub, NOW - 600))
+        await deliver(gate, se.event("checkout.session.completed",
+                                     pack_checkout("f1", "cs_f1_a", [("price_tokens_1m", 1)], customer="cus_f1"),
+                                     NOW - 500))
+        assert (await view(gate, "f1"))["credits"][0]["balance"] == 1_200_000     # the tier grants 200000 too
+        ended = {**sub, "status": "canceled", "ended_at": int(NOW - 300), "canceled_at": int(NOW - 300)}
+        await deliver(gate, se.event("customer.subscription.deleted", ended, NOW - 300))
+        assert (await view(gate, "f1"))["status"] == "lapsed"
+        await consume(gate, "f1", "tokens", 50000)           # the lapsed allowance used up
+        after_end = await consume(gate, "f1", "tokens", 1000)
+        if on_cancel == "keep":
+            assert (after_end["allowed"], after_end["credits_used"]) == (True, 1000)
+            assert (await view(gate, "f1"))["credits"][0]["balance"] >= 999_000
+            return
+        assert (after_end["allowed"], after_end["reason"], after_end["credits"]) == (False, "quota_exhausted", 0)
+        assert (await view(gate, "f1"))["credits"][0]["balance"] == 0
+        # granted or bought after the end: spendable, and only they
+        status, _ = await gate.post("/v1/subjects/f1/credits", {"meter": "tokens", "amount": 5000,
+                                                                 "reason": "goodwill", "actor": "ops"})
+        assert status == 200 and (await view(gate, "f1"))["credits"][0]["balance"] == 5000
+        await deliver(gate, se.event("checkout.session.completed",
+                                     pack_checkout("f1", "cs_f1_b", [("price_tokens_1m", 1)], customer="cus_f1"),
+                                     NOW - 100))
+        bought = await consume(gate, "f1", "tokens", 1000)
+        assert (bought["allowed"], bought["credits_used"]) == (True, 1000)
+        assert (await view(gate, "f1"))["credits"][0]["balance"] == 1_004_000
+

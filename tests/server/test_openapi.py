@@ -226,7 +226,7 @@ def full_bodies(template: str) -> list[dict]:
         "/v1/subjects/{subject}/credits": [{"meter": "requests", "amount": 50, "reason": "goodwill", "actor": "ops",
                                             "idempotency_key": f"grant-{n}", "expires_at": "2099-01-01T00:00:00Z",
                                             "priority": 3}],
-        "/v1/subjects/{subject}/traits": [{"traits": {"members": 3}, "actor": "ops"}],
+        "/v1/subjects/{subject}/traits": [{"traits": {"members": 3}, "actor": "ops", "reason": "a contract"}],
         "/v1/plan/reload": [{"actor": "ops"}],
         "/v1/plan/upgrade": [{"tier": "pro", "reason": "price change", "actor": "ops"},
                              {"subjects": [f"user-{n}"], "reason": "support ticket 8"}],

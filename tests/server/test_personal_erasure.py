@@ -176,3 +176,28 @@ async def _plangate(argv: list[str], env: dict, cwd) -> subprocess.CompletedProc
     full = {**os.environ, **env}
     return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "plangate", *argv], env=full, cwd=cwd,
                                    capture_output=True, text=True, timeout=120)
+
+
+class TestCreditGrants:
+    async def test_the_checkout_sessions_of_bought_credits_are_pseudonymised(self, start_gate, database):
+        """A subject with no subscription buys credit packs through Checkout, then is erased: its credits stay
+        with the pseudonym, spendable, but the Checkout session's id (and its customer's) is nowhere in the
+        store; the session's id in the grant is the one its rewritten event names (a refold finds it)."""
+        from .test_entitlements import AI, pack_checkout
+        gate = await start_gate(plan=AI, **ENV)
+        session, customer = "cs_live_PackBuyer0001", "cus_PackBuyer0001"
+        obj = pack_checkout("pack_buyer", session, [("price_tokens_1m", 2)], customer=customer)
+        await deliver(gate, se.event("checkout.session.completed", obj, time.time() - 60, "evt_pack_buyer"))
+        assert (await view(gate, "pack_buyer"))["credits"][0]["balance"] == 2_000_000
+        assert session in await store_text(database)
+
+        erased = await erase(gate, "pack_buyer", actor="privacy-desk")
+        pseudonym = erased["pseudonym"]
+        text = await store_text(database)
+        assert session not in text and customer not in text
+        (grant_id,) = [r[0] for r in await rows(database, "SELECT grant_id FROM credit_grants WHERE subject = ?",
+                                                  pseudonym)]
+        assert grant_id.startswith("cs_erased") and grant_id.endswith(":0")
+        (payload,) = [r[0] for r in await rows(database, "SELECT payload FROM subscription_events")]
+        assert grant_id.split(":")[0] in payload
+        assert (await view(gate, pseudonym))["credits"][0]["balance"] == 2_000_000

@@ -2,6 +2,7 @@
 the gate reads, without changing a decision; the store holds no email or name after it (files, WAL included)."""
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -161,3 +162,32 @@ async def _back_to_schema_5(database: str) -> None:
         db.execute("UPDATE subscription_events SET payload = payload || printf('%6000s', '')")
         db.execute("UPDATE subscription_events SET payload = rtrim(payload)")
         db.execute("PRAGMA user_version = 5")
+
+
+class TestRetentionFollowsThePlan:
+    async def test_after_a_reload_payloads_keep_what_the_reloaded_plan_reads(self, start_gate, database, tmp_path):
+        """Started on the shipped plan (which reads no `metadata.campaign`), reloaded to one whose trial starts
+        only for a campaign's sign-ups: the payloads reduced after the reload keep the campaign, and only it."""
+        from .conftest import PLAN
+        from .test_reduction import plan_reading_more
+        (tmp_path / "next").mkdir()
+        reading_more = plan_reading_more(tmp_path / "next")
+        live = tmp_path / "live.yaml"
+        live.write_text(PLAN.read_text(), encoding="utf-8")
+        gate = await start_gate(plan=live, STRIPE_WEBHOOK_SECRET=se.SECRET)
+        life = Lifecycle("user_campaign", time.time() - 80 * DAY)
+        for evt in life.events():
+            obj = evt["data"]["object"]
+            if isinstance(obj.get("metadata"), dict):
+                obj["metadata"].update(campaign="spring", support_note=f"{life.person.name} prefers phone")
+            await deliver(gate, evt)
+        live.write_text(reading_more.read_text(), encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert status == 200 and answer["outcome"] == "applied", answer
+        assert (await cleanup(gate))[2] > 0
+        metadata = [json.loads(p)["data"]["object"].get("metadata") for (p,) in await rows(
+            database, "SELECT payload FROM subscription_events WHERE reduced_at IS NOT NULL")]
+        kept = [m for m in metadata if m]
+        assert any(m.get("campaign") == "spring" for m in kept), kept      # what the trial's condition reads
+        assert not any("support_note" in m for m in kept), kept
+        assert "prefers phone" not in await store_text(database)

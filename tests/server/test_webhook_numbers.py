@@ -1,0 +1,71 @@
+"""Absurd numbers in a signed Stripe event (an amount of 10**30, credits past 2**62, an infinite float) on each
+store: a clear 400 and nothing written, or taken safely, never a 500 (SQLite and PostgreSQL hold 64-bit integers)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from plangate.server.http.api import GATE
+
+from . import stripe_events as se
+from .test_webhook import deliver
+from .test_entitlements import database  # noqa: F401 (a fixture: each store)
+from .test_webhook_subscriptions import outcomes, start  # noqa: F401 (start is a fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+HUGE = 10**30
+
+
+def _invoice(field: str, value) -> dict:
+    obj = se.invoice("paid", inv_id="in_huge")
+    obj[field] = value
+    return obj
+
+
+@pytest.mark.parametrize("field,value", [("amount_paid", HUGE), ("amount_due", -HUGE), ("amount_paid", 2**63),
+                                         ("attempt_count", HUGE)])
+async def test_an_absurd_integer_is_refused_with_400_and_nothing_written(start, field, value):
+    gate = await start()
+    assert (await deliver(gate, se.event("checkout.session.completed", se.checkout("alice"), time.time())))[0] == 200
+    before = await outcomes(gate, "alice")
+    status, answer = await deliver(gate, se.event("invoice.paid", _invoice(field, value), time.time(), "evt_huge"))
+    assert status == 400 and answer["error"] == "invalid_event", answer
+    assert "64-bit" in answer["message"]
+    assert await outcomes(gate, "alice") == before
+    # the largest 64-bit integer is a number the stores hold: taken
+    status, answer = await deliver(gate, se.event("invoice.paid", _invoice(field, 2**63 - 1), time.time(), "evt_max"))
+    assert status == 200, answer
+
+
+async def test_an_infinite_amount_is_taken_as_no_amount(start):
+    """Floats are never stored as integers: an amount of 1e999 (infinite) leaves the payment without one."""
+    gate = await start()
+    assert (await deliver(gate, se.event("checkout.session.completed", se.checkout("alice"), time.time())))[0] == 200
+    body = se.encode(se.event("invoice.paid", _invoice("amount_paid", 1), time.time(), "evt_inf"))
+    raw = body.replace(b'"amount_paid": 1,', b'"amount_paid": 1e999,')
+    assert b"1e999" in raw
+    status, answer = await deliver(gate, {}, raw=raw)
+    assert status == 200, answer
+
+
+class TestDerivedNumbers:
+    """Numbers within 64 bits whose product is not: a credit pack bought 2**62 times."""
+
+    async def test_a_pack_bought_past_64_bits_is_refused_and_nothing_written(self, start_gate, database):
+        from .test_entitlements import AI, QUIET, pack_checkout, view
+        gate = await start_gate(plan=AI, database=database, **QUIET)
+        obj = pack_checkout("p1", "cs_pack_huge", [("price_tokens_1m", 2**62)])
+        status, answer = await deliver(gate, se.event("checkout.session.completed", obj, time.time(), "evt_pack"))
+        assert status == 400 and answer["error"] == "invalid_event", answer
+        assert await gate.app[GATE].store.events("p1") == []
+        assert (await view(gate, "p1"))["credits"][0]["balance"] == 0
+
+
+@pytest.mark.parametrize("body", [{"amount": 2**63}, {"amount": 10**30}, {"amount": -(2**63) - 1}])
+async def test_api_amounts_past_64_bits_are_a_400(start, body):
+    gate = await start()
+    status, answer = await gate.post("/v1/consume", {"subject": "s1", **body})
+    assert status == 400, answer
+    status, answer = await gate.post("/v1/check", {"subject": "s1", **body})
+    assert status == 400, answer

@@ -1,0 +1,148 @@
+"""The console's routes through a real gate (aiohttp on 127.0.0.1, a SQLite file): sessions, CSRF, the read-only
+mode, finding a subject, its timeline and an admin transition through the API's door."""
+from __future__ import annotations
+
+import pytest
+
+from .conftest import ADMIN_TOKEN, TOKEN
+from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
+
+
+@pytest.fixture
+async def console(start_gate):
+    gate = await start_gate(**WEBHOOK)
+    async with new_session() as session:
+        yield gate, session
+
+
+class TestAccess:
+    async def test_pages_need_a_session(self, console):
+        gate, session = console
+        for path in ("/console/", "/console/plan", "/console/health", "/console/subjects/alice"):
+            async with session.get(gate.url + path, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/console/login", path
+
+    async def test_the_admin_token_opens_a_session_cookie_that_scripts_cannot_read(self, console):
+        gate, session = console
+        r = await login(gate.url, session, ADMIN_TOKEN)
+        assert r.status == 303
+        cookie = r.headers.getall("Set-Cookie")
+        sent = next(c for c in cookie if c.startswith("plangate_console="))
+        assert "HttpOnly" in sent and "SameSite=Strict" in sent and "Path=/console" in sent
+        assert "Secure" not in sent      # plain HTTP here; Secure when the request came over TLS
+        assert ADMIN_TOKEN not in "".join(cookie)
+        async with session.get(gate.url + "/console/") as r:
+            page = await r.text()
+            assert r.status == 200 and "Ada (admin)" in page and ADMIN_TOKEN not in page
+
+    async def test_a_wrong_token_is_refused(self, console):
+        gate, session = console
+        r = await login(gate.url, session, "not-the-token")
+        assert r.status == 401
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 303
+
+    async def test_a_login_without_its_csrf_token_is_refused(self, console):
+        gate, session = console
+        async with session.post(gate.url + "/console/login", data={"label": "x", "token": ADMIN_TOKEN},
+                                allow_redirects=False) as r:
+            assert r.status == 403
+
+    async def test_a_form_without_the_csrf_token_is_refused_and_changes_nothing(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        data = {"what": "to:closed", "reason": "test", "confirm": "yes"}
+        async with session.post(gate.url + "/console/subjects/alice/transition", data=data) as r:
+            assert r.status == 403
+        async with session.post(gate.url + "/console/subjects/alice/transition",
+                                data={**data, "csrf": "forged"}) as r:
+            assert r.status == 403
+        assert (await gate.get("/v1/subjects/alice"))[1]["known"] is False
+
+    async def test_the_api_token_gives_a_read_only_console(self, console):
+        gate, session = console
+        assert (await login(gate.url, session, TOKEN)).status == 303
+        async with session.get(gate.url + "/console/subjects/alice") as r:
+            page = await r.text()
+            assert r.status == 200 and "Read-only console" in page and 'name="what"' not in page
+        data = {"what": "to:closed", "reason": "test", "confirm": "yes", "csrf": hidden(page, "csrf")}
+        async with session.post(gate.url + "/console/subjects/alice/transition", data=data) as r:
+            assert r.status == 403
+        assert (await gate.get("/v1/subjects/alice"))[1]["known"] is False
+
+    async def test_logout_ends_the_session(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        async with session.get(gate.url + "/console/") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/logout", data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 303
+
+
+class TestOperator:
+    async def test_find_by_stripe_ids_read_the_timeline_and_act_with_confirmation(self, console):
+        gate, session = console
+        life = lifecycle()
+        await play(gate, life)
+        await login(gate.url, session, ADMIN_TOKEN, "Grace Hopper")
+        for q in (life.subject, life.customer, life.sub_id("A")):
+            async with session.get(gate.url + "/console/find", params={"q": q}, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == f"/console/subjects/{life.subject}", q
+        async with session.get(gate.url + f"/console/subjects/{life.subject}") as r:
+            page = await r.text()
+        assert '<strong id="status">paid</strong>' in page
+        assert "customer.subscription.created" in page and "applied" in page
+        assert "limited_free_trial" in page     # the transition out of the first status
+        csrf = hidden(page, "csrf")
+        url = gate.url + f"/console/subjects/{life.subject}/transition"
+        async with session.post(url, data={"csrf": csrf, "what": "action:close_account", "reason": "asked to"}) as r:
+            confirm = await r.text()
+            assert r.status == 200 and "Confirm" in confirm
+        assert (await gate.get(f"/v1/subjects/{life.subject}"))[1]["status"] == "paid"   # nothing done yet
+        data = {"csrf": csrf, "what": hidden(confirm, "what"), "reason": hidden(confirm, "reason"),
+                "confirm": "yes"}
+        async with session.post(url, data=data) as r:
+            page = await r.text()
+        assert '<strong id="status">closed</strong>' in page
+        assert "console:Grace Hopper" in page and "asked to" in page
+        view = (await gate.get(f"/v1/subjects/{life.subject}"))[1]
+        assert view["transitions"][0]["actor"] == "console:Grace Hopper"
+
+    async def test_unknown_ids_and_bad_input_are_answered_not_failed(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        async with session.get(gate.url + "/console/find", params={"q": "cus_nobody"}) as r:
+            assert r.status == 404
+        async with session.get(gate.url + "/console/subjects/" + "x" * 300) as r:
+            assert r.status == 400
+        async with session.get(gate.url + "/console/") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/subjects/alice/transition",
+                                data={"csrf": csrf, "what": "to:nowhere", "reason": "x"}) as r:
+            assert r.status == 400
+        async with session.post(gate.url + "/console/subjects/alice/transition",
+                                data={"csrf": csrf, "what": "to:closed", "reason": " "}) as r:
+            assert r.status == 400
+
+
+class TestProductOwner:
+    async def test_the_plan_page_draws_the_compiled_plan_and_counts_subjects(self, console):
+        gate, session = console
+        await play(gate, lifecycle())
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/plan") as r:
+            page = await r.text()
+        assert '<svg xmlns="http://www.w3.org/2000/svg" id="plan-diagram"' in page
+        for status in ("limited_free_trial", "paid", "grace_period", "closed"):
+            assert f'data-status="{status}"' in page
+        assert "paid · 1" in page
+        assert "starts in limited_free_trial" in page    # plangate explain's words
+
+    async def test_health(self, console):
+        gate, session = console
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/health") as r:
+            page = await r.text()
+        assert r.status == 200 and "answers" in page and "fail mode" in page

@@ -7,7 +7,7 @@ from plangate.policy import Plan
 
 from ._html import e
 
-_W, _H, _GAP_X, _GAP_Y = 170, 44, 30, 80
+_W, _H, _GAP_X, _GAP_Y = 170, 44, 50, 120
 
 
 def plan_diagram(plan: Plan, counts: dict[str, int] | None = None) -> str:
@@ -30,10 +30,12 @@ def plan_diagram(plan: Plan, counts: dict[str, int] | None = None) -> str:
            f'width="{width:.0f}" role="img" aria-label="the plan as a state diagram">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#556"/></marker></defs>']
-    seen: dict[tuple[str, str], int] = {}
+    # One arrow per pair of statuses: its label names the first trigger, its tooltip all of them.
+    pairs: dict[tuple[str, str], list[str]] = {}
     for src, dst, label in edges:
-        n = seen[(src, dst)] = seen.get((src, dst), -1) + 1
-        out.append(_arrow(at[src], at[dst], label, n, src == dst))
+        pairs.setdefault((src, dst), []).append(label)
+    for (src, dst), labels in pairs.items():
+        out.append(_arrow(at[src], at[dst], labels, src == dst))
     status = {s.name: s for s in plan.statuses}
     for name, (x, y) in at.items():
         s = status[name]
@@ -72,22 +74,24 @@ def _layers(names: list[str], initial: list[str], edges) -> dict[str, int]:
     return {n: out.get(n, last) for n in names}
 
 
-def _arrow(a, b, label: str, n: int, loop: bool) -> str:
+def _arrow(a, b, labels: list[str], loop: bool) -> str:
     (ax, ay), (bx, by) = a, b
-    title = f"<title>{e(label)}</title>"
+    title = f"<title>{e('; '.join(dict.fromkeys(labels)))}</title>"
+    first = labels[0].split(":", 1)[-1]
+    label = first if len(labels) == 1 else f"{first[:22]} +{len(labels) - 1}"
     if loop:
         x, y = ax + _W, ay + _H / 2
         return (f'<path d="M{x:.0f} {y - 8:.0f} c40 -30 40 46 0 16" fill="none" stroke="#556" '
                 f'marker-end="url(#arrow)">{title}</path>')
     x1, x2 = ax + _W / 2, bx + _W / 2
     y1, y2 = (ay + _H, by) if by > ay else (ay, by + _H) if by < ay else (ay + _H, by + _H)
-    bend = 40 * (n + 1) * (1 if by >= ay else -1)
+    bend = 30 * (1 if by >= ay else -1)
     cx, cy = (x1 + x2) / 2 + bend, (y1 + y2) / 2 + (bend if by == ay else 0)
     mid_x, mid_y = (x1 + 2 * cx + x2) / 4, (y1 + 2 * cy + y2) / 4
     return (f'<g class="transition"><path d="M{x1:.0f} {y1:.0f} Q{cx:.0f} {cy:.0f} {x2:.0f} {y2:.0f}" fill="none" '
             f'stroke="#556" marker-end="url(#arrow)">{title}</path>'
-            f'<text x="{mid_x:.0f}" y="{mid_y:.0f}" font-size="10" fill="#335" text-anchor="middle">'
-            f'{e(label[:28])}</text></g>')
+            f'<text x="{mid_x:.0f}" y="{mid_y:.0f}" font-size="9" fill="#335" text-anchor="middle">'
+            f'{title}{e(label[:28])}</text></g>')
 
 
 def usage_bars(rows: list[dict]) -> str:

@@ -4,6 +4,7 @@ store query the API makes too; every action goes through Gate.admin, the door of
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
@@ -168,7 +169,9 @@ async def subject(request: web.Request) -> web.Response:
         parts.append(_action_form(request, name, session))
     else:
         parts.append('<p class="muted">Read-only console: actions need the admin token.</p>')
-    return page(f"Subject {name}", "".join(parts), csrf=session.csrf, who=session.label)
+    file = gate.table.plan.file     # plan rules name the file: by its name, not the gate's directories
+    body = "".join(parts).replace(e(file), e(Path(file).name))
+    return page(f"Subject {name}", body, csrf=session.csrf, who=session.label)
 
 
 def _rows(pairs) -> str:
@@ -274,12 +277,13 @@ async def plan(request: web.Request) -> web.Response:
     except StoreUnavailable:
         counts = None
     table = gate.table
+    file = Path(table.plan.file).name      # not the gate's directories
     rows = "".join(f"<tr><td>{link('/console/plan#' + quote(s), s)}</td><td>{e((counts or {}).get(s, 0))}</td></tr>"
                    for s in table.statuses)
-    body = (f"<p>Version <code>{e(table.version)}</code> from {e(table.plan.file)}.</p>"
+    body = (f"<p>Version <code>{e(table.version)}</code> from {e(file)}.</p>"
             f'<section class="wide">{plan_diagram(table.plan, counts)}</section>'
             f"<section><h2>Subjects per status</h2><table><tr><th>status</th><th>subjects</th></tr>{rows}</table>"
-            f"</section><section><h2>Each status in words</h2><pre>{e(explain(table.plan))}</pre></section>")
+            f"</section><section><h2>Each status in words</h2><pre>{e(explain(table.plan).replace(table.plan.file, file))}</pre></section>")
     return page("The plan", body, csrf=session.csrf, who=session.label)
 
 

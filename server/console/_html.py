@@ -40,7 +40,8 @@ def page(title: str, body: str, *, csrf: str | None = None, who: str | None = No
          status: int = 200) -> web.Response:
     nav = ""
     if csrf is not None:
-        nav = ("".join(link(p, t) for p, t in (("/console/", "Find"), ("/console/plan", "Plan"),
+        nav = ("".join(link(p, t) for p, t in (("/console/", "Find"), ("/console/events", "Webhooks"),
+                                               ("/console/jobs", "Jobs"), ("/console/plan", "Plan"),
                                                ("/console/health", "Health")))
                + f'<span class="muted">{e(who)}</span>'
                + f'<form method="post" action="/console/logout">{csrf_field(csrf)}<button>Log out</button></form>')

@@ -133,10 +133,9 @@ async def find(request: web.Request) -> web.Response:
     q = request.query.get("q", "").strip()[:200]
     gate = request.app[GATE]
     subject: str | None = q
-    if q.startswith(("cus_", "sub_")):
+    if q.startswith(("cus_", "sub_")):     # a Stripe id: the subject its webhook events linked to it
         try:
-            subject = await gate.timed("find", gate.store.find_subject(q if q.startswith("cus_") else None,
-                                                                       q if q.startswith("sub_") else None))
+            subject = await gate.timed("find", gate.store.find_subject(q, q))
         except StoreUnavailable:
             raise _refused(503, "The store cannot be read right now; try again.") from None
     if not subject:
@@ -283,7 +282,8 @@ async def plan(request: web.Request) -> web.Response:
     body = (f"<p>Version <code>{e(table.version)}</code> from {e(file)}.</p>"
             f'<section class="wide">{plan_diagram(table.plan, counts)}</section>'
             f"<section><h2>Subjects per status</h2><table><tr><th>status</th><th>subjects</th></tr>{rows}</table>"
-            f"</section><section><h2>Each status in words</h2><pre>{e(explain(table.plan).replace(table.plan.file, file))}</pre></section>")
+            f"</section><section><h2>Each status in words</h2>"
+            f"<pre>{e(explain(table.plan).replace(table.plan.file, file))}</pre></section>")
     return page("The plan", body, csrf=session.csrf, who=session.label)
 
 

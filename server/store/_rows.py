@@ -92,7 +92,8 @@ def event_log_sql(outcome: str | None, type_: str | None, before: tuple[float, s
     """The webhook log's query and its arguments; mark(n) writes the n-th placeholder (? or $n). Conditions are
     added only when given, so that the planner picks the (outcome, created, event_id) or (created, event_id)
     index."""
-    where, args = [], []
+    where: list[str] = []
+    args: list = []
     for column, value in (("outcome", outcome), ("type", type_)):
         if value is not None:
             args.append(value)

@@ -36,8 +36,8 @@ async def event_log(request: web.Request) -> web.Response:
     """Stored Stripe events, newest first, optionally of one outcome and one type; `next` pages on."""
     gate = request.app[GATE]
     outcome, type_ = _query_text(request, "outcome"), _query_text(request, "type")
-    if outcome is not None:
-        inp.one_of(outcome, _OUTCOMES, "invalid_field", "outcome")
+    if outcome is not None and outcome not in _OUTCOMES:
+        raise inp.BadRequest(400, "invalid_field", f"'outcome' must be one of {', '.join(_OUTCOMES)}")
     before = request.query.get("before")
     key = parse_cursor(before) if before is not None else None
     limit = _limit(request)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import logs, pages
+from . import logs, pages, proposal
 from .pages import SESSIONS, TOKENS, Refused
 from ._session import Sessions
 
@@ -14,7 +14,7 @@ def setup(app: web.Application, api_tokens: tuple[str, ...], admin_tokens: tuple
     """Add the console's routes (before the API's catch-all 404)."""
     app[SESSIONS] = Sessions()
     app[TOKENS] = (tuple(f"Bearer {t}" for t in api_tokens), tuple(f"Bearer {t}" for t in admin_tokens))
-    for method, path, handler in (*pages.ROUTES, *logs.ROUTES):
+    for method, path, handler in (*pages.ROUTES, *logs.ROUTES, *proposal.ROUTES):
         app.router.add_route(method, path, _answering(handler))
     app.router.add_route("GET", "/console", _to_home)
 

@@ -30,9 +30,9 @@ def _cookie(response: web.StreamResponse, request: web.Request, name: str, value
                         max_age=max_age)
 
 
-async def _form(request: web.Request) -> dict[str, str]:
-    if request.content_length is not None and request.content_length > _MAX_FORM:
-        raise web.HTTPRequestEntityTooLarge(max_size=_MAX_FORM, actual_size=request.content_length)
+async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
+    if request.content_length is None or request.content_length > limit:
+        raise _refused(413, f"The form must say its length and be at most {limit} bytes.")
     form = await request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
@@ -44,10 +44,11 @@ def _session(request: web.Request) -> Session:
     return session
 
 
-async def _posted(request: web.Request, *, admin: bool = False) -> tuple[Session, dict[str, str]]:
+async def _posted(request: web.Request, *, admin: bool = False, limit: int = _MAX_FORM
+                  ) -> tuple[Session, dict[str, str]]:
     """The session and form of a POST, its CSRF token checked (and the admin scope, for an action)."""
     session = _session(request)
-    form = await _form(request)
+    form = await _form(request, limit)
     if not same(form.get("csrf"), session.csrf):
         raise _refused(403, "The form's CSRF token is missing or wrong: reload the page and try again.")
     if admin and not session.admin:
@@ -283,7 +284,8 @@ async def plan(request: web.Request) -> web.Response:
             f'<section class="wide">{plan_diagram(table.plan, counts)}</section>'
             f"<section><h2>Subjects per status</h2><table><tr><th>status</th><th>subjects</th></tr>{rows}</table>"
             f"</section><section><h2>Each status in words</h2>"
-            f"<pre>{e(explain(table.plan).replace(table.plan.file, file))}</pre></section>")
+            f"<pre>{e(explain(table.plan).replace(table.plan.file, file))}</pre></section>"
+            '<p><a href="/console/plan/proposal">Preview a proposed plan: its diff and impact</a></p>')
     return page("The plan", body, csrf=session.csrf, who=session.label)
 
 

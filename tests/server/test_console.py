@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ADMIN_TOKEN, TOKEN
+from plangate.server.http.api import GATE
+
+from .conftest import ADMIN_TOKEN, PLAN, TOKEN
 from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
 
 
@@ -146,3 +148,33 @@ class TestProductOwner:
         async with session.get(gate.url + "/console/health") as r:
             page = await r.text()
         assert r.status == 200 and "answers" in page and "fail mode" in page
+
+
+class TestProposedPlan:
+    async def test_a_lowered_quota_shows_its_change_and_who_it_touches(self, console):
+        gate, session = console
+        await play(gate, lifecycle())
+        await login(gate.url, session, TOKEN)      # a preview reads only: the read-only console may too
+        async with session.get(gate.url + "/console/plan/proposal") as r:
+            csrf = hidden(await r.text(), "csrf")
+        text = PLAN.read_text(encoding="utf-8")
+        lowered = text.replace("requests: {limit: 5000, per: billing_period}",
+                               "requests: {limit: 3000, per: billing_period}")
+        assert lowered != text
+        async with session.post(gate.url + "/console/plan/proposal", data={"csrf": csrf, "plan": lowered}) as r:
+            page = await r.text()
+        assert r.status == 200
+        assert "requests quota lowered, 5000 per billing period -&gt; 3000 per billing period" in page
+        assert "1 stored subject(s) in all" in page and "strands no subject" in page
+        assert (await gate.get("/v1/plan"))[1]["version"] == gate.app[GATE].table.version
+
+    async def test_a_broken_plan_shows_its_findings(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        async with session.get(gate.url + "/console/plan/proposal") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/plan/proposal", data={"csrf": csrf, "plan": "statuses: [}"}) as r:
+            page = await r.text()
+        assert r.status == 200 and "proposed.yaml:1" in page and "has errors" in page
+        async with session.post(gate.url + "/console/plan/proposal", data={"plan": "x"}) as r:
+            assert r.status == 403

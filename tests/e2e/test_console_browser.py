@@ -13,6 +13,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.server.conftest import ADMIN_TOKEN, BASE_ENV, ROOT, TOKEN, GateProcess
@@ -57,7 +58,18 @@ def log_in(driver, url: str, token: str, label: str = "Ada") -> None:
     assert driver.current_url.endswith("/console/login")
     driver.find_element(By.NAME, "label").send_keys(label)
     driver.find_element(By.NAME, "token").send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "form button").click()
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "form button"))
+
+
+def submit(driver, element) -> None:
+    """Click a button (or submit a field's form) and wait until the next page has loaded."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    if element.tag_name == "input":
+        element.submit()
+    else:
+        element.click()
+    WebDriverWait(driver, 10).until(EC.staleness_of(old))
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def shows(driver, text: str) -> bool:
@@ -72,7 +84,7 @@ def shows(driver, text: str) -> bool:
 def find(driver, q: str) -> None:
     box = WebDriverWait(driver, 10).until(lambda d: d.find_element(By.NAME, "q"))
     box.send_keys(q)
-    box.submit()
+    submit(driver, box)
 
 
 async def test_an_operator_finds_a_subject_reads_its_timeline_and_acts(served, browser):
@@ -97,11 +109,10 @@ async def test_an_operator_finds_a_subject_reads_its_timeline_and_acts(served, b
 
     Select(browser.find_element(By.NAME, "what")).select_by_value("to:grace_period")
     browser.find_element(By.NAME, "reason").send_keys("card expired, customer called")
-    browser.find_element(By.CSS_SELECTOR, "form[action$='/transition'] button").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "form[action$='/transition'] button"))
     assert shows(browser, "You are about to")
     shot(browser, "confirm")
-    browser.find_element(By.ID, "confirm").click()
-    assert shows(browser, "grace_period</strong>")
+    submit(browser, browser.find_element(By.ID, "confirm"))
     assert browser.find_element(By.ID, "status").text == "grace_period"
     first = browser.find_element(By.CSS_SELECTOR, "#timeline tr.transition").text
     assert "console:Ada Lovelace" in first and "card expired, customer called" in first
@@ -115,7 +126,20 @@ async def test_an_operator_finds_a_subject_reads_its_timeline_and_acts(served, b
     svg.screenshot(str(ARTIFACTS / "plan-diagram.png"))
     browser.get(served.url + "/console/health")
     shot(browser, "health")
-    browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    browser.get(served.url + "/console/events?outcome=applied")
+    assert "checkout.session.completed" in browser.find_element(By.ID, "events").text
+    shot(browser, "webhooks")
+    browser.get(served.url + "/console/jobs")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job]")) == 4
+    shot(browser, "jobs")
+
+    # On a phone: the page fits the screen's width (wide tables scroll inside their own box).
+    browser.set_window_size(390, 844)
+    browser.get(served.url + f"/console/subjects/{life.subject}")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    browser.save_screenshot(str(ARTIFACTS / "subject-phone.png"))
+    browser.set_window_size(1280, 1000)
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "header form button"))
     assert browser.current_url.endswith("/console/login")
     browser.get(served.url + "/console/plan")
     assert browser.current_url.endswith("/console/login")
@@ -134,13 +158,13 @@ def test_a_wrong_token_a_missing_csrf_token_and_a_read_only_token_are_refused(se
     shot(browser, "read-only")
 
     browser.get(served.url + "/console/")
-    browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "header form button"))
     log_in(browser, served.url, ADMIN_TOKEN)
     find(browser, "alice")
     # The form as a forger would post it: without the page's CSRF token.
     browser.execute_script("document.querySelector(\"form[action$='/transition'] input[name=csrf]\").remove()")
     browser.find_element(By.NAME, "reason").send_keys("forged")
-    browser.find_element(By.CSS_SELECTOR, "form[action$='/transition'] button").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "form[action$='/transition'] button"))
     assert shows(browser, "CSRF token is missing or wrong")
     browser.get(served.url + "/console/subjects/alice")
     assert "forged" not in browser.find_element(By.ID, "timeline").text

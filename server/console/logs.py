@@ -11,7 +11,7 @@ from cronsim import CronSim
 from ..gate import StoreUnavailable
 from ..http._input import BadRequest
 from ..http.api import GATE, JOBS, iso
-from ..http.console_api import _OUTCOMES, cursor_of, parse_cursor
+from ..http.console_api import STORED_OUTCOMES, cursor_of, parse_cursor
 from ._html import e, link, page, subject_path
 from .pages import _refused, _session
 
@@ -23,7 +23,7 @@ async def events(request: web.Request) -> web.Response:
     gate = request.app[GATE]
     outcome = request.query.get("outcome") or None
     type_ = (request.query.get("type") or "").strip()[:200] or None
-    if outcome is not None and outcome not in _OUTCOMES:
+    if outcome is not None and outcome not in STORED_OUTCOMES:
         raise _refused(400, f"Unknown outcome {outcome!r}.")
     try:
         before = parse_cursor(request.query["before"]) if request.query.get("before") else None
@@ -33,7 +33,7 @@ async def events(request: web.Request) -> web.Response:
     except StoreUnavailable:
         raise _refused(503, "The store cannot be read right now; try again.") from None
     shown = rows[:PAGE]
-    options = "".join(f'<option{" selected" if o == outcome else ""}>{e(o)}</option>' for o in _OUTCOMES)
+    options = "".join(f'<option{" selected" if o == outcome else ""}>{e(o)}</option>' for o in STORED_OUTCOMES)
     body = [f'<form method="get" action="/console/events"><label>Outcome <select name="outcome"><option value="">'
             f'any</option>{options}</select></label><label>Type <input name="type" value="{e(type_ or "")}" '
             'placeholder="invoice.paid"></label><button>Filter</button> '

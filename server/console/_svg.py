@@ -113,3 +113,29 @@ def usage_bars(rows: list[dict]) -> str:
                    f'<text x="{130 + bar_w}" y="{y + 15}" font-size="12">{e(text)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def usage_history(meter: str, limit: int | None, windows: list[tuple[str, int]]) -> str:
+    """Columns of one meter's usage in its past windows and the current one (oldest first), against its limit
+    (a dashed line) when it has one."""
+    if not windows:
+        return ""
+    top = max([limit or 0, *(used for _, used in windows), 1])
+    col, gap, height = 46, 10, 90
+    width = len(windows) * (col + gap) + 10
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="usage-history" data-meter="{e(meter)}" '
+           f'viewBox="0 0 {width} {height + 40}" width="{width}" role="img" '
+           f'aria-label="{e(meter)} in past windows and the current one">']
+    for i, (label, used) in enumerate(windows):
+        x, h = 5 + i * (col + gap), round(height * used / top)
+        fill = "#3a6" if i == len(windows) - 1 else "#8ab"
+        out.append(f'<rect x="{x}" y="{height - h + 14}" width="{col}" height="{h}" fill="{fill}">'
+                   f'<title>{e(label)}: {used}</title></rect>'
+                   f'<text x="{x + col / 2}" y="{height - h + 10}" font-size="10" text-anchor="middle">{used}</text>'
+                   f'<text x="{x + col / 2}" y="{height + 28}" font-size="9" text-anchor="middle">{e(label)}</text>')
+    if limit:
+        y = height - round(height * limit / top) + 14
+        out.append(f'<line x1="0" x2="{width}" y1="{y}" y2="{y}" stroke="#a33" stroke-dasharray="4 3">'
+                   f"<title>limit {limit}</title></line>")
+    out.append("</svg>")
+    return "".join(out)

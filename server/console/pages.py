@@ -18,12 +18,13 @@ from ..http.api import GATE, iso
 from ..http.console_api import CENSUS_TIMEOUT
 from ._html import csrf_field, e, link, page, subject_path
 from ._session import COOKIE, LOGIN_COOKIE, Session, Sessions, same
-from ._svg import plan_diagram, usage_bars
+from ._svg import plan_diagram, usage_bars, usage_history
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
 TOKENS = web.AppKey("console_tokens", tuple)      # (API Authorization values, admin Authorization values)
 _MAX_FORM = 4096
 _LABEL_MAX = 64
+PAST_WINDOWS = 5        # the usage chart's windows before the current one
 
 
 def _cookie(response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int) -> None:
@@ -163,9 +164,10 @@ async def subject(request: web.Request) -> web.Response:
         view = await gate.describe(name)
         events = await gate.timed("events", gate.store.events(name, 50)) if view["known"] else []
         history = await gate.timed("transitions", gate.store.transitions(name, 50)) if view["known"] else []
+        past = await _past_windows(gate, name) if view["known"] else {}
     except StoreUnavailable:
         raise _refused(503, "The store cannot be read right now; try again.") from None
-    parts = [_summary(view), _usage(view), _credits(view), _timeline(events, history)]
+    parts = [_summary(view), _usage(view, past), _credits(view), _timeline(events, history)]
     if session.admin:
         parts.append(_action_form(request, name, session))
     else:
@@ -173,6 +175,10 @@ async def subject(request: web.Request) -> web.Response:
     file = gate.table.plan.file     # plan rules name the file: by its name, not the gate's directories
     body = "".join(parts).replace(e(file), e(Path(file).name))
     return page(f"Subject {name}", body, csrf=session.csrf, who=session.label)
+
+
+def _day(start: int) -> str:
+    return (iso(start) or "")[5:16].replace("T00:00", "")
 
 
 def _rows(pairs) -> str:
@@ -191,12 +197,41 @@ def _summary(view: dict) -> str:
     ]) + "</section>"
 
 
-def _usage(view: dict) -> str:
+async def _past_windows(gate, name: str) -> dict[str, list[tuple[int, int]]]:
+    """Per meter, (window start, used) of up to PAST_WINDOWS windows before the current one, oldest first: the
+    windows just before each other as the plan draws them now (a window of the billing period, or one whose
+    bounds moved with the subject's state, stops the walk). One store read for all of them."""
+    stored = await gate.timed("load", gate.store.load(name))
+    if stored is None:
+        return {}
+    table, now = gate.table, gate.clock()
+    state = table.named(stored.state, now)
+    pairs = []
+    for meter in table.meters:
+        span = table.window(state, meter, now)
+        for _ in range(PAST_WINDOWS):
+            before = table.window(state, meter, span.start - 1)
+            if before.start >= span.start or before.end != span.start:
+                break
+            pairs.append((meter, before.start))
+            span = before
+    used = await gate.timed("usage", gate.store.used(name, pairs)) if pairs else {}
+    out: dict[str, list[tuple[int, int]]] = {}
+    for meter, start in reversed(pairs):
+        out.setdefault(meter, []).append((start, used.get((meter, start), 0)))
+    return out
+
+
+def _usage(view: dict, past: dict[str, list[tuple[int, int]]]) -> str:
     rows = "".join(f'<tr><td>{e(u["meter"])}</td><td>{e(u["used"])}</td><td>{e(u["limit"])}</td>'
                    f'<td class="{"ok" if u["allowed"] else "bad"}">{e(u["reason"])}</td>'
                    f'<td>{e(iso(u["window_start"]))} → {e(iso(u["resets_at"]))}</td><td>{e(u["rule"])}</td></tr>'
                    for u in view["usage"])
+    charts = "".join(usage_history(u["meter"], u["limit"], [
+        *((_day(start), used) for start, used in past.get(u["meter"], ())), ("now", u["used"] or 0)])
+        for u in view["usage"] if past.get(u["meter"]))
     return ("<section><h2>Usage in the current window</h2>" + usage_bars(view["usage"])
+            + (f"<h3>Past windows</h3>{charts}" if charts else "")
             + '<div class="wide"><table><tr><th>meter</th><th>used</th><th>limit</th><th>answer</th><th>window</th>'
             + f"<th>plan rule</th></tr>{rows}</table></div></section>")
 

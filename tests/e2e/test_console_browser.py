@@ -143,11 +143,15 @@ async def test_an_operator_finds_a_subject_reads_its_timeline_and_acts(served, b
     assert browser.current_url.endswith("/console/login")
     browser.get(served.url + "/console/plan")
     assert browser.current_url.endswith("/console/login")
+    logged = "".join(served.output())
+    assert "/console/subjects" in logged or "transition" in logged     # the gate did log this session's work
+    assert ADMIN_TOKEN not in logged and TOKEN not in logged
 
 
 def test_a_wrong_token_a_missing_csrf_token_and_a_read_only_token_are_refused(served, browser):
     log_in(browser, served.url, "wrong-token")
     assert shows(browser, "Wrong token.")
+    assert "wrong-token" not in browser.page_source
     shot(browser, "login-refused")
 
     log_in(browser, served.url, TOKEN, "Reader")

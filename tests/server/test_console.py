@@ -2,6 +2,9 @@
 mode, finding a subject, its timeline and an admin transition through the API's door."""
 from __future__ import annotations
 
+import sqlite3
+from datetime import datetime
+
 import pytest
 
 from plangate.server.http.api import GATE
@@ -111,6 +114,22 @@ class TestOperator:
         assert "console:Grace Hopper" in page and "asked to" in page
         view = (await gate.get(f"/v1/subjects/{life.subject}"))[1]
         assert view["transitions"][0]["actor"] == "console:Grace Hopper"
+
+    async def test_usage_of_past_windows_is_charted_beside_the_current_one(self, console):
+        gate, session = console
+        assert (await gate.consume("alice", 3))[0] == 200       # a free trial: 20 a day
+        today = (await gate.get("/v1/subjects/alice"))[1]["usage"][0]["window_start"]
+        start = int(datetime.fromisoformat(today).timestamp())
+        with sqlite3.connect(gate.database) as db:            # what alice used two days ago, as the gate stored it
+            db.execute("INSERT INTO quota_usage (subject, meter, window_start, used) VALUES ('alice', 'requests', "
+                       "?, 17)", (start - 2 * 86400,))
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/subjects/alice") as r:
+            page = await r.text()
+        chart = page.split('<svg xmlns="http://www.w3.org/2000/svg" class="usage-history" data-meter="requests"')[1]
+        chart = chart.split("</svg>")[0]
+        assert chart.count("<rect") == 6                       # five days before today, and today
+        assert ">17</text>" in chart and ">3</text>" in chart and "<title>limit 20</title>" in chart
 
     async def test_unknown_ids_and_bad_input_are_answered_not_failed(self, console):
         gate, session = console

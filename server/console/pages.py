@@ -167,7 +167,9 @@ async def subject(request: web.Request) -> web.Response:
         past = await _past_windows(gate, name) if view["known"] else {}
     except StoreUnavailable:
         raise _refused(503, "The store cannot be read right now; try again.") from None
-    parts = [_summary(view), _usage(view, past), _credits(view), _timeline(events, history)]
+    usage = [(start, meter, used) for meter, rows in past.items() for start, used in rows if used]
+    usage += [(u["window_start"], u["meter"], u["used"]) for u in view["usage"] if u["used"]]
+    parts = [_summary(view), _usage(view, past), _credits(view), _timeline(events, history, usage)]
     if session.admin:
         parts.append(_action_form(request, name, session))
     else:
@@ -243,9 +245,9 @@ def _credits(view: dict) -> str:
     return f"<section><h2>Credits</h2><table><tr><th>meter</th><th>balance</th></tr>{rows}</table></section>"
 
 
-def _timeline(events, history) -> str:
-    """Stripe events (with what they did) and transitions (with their cause, and who for an admin's), newest
-    first."""
+def _timeline(events, history, usage=()) -> str:
+    """Stripe events (with what they did), transitions (with their cause, and who for an admin's) and usage per
+    window (at the window's start), newest first."""
     lines = [(ev.created, "stripe", f"{e(ev.type)} <code>{e(ev.id)}</code>",
               f'<span class="outcome">{e(ev.outcome)}</span> {e(ev.reason)}') for ev in events]
     for a in history:
@@ -253,6 +255,8 @@ def _timeline(events, history) -> str:
         lines.append((a.at, "transition", f"{e(a.from_status)} → <strong>{e(a.to_status)}</strong>",
                       f"{e(a.trigger)}{who}: {e(a.reason)} <span class=muted>(plan {e(a.plan_version)}"
                       f"{', cause ' + e(a.cause_id) if a.cause_id else ''})</span>"))
+    lines += [(start, "usage", f"{e(used)} {e(meter)}", "in the window that starts here")
+              for start, meter, used in usage]
     lines.sort(key=lambda line: line[0], reverse=True)
     rows = "".join(f'<tr class="{kind}"><td>{e(iso(at))}</td><td>{kind}</td><td>{what}</td><td>{why}</td></tr>'
                    for at, kind, what, why in lines)

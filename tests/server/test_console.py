@@ -130,6 +130,8 @@ class TestOperator:
         chart = chart.split("</svg>")[0]
         assert chart.count("<rect") == 6                       # five days before today, and today
         assert ">17</text>" in chart and ">3</text>" in chart and "<title>limit 20</title>" in chart
+        timeline = page.split('id="timeline"')[1].split("</table>")[0]
+        assert timeline.count('<tr class="usage">') == 2 and "<td>17 requests</td>" in timeline
 
     async def test_unknown_ids_and_bad_input_are_answered_not_failed(self, console):
         gate, session = console

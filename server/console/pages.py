@@ -343,8 +343,17 @@ async def health(request: web.Request) -> web.Response:
                   ("fail mode when the store fails", e(c.fail_mode)),
                   ("cache", e(f"{c.cache_ttl}s, up to {c.cache_size} subjects")),
                   ("jobs", e(f"sweep {c.sweep_schedule}; reconcile {c.reconcile_schedule}; "
-                             f"cleanup {c.cleanup_schedule}; report {c.report_schedule}"))])
+                             f"cleanup {c.cleanup_schedule}; report {c.report_schedule}")),
+                  *((title, f'<span id="{name}">{e(_counted(counter))}</span>') for name, title, counter in (
+                      ("fail-mode-answers", "fail-mode answers since start", gate.metrics.fail_mode),
+                      ("cache-lookups", "cache lookups since start", gate.metrics.cache),
+                      ("store-errors", "store failures since start", gate.metrics.store_errors)))])
     return page("Health", body, csrf=session.csrf, who=session.label)
+
+
+def _counted(counter) -> str:
+    counts = counter.counts()
+    return ", ".join(f"{'/'.join(k)}: {v:.0f}" for k, v in sorted(counts.items())) or "none"
 
 
 ROUTES = (

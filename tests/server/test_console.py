@@ -165,10 +165,13 @@ class TestProductOwner:
 
     async def test_health(self, console):
         gate, session = console
+        assert (await gate.check("alice"))[0] == 200
         await login(gate.url, session, TOKEN)
         async with session.get(gate.url + "/console/health") as r:
             page = await r.text()
         assert r.status == 200 and "answers" in page and "fail mode" in page
+        assert '<span id="fail-mode-answers">none</span>' in page and '<span id="cache-lookups">' in page
+        assert "<span id=\"cache-lookups\">none" not in page
 
 
 class TestProposedPlan:

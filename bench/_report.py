@@ -114,7 +114,13 @@ def _lint_startup(result: dict | list) -> list[dict]:
                  f"imports alone {r['imports_median_ms']} ms") for r in rows]
 
 
-NORMALIZERS: dict[str, Callable] = {"http_gate": _http_gate, "engine_decision": _engine_decision,
+def _console(rows: list[dict]) -> list[dict]:
+    return [_row(f"console: {r['what']}, {r['subjects']:,} subjects", r["median_ms"], "ms", r["baseline_ms"],
+                 "bare POST /v1/check", r["ratio"], f"< {r['goal_ms']:g} ms" if r["goal_ms"] else "", r["ok"],
+                 f"p90 {r['p90_ms']} ms, {r['runs']} runs") for r in rows]
+
+
+NORMALIZERS: dict[str, Callable] = {"console": _console,"http_gate": _http_gate, "engine_decision": _engine_decision,
                                     "webhook_ingest": _webhook_ingest, "webhook_abuse": _webhook_abuse,
                                     "sweep": _sweep, "postgres_consume": _postgres_consume,
                                     "lint_startup": _lint_startup}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import aiocron
 
@@ -19,6 +20,16 @@ SWEEP_BATCH = 1000
 MAX_SWEEP_ROUNDS = 100
 
 
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """A job's last run on this node (the console's jobs page): when, how long, and its result or its error."""
+
+    at: float
+    seconds: float
+    ok: bool
+    outcome: str
+
+
 class Jobs:
     def __init__(self, gate: Gate, ingest: Ingest, personal: PersonalData | None = None):
         self.gate = gate
@@ -28,6 +39,8 @@ class Jobs:
         self._crons: list[aiocron.Cron] = []
         self.reconciler = Reconciler(gate, ingest)
         self.meter_events = MeterEvents(gate, ingest.api)
+        self.last_runs: dict[str, JobRun] = {}
+        self.last_failures: dict[str, JobRun] = {}
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -52,14 +65,17 @@ class Jobs:
     async def run(self, name: str):
         """Run one job now (on one node at a time); its failure is logged and counted, and returns None."""
         job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup, "report": self.report}[name]
-        started = time.perf_counter()
+        started, at = time.perf_counter(), self.gate.clock()
         try:
             async with self.gate.store.exclusive(name) as mine:
                 result = await job() if mine else 0
         except Exception as exc:   # a job must never take the server down
+            self.last_runs[name] = self.last_failures[name] = JobRun(
+                at, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")
             self.gate.metrics.jobs.labels(name, "error").inc()
             log(logging.ERROR, "job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
             return None
+        self.last_runs[name] = JobRun(at, time.perf_counter() - started, True, repr(result))
         self.gate.metrics.jobs.labels(name, "ok").inc()
         log(logging.DEBUG, "job_done", job=name, result=result, seconds=round(time.perf_counter() - started, 4))
         return result

@@ -56,6 +56,10 @@ class _Labelled:
             child = self._children[values] = self._child()
         return child
 
+    def counts(self) -> dict[tuple[str, ...], float]:
+        """Each label values' count so far (a counter's; the console's health page)."""
+        return {values: child.value for values, child in self._children.items() if isinstance(child, _Count)}
+
     def family(self):
         if self._child is _Observed:
             family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)

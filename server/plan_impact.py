@@ -33,20 +33,24 @@ async def _impact(result: PlanDiff, database: str) -> list[Impact]:
     store = open_store(database)
     await store.open()
     try:
-        census = await store.census()
-        where = result.new.document.key_location(("statuses",))
-        out = [Impact(f"{s.describe()} would be stranded; {s.fix()}", s.count, strands=True, location=where)
-               for s in stranded(result.new, census.statuses, census.tiers)]
-        old = compile_plan(result.old)
-        now = time.time()
-        for change in result.changes:
-            found = await _change_impact(store, census, old, change, now)
-            if found is not None:
-                out.append(found)
-        out.append(Impact(f"{census.total} stored subject(s) in all", census.total))
-        return out
+        return await impact_in(store, result, time.time())
     finally:
         await store.close()
+
+
+async def impact_in(store, result: PlanDiff, now: float) -> list[Impact]:
+    """The impact rows of a diff on an open store (plangate diff --database, and the console's plan page)."""
+    census = await store.census()
+    where = result.new.document.key_location(("statuses",))
+    out = [Impact(f"{s.describe()} would be stranded; {s.fix()}", s.count, strands=True, location=where)
+           for s in stranded(result.new, census.statuses, census.tiers)]
+    old = compile_plan(result.old)
+    for change in result.changes:
+        found = await _change_impact(store, census, old, change, now)
+        if found is not None:
+            out.append(found)
+    out.append(Impact(f"{census.total} stored subject(s) in all", census.total))
+    return out
 
 
 async def _change_impact(store, census: Census, old: StateTable, change: PlanChange, now: float) -> Impact | None:

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from plangate.engine import StateTable
 
-from . import _json, api, plan_api, webhook
+from . import _json, api, console_api, plan_api, webhook
+from .. import console
 from ._auth import Scope, Tokens, matches
 from ._input import MAX_BODY, BadRequest
 from ..config import Config
@@ -50,7 +51,9 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[api.JOBS] = jobs
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
-    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
+    console.setup(app, config.api_tokens, config.admin_tokens)   # before _add_routes' catch-all 404
+    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, *console_api.ROUTES,
+                      ("POST", "/webhook/stripe", webhook.receive)),
                 _Guard(Tokens(config.api_tokens, config.admin_tokens), metrics, client_max_size))
 
     async def lifecycle(app: web.Application):

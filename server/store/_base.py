@@ -405,6 +405,12 @@ class Store(abc.ABC):
         """The subject's most recent Stripe events, newest first."""
 
     @abc.abstractmethod
+    async def event_log(self, outcome: str | None, type_: str | None, before: tuple[float, str] | None,
+                        limit: int) -> list[EventRecord]:
+        """Stored Stripe events of any subject (or none yet), newest first, of one outcome and one type if given,
+        created before the key `before` (created, event_id) if given; their payloads left out ("")."""
+
+    @abc.abstractmethod
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
         """The subject's most recent transitions, newest first."""
 

@@ -27,7 +27,8 @@ from ._credits import grant_values
 from ._postgres_credits import _INSERT_GRANT, PostgresCredits
 from ._postgres_personal import PostgresPersonalData
 from ._postgres_plans import PostgresPlans
-from ._rows import EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, subject_from_row, subject_values
+from ._rows import (EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of, subject_from_row,
+                    subject_values)
 
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
@@ -508,6 +509,14 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
         async with self._reader(subject) as db:
             rows = await db.fetch(f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE subject = $1 "
                                   "ORDER BY created DESC, event_id DESC LIMIT $2", subject, limit)
+        return [event_from_row(r) for r in rows]
+
+    async def event_log(self, outcome: str | None, type_: str | None, before: tuple[float, str] | None,
+                        limit: int) -> list[EventRecord]:
+        sql, args = event_log_sql(outcome, type_, before, lambda n: f"${n}")
+        args[-1] = limit
+        async with self._conn() as db:
+            rows = await db.fetch(sql, *args)
         return [event_from_row(r) for r in rows]
 
     def listen(self, on_subject, on_reset, on_plan=None, on_usage=None) -> None:

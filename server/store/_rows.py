@@ -81,3 +81,29 @@ def event_from_row(r) -> EventRecord:
 def now_of(change: Change) -> float:
     """The time a change is stamped with: its last audit's, else the state's own."""
     return change.audits[-1].at if change.audits else change.subject.state.since
+
+
+# The webhook log's columns: an event's as event_from_row reads them, but for its payload (large; not shown).
+EVENT_LOG_COLUMNS = EVENT_COLUMNS.replace("payload", "'' AS payload")
+
+
+def event_log_sql(outcome: str | None, type_: str | None, before: tuple[float, str] | None,
+                  mark) -> tuple[str, list]:
+    """The webhook log's query and its arguments; mark(n) writes the n-th placeholder (? or $n). Conditions are
+    added only when given, so that the planner picks the (outcome, created, event_id) or (created, event_id)
+    index."""
+    where: list[str] = []
+    args: list = []
+    for column, value in (("outcome", outcome), ("type", type_)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = {mark(len(args))}")
+    if before is not None:
+        args.extend(before)
+        where.append(f"(created < {mark(len(args) - 1)} OR (created = {mark(len(args) - 1)} "
+                     f"AND event_id < {mark(len(args))}))")
+    args.append(None)   # the limit, set by the caller
+    sql = (f"SELECT {EVENT_LOG_COLUMNS} FROM subscription_events "
+           f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+           f"ORDER BY created DESC, event_id DESC LIMIT {mark(len(args))}")
+    return sql, args

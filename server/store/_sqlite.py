@@ -174,6 +174,10 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:
         return await self._read(queries.events, subject, limit)
 
+    async def event_log(self, outcome: str | None, type_: str | None, before: tuple[float, str] | None,
+                        limit: int) -> list[EventRecord]:
+        return await self._read(queries.event_log, outcome, type_, before, limit)
+
     # --- where each call runs ------------------------------------------------------------------
 
     async def _read(self, fn, *args):

@@ -13,7 +13,8 @@ from . import _credits as credits_sql
 from ._base import AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, \
     StoredSubject, state_json
 from ._migrations import migrations, statements
-from ._rows import (EVENT_COLUMNS, STATE_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, now_of, state_values,
+from ._rows import (EVENT_COLUMNS, STATE_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of,
+                    state_values,
                     subject_from_row, subject_values)
 
 _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
@@ -186,6 +187,12 @@ def doubtful(db: sqlite3.Connection, statuses: tuple[str, ...], unconfirmed_befo
         f"(status IN ({marks}) OR COALESCE(confirmed_at, 0) < ?) ORDER BY COALESCE(confirmed_at, 0) LIMIT ?",
         (*statuses, unconfirmed_before, limit)).fetchall()
     return [subject_from_row(r) for r in rows]
+
+
+def event_log(db: sqlite3.Connection, outcome, type_, before, limit: int) -> list[EventRecord]:
+    sql, args = event_log_sql(outcome, type_, before, lambda n: f"?{n}")
+    args[-1] = limit
+    return [event_from_row(r) for r in db.execute(sql, args).fetchall()]
 
 
 def events(db: sqlite3.Connection, subject: str, limit: int) -> list[EventRecord]:

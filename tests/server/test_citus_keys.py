@@ -60,6 +60,9 @@ EXCEPTIONS = {
                                                               "subject order: every shard, per deploy",
     "FROM subscriptions WHERE (status = ANY($1::text[]) OR": "a deploy finding subjects under renamed statuses or "
                                                             "tiers: every shard, per deploy",
+    "FROM subscription_events ORDER BY created DESC": "the webhook log (GET /v1/events, the console): every shard "
+                                                      "of subscription_events, a page of at most 201 rows a read",
+    "FROM subscription_events WHERE outcome = $1": "the webhook log of one outcome: every shard, a page a read",
     "FROM subscription_events WHERE outcome = 'pending'": "events waiting for a subject, found by Stripe ids when "
                                                          "one links: every shard, once per linking event",
 }
@@ -123,6 +126,8 @@ async def _drive(store: PostgresStore) -> None:
     await store.doubtful(("billing_problem",), 1e12, 10)
     await store.cleanup(10**9, 1.0)
     await store.events("b")
+    await store.event_log(None, None, None, 10)
+    await store.event_log("pending", "invoice.paid", (1.0, "evt_1"), 10)
     await store.transitions("b")
     async with store.exclusive("sweep"):
         pass

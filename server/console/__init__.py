@@ -1,0 +1,44 @@
+"""The console: web pages under /console for operators and product owners, served by the gate itself."""
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from . import operations, pages, proposal
+from .pages import SESSIONS, TOKENS, Refused
+from ..logs import log
+from ._html import page
+from ._session import Sessions
+
+__all__ = ["setup"]
+
+
+def setup(app: web.Application, api_tokens: tuple[str, ...], admin_tokens: tuple[str, ...]) -> None:
+    """Add the console's routes (before the API's catch-all 404)."""
+    app[SESSIONS] = Sessions()
+    app[TOKENS] = (tuple(f"Bearer {t}" for t in api_tokens), tuple(f"Bearer {t}" for t in admin_tokens))
+    for method, path, handler in (*pages.ROUTES, *operations.ROUTES, *proposal.ROUTES):
+        app.router.add_route(method, path, _answering(handler))
+    app.router.add_route("GET", "/console", _to_home)
+
+
+async def _to_home(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/console/")
+
+
+def _answering(handler):
+    """handler with its refusals answered as pages, and a failure logged (never the form: it may hold a token)
+    and answered as a page that says so."""
+    async def answering(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Refused as refused:
+            return refused.response
+        except web.HTTPException:
+            raise
+        except Exception:
+            log(logging.ERROR, "internal_error", path=request.path, exc_info=True)
+            return page("Failed", '<p class="bad">The gate failed to show this page; it was logged.</p>',
+                        status=500)
+    return answering

@@ -1,0 +1,69 @@
+"""The console's preview of a proposed plan: checked as `plangate lint` would, its differences from the active
+plan (`plangate diff`), and their impact on the subjects stored now (`plangate diff --database`, the same code
+on the gate's own store). A preview only: nothing is deployed (that is POST /v1/plan/reload, on the plan file)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from aiohttp import web
+
+from plangate.policy import check_text, diff_plans
+
+from ..gate import StoreUnavailable
+from ..http.api import GATE
+from ..plan_impact import impact_in
+from ..store import StoreError
+from ._html import csrf_field, e, page
+from .pages import _posted, _session
+
+MAX_PLAN = 256 * 1024
+PROPOSED = "proposed.yaml"
+
+
+def proposal_form(csrf: str, text: str = "") -> str:
+    return ('<section><h2>Preview a proposed plan</h2><form method="post" action="/console/plan/proposal">'
+            f'{csrf_field(csrf)}<label>The whole proposed plans.yaml <textarea name="plan" rows="12" '
+            f'style="width:100%;font-family:monospace" required>{e(text)}</textarea></label>'
+            "<button>Show the diff and its impact</button></form></section>")
+
+
+async def preview(request: web.Request) -> web.Response:
+    session, form = await _posted(request, limit=MAX_PLAN)
+    text = form.get("plan", "")
+    gate = request.app[GATE]
+    checked = check_text(text, PROPOSED)
+    findings = "".join(f"<li class=\"{'bad' if f.is_error else ''}\">{e(f)}</li>" for f in checked.findings)
+    parts = [f"<h2>Findings</h2><ul id=\"findings\">{findings or '<li>none</li>'}</ul>"]
+    if checked.ok and checked.plan is not None:
+        result = diff_plans(gate.table.plan, checked.plan)
+        try:
+            impact = await gate.timed("impact", impact_in(gate.store, result, gate.clock()), timeout=30.0)
+            result = replace(result, impact=tuple(impact))
+        except (StoreUnavailable, StoreError):
+            parts.append('<p class="bad">The store could not be read: the impact is not shown.</p>')
+        changes = "".join(f"<li>{'<strong>strands</strong> ' if c.strands else ''}"
+                          f"{'<strong>lowered</strong> ' if c.lowered else ''}{e(c.message)} "
+                          f"<span class=muted>({e(PROPOSED)}:{c.location.line})</span></li>" for c in result.changes)
+        parts.append(f"<h2>Changes</h2><ul id=\"changes\">{changes or '<li>no change in meaning</li>'}</ul>")
+        if result.impact is not None:
+            rows = "".join(f"<tr><td>{i.subjects}</td><td class=\"{'bad' if i.strands else ''}\">{e(i.message)}"
+                           "</td></tr>" for i in result.impact)
+            parts.append(f"<h2>Impact on stored subjects</h2><table id=\"impact\"><tr><th>subjects</th><th>what"
+                         f"</th></tr>{rows}</table>")
+        verdict = "would strand stored subjects" if result.strands else "strands no subject"
+        parts.append(f"<p><strong>The proposed plan {verdict}.</strong></p>")
+    else:
+        parts.append('<p class="bad">The proposed plan has errors: fix them to see its diff.</p>')
+    parts.append(proposal_form(session.csrf, text))
+    return page("Proposed plan", "".join(parts), csrf=session.csrf, who=session.label)
+
+
+async def form_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    return page("Proposed plan", proposal_form(session.csrf), csrf=session.csrf, who=session.label)
+
+
+ROUTES = (
+    ("GET", "/console/plan/proposal", form_page),
+    ("POST", "/console/plan/proposal", preview),
+)

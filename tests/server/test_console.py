@@ -1,0 +1,204 @@
+"""The console's routes through a real gate (aiohttp on 127.0.0.1, a SQLite file): sessions, CSRF, the read-only
+mode, finding a subject, its timeline and an admin transition through the API's door."""
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+import pytest
+
+from plangate.server.http.api import GATE
+
+from .conftest import ADMIN_TOKEN, PLAN, TOKEN
+from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
+
+
+@pytest.fixture
+async def console(start_gate):
+    gate = await start_gate(**WEBHOOK)
+    async with new_session() as session:
+        yield gate, session
+
+
+class TestAccess:
+    async def test_pages_need_a_session(self, console):
+        gate, session = console
+        for path in ("/console/", "/console/plan", "/console/health", "/console/subjects/alice"):
+            async with session.get(gate.url + path, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/console/login", path
+
+    async def test_the_admin_token_opens_a_session_cookie_that_scripts_cannot_read(self, console):
+        gate, session = console
+        r = await login(gate.url, session, ADMIN_TOKEN)
+        assert r.status == 303
+        cookie = r.headers.getall("Set-Cookie")
+        sent = next(c for c in cookie if c.startswith("plangate_console="))
+        assert "HttpOnly" in sent and "SameSite=Strict" in sent and "Path=/console" in sent
+        assert "Secure" not in sent      # plain HTTP here; Secure when the request came over TLS
+        assert ADMIN_TOKEN not in "".join(cookie)
+        async with session.get(gate.url + "/console/") as r:
+            page = await r.text()
+            assert r.status == 200 and "Ada (admin)" in page and ADMIN_TOKEN not in page
+
+    async def test_a_wrong_token_is_refused(self, console):
+        gate, session = console
+        r = await login(gate.url, session, "not-the-token")
+        assert r.status == 401
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 303
+
+    async def test_a_login_without_its_csrf_token_is_refused(self, console):
+        gate, session = console
+        async with session.post(gate.url + "/console/login", data={"label": "x", "token": ADMIN_TOKEN},
+                                allow_redirects=False) as r:
+            assert r.status == 403
+
+    async def test_a_form_without_the_csrf_token_is_refused_and_changes_nothing(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        data = {"what": "to:closed", "reason": "test", "confirm": "yes"}
+        async with session.post(gate.url + "/console/subjects/alice/transition", data=data) as r:
+            assert r.status == 403
+        async with session.post(gate.url + "/console/subjects/alice/transition",
+                                data={**data, "csrf": "forged"}) as r:
+            assert r.status == 403
+        assert (await gate.get("/v1/subjects/alice"))[1]["known"] is False
+
+    async def test_the_api_token_gives_a_read_only_console(self, console):
+        gate, session = console
+        assert (await login(gate.url, session, TOKEN)).status == 303
+        async with session.get(gate.url + "/console/subjects/alice") as r:
+            page = await r.text()
+            assert r.status == 200 and "Read-only console" in page and 'name="what"' not in page
+        data = {"what": "to:closed", "reason": "test", "confirm": "yes", "csrf": hidden(page, "csrf")}
+        async with session.post(gate.url + "/console/subjects/alice/transition", data=data) as r:
+            assert r.status == 403
+        assert (await gate.get("/v1/subjects/alice"))[1]["known"] is False
+
+    async def test_logout_ends_the_session(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        async with session.get(gate.url + "/console/") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/logout", data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 303
+
+
+class TestOperator:
+    async def test_find_by_stripe_ids_read_the_timeline_and_act_with_confirmation(self, console):
+        gate, session = console
+        life = lifecycle()
+        await play(gate, life)
+        await login(gate.url, session, ADMIN_TOKEN, "Grace Hopper")
+        for q in (life.subject, life.customer, life.sub_id("A")):
+            async with session.get(gate.url + "/console/find", params={"q": q}, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == f"/console/subjects/{life.subject}", q
+        async with session.get(gate.url + f"/console/subjects/{life.subject}") as r:
+            page = await r.text()
+        assert '<strong id="status">paid</strong>' in page
+        assert "customer.subscription.created" in page and "applied" in page
+        assert "limited_free_trial" in page     # the transition out of the first status
+        csrf = hidden(page, "csrf")
+        url = gate.url + f"/console/subjects/{life.subject}/transition"
+        async with session.post(url, data={"csrf": csrf, "what": "action:close_account", "reason": "asked to"}) as r:
+            confirm = await r.text()
+            assert r.status == 200 and "Confirm" in confirm
+        assert (await gate.get(f"/v1/subjects/{life.subject}"))[1]["status"] == "paid"   # nothing done yet
+        data = {"csrf": csrf, "what": hidden(confirm, "what"), "reason": hidden(confirm, "reason"),
+                "confirm": "yes"}
+        async with session.post(url, data=data) as r:
+            page = await r.text()
+        assert '<strong id="status">closed</strong>' in page
+        assert "console:Grace Hopper" in page and "asked to" in page
+        view = (await gate.get(f"/v1/subjects/{life.subject}"))[1]
+        assert view["transitions"][0]["actor"] == "console:Grace Hopper"
+
+    async def test_usage_of_past_windows_is_charted_beside_the_current_one(self, console):
+        gate, session = console
+        assert (await gate.consume("alice", 3))[0] == 200       # a free trial: 20 a day
+        today = (await gate.get("/v1/subjects/alice"))[1]["usage"][0]["window_start"]
+        start = int(datetime.fromisoformat(today).timestamp())
+        with sqlite3.connect(gate.database) as db:            # what alice used two days ago, as the gate stored it
+            db.execute("INSERT INTO quota_usage (subject, meter, window_start, used) VALUES ('alice', 'requests', "
+                       "?, 17)", (start - 2 * 86400,))
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/subjects/alice") as r:
+            page = await r.text()
+        chart = page.split('<svg xmlns="http://www.w3.org/2000/svg" class="usage-history" data-meter="requests"')[1]
+        chart = chart.split("</svg>")[0]
+        assert chart.count("<rect") == 6                       # five days before today, and today
+        assert ">17</text>" in chart and ">3</text>" in chart and "<title>limit 20</title>" in chart
+        timeline = page.split('id="timeline"')[1].split("</table>")[0]
+        assert timeline.count('<tr class="usage">') == 2 and "<td>17 requests</td>" in timeline
+
+    async def test_unknown_ids_and_bad_input_are_answered_not_failed(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        async with session.get(gate.url + "/console/find", params={"q": "cus_nobody"}) as r:
+            assert r.status == 404
+        async with session.get(gate.url + "/console/subjects/" + "x" * 300) as r:
+            assert r.status == 400
+        async with session.get(gate.url + "/console/") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/subjects/alice/transition",
+                                data={"csrf": csrf, "what": "to:nowhere", "reason": "x"}) as r:
+            assert r.status == 400
+        async with session.post(gate.url + "/console/subjects/alice/transition",
+                                data={"csrf": csrf, "what": "to:closed", "reason": " "}) as r:
+            assert r.status == 400
+
+
+class TestProductOwner:
+    async def test_the_plan_page_draws_the_compiled_plan_and_counts_subjects(self, console):
+        gate, session = console
+        await play(gate, lifecycle())
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/plan") as r:
+            page = await r.text()
+        assert '<svg xmlns="http://www.w3.org/2000/svg" id="plan-diagram"' in page
+        for status in ("limited_free_trial", "paid", "grace_period", "closed"):
+            assert f'data-status="{status}"' in page
+        assert "paid · 1" in page
+        assert "starts in limited_free_trial" in page    # plangate explain's words
+
+    async def test_health(self, console):
+        gate, session = console
+        assert (await gate.check("alice"))[0] == 200
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/health") as r:
+            page = await r.text()
+        assert r.status == 200 and "answers" in page and "fail mode" in page
+        assert '<span id="fail-mode-answers">none</span>' in page and '<span id="cache-lookups">' in page
+        assert "<span id=\"cache-lookups\">none" not in page
+
+
+class TestProposedPlan:
+    async def test_a_lowered_quota_shows_its_change_and_who_it_touches(self, console):
+        gate, session = console
+        await play(gate, lifecycle())
+        await login(gate.url, session, TOKEN)      # a preview reads only: the read-only console may too
+        async with session.get(gate.url + "/console/plan/proposal") as r:
+            csrf = hidden(await r.text(), "csrf")
+        text = PLAN.read_text(encoding="utf-8")
+        lowered = text.replace("requests: {limit: 5000, per: billing_period}",
+                               "requests: {limit: 3000, per: billing_period}")
+        assert lowered != text
+        async with session.post(gate.url + "/console/plan/proposal", data={"csrf": csrf, "plan": lowered}) as r:
+            page = await r.text()
+        assert r.status == 200
+        assert "requests quota lowered, 5000 per billing period -&gt; 3000 per billing period" in page
+        assert "1 stored subject(s) in all" in page and "strands no subject" in page
+        assert (await gate.get("/v1/plan"))[1]["version"] == gate.app[GATE].table.version
+
+    async def test_a_broken_plan_shows_its_findings(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        async with session.get(gate.url + "/console/plan/proposal") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/plan/proposal", data={"csrf": csrf, "plan": "statuses: [}"}) as r:
+            page = await r.text()
+        assert r.status == 200 and "proposed.yaml:1" in page and "has errors" in page
+        async with session.post(gate.url + "/console/plan/proposal", data={"plan": "x"}) as r:
+            assert r.status == 403

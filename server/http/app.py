@@ -12,7 +12,7 @@ from aiohttp import web
 
 from plangate.engine import StateTable
 
-from . import _json, api, plan_api, webhook
+from . import _json, api, plan_api, stream_api, webhook
 from ._auth import Scope, Tokens, matches
 from ._input import MAX_BODY, BadRequest
 from ..config import Config
@@ -50,7 +50,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[api.JOBS] = jobs
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
-    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
+    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, *stream_api.ROUTES, ("POST", "/webhook/stripe", webhook.receive)),
                 _Guard(Tokens(config.api_tokens, config.admin_tokens), metrics, client_max_size))
 
     async def lifecycle(app: web.Application):
@@ -84,6 +84,10 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         log(logging.INFO, "stopped")
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def end_streams(app: web.Application) -> None:
+        gate.feed.close()
+    app.on_shutdown.append(end_streams)
     return app
 
 

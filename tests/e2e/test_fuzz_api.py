@@ -95,7 +95,9 @@ def fuzz_gate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     gate = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(folder / "fuzz.sqlite3"), "PLANGATE_PLANS": str(FUZZ_PLAN),
                         "STRIPE_WEBHOOK_SECRET": SECRET, "PLANGATE_LOG_LEVEL": "WARNING",
-                        "PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *"}, folder)
+                        "PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *",
+                        # GET /v1/stream ends within a second: a fuzzed call reads it to the end, never hangs
+                        "PLANGATE_STREAM_MAX_SECONDS": "1"}, folder)
     yield gate
     code, out, err = gate.stop()
     assert code == 0, err

@@ -120,8 +120,8 @@ def _lint_startup(result: dict | list) -> list[dict]:
 NORMALIZERS: dict[str, Callable] = {"http_gate": _http_gate, "engine_decision": _engine_decision,
                                     "webhook_ingest": _webhook_ingest, "webhook_abuse": _webhook_abuse,
                                     "sweep": _sweep, "postgres_consume": _postgres_consume,
-                                    "lint_startup": _lint_startup}
-ORDER = ("http_gate", "postgres_consume", "engine_decision", "webhook_ingest", "webhook_abuse", "sweep",
+                                    "lint_startup": _lint_startup, "local_check": list}
+ORDER = ("http_gate", "local_check", "postgres_consume", "engine_decision", "webhook_ingest", "webhook_abuse", "sweep",
          "lint_startup")
 
 

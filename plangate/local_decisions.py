@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ def _number(event_id: str | None) -> tuple[str, int]:
 class LocalDecisions:
     def __init__(self, base_url: str, auth: dict, staleness: float):
         self.base_url, self.auth, self.staleness = base_url, auth, staleness
+        self.client = secrets.token_urlsafe(12)     # the stream tells this name of the subjects it fetched
         self.table = None                   # the compiled plan, once fetched and of the gate's version
         self.copies: dict[str, _Copy] = {}
         self.touched: dict[str, int] = {}   # subjects being fetched -> the number of the last event about them
@@ -117,8 +119,8 @@ class LocalDecisions:
         self.touched[subject] = -1
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.get(f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot",
-                                             headers=self.auth) as resp:
+                url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"
+                async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
                         return False
                     body = orjson.loads(await resp.read())
@@ -166,7 +168,8 @@ class LocalDecisions:
         if self.n >= 0:
             headers["Last-Event-ID"] = f"{self.epoch}-{self.n}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=max(self.staleness, 2.0) * 2)
-        async with self._session.get(f"{self.base_url}/v1/stream", headers=headers, timeout=timeout) as resp:
+        url = f"{self.base_url}/v1/stream?client={self.client}"
+        async with self._session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
                 raise ConnectionError(f"the stream answered {resp.status}")
             kind, data, event_id = "", b"", None

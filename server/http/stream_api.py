@@ -11,6 +11,7 @@ behind is cut off: slow clients never slow the gate.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import orjson
@@ -23,6 +24,8 @@ from ..gate import StoreUnavailable
 from ..store._base import state_json
 from .api import GATE
 
+_CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
 HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream
 
 
@@ -31,9 +34,20 @@ def _local(gate) -> bool:
     return gate.config.enabled and not gate.config.kill_switch and gate.store.caches_usage
 
 
+def _client(request: web.Request) -> str | None:
+    """The listener's name a client chose (`client`): 8 to 64 letters, digits, '-' or '_'."""
+    client = request.query.get("client")
+    if client is not None and not _CLIENT.fullmatch(client):
+        raise inp.BadRequest(400, "invalid_field", "'client' must be 8 to 64 letters, digits, '-' or '_'")
+    return client
+
+
 async def snapshot(request: web.Request) -> web.Response:
     gate = request.app[GATE]
     subject = inp.subject({"subject": request.match_info["subject"]})
+    client = _client(request)
+    if client is not None:      # before the read: every change after it reaches the client's stream
+        gate.feed.watch(client, subject)
     try:
         table, state, used, event_id = await gate.snapshot(subject)
     except StoreUnavailable:
@@ -62,17 +76,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
         if not 0 < wanted <= 86_400:
             raise inp.BadRequest(400, "invalid_field", "'max_seconds' must be a number of seconds above 0")
         limit = min(limit, wanted)
-    resumed = feed.since(request.headers.get("Last-Event-ID"))
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                           "X-Request-Id": request.headers.get("X-Request-Id", "")[:64] or
-                                           feed.last_id})
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    listener = feed.listen()       # before the first frame: nothing published from here on is missed
+    client = _client(request)
+    last = request.headers.get("Last-Event-ID")
+    resumed = feed.since(last, client)
+    listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed
     try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                               "X-Request-Id": request.headers.get("X-Request-Id", "")[:64] or
+                                               feed.last_id})
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
         hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
-                 "resumed": resumed is not None and request.headers.get("Last-Event-ID") is not None}
+                 "resumed": resumed is not None and last is not None}
         await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(), orjson.dumps(hello)))
         if resumed is None:        # a gap: what the client holds may be stale
             await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())

@@ -69,7 +69,8 @@ def plan_spec() -> dict:
     schemas["UpgradeRequest"]["properties"]["tier"] = {"type": "string", "enum": [t.name for t in TABLE.plan.tiers]}
     schemas["SubjectList"]["items"] = names
     for place in (spec["paths"]["/v1/subjects/{subject}"], spec["paths"]["/v1/subjects/{subject}/transition"],
-                  spec["paths"]["/v1/subjects/{subject}/credits"], spec["paths"]["/v1/subjects/{subject}/traits"]):
+                  spec["paths"]["/v1/subjects/{subject}/credits"], spec["paths"]["/v1/subjects/{subject}/traits"],
+                  spec["paths"]["/v1/subjects/{subject}/snapshot"]):
         place["parameters"][0]["schema"] = names
     # The gate's configured bound (PLANGATE_MAX_AMOUNT, default here); above it the answer is a documented 400.
     schemas["Amount"]["maximum"] = MAX_AMOUNT

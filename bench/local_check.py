@@ -10,10 +10,11 @@ What it measures, all against a real `plangate serve` (SQLite, the bench plan) i
   shows the new usage (the consume's own round trip included). Goal: p99 <= 50 ms.
 - listeners: the gate's /v1/check and /v1/consume throughput (wrk, or the Python generator) and its CPU per
   request with `--listeners` SSE clients connected (a process of their own, reading every event) against none,
-  interleaved. Consume publishes an event to every listener: that is where listeners cost. Goal: >= 0.8 of the
-  throughput without listeners (shown; a goal of this bench, not of the issue).
+  interleaved. Each listener is named and holds copies of `--held` of the 1,000 subjects the load cycles through
+  (so a count reaches about listeners x held / 1,000 of them). Goal: >= 0.8 of the throughput without listeners
+  (a goal of this bench, not of the issue).
 
-    python -m bench.local_check [--checks 20000] [--samples 200] [--listeners 1000] [--duration 3]
+    python -m bench.local_check [--checks 20000] [--samples 200] [--listeners 1000] [--held 10] [--duration 3]
 
 `main()` prints a table and returns its rows (the report's common keys) for the bench runner.
 """
@@ -79,18 +80,17 @@ async def _in_process(url: str, token: str, checks: int, samples: int) -> list[d
                          f"{percentile(sorted(remote), 99) / 1000:.0f} us; {decided_here} decided here"))
         # A change on the gate: someone else counts; how soon does the listening copy show it?
         seen = []
+        await there.consume(subject, METER, 1, idempotency_key=f"stored-{secrets.token_hex(6)}")   # now stored
         for i in range(samples):
-            key = (METER, None)
-            copy = here.local.copies.get(subject)
-            if copy is None:
+            if subject not in here.local.copies:
                 await here.check(subject, METER)
-                copy = here.local.copies[subject]
             t0 = time.perf_counter()
             answer = await there.consume(subject, METER, 1, idempotency_key=f"visible-{secrets.token_hex(6)}-{i}")
             key = (METER, int(answer.window_start.timestamp()))
             deadline = t0 + 2.0
-            while (here.local.copies.get(subject) or copy).used.get(key, 0) < answer.used and \
-                    time.perf_counter() < deadline:
+            # Visible: the copy shows the count, or was dropped (the next check fetches it again).
+            while (copy := here.local.copies.get(subject)) is not None and copy.used.get(key, 0) < answer.used \
+                    and time.perf_counter() < deadline:
                 await asyncio.sleep(0.0002)
             seen.append(time.perf_counter() - t0)
         seen.sort()
@@ -102,12 +102,19 @@ async def _in_process(url: str, token: str, checks: int, samples: int) -> list[d
 
 
 _LISTENERS = r"""
-import asyncio, sys, aiohttp
-url, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import asyncio, random, secrets, sys, aiohttp
+url, token, n, held = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+auth = {"Authorization": "Bearer " + token}
 async def one(session, up):
+    client = secrets.token_urlsafe(12)
+    for endpoint in ("check", "consume"):      # the subjects this client holds copies of, among the load's
+        for k in random.sample(range(1000), held):
+            async with session.get(f"{url}/v1/subjects/bench-{endpoint}-{k}/snapshot?client={client}",
+                                   headers=auth) as resp:
+                await resp.read()
     while True:
         try:
-            async with session.get(url + "/v1/stream", headers={"Authorization": "Bearer " + token},
+            async with session.get(f"{url}/v1/stream?client={client}", headers=auth,
                                    timeout=aiohttp.ClientTimeout(total=None)) as resp:
                 up.append(1)
                 async for _ in resp.content.iter_any():
@@ -126,8 +133,9 @@ asyncio.run(main())
 """
 
 
-def _listeners(url: str, token: str, n: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _LISTENERS, url, token, str(n)], stdout=subprocess.PIPE,
+def _listeners(url: str, token: str, n: int, held: int) -> subprocess.Popen:
+    """n SSE listeners in a process of their own, each named and holding `held` of the load's subjects."""
+    proc = subprocess.Popen([sys.executable, "-c", _LISTENERS, url, token, str(n), str(held)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if "listening" not in line:
@@ -141,6 +149,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--checks", type=int, default=20_000, help="local checks timed")
     parser.add_argument("--samples", type=int, default=200, help="changes timed until a listener sees them")
     parser.add_argument("--listeners", type=int, default=1000, help="SSE listeners for the cost rows (0: skip)")
+    parser.add_argument("--held", type=int, default=10,
+                        help="subjects of the load (of 1,000 an endpoint) each listener holds a copy of")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for endpoint in ("check", "consume"):
                     got = {}
                     for which in ("none", "listening", "none", "listening"):
-                        crowd = _listeners(gate.url, token, args.listeners) if which == "listening" else None
+                        crowd = _listeners(gate.url, token, args.listeners, args.held) if which == "listening" else None
                         try:
                             load = Load(gate.url, endpoint, token, args.connections, args.duration, 10**6,
                                         f"{which}-{secrets.token_hex(4)}", subjects=1000)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -250,6 +251,7 @@ class LocalDecisions:
             await asyncio.sleep(0.2)
 
 
+@functools.lru_cache(maxsize=1024)     # a window's bounds repeat on every answer in it: convert them once
 def utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 

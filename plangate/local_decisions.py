@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 
 RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
 
@@ -124,7 +124,7 @@ class LocalDecisions:
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
                         return False
-                    body = orjson.loads(await resp.read())
+                    body = json.loads(await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
         finally:
@@ -132,9 +132,7 @@ class LocalDecisions:
         epoch, n = _number(body["event_id"])
         if epoch != self.epoch or raced > n or body["plan_version"] != self.table.version:
             return False        # an event after the snapshot was read, or another process: ask again next time
-        from plangate.server.store._base import state_from_json
-        copy = _Copy(state_from_json(orjson.dumps(body["state"]).decode()),
-                     {(u["meter"], u["window_start"]): u["used"] for u in body["used"]})
+        copy = _Copy(_state(body["state"]), {(u["meter"], u["window_start"]): u["used"] for u in body["used"]})
         self.allowed = body["local"]
         self.copies[subject] = copy
         return True
@@ -189,7 +187,7 @@ class LocalDecisions:
                     data = line[6:]
 
     def _event(self, kind: str, data: bytes, event_id: str | None) -> None:
-        body = orjson.loads(data) if data else {}
+        body = json.loads(data) if data else {}
         epoch, n = _number(event_id)
         if kind == "hello":
             if epoch != self.epoch and self.n >= 0:     # another process: nothing held can be trusted
@@ -236,7 +234,7 @@ class LocalDecisions:
         for _ in range(20):
             try:
                 async with self._session.get(f"{self.base_url}/v1/plan", headers=self.auth) as resp:
-                    body = orjson.loads(await resp.read()) if resp.status == 200 else {}
+                    body = json.loads(await resp.read()) if resp.status == 200 else {}
             except (aiohttp.ClientError, OSError, ValueError):
                 body = {}
             document = body.get("document")
@@ -249,6 +247,17 @@ class LocalDecisions:
                         self.table = table
                         return
             await asyncio.sleep(0.2)
+
+
+def _state(data: dict):
+    """A snapshot's state (the store's JSON of it) as the engine's SubjectState."""
+    from plangate.engine import SubjectState, Subscription
+
+    data = dict(data)
+    data["subscriptions"] = tuple(Subscription.from_dict(d) for d in data.get("subscriptions") or ())
+    for key in ("addons", "traits"):
+        data[key] = tuple((str(name), int(value)) for name, value in data.get(key) or ())
+    return SubjectState(**data)
 
 
 @functools.lru_cache(maxsize=1024)     # a window's bounds repeat on every answer in it: convert them once

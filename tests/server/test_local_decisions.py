@@ -145,3 +145,42 @@ def test_a_listener_that_falls_behind_is_cut_off_not_waited_for():
 def test_staleness_must_be_positive(staleness):
     with pytest.raises(ValueError):
         GateClient("http://127.0.0.1:1", TOKEN, local=True, staleness=staleness)
+
+
+async def test_changes_made_on_another_postgresql_node_reach_this_nodes_stream(tmp_path, pg_dsn):
+    """Node B counts and moves a subject; a client listening to node A hears both (A's LISTEN/NOTIFY listener
+    feeds its stream) and keeps giving node A's answers."""
+    from .conftest import BASE_ENV, GateProcess
+    from .test_multinode import plan_with_daily_limit
+
+    env = {**BASE_ENV, "PLANGATE_DATABASE": pg_dsn, "PLANGATE_PG_POOL_MAX": "4",
+           "PLANGATE_PLANS": str(plan_with_daily_limit(tmp_path, 10))}
+    a, b = GateProcess(env, tmp_path), GateProcess(env, tmp_path)
+    try:
+        subject = f"multi-{random.randrange(10**9)}"
+        async with GateClient(a.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+                GateClient(a.url, TOKEN, timeout=PATIENT) as at_a, \
+                GateClient(b.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as at_b:
+            await at_b.consume(subject, "requests", 1, idempotency_key="first")     # stored
+            await here.check(subject, "requests")
+            assert await here.local.ready()
+            assert (await here.check(subject, "requests")).evaluated_here
+            await at_b.consume(subject, "requests", 6, idempotency_key="six")       # counted on B
+            for _ in range(500):
+                local = await here.check(subject, "requests", 4)
+                if not local.allowed:
+                    break
+                await asyncio.sleep(0.01)
+            _same(local, await at_a.check(subject, "requests", 4))
+            assert local.reason == "quota_exhausted" and local.used == 7
+            await at_b.transition(subject, action="close_account", reason="test")   # moved on B
+            for _ in range(500):
+                local = await here.check(subject, "requests")
+                if local.reason != "ok":
+                    break
+                await asyncio.sleep(0.01)
+            assert local.reason == "status_denies"
+            _same(local, await at_a.check(subject, "requests"))
+    finally:
+        a.stop()
+        b.stop()

@@ -23,6 +23,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -32,7 +33,7 @@ RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the l
 
 @dataclass
 class _Copy:
-    state: object                                   # plangate.engine.SubjectState
+    state: Any                                      # plangate.engine.SubjectState
     used: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
@@ -45,7 +46,7 @@ class LocalDecisions:
     def __init__(self, base_url: str, auth: dict, staleness: float):
         self.base_url, self.auth, self.staleness = base_url, auth, staleness
         self.client = secrets.token_urlsafe(12)     # the stream tells this name of the subjects it fetched
-        self.table = None                   # the compiled plan, once fetched and of the gate's version
+        self.table: Any = None              # the compiled plan (a StateTable), once fetched and of the gate's version
         self.copies: dict[str, _Copy] = {}
         self.touched: dict[str, int] = {}   # subjects being fetched -> the number of the last event about them
         self.epoch, self.n = "", -1         # the last event heard
@@ -58,7 +59,7 @@ class LocalDecisions:
         self.resets = 0
         self._task: asyncio.Task | None = None
         self._plan_task: asyncio.Task | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session: Any = None           # the client's aiohttp.ClientSession, from start()
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -199,8 +200,8 @@ class LocalDecisions:
             self.live = True
             return
         self.epoch, self.n = epoch, n
-        subject = body.get("subject")
-        if subject is not None and subject in self.touched:
+        subject = str(body.get("subject"))
+        if subject in self.touched:
             self.touched[subject] = n
         if kind == "usage":
             copy = self.copies.get(subject)

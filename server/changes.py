@@ -98,9 +98,9 @@ class ChangeFeed:
             clients = self.watchers.get(subject)
             if clients:
                 for client in clients:
-                    listener = self.named.get(client)
-                    if listener is not None:
-                        listener.push(frame)
+                    named = self.named.get(client)
+                    if named is not None:
+                        named.push(frame)
 
     def subject(self, subject: str) -> None:
         self._publish("subject", subject, {"subject": subject})

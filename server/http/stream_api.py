@@ -62,7 +62,7 @@ async def snapshot(request: web.Request) -> web.Response:
             from None
     return _json.response({
         "subject": subject, "plan_version": table.version, "event_id": event_id, "local": _local(gate),
-        "state": orjson.loads(state_json(state)),
+        "state": orjson.loads(state_json(state) or "{}"),
         "used": [{"meter": meter, "window_start": start, "used": n} for (meter, start), n in used.items()],
     })
 

@@ -86,6 +86,12 @@ class ChangeFeed:
 
     def _publish(self, kind: str, subject: str | None, data: dict) -> None:
         self.n += 1
+        if not (self.everything or self.named or self.gone):
+            # Nobody listens nor may come back to resume: nothing to encode. The kept events end here, so that an
+            # id from before cannot resume across the events not kept (it gets `reset`).
+            if self.kept:
+                self.kept.clear()
+            return
         frame = b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (self.epoch.encode(), self.n, kind.encode(),
                                                          orjson.dumps(data))
         self.kept.append((self.n, subject, frame))

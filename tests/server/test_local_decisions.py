@@ -104,9 +104,9 @@ async def test_the_stream_needs_the_api_token(gate):
             assert resp.status == 400 and (await resp.json())["error"] == "invalid_field"
 
 
-async def _frames(session, url: str, headers: dict, until: bytes) -> bytes:
+async def _frames(session, url: str, headers: dict, until: bytes, client: str = "resuming-client") -> bytes:
     got = b""
-    async with session.get(f"{url}/v1/stream?max_seconds=3", headers=headers) as resp:
+    async with session.get(f"{url}/v1/stream?max_seconds=3&client={client}", headers=headers) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
         async for chunk in resp.content.iter_any():
             got += chunk
@@ -119,12 +119,23 @@ async def test_a_reconnect_resumes_from_its_last_event_id_or_is_told_to_reset(ga
     auth = {"Authorization": f"Bearer {TOKEN}"}
     feed = gate.app[GATE].feed
     async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/subjects/resumer/snapshot?client=resuming-client", headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["local"] is True
+        await _frames(s, gate.url, auth, b"event: hello")     # connected once, then gone
         last = feed.last_id
-        await gate.consume("resumer", 2)                # happens while nobody listens
+        await gate.consume("resumer", 2)                # happens while the client is away
+        await gate.consume("someone-else", 2)           # not its subject: not sent to it
         got = await _frames(s, gate.url, {**auth, "Last-Event-ID": last}, b"event: usage")
-        assert b'"subject":"resumer"' in got and b"event: reset" not in got
+        assert b'"subject":"resumer"' in got and b"event: reset" not in got and b"someone-else" not in got
         got = await _frames(s, gate.url, {**auth, "Last-Event-ID": "another-process-7"}, b"event: reset")
         assert b"event: reset" in got
+
+
+async def test_a_gate_nobody_listened_to_cannot_resume_an_old_id(gate):
+    feed = gate.app[GATE].feed
+    before = feed.last_id
+    await gate.consume("unheard", 1)
+    assert not feed.kept and feed.since(before) is None      # encoded nothing; an old id gets `reset`
 
 
 def test_a_listener_that_falls_behind_is_cut_off_not_waited_for():

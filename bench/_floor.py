@@ -1,16 +1,17 @@
-"""The one-upsert floor: what a gate that counts in PostgreSQL costs at the least, on the gate's own stack.
+"""The floors: what a gate costs at the least, on the gate's own stack (aiohttp on uvloop, bodies parsed and
+answered with orjson, `web.Response`), each run by a bench as a process of its own.
 
-An aiohttp app on uvloop, bodies parsed and answered with orjson, and one durable
-`INSERT ... ON CONFLICT DO UPDATE ... RETURNING` per request through an asyncpg pool of the gate's default
-size: no idempotency key, no subject state, no quota, no batching. `/v1/consume` counts; the answer is
-decision-shaped, as many bytes as the gate's. Run by bench.postgres_consume as a process of its own:
+- serve_check_floor: `/v1/check` and `/v1/consume` answered from a dict of decision-shaped answers, one per
+  subject (as many as the bench's load cycles through): no token, no input checks, no store, no metrics. The
+  main baseline of bench.http_gate (issue 21).
+- serve_floor: the one-upsert floor of bench.postgres_consume: one durable
+  `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` per `/v1/consume` through an asyncpg pool of the gate's
+  default size: no idempotency key, no subject state, no quota, no batching; the answer is decision-shaped.
 
+    python -c 'from bench._floor import serve_check_floor; serve_check_floor(0, 10000)'
     python -c 'from bench._floor import serve_floor; serve_floor(0, DSN)'
 """
 from __future__ import annotations
-
-import asyncio
-import signal
 
 HOST = "127.0.0.1"
 POOL_SIZE = 10          # the gate's default PLANGATE_PG_POOL_MAX
@@ -20,15 +21,40 @@ UPSERT = ("INSERT INTO floor_usage AS f (subject, window_start, used) VALUES ($1
           "ON CONFLICT (subject, window_start) DO UPDATE SET used = f.used + EXCLUDED.used RETURNING f.used")
 
 
+def serve_check_floor(port: int, subjects: int) -> None:
+    import orjson
+    from aiohttp import web
+
+    from bench._harness import bare_answers, serve_app
+
+    answers = {subject: orjson.dumps(answer) for subject, answer in bare_answers(subjects).items()}
+    counted = {subject: orjson.dumps({**orjson.loads(raw), "counted": True, "duplicate": False})
+               for subject, raw in answers.items()}
+    default = next(iter(answers))
+
+    async def check(request: web.Request) -> web.Response:
+        subject = orjson.loads(await request.read()).get("subject")
+        return web.Response(body=answers.get(subject) or answers[default], content_type="application/json")
+
+    async def consume(request: web.Request) -> web.Response:
+        subject = orjson.loads(await request.read()).get("subject")
+        return web.Response(body=counted.get(subject) or counted[default], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/check", check)
+    app.router.add_post("/v1/consume", consume)
+    serve_app("floor", app, port, on_uvloop=True)
+
+
 def serve_floor(port: int, dsn: str) -> None:
     import asyncpg
     import orjson
-    import uvloop
     from aiohttp import web
 
-    from bench._harness import METER, bare_answers
+    from bench._harness import METER, bare_answers, serve_app
 
     template = next(iter(bare_answers().values()))
+    pool = None
 
     async def consume(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -38,26 +64,14 @@ def serve_floor(port: int, dsn: str) -> None:
                   "counted": True, "duplicate": False}
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
-    async def run() -> None:
+    async def setup() -> None:
         nonlocal pool
         pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
         await pool.execute(TABLE)
-        app = web.Application()
-        app.router.add_post("/v1/consume", consume)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, HOST, port).start()
-            host, bound = runner.addresses[0][:2]
-            print(f"floor: listening on http://{host}:{bound}", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-            await pool.close()
 
-    pool = None
-    uvloop.run(run())
+    async def cleanup() -> None:
+        await pool.close()
+
+    app = web.Application()
+    app.router.add_post("/v1/consume", consume)
+    serve_app("floor", app, port, on_uvloop=True, setup=setup, cleanup=cleanup)

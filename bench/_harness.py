@@ -38,8 +38,9 @@ DIST_PCTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9,
 
 # --- the bare endpoint ------------------------------------------------------------------------------
 
-def bare_answers() -> dict:
-    """Decision-shaped answers, so that the bare endpoint sends as many bytes as the gate does."""
+def bare_answers(subjects: int = SUBJECTS) -> dict:
+    """Decision-shaped answers for `subjects` subjects of each endpoint, so that a baseline sends as many bytes
+    as the gate does and looks its subject up in a dict as large as the gate's working set."""
     answer = {"allowed": True, "reason": "within_quota", "status": "limited_free_trial", "tier": None,
               "meter": METER, "amount": 1, "limit": 1_000_000_000, "used": 1, "remaining": 999_999_999,
               "window_start": "2024-01-01T00:00:00Z", "resets_at": "2024-01-02T00:00:00Z", "retry_after": None,
@@ -47,19 +48,53 @@ def bare_answers() -> dict:
                       "statuses.limited_free_trial.quotas.requests"}
     answers = {}
     for kind in ENDPOINTS:
-        for i in range(SUBJECTS):
+        for i in range(subjects):
             subject = f"bench-{kind}-{i}"
             answers[subject] = {"subject": subject, **answer}
     return answers
 
 
-def serve_bare(port: int) -> None:
-    """A tiny aiohttp app served the way `plangate serve` serves the gate (AppRunner, no access log)."""
+def serve_app(name: str, app, port: int, *, on_uvloop: bool = False, setup=None, cleanup=None) -> None:
+    """Serve an aiohttp app the way `plangate serve` serves the gate (AppRunner, no access log), on uvloop or
+    the running event loop policy, until SIGINT or SIGTERM; the first stdout line says where it listens.
+    setup/cleanup: coroutine functions run before serving and after. What the baselines (the bare endpoint,
+    bench/_floor.py's floors) share."""
     import asyncio
 
     from aiohttp import web
 
-    answers = bare_answers()
+    async def run() -> None:
+        if setup is not None:
+            await setup()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, HOST, port).start()
+            host, bound = runner.addresses[0][:2]
+            print(f"{name}: listening on http://{host}:{bound}", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            if cleanup is not None:
+                await cleanup()
+
+    if on_uvloop:
+        import uvloop
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+def serve_bare(port: int, subjects: int = SUBJECTS) -> None:
+    """The old baseline: aiohttp on plain asyncio, bodies parsed and answered with the stdlib json
+    (web.json_response), the answer from a dict of `subjects` subjects an endpoint."""
+    from aiohttp import web
+
+    answers = bare_answers(subjects)
     default = next(iter(answers.values()))
 
     async def decide(request: web.Request) -> web.Response:
@@ -71,25 +106,10 @@ def serve_bare(port: int) -> None:
         answer = dict(answers.get(body.get("subject"), default), counted=True, duplicate=False)
         return web.json_response(answer)
 
-    async def run() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/check", decide)
-        app.router.add_post("/v1/consume", count)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, HOST, port).start()
-            host, bound = runner.addresses[0][:2]
-            print(f"bare: listening on http://{host}:{bound}", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(run())
+    app = web.Application()
+    app.router.add_post("/v1/check", decide)
+    app.router.add_post("/v1/consume", count)
+    serve_app("bare", app, port)
 
 
 # --- server processes -------------------------------------------------------------------------------
@@ -164,10 +184,18 @@ def start_gate(name: str, folder: Path, argv: list[str] | None = None, **setting
     return Server(name, argv or gate_argv(), gate_env(**settings), folder)
 
 
-def start_bare(folder: Path, uvloop: bool) -> Server:
+def start_bare(folder: Path, uvloop: bool, subjects: int = SUBJECTS) -> Server:
+    """The old baseline (plain asyncio unless `uvloop`, stdlib json) in a process of its own."""
     code = (f"{_UVLOOP_PRELUDE if uvloop else 'import sys; '}sys.path.insert(0, {str(ROOT)!r}); "
-            "from bench._harness import serve_bare; serve_bare(0)")
+            f"from bench._harness import serve_bare; serve_bare(0, {int(subjects)})")
     return Server("bare", [sys.executable, "-c", code], dict(os.environ), folder)
+
+
+def start_floor(folder: Path, subjects: int = SUBJECTS) -> Server:
+    """The check/consume floor on the gate's own stack (bench/_floor.py: uvloop, orjson, web.Response)."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            f"from bench._floor import serve_check_floor; serve_check_floor(0, {int(subjects)})")
+    return Server("floor", [sys.executable, "-c", code], dict(os.environ), folder)
 
 
 def write_plan(folder: Path) -> Path:

@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .local_decisions import LocalDecisions, answer_of
+
 __all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateUnavailable", "MeterUsage",
            "StripeSubscription", "SubjectView", "TransitionRecord", "TransitionResult"]
 
@@ -82,6 +84,8 @@ class GateDecision:
     counted: bool = False
     duplicate: bool = False
     local: bool = False
+    evaluated_here: bool = False    # local evaluation (GateClient(local=True)): decided in this process by the
+                                    # gate's engine from a copy the gate's stream keeps current
 
     @classmethod
     def from_json(cls, body: dict) -> GateDecision:
@@ -208,7 +212,10 @@ class GateClient:
     send, wait, read). With `session`, the caller's aiohttp session is used and left open."""
 
     def __init__(self, base_url: str, token: str, *, admin_token: str | None = None, timeout: float = 0.25,
-                 fail_open: bool = True, session: aiohttp.ClientSession | None = None):
+                 fail_open: bool = True, session: aiohttp.ClientSession | None = None, local: bool = False,
+                 staleness: float = 1.0):
+        """local: decide `check` in this process (plangate/local_decisions.py), from copies no staler than
+        `staleness` seconds by the gate's stream; else (and whenever the copy cannot decide) the gate does."""
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         for name, value in (("token", token), ("admin_token", admin_token)):
@@ -223,6 +230,9 @@ class GateClient:
         self._admin_auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else self._auth
         self._session = session
         self._owns_session = session is None
+        if local and staleness <= 0:
+            raise ValueError(f"staleness must be a positive number of seconds, not {staleness!r}")
+        self.local = LocalDecisions(self.base_url, self._auth, staleness) if local else None
 
     def __repr__(self) -> str:
         return f"GateClient({self.base_url!r}, timeout={self.timeout}, fail_open={self.fail_open})"
@@ -235,6 +245,8 @@ class GateClient:
         await self.close()
 
     async def close(self) -> None:
+        if self.local is not None:
+            await self.local.stop()
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -248,7 +260,16 @@ class GateClient:
     # --- decisions: fail mode on no answer ------------------------------------------------------
 
     async def check(self, subject: str, meter: str, amount: int = 1) -> GateDecision:
-        """May `subject` do `amount` of `meter` now? Counts nothing."""
+        """May `subject` do `amount` of `meter` now? Counts nothing. With local=True, decided in this process
+        when the copy can (`evaluated_here`)."""
+        local = self.local
+        if local is not None:
+            local.start(self._open())
+            decision = local.decide(subject, meter, amount)
+            if decision is None and subject not in local.copies and await local.fetch(subject, self.timeout):
+                decision = local.decide(subject, meter, amount)
+            if decision is not None:
+                return GateDecision(**answer_of(subject, amount, decision), evaluated_here=True)
         return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
 
     async def consume(self, subject: str, meter: str, amount: int = 1,
@@ -258,13 +279,19 @@ class GateClient:
         body = {"subject": subject, "meter": meter, "amount": amount}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        return await self._decide("/v1/consume", body)
+        return self._heard(await self._decide("/v1/consume", body))
 
     async def usage(self, subject: str, meter: str, amount: int, idempotency_key: str) -> GateDecision:
         """Count work that already ran. A local decision means nothing was counted: retry later with the
         same key."""
-        return await self._decide("/v1/usage", {"subject": subject, "meter": meter, "amount": amount,
-                                                "idempotency_key": idempotency_key})
+        return self._heard(await self._decide("/v1/usage", {"subject": subject, "meter": meter, "amount": amount,
+                                                            "idempotency_key": idempotency_key}))
+
+    def _heard(self, decision: GateDecision) -> GateDecision:
+        """A count's answer: into the local copy at once (the stream tells the same, later)."""
+        if self.local is not None and decision.counted:
+            self.local.counted(decision.subject, decision.meter, decision.window_start, decision.used)
+        return decision
 
     async def _decide(self, path: str, body: dict) -> GateDecision:
         try:

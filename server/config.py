@@ -35,6 +35,8 @@ class Config:
     fail_mode: str = "plan"
     cache_ttl: float = 5.0
     cache_size: int = 10_000
+    stream_queue: int = 1_000           # GET /v1/stream: events a listener may lag behind before it is cut off
+    stream_max_seconds: float = 300.0   # GET /v1/stream: how long one connection lasts (the client resumes)
     store_timeout: float = 0.25
     max_amount: int = 1_000_000
     max_body_bytes: int = 16_384
@@ -87,6 +89,8 @@ class Config:
             fail_mode=r.choice("PLANGATE_FAIL_MODE", "plan", ("plan", "open", "closed")),
             cache_ttl=r.number("PLANGATE_CACHE_TTL", 5.0, 0.0, 3600.0),
             cache_size=r.integer("PLANGATE_CACHE_SIZE", 10_000, 1, 10_000_000),
+            stream_queue=r.integer("PLANGATE_STREAM_QUEUE", 1_000, 10, 1_000_000),
+            stream_max_seconds=r.number("PLANGATE_STREAM_MAX_SECONDS", 300.0, 0.5, 86_400.0),
             store_timeout=r.number("PLANGATE_STORE_TIMEOUT", 0.25, 0.001, 60.0),
             max_amount=r.integer("PLANGATE_MAX_AMOUNT", 1_000_000, 1, 2**62),
             max_body_bytes=r.integer("PLANGATE_MAX_BODY_BYTES", 16_384, 256, 10_000_000),

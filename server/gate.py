@@ -19,6 +19,7 @@ from plangate.engine import (AdminAction, Decision, Outcome, Reason, StateTable,
 from plangate.policy import FailMode
 
 from . import entitlements
+from .changes import ChangeFeed
 from .config import Config
 from .logs import Throttle, log, log_each
 from .metrics import Metrics
@@ -73,6 +74,8 @@ class Gate:
             if config.cache_ttl > 0 else TTLCache(maxsize=1, ttl=1e-9)
         self._cache_hits, self._cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
         self._throttle = Throttle()
+        # What clients deciding locally hear (GET /v1/stream): every change that may alter a decision.
+        self.feed = ChangeFeed(queue_limit=config.stream_queue)
         self._write_failure: tuple[float, str] | None = None    # (monotonic time, error) of the last failed write
         # Called (no argument) when a stored state is not in the plan: look again.
         self.on_unknown_state: Callable[[], None] | None = None
@@ -81,6 +84,7 @@ class Gate:
         """Decide with another table from now on. One assignment: a request reads the table once and decides
         wholly under it, so none is decided by a half-swapped plan. Cached subjects are read again."""
         self.table = table
+        self.feed.plan(table.version)
         self.invalidate_all()
 
     def state_unknown(self, subject: str, exc: UnknownStatus) -> StateUnknown:
@@ -170,10 +174,12 @@ class Gate:
 
     def invalidate(self, subject: str) -> None:
         self._cache.pop(subject, None)
+        self.feed.subject(subject)
 
     def usage_counted(self, subject: str, meter: str, window_start: int, used: int) -> None:
         """A count some node committed, pushed by the store: a cached window's usage is kept current (it only
         grows within a window, so the larger value is the newer one)."""
+        self.feed.usage(subject, meter, window_start, used)
         try:
             entry = self._cache[subject]        # one call into cachetools; get() makes four
         except KeyError:
@@ -183,6 +189,7 @@ class Gate:
 
     def invalidate_all(self) -> None:
         self._cache.clear()
+        self.feed.reset()
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -232,6 +239,20 @@ class Gate:
                 decision = self._fail(subject, meter)
         self._observe("check", subject, decision)
         return decision
+
+    async def snapshot(self, subject: str) -> tuple[StateTable, SubjectState, dict[tuple[str, int], int], str]:
+        """What a client deciding locally needs of a subject: the table that decides it, its state, the usage of
+        every meter's current window, and the feed's last event id before they were read (the client applies
+        every later event). StoreUnavailable, UnknownStatus."""
+        event_id = self.feed.last_id
+        now = self.clock()
+        entry = self._cached(subject) or await self._load_entry(subject, now)
+        table = self.table
+        state = entry.stored.state
+        windows = [(meter, table.window(state, meter, now).start) for meter in table.meters]
+        found = await self.timed("usage", self.store.used(subject, windows))
+        used = {w: max(entry.used.get(w, 0), found.get(w, 0)) for w in windows}
+        return table, state, used, event_id
 
     async def _grants(self, entry: _Entry, now: float) -> list:
         """The subject's grants: from the cache when this gate is the only writer, else the store."""
@@ -343,6 +364,8 @@ class Gate:
             else:
                 k = (meter, span.start)
                 entry.used[k] = max(entry.used.get(k, 0), done.used)
+            if done.counted and not done.duplicate:
+                self.feed.usage(subject, meter, span.start, done.used)
             if enforce and done.counted and rule.allows:
                 decision, _ = table.consume(state, meter, amount, done.used - amount, now)
             else:
@@ -368,6 +391,8 @@ class Gate:
             k = (meter, span.start)
             entry.used[k] = max(entry.used.get(k, 0), done.used)
             entry.grants = None
+        if done.counted and not done.duplicate:
+            self.feed.usage(entry.stored.state.subject, meter, span.start, done.used)
         decision = entitlements.decided(table, state, meter, amount, enforce, done, now)
         if done.overage and not done.duplicate:
             self.metrics.overage.labels(meter).inc(done.overage)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from plangate.engine import StateTable
 
-from . import _json, api, console_api, plan_api, webhook
+from . import _json, api, console_api, plan_api, stream_api, webhook
 from .. import console
 from ._auth import Scope, Tokens, matches
 from ._input import MAX_BODY, BadRequest
@@ -52,7 +52,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
     console.setup(app, config.api_tokens, config.admin_tokens)   # before _add_routes' catch-all 404
-    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, *console_api.ROUTES,
+    _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, *console_api.ROUTES, *stream_api.ROUTES,
                       ("POST", "/webhook/stripe", webhook.receive)),
                 _Guard(Tokens(config.api_tokens, config.admin_tokens), metrics, client_max_size))
 
@@ -87,6 +87,10 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         log(logging.INFO, "stopped")
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def end_streams(app: web.Application) -> None:
+        gate.feed.close()
+    app.on_shutdown.append(end_streams)
     return app
 
 

@@ -77,7 +77,8 @@ def plan_spec() -> dict:
     schemas["UpgradeRequest"]["properties"]["tier"] = {"type": "string", "enum": [t.name for t in TABLE.plan.tiers]}
     schemas["SubjectList"]["items"] = names
     for place in (spec["paths"]["/v1/subjects/{subject}"], spec["paths"]["/v1/subjects/{subject}/transition"],
-                  spec["paths"]["/v1/subjects/{subject}/credits"], spec["paths"]["/v1/subjects/{subject}/traits"]):
+                  spec["paths"]["/v1/subjects/{subject}/credits"], spec["paths"]["/v1/subjects/{subject}/traits"],
+                  spec["paths"]["/v1/subjects/{subject}/snapshot"]):
         place["parameters"][0]["schema"] = names
     # The gate's configured bound (PLANGATE_MAX_AMOUNT, default here); above it the answer is a documented 400.
     schemas["Amount"]["maximum"] = MAX_AMOUNT
@@ -108,7 +109,9 @@ def fuzz_gate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     gate = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(folder / "fuzz.sqlite3"), "PLANGATE_PLANS": str(FUZZ_PLAN),
                         "STRIPE_WEBHOOK_SECRET": SECRET, "PLANGATE_LOG_LEVEL": "WARNING",
-                        "PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *"}, folder)
+                        "PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *",
+                        # GET /v1/stream ends within a second: a fuzzed call reads it to the end, never hangs
+                        "PLANGATE_STREAM_MAX_SECONDS": "1"}, folder)
     yield gate
     code, out, err = gate.stop()
     assert code == 0, err

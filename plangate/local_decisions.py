@@ -1,0 +1,274 @@
+"""Local evaluation for GateClient (issue 21): `check` decided in the caller's process, by the gate's own engine,
+from the compiled plan and a copy of each subject the caller asks about, kept current by the gate's stream.
+
+    client = GateClient(url, token, local=True, staleness=1.0)
+
+The copy is what the gate itself decides from: the plan (GET /v1/plan, compiled here; the same version, so the
+same reasons and the same `rule`), the subject's state and the usage of its current windows (GET
+/v1/subjects/{subject}/snapshot). GET /v1/stream tells of every change (a subject's state, a count by anyone,
+a plan reload, a reset), with ids: a reconnect sends Last-Event-ID and misses nothing; when the gate cannot
+resume it says `reset` and the copies are dropped. The gate sends a heartbeat every second; a copy is used only
+while the stream was heard from within `staleness` seconds, else the client asks the gate (and counts it in
+`remote_fallbacks`). A decision the copy cannot make exactly (a subject on an older plan version, a window not
+in the copy, credits deciding past a limit, enforcement off or the kill switch on at the gate) is asked too.
+consume and usage always go to the gate, which alone counts; their answers update the copy at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
+
+
+@dataclass
+class _Copy:
+    state: Any                                      # plangate.engine.SubjectState
+    used: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def _number(event_id: str | None) -> tuple[str, int]:
+    epoch, _, n = (event_id or "").partition("-")
+    return epoch, int(n) if n.isdigit() else -1
+
+
+class LocalDecisions:
+    def __init__(self, base_url: str, auth: dict, staleness: float):
+        self.base_url, self.auth, self.staleness = base_url, auth, staleness
+        self.client = secrets.token_urlsafe(12)     # the stream tells this name of the subjects it fetched
+        self.table: Any = None              # the compiled plan (a StateTable), once fetched and of the gate's version
+        self.copies: dict[str, _Copy] = {}
+        self.touched: dict[str, int] = {}   # subjects being fetched -> the number of the last event about them
+        self.epoch, self.n = "", -1         # the last event heard
+        self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
+        self.live = False                   # connected and said hello
+        self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
+        self.local_checks = 0               # checks decided here
+        self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale
+        self.reconnects = 0
+        self.resets = 0
+        self._task: asyncio.Task | None = None
+        self._plan_task: asyncio.Task | None = None
+        self._session: Any = None           # the client's aiohttp.ClientSession, from start()
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        if self._task is None or self._task.done():
+            self._session = session
+            self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        for task in (self._task, self._plan_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._plan_task = None
+        self.live = False
+
+    @property
+    def fresh(self) -> bool:
+        """The stream is up and was heard from within the staleness bound."""
+        return self.live and time.monotonic() - self.heard <= self.staleness
+
+    async def ready(self, timeout: float = 5.0) -> bool:
+        """Wait until copies may decide (the stream up, the plan compiled); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.fresh and self.table is not None:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    # --- deciding ------------------------------------------------------------------------------------
+
+    def decide(self, subject: str, meter: str, amount: int):
+        """The engine's Decision from the copy, or None: the gate must answer."""
+        table = self.table
+        if table is None or not self.allowed:
+            return None
+        if not self.fresh:
+            self.remote_fallbacks += 1
+            return None
+        copy = self.copies.get(subject)
+        if copy is None or copy.state.plan_version not in ("", table.version) or meter not in table.meters:
+            return None
+        now = time.time()
+        used = copy.used.get((meter, table.window(copy.state, meter, now).start))
+        if used is None:
+            return None
+        decision = table.can_process(copy.state, meter, amount, used, now)
+        if (decision.reason == "quota_exhausted" or decision.overage) and table.has_credits(meter):
+            return None         # the subject's credits decide: the gate holds them
+        self.local_checks += 1
+        return decision
+
+    async def fetch(self, subject: str, timeout: float) -> bool:
+        """A copy of `subject` from the gate; False when none could be had (or a change raced it)."""
+        if not self.fresh or self.table is None:
+            return False
+        self.touched[subject] = -1
+        try:
+            async with asyncio.timeout(timeout):
+                url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"
+                async with self._session.get(url, headers=self.auth) as resp:
+                    if resp.status != 200:
+                        return False
+                    body = json.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return False
+        finally:
+            raced = self.touched.pop(subject, -1)
+        epoch, n = _number(body["event_id"])
+        if epoch != self.epoch or raced > n or body["plan_version"] != self.table.version:
+            return False        # an event after the snapshot was read, or another process: ask again next time
+        copy = _Copy(_state(body["state"]), {(u["meter"], u["window_start"]): u["used"] for u in body["used"]})
+        self.allowed = body["local"]
+        self.copies[subject] = copy
+        return True
+
+    def counted(self, subject: str, meter: str, window_start: datetime | None, used: int | None) -> None:
+        """The gate's answer to this client's own consume or usage: its count in the copy at once."""
+        copy = self.copies.get(subject)
+        if copy is not None and window_start is not None and used is not None:
+            key = (meter, int(window_start.timestamp()))
+            if used > copy.used.get(key, 0):
+                copy.used[key] = used
+
+    # --- the stream ----------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        pause = RECONNECT_PAUSE[0]
+        while True:
+            try:
+                await self._follow()
+                pause = RECONNECT_PAUSE[0]
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # a broken connection or frame: reconnect and resume from the last id
+                pass
+            self.live = False
+            self.reconnects += 1
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RECONNECT_PAUSE[1])
+
+    async def _follow(self) -> None:
+        headers = dict(self.auth)
+        if self.n >= 0:
+            headers["Last-Event-ID"] = f"{self.epoch}-{self.n}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=max(self.staleness, 2.0) * 2)
+        url = f"{self.base_url}/v1/stream?client={self.client}"
+        async with self._session.get(url, headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"the stream answered {resp.status}")
+            kind, data, event_id = "", b"", None
+            async for line in resp.content:
+                self.heard = time.monotonic()
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    if kind:
+                        self._event(kind, data, event_id)
+                    kind, data, event_id = "", b"", None
+                elif line.startswith(b"id: "):
+                    event_id = line[4:].decode()
+                elif line.startswith(b"event: "):
+                    kind = line[7:].decode()
+                elif line.startswith(b"data: "):
+                    data = line[6:]
+
+    def _event(self, kind: str, data: bytes, event_id: str | None) -> None:
+        body = json.loads(data) if data else {}
+        epoch, n = _number(event_id)
+        if kind == "hello":
+            if epoch != self.epoch and self.n >= 0:     # another process: nothing held can be trusted
+                self._reset()
+            self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
+            self.allowed = body.get("local", False)
+            if self.table is None or self.table.version != body.get("plan_version"):
+                self._refetch_plan()
+            self.live = True
+            return
+        self.epoch, self.n = epoch, n
+        subject = str(body.get("subject"))
+        if subject in self.touched:
+            self.touched[subject] = n
+        if kind == "usage":
+            copy = self.copies.get(subject)
+            if copy is not None:
+                key = (body["meter"], body["window_start"])
+                if body["used"] > copy.used.get(key, 0):
+                    copy.used[key] = body["used"]
+        elif kind == "subject":
+            self.copies.pop(subject, None)
+        elif kind == "reset":
+            self._reset()
+        elif kind == "plan":
+            self._reset()
+            self._refetch_plan()
+
+    def _reset(self) -> None:
+        self.resets += 1
+        self.copies.clear()
+        for subject in self.touched:
+            self.touched[subject] = 1 << 62     # a fetch under way read before the reset
+
+    def _refetch_plan(self) -> None:
+        self.table = None
+        if self._plan_task is None or self._plan_task.done():
+            self._plan_task = asyncio.get_running_loop().create_task(self._fetch_plan())
+
+    async def _fetch_plan(self) -> None:
+        from plangate.engine import compile_plan
+        from plangate.policy import check_text
+
+        for _ in range(20):
+            try:
+                async with self._session.get(f"{self.base_url}/v1/plan", headers=self.auth) as resp:
+                    body = json.loads(await resp.read()) if resp.status == 200 else {}
+            except (aiohttp.ClientError, OSError, ValueError):
+                body = {}
+            document = body.get("document")
+            if document:
+                checked = check_text(document, body["file"])
+                if checked.plan is not None:
+                    table = compile_plan(checked.plan)
+                    if table.version == body["version"]:
+                        self.copies.clear()
+                        self.table = table
+                        return
+            await asyncio.sleep(0.2)
+
+
+def _state(data: dict):
+    """A snapshot's state (the store's JSON of it) as the engine's SubjectState."""
+    from plangate.engine import SubjectState, Subscription
+
+    data = dict(data)
+    data["subscriptions"] = tuple(Subscription.from_dict(d) for d in data.get("subscriptions") or ())
+    for key in ("addons", "traits"):
+        data[key] = tuple((str(name), int(value)) for name, value in data.get(key) or ())
+    return SubjectState(**data)
+
+
+@functools.lru_cache(maxsize=1024)     # a window's bounds repeat on every answer in it: convert them once
+def utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def answer_of(subject: str, amount: int, d) -> dict:
+    """An engine Decision as the fields of a GateDecision (the gate's answer, times as datetimes)."""
+    return {"subject": subject, "allowed": d.allowed, "reason": d.reason.value, "status": d.status, "tier": d.tier,
+            "meter": d.meter, "amount": amount, "limit": d.limit, "used": d.used, "remaining": d.remaining,
+            "window_start": utc(d.window_start), "resets_at": utc(d.resets_at), "retry_after": d.retry_after,
+            "rule": d.rule}

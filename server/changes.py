@@ -1,0 +1,193 @@
+"""The change feed: what a client deciding locally must hear (issue 21), for GET /v1/stream.
+
+Every change a decision depends on is published here by the gate: a subject whose state changed (`subject`),
+a count committed by this node or pushed by another (`usage`), every cached subject possibly stale (`reset`),
+the plan swapped (`plan`). Each event has an id, "<epoch>-<n>": the epoch is this process's, so an id from
+another process (or an older run) is never mistaken for one of ours. The newest `keep` events are kept, so that
+a client that reconnects with Last-Event-ID gets what it missed; from an id no longer kept (or another epoch)
+it gets `reset` and fetches its copies again.
+
+A listener names itself (`client`, an id it chose) and hears of the subjects it fetched a snapshot of under that
+name, plus every `reset` and `plan`: a count costs a dict lookup when nobody holds its subject, not a write to
+every listener (measured: 1,000 listeners hearing every count took a consume from 81 to 933 µs of the gate's
+CPU). Its subjects outlive a reconnect by FORGET_AFTER seconds, so that a resumed stream misses nothing. A
+listener without a name hears everything. A listener's queue is bounded: a client that reads too slowly is cut
+off (it reconnects and resumes), never waited for.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+
+import orjson
+
+FORGET_AFTER = 300.0        # seconds a disconnected client's subjects are kept for its reconnect
+MAX_SUBJECTS = 1_000_000    # subjects one client may hold: beyond, its oldest are forgotten (it refetches)
+
+
+class Listener:
+    """One client's queue of encoded events; `cut` once it overflowed."""
+
+    __slots__ = ("queue", "limit", "ready", "cut", "client")
+
+    def __init__(self, limit: int, client: str | None):
+        self.queue: deque[bytes] = deque()
+        self.limit = limit
+        self.ready = asyncio.Event()
+        self.cut = False
+        self.client = client
+
+    def push(self, frame: bytes) -> None:
+        if self.cut:
+            return
+        if len(self.queue) >= self.limit:
+            self.cut = True
+            self.queue.clear()
+        else:
+            self.queue.append(frame)
+        self.ready.set()
+
+    def drain(self) -> list[bytes]:
+        frames = list(self.queue)
+        self.queue.clear()
+        self.ready.clear()
+        return frames
+
+
+class ChangeFeed:
+    def __init__(self, keep: int = 10_000, queue_limit: int = 1_000):
+        self.epoch = secrets.token_hex(4)
+        self.n = 0
+        self.kept: deque[tuple[int, str | None, bytes]] = deque(maxlen=keep)   # (number, subject or None, frame)
+        self.everything: set[Listener] = set()          # listeners without a name: every event
+        self.named: dict[str, Listener] = {}            # client -> its connected listener
+        self.interest: dict[str, dict[str, None]] = {}  # client -> its subjects (insertion-ordered)
+        self.watchers: dict[str, set[str]] = {}         # subject -> clients holding it
+        self.gone: dict[str, float] = {}                # client -> when its listener left
+        self.queue_limit = queue_limit
+        self.cut_off = 0            # listeners cut off for reading too slowly, since start
+        self.closing = False
+
+    @property
+    def listeners(self) -> int:
+        return len(self.everything) + len(self.named)
+
+    @property
+    def last_id(self) -> str:
+        return f"{self.epoch}-{self.n}"
+
+    def close(self) -> None:
+        """The gate stops: every stream ends now (not after the shutdown's grace period)."""
+        self.closing = True
+        for listener in (*self.everything, *self.named.values()):
+            listener.ready.set()
+
+    def _publish(self, kind: str, subject: str | None, data: dict) -> None:
+        self.n += 1
+        if not (self.everything or self.named or self.gone):
+            # Nobody listens nor may come back to resume: nothing to encode. The kept events end here, so that an
+            # id from before cannot resume across the events not kept (it gets `reset`).
+            if self.kept:
+                self.kept.clear()
+            return
+        frame = b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (self.epoch.encode(), self.n, kind.encode(),
+                                                         orjson.dumps(data))
+        self.kept.append((self.n, subject, frame))
+        for listener in self.everything:
+            listener.push(frame)
+        if subject is None:
+            for listener in self.named.values():
+                listener.push(frame)
+        else:
+            clients = self.watchers.get(subject)
+            if clients:
+                for client in clients:
+                    named = self.named.get(client)
+                    if named is not None:
+                        named.push(frame)
+
+    def subject(self, subject: str) -> None:
+        self._publish("subject", subject, {"subject": subject})
+
+    def usage(self, subject: str, meter: str, window_start: int, used: int) -> None:
+        self._publish("usage", subject, {"subject": subject, "meter": meter, "window_start": window_start,
+                                         "used": used})
+
+    def reset(self) -> None:
+        self._publish("reset", None, {})
+
+    def plan(self, version: str) -> None:
+        self._publish("plan", None, {"version": version})
+
+    def watch(self, client: str, subject: str) -> None:
+        """`client` hears of `subject` from now on (its snapshot is read after this)."""
+        held = self.interest.setdefault(client, {})
+        if subject in held:
+            return
+        held[subject] = None
+        self.watchers.setdefault(subject, set()).add(client)
+        if len(held) > MAX_SUBJECTS:
+            self._unwatch(client, next(iter(held)))
+
+    def _unwatch(self, client: str, subject: str) -> None:
+        self.interest.get(client, {}).pop(subject, None)
+        clients = self.watchers.get(subject)
+        if clients is not None:
+            clients.discard(client)
+            if not clients:
+                del self.watchers[subject]
+
+    def since(self, last_event_id: str | None, client: str | None = None) -> list[bytes] | None:
+        """The kept events after `last_event_id` that `client` hears ([] for a new client); None when the feed
+        cannot resume from it (another epoch, or no longer kept)."""
+        if not last_event_id:
+            return []
+        epoch, _, n = last_event_id.partition("-")
+        if epoch != self.epoch or not n.isdigit() or int(n) > self.n:
+            return None
+        after = int(n)
+        if after == self.n:
+            return []
+        if not self.kept or self.kept[0][0] > after + 1:
+            return None
+        held = self.interest.get(client, {}) if client is not None else None
+        return [frame for number, subject, frame in self.kept
+                if number > after and (held is None or subject is None or subject in held)]
+
+    def listen(self, client: str | None = None) -> Listener:
+        """A listener; a named one replaces (and cuts off) an earlier connection of the same client."""
+        self._forget(time.monotonic())
+        listener = Listener(self.queue_limit, client)
+        if client is None:
+            self.everything.add(listener)
+        else:
+            earlier = self.named.get(client)
+            if earlier is not None:
+                earlier.cut = True
+                earlier.ready.set()
+            self.named[client] = listener
+            self.gone.pop(client, None)
+        return listener
+
+    def leave(self, listener: Listener) -> None:
+        if listener.client is None:
+            self.everything.discard(listener)
+        elif self.named.get(listener.client) is listener:
+            del self.named[listener.client]
+            self.gone[listener.client] = time.monotonic()
+        if listener.cut:
+            self.cut_off += 1
+
+    def _forget(self, now: float) -> None:
+        """The subjects of clients gone longer than FORGET_AFTER."""
+        for client, left in list(self.gone.items()):
+            if now - left > FORGET_AFTER:
+                del self.gone[client]
+                for subject in list(self.interest.pop(client, {})):
+                    clients = self.watchers.get(subject)
+                    if clients is not None:
+                        clients.discard(client)
+                        if not clients:
+                            del self.watchers[subject]

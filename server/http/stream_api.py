@@ -1,0 +1,130 @@
+"""Local evaluation's routes (issue 21): a subject's snapshot, and the stream of changes (Server-Sent Events).
+
+A client that decides `check` in its own process fetches the plan (GET /v1/plan), a snapshot of each subject it
+asks about, and listens to GET /v1/stream: every change that may alter a decision, each with an id, so that a
+reconnect with Last-Event-ID resumes without losing one (or, when the gate no longer keeps that id, starts with
+`reset`: fetch everything again). A heartbeat comment every second says the stream is alive: a client that
+heard nothing for longer than its staleness bound stops deciding locally. Each connection lasts at most
+PLANGATE_STREAM_MAX_SECONDS (or `max_seconds`, if less), and a listener that falls PLANGATE_STREAM_QUEUE events
+behind is cut off: slow clients never slow the gate.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+
+import orjson
+from aiohttp import web
+
+from plangate.engine import UnknownStatus
+
+from . import _input as inp, _json
+from ..gate import StoreUnavailable
+from ..store._base import state_json
+from .api import GATE
+
+_CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream
+# A woken stream waits this long for more events before it writes: a listener costs at most 1 / GATHER writes a
+# second however many counts it hears of, and a change still reaches it well within 50 ms.
+GATHER = 0.01
+
+
+def _local(gate) -> bool:
+    """Whether a client may decide locally now: enforcement on, no kill switch, and every count heard here."""
+    return gate.config.enabled and not gate.config.kill_switch and gate.store.caches_usage
+
+
+def _client(request: web.Request) -> str | None:
+    """The listener's name a client chose (`client`): 8 to 64 letters, digits, '-' or '_'."""
+    client = request.query.get("client")
+    if client is not None and not _CLIENT.fullmatch(client):
+        raise inp.BadRequest(400, "invalid_field", "'client' must be 8 to 64 letters, digits, '-' or '_'")
+    return client
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    gate = request.app[GATE]
+    subject = inp.subject({"subject": request.match_info["subject"]})
+    client = _client(request)
+    if client is not None:      # before the read: every change after it reaches the client's stream
+        gate.feed.watch(client, subject)
+    try:
+        table, state, used, event_id = await gate.snapshot(subject)
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
+    except UnknownStatus as exc:
+        gate.state_unknown(subject, exc)
+        raise inp.BadRequest(503, "store_unavailable", "the subject's stored state is not in this node's plan") \
+            from None
+    return _json.response({
+        "subject": subject, "plan_version": table.version, "event_id": event_id, "local": _local(gate),
+        "state": orjson.loads(state_json(state) or "{}"),
+        "used": [{"meter": meter, "window_start": start, "used": n} for (meter, start), n in used.items()],
+    })
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    gate = request.app[GATE]
+    feed = gate.feed
+    limit = gate.config.stream_max_seconds
+    raw = request.query.get("max_seconds")
+    if raw is not None:
+        try:
+            wanted = float(raw)
+        except ValueError:
+            wanted = -1.0
+        if not 0 < wanted <= 86_400:
+            raise inp.BadRequest(400, "invalid_field", "'max_seconds' must be a number of seconds above 0")
+        limit = min(limit, wanted)
+    client = _client(request)
+    last = request.headers.get("Last-Event-ID")
+    resumed = feed.since(last, client)
+    listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                               "X-Request-Id": request.headers.get("X-Request-Id", "")[:64] or
+                                               feed.last_id})
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
+                 "resumed": resumed is not None and last is not None}
+        await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(), orjson.dumps(hello)))
+        if resumed is None:        # a gap: what the client holds may be stale
+            await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())
+        elif resumed:
+            await response.write(b"".join(resumed))
+        deadline = time.monotonic() + limit
+        # Each stream's heartbeat at a phase of its own: listeners that connected together do not all write at
+        # the same moment every second.
+        beat = HEARTBEAT * random.uniform(0.8, 1.0)
+        while not listener.cut and not feed.closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                async with asyncio.timeout(min(beat, left)):
+                    await listener.ready.wait()
+            except TimeoutError:
+                await response.write(b": heartbeat\n\n")
+                continue
+            if not feed.closing:
+                await asyncio.sleep(GATHER)
+            frames = listener.drain()
+            if frames and not listener.cut:
+                await response.write(b"".join(frames))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        feed.leave(listener)
+    return response
+
+
+ROUTES = (
+    ("GET", "/v1/subjects/{subject}/snapshot", snapshot),
+    ("GET", "/v1/stream", stream),
+)

@@ -1,0 +1,197 @@
+"""Local evaluation (issue 21): GateClient(local=True) decides check in its own process with the gate's engine,
+from copies the gate's stream keeps current, and gives the gate's answers; the stream is authenticated,
+resumable, bounded per client."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+
+import aiohttp
+import pytest
+
+from plangate.client import GateClient
+from plangate.server.changes import ChangeFeed
+from plangate.server.http.api import GATE
+
+from .conftest import ADMIN_TOKEN, TOKEN
+
+PATIENT = 10.0
+STALENESS = 2.0
+
+
+def _same(local, remote) -> None:
+    a, b = dataclasses.asdict(local), dataclasses.asdict(remote)
+    assert a.pop("evaluated_here") is True and b.pop("evaluated_here") is False
+    assert abs((a.pop("retry_after") or 0) - (b.pop("retry_after") or 0)) <= 1     # seconds left, read apart
+    assert a == b
+
+
+async def _caught_up(client: GateClient, gate) -> None:
+    """Within the staleness bound: the client has heard every change the gate published so far."""
+    feed = gate.app[GATE].feed
+    held = feed.interest.get(client.local.client, {})
+    target = max((n for n, subject, _ in feed.kept if subject is None or subject in held), default=0)
+    for _ in range(int(STALENESS * 100)):
+        if client.local.n >= target and client.local.epoch == feed.epoch:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the client heard event {client.local.n}, the gate's last for it is {target}")
+
+
+async def test_a_mixed_workload_decided_locally_gives_the_gates_answers(gate):
+    rng = random.Random(21)
+    subjects = [f"local-{i}" for i in range(6)]
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        await here.check(subjects[0], "requests")      # starts the stream
+        assert await here.local.ready()
+        compared = 0
+        for step in range(400):
+            subject, roll = rng.choice(subjects), rng.random()
+            if roll < 0.15:         # this client's own count: in its copy at once, no waiting
+                await here.consume(subject, "requests", rng.randint(1, 3), idempotency_key=f"k{step}")
+            elif roll < 0.30:       # counted by someone else: heard through the stream
+                await there.consume(subject, "requests", rng.randint(1, 3), idempotency_key=f"o{step}")
+                await _caught_up(here, gate)
+            elif roll < 0.33:       # a state change by an admin
+                action = rng.choice(["close_account", "restart_free_trial"])
+                try:
+                    await there.transition(subject, action=action, reason="test")
+                except Exception:   # an action the subject's status does not take
+                    pass
+                await _caught_up(here, gate)
+            else:
+                amount = rng.randint(1, 12)
+                local = await here.check(subject, "requests", amount)
+                remote = await there.check(subject, "requests", amount)
+                _same(local, remote)
+                compared += 1
+        assert compared > 200
+        assert here.local.local_checks >= compared * 0.9    # decided here, not asked
+        assert {d.reason for d in [await here.check(s, "requests", 5) for s in subjects]} - {"ok"}, \
+            "the workload never reached a refusal: it proved too little"
+
+
+async def test_a_plan_reload_and_a_reset_are_heard(gate):
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        await here.check("u1", "requests")
+        assert await here.local.ready()
+        assert (await here.check("u1", "requests")).evaluated_here
+        gate.app[GATE].invalidate_all()         # what a PostgreSQL listener's reconnect does
+        await _caught_up(here, gate)
+        assert here.local.copies == {} and here.local.resets >= 1
+        assert (await here.check("u1", "requests")).evaluated_here     # fetched again
+
+
+async def test_a_dropped_stream_falls_back_to_the_gate_and_counts_it(gate):
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=0.5) as here:
+        await here.check("u2", "requests")
+        assert await here.local.ready()
+        await here.local.stop()
+        here.local.start = lambda session: None     # keep it down: the gate must answer now
+        decision = await here.check("u2", "requests")
+        assert not decision.evaluated_here and decision.reason == "ok"
+        assert here.local.remote_fallbacks >= 1
+
+
+async def test_the_stream_needs_the_api_token(gate):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/stream") as resp:
+            assert resp.status == 401
+        async with s.get(f"{gate.url}/v1/stream?max_seconds=0",
+                         headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "invalid_field"
+
+
+async def _frames(session, url: str, headers: dict, until: bytes, client: str = "resuming-client") -> bytes:
+    got = b""
+    async with session.get(f"{url}/v1/stream?max_seconds=3&client={client}", headers=headers) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        async for chunk in resp.content.iter_any():
+            got += chunk
+            if until in got:
+                break
+    return got
+
+
+async def test_a_reconnect_resumes_from_its_last_event_id_or_is_told_to_reset(gate):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    feed = gate.app[GATE].feed
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/subjects/resumer/snapshot?client=resuming-client", headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["local"] is True
+        await _frames(s, gate.url, auth, b"event: hello")     # connected once, then gone
+        last = feed.last_id
+        await gate.consume("resumer", 2)                # happens while the client is away
+        await gate.consume("someone-else", 2)           # not its subject: not sent to it
+        got = await _frames(s, gate.url, {**auth, "Last-Event-ID": last}, b"event: usage")
+        assert b'"subject":"resumer"' in got and b"event: reset" not in got and b"someone-else" not in got
+        got = await _frames(s, gate.url, {**auth, "Last-Event-ID": "another-process-7"}, b"event: reset")
+        assert b"event: reset" in got
+
+
+async def test_a_gate_nobody_listened_to_cannot_resume_an_old_id(gate):
+    feed = gate.app[GATE].feed
+    before = feed.last_id
+    await gate.consume("unheard", 1)
+    assert not feed.kept and feed.since(before) is None      # encoded nothing; an old id gets `reset`
+
+
+def test_a_listener_that_falls_behind_is_cut_off_not_waited_for():
+    feed = ChangeFeed(keep=20, queue_limit=10)
+    slow, quick = feed.listen(), feed.listen()
+    for i in range(25):
+        feed.usage("s", "requests", 0, i)
+        quick.drain()
+    assert slow.cut and not quick.cut and len(slow.queue) == 0
+    feed.leave(slow)
+    assert feed.cut_off == 1
+    assert feed.since(f"{feed.epoch}-0") is None        # no longer kept: the client must refetch
+    assert len(feed.since(f"{feed.epoch}-20")) == 5
+    assert feed.since(feed.last_id) == []
+
+
+@pytest.mark.parametrize("staleness", [0, -1])
+def test_staleness_must_be_positive(staleness):
+    with pytest.raises(ValueError):
+        GateClient("http://127.0.0.1:1", TOKEN, local=True, staleness=staleness)
+
+
+async def test_changes_made_on_another_postgresql_node_reach_this_nodes_stream(tmp_path, pg_dsn):
+    """Node B counts and moves a subject; a client listening to node A hears both (A's LISTEN/NOTIFY listener
+    feeds its stream) and keeps giving node A's answers."""
+    from .conftest import BASE_ENV, GateProcess
+    from .test_multinode import plan_with_daily_limit
+
+    env = {**BASE_ENV, "PLANGATE_DATABASE": pg_dsn, "PLANGATE_PG_POOL_MAX": "4",
+           "PLANGATE_PLANS": str(plan_with_daily_limit(tmp_path, 10))}
+    a, b = GateProcess(env, tmp_path), GateProcess(env, tmp_path)
+    try:
+        subject = f"multi-{random.randrange(10**9)}"
+        async with GateClient(a.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+                GateClient(a.url, TOKEN, timeout=PATIENT) as at_a, \
+                GateClient(b.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as at_b:
+            await at_b.consume(subject, "requests", 1, idempotency_key="first")     # stored
+            await here.check(subject, "requests")
+            assert await here.local.ready()
+            assert (await here.check(subject, "requests")).evaluated_here
+            await at_b.consume(subject, "requests", 6, idempotency_key="six")       # counted on B
+            for _ in range(500):
+                local = await here.check(subject, "requests", 4)
+                if not local.allowed:
+                    break
+                await asyncio.sleep(0.01)
+            _same(local, await at_a.check(subject, "requests", 4))
+            assert local.reason == "quota_exhausted" and local.used == 7
+            await at_b.transition(subject, action="close_account", reason="test")   # moved on B
+            for _ in range(500):
+                local = await here.check(subject, "requests")
+                if local.reason != "ok":
+                    break
+                await asyncio.sleep(0.01)
+            assert local.reason == "status_denies"
+            _same(local, await at_a.check(subject, "requests"))
+    finally:
+        a.stop()
+        b.stop()

@@ -18,6 +18,7 @@ from ._diff import Area, Impact, PlanChange, PlanDiff
 from ._diff import diff as diff_plans
 from ._rules import RULES
 from ._rules import check as check_plan
+from ._views import explain as explain_plan
 
 __all__ = [
     "ANCHORS", "ANY", "Access", "Anchor", "Checked", "Condition", "DurationError", "ExistingSubscribers", "FailMode",
@@ -28,5 +29,5 @@ __all__ = [
     "parse_duration", "stranded", "version_of",
     # What the engine and the server build on (credits, windows, conditions, renames, scenario files):
     "ADMIN_PRIORITY", "PERIOD_PRIORITY", "TIER_FEATURES", "Anchoring", "Area", "How", "OnCancel", "YamlDocument",
-    "compile_conditions", "is_known_event", "parse_yaml", "read_plan_text",
+    "compile_conditions", "explain_plan", "is_known_event", "parse_yaml", "read_plan_text",
 ]

@@ -11,11 +11,12 @@ _W, _H, _GAP_X, _GAP_Y = 170, 44, 50, 120
 
 
 def plan_diagram(plan: Plan, counts: dict[str, int] | None = None) -> str:
-    """The plan's statuses in layers (by the fewest moves from the initial status) and an arrow per transition,
-    labelled with its trigger; a status box shows how many subjects are in it when counts are given."""
+    """The plan's statuses in layers (by the fewest moves from the initial status) and one arrow per pair of
+    statuses that a transition joins, its triggers in its tooltip (written on the arrows, the shipped plan's
+    triggers cover each other: `transitions_table` lists them); a status box shows how many subjects are in it
+    when counts are given."""
     names = [s.name for s in plan.statuses]
-    edges = [(src, t.target, str(t.trigger)) for t in plan.transitions for src in dict.fromkeys(plan.sources_of(t))]
-    layer = _layers(names, [s.name for s in plan.statuses if s.initial], edges)
+    layer = _layers(names, [s.name for s in plan.statuses if s.initial], list(_pairs(plan)))
     rows: dict[int, list[str]] = {}
     for name in names:
         rows.setdefault(layer[name], []).append(name)
@@ -30,11 +31,7 @@ def plan_diagram(plan: Plan, counts: dict[str, int] | None = None) -> str:
            f'width="{width:.0f}" role="img" aria-label="the plan as a state diagram">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#556"/></marker></defs>']
-    # One arrow per pair of statuses: its label names the first trigger, its tooltip all of them.
-    pairs: dict[tuple[str, str], list[str]] = {}
-    for src, dst, label in edges:
-        pairs.setdefault((src, dst), []).append(label)
-    for (src, dst), labels in pairs.items():
+    for (src, dst), labels in _pairs(plan).items():
         out.append(_arrow(at[src], at[dst], labels, src == dst))
     status = {s.name: s for s in plan.statuses}
     for name, (x, y) in at.items():
@@ -52,6 +49,24 @@ def plan_diagram(plan: Plan, counts: dict[str, int] | None = None) -> str:
     return "".join(out)
 
 
+def _pairs(plan: Plan) -> dict[tuple[str, str], list[str]]:
+    """Each (from, to) pair of statuses a transition joins, with its triggers in the plan's order."""
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for t in plan.transitions:
+        for src in dict.fromkeys(plan.sources_of(t)):
+            triggers = pairs.setdefault((src, t.target), [])
+            if str(t.trigger) not in triggers:
+                triggers.append(str(t.trigger))
+    return pairs
+
+
+def transitions_table(plan: Plan) -> str:
+    """The diagram's arrows as rows: from, to, and every trigger that moves a subject along it."""
+    rows = "".join(f"<tr><td>{e(src)}</td><td>{e(dst)}</td><td>{e(', '.join(triggers))}</td></tr>"
+                   for (src, dst), triggers in _pairs(plan).items())
+    return f'<table class="transitions"><tr><th>from</th><th>to</th><th>on</th></tr>{rows}</table>'
+
+
 def _facts(s) -> str:
     facts = ["access" if s.allows else "no access"]
     if s.has_timer:
@@ -61,7 +76,7 @@ def _facts(s) -> str:
     return ", ".join(facts)
 
 
-def _layers(names: list[str], initial: list[str], edges) -> dict[str, int]:
+def _layers(names: list[str], initial: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
     out: dict[str, int] = {}
     queue = deque((n, 0) for n in initial)
     while queue:
@@ -69,29 +84,24 @@ def _layers(names: list[str], initial: list[str], edges) -> dict[str, int]:
         if name in out:
             continue
         out[name] = depth
-        queue.extend((dst, depth + 1) for src, dst, _ in edges if src == name and dst not in out)
+        queue.extend((dst, depth + 1) for src, dst in edges if src == name and dst not in out)
     last = max(out.values(), default=-1) + 1
     return {n: out.get(n, last) for n in names}
 
 
 def _arrow(a, b, labels: list[str], loop: bool) -> str:
     (ax, ay), (bx, by) = a, b
-    title = f"<title>{e('; '.join(dict.fromkeys(labels)))}</title>"
-    first = labels[0].split(":", 1)[-1]
-    label = first if len(labels) == 1 else f"{first[:22]} +{len(labels) - 1}"
+    title = f"<title>{e('; '.join(labels))}</title>"
     if loop:
         x, y = ax + _W, ay + _H / 2
-        return (f'<path d="M{x:.0f} {y - 8:.0f} c40 -30 40 46 0 16" fill="none" stroke="#556" '
-                f'marker-end="url(#arrow)">{title}</path>')
+        return (f'<g class="transition"><path d="M{x:.0f} {y - 8:.0f} c40 -30 40 46 0 16" fill="none" '
+                f'stroke="#556" marker-end="url(#arrow)">{title}</path></g>')
     x1, x2 = ax + _W / 2, bx + _W / 2
     y1, y2 = (ay + _H, by) if by > ay else (ay, by + _H) if by < ay else (ay + _H, by + _H)
     bend = 30 * (1 if by >= ay else -1)
     cx, cy = (x1 + x2) / 2 + bend, (y1 + y2) / 2 + (bend if by == ay else 0)
-    mid_x, mid_y = (x1 + 2 * cx + x2) / 4, (y1 + 2 * cy + y2) / 4
     return (f'<g class="transition"><path d="M{x1:.0f} {y1:.0f} Q{cx:.0f} {cy:.0f} {x2:.0f} {y2:.0f}" fill="none" '
-            f'stroke="#556" marker-end="url(#arrow)">{title}</path>'
-            f'<text x="{mid_x:.0f}" y="{mid_y:.0f}" font-size="9" fill="#335" text-anchor="middle">'
-            f'{title}{e(label[:28])}</text></g>')
+            f'stroke="#556" stroke-width="1.2" marker-end="url(#arrow)">{title}</path></g>')
 
 
 def usage_bars(rows: list[dict]) -> str:
@@ -121,7 +131,7 @@ def usage_history(meter: str, limit: int | None, windows: list[tuple[str, int]])
     if not windows:
         return ""
     top = max([limit or 0, *(used for _, used in windows), 1])
-    col, gap, height = 46, 10, 90
+    col, gap, height = 66, 10, 90
     width = len(windows) * (col + gap) + 10
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="usage-history" data-meter="{e(meter)}" '
            f'viewBox="0 0 {width} {height + 40}" width="{width}" role="img" '

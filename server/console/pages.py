@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from plangate.policy._views import explain
+from plangate.policy import explain_plan
 
 from ..gate import StoreUnavailable
 from ..http._auth import matches
@@ -18,7 +18,7 @@ from ..http.api import GATE, iso
 from ..http.console_api import CENSUS_TIMEOUT
 from ._html import csrf_field, e, link, page, subject_path
 from ._session import COOKIE, LOGIN_COOKIE, Session, Sessions, same
-from ._svg import plan_diagram, usage_bars, usage_history
+from ._svg import plan_diagram, transitions_table, usage_bars, usage_history
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
 TOKENS = web.AppKey("console_tokens", tuple)      # (API Authorization values, admin Authorization values)
@@ -322,9 +322,10 @@ async def plan(request: web.Request) -> web.Response:
                    for s in table.statuses)
     body = (f"<p>Version <code>{e(table.version)}</code> from {e(file)}.</p>"
             f'<section class="wide">{plan_diagram(table.plan, counts)}</section>'
+            f'<section class="wide"><h2>Transitions</h2>{transitions_table(table.plan)}</section>'
             f"<section><h2>Subjects per status</h2><table><tr><th>status</th><th>subjects</th></tr>{rows}</table>"
             f"</section><section><h2>Each status in words</h2>"
-            f"<pre>{e(explain(table.plan).replace(table.plan.file, file))}</pre></section>"
+            f"<pre>{e(explain_plan(table.plan).replace(table.plan.file, file))}</pre></section>"
             '<p><a href="/console/plan/proposal">Preview a proposed plan: its diff and impact</a></p>')
     return page("The plan", body, csrf=session.csrf, who=session.label)
 

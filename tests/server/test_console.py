@@ -162,6 +162,10 @@ class TestProductOwner:
             assert f'data-status="{status}"' in page
         assert "paid · 1" in page
         assert "starts in limited_free_trial" in page    # plangate explain's words
+        # every arrow's triggers, in its tooltip and in the table under the diagram
+        table = page.split('<table class="transitions">')[1].split("</table>")[0]
+        assert "<tr><td>paid</td><td>grace_period</td><td>stripe:invoice.payment_failed" in table
+        assert "<title>stripe:invoice.payment_failed" in page
 
     async def test_health(self, console):
         gate, session = console

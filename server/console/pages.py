@@ -27,8 +27,15 @@ _LABEL_MAX = 64
 PAST_WINDOWS = 5        # the usage chart's windows before the current one
 
 
+def _over_tls(request: web.Request) -> bool:
+    """Whether the browser reached the console over TLS: to the gate itself, or to a proxy that says so
+    (X-Forwarded-Proto). Trusting the header costs nothing: it can only make a cookie stricter."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
 def _cookie(response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, path="/console", httponly=True, samesite="Strict", secure=request.secure,
+    response.set_cookie(name, value, path="/console", httponly=True, samesite="Strict", secure=_over_tls(request),
                         max_age=max_age)
 
 

@@ -40,6 +40,20 @@ class TestAccess:
             page = await r.text()
             assert r.status == 200 and "Ada (admin)" in page and ADMIN_TOKEN not in page
 
+    async def test_the_cookies_are_secure_behind_a_proxy_that_terminated_tls(self, console):
+        gate, session = console
+        tls = {"X-Forwarded-Proto": "https"}
+        async with session.get(gate.url + "/console/login", headers=tls) as r:
+            sent = [c for c in r.headers.getall("Set-Cookie") if c.startswith("plangate_console_login=")]
+            assert sent and all("Secure" in c for c in sent)
+        async with session.get(gate.url + "/console/login") as r:      # a login cookie the jar sends over HTTP
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/login", headers=tls, allow_redirects=False,
+                                data={"csrf": csrf, "label": "Ada", "token": ADMIN_TOKEN}) as r:
+            assert r.status == 303
+            sent = [c for c in r.headers.getall("Set-Cookie") if c.startswith("plangate_console=")]
+            assert sent and all("Secure" in c for c in sent)
+
     async def test_a_wrong_token_is_refused(self, console):
         gate, session = console
         r = await login(gate.url, session, "not-the-token")

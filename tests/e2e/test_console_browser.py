@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -54,11 +54,21 @@ def shot(driver, name: str) -> None:
 
 
 def log_in(driver, url: str, token: str, label: str = "Ada") -> None:
-    driver.get(url + "/console/")
-    assert driver.current_url.endswith("/console/login")
-    driver.find_element(By.NAME, "label").send_keys(label)
-    driver.find_element(By.NAME, "token").send_keys(token)
-    submit(driver, driver.find_element(By.CSS_SELECTOR, "form button"))
+    # Once in a while (a loaded machine, right after a logout) Chromium replaces the login page's document
+    # between finding its button and clicking it ("Node ... does not belong to the document"): nothing was
+    # sent then, and the login is tried again on a fresh page.
+    for attempt in range(3):
+        driver.get(url + "/console/")
+        assert driver.current_url.endswith("/console/login")
+        try:
+            driver.find_element(By.NAME, "label").send_keys(label)
+            driver.find_element(By.NAME, "token").send_keys(token)
+            submit(driver, driver.find_element(By.CSS_SELECTOR, "form button"))
+            return
+        except WebDriverException as exc:
+            if attempt == 2 or not (isinstance(exc, StaleElementReferenceException)
+                                    or "does not belong to the document" in str(exc)):
+                raise
 
 
 def submit(driver, element) -> None:

@@ -36,7 +36,9 @@ run: $(STAMP)
 	@$(BIN)/python -m plangate.server.local hint
 	@exec $(BIN)/plangate serve $(RUN_ENV)
 
+# The console's browser tests need Debian's chromium and chromium-driver: tools/need-browser installs them.
 test: $(STAMP)
+	@tools/need-browser
 	$(BIN)/python -m pytest
 
 # The repository's static checks (also .pre-commit-config.yaml's): ruff, mypy (tools/typecheck), the shipped plan.

@@ -9,8 +9,10 @@ same reasons and the same `rule`), the subject's state and the usage of its curr
 a plan reload, a reset), with ids: a reconnect sends Last-Event-ID and misses nothing; when the gate cannot
 resume it says `reset` and the copies are dropped. The gate sends a heartbeat every second; a copy is used only
 while the stream was heard from within `staleness` seconds, else the client asks the gate (and counts it in
-`remote_fallbacks`). A decision the copy cannot make exactly (a subject on an older plan version, a window not
-in the copy, credits deciding past a limit, enforcement off or the kill switch on at the gate) is asked too.
+`remote_fallbacks`). A copy is also fetched again once it is older than the snapshot's `max_age` (the gate's
+cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
+the copy cannot make exactly (a subject on an older plan version, credits deciding past a limit, enforcement
+off or the kill switch on at the gate) is asked too.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
 from __future__ import annotations
@@ -35,11 +37,12 @@ RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the l
 class _Copy:
     state: Any                                      # plangate.engine.SubjectState
     used: dict[tuple[str, int], int] = field(default_factory=dict)
+    expires: float = float("inf")                   # monotonic time after which it is fetched again
 
 
 def _number(event_id: str | None) -> tuple[str, int]:
     epoch, _, n = (event_id or "").partition("-")
-    return epoch, int(n) if n.isdigit() else -1
+    return epoch, int(n) if n.isascii() and n.isdigit() and len(n) <= 18 else -1
 
 
 class LocalDecisions:
@@ -106,7 +109,8 @@ class LocalDecisions:
             return None
         now = time.time()
         used = copy.used.get((meter, table.window(copy.state, meter, now).start))
-        if used is None:
+        if used is None or time.monotonic() > copy.expires:
+            del self.copies[subject]    # a new window, or a copy as old as the gate lets its cache be: fetch again
             return None
         decision = table.can_process(copy.state, meter, amount, used, now)
         if (decision.reason == "quota_exhausted" or decision.overage) and table.has_credits(meter):
@@ -133,7 +137,8 @@ class LocalDecisions:
         epoch, n = _number(body["event_id"])
         if epoch != self.epoch or raced > n or body["plan_version"] != self.table.version:
             return False        # an event after the snapshot was read, or another process: ask again next time
-        copy = _Copy(_state(body["state"]), {(u["meter"], u["window_start"]): u["used"] for u in body["used"]})
+        copy = _Copy(_state(body["state"]), {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
+                     time.monotonic() + body["max_age"])
         self.allowed = body["local"]
         self.copies[subject] = copy
         return True

@@ -464,15 +464,13 @@ class Gate:
         moved = 0
         fired: dict[tuple[str, str], int] = {}      # (trigger, to_status) -> transitions: bumped once per pair
         lines: list[dict] = []          # a log line per transition, written together (log_each)
-        cache = self._cache
         try:
             for change in changes:
                 subject = change.subject.state.subject
                 if subject in done:
-                    # Most due subjects are not cached: a membership test costs less than invalidate()'s pop
-                    # (an expired entry, not in the cache for the test, is never answered either).
-                    if subject in cache:
-                        self.invalidate(subject)
+                    # Every moved subject is told to the change feed, cached here or not: a client deciding
+                    # locally holds subjects this gate has long stopped caching.
+                    self.invalidate(subject)
                     moved += bool(change.audits)
                     for audit in change.audits:
                         key = (audit.trigger, audit.to_status)

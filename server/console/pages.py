@@ -42,7 +42,10 @@ def _cookie(response: web.StreamResponse, request: web.Request, name: str, value
 async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
     if request.content_length is None or request.content_length > limit:
         raise _refused(413, f"The form must say its length and be at most {limit} bytes.")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError:      # UnicodeDecodeError included: a form that is not UTF-8
+        raise _refused(400, "The form could not be read: send it as UTF-8, URL-encoded.") from None
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 

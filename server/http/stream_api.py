@@ -62,6 +62,9 @@ async def snapshot(request: web.Request) -> web.Response:
             from None
     return _json.response({
         "subject": subject, "plan_version": table.version, "event_id": event_id, "local": _local(gate),
+        # A copy lives no longer than the gate's own cache entry: what the feed cannot tell (a write to a SQLite
+        # file by another process, `plangate erase`) reaches a client as it reaches this gate, within the TTL.
+        "max_age": gate.config.cache_ttl,
         "state": orjson.loads(state_json(state) or "{}"),
         "used": [{"meter": meter, "window_start": start, "used": n} for (meter, start), n in used.items()],
     })

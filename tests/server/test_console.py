@@ -54,6 +54,14 @@ class TestAccess:
             sent = [c for c in r.headers.getall("Set-Cookie") if c.startswith("plangate_console=")]
             assert sent and all("Secure" in c for c in sent)
 
+    async def test_a_form_that_is_not_utf8_is_refused_with_400(self, console):
+        gate, session = console
+        async with session.get(gate.url + "/console/login") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/login", data=f"csrf={csrf}&label=\xff&token=x".encode("latin-1"),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+            assert r.status == 400 and "UTF-8" in await r.text()
+
     async def test_a_wrong_token_is_refused(self, console):
         gate, session = console
         r = await login(gate.url, session, "not-the-token")

@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 
 from plangate.client import GateClient
+from plangate.server import changes, serve
 from plangate.server.changes import ChangeFeed
 from plangate.server.http.api import GATE
 
-from .conftest import ADMIN_TOKEN, TOKEN
+from .conftest import ADMIN_TOKEN, BASE_ENV, PLAN, TOKEN
 
 PATIENT = 10.0
 STALENESS = 2.0
@@ -195,3 +196,110 @@ async def test_changes_made_on_another_postgresql_node_reach_this_nodes_stream(t
     finally:
         a.stop()
         b.stop()
+
+
+# --- what a client must never miss (found by review: each of these left a copy deciding with no time limit) ---
+
+async def test_a_timer_the_sweep_fires_reaches_a_client_whose_subject_the_gate_no_longer_caches(start_gate, tmp_path):
+    text = PLAN.read_text()
+    assert text.count("    grace: true\n    expires_after: 3d") == 1
+    plan = tmp_path / "plans.yaml"
+    plan.write_text(text.replace("    grace: true\n    expires_after: 3d", "    grace: true\n    expires_after: 1s"))
+    gate = await start_gate(plan=plan, PLANGATE_CACHE_TTL="0.3")
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        await here.check("late-payer", "requests")
+        assert await here.local.ready()
+        await there.transition("late-payer", to="grace_period", reason="test")
+        await _caught_up(here, gate)
+        assert (await here.check("late-payer", "requests")).status == "grace_period"
+        await asyncio.sleep(1.5)        # the timer is due, and the gate's cache entry has expired
+        assert "late-payer" not in gate.app[GATE]._cache
+        status, _ = await gate.post("/v1/jobs/sweep")
+        assert status == 200
+        await _caught_up(here, gate)
+        remote = await there.check("late-payer", "requests")
+        local = await here.check("late-payer", "requests")
+        assert remote.status == "billing_problem" and local.status == remote.status
+
+
+async def test_a_copy_is_fetched_again_once_older_than_the_gates_cache_ttl(start_gate, monkeypatch, database):
+    """A write the feed cannot tell (`plangate erase` on the served SQLite file) reaches a local client as it
+    reaches the gate: within PLANGATE_CACHE_TTL, the snapshot's max_age."""
+    gate = await start_gate(PLANGATE_CACHE_TTL="0.5")
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        await there.transition("leaver", action="close_account", reason="test")
+        await here.check("leaver", "requests")
+        assert await here.local.ready()
+        assert (await here.check("leaver", "requests")).status == "closed"
+        for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
+            monkeypatch.setenv(name, value)
+        assert await asyncio.to_thread(serve.erase, None, "leaver", "ops") == 0
+        await asyncio.sleep(1.0)
+        remote = await there.check("leaver", "requests")
+        local = await here.check("leaver", "requests")
+        assert remote.status == "limited_free_trial" and local.status == remote.status
+
+
+def test_a_client_whose_subjects_were_forgotten_resumes_with_reset(monkeypatch):
+    feed = ChangeFeed()
+    listener = feed.listen("client-away")
+    feed.watch("client-away", "s1")
+    feed.subject("s1")
+    last = feed.last_id
+    feed.leave(listener)
+    assert feed.since(last, "client-away") == []        # back within FORGET_AFTER: resumes
+    monkeypatch.setattr(changes, "FORGET_AFTER", 0.0)   # away longer than that
+    assert feed.since(last, "client-away") is None      # its subjects are gone here: reset, never a silent resume
+    assert "s1" not in feed.watchers
+
+
+def test_a_client_past_its_subject_limit_is_cut_off_and_resumes_with_reset(monkeypatch):
+    monkeypatch.setattr(changes, "MAX_SUBJECTS", 2)
+    feed = ChangeFeed()
+    listener = feed.listen("client-many")
+    for subject in ("a", "b"):
+        feed.watch("client-many", subject)
+    assert not listener.cut
+    feed.watch("client-many", "c")
+    assert listener.cut and not feed.watchers     # no subject silently unwatched: all dropped, the stream cut
+    last = feed.last_id
+    feed.leave(listener)
+    assert feed.since(last, "client-many") is None
+
+
+def test_subjects_watched_by_a_client_that_never_listens_here_are_forgotten(monkeypatch):
+    feed = ChangeFeed()
+    for i in range(50):
+        feed.watch(f"script-{i:04d}", f"s{i}")
+    assert len(feed.interest) == 50
+    monkeypatch.setattr(changes, "FORGET_AFTER", 0.0)
+    feed.since(feed.last_id)
+    assert feed.interest == {} and feed.watchers == {} and feed.gone == {}
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "\u00b2", "\u0663", "-1", ""])
+def test_a_last_event_id_that_is_no_event_number_means_reset(number):
+    feed = ChangeFeed()
+    feed.listen()
+    feed.subject("s")
+    assert feed.since(f"{feed.epoch}-{number}") is None
+
+
+async def test_a_huge_last_event_id_is_answered_with_reset_not_an_error(gate):
+    feed = gate.app[GATE].feed
+    async with aiohttp.ClientSession() as s:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Last-Event-ID": f"{feed.epoch}-{'9' * 5000}"}
+        got = await _frames(s, gate.url, headers, b"event: reset")
+    assert b"event: reset" in got
+
+
+async def test_a_copy_without_the_current_window_is_fetched_again_not_left_to_the_gate(gate):
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        await here.check("roller", "requests")
+        assert await here.local.ready()
+        assert (await here.check("roller", "requests")).evaluated_here
+        here.local.copies["roller"].used.clear()        # what a window rolling over leaves in the copy
+        assert (await here.check("roller", "requests")).evaluated_here     # fetched again, decided here
+        assert here.local.copies["roller"].used

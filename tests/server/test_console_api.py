@@ -3,6 +3,8 @@ log a keyset page at a time with its filters, subjects per status, the subject o
 console's webhook and jobs pages on top of them."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from . import stripe_events as se
@@ -79,6 +81,17 @@ class TestCountsAndFind:
         assert status == 200
         assert body["statuses"]["paid"] == 1 and body["statuses"]["closed"] == 0 and body["total"] == 1
         assert body["tiers"] == {"pro": 1}
+
+    async def test_counts_asked_together_or_in_a_loop_are_read_once_per_few_seconds(self, gate, monkeypatch):
+        """A census visits every subject: callers in a loop share one read, not one each (review finding)."""
+        from plangate.server.http import console_api
+        await play(gate, lifecycle())
+        answers = await asyncio.gather(*(gate.get("/v1/statuses", token=TOKEN) for _ in range(5)))
+        assert {a[1]["total"] for a in answers} == {1}
+        assert (await gate.consume("another-subject", 1))[0] == 200      # stored now: a second subject
+        assert (await gate.get("/v1/statuses", token=TOKEN))[1]["total"] == 1     # the shared read, still fresh
+        monkeypatch.setattr(console_api, "CENSUS_FRESH", 0.0)
+        assert (await gate.get("/v1/statuses", token=TOKEN))[1]["total"] == 2
 
     async def test_find_by_customer_or_subscription(self, gate):
         life = lifecycle()

@@ -37,6 +37,7 @@ class Config:
     cache_size: int = 10_000
     stream_queue: int = 1_000           # GET /v1/stream: events a listener may lag behind before it is cut off
     stream_max_seconds: float = 300.0   # GET /v1/stream: how long one connection lasts (the client resumes)
+    stream_max_listeners: int = 10_000  # GET /v1/stream: connections open at once on this node; beyond, 503
     store_timeout: float = 0.25
     max_amount: int = 1_000_000
     max_body_bytes: int = 16_384
@@ -91,6 +92,7 @@ class Config:
             cache_size=r.integer("PLANGATE_CACHE_SIZE", 10_000, 1, 10_000_000),
             stream_queue=r.integer("PLANGATE_STREAM_QUEUE", 1_000, 10, 1_000_000),
             stream_max_seconds=r.number("PLANGATE_STREAM_MAX_SECONDS", 300.0, 0.5, 86_400.0),
+            stream_max_listeners=r.integer("PLANGATE_STREAM_MAX_LISTENERS", 10_000, 1, 1_000_000),
             store_timeout=r.number("PLANGATE_STORE_TIMEOUT", 0.25, 0.001, 60.0),
             max_amount=r.integer("PLANGATE_MAX_AMOUNT", 1_000_000, 1, 2**62),
             max_body_bytes=r.integer("PLANGATE_MAX_BODY_BYTES", 16_384, 256, 10_000_000),

@@ -84,6 +84,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
             raise inp.BadRequest(400, "invalid_field", "'max_seconds' must be a number of seconds above 0")
         limit = min(limit, wanted)
     client = _client(request)
+    if feed.listeners >= gate.config.stream_max_listeners and (client is None or client not in feed.named):
+        raise inp.BadRequest(503, "too_many_listeners", "this gate has as many streams open as it allows "
+                             "(PLANGATE_STREAM_MAX_LISTENERS); decide remotely and try again later")
     last = request.headers.get("Last-Event-ID")
     resumed = feed.since(last, client)
     listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed

@@ -303,3 +303,17 @@ async def test_a_copy_without_the_current_window_is_fetched_again_not_left_to_th
         here.local.copies["roller"].used.clear()        # what a window rolling over leaves in the copy
         assert (await here.check("roller", "requests")).evaluated_here     # fetched again, decided here
         assert here.local.copies["roller"].used
+
+
+async def test_streams_beyond_the_nodes_limit_are_refused_with_503(start_gate):
+    gate = await start_gate(PLANGATE_STREAM_MAX_LISTENERS="1")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/stream?max_seconds=3&client=first-client", headers=auth) as first:
+            assert first.status == 200
+            await first.content.readuntil(b"event: hello")
+            async with s.get(f"{gate.url}/v1/stream?max_seconds=3&client=other-client", headers=auth) as other:
+                assert other.status == 503 and (await other.json())["error"] == "too_many_listeners"
+            # the same client reconnecting replaces its own stream: not refused
+            async with s.get(f"{gate.url}/v1/stream?max_seconds=1&client=first-client", headers=auth) as again:
+                assert again.status == 200

@@ -69,6 +69,7 @@ Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}
 Enforcement {'on' if config.enabled else 'off (SUBSCRIPTION_ENABLED=false)'}; store {config.database_shown()}
 Try:  curl -s -X POST {url}/v1/check -H "Authorization: Bearer {api}" -d '{{"subject": "alice", "meter": "requests"}}'
 Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{extra}
+Console:  {url}/console/ (log in with the admin token; the API token opens it read-only)
 Stop with Ctrl-C.
 """, file=out, flush=True)
     return 0

@@ -66,6 +66,8 @@ def test_config_env_wins_over_make_runs_defaults_and_the_printed_tokens_work(mak
     assert f"API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}" in out
     assert f"Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}" in out
     assert f"curl -s -X POST http://127.0.0.1:{port}/v1/check" in out
+    assert f"Console:  http://127.0.0.1:{port}/console/ (log in with the admin token" in out
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/console/login", timeout=10).status == 200
     status, decision = post(f"http://127.0.0.1:{port}/v1/check", api, {"subject": "alice", "meter": "requests"})
     assert (status, decision["reason"]) == (200, "disabled")        # config.env's false, not make run's true
     assert post(f"http://127.0.0.1:{port}/v1/jobs/sweep", admin)[0] == 200

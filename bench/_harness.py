@@ -198,6 +198,22 @@ def start_floor(folder: Path, subjects: int = SUBJECTS) -> Server:
     return Server("floor", [sys.executable, "-c", code], dict(os.environ), folder)
 
 
+def migrate_sqlite(path: Path) -> None:
+    """A SQLite store at `path` with every migration applied (for benches that fill it in bulk afterwards)."""
+    import asyncio
+
+    from plangate.server.store import SQLiteStore
+
+    async def migrate() -> None:
+        store = SQLiteStore(str(path))
+        await store.open()
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+    asyncio.run(migrate())
+
+
 def write_plan(folder: Path) -> Path:
     """The shipped plan with every quota of the initial status raised out of reach."""
     import yaml

@@ -45,6 +45,7 @@ from plangate.server.logs import LOGGER_NAME, configure  # noqa: E402
 from plangate.server.metrics import Metrics  # noqa: E402
 from plangate.server.store import SQLiteStore  # noqa: E402
 from bench._columns import columns  # noqa: E402
+from bench._harness import migrate_sqlite  # noqa: E402
 
 GOAL_MS = 50.0
 DAY = 86400.0
@@ -86,19 +87,10 @@ def _rows(count: int, due: int, now: float, plan_version: str, seed: int = 5):
                since if stripe else None, since, since)
 
 
-async def _migrate(path: Path) -> None:
-    store = SQLiteStore(str(path))
-    await store.open()
-    try:
-        await store.migrate()
-    finally:
-        await store.close()
-
-
 def populate(path: Path, count: int, due: int, now: float, plan_version: str) -> tuple[float, list[tuple]]:
     """Create the store (migrations) and bulk-insert `count` subjects; (seconds, the due rows' re-arm values)."""
     started = time.perf_counter()
-    asyncio.run(_migrate(path))
+    migrate_sqlite(path)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA synchronous = OFF")

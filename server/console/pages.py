@@ -15,7 +15,7 @@ from ..gate import StoreUnavailable
 from ..http._auth import matches
 from ..http._input import BadRequest, subject as subject_id
 from ..http.api import GATE, iso
-from ..http.console_api import census_of
+from ..http.console_api import CENSUS
 from ._html import csrf_field, e, link, page, subject_path
 from ._session import COOKIE, LOGIN_COOKIE, Session, Sessions, same
 from ._svg import plan_diagram, transitions_table, usage_bars, usage_history
@@ -323,7 +323,7 @@ async def plan(request: web.Request) -> web.Response:
     session = _session(request)
     gate = request.app[GATE]
     try:
-        counts = (await census_of(gate)).statuses
+        counts = (await request.app[CENSUS].get(gate)).statuses
     except StoreUnavailable:
         counts = None
     table = gate.table

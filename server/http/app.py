@@ -51,6 +51,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     app[api.JOBS] = jobs
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
+    app[console_api.CENSUS] = console_api.SharedCensus()
     console.setup(app, config.api_tokens, config.admin_tokens)   # before _add_routes' catch-all 404
     _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, *console_api.ROUTES, *stream_api.ROUTES,
                       ("POST", "/webhook/stripe", webhook.receive)),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 
 from aiohttp import web
 
@@ -69,7 +68,7 @@ def _limit(request: web.Request) -> int:
     return int(raw)
 
 
-class _SharedCensus:
+class SharedCensus:
     """The census read at most once per CENSUS_FRESH seconds, one read at a time whoever asks: it visits every
     subject (about 0.7 s at a million on SQLite), and pages or scripts that ask in a loop must not keep the
     store from the decisions' reads."""
@@ -79,6 +78,7 @@ class _SharedCensus:
         self.reading: asyncio.Future | None = None
 
     async def get(self, gate):
+        """Stored subjects per status and tier, at most CENSUS_FRESH seconds old. StoreUnavailable."""
         if self.value is not None and time.monotonic() - self.read_at < CENSUS_FRESH:
             return self.value
         if self.reading is None:
@@ -94,22 +94,14 @@ class _SharedCensus:
             self.reading = None
 
 
-_censuses: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-async def census_of(gate):
-    """Stored subjects per status and tier, at most CENSUS_FRESH seconds old. StoreUnavailable."""
-    shared = _censuses.get(gate)
-    if shared is None:
-        shared = _censuses[gate] = _SharedCensus()
-    return await shared.get(gate)
+CENSUS = web.AppKey("census", SharedCensus)
 
 
 async def status_counts(request: web.Request) -> web.Response:
     """Stored subjects per status (and per tier), every status of the active plan named."""
     gate = request.app[GATE]
     try:
-        census = await census_of(gate)
+        census = await request.app[CENSUS].get(gate)
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
     statuses = {s: 0 for s in gate.table.statuses} | census.statuses

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -35,6 +36,11 @@ WRITE_FAILURE_MEMORY = 10.0
 # loop, which serves no request meanwhile, so a chunk holds the loop no longer than a full group commit of
 # webhook events does.
 SWEEP_CHUNK = 250
+# The cache reads a busy subject again once it is this share of PLANGATE_CACHE_TTL old, REFRESH_BATCH subjects a
+# store call (SQLite reads on the loop: 50 hold it about 0.6 ms), with a TTL of REFRESH_MIN_TTL or more.
+REFRESH_AT = 0.75
+REFRESH_BATCH = 50
+REFRESH_MIN_TTL = 1.0
 _EXHAUSTED = Reason.QUOTA_EXHAUSTED
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
@@ -53,6 +59,7 @@ class _Entry:
     stored: StoredSubject
     used: dict[tuple[str, int], int] = field(default_factory=dict)
     grants: list | None = None      # its credit grants, when the cache may keep them (one writer)
+    asked: bool = False             # a request read it since it was loaded: worth reading again before it expires
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class Gate:
         self._cache: TTLCache = TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl) \
             if config.cache_ttl > 0 else TTLCache(maxsize=1, ttl=1e-9)
         self._cache_hits, self._cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
+        # (monotonic time from which to read it again, subject, entry) in load order: refresh_ahead's queue.
+        self._due: deque[tuple[float, str, _Entry]] = deque()
         self._throttle = Throttle()
         # What clients deciding locally hear (GET /v1/stream): every change that may alter a decision.
         self.feed = ChangeFeed(queue_limit=config.stream_queue)
@@ -146,6 +155,7 @@ class Gate:
         except KeyError:
             return None
         self._cache_hits.inc()
+        entry.asked = True
         return entry
 
     async def _load_entry(self, subject: str, now: float) -> _Entry:
@@ -154,8 +164,58 @@ class Gate:
         if stored is None:
             stored = StoredSubject(self.table.initial_state(subject, now), 0)
         entry = _Entry(stored)
-        self._cache[subject] = entry
+        self._keep(subject, entry)
         return entry
+
+    def _keep(self, subject: str, entry: _Entry) -> None:
+        self._cache[subject] = entry
+        if self.config.cache_ttl >= REFRESH_MIN_TTL:
+            self._due.append((time.monotonic() + self.config.cache_ttl * REFRESH_AT, subject, entry))
+
+    async def refresh_ahead(self) -> None:
+        """Runs until cancelled: entries that requests asked for since they were read, and that are REFRESH_AT of
+        the TTL old, are read again, REFRESH_BATCH subjects a store call, and replaced by their fresh reading. A
+        busy subject is then never a miss on the request path (two store reads inside a request), and still
+        never older than the TTL. An entry invalidated or replaced meanwhile is left alone: the reading may
+        predate the change. Nothing to do with a TTL under REFRESH_MIN_TTL (tests, the cache off)."""
+        ttl = self.config.cache_ttl
+        if ttl < REFRESH_MIN_TTL:
+            return
+        while True:
+            await asyncio.sleep(min(ttl / 8, 0.5))
+            while await self.refresh_due():
+                await asyncio.sleep(0)      # requests in between
+
+    async def refresh_due(self) -> int:
+        """One store call's worth of due entries read again; how many were due (0: none left)."""
+        due, picked = self._due, []
+        now_m = time.monotonic()
+        while due and due[0][0] <= now_m and len(picked) < REFRESH_BATCH:
+            _, subject, entry = due.popleft()
+            if entry.asked and self._cache.get(subject) is entry:
+                picked.append((subject, entry))
+        if not picked:
+            return 0
+        usage_kept = self.store.caches_usage
+        windows = [(subject, *w) for subject, entry in picked for w in entry.used] if usage_kept else []
+        try:
+            rows, usage = await self.timed("load", self.store.load_many([s for s, _ in picked], windows))
+        except StoreUnavailable:
+            return len(picked)       # counted and logged; the entries expire as they would have
+        now = self.clock()
+        fresh = 0
+        for (subject, old), stored in zip(picked, rows):
+            if self._cache.get(subject) is not old:
+                continue            # changed (or dropped) while the store read it
+            if stored is None:
+                stored = StoredSubject(self.table.initial_state(subject, now), 0)
+            # Usage only grows within a window: never below what this gate counted meanwhile.
+            used = {w: max(n, usage.get((subject, *w), 0)) for w, n in old.used.items()} if usage_kept else \
+                dict(old.used)
+            self._keep(subject, _Entry(stored, used))
+            fresh += 1
+        self.metrics.cache_refreshes.inc(fresh)
+        return len(picked)
 
     def _cached_used(self, entry: _Entry, window: tuple[str, int]) -> int | None:
         """A window's usage (meter, start) if the cache may answer it: every count of the store is local, or
@@ -171,6 +231,18 @@ class Gate:
         found = await self.timed("usage", self.store.used(entry.stored.state.subject, [window]))
         used = entry.used[window] = max(entry.used.get(window, 0), found[window])
         return used
+
+    def _note_used(self, subject: str, entry: _Entry, window: tuple[str, int], used: int) -> None:
+        """A window's usage after this gate's count: in the entry the count decided with, and in the one the
+        cache holds now if that is another (read again while the count was in flight: its reading may predate
+        the commit)."""
+        entry.used[window] = max(entry.used.get(window, 0), used)
+        try:
+            current = self._cache[subject]
+        except KeyError:
+            return
+        if current is not entry and current.stored.version == entry.stored.version:
+            current.used[window] = max(current.used.get(window, 0), used)
 
     def invalidate(self, subject: str) -> None:
         self._cache.pop(subject, None)
@@ -189,6 +261,7 @@ class Gate:
 
     def invalidate_all(self) -> None:
         self._cache.clear()
+        self._due.clear()
         self.feed.reset()
 
     # --- decisions ----------------------------------------------------------------------------
@@ -362,8 +435,7 @@ class Gate:
             if entry.stored.version == 0:
                 self.invalidate(subject)   # now stored: reload its version next time
             else:
-                k = (meter, span.start)
-                entry.used[k] = max(entry.used.get(k, 0), done.used)
+                self._note_used(subject, entry, (meter, span.start), done.used)
             if done.counted and not done.duplicate:
                 self.feed.usage(subject, meter, span.start, done.used)
             if enforce and done.counted and rule.allows:
@@ -388,8 +460,7 @@ class Gate:
         if entry.stored.version == 0:
             self.invalidate(entry.stored.state.subject)
         else:
-            k = (meter, span.start)
-            entry.used[k] = max(entry.used.get(k, 0), done.used)
+            self._note_used(entry.stored.state.subject, entry, (meter, span.start), done.used)
             entry.grants = None
         if done.counted and not done.duplicate:
             self.feed.usage(entry.stored.state.subject, meter, span.start, done.used)

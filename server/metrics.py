@@ -105,6 +105,7 @@ class Metrics:
         self.overage_reports = _Labelled("plangate_overage_reports", "Overage reports sent to Stripe, by result "
                                          "(sent, retry, refused).", ("result",))
         self.unknown_state = _Count()
+        self.cache_refreshes = _Count()     # entries read again ahead of their expiry (Gate.refresh_ahead)
         self.plan_version = ""          # set by the plan keeper: the version this node decides with
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
                           self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
@@ -120,6 +121,10 @@ class Metrics:
             yield metric.family()
         yield GaugeMetricFamily("plangate_cache_hit_ratio", "Share of subject lookups answered by the cache.",
                                 value=self._hit_ratio())
+        refreshes = CounterMetricFamily("plangate_cache_refreshes", "Cached subjects read again before they "
+                                        "expired, because requests kept asking for them.")
+        refreshes.add_metric([], self.cache_refreshes.value)
+        yield refreshes
         unknown = CounterMetricFamily("plangate_unknown_state", "Stored subjects whose status this node's plan "
                                       "neither has nor maps (answered by the fail mode, never decided).")
         unknown.add_metric([], self.unknown_state.value)

@@ -2,6 +2,8 @@
 life cycle."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -73,6 +75,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
             raise
         store.listen(gate.invalidate, gate.invalidate_all, plans.announced, on_usage=gate.usage_counted)
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
+        refresher = asyncio.create_task(gate.refresh_ahead(), name="plangate-cache-refresh")
         if run_jobs:
             jobs.start()
         if not config.webhook_secrets:
@@ -81,6 +84,9 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         log(logging.INFO, "started", plan_version=gate.table.version, enforcement=config.enabled,
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
         await plans.stop()
         await jobs.stop()
         await store.unlisten()

@@ -247,6 +247,17 @@ class Store(abc.ABC):
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Usage of the given (meter, window start) pairs; missing ones are 0."""
 
+    async def load_many(self, subjects: list[str], windows: list[tuple[str, str, int]]) \
+            -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
+        """Several subjects' rows (None: not stored) and the usage of (subject, meter, window start) triples
+        (missing ones are 0), read together: the cache reads its busy subjects again this way before they expire.
+        This default reads them one by one; the stores read them in one trip."""
+        rows = [await self.load(subject) for subject in subjects]
+        usage: dict[tuple[str, str, int], int] = {}
+        for subject, meter, start in windows:
+            usage[(subject, meter, start)] = (await self.used(subject, [(meter, start)]))[(meter, start)]
+        return rows, usage
+
     # The three writes of requests are awaitables, not necessarily coroutines: a store may answer with the
     # future of a group commit.
 

@@ -202,6 +202,23 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store)
         found = {row[0]: subject_from_row(row) for row in rows}
         return [found.get(subject) for subject in subjects]
 
+    async def load_many(self, subjects: list[str], windows: list[tuple[str, str, int]]) \
+            -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
+        usage = dict.fromkeys(windows, 0)
+        async with self._reader(*subjects) as db:
+            rows = await db.fetch(f"SELECT {_SUBJECT_COLUMNS} FROM subscriptions WHERE subject = ANY($1::text[])",
+                                  subjects)
+            if windows:
+                for r in await db.fetch(
+                        "SELECT q.subject, q.meter, q.window_start, q.used FROM quota_usage AS q JOIN "
+                        "unnest($1::text[], $2::text[], $3::bigint[]) AS w(subject, meter, window_start) ON "
+                        "q.subject = w.subject AND q.meter = w.meter AND q.window_start = w.window_start "
+                        "WHERE q.subject = ANY($1::text[])",
+                        [w[0] for w in windows], [w[1] for w in windows], [w[2] for w in windows]):
+                    usage[(r[0], r[1], r[2])] = r[3]
+        found = {row[0]: subject_from_row(row) for row in rows}
+        return [found.get(subject) for subject in subjects], usage
+
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not windows:
             return {}

@@ -107,6 +107,10 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
             return {}
         return await self._read(queries.used, subject, windows)
 
+    async def load_many(self, subjects: list[str], windows: list[tuple[str, str, int]]) \
+            -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
+        return await self._read(queries.load_many, subjects, windows)
+
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
         return await self._read(queries.transitions, subject, limit)
 

@@ -91,6 +91,24 @@ def used(db: sqlite3.Connection, subject: str, windows: list[tuple[str, int]]) -
     return {w: found.get(w, 0) for w in windows}
 
 
+def load_many(db: sqlite3.Connection, subjects: list[str], windows: list[tuple[str, str, int]]) \
+        -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
+    """Several subjects' rows and (subject, meter, window start) usages, two statements in all."""
+    marks = ", ".join("?" for _ in subjects)
+    rows = db.execute(f"SELECT {SUBJECT_COLUMNS} FROM subscriptions WHERE subject IN ({marks})", subjects).fetchall()
+    found = {row[0]: subject_from_row(row) for row in rows}
+    usage = dict.fromkeys(windows, 0)
+    if windows:
+        values = ", ".join("(?, ?, ?)" for _ in windows)
+        for subject, meter, start, used in db.execute(
+                f"WITH w(subject, meter, window_start) AS (VALUES {values}) SELECT q.subject, q.meter, "
+                "q.window_start, q.used FROM w JOIN quota_usage AS q ON q.subject = w.subject AND "
+                "q.meter = w.meter AND q.window_start = w.window_start",
+                [v for triple in windows for v in triple]):
+            usage[(subject, meter, start)] = used
+    return [found.get(subject) for subject in subjects], usage
+
+
 def transitions(db: sqlite3.Connection, subject: str, limit: int) -> list[AuditEntry]:
     rows = db.execute(
         "SELECT subject, from_status, to_status, trigger, reason, at, plan_version, cause_id, actor "

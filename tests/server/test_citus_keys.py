@@ -104,6 +104,7 @@ async def _drive(store: PostgresStore) -> None:
     await store.count(a, "requests", 0, 1, 10, "k-next", 100.0)
     await store.count(a, "requests", 0, 50, 10, "k-refused", 100.0)
     await store.used("a", [("requests", 0)])
+    await store.load_many(["a", "b"], [("a", "requests", 0)])
     event = EventRecord("evt_1", "checkout.session.completed", 100.0, "{}", "applied", "", "b", "cus_b", "sub_b")
     payment = Payment("in_1", "paid", 100.0, "b", "cus_b", "sub_b", 500, "eur", "evt_1")
     b = StoredSubject(state("b", status="paid_trial", timer_due=150.0), 0, "cus_b", "sub_b")

@@ -440,6 +440,24 @@ class TestRows:
         assert [s.state.subject for s in await store.due(1e9, 10)] == ["u"]
         assert (await store.due(1e9, 10))[0] == dataclasses.replace(second, version=2)
 
+    async def test_many_subjects_and_their_usage_are_read_as_one_by_one(self, store):
+        """load_many (the cache's reading ahead) answers what load and used answer, in the order asked, a
+        subject not stored as None, a window never counted as 0."""
+        first = self.every_field_set("u", 0)
+        assert await store.commit(Change(first, 0))
+        assert await store.commit(Change(fresh("v", "paid"), 0))
+        await store.count(await store.load("u"), "requests", 7, 3, None, "k1", 100.0)
+        await store.count(await store.load("v"), "requests", 7, 5, None, "k2", 100.0)
+        await store.count(await store.load("v"), "requests", 8, 2, None, "k3", 100.0)
+        wanted = [("v", "requests", 7), ("u", "requests", 7), ("v", "requests", 8), ("v", "requests", 9),
+                  ("nobody", "requests", 7)]
+        rows, usage = await store.load_many(["v", "nobody", "u"], wanted)
+        assert rows == [await store.load("v"), None, await store.load("u")]
+        assert rows[2] == dataclasses.replace(first, version=1)
+        assert usage == {("v", "requests", 7): 5, ("u", "requests", 7): 3, ("v", "requests", 8): 2,
+                         ("v", "requests", 9): 0, ("nobody", "requests", 7): 0}
+        assert await store.load_many(["u"], []) == ([rows[2]], {})
+
     async def test_a_batch_writes_every_field_of_the_state(self, store):
         assert await store.commit(Change(fresh(), 0))
         moved = self.every_field_set("u", 1)

@@ -1,0 +1,100 @@
+"""The subject cache reads busy subjects again before they expire (Gate.refresh_ahead): no request of a busy
+subject waits for the store, and no answer is older than PLANGATE_CACHE_TTL. Real gates on real SQLite files
+(PostgreSQL: test_multinode.py drives the same code through a real server)."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+from plangate.engine import compile_file
+from plangate.server.gate import Gate
+from plangate.server.http import api
+from plangate.server.metrics import Metrics
+from plangate.server.store import open_store
+
+from .conftest import config_for
+
+TTL = 1.0       # the least the cache refreshes with: an entry is read again from 0.75 TTL
+
+
+def _gate_of(served) -> Gate:
+    return served.app[api.GATE]
+
+
+async def _keep_asking(served, subject: str, seconds: float) -> list[tuple[float, dict]]:
+    """(monotonic time of the answer, the answer) of checks back to back, for `seconds`."""
+    answers, until = [], time.monotonic() + seconds
+    while time.monotonic() < until:
+        status, body = await served.check(subject)
+        assert status == 200, body
+        answers.append((time.monotonic(), body))
+        await asyncio.sleep(0.02)
+    return answers
+
+
+async def test_a_subject_asked_for_all_along_is_read_once_on_the_request_path(start_gate):
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
+    gate = _gate_of(served)
+    await _keep_asking(served, "busy", 3.5 * TTL)
+    assert gate.metrics.cache.labels("miss").value == 1           # its first request only
+    assert gate.metrics.cache_refreshes.value >= 3                # every 0.75 TTL or so, off the request path
+    status, text = await served.get("/metrics")
+    assert status == 200 and "plangate_cache_refreshes_total" in text
+
+
+async def test_a_subject_nobody_asks_for_is_left_to_expire(start_gate):
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
+    gate = _gate_of(served)
+    assert (await served.check("once"))[0] == 200
+    await asyncio.sleep(1.5 * TTL)
+    assert gate.metrics.cache_refreshes.value == 0
+    assert (await served.check("once"))[0] == 200
+    assert gate.metrics.cache.labels("miss").value == 2           # expired, then read on the request path
+
+
+async def test_what_another_writer_changed_shows_within_the_ttl_while_the_subject_stays_busy(start_gate, database):
+    """Writes the gate cannot hear (another process on the same file) reach its answers within the TTL, however
+    often the subject is asked for meanwhile: a refresh reads the store, it does not extend the old reading."""
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
+    assert (await served.consume("counted", 3, key="k1"))[0] == 200
+    assert (await served.consume("moved", 1, key="k2"))[0] == 200
+    asking = [asyncio.create_task(_keep_asking(served, s, 4 * TTL)) for s in ("counted", "moved")]
+    await asyncio.sleep(1.2 * TTL)                                # refreshed at least once by now
+    with sqlite3.connect(database) as db:                         # another writer: 40 more units; a new status
+        db.execute("UPDATE quota_usage SET used = used + 40 WHERE subject = 'counted'")
+        db.execute("UPDATE subscriptions SET status = 'paid', version = version + 1 WHERE subject = 'moved'")
+    written = time.monotonic()
+    counted, moved = await asyncio.gather(*asking)
+    seen = [(round(t - written, 2), a["used"], a["status"]) for t, a in counted + moved if t > written]
+    assert [a["used"] for t, a in counted if t < written] and {a["used"] for t, a in counted if t < written} == {3}
+    assert {a["used"] for t, a in counted if t > written + TTL} == {43}, seen
+    assert {a["status"] for t, a in moved if t < written} == {"limited_free_trial"}
+    assert {a["status"] for t, a in moved if t > written + TTL} == {"paid"}, seen
+
+
+async def test_a_count_in_flight_across_a_refresh_is_kept_in_the_fresh_entry(database):
+    """A consume that commits after its subject was read again adds its usage to the new entry as well as to
+    the one it decided with, so the next check does not answer from usage that predates the count."""
+    config = config_for(database, PLANGATE_CACHE_TTL=str(TTL))
+    store = open_store(config.database, **config.store_options())
+    await store.open()
+    try:
+        await store.migrate()
+        gate = Gate(config, compile_file(config.plans), store, Metrics())
+        await gate.count("s", "requests", 1, "k0", enforce=True)       # stored now (version 1)
+        await gate.check("s", "requests", 1)                           # loaded, then asked for
+        await gate.check("s", "requests", 1)
+        await asyncio.sleep(0.75 * TTL + 0.05)                         # due
+        for i in range(1, 30):
+            counting = asyncio.create_task(gate.count("s", "requests", 1, f"k{i}", enforce=True))
+            await asyncio.sleep(0)                                      # the count awaits its group commit...
+            await gate.refresh_due()                                    # ... while the subject is read again
+            await counting
+            assert (await gate.check("s", "requests", 1)).used == 1 + i
+            await asyncio.sleep(0.75 * TTL + 0.01)
+            if gate.metrics.cache_refreshes.value >= 3:
+                break
+        assert gate.metrics.cache_refreshes.value >= 3
+    finally:
+        await store.close()

@@ -188,7 +188,7 @@ class Gate:
 
     async def refresh_due(self) -> int:
         """One store call's worth of due entries read again; how many were due (0: none left)."""
-        due, picked = self._due, []
+        due, picked = self._due, list[tuple[str, _Entry]]()
         now_m = time.monotonic()
         while due and due[0][0] <= now_m and len(picked) < REFRESH_BATCH:
             _, subject, entry = due.popleft()

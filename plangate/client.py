@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .local_decisions import LocalDecisions, answer_of
+from .local_decisions import LocalDecisions, utc
 
 __all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateUnavailable", "MeterUsage",
            "StripeSubscription", "SubjectView", "TransitionRecord", "TransitionResult"]
@@ -264,12 +264,14 @@ class GateClient:
         when the copy can (`evaluated_here`)."""
         local = self.local
         if local is not None:
-            local.start(self._open())
-            decision = local.decide(subject, meter, amount)
-            if decision is None and subject not in local.copies and await local.fetch(subject, self.timeout):
-                decision = local.decide(subject, meter, amount)
-            if decision is not None:
-                return GateDecision(**answer_of(subject, amount, decision), evaluated_here=True)
+            local.start(self._open)
+            d = local.decide(subject, meter, amount)
+            if d is None and subject not in local.copies and await local.fetch(subject, self.timeout):
+                d = local.decide(subject, meter, amount)
+            if d is not None:       # the gate's answer, field by field
+                return GateDecision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,
+                                    d.used, d.remaining, utc(d.window_start), utc(d.resets_at), d.retry_after, d.rule,
+                                    evaluated_here=True)
         return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
 
     async def consume(self, subject: str, meter: str, amount: int = 1,

@@ -23,6 +23,7 @@ import functools
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -66,9 +67,10 @@ class LocalDecisions:
 
     # --- life cycle --------------------------------------------------------------------------------
 
-    def start(self, session: aiohttp.ClientSession) -> None:
+    def start(self, session: Callable[[], aiohttp.ClientSession]) -> None:
+        """The stream's task, unless it runs: on the session `session()` gives."""
         if self._task is None or self._task.done():
-            self._session = session
+            self._session = session()
             self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def stop(self) -> None:
@@ -101,7 +103,8 @@ class LocalDecisions:
         table = self.table
         if table is None or not self.allowed:
             return None
-        if not self.fresh:
+        moment = time.monotonic()
+        if not self.live or moment - self.heard > self.staleness:     # not fresh
             self.remote_fallbacks += 1
             return None
         copy = self.copies.get(subject)
@@ -109,7 +112,7 @@ class LocalDecisions:
             return None
         now = time.time()
         used = copy.used.get((meter, table.window(copy.state, meter, now).start))
-        if used is None or time.monotonic() > copy.expires:
+        if used is None or moment > copy.expires:
             del self.copies[subject]    # a new window, or a copy as old as the gate lets its cache be: fetch again
             return None
         decision = table.can_process(copy.state, meter, amount, used, now)
@@ -269,11 +272,3 @@ def _state(data: dict):
 @functools.lru_cache(maxsize=1024)     # a window's bounds repeat on every answer in it: convert them once
 def utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-
-def answer_of(subject: str, amount: int, d) -> dict:
-    """An engine Decision as the fields of a GateDecision (the gate's answer, times as datetimes)."""
-    return {"subject": subject, "allowed": d.allowed, "reason": d.reason.value, "status": d.status, "tier": d.tier,
-            "meter": d.meter, "amount": amount, "limit": d.limit, "used": d.used, "remaining": d.remaining,
-            "window_start": utc(d.window_start), "resets_at": utc(d.resets_at), "retry_after": d.retry_after,
-            "rule": d.rule}

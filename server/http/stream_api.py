@@ -28,9 +28,8 @@ from .api import GATE
 _CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream
-# A woken stream waits this long for more events before it writes: a listener costs at most 1 / GATHER writes a
-# second however many counts it hears of, and a change still reaches it well within 50 ms.
-GATHER = 0.01
+# What the flusher may add to a connection's write buffer besides an event batch: the chunk's framing.
+_CHUNK_FRAMING = 32
 
 
 def _local(gate) -> bool:
@@ -105,24 +104,34 @@ async def stream(request: web.Request) -> web.StreamResponse:
         elif resumed:
             await response.write(b"".join(resumed))
         deadline = time.monotonic() + limit
-        # Each stream's heartbeat at a phase of its own: listeners that connected together do not all write at
-        # the same moment every second.
+
+        def room(size: int) -> bool:
+            """Whether a write of `size` bytes stays under the connection's high-water mark: aiohttp then never
+            waits in it (it waits only on a paused transport), so the flusher is never held by one client."""
+            transport = request.transport
+            return transport is not None and not transport.is_closing() and \
+                transport.get_write_buffer_size() + size + _CHUNK_FRAMING <= transport.get_write_buffer_limits()[1]
+
+        listener.start(response.write, room)
+        loop = asyncio.get_running_loop()
+        # A heartbeat when nothing was written for a beat, each stream's beat of its own length: listeners that
+        # connected together do not all write at the same moment every second.
         beat = HEARTBEAT * random.uniform(0.8, 1.0)
+        beaten = loop.time()
         while not listener.cut and not feed.closing:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            due = max(beaten, listener.sent_at) + beat - loop.time()
+            if due <= 0:
+                await response.write(b": heartbeat\n\n")
+                beaten = loop.time()
+                continue
             try:
-                async with asyncio.timeout(min(beat, left)):
+                async with asyncio.timeout(min(due, left)):
                     await listener.ready.wait()
             except TimeoutError:
-                await response.write(b": heartbeat\n\n")
-                continue
-            if not feed.closing:
-                await asyncio.sleep(GATHER)
-            frames = listener.drain()
-            if frames and not listener.cut:
-                await response.write(b"".join(frames))
+                pass
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

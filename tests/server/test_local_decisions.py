@@ -153,6 +153,38 @@ def test_a_listener_that_falls_behind_is_cut_off_not_waited_for():
     assert feed.since(feed.last_id) == []
 
 
+async def test_one_writer_sends_every_listeners_events_and_never_waits_for_a_slow_one():
+    """The feed's flusher writes each listener's events gathered over GATHER in one write; a listener whose
+    connection cannot take a write at once is cut off (it resumes), never waited for, and the others go on."""
+    feed = ChangeFeed(keep=100, queue_limit=100)
+    received: dict[str, list[bytes]] = {"quick": [], "slow": []}
+    stuck = asyncio.Event()         # a write to the slow connection would wait on this for ever
+
+    async def send_quick(data: bytes) -> None:
+        received["quick"].append(data)
+
+    async def send_slow(data: bytes) -> None:
+        received["slow"].append(data)
+        await stuck.wait()
+
+    quick, slow = feed.listen("quick-client"), feed.listen("slow-client")
+    for client in ("quick-client", "slow-client"):
+        feed.watch(client, "s")
+    feed.usage("s", "requests", 0, 1)                  # before the streams started: queued, then written
+    quick.start(send_quick, lambda size: True)
+    slow.start(send_slow, lambda size: False)           # its buffers are full
+    for used in range(2, 6):
+        feed.usage("s", "requests", 0, used)
+    await asyncio.sleep(changes.GATHER * 5)
+    assert len(received["quick"]) == 1                  # five events, one write
+    assert received["quick"][0].count(b"event: usage") == 5
+    assert slow.cut and slow.ready.is_set() and received["slow"] == []
+    feed.usage("s", "requests", 0, 6)
+    await asyncio.sleep(changes.GATHER * 5)
+    assert b'"used":6' in received["quick"][-1] and not quick.cut
+    feed.close()
+
+
 @pytest.mark.parametrize("staleness", [0, -1])
 def test_staleness_must_be_positive(staleness):
     with pytest.raises(ValueError):

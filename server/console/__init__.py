@@ -1,15 +1,16 @@
 """The console: web pages under /console for operators and product owners, served by the gate itself."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
 from . import operations, pages, proposal
-from .pages import SESSIONS, TOKENS, Refused
+from .pages import FAILED, SESSIONS, TOKENS, Refused
 from ..logs import log
 from ._html import page
-from ._session import Sessions
+from ._session import FailedLogins, Sessions
 
 __all__ = ["setup"]
 
@@ -17,6 +18,8 @@ __all__ = ["setup"]
 def setup(app: web.Application, api_tokens: tuple[str, ...], admin_tokens: tuple[str, ...]) -> None:
     """Add the console's routes (before the API's catch-all 404)."""
     app[SESSIONS] = Sessions()
+    app[FAILED] = FailedLogins()
+    app[proposal.PREVIEWING] = asyncio.Lock()
     app[TOKENS] = (tuple(f"Bearer {t}" for t in api_tokens), tuple(f"Bearer {t}" for t in admin_tokens))
     for method, path, handler in (*pages.ROUTES, *operations.ROUTES, *proposal.ROUTES):
         app.router.add_route(method, path, _answering(handler))

@@ -17,10 +17,11 @@ from ..http._input import BadRequest, subject as subject_id
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
 from ._html import csrf_field, e, link, page, subject_path
-from ._session import COOKIE, LOGIN_COOKIE, Session, Sessions, same
+from ._session import COOKIE, LOGIN_COOKIE, FailedLogins, Session, Sessions, same
 from ._svg import plan_diagram, transitions_table, usage_bars, usage_history
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
+FAILED = web.AppKey("console_failed_logins", FailedLogins)
 TOKENS = web.AppKey("console_tokens", tuple)      # (API Authorization values, admin Authorization values)
 _MAX_FORM = 4096
 _LABEL_MAX = 64
@@ -110,12 +111,20 @@ async def login(request: web.Request) -> web.Response:
     label = " ".join(form.get("label", "").split())[:_LABEL_MAX]
     if not label:
         return _login_page(request, "Give your name: it is recorded with what you do.", 400)
+    failed, address = request.app[FAILED], request.remote or ""
+    wait = failed.wait(address)
+    if wait:        # before the token is compared: a limited address learns nothing from its guesses
+        response = _login_page(request, f"Too many wrong tokens from your address: try again in {wait} seconds.",
+                               429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     api, admin = request.app[TOKENS]
     given = "Bearer " + form.get("token", "")
     is_admin = matches(given, admin)
     if not is_admin and not matches(given, api):
+        failed.failed(address)
         return _login_page(request, "Wrong token.", 401)
-    sid, _ = request.app[SESSIONS].open(label, is_admin)
+    sid, _ = request.app[SESSIONS].open(label, is_admin, replacing=request.cookies.get(COOKIE))
     response = web.HTTPSeeOther("/console/")
     _cookie(response, request, COOKIE, sid, 8 * 3600)
     response.del_cookie(LOGIN_COOKIE, path="/console")

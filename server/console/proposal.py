@@ -3,6 +3,7 @@ plan (`plangate diff`), and their impact on the subjects stored now (`plangate d
 on the gate's own store). A preview only: nothing is deployed (that is POST /v1/plan/reload, on the plan file)."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from aiohttp import web
@@ -14,10 +15,15 @@ from ..http.api import GATE
 from ..plan_impact import impact_in
 from ..store import StoreError
 from ._html import csrf_field, e, page
-from .pages import _posted, _session
+from ._session import Session
+from .pages import _posted, _refused, _session
 
 MAX_PLAN = 256 * 1024
 PROPOSED = "proposed.yaml"
+# One preview at a time per process: each compiles a plan and reads every stored subject for its impact, and
+# the read-only token opens previews too, so many at once must not take the store from the decisions.
+PREVIEWING = web.AppKey("console_previewing", asyncio.Lock)
+BUSY_RETRY = 5      # seconds a refused preview is told to wait
 
 
 def proposal_form(csrf: str, text: str = "") -> str:
@@ -29,6 +35,17 @@ def proposal_form(csrf: str, text: str = "") -> str:
 
 async def preview(request: web.Request) -> web.Response:
     session, form = await _posted(request, limit=MAX_PLAN)
+    previewing = request.app[PREVIEWING]
+    if previewing.locked():
+        refused = _refused(503, f"Another preview is being computed on this gate: try again in {BUSY_RETRY} "
+                                "seconds.")
+        refused.response.headers["Retry-After"] = str(BUSY_RETRY)
+        raise refused
+    async with previewing:
+        return await _preview(session, form, request)
+
+
+async def _preview(session: Session, form: dict[str, str], request: web.Request) -> web.Response:
     text = form.get("plan", "")
     gate = request.app[GATE]
     checked = check_text(text, PROPOSED)

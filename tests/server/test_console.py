@@ -7,6 +7,10 @@ from datetime import datetime
 
 import pytest
 
+from plangate.server.console import _session
+from plangate.server.console._session import COOKIE, FAILED_LOGINS
+from plangate.server.console.pages import SESSIONS
+from plangate.server.console.proposal import PREVIEWING
 from plangate.server.http.api import GATE
 
 from .conftest import ADMIN_TOKEN, PLAN, TOKEN
@@ -100,12 +104,65 @@ class TestAccess:
     async def test_logout_ends_the_session(self, console):
         gate, session = console
         await login(gate.url, session, ADMIN_TOKEN)
+        old = _sid(session)
         async with session.get(gate.url + "/console/") as r:
             csrf = hidden(await r.text(), "csrf")
         async with session.post(gate.url + "/console/logout", data={"csrf": csrf}, allow_redirects=False) as r:
             assert r.status == 303
         async with session.get(gate.url + "/console/", allow_redirects=False) as r:
             assert r.status == 303
+        # Ended on the gate, not only forgotten by this browser: the old cookie, presented again, opens nothing.
+        async with new_session() as other:
+            async with other.get(gate.url + "/console/", allow_redirects=False, cookies={COOKIE: old}) as r:
+                assert r.status == 303
+
+    async def test_a_new_login_ends_the_session_the_browser_presented(self, console):
+        gate, session = console
+        await login(gate.url, session, ADMIN_TOKEN)
+        old = _sid(session)
+        assert (await login(gate.url, session, TOKEN, label="Bea")).status == 303
+        new = _sid(session)
+        assert new != old
+        async with new_session() as other:
+            async with other.get(gate.url + "/console/", allow_redirects=False, cookies={COOKIE: old}) as r:
+                assert r.status == 303
+            async with other.get(gate.url + "/console/", allow_redirects=False, cookies={COOKIE: new}) as r:
+                assert r.status == 200 and "Bea" in await r.text()
+
+    async def test_read_only_logins_never_push_out_an_admin(self, console, monkeypatch):
+        """Whoever holds the API token could once log in MAX_SESSIONS times and log every admin out."""
+        gate, session = console
+        monkeypatch.setattr(_session, "MAX_SESSIONS", 3)
+        await login(gate.url, session, ADMIN_TOKEN)
+        readers = []
+        for n in range(5):
+            async with new_session() as reader:
+                assert (await login(gate.url, reader, TOKEN, label=f"r{n}")).status == 303
+                readers.append(_sid(reader))
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 200 and "(admin)" in await r.text()
+        sessions = gate.app[SESSIONS]
+        assert len(sessions) == 4       # the admin and the last three read-only ones: still bounded
+        assert sessions.get(readers[0]) is None and sessions.get(readers[-1]) is not None
+
+    async def test_wrong_tokens_are_limited_per_address_and_a_right_one_is_not_counted(self, console):
+        gate, session = console
+        for _ in range(FAILED_LOGINS):
+            assert (await login(gate.url, session, ADMIN_TOKEN)).status == 303      # successes count for nothing
+        for _ in range(FAILED_LOGINS):
+            assert (await login(gate.url, session, "not-the-token")).status == 401
+        async with session.get(gate.url + "/console/login") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with session.post(gate.url + "/console/login", allow_redirects=False,
+                                data={"csrf": csrf, "label": "Ada", "token": ADMIN_TOKEN}) as r:
+            page = await r.text()
+            assert r.status == 429 and "Too many wrong tokens" in page
+            assert 0 < int(r.headers["Retry-After"]) <= 60
+            assert not any(c.startswith("plangate_console=") for c in r.headers.getall("Set-Cookie", []))
+
+
+def _sid(session) -> str:
+    return next(c.value for c in session.cookie_jar if c.key == COOKIE)
 
 
 class TestOperator:
@@ -218,6 +275,19 @@ class TestProposedPlan:
         assert "1 stored subject(s) in all" in page and "strands no subject" in page
         assert (await gate.get("/v1/plan"))[1]["version"] == gate.app[GATE].table.version
 
+    async def test_one_preview_at_a_time_another_is_told_to_wait(self, console):
+        gate, session = console
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/plan/proposal") as r:
+            csrf = hidden(await r.text(), "csrf")
+        data = {"csrf": csrf, "plan": PLAN.read_text(encoding="utf-8")}
+        async with gate.app[PREVIEWING]:      # a preview being computed, as another request would hold it
+            async with session.post(gate.url + "/console/plan/proposal", data=data) as r:
+                page = await r.text()
+                assert r.status == 503 and "Another preview" in page and r.headers["Retry-After"] == "5"
+        async with session.post(gate.url + "/console/plan/proposal", data=data) as r:
+            assert r.status == 200 and "strands no subject" in await r.text()
+
     async def test_a_broken_plan_shows_its_findings(self, console):
         gate, session = console
         await login(gate.url, session, ADMIN_TOKEN)
@@ -228,3 +298,32 @@ class TestProposedPlan:
         assert r.status == 200 and "proposed.yaml:1" in page and "has errors" in page
         async with session.post(gate.url + "/console/plan/proposal", data={"plan": "x"}) as r:
             assert r.status == 403
+
+
+class TestBounds:
+    """The session and failure maps on their own clock: what the routes above cannot wait hours for."""
+
+    def test_expired_sessions_go_before_live_ones(self, monkeypatch):
+        monkeypatch.setattr(_session, "MAX_SESSIONS", 3)
+        now = [0.0]
+        sessions = _session.Sessions(clock=lambda: now[0])
+        old, _ = sessions.open("old", False)
+        now[0] = _session.LIFETIME - 1
+        live, _ = sessions.open("live", False)
+        now[0] = _session.LIFETIME + 1      # old has expired, live has not
+        newest, _ = sessions.open("new", False)
+        assert len(sessions) == 2       # dropped at the next opening, with room to spare
+        assert sessions.get(live) is not None and sessions.get(newest) is not None and sessions.get(old) is None
+
+    def test_failures_are_forgotten_after_their_window_and_addresses_are_bounded(self, monkeypatch):
+        monkeypatch.setattr(_session, "MAX_ADDRESSES", 3)
+        now = [0.0]
+        failed = _session.FailedLogins(clock=lambda: now[0])
+        for _ in range(FAILED_LOGINS):
+            failed.failed("10.0.0.1")
+        assert failed.wait("10.0.0.1") == 60 and failed.wait("10.0.0.2") == 0
+        now[0] = _session.FAILED_WINDOW
+        assert failed.wait("10.0.0.1") == 0
+        for n in range(10):
+            failed.failed(f"10.0.1.{n}")
+        assert len(failed._by_address) == 3

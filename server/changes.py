@@ -146,7 +146,7 @@ class ChangeFeed:
                     continue
                 try:
                     await listener.send(data)
-                except (ConnectionError, RuntimeError):     # gone meanwhile, or its response already ended
+                except Exception:       # gone meanwhile, its response ended, or broken: that listener alone ends
                     listener.cut_off()
                 listener.sent_at = loop.time()
 

@@ -109,7 +109,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             """Whether a write of `size` bytes stays under the connection's high-water mark: aiohttp then never
             waits in it (it waits only on a paused transport), so the flusher is never held by one client."""
             transport = request.transport
-            return transport is not None and not transport.is_closing() and \
+            return transport is not None and not transport.is_closing() and not request.protocol.writing_paused and \
                 transport.get_write_buffer_size() + size + _CHUNK_FRAMING <= transport.get_write_buffer_limits()[1]
 
         listener.start(response.write, room)

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         try:
             # The cache holds every subject the load cycles through (check's and consume's), as an operator with
             # that many active customers would size PLANGATE_CACHE_SIZE; PLANGATE_CACHE_TTL stays the default,
-            # so that a share of the checks reads the store again.
+            # so that busy subjects are read again (in the background) within the figures.
             servers["gate"] = start_gate("gate", folder, PLANGATE_API_TOKEN=token, PLANGATE_ADMIN_TOKEN=admin,
                                          PLANGATE_DATABASE=str(folder / "gate.sqlite3"),
                                          PLANGATE_PLANS=str(write_plan(folder)),
@@ -227,22 +227,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     # Each measured run right after a warm-up of its own server: the others' runs leave it idle
                     # for longer than PLANGATE_CACHE_TTL, and a deployment's active subjects are not all cold
                     # at once. The steady state's cost stays in: entries expire or are read again as they would.
+                    def warmed(which: str, duration: float, tag: str, **load) -> Result:
+                        if args.warmup > 0:
+                            measure(which, args.warmup, f"warm-{tag}")
+                        return measure(which, duration, tag, **load)
+
                     best: dict[str, Result] = {}
                     for n in range(max(1, args.rounds)):
                         for which in urls:
-                            if args.warmup > 0:
-                                measure(which, args.warmup, f"warm{n}")
-                            got = measure(which, args.duration, str(n))
+                            got = warmed(which, args.duration, str(n))
                             if which not in best or got.rps > best[which].rps:
                                 best[which] = got
                     # Latency alone and paced: the gate and its floor, with the most subjects only.
                     detail = ("gate", "floor") if subjects == counts[-1] else ()
-                    alone = {which: measure(which, args.alone, "alone", 1) for which in detail} \
+                    alone = {which: warmed(which, args.alone, "alone", connections=1) for which in detail} \
                         if args.alone > 0 else {}
                     paced = {}
                     if args.paced > 0 and detail:   # both at the same rate: a connection's request every `pause` ms
                         pause = max(1, round(args.connections / (args.paced * best["gate"].rps) * 1000))
-                        paced = {which: measure(which, args.duration, "paced", pause_ms=pause) for which in detail}
+                        paced = {which: warmed(which, args.duration, "paced", pause_ms=pause) for which in detail}
                     rows.append(_row(endpoint, subjects, generator, best, gate_troubles(urls["gate"]), alone,
                                      paced))
         finally:

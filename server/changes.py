@@ -32,6 +32,7 @@ MAX_SUBJECTS = 100_000      # subjects one client may hold: beyond, all are drop
 # Woken by an event, the flusher waits this long for more before it writes: a listener costs at most 1 / GATHER
 # writes a second however many counts it hears of, and a change still reaches it well within 50 ms.
 GATHER = 0.01
+FLUSH_TURN = 100            # listeners written before the flusher lets requests in (about a millisecond)
 _EVENT_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
@@ -119,7 +120,7 @@ class ChangeFeed:
 
     def _mark(self, listener: Listener) -> None:
         self._dirty[listener] = None
-        if self._flusher is None:
+        if self._flusher is None or self._flusher.done():
             self._wake = asyncio.Event()
             self._flusher = asyncio.get_running_loop().create_task(self._flushing(), name="plangate-stream-flush")
         assert self._wake is not None
@@ -136,17 +137,19 @@ class ChangeFeed:
             await asyncio.sleep(GATHER)
             self._wake.clear()
             dirty, self._dirty = self._dirty, {}
-            for listener in dirty:
+            for i, listener in enumerate(dirty, 1):
+                if i % FLUSH_TURN == 0:
+                    await asyncio.sleep(0)      # requests in between
                 frames = listener.drain()
                 if not frames or listener.cut or listener.send is None or listener.room is None:
                     continue
                 data = b"".join(frames)
-                if not listener.room(len(data)):
-                    listener.cut_off()
-                    continue
                 try:
+                    if not listener.room(len(data)):
+                        listener.cut_off()
+                        continue
                     await listener.send(data)
-                except Exception:       # gone meanwhile, its response ended, or broken: that listener alone ends
+                except Exception:  # noqa: BLE001 - gone, its response ended, or broken: that listener alone ends
                     listener.cut_off()
                 listener.sent_at = loop.time()
 
@@ -251,6 +254,8 @@ class ChangeFeed:
         return listener
 
     def leave(self, listener: Listener) -> None:
+        listener.send = listener.room = None    # its response ends: nothing more is written to it
+        self._dirty.pop(listener, None)
         if listener.client is None:
             self.everything.discard(listener)
         elif self.named.get(listener.client) is listener:

@@ -170,7 +170,10 @@ class Gate:
     def _keep(self, subject: str, entry: _Entry) -> None:
         self._cache[subject] = entry
         if self.config.cache_ttl >= REFRESH_MIN_TTL:
-            self._due.append((time.monotonic() + self.config.cache_ttl * REFRESH_AT, subject, entry))
+            due = self._due
+            due.append((time.monotonic() + self.config.cache_ttl * REFRESH_AT, subject, entry))
+            if len(due) > 2 * self.config.cache_size:     # entries dropped or replaced since: let them go
+                self._due = deque(item for item in due if self._cache.get(item[1]) is item[2])
 
     async def refresh_ahead(self) -> None:
         """Runs until cancelled: entries that requests asked for since they were read, and that are REFRESH_AT of
@@ -183,35 +186,47 @@ class Gate:
             return
         while True:
             await asyncio.sleep(min(ttl / 8, 0.5))
-            while await self.refresh_due():
-                await asyncio.sleep(0)      # requests in between
+            try:
+                while await self.refresh_due():
+                    await asyncio.sleep(0)      # requests in between
+            except Exception as exc:  # noqa: BLE001 - a reading that fails leaves its entries to expire; go on
+                if self._throttle.ready("refresh"):
+                    log(logging.ERROR, "cache_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def refresh_due(self) -> int:
-        """One store call's worth of due entries read again; how many were due (0: none left)."""
-        due, picked = self._due, list[tuple[str, _Entry]]()
-        now_m = time.monotonic()
+        """One store call's worth of due entries read again; how many were read (0: none left, or the store
+        failed: the round ends, the entries expire as they would have)."""
+        due, picked = self._due, list[tuple[str, _Entry, dict[tuple[str, int], int]]]()
+        now_m, now = time.monotonic(), self.clock()
+        table = self.table
         while due and due[0][0] <= now_m and len(picked) < REFRESH_BATCH:
             _, subject, entry = due.popleft()
             if entry.asked and self._cache.get(subject) is entry:
-                picked.append((subject, entry))
+                # Only the current window of each meter goes on: past windows are never asked again.
+                state = entry.stored.state
+                current = {(meter, start): n for (meter, start), n in entry.used.items()
+                           if meter in table.meters and table.window(state, meter, now).start == start}
+                picked.append((subject, entry, current))
         if not picked:
             return 0
         usage_kept = self.store.caches_usage
-        windows = [(subject, *w) for subject, entry in picked for w in entry.used] if usage_kept else []
+        windows = [(subject, *w) for subject, _, current in picked for w in current] if usage_kept else []
         try:
-            rows, usage = await self.timed("load", self.store.load_many([s for s, _ in picked], windows))
+            rows, usage = await self.timed("refresh", self.store.load_many([s for s, _, _ in picked], windows))
         except StoreUnavailable:
-            return len(picked)       # counted and logged; the entries expire as they would have
-        now = self.clock()
+            return 0
         fresh = 0
-        for (subject, old), stored in zip(picked, rows):
+        for (subject, old, current), stored in zip(picked, rows):
             if self._cache.get(subject) is not old:
                 continue            # changed (or dropped) while the store read it
             if stored is None:
                 stored = StoredSubject(self.table.initial_state(subject, now), 0)
-            # Usage only grows within a window: never below what this gate counted meanwhile.
-            used = {w: max(n, usage.get((subject, *w), 0)) for w, n in old.used.items()} if usage_kept else \
-                dict(old.used)
+            used = current
+            if usage_kept:
+                # The store's figure (another writer may have lowered it), unless this gate counted in the window
+                # while the store read it: then the larger, which is the newer.
+                used = {w: usage.get((subject, *w), 0) if old.used.get(w) == n else
+                        max(old.used.get(w, 0), usage.get((subject, *w), 0)) for w, n in current.items()}
             self._keep(subject, _Entry(stored, used))
             fresh += 1
         self.metrics.cache_refreshes.inc(fresh)
@@ -243,6 +258,7 @@ class Gate:
             return
         if current is not entry and current.stored.version == entry.stored.version:
             current.used[window] = max(current.used.get(window, 0), used)
+            current.grants = None       # a spend may have taken some, after the reading
 
     def invalidate(self, subject: str) -> None:
         self._cache.pop(subject, None)

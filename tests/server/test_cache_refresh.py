@@ -59,18 +59,53 @@ async def test_what_another_writer_changed_shows_within_the_ttl_while_the_subjec
     served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
     assert (await served.consume("counted", 3, key="k1"))[0] == 200
     assert (await served.consume("moved", 1, key="k2"))[0] == 200
-    asking = [asyncio.create_task(_keep_asking(served, s, 4 * TTL)) for s in ("counted", "moved")]
+    assert (await served.consume("lowered", 5, key="k3"))[0] == 200
+    asking = [asyncio.create_task(_keep_asking(served, s, 4 * TTL)) for s in ("counted", "moved", "lowered")]
     await asyncio.sleep(1.2 * TTL)                                # refreshed at least once by now
     with sqlite3.connect(database) as db:                         # another writer: 40 more units; a new status
         db.execute("UPDATE quota_usage SET used = used + 40 WHERE subject = 'counted'")
         db.execute("UPDATE subscriptions SET status = 'paid', version = version + 1 WHERE subject = 'moved'")
+        db.execute("UPDATE quota_usage SET used = 2 WHERE subject = 'lowered'")     # a correction: usage down
     written = time.monotonic()
-    counted, moved = await asyncio.gather(*asking)
+    counted, moved, lowered = await asyncio.gather(*asking)
     seen = [(round(t - written, 2), a["used"], a["status"]) for t, a in counted + moved if t > written]
     assert [a["used"] for t, a in counted if t < written] and {a["used"] for t, a in counted if t < written} == {3}
     assert {a["used"] for t, a in counted if t > written + TTL} == {43}, seen
     assert {a["status"] for t, a in moved if t < written} == {"limited_free_trial"}
     assert {a["status"] for t, a in moved if t > written + TTL} == {"paid"}, seen
+    assert {a["used"] for t, a in lowered if t < written} == {5}
+    assert {a["used"] for t, a in lowered if t > written + TTL} == {2}, seen
+
+
+async def test_a_refreshed_entry_keeps_only_the_current_windows(database):
+    """A subject busy for days carries one window a meter, not every window it was ever asked about."""
+    config = config_for(database, PLANGATE_CACHE_TTL=str(TTL))
+    store = open_store(config.database, **config.store_options())
+    await store.open()
+    clock = [time.time()]
+    try:
+        await store.migrate()
+        gate = Gate(config, compile_file(config.plans), store, Metrics(), clock=lambda: clock[0])
+        for day in range(3):
+            clock[0] += 86_400 * day
+            await gate.count("s", "requests", 1, f"k{day}", enforce=True)
+            await gate.check("s", "requests", 1)
+            await gate.check("s", "requests", 1)
+            await asyncio.sleep(0.75 * TTL + 0.05)
+            assert await gate.refresh_due() == 1
+            windows = list(gate._cache["s"].used)
+            assert windows == [("requests", gate.table.window(gate._cache["s"].stored.state, "requests",
+                                                              clock[0]).start)]
+    finally:
+        await store.close()
+
+
+async def test_the_refresh_queue_stays_within_twice_the_cache(start_gate):
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL), PLANGATE_CACHE_SIZE="10")
+    gate = _gate_of(served)
+    for i in range(100):
+        assert (await served.check(f"passing-{i}"))[0] == 200
+    assert len(gate._due) <= 2 * 10 + 1
 
 
 async def test_a_count_in_flight_across_a_refresh_is_kept_in_the_fresh_entry(database):

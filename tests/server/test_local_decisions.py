@@ -167,21 +167,30 @@ async def test_one_writer_sends_every_listeners_events_and_never_waits_for_a_slo
         received["slow"].append(data)
         await stuck.wait()
 
-    quick, slow = feed.listen("quick-client"), feed.listen("slow-client")
-    for client in ("quick-client", "slow-client"):
+    async def send_broken(data: bytes) -> None:
+        raise ValueError("a write that fails in an unforeseen way")
+
+    quick, slow, broken = feed.listen("quick-client"), feed.listen("slow-client"), feed.listen("broken-client")
+    for client in ("quick-client", "slow-client", "broken-client"):
         feed.watch(client, "s")
     feed.usage("s", "requests", 0, 1)                  # before the streams started: queued, then written
     quick.start(send_quick, lambda size: True)
     slow.start(send_slow, lambda size: False)           # its buffers are full
+    broken.start(send_broken, lambda size: True)
     for used in range(2, 6):
         feed.usage("s", "requests", 0, used)
     await asyncio.sleep(changes.GATHER * 5)
     assert len(received["quick"]) == 1                  # five events, one write
     assert received["quick"][0].count(b"event: usage") == 5
     assert slow.cut and slow.ready.is_set() and received["slow"] == []
+    assert broken.cut                                   # that listener alone ends; the writer goes on
     feed.usage("s", "requests", 0, 6)
     await asyncio.sleep(changes.GATHER * 5)
     assert b'"used":6' in received["quick"][-1] and not quick.cut
+    feed.usage("s", "requests", 0, 7)
+    feed.leave(quick)                                   # its response ends: what it had queued is not written
+    await asyncio.sleep(changes.GATHER * 5)
+    assert not any(b'"used":7' in data for data in received["quick"])
     feed.close()
 
 

@@ -4,6 +4,7 @@ subject waits for the store, and no answer is older than PLANGATE_CACHE_TTL. Rea
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 
@@ -13,9 +14,10 @@ from plangate.server.http import api
 from plangate.server.metrics import Metrics
 from plangate.server.store import open_store
 
-from .conftest import config_for
+from .conftest import ROOT, config_for
 
 TTL = 1.0       # the least the cache refreshes with: an entry is read again from 0.75 TTL
+AI = ROOT / "examples" / "ai-api" / "plans.yaml"        # tokens: 50,000 a day, then credits
 
 
 def _gate_of(served) -> Gate:
@@ -77,6 +79,32 @@ async def test_what_another_writer_changed_shows_within_the_ttl_while_the_subjec
     assert {a["used"] for t, a in lowered if t > written + TTL} == {2}, seen
 
 
+async def test_a_row_the_gate_cannot_read_is_logged_and_the_refresher_goes_on(start_gate, database, caplog):
+    """Another process leaves a subject's row unreadable (its traits not JSON): the refresh that meets it fails
+    with an error that is not the store's, which is logged; the refresher goes on, and the other busy subjects
+    are still read again off the request path."""
+    caplog.set_level(logging.ERROR, logger="plangate")
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
+    gate = _gate_of(served)
+    for subject, key in (("broken", "k1"), ("sound", "k2")):
+        assert (await served.consume(subject, 1, key=key))[0] == 200      # stored rows
+    asking = asyncio.create_task(_keep_asking(served, "sound", 4 * TTL))
+    assert (await served.check("broken"))[0] == 200
+    assert (await served.check("broken"))[0] == 200                       # asked for since it was read: due
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE subscriptions SET traits = 'not json' WHERE subject = 'broken'")
+    await asyncio.sleep(1.5 * TTL)
+    failed = [r for r in caplog.records if r.getMessage() == "cache_refresh_failed"]
+    assert failed and "JSONDecodeError" in failed[0].fields["error"]
+    # The failed round's entries expired, and "sound" was read once on the request path; from then on it is
+    # read again in the background only.
+    refreshed, missed = gate.metrics.cache_refreshes.value, gate.metrics.cache.labels("miss").value
+    answers = await asking
+    assert gate.metrics.cache_refreshes.value >= refreshed + 2
+    assert gate.metrics.cache.labels("miss").value == missed
+    assert {a["used"] for _, a in answers} == {1}
+
+
 async def test_a_refreshed_entry_keeps_only_the_current_windows(database):
     """A subject busy for days carries one window a meter, not every window it was ever asked about."""
     config = config_for(database, PLANGATE_CACHE_TTL=str(TTL))
@@ -131,5 +159,33 @@ async def test_a_count_in_flight_across_a_refresh_is_kept_in_the_fresh_entry(dat
             if gate.metrics.cache_refreshes.value >= 3:
                 break
         assert gate.metrics.cache_refreshes.value >= 3
+    finally:
+        await store.close()
+
+
+async def test_credits_spent_across_a_refresh_are_not_answered_from_the_fresh_entry(database):
+    """A spend of credits that commits after its subject was read again (and a check put the grants, as read
+    before the spend, in the fresh entry) drops those grants: the next check reads the balance after the spend."""
+    config = config_for(database, PLANGATE_CACHE_TTL=str(TTL), PLANGATE_PLANS=str(AI))
+    store = open_store(config.database, **config.store_options())
+    await store.open()
+    try:
+        await store.migrate()
+        gate = Gate(config, compile_file(config.plans), store, Metrics())
+        assert store.caches_grants
+        await gate.count("a", "tokens", 50_000, "k0", enforce=True)    # the day's allowance used up
+        await gate.grant("a", "tokens", 1_000, actor="ops", reason="test", key="g1", expires_at=None,
+                         priority=None)
+        # A check's `credits`: the balance left after the work asked about (100 here) would take its share.
+        assert (await gate.check("a", "tokens", 100)).credits == 900
+        await asyncio.sleep(0.75 * TTL + 0.05)                          # due
+        for i in range(1, 4):
+            spending = asyncio.create_task(gate.count("a", "tokens", 100, f"k{i}", enforce=True))
+            await asyncio.sleep(0)                                      # the spend awaits its group commit...
+            assert await gate.refresh_due() == 1                        # ... while the subject is read again
+            assert (await gate.check("a", "tokens", 100)).credits == 1_000 - 100 * i
+            assert (await spending).decision.credits_used == 100
+            assert (await gate.check("a", "tokens", 100)).credits == 1_000 - 100 * (i + 1)
+            await asyncio.sleep(0.75 * TTL + 0.01)
     finally:
         await store.close()

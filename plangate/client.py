@@ -72,7 +72,7 @@ class GateDecision:
     reason: str
     status: str | None
     tier: str | None
-    meter: str
+    meter: str | None
     amount: int
     limit: int | None
     used: int | None
@@ -86,6 +86,11 @@ class GateDecision:
     local: bool = False
     evaluated_here: bool = False    # local evaluation (GateClient(local=True)): decided in this process by the
                                     # gate's engine from a copy the gate's stream keeps current
+    feature: str | None = None      # a feature check's feature (then meter is None)
+    credits: int | None = None      # past the limit: the subject's credits of the meter left after this work
+                                    # (None: credits were not looked at)
+    credits_used: int = 0           # what this work takes of the credits
+    overage: int = 0                # what this work goes past the limit and the credits, billed as overage
 
     @classmethod
     def from_json(cls, body: dict) -> GateDecision:
@@ -94,13 +99,17 @@ class GateDecision:
             tier=body["tier"], meter=body["meter"], amount=body["amount"], limit=body["limit"], used=body["used"],
             remaining=body["remaining"], window_start=_time(body["window_start"]),
             resets_at=_time(body["resets_at"]), retry_after=body["retry_after"], rule=body["rule"],
-            counted=body.get("counted", False), duplicate=body.get("duplicate", False))
+            counted=body.get("counted", False), duplicate=body.get("duplicate", False),
+            feature=body.get("feature"), credits=body.get("credits"), credits_used=body.get("credits_used", 0),
+            overage=body.get("overage", 0))
 
     @classmethod
-    def unanswered(cls, subject: str, meter: str, amount: int, fail_open: bool, why: str) -> GateDecision:
+    def unanswered(cls, subject: str, meter: str | None, amount: int, fail_open: bool, why: str,
+                   feature: str | None = None) -> GateDecision:
         return cls(subject=subject, allowed=fail_open, reason=FAIL_OPEN if fail_open else FAIL_CLOSED,
                    status=None, tier=None, meter=meter, amount=amount, limit=None, used=None, remaining=None,
-                   window_start=None, resets_at=None, retry_after=None, rule=f"client: {why}", local=True)
+                   window_start=None, resets_at=None, retry_after=None, rule=f"client: {why}", local=True,
+                   feature=feature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +280,13 @@ class GateClient:
             if d is not None:       # the gate's answer, field by field
                 return GateDecision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,
                                     d.used, d.remaining, utc(d.window_start), utc(d.resets_at), d.retry_after, d.rule,
-                                    evaluated_here=True)
+                                    evaluated_here=True, credits=d.credits, overage=d.overage)
         return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
+
+    async def feature(self, subject: str, feature: str) -> GateDecision:
+        """Is `subject` entitled to `feature` now (the plan's features of its status and tier)? Always the
+        gate's answer (`feature` set, `meter` None); the client's fail mode when the gate gives none."""
+        return await self._decide("/v1/check", {"subject": subject, "feature": feature})
 
     async def consume(self, subject: str, meter: str, amount: int = 1,
                       idempotency_key: str | None = None) -> GateDecision:
@@ -291,7 +305,7 @@ class GateClient:
 
     def _heard(self, decision: GateDecision) -> GateDecision:
         """A count's answer: into the local copy at once (the stream tells the same, later)."""
-        if self.local is not None and decision.counted:
+        if self.local is not None and decision.counted and decision.meter is not None:
             self.local.counted(decision.subject, decision.meter, decision.window_start, decision.used)
         return decision
 
@@ -303,7 +317,8 @@ class GateClient:
             except (KeyError, TypeError, ValueError) as exc:
                 raise _NoAnswer(f"the gate's answer is not a decision ({type(exc).__name__}: {exc})") from None
         except _NoAnswer as exc:
-            return GateDecision.unanswered(body["subject"], body["meter"], body["amount"], self.fail_open, str(exc))
+            return GateDecision.unanswered(body["subject"], body.get("meter"), body.get("amount", 1), self.fail_open,
+                                           str(exc), body.get("feature"))
 
     # --- operator calls: no fail mode, GateUnavailable on no answer ------------------------------
 

@@ -12,8 +12,10 @@ from aiohttp import web
 
 from plangate.client import GateClient, GateDecision, GateRequestError, GateUnavailable
 
-from .conftest import ADMIN_TOKEN, TOKEN, free_port
+from .conftest import ADMIN_TOKEN, ROOT, TOKEN, free_port
 
+SAAS = ROOT / "examples" / "saas" / "plans.yaml"      # features by tier
+AI = ROOT / "examples" / "ai-api" / "plans.yaml"        # tokens: 50,000 a day, then credits
 BUDGET = 0.2        # for the gates that cannot answer
 PATIENT = 10.0      # for the real gate: a slow test machine must not turn into a fail-open answer
 
@@ -104,6 +106,33 @@ class TestDecisions:
                                                                                     None, False)
 
 
+class TestEntitlements:
+    async def test_a_feature_check_is_typed(self, start_gate):
+        gate = await start_gate(plan=SAAS)
+        async with GateClient(gate.url, TOKEN, timeout=PATIENT) as client:
+            d = await client.feature("ws1", "sso")
+            assert (d.allowed, d.reason, d.feature, d.meter, d.status, d.local) == (False, "not_entitled", "sso", None,
+                                                                                 "free", False)
+            with pytest.raises(GateRequestError) as refused:
+                await client.feature("ws1", "teleport")
+        assert (refused.value.status, refused.value.code) == (422, "unknown_feature")
+
+    async def test_credits_spent_past_the_allowance_are_in_the_answer(self, start_gate):
+        gate = await start_gate(plan=AI)
+        async with GateClient(gate.url, TOKEN, timeout=PATIENT) as client:
+            assert (await client.consume("a1", "tokens", 50_000)).counted
+            refused = await client.consume("a1", "tokens", 600)
+            assert (refused.allowed, refused.credits, refused.credits_used) == (False, 0, 0)
+            status, _ = await gate.post("/v1/subjects/a1/credits", {"meter": "tokens", "amount": 1_000,
+                                                                   "reason": "support ticket 42"})
+            assert status == 200
+            checked = await client.check("a1", "tokens", 600)
+            assert (checked.allowed, checked.credits, checked.credits_used, checked.counted) == (True, 400, 600, False)
+            spent = await client.consume("a1", "tokens", 600, idempotency_key="job-1")
+            assert (spent.allowed, spent.counted, spent.credits_used, spent.credits, spent.overage) == \
+                (True, True, 600, 400, 0)
+
+
 class TestAdmin:
     async def test_view_of_a_subject_whose_name_needs_escaping(self, client):
         name = "team/a b?x=1#100%"
@@ -175,6 +204,8 @@ class TestNoAnswer:
     async def test_nothing_listening(self, fail_open):
         async with GateClient(f"http://127.0.0.1:{free_port()}", TOKEN, timeout=2.0, fail_open=fail_open) as c:
             self.assert_local(await every_decision(c), fail_open, "Connect")
+            d = await c.feature("u", "sso")
+            assert (d.allowed, d.local, d.feature, d.meter, d.amount) == (fail_open, True, "sso", None, 1)
             with pytest.raises(GateUnavailable) as caught:
                 await c.subject("u")
         assert TOKEN not in str(caught.value) and caught.value.__cause__ is None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -110,6 +110,20 @@ class GateDecision:
                    status=None, tier=None, meter=meter, amount=amount, limit=None, used=None, remaining=None,
                    window_start=None, resets_at=None, retry_after=None, rule=f"client: {why}", local=True,
                    feature=feature)
+
+
+def _maker(cls):
+    """cls(value, ...) with every field given in order, without the frozen dataclass's __init__: that sets each
+    field through object.__setattr__ (3 us for GateDecision's 22, more than deciding locally takes); this sets
+    each slot through its own descriptor, in a function written out for cls (2.5 times as fast)."""
+    names = [f.name for f in fields(cls)]
+    scope = {"new": object.__new__, "cls": cls, **{f"set_{n}": cls.__dict__[n].__set__ for n in names}}
+    body = "".join(f"    set_{n}(o, {n})\n" for n in names)
+    exec(f"def make({', '.join(names)}):\n    o = new(cls)\n{body}    return o\n", scope)
+    return scope["make"]
+
+
+_local_decision = _maker(GateDecision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +292,9 @@ class GateClient:
             if d is None and subject not in local.copies and await local.fetch(subject, self.timeout):
                 d = local.decide(subject, meter, amount)
             if d is not None:       # the gate's answer, field by field
-                return GateDecision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,
-                                    d.used, d.remaining, utc(d.window_start), utc(d.resets_at), d.retry_after, d.rule,
-                                    evaluated_here=True, credits=d.credits, overage=d.overage)
+                return _local_decision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,
+                                       d.used, d.remaining, utc(d.window_start), utc(d.resets_at), d.retry_after,
+                                       d.rule, False, False, False, True, None, d.credits, 0, d.overage)
         return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
 
     async def feature(self, subject: str, feature: str) -> GateDecision:

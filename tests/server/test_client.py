@@ -235,6 +235,21 @@ class TestNoAnswer:
 
 
 class TestClientItself:
+    def test_a_local_decision_is_a_gate_decision_like_any_other(self):
+        """The local check's maker (no dataclass __init__, for speed) gives an equal, hashable, frozen value."""
+        from dataclasses import FrozenInstanceError, astuple, fields
+
+        from plangate.client import _local_decision
+
+        values = ("u", True, "ok", "paid", "pro", "requests", 1, 20, 3, 17, datetime(2026, 12, 5, tzinfo=UTC),
+                  datetime(2026, 12, 6, tzinfo=UTC), None, "plans.yaml:10", False, False, False, True, None, 5, 0, 2)
+        assert len(values) == len(fields(GateDecision))
+        made = _local_decision(*values)
+        assert type(made) is GateDecision and made == GateDecision(*values) and astuple(made) == values
+        assert hash(made) == hash(GateDecision(*values))
+        with pytest.raises(FrozenInstanceError):
+            made.allowed = False        # type: ignore[misc]
+
     async def test_the_token_is_not_in_the_repr(self, gate):
         client = GateClient(gate.url, TOKEN)
         assert TOKEN not in repr(client) and TOKEN not in str(client)

@@ -12,7 +12,8 @@ while the stream was heard from within `staleness` seconds, else the client asks
 `remote_fallbacks`). A copy is also fetched again once it is older than the snapshot's `max_age` (the gate's
 cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
 the copy cannot make exactly (a subject on an older plan version, credits deciding past a limit, enforcement
-off or the kill switch on at the gate) is asked too.
+off or the kill switch on at the gate) is asked too. Windows, timers and retry_after go by the gate's clock:
+each snapshot says the gate's time, and the client keeps its own clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
 from __future__ import annotations
@@ -57,6 +58,8 @@ class LocalDecisions:
         self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
+        self.clock: Callable[[], float] = time.time     # this process's clock
+        self.offset = 0.0                   # the gate's clock minus this process's (measured by each snapshot)
         self.local_checks = 0               # checks decided here
         self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale
         self.reconnects = 0
@@ -110,7 +113,7 @@ class LocalDecisions:
         copy = self.copies.get(subject)
         if copy is None or copy.state.plan_version not in ("", table.version) or meter not in table.meters:
             return None
-        now = time.time()
+        now = self.clock() + self.offset
         used = copy.used.get((meter, table.window(copy.state, meter, now).start))
         if used is None or moment > copy.expires:
             del self.copies[subject]    # a new window, or a copy as old as the gate lets its cache be: fetch again
@@ -129,10 +132,14 @@ class LocalDecisions:
         try:
             async with asyncio.timeout(timeout):
                 url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"
+                sent = self.clock()
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
                         return False
                     body = json.loads(await resp.read())
+                gate_now = body.get("now")
+                if isinstance(gate_now, (int, float)):  # read between the request and the answer: this is off
+                    self.offset = gate_now - (sent + self.clock()) / 2     # by half the round trip at most
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
         finally:

@@ -329,10 +329,12 @@ class Gate:
         self._observe("check", subject, decision)
         return decision
 
-    async def snapshot(self, subject: str) -> tuple[StateTable, SubjectState, dict[tuple[str, int], int], str]:
+    async def snapshot(self, subject: str) \
+            -> tuple[StateTable, SubjectState, dict[tuple[str, int], int], str, float]:
         """What a client deciding locally needs of a subject: the table that decides it, its state, the usage of
-        every meter's current window, and the feed's last event id before they were read (the client applies
-        every later event). StoreUnavailable, UnknownStatus."""
+        every meter's current window, the feed's last event id before they were read (the client applies
+        every later event), and this gate's time of the reading (the client decides by the gate's clock, not
+        its own). StoreUnavailable, UnknownStatus."""
         event_id = self.feed.last_id
         now = self.clock()
         entry = self._cached(subject) or await self._load_entry(subject, now)
@@ -341,7 +343,7 @@ class Gate:
         windows = [(meter, table.window(state, meter, now).start) for meter in table.meters]
         found = await self.timed("usage", self.store.used(subject, windows))
         used = {w: max(entry.used.get(w, 0), found.get(w, 0)) for w in windows}
-        return table, state, used, event_id
+        return table, state, used, event_id, now
 
     async def _grants(self, entry: _Entry, now: float) -> list:
         """The subject's grants: from the cache when this gate is the only writer, else the store."""

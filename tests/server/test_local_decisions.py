@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 
 import aiohttp
 import pytest
@@ -358,3 +359,21 @@ async def test_streams_beyond_the_nodes_limit_are_refused_with_503(start_gate):
             # the same client reconnecting replaces its own stream: not refused
             async with s.get(f"{gate.url}/v1/stream?max_seconds=1&client=first-client", headers=auth) as again:
                 assert again.status == 200
+
+
+async def test_a_client_whose_clock_is_off_decides_by_the_gates_clock(gate):
+    """The caller's clock a window behind the gate's (plus a minute): its copy still decides, in the gate's
+    window, with the gate's answers; with its own clock it would look in a window the copy does not hold."""
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        first = await there.check("skewed", "requests")
+        behind = (first.resets_at - first.window_start).total_seconds() + 60
+        here.local.clock = lambda: time.time() - behind
+        await here.check("skewed", "requests")
+        assert await here.local.ready()
+        for step in range(4):
+            await here.consume("skewed", "requests", 4, idempotency_key=f"s{step}")
+            local, remote = await here.check("skewed", "requests", 5), await there.check("skewed", "requests", 5)
+            _same(local, remote)
+        assert abs(here.local.offset - behind) < 1
+        assert (local.used, local.allowed, local.reason) == (16, False, "quota_exhausted")

@@ -29,13 +29,35 @@ class BadRequest(Exception):
         self.headers = headers      # for the answer (a 405's Allow)
 
 
-async def json_object(request: web.Request, allowed: set[str]) -> dict:
-    limit = request.app.get(MAX_BODY)
+async def _body(request: web.Request, limit: int | None) -> bytes:
+    """The request's body, at most `limit` bytes (413 past it, however it is sent). One that came in whole with
+    its headers (nearly every one) is taken as it is: request.read() copies it through a bytearray in two
+    awaited reads, 5 µs of a check's 25 in the server."""
     if limit is not None and (request.content_length or 0) > limit:
-        raise BadRequest(413, "body_too_large", f"the body is larger than {limit} bytes")
-    raw = await request.read()
+        raise _too_large(limit)
+    content = request.content
+    if content.is_eof():
+        raw = content.read_nowait()
+    else:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await content.readany():
+            parts.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise _too_large(limit)
+        raw = b"".join(parts)
     if limit is not None and len(raw) > limit:
-        raise BadRequest(413, "body_too_large", f"the body is larger than {limit} bytes")
+        raise _too_large(limit)
+    return raw
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(413, "body_too_large", f"the body is larger than {limit} bytes")
+
+
+async def json_object(request: web.Request, allowed: set[str]) -> dict:
+    raw = await _body(request, request.app.get(MAX_BODY))
     try:
         body = _json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

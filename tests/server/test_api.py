@@ -293,9 +293,10 @@ class TestBadInput:
         status, body = await gate.post("/v1/consume", raw=raw)
         assert (status, body["error"]) == (413, "body_too_large")
 
-    async def test_a_chunked_body_over_the_apps_limit_is_413_naming_it(self, start_gate):
-        """No Content-Length: aiohttp reads up to the application's limit and refuses the rest; the answer
-        names that limit (the larger of the API's and the webhook's)."""
+    async def test_a_chunked_body_over_the_apis_limit_is_413_naming_it(self, start_gate):
+        """No Content-Length: the body is read up to the API's limit and refused past it, the answer naming that
+        limit (not the application's, the larger of the API's and the webhook's), whether the body came in whole
+        or is still coming."""
         gate = await start_gate(PLANGATE_MAX_BODY_BYTES="1024", PLANGATE_WEBHOOK_MAX_BYTES="4096")
 
         async def chunks():
@@ -306,7 +307,25 @@ class TestBadInput:
 
         status, body = await gate.post("/v1/consume", raw=chunks())
         assert (status, body["error"]) == (413, "body_too_large")
-        assert body["message"] == "the body is larger than 4096 bytes"
+        assert body["message"] == "the body is larger than 1024 bytes"
+
+        async def slow_chunks():
+            yield b'{"subject": "'
+            for _ in range(10):
+                await asyncio.sleep(0.01)      # the gate reads while the body is still coming
+                yield b"a" * 300
+            yield b'", "meter": "requests"}'
+
+        status, body = await gate.post("/v1/consume", raw=slow_chunks())
+        assert (status, body["error"], body["message"]) == (413, "body_too_large", "the body is larger than 1024 bytes")
+
+        async def slow_but_small():
+            yield b'{"subject": "u1", '
+            await asyncio.sleep(0.02)
+            yield b'"meter": "requests"}'
+
+        status, body = await gate.post("/v1/consume", raw=slow_but_small())
+        assert (status, body["counted"]) == (200, True)
 
     async def test_unknown_route_and_method(self, gate):
         assert (await gate.get("/v1/nothing-here"))[1]["error"] == "not_found"

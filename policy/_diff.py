@@ -1,5 +1,5 @@
 """What changed between two versions of a plan, in plain words: statuses, tiers, meters, quotas, windows,
-timers and transitions added, removed, renamed, retired or changed.
+timers, transitions, features, add-ons and credits added, removed, renamed, retired or changed.
 
 Names are matched through the new plan's `renamed_from` and `retired:` maps, so a renamed status is one
 change (renamed), not a removal and an addition. A status or tier removed with no mapping strands any
@@ -7,56 +7,15 @@ stored subject in it: such a change says so, and `plangate diff` exits non-zero 
 """
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from typing import Any
 from dataclasses import dataclass, field, replace
 
+from . import _diff_entitlements as entitlements
+from ._diff_model import Area, Effect, PlanChange, at
 from ._findings import Location
 from ._model import ExistingSubscribers, Plan, Quota, QuotaKind, Status, Tier, version_of
 from ._renames import How, NameMap
-
-
-class Effect(enum.Enum):
-    ADDED = "added"
-    REMOVED = "removed"
-    RENAMED = "renamed"
-    RETIRED = "retired"
-    CHANGED = "changed"
-
-
-class Area(enum.Enum):
-    PLAN = "plan"
-    METER = "meter"
-    TIER = "tier"
-    STATUS = "status"
-    QUOTA = "quota"
-    WINDOW = "window"
-    TIMER = "timer"
-    TRANSITION = "transition"
-
-
-@dataclass(frozen=True)
-class PlanChange:
-    """One difference. `statuses`/`tiers` name (in the old plan's words) whose stored subjects it affects;
-    `meter` and `limit` describe a lowered quota (the new limit)."""
-
-    area: Area
-    effect: Effect
-    message: str
-    location: Location
-    strands: bool = False
-    lowered: bool = False
-    statuses: tuple[str, ...] = ()
-    tiers: tuple[str, ...] = ()
-    meter: str | None = None
-    limit: int | None = None
-    existing_subscribers: ExistingSubscribers | None = None
-
-    def to_dict(self) -> dict:
-        return {"area": self.area.value, "effect": self.effect.value, "message": self.message,
-                "file": self.location.file, "line": self.location.line, "strands": self.strands,
-                "lowered": self.lowered, "statuses": list(self.statuses), "tiers": list(self.tiers)}
 
 
 @dataclass(frozen=True)
@@ -105,14 +64,12 @@ class PlanDiff:
 
 
 def diff(old: Plan, new: Plan) -> PlanDiff:
-    """Every change from old to new, in the order: plan, meters, tiers, statuses, transitions."""
-    changes = [*_plan_level(old, new), *_meters(old, new), *_tiers(old, new), *_statuses(old, new),
-               *_transitions(old, new)]
+    """Every change from old to new, in the order: plan, meters, features, add-ons, credits, tiers, statuses,
+    transitions."""
+    changes = [*_plan_level(old, new), *_meters(old, new), *entitlements.features(old, new),
+               *entitlements.addons(old, new), *entitlements.credit_rules(old, new), *_tiers(old, new),
+               *_statuses(old, new), *_transitions(old, new)]
     return PlanDiff(old, new, tuple(changes))
-
-
-def _at(plan: Plan, *path) -> Location:
-    return plan.document.key_location(path) if path else plan.document.locate(())
 
 
 def _plan_level(old: Plan, new: Plan) -> Iterator[PlanChange]:
@@ -130,7 +87,7 @@ def _meters(old: Plan, new: Plan) -> Iterator[PlanChange]:
         now = new.meter(m.name)
         if now is None:
             yield PlanChange(Area.METER, Effect.REMOVED, f"meter '{m.name}' removed: the workflow server can no "
-                             "longer check or count it", _at(new, "meters"))
+                             "longer check or count it", at(new, "meters"))
         elif now.fail_mode != m.fail_mode:
             yield PlanChange(Area.METER, Effect.CHANGED, f"meter '{m.name}' fail mode {m.fail_mode.value} -> "
                              f"{now.fail_mode.value}", now.location)
@@ -163,7 +120,7 @@ def _tiers(old: Plan, new: Plan) -> Iterator[PlanChange]:
             if move is None:
                 yield PlanChange(Area.TIER, Effect.REMOVED, f"tier '{t.name}' removed with no mapping: stored "
                                  "subscribers on it would be stranded (add renamed_from or retired)",
-                                 _at(new, "tiers") if "tiers" in new.document.data else _at(new), strands=True,
+                                 at(new, "tiers") if "tiers" in new.document.data else at(new), strands=True,
                                  tiers=(t.name,))
             continue
         reached.add(now.name)
@@ -193,6 +150,10 @@ def _tier_changes(old: Tier, new: Tier) -> Iterator[PlanChange]:
             ExistingSubscribers.NEVER: "existing subscribers keep the old quota until upgraded"}[policy]
     for change in _quota_changes(f"tier '{name}'", old.quotas, new.quotas, new.location):
         yield replace(change, message=f"{change.message}; {when}", tiers=(old.name,), existing_subscribers=policy)
+    yield from entitlements.feature_changes(f"tier '{name}'", old.features, new.features, new.location,
+                                            tiers=(old.name,))
+    yield from entitlements.grant_changes(f"tier '{name}'", old.credits, new.credits, new.location,
+                                          tiers=(old.name,))
 
 
 def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
@@ -237,7 +198,7 @@ def _statuses(old: Plan, new: Plan) -> Iterator[PlanChange]:
             if move is None:
                 yield PlanChange(Area.STATUS, Effect.REMOVED, f"status '{s.name}' removed with no mapping: stored "
                                  "subjects in it would be stranded (add renamed_from or retired)",
-                                 _at(new, "statuses"), strands=True, statuses=(s.name,))
+                                 at(new, "statuses"), strands=True, statuses=(s.name,))
             continue
         if move is None or move.how is How.RENAMED:
             reached.add(now.name)
@@ -265,11 +226,17 @@ def _status_changes(old: Status, new: Status) -> Iterator[PlanChange]:
         yield PlanChange(Area.TIMER, Effect.CHANGED, f"status '{name}': timer "
                          f"{words.get(old.expires_after, old.expires_after_text)} -> "
                          f"{words.get(new.expires_after, new.expires_after_text)}", new.location, statuses=affects)
+    if old.expires_at_text != new.expires_at_text:
+        yield PlanChange(Area.TIMER, Effect.CHANGED, f"status '{name}': timer on the subscription's date "
+                         f"{old.expires_at_text or 'none'} -> {new.expires_at_text or 'none'}", new.location,
+                         statuses=affects)
     if dict(old.fail_modes) != dict(new.fail_modes):
         yield PlanChange(Area.STATUS, Effect.CHANGED, f"status '{name}': fail modes {_modes(old)} -> {_modes(new)}",
                          new.location, statuses=affects)
     for change in _quota_changes(f"status '{name}'", old.quotas, new.quotas, new.location):
         yield replace(change, statuses=affects)
+    yield from entitlements.feature_changes(f"status '{name}'", old.features, new.features, new.location,
+                                            statuses=affects)
 
 
 def _modes(status: Status) -> str:
@@ -310,5 +277,5 @@ def _transitions(old: Plan, new: Plan) -> Iterator[PlanChange]:
             message = f"transition removed: from {froms} {on} no longer leads to '{was_to}'"
         else:
             message = f"transition changed: from {froms} {on} now leads to '{now_to}', not '{was_to}'"
-        yield PlanChange(Area.TRANSITION, kind, message, location or _at(new, "transitions"),
+        yield PlanChange(Area.TRANSITION, kind, message, location or at(new, "transitions"),
                          statuses=tuple(sources))

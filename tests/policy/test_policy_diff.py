@@ -94,6 +94,83 @@ class TestChanges:
         assert messages == ["status 'frozen' added", "transition added: from any status on admin:freeze -> 'frozen'"]
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SAAS = (EXAMPLES / "saas" / "plans.yaml").read_text(encoding="utf-8")
+AI = (EXAMPLES / "ai-api" / "plans.yaml").read_text(encoding="utf-8")
+
+
+def changed(old: str, new: str) -> list[tuple]:
+    return [(c.area, c.effect, c.message, c.lowered, c.tiers, c.statuses)
+            for c in diff(plan(old, "old.yaml"), plan(new)).changes]
+
+
+def swapped(text: str, *pairs: tuple[str, str]) -> str:
+    for old, new in pairs:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
+class TestEntitlements:
+    def test_a_feature_a_tier_and_a_status_lose(self):
+        beta = swapped(SAAS, ("  audit_log: {description: Who did what in the workspace}\n",
+                              "  audit_log: {description: Who did what in the workspace}\n  beta: {description: Early}\n"),
+                       ("    features: [custom_domain, sso, audit_log]", "    features: [custom_domain, sso, audit_log, beta]"))
+        new = swapped(SAAS, ("    features: [custom_domain, sso, audit_log]", "    features: [custom_domain, audit_log]"),
+                      ("    expires_after: 7d\n    features: [tier]", "    expires_after: 7d\n    features: []"))
+        assert changed(beta, new) == [
+            (Area.FEATURE, Effect.REMOVED, "feature 'beta' removed: a check for it is refused (422 unknown_feature)",
+             True, (), ()),
+            (Area.FEATURE, Effect.CHANGED, "tier 'team': features custom_domain, sso, audit_log, beta -> "
+             "custom_domain, audit_log (loses sso, beta)", True, ("team",), ()),
+            (Area.FEATURE, Effect.CHANGED, "status 'past_due': features the tier's -> none (loses the tier's)", True,
+             (), ("past_due",))]
+        assert [c[:3] for c in changed(SAAS, beta)] == [
+            (Area.FEATURE, Effect.ADDED, "feature 'beta' added"),
+            (Area.FEATURE, Effect.CHANGED, "tier 'team': features custom_domain, sso, audit_log -> custom_domain, "
+             "sso, audit_log, beta (gains beta)")]
+
+    def test_add_ons_removed_and_changed(self):
+        new = swapped(SAAS, ("  audit_log_addon:\n    description: The audit log for pro workspaces.\n"
+                             "    prices: [price_audit_log_monthly]\n    features: [audit_log]\n", ""),
+                      ("    prices: [price_export_pack_monthly]\n    quotas:\n      exports: 500",
+                       "    prices: [price_export_pack_yearly]\n    quotas:\n      exports: 300"))
+        assert changed(SAAS, new) == [
+            (Area.ADDON, Effect.REMOVED, "add-on 'audit_log_addon' removed: its prices (price_audit_log_monthly) add "
+             "nothing any more (it gave feature audit_log)", True, (), ()),
+            (Area.ADDON, Effect.CHANGED, "add-on 'export_pack': price price_export_pack_monthly no longer buys it",
+             True, (), ()),
+            (Area.ADDON, Effect.CHANGED, "add-on 'export_pack': price price_export_pack_yearly now buys it", False,
+             (), ()),
+            (Area.ADDON, Effect.CHANGED, "add-on 'export_pack': adds 300 exports a unit to the tier's limit (was 500)",
+             True, (), ())]
+
+    def test_credits_bought_and_granted(self):
+        new = swapped(AI, ("      price_tokens_1m: 1000000\n    expires_after: 365d\n    on_cancel: keep",
+                           "      price_tokens_1m: 500000\n    expires_after: 30d\n    on_cancel: forfeit"),
+                      ("      tokens: {amount: 200000, per: billing_period, rollover: 100000}",
+                       "      tokens: {amount: 100000, per: billing_period, rollover: 100000}"))
+        assert changed(AI, new) == [
+            (Area.CREDITS, Effect.CHANGED, "credits of tokens: price price_tokens_1m buys 500000 a unit (was 1000000)",
+             True, (), ()),
+            (Area.CREDITS, Effect.CHANGED, "credits of tokens: bought credits last 365d -> 30d (from the next "
+             "purchase)", True, (), ()),
+            (Area.CREDITS, Effect.CHANGED, "credits of tokens: on cancel keep -> forfeit", True, (), ()),
+            (Area.CREDITS, Effect.CHANGED, "tier 'starter': tokens credits 200000 credits per billing period, up to "
+             "100000 unspent carried over -> 100000 credits per billing period, up to 100000 unspent carried over",
+             True, ("starter",), ())]
+
+    def test_the_command_marks_what_subscribers_lose(self, tmp_path):
+        old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+        old.write_text(SAAS, encoding="utf-8")
+        new.write_text(swapped(SAAS, ("    features: [custom_domain, sso, audit_log]",
+                                      "    features: [custom_domain, audit_log]")), encoding="utf-8")
+        out = io.StringIO()
+        diff_command(str(old), str(new), out=out, err=io.StringIO())
+        assert "[lowered] tier 'team': features custom_domain, sso, audit_log -> custom_domain, audit_log (loses sso)" \
+            in out.getvalue()
+
+
 class TestCommand:
     @pytest.fixture
     def files(self, tmp_path):

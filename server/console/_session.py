@@ -1,71 +1,54 @@
 """Console sessions: a token entered once in the login form becomes a random session id in an HttpOnly cookie.
 The token itself is never stored, put in a URL or logged; each session carries its own CSRF token and the label
-its user gave (audited as the actor of what they do)."""
+its user gave (audited as the actor of what they do). Sessions live in the store (its SHA-256 of the id)."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+
+from ..store import ConsoleSession, Store
 
 COOKIE = "plangate_console"
 LOGIN_COOKIE = "plangate_console_login"   # the login form's own CSRF token (double submit): no session yet
 LIFETIME = 8 * 3600.0      # a working day; then the token is asked for again
-MAX_SESSIONS = 1000        # per scope, the oldest first: a flood of logins cannot grow the process without bound,
+MAX_SESSIONS = 1000        # per scope, the oldest first: a flood of logins cannot grow the store without bound,
                            # and read-only logins (the API token, known to more) never push out an admin's
 FAILED_LOGINS = 10         # wrong tokens an address may give per FAILED_WINDOW before it is answered 429
 FAILED_WINDOW = 60.0
 MAX_ADDRESSES = 10000      # addresses whose failures are remembered; the oldest is forgotten first
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    label: str
-    admin: bool           # the admin token: may act; the API token: a read-only console
-    csrf: str
-    expires: float
-
-
 class Sessions:
-    """The console sessions of this gate process (a restart logs everyone out)."""
+    """The console's sessions, kept in the store: every gate process on it knows them (a console behind a load
+    balancer), and a restart logs nobody out. The store holds the SHA-256 of a session id, never the id."""
 
-    def __init__(self, clock=time.time):
-        # One map per scope (admin or not), each in order of opening, which is the order of expiry too.
-        self._scopes: dict[bool, dict[str, Session]] = {True: {}, False: {}}
+    def __init__(self, store: Store, clock=time.time):
+        self._store = store
         self._clock = clock
 
-    def open(self, label: str, admin: bool, replacing: str | None = None) -> tuple[str, Session]:
-        """A new session; the one the browser presented (replacing) ends, so a login never leaves two."""
-        self.close(replacing)
-        scope, now = self._scopes[admin], self._clock()
-        while scope and next(iter(scope.values())).expires <= now:      # the expired go first
-            del scope[next(iter(scope))]
-        while len(scope) >= MAX_SESSIONS:
-            del scope[next(iter(scope))]
-        sid = secrets.token_urlsafe(32)
-        session = Session(label, admin, secrets.token_urlsafe(32), now + LIFETIME)
-        scope[sid] = session
+    async def open(self, label: str, admin: bool, replacing: str | None = None) -> tuple[str, ConsoleSession]:
+        """A new session; the one the browser presented (replacing) ends, so a login never leaves two. Past
+        MAX_SESSIONS of its scope the oldest ends; expired ones end first."""
+        sid, now = secrets.token_urlsafe(32), self._clock()
+        session = ConsoleSession(_hashed(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME)
+        await self._store.open_console_session(session, MAX_SESSIONS, _hashed(replacing) if replacing else None)
         return sid, session
 
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
+    async def get(self, sid: str | None) -> ConsoleSession | None:
+        if not sid or len(sid) > 100:
             return None
-        for scope in self._scopes.values():
-            session = scope.get(sid)
-            if session is not None:
-                if session.expires <= self._clock():
-                    del scope[sid]
-                    return None
-                return session
-        return None
+        session = await self._store.console_session(_hashed(sid))
+        return session if session is not None and session.expires > self._clock() else None
 
-    def close(self, sid: str | None) -> None:
-        if sid:
-            for scope in self._scopes.values():
-                scope.pop(sid, None)
+    async def close(self, sid: str | None) -> None:
+        if sid and len(sid) <= 100:
+            await self._store.close_console_session(_hashed(sid))
 
-    def __len__(self) -> int:
-        return sum(len(scope) for scope in self._scopes.values())
+
+def _hashed(sid: str) -> str:
+    return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class FailedLogins:

@@ -19,7 +19,7 @@ PAGE = 50
 
 
 async def events(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     gate = request.app[GATE]
     outcome = request.query.get("outcome") or None
     type_ = (request.query.get("type") or "").strip()[:200] or None
@@ -55,7 +55,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def jobs(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     gate = request.app[GATE]
     runner = request.app.get(JOBS)
     c = gate.config

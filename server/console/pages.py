@@ -17,7 +17,8 @@ from ..http._input import BadRequest, subject as subject_id
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
 from ._html import csrf_field, e, link, page, subject_path
-from ._session import COOKIE, LOGIN_COOKIE, FailedLogins, Session, Sessions, same
+from ..store import ConsoleSession, StoreError
+from ._session import COOKIE, LOGIN_COOKIE, FailedLogins, Sessions, same
 from ._svg import plan_diagram, transitions_table, usage_bars, usage_history
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
@@ -50,17 +51,21 @@ async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _session(request: web.Request) -> Session:
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+async def _session(request: web.Request) -> ConsoleSession:
+    try:
+        session = await request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    except StoreError:
+        raise _refused(503, "The store cannot be read right now, so your session cannot be checked: try again "
+                            "shortly.") from None
     if session is None:
         raise web.HTTPSeeOther("/console/login")
     return session
 
 
 async def _posted(request: web.Request, *, admin: bool = False, limit: int = _MAX_FORM
-                  ) -> tuple[Session, dict[str, str]]:
+                  ) -> tuple[ConsoleSession, dict[str, str]]:
     """The session and form of a POST, its CSRF token checked (and the admin scope, for an action)."""
-    session = _session(request)
+    session = await _session(request)
     form = await _form(request, limit)
     if not same(form.get("csrf"), session.csrf):
         raise _refused(403, "The form's CSRF token is missing or wrong: reload the page and try again.")
@@ -124,7 +129,11 @@ async def login(request: web.Request) -> web.Response:
     if not is_admin and not matches(given, api):
         failed.failed(address)
         return _login_page(request, "Wrong token.", 401)
-    sid, _ = request.app[SESSIONS].open(label, is_admin, replacing=request.cookies.get(COOKIE))
+    try:
+        sid, _ = await request.app[SESSIONS].open(label, is_admin, replacing=request.cookies.get(COOKIE))
+    except StoreError:
+        return _login_page(request, "The store cannot be written right now, so no session can open: try again "
+                                    "shortly.", 503)
     response = web.HTTPSeeOther("/console/")
     _cookie(response, request, COOKIE, sid, 8 * 3600)
     response.del_cookie(LOGIN_COOKIE, path="/console")
@@ -133,7 +142,11 @@ async def login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     await _posted(request)
-    request.app[SESSIONS].close(request.cookies.get(COOKIE))
+    try:
+        await request.app[SESSIONS].close(request.cookies.get(COOKIE))
+    except StoreError:
+        raise _refused(503, "The store cannot be written right now, so your session could not end: try again "
+                            "shortly.") from None
     response = web.HTTPSeeOther("/console/login")
     response.del_cookie(COOKIE, path="/console")
     raise response
@@ -142,7 +155,7 @@ async def logout(request: web.Request) -> web.Response:
 # --- find ------------------------------------------------------------------------------------------------
 
 async def home(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     mode = "admin" if session.admin else "read-only"
     body = ('<form method="get" action="/console/find"><label>Subject id, Stripe customer (cus_…) or '
             'subscription (sub_…) <input name="q" required maxlength="200"></label><button>Find</button></form>'
@@ -151,7 +164,7 @@ async def home(request: web.Request) -> web.Response:
 
 
 async def find(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     q = request.query.get("q", "").strip()[:200]
     gate = request.app[GATE]
     subject: str | None = q
@@ -176,7 +189,7 @@ def _subject(request: web.Request) -> str:
 # --- a subject ---------------------------------------------------------------------------------------------
 
 async def subject(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     gate = request.app[GATE]
     name = _subject(request)
     try:
@@ -284,7 +297,7 @@ def _timeline(events, history, usage=()) -> str:
             "</table></div></section>")
 
 
-def _action_form(request: web.Request, name: str, session: Session) -> str:
+def _action_form(request: web.Request, name: str, session: ConsoleSession) -> str:
     table = request.app[GATE].table
     options = "".join(f'<option value="to:{e(s)}">move to {e(s)}</option>' for s in table.statuses)
     options += "".join(f'<option value="action:{e(a)}">action {e(a)}</option>' for a in table.actions)
@@ -329,7 +342,7 @@ async def act(request: web.Request) -> web.Response:
 # --- the plan, health ---------------------------------------------------------------------------------------
 
 async def plan(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     gate = request.app[GATE]
     try:
         counts = (await request.app[CENSUS].get(gate)).statuses
@@ -350,7 +363,7 @@ async def plan(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     gate = request.app[GATE]
     try:
         await gate.timed("ping", gate.store.ping())

@@ -15,7 +15,7 @@ from ..http.api import GATE
 from ..plan_impact import impact_in
 from ..store import StoreError
 from ._html import csrf_field, e, page
-from ._session import Session
+from ..store import ConsoleSession
 from .pages import _posted, _refused, _session
 
 MAX_PLAN = 256 * 1024
@@ -45,7 +45,7 @@ async def preview(request: web.Request) -> web.Response:
         return await _preview(session, form, request)
 
 
-async def _preview(session: Session, form: dict[str, str], request: web.Request) -> web.Response:
+async def _preview(session: ConsoleSession, form: dict[str, str], request: web.Request) -> web.Response:
     text = form.get("plan", "")
     gate = request.app[GATE]
     checked = check_text(text, PROPOSED)
@@ -76,7 +76,7 @@ async def _preview(session: Session, form: dict[str, str], request: web.Request)
 
 
 async def form_page(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = await _session(request)
     return page("Proposed plan", proposal_form(session.csrf), csrf=session.csrf, who=session.label)
 
 

@@ -1,6 +1,7 @@
 """The gate's durable state, behind one interface (SQLite now; PostgreSQL is the second implementation)."""
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, Erasure, EventRecord, IdempotencyConflict, Payment,
                     Store, StoredSubject, StoreError)
+from ._console_sessions import ConsoleSession
 from ._credits import OverageReport, Spend
 from ._migrations import number_of as migration_number
 from ._sqlite import SQLiteStore, sqlite_path
@@ -19,6 +20,6 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
     return SQLiteStore(database, sqlite_synchronous)
 
 
-__all__ = ["AuditEntry", "Change", "Counted", "DuplicateEvent", "Erasure", "EventRecord", "IdempotencyConflict",
-           "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError", "StoredSubject",
-           "migration_number", "open_store", "sqlite_path"]
+__all__ = ["AuditEntry", "Change", "ConsoleSession", "Counted", "DuplicateEvent", "Erasure", "EventRecord",
+           "IdempotencyConflict", "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError",
+           "StoredSubject", "migration_number", "open_store", "sqlite_path"]

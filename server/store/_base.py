@@ -23,6 +23,7 @@ from plangate.engine._credits import Grant
 from ._credits import OverageReport, Spend
 
 from ._plans import Census, Deploy, PlanRecord
+from ._console_sessions import ConsoleSession
 
 _STATE_FIELDS = tuple(f.name for f in fields(SubjectState))
 
@@ -456,3 +457,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def subjects_on(self, versions: tuple[str, ...], limit: int, after: str = "") -> list[StoredSubject]:
         """Up to `limit` stored subjects on one of these plan versions, by subject name after `after`."""
+
+    # --- console sessions (_console_sessions.py) ------------------------------------------------
+
+    @abc.abstractmethod
+    async def open_console_session(self, session: ConsoleSession, keep: int, replacing: str | None) -> None:
+        """Store a session, in one transaction with: the end of `replacing` (the id hash a browser logging in
+        again presented), of every expired session, and of the oldest of its scope past `keep`."""
+
+    @abc.abstractmethod
+    async def console_session(self, id_hash: str) -> ConsoleSession | None:
+        """The session of this id hash, expired or not."""
+
+    @abc.abstractmethod
+    async def close_console_session(self, id_hash: str) -> None:
+        """End a session (logout)."""

@@ -27,6 +27,7 @@ from ._credits import grant_values
 from ._postgres_credits import _INSERT_GRANT, PostgresCredits
 from ._postgres_personal import PostgresPersonalData
 from ._postgres_plans import PostgresPlans
+from ._console_sessions import PostgresConsoleSessions
 from ._rows import (EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of, subject_from_row,
                     subject_values)
 
@@ -69,7 +70,7 @@ _BATCH_UPDATE = (
     "WHERE subscriptions.subject = v.subject AND subscriptions.version = v.expected RETURNING subscriptions.subject")
 
 
-class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Store):
+class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, PostgresConsoleSessions, Store):
     channel = CHANNEL
     caches_grants = False     # other nodes spend credits too, and tell no node: grants are read when needed
 

@@ -30,11 +30,12 @@ from ._sqlite_file import StoreFile
 from ._sqlite_personal import SQLitePersonalData
 from ._sqlite_plans import SQLitePlans
 from ._sqlite_credits import SQLiteCredits
+from ._console_sessions import SQLiteConsoleSessions
 from ._sqlite_transactions import GroupCommit, WriteFailed, group_still_wanted, run_group, transaction
 
 
 
-class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, Store):
+class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, SQLiteConsoleSessions, Store):
     def __init__(self, database: str, synchronous: str = "NORMAL", checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = sqlite_path(database)
         self.synchronous = synchronous

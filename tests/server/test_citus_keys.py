@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from plangate.engine import SubjectState
-from plangate.server.store import AuditEntry, Change, EventRecord, Payment, StoredSubject
+from plangate.server.store import AuditEntry, Change, ConsoleSession, EventRecord, Payment, StoredSubject
 from plangate.server.store._base import Erasure
 from plangate.server.store._plans import Deploy, PlanRecord
 from plangate.server.store._migrations import migrations
@@ -160,6 +160,10 @@ async def _drive_plans(store: PostgresStore) -> None:
     await store.plan_versions(("v1", "v2"))
     await store.subjects_named(("paid",), ("pro",), 10, ("p_b",))
     await store.subjects_on(("v1",), 10, "a")
+    session = ConsoleSession("0" * 64, "Ada", True, "csrf", 180.0, 200.0)
+    await store.open_console_session(session, 1000, "1" * 64)
+    await store.console_session(session.id_hash)
+    await store.close_console_session(session.id_hash)
 
 
 class TestCitusKeys:

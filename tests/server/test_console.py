@@ -12,6 +12,7 @@ from plangate.server.console._session import COOKIE, FAILED_LOGINS
 from plangate.server.console.pages import SESSIONS
 from plangate.server.console.proposal import PREVIEWING
 from plangate.server.http.api import GATE
+from plangate.server.store import open_store
 
 from .conftest import ADMIN_TOKEN, PLAN, TOKEN
 from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
@@ -142,8 +143,28 @@ class TestAccess:
         async with session.get(gate.url + "/console/", allow_redirects=False) as r:
             assert r.status == 200 and "(admin)" in await r.text()
         sessions = gate.app[SESSIONS]
-        assert len(sessions) == 4       # the admin and the last three read-only ones: still bounded
-        assert sessions.get(readers[0]) is None and sessions.get(readers[-1]) is not None
+        with sqlite3.connect(gate.database) as db:      # the admin and the last three read-only ones: bounded
+            assert db.execute("SELECT admin, count(*) FROM console_sessions GROUP BY admin").fetchall() == \
+                [(0, 3), (1, 1)]
+        assert await sessions.get(readers[0]) is None and await sessions.get(readers[-1]) is not None
+
+    async def test_a_session_opened_on_one_node_is_known_to_the_other(self, start_gate, pg_dsn):
+        """Two nodes on one PostgreSQL database behind a load balancer (one browser, one cookie for the host):
+        a login on one is a session on both, and a logout on either ends it on both."""
+        first = await start_gate(database=pg_dsn, **WEBHOOK)
+        second = await start_gate(database=pg_dsn, **WEBHOOK)
+        async with new_session() as browser:
+            assert (await login(first.url, browser, ADMIN_TOKEN, label="Ada")).status == 303
+            sid = _sid(browser)
+            async with browser.get(second.url + "/console/", allow_redirects=False) as r:
+                page = await r.text()
+                assert r.status == 200 and "Ada" in page
+            async with browser.post(second.url + "/console/logout", data={"csrf": hidden(page, "csrf")},
+                                    allow_redirects=False) as r:
+                assert r.status == 303
+        async with new_session() as other:
+            async with other.get(first.url + "/console/", allow_redirects=False, cookies={COOKIE: sid}) as r:
+                assert r.status == 303
 
     async def test_wrong_tokens_are_limited_per_address_and_a_right_one_is_not_counted(self, console):
         gate, session = console
@@ -300,20 +321,53 @@ class TestProposedPlan:
             assert r.status == 403
 
 
-class TestBounds:
-    """The session and failure maps on their own clock: what the routes above cannot wait hours for."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_database(request, tmp_path) -> str:
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "s.sqlite3")
 
-    def test_expired_sessions_go_before_live_ones(self, monkeypatch):
+
+@pytest.fixture
+async def session_store(either_database):
+    store = open_store(either_database)
+    await store.open()
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+class TestBounds:
+    """Sessions and failures on their own clock: what the routes above cannot wait hours for."""
+
+    async def test_expired_sessions_go_before_live_ones(self, monkeypatch, session_store):
         monkeypatch.setattr(_session, "MAX_SESSIONS", 3)
         now = [0.0]
-        sessions = _session.Sessions(clock=lambda: now[0])
-        old, _ = sessions.open("old", False)
+        sessions = _session.Sessions(session_store, clock=lambda: now[0])
+        old, _ = await sessions.open("old", False)
         now[0] = _session.LIFETIME - 1
-        live, _ = sessions.open("live", False)
+        live, _ = await sessions.open("live", False)
         now[0] = _session.LIFETIME + 1      # old has expired, live has not
-        newest, _ = sessions.open("new", False)
-        assert len(sessions) == 2       # dropped at the next opening, with room to spare
-        assert sessions.get(live) is not None and sessions.get(newest) is not None and sessions.get(old) is None
+        newest, _ = await sessions.open("new", False)
+        assert await sessions.get(live) is not None and await sessions.get(newest) is not None
+        assert await sessions.get(old) is None
+        assert await session_store.console_session(_session._hashed(old)) is None     # gone, not only expired
+        now[0] += 1
+        await sessions.open("fourth", False)            # three now: live still there
+        assert await sessions.get(live) is not None
+        now[0] += 1
+        await sessions.open("fifth", False)             # the oldest goes
+        assert await sessions.get(live) is None and await sessions.get(newest) is not None
+
+    async def test_the_store_holds_a_hash_of_the_id_and_a_session_ends_once(self, session_store):
+        sessions = _session.Sessions(session_store)
+        sid, opened = await sessions.open("Ada", True)
+        assert await session_store.console_session(sid) is None
+        stored = await session_store.console_session(_session._hashed(sid))
+        assert stored == opened and stored.admin and stored.label == "Ada"
+        again, _ = await sessions.open("Ada", True, replacing=sid)
+        assert await sessions.get(sid) is None and await sessions.get(again) is not None
+        await sessions.close(again)
+        assert await sessions.get(again) is None
+        assert await sessions.get("x" * 5000) is None       # no hash of anything that long is ever asked for
 
     def test_failures_are_forgotten_after_their_window_and_addresses_are_bounded(self, monkeypatch):
         monkeypatch.setattr(_session, "MAX_ADDRESSES", 3)

@@ -13,7 +13,7 @@ while the stream was heard from within `staleness` seconds, else the client asks
 cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
 the copy cannot make exactly (a subject on an older plan version, credits deciding past a limit, enforcement
 off or the kill switch on at the gate) is asked too. Windows, timers and retry_after go by the gate's clock:
-each snapshot says the gate's time, and the client keeps its own clock's offset from it.
+each snapshot says the gate's time, and the client keeps its monotonic clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from urllib.parse import quote
 import aiohttp
 
 RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
+OFFSET_KEPT = 60.0              # seconds a measurement of the gate's clock stands against slower ones
 
 
 @dataclass
@@ -58,8 +59,12 @@ class LocalDecisions:
         self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
-        self.clock: Callable[[], float] = time.time     # this process's clock
-        self.offset = 0.0                   # the gate's clock minus this process's (measured by each snapshot)
+        # The gate's time is this process's monotonic clock plus `offset`: measured by the snapshots (the gate says
+        # its time in each), at first this process's own wall clock. A step of the wall clock here (NTP) moves
+        # nothing; one of the gate's reaches the client with its next snapshot.
+        self.clock: Callable[[], float] = time.monotonic
+        self.offset = time.time() - time.monotonic()
+        self._offset_rtt, self._offset_at = float("inf"), float("-inf")     # the measurement's round trip, time
         self.local_checks = 0               # checks decided here
         self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale
         self.reconnects = 0
@@ -137,9 +142,7 @@ class LocalDecisions:
                     if resp.status != 200:
                         return False
                     body = json.loads(await resp.read())
-                gate_now = body.get("now")
-                if isinstance(gate_now, (int, float)):  # read between the request and the answer: this is off
-                    self.offset = gate_now - (sent + self.clock()) / 2     # by half the round trip at most
+                self._measure(body.get("now"), sent, self.clock())
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
         finally:
@@ -152,6 +155,15 @@ class LocalDecisions:
         self.allowed = body["local"]
         self.copies[subject] = copy
         return True
+
+    def _measure(self, gate_now: Any, sent: float, received: float) -> None:
+        """The offset from the gate's time, read between sent and received: off by half that round trip at most.
+        A measurement replaces a closer one (a shorter round trip) only once that is OFFSET_KEPT seconds old."""
+        rtt = received - sent
+        if isinstance(gate_now, (int, float)) and (rtt <= self._offset_rtt or
+                                                   received - self._offset_at > OFFSET_KEPT):
+            self.offset = gate_now - (sent + received) / 2
+            self._offset_rtt, self._offset_at = rtt, received
 
     def counted(self, subject: str, meter: str, window_start: datetime | None, used: int | None) -> None:
         """The gate's answer to this client's own consume or usage: its count in the copy at once."""

@@ -41,6 +41,7 @@ SWEEP_CHUNK = 250
 REFRESH_AT = 0.75
 REFRESH_BATCH = 50
 REFRESH_MIN_TTL = 1.0
+_UNREADABLE = object()      # a subject whose row a refresh could not read
 _EXHAUSTED = Reason.QUOTA_EXHAUSTED
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
 
@@ -215,8 +216,16 @@ class Gate:
             rows, usage = await self.timed("refresh", self.store.load_many([s for s, _, _ in picked], windows))
         except StoreUnavailable:
             return 0
+        except Exception:       # a row this gate cannot read: each subject alone, so that it fails alone
+            try:
+                rows, usage = await self._read_alone(picked, usage_kept)
+            except StoreUnavailable:
+                return 0
         fresh = 0
         for (subject, old, current), stored in zip(picked, rows):
+            if stored is _UNREADABLE:
+                self._cache.pop(subject, None)      # its next request reads it, and fails, alone
+                continue
             if self._cache.get(subject) is not old:
                 continue            # changed (or dropped) while the store read it
             if stored is None:
@@ -231,6 +240,26 @@ class Gate:
             fresh += 1
         self.metrics.cache_refreshes.inc(fresh)
         return len(picked)
+
+    async def _read_alone(self, picked: list, usage_kept: bool) -> tuple[list, dict]:
+        """refresh_due's reading, a subject a store call: _UNREADABLE for a subject whose row fails to read
+        (logged, throttled); StoreUnavailable when the store fails."""
+        rows: list = []
+        usage: dict = {}
+        for subject, _, current in picked:
+            try:
+                found, used = await self.timed("refresh", self.store.load_many(
+                    [subject], [(subject, *w) for w in current] if usage_kept else []))
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this subject's alone
+                if self._throttle.ready("refresh_row"):
+                    log(logging.ERROR, "cache_refresh_failed", subject=subject, error=f"{type(exc).__name__}: {exc}")
+                rows.append(_UNREADABLE)
+                continue
+            rows.append(found[0])
+            usage.update(used)
+        return rows, usage
 
     def _cached_used(self, entry: _Entry, window: tuple[str, int]) -> int | None:
         """A window's usage (meter, start) if the cache may answer it: every count of the store is local, or

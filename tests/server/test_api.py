@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import sqlite3
 
 import pytest
@@ -309,15 +310,16 @@ class TestBadInput:
         assert (status, body["error"]) == (413, "body_too_large")
         assert body["message"] == "the body is larger than 1024 bytes"
 
-        async def slow_chunks():
+        async def endless():
             yield b'{"subject": "'
-            for _ in range(10):
-                await asyncio.sleep(0.01)      # the gate reads while the body is still coming
+            for _ in range(200):                # 10 s, 60 KB: refused at the limit, not read to its end
+                await asyncio.sleep(0.05)
                 yield b"a" * 300
-            yield b'", "meter": "requests"}'
 
-        status, body = await gate.post("/v1/consume", raw=slow_chunks())
+        started = time.monotonic()
+        status, body = await gate.post("/v1/consume", raw=endless())
         assert (status, body["error"], body["message"]) == (413, "body_too_large", "the body is larger than 1024 bytes")
+        assert time.monotonic() - started < 2
 
         async def slow_but_small():
             yield b'{"subject": "u1", '

@@ -79,29 +79,27 @@ async def test_what_another_writer_changed_shows_within_the_ttl_while_the_subjec
     assert {a["used"] for t, a in lowered if t > written + TTL} == {2}, seen
 
 
-async def test_a_row_the_gate_cannot_read_is_logged_and_the_refresher_goes_on(start_gate, database, caplog):
-    """Another process leaves a subject's row unreadable (its traits not JSON): the refresh that meets it fails
-    with an error that is not the store's, which is logged; the refresher goes on, and the other busy subjects
-    are still read again off the request path."""
+async def test_a_row_the_gate_cannot_read_fails_alone_and_the_refresher_goes_on(start_gate, database, caplog):
+    """Another process leaves a subject's row unreadable (its traits not JSON): the refresh that meets it reads
+    its subjects one by one, logs the unreadable one and drops it from the cache (its next request reads it, and
+    fails, alone); the others of its batch are read again as always, never on the request path."""
     caplog.set_level(logging.ERROR, logger="plangate")
     served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
     gate = _gate_of(served)
     for subject, key in (("broken", "k1"), ("sound", "k2")):
         assert (await served.consume(subject, 1, key=key))[0] == 200      # stored rows
-    asking = asyncio.create_task(_keep_asking(served, "sound", 4 * TTL))
-    assert (await served.check("broken"))[0] == 200
-    assert (await served.check("broken"))[0] == 200                       # asked for since it was read: due
+    for subject in ("broken", "broken", "sound"):
+        assert (await served.check(subject))[0] == 200                    # asked for since read: due together
+    missed = gate.metrics.cache.labels("miss").value
+    asking = asyncio.create_task(_keep_asking(served, "sound", 3 * TTL))
     with sqlite3.connect(database) as db:
         db.execute("UPDATE subscriptions SET traits = 'not json' WHERE subject = 'broken'")
-    await asyncio.sleep(1.5 * TTL)
-    failed = [r for r in caplog.records if r.getMessage() == "cache_refresh_failed"]
-    assert failed and "JSONDecodeError" in failed[0].fields["error"]
-    # The failed round's entries expired, and "sound" was read once on the request path; from then on it is
-    # read again in the background only.
-    refreshed, missed = gate.metrics.cache_refreshes.value, gate.metrics.cache.labels("miss").value
     answers = await asking
-    assert gate.metrics.cache_refreshes.value >= refreshed + 2
-    assert gate.metrics.cache.labels("miss").value == missed
+    failed = [r for r in caplog.records if r.getMessage() == "cache_refresh_failed"]
+    assert failed and failed[0].fields["subject"] == "broken" and "JSONDecodeError" in failed[0].fields["error"]
+    assert "broken" not in gate._cache
+    assert gate.metrics.cache_refreshes.value >= 3                        # "sound", every 0.75 TTL
+    assert gate.metrics.cache.labels("miss").value == missed              # never on the request path
     assert {a["used"] for _, a in answers} == {1}
 
 

@@ -368,7 +368,7 @@ async def test_a_client_whose_clock_is_off_decides_by_the_gates_clock(gate):
             GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
         first = await there.check("skewed", "requests")
         behind = (first.resets_at - first.window_start).total_seconds() + 60
-        here.local.clock = lambda: time.time() - behind
+        here.local.clock = lambda: time.time() - behind     # (a wall clock, to be a window behind)
         await here.check("skewed", "requests")
         assert await here.local.ready()
         for step in range(4):
@@ -377,3 +377,14 @@ async def test_a_client_whose_clock_is_off_decides_by_the_gates_clock(gate):
             _same(local, remote)
         assert abs(here.local.offset - behind) < 1
         assert (local.used, local.allowed, local.reason) == (16, False, "quota_exhausted")
+
+
+def test_the_closest_measurement_of_the_gates_clock_stands_for_a_while():
+    local = GateClient("http://127.0.0.1:9", TOKEN, local=True).local
+    local._measure(1000.0, 10.0, 10.002)            # a 2 ms round trip: offset 989.999
+    local._measure(1100.0, 20.0, 20.5)              # 0.5 s (a slow snapshot): not taken
+    assert local.offset == pytest.approx(989.999)
+    local._measure("soon", 30.0, 30.001)            # no time in it (an older gate): nothing
+    assert local.offset == pytest.approx(989.999)
+    local._measure(1200.0, 100.0, 100.5)            # slower, but the close one is over OFFSET_KEPT old
+    assert local.offset == pytest.approx(1099.75)

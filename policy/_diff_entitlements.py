@@ -7,7 +7,7 @@ as a lowered quota is: `plangate diff` marks it, and with --database it counts t
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._diff_model import Area, Effect, PlanChange, at
@@ -18,15 +18,12 @@ from ._model import Plan
 
 def features(old: Plan, new: Plan) -> Iterator[PlanChange]:
     """The plan's own features, declared or not any more."""
-    after = {f.name: f for f in new.features}
-    for f in old.features:
-        if f.name not in after:
-            yield PlanChange(Area.FEATURE, Effect.REMOVED, f"feature '{f.name}' removed: a check for it is refused "
+    for was, now in _pairs(old.features, new.features, lambda f: f.name):
+        if now is None:
+            yield PlanChange(Area.FEATURE, Effect.REMOVED, f"feature '{was.name}' removed: a check for it is refused "
                              "(422 unknown_feature)", at(new, "features"), lowered=True)
-    before = {f.name for f in old.features}
-    for f in new.features:
-        if f.name not in before:
-            yield PlanChange(Area.FEATURE, Effect.ADDED, f"feature '{f.name}' added", f.location)
+        elif was is None:
+            yield PlanChange(Area.FEATURE, Effect.ADDED, f"feature '{now.name}' added", now.location)
 
 
 def feature_changes(owner: str, old: tuple[str, ...], new: tuple[str, ...], where: Location,
@@ -61,20 +58,16 @@ def grant_changes(owner: str, old: tuple[PeriodGrant, ...], new: tuple[PeriodGra
 
 
 def addons(old: Plan, new: Plan) -> Iterator[PlanChange]:
-    after = {a.name: a for a in new.addons}
-    for a in old.addons:
-        now = after.get(a.name)
+    for was, now in _pairs(old.addons, new.addons, lambda a: a.name):
         if now is None:
-            yield PlanChange(Area.ADDON, Effect.REMOVED, f"add-on '{a.name}' removed: its prices "
-                             f"({', '.join(a.prices)}) add nothing any more{_gave(a)}", at(new, "addons"),
+            yield PlanChange(Area.ADDON, Effect.REMOVED, f"add-on '{was.name}' removed: its prices "
+                             f"({', '.join(was.prices)}) add nothing any more{_gave(was)}", at(new, "addons"),
                              lowered=True)
+        elif was is None:
+            yield PlanChange(Area.ADDON, Effect.ADDED, f"add-on '{now.name}' added (prices {', '.join(now.prices)})",
+                             now.location)
         else:
-            yield from _addon_changes(a, now)
-    before = {a.name for a in old.addons}
-    for a in new.addons:
-        if a.name not in before:
-            yield PlanChange(Area.ADDON, Effect.ADDED, f"add-on '{a.name}' added (prices {', '.join(a.prices)})",
-                             a.location)
+            yield from _addon_changes(was, now)
 
 
 def _addon_changes(old: Addon, new: Addon) -> Iterator[PlanChange]:
@@ -97,20 +90,16 @@ def _addon_changes(old: Addon, new: Addon) -> Iterator[PlanChange]:
 
 def credit_rules(old: Plan, new: Plan) -> Iterator[PlanChange]:
     """The credits of each meter: the packs that buy them, how long they last, their order, on cancel."""
-    after = {c.meter: c for c in new.credits}
-    for c in old.credits:
-        now = after.get(c.meter)
+    for was, now in _pairs(old.credits, new.credits, lambda c: c.meter):
         if now is None:
-            yield PlanChange(Area.CREDITS, Effect.REMOVED, f"credits of {c.meter} removed: its packs "
-                             f"({', '.join(p for p, _ in c.packs)}) buy nothing any more", at(new, "credits"),
+            yield PlanChange(Area.CREDITS, Effect.REMOVED, f"credits of {was.meter} removed: its packs "
+                             f"({', '.join(p for p, _ in was.packs)}) buy nothing any more", at(new, "credits"),
                              lowered=True)
+        elif was is None:
+            yield PlanChange(Area.CREDITS, Effect.ADDED, f"credits of {now.meter} added (packs "
+                             f"{', '.join(f'{p}: {n}' for p, n in now.packs)})", now.location)
         else:
-            yield from _credit_changes(c, now)
-    before = {c.meter for c in old.credits}
-    for c in new.credits:
-        if c.meter not in before:
-            yield PlanChange(Area.CREDITS, Effect.ADDED, f"credits of {c.meter} added (packs "
-                             f"{', '.join(f'{p}: {n}' for p, n in c.packs)})", c.location)
+            yield from _credit_changes(was, now)
 
 
 def _credit_changes(old: CreditRule, new: CreditRule) -> Iterator[PlanChange]:
@@ -139,6 +128,18 @@ def _credit_changes(old: CreditRule, new: CreditRule) -> Iterator[PlanChange]:
     if old.on_cancel != new.on_cancel:
         yield PlanChange(Area.CREDITS, Effect.CHANGED, f"{owner}: on cancel {old.on_cancel.value} -> "
                          f"{new.on_cancel.value}", where, lowered=new.on_cancel is OnCancel.FORFEIT)
+
+
+def _pairs(old: Iterable[Any], new: Iterable[Any], key: Callable[[Any], str]) -> Iterator[tuple[Any, Any]]:
+    """(old item, new item) by key, in the old plan's order and then the new one's: None for the side without."""
+    after = {key(i): i for i in new}
+    before = set()
+    for item in old:
+        before.add(key(item))
+        yield item, after.get(key(item))
+    for name, item in after.items():
+        if name not in before:
+            yield None, item
 
 
 def _names(features: tuple[str, ...] | list[str]) -> str:

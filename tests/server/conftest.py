@@ -18,6 +18,7 @@ from plangate.engine import compile_file
 from plangate.server.http.app import create_app
 from plangate.server.config import Config
 from plangate.server.store import open_store
+from tests import postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans.yaml"
@@ -85,6 +86,19 @@ def token_for(path: str) -> str:
 
 def config_for(database: str, **env) -> Config:
     return Config.from_env({**BASE_ENV, "PLANGATE_DATABASE": database, **env}, env_file=None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path):
+    """An open, migrated store of each kind: a real SQLite file, a fresh real PostgreSQL database."""
+    dsn = await postgres.create_database() if request.param == "postgresql" else str(tmp_path / "store.sqlite3")
+    s = open_store(dsn)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+    if request.param == "postgresql":
+        await postgres.drop_database(dsn)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from plangate.server.console._session import COOKIE, FAILED_LOGINS
 from plangate.server.console.pages import SESSIONS
 from plangate.server.console.proposal import PREVIEWING
 from plangate.server.http.api import GATE
-from plangate.server.store import open_store
 
 from .conftest import ADMIN_TOKEN, PLAN, TOKEN
 from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
@@ -321,27 +320,13 @@ class TestProposedPlan:
             assert r.status == 403
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def either_database(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "s.sqlite3")
-
-
-@pytest.fixture
-async def session_store(either_database):
-    store = open_store(either_database)
-    await store.open()
-    await store.migrate()
-    yield store
-    await store.close()
-
-
 class TestBounds:
     """Sessions and failures on their own clock: what the routes above cannot wait hours for."""
 
-    async def test_expired_sessions_go_before_live_ones(self, monkeypatch, session_store):
+    async def test_expired_sessions_go_before_live_ones(self, monkeypatch, store):
         monkeypatch.setattr(_session, "MAX_SESSIONS", 3)
         now = [0.0]
-        sessions = _session.Sessions(session_store, clock=lambda: now[0])
+        sessions = _session.Sessions(store, clock=lambda: now[0])
         old, _ = await sessions.open("old", False)
         now[0] = _session.LIFETIME - 1
         live, _ = await sessions.open("live", False)
@@ -349,7 +334,7 @@ class TestBounds:
         newest, _ = await sessions.open("new", False)
         assert await sessions.get(live) is not None and await sessions.get(newest) is not None
         assert await sessions.get(old) is None
-        assert await session_store.console_session(_session._hashed(old)) is None     # gone, not only expired
+        assert await store.console_session(_session._hashed(old)) is None     # gone, not only expired
         now[0] += 1
         await sessions.open("fourth", False)            # three now: live still there
         assert await sessions.get(live) is not None
@@ -357,11 +342,11 @@ class TestBounds:
         await sessions.open("fifth", False)             # the oldest goes
         assert await sessions.get(live) is None and await sessions.get(newest) is not None
 
-    async def test_the_store_holds_a_hash_of_the_id_and_a_session_ends_once(self, session_store):
-        sessions = _session.Sessions(session_store)
+    async def test_the_store_holds_a_hash_of_the_id_and_a_session_ends_once(self, store):
+        sessions = _session.Sessions(store)
         sid, opened = await sessions.open("Ada", True)
-        assert await session_store.console_session(sid) is None
-        stored = await session_store.console_session(_session._hashed(sid))
+        assert await store.console_session(sid) is None
+        stored = await store.console_session(_session._hashed(sid))
         assert stored == opened and stored.admin and stored.label == "Ada"
         again, _ = await sessions.open("Ada", True, replacing=sid)
         assert await sessions.get(sid) is None and await sessions.get(again) is not None

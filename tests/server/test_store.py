@@ -21,18 +21,6 @@ from plangate.server.store._migrations import migrations, statements
 from plangate.server.store._base import state_from_json, state_json
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request, tmp_path):
-    dsn = await postgres.create_database() if request.param == "postgresql" else str(tmp_path / "store.sqlite3")
-    s = open_store(dsn)
-    await s.open()
-    await s.migrate()
-    yield s
-    await s.close()
-    if request.param == "postgresql":
-        await postgres.drop_database(dsn)
-
-
 @pytest.fixture
 async def pg_store(pg_dsn):
     s = open_store(pg_dsn)

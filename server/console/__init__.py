@@ -9,16 +9,16 @@ from aiohttp import web
 from . import operations, pages, proposal
 from .pages import FAILED, SESSIONS, TOKENS, Refused
 from ..logs import log
-from ..store import Store
+from ..gate import Gate
 from ._html import page
 from ._session import FailedLogins, Sessions
 
 __all__ = ["setup"]
 
 
-def setup(app: web.Application, store: Store, api_tokens: tuple[str, ...], admin_tokens: tuple[str, ...]) -> None:
-    """Add the console's routes (before the API's catch-all 404); its sessions live in `store`."""
-    app[SESSIONS] = Sessions(store)
+def setup(app: web.Application, gate: Gate, api_tokens: tuple[str, ...], admin_tokens: tuple[str, ...]) -> None:
+    """Add the console's routes (before the API's catch-all 404); its sessions live in the gate's store."""
+    app[SESSIONS] = Sessions(gate)
     app[FAILED] = FailedLogins()
     app[proposal.PREVIEWING] = asyncio.Lock()
     app[TOKENS] = (tuple(f"Bearer {t}" for t in api_tokens), tuple(f"Bearer {t}" for t in admin_tokens))

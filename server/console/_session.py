@@ -8,7 +8,8 @@ import hmac
 import secrets
 import time
 
-from ..store import ConsoleSession, Store
+from ..gate import Gate, StoreUnavailable
+from ..store import ConsoleSession
 
 COOKIE = "plangate_console"
 LOGIN_COOKIE = "plangate_console_login"   # the login form's own CSRF token (double submit): no session yet
@@ -18,33 +19,53 @@ MAX_SESSIONS = 1000        # per scope, the oldest first: a flood of logins cann
 FAILED_LOGINS = 10         # wrong tokens an address may give per FAILED_WINDOW before it is answered 429
 FAILED_WINDOW = 60.0
 MAX_ADDRESSES = 10000      # addresses whose failures are remembered; the oldest is forgotten first
+REMEMBERED = 600.0         # seconds a session seen in the store still opens pages while the store cannot be read
 
 
 class Sessions:
     """The console's sessions, kept in the store: every gate process on it knows them (a console behind a load
-    balancer), and a restart logs nobody out. The store holds the SHA-256 of a session id, never the id."""
+    balancer), and a restart logs nobody out. The store holds the SHA-256 of a session id, never the id. Each
+    store call runs within the gate's time budget (StoreUnavailable past it). While the store cannot be read,
+    a session this process saw in the store within REMEMBERED seconds still opens the pages (the health page
+    says what is wrong); a logout elsewhere reaches this process once the store answers again."""
 
-    def __init__(self, store: Store, clock=time.time):
-        self._store = store
+    def __init__(self, gate: Gate, clock=time.time):
+        self._gate = gate
         self._clock = clock
+        self._seen: dict[str, tuple[float, ConsoleSession]] = {}     # id hash -> (when seen, session), oldest first
 
     async def open(self, label: str, admin: bool, replacing: str | None = None) -> tuple[str, ConsoleSession]:
         """A new session; the one the browser presented (replacing) ends, so a login never leaves two. Past
         MAX_SESSIONS of its scope the oldest ends; expired ones end first."""
         sid, now = secrets.token_urlsafe(32), self._clock()
         session = ConsoleSession(_hashed(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME)
-        await self._store.open_console_session(session, MAX_SESSIONS, _hashed(replacing) if replacing else None)
+        ended = _hashed(replacing) if replacing else None
+        await self._gate.timed("session", self._gate.store.open_console_session(session, MAX_SESSIONS, ended))
+        self._seen.pop(ended or "", None)
         return sid, session
 
     async def get(self, sid: str | None) -> ConsoleSession | None:
         if not sid or len(sid) > 100:
             return None
-        session = await self._store.console_session(_hashed(sid))
-        return session if session is not None and session.expires > self._clock() else None
+        id_hash, now = _hashed(sid), self._clock()
+        try:
+            session = await self._gate.timed("session", self._gate.store.console_session(id_hash))
+        except StoreUnavailable:
+            seen, session = self._seen.get(id_hash, (0.0, None))
+            if session is None or now - seen > REMEMBERED:
+                raise
+        else:
+            self._seen.pop(id_hash, None)
+            if session is not None:
+                while len(self._seen) >= MAX_SESSIONS:
+                    del self._seen[next(iter(self._seen))]
+                self._seen[id_hash] = (now, session)
+        return session if session is not None and session.expires > now else None
 
     async def close(self, sid: str | None) -> None:
         if sid and len(sid) <= 100:
-            await self._store.close_console_session(_hashed(sid))
+            self._seen.pop(_hashed(sid), None)
+            await self._gate.timed("session", self._gate.store.close_console_session(_hashed(sid)))
 
 
 def _hashed(sid: str) -> str:

@@ -17,7 +17,7 @@ from ..http._input import BadRequest, subject as subject_id
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
 from ._html import csrf_field, e, link, page, subject_path
-from ..store import ConsoleSession, StoreError
+from ..store import ConsoleSession
 from ._session import COOKIE, LOGIN_COOKIE, FailedLogins, Sessions, same
 from ._svg import plan_diagram, transitions_table, usage_bars, usage_history
 
@@ -54,7 +54,7 @@ async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
 async def _session(request: web.Request) -> ConsoleSession:
     try:
         session = await request.app[SESSIONS].get(request.cookies.get(COOKIE))
-    except StoreError:
+    except StoreUnavailable:
         raise _refused(503, "The store cannot be read right now, so your session cannot be checked: try again "
                             "shortly.") from None
     if session is None:
@@ -131,7 +131,7 @@ async def login(request: web.Request) -> web.Response:
         return _login_page(request, "Wrong token.", 401)
     try:
         sid, _ = await request.app[SESSIONS].open(label, is_admin, replacing=request.cookies.get(COOKIE))
-    except StoreError:
+    except StoreUnavailable:
         return _login_page(request, "The store cannot be written right now, so no session can open: try again "
                                     "shortly.", 503)
     response = web.HTTPSeeOther("/console/")
@@ -144,7 +144,7 @@ async def logout(request: web.Request) -> web.Response:
     await _posted(request)
     try:
         await request.app[SESSIONS].close(request.cookies.get(COOKIE))
-    except StoreError:
+    except StoreUnavailable:
         raise _refused(503, "The store cannot be written right now, so your session could not end: try again "
                             "shortly.") from None
     response = web.HTTPSeeOther("/console/login")

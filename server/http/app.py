@@ -54,7 +54,7 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     plans = PlanKeeper(gate, config.plans)
     app[plan_api.PLANS] = plans
     app[console_api.CENSUS] = console_api.SharedCensus()
-    console.setup(app, store, config.api_tokens, config.admin_tokens)   # before _add_routes' catch-all 404
+    console.setup(app, gate, config.api_tokens, config.admin_tokens)   # before _add_routes' catch-all 404
     _add_routes(app, (*api.ROUTES, *plan_api.ROUTES, *console_api.ROUTES, *stream_api.ROUTES,
                       ("POST", "/webhook/stripe", webhook.receive)),
                 _Guard(Tokens(config.api_tokens, config.admin_tokens), metrics, client_max_size))

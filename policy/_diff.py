@@ -126,6 +126,9 @@ def _tiers(old: Plan, new: Plan) -> Iterator[PlanChange]:
         reached.add(now.name)
         if move is None or move.how is How.RENAMED:
             yield from _tier_changes(t, now)
+        else:       # retired into `now`: what its subscribers get there instead
+            yield from _retired_into(f"tier '{t.name}' (retired into '{now.name}')", t, now, move.location,
+                                     tiers=(t.name,))
     for t in new.tiers:
         if t.name not in reached and old.tier(t.name) is None:
             yield PlanChange(Area.TIER, Effect.ADDED, f"tier '{t.name}' added (prices {', '.join(t.prices)})",
@@ -154,6 +157,16 @@ def _tier_changes(old: Tier, new: Tier) -> Iterator[PlanChange]:
                                             tiers=(old.name,))
     yield from entitlements.grant_changes(f"tier '{name}'", old.credits, new.credits, new.location,
                                           tiers=(old.name,))
+
+
+def _retired_into(owner: str, old: Tier | Status, new: Tier | Status, where: Location,
+                  **affects: Any) -> Iterator[PlanChange]:
+    """What subjects of a retired tier or status get in the one they move to: its quotas, features, credits."""
+    for change in _quota_changes(owner, old.quotas, new.quotas, where):
+        yield replace(change, location=where, **affects)
+    yield from entitlements.feature_changes(owner, old.features, new.features, where, **affects)
+    if isinstance(old, Tier) and isinstance(new, Tier):
+        yield from entitlements.grant_changes(owner, old.credits, new.credits, where, **affects)
 
 
 def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
@@ -203,10 +216,13 @@ def _statuses(old: Plan, new: Plan) -> Iterator[PlanChange]:
         if move is None or move.how is How.RENAMED:
             reached.add(now.name)
             yield from _status_changes(s, now)
-        elif s.expires_after is not None:
+            continue
+        if s.has_timer:
             yield PlanChange(Area.TIMER, Effect.CHANGED,
-                             f"status '{s.name}': its running timers ({s.expires_after_text}) "
+                             f"status '{s.name}': its running timers ({s.expires_after_text or s.expires_at_text}) "
                              f"end; subjects enter '{now.name}' afresh", move.location, statuses=(s.name,))
+        yield from _retired_into(f"status '{s.name}' (retired into '{now.name}')", s, now, move.location,
+                                 statuses=(s.name,))
     for s in new.statuses:
         if s.name not in reached and old.status(s.name) is None:
             yield PlanChange(Area.STATUS, Effect.ADDED, f"status '{s.name}' added", s.location)

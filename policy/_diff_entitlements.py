@@ -52,17 +52,18 @@ def grant_changes(owner: str, old: tuple[PeriodGrant, ...], new: tuple[PeriodGra
             yield PlanChange(Area.CREDITS, Effect.ADDED, f"{owner}: {now.describe()} of {meter}", now.location,
                              **affects)
         else:
-            yield PlanChange(Area.CREDITS, Effect.CHANGED, f"{owner}: {meter} credits {was.describe()} -> "
-                             f"{now.describe()}", now.location,
-                             lowered=now.amount < was.amount or now.rollover < was.rollover, **affects)
+            yield PlanChange(Area.CREDITS, Effect.CHANGED, f"{owner}: {meter}: {was.describe()} -> "
+                             f"{now.describe()}", now.location, lowered=_fewer(was, now), **affects)
 
 
 def addons(old: Plan, new: Plan) -> Iterator[PlanChange]:
     for was, now in _pairs(old.addons, new.addons, lambda a: a.name):
         if now is None:
-            yield PlanChange(Area.ADDON, Effect.REMOVED, f"add-on '{was.name}' removed: its prices "
-                             f"({', '.join(was.prices)}) add nothing any more{_gave(was)}", at(new, "addons"),
-                             lowered=True)
+            heirs = [a.name for a in new.addons if set(a.prices) & set(was.prices)]
+            then = f"its prices now buy {', '.join(repr(h) for h in heirs)} (from each subscription's next event)" \
+                if heirs else f"its prices ({', '.join(was.prices)}) buy nothing any more"
+            yield PlanChange(Area.ADDON, Effect.REMOVED, f"add-on '{was.name}' removed: subjects holding it lose "
+                             f"what it gave{_gave(was)} now, and {then}", at(new, "addons"), lowered=True)
         elif was is None:
             yield PlanChange(Area.ADDON, Effect.ADDED, f"add-on '{now.name}' added (prices {', '.join(now.prices)})",
                              now.location)
@@ -130,6 +131,22 @@ def _credit_changes(old: CreditRule, new: CreditRule) -> Iterator[PlanChange]:
                          f"{new.on_cancel.value}", where, lowered=new.on_cancel is OnCancel.FORFEIT)
 
 
+# Days in a window, to compare grants per window of another length; a billing period is the price's own (a month
+# or a year): a change to or from it cannot be compared, and is marked as a loss for someone to look at.
+_DAYS = {"day": 1.0, "week": 7.0, "month": 30.44}
+
+
+def _fewer(was: PeriodGrant, now: PeriodGrant) -> bool:
+    """Does a tier's grant give less than it did: fewer credits a day, or less carried over?"""
+    if now.rollover < was.rollover:
+        return True
+    if was.window == now.window:
+        return now.amount < was.amount
+    if was.window not in _DAYS or now.window not in _DAYS:
+        return True
+    return now.amount / _DAYS[now.window] < was.amount / _DAYS[was.window]
+
+
 def _pairs(old: Iterable[Any], new: Iterable[Any], key: Callable[[Any], str]) -> Iterator[tuple[Any, Any]]:
     """(old item, new item) by key, in the old plan's order and then the new one's: None for the side without."""
     after = {key(i): i for i in new}
@@ -148,4 +165,4 @@ def _names(features: tuple[str, ...] | list[str]) -> str:
 
 def _gave(addon: Addon) -> str:
     gave = [*(f"feature {f}" for f in addon.features), *(f"+{n} {m} a unit" for m, n in addon.quotas)]
-    return f" (it gave {', '.join(gave)})" if gave else ""
+    return f" ({', '.join(gave)})" if gave else ""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from plangate.engine import StateTable, UnknownStatus, compile_plan
-from plangate.policy import Area, ExistingSubscribers, Impact, PlanChange, PlanDiff, stranded
+from plangate.policy import TIER_FEATURES, Area, ExistingSubscribers, Impact, Plan, PlanChange, PlanDiff, stranded
 from plangate.policy.cli import ImpactError
 
 from .config import shown_address
@@ -53,11 +53,21 @@ async def impact_in(store, result: PlanDiff, now: float) -> list[Impact]:
     return out
 
 
+def reached(census: Census, old: Plan, change: PlanChange) -> int:
+    """How many stored subjects a change reaches: those in its statuses and on its tiers; of a tier's features,
+    only those in a status that grants its tier's features (a subject with no tier has the default one)."""
+    if change.area is Area.FEATURE and change.tiers and not change.statuses:
+        takes = {s.name for s in old.statuses if TIER_FEATURES in s.features}
+        return sum(n for status, tier, _, n in census.rows
+                   if status in takes and (tier or old.default_tier) in change.tiers)
+    return sum(census.statuses.get(s, 0) for s in change.statuses) + \
+        sum(census.tiers.get(t, 0) for t in change.tiers)
+
+
 async def _change_impact(store, census: Census, old: StateTable, change: PlanChange, now: float) -> Impact | None:
     if change.strands:
         return None     # counted by the census above, by name
-    subjects = sum(census.statuses.get(s, 0) for s in change.statuses) + \
-        sum(census.tiers.get(t, 0) for t in change.tiers)
+    subjects = reached(census, old.plan, change)
     if not subjects or change.area is Area.TRANSITION:
         return None
     if change.lowered and change.meter is not None:

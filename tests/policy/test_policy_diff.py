@@ -56,13 +56,21 @@ class TestChanges:
         (retired,) = [c for c in result.changes if c.effect is Effect.RETIRED]
         assert retired.message == "status 'billing_problem' was removed; its subjects go to 'canceled' (retired)"
         assert not result.strands
+        (denied,) = [c for c in result.changes if c.area is Area.QUOTA]
+        assert (denied.message, denied.lowered, denied.statuses) == (
+            "status 'billing_problem' (retired into 'canceled'): no quota for requests any more (5 per day before): "
+            "that meter is denied", True, ("billing_problem",))
 
     def test_a_removed_tier_strands_and_a_retired_one_does_not(self):
         old = plan(BASE, "old.yaml")
         (change,) = diff(old, plan(edited(*WITHOUT_TEAM))).changes
         assert (change.area, change.effect, change.tiers, change.strands) == (Area.TIER, Effect.REMOVED, ("team",), True)
         retired = diff(old, plan(edited(*WITHOUT_TEAM) + RETIRE_TEAM))
-        assert [(c.effect, c.strands) for c in retired.changes] == [(Effect.RETIRED, False)]
+        assert [(c.effect, c.strands, c.lowered, c.tiers) for c in retired.changes] == [
+            (Effect.RETIRED, False, False, ("team",)), (Effect.CHANGED, False, True, ("team",))]
+        # what its subscribers get in the tier they move to, said like any other change of their quota
+        assert retired.changes[1].message == "tier 'team' (retired into 'pro'): requests quota lowered, 20000 per " \
+            "billing period -> 5000 per billing period"
 
     def test_a_renamed_tier(self):
         result = diff(plan(BASE, "old.yaml"), plan(renamed("team", "business")))
@@ -136,8 +144,8 @@ class TestEntitlements:
                       ("    prices: [price_export_pack_monthly]\n    quotas:\n      exports: 500",
                        "    prices: [price_export_pack_yearly]\n    quotas:\n      exports: 300"))
         assert changed(SAAS, new) == [
-            (Area.ADDON, Effect.REMOVED, "add-on 'audit_log_addon' removed: its prices (price_audit_log_monthly) add "
-             "nothing any more (it gave feature audit_log)", True, (), ()),
+            (Area.ADDON, Effect.REMOVED, "add-on 'audit_log_addon' removed: subjects holding it lose what it gave "
+             "(feature audit_log) now, and its prices (price_audit_log_monthly) buy nothing any more", True, (), ()),
             (Area.ADDON, Effect.CHANGED, "add-on 'export_pack': price price_export_pack_monthly no longer buys it",
              True, (), ()),
             (Area.ADDON, Effect.CHANGED, "add-on 'export_pack': price price_export_pack_yearly now buys it", False,
@@ -156,9 +164,34 @@ class TestEntitlements:
             (Area.CREDITS, Effect.CHANGED, "credits of tokens: bought credits last 365d -> 30d (from the next "
              "purchase)", True, (), ()),
             (Area.CREDITS, Effect.CHANGED, "credits of tokens: on cancel keep -> forfeit", True, (), ()),
-            (Area.CREDITS, Effect.CHANGED, "tier 'starter': tokens credits 200000 credits per billing period, up to "
-             "100000 unspent carried over -> 100000 credits per billing period, up to 100000 unspent carried over",
-             True, ("starter",), ())]
+            (Area.CREDITS, Effect.CHANGED, "tier 'starter': tokens: 200000 credits per billing period, up to 100000 "
+             "unspent carried over -> 100000 credits per billing period, up to 100000 unspent carried over", True,
+             ("starter",), ())]
+
+    def test_a_renamed_add_on_and_a_grant_over_a_longer_window(self):
+        renamed_addon = swapped(SAAS, ("  audit_log_addon:\n", "  audit_addon:\n"))
+        assert [c[2:4] for c in changed(SAAS, renamed_addon)] == [
+            ("add-on 'audit_log_addon' removed: subjects holding it lose what it gave (feature audit_log) now, and "
+             "its prices now buy 'audit_addon' (from each subscription's next event)", True),
+            ("add-on 'audit_addon' added (prices price_audit_log_monthly)", False)]
+        daily = swapped(AI, ("      tokens: {amount: 200000, per: billing_period, rollover: 100000}",
+                             "      tokens: {amount: 10000, per: day, rollover: 100000}"))
+        weekly = swapped(daily, ("{amount: 10000, per: day,", "{amount: 10000, per: week,"))
+        monthly = swapped(daily, ("{amount: 10000, per: day,", "{amount: 200000, per: month,"))
+        assert [c[3] for c in changed(daily, weekly)] == [True]          # 10,000 a week instead of a day
+        assert [c[3] for c in changed(daily, monthly)] == [True]         # 6,570 a day instead of 10,000
+        assert [c[3] for c in changed(weekly, daily)] == [False]
+        assert [c[3] for c in changed(AI, daily)] == [True]              # from a billing period: cannot tell
+
+    def test_a_tier_retired_into_another_says_what_its_subscribers_lose(self):
+        retired = swapped(SAAS, ("  team:\n    prices: [price_team_seat_monthly]\n    features: [custom_domain, sso, "
+                                 "audit_log]\n    quotas:\n      # Per seat: a team of 5 exports 500 a month, and calls "
+                                 "300 a minute.\n      exports: {limit: 100, per: month, anchor: billing, per_unit: "
+                                 "quantity}\n      api_calls: {limit: 60, per: minute, per_unit: quantity}\n", ""),
+                          ("default_tier: pro\n", "default_tier: pro\nretired:\n  tiers: {team: pro}\n"))
+        features = [c for c in changed(SAAS, retired) if c[0] is Area.FEATURE]
+        assert features == [(Area.FEATURE, Effect.CHANGED, "tier 'team' (retired into 'pro'): features custom_domain, "
+                             "sso, audit_log -> custom_domain (loses sso, audit_log)", True, ("team",), ())]
 
     def test_the_command_marks_what_subscribers_lose(self, tmp_path):
         old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"

@@ -12,6 +12,7 @@ from plangate.cli import main
 from tests import postgres
 from tests.plan_change import V1, WITHOUT_BILLING_PROBLEM, edited, lowered_pro
 
+from .conftest import ROOT
 from .test_plan_change import Rig
 
 
@@ -101,3 +102,20 @@ def test_without_the_server_extra_database_says_what_to_install(tmp_path):
             f"sys.exit(main(['diff', {str(old)!r}, {str(new)!r}, '--database', 'x.sqlite3']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "pip install 'plangate[server]'" in done.stderr
+
+
+def test_a_tiers_lost_feature_reaches_only_subjects_in_statuses_that_grant_the_tiers_features():
+    """examples/saas: paid and past_due grant the tier's features, free and ended do not; a subject stored
+    without a tier has the default tier (pro)."""
+    from plangate.policy import check_text
+    from plangate.policy._diff import diff as plan_diff
+    from plangate.server.plan_impact import reached
+    from plangate.server.store._plans import Census
+
+    text = (ROOT / "examples" / "saas" / "plans.yaml").read_text(encoding="utf-8")
+    old = check_text(text, "old.yaml").plan
+    new = check_text(text.replace("    features: [custom_domain]\n", "    features: []\n", 1), "new.yaml").plan
+    (change,) = [c for c in plan_diff(old, new).changes if c.tiers == ("pro",)]
+    census = Census((("paid", "pro", "v", 3), ("past_due", None, "v", 2), ("free", "pro", "v", 7),
+                     ("ended", None, "v", 11), ("paid", "team", "v", 5)))
+    assert reached(census, old, change) == 3 + 2

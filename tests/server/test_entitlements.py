@@ -103,6 +103,22 @@ class TestFeaturesAndSeats:
         body = await view(gate, "ws1")
         assert (body["features"], body["quantity"]) == (["custom_domain", "sso", "audit_log"], 8)
 
+    async def test_consumes_count_up_to_the_seats_limit_and_no_further(self, start):
+        """5 seats of 100 exports: 500 counted, then refused; never allowed without being counted."""
+        gate = await start(SAAS)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("ws5", "workspace", "price_team_seat_monthly", 5), NOW - 60))
+        first = await consume(gate, "ws5", "exports", 97)
+        assert (first["allowed"], first["counted"], first["limit"]) == (True, True, 500)
+        for n in range(1, 5):
+            more = await consume(gate, "ws5", "exports", 100)
+            assert (more["allowed"], more["counted"], more["used"]) == (True, True, 97 + 100 * n), more
+        past = await consume(gate, "ws5", "exports", 4)
+        assert (past["allowed"], past["counted"], past["used"], past["reason"]) == (False, False, 497,
+                                                                                   "quota_exhausted")
+        last = await consume(gate, "ws5", "exports", 3)
+        assert (last["allowed"], last["counted"], last["used"], last["remaining"]) == (True, True, 500, 0)
+
     async def test_an_addon_item_and_an_addon_subscription_each_end_on_their_own(self, start):
         gate = await start(SAAS)
         main = subscription("ws2", "workspace", "price_pro_monthly", extra=[("price_audit_log_monthly", 1)])

@@ -190,10 +190,14 @@ def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
                              f"{now.describe()}", location, lowered=now.limit < was.limit, meter=meter,
                              limit=now.limit)
         else:
+            # A limit that stops being per seat (or trait), or a status's own limit where the tier's was, may be
+            # less for some subjects whatever the figures say: lowered, for someone to look at.
+            unscaled = was.per_unit is not None and now.per_unit is None
             lowered = (now.kind is QuotaKind.LIMIT and
-                       (was.kind is QuotaKind.UNLIMITED or (was.kind is QuotaKind.LIMIT and now.limit < was.limit)))
-            raised = was.kind is QuotaKind.LIMIT and (now.kind is QuotaKind.UNLIMITED or
-                                                     (now.kind is QuotaKind.LIMIT and now.limit > was.limit))
+                       (was.kind in (QuotaKind.UNLIMITED, QuotaKind.TIER) or unscaled or
+                        (was.kind is QuotaKind.LIMIT and now.limit < was.limit)))
+            raised = not lowered and was.kind is QuotaKind.LIMIT and (
+                now.kind is QuotaKind.UNLIMITED or (now.kind is QuotaKind.LIMIT and now.limit > was.limit))
             verb = "lowered" if lowered else "raised" if raised else "changed"
             yield PlanChange(Area.QUOTA, Effect.CHANGED, f"{owner}: {meter} quota {verb}, {was.describe()} -> "
                              f"{now.describe()}", location, lowered=lowered, meter=meter,

@@ -52,8 +52,11 @@ def grant_changes(owner: str, old: tuple[PeriodGrant, ...], new: tuple[PeriodGra
             yield PlanChange(Area.CREDITS, Effect.ADDED, f"{owner}: {now.describe()} of {meter}", now.location,
                              **affects)
         else:
+            unknown = was.window != now.window and "billing_period" in (was.window, now.window)
             yield PlanChange(Area.CREDITS, Effect.CHANGED, f"{owner}: {meter}: {was.describe()} -> "
-                             f"{now.describe()}", now.location, lowered=_fewer(was, now), **affects)
+                             f"{now.describe()}" + (" (a billing period is as long as the price's interval: "
+                                                    "compare by hand)" if unknown else ""),
+                             now.location, lowered=_fewer(was, now), **affects)
 
 
 def addons(old: Plan, new: Plan) -> Iterator[PlanChange]:

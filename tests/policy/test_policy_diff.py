@@ -193,6 +193,16 @@ class TestEntitlements:
         assert features == [(Area.FEATURE, Effect.CHANGED, "tier 'team' (retired into 'pro'): features custom_domain, "
                              "sso, audit_log -> custom_domain (loses sso, audit_log)", True, ("team",), ())]
 
+    def test_a_limit_no_longer_per_seat_or_no_longer_the_tiers_is_lowered(self):
+        flat = swapped(SAAS, ("exports: {limit: 100, per: month, anchor: billing, per_unit: quantity}",
+                              "exports: {limit: 200, per: month, anchor: billing}"))
+        (change,) = changed(SAAS, flat)
+        assert change[2].startswith("tier 'team': exports quota lowered, 100 per month") and change[3] is True
+        own = swapped(SAAS, ("    features: [tier]\n    quotas:\n      exports: tier\n",
+                             "    features: [tier]\n    quotas:\n      exports: {limit: 10, per: month}\n"))
+        (change,) = changed(SAAS, own)
+        assert change[2:4] == ("status 'paid': exports quota lowered, the tier's quota -> 10 per month", True)
+
     def test_the_command_marks_what_subscribers_lose(self, tmp_path):
         old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
         old.write_text(SAAS, encoding="utf-8")

@@ -63,9 +63,12 @@ class _Rule:
         self.overage: int | None = None     # how much overage a window allows (None: none)
         self.credits = False        # the meter has credits to spend past the limit
 
-    def limit_for(self, state: SubjectState) -> int:
-        """The limit for this subject: per unit of its quantity or trait (1 when unknown), plus its add-ons'."""
+    def limit_for(self, state: SubjectState) -> int | None:
+        """The limit for this subject: per unit of its quantity or trait (1 when unknown), plus its add-ons'
+        (None: no limit). What every count and spend holds the subject to, as its decision does."""
         limit = self.limit
+        if not self.scaled or limit is None:
+            return limit
         if self.units is not None:
             units = state.quantity if self.units.trait is None else state.trait(self.units.trait)
             limit *= 1 if units is None else units

@@ -28,7 +28,7 @@ def overage_identifier(subject: str, meter: str, key: str | None) -> str:
 def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: bool, now: float, grants,
              customer: str | None, key: str | None) -> Spend:
     """What the store needs to count past the rule's limit for this subject."""
-    limit = rule.limit_for(state) if rule.scaled else rule.limit
+    limit = rule.limit_for(state)
     ceiling = None if not enforce or rule.overage == OVERAGE_UNBOUNDED else limit + (rule.overage or 0)
     which = table.spendable(state, meter, now) if rule.credits else ANY_GRANT
     new = table.tier_grants(state, meter, now, grants) if rule.credits and grants is not None else ()

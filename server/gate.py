@@ -473,9 +473,7 @@ class Gate:
                 return counting
             # A status that denies is a limit of 0: the store still answers a key it has seen first (a repeat,
             # or the key reused for other work), whatever the status says now.
-            # The subject's own limit: per seat (or trait), plus its add-ons', as the decision reckons it.
-            limit = ((rule.limit_for(state) if rule.scaled and rule.limit is not None else rule.limit)
-                     if rule.allows else 0) if enforce else None
+            limit = (rule.limit_for(state) if rule.allows else 0) if enforce else None
             done: Counted = await self.timed(
                 "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now), shield=True)
             if done.conflict:

@@ -38,16 +38,17 @@ class Sessions:
         """A new session; the one the browser presented (replacing) ends, so a login never leaves two. Past
         MAX_SESSIONS of its scope the oldest ends; expired ones end first."""
         sid, now = secrets.token_urlsafe(32), self._clock()
-        session = ConsoleSession(_hashed(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME)
-        ended = _hashed(replacing) if replacing else None
+        session = ConsoleSession(_digest(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME)
+        ended = _hashed(replacing)
         await self._gate.timed("session", self._gate.store.open_console_session(session, MAX_SESSIONS, ended))
-        self._seen.pop(ended or "", None)
+        if ended is not None:
+            self._seen.pop(ended, None)
         return sid, session
 
     async def get(self, sid: str | None) -> ConsoleSession | None:
-        if not sid or len(sid) > 100:
-            return None
         id_hash, now = _hashed(sid), self._clock()
+        if id_hash is None:
+            return None
         try:
             session = await self._gate.timed("session", self._gate.store.console_session(id_hash))
         except StoreUnavailable:
@@ -63,12 +64,18 @@ class Sessions:
         return session if session is not None and session.expires > now else None
 
     async def close(self, sid: str | None) -> None:
-        if sid and len(sid) <= 100:
-            self._seen.pop(_hashed(sid), None)
-            await self._gate.timed("session", self._gate.store.close_console_session(_hashed(sid)))
+        id_hash = _hashed(sid)
+        if id_hash is not None:
+            self._seen.pop(id_hash, None)
+            await self._gate.timed("session", self._gate.store.close_console_session(id_hash))
 
 
-def _hashed(sid: str) -> str:
+def _hashed(sid: str | None) -> str | None:
+    """What the store keys a session by; None for a cookie that cannot be one of ours (none, or too long)."""
+    return _digest(sid) if sid and len(sid) <= 100 else None
+
+
+def _digest(sid: str) -> str:
     return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 
 

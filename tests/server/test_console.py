@@ -115,9 +115,7 @@ class TestAccess:
         async with session.get(gate.url + "/console/", allow_redirects=False) as r:
             assert r.status == 303
         # Ended on the gate, not only forgotten by this browser: the old cookie, presented again, opens nothing.
-        async with new_session() as other:
-            async with other.get(gate.url + "/console/", allow_redirects=False, cookies={COOKIE: old}) as r:
-                assert r.status == 303
+        assert (await _home_with(gate.url, old))[0] == 303
 
     async def test_a_new_login_ends_the_session_the_browser_presented(self, console):
         gate, session = console
@@ -126,11 +124,9 @@ class TestAccess:
         assert (await login(gate.url, session, TOKEN, label="Bea")).status == 303
         new = _sid(session)
         assert new != old
-        async with new_session() as other:
-            async with other.get(gate.url + "/console/", allow_redirects=False, cookies={COOKIE: old}) as r:
-                assert r.status == 303
-            async with other.get(gate.url + "/console/", allow_redirects=False, cookies={COOKIE: new}) as r:
-                assert r.status == 200 and "Bea" in await r.text()
+        assert (await _home_with(gate.url, old))[0] == 303
+        status, page = await _home_with(gate.url, new)
+        assert status == 200 and "Bea" in page
 
     async def test_read_only_logins_never_push_out_an_admin(self, console, monkeypatch):
         """Whoever holds the API token could once log in MAX_SESSIONS times and log every admin out."""
@@ -163,10 +159,9 @@ class TestAccess:
         async with session.get(gate.url + "/console/health") as r:
             page = await r.text()
             assert r.status == 200 and "store failures since start" in page and "session: " in page
+        status, page_of_stranger = await _home_with(gate.url, "a-session-this-gate-never-saw")
+        assert status == 503 and "session cannot be checked" in page_of_stranger
         async with new_session() as stranger:
-            async with stranger.get(gate.url + "/console/", allow_redirects=False,
-                                    cookies={COOKIE: "a-session-this-gate-never-saw"}) as r:
-                assert r.status == 503 and "session cannot be checked" in await r.text()
             assert (await login(gate.url, stranger, ADMIN_TOKEN)).status == 503
         async with session.post(gate.url + "/console/logout", data={"csrf": hidden(page, "csrf")},
                                 allow_redirects=False) as r:
@@ -186,9 +181,7 @@ class TestAccess:
             async with browser.post(second.url + "/console/logout", data={"csrf": hidden(page, "csrf")},
                                     allow_redirects=False) as r:
                 assert r.status == 303
-        async with new_session() as other:
-            async with other.get(first.url + "/console/", allow_redirects=False, cookies={COOKIE: sid}) as r:
-                assert r.status == 303
+        assert (await _home_with(first.url, sid))[0] == 303
 
     async def test_wrong_tokens_are_limited_per_address_and_a_right_one_is_not_counted(self, console):
         gate, session = console
@@ -208,6 +201,13 @@ class TestAccess:
 
 def _sid(session) -> str:
     return next(c.value for c in session.cookie_jar if c.key == COOKIE)
+
+
+async def _home_with(url: str, sid: str) -> tuple[int, str]:
+    """The console's home page asked by another browser presenting this session cookie: (status, page)."""
+    async with new_session() as other:
+        async with other.get(url + "/console/", allow_redirects=False, cookies={COOKIE: sid}) as r:
+            return r.status, await r.text()
 
 
 class TestOperator:

@@ -91,7 +91,9 @@ def plan_spec() -> dict:
             "object": {"enum": ["subscription", "invoice", "checkout.session", "customer", "charge"]},
             "id": ids, "customer": ids, "subscription": ids, "client_reference_id": {"enum": ["alice", "bob", None]},
             "status": {"enum": ["active", "trialing", "past_due", "canceled", "paid", "open", "unpaid"]},
-            "metadata": {"type": "object", "properties": {"plangate_subject": {"enum": ["alice", "bob", ""]}}},
+            # Stripe's metadata values are strings; any 64-bit JSON is taken too (the gate reads only its own key).
+            "metadata": {"type": "object", "properties": {"plangate_subject": {"enum": ["alice", "bob", ""]}},
+                         "additionalProperties": JSON64},
             "current_period_start": INT64, "current_period_end": INT64,
             "items": JSON64, "lines": JSON64, "parent": JSON64,
         },

@@ -263,6 +263,8 @@ class GateClient:
 
     async def __aenter__(self) -> GateClient:
         self._open()
+        if self.local is not None:      # listening at once: `await client.local.ready()` then waits for it
+            self.local.start(self._open)
         return self
 
     async def __aexit__(self, *exc) -> None:

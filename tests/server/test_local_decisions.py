@@ -75,6 +75,14 @@ async def test_a_mixed_workload_decided_locally_gives_the_gates_answers(gate):
             "the workload never reached a refusal: it proved too little"
 
 
+async def test_a_client_listens_from_the_start_so_its_first_check_is_decided_here(gate):
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        first = await here.check("u0", "requests")
+        assert first.evaluated_here and first.reason == "ok"
+        assert here.local.remote_fallbacks == 0
+
+
 async def test_a_plan_reload_and_a_reset_are_heard(gate):
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
         await here.check("u1", "requests")

@@ -266,7 +266,11 @@ class Ingest:
             first = min((e for e, _ in incoming), key=event_order)
             stored = stored or StoredSubject(table.initial_state(subject, first.created), 0)
             later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
-            if later and (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
+            # An admin's change may be newer than the event: when Stripe events were stored after it (they sort
+            # after this one), or when none was since (the change dropped the fold state).
+            admin_may_be_newer = later or (stored.version > 0 and stored.fold_state is None)
+            if admin_may_be_newer and \
+                    (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
                 change = self._stale_after_admin(stored, incoming, now, fold.stored_rows)
             else:
                 change = self._change(table, fold, stored, later, now)

@@ -232,6 +232,28 @@ class TestAnyOrder:
                                 "'customer.subscription.updated'") == [("stale",)]
         assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(2,)]
 
+    @pytest.mark.parametrize("sorts_before_a_stored_event", [False, True])
+    async def test_an_event_older_than_an_admins_change_does_not_rewrite_it(self, hook, sorts_before_a_stored_event):
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 3 * DAY))
+        await deliver(hook, se.event("customer.subscription.created", se.subscription("active", "alice"),
+                                     now - 3 * DAY + 1))
+        await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", inv_id="in_2"), now - 2 * DAY))
+        assert await status_of(hook, "alice") == "grace_period"
+        status, _ = await hook.post("/v1/subjects/alice/transition", {"to": "paid", "reason": "paid by transfer"})
+        assert status == 200
+        # A failed retry from before the admin's decision, delivered only now: after the stored events, or
+        # sorting before the stored failure. Delivered in order it would have changed nothing: grace already.
+        created = now - 2 * DAY - 60 if sorts_before_a_stored_event else now - DAY
+        _, answer = await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", inv_id="in_2"),
+                                                 created))
+        assert answer["outcome"] == "stale" and answer["status"] == "paid", answer
+        assert await status_of(hook, "alice") == "paid"
+        # Stripe's word after the admin's change is heard as ever.
+        _, answer = await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", inv_id="in_3"),
+                                                 time.time() + 1))
+        assert answer["outcome"] == "applied" and answer["status"] == "grace_period", answer
+
     async def test_events_before_their_link_wait_and_then_apply_in_order(self, hook):
         now = time.time()
         created = se.subscription("trialing", sub_id="sub_9", customer="cus_9")   # no metadata: no subject yet

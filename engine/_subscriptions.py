@@ -5,7 +5,8 @@ still `past_due` (Stripe cancels the old one by dunning days later), or an add-o
 subject's status follows one of them:
 
 1. Among its subscriptions but add-ons (a subscription whose prices are known and select no tier of the
-   plan by name), or among all of them when all are add-ons;
+   plan: each is a tier's, an add-on's, or, when the plan has no default_tier, one it does not know), or among
+   all of them when all are add-ons;
 2. the most recently created one that has not ended (`canceled`, `incomplete_expired`). A Checkout Session
    creates its subscription: one known only from its checkout was created then. One known only from an
    invoice counts as older than every one whose creation the gate saw;
@@ -38,7 +39,7 @@ class Subscription:
     id: str
     status: str | None = None        # Stripe's status; None while known only from an invoice or checkout
     created: float | None = None     # when Stripe created it (None: its creation was not seen)
-    tier: str | None = None          # the tier its price selects by name (not through default_tier)
+    tier: str | None = None          # the tier its prices select (a price the plan does not know: default_tier)
     period_start: float | None = None
     period_end: float | None = None
     trial_end: float | None = None
@@ -53,7 +54,7 @@ class Subscription:
 
     @property
     def addon(self) -> bool:
-        """Its prices are known (from the subscription itself) and none selects a tier of the plan by name."""
+        """Its prices are known (from the subscription itself) and none selects a tier of the plan."""
         return self.status is not None and self.tier is None
 
     def to_dict(self) -> dict:

@@ -331,10 +331,11 @@ class StateTable:
                            quantity=sub.quantity if sub.status is not None else state.quantity)
 
     def _items(self, sub: Mapping) -> tuple[str | None, int | None, tuple[tuple[str, int], ...]]:
-        """What a subscription's items buy: the tier its prices select by name (None: no price of it is in a tier
-        of the plan), the quantity of that item (seats; None without one), and the add-ons of the plan its other
-        items are, with their quantities."""
-        tier = quantity = None
+        """What a subscription's items buy: the tier its prices select (None: none is in a tier of the plan, and
+        none is a price the plan does not know while it has a default_tier, which such a price selects), the
+        quantity of that item (seats; None without one), and the add-ons of the plan its other items are, with
+        their quantities."""
+        tier = quantity = unknown = None
         addons: dict[str, int] = {}
         for price, count in price_items(sub):
             if tier is None and price in self._price_tier:
@@ -342,6 +343,10 @@ class StateTable:
             elif price in self._addon_prices:
                 name = self._addon_prices[price]
                 addons[name] = addons.get(name, 0) + count
+            elif unknown is None:
+                unknown = count
+        if tier is None and unknown is not None and self.plan.default_tier:
+            tier, quantity = self.plan.default_tier, unknown
         if tier is None and sub.get("object") == "subscription" and isinstance(sub.get("quantity"), int):
             quantity = sub["quantity"]      # the old shape's subscription-level quantity
         return tier, quantity, tuple(sorted(addons.items()))

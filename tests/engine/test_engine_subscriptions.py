@@ -146,6 +146,34 @@ class TestResubscribeDuringDunning:
         assert final.status == "canceled" and final.follows.id == "sub_A"
 
 
+class TestPriceNoTierLists:
+    def events(self):
+        return [
+            ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+            ev("customer.subscription.deleted", sub("sub_A", "canceled", T0), T0 + 30 * DAY),
+            ev("customer.subscription.created", sub("sub_P", "active", T0 + 40 * DAY, price="price_promo"),
+               T0 + 40 * DAY),
+        ]
+
+    def test_with_a_default_tier_it_selects_that_tier(self, table):
+        final, steps = replay(table, table.initial_state("u", T0 - 10), self.events())
+        assert final.follows.id == "sub_P" and final.follows.tier == "pro"
+        assert (final.status, final.tier) == ("paid", "pro") and not steps[-1].outcome.other_subscription
+
+    def test_without_one_it_is_an_add_on_and_the_ended_one_stays_followed(self, write_plan):
+        table = write_plan(plan_text(False).replace("default_tier: pro\n", ""))
+        final, steps = replay(table, table.initial_state("u", T0 - 10), self.events())
+        assert final.follows.id == "sub_A" and final.status == "canceled"
+        assert steps[-1].outcome.other_subscription
+
+    def test_a_subscription_buying_only_the_plans_add_ons_stays_an_add_on(self, table):
+        events = self.events()[:2] + [
+            ev("customer.subscription.created", sub("sub_C", "active", T0 + 40 * DAY, price="price_addon"),
+               T0 + 40 * DAY)]
+        final, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.follows.id == "sub_A" and final.status == "canceled" and final.addons == (("extra", 1),)
+
+
 class TestAddOn:
     def events(self):
         return [

@@ -126,6 +126,26 @@ class TestResubscribeDuringDunning:
         assert (answer["outcome"], answer["status"]) == ("applied", "canceled")
 
 
+class TestPriceNoTierLists:
+    async def test_a_resubscription_on_it_is_followed_as_the_default_tier(self, start):
+        # A promotion's price, not (yet) in plans.yaml, after the old subscription ended: the plan says such a
+        # price gets default_tier; it used to be taken for an add-on, the ended subscription stayed followed and
+        # the paying customer's events were all another subscription's.
+        gate = await start()
+        life = Life(9, "user9", time.time() - 90 * DAY)
+        life.subscribe("A", life.start)
+        end = life.start + 30 * DAY
+        life.status("A", "canceled", end, (life.start, end), life.start, canceled_at=int(end), ended_at=int(end))
+        life.subscribe("B", time.time() - 8 * DAY, price="price_pro_promo")
+        answers = await play(gate, life.events)
+        assert answers[-1]["status"] == "paid"
+        body = await view(gate, "user9")
+        assert (body["status"], body["tier"], body["stripe_subscription"]) == ("paid", "pro", "sub_B9")
+        assert [(s["id"], s["tier"], s["followed"]) for s in body["subscriptions"]] == \
+            [("sub_A9", "pro", False), ("sub_B9", "pro", True)]
+        assert not await others(gate, "user9")
+
+
 class TestAddOn:
     def life(self, n: int) -> Life:
         life = Life(n, f"user{n}", time.time() - 20 * DAY)

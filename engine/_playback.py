@@ -102,6 +102,11 @@ class _Player:
 
     def _stripe(self, step: Step) -> _Seen:
         obj = step.object or {}
+        if not step.whole and obj.get("object") == "invoice" and "subscription" not in obj and "parent" not in obj \
+                and self.state.follows is not None:
+            # A story's invoice is of the subscription the user has, as Stripe's renewals are (`parent: null`
+            # writes a one-off invoice, of no subscription).
+            obj = {**obj, "subscription": self.state.follows.id}
         event = StripeEvent(step.value, obj, step.extra, self.now)
         if step.value not in self.relevant:
             return _Seen(None, False, f"{event.key}: the gate reads no {step.value} events (ignored)")

@@ -27,6 +27,7 @@ from ._windows import (AnniversaryClock, BillingClock, CalendarClock, FixedClock
 # Enum members are slow to look up on the class (a descriptor call each on Python 3.11): bind them once.
 _OK, _EXHAUSTED = Reason.OK, Reason.QUOTA_EXHAUSTED
 _LIFETIME_CLOCK = LifetimeClock()
+ONE_OFF_INVOICE = "none (a one-off invoice)"     # what an invoice of no subscription is about, in reasons
 # A state entering a status: (state, status, since, timer_due, plan_version) -> the new state.
 _entered = compiled_replace(SubjectState, "status", "since", "timer_due", "plan_version")
 
@@ -307,10 +308,12 @@ class StateTable:
 
     def _take_in(self, state: SubjectState, obj: Mapping, now: float) -> tuple[SubjectState, tuple[str, str] | None]:
         """The state with what the event's object says of the subscription it is about; and (that subscription,
-        the followed one) when they differ."""
+        the followed one) when they differ. An invoice of no subscription (a one-off invoice) is not the followed
+        subscription's either: neither its payment nor its failure is the subscription's."""
         about = subscription_of(obj)
         if about is None:
-            return state, None
+            follows = state.follows if obj.get("object") == "invoice" else None
+            return state, (None if follows is None else (ONE_OFF_INVOICE, follows.id))
         subscriptions = take_in(state.subscriptions, about, obj, now, self._items)
         if subscriptions is state.subscriptions:
             follows = state.follows

@@ -146,6 +146,31 @@ class TestResubscribeDuringDunning:
         assert final.status == "canceled" and final.follows.id == "sub_A"
 
 
+class TestOneOffInvoice:
+    """An invoice of no subscription (`parent: null`, billing_reason manual: a one-off charge) is not the
+    followed subscription's: its payment does not end a renewal's failure, its failure does not start one."""
+
+    def one_off(self, status: str) -> dict:
+        return {"id": f"in_once_{status}", "object": "invoice", "status": status, "customer": "cus_1",
+                "parent": None, "billing_reason": "manual", "amount_paid": 5000 if status == "paid" else 0}
+
+    def test_its_failure_leaves_a_paid_subscriber_paid(self, table):
+        events = resubscribe_during_dunning()[:1] + [ev("invoice.payment_failed", self.one_off("open"), T0 + DAY)]
+        final, steps = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.status == "paid" and steps[-1].outcome.other_subscription
+        assert "one-off invoice" in steps[-1].outcome.reason and final.period_end == T0 + 30 * DAY
+
+    def test_its_payment_does_not_end_the_subscriptions_failure(self, table):
+        events = resubscribe_during_dunning()[:3] + [ev("invoice.paid", self.one_off("paid"), T0 + 31 * DAY)]
+        final, steps = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.status == "grace" and steps[-1].outcome.other_subscription
+
+    def test_without_a_subscription_it_is_the_subjects_as_ever(self, table):
+        final, steps = replay(table, table.initial_state("u", T0 - 10),
+                              [ev("invoice.payment_failed", self.one_off("open"), T0)])
+        assert not steps[-1].outcome.other_subscription and final.status == "free"
+
+
 class TestPriceNoTierLists:
     def events(self):
         return [

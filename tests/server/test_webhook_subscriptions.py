@@ -13,7 +13,7 @@ import pytest
 from plangate.server.http.api import GATE
 
 from . import stripe_events as se
-from .stripe_lifecycles import DAY, Life, resubscribe_during_dunning
+from .stripe_lifecycles import DAY, HOUR, Life, invoice, resubscribe_during_dunning
 from .test_webhook import deliver
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -124,6 +124,25 @@ class TestResubscribeDuringDunning:
         life.status("A", "canceled", renewal + 15 * DAY, (renewal, renewal + 30 * DAY), life.start)
         (answer,) = await play(gate, life.events[-1:])
         assert (answer["outcome"], answer["status"]) == ("applied", "canceled")
+
+
+class TestOneOffInvoice:
+    async def test_its_failure_and_payment_are_recorded_and_move_no_subscriber(self, start):
+        # A one-off invoice (`parent: null`, billing_reason manual: say, an extra service billed once) fails,
+        # then is paid: the subscription is paid up all along, the subject stays paid.
+        gate = await start()
+        life = Life(11, "user11", time.time() - 10 * DAY)
+        life.subscribe("A", life.start)
+        at, period = life.start + 2 * DAY, (life.start + 2 * DAY, life.start + 2 * DAY)
+        for status, type_ in (("open", "invoice.payment_failed"), ("paid", "invoice.paid")):
+            life.add(type_, invoice("in_once11", status, subscription="", customer=life.customer, period=period,
+                                    reason="manual", amount=5000, parent=None), at)
+            at += HOUR
+        answers = await play(gate, life.events)
+        assert [(a["outcome"], a["status"]) for a in answers[-2:]] == [("other_subscription", "paid")] * 2
+        body = await view(gate, "user11")
+        assert body["status"] == "paid" and body["period_end"] is not None
+        assert body["period_end"] == body["subscriptions"][0]["current_period_end"]
 
 
 class TestPriceNoTierLists:

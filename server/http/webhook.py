@@ -77,16 +77,20 @@ class _Unstorable(ValueError):
 def _int64(digits: str) -> int:
     value = int(digits)
     if not INT64[0] <= value <= INT64[1]:
-        raise _Unstorable(f"an integer beyond 64 bits ({digits[:24]}{'...' if len(digits) > 24 else ''})")
+        raise _Unstorable(f"an integer beyond 64 bits ({digits[:24]}{'...' if len(digits) > 24 else ''}): no "
+                          "Stripe event does, and the store holds 64-bit integers")
     return value
+
+
+def _not_json(name: str):
+    raise _Unstorable(f"{name}, which JSON does not allow: no Stripe event does")
 
 
 def _event(text: str) -> tuple[StripeEvent, str]:
     try:
-        body = json.loads(text, parse_int=_int64)
+        body = json.loads(text, parse_int=_int64, parse_constant=_not_json)
     except _Unstorable as exc:
-        raise BadRequest(400, "invalid_event", f"the signed body holds {exc}: no Stripe event does, and the "
-                                               f"store holds 64-bit integers; nothing was written") from None
+        raise BadRequest(400, "invalid_event", f"the signed body holds {exc}; nothing was written") from None
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
     created: Any = body.get("created") if isinstance(body, dict) else None

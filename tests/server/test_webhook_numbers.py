@@ -38,6 +38,20 @@ async def test_an_absurd_integer_is_refused_with_400_and_nothing_written(start, 
     assert status == 200, answer
 
 
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+async def test_a_number_json_does_not_allow_is_refused_with_400_and_nothing_written(start, literal):
+    gate = await start()
+    assert (await deliver(gate, se.event("checkout.session.completed", se.checkout("alice"), time.time())))[0] == 200
+    before = await outcomes(gate, "alice")
+    body = se.encode(se.event("invoice.paid", _invoice("amount_paid", 1), time.time(), "evt_nan"))
+    raw = body.replace(b'"amount_paid": 1,', b'"amount_paid": ' + literal + b",")
+    assert literal in raw
+    status, answer = await deliver(gate, {}, raw=raw)
+    assert status == 400 and answer["error"] == "invalid_event", answer
+    assert literal.decode().lstrip("-") in answer["message"] and "JSON does not allow" in answer["message"]
+    assert await outcomes(gate, "alice") == before
+
+
 async def test_an_infinite_amount_is_taken_as_no_amount(start):
     """Floats are never stored as integers: an amount of 1e999 (infinite) leaves the payment without one."""
     gate = await start()

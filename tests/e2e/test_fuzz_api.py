@@ -234,7 +234,7 @@ class TestFoundByFuzzing:
         assert (r.status, answer["error"]) == (400, "invalid_event")
         assert q(gate.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
 
-    @pytest.mark.parametrize("start, end", [(0, 10**20), (-10**12, 5), (1.5, "inf"), (10**12, 10**13)])
+    @pytest.mark.parametrize("start, end", [(0, 10**20), (-10**12, 5), (1.5, "1e300"), (10**12, 10**13)])
     async def test_a_billing_period_out_of_range_is_not_taken(self, local_gate, tmp_path, start, end):
         gate = await local_gate(str(tmp_path / "gate.sqlite3"))
         obj = se.subscription("active", "u", start=0, end=0)

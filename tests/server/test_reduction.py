@@ -25,8 +25,9 @@ def plan_reading_more(folder: Path) -> Path:
     knows: the plan alone makes it a fact)."""
     path = folder / "plans.yaml"
     text = PLAN.read_text()
-    assert text.count("when: {status: trialing}") == 1
-    path.write_text(text.replace("when: {status: trialing}", "when: {status: trialing, metadata.campaign: spring}"))
+    started = "on: stripe:customer.subscription.created\n    when: {status: trialing}\n"
+    assert text.count(started) == 1
+    path.write_text(text.replace(started, started.replace("trialing}", "trialing, metadata.campaign: spring}")))
     return path
 
 

@@ -390,13 +390,15 @@ class TestFaults:
             started = time.perf_counter()
             status, answer = await deliver(hook, evt)
             took = time.perf_counter() - started
+            # Read while the lock still holds: once it is gone the shielded write may land at any moment.
+            written_meanwhile = q(hook.database, "SELECT COUNT(*) FROM subscription_events")
         finally:
             db.execute("ROLLBACK")
             db.close()
         assert (status, answer["error"]) == (500, "store_unavailable") and took < 3, took
+        assert written_meanwhile == [(0,)]
         _, metrics = await hook.get("/metrics")
         assert 'plangate_store_errors_total{operation="webhook"} 1.0' in metrics
-        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
         status, answer = await deliver(hook, evt)
         assert status == 200 and answer["outcome"] in ("applied", "duplicate")
         assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(1,)]

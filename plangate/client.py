@@ -323,7 +323,7 @@ class GateClient:
 
     def _heard(self, decision: GateDecision) -> GateDecision:
         """A count's answer: into the local copy at once (the stream tells the same, later)."""
-        if self.local is not None and decision.counted and decision.meter is not None:
+        if self.local is not None and decision.counted and not decision.duplicate and decision.meter is not None:
             self.local.counted(decision.subject, decision.meter, decision.window_start, decision.used)
         return decision
 

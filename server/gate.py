@@ -120,6 +120,21 @@ class Gate:
         except TimeoutError as exc:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
+    async def counted(self, operation: str, pending):
+        """A count (or spend) within the time budget, answered as it went. When the budget runs out, the store
+        withdraws it if it has not handed it to the database yet (StoreUnavailable: it is never written, the fail
+        mode answers); one handed over is awaited to its end, however long the database takes (its own timeouts
+        bound that), so that no answer says 'not counted' of work the store counted."""
+        task = asyncio.ensure_future(pending)
+        budget = self.config.store_timeout
+        try:
+            async with asyncio.timeout(budget):
+                return await self.untimed(operation, task, shield=True)
+        except TimeoutError as exc:
+            if not task.done() and self.store.withdraw(task):
+                raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
+        return await self.untimed(operation, task, shield=True)
+
     async def untimed(self, operation: str, coro, *, shield: bool = False):
         """timed() without a timer of its own, for callers whose budget covers several store calls (one timer
         for all of them, not one each)."""
@@ -474,14 +489,14 @@ class Gate:
             # A status that denies is a limit of 0: the store still answers a key it has seen first (a repeat,
             # or the key reused for other work), whatever the status says now.
             limit = (rule.limit_for(state) if rule.allows else 0) if enforce else None
-            done: Counted = await self.timed(
-                "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now), shield=True)
+            done: Counted = await self.counted(
+                "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now))
             if done.conflict:
                 self.invalidate(subject)
                 continue
             if entry.stored.version == 0:
                 self.invalidate(subject)   # now stored: reload its version next time
-            else:
+            elif not done.duplicate:       # a repeat's usage is its first count's, maybe of an earlier window
                 self._note_used(subject, entry, (meter, span.start), done.used)
             if done.counted and not done.duplicate:
                 self.feed.usage(subject, meter, span.start, done.used)
@@ -500,13 +515,12 @@ class Gate:
         grants = await self._grants(entry, now) if rule.credits and table.tier_grants_apply(meter) else None
         spend = entitlements.spend_of(table, state, rule, meter, enforce, now, grants, entry.stored.stripe_customer,
                                       key)
-        done = await self.timed("count", self.store.spend(entry.stored, meter, span.start, amount, spend, key, now),
-                                shield=True)
+        done = await self.counted("count", self.store.spend(entry.stored, meter, span.start, amount, spend, key, now))
         if done.conflict:
             return None
         if entry.stored.version == 0:
             self.invalidate(entry.stored.state.subject)
-        else:
+        elif not done.duplicate:
             self._note_used(entry.stored.state.subject, entry, (meter, span.start), done.used)
             entry.grants = None
         if done.counted and not done.duplicate:

@@ -9,6 +9,7 @@ Exception tree:
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import json
 import operator
@@ -222,6 +223,12 @@ class Store(abc.ABC):
     def replica_lags(self) -> dict[str, float]:
         """Measured lag (seconds) of each read replica, by host:port (none but on PostgreSQL with replicas)."""
         return {}
+
+    def withdraw(self, pending: asyncio.Future) -> bool:
+        """Withdraw a count or spend (the future its call gave) the gate gave up waiting for: True when it is
+        certain never to be written (it is cancelled); False when it was handed to the database already, or the
+        store cannot tell (its outcome stands: the gate awaits it)."""
+        return False
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str):

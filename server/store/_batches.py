@@ -56,6 +56,11 @@ class Batches:
         task = asyncio.get_running_loop().create_task(self._send(waiting))
         self._running.add(task)
 
+    def withdraw(self, future: asyncio.Future) -> bool:
+        """Cancel the future of an item waiting for its batch: True when it will not run (False for one whose
+        batch was sent, or a future that is not an item's here)."""
+        return any(f is future for _, f in self._waiting) and future.cancel()
+
     async def _send(self, batch: list[tuple[object, asyncio.Future]]) -> None:
         try:
             results = await self._run([item for item, _ in batch])

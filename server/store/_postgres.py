@@ -248,6 +248,11 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
             return self._counts.submit(item)
         return asyncio.ensure_future(self._count_first(current, item))
 
+    def withdraw(self, pending: asyncio.Future) -> bool:
+        # A count waiting for its batch is left out; one whose batch was sent, and a first count or a spend
+        # (a transaction of their own, under way), stand.
+        return self._counts.withdraw(pending)
+
     def _counted(self, item: tuple, row) -> Counted | Exception:
         """What plangate_count_batch's row says of one count (an IdempotencyConflict for that count alone)."""
         if isinstance(row, Exception):

@@ -126,6 +126,12 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, SQLiteConsoleS
     def commit(self, change: Change) -> Awaitable[bool]:
         return self._groups.add(queries.commit, change)
 
+    def withdraw(self, pending: asyncio.Future) -> bool:
+        # A queued write is left out of its group once cancelled. On the loop's thread a group runs whole between
+        # two turns of the loop, and one held back by a lock asks again which of its writes are still wanted
+        # before each try: any of them can be withdrawn until it is done. One on the writer's thread cannot.
+        return (self._commits_on_loop or self._groups.queued(pending)) and pending.cancel()
+
     def record_event(self, event: EventRecord, payments: tuple[Payment, ...] = ()) -> Awaitable[bool]:
         return self._groups.add(queries.record_event, event, payments)
 

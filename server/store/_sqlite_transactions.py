@@ -137,6 +137,10 @@ class GroupCommit:
             self._committing = asyncio.create_task(self._commit_groups())
         return done
 
+    def queued(self, future: asyncio.Future) -> bool:
+        """Is the write of this future waiting for a group (none has taken it yet)?"""
+        return any(f is future for _, f in self._writes)
+
     @property
     def waiting(self) -> int:
         """Writes queued for a group that has not started."""

@@ -73,6 +73,20 @@ class TestConsume:
         assert again[1]["used"] == 3
         assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(3,)]
 
+    async def test_a_key_repeated_in_a_later_window_leaves_that_windows_usage_alone(self, gate):
+        from plangate.server.http.api import GATE
+        core = gate.app[GATE]
+        day = time.time()
+        core.clock = lambda: day
+        await gate.consume("u", 1)                          # stored, cached
+        assert (await gate.consume("u", 9, key="job-1"))[1]["used"] == 10
+        core.clock = lambda: day + 86400                   # the next day: a new window, nothing used in it
+        _, again = await gate.consume("u", 9, key="job-1")
+        assert again["duplicate"] is True
+        _, check = await gate.check("u", 15)
+        assert (check["allowed"], check["used"]) == (True, 0), check
+        assert rows(gate.database, "SELECT SUM(used) FROM quota_usage WHERE subject = 'u'") == [(10,)]
+
     async def test_key_reused_for_other_work_is_a_conflict(self, gate):
         await gate.consume("u", 3, key="job-1")
         status, body = await gate.consume("u", 4, key="job-1")

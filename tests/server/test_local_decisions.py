@@ -369,6 +369,20 @@ async def test_streams_beyond_the_nodes_limit_are_refused_with_503(start_gate):
                 assert again.status == 200
 
 
+async def test_a_key_repeated_in_a_later_window_leaves_the_copys_usage_of_that_window_alone(gate):
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        assert (await here.check("later", "requests")).evaluated_here      # a copy of the subject is held
+        assert (await here.consume("later", "requests", 9, idempotency_key="job-1")).used == 9
+        day = time.time() + 86400                   # the gate's next day, and this client's: a new window
+        gate.app[GATE].clock = lambda: day
+        here.local.offset += 86400
+        again = await here.consume("later", "requests", 9, idempotency_key="job-1")
+        assert again.duplicate
+        decision = await here.check("later", "requests", 15)
+        assert (decision.allowed, decision.used) == (True, 0), decision
+
+
 async def test_a_client_whose_clock_is_off_decides_by_the_gates_clock(gate):
     """The caller's clock a window behind the gate's (plus a minute): its copy still decides, in the gate's
     window, with the gate's answers; with its own clock it would look in a window the copy does not hold."""

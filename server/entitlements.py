@@ -72,6 +72,11 @@ def admin_grant(meter: str, amount: int, now: float, *, reason: str, key: str | 
                  GrantSource.ADMIN, reason)
 
 
+def grant_terms(grant: Grant) -> tuple:
+    """What an admin's grant gives (its key's repeat must ask for the same)."""
+    return grant.meter, grant.amount, grant.expires_at, grant.priority
+
+
 def credits_view(table: StateTable, state: SubjectState, now: float, spendable: list[Grant],
                  recent: list[Grant]) -> list[dict]:
     """Per meter with credits: the balance now, and the newest grants (spent and expired ones too)."""

@@ -24,7 +24,7 @@ from .changes import ChangeFeed
 from .config import Config
 from .logs import Throttle, log, log_each
 from .metrics import Metrics
-from .store import AuditEntry, Change, Counted, Store, StoredSubject, StoreError
+from .store import AuditEntry, Change, Counted, IdempotencyConflict, Store, StoredSubject, StoreError
 
 # A count or a transition decided on a version another writer then changed is decided again; a burst of
 # webhooks on one subject may need several rounds (seen with 5: a consume gave up under checkout bursts).
@@ -426,10 +426,19 @@ class Gate:
     async def grant(self, subject: str, meter: str, amount: int, *, actor: str, reason: str, key: str | None,
                     expires_at: float | None, priority: int | None):
         """An admin grants credits (audited: the grant keeps who and why). (the grant, made now: False when the
-        key's grant was made before)."""
+        key's grant was made before, which is the grant answered then). IdempotencyConflict when the key's grant
+        was of other credits (meter, amount, expiry or priority)."""
         grant = entitlements.admin_grant(meter, amount, self.clock(), reason=reason, key=key, expires_at=expires_at,
                                          priority=priority)
         made = await self.timed("save", self.store.add_grants(subject, (grant,), actor), shield=True)
+        if not made and key is not None:
+            stored = await self.timed("credits", self.store.grant(subject, grant.id))
+            if stored is not None:
+                if entitlements.grant_terms(stored) != entitlements.grant_terms(grant):
+                    raise IdempotencyConflict(
+                        f"idempotency_key {key!r} made another grant before ({stored.amount} of {stored.meter}); a "
+                        "repeat must send the same meter, amount, expires_at and priority, other credits a new key")
+                grant = stored
         self.invalidate(subject)
         entitlements.log_grant(subject, grant, actor, bool(made))
         return grant, bool(made)

@@ -13,7 +13,7 @@ from plangate.policy import explain_plan
 
 from ..gate import StoreUnavailable
 from ..http._auth import matches
-from ..http._input import BadRequest, subject as subject_id
+from ..http._input import BadRequest, in_path, subject as subject_id
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
 from ._html import csrf_field, e, link, page, subject_path
@@ -181,7 +181,7 @@ async def find(request: web.Request) -> web.Response:
 
 def _subject(request: web.Request) -> str:
     try:
-        return subject_id({"subject": request.match_info["subject"]})
+        return subject_id({"subject": in_path(request)})
     except BadRequest as exc:
         raise _refused(400, exc.message) from None
 

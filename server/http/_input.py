@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Literal, overload
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -96,6 +97,18 @@ def text(body: dict, name: str, *, required: bool = True) -> str | None:
     if not value.isascii() and _SURROGATE.search(value):
         # JSON lets "\ud800" through; the store cannot encode it (it would be a 500).
         raise BadRequest(400, "invalid_field", f"'{name}' must be valid Unicode (no lone surrogates)")
+    return value
+
+
+def in_path(request: web.Request, name: str = "subject") -> str:
+    """A path parameter as its sender meant it. aiohttp leaves a percent-escape that is not UTF-8 (%FF) as it is,
+    which would name another subject (the one sent as %25FF): such a path is refused."""
+    value = request.match_info[name]
+    if "%" in value:
+        try:
+            unquote(request.raw_path.partition("?")[0], errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest(400, "invalid_field", f"the path's '{name}' must be percent-encoded UTF-8") from None
     return value
 
 

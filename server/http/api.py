@@ -108,7 +108,7 @@ def _counted(subject: str, amount: int, result: Counting) -> web.Response:
 
 async def subject_view(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.subject({"subject": request.match_info["subject"]})
+    subject = inp.subject({"subject": inp.in_path(request)})
     try:
         view = await gate.describe(subject)
     except StoreUnavailable:
@@ -140,7 +140,7 @@ async def grant_credits(request: web.Request) -> web.Response:
     """An admin grants credits of a meter to a subject: audited (the grant keeps the actor and the reason); the
     same idempotency_key grants once."""
     gate = request.app[GATE]
-    subject = inp.subject({"subject": request.match_info["subject"]})
+    subject = inp.subject({"subject": inp.in_path(request)})
     body = await inp.json_object(request, _GRANT_FIELDS)
     meter = inp.one_of(inp.text(body, "meter"), tuple(m for m in gate.table.meters if gate.table.has_credits(m)),
                        "unknown_meter", "meter with credits")
@@ -157,6 +157,8 @@ async def grant_credits(request: web.Request) -> web.Response:
     try:
         grant, made = await gate.grant(subject, meter, amount, actor=actor, reason=reason, key=key,
                                        expires_at=expires_at, priority=priority)
+    except IdempotencyConflict as exc:
+        raise inp.BadRequest(409, "idempotency_key_reused", str(exc)) from None
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
                                                        "granted; try again with the same idempotency_key") from None
@@ -168,7 +170,7 @@ async def grant_credits(request: web.Request) -> web.Response:
 async def set_traits(request: web.Request) -> web.Response:
     """Set numbers on a subject that its quotas may be per unit of (`per_unit: {trait: NAME}`)."""
     gate = request.app[GATE]
-    subject = inp.subject({"subject": request.match_info["subject"]})
+    subject = inp.subject({"subject": inp.in_path(request)})
     body = await inp.json_object(request, {"traits", "actor", "reason"})
     traits = inp.traits(body)
     actor = inp.text(body, "actor", required=False) or "admin-api"
@@ -214,7 +216,7 @@ def _last_check(request: web.Request) -> dict | None:
 
 async def transition(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.subject({"subject": request.match_info["subject"]})
+    subject = inp.subject({"subject": inp.in_path(request)})
     body = await inp.json_object(request, {"to", "action", "reason", "actor"})
     to, action = inp.text(body, "to", required=False), inp.text(body, "action", required=False)
     if (to is None) == (action is None):
@@ -241,7 +243,7 @@ async def erase(request: web.Request) -> web.Response:
     """Erase a subject's personal data: its rows kept under a pseudonym (usage, audit), its Stripe payloads
     reduced, its Stripe ids dropped unless a subscription is live. Idempotent. Any text names the subject, not
     only an id by the subject rule (inp.subject): one stored before that rule may still need erasing."""
-    subject = inp.text({"subject": request.match_info["subject"]}, "subject")
+    subject = inp.text({"subject": inp.in_path(request)}, "subject")
     body = await inp.json_object(request, {"actor"})
     actor = inp.text(body, "actor", required=False) or "admin-api"
     try:

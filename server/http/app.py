@@ -181,6 +181,12 @@ def _guarded(handler, route: str, scope, guard: _Guard):
             rejected.labels(code).inc()
             message = exc.text if exc.status != 413 else too_large
             return _error(exc.status, code, message or exc.reason, request_id)
+        except web.RequestPayloadError:
+            # A body aiohttp could not decode (a Content-Encoding its bytes are not in): the caller's to fix.
+            rejected.labels("invalid_body").inc()
+            encoding = request.headers.get("Content-Encoding", "")[:40]
+            return _error(400, "invalid_body", f"the body could not be decoded as its Content-Encoding "
+                                               f"({encoding}) says", request_id)
         except ConnectionResetError:
             raise   # the client went away before its request was read: nobody to answer, no failure of the gate
         except Exception:

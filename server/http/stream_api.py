@@ -47,7 +47,7 @@ def _client(request: web.Request) -> str | None:
 
 async def snapshot(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    subject = inp.subject({"subject": request.match_info["subject"]})
+    subject = inp.subject({"subject": inp.in_path(request)})
     client = _client(request)
     if client is not None:      # before the read: every change after it reaches the client's stream
         gate.feed.watch(client, subject)

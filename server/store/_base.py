@@ -289,6 +289,10 @@ class Store(abc.ABC):
         """The subject's spendable grants, and its latest tier grants (spent or not)."""
 
     @abc.abstractmethod
+    async def grant(self, subject: str, grant_id: str) -> Grant | None:
+        """One of the subject's grants by its id (None when it has none of that id)."""
+
+    @abc.abstractmethod
     async def recent_grants(self, subject: str, limit: int = 50) -> list[Grant]:
         """The subject's newest grants, spent and expired ones included."""
 

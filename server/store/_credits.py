@@ -21,6 +21,7 @@ GRANTS = (f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND rema
           "created_at = (SELECT max(created_at) FROM credit_grants AS latest WHERE latest.subject = ? AND "
           "latest.meter = credit_grants.meter AND latest.source IN ('period', 'rollover'))")
 # The newest grants first, spent or not, for the subject's view.
+GRANT = f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND grant_id = ?"
 RECENT_GRANTS = f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? ORDER BY created_at DESC LIMIT ?"
 REPORT_COLUMNS = ("identifier, subject, meter, event_name, value, at, stripe_customer, status, attempts, "
                   "next_attempt_at, last_error, sent_at")

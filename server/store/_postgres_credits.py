@@ -15,6 +15,7 @@ from ._personal import numbered
 _SPEND = "SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 _INSERT_GRANT = numbered(sql.INSERT_GRANT)
 _GRANTS = numbered(sql.GRANTS)
+_GRANT = numbered(sql.GRANT)
 _RECENT = numbered(sql.RECENT_GRANTS)
 _DUE = numbered(sql.DUE_REPORTS)
 _UPDATE = numbered(sql.UPDATE_REPORT)
@@ -58,6 +59,11 @@ class PostgresCredits:
         async with self._conn() as db:
             rows = await db.fetch(_GRANTS, *sql.grants_args(subject, now))
         return [sql.grant_from_row(r) for r in rows]
+
+    async def grant(self, subject: str, grant_id: str) -> Grant | None:
+        async with self._conn() as db:
+            row = await db.fetchrow(_GRANT, subject, grant_id)
+        return None if row is None else sql.grant_from_row(row)
 
     async def recent_grants(self, subject: str, limit: int = 50) -> list[Grant]:
         async with self._conn() as db:

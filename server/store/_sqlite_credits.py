@@ -35,6 +35,10 @@ class SQLiteCredits:
     async def grants(self, subject: str, now: float) -> list[Grant]:
         return [sql.grant_from_row(r) for r in await self._rows(sql.GRANTS, sql.grants_args(subject, now))]
 
+    async def grant(self, subject: str, grant_id: str) -> Grant | None:
+        rows = await self._rows(sql.GRANT, (subject, grant_id))
+        return sql.grant_from_row(rows[0]) if rows else None
+
     async def recent_grants(self, subject: str, limit: int = 50) -> list[Grant]:
         return [sql.grant_from_row(r) for r in await self._rows(sql.RECENT_GRANTS, (subject, limit))]
 

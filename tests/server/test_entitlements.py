@@ -190,6 +190,22 @@ class TestCredits:
         assert [(g["amount"], g["remaining"], g["note"]) for g in credits["grants"]] == \
             [(1000, 400, "support ticket 42")]
 
+    async def test_a_grants_key_repeated_answers_the_grant_it_made_and_refuses_other_credits(self, start):
+        gate = await start(AI)
+        grant = {"meter": "tokens", "amount": 1000, "reason": "support ticket 43", "idempotency_key": "ticket-43"}
+        status, first = await gate.post("/v1/subjects/a3/credits", grant)
+        assert status == 200 and first["granted"] is True
+        await consume(gate, "a3", "tokens", 50000 + 300)
+        status, again = await gate.post("/v1/subjects/a3/credits", {**grant, "reason": "retried"})
+        assert status == 200 and again["granted"] is False
+        assert again["grant"] == {**first["grant"], "remaining": 700}
+        for other in ({"amount": 5000}, {"priority": 7}, {"expires_at": "2099-01-01T00:00:00Z"}):
+            status, refused = await gate.post("/v1/subjects/a3/credits", {**grant, **other})
+            assert (status, refused["error"]) == (409, "idempotency_key_reused"), other
+            assert "1000 of tokens" in refused["message"]
+        (credits,) = (await view(gate, "a3"))["credits"]
+        assert (credits["balance"], len(credits["grants"])) == (700, 1)
+
     async def test_concurrent_spends_never_pass_the_balance(self, start):
         gate = await start(AI)
         await consume(gate, "a2", "tokens", 50000)

@@ -2,9 +2,11 @@
 and true of what a real gate answers, route by route and status by status."""
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import re
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -109,10 +111,10 @@ def documented(method: str, template: str, status: int, media: str, payload, hea
 
 
 async def call(gate, method: str, path: str, template: str, *, body=None, raw: bytes | None = None,
-               token=_SCOPED) -> tuple[int, object]:
+               token=_SCOPED, headers: dict | None = None) -> tuple[int, object]:
     """Send a real request, check the answer against the spec, return (status, payload)."""
     token = token_for(path) if token is _SCOPED else token
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token is not None else {})}
     kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
     async with gate.session.request(method, gate.url + path, headers=headers, **kwargs) as resp:
         text, media = await resp.text(), resp.content_type
@@ -374,12 +376,26 @@ class TestErrorsAsDocumented:
         got, payload = await call(gate, "POST", concrete(template), template, raw=TOO_LARGE)
         assert (got, payload["error"]) == (413, "body_too_large")
 
-    @pytest.mark.parametrize("subject", ["x" * 201, "a%01b", "%7F"])
+    # %FF and %C3%28 are no UTF-8: aiohttp would leave them as they are, naming the subject sent as %25FF.
+    @pytest.mark.parametrize("subject", ["x" * 201, "a%01b", "%7F", "%FF", "a%C3%28"])
     async def test_bad_subject_in_the_path(self, gate, subject):
         for method, template, body in (("GET", "/v1/subjects/{subject}", None),
                                        ("POST", "/v1/subjects/{subject}/transition", {"to": "paid", "reason": "r"})):
             got, payload = await call(gate, method, template.replace("{subject}", subject), template, body=body)
             assert (got, payload["error"]) == (400, "invalid_field")
+
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+    async def test_a_body_not_in_the_content_encoding_it_names(self, gate, encoding):
+        template = "/v1/consume"
+        plain = json.dumps(OK_BODY).encode()
+        got, payload = await call(gate, "POST", template, template, raw=plain,
+                                  headers={"Content-Encoding": encoding, "Connection": "close"})
+        assert (got, payload["error"]) == (400, "invalid_body") and encoding in payload["message"]
+        status, view = await gate.get("/v1/subjects/u")
+        assert status == 200 and view["usage"][0]["used"] == 0
+        packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+        got, payload = await call(gate, "POST", template, template, raw=packed, headers={"Content-Encoding": encoding})
+        assert (got, payload["used"]) == (200, 1)
 
     async def test_unknown_route_and_method_use_the_error_shape(self, gate):
         assert (await call(gate, "GET", "/v1/nothing", None))[1]["error"] == "not_found"

@@ -28,11 +28,13 @@ async def hook(start_gate):
     return await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET)
 
 
-async def deliver(gate, evt: dict, *, secret: str = se.SECRET, header: str | None = None, raw: bytes | None = None):
+async def deliver(gate, evt: dict, *, secret: str = se.SECRET, header: str | None = None, raw: bytes | None = None,
+                  headers: dict | None = None):
     """Post an event; every answer is checked against schema/openapi.json."""
     body = raw if raw is not None else se.encode(evt)
     sig = header if header is not None else se.sign(body, secret)
-    async with gate.session.post(gate.url + "/webhook/stripe", data=body, headers={"Stripe-Signature": sig}) as r:
+    async with gate.session.post(gate.url + "/webhook/stripe", data=body,
+                                 headers={**(headers or {}), "Stripe-Signature": sig}) as r:
         payload = json.loads(await r.text())
         documented("post", "/webhook/stripe", r.status, r.content_type, payload, r.headers)
         return r.status, payload
@@ -93,6 +95,13 @@ class TestSignatures:
         header = se.sign(raw.decode("latin-1")) if raw == b"\xff\xfe" else se.sign(raw)
         status, answer = await deliver(hook, {}, raw=raw, header=header)
         assert status == 400 and answer["error"] in ("invalid_event", "signature_invalid")
+
+    async def test_a_body_not_in_the_content_encoding_it_names_is_400(self, hook):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        status, answer = await deliver(hook, evt, headers={"Content-Encoding": "gzip", "Connection": "close"})
+        assert (status, answer["error"]) == (400, "invalid_body")
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+        assert (await deliver(hook, evt))[0] == 200     # Stripe's retry, as it is sent: taken
 
     async def test_body_over_the_limit_is_413(self, start_gate):
         gate = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, PLANGATE_WEBHOOK_MAX_BYTES="2048")

@@ -28,6 +28,9 @@ from ._windows import (AnniversaryClock, BillingClock, CalendarClock, FixedClock
 _OK, _EXHAUSTED = Reason.OK, Reason.QUOTA_EXHAUSTED
 _LIFETIME_CLOCK = LifetimeClock()
 ONE_OFF_INVOICE = "none (a one-off invoice)"     # what an invoice of no subscription is about, in reasons
+# The most a scaled limit says (a plan's limit times a trait or quantity, plus add-ons): no window counts that much,
+# and with a window's overage added it still fits the stores' 64-bit integers.
+SCALED_LIMIT_MAX = 2**62
 # A state entering a status: (state, status, since, timer_due, plan_version) -> the new state.
 _entered = compiled_replace(SubjectState, "status", "since", "timer_due", "plan_version")
 
@@ -76,7 +79,7 @@ class _Rule:
         if self.adds and state.addons:
             for name, quantity in state.addons:
                 limit += self.adds.get(name, 0) * quantity
-        return limit
+        return min(limit, SCALED_LIMIT_MAX)
 
     def span(self, state: SubjectState, now: float) -> Span:
         return self.clock.span_for(state, now)

@@ -13,7 +13,7 @@ from typing import Any
 
 _ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "$comment", "title", "description", "examples", "default"})
 _KNOWN = _ANNOTATIONS | {
-    "$ref", "type", "const", "enum", "pattern", "minLength", "maxLength", "minimum", "minItems",
+    "$ref", "type", "const", "enum", "pattern", "minLength", "maxLength", "minimum", "maximum", "minItems",
     "minProperties", "required", "properties", "additionalProperties", "propertyNames", "items", "oneOf",
 }
 
@@ -85,6 +85,8 @@ class _Checker:
             return self._array(key, arg, value)
         if key == "minimum" and _is_number(value):
             return not value < arg  # as jsonschema compares: NaN passes
+        if key == "maximum" and _is_number(value):
+            return not value > arg
         return True  # the keyword does not apply to this kind of value
 
     def _string(self, key: str, arg, value: str) -> bool:

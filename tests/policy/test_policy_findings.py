@@ -15,7 +15,7 @@ EXPECT = re.compile(r"# expect: (?P<code>[a-z0-9-]+) (?P<severity>error|warning)
 YAML_CODES = {"yaml-syntax", "duplicate-key", "yaml-not-plain"}
 SCHEMA_CODES = {
     "schema-unknown-key", "schema-required", "schema-type", "schema-enum", "schema-const", "schema-pattern",
-    "schema-oneof", "schema-minimum", "schema-minproperties", "schema-minitems", "schema-minlength",
+    "schema-oneof", "schema-minimum", "schema-maximum", "schema-minproperties", "schema-minitems", "schema-minlength",
     "schema-maxlength",
 }
 

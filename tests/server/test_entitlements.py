@@ -155,6 +155,21 @@ class TestFeaturesAndSeats:
         assert (await view(gate, "org1"))["traits"] == {"members": 40}
 
 
+    async def test_a_limit_scaled_past_what_a_store_holds_is_counted_against(self, start, tmp_path):
+        """The plan's largest limit times the largest trait is past 64 bits: the limit is capped where no window
+        can reach it, and a count against it is stored (it was a 500 on SQLite, fail_closed on PostgreSQL)."""
+        plan = tmp_path / "plans.yaml"
+        plan.write_text(B2B.read_text().replace("documents: {limit: 50, per: month",
+                                                "documents: {limit: 1000000000000000, per: month"))
+        gate = await start(plan)
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("org3", "org", "price_business_yearly"), NOW - 60))
+        assert (await gate.post("/v1/subjects/org3/traits", {"traits": {"members": 1_000_000_000}}))[0] == 200
+        done = await consume(gate, "org3", "documents", 7, key="doc-1")
+        assert (done["allowed"], done["reason"], done["counted"], done["used"]) == (True, "ok", True, 7)
+        assert done["limit"] == 2**62 and done["remaining"] == 2**62 - 7
+        assert (await check(gate, "org3", meter="documents"))["used"] == 7
+
     async def test_traits_set_by_an_admin_are_audited_who_and_why(self, start):
         gate = await start(B2B)
         body = {"traits": {"members": 40}, "actor": "crm", "reason": "contract 2027-114: 40 members"}

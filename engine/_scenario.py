@@ -316,6 +316,8 @@ class _Reader:
         obj = _times(dict(obj))
         if event:
             obj.setdefault("object", implied_object(event))
+            if obj["object"] == "checkout.session":
+                obj.setdefault("mode", "subscription")  # a story's Checkout is of a subscription unless it says
         price = self.text(item, path + ("price",))
         period = self.field(item, path + ("period",), _period)
         quantity = self.field(item, path + ("quantity",), _amount)

@@ -6,8 +6,9 @@
             ...
 
 When the gate cannot answer in time (timeout, connection error, 5xx), a decision call returns a decision the
-client made itself (`local=True`, reason `fail_open` or `fail_closed`); bad input (a 4xx) raises, because it
-is a bug in the caller that must not be silently allowed.
+client made itself (`local=True`, reason `fail_open` or `fail_closed`), which does not know whether the gate
+counted (repeat a count with its idempotency_key to find out, counted once); bad input (a 4xx) raises, because
+it is a bug in the caller that must not be silently allowed.
 
 Exception tree:
 

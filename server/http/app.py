@@ -182,11 +182,14 @@ def _guarded(handler, route: str, scope, guard: _Guard):
             message = exc.text if exc.status != 413 else too_large
             return _error(exc.status, code, message or exc.reason, request_id)
         except web.RequestPayloadError:
-            # A body aiohttp could not decode (a Content-Encoding its bytes are not in): the caller's to fix.
+            # A body that could not be read (not in the Content-Encoding it names, or cut short): the caller's
+            # to fix. The rest of it cannot be told from a next request: the connection closes after the answer.
             rejected.labels("invalid_body").inc()
             encoding = request.headers.get("Content-Encoding", "")[:40]
-            return _error(400, "invalid_body", f"the body could not be decoded as its Content-Encoding "
-                                               f"({encoding}) says", request_id)
+            why = f"decoded as its Content-Encoding ({encoding}) says" if encoding else "read whole"
+            response = _error(400, "invalid_body", f"the body could not be {why}", request_id)
+            response.force_close()
+            return response
         except ConnectionResetError:
             raise   # the client went away before its request was read: nobody to answer, no failure of the gate
         except Exception:

@@ -388,11 +388,14 @@ class TestErrorsAsDocumented:
     async def test_a_body_not_in_the_content_encoding_it_names(self, gate, encoding):
         template = "/v1/consume"
         plain = json.dumps(OK_BODY).encode()
-        got, payload = await call(gate, "POST", template, template, raw=plain,
-                                  headers={"Content-Encoding": encoding, "Connection": "close"})
+        got, payload = await call(gate, "POST", template, template, raw=plain, headers={"Content-Encoding": encoding})
         assert (got, payload["error"]) == (400, "invalid_body") and encoding in payload["message"]
         status, view = await gate.get("/v1/subjects/u")
         assert status == 200 and view["usage"][0]["used"] == 0
+        # The connection closed after the 400 (what was left of the body cannot be told from a next request):
+        # the session's next request, on a new connection, is answered.
+        assert (await call(gate, "POST", "/v1/check", "/v1/check", body={"subject": "u", "meter": "requests"}))[0] \
+            == 200
         packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
         got, payload = await call(gate, "POST", template, template, raw=packed, headers={"Content-Encoding": encoding})
         assert (got, payload["used"]) == (200, 1)

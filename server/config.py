@@ -94,7 +94,7 @@ class Config:
             stream_max_seconds=r.number("PLANGATE_STREAM_MAX_SECONDS", 300.0, 0.5, 86_400.0),
             stream_max_listeners=r.integer("PLANGATE_STREAM_MAX_LISTENERS", 10_000, 1, 1_000_000),
             store_timeout=r.number("PLANGATE_STORE_TIMEOUT", 0.25, 0.001, 60.0),
-            max_amount=r.integer("PLANGATE_MAX_AMOUNT", 1_000_000, 1, 2**62),
+            max_amount=r.integer("PLANGATE_MAX_AMOUNT", 1_000_000, 1, 10**15),   # as a plan's limits
             max_body_bytes=r.integer("PLANGATE_MAX_BODY_BYTES", 16_384, 256, 10_000_000),
             idle_timeout=r.number("PLANGATE_IDLE_TIMEOUT", 75.0, 0.5, 3600.0),
             log_level=r.choice("PLANGATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

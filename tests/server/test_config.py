@@ -25,6 +25,7 @@ class TestConfig:
     @pytest.mark.parametrize("name, value", [
         ("PLANGATE_PORT", "-1"), ("PLANGATE_CACHE_SIZE", "0"), ("PLANGATE_STORE_TIMEOUT", "soon"),
         ("SUBSCRIPTION_KILL_SWITCH", "perhaps"), ("PLANGATE_LOG_LEVEL", "LOUD"), ("PLANGATE_MAX_AMOUNT", "1.5"),
+        ("PLANGATE_MAX_AMOUNT", str(10**15 + 1)),
         ("PLANGATE_IDLE_TIMEOUT", "0"), ("PLANGATE_PG_REPLICAS", "mysql://replica:3306/db"),
         ("PLANGATE_PG_REPLICA_MAX_LAG", "0"), ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "-1"),
         ("PLANGATE_EVENT_PAYLOAD_RETENTION_DAYS", "3.5"),

@@ -17,6 +17,7 @@ MAX_BODY = web.AppKey("max_body", int)   # bytes a /v1/ body may have
 _CONTROL = re.compile("[\x00-\x1f\x7f]")     # one C scan, not a generator over every character
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME = re.compile("[a-z][a-z0-9_]{0,63}")
+_NOT_AN_ESCAPE = re.compile("%(?![0-9A-Fa-f]{2})")
 
 
 class BadRequest(Exception):
@@ -101,13 +102,17 @@ def text(body: dict, name: str, *, required: bool = True) -> str | None:
 
 
 def in_path(request: web.Request, name: str = "subject") -> str:
-    """A path parameter as its sender meant it. aiohttp leaves a percent-escape that is not UTF-8 (%FF) as it is,
-    which would name another subject (the one sent as %25FF): such a path is refused."""
+    """A path parameter as its sender meant it. aiohttp leaves a percent-escape that is not UTF-8 (%FF), or no
+    escape at all (%zz), as it is, which would name another subject (the one sent as %25FF): such a path is
+    refused."""
     value = request.match_info[name]
     if "%" in value:
+        raw = request.raw_path.partition("?")[0]
         try:
-            unquote(request.raw_path.partition("?")[0], errors="strict")
+            unquote(raw, errors="strict")
         except UnicodeDecodeError:
+            raw = "%"
+        if _NOT_AN_ESCAPE.search(raw):
             raise BadRequest(400, "invalid_field", f"the path's '{name}' must be percent-encoded UTF-8") from None
     return value
 

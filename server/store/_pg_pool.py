@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+import weakref
 
 import asyncpg
 
@@ -38,6 +39,8 @@ class Pool:
                          "command_timeout": command_timeout, "reset": reset, "init": init}
         self._pool: asyncpg.Pool | None = None
         self._turns: asyncio.Semaphore | None = None     # made by open(), in the loop that uses it
+        # Tasks that have had a connection: what they asked may have reached the database.
+        self.handed: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
 
     async def open(self) -> None:
         self._turns = asyncio.Semaphore(self._options["max_size"])
@@ -73,6 +76,9 @@ class Pool:
             raise StoreError(f"PostgreSQL: no connection free within {timeout}s") from exc
         try:
             async with self._pool.acquire() as conn:
+                task = asyncio.current_task()
+                if task is not None:
+                    self.handed.add(task)
                 try:
                     yield conn
                 except asyncpg.InternalClientError:

@@ -47,3 +47,26 @@ async def test_no_answer_says_not_counted_of_a_count_the_store_made(start_gate, 
     for i in range(BURST):
         status, again = await gate.consume("u", 1, key=f"k{i}")
         assert status == 200 and again["duplicate"] == (f"k{i}" in counted), (i, again)
+
+
+async def test_first_counts_waiting_for_a_connection_are_withdrawn_not_awaited(start_gate, store):
+    """A subject's first count is a transaction of its own (on PostgreSQL a task, not a batch): while it waits
+    for a connection it is withdrawn at the budget, as a queued count is; once it has one, it is awaited."""
+    database, synchronous = store
+    gate = await start_gate(database=database, PLANGATE_SQLITE_SYNCHRONOUS=synchronous, PLANGATE_PG_POOL_MAX="2")
+    core = gate.app[GATE]
+    for i in range(BURST // 2):       # read (not stored yet) and cached: the burst's time goes to counting
+        assert (await gate.check(f"new{i}"))[0] == 200
+    patient = core.config
+    core.config = dataclasses.replace(patient, store_timeout=0.001)
+    answers = await asyncio.gather(*(gate.consume(f"new{i}", 1, key=f"n{i}") for i in range(BURST // 2)))
+    core.config = patient
+
+    assert all(status == 200 for status, _ in answers)
+    reasons = {body["reason"] for _, body in answers}
+    assert "ok" in reasons and reasons - {"ok"} in ({"fail_open"}, {"fail_closed"}), reasons
+    for i, (_, body) in enumerate(answers):
+        _, view = await gate.get(f"/v1/subjects/new{i}")
+        assert [row["used"] for row in view["usage"] if row["meter"] == "requests"] == [int(body["counted"])]
+        status, again = await gate.consume(f"new{i}", 1, key=f"n{i}")
+        assert status == 200 and again["duplicate"] == body["counted"], (i, body, again)

@@ -19,8 +19,9 @@ from ._subscriptions import Subscription
 
 # The Checkout events that complete a payment: at once (a card), or later (a bank debit).
 PURCHASE_EVENTS = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
-# The most credits one grant may hold: the stores count in 64-bit integers, and balances are summed.
-MAX_GRANT = 2**62
+# The most credits one grant may hold, as a plan's packs and an admin's grant (10^15): the stores count in
+# 64-bit integers, and balances are summed.
+MAX_GRANT = 10**15
 _MAX_WINDOWS = 400          # windows stepped through to carry a rollover (it settles after two)
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from plangate.engine import Reason, StripeEvent, SubjectState, UsageBook, compile_file
+from plangate.engine import AbsurdPurchase, Reason, StripeEvent, SubjectState, UsageBook, compile_file
 from plangate.engine._credits import (Grant, GrantSource, Spendable, balance, cancelled_at, last_window,
                                       period_grants, spend)
 from plangate.engine._entitlements import UnknownFeature
@@ -258,6 +258,18 @@ transitions: [{from: free, on: "admin:close", to: gone}]
         assert ai.credits.purchased("checkout.session.completed", dict(session, mode="subscription"), 1.0) == ()
         assert ai.credits.needs_line_items("checkout.session.completed",
                                            {k: v for k, v in session.items() if k != "line_items"})
+
+    def test_a_checkout_past_what_a_grant_holds_is_refused_whole(self, ai):
+        """10^15 credits at most per grant (as a plan's pack and an admin's grant): two of 2^62 summed past what
+        PostgreSQL's balance holds."""
+        line = {"price": {"id": "price_tokens_1m"}, "quantity": 10**9}         # 10^6 credits a unit: 10^15
+        session = {"object": "checkout.session", "id": "cs_2", "mode": "payment", "payment_status": "paid",
+                   "line_items": {"data": [line]}}
+        (grant,) = ai.credits.purchased("checkout.session.completed", session, 1000.0)
+        assert grant.amount == 10**15
+        with pytest.raises(AbsurdPurchase, match="more than a grant holds"):
+            ai.credits.purchased("checkout.session.completed",
+                                 dict(session, line_items={"data": [line, dict(line, quantity=10**9 + 1)]}), 1000.0)
 
     def test_the_usage_book_spends_and_counts_overage(self, ai):
         book = UsageBook(ai)

@@ -64,6 +64,10 @@ def balance_of(table: StateTable, state: SubjectState, meter: str, now: float, g
     return balance(made, meter, now, table.spendable(state, meter, now))
 
 
+class PastExpiry(ValueError):
+    """A new grant would have expired already."""
+
+
 def admin_grant(meter: str, amount: int, now: float, *, reason: str, key: str | None, expires_at: float | None,
                 priority: int | None) -> Grant:
     """An admin's grant: its id from the caller's key (granting twice with one key grants once), else new."""

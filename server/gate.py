@@ -430,18 +430,24 @@ class Gate:
         was of other credits (meter, amount, expiry or priority)."""
         grant = entitlements.admin_grant(meter, amount, self.clock(), reason=reason, key=key, expires_at=expires_at,
                                          priority=priority)
-        made = await self.timed("save", self.store.add_grants(subject, (grant,), actor), shield=True)
-        if not made and key is not None:
-            stored = await self.timed("credits", self.store.grant(subject, grant.id))
-            if stored is not None:
-                if entitlements.grant_terms(stored) != entitlements.grant_terms(grant):
-                    raise IdempotencyConflict(
-                        f"idempotency_key {key!r} made another grant before ({stored.amount} of {stored.meter}); a "
-                        "repeat must send the same meter, amount, expires_at and priority, other credits a new key")
-                grant = stored
+        # A repeat is answered from what its key made, looked up first: its expiry may have passed since.
+        stored = await self.timed("credits", self.store.grant(subject, grant.id)) if key is not None else None
+        made = False
+        if stored is None:
+            if expires_at is not None and expires_at <= grant.created:
+                raise entitlements.PastExpiry("'expires_at' must be in the future")
+            made = bool(await self.timed("save", self.store.add_grants(subject, (grant,), actor), shield=True))
+            if not made and key is not None:        # a concurrent repeat made it first
+                stored = await self.timed("credits", self.store.grant(subject, grant.id))
+        if stored is not None:
+            if entitlements.grant_terms(stored) != entitlements.grant_terms(grant):
+                raise IdempotencyConflict(
+                    f"idempotency_key {key!r} made another grant before ({stored.amount} of {stored.meter}); a "
+                    "repeat must send the same meter, amount, expires_at and priority, other credits a new key")
+            grant = stored
         self.invalidate(subject)
-        entitlements.log_grant(subject, grant, actor, bool(made))
-        return grant, bool(made)
+        entitlements.log_grant(subject, grant, actor, made)
+        return grant, made
 
     async def set_traits(self, subject: str, traits: dict[str, int], actor: str, why: str = "") -> SubjectState:
         """Set numbers on the subject (a quota per_unit of a trait), through the door: audited as an admin's

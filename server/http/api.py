@@ -11,6 +11,7 @@ from plangate.engine import Decision
 from plangate.engine._entitlements import UnknownFeature
 
 from . import _input as inp, _json
+from .. import entitlements
 from ..gate import Counting, Gate, StoreUnavailable
 from ..jobs import Jobs
 from ..plan_versions import PlanKeeper
@@ -152,11 +153,11 @@ async def grant_credits(request: web.Request) -> web.Response:
     key = inp.text(body, "idempotency_key", required=False)
     expires_at = inp.instant(body, "expires_at")
     priority = inp.whole(body, "priority", 0, 1000)
-    if expires_at is not None and expires_at <= gate.clock():
-        raise inp.BadRequest(400, "invalid_field", "'expires_at' must be in the future")
     try:
         grant, made = await gate.grant(subject, meter, amount, actor=actor, reason=reason, key=key,
                                        expires_at=expires_at, priority=priority)
+    except entitlements.PastExpiry as exc:
+        raise inp.BadRequest(400, "invalid_field", str(exc)) from None
     except IdempotencyConflict as exc:
         raise inp.BadRequest(409, "idempotency_key_reused", str(exc)) from None
     except StoreUnavailable:

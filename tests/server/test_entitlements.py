@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
@@ -220,6 +221,22 @@ class TestCredits:
             assert "1000 of tokens" in refused["message"]
         (credits,) = (await view(gate, "a3"))["credits"]
         assert (credits["balance"], len(credits["grants"])) == (700, 1)
+
+    async def test_a_grants_key_repeated_after_its_expiry_answers_the_grant_it_made(self, start):
+        """A retry that arrives once the grant has expired is still a repeat (200, granted false), not a 400 for an
+        expiry in the past; a new key with that expiry is the 400."""
+        gate = await start(AI)
+        expires = datetime.fromtimestamp(int(time.time()) + 2, UTC)
+        grant = {"meter": "tokens", "amount": 10, "reason": "trial credits", "idempotency_key": "ticket-44",
+                 "expires_at": expires.isoformat().replace("+00:00", "Z")}
+        status, first = await gate.post("/v1/subjects/a4/credits", grant)
+        assert status == 200 and first["granted"] is True
+        await asyncio.sleep(expires.timestamp() - time.time() + 0.1)
+        status, again = await gate.post("/v1/subjects/a4/credits", grant)
+        assert (status, again.get("granted"), again["grant"]["id"]) == (200, False, first["grant"]["id"]), again
+        status, refused = await gate.post("/v1/subjects/a4/credits", {**grant, "idempotency_key": "ticket-45"})
+        assert (status, refused["error"]) == (400, "invalid_field") and "future" in refused["message"]
+        assert len((await view(gate, "a4"))["credits"][0]["grants"]) == 1
 
     async def test_concurrent_spends_never_pass_the_balance(self, start):
         gate = await start(AI)

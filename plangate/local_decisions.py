@@ -59,6 +59,7 @@ class LocalDecisions:
         self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
+        self.max_amount = 0                 # the gate's largest amount: one it refuses (a 400) is the gate's to say
         # The gate's time is this process's monotonic clock plus `offset`: measured by the snapshots (the gate says
         # its time in each), at first this process's own wall clock. A step of the wall clock here (NTP) moves
         # nothing; one of the gate's reaches the client with its next snapshot.
@@ -109,7 +110,7 @@ class LocalDecisions:
     def decide(self, subject: str, meter: str, amount: int):
         """The engine's Decision from the copy, or None: the gate must answer."""
         table = self.table
-        if table is None or not self.allowed:
+        if table is None or not self.allowed or amount.__class__ is not int or not 0 < amount <= self.max_amount:
             return None
         moment = time.monotonic()
         if not self.live or moment - self.heard > self.staleness:     # not fresh
@@ -222,6 +223,7 @@ class LocalDecisions:
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self.allowed = body.get("local", False)
+            self.max_amount = body.get("max_amount", 0)
             if self.table is None or self.table.version != body.get("plan_version"):
                 self._refetch_plan()
             self.live = True

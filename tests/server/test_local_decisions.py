@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from plangate.client import GateClient
+from plangate.client import GateClient, GateRequestError
 from plangate.server import changes, serve
 from plangate.server.changes import ChangeFeed
 from plangate.server.http.api import GATE
@@ -410,3 +410,19 @@ def test_the_closest_measurement_of_the_gates_clock_stands_for_a_while():
     assert local.offset == pytest.approx(989.999)
     local._measure(1200.0, 100.0, 100.5)            # slower, but the close one is over OFFSET_KEPT old
     assert local.offset == pytest.approx(1099.75)
+
+
+@pytest.mark.parametrize("amount", [0, -3, 1.5, True, 1_000_001])
+async def test_an_amount_the_gate_refuses_is_refused_the_same_way_by_a_local_client(gate, amount):
+    """An amount the gate answers with a 400 is not decided here (a ValueError, or an answer where the gate gives
+    none): the client asks the gate, and raises the gate's GateRequestError as a remote client does."""
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        assert await here.local.ready()
+        assert (await here.check("u9", "requests")).evaluated_here
+        with pytest.raises(GateRequestError) as remote:
+            await there.check("u9", "requests", amount)
+        with pytest.raises(GateRequestError) as local:
+            await here.check("u9", "requests", amount)
+        assert (local.value.status, local.value.code) == (remote.value.status, remote.value.code) == \
+            (400, "invalid_field")

@@ -236,7 +236,7 @@ class GateClient:
     """The gate's HTTP API as typed calls. `timeout` is the budget, in seconds, for a whole call (connect,
     send, wait, read). With `session`, the caller's aiohttp session is used and left open."""
 
-    def __init__(self, base_url: str, token: str, *, admin_token: str | None = None, timeout: float = 0.25,
+    def __init__(self, base_url: str, token: str, *, admin_token: str | None = None, timeout: float = 0.5,
                  fail_open: bool = True, session: aiohttp.ClientSession | None = None, local: bool = False,
                  staleness: float = 1.0):
         """local: decide `check` in this process (plangate/local_decisions.py), from copies no staler than

@@ -3,6 +3,7 @@ listening, too slow, failing with 5xx or garbage."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from datetime import datetime, UTC
 
@@ -11,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from plangate.client import GateClient, GateDecision, GateRequestError, GateUnavailable
+from plangate.server.config import Config
 
 from .conftest import ADMIN_TOKEN, ROOT, TOKEN, free_port
 
@@ -253,8 +255,14 @@ class TestClientItself:
     async def test_the_token_is_not_in_the_repr(self, gate):
         client = GateClient(gate.url, TOKEN)
         assert TOKEN not in repr(client) and TOKEN not in str(client)
-        assert repr(client) == f"GateClient({gate.url!r}, timeout=0.25, fail_open=True)"
+        assert repr(client) == f"GateClient({gate.url!r}, timeout=0.5, fail_open=True)"
         await client.close()
+
+    def test_the_default_budget_outlasts_the_gates_own(self):
+        """By default the client waits longer than the gate waits for its store: it hears the gate's fail-mode
+        answer (which knows what was counted) rather than making one up at the same moment."""
+        budget = inspect.signature(GateClient).parameters["timeout"].default
+        assert budget >= 2 * Config.__dataclass_fields__["store_timeout"].default
 
     async def test_a_given_session_is_used_and_left_open(self, gate):
         async with aiohttp.ClientSession() as session:

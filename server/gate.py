@@ -121,10 +121,11 @@ class Gate:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
     async def counted(self, operation: str, pending):
-        """A count (or spend) within the time budget, answered as it went. When the budget runs out, the store
-        withdraws it if it has not handed it to the database yet (StoreUnavailable: it is never written, the fail
-        mode answers); one handed over is awaited to its end, however long the database takes (its own timeouts
-        bound that), so that no answer says 'not counted' of work the store counted."""
+        """A write (a count or spend, a state change, a grant) within the time budget, answered as it went. When
+        the budget runs out, the store withdraws it if it has not handed it to the database yet (StoreUnavailable:
+        it is never written; a count's fail mode answers); one handed over is awaited to its end, however long the
+        database takes (its own timeouts bound that), so that no answer says 'not written' of what the store
+        wrote."""
         task = asyncio.ensure_future(pending)
         budget = self.config.store_timeout
         try:
@@ -436,7 +437,7 @@ class Gate:
         if stored is None:
             if expires_at is not None and expires_at <= grant.created:
                 raise entitlements.PastExpiry("'expires_at' must be in the future")
-            made = bool(await self.timed("save", self.store.add_grants(subject, (grant,), actor), shield=True))
+            made = bool(await self.counted("save", self.store.add_grants(subject, (grant,), actor)))
             if not made and key is not None:        # a concurrent repeat made it first
                 stored = await self.timed("credits", self.store.grant(subject, grant.id))
         if stored is not None:
@@ -687,7 +688,7 @@ class Gate:
             fold_state = stored.fold_state if actor in ("timer", "plan") else None
             change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
                             audits=audits)
-            if await self.timed("save", self.store.commit(change), shield=True):
+            if await self.counted("save", self.store.commit(change)):
                 self.invalidate(subject)
                 for audit in audits:
                     self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()

@@ -14,6 +14,8 @@ import pytest
 
 from plangate.server.http.api import GATE
 
+from .conftest import ROOT
+
 BURST = 120
 
 
@@ -26,13 +28,14 @@ def store(request, tmp_path) -> tuple[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def writes_held(database: str):
-    """Another process's write lock on the store while the block runs (reads go on)."""
+async def writes_held(database: str, tables: str = "quota_usage"):
+    """Another process's write lock on the store (on PostgreSQL, on `tables`) while the block runs (reads go
+    on)."""
     if database.startswith("postgresql"):
         other = await asyncpg.connect(database)
         tx = other.transaction()
         await tx.start()
-        await other.execute("LOCK TABLE quota_usage IN EXCLUSIVE MODE")
+        await other.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
         try:
             yield
         finally:
@@ -110,3 +113,33 @@ async def test_first_counts_waiting_for_a_connection_are_withdrawn_not_awaited(s
         assert [row["used"] for row in view["usage"] if row["meter"] == "requests"] == [int(body["counted"])]
         status, again = await gate.consume(f"new{i}", 1, key=f"n{i}")
         assert status == 200 and again["duplicate"] == body["counted"], (i, body, again)
+
+
+async def test_an_admins_write_that_outlasts_the_budget_is_answered_as_it_went(start_gate, store):
+    """A transition and a credit grant sent while another writer holds the store, on a budget they outlast: each
+    is answered as it went, 503 'nothing changed' only when nothing was written, else the change, and checks
+    decide by what the store holds. Before, both answered 503 and were committed once the lock went: the cached
+    subject was decided by its old status, and a grant retried (no key) was granted twice."""
+    database, synchronous = store
+    gate = await start_gate(plan=ROOT / "examples" / "ai-api" / "plans.yaml", database=database, PLANGATE_SQLITE_SYNCHRONOUS=synchronous)
+    core = gate.app[GATE]
+    assert (await gate.post("/v1/subjects/bob/transition", {"to": "subscribed", "reason": "budget test"}))[0] == 200
+    assert (await gate.check("bob", meter="tokens"))[1]["allowed"]                  # cached
+
+    patient = core.config
+    core.config = dataclasses.replace(patient, store_timeout=0.05)
+    async with writes_held(database, "subscriptions, credit_grants"):
+        moved = asyncio.ensure_future(gate.post("/v1/subjects/bob/transition", {"to": "lapsed", "reason": "t"}))
+        granted = asyncio.ensure_future(gate.post("/v1/subjects/alice/credits",
+                                                  {"meter": "tokens", "amount": 100, "reason": "goodwill"}))
+        await asyncio.sleep(0.3)
+    (moved_status, _), (granted_status, _) = await moved, await granted
+    core.config = patient
+
+    assert {moved_status, granted_status} <= {200, 503}
+    await asyncio.sleep(1.0)    # a write still running after its answer (the bug) has landed by now
+    _, bob = await gate.get("/v1/subjects/bob")
+    assert bob["status"] == ("lapsed" if moved_status == 200 else "subscribed")
+    assert (await gate.check("bob", meter="tokens"))[1]["status"] == bob["status"]
+    _, alice = await gate.get("/v1/subjects/alice")
+    assert [len(m["grants"]) for m in alice["credits"]] == [int(granted_status == 200)]

@@ -52,6 +52,7 @@ _COUNT_BATCH = ("SELECT * FROM plangate_count_batch($1::text[], $2::text[], $3::
 BATCHES_IN_FLIGHT = 3
 STALLED_AFTER = 0.003
 DEADLOCK_RETRIES = 3
+NO_VERSION = -1     # a version no row has: a count against it is a conflict (after its key is looked up)
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
           "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text", "quantity": "int8",
           "addons": "text", "traits": "text"}   # others: float8
@@ -272,10 +273,13 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
             self._changed(subject)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")
 
-    async def _insert_subject(self, db, current: StoredSubject, now: float) -> None:
-        """A subject not stored yet, in its initial state (another writer's row, if there, stays)."""
-        await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
-                         *subject_values(current), now)
+    async def _insert_subject(self, db, current: StoredSubject, now: float) -> int:
+        """A subject not stored yet, in its initial state: the version to count against, 1; or, when another
+        writer's row is there (it stays), NO_VERSION, so that the count is a conflict (the gate decides again on
+        that row) unless its key is a repeat."""
+        status = await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
+                                  *subject_values(current), now)
+        return 1 if status.endswith(" 1") else NO_VERSION
 
     async def _count_batch(self, items: list[tuple]) -> list:
         """plangate_count_batch's row for each count, in one call (one round trip, one commit). The counts run
@@ -312,14 +316,12 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
             return StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}")
 
     async def _count_first(self, current: StoredSubject, item: tuple):
-        """A count for a subject not stored yet: its row goes in with the count (as version 1, unless
-        another writer's is there), or not at all. Not batched: a subject's first count happens once."""
-        item = (*item[:6], 1, item[7])
+        """A count for a subject not stored yet: its row goes in with the count (as version 1; when another
+        writer's is there, a conflict), or not at all. Not batched: a subject's first count happens once."""
         async with self._conn() as db:
             try:
                 async with db.transaction():
-                    await db.execute(_INSERT_SUBJECT + " ON CONFLICT (subject) DO NOTHING", current.state.subject,
-                                     *subject_values(current), item[-1])
+                    item = (*item[:6], await self._insert_subject(db, current, item[-1]), item[7])
                     row = (await db.fetch(_COUNT_BATCH, *_columns([item]), self.announce_usage))[0]
                     if row[0] != "counted":
                         raise _Abort(row)

@@ -34,7 +34,7 @@ class PostgresCredits:
 
         def _conn(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
         def _tx(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
-        async def _insert_subject(self, db: Any, current: StoredSubject, now: float) -> None: ...
+        async def _insert_subject(self, db: Any, current: StoredSubject, now: float) -> int: ...
 
     async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
                     key: str | None, now: float) -> Counted:
@@ -46,9 +46,8 @@ class PostgresCredits:
             async with self._tx() as db:
                 if spend.grants:
                     await db.executemany(_INSERT_GRANT, [sql.grant_values(subject, g, None) for g in spend.grants])
-                if current.version == 0:
-                    await self._insert_subject(db, current, now)
-                row = await db.fetchrow(_SPEND, *args, current.version or 1, *report, self.announce_usage)
+                version = current.version or await self._insert_subject(db, current, now)
+                row = await db.fetchrow(_SPEND, *args, version, *report, self.announce_usage)
                 if row[0] != "counted":
                     raise _Undo(row)
         except _Undo as undo:

@@ -16,6 +16,7 @@ from tests import postgres
 from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
                                    SQLiteStore, StoredSubject, StoreError, open_store)
 from plangate.server.store import _sqlite_connections
+from plangate.server.store._credits import Spend
 from plangate.server.store._postgres import PostgresStore
 from plangate.server.store._migrations import migrations, statements
 from plangate.server.store._base import state_from_json, state_json
@@ -310,6 +311,23 @@ class TestCounting:
         again = await store.count(fresh(), "requests", 0, 4, 10, "f", 100.0)
         assert (again.duplicate, again.used) == (True, 4)
         assert await store.used("u", [("requests", 0)]) == {("requests", 0): 4}
+
+    async def test_a_first_count_on_a_row_another_writer_stored_meanwhile_is_a_conflict(self, store):
+        """The gate read no row (version 0) and decided by the initial status; meanwhile a webhook stored the
+        subject in a status that denies. The count (or spend) is a conflict, for the gate to decide again on the
+        stored row, and writes nothing; a key it repeats is still answered as a repeat. PostgreSQL counted it."""
+        closed = StoredSubject(SubjectState("u", "closed", since=101.0, plan_version="v1"), 0)
+        assert await store.commit(Change(closed, 0))
+        done = await store.count(fresh(), "requests", 0, 1, 20, "k", 200.0)
+        assert (done.conflict, done.counted) == (True, False)
+        spent = await store.spend(fresh(), "requests", 0, 1, Spend(limit=20, ceiling=20), "s", 200.0)
+        assert (spent.conflict, spent.counted) == (True, False)
+        assert (await store.used("u", [("requests", 0)])).get(("requests", 0), 0) == 0
+        current = await store.load("u")
+        assert current.version == 1 and current.state.status == "closed"
+        assert (await store.count(current, "requests", 0, 1, 20, "k", 200.0)).counted
+        again = await store.count(fresh(), "requests", 0, 1, 20, "k", 200.0)
+        assert (again.duplicate, again.used) == (True, 1)
 
     async def test_a_conflicting_count_keeps_no_key(self, store):
         await store.count(fresh(), "requests", 0, 1, 10, None, 100.0)

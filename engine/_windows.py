@@ -185,31 +185,37 @@ class AnniversaryClock:
             return span
         if period_start is None:
             return self.calendar.span(now)
-        span = anniversary_span(self.kind, now, period_start)
+        span = anniversary_span(self.kind, now, period_start, period_end)
         self._cached = (period_start, period_end, span)
         return span
 
 
-def anniversary_span(kind: Window, now: float, anchor: float) -> Span:
-    """The day, week or month (from the anniversary `anchor`, Unix seconds) that contains now."""
+def anniversary_span(kind: Window, now: float, anchor: float, until: float | None = None) -> Span:
+    """The day, week or month (from the anniversary `anchor`, Unix seconds: a period's start, ending at `until`
+    if known) that contains now."""
     if kind is not Window.MONTH:
         length = 86400 if kind is Window.DAY else 7 * 86400
         start = int(anchor) + math.floor((now - int(anchor)) / length) * length
         return Span(start, start + length)
     first = datetime.fromtimestamp(int(anchor), UTC)
+    day = first.day
+    if until is not None and day == calendar.monthrange(first.year, first.month)[1]:
+        # A period that starts on a month's last day may be one whose billing anchor's day that month lacks
+        # (anchored on the 31st: Feb 28 to Mar 31): its end, which Stripe does not clamp, says the anchor's day.
+        day = max(day, datetime.fromtimestamp(int(until), UTC).day)
     at = datetime.fromtimestamp(now, UTC)
     n = (at.year - first.year) * 12 + (at.month - first.month)
-    while _month_after(first, n) > now:
+    while _month_after(first, n, day) > now:
         n -= 1
-    while _month_after(first, n + 1) <= now:
+    while _month_after(first, n + 1, day) <= now:
         n += 1
-    return Span(_month_after(first, n), _month_after(first, n + 1))
+    return Span(_month_after(first, n, day), _month_after(first, n + 1, day))
 
 
-def _month_after(first: datetime, n: int) -> int:
-    """Unix seconds of the anniversary n months after `first` (day clamped to the month's last)."""
+def _month_after(first: datetime, n: int, day: int) -> int:
+    """Unix seconds of the anniversary n months after `first`, on `day` (clamped to the month's last)."""
     year, month = divmod(first.month - 1 + n, 12)
     year += first.year
     month += 1
-    day = min(first.day, calendar.monthrange(year, month)[1])
+    day = min(day, calendar.monthrange(year, month)[1])
     return int(first.replace(year=year, month=month, day=day).timestamp())

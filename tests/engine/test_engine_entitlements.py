@@ -166,6 +166,29 @@ transitions: [{from: free, on: "admin:close", to: gone}]
     def test_months_from_the_anniversary_clamp_to_the_months_last_day(self, anchor, now, start, end):
         assert anniversary_span(Window.MONTH, ts(now), ts(anchor)) == Span(int(ts(start)), int(ts(end)))
 
+    @pytest.mark.parametrize("period_start, period_end, now, start, end", [
+        # anchored on the 31st: the period that starts on Feb 28 ends on Mar 31, and so does its month
+        ("2027-02-28T10:00:00Z", "2027-03-31T10:00:00Z", "2027-03-28T10:00:01Z", "2027-02-28T10:00:00Z",
+         "2027-03-31T10:00:00Z"),
+        ("2027-04-30T10:00:00Z", "2027-05-31T10:00:00Z", "2027-05-30T11:00:00Z", "2027-04-30T10:00:00Z",
+         "2027-05-31T10:00:00Z"),
+        # anchored on Feb 29: a yearly period's months fall on the 29th
+        ("2027-02-28T10:00:00Z", "2028-02-29T10:00:00Z", "2027-03-28T12:00:00Z", "2027-02-28T10:00:00Z",
+         "2027-03-29T10:00:00Z"),
+        # a period on its own day (the 28th, the 15th) keeps it
+        ("2027-02-28T10:00:00Z", "2027-03-28T10:00:00Z", "2027-03-28T10:00:01Z", "2027-03-28T10:00:00Z",
+         "2027-04-28T10:00:00Z"),
+        ("2027-01-15T00:00:00Z", "2027-01-29T00:00:00Z", "2027-01-20T00:00:00Z", "2027-01-15T00:00:00Z",
+         "2027-02-15T00:00:00Z"),
+    ])
+    def test_months_follow_the_billing_anchor_a_period_starting_on_a_months_last_day_hides(
+            self, period_start, period_end, now, start, end):
+        """Stripe bills a subscription anchored on the 31st on Feb 28 and then on Mar 31: the period's start is
+        clamped, its end is not. The allowance's month follows the anchor's day, not the clamped start (it reset
+        on Mar 28, three days before the renewal)."""
+        span = anniversary_span(Window.MONTH, ts(now), ts(period_start), ts(period_end))
+        assert span == Span(int(ts(start)), int(ts(end)))
+
     def test_days_and_weeks_from_the_anniversary(self):
         anchor = ts("2027-01-31T10:00:00Z")
         assert anniversary_span(Window.DAY, anchor + 86400 * 3 + 5, anchor).start == anchor + 86400 * 3

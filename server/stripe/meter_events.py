@@ -71,7 +71,12 @@ class MeterEvents:
 
         async def one(report: OverageReport) -> OverageReport:
             async with turns:
-                return await self._send(report, now)
+                try:
+                    return await self._send(report, now)
+                except Exception as exc:    # noqa: BLE001 - the batch's other outcomes must be recorded
+                    log(logging.ERROR, "overage_send_failed", report=report.identifier, subject=report.subject,
+                        error=f"{type(exc).__name__}: {exc}")
+                    return self._later(report, now, f"{type(exc).__name__}: {exc}")
 
         done = await asyncio.gather(*(one(r) for r in due))
         await self.gate.timed("overage", self.gate.store.update_reports(list(done)), shield=True, timeout=30.0)

@@ -21,6 +21,7 @@ class FakeStripe:
     requests: list[tuple[str, dict]] = field(default_factory=list)     # (path, form) of every meter event POST
     failing: int = 0                                                   # the next requests answered 503
     lost: int = 0           # the next accepted events whose answer is lost (a 503 after Stripe recorded them)
+    reused: int = 0         # the next meter events refused as a reused idempotency key (Stripe's idempotency_error)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -45,6 +46,10 @@ class FakeStripe:
             return refused
         form = dict(await request.post())
         self.requests.append((request.path, form))
+        if self.reused:
+            self.reused -= 1
+            return _error(400, "idempotency_error", "Keys for idempotent requests can only be used with the same "
+                                                    "parameters they were first used with.")
         name, ident = form.get("event_name"), form.get("identifier")
         customer = form.get("payload[stripe_customer_id]")
         if name not in self.meters:

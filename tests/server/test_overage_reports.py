@@ -95,6 +95,22 @@ class TestReporting:
         assert len(fake.events) == 1 and len(fake.requests) == 2
         assert {r[1]["identifier"] for r in fake.requests} == {fake.events[0]["identifier"]}
 
+    async def test_one_report_failing_unexpectedly_keeps_the_others_outcomes(self, scale, fake):
+        """A report whose sending fails in a way not foreseen (here Stripe's idempotency_error) is left for a
+        retry; the reports sent beside it are recorded as sent. Before, the whole batch's outcomes were lost: the
+        sent ones went again at every run, and past Stripe's 24 hours of deduplication would be billed twice."""
+        await consume(scale, "s1", "tokens", 10, key="job-4")
+        await consume(scale, "s1", "tokens", 20, key="job-5")
+        fake.reused = 1
+        assert await job(scale) == [1, 1, 0]
+        (pending,) = (await overage(scale, status="pending"))["reports"]
+        assert "IdempotencyError" in pending["last_error"]
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 31
+        assert await job(scale) == [1, 0, 0]
+        assert len(fake.events) == 2 and len(fake.requests) == 3     # the one sent first was not sent again
+
     async def test_a_refused_report_is_kept_and_shown(self, start_gate, database, fake):
         fake.customers.clear()                           # Stripe knows no such customer
         gate = await start_gate(plan=AI, database=database, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake.url,

@@ -158,9 +158,8 @@ async def receive(request: web.Request) -> web.Response:
     except StripeUnavailable as exc:
         metrics.webhooks.labels("stripe_unavailable").inc()
         log(logging.WARNING, "webhook_retry", event_id=event.id, why=str(exc))
-        raise BadRequest(503, "stripe_unavailable", "the event names only a payment the gate has not seen, and "
-                                                    "Stripe's API did not say whose it is; nothing was stored; "
-                                                    "Stripe will deliver it again") from None
+        raise BadRequest(503, "stripe_unavailable", f"the event needs Stripe's API, which did not answer it ({exc}); "
+                                                    "nothing was stored; Stripe will deliver it again") from None
     except Exception as exc:    # noqa: BLE001 - answered 500: Stripe delivers again
         # The message of an error raised on an event's content may quote it (a name, an email, an address):
         # the log says the error's kind and where it was raised, never its message.

@@ -93,7 +93,7 @@ class StripeApi:
     async def line_items(self, session_id: str) -> dict | None:
         """A Checkout Session's line items as Stripe lists them ({"object": "list", "data": [...]}, each with its
         price and quantity): webhooks leave them out. None when Stripe does not know the session (logged);
-        StripeUnavailable when it did not answer."""
+        StripeUnavailable when it did not answer, or refused the key."""
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
                 items = await self._stripe().v1.checkout.sessions.line_items.list_async(session_id, {"limit": 100})
@@ -102,9 +102,12 @@ class StripeApi:
                 error=str(exc.user_message))
             return None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            # A paid purchase: answered 503 so that Stripe delivers it again once the key is put right (it does for
+            # three days), never recorded as granting nothing.
             log(logging.ERROR, "stripe_lookup_refused", object="checkout.session", id=session_id,
                 error=str(exc.user_message), why="STRIPE_SECRET_KEY is refused: credit packs cannot be read")
-            return None
+            raise StripeUnavailable(f"Stripe refused STRIPE_SECRET_KEY when asked for {session_id}'s line items: "
+                                    f"{exc.user_message or exc}") from exc
         except (*_TRANSIENT, TimeoutError) as exc:
             raise StripeUnavailable(f"Stripe's API did not answer for {session_id}'s line items: "
                                     f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc

@@ -120,8 +120,6 @@ class Ingest:
             raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
 
     async def _receive(self, event: StripeEvent, payload: str, record_noop: bool) -> Received:
-        if self.table.credits.needs_line_items(event.type, event.object):
-            event, payload = await self._with_line_items(event, payload)
         obj = event.object
         refs = stripe_refs(obj)
         named = named_subject(obj, self.table.plan.subject_link)
@@ -135,6 +133,8 @@ class Ingest:
             event.id, named, refs.customer, refs.subscription, refs.payments))
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
+        if self.table.credits.needs_line_items(event.type, obj):
+            event, payload = await self._with_line_items(event, payload)
         if named is not None and stored is None and self.personal is not None:
             # A subject not stored may be one that was erased: its events land on its pseudonym, and keep
             # nothing of it as Stripe sent it.

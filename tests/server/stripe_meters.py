@@ -22,6 +22,8 @@ class FakeStripe:
     failing: int = 0                                                   # the next requests answered 503
     lost: int = 0           # the next accepted events whose answer is lost (a 503 after Stripe recorded them)
     reused: int = 0         # the next meter events refused as a reused idempotency key (Stripe's idempotency_error)
+    revoked: int = 0        # the next requests refused as made with a revoked key (401)
+    lines_asked: int = 0    # requests for a Checkout Session's line items
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -32,7 +34,8 @@ class FakeStripe:
         return app
 
     def _auth(self, request: web.Request) -> web.Response | None:
-        if request.headers.get("Authorization") != f"Bearer {KEY}":
+        if request.headers.get("Authorization") != f"Bearer {KEY}" or self.revoked:
+            self.revoked = max(self.revoked - 1, 0)
             return _error(401, "authentication_error", "Invalid API Key provided")
         if self.failing:
             self.failing -= 1
@@ -98,6 +101,7 @@ class FakeStripe:
                                   "url": f"/v1/billing/meters/{meter}/event_summaries"})
 
     async def session_lines(self, request: web.Request) -> web.Response:
+        self.lines_asked += 1
         refused = self._auth(request)
         if refused is not None:
             return refused

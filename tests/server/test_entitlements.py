@@ -303,6 +303,33 @@ class TestLineItemsFromStripe:
         await deliver(gate, evt)
         assert (await view(gate, "a6"))["credits"][0]["balance"] == 1_000_000
 
+    async def test_a_refused_key_answers_503_and_the_retry_grants(self, start, fake_stripe):
+        """Stripe refuses the key (revoked, rotated): the purchase is not recorded as granting nothing (it was,
+        and every redelivery was a duplicate: the credits paid for were never granted); Stripe delivers again."""
+        fake_stripe.line_items["cs_pack_8"] = [{"price": "price_tokens_1m", "quantity": 2}]
+        fake_stripe.revoked = 1
+        gate = await start(AI, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url)
+        evt = se.event("checkout.session.completed", pack_checkout("a8", "cs_pack_8"), NOW - 10)
+        body = se.encode(evt)
+        async with gate.session.post(gate.url + "/webhook/stripe", data=body,
+                                     headers={"Stripe-Signature": se.sign(body)}) as r:
+            answer = await r.json()
+            assert (r.status, answer["error"]) == (503, "stripe_unavailable"), answer
+            assert "refused" in answer["message"] and KEY not in answer["message"]
+        assert await gate.app[GATE].store.events("a8") == []
+        await deliver(gate, evt)
+        assert (await view(gate, "a8"))["credits"][0]["balance"] == 2_000_000
+
+    async def test_a_redelivery_is_a_duplicate_without_asking_stripe(self, start, fake_stripe):
+        fake_stripe.line_items["cs_pack_9"] = [{"price": "price_tokens_1m", "quantity": 1}]
+        gate = await start(AI, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url)
+        evt = se.event("checkout.session.completed", pack_checkout("a9", "cs_pack_9"), NOW - 10)
+        await deliver(gate, evt)
+        fake_stripe.failing = 5         # Stripe's API is down: a redelivery needs nothing of it
+        assert (await deliver(gate, evt))["duplicate"] is True
+        assert fake_stripe.lines_asked == 1
+        assert (await view(gate, "a9"))["credits"][0]["balance"] == 1_000_000
+
     async def test_without_a_key_the_purchase_is_recorded_and_grants_nothing(self, start):
         gate = await start(AI)
         answer = await deliver(gate, se.event("checkout.session.completed", pack_checkout("a7", "cs_pack_7"), NOW))

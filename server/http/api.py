@@ -65,7 +65,7 @@ async def check(request: web.Request) -> web.Response:
         gate, subject, meter, amount, _ = await _decision_request(request, _DECISION_FIELDS, False, body)
         return _json.response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
     gate = request.app[GATE]
-    subject = inp.text(body, "subject")
+    subject = inp.subject(body)
     feature = inp.text(body, "feature")
     if "meter" in body or "amount" in body:
         raise inp.BadRequest(400, "invalid_field", "a check asks for a meter (with an amount) or for a feature, "

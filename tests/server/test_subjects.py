@@ -10,6 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from . import stripe_events as se
+from .conftest import ROOT
 from .test_api import rows
 from .test_webhook import deliver, q
 
@@ -32,6 +33,13 @@ class TestTheApi:
                                        if path == "/v1/usage" else {"subject": subject, "meter": "requests"})
         assert (status, body["error"]) == (400, "invalid_field") and "'subject'" in body["message"]
         assert rows(gate.database, "SELECT * FROM subscriptions") == []
+
+    @pytest.mark.parametrize("subject", REFUSED)
+    async def test_a_feature_check_refuses_it_too(self, start_gate, subject):
+        gate = await start_gate(plan=ROOT / "examples" / "saas" / "plans.yaml")
+        assert (await gate.post("/v1/check", {"subject": "alice", "feature": "sso"}))[0] == 200
+        status, body = await gate.post("/v1/check", {"subject": subject, "feature": "sso"})
+        assert (status, body["error"]) == (400, "invalid_field") and "'subject'" in body["message"]
 
     @pytest.mark.parametrize("subject", REFUSED)
     async def test_refuses_it_in_the_path_too(self, gate, subject):

@@ -28,18 +28,26 @@ DEFAULTS = {"SUBSCRIPTION_ENABLED": "true", "PLANGATE_DATABASE": "var/plangate.s
 
 
 def prepare() -> None:
-    """The secrets (each made once, then kept) and var/run.env, make run's defaults."""
+    """The secrets (each made once, then kept) and var/run.env, make run's defaults: files only their owner may
+    read, from their first byte (they hold the admin token)."""
     VAR.mkdir(exist_ok=True)
     values = dict(DEFAULTS)
     for name, (file, make) in _SECRETS.items():
         path = VAR / file
         if not path.is_file() or not path.read_text().strip():
-            path.write_text(make() + "\n")
-            path.chmod(0o600)
+            _write_secret(path, make() + "\n")
         values[name] = path.read_text().strip()
     lines = [f"{name}={value}" for name, value in values.items()]
-    (VAR / "run.env").write_text("# make run's defaults, written by it: the environment and config.env win over "
-                                 "them.\n" + "\n".join(lines) + "\n")
+    _write_secret(VAR / "run.env", "# make run's defaults, written by it: the environment and config.env win over "
+                                   "them.\n" + "\n".join(lines) + "\n")
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """text into path, readable and writable by its owner alone (a file kept from before is made so too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def hint(out=None) -> int:

@@ -108,3 +108,23 @@ class TestPythonVersions:
         assert [line for line in done.stdout.splitlines() if line.startswith("make ")] == [
             "make lint PYTHON=python3.13 VENV=.venv-ci-3.13", "make test PYTHON=python3.11 VENV=.venv-ci-3.11",
             "make test PYTHON=python3.13 VENV=.venv-ci-3.13"]
+
+
+def test_the_secrets_make_run_writes_are_its_owners_alone(tmp_path, monkeypatch):
+    """var/run.env holds the admin token: with the usual umask (022) it was readable by every local user, who
+    could then grant credits or move a subject to paid. One made readable before is made the owner's too."""
+    from plangate.server import local
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run.env").write_text("# an older one\n")
+    (tmp_path / "var" / "run.env").chmod(0o644)
+    before = os.umask(0o022)
+    try:
+        local.prepare()
+    finally:
+        os.umask(before)
+    for name in ("api-token", "admin-token", "webhook-secret", "run.env"):
+        assert (tmp_path / "var" / name).stat().st_mode & 0o777 == 0o600, name
+    admin = (tmp_path / "var" / "admin-token").read_text().strip()
+    assert f"PLANGATE_ADMIN_TOKEN={admin}" in (tmp_path / "var" / "run.env").read_text()

@@ -52,6 +52,9 @@ async def upgrade(request: web.Request) -> web.Response:
     if tier is not None:
         inp.one_of(tier, tuple(t.name for t in keeper.gate.table.plan.tiers), "unknown_tier", "tier")
     subjects = body.get("subjects")
+    if tier is not None and "subjects" in body:
+        raise inp.BadRequest(400, "invalid_field", "give 'subjects' (those named) or 'tier' (those on it), not "
+                                                   "both; neither: every subject kept on an older plan version")
     if "subjects" in body:
         if not isinstance(subjects, list) or not 1 <= len(subjects) <= MAX_SUBJECTS:
             raise inp.BadRequest(400, "invalid_field", f"'subjects' must be a list of 1 to {MAX_SUBJECTS} subjects")

@@ -248,6 +248,9 @@ class TestGrandfathering:
         status, body = await rig.call("POST", "/v1/plan/upgrade", "/v1/plan/upgrade",
                                       {"tier": "gold", "reason": "r"})
         assert (status, body["error"]) == (422, "unknown_tier")
+        status, body = await rig.call("POST", "/v1/plan/upgrade", "/v1/plan/upgrade",
+                                      {"tier": "pro", "subjects": ["cat"], "reason": "r"})
+        assert (status, body["error"]) == (400, "invalid_field") and "not both" in body["message"]
 
     async def test_a_kept_subscriber_keeps_the_quota_through_grace(self, rig):
         await rig.start(V1)

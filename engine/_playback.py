@@ -13,7 +13,7 @@ from ._credits import Grant, GrantSource
 from ._decision import Decision
 from ._history import advance
 from ._links import named_subject, relevant_events, stripe_refs
-from ._scenario import Expectation, Scenario, Step, _iso, _show
+from ._scenario import LAST_INSTANT, Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
 from ._triggers import AdminAction, Outcome, StripeEvent
@@ -178,6 +178,8 @@ class _Player:
 
     def _advance(self, until: float, what: str) -> _Seen:
         """Move the clock; timers due on the way fire at their deadlines, as the server's sweep does."""
+        if until >= LAST_INSTANT:
+            return _Seen(None, False, f"{what}: past the year 9000, further than a story's clock goes", broken=True)
         self.state, fired = advance(self.table, self.state, until)
         self.now = until
         notes = [f"timer at {_iso(o.before.timer_due or until)}: {o.reason}" for o in fired]

@@ -41,6 +41,9 @@ TOP_KEYS = ("name", "description", "start", "subject", "meter", "steps")
 DEFAULT_SUBJECT = "subject"
 
 
+LAST_INSTANT = 221_845_392_000      # 9000-01-01T00:00:00Z: a window or a timer past it may pass the year 9999
+
+
 class ScenarioError(Exception):
     """A scenario file that cannot run: each problem with its file, line and column."""
 
@@ -470,6 +473,8 @@ def _instant(value) -> float:
         raise _Bad(f"'{value}' is not a time: write it like \"2026-01-05T09:00:00Z\"") from None
     if moment.tzinfo is None:
         raise _Bad(f"'{value}' has no time zone: end it with Z (UTC) or an offset like +01:00")
+    if not 0 <= moment.timestamp() < LAST_INSTANT:
+        raise _Bad(f"'{value}' is not between 1970 and the year 9000, where a story's clock runs")
     return moment.timestamp()
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import re
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# The longest duration: a hundred years. Beyond it no timer, grant or window means anything, and a date that far
+# on (a timer at year 273,792,727) is past what a datetime holds: views of the subject failed with a 500.
+LONGEST = 36_525 * 86400
 _FORM = re.compile(r"\s*(-?\d+)\s*([smhdw])\s*")
 
 
@@ -22,6 +25,8 @@ def parse_duration(text: object) -> int:
     seconds = int(match.group(1)) * UNITS[match.group(2)]
     if seconds <= 0:
         raise DurationError(f"{text!r} is not a positive duration: a timer must run for some time")
+    if seconds > LONGEST:
+        raise DurationError(f"{text!r} is longer than 100 years (36525d): write at most that")
     return seconds
 
 

@@ -422,7 +422,7 @@ class StateTable:
         """The plan version whose tier quotas decide the subject, and why it is not this one (the tier's
         existing_subscribers), or (this version, None)."""
         pinned = self._pinned.get(state.plan_version) if self._pinned else None
-        if pinned is None:
+        if pinned is None or not self._uses_tier.get(state.status):     # no tier's quota: no tier's subscriber
             return self.version, None
         tier = self.tier_of(state)
         keeps = pinned.keeps.get(tier) if tier is not None else None

@@ -125,6 +125,18 @@ class TestGrandfathering:
         moved = new.apply(subscriber(), StripeEvent("customer.subscription.updated", upgrade), DEPLOY)
         assert (moved.state.tier, moved.state.plan_version) == ("team", new.version)
 
+    def test_a_subject_whose_status_takes_no_tier_quota_is_kept_on_nothing(self):
+        """A free subject stored under the older version (no tier: the plan's default tier is its tier) is not one
+        of the tier's existing subscribers: it is decided by this version, not shown as kept, and an upgrade
+        moves (and audits) nothing of it."""
+        new = table(lowered_pro("never"))
+        free = subscriber(status="free", tier=None, period=(None, None))
+        assert new.tier_of(free) == "pro"
+        assert new.decided_under(free, DEPLOY) == (new.version, None)
+        assert new.upgrade(free, DEPLOY) is None
+        assert new.decided_under(subscriber(tier=None), DEPLOY) == (V1_TABLE.version, new.decided_under(
+            subscriber(), DEPLOY)[1])       # paid on the default tier: kept, as a pro subscriber is
+
     def test_upgrade_moves_a_kept_subject_to_the_active_version(self):
         new = table(lowered_pro("never"))
         outcome = new.upgrade(subscriber(), DEPLOY)

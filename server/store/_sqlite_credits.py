@@ -13,6 +13,7 @@ from . import _credits as sql
 from . import _sqlite_queries as queries
 from ._base import Counted, IdempotencyConflict, StoredSubject
 from ._credits import OverageReport, Spend
+from ._sqlite_transactions import Undone
 
 if TYPE_CHECKING:
     from ._sqlite_transactions import GroupCommit
@@ -103,7 +104,8 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
     over = rest - spent
     balance = sum(g.remaining for g in grants) - spent
     if spend.ceiling is not None and used + allow + over > spend.ceiling:
-        return Counted(False, used, balance=balance + spent)      # nothing written but a new subject's row
+        # Refused: a new subject's row and the window's grants made above are undone, as on PostgreSQL.
+        raise Undone(Counted(False, used, balance=balance + spent))
     after = used + allow + over
     if found:
         db.execute("UPDATE quota_usage SET used = ? WHERE subject = ? AND meter = ? AND window_start = ?",

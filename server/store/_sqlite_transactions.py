@@ -85,6 +85,15 @@ class _OneRaised(Exception):
     """A write of a group run without savepoints raised: the group runs again with them."""
 
 
+class Undone(Exception):
+    """Raised by a write that writes nothing after all (a refused spend): what it wrote so far is rolled back, and
+    `result` is its answer."""
+
+    def __init__(self, result: Any):
+        super().__init__("undone")
+        self.result = result
+
+
 def _all_or_none(db: sqlite3.Connection, group: list[Write]) -> Results:
     try:
         return [(True, fn(db, *args)) for fn, args in group]
@@ -98,6 +107,9 @@ def _in_savepoints(db: sqlite3.Connection, group: list[Write]) -> Results:
         db.execute("SAVEPOINT write")
         try:
             results.append((True, fn(db, *args)))
+        except Undone as undone:
+            db.execute("ROLLBACK TO write")
+            results.append((True, undone.result))
         except Exception as exc:
             db.execute("ROLLBACK TO write")
             if isinstance(exc, sqlite3.Error):

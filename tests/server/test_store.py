@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from plangate.engine import SubjectState, Subscription
+from plangate.engine._credits import Grant, GrantSource
 from tests import postgres
 from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
                                    SQLiteStore, StoredSubject, StoreError, open_store)
@@ -328,6 +329,18 @@ class TestCounting:
         assert (await store.count(current, "requests", 0, 1, 20, "k", 200.0)).counted
         again = await store.count(fresh(), "requests", 0, 1, 20, "k", 200.0)
         assert (again.duplicate, again.used) == (True, 1)
+
+    async def test_a_refused_first_spend_stores_nothing(self, store):
+        """Past its limit and its credits, a subject's first spend writes nothing: not the subject's row, not the
+        window's grants (SQLite kept both, PostgreSQL neither)."""
+        tier = Grant("period:requests:0", "requests", 10, 10, 100, 0.0, 10_000.0, GrantSource.PERIOD)
+        done = await store.spend(fresh(), "requests", 0, 100, Spend(limit=5, ceiling=5, credits=True,
+                                                                    grants=(tier,)), "k", 200.0)
+        assert (done.counted, done.conflict) == (False, False)
+        assert await store.load("u") is None and await store.grants("u", 200.0) == []
+        done = await store.spend(fresh(), "requests", 0, 12, Spend(limit=5, ceiling=5, credits=True,
+                                                                   grants=(tier,)), "k", 200.0)
+        assert (done.counted, done.credits_used, done.used) == (True, 7, 5)      # the key was not kept either
 
     async def test_a_conflicting_count_keeps_no_key(self, store):
         await store.count(fresh(), "requests", 0, 1, 10, None, 100.0)

@@ -225,9 +225,9 @@ class Store(abc.ABC):
         return {}
 
     def withdraw(self, pending: asyncio.Future) -> bool:
-        """Withdraw a count or spend (the future its call gave) the gate gave up waiting for: True when it is
-        certain never to be written (it is cancelled); False when it was handed to the database already, or the
-        store cannot tell (its outcome stands: the gate awaits it)."""
+        """Withdraw a write (the future a count, spend, commit or grant gave) the gate gave up waiting for: True
+        when it is certain never to be written (it is cancelled); False when it was handed to the database already,
+        or the store cannot tell (its outcome stands: the gate awaits it)."""
         return False
 
     @contextlib.asynccontextmanager

@@ -250,9 +250,9 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
         return asyncio.ensure_future(self._count_first(current, item))
 
     def withdraw(self, pending: asyncio.Future) -> bool:
-        # A count waiting for its batch is left out; one whose batch was sent stands. A first count or a spend
-        # (a task with a transaction of its own) is withdrawn while it waits for a connection, and stands once
-        # it has one (a batch's future is no task: the batch decides).
+        # A count or commit waiting for its batch is left out; one whose batch was sent stands. A first count, a
+        # spend or a grant (a task with a transaction of its own) is withdrawn while it waits for a connection,
+        # and stands once it has one (a batch's future is no task: the batch decides).
         if self._counts.withdraw(pending) or self._writes.withdraw(pending):
             return True
         return isinstance(pending, asyncio.Task) and pending not in self._primary.handed and pending.cancel()

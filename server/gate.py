@@ -44,6 +44,7 @@ REFRESH_MIN_TTL = 1.0
 _UNREADABLE = object()      # a subject whose row a refresh could not read
 _EXHAUSTED = Reason.QUOTA_EXHAUSTED
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
+TRAITS_TRIGGER = "admin:traits"     # traits set: audited as an admin's, yet no decision about the status
 
 
 class StoreUnavailable(Exception):
@@ -457,7 +458,7 @@ class Gate:
             merged = dict(state.traits)
             merged.update(traits)
             new = state.with_(traits=tuple(sorted(merged.items())))
-            return [Outcome(state, new, "admin:traits", "traits set: " + ", ".join(f"{k}={v}" for k, v in
+            return [Outcome(state, new, TRAITS_TRIGGER, "traits set: " + ", ".join(f"{k}={v}" for k, v in
                                                                                  sorted(traits.items())))]
         outcomes = await self._door(subject, decide, why=why, actor=actor)
         return outcomes[-1].state
@@ -685,7 +686,9 @@ class Gate:
             # An admin's change is a person's decision: the next Stripe event folds onto it, not onto the
             # state the Stripe events alone gave (timers and plan changes keep that state: the fold recomputes
             # them, and reads its old names as the new ones).
-            fold_state = stored.fold_state if actor in ("timer", "plan") else None
+            # Traits are the product's numbers, not a decision about the status: the Stripe state stays too.
+            kept = actor in ("timer", "plan") or all(o.trigger == TRAITS_TRIGGER for o in outcomes if o is not first)
+            fold_state = stored.fold_state if kept else None
             change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
                             audits=audits)
             if await self.counted("save", self.store.commit(change)):

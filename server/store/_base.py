@@ -363,7 +363,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def last_admin_change(self, subject: str) -> float | None:
-        """When an admin last moved the subject (a person's decision the fold does not rewrite)."""
+        """When an admin last moved the subject (a person's decision the fold does not rewrite); traits set
+        (`admin:traits`, the status kept) are the product's numbers, not such a decision."""
 
     @abc.abstractmethod
     async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:

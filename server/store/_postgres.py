@@ -504,8 +504,9 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
 
     async def last_admin_change(self, subject: str) -> float | None:
         async with self._conn() as db:
-            return await db.fetchval("SELECT max(at) FROM transitions WHERE subject = $1 AND trigger LIKE 'admin:%'",
-                                     subject)
+            return await db.fetchval("SELECT max(at) FROM transitions WHERE subject = $1 AND trigger LIKE 'admin:%' "
+                                     "AND NOT (trigger = 'admin:traits' AND from_status IS NOT DISTINCT FROM "
+                                     "to_status)", subject)
 
     async def due(self, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:
         async with self._conn() as db:

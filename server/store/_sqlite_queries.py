@@ -185,8 +185,8 @@ def pending(db: sqlite3.Connection, customer: str | None, subscription: str | No
 
 
 def last_admin_change(db: sqlite3.Connection, subject: str) -> float | None:
-    return db.execute("SELECT MAX(at) FROM transitions WHERE subject = ? AND trigger LIKE 'admin:%'",
-                      (subject,)).fetchone()[0]
+    return db.execute("SELECT MAX(at) FROM transitions WHERE subject = ? AND trigger LIKE 'admin:%' AND "
+                      "NOT (trigger = 'admin:traits' AND from_status IS to_status)", (subject,)).fetchone()[0]
 
 
 def due(db: sqlite3.Connection, now: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredSubject]:

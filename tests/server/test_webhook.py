@@ -23,6 +23,11 @@ def q(database: str, sql: str, *args):
         return db.execute(sql, args).fetchall()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_database(request, tmp_path) -> str:
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "hook.sqlite3")
+
+
 @pytest.fixture
 async def hook(start_gate):
     return await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET)
@@ -262,6 +267,26 @@ class TestAnyOrder:
         _, answer = await deliver(hook, se.event("invoice.payment_failed", se.invoice("open", inv_id="in_3"),
                                                  time.time() + 1))
         assert answer["outcome"] == "applied" and answer["status"] == "grace_period", answer
+
+    @pytest.mark.parametrize("sorts_before_a_stored_event", [False, True])
+    async def test_traits_the_product_sets_are_no_admin_decision_a_stripe_event_must_wait_behind(
+            self, start_gate, either_database, sorts_before_a_stored_event):
+        """The product syncs a number (members) through /traits; a cancellation Stripe made just before, delivered
+        just after, still cancels (it was `stale`, and the canceled customer kept paid access). The traits hold."""
+        hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, database=either_database)
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 3600))
+        await deliver(hook, se.event("customer.subscription.created", se.subscription("active", "alice"), now - 3500))
+        await deliver(hook, se.event("invoice.paid", se.invoice("paid"), now - 3400))
+        assert await status_of(hook, "alice") == "paid"
+        status, _ = await hook.post("/v1/subjects/alice/traits", {"traits": {"members": 3}, "reason": "sync"})
+        assert status == 200
+        created = now - 3450 if sorts_before_a_stored_event else now - 5
+        _, answer = await deliver(hook, se.event("customer.subscription.deleted", se.subscription("canceled", "alice"),
+                                                 created))
+        assert answer["outcome"] == "applied" and answer["status"] != "paid", answer
+        _, view = await hook.get("/v1/subjects/alice")
+        assert view["status"] == answer["status"] and view["traits"] == {"members": 3}
 
     async def test_events_before_their_link_wait_and_then_apply_in_order(self, hook):
         now = time.time()

@@ -269,7 +269,11 @@ class Ingest:
             # An admin's change may be newer than the event: when Stripe events were stored after it (they sort
             # after this one), or when none was since (the change dropped the fold state).
             admin_may_be_newer = later or (stored.version > 0 and stored.fold_state is None)
-            if admin_may_be_newer and \
+            if not fold.record_noop and stored.version and not _news(table, stored.state, incoming, now):
+                # Reconciliation, and Stripe says of the subscription what the subject holds already: confirmed,
+                # nothing folded (a fold of old facts dated now would undo an admin's decision made since them).
+                change = Change(replace(stored, confirmed_at=now), stored.version)
+            elif admin_may_be_newer and \
                     (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
                 change = self._stale_after_admin(stored, incoming, now, fold.stored_rows)
             else:
@@ -404,6 +408,15 @@ def _grants(table: StateTable, incoming) -> tuple:
     """The credits the events grant (a paid one-time Checkout of credit packs): made with their commit, by ids the
     same payment always gives, so a repeat or a refold grants nothing more."""
     return tuple(g for e, _ in incoming for g in table.credits.purchased(e.type, e.object, e.created))
+
+
+def _news(table: StateTable, state: SubjectState, incoming: Incoming, now: float) -> bool:
+    """Whether the events tell anything of the subject's subscriptions it does not hold."""
+    try:
+        state = table.named(state, now)
+        return any(table.apply(state, event, now).state.subscriptions != state.subscriptions for event, _ in incoming)
+    except UnknownStatus:
+        return True         # the fold says what to do about it
 
 
 def _as_event(row: EventRecord) -> StripeEvent:

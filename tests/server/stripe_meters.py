@@ -1,6 +1,6 @@
 """A small Stripe-shaped HTTP server on 127.0.0.1 for what localstripe lacks: billing meter events (POST
-/v1/billing/meter_events, form-encoded as the stripe package sends it), meters and their event summaries, and a
-Checkout Session's line items. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
+/v1/billing/meter_events, form-encoded as the stripe package sends it), meters and their event summaries, a
+Checkout Session's line items, and a subscription as the test says it is now. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
 fail the next requests (503 with Stripe-Should-Retry: false, so the client's own retries do not hide it)."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class FakeStripe:
     meters: dict[str, str] = field(default_factory=dict)              # event name -> meter id
     customers: set[str] = field(default_factory=set)
     line_items: dict[str, list[dict]] = field(default_factory=dict)    # session id -> its lines
+    subscriptions: dict[str, dict] = field(default_factory=dict)       # subscription id -> the object now
     events: list[dict] = field(default_factory=list)                   # meter events accepted
     requests: list[tuple[str, dict]] = field(default_factory=list)     # (path, form) of every meter event POST
     failing: int = 0                                                   # the next requests answered 503
@@ -31,6 +32,7 @@ class FakeStripe:
         app.router.add_get("/v1/billing/meters", self.list_meters)
         app.router.add_get("/v1/billing/meters/{meter}/event_summaries", self.summaries)
         app.router.add_get("/v1/checkout/sessions/{session}/line_items", self.session_lines)
+        app.router.add_get("/v1/subscriptions/{subscription}", self.subscription)
         return app
 
     def _auth(self, request: web.Request) -> web.Response | None:
@@ -99,6 +101,16 @@ class FakeStripe:
                  "start_time": start, "end_time": end, "livemode": False, "meter": meter}]
         return web.json_response({"object": "list", "data": data, "has_more": False,
                                   "url": f"/v1/billing/meters/{meter}/event_summaries"})
+
+    async def subscription(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        found = self.subscriptions.get(request.match_info["subscription"])
+        if found is None:
+            return _error(404, "invalid_request_error",
+                          f"No such subscription: '{request.match_info['subscription']}'", "resource_missing")
+        return web.json_response(found)
 
     async def session_lines(self, request: web.Request) -> web.Response:
         self.lines_asked += 1

@@ -1,0 +1,62 @@
+"""Reconciliation against a Stripe-shaped server on 127.0.0.1: it folds what Stripe says of a subscription when
+that is news to the subject, and only confirms the subject when Stripe says what it holds already, so that an
+admin's decision made since those facts stands."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from plangate.server.http.api import GATE
+
+from . import stripe_events as se
+from .stripe_meters import KEY, FakeStripe
+from .test_webhook import deliver, status_of
+
+DAY = 86400.0
+
+
+@pytest.fixture
+async def fake(aiohttp_server):
+    fake = FakeStripe()
+    server = await aiohttp_server(fake.app(), host="127.0.0.1")
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path) -> str:
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "r.sqlite3")
+
+
+async def reconcile(gate) -> int:
+    status, body = await gate.post("/v1/jobs/reconcile")
+    assert status == 200, body
+    return body["result"]
+
+
+async def test_stripes_old_facts_do_not_undo_an_admins_decision_and_its_news_does(start_gate, database, fake):
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url, PLANGATE_RECONCILE_AFTER="60")
+    now = time.time()
+    await deliver(gate, se.event("customer.subscription.created", se.subscription("active", "alice"), now - 6 * DAY))
+    await deliver(gate, se.event("customer.subscription.updated", se.subscription("unpaid", "alice"), now - 4 * DAY))
+    assert await status_of(gate, "alice") == "billing_problem"
+    status, _ = await gate.post("/v1/subjects/alice/transition", {"to": "paid", "reason": "paid by bank transfer"})
+    assert status == 200
+
+    # Days later, unconfirmed since: Stripe still says unpaid, as it did before the admin's decision.
+    fake.subscriptions["sub_1"] = se.subscription("unpaid", "alice")
+    core = gate.app[GATE]
+    real = core.clock
+    core.clock = lambda: real() + 3 * DAY
+    assert await reconcile(gate) == 0
+    assert await status_of(gate, "alice") == "paid"
+    _, view = await gate.get("/v1/subjects/alice")
+    assert [t["trigger"] for t in view["transitions"]][0] == "admin:override"
+
+    # Then Stripe's subscription ends: that is news, and it is folded.
+    fake.subscriptions["sub_1"] = se.subscription("canceled", "alice")
+    core.clock = lambda: real() + 6 * DAY
+    assert await reconcile(gate) == 1
+    assert await status_of(gate, "alice") == "canceled"

@@ -78,11 +78,11 @@ class Config:
                     load_dotenv(name, override=False)
             env = os.environ
         r = _Reader(env)
-        return cls(
+        config = cls(
             enabled=r.boolean("SUBSCRIPTION_ENABLED", False),
             kill_switch=r.boolean("SUBSCRIPTION_KILL_SWITCH", False),
             plans=r.text("PLANGATE_PLANS", "plans.yaml"),
-            database=r.text("PLANGATE_DATABASE", "var/plangate.sqlite3"),
+            database=r.database("PLANGATE_DATABASE", "var/plangate.sqlite3"),
             host=r.text("PLANGATE_HOST", "127.0.0.1"),
             port=r.integer("PLANGATE_PORT", 8080, 0, 65535),
             api_tokens=r.tokens("PLANGATE_API_TOKEN"),
@@ -121,6 +121,10 @@ class Config:
             replica_max_lag=r.number("PLANGATE_PG_REPLICA_MAX_LAG", 1.0, 0.01, 60.0),
             push_usage=r.boolean("PLANGATE_PG_PUSH_USAGE", True),
         )
+        if config.pool_min > config.pool_max:
+            raise ConfigError(f"PLANGATE_PG_POOL_MIN={config.pool_min} is more than PLANGATE_PG_POOL_MAX="
+                              f"{config.pool_max}: a pool keeps at least MIN connections and opens at most MAX")
+        return config
 
     def database_shown(self, text: str | None = None) -> str:
         """PLANGATE_DATABASE (or `text` that may quote it or a replica's address, an error's) with every password
@@ -273,6 +277,15 @@ class _Reader:
                                   f"at least {MIN_TOKEN} visible ASCII characters without spaces, e.g. the output "
                                   f"of: {TOKEN_RECIPE}")
         return found
+
+    def database(self, name: str, default: str) -> str:
+        """A SQLite file's path (or sqlite:///path) or a postgresql:// address: an address of any other scheme (a
+        typo, postgressql://) is refused, not taken for the name of a file."""
+        value = self.text(name, default)
+        if "://" in value and not value.startswith(("postgresql://", "postgres://", "sqlite://")):
+            raise ConfigError(f"{name}: {shown_address(value)!r} names no store the gate knows: give a SQLite "
+                              "file's path (or sqlite:///path) or a postgresql:// address")
+        return value
 
     def replicas(self, name: str, database: str) -> tuple[str, ...]:
         """Comma-separated postgresql:// addresses of streaming replicas of the PostgreSQL database."""

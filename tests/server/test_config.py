@@ -45,6 +45,20 @@ class TestConfig:
         assert c.replicas == (replica, replica.replace("-1", "-2")) and c.replica_max_lag == 1.0
         assert "s3cret" not in repr(c) and c.store_options()["replicas"] == c.replicas
 
+    @pytest.mark.parametrize("address", ["postgressql://gate:s3cret@db:5432/plangate", "mysql://gate@db/plangate",
+                                         "postgresql+asyncpg://gate:s3cret@db/plangate"])
+    def test_an_address_of_no_store_the_gate_knows_is_refused_not_taken_for_a_file(self, address):
+        """A typo in the scheme made a SQLite file named after the address: a node counting alone."""
+        with pytest.raises(ConfigError, match="PLANGATE_DATABASE.*names no store") as err:
+            Config.from_env({"PLANGATE_DATABASE": address})
+        assert "s3cret" not in str(err.value)
+        for fine in ("var/gate.sqlite3", "sqlite:///var/gate.sqlite3", "postgres://gate@db/plangate"):
+            assert Config.from_env({"PLANGATE_DATABASE": fine}).database == fine
+
+    def test_a_pool_whose_least_is_above_its_most_is_refused(self):
+        with pytest.raises(ConfigError, match="PLANGATE_PG_POOL_MIN=20 is more than PLANGATE_PG_POOL_MAX=10"):
+            Config.from_env({"PLANGATE_PG_POOL_MIN": "20"})
+
     def test_token_is_required_to_serve_and_never_shown(self):
         with pytest.raises(ConfigError) as err:
             Config.from_env({"PLANGATE_API_TOKEN": "abc"}).require_token()

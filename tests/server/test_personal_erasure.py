@@ -172,6 +172,16 @@ class TestCommand:
         assert refused.returncode == 2 and "PLANGATE_PSEUDONYM_SECRET" in refused.stderr
 
 
+async def test_plangate_erase_makes_no_store_where_there_is_none(tmp_path):
+    """Opening a missing SQLite file would make an empty store, on which `plangate serve` then starts with every
+    subject new: erase says there is none, and leaves none."""
+    missing = tmp_path / "gone" / "plangate.sqlite3"
+    env = {**BASE_ENV, "PLANGATE_DATABASE": str(missing), "PLANGATE_PLANS": str(PLAN), **ENV}
+    done = await _plangate(["erase", "u1", "--env-file", ""], env, tmp_path)
+    assert done.returncode == 2 and f"no store at {missing}" in done.stderr, done.stderr
+    assert not missing.exists() and not missing.parent.exists()
+
+
 async def _plangate(argv: list[str], env: dict, cwd) -> subprocess.CompletedProcess:
     full = {**os.environ, **env}
     return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "plangate", *argv], env=full, cwd=cwd,

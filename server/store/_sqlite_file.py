@@ -33,7 +33,7 @@ class StoreFile:
         however it ends."""
         if self.path == ":memory:" or self._claimed is not None:
             return
-        lock = f"{self.path}-gate.lock"
+        lock = f"{os.path.realpath(self.path)}-gate.lock"     # the file's, however its path is spelt
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

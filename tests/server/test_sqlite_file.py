@@ -59,6 +59,21 @@ class TestOneGateAFile:
         await second.close()
 
 
+    async def test_through_a_symlink_too(self, tmp_path):
+        """A second gate on the same file through a symlink took a lock of its own, and counted in the file while
+        the first answered from its cache."""
+        path = tmp_path / "s.sqlite3"
+        other = tmp_path / "link.sqlite3"
+        other.symlink_to(path)
+        first, second = SQLiteStore(str(path)), SQLiteStore(str(other))
+        await first.open()
+        await first.claim()
+        await second.open()
+        with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
+            await second.claim()
+        await first.close()
+        await second.close()
+
 def gone(how: str, path: str) -> None:
     if how == "deleted":
         for suffix in ("", "-wal", "-shm"):

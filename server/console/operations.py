@@ -13,7 +13,7 @@ from ..http._input import BadRequest
 from ..http.api import GATE, JOBS, iso
 from ..http.console_api import STORED_OUTCOMES, cursor_of, parse_cursor
 from ._html import e, link, page, subject_path
-from .pages import _refused, _session
+from .pages import _refused, _session, plain
 
 PAGE = 50
 
@@ -22,7 +22,7 @@ async def events(request: web.Request) -> web.Response:
     session = await _session(request)
     gate = request.app[GATE]
     outcome = request.query.get("outcome") or None
-    type_ = (request.query.get("type") or "").strip()[:200] or None
+    type_ = plain(request.query.get("type") or "").strip()[:200] or None
     if outcome is not None and outcome not in STORED_OUTCOMES:
         raise _refused(400, f"Unknown outcome {outcome!r}.")
     try:

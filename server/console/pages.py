@@ -13,7 +13,7 @@ from plangate.policy import explain_plan
 
 from ..gate import StoreUnavailable
 from ..http._auth import matches
-from ..http._input import BadRequest, in_path, subject as subject_id
+from ..http._input import BadRequest, in_path, subject as subject_id, text
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
 from ._html import csrf_field, e, link, page, subject_path
@@ -48,7 +48,18 @@ async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
         form = await request.post()
     except ValueError:      # UnicodeDecodeError included: a form that is not UTF-8
         raise _refused(400, "The form could not be read: send it as UTF-8, URL-encoded.") from None
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    for value in fields.values():
+        plain(value)
+    return fields
+
+
+def plain(value: str) -> str:
+    """value, refused (400) when it holds a NUL, which no field takes (PostgreSQL stores none: it failed as a
+    store error, a 503 and a false alarm)."""
+    if "\x00" in value:
+        raise _refused(400, "A NUL character is in what was sent: no field takes one.")
+    return value
 
 
 async def _session(request: web.Request) -> ConsoleSession:
@@ -165,7 +176,7 @@ async def home(request: web.Request) -> web.Response:
 
 async def find(request: web.Request) -> web.Response:
     session = await _session(request)
-    q = request.query.get("q", "").strip()[:200]
+    q = plain(request.query.get("q", "")).strip()[:200]
     gate = request.app[GATE]
     subject: str | None = q
     if q.startswith(("cus_", "sub_")):     # a Stripe id: the subject its webhook events linked to it
@@ -303,7 +314,7 @@ def _action_form(request: web.Request, name: str, session: ConsoleSession) -> st
     options += "".join(f'<option value="action:{e(a)}">action {e(a)}</option>' for a in table.actions)
     return (f'<section><h2>Act</h2><form method="post" action="{e(subject_path(name))}/transition">'
             f'{csrf_field(session.csrf)}<label>What <select name="what">{options}</select></label>'
-            '<label>Why (recorded) <input name="reason" required maxlength="500"></label>'
+            '<label>Why (recorded) <input name="reason" required maxlength="200"></label>'
             "<button>Review</button></form></section>")
 
 
@@ -314,12 +325,16 @@ async def act(request: web.Request) -> web.Response:
     gate = request.app[GATE]
     name = _subject(request)
     kind, _, target = form.get("what", "").partition(":")
-    reason = form.get("reason", "").strip()[:500]
+    reason = form.get("reason", "").strip()
     allowed = gate.table.statuses if kind == "to" else gate.table.actions if kind == "action" else ()
     if target not in allowed:
         raise _refused(400, f"Choose a status or an action of the plan (not {form.get('what', '')!r}).")
     if not reason:
         raise _refused(400, "Give a reason: it is recorded with the transition.")
+    try:
+        text({"reason": reason}, "reason")      # the API's rule for a reason
+    except BadRequest as exc:
+        raise _refused(400, exc.message) from None
     back = subject_path(name)
     if form.get("confirm") != "yes":
         what = f"move {name} to {target}" if kind == "to" else f"apply the action {target} to {name}"

@@ -321,6 +321,9 @@ class Ingest:
         base = table.named(base, now)    # stored before a rename: under the plan's names
         if base.traits != stored.state.traits:      # set through the API, never by Stripe: the stored ones hold
             base = base.with_(traits=stored.state.traits)
+        if stored.state.plan_version == table.version != base.plan_version:
+            # On the active version (an admin's upgrade, say): versions only move forward, a refold keeps it.
+            base = base.with_(plan_version=table.version)
         exact = not later and base == stored.state
         incoming = fold.incoming
         records = {r.id: r for _, r in incoming}

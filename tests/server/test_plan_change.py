@@ -252,6 +252,24 @@ class TestGrandfathering:
                                       {"tier": "pro", "subjects": ["cat"], "reason": "r"})
         assert (status, body["error"]) == (400, "invalid_field") and "not both" in body["message"]
 
+    async def test_a_late_event_does_not_undo_an_upgrade(self, rig):
+        """A delivery Stripe retried, created between two stored events, is folded again from before it: the
+        subject came back on the older version (limit 5000, plan_kept) that the admin had upgraded it from."""
+        now = time.time()
+        await rig.start(V1)
+        n = abs(hash("ann")) % 10**8
+        sub = dict(sub_id=f"sub_{n}", customer=f"cus_{n}", start=now - 10 * DAY, end=now + 20 * DAY, price="price_pro")
+        await rig.webhook("customer.subscription.created", se.subscription("active", "ann", **sub), now - 100)
+        await rig.webhook("invoice.paid", se.invoice("paid", sub_id=sub["sub_id"], customer=sub["customer"]), now - 50)
+        await rig.start(lowered_pro("never"))
+        assert (await rig.check("ann"))["limit"] == 5000
+        status, body = await rig.call("POST", "/v1/plan/upgrade", "/v1/plan/upgrade",
+                                      {"subjects": ["ann"], "reason": "new prices for ann"})
+        assert (status, body["moved"]) == (200, 1)
+        await rig.webhook("customer.subscription.updated", se.subscription("active", "ann", **sub), now - 75)
+        assert (await rig.check("ann"))["limit"] == 3000
+        assert (await rig.subject("ann"))["plan_kept"] is None
+
     async def test_a_kept_subscriber_keeps_the_quota_through_grace(self, rig):
         await rig.start(V1)
         await rig.subscribe("ann")

@@ -147,12 +147,16 @@ class PersonalData:
     async def _drop_ended_ids(self, now: float) -> int:
         if self.pseudonyms is None:
             return 0
-        dropped = 0
-        for pseudonym in await self.gate.timed("erasures", self.store.erasures_keeping_ids(RETENTION_BATCH),
-                                               timeout=ERASURE_TIMEOUT):
-            done = await self._erase(pseudonym, pseudonym, "retention", now)
-            dropped += done is not None and not done.stripe_ids_kept
-        return dropped
+        dropped, after = 0, ""
+        while True:     # every page: those still live stay where they are, and must not hide the ones after them
+            page = await self.gate.timed("erasures", self.store.erasures_keeping_ids(RETENTION_BATCH, after),
+                                         timeout=ERASURE_TIMEOUT)
+            for pseudonym in page:
+                done = await self._erase(pseudonym, pseudonym, "retention", now)
+                dropped += done is not None and not done.stripe_ids_kept
+            if len(page) < RETENTION_BATCH:
+                return dropped
+            after = page[-1]
 
     # --- erasure ------------------------------------------------------------------------------------
 

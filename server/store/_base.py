@@ -421,8 +421,9 @@ class Store(abc.ABC):
         """Was the subject of this pseudonym erased?"""
 
     @abc.abstractmethod
-    async def erasures_keeping_ids(self, limit: int) -> list[str]:
-        """Pseudonyms of erased subjects whose Stripe ids are still kept (a subscription was live)."""
+    async def erasures_keeping_ids(self, limit: int, after: str = "") -> list[str]:
+        """Pseudonyms of erased subjects whose Stripe ids are still kept (a subscription was live), in order,
+        after `after`: a page at a time."""
 
     @abc.abstractmethod
     async def events(self, subject: str, limit: int = 20) -> list[EventRecord]:

@@ -25,7 +25,8 @@ PERSONAL_INVOICES = ("SELECT invoice_id FROM payments WHERE subject = ? OR (subj
 # Grants bought through Checkout are named by the session (cs_...): a Stripe id, pseudonymised with the others.
 PERSONAL_GRANTS = "SELECT grant_id FROM credit_grants WHERE subject = ? AND source = 'purchase'"
 ERASED = "SELECT 1 FROM erasures WHERE pseudonym = ?"
-KEEPING_IDS = "SELECT pseudonym FROM erasures WHERE stripe_ids_dropped_at IS NULL ORDER BY erased_at LIMIT ?"
+KEEPING_IDS = ("SELECT pseudonym FROM erasures WHERE stripe_ids_dropped_at IS NULL AND pseudonym > ? "
+               "ORDER BY pseudonym LIMIT ?")
 _VERSION = "SELECT version FROM subscriptions WHERE subject = ?"
 _WRITE_ROW = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
               f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?) ON CONFLICT (subject) DO UPDATE SET "

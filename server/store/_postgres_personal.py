@@ -62,6 +62,6 @@ class PostgresPersonalData:
         async with self._conn() as db:
             return bool(await db.fetchval(_ERASED, pseudonym))
 
-    async def erasures_keeping_ids(self, limit: int) -> list[str]:
+    async def erasures_keeping_ids(self, limit: int, after: str = "") -> list[str]:
         async with self._conn() as db:
-            return [r[0] for r in await db.fetch(_KEEPING_IDS, limit)]
+            return [r[0] for r in await db.fetch(_KEEPING_IDS, after, limit)]

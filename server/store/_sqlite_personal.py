@@ -59,8 +59,8 @@ class SQLitePersonalData:
     async def erased(self, pseudonym: str) -> bool:
         return bool(await self._rows(sql.ERASED, (pseudonym,)))
 
-    async def erasures_keeping_ids(self, limit: int) -> list[str]:
-        return [r[0] for r in await self._rows(sql.KEEPING_IDS, (limit,))]
+    async def erasures_keeping_ids(self, limit: int, after: str = "") -> list[str]:
+        return [r[0] for r in await self._rows(sql.KEEPING_IDS, (after, limit))]
 
     async def scrub(self) -> bool:
         # A reader in the middle of a statement keeps the checkpoint from cutting the WAL (busy): a few tries.

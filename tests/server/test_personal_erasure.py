@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from plangate.server import personal
 from tests import postgres
 
 from . import stripe_events as se
@@ -90,6 +91,26 @@ class TestErasure:
         assert (await view(gate, pseudonym))["status"] == "canceled"
         assert (await rows(database, "SELECT count(*) FROM erasures WHERE stripe_ids_dropped_at IS NOT NULL")) == [(1,)]
         assert (await gate.post("/v1/jobs/cleanup"))[1]["result"][3] == 0
+
+    async def test_erased_subscribers_still_live_do_not_hide_those_whose_subscription_ended(
+            self, start_gate, database, monkeypatch):
+        """Retention visits erasures a page at a time (here a page of one, standing for 500): those whose
+        subscription is still live stay on the first page forever, and kept the ones after them from ever losing
+        their Stripe ids."""
+        monkeypatch.setattr(personal, "RETENTION_BATCH", 1)
+        gate = await start_gate(**ENV)
+        lives = [Lifecycle(f"user_page{n}", time.time() - 80 * DAY, 10 + n) for n in range(3)]
+        for life in lives:
+            for evt in life.until_live():
+                await deliver(gate, evt)
+            assert (await erase(gate, life.subject))["stripe_ids_kept"] is True
+        ended = lives[1]
+        _, answer = await deliver(gate, next(e for e in ended.events() if e["type"] == "customer.subscription.deleted"))
+        assert answer["status"] == "canceled"
+        assert (await gate.post("/v1/jobs/cleanup"))[1]["result"][3] == 1
+        text = await store_text(database)
+        assert not found(text, stripe_ids(ended))
+        assert all(life.customer in text for life in lives if life is not ended)
 
     async def test_an_ended_subscriber_loses_stripe_ids_at_once_and_an_admins_words_about_them(
             self, start_gate, database):

@@ -26,6 +26,7 @@ RETENTION_BATCH = 500
 # The migration that brought retention: a store migrated across it had raw payloads, reduced once it is.
 RETENTION_MIGRATION = migration_number("personal_data")
 ERASURE_TIMEOUT = 60.0
+PSEUDONYM_PREFIX = "erased_"     # what an erased subject is stored under: erased_ and 32 hex digits
 # Keys whose value is a Stripe id, and the prefixes of ids that lead to a person (a price or a product does not).
 _ID_KEYS = frozenset({"id", "customer", "subscription", "invoice", "charge", "payment_intent", "latest_invoice",
                       "latest_charge", "payment_method", "default_payment_method", "subscription_item",
@@ -46,7 +47,7 @@ class Pseudonyms:
         return hmac.new(self._key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
 
     def subject(self, subject: str) -> str:
-        return "erased_" + self._mac("subject", subject)[:32]
+        return PSEUDONYM_PREFIX + self._mac("subject", subject)[:32]
 
     def stripe_id(self, value: str) -> str:
         """The id kept for a Stripe id of an erased subject: its kind (prefix) and a pseudonym."""
@@ -179,6 +180,11 @@ class PersonalData:
         if not await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT):
             log(logging.WARNING, "scrub_incomplete", why="the database was busy: copies of rewritten rows stay in "
                                                          "its write-ahead log until the next cleanup")
+
+    async def is_erased(self, subject: str) -> bool:
+        """Whether `subject` is the pseudonym of an erased subject (an event its Stripe ids lead to is concealed
+        at once, as one that names the subject)."""
+        return subject.startswith(PSEUDONYM_PREFIX) and await self.store.erased(subject)
 
     async def pseudonym_if_erased(self, subject: str) -> str | None:
         """The subject's pseudonym if it was erased (and not stored again since: the caller knows that)."""

@@ -142,6 +142,10 @@ class Ingest:
             if pseudonym is not None:
                 subject, stored = pseudonym, await self._io("load", self.store.load(pseudonym))
                 payload = self.personal.conceal(payload, named, pseudonym)
+        elif subject is not None and self.personal is not None and \
+                await self._io("erased", self.personal.is_erased(subject)):
+            # Found through the Stripe ids an erasure kept (a live subscription's): concealed as well.
+            payload = self.personal.conceal(payload, named or subject, subject)
         if subject is None and refs.only_payments and self.api.configured:
             # A dispute (or a refund without its customer) of a charge the gate has not seen: Stripe's record of
             # the charge names the customer. StripeUnavailable propagates: answered 5xx, Stripe delivers again.

@@ -112,6 +112,25 @@ class TestErasure:
         assert not found(text, stripe_ids(ended))
         assert all(life.customer in text for life in lives if life is not ended)
 
+    @pytest.mark.parametrize("names_the_subject", [True, False])
+    async def test_an_event_after_the_erasure_keeps_nothing_of_the_person(self, start_gate, database,
+                                                                          names_the_subject):
+        """An invoice after the erasure, naming the subject or found only through the Stripe ids the erasure kept
+        (the subscription is live): stored reduced at once, under the pseudonym. Found through the ids, it kept
+        the customer's email and name until the retention job ran."""
+        gate = await start_gate(**ENV)
+        life = Lifecycle("user_after", time.time() - 80 * DAY, 21)
+        for evt in life.until_live():
+            await deliver(gate, evt)
+        pseudonym = (await erase(gate, "user_after"))["pseudonym"]
+        invoice = se.invoice("paid", sub_id=life.subscription, customer=life.customer, inv_id="in_PiiAfter")
+        invoice.update(customer_email=life.person.email, customer_name=life.person.name)
+        if names_the_subject:
+            invoice["parent"]["subscription_details"]["metadata"] = {"plangate_subject": "user_after"}
+        _, answer = await deliver(gate, se.event("invoice.paid", invoice, time.time() - 5))
+        assert answer["subject"] == pseudonym
+        assert not found(await store_text(database), life.person.needles() + ["user_after"])
+
     async def test_an_ended_subscriber_loses_stripe_ids_at_once_and_an_admins_words_about_them(
             self, start_gate, database):
         gate = await start_gate(**ENV)

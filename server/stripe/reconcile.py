@@ -3,11 +3,14 @@ while) and fold what their subscription says now, as the event that would have t
 from __future__ import annotations
 
 import json
+import logging
 
 from plangate.engine import StripeEvent
 from plangate.policy import TriggerKind
 
 from ..gate import Gate
+from ..logs import log
+from .api import StripeUnavailable
 from .ingest import Ingest
 from .objects import ENDED
 
@@ -46,9 +49,15 @@ class Reconciler:
         subjects = await self.gate.timed(
             "doubtful", self.gate.store.doubtful(self.doubtful_statuses, now - self.gate.config.reconcile_after,
                                                  RECONCILE_BATCH), timeout=30.0)
-        changed = 0
+        changed, unanswered = 0, []
         for stored in subjects:
-            sub = await self.ingest.api.subscription(stored.stripe_subscription)
+            try:
+                sub = await self.ingest.api.subscription(stored.stripe_subscription)
+            except StripeUnavailable as exc:    # asked again next run; the subjects after it are asked now
+                unanswered.append(stored.state.subject)
+                if len(unanswered) == 1:
+                    log(logging.WARNING, "reconcile_unanswered", subject=stored.state.subject, error=str(exc))
+                continue
             if sub is None:
                 continue
             event = _synthetic(sub, now)
@@ -56,6 +65,9 @@ class Reconciler:
                 {"id": event.id, "type": event.type, "created": event.created, "data": {"object": sub}}),
                 record_noop=False)
             changed += received.outcome == "applied"
+        if len(unanswered) > 1:
+            log(logging.WARNING, "reconcile_unanswered", subjects=len(unanswered), why="Stripe did not answer for "
+                "them (or refused the key): asked again at the next run")
         return changed
 
 

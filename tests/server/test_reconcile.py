@@ -60,3 +60,24 @@ async def test_stripes_old_facts_do_not_undo_an_admins_decision_and_its_news_doe
     core.clock = lambda: real() + 6 * DAY
     assert await reconcile(gate) == 1
     assert await status_of(gate, "alice") == "canceled"
+
+
+async def test_a_subject_stripe_does_not_answer_for_holds_back_no_other(start_gate, database, fake):
+    """The first subject's call fails (Stripe down for a moment): it is asked again next run, and the subjects
+    after it are reconciled now. Before, the whole run failed, and since the same subject came first every time
+    (the least recently confirmed) reconciliation never went past it."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url)
+    now = time.time()
+    for n, subject in enumerate(("bob", "cat")):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        await deliver(gate, se.event("customer.subscription.created", se.subscription("active", subject, **ids),
+                                     now - 6 * DAY))
+        await deliver(gate, se.event("customer.subscription.updated", se.subscription("unpaid", subject, **ids),
+                                     now - 4 * DAY))
+        fake.subscriptions[ids["sub_id"]] = se.subscription("active", subject, **ids)     # paid since
+    fake.failing = 1
+    assert await reconcile(gate) == 1
+    assert sorted([await status_of(gate, s) for s in ("bob", "cat")]) == ["billing_problem", "paid"]
+    assert await reconcile(gate) == 1
+    assert [await status_of(gate, s) for s in ("bob", "cat")] == ["paid", "paid"]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 
 import asyncpg
 
+from ..logs import log
 from ._background import Background
 from ._pg_pool import ERRORS as _ERRORS
 from ._postgres_plans import PLAN_CHANNEL
@@ -48,7 +51,7 @@ class Listener:
             self.on_usage(subject, meter, int(window), int(used))
 
     async def _run(self) -> None:
-        pause = 0.1
+        pause, lost_at = 0.1, None      # lost_at: when the listener went, while it is away (said once each way)
         while True:
             lost = asyncio.Event()
             conn = None
@@ -64,6 +67,9 @@ class Listener:
                 if self.on_plan is not None:
                     self.on_plan(None)
                 self.connected.set()
+                if lost_at is not None:
+                    log(logging.INFO, "pg_listener_back", away_seconds=round(time.monotonic() - lost_at, 1))
+                    lost_at = None
                 pause = 0.1
                 while not lost.is_set():
                     try:
@@ -72,13 +78,19 @@ class Listener:
                         await conn.execute("SELECT 1")      # notices a dead connection promptly
             except asyncio.CancelledError:
                 raise
-            except _ERRORS:
-                pass
+            except _ERRORS as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = "the connection was closed"
             finally:
                 self.connected.clear()
                 if conn is not None:
                     with contextlib.suppress(*_ERRORS, asyncio.CancelledError):
                         conn.terminate()
+            if lost_at is None:
+                log(logging.WARNING, "pg_listener_lost", error=error, why="changes made on other nodes are not "
+                    "heard: this node drops its cache and reconnects the listener")
+                lost_at = time.monotonic()
             self.on_reset()
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)

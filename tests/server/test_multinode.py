@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -221,6 +222,34 @@ class TestChecksFromPushedUsage:
             for gate in nodes:
                 await gate.store.unlisten()
                 await gate.store.close()
+
+    async def test_a_lost_listener_is_said_once_and_so_is_its_return(self, pg_dsn, caplog):
+        """While the listener is away the node cannot hear other nodes: an operator must see it go and come back
+        (nothing was logged)."""
+        caplog.set_level(logging.INFO, logger="plangate")
+        store = PostgresStore(pg_dsn)
+        await store.open()
+        resets = []
+        try:
+            store.listen(lambda s: None, lambda: resets.append(1))
+            await asyncio.wait_for(store._listener.connected.wait(), 10)
+            other = await asyncpg.connect(pg_dsn)
+            try:
+                await other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                                    "current_database() AND pid <> pg_backend_pid()")
+            finally:
+                await other.close()
+
+            async def said(event: str) -> bool:
+                return any(r.getMessage() == event for r in caplog.records)
+            assert await postgres.await_until(lambda: said("pg_listener_back"), timeout=10)
+            events = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pg_listener")]
+            assert events == ["pg_listener_lost", "pg_listener_back"] and len(resets) >= 2
+        finally:
+            await store.unlisten()
+            await store.close()
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("pg_listener")] == \
+            ["pg_listener_lost", "pg_listener_back"]        # stopping it is no loss
 
     async def test_without_pushed_usage_every_check_reads_the_database(self, pg_dsn):
         store = open_store(pg_dsn, push_usage=False)

@@ -75,7 +75,7 @@ class Jobs:
             self.gate.metrics.jobs.labels(name, "error").inc()
             log(logging.ERROR, "job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
             return None
-        self.last_runs[name] = JobRun(at, time.perf_counter() - started, True, repr(result))
+        self.last_runs[name] = JobRun(at, time.perf_counter() - started, True, _in_words(name, result))
         self.gate.metrics.jobs.labels(name, "ok").inc()
         log(logging.DEBUG, "job_done", job=name, result=result, seconds=round(time.perf_counter() - started, 4))
         return result
@@ -116,3 +116,16 @@ class Jobs:
         retained = await self.personal.retain()
         return usage, keys, retained.reduced, retained.ids_dropped
 
+
+# What each job's result counts, in the order it returns them.
+_COUNTS = {"sweep": ("moved",), "reconcile": ("changed",), "report": ("sent", "left for a retry", "refused"),
+           "cleanup": ("usage rows dropped", "keys dropped", "payloads reduced", "erased subjects' Stripe ids dropped")}
+
+
+def _in_words(name: str, result) -> str:
+    """A job's result as the operator reads it: "3 sent, 0 left for a retry, 0 refused"."""
+    counts = result if isinstance(result, tuple) else (result,)
+    words = _COUNTS.get(name, ())
+    if len(words) != len(counts):
+        return repr(result)
+    return ", ".join(f"{n} {w}" for n, w in zip(counts, words))

@@ -153,7 +153,7 @@ class TestAccess:
         gate, session = console
         await login(gate.url, session, ADMIN_TOKEN)
         async with session.get(gate.url + "/console/health") as r:
-            assert r.status == 200
+            assert r.status == 200 and "kill switch</th><td>off" in (await r.text()).replace("\n", "")
         with sqlite3.connect(gate.database) as db:
             db.execute("DROP TABLE console_sessions")
         async with session.get(gate.url + "/console/health") as r:

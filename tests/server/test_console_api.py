@@ -121,10 +121,13 @@ class TestConsolePages:
 
     async def test_the_jobs_page_shows_the_last_run_and_the_next(self, gate):
         assert (await gate.post("/v1/jobs/sweep", token=ADMIN_TOKEN))[0] == 200
+        assert (await gate.post("/v1/jobs/report", token=ADMIN_TOKEN))[0] == 200
         async with new_session() as session:
             await login(gate.url, session, ADMIN_TOKEN)
             async with session.get(gate.url + "/console/jobs") as r:
                 page = await r.text()
                 hidden(page, "csrf")
         row = page.split('data-job="sweep"')[1].split("</tr>")[0]
-        assert 'class="ok"' in row and "0 0 1 1 *" in row and "-01-01T00:00:00Z" in row
+        assert 'class="ok"' in row and "0 0 1 1 *" in row and "-01-01T00:00:00Z" in row and "0 moved" in row
+        row = page.split('data-job="report"')[1].split("</tr>")[0]
+        assert "0 sent, 0 left for a retry, 0 refused" in row        # in words, not (0, 0, 0)

@@ -387,7 +387,8 @@ async def health(request: web.Request) -> web.Response:
         store = '<span class="bad">does not answer</span>'
     c = gate.config
     body = _rows([("store", store), ("plan version", e(gate.table.version)),
-                  ("enforcement", e("on" if c.enabled else "off")), ("kill switch", e("on" if c.kill_switch else "off")),
+                  ("enforcement", e("on" if c.enabled else "off")),
+                  ("kill switch", e("on" if c.kill_switch else "off")),
                   ("fail mode when the store fails", e(c.fail_mode)),
                   ("cache", e(f"{c.cache_ttl}s, up to {c.cache_size} subjects")),
                   ("jobs", e(f"sweep {c.sweep_schedule}; reconcile {c.reconcile_schedule}; "

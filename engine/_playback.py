@@ -107,6 +107,8 @@ class _Player:
             # A story's invoice is of the subscription the user has, as Stripe's renewals are (`parent: null`
             # writes a one-off invoice, of no subscription).
             obj = {**obj, "subscription": self.state.follows.id}
+        if not step.whole and step.value == "customer.subscription.created" and "created" not in obj:
+            obj = {**obj, "created": int(self.now)}     # Stripe's subscription always says when it was made
         event = StripeEvent(step.value, obj, step.extra, self.now)
         if step.value not in self.relevant:
             return _Seen(None, False, f"{event.key}: the gate reads no {step.value} events (ignored)")

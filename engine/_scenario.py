@@ -41,6 +41,7 @@ TOP_KEYS = ("name", "description", "start", "subject", "meter", "steps")
 DEFAULT_SUBJECT = "subject"
 
 
+PAID_INVOICE_EVENTS = ("invoice.paid", "invoice.payment_succeeded")
 LAST_INSTANT = 221_845_392_000      # 9000-01-01T00:00:00Z: a window or a timer past it may pass the year 9999
 
 
@@ -321,6 +322,8 @@ class _Reader:
             obj.setdefault("object", implied_object(event))
             if obj["object"] == "checkout.session":
                 obj.setdefault("mode", "subscription")  # a story's Checkout is of a subscription unless it says
+            elif event in PAID_INVOICE_EVENTS:
+                obj.setdefault("status", "paid")        # as Stripe's invoice.paid always says
         price = self.text(item, path + ("price",))
         period = self.field(item, path + ("period",), _period)
         quantity = self.field(item, path + ("quantity",), _amount)

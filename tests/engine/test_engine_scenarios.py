@@ -216,3 +216,67 @@ steps:
     expect: {status: limited_free_trial, moved: false}
 """, "s.yaml", shipped))
         assert result.passed, result.failure
+
+
+class TestStripesObjectsAsStripeSendsThem:
+    """A story writes what matters; what Stripe always sends and the story leaves out is filled in as Stripe has
+    it, so that a story never proves what the gate would not do."""
+
+    def test_a_paid_invoice_says_paid(self, shipped):
+        """Grace never ends before the period paid through: a story's invoice.paid counted for that only when
+        it wrote `status: paid` (which Stripe's always says), and its grace ended weeks early."""
+        result = play(shipped, parse_scenario("""\
+name: a proration invoice fails mid-period; grace holds until the period paid for ends
+start: "2026-02-01T10:00:00Z"
+subject: dana
+steps:
+  - stripe: customer.subscription.created
+    object: {id: sub_1, status: active, customer: cus_1, metadata: {plangate_subject: dana}}
+    price: price_pro_monthly
+    period: {start: "2026-02-01T10:00:00Z", end: "2026-03-01T10:00:00Z"}
+  - stripe: invoice.paid
+    object: {id: in_1, customer: cus_1, amount_paid: 1000, billing_reason: subscription_create,
+             lines: {data: [{period: {start: "2026-02-01T10:00:00Z", end: "2026-03-01T10:00:00Z"}}]}}
+  - until: "2026-02-10T10:00:00Z"
+  - stripe: invoice.payment_failed
+    object: {id: in_2, customer: cus_1, billing_reason: subscription_update}
+    expect: {status: grace_period}
+  - wait: 3d
+    expect: {status: grace_period}
+""", "s.yaml", shipped))
+        assert result.passed, result.failure
+
+    def test_a_new_subscription_says_when_it_was_made(self, write_plan):
+        """Credits forfeited when a subscription ends stay so when the customer subscribes again: the story's new
+        subscription had no `created`, read as made before the old one ended (a re-subscription during dunning),
+        and the forfeited pack came back."""
+        text = (Path(__file__).resolve().parents[2] / "examples" / "ai-api" / "plans.yaml").read_text().replace(
+            "on_cancel: keep",
+            "on_cancel: forfeit")
+        table = write_plan(text)
+        result = play(table, parse_scenario("""\
+name: forfeited credits stay forfeited
+start: "2027-03-01T09:00:00Z"
+subject: acct_f
+meter: tokens
+steps:
+  - stripe: customer.subscription.created
+    object: {id: sub_f1, customer: cus_f, status: active, metadata: {account: acct_f}}
+    price: price_scale_yearly
+    period: {start: "2027-03-01T09:00:00Z", end: "2028-03-01T09:00:00Z"}
+  - stripe: checkout.session.completed
+    object: {id: cs_f, customer: cus_f, mode: payment, payment_status: paid,
+             line_items: {data: [{price: {id: price_tokens_1m}, quantity: 1}]}}
+    expect: {credits: 1000000}
+  - wait: 1h
+  - stripe: customer.subscription.deleted
+    object: {id: sub_f1, customer: cus_f, status: canceled}
+    expect: {status: lapsed, credits: 0}
+  - wait: 1d
+  - stripe: customer.subscription.created
+    object: {id: sub_f2, customer: cus_f, status: active, metadata: {account: acct_f}}
+    price: price_scale_yearly
+    period: {start: "2027-03-02T10:00:00Z", end: "2028-03-02T10:00:00Z"}
+    expect: {status: subscribed, credits: 0}
+""", "s.yaml", table))
+        assert result.passed, result.failure

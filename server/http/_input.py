@@ -137,7 +137,8 @@ def amount(body: dict, maximum: int) -> int:
 
 def one_of(value: str, known: tuple[str, ...], code: str, what: str) -> str:
     if value not in known:
-        raise BadRequest(422, code, f"unknown {what} '{value}'; known: {', '.join(known)}")
+        raise BadRequest(422, code, f"unknown {what} '{value}'; " + (f"known: {', '.join(known)}" if known else
+                                                                      f"the plan has no {what}"))
     return value
 
 

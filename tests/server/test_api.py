@@ -246,6 +246,12 @@ class TestAuth:
         assert (status, answer["error"]) == (403, "forbidden")
         assert rows(gate.database, "SELECT * FROM subscriptions") == []
 
+    async def test_credits_on_a_plan_without_them_say_so(self, gate):
+        status, answer = await gate.post("/v1/subjects/u/credits", {"meter": "requests", "amount": 5, "reason": "r"},
+                                         token=ADMIN_TOKEN)
+        assert (status, answer["error"]) == (422, "unknown_meter")
+        assert answer["message"].endswith("the plan has no meter with credits"), answer
+
     async def test_the_admin_token_also_reads_and_decides(self, gate):
         assert (await gate.post(
             "/v1/check", {"subject": "u", "meter": "requests"}, token=ADMIN_TOKEN))[0] == 200

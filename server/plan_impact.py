@@ -44,9 +44,9 @@ async def impact_in(store, result: PlanDiff, now: float) -> list[Impact]:
     where = result.new.document.key_location(("statuses",))
     out = [Impact(f"{s.describe()} would be stranded; {s.fix()}", s.count, strands=True, location=where)
            for s in stranded(result.new, census.statuses, census.tiers)]
-    old = compile_plan(result.old)
+    old, new = compile_plan(result.old), compile_plan(result.new)
     for change in result.changes:
-        found = await _change_impact(store, census, old, change, now)
+        found = await _change_impact(store, census, old, new, change, now)
         if found is not None:
             out.append(found)
     out.append(Impact(f"{census.total} stored subject(s) in all", census.total))
@@ -64,14 +64,15 @@ def reached(census: Census, old: Plan, change: PlanChange) -> int:
         sum(census.tiers.get(t, 0) for t in change.tiers)
 
 
-async def _change_impact(store, census: Census, old: StateTable, change: PlanChange, now: float) -> Impact | None:
+async def _change_impact(store, census: Census, old: StateTable, new: StateTable, change: PlanChange,
+                         now: float) -> Impact | None:
     if change.strands:
         return None     # counted by the census above, by name
     subjects = reached(census, old.plan, change)
     if not subjects or change.area is Area.TRANSITION:
         return None
     if change.lowered and change.meter is not None:
-        return await _over_quota(store, old, change, subjects, now)
+        return await _over_quota(store, old, new, change, subjects, now)
     if change.area is Area.TIMER:
         rows = await store.subjects_named(change.statuses, (), EXAMINED)
         running = sum(1 for r in rows if r.state.timer_due is not None)
@@ -80,12 +81,15 @@ async def _change_impact(store, census: Census, old: StateTable, change: PlanCha
     return Impact(f"{change.message}: {subjects} subject(s)", subjects, location=change.location)
 
 
-async def _over_quota(store, old: StateTable, change: PlanChange, subjects: int, now: float) -> Impact:
+async def _over_quota(store, old: StateTable, new: StateTable, change: PlanChange, subjects: int,
+                      now: float) -> Impact:
     rows = await store.subjects_named(change.statuses, change.tiers, EXAMINED)
     over = 0
+    meter = change.meter or ""      # a quota's change names its meter
     for stored in rows:
-        used = await _used(store, old, stored, change.meter or "", now)    # a quota's change names its meter
-        if used is not None and used > (change.limit or 0):
+        used = await _used(store, old, stored, meter, now)
+        limit = _new_limit(new, stored, meter, now)
+        if used is not None and used > ((change.limit or 0) if limit is None else limit):
             over += 1
     examined = f" (of the first {len(rows)})" if len(rows) < subjects else ""
     kept = change.existing_subscribers
@@ -94,6 +98,14 @@ async def _over_quota(store, old: StateTable, change: PlanChange, subjects: int,
         "; they keep the old quota until their next billing period"
     return Impact(f"{change.message}: {subjects} subject(s), {over}{examined} over the new limit of {change.limit} "
                   f"right now{when}", over, location=change.location)
+
+
+def _new_limit(new: StateTable, stored: StoredSubject, meter: str, now: float) -> int | None:
+    """The subject's own limit under the new plan (per seat or trait, with its add-ons); None: it cannot say."""
+    try:
+        return new.can_process(new.named(stored.state, now), meter, 1, 0, now).limit
+    except (UnknownStatus, ValueError):
+        return None
 
 
 async def _used(store, old: StateTable, stored: StoredSubject, meter: str, now: float) -> int | None:

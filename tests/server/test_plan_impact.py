@@ -5,6 +5,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -12,8 +13,9 @@ from plangate.cli import main
 from tests import postgres
 from tests.plan_change import V1, WITHOUT_BILLING_PROBLEM, edited, lowered_pro
 
+from . import stripe_events as se
 from .conftest import ROOT
-from .test_plan_change import Rig
+from .test_plan_change import DAY, Rig
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -119,3 +121,31 @@ def test_a_tiers_lost_feature_reaches_only_subjects_in_statuses_that_grant_the_t
     census = Census((("paid", "pro", "v", 3), ("past_due", None, "v", 2), ("free", "pro", "v", 7),
                      ("ended", None, "v", 11), ("paid", "team", "v", 5)))
     assert reached(census, old, change) == 3 + 2
+
+
+def test_a_lowered_quota_per_seat_counts_each_subjects_own_limit(tmp_path, capsys):
+    """A quota per seat lowered from 5000 to 3000 a seat: ann (3 seats, 4000 used) is under her new 9000, bob
+    (1 seat, 4000 used) is over his 3000. Every subject was held to the bare 3000, and ann counted as over."""
+    per_seat = V1.replace("requests: {limit: 5000, per: billing_period}",
+                          "requests: {limit: 5000, per: billing_period, per_unit: quantity}")
+    url = str(tmp_path / "gate.sqlite3")
+
+    async def fill():
+        rig = Rig(tmp_path, url)
+        gate = await rig.start(per_seat)
+        try:
+            for n, (name, seats) in enumerate((("ann", 3), ("bob", 1))):
+                sub = se.subscription("active", name, sub_id=f"sub_seat{n}", customer=f"cus_seat{n}",
+                                      start=time.time() - 10 * DAY, end=time.time() + 20 * DAY, price="price_pro")
+                sub["items"]["data"][0]["quantity"] = seats
+                assert (await rig.webhook("customer.subscription.created", sub))["status"] == "paid"
+                assert (await gate.consume(name, 4000))[1]["counted"] is True
+        finally:
+            await rig.stop()
+
+    asyncio.run(fill())
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(per_seat)
+    new.write_text(per_seat.replace("limit: 5000", "limit: 3000"))
+    assert main(["diff", str(old), str(new), "--database", url]) == 0
+    assert "2 subject(s), 1 over the new limit of 3000 right now" in capsys.readouterr().out

@@ -370,7 +370,7 @@ def _ungraced_way_to_denial(plan: Plan, start: str) -> tuple[Transition, str] | 
     while queue:
         here, first = queue.popleft()
         for t in plan.transitions:
-            if not stripe_rules.fails_payment(t):
+            if not stripe_rules.fails_payment(t) or _cancellation_timer(plan, here, t):
                 continue
             target = plan.status(t.target)
             if here not in plan.sources_of(t) or target is None or target.grace or t.target in seen:
@@ -380,6 +380,13 @@ def _ungraced_way_to_denial(plan: Plan, start: str) -> tuple[Transition, str] | 
             seen.add(t.target)
             queue.append((t.target, first or t))
     return None
+
+
+def _cancellation_timer(plan: Plan, here: str, t: Transition) -> bool:
+    """A timer of a status that runs out at the subscription's cancel_at: the end the customer chose."""
+    status = plan.status(here)
+    return t.trigger.kind is TriggerKind.TIMER and status is not None and status.expires_at is not None \
+        and status.expires_at.date == "cancel_at"
 
 
 def renames(plan: Plan) -> Iterator[Finding]:

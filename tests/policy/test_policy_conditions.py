@@ -200,3 +200,76 @@ class TestViews:
                 "next_payment_attempt is not set") in words
         assert "[any(amount_paid>0, billing_reason!=subscription_create), next_payment_attempt missing]" in \
             mermaid(checked.plan)
+
+
+CANCELLING = """\
+version: 1
+meters:
+  requests: {}
+stripe:
+  subject: {metadata_key: plangate_subject}
+tiers:
+  pro:
+    prices: [price_pro]
+    quotas: {requests: {limit: 100, per: billing_period}}
+statuses:
+  free:
+    initial: true
+    quotas: {requests: {limit: 10, per: day}}
+  paid:
+    paying: true
+    quotas: {requests: tier}
+  cancelling:
+    paying: true
+    expires_at: cancel_at + 1h
+    quotas: {requests: tier}
+  grace:
+    grace: true
+    expires_after: 3d
+    quotas: {requests: tier}
+  ended:
+    access: deny
+transitions:
+  - from: [free, ended]
+    on: stripe:customer.subscription.created
+    when: {status: active}
+    to: paid
+  - from: paid
+    on: stripe:customer.subscription.updated
+    when: {cancel_at: {exists: true}, status: active}
+    to: cancelling
+  - from: cancelling
+    on: stripe:customer.subscription.updated
+    when: {cancel_at: {exists: false}, status: active}
+    to: paid
+  - from: cancelling
+    on: timer
+    to: ended
+  - from: [paid, cancelling]
+    on: stripe:invoice.payment_failed
+    to: grace
+  - from: grace
+    on: stripe:invoice.paid
+    to: paid
+  - from: grace
+    on: timer
+    to: ended
+  - from: [paid, cancelling]
+    on: stripe:customer.subscription.updated
+    when: {status: unpaid}
+    to: grace
+  - from: [paid, cancelling, grace]
+    on: stripe:customer.subscription.paused
+    to: ended
+  - from: [paid, cancelling, grace]
+    on: stripe:customer.subscription.deleted
+    to: ended
+"""
+
+
+def test_a_timer_that_runs_out_at_cancel_at_skips_no_grace():
+    """The customer chose that end (cancel at period end): no failed payment leads there, so grace-skipped does
+    not fire; a timer of grace length leading to a denial still does."""
+    assert [f.code for f in check_text(CANCELLING, "p.yaml").findings] == []
+    graceless = CANCELLING.replace("expires_at: cancel_at + 1h", "expires_after: 3d")
+    assert [(f.code, f.location.line) for f in check_text(graceless, "p.yaml").findings] == [("grace-skipped", 40)]

@@ -82,11 +82,12 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
                     f"amount {seen[2]}; use a new key for different work")
             return Counted(True, seen[3], duplicate=True, credits_used=seen[4], overage=seen[5])
     row = db.execute("SELECT version FROM subscriptions WHERE subject = ?", (subject,)).fetchone()
-    if current.version == 0 and row is None:
+    made = current.version == 0 and row is None
+    if made:
         db.execute(queries._INSERT_SUBJECT, queries._subject_params(current, now))
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)
-    queries.insert_grants(db, subject, spend.grants, None)
+    made = queries.insert_grants(db, subject, spend.grants, None) > 0 or made
     window = (subject, meter, window_start)
     found = db.execute("SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",
                        window).fetchone()
@@ -104,8 +105,10 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
     over = rest - spent
     balance = sum(g.remaining for g in grants) - spent
     if spend.ceiling is not None and used + allow + over > spend.ceiling:
-        # Refused: a new subject's row and the window's grants made above are undone, as on PostgreSQL.
-        raise Undone(Counted(False, used, balance=balance + spent))
+        refused = Counted(False, used, balance=balance + spent)
+        if made:    # a new subject's row or the window's grants, made above: undone, as on PostgreSQL
+            raise Undone(refused)
+        return refused      # nothing written: no savepoint, no second run of the group (the common refusal)
     after = used + allow + over
     if found:
         db.execute("UPDATE quota_usage SET used = ? WHERE subject = ? AND meter = ? AND window_start = ?",

@@ -76,7 +76,8 @@ class MeterEvents:
                 except Exception as exc:    # noqa: BLE001 - the batch's other outcomes must be recorded
                     log(logging.ERROR, "overage_send_failed", report=report.identifier, subject=report.subject,
                         error=f"{type(exc).__name__}: {exc}")
-                    return self._later(report, now, f"{type(exc).__name__}: {exc}")
+                    tried = replace(report, attempts=report.attempts + 1)     # each retry waits longer
+                    return self._later(tried, now, f"{type(exc).__name__}: {exc}")
 
         done = await asyncio.gather(*(one(r) for r in due))
         await self.gate.timed("overage", self.gate.store.update_reports(list(done)), shield=True, timeout=30.0)

@@ -104,7 +104,7 @@ class TestReporting:
         fake.reused = 1
         assert await job(scale) == [1, 1, 0]
         (pending,) = (await overage(scale, status="pending"))["reports"]
-        assert "IdempotencyError" in pending["last_error"]
+        assert "IdempotencyError" in pending["last_error"] and pending["attempts"] == 1     # the next waits longer
         gate = scale.app[GATE]
         real = gate.clock
         gate.clock = lambda: real() + 31

@@ -53,14 +53,14 @@ class StripeApi:
 
     async def subscription(self, subscription_id: str) -> dict | None:
         """The subscription as Stripe has it now; None when Stripe does not know it (logged); StripeUnavailable
-        when Stripe did not answer or refused the key."""
+        when Stripe did not answer (a refused key raises as it is: no subject can be asked about)."""
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
                 sub = await self._stripe().v1.subscriptions.retrieve_async(subscription_id)
         except stripe.InvalidRequestError as exc:
             log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
             return None
-        except (*_TRANSIENT, TimeoutError, stripe.AuthenticationError, stripe.PermissionError) as exc:
+        except (*_TRANSIENT, TimeoutError) as exc:
             raise StripeUnavailable(f"Stripe's API did not answer for {subscription_id}: "
                                     f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
         return sub.to_dict()

@@ -15,6 +15,7 @@ from .ingest import Ingest
 from .objects import ENDED
 
 RECONCILE_BATCH = 200
+UNANSWERED_IN_A_ROW = 3     # subjects Stripe did not answer for, one after another, that end a run
 
 
 class Reconciler:
@@ -49,7 +50,7 @@ class Reconciler:
         subjects = await self.gate.timed(
             "doubtful", self.gate.store.doubtful(self.doubtful_statuses, now - self.gate.config.reconcile_after,
                                                  RECONCILE_BATCH), timeout=30.0)
-        changed, unanswered = 0, []
+        changed, unanswered, in_a_row = 0, [], 0
         for stored in subjects:
             try:
                 sub = await self.ingest.api.subscription(stored.stripe_subscription)
@@ -57,7 +58,11 @@ class Reconciler:
                 unanswered.append(stored.state.subject)
                 if len(unanswered) == 1:
                     log(logging.WARNING, "reconcile_unanswered", subject=stored.state.subject, error=str(exc))
+                in_a_row += 1
+                if in_a_row == UNANSWERED_IN_A_ROW:     # Stripe is down, not one subject: the next run goes on
+                    break
                 continue
+            in_a_row = 0
             if sub is None:
                 continue
             event = _synthetic(sub, now)

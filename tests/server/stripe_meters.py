@@ -25,6 +25,7 @@ class FakeStripe:
     reused: int = 0         # the next meter events refused as a reused idempotency key (Stripe's idempotency_error)
     revoked: int = 0        # the next requests refused as made with a revoked key (401)
     lines_asked: int = 0    # requests for a Checkout Session's line items
+    subscriptions_asked: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -103,6 +104,7 @@ class FakeStripe:
                                   "url": f"/v1/billing/meters/{meter}/event_summaries"})
 
     async def subscription(self, request: web.Request) -> web.Response:
+        self.subscriptions_asked += 1
         refused = self._auth(request)
         if refused is not None:
             return refused

@@ -81,3 +81,22 @@ async def test_a_subject_stripe_does_not_answer_for_holds_back_no_other(start_ga
     assert sorted([await status_of(gate, s) for s in ("bob", "cat")]) == ["billing_problem", "paid"]
     assert await reconcile(gate) == 1
     assert [await status_of(gate, s) for s in ("bob", "cat")] == ["paid", "paid"]
+
+
+async def test_a_run_ends_when_stripe_answers_for_no_one(start_gate, database, fake):
+    """Stripe is down, not one subject: after three subjects in a row without an answer the run ends (each may
+    take seconds to give up), and the next run asks again."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url)
+    now = time.time()
+    for n in range(5):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        await deliver(gate, se.event("customer.subscription.created", se.subscription("active", f"u{n}", **ids),
+                                     now - 6 * DAY))
+        await deliver(gate, se.event("customer.subscription.updated", se.subscription("unpaid", f"u{n}", **ids),
+                                     now - 4 * DAY))
+        fake.subscriptions[ids["sub_id"]] = se.subscription("active", f"u{n}", **ids)
+    fake.failing = 100
+    assert await reconcile(gate) == 0 and fake.subscriptions_asked == 3
+    fake.failing = 0
+    assert await reconcile(gate) == 5

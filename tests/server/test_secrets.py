@@ -75,7 +75,7 @@ def stripe_error(status: int, kind: str, message: str):
 
 class TestStripeErrors:
     @pytest.mark.parametrize("status, kind, message, event", [
-        (401, "authentication_error", f"Invalid API Key provided: sk_test_{'*' * 20}UvWx", "reconcile_unanswered"),
+        (401, "authentication_error", f"Invalid API Key provided: sk_test_{'*' * 20}UvWx", "job_failed"),
         (404, "invalid_request_error", f"No such subscription: 'sub_1'; a similar object exists in live mode, "
                                        f"but a test mode key ({KEY}) was used", "reconcile_skipped"),
     ])

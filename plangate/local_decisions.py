@@ -59,7 +59,7 @@ class LocalDecisions:
         self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
-        self.max_amount = 0                 # the gate's largest amount: one it refuses (a 400) is the gate's to say
+        self.max_amount: float = 0          # the gate's largest amount: one it refuses (a 400) is the gate's to say
         # The gate's time is this process's monotonic clock plus `offset`: measured by the snapshots (the gate says
         # its time in each), at first this process's own wall clock. A step of the wall clock here (NTP) moves
         # nothing; one of the gate's reaches the client with its next snapshot.
@@ -223,7 +223,7 @@ class LocalDecisions:
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self.allowed = body.get("local", False)
-            self.max_amount = body.get("max_amount", 0)
+            self.max_amount = body.get("max_amount", float("inf"))     # a gate that does not say: no bound
             if self.table is None or self.table.version != body.get("plan_version"):
                 self._refetch_plan()
             self.live = True

@@ -135,6 +135,7 @@ class Ingest:
             return Received(event.id, "duplicate", duplicate=True)
         if self.table.credits.needs_line_items(event.type, obj):
             event, payload = await self._with_line_items(event, payload)
+            obj = event.object
         if named is not None and stored is None and self.personal is not None:
             # A subject not stored may be one that was erased: its events land on its pseudonym, and keep
             # nothing of it as Stripe sent it.
@@ -325,9 +326,9 @@ class Ingest:
         base = table.named(base, now)    # stored before a rename: under the plan's names
         if base.traits != stored.state.traits:      # set through the API, never by Stripe: the stored ones hold
             base = base.with_(traits=stored.state.traits)
-        if stored.state.plan_version == table.version != base.plan_version:
-            # On the active version (an admin's upgrade, say): versions only move forward, a refold keeps it.
-            base = base.with_(plan_version=table.version)
+        if base.plan_version != stored.state.plan_version:
+            # Versions only move forward (an admin's upgrade, entering a tier's status): a refold keeps the stored.
+            base = base.with_(plan_version=stored.state.plan_version)
         exact = not later and base == stored.state
         incoming = fold.incoming
         records = {r.id: r for _, r in incoming}

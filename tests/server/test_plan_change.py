@@ -257,8 +257,7 @@ class TestGrandfathering:
         subject came back on the older version (limit 5000, plan_kept) that the admin had upgraded it from."""
         now = time.time()
         await rig.start(V1)
-        n = abs(hash("ann")) % 10**8
-        sub = dict(sub_id=f"sub_{n}", customer=f"cus_{n}", start=now - 10 * DAY, end=now + 20 * DAY, price="price_pro")
+        sub = dict(sub_id="sub_late", customer="cus_late", start=now - 10 * DAY, end=now + 20 * DAY, price="price_pro")
         await rig.webhook("customer.subscription.created", se.subscription("active", "ann", **sub), now - 100)
         await rig.webhook("invoice.paid", se.invoice("paid", sub_id=sub["sub_id"], customer=sub["customer"]), now - 50)
         await rig.start(lowered_pro("never"))

@@ -659,6 +659,28 @@ class TestPostgresBatches:
         assert await store.used("a", [("requests", 0)]) == {("requests", 0): 2**62}
         assert (await store.count(a, "requests", 0, 1, None, "big-2", 100.0)).duplicate is False   # no key kept
 
+    async def test_a_commit_still_waiting_for_its_batch_is_withdrawn_and_never_written(self, pg_store, pg_dsn):
+        """Three batches of state changes wait on a lock another session holds; a fourth change waits for room.
+        Withdrawn (the gate gave up waiting), it is never written; those already sent are, once the lock goes."""
+        store = pg_store
+        blocker = await asyncpg.connect(pg_dsn)
+        try:
+            await blocker.execute("BEGIN")
+            await blocker.execute("LOCK TABLE subscriptions IN EXCLUSIVE MODE")
+            sent = []
+            for i in range(3):
+                sent.append(store.commit(Change(fresh(f"w{i}"), 0)))
+                await asyncio.sleep(0.05)       # each its own batch: three in flight, all waiting
+            waiting = store.commit(Change(fresh("w3"), 0))
+            await asyncio.sleep(0.05)
+            assert store.withdraw(waiting) and waiting.cancelled()
+            assert not store.withdraw(sent[0])      # sent: it stands
+            await blocker.execute("ROLLBACK")
+            assert await asyncio.wait_for(asyncio.gather(*sent), 10) == [True, True, True]
+        finally:
+            await blocker.close()
+        assert [await store.load(f"w{i}") is not None for i in range(4)] == [True, True, True, False]
+
     async def test_two_nodes_batches_over_the_same_subjects_never_deadlock(self, pg_dsn):
         """Two nodes' batches over the same subjects, arriving in opposite orders, both held up in the middle by
         a row another session has locked: each batch takes its row locks in (subject, meter, window) order, so

@@ -219,9 +219,9 @@ def erase(env_file: str | Sequence[str] | None, subject: str, actor: str) -> int
     if not config.pseudonym_secret:
         return _fail("erase: PLANGATE_PSEUDONYM_SECRET is not set; erasure needs it (the same on every node, "
                      "never changed)", 2)
-    missing = _missing_store(config)
-    if missing:     # opening it would make an empty one, on which serve would then start
-        return _fail(f"erase: {missing}", 2)
+    if _missing_store(config):      # opening it would make an empty one, on which serve would then start
+        return _fail(f"erase: no store at {sqlite_path(config.database)} (PLANGATE_DATABASE): nothing to erase "
+                     "there; name the file the gate serves", 2)
 
     async def run():
         store = open_store(config.database, **config.store_options())

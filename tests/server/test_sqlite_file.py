@@ -74,6 +74,7 @@ class TestOneGateAFile:
         await first.close()
         await second.close()
 
+
 def gone(how: str, path: str) -> None:
     if how == "deleted":
         for suffix in ("", "-wal", "-shm"):

@@ -46,25 +46,15 @@ class TestOneGateAFile:
         second = gate_process()         # the lock went with the first process
         assert (await post(second.url, "/v1/check", {"subject": "u", "meter": "requests"}))[1]["used"] == 1
 
-    async def test_in_one_process_too_and_released_on_close(self, tmp_path):
-        path = str(tmp_path / "s.sqlite3")
-        first, second = SQLiteStore(path), SQLiteStore(path)
-        await first.open()
-        await first.claim()
-        await second.open()
-        with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
-            await second.claim()
-        await first.close()
-        await second.claim()
-        await second.close()
-
-
-    async def test_through_a_symlink_too(self, tmp_path):
-        """A second gate on the same file through a symlink took a lock of its own, and counted in the file while
-        the first answered from its cache."""
+    @pytest.mark.parametrize("through", ["its path", "a symlink to it"])
+    async def test_in_one_process_too_and_released_on_close(self, tmp_path, through):
+        """Through a symlink too: a second gate on the same file took a lock of its own, and counted in the file
+        while the first answered from its cache."""
         path = tmp_path / "s.sqlite3"
-        other = tmp_path / "link.sqlite3"
-        other.symlink_to(path)
+        other = path
+        if through == "a symlink to it":
+            other = tmp_path / "link.sqlite3"
+            other.symlink_to(path)
         first, second = SQLiteStore(str(path)), SQLiteStore(str(other))
         await first.open()
         await first.claim()
@@ -72,6 +62,7 @@ class TestOneGateAFile:
         with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
             await second.claim()
         await first.close()
+        await second.claim()
         await second.close()
 
 

@@ -286,7 +286,7 @@ class Ingest:
             if not fold.record_noop and not change.audits and \
                     _essence(change.subject.state) == _essence(stored.state):
                 change = Change(replace(stored, confirmed_at=now), stored.version)
-            if await self._io("commit", self.store.commit(change)):
+            if await self._committed(subject, self.store.commit(change)):
                 self.gate.invalidate(subject)
                 self._log(change, stored)
                 answer = fold.answer_for or incoming[0][0].id
@@ -296,6 +296,20 @@ class Ingest:
         log(logging.WARNING, "webhook_retry", subject=subject, events=[e.id for e, _ in incoming],
             why=f"the subject changed under each of {MAX_ATTEMPTS} attempts; answered 500 for Stripe to deliver again")
         raise StoreUnavailable("webhook: the subject kept changing; Stripe will deliver again")
+
+    async def _committed(self, subject: str, pending) -> bool:
+        """The fold's commit (shielded). When the event's budget runs out first, the commit goes on: once it lands,
+        the subject's cached state is dropped then (the answer, a 5xx, made no promise either way)."""
+        commit = asyncio.ensure_future(pending)
+        try:
+            return await self._io("commit", commit)
+        except BaseException:
+            commit.add_done_callback(lambda done: self._landed_late(subject, done))
+            raise
+
+    def _landed_late(self, subject: str, done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is None and done.result():
+            self.gate.invalidate(subject)
 
     async def _migrated(self, table: StateTable, subject: str, stored: StoredSubject, now: float) -> bool:
         """Did the subject need a plan change (a status or tier name the plan renamed or retired)? Then it was

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from plangate.server.stripe import ingest
+from tests import postgres
 
 from . import stripe_events as se
 from .test_openapi import documented
@@ -410,6 +411,31 @@ class TestFaults:
         assert status == 200 and answer["outcome"] == "applied"
         assert (await deliver(hook, evt))[1]["duplicate"] is True
         assert q(hook.database, "SELECT COUNT(*) FROM transitions") == [(1,)]
+
+    async def test_a_commit_that_lands_after_the_budget_still_reaches_the_cache(self, start_gate, monkeypatch):
+        """The event's budget runs out while its commit waits for another process's lock (500: Stripe delivers
+        again); the shielded commit lands once the lock goes. The subject's cached state is dropped then: checks
+        answered from the old status until the cache expired (here five minutes)."""
+        hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, PLANGATE_CACHE_TTL="300")
+        now = time.time()
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("cleo"), now - 100))
+        await deliver(hook, se.event("customer.subscription.created", se.subscription("active", "cleo"), now - 90))
+        assert (await hook.check("cleo"))[1]["status"] == "paid"            # cached
+        monkeypatch.setattr(ingest, "WEBHOOK_STORE_TIMEOUT", 0.3)
+        db = sqlite3.connect(hook.database, isolation_level=None, timeout=5)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            status, _ = await deliver(hook, se.event("customer.subscription.deleted",
+                                                     se.subscription("canceled", "cleo"), now - 10))
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert status == 500
+
+        async def stored_canceled() -> bool:
+            return (await hook.get("/v1/subjects/cleo"))[1]["status"] == "canceled"
+        assert await postgres.await_until(stored_canceled, timeout=5)
+        assert (await hook.check("cleo"))[1]["status"] == "canceled"
 
     async def test_one_budget_bounds_all_of_an_events_store_calls(self, hook, monkeypatch):
         """A commit held back by another process's lock: the event answers 500 once the budget is spent (not

@@ -50,13 +50,13 @@ class Reconciler:
         subjects = await self.gate.timed(
             "doubtful", self.gate.store.doubtful(self.doubtful_statuses, now - self.gate.config.reconcile_after,
                                                  RECONCILE_BATCH), timeout=30.0)
-        changed, unanswered, in_a_row = 0, [], 0
+        changed, unanswered, in_a_row = 0, 0, 0
         for stored in subjects:
             try:
                 sub = await self.ingest.api.subscription(stored.stripe_subscription)
             except StripeUnavailable as exc:    # asked again next run; the subjects after it are asked now
-                unanswered.append(stored.state.subject)
-                if len(unanswered) == 1:
+                unanswered += 1
+                if unanswered == 1:
                     log(logging.WARNING, "reconcile_unanswered", subject=stored.state.subject, error=str(exc))
                 in_a_row += 1
                 if in_a_row == UNANSWERED_IN_A_ROW:     # Stripe is down, not one subject: the next run goes on
@@ -70,8 +70,8 @@ class Reconciler:
                 {"id": event.id, "type": event.type, "created": event.created, "data": {"object": sub}}),
                 record_noop=False)
             changed += received.outcome == "applied"
-        if len(unanswered) > 1:
-            log(logging.WARNING, "reconcile_unanswered", subjects=len(unanswered), why="Stripe did not answer for "
+        if unanswered > 1:
+            log(logging.WARNING, "reconcile_unanswered", subjects=unanswered, why="Stripe did not answer for "
                 "them (or refused the key): asked again at the next run")
         return changed
 

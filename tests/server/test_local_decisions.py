@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import time
 
@@ -426,3 +427,15 @@ async def test_an_amount_the_gate_refuses_is_refused_the_same_way_by_a_local_cli
             await here.check("u9", "requests", amount)
         assert (local.value.status, local.value.code) == (remote.value.status, remote.value.code) == \
             (400, "invalid_field")
+
+
+async def test_a_gate_that_does_not_say_its_max_amount_still_lets_copies_decide(gate):
+    """A hello without `max_amount` (a gate from before it was said): the client decides locally as it did, with
+    no bound of its own, rather than sending every check to the gate."""
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        local = here.local
+        hello = json.dumps({"plan_version": local.table.version, "local": True, "heartbeat": 1.0, "resumed": True})
+        local._event("hello", hello.encode(), f"{local.epoch}-{local.n}")
+        decision = await here.check("u8", "requests", 5)
+        assert decision.evaluated_here and decision.reason == "ok"

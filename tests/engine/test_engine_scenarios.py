@@ -155,13 +155,18 @@ transitions:
 """
 
 
+def played(table, text: str):
+    """The result of a story written here, played against the compiled plan."""
+    return play(table, parse_scenario(text, "story.yaml", table))
+
+
 class TestPlayback:
     @pytest.fixture
     def table(self, write_plan):
         return write_plan(TIMER_PLAN)
 
     def run(self, table, text: str):
-        return play(table, parse_scenario(text, "story.yaml", table))
+        return played(table, text)
 
     def test_a_timer_that_moves_nothing_fires_once_and_stops(self, table):
         result = self.run(table, """\
@@ -225,7 +230,7 @@ class TestStripesObjectsAsStripeSendsThem:
     def test_a_paid_invoice_says_paid(self, shipped):
         """Grace never ends before the period paid through: a story's invoice.paid counted for that only when
         it wrote `status: paid` (which Stripe's always says), and its grace ended weeks early."""
-        result = play(shipped, parse_scenario("""\
+        result = played(shipped, """\
 name: a proration invoice fails mid-period; grace holds until the period paid for ends
 start: "2026-02-01T10:00:00Z"
 subject: dana
@@ -243,7 +248,7 @@ steps:
     expect: {status: grace_period}
   - wait: 3d
     expect: {status: grace_period}
-""", "s.yaml", shipped))
+""")
         assert result.passed, result.failure
 
     def test_a_new_subscription_says_when_it_was_made(self, write_plan):
@@ -254,7 +259,7 @@ steps:
             "on_cancel: keep",
             "on_cancel: forfeit")
         table = write_plan(text)
-        result = play(table, parse_scenario("""\
+        result = played(table, """\
 name: forfeited credits stay forfeited
 start: "2027-03-01T09:00:00Z"
 subject: acct_f
@@ -278,5 +283,5 @@ steps:
     price: price_scale_yearly
     period: {start: "2027-03-02T10:00:00Z", end: "2028-03-02T10:00:00Z"}
     expect: {status: subscribed, credits: 0}
-""", "s.yaml", table))
+""")
         assert result.passed, result.failure

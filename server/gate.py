@@ -10,8 +10,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cachetools import TTLCache
 
@@ -36,6 +37,7 @@ WRITE_FAILURE_MEMORY = 10.0
 # loop, which serves no request meanwhile, so a chunk holds the loop no longer than a full group commit of
 # webhook events does.
 SWEEP_CHUNK = 250
+SWEEP_TIMEOUT = 30.0        # seconds one transaction of a sweep may take
 # The cache reads a busy subject again once it is this share of PLANGATE_CACHE_TTL old, REFRESH_BATCH subjects a
 # store call (SQLite reads on the loop: 50 hold it about 0.6 ms), with a TTL of REFRESH_MIN_TTL or more.
 REFRESH_AT = 0.75
@@ -109,15 +111,16 @@ class Gate:
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def timed(self, operation: str, coro, *, shield: bool = False, timeout: float | None = None):
+    async def timed(self, operation: str, coro, *, shield: bool = False, timeout: float | None = None,
+                    invalidates: Callable[[Any], Iterable[str]] | None = None):
         """Run a store call within the time budget; StoreUnavailable on failure or timeout. Writes are
         shielded so that a slow commit finishes (and stays consistent) even when the caller gives up. A read
         runs in the caller's task under asyncio.timeout: a task and wait_for of its own per store call were
-        a fifth of a signed webhook's CPU on the event loop."""
+        a fifth of a signed webhook's CPU on the event loop. `invalidates`: see untimed."""
         budget = timeout or self.config.store_timeout
         try:
             async with asyncio.timeout(budget):
-                return await self.untimed(operation, coro, shield=shield)
+                return await self.untimed(operation, coro, shield=shield, invalidates=invalidates)
         except TimeoutError as exc:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
@@ -137,16 +140,32 @@ class Gate:
                 raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
         return await self.untimed(operation, task, shield=True)
 
-    async def untimed(self, operation: str, coro, *, shield: bool = False):
+    async def untimed(self, operation: str, coro, *, shield: bool = False,
+                      invalidates: Callable[[Any], Iterable[str]] | None = None):
         """timed() without a timer of its own, for callers whose budget covers several store calls (one timer
-        for all of them, not one each)."""
+        for all of them, not one each). invalidates(result): the subjects a shielded write changed, dropped from
+        the cache when it lands after its caller stopped waiting (which answered without them)."""
         try:
-            result = await (asyncio.shield(asyncio.ensure_future(coro)) if shield else coro)
+            if shield:
+                write = asyncio.ensure_future(coro)
+                try:
+                    result = await asyncio.shield(write)
+                except BaseException:
+                    if invalidates is not None:
+                        write.add_done_callback(lambda done: self._landed_late(done, invalidates))
+                    raise
+            else:
+                result = await coro
         except (StoreError, OSError) as exc:
             raise self.store_failed(operation, exc, str(exc)) from exc
         if operation in WRITES:
             self._write_failure = None
         return result
+
+    def _landed_late(self, done: asyncio.Future, invalidates: Callable[[Any], Iterable[str]]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            for subject in invalidates(done.result()):
+                self.invalidate(subject)
 
     def store_failed(self, operation: str, exc: BaseException, error: str) -> StoreUnavailable:
         """Counts, logs (throttled) and remembers a failed store call; the StoreUnavailable to raise."""
@@ -609,7 +628,8 @@ class Gate:
 
     async def _commit_timers(self, changes: list[Change], failed: set[str]) -> int:
         """One transaction of a sweep, then the cache, logs and metrics of what it committed; subjects moved."""
-        done = await self.timed("sweep", self.store.commit_batch(changes), shield=True, timeout=30.0)
+        done = await self.timed("sweep", self.store.commit_batch(changes), shield=True, timeout=SWEEP_TIMEOUT,
+                                invalidates=lambda committed: committed)
         moved = 0
         fired: dict[tuple[str, str], int] = {}      # (trigger, to_status) -> transitions: bumped once per pair
         lines: list[dict] = []          # a log line per transition, written together (log_each)

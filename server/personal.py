@@ -215,7 +215,8 @@ class PersonalData:
                     await timed("erased", store.erased(pseudonym), timeout=ERASURE_TIMEOUT):
                 return None
             erasure = self._erasure(subject, pseudonym, stored, events, invoices, grants, live, actor, now)
-            if await timed("erase", store.erase(erasure), shield=True, timeout=ERASURE_TIMEOUT):
+            if await timed("erase", store.erase(erasure), shield=True, timeout=ERASURE_TIMEOUT,
+                           invalidates=lambda ok: (subject, pseudonym) if ok else ()):
                 self.gate.invalidate(subject)
                 self.gate.invalidate(pseudonym)
                 return Erased(subject, pseudonym, known=stored is not None, events=len(events), stripe_ids_kept=live)

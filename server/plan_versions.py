@@ -205,8 +205,8 @@ class PlanKeeper:
             audit = AuditEntry(o.state.subject, o.before.status, o.state.status, o.trigger, o.reason, now,
                                table.version, None, "plan")
             changes.append(Change(stored.with_state(o.state), stored.version, (audit,)))
-        done = await self.gate.timed("plan_migrate", self.store.commit_batch(changes), shield=True, timeout=30.0) \
-            if changes else set()
+        done = await self.gate.timed("plan_migrate", self.store.commit_batch(changes), shield=True, timeout=30.0,
+                                     invalidates=lambda committed: committed) if changes else set()
         moved = 0
         for change in changes:
             subject = change.subject.state.subject

@@ -102,10 +102,10 @@ class Ingest:
             self._relevant = (table, types)
         return types
 
-    async def _io(self, operation: str, coro):
+    async def _io(self, operation: str, coro, invalidates=None):
         # Under receive()'s one time budget for all of an event's store calls. Writes are shielded, as the
         # gate's are; a read given up is harmless, and shielding one made a task of it (~1.5 an event).
-        return await self.gate.untimed(operation, coro, shield=operation in WRITES)
+        return await self.gate.untimed(operation, coro, shield=operation in WRITES, invalidates=invalidates)
 
     async def receive(self, event: StripeEvent, payload: str, *, record_noop: bool = True) -> Received:
         """Handle one verified event. StoreUnavailable propagates: the caller answers 5xx and Stripe retries.
@@ -286,7 +286,9 @@ class Ingest:
             if not fold.record_noop and not change.audits and \
                     _essence(change.subject.state) == _essence(stored.state):
                 change = Change(replace(stored, confirmed_at=now), stored.version)
-            if await self._committed(subject, self.store.commit(change)):
+            # A commit that lands after the event's budget ran out (a 5xx: Stripe delivers again) drops the
+            # subject's cached state then.
+            if await self._io("commit", self.store.commit(change), lambda ok: (subject,) if ok else ()):
                 self.gate.invalidate(subject)
                 self._log(change, stored)
                 answer = fold.answer_for or incoming[0][0].id
@@ -296,20 +298,6 @@ class Ingest:
         log(logging.WARNING, "webhook_retry", subject=subject, events=[e.id for e, _ in incoming],
             why=f"the subject changed under each of {MAX_ATTEMPTS} attempts; answered 500 for Stripe to deliver again")
         raise StoreUnavailable("webhook: the subject kept changing; Stripe will deliver again")
-
-    async def _committed(self, subject: str, pending) -> bool:
-        """The fold's commit (shielded). When the event's budget runs out first, the commit goes on: once it lands,
-        the subject's cached state is dropped then (the answer, a 5xx, made no promise either way)."""
-        commit = asyncio.ensure_future(pending)
-        try:
-            return await self._io("commit", commit)
-        except BaseException:
-            commit.add_done_callback(lambda done: self._landed_late(subject, done))
-            raise
-
-    def _landed_late(self, subject: str, done: asyncio.Future) -> None:
-        if not done.cancelled() and done.exception() is None and done.result():
-            self.gate.invalidate(subject)
 
     async def _migrated(self, table: StateTable, subject: str, stored: StoredSubject, now: float) -> bool:
         """Did the subject need a plan change (a status or tier name the plan renamed or retired)? Then it was

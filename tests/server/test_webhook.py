@@ -437,6 +437,30 @@ class TestFaults:
         assert await postgres.await_until(stored_canceled, timeout=5)
         assert (await hook.check("cleo"))[1]["status"] == "canceled"
 
+    async def test_a_sweep_that_lands_after_its_budget_still_reaches_the_cache(self, start_gate, monkeypatch):
+        """A sweep's transaction outlasts its budget behind another process's lock (the job fails); it lands once
+        the lock goes, and the timers it fired reach the cache then (the trial ended in the store while checks
+        answered paid_trial until the cache expired)."""
+        from plangate.server import gate as gate_module
+        hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, PLANGATE_CACHE_TTL="300",
+                                PLANGATE_SWEEP_SCHEDULE="0 0 1 1 *")
+        await deliver(hook, se.event("checkout.session.completed", se.checkout("dora"), time.time() - 9 * DAY))
+        assert (await hook.check("dora"))[1]["status"] == "paid_trial"          # cached; its timer is due
+        monkeypatch.setattr(gate_module, "SWEEP_TIMEOUT", 0.3)
+        db = sqlite3.connect(hook.database, isolation_level=None, timeout=5)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            status, _ = await hook.post("/v1/jobs/sweep")
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert status != 200
+
+        async def stored_moved() -> bool:
+            return (await hook.get("/v1/subjects/dora"))[1]["status"] == "billing_problem"
+        assert await postgres.await_until(stored_moved, timeout=5)
+        assert (await hook.check("dora"))[1]["status"] == "billing_problem"
+
     async def test_one_budget_bounds_all_of_an_events_store_calls(self, hook, monkeypatch):
         """A commit held back by another process's lock: the event answers 500 once the budget is spent (not
         at the lock's own 5 s), counted as the webhook's store error, nothing written meanwhile. The write was

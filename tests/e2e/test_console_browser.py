@@ -53,13 +53,23 @@ def shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def assert_on_login(driver) -> None:
+    """The browser is on (or being redirected to) the login page. get() can return while a redirect is still
+    pending on a loaded machine (CI once read the URL asked for): it is waited for, and a page that never
+    redirects still fails, with what it showed."""
+    try:
+        WebDriverWait(driver, 10).until(lambda d: d.current_url.endswith("/console/login"))
+    except TimeoutException:
+        raise AssertionError(f"not the login page: {driver.current_url}\n{driver.page_source[:2000]}") from None
+
+
 def log_in(driver, url: str, token: str, label: str = "Ada") -> None:
     # Once in a while (a loaded machine, right after a logout) Chromium replaces the login page's document
     # between finding its button and clicking it ("Node ... does not belong to the document"): nothing was
     # sent then, and the login is tried again on a fresh page.
     for attempt in range(3):
         driver.get(url + "/console/")
-        assert driver.current_url.endswith("/console/login")
+        assert_on_login(driver)
         try:
             driver.find_element(By.NAME, "label").send_keys(label)
             driver.find_element(By.NAME, "token").send_keys(token)
@@ -150,9 +160,9 @@ async def test_an_operator_finds_a_subject_reads_its_timeline_and_acts(served, b
     browser.save_screenshot(str(ARTIFACTS / "subject-phone.png"))
     browser.set_window_size(1280, 1000)
     submit(browser, browser.find_element(By.CSS_SELECTOR, "header form button"))
-    assert browser.current_url.endswith("/console/login")
+    assert_on_login(browser)
     browser.get(served.url + "/console/plan")
-    assert browser.current_url.endswith("/console/login")
+    assert_on_login(browser)
     logged = "".join(served.output())
     assert "/console/subjects" in logged or "transition" in logged     # the gate did log this session's work
     assert ADMIN_TOKEN not in logged and TOKEN not in logged

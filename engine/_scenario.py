@@ -326,14 +326,14 @@ class _Reader:
                 obj.setdefault("status", "paid")        # as Stripe's invoice.paid always says
         price = self.text(item, path + ("price",))
         period = self.field(item, path + ("period",), _period)
-        quantity = self.field(item, path + ("quantity",), _amount)
+        quantity = self.field(item, path + ("quantity",), _quantity)
         if quantity is not None and price is None:
             self.problem(path + ("quantity",), "quantity: goes with `price:` (the quantity of that price's item)")
         if price is not None or period is not None:
             sub_item: dict = {}
             if price is not None:
                 sub_item["price"] = {"id": price}
-                sub_item["quantity"] = quantity or 1
+                sub_item["quantity"] = 1 if quantity is None else quantity
             if period is not None:
                 sub_item["current_period_start"], sub_item["current_period_end"] = period
             obj["items"] = {"object": "list", "data": [sub_item]}
@@ -413,6 +413,13 @@ def _bool(value) -> bool:
 def _amount(value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise _Bad(f"{_show(value)} is not a whole number of at least 1")
+    return value
+
+
+def _quantity(value) -> int:
+    """A subscription item's quantity: Stripe takes 0 (a per-seat subscription with every seat given up)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Bad(f"{_show(value)} is not a whole number (0 or more)")
     return value
 
 

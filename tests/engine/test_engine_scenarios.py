@@ -251,6 +251,31 @@ steps:
 """)
         assert result.passed, result.failure
 
+    def test_a_seat_subscription_may_have_no_seats(self, write_plan):
+        """Stripe takes a quantity of 0 on a subscription item (a per-seat team with every seat given up): a story
+        refused to say so, although the gate decides it (a limit of 0)."""
+        table = write_plan((Path(__file__).resolve().parents[2] / "examples" / "saas" / "plans.yaml").read_text())
+        result = played(table, """\
+name: every seat given up
+start: "2027-02-10T09:00:00Z"
+subject: ws_zero
+meter: exports
+steps:
+  - stripe: customer.subscription.created
+    object: {id: sub_zero, customer: cus_zero, status: active, metadata: {workspace: ws_zero}}
+    price: price_team_seat_monthly
+    quantity: 2
+    expect: {tier: team, limit: 200}
+  - stripe: customer.subscription.updated
+    object: {id: sub_zero, customer: cus_zero, status: active}
+    price: price_team_seat_monthly
+    quantity: 0
+    expect: {tier: team, limit: 0}
+  - consume: 1
+    expect: {allowed: false, reason: quota_exhausted}
+""")
+        assert result.passed, result.failure
+
     def test_a_new_subscription_says_when_it_was_made(self, write_plan):
         """Credits forfeited when a subscription ends stay so when the customer subscribes again: the story's new
         subscription had no `created`, read as made before the old one ended (a re-subscription during dunning),

@@ -37,6 +37,11 @@ class _Unread(enum.Enum):
 
 _UNREAD = _Unread.UNREAD
 
+
+class _ErasedMeanwhile(Exception):
+    """The subject was erased while its events were folded: receive() starts the event again, and it lands on
+    the pseudonym (concealed) as any event of an erased subject does."""
+
 Incoming = tuple[tuple[StripeEvent, EventRecord], ...]     # events to fold in, each with its row
 
 
@@ -115,7 +120,12 @@ class Ingest:
             return Received(event.id, "ignored")
         try:
             async with asyncio.timeout(WEBHOOK_STORE_TIMEOUT):
-                return await self._receive(event, payload, record_noop)
+                for _ in range(2):
+                    try:
+                        return await self._receive(event, payload, record_noop)
+                    except _ErasedMeanwhile:
+                        pass        # once more: it lands on the pseudonym now
+                raise StoreUnavailable("webhook: the subject was erased under each of two attempts")
         except TimeoutError as exc:
             raise self.gate.store_failed("webhook", exc, f"no answer within {WEBHOOK_STORE_TIMEOUT}s") from exc
 
@@ -258,6 +268,10 @@ class Ingest:
             stored = loaded if attempt == 0 and loaded is not _UNREAD else \
                 await self._io("load", self.store.load(subject))
             assert stored is not _UNREAD
+            if stored is None and (attempt or loaded is _UNREAD) and self.personal is not None and \
+                    await self._io("erased", self.personal.pseudonym_if_erased(subject)) is not None:
+                # Gone since it was read: erased. Written again here, it would be under the person's own id.
+                raise _ErasedMeanwhile(subject)
             if fold.waiting is not None:
                 incoming = await fold.waiting()
                 if not incoming:

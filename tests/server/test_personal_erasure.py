@@ -4,11 +4,14 @@ idempotent, and every node's cache dropped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 
+import asyncpg
 import pytest
 
 from plangate.server import personal
@@ -220,6 +223,55 @@ async def test_plangate_erase_makes_no_store_where_there_is_none(tmp_path):
     done = await _plangate(["erase", "u1", "--env-file", ""], env, tmp_path)
     assert done.returncode == 2 and f"no store at {missing}" in done.stderr, done.stderr
     assert not missing.exists() and not missing.parent.exists()
+
+
+async def test_an_event_folded_while_its_subject_is_erased_lands_on_the_pseudonym(start_gate, database):
+    """Erasing an account while its subscription is canceled (one click of the product's "delete my account"):
+    the event, read before the erasure and written after it, met its subject's row gone, and wrote it again under
+    the person's own id (their status, customer and subscription kept under the id they were erased from). The
+    interleaving is made with the database's own locks: another connection holds them while the erasure, then
+    the event, queue their writes behind it."""
+    gate = await start_gate(**ENV)
+    life = Lifecycle("user_race", time.time() - 80 * DAY, 31)
+    for evt in life.until_live():
+        await deliver(gate, evt)
+    deleted = life.events()[-1]
+    assert deleted["type"] == "customer.subscription.deleted"
+    async with _writes_held(database):
+        erasing = asyncio.ensure_future(erase(gate, "user_race", actor="privacy-desk"))
+        await asyncio.sleep(0.5)        # the erasure has read the subject and waits to write
+        assert not erasing.done()
+        delivering = asyncio.ensure_future(deliver(gate, deleted))
+        await asyncio.sleep(0.5)        # the event has read the subject (not erased yet) and waits to write
+        assert not delivering.done()
+    pseudonym = (await erasing)["pseudonym"]
+    _, answer = await delivering
+    assert answer["subject"] == pseudonym, answer
+    assert await rows(database, "SELECT subject FROM subscriptions WHERE subject = ?", "user_race") == []
+    assert not found(await store_text(database), life.person.needles() + ["user_race"])
+    assert (await view(gate, pseudonym))["status"] == "canceled"
+
+
+@contextlib.asynccontextmanager
+async def _writes_held(database: str):
+    """Every write to the store waits while this is open (SQLite: the file's write lock; PostgreSQL: the
+    subjects' table locked against writers, its readers let through)."""
+    if database.startswith("postgresql://"):
+        conn = await asyncpg.connect(database)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE subscriptions IN EXCLUSIVE MODE")
+                yield
+        finally:
+            await conn.close()
+        return
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
 
 
 async def _plangate(argv: list[str], env: dict, cwd) -> subprocess.CompletedProcess:

@@ -7,10 +7,12 @@ subject's status follows one of them:
 1. Among its subscriptions but add-ons (a subscription whose prices are known and select no tier of the
    plan: each is a tier's, an add-on's, or, when the plan has no default_tier, one it does not know), or among
    all of them when all are add-ons;
-2. the most recently created one that has not ended (`canceled`, `incomplete_expired`). A Checkout Session
-   creates its subscription: one known only from its checkout was created then. One known only from an
-   invoice counts as older than every one whose creation the gate saw;
-3. when all of them have ended, the one that ended last (so that its end is the subject's).
+2. the most recently created one that serves: neither ended (`canceled`, `incomplete_expired`) nor
+   `incomplete` (begun, its first payment never made: an abandoned payment form must not mute the subscription
+   the customer pays for). A Checkout Session creates its subscription: one known only from its checkout was
+   created then. One known only from an invoice counts as older than every one whose creation the gate saw;
+3. when none serves, the one that ended last (so that its end is the subject's), or an `incomplete` one begun
+   after that end (a returning customer's, paying now).
 
 So when the followed subscription ends while another is live, the subject follows the live one; an event
 about a subscription that is not the followed one moves the subject only on a transition of the plan that
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from ._stripe import billing_period, invoice_subscription, unix_seconds
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
+INCOMPLETE = "incomplete"      # begun, its first payment not made (or awaiting 3-D Secure): serves nothing yet
 # Statuses in which a subscription's add-ons count: Stripe serves it (past_due: while it retries the payment).
 LIVE = frozenset({"active", "trialing", "past_due"})
 
@@ -99,14 +102,19 @@ def followed(subscriptions: tuple[Subscription, ...]) -> Subscription | None:
     if not subscriptions:
         return None
     pool = [s for s in subscriptions if not s.addon] or subscriptions
-    live = [s for s in pool if not s.ended]
-    if live:
-        return max(live, key=_newest)
-    return max(pool, key=lambda s: (s.ended_at or 0.0, *_newest(s)))
+    serving = [s for s in pool if not s.ended and s.status != INCOMPLETE]
+    if serving:
+        return max(serving, key=_newest)
+    return max(pool, key=_latest)
 
 
 def _newest(s: Subscription) -> tuple:
     return (s.created is not None, s.created or 0.0, s.id)
+
+
+def _latest(s: Subscription) -> tuple:
+    """When it last changed what it serves: its end, or (incomplete) its beginning."""
+    return ((s.ended_at if s.ended else s.created) or 0.0, *_newest(s))
 
 
 def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, created: float,

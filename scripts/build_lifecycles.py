@@ -124,8 +124,8 @@ class Life:
         return sub
 
     def changed(self, **fields) -> tuple[dict, dict]:
-        """The subscription after a change, and Stripe's previous_attributes for it."""
-        previous = {k: self.sub.get(k) for k in fields if k != "items"}
+        """The subscription after a change, and Stripe's previous_attributes for it (what changed, only)."""
+        previous = {k: self.sub.get(k) for k in fields if k != "items" and self.sub.get(k) != fields[k]}
         sub = json.loads(json.dumps(self.sub))
         sub.update(fields)
         if "items" in fields:
@@ -655,6 +655,70 @@ def dispute_lost() -> Life:
     return life
 
 
+def dispute_lost_then_cancel() -> Life:
+    life = Life("dispute-lost-then-cancel", "dora", "after a lost dispute, a cancellation at the period's end "
+                "gives nothing back", "A yearly subscription's payment is lost to a dispute (billing_problem); a week "
+                "later the customer cancels at the period's end: the subscription stays active, and nothing is paid.")
+    end = life.subscribe_paid(T0, price="price_pro_yearly")
+    charge = next(e["data"]["object"] for e, _ in life.events if e["type"] == "charge.succeeded")
+    at = T0 + 20 * D
+    dp = {"id": life.nid("dp"), "object": "dispute", "amount": charge["amount"], "balance_transactions": [],
+          "charge": charge["id"], "created": int(at), "currency": "usd", "enhanced_eligibility_types": [],
+          "evidence_details": {"due_by": int(at + 21 * D), "has_evidence": False, "past_due": False,
+                               "submission_count": 0},
+          "is_charge_refundable": False, "livemode": False, "metadata": {}, "network_reason_code": "4837",
+          "payment_intent": charge["payment_intent"], "reason": "fraudulent", "status": "needs_response"}
+    life.send("charge.dispute.created", dp, at)
+    life.send("charge.dispute.funds_withdrawn", dp, at)
+    closed = at + 60 * D
+    life.send("charge.dispute.closed", {**dp, "status": "lost"}, closed, previous={"status": "needs_response"},
+              expect={"status": "billing_problem", "moved": True})
+    cancel = closed + 7 * D
+    life.status(cancel, "active", expect={"status": "billing_problem", "moved": False}, cancel_at_period_end=True,
+                cancel_at=int(end), canceled_at=int(cancel),
+                cancellation_details={"comment": None, "feedback": "other", "reason": "cancellation_requested"})
+    sub, previous = life.changed(status="canceled", ended_at=int(end))
+    life.send("customer.subscription.deleted", sub, end, previous=previous, expect={"status": "canceled"})
+    life.ends(end + H, "canceled")
+    return life
+
+
+def abandoned_second_subscription() -> Life:
+    life = Life("abandoned-second-subscription", "abel", "an abandoned second subscription does not keep a "
+                "canceled customer paid", "The subscription is set to cancel at its period's end; hours before "
+                "that end the product's payment form starts another (payment_behavior default_incomplete), which "
+                "the customer leaves unpaid. The first ends; the second expires 23 hours after it began.")
+    end = life.subscribe_paid(T0)
+    at = T0 + 10 * D
+    life.status(at, "active", expect={"status": "paid", "moved": False}, cancel_at_period_end=True,
+                cancel_at=int(end), canceled_at=int(at),
+                cancellation_details={"comment": None, "feedback": "switched_service", "reason":
+                                      "cancellation_requested"})
+    first = life.sub
+    second = end - 6 * H
+    life.sub_id = f"sub_{life.tag}B"
+    inv = life.invoice(second, "open", 2000, "subscription_create", second, second + MONTH, attempts=0)
+    life.subscription(second, "incomplete", second, second + MONTH, pm=life.pm, latest_invoice=inv["id"])
+    life.send("customer.subscription.created", life.sub, second, expect={"status": "paid", "moved": False})
+    life.send("invoice.created", {**inv, "status": "draft"}, second)
+    life.send("invoice.finalized", inv, second)
+    pi_id = life.nid("pi")
+    life.send("payment_intent.created", life.payment_intent(second, 2000, "requires_payment_method", None,
+                                                            pi_id=pi_id), second)
+    deleted = {**first, "status": "canceled", "ended_at": int(end)}
+    life.send("customer.subscription.deleted", deleted, end, previous={"status": "active"},
+              expect={"status": "canceled"})
+    expired = second + 23 * H
+    life.status(expired, "incomplete_expired", expect={"status": "canceled"}, ended_at=int(expired))
+    life.send("payment_intent.canceled", {**life.payment_intent(expired, 2000, "canceled", None, pi_id=pi_id),
+                                          "canceled_at": int(expired), "cancellation_reason": "automatic"}, expired)
+    life.send("invoice.voided", {**inv, "status": "void", "amount_remaining": 0, "auto_advance": False,
+                                 "status_transitions": {**inv["status_transitions"], "voided_at": int(expired)}},
+              expired)
+    life.ends(expired + H, "canceled")
+    return life
+
+
 def resubscribe_during_dunning() -> Life:
     life = Life("resubscribe-during-dunning", "remy", "a new subscription during dunning; the old one's end changes "
                 "nothing", "The renewal of subscription A fails into billing_problem; the customer subscribes anew "
@@ -682,7 +746,8 @@ def resubscribe_during_dunning() -> Life:
 
 LIFECYCLES = (trial_converts, trial_declined, trial_paused_resumed, smart_retries_recover, retries_exhausted_canceled,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
-              upgrade_with_proration, refund_and_cancel, dispute_lost, resubscribe_during_dunning)
+              upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
+              abandoned_second_subscription)
 
 
 def main() -> None:

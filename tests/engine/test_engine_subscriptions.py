@@ -94,6 +94,20 @@ class TestWhichSubscriptionIsFollowed:
         subs = (Subscription("sub_C", "active", T0, None), Subscription("sub_D", "active", T0 + 5, None))
         assert followed(subs).id == "sub_D"
 
+    def test_an_incomplete_one_never_paid_does_not_displace_a_serving_one(self):
+        """Stripe's default_incomplete payment form makes a subscription `incomplete` until its first payment:
+        it serves nothing yet, and an abandoned one muted every event of the one the customer pays for."""
+        subs = (Subscription("sub_A", "active", T0, "pro"), Subscription("sub_B", "incomplete", T0 + 5, "pro"))
+        assert followed(subs).id == "sub_A"
+
+    def test_an_incomplete_one_begun_after_the_last_end_is_followed(self):
+        subs = (Subscription("sub_A", "canceled", T0, "pro", ended_at=T0 + 10),
+                Subscription("sub_B", "incomplete", T0 + 20, "pro"))
+        assert followed(subs).id == "sub_B"
+        subs = (Subscription("sub_A", "canceled", T0, "pro", ended_at=T0 + 30),
+                Subscription("sub_B", "incomplete", T0 + 20, "pro"))
+        assert followed(subs).id == "sub_A"
+
     def test_none(self):
         assert followed(()) is None
 
@@ -144,6 +158,49 @@ class TestResubscribeDuringDunning:
             ev("customer.subscription.deleted", sub("sub_A", "canceled", T0), T0 + 10 * DAY)]
         final, _ = replay(table, table.initial_state("u", T0 - 10), events)
         assert final.status == "canceled" and final.follows.id == "sub_A"
+
+
+class TestAbandonedSecondSubscription:
+    """A is set to cancel at its period's end; hours before that end the product's payment form starts B
+    (default_incomplete) and the customer leaves it unpaid. A ends; B expires 23 hours after it began."""
+
+    def events(self) -> list[StripeEvent]:
+        end = T0 + 30 * DAY
+        b0 = end - 6 * 3600
+        return [
+            ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+            ev("invoice.paid", invoice("in_A1", "sub_A", "paid"), T0),
+            ev("customer.subscription.updated", sub("sub_A", "active", T0, cancel_at_period_end=True,
+                                                    cancel_at=int(end)), T0 + 20 * DAY),
+            ev("customer.subscription.created", sub("sub_B", "incomplete", b0), b0),
+            ev("invoice.finalized", invoice("in_B1", "sub_B", "open"), b0),
+            ev("customer.subscription.deleted", sub("sub_A", "canceled", T0, ended_at=int(end)), end),
+            ev("customer.subscription.updated", sub("sub_B", "incomplete_expired", b0), b0 + 23 * 3600),
+        ]
+
+    def test_the_paid_ones_end_cancels_and_the_expiry_leaves_it_so(self, table):
+        events = self.events()
+        final, steps = replay(table, table.initial_state("u", T0 - 10), events[:-1])
+        assert final.status == "canceled" and final.follows.id == "sub_A"
+        final, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.status == "canceled"
+
+    def test_every_order_of_delivery_folds_to_the_same_state(self, table):
+        events = self.events()
+        expected, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        for order in itertools.islice(itertools.permutations(events), 0, None, 101):
+            assert replay(table, table.initial_state("u", T0 - 10), order)[0] == expected
+
+    def test_paid_after_all_it_is_followed(self, table):
+        """The customer comes back to the form and pays B before A ends: B serves, A's end moves nothing."""
+        events = self.events()[:5]
+        b0 = events[3].created
+        events += [ev("customer.subscription.updated", sub("sub_B", "active", b0), b0 + 600),
+                   ev("invoice.paid", invoice("in_B1", "sub_B", "paid"), b0 + 600),
+                   ev("customer.subscription.deleted", sub("sub_A", "canceled", T0, ended_at=int(T0 + 30 * DAY)),
+                      T0 + 30 * DAY)]
+        final, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        assert final.status == "paid" and final.follows.id == "sub_B"
 
 
 class TestOneOffInvoice:

@@ -137,7 +137,7 @@ def test_a_wrong_token_is_found_before_any_event_is_sent(gate, capsys):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["nope"], "unknown lifecycle 'nope'; known: cancel-at-period-end"),
+    (["nope"], "unknown lifecycle 'nope'; known: abandoned-second-subscription, cancel-at-period-end"),
     (["--url", "localhost:8080"], "is not an http(s) URL"),
 ])
 def test_usage_errors_exit_2(args, says, capsys):

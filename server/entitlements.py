@@ -17,16 +17,16 @@ from .store import Counted, Spend
 
 
 
-def overage_identifier(subject: str, meter: str, key: str | None) -> str:
-    """The meter event identifier of one counted piece of work's overage: from its idempotency key (a retried
-    consume reports nothing twice, and Stripe counts a re-sent event once), else new."""
-    if key is None:
-        return "pgo_" + uuid.uuid4().hex
-    return "pgo_" + hashlib.sha256(f"{subject}\0{meter}\0{key}".encode()).hexdigest()[:40]
+def overage_identifier() -> str:
+    """The meter event identifier of one counted piece of work's overage, new for each count: a retried consume
+    is a repeat of its key, which reports nothing (the report is written with the key, in one transaction), and
+    a report sent again keeps its identifier (Stripe counts it once). One made of the key would be the same for
+    the key's new work once the key is forgotten (its retention), and that work's report was dropped."""
+    return "pgo_" + uuid.uuid4().hex
 
 
 def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: bool, now: float, grants,
-             customer: str | None, key: str | None) -> Spend:
+             customer: str | None) -> Spend:
     """What the store needs to count past the rule's limit for this subject."""
     limit = rule.limit_for(state)
     ceiling = None if not enforce or rule.overage == OVERAGE_UNBOUNDED else limit + (rule.overage or 0)
@@ -35,7 +35,7 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
     declared = table.plan.meter(meter)
     report = declared.stripe_meter if rule.overage is not None and declared is not None else None
     return Spend(limit, ceiling, rule.credits, which, tuple(new), report,
-                 overage_identifier(state.subject, meter, key) if report else None, customer)
+                 overage_identifier() if report else None, customer)
 
 
 def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enforce: bool, done: Counted,

@@ -549,8 +549,7 @@ class Gate:
                      key: str | None, enforce: bool, now: float) -> Counting | None:
         """A count that may go past the limit (credits, then overage); None when the subject changed meanwhile."""
         grants = await self._grants(entry, now) if rule.credits and table.tier_grants_apply(meter) else None
-        spend = entitlements.spend_of(table, state, rule, meter, enforce, now, grants, entry.stored.stripe_customer,
-                                      key)
+        spend = entitlements.spend_of(table, state, rule, meter, enforce, now, grants, entry.stored.stripe_customer)
         done = await self.counted("count", self.store.spend(entry.stored, meter, span.start, amount, spend, key, now))
         if done.conflict:
             return None

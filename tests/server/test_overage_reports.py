@@ -135,6 +135,22 @@ class TestReporting:
         assert (await overage(gate, status="pending"))["counts"]["pending"] == {"reports": 1, "value": 7}
 
 
+    async def test_a_key_counted_again_after_its_retention_reports_again(self, scale, fake):
+        """Keys are kept PLANGATE_IDEMPOTENCY_RETENTION_DAYS; past that the same key is new work, counted (and its
+        overage too) again. Its report's identifier was made of the subject, meter and key alone, so the second
+        report met the first's and was dropped: overage counted and admitted, never billed."""
+        first = await consume(scale, "s1", "tokens", 500, key="nightly-batch")
+        assert first["overage"] == 500
+        scale.app[GATE].clock = lambda: NOW + 40 * 86400
+        assert (await scale.post("/v1/jobs/cleanup"))[0] == 200
+        await consume(scale, "s1", "tokens", LIMIT, key="fill-again")
+        again = await consume(scale, "s1", "tokens", 500, key="nightly-batch")
+        assert (again["counted"], again["duplicate"], again["overage"]) == (True, False, 500), again
+        reports = (await view(scale, "s1"))["overage"]
+        assert sorted(r["value"] for r in reports) == [500, 500], reports
+        assert len({r["identifier"] for r in reports}) == 2
+
+
 class TestReconciliation:
     async def test_what_was_sent_is_compared_with_stripes_sums(self, scale, fake):
         await consume(scale, "s1", "tokens", 40, key="job-5")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from plangate.policy import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel, Plan
 
 from ._state import SubjectState
-from ._subscriptions import Subscription
+from ._subscriptions import NEVER_SERVED, Subscription
 
 # The Checkout events that complete a payment: at once (a card), or later (a bank debit).
 PURCHASE_EVENTS = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
@@ -164,8 +164,9 @@ def _paid_payment(event_type: str, obj: Mapping) -> bool:
 
 def cancelled_at(subscriptions: tuple[Subscription, ...]) -> float | None:
     """When the subject last stopped having a live subscription of a tier (None: never). A re-subscription that
-    started before the old one ended (during dunning) is no cancellation."""
-    tiers = [s for s in subscriptions if not s.addon]
+    started before the old one ended (during dunning) is no cancellation. A subscription whose first payment was
+    never made (`incomplete`, then `incomplete_expired`) never served: its end is none, and it covers none."""
+    tiers = [s for s in subscriptions if not s.addon and s.status not in NEVER_SERVED]
     last = None
     for s in tiers:
         if not s.ended or s.ended_at is None:
@@ -178,17 +179,19 @@ def cancelled_at(subscriptions: tuple[Subscription, ...]) -> float | None:
 
 
 def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
-                  last: tuple[float, float, int] | None) -> tuple[Grant, ...]:
+                  last: tuple[float, float, int] | None, since: float | None = None) -> tuple[Grant, ...]:
     """The grants the tier makes for the window containing `now`, if not made yet: its amount and, with a
     rollover cap, what the previous windows left. `span_at(t)` is the window containing t (a Span). `last`:
     (start, end, what was left at its end) of the latest window the subject has grants of (period and rollover
-    ones), or None. A window the subject never touched still carried its grant: it left amount + its own carry."""
+    ones), or None. A window the subject never touched still carried its grant: it left amount + its own carry.
+    `since`: the subject's last cancellation (cancelled_at); nothing is carried from a window that began before
+    it (its credits were forfeited, or stay with their own window; the windows since were no subscription's)."""
     span = span_at(now)
     period_id = f"period:{meter}:{span.start}"
     if last is not None and last[0] >= span.start:
         return ()
     carry = 0
-    if rollover and last is not None:
+    if rollover and last is not None and (since is None or since < last[0]):
         left, end = last[2], last[1]
         for _ in range(_MAX_WINDOWS):
             if end >= span.start:

@@ -31,6 +31,7 @@ from ._stripe import billing_period, invoice_subscription, unix_seconds
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
 INCOMPLETE = "incomplete"      # begun, its first payment not made (or awaiting 3-D Secure): serves nothing yet
+NEVER_SERVED = frozenset({INCOMPLETE, "incomplete_expired"})     # incomplete_expired: its first payment never came
 # Statuses in which a subscription's add-ons count: Stripe serves it (past_due: while it retries the payment).
 LIVE = frozenset({"active", "trialing", "past_due"})
 

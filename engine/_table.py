@@ -12,7 +12,7 @@ from plangate.policy import (Access, Anchor, Anchoring, ExistingSubscribers, Fai
                              PlanError, QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan,
                              compile_conditions, load_plan, version_of)
 
-from ._credits import CreditRules, Grant, Spendable, last_window, period_grants
+from ._credits import CreditRules, Grant, Spendable, cancelled_at, last_window, period_grants
 from ._decision import Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
@@ -241,7 +241,8 @@ class StateTable:
             if clock is None:       # per billing period
                 return billing_span(t, state.period_start, state.period_end)
             return clock._compute(t)
-        return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter))
+        return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter),
+                             cancelled_at(state.subscriptions))
 
     def increment_usage(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Span, int]:
         """Count work that already ran: the window it counts in and the usage after."""

@@ -258,6 +258,26 @@ transitions: [{from: free, on: "admin:close", to: gone}]
         assert cancelled_at((old, new)) is None          # re-subscribed during dunning: no cancellation
         assert cancelled_at((old, Subscription("sub_c", "active", 150.0, "pro"))) == 100.0
 
+    def test_a_subscription_that_never_served_is_no_cancellation_and_covers_none(self):
+        """A first payment never made (3-D Secure abandoned): `incomplete`, then `incomplete_expired`. Nothing was
+        canceled, and under `on_cancel: forfeit` the packs bought before it were lost."""
+        expired = Subscription("sub_x", "incomplete_expired", 10.0, "pro", ended_at=50.0)
+        assert cancelled_at((expired,)) is None
+        old = Subscription("sub_a", "canceled", 10.0, "pro", ended_at=100.0)
+        assert cancelled_at((old, Subscription("sub_b", "incomplete", 90.0, "pro"))) == 100.0
+        assert cancelled_at((old, expired)) == 100.0
+
+    def test_nothing_rolls_over_from_before_a_cancellation(self):
+        """The subscription ended with its window's credits unspent (forfeited, or kept until they expire): a
+        new subscription's windows start without a carry of them."""
+        def span_at(t):
+            start = int(t // 100) * 100
+            return Span(start, start + 100)
+        first = period_grants(50, 30, "tokens", span_at, 10.0, None)
+        last = last_window(first, "tokens")
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 510.0, last, since=40.0)] == [50]
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last, since=-5.0)] == [50, 30]
+
     def test_tier_grants_roll_over_up_to_the_cap_and_through_untouched_windows(self):
         def span_at(t):
             start = int(t // 100) * 100

@@ -421,3 +421,45 @@ class TestForfeit:
         assert (bought["allowed"], bought["credits_used"]) == (True, 1000)
         assert (await view(gate, "f1"))["credits"][0]["balance"] == 1_004_000
 
+
+    async def test_a_first_subscription_never_paid_forfeits_nothing(self, start, forfeiting):
+        """A free account buys a pack, then starts a subscription whose first payment never comes (3-D Secure
+        abandoned): `incomplete`, `incomplete_expired` 23 hours later. Nothing was canceled; the pack was lost."""
+        gate = await start(forfeiting)
+        await deliver(gate, se.event("checkout.session.completed",
+                                     pack_checkout("f2", "cs_f2", [("price_tokens_1m", 1)], customer="cus_f2"),
+                                     NOW - 3 * 86400))
+        sub = subscription("f2", "account", "price_starter_monthly", sub_id="sub_f2", customer="cus_f2",
+                           status="incomplete")
+        await deliver(gate, se.event("customer.subscription.created", sub, NOW - 2 * 86400))
+        await deliver(gate, se.event("customer.subscription.updated", {**sub, "status": "incomplete_expired"},
+                                     NOW - 86400 + 3600))
+        assert (await view(gate, "f2"))["status"] == "free"
+        await consume(gate, "f2", "tokens", 50000)           # the free allowance used up
+        more = await consume(gate, "f2", "tokens", 1000)
+        assert (more["allowed"], more["credits_used"]) == (True, 1000), more
+
+    async def test_forfeited_tier_credits_do_not_come_back_as_a_new_subscriptions_rollover(self, start, forfeiting):
+        """Starter grants 200000 a period, up to 100000 carried into the next. The subscription ends with the
+        period's grant unspent (forfeited); a month later the account subscribes again: its first period holds
+        the period's 200000 and nothing carried (the carry was made of the forfeited grant and of the windows with
+        no subscription)."""
+        t0 = NOW - 45 * 86400
+        gate = await start(forfeiting, PLANGATE_MAX_AMOUNT=str(10**9))
+        gate.app[GATE].clock = lambda: t0 + 60
+        sub = {**subscription("f3", "account", "price_starter_monthly", sub_id="sub_f3", customer="cus_f3"),
+               "created": int(t0)}
+        sub["items"]["data"][0].update(current_period_start=int(t0), current_period_end=int(t0 + 30 * 86400))
+        await deliver(gate, se.event("customer.subscription.created", sub, t0 + 10))
+        assert (await consume(gate, "f3", "tokens", 1, key="old"))["allowed"] is True
+        gate.app[GATE].clock = lambda: t0 + 10 * 86400 + 60
+        ended = {**sub, "status": "canceled", "ended_at": int(t0 + 10 * 86400)}
+        await deliver(gate, se.event("customer.subscription.deleted", ended, t0 + 10 * 86400))
+        assert (await view(gate, "f3"))["credits"][0]["balance"] == 0
+        gate.app[GATE].clock = lambda: NOW
+        again = {**subscription("f3", "account", "price_starter_monthly", sub_id="sub_f3_new", customer="cus_f3"),
+                 "created": int(NOW - 86400)}
+        await deliver(gate, se.event("customer.subscription.created", again, NOW - 86400))
+        assert (await view(gate, "f3"))["status"] == "subscribed"
+        assert (await consume(gate, "f3", "tokens", 1, key="new"))["allowed"] is True
+        assert (await view(gate, "f3"))["credits"][0]["balance"] == 200_000

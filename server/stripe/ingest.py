@@ -231,9 +231,20 @@ class Ingest:
         deliveries may find the same waiting events at once; the fold reads them afresh after each load of
         the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
         async def waiting() -> Incoming:
-            rows = await self._io("pending", self.store.pending(customer, subscription, payments))
-            return tuple((StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
-                          replace(r, subject=subject)) for r in rows)
+            found: dict[str, tuple[StripeEvent, EventRecord]] = {}
+            asked, ask = set(payments), (customer, subscription, payments)
+            while True:
+                new = [r for r in await self._io("pending", self.store.pending(*ask)) if r.id not in found]
+                for r in new:
+                    found[r.id] = (StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
+                                   replace(r, subject=subject))
+                # What they link in turn: the charges and payment intents of the events found (a dispute waits
+                # for a charge that waited for its customer).
+                more = {p for r in new for p in stripe_refs(found[r.id][0].object).payments} - asked
+                if not more:
+                    return tuple(sorted(found.values(), key=lambda pair: (pair[1].created, pair[1].id)))
+                asked |= more
+                ask = (None, None, tuple(sorted(more)))
 
         # Mostly none wait: then the subject is not loaded at all. When some do, the fold reads them again
         # after its load (above), which is what keeps two deliveries from folding one event in twice.

@@ -105,6 +105,22 @@ async def test_shuffled_with_repeats_into_a_running_gate(start_gate, life):
     await _ends_where_the_story_says(gate, life, clock)
 
 
+async def test_a_dispute_waiting_for_a_charge_that_waits_for_its_customer_is_folded_in(start_gate):
+    """The dispute names only its charge; the charge names only its customer, not linked yet. Both wait; the
+    subscription links the customer, which folds the charge in and links the charge: the dispute waiting for it
+    must follow (it stayed pending for good, and the customer kept paid access the bank took back)."""
+    life = next(life for life in LIVES if life.name == "dispute-lost")
+    gate, clock = await _started(start_gate, life)
+    disputes = [e for e in life.events if e["type"].startswith("charge.dispute.")]
+    charges = [e for e in life.events if e["type"] == "charge.succeeded"]
+    assert disputes and len(charges) == 1
+    first = disputes + charges      # before anything links the customer
+    for event in first + [e for e in life.events if e not in first]:
+        clock.now = max(clock.now, event["created"] + 2)
+        await _deliver(gate, event)
+    await _ends_where_the_story_says(gate, life, clock)
+
+
 async def test_the_sweep_fires_a_timer_anchored_to_trial_end_and_keeps_the_date(start_gate):
     """The trial's events up to trial_end, and no word of the first charge: the stored timer is trial_end + 2h,
     and the sweep fires it then (not at 7 days from checkout, not before)."""

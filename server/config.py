@@ -147,6 +147,21 @@ class Config:
             raise ConfigError("PLANGATE_ADMIN_TOKEN: a token is also in PLANGATE_API_TOKEN; the admin token must be "
                               "a secret of its own")
 
+    def require_stripe_key_for(self, plan) -> None:
+        """A plan that sells credit packs needs STRIPE_SECRET_KEY: a Checkout's webhook does not say what it
+        bought (its line items are read from Stripe), and without the key every pack paid for would wait."""
+        problem = self.stripe_key_problem(plan)
+        if problem:
+            raise ConfigError(problem)
+
+    def stripe_key_problem(self, plan) -> str | None:
+        """Why the gate cannot run this plan (a policy Plan) with these settings, or None."""
+        if any(c.packs for c in plan.credits) and not self.stripe_secret_key:
+            return ("STRIPE_SECRET_KEY=(empty): the plan sells credit packs (credits: packs), and what a Checkout "
+                    "bought is read from Stripe (its webhook leaves the line items out); set a key that may read "
+                    "Checkout Sessions")
+        return None
+
 
 def _passwords(address: str) -> list[str]:
     """The passwords in a postgresql:// address: its user's, and any `password=` parameter."""

@@ -125,6 +125,10 @@ class PlanKeeper:
                               "plan_invalid", findings=errors)
         plan = checked.plan
         version = version_of(plan)
+        # (`plangate serve` refuses to start on such a plan: a reload refuses to deploy it.)
+        problem = self.gate.config.stripe_key_problem(plan) if actor != "start" else None
+        if problem:
+            raise PlanRefused(problem, "stripe_key_needed")
         census = await self._io(self.store.census())
         found = stranded(plan, census.statuses, census.tiers)
         if found:

@@ -54,6 +54,8 @@ def _configured(env_file: str | Sequence[str] | None, *, serving: bool
         if serving:
             config.require_token()
         table, warnings = _plan(config)
+        if serving:
+            config.require_stripe_key_for(table.plan)
     except ConfigError as exc:
         return _fail(f"invalid setting: {exc}", 2)
     except PlanFileError as exc:

@@ -9,7 +9,7 @@ from ..gate import StoreUnavailable
 from .api import PLANS, iso
 MAX_SUBJECTS = 50      # a body of 50 subjects of 200 characters fits in PLANGATE_MAX_BODY_BYTES
 _REFUSAL_STATUS = {"plan_invalid": 422, "plan_unreadable": 422, "plan_strands_subjects": 409,
-                   "store_unavailable": 503}
+                   "stripe_key_needed": 409, "store_unavailable": 503}
 
 
 async def plan_view(request: web.Request) -> web.Response:

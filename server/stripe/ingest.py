@@ -22,7 +22,7 @@ from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, Unknow
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, Payment, StoredSubject
-from .api import StripeApi
+from .api import StripeApi, StripeUnavailable
 from .objects import named_subject, payment_of
 
 MAX_ATTEMPTS = 8
@@ -189,14 +189,17 @@ class Ingest:
     async def _with_line_items(self, event: StripeEvent, payload: str) -> tuple[StripeEvent, str]:
         """A paid one-time Checkout's line items (which credit packs, how many), which its webhook leaves out:
         asked of Stripe and kept in the stored payload, so that every fold of the event reads the same. A repeat
-        delivery answers `duplicate` before it gets here with nothing asked. Without STRIPE_SECRET_KEY (or when
-        Stripe does not know the session) the event grants nothing: logged. StripeUnavailable propagates."""
+        delivery answers `duplicate` before it gets here with nothing asked. When Stripe does not know the
+        session the event grants nothing: logged. Without STRIPE_SECRET_KEY (serve refuses a plan that sells
+        packs without it) StripeUnavailable, as when Stripe refuses the key: stored as granting nothing, the
+        purchase could never be granted, its redeliveries being duplicates."""
         session = event.object.get("id")
-        items = await self.api.line_items(session) if self.api.configured and isinstance(session, str) else None
+        if not self.api.configured:
+            raise StripeUnavailable("STRIPE_SECRET_KEY is not set: what a Checkout bought is read from Stripe")
+        items = await self.api.line_items(session) if isinstance(session, str) else None
         if items is None:
             log(logging.WARNING, "credit_pack_unread", event_id=event.id, session=session,
-                why="a paid one-time Checkout whose line items the gate cannot read (set STRIPE_SECRET_KEY): "
-                    "it grants no credits")
+                why="a paid one-time Checkout whose line items Stripe does not know: it grants no credits")
             return event, payload
         obj = dict(event.object, line_items=items)
         body = json.loads(payload)

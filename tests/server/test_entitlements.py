@@ -324,11 +324,28 @@ class TestLineItemsFromStripe:
         assert fake_stripe.lines_asked == 1
         assert (await view(gate, "a9"))["credits"][0]["balance"] == 1_000_000
 
-    async def test_without_a_key_the_purchase_is_recorded_and_grants_nothing(self, start):
+    async def test_without_a_key_a_purchase_is_answered_503_and_nothing_stored(self, start, tmp_path):
+        """Stored as granting nothing (it was, answered 200), the paid pack was lost: Stripe stopped delivering
+        and a redelivery after the key was set was a duplicate. `plangate serve` refuses such a plan without a
+        key (TestStartupRefusesBadSettings); a reload refuses to deploy one."""
         gate = await start(AI)
-        answer = await deliver(gate, se.event("checkout.session.completed", pack_checkout("a7", "cs_pack_7"), NOW))
-        assert answer["outcome"] in ("noop", "applied")
-        assert (await view(gate, "a7"))["credits"][0]["balance"] == 0
+        evt = se.event("checkout.session.completed", pack_checkout("a7", "cs_pack_7"), NOW)
+        body = se.encode(evt)
+        async with gate.session.post(gate.url + "/webhook/stripe", data=body,
+                                     headers={"Stripe-Signature": se.sign(body)}) as r:
+            answer = await r.json()
+            assert (r.status, answer["error"]) == (503, "stripe_unavailable"), answer
+            assert "STRIPE_SECRET_KEY is not set" in answer["message"]
+        assert await gate.app[GATE].store.events("a7") == []
+
+    async def test_a_reload_to_a_plan_selling_packs_needs_the_key(self, start_gate, database, tmp_path):
+        plans = tmp_path / "plans.yaml"
+        plans.write_text((ROOT / "plans.yaml").read_text(), encoding="utf-8")
+        gate = await start_gate(plan=plans, database=database, **QUIET)
+        plans.write_text(AI.read_text(), encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert (status, answer["error"]) == (409, "stripe_key_needed"), answer
+        assert "STRIPE_SECRET_KEY" in answer["message"]
 
 
 class TestAcrossNodes:

@@ -20,12 +20,14 @@ from plangate.server.http.api import GATE
 from plangate.server.http.app import ADMIN_PATHS
 
 from .conftest import TOKEN, _SCOPED, token_for
+from .stripe_meters import KEY
 
 
 @pytest.fixture
 async def gate(start_gate, entitled_plan):
-    """The shipped plan with credits and a feature: every route has something to answer."""
-    return await start_gate(plan=entitled_plan)
+    """The shipped plan with credits and a feature: every route has something to answer. Its packs need a Stripe
+    key (a reload refuses the plan without one); no test here asks Stripe (a port nothing listens on)."""
+    return await start_gate(plan=entitled_plan, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE="http://127.0.0.1:9")
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "schema" / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text(encoding="utf-8"))

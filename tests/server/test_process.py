@@ -42,6 +42,8 @@ class TestStartupRefusesBadSettings:
         ("PLANGATE_CACHE_TTL", "-1", "PLANGATE_CACHE_TTL"),
         ("PLANGATE_API_TOKEN", "short", "PLANGATE_API_TOKEN"),
         ("PLANGATE_PLANS", "missing.yaml", "missing.yaml"),
+        # A plan that sells credit packs reads what a Checkout bought from Stripe: without a key, none is granted.
+        ("PLANGATE_PLANS", str(ROOT / "examples" / "ai-api" / "plans.yaml"), "STRIPE_SECRET_KEY=(empty)"),
     ])
     def test_exits_2_naming_the_variable_before_binding(self, tmp_path, name, value, says):
         env = {**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "db.sqlite3"), "PLANGATE_PORT": "0", name: value}

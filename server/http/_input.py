@@ -9,6 +9,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from plangate.engine import subject_problem
+from plangate.engine._scenario import LAST_INSTANT
 
 from . import _json
 
@@ -153,7 +154,8 @@ def whole(body: dict, name: str, low: int, high: int) -> int | None:
 
 
 def instant(body: dict, name: str) -> float | None:
-    """An optional time, as RFC 3339 text with a zone ("2027-01-01T00:00:00Z")."""
+    """An optional time, as RFC 3339 text with a zone ("2027-01-01T00:00:00Z"), before the year 9000 in UTC (an
+    offset can take 9999-12-31 past what a date holds: stored, it could never be shown again)."""
     value = body.get(name)
     if value is None and name not in body:
         return None
@@ -165,6 +167,8 @@ def instant(body: dict, name: str) -> float | None:
         raise BadRequest(400, "invalid_field", f"'{name}' must be a time like \"2027-01-01T00:00:00Z\"") from None
     if moment.tzinfo is None:
         raise BadRequest(400, "invalid_field", f"'{name}' needs a time zone: end it with Z or an offset")
+    if moment.timestamp() >= LAST_INSTANT:
+        raise BadRequest(400, "invalid_field", f"'{name}' must be before 9000-01-01T00:00:00Z")
     return moment.timestamp()
 
 

@@ -63,7 +63,7 @@ async def event_log(request: web.Request) -> web.Response:
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:     # "²" is a digit int() refuses
         raise inp.BadRequest(400, "invalid_field", f"'limit' must be a whole number from 1 to {MAX_PAGE}")
     return int(raw)
 

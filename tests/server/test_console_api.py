@@ -67,7 +67,7 @@ class TestEventLog:
         assert [e["outcome"] for e in created] == ["applied"]
         assert await all_pages(gate, "&outcome=applied&type=charge.refunded") == []
 
-    @pytest.mark.parametrize("query", ["outcome=done", "limit=0", "limit=201", "limit=x", "before=nope",
+    @pytest.mark.parametrize("query", ["outcome=done", "limit=0", "limit=201", "limit=x", "limit=%C2%B2", "before=nope",
                                        "before=", "type="])
     async def test_bad_queries_are_400(self, gate, query):
         status, body = await gate.get(f"/v1/events?{query}", token=TOKEN)

@@ -240,6 +240,16 @@ class TestCredits:
         assert (status, refused["error"]) == (400, "invalid_field") and "future" in refused["message"]
         assert len((await view(gate, "a4"))["credits"][0]["grants"]) == 1
 
+    @pytest.mark.parametrize("expires_at", ["9999-12-31T23:59:59-14:00", "9000-01-01T00:00:00Z"])
+    async def test_an_expiry_past_what_a_date_holds_is_refused_and_nothing_stored(self, start, expires_at):
+        """A grant expiring past the year 9999 in UTC (an offset takes 9999-12-31 there) was stored, answered 500,
+        and the subject's view was a 500 from then on."""
+        gate = await start(AI)
+        status, refused = await gate.post("/v1/subjects/gx/credits", {"meter": "tokens", "amount": 5, "reason": "r",
+                                                                       "expires_at": expires_at})
+        assert (status, refused["error"]) == (400, "invalid_field") and "expires_at" in refused["message"], refused
+        assert (await view(gate, "gx"))["credits"][0]["grants"] == []
+
     async def test_concurrent_spends_never_pass_the_balance(self, start):
         gate = await start(AI)
         await consume(gate, "a2", "tokens", 50000)

@@ -207,6 +207,23 @@ def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
     return tuple(grants)
 
 
+def windowed(grants: Iterable[Grant], meter: str, span) -> tuple[list[Grant], tuple[tuple[str, float], ...]]:
+    """The grants with the meter's tier grants ending with their window as the subject's billing period now says
+    it (`span`: the window containing now), and the (id, expiry) of those whose stored expiry that changes. A
+    tier grant's expiry is its window's end as known when it was made: past a period's end, before Stripe's
+    renewal, the window is guessed from the last period's length. Renewed shorter, the old window's grant
+    outlived it beside the new window's grants and its own carry-over; renewed longer, it ended days early."""
+    out, redates = [], []
+    for g in grants:
+        if g.meter == meter and g.source in _TIER_SOURCES:
+            want = float(span.end) if g.created >= span.start else min(g.expires_at or float("inf"), span.start)
+            if want != g.expires_at:
+                g = Grant(g.id, g.meter, g.amount, g.remaining, g.priority, g.created, want, g.source, g.note)
+                redates.append((g.id, want))
+        out.append(g)
+    return out, tuple(redates)
+
+
 def last_window(grants: Iterable[Grant], meter: str) -> tuple[float, float, int] | None:
     """(start, end, left) of the latest window the subject has a tier grant of; `left`: what its period and
     rollover grants held at its end."""

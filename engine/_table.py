@@ -12,7 +12,7 @@ from plangate.policy import (Access, Anchor, Anchoring, ExistingSubscribers, Fai
                              PlanError, QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan,
                              compile_conditions, load_plan, version_of)
 
-from ._credits import CreditRules, Grant, Spendable, cancelled_at, last_window, period_grants
+from ._credits import CreditRules, Grant, Spendable, cancelled_at, last_window, period_grants, windowed
 from ._decision import Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
@@ -229,20 +229,36 @@ class StateTable:
 
     def tier_grants(self, state: SubjectState, meter: str, now: float, grants) -> tuple[Grant, ...]:
         """The credits the subject's tier grants for the window containing now (and the rollover into it), when
-        the subject has no grant of that window yet and its status takes the tier's quota of the meter."""
+        the subject has no grant of that window yet and its status takes the tier's quota of the meter. `grants`
+        as current_grants gives them."""
+        found = self._tier_windows(state, meter, now)
+        if found is None:
+            return ()
+        grant, span_at = found
+        return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter),
+                             cancelled_at(state.subscriptions))
+
+    def current_grants(self, state: SubjectState, meter: str, now: float,
+                       grants) -> tuple[list[Grant], tuple[tuple[str, float], ...]]:
+        """The subject's grants as they stand now: its tier's grants of the meter ending with their windows as
+        its billing period now says them (see windowed), and the expiries that changes in the store."""
+        found = self._tier_windows(state, meter, now)
+        return windowed(grants, meter, found[1](now)) if found is not None else (list(grants), ())
+
+    def _tier_windows(self, state: SubjectState, meter: str, now: float):
+        """(the tier's grant rule of the meter, the window containing an instant), or None when the subject's tier
+        grants none of the meter or its status does not take the tier's quota."""
         tier = self.tier_of(state)
         grant = self._period_grants.get((tier, meter)) if self._period_grants and tier is not None else None
         if grant is None or not self._takes_tier(state, meter, now):
-            return ()
-        window = Window(grant.window)
-        clock = self._clocks.get(window)
+            return None
+        clock = self._clocks.get(Window(grant.window))
 
         def span_at(t: float) -> Span:
             if clock is None:       # per billing period
                 return billing_span(t, state.period_start, state.period_end)
             return clock._compute(t)
-        return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter),
-                             cancelled_at(state.subscriptions))
+        return grant, span_at
 
     def increment_usage(self, state: SubjectState, meter: str, amount: int, used: int, now: float) -> tuple[Span, int]:
         """Count work that already ran: the window it counts in and the usage after."""

@@ -31,11 +31,15 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
     limit = rule.limit_for(state)
     ceiling = None if not enforce or rule.overage == OVERAGE_UNBOUNDED else limit + (rule.overage or 0)
     which = table.spendable(state, meter, now) if rule.credits else ANY_GRANT
-    new = table.tier_grants(state, meter, now, grants) if rule.credits and grants is not None else ()
+    new: tuple[Grant, ...] = ()
+    redates: tuple[tuple[str, float], ...] = ()
+    if rule.credits and grants is not None:
+        grants, redates = table.current_grants(state, meter, now, grants)
+        new = table.tier_grants(state, meter, now, grants)
     declared = table.plan.meter(meter)
     report = declared.stripe_meter if rule.overage is not None and declared is not None else None
     return Spend(limit, ceiling, rule.credits, which, tuple(new), report,
-                 overage_identifier() if report else None, customer)
+                 overage_identifier() if report else None, customer, redates)
 
 
 def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enforce: bool, done: Counted,
@@ -60,7 +64,8 @@ def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enf
 
 def balance_of(table: StateTable, state: SubjectState, meter: str, now: float, grants) -> int:
     """The subject's spendable credits of the meter now: its grants and the tier's grant of this window."""
-    made = list(grants) + list(table.tier_grants(state, meter, now, grants))
+    grants, _ = table.current_grants(state, meter, now, grants)
+    made = grants + list(table.tier_grants(state, meter, now, grants))
     return balance(made, meter, now, table.spendable(state, meter, now))
 
 

@@ -20,6 +20,8 @@ GRANTS = (f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND rema
           f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND source IN ('period', 'rollover') AND "
           "created_at = (SELECT max(created_at) FROM credit_grants AS latest WHERE latest.subject = ? AND "
           "latest.meter = credit_grants.meter AND latest.source IN ('period', 'rollover'))")
+# A tier grant's expiry moved to where its window ends now (Spend.redates).
+REDATE_GRANT = "UPDATE credit_grants SET expires_at = ? WHERE subject = ? AND grant_id = ?"
 # The newest grants first, spent or not, for the subject's view.
 GRANT = f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND grant_id = ?"
 RECENT_GRANTS = f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? ORDER BY created_at DESC LIMIT ?"
@@ -44,7 +46,8 @@ class Spend:
     """How a count may go past its window's limit. `ceiling`: the most the window may hold (the limit plus the
     overage a window allows; None: no ceiling, for work that already ran or unbounded overage). `grants`: the
     tier's grants of this window, made first when the subject has none yet. `report`: the Stripe meter event name
-    overage is reported to (None: not reported), `report_id` this work's report identifier."""
+    overage is reported to (None: not reported), `report_id` this work's report identifier. `redates`: (grant id,
+    expiry) of the tier's grants whose window the subject's billing period now says ends elsewhere, set first."""
 
     limit: int
     ceiling: int | None
@@ -54,6 +57,7 @@ class Spend:
     report: str | None = None
     report_id: str | None = None
     customer: str | None = None
+    redates: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from ._personal import numbered
 
 _SPEND = "SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 _INSERT_GRANT = numbered(sql.INSERT_GRANT)
+_REDATE = numbered(sql.REDATE_GRANT)
 _GRANTS = numbered(sql.GRANTS)
 _GRANT = numbered(sql.GRANT)
 _RECENT = numbered(sql.RECENT_GRANTS)
@@ -44,6 +45,8 @@ class PostgresCredits:
         report = (spend.report, spend.report_id, spend.customer)
         try:
             async with self._tx() as db:
+                if spend.redates:
+                    await db.executemany(_REDATE, [(expiry, subject, grant) for grant, expiry in spend.redates])
                 if spend.grants:
                     await db.executemany(_INSERT_GRANT, [sql.grant_values(subject, g, None) for g in spend.grants])
                 version = current.version or await self._insert_subject(db, current, now)

@@ -87,6 +87,8 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         db.execute(queries._INSERT_SUBJECT, queries._subject_params(current, now))
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)
+    if spend.redates:
+        db.executemany(sql.REDATE_GRANT, [(expiry, subject, grant) for grant, expiry in spend.redates])
     made = queries.insert_grants(db, subject, spend.grants, None) > 0 or made
     window = (subject, meter, window_start)
     found = db.execute("SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",

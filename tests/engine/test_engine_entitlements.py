@@ -8,7 +8,7 @@ import pytest
 
 from plangate.engine import AbsurdPurchase, Reason, StripeEvent, SubjectState, UsageBook, compile_file
 from plangate.engine._credits import (Grant, GrantSource, Spendable, balance, cancelled_at, last_window,
-                                      period_grants, spend)
+                                      period_grants, spend, windowed)
 from plangate.engine._entitlements import UnknownFeature
 from plangate.engine._subscriptions import Subscription
 from plangate.engine._windows import FixedClock, Span, anniversary_span
@@ -266,6 +266,16 @@ transitions: [{from: free, on: "admin:close", to: gone}]
         old = Subscription("sub_a", "canceled", 10.0, "pro", ended_at=100.0)
         assert cancelled_at((old, Subscription("sub_b", "incomplete", 90.0, "pro"))) == 100.0
         assert cancelled_at((old, expired)) == 100.0
+
+    def test_tier_grants_end_with_their_window_as_it_is_known_now(self):
+        made = period_grants(50, 30, "tokens", lambda t: Span(100, 200), 150.0, None)      # guessed: 100..200
+        pack = Grant("cs_1:0", "tokens", 9, 9, 10, 120.0, 500.0, GrantSource.PURCHASE)
+        longer, redates = windowed(made + (pack,), "tokens", Span(100, 230))
+        assert [g.expires_at for g in longer] == [230, 500.0] and redates == (("period:tokens:100", 230.0),)
+        shorter, redates = windowed(made + (pack,), "tokens", Span(180, 260))        # the next window began at 180
+        assert [g.expires_at for g in shorter] == [180, 500.0] and redates == (("period:tokens:100", 180.0),)
+        assert windowed(shorter, "tokens", Span(180, 260)) == (shorter, ())
+        assert balance(shorter, "tokens", 190.0) == 9
 
     def test_nothing_rolls_over_from_before_a_cancellation(self):
         """The subscription ended with its window's credits unspent (forfeited, or kept until they expire): a

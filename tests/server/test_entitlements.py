@@ -490,3 +490,77 @@ class TestForfeit:
         assert (await view(gate, "f3"))["status"] == "subscribed"
         assert (await consume(gate, "f3", "tokens", 1, key="new"))["allowed"] is True
         assert (await view(gate, "f3"))["credits"][0]["balance"] == 200_000
+
+
+def starter(subject: str, start: float, end: float, *, sub_id: str = "sub_r1", status: str = "active",
+            created: float | None = None) -> dict:
+    """A Starter subscription (200000 tokens a billing period, up to 100000 carried over) in the given period."""
+    sub = subscription(subject, "account", "price_starter_monthly", sub_id=sub_id, customer=f"cus_{subject}",
+                       status=status)
+    sub["created"] = int(start if created is None else created)
+    sub["items"]["data"][0].update(current_period_start=int(start), current_period_end=int(end))
+    return sub
+
+
+class TestTierCreditsAcrossRenewals:
+    """A tier's credits of a billing period end with that period as Stripe's renewal says it. Between a period's
+    end and Stripe's renewal event the gate guesses the next window from the last period's length; a grant made
+    then ended where the guess said."""
+
+    async def test_a_renewal_shorter_than_guessed_ends_the_old_grant(self, start):
+        """A 31-day period, a consume an hour after its end (the renewal not reported yet: the grant made for a
+        guessed 31-day window), a renewal of 28 days. In the next period: its 200000 and 100000 carried over. The
+        guessed grant outlived its window beside its own carry-over: 500000."""
+        t1 = NOW - 3600
+        t0 = t1 - 31 * 86400
+        gate = await start(AI, PLANGATE_MAX_AMOUNT=str(10**9))
+        core = gate.app[GATE]
+        core.clock = lambda: t0 + 60
+        await deliver(gate, se.event("customer.subscription.created", starter("r1", t0, t1), t0 + 10))
+        core.clock = lambda: t1 + 60
+        assert (await consume(gate, "r1", "tokens", 1, key="gap"))["allowed"] is True
+        await deliver(gate, se.event("customer.subscription.updated", starter("r1", t1, t1 + 28 * 86400), t1 + 120))
+        core.clock = lambda: t1 + 28 * 86400 + 60
+        await deliver(gate, se.event("customer.subscription.updated",
+                                     starter("r1", t1 + 28 * 86400, t1 + 59 * 86400), t1 + 28 * 86400 + 30))
+        assert (await view(gate, "r1"))["credits"][0]["balance"] == 300_000
+        await consume(gate, "r1", "tokens", 2_000_000, key="allowance")     # the period's allowance
+        past = await consume(gate, "r1", "tokens", 300_001, key="past")
+        assert (past["allowed"], past["credits"]) == (False, 300_000), past
+
+    async def test_a_renewal_longer_than_guessed_keeps_the_grant_to_its_end(self, start):
+        """A 28-day period (February), a consume after its end before the renewal (guessed: 28 days more), a
+        renewal of 31 days (March). On its 30th day the period's grant still holds; it had ended on the 28th,
+        and no new one was made for the rest of the period."""
+        t1 = NOW - 29 * 86400
+        t0 = t1 - 28 * 86400
+        gate = await start(AI, PLANGATE_MAX_AMOUNT=str(10**9))
+        core = gate.app[GATE]
+        core.clock = lambda: t0 + 60
+        await deliver(gate, se.event("customer.subscription.created", starter("r4", t0, t1), t0 + 10))
+        core.clock = lambda: t1 + 60
+        assert (await consume(gate, "r4", "tokens", 1, key="gap"))["allowed"] is True
+        await deliver(gate, se.event("customer.subscription.updated", starter("r4", t1, t1 + 31 * 86400), t1 + 120))
+        core.clock = lambda: t1 + 29 * 86400 + 60
+        await consume(gate, "r4", "tokens", 2_000_000, key="allowance")
+        beyond = await consume(gate, "r4", "tokens", 1000, key="beyond")
+        assert (beyond["allowed"], beyond["credits_used"]) == (True, 1000), beyond
+
+    async def test_a_new_subscription_mid_window_does_not_count_the_old_grant_twice(self, start):
+        """The subscription ends ten days into its period; a new one starts two days later, with its own period.
+        The old period's grant lived on to its own end beside the new period's grant and a carry-over made of it:
+        500000."""
+        t0 = NOW - 12 * 86400 - 3600
+        gate = await start(AI, PLANGATE_MAX_AMOUNT=str(10**9))
+        core = gate.app[GATE]
+        core.clock = lambda: t0 + 60
+        await deliver(gate, se.event("customer.subscription.created", starter("r2", t0, t0 + 30 * 86400), t0 + 10))
+        assert (await consume(gate, "r2", "tokens", 1, key="old"))["allowed"] is True
+        core.clock = lambda: t0 + 10 * 86400 + 60
+        ended = {**starter("r2", t0, t0 + 30 * 86400, status="canceled"), "ended_at": int(t0 + 10 * 86400)}
+        await deliver(gate, se.event("customer.subscription.deleted", ended, t0 + 10 * 86400))
+        core.clock = lambda: t0 + 12 * 86400 + 60
+        again = starter("r2", t0 + 12 * 86400, t0 + 42 * 86400, sub_id="sub_r2_new")
+        await deliver(gate, se.event("customer.subscription.created", again, t0 + 12 * 86400 + 10))
+        assert (await consume(gate, "r2", "tokens", 1, key="new"))["allowed"] is True
+        assert (await view(gate, "r2"))["credits"][0]["balance"] == 200_000

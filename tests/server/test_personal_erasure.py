@@ -237,13 +237,12 @@ async def test_an_event_folded_while_its_subject_is_erased_lands_on_the_pseudony
         await deliver(gate, evt)
     deleted = life.events()[-1]
     assert deleted["type"] == "customer.subscription.deleted"
-    async with _writes_held(database):
+    async with _writes_held(database, "user_race") as queued:
         erasing = asyncio.ensure_future(erase(gate, "user_race", actor="privacy-desk"))
-        await asyncio.sleep(0.5)        # the erasure has read the subject and waits to write
-        assert not erasing.done()
+        await queued(1)         # the erasure has read the subject and waits to write
         delivering = asyncio.ensure_future(deliver(gate, deleted))
-        await asyncio.sleep(0.5)        # the event has read the subject (not erased yet) and waits to write
-        assert not delivering.done()
+        await queued(2)         # the event has read the subject (not erased yet) and waits to write
+        assert not erasing.done() and not delivering.done()
     pseudonym = (await erasing)["pseudonym"]
     _, answer = await delivering
     assert answer["subject"] == pseudonym, answer
@@ -253,22 +252,36 @@ async def test_an_event_folded_while_its_subject_is_erased_lands_on_the_pseudony
 
 
 @contextlib.asynccontextmanager
-async def _writes_held(database: str):
-    """Every write to the store waits while this is open (SQLite: the file's write lock; PostgreSQL: the
-    subjects' table locked against writers, its readers let through)."""
+async def _writes_held(database: str, subject: str):
+    """Writes of the subject wait, in the order they come, while this is open; it gives `queued(n)`, which returns
+    once n writers wait (SQLite: the file's write lock, and writers cannot be seen waiting: a pause long enough
+    for a request's reads; PostgreSQL: the subject's row locked, its waiters seen in pg_stat_activity)."""
     if database.startswith("postgresql://"):
         conn = await asyncpg.connect(database)
+        watcher = await asyncpg.connect(database)
+
+        async def queued(n: int) -> None:
+            for _ in range(500):
+                if await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND wait_event_type = 'Lock'") >= n:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{n} writers never queued")
         try:
             async with conn.transaction():
-                await conn.execute("LOCK TABLE subscriptions IN EXCLUSIVE MODE")
-                yield
+                await conn.execute("SELECT 1 FROM subscriptions WHERE subject = $1 FOR UPDATE", subject)
+                yield queued
         finally:
             await conn.close()
+            await watcher.close()
         return
+
+    async def paused(n: int) -> None:
+        await asyncio.sleep(0.5)
     holder = sqlite3.connect(database, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        yield
+        yield paused
         holder.execute("ROLLBACK")
     finally:
         holder.close()

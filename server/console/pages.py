@@ -3,6 +3,7 @@ confirmation step), the plan (diagram, statuses in words, who is where) and the 
 store query the API makes too; every action goes through Gate.admin, the door of POST /v1/.../transition."""
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 from urllib.parse import quote
@@ -13,6 +14,7 @@ from plangate.policy import explain_plan
 
 from ..gate import StoreUnavailable
 from ..http._auth import matches
+from ..http import _input as inp
 from ..http._input import BadRequest, in_path, subject as subject_id, text
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
@@ -45,7 +47,13 @@ async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
     if request.content_length is None or request.content_length > limit:
         raise _refused(413, f"The form must say its length and be at most {limit} bytes.")
     try:
-        form = await request.post()
+        if request.content.is_eof():
+            form = await request.post()
+        else:               # a form trickled in holds a connection (the login form needs no token)
+            async with asyncio.timeout(inp.BODY_TIMEOUT):
+                form = await request.post()
+    except TimeoutError:
+        raise _refused(408, f"The form did not arrive within {inp.BODY_TIMEOUT:g} seconds.") from None
     except ValueError:      # UnicodeDecodeError included: a form that is not UTF-8
         raise _refused(400, "The form could not be read: send it as UTF-8, URL-encoded.") from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}

@@ -1,6 +1,7 @@
 """Request bodies: parsed and checked before any work, so bad input gets a clear 4xx and writes nothing."""
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 from typing import Literal, overload
@@ -32,10 +33,19 @@ class BadRequest(Exception):
         self.headers = headers      # for the answer (a 405's Allow)
 
 
+# Seconds a request's body may take to arrive once its headers have (408 after): a client trickling it in holds
+# a task and a connection, and PLANGATE_IDLE_TIMEOUT bounds only the wait for a request's headers.
+BODY_TIMEOUT = 10.0
+
+
+def body_timeout() -> BadRequest:
+    return BadRequest(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s")
+
+
 async def _body(request: web.Request, limit: int) -> bytes:
-    """The request's body, at most `limit` bytes (413 past it, however it is sent). One that came in whole with
-    its headers (nearly every one) is taken as it is: request.read() copies it through a bytearray in two
-    awaited reads, 5 µs of a check's 25 in the server."""
+    """The request's body, at most `limit` bytes (413 past it, however it is sent), within BODY_TIMEOUT (408).
+    One that came in whole with its headers (nearly every one) is taken as it is: request.read() copies it
+    through a bytearray in two awaited reads, 5 µs of a check's 25 in the server."""
     if (request.content_length or 0) > limit:
         raise _too_large(limit)
     content = request.content
@@ -44,11 +54,15 @@ async def _body(request: web.Request, limit: int) -> bytes:
     else:
         parts: list[bytes] = []
         size = 0
-        while chunk := await content.readany():
-            parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                while chunk := await content.readany():
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+        except TimeoutError:
+            raise body_timeout() from None
         raw = b"".join(parts)
     if len(raw) > limit:
         raise _too_large(limit)

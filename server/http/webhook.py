@@ -13,7 +13,7 @@ from aiohttp import web
 from plangate.engine import AbsurdPurchase, StripeEvent
 
 from . import _json
-from ._input import BadRequest
+from ._input import BODY_TIMEOUT, BadRequest
 from ..gate import StoreUnavailable
 from ..stripe.api import StripeUnavailable
 from ..stripe.ingest import Ingest
@@ -27,8 +27,6 @@ MAX_CREATED = 9_999_999_999
 # refused whole before anything is written, rather than half-stored or a 500. (Floats, infinite ones too, are
 # never stored as integers: a reader that finds one out of range leaves it, as for a billing period.)
 INT64 = (-(2**63), 2**63 - 1)
-# Stripe sends an event's body at once; a client that trickles it in holds a connection and a task: cut off.
-BODY_TIMEOUT = 10.0
 _throttle = Throttle(60.0)
 
 
@@ -128,7 +126,8 @@ async def receive(request: web.Request) -> web.Response:
         if request.content.is_eof():        # all of it in already (mostly): no timer to arm and cancel
             payload = await request.read()
         else:
-            async with asyncio.timeout(BODY_TIMEOUT):     # not wait_for: that makes a task of every read
+            # Stripe sends an event's body at once: one trickled in is cut off (not wait_for: a task a read).
+            async with asyncio.timeout(BODY_TIMEOUT):
                 payload = await request.read()
     except TimeoutError:
         metrics.webhooks.labels("body_timeout").inc()

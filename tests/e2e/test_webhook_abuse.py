@@ -18,10 +18,11 @@ import time
 import aiohttp
 import pytest
 
+import plangate.server.http._input
 import plangate.server.http.webhook
 from plangate.server.stripe.objects import FACT_EVENTS
 from tests.server import stripe_events as se
-from tests.server.conftest import BASE_ENV, GateProcess
+from tests.server.conftest import BASE_ENV, TOKEN, GateProcess
 
 from ._abuse import UNUSED, chunked_until_answered, declared_huge, head, raw, status_line
 from ._local import QUIET, CheckLatency, deliver, metrics, sample
@@ -296,3 +297,22 @@ async def test_a_signed_body_nested_too_deeply_is_refused(local_gate, tmp_path):
                                  headers={"Stripe-Signature": se.sign(body)}) as r:
         answer = json.loads(await r.text())
     assert (r.status, answer["error"]) == (400, "invalid_event")
+
+
+@pytest.mark.parametrize("path, content_type", [("/v1/check", "application/json"),
+                                                ("/console/login", "application/x-www-form-urlencoded")])
+async def test_a_body_trickled_into_the_api_or_the_console_is_cut_off(local_gate, tmp_path, monkeypatch, path,
+                                                                      content_type):
+    """A body sent a byte at a time held a task and a connection for as long as the client kept it up (the
+    console's login form needs no token): after BODY_TIMEOUT (10 s; 0.5 s here) a 408, as for the webhook."""
+    monkeypatch.setattr(plangate.server.http._input, "BODY_TIMEOUT", 0.5)
+    gate = await local_gate(str(tmp_path / "gate.sqlite3"))
+    body = b'{"subject": "slow", "meter": "requests"}' if path == "/v1/check" else b"label=a&token=b&csrf=c"
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}",
+             f"Content-Length: {len(body)}", f"Authorization: Bearer {TOKEN}"]
+    reader, writer = await raw(gate.url, "\r\n".join(lines) + "\r\n\r\n")
+    writer.write(body[:5])
+    t0 = time.perf_counter()
+    assert await status_line(reader, 5) == 408
+    assert 0.4 < time.perf_counter() - t0 < 3
+    writer.close()

@@ -238,12 +238,18 @@ def determinism(plan: Plan) -> Iterator[Finding]:
         for src in dict.fromkeys(plan.sources_of(t)):
             by_key.setdefault((src, str(t.trigger)), []).append(t)
     reported: set[tuple[int, int]] = set()
+    # A pair's answer, once: `from: any` lists every status, and a pair met in each was compared in each.
+    exclusive: set[tuple[int, int]] = set()
     for (src, trigger), ts in by_key.items():
         for i, a in enumerate(ts):
             for b in ts[i + 1:]:
-                if (a.index, b.index) in reported or not _may_both_match(a, b):
+                pair = (a.index, b.index)
+                if pair in reported or pair in exclusive:
                     continue
-                reported.add((a.index, b.index))
+                if not _may_both_match(a, b):
+                    exclusive.add(pair)
+                    continue
+                reported.add(pair)
                 yield _f("nondeterministic", E,
                          f"in '{src}', {trigger} matches both this transition (to '{b.target}') and the one "
                          f"at line {a.location.line} (to '{a.target}'): make their `when` conditions exclusive",

@@ -48,11 +48,13 @@ async def preview(request: web.Request) -> web.Response:
 async def _preview(session: ConsoleSession, form: dict[str, str], request: web.Request) -> web.Response:
     text = form.get("plan", "")
     gate = request.app[GATE]
-    checked = check_text(text, PROPOSED)
+    # Lint and diff in a thread: a plan of hundreds of transitions takes seconds to check (each pair of them is
+    # compared), and on the loop a read-only console user held every decision meanwhile.
+    checked = await asyncio.to_thread(check_text, text, PROPOSED)
     findings = "".join(f"<li class=\"{'bad' if f.is_error else ''}\">{e(f)}</li>" for f in checked.findings)
     parts = [f"<h2>Findings</h2><ul id=\"findings\">{findings or '<li>none</li>'}</ul>"]
     if checked.ok and checked.plan is not None:
-        result = diff_plans(gate.table.plan, checked.plan)
+        result = await asyncio.to_thread(diff_plans, gate.table.plan, checked.plan)
         try:
             impact = await gate.timed("impact", impact_in(gate.store, result, gate.clock()), timeout=30.0)
             result = replace(result, impact=tuple(impact))

@@ -2,7 +2,12 @@
 mode, finding a subject, its timeline and an admin transition through the API's door."""
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
+import threading
+import time
+import urllib.request
 from datetime import datetime
 
 import pytest
@@ -332,6 +337,38 @@ class TestProposedPlan:
                 assert r.status == 503 and "Another preview" in page and r.headers["Retry-After"] == "5"
         async with session.post(gate.url + "/console/plan/proposal", data=data) as r:
             assert r.status == 200 and "strands no subject" in await r.text()
+
+    async def test_decisions_go_on_while_a_long_preview_is_computed(self, console):
+        """A proposed plan of 1200 transitions takes seconds to check (every pair of them is compared): on the
+        loop, every check waited for it, and the read-only token may preview. A check sent (from a thread of its
+        own, by the clock) while the preview runs is answered in far less than the preview takes."""
+        gate, session = console
+        await login(gate.url, session, TOKEN)
+        async with session.get(gate.url + "/console/plan/proposal") as r:
+            csrf = hidden(await r.text(), "csrf")
+        many = "".join(f"  - from: any\n    on: stripe:customer.subscription.updated\n    when: {{quantity: {i}}}\n"
+                       "    to: paid\n" for i in range(1200))
+        data = {"csrf": csrf, "plan": PLAN.read_text(encoding="utf-8").rstrip("\n") + "\n" + many}
+        sent = threading.Event()
+
+        def check_meanwhile() -> float:
+            sent.wait(10)
+            time.sleep(0.3)         # the preview is under way
+            request = urllib.request.Request(gate.url + "/v1/check", method="POST", data=json.dumps(
+                {"subject": "alice", "meter": "requests"}).encode(), headers={
+                "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                assert answer.status == 200
+            return time.perf_counter() - t0
+        checking = asyncio.ensure_future(asyncio.to_thread(check_meanwhile))
+        t0 = time.perf_counter()
+        sent.set()
+        async with session.post(gate.url + "/console/plan/proposal", data=data) as r:
+            assert r.status == 200 and "quantity" in await r.text()
+        took = time.perf_counter() - t0
+        waited = await checking
+        assert took > 1.0 and waited < took / 3, (waited, took)
 
     async def test_a_broken_plan_shows_its_findings(self, console):
         gate, session = console

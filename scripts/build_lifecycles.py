@@ -627,7 +627,7 @@ def refund_and_cancel() -> Life:
 
 
 def dispute_lost() -> Life:
-    life = Life("dispute-lost", "dina", "a lost dispute takes the year's payment back: billing_problem",
+    life = Life("dispute-lost", "dina", "a lost dispute takes the year's payment back: chargeback",
                 "A yearly subscription's charge is disputed as fraudulent three weeks later (the dispute names the "
                 "charge, not the customer); two months later the bank decides against the merchant.")
     life.subscribe_paid(T0, price="price_pro_yearly")
@@ -650,14 +650,14 @@ def dispute_lost() -> Life:
     life.send("charge.updated", {**charge, "disputed": True}, at, previous={"disputed": False})
     closed = at + 60 * D
     life.send("charge.dispute.closed", {**dp, "status": "lost"}, closed, previous={"status": "needs_response"},
-              expect={"status": "billing_problem", "moved": True})
-    life.ends(closed + H, "billing_problem")
+              expect={"status": "chargeback", "moved": True})
+    life.ends(closed + H, "chargeback")
     return life
 
 
 def dispute_lost_then_cancel() -> Life:
     life = Life("dispute-lost-then-cancel", "dora", "after a lost dispute, a cancellation at the period's end "
-                "gives nothing back", "A yearly subscription's payment is lost to a dispute (billing_problem); a week "
+                "gives nothing back", "A yearly subscription's payment is lost to a dispute (chargeback); a week "
                 "later the customer cancels at the period's end: the subscription stays active, and nothing is paid.")
     end = life.subscribe_paid(T0, price="price_pro_yearly")
     charge = next(e["data"]["object"] for e, _ in life.events if e["type"] == "charge.succeeded")
@@ -672,9 +672,9 @@ def dispute_lost_then_cancel() -> Life:
     life.send("charge.dispute.funds_withdrawn", dp, at)
     closed = at + 60 * D
     life.send("charge.dispute.closed", {**dp, "status": "lost"}, closed, previous={"status": "needs_response"},
-              expect={"status": "billing_problem", "moved": True})
+              expect={"status": "chargeback", "moved": True})
     cancel = closed + 7 * D
-    life.status(cancel, "active", expect={"status": "billing_problem", "moved": False}, cancel_at_period_end=True,
+    life.status(cancel, "active", expect={"status": "chargeback", "moved": False}, cancel_at_period_end=True,
                 cancel_at=int(end), canceled_at=int(cancel),
                 cancellation_details={"comment": None, "feedback": "other", "reason": "cancellation_requested"})
     sub, previous = life.changed(status="canceled", ended_at=int(end))

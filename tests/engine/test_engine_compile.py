@@ -59,7 +59,7 @@ class TestTable:
         assert shipped.initial == "limited_free_trial"
         assert shipped.meters == ("requests",)
         assert shipped.statuses == ("limited_free_trial", "paid_trial", "paid", "grace_period",
-                                    "billing_problem", "paused", "canceled", "closed")
+                                    "billing_problem", "chargeback", "paused", "canceled", "closed")
         assert shipped.actions == ("close_account", "restart_free_trial")
 
     def test_the_version_follows_the_plans_content(self, write_plan):

@@ -20,8 +20,8 @@ class TestShippedPlan:
     def test_models_the_product(self, shipped_plan):
         plan = load_plan(shipped_plan)
         assert [s.name for s in plan.statuses] == [
-            "limited_free_trial", "paid_trial", "paid", "grace_period", "billing_problem", "paused", "canceled",
-            "closed"]
+            "limited_free_trial", "paid_trial", "paid", "grace_period", "billing_problem", "chargeback", "paused",
+            "canceled", "closed"]
         assert plan.initial.name == "limited_free_trial"
         assert plan.status("paid_trial").expires_after == 7 * 86400
         assert (plan.status("paid_trial").expires_at.date, plan.status("paid_trial").expires_at.slack) == \

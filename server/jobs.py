@@ -41,6 +41,7 @@ class Jobs:
         self.meter_events = MeterEvents(gate, ingest.api)
         self.last_runs: dict[str, JobRun] = {}
         self.last_failures: dict[str, JobRun] = {}
+        self._running: set[str] = set()         # jobs running on this node now
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -67,8 +68,17 @@ class Jobs:
         job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup, "report": self.report}[name]
         started, at = time.perf_counter(), self.gate.clock()
         try:
-            async with self.gate.store.exclusive(name) as mine:
-                result = await job() if mine else 0
+            # One run of a job at a time: on this node (a run slower than its schedule, or one asked for by the
+            # route meanwhile, sent Stripe the same reports beside it), and on every node (the store's lock).
+            if name in self._running:
+                result = 0
+            else:
+                self._running.add(name)
+                try:
+                    async with self.gate.store.exclusive(name) as mine:
+                        result = await job() if mine else 0
+                finally:
+                    self._running.discard(name)
         except Exception as exc:   # a job must never take the server down
             self.last_runs[name] = self.last_failures[name] = JobRun(
                 at, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")

@@ -4,6 +4,7 @@ Checkout Session's line items, and a subscription as the test says it is now. It
 fail the next requests (503 with Stripe-Should-Retry: false, so the client's own retries do not hide it)."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ class FakeStripe:
     revoked: int = 0        # the next requests refused as made with a revoked key (401)
     lines_asked: int = 0    # requests for a Checkout Session's line items
     subscriptions_asked: int = 0
+    pause: float = 0.0      # seconds each meter event waits before it is answered (a slow Stripe)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -52,6 +54,8 @@ class FakeStripe:
             return refused
         form = dict(await request.post())
         self.requests.append((request.path, form))
+        if self.pause:
+            await asyncio.sleep(self.pause)
         if self.reused:
             self.reused -= 1
             return _error(400, "idempotency_error", "Keys for idempotent requests can only be used with the same "

@@ -4,6 +4,7 @@ pause, counted once by Stripe when an answer was lost, kept and shown when Strip
 reconciliation against Stripe's meter summaries. On both stores."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -149,6 +150,18 @@ class TestReporting:
         reports = (await view(scale, "s1"))["overage"]
         assert sorted(r["value"] for r in reports) == [500, 500], reports
         assert len({r["identifier"] for r in reports}) == 2
+
+
+    async def test_a_run_while_another_runs_sends_nothing(self, scale, fake):
+        """A run slower than the schedule's minute (Stripe slow), or one asked for by the route meanwhile, sent the
+        same due reports again beside it on SQLite (one node: nothing kept two runs apart), and the later one's
+        outcome could overwrite the first's."""
+        await consume(scale, "s1", "tokens", 10, key="job-slow")
+        fake.pause = 0.5
+        first, second = await asyncio.gather(job(scale), job(scale))
+        assert [first, second] in ([0, [1, 0, 0]], [[1, 0, 0], 0]), (first, second)
+        assert len(fake.requests) == 1
+        assert (await overage(scale, status="sent"))["counts"]["sent"]["reports"] == 1
 
 
 class TestReconciliation:

@@ -113,7 +113,10 @@ def fuzz_gate(tmp_path_factory):
                         "STRIPE_WEBHOOK_SECRET": SECRET, "PLANGATE_LOG_LEVEL": "WARNING",
                         "PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *", "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *",
                         # GET /v1/stream ends within a second: a fuzzed call reads it to the end, never hangs
-                        "PLANGATE_STREAM_MAX_SECONDS": "1"}, folder)
+                        "PLANGATE_STREAM_MAX_SECONDS": "1",
+                        # The plan sells credit packs, which need a key; no call reaches Stripe (nothing listens)
+                        "STRIPE_SECRET_KEY": "sk_test_fuzz_0123456789", "STRIPE_API_BASE": "http://127.0.0.1:9"},
+                       folder)
     yield gate
     code, out, err = gate.stop()
     assert code == 0, err

@@ -173,9 +173,13 @@ def gate_argv() -> list[str]:
 
 def gate_env(**settings: str) -> dict:
     """The environment of a bench's `plangate serve`: the bench's own environment without any PLANGATE_,
-    SUBSCRIPTION_ or STRIPE_ setting of the shell, enforcement on, 127.0.0.1 on a free port, then `settings`."""
+    SUBSCRIPTION_ or STRIPE_ setting of the shell, enforcement on, 127.0.0.1 on a free port, a dummy Stripe key,
+    then `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
-    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_HOST": HOST, "PLANGATE_PORT": "0", **settings})
+    # write_plan's plan sells a credit pack, which needs a Stripe key: a dummy one, whose API address nothing
+    # listens on (no bench buys a pack).
+    env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_HOST": HOST, "PLANGATE_PORT": "0",
+                "STRIPE_SECRET_KEY": "sk_test_bench_0123456789", "STRIPE_API_BASE": f"http://{HOST}:9", **settings})
     return env
 
 

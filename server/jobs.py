@@ -3,6 +3,7 @@ drop usage of windows long past and reduce personal data past its retention (the
 stripe.reconcile, retention is personal). A failing run is logged and counted, never fatal."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class Jobs:
         self.meter_events = MeterEvents(gate, ingest.api)
         self.last_runs: dict[str, JobRun] = {}
         self.last_failures: dict[str, JobRun] = {}
-        self._running: set[str] = set()         # jobs running on this node now
+        self._running: dict[str, asyncio.Lock] = {}     # per job: held while it runs on this node
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -63,28 +64,28 @@ class Jobs:
             await self.run(name)
         return run
 
-    async def run(self, name: str):
-        """Run one job now (on one node at a time); its failure is logged and counted, and returns None."""
+    async def run(self, name: str, *, wait: bool = False):
+        """Run one job now (on one node at a time); its failure is logged and counted, and returns None. One run
+        of a job at a time on this node too (a report run slower than its schedule, or one asked for by the
+        route meanwhile, sent Stripe the same reports beside it): `wait` (the route) runs it once the run under
+        way ends; else (the schedule) a run is skipped, unrecorded, and answers 0."""
         job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup, "report": self.report}[name]
-        started, at = time.perf_counter(), self.gate.clock()
-        try:
-            # One run of a job at a time: on this node (a run slower than its schedule, or one asked for by the
-            # route meanwhile, sent Stripe the same reports beside it), and on every node (the store's lock).
-            if name in self._running:
-                result = 0
-            else:
-                self._running.add(name)
-                try:
-                    async with self.gate.store.exclusive(name) as mine:
-                        result = await job() if mine else 0
-                finally:
-                    self._running.discard(name)
-        except Exception as exc:   # a job must never take the server down
-            self.last_runs[name] = self.last_failures[name] = JobRun(
-                at, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")
-            self.gate.metrics.jobs.labels(name, "error").inc()
-            log(logging.ERROR, "job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
-            return None
+        running = self._running.setdefault(name, asyncio.Lock())
+        if running.locked() and not wait:
+            log(logging.DEBUG, "job_skipped", job=name, why="a run of it is under way on this gate")
+            return 0
+        result: object = 0
+        async with running:
+            started, at = time.perf_counter(), self.gate.clock()
+            try:
+                async with self.gate.store.exclusive(name) as mine:
+                    result = await job() if mine else 0
+            except Exception as exc:   # a job must never take the server down
+                self.last_runs[name] = self.last_failures[name] = JobRun(
+                    at, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")
+                self.gate.metrics.jobs.labels(name, "error").inc()
+                log(logging.ERROR, "job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+                return None
         self.last_runs[name] = JobRun(at, time.perf_counter() - started, True, _in_words(name, result))
         self.gate.metrics.jobs.labels(name, "ok").inc()
         log(logging.DEBUG, "job_done", job=name, result=result, seconds=round(time.perf_counter() - started, 4))

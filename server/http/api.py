@@ -261,7 +261,7 @@ async def run_job(request: web.Request) -> web.Response:
     """Run a job now (operators, the simulator, tests): sweep, reconcile or cleanup."""
     name = request.match_info["job"]
     inp.one_of(name, ("sweep", "reconcile", "cleanup", "report"), "unknown_job", "job")
-    result = await request.app[JOBS].run(name)
+    result = await request.app[JOBS].run(name, wait=True)      # after a run under way, if any
     if result is None:
         raise inp.BadRequest(503, "job_failed", f"the {name} job failed; see the gate's log")
     return _json.response({"job": name, "result": list(result) if isinstance(result, tuple) else result})

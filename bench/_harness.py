@@ -177,9 +177,11 @@ def gate_env(**settings: str) -> dict:
     then `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
     # write_plan's plan sells a credit pack, which needs a Stripe key: a dummy one, whose API address nothing
-    # listens on (no bench buys a pack).
+    # listens on (no bench buys a pack), and the jobs that would ask Stripe never scheduled within a bench.
     env.update({"SUBSCRIPTION_ENABLED": "true", "PLANGATE_HOST": HOST, "PLANGATE_PORT": "0",
-                "STRIPE_SECRET_KEY": "sk_test_bench_0123456789", "STRIPE_API_BASE": f"http://{HOST}:9", **settings})
+                "STRIPE_SECRET_KEY": "sk_test_bench_0123456789", "STRIPE_API_BASE": f"http://{HOST}:9",
+                "PLANGATE_RECONCILE_SCHEDULE": "0 0 1 1 *", "PLANGATE_OVERAGE_REPORT_SCHEDULE": "0 0 1 1 *",
+                **settings})
     return env
 
 

@@ -185,7 +185,8 @@ def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
     (start, end, what was left at its end) of the latest window the subject has grants of (period and rollover
     ones), or None. A window the subject never touched still carried its grant: it left amount + its own carry.
     `since`: the subject's last cancellation (cancelled_at); nothing is carried from a window that began before
-    it (its credits were forfeited, or stay with their own window; the windows since were no subscription's)."""
+    it (its credits were forfeited, or end where the new subscription's period begins; the windows since were no
+    subscription's)."""
     span = span_at(now)
     period_id = f"period:{meter}:{span.start}"
     if last is not None and last[0] >= span.start:

@@ -31,7 +31,10 @@ class UsageBook:
         """The subject's spendable credits of the meter now (the tier's grant of this window included)."""
         if not self.table.has_credits(meter):
             return 0
-        self.add_grants(state.subject, self.table.tier_grants(state, meter, now, self.grants.get(state.subject, ())))
+        # The tier's grants end with their windows as the billing period says them now, as the store's do.
+        held, _ = self.table.current_grants(state, meter, now, self.grants.get(state.subject, []))
+        self.grants[state.subject] = held
+        self.add_grants(state.subject, self.table.tier_grants(state, meter, now, held))
         return balance(self.grants.get(state.subject, ()), meter, now, self.table.spendable(state, meter, now))
 
     def check(self, state: SubjectState, meter: str, amount: int, now: float) -> Decision:

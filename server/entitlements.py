@@ -93,7 +93,8 @@ def credits_view(table: StateTable, state: SubjectState, now: float, spendable: 
     for meter in table.meters:
         if not table.has_credits(meter):
             continue
-        mine = [g.to_dict() for g in recent if g.meter == meter]
+        shown, _ = table.current_grants(state, meter, now, recent)     # tier grants' expiries as their windows now
+        mine = [g.to_dict() for g in shown if g.meter == meter]
         out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable), "grants": mine})
     return out
 

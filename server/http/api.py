@@ -31,11 +31,16 @@ _GRANT_FIELDS = {"meter", "amount", "reason", "actor", "idempotency_key", "expir
 _OVERAGE_STATUSES = ("pending", "sent", "refused")
 
 
+_LAST_SECOND = 253_402_300_799     # 9999-12-31T23:59:59Z
+
+
 @functools.lru_cache(maxsize=1024)   # a window's bounds repeat on every answer in it: format them once
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    # A time past what a date holds (a grant's expiry stored before the API refused such times) shows as the last
+    # one, not a 500 on every view of its subject.
+    return datetime.fromtimestamp(min(ts, _LAST_SECOND), UTC).isoformat().replace("+00:00", "Z")
 
 
 def decision_body(subject: str, amount: int, d: Decision) -> dict:

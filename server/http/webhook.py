@@ -13,7 +13,7 @@ from aiohttp import web
 from plangate.engine import AbsurdPurchase, StripeEvent
 
 from . import _json
-from ._input import BODY_TIMEOUT, BadRequest
+from ._input import BODY_TIMEOUT, BadRequest, body_timeout
 from ..gate import StoreUnavailable
 from ..stripe.api import StripeUnavailable
 from ..stripe.ingest import Ingest
@@ -131,7 +131,7 @@ async def receive(request: web.Request) -> web.Response:
                 payload = await request.read()
     except TimeoutError:
         metrics.webhooks.labels("body_timeout").inc()
-        raise BadRequest(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+        raise body_timeout() from None
     except web.HTTPRequestEntityTooLarge:
         payload = None            # sent without Content-Length (chunked): read up to the app's limit, no further
     if payload is None or len(payload) > config.webhook_max_bytes:

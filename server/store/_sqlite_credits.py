@@ -110,7 +110,9 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         refused = Counted(False, used, balance=balance + spent)
         if made:    # a new subject's row or the window's grants, made above: undone, as on PostgreSQL
             raise Undone(refused)
-        return refused      # nothing written: no savepoint, no second run of the group (the common refusal)
+        # Nothing counted (tier grants' moved expiries stand: they are facts); no savepoint, no second run of
+        # the group (the common refusal).
+        return refused
     after = used + allow + over
     if found:
         db.execute("UPDATE quota_usage SET used = ? WHERE subject = ? AND meter = ? AND window_start = ?",

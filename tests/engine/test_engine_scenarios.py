@@ -276,6 +276,36 @@ steps:
 """)
         assert result.passed, result.failure
 
+    def test_a_tier_grant_ends_where_the_renewal_puts_its_window(self, write_plan):
+        """A consume an hour past a 31-day period's end, before Stripe's renewal (the window guessed: 31 days
+        more), then a 28-day renewal: in the next period, its grant and the carry-over. The story kept the guessed
+        grant beside them (500000), as the gate did."""
+        table = write_plan((Path(__file__).resolve().parents[2] / "examples" / "ai-api" / "plans.yaml").read_text())
+        result = played(table, """\
+name: a shorter renewal ends the grant made on a guess
+start: "2027-01-01T09:00:00Z"
+subject: acct_r
+meter: tokens
+steps:
+  - stripe: customer.subscription.created
+    object: {id: sub_r, customer: cus_r, status: active, metadata: {account: acct_r}}
+    price: price_starter_monthly
+    period: {start: "2027-01-01T09:00:00Z", end: "2027-02-01T09:00:00Z"}
+  - until: "2027-02-01T10:00:00Z"
+  - consume: 1
+  - stripe: customer.subscription.updated
+    object: {id: sub_r, customer: cus_r, status: active}
+    price: price_starter_monthly
+    period: {start: "2027-02-01T09:00:00Z", end: "2027-03-01T09:00:00Z"}
+  - until: "2027-03-01T09:30:00Z"
+  - stripe: customer.subscription.updated
+    object: {id: sub_r, customer: cus_r, status: active}
+    price: price_starter_monthly
+    period: {start: "2027-03-01T09:00:00Z", end: "2027-04-01T09:00:00Z"}
+    expect: {credits: 300000}
+""")
+        assert result.passed, result.failure
+
     def test_a_new_subscription_says_when_it_was_made(self, write_plan):
         """Credits forfeited when a subscription ends stay so when the customer subscribes again: the story's new
         subscription had no `created`, read as made before the old one ended (a re-subscription during dunning),

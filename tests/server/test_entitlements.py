@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp import web
 
+from plangate.engine._credits import Grant, GrantSource
 from plangate.server.http.api import GATE
 
 from . import stripe_events as se
@@ -249,6 +250,11 @@ class TestCredits:
                                                                        "expires_at": expires_at})
         assert (status, refused["error"]) == (400, "invalid_field") and "expires_at" in refused["message"], refused
         assert (await view(gate, "gx"))["credits"][0]["grants"] == []
+        # One stored before the API refused such times: the view shows it, at the last second a date holds.
+        old = Grant("admin:old", "tokens", 5, 5, 5, NOW, 253402351199.0, GrantSource.ADMIN, "r")
+        assert await gate.app[GATE].store.add_grants("gx", (old,), "ops") == 1
+        (shown,) = (await view(gate, "gx"))["credits"][0]["grants"]
+        assert shown["expires_at"] == "9999-12-31T23:59:59Z"
 
     async def test_concurrent_spends_never_pass_the_balance(self, start):
         gate = await start(AI)

@@ -513,19 +513,27 @@ class TestTierCreditsAcrossRenewals:
     end and Stripe's renewal event the gate guesses the next window from the last period's length; a grant made
     then ended where the guess said."""
 
+    @staticmethod
+    async def renewed_after_a_guess(start, subject: str, t1: float, days: int, renewed: int):
+        """A period of `days` ending at t1, a consume a minute after its end (the grant made for a window guessed
+        from that length), then Stripe's renewal of `renewed` days: (the gate, its core, whose clock tests move)."""
+        t0 = t1 - days * 86400
+        gate = await start(AI, PLANGATE_MAX_AMOUNT=str(10**9))
+        core = gate.app[GATE]
+        core.clock = lambda: t0 + 60
+        await deliver(gate, se.event("customer.subscription.created", starter(subject, t0, t1), t0 + 10))
+        core.clock = lambda: t1 + 60
+        assert (await consume(gate, subject, "tokens", 1, key="gap"))["allowed"] is True
+        await deliver(gate, se.event("customer.subscription.updated", starter(subject, t1, t1 + renewed * 86400),
+                                     t1 + 120))
+        return gate, core
+
     async def test_a_renewal_shorter_than_guessed_ends_the_old_grant(self, start):
         """A 31-day period, a consume an hour after its end (the renewal not reported yet: the grant made for a
         guessed 31-day window), a renewal of 28 days. In the next period: its 200000 and 100000 carried over. The
         guessed grant outlived its window beside its own carry-over: 500000."""
         t1 = NOW - 3600
-        t0 = t1 - 31 * 86400
-        gate = await start(AI, PLANGATE_MAX_AMOUNT=str(10**9))
-        core = gate.app[GATE]
-        core.clock = lambda: t0 + 60
-        await deliver(gate, se.event("customer.subscription.created", starter("r1", t0, t1), t0 + 10))
-        core.clock = lambda: t1 + 60
-        assert (await consume(gate, "r1", "tokens", 1, key="gap"))["allowed"] is True
-        await deliver(gate, se.event("customer.subscription.updated", starter("r1", t1, t1 + 28 * 86400), t1 + 120))
+        gate, core = await self.renewed_after_a_guess(start, "r1", t1, 31, 28)
         core.clock = lambda: t1 + 28 * 86400 + 60
         await deliver(gate, se.event("customer.subscription.updated",
                                      starter("r1", t1 + 28 * 86400, t1 + 59 * 86400), t1 + 28 * 86400 + 30))
@@ -539,14 +547,7 @@ class TestTierCreditsAcrossRenewals:
         renewal of 31 days (March). On its 30th day the period's grant still holds; it had ended on the 28th,
         and no new one was made for the rest of the period."""
         t1 = NOW - 29 * 86400
-        t0 = t1 - 28 * 86400
-        gate = await start(AI, PLANGATE_MAX_AMOUNT=str(10**9))
-        core = gate.app[GATE]
-        core.clock = lambda: t0 + 60
-        await deliver(gate, se.event("customer.subscription.created", starter("r4", t0, t1), t0 + 10))
-        core.clock = lambda: t1 + 60
-        assert (await consume(gate, "r4", "tokens", 1, key="gap"))["allowed"] is True
-        await deliver(gate, se.event("customer.subscription.updated", starter("r4", t1, t1 + 31 * 86400), t1 + 120))
+        gate, core = await self.renewed_after_a_guess(start, "r4", t1, 28, 31)
         core.clock = lambda: t1 + 29 * 86400 + 60
         await consume(gate, "r4", "tokens", 2_000_000, key="allowance")
         beyond = await consume(gate, "r4", "tokens", 1000, key="beyond")

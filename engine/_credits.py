@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from plangate.policy import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel, Plan
 
@@ -206,6 +207,14 @@ def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
         grants.append(Grant(f"rollover:{meter}:{span.start}", meter, carry, carry, PERIOD_PRIORITY,
                             float(span.start), span.end, GrantSource.ROLLOVER, "carried over from the window before"))
     return tuple(grants)
+
+
+class TierGrants(NamedTuple):
+    """A subject's grants of a meter as they stand now (StateTable.tier_grants)."""
+
+    held: list[Grant]                           # its grants, the tier's ending with their windows as known now
+    redates: tuple[tuple[str, float], ...]      # (grant id, expiry) of those whose stored expiry that moves
+    new: tuple[Grant, ...]                      # the tier's grants of this window (and rollover), not made yet
 
 
 def windowed(grants: Iterable[Grant], meter: str, span) -> tuple[list[Grant], tuple[tuple[str, float], ...]]:

@@ -12,7 +12,7 @@ from plangate.policy import (Access, Anchor, Anchoring, ExistingSubscribers, Fai
                              PlanError, QuotaKind, Status, SubscriptionScope, Tier, Window, check_plan,
                              compile_conditions, load_plan, version_of)
 
-from ._credits import CreditRules, Grant, Spendable, cancelled_at, last_window, period_grants, windowed
+from ._credits import CreditRules, Spendable, TierGrants, cancelled_at, last_window, period_grants, windowed
 from ._decision import Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
@@ -227,23 +227,19 @@ class StateTable:
         quota = status.quota(meter) if status is not None and status.allows else None
         return quota is not None and quota.kind is QuotaKind.TIER
 
-    def tier_grants(self, state: SubjectState, meter: str, now: float, grants) -> tuple[Grant, ...]:
-        """The credits the subject's tier grants for the window containing now (and the rollover into it), when
-        the subject has no grant of that window yet and its status takes the tier's quota of the meter. `grants`
-        as current_grants gives them."""
+    def tier_grants(self, state: SubjectState, meter: str, now: float, grants) -> TierGrants:
+        """The subject's grants as they stand now (its tier's grants of the meter ending with their windows as its
+        billing period now says them: see windowed), the expiries that moves in the store, and the credits the
+        tier grants for the window containing now (and the rollover into it) when the subject has no grant of
+        that window yet. Tier grants only where its status takes the tier's quota of the meter."""
         found = self._tier_windows(state, meter, now)
         if found is None:
-            return ()
+            return TierGrants(list(grants), (), ())
         grant, span_at = found
-        return period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(grants, meter),
-                             cancelled_at(state.subscriptions))
-
-    def current_grants(self, state: SubjectState, meter: str, now: float,
-                       grants) -> tuple[list[Grant], tuple[tuple[str, float], ...]]:
-        """The subject's grants as they stand now: its tier's grants of the meter ending with their windows as
-        its billing period now says them (see windowed), and the expiries that changes in the store."""
-        found = self._tier_windows(state, meter, now)
-        return windowed(grants, meter, found[1](now)) if found is not None else (list(grants), ())
+        held, redates = windowed(grants, meter, span_at(now))
+        new = period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(held, meter),
+                            cancelled_at(state.subscriptions))
+        return TierGrants(held, redates, new)
 
     def _tier_windows(self, state: SubjectState, meter: str, now: float):
         """(the tier's grant rule of the meter, the window containing an instant), or None when the subject's tier

@@ -32,9 +32,9 @@ class UsageBook:
         if not self.table.has_credits(meter):
             return 0
         # The tier's grants end with their windows as the billing period says them now, as the store's do.
-        held, _ = self.table.current_grants(state, meter, now, self.grants.get(state.subject, []))
+        held, _, new = self.table.tier_grants(state, meter, now, self.grants.get(state.subject, []))
         self.grants[state.subject] = held
-        self.add_grants(state.subject, self.table.tier_grants(state, meter, now, held))
+        self.add_grants(state.subject, new)
         return balance(self.grants.get(state.subject, ()), meter, now, self.table.spendable(state, meter, now))
 
     def check(self, state: SubjectState, meter: str, amount: int, now: float) -> Decision:

@@ -34,11 +34,10 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
     new: tuple[Grant, ...] = ()
     redates: tuple[tuple[str, float], ...] = ()
     if rule.credits and grants is not None:
-        grants, redates = table.current_grants(state, meter, now, grants)
-        new = table.tier_grants(state, meter, now, grants)
+        _, redates, new = table.tier_grants(state, meter, now, grants)
     declared = table.plan.meter(meter)
     report = declared.stripe_meter if rule.overage is not None and declared is not None else None
-    return Spend(limit, ceiling, rule.credits, which, tuple(new), report,
+    return Spend(limit, ceiling, rule.credits, which, new, report,
                  overage_identifier() if report else None, customer, redates)
 
 
@@ -64,9 +63,8 @@ def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enf
 
 def balance_of(table: StateTable, state: SubjectState, meter: str, now: float, grants) -> int:
     """The subject's spendable credits of the meter now: its grants and the tier's grant of this window."""
-    grants, _ = table.current_grants(state, meter, now, grants)
-    made = grants + list(table.tier_grants(state, meter, now, grants))
-    return balance(made, meter, now, table.spendable(state, meter, now))
+    held, _, new = table.tier_grants(state, meter, now, grants)
+    return balance(held + list(new), meter, now, table.spendable(state, meter, now))
 
 
 class PastExpiry(ValueError):
@@ -93,7 +91,7 @@ def credits_view(table: StateTable, state: SubjectState, now: float, spendable: 
     for meter in table.meters:
         if not table.has_credits(meter):
             continue
-        shown, _ = table.current_grants(state, meter, now, recent)     # tier grants' expiries as their windows now
+        shown = table.tier_grants(state, meter, now, recent).held      # tier grants' expiries as their windows now
         mine = [g.to_dict() for g in shown if g.meter == meter]
         out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable), "grants": mine})
     return out

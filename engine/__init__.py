@@ -10,15 +10,15 @@ from ._subjects import MAX_SUBJECT, subject_problem
 from ._table import StateTable, UnknownMeter, UnknownStatus, compile_file, compile_plan
 from ._triggers import AdminAction, Outcome, StripeEvent, TimerFired, Trigger
 from ._usage import UsageBook
-from ._windows import Span, billing_span
+from ._windows import LAST_INSTANT, Span, billing_span
 from ._stripe import billing_period, invoice_subscription, price_ids
 from ._subscriptions import Subscription, followed, subscription_of
 from ._links import (FACT_EVENTS, MONEY_BACK_EVENTS, Refs, named_subject, refused_names, relevant_events, stripe_ids,
                      stripe_refs)
 
 __all__ = [
-    "FACT_EVENTS", "MAX_SUBJECT", "AbsurdPurchase", "AdminAction", "Decision", "Step", "advance", "event_order",
-    "replay", "Outcome",
+    "FACT_EVENTS", "LAST_INSTANT", "MAX_SUBJECT", "AbsurdPurchase", "AdminAction", "Decision", "Step", "advance",
+    "event_order", "replay", "Outcome",
     "Reason", "Span", "StateTable", "StripeEvent", "SubjectState", "TimerFired", "Trigger", "UnknownMeter",
     "UnknownStatus", "UsageBook", "billing_period", "billing_span", "compile_file", "compile_plan",
     "invoice_subscription", "named_subject", "override", "price_ids", "refused_names", "relevant_events",

@@ -13,11 +13,12 @@ from ._credits import Grant, GrantSource
 from ._decision import Decision
 from ._history import advance
 from ._links import named_subject, relevant_events, stripe_refs
-from ._scenario import LAST_INSTANT, Expectation, Scenario, Step, _iso, _show
+from ._scenario import Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
 from ._triggers import AdminAction, Outcome, StripeEvent
 from ._usage import UsageBook
+from ._windows import LAST_INSTANT
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from plangate.policy import (DurationError, Location, PlanError, PlanFileError, 
 
 from ._decision import Reason
 from ._table import StateTable, compile_plan
+from ._windows import LAST_INSTANT
 
 # Step kinds, each named by its key; a step with only `expect` is a check of the meter.
 KINDS = ("consume", "wait", "until", "stripe", "event", "admin", "override", "plan", "feature", "grant", "traits")
@@ -42,7 +43,6 @@ DEFAULT_SUBJECT = "subject"
 
 
 PAID_INVOICE_EVENTS = ("invoice.paid", "invoice.payment_succeeded")
-LAST_INSTANT = 221_845_392_000      # 9000-01-01T00:00:00Z: a window or a timer past it may pass the year 9999
 
 
 class ScenarioError(Exception):

@@ -16,6 +16,9 @@ from plangate.policy import Window
 
 LIFETIME_START = 0
 MONTH_SECONDS = 30 * 86400  # the stand-in billing period of a subject with no period from Stripe
+# The last instant a time given to plangate may be (9000-01-01T00:00:00Z): a window or a timer from one past it
+# may pass the year 9999, which no date holds.
+LAST_INSTANT = 221_845_392_000
 
 
 class Span:

@@ -9,8 +9,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from plangate.engine import subject_problem
-from plangate.engine._scenario import LAST_INSTANT
+from plangate.engine import LAST_INSTANT, subject_problem
 
 from . import _json
 

@@ -155,6 +155,11 @@ transitions:
 """
 
 
+def example(name: str) -> str:
+    """The text of examples/<name>/plans.yaml."""
+    return (Path(__file__).resolve().parents[2] / "examples" / name / "plans.yaml").read_text(encoding="utf-8")
+
+
 def played(table, text: str):
     """The result of a story written here, played against the compiled plan."""
     return play(table, parse_scenario(text, "story.yaml", table))
@@ -254,7 +259,7 @@ steps:
     def test_a_seat_subscription_may_have_no_seats(self, write_plan):
         """Stripe takes a quantity of 0 on a subscription item (a per-seat team with every seat given up): a story
         refused to say so, although the gate decides it (a limit of 0)."""
-        table = write_plan((Path(__file__).resolve().parents[2] / "examples" / "saas" / "plans.yaml").read_text())
+        table = write_plan(example("saas"))
         result = played(table, """\
 name: every seat given up
 start: "2027-02-10T09:00:00Z"
@@ -280,7 +285,7 @@ steps:
         """A consume an hour past a 31-day period's end, before Stripe's renewal (the window guessed: 31 days
         more), then a 28-day renewal: in the next period, its grant and the carry-over. The story kept the guessed
         grant beside them (500000), as the gate did."""
-        table = write_plan((Path(__file__).resolve().parents[2] / "examples" / "ai-api" / "plans.yaml").read_text())
+        table = write_plan(example("ai-api"))
         result = played(table, """\
 name: a shorter renewal ends the grant made on a guess
 start: "2027-01-01T09:00:00Z"
@@ -310,7 +315,7 @@ steps:
         """Credits forfeited when a subscription ends stay so when the customer subscribes again: the story's new
         subscription had no `created`, read as made before the old one ended (a re-subscription during dunning),
         and the forfeited pack came back."""
-        text = (Path(__file__).resolve().parents[2] / "examples" / "ai-api" / "plans.yaml").read_text().replace(
+        text = example("ai-api").replace(
             "on_cancel: keep",
             "on_cancel: forfeit")
         table = write_plan(text)

@@ -258,6 +258,22 @@ class Life:
                 "statement_descriptor_suffix": None, "status": "failed" if failed else "succeeded",
                 "transfer_data": None, "transfer_group": None}
 
+    def dispute(self, charge: dict, at: float) -> dict:
+        """A dispute of `charge` opened at `at` (fraudulent, awaiting the merchant's evidence): it names the charge
+        and its payment intent, never the customer."""
+        return {"id": self.nid("dp"), "object": "dispute", "amount": charge["amount"], "balance_transactions": [],
+                "charge": charge["id"], "created": int(at), "currency": "usd", "enhanced_eligibility_types": [],
+                "evidence": {"access_activity_log": None, "billing_address": None, "cancellation_policy": None,
+                             "customer_email_address": None, "customer_name": None, "product_description": None,
+                             "receipt": None, "service_date": None, "uncategorized_text": None},
+                "evidence_details": {"due_by": int(at + 21 * D), "has_evidence": False, "past_due": False,
+                                     "submission_count": 0},
+                "is_charge_refundable": False, "livemode": False, "metadata": {}, "network_reason_code": "10.4",
+                "payment_intent": charge["payment_intent"],
+                "payment_method_details": {"card": {"brand": "visa", "case_type": "chargeback",
+                                                    "network_reason_code": "10.4"}, "type": "card"},
+                "reason": "fraudulent", "status": "needs_response"}
+
     def checkout(self, at: float, *, paid: bool, collect: str = "always") -> dict:
         return {"id": self.nid("cs_test"), "object": "checkout.session", "adaptive_pricing": {"enabled": False},
                 "after_expiration": None, "allow_promotion_codes": None, "amount_subtotal": 2000 if paid else 0,
@@ -633,18 +649,7 @@ def dispute_lost() -> Life:
     life.subscribe_paid(T0, price="price_pro_yearly")
     charge = next(e["data"]["object"] for e, _ in life.events if e["type"] == "charge.succeeded")
     at = T0 + 21 * D
-    dp = {"id": life.nid("dp"), "object": "dispute", "amount": charge["amount"], "balance_transactions": [],
-          "charge": charge["id"], "created": int(at), "currency": "usd", "enhanced_eligibility_types": [],
-          "evidence": {"access_activity_log": None, "billing_address": None, "cancellation_policy": None,
-                       "customer_email_address": None, "customer_name": None, "product_description": None,
-                       "receipt": None, "service_date": None, "uncategorized_text": None},
-          "evidence_details": {"due_by": int(at + 21 * D), "has_evidence": False, "past_due": False,
-                               "submission_count": 0},
-          "is_charge_refundable": False, "livemode": False, "metadata": {}, "network_reason_code": "10.4",
-          "payment_intent": charge["payment_intent"],
-          "payment_method_details": {"card": {"brand": "visa", "case_type": "chargeback",
-                                              "network_reason_code": "10.4"}, "type": "card"},
-          "reason": "fraudulent", "status": "needs_response"}
+    dp = life.dispute(charge, at)
     life.send("charge.dispute.created", dp, at, expect={"status": "paid", "moved": False})
     life.send("charge.dispute.funds_withdrawn", dp, at)
     life.send("charge.updated", {**charge, "disputed": True}, at, previous={"disputed": False})
@@ -662,12 +667,7 @@ def dispute_lost_then_cancel() -> Life:
     end = life.subscribe_paid(T0, price="price_pro_yearly")
     charge = next(e["data"]["object"] for e, _ in life.events if e["type"] == "charge.succeeded")
     at = T0 + 20 * D
-    dp = {"id": life.nid("dp"), "object": "dispute", "amount": charge["amount"], "balance_transactions": [],
-          "charge": charge["id"], "created": int(at), "currency": "usd", "enhanced_eligibility_types": [],
-          "evidence_details": {"due_by": int(at + 21 * D), "has_evidence": False, "past_due": False,
-                               "submission_count": 0},
-          "is_charge_refundable": False, "livemode": False, "metadata": {}, "network_reason_code": "4837",
-          "payment_intent": charge["payment_intent"], "reason": "fraudulent", "status": "needs_response"}
+    dp = life.dispute(charge, at)
     life.send("charge.dispute.created", dp, at)
     life.send("charge.dispute.funds_withdrawn", dp, at)
     closed = at + 60 * D

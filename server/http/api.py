@@ -263,7 +263,7 @@ async def erase(request: web.Request) -> web.Response:
 
 
 async def run_job(request: web.Request) -> web.Response:
-    """Run a job now (operators, the simulator, tests): sweep, reconcile or cleanup."""
+    """Run a job now (operators, the simulator, tests): sweep, reconcile, cleanup or report."""
     name = request.match_info["job"]
     inp.one_of(name, ("sweep", "reconcile", "cleanup", "report"), "unknown_job", "job")
     result = await request.app[JOBS].run(name, wait=True)      # after a run under way, if any

@@ -9,7 +9,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
+
+if TYPE_CHECKING:
+    from plangate.policy import Plan
 
 
 class ConfigError(ValueError):
@@ -147,15 +151,10 @@ class Config:
             raise ConfigError("PLANGATE_ADMIN_TOKEN: a token is also in PLANGATE_API_TOKEN; the admin token must be "
                               "a secret of its own")
 
-    def require_stripe_key_for(self, plan) -> None:
-        """A plan that sells credit packs needs STRIPE_SECRET_KEY: a Checkout's webhook does not say what it
-        bought (its line items are read from Stripe), and without the key every pack paid for would wait."""
-        problem = self.stripe_key_problem(plan)
-        if problem:
-            raise ConfigError(problem)
-
-    def stripe_key_problem(self, plan) -> str | None:
-        """Why the gate cannot run this plan (a policy Plan) with these settings, or None."""
+    def stripe_key_problem(self, plan: Plan) -> str | None:
+        """Why the gate cannot run this plan with these settings, or None: a plan that sells credit packs needs
+        STRIPE_SECRET_KEY (a Checkout's webhook does not say what it bought; its line items are read from
+        Stripe, and without the key every pack paid for would wait)."""
         if any(c.packs for c in plan.credits) and not self.stripe_secret_key:
             return ("STRIPE_SECRET_KEY=(empty): the plan sells credit packs (credits: packs), and what a Checkout "
                     "bought is read from Stripe (its webhook leaves the line items out); set a key that may read "

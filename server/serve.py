@@ -54,8 +54,9 @@ def _configured(env_file: str | Sequence[str] | None, *, serving: bool
         if serving:
             config.require_token()
         table, warnings = _plan(config)
-        if serving:
-            config.require_stripe_key_for(table.plan)
+        problem = config.stripe_key_problem(table.plan) if serving else None
+        if problem:
+            raise ConfigError(problem)
     except ConfigError as exc:
         return _fail(f"invalid setting: {exc}", 2)
     except PlanFileError as exc:

@@ -392,6 +392,16 @@ class Life:
         sub, previous = self.changed(status=status, **extra)
         self.send("customer.subscription.updated", sub, at, previous=previous, expect=expect)
 
+    def cancels_at_period_end(self, at: float, end: float, feedback: str, expect: dict) -> None:
+        """The customer cancels at the period's end: Stripe sets cancel_at_period_end and cancel_at, the status stays."""
+        self.status(at, "active", expect=expect, cancel_at_period_end=True, cancel_at=int(end), canceled_at=int(at),
+                    cancellation_details={"comment": None, "feedback": feedback, "reason": "cancellation_requested"})
+
+    def deleted_at(self, end: float) -> None:
+        """Stripe deletes the subscription when its period has ended."""
+        sub, previous = self.changed(status="canceled", ended_at=int(end))
+        self.send("customer.subscription.deleted", sub, end, previous=previous, expect={"status": "canceled"})
+
     def ends(self, at: float, status: str, **more) -> None:
         self.end_at, self.end_expect = at, {"status": status, **more}
 
@@ -530,11 +540,8 @@ def cancel_at_period_end() -> Life:
                 "cancel_at_period_end and cancel_at, and deletes the subscription when the period ends.")
     end = life.subscribe_paid(T0)
     at = T0 + 10 * D
-    life.status(at, "active", expect={"status": "paid", "moved": False}, cancel_at_period_end=True,
-                cancel_at=int(end), canceled_at=int(at),
-                cancellation_details={"comment": None, "feedback": "too_expensive", "reason": "cancellation_requested"})
-    sub, previous = life.changed(status="canceled", ended_at=int(end))
-    life.send("customer.subscription.deleted", sub, end, previous=previous, expect={"status": "canceled"})
+    life.cancels_at_period_end(at, end, "too_expensive", expect={"status": "paid", "moved": False})
+    life.deleted_at(end)
     life.ends(end + H, "canceled")
     return life
 
@@ -674,11 +681,8 @@ def dispute_lost_then_cancel() -> Life:
     life.send("charge.dispute.closed", {**dp, "status": "lost"}, closed, previous={"status": "needs_response"},
               expect={"status": "chargeback", "moved": True})
     cancel = closed + 7 * D
-    life.status(cancel, "active", expect={"status": "chargeback", "moved": False}, cancel_at_period_end=True,
-                cancel_at=int(end), canceled_at=int(cancel),
-                cancellation_details={"comment": None, "feedback": "other", "reason": "cancellation_requested"})
-    sub, previous = life.changed(status="canceled", ended_at=int(end))
-    life.send("customer.subscription.deleted", sub, end, previous=previous, expect={"status": "canceled"})
+    life.cancels_at_period_end(cancel, end, "other", expect={"status": "chargeback", "moved": False})
+    life.deleted_at(end)
     life.ends(end + H, "canceled")
     return life
 
@@ -690,10 +694,7 @@ def abandoned_second_subscription() -> Life:
                 "the customer leaves unpaid. The first ends; the second expires 23 hours after it began.")
     end = life.subscribe_paid(T0)
     at = T0 + 10 * D
-    life.status(at, "active", expect={"status": "paid", "moved": False}, cancel_at_period_end=True,
-                cancel_at=int(end), canceled_at=int(at),
-                cancellation_details={"comment": None, "feedback": "switched_service", "reason":
-                                      "cancellation_requested"})
+    life.cancels_at_period_end(at, end, "switched_service", expect={"status": "paid", "moved": False})
     first = life.sub
     second = end - 6 * H
     life.sub_id = f"sub_{life.tag}B"

@@ -402,6 +402,15 @@ class Life:
         sub, previous = self.changed(status="canceled", ended_at=int(end))
         self.send("customer.subscription.deleted", sub, end, previous=previous, expect={"status": "canceled"})
 
+    def expires_unpaid(self, at: float, inv: dict, pi_id: str, expect: dict | None = None) -> None:
+        """An incomplete subscription's 23 hours run out: incomplete_expired, its payment intent canceled, its
+        first invoice voided."""
+        self.status(at, "incomplete_expired", expect=expect, ended_at=int(at))
+        self.send("payment_intent.canceled", {**self.payment_intent(at, 2000, "canceled", None, pi_id=pi_id),
+                                              "canceled_at": int(at), "cancellation_reason": "automatic"}, at)
+        self.send("invoice.voided", {**inv, "status": "void", "amount_remaining": 0, "auto_advance": False,
+                                     "status_transitions": {**inv["status_transitions"], "voided_at": int(at)}}, at)
+
     def ends(self, at: float, status: str, **more) -> None:
         self.end_at, self.end_expect = at, {"status": status, **more}
 
@@ -593,11 +602,7 @@ def incomplete_expired() -> Life:
         at, 2000, "requires_action", None, error="authentication_required", pi_id=pi_id), at)
     life.send("invoice.payment_action_required", inv, at, expect={"status": "limited_free_trial"})
     later = at + 23 * H
-    life.status(later, "incomplete_expired", ended_at=int(later))
-    life.send("payment_intent.canceled", {**life.payment_intent(later, 2000, "canceled", None, pi_id=pi_id),
-                                          "canceled_at": int(later), "cancellation_reason": "automatic"}, later)
-    life.send("invoice.voided", {**inv, "status": "void", "amount_remaining": 0, "auto_advance": False,
-                                 "status_transitions": {**inv["status_transitions"], "voided_at": int(later)}}, later)
+    life.expires_unpaid(later, inv, pi_id)
     life.ends(later + H, "limited_free_trial")
     return life
 
@@ -710,12 +715,7 @@ def abandoned_second_subscription() -> Life:
     life.send("customer.subscription.deleted", deleted, end, previous={"status": "active"},
               expect={"status": "canceled"})
     expired = second + 23 * H
-    life.status(expired, "incomplete_expired", expect={"status": "canceled"}, ended_at=int(expired))
-    life.send("payment_intent.canceled", {**life.payment_intent(expired, 2000, "canceled", None, pi_id=pi_id),
-                                          "canceled_at": int(expired), "cancellation_reason": "automatic"}, expired)
-    life.send("invoice.voided", {**inv, "status": "void", "amount_remaining": 0, "auto_advance": False,
-                                 "status_transitions": {**inv["status_transitions"], "voided_at": int(expired)}},
-              expired)
+    life.expires_unpaid(expired, inv, pi_id, expect={"status": "canceled"})
     life.ends(expired + H, "canceled")
     return life
 

@@ -1,11 +1,14 @@
 """A small Stripe-shaped HTTP server on 127.0.0.1 for what localstripe lacks: billing meter events (POST
 /v1/billing/meter_events, form-encoded as the stripe package sends it), meters and their event summaries, a
-Checkout Session's line items, and a subscription as the test says it is now. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
+Checkout Session's line items, a subscription as the test says it is now, and charges and payment intents. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
 fail the next requests (503 with Stripe-Should-Retry: false, so the client's own retries do not hide it)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,6 +22,7 @@ class FakeStripe:
     customers: set[str] = field(default_factory=set)
     line_items: dict[str, list[dict]] = field(default_factory=dict)    # session id -> its lines
     subscriptions: dict[str, dict] = field(default_factory=dict)       # subscription id -> the object now
+    payments: dict[str, dict] = field(default_factory=dict)            # charge or payment intent id -> the object
     events: list[dict] = field(default_factory=list)                   # meter events accepted
     requests: list[tuple[str, dict]] = field(default_factory=list)     # (path, form) of every meter event POST
     failing: int = 0                                                   # the next requests answered 503
@@ -36,6 +40,8 @@ class FakeStripe:
         app.router.add_get("/v1/billing/meters/{meter}/event_summaries", self.summaries)
         app.router.add_get("/v1/checkout/sessions/{session}/line_items", self.session_lines)
         app.router.add_get("/v1/subscriptions/{subscription}", self.subscription)
+        app.router.add_get("/v1/charges/{ident}", self.payment)
+        app.router.add_get("/v1/payment_intents/{ident}", self.payment)
         return app
 
     def _auth(self, request: web.Request) -> web.Response | None:
@@ -118,6 +124,15 @@ class FakeStripe:
                           f"No such subscription: '{request.match_info['subscription']}'", "resource_missing")
         return web.json_response(found)
 
+    async def payment(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        ident = request.match_info["ident"]
+        if ident not in self.payments:
+            return _error(404, "invalid_request_error", f"No such payment: '{ident}'", "resource_missing")
+        return web.json_response(self.payments[ident])
+
     async def session_lines(self, request: web.Request) -> web.Response:
         self.lines_asked += 1
         refused = self._auth(request)
@@ -139,3 +154,24 @@ def _error(status: int, kind: str, message: str, code: str | None = None) -> web
     if code:
         body["code"] = code
     return web.json_response({"error": body}, status=status)
+
+
+@contextmanager
+def serving(fake: FakeStripe) -> Iterator[str]:
+    """`fake` served on 127.0.0.1 (a free port) from a thread of its own, for tests without an event loop (a gate
+    in a process of its own); yields its base URL and stops it on leaving."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(fake.app())
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

@@ -74,6 +74,19 @@ def test_config_env_wins_over_make_runs_defaults_and_the_printed_tokens_work(mak
     assert (tmp_path / "var" / "mine.sqlite3").exists() and not (tmp_path / "var" / "plangate.sqlite3").exists()
 
 
+def test_the_example_copied_as_config_env_leaves_make_runs_defaults_in_effect(make_run, tmp_path):
+    """The README says: copy config.env.example to config.env. A copy left as it is set empty tokens and
+    enforcement off over make run's generated ones, and the gate refused to start."""
+    port = free_port()
+    example = (ROOT / "config.env.example").read_text()
+    (tmp_path / "config.env").write_text(example + f"PLANGATE_PORT={port}\n")
+    out = make_run(port)
+    api = (tmp_path / "var" / "api-token").read_text().strip()
+    assert "Enforcement on" in out, out
+    status, decision = post(f"http://127.0.0.1:{port}/v1/check", api, {"subject": "alice", "meter": "requests"})
+    assert (status, decision["reason"]) == (200, "ok")
+
+
 def fake_bin(folder: Path, runs: dict[str, bool]) -> str:
     """A PATH of `folder` (interpreters that run or not, like a pyenv shim of a version not selected, and a make
     that says what it was asked) and the system's tools, without pyenv."""

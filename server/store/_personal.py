@@ -9,16 +9,23 @@ dropped: they are the caller's text, and live a few weeks at most.
 """
 from __future__ import annotations
 
-from ._base import Erasure, state_json
-from ._rows import EVENT_COLUMNS, WRITTEN, subject_values
+from ._base import Erasure, EventRecord, state_json
+from ._rows import EVENT_COLUMNS, WRITTEN, event_from_row, subject_values
 
 UNREDUCED = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE reduced_at IS NULL AND created < ? AND "
              "(created > ? OR (created = ? AND event_id > ?)) ORDER BY created, event_id LIMIT ?")
 REDUCE = "UPDATE subscription_events SET payload = ?, reduced_at = ? WHERE event_id = ?"
+# A subject's events, those waiting for its customer or subscription, and those waiting for a charge or payment
+# intent it holds (a dispute names nothing else): linked to it, or named by one of its events (an event recorded
+# stale links nothing). An event waiting for both is found twice: personal_events keeps it once.
 PERSONAL_EVENTS = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject = ? UNION ALL "
                    f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject IS NULL AND "
                    "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
-                   "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)) ORDER BY created, event_id")
+                   "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)) UNION ALL "
+                   f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND subject IS NULL "
+                   "AND stripe_payment IN (SELECT stripe_id FROM stripe_links WHERE subject = ? UNION "
+                   "SELECT stripe_payment FROM subscription_events WHERE subject = ? AND stripe_payment IS NOT NULL) "
+                   "ORDER BY created, event_id")
 PERSONAL_INVOICES = ("SELECT invoice_id FROM payments WHERE subject = ? OR (subject IS NULL AND "
                      "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
                      "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)))")
@@ -72,6 +79,15 @@ _REMEMBER = ("INSERT INTO erasures (pseudonym, erased_at, actor, stripe_ids_drop
 _IDS_DROPPED = "UPDATE erasures SET stripe_ids_dropped_at = ? WHERE pseudonym = ?"
 _AUDIT = ("INSERT INTO transitions (subject, from_status, to_status, trigger, cause_id, reason, actor, at, "
           "plan_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def personal_events_args(subject: str, customer: str | None, subscription: str | None) -> tuple:
+    return subject, customer, subscription, subject, subject
+
+
+def personal_events(rows) -> list[EventRecord]:
+    """PERSONAL_EVENTS' rows as events, each once."""
+    return list({e.id: e for e in map(event_from_row, rows)}.values())
 
 
 def numbered(sql: str) -> str:

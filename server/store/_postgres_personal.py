@@ -39,10 +39,10 @@ class PostgresPersonalData:
     async def personal_rows(self, subject: str, customer: str | None,
                             subscription: str | None) -> tuple[list[EventRecord], list[str], list[str]]:
         async with self._conn() as db:
-            events = await db.fetch(_PERSONAL_EVENTS, subject, customer, subscription)
+            events = await db.fetch(_PERSONAL_EVENTS, *sql.personal_events_args(subject, customer, subscription))
             invoices = await db.fetch(_PERSONAL_INVOICES, subject, customer, subscription)
             grants = await db.fetch(_PERSONAL_GRANTS, subject)
-        return [event_from_row(r) for r in events], [r[0] for r in invoices], [r[0] for r in grants]
+        return sql.personal_events(events), [r[0] for r in invoices], [r[0] for r in grants]
 
     async def erase(self, erasure: Erasure) -> bool:
         query, args = sql.version_check(erasure)

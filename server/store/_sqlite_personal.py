@@ -40,10 +40,10 @@ class SQLitePersonalData:
 
     async def personal_rows(self, subject: str, customer: str | None,
                             subscription: str | None) -> tuple[list[EventRecord], list[str], list[str]]:
-        events = await self._rows(sql.PERSONAL_EVENTS, (subject, customer, subscription))
+        events = await self._rows(sql.PERSONAL_EVENTS, sql.personal_events_args(subject, customer, subscription))
         invoices = await self._rows(sql.PERSONAL_INVOICES, (subject, customer, subscription))
         grants = await self._rows(sql.PERSONAL_GRANTS, (subject,))
-        return [event_from_row(r) for r in events], [r[0] for r in invoices], [r[0] for r in grants]
+        return sql.personal_events(events), [r[0] for r in invoices], [r[0] for r in grants]
 
     async def erase(self, erasure: Erasure) -> bool:
         def write(db: sqlite3.Connection) -> bool:

@@ -25,6 +25,7 @@ from .changes import ChangeFeed
 from .config import Config
 from .logs import Throttle, log, log_each
 from .metrics import Metrics
+from .plan_swap import PlanSwap
 from .store import AuditEntry, Change, Counted, IdempotencyConflict, Store, StoredSubject, StoreError
 
 # A count or a transition decided on a version another writer then changed is decided again; a burst of
@@ -51,6 +52,15 @@ TRAITS_TRIGGER = "admin:traits"     # traits set: audited as an admin's, yet no 
 
 class StoreUnavailable(Exception):
     """The store failed or exceeded its time budget (already counted and logged)."""
+
+
+class NotInPlan(ValueError):
+    """An admin's transition names a status or action the plan it is decided under does not have (a reload
+    swapped the plan after the request was read): refused, nothing changed."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 class StateUnknown(StoreUnavailable):
@@ -92,6 +102,8 @@ class Gate:
         self._write_failure: tuple[float, str] | None = None    # (monotonic time, error) of the last failed write
         # Called (no argument) when a stored state is not in the plan: look again.
         self.on_unknown_state: Callable[[], None] | None = None
+        # State changes are decided and committed under one plan; a deploy's check and swap go between them.
+        self.plan_swap = PlanSwap()
 
     def use(self, table: StateTable) -> None:
         """Decide with another table from now on. One assignment: a request reads the table once and decides
@@ -580,9 +592,14 @@ class Gate:
         """A trigger (or an admin's direct move `to` a status) through the door."""
         def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
             if to is not None:
+                if to not in table.statuses:
+                    raise NotInPlan("unknown_status", f"unknown status '{to}'; known: {', '.join(table.statuses)}")
                 return [table.override(state, to, now, why)]
             if trigger is None:
                 raise ValueError("apply: give a trigger or `to`")
+            if isinstance(trigger, AdminAction) and trigger.action not in table.actions:
+                raise NotInPlan("unknown_action", f"unknown admin action '{trigger.action}'; known: "
+                                + (", ".join(table.actions) or "none"))
             return [table.apply(state, trigger, now)]
 
         return (await self._door(subject, decide, why=why if to is None else "", cause_id=cause_id, actor=actor))[-1]
@@ -595,6 +612,10 @@ class Gate:
         now = self.clock()
         failed = set() if failed is None else failed
         due = await self.timed("due", self.store.due(now, limit, tuple(failed)), timeout=30.0)
+        async with self.plan_swap.deciding():       # decided and committed under one plan
+            return await self._sweep(due, now, failed)
+
+    async def _sweep(self, due: list[StoredSubject], now: float, failed: set[str]) -> tuple[int, int]:
         table = self.table
         version = table.version
         changes, moved = [], 0
@@ -682,44 +703,53 @@ class Gate:
         in one transaction (retrying on a concurrent writer), and the cache entry is dropped. A stored name
         the plan renamed or retired is moved first, in the same transaction, audited as a plan change."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            now = self.clock()
-            stored = await self.timed("load", self.store.load(subject))
-            table = self.table          # one plan decides the whole change
-            if stored is None:
-                stored = StoredSubject(table.initial_state(subject, now), 0)
-            try:
-                first = table.migrate(stored.state, now)
-                outcomes = decide(table, first.state if first else stored.state, now)
-            except UnknownStatus as exc:
-                raise self.state_unknown(subject, exc) from None
-            if first is not None:
-                outcomes = [first, *outcomes]
-            if not outcomes or not any(o.changed for o in outcomes):
-                return outcomes or [Outcome(stored.state, stored.state, "timer", "no timer is due")]
-            audits = tuple(
-                AuditEntry(subject, o.before.status, o.state.status, o.trigger,
-                           o.reason + (f"; {why}" if why and o is not first else ""),
-                           o.state.since if o.trigger == "timer" else now, table.version, cause_id,
-                           "plan" if o is first else actor)
-                for o in outcomes if o.moved or (o.changed and o.trigger.startswith("admin:")))
-            # An admin's change is a person's decision: the next Stripe event folds onto it, not onto the
-            # state the Stripe events alone gave (timers and plan changes keep that state: the fold recomputes
-            # them, and reads its old names as the new ones).
-            # Traits are the product's numbers, not a decision about the status: the Stripe state stays too.
-            kept = actor in ("timer", "plan") or all(o.trigger == TRAITS_TRIGGER for o in outcomes if o is not first)
-            fold_state = stored.fold_state if kept else None
-            change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
-                            audits=audits)
-            if await self.counted("save", self.store.commit(change)):
-                self.invalidate(subject)
-                for audit in audits:
-                    self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
-                    log(logging.INFO, "transition", subject=subject, trigger=audit.trigger,
-                        from_status=audit.from_status, to_status=audit.to_status, reason=audit.reason,
-                        actor=audit.actor, cause_id=cause_id)
+            async with self.plan_swap.deciding():   # one plan decides and commits the whole change
+                outcomes = await self._through_door(subject, decide, why, cause_id, actor)
+            if outcomes is not None:
                 return outcomes
-            self.invalidate(subject)
         raise StoreUnavailable("the subject kept changing")
+
+    async def _through_door(self, subject: str, decide, why: str, cause_id: str | None,
+                            actor: str | None) -> list[Outcome] | None:
+        """One attempt of _door; None when another writer changed the subject first."""
+        now = self.clock()
+        stored = await self.timed("load", self.store.load(subject))
+        table = self.table
+        if stored is None:
+            stored = StoredSubject(table.initial_state(subject, now), 0)
+        try:
+            first = table.migrate(stored.state, now)
+            outcomes = decide(table, first.state if first else stored.state, now)
+        except UnknownStatus as exc:
+            raise self.state_unknown(subject, exc) from None
+        if first is not None:
+            outcomes = [first, *outcomes]
+        if not outcomes or not any(o.changed for o in outcomes):
+            return outcomes or [Outcome(stored.state, stored.state, "timer", "no timer is due")]
+        audits = tuple(
+            AuditEntry(subject, o.before.status, o.state.status, o.trigger,
+                       o.reason + (f"; {why}" if why and o is not first else ""),
+                       o.state.since if o.trigger == "timer" else now, table.version, cause_id,
+                       "plan" if o is first else actor)
+            for o in outcomes if o.moved or (o.changed and o.trigger.startswith("admin:")))
+        # An admin's change is a person's decision: the next Stripe event folds onto it, not onto the
+        # state the Stripe events alone gave (timers and plan changes keep that state: the fold recomputes
+        # them, and reads its old names as the new ones).
+        # Traits are the product's numbers, not a decision about the status: the Stripe state stays too.
+        kept = actor in ("timer", "plan") or all(o.trigger == TRAITS_TRIGGER for o in outcomes if o is not first)
+        fold_state = stored.fold_state if kept else None
+        change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
+                        audits=audits)
+        if await self.counted("save", self.store.commit(change)):
+            self.invalidate(subject)
+            for audit in audits:
+                self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()
+                log(logging.INFO, "transition", subject=subject, trigger=audit.trigger,
+                    from_status=audit.from_status, to_status=audit.to_status, reason=audit.reason,
+                    actor=audit.actor, cause_id=cause_id)
+            return outcomes
+        self.invalidate(subject)
+        return None
 
     async def admin(self, subject: str, *, to: str | None, action: str | None, why: str, actor: str) -> Outcome:
         trigger = AdminAction(action, actor) if action else None

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plangate.engine import StateTable, UnknownStatus, compile_plan
-from plangate.policy import (Finding, NameMap, Plan, PlanError, PlanFileError, Stranded, check_text, diff_plans,
-                             explain_stranded, stranded, version_of)
+from plangate.policy import (Finding, NameMap, Plan, PlanDiff, PlanError, PlanFileError, Stranded, check_text,
+                             diff_plans, explain_stranded, stranded, version_of)
 from plangate.policy import read_plan_text as read_text
 
 from .gate import Gate, StoreUnavailable
@@ -129,6 +129,23 @@ class PlanKeeper:
         problem = self.gate.config.stripe_key_problem(plan) if actor != "start" else None
         if problem:
             raise PlanRefused(problem, "stripe_key_needed")
+        # The store's check and the swap, once the state changes decided under the running plan have committed;
+        # those that come meanwhile wait, and are decided under the plan deployed.
+        async with self.gate.plan_swap.swapping():
+            table, deploy, active, changes, summary = await self._check_and_swap(plan, version, text, actor)
+        moved = await self.migrate_names(table)
+        if deploy is not None and moved:
+            await self._io(self.store.deploy_moved(deploy.id, moved))
+        outcome = "applied" if deploy is not None else "unchanged"
+        log(logging.INFO, "plan_" + outcome, version=version, previous=active.version if active else None,
+            actor=actor, node=self.node, summary=summary, moved=moved, kept_versions=list(table.kept_versions))
+        return Reload(outcome, version, active.version if active else None, summary,
+                      tuple(c.to_dict() for c in changes.changes) if changes else (), moved)
+
+    async def _check_and_swap(self, plan: Plan, version: str, text: str, actor: str) \
+            -> tuple[StateTable, Deploy | None, Deploy | None, PlanDiff | None, str]:
+        """PlanRefused when the plan would strand stored subjects; else the deploy recorded (None: the version
+        runs already) and the plan swapped in. (table, deploy, the deploy before, changes, summary)"""
         census = await self._io(self.store.census())
         found = stranded(plan, census.statuses, census.tiers)
         if found:
@@ -147,14 +164,7 @@ class PlanKeeper:
         deployed_at = now if deploy is not None or active is None else active.at
         table = _compile(plan, records, version, deployed_at)
         self._use(table, deployed_at)
-        moved = await self.migrate_names(table)
-        if deploy is not None and moved:
-            await self._io(self.store.deploy_moved(deploy.id, moved))
-        outcome = "applied" if deploy is not None else "unchanged"
-        log(logging.INFO, "plan_" + outcome, version=version, previous=active.version if active else None,
-            actor=actor, node=self.node, summary=summary, moved=moved, kept_versions=list(table.kept_versions))
-        return Reload(outcome, version, active.version if active else None, summary,
-                      tuple(c.to_dict() for c in changes.changes) if changes else (), moved)
+        return table, deploy, active, changes, summary
 
     def _use(self, table: StateTable, deployed_at: float) -> None:
         self.gate.use(table)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from plangate.policy import explain_plan
 
-from ..gate import StoreUnavailable
+from ..gate import NotInPlan, StoreUnavailable
 from ..http._auth import matches
 from ..http import _input as inp
 from ..http._input import BadRequest, in_path, subject as subject_id, text
@@ -357,6 +357,8 @@ async def act(request: web.Request) -> web.Response:
     try:
         await gate.admin(name, to=target if kind == "to" else None, action=target if kind == "action" else None,
                          why=reason, actor=f"console:{session.label}")
+    except NotInPlan:       # a reload swapped the plan since the check above
+        raise _refused(400, f"Choose a status or an action of the plan (not {form.get('what', '')!r}).") from None
     except StoreUnavailable:
         raise _refused(503, "The store cannot be written right now; nothing changed; try again.") from None
     raise web.HTTPSeeOther(back)

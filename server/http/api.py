@@ -12,7 +12,7 @@ from plangate.engine._entitlements import UnknownFeature
 
 from . import _input as inp, _json
 from .. import entitlements
-from ..gate import Counting, Gate, StoreUnavailable
+from ..gate import Counting, Gate, NotInPlan, StoreUnavailable
 from ..jobs import Jobs
 from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
@@ -236,6 +236,8 @@ async def transition(request: web.Request) -> web.Response:
     actor = inp.text(body, "actor", required=False) or "admin-api"
     try:
         outcome = await gate.admin(subject, to=to, action=action, why=reason, actor=actor)
+    except NotInPlan as exc:        # a reload swapped the plan since the checks above: decided under the new one
+        raise inp.BadRequest(422, exc.code, str(exc)) from None
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing "
                                                        "changed; try again") from None

@@ -275,6 +275,11 @@ class Ingest:
                 del self._folding[subject]
 
     async def _fold_alone(self, fold: _Fold, loaded: StoredSubject | None | _Unread) -> Received | None:
+        # Decided and committed under one plan: a deploy's check of the store and its swap go between folds.
+        async with self.gate.plan_swap.deciding():
+            return await self._fold_attempts(fold, loaded)
+
+    async def _fold_attempts(self, fold: _Fold, loaded: StoredSubject | None | _Unread) -> Received | None:
         subject = fold.subject
         incoming = fold.incoming
         for attempt in range(MAX_ATTEMPTS):

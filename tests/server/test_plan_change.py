@@ -3,10 +3,14 @@ removed statuses and tiers with and without a mapping, lowered quotas with each 
 reloads refused and accepted, and a sweep that one broken subject cannot stop."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -316,6 +320,131 @@ class TestReload:
 
         status, body = await rig.call("POST", "/v1/plan/reload", "/v1/plan/reload")
         assert (status, body["outcome"]) == (200, "unchanged")
+
+
+class TestReloadRace:
+    """A transition into billing_problem while a reload removes that status (with a mapping to canceled, or
+    without). The interleaving is made with the database's own locks: another connection holds what the first of
+    the two must write, while the second starts. Decided under the old plan and committed after the reload had
+    checked the store, the transition left the subject in a status the new plan does not know (every answer about
+    it a 503), or under an old name the reload had moved everyone else from. Now the transition either ends before
+    the reload checks the store (which then refuses, or moves it), or is decided under the new plan (422)."""
+
+    @pytest.mark.parametrize("retired", [False, True], ids=["removed", "retired"])
+    @pytest.mark.parametrize("first", ["transition", "reload"])
+    async def test_a_transition_into_a_status_a_reload_removes(self, rig, store_url, first, retired):
+        await rig.start(V1)
+        await rig.webhook("checkout.session.completed", se.checkout("ann", "cus_ann", "sub_ann"))
+        v1 = (await rig.plan_view())["version"]
+        rig.write(edited(*WITHOUT_BILLING_PROBLEM) + (RETIRE_BILLING_PROBLEM if retired else ""))
+
+        def transition():
+            return rig.call("POST", "/v1/subjects/ann/transition", "/v1/subjects/{subject}/transition",
+                            {"to": "billing_problem", "reason": "test"})
+
+        def reload():
+            return rig.call("POST", "/v1/plan/reload", "/v1/plan/reload")
+
+        held = _ANN_ROW if first == "transition" else _DEPLOYS
+        async with _writes_held(store_url, held) as queued:
+            one = asyncio.ensure_future(transition() if first == "transition" else reload())
+            await queued()          # the first has decided and waits to write
+            two = asyncio.ensure_future(reload() if first == "transition" else transition())
+            await asyncio.sleep(0.3)
+        (moved, moved_body), (reloaded, reload_body) = \
+            (await one, await two) if first == "transition" else (await two, await one)
+
+        if first == "transition":       # it ends first; the reload checks the store after it
+            assert (moved, moved_body["to"]) == (200, "billing_problem"), moved_body
+            if retired:
+                assert (reloaded, reload_body["outcome"], reload_body["moved"]) == (200, "applied", 1), reload_body
+            else:
+                assert (reloaded, reload_body["error"]) == (409, "plan_strands_subjects"), reload_body
+        else:                           # it is decided under the new plan, which has no billing_problem
+            assert (reloaded, reload_body["outcome"]) == (200, "applied"), reload_body
+            assert (moved, moved_body["error"]) == (422, "unknown_status"), moved_body
+        expected = {("transition", False): "billing_problem", ("transition", True): "canceled"}.get((first, retired),
+                                                                                                   "trial")
+        assert await _rows(store_url, "SELECT status FROM subscriptions WHERE subject = 'ann'") == [(expected,)]
+        assert (await rig.subject("ann"))["status"] == expected
+        assert (await rig.check("ann"))["reason"] not in ("fail_open", "fail_closed")
+        assert ((await rig.plan_view())["version"] == v1) is (first == "transition" and not retired)
+
+
+    async def test_a_stripe_event_into_a_status_a_reload_removes(self, rig, store_url):
+        """The same race with a Stripe event: its fold decided grace under the old plan, the reload removes grace."""
+        await rig.start(V1)
+        await rig.subscribe("ann")
+        n = abs(hash("ann")) % 10**8
+        rig.write(edited(*WITHOUT_GRACE))
+        failed = se.invoice("open", sub_id=f"sub_{n}", customer=f"cus_{n}", inv_id="in_ann_failed")
+        async with _writes_held(store_url, _ANN_ROW) as queued:
+            folding = asyncio.ensure_future(rig.webhook("invoice.payment_failed", failed))
+            await queued()
+            reloading = asyncio.ensure_future(rig.call("POST", "/v1/plan/reload", "/v1/plan/reload"))
+            await asyncio.sleep(0.3)
+        assert ((await folding)["outcome"], (await folding)["status"]) == ("applied", "grace")
+        reloaded, body = await reloading
+        assert (reloaded, body["error"]) == (409, "plan_strands_subjects"), body
+        assert (await rig.subject("ann"))["status"] == "grace"
+
+
+# grace removed: a failed payment leads to billing_problem at once
+WITHOUT_GRACE = (
+    ("  grace:\n    grace: true\n    expires_after: 3d\n    quotas:\n      requests: tier\n", ""),
+    ("    on: stripe:invoice.payment_failed\n    to: grace", "    on: stripe:invoice.payment_failed\n    to: billing_problem"),
+    ("  - from: grace\n    on: timer\n    to: billing_problem\n", ""),
+    ("[grace, billing_problem]", "[billing_problem]"),
+    ("[trial, paid, grace, billing_problem]", "[trial, paid, billing_problem]"),
+)
+_ANN_ROW = "SELECT 1 FROM subscriptions WHERE subject = 'ann' FOR UPDATE"
+_DEPLOYS = "LOCK TABLE plan_deploys IN SHARE ROW EXCLUSIVE MODE"
+
+
+@contextlib.asynccontextmanager
+async def _writes_held(store_url: str, lock: str):
+    """Writes wait while this is open; it gives `queued()`, which returns once a writer waits (SQLite: the file's
+    write lock, and a writer cannot be seen waiting: a pause long enough for a request's reads; PostgreSQL: `lock`
+    taken, its waiter seen in pg_stat_activity)."""
+    if store_url.startswith("postgresql://"):
+        conn, watcher = await asyncpg.connect(store_url), await asyncpg.connect(store_url)
+
+        async def queued() -> None:
+            for _ in range(500):
+                if await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND wait_event_type = 'Lock'"):
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("no writer ever queued")
+        try:
+            async with conn.transaction():
+                await conn.execute(lock)
+                yield queued
+        finally:
+            await conn.close()
+            await watcher.close()
+        return
+
+    async def paused() -> None:
+        await asyncio.sleep(0.5)
+    holder = sqlite3.connect(store_url, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield paused
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+async def _rows(store_url: str, sql: str) -> list[tuple]:
+    if store_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(store_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(store_url) as db:
+        return db.execute(sql).fetchall()
 
 
 class TestSweepIsolation:

@@ -169,6 +169,11 @@ class StateTable:
             rule = (self._rules_for(state, now) if self._pinned else self._rules)[state.status][state.tier][meter]
         except KeyError:
             rule = self.rule(state, meter, now)    # an old name is read as its new one; unknown names raise
+            if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names):
+                # Stored under an old name (a deploy moves such subjects just after its swap): the answer names
+                # the status and tier whose rule decided, its window still the stored state's.
+                named = self.named(state, now)
+                state = state.with_(status=named.status, tier=named.tier)
         if not rule.allows:
             return Decision(False, rule.deny_reason, state.status, state.tier, meter, 0, used, 0,
                             None, None, None, rule.name)

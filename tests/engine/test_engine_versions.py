@@ -50,6 +50,21 @@ class TestOldNames:
         assert new.apply(stored, StripeEvent("invoice.paid", {"object": "invoice"}), DEPLOY).state.status == "paid"
         assert new.apply(stored, TimerFired(), DEPLOY + 7 * DAY).state.status == "billing_problem"
 
+    @pytest.mark.parametrize("text, status, tier, named", [
+        (renamed("trial", "paid_trial"), "trial", None, ("paid_trial", None)),
+        (renamed("team", "business"), "paid", "team", ("paid", "business")),
+        (edited(*WITHOUT_BILLING_PROBLEM) + RETIRE_BILLING_PROBLEM, "billing_problem", "pro", ("canceled", "pro")),
+    ])
+    def test_a_decision_on_an_old_name_names_what_decided_it(self, text, status, tier, named):
+        """Between a deploy's swap and the moving of stored subjects, a check decided by the new name's rule
+        answered the stored name beside it (a status or tier the running plan has not)."""
+        new = table(text)
+        stored = SubjectState("ann", status, tier, DEPLOY - DAY)
+        for decision in (new.can_process(stored, "requests", 1, 0, DEPLOY),
+                         new.consume(stored, "requests", 1, 0, DEPLOY)[0]):
+            assert (decision.status, decision.tier) == named
+            assert decision.rule == new.can_process(new.named(stored, DEPLOY), "requests", 1, 0, DEPLOY).rule
+
     def test_a_retired_status_enters_its_target(self):
         new = table(edited(*WITHOUT_BILLING_PROBLEM) + RETIRE_BILLING_PROBLEM)
         stored = SubjectState("ann", "billing_problem", "pro", DEPLOY - DAY)

@@ -389,6 +389,32 @@ class TestReloadRace:
         assert (await rig.subject("ann"))["status"] == "grace"
 
 
+
+
+async def test_answers_during_a_reload_name_the_plans_status(tmp_path, pg_dsn):
+    """Between the swap and the moving of stored subjects (held here by a lock on the subject's row), a check was
+    decided by the renamed status's rule and answered the stored name beside it, one the running plan has not."""
+    rig = Rig(tmp_path, pg_dsn)
+    try:
+        await rig.start(V1)
+        await rig.webhook("checkout.session.completed", se.checkout("ann", "cus_ann", "sub_ann"))
+        v1 = (await rig.plan_view())["version"]
+        rig.write(renamed("trial", "paid_trial"))
+        async with _writes_held(pg_dsn, _ANN_ROW):
+            reloading = asyncio.ensure_future(rig.call("POST", "/v1/plan/reload", "/v1/plan/reload"))
+            for _ in range(500):
+                if (await rig.plan_view())["version"] != v1:
+                    break
+                await asyncio.sleep(0.01)
+            assert await _rows(pg_dsn, "SELECT status FROM subscriptions WHERE subject = 'ann'") == [("trial",)]
+            checked = await rig.check("ann")
+            assert (checked["status"], checked["limit"]) == ("paid_trial", 500)
+        assert (await reloading)[1]["moved"] == 1
+        assert (await rig.check("ann"))["status"] == "paid_trial"
+    finally:
+        await rig.stop()
+
+
 # grace removed: a failed payment leads to billing_problem at once
 WITHOUT_GRACE = (
     ("  grace:\n    grace: true\n    expires_after: 3d\n    quotas:\n      requests: tier\n", ""),

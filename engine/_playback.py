@@ -110,7 +110,7 @@ class _Player:
             obj = {**obj, "subscription": self.state.follows.id}
         if not step.whole and step.value == "customer.subscription.created" and "created" not in obj:
             obj = {**obj, "created": int(self.now)}     # Stripe's subscription always says when it was made
-        event = StripeEvent(step.value, obj, step.extra, self.now)
+        event = StripeEvent(step.value, obj, step.extra, self.now, step.previous)
         if step.value not in self.relevant:
             return _Seen(None, False, f"{event.key}: the gate reads no {step.value} events (ignored)")
         named = named_subject(obj, self.table.plan.subject_link)

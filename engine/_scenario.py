@@ -29,7 +29,7 @@ _EXTRA_KEYS = {
     "consume": {"expect", "meter"},
     "wait": _FOR_DECISION,
     "until": _FOR_DECISION,
-    "stripe": _FOR_DECISION | {"object", "id", "price", "period", "quantity"},
+    "stripe": _FOR_DECISION | {"object", "previous_attributes", "id", "price", "period", "quantity"},
     "event": _FOR_DECISION,
     "admin": _FOR_DECISION | {"actor"},
     "override": _FOR_DECISION | {"why"},
@@ -77,6 +77,7 @@ class Step:
     extra: str = ""         # event id, actor, or the why of an override
     at: float | None = None     # an `event:` step: the event's `created`, when it happens
     whole: bool = False         # the event came whole from a file, as Stripe sends it
+    previous: Mapping | None = None     # a Stripe event's data.previous_attributes
 
 
 @dataclass(frozen=True)
@@ -224,11 +225,14 @@ class _Reader:
         if kind == "consume":
             amount = value
         expect = self.expectations(item, path)
-        obj, extra, at = None, "", None
+        obj, extra, at, previous = None, "", None, None
         if kind == "stripe":
             obj = self.stripe_object(item, path, value)
+            previous = self.previous_attributes(item, path)
             extra = self.text(item, path + ("id",)) or ""
         elif kind == "event" and value is not None:
+            previous = value["data"].get("previous_attributes")
+            previous = previous if isinstance(previous, Mapping) else None
             value, obj, extra, at = value["type"], value["data"]["object"], value.get("id") or "", value["created"]
         elif kind in ("admin", "override"):
             extra = self.text(item, path + ("actor" if kind == "admin" else "why",)) or ""
@@ -244,7 +248,7 @@ class _Reader:
         if len(self.problems) > before:
             return None
         line = self.doc.locate(path).line
-        return Step(i + 1, kind, line, value, step_meter, amount, expect, obj, extra, at, kind == "event")
+        return Step(i + 1, kind, line, value, step_meter, amount, expect, obj, extra, at, kind == "event", previous)
 
     def _kind_check(self, kind: str):
         return {"consume": _amount, "wait": _duration, "until": _instant, "stripe": _event_type,
@@ -338,6 +342,18 @@ class _Reader:
                 sub_item["current_period_start"], sub_item["current_period_end"] = period
             obj["items"] = {"object": "list", "data": [sub_item]}
         return obj
+
+    def previous_attributes(self, item: Mapping, path: tuple) -> dict | None:
+        """A stripe step's `previous_attributes:`: what the fields that changed said before, as Stripe's
+        *.updated events carry it (times written as in `object:`)."""
+        if "previous_attributes" not in item:
+            return None
+        previous = item["previous_attributes"]
+        if not isinstance(previous, Mapping):
+            self.problem(path + ("previous_attributes",),
+                         "previous_attributes: a mapping of the fields that changed, with what they said before")
+            return None
+        return _times(dict(previous))
 
     # --- names the plan must know ---------------------------------------------------------------
 

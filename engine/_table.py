@@ -307,8 +307,9 @@ class StateTable:
             # A due timer fires once: with nothing to do, it stops rather than firing again.
             return Outcome(state, facts.with_(timer_due=None), trigger.key,
                            f"the timer of '{state.status}' ran out; no transition on it")
+        matched = trigger.matched() if isinstance(trigger, StripeEvent) else obj
         for edge in edges:
-            if (edge.other if other else edge.followed) and edge.matches(obj):
+            if (edge.other if other else edge.followed) and edge.matches(matched):
                 about = "" if other is None else f" (about {other[0]}; the subject follows {other[1]})"
                 if edge.target == state.status:
                     if isinstance(trigger, TimerFired):

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from plangate.policy import PREVIOUS
+
 from ._state import SubjectState
 
 
@@ -13,6 +15,22 @@ class StripeEvent:
     object: Mapping = field(default_factory=dict)
     id: str = ""
     created: float = 0.0
+    # Stripe's data.previous_attributes (on *.updated events): what the fields that changed said before.
+    previous: Mapping | None = None
+
+    @classmethod
+    def of(cls, body: Mapping, created: float | None = None) -> StripeEvent:
+        """The event of a Stripe event body (type, id, created, data.object and data.previous_attributes)."""
+        data = body["data"]
+        obj = data["object"]
+        previous = data.get(PREVIOUS) if isinstance(data, Mapping) else None
+        return cls(body["type"], obj, body["id"], float(body["created"] if created is None else created),
+                   previous if isinstance(previous, Mapping) else None)
+
+    def matched(self) -> Mapping:
+        """What a transition's `when:` reads: the object, and the previous attributes under PREVIOUS."""
+        obj = self.object if isinstance(self.object, Mapping) else {}
+        return obj if self.previous is None else _WithPrevious(obj, self.previous)
 
     @property
     def key(self) -> str:
@@ -20,6 +38,31 @@ class StripeEvent:
 
     def __str__(self) -> str:
         return self.key + (f" ({self.id})" if self.id else "")
+
+
+class _WithPrevious(Mapping):
+    """An event's object, with its previous attributes under PREVIOUS (no Stripe object has such a field)."""
+
+    __slots__ = ("_obj", "_previous")
+
+    def __init__(self, obj: Mapping, previous: Mapping):
+        self._obj, self._previous = obj, previous
+
+    def __getitem__(self, key):
+        return self._previous if key == PREVIOUS else self._obj[key]
+
+    def get(self, key, default=None):
+        return self._previous if key == PREVIOUS else self._obj.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key == PREVIOUS or key in self._obj
+
+    def __iter__(self):
+        yield from self._obj
+        yield PREVIOUS
+
+    def __len__(self) -> int:
+        return len(self._obj) + 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@ from ._durations import DurationError, format_duration, parse_duration
 from ._findings import Finding, Location, PlanError, Severity
 from ._load import Checked, PlanFileError, check_file, check_text, load_plan
 from ._load import read_text as read_plan_text
-from ._conditions import Condition, Group, Op
+from ._conditions import PREVIOUS, Condition, Group, Op
 from ._conditions import compile_all as compile_conditions
 from ._entitlements import ADMIN_PRIORITY, PERIOD_PRIORITY, TIER_FEATURES, Anchoring, OnCancel
 from ._stripe_events import is_known_event
@@ -29,5 +29,5 @@ __all__ = [
     "parse_duration", "stranded", "version_of",
     # What the engine and the server build on (credits, windows, conditions, renames, scenario files):
     "ADMIN_PRIORITY", "PERIOD_PRIORITY", "TIER_FEATURES", "Anchoring", "Area", "How", "OnCancel", "YamlDocument",
-    "compile_conditions", "explain_plan", "is_known_event", "parse_yaml", "read_plan_text",
+    "PREVIOUS", "compile_conditions", "explain_plan", "is_known_event", "parse_yaml", "read_plan_text",
 ]

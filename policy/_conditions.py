@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ._findings import Location
 
 EACH = "[]"     # a path part: every element of the list reached so far
+PREVIOUS = "previous_attributes"    # a path's first part: the event's previous attributes, not its object
 
 
 class Op(enum.Enum):

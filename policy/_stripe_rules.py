@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from . import _stripe_fields as fields
-from ._conditions import COMPARISONS, Condition, Op, compile_all, leaves
+from ._conditions import COMPARISONS, PREVIOUS, Condition, Op, compile_all, leaves
 from ._findings import Finding, Severity
 from ._model import Plan, Transition, TriggerKind
 
@@ -70,7 +70,8 @@ def _on(t: Transition, *events: str) -> bool:
 # --- conditions against Stripe's fields ---------------------------------------------------------------------
 
 def condition_fields(plan: Plan) -> Iterator[Finding]:
-    """Each `when` path must exist in the event's object, and each value must be one its field can hold."""
+    """Each `when` path must exist in the event's object (or, under previous_attributes, which only *.updated
+    events carry, in the same object), and each value must be one its field can hold."""
     for t in plan.transitions:
         if t.trigger.kind is not TriggerKind.STRIPE or not t.conditions:
             continue
@@ -78,8 +79,20 @@ def condition_fields(plan: Plan) -> Iterator[Finding]:
         if object_type is None:
             continue
         for c in leaves(t.conditions):
+            path = c.path
+            if path[0] == PREVIOUS:
+                if not t.trigger.name.endswith(".updated"):
+                    yield _f("unknown-field", E,
+                             f"{c.dotted}: Stripe sends previous_attributes only with *.updated events, never "
+                             f"with {t.trigger.name}", c.location)
+                    continue
+                path = path[1:]
+                if not path:
+                    yield _f("unknown-field", E, f"{c.dotted}: name a field of previous_attributes, e.g. "
+                                                 f"{PREVIOUS}.status", c.location)
+                    continue
             try:
-                kind = fields.field_type(object_type, c.path)
+                kind = fields.field_type(object_type, path)
             except fields.NoSuchField as exc:
                 yield _f("unknown-field", E, f"{c.dotted}: {exc} (the {object_type} object that "
                                              f"{t.trigger.name} carries, {fields.source()})", c.location)

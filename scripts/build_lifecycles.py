@@ -465,6 +465,23 @@ def trial_declined() -> Life:
     return life
 
 
+def trial_charge_late() -> Life:
+    life = Life("trial-charge-late", "lena", "a first charge that comes late: an update saying active pays nothing",
+                "Stripe finalizes the first invoice after the trial three hours late (it waits when an endpoint "
+                "failed invoice.created): the trial's timer ends in billing_problem while the subscription says "
+                "active; the product edits the subscription's metadata (an update, still active, nothing paid); "
+                "then the charge goes through.")
+    trial_end = life.start_trial(T0)
+    inv = life.renewal(trial_end, trial_end, trial_end + MONTH, expect={"status": "paid_trial", "moved": False})
+    edit = trial_end + 150 * 60
+    life.status(edit, "active", metadata={"plangate_subject": life.subject, "team": "research"},
+                expect={"status": "billing_problem"})
+    late = trial_end + 3 * H
+    life.charged(late, life.paid_invoice(inv, late), expect={"status": "paid", "moved": True})
+    life.ends(late + H, "paid")
+    return life
+
+
 def trial_paused_resumed() -> Life:
     life = Life("trial-paused-resumed", "pia", "a trial without a card pauses at its end, and resumes once paid",
                 "Checkout without a card (payment_method_collection if_required) and "
@@ -745,7 +762,7 @@ def resubscribe_during_dunning() -> Life:
     return life
 
 
-LIFECYCLES = (trial_converts, trial_declined, trial_paused_resumed, smart_retries_recover, retries_exhausted_canceled,
+LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_paused_resumed, smart_retries_recover, retries_exhausted_canceled,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
               upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
               abandoned_second_subscription)

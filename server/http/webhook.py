@@ -99,7 +99,7 @@ def _event(text: str) -> tuple[StripeEvent, str]:
         isinstance(body.get("data"), dict) and isinstance(body["data"].get("object"), dict)
     if not ok:
         raise BadRequest(400, "invalid_event", "the body is not a Stripe event (id, type, created, data.object)")
-    return StripeEvent(body["type"], body["data"]["object"], body["id"], float(body["created"])), text
+    return StripeEvent.of(body), text
 
 
 def _raised_at(exc: BaseException) -> str:

@@ -239,8 +239,7 @@ class Ingest:
             while True:
                 new = [r for r in await self._io("pending", self.store.pending(*ask)) if r.id not in found]
                 for r in new:
-                    found[r.id] = (StripeEvent(r.type, json.loads(r.payload)["data"]["object"], r.id, r.created),
-                                   replace(r, subject=subject))
+                    found[r.id] = (_as_event(r), replace(r, subject=subject))
                 # What they link in turn: the charges and payment intents of the events found (a dispute waits
                 # for a charge that waited for its customer).
                 more = {p for r in new for p in stripe_refs(found[r.id][0].object).payments} - asked
@@ -463,7 +462,8 @@ def _news(table: StateTable, state: SubjectState, incoming: Incoming, now: float
 
 
 def _as_event(row: EventRecord) -> StripeEvent:
-    return StripeEvent(row.type, json.loads(row.payload)["data"]["object"], row.id, row.created)
+    body = json.loads(row.payload)
+    return StripeEvent.of({**body, "type": row.type, "id": row.id}, row.created)
 
 
 # What a fold may change of a state, compared to tell whether it changed anything: every field but the

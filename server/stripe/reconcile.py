@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from plangate.engine import StripeEvent
+from plangate.engine import StripeEvent, Subscription
 from plangate.policy import TriggerKind
 
 from ..gate import Gate
@@ -65,10 +65,12 @@ class Reconciler:
             in_a_row = 0
             if sub is None:
                 continue
-            event = _synthetic(sub, now)
+            event = _synthetic(sub, now, stored.state.subscriptions)
+            data: dict = {"object": sub}
+            if event.previous is not None:
+                data["previous_attributes"] = event.previous
             received = await self.ingest.receive(event, json.dumps(
-                {"id": event.id, "type": event.type, "created": event.created, "data": {"object": sub}}),
-                record_noop=False)
+                {"id": event.id, "type": event.type, "created": event.created, "data": data}), record_noop=False)
             changed += received.outcome == "applied"
         if unanswered > 1:
             log(logging.WARNING, "reconcile_unanswered", subjects=unanswered, why="Stripe did not answer for "
@@ -76,7 +78,12 @@ class Reconciler:
         return changed
 
 
-def _synthetic(sub: dict, now: float) -> StripeEvent:
-    """What Stripe's subscription says now, as the event that would have told us."""
+def _synthetic(sub: dict, now: float, known: tuple[Subscription, ...]) -> StripeEvent:
+    """What Stripe's subscription says now, as the event that would have told us: with the status the subject
+    last knew of it as the previous attributes, when Stripe's differs (past_due then, active now: what the
+    updates the gate missed said between them). A plan tells a payment's recovery from any other update that
+    says `active` by that change of status."""
     kind = "customer.subscription.deleted" if sub.get("status") in ENDED else "customer.subscription.updated"
-    return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", now)
+    was = next((s.status for s in known if s.id == sub.get("id")), None)
+    previous = {"status": was} if was is not None and was != sub.get("status") else None
+    return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", now, previous)

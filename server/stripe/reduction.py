@@ -163,9 +163,11 @@ class Reducer:
         return tuple(out)
 
     def keep(self, event: StripeEvent) -> _Keep:
-        """What of the event's object the readers touch, with FACTS."""
+        """What of the event's object (and of its previous attributes: the same fields) the readers touch, with
+        FACTS."""
         seen = _Keep()
-        self.readings(StripeEvent(event.type, _Seen(dict(event.object), seen), event.id, event.created))
+        previous = None if event.previous is None else _Seen(dict(event.previous), seen)
+        self.readings(StripeEvent(event.type, _Seen(dict(event.object), seen), event.id, event.created, previous))
         return seen.merged(self.facts)
 
     def reduce(self, payload: str, *, strict: bool = True) -> str | None:
@@ -173,15 +175,13 @@ class Reducer:
         when reducing it would change what a reader answers; not strict (an erasure), it is reduced even so."""
         try:
             body = json.loads(payload)
-            data = body["data"]
-            event = StripeEvent(body["type"], data["object"], body["id"], float(body["created"]))
+            event = StripeEvent.of(body)
         except (ValueError, TypeError, KeyError):
             return None
         try:
             keep = self.keep(event)
             reduced = self._reduced(body, keep)
-            same = not strict or self.readings(
-                StripeEvent(event.type, reduced["data"]["object"], event.id, event.created)) == self.readings(event)
+            same = not strict or self.readings(StripeEvent.of(reduced)) == self.readings(event)
         except Exception:       # noqa: BLE001 - a reader failing on an odd payload: strict, it is kept as it came
             if strict:
                 return None

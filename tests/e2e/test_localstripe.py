@@ -243,11 +243,15 @@ class TestReconciliationAgainstLocalstripe:
         cus = await ls.customer("carol")
         sub = await ls.subscribe(cus["id"], None)      # made by a Checkout: the link is the session, not metadata
         now = time.time()
-        # What localstripe cannot send: the Checkout that links carol to the subscription, then a failed invoice.
+        # What localstripe cannot send: the Checkout that links carol to the subscription, then a failed invoice
+        # and the subscription past_due with it.
         await deliver(gate, se.event("checkout.session.completed", se.checkout("carol", cus["id"], sub["id"]),
                                      now - 120))
         await deliver(gate, se.event("invoice.payment_failed", se.invoice("open", sub_id=sub["id"], customer=cus["id"],
                                                                           inv_id="in_e2e_failed"), now - 60))
+        past_due = se.event("customer.subscription.updated", {**sub, "status": "past_due"}, now - 60)
+        past_due["data"]["previous_attributes"] = {"status": "active"}
+        await deliver(gate, past_due)
         assert (await view(gate, "carol"))["status"] == "billing_problem"
 
         assert await reconcile(gate) == 1
@@ -261,7 +265,7 @@ class TestReconciliationAgainstLocalstripe:
         assert rows == [("customer.subscription.updated", "applied")]
         # Asked again, Stripe says the same: nothing moves, nothing more is recorded.
         assert await reconcile(gate) == 0
-        assert len(q(gate.database, "SELECT 1 FROM subscription_events WHERE subject = 'carol'")) == 3
+        assert len(q(gate.database, "SELECT 1 FROM subscription_events WHERE subject = 'carol'")) == 4
 
     async def test_a_subscription_ended_at_stripe_cancels_a_doubtful_subject(self, stripe_gate, ls):
         gate = await stripe_gate(hooked=False)

@@ -345,3 +345,10 @@ steps:
     expect: {status: subscribed, credits: 0}
 """)
         assert result.passed, result.failure
+
+
+def test_a_stripe_steps_previous_attributes_must_be_a_mapping(shipped):
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario('name: x\nstart: "2026-01-05T09:00:00Z"\nsteps:\n  - stripe: customer.subscription.updated\n'
+                       '    object: {status: active}\n    previous_attributes: past_due\n', "s.yaml", shipped)
+    assert "s.yaml:6:26: previous_attributes: a mapping of the fields that changed" in str(caught.value)

@@ -14,7 +14,7 @@ class TestPublicNames:
             "check_file", "check_plan", "check_text", "diff_plans", "explain_stranded", "format_duration", "load_plan",
             "parse_duration", "stranded", "version_of",
             "ADMIN_PRIORITY", "PERIOD_PRIORITY", "TIER_FEATURES", "Anchoring", "Area", "How", "OnCancel",
-            "YamlDocument", "compile_conditions", "explain_plan", "is_known_event", "parse_yaml", "read_plan_text",
+            "YamlDocument", "PREVIOUS", "compile_conditions", "explain_plan", "is_known_event", "parse_yaml", "read_plan_text",
         ]
 
     def test_every_public_name_exists(self):

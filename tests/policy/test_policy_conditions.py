@@ -116,6 +116,31 @@ class TestLintKnowsStripesFields:
         assert plan("{'items.data[].price.id': price_x}", "customer.subscription.updated").findings == ()
         assert plan("{status: active}", "customer.subscription.updated").findings == ()
 
+    def test_previous_attributes_are_checked_as_the_object_s_fields_on_updated_events_only(self):
+        assert plan("{previous_attributes.status: past_due}", "customer.subscription.updated").findings == ()
+        for when, event, code, says in [
+                ("{previous_attributes.status: payed}", "customer.subscription.updated", "wrong-value-type",
+                 "'payed' is not a value Stripe gives this field"),
+                ("{previous_attributes.stauts: active}", "customer.subscription.updated", "unknown-field",
+                 "did you mean status"),
+                ("{previous_attributes: x}", "customer.subscription.updated", "unknown-field",
+                 "name a field of previous_attributes"),
+                ("{previous_attributes.status: open}", "invoice.paid", "unknown-field",
+                 "only with *.updated events, never with invoice.paid")]:
+            (finding,) = plan(when, event).findings
+            assert (finding.code, finding.location.line) == (code, 13) and says in finding.message, finding.message
+
+    def test_previous_attributes_are_read_from_the_event_not_its_object(self):
+        from plangate.engine import StripeEvent
+        (t, _) = plan("{status: active, previous_attributes.status: [past_due, unpaid]}",
+                      "customer.subscription.updated").plan.transitions
+        matches = compile_all(t.conditions)
+        active = {"object": "subscription", "status": "active"}
+        assert matches(StripeEvent("customer.subscription.updated", active, previous={"status": "past_due"}).matched())
+        assert not matches(StripeEvent("customer.subscription.updated", active,
+                                       previous={"metadata": {}}).matched())
+        assert not matches(StripeEvent("customer.subscription.updated", active).matched())
+
     def test_an_event_stripe_names_no_object_for_is_not_checked(self):
         checked = check_text(BASE.format(event="customer.subscription.updated", when="{status: active}")
                              .replace("stripe:customer.subscription.updated", "stripe:ping"), "p.yaml")

@@ -100,3 +100,39 @@ async def test_a_run_ends_when_stripe_answers_for_no_one(start_gate, database, f
     assert await reconcile(gate) == 0 and fake.subscriptions_asked == 3
     fake.failing = 0
     assert await reconcile(gate) == 5
+
+
+async def test_stripes_active_subscription_is_no_payment_unless_the_subject_knew_it_otherwise(start_gate, database,
+                                                                                              fake):
+    """The trial's timer ran out into billing_problem while Stripe's subscription said `active` (the first charge
+    late). Stripe still says `active` (a cancellation at the period's end is all that changed): that is news,
+    folded, but no payment, so the subject stays in billing_problem. Before, any replay saying `active` made it
+    paid. A subject that knew the subscription past_due is made paid by the same replay (the recovery of a lost
+    invoice.paid): the replay carries the status it knew as the previous one."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url, PLANGATE_RECONCILE_AFTER="60")
+    now = time.time()
+    trial_end = now - 5 * DAY
+    for n, subject in enumerate(("lena", "paul")):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        trialing = {**se.subscription("trialing", subject, **ids), "trial_end": int(trial_end)}
+        await deliver(gate, se.event("customer.subscription.created", trialing, trial_end - 7 * DAY))
+        turned = se.event("customer.subscription.updated", {**trialing, "status": "active"}, trial_end)
+        turned["data"]["previous_attributes"] = {"status": "trialing"}
+        await deliver(gate, turned)
+    late = se.event("customer.subscription.updated", {**se.subscription("past_due", "paul", sub_id="sub_1",
+                                                                        customer="cus_1")}, trial_end + 3600)
+    late["data"]["previous_attributes"] = {"status": "active"}
+    await deliver(gate, late)
+    assert (await gate.post("/v1/jobs/sweep"))[0] == 200
+    assert [await status_of(gate, s) for s in ("lena", "paul")] == ["billing_problem", "billing_problem"]
+
+    for n, subject in enumerate(("lena", "paul")):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        fake.subscriptions[ids["sub_id"]] = {**se.subscription("active", subject, **ids), "trial_end": int(trial_end),
+                                             "cancel_at_period_end": True, "cancel_at": int(now + 20 * DAY)}
+    core = gate.app[GATE]
+    real = core.clock
+    core.clock = lambda: real() + DAY
+    assert await reconcile(gate) == 1
+    assert [await status_of(gate, s) for s in ("lena", "paul")] == ["billing_problem", "paid"]

@@ -203,16 +203,19 @@ class TestExactlyOnce:
 
 
 def lifecycle(n: int, start: float) -> list[dict]:
-    """Checkout into the trial, the trial turning paid, a renewal failing, and recovering."""
+    """Checkout into the trial, the trial turning paid, a renewal failing, and recovering (the subscription
+    active again after past_due, as Stripe's previous_attributes say)."""
     cus, sub, who = f"cus_{n}", f"sub_{n}", f"user{n}"
+    recovered = se.event("customer.subscription.updated", se.subscription("active", who, sub_id=sub, customer=cus),
+                         start + 4)
+    recovered["data"]["previous_attributes"] = {"status": "past_due"}
     return [
         se.event("checkout.session.completed", se.checkout(who, cus, sub), start),
         se.event("customer.subscription.created", se.subscription("trialing", who, sub_id=sub, customer=cus),
                  start + 1),
         se.event("invoice.paid", se.invoice("paid", sub_id=sub, customer=cus, inv_id=f"in_{n}a"), start + 2),
         se.event("invoice.payment_failed", se.invoice("open", sub_id=sub, customer=cus, inv_id=f"in_{n}b"), start + 3),
-        se.event("customer.subscription.updated", se.subscription("active", who, sub_id=sub, customer=cus),
-                 start + 4),
+        recovered,
     ]
 
 

@@ -482,6 +482,47 @@ def trial_charge_late() -> Life:
     return life
 
 
+def trial_send_invoice() -> Life:
+    life = Life("trial-send-invoice", "ines", "a trial billed by invoice: due in 14 days, paid on the fifth",
+                "A subscription made through the API (Checkout only charges automatically) with collection_method "
+                "send_invoice (days_until_due 14) and no card: at trial_end Stripe turns it active and an hour "
+                "later finalizes the first invoice and emails it (invoice.sent), due in 14 days; nothing is "
+                "charged. The customer pays it by bank transfer five days later.")
+    trial_end = life.start_trial(T0, card=False)
+    terms = {"collection_method": "send_invoice", "days_until_due": 14,
+             "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}}}
+    life.sub.update(terms)
+    life.events = [(e, x) for e, x in life.events if e["type"] != "checkout.session.completed"]
+    for event, _ in life.events:        # the subscription and its invoices say so from the start
+        obj = event["data"]["object"]
+        if obj.get("object") == "subscription":
+            obj.update(terms)
+        elif obj.get("object") == "invoice":
+            obj["collection_method"] = "send_invoice"
+    sub = life.period(trial_end, trial_end + MONTH)
+    due = trial_end + H + 14 * D
+    inv = {**life.invoice(trial_end, "draft", 2000, "subscription_cycle", trial_end, trial_end + MONTH),
+           "collection_method": "send_invoice", "auto_advance": True}
+    sub["latest_invoice"], sub["status"] = inv["id"], "active"
+    previous = {"items": life.sub["items"], "latest_invoice": life.sub["latest_invoice"], "status": "trialing"}
+    life.sub = sub
+    life.send("customer.subscription.updated", sub, trial_end, previous=previous,
+              expect={"status": "paid", "moved": True})
+    life.send("invoice.created", inv, trial_end)
+    sent = trial_end + H
+    open_inv = {**inv, "status": "open", "due_date": int(due), "effective_at": int(sent),
+                "number": f"{life.tag[:8].upper()}-{inv['id'][-4:]}",
+                "status_transitions": {**inv["status_transitions"], "finalized_at": int(sent)}}
+    life.send("invoice.finalized", open_inv, sent)
+    life.send("invoice.sent", open_inv, sent, expect={"status": "paid", "moved": False})
+    paid_at = trial_end + 5 * D
+    paid = {**life.paid_invoice(open_inv, paid_at, attempts=0), "attempted": False}
+    life.send("invoice.paid", paid, paid_at, expect={"status": "paid", "moved": False})
+    life.send("invoice.payment_succeeded", paid, paid_at)
+    life.ends(due + D, "paid")
+    return life
+
+
 def trial_paused_resumed() -> Life:
     life = Life("trial-paused-resumed", "pia", "a trial without a card pauses at its end, and resumes once paid",
                 "Checkout without a card (payment_method_collection if_required) and "
@@ -762,7 +803,7 @@ def resubscribe_during_dunning() -> Life:
     return life
 
 
-LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_paused_resumed, smart_retries_recover, retries_exhausted_canceled,
+LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_send_invoice, trial_paused_resumed, smart_retries_recover, retries_exhausted_canceled,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
               upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
               abandoned_second_subscription)

@@ -52,11 +52,13 @@ class StripeApi:
         return self._client
 
     async def subscription(self, subscription_id: str) -> dict | None:
-        """The subscription as Stripe has it now; None when Stripe does not know it (logged); StripeUnavailable
-        when Stripe did not answer (a refused key raises as it is: no subject can be asked about)."""
+        """The subscription as Stripe has it now, its latest invoice expanded (the object, not its id); None when
+        Stripe does not know it (logged); StripeUnavailable when Stripe did not answer (a refused key raises as it
+        is: no subject can be asked about)."""
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
-                sub = await self._stripe().v1.subscriptions.retrieve_async(subscription_id)
+                sub = await self._stripe().v1.subscriptions.retrieve_async(subscription_id,
+                                                                          {"expand": ["latest_invoice"]})
         except stripe.InvalidRequestError as exc:
             log(logging.WARNING, "reconcile_skipped", subscription=subscription_id, error=str(exc.user_message))
             return None

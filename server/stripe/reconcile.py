@@ -1,5 +1,6 @@
 """Reconciliation: ask Stripe's API about doubtful subjects (in grace or a billing problem, or not confirmed for a
-while) and fold what their subscription says now, as the event that would have told us."""
+while) and fold what their subscription says now, as the event that would have told us, then its latest invoice
+when it is paid (a payment whose invoice.paid was lost: the subscription alone may not show it)."""
 from __future__ import annotations
 
 import json
@@ -65,17 +66,30 @@ class Reconciler:
             in_a_row = 0
             if sub is None:
                 continue
-            event = _synthetic(sub, now, stored.state.subscriptions)
-            data: dict = {"object": sub}
-            if event.previous is not None:
-                data["previous_attributes"] = event.previous
-            received = await self.ingest.receive(event, json.dumps(
-                {"id": event.id, "type": event.type, "created": event.created, "data": data}), record_noop=False)
-            changed += received.outcome == "applied"
+            invoice = sub.get("latest_invoice")
+            if isinstance(invoice, dict):
+                sub = {**sub, "latest_invoice": invoice.get("id")}      # as an event carries it
+            applied = await self._fold(_synthetic(sub, now, stored.state.subscriptions), record_noop=False)
+            paid = _paid(invoice) if not applied and sub.get("status") not in ENDED else None
+            if paid is not None:
+                # The subscription alone changed nothing: its latest invoice, paid, may. Folded where it happened,
+                # as its late webhook would be (an admin's decision made since stands), and recorded, so once per
+                # invoice (a later failure of the subscription is a newer invoice).
+                applied |= await self._fold(paid, record_noop=True)
+            changed += applied
         if unanswered > 1:
             log(logging.WARNING, "reconcile_unanswered", subjects=unanswered, why="Stripe did not answer for "
                 "them (or refused the key): asked again at the next run")
         return changed
+
+    async def _fold(self, event: StripeEvent, *, record_noop: bool) -> bool:
+        """The made-up event folded as a delivered one would be; whether it was applied."""
+        data: dict = {"object": event.object}
+        if event.previous is not None:
+            data["previous_attributes"] = event.previous
+        received = await self.ingest.receive(event, json.dumps(
+            {"id": event.id, "type": event.type, "created": event.created, "data": data}), record_noop=record_noop)
+        return received.outcome == "applied"
 
 
 def _synthetic(sub: dict, now: float, known: tuple[Subscription, ...]) -> StripeEvent:
@@ -87,3 +101,13 @@ def _synthetic(sub: dict, now: float, known: tuple[Subscription, ...]) -> Stripe
     was = next((s.status for s in known if s.id == sub.get("id")), None)
     previous = {"status": was} if was is not None and was != sub.get("status") else None
     return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", now, previous)
+
+
+def _paid(invoice) -> StripeEvent | None:
+    """The subscription's latest invoice, when it is paid, as the invoice.paid event Stripe sent when it was."""
+    if not isinstance(invoice, dict) or invoice.get("status") != "paid":
+        return None
+    paid_at = (invoice.get("status_transitions") or {}).get("paid_at")
+    if not isinstance(paid_at, int) or isinstance(paid_at, bool):
+        return None
+    return StripeEvent("invoice.paid", invoice, f"reconcile_{invoice.get('id')}", paid_at)

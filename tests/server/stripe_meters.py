@@ -22,6 +22,7 @@ class FakeStripe:
     customers: set[str] = field(default_factory=set)
     line_items: dict[str, list[dict]] = field(default_factory=dict)    # session id -> its lines
     subscriptions: dict[str, dict] = field(default_factory=dict)       # subscription id -> the object now
+    invoices: dict[str, dict] = field(default_factory=dict)            # invoice id -> the object (to expand)
     payments: dict[str, dict] = field(default_factory=dict)            # charge or payment intent id -> the object
     events: list[dict] = field(default_factory=list)                   # meter events accepted
     requests: list[tuple[str, dict]] = field(default_factory=list)     # (path, form) of every meter event POST
@@ -122,6 +123,9 @@ class FakeStripe:
         if found is None:
             return _error(404, "invalid_request_error",
                           f"No such subscription: '{request.match_info['subscription']}'", "resource_missing")
+        expand = [v for k, v in request.query.items() if k.startswith("expand")]
+        if "latest_invoice" in expand and found.get("latest_invoice") in self.invoices:
+            found = {**found, "latest_invoice": self.invoices[found["latest_invoice"]]}
         return web.json_response(found)
 
     async def payment(self, request: web.Request) -> web.Response:

@@ -136,3 +136,58 @@ async def test_stripes_active_subscription_is_no_payment_unless_the_subject_knew
     core.clock = lambda: real() + DAY
     assert await reconcile(gate) == 1
     assert [await status_of(gate, s) for s in ("lena", "paul")] == ["billing_problem", "paid"]
+
+
+async def test_a_paid_latest_invoice_recovers_a_subject_whose_invoice_paid_was_lost(start_gate, database, fake):
+    """billing_problem entered by the trial's timer while Stripe said `active` (the first charge late); the charge
+    then went through and its invoice.paid was lost. Stripe's subscription still says `active`, which proves no
+    payment; its latest invoice, paid, does, and is folded as the invoice.paid that would have told us. A subject
+    whose latest invoice is still open stays where it is."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url, PLANGATE_RECONCILE_AFTER="60")
+    now = time.time()
+    trial_end = now - 5 * DAY
+    for n, subject in enumerate(("lena", "paul")):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        trialing = {**se.subscription("trialing", subject, **ids), "trial_end": int(trial_end)}
+        await deliver(gate, se.event("customer.subscription.created", trialing, trial_end - 7 * DAY))
+        turned = se.event("customer.subscription.updated", {**trialing, "status": "active"}, trial_end)
+        turned["data"]["previous_attributes"] = {"status": "trialing"}
+        await deliver(gate, turned)
+    assert (await gate.post("/v1/jobs/sweep"))[0] == 200
+    assert [await status_of(gate, s) for s in ("lena", "paul")] == ["billing_problem", "billing_problem"]
+
+    for n, (subject, invoice) in enumerate((("lena", "paid"), ("paul", "open"))):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        fake.invoices[f"in_{n}"] = {**se.invoice(invoice, inv_id=f"in_{n}", **ids), "billing_reason": "subscription_cycle",
+                                    "status_transitions": {"paid_at": int(now - DAY) if invoice == "paid" else None}}
+        fake.subscriptions[ids["sub_id"]] = {**se.subscription("active", subject, **ids), "trial_end": int(trial_end),
+                                             "latest_invoice": f"in_{n}"}
+    core = gate.app[GATE]
+    real = core.clock
+    core.clock = lambda: real() + DAY
+    assert await reconcile(gate) == 1
+    assert [await status_of(gate, s) for s in ("lena", "paul")] == ["paid", "billing_problem"]
+    _, view = await gate.get("/v1/subjects/lena")
+    assert view["transitions"][0]["trigger"] == "stripe:invoice.paid"
+    core.clock = lambda: real() + 2 * DAY
+    assert await reconcile(gate) == 0           # paul's invoice still open; lena no longer doubtful
+
+
+async def test_a_paid_invoice_older_than_an_admins_decision_does_not_undo_it(start_gate, database, fake):
+    """The latest invoice is folded where it was paid: an admin who moved the subject to billing_problem since
+    (the payment was reversed by other means) is not overruled by reconciliation."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url, PLANGATE_RECONCILE_AFTER="60")
+    now = time.time()
+    await deliver(gate, se.event("customer.subscription.created", se.subscription("active", "mona"), now - 6 * DAY))
+    fake.invoices["in_1"] = {**se.invoice("paid"), "billing_reason": "subscription_cycle",
+                             "status_transitions": {"paid_at": int(now - 2 * DAY)}}
+    fake.subscriptions["sub_1"] = {**se.subscription("active", "mona"), "latest_invoice": "in_1"}
+    status, _ = await gate.post("/v1/subjects/mona/transition", {"to": "billing_problem", "reason": "bank reversal"})
+    assert status == 200
+    core = gate.app[GATE]
+    real = core.clock
+    core.clock = lambda: real() + DAY
+    assert await reconcile(gate) == 0
+    assert await status_of(gate, "mona") == "billing_problem"

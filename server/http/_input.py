@@ -82,6 +82,11 @@ async def json_object(request: web.Request, allowed: set[str]) -> dict:
         raise BadRequest(400, "invalid_json", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_json", "the body must be a JSON object")
+    try:
+        _json.check_unique(raw, body)
+    except _json.NamedTwice as exc:
+        raise BadRequest(400, "duplicate_field", f"the body names {exc.name[:64]!r} twice in one object: which one "
+                                                 "counts would be a guess; send each field once") from None
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise BadRequest(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}; "

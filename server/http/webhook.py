@@ -86,9 +86,12 @@ def _not_json(name: str):
 
 def _event(text: str) -> tuple[StripeEvent, str]:
     try:
-        body = json.loads(text, parse_int=_int64, parse_constant=_not_json)
+        body = json.loads(text, parse_int=_int64, parse_constant=_not_json, object_pairs_hook=_json.unique_object)
     except _Unstorable as exc:
         raise BadRequest(400, "invalid_event", f"the signed body holds {exc}; nothing was written") from None
+    except _json.NamedTwice as exc:     # Stripe never sends one: which one counts would be the parser's choice
+        raise BadRequest(400, "invalid_event", f"the signed body names {exc.name[:64]!r} twice in one object: no "
+                                               "Stripe event does; nothing was written") from None
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
     created: Any = body.get("created") if isinstance(body, dict) else None

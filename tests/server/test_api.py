@@ -296,6 +296,11 @@ BAD_BODIES = [
     (b'{"subject": "u", "meter": "requests", "amount": 100000000000}', 400, "invalid_field"),
     (b'{"subject": "u", "meter": "tokens", "amount": 1}', 422, "unknown_meter"),
     (b'{"subject": "u", "meter": "requests", "colour": "red"}', 400, "unknown_field"),
+    # A field named twice: which one counts would be the parser's choice, so neither does.
+    (b'{"subject":"u","meter":"requests","amount":1,"amount":1000}', 400, "duplicate_field"),
+    (b'{"subject":"u","meter":"requests","amount":1000,"amount":1}', 400, "duplicate_field"),
+    (b'{"subject": "u", "meter" : "requests", "meter":"requests"}', 400, "duplicate_field"),
+    (b'{"subject": "a,b", "subject": "c", "meter": "requests"}', 400, "duplicate_field"),
 ]
 
 
@@ -308,6 +313,21 @@ class TestBadInput:
         assert isinstance(body["message"], str) and body["message"]
         assert rows(gate.database, "SELECT * FROM subscriptions") == []
         assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+    async def test_a_field_named_twice_is_named_in_the_answer(self, gate):
+        status, body = await gate.post("/v1/consume", raw=b'{"subject": "u", "amount": 1, "meter": "requests", '
+                                                          b'"amount": 1000}')
+        assert (status, body["error"]) == (400, "duplicate_field") and "'amount'" in body["message"]
+        assert rows(gate.database, "SELECT * FROM quota_usage") == []
+
+    async def test_a_trait_named_twice_is_refused_and_nothing_written(self, gate):
+        raw = b'{"traits": {"members": 1, "members": 40}, "reason": "r"}'
+        status, body = await gate.post("/v1/subjects/u/traits", raw=raw, token=ADMIN_TOKEN)
+        assert (status, body["error"]) == (400, "duplicate_field") and "'members'" in body["message"]
+        assert rows(gate.database, "SELECT * FROM subscriptions") == []
+        status, _ = await gate.post("/v1/subjects/u/traits", raw=raw.replace(b'"members": 1, ', b""),
+                                    token=ADMIN_TOKEN)
+        assert status == 200
 
     async def test_body_over_the_limit(self, gate):
         raw = b'{"subject": "' + b"a" * 20_000 + b'", "meter": "requests"}'

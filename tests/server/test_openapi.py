@@ -342,6 +342,7 @@ BAD_RAW = [
     (b'{"subject": "u", "meter": "requests", "amount": NaN}', 400, "invalid_field"),
     (b'{"subject": "u", "meter": "requests", "amount": 1.0}', 400, "invalid_field"),
     (b'{"subject": "u", "meter": "tokens"}', 422, "unknown_meter"),
+    (b'{"subject": "u", "meter": "requests", "amount": 1, "amount": 1000}', 400, "duplicate_field"),
     (TOO_LARGE, 413, "body_too_large"),
 ]
 

@@ -102,6 +102,21 @@ class TestSignatures:
         status, answer = await deliver(hook, {}, raw=raw, header=header)
         assert status == 400 and answer["error"] in ("invalid_event", "signature_invalid")
 
+    @pytest.mark.parametrize("name", ["type", "client_reference_id"])
+    async def test_a_signed_body_naming_a_field_twice_is_400_and_writes_nothing(self, hook, name):
+        """Stripe never sends one; which of the two counts would be the parser's choice, so neither does."""
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        body = se.encode(evt)
+        twice = {"type": b'"type": "customer.created", "type"',
+                 "client_reference_id": b'"client_reference_id": "mallory", "client_reference_id"'}[name]
+        raw = body.replace(b'"' + name.encode() + b'"', twice, 1)
+        assert raw != body and json.loads(raw) == evt     # the last one is what a parser would take
+        status, answer = await deliver(hook, {}, raw=raw, header=se.sign(raw))
+        assert (status, answer["error"]) == (400, "invalid_event") and f"'{name}'" in answer["message"]
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+        assert await status_of(hook, "alice") == "limited_free_trial"
+        assert (await deliver(hook, evt))[0] == 200
+
     async def test_a_body_not_in_the_content_encoding_it_names_is_400(self, hook):
         evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
         status, answer = await deliver(hook, evt, headers={"Content-Encoding": "gzip"})

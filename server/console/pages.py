@@ -46,6 +46,9 @@ def _cookie(response: web.StreamResponse, request: web.Request, name: str, value
 async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
     if request.content_length is None or request.content_length > limit:
         raise _refused(413, f"The form must say its length and be at most {limit} bytes.")
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # No browser compresses a form; the app decodes no body it is not asked to (_input.decoded).
+        raise _refused(415, "The form must be sent as it is, without a Content-Encoding.")
     try:
         if request.content.is_eof():
             form = await request.post()

@@ -42,7 +42,9 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
     gate = Gate(config, table, store, metrics)
     # The webhook may carry large events; /v1/ bodies are held to max_body_bytes in _input.
     client_max_size = max(config.max_body_bytes, config.webhook_max_bytes)
-    app = web.Application(client_max_size=client_max_size)
+    # Bodies are decoded by the routes that read them (_input.decoded), so that a Content-Encoding the gate
+    # does not take is answered in JSON like any bad input.
+    app = web.Application(client_max_size=client_max_size, handler_args={"auto_decompress": False})
     app[api.GATE] = gate
     app[MAX_BODY] = config.max_body_bytes
     personal = PersonalData(gate)
@@ -182,12 +184,10 @@ def _guarded(handler, route: str, scope, guard: _Guard):
             message = exc.text if exc.status != 413 else too_large
             return _error(exc.status, code, message or exc.reason, request_id)
         except web.RequestPayloadError:
-            # A body that could not be read (not in the Content-Encoding it names, or cut short): the caller's
-            # to fix. The rest of it cannot be told from a next request: the connection closes after the answer.
+            # A body that could not be read (its chunks malformed or cut short): the caller's to fix. The rest
+            # of it cannot be told from a next request: the connection closes after the answer.
             rejected.labels("invalid_body").inc()
-            encoding = request.headers.get("Content-Encoding", "")[:40]
-            why = f"decoded as its Content-Encoding ({encoding}) says" if encoding else "read whole"
-            response = _error(400, "invalid_body", f"the body could not be {why}", request_id)
+            response = _error(400, "invalid_body", "the body could not be read whole", request_id)
             response.force_close()
             return response
         except ConnectionResetError:

@@ -13,7 +13,7 @@ from aiohttp import web
 from plangate.engine import AbsurdPurchase, StripeEvent
 
 from . import _json
-from ._input import BODY_TIMEOUT, BadRequest, body_timeout
+from ._input import BODY_TIMEOUT, BadRequest, body_timeout, decoded
 from ..gate import StoreUnavailable
 from ..stripe.api import StripeUnavailable
 from ..stripe.ingest import Ingest
@@ -141,6 +141,7 @@ async def receive(request: web.Request) -> web.Response:
         metrics.webhooks.labels("too_large").inc()
         raise BadRequest(413, "body_too_large", f"the body is larger than {config.webhook_max_bytes} bytes")
     try:
+        payload = decoded(request, payload, config.webhook_max_bytes)
         text = _verify(payload, request.headers.get("Stripe-Signature"), config.webhook_secrets,
                        config.webhook_tolerance)
         event, text = _event(text)

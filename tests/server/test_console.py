@@ -74,6 +74,19 @@ class TestAccess:
                                 headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
             assert r.status == 400 and "UTF-8" in await r.text()
 
+    @pytest.mark.parametrize("encoding", ["br", "gzip", "x-made-up"])
+    async def test_a_form_in_a_content_encoding_is_refused_with_415(self, console, encoding):
+        gate, session = console
+        async with session.get(gate.url + "/console/login") as r:
+            csrf = hidden(await r.text(), "csrf")
+        form = f"csrf={csrf}&label=x&token={ADMIN_TOKEN}".encode()
+        async with session.post(gate.url + "/console/login", data=form, allow_redirects=False,
+                                headers={"Content-Type": "application/x-www-form-urlencoded",
+                                         "Content-Encoding": encoding}) as r:
+            assert r.status == 415 and "Content-Encoding" in await r.text()
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 303      # not logged in
+
     async def test_a_wrong_token_is_refused(self, console):
         gate, session = console
         r = await login(gate.url, session, "not-the-token")

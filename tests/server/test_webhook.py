@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 import sqlite3
@@ -123,6 +124,21 @@ class TestSignatures:
         assert (status, answer["error"]) == (400, "invalid_body")
         assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
         assert (await deliver(hook, evt))[0] == 200     # Stripe's retry, as it is sent: taken
+
+    @pytest.mark.parametrize("encoding", ["br", "zstd", "x-made-up"])
+    async def test_a_content_encoding_the_gate_does_not_take_is_415(self, hook, encoding):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        status, answer = await deliver(hook, evt, headers={"Content-Encoding": encoding})
+        assert (status, answer["error"]) == (415, "unsupported_media_type") and encoding in answer["message"]
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
+        assert (await deliver(hook, evt))[0] == 200
+
+    async def test_a_gzip_event_is_taken(self, hook):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        raw = gzip.compress(se.encode(evt))
+        status, answer = await deliver(hook, evt, raw=raw, header=se.sign(se.encode(evt)),
+                                       headers={"Content-Encoding": "gzip"})
+        assert (status, answer["outcome"]) == (200, "applied")
 
     async def test_body_over_the_limit_is_413(self, start_gate):
         gate = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, PLANGATE_WEBHOOK_MAX_BYTES="2048")

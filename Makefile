@@ -11,8 +11,9 @@ endif
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Settings of `make run`: the environment wins, then config.env, then make run's defaults (var/run.env).
-RUN_ENV := --env-file config.env --env-file var/run.env
+# Settings of `make run`: the environment wins, then config.env (where there is one: a file named with --env-file
+# must exist), then make run's defaults (var/run.env).
+RUN_ENV := $(if $(wildcard config.env),--env-file config.env) --env-file var/run.env
 
 .PHONY: run test lint bench clean
 

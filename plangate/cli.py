@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("migrate", "create the store, or bring its schema up to date")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--env-file", action="append", metavar="FILE",
-                       help="settings file, if it exists (default config.env); several: an earlier one wins over a "
-                            "later one, the environment over all")
+                       help="settings file, which must exist (default: config.env, where it exists; \"\": none); "
+                            "several: an earlier one wins over a later one, the environment over all")
         if name == "serve":
             p.add_argument("--create-store", action="store_true",
                            help="start on a new, empty SQLite store when there is none (default: refuse; "
@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                                       "idempotent; needs PLANGATE_PSEUDONYM_SECRET")
     p.add_argument("subject", metavar="SUBJECT")
     p.add_argument("--actor", default="plangate-erase", help="who asks, for the audit (default %(default)s)")
-    p.add_argument("--env-file", default="config.env", help="settings file, if it exists (default config.env)")
+    p.add_argument("--env-file", metavar="FILE", help="settings file, which must exist (default: config.env, where "
+                                                      "it exists; \"\": none)")
 
     p = sub.add_parser("stripe-simulate", help="send the lifecycle corpus, signed, to a running gate and print its "
                                                "decisions; exit 0 all passed, 1 any failed, 2 on usage or no gate")
@@ -133,7 +134,27 @@ def _impact_on(database: str):
     return impact
 
 
+def _unreadable_env_file(names: list[str]) -> str | None:
+    """Why a settings file named with --env-file cannot be read, or None. Only the default, config.env, may be
+    missing: a named one that is not there (a typo, a path from another machine) would start the gate on the
+    environment alone, as if the file's settings did not matter. "" names no file."""
+    for name in names:
+        if name:
+            try:
+                with open(name, "rb"):
+                    pass
+            except OSError as exc:
+                return f"--env-file {name}: {exc.strerror or exc}"
+    return None
+
+
 def _server_command(args: argparse.Namespace) -> int:
+    named = getattr(args, "env_file", None)
+    problem = _unreadable_env_file([named] if isinstance(named, str) else named or [])
+    if problem:
+        print(f"plangate {args.command}: {problem} (without --env-file, config.env is read where it exists)",
+              file=sys.stderr)
+        return 2
     if args.command == "serve":
         from plangate.server.serve import serve
         return serve(args.env_file or "config.env", args.create_store)
@@ -142,7 +163,7 @@ def _server_command(args: argparse.Namespace) -> int:
         return migrate(args.env_file or "config.env")
     if args.command == "erase":
         from plangate.server.serve import erase
-        return erase(args.env_file, args.subject, args.actor)
+        return erase(args.env_file if args.env_file is not None else "config.env", args.subject, args.actor)
     from plangate.simulate import run
     return run(args)
 

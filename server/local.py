@@ -4,8 +4,9 @@ what to try once it runs.
     python -m plangate.server.local prepare   # var/api-token, var/admin-token, var/webhook-secret, var/run.env
     python -m plangate.server.local hint      # the tokens and commands of the settings in effect
 
-`plangate migrate` and `plangate serve` then read `--env-file config.env --env-file var/run.env`: the environment
-wins over config.env, and config.env over make run's defaults.
+`plangate migrate` and `plangate serve` then read `--env-file config.env --env-file var/run.env` (config.env only
+where there is one: a named file must exist): the environment wins over config.env, and config.env over make run's
+defaults.
 """
 from __future__ import annotations
 

@@ -87,6 +87,17 @@ def test_the_example_copied_as_config_env_leaves_make_runs_defaults_in_effect(ma
     assert (status, decision["reason"]) == (200, "ok")
 
 
+@pytest.mark.parametrize("has_config_env", [True, False])
+def test_make_run_names_config_env_only_where_there_is_one(tmp_path, has_config_env):
+    """plangate refuses an --env-file that is not there; a new user has no config.env."""
+    if has_config_env:
+        (tmp_path / "config.env").write_text("PLANGATE_PORT=9999\n")
+    done = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "-f", "-", "PYTHON=python3", "print"],
+                          input="print:\n\t@echo $(RUN_ENV)\n", cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+    assert done.stdout.split() == ["--env-file", "config.env"] * has_config_env + ["--env-file", "var/run.env"]
+
+
 def fake_bin(folder: Path, runs: dict[str, bool]) -> str:
     """A PATH of `folder` (interpreters that run or not, like a pyenv shim of a version not selected, and a make
     that says what it was asked) and the system's tools, without pyenv."""

@@ -79,6 +79,31 @@ class TestStartupRefusesBadSettings:
         assert warning["where"].startswith(f"{plan}:") and "grace" in warning["message"]
 
 
+class TestEnvFiles:
+    """A settings file named with --env-file must be there: the gate started on the environment alone when a
+    typo named a file that is not, as if its settings did not matter. Without --env-file, config.env is read
+    where it exists."""
+
+    @pytest.mark.parametrize("args", [["serve", "--create-store"], ["migrate"], ["erase", "bob"]])
+    @pytest.mark.parametrize("named", ["prod.env", "folder"])
+    def test_a_file_named_that_is_not_there_is_refused(self, tmp_path, args, named):
+        (tmp_path / "folder").mkdir()
+        (tmp_path / "config.env").write_text("PLANGATE_PORT=0\n")
+        database = tmp_path / "db.sqlite3"
+        env = {**BASE_ENV, "PLANGATE_DATABASE": str(database), "PLANGATE_PORT": "0"}
+        files = ["--env-file", named] if args[0] == "erase" else ["--env-file", "config.env", "--env-file", named]
+        done = subprocess.run([PLANGATE, *args, *files], env={**os.environ, **env}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert f"--env-file {named}: " in done.stderr and "Traceback" not in done.stderr
+        assert '"started"' not in done.stderr and not database.exists()
+
+    def test_without_env_file_a_missing_config_env_is_no_problem(self, tmp_path):
+        done = subprocess.run([PLANGATE, "migrate"], env={**os.environ, "PLANGATE_DATABASE": str(tmp_path / "db")},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+
+
 class TestMigrate:
     def test_migrate_sets_the_schema_version_once(self, tmp_path):
         env = {"PLANGATE_DATABASE": str(tmp_path / "db.sqlite3")}

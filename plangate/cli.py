@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="plans.yaml", metavar="FILE")
 
     p = sub.add_parser("diff", help="what changed between two plans, in plain words; exit 0 when nothing would be "
-                                    "stranded, 1 when stored subjects would be, 2 on usage, I/O or store problems")
+                                    "stranded, 1 when stored subjects would be, 2 when no diff was made (usage, a "
+                                    "plan unreadable or with errors, the store)")
     p.add_argument("old", metavar="OLD", help="the plan deployed now")
     p.add_argument("new", metavar="NEW", help="the plan to deploy")
     p.add_argument("--format", choices=DIFF_FORMATS, default="text")

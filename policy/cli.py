@@ -98,16 +98,16 @@ class ImpactError(Exception):
 def diff(old_file: str, new_file: str, fmt: str = "text", out: TextIO | None = None, err: TextIO | None = None,
          impact=None) -> int:
     """What changed from old to new, and with `impact` (a callable from the PlanDiff to its Impact rows) what it
-    does to stored subjects. Exit 0 when nothing is stranded, 1 when the new plan would strand subjects (or a
-    plan has errors), 2 on usage, I/O or store problems."""
+    does to stored subjects. Exit 0 when nothing is stranded, 1 when the new plan would strand subjects, 2 when
+    no diff could be made (usage, a plan that cannot be read or has errors, the store)."""
     from ._diff import diff as plan_diff
 
     out, err = out or sys.stdout, err or sys.stderr
     plans = []
     for file in (old_file, new_file):
-        plan, code = _checked_plan("diff", file, err)
+        plan, _ = _checked_plan("diff", file, err)
         if plan is None:
-            return code
+            return EXIT_USAGE       # not lint's 1 for error findings: diff's 1 says "would strand subjects"
         plans.append(plan)
     result = plan_diff(*plans)
     if impact is not None:

@@ -259,11 +259,24 @@ class TestCommand:
         assert any(line.startswith(f"::error file={new},line=") and "billing_problem" in line
                    for line in out.splitlines())
 
-    def test_a_plan_with_errors_or_no_file(self, files):
+    def test_a_plan_with_errors_or_no_file_exits_2_not_the_strands_verdict(self, files):
+        """1 says the change would strand subjects (CI's "add the mappings"); a diff that could not be made is 2,
+        whichever plan is broken."""
         old = files("old.yaml", BASE)
-        assert self.run(old, files("bad.yaml", "version: 2\n"))[0] == 1
+        for args in ((old, files("bad.yaml", "version: 2\n")), (files("bad.yaml", "version: 2\n"), old)):
+            code, _, err = self.run(*args)
+            assert code == 2 and "has errors; fix them first" in err
         code, _, err = self.run(old, str(Path(old).with_name("missing.yaml")))
         assert code == 2 and "no such file" in err
+
+    def test_as_a_real_process_each_outcome_has_its_own_code(self, files):
+        old = files("old.yaml", BASE)
+        news = {0: files("new.yaml", lowered_pro("at_renewal")), 1: files("strands.yaml", edited(*WITHOUT_BILLING_PROBLEM)),
+                2: files("bad.yaml", "version: 2\n")}
+        for expected, new in news.items():
+            done = subprocess.run([sys.executable, "-m", "plangate", "diff", old, new], capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == expected, (new, done.stderr)
 
     def test_an_impact_that_fails_exits_2(self, files):
         from plangate.policy.cli import ImpactError

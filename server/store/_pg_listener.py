@@ -52,6 +52,7 @@ class Listener:
 
     async def _run(self) -> None:
         pause, lost_at = 0.1, None      # lost_at: when the listener went, while it is away (said once each way)
+        listened = False                # it has been listening: a failure loses it, rather than finds it unavailable
         while True:
             lost = asyncio.Event()
             conn = None
@@ -68,8 +69,13 @@ class Listener:
                     self.on_plan(None)
                 self.connected.set()
                 if lost_at is not None:
-                    log(logging.INFO, "pg_listener_back", away_seconds=round(time.monotonic() - lost_at, 1))
+                    waited = round(time.monotonic() - lost_at, 1)
+                    if listened:
+                        log(logging.INFO, "pg_listener_back", away_seconds=waited)
+                    else:
+                        log(logging.INFO, "pg_listener_connected", waited_seconds=waited)
                     lost_at = None
+                listened = True
                 pause = 0.1
                 while not lost.is_set():
                     try:
@@ -88,8 +94,13 @@ class Listener:
                     with contextlib.suppress(*_ERRORS, asyncio.CancelledError):
                         conn.terminate()
             if lost_at is None:
-                log(logging.WARNING, "pg_listener_lost", error=error, why="changes made on other nodes are not "
-                    "heard: this node drops its cache and reconnects the listener")
+                if listened:
+                    log(logging.WARNING, "pg_listener_lost", error=error, why="changes made on other nodes are not "
+                        "heard: this node drops its cache and reconnects the listener")
+                else:           # its first connect failed: nothing was heard yet, so nothing was lost
+                    log(logging.WARNING, "pg_listener_unavailable", error=error, why="the listener could not "
+                        "connect: changes made on other nodes are not heard until it does; this node drops its "
+                        "cache at each try and keeps trying")
                 lost_at = time.monotonic()
             self.on_reset()
             await asyncio.sleep(pause)

@@ -15,6 +15,7 @@ from plangate.engine import SubjectState, compile_file
 from plangate.server.gate import Gate
 from plangate.server.metrics import Metrics
 from plangate.server.store import StoredSubject, open_store
+from plangate.server.store._pg_listener import Listener
 from plangate.server.store._postgres import PostgresStore
 from tests import postgres
 
@@ -250,6 +251,28 @@ class TestChecksFromPushedUsage:
             await store.close()
         assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("pg_listener")] == \
             ["pg_listener_lost", "pg_listener_back"]        # stopping it is no loss
+
+    async def test_a_listener_that_never_connected_is_said_unavailable_not_lost(self, pg_dsn, caplog):
+        """A first connect that fails lost nothing (nothing was listening): the log says the listener is not
+        available yet, then that it connected, and keeps "lost" and "back" for a listener that was there."""
+        caplog.set_level(logging.INFO, logger="plangate")
+        dsn = postgres.with_database(pg_dsn, f"plangate_test_later_{time.monotonic_ns()}")
+        listener = Listener(dsn, lambda s: None, lambda: None, connect_timeout=2.0)
+        events = lambda: [r.getMessage() for r in caplog.records if r.getMessage().startswith("pg_listener")]  # noqa: E731
+        listener.start()
+        try:
+            async def said() -> bool:
+                return bool(events())
+            assert await postgres.await_until(said, timeout=10)
+            [record] = [r for r in caplog.records if r.getMessage().startswith("pg_listener")]
+            assert (record.getMessage(), record.levelname) == ("pg_listener_unavailable", "WARNING")
+            assert not listener.connected.is_set()
+            await postgres._admin(f'CREATE DATABASE "{dsn.rsplit("/", 1)[-1]}"', pg_dsn)
+            await asyncio.wait_for(listener.connected.wait(), 15)
+            assert events() == ["pg_listener_unavailable", "pg_listener_connected"]
+        finally:
+            await listener.stop()
+            await postgres.drop_database(dsn)
 
     async def test_without_pushed_usage_every_check_reads_the_database(self, pg_dsn):
         store = open_store(pg_dsn, push_usage=False)

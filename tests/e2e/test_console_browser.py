@@ -13,7 +13,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.server.conftest import ADMIN_TOKEN, BASE_ENV, ROOT, TOKEN, GateProcess
@@ -88,8 +87,22 @@ def submit(driver, element) -> None:
         element.submit()
     else:
         element.click()
-    WebDriverWait(driver, 10).until(EC.staleness_of(old))
+    WebDriverWait(driver, 10).until(lambda _: _gone(old))
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def _gone(element) -> bool:
+    """Has the page that held `element` been replaced? Asked while the browser swaps documents, chromedriver may
+    answer "does not belong to the document" instead of a stale element: that is gone too."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def shows(driver, text: str) -> bool:

@@ -550,6 +550,37 @@ def trial_paused_resumed() -> Life:
     return life
 
 
+def trial_paused_resume_declined() -> Life:
+    life = Life("trial-paused-resume-declined", "pablo",
+                "a paused trial resumes and its first charge is declined in the same second: grace_period",
+                "The trial pauses at its end without a card; five days later the customer adds a card that is "
+                "declined: Stripe resumes the subscription (paused -> active) and, its resumption invoice declined, "
+                "turns it past_due within the same second. The two updates tie in `created`; their "
+                "previous_attributes.status says which came first.")
+    trial_end = life.start_trial(T0, card=False)
+    life.status(trial_end, "paused", status_details={"paused": {"subscription": {
+        "type": "trial_end_without_payment_method"}}})
+    life.send("customer.subscription.paused", life.sub, trial_end, expect={"status": "paused"})
+    back = trial_end + 5 * D
+    life.send("payment_method.attached", life.payment_method(back, last4="0002"), back)
+    life.send("customer.updated", life.customer_obj(T0, life.pm), back,
+              previous={"invoice_settings": {"default_payment_method": None}})
+    resume = back + 60
+    inv = life.invoice(resume, "open", 2000, "subscription_update", resume, resume + MONTH)
+    life.send("invoice.created", {**inv, "status": "draft"}, resume)
+    life.declined(resume, inv, 1, resume + 2 * D, expect={"status": "paused", "moved": False})
+    sub = life.period(resume, resume + MONTH)
+    sub.update(status="active", status_details=None, latest_invoice=inv["id"], billing_cycle_anchor=int(resume),
+               default_payment_method=life.pm)
+    previous = {"status": "paused", "status_details": life.sub["status_details"], "items": life.sub["items"]}
+    life.sub = sub
+    life.send("customer.subscription.updated", sub, resume, previous=previous, expect={"status": "paid"})
+    life.send("customer.subscription.resumed", sub, resume, expect={"status": "paid"})
+    life.status(resume, "past_due", expect={"status": "grace_period"})
+    life.ends(resume + H, "grace_period")
+    return life
+
+
 def smart_retries_recover() -> Life:
     life = Life("smart-retries-recover", "sam", "a declined renewal is recovered by a Smart Retry within grace",
                 "A paid subscription's renewal is declined; the subscription goes past_due; two days later a Smart "
@@ -803,7 +834,8 @@ def resubscribe_during_dunning() -> Life:
     return life
 
 
-LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_send_invoice, trial_paused_resumed, smart_retries_recover, retries_exhausted_canceled,
+LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_send_invoice, trial_paused_resumed,
+              trial_paused_resume_declined, smart_retries_recover, retries_exhausted_canceled,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
               upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
               abandoned_second_subscription)

@@ -4,10 +4,14 @@ Stripe does not order deliveries, so the state a subject ends in is defined as t
 events sorted by `created` (ties broken by where the event sits in a subscription's life, then by
 id), with due timers firing at their deadlines between events. An event that arrives in order is
 one step of the fold; one that arrives late makes the fold run again from before it.
+
+Stripe's ids are not ordered: updates of one subscription in one second (a resumption, and its payment
+declined at once) are folded in the order their previous_attributes.status chain says, from the status the
+subscription had before them; where no chain decides (no previous status, or two that fit), by id.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._state import SubjectState
@@ -27,11 +31,40 @@ _LIFE_ORDER = {
     "customer.subscription.updated": 6,
     "customer.subscription.deleted": 9,
 }
+_UPDATED = "customer.subscription.updated"
 MAX_TIMER_CHAIN = 32
 
 
 def event_order(event: StripeEvent) -> tuple:
     return (event.created, _LIFE_ORDER.get(event.type, 7), event.id)
+
+
+def tie_group(event: StripeEvent) -> tuple[float, str] | None:
+    """(created, subscription) of an update: the updates of one subscription in one second, which the fold
+    orders by their chain (see the module); None for any other event."""
+    if event.type != _UPDATED:
+        return None
+    ident = event.object.get("id") if isinstance(event.object, Mapping) else None
+    return (event.created, ident) if isinstance(ident, str) else None
+
+
+def _chained(events: list[StripeEvent], i: int, state: SubjectState) -> int:
+    """Which of events[i:] to fold at i: the update of events[i]'s tie group whose previous status is the
+    status its subscription has in `state`, when exactly one is; else events[i] itself."""
+    group = tie_group(events[i])
+    if group is None:
+        return i
+    mates = []
+    for k in range(i, len(events)):
+        if events[k].created != group[0]:
+            break
+        if tie_group(events[k]) == group:
+            mates.append(k)
+    if len(mates) < 2:
+        return i
+    status = next((s.status for s in state.subscriptions if s.id == group[1]), None)
+    chained = [k for k in mates if status is not None and events[k].previous_status == status]
+    return chained[0] if len(chained) == 1 else i
 
 
 def advance(table: StateTable, state: SubjectState, until: float) -> tuple[SubjectState, list[Outcome]]:
@@ -58,10 +91,16 @@ class Step:
 
 
 def replay(table: StateTable, base: SubjectState, events: Iterable[StripeEvent]) -> tuple[SubjectState, list[Step]]:
-    """Fold events (in event_order) over base. Each event acts at its own `created` instant."""
+    """Fold events (in event_order, a tie group's updates in their chain's order) over base. Each event acts at
+    its own `created` instant."""
     state = base
     steps = []
-    for event in sorted(events, key=event_order):
+    ordered = sorted(events, key=event_order)
+    for i in range(len(ordered)):
+        chained = _chained(ordered, i, state)
+        if chained != i:
+            ordered.insert(i, ordered.pop(chained))
+        event = ordered[i]
         before = state
         state, timers = advance(table, state, event.created)
         outcome = table.apply(state, event, max(event.created, state.since))

@@ -36,6 +36,12 @@ class StripeEvent:
     def key(self) -> str:
         return f"stripe:{self.type}"
 
+    @property
+    def previous_status(self) -> str | None:
+        """The status an update changed (None: it changed no status, or does not say)."""
+        status = self.previous.get("status") if isinstance(self.previous, Mapping) else None
+        return status if isinstance(status, str) else None
+
     def __str__(self) -> str:
         return self.key + (f" ({self.id})" if self.id else "")
 

@@ -122,6 +122,10 @@ class EventRecord:
     stripe_subscription: str | None = None
     state_before: SubjectState | None = None
     stripe_payment: str | None = None     # the charge (else payment intent) it names: a pending event waits for it
+    # An update's place among its subscription's updates of the same second, as the fold took them (0 first;
+    # engine.tie_group): a fold that runs again starts before the first. None: any other event, or one folded in
+    # event_order before this was stored.
+    fold_rank: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +149,7 @@ class Change:
     expected_version: int                          # 0: the subject is not stored yet
     audits: tuple[AuditEntry, ...] = ()
     new_events: tuple[EventRecord, ...] = ()       # inserted; a stored id raises DuplicateEvent
-    replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome and state_before rewritten
+    replayed_events: tuple[EventRecord, ...] = ()  # stored already; outcome, state_before, fold_rank rewritten
     payments: tuple[Payment, ...] = ()
     links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
     grants: tuple[Grant, ...] = ()               # credits its events grant (a grant held already is not made again)

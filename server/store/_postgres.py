@@ -409,8 +409,9 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
         await self._audit(db, change.audits)
         for e in change.replayed_events:
             await db.execute(
-                "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4 "
-                "WHERE event_id = $5", e.subject, e.outcome, e.reason, state_json(e.state_before), e.id)
+                "UPDATE subscription_events SET subject = $1, outcome = $2, reason = $3, state_before = $4, "
+                "fold_rank = $5 WHERE event_id = $6", e.subject, e.outcome, e.reason, state_json(e.state_before),
+                e.fold_rank, e.id)
         await self._upsert_payments(db, change.payments)
         if change.links:
             await db.execute("INSERT INTO stripe_links (stripe_id, subject) SELECT unnest($1::text[]), $2 "
@@ -456,9 +457,9 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
     async def _insert_event(self, db, e: EventRecord) -> bool:
         return bool(await db.fetchval(
             f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
             e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-            e.stripe_subscription, state_json(e.state_before), e.stripe_payment, time.time()))
+            e.stripe_subscription, state_json(e.state_before), e.stripe_payment, e.fold_rank, time.time()))
 
     async def _upsert_payments(self, db, payments) -> None:
         for p in payments:

@@ -297,9 +297,10 @@ def commit(db: sqlite3.Connection, change: Change) -> bool:
         if not _insert_event(db, event):
             raise DuplicateEvent(event.id)
     for event in change.replayed_events:
-        db.execute("UPDATE subscription_events SET subject = ?, outcome = ?, reason = ?, state_before = ? "
-                   "WHERE event_id = ?",
-                   (event.subject, event.outcome, event.reason, state_json(event.state_before), event.id))
+        db.execute("UPDATE subscription_events SET subject = ?, outcome = ?, reason = ?, state_before = ?, "
+                   "fold_rank = ? WHERE event_id = ?",
+                   (event.subject, event.outcome, event.reason, state_json(event.state_before), event.fold_rank,
+                    event.id))
     _upsert_payments(db, change.payments)
     if change.links:
         db.executemany(_LINK, [(stripe_id, s.subject) for stripe_id in change.links])
@@ -319,7 +320,7 @@ def record_event(db: sqlite3.Connection, event: EventRecord, payments: tuple[Pay
 def _insert_event(db: sqlite3.Connection, e: EventRecord) -> bool:
     cursor = db.execute(_INSERT_EVENT, (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject,
                                         e.stripe_customer, e.stripe_subscription, state_json(e.state_before),
-                                        e.stripe_payment, time.time()))
+                                        e.stripe_payment, e.fold_rank, time.time()))
     return cursor.rowcount == 1
 
 

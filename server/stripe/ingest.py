@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
-                             refused_names, relevant_events, replay, stripe_refs)
+                             refused_names, relevant_events, replay, stripe_refs, tie_group)
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
@@ -302,7 +302,7 @@ class Ingest:
                 continue        # moved to the plan's names first, through the door: fold onto the row it wrote
             first = min((e for e, _ in incoming), key=event_order)
             stored = stored or StoredSubject(table.initial_state(subject, first.created), 0)
-            later = await self._later(subject, stored, first, {e.id for e, _ in incoming})
+            later = await self._later(subject, stored, first, [e for e, _ in incoming])
             # An admin's change may be newer than the event: when Stripe events were stored after it (they sort
             # after this one), or when none was since (the change dropped the fold state).
             admin_may_be_newer = later or (stored.version > 0 and stored.fold_state is None)
@@ -342,13 +342,27 @@ class Ingest:
             await self.gate.migrate_subject(subject)
         return needed
 
-    async def _later(self, subject: str, stored: StoredSubject, first: StripeEvent, ids: set[str]) -> list[EventRecord]:
-        """Stored events of the subject that sort after `first`: the part of the fold to run again."""
+    async def _later(self, subject: str, stored: StoredSubject, first: StripeEvent,
+                     incoming: list[StripeEvent]) -> list[EventRecord]:
+        """Stored events of the subject the fold takes after `first`, in the order it took them: the part of the
+        fold to run again. It starts no later than a stored update tied with an incoming one (engine.tie_group:
+        their order depends on each other), and never inside a tie group: from the state before its first."""
         if stored.watermark is None or first.created > stored.watermark:
             return []
+        ids = {e.id for e in incoming}
+        ties = {tie_group(e) for e in incoming} - {None}
         rows = await self._io("history", self.store.history(subject, first.created))
+        folded = _in_fold_order([(_as_event(r), r) for r in rows if r.id not in ids])
         key = event_order(first)
-        return [r for r in rows if r.id not in ids and event_order(_as_event(r)) > key]
+        start = next((i for i, (e, _) in enumerate(folded) if event_order(e) > key or tie_group(e) in ties),
+                     len(folded))
+        # Back to the first of every tie group the part holds: a group is folded again whole, its ranks with it.
+        while True:
+            groups = {tie_group(e) for e, _ in folded[start:]} - {None}
+            earlier = next((i for i, (e, _) in enumerate(folded[:start]) if tie_group(e) in groups), start)
+            if earlier == start:
+                return [r for _, r in folded[start:]]
+            start = earlier
 
     def _change(self, table: StateTable, fold: _Fold, stored: StoredSubject, later: list[EventRecord],
                 now: float) -> Change:
@@ -374,6 +388,7 @@ class Ingest:
         changed = _essence(final) != _essence(stored.state)
         mine = {e.id for e, _ in incoming}
         rows, audits = [], []
+        ranks = _fold_ranks(steps)
         for step in steps:
             outcome = "applied" if step.outcome.moved else "noop"
             reason = step.outcome.reason
@@ -383,7 +398,8 @@ class Ingest:
                           if changed else f"older than events already applied; changes nothing ({reason})")
             if step.outcome.other_subscription:     # whenever it came, another subscription's event moves nothing
                 outcome = "other_subscription"
-            rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before))
+            rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before,
+                                fold_rank=ranks.get(step.event.id)))
             if exact:
                 audits.extend(self._audits(table, step, now))
         if exact:
@@ -459,6 +475,35 @@ def _news(table: StateTable, state: SubjectState, incoming: Incoming, now: float
         return any(table.apply(state, event, now).state.subscriptions != state.subscriptions for event, _ in incoming)
     except UnknownStatus:
         return True         # the fold says what to do about it
+
+
+def _fold_ranks(steps) -> dict[str, int]:
+    """Each tied update's place in its tie group (engine.tie_group), as the fold took them."""
+    seen: dict[tuple[float, str], int] = {}
+    ranks = {}
+    for step in steps:
+        group = tie_group(step.event)
+        if group is not None:
+            ranks[step.event.id] = seen[group] = seen.get(group, -1) + 1
+    return ranks
+
+
+def _in_fold_order(folded: list[tuple[StripeEvent, EventRecord]]) -> list[tuple[StripeEvent, EventRecord]]:
+    """Stored events in the order their fold took them: event_order, but for the updates of each tie group
+    (engine.tie_group), which took the group's places in the order of their fold_rank."""
+    folded = sorted(folded, key=lambda pair: event_order(pair[0]))
+    places: dict[tuple[float, str], list[int]] = {}
+    for i, (event, _) in enumerate(folded):
+        group = tie_group(event)
+        if group is not None:
+            places.setdefault(group, []).append(i)
+    for at in places.values():
+        if len(at) > 1:
+            ranked = sorted((folded[i] for i in at), key=lambda pair: -1 if pair[1].fold_rank is None else
+                            pair[1].fold_rank)
+            for i, pair in zip(at, ranked):
+                folded[i] = pair
+    return folded
 
 
 def _as_event(row: EventRecord) -> StripeEvent:

@@ -142,7 +142,9 @@ async def _back_to_schema_5(database: str) -> None:
             "DROP TABLE overage_reports", "DROP TABLE credit_grants",
             "ALTER TABLE usage_keys DROP COLUMN credits_used", "ALTER TABLE usage_keys DROP COLUMN overage",
             "ALTER TABLE subscriptions DROP COLUMN quantity", "ALTER TABLE subscriptions DROP COLUMN addons",
-            "ALTER TABLE subscriptions DROP COLUMN traits"]
+            "ALTER TABLE subscriptions DROP COLUMN traits",
+            # 14: the fold's order of tied updates
+            "ALTER TABLE subscription_events DROP COLUMN fold_rank"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

@@ -341,8 +341,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def find_subject(self, customer: str | None, subscription: str | None,
                            payments: tuple[str, ...] = ()) -> str | None:
-        """The subject linked to a Stripe subscription id, else to a customer id, else to one of `payments`
-        (charge and payment intent ids seen in its events before)."""
+        """The subject linked to a Stripe subscription id, else to a customer id no other subject holds, else to
+        one of `payments` (charge and payment intent ids seen in its events before)."""
+
+    @abc.abstractmethod
+    async def customer_shared(self, customer: str) -> bool:
+        """Whether several subjects hold the Stripe customer (one customer paying for two workspaces): then its id
+        alone says whose an event is not."""
 
     async def lookup(self, event_id: str, subject: str | None, customer: str | None,
                      subscription: str | None, payments: tuple[str, ...] = ()

@@ -56,11 +56,12 @@ NO_VERSION = -1     # a version no row has: a count against it is a conflict (af
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
           "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text", "quantity": "int8",
           "addons": "text", "traits": "text"}   # others: float8
-# The subject a Stripe id leads to: the row's own subscription or customer, else a link of its events (another
-# subscription it holds or held, a charge, a payment intent), in that order of preference.
+# The subject a Stripe id leads to: the row's own subscription, a link of its events to another subscription it
+# holds or held, its customer (when no other subject holds it too), a link to a charge or payment intent, in that
+# order of preference.
 _FIND = ("SELECT subject FROM (SELECT subject, 0 AS rank FROM subscriptions WHERE stripe_subscription = $1 "
          "UNION ALL SELECT subject, 1 FROM stripe_links WHERE stripe_id = $1 "
-         "UNION ALL SELECT subject, 2 FROM subscriptions WHERE stripe_customer = $2 "
+         "UNION ALL SELECT min(subject), 2 FROM subscriptions WHERE stripe_customer = $2 HAVING count(*) = 1 "
          "UNION ALL SELECT subject, 3 + array_position($3::text[], stripe_id) FROM stripe_links "
          "WHERE stripe_id = ANY($3::text[])) AS found ORDER BY rank LIMIT 1")
 _BATCH_UPDATE = (
@@ -485,6 +486,11 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
             return None
         async with self._conn() as db:
             return await db.fetchval(_FIND, subscription, customer, list(payments))
+
+    async def customer_shared(self, customer: str) -> bool:
+        async with self._conn() as db:
+            return await db.fetchval("SELECT count(*) > 1 FROM (SELECT 1 FROM subscriptions WHERE "
+                                     "stripe_customer = $1 LIMIT 2) AS held", customer)
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         async with self._conn() as db:

@@ -149,6 +149,9 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, SQLiteConsoleS
                      ) -> tuple[bool, str | None, StoredSubject | None]:
         return await self._read(queries.lookup, event_id, subject, customer, subscription, payments)
 
+    async def customer_shared(self, customer: str) -> bool:
+        return await self._read(queries.customer_shared, customer)
+
 
     async def history(self, subject: str, since: float) -> list[EventRecord]:
         return await self._read(queries.history, subject, since)

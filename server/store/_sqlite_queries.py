@@ -128,22 +128,29 @@ def find_subject(db: sqlite3.Connection, customer: str | None, subscription: str
 
 def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None,
               payments: tuple[str, ...] = ()):
-    """`columns` of the subject linked to the subscription (its row's, else any it had), else to the customer,
-    else to a charge or payment intent of its events; None if none is."""
-    for column, value in (("stripe_subscription", subscription), ("stripe_customer", customer)):
-        if value:
-            row = db.execute(f"SELECT {columns} FROM subscriptions WHERE {column} = ? LIMIT 1", (value,)).fetchone()
-            if row:
-                return row
-        if column == "stripe_subscription" and value:     # another subscription the subject holds or held
-            row = _linked_row(db, columns, value)
-            if row:
-                return row
+    """`columns` of the subject linked to the subscription (its row's, else any it had), else to the customer
+    (when no other subject holds it too), else to a charge or payment intent of its events; None if none is."""
+    if subscription:
+        row = db.execute(f"SELECT {columns} FROM subscriptions WHERE stripe_subscription = ? LIMIT 1",
+                         (subscription,)).fetchone()
+        # else another subscription the subject holds or held
+        row = row or _linked_row(db, columns, subscription)
+        if row:
+            return row
+    if customer:
+        rows = db.execute(f"SELECT {columns} FROM subscriptions WHERE stripe_customer = ? LIMIT 2",
+                          (customer,)).fetchall()
+        if len(rows) == 1:      # a customer several subjects hold says whose an event is not
+            return rows[0]
     for value in payments:
         row = _linked_row(db, columns, value)
         if row:
             return row
     return None
+
+
+def customer_shared(db: sqlite3.Connection, customer: str) -> bool:
+    return len(db.execute("SELECT 1 FROM subscriptions WHERE stripe_customer = ? LIMIT 2", (customer,)).fetchall()) > 1
 
 
 def _linked_row(db: sqlite3.Connection, columns: str, stripe_id: str):

@@ -31,6 +31,9 @@ EXCEPTIONS = {
     "FROM subscriptions WHERE stripe_subscription = $1 UNION ALL": "a webhook finds its subject by its Stripe "
                                                                    "subscription or customer (once per event): "
                                                                    "every shard of subscriptions",
+    "FROM subscriptions WHERE stripe_customer = $1 LIMIT 2": "whether several subjects hold a customer, for an "
+                                                            "event its Stripe ids linked to no subject (once per "
+                                                            "such event): every shard of subscriptions",
     "WHERE timer_due <= $1": "the sweep's due-timer scan: every shard, once a minute, through the timer index",
     "status = ANY($1::text[]) OR": "reconciliation's search for doubtful subjects: every shard, every 15 minutes",
     "DELETE FROM quota_usage WHERE window_start": "cleanup of windows long past: every shard, once a day",
@@ -118,6 +121,7 @@ async def _drive(store: PostgresStore) -> None:
     await store.event_seen("evt_2")
     await store.find_subject("cus_b", "sub_b", ("ch_1",))
     await store.find_subject("cus_b", None)
+    await store.customer_shared("cus_b")
     await store.lookup("evt_3", None, "cus_b", "sub_b")
     await store.history("b", 0.0)
     await store.pending("cus_c", "sub_c", ("ch_1",))

@@ -505,6 +505,23 @@ class TestLookup:
         assert await store.lookup("evt_new", "bob", None, None) == (False, "bob", None)
         assert await store.lookup("evt_seen", None, "cus_a", None) == (True, None, None)
 
+    async def test_a_customer_two_subjects_hold_finds_neither(self, store):
+        """One customer paying for two workspaces: its id alone says whose nothing is; a subscription or a
+        payment linked to one of them still does."""
+        a = StoredSubject(fresh("ws_a").state, 0, stripe_customer="cus_x", stripe_subscription="sub_a")
+        assert await store.commit(Change(a, 0, links=("sub_a", "pi_a")))
+        assert await store.find_subject("cus_x", None) == "ws_a"
+        assert not await store.customer_shared("cus_x")
+        b = StoredSubject(fresh("ws_b").state, 0, stripe_customer="cus_x", stripe_subscription="sub_b")
+        assert await store.commit(Change(b, 0, links=("sub_b", "pi_b")))
+        assert await store.customer_shared("cus_x") and not await store.customer_shared("cus_nobody")
+        assert await store.find_subject("cus_x", None) is None
+        assert await store.lookup("evt_new", None, "cus_x", None) == (False, None, None)
+        assert await store.find_subject("cus_x", "sub_b") == "ws_b"
+        assert await store.find_subject("cus_x", None, ("ch_unknown", "pi_b")) == "ws_b"
+        seen, subject, row = await store.lookup("evt_new", None, "cus_x", None, ("pi_a",))
+        assert (seen, subject, row.stripe_subscription) == (False, "ws_a", "sub_a")
+
     async def test_pending_events_by_customer_or_subscription_once_each_in_created_order(self, store):
         def waiting(id_, created, customer, subscription, outcome="pending"):
             return EventRecord(id_, "invoice.paid", created, "{}", outcome, "", None, customer, subscription)

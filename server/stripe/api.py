@@ -1,5 +1,6 @@
-"""Stripe's API, for what no event says: a subscription as it is now (reconciliation), and whose a charge or
-payment intent is (an event that names only its payment, such as a dispute).
+"""Stripe's API, for what no event says: a subscription as it is now (reconciliation), whose a charge or payment
+intent is (an event that names only its payment, such as a dispute), and which subscription's invoice a payment
+paid (a customer that pays for several subjects).
 
 One StripeClient over aiohttp (STRIPE_SECRET_KEY, STRIPE_API_BASE), made in the running loop on first use.
 """
@@ -7,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import stripe
 
-from plangate.engine import Refs, stripe_refs
+from plangate.engine import Refs, stripe_refs, subscription_of
 
 from ..config import Config
 from ..logs import log
@@ -81,16 +83,33 @@ class StripeApi:
                             refs.payment_intent or named.payment_intent)
         return refs
 
+    async def paid_subscription(self, payment_intent: str) -> str | None:
+        """The subscription whose invoice the payment intent paid, by Stripe's invoice payments of it (neither a
+        charge nor a payment intent names its invoice since API 2025-03-31). None when it paid no invoice, one of
+        no subscription (a one-off invoice), invoices of several subscriptions, or Stripe refuses the key (logged).
+        StripeUnavailable when Stripe did not answer."""
+        found = await self._ask("invoice_payments", payment_intent, self._stripe().v1.invoice_payments.list_async(
+            {"payment": {"type": "payment_intent", "payment_intent": payment_intent}, "expand": ["data.invoice"],
+             "limit": 10}))
+        rows = [r for r in (found or {}).get("data") or () if isinstance(r, dict) and r.get("status") != "canceled"]
+        subscriptions = {subscription_of(r["invoice"]) if isinstance(r.get("invoice"), dict) else None for r in rows}
+        return subscriptions.pop() if len(subscriptions) == 1 else None
+
     async def _retrieve(self, kind: str, ident: str) -> dict | None:
+        return await self._ask(kind, ident, getattr(self._stripe().v1, kind).retrieve_async(ident))
+
+    async def _ask(self, kind: str, ident: str, question: Awaitable[stripe.StripeObject]) -> dict | None:
+        """Stripe's answer to `question` about `ident`, as a dict; None when it knows no such object or refuses the
+        key (logged); StripeUnavailable when it did not answer."""
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
-                found = await getattr(self._stripe().v1, kind).retrieve_async(ident)
+                found = await question
         except stripe.InvalidRequestError as exc:       # no such object (404), or a malformed id
             log(logging.INFO, "stripe_lookup_unknown", object=kind, id=ident, error=str(exc.user_message))
             return None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             log(logging.ERROR, "stripe_lookup_refused", object=kind, id=ident, error=str(exc.user_message),
-                why="STRIPE_SECRET_KEY is refused: events naming only a payment stay pending")
+                why="STRIPE_SECRET_KEY is refused: events only Stripe can place stay pending")
             return None
         except (*_TRANSIENT, TimeoutError) as exc:
             raise StripeUnavailable(f"Stripe's API did not answer for {ident}: "

@@ -146,6 +146,9 @@ class Ingest:
         if self.table.credits.needs_line_items(event.type, obj):
             event, payload = await self._with_line_items(event, payload)
             obj = event.object
+        shared = False
+        if subject is None and named is None and refs.any:
+            subject, stored, refs, shared = await self._placed_by_stripe(refs)
         if named is not None and stored is None and self.personal is not None:
             # A subject not stored may be one that was erased: its events land on its pseudonym, and keep
             # nothing of it as Stripe sent it.
@@ -157,20 +160,16 @@ class Ingest:
                 await self._io("erased", self.personal.is_erased(subject)):
             # Found through the Stripe ids an erasure kept (a live subscription's): concealed as well.
             payload = self.personal.conceal(payload, named or subject, subject)
-        if subject is None and refs.only_payments and self.api.configured:
-            # A dispute (or a refund without its customer) of a charge the gate has not seen: Stripe's record of
-            # the charge names the customer. StripeUnavailable propagates: answered 5xx, Stripe delivers again.
-            refs = await self.api.owner(refs)
-            if refs.customer:
-                subject = await self._io("find_subject", self.store.find_subject(refs.customer, None))
-                stored = await self._io("load", self.store.load(subject)) if subject is not None else None
         customer, subscription = refs.customer, refs.subscription
-        record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject, customer,
-                             subscription, stripe_payment=refs.charge or refs.payment_intent)
+        # A customer several subjects hold is kept off a waiting event: a link of that customer to one of them
+        # must not adopt it.
+        record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject,
+                             None if shared and subject is None else customer, subscription,
+                             stripe_payment=refs.charge or refs.payment_intent)
         payment = payment_of(event.type, event.id, event.created, obj, subject)
         payments = (payment,) if payment else ()
         if subject is None:
-            return await self._keep(event, record, refs, payments)
+            return await self._keep(event, record, refs, payments, shared)
         try:
             received = await self._fold(_Fold(subject, ((event, record),), payments, (customer, subscription),
                                               linking, record_noop=record_noop), loaded=stored)
@@ -185,6 +184,27 @@ class Ingest:
             if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
                 received = replace(received, status=adopted.status)
         return received
+
+    async def _placed_by_stripe(self, refs: Refs) -> tuple[str | None, StoredSubject | None, Refs, bool]:
+        """Whose an event is that no stored link places, by what Stripe's API says of its payment: the customer of
+        a charge or payment intent the gate has not seen (a dispute names no customer); and when several subjects
+        hold that customer (one customer paying for two workspaces), the subscription whose invoice the payment
+        paid. With the refs so completed, and whether the customer is so shared (its id then links nothing).
+        StripeUnavailable propagates: answered 5xx, Stripe delivers again."""
+        subject = None
+        if refs.only_payments and self.api.configured:
+            refs = await self.api.owner(refs)
+            if refs.customer:
+                subject = await self._io("find_subject", self.store.find_subject(refs.customer, None))
+        shared = subject is None and refs.customer is not None and \
+            await self._io("shared", self.store.customer_shared(refs.customer))
+        if shared and refs.subscription is None and refs.payment_intent and self.api.configured:
+            paid = await self.api.paid_subscription(refs.payment_intent)
+            if paid is not None:
+                refs = replace(refs, subscription=paid)
+                subject = await self._io("find_subject", self.store.find_subject(None, paid))
+        stored = await self._io("load", self.store.load(subject)) if subject is not None else None
+        return subject, stored, refs, shared
 
     async def _with_line_items(self, event: StripeEvent, payload: str) -> tuple[StripeEvent, str]:
         """A paid one-time Checkout's line items (which credit packs, how many), which its webhook leaves out:
@@ -206,11 +226,17 @@ class Ingest:
         body["data"]["object"] = obj
         return replace(event, object=obj), json.dumps(body, separators=(",", ":"))
 
-    async def _keep(self, event: StripeEvent, record: EventRecord, refs: Refs, payments) -> Received:
+    async def _keep(self, event: StripeEvent, record: EventRecord, refs: Refs, payments, shared: bool) -> Received:
         """An event for no known subject: kept `pending` if it names a Stripe id a later event may link."""
-        reason = ("no subject yet: kept until a checkout or subscription links its customer or subscription"
-                  if refs.customer or refs.subscription else
-                  "no subject yet: kept until an event of its subject names its charge or payment intent")
+        if shared:
+            reason = (f"its customer pays for several subjects: kept until its subscription {refs.subscription} "
+                      "is linked to one" if refs.subscription else
+                      "its customer pays for several subjects and which one's subscription the payment paid is "
+                      "not known: kept until an event of its subject names its charge or payment intent")
+        elif refs.customer or refs.subscription:
+            reason = "no subject yet: kept until a checkout or subscription links its customer or subscription"
+        else:
+            reason = "no subject yet: kept until an event of its subject names its charge or payment intent"
         stored = await self._io("record_event", self.store.record_event(
             replace(record, reason=reason, outcome="pending" if refs.any else "ignored"), payments))
         if not stored:
@@ -219,11 +245,11 @@ class Ingest:
             # The link may have committed after the lookup above (Stripe sends an invoice and the event that
             # links it at the same moment). Look again: either this sees the link, or the linking delivery's
             # own look for waiting events, which comes after its commit, sees this row.
-            linked = await self._io("find_subject", self.store.find_subject(refs.customer, refs.subscription,
-                                                                            refs.payments))
+            linked = await self._io("find_subject", self.store.find_subject(record.stripe_customer,
+                                                                            refs.subscription, refs.payments))
             if linked is not None:
-                adopted = await self._adopt_pending(linked, refs.customer, refs.subscription, refs.payments,
-                                                    answer_for=event.id)
+                adopted = await self._adopt_pending(linked, record.stripe_customer, refs.subscription,
+                                                    refs.payments, answer_for=event.id)
                 if adopted is not None:
                     return adopted
         return Received(event.id, "pending" if refs.any else "ignored")

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from tests.server import stripe_events as se
-from tests.server.stripe_lifecycles import DAY, Life, dispute
+from tests.server.conftest import PLAN
+from tests.server.stripe_lifecycles import DAY, HOUR, Life, charge, dispute, invoice
 from tests.server.test_webhook_subscriptions import QUIET, outcomes, plan_file, play, view
 
 from .conftest import KEY
@@ -24,8 +25,8 @@ def start(request, start_gate, tmp_path):
     """start(api_base) -> a gate on the test plan over the store of the parameter, asking Stripe at api_base."""
     database = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
 
-    async def run(api_base: str, **env):
-        return await start_gate(plan=plan_file(tmp_path, False), database=database,
+    async def run(api_base: str, plan=None, **env):
+        return await start_gate(plan=plan or plan_file(tmp_path, False), database=database,
                                 **{**QUIET, "STRIPE_SECRET_KEY": KEY, "STRIPE_API_BASE": api_base, **env})
     return run
 
@@ -73,14 +74,34 @@ class TestAskingLocalstripe:
 
 
 class FakeStripe:
-    """Stripe's API for charges and payment intents, on 127.0.0.1: answers 500 while `failing`, and counts."""
+    """Stripe's API for charges and payment intents, and the invoice payments of a payment intent, on 127.0.0.1:
+    answers 500 while `failing`, and counts."""
 
     def __init__(self):
         self.objects: dict[str, dict] = {}
+        self.paid: dict[str, dict] = {}     # payment intent -> the invoice it paid
         self.failing = False
         self.asked: list[str] = []
         self.app = web.Application()
+        self.app.router.add_get("/v1/invoice_payments", self.invoice_payments)
         self.app.router.add_get("/v1/{kind}/{ident}", self.retrieve)
+
+    async def invoice_payments(self, request: web.Request) -> web.Response:
+        """GET /v1/invoice_payments?payment[type]=payment_intent&payment[payment_intent]=pi_...: the list, with
+        each payment's invoice expanded when asked."""
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        assert request.query["payment[type]"] == "payment_intent"
+        pi = request.query["payment[payment_intent]"]
+        self.asked.append(f"invoice_payments:{pi}")
+        if self.failing:
+            return web.json_response({"error": {"type": "api_error", "message": "try later"}}, status=500)
+        expand = request.query.get("expand[0]") == "data.invoice"
+        data = [{"id": f"inpay_{pi}", "object": "invoice_payment", "status": "paid", "is_default": True,
+                 "amount_paid": inv["amount_paid"], "amount_requested": inv["amount_due"], "currency": "eur",
+                 "invoice": inv if expand else inv["id"], "livemode": False, "created": 0,
+                 "payment": {"type": "payment_intent", "payment_intent": pi}}
+                for inv in ([self.paid[pi]] if pi in self.paid else [])]
+        return web.json_response({"object": "list", "data": data, "has_more": False, "url": "/v1/invoice_payments"})
 
     async def retrieve(self, request: web.Request) -> web.Response:
         ident = request.match_info["ident"]
@@ -144,3 +165,82 @@ class TestAskingAnApiOfStripesShape:
 async def _deliver(gate, evt: dict) -> tuple[int, dict]:
     from tests.server.test_webhook import deliver
     return await deliver(gate, evt)
+
+
+def one_customer(customer: str, start: float) -> tuple[Life, Life]:
+    """Two workspaces (wsA, wsB) one customer pays for, each subscribed on its own (its subscription's metadata
+    names it); B's renewal then fails."""
+    a, b = Life(6, "wsA", start), Life(7, "wsB", start)
+    a.subscribe("A", start)
+    b.subscribe("B", start + HOUR)
+    b.fail("B", "in_B7_2", start + 30 * DAY, (start + 30 * DAY, start + 60 * DAY), 1)
+    for e in a.events + b.events:
+        if e["data"]["object"].get("customer") is not None:
+            e["data"]["object"]["customer"] = customer
+    return a, b
+
+
+class TestACustomerOfSeveralSubjects:
+    """One Stripe customer pays for two subjects: whose a charge or a dispute is, the customer does not say."""
+
+    async def test_a_payment_and_its_dispute_are_the_subject_whose_invoice_it_paid(self, start, fake_stripe):
+        a, b = one_customer("cus_x", time.time() - 30 * DAY - 2 * HOUR)
+        for inv in ("in_B7_1", "in_B7_2"):
+            fake_stripe.paid[f"pi_{inv}"] = invoice(inv, "paid", subscription="sub_B7", customer="cus_x",
+                                                    period=(b.start, b.start + 30 * DAY))
+        gate = await start(fake_stripe.url, plan=PLAN)
+        await play(gate, a.events + b.events)
+        assert ((await view(gate, "wsA"))["status"], (await view(gate, "wsB"))["status"]) == ("paid", "grace_period")
+        # B's first charge, the customer's second subject's already: asked (A's was before B held the customer).
+        assert fake_stripe.asked == ["invoice_payments:pi_in_B7_1"]
+        assert ("charge.succeeded", "noop") in (await outcomes(gate, "wsB")).values()
+        # B's failed renewal is paid by a new payment; the bank takes it back.
+        paid = b.add("charge.succeeded", charge("ch_in_B7_2", customer="cus_x", payment_intent="pi_in_B7_2"),
+                     time.time() - HOUR)
+        (answer,) = await play(gate, [paid])
+        assert answer["subject"] == "wsB"
+        lost = b.add("charge.dispute.closed", dispute("dp_7", "lost", charge="ch_in_B7_2",
+                                                      payment_intent="pi_in_B7_2"), time.time())
+        (answer,) = await play(gate, [lost])
+        assert (answer["subject"], answer["status"]) == ("wsB", "chargeback")
+        assert (await view(gate, "wsA"))["status"] == "paid"
+        assert not {paid["id"], lost["id"]} & set(await outcomes(gate, "wsA"))
+        # The dispute found its subject by the charge's link: nothing more was asked.
+        assert fake_stripe.asked == ["invoice_payments:pi_in_B7_1", "invoice_payments:pi_in_B7_2"]
+
+    async def test_stripe_not_answering_is_a_503_and_the_retry_places_it(self, start, fake_stripe):
+        a, b = one_customer("cus_x", time.time() - 30 * DAY - 2 * HOUR)
+        fake_stripe.paid["pi_in_B7_1"] = invoice("in_B7_1", "paid", subscription="sub_B7", customer="cus_x",
+                                                 period=(b.start, b.start + 30 * DAY))
+        gate = await start(fake_stripe.url, plan=PLAN)
+        fake_stripe.failing = True
+        first_charge = next(e for e in b.events if e["type"] == "charge.succeeded")
+        await play(gate, a.events + b.events[:b.events.index(first_charge)])
+        status, answer = await _deliver(gate, first_charge)
+        assert (status, answer["error"]) == (503, "stripe_unavailable")
+        assert first_charge["id"] not in {**await outcomes(gate, "wsA"), **await outcomes(gate, "wsB")}
+        fake_stripe.failing = False                 # Stripe delivers the event again
+        status, answer = await _deliver(gate, first_charge)
+        assert (status, answer["subject"], answer["duplicate"]) == (200, "wsB", False)
+
+    @pytest.mark.parametrize("key", [KEY, ""], ids=["stripe-does-not-know", "no-secret-key"])
+    async def test_when_nothing_says_whose_nothing_is_applied(self, start, fake_stripe, key):
+        a, b = one_customer("cus_x", time.time() - 30 * DAY - 2 * HOUR)
+        fake_stripe.objects["ch_9"] = charge("ch_9", customer="cus_x", payment_intent="pi_9")
+        gate = await start(fake_stripe.url, plan=PLAN, STRIPE_SECRET_KEY=key)
+        await play(gate, a.events + b.events)
+        paid = b.add("charge.succeeded", charge("ch_9", customer="cus_x", payment_intent="pi_9"), time.time() - HOUR)
+        lost = b.add("charge.dispute.closed", dispute("dp_9", "lost", charge="ch_9", payment_intent="pi_9"),
+                     time.time())
+        answers = await play(gate, [paid, lost])
+        assert [(x["outcome"], x["subject"]) for x in answers] == [("pending", None)] * 2
+        # A later event naming wsA and the customer adopts neither.
+        renewal = a.start + 30 * DAY
+        a.status("A", "active", time.time(), (renewal, renewal + 30 * DAY), a.start)
+        (answer,) = await play(gate, a.events[-1:])
+        assert answer["subject"] == "wsA"
+        assert ((await view(gate, "wsA"))["status"], (await view(gate, "wsB"))["status"]) == ("paid", "grace_period")
+        for subject in ("wsA", "wsB"):
+            assert not {paid["id"], lost["id"]} & set(await outcomes(gate, subject))
+        if key:
+            assert "invoice_payments:pi_9" in fake_stripe.asked

@@ -4,14 +4,11 @@ idempotent, and every node's cache dropped."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 
-import asyncpg
 import pytest
 
 from plangate.server import personal
@@ -21,6 +18,7 @@ from . import stripe_events as se
 from .conftest import BASE_ENV, PLAN
 from .personal_lifecycle import DAY, Lifecycle
 from .personal_store import deliver, found, rows, store_text
+from .store_locks import writes_held
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ENV = {"STRIPE_WEBHOOK_SECRET": se.SECRET}
@@ -237,7 +235,8 @@ async def test_an_event_folded_while_its_subject_is_erased_lands_on_the_pseudony
         await deliver(gate, evt)
     deleted = life.events()[-1]
     assert deleted["type"] == "customer.subscription.deleted"
-    async with _writes_held(database, "user_race") as queued:
+    async with writes_held(database, "SELECT 1 FROM subscriptions WHERE subject = $1 FOR UPDATE",
+                           "user_race") as queued:
         erasing = asyncio.ensure_future(erase(gate, "user_race", actor="privacy-desk"))
         await queued(1)         # the erasure has read the subject and waits to write
         delivering = asyncio.ensure_future(deliver(gate, deleted))
@@ -251,40 +250,6 @@ async def test_an_event_folded_while_its_subject_is_erased_lands_on_the_pseudony
     assert (await view(gate, pseudonym))["status"] == "canceled"
 
 
-@contextlib.asynccontextmanager
-async def _writes_held(database: str, subject: str):
-    """Writes of the subject wait, in the order they come, while this is open; it gives `queued(n)`, which returns
-    once n writers wait (SQLite: the file's write lock, and writers cannot be seen waiting: a pause long enough
-    for a request's reads; PostgreSQL: the subject's row locked, its waiters seen in pg_stat_activity)."""
-    if database.startswith("postgresql://"):
-        conn = await asyncpg.connect(database)
-        watcher = await asyncpg.connect(database)
-
-        async def queued(n: int) -> None:
-            for _ in range(500):
-                if await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                          "AND wait_event_type = 'Lock'") >= n:
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"{n} writers never queued")
-        try:
-            async with conn.transaction():
-                await conn.execute("SELECT 1 FROM subscriptions WHERE subject = $1 FOR UPDATE", subject)
-                yield queued
-        finally:
-            await conn.close()
-            await watcher.close()
-        return
-
-    async def paused(n: int) -> None:
-        await asyncio.sleep(0.5)
-    holder = sqlite3.connect(database, isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        yield paused
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 async def _plangate(argv: list[str], env: dict, cwd) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ reloads refused and accepted, and a sweep that one broken subject cannot stop.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_
 
 from . import stripe_events as se
 from .conftest import ServedGate, config_for, token_for
+from .store_locks import writes_held
 from .test_openapi import documented
 
 DAY = 86400.0
@@ -346,7 +346,7 @@ class TestReloadRace:
             return rig.call("POST", "/v1/plan/reload", "/v1/plan/reload")
 
         held = _ANN_ROW if first == "transition" else _DEPLOYS
-        async with _writes_held(store_url, held) as queued:
+        async with writes_held(store_url, held) as queued:
             one = asyncio.ensure_future(transition() if first == "transition" else reload())
             await queued()          # the first has decided and waits to write
             two = asyncio.ensure_future(reload() if first == "transition" else transition())
@@ -378,7 +378,7 @@ class TestReloadRace:
         n = abs(hash("ann")) % 10**8
         rig.write(edited(*WITHOUT_GRACE))
         failed = se.invoice("open", sub_id=f"sub_{n}", customer=f"cus_{n}", inv_id="in_ann_failed")
-        async with _writes_held(store_url, _ANN_ROW) as queued:
+        async with writes_held(store_url, _ANN_ROW) as queued:
             folding = asyncio.ensure_future(rig.webhook("invoice.payment_failed", failed))
             await queued()
             reloading = asyncio.ensure_future(rig.call("POST", "/v1/plan/reload", "/v1/plan/reload"))
@@ -400,7 +400,7 @@ async def test_answers_during_a_reload_name_the_plans_status(tmp_path, pg_dsn):
         await rig.webhook("checkout.session.completed", se.checkout("ann", "cus_ann", "sub_ann"))
         v1 = (await rig.plan_view())["version"]
         rig.write(renamed("trial", "paid_trial"))
-        async with _writes_held(pg_dsn, _ANN_ROW):
+        async with writes_held(pg_dsn, _ANN_ROW):
             reloading = asyncio.ensure_future(rig.call("POST", "/v1/plan/reload", "/v1/plan/reload"))
             for _ in range(500):
                 if (await rig.plan_view())["version"] != v1:
@@ -427,39 +427,6 @@ _ANN_ROW = "SELECT 1 FROM subscriptions WHERE subject = 'ann' FOR UPDATE"
 _DEPLOYS = "LOCK TABLE plan_deploys IN SHARE ROW EXCLUSIVE MODE"
 
 
-@contextlib.asynccontextmanager
-async def _writes_held(store_url: str, lock: str):
-    """Writes wait while this is open; it gives `queued()`, which returns once a writer waits (SQLite: the file's
-    write lock, and a writer cannot be seen waiting: a pause long enough for a request's reads; PostgreSQL: `lock`
-    taken, its waiter seen in pg_stat_activity)."""
-    if store_url.startswith("postgresql://"):
-        conn, watcher = await asyncpg.connect(store_url), await asyncpg.connect(store_url)
-
-        async def queued() -> None:
-            for _ in range(500):
-                if await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                          "AND wait_event_type = 'Lock'"):
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError("no writer ever queued")
-        try:
-            async with conn.transaction():
-                await conn.execute(lock)
-                yield queued
-        finally:
-            await conn.close()
-            await watcher.close()
-        return
-
-    async def paused() -> None:
-        await asyncio.sleep(0.5)
-    holder = sqlite3.connect(store_url, isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        yield paused
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 async def _rows(store_url: str, sql: str) -> list[tuple]:

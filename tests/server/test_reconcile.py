@@ -102,6 +102,17 @@ async def test_a_run_ends_when_stripe_answers_for_no_one(start_gate, database, f
     assert await reconcile(gate) == 5
 
 
+async def trials_turned_active(gate, subjects, trial_end: float) -> None:
+    """A trial for each subject (sub_N, cus_N), turned `active` by Stripe at its end (no payment yet)."""
+    for n, subject in enumerate(subjects):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        trialing = {**se.subscription("trialing", subject, **ids), "trial_end": int(trial_end)}
+        await deliver(gate, se.event("customer.subscription.created", trialing, trial_end - 7 * DAY))
+        turned = se.event("customer.subscription.updated", {**trialing, "status": "active"}, trial_end)
+        turned["data"]["previous_attributes"] = {"status": "trialing"}
+        await deliver(gate, turned)
+
+
 async def test_stripes_active_subscription_is_no_payment_unless_the_subject_knew_it_otherwise(start_gate, database,
                                                                                               fake):
     """The trial's timer ran out into billing_problem while Stripe's subscription said `active` (the first charge
@@ -113,13 +124,7 @@ async def test_stripes_active_subscription_is_no_payment_unless_the_subject_knew
                             STRIPE_API_BASE=fake.url, PLANGATE_RECONCILE_AFTER="60")
     now = time.time()
     trial_end = now - 5 * DAY
-    for n, subject in enumerate(("lena", "paul")):
-        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
-        trialing = {**se.subscription("trialing", subject, **ids), "trial_end": int(trial_end)}
-        await deliver(gate, se.event("customer.subscription.created", trialing, trial_end - 7 * DAY))
-        turned = se.event("customer.subscription.updated", {**trialing, "status": "active"}, trial_end)
-        turned["data"]["previous_attributes"] = {"status": "trialing"}
-        await deliver(gate, turned)
+    await trials_turned_active(gate, ("lena", "paul"), trial_end)
     late = se.event("customer.subscription.updated", {**se.subscription("past_due", "paul", sub_id="sub_1",
                                                                         customer="cus_1")}, trial_end + 3600)
     late["data"]["previous_attributes"] = {"status": "active"}
@@ -147,13 +152,7 @@ async def test_a_paid_latest_invoice_recovers_a_subject_whose_invoice_paid_was_l
                             STRIPE_API_BASE=fake.url, PLANGATE_RECONCILE_AFTER="60")
     now = time.time()
     trial_end = now - 5 * DAY
-    for n, subject in enumerate(("lena", "paul")):
-        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
-        trialing = {**se.subscription("trialing", subject, **ids), "trial_end": int(trial_end)}
-        await deliver(gate, se.event("customer.subscription.created", trialing, trial_end - 7 * DAY))
-        turned = se.event("customer.subscription.updated", {**trialing, "status": "active"}, trial_end)
-        turned["data"]["previous_attributes"] = {"status": "trialing"}
-        await deliver(gate, turned)
+    await trials_turned_active(gate, ("lena", "paul"), trial_end)
     assert (await gate.post("/v1/jobs/sweep"))[0] == 200
     assert [await status_of(gate, s) for s in ("lena", "paul")] == ["billing_problem", "billing_problem"]
 

@@ -12,6 +12,7 @@ from typing import Any
 from dataclasses import dataclass, field, replace
 
 from . import _diff_entitlements as entitlements
+from . import _diff_quotas as quotas
 from ._diff_model import Area, Effect, PlanChange, at
 from ._findings import Location
 from ._model import ExistingSubscribers, Plan, Quota, QuotaKind, Status, Tier, version_of
@@ -127,7 +128,7 @@ def _tiers(old: Plan, new: Plan) -> Iterator[PlanChange]:
         if move is None or move.how is How.RENAMED:
             yield from _tier_changes(t, now)
         else:       # retired into `now`: what its subscribers get there instead
-            yield from _retired_into(f"tier '{t.name}' (retired into '{now.name}')", t, now, move.location,
+            yield from _retired_into(f"tier '{t.name}' (retired into '{now.name}')", t, now, move.location, None,
                                      tiers=(t.name,))
     for t in new.tiers:
         if t.name not in reached and old.tier(t.name) is None:
@@ -159,18 +160,20 @@ def _tier_changes(old: Tier, new: Tier) -> Iterator[PlanChange]:
                                           tiers=(old.name,))
 
 
-def _retired_into(owner: str, old: Tier | Status, new: Tier | Status, where: Location,
+def _retired_into(owner: str, old: Tier | Status, new: Tier | Status, where: Location, plan: Plan | None,
                   **affects: Any) -> Iterator[PlanChange]:
-    """What subjects of a retired tier or status get in the one they move to: its quotas, features, credits."""
-    for change in _quota_changes(owner, old.quotas, new.quotas, where):
+    """What subjects of a retired tier or status get in the one they move to: its quotas, features, credits
+    (`plan`: the new plan, for a status's `tier` quotas)."""
+    for change in _quota_changes(owner, old.quotas, new.quotas, where, plan):
         yield replace(change, location=where, **affects)
     yield from entitlements.feature_changes(owner, old.features, new.features, where, **affects)
     if isinstance(old, Tier) and isinstance(new, Tier):
         yield from entitlements.grant_changes(owner, old.credits, new.credits, where, **affects)
 
 
-def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
-                   where: Location) -> Iterator[PlanChange]:
+def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...], where: Location,
+                   plan: Plan | None = None) -> Iterator[PlanChange]:
+    """A tier's or status's quotas, per meter; `plan`: the new plan, whose tiers a status's `tier` quota means."""
     before = {q.meter: q for q in old}
     after = {q.meter: q for q in new}
     for meter in [*before, *(m for m in after if m not in before)]:
@@ -182,26 +185,26 @@ def _quota_changes(owner: str, old: tuple[Quota, ...], new: tuple[Quota, ...],
         if now is None:
             yield PlanChange(Area.QUOTA, Effect.REMOVED, f"{owner}: no quota for {meter} any more ({was.describe()} "
                              "before): that meter is denied", location, lowered=True, meter=meter, limit=0)
-        elif was is None:
+            continue
+        if was is None:
             yield PlanChange(Area.QUOTA, Effect.ADDED, f"{owner}: {meter} now allowed, {now.describe()}", location,
                              meter=meter)
-        elif was.kind is QuotaKind.LIMIT and now.kind is QuotaKind.LIMIT and was.window != now.window:
+            continue
+        # The limit (counted against the subject's usage by --database) or only the ceiling past it (overage).
+        fewer = quotas.limit_lowered(was, now)
+        lowered = fewer or quotas.ceiling_lowered(was, now) or (
+            now.kind is QuotaKind.TIER and was.kind is not QuotaKind.TIER and plan is not None and
+            quotas.to_tiers_lowered(was, [t.quota(meter) for t in plan.tiers] or [None]))
+        counted = {"meter": meter, "limit": now.limit} if fewer else {}
+        if was.kind is QuotaKind.LIMIT and now.kind is QuotaKind.LIMIT and was.window != now.window:
             yield PlanChange(Area.WINDOW, Effect.CHANGED, f"{owner}: {meter} window {was.describe()} -> "
-                             f"{now.describe()}", location, lowered=now.limit < was.limit, meter=meter,
-                             limit=now.limit)
-        else:
-            # A limit that stops being per seat (or trait), or a status's own limit where the tier's was, may be
-            # less for some subjects whatever the figures say: lowered, for someone to look at.
-            unscaled = was.per_unit is not None and now.per_unit is None
-            lowered = (now.kind is QuotaKind.LIMIT and
-                       (was.kind in (QuotaKind.UNLIMITED, QuotaKind.TIER) or unscaled or
-                        (was.kind is QuotaKind.LIMIT and now.limit < was.limit)))
-            raised = not lowered and was.kind is QuotaKind.LIMIT and (
-                now.kind is QuotaKind.UNLIMITED or (now.kind is QuotaKind.LIMIT and now.limit > was.limit))
-            verb = "lowered" if lowered else "raised" if raised else "changed"
-            yield PlanChange(Area.QUOTA, Effect.CHANGED, f"{owner}: {meter} quota {verb}, {was.describe()} -> "
-                             f"{now.describe()}", location, lowered=lowered, meter=meter,
-                             limit=now.limit if lowered else None)
+                             f"{now.describe()}", location, lowered=lowered, **counted)
+            continue
+        raised = not lowered and was.kind is QuotaKind.LIMIT and (
+            now.kind is QuotaKind.UNLIMITED or (now.kind is QuotaKind.LIMIT and now.limit > was.limit))
+        verb = "lowered" if lowered else "raised" if raised else "changed"
+        yield PlanChange(Area.QUOTA, Effect.CHANGED, f"{owner}: {meter} quota {verb}, {was.describe()} -> "
+                         f"{now.describe()}", location, lowered=lowered, **counted)
 
 
 def _statuses(old: Plan, new: Plan) -> Iterator[PlanChange]:
@@ -219,20 +222,20 @@ def _statuses(old: Plan, new: Plan) -> Iterator[PlanChange]:
             continue
         if move is None or move.how is How.RENAMED:
             reached.add(now.name)
-            yield from _status_changes(s, now)
+            yield from _status_changes(s, now, new)
             continue
         if s.has_timer:
             yield PlanChange(Area.TIMER, Effect.CHANGED,
                              f"status '{s.name}': its running timers ({s.expires_after_text or s.expires_at_text}) "
                              f"end; subjects enter '{now.name}' afresh", move.location, statuses=(s.name,))
-        yield from _retired_into(f"status '{s.name}' (retired into '{now.name}')", s, now, move.location,
+        yield from _retired_into(f"status '{s.name}' (retired into '{now.name}')", s, now, move.location, new,
                                  statuses=(s.name,))
     for s in new.statuses:
         if s.name not in reached and old.status(s.name) is None:
             yield PlanChange(Area.STATUS, Effect.ADDED, f"status '{s.name}' added", s.location)
 
 
-def _status_changes(old: Status, new: Status) -> Iterator[PlanChange]:
+def _status_changes(old: Status, new: Status, plan: Plan) -> Iterator[PlanChange]:
     name, affects = new.name, (old.name,)
     if old.access != new.access:
         yield PlanChange(Area.STATUS, Effect.CHANGED, f"status '{name}': access {old.access.value} -> "
@@ -253,7 +256,7 @@ def _status_changes(old: Status, new: Status) -> Iterator[PlanChange]:
     if dict(old.fail_modes) != dict(new.fail_modes):
         yield PlanChange(Area.STATUS, Effect.CHANGED, f"status '{name}': fail modes {_modes(old)} -> {_modes(new)}",
                          new.location, statuses=affects)
-    for change in _quota_changes(f"status '{name}'", old.quotas, new.quotas, new.location):
+    for change in _quota_changes(f"status '{name}'", old.quotas, new.quotas, new.location, plan):
         yield replace(change, statuses=affects)
     yield from entitlements.feature_changes(f"status '{name}'", old.features, new.features, new.location,
                                             statuses=affects)

@@ -214,6 +214,98 @@ class TestEntitlements:
             in out.getvalue()
 
 
+def lowered(old: str, new: str) -> list[bool]:
+    return [c[3] for c in changed(old, new)]
+
+
+class TestWhatSubscribersLose:
+    """Every way a change can give a subscriber less is marked lowered; what gives as much or more is not."""
+
+    SCALE = "tokens: {limit: 20000000, per: month, anchor: billing, overage: unbounded}"
+    STARTER = "tokens: {limit: 2000000, per: billing_period}"
+    FREE = "tokens: {limit: 50000, per: month}"
+
+    def scale(self, quota: str) -> str:
+        return swapped(AI, (self.SCALE, f"tokens: {{{quota}}}"))
+
+    def test_overage_capped_removed_or_lower(self):
+        capped = self.scale("limit: 20000000, per: month, anchor: billing, overage: {up_to: 5000}")
+        ((area, effect, message, marked, tiers, _),) = changed(AI, capped)
+        assert (area, effect, marked, tiers) == (Area.QUOTA, Effect.CHANGED, True, ("scale",))
+        assert message == ("tier 'scale': tokens quota lowered, 20000000 per month from the billing anniversary, then "
+                           "unbounded overage -> 20000000 per month from the billing anniversary, then overage up to "
+                           "5000 more; existing subscribers get it now")
+        # the limit did not fall: --database has no lower limit to hold usage to, it counts the subscribers
+        (change,) = diff(plan(AI, "old.yaml"), plan(capped)).changes
+        assert (change.meter, change.limit) == (None, None)
+        removed = self.scale("limit: 20000000, per: month, anchor: billing")
+        less = self.scale("limit: 20000000, per: month, anchor: billing, overage: {up_to: 1000}")
+        assert lowered(AI, removed) == lowered(capped, removed) == lowered(capped, less) == [True]
+        assert lowered(less, capped) == lowered(capped, AI) == lowered(removed, capped) == [False]
+        # overage folded into the limit: as much gets through, and more of it is included
+        folded = self.scale("limit: 20005000, per: month, anchor: billing")
+        assert [c[2:4] for c in changed(capped, folded)] == [
+            ("tier 'scale': tokens quota raised, 20000000 per month from the billing anniversary, then overage up to "
+             "5000 more -> 20005000 per month from the billing anniversary; existing subscribers get it now", False)]
+
+    def test_a_longer_window_at_the_same_limit(self):
+        weekly = swapped(AI, (self.FREE, "tokens: {limit: 50000, per: week}"))
+        assert changed(weekly, AI) == [(Area.WINDOW, Effect.CHANGED, "status 'free': tokens window 50000 per week -> "
+                                        "50000 per month", True, (), ("free",))]
+        assert lowered(AI, weekly) == [False]
+        # a limit raised less than the window grows: fewer tokens a week on average (a month is 4.35 weeks)
+        assert lowered(weekly, swapped(AI, (self.FREE, "tokens: {limit: 200000, per: month}"))) == [True]
+        assert lowered(weekly, swapped(AI, (self.FREE, "tokens: {limit: 220000, per: month}"))) == [False]
+        per_minute = swapped(AI, ("requests: {limit: 600, per: minute}", "requests: {limit: 36000, per: hour}"))
+        assert lowered(AI, per_minute) == [False]
+        assert lowered(AI, swapped(per_minute, ("{limit: 36000, per: hour}", "{limit: 35999, per: hour}"))) == [True]
+
+    def test_lifetime_is_the_longest_window(self):
+        forever = swapped(AI, (self.STARTER, "tokens: {limit: 2000000, per: lifetime}"))
+        assert [c[2:4] for c in changed(AI, forever)] == [
+            ("tier 'starter': tokens window 2000000 per billing period -> 2000000 per lifetime; existing subscribers "
+             "get it now", True)]
+        assert lowered(AI, swapped(AI, (self.STARTER, "tokens: {limit: 900000000, per: lifetime}"))) == [True]
+        # from lifetime to a window that renews: lowered only if a window allows less than the lifetime did
+        assert lowered(forever, AI) == [False]
+        assert lowered(forever, swapped(AI, (self.STARTER, "tokens: {limit: 100000, per: day}"))) == [True]
+        assert lowered(forever, swapped(forever, ("2000000, per: lifetime", "1999999, per: lifetime"))) == [True]
+
+    def test_a_billing_period_is_a_month_to_a_year(self):
+        def starter(quota: str) -> str:
+            return swapped(AI, (self.STARTER, f"tokens: {{{quota}}}"))
+        assert lowered(AI, starter("limit: 2000000, per: month")) == [False]
+        assert lowered(AI, starter("limit: 1900000, per: month")) == [True]     # less, on a monthly price
+        assert lowered(AI, starter("limit: 500000, per: week")) == [False]      # 2.17 million a month
+        assert lowered(AI, starter("limit: 60000, per: day")) == [True]         # 1.83 million a month
+        # scale is bought yearly: 20 million a billing period is 20 million a year instead of a month
+        assert lowered(AI, self.scale("limit: 20000000, per: billing_period, overage: unbounded")) == [True]
+
+    def test_a_limit_per_another_unit(self):
+        traits = swapped(SAAS, ("exports: {limit: 100, per: month, anchor: billing, per_unit: quantity}",
+                                "exports: {limit: 100, per: month, anchor: billing, per_unit: {trait: seats}}"))
+        assert lowered(SAAS, traits) == lowered(traits, SAAS) == [True]
+
+    def test_a_status_given_the_tiers_quota(self):
+        def free(exports: str) -> str:
+            return swapped(SAAS, ("  free:\n    initial: true\n    quotas:\n      exports: {limit: 10, per: month}",
+                                  f"  free:\n    initial: true\n    quotas:\n      exports: {exports}"))
+        # pro allows 200 a month, team 100 a seat: more than 10 for everyone, less than 150 for some
+        assert [c[2:4] for c in changed(SAAS, free("tier"))] == [
+            ("status 'free': exports quota changed, 10 per month -> the tier's quota", False)]
+        assert lowered(free("{limit: 150, per: month}"), free("tier")) == [True]
+        assert lowered(free("unlimited"), free("tier")) == [True]
+
+    def test_the_command_marks_them(self, tmp_path):
+        old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+        old.write_text(AI, encoding="utf-8")
+        new.write_text(self.scale("limit: 20000000, per: month, anchor: billing, overage: {up_to: 5000}"),
+                       encoding="utf-8")
+        out = io.StringIO()
+        assert diff_command(str(old), str(new), "json", out=out, err=io.StringIO()) == 0
+        assert [c["lowered"] for c in json.loads(out.getvalue())["changes"]] == [True]
+
+
 class TestCommand:
     @pytest.fixture
     def files(self, tmp_path):

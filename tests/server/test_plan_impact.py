@@ -62,6 +62,16 @@ class TestImpact:
                 "subscribers get it now: 3 subject(s), 1 over the new limit of 3000 right now") in out
         assert "4 stored subject(s) in all" in out
 
+    def test_a_window_made_longer_counts_who_is_over_it_now(self, stored, capsys):
+        """5000 for ever instead of 5000 each billing period: lowered, though the limit is the same."""
+        url, folder = stored
+        forever = edited(("requests: {limit: 5000, per: billing_period}", "requests: {limit: 5000, per: lifetime}"))
+        assert main(["diff", *diff(folder, forever, "--database", url)]) == 0
+        out = capsys.readouterr().out
+        change = "tier 'pro': requests window 5000 per billing period -> 5000 per lifetime; existing subscribers get it now"
+        assert f"[lowered] {change}\n" in out
+        assert f"  {change}: 3 subject(s), 0 over the new limit of 5000 right now\n" in out
+
     def test_kept_subscribers_are_said_to_keep_the_old_quota(self, stored, capsys):
         url, folder = stored
         assert main(["diff", *diff(folder, lowered_pro("never"), "--database", url, "--format", "json")]) == 0

@@ -126,7 +126,7 @@ def _tiers(old: Plan, new: Plan) -> Iterator[PlanChange]:
             continue
         reached.add(now.name)
         if move is None or move.how is How.RENAMED:
-            yield from _tier_changes(t, now)
+            yield from _tier_changes(t, now, new)
         else:       # retired into `now`: what its subscribers get there instead
             yield from _retired_into(f"tier '{t.name}' (retired into '{now.name}')", t, now, move.location, None,
                                      tiers=(t.name,))
@@ -136,12 +136,17 @@ def _tiers(old: Plan, new: Plan) -> Iterator[PlanChange]:
                              t.location)
 
 
-def _tier_changes(old: Tier, new: Tier) -> Iterator[PlanChange]:
+def _tier_changes(old: Tier, new: Tier, plan: Plan) -> Iterator[PlanChange]:
     name = new.name
     for price in old.prices:
         if price not in new.prices:
+            heir = next((t for t in plan.tiers if price in t.prices), None)
+            gets = f"tier '{heir.name}'" if heir is not None else "the default tier" if plan.default_tier else \
+                "no tier (the plan has no default_tier)"
+            heir = heir or plan.tier(plan.default_tier or "")
             yield PlanChange(Area.TIER, Effect.CHANGED, f"tier '{name}': price {price} no longer selects it (its "
-                             f"subscriptions get the default tier)", new.location, tiers=(old.name,))
+                             f"subscriptions get {gets})", new.location, tiers=(old.name,),
+                             lowered=heir is None or (heir.name != name and _gives_less(old, heir)))
     for price in new.prices:
         if price not in old.prices:
             yield PlanChange(Area.TIER, Effect.CHANGED, f"tier '{name}': price {price} now selects it", new.location)
@@ -158,6 +163,11 @@ def _tier_changes(old: Tier, new: Tier) -> Iterator[PlanChange]:
                                             tiers=(old.name,))
     yield from entitlements.grant_changes(f"tier '{name}'", old.credits, new.credits, new.location,
                                           tiers=(old.name,))
+
+
+def _gives_less(old: Tier, heir: Tier) -> bool:
+    """Does `heir`, the tier a tier's subscriptions move to, give them less in a quota, a feature or credits?"""
+    return any(c.lowered for c in _retired_into("", old, heir, heir.location, None))
 
 
 def _retired_into(owner: str, old: Tier | Status, new: Tier | Status, where: Location, plan: Plan | None,

@@ -296,6 +296,20 @@ class TestWhatSubscribersLose:
         assert lowered(free("{limit: 150, per: month}"), free("tier")) == [True]
         assert lowered(free("unlimited"), free("tier")) == [True]
 
+    def test_a_price_that_no_longer_selects_its_tier(self):
+        def prices(pro: str, team: str) -> str:
+            return edited(("prices: [price_pro]", f"prices: [{pro}]"), ("prices: [price_team]", f"prices: [{team}]"))
+        both = prices("price_pro, price_pro_yearly", "price_team, price_team_yearly")
+        # to the default tier, pro: its 5000 requests instead of team's 20000
+        assert [c[2:4] for c in changed(both, prices("price_pro, price_pro_yearly", "price_team"))] == [
+            ("tier 'team': price price_team_yearly no longer selects it (its subscriptions get the default tier)", True)]
+        assert lowered(both, prices("price_pro, price_pro_yearly, price_team_yearly", "price_team")) == [False, True]
+        # pro is the default tier: its subscriptions stay on it; and a price moved up to team gives more
+        assert lowered(both, prices("price_pro", "price_team, price_team_yearly")) == [False]
+        assert [c[2:4] for c in changed(both, prices("price_pro", "price_team, price_team_yearly, price_pro_yearly"))] \
+            == [("tier 'pro': price price_pro_yearly no longer selects it (its subscriptions get tier 'team')", False),
+                ("tier 'team': price price_pro_yearly now selects it", False)]
+
     def test_the_command_marks_them(self, tmp_path):
         old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
         old.write_text(AI, encoding="utf-8")

@@ -88,7 +88,7 @@ def _meters(old: Plan, new: Plan) -> Iterator[PlanChange]:
         now = new.meter(m.name)
         if now is None:
             yield PlanChange(Area.METER, Effect.REMOVED, f"meter '{m.name}' removed: the workflow server can no "
-                             "longer check or count it", at(new, "meters"))
+                             "longer check or count it", at(new, "meters"), lowered=True)
         elif now.fail_mode != m.fail_mode:
             yield PlanChange(Area.METER, Effect.CHANGED, f"meter '{m.name}' fail mode {m.fail_mode.value} -> "
                              f"{now.fail_mode.value}", now.location)

@@ -310,6 +310,18 @@ class TestWhatSubscribersLose:
             == [("tier 'pro': price price_pro_yearly no longer selects it (its subscriptions get tier 'team')", False),
                 ("tier 'team': price price_pro_yearly now selects it", False)]
 
+    def test_a_removed_meter(self):
+        images = edited(("    fail_mode: open\n", "    fail_mode: open\n  images:\n    description: One image.\n"))
+        assert changed(images, V1) == [(Area.METER, Effect.REMOVED, "meter 'images' removed: the workflow server can "
+                                        "no longer check or count it", True, (), ())]
+
+    def test_a_fail_mode_closed_is_listed_not_lowered(self):
+        """What the gate answers when it cannot count is not something a subscription grants (README)."""
+        closed = swapped(SAAS, ("    description: A document exported to PDF.\n    fail_mode: open",
+                                "    description: A document exported to PDF.\n    fail_mode: closed"))
+        assert changed(SAAS, closed) == [(Area.METER, Effect.CHANGED, "meter 'exports' fail mode open -> closed", False,
+                                          (), ())]
+
     def test_the_command_marks_them(self, tmp_path):
         old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
         old.write_text(AI, encoding="utf-8")

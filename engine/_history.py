@@ -6,8 +6,10 @@ id), with due timers firing at their deadlines between events. An event that arr
 one step of the fold; one that arrives late makes the fold run again from before it.
 
 Stripe's ids are not ordered: updates of one subscription in one second (a resumption, and its payment
-declined at once) are folded in the order their previous_attributes.status chain says, from the status the
-subscription had before them; where no chain decides (no previous status, or two that fit), by id.
+declined at once) are folded along their previous_attributes.status chain, from the status the subscription had
+before them. At each step the fold takes, of all the group's updates still left, the first by id whose previous
+status is the subscription's status then; where none is (no previous status said, none that fits), the first
+left by id. Where two fit, the one with the lower id goes first, whether or not the rest then chain.
 """
 from __future__ import annotations
 
@@ -49,22 +51,22 @@ def tie_group(event: StripeEvent) -> tuple[float, str] | None:
 
 
 def _chained(events: list[StripeEvent], i: int, state: SubjectState) -> int:
-    """Which of events[i:] to fold at i: the update of events[i]'s tie group whose previous status is the
-    status its subscription has in `state`, when exactly one is; else events[i] itself."""
+    """Which of events[i:] to fold at i. If events[i] is an update of a tie group: the first (by id) of all the
+    group's updates still to fold whose previous status is the status their subscription has in `state`; if none
+    is, or `state` holds no status for the subscription, events[i] itself (the first by id). Any other event:
+    events[i]."""
     group = tie_group(events[i])
     if group is None:
         return i
-    mates = []
+    status = next((s.status for s in state.subscriptions if s.id == group[1]), None)
+    if status is None:
+        return i
     for k in range(i, len(events)):
         if events[k].created != group[0]:
             break
-        if tie_group(events[k]) == group:
-            mates.append(k)
-    if len(mates) < 2:
-        return i
-    status = next((s.status for s in state.subscriptions if s.id == group[1]), None)
-    chained = [k for k in mates if status is not None and events[k].previous_status == status]
-    return chained[0] if len(chained) == 1 else i
+        if tie_group(events[k]) == group and events[k].previous_status == status:
+            return k
+    return i
 
 
 def advance(table: StateTable, state: SubjectState, until: float) -> tuple[SubjectState, list[Outcome]]:
@@ -91,8 +93,8 @@ class Step:
 
 
 def replay(table: StateTable, base: SubjectState, events: Iterable[StripeEvent]) -> tuple[SubjectState, list[Step]]:
-    """Fold events (in event_order, a tie group's updates in their chain's order) over base. Each event acts at
-    its own `created` instant."""
+    """Fold events over base in event_order, but each tie group's updates along their chain (see the module and
+    _chained). Each event acts at its own `created` instant."""
     state = base
     steps = []
     ordered = sorted(events, key=event_order)

@@ -2,6 +2,8 @@
 previous_attributes.status, from the status the subscription had before them, whatever their (unordered) ids."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from plangate.engine import StripeEvent, replay, tie_group
@@ -70,3 +72,32 @@ def test_updates_of_other_subscriptions_or_seconds_are_no_tie():
     assert tie_group(update("evt_1", "active", "paused", sub_id="sub_2")) != tie_group(update("evt_2", "past_due", "active"))
     assert tie_group(update("evt_1", "active", "paused", at=RESUME + 1)) != tie_group(update("evt_2", "past_due", "active"))
     assert tie_group(StripeEvent("customer.subscription.resumed", sub("active"), "evt_3", RESUME)) is None
+
+
+# Chains of three and four updates, with the subject's status after each under the shipped plan. Where two updates
+# of a chain make the same change (active -> past_due twice), which of them goes first changes nothing.
+CHAINS = {
+    "resumed, declined, paid": (["paused", "active", "past_due", "active"], ["paid", "grace_period", "paid"]),
+    "resumed, paused, resumed": (["paused", "active", "paused", "active"], ["paid", "paused", "paid"]),
+    "resumed, paused, resumed, paused: back to the start": (
+        ["paused", "active", "paused", "active", "paused"], ["paid", "paused", "paid", "paused"]),
+    "declined, paid, declined, paid: back to the start": (
+        ["active", "past_due", "active", "past_due", "active"], ["grace_period", "paid", "grace_period", "paid"]),
+    "resumed, declined, unpaid, paid": (
+        ["paused", "active", "past_due", "unpaid", "active"], ["paid", "grace_period", "billing_problem", "paid"]),
+}
+
+
+@pytest.mark.parametrize("chain", CHAINS, ids=list(CHAINS))
+def test_a_chain_of_three_or_four_updates_folds_in_its_order_whatever_the_ids(shipped, chain):
+    """At each step the fold takes, of all the group's updates still left, one whose previous status is the
+    subscription's status then, not only when it starts the group: every numbering of the ids folds the chain."""
+    walk, subject = CHAINS[chain]
+    for ids in itertools.permutations([f"evt_x{n}" for n in range(1, len(walk))]):
+        updates = [update(ident, to, was) for ident, was, to in zip(ids, walk, walk[1:])]
+        for delivered in (updates, updates[::-1]):
+            _, steps = replay(shipped, shipped.initial_state("u", T0 - 60), before(walk[0]) + delivered)
+            tied = [s for s in steps if s.event.created == RESUME]
+            assert [(s.event.previous_status, s.event.object["status"]) for s in tied] == \
+                list(zip(walk, walk[1:])), ids
+            assert [s.outcome.state.status for s in tied] == subject, ids

@@ -136,3 +136,41 @@ async def test_a_late_update_of_another_subscription_refolds_a_tie_group_whole(d
     rows = await gate.app[api.GATE].store.history("tia", tie)
     assert {r.id: r.fold_rank for r in rows if r.id in {e["id"] for e in chain}} == \
         {"evt_t1": 0, "evt_t2": 1, "evt_t4": 2}
+
+
+def _three_updates() -> tuple[list[dict], list[dict]]:
+    """A subscription active since ten days ago, and three updates of it in one second: active -> past_due ->
+    active -> past_due. The middle one (past_due -> active) has the lowest id; the other two make the same change,
+    so the chain's first is the lower of them."""
+    start = int(time.time() - 10 * DAY)
+    tie, period = int(time.time() - 60), (start, start + 30 * DAY)
+
+    def update(ident: str, status: str, was: str) -> dict:
+        evt = se.event("customer.subscription.updated", subscription(
+            "sub_A", status, customer="cus_1", created=start, period=period, subject="tri"), tie, ident)
+        evt["data"]["previous_attributes"] = {"status": was}
+        return evt
+
+    created = se.event("customer.subscription.created", subscription(
+        "sub_A", "active", customer="cus_1", created=start, period=period, subject="tri"), start, "evt_c")
+    chain = [update("evt_t2", "past_due", "active"), update("evt_t1", "active", "past_due"),
+             update("evt_t3", "past_due", "active")]
+    return [created], chain
+
+
+@pytest.mark.parametrize("delivery", [[0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0]],
+                         ids=lambda d: "-".join(f"t{i}" for i in d))
+async def test_three_tied_updates_keep_their_chain_and_ranks_whatever_the_delivery(database, start_gate, delivery):
+    """However the three updates arrive (each arrival after the first folding the group again, whole), the stored
+    ranks are the chain's order and each update was folded on the subscription status its previous status says."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET)
+    created, chain = _three_updates()
+    for event in created + [chain[i] for i in delivery]:
+        await _deliver(gate, event)
+    rows = {r.id: r for r in await gate.app[api.GATE].store.history("tri", chain[0]["created"])}
+    assert {ident: rows[ident].fold_rank for ident in ("evt_t1", "evt_t2", "evt_t3")} == \
+        {"evt_t2": 0, "evt_t1": 1, "evt_t3": 2}
+    for ident, was in (("evt_t2", "active"), ("evt_t1", "past_due"), ("evt_t3", "active")):
+        assert [s.status for s in rows[ident].state_before.subscriptions] == [was], ident
+    _, view = await gate.get("/v1/subjects/tri")
+    assert view["status"] == "grace_period", view["transitions"]

@@ -16,8 +16,8 @@ UNREDUCED = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE reduced_at 
              "(created > ? OR (created = ? AND event_id > ?)) ORDER BY created, event_id LIMIT ?")
 REDUCE = "UPDATE subscription_events SET payload = ?, reduced_at = ? WHERE event_id = ?"
 # A subject's events, those waiting for its customer or subscription, and those waiting for a charge or payment
-# intent it holds (a dispute names nothing else): linked to it, or named by one of its events (an event recorded
-# stale links nothing). An event waiting for both is found twice: personal_events keeps it once.
+# intent it holds (a dispute names nothing else): linked to it, or named by one of its events (one recorded stale
+# by a gate before 0.2.0 linked nothing). An event waiting for both is found twice: personal_events keeps it once.
 PERSONAL_EVENTS = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject = ? UNION ALL "
                    f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject IS NULL AND "
                    "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "

@@ -338,7 +338,7 @@ class Ingest:
                 change = Change(replace(stored, confirmed_at=now), stored.version)
             elif admin_may_be_newer and \
                     (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
-                change = self._stale_after_admin(stored, incoming, now, fold.stored_rows)
+                change = self._stale_after_admin(stored, fold._replace(incoming=incoming), now)
             else:
                 change = self._change(table, fold, stored, later, now)
             if not fold.record_noop and not change.audits and \
@@ -462,13 +462,21 @@ class Ingest:
                                   o.state.since, table.version, step.event.id, "stripe"))
         return out
 
-    def _stale_after_admin(self, stored: StoredSubject, incoming, now: float, stored_rows: bool = False) -> Change:
+    def _stale_after_admin(self, stored: StoredSubject, fold: _Fold, now: float) -> Change:
+        """The events recorded `stale`, the subject's status left as the admin set it. What they say of whose
+        Stripe ids are still holds: their subscriptions, charges and payment intents are linked to the subject,
+        and its customer and subscription are kept where it has none yet (those it has come from newer events),
+        so that the events naming only those ids find it."""
         reason = "older than an admin's later change to the subject: a person's decision is not rewritten"
-        rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in incoming)
-        grants = _grants(self.table, incoming)      # money paid grants its credits, whatever an admin did
-        if stored_rows:     # adopted pending events: their rows exist already and are updated, not inserted
-            return Change(replace(stored, confirmed_at=now), stored.version, replayed_events=rows, grants=grants)
-        return Change(replace(stored, confirmed_at=now), stored.version, new_events=rows, grants=grants)
+        rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in fold.incoming)
+        grants = _grants(self.table, fold.incoming)      # money paid grants its credits, whatever an admin did
+        customer, subscription = fold.ids
+        new = replace(stored, confirmed_at=now, stripe_customer=stored.stripe_customer or customer,
+                      stripe_subscription=stored.stripe_subscription or subscription)
+        links = _stale_links(stored.state, [e for e, _ in fold.incoming])
+        if fold.stored_rows:     # adopted pending events: their rows exist already and are updated, not inserted
+            return Change(new, stored.version, replayed_events=rows, grants=grants, links=links)
+        return Change(new, stored.version, new_events=rows, grants=grants, links=links)
 
     def _log(self, change: Change, stored: StoredSubject) -> None:
         for audit in change.audits:
@@ -485,6 +493,15 @@ def _links(before: SubjectState, after: SubjectState, events: list[StripeEvent])
     ids = [s.id for s in after.subscriptions if s.id not in known]
     for event in events:
         ids.extend(stripe_refs(event.object).payments)
+    return tuple(dict.fromkeys(ids))
+
+
+def _stale_links(state: SubjectState, events: list[StripeEvent]) -> tuple[str, ...]:
+    """The Stripe ids events not folded in link to the subject that it had not: the subscriptions, charges and
+    payment intents they name."""
+    known = {s.id for s in state.subscriptions}
+    ids = [i for e in events for refs in (stripe_refs(e.object),) for i in (refs.subscription, *refs.payments)
+           if i and i not in known]
     return tuple(dict.fromkeys(ids))
 
 

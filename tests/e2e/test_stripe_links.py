@@ -154,6 +154,22 @@ class TestAskingAnApiOfStripesShape:
         status, answer = await _deliver(gate, opened)
         assert answer["duplicate"] is True
 
+    async def test_a_charge_recorded_stale_is_linked_and_its_dispute_asks_nothing(self, start, fake_stripe):
+        """The charge came after an admin's change of its subject (recorded stale): it links all the same."""
+        gate = await start(fake_stripe.url)
+        life = Life(8, "user8", time.time() - 20 * DAY)
+        life.subscribe("A", life.start)
+        paid = next(e for e in life.events if e["type"] == "charge.succeeded")
+        await play(gate, [e for e in life.events if e is not paid])
+        assert (await gate.post("/v1/subjects/user8/transition", {"action": "drop_addon", "reason": "x"}))[0] == 200
+        (answer,) = await play(gate, [paid])
+        assert (answer["outcome"], answer["subject"]) == ("stale", "user8")
+        opened = se.event("charge.dispute.created", dispute("dp_8", "needs_response", charge="ch_in_A8_1",
+                                                            payment_intent=None), time.time() + 1, "evt_dp_8")
+        (answer,) = await play(gate, [opened])
+        assert (answer["subject"], answer["status"]) == ("user8", "disputed")
+        assert fake_stripe.asked == []
+
     async def test_without_a_secret_key_nothing_is_asked(self, start, fake_stripe):
         gate = await start(fake_stripe.url, STRIPE_SECRET_KEY="")
         opened = se.event("charge.dispute.created", dispute("dp_5", "needs_response", charge="ch_5",

@@ -137,3 +137,46 @@ class TestLinksSurviveTheSubscription:
                        period=(life.start, life.start + 30 * DAY), attempts=1)
         (answer,) = await play(gate, [se.event("invoice.payment_failed", late, life.start + 3 * DAY, "evt_9_late")])
         assert (answer["subject"], answer["outcome"]) == ("user9", "other_subscription")
+
+
+class TestStaleEventsStillLink:
+    """An event older than an admin's change of its subject is recorded `stale` (the person's decision stands),
+    but what it says of whose Stripe ids are is still true: the ids are linked all the same."""
+
+    async def test_a_dispute_finds_its_subject_by_a_charge_that_arrived_stale(self, start):
+        gate = await start()
+        life = paid_customer(10)
+        late = next(e for e in life.events if e["type"] == "charge.succeeded")
+        await play(gate, [e for e in life.events if e is not late])
+        status, body = await gate.post("/v1/subjects/user10/transition", {"action": "drop_addon", "reason": "support"})
+        assert (status, body["to"]) == (200, "without_addon")
+        (answer,) = await play(gate, [late])
+        assert (answer["outcome"], answer["subject"]) == ("stale", "user10")
+        opened = life.add("charge.dispute.created", dispute("dp_10", "needs_response", charge="ch_in_A10_1",
+                                                            payment_intent=None), _after_the_admin())
+        (answer,) = await play(gate, [opened])
+        assert (answer["outcome"], answer["subject"], answer["status"]) == ("applied", "user10", "disputed")
+
+    async def test_a_checkout_that_arrived_stale_links_its_customer_and_subscription(self, start):
+        """The subject's first Stripe event comes after an admin's change made before it was created: the
+        invoices that name only the customer and subscription find the subject by them."""
+        gate = await start()
+        life = paid_customer(11)
+        checkout = life.events[0]
+        assert checkout["type"] == "checkout.session.completed"
+        status, _ = await gate.post("/v1/subjects/user11/transition", {"to": "paid", "reason": "support"})
+        assert status == 200
+        (answer,) = await play(gate, [checkout])
+        assert (answer["outcome"], answer["subject"]) == ("stale", "user11")
+        paid = invoice("in_A11_2", "paid", subscription=life.sub_id("A"), customer=life.customer,
+                       period=(life.start + 30 * DAY, life.start + 60 * DAY))
+        (answer,) = await play(gate, [se.event("invoice.payment_failed", dict(paid, status="open"), _after_the_admin(),
+                                               "evt_11_failed")])
+        assert (answer["outcome"], answer["subject"]) == ("applied", "user11")
+        body = await view(gate, "user11")
+        assert (body["status"], body["stripe_customer"]) == ("grace", life.customer)
+
+
+def _after_the_admin() -> float:
+    """A time after an admin's change made just now: Stripe's `created` is in whole seconds."""
+    return time.time() + 1

@@ -263,7 +263,8 @@ class PersonalData:
                        subject=pseudonym if row.subject == subject else row.subject, state_before=before,
                        stripe_customer=None if drop_ids else row.stripe_customer,
                        stripe_subscription=None if drop_ids else row.stripe_subscription,
-                       stripe_payment=None if drop_ids else row.stripe_payment)
+                       stripe_payment=None if drop_ids else row.stripe_payment,
+                       stripe_payment_intent=None if drop_ids else row.stripe_payment_intent)
 
     def _state(self, state, pseudonym: str, drop_ids: bool):
         """A state of the subject under its pseudonym; the ids of its Stripe subscriptions replaced by theirs when

@@ -126,6 +126,8 @@ class EventRecord:
     # engine.tie_group): a fold that runs again starts before the first. None: any other event, or one folded in
     # event_order before this was stored.
     fold_rank: int | None = None
+    # The payment intent it names (beside its charge, in stripe_payment): a pending event waits for either.
+    stripe_payment_intent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

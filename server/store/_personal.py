@@ -16,15 +16,17 @@ UNREDUCED = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE reduced_at 
              "(created > ? OR (created = ? AND event_id > ?)) ORDER BY created, event_id LIMIT ?")
 REDUCE = "UPDATE subscription_events SET payload = ?, reduced_at = ? WHERE event_id = ?"
 # A subject's events, those waiting for its customer or subscription, and those waiting for a charge or payment
-# intent it holds (a dispute names nothing else): linked to it, or named by one of its events (one recorded stale
-# by a gate before 0.2.0 linked nothing). An event waiting for both is found twice: personal_events keeps it once.
+# intent it holds (a dispute names nothing else; it waits for either): linked to it, or named by one of its events
+# (one recorded stale by a gate before 0.2.0 linked nothing). An event waiting for several is found more than
+# once: personal_events keeps it once.
+_HELD_PAYMENTS = ("SELECT stripe_id FROM stripe_links WHERE subject = ? UNION "
+                  "SELECT stripe_payment FROM subscription_events WHERE subject = ? AND stripe_payment IS NOT NULL")
 PERSONAL_EVENTS = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject = ? UNION ALL "
                    f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE subject IS NULL AND "
                    "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
                    "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)) UNION ALL "
                    f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND subject IS NULL "
-                   "AND stripe_payment IN (SELECT stripe_id FROM stripe_links WHERE subject = ? UNION "
-                   "SELECT stripe_payment FROM subscription_events WHERE subject = ? AND stripe_payment IS NOT NULL) "
+                   f"AND (stripe_payment IN ({_HELD_PAYMENTS}) OR stripe_payment_intent IN ({_HELD_PAYMENTS})) "
                    "ORDER BY created, event_id")
 PERSONAL_INVOICES = ("SELECT invoice_id FROM payments WHERE subject = ? OR (subject IS NULL AND "
                      "((stripe_customer IS NOT NULL AND stripe_customer = ?) OR "
@@ -65,7 +67,7 @@ _MOVE = (
     ("DELETE FROM subscriptions WHERE subject = ?", "subject"),
 )
 _EVENT = ("UPDATE subscription_events SET payload = ?, subject = ?, stripe_customer = ?, stripe_subscription = ?, "
-          "state_before = ?, reduced_at = ?, stripe_payment = ? WHERE event_id = ?")
+          "state_before = ?, reduced_at = ?, stripe_payment = ?, stripe_payment_intent = ? WHERE event_id = ?")
 # The Stripe ids (subscriptions, charges, payment intents) that led to the subject, dropped with its others.
 _LINKS_DROPPED = "DELETE FROM stripe_links WHERE subject = ?"
 # Overage already sent or refused needs its customer no more; a pending report keeps it until it is sent.
@@ -82,7 +84,7 @@ _AUDIT = ("INSERT INTO transitions (subject, from_status, to_status, trigger, ca
 
 
 def personal_events_args(subject: str, customer: str | None, subscription: str | None) -> tuple:
-    return subject, customer, subscription, subject, subject
+    return subject, customer, subscription, subject, subject, subject, subject
 
 
 def personal_events(rows) -> list[EventRecord]:
@@ -112,7 +114,7 @@ def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
         out.extend((sql, tuple(names[n] for n in args.split())) for sql, args in _MOVE)
     for r in e.events:
         out.append((_EVENT, (r.payload, r.subject, r.stripe_customer, r.stripe_subscription,
-                             state_json(r.state_before), e.at, r.stripe_payment, r.id)))
+                             state_json(r.state_before), e.at, r.stripe_payment, r.stripe_payment_intent, r.id)))
     out.extend((_INVOICE, (kept, stored)) for stored, kept in e.invoices)
     out.extend((_GRANT, (kept, e.pseudonym, stored)) for stored, kept in e.grants)
     dropped = e.at if e.drop_stripe_ids else None

@@ -458,9 +458,11 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
     async def _insert_event(self, db, e: EventRecord) -> bool:
         return bool(await db.fetchval(
             f"INSERT INTO subscription_events ({_EVENT_COLUMNS}, received_at) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (event_id) DO NOTHING "
+            "RETURNING 1",
             e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject, e.stripe_customer,
-            e.stripe_subscription, state_json(e.state_before), e.stripe_payment, e.fold_rank, time.time()))
+            e.stripe_subscription, state_json(e.state_before), e.stripe_payment, e.fold_rank, e.stripe_payment_intent,
+            time.time()))
 
     async def _upsert_payments(self, db, payments) -> None:
         for p in payments:
@@ -505,7 +507,9 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
                 f"SELECT {_EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
                 "((stripe_customer IS NOT NULL AND stripe_customer = $1) OR "
                 "(stripe_subscription IS NOT NULL AND stripe_subscription = $2) OR "
-                "(stripe_payment IS NOT NULL AND stripe_payment = ANY($3::text[]))) ORDER BY created, event_id",
+                "(stripe_payment IS NOT NULL AND stripe_payment = ANY($3::text[])) OR "
+                "(stripe_payment_intent IS NOT NULL AND stripe_payment_intent = ANY($3::text[]))) "
+                "ORDER BY created, event_id",
                 customer, subscription, list(payments))
         return [event_from_row(r) for r in rows]
 

@@ -37,7 +37,7 @@ def _column(name: str) -> str:
 STATE_COLUMNS = tuple(_column(name) for name in _STATE)
 SUBJECT_COLUMNS = ", ".join(STATE_COLUMNS + tuple(_column(name) for name in _STORED))
 EVENT_COLUMNS = ("event_id, type, created, payload, outcome, reason, subject, stripe_customer, stripe_subscription, "
-                 "state_before, stripe_payment, fold_rank")
+                 "state_before, stripe_payment, fold_rank, stripe_payment_intent")
 # The columns a change writes (all but the key and the version), in the order of subject_values().
 WRITTEN = STATE_COLUMNS[1:] + tuple(_column(name) for name in _STORED if name != "version")
 
@@ -75,7 +75,8 @@ def state_values(state: SubjectState) -> tuple:
 def event_from_row(r) -> EventRecord:
     return EventRecord(id=r[0], type=r[1], created=r[2], payload=r[3], outcome=r[4], reason=r[5] or "",
                        subject=r[6], stripe_customer=r[7], stripe_subscription=r[8],
-                       state_before=state_from_json(r[9]), stripe_payment=r[10], fold_rank=r[11])
+                       state_before=state_from_json(r[9]), stripe_payment=r[10], fold_rank=r[11],
+                       stripe_payment_intent=r[12])
 
 
 def now_of(change: Change) -> float:

@@ -56,9 +56,13 @@ _USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window
 _PENDING = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
             f"stripe_customer = :customer UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events WHERE "
             "outcome = 'pending' AND stripe_subscription = :subscription AND (stripe_customer = :customer) IS NOT 1")
-# Events waiting for a charge or payment intent (a dispute), that neither of the above found.
-_PENDING_PAYMENT = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND stripe_payment = ? "
-                    "AND (stripe_customer = ?) IS NOT 1 AND (stripe_subscription = ?) IS NOT 1")
+# Events waiting for a charge or payment intent (a dispute names both), that neither of the above found: by the
+# one in stripe_payment, then by the payment intent beside it.
+_OTHERS = "AND (stripe_customer = :customer) IS NOT 1 AND (stripe_subscription = :subscription) IS NOT 1"
+_PENDING_PAYMENT = (f"SELECT {EVENT_COLUMNS} FROM subscription_events WHERE outcome = 'pending' AND "
+                    f"stripe_payment = :payment {_OTHERS} UNION ALL SELECT {EVENT_COLUMNS} FROM subscription_events "
+                    f"WHERE outcome = 'pending' AND stripe_payment_intent = :payment AND "
+                    f"(stripe_payment = :payment) IS NOT 1 {_OTHERS}")
 _LINKED = "SELECT subject FROM stripe_links WHERE stripe_id = ?"
 _LINK = "INSERT OR IGNORE INTO stripe_links (stripe_id, subject) VALUES (?, ?)"
 _INSERT_EVENT = (f"INSERT INTO subscription_events ({EVENT_COLUMNS}, received_at) "
@@ -183,7 +187,8 @@ def pending(db: sqlite3.Connection, customer: str | None, subscription: str | No
     """Store.pending's events, in created order."""
     rows = db.execute(_PENDING, {"customer": customer, "subscription": subscription}).fetchall()
     for payment in payments:
-        rows += db.execute(_PENDING_PAYMENT, (payment, customer, subscription)).fetchall()
+        rows += db.execute(_PENDING_PAYMENT, {"payment": payment, "customer": customer,
+                                              "subscription": subscription}).fetchall()
     if payments:
         rows = list({row[0]: row for row in rows}.values())      # a charge and its payment intent: one row
     if len(rows) > 1:
@@ -327,7 +332,7 @@ def record_event(db: sqlite3.Connection, event: EventRecord, payments: tuple[Pay
 def _insert_event(db: sqlite3.Connection, e: EventRecord) -> bool:
     cursor = db.execute(_INSERT_EVENT, (e.id, e.type, e.created, e.payload, e.outcome, e.reason, e.subject,
                                         e.stripe_customer, e.stripe_subscription, state_json(e.state_before),
-                                        e.stripe_payment, e.fold_rank, time.time()))
+                                        e.stripe_payment, e.fold_rank, e.stripe_payment_intent, time.time()))
     return cursor.rowcount == 1
 
 

@@ -165,7 +165,8 @@ class Ingest:
         # must not adopt it.
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject,
                              None if shared and subject is None else customer, subscription,
-                             stripe_payment=refs.charge or refs.payment_intent)
+                             stripe_payment=refs.charge or refs.payment_intent,
+                             stripe_payment_intent=refs.payment_intent)
         payment = payment_of(event.type, event.id, event.created, obj, subject)
         payments = (payment,) if payment else ()
         if subject is None:

@@ -144,7 +144,10 @@ async def _back_to_schema_5(database: str) -> None:
             "ALTER TABLE subscriptions DROP COLUMN quantity", "ALTER TABLE subscriptions DROP COLUMN addons",
             "ALTER TABLE subscriptions DROP COLUMN traits",
             # 14: the fold's order of tied updates
-            "ALTER TABLE subscription_events DROP COLUMN fold_rank"]
+            "ALTER TABLE subscription_events DROP COLUMN fold_rank",
+            # 15: pending events by their payment intent
+            "DROP INDEX subscription_events_pending_by_payment_intent",
+            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

@@ -834,3 +834,24 @@ class TestSubscriptionsAndLinks:
         assert [r.id for r in await store.pending(None, None, ("ch_9",))] == ["evt_d"]
         assert [r.id for r in await store.pending("cus_9", None, ("ch_9", "ch_8"))] == ["evt_e", "evt_d"]
         assert [r.stripe_payment for r in await store.pending("cus_9", None)] == ["ch_8"]
+
+    async def test_events_waiting_for_a_charge_are_found_by_the_payment_intent_beside_it(self, store):
+        dispute = EventRecord("evt_d", "charge.dispute.created", 5.0, "{}", "pending", stripe_payment="ch_9",
+                              stripe_payment_intent="pi_9")
+        lone = EventRecord("evt_p", "charge.dispute.created", 6.0, "{}", "pending", stripe_payment="pi_7",
+                           stripe_payment_intent="pi_7")
+        assert await store.record_event(dispute) and await store.record_event(lone)
+        assert [r.id for r in await store.pending(None, None, ("pi_9",))] == ["evt_d"]
+        assert [r.id for r in await store.pending(None, None, ("ch_9", "pi_9", "pi_7"))] == ["evt_d", "evt_p"]
+        assert [(r.stripe_payment, r.stripe_payment_intent) for r in await store.pending(None, None, ("pi_7",))] == \
+            [("pi_7", "pi_7")]
+
+    async def test_an_erasure_finds_an_event_waiting_for_a_payment_intent_of_the_subject(self, store):
+        """A dispute still pending though the payment intent beside its charge is linked to the subject (the
+        gate stopped between the link's commit and the adoption): the subject's, for its erasure."""
+        assert await store.commit(Change(fresh("a"), 0, links=("pi_9",)))
+        dispute = EventRecord("evt_d", "charge.dispute.created", 5.0, "{}", "pending", stripe_payment="ch_9",
+                              stripe_payment_intent="pi_9")
+        assert await store.record_event(dispute)
+        events, _, _ = await store.personal_rows("a", None, None)
+        assert [e.id for e in events] == ["evt_d"]

@@ -82,6 +82,27 @@ class TestDisputes:
         assert (await view(gate, "user4"))["status"] == "disputed"
         assert (await outcomes(gate, "user4"))[opened["id"]] == ("charge.dispute.created", "applied")
 
+    @pytest.mark.parametrize("linked", ["payment_intent", "charge"])
+    async def test_a_waiting_dispute_is_adopted_by_either_payment_id_it_names(self, start, linked):
+        """The dispute names its charge and payment intent, neither seen yet: it waits. The invoice that was paid
+        with them (the current shape, its payments expanded) names only the payment intent, or (the old shape)
+        only the charge: either links the dispute to the invoice's subject."""
+        gate = await start()
+        life = paid_customer(12)
+        await play(gate, life.events)
+        opened = evt(life, "charge.dispute.created", dispute("dp_12", "needs_response", charge="ch_12",
+                                                             payment_intent="pi_12"), 12)
+        (answer,) = await play(gate, [opened])
+        assert (answer["outcome"], answer["subject"]) == ("pending", None)
+        paid = _paid_by("pi_12", life)
+        if linked == "charge":
+            paid.pop("payments")
+            paid.pop("parent")
+            paid.update(subscription=life.sub_id("A"), charge="ch_12", payment_intent=None)
+        (answer,) = await play(gate, [evt(life, "invoice.paid", paid, 10)])
+        assert (answer["subject"], answer["status"]) == ("user12", "disputed")
+        assert (await outcomes(gate, "user12"))[opened["id"]] == ("charge.dispute.created", "applied")
+
     async def test_a_dispute_recorded_without_a_transition_still_is_the_subjects(self, start):
         """The plan has no transition on funds_withdrawn: the event is kept in the subject's record (a fact)."""
         gate = await start()
@@ -92,6 +113,62 @@ class TestDisputes:
         (answer,) = await play(gate, [withdrawn])
         assert (answer["outcome"], answer["subject"], answer["status"]) == ("noop", "user5", "paid")
         assert (await outcomes(gate, "user5"))[withdrawn["id"]] == ("charge.dispute.funds_withdrawn", "noop")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_database(request, tmp_path) -> str:
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+
+
+class TestDisputesWaitingBeforeTheUpgrade:
+    async def test_the_migration_gives_a_waiting_dispute_its_payment_intent(self, start_gate, either_database,
+                                                                             tmp_path):
+        """A dispute stored pending by a gate before the payment intent beside its charge was kept: the migration
+        reads it from its payload, and the invoice naming only the payment intent adopts it."""
+        from .test_webhook_subscriptions import QUIET, plan_file
+        database = either_database
+        first = await start_gate(plan=plan_file(tmp_path, False), database=database, **QUIET)
+        life = paid_customer(13)
+        await play(first, life.events)
+        opened = evt(life, "charge.dispute.created", dispute("dp_13", "needs_response", charge="ch_13",
+                                                             payment_intent="pi_13"), 12)
+        (answer,) = await play(first, [opened])
+        assert answer["outcome"] == "pending"
+        await first.app.shutdown()
+        await first.app.cleanup()
+        await _before_migration_15(database)
+        second = await start_gate(plan=plan_file(tmp_path, False), database=database, **QUIET)
+        (answer,) = await play(second, [evt(life, "invoice.paid", _paid_by("pi_13", life), 10)])
+        assert (answer["subject"], answer["status"]) == ("user13", "disputed")
+
+
+def _paid_by(payment_intent: str, life: Life) -> dict:
+    """An invoice of the current shape paid by the payment intent (its payments expanded): it names no charge."""
+    obj = invoice(f"in_{payment_intent}", "paid", subscription=life.sub_id("A"), customer=life.customer,
+                  period=(life.start + 10 * DAY, life.start + 30 * DAY), reason="subscription_update")
+    obj["payments"] = {"object": "list", "has_more": False, "data": [{
+        "id": f"inpay_{payment_intent}", "object": "invoice_payment", "status": "paid", "is_default": True,
+        "payment": {"type": "payment_intent", "payment_intent": payment_intent}}]}
+    return obj
+
+
+async def _before_migration_15(database: str) -> None:
+    """Undo migration 15 (the payment intent of pending events), its data with it."""
+    undo = ["DROP INDEX subscription_events_pending_by_payment_intent",
+            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent"]
+    if database.startswith("postgresql://"):
+        import asyncpg
+        conn = await asyncpg.connect(database)
+        try:
+            for sql in undo + ["DELETE FROM plangate_schema WHERE version >= 15"]:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+        return
+    import sqlite3
+    with sqlite3.connect(database) as db:
+        for sql in undo + ["PRAGMA user_version = 14"]:
+            db.execute(sql)
 
 
 class TestRefunds:

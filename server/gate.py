@@ -46,7 +46,7 @@ REFRESH_BATCH = 50
 REFRESH_MIN_TTL = 1.0
 _UNREADABLE = object()      # a subject whose row a refresh could not read
 _EXHAUSTED = Reason.QUOTA_EXHAUSTED
-WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup"})
+WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup", "conceal"})
 TRAITS_TRIGGER = "admin:traits"     # traits set: audited as an admin's, yet no decision about the status
 
 

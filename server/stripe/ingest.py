@@ -260,11 +260,15 @@ class Ingest:
         """Events that came before the link to their subject: folded in now, in created order. Several
         deliveries may find the same waiting events at once; the fold reads them afresh after each load of
         the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
+        erased = self.personal is not None and await self._io("erased", self.personal.is_erased(subject))
+
         async def waiting() -> Incoming:
             found: dict[str, tuple[StripeEvent, EventRecord]] = {}
             asked, ask = set(payments), (customer, subscription, payments)
             while True:
                 new = [r for r in await self._io("pending", self.store.pending(*ask)) if r.id not in found]
+                if erased and new:
+                    new = await self._concealed(new, subject)
                 for r in new:
                     found[r.id] = (_as_event(r), replace(r, subject=subject))
                 # What they link in turn: the charges and payment intents of the events found (a dispute waits
@@ -280,6 +284,21 @@ class Ingest:
         if not await waiting():
             return None
         return await self._fold(_Fold(subject, stored_rows=True, waiting=waiting, answer_for=answer_for))
+
+    async def _concealed(self, rows: list[EventRecord], pseudonym: str) -> list[EventRecord]:
+        """Waiting events an erased subject adopts (a dispute whose charge came only after the erasure, which
+        could not know them as the subject's): reduced as the erasure reduced the subject's other events, and
+        written so before the fold takes them in (a fold rewrites an adopted row's outcome, not its payload); then
+        the database lets go of its copies of what they were. The rows as they are now."""
+        assert self.personal is not None
+        concealed = [replace(r, payload=self.personal.conceal(r.payload, pseudonym, pseudonym)) for r in rows]
+        changed = [(new.id, new.payload) for new, old in zip(concealed, rows) if new.payload != old.payload]
+        if changed:
+            await self._io("conceal", self.store.reduce_payloads(changed, self.gate.clock()))
+            if not await self._io("scrub", self.store.scrub()):
+                log(logging.WARNING, "scrub_incomplete", why="the database was busy: copies of rewritten rows stay "
+                                                             "in its write-ahead log until the next cleanup")
+        return concealed
 
     async def _fold(self, fold: _Fold, loaded: StoredSubject | None | _Unread = _UNREAD) -> Received | None:
         """The fold, after the fold of the same subject before it (if any). loaded: the subject's row as the

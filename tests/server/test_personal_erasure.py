@@ -284,6 +284,30 @@ class TestCreditGrants:
 
 
 class TestPendingEvents:
+    async def test_a_dispute_adopted_after_the_erasure_keeps_nothing_of_the_person(self, start_gate, database):
+        """The dispute of a charge the gate has not seen waits (no STRIPE_SECRET_KEY), linked to no one: the
+        erasure cannot know it is the subject's. The charge arrives after the erasure (its customer kept: the
+        subscription is live) and lands on the pseudonym, concealed; the dispute it links is adopted there, and
+        reduced as the erasure reduced the subject's other events: its evidence (name, email) goes."""
+        gate = await start_gate(**ENV)
+        life = Lifecycle("user_late", time.time() - 80 * DAY, 42)
+        events = life.until_live()
+        charge = next(e for e in events if e["type"] == "charge.succeeded" and e["data"]["object"]["id"].endswith("d"))
+        disputed = next(e for e in events if e["type"] == "charge.dispute.created")
+        for evt in events:
+            if evt is not charge and evt is not disputed:
+                await deliver(gate, evt)
+        _, answer = await deliver(gate, disputed)
+        assert (answer["outcome"], answer["subject"]) == ("pending", None)
+        erased = await erase(gate, "user_late")
+        assert erased["stripe_ids_kept"] is True
+        _, answer = await deliver(gate, charge)
+        assert answer["subject"] == erased["pseudonym"]
+        (adopted,) = await rows(database, "SELECT subject, outcome FROM subscription_events WHERE event_id = ?",
+                                disputed["id"])
+        assert adopted[0] == erased["pseudonym"] and adopted[1] != "pending"
+        assert not found(await store_text(database), life.person.needles() + ["user_late"])
+
     @pytest.mark.parametrize("ended", [True, False])
     async def test_a_dispute_of_the_subjects_stale_charge_keeps_nothing_of_the_person(self, start_gate, database,
                                                                                      ended):

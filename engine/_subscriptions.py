@@ -5,8 +5,10 @@ still `past_due` (Stripe cancels the old one by dunning days later), or an add-o
 subject's status follows one of them:
 
 1. Among its subscriptions but add-ons (a subscription whose prices are known and select no tier of the
-   plan: each is a tier's, an add-on's, or, when the plan has no default_tier, one it does not know), or among
-   all of them when all are add-ons;
+   plan: each is an add-on's or, when the plan has no default_tier, one it does not know), or, when all are
+   add-ons, among those that buy none of the plan's add-ons (prices the plan does not know: a plan without
+   tiers follows those). One that buys the plan's add-ons and no tier is never followed: add-ons never move
+   the subject's status nor give it a tier, so a subject with only such subscriptions follows none;
 2. the most recently created one that serves: neither ended (`canceled`, `incomplete_expired`) nor
    `incomplete` (begun, its first payment never made: an abandoned payment form must not mute the subscription
    the customer pays for). A Checkout Session creates its subscription: one known only from its checkout was
@@ -61,6 +63,11 @@ class Subscription:
         """Its prices are known (from the subscription itself) and none selects a tier of the plan."""
         return self.status is not None and self.tier is None
 
+    @property
+    def addons_only(self) -> bool:
+        """It buys some of the plan's add-ons and selects no tier: never the subscription the status follows."""
+        return self.addon and bool(self.addons)
+
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -99,10 +106,10 @@ def subscription_of(obj: Mapping) -> str | None:
 
 
 def followed(subscriptions: tuple[Subscription, ...]) -> Subscription | None:
-    """The subscription the subject's status follows (see the module's rule)."""
-    if not subscriptions:
+    """The subscription the subject's status follows (see the module's rule); None when it has none but add-ons'."""
+    pool = [s for s in subscriptions if not s.addon] or [s for s in subscriptions if not s.addons_only]
+    if not pool:
         return None
-    pool = [s for s in subscriptions if not s.addon] or subscriptions
     serving = [s for s in pool if not s.ended and s.status != INCOMPLETE]
     if serving:
         return max(serving, key=_newest)

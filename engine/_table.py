@@ -287,7 +287,8 @@ class StateTable:
             state = self.named(state, now)
         facts = state
         obj: Mapping = {}
-        other = None        # (the subscription the event is about, the one the subject follows) when they differ
+        # (the subscription the event is about, the one the subject follows or None) when they differ
+        other: tuple[str, str | None] | None = None
         if isinstance(trigger, StripeEvent):
             obj = trigger.object if isinstance(trigger.object, Mapping) else {}
             facts, other = self._take_in(state, obj, now)
@@ -310,7 +311,7 @@ class StateTable:
         matched = trigger.matched() if isinstance(trigger, StripeEvent) else obj
         for edge in edges:
             if (edge.other if other else edge.followed) and edge.matches(matched):
-                about = "" if other is None else f" (about {other[0]}; the subject follows {other[1]})"
+                about = "" if other is None else f" (about {other[0]}; the subject {_follows(other[1])})"
                 if edge.target == state.status:
                     if isinstance(trigger, TimerFired):
                         # Staying put is all a due timer does here: it stops, or every sweep would fire it.
@@ -320,7 +321,7 @@ class StateTable:
                 return Outcome(state, moved, trigger.key, edge.moved + about, True, edge.rule)
         if other is not None:
             return Outcome(state, facts, trigger.key,
-                           f"about subscription {other[0]}, but the subject's status follows {other[1]}: recorded, "
+                           f"about subscription {other[0]}, but the subject's status {_follows(other[1])}: recorded, "
                            f"the subject stays in '{state.status}' (no transition from it on {trigger.key} with "
                            "`subscription: other` or `any` matches)", other_subscription=True)
         why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
@@ -328,10 +329,14 @@ class StateTable:
                + "; ".join(e.why for e in edges) + ")")
         return Outcome(state, facts, trigger.key, why)
 
-    def _take_in(self, state: SubjectState, obj: Mapping, now: float) -> tuple[SubjectState, tuple[str, str] | None]:
+    def _take_in(self, state: SubjectState, obj: Mapping,
+                 now: float) -> tuple[SubjectState, tuple[str, str | None] | None]:
         """The state with what the event's object says of the subscription it is about; and (that subscription,
         the followed one) when they differ. An invoice of no subscription (a one-off invoice) is not the followed
-        subscription's either: neither its payment nor its failure is the subscription's."""
+        subscription's either: neither its payment nor its failure is the subscription's. A subscription that buys
+        only add-ons is never followed: while the subject has no other, its events are another subscription's
+        (followed: None): they give it no tier nor period, and move it only where a transition says `subscription:
+        other` or `any`."""
         about = subscription_of(obj)
         if about is None:
             follows = state.follows if obj.get("object") == "invoice" else None
@@ -344,7 +349,9 @@ class StateTable:
             state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
             if follows is not None and follows.id != about and (was is None or was.id != follows.id):
                 state = self._retimed(state, self._followed_facts(state, follows))
-        return state, (None if follows is None or follows.id == about else (about, follows.id))
+        if follows is not None and follows.id == about:
+            return state, None
+        return state, (about, None if follows is None else follows.id)
 
     def _followed_facts(self, state: SubjectState, sub: Subscription) -> SubjectState:
         """The subject's tier, period and dates as the gate knows them of the subscription it now follows (the one
@@ -621,6 +628,11 @@ class StateTable:
                 edges.setdefault((src, str(t.trigger)), []).append(
                     _Edge(matches, src, t.target, rule, why, t.subscription))
         return {k: tuple(v) for k, v in edges.items()}
+
+
+def _follows(subscription: str | None) -> str:
+    """What the subject's status follows, in a reason."""
+    return f"follows {subscription}" if subscription else "follows no subscription (add-ons alone never move it)"
 
 
 def _line(location: Location | None) -> int:

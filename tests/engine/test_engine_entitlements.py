@@ -120,6 +120,46 @@ class TestAddons:
         assert (state.status, state.addons) == ("paid", ())
         assert saas.can_process(state, "exports", 1, 0, NOW).limit == 200
 
+    def export_pack(self, status: str = "active", ident: str = "sub_addon") -> dict:
+        """A subscription of its own buying one export pack, in Stripe's current shape (its period on the item)."""
+        return {"object": "subscription", "id": ident, "customer": "cus_1", "status": status,
+                "metadata": {"workspace": "ws"},
+                "items": {"data": [{"price": {"id": "price_export_pack_monthly"}, "quantity": 1,
+                                    "current_period_start": int(ts("2027-02-10T09:00:00Z")),
+                                    "current_period_end": int(ts("2027-03-10T09:00:00Z"))}]}}
+
+    def test_an_addon_bought_alone_makes_no_one_paid_nor_gives_a_tier(self, saas):
+        """The default tier is for a price the plan does not know, not for an add-on's: a free workspace that buys
+        only an export pack stays free, with free's limits and features, and follows no subscription."""
+        state = saas.initial_state("ws", NOW - 30)
+        outcome = saas.apply(state, StripeEvent("customer.subscription.created", self.export_pack(), "evt_1", NOW - 20),
+                             NOW - 20)
+        state = outcome.state
+        assert not outcome.moved and outcome.other_subscription
+        assert "follows no subscription" in outcome.reason
+        assert (state.status, state.tier, state.follows, state.period_end) == ("free", None, None, None)
+        assert state.addons == (("export_pack", 1),)        # bought, and counted once a tier's status takes it
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 10
+        assert saas.can_process(state, "api_calls", 1, 0, NOW).limit == 10
+        assert not saas.feature(state, "custom_domain", NOW).allowed
+
+    def test_an_addon_bought_first_counts_once_a_plan_is_bought_and_not_after_it_ends(self, saas):
+        """Two subscriptions on one customer, the add-on's first: the pro subscription is followed when it comes
+        and the pack adds to pro's quota; when pro ends the pack alone does not keep the workspace paid."""
+        pro = subscribed(saas, "price_pro_monthly")
+        state = fold(saas, self.export_pack(), pro)
+        assert (state.status, state.tier, state.follows.id) == ("paid", "pro", "sub_1")
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 200 + 500
+        state = fold(saas, self.export_pack(), pro, dict(pro, status="canceled"))
+        assert (state.status, state.follows.id, state.addons) == ("ended", "sub_1", (("export_pack", 1),))
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 10
+
+    def test_an_addon_alone_after_the_plan_ended_does_not_bring_it_back(self, saas):
+        pro = subscribed(saas, "price_pro_monthly")
+        state = fold(saas, pro, dict(pro, status="canceled"), self.export_pack(ident="sub_later"))
+        assert (state.status, state.follows.id) == ("ended", "sub_1")
+        assert saas.can_process(state, "exports", 1, 0, NOW).limit == 10
+
     def test_addons_count_only_where_the_status_takes_the_tier(self, saas):
         state = fold(saas, subscribed(saas, "price_pro_monthly", 1, [("price_export_pack_monthly", 1)]))
         free = state.with_(status="ended")

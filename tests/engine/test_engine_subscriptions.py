@@ -90,8 +90,15 @@ class TestWhichSubscriptionIsFollowed:
         subs = (Subscription("sub_A", "past_due", T0, "pro"), Subscription("sub_B", None, T0 + 5, None))
         assert followed(subs).id == "sub_B"
 
-    def test_add_ons_alone_are_followed_like_any(self):
+    def test_prices_the_plan_does_not_know_alone_are_followed_like_any(self):
+        """A plan without tiers (or without default_tier) follows subscriptions whose prices select no tier."""
         subs = (Subscription("sub_C", "active", T0, None), Subscription("sub_D", "active", T0 + 5, None))
+        assert followed(subs).id == "sub_D"
+
+    def test_one_buying_only_the_plans_add_ons_is_never_followed(self):
+        extra = (("extra", 1),)
+        assert followed((Subscription("sub_C", "active", T0, None, addons=extra),)) is None
+        subs = (Subscription("sub_C", "active", T0 + 5, None, addons=extra), Subscription("sub_D", "active", T0, None))
         assert followed(subs).id == "sub_D"
 
     def test_an_incomplete_one_never_paid_does_not_displace_a_serving_one(self):
@@ -254,6 +261,38 @@ class TestPriceNoTierLists:
                T0 + 40 * DAY)]
         final, _ = replay(table, table.initial_state("u", T0 - 10), events)
         assert final.follows.id == "sub_A" and final.status == "canceled" and final.addons == (("extra", 1),)
+
+
+class TestAddOnAlone:
+    """A subscription buying only the plan's add-ons, on a subject with no subscription to a tier."""
+
+    def test_it_is_recorded_and_neither_moves_the_subject_nor_gives_it_a_tier(self, table):
+        events = [ev("customer.subscription.created", sub("sub_C", "active", T0, price="price_addon"), T0),
+                  ev("invoice.paid", invoice("in_C1", "sub_C", "paid"), T0 + 1)]
+        final, steps = replay(table, table.initial_state("u", T0 - 10), events)
+        assert (final.status, final.tier, final.follows, final.paid_through) == ("free", None, None, None)
+        assert final.addons == (("extra", 1),)
+        assert all(s.outcome.other_subscription and not s.outcome.moved for s in steps)
+        assert "the subject's status follows no subscription" in steps[0].outcome.reason
+
+    def test_a_plan_bought_after_it_is_followed_whatever_the_order(self, table):
+        events = [ev("customer.subscription.created", sub("sub_C", "active", T0, price="price_addon"), T0),
+                  ev("customer.subscription.created", sub("sub_A", "active", T0 + DAY), T0 + DAY)]
+        for order in itertools.permutations(events):
+            final, _ = replay(table, table.initial_state("u", T0 - 10), list(order))
+            assert (final.status, final.tier, final.follows.id, final.addons) == ("paid", "pro", "sub_A",
+                                                                                  (("extra", 1),))
+            assert final.period_end == T0 + 31 * DAY        # the plan's period, not the add-on's
+
+    def test_a_transition_for_other_subscriptions_still_hears_it(self, write_plan):
+        """`subscription: other` is the plan's word: an add-on's end moves a paid subject even with no plan
+        subscription followed (an admin moved it to paid)."""
+        table = write_plan(plan_text(True))
+        state = table.initial_state("u", T0 - 10).with_(status="paid")
+        events = [ev("customer.subscription.created", sub("sub_C", "active", T0, price="price_addon"), T0),
+                  ev("customer.subscription.deleted", sub("sub_C", "canceled", T0, price="price_addon"), T0 + DAY)]
+        final, steps = replay(table, state, events)
+        assert final.status == "without_addon" and steps[-1].outcome.moved and final.follows is None
 
 
 class TestAddOn:

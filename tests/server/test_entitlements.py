@@ -135,6 +135,48 @@ class TestFeaturesAndSeats:
         assert (body["status"], body["addons"]) == ("paid", [{"addon": "audit_log_addon", "quantity": 1}])
         assert (await check(gate, "ws2", meter="exports"))["limit"] == 200
 
+    async def test_an_addon_bought_alone_leaves_the_workspace_free_until_a_plan_is_beside_it(self, start):
+        """An export pack on a subscription of its own, no plan: not the default tier's (pro) price, so the signed
+        event is recorded as another subscription's and the workspace keeps free's limits and features; the pack
+        adds to pro's exports once pro is bought, and stops counting when pro ends."""
+        gate = await start(SAAS)
+        pack = subscription("ws7", "workspace", "price_export_pack_monthly", sub_id="sub_pack", customer="cus_7")
+        answer = await deliver(gate, se.event("customer.subscription.created", pack, NOW - 90))
+        assert (answer["outcome"], answer["status"]) == ("other_subscription", "free"), answer
+        paid = await deliver(gate, se.event("invoice.paid", se.invoice("paid", sub_id="sub_pack", customer="cus_7",
+                                                                      inv_id="in_pack"), NOW - 89))
+        assert (paid["outcome"], paid["status"]) == ("other_subscription", "free"), paid
+        exports = await check(gate, "ws7", meter="exports")
+        assert (exports["status"], exports["tier"], exports["limit"]) == ("free", None, 10)
+        assert (await check(gate, "ws7", meter="api_calls"))["limit"] == 10
+        assert (await check(gate, "ws7", feature="custom_domain"))["allowed"] is False
+        body = await view(gate, "ws7")
+        assert (body["status"], body["tier"], body["features"]) == ("free", None, [])
+        assert body["addons"] == [{"addon": "export_pack", "quantity": 1}]
+        assert [(s["id"], s["followed"]) for s in body["subscriptions"]] == [("sub_pack", False)]
+        pro = subscription("ws7", "workspace", "price_pro_monthly", sub_id="sub_pro", customer="cus_7")
+        answer = await deliver(gate, se.event("customer.subscription.created", pro, NOW - 80))
+        assert (answer["outcome"], answer["status"]) == ("applied", "paid"), answer
+        exports = await check(gate, "ws7", meter="exports")
+        assert (exports["tier"], exports["limit"]) == ("pro", 200 + 500)
+        await deliver(gate, se.event("customer.subscription.deleted", {**pro, "status": "canceled"}, NOW - 70))
+        exports = await check(gate, "ws7", meter="exports")
+        assert (exports["status"], exports["limit"]) == ("ended", 10)
+
+    async def test_an_addons_event_delivered_late_leaves_the_plan_followed(self, start):
+        """The pack's subscription was created first but its event comes after pro's: folded again in created
+        order, the workspace is on pro with the pack, as in order."""
+        gate = await start(SAAS)
+        pack = subscription("ws8", "workspace", "price_export_pack_monthly", sub_id="sub_pack", customer="cus_8")
+        pro = subscription("ws8", "workspace", "price_pro_monthly", sub_id="sub_pro", customer="cus_8")
+        await deliver(gate, se.event("customer.subscription.created", pro, NOW - 80))
+        late = await deliver(gate, se.event("customer.subscription.created", pack, NOW - 90))
+        assert (late["outcome"], late["status"]) == ("other_subscription", "paid"), late
+        exports = await check(gate, "ws8", meter="exports")
+        assert (exports["status"], exports["tier"], exports["limit"]) == ("paid", "pro", 700)
+        body = await view(gate, "ws8")
+        assert sorted((s["id"], s["followed"]) for s in body["subscriptions"]) == [("sub_pack", False), ("sub_pro", True)]
+
     async def test_an_unknown_feature_and_a_mixed_body_are_refused(self, start):
         gate = await start(SAAS)
         status, body = await gate.post("/v1/check", {"subject": "ws", "feature": "teleport"})

@@ -632,7 +632,7 @@ class StateTable:
 
 def _follows(subscription: str | None) -> str:
     """What the subject's status follows, in a reason."""
-    return f"follows {subscription}" if subscription else "follows no subscription (add-ons alone never move it)"
+    return f"follows {subscription}" if subscription else "follows no subscription (add-ons alone are never followed)"
 
 
 def _line(location: Location | None) -> int:

@@ -74,6 +74,7 @@ class _Entry:
     used: dict[tuple[str, int], int] = field(default_factory=dict)
     grants: list | None = None      # its credit grants, when the cache may keep them (one writer)
     asked: bool = False             # a request read it since it was loaded: worth reading again before it expires
+    seen: int | None = None         # store.outside_writes() before it was read: unchanged, it is still as read
 
 
 @dataclass(frozen=True)
@@ -209,10 +210,11 @@ class Gate:
 
     async def _load_entry(self, subject: str, now: float) -> _Entry:
         self._cache_misses.inc()
+        seen = self.store.outside_writes()
         stored = await self.timed("load", self.store.load(subject))
         if stored is None:
             stored = StoredSubject(self.table.initial_state(subject, now), 0)
-        entry = _Entry(stored)
+        entry = _Entry(stored, seen=seen)
         self._keep(subject, entry)
         return entry
 
@@ -243,8 +245,8 @@ class Gate:
                     log(logging.ERROR, "cache_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def refresh_due(self) -> int:
-        """One store call's worth of due entries read again; how many were read (0: none left, or the store
-        failed: the round ends, the entries expire as they would have)."""
+        """One store call's worth of due entries read again (or kept unread, _renew_unchanged); how many were
+        taken (0: none left, or the store failed: the round ends, the entries expire as they would have)."""
         due, picked = self._due, list[tuple[str, _Entry, dict[tuple[str, int], int]]]()
         now_m, now = time.monotonic(), self.clock()
         table = self.table
@@ -258,6 +260,12 @@ class Gate:
                 picked.append((subject, entry, current))
         if not picked:
             return 0
+        taken = len(picked)
+        seen = self.store.outside_writes()
+        if seen is not None:
+            picked = self._renew_unchanged(picked, seen)
+            if not picked:
+                return taken
         usage_kept = self.store.caches_usage
         windows = [(subject, *w) for subject, _, current in picked for w in current] if usage_kept else []
         try:
@@ -284,10 +292,25 @@ class Gate:
                 # while the store read it: then the larger, which is the newer.
                 used = {w: usage.get((subject, *w), 0) if old.used.get(w) == n else
                         max(old.used.get(w, 0), usage.get((subject, *w), 0)) for w, n in current.items()}
-            self._keep(subject, _Entry(stored, used))
+            self._keep(subject, _Entry(stored, used, seen=seen))
             fresh += 1
         self.metrics.cache_refreshes.inc(fresh)
-        return len(picked)
+        return taken
+
+    def _renew_unchanged(self, picked: list, seen: int) -> list:
+        """Of refresh_due's picks, those to read again: an entry read since the last write the store saw from
+        outside this process (`seen`: store.outside_writes() now) is still as read, but for this gate's own
+        writes, which it holds already; it is kept another TTL, unread (a SQLite gate's busy subjects cost no
+        reading while nothing else writes the file). Its past windows' usage goes, as a reading's would."""
+        left = []
+        for subject, entry, current in picked:
+            if entry.seen != seen or not entry.stored.version:
+                left.append((subject, entry, current))      # changed from outside, or not stored: read again
+                continue
+            entry.used, entry.asked = current, False
+            self._keep(subject, entry)
+        self.metrics.cache_renewals.inc(len(picked) - len(left))
+        return left
 
     async def _read_alone(self, picked: list, usage_kept: bool) -> tuple[list, dict]:
         """refresh_due's reading, a subject a store call: _UNREADABLE for a subject whose row fails to read

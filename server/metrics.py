@@ -106,6 +106,7 @@ class Metrics:
                                          "(sent, retry, refused).", ("result",))
         self.unknown_state = _Count()
         self.cache_refreshes = _Count()     # entries read again ahead of their expiry (Gate.refresh_ahead)
+        self.cache_renewals = _Count()      # ... kept unread instead: nothing outside the gate wrote since
         self.plan_version = ""          # set by the plan keeper: the version this node decides with
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
                           self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
@@ -125,6 +126,10 @@ class Metrics:
                                         "expired, because requests kept asking for them.")
         refreshes.add_metric([], self.cache_refreshes.value)
         yield refreshes
+        renewals = CounterMetricFamily("plangate_cache_renewals", "Cached subjects kept another TTL without a "
+                                       "reading: nothing but the gate itself wrote the store since they were read.")
+        renewals.add_metric([], self.cache_renewals.value)
+        yield renewals
         unknown = CounterMetricFamily("plangate_unknown_state", "Stored subjects whose status this node's plan "
                                       "neither has nor maps (answered by the fail mode, never decided).")
         unknown.add_metric([], self.unknown_state.value)

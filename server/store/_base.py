@@ -226,6 +226,13 @@ class Store(abc.ABC):
         """Make this process the store's gate, where the store serves one gate process only (SQLite);
         StoreError naming the other process when one has it. Released by close()."""
 
+    def outside_writes(self) -> int | None:
+        """A number that changes whenever something other than this process's own writes may have changed the
+        store (another connection or process committed); None when the store cannot tell. Equal readings mean
+        every row read since the first is still as read, but for this process's own writes, which the gate's
+        cache already follows."""
+        return None
+
     def replica_lags(self) -> dict[str, float]:
         """Measured lag (seconds) of each read replica, by host:port (none but on PostgreSQL with replicas)."""
         return {}

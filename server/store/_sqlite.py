@@ -100,6 +100,17 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, SQLiteConsoleS
 
     # --- reads ---------------------------------------------------------------------------------
 
+    def outside_writes(self) -> int | None:
+        # SQLite's data_version of the loop's connection: it moves with every commit of any other connection
+        # (the writer's thread: cleanup, erasure, FULL commits; another process: `plangate erase`), never with
+        # the loop's own; about 1.6 µs.
+        if self._loop_db is None:
+            return None
+        try:
+            return self._loop_db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+
     async def load(self, subject: str) -> StoredSubject | None:
         return await self._read(queries.load, subject)
 

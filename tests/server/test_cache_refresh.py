@@ -35,14 +35,32 @@ async def _keep_asking(served, subject: str, seconds: float) -> list[tuple[float
     return answers
 
 
-async def test_a_subject_asked_for_all_along_is_read_once_on_the_request_path(start_gate):
+def _write_from_outside(database) -> None:
+    """A commit by another connection, of a row no subject has: SQLite's data_version moves for the gate, which
+    can no longer know that what it read is still so (nothing it holds changed, but it cannot tell)."""
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS outside_writer (n INTEGER)")
+        db.execute("INSERT INTO outside_writer VALUES (1)")
+
+
+async def test_a_subject_asked_for_all_along_is_read_once_on_the_request_path(start_gate, database):
     served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
     gate = _gate_of(served)
+    assert (await served.consume("busy", 1, key="k1"))[0] == 200     # stored: a row to keep or read again
+    assert (await served.check("busy"))[0] == 200
+    missed = gate.metrics.cache.labels("miss").value
     await _keep_asking(served, "busy", 3.5 * TTL)
-    assert gate.metrics.cache.labels("miss").value == 1           # its first request only
-    assert gate.metrics.cache_refreshes.value >= 3                # every 0.75 TTL or so, off the request path
+    assert gate.metrics.cache.labels("miss").value == missed      # never again on the request path
+    # Nothing but the gate wrote the file: kept every 0.75 TTL or so, off the request path, and never read again.
+    assert gate.metrics.cache_renewals.value >= 3
+    assert gate.metrics.cache_refreshes.value == 0
+    _write_from_outside(database)                                 # now the gate cannot know: the next round reads
+    await _keep_asking(served, "busy", 1.2 * TTL)
+    assert gate.metrics.cache_refreshes.value == 1
+    assert gate.metrics.cache.labels("miss").value == missed
     status, text = await served.get("/metrics")
-    assert status == 200 and "plangate_cache_refreshes_total" in text
+    assert status == 200 and "plangate_cache_refreshes_total 1.0" in text
+    assert "plangate_cache_renewals_total" in text
 
 
 async def test_a_subject_nobody_asks_for_is_left_to_expire(start_gate):
@@ -98,7 +116,9 @@ async def test_a_row_the_gate_cannot_read_fails_alone_and_the_refresher_goes_on(
     failed = [r for r in caplog.records if r.getMessage() == "cache_refresh_failed"]
     assert failed and failed[0].fields["subject"] == "broken" and "JSONDecodeError" in failed[0].fields["error"]
     assert "broken" not in gate._cache
-    assert gate.metrics.cache_refreshes.value >= 3                        # "sound", every 0.75 TTL
+    # "sound", every 0.75 TTL: read with "broken" after the outside write, then kept (nothing else wrote).
+    assert gate.metrics.cache_refreshes.value >= 1
+    assert gate.metrics.cache_refreshes.value + gate.metrics.cache_renewals.value >= 3
     assert gate.metrics.cache.labels("miss").value == missed              # never on the request path
     assert {a["used"] for _, a in answers} == {1}
 
@@ -148,6 +168,7 @@ async def test_a_count_in_flight_across_a_refresh_is_kept_in_the_fresh_entry(dat
         await gate.check("s", "requests", 1)
         await asyncio.sleep(0.75 * TTL + 0.05)                         # due
         for i in range(1, 30):
+            _write_from_outside(database)                               # so that the refresh reads the row
             counting = asyncio.create_task(gate.count("s", "requests", 1, f"k{i}", enforce=True))
             await asyncio.sleep(0)                                      # the count awaits its group commit...
             await gate.refresh_due()                                    # ... while the subject is read again
@@ -178,9 +199,11 @@ async def test_credits_spent_across_a_refresh_are_not_answered_from_the_fresh_en
         assert (await gate.check("a", "tokens", 100)).credits == 900
         await asyncio.sleep(0.75 * TTL + 0.05)                          # due
         for i in range(1, 4):
+            _write_from_outside(database)                               # so that the refresh reads the rows
             spending = asyncio.create_task(gate.count("a", "tokens", 100, f"k{i}", enforce=True))
             await asyncio.sleep(0)                                      # the spend awaits its group commit...
             assert await gate.refresh_due() == 1                        # ... while the subject is read again
+            assert gate.metrics.cache_refreshes.value == i
             assert (await gate.check("a", "tokens", 100)).credits == 1_000 - 100 * i
             assert (await spending).decision.credits_used == 100
             assert (await gate.check("a", "tokens", 100)).credits == 1_000 - 100 * (i + 1)

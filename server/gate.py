@@ -263,7 +263,7 @@ class Gate:
         taken = len(picked)
         seen = self.store.outside_writes()
         if seen is not None:
-            picked = self._renew_unchanged(picked, seen)
+            picked = self._renew_unchanged(picked, seen, now)
             if not picked:
                 return taken
         usage_kept = self.store.caches_usage
@@ -297,18 +297,22 @@ class Gate:
         self.metrics.cache_refreshes.inc(fresh)
         return taken
 
-    def _renew_unchanged(self, picked: list, seen: int) -> list:
+    def _renew_unchanged(self, picked: list, seen: int, now: float) -> list:
         """Of refresh_due's picks, those to read again: an entry read since the last write the store saw from
         outside this process (`seen`: store.outside_writes() now) is still as read, but for this gate's own
         writes, which it holds already; it is kept another TTL, unread (a SQLite gate's busy subjects cost no
-        reading while nothing else writes the file). Its past windows' usage goes, as a reading's would."""
+        reading while nothing else writes the file). Its past windows' usage goes, as a reading's would; a
+        subject not stored gets its initial state as of now, as a reading that finds no row gives it."""
         left = []
         for subject, entry, current in picked:
-            if entry.seen != seen or not entry.stored.version:
-                left.append((subject, entry, current))      # changed from outside, or not stored: read again
-                continue
-            entry.used, entry.asked = current, False
-            self._keep(subject, entry)
+            if entry.seen != seen:
+                left.append((subject, entry, current))      # something else wrote since: read again
+            elif entry.stored.version:
+                entry.used, entry.asked = current, False
+                self._keep(subject, entry)
+            else:
+                self._keep(subject, _Entry(StoredSubject(self.table.initial_state(subject, now), 0), current,
+                                           seen=seen))
         self.metrics.cache_renewals.inc(len(picked) - len(left))
         return left
 

@@ -63,6 +63,19 @@ async def test_a_subject_asked_for_all_along_is_read_once_on_the_request_path(st
     assert "plangate_cache_renewals_total" in text
 
 
+async def test_a_subject_only_ever_checked_is_kept_unread_too(start_gate):
+    """Not stored (no count yet): only the gate's own first count could store it, and that updates the cache."""
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
+    gate = _gate_of(served)
+    answers = await _keep_asking(served, "checked-only", 3.5 * TTL)
+    assert gate.metrics.cache.labels("miss").value == 1
+    assert gate.metrics.cache_renewals.value >= 3 and gate.metrics.cache_refreshes.value == 0
+    assert {a["status"] for _, a in answers} == {"limited_free_trial"}
+    assert (await served.consume("checked-only", 2, key="k1"))[0] == 200
+    status, body = await served.check("checked-only")
+    assert status == 200 and body["used"] == 2
+
+
 async def test_a_subject_nobody_asks_for_is_left_to_expire(start_gate):
     served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
     gate = _gate_of(served)

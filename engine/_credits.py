@@ -180,20 +180,24 @@ def cancelled_at(subscriptions: tuple[Subscription, ...]) -> float | None:
 
 
 def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
-                  last: tuple[float, float, int] | None, since: float | None = None) -> tuple[Grant, ...]:
+                  last: tuple[float, float, int] | None, since: float | None = None,
+                  tier_since: float | None = None) -> tuple[Grant, ...]:
     """The grants the tier makes for the window containing `now`, if not made yet: its amount and, with a
     rollover cap, what the previous windows left. `span_at(t)` is the window containing t (a Span). `last`:
     (start, end, what was left at its end) of the latest window the subject has grants of (period and rollover
     ones), or None. A window the subject never touched still carried its grant: it left amount + its own carry.
     `since`: the subject's last cancellation (cancelled_at); nothing is carried from a window that began before
     it (its credits were forfeited, or end where the new subscription's period begins; the windows since were no
-    subscription's)."""
+    subscription's). `tier_since`: when the subject entered its tier (SubjectState.tier_since); nothing is
+    carried from a window that began before it (another tier's grants, or this tier's before the subject left it
+    and came back)."""
     span = span_at(now)
     period_id = f"period:{meter}:{span.start}"
     if last is not None and last[0] >= span.start:
         return ()
     carry = 0
-    if rollover and last is not None and (since is None or since < last[0]):
+    if rollover and last is not None and (since is None or since < last[0]) and \
+            (tier_since is None or tier_since <= last[0]):
         left, end = last[2], last[1]
         for _ in range(_MAX_WINDOWS):
             if end >= span.start:

@@ -27,6 +27,9 @@ class SubjectState:
     quantity: int | None = None          # the followed subscription's quantity of its tier's item (seats)
     addons: tuple[tuple[str, int], ...] = ()   # add-ons its live subscriptions buy: (name, quantity), by name
     traits: tuple[tuple[str, int], ...] = ()   # numbers set on the subject through the API (a quota per_unit)
+    # When Stripe moved the subject into its tier (None: before the gate recorded it): the tier's credits carry
+    # over only from windows that began since.
+    tier_since: float | None = None
 
     def trait(self, name: str) -> int | None:
         for key, value in self.traits:

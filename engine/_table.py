@@ -243,7 +243,7 @@ class StateTable:
         grant, span_at = found
         held, redates = windowed(grants, meter, span_at(now))
         new = period_grants(grant.amount, grant.rollover, meter, span_at, now, last_window(held, meter),
-                            cancelled_at(state.subscriptions))
+                            cancelled_at(state.subscriptions), state.tier_since)
         return TierGrants(held, redates, new)
 
     def _tier_windows(self, state: SubjectState, meter: str, now: float):
@@ -297,6 +297,8 @@ class StateTable:
                     facts = self._retimed(facts, self.subscription_facts(facts, obj))
                 elif obj.get("object") == "invoice":
                     facts = self.invoice_facts(facts, obj)
+            if facts.tier != state.tier:
+                facts = facts.with_(tier_since=_tier_entered(state, facts, now))
         elif isinstance(trigger, TimerFired):
             if state.timer_due is None:
                 return Outcome(state, facts, trigger.key, f"no timer runs in '{state.status}'")
@@ -633,6 +635,16 @@ class StateTable:
 def _follows(subscription: str | None) -> str:
     """What the subject's status follows, in a reason."""
     return f"follows {subscription}" if subscription else "follows no subscription (add-ons alone are never followed)"
+
+
+def _tier_entered(before: SubjectState, after: SubjectState, now: float) -> float:
+    """When a subject Stripe moved into another tier entered it: where the billing period the same change brought
+    began (a change at renewal, an upgrade that restarts the billing cycle: its event comes a moment later), else
+    now (mid-period)."""
+    start = after.period_start
+    if start is not None and start != before.period_start and start <= now:
+        return start
+    return now
 
 
 def _line(location: Location | None) -> int:

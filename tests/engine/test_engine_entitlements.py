@@ -388,3 +388,93 @@ class TestStateCarriesEntitlements:
                                                                         "subscription": "sub_1"}, "e", NOW), NOW)
         assert moved.moved and (moved.state.quantity, moved.state.addons, moved.state.traits) == \
             (4, (("audit_log_addon", 1),), (("x", 1),))
+
+
+DAY = 86400
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """The ai-api example with credits of Scale's too."""
+    text = (REPO / "examples" / "ai-api" / "plans.yaml").read_text(encoding="utf-8")
+    scale = "      requests: {limit: 600, per: minute}\n"
+    assert text.count(scale) == 1
+    path = tmp_path_factory.mktemp("tiers") / "plans.yaml"
+    path.write_text(text.replace(scale, scale + "    credits:\n      tokens: "
+                                 "{amount: 1000000, per: billing_period, rollover: 500000}\n"), encoding="utf-8")
+    return compile_file(path)
+
+
+class TestTierCreditsAcrossTierChanges:
+    """A tier's credits carry over only from windows of that tier: not from the window of the tier the subject
+    left (upgrade or downgrade, at a renewal or mid-period), nor from its own windows before it left and came
+    back. Starter grants 200000 a billing period (up to 100000 carried over); Scale, here, 1000000 (500000)."""
+
+    T0 = 1_800_000_000
+
+    @staticmethod
+    def sub(price: str, start: float, end: float) -> dict:
+        return {"object": "subscription", "id": "sub_1", "customer": "cus_1", "status": "active",
+                "items": {"data": [{"price": {"id": price}, "quantity": 1, "current_period_start": int(start),
+                                    "current_period_end": int(end)}]}}
+
+    def event(self, table, state, kind: str, price: str, start: float, end: float, at: float):
+        return table.apply(state, StripeEvent(kind, self.sub(price, start, end), f"evt_{at}", at), at).state
+
+    def started(self, table, book: UsageBook, price: str = "price_starter_monthly"):
+        """Subscribed at T0 for 30 days, the period's grant made (unspent)."""
+        state = self.event(table, table.initial_state("ws", self.T0 - 60), "customer.subscription.created", price,
+                           self.T0, self.T0 + 30 * DAY, self.T0 + 1)
+        book.balance(state, "tokens", self.T0 + 60)
+        return state
+
+    def test_an_upgrade_at_renewal_carries_nothing_of_the_old_tier_and_its_own_window_carries_on(self, two):
+        book = UsageBook(two)
+        state = self.started(two, book)
+        assert state.tier_since == self.T0
+        renewal = self.T0 + 30 * DAY
+        state = self.event(two, state, "customer.subscription.updated", "price_scale_yearly", renewal,
+                           renewal + 365 * DAY, renewal + 2)     # its event a moment after the period began
+        assert (state.tier, state.tier_since) == ("scale", renewal)
+        assert book.balance(state, "tokens", renewal + 60) == 1_000_000        # no 200000 of Starter's carried
+        # Scale's own windows carry on (its first window began when it was entered)
+        state = self.event(two, state, "customer.subscription.updated", "price_scale_yearly", renewal + 365 * DAY,
+                           renewal + 730 * DAY, renewal + 365 * DAY + 2)
+        assert state.tier_since == renewal
+        assert book.balance(state, "tokens", renewal + 365 * DAY + 60) == 1_500_000
+
+    def test_a_downgrade_mid_period_keeps_the_windows_grant_and_carries_nothing_into_the_next(self, two):
+        book = UsageBook(two)
+        state = self.started(two, book, "price_scale_yearly")
+        middle = self.T0 + 10 * DAY
+        state = self.event(two, state, "customer.subscription.updated", "price_starter_monthly", self.T0,
+                           self.T0 + 30 * DAY, middle)      # the same period: the grant of its window stands
+        assert (state.tier, state.tier_since) == ("starter", middle)
+        assert book.balance(state, "tokens", middle + 60) == 1_000_000
+        renewal = self.T0 + 30 * DAY
+        state = self.event(two, state, "customer.subscription.updated", "price_starter_monthly", renewal,
+                           renewal + 30 * DAY, renewal + 2)
+        assert state.tier_since == middle                  # a renewal is no change of tier
+        assert book.balance(state, "tokens", renewal + 60) == 200_000         # none of Scale's 1000000 carried
+        # the window after carries Starter's own
+        assert book.balance(state, "tokens", renewal + 30 * DAY + 60) == 300_000
+
+    def test_leaving_a_tier_and_coming_back_starts_fresh(self, two):
+        book = UsageBook(two)
+        state = self.started(two, book)
+        state = self.event(two, state, "customer.subscription.updated", "price_scale_yearly", self.T0,
+                           self.T0 + 30 * DAY, self.T0 + 5 * DAY)
+        back = self.T0 + 6 * DAY
+        state = self.event(two, state, "customer.subscription.updated", "price_starter_monthly", self.T0,
+                           self.T0 + 30 * DAY, back)
+        assert (state.tier, state.tier_since) == ("starter", back)
+        assert book.balance(state, "tokens", self.T0 + 31 * DAY) == 200_000     # Starter's window before: left
+
+    def test_the_carry_stops_at_the_window_that_began_before_the_tier_was_entered(self):
+        def span_at(t):
+            start = int(t // 100) * 100
+            return Span(start, start + 100)
+        last = last_window(period_grants(50, 30, "tokens", span_at, 10.0, None), "tokens")
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last, tier_since=40.0)] == [50]
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last, tier_since=0.0)] == [50, 30]
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last)] == [50, 30]   # unknown

@@ -147,7 +147,9 @@ async def _back_to_schema_5(database: str) -> None:
             "ALTER TABLE subscription_events DROP COLUMN fold_rank",
             # 15: pending events by their payment intent
             "DROP INDEX subscription_events_pending_by_payment_intent",
-            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent"]
+            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent",
+            # 17: when the subject entered its tier
+            "ALTER TABLE subscriptions DROP COLUMN tier_since"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

@@ -153,9 +153,10 @@ def _paid_by(payment_intent: str, life: Life) -> dict:
 
 
 async def _before_migration_15(database: str) -> None:
-    """Undo migration 15 (the payment intent of pending events), its data with it."""
+    """Undo migration 15 (the payment intent of pending events), its data with it, and those after it."""
     undo = ["DROP INDEX subscription_events_pending_by_payment_intent",
-            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent"]
+            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent",
+            "ALTER TABLE subscriptions DROP COLUMN tier_since"]      # 17
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

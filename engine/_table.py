@@ -120,8 +120,13 @@ class StateTable:
         self._clocks: dict[Window, CalendarClock | FixedClock] = {
             **self._calendars, Window.MINUTE: FixedClock(60), Window.HOUR: FixedClock(3600)}
         self.features = Features(plan)
-        self._credit_meters = frozenset(c.meter for c in plan.credits) | frozenset(
-            g.meter for t in plan.tiers for g in t.credits)
+        # Tiers whose subscribers on an older version keep its quotas and credits (by version, then tier).
+        kept = {v: k for v, k in ((v, kept_tiers(plan, old)) for v, old in (older or {}).items()
+                                  if v != self.version) if k}
+        # Meters some tier grants credits of each window, in this version or one its subscribers keep.
+        self._tier_credit_meters = frozenset(g.meter for t in plan.tiers for g in t.credits) | frozenset(
+            g.meter for tiers in kept.values() for t in tiers.values() for g in t.credits)
+        self._credit_meters = frozenset(c.meter for c in plan.credits) | self._tier_credit_meters
         self._addon_prices = {p: a.name for a in plan.addons for p in a.prices}
         self.credits = CreditRules(plan)
         self._period_grants = {(t.name, g.meter): g for t in plan.tiers for g in t.credits}
@@ -135,8 +140,7 @@ class StateTable:
         self._tier_names = frozenset(t.name for t in plan.tiers)
         self._uses_tier = {s.name: any(q.kind is QuotaKind.TIER for q in s.quotas) for s in plan.statuses}
         self.deployed_at = deployed_at
-        self._pinned = {v: p for v, p in ((v, self._pin(v, old)) for v, old in (older or {}).items()
-                                          if v != self.version) if p is not None}
+        self._pinned = {v: self._pin(v, tiers) for v, tiers in kept.items()}
 
     # --- decisions ---------------------------------------------------------------------------
 
@@ -220,8 +224,8 @@ class StateTable:
         return meter in self._credit_meters
 
     def tier_grants_apply(self, meter: str) -> bool:
-        """Does some tier grant credits of the meter each window?"""
-        return any(m == meter for _, m in self._period_grants)
+        """Does some tier grant credits of the meter each window (as it is now, or as a subscriber keeps it)?"""
+        return meter in self._tier_credit_meters
 
     def spendable(self, state: SubjectState, meter: str, now: float) -> Spendable:
         """Which of its grants the subject may spend now (see Spendable)."""
@@ -248,10 +252,17 @@ class StateTable:
 
     def _tier_windows(self, state: SubjectState, meter: str, now: float):
         """(the tier's grant rule of the meter, the window containing an instant), or None when the subject's tier
-        grants none of the meter or its status does not take the tier's quota."""
+        grants none of the meter or its status does not take the tier's quota. A subscriber kept on an older plan
+        version (decided_under) gets what its tier granted there."""
         tier = self.tier_of(state)
-        grant = self._period_grants.get((tier, meter)) if self._period_grants and tier is not None else None
-        if grant is None or not self._takes_tier(state, meter, now):
+        if tier is None or meter not in self._tier_credit_meters or not self._takes_tier(state, meter, now):
+            return None
+        pinned = self._pinned.get(state.plan_version) if self._pinned else None
+        if pinned is not None and self.decided_under(state, now)[1] is not None:
+            grant = pinned.credits(tier, meter)
+        else:
+            grant = self._period_grants.get((tier, meter))
+        if grant is None:
             return None
         clock = self._clocks.get(Window(grant.window))
 
@@ -528,13 +539,11 @@ class StateTable:
         return bool(self._uses_tier.get(state.status) and self._uses_tier.get(status)
                     and self.decided_under(state, now)[1] is not None)
 
-    def _pin(self, version: str, old: Plan) -> Pinned | None:
-        kept = kept_tiers(self.plan, old)
-        if not kept:
-            return None
+    def _pin(self, version: str, kept: Mapping[str, Tier]) -> Pinned:
+        """The rules of an older version's subscribers: `kept`, the tiers (by active name) they keep from it."""
         rules = {s.name: self._status_rules(s, kept, version) for s in self.plan.statuses}
         return Pinned(version, rules, {name: tier.existing_subscribers for name in kept
-                                       if (tier := self.plan.tier(name)) is not None})
+                                       if (tier := self.plan.tier(name)) is not None}, dict(kept))
 
     # --- compilation -------------------------------------------------------------------------
 

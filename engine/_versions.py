@@ -8,7 +8,7 @@ on such a version is one dict lookup away from deciding any other.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from plangate.policy import ExistingSubscribers, Plan, Tier
 
@@ -24,7 +24,13 @@ class Pinned:
 
     version: str
     rules: dict                                   # status -> tier -> meter -> rule, as StateTable._rules
-    keeps: Mapping[str, ExistingSubscribers]      # only tiers whose quotas changed and do not apply now
+    keeps: Mapping[str, ExistingSubscribers]      # only tiers whose quotas or credits changed and do not apply now
+    tiers: Mapping[str, Tier] = field(default_factory=dict)     # each kept tier (by active name) in this version
+
+    def credits(self, tier: str, meter: str):
+        """What the kept tier granted of the meter each window in this version (a PeriodGrant), or None."""
+        was = self.tiers.get(tier)
+        return None if was is None else next((g for g in was.credits if g.meter == meter), None)
 
 
 def counterpart(old: Plan, tier: Tier) -> Tier | None:
@@ -33,14 +39,14 @@ def counterpart(old: Plan, tier: Tier) -> Tier | None:
 
 
 def kept_tiers(active: Plan, old: Plan) -> dict[str, Tier]:
-    """Tiers of the active plan whose subscribers on `old` keep old's quotas for a while: their quotas changed
-    and their `existing_subscribers` is not `now`. Each with its tier in `old`."""
+    """Tiers of the active plan whose subscribers on `old` keep old's quotas and credits for a while: either
+    changed and their `existing_subscribers` is not `now`. Each with its tier in `old`."""
     kept = {}
     for tier in active.tiers:
         if tier.existing_subscribers is ExistingSubscribers.NOW:
             continue
         was = counterpart(old, tier)
-        if was is not None and set(was.quotas) != set(tier.quotas):
+        if was is not None and (set(was.quotas) != set(tier.quotas) or set(was.credits) != set(tier.credits)):
             kept[tier.name] = was
     return kept
 

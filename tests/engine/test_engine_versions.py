@@ -6,7 +6,7 @@ import pytest
 
 from plangate.engine import (AdminAction, StateTable, StripeEvent, SubjectState, TimerFired, UnknownStatus, advance,
                              compile_plan)
-from plangate.policy import check_text
+from plangate.policy import ExistingSubscribers, check_text
 from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
                                lowered_pro, renamed)
 
@@ -237,3 +237,62 @@ steps:
             self.run(tmp_path, V1, "{moved: false}", plan="nope.yaml")
         with pytest.raises(ScenarioError, match="has errors; fix them first"):
             self.run(tmp_path, "version: 1\nmeters: {}\n", "{moved: false}")
+
+
+# v1 with credits of pro's meter each billing period; and edits of them with each existing_subscribers choice.
+PRO_LIMIT = "      requests: {limit: 5000, per: billing_period}\n"
+CREDITED = edited((PRO_LIMIT, PRO_LIMIT + "    credits:\n      requests: {amount: 100, per: billing_period, rollover: 50}\n"))
+CREDITED_TABLE = compile_plan(plan(CREDITED))
+
+
+def credited(policy: str, credits: str = "{amount: 300, per: billing_period, rollover: 50}") -> StateTable:
+    """The credited plan with pro's credits changed (`credits`: its map, or "" for none), deployed over it."""
+    line = "      requests: {amount: 100, per: billing_period, rollover: 50}\n"
+    text = edited(("    credits:\n" + line, (f"    credits:\n      requests: {credits}\n" if credits else "")
+                   + f"    existing_subscribers: {policy}\n"), base=CREDITED)
+    return compile_plan(plan(text), {CREDITED_TABLE.version: plan(CREDITED)}, DEPLOY)
+
+
+class TestKeptCredits:
+    """A tier's credits each window are part of what its existing subscribers keep: a subscriber kept on an
+    older version (at_renewal until its renewal, never until an admin upgrades it) gets that version's amount
+    and rollover, whether the new plan raised, lowered or removed them."""
+
+    @staticmethod
+    def granted(table: StateTable, state: SubjectState, now: float, grants=()) -> list[int]:
+        return [g.amount for g in table.tier_grants(state, "requests", now, list(grants)).new]
+
+    @pytest.mark.parametrize("policy, kept", [("now", 300), ("at_renewal", 100), ("never", 100)])
+    def test_a_raised_amount_mid_period(self, policy, kept):
+        new = credited(policy)
+        ann = subscriber(version=CREDITED_TABLE.version)
+        assert self.granted(new, ann, DEPLOY + DAY) == [kept]
+        assert new.decided_under(ann, DEPLOY + DAY)[1] is (None if policy == "now" else ExistingSubscribers(policy))
+        assert self.granted(new, subscriber(version=new.version), DEPLOY + DAY) == [300]     # new subscribers
+
+    @pytest.mark.parametrize("policy, after", [("at_renewal", [300, 50]), ("never", [100, 50])])
+    def test_after_the_renewal(self, policy, after):
+        new = credited(policy)
+        ann = subscriber(version=CREDITED_TABLE.version)
+        first = new.tier_grants(ann, "requests", DEPLOY + DAY, []).new       # the kept window's 100, unspent
+        renewed = ann.with_(period_start=PERIOD[1], period_end=PERIOD[1] + 30 * DAY)
+        assert self.granted(new, renewed, PERIOD[1] + DAY, first) == after
+        upgraded = new.upgrade(ann, DEPLOY + DAY)
+        if policy == "never":
+            assert self.granted(new, upgraded.state.with_(period_start=PERIOD[1], period_end=PERIOD[1] + 30 * DAY),
+                                PERIOD[1] + DAY, first) == [300, 50]
+
+    def test_a_lowered_or_removed_grant_is_kept_until_the_renewal(self):
+        ann = subscriber(version=CREDITED_TABLE.version)
+        lowered = credited("at_renewal", "{amount: 40, per: billing_period}")
+        assert self.granted(lowered, ann, DEPLOY + DAY) == [100]
+        removed = credited("at_renewal", "")
+        assert removed.has_credits("requests") and removed.tier_grants_apply("requests")
+        assert self.granted(removed, ann, DEPLOY + DAY) == [100]
+        assert removed.can_process(ann, "requests", 10, 5000, DEPLOY + DAY, 100).allowed    # spent past the limit
+        renewed = ann.with_(period_start=PERIOD[1], period_end=PERIOD[1] + 30 * DAY)
+        assert self.granted(removed, renewed, PERIOD[1] + DAY) == []
+        assert self.granted(removed, subscriber(version=removed.version), DEPLOY + DAY) == []
+
+    def test_a_tier_whose_credits_did_not_change_keeps_nothing(self):
+        assert credited("never", "{amount: 100, per: billing_period, rollover: 50}").kept_versions == ()

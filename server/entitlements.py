@@ -85,15 +85,21 @@ def grant_terms(grant: Grant) -> tuple:
 
 
 def credits_view(table: StateTable, state: SubjectState, now: float, spendable: list[Grant],
-                 recent: list[Grant]) -> list[dict]:
-    """Per meter with credits: the balance now, and the newest grants (spent and expired ones too)."""
+                 recent: list[Grant], limit: int = 50) -> list[dict]:
+    """Per meter with credits: the balance now, and the newest grants (spent and expired ones too) as they stand
+    now: the tier's grants ending with their windows as the billing period says them now, and the tier's grants
+    of this window (and its rollover) even before a spend makes them in the store, as the balance counts them."""
     out = []
     for meter in table.meters:
         if not table.has_credits(meter):
             continue
-        shown = table.tier_grants(state, meter, now, recent).held      # tier grants' expiries as their windows now
-        mine = [g.to_dict() for g in shown if g.meter == meter]
-        out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable), "grants": mine})
+        held = table.tier_grants(state, meter, now, recent).held
+        new = table.tier_grants(state, meter, now, spendable).new     # spendable: the latest tier window's grants
+        known = {g.id for g in held}
+        shown = sorted([g for g in new if g.id not in known] + [g for g in held if g.meter == meter],
+                       key=lambda g: -g.created)[:limit]
+        out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable),
+                    "grants": [g.to_dict() for g in shown]})
     return out
 
 

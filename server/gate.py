@@ -812,6 +812,7 @@ class Gate:
         overage = await self.timed("overage", self.store.overage_reports(subject, None, 20))
         return {
             "subject": subject, "known": known, "status": state.status, "tier": state.tier, "since": state.since,
+            "tier_since": state.tier_since,
             "timer_due": state.timer_due, "period_start": state.period_start, "period_end": state.period_end,
             "plan_version": decided_under, "plan_kept": kept.value if kept else None,
             "stripe_customer": stored.stripe_customer if known else None,

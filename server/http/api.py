@@ -119,7 +119,7 @@ async def subject_view(request: web.Request) -> web.Response:
         view = await gate.describe(subject)
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
-    for key in ("since", "timer_due", "period_start", "period_end"):
+    for key in ("since", "tier_since", "timer_due", "period_start", "period_end"):
         view[key] = iso(view[key])
     for row in view["usage"]:
         row["window_start"], row["resets_at"] = iso(row["window_start"]), iso(row["resets_at"])

@@ -79,11 +79,29 @@ class Features:
         return [f for f in self.names if self.decide(state, f).allowed]
 
 
+def billable(over: int, billed: int, cap: int | None) -> int:
+    """How much of a piece of work's overage `over` is billed, its window having billed `billed` already: a
+    window bills at most `cap` (None: unbounded). What is past it is counted (work that already ran) but never
+    billed; a consume is refused instead (see beyond)."""
+    if cap is None:
+        return over
+    return max(0, min(over, cap - billed))
+
+
+def overage_cap(rule) -> int | None:
+    """The overage a window of the rule may bill: its `up_to`, 0 for a rule without overage, None unbounded."""
+    if rule.overage == OVERAGE_UNBOUNDED:
+        return None
+    return rule.overage or 0
+
+
 def beyond(rule, state: SubjectState, meter: str, amount: int, used: int, limit: int, span, now: float,
-           balance: int) -> Decision:
+           balance: int, billed: int | None = None) -> Decision:
     """The decision for work that does not fit in what is left of the window's limit, where the rule lets the
     subject go past it: its credits are spent first, then overage (up to the rule's cap a window). `balance`:
-    the subject's spendable credits of the meter."""
+    the subject's spendable credits of the meter. `billed`: the overage the window has billed so far (None: not
+    known, taken as its usage past the limit). Both bound the overage: the window never holds more than the
+    limit and the cap, nor bills more than the cap, when the limit changed within it (seats, a plan's deploy)."""
     remaining = limit - used if used < limit else 0
     rest = amount - remaining
     spent = min(rest, balance) if rule.credits and balance > 0 else 0
@@ -94,6 +112,8 @@ def beyond(rule, state: SubjectState, meter: str, amount: int, used: int, limit:
                         None, rule.name, None, credits, spent, 0)
     if rule.overage is not None:
         so_far = used - limit if used > limit else 0
+        if billed is not None and billed > so_far:
+            so_far = billed
         if so_far + over <= rule.overage:
             return Decision(True, _OK, state.status, state.tier, meter, limit, used, remaining, span.start,
                             span.end, None, rule.name, None, credits, spent, over)

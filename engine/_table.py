@@ -162,9 +162,10 @@ class StateTable:
         return self.rule(state, meter, now).span(state, now)
 
     def can_process(self, state: SubjectState, meter: str, amount: int, used: int, now: float,
-                    balance: int = 0) -> Decision:
+                    balance: int = 0, billed: int | None = None) -> Decision:
         """May the subject do `amount` of `meter` now, having used `used` in the current window (and having
-        `balance` spendable credits of the meter, spent once the limit is used up)?"""
+        `balance` spendable credits of the meter, spent once the limit is used up, and `billed` overage billed in
+        the window so far: None when not known, see beyond)?"""
         # The hot path: a few dict lookups and the cached window bounds, no calendar arithmetic.
         if amount.__class__ is not int or amount < 1:
             _check_amount(amount)
@@ -193,17 +194,17 @@ class StateTable:
             return Decision(True, _OK, state.status, state.tier, meter, limit, used, remaining,
                             span.start, span.end, None, rule.name)
         if rule.beyond:
-            return beyond(rule, state, meter, amount, used, limit, span, now, balance)
+            return beyond(rule, state, meter, amount, used, limit, span, now, balance, billed)
         retry = math.ceil(span.end - now) if span.end is not None and amount <= limit else None
         return Decision(False, _EXHAUSTED, state.status, state.tier, meter, limit, used,
                         remaining, span.start, span.end, retry, rule.name)
 
     def consume(self, state: SubjectState, meter: str, amount: int, used: int, now: float,
-                balance: int = 0) -> tuple[Decision, int]:
+                balance: int = 0, billed: int | None = None) -> tuple[Decision, int]:
         """Check and count in one step: refuses rather than overshoots. Returns the decision (with the
         usage after counting) and the window's usage afterwards. What credits pay for is not counted in the
         window (decision.credits_used says how much of the balance it takes); overage is."""
-        decision = self.can_process(state, meter, amount, used, now, balance)
+        decision = self.can_process(state, meter, amount, used, now, balance, billed)
         if not decision.allowed:
             return decision, used
         counted = amount - decision.credits_used

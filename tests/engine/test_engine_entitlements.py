@@ -9,7 +9,7 @@ import pytest
 from plangate.engine import AbsurdPurchase, Reason, StripeEvent, SubjectState, UsageBook, compile_file
 from plangate.engine._credits import (Grant, GrantSource, Spendable, balance, cancelled_at, last_window,
                                       period_grants, spend, windowed)
-from plangate.engine._entitlements import UnknownFeature
+from plangate.engine._entitlements import UnknownFeature, billable
 from plangate.engine._subscriptions import Subscription
 from plangate.engine._windows import FixedClock, Span, anniversary_span
 from plangate.policy import Window
@@ -373,6 +373,88 @@ transitions: [{from: free, on: "admin:close", to: gone}]
         d = book.consume(state, "tokens", 15, NOW)
         assert (d.credits_used, d.overage, book.balance(state, "tokens", NOW), book.overage[("ws", "tokens")]) == \
             (10, 5, 0, 5)
+
+
+CAPPED = """
+version: 1
+meters: {tokens: {stripe_meter: tokens_over}}
+statuses:
+  free:
+    initial: true
+    quotas: {tokens: {limit: 50, per: day, per_unit: {trait: members}, overage: {up_to: 50}}}
+  gone: {access: deny, terminal: true}
+transitions: [{from: free, on: "admin:close", to: gone}]
+"""
+
+
+class TestOverageBilledAtMostTheCap:
+    """A window bills at most its quota's `overage: {up_to}`, whatever the work: a consume that would bill past it
+    is refused whole, work that already ran is counted and billed only up to it, and a limit that changed within
+    the window (seats, traits) does not open the cap again."""
+
+    @pytest.fixture
+    def capped(self, write_plan):
+        return write_plan(CAPPED)
+
+    @staticmethod
+    def members(table, n: int):
+        return table.initial_state("s", NOW).with_(traits=(("members", n),))
+
+    def test_billable_is_what_is_left_of_the_cap(self):
+        assert (billable(30, 0, 50), billable(30, 40, 50), billable(5, 50, 50), billable(5, 70, 50)) == (30, 10, 0, 0)
+        assert billable(7, 10**15, None) == 7
+
+    def test_a_consume_straddling_the_cap_is_refused_whole(self, capped):
+        book = UsageBook(capped)
+        one = self.members(capped, 1)
+        assert book.consume(one, "tokens", 95, NOW).overage == 45
+        d = book.consume(one, "tokens", 10, NOW)
+        assert (d.allowed, d.reason, d.overage, book.used(one, "tokens", NOW)) == (False, Reason.QUOTA_EXHAUSTED, 0, 95)
+        assert book.consume(one, "tokens", 5, NOW).overage == 5
+        assert book.overage[("s", "tokens")] == 50
+
+    def test_a_limit_raised_within_the_window_does_not_bill_past_the_cap(self, capped):
+        """50 a member: one member used 80 (30 billed); a second member raises the limit to 100. Taken from the
+        usage alone, the window had billed nothing (80 is under 100): 20 more within the limit and 50 of overage
+        went through, 80 billed in a window capped at 50."""
+        book = UsageBook(capped)
+        one, two = self.members(capped, 1), self.members(capped, 2)
+        assert book.consume(one, "tokens", 80, NOW).overage == 30
+        assert capped.can_process(two, "tokens", 70, 80, NOW).allowed          # the usage alone says yes
+        d = book.consume(two, "tokens", 70, NOW)
+        assert (d.allowed, d.reason) == (False, Reason.QUOTA_EXHAUSTED)
+        assert not capped.can_process(two, "tokens", 70, 80, NOW, billed=30).allowed
+        d = book.consume(two, "tokens", 40, NOW)
+        assert (d.allowed, d.overage, d.used) == (True, 20, 120)
+        assert book.overage[("s", "tokens")] == 50
+        assert not book.check(two, "tokens", 1, NOW).allowed
+
+    def test_a_limit_lowered_within_the_window_bills_only_what_the_cap_leaves(self, capped):
+        book = UsageBook(capped)
+        two, one = self.members(capped, 2), self.members(capped, 1)
+        assert book.consume(two, "tokens", 90, NOW).overage == 0
+        # 40 past the new limit, none of it billed: the window holds at most the limit and the cap (100)
+        assert not book.consume(one, "tokens", 11, NOW).allowed
+        assert book.consume(one, "tokens", 10, NOW).overage == 10
+        assert book.record(one, "tokens", 100, NOW) == 200                      # ran: counted, billed to the cap
+        assert book.overage[("s", "tokens")] == 50
+
+    def test_work_that_ran_past_the_cap_is_counted_and_not_billed(self, capped):
+        book = UsageBook(capped)
+        one = self.members(capped, 1)
+        assert book.record(one, "tokens", 90, NOW) == 90
+        assert book.overage[("s", "tokens")] == 40
+        assert book.record(one, "tokens", 30, NOW) == 120
+        assert book.overage[("s", "tokens")] == 50
+        assert not book.consume(one, "tokens", 1, NOW).allowed
+
+    def test_work_that_ran_spends_credits_before_it_is_overage(self, ai):
+        book = UsageBook(ai)
+        state = fold(ai, subscribed(ai, "price_scale_yearly"))
+        book.add_grants("ws", [Grant("g", "tokens", 10, 10, 5, NOW - 5, None, GrantSource.ADMIN)])
+        limit = book.check(state, "tokens", 1, NOW).limit
+        assert book.record(state, "tokens", limit + 25, NOW) == limit + 15      # credits are not counted
+        assert (book.balance(state, "tokens", NOW), book.overage[("ws", "tokens")]) == (0, 15)
 
 
 class TestStateCarriesEntitlements:

@@ -92,7 +92,7 @@ class GateDecision:
     credits: int | None = None      # past the limit: the subject's credits of the meter left after this work
                                     # (None: credits were not looked at)
     credits_used: int = 0           # what this work takes of the credits
-    overage: int = 0                # what this work goes past the limit and the credits, billed as overage
+    overage: int = 0                # what this work bills as overage (past the limit and the credits, up to the cap)
 
     @classmethod
     def from_json(cls, body: dict) -> GateDecision:

@@ -9,7 +9,7 @@ import uuid
 
 from plangate.engine import Decision, StateTable, SubjectState
 from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance
-from plangate.engine._entitlements import OVERAGE_UNBOUNDED
+from plangate.engine._entitlements import overage_cap
 from plangate.policy import ADMIN_PRIORITY
 
 from .logs import log
@@ -29,7 +29,8 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
              customer: str | None) -> Spend:
     """What the store needs to count past the rule's limit for this subject."""
     limit = rule.limit_for(state)
-    ceiling = None if not enforce or rule.overage == OVERAGE_UNBOUNDED else limit + (rule.overage or 0)
+    cap = overage_cap(rule)
+    ceiling = None if not enforce or cap is None else limit + cap
     which = table.spendable(state, meter, now) if rule.credits else ANY_GRANT
     new: tuple[Grant, ...] = ()
     redates: tuple[tuple[str, float], ...] = ()
@@ -38,23 +39,26 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
     declared = table.plan.meter(meter)
     report = declared.stripe_meter if rule.overage is not None and declared is not None else None
     return Spend(limit, ceiling, rule.credits, which, new, report,
-                 overage_identifier() if report else None, customer, redates)
+                 overage_identifier() if report else None, customer, redates, cap=cap)
 
 
 def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enforce: bool, done: Counted,
             now: float) -> Decision:
-    """The decision a spend's outcome gives: the engine's split of the work, against what the store saw."""
-    if done.duplicate:
+    """The decision a spend's outcome gives: the engine's split of the work, against what the store saw (its
+    usage and the overage its window had billed)."""
+    if done.duplicate and enforce:
         allow = amount - done.credits_used - done.overage
         decision, _ = table.consume(state, meter, amount, done.used - allow - done.overage, now, done.credits_used)
         decision.credits = None     # a repeat: the balance now is not what the first answer said
     elif not done.counted:
-        return table.can_process(state, meter, amount, done.used, now, done.balance or 0)
+        return table.can_process(state, meter, amount, done.used, now, done.balance or 0, done.billed)
     elif enforce:
         used_before = done.used - (amount - done.credits_used)
-        decision, _ = table.consume(state, meter, amount, used_before, now, (done.balance or 0) + done.credits_used)
-    else:       # work that already ran: what is left after counting it
-        decision = table.can_process(state, meter, 1, done.used, now, done.balance or 0)
+        billed = None if done.billed is None else done.billed - done.overage
+        decision, _ = table.consume(state, meter, amount, used_before, now, (done.balance or 0) + done.credits_used,
+                                    billed)
+    else:       # work that already ran (or its repeat): what is left after counting it
+        decision = table.can_process(state, meter, 1, done.used, now, done.balance or 0, done.billed)
     decision.credits_used, decision.overage = done.credits_used, done.overage
     if done.balance is not None and not done.duplicate:
         decision.credits = done.balance

@@ -202,8 +202,9 @@ class Counted:
     duplicate: bool = False
     conflict: bool = False
     credits_used: int = 0           # a spend: what the work took of the subject's credits
-    overage: int = 0                # ... and how much of it was overage
+    overage: int = 0                # ... and how much of it was billed as overage (reported)
     balance: int | None = None      # ... and the credits left (None: not read)
+    billed: int | None = None       # ... and the overage its window has billed, with it (None: not read)
 
 
 class Store(abc.ABC):
@@ -293,9 +294,10 @@ class Store(abc.ABC):
     def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
               key: str | None, now: float) -> Awaitable[Counted]:
         """A count that may go past the window's limit, in one atomic step: the limit first, then the subject's
-        credits (spend.which, in spending order; spend.grants made first), then overage up to spend.ceiling (a
-        report row for it when spend.report). Refuses (nothing written) past the ceiling; a key seen before
-        answers as the first time; conflict=True as for count."""
+        credits (spend.which, in spending order; spend.grants made first), then overage up to spend.ceiling,
+        billed up to what spend.cap leaves of the window's (a report row for what it bills when spend.report).
+        Refuses (nothing written) past the ceiling, or a consume whose overage the cap cannot bill whole; a key
+        seen before answers as the first time; conflict=True as for count."""
 
     @abc.abstractmethod
     async def grants(self, subject: str, now: float) -> list[Grant]:

@@ -2,7 +2,9 @@
 (one text for both, with ? marks; _personal.numbered gives PostgreSQL's).
 
 A spend (a count that may go past the window's limit) takes the limit first, then the subject's credits, then
-overage, in one transaction with the idempotency key, as a count does (see migration entitlements).
+overage, in one transaction with the idempotency key, as a count does (see migration entitlements). The window
+keeps the overage it has billed beside its usage (migration overage_billed), read and written in that
+transaction: what a piece of work bills, and reports, is what the window's cap leaves (engine's billable).
 """
 from __future__ import annotations
 
@@ -44,10 +46,13 @@ SENT_TOTALS = ("SELECT stripe_customer, event_name, sum(value) FROM overage_repo
 @dataclass(frozen=True, slots=True)
 class Spend:
     """How a count may go past its window's limit. `ceiling`: the most the window may hold (the limit plus the
-    overage a window allows; None: no ceiling, for work that already ran or unbounded overage). `grants`: the
-    tier's grants of this window, made first when the subject has none yet. `report`: the Stripe meter event name
-    overage is reported to (None: not reported), `report_id` this work's report identifier. `redates`: (grant id,
-    expiry) of the tier's grants whose window the subject's billing period now says ends elsewhere, set first."""
+    overage a window allows; None: no ceiling, for work that already ran or unbounded overage). `cap`: the most
+    overage the window bills (the quota's `up_to`; 0 without overage; None: unbounded); work that already ran
+    is counted whole and bills what the cap leaves, a consume (a ceiling) that would bill less than its overage
+    is refused. `grants`: the tier's grants of this window, made first when the subject has none yet. `report`:
+    the Stripe meter event name overage is reported to (None: not reported), `report_id` this work's report
+    identifier. `redates`: (grant id, expiry) of the tier's grants whose window the subject's billing period now
+    says ends elsewhere, set first."""
 
     limit: int
     ceiling: int | None
@@ -58,6 +63,7 @@ class Spend:
     report_id: str | None = None
     customer: str | None = None
     redates: tuple[tuple[str, float], ...] = ()
+    cap: int | None = 0
 
 
 @dataclass(frozen=True, slots=True)

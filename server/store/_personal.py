@@ -42,9 +42,9 @@ _WRITE_ROW = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, versio
               + ", ".join(f"{c} = excluded.{c}" for c in WRITTEN)
               + ", version = subscriptions.version + 1, updated_at = excluded.updated_at")
 _MOVE = (
-    ("INSERT INTO quota_usage (subject, meter, window_start, used) SELECT ?, meter, window_start, used "
-     "FROM quota_usage WHERE subject = ? ON CONFLICT (subject, meter, window_start) DO UPDATE SET "
-     "used = quota_usage.used + excluded.used", "pseudonym subject"),
+    ("INSERT INTO quota_usage (subject, meter, window_start, used, billed) SELECT ?, meter, window_start, used, "
+     "billed FROM quota_usage WHERE subject = ? ON CONFLICT (subject, meter, window_start) DO UPDATE SET "
+     "used = quota_usage.used + excluded.used, billed = quota_usage.billed + excluded.billed", "pseudonym subject"),
     ("DELETE FROM quota_usage WHERE subject = ?", "subject"),
     ("DELETE FROM usage_keys WHERE subject = ?", "subject"),
     ("UPDATE transitions SET reason = COALESCE(from_status, '') || ' -> ' || to_status || ' by ' || "

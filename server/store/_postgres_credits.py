@@ -1,5 +1,5 @@
 """PostgresStore's credits and overage reports (the SQL is _credits', numbered). A spend is one call of
-plangate_spend (migration entitlements): atomic across nodes, one round trip."""
+plangate_spend (migrations entitlements and overage_billed): atomic across nodes, one round trip."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,8 @@ from ._base import Counted, IdempotencyConflict, StoredSubject
 from ._credits import OverageReport, Spend
 from ._personal import numbered
 
-_SPEND = "SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+_SPEND = ("SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
+          "$17)")
 _INSERT_GRANT = numbered(sql.INSERT_GRANT)
 _REDATE = numbered(sql.REDATE_GRANT)
 _GRANTS = numbered(sql.GRANTS)
@@ -40,7 +41,7 @@ class PostgresCredits:
     async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
                     key: str | None, now: float) -> Counted:
         subject = current.state.subject
-        args = (subject, meter, window_start, amount, spend.limit, spend.ceiling, spend.credits,
+        args = (subject, meter, window_start, amount, spend.limit, spend.ceiling, spend.cap, spend.credits,
                 spend.which.not_before, spend.which.tier_grants, key, now)
         report = (spend.report, spend.report_id, spend.customer)
         try:
@@ -118,7 +119,7 @@ class _Undo(Exception):
 
 
 def _counted(row, subject: str, meter: str, amount: int, key: str | None) -> Counted:
-    outcome, used, seen_subject, seen_meter, seen_amount, spent, over, balance = row
+    outcome, used, seen_subject, seen_meter, seen_amount, spent, over, balance, billed = row
     if outcome == "repeat":
         if (seen_subject, seen_meter, seen_amount) != (subject, meter, amount):
             raise IdempotencyConflict(
@@ -126,5 +127,5 @@ def _counted(row, subject: str, meter: str, amount: int, key: str | None) -> Cou
                 f"amount {seen_amount}; use a new key for different work")
         return Counted(True, used, duplicate=True, credits_used=spent, overage=over)
     return Counted(outcome == "counted", used, conflict=outcome == "conflict", credits_used=spent, overage=over,
-                   balance=balance)
+                   balance=balance, billed=billed)
 

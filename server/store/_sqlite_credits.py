@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Awaitable
 
 from plangate.engine._credits import Grant, spending_order
+from plangate.engine._entitlements import billable
 
 from . import _credits as sql
 from . import _sqlite_queries as queries
@@ -91,9 +92,9 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         db.executemany(sql.REDATE_GRANT, [(expiry, subject, grant) for grant, expiry in spend.redates])
     made = queries.insert_grants(db, subject, spend.grants, None) > 0 or made
     window = (subject, meter, window_start)
-    found = db.execute("SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",
+    found = db.execute("SELECT used, billed FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",
                        window).fetchone()
-    used = found[0] if found else 0
+    used, billed = found if found else (0, 0)
     allow = min(amount, max(spend.limit - used, 0))
     rest = amount - allow
     grants = _spendable(db, subject, meter, spend, now) if spend.credits else []
@@ -105,9 +106,10 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         taken.append((take, subject, grant.id))
         spent += take
     over = rest - spent
+    bill = billable(over, billed, spend.cap)
     balance = sum(g.remaining for g in grants) - spent
-    if spend.ceiling is not None and used + allow + over > spend.ceiling:
-        refused = Counted(False, used, balance=balance + spent)
+    if spend.ceiling is not None and (used + allow + over > spend.ceiling or bill < over):
+        refused = Counted(False, used, balance=balance + spent, billed=billed)
         if made:    # a new subject's row or the window's grants, made above: undone, as on PostgreSQL
             raise Undone(refused)
         # Nothing counted (tier grants' moved expiries stand: they are facts); no savepoint, no second run of
@@ -115,19 +117,19 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         return refused
     after = used + allow + over
     if found:
-        db.execute("UPDATE quota_usage SET used = ? WHERE subject = ? AND meter = ? AND window_start = ?",
-                   (after, *window))
+        db.execute("UPDATE quota_usage SET used = ?, billed = ? WHERE subject = ? AND meter = ? AND window_start = ?",
+                   (after, billed + bill, *window))
     else:
-        db.execute("INSERT INTO quota_usage (subject, meter, window_start, used) VALUES (?, ?, ?, ?)",
-                   (*window, after))
+        db.execute("INSERT INTO quota_usage (subject, meter, window_start, used, billed) VALUES (?, ?, ?, ?, ?)",
+                   (*window, after, bill))
     db.executemany("UPDATE credit_grants SET remaining = remaining - ? WHERE subject = ? AND grant_id = ?", taken)
-    if over and spend.report is not None:
-        db.execute(sql.INSERT_REPORT, (spend.report_id, subject, meter, spend.report, over, now, spend.customer, now))
+    if bill and spend.report is not None:
+        db.execute(sql.INSERT_REPORT, (spend.report_id, subject, meter, spend.report, bill, now, spend.customer, now))
     if key is not None:
         db.execute("INSERT INTO usage_keys (key, subject, meter, amount, window_start, used_after, created_at, "
                    "credits_used, overage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (key, subject, meter, amount, window_start, after, now, spent, over))
-    return Counted(True, after, credits_used=spent, overage=over, balance=balance)
+                   (key, subject, meter, amount, window_start, after, now, spent, bill))
+    return Counted(True, after, credits_used=spent, overage=bill, balance=balance, billed=billed + bill)
 
 
 def _spendable(db: sqlite3.Connection, subject: str, meter: str, spend: Spend, now: float) -> list[Grant]:

@@ -7,7 +7,7 @@ table distributed by subject must name its subject(s) (Citus routes it to that s
 id-distributed table its id; anything else is an exception listed below with the reason it may fan out.
 
 The statements are those a real store sends while the test drives every one of its methods (asyncpg's query
-logger), plus those inside plangate_count_batch, read from its migration.
+logger), plus those inside plangate_count_batch and plangate_spend, read from their newest migrations.
 """
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ import re
 from plangate.engine import SubjectState
 from plangate.server.store import AuditEntry, Change, ConsoleSession, EventRecord, Payment, StoredSubject
 from plangate.server.store._base import Erasure
+from plangate.server.store._credits import Spend
 from plangate.server.store._plans import Deploy, PlanRecord
 from plangate.server.store._migrations import migrations
 from plangate.server.store._postgres import PostgresStore
 
 BY_SUBJECT = ("subscriptions", "quota_usage", "usage_keys", "transitions")
 BY_ID = {"subscription_events": "event_id", "payments": "invoice_id", "stripe_links": "stripe_id"}
-SUBJECT_KEY = re.compile(r"(?<!NOT )\bsubject\s*=\s*(\$\d+|p_subjects\[i\]|ANY\(\$\d+)|"
+SUBJECT_KEY = re.compile(r"(?<!NOT )\bsubject\s*=\s*(\$\d+|p_subjects\[i\]|p_subject\b|ANY\(\$\d+)|"
                          r"^INSERT INTO \w+ (AS \w+ )?\((key, )?subject\b", re.I)
 # Statements that cannot be routed to one subject's shard, and why that is acceptable (each runs off the
 # request path, or once per webhook, never per check or consume).
@@ -45,6 +46,9 @@ EXCEPTIONS = {
     "FROM usage_keys AS k WHERE k.key = p_keys[i]": "a key first used for another subject (answered 409): found by "
                                                     "the key alone where keys are unique across subjects; on Citus "
                                                     "they are unique per subject and this never runs",
+    "NULL::BIGINT FROM usage_keys AS k WHERE k.key = p_key": "plangate_spend's search of a key first used for "
+                                                            "another subject, as plangate_count_batch's (looked "
+                                                            "up by its subject first)",
     "FROM subscription_events WHERE reduced_at IS NULL": "retention's scan of events not reduced yet: every shard, "
                                                          "in the daily job",
     "SELECT invoice_id FROM payments WHERE subject = $1 OR": "an erasure's search of a person's invoices (by subject "
@@ -72,13 +76,17 @@ EXCEPTIONS = {
 TABLES = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+(\w+)", re.I)
 
 
+FUNCTIONS = ("plangate_count_batch", "plangate_spend")
+
+
 def _function_statements() -> list[str]:
-    """The SQL statements inside plangate_count_batch (its newest definition)."""
-    for _, _, sql in reversed(migrations("postgresql")):
-        if "FUNCTION plangate_count_batch" in sql:
-            body = sql.split("$$")[1]
-            return [" ".join(s.split()) for s in re.findall(r"((?:INSERT|UPDATE|DELETE|SELECT)\b[^;]*);", body)]
-    raise AssertionError("no plangate_count_batch in the migrations")
+    """The SQL statements inside the store's functions (each one's newest definition)."""
+    found = []
+    for name in FUNCTIONS:
+        sql = next(sql for _, _, sql in reversed(migrations("postgresql")) if f"FUNCTION {name}(" in sql)
+        body = sql.split(f"FUNCTION {name}(", 1)[1].split("$$")[1]
+        found += [" ".join(s.split()) for s in re.findall(r"((?:INSERT|UPDATE|DELETE|SELECT)\b[^;]*);", body)]
+    return found
 
 
 def _problem(statement: str) -> str | None:
@@ -106,6 +114,9 @@ async def _drive(store: PostgresStore) -> None:
     a = await store.load("a")
     await store.count(a, "requests", 0, 1, 10, "k-next", 100.0)
     await store.count(a, "requests", 0, 50, 10, "k-refused", 100.0)
+    a = await store.load("a")
+    await store.spend(a, "requests", 0, 15, Spend(limit=10, ceiling=20, cap=10, report="requests_over",
+                                                  report_id="pgo_1", customer="cus_a"), "k-spend", 100.0)
     await store.used("a", [("requests", 0)])
     await store.load_many(["a", "b"], [("a", "requests", 0)])
     event = EventRecord("evt_1", "checkout.session.completed", 100.0, "{}", "applied", "", "b", "cus_b", "sub_b")
@@ -184,6 +195,7 @@ class TestCitusKeys:
             await store.close()
         statements = sorted(set(sent)) + _function_statements()
         assert any("plangate_count_batch" in s for s in statements) and len(statements) > 25
+        assert any("FROM plangate_spend(" in s for s in statements)
         problems = {s: _problem(s) for s in statements if _problem(s)}
         assert not problems, "\n".join(f"{why}: {s}" for s, why in problems.items())
         # Every exception is still needed: a listed statement the store no longer sends is a stale entry.

@@ -149,7 +149,9 @@ async def _back_to_schema_5(database: str) -> None:
             "DROP INDEX subscription_events_pending_by_payment_intent",
             "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent",
             # 17: when the subject entered its tier
-            "ALTER TABLE subscriptions DROP COLUMN tier_since"]
+            "ALTER TABLE subscriptions DROP COLUMN tier_since",
+            # 18: the overage a window has billed (its plangate_spend is replaced when 11 and 18 run again)
+            "ALTER TABLE quota_usage DROP COLUMN billed"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

@@ -156,7 +156,9 @@ async def _before_migration_15(database: str) -> None:
     """Undo migration 15 (the payment intent of pending events), its data with it, and those after it."""
     undo = ["DROP INDEX subscription_events_pending_by_payment_intent",
             "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent",
-            "ALTER TABLE subscriptions DROP COLUMN tier_since"]      # 17
+            "ALTER TABLE subscriptions DROP COLUMN tier_since",      # 17
+            # 18: the overage a window has billed (its plangate_spend is replaced when 18 runs again)
+            "ALTER TABLE quota_usage DROP COLUMN billed"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

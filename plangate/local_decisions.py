@@ -25,7 +25,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -151,7 +151,10 @@ class LocalDecisions:
         epoch, n = _number(body["event_id"])
         if epoch != self.epoch or raced > n or body["plan_version"] != self.table.version:
             return False        # an event after the snapshot was read, or another process: ask again next time
-        copy = _Copy(_state(body["state"]), {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
+        state = _state(body["state"])
+        if state is None:
+            return False        # a state this client's engine cannot read whole (a newer gate's): the gate decides
+        copy = _Copy(state, {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
                      time.monotonic() + body["max_age"])
         self.allowed = body["local"]
         self.copies[subject] = copy
@@ -280,9 +283,12 @@ class LocalDecisions:
 
 
 def _state(data: dict):
-    """A snapshot's state (the store's JSON of it) as the engine's SubjectState."""
+    """A snapshot's state (the store's JSON of it) as the engine's SubjectState; None when it has a field this
+    client's engine does not know (a gate newer than the client): deciding without it could differ from the gate."""
     from plangate.engine import SubjectState, Subscription
 
+    if not data.keys() <= {f.name for f in fields(SubjectState)}:
+        return None
     data = dict(data)
     data["subscriptions"] = tuple(Subscription.from_dict(d) for d in data.get("subscriptions") or ())
     for key in ("addons", "traits"):

@@ -12,6 +12,7 @@ import time
 import aiohttp
 import pytest
 
+from plangate import local_decisions
 from plangate.client import GateClient, GateRequestError
 from plangate.server import changes, serve
 from plangate.server.changes import ChangeFeed
@@ -439,3 +440,17 @@ async def test_a_gate_that_does_not_say_its_max_amount_still_lets_copies_decide(
         local._event("hello", hello.encode(), f"{local.epoch}-{local.n}")
         decision = await here.check("u8", "requests", 5)
         assert decision.evaluated_here and decision.reason == "ok"
+
+
+async def test_a_state_with_a_field_this_client_does_not_know_is_left_to_the_gate(gate):
+    """A gate newer than the client may send a state field the client's engine lacks: deciding without it could
+    differ from the gate, so the copy is not made and the gate answers (no TypeError reaches the caller)."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        await there.consume("newer", "requests", 1, idempotency_key="n1")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/subjects/newer/snapshot?client=newer-client", headers=auth) as resp:
+            assert resp.status == 200
+            state = (await resp.json())["state"]
+    assert local_decisions._state(state).subject == "newer"
+    assert local_decisions._state({**state, "a_field_of_a_later_release": 1}) is None

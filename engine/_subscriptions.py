@@ -26,7 +26,8 @@ order of delivery.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime, UTC
+from typing import Any, NamedTuple
 from dataclasses import dataclass
 
 from ._stripe import billing_period, invoice_subscription, unix_seconds
@@ -77,6 +78,40 @@ class Subscription:
         if "addons" in values:      # JSON has lists: the state compares tuples
             values["addons"] = tuple((str(name), int(q)) for name, q in values["addons"] or ())
         return cls(**values)
+
+
+class Aside(NamedTuple):
+    """An event the subject's status does not follow: about `about` (a subscription, or a one-off invoice) while
+    the subject follows `follows` (None: none); `ended` when `about` is a subscription the gate knows had ended
+    before the event (an invoice paid after the end), whether the subject follows it or not."""
+
+    about: str
+    follows: str | None
+    ended: Subscription | None = None
+
+    def words(self) -> str:
+        """What it is about, in the reason of an event that moved nothing."""
+        if self.ended is not None:
+            return f"subscription {self.about}, which ended{_on(self.ended.ended_at)}"
+        return f"subscription {self.about}, but the subject's status {_follows(self.follows)}"
+
+    def note(self) -> str:
+        """What it is about, beside the transition it took."""
+        if self.ended is not None:
+            return f"about {self.about}, which ended{_on(self.ended.ended_at)}"
+        return f"about {self.about}; the subject {_follows(self.follows)}"
+
+
+def _follows(subscription: str | None) -> str:
+    """What the subject's status follows, in a reason."""
+    return f"follows {subscription}" if subscription else "follows no subscription (add-ons alone are never followed)"
+
+
+def _on(when: float | None) -> str:
+    """When a subscription ended, in a reason ('' when the gate does not know)."""
+    if when is None:
+        return ""
+    return " on " + datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
 
 
 def live_addons(subscriptions: tuple[Subscription, ...]) -> tuple[tuple[str, int], ...]:

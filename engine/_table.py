@@ -17,7 +17,7 @@ from ._decision import Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
 from ._stripe import billing_period, price_ids, price_items, subscription_dates, unix_seconds
-from ._subscriptions import Subscription, followed, live_addons, subscription_of, take_in
+from ._subscriptions import Aside, Subscription, followed, live_addons, subscription_of, take_in
 from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
 from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
 from ._windows import (AnniversaryClock, BillingClock, CalendarClock, FixedClock, LifetimeClock, Span,
@@ -86,7 +86,7 @@ class _Rule:
 
 
 class _Edge:
-    __slots__ = ("matches", "target", "rule", "why", "moved", "followed", "other")
+    __slots__ = ("matches", "target", "rule", "why", "moved", "followed", "other", "ended")
 
     def __init__(self, matches, source, target, rule, why, scope=SubscriptionScope.FOLLOWED):
         self.matches = matches        # the transition's `when`, compiled once: object -> bool
@@ -94,9 +94,16 @@ class _Edge:
         self.rule = rule
         self.why = why
         self.moved = f"{source} -> {target}: {why}"   # the reason of the move, built once, not per transition
-        # Which events it hears: about the followed subscription (or none), about another one of the subject's.
-        self.followed = scope is not SubscriptionScope.OTHER
-        self.other = scope is not SubscriptionScope.FOLLOWED
+        # Which events it hears: about the followed subscription (or none), about another one of the subject's,
+        # of one that had ended (followed or not). An event is of exactly one of the three.
+        self.followed = scope in (SubscriptionScope.FOLLOWED, SubscriptionScope.ANY)
+        self.other = scope in (SubscriptionScope.OTHER, SubscriptionScope.ANY)
+        self.ended = scope in (SubscriptionScope.ENDED, SubscriptionScope.ANY)
+
+    def hears(self, aside: Aside | None) -> bool:
+        if aside is None:
+            return self.followed
+        return self.ended if aside.ended is not None else self.other
 
 
 class StateTable:
@@ -299,12 +306,11 @@ class StateTable:
             state = self.named(state, now)
         facts = state
         obj: Mapping = {}
-        # (the subscription the event is about, the one the subject follows or None) when they differ
-        other: tuple[str, str | None] | None = None
+        aside: Aside | None = None     # an event its status does not follow: another or an ended subscription's
         if isinstance(trigger, StripeEvent):
             obj = trigger.object if isinstance(trigger.object, Mapping) else {}
-            facts, other = self._take_in(state, obj, now)
-            if other is None:       # another subscription's tier, period, dates and payments are not the subject's
+            facts, aside = self._take_in(state, obj, now)
+            if aside is None:       # another subscription's tier, period, dates and payments are not the subject's
                 if obj.get("object") == "subscription":
                     facts = self._retimed(facts, self.subscription_facts(facts, obj))
                 elif obj.get("object") == "invoice":
@@ -324,8 +330,8 @@ class StateTable:
                            f"the timer of '{state.status}' ran out; no transition on it")
         matched = trigger.matched() if isinstance(trigger, StripeEvent) else obj
         for edge in edges:
-            if (edge.other if other else edge.followed) and edge.matches(matched):
-                about = "" if other is None else f" (about {other[0]}; the subject {_follows(other[1])})"
+            if edge.hears(aside) and edge.matches(matched):
+                about = "" if aside is None else f" ({aside.note()})"
                 if edge.target == state.status:
                     if isinstance(trigger, TimerFired):
                         # Staying put is all a due timer does here: it stops, or every sweep would fire it.
@@ -333,28 +339,32 @@ class StateTable:
                     return Outcome(state, facts, trigger.key, f"already in '{state.status}' ({edge.rule}){about}")
                 moved = self._enter(facts, edge.target, now)
                 return Outcome(state, moved, trigger.key, edge.moved + about, True, edge.rule)
-        if other is not None:
+        if aside is not None:
+            scope = "ended" if aside.ended is not None else "other"
             return Outcome(state, facts, trigger.key,
-                           f"about subscription {other[0]}, but the subject's status {_follows(other[1])}: recorded, "
-                           f"the subject stays in '{state.status}' (no transition from it on {trigger.key} with "
-                           "`subscription: other` or `any` matches)", other_subscription=True)
+                           f"about {aside.words()}: recorded, the subject stays in '{state.status}' (no transition "
+                           f"from it on {trigger.key} with `subscription: {scope}` or `any` matches)",
+                           other_subscription=aside.ended is None, ended_subscription=aside.ended is not None)
         why = (f"no transition from '{state.status}' on {trigger.key}" if not edges else
                f"no transition from '{state.status}' on {trigger.key} matches the event ("
                + "; ".join(e.why for e in edges) + ")")
         return Outcome(state, facts, trigger.key, why)
 
-    def _take_in(self, state: SubjectState, obj: Mapping,
-                 now: float) -> tuple[SubjectState, tuple[str, str | None] | None]:
-        """The state with what the event's object says of the subscription it is about; and (that subscription,
-        the followed one) when they differ. An invoice of no subscription (a one-off invoice) is not the followed
-        subscription's either: neither its payment nor its failure is the subscription's. A subscription that buys
-        only add-ons is never followed: while the subject has no other, its events are another subscription's
-        (followed: None): they give it no tier nor period, and move it only where a transition says `subscription:
-        other` or `any`."""
+    def _take_in(self, state: SubjectState, obj: Mapping, now: float) -> tuple[SubjectState, Aside | None]:
+        """The state with what the event's object says of the subscription it is about; and, when that is not the
+        followed one, what it is about instead. An invoice of no subscription (a one-off invoice) is not the
+        followed subscription's either: neither its payment nor its failure is the subscription's. A subscription
+        that buys only add-ons is never followed: while the subject has no other, its events are another
+        subscription's (follows: None): they give it no tier nor period, and move it only where a transition says
+        `subscription: other` or `any`. An invoice or Checkout Session of a subscription that had ended before it
+        (a late payment of its last open invoice) is an ended subscription's, even the followed one's (a subject
+        follows the one that ended last): it moves the subject only where a transition says `subscription: ended`
+        or `any`. Ended is what the fold knows at the event's place in created order, so a `deleted` delivered
+        late makes the refold take the invoice for an ended subscription's."""
         about = subscription_of(obj)
         if about is None:
             follows = state.follows if obj.get("object") == "invoice" else None
-            return state, (None if follows is None else (ONE_OFF_INVOICE, follows.id))
+            return state, (None if follows is None else Aside(ONE_OFF_INVOICE, follows.id))
         subscriptions = take_in(state.subscriptions, about, obj, now, self._items)
         if subscriptions is state.subscriptions:
             follows = state.follows
@@ -363,9 +373,13 @@ class StateTable:
             state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
             if follows is not None and follows.id != about and (was is None or was.id != follows.id):
                 state = self._retimed(state, self._followed_facts(state, follows))
+        if obj.get("object") != "subscription":     # a subscription's own events tell of its end, never after it
+            sub = next((s for s in subscriptions if s.id == about), None)
+            if sub is not None and sub.ended:
+                return state, Aside(about, None if follows is None else follows.id, sub)
         if follows is not None and follows.id == about:
             return state, None
-        return state, (about, None if follows is None else follows.id)
+        return state, Aside(about, None if follows is None else follows.id)
 
     def _followed_facts(self, state: SubjectState, sub: Subscription) -> SubjectState:
         """The subject's tier, period and dates as the gate knows them of the subscription it now follows (the one
@@ -640,11 +654,6 @@ class StateTable:
                 edges.setdefault((src, str(t.trigger)), []).append(
                     _Edge(matches, src, t.target, rule, why, t.subscription))
         return {k: tuple(v) for k, v in edges.items()}
-
-
-def _follows(subscription: str | None) -> str:
-    """What the subject's status follows, in a reason."""
-    return f"follows {subscription}" if subscription else "follows no subscription (add-ons alone are never followed)"
 
 
 def _tier_entered(before: SubjectState, after: SubjectState, now: float) -> float:

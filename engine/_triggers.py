@@ -108,6 +108,7 @@ class Outcome:
     moved: bool = False
     rule: str | None = None
     other_subscription: bool = False    # about a subscription the subject's status does not follow, and it stayed
+    ended_subscription: bool = False    # of a subscription that had ended (an invoice paid late), and it stayed
 
     @property
     def changed(self) -> bool:

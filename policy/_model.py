@@ -57,6 +57,7 @@ class SubscriptionScope(enum.Enum):
 
     FOLLOWED = "followed"    # the one the subject's status follows (and events about no subscription)
     OTHER = "other"          # only the subject's other subscriptions (an add-on, the old one after a re-subscribe)
+    ENDED = "ended"          # only its subscriptions that have ended (an invoice paid after the end)
     ANY = "any"              # every subscription of the subject
 
 

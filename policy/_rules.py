@@ -16,7 +16,8 @@ from ._conditions import COMPARISONS, EACH, Condition, Op, compile_node
 from ._durations import DurationError, parse_duration
 from ._findings import Finding, Location, Severity
 from ._model import ANY, Anchor, Plan, QuotaKind, SubscriptionScope, Transition, TriggerKind, Window
-from ._stripe_events import SUBSCRIPTION_ENDING, about_subscription, is_known_event, starts_subscription
+from ._stripe_events import (SUBSCRIPTION_ENDING, about_subscription, is_known_event, names_subscription,
+                             starts_subscription)
 
 Rule = Callable[[Plan], Iterator[Finding]]
 E, W = Severity.ERROR, Severity.WARNING
@@ -145,21 +146,28 @@ def stripe_events(plan: Plan) -> Iterator[Finding]:
 
 def subscription_scopes(plan: Plan) -> Iterator[Finding]:
     """`subscription:` says which of the subject's subscriptions a Stripe event may be about: it means nothing on
-    another trigger, and `other` or `any` mean nothing on an event about no subscription."""
+    another trigger, `other`, `ended` or `any` mean nothing on an event about no subscription, and `ended` nothing
+    on a subscription's own events (they tell of its end; an invoice or a Checkout Session can come after it)."""
     for t in plan.transitions:
         if "subscription" not in _keys(plan, t):
             continue
         where = plan.document.key_location(("transitions", t.index, "subscription"))
+        scope = t.subscription
         if t.trigger.kind is not TriggerKind.STRIPE:
             yield _f("subscription-without-event", E,
                      f"`subscription` says which Stripe subscription an event is about, but this transition is on "
                      f"{t.trigger}: remove `subscription` or put the transition on a stripe: trigger", where)
-        elif t.subscription is not SubscriptionScope.FOLLOWED and not about_subscription(t.trigger.name):
+        elif scope is not SubscriptionScope.FOLLOWED and not about_subscription(t.trigger.name):
             yield _f("subscription-scope-unused", W,
                      f"{t.trigger.name} is about no subscription (its object is no subscription, invoice or "
-                     f"Checkout Session), so `subscription: {t.subscription.value}` "
-                     + ("never matches" if t.subscription is SubscriptionScope.OTHER else "changes nothing")
-                     + ": remove it", where)
+                     f"Checkout Session), so `subscription: {scope.value}` "
+                     + ("changes nothing" if scope is SubscriptionScope.ANY else "never matches") + ": remove it",
+                     where)
+        elif scope is SubscriptionScope.ENDED and not names_subscription(t.trigger.name):
+            yield _f("subscription-scope-unused", W,
+                     f"{t.trigger.name} is the subscription's own news (its end among them), never an event of a "
+                     "subscription that had ended already, so `subscription: ended` never matches: only an "
+                     "invoice.* or checkout.session.* event can be (an invoice paid after the end)", where)
 
 
 def _keys(plan: Plan, t: Transition) -> tuple[str, ...]:
@@ -258,10 +266,10 @@ def determinism(plan: Plan) -> Iterator[Finding]:
 
 def _may_both_match(a: Transition, b: Transition) -> bool:
     """Two transitions can both match one object unless a condition each must meet (outside `any:` groups)
-    on the same field admits no value in common, or one listens to the followed subscription and the other
-    only to the others. Paths into lists are never exclusive: two elements may differ."""
-    if {a.subscription, b.subscription} == {SubscriptionScope.FOLLOWED, SubscriptionScope.OTHER}:
-        return False
+    on the same field admits no value in common, or they listen to different ones of the followed subscription,
+    the others and the ended ones. Paths into lists are never exclusive: two elements may differ."""
+    if SubscriptionScope.ANY not in (a.subscription, b.subscription) and a.subscription is not b.subscription:
+        return False    # followed, other and ended are apart: an event is of exactly one of them
     for x in _required(a.conditions):
         for y in _required(b.conditions):
             if x.path == y.path and EACH not in x.path and _disjoint(x, y):

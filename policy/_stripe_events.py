@@ -30,3 +30,9 @@ def starts_subscription(name: str) -> bool:
 def about_subscription(name: str) -> bool:
     """Events whose object can name a subscription: the subscription itself, an invoice, a Checkout Session."""
     return name.startswith(("customer.subscription.", "invoice.", "checkout.session."))
+
+
+def names_subscription(name: str) -> bool:
+    """Events whose object names a subscription without being it (an invoice, a Checkout Session): the only ones
+    that can be of a subscription that has ended already (a subscription's own events tell of its end)."""
+    return name.startswith(("invoice.", "checkout.session."))

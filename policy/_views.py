@@ -239,6 +239,8 @@ def _explain_trigger(plan: Plan, s: Status, t: Transition) -> str:
         text = f"on admin action {t.trigger.name}"
     if t.subscription is SubscriptionScope.OTHER:
         text += " about another of its subscriptions than the one its status follows"
+    elif t.subscription is SubscriptionScope.ENDED:
+        text += " about one of its subscriptions that has ended (an invoice paid after the end)"
     elif t.subscription is SubscriptionScope.ANY:
         text += " about any of its subscriptions"
     for i, c in enumerate(t.conditions):

@@ -298,3 +298,33 @@ def test_a_timer_that_runs_out_at_cancel_at_skips_no_grace():
     assert [f.code for f in check_text(CANCELLING, "p.yaml").findings] == []
     graceless = CANCELLING.replace("expires_at: cancel_at + 1h", "expires_after: 3d")
     assert [(f.code, f.location.line) for f in check_text(graceless, "p.yaml").findings] == [("grace-skipped", 40)]
+
+
+class TestSubscriptionScopes:
+    """`subscription:` followed, other and ended are apart (an event is of exactly one); any overlaps each."""
+
+    @staticmethod
+    def text(first: str, second: str, event: str = "invoice.paid") -> str:
+        return BASE.format(event=event, when="{amount_paid: {gt: 0}}").replace(
+            "    to: granted\n", f"    subscription: {first}\n    to: granted\n", 1) + f"""\
+  - from: free
+    on: stripe:{event}
+    when: {{amount_paid: {{gt: 0}}}}
+    subscription: {second}
+    to: granted
+"""
+
+    @pytest.mark.parametrize("first, second, exclusive", [
+        ("followed", "ended", True), ("other", "ended", True), ("followed", "other", True),
+        ("ended", "ended", False), ("any", "ended", False), ("followed", "followed", False),
+    ])
+    def test_which_pairs_can_both_match(self, first, second, exclusive):
+        codes = [f.code for f in check_text(self.text(first, second), "p.yaml").findings]
+        assert ("nondeterministic" not in codes) is exclusive, codes
+
+    def test_ended_fits_an_invoice_and_never_an_event_about_no_subscription(self):
+        assert check_text(self.text("followed", "ended"), "p.yaml").findings == ()
+        refund = self.text("followed", "ended").replace("stripe:invoice.paid", "stripe:charge.refunded")
+        refund = refund.replace("    when: {amount_paid: {gt: 0}}\n", "")
+        (finding,) = [f for f in check_text(refund, "p.yaml").findings if f.code == "subscription-scope-unused"]
+        assert "`subscription: ended` never matches" in finding.message

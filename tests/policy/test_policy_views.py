@@ -160,6 +160,14 @@ class TestExplain:
             "on admin action close -> closed",
         ]
 
+    def test_a_transition_for_ended_subscriptions_says_so(self):
+        text = SMALL.replace("    on: stripe:invoice.paid\n    to: paid\n",
+                             "    on: stripe:invoice.paid\n    subscription: ended\n    to: closed\n")
+        section = _section(explain(check_text(text, "small.yaml").plan), "lapsed")
+        assert ("on Stripe invoice.paid about one of its subscriptions that has ended (an invoice paid after the "
+                "end) -> closed") in re.sub(r"\s+", " ", section)
+        assert "stripe:invoice.paid (ended subscription)" in mermaid(check_text(text, "small.yaml").plan)
+
     def test_denying_and_terminal_statuses(self, plan):
         assert "access:    denied: no work at all" in _section(explain(plan), "lapsed")
         assert "moves on:  never (terminal)" in _section(explain(plan), "closed (terminal)")

@@ -16,7 +16,8 @@ MAX_PAGE = 200
 # given more than a decision's store budget (PLANGATE_STORE_TIMEOUT).
 CENSUS_TIMEOUT = 10.0
 CENSUS_FRESH = 5.0      # seconds a census is answered again before it is read again
-STORED_OUTCOMES = ("applied", "noop", "stale", "other_subscription", "pending", "ignored")   # as stored
+STORED_OUTCOMES = ("applied", "noop", "stale", "other_subscription", "ended_subscription", "pending",
+                   "ignored")   # as stored
 
 
 def cursor_of(created: float, event_id: str) -> str:

@@ -64,8 +64,8 @@ class _Fold(NamedTuple):
 
 @dataclass(frozen=True)
 class Received:
-    """What the webhook answers: the outcome of the event (applied, noop, stale, other_subscription, pending,
-    ignored)."""
+    """What the webhook answers: the outcome of the event (applied, noop, stale, other_subscription,
+    ended_subscription, pending, ignored)."""
 
     event_id: str
     outcome: str
@@ -444,6 +444,8 @@ class Ingest:
                           if changed else f"older than events already applied; changes nothing ({reason})")
             if step.outcome.other_subscription:     # whenever it came, another subscription's event moves nothing
                 outcome = "other_subscription"
+            elif step.outcome.ended_subscription:   # nor an invoice of one that had ended, paid late
+                outcome = "ended_subscription"
             rows.append(replace(records[step.event.id], outcome=outcome, reason=reason, state_before=step.before,
                                 fold_rank=ranks.get(step.event.id)))
             if exact:

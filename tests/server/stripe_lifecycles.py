@@ -122,6 +122,21 @@ class Life:
             self.add(type_, invoice(inv, "paid", subscription=sub, customer=self.customer, period=period,
                                     reason=reason, attempts=attempts), at)
 
+    def pay_open(self, name: str, inv: str, at: float, period: tuple[float, float], attempts: int) -> None:
+        """The customer pays an open invoice on its hosted page (its payment intent confirmed at last): the payment
+        intent and charge, invoice_payment.paid (naming only the invoice and the payment), the invoice paid."""
+        sub, pi, ch = self.sub_id(name), f"pi_{inv}", f"ch_{inv}_paid"
+        self.add("charge.succeeded", charge(ch, customer=self.customer, payment_intent=pi), at)
+        self.add("payment_intent.succeeded", payment_intent(pi, "succeeded", customer=self.customer, charge=ch), at)
+        self.add("invoice_payment.paid", {
+            "id": f"inpay_{inv}", "object": "invoice_payment", "amount_paid": 2000, "amount_requested": 2000,
+            "created": int(at), "currency": "eur", "invoice": inv, "is_default": True, "livemode": False,
+            "payment": {"type": "payment_intent", "payment_intent": pi}, "status": "paid",
+            "status_transitions": {"canceled_at": None, "paid_at": int(at)}}, at)
+        for type_ in ("invoice.paid", "invoice.payment_succeeded"):
+            self.add(type_, invoice(inv, "paid", subscription=sub, customer=self.customer, period=period,
+                                    attempts=attempts), at)
+
     def fail(self, name: str, inv: str, at: float, period: tuple[float, float], attempts: int) -> None:
         sub, pi, ch = self.sub_id(name), f"pi_{inv}", f"ch_{inv}_{attempts}"
         if attempts == 1:

@@ -258,6 +258,15 @@ class Life:
                 "statement_descriptor_suffix": None, "status": "failed" if failed else "succeeded",
                 "transfer_data": None, "transfer_group": None}
 
+    def invoice_payment(self, inv: dict, pi: str, at: float) -> dict:
+        """The invoice payment Stripe's invoice_payment.paid carries: it names the invoice and the payment intent
+        only (neither the customer nor the subscription)."""
+        return {"id": self.nid("inpay"), "object": "invoice_payment", "amount_paid": inv["amount_due"],
+                "amount_requested": inv["amount_due"], "created": int(at), "currency": "usd", "invoice": inv["id"],
+                "is_default": True, "livemode": False,
+                "payment": {"payment_intent": pi, "type": "payment_intent"}, "status": "paid",
+                "status_transitions": {"canceled_at": None, "paid_at": int(at)}}
+
     def dispute(self, charge: dict, at: float) -> dict:
         """A dispute of `charge` opened at `at` (fraudulent, awaiting the merchant's evidence): it names the charge
         and its payment intent, never the customer."""
@@ -596,12 +605,15 @@ def smart_retries_recover() -> Life:
     return life
 
 
+_DUNNING_TRIES = (0, 1 * D, 3 * D + 5 * H, 6 * D, 9 * D)     # Smart Retries' attempts, after the first
+
+
 def _dunning(life: Life) -> tuple[float, dict]:
     """A renewal declined at every Smart Retry: the subject goes through grace into billing_problem."""
     end = life.subscribe_paid(T0)
     inv = life.renewal(end, end, end + MONTH)
     first = end + H
-    tries = [first, first + 1 * D, first + 3 * D + 5 * H, first + 6 * D, first + 9 * D]
+    tries = [first + after for after in _DUNNING_TRIES]
     for n, at in enumerate(tries, 1):
         expect = {"status": "grace_period"} if n == 1 else {"status": "billing_problem"} if n == 3 else None
         life.declined(at, inv, n, tries[n] if n < len(tries) else None, expect=expect)
@@ -619,6 +631,29 @@ def retries_exhausted_canceled() -> Life:
                                  cancellation_details={"comment": None, "feedback": None, "reason": "payment_failed"})
     life.send("customer.subscription.deleted", sub, last, previous=previous, expect={"status": "canceled"})
     life.ends(last + H, "canceled")
+    return life
+
+
+def canceled_then_paid_late() -> Life:
+    life = Life("canceled-then-paid-late", "pete", "an invoice paid after Stripe canceled its subscription "
+                "changes nothing", "Every retry of the renewal is declined and the account's setting cancels the "
+                "subscription, leaving its invoice open; three days later the customer pays that invoice on its "
+                "hosted page. The subscription stays canceled: the gate records the payment as an ended "
+                "subscription's.")
+    last, inv = _dunning(life)
+    sub, previous = life.changed(status="canceled", ended_at=int(last), canceled_at=int(last),
+                                 cancellation_details={"comment": None, "feedback": None, "reason": "payment_failed"})
+    life.send("customer.subscription.deleted", sub, last, previous=previous, expect={"status": "canceled"})
+    paid_at = last + 3 * D
+    pi_id, ch_id = life.nid("pi"), life.nid("ch")
+    life.send("payment_intent.succeeded", life.payment_intent(paid_at, 2000, "succeeded", ch_id, pi_id=pi_id),
+              paid_at)
+    life.send("charge.succeeded", life.charge(paid_at, 2000, pi_id, ch_id=ch_id), paid_at)
+    paid = life.paid_invoice(inv, paid_at, attempts=len(_DUNNING_TRIES))
+    life.send("invoice_payment.paid", life.invoice_payment(paid, pi_id, paid_at), paid_at)
+    life.send("invoice.paid", paid, paid_at, expect={"status": "canceled", "moved": False})
+    life.send("invoice.payment_succeeded", paid, paid_at, expect={"status": "canceled", "moved": False})
+    life.ends(paid_at + H, "canceled")
     return life
 
 
@@ -835,7 +870,7 @@ def resubscribe_during_dunning() -> Life:
 
 
 LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_send_invoice, trial_paused_resumed,
-              trial_paused_resume_declined, smart_retries_recover, retries_exhausted_canceled,
+              trial_paused_resume_declined, smart_retries_recover, retries_exhausted_canceled, canceled_then_paid_late,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
               upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
               abandoned_second_subscription)

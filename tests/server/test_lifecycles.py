@@ -143,3 +143,21 @@ async def test_the_sweep_fires_a_timer_anchored_to_trial_end_and_keeps_the_date(
     await gate.post("/v1/jobs/sweep")
     _, view = await gate.get(f"/v1/subjects/{life.subject}")
     assert view["status"] == "billing_problem" and view["transitions"][0]["trigger"] == "timer"
+
+
+@pytest.mark.parametrize("deleted_last", [False, True])
+async def test_an_invoice_paid_after_the_cancellation_is_recorded_as_an_ended_subscriptions(start_gate, deleted_last):
+    """canceled-then-paid-late: the customer pays the open invoice after Stripe canceled the subscription. Its
+    invoice.paid and invoice.payment_succeeded are recorded `ended_subscription` and the subject stays canceled,
+    also when Stripe delivers the cancellation after the payment (the refold records them so then)."""
+    life = next(life for life in LIVES if life.name == "canceled-then-paid-late")
+    gate, clock = await _started(start_gate, life)
+    deleted = [e for e in life.events if e["type"] == "customer.subscription.deleted"]
+    for event in [e for e in life.events if e not in deleted] + deleted if deleted_last else life.events:
+        clock.now = max(clock.now, event["created"] + 2)
+        await _deliver(gate, event)
+    await _ends_where_the_story_says(gate, life, clock)
+    late = {e["id"] for e in life.events if e["type"] in ("invoice.paid", "invoice.payment_succeeded")
+            and e["created"] > deleted[0]["created"]}
+    status, log = await gate.get("/v1/events?outcome=ended_subscription&limit=200")
+    assert status == 200 and {e["id"] for e in log["events"]} == late and len(late) == 2

@@ -109,6 +109,23 @@ def overage_reported(plan: Plan) -> Iterator[Finding]:
                      plan.document.key_location(path + ("overage",)))
 
 
+def stripe_meters_distinct(plan: Plan) -> Iterator[Finding]:
+    """Stripe adds up a billing meter's events per customer, whichever meter of the plan sent them: two meters
+    reporting to one event name would bill their overage together, past either quota's cap."""
+    first: dict[str, str] = {}
+    for m in plan.meters:
+        if m.stripe_meter is None:
+            continue
+        if m.stripe_meter in first:
+            yield _f("stripe-meter-shared", W,
+                     f"meters '{first[m.stripe_meter]}' and '{m.name}' both report overage to the Stripe billing "
+                     f"meter '{m.stripe_meter}': Stripe bills their sum, so a customer may pay for more than either "
+                     "quota's `overage` cap allows (give each meter a billing meter of its own)",
+                     plan.document.key_location(("meters", m.name, "stripe_meter")))
+        else:
+            first[m.stripe_meter] = m.name
+
+
 def entitlements_used(plan: Plan) -> Iterator[Finding]:
     """Add-on quotas and credits apply only where a status counts the meter against a limit."""
     tier_meters = {q.meter for s in plan.statuses if s.allows for q in s.quotas if q.kind is QuotaKind.TIER}
@@ -174,8 +191,9 @@ RULES = (
     ("unknown-feature/feature-never-granted", references),
     ("anchor-without-calendar", windows),
     ("overage-unreported", overage_reported),
+    ("stripe-meter-shared", stripe_meters_distinct),
     ("addon-quota-unused/credits-unspendable", entitlements_used),
     ("credit-checkout-moves-status", credit_checkouts),
 )
 SILENCEABLE = frozenset({"feature-never-granted", "overage-unreported", "addon-quota-unused", "credits-unspendable",
-                         "credit-checkout-moves-status"})
+                         "credit-checkout-moves-status", "stripe-meter-shared"})

@@ -161,8 +161,11 @@ def _tier_changes(old: Tier, new: Tier, plan: Plan) -> Iterator[PlanChange]:
         yield replace(change, message=f"{change.message}; {when}", tiers=(old.name,), existing_subscribers=policy)
     yield from entitlements.feature_changes(f"tier '{name}'", old.features, new.features, new.location,
                                             tiers=(old.name,))
-    yield from entitlements.grant_changes(f"tier '{name}'", old.credits, new.credits, new.location,
-                                          tiers=(old.name,))
+    # Tier credits follow existing_subscribers as its quotas do (a kept subscriber gets its version's grants).
+    kept = "existing subscribers keep the old credits until upgraded" if policy is ExistingSubscribers.NEVER else when
+    for change in entitlements.grant_changes(f"tier '{name}'", old.credits, new.credits, new.location,
+                                             tiers=(old.name,)):
+        yield replace(change, message=f"{change.message}; {kept}", existing_subscribers=policy)
 
 
 def _gives_less(old: Tier, heir: Tier) -> bool:

@@ -165,8 +165,16 @@ class TestEntitlements:
              "purchase)", True, (), ()),
             (Area.CREDITS, Effect.CHANGED, "credits of tokens: on cancel keep -> forfeit", True, (), ()),
             (Area.CREDITS, Effect.CHANGED, "tier 'starter': tokens: 200000 credits per billing period, up to 100000 "
-             "unspent carried over -> 100000 credits per billing period, up to 100000 unspent carried over", True,
-             ("starter",), ())]
+             "unspent carried over -> 100000 credits per billing period, up to 100000 unspent carried over; "
+             "existing subscribers get it now", True, ("starter",), ())]
+        # Tier credits follow the tier's existing_subscribers as its quotas do.
+        kept = swapped(new, ("      tokens: {amount: 100000, per: billing_period, rollover: 100000}",
+                             "      tokens: {amount: 100000, per: billing_period, rollover: 100000}\n"
+                             "    existing_subscribers: never"))
+        granted = [c for c in diff(plan(AI, "old.yaml"), plan(kept)).changes if c.message.startswith("tier 'starter'")
+                   and c.area is Area.CREDITS]
+        assert [c.message.rsplit("; ", 1)[1] for c in granted] == ["existing subscribers keep the old credits until "
+                                                                    "upgraded"]
 
     def test_a_renamed_add_on_and_a_grant_over_a_longer_window(self):
         renamed_addon = swapped(SAAS, ("  audit_log_addon:\n", "  audit_addon:\n"))

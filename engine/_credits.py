@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from plangate.policy import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel, Plan
 
+from ._links import stripe_refs
 from ._state import SubjectState
 from ._subscriptions import NEVER_SERVED, Subscription
 
@@ -67,6 +68,8 @@ class Grant:
     expires_at: float | None
     source: GrantSource
     note: str = ""              # the price bought, or an admin's actor and reason
+    payment_intent: str | None = None   # a purchase's: refunds and disputes of that payment find it by it
+    paid: int | None = None     # a purchase's: what its Checkout charged in all (smallest currency unit)
 
     def spendable(self, now: float, which: Spendable | None = None) -> bool:
         if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at):
@@ -100,8 +103,7 @@ def spend(grants: list[Grant], meter: str, amount: int, now: float,
         if left == 0:
             break
         take = min(left, g.remaining)
-        by_id[g.id] = Grant(g.id, g.meter, g.amount, g.remaining - take, g.priority, g.created, g.expires_at,
-                            g.source, g.note)
+        by_id[g.id] = replace(g, remaining=g.remaining - take)
         left -= take
     return list(by_id.values()), amount - left
 
@@ -121,9 +123,11 @@ class CreditRules:
         return bool(self.packs) and _paid_payment(event_type, obj) and not isinstance(obj.get("line_items"), Mapping)
 
     def purchased(self, event_type: str, obj: Mapping, created: float) -> tuple[Grant, ...]:
-        """The grants a paid one-time Checkout of credit packs makes: per line whose price is a pack, its credits
-        per unit times the line's quantity. Each grant's id is the session's and the line's: the same payment
-        never grants twice, however often its event comes."""
+        """The grants a paid Checkout of credit packs makes (a one-time payment, or a pack's one-time price sold
+        beside a subscription): per line whose price is a pack, its credits per unit times the line's quantity.
+        Each grant's id is the session's and the line's: the same payment never grants twice, however often its
+        event comes. Each keeps the payment intent that paid it and what the Checkout charged in all, for a
+        refund or a lost dispute of that payment (engine._reversals)."""
         if not self.packs or not _paid_payment(event_type, obj):
             return ()
         session = obj.get("id")
@@ -131,6 +135,8 @@ class CreditRules:
         lines = items.get("data") if isinstance(items, Mapping) else None
         if not isinstance(session, str) or not isinstance(lines, list):
             return ()
+        total = obj.get("amount_total")
+        paid = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
         out = []
         for i, line in enumerate(lines):
             price = line.get("price") if isinstance(line, Mapping) else None
@@ -147,7 +153,7 @@ class CreditRules:
                                      f"({MAX_GRANT})")
             expires = created + rule.expires_after if rule.expires_after else None
             out.append(Grant(f"{session}:{i}", rule.meter, amount, amount, rule.priority, float(created), expires,
-                             GrantSource.PURCHASE, f"{quantity} x {price}"))
+                             GrantSource.PURCHASE, f"{quantity} x {price}", session_payment(obj), paid))
         return tuple(out)
 
     def not_before(self, state: SubjectState, meter: str) -> float | None:
@@ -159,8 +165,17 @@ class CreditRules:
 
 
 def _paid_payment(event_type: str, obj: Mapping) -> bool:
-    return (event_type in PURCHASE_EVENTS and obj.get("object") == "checkout.session" and obj.get("mode") == "payment"
-            and obj.get("payment_status") == "paid")
+    """A paid Checkout that may sell packs: a one-time payment, or a subscription's Checkout whose line items
+    hold a pack's one-time price beside the recurring one (`mode: setup` pays nothing)."""
+    return (event_type in PURCHASE_EVENTS and obj.get("object") == "checkout.session"
+            and obj.get("mode") in ("payment", "subscription") and obj.get("payment_status") == "paid")
+
+
+def session_payment(obj: Mapping) -> str | None:
+    """The payment intent that paid a Checkout: the session's own (`mode: payment`); in `mode: subscription` the
+    session names none, and it is its invoice's (the gate asks Stripe for the invoice's payments and keeps them
+    on the stored session, expanded as Stripe expands `invoice.payments`)."""
+    return stripe_refs(obj).payment_intent
 
 
 def cancelled_at(subscriptions: tuple[Subscription, ...]) -> float | None:
@@ -232,7 +247,7 @@ def windowed(grants: Iterable[Grant], meter: str, span) -> tuple[list[Grant], tu
         if g.meter == meter and g.source in _TIER_SOURCES:
             want = float(span.end) if g.created >= span.start else min(g.expires_at or float("inf"), span.start)
             if want != g.expires_at:
-                g = Grant(g.id, g.meter, g.amount, g.remaining, g.priority, g.created, want, g.source, g.note)
+                g = replace(g, expires_at=want)
                 redates.append((g.id, want))
         out.append(g)
     return out, tuple(redates)

@@ -39,7 +39,9 @@ FACT_EVENTS = frozenset({
 
 def relevant_events(plan: Plan) -> frozenset[str]:
     """The event types the gate reads at all; any other is answered `ignored` without being linked."""
-    credits = {"checkout.session.async_payment_succeeded"} if any(c.packs for c in plan.credits) else set()
+    # A plan selling credit packs reads refunds too: one takes back what its payment bought (engine._reversals).
+    credits = {"checkout.session.async_payment_succeeded", "refund.created", "refund.updated"} \
+        if any(c.packs for c in plan.credits) else set()
     return FACT_EVENTS | credits | {t.trigger.name for t in plan.transitions if t.trigger.kind.value == "stripe"}
 
 
@@ -124,6 +126,11 @@ def stripe_refs(obj: Mapping) -> Refs:
         charge, payment_intent = _id(obj.get("latest_charge")), _id(obj.get("id"))
     elif kind in ("dispute", "refund", "checkout.session"):
         charge, payment_intent = _id(obj.get("charge")), _id(obj.get("payment_intent"))
+        invoice = obj.get("invoice")
+        if kind == "checkout.session" and payment_intent is None and isinstance(invoice, Mapping):
+            # A subscription's Checkout names no payment intent; its first invoice's payment is the one (the gate
+            # keeps it on a session that sold credit packs, expanded as Stripe expands `invoice.payments`).
+            charge, payment_intent = _invoice_payment(invoice.get("payments"))
     elif kind == "invoice":
         charge, payment_intent = _id(obj.get("charge")), _id(obj.get("payment_intent"))
         if charge is None and payment_intent is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections.abc import Iterable
 
 from plangate.engine import Decision, StateTable, SubjectState
 from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance
@@ -13,7 +14,7 @@ from plangate.engine._entitlements import overage_cap
 from plangate.policy import ADMIN_PRIORITY
 
 from .logs import log
-from .store import Counted, Spend
+from .store import Counted, Reversal, Spend
 
 
 
@@ -89,10 +90,14 @@ def grant_terms(grant: Grant) -> tuple:
 
 
 def credits_view(table: StateTable, state: SubjectState, now: float, spendable: list[Grant],
-                 recent: list[Grant], limit: int = 50) -> list[dict]:
+                 recent: list[Grant], reversals: Iterable[Reversal] = (), limit: int = 50) -> list[dict]:
     """Per meter with credits: the balance now, and the newest grants (spent and expired ones too) as they stand
     now: the tier's grants ending with their windows as the billing period says them now, and the tier's grants
-    of this window (and its rollover) even before a spend makes them in the store, as the balance counts them."""
+    of this window (and its rollover) even before a spend makes them in the store, as the balance counts them;
+    each bought one with what refunds and lost disputes of its payment took back of it."""
+    taken: dict[str, list[dict]] = {}
+    for r in reversals:
+        taken.setdefault(r.grant_id, []).append(r.to_dict())
     out = []
     for meter in table.meters:
         if not table.has_credits(meter):
@@ -103,8 +108,14 @@ def credits_view(table: StateTable, state: SubjectState, now: float, spendable: 
         shown = sorted([g for g in new if g.id not in known] + [g for g in held if g.meter == meter],
                        key=lambda g: -g.created)[:limit]
         out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable),
-                    "grants": [g.to_dict() for g in shown]})
+                    "grants": [_with_reversals(g.to_dict(), taken) for g in shown]})
     return out
+
+
+def _with_reversals(grant: dict, taken: dict[str, list[dict]]) -> dict:
+    if grant["source"] == GrantSource.PURCHASE.value:
+        grant["reversals"] = taken.get(grant["id"], [])
+    return grant
 
 
 def log_grant(subject: str, grant: Grant, actor: str, made: bool) -> None:

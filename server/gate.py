@@ -808,7 +808,8 @@ class Gate:
         if any(table.has_credits(m) for m in table.meters):
             spendable = await self.timed("credits", self.store.grants(subject, now))
             recent = await self.timed("credits", self.store.recent_grants(subject))
-            credits = entitlements.credits_view(table, state, now, spendable, recent)
+            reversals = await self.timed("credits", self.store.recent_reversals(subject))
+            credits = entitlements.credits_view(table, state, now, spendable, recent, reversals)
         overage = await self.timed("overage", self.store.overage_reports(subject, None, 20))
         return {
             "subject": subject, "known": known, "status": state.status, "tier": state.tier, "since": state.since,

@@ -204,9 +204,8 @@ class PersonalData:
         for _ in range(MAX_CONFLICT_RETRIES):
             stored = await timed("load", store.load(subject), timeout=ERASURE_TIMEOUT)
             customer, subscription = (stored.stripe_customer, stored.stripe_subscription) if stored else (None, None)
-            events, invoices, grants = await timed("personal_rows",
-                                                   store.personal_rows(subject, customer, subscription),
-                                                   timeout=ERASURE_TIMEOUT)
+            events, invoices, grants, credit_ids = await timed(
+                "personal_rows", store.personal_rows(subject, customer, subscription), timeout=ERASURE_TIMEOUT)
             live = _live(events, subscription)
             if subject == pseudonym:
                 if stored is None or live:
@@ -215,6 +214,10 @@ class PersonalData:
                     await timed("erased", store.erased(pseudonym), timeout=ERASURE_TIMEOUT):
                 return None
             erasure = self._erasure(subject, pseudonym, stored, events, invoices, grants, live, actor, now)
+            if not live:
+                ids = self._pseudonyms().stripe_id
+                kept = tuple((i, ids(i)) for i in credit_ids if i.startswith(_PERSONAL_PREFIXES) and "_erased" not in i)
+                erasure = replace(erasure, credit_ids=kept)
             if await timed("erase", store.erase(erasure), shield=True, timeout=ERASURE_TIMEOUT,
                            invalidates=lambda ok: (subject, pseudonym) if ok else ()):
                 self.gate.invalidate(subject)

@@ -131,6 +131,8 @@ async def subject_view(request: web.Request) -> web.Response:
     for meter in view["credits"]:
         for row in meter["grants"]:
             row["created"], row["expires_at"] = iso(row["created"]), iso(row["expires_at"])
+            for taken in row.get("reversals", ()):
+                taken["created"] = iso(taken["created"])
     view["overage"] = [_report(r) for r in view["overage"]]
     return _json.response(view)
 

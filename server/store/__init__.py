@@ -2,7 +2,7 @@
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, Erasure, EventRecord, IdempotencyConflict, Payment,
                     Store, StoredSubject, StoreError)
 from ._console_sessions import ConsoleSession
-from ._credits import OverageReport, Spend
+from ._credits import OverageReport, Reversal, Spend
 from ._migrations import number_of as migration_number
 from ._sqlite import SQLiteStore, sqlite_path
 
@@ -21,5 +21,5 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
 
 
 __all__ = ["AuditEntry", "Change", "ConsoleSession", "Counted", "DuplicateEvent", "Erasure", "EventRecord",
-           "IdempotencyConflict", "OverageReport", "Payment", "SQLiteStore", "Spend", "Store", "StoreError",
+           "IdempotencyConflict", "OverageReport", "Payment", "Reversal", "SQLiteStore", "Spend", "Store", "StoreError",
            "StoredSubject", "migration_number", "open_store", "sqlite_path"]

@@ -20,8 +20,9 @@ import orjson
 
 from plangate.engine import SubjectState, Subscription
 from plangate.engine._credits import Grant
+from plangate.engine._reversals import MoneyBack
 
-from ._credits import OverageReport, Spend
+from ._credits import OverageReport, Reversal, Spend
 
 from ._plans import Census, Deploy, PlanRecord
 from ._console_sessions import ConsoleSession
@@ -155,6 +156,9 @@ class Change:
     payments: tuple[Payment, ...] = ()
     links: tuple[str, ...] = ()                    # Stripe ids (sub_, ch_, pi_) linked to the subject, if not yet
     grants: tuple[Grant, ...] = ()               # credits its events grant (a grant held already is not made again)
+    # Money its events say came back of payments (refunds, lost disputes): recorded once each, and what it takes of
+    # the grants those payments bought taken in the same transaction (engine._reversals).
+    reversals: tuple[MoneyBack, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +195,7 @@ class Erasure:
     actor: str
     audit: AuditEntry | None = None
     grants: tuple[tuple[str, str], ...] = ()       # (grant id stored, id kept) of bought grants, as invoices
+    credit_ids: tuple[tuple[str, str], ...] = ()   # (stored, kept) of the Stripe ids of grants and reversals
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +321,10 @@ class Store(abc.ABC):
         """Make grants (one already made, by its id, is not made again); how many were made."""
 
     @abc.abstractmethod
+    async def recent_reversals(self, subject: str, limit: int = 200) -> list[Reversal]:
+        """What refunds and lost disputes took back of the subject's grants, the newest first."""
+
+    @abc.abstractmethod
     async def overage_due(self, now: float, limit: int) -> list[OverageReport]:
         """Pending overage reports due to be sent, the longest waiting first."""
 
@@ -427,9 +436,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def personal_rows(self, subject: str, customer: str | None,
-                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str]]:
+                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str], list[str]]:
         """The subject's events (and those waiting that name its Stripe customer or subscription), oldest first,
-        the invoice ids of its payments, and the ids of its grants bought through Checkout."""
+        the invoice ids of its payments, the ids of its grants bought through Checkout, and the Stripe ids its
+        credits keep (payment intents of bought grants; refunds, disputes, charges of money that came back)."""
 
     @abc.abstractmethod
     async def erase(self, erasure: Erasure) -> bool:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, Spendable
+from plangate.engine._reversals import MoneyBack, ReversalKind, settle
 
-GRANT_COLUMNS = "grant_id, meter, amount, remaining, priority, created_at, expires_at, source, note"
+GRANT_COLUMNS = ("grant_id, meter, amount, remaining, priority, created_at, expires_at, source, note, "
+                 "stripe_payment_intent, paid")
 INSERT_GRANT = ("INSERT INTO credit_grants (subject, grant_id, meter, amount, remaining, priority, created_at, "
-                "expires_at, source, note, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (subject, grant_id) DO NOTHING")
+                "expires_at, source, note, actor, stripe_payment_intent, paid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject, grant_id) DO NOTHING")
 # What a subject may still spend, and its latest tier grants (a rollover reads what they left).
 GRANTS = (f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND remaining > 0 AND "
           "(expires_at IS NULL OR expires_at > ?) UNION "
@@ -27,6 +29,19 @@ REDATE_GRANT = "UPDATE credit_grants SET expires_at = ? WHERE subject = ? AND gr
 # The newest grants first, spent or not, for the subject's view.
 GRANT = f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND grant_id = ?"
 RECENT_GRANTS = f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? ORDER BY created_at DESC LIMIT ?"
+# Credits taken back (engine._reversals): the facts of money back (grant_id ''), and what each took of a grant.
+REVERSAL_COLUMNS = ("reversal_id, grant_id, kind, payment_intent, charge, amount, paid, units, taken, event_id, "
+                    "created_at")
+INSERT_REVERSAL = (f"INSERT INTO credit_reversals (subject, {REVERSAL_COLUMNS}) VALUES "
+                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject, reversal_id, grant_id) DO NOTHING")
+# A payment's grants (locked on PostgreSQL: a spend changes `remaining` beside) and all that came back of it.
+PAYMENT_GRANTS = ("SELECT grant_id, amount, remaining, paid FROM credit_grants WHERE subject = ? AND "
+                  "stripe_payment_intent = ? ORDER BY grant_id")
+PAYMENT_REVERSALS = f"SELECT {REVERSAL_COLUMNS} FROM credit_reversals WHERE subject = ? AND payment_intent = ?"
+TAKE_BACK = "UPDATE credit_grants SET remaining = remaining - ? WHERE subject = ? AND grant_id = ?"
+# What was taken back of the subject's grants, for its view (the newest first).
+SUBJECT_REVERSALS = (f"SELECT {REVERSAL_COLUMNS} FROM credit_reversals WHERE subject = ? AND grant_id <> '' "
+                     "ORDER BY created_at DESC, reversal_id LIMIT ?")
 REPORT_COLUMNS = ("identifier, subject, meter, event_name, value, at, stripe_customer, status, attempts, "
                   "next_attempt_at, last_error, sent_at")
 INSERT_REPORT = ("INSERT INTO overage_reports (identifier, subject, meter, event_name, value, at, stripe_customer, "
@@ -87,14 +102,71 @@ class OverageReport:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """What one refund or lost dispute took back of one grant, as the subject's view shows it."""
+
+    id: str
+    grant_id: str
+    kind: str
+    payment_intent: str
+    charge: str | None
+    amount: int         # money back, as the fact said it
+    units: int          # the credits it accounts for
+    taken: int          # of them, what was left to take
+    event_id: str
+    created: float
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "payment_intent": self.payment_intent, "charge": self.charge,
+                "amount": self.amount, "units": self.units, "taken": self.taken, "event": self.event_id,
+                "created": self.created}
+
+
 def grant_from_row(r) -> Grant:
     return Grant(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5]), None if r[6] is None else float(r[6]),
-                 GrantSource(r[7]), r[8])
+                 GrantSource(r[7]), r[8], r[9], None if r[10] is None else int(r[10]))
 
 
 def grant_values(subject: str, g: Grant, actor: str | None) -> tuple:
     return (subject, g.id, g.meter, g.amount, g.remaining, g.priority, g.created, g.expires_at, g.source.value,
-            g.note, actor)
+            g.note, actor, g.payment_intent, g.paid)
+
+
+def reversal_from_row(r) -> Reversal:
+    return Reversal(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[7]), int(r[8]), r[9], float(r[10]))
+
+
+def fact_values(subject: str, f: MoneyBack) -> tuple:
+    """INSERT_REVERSAL's values of a fact of money back (grant_id '')."""
+    return _reversal_values(subject, f, "", 0, 0)
+
+
+def _reversal_values(subject: str, f: MoneyBack, grant_id: str, units: int, taken: int) -> tuple:
+    return (subject, f.id, grant_id, f.kind.value, f.payment_intent, f.charge, f.amount, f.paid, units, taken,
+            f.event_id, f.created)
+
+
+def reversal_payments(reversals: tuple[MoneyBack, ...], grants: tuple[Grant, ...]) -> list[str]:
+    """The payments whose grants a commit settles: those money came back of, and those its grants were bought
+    with (money that came back before the grant's event arrived takes from it as it is made)."""
+    return sorted({f.payment_intent for f in reversals} | {g.payment_intent for g in grants if g.payment_intent})
+
+
+def settle_payment(subject: str, payment_intent: str, grants, rows) -> tuple[list[tuple], list[tuple]]:
+    """What a payment's facts of money back take of its grants that was not taken yet: the INSERT_REVERSAL
+    values and the TAKE_BACK values. `grants`: PAYMENT_GRANTS' rows; `rows`: PAYMENT_REVERSALS' rows."""
+    facts = [MoneyBack(r[0], ReversalKind(r[2]), payment_intent, r[4], int(r[5]), float(r[10]), r[9],
+                       None if r[6] is None else int(r[6])) for r in rows if r[1] == ""]
+    inserts, takes = [], []
+    for grant_id, amount, remaining, paid in grants:
+        recorded = {r[0]: int(r[7]) for r in rows if r[1] == grant_id}
+        for t in settle(grant_id, int(amount), int(remaining), None if paid is None else int(paid), facts,
+                        recorded):
+            inserts.append(_reversal_values(subject, t.fact, grant_id, t.units, t.taken))
+            if t.taken:
+                takes.append((t.taken, subject, grant_id))
+    return inserts, takes
 
 
 def report_from_row(r) -> OverageReport:

@@ -3,8 +3,9 @@
 An erasure moves a subject's rows to its pseudonym in one transaction: the state row (written anew: its state
 names the subject), usage summed into the pseudonym's windows, the audit (an admin's free-text reason may name
 the person: it is replaced by a sentence saying so), payments and events (rewritten by the caller: reduced
-payloads, the pseudonym for the subject, Stripe ids dropped when no subscription is live), and credit grants
-(those bought keep the session's id as a pseudonym once Stripe ids are dropped). Idempotency keys are
+payloads, the pseudonym for the subject, Stripe ids dropped when no subscription is live), credit grants
+(those bought keep the session's id as a pseudonym once Stripe ids are dropped) and what refunds took of them
+(their Stripe ids so too). Idempotency keys are
 dropped: they are the caller's text, and live a few weeks at most.
 """
 from __future__ import annotations
@@ -33,6 +34,13 @@ PERSONAL_INVOICES = ("SELECT invoice_id FROM payments WHERE subject = ? OR (subj
                      "(stripe_subscription IS NOT NULL AND stripe_subscription = ?)))")
 # Grants bought through Checkout are named by the session (cs_...): a Stripe id, pseudonymised with the others.
 PERSONAL_GRANTS = "SELECT grant_id FROM credit_grants WHERE subject = ? AND source = 'purchase'"
+# The Stripe ids credits keep beside: the payment intent a grant was bought with, and the refunds, disputes,
+# charges and payment intents of money that came back.
+PERSONAL_CREDIT_IDS = ("SELECT stripe_payment_intent FROM credit_grants WHERE subject = ? AND "
+                       "stripe_payment_intent IS NOT NULL UNION "
+                       "SELECT reversal_id FROM credit_reversals WHERE subject = ? UNION "
+                       "SELECT payment_intent FROM credit_reversals WHERE subject = ? UNION "
+                       "SELECT charge FROM credit_reversals WHERE subject = ? AND charge IS NOT NULL")
 ERASED = "SELECT 1 FROM erasures WHERE pseudonym = ?"
 KEEPING_IDS = ("SELECT pseudonym FROM erasures WHERE stripe_ids_dropped_at IS NULL AND pseudonym > ? "
                "ORDER BY pseudonym LIMIT ?")
@@ -57,12 +65,19 @@ _MOVE = (
     # Credits stay with the pseudonym (a grant of the same id there: its amounts summed); an admin's reason may
     # name the person, so it goes as an admin's free-text reason in the audit does.
     ("INSERT INTO credit_grants (subject, grant_id, meter, amount, remaining, priority, created_at, expires_at, "
-     "source, note, actor) SELECT ?, grant_id, meter, amount, remaining, priority, created_at, expires_at, source, "
+     "source, note, actor, stripe_payment_intent, paid) SELECT ?, grant_id, meter, amount, remaining, priority, "
+     "created_at, expires_at, source, "
      "CASE WHEN source = 'admin' THEN 'an admin''s grant: the reason given was erased with the subject''s "
-     "personal data' ELSE note END, actor FROM credit_grants WHERE subject = ? "
+     "personal data' ELSE note END, actor, stripe_payment_intent, paid FROM credit_grants WHERE subject = ? "
      "ON CONFLICT (subject, grant_id) DO UPDATE SET amount = credit_grants.amount + excluded.amount, "
      "remaining = credit_grants.remaining + excluded.remaining", "pseudonym subject"),
     ("DELETE FROM credit_grants WHERE subject = ?", "subject"),
+    # What came back and what it took: the same facts under the pseudonym (one it holds already is the same one).
+    ("INSERT INTO credit_reversals (subject, reversal_id, grant_id, kind, payment_intent, charge, amount, paid, "
+     "units, taken, event_id, created_at) SELECT ?, reversal_id, grant_id, kind, payment_intent, charge, amount, "
+     "paid, units, taken, event_id, created_at FROM credit_reversals WHERE subject = ? "
+     "ON CONFLICT (subject, reversal_id, grant_id) DO NOTHING", "pseudonym subject"),
+    ("DELETE FROM credit_reversals WHERE subject = ?", "subject"),
     ("UPDATE overage_reports SET subject = ? WHERE subject = ?", "pseudonym subject"),
     ("DELETE FROM subscriptions WHERE subject = ?", "subject"),
 )
@@ -75,6 +90,12 @@ _REPORTS_IDS_DROPPED = "UPDATE overage_reports SET stripe_customer = NULL WHERE 
 _INVOICE = ("UPDATE payments SET invoice_id = ?, stripe_customer = NULL, stripe_subscription = NULL "
             "WHERE invoice_id = ?")
 _GRANT = "UPDATE credit_grants SET grant_id = ? WHERE subject = ? AND grant_id = ?"
+# The credit tables' Stripe ids, each replaced where it appears (a grant's id where a reversal names it as well).
+_CREDIT_IDS = ("UPDATE credit_reversals SET grant_id = ? WHERE subject = ? AND grant_id = ?",
+               "UPDATE credit_grants SET stripe_payment_intent = ? WHERE subject = ? AND stripe_payment_intent = ?",
+               "UPDATE credit_reversals SET reversal_id = ? WHERE subject = ? AND reversal_id = ?",
+               "UPDATE credit_reversals SET payment_intent = ? WHERE subject = ? AND payment_intent = ?",
+               "UPDATE credit_reversals SET charge = ? WHERE subject = ? AND charge = ?")
 _REMEMBER = ("INSERT INTO erasures (pseudonym, erased_at, actor, stripe_ids_dropped_at) VALUES (?, ?, ?, ?) "
              "ON CONFLICT (pseudonym) DO UPDATE SET erased_at = excluded.erased_at, actor = excluded.actor, "
              "stripe_ids_dropped_at = excluded.stripe_ids_dropped_at")
@@ -117,6 +138,8 @@ def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
                              state_json(r.state_before), e.at, r.stripe_payment, r.stripe_payment_intent, r.id)))
     out.extend((_INVOICE, (kept, stored)) for stored, kept in e.invoices)
     out.extend((_GRANT, (kept, e.pseudonym, stored)) for stored, kept in e.grants)
+    out.extend((_CREDIT_IDS[0], (kept, e.pseudonym, stored)) for stored, kept in e.grants)
+    out.extend((sql, (kept, e.pseudonym, stored)) for stored, kept in e.credit_ids for sql in _CREDIT_IDS[1:])
     dropped = e.at if e.drop_stripe_ids else None
     if dropped is not None:
         out.append((_LINKS_DROPPED, (e.pseudonym,)))

@@ -419,6 +419,8 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
                              "ON CONFLICT (stripe_id) DO NOTHING", list(change.links), s.subject)
         if change.grants:
             await db.executemany(_INSERT_GRANT, [grant_values(s.subject, g, "stripe") for g in change.grants])
+        if change.reversals or any(g.payment_intent for g in change.grants):
+            await self.take_back(db, s.subject, change.reversals, change.grants)
         await db.execute("SELECT pg_notify($1, $2)", CHANNEL, s.subject)
         return True
 

@@ -6,10 +6,11 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from plangate.engine._credits import Grant
+from plangate.engine._reversals import MoneyBack
 
 from . import _credits as sql
 from ._base import Counted, IdempotencyConflict, StoredSubject
-from ._credits import OverageReport, Spend
+from ._credits import OverageReport, Reversal, Spend
 from ._personal import numbered
 
 _SPEND = ("SELECT * FROM plangate_spend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
@@ -24,6 +25,11 @@ _UPDATE = numbered(sql.UPDATE_REPORT)
 _BY_SUBJECT = numbered(sql.SUBJECT_REPORTS)
 _BY_STATUS = numbered(sql.REPORTS_BY_STATUS)
 _SENT = numbered(sql.SENT_TOTALS)
+_INSERT_REVERSAL = numbered(sql.INSERT_REVERSAL)
+_PAYMENT_GRANTS = numbered(sql.PAYMENT_GRANTS) + " FOR UPDATE"
+_PAYMENT_REVERSALS = numbered(sql.PAYMENT_REVERSALS)
+_TAKE_BACK = numbered(sql.TAKE_BACK)
+_REVERSALS = numbered(sql.SUBJECT_REVERSALS)
 
 
 class PostgresCredits:
@@ -82,6 +88,27 @@ class PostgresCredits:
                 made += int((await db.execute(_INSERT_GRANT, *sql.grant_values(subject, g, actor))).split()[-1])
             await db.execute("SELECT pg_notify($1, $2)", self.channel, subject)
         return made
+
+    async def recent_reversals(self, subject: str, limit: int = 200) -> list[Reversal]:
+        async with self._conn() as db:
+            rows = await db.fetch(_REVERSALS, subject, limit)
+        return [sql.reversal_from_row(r) for r in rows]
+
+    @staticmethod
+    async def take_back(db, subject: str, reversals: tuple[MoneyBack, ...], grants: tuple[Grant, ...]) -> None:
+        """In a commit's transaction: its facts of money back recorded, and what they (and those recorded before)
+        take of the grants of their payments and of its new grants taken. The payment's grants are locked first,
+        as a spend locks those it takes from."""
+        if reversals:
+            await db.executemany(_INSERT_REVERSAL, [sql.fact_values(subject, f) for f in reversals])
+        for payment in sql.reversal_payments(reversals, grants):
+            found = await db.fetch(_PAYMENT_GRANTS, subject, payment)
+            rows = await db.fetch(_PAYMENT_REVERSALS, subject, payment)
+            inserts, takes = sql.settle_payment(subject, payment, [tuple(r) for r in found], [tuple(r) for r in rows])
+            if inserts:
+                await db.executemany(_INSERT_REVERSAL, inserts)
+            if takes:
+                await db.executemany(_TAKE_BACK, takes)
 
     async def overage_due(self, now: float, limit: int) -> list[OverageReport]:
         async with self._conn() as db:

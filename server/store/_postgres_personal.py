@@ -12,6 +12,7 @@ from ._rows import event_from_row
 _UNREDUCED, _REDUCE = sql.numbered(sql.UNREDUCED), sql.numbered(sql.REDUCE)
 _PERSONAL_EVENTS, _PERSONAL_INVOICES = sql.numbered(sql.PERSONAL_EVENTS), sql.numbered(sql.PERSONAL_INVOICES)
 _PERSONAL_GRANTS = sql.numbered(sql.PERSONAL_GRANTS)
+_PERSONAL_CREDIT_IDS = sql.numbered(sql.PERSONAL_CREDIT_IDS)
 _ERASED, _KEEPING_IDS = sql.numbered(sql.ERASED), sql.numbered(sql.KEEPING_IDS)
 
 
@@ -37,12 +38,13 @@ class PostgresPersonalData:
         return len(payloads)
 
     async def personal_rows(self, subject: str, customer: str | None,
-                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str]]:
+                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str], list[str]]:
         async with self._conn() as db:
             events = await db.fetch(_PERSONAL_EVENTS, *sql.personal_events_args(subject, customer, subscription))
             invoices = await db.fetch(_PERSONAL_INVOICES, subject, customer, subscription)
             grants = await db.fetch(_PERSONAL_GRANTS, subject)
-        return sql.personal_events(events), [r[0] for r in invoices], [r[0] for r in grants]
+            ids = await db.fetch(_PERSONAL_CREDIT_IDS, subject, subject, subject, subject)
+        return sql.personal_events(events), [r[0] for r in invoices], [r[0] for r in grants], [r[0] for r in ids]
 
     async def erase(self, erasure: Erasure) -> bool:
         query, args = sql.version_check(erasure)

@@ -13,7 +13,7 @@ from plangate.engine._entitlements import billable
 from . import _credits as sql
 from . import _sqlite_queries as queries
 from ._base import Counted, IdempotencyConflict, StoredSubject
-from ._credits import OverageReport, Spend
+from ._credits import OverageReport, Reversal, Spend
 from ._sqlite_transactions import Undone
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ class SQLiteCredits:
         def write(db: sqlite3.Connection) -> int:
             return queries.insert_grants(db, subject, grants, actor)
         return await self._write_whole(write, on_loop=self._commits_on_loop) if grants else 0
+
+    async def recent_reversals(self, subject: str, limit: int = 200) -> list[Reversal]:
+        return [sql.reversal_from_row(r) for r in await self._rows(sql.SUBJECT_REVERSALS, (subject, limit))]
 
     async def overage_due(self, now: float, limit: int) -> list[OverageReport]:
         return [sql.report_from_row(r) for r in await self._rows(sql.DUE_REPORTS, (now, limit))]

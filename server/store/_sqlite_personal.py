@@ -39,11 +39,12 @@ class SQLitePersonalData:
         return await self._write_whole(write) if payloads else 0
 
     async def personal_rows(self, subject: str, customer: str | None,
-                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str]]:
+                            subscription: str | None) -> tuple[list[EventRecord], list[str], list[str], list[str]]:
         events = await self._rows(sql.PERSONAL_EVENTS, sql.personal_events_args(subject, customer, subscription))
         invoices = await self._rows(sql.PERSONAL_INVOICES, (subject, customer, subscription))
         grants = await self._rows(sql.PERSONAL_GRANTS, (subject,))
-        return sql.personal_events(events), [r[0] for r in invoices], [r[0] for r in grants]
+        ids = await self._rows(sql.PERSONAL_CREDIT_IDS, (subject,) * 4)
+        return sql.personal_events(events), [r[0] for r in invoices], [r[0] for r in grants], [r[0] for r in ids]
 
     async def erase(self, erasure: Erasure) -> bool:
         def write(db: sqlite3.Connection) -> bool:

@@ -318,6 +318,8 @@ def commit(db: sqlite3.Connection, change: Change) -> bool:
         db.executemany(_LINK, [(stripe_id, s.subject) for stripe_id in change.links])
     if change.grants:
         insert_grants(db, s.subject, change.grants, "stripe")
+    if change.reversals or any(g.payment_intent for g in change.grants):
+        take_back(db, s.subject, change)
     return True
 
 
@@ -371,6 +373,18 @@ def _transition_values(a: AuditEntry) -> tuple:
 
 def _subject_params(new: StoredSubject, now: float) -> tuple:
     return (new.state.subject, *subject_values(new), now)
+
+
+def take_back(db: sqlite3.Connection, subject: str, change: Change) -> None:
+    """The change's facts of money back recorded, and what they (and those recorded before) take of the grants of
+    their payments and of its new grants taken."""
+    db.executemany(credits_sql.INSERT_REVERSAL, [credits_sql.fact_values(subject, f) for f in change.reversals])
+    for payment in credits_sql.reversal_payments(change.reversals, change.grants):
+        grants = db.execute(credits_sql.PAYMENT_GRANTS, (subject, payment)).fetchall()
+        rows = db.execute(credits_sql.PAYMENT_REVERSALS, (subject, payment)).fetchall()
+        inserts, takes = credits_sql.settle_payment(subject, payment, grants, rows)
+        db.executemany(credits_sql.INSERT_REVERSAL, inserts)
+        db.executemany(credits_sql.TAKE_BACK, takes)
 
 
 def insert_grants(db: sqlite3.Connection, subject: str, grants, actor: str | None) -> int:

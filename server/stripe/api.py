@@ -138,3 +138,25 @@ class StripeApi:
             raise StripeUnavailable(f"Stripe's API did not answer for {session_id}'s line items: "
                                     f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
         return items.to_dict()
+
+    async def invoice_payments(self, invoice_id: str) -> dict | None:
+        """An invoice's payments as Stripe lists them ({"object": "list", "data": [invoice_payment, ...]}, each
+        naming its payment intent): how the payment of a subscription's Checkout is known. None when Stripe does
+        not know the invoice (logged); StripeUnavailable when it did not answer, or refused the key (a paid
+        purchase: Stripe delivers it again once the key is put right)."""
+        try:
+            async with asyncio.timeout(ASK_TIMEOUT):
+                found = await self._stripe().v1.invoice_payments.list_async({"invoice": invoice_id, "limit": 10})
+        except stripe.InvalidRequestError as exc:
+            log(logging.WARNING, "stripe_lookup_unknown", object="invoice", id=invoice_id,
+                error=str(exc.user_message))
+            return None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            log(logging.ERROR, "stripe_lookup_refused", object="invoice_payment", id=invoice_id,
+                error=str(exc.user_message), why="STRIPE_SECRET_KEY is refused: credit packs cannot be read")
+            raise StripeUnavailable(f"Stripe refused STRIPE_SECRET_KEY when asked for {invoice_id}'s payments: "
+                                    f"{exc.user_message or exc}") from exc
+        except (*_TRANSIENT, TimeoutError) as exc:
+            raise StripeUnavailable(f"Stripe's API did not answer for {invoice_id}'s payments: "
+                                    f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
+        return found.to_dict()

@@ -18,12 +18,14 @@ from typing import NamedTuple
 
 from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
                              refused_names, relevant_events, replay, stripe_refs, tie_group)
+from plangate.engine._reversals import MoneyBack, money_back
 
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, Payment, StoredSubject
-from .api import StripeApi, StripeUnavailable
+from .api import StripeApi
 from .objects import named_subject, payment_of
+from .purchases import what_was_bought
 
 MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
@@ -144,7 +146,7 @@ class Ingest:
         if seen:
             return Received(event.id, "duplicate", duplicate=True)
         if self.table.credits.needs_line_items(event.type, obj):
-            event, payload = await self._with_line_items(event, payload)
+            event, payload = await what_was_bought(self.api, self.table.credits, event, payload)
             obj = event.object
         shared = False
         if subject is None and named is None and refs.any:
@@ -206,26 +208,6 @@ class Ingest:
                 subject = await self._io("find_subject", self.store.find_subject(None, paid))
         stored = await self._io("load", self.store.load(subject)) if subject is not None else None
         return subject, stored, refs, shared
-
-    async def _with_line_items(self, event: StripeEvent, payload: str) -> tuple[StripeEvent, str]:
-        """A paid one-time Checkout's line items (which credit packs, how many), which its webhook leaves out:
-        asked of Stripe and kept in the stored payload, so that every fold of the event reads the same. A repeat
-        delivery answers `duplicate` before it gets here with nothing asked. When Stripe does not know the
-        session the event grants nothing: logged. Without STRIPE_SECRET_KEY (serve refuses a plan that sells
-        packs without it) StripeUnavailable, as when Stripe refuses the key: stored as granting nothing, the
-        purchase could never be granted, its redeliveries being duplicates."""
-        session = event.object.get("id")
-        if not self.api.configured:
-            raise StripeUnavailable("STRIPE_SECRET_KEY is not set: what a Checkout bought is read from Stripe")
-        items = await self.api.line_items(session) if isinstance(session, str) else None
-        if items is None:
-            log(logging.WARNING, "credit_pack_unread", event_id=event.id, session=session,
-                why="a paid one-time Checkout whose line items Stripe does not know: it grants no credits")
-            return event, payload
-        obj = dict(event.object, line_items=items)
-        body = json.loads(payload)
-        body["data"]["object"] = obj
-        return replace(event, object=obj), json.dumps(body, separators=(",", ":"))
 
     async def _keep(self, event: StripeEvent, record: EventRecord, refs: Refs, payments, shared: bool) -> Received:
         """An event for no known subject: kept `pending` if it names a Stripe id a later event may link."""
@@ -470,7 +452,7 @@ class Ingest:
                       new_events=tuple(r for r in rows if r.id in fresh),
                       replayed_events=tuple(r for r in rows if r.id not in fresh), payments=fold.payments,
                       links=_links(stored.state, final, [e for e, _ in incoming]),
-                      grants=_grants(table, incoming))
+                      grants=_grants(table, incoming), reversals=_reversals(incoming))
 
     def _timer_audits(self, table: StateTable, outcomes) -> list[AuditEntry]:
         return [AuditEntry(o.before.subject, o.before.status, o.state.status, o.trigger, o.reason, o.state.since,
@@ -492,13 +474,14 @@ class Ingest:
         reason = "older than an admin's later change to the subject: a person's decision is not rewritten"
         rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in fold.incoming)
         grants = _grants(self.table, fold.incoming)      # money paid grants its credits, whatever an admin did
+        reversals = _reversals(fold.incoming)            # and money back takes them back
         customer, subscription = fold.ids
         new = replace(stored, confirmed_at=now, stripe_customer=stored.stripe_customer or customer,
                       stripe_subscription=stored.stripe_subscription or subscription)
         links = _stale_links(stored.state, [e for e, _ in fold.incoming])
         if fold.stored_rows:     # adopted pending events: their rows exist already and are updated, not inserted
-            return Change(new, stored.version, replayed_events=rows, grants=grants, links=links)
-        return Change(new, stored.version, new_events=rows, grants=grants, links=links)
+            return Change(new, stored.version, replayed_events=rows, grants=grants, links=links, reversals=reversals)
+        return Change(new, stored.version, new_events=rows, grants=grants, links=links, reversals=reversals)
 
     def _log(self, change: Change, stored: StoredSubject) -> None:
         for audit in change.audits:
@@ -531,6 +514,12 @@ def _grants(table: StateTable, incoming) -> tuple:
     """The credits the events grant (a paid one-time Checkout of credit packs): made with their commit, by ids the
     same payment always gives, so a repeat or a refold grants nothing more."""
     return tuple(g for e, _ in incoming for g in table.credits.purchased(e.type, e.object, e.created))
+
+
+def _reversals(incoming) -> tuple[MoneyBack, ...]:
+    """The money the events say came back of payments (a refund, a lost dispute): recorded with their commit, once
+    each, and what they take of the credits those payments bought taken with it."""
+    return tuple(f for e, _ in incoming for f in (money_back(e.type, e.id, e.object, e.created),) if f is not None)
 
 
 def _news(table: StateTable, state: SubjectState, incoming: Incoming, now: float) -> bool:

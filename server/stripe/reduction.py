@@ -14,6 +14,7 @@ from typing import cast
 from collections.abc import Mapping
 
 from plangate.engine import StateTable, StripeEvent, SubjectState, stripe_refs
+from plangate.engine._reversals import money_back
 from plangate.policy import SubjectLink
 
 from .objects import named_subject, payment_of
@@ -160,6 +161,7 @@ class Reducer:
                      payment_of(event.type, event.id, event.created, obj, None)]
         out.extend(self.table.apply(state, event, event.created) for state in self._states)
         out.append(self.table.credits.purchased(event.type, obj, event.created))
+        out.append(money_back(event.type, event.id, obj, event.created))
         return tuple(out)
 
     def keep(self, event: StripeEvent) -> _Keep:

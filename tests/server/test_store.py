@@ -853,5 +853,5 @@ class TestSubscriptionsAndLinks:
         dispute = EventRecord("evt_d", "charge.dispute.created", 5.0, "{}", "pending", stripe_payment="ch_9",
                               stripe_payment_intent="pi_9")
         assert await store.record_event(dispute)
-        events, _, _ = await store.personal_rows("a", None, None)
+        events, _, _, _ = await store.personal_rows("a", None, None)
         assert [e.id for e in events] == ["evt_d"]

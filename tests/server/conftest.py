@@ -20,6 +20,8 @@ from plangate.server.config import Config
 from plangate.server.store import open_store
 from tests import postgres
 
+from .stripe_meters import FakeStripe
+
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans.yaml"
 TOKEN = "test-token-0123456789abcdef"
@@ -127,6 +129,16 @@ async def start_gate(aiohttp_server, database):
     yield start
     for s in sessions:
         await s.close()
+
+
+@pytest.fixture
+async def fake_stripe(aiohttp_server):
+    """A Stripe-shaped API on 127.0.0.1 (stripe_meters.FakeStripe) for a gate with STRIPE_SECRET_KEY=KEY and
+    STRIPE_API_BASE=fake_stripe.url."""
+    fake = FakeStripe(meters={"api_tokens_overage": "mtr_test_1"}, customers={"cus_1"})
+    server = await aiohttp_server(fake.app(), host="127.0.0.1")
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
 
 
 @pytest.fixture

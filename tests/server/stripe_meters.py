@@ -1,6 +1,7 @@
 """A small Stripe-shaped HTTP server on 127.0.0.1 for what localstripe lacks: billing meter events (POST
 /v1/billing/meter_events, form-encoded as the stripe package sends it), meters and their event summaries, a
-Checkout Session's line items, a subscription as the test says it is now, and charges and payment intents. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
+Checkout Session's line items, a subscription as the test says it is now, charges and payment intents, and an
+invoice's payments. Its answers have Stripe's shapes, its errors Stripe's error body; it can be told to
 fail the next requests (503 with Stripe-Should-Retry: false, so the client's own retries do not hide it)."""
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class FakeStripe:
     subscriptions: dict[str, dict] = field(default_factory=dict)       # subscription id -> the object now
     invoices: dict[str, dict] = field(default_factory=dict)            # invoice id -> the object (to expand)
     payments: dict[str, dict] = field(default_factory=dict)            # charge or payment intent id -> the object
+    invoice_payments: dict[str, list[dict]] = field(default_factory=dict)  # invoice id -> its invoice_payments
     events: list[dict] = field(default_factory=list)                   # meter events accepted
     requests: list[tuple[str, dict]] = field(default_factory=list)     # (path, form) of every meter event POST
     failing: int = 0                                                   # the next requests answered 503
@@ -43,6 +45,7 @@ class FakeStripe:
         app.router.add_get("/v1/subscriptions/{subscription}", self.subscription)
         app.router.add_get("/v1/charges/{ident}", self.payment)
         app.router.add_get("/v1/payment_intents/{ident}", self.payment)
+        app.router.add_get("/v1/invoice_payments", self.list_invoice_payments)
         return app
 
     def _auth(self, request: web.Request) -> web.Response | None:
@@ -137,6 +140,16 @@ class FakeStripe:
             return _error(404, "invalid_request_error", f"No such payment: '{ident}'", "resource_missing")
         return web.json_response(self.payments[ident])
 
+    async def list_invoice_payments(self, request: web.Request) -> web.Response:
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        invoice = request.query.get("invoice", "")
+        if invoice not in self.invoice_payments:
+            return _error(404, "invalid_request_error", f"No such invoice: '{invoice}'", "resource_missing")
+        return web.json_response({"object": "list", "data": self.invoice_payments[invoice], "has_more": False,
+                                  "url": "/v1/invoice_payments"})
+
     async def session_lines(self, request: web.Request) -> web.Response:
         self.lines_asked += 1
         refused = self._auth(request)
@@ -147,7 +160,8 @@ class FakeStripe:
             return _error(404, "invalid_request_error", f"No such checkout.session: '{session}'", "resource_missing")
         data = [{"id": f"li_{i}", "object": "item", "quantity": line["quantity"], "currency": "usd",
                  "amount_total": 1000 * line["quantity"], "description": "Credit pack",
-                 "price": {"id": line["price"], "object": "price", "type": "one_time"}}
+                 "price": {"id": line["price"], "object": "price", "type": "recurring" if line.get("recurring")
+                           else "one_time", "recurring": {"interval": "month"} if line.get("recurring") else None}}
                 for i, line in enumerate(self.line_items[session])]
         return web.json_response({"object": "list", "data": data, "has_more": False,
                                   "url": f"/v1/checkout/sessions/{session}/line_items"})

@@ -16,7 +16,7 @@ from plangate.server.http.api import GATE
 
 from . import stripe_events as se
 from .conftest import ROOT
-from .stripe_meters import KEY, FakeStripe
+from .stripe_meters import KEY
 
 SAAS = ROOT / "examples" / "saas" / "plans.yaml"
 AI = ROOT / "examples" / "ai-api" / "plans.yaml"
@@ -331,14 +331,6 @@ class TestCredits:
                                      NOW - 70))
         body = await view(gate, "a4")
         assert (body["status"], body["credits"][0]["balance"]) == ("lapsed", 1_000_000)
-
-
-@pytest.fixture
-async def fake_stripe(aiohttp_server):
-    fake = FakeStripe(meters={"api_tokens_overage": "mtr_test_1"}, customers={"cus_1"})
-    server = await aiohttp_server(fake.app(), host="127.0.0.1")
-    fake.url = str(server.make_url("")).rstrip("/")
-    return fake
 
 
 class TestLineItemsFromStripe:

@@ -1,0 +1,213 @@
+"""Credit packs whose payment comes back, through a running gate on both stores: a refund (refund.created,
+refund.updated, charge.refunded as Stripe sends them) or a lost dispute takes back the share of the pack's
+credits that came back, once however often and in whatever order Stripe delivers it; spent credits stay spent.
+And a pack sold beside a subscription in one Checkout (`mode: subscription`) grants as a one-time Checkout does.
+Line items and invoice payments come from a fake Stripe API, as a live gate asks for them."""
+from __future__ import annotations
+
+import pytest
+
+from plangate.server.http.api import GATE
+
+from . import stripe_events as se
+from .stripe_meters import KEY
+from .test_entitlements import AI, NOW, consume, deliver, pack_checkout, subscription, view
+
+PACK = "price_tokens_1m"
+
+
+@pytest.fixture
+def start(start_gate, database, fake_stripe):
+    async def run(**env):
+        return await start_gate(plan=AI, database=database, STRIPE_WEBHOOK_SECRET=se.SECRET,
+                                STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url, **env)
+    return run
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+
+
+def bought(fake, subject: str, session: str, payment_intent: str, quantity: int, paid: int,
+           customer: str = "cus_1") -> dict:
+    """A paid one-time Checkout of packs as its webhook carries it (no line items: the fake Stripe has them)."""
+    fake.line_items[session] = [{"price": PACK, "quantity": quantity}]
+    obj = pack_checkout(subject, session, customer=customer)
+    obj.update(payment_intent=payment_intent, amount_total=paid, amount_subtotal=paid, currency="usd")
+    return obj
+
+
+def charge_refunded(charge: str, payment_intent: str, amount: int, refunded: int, customer: str = "cus_1") -> dict:
+    return {"id": charge, "object": "charge", "amount": amount, "amount_captured": amount,
+            "amount_refunded": refunded, "refunded": refunded == amount, "captured": True, "paid": True,
+            "status": "succeeded", "currency": "usd", "customer": customer, "payment_intent": payment_intent,
+            "disputed": False}
+
+
+def refund(ident: str, charge: str, payment_intent: str, amount: int, status: str = "succeeded") -> dict:
+    return {"id": ident, "object": "refund", "amount": amount, "charge": charge, "payment_intent": payment_intent,
+            "currency": "usd", "status": status, "reason": "requested_by_customer"}
+
+
+def dispute(ident: str, charge: str, payment_intent: str, amount: int, status: str) -> dict:
+    return {"id": ident, "object": "dispute", "amount": amount, "charge": charge, "payment_intent": payment_intent,
+            "currency": "usd", "status": status, "reason": "fraudulent", "is_charge_refundable": False}
+
+
+async def credits(gate, subject: str) -> tuple[int, list[dict]]:
+    (meter,) = (await view(gate, subject))["credits"]
+    return meter["balance"], meter["grants"]
+
+
+class TestRefunds:
+    async def test_a_full_refund_takes_what_is_left_once_and_spent_credits_stay_spent(self, start, fake_stripe):
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "r1", "cs_r1", "pi_r1", 2, 2000), NOW - 60))
+        await consume(gate, "r1", "tokens", 50_000 + 300_000)            # the allowance, then 300k of the credits
+        assert (await credits(gate, "r1"))[0] == 1_700_000
+        # Stripe sends both for one refund: together they take back once.
+        created = se.event("refund.created", refund("re_r1", "ch_r1", "pi_r1", 2000), NOW - 30)
+        charged = se.event("charge.refunded", charge_refunded("ch_r1", "pi_r1", 2000, 2000), NOW - 30)
+        await deliver(gate, created)
+        await deliver(gate, charged)
+        assert (await deliver(gate, created))["duplicate"] is True      # a redelivery
+        await deliver(gate, se.event("refund.updated", refund("re_r1", "ch_r1", "pi_r1", 2000), NOW - 20))
+        balance, (grant,) = await credits(gate, "r1")
+        assert (balance, grant["remaining"], grant["amount"]) == (0, 0, 2_000_000)
+        taken = {r["id"]: (r["kind"], r["units"], r["taken"]) for r in grant["reversals"]}
+        assert taken == {"re_r1": ("refund", 2_000_000, 1_700_000),
+                         charged["id"]: ("charge_refunded", 0, 0)}
+        assert all(r["payment_intent"] == "pi_r1" and r["created"].endswith("Z") for r in grant["reversals"])
+        again = await consume(gate, "r1", "tokens", 10)
+        assert (again["allowed"], again["credits"]) == (False, 0)
+
+    async def test_partial_refunds_take_their_share_rounded_against_the_customer(self, start, fake_stripe):
+        """2M credits for 30.00: a refund of 0.01 is 666.67 credits, so 667; each later refund takes what the
+        share grew by, whichever event tells it (a charge's amount_refunded counts all its refunds)."""
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "r2", "cs_r2", "pi_r2", 2, 3000), NOW - 60))
+        await deliver(gate, se.event("refund.created", refund("re_r2a", "ch_r2", "pi_r2", 1), NOW - 50))
+        assert (await credits(gate, "r2"))[0] == 2_000_000 - 667
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_r2", "pi_r2", 3000, 1), NOW - 50))
+        assert (await credits(gate, "r2"))[0] == 2_000_000 - 667
+        # A second refund told first by the charge (amount_refunded 1 + 1499), then by its own event.
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_r2", "pi_r2", 3000, 1500), NOW - 40))
+        await deliver(gate, se.event("refund.created", refund("re_r2b", "ch_r2", "pi_r2", 1499), NOW - 40))
+        assert (await credits(gate, "r2"))[0] == 1_000_000
+        # A refund that failed takes nothing.
+        await deliver(gate, se.event("refund.created", refund("re_r2c", "ch_r2", "pi_r2", 500, "failed"), NOW - 30))
+        assert (await credits(gate, "r2"))[0] == 1_000_000
+
+    async def test_a_refund_of_another_payment_takes_nothing(self, start, fake_stripe):
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "r3", "cs_r3", "pi_r3", 1, 1000), NOW - 60))
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_other", "pi_other", 1000, 1000),
+                                     NOW - 30))
+        assert (await credits(gate, "r3"))[0] == 1_000_000
+
+
+class TestOrder:
+    async def test_a_refund_before_the_purchase_takes_from_the_grant_as_it_is_made(self, start, fake_stripe):
+        """The customer is the subject's already (a subscription): the refund is folded in first, with nothing
+        to take from; the Checkout's event, later, makes the grant already reduced."""
+        gate = await start()
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("o1", "account", "price_starter_monthly", customer="cus_o1"),
+                                     NOW - 90))
+        await deliver(gate, se.event("charge.refunded",
+                                     charge_refunded("ch_o1", "pi_o1", 1000, 500, customer="cus_o1"), NOW - 50))
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "o1", "cs_o1", "pi_o1", 1, 1000, customer="cus_o1"),
+                                     NOW - 60))
+        balance, grants = await credits(gate, "o1")
+        (pack,) = [g for g in grants if g["source"] == "purchase"]
+        assert (pack["remaining"], [r["units"] for r in pack["reversals"]]) == (500_000, [500_000])
+        assert balance == 500_000 + 200_000         # and the tier's grant of the period, untouched
+
+    async def test_a_refund_waiting_for_its_subject_is_adopted_with_the_purchase(self, start, fake_stripe):
+        """A refund names only its charge and payment intent: Stripe says whose customer, which no subject holds
+        yet; it waits, and the Checkout's event (which links the payment intent) adopts it."""
+        fake_stripe.payments["ch_o2"] = charge_refunded("ch_o2", "pi_o2", 1000, 1000, customer="cus_o2")
+        gate = await start()
+        early = await deliver(gate, se.event("refund.created", refund("re_o2", "ch_o2", "pi_o2", 1000), NOW - 50))
+        assert early["outcome"] == "pending"
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "o2", "cs_o2", "pi_o2", 1, 1000, customer="cus_o2"),
+                                     NOW - 60))
+        balance, (grant,) = await credits(gate, "o2")
+        assert (balance, grant["remaining"], grant["reversals"][0]["id"]) == (0, 0, "re_o2")
+
+
+class TestDisputes:
+    @pytest.mark.parametrize("status, left", [("lost", 0), ("won", 1_000_000), ("warning_closed", 1_000_000)])
+    async def test_a_lost_dispute_takes_the_credits_a_won_one_nothing(self, start, fake_stripe, status, left):
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "d1", "cs_d1", "pi_d1", 1, 1000), NOW - 60))
+        await deliver(gate, se.event("charge.dispute.created",
+                                     dispute("dp_d1", "ch_d1", "pi_d1", 1000, "needs_response"), NOW - 50))
+        assert (await credits(gate, "d1"))[0] == 1_000_000
+        closed = se.event("charge.dispute.closed", dispute("dp_d1", "ch_d1", "pi_d1", 1000, status), NOW - 40)
+        await deliver(gate, closed)
+        assert (await deliver(gate, closed))["duplicate"] is True
+        balance, (grant,) = await credits(gate, "d1")
+        assert balance == left
+        assert [(r["kind"], r["units"]) for r in grant["reversals"]] == \
+            ([("dispute_lost", 1_000_000)] if status == "lost" else [])
+
+
+class TestBesideASubscription:
+    async def test_a_pack_in_a_subscriptions_checkout_grants_and_a_refund_takes_it_back(self, start, fake_stripe):
+        fake_stripe.line_items["cs_s1"] = [{"price": "price_starter_monthly", "quantity": 1, "recurring": True},
+                                           {"price": PACK, "quantity": 1}]
+        fake_stripe.invoice_payments["in_s1"] = [
+            {"id": "inpay_s1", "object": "invoice_payment", "invoice": "in_s1", "status": "paid",
+             "amount_paid": 3000, "currency": "usd", "is_default": True,
+             "payment": {"type": "payment_intent", "payment_intent": "pi_s1"}}]
+        gate = await start()
+        obj = {"id": "cs_s1", "object": "checkout.session", "mode": "subscription", "payment_status": "paid",
+               "status": "complete", "client_reference_id": "s1", "customer": "cus_s1", "subscription": "sub_s1",
+               "invoice": "in_s1", "payment_intent": None, "amount_total": 3000, "currency": "usd",
+               "metadata": {}}
+        answer = await deliver(gate, se.event("checkout.session.completed", obj, NOW - 60))
+        assert answer["status"] == "subscribed"             # the subscription's own handling, as before
+        balance, grants = await credits(gate, "s1")
+        (pack,) = [g for g in grants if g["source"] == "purchase"]
+        assert (pack["id"], pack["amount"], pack["note"]) == ("cs_s1:1", 1_000_000, f"1 x {PACK}")
+        # The refund of the first invoice's payment names only it: found by the payment intent the Checkout kept.
+        await deliver(gate, se.event("refund.created", refund("re_s1", "ch_s1", "pi_s1", 3000), NOW - 30))
+        balance, grants = await credits(gate, "s1")
+        (pack,) = [g for g in grants if g["source"] == "purchase"]
+        assert pack["remaining"] == 0 and (await view(gate, "s1"))["status"] == "subscribed"
+
+    async def test_a_subscriptions_checkout_without_a_pack_asks_nothing_more(self, start, fake_stripe):
+        fake_stripe.line_items["cs_s2"] = [{"price": "price_starter_monthly", "quantity": 1, "recurring": True}]
+        gate = await start()
+        obj = {"id": "cs_s2", "object": "checkout.session", "mode": "subscription", "payment_status": "paid",
+               "status": "complete", "client_reference_id": "s2", "customer": "cus_s2", "subscription": "sub_s2",
+               "invoice": "in_s2", "payment_intent": None, "amount_total": 2000, "metadata": {}}
+        assert (await deliver(gate, se.event("checkout.session.completed", obj, NOW - 60)))["status"] == "subscribed"
+        assert [g for g in (await credits(gate, "s2"))[1] if g["source"] == "purchase"] == []
+
+
+class TestErasure:
+    async def test_reversals_move_to_the_pseudonym_with_their_stripe_ids_replaced(self, start, fake_stripe):
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "e1", "cs_e1", "pi_e1", 1, 1000), NOW - 60))
+        await deliver(gate, se.event("refund.created", refund("re_e1", "ch_e1", "pi_e1", 250), NOW - 50))
+        status, erased = await gate.post("/v1/subjects/e1/erase", {"actor": "privacy"})
+        assert status == 200, erased
+        store = gate.app[GATE].store
+        assert await store.recent_reversals("e1") == []
+        (taken,) = await store.recent_reversals(erased["pseudonym"])
+        assert (taken.units, taken.taken, taken.amount) == (250_000, 250_000, 250)
+        kept = (taken.id, taken.grant_id.rpartition(":")[0], taken.payment_intent, taken.charge)
+        assert [v.split("erased")[0] for v in kept] == ["re_", "cs_", "pi_", "ch_"], kept
+        (grant,) = await store.recent_grants(erased["pseudonym"])
+        assert grant.id == taken.grant_id and grant.payment_intent == taken.payment_intent
+        assert grant.remaining == 750_000

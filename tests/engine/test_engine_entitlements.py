@@ -348,7 +348,10 @@ transitions: [{from: free, on: "admin:close", to: gone}]
         (grant,) = ai.credits.purchased("checkout.session.completed", session, 1000.0)
         assert (grant.id, grant.amount, grant.expires_at, grant.priority) == ("cs_1:0", 3_000_000, 1000.0 + 365 * 86400, 10)
         assert ai.credits.purchased("checkout.session.completed", dict(session, payment_status="unpaid"), 1.0) == ()
-        assert ai.credits.purchased("checkout.session.completed", dict(session, mode="subscription"), 1.0) == ()
+        # A pack sold beside a subscription grants as well (the bug was that it granted nothing); setup pays nothing.
+        assert [g.amount for g in ai.credits.purchased("checkout.session.completed",
+                                                       dict(session, mode="subscription"), 1.0)] == [3_000_000]
+        assert ai.credits.purchased("checkout.session.completed", dict(session, mode="setup"), 1.0) == ()
         assert ai.credits.needs_line_items("checkout.session.completed",
                                            {k: v for k, v in session.items() if k != "line_items"})
 

@@ -148,6 +148,8 @@ async def _back_to_schema_5(database: str) -> None:
             # 15: pending events by their payment intent
             "DROP INDEX subscription_events_pending_by_payment_intent",
             "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent",
+            # 16: credits taken back (its columns of credit_grants went with the table, at 11)
+            "DROP TABLE credit_reversals",
             # 17: when the subject entered its tier
             "ALTER TABLE subscriptions DROP COLUMN tier_since",
             # 18: the overage a window has billed (its plangate_spend is replaced when 11 and 18 run again)

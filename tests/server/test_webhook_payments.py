@@ -154,11 +154,12 @@ def _paid_by(payment_intent: str, life: Life) -> dict:
 
 async def _before_migration_15(database: str) -> None:
     """Undo migration 15 (the payment intent of pending events), its data with it, and those after it."""
-    undo = ["DROP INDEX subscription_events_pending_by_payment_intent",
-            "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent",
-            "ALTER TABLE subscriptions DROP COLUMN tier_since",      # 17
-            # 18: the overage a window has billed (its plangate_spend is replaced when 18 runs again)
-            "ALTER TABLE quota_usage DROP COLUMN billed"]
+    later = ["ALTER TABLE quota_usage DROP COLUMN billed",          # 18 (plangate_spend is replaced when it runs again)
+             "ALTER TABLE subscriptions DROP COLUMN tier_since",    # 17
+             "DROP TABLE credit_reversals", "DROP INDEX credit_grants_by_payment_intent",      # 16
+             "ALTER TABLE credit_grants DROP COLUMN stripe_payment_intent", "ALTER TABLE credit_grants DROP COLUMN paid"]
+    undo = later + ["DROP INDEX subscription_events_pending_by_payment_intent",
+                    "ALTER TABLE subscription_events DROP COLUMN stripe_payment_intent"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

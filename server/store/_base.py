@@ -391,6 +391,13 @@ class Store(abc.ABC):
         `payments` (charge and payment intent ids), oldest first."""
 
     @abc.abstractmethod
+    async def pending_linked(self, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
+        """Pending events that name a Stripe id a subject holds now (a subject's subscription or customer, a
+        linked subscription, charge or payment intent), in (created, event_id) order after the key `after`; their
+        payloads left out (""). A customer several subjects hold is such an id too: find_subject decides whose
+        each one is. It reads every pending event that no link names: not a call for a request's path."""
+
+    @abc.abstractmethod
     async def last_admin_change(self, subject: str) -> float | None:
         """When an admin last moved the subject (a person's decision the fold does not rewrite); traits set
         (`admin:traits`, the status kept) are the product's numbers, not such a decision."""

@@ -28,8 +28,8 @@ from ._postgres_credits import _INSERT_GRANT, PostgresCredits
 from ._postgres_personal import PostgresPersonalData
 from ._postgres_plans import PostgresPlans
 from ._console_sessions import PostgresConsoleSessions
-from ._rows import (EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of, subject_from_row,
-                    subject_values)
+from ._rows import (EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of,
+                    pending_linked_sql, subject_from_row, subject_values)
 
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
@@ -514,6 +514,12 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
                 "ORDER BY created, event_id",
                 customer, subscription, list(payments))
         return [event_from_row(r) for r in rows]
+
+    async def pending_linked(self, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
+        sql, args = pending_linked_sql(after, lambda n: f"${n}")
+        args[-1] = limit
+        async with self._conn() as db:
+            return [event_from_row(r) for r in await db.fetch(sql, *args)]
 
     async def last_admin_change(self, subject: str) -> float | None:
         async with self._conn() as db:

@@ -108,3 +108,23 @@ def event_log_sql(outcome: str | None, type_: str | None, before: tuple[float, s
            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
            f"ORDER BY created DESC, event_id DESC LIMIT {mark(len(args))}")
     return sql, args
+
+
+def pending_linked_sql(after: tuple[float, str] | None, mark) -> tuple[str, list]:
+    """Store.pending_linked's query and its arguments (mark as for event_log_sql). It goes through the pending
+    events in (created, event_id) order on the (outcome, created, event_id) index, and asks of each the indexes
+    find_subject asks: a subject's subscription or customer, a linked subscription, charge or payment intent."""
+    args: list = []
+    after_key = ""
+    if after is not None:
+        args.extend(after)
+        after_key = f"AND (e.created > {mark(1)} OR (e.created = {mark(1)} AND e.event_id > {mark(2)})) "
+    args.append(None)   # the limit, set by the caller
+    sql = (f"SELECT {EVENT_LOG_COLUMNS} FROM subscription_events AS e WHERE e.outcome = 'pending' {after_key}"
+           "AND (EXISTS (SELECT 1 FROM subscriptions AS s WHERE s.stripe_subscription = e.stripe_subscription) "
+           "OR EXISTS (SELECT 1 FROM subscriptions AS s WHERE s.stripe_customer = e.stripe_customer) "
+           "OR EXISTS (SELECT 1 FROM stripe_links AS l WHERE l.stripe_id = e.stripe_subscription) "
+           "OR EXISTS (SELECT 1 FROM stripe_links AS l WHERE l.stripe_id = e.stripe_payment) "
+           "OR EXISTS (SELECT 1 FROM stripe_links AS l WHERE l.stripe_id = e.stripe_payment_intent)) "
+           f"ORDER BY e.created, e.event_id LIMIT {mark(len(args))}")
+    return sql, args

@@ -172,6 +172,10 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, SQLiteConsoleS
         return await self._read(queries.pending, customer, subscription, payments)
 
 
+    async def pending_linked(self, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
+        # On the writer's thread: with many events no link names, the search reads them all.
+        return await self._on_writer_thread(queries.pending_linked, after, limit)
+
     async def last_admin_change(self, subject: str) -> float | None:
         return await self._read(queries.last_admin_change, subject)
 

@@ -14,8 +14,7 @@ from ._base import AuditEntry, Change, Counted, DuplicateEvent, EventRecord, Ide
     StoredSubject, state_json
 from ._migrations import migrations, statements
 from ._rows import (EVENT_COLUMNS, STATE_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of,
-                    state_values,
-                    subject_from_row, subject_values)
+                    pending_linked_sql, state_values, subject_from_row, subject_values)
 
 _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) "
                    f"VALUES (?, {', '.join('?' for _ in WRITTEN)}, 1, ?)")
@@ -194,6 +193,12 @@ def pending(db: sqlite3.Connection, customer: str | None, subscription: str | No
     if len(rows) > 1:
         rows.sort(key=lambda row: (row[2], row[0]))     # (created, event_id)
     return [event_from_row(r) for r in rows]
+
+
+def pending_linked(db: sqlite3.Connection, after: tuple[float, str] | None, limit: int) -> list[EventRecord]:
+    sql, args = pending_linked_sql(after, lambda n: f"?{n}")
+    args[-1] = limit
+    return [event_from_row(r) for r in db.execute(sql, args).fetchall()]
 
 
 def last_admin_change(db: sqlite3.Connection, subject: str) -> float | None:

@@ -808,6 +808,30 @@ class TestStateJson:
         text = state_json(SubjectState("u", "paid")).replace(',"subscriptions":[]', "")
         assert "subscriptions" not in text and state_from_json(text).subscriptions == ()
 
+    async def test_pending_events_a_link_names_now_in_created_order_a_page_at_a_time(self, store):
+        """What the sweep adopts late: pending events naming a subject's subscription or customer, or a linked
+        subscription, charge or payment intent; not those naming nothing stored, nor events no longer pending."""
+        def waiting(id_, created, customer=None, subscription=None, charge=None, intent=None, outcome="pending"):
+            return EventRecord(id_, "invoice.paid", created, '{"big": "payload"}', outcome, "", None, customer,
+                               subscription, stripe_payment=charge or intent, stripe_payment_intent=intent)
+
+        assert await store.commit(Change(StoredSubject(fresh("a").state, 0, "cus_a", "sub_a"), 0,
+                                         links=("sub_old", "ch_a", "pi_a")))
+        for e in (waiting("e_sub", 50.0, subscription="sub_a"), waiting("e_cus", 10.0, customer="cus_a"),
+                  waiting("e_old_sub", 30.0, "cus_new", "sub_old"), waiting("e_charge", 20.0, charge="ch_a"),
+                  waiting("e_intent", 20.0, charge="ch_unseen", intent="pi_a"),
+                  waiting("e_nobody", 15.0, "cus_nobody", "sub_nobody", "ch_nobody", "pi_nobody"),
+                  waiting("e_done", 1.0, "cus_a", "sub_a", outcome="applied")):
+            assert await store.record_event(e)
+        found = await store.pending_linked(None, 10)
+        assert [r.id for r in found] == ["e_cus", "e_charge", "e_intent", "e_old_sub", "e_sub"]
+        assert {r.payload for r in found} == {""}       # left out: the adoption reads them again
+        first = await store.pending_linked(None, 2)
+        assert [r.id for r in first] == ["e_cus", "e_charge"]
+        after = (first[-1].created, first[-1].id)
+        assert [r.id for r in await store.pending_linked(after, 2)] == ["e_intent", "e_old_sub"]
+        assert [r.id for r in await store.pending_linked((50.0, "e_sub"), 2)] == []
+
 
 class TestSubscriptionsAndLinks:
     async def test_a_subjects_subscriptions_are_stored_and_read_back(self, store):

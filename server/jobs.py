@@ -1,6 +1,7 @@
-"""The gate's scheduled jobs (aiocron): fire due timers, reconcile doubtful subjects with Stripe,
-drop usage of windows long past and reduce personal data past its retention (the reconciliation itself is
-stripe.reconcile, retention is personal). A failing run is logged and counted, never fatal."""
+"""The gate's scheduled jobs (aiocron): adopt pending Stripe events a link places now and fire due timers,
+reconcile doubtful subjects with Stripe, drop usage of windows long past and reduce personal data past its
+retention (the reconciliation itself is stripe.reconcile, the adoption stripe.adoption, retention is personal).
+A failing run is logged and counted, never fatal."""
 from __future__ import annotations
 
 import asyncio
@@ -94,7 +95,11 @@ class Jobs:
     # --- jobs ------------------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Fire every timer due now, found through the timer index, a batch at a time; how many moved."""
+        """Adopt the pending Stripe events a link places now (their adoption failed after the link committed), then
+        fire every timer due now, found through the timer index, a batch at a time; how many timers moved.
+        Adopted first: a paid invoice folded in before a trial's end fires moves the subject to paid, not through
+        a billing problem."""
+        await self.ingest.late.sweep()
         moved = 0
         failed: set[str] = set()        # subjects that failed in this sweep: the next batches pass them over
         for _ in range(MAX_SWEEP_ROUNDS):

@@ -104,13 +104,17 @@ class Metrics:
         self.overage = _Labelled("plangate_overage_counted", "Units of work counted as overage, by meter.", ("meter",))
         self.overage_reports = _Labelled("plangate_overage_reports", "Overage reports sent to Stripe, by result "
                                          "(sent, retry, refused).", ("result",))
+        self.adopted_late = _Labelled("plangate_events_adopted_late", "Pending Stripe events adopted after the "
+                                      "delivery that linked them had failed to, by what adopted them (redelivery: "
+                                      "a repeat delivery; sweep).", ("by",))
         self.unknown_state = _Count()
         self.cache_refreshes = _Count()     # entries read again ahead of their expiry (Gate.refresh_ahead)
         self.cache_renewals = _Count()      # ... kept unread instead: nothing outside the gate wrote since
         self.plan_version = ""          # set by the plan keeper: the version this node decides with
         self._labelled = (self.decisions, self.denials, self.usage, self.fail_mode, self.store_errors, self.cache,
                           self.transitions, self.latency, self.webhooks, self.jobs, self.rejected,
-                          self.sweep_failures, self.plan_reloads, self.plan_moved, self.overage, self.overage_reports)
+                          self.sweep_failures, self.plan_reloads, self.plan_moved, self.overage, self.overage_reports,
+                          self.adopted_late)
         # () -> {replica: seconds}: the store's measured replica lags (none by default)
         self.replica_lags: Callable[[], dict[str, float]] = dict
         self.registry = CollectorRegistry()

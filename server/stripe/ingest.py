@@ -23,6 +23,7 @@ from plangate.engine._reversals import MoneyBack, money_back
 from ..gate import WRITES, Gate, StoreUnavailable
 from ..logs import log
 from ..store import AuditEntry, Change, DuplicateEvent, EventRecord, Payment, StoredSubject
+from .adoption import LateAdoption
 from .api import StripeApi
 from .objects import named_subject, payment_of
 from .purchases import what_was_bought
@@ -74,6 +75,7 @@ class Received:
     subject: str | None = None
     duplicate: bool = False
     status: str | None = None
+    adopted: tuple[str, ...] = ()   # not answered: the waiting events an adoption folded in
 
     def to_dict(self) -> dict:
         return {"received": True, "event": self.event_id, "outcome": self.outcome, "subject": self.subject,
@@ -93,6 +95,7 @@ class Ingest:
         # the future of the fold of its subject before it (a chain, not a lock: a dict entry and a future a
         # fold). Folds in other processes (PostgreSQL) still meet on the version.
         self._folding: dict[str, asyncio.Future] = {}
+        self.late = LateAdoption(self)      # waiting events whose adoption failed after their link committed
 
     @property
     def table(self) -> StateTable:
@@ -144,7 +147,10 @@ class Ingest:
         seen, subject, stored = await self._io("lookup", self.store.lookup(
             event.id, named, refs.customer, refs.subscription, refs.payments))
         if seen:
-            return Received(event.id, "duplicate", duplicate=True)
+            # Its first delivery may have committed a link and failed to adopt what waited for it (answered 5xx):
+            # this is Stripe delivering it again.
+            subject, status = await self.late.repeated(event.id, refs)
+            return Received(event.id, "duplicate", subject, duplicate=True, status=status)
         if self.table.credits.needs_line_items(event.type, obj):
             event, payload = await what_was_bought(self.api, self.table.credits, event, payload)
             obj = event.object
@@ -183,7 +189,7 @@ class Ingest:
         # its charge and payment intent (which a waiting dispute names) in any case.
         adopt = (customer, subscription, refs.payments) if linking else (None, None, refs.payments)
         if any(adopt[:2]) or adopt[2]:
-            adopted = await self._adopt_pending(subject, *adopt)
+            adopted = await self.adopt_pending(subject, *adopt)
             if adopted is not None:     # the answer tells the status the subject is in now, adopted events included
                 received = replace(received, status=adopted.status)
         return received
@@ -231,18 +237,20 @@ class Ingest:
             linked = await self._io("find_subject", self.store.find_subject(record.stripe_customer,
                                                                             refs.subscription, refs.payments))
             if linked is not None:
-                adopted = await self._adopt_pending(linked, record.stripe_customer, refs.subscription,
+                adopted = await self.adopt_pending(linked, record.stripe_customer, refs.subscription,
                                                     refs.payments, answer_for=event.id)
                 if adopted is not None:
                     return adopted
         return Received(event.id, "pending" if refs.any else "ignored")
 
-    async def _adopt_pending(self, subject: str, customer: str | None, subscription: str | None,
+    async def adopt_pending(self, subject: str, customer: str | None, subscription: str | None,
                              payments: tuple[str, ...] = (), *, answer_for: str | None = None) -> Received | None:
         """Events that came before the link to their subject: folded in now, in created order. Several
-        deliveries may find the same waiting events at once; the fold reads them afresh after each load of
-        the subject, so that only one of them folds each event in (the others' commits fail on the version)."""
+        deliveries (and the sweep) may find the same waiting events at once; the fold reads them afresh after each
+        load of the subject, so that only one of them folds each event in (the others' commits fail on the
+        version). The answer's `adopted`: the events the committed fold took in."""
         erased = self.personal is not None and await self._io("erased", self.personal.is_erased(subject))
+        taken: list[str] = []       # what the last read found: the fold that committed took those
 
         async def waiting() -> Incoming:
             found: dict[str, tuple[StripeEvent, EventRecord]] = {}
@@ -257,7 +265,9 @@ class Ingest:
                 # for a charge that waited for its customer).
                 more = {p for r in new for p in stripe_refs(found[r.id][0].object).payments} - asked
                 if not more:
-                    return tuple(sorted(found.values(), key=lambda pair: (pair[1].created, pair[1].id)))
+                    incoming = tuple(sorted(found.values(), key=lambda pair: (pair[1].created, pair[1].id)))
+                    taken[:] = [r.id for _, r in incoming]
+                    return incoming
                 asked |= more
                 ask = (None, None, tuple(sorted(more)))
 
@@ -265,7 +275,8 @@ class Ingest:
         # after its load (above), which is what keeps two deliveries from folding one event in twice.
         if not await waiting():
             return None
-        return await self._fold(_Fold(subject, stored_rows=True, waiting=waiting, answer_for=answer_for))
+        received = await self._fold(_Fold(subject, stored_rows=True, waiting=waiting, answer_for=answer_for))
+        return None if received is None else replace(received, adopted=tuple(taken))
 
     async def _concealed(self, rows: list[EventRecord], pseudonym: str) -> list[EventRecord]:
         """Waiting events an erased subject adopts (a dispute whose charge came only after the erasure, which

@@ -118,45 +118,35 @@ class StripeApi:
 
     async def line_items(self, session_id: str) -> dict | None:
         """A Checkout Session's line items as Stripe lists them ({"object": "list", "data": [...]}, each with its
-        price and quantity): webhooks leave them out. None when Stripe does not know the session (logged);
-        StripeUnavailable when it did not answer, or refused the key."""
-        try:
-            async with asyncio.timeout(ASK_TIMEOUT):
-                items = await self._stripe().v1.checkout.sessions.line_items.list_async(session_id, {"limit": 100})
-        except stripe.InvalidRequestError as exc:
-            log(logging.WARNING, "stripe_lookup_unknown", object="checkout.session", id=session_id,
-                error=str(exc.user_message))
-            return None
-        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            # A paid purchase: answered 503 so that Stripe delivers it again once the key is put right (it does for
-            # three days), never recorded as granting nothing.
-            log(logging.ERROR, "stripe_lookup_refused", object="checkout.session", id=session_id,
-                error=str(exc.user_message), why="STRIPE_SECRET_KEY is refused: credit packs cannot be read")
-            raise StripeUnavailable(f"Stripe refused STRIPE_SECRET_KEY when asked for {session_id}'s line items: "
-                                    f"{exc.user_message or exc}") from exc
-        except (*_TRANSIENT, TimeoutError) as exc:
-            raise StripeUnavailable(f"Stripe's API did not answer for {session_id}'s line items: "
-                                    f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
-        return items.to_dict()
+        price and quantity): webhooks leave them out. See _bought for None and StripeUnavailable."""
+        return await self._bought("checkout.session", session_id, "line items",
+                                  lambda: self._stripe().v1.checkout.sessions.line_items.list_async(
+                                      session_id, {"limit": 100}))
 
     async def invoice_payments(self, invoice_id: str) -> dict | None:
         """An invoice's payments as Stripe lists them ({"object": "list", "data": [invoice_payment, ...]}, each
-        naming its payment intent): how the payment of a subscription's Checkout is known. None when Stripe does
-        not know the invoice (logged); StripeUnavailable when it did not answer, or refused the key (a paid
-        purchase: Stripe delivers it again once the key is put right)."""
+        naming its payment intent): how the payment of a subscription's Checkout is known. See _bought."""
+        return await self._bought("invoice", invoice_id, "payments",
+                                  lambda: self._stripe().v1.invoice_payments.list_async(
+                                      {"invoice": invoice_id, "limit": 10}))
+
+    async def _bought(self, kind: str, ident: str, what: str, ask) -> dict | None:
+        """What a purchase's lookup `ask()` lists. None when Stripe does not know `ident` (logged);
+        StripeUnavailable when it did not answer, or refused the key: a paid purchase is answered 503 so that
+        Stripe delivers it again once the key is put right (it does for three days), never recorded as granting
+        nothing."""
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
-                found = await self._stripe().v1.invoice_payments.list_async({"invoice": invoice_id, "limit": 10})
+                found = await ask()
         except stripe.InvalidRequestError as exc:
-            log(logging.WARNING, "stripe_lookup_unknown", object="invoice", id=invoice_id,
-                error=str(exc.user_message))
+            log(logging.WARNING, "stripe_lookup_unknown", object=kind, id=ident, error=str(exc.user_message))
             return None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            log(logging.ERROR, "stripe_lookup_refused", object="invoice_payment", id=invoice_id,
-                error=str(exc.user_message), why="STRIPE_SECRET_KEY is refused: credit packs cannot be read")
-            raise StripeUnavailable(f"Stripe refused STRIPE_SECRET_KEY when asked for {invoice_id}'s payments: "
+            log(logging.ERROR, "stripe_lookup_refused", object=kind, id=ident, error=str(exc.user_message),
+                why="STRIPE_SECRET_KEY is refused: credit packs cannot be read")
+            raise StripeUnavailable(f"Stripe refused STRIPE_SECRET_KEY when asked for {ident}'s {what}: "
                                     f"{exc.user_message or exc}") from exc
         except (*_TRANSIENT, TimeoutError) as exc:
-            raise StripeUnavailable(f"Stripe's API did not answer for {invoice_id}'s payments: "
+            raise StripeUnavailable(f"Stripe's API did not answer for {ident}'s {what}: "
                                     f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
         return found.to_dict()

@@ -41,11 +41,8 @@ def database(request, tmp_path):
 
 
 @pytest.fixture
-async def fake(aiohttp_server):
-    fake = FakeStripe(meters={"api_tokens_overage": "mtr_test_1"}, customers={"cus_1"})
-    server = await aiohttp_server(fake.app(), host="127.0.0.1")
-    fake.url = str(server.make_url("")).rstrip("/")
-    return fake
+def fake(fake_stripe):
+    return fake_stripe
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from plangate.server.http.api import GATE, JOBS
 
-from .stripe_meters import KEY, FakeStripe
+from .stripe_meters import KEY
 from .test_entitlements import AI, QUIET, consume, deliver, subscription, view
 from . import stripe_events as se
 
@@ -26,11 +26,8 @@ def database(request, tmp_path):
 
 
 @pytest.fixture
-async def fake(aiohttp_server):
-    fake = FakeStripe(meters={"api_tokens_overage": "mtr_test_1"}, customers={"cus_1"})
-    server = await aiohttp_server(fake.app(), host="127.0.0.1")
-    fake.url = str(server.make_url("")).rstrip("/")
-    return fake
+def fake(fake_stripe):
+    return fake_stripe
 
 
 @pytest.fixture

@@ -35,6 +35,10 @@ class LateAdoption:
         self.ingest = ingest
         self.gate = ingest.gate
         self._throttle = Throttle()     # a subject failing at every sweep is logged once per interval
+        # Where the last pass stopped early (the created and id of the row it stopped at): the next starts after
+        # it, so that subjects failing at every sweep never keep the events after them waiting; a pass that
+        # reaches the end leaves the next to start from the beginning.
+        self._resume: tuple[float, str] | None = None
 
     async def repeated(self, event_id: str, refs: Refs) -> tuple[str | None, str | None]:
         """A repeat delivery: the waiting events it names that a subject's link places now are adopted. (the
@@ -63,25 +67,32 @@ class LateAdoption:
         """Every pending event find_subject places now, adopted a batch at a time in created order; how many were.
         A subject whose adoption fails is logged and counted, and its events wait for the next sweep; the others
         go on, unless the store does not answer, or fails for MAX_FAILURES subjects: then the pass ends (the
-        sweep's timers still run)."""
+        sweep's timers still run; the next pass starts where this one stopped)."""
         adopted = 0
         failed: list[str | None] = []      # the subjects that failed in this pass (None: before one was placed)
-        after: tuple[float, str] | None = None
+        after, self._resume = self._resume, None
         for _ in range(MAX_ADOPT_ROUNDS):
             try:
                 rows = await self.gate.timed("pending_linked", self.ingest.store.pending_linked(after, ADOPT_BATCH),
                                              timeout=SCAN_TIMEOUT)
             except StoreUnavailable:        # counted and logged (throttled) as the store's error
+                self._resume = after
                 break
-            adopted_now, stopped = await self._batch(rows, failed)
+            adopted_now, stopped_at = await self._batch(rows, failed)
             adopted += adopted_now
-            if stopped or len(rows) < ADOPT_BATCH:
+            if stopped_at is not None:
+                self._resume = stopped_at
+                break
+            if len(rows) < ADOPT_BATCH:
                 break
             after = (rows[-1].created, rows[-1].id)
+        else:
+            self._resume = after            # MAX_ADOPT_ROUNDS batches: the next pass goes on from here
         return adopted
 
-    async def _batch(self, rows: list[EventRecord], failed: list[str | None]) -> tuple[int, bool]:
-        """One batch's adoptions: (events adopted, whether the pass ends here)."""
+    async def _batch(self, rows: list[EventRecord], failed: list[str | None]) \
+            -> tuple[int, tuple[float, str] | None]:
+        """One batch's adoptions: (events adopted, the row the pass stopped at, or None: it goes on)."""
         adopted: set[str] = set()
         subjects: set[str] = set()
         failed_before, stopped = len(failed), False
@@ -107,16 +118,16 @@ class LateAdoption:
                     adopted.update(received.adopted)
                     subjects.add(subject)
             if stopped:
-                log(logging.ERROR, "adoption_stopped", retry="at the next sweep", failed=len(failed),
-                    why="the store did not answer" if len(failed) < MAX_FAILURES else
-                    f"the adoptions of {len(failed)} subjects failed")
+                log(logging.ERROR, "adoption_stopped", retry="at the next sweep, after this event",
+                    event_id=row.id, failed=len(failed), why="the store did not answer" if len(failed) <
+                    MAX_FAILURES else f"the adoptions of {len(failed)} subjects failed")
                 break
         if adopted:
             self.gate.metrics.adopted_late.labels("sweep").inc(len(adopted))
         level = logging.INFO if adopted or len(failed) > failed_before else logging.DEBUG
         log(level, "pending_adopted_late", by="sweep", found=len(rows), adopted=len(adopted), subjects=len(subjects),
             failed=len(failed) - failed_before)
-        return len(adopted), stopped
+        return len(adopted), (row.created, row.id) if stopped else None
 
     async def _place(self, row: EventRecord) -> str | None:
         """The subject a waiting event's Stripe ids place now."""

@@ -190,6 +190,21 @@ class TestSweep:
         assert (await status_of(hook, "alice"), await status_of(hook, "bob")) == ("paid", "paid")
         assert await adopted_late(hook, "sweep") == 2
 
+    async def test_subjects_failing_at_every_sweep_do_not_keep_the_events_after_them_waiting(self, hook, monkeypatch):
+        """A pass ends after MAX_FAILURES failed subjects (one here); the next starts after where it stopped, and
+        one that reached the end leaves the next to start from the beginning again."""
+        monkeypatch.setattr(adoption, "MAX_FAILURES", 1)
+        _, first = await link_whose_adoption_fails(hook, "alice", "cus_a", "sub_a", time.time() - 100)
+        await link_whose_adoption_fails(hook, "bob", "cus_b", "sub_b")
+        async with adoption_refused(hook.database, first["id"]):
+            assert (await hook.post("/v1/jobs/sweep"))[0] == 200     # alice fails: the pass ends before bob
+            assert (await status_of(hook, "alice"), await status_of(hook, "bob")) == ("paid_trial", "paid_trial")
+            assert (await hook.post("/v1/jobs/sweep"))[0] == 200     # from after alice: bob
+            assert (await status_of(hook, "alice"), await status_of(hook, "bob")) == ("paid_trial", "paid")
+        assert (await hook.post("/v1/jobs/sweep"))[0] == 200         # from the beginning again: alice
+        assert (await status_of(hook, "alice"), await status_of(hook, "bob")) == ("paid", "paid")
+        assert await adopted_late(hook, "sweep") == 2
+
 
 async def test_a_waiting_events_own_look_that_never_came_is_made_by_its_redelivery(start_gate, pg_dsn, monkeypatch):
     """PostgreSQL, where a delivery's write waits alone: the invoice looks for its subject before the link, its
@@ -236,3 +251,4 @@ async def test_two_nodes_sweeping_and_a_redelivery_at_once_adopt_it_once(start_g
     counted = [await adopted_late(node, by) for node in (a, b) for by in ("sweep", "redelivery")]
     assert sum(counted) == 1
     assert (await status_of(a, "alice"), await status_of(b, "alice")) == ("paid", "paid")
+

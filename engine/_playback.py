@@ -13,6 +13,7 @@ from ._credits import Grant, GrantSource
 from ._decision import Decision
 from ._history import advance
 from ._links import named_subject, relevant_events, stripe_refs
+from ._reversals import money_back
 from ._scenario import Expectation, Scenario, Step, _iso, _show
 from ._state import SubjectState
 from ._table import StateTable
@@ -131,6 +132,10 @@ class _Player:
         if grants:
             self.book.add_grants(self.scenario.subject, grants)
             seen.happened += "; granted " + ", ".join(f"{g.amount} {g.meter} credits ({g.note})" for g in grants)
+        back = money_back(step.value, step.extra or f"story:{step.number}", obj, self.now)
+        taken = self.book.take_back(self.scenario.subject, back, grants)
+        if taken:
+            seen.happened += f"; took back {taken} bought credits (money of their payment came back)"
         return seen
 
     def _event(self, step: Step) -> _Seen:

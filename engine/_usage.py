@@ -1,9 +1,12 @@
 """An in-memory usage book: what the store does durably, for scenarios and tests (credits included)."""
 from __future__ import annotations
 
+import dataclasses
+
 from ._credits import Grant, balance, spend
 from ._decision import Decision
 from ._entitlements import billable, overage_cap
+from ._reversals import MoneyBack, settle
 from ._state import SubjectState
 from ._table import StateTable
 
@@ -18,6 +21,8 @@ class UsageBook:
         self._billed: dict[tuple[str, str, int], int] = {}  # (subject, meter, window start) -> overage billed
         self.grants: dict[str, list[Grant]] = {}
         self.overage: dict[tuple[str, str], int] = {}       # (subject, meter) -> overage billed so far
+        self._money_back: dict[tuple[str, str], dict[str, MoneyBack]] = {}   # (subject, payment) -> id -> fact
+        self._taken: dict[tuple[str, str], dict[str, int]] = {}             # (subject, grant) -> fact id -> units
 
     def used(self, state: SubjectState, meter: str, now: float) -> int:
         span = self.table.window(state, meter, now)
@@ -28,6 +33,29 @@ class UsageBook:
         held = self.grants.setdefault(subject, [])
         known = {g.id for g in held}
         held.extend(g for g in grants if g.id not in known)
+
+    def take_back(self, subject: str, fact: MoneyBack | None, grants: tuple[Grant, ...] = ()) -> int:
+        """Money that came back of a payment (`fact`), and grants just bought (`grants`: money that came back
+        before their purchase takes from them as they are made), settled against the subject's bought grants as
+        the store settles them in the event's commit (engine._reversals); the credits taken."""
+        if fact is not None:
+            self._money_back.setdefault((subject, fact.payment_intent), {}).setdefault(fact.id, fact)
+        payments = {g.payment_intent for g in grants if g.payment_intent} | ({fact.payment_intent} if fact else set())
+        taken_in_all = 0
+        held = self.grants.get(subject, [])
+        for i, g in enumerate(held):
+            if g.payment_intent not in payments:
+                continue
+            facts = list(self._money_back.get((subject, g.payment_intent), {}).values())
+            recorded = self._taken.setdefault((subject, g.id), {})
+            remaining = g.remaining
+            for t in settle(g.id, g.amount, remaining, g.paid, facts, recorded):
+                recorded[t.fact.id] = t.units
+                remaining -= t.taken
+            if remaining != g.remaining:
+                taken_in_all += g.remaining - remaining
+                held[i] = dataclasses.replace(g, remaining=remaining)
+        return taken_in_all
 
     def balance(self, state: SubjectState, meter: str, now: float) -> int:
         """The subject's spendable credits of the meter now (the tier's grant of this window included)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from plangate.engine import UsageBook, compile_file
+from plangate.engine._credits import Grant, GrantSource
 from plangate.engine._reversals import MoneyBack, ReversalKind, money_back, owed, returned, settle
+
+from .conftest import REPO
 
 
 def fact(ident: str, kind: ReversalKind, amount: int, created: float = 1.0, paid: int | None = None) -> MoneyBack:
@@ -59,3 +63,19 @@ class TestEvents:
         assert money_back("charge.dispute.closed", "evt_5", {**dispute, "status": "won"}, 7.0) is None
         assert money_back("charge.dispute.closed", "evt_6", {**dispute, "status": "lost"}, 7.0).amount == 1000
         assert money_back("charge.dispute.created", "evt_7", {**dispute, "status": "lost"}, 7.0) is None
+
+
+class TestStories:
+    """The usage book of `plangate test` settles money back as the store does (its stories took nothing back)."""
+
+    def test_money_back_before_the_purchase_takes_from_the_grant_as_it_is_made_and_once(self):
+        book = UsageBook(compile_file(REPO / "examples" / "ai-api" / "plans.yaml"))
+        refund = fact("re_1", ReversalKind.REFUND, 250)
+        assert book.take_back("s", refund) == 0                     # no grant of that payment yet
+        pack = Grant("cs_1:0", "tokens", 1_000_000, 1_000_000, 10, 2.0, None, GrantSource.PURCHASE, "1 x pack",
+                     "pi_1", 1000)
+        book.add_grants("s", [pack])
+        assert book.take_back("s", None, (pack,)) == 250_000
+        assert book.take_back("s", refund) == 0                     # the same refund told again
+        assert book.take_back("s", fact("dp_1", ReversalKind.DISPUTE_LOST, 750)) == 750_000
+        assert book.grants["s"][0].remaining == 0

@@ -94,7 +94,8 @@ def credits_view(table: StateTable, state: SubjectState, now: float, spendable: 
     """Per meter with credits: the balance now, and the newest grants (spent and expired ones too) as they stand
     now: the tier's grants ending with their windows as the billing period says them now, and the tier's grants
     of this window (and its rollover) even before a spend makes them in the store, as the balance counts them;
-    each bought one with what refunds and lost disputes of its payment took back of it."""
+    each with whether the subject may spend it now (the balance counts those that say so), each bought one
+    with what refunds and lost disputes of its payment took back of it."""
     taken: dict[str, list[dict]] = {}
     for r in reversals:
         taken.setdefault(r.grant_id, []).append(r.to_dict())
@@ -107,8 +108,10 @@ def credits_view(table: StateTable, state: SubjectState, now: float, spendable: 
         known = {g.id for g in held}
         shown = sorted([g for g in new if g.id not in known] + [g for g in held if g.meter == meter],
                        key=lambda g: -g.created)[:limit]
+        which = table.spendable(state, meter, now)
         out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable),
-                    "grants": [_with_reversals(g.to_dict(), taken) for g in shown]})
+                    "grants": [_with_reversals({**g.to_dict(), "spendable": g.spendable(now, which)}, taken)
+                               for g in shown]})
     return out
 
 

@@ -476,7 +476,12 @@ class TestForfeit:
             assert (await view(gate, "f1"))["credits"][0]["balance"] >= 999_000
             return
         assert (after_end["allowed"], after_end["reason"], after_end["credits"]) == (False, "quota_exhausted", 0)
-        assert (await view(gate, "f1"))["credits"][0]["balance"] == 0
+        credits = (await view(gate, "f1"))["credits"][0]
+        assert credits["balance"] == 0
+        # The view still lists the forfeited grants, with something left, and says they cannot be spent.
+        assert ("purchase", 1_000_000, False) in [(g["source"], g["remaining"], g["spendable"])
+                                                  for g in credits["grants"]]
+        assert not any(g["spendable"] for g in credits["grants"])
         # granted or bought after the end: spendable, and only they
         status, _ = await gate.post("/v1/subjects/f1/credits", {"meter": "tokens", "amount": 5000,
                                                                  "reason": "goodwill", "actor": "ops"})
@@ -486,7 +491,9 @@ class TestForfeit:
                                      NOW - 100))
         bought = await consume(gate, "f1", "tokens", 1000)
         assert (bought["allowed"], bought["credits_used"]) == (True, 1000)
-        assert (await view(gate, "f1"))["credits"][0]["balance"] == 1_004_000
+        credits = (await view(gate, "f1"))["credits"][0]
+        assert credits["balance"] == 1_004_000
+        assert credits["balance"] == sum(g["remaining"] for g in credits["grants"] if g["spendable"])
 
 
     async def test_a_first_subscription_never_paid_forfeits_nothing(self, start, forfeiting):

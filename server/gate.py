@@ -44,6 +44,9 @@ SWEEP_TIMEOUT = 30.0        # seconds one transaction of a sweep may take
 REFRESH_AT = 0.75
 REFRESH_BATCH = 50
 REFRESH_MIN_TTL = 1.0
+# A busy entry kept unread (_renew_unchanged) is read again after this many renewals all the same: an invalidation
+# this gate missed (a write that committed while its request was cancelled) heals within about ten TTLs.
+RENEW_MAX = 8
 _UNREADABLE = object()      # a subject whose row a refresh could not read
 _EXHAUSTED = Reason.QUOTA_EXHAUSTED
 WRITES = frozenset({"count", "save", "commit", "sweep", "record_event", "cleanup", "conceal"})
@@ -75,6 +78,7 @@ class _Entry:
     grants: list | None = None      # its credit grants, when the cache may keep them (one writer)
     asked: bool = False             # a request read it since it was loaded: worth reading again before it expires
     seen: int | None = None         # store.outside_writes() before it was read: unchanged, it is still as read
+    renewed: int = 0                # times kept another TTL unread since it was read
 
 
 @dataclass(frozen=True)
@@ -305,14 +309,15 @@ class Gate:
         subject not stored gets its initial state as of now, as a reading that finds no row gives it."""
         left = []
         for subject, entry, current in picked:
-            if entry.seen != seen:
-                left.append((subject, entry, current))      # something else wrote since: read again
+            if entry.seen != seen or entry.renewed >= RENEW_MAX:
+                left.append((subject, entry, current))      # something else wrote since, or kept long: read again
             elif entry.stored.version:
                 entry.used, entry.asked = current, False
+                entry.renewed += 1
                 self._keep(subject, entry)
             else:
                 self._keep(subject, _Entry(StoredSubject(self.table.initial_state(subject, now), 0), current,
-                                           seen=seen))
+                                           seen=seen, renewed=entry.renewed + 1))
         self.metrics.cache_renewals.inc(len(picked) - len(left))
         return left
 

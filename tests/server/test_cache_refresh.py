@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 from plangate.engine import compile_file
+from plangate.server import gate as gate_module
 from plangate.server.gate import Gate
 from plangate.server.http import api
 from plangate.server.metrics import Metrics
@@ -61,6 +62,17 @@ async def test_a_subject_asked_for_all_along_is_read_once_on_the_request_path(st
     status, text = await served.get("/metrics")
     assert status == 200 and "plangate_cache_refreshes_total 1.0" in text
     assert "plangate_cache_renewals_total" in text
+
+
+async def test_a_subject_kept_unread_is_read_again_after_renew_max_renewals(start_gate, monkeypatch):
+    """However quiet the file, a busy entry is read again now and then: an invalidation the gate missed heals."""
+    monkeypatch.setattr(gate_module, "RENEW_MAX", 2)
+    served = await start_gate(PLANGATE_CACHE_TTL=str(TTL))
+    gate = _gate_of(served)
+    assert (await served.consume("busy", 1, key="k1"))[0] == 200
+    await _keep_asking(served, "busy", 3.7 * TTL)        # due about every 0.75 TTL: 2 renewals, a reading, ...
+    assert gate.metrics.cache_renewals.value >= 2
+    assert gate.metrics.cache_refreshes.value >= 1
 
 
 async def test_a_subject_only_ever_checked_is_kept_unread_too(start_gate):

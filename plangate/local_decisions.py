@@ -68,6 +68,9 @@ class LocalDecisions:
         self._offset_rtt, self._offset_at = float("inf"), float("-inf")     # the measurement's round trip, time
         self.local_checks = 0               # checks decided here
         self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale
+        # The plan version under which the gate sent a state this client cannot read whole (a newer gate's
+        # field): every subject's is likely the same, so none is fetched again under it; the gate decides.
+        self.unreadable_under: str | None = None
         self.reconnects = 0
         self.resets = 0
         self._task: asyncio.Task | None = None
@@ -132,7 +135,7 @@ class LocalDecisions:
 
     async def fetch(self, subject: str, timeout: float) -> bool:
         """A copy of `subject` from the gate; False when none could be had (or a change raced it)."""
-        if not self.fresh or self.table is None:
+        if not self.fresh or self.table is None or self.unreadable_under == self.table.version:
             return False
         self.touched[subject] = -1
         try:
@@ -152,8 +155,9 @@ class LocalDecisions:
         if epoch != self.epoch or raced > n or body["plan_version"] != self.table.version:
             return False        # an event after the snapshot was read, or another process: ask again next time
         state = _state(body["state"])
-        if state is None:
-            return False        # a state this client's engine cannot read whole (a newer gate's): the gate decides
+        if state is None:       # a state this client's engine cannot read whole (a newer gate's): the gate decides
+            self.unreadable_under = self.table.version
+            return False
         copy = _Copy(state, {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
                      time.monotonic() + body["max_age"])
         self.allowed = body["local"]
@@ -287,13 +291,18 @@ def _state(data: dict):
     client's engine does not know (a gate newer than the client): deciding without it could differ from the gate."""
     from plangate.engine import SubjectState, Subscription
 
-    if not data.keys() <= {f.name for f in fields(SubjectState)}:
+    subscriptions = data.get("subscriptions") or ()
+    if not data.keys() <= {f.name for f in fields(SubjectState)} or \
+            any(not d.keys() <= set(Subscription.__slots__) for d in subscriptions):
         return None
     data = dict(data)
-    data["subscriptions"] = tuple(Subscription.from_dict(d) for d in data.get("subscriptions") or ())
+    data["subscriptions"] = tuple(Subscription.from_dict(d) for d in subscriptions)
     for key in ("addons", "traits"):
         data[key] = tuple((str(name), int(value)) for name, value in data.get(key) or ())
-    return SubjectState(**data)
+    try:
+        return SubjectState(**data)
+    except TypeError:           # a field it needs is missing (a gate older than the client): the gate decides
+        return None
 
 
 @functools.lru_cache(maxsize=1024)     # a window's bounds repeat on every answer in it: convert them once

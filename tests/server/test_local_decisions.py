@@ -454,3 +454,7 @@ async def test_a_state_with_a_field_this_client_does_not_know_is_left_to_the_gat
             state = (await resp.json())["state"]
     assert local_decisions._state(state).subject == "newer"
     assert local_decisions._state({**state, "a_field_of_a_later_release": 1}) is None
+    # nor one in a subscription (from_dict would drop it), nor a state missing a field this client needs
+    later = {**state, "subscriptions": [{"id": "sub_1", "status": "active", "a_field_of_a_later_release": 1}]}
+    assert local_decisions._state(later) is None
+    assert local_decisions._state({k: v for k, v in state.items() if k != "subject"}) is None

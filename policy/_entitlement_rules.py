@@ -111,16 +111,18 @@ def overage_reported(plan: Plan) -> Iterator[Finding]:
 
 def stripe_meters_distinct(plan: Plan) -> Iterator[Finding]:
     """Stripe adds up a billing meter's events per customer, whichever meter of the plan sent them: two meters
-    reporting to one event name would bill their overage together, past either quota's cap."""
+    with overage reporting to one event name are billed as one, each quota's cap bounding only its own share."""
+    billed = {q.meter for _, q in _limited_quotas(plan) if q.overage is not None}
     first: dict[str, str] = {}
     for m in plan.meters:
-        if m.stripe_meter is None:
+        if m.stripe_meter is None or m.name not in billed:
             continue
         if m.stripe_meter in first:
             yield _f("stripe-meter-shared", W,
                      f"meters '{first[m.stripe_meter]}' and '{m.name}' both report overage to the Stripe billing "
-                     f"meter '{m.stripe_meter}': Stripe bills their sum, so a customer may pay for more than either "
-                     "quota's `overage` cap allows (give each meter a billing meter of its own)",
+                     f"meter '{m.stripe_meter}': Stripe bills their sum as one line at one price, and each quota's "
+                     "`overage` cap bounds only its own share of it (up to the caps added up); give each meter a "
+                     "billing meter of its own if they are priced or capped apart, or silence this finding",
                      plan.document.key_location(("meters", m.name, "stripe_meter")))
         else:
             first[m.stripe_meter] = m.name

@@ -67,3 +67,12 @@ class TestCatalogue:
         codes = [code for names, _ in RULES for code in names.split("/")]
         assert len(codes) == len(set(codes))
         assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", c) for c in codes)
+
+
+def test_meters_sharing_a_billing_meter_without_overage_are_no_finding(tmp_path: Path):
+    """Nothing is reported to the shared billing meter when neither quota has overage: nothing billed together."""
+    text = (PLANS / "stripe-meter-shared.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "no-overage.yaml"
+    assert text.count(", overage: {up_to: 500}") == 2
+    path.write_text(text.replace(", overage: {up_to: 500}", ""), encoding="utf-8")
+    assert check_file(path).findings == []

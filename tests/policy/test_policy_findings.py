@@ -75,4 +75,4 @@ def test_meters_sharing_a_billing_meter_without_overage_are_no_finding(tmp_path:
     path = tmp_path / "no-overage.yaml"
     assert text.count(", overage: {up_to: 500}") == 2
     path.write_text(text.replace(", overage: {up_to: 500}", ""), encoding="utf-8")
-    assert check_file(path).findings == []
+    assert list(check_file(path).findings) == []

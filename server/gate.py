@@ -141,21 +141,21 @@ class Gate:
         except TimeoutError as exc:
             raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
 
-    async def counted(self, operation: str, pending):
+    async def counted(self, operation: str, pending, *, invalidates: Callable[[Any], Iterable[str]] | None = None):
         """A write (a count or spend, a state change, a grant) within the time budget, answered as it went. When
         the budget runs out, the store withdraws it if it has not handed it to the database yet (StoreUnavailable:
         it is never written; a count's fail mode answers); one handed over is awaited to its end, however long the
         database takes (its own timeouts bound that), so that no answer says 'not written' of what the store
-        wrote."""
+        wrote. `invalidates`: see untimed (a caller cancelled meanwhile does not drop what its write changed)."""
         task = asyncio.ensure_future(pending)
         budget = self.config.store_timeout
         try:
             async with asyncio.timeout(budget):
-                return await self.untimed(operation, task, shield=True)
+                return await self.untimed(operation, task, shield=True, invalidates=invalidates)
         except TimeoutError as exc:
             if not task.done() and self.store.withdraw(task):
                 raise self.store_failed(operation, exc, f"no answer within {budget}s") from exc
-        return await self.untimed(operation, task, shield=True)
+        return await self.untimed(operation, task, shield=True, invalidates=invalidates)
 
     async def untimed(self, operation: str, coro, *, shield: bool = False,
                       invalidates: Callable[[Any], Iterable[str]] | None = None):
@@ -501,7 +501,8 @@ class Gate:
         if stored is None:
             if expires_at is not None and expires_at <= grant.created:
                 raise entitlements.PastExpiry("'expires_at' must be in the future")
-            made = bool(await self.counted("save", self.store.add_grants(subject, (grant,), actor)))
+            made = bool(await self.counted("save", self.store.add_grants(subject, (grant,), actor),
+                                           invalidates=lambda _: (subject,)))
             if not made and key is not None:        # a concurrent repeat made it first
                 stored = await self.timed("credits", self.store.grant(subject, grant.id))
         if stored is not None:
@@ -570,7 +571,8 @@ class Gate:
             # or the key reused for other work), whatever the status says now.
             limit = (rule.limit_for(state) if rule.allows else 0) if enforce else None
             done: Counted = await self.counted(
-                "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now))
+                "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now),
+                invalidates=lambda _: (subject,))
             if done.conflict:
                 self.invalidate(subject)
                 continue
@@ -594,16 +596,18 @@ class Gate:
         """A count that may go past the limit (credits, then overage); None when the subject changed meanwhile."""
         grants = await self._grants(entry, now) if rule.credits and table.tier_grants_apply(meter) else None
         spend = entitlements.spend_of(table, state, rule, meter, enforce, now, grants, entry.stored.stripe_customer)
-        done = await self.counted("count", self.store.spend(entry.stored, meter, span.start, amount, spend, key, now))
+        subject = entry.stored.state.subject
+        done = await self.counted("count", self.store.spend(entry.stored, meter, span.start, amount, spend, key, now),
+                                  invalidates=lambda _: (subject,))
         if done.conflict:
             return None
         if entry.stored.version == 0:
-            self.invalidate(entry.stored.state.subject)
+            self.invalidate(subject)
         elif not done.duplicate:
-            self._note_used(entry.stored.state.subject, entry, (meter, span.start), done.used)
+            self._note_used(subject, entry, (meter, span.start), done.used)
             entry.grants = None
         if done.counted and not done.duplicate:
-            self.feed.usage(entry.stored.state.subject, meter, span.start, done.used)
+            self.feed.usage(subject, meter, span.start, done.used)
         decision = entitlements.decided(table, state, meter, amount, enforce, done, now)
         if done.overage and not done.duplicate:
             self.metrics.overage.labels(meter).inc(done.overage)
@@ -772,7 +776,7 @@ class Gate:
         fold_state = stored.fold_state if kept else None
         change = Change(replace(stored, state=outcomes[-1].state, fold_state=fold_state), stored.version,
                         audits=audits)
-        if await self.counted("save", self.store.commit(change)):
+        if await self.counted("save", self.store.commit(change), invalidates=lambda _: (subject,)):
             self.invalidate(subject)
             for audit in audits:
                 self.metrics.transitions.labels(audit.trigger.split(":")[0], audit.to_status).inc()

@@ -40,7 +40,7 @@ FACT_EVENTS = frozenset({
 def relevant_events(plan: Plan) -> frozenset[str]:
     """The event types the gate reads at all; any other is answered `ignored` without being linked."""
     # A plan selling credit packs reads refunds too: one takes back what its payment bought (engine._reversals).
-    credits = {"checkout.session.async_payment_succeeded", "refund.created", "refund.updated"} \
+    credits = {"checkout.session.async_payment_succeeded", "refund.created", "refund.updated", "refund.failed"} \
         if any(c.packs for c in plan.credits) else set()
     return FACT_EVENTS | credits | {t.trigger.name for t in plan.transitions if t.trigger.kind.value == "stripe"}
 

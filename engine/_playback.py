@@ -134,8 +134,10 @@ class _Player:
             seen.happened += "; granted " + ", ".join(f"{g.amount} {g.meter} credits ({g.note})" for g in grants)
         back = money_back(step.value, step.extra or f"story:{step.number}", obj, self.now)
         taken = self.book.take_back(self.scenario.subject, back, grants)
-        if taken:
+        if taken > 0:
             seen.happened += f"; took back {taken} bought credits (money of their payment came back)"
+        elif taken < 0:
+            seen.happened += f"; gave back {-taken} bought credits (a refund of their payment failed)"
         return seen
 
     def _event(self, step: Step) -> _Seen:

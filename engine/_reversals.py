@@ -10,6 +10,10 @@ of the two is what was refunded; a lost dispute adds its `amount`. Never more th
 A grant of G credits bought with a payment of P, of which B came back, owes ceil(G * B / P) credits (rounded
 against the customer, never more than G); each reversal takes what that figure grew by, from what is left of the
 grant. Credits spent stay spent: a grant goes down to zero, never below.
+
+A refund that fails or is canceled after it was pending (`refund.failed`, `refund.updated`) did not bring the
+money back after all: it stops counting (and a charge's `amount_refunded` said before the failure stops counting
+it too), and what the grant owes falls; what was taken beyond that is given back to the grant.
 """
 from __future__ import annotations
 
@@ -18,15 +22,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # The events that say money of a payment came back to the customer.
-REVERSAL_EVENTS = frozenset({"charge.refunded", "refund.created", "refund.updated", "charge.dispute.closed"})
-# A refund takes credits back once Stripe accepted it (pending: on its way); a failed or canceled one never did.
+REVERSAL_EVENTS = frozenset({"charge.refunded", "refund.created", "refund.updated", "refund.failed",
+                             "charge.dispute.closed"})
+_REFUND_EVENTS = frozenset({"refund.created", "refund.updated", "refund.failed"})
+# A refund takes credits back once Stripe accepted it (pending: on its way); a failed or canceled one never did,
+# and one that fails or is canceled after it was pending gives back what it took.
 _REFUNDING = frozenset({"succeeded", "pending"})
+_UNDONE = frozenset({"failed", "canceled"})
+_UNDONE_SUFFIX = "/undone"      # an undone refund's fact: the refund's id and this
 
 
 class ReversalKind(enum.Enum):
     CHARGE_REFUNDED = "charge_refunded"     # charge.refunded: amount_refunded, all refunds of the charge so far
     REFUND = "refund"                       # refund.created / refund.updated: one refund
     DISPUTE_LOST = "dispute_lost"           # charge.dispute.closed with status lost: the disputed amount
+    REFUND_UNDONE = "refund_undone"         # refund.failed / refund.updated, failed or canceled: a refund undone
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +66,14 @@ def money_back(event_type: str, event_id: str, obj: Mapping, created: float) -> 
         paid = obj.get("amount")
         return _fact(ident, ReversalKind.CHARGE_REFUNDED, payment_intent, charge, amount, created, event_id,
                      paid if _count(paid) else None)
-    if event_type in ("refund.created", "refund.updated") and kind == "refund" and obj.get("status") in _REFUNDING:
-        return _fact(_id(obj.get("id")), ReversalKind.REFUND, payment_intent, charge, obj.get("amount"), created,
-                     event_id)
+    if event_type in _REFUND_EVENTS and kind == "refund":
+        status, refund = obj.get("status"), _id(obj.get("id"))
+        if status in _REFUNDING:
+            return _fact(refund, ReversalKind.REFUND, payment_intent, charge, obj.get("amount"), created, event_id)
+        if status in _UNDONE and refund is not None:
+            return _fact(refund + _UNDONE_SUFFIX, ReversalKind.REFUND_UNDONE, payment_intent, charge,
+                         obj.get("amount"), created, event_id)
+        return None
     if event_type == "charge.dispute.closed" and kind == "dispute" and obj.get("status") == "lost":
         return _fact(_id(obj.get("id")), ReversalKind.DISPUTE_LOST, payment_intent, charge, obj.get("amount"),
                      created, event_id)
@@ -74,8 +89,14 @@ def _fact(ident, kind, payment_intent, charge, amount, created, event_id, paid=N
 def returned(facts: Iterable[MoneyBack], paid: int | None) -> int:
     """What came back of a payment, by all that is known of it (see the module's docstring); at most `paid`."""
     facts = list(facts)
-    refunded = max(max((f.amount for f in facts if f.kind is ReversalKind.CHARGE_REFUNDED), default=0),
-                   sum(f.amount for f in facts if f.kind is ReversalKind.REFUND))
+    refunds = {f.id: f for f in facts if f.kind is ReversalKind.REFUND}
+    # An undone refund counts only against a refund recorded as on its way (one that failed at once never did).
+    undone = {f.id.removesuffix(_UNDONE_SUFFIX): f.created for f in facts if f.kind is ReversalKind.REFUND_UNDONE
+              and f.id.removesuffix(_UNDONE_SUFFIX) in refunds}
+    # A charge's amount_refunded said before a refund of it was undone counted that refund.
+    by_charge = max((f.amount - sum(refunds[r].amount for r, at in undone.items() if at > f.created)
+                     for f in facts if f.kind is ReversalKind.CHARGE_REFUNDED), default=0)
+    refunded = max(by_charge, sum(f.amount for r, f in refunds.items() if r not in undone), 0)
     back = refunded + sum(f.amount for f in facts if f.kind is ReversalKind.DISPUTE_LOST)
     return back if paid is None else min(back, paid)
 
@@ -92,7 +113,8 @@ def owed(granted: int, back: int, paid: int | None) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """What one fact took of one grant: `units` it accounts for, `taken` of them what was left to take."""
+    """What one fact took of one grant: `units` it accounts for, `taken` of them what was left to take (both
+    negative for an undone refund: what it gives back)."""
 
     fact: MoneyBack
     grant_id: str
@@ -101,19 +123,23 @@ class Taken:
 
 
 def settle(grant_id: str, granted: int, remaining: int, paid: int | None, facts: list[MoneyBack],
-           recorded: Mapping[str, int]) -> list[Taken]:
+           recorded: Mapping[str, tuple[int, int]]) -> list[Taken]:
     """What the facts of a grant's payment not yet recorded against the grant take of it. `recorded`: fact id ->
-    units, of those already taken from it. Each new fact, in created order, takes what the grant owes with it
-    beyond what was accounted for already."""
+    (units, taken), of those already settled against it. Each new fact, in created order, takes what the grant owes
+    with it beyond what was accounted for already; one after which the grant owes less (an undone refund) gives
+    back what was taken beyond what it owes now."""
     paid = paid if paid is not None else max((f.paid for f in facts if f.paid is not None), default=None)
     known = [f for f in facts if f.id in recorded]
-    counted = sum(recorded.values())
+    counted = sum(units for units, _ in recorded.values())
+    took = sum(taken for _, taken in recorded.values())
     out = []
     for fact in sorted((f for f in facts if f.id not in recorded), key=lambda f: (f.created, f.id)):
         known.append(fact)
-        units = max(0, owed(granted, returned(known, paid), paid) - counted)
-        taken = min(remaining, units)
+        owes = owed(granted, returned(known, paid), paid)
+        units = owes - counted
+        taken = min(remaining, units) if units >= 0 else -max(0, took - owes)
         counted += units
+        took += taken
         remaining -= taken
         out.append(Taken(fact, grant_id, units, taken))
     return out

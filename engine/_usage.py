@@ -22,7 +22,8 @@ class UsageBook:
         self.grants: dict[str, list[Grant]] = {}
         self.overage: dict[tuple[str, str], int] = {}       # (subject, meter) -> overage billed so far
         self._money_back: dict[tuple[str, str], dict[str, MoneyBack]] = {}   # (subject, payment) -> id -> fact
-        self._taken: dict[tuple[str, str], dict[str, int]] = {}             # (subject, grant) -> fact id -> units
+        # (subject, grant) -> fact id -> (units, taken)
+        self._taken: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
 
     def used(self, state: SubjectState, meter: str, now: float) -> int:
         span = self.table.window(state, meter, now)
@@ -37,7 +38,8 @@ class UsageBook:
     def take_back(self, subject: str, fact: MoneyBack | None, grants: tuple[Grant, ...] = ()) -> int:
         """Money that came back of a payment (`fact`), and grants just bought (`grants`: money that came back
         before their purchase takes from them as they are made), settled against the subject's bought grants as
-        the store settles them in the event's commit (engine._reversals); the credits taken."""
+        the store settles them in the event's commit (engine._reversals); the credits taken (negative: given back by
+        a refund undone)."""
         if fact is not None:
             self._money_back.setdefault((subject, fact.payment_intent), {}).setdefault(fact.id, fact)
         payments = {g.payment_intent for g in grants if g.payment_intent} | ({fact.payment_intent} if fact else set())
@@ -50,7 +52,7 @@ class UsageBook:
             recorded = self._taken.setdefault((subject, g.id), {})
             remaining = g.remaining
             for t in settle(g.id, g.amount, remaining, g.paid, facts, recorded):
-                recorded[t.fact.id] = t.units
+                recorded[t.fact.id] = (t.units, t.taken)
                 remaining -= t.taken
             if remaining != g.remaining:
                 taken_in_all += g.remaining - remaining

@@ -50,9 +50,11 @@ class Pseudonyms:
         return PSEUDONYM_PREFIX + self._mac("subject", subject)[:32]
 
     def stripe_id(self, value: str) -> str:
-        """The id kept for a Stripe id of an erased subject: its kind (prefix) and a pseudonym."""
+        """The id kept for a Stripe id of an erased subject: its kind (prefix) and a pseudonym. What follows a '/'
+        (an undone refund's fact: the refund's id and /undone) stays, so that it still names its refund's pseudonym."""
+        value, slash, tail = value.partition("/")
         prefix = value[:value.index("_") + 1] if "_" in value else ""
-        return f"{prefix}erased{self._mac('stripe', value)[:24]}"
+        return f"{prefix}erased{self._mac('stripe', value)[:24]}{slash}{tail}"
 
 
 def pseudonyms_of(gate: Gate) -> Pseudonyms | None:

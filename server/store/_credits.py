@@ -160,7 +160,7 @@ def settle_payment(subject: str, payment_intent: str, grants, rows) -> tuple[lis
                        None if r[6] is None else int(r[6])) for r in rows if r[1] == ""]
     inserts, takes = [], []
     for grant_id, amount, remaining, paid in grants:
-        recorded = {r[0]: int(r[7]) for r in rows if r[1] == grant_id}
+        recorded = {r[0]: (int(r[7]), int(r[8])) for r in rows if r[1] == grant_id}
         for t in settle(grant_id, int(amount), int(remaining), None if paid is None else int(paid), facts,
                         recorded):
             inserts.append(_reversal_values(subject, t.fact, grant_id, t.units, t.taken))

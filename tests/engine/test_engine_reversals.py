@@ -35,17 +35,49 @@ class TestSettle:
         first = settle("g", 1000, 100, 1000, [fact("re_1", ReversalKind.REFUND, 300)], {})
         assert [(t.units, t.taken) for t in first] == [(300, 100)]
         facts = [fact("re_1", ReversalKind.REFUND, 300), fact("re_2", ReversalKind.REFUND, 200, 2.0)]
-        second = settle("g", 1000, 0, 1000, facts, {"re_1": 300})
+        second = settle("g", 1000, 0, 1000, facts, {"re_1": (300, 100)})
         assert [(t.fact.id, t.units, t.taken) for t in second] == [("re_2", 200, 0)]
 
     def test_facts_recorded_already_take_nothing_again(self):
         facts = [fact("re_1", ReversalKind.REFUND, 300)]
-        assert settle("g", 1000, 700, 1000, facts, {"re_1": 300}) == []
+        assert settle("g", 1000, 700, 1000, facts, {"re_1": (300, 300)}) == []
 
     def test_an_older_fact_arriving_late_adds_only_what_it_tells_beyond(self):
         charge = fact("evt_c", ReversalKind.CHARGE_REFUNDED, 500, 2.0)
         late = fact("re_1", ReversalKind.REFUND, 300, 1.0)
-        assert [t.units for t in settle("g", 1000, 500, 1000, [charge, late], {"evt_c": 500})] == [0]
+        assert [t.units for t in settle("g", 1000, 500, 1000, [charge, late], {"evt_c": (500, 500)})] == [0]
+
+    def test_an_undone_refund_gives_back_what_was_taken_beyond_what_is_owed_now(self):
+        """1000 credits for 1000: refunds of 300 (pending, later failed) and 200 (succeeded); 700 spent before
+        them, so the 500 owed took the 300 that were left."""
+        pending, kept = fact("re_1", ReversalKind.REFUND, 300, 1.0), fact("re_2", ReversalKind.REFUND, 200, 2.0)
+        took = settle("g", 1000, 300, 1000, [pending, kept], {})
+        assert [(t.units, t.taken) for t in took] == [(300, 300), (200, 0)]
+        undone = fact("re_1/undone", ReversalKind.REFUND_UNDONE, 300, 3.0)
+        recorded = {t.fact.id: (t.units, t.taken) for t in took}
+        back = settle("g", 1000, 0, 1000, [pending, kept, undone], recorded)
+        assert [(t.fact.id, t.units, t.taken) for t in back] == [("re_1/undone", -300, -100)]    # 200 still owed
+        nothing_spent = settle("g", 1000, 500, 1000, [pending, kept, undone], {"re_1": (300, 300), "re_2": (200, 200)})
+        assert [(t.units, t.taken) for t in nothing_spent] == [(-300, -300)]
+
+
+class TestUndone:
+    def test_an_undone_refund_stops_counting_and_so_does_what_a_charge_said_of_it_before(self):
+        pending = fact("re_1", ReversalKind.REFUND, 300, 1.0)
+        before = fact("evt_c1", ReversalKind.CHARGE_REFUNDED, 300, 2.0)
+        undone = fact("re_1/undone", ReversalKind.REFUND_UNDONE, 300, 3.0)
+        assert returned([pending, before], 1000) == 300
+        assert returned([pending, before, undone], 1000) == 0
+        later = fact("re_2", ReversalKind.REFUND, 100, 4.0)
+        after = fact("evt_c2", ReversalKind.CHARGE_REFUNDED, 100, 4.0)     # the charge no longer counts re_1
+        assert returned([pending, before, undone, later, after], 1000) == 100
+
+    def test_a_refund_that_failed_at_once_undoes_nothing(self):
+        """Never on its way, it was never counted: its failure must not take another refund's money off."""
+        kept = fact("re_1", ReversalKind.REFUND, 300, 1.0)
+        charge = fact("evt_c", ReversalKind.CHARGE_REFUNDED, 300, 1.0)
+        failed = fact("re_2/undone", ReversalKind.REFUND_UNDONE, 200, 2.0)
+        assert returned([kept, charge, failed], 1000) == 300
 
 
 class TestEvents:
@@ -54,7 +86,10 @@ class TestEvents:
                   "status": "succeeded"}
         assert money_back("refund.created", "evt_1", refund, 5.0) == \
             MoneyBack("re_1", ReversalKind.REFUND, "pi_1", "ch_1", 250, 5.0, "evt_1")
-        assert money_back("refund.updated", "evt_2", {**refund, "status": "failed"}, 5.0) is None
+        assert money_back("refund.updated", "evt_2", {**refund, "status": "failed"}, 5.0) == \
+            MoneyBack("re_1/undone", ReversalKind.REFUND_UNDONE, "pi_1", "ch_1", 250, 5.0, "evt_2")
+        assert money_back("refund.failed", "evt_2", {**refund, "status": "failed"}, 5.0).id == "re_1/undone"
+        assert money_back("refund.updated", "evt_2", {**refund, "status": "requires_action"}, 5.0) is None
         assert money_back("refund.created", "evt_3", {**refund, "payment_intent": None}, 5.0) is None
         charge = {"id": "ch_1", "object": "charge", "amount": 1000, "amount_refunded": 400, "payment_intent": "pi_1"}
         assert money_back("charge.refunded", "evt_4", charge, 6.0) == \
@@ -79,3 +114,13 @@ class TestStories:
         assert book.take_back("s", refund) == 0                     # the same refund told again
         assert book.take_back("s", fact("dp_1", ReversalKind.DISPUTE_LOST, 750)) == 750_000
         assert book.grants["s"][0].remaining == 0
+
+    def test_an_undone_refund_gives_back_in_a_story_too(self):
+        book = UsageBook(compile_file(REPO / "examples" / "ai-api" / "plans.yaml"))
+        pack = Grant("cs_1:0", "tokens", 1_000_000, 1_000_000, 10, 2.0, None, GrantSource.PURCHASE, "1 x pack",
+                     "pi_1", 1000)
+        book.add_grants("s", [pack])
+        assert book.take_back("s", fact("re_1", ReversalKind.REFUND, 250)) == 250_000
+        assert book.take_back("s", fact("re_1/undone", ReversalKind.REFUND_UNDONE, 250, 2.0)) == -250_000
+        assert book.take_back("s", fact("re_1/undone", ReversalKind.REFUND_UNDONE, 250, 2.0)) == 0     # told again
+        assert book.grants["s"][0].remaining == 1_000_000

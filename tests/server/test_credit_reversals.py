@@ -101,6 +101,49 @@ class TestRefunds:
         await deliver(gate, se.event("refund.created", refund("re_r2c", "ch_r2", "pi_r2", 500, "failed"), NOW - 30))
         assert (await credits(gate, "r2"))[0] == 1_000_000
 
+    async def test_a_pending_refund_that_fails_gives_back_what_it_took(self, start, fake_stripe):
+        """A refund is pending (bank transfers, some cards) and fails days later: Stripe sends refund.failed and
+        refund.updated (status failed). The money never came back, so the credits it took come back to the grant;
+        those spent meanwhile stay spent, and the charge.refunded said while it was pending no longer counts it."""
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "f1", "cs_f1", "pi_f1", 2, 2000), NOW - 90))
+        await consume(gate, "f1", "tokens", 50_000 + 300_000)            # the allowance, then 300k of the credits
+        pending = refund("re_f1", "ch_f1", "pi_f1", 1000, "pending")
+        await deliver(gate, se.event("refund.created", pending, NOW - 60))
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_f1", "pi_f1", 2000, 1000), NOW - 60))
+        assert (await credits(gate, "f1"))[0] == 700_000                  # half the pack owed: 1M taken
+        await consume(gate, "f1", "tokens", 200_000)
+        assert (await credits(gate, "f1"))[0] == 500_000
+        failed = se.event("refund.failed", {**pending, "status": "failed", "failure_reason": "expired_or_canceled_card"},
+                          NOW - 30)
+        assert (await deliver(gate, failed))["duplicate"] is False
+        assert (await credits(gate, "f1"))[0] == 1_500_000                # the 1M given back; the 500k spent stay so
+        assert (await deliver(gate, failed))["duplicate"] is True        # a redelivery
+        await deliver(gate, se.event("refund.updated", {**pending, "status": "failed"}, NOW - 30))
+        balance, (grant,) = await credits(gate, "f1")
+        assert (balance, grant["remaining"]) == (1_500_000, 1_500_000)
+        taken = {r["id"]: (r["kind"], r["units"], r["taken"]) for r in grant["reversals"]}
+        assert taken["re_f1"] == ("refund", 1_000_000, 1_000_000)
+        assert taken["re_f1/undone"] == ("refund_undone", -1_000_000, -1_000_000)
+        # A later refund of a quarter takes its share from what was given back.
+        await deliver(gate, se.event("refund.created", refund("re_f2", "ch_f1", "pi_f1", 500), NOW - 10))
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_f1", "pi_f1", 2000, 500), NOW - 10))
+        assert (await credits(gate, "f1"))[0] == 1_000_000
+
+    async def test_a_refund_that_failed_at_once_gives_nothing_back(self, start, fake_stripe):
+        """Created failed (never on its way), its failure must not undo another refund of the same charge."""
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "f2", "cs_f2", "pi_f2", 2, 2000), NOW - 90))
+        await deliver(gate, se.event("refund.created", refund("re_f2a", "ch_f2", "pi_f2", 1000), NOW - 60))
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_f2", "pi_f2", 2000, 1000), NOW - 60))
+        assert (await credits(gate, "f2"))[0] == 1_000_000
+        broken = refund("re_f2b", "ch_f2", "pi_f2", 500, "failed")
+        await deliver(gate, se.event("refund.created", broken, NOW - 30))
+        await deliver(gate, se.event("refund.failed", broken, NOW - 30))
+        assert (await credits(gate, "f2"))[0] == 1_000_000
+
     async def test_a_refund_of_another_payment_takes_nothing(self, start, fake_stripe):
         gate = await start()
         await deliver(gate, se.event("checkout.session.completed",
@@ -211,3 +254,18 @@ class TestErasure:
         (grant,) = await store.recent_grants(erased["pseudonym"])
         assert grant.id == taken.grant_id and grant.payment_intent == taken.payment_intent
         assert grant.remaining == 750_000
+
+    async def test_an_undone_refund_keeps_naming_its_refund_under_the_pseudonym(self, start, fake_stripe):
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "e2", "cs_e2", "pi_e2", 1, 1000), NOW - 60))
+        pending = refund("re_e2", "ch_e2", "pi_e2", 250, "pending")
+        await deliver(gate, se.event("refund.created", pending, NOW - 50))
+        await deliver(gate, se.event("refund.failed", {**pending, "status": "failed"}, NOW - 40))
+        status, erased = await gate.post("/v1/subjects/e2/erase", {"actor": "privacy"})
+        assert status == 200, erased
+        taken = {r.kind: r for r in await gate.app[GATE].store.recent_reversals(erased["pseudonym"])}
+        assert taken["refund"].id.startswith("re_erased") and "re_e2" not in taken["refund"].id
+        assert taken["refund_undone"].id == taken["refund"].id + "/undone"
+        (grant,) = await gate.app[GATE].store.recent_grants(erased["pseudonym"])
+        assert grant.remaining == 1_000_000

@@ -130,6 +130,10 @@ class LocalDecisions:
         decision = table.can_process(copy.state, meter, amount, used, now)
         if (decision.reason == "quota_exhausted" or decision.overage) and table.has_credits(meter):
             return None         # the subject's credits decide: the gate holds them
+        if decision.overage:
+            from plangate.engine._entitlements import overage_cap
+            if overage_cap(table.rule(copy.state, meter, now)) is not None:
+                return None     # what the window has billed bounds a capped overage: the gate reads it
         self.local_checks += 1
         return decision
 

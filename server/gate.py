@@ -426,10 +426,8 @@ class Gate:
                 if used is None:
                     used = await self._read_used(entry, window)
                 decision = table.can_process(state, meter, amount, used, now)
-                if (decision.reason is _EXHAUSTED or decision.overage) and table.has_credits(meter):
-                    grants = await self._grants(entry, now)
-                    decision = table.can_process(state, meter, amount, used, now,
-                                                 entitlements.balance_of(table, state, meter, now, grants))
+                if decision.reason is _EXHAUSTED or decision.overage:
+                    decision = await self._past_the_limit(entry, table, meter, amount, used, window, decision, now)
             except StoreUnavailable:
                 decision = self._fail(subject, meter)
             except UnknownStatus as exc:
@@ -453,6 +451,21 @@ class Gate:
         found = await self.timed("usage", self.store.used(subject, windows))
         used = {w: max(entry.used.get(w, 0), found.get(w, 0)) for w in windows}
         return table, state, used, event_id, now
+
+    async def _past_the_limit(self, entry: _Entry, table: StateTable, meter: str, amount: int, used: int,
+                              window: tuple[str, int], decision: Decision, now: float) -> Decision:
+        """A check's decision past the limit, by what a consume would be decided by: the subject's credits, and
+        the overage its window has billed (a capped overage: the window may have billed more than its usage past
+        the limit says, when the limit rose within it), both read as the consume reads them."""
+        state = entry.stored.state
+        balance = 0
+        if table.has_credits(meter):
+            balance = entitlements.balance_of(table, state, meter, now, await self._grants(entry, now))
+            decision = table.can_process(state, meter, amount, used, now, balance)
+        if decision.overage and entitlements.overage_cap(table.rule(state, meter, now)) is not None:
+            billed = await self.timed("usage", self.store.billed(state.subject, window))
+            decision = table.can_process(state, meter, amount, used, now, balance, billed)
+        return decision
 
     async def _grants(self, entry: _Entry, now: float) -> list:
         """The subject's grants: from the cache when this gate is the only writer, else the store."""

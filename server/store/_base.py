@@ -274,6 +274,10 @@ class Store(abc.ABC):
     async def used(self, subject: str, windows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Usage of the given (meter, window start) pairs; missing ones are 0."""
 
+    @abc.abstractmethod
+    async def billed(self, subject: str, window: tuple[str, int]) -> int:
+        """The overage a (meter, window start) of the subject has billed so far (0 when none)."""
+
     async def load_many(self, subjects: list[str], windows: list[tuple[str, str, int]]) \
             -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
         """Several subjects' rows (None: not stored) and the usage of (subject, meter, window start) triples

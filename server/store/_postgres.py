@@ -233,6 +233,12 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
         found = {(r[0], r[1]): r[2] for r in rows}
         return {w: found.get(w, 0) for w in windows}
 
+    async def billed(self, subject: str, window: tuple[str, int]) -> int:
+        async with self._reader(subject) as db:
+            found = await db.fetchval("SELECT billed FROM quota_usage WHERE subject = $1 AND meter = $2 AND "
+                                      "window_start = $3", subject, *window)
+        return found or 0
+
     async def transitions(self, subject: str, limit: int = 20) -> list[AuditEntry]:
         async with self._reader(subject) as db:
             rows = await db.fetch(

@@ -119,6 +119,9 @@ class SQLiteStore(SQLiteCredits, SQLitePersonalData, SQLitePlans, SQLiteConsoleS
             return {}
         return await self._read(queries.used, subject, windows)
 
+    async def billed(self, subject: str, window: tuple[str, int]) -> int:
+        return await self._read(queries.billed, subject, window)
+
     async def load_many(self, subjects: list[str], windows: list[tuple[str, str, int]]) \
             -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
         return await self._read(queries.load_many, subjects, windows)

@@ -94,6 +94,12 @@ def used(db: sqlite3.Connection, subject: str, windows: list[tuple[str, int]]) -
     return {w: found.get(w, 0) for w in windows}
 
 
+def billed(db: sqlite3.Connection, subject: str, window: tuple[str, int]) -> int:
+    row = db.execute("SELECT billed FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?",
+                     (subject, *window)).fetchone()
+    return row[0] if row else 0
+
+
 def load_many(db: sqlite3.Connection, subjects: list[str], windows: list[tuple[str, str, int]]) \
         -> tuple[list[StoredSubject | None], dict[tuple[str, str, int], int]]:
     """Several subjects' rows and (subject, meter, window start) usages, two statements in all."""

@@ -458,3 +458,30 @@ async def test_a_state_with_a_field_this_client_does_not_know_is_left_to_the_gat
     later = {**state, "subscriptions": [{"id": "sub_1", "status": "active", "a_field_of_a_later_release": 1}]}
     assert local_decisions._state(later) is None
     assert local_decisions._state({k: v for k, v in state.items() if k != "subject"}) is None
+
+
+async def test_a_capped_overage_is_left_to_the_gate_which_knows_what_the_window_billed(start_gate, tmp_path):
+    """One member: 100 requests, 20 more billed as overage (the cap). Two members: the limit is 200 with 120
+    used; the usage alone says nothing was billed, so the copy would let 100 through with 20 of overage; the gate
+    reads the 20 billed and refuses, as the consume would."""
+    plan = tmp_path / "capped.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    quota = "      requests: {limit: 5000, per: billing_period}"
+    assert text.count(quota) == 1
+    plan.write_text(text.replace(quota, "      requests: {limit: 100, per: billing_period, per_unit: {trait: members}, "
+                                        "overage: {up_to: 20}}"), encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    async with GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        await there.transition("m1", to="paid", reason="test")
+        await there.consume("m1", "requests", 100, idempotency_key="fill")
+        assert (await there.consume("m1", "requests", 20, idempotency_key="cap")).overage == 20
+        status, _ = await gate.post("/v1/subjects/m1/traits", {"traits": {"members": 2}, "reason": "test"})
+        assert status == 200
+        assert await here.local.ready()
+        within = await here.check("m1", "requests", 80)
+        assert (within.evaluated_here, within.allowed, within.overage) == (True, True, 0)     # a copy decides
+        past = await here.check("m1", "requests", 100)
+        assert not past.evaluated_here and (past.allowed, past.reason) == (False, "quota_exhausted")
+        consumed = await there.consume("m1", "requests", 100, idempotency_key="after")
+        assert (consumed.allowed, consumed.reason) == (False, "quota_exhausted")

@@ -118,6 +118,23 @@ class TestOneGate:
         assert (fits["allowed"], fits["overage"], fits["used"]) == (True, CAP - 300, 2200), fits
         assert await billed(gate, fake) == CAP
 
+    async def test_a_check_past_the_limit_says_what_the_consume_would(self, start, database, fake):
+        """The check reads what the window billed as the consume does: after a second seat (limit 2000, 1500
+        used, 500 billed) a check of 900 is refused as the consume is, where the usage alone said 400 of overage
+        would fit."""
+        gate = await start(database)
+        await on_scale(gate, "k1", 1, NOW - 120)
+        await consume(gate, "k1", "tokens", SEAT, key="fill")
+        assert (await consume(gate, "k1", "tokens", CAP, key="to-the-cap"))["overage"] == CAP
+        await on_scale(gate, "k1", 2, NOW - 60, "updated")
+        status, checked = await gate.post("/v1/check", {"subject": "k1", "meter": "tokens", "amount": 900})
+        assert status == 200
+        consumed = await consume(gate, "k1", "tokens", 900, key="after")
+        assert (checked["allowed"], checked["reason"], checked["overage"]) == (False, "quota_exhausted", 0), checked
+        assert (consumed["allowed"], consumed["reason"]) == (False, "quota_exhausted"), consumed
+        status, within = await gate.post("/v1/check", {"subject": "k1", "meter": "tokens", "amount": 500})
+        assert (within["allowed"], within["overage"]) == (True, 0), within        # the rest of the second seat
+
     async def test_seats_removed_within_the_window_bill_no_more_than_the_cap(self, start, database, fake):
         gate = await start(database)
         await on_scale(gate, "s2", 2, NOW - 120)

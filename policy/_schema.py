@@ -74,11 +74,21 @@ def _most_specific(error: ValidationError) -> list[ValidationError]:
     if error.validator in ("oneOf", "anyOf") and error.context:
         deeper = [e for e in error.context if len(e.absolute_path) > len(error.absolute_path)]
         if deeper:
-            from jsonschema.exceptions import best_match
+            from jsonschema.exceptions import relevance
 
-            branch = best_match(deeper).relative_schema_path[0]
+            # The alternative of the most relevant error among this level's own (best_match would go on down
+            # into a nested oneOf, whose branch numbers are not this level's).
+            branch = max(deeper, key=relevance).relative_schema_path[0]
             return [leaf for e in deeper if e.relative_schema_path[0] == branch for leaf in _most_specific(e)]
     return [error]
+
+
+def _referenced(ref: str) -> dict[str, Any]:
+    """The schema node a local $ref ("#/$defs/limit") names."""
+    node: Any = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
 
 
 def _schema(error: ValidationError) -> dict[str, Any]:
@@ -131,7 +141,8 @@ def _message(error: ValidationError, path) -> str:
             if "const" in sub:
                 options.append(repr(sub["const"]))
             elif sub.get("$ref", "").endswith("/limit"):
-                options.append("{limit: N, per: day|week|month|billing_period|lifetime}")
+                windows = _referenced(sub["$ref"]).get("properties", {}).get("per", {}).get("enum", ())
+                options.append(f"{{limit: N, per: {'|'.join(windows)}}}")
             elif "$ref" in sub:
                 options.append(sub["$ref"].rsplit("/", 1)[-1].replace("_", " "))
         return f"{where}: {error.instance!r} is not one of: {', '.join(options)}" + (

@@ -9,6 +9,7 @@ import pytest
 from plangate.policy import RULES, Severity, check_file
 
 PLANS = Path(__file__).resolve().parent / "plans"
+REPO = Path(__file__).resolve().parents[2]
 EXPECT = re.compile(r"# expect: (?P<code>[a-z0-9-]+) (?P<severity>error|warning) line (?P<line>\d+)")
 
 # Codes of the YAML and schema layers that must each have a fixture (the rule codes come from RULES).
@@ -76,3 +77,24 @@ def test_meters_sharing_a_billing_meter_without_overage_are_no_finding(tmp_path:
     assert text.count(", overage: {up_to: 500}") == 2
     path.write_text(text.replace(", overage: {up_to: 500}", ""), encoding="utf-8")
     assert list(check_file(path).findings) == []
+
+
+@pytest.mark.parametrize("quota, found", [
+    ('{limit: 500, per: day, overage: {up_to: "lots"}}', [("schema-type", "overage.up_to: 'lots' is not of type")]),
+    ("{limit: 500, per: day, overage: {up_to: 0}}", [("schema-minimum", "overage.up_to: 0 is less than")]),
+    ('{limit: "500", per: day, overage: {up_to: -3}}', [("schema-type", "limit: '500' is not of type"),
+                                                        ("schema-minimum", "overage.up_to: -3 is less than")]),
+    ("{limit: 500}", [("schema-oneof", "per: minute|hour|day|week|month|billing_period|lifetime}")]),
+])
+def test_a_quota_wrong_inside_its_overage_is_found_not_called_clean(tmp_path: Path, quota, found):
+    """An error within a quota's nested alternatives (the quota's forms, then its overage's) is reported where it
+    is: it used to vanish, the plan linted clean, and the gate answered 500 to every consume in the status."""
+    text = (REPO / "plans.yaml").read_text(encoding="utf-8")
+    line = "      requests: {limit: 500, per: day}"
+    assert text.count(line) == 1
+    path = tmp_path / "plans.yaml"
+    path.write_text(text.replace(line, f"      requests: {quota}"), encoding="utf-8")
+    findings = check_file(path).findings
+    assert [(f.code, f.severity) for f in findings] == [(code, Severity.ERROR) for code, _ in found]
+    for finding, (_, says) in zip(findings, found):
+        assert says in finding.message and finding.location.line == text[:text.index(line)].count("\n") + 1

@@ -51,6 +51,9 @@ _COUNT_BATCH = ("SELECT * FROM plangate_count_batch($1::text[], $2::text[], $3::
 # 3,573; with a second batch after 3 ms, 2,904 and 6,267 against 3,822 and 4,109 in the same minutes).
 BATCHES_IN_FLIGHT = 3
 STALLED_AFTER = 0.003
+# The stored events a fold rewrites, locked in one order: whose each is now (see _write).
+_REPLAYED = ("SELECT subject, outcome FROM subscription_events WHERE event_id = ANY($1::text[]) ORDER BY event_id "
+             "FOR UPDATE")
 DEADLOCK_RETRIES = 3
 NO_VERSION = -1     # a version no row has: a count against it is a conflict (after its key is looked up)
 _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_customer": "text",
@@ -398,6 +401,12 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
         change = write
         new, s = change.subject, change.subject.state
         self._changed(s.subject)        # written, or decided on a row that was stale: the primary has it now
+        if change.replayed_events:
+            # Locked before anything is written: another subject's fold that took one of them meanwhile (two
+            # adoptions reaching one waiting event through different Stripe ids) has committed when this reads it.
+            rows = await db.fetch(_REPLAYED, [e.id for e in change.replayed_events])
+            if any(outcome != "pending" and subject not in (None, s.subject) for subject, outcome in rows):
+                return False
         inserted: list[str] = []
         for event in change.new_events:
             if not await self._insert_event(db, event):

@@ -6,6 +6,7 @@ store's business (_sqlite.py, _sqlite_transactions.py); these functions only say
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 import time
 
@@ -299,10 +300,20 @@ def count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_sta
     return Counted(True, used)
 
 
+# A stored event a fold would rewrite that another subject's fold has taken since it was read (two adoptions
+# reaching one waiting event through different Stripe ids): the fold is read again, so that no event is folded
+# into two subjects.
+_TAKEN_ELSEWHERE = ("SELECT 1 FROM subscription_events WHERE event_id IN (SELECT value FROM json_each(?)) AND "
+                    "outcome <> 'pending' AND subject IS NOT NULL AND subject <> ? LIMIT 1")
+
+
 def commit(db: sqlite3.Connection, change: Change) -> bool:
     """Store.commit's statements."""
     new = change.subject
     s = new.state
+    if change.replayed_events and db.execute(_TAKEN_ELSEWHERE, (json.dumps([e.id for e in change.replayed_events]),
+                                                                s.subject)).fetchone():
+        return False
     if change.expected_version == 0:
         if db.execute("SELECT 1 FROM subscriptions WHERE subject = ?", (s.subject,)).fetchone():
             return False

@@ -49,6 +49,9 @@ EXCEPTIONS = {
     "NULL::BIGINT FROM usage_keys AS k WHERE k.key = p_key": "plangate_spend's search of a key first used for "
                                                             "another subject, as plangate_count_batch's (looked "
                                                             "up by its subject first)",
+    "WHERE event_id = ANY($1::text[]) ORDER BY event_id FOR UPDATE": "the stored events a fold rewrites, locked "
+                                                                     "first (per webhook that folds stored events): "
+                                                                     "the shards of those events",
     "FROM subscription_events WHERE reduced_at IS NULL": "retention's scan of events not reduced yet: every shard, "
                                                          "in the daily job",
     "SELECT invoice_id FROM payments WHERE subject = $1 OR": "an erasure's search of a person's invoices (by subject "

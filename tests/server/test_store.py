@@ -657,6 +657,26 @@ class TestCountsArrivingTogether:
             assert store._writes.sizes[-1] == 12              # one transaction
 
 
+    async def test_a_waiting_event_another_subjects_fold_took_is_not_folded_into_a_second(self, store):
+        """Two adoptions reach one waiting event through different Stripe ids (its customer, linked to one
+        subject; its subscription, to another): the commit that comes second fails as a stale version would,
+        writing nothing, and the fold is read again (the event is no longer waiting then)."""
+        waiting = EventRecord("evt_w", "invoice.paid", 1.0, "{}", "pending", "", None, "cus_x", "sub_y")
+        assert await store.record_event(waiting)
+
+        def folded_into(subject: str) -> EventRecord:
+            return dataclasses.replace(waiting, outcome="applied", subject=subject, state_before=fresh(subject).state)
+
+        first, second = Change(fresh("x"), 0, replayed_events=(folded_into("x"),)), \
+            Change(fresh("y"), 0, replayed_events=(folded_into("y"),))
+        assert await asyncio.gather(store.commit(first), store.commit(second)) == [True, False]
+        assert await store.load("y") is None
+        assert [(e.id, e.subject, e.outcome) for e in await store.events("x")] == [("evt_w", "x", "applied")]
+        assert await store.events("y") == []
+        x = await store.load("x")           # its own fold of the event again (a later event refolds it): allowed
+        assert await store.commit(Change(x, x.version, replayed_events=(folded_into("x"),)))
+
+
 class TestPostgresBatches:
     async def test_a_count_that_fails_in_the_database_fails_alone(self, pg_store):
         """An overflow of a bigint fails plangate_count_batch's call: the batch runs again a count a call, and

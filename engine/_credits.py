@@ -70,6 +70,9 @@ class Grant:
     note: str = ""              # the price bought, or an admin's actor and reason
     payment_intent: str | None = None   # a purchase's: refunds and disputes of that payment find it by it
     paid: int | None = None     # a purchase's: what its Checkout charged in all (smallest currency unit)
+    # A period or rollover grant's: when the subject entered the tier that made it (its tier_since then; None:
+    # not known, or made before this was kept). The same as the subject's now: made in its present stay in the tier.
+    tier_since: float | None = None
 
     def spendable(self, now: float, which: Spendable | None = None) -> bool:
         if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at):
@@ -195,24 +198,26 @@ def cancelled_at(subscriptions: tuple[Subscription, ...]) -> float | None:
 
 
 def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
-                  last: tuple[float, float, int] | None, since: float | None = None,
+                  last: tuple[float, float, int, float | None] | None, since: float | None = None,
                   tier_since: float | None = None) -> tuple[Grant, ...]:
     """The grants the tier makes for the window containing `now`, if not made yet: its amount and, with a
     rollover cap, what the previous windows left. `span_at(t)` is the window containing t (a Span). `last`:
-    (start, end, what was left at its end) of the latest window the subject has grants of (period and rollover
-    ones), or None. A window the subject never touched still carried its grant: it left amount + its own carry.
+    (start, end, what was left at its end, the tier_since its grant was made in) of the latest window the subject
+    has grants of (period and rollover ones), or None. A window the subject never touched still carried its
+    grant: it left amount + its own carry.
     `since`: the subject's last cancellation (cancelled_at); nothing is carried from a window that began before
     it (its credits were forfeited, or end where the new subscription's period begins; the windows since were no
     subscription's). `tier_since`: when the subject entered its tier (SubjectState.tier_since); nothing is
     carried from a window that began before it (another tier's grants, or this tier's before the subject left it
-    and came back)."""
+    and came back), but from the window it began in when that window's grant was made since (nothing of it had
+    been needed before the change: the grant is this tier's)."""
     span = span_at(now)
     period_id = f"period:{meter}:{span.start}"
     if last is not None and last[0] >= span.start:
         return ()
     carry = 0
     if rollover and last is not None and (since is None or since < last[0]) and \
-            (tier_since is None or tier_since <= last[0]):
+            (tier_since is None or tier_since <= last[0] or last[3] == tier_since):
         left, end = last[2], last[1]
         for _ in range(_MAX_WINDOWS):
             if end >= span.start:
@@ -221,10 +226,11 @@ def period_grants(amount: int, rollover: int, meter: str, span_at, now: float,
             end = span_at(end).end
         carry = min(rollover, left)
     grants = [Grant(period_id, meter, amount, amount, PERIOD_PRIORITY, float(span.start), span.end,
-                    GrantSource.PERIOD, f"the tier's grant for the window from {span.start}")]
+                    GrantSource.PERIOD, f"the tier's grant for the window from {span.start}", tier_since=tier_since)]
     if carry:
         grants.append(Grant(f"rollover:{meter}:{span.start}", meter, carry, carry, PERIOD_PRIORITY,
-                            float(span.start), span.end, GrantSource.ROLLOVER, "carried over from the window before"))
+                            float(span.start), span.end, GrantSource.ROLLOVER, "carried over from the window before",
+                            tier_since=tier_since))
     return tuple(grants)
 
 
@@ -253,9 +259,10 @@ def windowed(grants: Iterable[Grant], meter: str, span) -> tuple[list[Grant], tu
     return out, tuple(redates)
 
 
-def last_window(grants: Iterable[Grant], meter: str) -> tuple[float, float, int] | None:
-    """(start, end, left) of the latest window the subject has a tier grant of; `left`: what its period and
-    rollover grants held at its end."""
+def last_window(grants: Iterable[Grant], meter: str) -> tuple[float, float, int, float | None] | None:
+    """(start, end, left, made_since) of the latest window the subject has a tier grant of; `left`: what its
+    period and rollover grants held at its end; `made_since`: the tier_since its period grant was made in (None:
+    not known)."""
     windows: dict[float, list[tuple[float, Grant]]] = {}
     for g in grants:
         if g.meter == meter and g.source in (GrantSource.PERIOD, GrantSource.ROLLOVER) and g.expires_at is not None:
@@ -264,4 +271,5 @@ def last_window(grants: Iterable[Grant], meter: str) -> tuple[float, float, int]
         return None
     start = max(windows)
     held = windows[start]
-    return start, max(end for end, _ in held), sum(g.remaining for _, g in held)
+    made_since = next((g.tier_since for _, g in held if g.source is GrantSource.PERIOD), None)
+    return start, max(end for end, _ in held), sum(g.remaining for _, g in held), made_since

@@ -14,10 +14,10 @@ from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, Spendable
 from plangate.engine._reversals import MoneyBack, ReversalKind, settle
 
 GRANT_COLUMNS = ("grant_id, meter, amount, remaining, priority, created_at, expires_at, source, note, "
-                 "stripe_payment_intent, paid")
+                 "stripe_payment_intent, paid, tier_since")
 INSERT_GRANT = ("INSERT INTO credit_grants (subject, grant_id, meter, amount, remaining, priority, created_at, "
-                "expires_at, source, note, actor, stripe_payment_intent, paid) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject, grant_id) DO NOTHING")
+                "expires_at, source, note, actor, stripe_payment_intent, paid, tier_since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject, grant_id) DO NOTHING")
 # What a subject may still spend, and its latest tier grants (a rollover reads what they left).
 GRANTS = (f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND remaining > 0 AND "
           "(expires_at IS NULL OR expires_at > ?) UNION "
@@ -125,12 +125,13 @@ class Reversal:
 
 def grant_from_row(r) -> Grant:
     return Grant(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5]), None if r[6] is None else float(r[6]),
-                 GrantSource(r[7]), r[8], r[9], None if r[10] is None else int(r[10]))
+                 GrantSource(r[7]), r[8], r[9], None if r[10] is None else int(r[10]),
+                 None if r[11] is None else float(r[11]))
 
 
 def grant_values(subject: str, g: Grant, actor: str | None) -> tuple:
     return (subject, g.id, g.meter, g.amount, g.remaining, g.priority, g.created, g.expires_at, g.source.value,
-            g.note, actor, g.payment_intent, g.paid)
+            g.note, actor, g.payment_intent, g.paid, g.tier_since)
 
 
 def reversal_from_row(r) -> Reversal:

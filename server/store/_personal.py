@@ -65,10 +65,11 @@ _MOVE = (
     # Credits stay with the pseudonym (a grant of the same id there: its amounts summed); an admin's reason may
     # name the person, so it goes as an admin's free-text reason in the audit does.
     ("INSERT INTO credit_grants (subject, grant_id, meter, amount, remaining, priority, created_at, expires_at, "
-     "source, note, actor, stripe_payment_intent, paid) SELECT ?, grant_id, meter, amount, remaining, priority, "
-     "created_at, expires_at, source, "
+     "source, note, actor, stripe_payment_intent, paid, tier_since) SELECT ?, grant_id, meter, amount, remaining, "
+     "priority, created_at, expires_at, source, "
      "CASE WHEN source = 'admin' THEN 'an admin''s grant: the reason given was erased with the subject''s "
-     "personal data' ELSE note END, actor, stripe_payment_intent, paid FROM credit_grants WHERE subject = ? "
+     "personal data' ELSE note END, actor, stripe_payment_intent, paid, tier_since FROM credit_grants "
+     "WHERE subject = ? "
      "ON CONFLICT (subject, grant_id) DO UPDATE SET amount = credit_grants.amount + excluded.amount, "
      "remaining = credit_grants.remaining + excluded.remaining", "pseudonym subject"),
     ("DELETE FROM credit_grants WHERE subject = ?", "subject"),

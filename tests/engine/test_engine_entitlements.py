@@ -555,6 +555,23 @@ class TestTierCreditsAcrossTierChanges:
         assert (state.tier, state.tier_since) == ("starter", back)
         assert book.balance(state, "tokens", self.T0 + 31 * DAY) == 200_000     # Starter's window before: left
 
+    def test_a_change_mid_period_before_the_meter_was_used_carries_the_new_tiers_own_grant(self, two):
+        """No token used until after an upgrade mid-period: the window's grant is Scale's, and Scale carries it
+        into its next window (it used to be lost: the window began before Scale was entered)."""
+        book = UsageBook(two)
+        state = self.event(two, two.initial_state("ws", self.T0 - 60), "customer.subscription.created",
+                           "price_starter_monthly", self.T0, self.T0 + 30 * DAY, self.T0 + 1)
+        middle = self.T0 + 10 * DAY
+        state = self.event(two, state, "customer.subscription.updated", "price_scale_yearly", self.T0,
+                           self.T0 + 30 * DAY, middle)
+        assert (state.tier, state.tier_since) == ("scale", middle)
+        assert book.balance(state, "tokens", middle + 60) == 1_000_000            # the window's grant, Scale's
+        assert {g.tier_since for g in book.grants["ws"]} == {middle}
+        renewal = self.T0 + 30 * DAY
+        state = self.event(two, state, "customer.subscription.updated", "price_scale_yearly", renewal,
+                           renewal + 30 * DAY, renewal + 2)
+        assert book.balance(state, "tokens", renewal + 60) == 1_500_000           # 500000 of it carried
+
     def test_the_carry_stops_at_the_window_that_began_before_the_tier_was_entered(self):
         def span_at(t):
             start = int(t // 100) * 100
@@ -563,3 +580,8 @@ class TestTierCreditsAcrossTierChanges:
         assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last, tier_since=40.0)] == [50]
         assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last, tier_since=0.0)] == [50, 30]
         assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, last)] == [50, 30]   # unknown
+        # the window the tier was entered in, its grant made in this stay in the tier (after the change): carried
+        mine = last_window(period_grants(50, 30, "tokens", span_at, 60.0, None, tier_since=40.0), "tokens")
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, mine, tier_since=40.0)] == [50, 30]
+        # made in an earlier stay (the subject left and came back at 45): not carried
+        assert [g.amount for g in period_grants(50, 30, "tokens", span_at, 110.0, mine, tier_since=45.0)] == [50]

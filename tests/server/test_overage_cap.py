@@ -223,11 +223,12 @@ class TestTheStore:
                 f"VALUES ('{i}', '{s}', '{m}', 'over', {v}, {at}, {at})" for i, s, m, at, v in reports], *[
                 f"INSERT INTO quota_usage (subject, meter, window_start, used) VALUES ('m1', 'tokens', {w}, {u})"
                 for w, u in ((1000, 17), (2000, 80), (3000, 0))])
-            undo = "ALTER TABLE quota_usage DROP COLUMN billed"
+            # Back to schema 17: what migrations 18 and later added, dropped.
+            undo = ("ALTER TABLE quota_usage DROP COLUMN billed", "ALTER TABLE credit_grants DROP COLUMN tier_since")
             if database.startswith("postgresql://"):
-                await execute(database, undo, "DELETE FROM plangate_schema WHERE version >= 18")
+                await execute(database, *undo, "DELETE FROM plangate_schema WHERE version >= 18")
             else:
-                await execute(database, undo, "PRAGMA user_version = 17")
+                await execute(database, *undo, "PRAGMA user_version = 17")
             await store.migrate()
             assert await execute(database, "SELECT meter, window_start, billed FROM quota_usage WHERE subject = 'm1' "
                                            "ORDER BY meter, window_start") == \

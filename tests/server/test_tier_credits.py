@@ -86,6 +86,31 @@ class TestAChangeOfTier:
         assert (await consume(gate, "d1", "tokens", 200_000, key="credits"))["credits_used"] == 200_000
 
 
+    async def test_an_upgrade_before_the_first_use_carries_the_new_tiers_own_grant(self, start, two_tiers):
+        """Starter from t0, no token used; ten days in, Scale (same period). The window's grant is made at the first
+        use, by Scale: Scale carries 500000 of it into its next window, as it carries its own."""
+        t0 = int(NOW - 40 * DAY)
+        gate = await start(two_tiers, **LOTS)
+        core = gate.app[GATE]
+        core.clock = lambda: t0 + 60
+        starter = priced("u1", "price_starter_monthly", t0, t0 + 30 * DAY, t0)
+        await deliver(gate, se.event("customer.subscription.created", starter, t0 + 10))
+        middle = t0 + 10 * DAY
+        core.clock = lambda: middle + 60
+        up = priced("u1", "price_scale_yearly", t0, t0 + 30 * DAY, t0)
+        assert (await deliver(gate, updated(up, starter, middle)))["outcome"] in ("applied", "noop")
+        assert (await consume(gate, "u1", "tokens", 1, key="first"))["allowed"] is True     # the grant stored
+        renewal = t0 + 30 * DAY
+        core.clock = lambda: renewal + 60
+        renewed = priced("u1", "price_scale_yearly", renewal, renewal + 30 * DAY, t0)
+        await deliver(gate, updated(renewed, up, renewal + 5))
+        (credits,) = (await view(gate, "u1"))["credits"]
+        assert credits["balance"] == 1_500_000, credits
+        assert (await consume(gate, "u1", "tokens", 1, key="renewed"))["allowed"] is True   # stored as viewed
+        grants = {g["id"]: g["remaining"] for g in (await view(gate, "u1"))["credits"][0]["grants"]}
+        assert grants[f"rollover:tokens:{int(renewal)}"] == 500_000
+
+
 class TestAReloadOfTheTiersCredits:
     @pytest.mark.parametrize("policy, kept, renewed", [
         ("now", 500_000, 600_000), ("at_renewal", 200_000, 600_000), ("never", 200_000, 300_000)])

@@ -71,6 +71,9 @@ class TestUndone:
         later = fact("re_2", ReversalKind.REFUND, 100, 4.0)
         after = fact("evt_c2", ReversalKind.CHARGE_REFUNDED, 100, 4.0)     # the charge no longer counts re_1
         assert returned([pending, before, undone, later, after], 1000) == 100
+        same_second = fact("evt_c3", ReversalKind.CHARGE_REFUNDED, 300, 3.0)     # told with the failure's second
+        assert returned([pending, same_second, undone], 1000) == 0
+        assert returned([pending, same_second, undone, later], 1000) == 100       # the refund's own event counts
 
     def test_a_refund_that_failed_at_once_undoes_nothing(self):
         """Never on its way, it was never counted: its failure must not take another refund's money off."""

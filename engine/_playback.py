@@ -25,19 +25,23 @@ from ._windows import LAST_INSTANT
 @dataclass(frozen=True)
 class Failure:
     """The first expectation that did not hold, with what happened at its step; or a step that could not
-    happen as written (expectation None, `happened` says why)."""
+    happen as written (expectation None, `happened` says why). `others`: the step's other expectations that did
+    not hold, with what was seen, so that one run shows all of them."""
 
     step: Step
     expectation: Expectation | None
     actual: object
     happened: str
+    others: tuple[tuple[Expectation, object], ...] = ()
 
     def describe(self, file: str) -> str:
         e = self.expectation
         if e is None:
             return f"step {self.step.number} ({self.step.kind}) at {file}:{self.step.line}: {self.happened}"
+        also = "".join(f"\n    also at {file}:{o.line}: {o.key}: expected {_show_value(o.key, o.value, o.written)}, "
+                       f"got {_show_value(o.key, seen)}" for o, seen in self.others)
         return (f"step {self.step.number} ({self.step.kind}) at {file}:{e.line}: {e.key}: "
-                f"expected {_show_value(e.key, e.value, e.written)}, got {_show_value(e.key, self.actual)}\n"
+                f"expected {_show_value(e.key, e.value, e.written)}, got {_show_value(e.key, self.actual)}{also}\n"
                 f"    {self.happened}")
 
 
@@ -205,11 +209,12 @@ class _Player:
     def verify(self, step: Step, seen: _Seen) -> Failure | None:
         if seen.broken:
             return Failure(step, None, None, seen.happened)
-        for e in step.expect:
-            actual = self.actual(e, step, seen)
-            if not _same(actual, e.value):
-                return Failure(step, e, actual, seen.happened)
-        return None
+        wrong = [(e, actual) for e in step.expect
+                 if not _same(actual := self.actual(e, step, seen), e.value)]
+        if not wrong:
+            return None
+        (first, actual), *others = wrong
+        return Failure(step, first, actual, seen.happened, tuple(others))
 
     def actual(self, e: Expectation, step: Step, seen: _Seen):
         state = self.state

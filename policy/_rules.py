@@ -5,6 +5,7 @@ with it, so the list below is also the catalogue of meaning-level codes.
 """
 from __future__ import annotations
 
+import difflib
 import zoneinfo
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,19 +45,24 @@ def unknown_timezone(plan: Plan) -> Iterator[Finding]:
                  plan.document.locate(("timezone",)))
 
 
+def _known(name: str, names: set[str]) -> str:
+    """'; did you mean X? known: ...' for a name not among `names` (the suggestion only when one is close)."""
+    close = difflib.get_close_matches(name, names, n=1)
+    return (f"; did you mean '{close[0]}'? known: " if close else "; known: ") + ", ".join(sorted(names))
+
+
 def unknown_names(plan: Plan) -> Iterator[Finding]:
     statuses = {s.name for s in plan.statuses}
     meters = {m.name for m in plan.meters}
-    known_s = ", ".join(sorted(statuses))
     known_m = ", ".join(sorted(meters))
     for t in plan.transitions:
         for i, src in enumerate(t.sources):
             if src != ANY and src not in statuses:
                 path = ("transitions", t.index, "from") + ((i,) if len(t.sources) > 1 or _is_list(plan, t) else ())
-                yield _f("unknown-status", E, f"transition from unknown status '{src}'; known: {known_s}",
+                yield _f("unknown-status", E, f"transition from unknown status '{src}'{_known(src, statuses)}",
                          plan.document.locate(path))
         if t.target not in statuses:
-            yield _f("unknown-status", E, f"transition to unknown status '{t.target}'; known: {known_s}",
+            yield _f("unknown-status", E, f"transition to unknown status '{t.target}'{_known(t.target, statuses)}",
                      plan.document.locate(("transitions", t.index, "to")))
     owners = [(("tiers", t.name), t.quotas) for t in plan.tiers] + [
         (("statuses", s.name), s.quotas) for s in plan.statuses]
@@ -64,7 +70,7 @@ def unknown_names(plan: Plan) -> Iterator[Finding]:
         for q in quotas:
             if q.meter not in meters:
                 yield _f("unknown-meter", E,
-                         f"quota for unknown meter '{q.meter}' in {'.'.join(where)}; known meters: {known_m}",
+                         f"quota for unknown meter '{q.meter}' in {'.'.join(where)}{_known(q.meter, meters)}",
                          q.location)
     for s in plan.statuses:
         for meter, _ in s.fail_modes:

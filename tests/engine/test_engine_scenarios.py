@@ -67,6 +67,19 @@ class TestFixtures:
         assert lines[1].startswith("  step 2 (consume) at ")
         assert lines[2].strip().startswith("consume 6 requests counted: allowed, ok, 16/20 used")
 
+    def test_every_wrong_expectation_of_the_failing_step_is_shown_at_once(self, repo, tmp_path, capsys):
+        story = tmp_path / "several-wrong.yaml"
+        story.write_text('name: several wrong at once\nstart: "2026-01-05T09:00:00Z"\nsubject: alice\nsteps:\n'
+                         "  - consume: 6\n"
+                         "    expect: {allowed: true, used: 5, remaining: 13, reason: ok, limit: 21}\n",
+                         encoding="utf-8")
+        run_scenarios([str(repo / "plans.yaml"), str(story)])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1] == f"  step 1 (consume) at {story}:6: used: expected 5, got 6"
+        assert lines[2:4] == [f"    also at {story}:6: remaining: expected 13, got 14",
+                              f"    also at {story}:6: limit: expected 21, got 20"]
+        assert lines[4].strip().startswith("consume 6 requests counted")
+
     def test_broken_files_do_not_stop_the_others(self, repo, capsys):
         args = [str(repo / "plans.yaml"), str(FIXTURES / "unknown-meter.yaml"), str(repo / "scenarios")]
         assert run_scenarios(args) == EXIT_USAGE

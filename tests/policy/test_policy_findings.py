@@ -98,3 +98,16 @@ def test_a_quota_wrong_inside_its_overage_is_found_not_called_clean(tmp_path: Pa
     assert [(f.code, f.severity) for f in findings] == [(code, Severity.ERROR) for code, _ in found]
     for finding, (_, says) in zip(findings, found):
         assert says in finding.message and finding.location.line == text[:text.index(line)].count("\n") + 1
+
+
+def test_a_misspelt_name_is_answered_with_the_one_meant(tmp_path: Path):
+    text = (REPO / "plans.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "plans.yaml"
+    path.write_text(text.replace("    to: grace_period", "    to: grace_peroid")
+                    .replace("      requests: {limit: 500, per: day}", "      reqests: {limit: 500, per: day}"),
+                    encoding="utf-8")
+    messages = {f.code: f.message for f in check_file(path).findings}
+    assert "unknown status 'grace_peroid'; did you mean 'grace_period'? known: billing_problem, " in \
+        messages["unknown-status"]
+    assert "unknown meter 'reqests' in statuses.paid_trial; did you mean 'requests'? known: requests" == \
+        messages["unknown-meter"].removeprefix("quota for ")

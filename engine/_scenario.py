@@ -121,6 +121,7 @@ class _Reader:
         self.table = table
         self.problems: list[tuple[Location, str]] = []
         self.plans = {table.version: table.plan}    # every plan of the story so far: a later one keeps their quotas
+        self.superseded: dict[str, float] = {}       # when each of them last stopped being the story's plan
         self.clock: float | None = None               # the story's clock at the step being read
 
     def problem(self, path: tuple, message: str, key: bool = False) -> None:
@@ -285,7 +286,10 @@ class _Reader:
             raise _Bad(str(exc)) from None
         except PlanError:
             raise _Bad(f"the plan {path} has errors; fix them first (plangate lint {path})") from None
-        table = compile_plan(plan, dict(self.plans), self.clock or 0.0)
+        at = self.clock or 0.0
+        if table_before := self.table:
+            self.superseded[table_before.version] = at
+        table = compile_plan(plan, dict(self.plans), at, self.superseded)
         self.plans[table.version] = plan
         self.table = table
         return table

@@ -111,9 +111,12 @@ class StateTable:
 
     `older`: earlier versions of the plan (by version) that stored subjects may still be on, and
     `deployed_at`: when this plan became the active one. Subjects on an older version keep its tier quotas
-    as each tier's `existing_subscribers` says."""
+    as each tier's `existing_subscribers` says. `superseded`: when each older version last stopped being the
+    active one (a later deploy of something else moves nothing for subscribers who renewed since); a version
+    not in it counts from deployed_at."""
 
-    def __init__(self, plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0):
+    def __init__(self, plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0,
+                 superseded: Mapping[str, float] | None = None):
         self.plan = plan
         self.version = version_of(plan)
         if plan.initial is None:
@@ -147,6 +150,7 @@ class StateTable:
         self._tier_names = frozenset(t.name for t in plan.tiers)
         self._uses_tier = {s.name: any(q.kind is QuotaKind.TIER for q in s.quotas) for s in plan.statuses}
         self.deployed_at = deployed_at
+        self._superseded = dict(superseded or {})
         self._pinned = {v: self._pin(v, tiers) for v, tiers in kept.items()}
 
     # --- decisions ---------------------------------------------------------------------------
@@ -480,7 +484,8 @@ class StateTable:
             return self.version, None
         tier = self.tier_of(state)
         keeps = pinned.keeps.get(tier) if tier is not None else None
-        if keeps is None or (keeps is ExistingSubscribers.AT_RENEWAL and renewed(state, now, self.deployed_at)):
+        if keeps is None or (keeps is ExistingSubscribers.AT_RENEWAL and
+                             renewed(state, now, self._superseded.get(state.plan_version, self.deployed_at))):
             return self.version, None
         return state.plan_version, keeps
 
@@ -689,13 +694,14 @@ def _check_amount(amount: int) -> None:
         raise ValueError(f"amount must be a whole number of at least 1, not {amount!r}")
 
 
-def compile_plan(plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0) -> StateTable:
+def compile_plan(plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0,
+                 superseded: Mapping[str, float] | None = None) -> StateTable:
     """The table of a plan (see StateTable for older and deployed_at); PlanError (with the findings) when the
     plan has an error finding."""
     findings = check_plan(plan)
     if any(f.is_error for f in findings):
         raise PlanError(tuple(findings))
-    return StateTable(plan, older, deployed_at)
+    return StateTable(plan, older, deployed_at, superseded)
 
 
 def compile_file(path) -> StateTable:

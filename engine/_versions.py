@@ -51,9 +51,9 @@ def kept_tiers(active: Plan, old: Plan) -> dict[str, Tier]:
     return kept
 
 
-def renewed(state: SubjectState, now: float, deployed_at: float) -> bool:
-    """Has the subject's billing period turned over since the active plan was deployed (or has it none)?
-    Past the stored period's end counts: the next period has begun, reported by Stripe or not."""
+def renewed(state: SubjectState, now: float, superseded_at: float) -> bool:
+    """Has the subject's billing period turned over since its plan version stopped being the active one (or has
+    it none)? Past the stored period's end counts: the next period has begun, reported by Stripe or not."""
     if state.period_end is None:
         return True
-    return now >= state.period_end or (state.period_start is not None and state.period_start > deployed_at)
+    return now >= state.period_end or (state.period_start is not None and state.period_start > superseded_at)

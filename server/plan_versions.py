@@ -10,6 +10,7 @@ version to every other node, which reads the same document from the store and sw
 """
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import hashlib
 import logging
@@ -162,6 +163,9 @@ class PlanKeeper:
             deploy = await self._io(self.store.record_deploy(
                 record, Deploy(0, version, active.version if active else None, now, actor, self.node, summary)))
         deployed_at = now if deploy is not None or active is None else active.at
+        if deploy is not None and active is not None and active.version in records:
+            # Read before this deploy was recorded: the version running until now stops being active now.
+            records = {**records, active.version: dataclasses.replace(records[active.version], superseded=now)}
         table = _compile(plan, records, version, deployed_at)
         self._use(table, deployed_at)
         return table, deploy, active, changes, summary
@@ -358,4 +362,5 @@ def _plan_of(record: PlanRecord | None, *, runnable: bool = True) -> Plan | None
 def _compile(plan: Plan, records: dict[str, PlanRecord], version: str, deployed_at: float) -> StateTable:
     older = {v: p for v, p in ((v, _plan_of(r, runnable=False)) for v, r in records.items() if v != version)
              if p is not None}
-    return compile_plan(plan, older, deployed_at)
+    superseded = {v: r.superseded for v, r in records.items() if v in older and r.superseded is not None}
+    return compile_plan(plan, older, deployed_at, superseded)

@@ -14,6 +14,7 @@ class PlanRecord:
     file: str
     document: str
     first_run: float
+    superseded: float | None = None     # when it last stopped being the active plan (None: it never did)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,9 @@ class Census:
 
 DEPLOY_COLUMNS = "id, version, previous, at, actor, node, summary, moved"
 PLAN_COLUMNS = "version, sha256, file, document, first_run"
+# A version read back: its columns, and when the newest deploy that replaced it ran.
+PLAN_READ = (f"{PLAN_COLUMNS}, (SELECT max(d.at) FROM plan_deploys AS d WHERE d.previous = plan_versions.version) "
+             "AS superseded")
 CENSUS = "SELECT status, tier, plan_version, count(*) FROM subscriptions GROUP BY status, tier, plan_version"
 
 

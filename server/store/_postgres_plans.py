@@ -6,7 +6,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ._base import StoredSubject
-from ._plans import (CENSUS, DEPLOY_COLUMNS, PLAN_COLUMNS, Census, Deploy, PlanRecord, deploy_from_row,
+from ._plans import (CENSUS, DEPLOY_COLUMNS, PLAN_COLUMNS, PLAN_READ, Census, Deploy, PlanRecord, deploy_from_row,
                      plan_from_row)
 from ._rows import SUBJECT_COLUMNS, subject_from_row
 
@@ -49,7 +49,7 @@ class PostgresPlans:
 
     async def plan_versions(self, versions: tuple[str, ...]) -> dict[str, PlanRecord]:
         async with self._conn() as db:
-            rows = await db.fetch(f"SELECT {PLAN_COLUMNS} FROM plan_versions WHERE version = ANY($1::text[])",
+            rows = await db.fetch(f"SELECT {PLAN_READ} FROM plan_versions WHERE version = ANY($1::text[])",
                                   list(versions))
         return {r[0]: plan_from_row(r) for r in rows}
 

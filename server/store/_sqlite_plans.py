@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._base import StoredSubject
-from ._plans import (CENSUS, DEPLOY_COLUMNS, PLAN_COLUMNS, Census, Deploy, PlanRecord, deploy_from_row,
+from ._plans import (CENSUS, DEPLOY_COLUMNS, PLAN_COLUMNS, PLAN_READ, Census, Deploy, PlanRecord, deploy_from_row,
                      plan_from_row)
 from ._rows import SUBJECT_COLUMNS, subject_from_row
 
@@ -39,7 +39,7 @@ class SQLitePlans:
         return [deploy_from_row(r) for r in rows]
 
     async def plan_versions(self, versions: tuple[str, ...]) -> dict[str, PlanRecord]:
-        rows = await self._rows(f"SELECT {PLAN_COLUMNS} FROM plan_versions WHERE version IN ({_marks(versions)})",
+        rows = await self._rows(f"SELECT {PLAN_READ} FROM plan_versions WHERE version IN ({_marks(versions)})",
                                 versions)
         return {r[0]: plan_from_row(r) for r in rows}
 

@@ -114,6 +114,24 @@ class TestGrandfathering:
         renewed = subscriber(period=(PERIOD[1], PERIOD[1] + 30 * DAY))
         assert new.can_process(renewed, "requests", 1, 0, PERIOD[1] + 1).limit == limit
 
+    def test_a_later_deploy_of_something_else_leaves_the_renewed_on_the_new_quota(self):
+        """v2 lowers pro's quota at_renewal; Ann renews after it and gets the new quota. A later deploy (v3, the
+        trial made longer) must not put her back on v1's: her version stopped being active when v2 came, not
+        when v3 did (she got 5000 again until her next renewal)."""
+        v2_text = lowered_pro("at_renewal")
+        v2 = table(v2_text)
+        renewal = PERIOD[1]
+        ann = subscriber(period=(renewal, renewal + 30 * DAY))
+        assert v2.can_process(ann, "requests", 1, 0, renewal + DAY).limit == 3000
+        v3_deployed = renewal + 5 * DAY
+        v3 = compile_plan(plan(edited(("expires_after: 7d", "expires_after: 14d"), base=v2_text)),
+                          {V1_TABLE.version: plan(V1), v2.version: plan(v2_text)}, v3_deployed,
+                          {V1_TABLE.version: DEPLOY, v2.version: v3_deployed})
+        assert v3.can_process(ann, "requests", 1, 0, v3_deployed + DAY).limit == 3000
+        # one who has not renewed since v2 came (a yearly period) is still kept on v1's
+        yearly = subscriber(period=(DEPLOY - 10 * DAY, DEPLOY + 355 * DAY))
+        assert v3.can_process(yearly, "requests", 1, 0, v3_deployed + DAY).limit == 5000
+
     def test_new_subjects_and_current_subjects_get_the_new_quota(self):
         new = table(lowered_pro("never"))
         assert new.can_process(subscriber(version=new.version), "requests", 1, 0, DEPLOY).limit == 3000

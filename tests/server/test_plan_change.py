@@ -232,6 +232,24 @@ class TestGrandfathering:
         await rig.webhook("customer.subscription.updated", renewed)
         assert (await rig.check("ann"))["limit"] == limit_after_renewal
 
+    async def test_a_later_deploy_leaves_those_renewed_since_on_the_new_quota(self, rig):
+        """v2 lowers pro at_renewal; Ann renews after it and gets 3000. A third deploy changing something else
+        leaves her there: her version stopped being the active one when v2 came (she got v1's 5000 again)."""
+        await rig.start(V1)
+        await rig.subscribe("ann")
+        v2 = lowered_pro("at_renewal")
+        await rig.start(v2)
+        assert (await rig.check("ann"))["limit"] == 5000
+        n = abs(hash("ann")) % 10**8
+        renewal = time.time() + 2
+        await rig.webhook("customer.subscription.updated", se.subscription(
+            "active", "ann", sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal, end=renewal + 30 * DAY,
+            price="price_pro"))
+        assert (await rig.check("ann"))["limit"] == 3000
+        await asyncio.sleep(renewal - time.time() + 0.1)      # the third deploy after the renewal's period began
+        await rig.start(edited(("expires_after: 7d", "expires_after: 14d"), base=v2))
+        assert (await rig.check("ann"))["limit"] == 3000
+
     async def test_upgrade_moves_kept_subscribers_audited(self, rig):
         await rig.start(V1)
         await rig.subscribe("ann")

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -33,6 +34,8 @@ _ID_KEYS = frozenset({"id", "customer", "subscription", "invoice", "charge", "pa
                       "setup_intent"})
 _PERSONAL_PREFIXES = ("cus_", "sub_", "in_", "il_", "ii_", "si_", "ch_", "py_", "pi_", "pm_", "src_", "card_",
                       "ba_", "cs_", "seti_", "re_", "dp_", "du_", "txn_", "cn_")
+# Such an id inside a text (an event's reason: "about subscription sub_A7, but ..."): the prefix, then id characters.
+_ID_IN_TEXT = re.compile(r"\b(?:" + "|".join(p.rstrip("_") for p in _PERSONAL_PREFIXES) + r")_[A-Za-z0-9]+\b")
 
 
 class ErasureUnavailable(Exception):
@@ -213,8 +216,9 @@ class PersonalData:
                 if stored is None or live:
                     return None
             elif stored is None and not events and not invoices and not grants and \
+                    not await timed("personal_rows", store.recent_grants(subject, 1), timeout=ERASURE_TIMEOUT) and \
                     await timed("erased", store.erased(pseudonym), timeout=ERASURE_TIMEOUT):
-                return None
+                return None     # erased before, and nothing under the id since (an admin's grant makes no row)
             erasure = self._erasure(subject, pseudonym, stored, events, invoices, grants, live, actor, now)
             if not live:
                 ids = self._pseudonyms().stripe_id
@@ -265,11 +269,22 @@ class PersonalData:
         if before is not None and before.subject in (subject, pseudonym):
             before = self._state(before, pseudonym, drop_ids)
         return replace(row, payload=self._payload(row.payload, row.id, row.created, subject, pseudonym, drop_ids),
+                       reason=self._reason(row.reason, subject, pseudonym, drop_ids),
                        subject=pseudonym if row.subject == subject else row.subject, state_before=before,
                        stripe_customer=None if drop_ids else row.stripe_customer,
                        stripe_subscription=None if drop_ids else row.stripe_subscription,
                        stripe_payment=None if drop_ids else row.stripe_payment,
                        stripe_payment_intent=None if drop_ids else row.stripe_payment_intent)
+
+    def _reason(self, reason: str, subject: str, pseudonym: str, drop_ids: bool) -> str:
+        """An event's reason (the gate's words, which may quote the subject and Stripe ids) as the erasure leaves
+        its payload: the pseudonym for the subject, and the Stripe ids' pseudonyms when those are dropped."""
+        if subject and subject in reason:       # whole: not a short id inside another word
+            reason = re.sub(rf"(?<![\w@.+-]){re.escape(subject)}(?![\w@.+-])", pseudonym, reason)
+        if drop_ids:
+            ids = self._pseudonyms().stripe_id
+            reason = _ID_IN_TEXT.sub(lambda m: m[0] if "_erased" in m[0] else ids(m[0]), reason)
+        return reason
 
     def _state(self, state, pseudonym: str, drop_ids: bool):
         """A state of the subject under its pseudonym; the ids of its Stripe subscriptions replaced by theirs when

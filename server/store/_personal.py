@@ -83,7 +83,8 @@ _MOVE = (
     ("DELETE FROM subscriptions WHERE subject = ?", "subject"),
 )
 _EVENT = ("UPDATE subscription_events SET payload = ?, subject = ?, stripe_customer = ?, stripe_subscription = ?, "
-          "state_before = ?, reduced_at = ?, stripe_payment = ?, stripe_payment_intent = ? WHERE event_id = ?")
+          "state_before = ?, reduced_at = ?, stripe_payment = ?, stripe_payment_intent = ?, reason = ? "
+          "WHERE event_id = ?")
 # The Stripe ids (subscriptions, charges, payment intents) that led to the subject, dropped with its others.
 _LINKS_DROPPED = "DELETE FROM stripe_links WHERE subject = ?"
 # Overage already sent or refused needs its customer no more; a pending report keeps it until it is sent.
@@ -136,7 +137,8 @@ def erasure_statements(e: Erasure) -> list[tuple[str, tuple]]:
         out.extend((sql, tuple(names[n] for n in args.split())) for sql, args in _MOVE)
     for r in e.events:
         out.append((_EVENT, (r.payload, r.subject, r.stripe_customer, r.stripe_subscription,
-                             state_json(r.state_before), e.at, r.stripe_payment, r.stripe_payment_intent, r.id)))
+                             state_json(r.state_before), e.at, r.stripe_payment, r.stripe_payment_intent, r.reason,
+                             r.id)))
     out.extend((_INVOICE, (kept, stored)) for stored, kept in e.invoices)
     out.extend((_GRANT, (kept, e.pseudonym, stored)) for stored, kept in e.grants)
     out.extend((_CREDIT_IDS[0], (kept, e.pseudonym, stored)) for stored, kept in e.grants)

@@ -18,6 +18,7 @@ from . import stripe_events as se
 from .conftest import BASE_ENV, PLAN
 from .personal_lifecycle import DAY, Lifecycle
 from .personal_store import deliver, found, rows, store_text
+from .stripe_lifecycles import resubscribe_during_dunning
 from .store_locks import writes_held
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -161,6 +162,40 @@ class TestErasure:
         assert second["already_erased"] is False and second["pseudonym"] == first["pseudonym"]
         assert (await view(gate, first["pseudonym"]))["usage"][0]["used"] == 7
         assert not found(await store_text(database), ["user_back"])
+
+    async def test_credits_granted_after_the_erasure_go_with_a_second_one(self, start_gate, database,
+                                                                           entitled_plan):
+        """An admin's grant makes no subject row: a second erasure answered `already_erased` and left the grant,
+        its reason naming the person, under the erased id."""
+        gate = await start_gate(plan=entitled_plan, **ENV)
+        await erase(gate, "jane.doe@example.com")
+        status, _ = await gate.post("/v1/subjects/jane.doe@example.com/credits",
+                                    {"meter": "requests", "amount": 5, "reason": "goodwill for Jane Doe"})
+        assert status == 200
+        second = await erase(gate, "jane.doe@example.com")
+        assert second["already_erased"] is False
+        assert not found(await store_text(database), ["jane.doe@example.com", "Jane Doe"])
+        (meter,) = (await view(gate, second["pseudonym"]))["credits"]
+        assert meter["balance"] == 5
+
+    async def test_the_gates_words_about_an_event_lose_the_stripe_ids_with_the_payload(self, start_gate, database):
+        """An event's reason may quote Stripe ids ("about subscription sub_A7, but the subject's status follows
+        sub_B7"); once the erasure drops the ids, its reason names their pseudonyms, as its payload does."""
+        gate = await start_gate(**ENV)
+        start = time.time() - 90 * DAY
+        life = resubscribe_during_dunning(7, start)
+        renewal = start + 30 * DAY
+        life.status("B", "canceled", renewal + 40 * DAY, (renewal + DAY, renewal + 31 * DAY), renewal + DAY,
+                    canceled_at=int(renewal + 40 * DAY), ended_at=int(renewal + 40 * DAY))
+        for evt in life.events:
+            await deliver(gate, evt)
+        ids = [life.sub_id("A"), life.sub_id("B")]
+        quoted = await rows(database, "SELECT reason FROM subscription_events WHERE reason LIKE '%' || ? || '%'",
+                            ids[0])
+        assert quoted, "no reason quoted the subscription: the test proves nothing"
+        erased = await erase(gate, "user7")
+        assert erased["stripe_ids_kept"] is False
+        assert not found(await store_text(database), ids + ["user7"])
 
     async def test_an_unknown_subject_is_remembered_once(self, start_gate, database):
         gate = await start_gate(**ENV)

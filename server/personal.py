@@ -211,7 +211,10 @@ class PersonalData:
             customer, subscription = (stored.stripe_customer, stored.stripe_subscription) if stored else (None, None)
             events, invoices, grants, credit_ids = await timed(
                 "personal_rows", store.personal_rows(subject, customer, subscription), timeout=ERASURE_TIMEOUT)
-            live = _live(events, subscription)
+            # Any of its subscriptions still live keeps the Stripe ids (an add-on's beside an ended one's): its
+            # events must still find the pseudonym.
+            held = {subscription, *(s.id for s in stored.state.subscriptions)} - {None} if stored else set()
+            live = any(_live(events, s) for s in held)
             if subject == pseudonym:
                 if stored is None or live:
                     return None
@@ -313,10 +316,8 @@ def _substituted(value, subject: str, pseudonym: str, stripe_id, key: str | None
     return value
 
 
-def _live(events: list[EventRecord], subscription: str | None) -> bool:
+def _live(events: list[EventRecord], subscription: str) -> bool:
     """Is the subscription live, as the newest of the events about it says (no word of its end: live)?"""
-    if subscription is None:
-        return False
     status = None
     for row in sorted(events, key=lambda r: (r.created, r.id)):
         try:

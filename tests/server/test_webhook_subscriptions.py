@@ -184,6 +184,27 @@ class TestAddOn:
             [("sub_A2", "pro", True), ("sub_C2", None, False)]
         assert "(about sub_C2; the subject follows sub_A2)" in body["transitions"][0]["reason"]
 
+    async def test_an_erasure_keeps_the_stripe_ids_while_an_add_on_lives_on(self, start):
+        """The plan's subscription ended, an add-on's lives on: the erasure keeps the Stripe ids (it dropped them,
+        looking at the followed subscription alone), so that the add-on's next events still land on the
+        pseudonym instead of waiting, unlinkable, with the person's data in them."""
+        gate = await start()
+        life = Life(4, "user4", time.time() - 20 * DAY)
+        life.subscribe("A", life.start)
+        life.subscribe("C", life.start + DAY, price="price_addon", checkout=False)
+        end = life.start + 9 * DAY
+        life.status("A", "canceled", end, (life.start, life.start + 30 * DAY), life.start, ended_at=int(end),
+                    canceled_at=int(end))
+        await play(gate, life.events)
+        assert (await view(gate, "user4"))["status"] == "canceled"
+        status, erased = await gate.post("/v1/subjects/user4/erase", {})
+        assert status == 200 and erased["stripe_ids_kept"] is True, erased
+        renewal = life.start + 31 * DAY
+        life.events.clear()
+        life.status("C", "active", renewal, (renewal, renewal + 30 * DAY), life.start + DAY, price="price_addon")
+        (answer,) = await play(gate, life.events)
+        assert answer["subject"] == erased["pseudonym"], answer
+
     async def test_without_it_the_add_ons_end_is_recorded_and_moves_nothing(self, start):
         gate = await start(addon_switch=False)
         answers = await play(gate, self.life(3).events)

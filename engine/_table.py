@@ -510,7 +510,8 @@ class StateTable:
                 raise UnknownStatus(f"status {state.status!r} is not in the plan, nor mapped by renamed_from or "
                                     f"retired; known: {', '.join(self.statuses)}")
             if move.how is How.RENAMED:
-                timer = state.timer_due if self._expires[move.new] else None
+                # Its running timer stays, if the status still has one (after a time, or on a subscription's date).
+                timer = state.timer_due if self._expires[move.new] or move.new in self._anchors else None
                 state = state.with_(status=move.new, timer_due=timer)
             else:
                 state = self._enter(state, move.new, now)

@@ -43,6 +43,7 @@ class PostgresCredits:
         def _conn(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
         def _tx(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]: ...
         async def _insert_subject(self, db: Any, current: StoredSubject, now: float) -> int: ...
+        def _changed(self, *subjects: str) -> None: ...
 
     async def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
                     key: str | None, now: float) -> Counted:
@@ -62,6 +63,8 @@ class PostgresCredits:
                     raise _Undo(row)
         except _Undo as undo:
             row = undo.row
+        if row[0] not in ("refused", "repeat"):
+            self._changed(subject)      # written (or tried on a version maybe read from a replica), as a count
         return _counted(row, subject, meter, amount, key)
 
     async def grants(self, subject: str, now: float) -> list[Grant]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from plangate.engine import StripeEvent, Subscription
 from plangate.policy import TriggerKind
 
 from ..gate import Gate
 from ..logs import log
+from ..store import Change, StoredSubject
 from .api import StripeUnavailable
 from .ingest import Ingest
 from .objects import ENDED
@@ -51,7 +53,7 @@ class Reconciler:
         subjects = await self.gate.timed(
             "doubtful", self.gate.store.doubtful(self.doubtful_statuses, now - self.gate.config.reconcile_after,
                                                  RECONCILE_BATCH), timeout=30.0)
-        changed, unanswered, in_a_row = 0, 0, 0
+        changed, unanswered, in_a_row, unknown = 0, 0, 0, []
         for stored in subjects:
             try:
                 sub = await self.ingest.api.subscription(stored.stripe_subscription)
@@ -65,6 +67,8 @@ class Reconciler:
                 continue
             in_a_row = 0
             if sub is None:
+                unknown.append(stored.state.subject)
+                await self._asked(stored, now)
                 continue
             invoice = sub.get("latest_invoice")
             if isinstance(invoice, dict):
@@ -80,7 +84,19 @@ class Reconciler:
         if unanswered > 1:
             log(logging.WARNING, "reconcile_unanswered", subjects=unanswered, why="Stripe did not answer for "
                 "them (or refused the key): asked again at the next run")
+        if unknown:
+            log(logging.WARNING, "reconcile_unknown_subscription", subjects=len(unknown), first=unknown[0],
+                why="Stripe knows no such subscription (another account, or test-mode ids under a live key)")
         return changed
+
+    async def _asked(self, stored: StoredSubject, now: float) -> None:
+        """A subject whose subscription Stripe does not know: nothing to apply, but asked now, so that it goes after
+        the others in the next run's batch (the least recently confirmed first) instead of holding its first places
+        for ever. A change made meanwhile (a version conflict) leaves it as it is."""
+        subject = stored.state.subject
+        await self.gate.timed("save", self.gate.store.commit(Change(replace(stored, confirmed_at=now), stored.version)),
+                              shield=True, invalidates=lambda _: (subject,))
+        self.gate.invalidate(subject)
 
     async def _fold(self, event: StripeEvent, *, record_noop: bool) -> bool:
         """The made-up event folded as a delivered one would be; whether it was applied."""

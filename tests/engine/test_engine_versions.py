@@ -43,6 +43,18 @@ class TestOldNames:
             ("paid_trial", DEPLOY - DAY, DEPLOY + 6 * DAY)
         assert new.migrate(outcome.state, DEPLOY) is None        # once
 
+    def test_a_renamed_status_keeps_a_timer_on_the_subscriptions_date(self):
+        """A trial whose only timer is `expires_at: trial_end + 2h`: renamed, its running timer stays (it was
+        dropped, and every subject in the trial stayed there for good)."""
+        anchored = edited(("    expires_after: 7d\n", "    expires_at: trial_end + 2h\n"))
+        old, new = table(anchored), table(renamed("trial", "paid_trial", base=anchored))
+        trial_end = DEPLOY + 3 * DAY
+        stored = SubjectState("ann", "trial", None, DEPLOY - 4 * DAY, trial_end + 7200, plan_version=old.version,
+                              trial_end=trial_end)
+        moved = new.migrate(stored, DEPLOY)
+        assert (moved.state.status, moved.state.timer_due) == ("paid_trial", trial_end + 7200)
+        assert advance(new, moved.state, trial_end + 3 * 3600)[0].status == "billing_problem"
+
     def test_an_old_name_is_decided_and_moved_as_its_new_one(self):
         new = table(renamed("trial", "paid_trial"))
         stored = SubjectState("ann", "trial", None, DEPLOY - DAY, DEPLOY + 6 * DAY)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from plangate.server.http.api import GATE
+from plangate.server.stripe import reconcile as reconcile_module
 
 from . import stripe_events as se
 from .stripe_meters import KEY, FakeStripe
@@ -81,6 +82,27 @@ async def test_a_subject_stripe_does_not_answer_for_holds_back_no_other(start_ga
     assert sorted([await status_of(gate, s) for s in ("bob", "cat")]) == ["billing_problem", "paid"]
     assert await reconcile(gate) == 1
     assert [await status_of(gate, s) for s in ("bob", "cat")] == ["paid", "paid"]
+
+
+async def test_subscriptions_stripe_does_not_know_do_not_take_every_run_s_places(start_gate, database, fake,
+                                                                                  monkeypatch):
+    """Two subjects whose subscriptions Stripe answers 404 for (another account, test ids under a live key), in a
+    batch of two: asked, they go after the others, and the next run reaches bob, whose payment came. Before, they
+    were never marked asked and took the first places of every run for ever."""
+    monkeypatch.setattr(reconcile_module, "RECONCILE_BATCH", 2)
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url)
+    now = time.time()
+    for n, subject in enumerate(("ghost1", "ghost2", "bob")):
+        ids = {"sub_id": f"sub_{n}", "customer": f"cus_{n}"}
+        await deliver(gate, se.event("customer.subscription.created", se.subscription("active", subject, **ids),
+                                     now - 6 * DAY + n))
+        await deliver(gate, se.event("customer.subscription.updated", se.subscription("unpaid", subject, **ids),
+                                     now - 4 * DAY + n))
+    fake.subscriptions["sub_2"] = se.subscription("active", "bob", sub_id="sub_2", customer="cus_2")    # paid since
+    assert await reconcile(gate) == 0 and fake.subscriptions_asked == 2         # the two Stripe does not know
+    assert await reconcile(gate) == 1
+    assert await status_of(gate, "bob") == "paid"
 
 
 async def test_a_run_ends_when_stripe_answers_for_no_one(start_gate, database, fake):

@@ -15,6 +15,7 @@ import pytest
 
 from plangate.engine import SubjectState
 from plangate.server.store import AuditEntry, Change, StoredSubject, open_store
+from plangate.server.store._credits import Spend
 from plangate.server.http.api import GATE
 from tests import postgres
 
@@ -191,6 +192,28 @@ class TestReplicaReads:
             await on_replica("SELECT pg_wal_replay_resume()", replica)
             await node.store.unlisten()
             await other.close()
+            await node.store.close()
+
+
+    async def test_a_subject_this_node_spent_for_is_read_from_the_primary(self, databases):
+        """A spend (a count that may go past the limit: credits, overage) marks its subject written, as a count
+        does: a new subject's row, made by its first spend, is read from the primary while the replica lags.
+        Before, the next consume read no row from the replica, conflicted on insert twenty times and was answered
+        by the fail mode."""
+        primary, replica = databases
+        node = Watched(primary, replica, max_lag=30.0)
+        await node.store.open()
+        try:
+            await node.store.migrate()
+            await node.current()
+            await on_replica("SELECT pg_wal_replay_pause()", replica)
+            spent = await node.store.spend(fresh("spender"), "tokens", 0, 1, Spend(limit=10, ceiling=None, cap=None),
+                                           "s1", 100.0)
+            assert spent.counted
+            assert (await node.store.load("spender")).version == 1
+            assert node.on_replica("FROM subscriptions") == 0
+        finally:
+            await on_replica("SELECT pg_wal_replay_resume()", replica)
             await node.store.close()
 
 

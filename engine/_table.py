@@ -375,7 +375,11 @@ class StateTable:
         else:
             was, follows = state.follows, followed(subscriptions)
             state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
-            if follows is not None and follows.id != about and (was is None or was.id != follows.id):
+            # Another subscription followed now: the subject's dates are its (what is known of them), not those of
+            # the one followed before (an ended trial's trial_end would time a new trial long past), whether this
+            # event is about it or (an earlier one ended) about another.
+            if follows is not None and (was is None or was.id != follows.id) and \
+                    (follows.id != about or was is not None):
                 state = self._retimed(state, self._followed_facts(state, follows))
         if obj.get("object") != "subscription":     # a subscription's own events tell of its end, never after it
             sub = next((s for s in subscriptions if s.id == about), None)

@@ -179,3 +179,33 @@ class TestEventSteps:
         scenario = parse_scenario(text, str(tmp_path / "story.yaml"), table)
         assert scenario.steps[0].object["trial_end"] == 1_798_761_600 + 7 * D
         assert play(table, scenario).passed
+
+
+def _sub(sub_id: str, status: str, trial_end: float | None, start: float, **extra) -> dict:
+    return {"id": sub_id, "object": "subscription", "customer": "cus_back", "status": status,
+            "trial_end": None if trial_end is None else int(trial_end), "metadata": {"plangate_subject": "back"},
+            "items": {"data": [{"price": {"id": "price_pro_monthly"}, "quantity": 1,
+                                "current_period_start": int(start), "current_period_end": int(start + 30 * D)}]},
+            **extra}
+
+
+def test_a_returning_customers_new_trial_is_not_timed_by_the_old_subscriptions_trial_end(shipped):
+    """sub_1's trial ended months ago and sub_1 was canceled. The customer comes back through Checkout, whose
+    event Stripe delivers before sub_2's created: the new trial's timer runs from entry (expires_after), not from
+    sub_1's trial_end long past (it fired at the next sweep: billing_problem). sub_2's created then sets it."""
+    t0 = NOW - 200 * D
+    state = shipped.initial_state("back", t0 - H)
+    for kind, obj, at_ in (("customer.subscription.created", _sub("sub_1", "trialing", t0 + 7 * D, t0), t0),
+                           ("customer.subscription.deleted",
+                            _sub("sub_1", "canceled", t0 + 7 * D, t0, ended_at=int(t0 + 20 * D)), t0 + 20 * D)):
+        state = shipped.apply(state, StripeEvent(kind, obj, f"evt_{at_}", at_), at_).state
+    assert state.status == "canceled"
+    checkout = {"id": "cs_back", "object": "checkout.session", "mode": "subscription", "status": "complete",
+                "payment_status": "paid", "client_reference_id": "back", "customer": "cus_back",
+                "subscription": "sub_2", "metadata": {}}
+    state = shipped.apply(state, StripeEvent("checkout.session.completed", checkout, "evt_cs", NOW), NOW).state
+    assert state.status == "paid_trial" and state.timer_due == NOW + 7 * D, (state.timer_due - NOW) / H
+    assert advance(shipped, state, NOW + 60)[0].status == "paid_trial"
+    created = _sub("sub_2", "trialing", NOW + 7 * D, NOW)
+    state = shipped.apply(state, StripeEvent("customer.subscription.created", created, "evt_2", NOW + 5), NOW + 5).state
+    assert (state.status, state.timer_due) == ("paid_trial", NOW + 7 * D + 2 * H)

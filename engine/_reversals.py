@@ -93,10 +93,10 @@ def returned(facts: Iterable[MoneyBack], paid: int | None) -> int:
     # An undone refund counts only against a refund recorded as on its way (one that failed at once never did).
     undone = {f.id.removesuffix(_UNDONE_SUFFIX): f.created for f in facts if f.kind is ReversalKind.REFUND_UNDONE
               and f.id.removesuffix(_UNDONE_SUFFIX) in refunds}
-    # A charge's amount_refunded said before a refund of it was undone (or in the same second: Stripe sends
-    # charge.refunded when a refund is made, not when one fails) counted that refund. Taken off too often, it
-    # costs nothing: each refund's own event counts it in the sum beside.
-    by_charge = max((f.amount - sum(refunds[r].amount for r, at in undone.items() if at >= f.created)
+    # A charge's amount_refunded said while a refund of it was on its way (made by then, undone since or in the
+    # same second: Stripe sends charge.refunded when a refund is made, not when one fails) counted that refund.
+    by_charge = max((f.amount - sum(refunds[r].amount for r, at in undone.items()
+                                    if refunds[r].created <= f.created <= at)
                      for f in facts if f.kind is ReversalKind.CHARGE_REFUNDED), default=0)
     refunded = max(by_charge, sum(f.amount for r, f in refunds.items() if r not in undone), 0)
     back = refunded + sum(f.amount for f in facts if f.kind is ReversalKind.DISPUTE_LOST)

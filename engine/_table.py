@@ -376,10 +376,11 @@ class StateTable:
             was, follows = state.follows, followed(subscriptions)
             state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
             # Another subscription followed now: the subject's dates are its (what is known of them), not those of
-            # the one followed before (an ended trial's trial_end would time a new trial long past), whether this
-            # event is about it or (an earlier one ended) about another.
+            # the one followed before. On an event about the new one, only once the old one ended (a returning
+            # customer's new trial is not timed by the ended trial's trial_end); while the old one lives on (an
+            # add-on's Checkout before its created), this event's own facts say what they say.
             if follows is not None and (was is None or was.id != follows.id) and \
-                    (follows.id != about or was is not None):
+                    (follows.id != about or _ended(subscriptions, was)):
                 state = self._retimed(state, self._followed_facts(state, follows))
         if obj.get("object") != "subscription":     # a subscription's own events tell of its end, never after it
             sub = next((s for s in subscriptions if s.id == about), None)
@@ -712,3 +713,10 @@ def compile_plan(plan: Plan, older: Mapping[str, Plan] | None = None, deployed_a
 def compile_file(path) -> StateTable:
     """Load, check and compile a plan file in one step (PlanError, PlanFileError)."""
     return StateTable(load_plan(path))
+
+
+def _ended(subscriptions: tuple[Subscription, ...], was: Subscription | None) -> bool:
+    """Whether the subscription followed before (None: none was) has ended, as `subscriptions` now say."""
+    if was is None:
+        return False
+    return next((s.ended for s in subscriptions if s.id == was.id), was.ended)

@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from .gate import MAX_CONFLICT_RETRIES, Gate, StoreUnavailable
@@ -34,8 +34,6 @@ _ID_KEYS = frozenset({"id", "customer", "subscription", "invoice", "charge", "pa
                       "setup_intent"})
 _PERSONAL_PREFIXES = ("cus_", "sub_", "in_", "il_", "ii_", "si_", "ch_", "py_", "pi_", "pm_", "src_", "card_",
                       "ba_", "cs_", "seti_", "re_", "dp_", "du_", "txn_", "cn_")
-# Such an id inside a text (an event's reason: "about subscription sub_A7, but ..."): the prefix, then id characters.
-_ID_IN_TEXT = re.compile(r"\b(?:" + "|".join(p.rstrip("_") for p in _PERSONAL_PREFIXES) + r")_[A-Za-z0-9]+\b")
 
 
 class ErasureUnavailable(Exception):
@@ -271,22 +269,27 @@ class PersonalData:
         before = row.state_before
         if before is not None and before.subject in (subject, pseudonym):
             before = self._state(before, pseudonym, drop_ids)
+        # The Stripe ids its reason may quote ("about subscription sub_A7, but ... follows sub_B7"): its own, and
+        # the subscriptions the subject held before it.
+        quoted = () if not drop_ids else (row.stripe_customer, row.stripe_subscription, row.stripe_payment,
+                                          row.stripe_payment_intent,
+                                          *(s.id for s in (row.state_before.subscriptions if row.state_before else ())))
         return replace(row, payload=self._payload(row.payload, row.id, row.created, subject, pseudonym, drop_ids),
-                       reason=self._reason(row.reason, subject, pseudonym, drop_ids),
+                       reason=self._reason(row.reason, subject, pseudonym, quoted),
                        subject=pseudonym if row.subject == subject else row.subject, state_before=before,
                        stripe_customer=None if drop_ids else row.stripe_customer,
                        stripe_subscription=None if drop_ids else row.stripe_subscription,
                        stripe_payment=None if drop_ids else row.stripe_payment,
                        stripe_payment_intent=None if drop_ids else row.stripe_payment_intent)
 
-    def _reason(self, reason: str, subject: str, pseudonym: str, drop_ids: bool) -> str:
+    def _reason(self, reason: str, subject: str, pseudonym: str, stripe_ids: Iterable[str | None] = ()) -> str:
         """An event's reason (the gate's words, which may quote the subject and Stripe ids) as the erasure leaves
-        its payload: the pseudonym for the subject, and the Stripe ids' pseudonyms when those are dropped."""
-        if subject and subject in reason:       # whole: not a short id inside another word
-            reason = re.sub(rf"(?<![\w@.+-]){re.escape(subject)}(?![\w@.+-])", pseudonym, reason)
-        if drop_ids:
-            ids = self._pseudonyms().stripe_id
-            reason = _ID_IN_TEXT.sub(lambda m: m[0] if "_erased" in m[0] else ids(m[0]), reason)
+        its payload: the pseudonym for the subject, and for each of `stripe_ids` (those dropped) its pseudonym.
+        Each replaced where it stands whole: a plan's name that merely looks like an id (`in_trial`) stays."""
+        ids = self._pseudonyms().stripe_id
+        for old, new in ((subject, pseudonym), *((i, ids(i)) for i in stripe_ids if i and "_erased" not in i)):
+            if old and old in reason:
+                reason = re.sub(rf"(?<![\w@.+-]){re.escape(old)}(?![\w@+-]|\.\w)", new, reason)
         return reason
 
     def _state(self, state, pseudonym: str, drop_ids: bool):

@@ -209,3 +209,60 @@ def test_a_returning_customers_new_trial_is_not_timed_by_the_old_subscriptions_t
     created = _sub("sub_2", "trialing", NOW + 7 * D, NOW)
     state = shipped.apply(state, StripeEvent("customer.subscription.created", created, "evt_2", NOW + 5), NOW + 5).state
     assert (state.status, state.timer_due) == ("paid_trial", NOW + 7 * D + 2 * H)
+
+
+ADDON_PLAN = """\
+version: 1
+meters:
+  requests: {}
+tiers:
+  pro:
+    prices: [price_pro]
+    quotas:
+      requests: {limit: 100, per: day}
+addons:
+  extra:
+    prices: [price_extra]
+    quotas:
+      requests: 50
+statuses:
+  free:
+    initial: true
+    quotas:
+      requests: {limit: 1, per: day}
+  trial:
+    expires_at: trial_end + 2h
+    expires_after: 7d
+    quotas:
+      requests: tier
+  lapsed:
+    access: deny
+    terminal: true
+transitions:
+  - from: free
+    on: stripe:customer.subscription.created
+    when: {status: trialing}
+    to: trial
+  - from: trial
+    on: timer
+    to: lapsed
+"""
+
+
+def test_an_add_ons_checkout_before_its_created_leaves_the_live_trial_timed_by_its_own_end(write_plan):
+    """A trialing subscription lives on when the customer buys an add-on through Checkout, whose event comes
+    before the add-on's created: the live trial keeps its trial_end (it took the add-on's unknown dates, its timer
+    fell back to expires_after from entry, long past, and the next sweep lapsed the subject)."""
+    table = write_plan(ADDON_PLAN)
+    t0 = NOW - 10 * D
+    trialing = {"id": "sub_A", "object": "subscription", "customer": "cus_1", "status": "trialing",
+                "created": int(t0), "trial_end": int(t0 + 30 * D),
+                "items": {"data": [{"price": {"id": "price_pro"}, "quantity": 1,
+                                    "current_period_start": int(t0), "current_period_end": int(t0 + 30 * D)}]}}
+    state = table.apply(table.initial_state("s", t0), StripeEvent("customer.subscription.created", trialing,
+                                                                  "evt_a", t0), t0).state
+    checkout = {"id": "cs_1", "object": "checkout.session", "mode": "subscription", "status": "complete",
+                "customer": "cus_1", "subscription": "sub_B", "metadata": {}}
+    after = table.apply(state, StripeEvent("checkout.session.completed", checkout, "evt_cs", NOW), NOW).state
+    assert (after.trial_end, after.timer_due) == (t0 + 30 * D, t0 + 30 * D + 2 * H)
+    assert advance(table, after, NOW + 60)[0].status == "trial"

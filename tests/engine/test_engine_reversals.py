@@ -75,6 +75,14 @@ class TestUndone:
         assert returned([pending, same_second, undone], 1000) == 0
         assert returned([pending, same_second, undone, later], 1000) == 100       # the refund's own event counts
 
+    def test_a_charge_said_before_a_refund_was_made_is_not_lowered_by_that_refunds_failure(self):
+        """R1 (30) succeeded, the charge said 30; then R2 (50) went pending and failed: the charge's 30 never
+        counted R2, so it stands (it read -20 before), also when R1's own event was never recorded."""
+        charge = fact("evt_c", ReversalKind.CHARGE_REFUNDED, 30, 1.0)
+        later = fact("re_2", ReversalKind.REFUND, 50, 2.0)
+        failed = fact("re_2/undone", ReversalKind.REFUND_UNDONE, 50, 3.0)
+        assert returned([charge, later, failed], 1000) == 30
+
     def test_a_refund_that_failed_at_once_undoes_nothing(self):
         """Never on its way, it was never counted: its failure must not take another refund's money off."""
         kept = fact("re_1", ReversalKind.REFUND, 300, 1.0)

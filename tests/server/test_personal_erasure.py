@@ -12,6 +12,7 @@ import time
 import pytest
 
 from plangate.server import personal
+from plangate.server.http.api import PERSONAL
 from tests import postgres
 
 from . import stripe_events as se
@@ -33,6 +34,10 @@ async def database(request, tmp_path):
     dsn = await postgres.create_database()
     yield dsn
     await postgres.drop_database(dsn)
+
+
+def gate_personal(gate) -> personal.PersonalData:
+    return gate.app[PERSONAL]
 
 
 async def erase(gate, subject: str, **body) -> dict:
@@ -196,6 +201,15 @@ class TestErasure:
         erased = await erase(gate, "user7")
         assert erased["stripe_ids_kept"] is False
         assert not found(await store_text(database), ids + ["user7"])
+
+    async def test_a_reason_loses_the_subject_and_the_dropped_ids_and_keeps_the_plans_names(self, start_gate):
+        personal = gate_personal(await start_gate(**ENV))
+        ids = personal.pseudonyms.stripe_id
+        said = ("no transition from 'in_trial' on customer.subscription.updated (about sub_A7, the subject follows "
+                "sub_B7); asked by jane@x.com. Again: jane@x.com, not jane@x.community nor sub_A77")
+        assert personal._reason(said, "jane@x.com", "erased_1", ("sub_A7", "sub_B7", None)) == (
+            f"no transition from 'in_trial' on customer.subscription.updated (about {ids('sub_A7')}, the subject "
+            f"follows {ids('sub_B7')}); asked by erased_1. Again: erased_1, not jane@x.community nor sub_A77")
 
     async def test_an_unknown_subject_is_remembered_once(self, start_gate, database):
         gate = await start_gate(**ENV)

@@ -81,7 +81,9 @@ class Listener:
                     try:
                         await asyncio.wait_for(lost.wait(), 1.0)
                     except TimeoutError:
-                        await conn.execute("SELECT 1")      # notices a dead connection promptly
+                        # Notices a dead connection promptly, a silent one too (no reset, no close: without a
+                        # timeout it would wait for TCP to give up, minutes, while the cache goes unkept).
+                        await conn.execute("SELECT 1", timeout=self.connect_timeout)
             except asyncio.CancelledError:
                 raise
             except _ERRORS as exc:

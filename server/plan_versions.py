@@ -10,8 +10,8 @@ version to every other node, which reads the same document from the store and sw
 """
 from __future__ import annotations
 
-import dataclasses
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os

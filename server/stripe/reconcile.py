@@ -10,7 +10,7 @@ from dataclasses import replace
 from plangate.engine import StripeEvent, Subscription
 from plangate.policy import TriggerKind
 
-from ..gate import Gate
+from ..gate import Gate, StoreUnavailable
 from ..logs import log
 from ..store import Change, StoredSubject
 from .api import StripeUnavailable
@@ -94,8 +94,12 @@ class Reconciler:
         the others in the next run's batch (the least recently confirmed first) instead of holding its first places
         for ever. A change made meanwhile (a version conflict) leaves it as it is."""
         subject = stored.state.subject
-        await self.gate.timed("save", self.gate.store.commit(Change(replace(stored, confirmed_at=now), stored.version)),
-                              shield=True, invalidates=lambda _: (subject,))
+        try:
+            await self.gate.timed("save", self.gate.store.commit(Change(replace(stored, confirmed_at=now),
+                                                                        stored.version)),
+                                  shield=True, invalidates=lambda _: (subject,))
+        except StoreUnavailable:
+            return      # counted and logged by the gate; asked again next run, the others are asked now
         self.gate.invalidate(subject)
 
     async def _fold(self, event: StripeEvent, *, record_noop: bool) -> bool:

@@ -11,7 +11,7 @@ from plangate.server.http.api import GATE
 
 from . import stripe_events as se
 from .stripe_meters import KEY
-from .test_entitlements import AI, NOW, consume, deliver, pack_checkout, subscription, view
+from .test_entitlements import AI, NOW, consume, database, deliver, pack_checkout, subscription, view  # noqa: F401
 
 PACK = "price_tokens_1m"
 
@@ -22,11 +22,6 @@ def start(start_gate, database, fake_stripe):
         return await start_gate(plan=AI, database=database, STRIPE_WEBHOOK_SECRET=se.SECRET,
                                 STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url, **env)
     return run
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
 
 
 def bought(fake, subject: str, session: str, payment_intent: str, quantity: int, paid: int,

@@ -15,8 +15,8 @@ from plangate.server.store._credits import Spend
 
 from . import stripe_events as se
 from .stripe_meters import KEY, FakeStripe
-from .test_entitlements import AI, QUIET, consume, deliver, subscription, view
-from .test_overage_reports import job
+from .test_entitlements import AI, QUIET, consume, database, deliver, subscription, view  # noqa: F401
+from .test_overage_reports import fake, job  # noqa: F401
 
 NOW = time.time()
 SEAT = 1000         # tokens a month per seat on the Scale tier of the test's plan
@@ -33,16 +33,6 @@ def capped(tmp_path):
     path.write_text(text.replace(SCALE, f"tokens: {{limit: {SEAT}, per: month, anchor: billing, per_unit: quantity, "
                                         f"overage: {{up_to: {CAP}}}}}"), encoding="utf-8")
     return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
-
-
-@pytest.fixture
-def fake(fake_stripe):
-    return fake_stripe
 
 
 @pytest.fixture

@@ -12,17 +12,12 @@ import pytest
 from plangate.server.http.api import GATE, JOBS
 
 from .stripe_meters import KEY
-from .test_entitlements import AI, QUIET, consume, deliver, subscription, view
+from .test_entitlements import AI, QUIET, consume, database, deliver, subscription, view  # noqa: F401
 from . import stripe_events as se
 
 NOW = time.time()
 LIMIT = 20_000_000
 BIG = {"PLANGATE_MAX_AMOUNT": str(10 * LIMIT)}      # the month's allowance counted in one request
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
 
 
 @pytest.fixture

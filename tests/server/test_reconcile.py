@@ -12,6 +12,7 @@ from plangate.server.stripe import reconcile as reconcile_module
 
 from . import stripe_events as se
 from .stripe_meters import KEY, FakeStripe
+from .test_entitlements import database  # noqa: F401
 from .test_webhook import deliver, status_of
 
 DAY = 86400.0
@@ -23,11 +24,6 @@ async def fake(aiohttp_server):
     server = await aiohttp_server(fake.app(), host="127.0.0.1")
     fake.url = str(server.make_url("")).rstrip("/")
     return fake
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "r.sqlite3")
 
 
 async def reconcile(gate) -> int:

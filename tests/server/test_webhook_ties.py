@@ -19,6 +19,7 @@ from plangate.server.http import api
 from . import stripe_events as se
 from .conftest import ROOT
 from .stripe_lifecycles import DAY, subscription
+from .test_entitlements import database  # noqa: F401
 from .test_lifecycles import _Clock, _deliver
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -85,11 +86,6 @@ def _shuffled_with_repeats(seed: int):
 
 
 ORDERS = [_in_order, _decline_first, _resumption_last, _second_begun_after_the_tie, _backwards, *map(_shuffled_with_repeats, range(4))]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
 
 
 @pytest.mark.parametrize("swapped", [False, True], ids=["ids-as-built", "ids-swapped"])

@@ -48,6 +48,16 @@ def updated(sub: dict, before: dict, created: float) -> dict:
     return evt
 
 
+async def told(gate, subject: str, price: str, start: float, at: float, created: float,
+               before: dict | None = None) -> tuple[dict, dict]:
+    """The subject's subscription on `price` for the 30 days from `start`, as Stripe tells it at `at` (created, or
+    updated from `before`), the gate's clock a minute after: (the subscription, the gate's answer)."""
+    gate.app[GATE].clock = lambda: at + 60
+    sub = priced(subject, price, start, start + 30 * DAY, created)
+    evt = se.event("customer.subscription.created", sub, at) if before is None else updated(sub, before, at)
+    return sub, await deliver(gate, evt)
+
+
 class TestAChangeOfTier:
     async def test_a_downgrade_mid_period_carries_nothing_of_the_old_tier_into_the_next(self, start, two_tiers):
         """Scale, its period's 1000000 granted (unspent); ten days in, the customer moves to Starter (same period,
@@ -55,24 +65,17 @@ class TestAChangeOfTier:
         carried (it carried 100000 of Scale's)."""
         t0 = int(NOW - 40 * DAY)
         gate = await start(two_tiers, **LOTS)
-        core = gate.app[GATE]
-        core.clock = lambda: t0 + 60
-        scale = priced("d1", "price_scale_yearly", t0, t0 + 30 * DAY, t0)
-        await deliver(gate, se.event("customer.subscription.created", scale, t0 + 10))
+        scale, _ = await told(gate, "d1", "price_scale_yearly", t0, t0 + 10, t0)
         assert (await consume(gate, "d1", "tokens", 1, key="scale"))["allowed"] is True
         middle = t0 + 10 * DAY
-        core.clock = lambda: middle + 60
-        down = priced("d1", "price_starter_monthly", t0, t0 + 30 * DAY, t0)
-        answer = await deliver(gate, updated(down, scale, middle))
+        down, answer = await told(gate, "d1", "price_starter_monthly", t0, middle, t0, scale)
         assert answer["outcome"] in ("applied", "noop"), answer
         seen = await view(gate, "d1")
         assert (seen["tier"], seen["tier_since"]) == ("starter", iso(middle))
         assert seen["credits"][0]["balance"] == 1_000_000
 
         renewal = t0 + 30 * DAY
-        core.clock = lambda: renewal + 60
-        renewed = priced("d1", "price_starter_monthly", renewal, renewal + 30 * DAY, t0)
-        await deliver(gate, updated(renewed, down, renewal + 5))
+        await told(gate, "d1", "price_starter_monthly", renewal, renewal + 5, t0, down)
         seen = await view(gate, "d1")
         assert seen["tier_since"] == iso(middle)           # a renewal is no change of tier
         (credits,) = seen["credits"]
@@ -91,19 +94,12 @@ class TestAChangeOfTier:
         use, by Scale: Scale carries 500000 of it into its next window, as it carries its own."""
         t0 = int(NOW - 40 * DAY)
         gate = await start(two_tiers, **LOTS)
-        core = gate.app[GATE]
-        core.clock = lambda: t0 + 60
-        starter = priced("u1", "price_starter_monthly", t0, t0 + 30 * DAY, t0)
-        await deliver(gate, se.event("customer.subscription.created", starter, t0 + 10))
-        middle = t0 + 10 * DAY
-        core.clock = lambda: middle + 60
-        up = priced("u1", "price_scale_yearly", t0, t0 + 30 * DAY, t0)
-        assert (await deliver(gate, updated(up, starter, middle)))["outcome"] in ("applied", "noop")
+        starter, _ = await told(gate, "u1", "price_starter_monthly", t0, t0 + 10, t0)
+        up, answer = await told(gate, "u1", "price_scale_yearly", t0, t0 + 10 * DAY, t0, starter)
+        assert answer["outcome"] in ("applied", "noop"), answer
         assert (await consume(gate, "u1", "tokens", 1, key="first"))["allowed"] is True     # the grant stored
         renewal = t0 + 30 * DAY
-        core.clock = lambda: renewal + 60
-        renewed = priced("u1", "price_scale_yearly", renewal, renewal + 30 * DAY, t0)
-        await deliver(gate, updated(renewed, up, renewal + 5))
+        await told(gate, "u1", "price_scale_yearly", renewal, renewal + 5, t0, up)
         (credits,) = (await view(gate, "u1"))["credits"]
         assert credits["balance"] == 1_500_000, credits
         assert (await consume(gate, "u1", "tokens", 1, key="renewed"))["allowed"] is True   # stored as viewed

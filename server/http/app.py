@@ -10,7 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from plangate.engine import StateTable
 
@@ -124,17 +124,38 @@ def _add_routes(app: web.Application, routes, guard: _Guard) -> None:
     by_path: dict[str, list] = {}
     for method, path, handler in routes:
         by_path.setdefault(path, []).append((method, handler))
+    expect = _expecting(guard)
     for path, handlers in by_path.items():
         allowed = set()
         scope = Scope.ADMIN if path in ADMIN_PATHS else Scope.API if path.startswith("/v1/") else None
         for method, handler in handlers:
-            app.router.add_route(method, path, _guarded(handler, path, scope, guard))
+            app.router.add_route(method, path, _guarded(handler, path, scope, guard), expect_handler=expect)
             allowed |= {method, "HEAD"} if method == "GET" else {method}
             if method == "GET":
-                app.router.add_route("HEAD", path, _guarded(handler, path, scope, guard))
+                app.router.add_route("HEAD", path, _guarded(handler, path, scope, guard), expect_handler=expect)
         app.router.add_route("*", path, _guarded(_not_allowed(",".join(sorted(allowed))), "unmatched", scope,
-                                                 guard))
-    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", _BY_PATH, guard))
+                                                 guard), expect_handler=expect)
+    app.router.add_route("*", "/{tail:.*}", _guarded(_not_found, "unmatched", _BY_PATH, guard),
+                         expect_handler=expect)
+
+
+def _expecting(guard: _Guard):
+    """The routes' Expect handler: `100-continue` gets the interim answer (HTTP/1.1 clients wait for it before a
+    body); any other expectation is bad input, answered in JSON as any is (aiohttp answered a text 417)."""
+    rejected = guard.metrics.rejected
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        value = request.headers.get("Expect", "")
+        if value.lower() == "100-continue":
+            if request.version >= HttpVersion11:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0      # the interim answer is no part of the response's size
+            return None
+        rejected.labels("invalid_header").inc()
+        return _error(400, "invalid_header", f"Expect: {value[:64]!r} is not an expectation this gate meets; send "
+                                             "none, or 100-continue", request.headers.get("X-Request-Id", "")[:64]
+                      or _new_request_id())
+    return expect
 
 
 def _not_allowed(allow: str):

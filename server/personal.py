@@ -180,9 +180,17 @@ class PersonalData:
         return done
 
     async def _scrub(self) -> None:
-        if not await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT):
-            log(logging.WARNING, "scrub_incomplete", why="the database was busy: copies of rewritten rows stay in "
-                                                         "its write-ahead log until the next cleanup")
+        """After what was rewritten has committed: a scrub that fails or runs out of time is logged (the next
+        cleanup scrubs again), never the erasure's or the retention's failure."""
+        try:
+            scrubbed = await self.gate.timed("scrub", self.store.scrub(), shield=True, timeout=ERASURE_TIMEOUT)
+        except StoreUnavailable as exc:
+            scrubbed, why = False, f"the store failed or did not answer in time ({exc})"
+        else:
+            why = "the database was busy"
+        if not scrubbed:
+            log(logging.WARNING, "scrub_incomplete", why=f"{why}: copies of rewritten rows stay in its write-ahead "
+                                                         "log until the next cleanup")
 
     async def is_erased(self, subject: str) -> bool:
         """Whether `subject` is the pseudonym of an erased subject (an event its Stripe ids lead to is concealed

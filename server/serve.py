@@ -237,8 +237,9 @@ def erase(env_file: str | Sequence[str] | None, subject: str, actor: str) -> int
     try:
         erased = asyncio.run(run())
     except (StoreError, StoreUnavailable) as exc:
-        return _fail(config.database_shown(f"erase failed: the store failed ({exc}); nothing was erased (is the "
-                                           "schema current? plangate migrate)"), 1)
+        return _fail(config.database_shown(f"erase failed: the store failed ({exc}); the erasure may not have "
+                                           "been written: run it again, erasure is idempotent (is the schema "
+                                           "current? plangate migrate)"), 1)
     print(json.dumps(erased.to_dict()))
     return 0
 

@@ -261,8 +261,9 @@ async def erase(request: web.Request) -> web.Response:
     except ErasureUnavailable as exc:
         raise inp.BadRequest(503, "erasure_not_configured", str(exc)) from None
     except StoreUnavailable:
-        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
-                                                       "erased; try again") from None
+        raise inp.BadRequest(503, "store_unavailable", "the store failed or did not answer in time: the "
+                                                       "erasure may not have been written; try again (erasure "
+                                                       "is idempotent)") from None
     return _json.response(erased.to_dict())
 
 

@@ -14,6 +14,13 @@ async def pg_dsn():
     await postgres.drop_database(dsn)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_database(request, tmp_path) -> str:
+    """A store's address, the test run once on each kind: a SQLite file's path (not made yet), then a fresh,
+    empty PostgreSQL database (pg_dsn)."""
+    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "gate.sqlite3")
+
+
 @pytest.fixture
 def pg_cluster():
     """A throwaway PostgreSQL cluster of this test's own, started; it may stop and start it."""

@@ -20,10 +20,10 @@ from .conftest import KEY
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def start(request, start_gate, tmp_path):
-    """start(api_base) -> a gate on the test plan over the store of the parameter, asking Stripe at api_base."""
-    database = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+@pytest.fixture
+def start(start_gate, tmp_path, each_database):
+    """start(api_base) -> a gate on the test plan over a store of each kind, asking Stripe at api_base."""
+    database = each_database
 
     async def run(api_base: str, plan=None, **env):
         return await start_gate(plan=plan or plan_file(tmp_path, False), database=database,

@@ -13,14 +13,9 @@ from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
 from .test_webhook import deliver
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
-
-
 @pytest.fixture
-async def gate(start_gate, store):
-    return await start_gate(database=store, **WEBHOOK)
+async def gate(start_gate, each_database):
+    return await start_gate(database=each_database, **WEBHOOK)
 
 
 async def all_pages(gate, query: str = "", limit: int = 3) -> list[dict]:

@@ -25,9 +25,10 @@ QUIET = {"STRIPE_WEBHOOK_SECRET": se.SECRET}
 NOW = time.time()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+@pytest.fixture
+def database(each_database) -> str:
+    """The store of the test's gates (start_gate's): each kind."""
+    return each_database
 
 
 @pytest.fixture

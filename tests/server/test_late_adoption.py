@@ -25,9 +25,10 @@ from .test_webhook import deliver, status_of
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "late.sqlite3")
+@pytest.fixture
+def store_url(each_database) -> str:
+    """The store of the test's gates: each kind."""
+    return each_database
 
 
 @pytest.fixture

@@ -28,14 +28,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ENV = {"STRIPE_WEBHOOK_SECRET": se.SECRET}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "gate.sqlite3")
-        return
-    dsn = await postgres.create_database()
-    yield dsn
-    await postgres.drop_database(dsn)
+@pytest.fixture
+def database(each_database) -> str:
+    """The store of the test's gates (start_gate's): each kind."""
+    return each_database
 
 
 def gate_personal(gate) -> personal.PersonalData:
@@ -301,7 +297,7 @@ async def test_an_event_folded_while_its_subject_is_erased_lands_on_the_pseudony
     assert (await view(gate, pseudonym))["status"] == "canceled"
 
 
-@pytest.mark.parametrize("database", ["sqlite"], indirect=True)     # PostgreSQL has nothing to scrub
+@pytest.mark.parametrize("each_database", ["sqlite"], indirect=True)     # PostgreSQL has nothing to scrub
 async def test_a_scrub_out_of_time_after_the_erasure_committed_is_logged_not_a_503(start_gate, database, monkeypatch,
                                                                                    caplog):
     """SQLite's scrub (a WAL checkpoint) runs after the erasure committed; a reader holding an old snapshot keeps

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from tests import postgres
 
 from . import stripe_events as se
 from .personal_lifecycle import DAY, Lifecycle
@@ -18,15 +17,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 STATE = ("status", "tier", "since", "timer_due", "period_start", "period_end", "plan_version")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request, tmp_path):
-    """The store of the test's gates: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "gate.sqlite3")
-        return
-    dsn = await postgres.create_database()
-    yield dsn
-    await postgres.drop_database(dsn)
+@pytest.fixture
+def database(each_database) -> str:
+    """The store of the test's gates (start_gate's): each kind."""
+    return each_database
 
 
 async def state(gate, subject: str) -> dict:

@@ -17,7 +17,6 @@ from plangate.engine import compile_file
 from plangate.server.http.app import create_app
 from plangate.server.plan_versions import PlanRefused
 from plangate.server.store import open_store
-from tests import postgres
 from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
                                lowered_pro, renamed)
 
@@ -29,14 +28,10 @@ from .test_openapi import documented
 DAY = 86400.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "gate.sqlite3")
-        return
-    dsn = await postgres.create_database()
-    yield dsn
-    await postgres.drop_database(dsn)
+@pytest.fixture
+def store_url(each_database) -> str:
+    """The store of the test's gates: each kind."""
+    return each_database
 
 
 class Rig:

@@ -25,11 +25,6 @@ def q(database: str, sql: str, *args):
         return db.execute(sql, args).fetchall()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def either_database(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "hook.sqlite3")
-
-
 @pytest.fixture
 async def hook(start_gate):
     return await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET)
@@ -305,10 +300,10 @@ class TestAnyOrder:
 
     @pytest.mark.parametrize("sorts_before_a_stored_event", [False, True])
     async def test_traits_the_product_sets_are_no_admin_decision_a_stripe_event_must_wait_behind(
-            self, start_gate, either_database, sorts_before_a_stored_event):
+            self, start_gate, each_database, sorts_before_a_stored_event):
         """The product syncs a number (members) through /traits; a cancellation Stripe made just before, delivered
         just after, still cancels (it was `stale`, and the canceled customer kept paid access). The traits hold."""
-        hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, database=either_database)
+        hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, database=each_database)
         now = time.time()
         await deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 3600))
         await deliver(hook, se.event("customer.subscription.created", se.subscription("active", "alice"), now - 3500))

@@ -21,11 +21,11 @@ from .test_webhook_subscriptions import QUIET, outcomes, play, view
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def start(request, start_gate, tmp_path):
-    """start(settled=False) -> a gate on the test plan over the store of the parameter."""
+@pytest.fixture
+def start(start_gate, tmp_path, each_database):
+    """start(settled=False) -> a gate on the test plan over a store of each kind."""
     from tests.engine.test_engine_ended_subscription import plan_text
-    database = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+    database = each_database
 
     async def run(settled: bool = False):
         path = tmp_path / ("settled.yaml" if settled else "plain.yaml")

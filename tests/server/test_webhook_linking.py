@@ -15,7 +15,7 @@ import pytest
 from . import stripe_events as se
 from .personal_store import rows
 from .store_locks import writes_held
-from .test_webhook import deliver, either_database, q, status_of  # noqa: F401
+from .test_webhook import deliver, q, status_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -47,15 +47,15 @@ async def test_an_event_whose_lookup_misses_a_link_committed_meanwhile_is_not_st
         [("limited_free_trial", "paid_trial"), ("paid_trial", "paid")]
 
 
-async def test_two_links_adopting_one_waiting_event_at_once_apply_it_once(start_gate, either_database):
+async def test_two_links_adopting_one_waiting_event_at_once_apply_it_once(start_gate, each_database):
     """Two linking events (the checkout and the subscription) both find the same waiting invoice before either
     commits (another connection holds the subscriptions' writes meanwhile): it is folded in once, and keeps the
     outcome of that fold."""
-    hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, database=either_database)
+    hook = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET, database=each_database)
     now = time.time()
     _, answer = await deliver(hook, se.event("invoice.paid", se.invoice("paid"), now - 10))
     assert answer["outcome"] == "pending"
-    async with writes_held(either_database, "LOCK TABLE subscriptions IN EXCLUSIVE MODE") as queued:
+    async with writes_held(each_database, "LOCK TABLE subscriptions IN EXCLUSIVE MODE") as queued:
         both = asyncio.gather(
             deliver(hook, se.event("checkout.session.completed", se.checkout("alice"), now - 30)),
             deliver(hook, se.event("customer.subscription.created", se.subscription("trialing", "alice"), now - 20)))
@@ -65,10 +65,10 @@ async def test_two_links_adopting_one_waiting_event_at_once_apply_it_once(start_
     assert all(status == 200 for status, _ in answers)
 
     assert await status_of(hook, "alice") == "paid"
-    assert await rows(either_database, "SELECT type, outcome FROM subscription_events ORDER BY created") == \
+    assert await rows(each_database, "SELECT type, outcome FROM subscription_events ORDER BY created") == \
         [("checkout.session.completed", "applied"), ("customer.subscription.created", "noop"),
          ("invoice.paid", "applied")]
-    assert await rows(either_database, "SELECT from_status, to_status FROM transitions ORDER BY id") == \
+    assert await rows(each_database, "SELECT from_status, to_status FROM transitions ORDER BY id") == \
         [("limited_free_trial", "paid_trial"), ("paid_trial", "paid")]
 
 

@@ -115,18 +115,13 @@ class TestDisputes:
         assert (await outcomes(gate, "user5"))[withdrawn["id"]] == ("charge.dispute.funds_withdrawn", "noop")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def either_database(request, tmp_path) -> str:
-    return request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
-
-
 class TestDisputesWaitingBeforeTheUpgrade:
-    async def test_the_migration_gives_a_waiting_dispute_its_payment_intent(self, start_gate, either_database,
+    async def test_the_migration_gives_a_waiting_dispute_its_payment_intent(self, start_gate, each_database,
                                                                              tmp_path):
         """A dispute stored pending by a gate before the payment intent beside its charge was kept: the migration
         reads it from its payload, and the invoice naming only the payment intent adopts it."""
         from .test_webhook_subscriptions import QUIET, plan_file
-        database = either_database
+        database = each_database
         first = await start_gate(plan=plan_file(tmp_path, False), database=database, **QUIET)
         life = paid_customer(13)
         await play(first, life.events)

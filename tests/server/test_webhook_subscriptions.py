@@ -28,10 +28,10 @@ def plan_file(tmp_path, addon_switch: bool):
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def start(request, start_gate, tmp_path):
-    """start(addon_switch=False) -> a gate on the test plan over the store of the parameter."""
-    database = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else str(tmp_path / "g.sqlite3")
+@pytest.fixture
+def start(start_gate, tmp_path, each_database):
+    """start(addon_switch=False) -> a gate on the test plan over a store of each kind."""
+    database = each_database
 
     async def run(addon_switch: bool = False, **env):
         return await start_gate(plan=plan_file(tmp_path, addon_switch), database=database, **{**QUIET, **env})

@@ -8,7 +8,9 @@
 When the gate cannot answer in time (timeout, connection error, 5xx), a decision call returns a decision the
 client made itself (`local=True`, reason `fail_open` or `fail_closed`), which does not know whether the gate
 counted (repeat a count with its idempotency_key to find out, counted once); bad input (a 4xx) raises, because
-it is a bug in the caller that must not be silently allowed.
+it is a bug in the caller that must not be silently allowed. The first such decision after an answer from the
+gate is logged as a warning (logger `plangate.client`, then once a minute while the gate stays silent), and the
+gate's next answer after them as information: a wrong address fails open, and must not pass unseen.
 
 Exception tree:
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -34,6 +38,8 @@ __all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateU
 
 FAIL_OPEN = "fail_open"
 FAIL_CLOSED = "fail_closed"
+WARN_EVERY = 60.0       # seconds between warnings while the gate gives no answer
+_log = logging.getLogger("plangate.client")
 
 
 class GateError(Exception):
@@ -258,6 +264,8 @@ class GateClient:
         if local and staleness <= 0:
             raise ValueError(f"staleness must be a positive number of seconds, not {staleness!r}")
         self.local = LocalDecisions(self.base_url, self._auth, staleness) if local else None
+        self._unanswered = 0            # decisions made here since the gate last answered one
+        self._warned_at: float | None = None
 
     def __repr__(self) -> str:
         return f"GateClient({self.base_url!r}, timeout={self.timeout}, fail_open={self.fail_open})"
@@ -332,12 +340,28 @@ class GateClient:
         try:
             answer = await self._call("POST", path, body)
             try:
-                return GateDecision.from_json(answer)
+                decision = GateDecision.from_json(answer)
             except (KeyError, TypeError, ValueError) as exc:
                 raise _NoAnswer(f"the gate's answer is not a decision ({type(exc).__name__}: {exc})") from None
         except _NoAnswer as exc:
+            self._no_answer(path, str(exc))
             return GateDecision.unanswered(body["subject"], body.get("meter"), body.get("amount", 1), self.fail_open,
                                            str(exc), body.get("feature"))
+        if self._unanswered:
+            _log.info("the gate at %s answers again, after %d decision(s) made here", self.base_url,
+                      self._unanswered)
+            self._unanswered, self._warned_at = 0, None
+        return decision
+
+    def _no_answer(self, path: str, why: str) -> None:
+        """A decision made here: a warning for the first since the gate answered, then once every WARN_EVERY."""
+        self._unanswered += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            _log.warning("no answer from the gate at %s (%s %s); %d decision(s) made here with %s since it last "
+                         "answered", self.base_url, path, why, self._unanswered,
+                         FAIL_OPEN if self.fail_open else FAIL_CLOSED)
 
     # --- operator calls: no fail mode, GateUnavailable on no answer ------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from datetime import datetime, UTC
 
@@ -234,6 +235,36 @@ class TestNoAnswer:
         url = await fake_gate(fixed(status, body, content_type))
         async with GateClient(url, TOKEN, timeout=PATIENT, fail_open=fail_open) as c:
             self.assert_local(await every_decision(c), fail_open, "")
+
+
+async def test_decisions_made_here_are_logged_once_then_the_gate_answering_again(gate, fake_gate, caplog):
+    """A wrong address fails open: the first decision the client makes itself is a warning, those after it within
+    the minute add none, and the gate's next answer says how many were made here."""
+    caplog.set_level(logging.INFO, logger="plangate.client")
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT) as real:
+        answer = await real._call("POST", "/v1/check", {"subject": "u", "meter": "requests", "amount": 2})
+    up = asyncio.Event()
+
+    async def handler(request):
+        if not up.is_set():
+            return web.Response(status=503, text="down for maintenance")
+        return web.json_response(answer)
+
+    url = await fake_gate(handler)
+    async with GateClient(url, TOKEN, timeout=PATIENT) as c:
+        assert all(d.local for d in await every_decision(c) + await every_decision(c, 1))
+        warned = [r for r in caplog.records if r.name == "plangate.client"]
+        assert [r.levelname for r in warned] == ["WARNING"]
+        assert url in warned[0].getMessage() and "fail_open" in warned[0].getMessage()
+        up.set()
+        assert not (await c.check("u", "requests", 2)).local
+        assert not (await c.check("u", "requests", 2)).local
+        told = [r.getMessage() for r in caplog.records if r.name == "plangate.client"][1:]
+        assert told == [f"the gate at {url} answers again, after 6 decision(s) made here"]
+        up.clear()
+        assert (await c.check("u", "requests", 2)).local       # silent again: a warning again
+        assert [r.levelname for r in caplog.records if r.name == "plangate.client"][-1] == "WARNING"
+    assert TOKEN not in caplog.text
 
 
 class TestClientItself:

@@ -32,7 +32,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 # (var/api-token, var/admin-token, var/webhook-secret), each a default that config.env or the environment overrides.
 run: $(STAMP)
 	@$(BIN)/python -m plangate.server.local prepare
-	$(BIN)/plangate lint plans.yaml
+	@$(BIN)/python -m plangate.server.local lint
 	$(BIN)/plangate migrate $(RUN_ENV)
 	@$(BIN)/python -m plangate.server.local hint
 	@exec $(BIN)/plangate serve $(RUN_ENV)

@@ -2,6 +2,7 @@
 what to try once it runs.
 
     python -m plangate.server.local prepare   # var/api-token, var/admin-token, var/webhook-secret, var/run.env
+    python -m plangate.server.local lint      # plangate lint on the plan the settings name (PLANGATE_PLANS)
     python -m plangate.server.local hint      # the tokens and commands of the settings in effect
 
 `plangate migrate` and `plangate serve` then read `--env-file config.env --env-file var/run.env` (config.env only
@@ -10,8 +11,10 @@ defaults.
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -51,13 +54,36 @@ def _write_secret(path: Path, text: str) -> None:
         out.write(text)
 
 
-def hint(out=None) -> int:
-    """The tokens, the secret and the commands of the settings in effect (what serve will read)."""
-    out = out or sys.stdout
+def _settings() -> Config | None:
     try:
-        config = Config.from_env(env_file=ENV_FILES)
+        return Config.from_env(env_file=ENV_FILES)
     except ConfigError as exc:
         print(f"plangate: invalid setting: {exc}", file=sys.stderr)
+        return None
+
+
+def lint() -> int:
+    """`plangate lint` on the plan serve will run (PLANGATE_PLANS of the settings in effect, plans.yaml unless
+    set), not always the shipped one."""
+    from plangate.cli import main as plangate_main
+    config = _settings()
+    if config is None:
+        return 2
+    print(f"{_plangate()} lint {config.plans}", flush=True)
+    return plangate_main(["lint", config.plans])
+
+
+def hint(out=None) -> int:
+    """The tokens, the secret and the commands of the settings in effect (what serve will read); 2, and nothing
+    printed, when the port is taken (a gate started by an earlier make run, say)."""
+    out = out or sys.stdout
+    config = _settings()
+    if config is None:
+        return 2
+    taken = _taken(config.host, config.port)
+    if taken:
+        print(f"plangate: {config.host}:{config.port} {taken}: is a gate (an earlier make run) still running? Stop "
+              "it, or set PLANGATE_PORT to another port", file=sys.stderr)
         return 2
     api = config.api_tokens[0] if config.api_tokens else "(none: set PLANGATE_API_TOKEN)"
     admin = config.admin_tokens[0] if config.admin_tokens else "(none: the admin routes refuse every caller)"
@@ -71,17 +97,43 @@ def hint(out=None) -> int:
                                                          ("secret", "STRIPE_WEBHOOK_SECRET", secret))
              if value != kept[name] and not value.startswith("(")]
     extra = "".join(" " + g for g in given)
+    meter = _first_meter(config.plans)
+    if Path(config.plans).resolve() == Path("plans.yaml").resolve():
+        simulate = f"Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{extra}"
+    else:       # its lifecycles expect the shipped plan's statuses and meter
+        simulate = (f"Simulate Stripe: stripe-simulate plays the shipped plans.yaml's lifecycles; for "
+                    f"{config.plans}, write stories: {_plangate()} test {config.plans} <stories>")
     print(f"""
 API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}
 Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}
 Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}
 Enforcement {'on' if config.enabled else 'off (SUBSCRIPTION_ENABLED=false)'}; store {config.database_shown()}
-Try:  curl -s -X POST {url}/v1/check -H "Authorization: Bearer {api}" -d '{{"subject": "alice", "meter": "requests"}}'
-Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{extra}
+Try:  curl -s -X POST {url}/v1/check -H "Authorization: Bearer {api}" -d '{{"subject": "alice", "meter": "{meter}"}}'
+{simulate}
 Console:  {url}/console/ (log in with the admin token; the API token opens it read-only)
 Stop with Ctrl-C.
 """, file=out, flush=True)
     return 0
+
+
+def _taken(host: str, port: int) -> str | None:
+    """Why serve could not listen on host:port (in use), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as aiohttp's server sets it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return "is in use" if exc.errno == errno.EADDRINUSE else None
+    return None
+
+
+def _first_meter(plans: str) -> str:
+    """The plan's first meter, for the curl line ("requests" when the plan does not load: serve says why)."""
+    from plangate.policy import PlanError, PlanFileError, load_plan
+    try:
+        return load_plan(plans).meters[0].name
+    except (PlanError, PlanFileError, OSError, IndexError):
+        return "requests"
 
 
 def _plangate() -> str:
@@ -93,7 +145,9 @@ def _plangate() -> str:
 if __name__ == "__main__":
     if sys.argv[1:] == ["prepare"]:
         prepare()
+    elif sys.argv[1:] == ["lint"]:
+        sys.exit(lint())
     elif sys.argv[1:] == ["hint"]:
         sys.exit(hint())
     else:
-        sys.exit("usage: python -m plangate.server.local prepare|hint")
+        sys.exit("usage: python -m plangate.server.local prepare|lint|hint")

@@ -87,6 +87,42 @@ def test_the_example_copied_as_config_env_leaves_make_runs_defaults_in_effect(ma
     assert (status, decision["reason"]) == (200, "ok")
 
 
+def make_run_ends(tmp_path, config_env: str) -> subprocess.CompletedProcess:
+    """`make run` in tmp_path (with the shipped plan copied there) where it ends before serving."""
+    venv = Path(sys.executable).parent.parent
+    shutil.copy(ROOT / "plans.yaml", tmp_path / "plans.yaml")
+    (tmp_path / "config.env").write_text(config_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "SUBSCRIPTION_", "STRIPE_"))}
+    return subprocess.run(["make", "-f", str(ROOT / "Makefile"), "run", f"VENV={venv}", "-o", f"{venv}/.installed"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_make_run_lints_the_plan_it_serves_and_hints_at_its_meter(make_run, tmp_path):
+    """PLANGATE_PLANS names another plan: make run linted the shipped plans.yaml (clean) whatever it served, and
+    its curl line asked for the shipped plan's meter (422 unknown_meter)."""
+    port = free_port()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((ROOT / "plans.yaml").read_text().replace("to: paid_trial", "to: paid_trail", 1))
+    done = make_run_ends(tmp_path, f"PLANGATE_PLANS={broken}\nPLANGATE_PORT={port}\n")
+    assert done.returncode != 0 and f"lint {broken}" in done.stdout, done.stdout
+    assert "paid_trail" in done.stdout + done.stderr and "API token" not in done.stdout
+
+    saas = ROOT / "examples" / "saas" / "plans.yaml"
+    (tmp_path / "config.env").unlink()
+    (tmp_path / "config.env").write_text(f"PLANGATE_PLANS={saas}\nPLANGATE_PORT={port}\n")
+    out = make_run(port)
+    api = (tmp_path / "var" / "api-token").read_text().strip()
+    meter = next(line for line in out.splitlines() if line.startswith("Try:")).split('"meter": "')[1].split('"')[0]
+    assert meter != "requests" and f"lint {saas}" in out
+    assert post(f"http://127.0.0.1:{port}/v1/check", api, {"subject": "alice", "meter": meter})[0] == 200
+    assert "stripe-simulate --url" not in out       # its lifecycles are the shipped plan's
+
+    (tmp_path / "second").mkdir()
+    again = make_run_ends(tmp_path / "second", f"PLANGATE_PORT={port}\n")     # a second make run, same port
+    assert again.returncode != 0 and f"127.0.0.1:{port} is in use" in again.stderr, again.stderr
+    assert "API token" not in again.stdout
+
+
 @pytest.mark.parametrize("has_config_env", [True, False])
 def test_make_run_names_config_env_only_where_there_is_one(tmp_path, has_config_env):
     """plangate refuses an --env-file that is not there; a new user has no config.env."""

@@ -64,8 +64,8 @@ def roomy_plan(folder: Path) -> Path:
     for old, new in (("requests: {limit: 20, per: day}", "requests: {limit: 1000000, per: day}"),
                      ("requests: {limit: 500, per: day}", "requests: {limit: 1000000, per: day}"),
                      ("requests: {limit: 5, per: day}", "requests: {limit: 1000000, per: day}"),
-                     ("requests: {limit: 5000, per: billing_period}",
-                      "requests: {limit: 1000000, per: billing_period}")):
+                     ("requests: {limit: 5000, per: month, anchor: billing}",
+                      "requests: {limit: 1000000, per: month, anchor: billing}")):
         assert old in text, old
         text = text.replace(old, new)
     path = folder / "plans.yaml"

@@ -435,5 +435,6 @@ def test_the_shipped_stories_second_plan_is_plans_yaml_with_one_change():
     result = diff(shipped.plan, second.plan)
     assert [c.message for c in result.changes] == [
         "tier 'pro': existing subscribers now -> at_renewal",
-        "tier 'pro': requests quota lowered, 5000 per billing period -> 3000 per billing period; existing "
+        "tier 'pro': requests quota lowered, 5000 per month from the billing anniversary -> 3000 per month from the "
+        "billing anniversary; existing "
         "subscribers get it at their next billing period"]

@@ -466,7 +466,7 @@ async def test_a_capped_overage_is_left_to_the_gate_which_knows_what_the_window_
     reads the 20 billed and refuses, as the consume would."""
     plan = tmp_path / "capped.yaml"
     text = PLAN.read_text(encoding="utf-8")
-    quota = "      requests: {limit: 5000, per: billing_period}"
+    quota = "      requests: {limit: 5000, per: month, anchor: billing}"
     assert text.count(quota) == 1
     plan.write_text(text.replace(quota, "      requests: {limit: 100, per: billing_period, per_unit: {trait: members}, "
                                         "overage: {up_to: 20}}"), encoding="utf-8")

@@ -18,10 +18,10 @@ __all__ = ["setup"]
 
 def setup(app: web.Application, gate: Gate, api_tokens: tuple[str, ...], admin_tokens: tuple[str, ...]) -> None:
     """Add the console's routes (before the API's catch-all 404); its sessions live in the gate's store."""
-    app[SESSIONS] = Sessions(gate)
+    app[TOKENS] = (tuple(f"Bearer {t}" for t in api_tokens), tuple(f"Bearer {t}" for t in admin_tokens))
+    app[SESSIONS] = Sessions(gate, *app[TOKENS])
     app[FAILED] = FailedLogins()
     app[proposal.PREVIEWING] = asyncio.Lock()
-    app[TOKENS] = (tuple(f"Bearer {t}" for t in api_tokens), tuple(f"Bearer {t}" for t in admin_tokens))
     for method, path, handler in (*pages.ROUTES, *operations.ROUTES, *proposal.ROUTES):
         app.router.add_route(method, path, _answering(handler))
     app.router.add_route("GET", "/console", _to_home)

@@ -1,8 +1,13 @@
 """Console sessions: a token entered once in the login form becomes a random session id in an HttpOnly cookie.
 The token itself is never stored, put in a URL or logged; each session carries its own CSRF token and the label
-its user gave (audited as the actor of what they do). Sessions live in the store (its SHA-256 of the id)."""
+its user gave (audited as the actor of what they do). Sessions live in the store (its SHA-256 of the id).
+
+A session id is a random part and a MAC of it keyed by the token that opened the session: a session opens pages
+only while that token is still one of its scope's, so rotating a token (a leak) ends the console sessions it
+opened, on every node, with nothing kept that could give the token back."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -29,15 +34,20 @@ class Sessions:
     a session this process saw in the store within REMEMBERED seconds still opens the pages (the health page
     says what is wrong); a logout elsewhere reaches this process once the store answers again."""
 
-    def __init__(self, gate: Gate, clock=time.time):
+    def __init__(self, gate: Gate, api: tuple[str, ...], admin: tuple[str, ...], clock=time.time):
+        """api, admin: the Authorization values (`Bearer <token>`) each scope accepts now."""
         self._gate = gate
+        self._tokens = {False: api, True: admin}
         self._clock = clock
         self._seen: dict[str, tuple[float, ConsoleSession]] = {}     # id hash -> (when seen, session), oldest first
 
-    async def open(self, label: str, admin: bool, replacing: str | None = None) -> tuple[str, ConsoleSession]:
-        """A new session; the one the browser presented (replacing) ends, so a login never leaves two. Past
-        MAX_SESSIONS of its scope the oldest ends; expired ones end first."""
-        sid, now = secrets.token_urlsafe(32), self._clock()
+    async def open(self, label: str, admin: bool, token: str, replacing: str | None = None) \
+            -> tuple[str, ConsoleSession]:
+        """A new session opened by `token` (its Authorization value, one of its scope's); the one the browser
+        presented (replacing) ends, so a login never leaves two. Past MAX_SESSIONS of its scope the oldest ends;
+        expired ones end first."""
+        nonce, now = secrets.token_urlsafe(32), self._clock()
+        sid = f"{nonce}.{_mac(token, nonce)}"
         session = ConsoleSession(_digest(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME)
         ended = _hashed(replacing)
         await self._gate.timed("session", self._gate.store.open_console_session(session, MAX_SESSIONS, ended))
@@ -61,7 +71,20 @@ class Sessions:
                 while len(self._seen) >= MAX_SESSIONS:
                     del self._seen[next(iter(self._seen))]
                 self._seen[id_hash] = (now, session)
-        return session if session is not None and session.expires > now else None
+        if session is None or session.expires <= now or not self._still_valid(sid or "", session.admin):
+            return None
+        return session
+
+    def _still_valid(self, sid: str, admin: bool) -> bool:
+        """Was the session opened by a token its scope still accepts? Each of them compared, whatever the first
+        gave."""
+        nonce, _, mac = sid.partition(".")
+        if not mac.isascii():
+            return False
+        found = False
+        for token in self._tokens[admin]:
+            found |= hmac.compare_digest(_mac(token, nonce), mac)
+        return found
 
     async def close(self, sid: str | None) -> None:
         id_hash = _hashed(sid)
@@ -77,6 +100,13 @@ def _hashed(sid: str | None) -> str | None:
 
 def _digest(sid: str) -> str:
     return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _mac(token: str, nonce: str) -> str:
+    """HMAC-SHA256 of a session's random part keyed by the token that opened it, URL-safe base64 (43 chars)."""
+    digest = hmac.new(token.encode("utf-8", "surrogatepass"), nonce.encode("utf-8", "surrogatepass"),
+                      hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 class FailedLogins:

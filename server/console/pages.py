@@ -4,6 +4,7 @@ store query the API makes too; every action goes through Gate.admin, the door of
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from pathlib import Path
 from urllib.parse import quote
@@ -13,6 +14,7 @@ from aiohttp import web
 from plangate.policy import explain_plan
 
 from ..gate import NotInPlan, StoreUnavailable
+from ..logs import log
 from ..http._auth import matches
 from ..http import _input as inp
 from ..http._input import BadRequest, in_path, subject as subject_id, text
@@ -134,13 +136,17 @@ async def login(request: web.Request) -> web.Response:
     form = await _form(request)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     if not nonce or not same(form.get("csrf"), nonce):
+        log(logging.WARNING, "console_login_refused", address=request.remote or "", why="csrf")
         return _login_page(request, "The form's CSRF token is missing or wrong: try again.", 403)
     label = " ".join(form.get("label", "").split())[:_LABEL_MAX]
     if not label:
         return _login_page(request, "Give your name: it is recorded with what you do.", 400)
+    if not label.isprintable():     # the audit's actor: the API's rule (no control or direction characters)
+        return _login_page(request, "Your name may hold no control or formatting characters.", 400)
     failed, address = request.app[FAILED], request.remote or ""
     wait = failed.wait(address)
     if wait:        # before the token is compared: a limited address learns nothing from its guesses
+        log(logging.WARNING, "console_login_refused", address=address, why="rate_limited", wait=wait)
         response = _login_page(request, f"Too many wrong tokens from your address: try again in {wait} seconds.",
                                429)
         response.headers["Retry-After"] = str(wait)
@@ -150,12 +156,15 @@ async def login(request: web.Request) -> web.Response:
     is_admin = matches(given, admin)
     if not is_admin and not matches(given, api):
         failed.failed(address)
+        log(logging.WARNING, "console_login_refused", address=address, why="wrong_token")
         return _login_page(request, "Wrong token.", 401)
     try:
-        sid, _ = await request.app[SESSIONS].open(label, is_admin, replacing=request.cookies.get(COOKIE))
+        sid, session = await request.app[SESSIONS].open(label, is_admin, given, replacing=request.cookies.get(COOKIE))
     except StoreUnavailable:
         return _login_page(request, "The store cannot be written right now, so no session can open: try again "
                                     "shortly.", 503)
+    log(logging.INFO, "console_login", label=label, scope="admin" if is_admin else "read-only", address=address,
+        session=session.id_hash[:8])
     response = web.HTTPSeeOther("/console/")
     _cookie(response, request, COOKIE, sid, 8 * 3600)
     response.del_cookie(LOGIN_COOKIE, path="/console")
@@ -163,12 +172,13 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    await _posted(request)
+    session, _ = await _posted(request)
     try:
         await request.app[SESSIONS].close(request.cookies.get(COOKIE))
     except StoreUnavailable:
         raise _refused(503, "The store cannot be written right now, so your session could not end: try again "
                             "shortly.") from None
+    log(logging.INFO, "console_logout", label=session.label, session=session.id_hash[:8])
     response = web.HTTPSeeOther("/console/login")
     response.del_cookie(COOKIE, path="/console")
     raise response

@@ -19,10 +19,15 @@ from plangate.server.console.proposal import PREVIEWING
 from plangate.engine import compile_file
 from plangate.server.gate import Gate
 from plangate.server.http.api import GATE
+from plangate.server.logs import capture_logs
 from plangate.server.metrics import Metrics
 
 from .conftest import ADMIN_TOKEN, PLAN, TOKEN, config_for
 from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
+
+
+API, ADMIN = f"Bearer {TOKEN}", f"Bearer {ADMIN_TOKEN}"
+BEARERS = ((API,), (ADMIN,))      # what each scope accepts, as the console's Sessions takes them
 
 
 @pytest.fixture
@@ -217,6 +222,60 @@ class TestAccess:
             assert not any(c.startswith("plangate_console=") for c in r.headers.getall("Set-Cookie", []))
 
 
+    async def test_rotating_a_token_ends_the_console_sessions_it_opened(self, start_gate, pg_dsn):
+        """The admin token leaks and someone logs in to the console with it; the operator rotates the token and
+        restarts. The session (kept in the store 8 hours, through restarts) opened admin pages and acted for
+        them. A session now opens pages only while the token that opened it is still one of its scope's. (Gates
+        with other tokens on one PostgreSQL database stand for the restarts, and for nodes rotated one by one.)"""
+        first = await start_gate(database=pg_dsn, **WEBHOOK)
+        async with new_session() as intruder, new_session() as reader:
+            assert (await login(first.url, intruder, ADMIN_TOKEN, label="intruder")).status == 303
+            assert (await login(first.url, reader, TOKEN, label="reader")).status == 303
+            admin_sid, reader_sid = _sid(intruder), _sid(reader)
+        assert (await _home_with(first.url, admin_sid))[0] == 200       # both open before the rotation
+
+        rotated = await start_gate(database=pg_dsn, **{**WEBHOOK, "PLANGATE_ADMIN_TOKEN": "rotated-admin-token-0123456789"})
+        assert (await _home_with(rotated.url, admin_sid))[0] == 303      # to the login page
+        assert (await _home_with(rotated.url, reader_sid))[0] == 200     # the API token did not change
+        async with new_session() as browser:
+            async with browser.post(rotated.url + "/console/subjects/alice/transition", cookies={COOKIE: admin_sid},
+                                    data={"csrf": "x", "what": "action:close_account", "reason": "r",
+                                          "confirm": "yes"}, allow_redirects=False) as r:
+                assert r.status == 303
+        assert (await rotated.get("/v1/subjects/alice"))[1]["known"] is False
+        both = await start_gate(database=pg_dsn, **{**WEBHOOK, "PLANGATE_API_TOKEN": f"new-api-token-0123456789,{TOKEN}"})
+        assert (await _home_with(both.url, reader_sid))[0] == 200       # still one of its scope's tokens
+        assert (await _home_with(both.url, admin_sid))[0] == 200
+        moved = await start_gate(database=pg_dsn, **{**WEBHOOK, "PLANGATE_API_TOKEN": f"{TOKEN},{ADMIN_TOKEN}",
+                                    "PLANGATE_ADMIN_TOKEN": "rotated-admin-token-0123456789"})
+        assert (await _home_with(moved.url, admin_sid))[0] == 303       # the token is no longer an admin's
+
+    async def test_logins_refusals_and_logouts_are_logged_without_secrets(self, console):
+        gate, session = console
+        with capture_logs() as logs:
+            assert (await login(gate.url, session, "not-the-token")).status == 401
+            assert (await login(gate.url, session, ADMIN_TOKEN, label="Ada")).status == 303
+            async with session.get(gate.url + "/console/") as r:
+                csrf = hidden(await r.text(), "csrf")
+            async with session.post(gate.url + "/console/logout", data={"csrf": csrf}, allow_redirects=False) as r:
+                assert r.status == 303
+        lines = [json.loads(line) for line in logs.text.splitlines()]
+        events = [(line["event"], line.get("why") or line.get("scope")) for line in lines
+                  if line["event"].startswith("console_")]
+        assert events == [("console_login_refused", "wrong_token"), ("console_login", "admin"),
+                          ("console_logout", None)]
+        assert all(line.get("address") == "127.0.0.1" for line in lines if line["event"] != "console_logout")
+        assert ADMIN_TOKEN not in logs.text and csrf not in logs.text
+
+    async def test_a_name_with_control_characters_is_refused_as_the_api_refuses_such_an_actor(self, console):
+        gate, session = console
+        for label in ("Ada\x1b[2K\x1b[1Gadmin-api", "Ada\u202enimda"):
+            r = await login(gate.url, session, ADMIN_TOKEN, label=label)
+            assert r.status == 400 and "control or formatting" in await r.text()
+        assert (await gate.post("/v1/subjects/alice/transition", {"to": "closed", "reason": "x",
+                                                                  "actor": "Ada\x1b[2K"}))[0] == 400
+
+
 def _sid(session) -> str:
     return next(c.value for c in session.cookie_jar if c.key == COOKIE)
 
@@ -328,13 +387,13 @@ class TestProposedPlan:
         async with session.get(gate.url + "/console/plan/proposal") as r:
             csrf = hidden(await r.text(), "csrf")
         text = PLAN.read_text(encoding="utf-8")
-        lowered = text.replace("requests: {limit: 5000, per: billing_period}",
-                               "requests: {limit: 3000, per: billing_period}")
+        lowered = text.replace("requests: {limit: 5000, per: month, anchor: billing}",
+                               "requests: {limit: 3000, per: month, anchor: billing}")
         assert lowered != text
         async with session.post(gate.url + "/console/plan/proposal", data={"csrf": csrf, "plan": lowered}) as r:
             page = await r.text()
         assert r.status == 200
-        assert "requests quota lowered, 5000 per billing period -&gt; 3000 per billing period" in page
+        assert "requests quota lowered, 5000 per month from the billing anniversary -&gt; 3000 per month" in page
         assert "1 stored subject(s) in all" in page and "strands no subject" in page
         assert (await gate.get("/v1/plan"))[1]["version"] == gate.app[GATE].table.version
 
@@ -405,29 +464,29 @@ class TestBounds:
     async def test_expired_sessions_go_before_live_ones(self, monkeypatch, store, tmp_path):
         monkeypatch.setattr(_session, "MAX_SESSIONS", 3)
         now = [0.0]
-        sessions = _session.Sessions(_gate_on(store, tmp_path), clock=lambda: now[0])
-        old, _ = await sessions.open("old", False)
+        sessions = _session.Sessions(_gate_on(store, tmp_path), *BEARERS, clock=lambda: now[0])
+        old, _ = await sessions.open("old", False, API)
         now[0] = _session.LIFETIME - 1
-        live, _ = await sessions.open("live", False)
+        live, _ = await sessions.open("live", False, API)
         now[0] = _session.LIFETIME + 1      # old has expired, live has not
-        newest, _ = await sessions.open("new", False)
+        newest, _ = await sessions.open("new", False, API)
         assert await sessions.get(live) is not None and await sessions.get(newest) is not None
         assert await sessions.get(old) is None
         assert await store.console_session(_session._hashed(old)) is None     # gone, not only expired
         now[0] += 1
-        await sessions.open("fourth", False)            # three now: live still there
+        await sessions.open("fourth", False, API)            # three now: live still there
         assert await sessions.get(live) is not None
         now[0] += 1
-        await sessions.open("fifth", False)             # the oldest goes
+        await sessions.open("fifth", False, API)             # the oldest goes
         assert await sessions.get(live) is None and await sessions.get(newest) is not None
 
     async def test_the_store_holds_a_hash_of_the_id_and_a_session_ends_once(self, store, tmp_path):
-        sessions = _session.Sessions(_gate_on(store, tmp_path))
-        sid, opened = await sessions.open("Ada", True)
+        sessions = _session.Sessions(_gate_on(store, tmp_path), *BEARERS)
+        sid, opened = await sessions.open("Ada", True, ADMIN)
         assert await store.console_session(sid) is None
         stored = await store.console_session(_session._hashed(sid))
         assert stored == opened and stored.admin and stored.label == "Ada"
-        again, _ = await sessions.open("Ada", True, replacing=sid)
+        again, _ = await sessions.open("Ada", True, ADMIN, replacing=sid)
         assert await sessions.get(sid) is None and await sessions.get(again) is not None
         await sessions.close(again)
         assert await sessions.get(again) is None

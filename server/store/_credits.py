@@ -55,7 +55,8 @@ UPDATE_REPORT = ("UPDATE overage_reports SET status = ?, attempts = ?, next_atte
                  "sent_at = ?, stripe_customer = ? WHERE identifier = ?")
 # What was sent per customer and meter event between two times (reconciliation compares it with Stripe's sums).
 SENT_TOTALS = ("SELECT stripe_customer, event_name, sum(value) FROM overage_reports WHERE status = 'sent' AND "
-               "at >= ? AND at < ? AND stripe_customer IS NOT NULL GROUP BY stripe_customer, event_name")
+               "at >= ? AND at < ? AND stripe_customer IS NOT NULL GROUP BY stripe_customer, event_name "
+               "HAVING max(sent_at) < ?")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,14 @@
 package), and checked against Stripe's own sums.
 
 Each counted piece of work's overage is a report row, written with its count (never lost with a crash). The
-`report` job sends the due ones a batch at a time, a few at once; each event carries the report's identifier,
+`report` job sends the due ones a batch at a time, a few at once, batch after batch until none is due (or the
+run's time is spent); each event carries the report's identifier,
 and the request the same as its idempotency key, so a report sent twice (a timeout, a crash before its row said
 `sent`) is counted once by Stripe. A transient failure (unreachable, 429, 5xx) leaves the report pending, retried
-later with a growing pause; one Stripe refuses (4xx: an unknown customer or meter, a timestamp older than 35 days)
-is kept, `refused`, with Stripe's message: visible in GET /v1/overage and the metrics, never dropped. A report
-whose subject has no Stripe customer yet waits (pending) for one.
+later with a growing pause; one Stripe refuses (4xx: an unknown customer or meter, a timestamp older than 35 days,
+its idempotency key already used with other parameters) is kept, `refused`, with Stripe's message: visible in
+GET /v1/overage and the metrics, never dropped. A report whose subject has no Stripe customer yet waits (pending)
+for one.
 
 Reconciliation asks Stripe for each meter's summaries per customer over the last day (whole minutes, as Stripe
 aggregates them, until a few minutes ago: Stripe processes events asynchronously) and compares them with what was
@@ -32,8 +34,9 @@ SENDING_AT_ONCE = 8
 RETRY_FIRST = 30.0          # seconds before the first retry; doubled each attempt
 RETRY_MOST = 3600.0
 NO_CUSTOMER_PAUSE = 300.0   # a report whose subject has no Stripe customer yet is looked at again this often
+RUN_BUDGET = 40.0           # seconds a run goes on taking batches (the job runs every minute)
 RECONCILE_SPAN = 86400      # reconciliation compares the last day...
-RECONCILE_SETTLE = 600      # ...until this long ago
+RECONCILE_SETTLE = 600      # ...until this long ago, of what reached Stripe at least this long ago
 _TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, TimeoutError)
 
 
@@ -63,10 +66,23 @@ class MeterEvents:
         """Send the reports due now: (sent, left for a retry, refused)."""
         if not self.api.configured:
             return 0, 0, 0
-        now = self.gate.clock()
-        due = await self.gate.timed("overage", self.gate.store.overage_due(now, REPORT_BATCH), timeout=30.0)
-        if not due:
-            return 0, 0, 0
+        now, loop = self.gate.clock(), asyncio.get_running_loop()
+        ends = loop.time() + RUN_BUDGET
+        totals = {"sent": 0, "pending": 0, "refused": 0}
+        # Each batch's reports leave the due ones (sent, refused, or due again only after a pause): the next batch
+        # is the next reports due.
+        while True:
+            due = await self.gate.timed("overage", self.gate.store.overage_due(now, REPORT_BATCH), timeout=30.0)
+            if not due:
+                break
+            for status, n in (await self._send_batch(due, now)).items():
+                totals[status] += n
+            if len(due) < REPORT_BATCH or loop.time() >= ends:
+                break
+        return totals["sent"], totals["pending"], totals["refused"]
+
+    async def _send_batch(self, due: list[OverageReport], now: float) -> dict[str, int]:
+        """One batch sent, a few at once, and every outcome written: how many were sent, left, refused."""
         turns = asyncio.Semaphore(SENDING_AT_ONCE)
 
         async def one(report: OverageReport) -> OverageReport:
@@ -85,7 +101,7 @@ class MeterEvents:
         for result, status in (("sent", "sent"), ("retry", "pending"), ("refused", "refused")):
             if counts[status]:
                 self.gate.metrics.overage_reports.labels(result).inc(counts[status])
-        return counts["sent"], counts["pending"], counts["refused"]
+        return counts
 
     async def _send(self, report: OverageReport, now: float) -> OverageReport:
         customer = report.stripe_customer or await self._customer(report.subject)
@@ -107,6 +123,16 @@ class MeterEvents:
             log(logging.WARNING, "overage_refused", report=report.identifier, subject=report.subject,
                 event_name=report.event_name, error=message)
             return replace(report, status="refused", last_error=f"Stripe refused it: {message}"[:500])
+        except stripe.IdempotencyError as exc:
+            message = str(exc.user_message or exc)
+            if exc.http_status == 409 or "in-progress" in message:      # the same request still under way there
+                return self._later(report, now, f"IdempotencyError: {message}")
+            # Its key went with other parameters (the customer it was first sent for changed since): sending it
+            # again after Stripe forgets the key (24 h) could bill it twice. Kept for a person to compare.
+            log(logging.WARNING, "overage_refused", report=report.identifier, subject=report.subject,
+                event_name=report.event_name, error=message)
+            return replace(report, status="refused", last_error=f"Stripe refused it: its idempotency key was used "
+                                                                f"with other parameters ({message})"[:500])
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             return self._later(report, now, f"Stripe refused the key: {exc.user_message or exc}")
         except _TRANSIENT as exc:
@@ -115,7 +141,7 @@ class MeterEvents:
 
     @staticmethod
     def _later(report: OverageReport, now: float, error: str) -> OverageReport:
-        pause = min(RETRY_FIRST * 2 ** max(report.attempts - 1, 0), RETRY_MOST)
+        pause = min(RETRY_FIRST * 2 ** min(max(report.attempts - 1, 0), 32), RETRY_MOST)     # 2**1024: no float
         return replace(report, next_attempt_at=now + pause, last_error=error[:500])
 
     async def _customer(self, subject: str) -> str | None:
@@ -129,7 +155,10 @@ class MeterEvents:
         now = self.gate.clock()
         end = (int(now) - RECONCILE_SETTLE) // 60 * 60
         start = end - RECONCILE_SPAN
-        sent = await self.gate.timed("overage", self.gate.store.overage_sent(start, end), timeout=30.0)
+        # A customer's event whose report reached Stripe lately (retried, or waiting for the customer) may not be
+        # in Stripe's sums yet: compared at a later run.
+        sent = await self.gate.timed("overage", self.gate.store.overage_sent(start, end, now - RECONCILE_SETTLE),
+                                     timeout=30.0)
         if not sent:
             self.last_check = Checked(now, start, end, (), 0)
             return self.last_check

@@ -31,6 +31,9 @@ class FakeStripe:
     failing: int = 0                                                   # the next requests answered 503
     lost: int = 0           # the next accepted events whose answer is lost (a 503 after Stripe recorded them)
     reused: int = 0         # the next meter events refused as a reused idempotency key (Stripe's idempotency_error)
+    in_progress: int = 0    # the next meter events refused as their key's first request is still under way (409)
+    unforeseen: int = 0     # the next meter events answered with an error no meter event has (a card_error, 402)
+    unprocessed: set[str] = field(default_factory=set)     # identifiers accepted but not in the summaries yet
     revoked: int = 0        # the next requests refused as made with a revoked key (401)
     lines_asked: int = 0    # requests for a Checkout Session's line items
     subscriptions_asked: int = 0
@@ -70,6 +73,15 @@ class FakeStripe:
             self.reused -= 1
             return _error(400, "idempotency_error", "Keys for idempotent requests can only be used with the same "
                                                     "parameters they were first used with.")
+        if self.in_progress:
+            self.in_progress -= 1
+            return _error(409, "idempotency_error", "There is currently another in-progress request using this "
+                                                    "Idempotent Key (that probably means you submitted twice, and "
+                                                    "the other request is still going through). Please try again "
+                                                    "later.")
+        if self.unforeseen:
+            self.unforeseen -= 1
+            return _error(402, "card_error", "Your card was declined.", "card_declined")
         name, ident = form.get("event_name"), form.get("identifier")
         customer = form.get("payload[stripe_customer_id]")
         if name not in self.meters:
@@ -111,7 +123,8 @@ class FakeStripe:
         if start % 60 or end % 60:
             return _error(400, "invalid_request_error", "start_time and end_time must be aligned to minutes")
         total = sum(float(e["payload"]["value"]) for e in self.events if e["event_name"] == name
-                    and e["payload"]["stripe_customer_id"] == customer and start <= e["timestamp"] < end)
+                    and e["payload"]["stripe_customer_id"] == customer and start <= e["timestamp"] < end
+                    and e["identifier"] not in self.unprocessed)
         data = [{"id": "mtrsum_1", "object": "billing.meter_event_summary", "aggregated_value": total,
                  "start_time": start, "end_time": end, "livemode": False, "meter": meter}]
         return web.json_response({"object": "list", "data": data, "has_more": False,

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from plangate.server.http.api import GATE, JOBS
+from plangate.server.store import OverageReport
+from plangate.server.stripe.meter_events import REPORT_BATCH, RETRY_MOST, MeterEvents
 
 from .stripe_meters import KEY
 from .test_entitlements import AI, QUIET, consume, database, deliver, subscription, view  # noqa: F401
@@ -89,20 +91,80 @@ class TestReporting:
         assert {r[1]["identifier"] for r in fake.requests} == {fake.events[0]["identifier"]}
 
     async def test_one_report_failing_unexpectedly_keeps_the_others_outcomes(self, scale, fake):
-        """A report whose sending fails in a way not foreseen (here Stripe's idempotency_error) is left for a
-        retry; the reports sent beside it are recorded as sent. Before, the whole batch's outcomes were lost: the
-        sent ones went again at every run, and past Stripe's 24 hours of deduplication would be billed twice."""
+        """A report whose sending fails in a way not foreseen (here a card_error) is left for a retry; the
+        reports sent beside it are recorded as sent. Before, the whole batch's outcomes were lost: the sent ones
+        went again at every run, and past Stripe's 24 hours of deduplication would be billed twice."""
         await consume(scale, "s1", "tokens", 10, key="job-4")
         await consume(scale, "s1", "tokens", 20, key="job-5")
-        fake.reused = 1
+        fake.unforeseen = 1
         assert await job(scale) == [1, 1, 0]
         (pending,) = (await overage(scale, status="pending"))["reports"]
-        assert "IdempotencyError" in pending["last_error"] and pending["attempts"] == 1     # the next waits longer
+        assert "CardError" in pending["last_error"] and pending["attempts"] == 1     # the next waits longer
         gate = scale.app[GATE]
         real = gate.clock
         gate.clock = lambda: real() + 31
         assert await job(scale) == [1, 0, 0]
         assert len(fake.events) == 2 and len(fake.requests) == 3     # the one sent first was not sent again
+
+    async def test_a_key_used_with_other_parameters_is_refused_not_retried_for_ever(self, scale, fake):
+        """Stripe's idempotency_error for a key first used with other parameters was retried hourly without end
+        (and sent again once Stripe forgot the key, 24 hours on: maybe billed twice). It is refused and shown; a
+        key whose first request is still under way at Stripe (409) is retried."""
+        await consume(scale, "s1", "tokens", 10, key="job-6")
+        fake.in_progress = 10           # more than the stripe package's own retries of a 409
+        assert await job(scale) == [0, 1, 0]
+        fake.in_progress = 0
+        (pending,) = (await overage(scale, status="pending"))["reports"]
+        assert "in-progress" in pending["last_error"]
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 31
+        fake.reused = 1
+        assert await job(scale) == [0, 0, 1]
+        (refused,) = (await overage(scale))["reports"]
+        assert refused["status"] == "refused" and "used with other parameters" in refused["last_error"]
+        gate.clock = lambda: real() + 7200
+        assert await job(scale) == [0, 0, 0] and fake.events == []
+
+    async def test_one_run_sends_every_due_report_not_one_batch(self, scale, fake):
+        """A run sent one batch (200) and stopped: past 200 pieces of overage work a minute the backlog grew for
+        ever, reaching Stripe later and later (refused past 35 days)."""
+        total = REPORT_BATCH + 30
+        for start in range(0, total, 25):
+            await asyncio.gather(*(consume(scale, "s1", "tokens", 1, key=f"burst-{i}")
+                                   for i in range(start, min(start + 25, total))))
+        assert (await overage(scale, status="pending"))["counts"]["pending"]["reports"] == total
+        assert await job(scale) == [total, 0, 0]
+        assert len(fake.events) == total and await job(scale) == [0, 0, 0]
+
+    def test_the_pause_stays_an_hour_however_many_attempts(self):
+        """2 ** 1024 is no float: a report that had failed 1,024 times (six weeks of hourly tries with a revoked
+        key) raised OverflowError in every run, and the batch's other outcomes were lost with it."""
+        report = OverageReport("ovr_1", "s1", "tokens", "api_tokens_overage", 5, NOW, "cus_1", attempts=1025)
+        later = MeterEvents._later(report, NOW, "Stripe refused the key")
+        assert later.next_attempt_at == NOW + RETRY_MOST
+
+    async def test_a_report_sent_late_is_compared_once_stripe_had_time_to_sum_it(self, scale, fake):
+        """Reconciliation compared work counted over ten minutes ago, however lately its report reached Stripe
+        (after retries, or waiting for its customer): Stripe had not summed it yet, a false difference."""
+        await consume(scale, "s1", "tokens", 40, key="on-time")
+        assert await job(scale) == [1, 0, 0]
+        await consume(scale, "s1", "tokens", 2, key="late")
+        fake.failing = 1
+        assert await job(scale) == [0, 1, 0]
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 1200          # both counted past the settling time
+        assert await job(scale) == [1, 0, 0]        # the late one reaches Stripe only now...
+        fake.unprocessed.add(fake.events[-1]["identifier"])      # ...which has not summed it yet
+        await job(scale, "reconcile")
+        checked = (await overage(scale))["reconciliation"]
+        assert checked["differences"] == [] and checked["compared"] == 0
+        fake.unprocessed.clear()
+        gate.clock = lambda: real() + 1200 + 601
+        await job(scale, "reconcile")
+        checked = (await overage(scale))["reconciliation"]
+        assert checked["differences"] == [] and checked["compared"] == 1
 
     async def test_a_refused_report_is_kept_and_shown(self, start_gate, database, fake):
         fake.customers.clear()                           # Stripe knows no such customer

@@ -24,12 +24,17 @@ class Impact:
     """What a change does to stored subjects (plangate diff --database)."""
 
     message: str
-    subjects: int
+    subjects: int                   # the stored subjects it reaches
     strands: bool = False
     location: Location | None = None
+    over_limit: int | None = None   # of them, over a lowered quota's new limit right now (a quota's change)
+    running_timers: int | None = None   # of them, with a timer running (a timer's change)
 
     def to_dict(self) -> dict:
-        return {"message": self.message, "subjects": self.subjects, "strands": self.strands}
+        found = {"message": self.message, "subjects": self.subjects, "strands": self.strands}
+        found.update((k, v) for k, v in (("over_limit", self.over_limit), ("running_timers", self.running_timers))
+                     if v is not None)
+        return found
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,10 @@ async def _change_impact(store, census: Census, old: StateTable, new: StateTable
     if change.area is Area.TIMER:
         rows = await store.subjects_named(change.statuses, (), EXAMINED)
         running = sum(1 for r in rows if r.state.timer_due is not None)
-        return Impact(f"{change.message}: {running} of {subjects} subject(s) have a running timer", running,
-                      location=change.location)
+        kept = "; running timers keep their due time, the new one applies to subjects entering the status" \
+            if running else ""
+        return Impact(f"{change.message}: {running} of {subjects} subject(s) have a running timer{kept}", subjects,
+                      location=change.location, running_timers=running)
     return Impact(f"{change.message}: {subjects} subject(s)", subjects, location=change.location)
 
 
@@ -97,7 +99,7 @@ async def _over_quota(store, old: StateTable, new: StateTable, change: PlanChang
         f"; they keep the old quota ({kept.value})" if kept is ExistingSubscribers.NEVER else \
         "; they keep the old quota until their next billing period"
     return Impact(f"{change.message}: {subjects} subject(s), {over}{examined} over the new limit of {change.limit} "
-                  f"right now{when}", over, location=change.location)
+                  f"right now{when}", subjects, location=change.location, over_limit=over)
 
 
 def _new_limit(new: StateTable, stored: StoredSubject, meter: str, now: float) -> int | None:

@@ -77,7 +77,8 @@ class TestImpact:
         assert main(["diff", *diff(folder, lowered_pro("never"), "--database", url, "--format", "json")]) == 0
         body = json.loads(capsys.readouterr().out)
         (row,) = [i for i in body["impact"] if "over the new limit" in i["message"]]
-        assert row["subjects"] == 1 and "they keep the old quota (never)" in row["message"]
+        assert (row["subjects"], row["over_limit"]) == (3, 1) and "they keep the old quota (never)" in row["message"]
+        assert row["message"].split(": ")[-1].startswith("3 subject(s), 1 over")      # the figures the text says
 
     def test_stranded_subjects_fail_and_an_empty_removed_status_does_not(self, stored, capsys):
         url, folder = stored
@@ -97,7 +98,12 @@ class TestImpact:
     def test_whose_timers_change(self, stored, capsys):
         url, folder = stored
         main(["diff", *diff(folder, edited(("expires_after: 3d", "expires_after: 5d")), "--database", url)])
-        assert "status 'grace': timer 3d -> 5d: 1 of 1 subject(s) have a running timer" in capsys.readouterr().out
+        assert ("status 'grace': timer 3d -> 5d: 1 of 1 subject(s) have a running timer; running timers keep their "
+                "due time, the new one applies to subjects entering the status") in capsys.readouterr().out
+        main(["diff", *diff(folder, edited(("expires_after: 3d", "expires_after: 5d")), "--database", url,
+                            "--format", "json")])
+        (row,) = [i for i in json.loads(capsys.readouterr().out)["impact"] if "timer" in i["message"]]
+        assert (row["subjects"], row["running_timers"]) == (1, 1) and "over_limit" not in row
 
     def test_a_missing_store_is_a_usage_error(self, tmp_path, capsys):
         assert main(["diff", *diff(tmp_path, V1, "--database", str(tmp_path / "nope.sqlite3"))]) == 2

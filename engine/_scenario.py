@@ -95,9 +95,16 @@ class _Bad(ValueError):
 
 
 def looks_like_scenario(text: str, file: str) -> bool:
-    """Whether a YAML text is a scenario (a mapping with `steps`) rather than a plan."""
+    """Whether a YAML text is a scenario (a mapping with `steps`) rather than a plan. One that is not valid YAML
+    is a scenario when a line begins with `steps:` (no plan has such a key), so that its YAML error is reported
+    as the scenario's, not as a broken plan's."""
     doc, _ = parse_yaml(text, file)
-    return doc is not None and isinstance(doc.data, Mapping) and "steps" in doc.data
+    if doc is None:
+        return _STEPS_LINE.search(text) is not None
+    return isinstance(doc.data, Mapping) and "steps" in doc.data
+
+
+_STEPS_LINE = re.compile(r"^steps[ \t]*:", re.MULTILINE)
 
 
 def parse_scenario(text: str, file: str, table: StateTable) -> Scenario:

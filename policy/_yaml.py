@@ -117,6 +117,9 @@ def _parse_with(loader, text: str, file: str) -> tuple[Document | None, list[Fin
         return None, [_finding(file, "yaml-syntax", f"YAML syntax: {exc}", getattr(exc, "problem_mark", None))]
     except RecursionError:
         return None, [_finding(file, "yaml-syntax", "YAML syntax: the document is nested too deeply", None)]
+    if len(nodes) == 1 and isinstance(nodes[0], yaml.ScalarNode) and nodes[0].value == "" and \
+            nodes[0].tag == "tag:yaml.org,2002:null":
+        nodes = []      # a document with nothing in it (`---` alone, or only comments after it)
     if len(nodes) != 1:
         msg = "the file is empty: a plan needs at least version, meters, statuses and transitions" if not nodes \
             else "the file holds several YAML documents (---); a plan is one document"

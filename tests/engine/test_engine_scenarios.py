@@ -94,6 +94,22 @@ class TestFixtures:
 
 
 class TestArguments:
+    @pytest.mark.parametrize("text, problem", [
+        ('name: x\nstart: "2026-01-01T00:00:00Z"\nsteps:\n\t- consume: 1\n', ":4:1: YAML syntax"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\nsteps:\n  - consume: 1\n", ":2:8: the value is of type timestamp"),
+    ])
+    def test_a_story_alone_with_a_yaml_mistake_is_reported_as_the_story(self, repo, tmp_path, monkeypatch, capsys,
+                                                                        text, problem):
+        """`plangate test mystory.yaml` with a YAML mistake in the story: it was taken for the plan ("the plan
+        has errors; fix them first (plangate lint ...)"), and lint then spoke of a plan's missing keys."""
+        monkeypatch.chdir(repo)
+        story = tmp_path / "mystory.yaml"
+        story.write_text(text, encoding="utf-8")
+        assert run_scenarios([str(story)]) == EXIT_USAGE
+        out, err = capsys.readouterr()
+        assert f"{story}{problem}" in err and "the plan" not in err
+        assert out.rstrip().endswith("0 passed, 0 failed, 1 file(s) could not run")
+
     def test_a_missing_plan(self, tmp_path, capsys):
         assert run_scenarios([str(tmp_path / "plans.yaml"), str(FIXTURES)]) == EXIT_USAGE
         assert "no such file" in capsys.readouterr().err

@@ -368,6 +368,21 @@ def payment_failure_handled(plan: Plan) -> Iterator[Finding]:
                      "a failed renewal would leave the customer here", s.location)
 
 
+def paying_quotas(plan: Plan) -> Iterator[Finding]:
+    """A paying status that allows work gives each meter a quota (a limit, `tier` or `unlimited`): a meter it
+    leaves out is refused to every paying customer, which lint and `serve` otherwise take as meant."""
+    for s in plan.statuses:
+        if not (s.paying and s.allows):
+            continue
+        given = {q.meter for q in s.quotas}
+        missing = [m.name for m in plan.meters if m.name not in given]
+        if missing:
+            names = ", ".join(f"'{m}'" for m in missing)
+            yield _f("paying-without-quota", W,
+                     f"paying status '{s.name}' gives no quota of {names}: every paying customer would be refused "
+                     "it (reason no_quota); give a limit, `tier` or `unlimited`", s.location)
+
+
 def grace_not_skipped(plan: Plan) -> Iterator[Finding]:
     """From a paying status, Stripe events and timers should reach a denying status only through grace.
     Cancellation, a pause, a refund or a dispute, and admin actions are deliberate ends, not failed payments
@@ -453,6 +468,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("billing-period-without-subscription", billing_period_without_subscription),
     ("unhandled-payment-failure", payment_failure_handled),
     ("grace-skipped", grace_not_skipped),
+    ("paying-without-quota", paying_quotas),
     ("unknown-field/wrong-value-type", stripe_rules.condition_fields),
     ("unlinkable-event", stripe_rules.linkable_events),
     ("zero-invoice-ends-trial", stripe_rules.zero_invoice_ends_trial),
@@ -467,7 +483,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
 # cannot run with are never silenced.
 SILENCEABLE = frozenset({
     "unhandled-payment-failure", "grace-skipped", "unknown-field", "wrong-value-type", "unlinkable-event",
-    "zero-invoice-ends-trial", "active-ends-trial", "paying-without-exit",
+    "zero-invoice-ends-trial", "active-ends-trial", "paying-without-exit", "paying-without-quota",
 }) | entitlement_rules.SILENCEABLE
 
 

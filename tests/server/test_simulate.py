@@ -77,6 +77,29 @@ def test_a_second_run_of_a_lifecycle_gets_fresh_ids_and_passes_again(gate, capsy
     assert "duplicate" not in capsys.readouterr().out
 
 
+def test_an_event_the_gate_did_not_apply_says_why(gate, capsys):
+    """An admin's move before the lifecycle makes its events stale: the run failed with "expected paid_trial, got
+    grace_period" and no word of why; the reason the gate stored is printed under the event."""
+    post = urllib.request.Request(f"{gate.url}/v1/subjects/why/transition", method="POST",
+                                  data=json.dumps({"to": "grace_period", "reason": "support said so"}).encode(),
+                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(post, timeout=10) as resp:
+        assert json.loads(resp.read())["moved"] is True
+    assert simulate_(gate, "--subject", "why", "trial-declined") == 1
+    out = capsys.readouterr().out
+    assert "gate:  stale" in out and "why:   " in out and "admin" in out.split("why:   ", 1)[1].splitlines()[0]
+
+
+def test_a_gate_with_enforcement_off_plays_every_lifecycle(tmp_path, capsys):
+    """With SUBSCRIPTION_ENABLED=false a check answers no status: an event the gate ignores asked it for one."""
+    proc = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "off.sqlite3"), "SUBSCRIPTION_ENABLED": "false",
+                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
+    try:
+        assert simulate_(proc, "--subject", "off", *LIVES) == 0, capsys.readouterr().out
+    finally:
+        proc.stop()
+
+
 def test_one_lifecycle_as_a_process(gate, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PLANGATE_API_TOKEN",
                                                                "PLANGATE_ADMIN_TOKEN")}

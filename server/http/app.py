@@ -83,6 +83,10 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         if not config.webhook_secrets:
             log(logging.WARNING, "webhook_disabled",
                 why="STRIPE_WEBHOOK_SECRET is not set: /webhook/stripe answers 503")
+        if not config.stripe_secret_key:
+            log(logging.WARNING, "stripe_api_disabled",
+                why="STRIPE_SECRET_KEY is not set: reconciliation asks Stripe nothing (a lost webhook is not "
+                    "recovered) and overage is not reported")
         log(logging.INFO, "started", plan_version=gate.table.version, enforcement=config.enabled,
             kill_switch=config.kill_switch, fail_mode=config.fail_mode, timers_fired_at_start=caught_up)
         yield

@@ -3,6 +3,7 @@ that is news to the subject, and only confirms the subject when Stripe says what
 admin's decision made since those facts stands."""
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -208,3 +209,17 @@ async def test_a_paid_invoice_older_than_an_admins_decision_does_not_undo_it(sta
     core.clock = lambda: real() + DAY
     assert await reconcile(gate) == 0
     assert await status_of(gate, "mona") == "billing_problem"
+
+
+@pytest.mark.parametrize("each_database", ["sqlite"], indirect=True)     # about settings, not the store
+async def test_a_gate_without_a_stripe_key_says_at_start_that_it_asks_stripe_nothing(start_gate, database, caplog):
+    """Without STRIPE_SECRET_KEY the reconcile job answered 0 and logged nothing: a lost webhook was never
+    recovered, unseen."""
+    caplog.set_level(logging.WARNING, logger="plangate")
+    gate = await start_gate(STRIPE_WEBHOOK_SECRET=se.SECRET)
+    assert await reconcile(gate) == 0
+    assert [r for r in caplog.records if r.getMessage() == "stripe_api_disabled"]
+    caplog.clear()
+    await start_gate(database=database + ".keyed", STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                     STRIPE_API_BASE="http://127.0.0.1:9")
+    assert not [r for r in caplog.records if r.getMessage() == "stripe_api_disabled"]

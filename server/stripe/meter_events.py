@@ -164,21 +164,32 @@ class MeterEvents:
             return self.last_check
         meters = await self._meters()
         differences = []
+        compared = 0
         for customer, event_name, value in sent:
             meter = meters.get(event_name)
-            theirs = await self._summed(meter, customer, start, end) if meter else 0
+            try:
+                theirs = await self._summed(meter, customer, start, end) if meter else 0
+            except (stripe.StripeError, TimeoutError) as exc:     # this customer's sum, not the others'
+                log(logging.WARNING, "overage_reconcile_unanswered", customer=customer, event_name=event_name,
+                    error=f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}")
+                continue
+            compared += 1
             if theirs != value:
                 differences.append((customer, event_name, value, theirs))
                 log(logging.WARNING, "overage_mismatch", customer=customer, event_name=event_name, sent=value,
                     stripe=theirs, start=start, end=end, meter=meter or "none with this event name")
-        self.last_check = Checked(now, start, end, tuple(differences), len(sent))
+        self.last_check = Checked(now, start, end, tuple(differences), compared)
         return self.last_check
 
     async def _meters(self) -> dict[str, str]:
-        """Stripe's meters: event name -> meter id."""
-        async with asyncio.timeout(ASK_TIMEOUT):
-            listed = await self.api.client().v1.billing.meters.list_async({"limit": 100})
-        return {m["event_name"]: m["id"] for m in listed.to_dict().get("data", [])}
+        """Stripe's active meters, every page of them: event name -> meter id (an event name is one active
+        meter's at most; an inactive meter sums nothing new)."""
+        found: dict[str, str] = {}
+        async with asyncio.timeout(ASK_TIMEOUT * 5):
+            listed = await self.api.client().v1.billing.meters.list_async({"limit": 100, "status": "active"})
+            async for meter in listed.auto_paging_iter():
+                found[meter["event_name"]] = meter["id"]
+        return found
 
     async def _summed(self, meter: str, customer: str, start: int, end: int) -> int:
         async with asyncio.timeout(ASK_TIMEOUT):

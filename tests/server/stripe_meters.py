@@ -20,6 +20,8 @@ KEY = "sk_test_meters_0123456789"
 @dataclass
 class FakeStripe:
     meters: dict[str, str] = field(default_factory=dict)              # event name -> meter id
+    inactive_meters: dict[str, str] = field(default_factory=dict)     # event name -> id of a deactivated meter
+    summaries_failing: set[str] = field(default_factory=set)          # customers whose summaries answer 500
     customers: set[str] = field(default_factory=set)
     line_items: dict[str, list[dict]] = field(default_factory=dict)    # session id -> its lines
     subscriptions: dict[str, dict] = field(default_factory=dict)       # subscription id -> the object now
@@ -108,9 +110,18 @@ class FakeStripe:
         refused = self._auth(request)
         if refused is not None:
             return refused
-        data = [{"id": ident, "object": "billing.meter", "event_name": name, "status": "active"}
-                for name, ident in self.meters.items()]
-        return web.json_response({"object": "list", "data": data, "has_more": False, "url": "/v1/billing/meters"})
+        every = [{"id": ident, "object": "billing.meter", "event_name": name, "status": "active"}
+                 for name, ident in self.meters.items()]
+        every += [{"id": ident, "object": "billing.meter", "event_name": name, "status": "inactive"}
+                  for name, ident in self.inactive_meters.items()]
+        q = request.query
+        if "status" in q:
+            every = [m for m in every if m["status"] == q["status"]]
+        after = next((i + 1 for i, m in enumerate(every) if m["id"] == q.get("starting_after")), 0)
+        limit = int(q.get("limit", 10))
+        data = every[after:after + limit]
+        return web.json_response({"object": "list", "data": data, "has_more": after + limit < len(every),
+                                  "url": "/v1/billing/meters"})
 
     async def summaries(self, request: web.Request) -> web.Response:
         refused = self._auth(request)
@@ -120,6 +131,9 @@ class FakeStripe:
         name = next((n for n, i in self.meters.items() if i == meter), None)
         q = request.query
         start, end, customer = int(q["start_time"]), int(q["end_time"]), q["customer"]
+        if customer in self.summaries_failing:
+            return web.json_response({"error": {"type": "api_error", "message": "trouble summing (test)"}},
+                                     status=500, headers={"Stripe-Should-Retry": "false"})
         if start % 60 or end % 60:
             return _error(400, "invalid_request_error", "start_time and end_time must be aligned to minutes")
         total = sum(float(e["payload"]["value"]) for e in self.events if e["event_name"] == name

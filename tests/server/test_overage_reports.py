@@ -241,3 +241,29 @@ class TestReconciliation:
         await job(scale, "reconcile")
         (difference,) = (await overage(scale))["reconciliation"]["differences"]
         assert difference == {"customer": "cus_1", "event_name": "api_tokens_overage", "sent": 42, "stripe": 82}
+
+    async def test_every_page_of_active_meters_is_read_and_one_customer_failing_fails_only_itself(
+            self, start_gate, database, fake):
+        """Reconciliation read the first 100 meters, inactive ones too (a deactivated meter of the same event
+        name could stand for the live one: a false difference), and one customer's failing sum ended the whole
+        comparison (the job failed, the last check went stale)."""
+        fake.meters.pop("api_tokens_overage")
+        fake.meters.update({f"other_event_{n}": f"mtr_other_{n}" for n in range(120)})
+        fake.meters["api_tokens_overage"] = "mtr_test_1"                  # on the second page
+        fake.inactive_meters["api_tokens_overage"] = "mtr_retired"        # listed after it, deactivated
+        fake.customers.add("cus_2")
+        gate = await start_gate(plan=AI, database=database, STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake.url,
+                                **BIG, **QUIET)
+        for subject, customer in (("s1", "cus_1"), ("s2", "cus_2")):
+            await deliver(gate, se.event("customer.subscription.created",
+                                         subscription(subject, "account", "price_scale_yearly", customer=customer,
+                                                      sub_id=f"sub_{subject}"),
+                                         NOW - 60))
+            await consume(gate, subject, "tokens", LIMIT + 7, key=f"fill-{subject}")
+        assert await job(gate) == [2, 0, 0]
+        real = gate.app[GATE].clock
+        gate.app[GATE].clock = lambda: real() + 1200
+        fake.summaries_failing.add("cus_2")
+        await job(gate, "reconcile")
+        checked = (await overage(gate))["reconciliation"]
+        assert (checked["compared"], checked["differences"]) == (1, [])

@@ -76,6 +76,8 @@ class LocalDecisions:
         self._task: asyncio.Task | None = None
         self._plan_task: asyncio.Task | None = None
         self._session: Any = None           # the client's aiohttp.ClientSession, from start()
+        self._fetching: dict[str, asyncio.Future] = {}      # subject -> its one fetch under way
+        self._plan_wanted: str | None = None                # the plan version the gate last said it runs
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -138,8 +140,19 @@ class LocalDecisions:
         return decision
 
     async def fetch(self, subject: str, timeout: float) -> bool:
-        """A copy of `subject` from the gate; False when none could be had (or a change raced it)."""
-        if not self.fresh or self.table is None or self.unreadable_under == self.table.version:
+        """A copy of `subject` from the gate; False when none could be had (or a change raced it). One fetch of a
+        subject at a time: checks that come meanwhile wait for it (two fetches shared the subject's race marker,
+        and one could take a copy read before a change both should have seen)."""
+        pending = self._fetching.get(subject)
+        if pending is None:
+            pending = self._fetching[subject] = asyncio.ensure_future(self._fetch(subject, timeout))
+            pending.add_done_callback(lambda done: self._fetching.pop(subject, None)
+                                      if self._fetching.get(subject) is done else None)
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, subject: str, timeout: float) -> bool:
+        table = self.table
+        if not self.fresh or table is None or self.unreadable_under == table.version:
             return False
         self.touched[subject] = -1
         try:
@@ -156,11 +169,12 @@ class LocalDecisions:
         finally:
             raced = self.touched.pop(subject, -1)
         epoch, n = _number(body["event_id"])
-        if epoch != self.epoch or raced > n or body["plan_version"] != self.table.version:
+        table = self.table      # None while a new plan is fetched
+        if epoch != self.epoch or raced > n or table is None or body["plan_version"] != table.version:
             return False        # an event after the snapshot was read, or another process: ask again next time
         state = _state(body["state"])
         if state is None:       # a state this client's engine cannot read whole (a newer gate's): the gate decides
-            self.unreadable_under = self.table.version
+            self.unreadable_under = table.version
             return False
         copy = _Copy(state, {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
                      time.monotonic() + body["max_age"])
@@ -235,6 +249,7 @@ class LocalDecisions:
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self.allowed = body.get("local", False)
             self.max_amount = body.get("max_amount", float("inf"))     # a gate that does not say: no bound
+            self._plan_wanted = body.get("plan_version")
             if self.table is None or self.table.version != body.get("plan_version"):
                 self._refetch_plan()
             self.live = True
@@ -254,6 +269,7 @@ class LocalDecisions:
         elif kind == "reset":
             self._reset()
         elif kind == "plan":
+            self._plan_wanted = body.get("version")
             self._reset()
             self._refetch_plan()
 
@@ -283,7 +299,9 @@ class LocalDecisions:
                 checked = check_text(document, body["file"])
                 if checked.plan is not None:
                     table = compile_plan(checked.plan)
-                    if table.version == body["version"]:
+                    # The plan the gate runs now: one read before a reload this client has heard of since is
+                    # not installed (every snapshot would be refused for its version), it is read again.
+                    if table.version == body["version"] and self._plan_wanted in (None, table.version):
                         self.copies.clear()
                         self.table = table
                         return

@@ -92,6 +92,9 @@ class ChangeFeed:
         self.interest: dict[str, dict[str, None]] = {}  # client -> its subjects (insertion-ordered)
         self.watchers: dict[str, set[str]] = {}         # subject -> clients holding it
         self.gone: dict[str, float] = {}                # client -> when its listener left (or it watched unheard)
+        # client -> when its subjects were dropped past MAX_SUBJECTS: its next resume is a reset, whatever it
+        # watched since (a snapshot under way at the drop watches again, and made the client look known).
+        self.must_reset: dict[str, float] = {}
         self.forgotten_at = 0.0
         self.queue_limit = queue_limit
         self.cut_off = 0            # listeners cut off for reading too slowly, since start
@@ -207,6 +210,7 @@ class ChangeFeed:
             # Dropping one subject quietly would leave the client deciding it from a copy nobody updates: drop
             # them all and cut its stream off, so that it resumes with `reset`.
             self._drop(client)
+            self.must_reset[client] = now
             listener = self.named.get(client)
             if listener is not None:
                 listener.cut_off()
@@ -222,8 +226,11 @@ class ChangeFeed:
     def since(self, last_event_id: str | None, client: str | None = None) -> list[bytes] | None:
         """The kept events after `last_event_id` that `client` hears ([] for a new client); None when the feed
         cannot resume from it (another epoch, or no longer kept)."""
+        dropped = client is not None and self.must_reset.pop(client, None) is not None
         if not last_event_id:
             return []
+        if dropped:
+            return None
         self._forget(time.monotonic())
         epoch, _, n = last_event_id.partition("-")
         if epoch != self.epoch or not _EVENT_NUMBER.fullmatch(n) or int(n) > self.n:
@@ -271,3 +278,6 @@ class ChangeFeed:
             if now - left > FORGET_AFTER:
                 del self.gone[client]
                 self._drop(client)
+        for client, dropped in list(self.must_reset.items()):
+            if now - dropped > FORGET_AFTER:
+                del self.must_reset[client]

@@ -1,0 +1,163 @@
+"""Local decisions under races a review found: two first checks of one subject at once, a client cut off past its
+subject limit while a snapshot was under way, a plan reload heard while the plan was being fetched. A slow network
+is made by holding responses in the client's own aiohttp session (its trace hooks), nothing of plangate's."""
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from plangate.client import GateClient
+from plangate.server import changes
+from plangate.server.http.api import GATE
+
+from .conftest import ADMIN_TOKEN, TOKEN
+from .test_local_decisions import PATIENT, STALENESS, _caught_up
+
+
+def _holding_session(path_part: str):
+    """An aiohttp session (the caller's own, passed with session=) whose first response to a URL containing
+    `path_part` is held after the gate answered it, until `release` is set: a slow network, nothing else."""
+    held, release = asyncio.Event(), asyncio.Event()
+    state = {"done": False}
+
+    async def on_request_end(session, ctx, params):
+        if path_part in str(params.url) and not state["done"]:
+            state["done"] = True
+            held.set()
+            await release.wait()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_request_end)
+    return aiohttp.ClientSession(trace_configs=[trace]), held, release
+
+
+async def test_two_concurrent_first_checks_of_a_subject_never_keep_a_copy_that_missed_a_transition(gate):
+    """Two checks of a subject not yet held run at once (any async server's burst). Each fetched a snapshot: the
+    second finished first and took the subject's race marker; the account was then closed; the first's snapshot,
+    read before the close, landed after it and was kept (nothing said it raced), deciding `ok` until max_age
+    (the gate's cache TTL: 5 s by default, up to an hour) while the gate said `status_denies`. Now the second
+    check waits for the first one's fetch."""
+    session, held, release = _holding_session("/snapshot")
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        await there.consume("racer", "requests", 1, idempotency_key="stored")
+        assert await here.local.ready()
+        first = asyncio.ensure_future(here.check("racer", "requests"))
+        await asyncio.wait_for(held.wait(), PATIENT)            # its snapshot was read; its answer is on the way
+        second = asyncio.ensure_future(here.check("racer", "requests"))     # a concurrent check of it
+        await asyncio.wait([second], timeout=1.0)       # (its own fetch landed first, and took the race marker)
+        await there.transition("racer", action="close_account", reason="test")
+        await _caught_up(here, gate)                            # the client heard the close: copy dropped
+        release.set()
+        await asyncio.gather(first, second)
+        await asyncio.sleep(STALENESS * 1.5)                    # past the staleness bound (under the 5 s TTL)
+        remote = await there.check("racer", "requests")
+        local = await here.check("racer", "requests")
+        assert remote.reason == "status_denies"
+        assert (local.allowed, local.reason) == (remote.allowed, remote.reason), \
+            f"local {local.reason}/{local.status} (evaluated_here={local.evaluated_here}) vs gate {remote.reason}"
+
+
+async def test_a_client_cut_off_past_its_subject_limit_resets_though_a_snapshot_came_in_between(
+        gate, monkeypatch):
+    """Past MAX_SUBJECTS the gate drops the client's subjects and cuts its stream so that it resumes with
+    `reset`. A snapshot in flight at that moment (a concurrent check) watched again, the reconnect found the
+    client known and resumed without `reset`, and the copies of every dropped subject were never told of a
+    change again (kept until max_age)."""
+    monkeypatch.setattr(changes, "MAX_SUBJECTS", 3)
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        assert await here.local.ready()
+        for subject in ("held-a", "held-b", "held-c"):
+            assert (await here.check(subject, "requests")).evaluated_here
+        reconnects = here.local.reconnects
+        await asyncio.gather(here.check("held-d", "requests"), here.check("held-e", "requests"))
+        for _ in range(500):                            # cut off, reconnected, resumed
+            if here.local.reconnects > reconnects and here.local.fresh:
+                break
+            await asyncio.sleep(0.01)
+        assert here.local.reconnects > reconnects and here.local.fresh
+        await asyncio.sleep(0.2)
+        # (without a reset, the copy of held-a would still decide here, and nobody at the gate watches it)
+        await there.transition("held-a", action="close_account", reason="test")
+        await asyncio.sleep(STALENESS * 1.5)            # past the staleness bound (under the 5 s TTL)
+        remote = await there.check("held-a", "requests")
+        local = await here.check("held-a", "requests")
+        assert remote.reason == "status_denies"
+        assert (local.allowed, local.reason) == (remote.allowed, remote.reason), \
+            f"local {local.reason}/{local.status} (evaluated_here={local.evaluated_here}) vs gate {remote.reason}"
+
+
+async def test_a_plan_reload_heard_while_the_plan_is_being_fetched_is_not_left_at_the_older_plan(
+        start_gate, tmp_path):
+    """A `plan` event while GET /v1/plan is in flight: _refetch_plan starts no new task (one runs), and the
+    running one installs the plan it read, the older one. The client then holds a table of another version
+    than the gate's: ready() says True, every snapshot is refused (plan_version differs), and every check goes
+    to the gate until the stream reconnects (PLANGATE_STREAM_MAX_SECONDS, 300 s by default)."""
+    from .conftest import PLAN
+    plan = tmp_path / "plans.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    plan.write_text(text, encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    session, held, release = _holding_session("/v1/plan")
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        await asyncio.wait_for(held.wait(), PATIENT)            # the first plan fetch read the plan
+        plan.write_text(text.replace("requests: {limit: 20, per: day}", "requests: {limit: 25, per: day}"),
+                        encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert status == 200, answer
+        await _caught_up(here, gate)                            # the `plan` event was heard
+        release.set()
+        assert await here.local.ready()
+        await asyncio.sleep(1.0)
+        assert here.local.table.version == gate.app[GATE].table.version, "the client kept the older plan"
+        assert (await here.check("after-reload", "requests")).evaluated_here
+
+
+async def test_a_check_never_raises_when_a_plan_reload_lands_during_concurrent_first_fetches(start_gate, tmp_path):
+    """The same lost race marker (touched popped by a concurrent fetch) with a `plan` event: the held fetch
+    finds nothing raced and reads self.table.version while the new plan is still being fetched (table None):
+    AttributeError out of GateClient.check, which promises a decision (or GateRequestError) and nothing else."""
+    from .conftest import PLAN
+    plan = tmp_path / "plans.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    plan.write_text(text, encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    calls = {"/snapshot": 0, "/v1/plan": 0}
+    hold = {("/snapshot", 1): asyncio.Event(), ("/v1/plan", 2): asyncio.Event()}    # (path, nth) -> release
+    reached = {key: asyncio.Event() for key in hold}
+
+    async def on_request_end(session, ctx, params):
+        for part in calls:
+            if str(params.url).split("?")[0].endswith(part) or (part == "/snapshot" and part in str(params.url)):
+                calls[part] += 1
+                key = (part, calls[part])
+                if key in hold:
+                    reached[key].set()
+                    await hold[key].wait()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_request_end)
+    session = aiohttp.ClientSession(trace_configs=[trace])
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        assert await here.local.ready()
+        first = asyncio.ensure_future(here.check("reloaded", "requests"))
+        await asyncio.wait_for(reached[("/snapshot", 1)].wait(), PATIENT)
+        second = asyncio.ensure_future(here.check("reloaded", "requests"))  # a concurrent check of it
+        await asyncio.wait([second], timeout=1.0)       # (its own fetch landed first, and took the race marker)
+        plan.write_text(text.replace("requests: {limit: 20, per: day}", "requests: {limit: 25, per: day}"),
+                        encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert status == 200, answer
+        await asyncio.wait_for(reached[("/v1/plan", 2)].wait(), PATIENT)    # the new plan is being fetched
+        assert here.local.table is None
+        hold[("/snapshot", 1)].set()
+        try:
+            decisions = await asyncio.gather(first, second)
+        finally:
+            hold[("/v1/plan", 2)].set()
+        assert [d.reason for d in decisions] == ["ok", "ok"]

@@ -78,6 +78,10 @@ class LocalDecisions:
         self._session: Any = None           # the client's aiohttp.ClientSession, from start()
         self._fetching: dict[str, asyncio.Future] = {}      # subject -> its one fetch under way
         self._plan_wanted: str | None = None                # the plan version the gate last said it runs
+        # Older plan versions the gate keeps some tier's subscribers on (existing_subscribers): a state written
+        # under one of them is the gate's to decide. A state of any other older version is decided by the plan
+        # the gate runs, as the gate decides it.
+        self.kept: frozenset[str] = frozenset()
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class LocalDecisions:
             self.remote_fallbacks += 1
             return None
         copy = self.copies.get(subject)
-        if copy is None or copy.state.plan_version not in ("", table.version) or meter not in table.meters:
+        if copy is None or copy.state.plan_version in self.kept or meter not in table.meters:
             return None
         now = self.clock() + self.offset
         used = copy.used.get((meter, table.window(copy.state, meter, now).start))
@@ -303,6 +307,7 @@ class LocalDecisions:
                     # not installed (every snapshot would be refused for its version), it is read again.
                     if table.version == body["version"] and self._plan_wanted in (None, table.version):
                         self.copies.clear()
+                        self.kept = frozenset(body.get("kept_versions") or ())
                         self.table = table
                         return
             await asyncio.sleep(0.2)

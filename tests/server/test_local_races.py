@@ -4,6 +4,7 @@ is made by holding responses in the client's own aiohttp session (its trace hook
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 
@@ -90,6 +91,36 @@ async def test_a_client_cut_off_past_its_subject_limit_resets_though_a_snapshot_
             f"local {local.reason}/{local.status} (evaluated_here={local.evaluated_here}) vs gate {remote.reason}"
 
 
+async def test_after_a_plan_reload_subjects_stored_before_it_are_decided_here_again(start_gate, tmp_path):
+    """Every stored state carries the plan version it was written under: after any deploy, a copy of a subject
+    stored before it was never decided here (and no fallback was counted), though the gate decides it by the
+    new plan (no tier keeps the old quotas). Only a version the gate keeps subscribers on is the gate's."""
+    from .conftest import PLAN
+    plan = tmp_path / "plans.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    assert text.count("requests: {limit: 20, per: day}") == 1
+    plan.write_text(text, encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        await there.consume("before-deploy", "requests", 1, idempotency_key="stored")
+        assert await here.local.ready()
+        assert (await here.check("before-deploy", "requests")).evaluated_here
+        plan.write_text(text.replace("requests: {limit: 20, per: day}", "requests: {limit: 25, per: day}"),
+                        encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert status == 200, answer
+        assert await here.local.ready()
+        for _ in range(200):
+            if here.local.table is not None and here.local.table.version == gate.app[GATE].table.version:
+                break
+            await asyncio.sleep(0.01)
+        remote = await there.check("before-deploy", "requests")
+        assert remote.limit == 25
+        decided_here = [(await here.check("before-deploy", "requests")).evaluated_here for _ in range(5)]
+        assert any(decided_here), "a subject stored before the deploy is never decided here again"
+
+
 async def test_a_plan_reload_heard_while_the_plan_is_being_fetched_is_not_left_at_the_older_plan(
         start_gate, tmp_path):
     """A `plan` event while GET /v1/plan is in flight: _refetch_plan starts no new task (one runs), and the
@@ -161,3 +192,31 @@ async def test_a_check_never_raises_when_a_plan_reload_lands_during_concurrent_f
         finally:
             hold[("/v1/plan", 2)].set()
         assert [d.reason for d in decisions] == ["ok", "ok"]
+
+
+async def test_a_subscriber_kept_on_an_older_plan_version_is_still_the_gates_to_decide(start_gate, tmp_path):
+    """Pro lowered to 3000 with existing_subscribers: at_renewal: a subscriber stored before the deploy keeps 5000
+    until renewal, which the client's copy of the plan (the active version alone) cannot say."""
+    from . import stripe_events as se
+    from .conftest import ROOT
+    from .test_webhook import deliver
+    plan = tmp_path / "plans.yaml"
+    plan.write_text((ROOT / "plans.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    gate = await start_gate(plan=plan, STRIPE_WEBHOOK_SECRET=se.SECRET)
+    now = time.time()
+    created = se.subscription("active", "kept", start=now - 86400, end=now + 29 * 86400)
+    await deliver(gate, se.event("customer.subscription.created", created, now - 60))
+    plan.write_text((ROOT / "scenarios" / "plans" / "pro-3000-at-renewal.yaml").read_text(encoding="utf-8"),
+                    encoding="utf-8")
+    status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+    assert status == 200 and answer["outcome"] == "applied", answer
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        for _ in range(200):
+            if here.local.table is not None and here.local.kept:
+                break
+            await asyncio.sleep(0.01)
+        decisions = [await here.check("kept", "requests") for _ in range(3)]
+        assert [(d.limit, d.status, d.evaluated_here) for d in decisions] == [(5000, "paid", False)] * 3
+        fresh = await here.check("new-after-deploy", "requests")
+        assert fresh.evaluated_here and fresh.status == "limited_free_trial"

@@ -87,16 +87,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if feed.listeners >= gate.config.stream_max_listeners and (client is None or client not in feed.named):
         raise inp.BadRequest(503, "too_many_listeners", "this gate has as many streams open as it allows "
                              "(PLANGATE_STREAM_MAX_LISTENERS); decide remotely and try again later")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Request-Id": request.headers.get("X-Request-Id", "")[:64] or
+                                           feed.last_id})
+    if request.method == "HEAD":        # the headers alone: no listener (a named one cut the client's live stream)
+        await response.prepare(request)
+        return response
     last = request.headers.get("Last-Event-ID")
     resumed = feed.since(last, client)
     listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed
     try:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                               "X-Request-Id": request.headers.get("X-Request-Id", "")[:64] or
-                                               feed.last_id})
         await response.prepare(request)
-        if request.method == "HEAD":
-            return response
         hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
                  "resumed": resumed is not None and last is not None, "max_amount": gate.config.max_amount}
         await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(), orjson.dumps(hello)))

@@ -220,3 +220,17 @@ async def test_a_subscriber_kept_on_an_older_plan_version_is_still_the_gates_to_
         assert [(d.limit, d.status, d.evaluated_here) for d in decisions] == [(5000, "paid", False)] * 3
         fresh = await here.check("new-after-deploy", "requests")
         assert fresh.evaluated_here and fresh.status == "limited_free_trial"
+
+
+async def test_a_head_request_for_a_clients_stream_leaves_its_live_stream_alone(gate):
+    """HEAD goes wherever GET goes; on /v1/stream?client=X it registered a listener named X, which cut X's live
+    stream off (X reconnected and resumed; a monitor probing the route would cut every client it named)."""
+    import aiohttp
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/stream?max_seconds=3&client=probed-client", headers=auth) as live:
+            await live.content.readuntil(b"event: hello")
+            listener = gate.app[GATE].feed.named["probed-client"]
+            async with s.head(f"{gate.url}/v1/stream?client=probed-client", headers=auth) as probe:
+                assert probe.status == 200 and probe.headers["Content-Type"].startswith("text/event-stream")
+            assert gate.app[GATE].feed.named.get("probed-client") is listener and not listener.cut

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
@@ -69,6 +70,8 @@ class Config:
     push_usage: bool = True
     payload_retention_days: int = 4
     pseudonym_secret: str = field(default="", repr=False)
+    # Reverse proxies whose X-Forwarded-For the console believes (the address its login limit counts by).
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -124,6 +127,7 @@ class Config:
             replicas=r.replicas("PLANGATE_PG_REPLICAS", r.text("PLANGATE_DATABASE", "var/plangate.sqlite3")),
             replica_max_lag=r.number("PLANGATE_PG_REPLICA_MAX_LAG", 1.0, 0.01, 60.0),
             push_usage=r.boolean("PLANGATE_PG_PUSH_USAGE", True),
+            trusted_proxies=r.networks("PLANGATE_TRUSTED_PROXIES"),
         )
         if config.pool_min > config.pool_max:
             raise ConfigError(f"PLANGATE_PG_POOL_MIN={config.pool_min} is more than PLANGATE_PG_POOL_MAX="
@@ -300,6 +304,18 @@ class _Reader:
             raise ConfigError(f"{name}: {shown_address(value)!r} names no store the gate knows: give a SQLite "
                               "file's path (or sqlite:///path) or a postgresql:// address")
         return value
+
+    def networks(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        """Comma-separated IP addresses or networks (10.0.0.0/8, fd00::/8)."""
+        found = []
+        for part in (p.strip() for p in (self._raw(name) or "").split(",")):
+            if part:
+                try:
+                    found.append(ip_network(part, strict=False))
+                except ValueError:
+                    raise ConfigError(f"{name}: {part!r} is not an IP address or network; give comma-separated "
+                                      "addresses or networks, e.g. 10.0.0.5,192.168.0.0/16") from None
+        return tuple(found)
 
     def replicas(self, name: str, database: str) -> tuple[str, ...]:
         """Comma-separated postgresql:// addresses of streaming replicas of the PostgreSQL database."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from ipaddress import ip_address
 from pathlib import Path
 from urllib.parse import quote
 
@@ -132,6 +133,29 @@ async def login_form(request: web.Request) -> web.Response:
     return _login_page(request)
 
 
+def client_address(request: web.Request, trusted: tuple) -> str:
+    """Who is logging in: the connection's address, or, when that is a trusted proxy (PLANGATE_TRUSTED_PROXIES),
+    the right-most X-Forwarded-For address that is not one: what the nearest untrusted hop was seen as (the
+    addresses left of it are whatever the client wrote)."""
+    address = request.remote or ""
+    if not trusted or not _within(address, trusted):
+        return address
+    hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ()) for hop in value.split(",")]
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop[:64]
+        address = hop
+    return address
+
+
+def _within(address: str, networks: tuple) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 async def login(request: web.Request) -> web.Response:
     form = await _form(request)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
@@ -143,7 +167,7 @@ async def login(request: web.Request) -> web.Response:
         return _login_page(request, "Give your name: it is recorded with what you do.", 400)
     if not label.isprintable():     # the audit's actor: the API's rule (no control or direction characters)
         return _login_page(request, "Your name may hold no control or formatting characters.", 400)
-    failed, address = request.app[FAILED], request.remote or ""
+    failed, address = request.app[FAILED], client_address(request, request.app[GATE].config.trusted_proxies)
     wait = failed.wait(address)
     if wait:        # before the token is compared: a limited address learns nothing from its guesses
         log(logging.WARNING, "console_login_refused", address=address, why="rate_limited", wait=wait)

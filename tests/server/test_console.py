@@ -17,6 +17,7 @@ from plangate.server.console._session import COOKIE, FAILED_LOGINS
 from plangate.server.console.pages import SESSIONS
 from plangate.server.console.proposal import PREVIEWING
 from plangate.engine import compile_file
+from plangate.server.config import ConfigError
 from plangate.server.gate import Gate
 from plangate.server.http.api import GATE
 from plangate.server.logs import capture_logs
@@ -528,3 +529,39 @@ async def test_what_no_field_takes_is_a_400_not_a_store_error(start_gate, pg_dsn
     assert (await gate.get("/v1/subjects/alice"))[1]["known"] is False
     async with gate.session.get(gate.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
         assert "plangate_store_errors_total{" not in await r.text()
+
+
+class TestBehindAProxy:
+    async def _login(self, url: str, browser, token: str, forwarded: str) -> int:
+        async with browser.get(url + "/console/login") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with browser.post(url + "/console/login", data={"csrf": csrf, "label": "Ada", "token": token},
+                                headers={"X-Forwarded-For": forwarded}, allow_redirects=False) as r:
+            return r.status
+
+    async def test_wrong_tokens_count_by_the_address_a_trusted_proxy_saw(self, start_gate):
+        """Behind a reverse proxy every browser came from the proxy's address: ten wrong tokens from anyone
+        locked every operator out for the minute. With the proxy trusted, the limit counts by the address it
+        forwarded: the right-most X-Forwarded-For hop that is not a trusted proxy (what a client writes to the
+        left of it cannot move it)."""
+        gate = await start_gate(**WEBHOOK, PLANGATE_TRUSTED_PROXIES="127.0.0.1,10.0.0.0/8")
+        async with new_session() as attacker, new_session() as operator:
+            for n in range(FAILED_LOGINS):      # each claims another origin to the left: only the last hop counts
+                assert await self._login(gate.url, attacker, "not-the-token", f"198.51.100.{n}, 203.0.113.9") == 401
+            assert await self._login(gate.url, attacker, ADMIN_TOKEN, "203.0.113.9, 10.1.2.3") == 429
+            assert await self._login(gate.url, operator, ADMIN_TOKEN, "192.0.2.44") == 303
+        with capture_logs() as logs:
+            async with new_session() as someone:
+                await self._login(gate.url, someone, "wrong-again", "192.0.2.45, 10.9.9.9")
+        assert json.loads(logs.text.splitlines()[-1])["address"] == "192.0.2.45"
+
+    async def test_without_trusted_proxies_the_header_is_not_believed(self, start_gate):
+        gate = await start_gate(**WEBHOOK)
+        async with new_session() as browser:
+            for n in range(FAILED_LOGINS):
+                assert await self._login(gate.url, browser, "not-the-token", f"198.51.100.{n}") == 401
+            assert await self._login(gate.url, browser, ADMIN_TOKEN, "192.0.2.44") == 429
+
+    def test_a_trusted_proxy_that_is_no_address_is_a_setting_error(self):
+        with pytest.raises(ConfigError, match="PLANGATE_TRUSTED_PROXIES: 'proxy.internal' is not an IP address"):
+            config_for("x.sqlite3", PLANGATE_TRUSTED_PROXIES="10.0.0.1, proxy.internal")

@@ -14,6 +14,7 @@ one counts. Goal: about 1 µs per decision, a million decisions a second on one 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 import timeit
@@ -37,7 +38,7 @@ def _cases(table) -> list[tuple[str, SubjectState, int]]:
     paid = free.with_(status="paid", tier="pro", period_start=PERIOD[0], period_end=PERIOD[1])
     return [
         ("allowed, daily quota", free, 3),
-        ("allowed, billing-period quota", paid, 1200),
+        ("allowed, pro's monthly quota", paid, 1200),
         ("refused, quota exhausted", free, 20),
         ("refused, status denies", free.with_(status="canceled"), 0),
     ]
@@ -80,6 +81,18 @@ def measure(number: int = 200_000, repeat: int = 7) -> list[dict]:
         rows.append({"case": what, "ns_per_decision": round(ns, 1), "decisions_per_second": round(1e9 / ns),
                      "baseline_ns": round(baseline, 1), "ratio": round(ns / baseline, 1),
                      "goal_ns": GOAL_NS, "meets_goal": ns <= GOAL_NS * 1.2})
+    # Pro's quota is monthly from each subscriber's billing anniversary: a thousand subscribers' periods in turn,
+    # as a busy gate decides them (each period's window is cached; working one out is calendar arithmetic).
+    paid = _cases(table)[1][1]
+    states = itertools.cycle([paid.with_(subject=f"s{i}", period_start=PERIOD[0] - i * 3600,
+                                         period_end=PERIOD[1] - i * 3600) for i in range(1000)])
+    env = {"table": table, "states": states, "now": now}
+    for _ in range(1000):
+        table.can_process(next(states), "requests", 1, 1200, now)      # warm: each period's window cached
+    ns = _best_ns("table.can_process(next(states), 'requests', 1, 1200, now)", env, number, repeat)
+    rows.append({"case": "same, 1,000 subscribers in turn", "ns_per_decision": round(ns, 1),
+                 "decisions_per_second": round(1e9 / ns), "baseline_ns": round(baseline, 1),
+                 "ratio": round(ns / baseline, 1), "goal_ns": GOAL_NS, "meets_goal": ns <= GOAL_NS * 1.2})
     for what, stmt, entitled, extra in _entitled_cases():
         env = {"table": entitled, "now": now, **extra}
         eval(stmt, env)                                          # warm: bounds cached

@@ -8,7 +8,7 @@ import pytest
 
 from .helpers import at
 from plangate.engine import Span, billing_span
-from plangate.engine._windows import LIFETIME, MONTH_SECONDS, CalendarClock
+from plangate.engine._windows import LIFETIME, MONTH_SECONDS, AnniversaryClock, CalendarClock, anniversary_span
 from plangate.policy import Window
 
 HOUR, DAY = 3600, 86400
@@ -119,6 +119,21 @@ class TestCachedBounds:
         clock = CalendarClock(Window.MONTH, ZoneInfo("UTC"))
         clock.span(at("2026-05-05 00:00"))
         assert clock.span(at("2026-01-05 00:00")).start == at("2026-01-01 00:00")
+
+    def test_anniversary_windows_of_many_periods_are_each_kept_and_each_right(self, monkeypatch):
+        """Every subscriber has a period of their own: one cached window per quota was recomputed (calendar
+        arithmetic, ~8 µs) on nearly every decision when subjects interleaved."""
+        monkeypatch.setattr(AnniversaryClock, "SPANS_KEPT", 50)
+        clock = AnniversaryClock(Window.MONTH, CalendarClock(Window.MONTH, ZoneInfo("UTC")))
+        now = at("2027-03-10 12:00")
+        periods = [(at("2027-01-31 10:00") + n * 3600, at("2028-01-31 10:00") + n * 3600) for n in range(80)]
+        for _ in range(2):
+            for start, end in periods:
+                assert clock.span(now, start, end) == anniversary_span(Window.MONTH, now, start, end)
+        first = clock.span(now, *periods[-1])
+        assert clock.span(now + 60, *periods[-1]) is first            # kept, while now is in it
+        assert clock.span(first.end, *periods[-1]).start == first.end         # then the next month's
+        assert len(clock._spans) <= 50
 
     def test_only_calendar_kinds_have_a_clock(self):
         with pytest.raises(ValueError):

@@ -189,7 +189,7 @@ class AnniversaryClock:
             return self.calendar.span(now)
         key = (period_start, period_end)
         span = self._spans.get(key)
-        if span is not None and span.start <= now < span.end:
+        if span is not None and span.start <= now < span.end:     # type: ignore[operator]  # an anniversary ends
             return span
         span = anniversary_span(self.kind, now, period_start, period_end)
         if len(self._spans) >= self.SPANS_KEPT:

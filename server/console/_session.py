@@ -2,12 +2,12 @@
 The token itself is never stored, put in a URL or logged; each session carries its own CSRF token and the label
 its user gave (audited as the actor of what they do). Sessions live in the store (its SHA-256 of the id).
 
-A session id is a random part and a MAC of it keyed by the token that opened the session: a session opens pages
-only while that token is still one of its scope's, so rotating a token (a leak) ends the console sessions it
-opened, on every node, with nothing kept that could give the token back."""
+A session's row keeps a MAC of the token that opened it, keyed by the session id (which only the browser holds):
+a session opens pages only while that token is still one of its scope's, so rotating a token (a leak) ends the
+console sessions it opened, on every node. The cookie holds nothing but the random id, and the row nothing a
+token could be tested against without it."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -46,9 +46,9 @@ class Sessions:
         """A new session opened by `token` (its Authorization value, one of its scope's); the one the browser
         presented (replacing) ends, so a login never leaves two. Past MAX_SESSIONS of its scope the oldest ends;
         expired ones end first."""
-        nonce, now = secrets.token_urlsafe(32), self._clock()
-        sid = f"{nonce}.{_mac(token, nonce)}"
-        session = ConsoleSession(_digest(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME)
+        sid, now = secrets.token_urlsafe(32), self._clock()
+        session = ConsoleSession(_digest(sid), label, admin, secrets.token_urlsafe(32), now, now + LIFETIME,
+                                 _mac(sid, token))
         ended = _hashed(replacing)
         await self._gate.timed("session", self._gate.store.open_console_session(session, MAX_SESSIONS, ended))
         if ended is not None:
@@ -71,19 +71,16 @@ class Sessions:
                 while len(self._seen) >= MAX_SESSIONS:
                     del self._seen[next(iter(self._seen))]
                 self._seen[id_hash] = (now, session)
-        if session is None or session.expires <= now or not self._still_valid(sid or "", session.admin):
+        if session is None or session.expires <= now or not self._still_valid(sid or "", session):
             return None
         return session
 
-    def _still_valid(self, sid: str, admin: bool) -> bool:
+    def _still_valid(self, sid: str, session: ConsoleSession) -> bool:
         """Was the session opened by a token its scope still accepts? Each of them compared, whatever the first
         gave."""
-        nonce, _, mac = sid.partition(".")
-        if not mac.isascii():
-            return False
         found = False
-        for token in self._tokens[admin]:
-            found |= hmac.compare_digest(_mac(token, nonce), mac)
+        for token in self._tokens[session.admin]:
+            found |= hmac.compare_digest(_mac(sid, token), session.token_mac)
         return found
 
     async def close(self, sid: str | None) -> None:
@@ -102,11 +99,10 @@ def _digest(sid: str) -> str:
     return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _mac(token: str, nonce: str) -> str:
-    """HMAC-SHA256 of a session's random part keyed by the token that opened it, URL-safe base64 (43 chars)."""
-    digest = hmac.new(token.encode("utf-8", "surrogatepass"), nonce.encode("utf-8", "surrogatepass"),
-                      hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+def _mac(sid: str, token: str) -> str:
+    """HMAC-SHA256 of the token that opened a session, keyed by the session's id (hex)."""
+    return hmac.new(sid.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"),
+                    hashlib.sha256).hexdigest()
 
 
 class FailedLogins:

@@ -18,13 +18,14 @@ class ConsoleSession:
     csrf: str
     opened: float
     expires: float
+    token_mac: str = ""   # the MAC of the token that opened it, keyed by the session id (migration 20)
 
 
-_COLUMNS = "id_hash, label, admin, csrf, opened, expires"
+_COLUMNS = "id_hash, label, admin, csrf, opened, expires, token_mac"
 
 
 def _session(row) -> ConsoleSession:
-    return ConsoleSession(row[0], row[1], bool(row[2]), row[3], row[4], row[5])
+    return ConsoleSession(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6])
 
 
 class SQLiteConsoleSessions:
@@ -52,8 +53,9 @@ def _open(db: sqlite3.Connection, session: ConsoleSession, keep: int, replacing:
     db.execute("DELETE FROM console_sessions WHERE admin = ? AND id_hash NOT IN (SELECT id_hash FROM "
                "console_sessions WHERE admin = ? ORDER BY opened DESC LIMIT ?)",
                (session.admin, session.admin, max(keep - 1, 0)))
-    db.execute(f"INSERT INTO console_sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-               (session.id_hash, session.label, session.admin, session.csrf, session.opened, session.expires))
+    db.execute(f"INSERT INTO console_sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (session.id_hash, session.label, session.admin, session.csrf, session.opened, session.expires,
+                session.token_mac))
 
 
 def _close(db: sqlite3.Connection, id_hash: str) -> None:
@@ -75,9 +77,9 @@ class PostgresConsoleSessions:
             await db.execute("DELETE FROM console_sessions WHERE admin = $1 AND id_hash NOT IN (SELECT id_hash FROM "
                              "console_sessions WHERE admin = $1 ORDER BY opened DESC LIMIT $2)",
                              session.admin, max(keep - 1, 0))
-            await db.execute(f"INSERT INTO console_sessions ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+            await db.execute(f"INSERT INTO console_sessions ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                              session.id_hash, session.label, session.admin, session.csrf, session.opened,
-                             session.expires)
+                             session.expires, session.token_mac)
 
     async def console_session(self, id_hash: str) -> ConsoleSession | None:
         async with self._conn() as db:

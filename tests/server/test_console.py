@@ -3,6 +3,8 @@ mode, finding a subject, its timeline and an admin transition through the API's 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import sqlite3
 import threading
@@ -250,6 +252,22 @@ class TestAccess:
         moved = await start_gate(database=pg_dsn, **{**WEBHOOK, "PLANGATE_API_TOKEN": f"{TOKEN},{ADMIN_TOKEN}",
                                     "PLANGATE_ADMIN_TOKEN": "rotated-admin-token-0123456789"})
         assert (await _home_with(moved.url, admin_sid))[0] == 303       # the token is no longer an admin's
+
+    async def test_neither_the_cookie_nor_the_row_lets_a_token_be_tested_offline(self, start_gate, database):
+        """A cookie that carried a MAC keyed by the token was a verifier of it: anyone who saw the cookie (a log,
+        a HAR file) could try guesses of a human-chosen token at any speed. The cookie is a random id alone; the
+        row keeps the token's MAC keyed by that id, which it does not hold (only its SHA-256)."""
+        weak = "CompanyAdmin2024!"
+        gate = await start_gate(**{**WEBHOOK, "PLANGATE_ADMIN_TOKEN": weak})
+        async with new_session() as browser:
+            assert (await login(gate.url, browser, weak)).status == 303
+            sid = _sid(browser)
+        assert len(sid) == 43 and "." not in sid and weak not in sid
+        with sqlite3.connect(database) as db:
+            (id_hash, token_mac), = db.execute("SELECT id_hash, token_mac FROM console_sessions").fetchall()
+        bearer = f"Bearer {weak}".encode()
+        assert hmac.new(id_hash.encode(), bearer, hashlib.sha256).hexdigest() != token_mac     # the row alone: no
+        assert hmac.new(sid.encode(), bearer, hashlib.sha256).hexdigest() == token_mac         # with the cookie
 
     async def test_logins_refusals_and_logouts_are_logged_without_secrets(self, console):
         gate, session = console

@@ -136,31 +136,43 @@ async def login_form(request: web.Request) -> web.Response:
 def client_address(request: web.Request, trusted: tuple) -> str:
     """Who is logging in: the connection's address, or, when that is a trusted proxy (PLANGATE_TRUSTED_PROXIES),
     the right-most X-Forwarded-For address that is not one: what the nearest untrusted hop was seen as (the
-    addresses left of it are whatever the client wrote)."""
-    address = request.remote or ""
-    if not trusted or not _within(address, trusted):
-        return address
+    addresses left of it are whatever the client wrote). A hop with a port (`203.0.113.9:41000`, `[::1]:80`)
+    counts by its address; one that is no address at all leaves the connection's (a proxy's) address."""
+    remote = _ip(request.remote or "")
+    if not trusted or remote is None or not any(remote in network for network in trusted):
+        return request.remote or ""
+    address = remote
     hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ()) for hop in value.split(",")]
     for hop in reversed(hops):
-        if not _within(hop, trusted):
-            return hop[:64]
-        address = hop
-    return address
+        ip = _ip(hop)
+        if ip is None:
+            break
+        address = ip
+        if not any(ip in network for network in trusted):
+            break
+    return str(address)
 
 
-def _within(address: str, networks: tuple) -> bool:
+def _ip(text: str):
+    """The address of a forwarded hop or a peer (its port, brackets and IPv4-mapped form left out), or None."""
+    text = text.strip()
+    if text.startswith("["):                        # [v6]:port or [v6]
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:                      # v4:port
+        text = text.partition(":")[0]
     try:
-        ip = ip_address(address)
+        ip = ip_address(text)
     except ValueError:
-        return False
-    return any(ip in network for network in networks)
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
 
 
 async def login(request: web.Request) -> web.Response:
     form = await _form(request)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     if not nonce or not same(form.get("csrf"), nonce):
-        log(logging.WARNING, "console_login_refused", address=request.remote or "", why="csrf")
+        log(logging.WARNING, "console_login_refused", address=client_address(
+            request, request.app[GATE].config.trusted_proxies), why="csrf")
         return _login_page(request, "The form's CSRF token is missing or wrong: try again.", 403)
     label = " ".join(form.get("label", "").split())[:_LABEL_MAX]
     if not label:

@@ -573,6 +573,22 @@ class TestBehindAProxy:
                 await self._login(gate.url, someone, "wrong-again", "192.0.2.45, 10.9.9.9")
         assert json.loads(logs.text.splitlines()[-1])["address"] == "192.0.2.45"
 
+    @pytest.mark.parametrize("hop, counted", [
+        ("203.0.113.9:{port}", "203.0.113.9"), ("[2001:db8::7]:{port}", "2001:db8::7"),
+        ("::ffff:203.0.113.9", "203.0.113.9"), ("unknown", "127.0.0.1"),
+    ])
+    async def test_a_hop_counts_by_its_address_whatever_its_port(self, start_gate, hop, counted):
+        """A proxy that writes the client's port with its address made each new connection another "address":
+        the limit never came. A hop that is no address leaves the proxy's own, which everyone shares."""
+        gate = await start_gate(**WEBHOOK, PLANGATE_TRUSTED_PROXIES="127.0.0.1")
+        with capture_logs() as logs:
+            async with new_session() as attacker:
+                for n in range(FAILED_LOGINS):
+                    assert await self._login(gate.url, attacker, "not-the-token", hop.format(port=40000 + n)) == 401
+                assert await self._login(gate.url, attacker, ADMIN_TOKEN, hop.format(port=41000)) == 429
+        addresses = {json.loads(line).get("address") for line in logs.text.splitlines()}
+        assert addresses == {counted}
+
     async def test_without_trusted_proxies_the_header_is_not_believed(self, start_gate):
         gate = await start_gate(**WEBHOOK)
         async with new_session() as browser:

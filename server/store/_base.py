@@ -346,9 +346,10 @@ class Store(abc.ABC):
         """Reports per status: (how many, their total value)."""
 
     @abc.abstractmethod
-    async def overage_sent(self, start: float, end: float, settled: float) -> list[tuple[str, str, int]]:
-        """(customer, meter event name, total value) sent for work counted between start and end, of the customers
-        and event names whose reports of it all reached Stripe before `settled`."""
+    async def overage_sent(self, start: float, end: float, settled: float) \
+            -> list[tuple[str, str, int, float | None]]:
+        """(customer, meter event name, total value, when the first of them that reached Stripe at or after
+        `settled` was counted, or None) sent for work counted between start and end."""
 
     @abc.abstractmethod
     def commit(self, change: Change) -> Awaitable[bool]:

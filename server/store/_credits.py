@@ -54,9 +54,9 @@ REPORT_COUNTS = "SELECT status, count(*), coalesce(sum(value), 0) FROM overage_r
 UPDATE_REPORT = ("UPDATE overage_reports SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
                  "sent_at = ?, stripe_customer = ? WHERE identifier = ?")
 # What was sent per customer and meter event between two times (reconciliation compares it with Stripe's sums).
-SENT_TOTALS = ("SELECT stripe_customer, event_name, sum(value) FROM overage_reports WHERE status = 'sent' AND "
-               "at >= ? AND at < ? AND stripe_customer IS NOT NULL GROUP BY stripe_customer, event_name "
-               "HAVING max(sent_at) < ?")
+SENT_TOTALS = ("SELECT stripe_customer, event_name, sum(value), min(CASE WHEN sent_at >= ? THEN at END) "
+               "FROM overage_reports WHERE status = 'sent' AND at >= ? AND at < ? AND stripe_customer IS NOT NULL "
+               "GROUP BY stripe_customer, event_name")
 
 
 @dataclass(frozen=True, slots=True)

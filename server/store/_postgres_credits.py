@@ -134,10 +134,11 @@ class PostgresCredits:
             rows = await db.fetch(sql.REPORT_COUNTS)
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
-    async def overage_sent(self, start: float, end: float, settled: float) -> list[tuple[str, str, int]]:
+    async def overage_sent(self, start: float, end: float, settled: float) \
+            -> list[tuple[str, str, int, float | None]]:
         async with self._conn() as db:
-            rows = await db.fetch(_SENT, start, end, settled)
-        return [(r[0], r[1], int(r[2])) for r in rows]
+            rows = await db.fetch(_SENT, settled, start, end)
+        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
 
 
 class _Undo(Exception):

@@ -68,8 +68,9 @@ class SQLiteCredits:
     async def overage_counts(self) -> dict[str, tuple[int, int]]:
         return {status: (count, total) for status, count, total in await self._rows(sql.REPORT_COUNTS, ())}
 
-    async def overage_sent(self, start: float, end: float, settled: float) -> list[tuple[str, str, int]]:
-        return [tuple(r) for r in await self._rows(sql.SENT_TOTALS, (start, end, settled))]
+    async def overage_sent(self, start: float, end: float, settled: float) \
+            -> list[tuple[str, str, int, float | None]]:
+        return [tuple(r) for r in await self._rows(sql.SENT_TOTALS, (settled, start, end))]
 
 
 def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,

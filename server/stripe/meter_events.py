@@ -119,7 +119,7 @@ class MeterEvents:
         except stripe.InvalidRequestError as exc:
             message = str(exc.user_message or exc)
             if "identifier" in message and "already" in message:     # sent before (its answer was lost)
-                return replace(report, status="sent", sent_at=now, last_error=None)
+                return replace(report, status="sent", sent_at=self.gate.clock(), last_error=None)
             log(logging.WARNING, "overage_refused", report=report.identifier, subject=report.subject,
                 event_name=report.event_name, error=message)
             return replace(report, status="refused", last_error=f"Stripe refused it: {message}"[:500])
@@ -137,7 +137,7 @@ class MeterEvents:
             return self._later(report, now, f"Stripe refused the key: {exc.user_message or exc}")
         except _TRANSIENT as exc:
             return self._later(report, now, f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}")
-        return replace(report, status="sent", sent_at=now, last_error=None)
+        return replace(report, status="sent", sent_at=self.gate.clock(), last_error=None)
 
     @staticmethod
     def _later(report: OverageReport, now: float, error: str) -> OverageReport:
@@ -155,20 +155,28 @@ class MeterEvents:
         now = self.gate.clock()
         end = (int(now) - RECONCILE_SETTLE) // 60 * 60
         start = end - RECONCILE_SPAN
-        # A customer's event whose report reached Stripe lately (retried, or waiting for the customer) may not be
-        # in Stripe's sums yet: compared at a later run.
-        sent = await self.gate.timed("overage", self.gate.store.overage_sent(start, end, now - RECONCILE_SETTLE),
-                                     timeout=30.0)
+        settled = now - RECONCILE_SETTLE
+        sent = await self.gate.timed("overage", self.gate.store.overage_sent(start, end, settled), timeout=30.0)
         if not sent:
             self.last_check = Checked(now, start, end, (), 0)
             return self.last_check
         meters = await self._meters()
         differences = []
         compared = 0
-        for customer, event_name, value in sent:
+        for customer, event_name, value, late in sent:
             meter = meters.get(event_name)
+            until = end
+            if late is not None:
+                # A report that reached Stripe lately (retried, or waiting for its customer) may not be in its sums
+                # yet: this customer's event is compared up to the minute that report's work was counted in.
+                until = int(late) // 60 * 60
+                if until <= start:
+                    continue
+                value = next((v for c, e, v, _ in await self.gate.timed(
+                    "overage", self.gate.store.overage_sent(start, until, settled), timeout=30.0)
+                    if (c, e) == (customer, event_name)), 0)
             try:
-                theirs = await self._summed(meter, customer, start, end) if meter else 0
+                theirs = await self._summed(meter, customer, start, until) if meter else 0
             except (stripe.StripeError, TimeoutError) as exc:     # this customer's sum, not the others'
                 log(logging.WARNING, "overage_reconcile_unanswered", customer=customer, event_name=event_name,
                     error=f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}")
@@ -177,7 +185,7 @@ class MeterEvents:
             if theirs != value:
                 differences.append((customer, event_name, value, theirs))
                 log(logging.WARNING, "overage_mismatch", customer=customer, event_name=event_name, sent=value,
-                    stripe=theirs, start=start, end=end, meter=meter or "none with this event name")
+                    stripe=theirs, start=start, end=until, meter=meter or "none with this event name")
         self.last_check = Checked(now, start, end, tuple(differences), compared)
         return self.last_check
 

@@ -146,21 +146,27 @@ class TestReporting:
 
     async def test_a_report_sent_late_is_compared_once_stripe_had_time_to_sum_it(self, scale, fake):
         """Reconciliation compared work counted over ten minutes ago, however lately its report reached Stripe
-        (after retries, or waiting for its customer): Stripe had not summed it yet, a false difference."""
+        (after retries, or waiting for its customer): Stripe had not summed it yet, a false difference. The
+        customer's reports are compared up to the minute of the late one; a real difference before it is still
+        found (leaving the whole customer out hid it at every run that had one late report)."""
+        gate = scale.app[GATE]
+        real = gate.clock
         await consume(scale, "s1", "tokens", 40, key="on-time")
         assert await job(scale) == [1, 0, 0]
+        fake.events.append({**fake.events[0], "identifier": "sent_by_someone_else"})     # a real difference
+        gate.clock = lambda: real() + 120           # two minutes on
         await consume(scale, "s1", "tokens", 2, key="late")
         fake.failing = 1
         assert await job(scale) == [0, 1, 0]
-        gate = scale.app[GATE]
-        real = gate.clock
         gate.clock = lambda: real() + 1200          # both counted past the settling time
         assert await job(scale) == [1, 0, 0]        # the late one reaches Stripe only now...
         fake.unprocessed.add(fake.events[-1]["identifier"])      # ...which has not summed it yet
         await job(scale, "reconcile")
         checked = (await overage(scale))["reconciliation"]
-        assert checked["differences"] == [] and checked["compared"] == 0
+        assert checked["differences"] == [{"customer": "cus_1", "event_name": "api_tokens_overage", "sent": 40,
+                                           "stripe": 80}]
         fake.unprocessed.clear()
+        fake.events.pop(1)                          # (the other party's event taken back: no difference now)
         gate.clock = lambda: real() + 1200 + 601
         await job(scale, "reconcile")
         checked = (await overage(scale))["reconciliation"]

@@ -226,10 +226,9 @@ class ChangeFeed:
     def since(self, last_event_id: str | None, client: str | None = None) -> list[bytes] | None:
         """The kept events after `last_event_id` that `client` hears ([] for a new client); None when the feed
         cannot resume from it (another epoch, or no longer kept)."""
-        dropped = client is not None and self.must_reset.pop(client, None) is not None
         if not last_event_id:
             return []
-        if dropped:
+        if client in self.must_reset:      # cleared once its stream has said `reset` (reset_said)
             return None
         self._forget(time.monotonic())
         epoch, _, n = last_event_id.partition("-")
@@ -245,6 +244,11 @@ class ChangeFeed:
         held = self.interest.get(client, {}) if client is not None else None
         return [frame for number, subject, frame in self.kept
                 if number > after and (held is None or subject is None or subject in held)]
+
+    def reset_said(self, client: str | None) -> None:
+        """The client's stream has told it `reset`: what it watches from now on is heard again."""
+        if client is not None:
+            self.must_reset.pop(client, None)
 
     def listen(self, client: str | None = None) -> Listener:
         """A listener; a named one replaces (and cuts off) an earlier connection of the same client."""

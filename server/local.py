@@ -120,6 +120,8 @@ def _taken(host: str, port: int) -> str | None:
     """Why serve could not listen on host:port (in use), or None."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as aiohttp's server sets it
+        if probe.family == socket.AF_INET6:     # as asyncio's server does: an IPv4 service on the port is no clash
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -103,6 +103,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(), orjson.dumps(hello)))
         if resumed is None:        # a gap: what the client holds may be stale
             await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())
+            feed.reset_said(client)
         elif resumed:
             await response.write(b"".join(resumed))
         deadline = time.monotonic() + limit

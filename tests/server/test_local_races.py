@@ -118,7 +118,7 @@ async def test_after_a_plan_reload_subjects_stored_before_it_are_decided_here_ag
         remote = await there.check("before-deploy", "requests")
         assert remote.limit == 25
         decided_here = [(await here.check("before-deploy", "requests")).evaluated_here for _ in range(5)]
-        assert any(decided_here), "a subject stored before the deploy is never decided here again"
+        assert all(decided_here), "a subject stored before the deploy is never decided here again"
 
 
 async def test_a_plan_reload_heard_while_the_plan_is_being_fetched_is_not_left_at_the_older_plan(

@@ -214,7 +214,8 @@ class TestTheStore:
                 f"INSERT INTO quota_usage (subject, meter, window_start, used) VALUES ('m1', 'tokens', {w}, {u})"
                 for w, u in ((1000, 17), (2000, 80), (3000, 0))])
             # Back to schema 17: what migrations 18 and later added, dropped.
-            undo = ("ALTER TABLE quota_usage DROP COLUMN billed", "ALTER TABLE credit_grants DROP COLUMN tier_since")
+            undo = ("ALTER TABLE quota_usage DROP COLUMN billed", "ALTER TABLE credit_grants DROP COLUMN tier_since",
+                    "ALTER TABLE console_sessions DROP COLUMN token_mac")
             if database.startswith("postgresql://"):
                 await execute(database, *undo, "DELETE FROM plangate_schema WHERE version >= 18")
             else:

@@ -147,7 +147,9 @@ async def _back_to_schema_5(database: str) -> None:
             # 17: when the subject entered its tier
             "ALTER TABLE subscriptions DROP COLUMN tier_since",
             # 18: the overage a window has billed (its plangate_spend is replaced when 11 and 18 run again)
-            "ALTER TABLE quota_usage DROP COLUMN billed"]
+            "ALTER TABLE quota_usage DROP COLUMN billed",
+            # 20: the console session's token MAC (its table, of 13, is made only if missing)
+            "ALTER TABLE console_sessions DROP COLUMN token_mac"]
     if database.startswith("postgresql://"):
         import asyncpg
         conn = await asyncpg.connect(database)

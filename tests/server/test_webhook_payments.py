@@ -149,7 +149,8 @@ def _paid_by(payment_intent: str, life: Life) -> dict:
 
 async def _before_migration_15(database: str) -> None:
     """Undo migration 15 (the payment intent of pending events), its data with it, and those after it."""
-    later = ["ALTER TABLE credit_grants DROP COLUMN tier_since",    # 19
+    later = ["ALTER TABLE console_sessions DROP COLUMN token_mac",  # 20
+             "ALTER TABLE credit_grants DROP COLUMN tier_since",    # 19
              "ALTER TABLE quota_usage DROP COLUMN billed",          # 18 (plangate_spend is replaced when it runs again)
              "ALTER TABLE subscriptions DROP COLUMN tier_since",    # 17
              "DROP TABLE credit_reversals", "DROP INDEX credit_grants_by_payment_intent",      # 16

@@ -347,9 +347,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def overage_sent(self, start: float, end: float, settled: float) \
-            -> list[tuple[str, str, int, float | None]]:
+            -> list[tuple[str, str, int, float | None, int]]:
         """(customer, meter event name, total value, when the first of them that reached Stripe at or after
-        `settled` was counted, or None) sent for work counted between start and end."""
+        `settled` was counted or None, the total of the whole minutes before that one) of the reports sent for
+        work counted between start and end."""
 
     @abc.abstractmethod
     def commit(self, change: Change) -> Awaitable[bool]:

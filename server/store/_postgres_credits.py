@@ -24,7 +24,7 @@ _DUE = numbered(sql.DUE_REPORTS)
 _UPDATE = numbered(sql.UPDATE_REPORT)
 _BY_SUBJECT = numbered(sql.SUBJECT_REPORTS)
 _BY_STATUS = numbered(sql.REPORTS_BY_STATUS)
-_SENT = numbered(sql.SENT_TOTALS)
+_SENT = numbered(sql.sent_totals("floor({} / 60)"))
 _INSERT_REVERSAL = numbered(sql.INSERT_REVERSAL)
 _PAYMENT_GRANTS = numbered(sql.PAYMENT_GRANTS) + " FOR UPDATE"
 _PAYMENT_REVERSALS = numbered(sql.PAYMENT_REVERSALS)
@@ -135,10 +135,10 @@ class PostgresCredits:
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     async def overage_sent(self, start: float, end: float, settled: float) \
-            -> list[tuple[str, str, int, float | None]]:
+            -> list[tuple[str, str, int, float | None, int]]:
         async with self._conn() as db:
-            rows = await db.fetch(_SENT, settled, start, end)
-        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
+            rows = await db.fetch(_SENT, settled, start, end, start, end)
+        return [(r[0], r[1], int(r[2]), r[3], int(r[4])) for r in rows]
 
 
 class _Undo(Exception):

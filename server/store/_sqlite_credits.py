@@ -20,14 +20,18 @@ if TYPE_CHECKING:
     from ._sqlite_transactions import GroupCommit
 
 
+_SENT = sql.sent_totals("CAST({} / 60 AS INTEGER)")
+
+
 class SQLiteCredits:
-    """Mixed into SQLiteStore: uses its group commit (_groups), _rows and _write_whole."""
+    """Mixed into SQLiteStore: uses its group commit (_groups), _rows, _scan and _write_whole."""
 
     if TYPE_CHECKING:       # SQLiteStore's
         _groups: GroupCommit
         _commits_on_loop: bool
 
         async def _rows(self, sql: str, params) -> list: ...
+        async def _scan(self, sql: str, params) -> list: ...
         async def _write_whole(self, fn: Callable[..., Any], *args: Any, on_loop: bool = False) -> Any: ...
 
     def spend(self, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,
@@ -69,8 +73,9 @@ class SQLiteCredits:
         return {status: (count, total) for status, count, total in await self._rows(sql.REPORT_COUNTS, ())}
 
     async def overage_sent(self, start: float, end: float, settled: float) \
-            -> list[tuple[str, str, int, float | None]]:
-        return [tuple(r) for r in await self._rows(sql.SENT_TOTALS, (settled, start, end))]
+            -> list[tuple[str, str, int, float | None, int]]:
+        # A day of every customer's reports: on the writer's thread, not the loop's (SQLite lets go of the GIL).
+        return [tuple(r) for r in await self._scan(_SENT, (settled, start, end, start, end))]
 
 
 def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_start: int, amount: int, spend: Spend,

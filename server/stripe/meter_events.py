@@ -163,18 +163,15 @@ class MeterEvents:
         meters = await self._meters()
         differences = []
         compared = 0
-        for customer, event_name, value, late in sent:
+        for customer, event_name, value, late, settled_value in sent:
             meter = meters.get(event_name)
             until = end
             if late is not None:
                 # A report that reached Stripe lately (retried, or waiting for its customer) may not be in its sums
                 # yet: this customer's event is compared up to the minute that report's work was counted in.
-                until = int(late) // 60 * 60
+                until, value = int(late) // 60 * 60, settled_value
                 if until <= start:
                     continue
-                value = next((v for c, e, v, _ in await self.gate.timed(
-                    "overage", self.gate.store.overage_sent(start, until, settled), timeout=30.0)
-                    if (c, e) == (customer, event_name)), 0)
             try:
                 theirs = await self._summed(meter, customer, start, until) if meter else 0
             except (stripe.StripeError, TimeoutError) as exc:     # this customer's sum, not the others'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import math
+import random
 from datetime import date, datetime, timedelta, UTC
 from zoneinfo import ZoneInfo
 
@@ -193,9 +194,21 @@ class AnniversaryClock:
             return span
         span = anniversary_span(self.kind, now, period_start, period_end)
         if len(self._spans) >= self.SPANS_KEPT:
-            self._spans.clear()     # whole, at once: a reader on another thread never sees it half done
+            self._make_room(now)
         self._spans[key] = span
         return span
+
+    def _make_room(self, now: float) -> None:
+        """Windows that have ended go, then (still full) a random half: with more periods than are kept, taken
+        in turn, emptying it all, or the oldest first, would keep none until its period came round again."""
+        spans = self._spans
+        kept = list(spans.items())      # one C call: a copy no other thread's update can break
+        for key, span in kept:
+            if span.end is not None and span.end <= now:
+                spans.pop(key, None)
+        if len(spans) >= self.SPANS_KEPT:
+            for key in random.sample(list(spans), len(spans) // 2):
+                spans.pop(key, None)
 
 
 def anniversary_span(kind: Window, now: float, anchor: float, until: float | None = None) -> Span:

@@ -135,6 +135,18 @@ class TestCachedBounds:
         assert clock.span(first.end, *periods[-1]).start == first.end         # then the next month's
         assert len(clock._spans) <= 50
 
+    def test_one_more_period_than_are_kept_still_finds_most_windows_kept(self, monkeypatch):
+        """Full, the cache was emptied whole: with one period more than it keeps, taken in turn, each was gone
+        before its turn came round again, and every decision worked its window out anew."""
+        monkeypatch.setattr(AnniversaryClock, "SPANS_KEPT", 50)
+        clock = AnniversaryClock(Window.MONTH, CalendarClock(Window.MONTH, ZoneInfo("UTC")))
+        now = at("2027-03-10 12:00")
+        periods = [(at("2027-01-31 10:00") + n * 3600, at("2028-01-31 10:00") + n * 3600) for n in range(51)]
+        first = [clock.span(now, start, end) for start, end in periods]
+        again = [clock.span(now, start, end) for start, end in periods]
+        hits = sum(a is b for a, b in zip(first, again))      # the very window kept, not worked out anew
+        assert hits >= 15 and len(clock._spans) <= 50
+
     def test_only_calendar_kinds_have_a_clock(self):
         with pytest.raises(ValueError):
             CalendarClock(Window.BILLING_PERIOD, ZoneInfo("UTC"))

@@ -226,7 +226,8 @@ class ChangeFeed:
     def since(self, last_event_id: str | None, client: str | None = None) -> list[bytes] | None:
         """The kept events after `last_event_id` that `client` hears ([] for a new client); None when the feed
         cannot resume from it (another epoch, or no longer kept)."""
-        if not last_event_id:
+        if not last_event_id:       # a client starting afresh holds nothing a reset would drop
+            self.reset_said(client)
             return []
         if client in self.must_reset:      # cleared once its stream has said `reset` (reset_said)
             return None

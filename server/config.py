@@ -21,6 +21,7 @@ class ConfigError(ValueError):
     """A setting has a value the gate cannot use."""
 
 
+_MAPPED = IPv6Network("::ffff:0:0/96")     # IPv4 addresses in IPv6 form
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -311,7 +312,11 @@ class _Reader:
         for part in (p.strip() for p in (self._raw(name) or "").split(",")):
             if part:
                 try:
-                    found.append(ip_network(part, strict=False))
+                    network = ip_network(part, strict=False)
+                    if isinstance(network, IPv6Network) and network.subnet_of(_MAPPED) and network.prefixlen >= 96:
+                        # ::ffff:10.0.0.5 is 10.0.0.5: addresses are compared in their IPv4 form
+                        network = IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+                    found.append(network)
                 except ValueError:
                     raise ConfigError(f"{name}: {part!r} is not an IP address or network; give comma-separated "
                                       "addresses or networks, e.g. 10.0.0.5,192.168.0.0/16") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from urllib.parse import quote
 
@@ -153,6 +153,13 @@ def client_address(request: web.Request, trusted: tuple) -> str:
     return str(address)
 
 
+def limited_as(address: str) -> str:
+    """What the login limit counts an address by: an IPv6 address by its /64 (one household or host holds a
+    whole /64, and would get ten tries an address), any other as it is."""
+    ip = _ip(address)
+    return str(ip_network(f"{ip}/64", strict=False)) if ip is not None and ip.version == 6 else address
+
+
 def _ip(text: str):
     """The address of a forwarded hop or a peer (its port, brackets and IPv4-mapped form left out), or None."""
     text = text.strip()
@@ -160,6 +167,7 @@ def _ip(text: str):
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:                      # v4:port
         text = text.partition(":")[0]
+    text = text.partition("%")[0]                   # a v6 scope id names the proxy's interface, not the client
     try:
         ip = ip_address(text)
     except ValueError:
@@ -180,7 +188,8 @@ async def login(request: web.Request) -> web.Response:
     if not label.isprintable():     # the audit's actor: the API's rule (no control or direction characters)
         return _login_page(request, "Your name may hold no control or formatting characters.", 400)
     failed, address = request.app[FAILED], client_address(request, request.app[GATE].config.trusted_proxies)
-    wait = failed.wait(address)
+    counted = limited_as(address)
+    wait = failed.wait(counted)
     if wait:        # before the token is compared: a limited address learns nothing from its guesses
         log(logging.WARNING, "console_login_refused", address=address, why="rate_limited", wait=wait)
         response = _login_page(request, f"Too many wrong tokens from your address: try again in {wait} seconds.",
@@ -191,7 +200,7 @@ async def login(request: web.Request) -> web.Response:
     given = "Bearer " + form.get("token", "")
     is_admin = matches(given, admin)
     if not is_admin and not matches(given, api):
-        failed.failed(address)
+        failed.failed(counted)
         log(logging.WARNING, "console_login_refused", address=address, why="wrong_token")
         return _login_page(request, "Wrong token.", 401)
     try:

@@ -589,6 +589,17 @@ class TestBehindAProxy:
         addresses = {json.loads(line).get("address") for line in logs.text.splitlines()}
         assert addresses == {counted}
 
+    async def test_an_ipv6_client_is_limited_by_its_64_and_a_mapped_proxy_address_is_the_proxy(self, start_gate):
+        """Any IPv6 client holds a whole /64: counted by address, it had ten tries for each of them. A trusted
+        proxy written in IPv4-mapped form (::ffff:127.0.0.1) is the proxy all the same."""
+        gate = await start_gate(**WEBHOOK, PLANGATE_TRUSTED_PROXIES="::ffff:127.0.0.1")
+        async with new_session() as attacker, new_session() as neighbour:
+            for n in range(FAILED_LOGINS):
+                hop = f"[2001:db8:0:7::{n + 1:x}%eth0]:{40000 + n}"
+                assert await self._login(gate.url, attacker, "not-the-token", hop) == 401
+            assert await self._login(gate.url, attacker, ADMIN_TOKEN, "2001:db8:0:7::ffff") == 429
+            assert await self._login(gate.url, neighbour, ADMIN_TOKEN, "2001:db8:0:8::1") == 303
+
     async def test_without_trusted_proxies_the_header_is_not_believed(self, start_gate):
         gate = await start_gate(**WEBHOOK)
         async with new_session() as browser:

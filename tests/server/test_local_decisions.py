@@ -318,7 +318,15 @@ def test_a_client_past_its_subject_limit_is_cut_off_and_resumes_with_reset(monke
     assert listener.cut and not feed.watchers     # no subject silently unwatched: all dropped, the stream cut
     last = feed.last_id
     feed.leave(listener)
+    feed.watch("client-many", "d")                # a snapshot under way at the drop watches again
     assert feed.since(last, "client-many") is None
+    assert feed.since(last, "client-many") is None    # until its stream has said `reset`
+    feed.reset_said("client-many")
+    assert feed.since(last, "client-many") == []
+    feed.watch("client-many", "e")
+    feed.watch("client-many", "f")
+    feed.watch("client-many", "g")                # past the limit again, then it starts afresh (no event id)
+    assert feed.since(None, "client-many") == [] and feed.since(last, "client-many") == []
 
 
 def test_subjects_watched_by_a_client_that_never_listens_here_are_forgotten(monkeypatch):

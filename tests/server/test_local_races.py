@@ -33,6 +33,17 @@ def _holding_session(path_part: str):
     return aiohttp.ClientSession(trace_configs=[trace]), held, release
 
 
+async def _both_refuse_past_the_bound(here: GateClient, there: GateClient, subject: str) -> None:
+    """Past the staleness bound (under the gate's 5 s cache TTL), the local copy refuses a closed account as the
+    gate does."""
+    await asyncio.sleep(STALENESS * 1.5)
+    remote = await there.check(subject, "requests")
+    local = await here.check(subject, "requests")
+    assert remote.reason == "status_denies"
+    assert (local.allowed, local.reason) == (remote.allowed, remote.reason), \
+        f"local {local.reason}/{local.status} (evaluated_here={local.evaluated_here}) vs gate {remote.reason}"
+
+
 async def test_two_concurrent_first_checks_of_a_subject_never_keep_a_copy_that_missed_a_transition(gate):
     """Two checks of a subject not yet held run at once (any async server's burst). Each fetched a snapshot: the
     second finished first and took the subject's race marker; the account was then closed; the first's snapshot,
@@ -53,12 +64,7 @@ async def test_two_concurrent_first_checks_of_a_subject_never_keep_a_copy_that_m
         await _caught_up(here, gate)                            # the client heard the close: copy dropped
         release.set()
         await asyncio.gather(first, second)
-        await asyncio.sleep(STALENESS * 1.5)                    # past the staleness bound (under the 5 s TTL)
-        remote = await there.check("racer", "requests")
-        local = await here.check("racer", "requests")
-        assert remote.reason == "status_denies"
-        assert (local.allowed, local.reason) == (remote.allowed, remote.reason), \
-            f"local {local.reason}/{local.status} (evaluated_here={local.evaluated_here}) vs gate {remote.reason}"
+        await _both_refuse_past_the_bound(here, there, "racer")
 
 
 async def test_a_client_cut_off_past_its_subject_limit_resets_though_a_snapshot_came_in_between(
@@ -83,12 +89,7 @@ async def test_a_client_cut_off_past_its_subject_limit_resets_though_a_snapshot_
         await asyncio.sleep(0.2)
         # (without a reset, the copy of held-a would still decide here, and nobody at the gate watches it)
         await there.transition("held-a", action="close_account", reason="test")
-        await asyncio.sleep(STALENESS * 1.5)            # past the staleness bound (under the 5 s TTL)
-        remote = await there.check("held-a", "requests")
-        local = await here.check("held-a", "requests")
-        assert remote.reason == "status_denies"
-        assert (local.allowed, local.reason) == (remote.allowed, remote.reason), \
-            f"local {local.reason}/{local.status} (evaluated_here={local.evaluated_here}) vs gate {remote.reason}"
+        await _both_refuse_past_the_bound(here, there, "held-a")
 
 
 async def test_after_a_plan_reload_subjects_stored_before_it_are_decided_here_again(start_gate, tmp_path):

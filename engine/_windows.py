@@ -202,8 +202,8 @@ class AnniversaryClock:
         """Windows that have ended go, then (still full) a random half: with more periods than are kept, taken
         in turn, emptying it all, or the oldest first, would keep none until its period came round again."""
         spans = self._spans
-        kept = list(spans.items())      # one C call: a copy no other thread's update can break
-        for key, span in kept:
+        snapshot = list(spans.items())      # one C call: a copy no other thread's update can break
+        for key, span in snapshot:
             if span.end is not None and span.end <= now:
                 spans.pop(key, None)
         if len(spans) >= self.SPANS_KEPT:

@@ -313,7 +313,7 @@ class _Reader:
             if part:
                 try:
                     network = ip_network(part, strict=False)
-                    if isinstance(network, IPv6Network) and network.subnet_of(_MAPPED) and network.prefixlen >= 96:
+                    if isinstance(network, IPv6Network) and network.subnet_of(_MAPPED):
                         # ::ffff:10.0.0.5 is 10.0.0.5: addresses are compared in their IPv4 form
                         network = IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
                     found.append(network)

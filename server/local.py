@@ -80,10 +80,9 @@ def hint(out=None) -> int:
     config = _settings()
     if config is None:
         return 2
-    taken = _taken(config.host, config.port)
-    if taken:
-        print(f"plangate: {config.host}:{config.port} {taken}: is a gate (an earlier make run) still running? Stop "
-              "it, or set PLANGATE_PORT to another port", file=sys.stderr)
+    if _in_use(config.host, config.port):
+        print(f"plangate: {config.host}:{config.port} is in use: is a gate (an earlier make run) still running? "
+              "Stop it, or set PLANGATE_PORT to another port", file=sys.stderr)
         return 2
     api = config.api_tokens[0] if config.api_tokens else "(none: set PLANGATE_API_TOKEN)"
     admin = config.admin_tokens[0] if config.admin_tokens else "(none: the admin routes refuse every caller)"
@@ -116,8 +115,9 @@ Stop with Ctrl-C.
     return 0
 
 
-def _taken(host: str, port: int) -> str | None:
-    """Why serve could not listen on host:port (in use), or None."""
+def _in_use(host: str, port: int) -> bool:
+    """Whether serve could not listen on host:port because something listens there already (any other reason to
+    fail is serve's to say)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as aiohttp's server sets it
         if probe.family == socket.AF_INET6:     # as asyncio's server does: an IPv4 service on the port is no clash
@@ -125,8 +125,8 @@ def _taken(host: str, port: int) -> str | None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            return "is in use" if exc.errno == errno.EADDRINUSE else None
-    return None
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _first_meter(plans: str) -> str:

@@ -14,6 +14,7 @@ import secrets
 import time
 
 from ..gate import Gate, StoreUnavailable
+from ..http._auth import matches
 from ..store import ConsoleSession
 
 COOKIE = "plangate_console"
@@ -76,12 +77,8 @@ class Sessions:
         return session
 
     def _still_valid(self, sid: str, session: ConsoleSession) -> bool:
-        """Was the session opened by a token its scope still accepts? Each of them compared, whatever the first
-        gave."""
-        found = False
-        for token in self._tokens[session.admin]:
-            found |= hmac.compare_digest(_mac(sid, token), session.token_mac)
-        return found
+        """Was the session opened by a token its scope still accepts (each compared in constant time)?"""
+        return matches(session.token_mac, tuple(_mac(sid, token) for token in self._tokens[session.admin]))
 
     async def close(self, sid: str | None) -> None:
         id_hash = _hashed(sid)

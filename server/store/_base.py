@@ -347,10 +347,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def overage_sent(self, start: float, end: float, settled: float) \
-            -> list[tuple[str, str, int, float | None, int]]:
-        """(customer, meter event name, total value, when the first of them that reached Stripe at or after
-        `settled` was counted or None, the total of the whole minutes before that one) of the reports sent for
-        work counted between start and end."""
+            -> list[tuple[str, str, int, float | None]]:
+        """(customer, meter event name, value, late) of the reports sent for work counted between start and end:
+        `late` when the first of them that reached Stripe at or after `settled` was counted (None: none did), and
+        the value of the whole minutes before that one (all of it when none did)."""
 
     @abc.abstractmethod
     def commit(self, change: Change) -> Awaitable[bool]:

@@ -54,12 +54,12 @@ REPORT_COUNTS = "SELECT status, count(*), coalesce(sum(value), 0) FROM overage_r
 UPDATE_REPORT = ("UPDATE overage_reports SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
                  "sent_at = ?, stripe_customer = ? WHERE identifier = ?")
 # What was sent per customer and meter event between two times (reconciliation compares it with Stripe's sums).
-# Per (customer, event name) of the work counted in [start, end): its total, when the first of its reports that
-# reached Stripe at or after `settled` was counted (NULL: none), and the total of the whole minutes before that one
-# (the part Stripe has surely summed). {minute} is the dialect's whole minute of a time: SQLite truncates a CAST,
-# PostgreSQL rounds one (floor there).
-SENT_TOTALS = ("SELECT r.stripe_customer, r.event_name, sum(r.value), g.late, "
-               "sum(CASE WHEN g.late IS NULL OR {minute_r} < {minute_g} THEN r.value ELSE 0 END) "
+# Per (customer, event name) of the work counted in [start, end): the total Stripe has surely summed (of the whole
+# minutes before the first report that reached it at or after `settled`; all of it when none did), and when that
+# report's work was counted (NULL: none). {minute} is the dialect's whole minute of a time: SQLite truncates a
+# CAST, PostgreSQL rounds one (floor there).
+SENT_TOTALS = ("SELECT r.stripe_customer, r.event_name, "
+               "sum(CASE WHEN g.late IS NULL OR {minute_r} < {minute_g} THEN r.value ELSE 0 END), g.late "
                "FROM overage_reports AS r JOIN (SELECT stripe_customer, event_name, "
                "min(CASE WHEN sent_at >= ? THEN at END) AS late FROM overage_reports WHERE status = 'sent' AND "
                "at >= ? AND at < ? AND stripe_customer IS NOT NULL GROUP BY stripe_customer, event_name) AS g "

@@ -135,10 +135,10 @@ class PostgresCredits:
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     async def overage_sent(self, start: float, end: float, settled: float) \
-            -> list[tuple[str, str, int, float | None, int]]:
+            -> list[tuple[str, str, int, float | None]]:
         async with self._conn() as db:
             rows = await db.fetch(_SENT, settled, start, end, start, end)
-        return [(r[0], r[1], int(r[2]), r[3], int(r[4])) for r in rows]
+        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
 
 
 class _Undo(Exception):

@@ -73,7 +73,7 @@ class SQLiteCredits:
         return {status: (count, total) for status, count, total in await self._rows(sql.REPORT_COUNTS, ())}
 
     async def overage_sent(self, start: float, end: float, settled: float) \
-            -> list[tuple[str, str, int, float | None, int]]:
+            -> list[tuple[str, str, int, float | None]]:
         # A day of every customer's reports: on the writer's thread, not the loop's (SQLite lets go of the GIL).
         return [tuple(r) for r in await self._scan(_SENT, (settled, start, end, start, end))]
 

@@ -163,15 +163,13 @@ class MeterEvents:
         meters = await self._meters()
         differences = []
         compared = 0
-        for customer, event_name, value, late, settled_value in sent:
+        for customer, event_name, value, late in sent:
             meter = meters.get(event_name)
-            until = end
-            if late is not None:
-                # A report that reached Stripe lately (retried, or waiting for its customer) may not be in its sums
-                # yet: this customer's event is compared up to the minute that report's work was counted in.
-                until, value = int(late) // 60 * 60, settled_value
-                if until <= start:
-                    continue
+            # A report that reached Stripe lately (retried, or waiting for its customer) may not be in its sums
+            # yet: this customer's event is compared up to the minute that report's work was counted in.
+            until = end if late is None else int(late) // 60 * 60
+            if until <= start:
+                continue
             try:
                 theirs = await self._summed(meter, customer, start, until) if meter else 0
             except (stripe.StripeError, TimeoutError) as exc:     # this customer's sum, not the others'

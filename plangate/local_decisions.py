@@ -162,7 +162,7 @@ class LocalDecisions:
         try:
             async with asyncio.timeout(timeout):
                 url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"
-                sent = self.clock()
+                sent, asked = self.clock(), time.monotonic()
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
                         return False
@@ -181,7 +181,7 @@ class LocalDecisions:
             self.unreadable_under = table.version
             return False
         copy = _Copy(state, {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
-                     time.monotonic() + body["max_age"])
+                     asked + body["max_age"])
         self.allowed = body["local"]
         self.copies[subject] = copy
         return True

@@ -79,6 +79,7 @@ class _Entry:
     asked: bool = False             # a request read it since it was loaded: worth reading again before it expires
     seen: int | None = None         # store.outside_writes() before it was read: unchanged, it is still as read
     renewed: int = 0                # times kept another TTL unread since it was read
+    kept_at: float = 0.0            # time.monotonic() when it was (last) kept: known current then
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ class Gate:
         return entry
 
     def _keep(self, subject: str, entry: _Entry) -> None:
+        entry.kept_at = time.monotonic()
         self._cache[subject] = entry
         if self.config.cache_ttl >= REFRESH_MIN_TTL:
             due = self._due
@@ -437,11 +439,13 @@ class Gate:
         return decision
 
     async def snapshot(self, subject: str) \
-            -> tuple[StateTable, SubjectState, dict[tuple[str, int], int], str, float]:
+            -> tuple[StateTable, SubjectState, dict[tuple[str, int], int], str, float, float]:
         """What a client deciding locally needs of a subject: the table that decides it, its state, the usage of
         every meter's current window, the feed's last event id before they were read (the client applies
-        every later event), and this gate's time of the reading (the client decides by the gate's clock, not
-        its own). StoreUnavailable, UnknownStatus."""
+        every later event), this gate's time of the reading (the client decides by the gate's clock, not
+        its own), and how long the state may be kept: what is left of its cache entry's TTL (a write the feed
+        cannot tell reaches the client when it reaches this gate, not a TTL later). StoreUnavailable,
+        UnknownStatus."""
         event_id = self.feed.last_id
         now = self.clock()
         entry = self._cached(subject) or await self._load_entry(subject, now)
@@ -450,7 +454,8 @@ class Gate:
         windows = [(meter, table.window(state, meter, now).start) for meter in table.meters]
         found = await self.timed("usage", self.store.used(subject, windows))
         used = {w: max(entry.used.get(w, 0), found.get(w, 0)) for w in windows}
-        return table, state, used, event_id, now
+        keep_for = max(0.0, self.config.cache_ttl - (time.monotonic() - entry.kept_at))
+        return table, state, used, event_id, now, keep_for
 
     async def _past_the_limit(self, entry: _Entry, table: StateTable, meter: str, amount: int, used: int,
                               window: tuple[str, int], decision: Decision, now: float) -> Decision:

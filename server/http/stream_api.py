@@ -52,7 +52,7 @@ async def snapshot(request: web.Request) -> web.Response:
     if client is not None:      # before the read: every change after it reaches the client's stream
         gate.feed.watch(client, subject)
     try:
-        table, state, used, event_id, now = await gate.snapshot(subject)
+        table, state, used, event_id, now, keep_for = await gate.snapshot(subject)
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
     except UnknownStatus as exc:
@@ -61,9 +61,9 @@ async def snapshot(request: web.Request) -> web.Response:
             from None
     return _json.response({
         "subject": subject, "plan_version": table.version, "event_id": event_id, "local": _local(gate),
-        # A copy lives no longer than the gate's own cache entry: what the feed cannot tell (a write to a SQLite
-        # file by another process, `plangate erase`) reaches a client as it reaches this gate, within the TTL.
-        "max_age": gate.config.cache_ttl,
+        # A copy lives no longer than what is left of the gate's own cache entry: what the feed cannot tell (a
+        # write to a SQLite file by another process, `plangate erase`) reaches a client as it reaches this gate.
+        "max_age": keep_for,
         "now": now,     # the gate's clock: a client decides windows and timers by it, whatever its own says
         "state": orjson.loads(state_json(state) or "{}"),
         "used": [{"meter": meter, "window_start": start, "used": n} for (meter, start), n in used.items()],

@@ -3,9 +3,11 @@ package), and checked against Stripe's own sums.
 
 Each counted piece of work's overage is a report row, written with its count (never lost with a crash). The
 `report` job sends the due ones a batch at a time, a few at once, batch after batch until none is due (or the
-run's time is spent); each event carries the report's identifier,
-and the request the same as its idempotency key, so a report sent twice (a timeout, a crash before its row said
-`sent`) is counted once by Stripe. A transient failure (unreachable, 429, 5xx) leaves the report pending, retried
+run's time is spent); each event carries the report's identifier, so a report sent twice (a timeout, a crash
+before its row said `sent`) is counted once by Stripe: a second recording is refused as "already exists", read
+as sent. Each attempt's request has an idempotency key of its own (the identifier, then the identifier and the
+attempt's number): Stripe answers a key with its first answer for 24 hours, a 500 included, so one key for
+every attempt held a report back for a day after one server error. A transient failure (unreachable, 429, 5xx) leaves the report pending, retried
 later with a growing pause; one Stripe refuses (4xx: an unknown customer or meter, a timestamp older than 35 days,
 its idempotency key already used with other parameters) is kept, `refused`, with Stripe's message: visible in
 GET /v1/overage and the metrics, never dropped. A report whose subject has no Stripe customer yet waits (pending)
@@ -112,10 +114,10 @@ class MeterEvents:
         params: MeterEventCreateParams = {
             "event_name": report.event_name, "identifier": report.identifier, "timestamp": int(report.at),
             "payload": {"stripe_customer_id": customer, "value": str(report.value)}}
+        key = report.identifier if report.attempts == 1 else f"{report.identifier}:{report.attempts}"
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
-                await self.api.client().v1.billing.meter_events.create_async(
-                    params, {"idempotency_key": report.identifier})
+                await self.api.client().v1.billing.meter_events.create_async(params, {"idempotency_key": key})
         except stripe.InvalidRequestError as exc:
             message = str(exc.user_message or exc)
             if "identifier" in message and "already" in message:     # sent before (its answer was lost)

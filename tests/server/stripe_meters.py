@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 KEY = "sk_test_meters_0123456789"
+_NO_RETRY = {"Stripe-Should-Retry": "false"}    # the stripe package's own retries would hide a failure
 
 
 @dataclass
@@ -35,6 +36,9 @@ class FakeStripe:
     reused: int = 0         # the next meter events refused as a reused idempotency key (Stripe's idempotency_error)
     in_progress: int = 0    # the next meter events refused as their key's first request is still under way (409)
     unforeseen: int = 0     # the next meter events answered with an error no meter event has (a card_error, 402)
+    broken: int = 0         # the next meter events failing inside Stripe (500): saved under their idempotency key
+    broken_recorded: bool = False   # ...once the event was recorded (else before)
+    answered: dict[str, tuple[dict, int, dict]] = field(default_factory=dict)  # idempotency key -> form, answer
     unprocessed: set[str] = field(default_factory=set)     # identifiers accepted but not in the summaries yet
     revoked: int = 0        # the next requests refused as made with a revoked key (401)
     lines_asked: int = 0    # requests for a Checkout Session's line items
@@ -60,7 +64,7 @@ class FakeStripe:
         if self.failing:
             self.failing -= 1
             return web.json_response({"error": {"type": "api_error", "message": "Stripe is down (test)"}},
-                                     status=503, headers={"Stripe-Should-Retry": "false"})
+                                     status=503, headers=_NO_RETRY)
         return None
 
     async def meter_event(self, request: web.Request) -> web.Response:
@@ -84,27 +88,49 @@ class FakeStripe:
         if self.unforeseen:
             self.unforeseen -= 1
             return _error(402, "card_error", "Your card was declined.", "card_declined")
+        # Stripe keeps a key's first answer once the request began to run (a 500 too) and gives it again to the
+        # same key and parameters; other parameters under that key are refused.
+        key = request.headers.get("Idempotency-Key")
+        if key in self.answered:
+            first, status, body = self.answered[key]
+            if first != form:
+                return _error(400, "idempotency_error", "Keys for idempotent requests can only be used with the "
+                                                        "same parameters they were first used with.")
+            return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true", **_NO_RETRY})
+        status, body = self._record(form)
+        if key is not None and status in (200, 500):
+            self.answered[key] = (form, status, body)
+        if self.lost and status == 200:
+            self.lost -= 1
+            return web.json_response({"error": {"type": "api_error", "message": "lost answer (test)"}},
+                                     status=503, headers=_NO_RETRY)
+        return web.json_response(body, status=status, headers=_NO_RETRY if status >= 500 else None)
+
+    def _record(self, form: dict) -> tuple[int, dict]:
+        """A meter event's answer: (200, the event) once recorded, else (status, Stripe's error body)."""
+        failed = (500, {"error": {"type": "api_error", "message": "An unknown error occurred (test)"}})
+        if self.broken and not self.broken_recorded:
+            self.broken -= 1
+            return failed
         name, ident = form.get("event_name"), form.get("identifier")
         customer = form.get("payload[stripe_customer_id]")
         if name not in self.meters:
-            return _error(400, "invalid_request_error", f"No active meter was found for event name {name}.")
+            return 400, _body("invalid_request_error", f"No active meter was found for event name {name}.")
         if customer not in self.customers:
-            return _error(400, "invalid_request_error", f"No such customer: '{customer}'", "resource_missing")
+            return 400, _body("invalid_request_error", f"No such customer: '{customer}'", "resource_missing")
         if any(e["identifier"] == ident for e in self.events):
-            return _error(400, "invalid_request_error",
-                          f"An event with identifier {ident} already exists.")
+            return 400, _body("invalid_request_error", f"An event with identifier {ident} already exists.")
         timestamp = int(form.get("timestamp") or time.time())
         if timestamp < time.time() - 35 * 86400:
-            return _error(400, "invalid_request_error", "Timestamp must be within the past 35 calendar days.")
+            return 400, _body("invalid_request_error", "Timestamp must be within the past 35 calendar days.")
         event = {"object": "billing.meter_event", "created": int(time.time()), "event_name": name,
                  "identifier": ident, "livemode": False, "timestamp": timestamp,
                  "payload": {"stripe_customer_id": customer, "value": form.get("payload[value]")}}
         self.events.append(event)
-        if self.lost:
-            self.lost -= 1
-            return web.json_response({"error": {"type": "api_error", "message": "lost answer (test)"}},
-                                     status=503, headers={"Stripe-Should-Retry": "false"})
-        return web.json_response(event)
+        if self.broken:
+            self.broken -= 1
+            return failed
+        return 200, event
 
     async def list_meters(self, request: web.Request) -> web.Response:
         refused = self._auth(request)
@@ -133,7 +159,7 @@ class FakeStripe:
         start, end, customer = int(q["start_time"]), int(q["end_time"]), q["customer"]
         if customer in self.summaries_failing:
             return web.json_response({"error": {"type": "api_error", "message": "trouble summing (test)"}},
-                                     status=500, headers={"Stripe-Should-Retry": "false"})
+                                     status=500, headers=_NO_RETRY)
         if start % 60 or end % 60:
             return _error(400, "invalid_request_error", "start_time and end_time must be aligned to minutes")
         total = sum(float(e["payload"]["value"]) for e in self.events if e["event_name"] == name
@@ -194,11 +220,15 @@ class FakeStripe:
                                   "url": f"/v1/checkout/sessions/{session}/line_items"})
 
 
-def _error(status: int, kind: str, message: str, code: str | None = None) -> web.Response:
+def _body(kind: str, message: str, code: str | None = None) -> dict:
     body = {"type": kind, "message": message}
     if code:
         body["code"] = code
-    return web.json_response({"error": body}, status=status)
+    return {"error": body}
+
+
+def _error(status: int, kind: str, message: str, code: str | None = None) -> web.Response:
+    return web.json_response(_body(kind, message, code), status=status)
 
 
 @contextmanager

@@ -90,6 +90,22 @@ class TestReporting:
         assert len(fake.events) == 1 and len(fake.requests) == 2
         assert {r[1]["identifier"] for r in fake.requests} == {fake.events[0]["identifier"]}
 
+    @pytest.mark.parametrize("recorded", [False, True], ids=["failed-before-recording", "failed-after-recording"])
+    async def test_a_server_error_is_retried_under_a_new_key_and_counted_once(self, scale, fake, recorded):
+        """Stripe answers a key with its first answer for 24 hours, a 500 included: every retry under the report's
+        one key got the same 500 back for a day (the report past its invoice). Each attempt has a key of its own;
+        the identifier keeps it counted once when the failing request had recorded it."""
+        await consume(scale, "s1", "tokens", 10, key="job-500")
+        fake.broken, fake.broken_recorded = 1, recorded
+        assert await job(scale) == [0, 1, 0]
+        assert len(fake.events) == int(recorded)
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 31
+        assert await job(scale) == [1, 0, 0]
+        (event,) = fake.events
+        assert {form["identifier"] for _, form in fake.requests} == {event["identifier"]}
+
     async def test_one_report_failing_unexpectedly_keeps_the_others_outcomes(self, scale, fake):
         """A report whose sending fails in a way not foreseen (here a card_error) is left for a retry; the
         reports sent beside it are recorded as sent. Before, the whole batch's outcomes were lost: the sent ones

@@ -54,7 +54,10 @@ class LocalDecisions:
         self.client = secrets.token_urlsafe(12)     # the stream tells this name of the subjects it fetched
         self.table: Any = None              # the compiled plan (a StateTable), once fetched and of the gate's version
         self.copies: dict[str, _Copy] = {}
-        self.touched: dict[str, int] = {}   # subjects being fetched -> the number of the last event about them
+        self.touched: dict[str, int] = {}   # subjects being fetched -> the number of the last change of state heard
+        # Subjects being fetched -> the usage counted meanwhile: a count says its window's whole figure, so it is
+        # merged into the snapshot (the larger figure is the newer) where a change of state makes it be refused.
+        self.counted_meanwhile: dict[str, dict[tuple[str, int], int]] = {}
         self.epoch, self.n = "", -1         # the last event heard
         self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
         self.live = False                   # connected and said hello
@@ -159,6 +162,7 @@ class LocalDecisions:
         if not self.fresh or table is None or self.unreadable_under == table.version:
             return False
         self.touched[subject] = -1
+        self.counted_meanwhile[subject] = meanwhile = {}
         try:
             async with asyncio.timeout(timeout):
                 url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"
@@ -172,6 +176,7 @@ class LocalDecisions:
             return False
         finally:
             raced = self.touched.pop(subject, -1)
+            self.counted_meanwhile.pop(subject, None)
         epoch, n = _number(body["event_id"])
         table = self.table      # None while a new plan is fetched
         if epoch != self.epoch or raced > n or table is None or body["plan_version"] != table.version:
@@ -180,8 +185,11 @@ class LocalDecisions:
         if state is None:       # a state this client's engine cannot read whole (a newer gate's): the gate decides
             self.unreadable_under = table.version
             return False
-        copy = _Copy(state, {(u["meter"], u["window_start"]): u["used"] for u in body["used"]},
-                     asked + body["max_age"])
+        used = {(u["meter"], u["window_start"]): u["used"] for u in body["used"]}
+        for key, counted in meanwhile.items():
+            if counted > used.get(key, 0):
+                used[key] = counted
+        copy = _Copy(state, used, asked + body["max_age"])
         self.allowed = body["local"]
         self.copies[subject] = copy
         return True
@@ -260,15 +268,15 @@ class LocalDecisions:
             return
         self.epoch, self.n = epoch, n
         subject = str(body.get("subject"))
+        if kind == "usage":
+            key, used = (body["meter"], body["window_start"]), body["used"]
+            for held in (getattr(self.copies.get(subject), "used", None), self.counted_meanwhile.get(subject)):
+                if held is not None and used > held.get(key, 0):
+                    held[key] = used
+            return
         if subject in self.touched:
             self.touched[subject] = n
-        if kind == "usage":
-            copy = self.copies.get(subject)
-            if copy is not None:
-                key = (body["meter"], body["window_start"])
-                if body["used"] > copy.used.get(key, 0):
-                    copy.used[key] = body["used"]
-        elif kind == "subject":
+        if kind == "subject":
             self.copies.pop(subject, None)
         elif kind == "reset":
             self._reset()

@@ -235,3 +235,26 @@ async def test_a_head_request_for_a_clients_stream_leaves_its_live_stream_alone(
             async with s.head(f"{gate.url}/v1/stream?client=probed-client", headers=auth) as probe:
                 assert probe.status == 200 and probe.headers["Content-Type"].startswith("text/event-stream")
             assert gate.app[GATE].feed.named.get("probed-client") is listener and not listener.cut
+
+
+async def test_a_subject_counted_while_its_snapshot_was_on_the_way_is_kept_with_those_counts(gate):
+    """A count heard during a fetch made the client refuse the snapshot: a subject others consume all the time
+    was never decided here. A count says its window's whole figure, so it is merged into the snapshot instead;
+    a change of the subject's state still makes the snapshot be refused (the first test)."""
+    session, held, release = _holding_session("/snapshot")
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        await there.consume("busy", "requests", 1, idempotency_key="first")
+        assert await here.local.ready()
+        first = asyncio.ensure_future(here.check("busy", "requests"))
+        await asyncio.wait_for(held.wait(), PATIENT)            # its snapshot was read: used 1
+        counted = await there.consume("busy", "requests", 2, idempotency_key="meanwhile")
+        await _caught_up(here, gate)                            # the client heard that count
+        release.set()
+        await first
+        assert "busy" in here.local.copies
+        local = await here.check("busy", "requests")
+        remote = await there.check("busy", "requests")
+        assert local.evaluated_here and not remote.evaluated_here
+        assert local.used == remote.used == counted.used == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, UTC
 
 from plangate import schema as plangate_schema
@@ -17,7 +18,10 @@ from ..jobs import Jobs
 from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
 from ..personal import ErasureUnavailable, PersonalData
+from ..logs import log
 from ..store import IdempotencyConflict
+from ..store._credits import RESEND_FILTERS
+from ..stripe.meter_events import RESEND_MARGIN, STRIPE_OLDEST
 
 GATE = web.AppKey("gate", Gate)
 PLANS = web.AppKey("plans", PlanKeeper)      # plan_api's, and /readyz's
@@ -211,6 +215,27 @@ async def overage(request: web.Request) -> web.Response:
         "reports": [_report(r) for r in reports], "reconciliation": _last_check(request)})
 
 
+async def resend_overage(request: web.Request) -> web.Response:
+    """A person's word that refused overage reports go to Stripe again (the meter or customer they lacked exists
+    now): those Stripe would still take (counted within its 35 days, less an hour to send them in), narrowed by
+    subject, event name or identifier; older ones stay refused and are counted in the answer."""
+    gate = request.app[GATE]
+    body = await inp.json_object(request, {"actor", "reason", *RESEND_FILTERS})
+    actor = inp.text(body, "actor")
+    reason = inp.text(body, "reason", required=False) or ""
+    filters = {name: value for name in RESEND_FILTERS if (value := inp.text(body, name, required=False))}
+    now = gate.clock()
+    since = now - STRIPE_OLDEST + RESEND_MARGIN
+    try:
+        resent, too_old = await gate.timed("overage", gate.store.resend_refused(
+            filters, since, now, f"resent by {actor}" + (f": {reason}" if reason else "")))
+    except StoreUnavailable:
+        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
+                                                       "resent; try again") from None
+    log(logging.INFO, "overage_resent", actor=actor, reason=reason, resent=resent, too_old=too_old, **filters)
+    return _json.response({"resent": resent, "too_old": too_old, "oldest": iso(since)})
+
+
 def _last_check(request: web.Request) -> dict | None:
     jobs = request.app.get(JOBS)
     checked = getattr(getattr(jobs, "meter_events", None), "last_check", None)
@@ -308,7 +333,8 @@ async def openapi(request: web.Request) -> web.Response:
 # Routes that change state on a person's word: PLANGATE_ADMIN_TOKEN only. Every other /v1/ route takes either token.
 # Credits and traits raise what a subject may do, as a move to a paying status would.
 ADMIN_PATHS = frozenset({"/v1/subjects/{subject}/transition", "/v1/subjects/{subject}/erase",
-                         "/v1/subjects/{subject}/credits", "/v1/subjects/{subject}/traits", "/v1/jobs/{job}"})
+                         "/v1/subjects/{subject}/credits", "/v1/subjects/{subject}/traits", "/v1/jobs/{job}",
+                         "/v1/overage/resend"})
 # (method, path, handler) of every route but the webhook's (webhook.receive); GET routes answer HEAD too.
 ROUTES = (
     ("POST", "/v1/check", check),
@@ -320,6 +346,7 @@ ROUTES = (
     ("POST", "/v1/subjects/{subject}/credits", grant_credits),
     ("POST", "/v1/subjects/{subject}/traits", set_traits),
     ("GET", "/v1/overage", overage),
+    ("POST", "/v1/overage/resend", resend_overage),
     ("POST", "/v1/jobs/{job}", run_job),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),

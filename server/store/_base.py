@@ -342,6 +342,12 @@ class Store(abc.ABC):
         """A subject's newest reports, or the newest with a status."""
 
     @abc.abstractmethod
+    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str) -> tuple[int, int]:
+        """Refused reports counted since `since` (narrowed by filters: subject, event_name, identifier) made
+        pending again, due at `now`, with `note` as their last error; (how many, how many refused ones older than
+        `since` stay refused), in one transaction."""
+
+    @abc.abstractmethod
     async def overage_counts(self) -> dict[str, tuple[int, int]]:
         """Reports per status: (how many, their total value)."""
 

@@ -184,6 +184,22 @@ def settle_payment(subject: str, payment_intent: str, grants, rows) -> tuple[lis
     return inserts, takes
 
 
+RESEND_FILTERS = ("subject", "event_name", "identifier")
+
+
+def resend_refused(filters: dict[str, str]) -> tuple[str, str]:
+    """A person's word that refused reports go again: the UPDATE putting those counted since a time back to
+    pending (parameters: due at, note, since, *filter values), and the COUNT of those counted before it, which
+    Stripe would refuse again (since, *filter values); filters (subject, event_name, identifier -> value) narrow
+    both. Attempts are kept: the next attempt's idempotency key is a new one (meter_events)."""
+    if not filters.keys() <= set(RESEND_FILTERS):
+        raise ValueError(f"no such filter: {sorted(filters.keys() - set(RESEND_FILTERS))}")
+    where = "".join(f" AND {column} = ?" for column in filters)
+    return (f"UPDATE overage_reports SET status = 'pending', next_attempt_at = ?, last_error = ? "
+            f"WHERE status = 'refused' AND at >= ?{where}",
+            f"SELECT count(*) FROM overage_reports WHERE status = 'refused' AND at < ?{where}")
+
+
 def report_from_row(r) -> OverageReport:
     return OverageReport(r[0], r[1], r[2], r[3], int(r[4]), float(r[5]), r[6], r[7], int(r[8]), float(r[9]), r[10],
                          None if r[11] is None else float(r[11]))

@@ -129,6 +129,13 @@ class PostgresCredits:
             rows = await db.fetch(query, arg, limit)
         return [sql.report_from_row(r) for r in rows]
 
+    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str) -> tuple[int, int]:
+        update, older = (numbered(q) for q in sql.resend_refused(filters))
+        values = tuple(filters.values())
+        async with self._tx() as db:
+            resent = int((await db.execute(update, now, note, since, *values)).split()[-1])     # "UPDATE n"
+            return resent, int(await db.fetchval(older, since, *values))
+
     async def overage_counts(self) -> dict[str, tuple[int, int]]:
         async with self._conn() as db:
             rows = await db.fetch(sql.REPORT_COUNTS)

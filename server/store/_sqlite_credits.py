@@ -69,6 +69,15 @@ class SQLiteCredits:
         query, arg = (sql.SUBJECT_REPORTS, subject) if subject is not None else (sql.REPORTS_BY_STATUS, status)
         return [sql.report_from_row(r) for r in await self._rows(query, (arg, limit))]
 
+    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str) -> tuple[int, int]:
+        update, older = sql.resend_refused(filters)
+        values = tuple(filters.values())
+
+        def write(db: sqlite3.Connection) -> tuple[int, int]:
+            resent = db.execute(update, (now, note, since, *values)).rowcount
+            return resent, db.execute(older, (since, *values)).fetchone()[0]
+        return await self._write_whole(write, on_loop=self._commits_on_loop)
+
     async def overage_counts(self) -> dict[str, tuple[int, int]]:
         return {status: (count, total) for status, count, total in await self._rows(sql.REPORT_COUNTS, ())}
 

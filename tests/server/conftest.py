@@ -78,10 +78,10 @@ class ServedGate:
 
 
 def token_for(path: str) -> str:
-    """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions, erasure, jobs and plan
-    changes, else the API token."""
+    """The token a /v1/ path's (or URL's) scope needs: the admin token for transitions, erasure, jobs, plan
+    changes and resending overage, else the API token."""
     path = urlsplit(path).path
-    admin = path.startswith(("/v1/jobs/", "/v1/plan/")) or \
+    admin = path.startswith(("/v1/jobs/", "/v1/plan/")) or path == "/v1/overage/resend" or \
         path.endswith(("/transition", "/erase", "/credits", "/traits"))
     return ADMIN_TOKEN if admin else TOKEN
 

@@ -237,6 +237,8 @@ def full_bodies(template: str) -> list[dict]:
         "/v1/plan/reload": [{"actor": "ops"}],
         "/v1/plan/upgrade": [{"tier": "pro", "reason": "price change", "actor": "ops"},
                              {"subjects": [f"user-{n}"], "reason": "support ticket 8"}],
+        "/v1/overage/resend": [{"actor": "ops", "reason": "meter created", "subject": f"user-{n}",
+                                "event_name": "api_requests_overage", "identifier": f"pgo-{n}"}],
     }[template]
 
 

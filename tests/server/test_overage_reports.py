@@ -13,6 +13,7 @@ from plangate.server.http.api import GATE, JOBS
 from plangate.server.store import OverageReport
 from plangate.server.stripe.meter_events import REPORT_BATCH, RETRY_MOST, MeterEvents
 
+from .conftest import TOKEN
 from .stripe_meters import KEY
 from .test_entitlements import AI, QUIET, consume, database, deliver, subscription, view  # noqa: F401
 from . import stripe_events as se
@@ -48,6 +49,61 @@ async def overage(gate, **query) -> dict:
     status, body = await gate.get("/v1/overage" + (f"?{qs}" if qs else ""))
     assert status == 200, body
     return body
+
+
+class TestResending:
+    """POST /v1/overage/resend: refused reports go again once what Stripe lacked exists (a meter created late
+    refused every report until then, and nothing could send them)."""
+
+    async def test_reports_refused_for_a_missing_meter_go_again_once_it_exists(self, scale, fake):
+        meter = fake.meters.pop("api_tokens_overage")
+        await consume(scale, "s1", "tokens", 10, key="job-r1")
+        await consume(scale, "s1", "tokens", 20, key="job-r2")
+        assert await job(scale) == [0, 0, 2]
+        refused = (await overage(scale, status="refused"))["reports"]
+        assert {r["value"] for r in refused} == {10, 20}
+        fake.meters["api_tokens_overage"] = meter
+        assert await job(scale) == [0, 0, 0]            # refused stays refused: nothing goes by itself
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops"}, token=TOKEN)
+        assert status == 403 and body["error"] == "forbidden"
+        ten = next(r for r in refused if r["value"] == 10)
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "reason": "meter created",
+                                                               "identifier": ten["identifier"]})
+        assert status == 200 and (body["resent"], body["too_old"]) == (1, 0), body
+        (pending,) = (await overage(scale, status="pending"))["reports"]
+        assert pending["identifier"] == ten["identifier"] and pending["last_error"] == "resent by ops: meter created"
+        assert await job(scale) == [1, 0, 0]
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "event_name": "api_tokens_overage"})
+        assert status == 200 and body["resent"] == 1
+        assert await job(scale) == [1, 0, 0]
+        assert sorted(int(e["payload"]["value"]) for e in fake.events) == [10, 20]
+        assert (await overage(scale))["counts"]["refused"] == {"reports": 0, "value": 0}
+
+    async def test_reports_stripe_would_refuse_as_too_old_stay_refused(self, scale, fake):
+        fake.meters.pop("api_tokens_overage")
+        await consume(scale, "s1", "tokens", 10, key="job-old")
+        assert await job(scale) == [0, 0, 1]
+        gate = scale.app[GATE]
+        real = gate.clock
+        gate.clock = lambda: real() + 35 * 86400 - 1800         # half an hour left: too late to send it
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "subject": "s1"})
+        assert status == 200 and (body["resent"], body["too_old"]) == (0, 1), body
+        assert (await overage(scale))["counts"]["refused"]["reports"] == 1
+        gate.clock = lambda: real() + 35 * 86400 - 7200         # two hours left: sent again
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "subject": "s1"})
+        assert status == 200 and (body["resent"], body["too_old"]) == (1, 0), body
+
+    @pytest.mark.parametrize("body, error", [
+        ({}, "missing_field"), ({"actor": ""}, "invalid_field"), ({"actor": "ops", "status": "sent"}, "unknown_field"),
+        ({"actor": "ops", "subject": 7}, "invalid_field"), ({"actor": "ops", "subject": None}, "invalid_field"),
+    ])
+    async def test_bad_input_is_a_400_that_resends_nothing(self, scale, fake, body, error):
+        fake.meters.pop("api_tokens_overage")
+        await consume(scale, "s1", "tokens", 10, key="job-bad")
+        assert await job(scale) == [0, 0, 1]
+        status, answer = await scale.post("/v1/overage/resend", body)
+        assert status == 400 and answer["error"] == error, answer
+        assert (await overage(scale))["counts"]["refused"]["reports"] == 1
 
 
 class TestReporting:

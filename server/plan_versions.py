@@ -305,10 +305,17 @@ class PlanKeeper:
                 self.follow_error = f"plan version {active.version}, deployed by {active.node}, does not load here"
                 log(logging.ERROR, "plan_follow_failed", version=active.version, error=self.follow_error)
                 return False
-            self._use(_compile(plan, records, active.version, active.at), active.at)
+            table = _compile(plan, records, active.version, active.at)
+            # As a deploy swaps: once the state changes this node is deciding under its plan have committed.
+            async with self.gate.plan_swap.swapping():
+                self._use(table, active.at)
             self.follow_error = None
         self.gate.metrics.plan_reloads.labels("followed").inc()
-        log(logging.INFO, "plan_followed", version=active.version, previous=active.previous, deployed_by=active.node)
+        # A subject this node wrote under a name the plan renamed or retired, after the deploying node had moved
+        # every stored one and before this node switched, is moved now (nobody else would until it is written).
+        moved = await self.migrate_names(table)
+        log(logging.INFO, "plan_followed", version=active.version, previous=active.previous, deployed_by=active.node,
+            moved=moved)
         return True
 
     def _spawn(self, coro) -> None:

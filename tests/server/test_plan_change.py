@@ -17,6 +17,7 @@ from plangate.engine import compile_file
 from plangate.server.http.app import create_app
 from plangate.server.plan_versions import PlanRefused
 from plangate.server.store import open_store
+from tests import postgres
 from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
                                lowered_pro, renamed)
 
@@ -426,6 +427,47 @@ async def test_answers_during_a_reload_name_the_plans_status(tmp_path, pg_dsn):
         assert (await rig.check("ann"))["status"] == "paid_trial"
     finally:
         await rig.stop()
+
+
+async def test_a_subject_a_node_wrote_under_a_renamed_status_before_it_followed_is_moved(tmp_path, pg_dsn):
+    """Two nodes: a deploys a plan renaming trial, while b is deciding a move of bob into trial under the plan it
+    still runs (its write held here by a lock on bob's row). a moved every stored subject it found; b switched
+    when it heard of the deploy, without waiting for its own decisions, and bob was committed under the old name
+    after everyone else had moved (left there until written again; the next deploy dropping the old name refused
+    as stranding him). b now switches once its decisions under the old plan have committed, and moves what they
+    left under old names."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Rig(tmp_path / "a", pg_dsn), Rig(tmp_path / "b", pg_dsn)
+    try:
+        await a.start(V1)
+        await b.start(V1)
+        await a.move("bob", "paid")
+        v1 = (await b.plan_view())["version"]
+        a.write(renamed("trial", "paid_trial"))
+        async with writes_held(pg_dsn, _BOB_ROW) as queued:
+            moving = asyncio.ensure_future(b.move("bob", "trial"))
+            await queued()                          # decided under V1 on b, waiting to write
+            status, deployed = await a.call("POST", "/v1/plan/reload", "/v1/plan/reload")
+            assert (status, deployed["outcome"], deployed["moved"]) == (200, "applied", 0), deployed
+            await asyncio.sleep(0.5)                # b hears of the deploy meanwhile
+        await moving
+
+        async def b_switched():
+            return (await b.plan_view())["version"] == deployed["version"] != v1
+        assert await postgres.await_until(b_switched)
+
+        async def moved():
+            return await _rows(pg_dsn, "SELECT status FROM subscriptions WHERE subject = 'bob'") == [("paid_trial",)]
+        assert await postgres.await_until(moved, timeout=5), \
+            await _rows(pg_dsn, "SELECT status FROM subscriptions WHERE subject = 'bob'")
+        assert [t["to"] for t in plan_changes(await a.subject("bob"))] == ["paid_trial"]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+_BOB_ROW = "SELECT 1 FROM subscriptions WHERE subject = 'bob' FOR UPDATE"
 
 
 # grace removed: a failed payment leads to billing_problem at once

@@ -247,6 +247,10 @@ def events(db: sqlite3.Connection, subject: str, limit: int) -> list[EventRecord
 
 def migrate(db: sqlite3.Connection) -> tuple[int, int]:
     """The migrations past PRAGMA user_version; (version before, after)."""
+    # A read of the schema table first: the connection then reloads its copy of the schema if another one changed
+    # it (PRAGMA user_version does not look), so that no statement of a migration is checked against a stale copy
+    # (ADD COLUMN refused as a duplicate of a column dropped since).
+    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     before = version = db.execute("PRAGMA user_version").fetchone()[0]
     for number, _, sql in migrations("sqlite"):
         if number > version:

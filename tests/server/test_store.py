@@ -20,6 +20,7 @@ from plangate.server.store import _sqlite_connections
 from plangate.server.store._credits import Spend
 from plangate.server.store._postgres import PostgresStore
 from plangate.server.store._migrations import migrations, statements
+from plangate.server.store._personal import numbered
 from plangate.server.store._base import state_from_json, state_json
 
 
@@ -240,6 +241,27 @@ class TestSchema:
         latest = max(number for number, _, _ in migrations("sqlite"))
         assert latest == max(number for number, _, _ in migrations("postgresql"))
         assert await store.migrate() == (latest, latest)
+
+    async def test_overage_reports_are_read_by_status_and_time_through_an_index(self, store):
+        """Reports are kept for good, one a piece of overage work: reconciliation's day of sent reports, the newest
+        of a status and a resend of refused ones scanned the whole table (on SQLite, on the writer's thread)."""
+        from plangate.server.store import _credits as sql
+        postgresql = isinstance(store, PostgresStore)
+        queries = [(sql.sent_totals("floor({} / 60)" if postgresql else "CAST({} / 60 AS INTEGER)"), (0.0,) * 5),
+                   (sql.REPORTS_BY_STATUS, ("refused", 100)),
+                   (sql.resend_refused({})[0], (0.0, "resent", 0.0))]
+        if postgresql:
+            conn = await asyncpg.connect(store.dsn)
+            try:
+                await conn.execute("SET enable_seqscan = off")      # a table this small would be read whole
+                plans = [[row[0] for row in await conn.fetch("EXPLAIN " + numbered(q), *args)] for q, args in queries]
+            finally:
+                await conn.close()
+        else:
+            with sqlite3.connect(store.path) as db:
+                plans = [[row[3] for row in db.execute("EXPLAIN QUERY PLAN " + q, args)] for q, args in queries]
+        for (query, _), plan in zip(queries, plans):
+            assert any("overage_reports_by_status" in line for line in plan), (query, plan)
 
     def test_a_migration_splits_at_semicolons_outside_dollar_quoted_bodies(self):
         sql = "CREATE TABLE a (x INT); -- one; two\nCREATE FUNCTION f() AS $$BEGIN x; y; END$$;\nDROP TABLE a;"

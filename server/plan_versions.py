@@ -310,10 +310,11 @@ class PlanKeeper:
             async with self.gate.plan_swap.swapping():
                 self._use(table, active.at)
             self.follow_error = None
-        self.gate.metrics.plan_reloads.labels("followed").inc()
-        # A subject this node wrote under a name the plan renamed or retired, after the deploying node had moved
-        # every stored one and before this node switched, is moved now (nobody else would until it is written).
-        moved = await self.migrate_names(table)
+            self.gate.metrics.plan_reloads.labels("followed").inc()
+            # A subject this node wrote under a name the plan renamed or retired, after the deploying node had
+            # moved every stored one and before this node switched, is moved now (nobody else would until it is
+            # written). Under the lock, as a deploy's: no newer plan swaps in while this one's names move.
+            moved = await self.migrate_names(table)
         log(logging.INFO, "plan_followed", version=active.version, previous=active.previous, deployed_by=active.node,
             moved=moved)
         return True

@@ -21,7 +21,7 @@ from ..personal import ErasureUnavailable, PersonalData
 from ..logs import log
 from ..store import IdempotencyConflict
 from ..store._credits import RESEND_FILTERS
-from ..stripe.meter_events import RESEND_MARGIN, STRIPE_OLDEST
+from ..stripe.meter_events import RESEND_BATCH, RESEND_MARGIN, STRIPE_OLDEST
 
 GATE = web.AppKey("gate", Gate)
 PLANS = web.AppKey("plans", PlanKeeper)      # plan_api's, and /readyz's
@@ -216,9 +216,10 @@ async def overage(request: web.Request) -> web.Response:
 
 
 async def resend_overage(request: web.Request) -> web.Response:
-    """A person's word that refused overage reports go to Stripe again (the meter or customer they lacked exists
-    now): those Stripe would still take (counted within its 35 days, less an hour to send them in), narrowed by
-    subject, event name or identifier; older ones stay refused and are counted in the answer."""
+    """A person's word that refused overage reports go to Stripe again (the meter they lacked exists now, say):
+    those Stripe would still take (counted within its 35 days, less an hour to send them in), narrowed by subject,
+    event name or identifier, RESEND_BATCH a transaction. Older ones, and those refused for an idempotency key
+    Stripe had seen with other parameters (that request may have been recorded), stay refused and are counted."""
     gate = request.app[GATE]
     body = await inp.json_object(request, {"actor", "reason", *RESEND_FILTERS})
     actor = inp.text(body, "actor")
@@ -226,14 +227,23 @@ async def resend_overage(request: web.Request) -> web.Response:
     filters = {name: value for name in RESEND_FILTERS if (value := inp.text(body, name, required=False))}
     now = gate.clock()
     since = now - STRIPE_OLDEST + RESEND_MARGIN
+    note = f"resent by {actor}" + (f": {reason}" if reason else "")
+    resent = 0
     try:
-        resent, too_old = await gate.timed("overage", gate.store.resend_refused(
-            filters, since, now, f"resent by {actor}" + (f": {reason}" if reason else "")))
+        while True:
+            batch = await gate.timed("overage", gate.store.resend_refused(filters, since, now, note, RESEND_BATCH),
+                                     shield=True, timeout=30.0)
+            resent += batch
+            if batch < RESEND_BATCH:
+                break
+        too_old, conflicts = await gate.timed("overage", gate.store.refused_kept(filters, since), timeout=30.0)
     except StoreUnavailable:
-        raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing was "
-                                                       "resent; try again") from None
-    log(logging.INFO, "overage_resent", actor=actor, reason=reason, resent=resent, too_old=too_old, **filters)
-    return _json.response({"resent": resent, "too_old": too_old, "oldest": iso(since)})
+        log(logging.ERROR, "overage_resend_failed", actor=actor, reason=reason, resent=resent, **filters)
+        raise inp.BadRequest(503, "store_unavailable", f"the store failed after {resent} report(s) were resent (the "
+                             "last batch may have been written too); run it again: only refused reports go") from None
+    log(logging.INFO, "overage_resent", actor=actor, reason=reason, resent=resent, too_old=too_old,
+        key_conflicts=conflicts, **filters)
+    return _json.response({"resent": resent, "too_old": too_old, "key_conflicts": conflicts, "oldest": iso(since)})
 
 
 def _last_check(request: web.Request) -> dict | None:

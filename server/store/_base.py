@@ -342,10 +342,15 @@ class Store(abc.ABC):
         """A subject's newest reports, or the newest with a status."""
 
     @abc.abstractmethod
-    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str) -> tuple[int, int]:
-        """Refused reports counted since `since` (narrowed by filters: subject, event_name, identifier) made
-        pending again, due at `now`, with `note` as their last error; (how many, how many refused ones older than
-        `since` stay refused), in one transaction."""
+    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str, limit: int) -> int:
+        """Up to `limit` refused reports counted since `since` (narrowed by filters: subject, event_name,
+        identifier), but for key conflicts, made pending again, due at `now`, with `note` as their last error, in
+        one transaction; how many."""
+
+    @abc.abstractmethod
+    async def refused_kept(self, filters: dict[str, str], since: float) -> tuple[int, int]:
+        """Refused reports (narrowed as resend_refused) that it leaves: (counted before `since`, key conflicts
+        counted since)."""
 
     @abc.abstractmethod
     async def overage_counts(self) -> dict[str, tuple[int, int]]:

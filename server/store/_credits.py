@@ -185,19 +185,27 @@ def settle_payment(subject: str, payment_intent: str, grants, rows) -> tuple[lis
 
 
 RESEND_FILTERS = ("subject", "event_name", "identifier")
+# How a report refused for an idempotency key Stripe had seen with other parameters is told (meter_events writes
+# it): that request may have been recorded, so such a report is never resent (Stripe's identifiers dedupe for 24
+# hours only).
+KEY_CONFLICT = "Stripe refused it: its idempotency key was used with other parameters"
 
 
 def resend_refused(filters: dict[str, str]) -> tuple[str, str]:
-    """A person's word that refused reports go again: the UPDATE putting those counted since a time back to
-    pending (parameters: due at, note, since, *filter values), and the COUNT of those counted before it, which
-    Stripe would refuse again (since, *filter values); filters (subject, event_name, identifier -> value) narrow
-    both. Attempts are kept: the next attempt's idempotency key is a new one (meter_events)."""
+    """A person's word that refused reports go again, narrowed by filters (subject, event_name, identifier ->
+    value): the UPDATE putting at most a number of those counted since a time back to pending, but for key
+    conflicts (parameters: due at, note, since, the conflicts' LIKE pattern, *filter values, how many), and the
+    refused ones that stay: (counted before that time, key conflicts since) (parameters: since, since, the
+    pattern, *filter values). Attempts are kept: the next attempt's idempotency key is a new one (meter_events)."""
     if not filters.keys() <= set(RESEND_FILTERS):
         raise ValueError(f"no such filter: {sorted(filters.keys() - set(RESEND_FILTERS))}")
     where = "".join(f" AND {column} = ?" for column in filters)
-    return (f"UPDATE overage_reports SET status = 'pending', next_attempt_at = ?, last_error = ? "
-            f"WHERE status = 'refused' AND at >= ?{where}",
-            f"SELECT count(*) FROM overage_reports WHERE status = 'refused' AND at < ?{where}")
+    return (f"UPDATE overage_reports SET status = 'pending', next_attempt_at = ?, last_error = ? WHERE identifier IN "
+            f"(SELECT identifier FROM overage_reports WHERE status = 'refused' AND at >= ? AND "
+            f"coalesce(last_error, '') NOT LIKE ?{where} LIMIT ?)",
+            f"SELECT coalesce(sum(CASE WHEN at < ? THEN 1 ELSE 0 END), 0), "
+            f"coalesce(sum(CASE WHEN at >= ? AND last_error LIKE ? THEN 1 ELSE 0 END), 0) "
+            f"FROM overage_reports WHERE status = 'refused'{where}")
 
 
 def report_from_row(r) -> OverageReport:

@@ -129,12 +129,17 @@ class PostgresCredits:
             rows = await db.fetch(query, arg, limit)
         return [sql.report_from_row(r) for r in rows]
 
-    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str) -> tuple[int, int]:
-        update, older = (numbered(q) for q in sql.resend_refused(filters))
-        values = tuple(filters.values())
+    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str, limit: int) -> int:
+        update = numbered(sql.resend_refused(filters)[0])
         async with self._tx() as db:
-            resent = int((await db.execute(update, now, note, since, *values)).split()[-1])     # "UPDATE n"
-            return resent, int(await db.fetchval(older, since, *values))
+            done = await db.execute(update, now, note, since, sql.KEY_CONFLICT + "%", *filters.values(), limit)
+        return int(done.split()[-1])        # "UPDATE n"
+
+    async def refused_kept(self, filters: dict[str, str], since: float) -> tuple[int, int]:
+        kept = numbered(sql.resend_refused(filters)[1])
+        async with self._conn() as db:
+            old, conflicts = await db.fetchrow(kept, since, since, sql.KEY_CONFLICT + "%", *filters.values())
+        return int(old), int(conflicts)
 
     async def overage_counts(self) -> dict[str, tuple[int, int]]:
         async with self._conn() as db:

@@ -69,14 +69,18 @@ class SQLiteCredits:
         query, arg = (sql.SUBJECT_REPORTS, subject) if subject is not None else (sql.REPORTS_BY_STATUS, status)
         return [sql.report_from_row(r) for r in await self._rows(query, (arg, limit))]
 
-    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str) -> tuple[int, int]:
-        update, older = sql.resend_refused(filters)
-        values = tuple(filters.values())
+    async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str, limit: int) -> int:
+        update, _ = sql.resend_refused(filters)
+        args = (now, note, since, sql.KEY_CONFLICT + "%", *filters.values(), limit)
 
-        def write(db: sqlite3.Connection) -> tuple[int, int]:
-            resent = db.execute(update, (now, note, since, *values)).rowcount
-            return resent, db.execute(older, (since, *values)).fetchone()[0]
+        def write(db: sqlite3.Connection) -> int:
+            return db.execute(update, args).rowcount
         return await self._write_whole(write, on_loop=self._commits_on_loop)
+
+    async def refused_kept(self, filters: dict[str, str], since: float) -> tuple[int, int]:
+        _, kept = sql.resend_refused(filters)
+        (old, conflicts), = await self._rows(kept, (since, since, sql.KEY_CONFLICT + "%", *filters.values()))
+        return int(old), int(conflicts)
 
     async def overage_counts(self) -> dict[str, tuple[int, int]]:
         return {status: (count, total) for status, count, total in await self._rows(sql.REPORT_COUNTS, ())}

@@ -29,6 +29,7 @@ from stripe.params.billing import MeterEventCreateParams
 from ..gate import Gate
 from ..logs import log
 from ..store import OverageReport
+from ..store._credits import KEY_CONFLICT
 from .api import ASK_TIMEOUT, StripeApi
 
 REPORT_BATCH = 200
@@ -39,6 +40,7 @@ NO_CUSTOMER_PAUSE = 300.0   # a report whose subject has no Stripe customer yet 
 RUN_BUDGET = 40.0           # seconds a run goes on taking batches (the job runs every minute)
 STRIPE_OLDEST = 35 * 86400  # Stripe takes a meter event's timestamp within the past 35 days
 RESEND_MARGIN = 3600        # a refused report is resent only while it has this long left to reach Stripe
+RESEND_BATCH = 2000         # refused reports made pending again a transaction
 RECONCILE_SPAN = 86400      # reconciliation compares the last day...
 RECONCILE_SETTLE = 600      # ...until this long ago, of what reached Stripe at least this long ago
 _TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, TimeoutError)
@@ -135,8 +137,7 @@ class MeterEvents:
             # again after Stripe forgets the key (24 h) could bill it twice. Kept for a person to compare.
             log(logging.WARNING, "overage_refused", report=report.identifier, subject=report.subject,
                 event_name=report.event_name, error=message)
-            return replace(report, status="refused", last_error=f"Stripe refused it: its idempotency key was used "
-                                                                f"with other parameters ({message})"[:500])
+            return replace(report, status="refused", last_error=f"{KEY_CONFLICT} ({message})"[:500])
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             return self._later(report, now, f"Stripe refused the key: {exc.user_message or exc}")
         except _TRANSIENT as exc:

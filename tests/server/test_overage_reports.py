@@ -69,7 +69,7 @@ class TestResending:
         ten = next(r for r in refused if r["value"] == 10)
         status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "reason": "meter created",
                                                                "identifier": ten["identifier"]})
-        assert status == 200 and (body["resent"], body["too_old"]) == (1, 0), body
+        assert status == 200 and (body["resent"], body["too_old"], body["key_conflicts"]) == (1, 0, 0), body
         (pending,) = (await overage(scale, status="pending"))["reports"]
         assert pending["identifier"] == ten["identifier"] and pending["last_error"] == "resent by ops: meter created"
         assert await job(scale) == [1, 0, 0]
@@ -92,6 +92,29 @@ class TestResending:
         gate.clock = lambda: real() + 35 * 86400 - 7200         # two hours left: sent again
         status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "subject": "s1"})
         assert status == 200 and (body["resent"], body["too_old"]) == (1, 0), body
+
+    async def test_a_report_refused_for_a_key_conflict_is_never_resent_and_many_go_in_batches(
+            self, scale, fake, monkeypatch):
+        """A refusal for an idempotency key Stripe had seen with other parameters may follow a request Stripe
+        recorded: resent past the identifier's 24 hours it would bill twice. It stays refused, counted; the
+        others go, RESEND_BATCH a transaction, however many."""
+        from plangate.server.http import api
+        monkeypatch.setattr(api, "RESEND_BATCH", 2)
+        await consume(scale, "s1", "tokens", 1, key="job-conflict")
+        fake.reused = 1
+        assert await job(scale) == [0, 0, 1]
+        meter = fake.meters.pop("api_tokens_overage")
+        for i in range(5):
+            await consume(scale, "s1", "tokens", 10 + i, key=f"job-many-{i}")
+        assert await job(scale) == [0, 0, 5]
+        fake.meters["api_tokens_overage"] = meter
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops"})
+        assert status == 200 and (body["resent"], body["too_old"], body["key_conflicts"]) == (5, 0, 1), body
+        assert await job(scale) == [5, 0, 0]
+        (kept,) = (await overage(scale, status="refused"))["reports"]
+        assert kept["value"] == 1 and "used with other parameters" in kept["last_error"]
+        status, body = await scale.post("/v1/overage/resend", {"actor": "ops", "identifier": kept["identifier"]})
+        assert status == 200 and (body["resent"], body["key_conflicts"]) == (0, 1), body
 
     @pytest.mark.parametrize("body, error", [
         ({}, "missing_field"), ({"actor": ""}, "invalid_field"), ({"actor": "ops", "status": "sent"}, "unknown_field"),

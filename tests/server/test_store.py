@@ -249,7 +249,7 @@ class TestSchema:
         postgresql = isinstance(store, PostgresStore)
         queries = [(sql.sent_totals("floor({} / 60)" if postgresql else "CAST({} / 60 AS INTEGER)"), (0.0,) * 5),
                    (sql.REPORTS_BY_STATUS, ("refused", 100)),
-                   (sql.resend_refused({})[0], (0.0, "resent", 0.0))]
+                   (sql.resend_refused({})[0], (0.0, "resent", 0.0, sql.KEY_CONFLICT + "%", 2000))]
         if postgresql:
             conn = await asyncpg.connect(store.dsn)
             try:
@@ -262,6 +262,25 @@ class TestSchema:
                 plans = [[row[3] for row in db.execute("EXPLAIN QUERY PLAN " + q, args)] for q, args in queries]
         for (query, _), plan in zip(queries, plans):
             assert any("overage_reports_by_status" in line for line in plan), (query, plan)
+
+    async def test_a_sqlite_migration_sees_the_schema_as_another_connection_left_it(self, tmp_path):
+        """The store's connection kept its copy of the schema: after another connection had dropped a column (a
+        schema put back by hand), the migration adding it again was refused as a duplicate column."""
+        latest = max(number for number, _, _ in migrations("sqlite"))
+        store = open_store(str(tmp_path / "store.sqlite3"))
+        await store.open()
+        await store.migrate()
+        with sqlite3.connect(store.path) as db:
+            db.execute("ALTER TABLE quota_usage DROP COLUMN billed")
+            db.execute("ALTER TABLE credit_grants DROP COLUMN tier_since")
+            db.execute("ALTER TABLE console_sessions DROP COLUMN token_mac")
+            db.execute("PRAGMA user_version = 17")
+        try:
+            assert await store.migrate() == (17, latest)
+        finally:
+            await store.close()
+        with sqlite3.connect(store.path) as db:
+            assert "billed" in {row[1] for row in db.execute("PRAGMA table_info(quota_usage)")}
 
     def test_a_migration_splits_at_semicolons_outside_dollar_quoted_bodies(self):
         sql = "CREATE TABLE a (x INT); -- one; two\nCREATE FUNCTION f() AS $$BEGIN x; y; END$$;\nDROP TABLE a;"

@@ -857,8 +857,9 @@ def resubscribe_during_dunning() -> Life:
     life.sub_id = f"sub_{life.tag}B"
     first = life.invoice(new, "paid", 2000, "subscription_create", new, new + MONTH, attempts=1)
     life.subscription(new, "active", new, new + MONTH, pm=life.pm, latest_invoice=first["id"])
-    life.send("customer.subscription.created", life.sub, new)
-    life.charged(new, first, created=True, expect={"status": "paid", "moved": True})
+    # Created active: its first invoice was paid, which ends the dunning (the invoice.paid after it moves nothing).
+    life.send("customer.subscription.created", life.sub, new, expect={"status": "paid", "moved": True})
+    life.charged(new, first, created=True, expect={"status": "paid", "moved": False})
     life.send("checkout.session.completed", life.checkout(new, paid=True), new + 1, expect={"status": "paid"})
     gone = end + H + 14 * D
     deleted = {**sub_a, "status": "canceled", "ended_at": int(gone), "canceled_at": int(gone),
@@ -869,11 +870,55 @@ def resubscribe_during_dunning() -> Life:
     return life
 
 
+def checkout_activates_a_second_later() -> Life:
+    life = Life("checkout-activates-a-second-later", "nina", "a Checkout without a trial whose subscription turns "
+                "active a second after it was created",
+                "Checkout in subscription mode, no trial: Stripe creates the subscription incomplete, charges its "
+                "first invoice and turns it active; the update and the session's completion come a second after the "
+                "creation and the paid invoice (events of one second are folded checkout first).")
+    at = T0
+    life.send("customer.created", life.customer_obj(at), at)
+    life.send("payment_method.attached", life.payment_method(at), at)
+    first = life.invoice(at, "paid", 2000, "subscription_create", at, at + MONTH, attempts=1)
+    life.subscription(at, "incomplete", at, at + MONTH, pm=life.pm, latest_invoice=first["id"])
+    life.send("customer.subscription.created", life.sub, at, expect={"status": "limited_free_trial", "moved": False})
+    life.charged(at, first, created=True, expect={"status": "limited_free_trial"})
+    life.status(at + 1, "active")
+    life.send("checkout.session.completed", life.checkout(at + 1, paid=True), at + 1, expect={"status": "paid"})
+    life.ends(at + 8 * D, "paid")      # past the trial's 7-day timer, which a paid subscription has not
+    return life
+
+
+def resubscribe_with_a_coupon_during_dunning() -> Life:
+    life = Life("resubscribe-with-a-coupon-during-dunning", "omar", "a new subscription with a free first month "
+                "ends a billing problem",
+                "Every retry of subscription A's renewal is declined and Stripe leaves it unpaid (billing_problem); "
+                "the customer subscribes anew (B) with a 100%-off first month: Stripe creates B active, its $0 "
+                "first invoice paid at once, with no charge.")
+    last, _ = _dunning(life)
+    life.status(last, "unpaid", expect={"status": "billing_problem"})
+    new = last + D
+    life.sub_id = f"sub_{life.tag}B"
+    zero = life.invoice(new, "paid", 0, "subscription_create", new, new + MONTH)
+    life.subscription(new, "active", new, new + MONTH, pm=life.pm, latest_invoice=zero["id"])
+    life.send("customer.subscription.created", life.sub, new, expect={"status": "paid", "moved": True})
+    life.send("invoice.created", {**zero, "status": "draft", "status_transitions": {
+        **zero["status_transitions"], "paid_at": None, "finalized_at": None}}, new)
+    life.send("invoice.finalized", {**zero, "status": "open", "status_transitions": {
+        **zero["status_transitions"], "paid_at": None}}, new)
+    life.send("invoice.paid", zero, new, expect={"status": "paid", "moved": False})
+    life.send("invoice.payment_succeeded", zero, new)
+    life.send("checkout.session.completed", life.checkout(new, paid=False), new + 1, expect={"status": "paid"})
+    life.ends(new + 8 * D, "paid")
+    return life
+
+
 LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_send_invoice, trial_paused_resumed,
               trial_paused_resume_declined, smart_retries_recover, retries_exhausted_canceled, canceled_then_paid_late,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
               upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
-              abandoned_second_subscription)
+              abandoned_second_subscription, checkout_activates_a_second_later,
+              resubscribe_with_a_coupon_during_dunning)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 
-from plangate.engine import Decision, StateTable, SubjectState
+from plangate.engine import Decision, Reason, StateTable, SubjectState
 from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance
 from plangate.engine._entitlements import overage_cap
 from plangate.policy import ADMIN_PRIORITY
@@ -43,6 +43,19 @@ def spend_of(table: StateTable, state: SubjectState, rule, meter: str, enforce: 
                  overage_identifier() if report else None, customer, redates, cap=cap)
 
 
+def repeat_admitted(decision: Decision, used: int) -> Decision:
+    """A repeat of a consume that was counted, where its status still allows work: it was admitted when counted
+    (and is billed), so it is answered allowed whatever the quota says now (a limit lowered since, the window
+    filled by others since), with the usage its count left (`used`) against today's limit. A caller told no
+    would not do work it paid for."""
+    if not decision.allowed:
+        decision.allowed, decision.reason, decision.retry_after = True, Reason.OK, None
+        decision.used = used
+        if decision.limit is not None:
+            decision.remaining = max(0, decision.limit - used)
+    return decision
+
+
 def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enforce: bool, done: Counted,
             now: float) -> Decision:
     """The decision a spend's outcome gives: the engine's split of the work, against what the store saw (its
@@ -51,6 +64,7 @@ def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enf
         allow = amount - done.credits_used - done.overage
         decision, _ = table.consume(state, meter, amount, done.used - allow - done.overage, now, done.credits_used)
         decision.credits = None     # a repeat: the balance now is not what the first answer said
+        decision = repeat_admitted(decision, done.used)
     elif not done.counted:
         return table.can_process(state, meter, amount, done.used, now, done.balance or 0, done.billed)
     elif enforce:

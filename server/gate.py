@@ -602,6 +602,8 @@ class Gate:
                 self.feed.usage(subject, meter, span.start, done.used)
             if enforce and done.counted and rule.allows:
                 decision, _ = table.consume(state, meter, amount, done.used - amount, now)
+                if done.duplicate:
+                    decision = entitlements.repeat_admitted(decision, done.used)
             else:
                 # Refused (or a repeat of a key counted before the status came to deny): why, against the usage
                 # the database saw. Usage: what is left after counting.

@@ -111,9 +111,39 @@ class TestConsume:
         status, again = await gate.consume("u", 3, key="job-1")
         assert status == 200 and (again["counted"], again["duplicate"]) == (True, True)
         assert again["used"] == 3
+        assert (again["allowed"], again["reason"]) == (False, "status_denies")     # the operator's stop wins
         status, other = await gate.consume("u", 4, key="job-1")
         assert (status, other["error"]) == (409, "idempotency_key_reused")
         assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(3,)]
+
+    async def test_a_repeat_of_a_counted_consume_is_admitted_after_the_quota_fell(self, start_gate, each_database):
+        """A consume counted (and billed), its answer lost, retried after the subject moved to a status with a
+        lower limit: the repeat said `allowed: false` (quota_exhausted) with `counted: true`, and a caller that
+        trusts `allowed` refused work it had paid for. It was admitted when it was counted."""
+        gate = await start_gate(database=each_database)
+        status, first = await gate.consume("u", 10, key="job-1")
+        assert (status, first["allowed"], first["counted"]) == (200, True, True)
+        status, _ = await gate.post("/v1/subjects/u/transition", {"to": "billing_problem", "reason": "test"})
+        assert status == 200
+        status, again = await gate.consume("u", 10, key="job-1")
+        assert status == 200 and (again["counted"], again["duplicate"]) == (True, True)
+        assert (again["allowed"], again["reason"], again["retry_after"]) == (True, "ok", None), again
+        assert (again["status"], again["limit"], again["used"]) == ("billing_problem", 5, 10)   # today's figures
+        status, fresh = await gate.consume("u", 1, key="job-2")
+        assert (fresh["allowed"], fresh["counted"]) == (False, False)           # new work: today's quota
+
+    async def test_a_repeat_of_a_consume_that_spent_credits_is_admitted_after_the_quota_fell(self, start_gate,
+                                                                                          entitled_plan):
+        """The same through credits: 25 with 20 left in the window, 5 of them from credits; the limit falls to 5."""
+        gate = await start_gate(plan=entitled_plan)
+        status, _ = await gate.post("/v1/subjects/u/credits", {"meter": "requests", "amount": 50, "reason": "test",
+                                                               "idempotency_key": "grant-1"})
+        assert status == 200
+        status, first = await gate.consume("u", 25, key="job-1")
+        assert (first["allowed"], first["counted"], first["credits_used"]) == (True, True, 5), first
+        await gate.post("/v1/subjects/u/transition", {"to": "billing_problem", "reason": "test"})
+        status, again = await gate.consume("u", 25, key="job-1")
+        assert (again["duplicate"], again["allowed"], again["reason"]) == (True, True, "ok"), again
 
     async def test_a_refused_first_consume_stores_no_subject(self, gate):
         status, body = await gate.consume("fresh", 21, key="too-much")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ._credits import Grant, GrantSource
 from ._decision import Decision
-from ._history import advance
+from ._history import Step as Folded, advance, event_order, replay, tie_group
 from ._links import named_subject, relevant_events, stripe_refs
 from ._reversals import money_back
 from ._scenario import Expectation, Scenario, Step, _iso, _show
@@ -85,6 +85,10 @@ class _Player:
         self.book = UsageBook(table)
         self.relevant = relevant_events(table.plan)
         self.linked: set[str] = set()       # Stripe ids linked to the subject so far, as the gate keeps them
+        # The Stripe events folded since the subject last changed otherwise (an admin, a plan), in fold order, each
+        # with the state before it: an event that sorts before some of them is folded in among them, as the gate
+        # folds one that arrives late.
+        self.folded: list[Folded] = []
 
     def do(self, step: Step) -> _Seen:
         return getattr(self, "_" + step.kind)(step)
@@ -115,7 +119,9 @@ class _Player:
             obj = {**obj, "subscription": self.state.follows.id}
         if not step.whole and step.value == "customer.subscription.created" and "created" not in obj:
             obj = {**obj, "created": int(self.now)}     # Stripe's subscription always says when it was made
-        event = StripeEvent(step.value, obj, step.extra, self.now, step.previous)
+        # A whole event is of its own `created` (one delivered late sorts before those folded since), any other now.
+        created = step.at if step.at is not None and step.at < self.now else self.now
+        event = StripeEvent(step.value, obj, step.extra, created, step.previous)
         if step.value not in self.relevant:
             return _Seen(None, False, f"{event.key}: the gate reads no {step.value} events (ignored)")
         named = named_subject(obj, self.table.plan.subject_link)
@@ -131,7 +137,7 @@ class _Player:
                                       f"{' or '.join(sorted(ids)) or 'a customer or subscription of it'}; the gate "
                                       f"would keep it pending{asked}", broken=True)
         self.linked |= ids
-        seen = self._outcome(self.table.apply(self.state, event, self.now))
+        seen = self._fold(event, step.at is not None)
         grants = self.table.credits.purchased(step.value, step.object or {}, self.now)
         if grants:
             self.book.add_grants(self.scenario.subject, grants)
@@ -153,7 +159,39 @@ class _Player:
         return _Seen(seen.decision, waited.moved or seen.moved, f"{waited.happened}; then {seen.happened}",
                      seen.broken)
 
+    def _fold(self, event: StripeEvent, whole: bool) -> _Seen:
+        """The event into the subject's fold, as the gate folds it: after every event folded so far, one more
+        step; a whole event (a file, with its own `created`) sorting before some of them (in one second a
+        checkout sorts before its subscription's update, whatever came first), or tied with an update of its
+        subscription in that second, makes the fold run again from before the first of those, with the timers
+        due since. A story's own `stripe:` steps are folded as written: the fold starts again after each."""
+        if not whole:
+            self.folded = []
+        key, tie = event_order(event), tie_group(event)
+        start = next((i for i, f in enumerate(self.folded)
+                      if event_order(f.event) > key or (tie is not None and tie_group(f.event) == tie)), None)
+        if start is None:
+            outcome = self.table.apply(self.state, event, self.now)
+            self.folded.append(Folded(event, self.state, (), outcome))
+            return self._outcome(outcome)
+        while True:     # back to the first of every tie group the part holds, as the gate goes
+            groups = {tie_group(f.event) for f in self.folded[start:]} - {None}
+            earlier = next((i for i, f in enumerate(self.folded[:start]) if tie_group(f.event) in groups), start)
+            if earlier == start:
+                break
+            start = earlier
+        before, again = self.state, self.folded[start:]
+        # Traits are set through the API, never by Stripe, and plan versions only move forward: the ones held stay.
+        base = again[0].before.with_(traits=before.traits, plan_version=before.plan_version)
+        state, steps = replay(self.table, base, [event, *(f.event for f in again)])
+        self.state, _ = advance(self.table, state, self.now)
+        self.folded[start:] = steps
+        what = next(f.outcome for f in steps if f.event is event)
+        return _Seen(None, self.state.status != before.status, f"{event.key} sorts before {len(again)} event(s) folded already, "
+                                                 f"folded again in created order: {what.reason}")
+
     def _admin(self, step: Step) -> _Seen:
+        self.folded = []        # the fold starts again from what the admin made
         return self._outcome(self.table.apply(self.state, AdminAction(step.value, step.extra), self.now))
 
     def _plan(self, step: Step) -> _Seen:
@@ -161,6 +199,7 @@ class _Player:
         status or tier (usage counted so far stays counted)."""
         table: StateTable = step.value
         self.table = self.book.table = table
+        self.folded = []        # folded under the plan before: the fold starts again from the state it leaves
         moved = table.migrate(self.state, self.now)
         if moved is None:
             return _Seen(None, False, f"the plan changed to version {table.version}; the subject stays as it is")
@@ -186,6 +225,7 @@ class _Player:
         return _Seen(None, False, "traits now " + ", ".join(f"{k}={v}" for k, v in self.state.traits))
 
     def _override(self, step: Step) -> _Seen:
+        self.folded = []
         return self._outcome(self.table.override(self.state, step.value, self.now, step.extra))
 
     # --- the clock and triggers ----------------------------------------------------------------

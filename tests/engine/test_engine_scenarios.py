@@ -1,6 +1,8 @@
 """`plangate test`: the shipped scenarios pass, failures and broken files are reported like a test runner."""
 from __future__ import annotations
 
+import json
+
 import re
 import subprocess
 import sys
@@ -374,6 +376,66 @@ steps:
     expect: {status: subscribed, credits: 0}
 """)
         assert result.passed, result.failure
+
+
+ORDER_PLAN = """\
+version: 1
+meters:
+  requests: {}
+stripe:
+  subject:
+    metadata_key: plangate_subject
+statuses:
+  free:
+    initial: true
+    quotas: {requests: {limit: 10, per: day}}
+  checked_out:
+    terminal: true
+    quotas: {requests: {limit: 100, per: day}}
+  active_first:
+    terminal: true
+    quotas: {requests: {limit: 200, per: day}}
+transitions:
+  - from: free
+    on: stripe:checkout.session.completed
+    to: checked_out
+  - from: free
+    on: stripe:customer.subscription.updated
+    when: {status: active}
+    to: active_first
+"""
+
+
+def test_whole_events_of_one_second_are_folded_in_the_gates_order(write_plan, tmp_path):
+    """The gate folds a subject's events by `created`, and within a second in the order a subscription's life
+    gives them (a checkout before its subscription's update), whichever came first; a story replayed them in
+    delivery order, so a plan that depends on that order passed its story and behaved otherwise in the gate."""
+    table = write_plan(ORDER_PLAN)
+    at = 1_800_000_000
+    sub = {"id": "sub_o", "object": "subscription", "customer": "cus_o", "status": "active",
+           "metadata": {"plangate_subject": "olga"}}
+    events = {
+        "1.json": {"id": "evt_1", "type": "customer.subscription.updated", "created": at,
+                   "data": {"object": sub, "previous_attributes": {"status": "incomplete"}}},
+        "2.json": {"id": "evt_2", "type": "checkout.session.completed", "created": at,
+                   "data": {"object": {"id": "cs_o", "object": "checkout.session", "mode": "subscription",
+                                       "customer": "cus_o", "subscription": "sub_o",
+                                       "metadata": {"plangate_subject": "olga"}}}},
+    }
+    for name, body in events.items():
+        (tmp_path / name).write_text(json.dumps(body), encoding="utf-8")
+    story = """\
+name: a checkout delivered after its subscription's update of the same second
+start: "2027-01-15T08:00:00Z"
+subject: olga
+steps:
+  - event: 1.json
+    expect: {status: active_first}
+  - event: 2.json
+    expect: {status: checked_out, moved: true}
+"""
+    result = play(table, parse_scenario(story, str(tmp_path / "story.yaml"), table))
+    assert result.passed, result.failure
 
 
 def test_a_stripe_steps_previous_attributes_must_be_a_mapping(shipped):

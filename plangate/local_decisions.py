@@ -85,6 +85,9 @@ class LocalDecisions:
         # under one of them is the gate's to decide. A state of any other older version is decided by the plan
         # the gate runs, as the gate decides it.
         self.kept: frozenset[str] = frozenset()
+        # Meters credits may pay past a limit at the gate: its table knows those of older versions too, which a
+        # plan compiled here from the active document alone does not (None: a gate that does not say).
+        self.credit_meters: frozenset[str] | None = None
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -137,7 +140,8 @@ class LocalDecisions:
             del self.copies[subject]    # a new window, or a copy as old as the gate lets its cache be: fetch again
             return None
         decision = table.can_process(copy.state, meter, amount, used, now)
-        if (decision.reason == "quota_exhausted" or decision.overage) and table.has_credits(meter):
+        if (decision.reason == "quota_exhausted" or decision.overage) and (
+                table.has_credits(meter) if self.credit_meters is None else meter in self.credit_meters):
             return None         # the subject's credits decide: the gate holds them
         if decision.overage:
             from plangate.engine._entitlements import overage_cap
@@ -316,6 +320,8 @@ class LocalDecisions:
                     if table.version == body["version"] and self._plan_wanted in (None, table.version):
                         self.copies.clear()
                         self.kept = frozenset(body.get("kept_versions") or ())
+                        said = body.get("credit_meters")
+                        self.credit_meters = frozenset(said) if isinstance(said, list) else None
                         self.table = table
                         return
             await asyncio.sleep(0.2)

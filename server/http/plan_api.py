@@ -25,6 +25,9 @@ async def plan_view(request: web.Request) -> web.Response:
         "sha256": record.sha256 if record else None,
         "deployed_at": iso(active.at) if active else None,
         "kept_versions": list(table.kept_versions),
+        # Meters credits may pay past a limit: those of this version, and of older ones some tier's subscribers
+        # keep (a client compiling this document alone would not know of those).
+        "credit_meters": [m for m in table.meters if table.has_credits(m)],
         "node": keeper.node,
         "document": record.document if record else None,
         "history": [{**d.to_dict(), "at": iso(d.at)} for d in deploys],

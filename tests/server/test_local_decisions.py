@@ -320,6 +320,43 @@ async def test_a_copy_lives_no_longer_than_what_is_left_of_the_gates_cache_entry
         assert remote.status == "limited_free_trial" and local.status == remote.status
 
 
+PRO_QUOTA = "      requests: {limit: 5000, per: month, anchor: billing}\n"
+
+
+async def test_credits_an_older_version_keeps_are_the_gates_to_decide_past_the_limit(start_gate, tmp_path):
+    """v1's pro tier grants credits of requests; v2 drops them, its subscribers keeping them until renewal. The
+    gate's table knows v1 (a kept version): credits may pay for requests past a limit, for every subject, and an
+    admin may grant them. The client compiled v2's document alone: a v2 subject past its limit with granted
+    credits was refused here (quota_exhausted) while the gate allowed it. /v1/plan now names the gate's credit
+    meters."""
+    text = PLAN.read_text(encoding="utf-8")
+    assert text.count(PRO_QUOTA) == 1
+    plan = tmp_path / "plans.yaml"
+    plan.write_text(text.replace(PRO_QUOTA, PRO_QUOTA + "    credits:\n      requests: {amount: 100, per: "
+                                 "billing_period}\n"), encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    plan.write_text(text.replace(PRO_QUOTA, PRO_QUOTA + "    existing_subscribers: at_renewal\n"), encoding="utf-8")
+    status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+    assert status == 200 and answer["outcome"] == "applied", answer
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        assert (await there.consume("newcomer", "requests", 20, idempotency_key="all-of-today")).used == 20
+        status, granted = await gate.post("/v1/subjects/newcomer/credits",
+                                          {"meter": "requests", "amount": 50, "reason": "goodwill"})
+        assert status == 200, granted
+        assert await here.local.ready()
+        for _ in range(200):
+            if here.local.table is not None and here.local.table.version == gate.app[GATE].table.version:
+                break
+            await asyncio.sleep(0.01)
+        await here.check("newcomer", "requests")        # its copy
+        remote = await there.check("newcomer", "requests", 5)
+        local = await here.check("newcomer", "requests", 5)
+        assert remote.allowed and remote.credits_used == 5, remote
+        assert (local.allowed, local.reason, local.credits, local.evaluated_here) == \
+            (remote.allowed, remote.reason, remote.credits, False)
+
+
 def test_a_client_whose_subjects_were_forgotten_resumes_with_reset(monkeypatch):
     feed = ChangeFeed()
     listener = feed.listen("client-away")

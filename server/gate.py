@@ -299,6 +299,14 @@ class Gate:
                 used = {w: usage.get((subject, *w), 0) if old.used.get(w) == n else
                         max(old.used.get(w, 0), usage.get((subject, *w), 0)) for w, n in current.items()}
             self._keep(subject, _Entry(stored, used, seen=seen))
+            # What the reading found that this gate had not written (another process's write to a SQLite file,
+            # `plangate erase`): clients deciding locally hear of it now, as the gate does.
+            if stored.version != old.stored.version:
+                self.feed.subject(subject)
+            else:
+                for (meter, start), n in used.items():
+                    if n != current.get((meter, start)):
+                        self.feed.usage(subject, meter, start, n)
             fresh += 1
         self.metrics.cache_refreshes.inc(fresh)
         return taken

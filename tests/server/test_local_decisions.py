@@ -320,6 +320,36 @@ async def test_a_copy_lives_no_longer_than_what_is_left_of_the_gates_cache_entry
         assert remote.status == "limited_free_trial" and local.status == remote.status
 
 
+async def test_a_write_the_stream_cannot_tell_reaches_the_client_when_the_gates_refresh_reads_it(
+        start_gate, monkeypatch, database):
+    """The gate reads a busy subject again at three quarters of its TTL and learns there of another process's
+    write (`plangate erase` on the served SQLite file); it answered the new state from then on, while the
+    client's copy, made from the entry before, decided the old one until the entry's whole TTL was up. The
+    reading now tells the stream what it found."""
+    ttl = 4.0
+    gate = await start_gate(PLANGATE_CACHE_TTL=str(ttl))
+    for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
+        monkeypatch.setenv(name, value)
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        await here.check("bystander", "requests")
+        assert await here.local.ready()
+        await there.transition("leaver", action="close_account", reason="test")
+        kept = time.monotonic()
+        assert (await here.check("leaver", "requests")).status == "closed"     # its copy, from a fresh entry
+        assert (await here.check("leaver", "requests")).evaluated_here
+        assert await asyncio.to_thread(serve.erase, None, "leaver", "ops") == 0
+        while time.monotonic() < kept + ttl - 0.4:
+            if (await there.check("leaver", "requests")).status != "closed":
+                break                               # the gate's reading ahead found the erasure
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the gate did not read the subject again before its TTL")
+        await asyncio.sleep(0.2)
+        local = await here.check("leaver", "requests")
+        assert local.status == "limited_free_trial", (local.status, local.evaluated_here)
+
+
 PRO_QUOTA = "      requests: {limit: 5000, per: month, anchor: billing}\n"
 
 

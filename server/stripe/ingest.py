@@ -410,7 +410,14 @@ class Ingest:
         # an admin's change (which drops the fold state), the stored state.
         base = (later[0].state_before if later and later[0].state_before else
                 stored.fold_state if stored.fold_state is not None else stored.state)
-        base = table.named(base, now)    # stored before a rename: under the plan's names
+        try:
+            base = table.named(base, now)    # stored before a rename: under the plan's names
+        except UnknownStatus:
+            # A name from before the plan's renames of a name (renamed twice since: a plan maps one step back):
+            # the events fold onto the stored state, which every deploy moved, in the order they came.
+            log(logging.WARNING, "fold_from_stored_state", subject=stored.state.subject, unknown=base.status,
+                why="the state the fold would start from has a status no plan version maps now")
+            base, later = table.named(stored.state, now), []
         if base.traits != stored.state.traits:      # set through the API, never by Stripe: the stored ones hold
             base = base.with_(traits=stored.state.traits)
         if base.plan_version != stored.state.plan_version:

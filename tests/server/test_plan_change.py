@@ -200,6 +200,27 @@ class TestRenamedAndRemoved:
         assert view["tier"] == "business" and (await rig.check("ann"))["limit"] == 20000
 
 
+class TestRenameChains:
+    async def test_a_status_renamed_twice_leaves_no_subjects_events_unfoldable(self, rig):
+        """trial becomes trial2, then trial2 becomes trial3 (each plan maps one step back, as a rename is
+        written). Ann's status moved with each deploy, but the state her Stripe events alone gave (kept through
+        plan changes for the next fold) still said `trial`, which the third plan neither has nor maps: her next
+        Stripe event was a 500, delivered again and again, while her trial timer ran on."""
+        now = time.time()
+        await rig.start(V1)
+        await rig.webhook("checkout.session.completed", se.checkout("ann", "cus_ann", "sub_ann"), now - 60)
+        v2 = renamed("trial", "trial2")
+        await rig.start(v2)
+        assert (await rig.subject("ann"))["status"] == "trial2"
+        v3 = renamed("trial2", "trial3", base=v2).replace("    renamed_from: [trial]\n", "")
+        assert "renamed_from: [trial2]" in v3 and "renamed_from: [trial]" not in v3
+        await rig.start(v3)
+        assert (await rig.subject("ann"))["status"] == "trial3"
+        answer = await rig.webhook("invoice.paid", se.invoice("paid", sub_id="sub_ann", customer="cus_ann"), now - 30)
+        assert answer["status"] == "paid", answer
+        assert (await rig.subject("ann"))["status"] == "paid"
+
+
 class TestGrandfathering:
     @pytest.mark.parametrize("policy, limit_now, limit_after_renewal", [
         ("now", 3000, 3000), ("at_renewal", 5000, 3000), ("never", 5000, 5000)])

@@ -304,6 +304,12 @@ class StateTable:
     def timer_due(self, state: SubjectState, now: float) -> bool:
         return state.timer_due is not None and now >= state.timer_due
 
+    def timer_from_entry(self, state: SubjectState) -> bool:
+        """Whether the status's timer runs a duration from when it was entered (expires_after), not to a date of
+        the subscription (expires_at, with that date known)."""
+        anchor = self._anchors.get(state.status)
+        return bool(self._expires.get(state.status)) and (anchor is None or _date(state, anchor) is None)
+
     def apply(self, state: SubjectState, trigger: Trigger, now: float) -> Outcome:
         """The transition a trigger causes, or a no-op that says why nothing moved."""
         if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names):

@@ -428,6 +428,12 @@ class Ingest:
         records = {r.id: r for _, r in incoming}
         records.update({r.id: r for r in later})
         folded, steps = replay(table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
+        held = stored.state
+        if (later and folded.status == held.status and folded.since == held.since < table.deployed_at and
+                None not in (folded.timer_due, held.timer_due) and table.timer_from_entry(folded)):
+            # Folded again, the status is entered again under this plan, whose duration may differ from the one
+            # it was entered under: a running timer keeps its due time across a deploy, as a rename keeps it.
+            folded = folded.with_(timer_due=held.timer_due)
         # Folded from before timers that already fired: fire again what is still due, at the deadlines, so the
         # subject does not step back. (Folded onto the stored state, due timers are left to the sweep.)
         final, timers = (folded, []) if exact else advance(table, folded, now)

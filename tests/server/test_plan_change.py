@@ -221,6 +221,26 @@ class TestRenameChains:
         assert (await rig.subject("ann"))["status"] == "paid"
 
 
+class TestTimersAcrossDeploys:
+    async def test_a_late_event_keeps_a_running_timer_whose_duration_changed(self, rig):
+        """Ann entered a 7-day trial five days ago; a deploy shortened trials to 3 days (a running timer keeps its
+        due time). A late delivery of an event older than her checkout folded her events again under the new
+        plan: the trial was entered again with 3 days, two days past, and she went to billing_problem at once."""
+        now = time.time()
+        await rig.start(V1)
+        await rig.webhook("checkout.session.completed", se.checkout("ann", "cus_ann", "sub_ann"), now - 5 * DAY)
+        before = await rig.subject("ann")
+        assert before["status"] == "trial"
+        await rig.start(edited(("    expires_after: 7d\n", "    expires_after: 3d\n")))
+        assert ((await rig.subject("ann"))["status"], (await rig.subject("ann"))["timer_due"]) == \
+            ("trial", before["timer_due"])
+        late = se.subscription("incomplete", "ann", sub_id="sub_ann", customer="cus_ann", start=now - 5 * DAY,
+                               end=now + 25 * DAY, price="price_pro")
+        await rig.webhook("customer.subscription.updated", late, now - 5 * DAY - 60)
+        view = await rig.subject("ann")
+        assert (view["status"], view["timer_due"]) == ("trial", before["timer_due"]), view["transitions"]
+
+
 class TestGrandfathering:
     @pytest.mark.parametrize("policy, limit_now, limit_after_renewal", [
         ("now", 3000, 3000), ("at_renewal", 5000, 3000), ("never", 5000, 5000)])

@@ -298,17 +298,22 @@ class GateClient:
         """May `subject` do `amount` of `meter` now? Counts nothing. With local=True, decided in this process
         when the copy can (`evaluated_here`)."""
         local = self.local
+        budget = None
         if local is not None:
             local.start(self._open)
             d = local.decide(subject, meter, amount)
-            if d is None and subject not in local.copies and await local.fetch(subject, self.timeout):
-                d = local.decide(subject, meter, amount)
+            if d is None and subject not in local.copies:
+                # One budget for the whole call: a snapshot may take half of it, the gate's answer the rest.
+                started = time.monotonic()
+                if await local.fetch(subject, self.timeout / 2):
+                    d = local.decide(subject, meter, amount)
+                budget = self.timeout - (time.monotonic() - started)
             if d is not None:       # the gate's answer, field by field
                 return _local_decision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,
                                        d.used, d.remaining, utc(d.window_start), utc(d.resets_at), d.retry_after,
                                        d.rule, False, False, False, True, d.feature, d.credits, d.credits_used,
                                        d.overage)
-        return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount})
+        return await self._decide("/v1/check", {"subject": subject, "meter": meter, "amount": amount}, budget)
 
     async def feature(self, subject: str, feature: str) -> GateDecision:
         """Is `subject` entitled to `feature` now (the plan's features of its status and tier)? Always the
@@ -336,9 +341,9 @@ class GateClient:
             self.local.counted(decision.subject, decision.meter, decision.window_start, decision.used)
         return decision
 
-    async def _decide(self, path: str, body: dict) -> GateDecision:
+    async def _decide(self, path: str, body: dict, timeout: float | None = None) -> GateDecision:
         try:
-            answer = await self._call("POST", path, body)
+            answer = await self._call("POST", path, body, timeout=timeout)
             try:
                 decision = GateDecision.from_json(answer)
             except (KeyError, TypeError, ValueError) as exc:
@@ -386,16 +391,19 @@ class GateClient:
 
     # --- the wire ---------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, body: dict | None, auth: dict | None = None) -> dict:
-        """The gate's JSON answer (2xx); GateRequestError for a 4xx; _NoAnswer for everything else."""
+    async def _call(self, method: str, path: str, body: dict | None, auth: dict | None = None, *,
+                    timeout: float | None = None) -> dict:
+        """The gate's JSON answer (2xx) within `timeout` (the client's by default); GateRequestError for a 4xx;
+        _NoAnswer for everything else."""
         session = self._open()
+        timeout = self.timeout if timeout is None else max(timeout, 0.0)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 async with session.request(method, self.base_url + path, json=body,
                                            headers=auth or self._auth) as resp:
                     status, raw = resp.status, await resp.read()
         except TimeoutError:
-            raise _NoAnswer(f"no answer within {self.timeout}s") from None
+            raise _NoAnswer(f"no answer within {timeout:.3g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
             # The exception's text names the address, never the headers; do not chain it (its
             # request_info holds the Authorization header).

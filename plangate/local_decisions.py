@@ -33,6 +33,7 @@ from urllib.parse import quote
 import aiohttp
 
 RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
+ASK_LOCAL_AGAIN = 5.0           # seconds after the gate said `local: false` before a snapshot asks again
 OFFSET_KEPT = 60.0              # seconds a measurement of the gate's clock stands against slower ones
 
 
@@ -62,6 +63,7 @@ class LocalDecisions:
         self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
+        self.declined_at = float("-inf")    # monotonic time the gate last said copies may not decide
         self.max_amount: float = 0          # the gate's largest amount: one it refuses (a 400) is the gate's to say
         # The gate's time is this process's monotonic clock plus `offset`: measured by the snapshots (the gate says
         # its time in each), at first this process's own wall clock. A step of the wall clock here (NTP) moves
@@ -154,6 +156,8 @@ class LocalDecisions:
         """A copy of `subject` from the gate; False when none could be had (or a change raced it). One fetch of a
         subject at a time: checks that come meanwhile wait for it (two fetches shared the subject's race marker,
         and one could take a copy read before a change both should have seen)."""
+        if not self.allowed and time.monotonic() - self.declined_at < ASK_LOCAL_AGAIN:
+            return False        # the gate said it decides (enforcement off, kill switch): no snapshot to ask for
         pending = self._fetching.get(subject)
         if pending is None:
             pending = self._fetching[subject] = asyncio.ensure_future(self._fetch(subject, timeout))
@@ -194,9 +198,17 @@ class LocalDecisions:
             if counted > used.get(key, 0):
                 used[key] = counted
         copy = _Copy(state, used, asked + body["max_age"])
-        self.allowed = body["local"]
+        self._may_decide(body["local"])
         self.copies[subject] = copy
         return True
+
+    def _may_decide(self, allowed: bool) -> None:
+        """What the gate said of local decisions (a hello, a snapshot): while it says no, checks go to it without
+        a snapshot first, and one asks again after ASK_LOCAL_AGAIN seconds (enforcement or the kill switch may
+        have changed back; a hello at the stream's next connect says so too)."""
+        self.allowed = bool(allowed)
+        if not self.allowed:
+            self.declined_at = time.monotonic()
 
     def _measure(self, gate_now: Any, sent: float, received: float) -> None:
         """The offset from the gate's time, read between sent and received: off by half that round trip at most.
@@ -263,7 +275,7 @@ class LocalDecisions:
             if epoch != self.epoch and self.n >= 0:     # another process: nothing held can be trusted
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
-            self.allowed = body.get("local", False)
+            self._may_decide(body.get("local", False))
             self.max_amount = body.get("max_amount", float("inf"))     # a gate that does not say: no bound
             self._plan_wanted = body.get("plan_version")
             if self.table is None or self.table.version != body.get("plan_version"):

@@ -258,3 +258,51 @@ async def test_a_subject_counted_while_its_snapshot_was_on_the_way_is_kept_with_
         remote = await there.check("busy", "requests")
         assert local.evaluated_here and not remote.evaluated_here
         assert local.used == remote.used == counted.used == 3
+
+
+def _slow_snapshots(seconds: float, checks: float = 0.0):
+    """The caller's own session: each snapshot's answer held `seconds` after the gate gave it (a slow network),
+    each check's `checks`, and the snapshots asked for counted."""
+    asked = {"snapshots": 0}
+
+    async def on_request_end(session, ctx, params):
+        if params.url.path.endswith("/snapshot"):
+            asked["snapshots"] += 1
+            await asyncio.sleep(seconds)
+        elif params.url.path == "/v1/check":
+            await asyncio.sleep(checks)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_request_end)
+    return aiohttp.ClientSession(trace_configs=[trace]), asked
+
+
+async def test_a_gate_that_decides_itself_is_asked_without_a_snapshot_first(start_gate):
+    """With the kill switch on (or enforcement off) the gate says `local: false`, yet every check of a subject not
+    held fetched a snapshot first (a store read at the gate, whose kill switch is often on because its store is in
+    trouble) and waited for it before asking: up to twice the client's timeout a check."""
+    gate = await start_gate(SUBSCRIPTION_KILL_SWITCH="true")
+    timeout = 0.5
+    session, asked = _slow_snapshots(timeout * 2)
+    async with session, GateClient(gate.url, TOKEN, timeout=timeout, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        assert await here.local.ready() and here.local.allowed is False
+        started = time.monotonic()
+        decisions = [await here.check(f"killed-{i}", "requests") for i in range(5)]
+        assert [d.reason for d in decisions] == ["kill_switch"] * 5
+        assert asked["snapshots"] == 0 and time.monotonic() - started < 5 * timeout
+
+
+async def test_a_first_local_check_keeps_within_the_clients_timeout(gate):
+    """A snapshot slow to come took the whole timeout, and the gate's answer then had a whole one of its own: a
+    first check could take twice the client's timeout. The snapshot now has half of it, the answer the rest."""
+    timeout = 1.0
+    session, asked = _slow_snapshots(timeout * 2, checks=timeout * 0.8)
+    async with session, GateClient(gate.url, TOKEN, timeout=timeout, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        assert await here.local.ready() and here.local.allowed
+        started = time.monotonic()
+        decision = await here.check("slow-first", "requests")
+        took = time.monotonic() - started
+        assert asked["snapshots"] == 1 and not decision.evaluated_here, decision
+        assert took < timeout * 1.2, took

@@ -304,6 +304,13 @@ class StateTable:
     def timer_due(self, state: SubjectState, now: float) -> bool:
         return state.timer_due is not None and now >= state.timer_due
 
+    def kept_due(self, state: SubjectState, due: float) -> float:
+        """A running timer's due time kept across a deploy, bounded as entering the status bounds it: grace never
+        ends before the date paid through."""
+        if state.status in self._grace and state.paid_through is not None:
+            return max(due, state.paid_through)
+        return due
+
     def timer_from_entry(self, state: SubjectState) -> bool:
         """Whether the status's timer runs a duration from when it was entered (expires_after), not to a date of
         the subscription (expires_at, with that date known)."""

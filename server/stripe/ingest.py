@@ -32,6 +32,10 @@ MAX_ATTEMPTS = 8
 WEBHOOK_STORE_TIMEOUT = 10.0
 
 
+_AFTER_ADMIN = "older than an admin's later change to the subject: a person's decision is not rewritten"
+_UNMAPPED = ("older than events folded already, and the state before them has a status no plan version maps now "
+             "(renamed twice since): not put among them")
+
 class _Unread(enum.Enum):
     """_fold's `loaded` when the caller has not read the subject's row."""
 
@@ -351,7 +355,7 @@ class Ingest:
                 change = Change(replace(stored, confirmed_at=now), stored.version)
             elif admin_may_be_newer and \
                     (await self._io("admin", self.store.last_admin_change(subject)) or 0) >= first.created:
-                change = self._stale_after_admin(stored, fold._replace(incoming=incoming), now)
+                change = self._stale(stored, fold._replace(incoming=incoming), now)
             else:
                 change = self._change(table, fold, stored, later, now)
             if not fold.record_noop and not change.audits and \
@@ -413,11 +417,14 @@ class Ingest:
         try:
             base = table.named(base, now)    # stored before a rename: under the plan's names
         except UnknownStatus:
-            # A name from before the plan's renames of a name (renamed twice since: a plan maps one step back):
-            # the events fold onto the stored state, which every deploy moved, in the order they came.
+            # A name from before two renames of it (a plan maps one step back): the fold cannot start there. An
+            # event newer than all folded goes onto the stored state, which every deploy moved; a late one cannot
+            # be put among the events before it, and is recorded stale rather than applied after newer ones.
             log(logging.WARNING, "fold_from_stored_state", subject=stored.state.subject, unknown=base.status,
-                why="the state the fold would start from has a status no plan version maps now")
-            base, later = table.named(stored.state, now), []
+                late=bool(later), why="the state the fold would start from has a status no plan version maps now")
+            if later:
+                return self._stale(stored, fold, now, _UNMAPPED)
+            base = table.named(stored.state, now)
         if base.traits != stored.state.traits:      # set through the API, never by Stripe: the stored ones hold
             base = base.with_(traits=stored.state.traits)
         if base.plan_version != stored.state.plan_version:
@@ -432,8 +439,9 @@ class Ingest:
         if (later and folded.status == held.status and folded.since == held.since < table.deployed_at and
                 None not in (folded.timer_due, held.timer_due) and table.timer_from_entry(folded)):
             # Folded again, the status is entered again under this plan, whose duration may differ from the one
-            # it was entered under: a running timer keeps its due time across a deploy, as a rename keeps it.
-            folded = folded.with_(timer_due=held.timer_due)
+            # it was entered under: a running timer keeps its due time across a deploy, as a rename keeps it (and
+            # grace still never ends before the date paid through, which the refold may have learnt).
+            folded = folded.with_(timer_due=table.kept_due(folded, held.timer_due))
         # Folded from before timers that already fired: fire again what is still due, at the deadlines, so the
         # subject does not step back. (Folded onto the stored state, due timers are left to the sweep.)
         final, timers = (folded, []) if exact else advance(table, folded, now)
@@ -490,12 +498,11 @@ class Ingest:
                                   o.state.since, table.version, step.event.id, "stripe"))
         return out
 
-    def _stale_after_admin(self, stored: StoredSubject, fold: _Fold, now: float) -> Change:
-        """The events recorded `stale`, the subject's status left as the admin set it. What they say of whose
-        Stripe ids are still holds: their subscriptions, charges and payment intents are linked to the subject,
-        and its customer and subscription are kept where it has none yet (those it has come from newer events),
-        so that the events naming only those ids find it."""
-        reason = "older than an admin's later change to the subject: a person's decision is not rewritten"
+    def _stale(self, stored: StoredSubject, fold: _Fold, now: float, reason: str = _AFTER_ADMIN) -> Change:
+        """The events recorded `stale` (why: `reason`), the subject's status left as it is. What they say of whose
+        Stripe ids still holds: their subscriptions, charges and payment intents are linked to the subject, and
+        its customer and subscription are kept where it has none yet (those it has come from newer events), so
+        that the events naming only those ids find it."""
         rows = tuple(replace(r, outcome="stale", reason=reason) for _, r in fold.incoming)
         grants = _grants(self.table, fold.incoming)      # money paid grants its credits, whatever an admin did
         reversals = _reversals(fold.incoming)            # and money back takes them back

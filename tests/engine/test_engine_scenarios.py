@@ -378,6 +378,40 @@ steps:
         assert result.passed, result.failure
 
 
+def test_a_subscription_billed_by_invoice_created_during_dunning_is_no_payment(shipped):
+    """A customer in billing_problem subscribes again: created `active` is payment when the card was charged,
+    but one billed by invoice (send_invoice) is active at once with its first invoice open; its invoice.paid
+    says when it is paid."""
+    result = played(shipped, """\
+name: a subscription billed by invoice, created during dunning
+start: "2026-06-01T08:00:00Z"
+subject: finn
+steps:
+  - stripe: customer.subscription.created
+    object: {id: sub_1, customer: cus_1, status: active, metadata: {plangate_subject: finn}}
+    price: price_pro_monthly
+    period: {start: "2026-06-01T08:00:00Z", end: "2026-07-01T08:00:00Z"}
+    expect: {status: paid}
+  - until: "2026-07-01T08:00:00Z"
+  - stripe: invoice.payment_failed
+    object: {customer: cus_1, billing_reason: subscription_cycle}
+    expect: {status: grace_period}
+  - wait: 3d
+    expect: {status: billing_problem}
+  - stripe: customer.subscription.created
+    object: {id: sub_2, customer: cus_1, status: active, collection_method: send_invoice, days_until_due: 30,
+             metadata: {plangate_subject: finn}}
+    price: price_pro_monthly
+    period: {start: "2026-07-04T08:00:00Z", end: "2026-08-04T08:00:00Z"}
+    expect: {status: billing_problem, moved: false}
+  - wait: 2d
+  - stripe: invoice.paid
+    object: {id: in_2, customer: cus_1, subscription: sub_2, amount_paid: 2000, billing_reason: subscription_create}
+    expect: {status: paid, moved: true}
+""")
+    assert result.passed, result.failure
+
+
 ORDER_PLAN = """\
 version: 1
 meters:

@@ -220,6 +220,24 @@ class TestRenameChains:
         assert answer["status"] == "paid", answer
         assert (await rig.subject("ann"))["status"] == "paid"
 
+    async def test_a_late_event_under_a_name_renamed_twice_is_not_applied_after_newer_ones(self, rig):
+        """The same fold state, and an event older than events folded since (a failed payment from the trial, after
+        the subscription had been paid for): it cannot be put among them, and applied after them it moved a paid
+        subscriber to grace. It is recorded stale."""
+        now = time.time()
+        await rig.start(V1)
+        await rig.webhook("checkout.session.completed", se.checkout("ann", "cus_ann", "sub_ann"), now - 60)
+        sub = se.subscription("active", "ann", sub_id="sub_ann", customer="cus_ann", start=now - 30,
+                              end=now + 30 * DAY, price="price_pro")
+        await rig.webhook("customer.subscription.created", sub, now - 30)
+        assert (await rig.subject("ann"))["status"] == "paid"
+        v2 = renamed("trial", "trial2")
+        await rig.start(v2)
+        await rig.start(renamed("trial2", "trial3", base=v2).replace("    renamed_from: [trial]\n", ""))
+        answer = await rig.webhook("invoice.payment_failed", se.invoice("open", sub_id="sub_ann", customer="cus_ann"),
+                                   now - 45)
+        assert (answer["outcome"], answer["status"]) == ("stale", "paid"), answer
+
 
 class TestTimersAcrossDeploys:
     async def test_a_late_event_keeps_a_running_timer_whose_duration_changed(self, rig):
@@ -239,6 +257,25 @@ class TestTimersAcrossDeploys:
         await rig.webhook("customer.subscription.updated", late, now - 5 * DAY - 60)
         view = await rig.subject("ann")
         assert (view["status"], view["timer_due"]) == ("trial", before["timer_due"]), view["transitions"]
+
+    async def test_a_late_payment_still_moves_grace_to_the_date_paid_through(self, rig):
+        """Kept across a deploy, a grace timer still never ends before the date paid through, which a late
+        invoice.paid (the period's renewal, paid 15 days ago) tells."""
+        now = time.time()
+        await rig.start(V1)
+        sub = se.subscription("active", "gil", sub_id="sub_g", customer="cus_g", start=now - 20 * DAY,
+                              end=now + 10 * DAY, price="price_pro")
+        await rig.webhook("customer.subscription.created", sub, now - 20 * DAY)
+        await rig.webhook("invoice.payment_failed", se.invoice("open", sub_id="sub_g", customer="cus_g",
+                                                               inv_id="in_up"), now - DAY)
+        held = await rig.subject("gil")
+        assert held["status"] == "grace", held
+        await rig.start(edited(("requests: {limit: 20000, per: billing_period}",
+                                "requests: {limit: 25000, per: billing_period}")))
+        paid = se.invoice("paid", sub_id="sub_g", customer="cus_g", inv_id="in_renew", period_end=now + 10 * DAY)
+        await rig.webhook("invoice.paid", paid, now - 15 * DAY)
+        view = await rig.subject("gil")
+        assert view["status"] == "grace" and view["timer_due"] > held["timer_due"], (held, view)
 
 
 class TestGrandfathering:

@@ -50,6 +50,17 @@ def tie_group(event: StripeEvent) -> tuple[float, str] | None:
     return (event.created, ident) if isinstance(ident, str) else None
 
 
+def refold_from(events: list[StripeEvent], start: int) -> int:
+    """Where a fold of events (in fold order) runs again when it must from `start`: back to the first of every
+    tie group events[start:] holds, so that a group is folded again whole."""
+    while True:
+        groups = {tie_group(e) for e in events[start:]} - {None}
+        earlier = next((i for i, e in enumerate(events[:start]) if tie_group(e) in groups), start)
+        if earlier == start:
+            return start
+        start = earlier
+
+
 def _chained(events: list[StripeEvent], i: int, state: SubjectState) -> int:
     """Which of events[i:] to fold at i. If events[i] is an update of a tie group: the first (by id) of all the
     group's updates still to fold whose previous status is the status their subscription has in `state`; if none

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ._credits import Grant, GrantSource
 from ._decision import Decision
-from ._history import Step as Folded, advance, event_order, replay, tie_group
+from ._history import Step as Folded, advance, event_order, refold_from, replay, tie_group
 from ._links import named_subject, relevant_events, stripe_refs
 from ._reversals import money_back
 from ._scenario import Expectation, Scenario, Step, _iso, _show
@@ -174,12 +174,7 @@ class _Player:
             outcome = self.table.apply(self.state, event, self.now)
             self.folded.append(Folded(event, self.state, (), outcome))
             return self._outcome(outcome)
-        while True:     # back to the first of every tie group the part holds, as the gate goes
-            groups = {tie_group(f.event) for f in self.folded[start:]} - {None}
-            earlier = next((i for i, f in enumerate(self.folded[:start]) if tie_group(f.event) in groups), start)
-            if earlier == start:
-                break
-            start = earlier
+        start = refold_from([f.event for f in self.folded], start)
         before, again = self.state, self.folded[start:]
         # Traits are set through the API, never by Stripe, and plan versions only move forward: the ones held stay.
         base = again[0].before.with_(traits=before.traits, plan_version=before.plan_version)

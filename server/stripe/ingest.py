@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from plangate.engine import (Refs, StateTable, StripeEvent, SubjectState, UnknownStatus, advance, event_order,
-                             refused_names, relevant_events, replay, stripe_refs, tie_group)
+                             refold_from, refused_names, relevant_events, replay, stripe_refs, tie_group)
 from plangate.engine._reversals import MoneyBack, money_back
 
 from ..gate import WRITES, Gate, StoreUnavailable
@@ -400,12 +400,7 @@ class Ingest:
         start = next((i for i, (e, _) in enumerate(folded) if event_order(e) > key or tie_group(e) in ties),
                      len(folded))
         # Back to the first of every tie group the part holds: a group is folded again whole, its ranks with it.
-        while True:
-            groups = {tie_group(e) for e, _ in folded[start:]} - {None}
-            earlier = next((i for i, (e, _) in enumerate(folded[:start]) if tie_group(e) in groups), start)
-            if earlier == start:
-                return [r for _, r in folded[start:]]
-            start = earlier
+        return [r for _, r in folded[refold_from([e for e, _ in folded], start):]]
 
     def _change(self, table: StateTable, fold: _Fold, stored: StoredSubject, later: list[EventRecord],
                 now: float) -> Change:

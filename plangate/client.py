@@ -39,6 +39,7 @@ __all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateU
 FAIL_OPEN = "fail_open"
 FAIL_CLOSED = "fail_closed"
 WARN_EVERY = 60.0       # seconds between warnings while the gate gives no answer
+SNAPSHOT_SHARE = 0.25   # of a check's timeout, waited for a subject's first snapshot (local=True)
 _log = logging.getLogger("plangate.client")
 
 
@@ -303,10 +304,14 @@ class GateClient:
             local.start(self._open)
             d = local.decide(subject, meter, amount)
             if d is None and subject not in local.copies:
-                # One budget for the whole call: a snapshot may take half of it, the gate's answer the rest.
+                # One budget for the whole call: a snapshot is waited for a quarter of it, the gate's answer has
+                # the rest (a snapshot still on its way is kept for the next check).
                 started = time.monotonic()
-                if await local.fetch(subject, self.timeout / 2):
-                    d = local.decide(subject, meter, amount)
+                try:
+                    if await asyncio.wait_for(local.fetch(subject, self.timeout), self.timeout * SNAPSHOT_SHARE):
+                        d = local.decide(subject, meter, amount)
+                except TimeoutError:
+                    pass
                 budget = self.timeout - (time.monotonic() - started)
             if d is not None:       # the gate's answer, field by field
                 return _local_decision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,

@@ -156,8 +156,10 @@ class LocalDecisions:
         """A copy of `subject` from the gate; False when none could be had (or a change raced it). One fetch of a
         subject at a time: checks that come meanwhile wait for it (two fetches shared the subject's race marker,
         and one could take a copy read before a change both should have seen)."""
-        if not self.allowed and time.monotonic() - self.declined_at < ASK_LOCAL_AGAIN:
-            return False        # the gate said it decides (enforcement off, kill switch): no snapshot to ask for
+        if not self.allowed:    # the gate said it decides (enforcement off, kill switch): no snapshot to ask for,
+            if time.monotonic() - self.declined_at < ASK_LOCAL_AGAIN:
+                return False
+            self.declined_at = time.monotonic()     # but one a period, whatever becomes of it
         pending = self._fetching.get(subject)
         if pending is None:
             pending = self._fetching[subject] = asyncio.ensure_future(self._fetch(subject, timeout))

@@ -182,8 +182,9 @@ class _Player:
         self.state, _ = advance(self.table, state, self.now)
         self.folded[start:] = steps
         what = next(f.outcome for f in steps if f.event is event)
-        return _Seen(None, self.state.status != before.status, f"{event.key} sorts before {len(again)} event(s) folded already, "
-                                                 f"folded again in created order: {what.reason}")
+        return _Seen(None, self.state.status != before.status,
+                     f"{event.key} sorts before {len(again)} event(s) folded already, folded again in created order: "
+                     f"{what.reason}")
 
     def _admin(self, step: Step) -> _Seen:
         self.folded = []        # the fold starts again from what the admin made

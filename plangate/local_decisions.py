@@ -172,7 +172,8 @@ class LocalDecisions:
         if not self.fresh or table is None or self.unreadable_under == table.version:
             return False
         self.touched[subject] = -1
-        self.counted_meanwhile[subject] = meanwhile = {}
+        meanwhile: dict[tuple[str, int], int] = {}
+        self.counted_meanwhile[subject] = meanwhile
         try:
             async with asyncio.timeout(timeout):
                 url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"

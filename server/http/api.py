@@ -238,11 +238,11 @@ async def resend_overage(request: web.Request) -> web.Response:
                 break
         too_old, conflicts = await gate.timed("overage", gate.store.refused_kept(filters, since), timeout=30.0)
     except StoreUnavailable:
-        log(logging.ERROR, "overage_resend_failed", actor=actor, reason=reason, resent=resent, **filters)
+        log(logging.ERROR, "overage_resend_failed", actor=actor, reason=reason, resent=resent, filters=filters)
         raise inp.BadRequest(503, "store_unavailable", f"the store failed after {resent} report(s) were resent (the "
                              "last batch may have been written too); run it again: only refused reports go") from None
     log(logging.INFO, "overage_resent", actor=actor, reason=reason, resent=resent, too_old=too_old,
-        key_conflicts=conflicts, **filters)
+        key_conflicts=conflicts, filters=filters)
     return _json.response({"resent": resent, "too_old": too_old, "key_conflicts": conflicts, "oldest": iso(since)})
 
 

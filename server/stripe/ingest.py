@@ -432,7 +432,7 @@ class Ingest:
         folded, steps = replay(table, base, [e for e, _ in incoming] + [_as_event(r) for r in later])
         held = stored.state
         if (later and folded.status == held.status and folded.since == held.since < table.deployed_at and
-                None not in (folded.timer_due, held.timer_due) and table.timer_from_entry(folded)):
+                folded.timer_due is not None and held.timer_due is not None and table.timer_from_entry(folded)):
             # Folded again, the status is entered again under this plan, whose duration may differ from the one
             # it was entered under: a running timer keeps its due time across a deploy, as a rename keeps it (and
             # grace still never ends before the date paid through, which the refold may have learnt).

@@ -1,17 +1,17 @@
-"""Overage reported to Stripe as billing meter events (POST /v1/billing/meter_events, through the `stripe`
-package), and checked against Stripe's own sums.
+"""Overage reported to Stripe as billing meter events (POST /v1/billing/meter_events, through the `stripe` package),
+and checked against Stripe's own sums.
 
-Each counted piece of work's overage is a report row, written with its count (never lost with a crash). The
-`report` job sends the due ones a batch at a time, a few at once, batch after batch until none is due (or the
-run's time is spent); each event carries the report's identifier, so a report sent twice (a timeout, a crash
-before its row said `sent`) is counted once by Stripe: a second recording is refused as "already exists", read
-as sent. Each attempt's request has an idempotency key of its own (the identifier, then the identifier and the
-attempt's number): Stripe answers a key with its first answer for 24 hours, a 500 included, so one key for
-every attempt held a report back for a day after one server error. A transient failure (unreachable, 429, 5xx) leaves the report pending, retried
+Each counted piece of work's overage is a report row, written with its count (never lost with a crash). The `report`
+job sends the due ones a batch at a time, a few at once, batch after batch until none is due (or the run's time is
+spent); each event carries the report's identifier, so a report sent twice (a timeout, a crash before its row said
+`sent`) is counted once by Stripe: a second recording is refused as "already exists", read as sent. Each attempt's
+request has an idempotency key of its own (the identifier, then the identifier and the attempt's number): Stripe
+answers a key with its first answer for 24 hours, a 500 included, so one key for every attempt held a report back
+for a day after one server error. A transient failure (unreachable, 429, 5xx) leaves the report pending, retried
 later with a growing pause; one Stripe refuses (4xx: an unknown customer or meter, a timestamp older than 35 days,
-its idempotency key already used with other parameters) is kept, `refused`, with Stripe's message: visible in
-GET /v1/overage and the metrics, never dropped. A report whose subject has no Stripe customer yet waits (pending)
-for one.
+its idempotency key already used with other parameters) is kept, `refused`, with Stripe's message: visible in GET
+/v1/overage and the metrics, never dropped. A report whose subject has no Stripe customer yet waits (pending) for
+one.
 
 Reconciliation asks Stripe for each meter's summaries per customer over the last day (whole minutes, as Stripe
 aggregates them, until a few minutes ago: Stripe processes events asynchronously) and compares them with what was

@@ -167,6 +167,7 @@ class _Player:
         due since. A story's own `stripe:` steps are folded as written: the fold starts again after each."""
         if not whole:
             self.folded = []
+            return self._outcome(self.table.apply(self.state, event, self.now))
         key, tie = event_order(event), tie_group(event)
         start = next((i for i, f in enumerate(self.folded)
                       if event_order(f.event) > key or (tie is not None and tie_group(f.event) == tie)), None)

@@ -224,11 +224,11 @@ class Gate:
         return entry
 
     def _keep(self, subject: str, entry: _Entry) -> None:
-        entry.kept_at = time.monotonic()
+        entry.kept_at = kept_at = time.monotonic()
         self._cache[subject] = entry
         if self.config.cache_ttl >= REFRESH_MIN_TTL:
             due = self._due
-            due.append((time.monotonic() + self.config.cache_ttl * REFRESH_AT, subject, entry))
+            due.append((kept_at + self.config.cache_ttl * REFRESH_AT, subject, entry))
             if len(due) > 2 * self.config.cache_size:     # entries dropped or replaced since: let them go
                 self._due = deque(item for item in due if self._cache.get(item[1]) is item[2])
 

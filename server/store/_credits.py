@@ -191,21 +191,30 @@ RESEND_FILTERS = ("subject", "event_name", "identifier")
 KEY_CONFLICT = "Stripe refused it: its idempotency key was used with other parameters"
 
 
-def resend_refused(filters: dict[str, str]) -> tuple[str, str]:
-    """A person's word that refused reports go again, narrowed by filters (subject, event_name, identifier ->
-    value): the UPDATE putting at most a number of those counted since a time back to pending, but for key
-    conflicts (parameters: due at, note, since, the conflicts' LIKE pattern, *filter values, how many), and the
-    refused ones that stay: (counted before that time, key conflicts since) (parameters: since, since, the
-    pattern, *filter values). Attempts are kept: the next attempt's idempotency key is a new one (meter_events)."""
+def _narrowed(filters: dict[str, str]) -> str:
     if not filters.keys() <= set(RESEND_FILTERS):
         raise ValueError(f"no such filter: {sorted(filters.keys() - set(RESEND_FILTERS))}")
-    where = "".join(f" AND {column} = ?" for column in filters)
+    return "".join(f" AND {column} = ?" for column in filters)
+
+
+def resend_refused(filters: dict[str, str], since: float, now: float, note: str, limit: int) -> tuple[str, tuple]:
+    """A person's word that refused reports go again, narrowed by filters (subject, event_name, identifier ->
+    value): (the UPDATE, its parameters) putting at most `limit` of those counted since `since` back to pending, due
+    at `now` with `note` as their last error, but for key conflicts. Attempts are kept: the next attempt's
+    idempotency key is a new one (meter_events)."""
     return (f"UPDATE overage_reports SET status = 'pending', next_attempt_at = ?, last_error = ? WHERE identifier IN "
             f"(SELECT identifier FROM overage_reports WHERE status = 'refused' AND at >= ? AND "
-            f"coalesce(last_error, '') NOT LIKE ?{where} LIMIT ?)",
-            f"SELECT coalesce(sum(CASE WHEN at < ? THEN 1 ELSE 0 END), 0), "
+            f"coalesce(last_error, '') NOT LIKE ?{_narrowed(filters)} LIMIT ?)",
+            (now, note, since, KEY_CONFLICT + "%", *filters.values(), limit))
+
+
+def refused_kept(filters: dict[str, str], since: float) -> tuple[str, tuple]:
+    """(The SELECT, its parameters) of the refused reports resend_refused leaves, narrowed as it is: (counted
+    before `since`, key conflicts since)."""
+    return (f"SELECT coalesce(sum(CASE WHEN at < ? THEN 1 ELSE 0 END), 0), "
             f"coalesce(sum(CASE WHEN at >= ? AND last_error LIKE ? THEN 1 ELSE 0 END), 0) "
-            f"FROM overage_reports WHERE status = 'refused'{where}")
+            f"FROM overage_reports WHERE status = 'refused'{_narrowed(filters)}",
+            (since, since, KEY_CONFLICT + "%", *filters.values()))
 
 
 def report_from_row(r) -> OverageReport:

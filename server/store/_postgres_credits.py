@@ -130,15 +130,15 @@ class PostgresCredits:
         return [sql.report_from_row(r) for r in rows]
 
     async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str, limit: int) -> int:
-        update = numbered(sql.resend_refused(filters)[0])
+        update, args = sql.resend_refused(filters, since, now, note, limit)
         async with self._tx() as db:
-            done = await db.execute(update, now, note, since, sql.KEY_CONFLICT + "%", *filters.values(), limit)
+            done = await db.execute(numbered(update), *args)
         return int(done.split()[-1])        # "UPDATE n"
 
     async def refused_kept(self, filters: dict[str, str], since: float) -> tuple[int, int]:
-        kept = numbered(sql.resend_refused(filters)[1])
+        kept, args = sql.refused_kept(filters, since)
         async with self._conn() as db:
-            old, conflicts = await db.fetchrow(kept, since, since, sql.KEY_CONFLICT + "%", *filters.values())
+            old, conflicts = await db.fetchrow(numbered(kept), *args)
         return int(old), int(conflicts)
 
     async def overage_counts(self) -> dict[str, tuple[int, int]]:

@@ -70,16 +70,14 @@ class SQLiteCredits:
         return [sql.report_from_row(r) for r in await self._rows(query, (arg, limit))]
 
     async def resend_refused(self, filters: dict[str, str], since: float, now: float, note: str, limit: int) -> int:
-        update, _ = sql.resend_refused(filters)
-        args = (now, note, since, sql.KEY_CONFLICT + "%", *filters.values(), limit)
+        update, args = sql.resend_refused(filters, since, now, note, limit)
 
         def write(db: sqlite3.Connection) -> int:
             return db.execute(update, args).rowcount
         return await self._write_whole(write, on_loop=self._commits_on_loop)
 
     async def refused_kept(self, filters: dict[str, str], since: float) -> tuple[int, int]:
-        _, kept = sql.resend_refused(filters)
-        (old, conflicts), = await self._rows(kept, (since, since, sql.KEY_CONFLICT + "%", *filters.values()))
+        (old, conflicts), = await self._rows(*sql.refused_kept(filters, since))
         return int(old), int(conflicts)
 
     async def overage_counts(self) -> dict[str, tuple[int, int]]:

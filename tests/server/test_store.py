@@ -249,7 +249,7 @@ class TestSchema:
         postgresql = isinstance(store, PostgresStore)
         queries = [(sql.sent_totals("floor({} / 60)" if postgresql else "CAST({} / 60 AS INTEGER)"), (0.0,) * 5),
                    (sql.REPORTS_BY_STATUS, ("refused", 100)),
-                   (sql.resend_refused({})[0], (0.0, "resent", 0.0, sql.KEY_CONFLICT + "%", 2000))]
+                   sql.resend_refused({}, 0.0, 0.0, "resent", 2000)]
         if postgresql:
             conn = await asyncpg.connect(store.dsn)
             try:

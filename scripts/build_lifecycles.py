@@ -303,6 +303,11 @@ class Life:
 
     # --- steps Stripe takes, each with every event it sends ------------------------------------------------
 
+    def card_customer(self, at: float) -> None:
+        """The customer made, and its card attached, as Checkout does first."""
+        self.send("customer.created", self.customer_obj(at), at)
+        self.send("payment_method.attached", self.payment_method(at), at)
+
     def start_trial(self, at: float, days: int = 7, card: bool = True) -> float:
         """Checkout with a trial: customer, card, subscription trialing, the $0 invoice paid, checkout."""
         trial_end = at + days * D
@@ -332,8 +337,7 @@ class Life:
         """Checkout without a trial: the first invoice is charged at once, the subscription created active."""
         amount, interval = PRICE[price]
         end = at + (365 * D if interval == "year" else MONTH)
-        self.send("customer.created", self.customer_obj(at), at)
-        self.send("payment_method.attached", self.payment_method(at), at)
+        self.card_customer(at)
         first = self.invoice(at, "paid", amount, "subscription_create", at, end, attempts=1)
         sub = self.subscription(at, "active", at, end, price=price, pm=self.pm, latest_invoice=first["id"])
         self.send("customer.subscription.created", sub, at, expect={"status": "paid"})
@@ -712,8 +716,7 @@ def incomplete_expired() -> Life:
                 "A subscription created by the API (payment_behavior default_incomplete) whose first payment needs "
                 "authentication that never comes; after 23 hours Stripe expires it.")
     at = T0
-    life.send("customer.created", life.customer_obj(at), at)
-    life.send("payment_method.attached", life.payment_method(at), at)
+    life.card_customer(at)
     inv = life.invoice(at, "open", 2000, "subscription_create", at, at + MONTH, attempts=1)
     sub = life.subscription(at, "incomplete", at, at + MONTH, pm=life.pm, latest_invoice=inv["id"])
     life.send("customer.subscription.created", sub, at, expect={"status": "limited_free_trial", "moved": False})
@@ -877,8 +880,7 @@ def checkout_activates_a_second_later() -> Life:
                 "first invoice and turns it active; the update and the session's completion come a second after the "
                 "creation and the paid invoice (events of one second are folded checkout first).")
     at = T0
-    life.send("customer.created", life.customer_obj(at), at)
-    life.send("payment_method.attached", life.payment_method(at), at)
+    life.card_customer(at)
     first = life.invoice(at, "paid", 2000, "subscription_create", at, at + MONTH, attempts=1)
     life.subscription(at, "incomplete", at, at + MONTH, pm=life.pm, latest_invoice=first["id"])
     life.send("customer.subscription.created", life.sub, at, expect={"status": "limited_free_trial", "moved": False})

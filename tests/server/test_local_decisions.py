@@ -43,6 +43,20 @@ async def _caught_up(client: GateClient, gate) -> None:
     raise AssertionError(f"the client heard event {client.local.n}, the gate's last for it is {target}")
 
 
+def _erase_from_outside(monkeypatch, database: str) -> None:
+    """The environment `plangate erase` reads, naming the gate's own store: a write the stream cannot tell."""
+    for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
+        monkeypatch.setenv(name, value)
+
+
+async def _on_the_gates_plan(client: GateClient, gate) -> None:
+    """Until the client has compiled the plan the gate runs (after a reload)."""
+    for _ in range(200):
+        if client.local.table is not None and client.local.table.version == gate.app[GATE].table.version:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_mixed_workload_decided_locally_gives_the_gates_answers(gate):
     rng = random.Random(21)
     subjects = [f"local-{i}" for i in range(6)]
@@ -285,8 +299,7 @@ async def test_a_copy_is_fetched_again_once_older_than_the_gates_cache_ttl(start
         await here.check("leaver", "requests")
         assert await here.local.ready()
         assert (await here.check("leaver", "requests")).status == "closed"
-        for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
-            monkeypatch.setenv(name, value)
+        _erase_from_outside(monkeypatch, database)
         assert await asyncio.to_thread(serve.erase, None, "leaver", "ops") == 0
         await asyncio.sleep(1.0)
         remote = await there.check("leaver", "requests")
@@ -303,8 +316,7 @@ async def test_a_copy_lives_no_longer_than_what_is_left_of_the_gates_cache_entry
     monkeypatch.setattr(gate_module, "REFRESH_MIN_TTL", 3600.0)
     ttl = 4.0
     gate = await start_gate(PLANGATE_CACHE_TTL=str(ttl))
-    for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
-        monkeypatch.setenv(name, value)
+    _erase_from_outside(monkeypatch, database)
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
             GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
         await here.check("bystander", "requests")
@@ -332,8 +344,7 @@ async def test_a_write_the_stream_cannot_tell_reaches_the_client_when_the_gates_
     reading now tells the stream what it found."""
     ttl = 8.0       # read again at 6 s (the loop wakes every 0.5 s); the copy would last until 8 s
     gate = await start_gate(PLANGATE_CACHE_TTL=str(ttl))
-    for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
-        monkeypatch.setenv(name, value)
+    _erase_from_outside(monkeypatch, database)
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
             GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
         await here.check("bystander", "requests")
@@ -379,10 +390,7 @@ async def test_credits_an_older_version_keeps_are_the_gates_to_decide_past_the_l
                                           {"meter": "requests", "amount": 50, "reason": "goodwill"})
         assert status == 200, granted
         assert await here.local.ready()
-        for _ in range(200):
-            if here.local.table is not None and here.local.table.version == gate.app[GATE].table.version:
-                break
-            await asyncio.sleep(0.01)
+        await _on_the_gates_plan(here, gate)
         await here.check("newcomer", "requests")        # its copy
         remote = await there.check("newcomer", "requests", 5)
         local = await here.check("newcomer", "requests", 5)

@@ -14,7 +14,7 @@ from plangate.server import changes
 from plangate.server.http.api import GATE
 
 from .conftest import ADMIN_TOKEN, TOKEN
-from .test_local_decisions import PATIENT, STALENESS, _caught_up
+from .test_local_decisions import PATIENT, STALENESS, _caught_up, _on_the_gates_plan
 
 
 def _holding_session(path_part: str):
@@ -113,10 +113,7 @@ async def test_after_a_plan_reload_subjects_stored_before_it_are_decided_here_ag
         status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
         assert status == 200, answer
         assert await here.local.ready()
-        for _ in range(200):
-            if here.local.table is not None and here.local.table.version == gate.app[GATE].table.version:
-                break
-            await asyncio.sleep(0.01)
+        await _on_the_gates_plan(here, gate)
         remote = await there.check("before-deploy", "requests")
         assert remote.limit == 25
         decided_here = [(await here.check("before-deploy", "requests")).evaluated_here for _ in range(5)]

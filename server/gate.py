@@ -462,6 +462,7 @@ class Gate:
         windows = [(meter, table.window(state, meter, now).start) for meter in table.meters]
         found = await self.timed("usage", self.store.used(subject, windows))
         used = {w: max(entry.used.get(w, 0), found.get(w, 0)) for w in windows}
+        entry.used.update(used)     # this gate's own checks go by the reading the copy has, not a later one
         keep_for = max(0.0, self.config.cache_ttl - (time.monotonic() - entry.kept_at))
         return table, state, used, event_id, now, keep_for
 

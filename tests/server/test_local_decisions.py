@@ -365,6 +365,39 @@ async def test_a_write_the_stream_cannot_tell_reaches_the_client_when_the_gates_
         assert local.status == "limited_free_trial", (local.status, local.evaluated_here)
 
 
+async def test_usage_another_process_counted_reaches_the_client_when_the_gates_refresh_reads_it(start_gate, database):
+    """The same for usage: another writer of the SQLite file counts for the subject; the gate's reading ahead takes
+    the store's figure and tells the stream, so the client's copy stops allowing what the gate refuses."""
+    from plangate.server.store import open_store
+    ttl = 8.0       # read again at 6 s (the loop wakes every 0.5 s); the copy would last until 8 s
+    gate = await start_gate(PLANGATE_CACHE_TTL=str(ttl))
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        await here.check("bystander", "requests")
+        assert await here.local.ready()
+        first = await there.consume("counted-twice", "requests", 1, idempotency_key="here")
+        kept = time.monotonic()
+        assert (await here.check("counted-twice", "requests", 19)).evaluated_here     # its copy: 19 left
+        other = open_store(database)
+        await other.open()
+        try:
+            stored = await other.load("counted-twice")
+            outside = await other.count(stored, "requests", int(first.window_start.timestamp()), 10, None,
+                                        "another-process", time.time())
+            assert outside.counted and outside.used == 11
+        finally:
+            await other.close()
+        while time.monotonic() < kept + ttl - 1.0:
+            if (await there.check("counted-twice", "requests")).used == 11:
+                break                               # the gate's reading ahead took the store's figure
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the gate did not read the subject again before its TTL")
+        await asyncio.sleep(0.2)
+        local = await here.check("counted-twice", "requests", 19)
+        assert (local.allowed, local.used) == (False, 11), (local.allowed, local.used, local.evaluated_here)
+
+
 PRO_QUOTA = "      requests: {limit: 5000, per: month, anchor: billing}\n"
 
 

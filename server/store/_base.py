@@ -379,8 +379,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def find_subject(self, customer: str | None, subscription: str | None,
                            payments: tuple[str, ...] = ()) -> str | None:
-        """The subject linked to a Stripe subscription id, else to a customer id no other subject holds, else to
-        one of `payments` (charge and payment intent ids seen in its events before)."""
+        """The subject linked to a Stripe subscription id, else to one of `payments` (charge and payment intent ids
+        seen in its events before: a payment is its buyer's, wherever its customer went since), else to a customer
+        id no other subject holds."""
 
     @abc.abstractmethod
     async def customer_shared(self, customer: str) -> bool:

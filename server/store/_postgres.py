@@ -60,13 +60,14 @@ _TYPES = {"status": "text", "tier": "text", "plan_version": "text", "stripe_cust
           "stripe_subscription": "text", "fold_state": "text", "stripe_subscriptions": "text", "quantity": "int8",
           "addons": "text", "traits": "text"}   # others: float8
 # The subject a Stripe id leads to: the row's own subscription, a link of its events to another subscription it
-# holds or held, its customer (when no other subject holds it too), a link to a charge or payment intent, in that
-# order of preference.
+# holds or held, a link to a charge or payment intent (a payment is its buyer's, wherever its customer went since),
+# its customer (when no other subject holds it too), in that order of preference.
 _FIND = ("SELECT subject FROM (SELECT subject, 0 AS rank FROM subscriptions WHERE stripe_subscription = $1 "
          "UNION ALL SELECT subject, 1 FROM stripe_links WHERE stripe_id = $1 "
-         "UNION ALL SELECT min(subject), 2 FROM subscriptions WHERE stripe_customer = $2 HAVING count(*) = 1 "
-         "UNION ALL SELECT subject, 3 + array_position($3::text[], stripe_id) FROM stripe_links "
-         "WHERE stripe_id = ANY($3::text[])) AS found ORDER BY rank LIMIT 1")
+         "UNION ALL SELECT subject, 1 + array_position($3::text[], stripe_id) FROM stripe_links "
+         "WHERE stripe_id = ANY($3::text[]) "
+         "UNION ALL SELECT min(subject), 2 + cardinality($3::text[]) FROM subscriptions WHERE stripe_customer = $2 "
+         "HAVING count(*) = 1) AS found ORDER BY rank LIMIT 1")
 _BATCH_UPDATE = (
     f"UPDATE subscriptions SET {', '.join(f'{c} = v.{c}' for c in WRITTEN)}, version = subscriptions.version + 1, "
     "updated_at = v.since FROM unnest($1::text[], $2::bigint[], "

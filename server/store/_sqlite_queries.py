@@ -138,8 +138,8 @@ def find_subject(db: sqlite3.Connection, customer: str | None, subscription: str
 
 def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscription: str | None,
               payments: tuple[str, ...] = ()):
-    """`columns` of the subject linked to the subscription (its row's, else any it had), else to the customer
-    (when no other subject holds it too), else to a charge or payment intent of its events; None if none is."""
+    """`columns` of the subject linked to the subscription (its row's, else any it had), else to a charge or
+    payment intent of its events, else to the customer (when no other subject holds it too); None if none is."""
     if subscription:
         row = db.execute(f"SELECT {columns} FROM subscriptions WHERE stripe_subscription = ? LIMIT 1",
                          (subscription,)).fetchone()
@@ -147,15 +147,15 @@ def _find_row(db: sqlite3.Connection, columns: str, customer: str | None, subscr
         row = row or _linked_row(db, columns, subscription)
         if row:
             return row
+    for value in payments:      # a payment is its buyer's, wherever its customer went since
+        row = _linked_row(db, columns, value)
+        if row:
+            return row
     if customer:
         rows = db.execute(f"SELECT {columns} FROM subscriptions WHERE stripe_customer = ? LIMIT 2",
                           (customer,)).fetchall()
         if len(rows) == 1:      # a customer several subjects hold says whose an event is not
             return rows[0]
-    for value in payments:
-        row = _linked_row(db, columns, value)
-        if row:
-            return row
     return None
 
 

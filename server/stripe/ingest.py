@@ -173,6 +173,10 @@ class Ingest:
             # Found through the Stripe ids an erasure kept (a live subscription's): concealed as well.
             payload = self.personal.conceal(payload, named or subject, subject)
         customer, subscription = refs.customer, refs.subscription
+        # Found by its charge or payment intent, an event of a customer the subject no longer holds (it moved to
+        # another subject since that payment) leaves the subject's customer as it is.
+        moved = not linking and subscription is None and stored is not None and \
+            stored.stripe_customer not in (None, customer)
         # A customer several subjects hold is kept off a waiting event: a link of that customer to one of them
         # must not adopt it.
         record = EventRecord(event.id, event.type, event.created, payload, "pending", "", subject,
@@ -184,8 +188,9 @@ class Ingest:
         if subject is None:
             return await self._keep(event, record, refs, payments, shared)
         try:
-            received = await self._fold(_Fold(subject, ((event, record),), payments, (customer, subscription),
-                                              linking, record_noop=record_noop), loaded=stored)
+            received = await self._fold(_Fold(subject, ((event, record),), payments,
+                                              (None if moved else customer, subscription), linking,
+                                              record_noop=record_noop), loaded=stored)
         except DuplicateEvent:
             return Received(event.id, "duplicate", subject, duplicate=True)
         assert received is not None     # only an adoption (waiting for events) can find none to fold

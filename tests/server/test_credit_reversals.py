@@ -264,3 +264,35 @@ class TestErasure:
         assert taken["refund_undone"].id == taken["refund"].id + "/undone"
         (grant,) = await gate.app[GATE].store.recent_grants(erased["pseudonym"])
         assert grant.remaining == 1_000_000
+
+
+class TestWhose:
+    async def moved(self, gate, fake) -> None:
+        """m1 bought a pack as customer cus_m, then subscribed as another customer (cus_m2); m2 subscribed as
+        cus_m, which is now held by m2 alone."""
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake, "m1", "cs_m1", "pi_m1", 1, 1000, customer="cus_m"), NOW - 90))
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("m1", "account", "price_starter_monthly", sub_id="sub_m1",
+                                                  customer="cus_m2"), NOW - 80))
+        await deliver(gate, se.event("customer.subscription.created",
+                                     subscription("m2", "account", "price_starter_monthly", sub_id="sub_m2",
+                                                  customer="cus_m"), NOW - 70))
+
+    @pytest.mark.parametrize("events", [("refund.created", "charge.refunded"), ("charge.refunded",)])
+    async def test_a_refund_of_a_pack_lands_on_its_buyer_not_on_who_holds_its_customer_now(
+            self, start, fake_stripe, events):
+        """The charge names the customer, which another subject holds now; its payment intent is the buyer's.
+        The refund takes the buyer's pack (whichever of Stripe's events about it comes), nothing of the other."""
+        gate = await start()
+        await self.moved(gate, fake_stripe)
+        before = await credits(gate, "m2")
+        sent = {"refund.created": refund("re_m1", "ch_m1", "pi_m1", 1000),
+                "charge.refunded": charge_refunded("ch_m1", "pi_m1", 1000, 1000, customer="cus_m")}
+        answers = [await deliver(gate, se.event(kind, sent[kind], NOW - 30)) for kind in events]
+        assert [a["subject"] for a in answers] == ["m1"] * len(events)
+        (pack,) = [g for g in (await credits(gate, "m1"))[1] if g["source"] == "purchase"]
+        assert (pack["remaining"], pack["amount"]) == (0, 1_000_000)
+        assert await credits(gate, "m2") == before
+        customers = [(await view(gate, s))["stripe_customer"] for s in ("m1", "m2")]
+        assert customers == ["cus_m2", "cus_m"], customers

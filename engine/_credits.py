@@ -169,9 +169,14 @@ class CreditRules:
 
 def _paid_payment(event_type: str, obj: Mapping) -> bool:
     """A paid Checkout that may sell packs: a one-time payment, or a subscription's Checkout whose line items
-    hold a pack's one-time price beside the recurring one (`mode: setup` pays nothing)."""
-    return (event_type in PURCHASE_EVENTS and obj.get("object") == "checkout.session"
-            and obj.get("mode") in ("payment", "subscription") and obj.get("payment_status") == "paid")
+    hold a pack's one-time price beside the recurring one (`mode: setup` pays nothing). A one-time Checkout a
+    discount made free (`no_payment_required`: nothing to pay, no payment intent) sold its packs all the same; a
+    subscription's so may only have put its payment off (a trial): it grants none."""
+    if event_type not in PURCHASE_EVENTS or obj.get("object") != "checkout.session":
+        return False
+    status, mode = obj.get("payment_status"), obj.get("mode")
+    return (status == "paid" and mode in ("payment", "subscription")) or \
+        (status == "no_payment_required" and mode == "payment")
 
 
 def session_payment(obj: Mapping) -> str | None:

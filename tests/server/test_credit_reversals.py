@@ -296,3 +296,17 @@ class TestWhose:
         assert await credits(gate, "m2") == before
         customers = [(await view(gate, s))["stripe_customer"] for s in ("m1", "m2")]
         assert customers == ["cus_m2", "cus_m"], customers
+
+
+class TestFreePack:
+    async def test_a_pack_checkout_a_coupon_made_free_grants_its_credits(self, start, fake_stripe):
+        """A 100% coupon: Checkout completes with `payment_status: no_payment_required`, nothing to pay and no
+        payment intent; the customer got the pack all the same."""
+        fake_stripe.line_items["cs_z1"] = [{"price": PACK, "quantity": 1}]
+        gate = await start()
+        obj = pack_checkout("z1", "cs_z1")
+        obj.update(payment_status="no_payment_required", payment_intent=None, amount_total=0, amount_subtotal=1000,
+                   currency="usd", total_details={"amount_discount": 1000, "amount_shipping": 0, "amount_tax": 0})
+        await deliver(gate, se.event("checkout.session.completed", obj, NOW - 60))
+        balance, (grant,) = await credits(gate, "z1")
+        assert (balance, grant["amount"], grant["note"]) == (1_000_000, 1_000_000, f"1 x {PACK}")

@@ -310,3 +310,28 @@ class TestFreePack:
         await deliver(gate, se.event("checkout.session.completed", obj, NOW - 60))
         balance, (grant,) = await credits(gate, "z1")
         assert (balance, grant["amount"], grant["note"]) == (1_000_000, 1_000_000, f"1 x {PACK}")
+
+
+class TestSeveralPacks:
+    async def test_a_partial_refund_of_a_checkout_of_several_packs_takes_its_share_of_the_whole(
+            self, start_gate, database, fake_stripe, tmp_path):
+        """One Checkout sold 1M tokens for 10.00 and 5M for 40.00. A refund names its payment intent and charge,
+        never a line: 10.00 back of 50.00 is a fifth of what the payment bought, a fifth of each pack (1.2M in all,
+        what 10.00 bought at the Checkout's price), not all of one pack and a share of the other."""
+        plan = tmp_path / "plans.yaml"
+        plan.write_text(AI.read_text(encoding="utf-8").replace(
+            "      price_tokens_1m: 1000000\n", "      price_tokens_1m: 1000000\n      price_tokens_5m: 5000000\n"),
+            encoding="utf-8")
+        gate = await start_gate(plan=plan, database=database, STRIPE_WEBHOOK_SECRET=se.SECRET,
+                                STRIPE_SECRET_KEY=KEY, STRIPE_API_BASE=fake_stripe.url)
+        obj = bought(fake_stripe, "p1", "cs_p1", "pi_p1", 1, 5000)
+        fake_stripe.line_items["cs_p1"].append({"price": "price_tokens_5m", "quantity": 1})
+        await deliver(gate, se.event("checkout.session.completed", obj, NOW - 60))
+        assert (await credits(gate, "p1"))[0] == 6_000_000
+        await deliver(gate, se.event("refund.created", refund("re_p1", "ch_p1", "pi_p1", 1000), NOW - 50))
+        await deliver(gate, se.event("charge.refunded", charge_refunded("ch_p1", "pi_p1", 5000, 1000), NOW - 50))
+        balance, grants = await credits(gate, "p1")
+        assert balance == 6_000_000 - 1_200_000
+        assert sorted((g["amount"], g["remaining"]) for g in grants) == [(1_000_000, 800_000), (5_000_000, 4_000_000)]
+        await deliver(gate, se.event("refund.created", refund("re_p2", "ch_p1", "pi_p1", 4000), NOW - 40))
+        assert (await credits(gate, "p1"))[0] == 0

@@ -340,6 +340,7 @@ class StateTable:
             if now < state.timer_due:
                 return Outcome(state, facts, trigger.key,
                                f"the timer of '{state.status}' is due at {state.timer_due:.0f}, not yet")
+        facts = self._stamped(facts, now)
         edges = self._edges.get((state.status, trigger.key), ())
         if isinstance(trigger, TimerFired) and not edges:
             # A due timer fires once: with nothing to do, it stops rather than firing again.
@@ -556,6 +557,15 @@ class StateTable:
         return Outcome(state, state.with_(plan_version=self.version), PLAN_TRIGGER,
                        f"plan change: upgraded from plan version {version} (kept: {keeps.value}) to {self.version}",
                        True)
+
+    def _stamped(self, state: SubjectState, now: float) -> SubjectState:
+        """The state recording the version that decides it, as the state written: a renewal moves an at_renewal
+        subscriber onto this version, and one this version keeps on nothing is this version's. A later deploy
+        reads its kept quotas, and when its renewal counts, from the version recorded."""
+        if state.plan_version == self.version:
+            return state
+        version = self.decided_under(state, now)[0]
+        return state if version == state.plan_version else state.with_(plan_version=version)
 
     def _rules_for(self, state: SubjectState, now: float) -> dict:
         pinned = self._pinned.get(state.plan_version) if self._pinned else None

@@ -6,7 +6,7 @@ import pytest
 
 from plangate.engine import (AdminAction, StateTable, StripeEvent, SubjectState, TimerFired, UnknownStatus, advance,
                              compile_plan)
-from plangate.policy import ExistingSubscribers, check_text
+from plangate.policy import ExistingSubscribers, check_text, version_of
 from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
                                lowered_pro, renamed)
 
@@ -219,6 +219,69 @@ class TestGrandfathering:
         new = table(lowered_pro("never"))
         assert new.override(subscriber(), "grace", DEPLOY).state.plan_version == V1_TABLE.version
         assert new.apply(subscriber(), AdminAction("close_account"), DEPLOY).state.plan_version == new.version
+
+
+def renewal(start: float, price: str = "price_pro") -> StripeEvent:
+    """Stripe's report of a renewal: the subscription's next period, from `start`."""
+    return StripeEvent("customer.subscription.updated", {
+        "object": "subscription", "status": "active", "current_period_start": start,
+        "current_period_end": start + 30 * DAY, "items": {"data": [{"price": {"id": price}}]}})
+
+
+class TestThirdDeploy:
+    """A subscriber's version after v2 came, as a third deploy (v3) finds it. Renewed under v2 (at_renewal), Ann is
+    v2's subscriber: her stored version said v1, and v3 decided her by v1's tier quota."""
+
+    V2 = lowered_pro("at_renewal")
+    RENEWAL = PERIOD[1]
+    V3_DEPLOYED = PERIOD[1] + 5 * DAY
+
+    def v3(self, text: str, v2_text: str | None = None) -> StateTable:
+        v2_text = v2_text or self.V2
+        return compile_plan(plan(text), {V1_TABLE.version: plan(V1), version_of(plan(v2_text)): plan(v2_text)},
+                            self.V3_DEPLOYED, {V1_TABLE.version: DEPLOY, version_of(plan(v2_text)): self.V3_DEPLOYED})
+
+    def renewed_under_v2(self) -> SubjectState:
+        v2 = table(self.V2)
+        outcome = v2.apply(subscriber(), renewal(self.RENEWAL), self.RENEWAL)
+        assert v2.can_process(outcome.state, "requests", 1, 0, self.RENEWAL + DAY).limit == 3000
+        return outcome.state
+
+    def test_the_renewal_records_the_version_deciding_the_subscriber(self):
+        v2 = table(self.V2)
+        assert self.renewed_under_v2().plan_version == v2.version
+        # not renewed yet (a payment in the kept period): still v1's subscriber
+        paid = v2.apply(subscriber(), StripeEvent("invoice.paid", {"object": "invoice", "status": "paid"}),
+                        DEPLOY + DAY)
+        assert paid.state.plan_version == V1_TABLE.version
+
+    def test_a_third_deploy_keeping_quotas_for_good_keeps_v2s_not_v1s(self):
+        """v3 lowers pro again, `never`: Ann keeps what she had when it came, v2's 3000 (she got v1's 5000 back)."""
+        v3 = self.v3(lowered_pro("never", 2000))
+        decision = v3.can_process(self.renewed_under_v2(), "requests", 1, 0, self.V3_DEPLOYED + DAY)
+        assert decision.limit == 3000, decision.rule
+
+    def test_a_third_deploy_at_renewal_waits_for_the_next_renewal(self):
+        """v3 lowers pro again, at_renewal: Ann keeps v2's 3000 until her next renewal, then 2000 (she got v3's
+        2000 at once: renewed since v1 stopped being active)."""
+        v3 = self.v3(lowered_pro("at_renewal", 2000))
+        ann = self.renewed_under_v2()
+        assert v3.can_process(ann, "requests", 1, 0, self.V3_DEPLOYED + DAY).limit == 3000
+        assert v3.can_process(ann, "requests", 1, 0, self.RENEWAL + 30 * DAY).limit == 2000
+        again = v3.apply(ann, renewal(self.RENEWAL + 30 * DAY), self.RENEWAL + 30 * DAY).state
+        assert (again.plan_version, v3.can_process(again, "requests", 1, 0, self.RENEWAL + 31 * DAY).limit) == \
+            (v3.version, 2000)
+
+    def test_a_subscriber_v2_decides_at_once_is_v2s(self):
+        """v2 lowers pro `now`: written under it, Ann is its subscriber. v3 lowering pro again, never, keeps her on
+        v2's 3000 (she got v1's 5000 back)."""
+        v2_text = lowered_pro("now")
+        v2 = table(v2_text)
+        paid = v2.apply(subscriber(), StripeEvent("invoice.paid", {"object": "invoice", "status": "paid"}),
+                        DEPLOY + DAY).state
+        assert paid.plan_version == v2.version
+        v3 = self.v3(lowered_pro("never", 2000), v2_text)
+        assert v3.can_process(paid, "requests", 1, 0, self.V3_DEPLOYED + DAY).limit == 3000
 
 
 class TestScenarioStep:

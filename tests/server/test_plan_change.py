@@ -324,6 +324,30 @@ class TestGrandfathering:
         await rig.start(edited(("expires_after: 7d", "expires_after: 14d"), base=v2))
         assert (await rig.check("ann"))["limit"] == 3000
 
+    @pytest.mark.parametrize("policy", ["never", "at_renewal"])
+    async def test_a_third_deploy_finds_the_renewed_on_v2(self, rig, store_url, policy):
+        """v2 lowers pro at_renewal; Ann renews under it (3000). v3 lowers pro again (2000) with `policy`. Her
+        stored version still said v1: v3 gave her v1's 5000 for good (never), or its 2000 at once (at_renewal)."""
+        await rig.start(V1)
+        await rig.subscribe("ann")
+        v2 = lowered_pro("at_renewal")
+        await rig.start(v2)
+        v2_version = (await rig.plan_view())["version"]
+        n = abs(hash("ann")) % 10**8
+        renewal = time.time() + 2
+        await rig.webhook("customer.subscription.updated", se.subscription(
+            "active", "ann", sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal, end=renewal + 30 * DAY,
+            price="price_pro"))
+        assert (await rig.check("ann"))["limit"] == 3000
+        await asyncio.sleep(renewal - time.time() + 0.1)      # the third deploy after the renewal's period began
+        await rig.start(lowered_pro(policy, 2000))
+        decision = await rig.check("ann")
+        assert decision["limit"] == 3000, decision
+        view = await rig.subject("ann")
+        assert (view["plan_version"], view["plan_kept"]) == (v2_version, policy)
+        assert await _rows(store_url, "SELECT plan_version FROM subscriptions WHERE subject = 'ann'") == \
+            [(v2_version,)]
+
     async def test_upgrade_moves_kept_subscribers_audited(self, rig):
         await rig.start(V1)
         await rig.subscribe("ann")

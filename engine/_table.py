@@ -19,7 +19,7 @@ from ._state import SubjectState, compiled_replace
 from ._stripe import billing_period, price_ids, price_items, subscription_dates, unix_seconds
 from ._subscriptions import Aside, Subscription, followed, live_addons, subscription_of, take_in
 from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
-from ._versions import PLAN_TRIGGER, Pinned, kept_tiers, renewed
+from ._versions import PLAN_TRIGGER, Pinned, former_names, kept_tiers, renewed
 from ._windows import (AnniversaryClock, BillingClock, CalendarClock, FixedClock, LifetimeClock, Span,
                        billing_span)
 
@@ -131,7 +131,8 @@ class StateTable:
             **self._calendars, Window.MINUTE: FixedClock(60), Window.HOUR: FixedClock(3600)}
         self.features = Features(plan)
         # Tiers whose subscribers on an older version keep its quotas and credits (by version, then tier).
-        kept = {v: k for v, k in ((v, kept_tiers(plan, old)) for v, old in (older or {}).items()
+        former = former_names(plan, (older or {}).values())
+        kept = {v: k for v, k in ((v, kept_tiers(plan, old, former)) for v, old in (older or {}).items()
                                   if v != self.version) if k}
         # Meters some tier grants credits of each window, in this version or one its subscribers keep.
         self._tier_credit_meters = frozenset(g.meter for t in plan.tiers for g in t.credits) | frozenset(

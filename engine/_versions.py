@@ -7,7 +7,7 @@ on such a version is one dict lookup away from deciding any other.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from plangate.policy import ExistingSubscribers, Plan, Tier
@@ -33,19 +33,40 @@ class Pinned:
         return None if was is None else next((g for g in was.credits if g.meter == meter), None)
 
 
-def counterpart(old: Plan, tier: Tier) -> Tier | None:
-    """The tier of an older plan that `tier` of the active plan was: the same name, or one it was renamed from."""
-    return old.tier(tier.name) or next((t for t in old.tiers if t.name in tier.renamed_from), None)
+def former_names(active: Plan, plans: Iterable[Plan]) -> dict[str, tuple[str, ...]]:
+    """Each tier of the active plan with the names it had before, nearest first: its renamed_from, theirs in the
+    older `plans`, and so on. A plan maps only one step back, so a tier renamed twice is found through the plan
+    between."""
+    earlier: dict[str, list[str]] = {}      # a name -> the names some plan says it was renamed from
+    for plan in (active, *plans):
+        for t in plan.tiers:
+            froms = earlier.setdefault(t.name, [])
+            froms.extend(n for n in t.renamed_from if n not in froms)
+    names = {}
+    for tier in active.tiers:
+        seen = [tier.name]
+        for name in seen:           # grows while it is read: breadth first, nearest names first
+            seen.extend(n for n in earlier.get(name, ()) if n not in seen)
+        names[tier.name] = tuple(seen[1:])
+    return names
 
 
-def kept_tiers(active: Plan, old: Plan) -> dict[str, Tier]:
+def counterpart(old: Plan, tier: Tier, former: tuple[str, ...] | None = None) -> Tier | None:
+    """The tier of an older plan that `tier` of the active plan was: the same name, or one it had before
+    (`former`, nearest first; its own renamed_from when not given)."""
+    names = tier.renamed_from if former is None else former
+    return old.tier(tier.name) or next((t for n in names if (t := old.tier(n)) is not None), None)
+
+
+def kept_tiers(active: Plan, old: Plan, former: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Tier]:
     """Tiers of the active plan whose subscribers on `old` keep old's quotas and credits for a while: either
-    changed and their `existing_subscribers` is not `now`. Each with its tier in `old`."""
+    changed and their `existing_subscribers` is not `now`. Each with its tier in `old` (found through `former`,
+    the names each tier had before, when given: see former_names)."""
     kept = {}
     for tier in active.tiers:
         if tier.existing_subscribers is ExistingSubscribers.NOW:
             continue
-        was = counterpart(old, tier)
+        was = counterpart(old, tier, None if former is None else former.get(tier.name, ()))
         if was is not None and (set(was.quotas) != set(tier.quotas) or set(was.credits) != set(tier.credits)):
             kept[tier.name] = was
     return kept

@@ -283,6 +283,19 @@ class TestThirdDeploy:
         v3 = self.v3(lowered_pro("never", 2000), v2_text)
         assert v3.can_process(paid, "requests", 1, 0, self.V3_DEPLOYED + DAY).limit == 3000
 
+    def test_a_tier_renamed_twice_keeps_its_subscribers_quota(self):
+        """pro becomes pro2 (v2, lowered at_renewal), then pro3 (v3, a rename only; each plan maps one step back).
+        Ann, on v1 and not renewed since, keeps v1's 5000 until her renewal (v3 gave her 3000 at once)."""
+        v2 = renamed("pro", "pro2", base=self.V2)
+        v3_text = renamed("pro2", "pro3", base=v2).replace("    renamed_from: [pro]\n", "")
+        assert "renamed_from: [pro2]" in v3_text and "renamed_from: [pro]" not in v3_text
+        ann = subscriber(tier="pro3", period=(DEPLOY - 10 * DAY, DEPLOY + 355 * DAY))     # a yearly period
+        v3 = self.v3(v3_text, v2)
+        decision = v3.can_process(ann, "requests", 1, 0, self.V3_DEPLOYED + DAY)
+        assert decision.limit == 5000, decision.rule
+        assert v3.decided_under(ann, self.V3_DEPLOYED + DAY) == (V1_TABLE.version, ExistingSubscribers.AT_RENEWAL)
+        assert v3.can_process(ann, "requests", 1, 0, DEPLOY + 355 * DAY).limit == 3000
+
 
 class TestScenarioStep:
     """`- plan: FILE` in a scenario: the plan changes mid-story, at that step's time."""

@@ -32,6 +32,7 @@ from .store._plans import Census, Deploy, PlanRecord
 MIGRATE_BATCH = 250        # subjects under old names moved a transaction at a time, as the sweep commits timers
 UPGRADE_PAGE = 500
 HISTORY = 50
+DEPLOYS_PAGE = 64          # deploys read at a time, newest first, looking for the versions stored subjects are on
 # A stored state this node's plan does not know: ask the store for a newer plan, at most this often.
 LOOK_AGAIN_AFTER = 5.0
 
@@ -152,7 +153,7 @@ class PlanKeeper:
         if found:
             raise PlanRefused(explain_stranded(found, self.file), "plan_strands_subjects", stranded=tuple(found))
         active = await self._active()
-        records = await self._io(self.store.plan_versions(_wanted(census, active, version)))
+        records = await self._io(self.store.plan_versions(await self._wanted(census, active, version)))
         previous = _plan_of(records.get(active.version)) if active else None
         changes = diff_plans(previous, plan) if previous is not None else None
         summary = changes.summary() if changes is not None else "first deploy of a plan recorded here"
@@ -178,6 +179,25 @@ class PlanKeeper:
     async def _active(self) -> Deploy | None:
         newest = await self._io(self.store.deploys(1))
         return newest[0] if newest else None
+
+    async def _wanted(self, census: Census, active: Deploy | None, version: str) -> tuple[str, ...]:
+        """The plan versions whose documents a deploy needs: the one running before, every one a stored subject is
+        on (those may be kept on its tier quotas), and every one deployed since the oldest of those (a plan maps
+        only the names of the one before it: a tier renamed twice is followed through the plan between)."""
+        stored = {v for v in census.versions if v}
+        wanted = stored | ({active.version} if active else set()) | {version}
+        limit = DEPLOYS_PAGE
+        while True:
+            deploys = await self._io(self.store.deploys(limit))
+            unseen, since = set(stored), set()
+            for deploy in deploys:      # newest first, back to the deploy of the oldest version a subject is on
+                if not unseen:
+                    break
+                since.add(deploy.version)
+                unseen.discard(deploy.version)
+            if not unseen or len(deploys) < limit:
+                return tuple(sorted(wanted | since))
+            limit *= 4
 
     async def _io(self, coro):
         """A store call of a deploy: a failing store refuses the deploy (the running plan stays)."""
@@ -296,7 +316,7 @@ class PlanKeeper:
                 if active is None or active.version == self.gate.table.version:
                     return False
                 census = await self._io(self.store.census())
-                records = await self._io(self.store.plan_versions(_wanted(census, active, active.version)))
+                records = await self._io(self.store.plan_versions(await self._wanted(census, active, active.version)))
             except PlanRefused as exc:
                 log(logging.ERROR, "plan_follow_failed", error=str(exc))
                 return False
@@ -349,13 +369,6 @@ class PlanKeeper:
         if self.last is not None and self.last.refused is not None:
             check["last_reload"] = {"outcome": "refused", "reason": self.last.refused.code}
         return check
-
-
-def _wanted(census: Census, active: Deploy | None, version: str) -> tuple[str, ...]:
-    """The plan versions whose documents a deploy needs: the one running before, and every one a stored subject
-    is on (those may be kept on its tier quotas)."""
-    wanted = set(v for v in census.versions if v) | ({active.version} if active else set()) | {version}
-    return tuple(sorted(wanted))
 
 
 def _plan_of(record: PlanRecord | None, *, runnable: bool = True) -> Plan | None:

@@ -348,6 +348,26 @@ class TestGrandfathering:
         assert await _rows(store_url, "SELECT plan_version FROM subscriptions WHERE subject = 'ann'") == \
             [(v2_version,)]
 
+    async def test_a_tier_renamed_twice_keeps_its_subscribers_quota(self, rig):
+        """pro becomes pro2 (v2, lowered at_renewal), then pro3 (v3, a rename only: each plan maps one step back).
+        Ann, not renewed since v2, kept v1's 5000 under v2 and lost it under v3; and after a restart on v3, which
+        read v2's document no more (no subject is on it), too."""
+        await rig.start(V1)
+        await rig.subscribe("ann", days=365)
+        v2 = renamed("pro", "pro2", base=lowered_pro("at_renewal"))
+        await rig.start(v2)
+        assert (await rig.check("ann"))["limit"] == 5000
+        v3 = renamed("pro2", "pro3", base=v2).replace("    renamed_from: [pro]\n", "")
+        await rig.start(v3)
+        for _ in range(2):      # deployed, then started again on the same plan
+            view = await rig.subject("ann")
+            assert (view["tier"], view["plan_kept"]) == ("pro3", "at_renewal"), view
+            assert (await rig.check("ann"))["limit"] == 5000
+            await rig.start()
+        assert (await rig.check("newcomer"))["status"] == "free"
+        await rig.subscribe("newcomer")
+        assert (await rig.check("newcomer"))["limit"] == 3000
+
     async def test_upgrade_moves_kept_subscribers_audited(self, rig):
         await rig.start(V1)
         await rig.subscribe("ann")

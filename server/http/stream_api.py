@@ -33,8 +33,10 @@ _CHUNK_FRAMING = 32
 
 
 def _local(gate) -> bool:
-    """Whether a client may decide locally now: enforcement on, no kill switch, and every count heard here."""
-    return gate.config.enabled and not gate.config.kill_switch and gate.store.caches_usage
+    """Whether a client may decide locally now: enforcement on, no kill switch, every count heard here, and a
+    cache (with PLANGATE_CACHE_TTL=0 a copy could be kept no time at all: every check would fetch a snapshot)."""
+    config = gate.config
+    return config.enabled and not config.kill_switch and config.cache_ttl > 0 and gate.store.caches_usage
 
 
 def _client(request: web.Request) -> str | None:

@@ -291,6 +291,20 @@ async def test_a_gate_that_decides_itself_is_asked_without_a_snapshot_first(star
         assert asked["snapshots"] == 0 and time.monotonic() - started < 5 * timeout
 
 
+async def test_a_gate_without_a_cache_decides_itself(start_gate):
+    """PLANGATE_CACHE_TTL=0 (no staleness from writes behind the gate's back): a snapshot's max_age is 0, so every
+    local check fetched a snapshot (a heavier request than the check) and decided once from it. Such a gate says
+    `local: false`: its checks are asked of it, without snapshots."""
+    gate = await start_gate(PLANGATE_CACHE_TTL="0")
+    session, asked = _slow_snapshots(0)
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        assert await here.local.ready() and here.local.allowed is False
+        decisions = [await here.check("uncached", "requests") for _ in range(5)]
+        assert [(d.allowed, d.evaluated_here) for d in decisions] == [(True, False)] * 5
+        assert asked["snapshots"] == 0
+
+
 async def test_a_first_local_check_keeps_within_the_clients_timeout(gate):
     """A snapshot slow to come took the whole timeout, and the gate's answer then had a whole one of its own: a
     first check could take twice the client's timeout. The snapshot is now waited for a quarter of it, the gate

@@ -1,6 +1,6 @@
 """The gate's durable state, behind one interface (SQLite now; PostgreSQL is the second implementation)."""
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, Erasure, EventRecord, IdempotencyConflict, Payment,
-                    Store, StoredSubject, StoreError)
+                    Store, StoredSubject, StoreError, USAGE_CEILING, UsageCeiling)
 from ._console_sessions import ConsoleSession
 from ._credits import OverageReport, Reversal, Spend
 from ._migrations import number_of as migration_number
@@ -22,4 +22,5 @@ def open_store(database: str, *, sqlite_synchronous: str = "NORMAL", pool_min: i
 
 __all__ = ["AuditEntry", "Change", "ConsoleSession", "Counted", "DuplicateEvent", "Erasure", "EventRecord",
            "IdempotencyConflict", "OverageReport", "Payment", "Reversal", "SQLiteStore", "Spend", "Store", "StoreError",
-           "StoredSubject", "migration_number", "open_store", "sqlite_path"]
+           "StoredSubject", "USAGE_CEILING", "UsageCeiling", "migration_number", "open_store",
+           "sqlite_path"]

@@ -4,6 +4,7 @@ Exception tree:
 
     StoreError          the store failed to answer (unreachable, locked, broken, too slow)
     IdempotencyConflict an idempotency key was reused for different work
+    UsageCeiling        a count would take a window's usage past USAGE_CEILING
     DuplicateEvent      a Stripe event id is already stored (a repeat delivery)
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import orjson
 from plangate.engine import SubjectState, Subscription
 from plangate.engine._credits import Grant
 from plangate.engine._reversals import MoneyBack
+from plangate.engine._table import SCALED_LIMIT_MAX
 
 from ._credits import OverageReport, Reversal, Spend
 
@@ -36,6 +38,25 @@ class StoreError(Exception):
 
 class IdempotencyConflict(ValueError):
     """An idempotency key came back with another subject, meter or amount than the first time."""
+
+
+# The most a window's usage holds: the ceiling of a scaled limit (2**62), so that all a limit allows can be counted,
+# while usage plus a count (at most PLANGATE_MAX_AMOUNT, 10**15) stays far inside the stores' 64-bit integers (past
+# 2**63 - 1 SQLite made the usage a float, and PostgreSQL's bigint failed every later count of the subject). The
+# PostgreSQL functions spell it out (migration usage_ceiling).
+USAGE_CEILING = SCALED_LIMIT_MAX
+
+
+class UsageCeiling(ValueError):
+    """A count would take its window's usage (`used` before it) past USAGE_CEILING: refused, nothing written (not
+    the usage, not its idempotency key, not an overage report). `resets_at`: when the window ends (None: never),
+    set by the gate."""
+
+    def __init__(self, used: int, amount: int):
+        super().__init__(f"{amount} more would take the window's usage ({used}) past {USAGE_CEILING}")
+        self.used = int(used)       # a SQLite file counted past 2**63 before the ceiling holds a float
+        self.amount = amount
+        self.resets_at: float | None = None
 
 
 class DuplicateEvent(Exception):

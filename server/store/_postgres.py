@@ -21,7 +21,7 @@ from ._batches import Batches
 from ._pg_listener import CHANNEL, Listener
 from ._pg_pool import ERRORS as _ERRORS, Pool, Replicas
 from ._base import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, Store,
-                    StoreError, StoredSubject, state_json)
+                    StoreError, StoredSubject, UsageCeiling, state_json)
 from ._migrations import migrations, statements
 from ._credits import grant_values
 from ._postgres_credits import _INSERT_GRANT, PostgresCredits
@@ -269,7 +269,8 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
         return isinstance(pending, asyncio.Task) and pending not in self._primary.handed and pending.cancel()
 
     def _counted(self, item: tuple, row) -> Counted | Exception:
-        """What plangate_count_batch's row says of one count (an IdempotencyConflict for that count alone)."""
+        """What plangate_count_batch's row says of one count (an IdempotencyConflict or a UsageCeiling for that
+        count alone)."""
         if isinstance(row, Exception):
             return row
         subject, meter, _, amount, _, key = item[:6]
@@ -280,6 +281,8 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
                     f"idempotency key {key!r} was first used for subject {seen[0]!r}, meter {seen[1]!r}, "
                     f"amount {seen[2]}; use a new key for different work")
             return Counted(True, used, duplicate=True)
+        if outcome == "ceiling":        # nothing written (migration usage_ceiling)
+            return UsageCeiling(used, amount)
         if outcome != "refused":
             self._changed(subject)
         return Counted(outcome == "counted", used, conflict=outcome == "conflict")

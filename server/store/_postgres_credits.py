@@ -9,7 +9,7 @@ from plangate.engine._credits import Grant
 from plangate.engine._reversals import MoneyBack
 
 from . import _credits as sql
-from ._base import Counted, IdempotencyConflict, StoredSubject
+from ._base import Counted, IdempotencyConflict, StoredSubject, UsageCeiling
 from ._credits import OverageReport, Reversal, Spend
 from ._personal import numbered
 
@@ -63,7 +63,7 @@ class PostgresCredits:
                     raise _Undo(row)
         except _Undo as undo:
             row = undo.row
-        if row[0] not in ("refused", "repeat"):
+        if row[0] not in ("refused", "repeat", "ceiling"):
             self._changed(subject)      # written (or tried on a version maybe read from a replica), as a count
         return _counted(row, subject, meter, amount, key)
 
@@ -169,6 +169,8 @@ def _counted(row, subject: str, meter: str, amount: int, key: str | None) -> Cou
                 f"idempotency key {key!r} was first used for subject {seen_subject!r}, meter {seen_meter!r}, "
                 f"amount {seen_amount}; use a new key for different work")
         return Counted(True, used, duplicate=True, credits_used=spent, overage=over)
+    if outcome == "ceiling":        # rolled back (migration usage_ceiling)
+        raise UsageCeiling(used, amount)
     return Counted(outcome == "counted", used, conflict=outcome == "conflict", credits_used=spent, overage=over,
                    balance=balance, billed=billed)
 

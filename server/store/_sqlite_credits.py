@@ -12,7 +12,7 @@ from plangate.engine._entitlements import billable
 
 from . import _credits as sql
 from . import _sqlite_queries as queries
-from ._base import Counted, IdempotencyConflict, StoredSubject
+from ._base import USAGE_CEILING, Counted, IdempotencyConflict, StoredSubject, UsageCeiling
 from ._credits import OverageReport, Reversal, Spend
 from ._sqlite_transactions import Undone
 
@@ -136,6 +136,8 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         # the group (the common refusal).
         return refused
     after = used + allow + over
+    if after > USAGE_CEILING:
+        raise UsageCeiling(used, amount)        # rolled back whole: the new subject's row, grants and expiries too
     if found:
         db.execute("UPDATE quota_usage SET used = ?, billed = ? WHERE subject = ? AND meter = ? AND window_start = ?",
                    (after, billed + bill, *window))

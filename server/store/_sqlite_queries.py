@@ -12,7 +12,7 @@ import time
 
 from . import _credits as credits_sql
 from ._base import AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict, Payment, \
-    StoredSubject, state_json
+    StoredSubject, USAGE_CEILING, UsageCeiling, state_json
 from ._migrations import migrations, statements
 from ._rows import (EVENT_COLUMNS, STATE_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, event_log_sql, now_of,
                     pending_linked_sql, state_values, subject_from_row, subject_values)
@@ -44,10 +44,12 @@ def _update_subject(changed: tuple[bool, ...]) -> tuple[str, tuple[int, ...]]:
 # expected version.
 _BATCH_UPDATE = (f"UPDATE subscriptions SET {', '.join(c + ' = ?' for c in STATE_COLUMNS[1:])}, "
                  "version = version + 1, updated_at = ? WHERE subject = ? AND version = ?")
-# A window's count grows in the database, and only while it stays within the limit (NULL: no limit). Then
-# read back: an UPDATE and a SELECT cost less than one upsert with RETURNING.
+# A window's count grows in the database, and only while it stays within the limit (NULL: no limit) and the
+# ceiling (USAGE_CEILING less the amount). Then read back: an UPDATE and a SELECT cost less than one upsert with
+# RETURNING. The usage is compared with the bound less the amount, not added to first: a sum past 2**63 - 1 is a
+# float in SQLite.
 _ADD_USAGE = ("UPDATE quota_usage SET used = used + ? WHERE subject = ? AND meter = ? AND window_start = ? "
-              "AND (? IS NULL OR used + ? <= ?)")
+              "AND used <= ? AND (? IS NULL OR used <= ? - ?)")
 _USED = "SELECT used FROM quota_usage WHERE subject = ? AND meter = ? AND window_start = ?"
 # Events waiting for their subject, by customer or subscription: a search in each partial index (the second
 # leaves out what the first found). `customer = ? OR subscription = ?` scanned every pending event instead,
@@ -289,12 +291,15 @@ def count(db: sqlite3.Connection, current: StoredSubject, meter: str, window_sta
     elif row is None or row[0] != current.version:
         return Counted(False, 0, conflict=True)
     window = (subject, meter, window_start)
-    if db.execute(_ADD_USAGE, (amount, *window, limit, amount, limit)).rowcount:
+    if db.execute(_ADD_USAGE, (amount, *window, USAGE_CEILING - amount, limit, limit, amount)).rowcount:
         used = db.execute(_USED, window).fetchone()[0]
-    else:       # the window has no row yet, or the amount would take it past the limit
+    else:       # the window has no row yet, or the amount would take it past the limit or the ceiling
         found = db.execute(_USED, window).fetchone()
-        if found is not None or (limit is not None and amount > limit):
-            return Counted(False, found[0] if found else 0)
+        before = found[0] if found else 0
+        if limit is not None and before > limit - amount:
+            return Counted(False, before)
+        if found is not None or amount > USAGE_CEILING:
+            raise UsageCeiling(before, amount)      # rolled back whole: a new subject's row too
         db.execute("INSERT INTO quota_usage (subject, meter, window_start, used) VALUES (?, ?, ?, ?)",
                    (*window, amount))
         used = amount

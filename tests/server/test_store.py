@@ -15,7 +15,7 @@ from plangate.engine import SubjectState, Subscription
 from plangate.engine._credits import Grant, GrantSource
 from tests import postgres
 from plangate.server.store import (AuditEntry, Change, Counted, DuplicateEvent, EventRecord, IdempotencyConflict,
-                                   SQLiteStore, StoredSubject, StoreError, open_store)
+                                   SQLiteStore, StoredSubject, StoreError, USAGE_CEILING, UsageCeiling, open_store)
 from plangate.server.store import _sqlite_connections
 from plangate.server.store._credits import Spend
 from plangate.server.store._postgres import PostgresStore
@@ -720,22 +720,42 @@ class TestCountsArrivingTogether:
 
 class TestPostgresBatches:
     async def test_a_count_that_fails_in_the_database_fails_alone(self, pg_store):
-        """An overflow of a bigint fails plangate_count_batch's call: the batch runs again a count a call, and
-        only the failing count's caller gets the error."""
+        """A value the database refuses (a NUL in a key: not text to PostgreSQL) fails plangate_count_batch's call:
+        the batch runs again a count a call, and only the failing count's caller gets the error. (A bigint's
+        overflow was the way to fail one before the usage ceiling; the next test shows that count refused.)"""
         store = pg_store
         for name in ("a", "b"):
             await store.commit(Change(fresh(name), 0))
         a, b = await store.load("a"), await store.load("b")
-        await store.count(a, "requests", 0, 2**62, None, "big-1", 100.0)
+        results = await asyncio.gather(store.count(b, "requests", 0, 1, 10, "n1", 100.0),
+                                       store.count(a, "requests", 0, 5, None, "bad\x00key", 100.0),
+                                       store.count(b, "requests", 0, 1, 10, "n2", 100.0), return_exceptions=True)
+        assert store._counts.sizes[-1] == 3
+        assert isinstance(results[1], StoreError) and "0x00" in str(results[1])
+        assert [(r.counted, r.used) for r in (results[0], results[2])] in ([(True, 1), (True, 2)],
+                                                                             [(True, 2), (True, 1)])
+        assert await store.used("a", [("requests", 0)]) == {("requests", 0): 0}
+
+    async def test_a_count_past_the_usage_ceiling_is_refused_alone(self, pg_store):
+        """A count that would take a window past USAGE_CEILING (2**62; twice that overflowed the bigint and failed
+        the call) is refused in the batch, its caller alone getting UsageCeiling; nothing of it is written, its key
+        neither, and the usage stays a bigint every later count can add to."""
+        store = pg_store
+        for name in ("a", "b"):
+            await store.commit(Change(fresh(name), 0))
+        a, b = await store.load("a"), await store.load("b")
+        assert (await store.count(a, "requests", 0, USAGE_CEILING, None, "big-1", 100.0)).used == USAGE_CEILING
         results = await asyncio.gather(store.count(b, "requests", 0, 1, 10, "n1", 100.0),
                                        store.count(a, "requests", 0, 2**62, None, "big-2", 100.0),
                                        store.count(b, "requests", 0, 1, 10, "n2", 100.0), return_exceptions=True)
         assert store._counts.sizes[-1] == 3
-        assert isinstance(results[1], StoreError) and "out of range" in str(results[1])
-        assert [(r.counted, r.used) for r in (results[0], results[2])] in ([(True, 1), (True, 2)],
-                                                                             [(True, 2), (True, 1)])
-        assert await store.used("a", [("requests", 0)]) == {("requests", 0): 2**62}
-        assert (await store.count(a, "requests", 0, 1, None, "big-2", 100.0)).duplicate is False   # no key kept
+        assert isinstance(results[1], UsageCeiling) and (results[1].used, results[1].amount) == (USAGE_CEILING, 2**62)
+        assert sorted((r.counted, r.used) for r in (results[0], results[2])) == [(True, 1), (True, 2)]
+        assert await store.used("a", [("requests", 0)]) == {("requests", 0): USAGE_CEILING}
+        with pytest.raises(UsageCeiling):       # its key was not kept: not a repeat
+            await store.count(a, "requests", 0, 1, None, "big-2", 100.0)
+        refused = await store.count(a, "requests", 0, 1, 10, "limited", 100.0)     # a limit refuses first
+        assert (refused.counted, refused.used) == (False, USAGE_CEILING)
 
     async def test_a_commit_still_waiting_for_its_batch_is_withdrawn_and_never_written(self, pg_store, pg_dsn):
         """Three batches of state changes wait on a lock another session holds; a fourth change waits for room.

@@ -1,0 +1,3 @@
+-- Nothing for SQLite: PostgreSQL's migration of this number bounds a window's usage in plangate_count_batch and
+-- plangate_spend. Here the store's own statements do (USAGE_CEILING in server/store/_base.py).
+-- The file keeps the two folders' numbers the same, so both stores report schema version 22.

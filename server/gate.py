@@ -26,7 +26,7 @@ from .config import Config
 from .logs import Throttle, log, log_each
 from .metrics import Metrics
 from .plan_swap import PlanSwap
-from .store import AuditEntry, Change, Counted, IdempotencyConflict, Store, StoredSubject, StoreError
+from .store import AuditEntry, Change, Counted, IdempotencyConflict, Store, StoredSubject, StoreError, UsageCeiling
 
 # A count or a transition decided on a version another writer then changed is decided again; a burst of
 # webhooks on one subject may need several rounds (seen with 5: a consume gave up under checkout bursts).
@@ -556,7 +556,8 @@ class Gate:
 
     async def count(self, subject: str, meter: str, amount: int, key: str | None, *, enforce: bool) -> Counting:
         """consume (enforce=True: check and count in one step) or usage (enforce=False: count work that
-        already ran, whatever the quota says)."""
+        already ran, whatever the quota says). UsageCeiling (nothing written) when it would take the window's
+        usage past the store's USAGE_CEILING; IdempotencyConflict for a key used for other work."""
         endpoint = "consume" if enforce else "usage"
         decision = self._preempt(subject, meter) if enforce else None
         if decision is not None:
@@ -589,7 +590,10 @@ class Gate:
                 return Counting(table.can_process(state, meter, amount, used, now), False)
             # (A consume a denying status refuses reaches this only to have its key answered: no credits spent.)
             if (rule.allows or not enforce) and rule.beyond and rule.limit is not None:
-                counting = await self._spend(entry, table, state, rule, meter, span, amount, key, enforce, now)
+                try:
+                    counting = await self._spend(entry, table, state, rule, meter, span, amount, key, enforce, now)
+                except UsageCeiling as exc:
+                    raise _ceiling(exc, subject, meter, span) from None
                 if counting is None:
                     self.invalidate(subject)
                     continue
@@ -597,9 +601,12 @@ class Gate:
             # A status that denies is a limit of 0: the store still answers a key it has seen first (a repeat,
             # or the key reused for other work), whatever the status says now.
             limit = (rule.limit_for(state) if rule.allows else 0) if enforce else None
-            done: Counted = await self.counted(
-                "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now),
-                invalidates=lambda _: (subject,))
+            try:
+                done: Counted = await self.counted(
+                    "count", self.store.count(entry.stored, meter, span.start, amount, limit, key, now),
+                    invalidates=lambda _: (subject,))
+            except UsageCeiling as exc:
+                raise _ceiling(exc, subject, meter, span) from None
             if done.conflict:
                 self.invalidate(subject)
                 continue
@@ -862,6 +869,14 @@ class Gate:
             "addons": [{"addon": name, "quantity": q} for name, q in state.addons], "traits": dict(state.traits),
             "credits": credits, "overage": overage,
         }
+
+
+def _ceiling(exc: UsageCeiling, subject: str, meter: str, span) -> UsageCeiling:
+    """A count the store refused at the window's ceiling: logged, with when its window ends."""
+    exc.resets_at = span.end
+    log(logging.WARNING, "usage_ceiling", subject=subject, meter=meter, used=exc.used, amount=exc.amount,
+        window_start=span.start)
+    return exc
 
 
 def _subscriptions_view(state: SubjectState) -> list[dict]:

@@ -19,7 +19,7 @@ from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
 from ..personal import ErasureUnavailable, PersonalData
 from ..logs import log
-from ..store import IdempotencyConflict
+from ..store import USAGE_CEILING, IdempotencyConflict, UsageCeiling
 from ..store._credits import RESEND_FILTERS
 from ..stripe.meter_events import RESEND_BATCH, RESEND_MARGIN, STRIPE_OLDEST
 
@@ -107,6 +107,14 @@ async def _count(gate: Gate, subject, meter, amount, key, enforce) -> Counting:
         return await gate.count(subject, meter, amount, key, enforce=enforce)
     except IdempotencyConflict as exc:
         raise inp.BadRequest(409, "idempotency_key_reused", str(exc)) from None
+    except UsageCeiling as exc:
+        until = f"until it resets at {iso(exc.resets_at)}" if exc.resets_at is not None else \
+            "(a lifetime window: it never resets)"
+        raise inp.BadRequest(422, "usage_ceiling", (
+            f"counting {amount} of '{meter}' for subject {subject!r} would take the window's usage ({exc.used}) past "
+            f"{USAGE_CEILING}, the most a window counts (2**62); nothing was counted, and the idempotency_key was "
+            f"not kept. The window takes at most {max(USAGE_CEILING - exc.used, 0)} more {until}: count this meter "
+            "in a larger unit (smaller amounts), or report the rest once the window has reset")) from None
 
 
 def _counted(subject: str, amount: int, result: Counting) -> web.Response:

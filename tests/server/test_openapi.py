@@ -6,6 +6,7 @@ import gzip
 import itertools
 import json
 import re
+import sqlite3
 import zlib
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from referencing.jsonschema import DRAFT202012
 
 from plangate.server.http.api import GATE
 from plangate.server.http.app import ADMIN_PATHS
+from plangate.server.store import USAGE_CEILING
 
 from .conftest import TOKEN, _SCOPED, token_for
 from .stripe_meters import KEY
@@ -370,6 +372,15 @@ class TestErrorsAsDocumented:
         for change in ({"amount": 2}, {"subject": "v"}):
             got, payload = await call(gate, "POST", template, template, body={**OK_BODY, **change})
             assert (got, payload["error"]) == (409, "idempotency_key_reused")
+
+    async def test_usage_past_the_window_ceiling(self, gate):
+        """A count the window cannot hold (past 2**62) is the documented 422; the window is filled by a plain SQL
+        write in the gate's own SQLite file (tests/server/test_usage_ceiling.py covers both stores)."""
+        assert (await call(gate, "POST", "/v1/usage", "/v1/usage", body=OK_BODY))[0] == 200
+        with sqlite3.connect(gate.database) as db:
+            db.execute("UPDATE quota_usage SET used = ? WHERE subject = 'u'", (USAGE_CEILING,))
+        got, payload = await call(gate, "POST", "/v1/usage", "/v1/usage", body={**OK_BODY, "idempotency_key": "k-2"})
+        assert (got, payload["error"]) == (422, "usage_ceiling")
 
     @pytest.mark.parametrize("body, code", [({"to": "nowhere", "reason": "r"}, "unknown_status"),
                                             ({"action": "launch", "reason": "r"}, "unknown_action")])

@@ -131,6 +131,9 @@ class StateTable:
             **self._calendars, Window.MINUTE: FixedClock(60), Window.HOUR: FixedClock(3600)}
         self.features = Features(plan)
         # Tiers whose subscribers on an older version keep its quotas and credits (by version, then tier).
+        # The versions this one follows (a state on any other, a newer one a node not yet following its deploy
+        # meets, keeps its version: see _stamped).
+        self._older = frozenset(older or ()) - {self.version}
         former = former_names(plan, (older or {}).values())
         kept = {v: k for v, k in ((v, kept_tiers(plan, old, former)) for v, old in (older or {}).items()
                                   if v != self.version) if k}
@@ -562,8 +565,10 @@ class StateTable:
     def _stamped(self, state: SubjectState, now: float) -> SubjectState:
         """The state recording the version that decides it, as the state written: a renewal moves an at_renewal
         subscriber onto this version, and one this version keeps on nothing is this version's. A later deploy
-        reads its kept quotas, and when its renewal counts, from the version recorded."""
-        if state.plan_version == self.version:
+        reads its kept quotas, and when its renewal counts, from the version recorded. Only a version this table
+        knows as one before it is replaced: written down as this one, a newer version's subscriber (met by a node
+        still on this plan) would be kept on this plan's quotas once the newer plan runs."""
+        if state.plan_version == self.version or (state.plan_version and state.plan_version not in self._older):
             return state
         version = self.decided_under(state, now)[0]
         return state if version == state.plan_version else state.with_(plan_version=version)

@@ -296,6 +296,24 @@ class TestThirdDeploy:
         assert v3.decided_under(ann, self.V3_DEPLOYED + DAY) == (V1_TABLE.version, ExistingSubscribers.AT_RENEWAL)
         assert v3.can_process(ann, "requests", 1, 0, DEPLOY + 355 * DAY).limit == 3000
 
+    def test_a_table_that_does_not_know_a_subscribers_version_leaves_it_as_it_is(self):
+        """A webhook reaching a node that has not followed v3's deploy yet: v2's table knows nothing of v3, and
+        the stamp wrote Ann, a v3 subscriber (pro 2000, never), down as v2's. Once every node ran v3 she was v2's
+        subscriber kept for good: 3000 for a subscription bought at 2000 (found by a reviewer)."""
+        v2_text, v3_text = self.V2, lowered_pro("never", 2000)
+        v3_version = version_of(plan(v3_text))
+        v2 = compile_plan(plan(v2_text), {V1_TABLE.version: plan(V1)}, DEPLOY)
+        ann = subscriber(version=v3_version, period=(self.V3_DEPLOYED + DAY, self.V3_DEPLOYED + 31 * DAY))
+        paid = StripeEvent("invoice.paid", {"object": "invoice", "status": "paid"})
+        written = v2.apply(ann, paid, self.V3_DEPLOYED + 2 * DAY).state
+        assert written.plan_version == v3_version
+        v3 = compile_plan(plan(v3_text), {V1_TABLE.version: plan(V1), v2.version: plan(v2_text),
+                                          v3_version: plan(v3_text)},
+                          self.V3_DEPLOYED, {V1_TABLE.version: DEPLOY, v2.version: self.V3_DEPLOYED})
+        later = self.V3_DEPLOYED + 100 * DAY
+        assert (v3.can_process(written, "requests", 1, 0, later).limit, v3.decided_under(written, later)[1]) == \
+            (2000, None)
+
 
 class TestScenarioStep:
     """`- plan: FILE` in a scenario: the plan changes mid-story, at that step's time."""

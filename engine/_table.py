@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from plangate.policy import (Access, Anchor, Anchoring, ExistingSubscribers, FailMode, How, Location, NameMap, Plan,
@@ -323,7 +324,8 @@ class StateTable:
 
     def apply(self, state: SubjectState, trigger: Trigger, now: float) -> Outcome:
         """The transition a trigger causes, or a no-op that says why nothing moved."""
-        if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names):
+        if state.status not in self._rules or (state.tier is not None and state.tier not in self._tier_names) or \
+                any(s.tier is not None and s.tier not in self._tier_names for s in state.subscriptions):
             state = self.named(state, now)
         facts = state
         obj: Mapping = {}
@@ -413,7 +415,11 @@ class StateTable:
         it followed ended while this one lives on): until this one's own next event says more."""
         start, end = (sub.period_start, sub.period_end) if sub.period_end is not None else \
             (state.period_start, state.period_end)
-        return state.with_(tier=sub.tier or (state.tier if sub.status is None else self.plan.default_tier),
+        if sub.tier is not None and sub.tier not in self._tier_names:
+            tier = state.tier       # a name the plan neither has nor maps (stored before two renames): not written
+        else:
+            tier = sub.tier or (state.tier if sub.status is None else self.plan.default_tier)
+        return state.with_(tier=tier,
                            period_start=start, period_end=end, trial_end=sub.trial_end, cancel_at=sub.cancel_at,
                            quantity=sub.quantity if sub.status is not None else state.quantity)
 
@@ -546,10 +552,28 @@ class StateTable:
                 state = state.with_(tier=move.new)
                 why.append(move.describe())
                 rules.append(f"{self.plan.file}:{move.location.line}")
+        # Each subscription's tier moves with the subject's: the subject takes it when it comes to follow that one.
+        moves = [None if s.tier is None else self._names.tiers.get(s.tier) for s in state.subscriptions]
+        if any(moves):
+            state = state.with_(subscriptions=tuple(s if m is None else replace(s, tier=m.new)
+                                                    for s, m in zip(state.subscriptions, moves)))
+            for move in dict.fromkeys(m for m in moves if m is not None):
+                if move.describe() not in why:
+                    why.append(move.describe())
+                    rules.append(f"{self.plan.file}:{move.location.line}")
         if not why:
             return None
         return Outcome(before, state, PLAN_TRIGGER, "plan change: " + "; ".join(why), True,
                        ", ".join(rules))
+
+    def unmapped(self, state: SubjectState) -> str | None:
+        """A name of the state (its status, its tier or a subscription's) that the plan neither has nor maps, or
+        None: a state stored before two renames of a name (a plan maps one step back) cannot be read as this
+        plan's."""
+        if state.status not in self._rules and state.status not in self._names.statuses:
+            return state.status
+        return next((t for t in (state.tier, *(s.tier for s in state.subscriptions))
+                     if t is not None and t not in self._tier_names and t not in self._names.tiers), None)
 
     def upgrade(self, state: SubjectState, now: float) -> Outcome | None:
         """Move a subject kept on an older plan version to this one (an admin's decision), or None when it is

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from plangate.engine import (AdminAction, StateTable, StripeEvent, SubjectState, TimerFired, UnknownStatus, advance,
-                             compile_plan)
+from plangate.engine import (AdminAction, StateTable, StripeEvent, SubjectState, Subscription, TimerFired,
+                             UnknownStatus, advance, compile_plan)
 from plangate.policy import ExistingSubscribers, check_text, version_of
 from tests.plan_change import (RETIRE_BILLING_PROBLEM, RETIRE_TEAM, V1, WITHOUT_BILLING_PROBLEM, WITHOUT_TEAM, edited,
                                lowered_pro, renamed)
@@ -98,6 +98,22 @@ class TestOldNames:
         outcome = new.migrate(stored, DEPLOY)
         assert (outcome.state.tier, outcome.state.status) == ("business", "paid")
         assert outcome.reason == "plan change: tier 'team' is now 'business' (renamed_from)"
+
+    def test_a_renamed_tier_moves_the_subscriptions_on_it_too(self):
+        """Ann follows a pro subscription; an older team one lives on beside it. team is renamed: the subscription's
+        tier moves with it, and when the pro one ends Ann takes business, not a name the plan has no more."""
+        new = table(renamed("team", "business"))
+        subs = (Subscription("sub_team", "active", DEPLOY - 20 * DAY, "team", *PERIOD),
+                Subscription("sub_pro", "active", DEPLOY - 5 * DAY, "pro", *PERIOD))
+        outcome = new.migrate(subscriber(subscriptions=subs), DEPLOY)
+        assert [s.tier for s in outcome.state.subscriptions] == ["business", "pro"]
+        assert outcome.state.tier == "pro" and "tier 'team' is now 'business'" in outcome.reason
+        assert new.migrate(outcome.state, DEPLOY) is None
+        ended = {"id": "sub_pro", "object": "subscription", "status": "canceled", "created": int(DEPLOY - 5 * DAY),
+                 "ended_at": int(DEPLOY)}
+        deleted = StripeEvent("customer.subscription.deleted", ended, "evt_1", DEPLOY + 1)
+        after = new.apply(subscriber(subscriptions=subs), deleted, DEPLOY + 1)
+        assert (after.state.status, after.state.tier) == ("paid", "business")
 
     def test_a_retired_tier_moves_to_its_target(self):
         new = table(edited(*WITHOUT_TEAM) + RETIRE_TEAM)

@@ -209,8 +209,9 @@ class PlanKeeper:
     # --- moving stored subjects ---------------------------------------------------------------------
 
     async def migrate_names(self, table: StateTable) -> int:
-        """Move every stored subject under a name the plan renamed or retired, once, a batch at a time (each
-        subject that fails is logged and left; the gate's door moves it when it is next touched)."""
+        """Move every stored subject under a name the plan renamed or retired (its own, or a tier one of its
+        subscriptions has), once, a batch at a time (each subject that fails is logged and left; the gate's door
+        moves it when it is next touched)."""
         names = NameMap.of(table.plan)
         if not names:
             return 0
@@ -218,7 +219,8 @@ class PlanKeeper:
         try:
             while True:
                 batch = await self.gate.timed("plan_migrate", self.store.subjects_named(
-                    tuple(names.statuses), tuple(names.tiers), MIGRATE_BATCH, tuple(skip)), timeout=30.0)
+                    tuple(names.statuses), tuple(names.tiers), MIGRATE_BATCH, tuple(skip), subscriptions=True),
+                    timeout=30.0)
                 if not batch:
                     return moved
                 moved += await self._migrate_batch(table, batch, skip)

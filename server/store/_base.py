@@ -541,8 +541,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def subjects_named(self, statuses: tuple[str, ...], tiers: tuple[str, ...], limit: int,
-                             skip: tuple[str, ...] = ()) -> list[StoredSubject]:
-        """Up to `limit` stored subjects in one of statuses or on one of tiers, but those in skip."""
+                             skip: tuple[str, ...] = (), *, subscriptions: bool = False) -> list[StoredSubject]:
+        """Up to `limit` stored subjects in one of statuses or on one of tiers (or, with `subscriptions`, with a
+        subscription on one of them), but those in skip."""
 
     @abc.abstractmethod
     async def subjects_on(self, versions: tuple[str, ...], limit: int, after: str = "") -> list[StoredSubject]:

@@ -54,11 +54,13 @@ class PostgresPlans:
         return {r[0]: plan_from_row(r) for r in rows}
 
     async def subjects_named(self, statuses: tuple[str, ...], tiers: tuple[str, ...], limit: int,
-                             skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+                             skip: tuple[str, ...] = (), *, subscriptions: bool = False) -> list[StoredSubject]:
+        theirs = (" OR EXISTS (SELECT 1 FROM json_array_elements(stripe_subscriptions::json) AS s "
+                  "WHERE s->>'tier' = ANY($2::text[]))") if subscriptions else ""
         async with self._conn() as db:
             rows = await db.fetch(
                 f"SELECT {SUBJECT_COLUMNS} FROM subscriptions WHERE (status = ANY($1::text[]) OR "
-                "tier = ANY($2::text[])) AND NOT subject = ANY($3::text[]) LIMIT $4",
+                f"tier = ANY($2::text[]){theirs}) AND NOT subject = ANY($3::text[]) LIMIT $4",
                 list(statuses), list(tiers), list(skip), limit)
         return [subject_from_row(r) for r in rows]
 

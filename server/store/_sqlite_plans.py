@@ -44,11 +44,14 @@ class SQLitePlans:
         return {r[0]: plan_from_row(r) for r in rows}
 
     async def subjects_named(self, statuses: tuple[str, ...], tiers: tuple[str, ...], limit: int,
-                             skip: tuple[str, ...] = ()) -> list[StoredSubject]:
+                             skip: tuple[str, ...] = (), *, subscriptions: bool = False) -> list[StoredSubject]:
         skipped = f" AND subject NOT IN ({_marks(skip)})" if skip else ""     # NOT IN (NULL) would hold for none
+        theirs = (f" OR EXISTS (SELECT 1 FROM json_each(stripe_subscriptions) AS s WHERE "
+                  f"json_extract(s.value, '$.tier') IN ({_marks(tiers)}))") if subscriptions else ""
         rows = await self._scan(
             f"SELECT {SUBJECT_COLUMNS} FROM subscriptions WHERE (status IN ({_marks(statuses)}) OR "
-            f"tier IN ({_marks(tiers)})){skipped} LIMIT ?", (*statuses, *tiers, *skip, limit))
+            f"tier IN ({_marks(tiers)}){theirs}){skipped} LIMIT ?",
+            (*statuses, *tiers, *(tiers if subscriptions else ()), *skip, limit))
         return [subject_from_row(r) for r in rows]
 
     async def subjects_on(self, versions: tuple[str, ...], limit: int, after: str = "") -> list[StoredSubject]:

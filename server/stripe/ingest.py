@@ -33,8 +33,8 @@ WEBHOOK_STORE_TIMEOUT = 10.0
 
 
 _AFTER_ADMIN = "older than an admin's later change to the subject: a person's decision is not rewritten"
-_UNMAPPED = ("older than events folded already, and the state before them has a status no plan version maps now "
-             "(renamed twice since): not put among them")
+_UNMAPPED = ("older than events folded already, and the state before them has a status or tier no plan version maps "
+             "now (renamed twice since): not put among them")
 
 class _Unread(enum.Enum):
     """_fold's `loaded` when the caller has not read the subject's row."""
@@ -415,13 +415,17 @@ class Ingest:
         base = (later[0].state_before if later and later[0].state_before else
                 stored.fold_state if stored.fold_state is not None else stored.state)
         try:
+            unknown = table.unmapped(base)
             base = table.named(base, now)    # stored before a rename: under the plan's names
         except UnknownStatus:
-            # A name from before two renames of it (a plan maps one step back): the fold cannot start there. An
-            # event newer than all folded goes onto the stored state, which every deploy moved; a late one cannot
-            # be put among the events before it, and is recorded stale rather than applied after newer ones.
-            log(logging.WARNING, "fold_from_stored_state", subject=stored.state.subject, unknown=base.status,
-                late=bool(later), why="the state the fold would start from has a status no plan version maps now")
+            unknown = base.status
+        if unknown is not None:
+            # A name from before two renames of it (a plan maps one step back): its status, tier or a subscription's
+            # tier. The fold cannot start there. An event newer than all folded goes onto the stored state, which
+            # every deploy moved; a late one cannot be put among the events before it, and is recorded stale
+            # rather than applied after newer ones.
+            log(logging.WARNING, "fold_from_stored_state", subject=stored.state.subject, unknown=unknown,
+                late=bool(later), why="the state the fold would start from has a name no plan version maps now")
             if later:
                 return self._stale(stored, fold, now, _UNMAPPED)
             base = table.named(stored.state, now)

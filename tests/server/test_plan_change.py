@@ -239,6 +239,57 @@ class TestRenameChains:
         assert (answer["outcome"], answer["status"]) == ("stale", "paid"), answer
 
 
+    @staticmethod
+    def _team_renamed_twice() -> tuple[str, str]:
+        v2 = renamed("team", "team2")
+        return v2, renamed("team2", "team3", base=v2).replace("    renamed_from: [team]\n", "")
+
+    async def _subscription(self, rig, sub_id: str, created: float, price: str = "price_team") -> dict:
+        sub = se.subscription("active", "ann", sub_id=sub_id, customer="cus_ann", start=created,
+                              end=created + 30 * DAY, price=price)
+        sub["created"] = int(created)
+        await rig.webhook("customer.subscription.created", sub, created)
+        return sub
+
+    async def test_an_event_after_a_tier_renamed_twice_keeps_the_subjects_tier(self, rig):
+        """team becomes team2, then team3. Ann's tier moved with each deploy, but the state her Stripe events alone
+        gave still said `team`: her next invoice.paid wrote `team` back. v3 neither has nor maps it: she was
+        decided by the default tier (5000, not 20000), and the gate refused to start again (a stranded tier)."""
+        now = time.time()
+        await rig.start(V1)
+        await self._subscription(rig, "sub_a", now - 10 * DAY)
+        v2, v3 = self._team_renamed_twice()
+        await rig.start(v2)
+        await rig.start(v3)
+        answer = await rig.webhook("invoice.paid", se.invoice("paid", sub_id="sub_a", customer="cus_ann"), now - 60)
+        assert answer["status"] == "paid", answer
+        view = await rig.subject("ann")
+        assert (view["tier"], [s["tier"] for s in view["subscriptions"]]) == ("team3", ["team3"]), view
+        assert (await rig.check("ann"))["limit"] == 20000
+        await rig.start()           # the same plan again: nothing is stranded
+
+    async def test_the_subscription_followed_next_has_the_renamed_tier(self, rig):
+        """Ann follows her newer pro subscription; an older team one lives on beside it. team becomes team2, then
+        team3; then the pro one is canceled and she follows the team one. Its stored tier still said `team`, which
+        the subject took: the default tier's quota, and a gate that would not start again."""
+        now = time.time()
+        await rig.start(V1)
+        await self._subscription(rig, "sub_team", now - 20 * DAY)
+        pro = await self._subscription(rig, "sub_pro", now - 10 * DAY, "price_pro")
+        assert (await rig.subject("ann"))["tier"] == "pro"
+        v2, v3 = self._team_renamed_twice()
+        await rig.start(v2)
+        await rig.start(v3)
+        assert [s["tier"] for s in (await rig.subject("ann"))["subscriptions"]] == ["team3", "pro"]
+        ended = {**pro, "status": "canceled", "ended_at": int(now - 30), "canceled_at": int(now - 30)}
+        answer = await rig.webhook("customer.subscription.deleted", ended, now - 30)
+        assert (answer["outcome"], answer["status"]) == ("other_subscription", "paid"), answer
+        view = await rig.subject("ann")
+        assert view["tier"] == "team3", view
+        assert (await rig.check("ann"))["limit"] == 20000
+        await rig.start()
+
+
 class TestTimersAcrossDeploys:
     async def test_a_late_event_keeps_a_running_timer_whose_duration_changed(self, rig):
         """Ann entered a 7-day trial five days ago; a deploy shortened trials to 3 days (a running timer keeps its

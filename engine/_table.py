@@ -5,7 +5,7 @@ Every answer takes `now` (Unix seconds) as an argument; the table has no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
@@ -114,10 +114,11 @@ class StateTable:
     `deployed_at`: when this plan became the active one. Subjects on an older version keep its tier quotas
     as each tier's `existing_subscribers` says. `superseded`: when each older version last stopped being the
     active one (a later deploy of something else moves nothing for subscribers who renewed since); a version
-    not in it counts from deployed_at."""
+    not in it counts from deployed_at. `between`: versions deployed since the oldest of `older` that no subject is
+    on: read only for the names each tier had (a plan maps a rename one step back)."""
 
     def __init__(self, plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0,
-                 superseded: Mapping[str, float] | None = None):
+                 superseded: Mapping[str, float] | None = None, between: Iterable[Plan] = ()):
         self.plan = plan
         self.version = version_of(plan)
         if plan.initial is None:
@@ -135,7 +136,7 @@ class StateTable:
         # The versions this one follows (a state on any other, a newer one a node not yet following its deploy
         # meets, keeps its version: see _stamped).
         self._older = frozenset(older or ()) - {self.version}
-        former = former_names(plan, (older or {}).values())
+        former = former_names(plan, (*(older or {}).values(), *between))
         kept = {v: k for v, k in ((v, kept_tiers(plan, old, former)) for v, old in (older or {}).items()
                                   if v != self.version) if k}
         # Meters some tier grants credits of each window, in this version or one its subscribers keep.
@@ -754,13 +755,13 @@ def _check_amount(amount: int) -> None:
 
 
 def compile_plan(plan: Plan, older: Mapping[str, Plan] | None = None, deployed_at: float = 0.0,
-                 superseded: Mapping[str, float] | None = None) -> StateTable:
-    """The table of a plan (see StateTable for older and deployed_at); PlanError (with the findings) when the
-    plan has an error finding."""
+                 superseded: Mapping[str, float] | None = None, between: Iterable[Plan] = ()) -> StateTable:
+    """The table of a plan (see StateTable for older, deployed_at, superseded and between); PlanError (with the
+    findings) when the plan has an error finding."""
     findings = check_plan(plan)
     if any(f.is_error for f in findings):
         raise PlanError(tuple(findings))
-    return StateTable(plan, older, deployed_at, superseded)
+    return StateTable(plan, older, deployed_at, superseded, between)
 
 
 def compile_file(path) -> StateTable:

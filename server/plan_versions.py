@@ -167,7 +167,8 @@ class PlanKeeper:
         if deploy is not None and active is not None and active.version in records:
             # Read before this deploy was recorded: the version running until now stops being active now.
             records = {**records, active.version: dataclasses.replace(records[active.version], superseded=now)}
-        table = _compile(plan, records, version, deployed_at)
+        table = _compile(plan, records, version, deployed_at,
+                         {*census.versions, *((active.version,) if active else ())})
         self._use(table, deployed_at)
         return table, deploy, active, changes, summary
 
@@ -327,7 +328,7 @@ class PlanKeeper:
                 self.follow_error = f"plan version {active.version}, deployed by {active.node}, does not load here"
                 log(logging.ERROR, "plan_follow_failed", version=active.version, error=self.follow_error)
                 return False
-            table = _compile(plan, records, active.version, active.at)
+            table = _compile(plan, records, active.version, active.at, set(census.versions))
             # As a deploy swaps: once the state changes this node is deciding under its plan have committed.
             async with self.gate.plan_swap.swapping():
                 self._use(table, active.at)
@@ -382,8 +383,13 @@ def _plan_of(record: PlanRecord | None, *, runnable: bool = True) -> Plan | None
     return checked.plan if checked.ok or not runnable else None
 
 
-def _compile(plan: Plan, records: dict[str, PlanRecord], version: str, deployed_at: float) -> StateTable:
-    older = {v: p for v, p in ((v, _plan_of(r, runnable=False)) for v, r in records.items() if v != version)
+def _compile(plan: Plan, records: dict[str, PlanRecord], version: str, deployed_at: float,
+             on: set[str]) -> StateTable:
+    """The table of `plan`: older versions `on` (a stored subject is on them, or one may be: the version that ran
+    until a deploy) may keep their subscribers on their tier quotas; the versions between are read for the names
+    their tiers had only (pinned, they would be listed as kept and compiled for nobody)."""
+    plans = {v: p for v, p in ((v, _plan_of(r, runnable=False)) for v, r in records.items() if v != version)
              if p is not None}
+    older = {v: p for v, p in plans.items() if v in on}
     superseded = {v: r.superseded for v, r in records.items() if v in older and r.superseded is not None}
-    return compile_plan(plan, older, deployed_at, superseded)
+    return compile_plan(plan, older, deployed_at, superseded, [p for v, p in plans.items() if v not in on])

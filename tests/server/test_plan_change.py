@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from plangate.engine import compile_file
+from plangate.policy import check_text, version_of
 from plangate.server.http.app import create_app
 from plangate.server.plan_versions import PlanRefused
 from plangate.server.store import open_store
@@ -418,6 +419,26 @@ class TestGrandfathering:
         assert (await rig.check("newcomer"))["status"] == "free"
         await rig.subscribe("newcomer")
         assert (await rig.check("newcomer"))["limit"] == 3000
+
+    async def test_versions_between_are_read_for_names_and_kept_for_nobody(self, rig):
+        """A deploy reads every version since the oldest one a subject is on, for the names its tiers had. Those no
+        subject is on were pinned as well: listed in kept_versions (/readyz, /v1/plan, every local client's set
+        of versions it leaves to the gate) and compiled for nobody."""
+        await rig.start(V1)
+        v1 = (await rig.plan_view())["version"]
+        await rig.subscribe("ann", days=365)
+        v2 = renamed("pro", "pro2", base=lowered_pro("at_renewal"))
+        v3 = renamed("pro2", "pro3", base=v2).replace("    renamed_from: [pro]\n", "")
+        v4 = v3.replace("requests: {limit: 3000, per: billing_period}", "requests: {limit: 2500, per: billing_period}")
+        assert v4 != v3
+        for text in (v2, v3, v4):
+            await rig.start(text)
+        v3_version = version_of(check_text(v3).plan)
+        assert sorted((await rig.plan_view())["kept_versions"]) == sorted([v1, v3_version])   # v3 ran until now
+        await rig.start()       # started again on v4: only what a subject is on
+        assert (await rig.plan_view())["kept_versions"] == [v1]
+        view = await rig.subject("ann")
+        assert (view["tier"], view["plan_kept"], (await rig.check("ann"))["limit"]) == ("pro3", "at_renewal", 5000)
 
     async def test_upgrade_moves_kept_subscribers_audited(self, rig):
         await rig.start(V1)

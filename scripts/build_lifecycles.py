@@ -754,6 +754,38 @@ def upgrade_with_proration() -> Life:
     return life
 
 
+def upgrade_pending_declined() -> Life:
+    life = Life("upgrade-pending-declined", "pat", "an upgrade kept pending whose payment is declined is no failed "
+                "renewal", "Twelve days into a monthly subscription the product moves the customer to the yearly "
+                "price with payment_behavior pending_if_incomplete (proration_behavior always_invoice): the proration "
+                "invoice is declined, so Stripe keeps the subscription active on its old price with a pending_update, "
+                "voids the invoice when the update expires 23 hours later, and renews the month as usual.")
+    end = life.subscribe_paid(T0)
+    at = T0 + 12 * D
+    inv = life.invoice(at, "open", 18_710, "subscription_update", at, at + 365 * D, price="price_pro_yearly")
+    life.send("invoice.created", {**inv, "status": "draft"}, at)
+    life.declined(at, inv, 1, None, expect={"status": "paid", "moved": False})
+    pending = {"billing_cycle_anchor": int(at), "expires_at": int(at + 23 * H), "trial_end": None,
+               "trial_from_plan": None,
+               "subscription_items": [{"id": f"si_{life.tag}", "object": "subscription_item",
+                                       "price": life.sub["items"]["data"][0]["price"] | {"id": "price_pro_yearly"},
+                                       "quantity": 1}]}
+    life.status(at, "active", pending_update=pending, latest_invoice=inv["id"],
+                expect={"status": "paid", "moved": False})
+    expired = at + 23 * H
+    sub, previous = life.changed(pending_update=None)
+    life.send("customer.subscription.pending_update_expired", sub, expired, expect={"status": "paid"})
+    life.send("customer.subscription.updated", sub, expired, previous=previous)
+    life.send("invoice.voided", {**inv, "status": "void", "auto_advance": False, "attempt_count": 1,
+                                 "attempted": True, "status_transitions": {**inv["status_transitions"],
+                                                                           "voided_at": int(expired)}}, expired,
+              expect={"status": "paid", "moved": False})
+    renewal = life.renewal(end, end, end + MONTH, expect={"status": "paid", "moved": False})
+    life.charged(end + H, life.paid_invoice(renewal, end + H), expect={"status": "paid"})
+    life.ends(end + 2 * H, "paid", tier="pro")
+    return life
+
+
 def refund_and_cancel() -> Life:
     life = Life("refund-and-cancel", "rita", "a refund alone changes nothing; the cancellation with it ends access",
                 "Three days after subscribing the customer asks for their money back: support refunds the charge "
@@ -918,7 +950,8 @@ def resubscribe_with_a_coupon_during_dunning() -> Life:
 LIFECYCLES = (trial_converts, trial_declined, trial_charge_late, trial_send_invoice, trial_paused_resumed,
               trial_paused_resume_declined, smart_retries_recover, retries_exhausted_canceled, canceled_then_paid_late,
               retries_exhausted_unpaid, cancel_at_period_end, sca_on_renewal, incomplete_expired,
-              upgrade_with_proration, refund_and_cancel, dispute_lost, dispute_lost_then_cancel, resubscribe_during_dunning,
+              upgrade_with_proration, upgrade_pending_declined, refund_and_cancel, dispute_lost,
+              dispute_lost_then_cancel, resubscribe_during_dunning,
               abandoned_second_subscription, checkout_activates_a_second_later,
               resubscribe_with_a_coupon_during_dunning)
 

@@ -281,6 +281,8 @@ steps:
   - until: "2026-02-10T10:00:00Z"
   - stripe: invoice.payment_failed
     object: {id: in_2, customer: cus_1, billing_reason: subscription_update}
+  - stripe: customer.subscription.updated
+    object: {id: sub_1, status: past_due, customer: cus_1}
     expect: {status: grace_period}
   - wait: 3d
     expect: {status: grace_period}

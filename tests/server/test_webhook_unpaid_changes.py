@@ -1,6 +1,6 @@
-"""Stripe changes that pay nothing and owe nothing, through a real gate on the shipped plan (real aiohttp on
-127.0.0.1, a SQLite file, events signed with the stripe package): an invoice Stripe stops collecting is no payment,
-and a declined upgrade that Stripe keeps pending is no failed renewal."""
+"""Stripe changes that owe nothing, through a real gate on the shipped plan (real aiohttp on 127.0.0.1, a SQLite
+file, events signed with the stripe package): a declined upgrade that Stripe keeps pending is no failed renewal,
+and a payment of the open invoice still ends dunning."""
 from __future__ import annotations
 
 import pytest
@@ -70,28 +70,8 @@ def _dunning(n: int) -> tuple[Life, str]:
     return life, inv
 
 
-class TestAnInvoiceStripeStopsCollectingIsNoPayment:
-    """When every retry failed and the account marks the invoice uncollectible (leaving the subscription past_due),
-    or the merchant voids it, Stripe turns the past_due subscription `active`: nothing was paid."""
-
-    # Not fixed: the shipped plan reads an update from past_due (or unpaid) to active as a payment, and
-    # reconciliation relies on it. Dropping that (a payment sends invoice.paid) changes the plan's recovery rule.
-    @pytest.mark.xfail(strict=True, reason="the shipped plan takes past_due -> active for a payment")
-    @pytest.mark.parametrize("how", ["invoice.marked_uncollectible", "invoice.voided"])
-    async def test_the_subscription_turning_active_leaves_the_billing_problem(self, start_gate, how):
-        gate, clock = await _gate(start_gate)
-        life, inv = _dunning(1)
-        last = RENEWAL + TRIES[-1]
-        written_off = invoice(inv, "uncollectible" if how == "invoice.marked_uncollectible" else "void",
-                              subscription=life.sub_id("A"), customer=life.customer, period=PERIOD2,
-                              attempts=len(TRIES))
-        life.add(how, written_off, last)
-        _updated(life, "active", last, {"status": "past_due"})
-        await _play(gate, clock, life.events)
-        view = await _at(gate, clock, last + HOUR, "user1")
-        assert view["status"] == "billing_problem", view["transitions"][:3]
-        status, check = await gate.post("/v1/check", {"subject": "user1", "meter": "requests", "amount": 6})
-        assert status == 200 and check["allowed"] is False, check
+class TestDunning:
+    """A paid subscription whose renewal was declined at every retry."""
 
     async def test_a_payment_still_ends_it(self, start_gate):
         """The customer pays the open invoice on its hosted page: invoice.paid, then the subscription active."""

@@ -60,7 +60,7 @@ async def _form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
                 form = await request.post()
     except TimeoutError:
         raise _refused(408, f"The form did not arrive within {inp.BODY_TIMEOUT:g} seconds.") from None
-    except ValueError:      # UnicodeDecodeError included: a form that is not UTF-8
+    except (ValueError, LookupError):   # a form that is not UTF-8; a charset Python does not know (LookupError)
         raise _refused(400, "The form could not be read: send it as UTF-8, URL-encoded.") from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     for value in fields.values():

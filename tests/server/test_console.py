@@ -82,6 +82,18 @@ class TestAccess:
                                 headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
             assert r.status == 400 and "UTF-8" in await r.text()
 
+    @pytest.mark.parametrize("charset", ["x-made-up", "utf-99"])
+    async def test_a_form_in_a_charset_nobody_knows_is_refused_with_400(self, console, charset):
+        gate, session = console
+        async with session.get(gate.url + "/console/login") as r:
+            csrf = hidden(await r.text(), "csrf")
+        form = f"csrf={csrf}&label=x&token={ADMIN_TOKEN}".encode()
+        async with session.post(gate.url + "/console/login", data=form, allow_redirects=False,
+                                headers={"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"}) as r:
+            assert r.status == 400 and "UTF-8" in await r.text()      # was a 500 (LookupError), no session needed
+        async with session.get(gate.url + "/console/", allow_redirects=False) as r:
+            assert r.status == 303      # not logged in
+
     @pytest.mark.parametrize("encoding", ["br", "gzip", "x-made-up"])
     async def test_a_form_in_a_content_encoding_is_refused_with_415(self, console, encoding):
         gate, session = console

@@ -142,7 +142,9 @@ class CreditRules:
         paid = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
         out = []
         for i, line in enumerate(lines):
-            price = line.get("price") if isinstance(line, Mapping) else None
+            if not isinstance(line, Mapping):
+                continue
+            price = line.get("price")
             price = price.get("id") if isinstance(price, Mapping) else price
             rule = self.packs.get(price) if isinstance(price, str) else None
             per_unit = rule.pack(price) if rule is not None and isinstance(price, str) else None

@@ -319,6 +319,14 @@ class TestCredits:
         assert credits["balance"] == 2_000_000 and len(credits["grants"]) == 1
         assert credits["grants"][0]["source"] == "purchase" and credits["grants"][0]["expires_at"] is not None
 
+    async def test_a_line_that_is_not_an_object_is_passed_over_not_a_500(self, start):
+        gate = await start(AI)
+        obj = pack_checkout("a3b", "cs_pack_odd", [("price_tokens_1m", 1)])
+        obj["line_items"]["data"][:0] = [None, "li_x", 7]      # no Stripe line is any of these: passed over
+        await deliver(gate, se.event("checkout.session.completed", obj, NOW - 10))    # was a 500, for ever
+        (credits,) = (await view(gate, "a3b"))["credits"]
+        assert credits["balance"] == 1_000_000 and len(credits["grants"]) == 1
+
     async def test_credits_are_kept_when_the_subscription_ends(self, start):
         gate = await start(AI)
         await deliver(gate, se.event("customer.subscription.created",

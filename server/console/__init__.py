@@ -10,7 +10,7 @@ from . import operations, pages, proposal
 from .pages import FAILED, SESSIONS, TOKENS, Refused
 from ..logs import log
 from ..gate import Gate
-from ._html import page
+from ._html import e, page
 from ._session import FailedLogins, Sessions
 
 __all__ = ["setup"]
@@ -22,13 +22,29 @@ def setup(app: web.Application, gate: Gate, api_tokens: tuple[str, ...], admin_t
     app[SESSIONS] = Sessions(gate, *app[TOKENS])
     app[FAILED] = FailedLogins()
     app[proposal.PREVIEWING] = asyncio.Lock()
-    for method, path, handler in (*pages.ROUTES, *operations.ROUTES, *proposal.ROUTES):
+    methods: dict[str, set[str]] = {}
+    for method, path, handler in (*pages.ROUTES, *operations.ROUTES, *proposal.ROUTES, ("GET", "/console", _to_home)):
         app.router.add_route(method, path, _answering(handler))
-    app.router.add_route("GET", "/console", _to_home)
+        methods.setdefault(path, set()).add(method)
+        if method == "GET":     # a page answers HEAD as it answers GET (the API's routes do too)
+            app.router.add_route("HEAD", path, _answering(handler))
+            methods[path].add("HEAD")
+    # Any other method: a 405 naming the page's methods (it fell to the API's catch-all, a 404 "no route").
+    for path, allowed in methods.items():
+        app.router.add_route("*", path, _not_allowed(",".join(sorted(allowed))))
 
 
 async def _to_home(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/console/")
+
+
+def _not_allowed(allow: str):
+    async def not_allowed(request: web.Request) -> web.Response:
+        response = page("Refused", f'<p class="bad">{e(request.method)} is not allowed here; allowed: {e(allow)}.</p>',
+                        status=405)
+        response.headers["Allow"] = allow
+        return response
+    return not_allowed
 
 
 def _answering(handler):

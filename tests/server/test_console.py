@@ -47,6 +47,21 @@ class TestAccess:
             async with session.get(gate.url + path, allow_redirects=False) as r:
                 assert r.status == 303 and r.headers["Location"] == "/console/login", path
 
+    @pytest.mark.parametrize(("method", "path", "allow"), [
+        ("PUT", "/console/login", "GET,HEAD,POST"), ("GET", "/console/logout", "POST"),
+        ("DELETE", "/console/", "GET,HEAD"), ("GET", "/console/subjects/alice/transition", "POST"),
+        ("PATCH", "/console/plan/proposal", "GET,HEAD,POST")])
+    async def test_a_page_asked_with_another_method_is_a_405_naming_its_methods(self, console, method, path, allow):
+        gate, session = console
+        async with session.request(method, gate.url + path, allow_redirects=False) as r:
+            assert (r.status, r.headers.get("Allow")) == (405, allow)      # was a 404 "no route for" the page
+
+    async def test_a_page_answers_head_as_it_answers_get(self, console):
+        gate, session = console
+        for path, status in (("/console/login", 200), ("/console/", 303), ("/console", 303)):
+            async with session.head(gate.url + path, allow_redirects=False) as r:
+                assert r.status == status, path                             # was a 404
+
     async def test_the_admin_token_opens_a_session_cookie_that_scripts_cannot_read(self, console):
         gate, session = console
         r = await login(gate.url, session, ADMIN_TOKEN)

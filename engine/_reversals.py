@@ -68,6 +68,7 @@ def money_back(event_type: str, event_id: str, obj: Mapping, created: float) -> 
                      paid if _count(paid) else None)
     if event_type in _REFUND_EVENTS and kind == "refund":
         status, refund = obj.get("status"), _id(obj.get("id"))
+        status = status if isinstance(status, str) else None    # a list or an object: no status (was a TypeError)
         if status in _REFUNDING:
             return _fact(refund, ReversalKind.REFUND, payment_intent, charge, obj.get("amount"), created, event_id)
         if status in _UNDONE and refund is not None:

@@ -96,6 +96,16 @@ class TestRefunds:
         await deliver(gate, se.event("refund.created", refund("re_r2c", "ch_r2", "pi_r2", 500, "failed"), NOW - 30))
         assert (await credits(gate, "r2"))[0] == 1_000_000
 
+    @pytest.mark.parametrize("status", [[], {}, ["succeeded"]])
+    async def test_a_refund_whose_status_is_no_text_takes_nothing_and_is_no_500(self, start, fake_stripe, status):
+        gate = await start()
+        await deliver(gate, se.event("checkout.session.completed",
+                                     bought(fake_stripe, "r9", "cs_r9", "pi_r9", 2, 2000), NOW - 60))
+        odd = refund("re_r9", "ch_r9", "pi_r9", 2000, status)
+        for kind in ("refund.created", "refund.updated"):         # each was a 500, delivered again for days
+            await deliver(gate, se.event(kind, odd, NOW - 30))
+        assert (await credits(gate, "r9"))[0] == 2_000_000
+
     async def test_a_pending_refund_that_fails_gives_back_what_it_took(self, start, fake_stripe):
         """A refund is pending (bank transfers, some cards) and fails days later: Stripe sends refund.failed and
         refund.updated (status failed). The money never came back, so the credits it took come back to the grant;

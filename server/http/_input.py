@@ -131,6 +131,11 @@ async def json_object(request: web.Request, allowed: set[str]) -> dict:
     return body
 
 
+def has_control(value: str) -> bool:
+    """Whether value holds a control character (C0 or DEL), which no field takes."""
+    return _CONTROL.search(value) is not None
+
+
 @overload
 def text(body: dict, name: str, *, required: Literal[True] = ...) -> str: ...
 @overload

@@ -30,7 +30,8 @@ def parse_cursor(value: str) -> tuple[float, str]:
         when = float(created)
     except ValueError:
         when = float("nan")
-    if not bar or not event_id or when != when or len(value) > 300:
+    # A control character (a NUL: PostgreSQL takes none, and failed as a store error, a 503) is in no event id.
+    if not bar or not event_id or when != when or len(value) > 300 or inp.has_control(event_id):
         raise inp.BadRequest(400, "invalid_field", "'before' must be the 'next' cursor of a previous page")
     return when, event_id
 

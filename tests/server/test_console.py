@@ -571,6 +571,8 @@ async def test_what_no_field_takes_is_a_400_not_a_store_error(start_gate, pg_dsn
         for path in ("/console/find?q=cus_%00", "/console/events?type=a%00b"):
             async with session.get(gate.url + path) as r:
                 assert r.status == 400 and "NUL" in await r.text(), path
+        async with session.get(gate.url + "/console/events?before=1%7C%00") as r:   # was a 503 and a store error
+            assert r.status == 400 and "cursor" in await r.text()
     assert (await gate.get("/v1/subjects/alice"))[1]["known"] is False
     async with gate.session.get(gate.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
         assert "plangate_store_errors_total{" not in await r.text()

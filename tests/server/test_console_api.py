@@ -63,7 +63,7 @@ class TestEventLog:
         assert await all_pages(gate, "&outcome=applied&type=charge.refunded") == []
 
     @pytest.mark.parametrize("query", ["outcome=done", "limit=0", "limit=201", "limit=x", "limit=%C2%B2", "before=nope",
-                                       "before=", "type="])
+                                       "before=", "type=", "before=1%7C%00", "before=1%7Ca%0Ab"])
     async def test_bad_queries_are_400(self, gate, query):
         status, body = await gate.get(f"/v1/events?{query}", token=TOKEN)
         assert status == 400 and body["error"] in ("invalid_field", "missing_field"), body

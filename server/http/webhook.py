@@ -84,6 +84,22 @@ def _not_json(name: str):
     raise _Unstorable(f"{name}, which JSON does not allow: no Stripe event does")
 
 
+def _holds_nul(value) -> bool:
+    """Whether a NUL is in any name or string of a parsed JSON value (iteratively: nesting is not bounded here)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def _event(text: str) -> tuple[StripeEvent, str]:
     try:
         body = json.loads(text, parse_int=_int64, parse_constant=_not_json, object_pairs_hook=_json.unique_object)
@@ -94,6 +110,9 @@ def _event(text: str) -> tuple[StripeEvent, str]:
                                                "Stripe event does; nothing was written") from None
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
+    if "\\u0000" in text and _holds_nul(body):     # the escape is rare: only then is every string looked at
+        raise BadRequest(400, "invalid_event", "the signed body holds a NUL character (\\u0000): no Stripe event "
+                                               "does, and PostgreSQL stores none; nothing was written")
     created: Any = body.get("created") if isinstance(body, dict) else None
     seconds = (isinstance(created, int) and not isinstance(created, bool)) or \
         (isinstance(created, float) and created.is_integer())          # JSON Schema's integer: 5.0 is one

@@ -83,3 +83,19 @@ async def test_api_amounts_past_64_bits_are_a_400(start, body):
     assert status == 400, answer
     status, answer = await gate.post("/v1/check", {"subject": "s1", **body})
     assert status == 400, answer
+
+
+@pytest.mark.parametrize("where", ["event id", "customer", "subscription"])
+async def test_a_nul_in_a_signed_event_is_refused_with_400_on_every_store(start, where):
+    """PostgreSQL stores no NUL in text: an id holding one failed as a store error, a 500 on every delivery
+    (SQLite took it). No Stripe event holds one: refused whole, as an integer past 64 bits is."""
+    gate = await start()
+    assert (await deliver(gate, se.event("checkout.session.completed", se.checkout("alice"), time.time())))[0] == 200
+    before = await outcomes(gate, "alice")
+    obj = se.subscription("active", "alice", customer="cus_1\x00" if where == "customer" else "cus_1",
+                          sub_id="sub_1\x00" if where == "subscription" else "sub_1")
+    evt = se.event("customer.subscription.created", obj, time.time(), "evt_\x00" if where == "event id" else None)
+    status, answer = await deliver(gate, evt)
+    assert status == 400 and answer["error"] == "invalid_event", answer
+    assert "NUL" in answer["message"]
+    assert await outcomes(gate, "alice") == before

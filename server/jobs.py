@@ -69,7 +69,7 @@ class Jobs:
         """Run one job now (on one node at a time); its failure is logged and counted, and returns None. One run
         of a job at a time on this node too (a report run slower than its schedule, or one asked for by the
         route meanwhile, sent Stripe the same reports beside it): `wait` (the route) runs it once the run under
-        way ends; else (the schedule) a run is skipped, unrecorded, and answers 0."""
+        way ends, here or on another node; else (the schedule) a run is skipped, unrecorded, and answers 0."""
         job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup, "report": self.report}[name]
         running = self._running.setdefault(name, asyncio.Lock())
         if running.locked() and not wait:
@@ -79,7 +79,7 @@ class Jobs:
         async with running:
             started, at = time.perf_counter(), self.gate.clock()
             try:
-                async with self.gate.store.exclusive(name) as mine:
+                async with self.gate.store.exclusive(name, wait=wait) as mine:
                     result = await job() if mine else 0
             except Exception as exc:   # a job must never take the server down
                 self.last_runs[name] = self.last_failures[name] = JobRun(

@@ -271,8 +271,9 @@ class Store(abc.ABC):
         return False
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, job: str):
-        """Run a job on one node at a time; yields False when another node is running it."""
+    async def exclusive(self, job: str, *, wait: bool = False):
+        """Run a job on one node at a time; yields False when another node is running it, or (wait) waits for that
+        run to end."""
         yield True
 
     @abc.abstractmethod

@@ -263,8 +263,15 @@ def migrate(db: sqlite3.Connection) -> tuple[int, int]:
     return before, version
 
 
+# A window of the subject's meter is past once a newer one began: the newest is kept however long ago it began (a
+# billing period of up to three years, a retention set shorter than a month), its usage and what it billed counting.
+_NOT_LATEST = ("EXISTS (SELECT 1 FROM quota_usage AS n WHERE n.subject = quota_usage.subject AND "
+               "n.meter = quota_usage.meter AND n.window_start > quota_usage.window_start)")
+
+
 def cleanup(db: sqlite3.Connection, usage_before: int, keys_before: float) -> tuple[int, int]:
-    usage = db.execute("DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ?", (usage_before,))
+    usage = db.execute(f"DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ? AND {_NOT_LATEST}",
+                       (usage_before,))
     keys = db.execute("DELETE FROM usage_keys WHERE created_at < ?", (keys_before,))
     return usage.rowcount, keys.rowcount
 

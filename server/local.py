@@ -96,6 +96,14 @@ def hint(out=None) -> int:
                                                          ("secret", "STRIPE_WEBHOOK_SECRET", secret))
              if value != kept[name] and not value.startswith("(")]
     extra = "".join(" " + g for g in given)
+    # A token config.env or the environment set: the README's $(cat var/api-token) names one the gate refuses.
+    moved = {name: f" (set in config.env or the environment: var/{_SECRETS[name][0]} holds make run's own, which "
+                   f"this gate does not take)" if kept[name] and value != kept[name] and not value.startswith("(")
+             else "" for name, value in (("PLANGATE_API_TOKEN", api), ("PLANGATE_ADMIN_TOKEN", admin),
+                                         ("STRIPE_WEBHOOK_SECRET", secret))}
+    enforcement = "on" if config.enabled else "off (SUBSCRIPTION_ENABLED=false)"
+    if config.kill_switch:
+        enforcement += "; kill switch ON (SUBSCRIPTION_KILL_SWITCH=true): every check and consume is denied"
     meter = _first_meter(config.plans)
     if Path(config.plans).resolve() == Path("plans.yaml").resolve():
         simulate = f"Simulate Stripe (another shell, same directory):  {_plangate()} stripe-simulate --url {url}{extra}"
@@ -103,10 +111,11 @@ def hint(out=None) -> int:
         simulate = (f"Simulate Stripe: stripe-simulate plays the shipped plans.yaml's lifecycles; for "
                     f"{config.plans}, write stories: {_plangate()} test {config.plans} <stories>")
     print(f"""
-API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}
-Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}
-Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}
-Enforcement {'on' if config.enabled else 'off (SUBSCRIPTION_ENABLED=false)'}; store {config.database_shown()}
+API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}{moved["PLANGATE_API_TOKEN"]}
+Admin token (transitions, credits, traits, erasure, plan reloads, jobs; PLANGATE_ADMIN_TOKEN): {admin}\
+{moved["PLANGATE_ADMIN_TOKEN"]}
+Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}{moved["STRIPE_WEBHOOK_SECRET"]}
+Enforcement {enforcement}; store {config.database_shown()}
 Try:  curl -s -X POST {url}/v1/check -H "Authorization: Bearer {api}" -d '{{"subject": "alice", "meter": "{meter}"}}'
 {simulate}
 Console:  {url}/console/ (log in with the admin token; the API token opens it read-only)

@@ -64,7 +64,8 @@ def test_config_env_wins_over_make_runs_defaults_and_the_printed_tokens_work(mak
                           for name in ("api-token", "admin-token", "webhook-secret"))
     assert secret.startswith("whsec_") and f"Stripe webhook secret (STRIPE_WEBHOOK_SECRET): {secret}" in out
     assert f"API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): {api}" in out
-    assert f"Admin token (transitions, jobs; PLANGATE_ADMIN_TOKEN): {admin}" in out
+    assert f"Admin token (transitions, credits, traits, erasure, plan reloads, jobs; PLANGATE_ADMIN_TOKEN): {admin}\n" \
+        in out
     assert f"curl -s -X POST http://127.0.0.1:{port}/v1/check" in out
     assert f"Console:  http://127.0.0.1:{port}/console/ (log in with the admin token" in out
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/console/login", timeout=10).status == 200
@@ -85,6 +86,23 @@ def test_the_example_copied_as_config_env_leaves_make_runs_defaults_in_effect(ma
     assert "Enforcement on" in out, out
     status, decision = post(f"http://127.0.0.1:{port}/v1/check", api, {"subject": "alice", "meter": "requests"})
     assert (status, decision["reason"]) == (200, "ok")
+
+
+def test_a_token_and_the_kill_switch_set_in_config_env_are_said_at_start(make_run, tmp_path):
+    """A token config.env sets wins over var/api-token's, whose README commands then get 401: the printed line
+    says so. The kill switch, which denies everything, was not shown beside "Enforcement on"."""
+    port = free_port()
+    (tmp_path / "config.env").write_text(f"PLANGATE_PORT={port}\nSUBSCRIPTION_KILL_SWITCH=true\n"
+                                         "PLANGATE_API_TOKEN=mine-0123456789abcdef\n")
+    out = make_run(port)
+    assert "API token (check, consume, usage, subjects; PLANGATE_API_TOKEN): mine-0123456789abcdef (set in " \
+           "config.env or the environment: var/api-token holds make run's own" in out, out
+    assert "Enforcement on; kill switch ON (SUBSCRIPTION_KILL_SWITCH=true)" in out, out
+    admin = (tmp_path / "var" / "admin-token").read_text().strip()
+    assert f"PLANGATE_ADMIN_TOKEN): {admin}\n" in out
+    status, decision = post(f"http://127.0.0.1:{port}/v1/check", "mine-0123456789abcdef",
+                            {"subject": "alice", "meter": "requests"})
+    assert (status, decision["reason"]) == (200, "kill_switch")
 
 
 def make_run_ends(tmp_path, config_env: str) -> subprocess.CompletedProcess:

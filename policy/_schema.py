@@ -127,6 +127,34 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) if path else "the top level"
 
 
+# What each JSON type is called in a YAML file's words.
+_KINDS = {"object": "a mapping (names with values, indented under it)", "array": "a list", "string": "text",
+          "integer": "a whole number", "number": "a number", "boolean": "true or false", "null": "nothing"}
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (true or false)"
+    if isinstance(value, str):
+        return f"{_short(value)} (text)"
+    if isinstance(value, int | float):
+        return f"{value!r} (a number)"
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else _short(value)
+
+
+def _kind_advice(value: object, expected, described: str | None) -> str:
+    """A wrong type, in YAML's words: what is written, what belongs there, and how to write it."""
+    wanted = [expected] if isinstance(expected, str) else list(expected)
+    text = f"{_kind_of(value)} where {' or '.join(_KINDS.get(k, k) for k in wanted)} belongs"
+    if isinstance(value, str) and {"integer", "number"} & set(wanted) and value.strip().lstrip("-").isdigit():
+        return f"{text}: write {value.strip()} without quotes"
+    if value is None and "object" in wanted:
+        return f"{text}: indent what belongs to it under it, or remove the empty key"
+    return f"{text} ({described})" if described else text
+
+
 def _message(error: ValidationError, path) -> str:
     where = _where(path)
     v = error.validator
@@ -158,6 +186,5 @@ def _message(error: ValidationError, path) -> str:
         form = schema.get("description") or expected
         return f"{where}: {error.instance!r} does not match the expected form ({form})"
     if v == "type":
-        kinds = expected if isinstance(expected, str) else " or ".join(expected)
-        return f"{where}: {_short(error.instance)} is not of type {kinds}"
+        return f"{where}: {_kind_advice(error.instance, expected, schema.get('description'))}"
     return f"{where}: {error.message}"

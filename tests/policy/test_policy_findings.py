@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plangate.policy import RULES, Severity, check_file
+from plangate.policy import RULES, Severity, check_file, check_text
 
 PLANS = Path(__file__).resolve().parent / "plans"
 REPO = Path(__file__).resolve().parents[2]
@@ -79,10 +79,28 @@ def test_meters_sharing_a_billing_meter_without_overage_are_no_finding(tmp_path:
     assert list(check_file(path).findings) == []
 
 
+@pytest.mark.parametrize("old, new, says", [
+    ("    quotas:\n      requests: {limit: 500, per: day}", "    quotas:\n    requests: {limit: 500, per: day}",
+     "quotas: nothing (an empty value) where a mapping (names with values, indented under it) belongs: indent"),
+    ("expires_after: 7d", "expires_after: 7", "expires_after: 7 (a number) where text belongs (A length of time: a "
+                                              "whole number and a unit"),
+    ("requests: {limit: 500, per: day}", 'requests: {limit: "500", per: day}', "write 500 without quotes"),
+])
+def test_a_value_of_the_wrong_kind_is_said_in_a_plan_writers_words(old, new, says):
+    """A product owner's slips (a quota indented like its status, a duration without its unit, a number in
+    quotes) were told in the schema's words: "None is not of type object", "'500' is not of type integer"."""
+    text = (REPO / "plans.yaml").read_text(encoding="utf-8")
+    assert old in text
+    messages = [f.message for f in check_text(text.replace(old, new, 1), "plans.yaml").findings
+                if f.code == "schema-type"]
+    assert any(says in m for m in messages), messages
+
+
 @pytest.mark.parametrize("quota, found", [
-    ('{limit: 500, per: day, overage: {up_to: "lots"}}', [("schema-type", "overage.up_to: 'lots' is not of type")]),
+    ('{limit: 500, per: day, overage: {up_to: "lots"}}', [("schema-type", "overage.up_to: 'lots' (text) where a whole number belongs")]),
     ("{limit: 500, per: day, overage: {up_to: 0}}", [("schema-minimum", "overage.up_to: 0 is less than")]),
-    ('{limit: "500", per: day, overage: {up_to: -3}}', [("schema-type", "limit: '500' is not of type"),
+    ('{limit: "500", per: day, overage: {up_to: -3}}', [("schema-type", "limit: '500' (text) where a whole number belongs: write 500 "
+                                                                        "without quotes"),
                                                         ("schema-minimum", "overage.up_to: -3 is less than")]),
     ("{limit: 500}", [("schema-oneof", "per: minute|hour|day|week|month|billing_period|lifetime}")]),
 ])

@@ -71,6 +71,9 @@ async def _decision_request(request: web.Request, fields: set[str], key_required
 async def check(request: web.Request) -> web.Response:
     body = await inp.json_object(request, _CHECK_FIELDS)
     if "feature" not in body:
+        if "meter" not in body:
+            inp.subject(body)       # a subject's problem first, as for any request
+            raise inp.BadRequest(400, "missing_field", "'meter' is required (or, to ask for a feature, 'feature')")
         gate, subject, meter, amount, _ = await _decision_request(request, _DECISION_FIELDS, False, body)
         return _json.response(decision_body(subject, amount, await gate.check(subject, meter, amount)))
     gate = request.app[GATE]

@@ -163,6 +163,12 @@ class TestUsage:
         assert again["duplicate"] is True
         assert rows(gate.database, "SELECT used FROM quota_usage WHERE subject = 'u'") == [(25,)]
 
+    async def test_a_check_without_a_meter_names_both_things_it_may_ask_for(self, gate):
+        status, body = await gate.post("/v1/check", {"subject": "u"})
+        assert (status, body["error"]) == (400, "missing_field") and "'feature'" in body["message"], body
+        status, body = await gate.post("/v1/check", {"subject": ""})
+        assert (status, body["error"]) == (400, "invalid_field"), body
+
     async def test_idempotency_key_is_required(self, gate):
         status, body = await gate.post("/v1/usage", {"subject": "u", "meter": "requests", "amount": 1})
         assert (status, body["error"]) == (400, "missing_field")

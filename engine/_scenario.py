@@ -139,6 +139,9 @@ class _Reader:
         data = self.doc.data
         if not isinstance(data, Mapping):
             raise ScenarioError([(self.doc.locate(()), "a scenario is a mapping with name, start and steps")])
+        if "statuses" in data and "transitions" in data and "steps" not in data:
+            raise ScenarioError([(self.doc.locate(()), "this is a plan, not a scenario: name the plan first, then "
+                                                        "its scenarios (plangate test PLAN SCENARIO ...)")])
         for key in data:
             if key not in TOP_KEYS:
                 self.problem((key,), f"unknown key '{key}'; a scenario has {', '.join(TOP_KEYS)}", key=True)

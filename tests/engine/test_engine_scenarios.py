@@ -222,6 +222,14 @@ steps:
             parse_scenario('name: x\nstart: "2026-01-05T09:00:00Z"\nsteps:\n  - consume: 1\n', "s.yaml", table)
         assert "s.yaml:4:5: step 1 needs a meter" in str(caught.value)
 
+    def test_a_plan_given_where_a_scenario_goes_says_so(self, table):
+        """`plangate test STORY PLAN` (the order slipped): eleven 'unknown key' findings, none saying why."""
+        plan_text = (Path(__file__).resolve().parents[2] / "plans.yaml").read_text(encoding="utf-8")
+        with pytest.raises(ScenarioError) as caught:
+            parse_scenario(plan_text, "plans.yaml", table)
+        assert "this is a plan, not a scenario: name the plan first" in str(caught.value)
+        assert "unknown key" not in str(caught.value)
+
     def test_a_step_may_name_its_meter(self, table):
         result = self.run(table, """\
 name: two meters

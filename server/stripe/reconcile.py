@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import replace
 
 from plangate.engine import StripeEvent, Subscription
@@ -121,10 +120,7 @@ def _synthetic(sub: dict, now: float, known: tuple[Subscription, ...]) -> Stripe
     kind = "customer.subscription.deleted" if sub.get("status") in ENDED else "customer.subscription.updated"
     was = next((s.status for s in known if s.id == sub.get("id")), None)
     previous = {"status": was} if was is not None and was != sub.get("status") else None
-    # Dated half a second before the second the run began: Stripe dates its events in whole seconds, so an event
-    # of a change made after Stripe answered (in that second or later) is folded after this answer, never under
-    # it; events of the seconds before, which the answer includes, come before it.
-    return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", math.floor(now) - 0.5, previous)
+    return StripeEvent(kind, sub, f"reconcile_{sub.get('id')}_{int(now * 1000)}", now, previous)
 
 
 def _paid(invoice) -> StripeEvent | None:

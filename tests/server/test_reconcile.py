@@ -223,3 +223,26 @@ async def test_a_gate_without_a_stripe_key_says_at_start_that_it_asks_stripe_not
     await start_gate(database=database + ".keyed", STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
                      STRIPE_API_BASE="http://127.0.0.1:9")
     assert not [r for r in caplog.records if r.getMessage() == "stripe_api_disabled"]
+
+
+async def test_a_stripe_answer_comes_after_an_event_of_its_second_already_folded(start_gate, database, fake):
+    """rita's renewal fails (the event's `created` is second S, Stripe's whole seconds) and is folded: grace. She
+    pays at once, and the payment's webhooks are late (or lost: what reconciliation is for). The run begins 0.4 s
+    into S and Stripe answers `active`, which includes the failure. The answer, dated when the run began, comes
+    after the failure in the fold: rita is paid (dated before its second, it was folded under the failure, which
+    then put her back in grace; found by a reviewer)."""
+    gate = await start_gate(database=database, STRIPE_WEBHOOK_SECRET=se.SECRET, STRIPE_SECRET_KEY=KEY,
+                            STRIPE_API_BASE=fake.url)
+    now = time.time()
+    await deliver(gate, se.event("customer.subscription.created", se.subscription("active", "rita"), now - 6 * DAY))
+    second = int(time.time()) + 2
+    failed = se.event("customer.subscription.updated", se.subscription("past_due", "rita"), second)
+    failed["data"]["previous_attributes"] = {"status": "active"}
+    status, body = await deliver(gate, failed)
+    assert status == 200 and body["outcome"] == "applied", body
+    assert await status_of(gate, "rita") == "grace_period"
+    fake.subscriptions["sub_1"] = se.subscription("active", "rita")      # paid since; its webhooks not here yet
+    gate.app[GATE].clock = lambda: second + 0.4
+    status, body = await gate.post("/v1/jobs/reconcile")
+    assert status == 200, body
+    assert await status_of(gate, "rita") == "paid", body

@@ -32,6 +32,14 @@ class JobRun:
     outcome: str
 
 
+class JobRunning(Exception):
+    """Another PostgreSQL node runs the job now: the route's run did nothing."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
 class Jobs:
     def __init__(self, gate: Gate, ingest: Ingest, personal: PersonalData | None = None):
         self.gate = gate
@@ -69,7 +77,8 @@ class Jobs:
         """Run one job now (on one node at a time); its failure is logged and counted, and returns None. One run
         of a job at a time on this node too (a report run slower than its schedule, or one asked for by the
         route meanwhile, sent Stripe the same reports beside it): `wait` (the route) runs it once the run under
-        way ends, here or on another node; else (the schedule) a run is skipped, unrecorded, and answers 0."""
+        way ends; else (the schedule) a run is skipped, unrecorded, and answers 0. While another PostgreSQL node
+        runs it, the schedule's run answers 0 and the route's raises JobRunning (nothing done, nothing recorded)."""
         job = {"sweep": self.sweep, "reconcile": self.reconcile, "cleanup": self.cleanup, "report": self.report}[name]
         running = self._running.setdefault(name, asyncio.Lock())
         if running.locked() and not wait:
@@ -79,8 +88,12 @@ class Jobs:
         async with running:
             started, at = time.perf_counter(), self.gate.clock()
             try:
-                async with self.gate.store.exclusive(name, wait=wait) as mine:
+                async with self.gate.store.exclusive(name) as mine:
+                    if not mine and wait:
+                        raise JobRunning(name)
                     result = await job() if mine else 0
+            except JobRunning:
+                raise
             except Exception as exc:   # a job must never take the server down
                 self.last_runs[name] = self.last_failures[name] = JobRun(
                     at, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")

@@ -14,7 +14,7 @@ from plangate.engine._entitlements import UnknownFeature
 from . import _input as inp, _json
 from .. import entitlements
 from ..gate import Counting, Gate, NotInPlan, StoreUnavailable
-from ..jobs import Jobs
+from ..jobs import JobRunning, Jobs
 from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
 from ..personal import ErasureUnavailable, PersonalData
@@ -317,7 +317,12 @@ async def run_job(request: web.Request) -> web.Response:
     """Run a job now (operators, the simulator, tests): sweep, reconcile, cleanup or report."""
     name = request.match_info["job"]
     inp.one_of(name, ("sweep", "reconcile", "cleanup", "report"), "unknown_job", "job")
-    result = await request.app[JOBS].run(name, wait=True)      # after a run under way, if any
+    try:
+        result = await request.app[JOBS].run(name, wait=True)      # after a run under way here, if any
+    except JobRunning:
+        raise inp.BadRequest(409, "job_running", f"another node is running the {name} job now; nothing was done "
+                                                 "here: ask again once it ends", headers={"Retry-After": "1"}) \
+            from None
     if result is None:
         raise inp.BadRequest(503, "job_failed", f"the {name} job failed; see the gate's log")
     return _json.response({"job": name, "result": list(result) if isinstance(result, tuple) else result})

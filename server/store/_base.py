@@ -271,9 +271,8 @@ class Store(abc.ABC):
         return False
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, job: str, *, wait: bool = False):
-        """Run a job on one node at a time; yields False when another node is running it, or (wait) waits for that
-        run to end."""
+    async def exclusive(self, job: str):
+        """Run a job on one node at a time; yields False when another node is running it."""
         yield True
 
     @abc.abstractmethod

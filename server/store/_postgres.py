@@ -33,7 +33,6 @@ from ._rows import (EVENT_COLUMNS, SUBJECT_COLUMNS, WRITTEN, event_from_row, eve
 
 _MIGRATION_LOCK = 0x706C_6731     # advisory lock ids: one node migrates at a time
 _JOB_LOCK_BASE = 0x706C_6800
-_JOB_WAIT_STEP = 0.1     # seconds between a waiting job's asks for its lock
 _SUBJECT_COLUMNS = SUBJECT_COLUMNS
 _EVENT_COLUMNS = EVENT_COLUMNS
 _INSERT_SUBJECT = (f"INSERT INTO subscriptions (subject, {', '.join(WRITTEN)}, version, updated_at) VALUES "
@@ -610,26 +609,21 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
             del self._listener
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, job: str, *, wait: bool = False):
-        """Hold a job's advisory lock for the block; yields False when another node holds it, or (wait) asks again
-        every _JOB_WAIT_STEP seconds until that node's run ends, holding no connection meanwhile."""
+    async def exclusive(self, job: str):
+        """Hold a job's advisory lock for the block; yields False when another node holds it."""
         key = _JOB_LOCK_BASE + sum(job.encode())
-        while True:
-            async with self._conn(self.connect_timeout) as db:
-                got = await db.fetchval("SELECT pg_try_advisory_lock($1)", key)
-                if got or not wait:
+        async with self._conn(self.connect_timeout) as db:
+            got = await db.fetchval("SELECT pg_try_advisory_lock($1)", key)
+            try:
+                yield bool(got)
+            finally:
+                if got:
                     try:
-                        yield bool(got)
-                    finally:
-                        if got:
-                            try:
-                                await db.execute("SELECT pg_advisory_unlock($1)", key)
-                            except BaseException as exc:    # failed or cancelled: the session ends, and its lock
-                                db.terminate()              # with it (the pool's release unlocks nothing)
-                                if not isinstance(exc, _ERRORS):
-                                    raise
-                    return
-            await asyncio.sleep(_JOB_WAIT_STEP)
+                        await db.execute("SELECT pg_advisory_unlock($1)", key)
+                    except BaseException as exc:    # failed or cancelled: the session ends, and its lock with it
+                        db.terminate()              # (the pool's release unlocks nothing: _keep_session)
+                        if not isinstance(exc, _ERRORS):
+                            raise
 
 
 async def _keep_session(conn) -> None:

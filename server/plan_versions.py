@@ -319,7 +319,9 @@ class PlanKeeper:
                 if active is None or active.version == self.gate.table.version:
                     return False
                 census = await self._io(self.store.census())
-                records = await self._io(self.store.plan_versions(await self._wanted(census, active, active.version)))
+                # The version this node ran until now too: a subject it wrote under it since the census was read.
+                running = self.gate.table.version
+                records = await self._io(self.store.plan_versions(await self._wanted(census, active, running)))
             except PlanRefused as exc:
                 log(logging.ERROR, "plan_follow_failed", error=str(exc))
                 return False
@@ -328,7 +330,7 @@ class PlanKeeper:
                 self.follow_error = f"plan version {active.version}, deployed by {active.node}, does not load here"
                 log(logging.ERROR, "plan_follow_failed", version=active.version, error=self.follow_error)
                 return False
-            table = _compile(plan, records, active.version, active.at, set(census.versions))
+            table = _compile(plan, records, active.version, active.at, {*census.versions, running})
             # As a deploy swaps: once the state changes this node is deciding under its plan have committed.
             async with self.gate.plan_swap.swapping():
                 self._use(table, active.at)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from plangate import schema as plangate_schema
@@ -127,6 +128,7 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) if path else "the top level"
 
 
+_WHOLE = re.compile(r"-?[0-9]+")     # what YAML reads as a whole number once the quotes go
 # What each JSON type is called in a YAML file's words.
 _KINDS = {"object": "a mapping (names with values, indented under it)", "array": "a list", "string": "text",
           "integer": "a whole number", "number": "a number", "boolean": "true or false", "null": "nothing"}
@@ -148,7 +150,7 @@ def _kind_advice(value: object, expected, described: str | None) -> str:
     """A wrong type, in YAML's words: what is written, what belongs there, and how to write it."""
     wanted = [expected] if isinstance(expected, str) else list(expected)
     text = f"{_kind_of(value)} where {' or '.join(_KINDS.get(k, k) for k in wanted)} belongs"
-    if isinstance(value, str) and {"integer", "number"} & set(wanted) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and {"integer", "number"} & set(wanted) and _WHOLE.fullmatch(value.strip()):
         return f"{text}: write {value.strip()} without quotes"
     if value is None and "object" in wanted:
         return f"{text}: indent what belongs to it under it, or remove the empty key"

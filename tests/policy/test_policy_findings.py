@@ -85,6 +85,8 @@ def test_meters_sharing_a_billing_meter_without_overage_are_no_finding(tmp_path:
     ("expires_after: 7d", "expires_after: 7", "expires_after: 7 (a number) where text belongs (A length of time: a "
                                               "whole number and a unit"),
     ("requests: {limit: 500, per: day}", 'requests: {limit: "500", per: day}', "write 500 without quotes"),
+    ("requests: {limit: 500, per: day}", 'requests: {limit: "--5", per: day}', "'--5' (text) where a whole number "
+                                                                               "belongs"),
 ])
 def test_a_value_of_the_wrong_kind_is_said_in_a_plan_writers_words(old, new, says):
     """A product owner's slips (a quota indented like its status, a duration without its unit, a number in
@@ -94,6 +96,7 @@ def test_a_value_of_the_wrong_kind_is_said_in_a_plan_writers_words(old, new, say
     messages = [f.message for f in check_text(text.replace(old, new, 1), "plans.yaml").findings
                 if f.code == "schema-type"]
     assert any(says in m for m in messages), messages
+    assert not any("--5 without quotes" in m for m in messages), messages
 
 
 @pytest.mark.parametrize("quota, found", [

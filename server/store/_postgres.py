@@ -567,10 +567,14 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
 
     async def cleanup(self, usage_before: int, keys_before: float) -> tuple[int, int]:
         async with self._tx() as db:
-            # The newest window of a subject's meter is kept, however long ago it began: it may still be counting.
+            # The newest window of a subject's meter, and its current billing period's, are kept, however long ago
+            # they began: they may still be counting (see _sqlite_queries.cleanup).
             usage = await db.execute("DELETE FROM quota_usage WHERE window_start > 0 AND window_start < $1 AND "
                                      "EXISTS (SELECT 1 FROM quota_usage AS n WHERE n.subject = quota_usage.subject "
-                                     "AND n.meter = quota_usage.meter AND n.window_start > quota_usage.window_start)",
+                                     "AND n.meter = quota_usage.meter AND n.window_start > quota_usage.window_start) "
+                                     "AND NOT EXISTS (SELECT 1 FROM subscriptions AS s WHERE "
+                                     "s.subject = quota_usage.subject AND "
+                                     "floor(s.period_start)::bigint = quota_usage.window_start)",
                                      usage_before)
             keys = await db.execute("DELETE FROM usage_keys WHERE created_at < $1", keys_before)
         return int(usage.split()[-1]), int(keys.split()[-1])

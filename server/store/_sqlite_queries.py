@@ -263,14 +263,18 @@ def migrate(db: sqlite3.Connection) -> tuple[int, int]:
     return before, version
 
 
-# A window of the subject's meter is past once a newer one began: the newest is kept however long ago it began (a
-# billing period of up to three years, a retention set shorter than a month), its usage and what it billed counting.
-_NOT_LATEST = ("EXISTS (SELECT 1 FROM quota_usage AS n WHERE n.subject = quota_usage.subject AND "
-               "n.meter = quota_usage.meter AND n.window_start > quota_usage.window_start)")
+# A window of the subject's meter is past once a newer one began, and it is not the subject's current billing
+# period (a shorter window of another status may have come after it within the period): the newest, and the
+# current period's, are kept however long ago they began (a billing period of up to three years, a retention set
+# shorter than a month), their usage and what they billed counting.
+_PAST_WINDOW = ("EXISTS (SELECT 1 FROM quota_usage AS n WHERE n.subject = quota_usage.subject AND "
+               "n.meter = quota_usage.meter AND n.window_start > quota_usage.window_start) AND NOT EXISTS ("
+               "SELECT 1 FROM subscriptions AS s WHERE s.subject = quota_usage.subject AND "
+               "CAST(s.period_start AS INTEGER) = quota_usage.window_start)")
 
 
 def cleanup(db: sqlite3.Connection, usage_before: int, keys_before: float) -> tuple[int, int]:
-    usage = db.execute(f"DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ? AND {_NOT_LATEST}",
+    usage = db.execute(f"DELETE FROM quota_usage WHERE window_start > 0 AND window_start < ? AND {_PAST_WINDOW}",
                        (usage_before,))
     keys = db.execute("DELETE FROM usage_keys WHERE created_at < ?", (keys_before,))
     return usage.rowcount, keys.rowcount

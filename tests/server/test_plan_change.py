@@ -96,6 +96,16 @@ class Rig:
         answer = await self.webhook("customer.subscription.created", sub)
         assert answer["status"] == "paid", answer
 
+    async def renew(self, subject: str) -> float:
+        """Stripe reports the renewal of `subject`'s subscribe()d one: the next period starts in 2 s (Stripe's times
+        are whole seconds, after any deploy just made); when it starts."""
+        n = abs(hash(subject)) % 10**8
+        renewal = time.time() + 2
+        await self.webhook("customer.subscription.updated", se.subscription(
+            "active", subject, sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal, end=renewal + 30 * DAY,
+            price="price_pro"))
+        return renewal
+
     async def move(self, subject: str, to: str) -> None:
         status, body = await self.call("POST", f"/v1/subjects/{subject}/transition",
                                        "/v1/subjects/{subject}/transition", {"to": to, "reason": "test"})
@@ -350,12 +360,7 @@ class TestGrandfathering:
         await rig.subscribe("newcomer")
         assert (await rig.check("newcomer"))["limit"] == 3000        # a new subscriber: the quota as it is
 
-        # Stripe reports the renewal: the next period starts (Stripe's times are whole seconds, after the deploy)
-        n = abs(hash("ann")) % 10**8
-        renewal = time.time() + 2
-        renewed = se.subscription("active", "ann", sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal,
-                                  end=renewal + 30 * DAY, price="price_pro")
-        await rig.webhook("customer.subscription.updated", renewed)
+        await rig.renew("ann")
         assert (await rig.check("ann"))["limit"] == limit_after_renewal
 
     async def test_a_later_deploy_leaves_those_renewed_since_on_the_new_quota(self, rig):
@@ -366,11 +371,7 @@ class TestGrandfathering:
         v2 = lowered_pro("at_renewal")
         await rig.start(v2)
         assert (await rig.check("ann"))["limit"] == 5000
-        n = abs(hash("ann")) % 10**8
-        renewal = time.time() + 2
-        await rig.webhook("customer.subscription.updated", se.subscription(
-            "active", "ann", sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal, end=renewal + 30 * DAY,
-            price="price_pro"))
+        renewal = await rig.renew("ann")
         assert (await rig.check("ann"))["limit"] == 3000
         await asyncio.sleep(renewal - time.time() + 0.1)      # the third deploy after the renewal's period began
         await rig.start(edited(("expires_after: 7d", "expires_after: 14d"), base=v2))
@@ -385,11 +386,7 @@ class TestGrandfathering:
         v2 = lowered_pro("at_renewal")
         await rig.start(v2)
         v2_version = (await rig.plan_view())["version"]
-        n = abs(hash("ann")) % 10**8
-        renewal = time.time() + 2
-        await rig.webhook("customer.subscription.updated", se.subscription(
-            "active", "ann", sub_id=f"sub_{n}", customer=f"cus_{n}", start=renewal, end=renewal + 30 * DAY,
-            price="price_pro"))
+        renewal = await rig.renew("ann")
         assert (await rig.check("ann"))["limit"] == 3000
         await asyncio.sleep(renewal - time.time() + 0.1)      # the third deploy after the renewal's period began
         await rig.start(lowered_pro(policy, 2000))

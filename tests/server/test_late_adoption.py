@@ -245,7 +245,9 @@ async def test_two_nodes_sweeping_and_a_redelivery_at_once_adopt_it_once(start_g
 
     answers = await asyncio.gather(a.post("/v1/jobs/sweep"), b.post("/v1/jobs/sweep"), deliver(b, checkout),
                                    a.post("/v1/jobs/sweep"))
-    assert [status for status, _ in answers] == [200] * 4
+    # A sweep asked of a node while the other runs it is told so (409 job_running); one of them ran.
+    sweeps = [answers[0][0], answers[1][0], answers[3][0]]
+    assert answers[2][0] == 200 and 200 in sweeps and set(sweeps) <= {200, 409}, answers
     assert await moves(pg_dsn) == LINKED_AND_PAID
     assert await outcomes(pg_dsn) == [("checkout.session.completed", "applied", "alice"),
                                       ("invoice.paid", "applied", "alice")]

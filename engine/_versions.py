@@ -51,22 +51,21 @@ def former_names(active: Plan, plans: Iterable[Plan]) -> dict[str, tuple[str, ..
     return names
 
 
-def counterpart(old: Plan, tier: Tier, former: tuple[str, ...] | None = None) -> Tier | None:
+def counterpart(old: Plan, tier: Tier, former: tuple[str, ...]) -> Tier | None:
     """The tier of an older plan that `tier` of the active plan was: the same name, or one it had before
-    (`former`, nearest first; its own renamed_from when not given)."""
-    names = tier.renamed_from if former is None else former
-    return old.tier(tier.name) or next((t for n in names if (t := old.tier(n)) is not None), None)
+    (`former`, nearest first: see former_names)."""
+    return old.tier(tier.name) or next((t for n in former if (t := old.tier(n)) is not None), None)
 
 
-def kept_tiers(active: Plan, old: Plan, former: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Tier]:
+def kept_tiers(active: Plan, old: Plan, former: Mapping[str, tuple[str, ...]]) -> dict[str, Tier]:
     """Tiers of the active plan whose subscribers on `old` keep old's quotas and credits for a while: either
-    changed and their `existing_subscribers` is not `now`. Each with its tier in `old` (found through `former`,
-    the names each tier had before, when given: see former_names)."""
+    changed and their `existing_subscribers` is not `now`. Each with its tier in `old`, found through `former`
+    (the names each tier had before: see former_names)."""
     kept = {}
     for tier in active.tiers:
         if tier.existing_subscribers is ExistingSubscribers.NOW:
             continue
-        was = counterpart(old, tier, None if former is None else former.get(tier.name, ()))
+        was = counterpart(old, tier, former.get(tier.name, ()))
         if was is not None and (set(was.quotas) != set(tier.quotas) or set(was.credits) != set(tier.credits)):
             kept[tier.name] = was
     return kept

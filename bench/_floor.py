@@ -22,10 +22,17 @@ UPSERT = ("INSERT INTO floor_usage AS f (subject, window_start, used) VALUES ($1
 
 
 def serve_check_floor(port: int, subjects: int) -> None:
+    from bench._harness import serve_app
+
+    serve_app("floor", check_floor_app(subjects), port, on_uvloop=True)
+
+
+def check_floor_app(subjects: int):
+    """serve_check_floor's application (bench.check_in_process feeds it requests without a socket)."""
     import orjson
     from aiohttp import web
 
-    from bench._harness import bare_answers, serve_app
+    from bench._harness import bare_answers
 
     answers = {subject: orjson.dumps(answer) for subject, answer in bare_answers(subjects).items()}
     counted = {subject: orjson.dumps({**orjson.loads(raw), "counted": True, "duplicate": False})
@@ -43,7 +50,7 @@ def serve_check_floor(port: int, subjects: int) -> None:
     app = web.Application()
     app.router.add_post("/v1/check", check)
     app.router.add_post("/v1/consume", consume)
-    serve_app("floor", app, port, on_uvloop=True)
+    return app
 
 
 def serve_floor(port: int, dsn: str) -> None:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from plangate.policy import ADMIN_PRIORITY, PERIOD_PRIORITY, OnCancel, Plan
 
+from ._decision import MOST
 from ._links import stripe_refs
 from ._state import SubjectState
 from ._subscriptions import NEVER_SERVED, Subscription
@@ -94,7 +95,8 @@ def spending_order(grant: Grant) -> tuple:
 
 
 def balance(grants: Iterable[Grant], meter: str, now: float, which: Spendable = ANY_GRANT) -> int:
-    return sum(g.remaining for g in grants if g.meter == meter and g.spendable(now, which))
+    """What the grants that may be spent now hold, up to MOST (what a balance says at the most)."""
+    return min(sum(g.remaining for g in grants if g.meter == meter and g.spendable(now, which)), MOST)
 
 
 def spend(grants: list[Grant], meter: str, amount: int, now: float,

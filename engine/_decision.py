@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import enum
 
+# The most a decision says of a limit, a window's usage or a credit balance: a plan's limit scaled by a trait or a
+# quantity stops here, a window counts no more, and a balance made of more (grants are each at most 10**15, but
+# 9,224 of those pass 2**63 - 1) says this much while its grants are still spent one by one. With a count added it
+# stays far inside the stores' 64-bit integers.
+MOST = 2**62
+
 
 class Reason(enum.StrEnum):
     """Why a decision went as it did. A member is its own text (a str): answers, logs and metric labels take

@@ -14,7 +14,7 @@ from plangate.policy import (Access, Anchor, Anchoring, ExistingSubscribers, Fai
                              compile_conditions, load_plan, version_of)
 
 from ._credits import CreditRules, Spendable, TierGrants, cancelled_at, last_window, period_grants, windowed
-from ._decision import Decision, Reason
+from ._decision import MOST, Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
 from ._stripe import billing_period, price_ids, price_items, subscription_dates, unix_seconds
@@ -31,7 +31,7 @@ _LIFETIME_CLOCK = LifetimeClock()
 ONE_OFF_INVOICE = "none (a one-off invoice)"     # what an invoice of no subscription is about, in reasons
 # The most a scaled limit says (a plan's limit times a trait or quantity, plus add-ons): no window counts that much,
 # and with a window's overage added it still fits the stores' 64-bit integers.
-SCALED_LIMIT_MAX = 2**62
+SCALED_LIMIT_MAX = MOST
 # A state entering a status: (state, status, since, timer_due, plan_version) -> the new state.
 _entered = compiled_replace(SubjectState, "status", "since", "timer_due", "plan_version")
 

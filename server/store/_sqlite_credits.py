@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Awaitable
 
 from plangate.engine._credits import Grant, spending_order
+from plangate.engine._decision import MOST
 from plangate.engine._entitlements import billable
 
 from . import _credits as sql
@@ -127,9 +128,10 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
         spent += take
     over = rest - spent
     bill = billable(over, billed, spend.cap)
-    balance = sum(g.remaining for g in grants) - spent
+    held = sum(g.remaining for g in grants)
+    balance = min(held - spent, MOST)       # what a balance says at the most, as plangate_balance on PostgreSQL
     if spend.ceiling is not None and (used + allow + over > spend.ceiling or bill < over):
-        refused = Counted(False, used, balance=balance + spent, billed=billed)
+        refused = Counted(False, used, balance=min(held, MOST), billed=billed)
         if made:    # a new subject's row or the window's grants, made above: undone, as on PostgreSQL
             raise Undone(refused)
         # Nothing counted (tier grants' moved expiries stand: they are facts); no savepoint, no second run of

@@ -299,6 +299,25 @@ class TestCredits:
         (shown,) = (await view(gate, "gx"))["credits"][0]["grants"]
         assert shown["expires_at"] == "9999-12-31T23:59:59Z"
 
+    async def test_grants_holding_more_than_64_bits_are_spent_and_the_balance_says_2_62(self, start):
+        """Grants whose credits add up past 2**63 - 1 (9,224 admin grants of the most one may give; here three of 2**62,
+        written by the store as a stored grant is): a consume past the allowance spends them. On PostgreSQL the
+        balance's sum overflowed bigint, and every such consume of the subject answered 503 (the fail mode); now
+        the balance says 2**62 at the most on both stores, and each grant is still spent in turn."""
+        gate = await start(AI)
+        await consume(gate, "b1", "tokens", 50000)
+        big = tuple(Grant(f"admin:big-{i}", "tokens", 2**62, 2**62, 5, NOW + i, None, GrantSource.ADMIN, "r")
+                    for i in range(3))
+        assert await gate.app[GATE].store.add_grants("b1", big, "ops") == 3
+        # A check says what would be left of the balance (2**62) after the work; the consume, what the balance says.
+        assert (await check(gate, "b1", meter="tokens", amount=600))["credits"] == 2**62 - 600
+        spent = await consume(gate, "b1", "tokens", 600, key="past-the-allowance")
+        assert (spent["allowed"], spent["counted"], spent["credits_used"], spent["credits"]) == \
+            (True, True, 600, 2**62), spent
+        (credits,) = (await view(gate, "b1"))["credits"]
+        assert credits["balance"] == 2**62
+        assert sorted(g["remaining"] for g in credits["grants"]) == [2**62 - 600, 2**62, 2**62]
+
     async def test_concurrent_spends_never_pass_the_balance(self, start):
         gate = await start(AI)
         await consume(gate, "a2", "tokens", 50000)

@@ -1,0 +1,3 @@
+-- Nothing for SQLite: PostgreSQL's migration of this number bounds the balance plangate_balance sums. Here the
+-- store's own statements do (MOST in engine/_decision.py).
+-- The file keeps the two folders' numbers the same, so both stores report schema version 23.

@@ -10,7 +10,7 @@ from . import operations, pages, proposal
 from .pages import FAILED, SESSIONS, TOKENS, Refused
 from ..logs import log
 from ..gate import Gate
-from ._html import e, page
+from ._html import e, link, page
 from ._session import FailedLogins, Sessions
 
 __all__ = ["setup"]
@@ -32,10 +32,17 @@ def setup(app: web.Application, gate: Gate, api_tokens: tuple[str, ...], admin_t
     # Any other method: a 405 naming the page's methods (it fell to the API's catch-all, a 404 "no route").
     for path, allowed in methods.items():
         app.router.add_route("*", path, _not_allowed(",".join(sorted(allowed))))
+    # Any other path under /console/ (a page mistyped, a link from an older version): a page, not the API's JSON.
+    app.router.add_route("*", "/console/{tail:.*}", _no_page)
 
 
 async def _to_home(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/console/")
+
+
+async def _no_page(request: web.Request) -> web.Response:
+    return page("Not found", f'<p class="bad">The console has no page at {e(request.path)}.</p>'
+                f'<p>{link("/console/", "Go to the console")}</p>', status=404)
 
 
 def _not_allowed(allow: str):

@@ -56,6 +56,15 @@ class TestAccess:
         async with session.request(method, gate.url + path, allow_redirects=False) as r:
             assert (r.status, r.headers.get("Allow")) == (405, allow)      # was a 404 "no route for" the page
 
+    @pytest.mark.parametrize("path", ["/console/webhooks", "/console/subjects", "/console/plan/x/y"])
+    async def test_a_path_with_no_page_is_a_page_saying_so(self, console, path):
+        """A mistyped console address (the webhooks page is /console/events) was answered with the API's JSON 404."""
+        gate, session = console
+        async with session.get(gate.url + path, allow_redirects=False) as r:
+            assert (r.status, r.content_type) == (404, "text/html"), path
+            text = await r.text()
+        assert f"no page at {path}" in text and 'href="/console/"' in text
+
     async def test_a_page_answers_head_as_it_answers_get(self, console):
         gate, session = console
         for path, status in (("/console/login", 200), ("/console/", 303), ("/console", 303)):

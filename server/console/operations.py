@@ -61,12 +61,16 @@ async def jobs(request: web.Request) -> web.Response:
     c = gate.config
     now = datetime.fromtimestamp(gate.clock(), UTC)
     rows = []
+    # What reconcile and report do without a key: nothing, and their runs say so only as "0 changed".
+    keyless = {"reconcile": "asks Stripe nothing: STRIPE_SECRET_KEY is not set",
+               "report": "sends nothing: STRIPE_SECRET_KEY is not set"} if not c.stripe_secret_key else {}
     for name, schedule in (("sweep", c.sweep_schedule), ("reconcile", c.reconcile_schedule),
                            ("cleanup", c.cleanup_schedule), ("report", c.report_schedule)):
         last = runner.last_runs.get(name) if runner else None
         failed = runner.last_failures.get(name) if runner else None
         upcoming = next(CronSim(schedule, now)).isoformat().replace("+00:00", "Z")
-        rows.append(f'<tr data-job="{e(name)}"><td>{e(name)}</td><td><code>{e(schedule)}</code></td>'
+        idle = f' <span class="bad">{e(keyless[name])}</span>' if name in keyless else ""
+        rows.append(f'<tr data-job="{e(name)}"><td>{e(name)}{idle}</td><td><code>{e(schedule)}</code></td>'
                     f"<td>{e(upcoming)}</td>"
                     + (f'<td>{e(iso(last.at))} <span class="{"ok" if last.ok else "bad"}">{e(last.outcome)}</span> '
                        f"({last.seconds:.3f} s)</td>" if last else "<td>not since this gate started</td>")

@@ -126,3 +126,16 @@ class TestConsolePages:
         assert 'class="ok"' in row and "0 0 1 1 *" in row and "-01-01T00:00:00Z" in row and "0 moved" in row
         row = page.split('data-job="report"')[1].split("</tr>")[0]
         assert "0 sent, 0 left for a retry, 0 refused" in row        # in words, not (0, 0, 0)
+        # No Stripe key here: the jobs that ask Stripe say they do nothing (their runs only said "0").
+        assert "sends nothing: STRIPE_SECRET_KEY is not set" in row
+        assert "asks Stripe nothing" in page.split('data-job="reconcile"')[1].split("</tr>")[0]
+        assert "STRIPE_SECRET_KEY" not in page.split('data-job="sweep"')[1].split("</tr>")[0]
+
+    async def test_the_jobs_page_says_nothing_of_a_key_the_gate_has(self, start_gate, each_database):
+        gate = await start_gate(database=each_database, STRIPE_SECRET_KEY="sk_test_" + "k" * 24,
+                                STRIPE_API_BASE="http://127.0.0.1:9", **WEBHOOK)     # nothing listens there
+        async with new_session() as session:
+            await login(gate.url, session, ADMIN_TOKEN)
+            async with session.get(gate.url + "/console/jobs") as r:
+                page = await r.text()
+        assert r.status == 200 and 'data-job="report"' in page and "STRIPE_SECRET_KEY" not in page

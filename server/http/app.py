@@ -216,14 +216,26 @@ def _guarded(handler, route: str, scope, guard: _Guard):
             response.force_close()
             return response
         except ConnectionResetError:
-            raise   # the client went away before its request was read: nobody to answer, no failure of the gate
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                return _internal(request, request_id)
+            # The client went away before its request was read: nobody to answer, no failure of the gate. The
+            # answer goes nowhere (aiohttp drops it quietly); raised, aiohttp logged an error and a traceback.
+            rejected.labels("invalid_body").inc()
+            response = _error(400, "invalid_body", "the body could not be read whole", request_id)
+            response.force_close()
+            return response
         except Exception:
-            log(logging.ERROR, "internal_error", path=request.path, request_id=request_id, exc_info=True)
-            return _error(500, "internal", "the gate failed to handle this request; it was logged", request_id)
+            return _internal(request, request_id)
         finally:
             latency.observe(time.perf_counter() - started)
 
     return guarded
+
+
+def _internal(request: web.Request, request_id: str) -> web.Response:
+    log(logging.ERROR, "internal_error", path=request.path, request_id=request_id, exc_info=True)
+    return _error(500, "internal", "the gate failed to handle this request; it was logged", request_id)
 
 
 # Request ids: a random prefix per process and a counter, 32 hex digits as uuid4().hex was (which costs a

@@ -153,3 +153,30 @@ class TestRestart:
         assert stored >= sum(b["counted"] for _, b in answered)
         logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert logs[-1]["event"] == "stopped"
+
+
+class TestClientsGoingAway:
+    @pytest.mark.parametrize("framing", ["length", "chunked"])
+    async def test_a_client_hanging_up_in_the_middle_of_its_body_is_no_error_of_the_gate(self, gate_process,
+                                                                                        tmp_path, framing):
+        """The client goes away before its body is whole: nothing is counted, and nothing is logged as an error
+        (`plangate serve` logged aiohttp's "Error handling request" and a traceback for each: a client could fill
+        the log). aiohttp's test server cancels such a handler instead: only the real process shows it."""
+        proc = gate_process()
+        head = f"POST /v1/consume HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        head += "Content-Length: 100\r\n\r\n" if framing == "length" else "Transfer-Encoding: chunked\r\n\r\n40\r\n"
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+            writer.write(head.encode() + b'{"subject": "gone", ')
+            await writer.drain()
+            await asyncio.sleep(0.2)            # the gate is waiting for the rest of the body
+            writer.close()
+            await writer.wait_closed()
+        await asyncio.sleep(0.3)
+        status, body = await post(proc.url, "/v1/consume", {"subject": "here", "meter": "requests"})
+        assert (status, body["used"]) == (200, 1)
+        code, out, err = proc.stop()
+        assert code == 0
+        assert "Traceback" not in err and "Error handling request" not in err and '"level":"error"' not in err, err
+        with sqlite3.connect(tmp_path / "proc.sqlite3") as db:
+            assert db.execute("SELECT subject FROM quota_usage").fetchall() == [("here",)]

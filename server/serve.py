@@ -14,11 +14,13 @@ from pathlib import Path
 
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from plangate.engine import StateTable, compile_file, compile_plan
 from plangate.policy import Finding, PlanError, PlanFileError, check_file, explain_stranded, stranded
 
-from .http.api import PLANS
+from .http.api import GATE, PLANS
 from .http.app import create_app
 from .config import Config, ConfigError
 from .gate import Gate, StoreUnavailable
@@ -128,6 +130,26 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger, but a request aiohttp could not parse (broken framing, a header line too long, bytes
+    no request line allows), which it refuses with a 400 before any route runs, is counted as a refused request
+    (plangate_rejected_requests, error bad_http_request) and logged as one debug line of the gate's log. aiohttp
+    logged each as an error with a traceback, in no format of the gate's: any client could fill the log."""
+
+    def __init__(self, rejected) -> None:
+        super().__init__(server_logger, {})
+        self._rejected = rejected.labels("bad_http_request")
+
+    def exception(self, msg, *args, exc_info=True, stack_info=False, stacklevel=1, extra=None, **kwargs) -> None:
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            self._rejected.inc()
+            log(logging.DEBUG, "bad_http_request", status=exc_info.code,
+                why=(exc_info.message or "").partition("\n")[0][:200])
+            return
+        super().exception(msg, *args, exc_info=exc_info, stack_info=stack_info, stacklevel=stacklevel, extra=extra,
+                          **kwargs)
+
+
 async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
     store = open_store(config.database, **config.store_options())
     app = create_app(config, table, store)
@@ -138,7 +160,8 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
     # up: each such request held a task, a socket and a timer for the 10 s, so a flood of refusals grew the
     # process and paused the loop to collect the garbage.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           keepalive_timeout=config.idle_timeout, lingering_time=0)
+                           keepalive_timeout=config.idle_timeout, lingering_time=0,
+                           logger=_ServerLog(app[GATE].metrics.rejected))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

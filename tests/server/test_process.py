@@ -155,7 +155,7 @@ class TestRestart:
         assert logs[-1]["event"] == "stopped"
 
 
-class TestClientsGoingAway:
+class TestMisbehavingClients:
     @pytest.mark.parametrize("framing", ["length", "chunked"])
     async def test_a_client_hanging_up_in_the_middle_of_its_body_is_no_error_of_the_gate(self, gate_process,
                                                                                         tmp_path, framing):
@@ -180,3 +180,29 @@ class TestClientsGoingAway:
         assert "Traceback" not in err and "Error handling request" not in err and '"level":"error"' not in err, err
         with sqlite3.connect(tmp_path / "proc.sqlite3") as db:
             assert db.execute("SELECT subject FROM quota_usage").fetchall() == [("here",)]
+
+    async def test_a_request_the_http_server_cannot_parse_is_counted_not_logged_with_a_traceback(self, gate_process):
+        """Broken framing, a header line too long, bytes no request line allows: aiohttp refuses them before the
+        gate sees them (a 400), and logged each as an error with a traceback, in no format of the gate's log: any
+        client could fill it. Each is now counted as a refused request and is a debug line of the gate's log."""
+        proc = gate_process(PLANGATE_LOG_LEVEL="DEBUG")
+        body = b'{"subject": "u", "meter": "requests"}'
+        broken = [
+            b"POST /v1/check HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + body + b"\r\n0\r\n\r\n",
+            b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n" + body,
+            b"GET /v1/stream?client=abcd\xc3\xa9fgh HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        ]
+        for request in broken:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+            writer.write(request)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+        async with aiohttp.ClientSession() as s, s.get(proc.url + "/metrics") as r:
+            assert 'plangate_rejected_requests_total{error="bad_http_request"} 4.0' in await r.text()
+        code, out, err = proc.stop()
+        assert code == 0
+        assert "Traceback" not in err and "Error handling request" not in err, err
+        refused = [json.loads(line) for line in err.splitlines() if '"bad_http_request"' in line]
+        assert len(refused) == len(broken) and all(line["status"] == 400 for line in refused), err

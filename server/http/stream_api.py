@@ -101,7 +101,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
-                 "resumed": resumed is not None and last is not None, "max_amount": gate.config.max_amount}
+                 "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount}
         await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(), orjson.dumps(hello)))
         if resumed is None:        # a gap: what the client holds may be stale
             await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())

@@ -493,6 +493,15 @@ async def test_a_huge_last_event_id_is_answered_with_reset_not_an_error(gate):
     assert b"event: reset" in got
 
 
+async def test_an_empty_last_event_id_starts_afresh_and_says_it_resumed_nothing(gate):
+    """An empty Last-Event-ID names no event (a client holding nothing): its hello said resumed: true."""
+    async with aiohttp.ClientSession() as s:
+        got = await _frames(s, gate.url, {"Authorization": f"Bearer {TOKEN}", "Last-Event-ID": ""}, b"event: hello",
+                            client="fresh-client")
+    hello = json.loads(got.split(b"event: hello\ndata: ", 1)[1].split(b"\n", 1)[0])
+    assert hello["resumed"] is False and b"event: reset" not in got
+
+
 async def test_a_copy_without_the_current_window_is_fetched_again_not_left_to_the_gate(gate):
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
         await here.check("roller", "requests")

@@ -95,49 +95,57 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":        # the headers alone: no listener (a named one cut the client's live stream)
         await response.prepare(request)
         return response
+
+    def room(size: int) -> bool:
+        """Whether a write of `size` bytes stays under the connection's high-water mark: aiohttp then never
+        waits in it (it waits only on a paused transport), so the flusher is never held by one client."""
+        transport = request.transport
+        return transport is not None and not transport.is_closing() and not request.protocol.writing_paused and \
+            transport.get_write_buffer_size() + size + _CHUNK_FRAMING <= transport.get_write_buffer_limits()[1]
+
     last = request.headers.get("Last-Event-ID")
     resumed = feed.since(last, client)
     listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed
+    deadline = time.monotonic() + limit
     try:
-        await response.prepare(request)
-        hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
-                 "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount}
-        await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(), orjson.dumps(hello)))
-        if resumed is None:        # a gap: what the client holds may be stale
-            await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())
-            feed.reset_said(client)
-        elif resumed:
-            await response.write(b"".join(resumed))
-        deadline = time.monotonic() + limit
-
-        def room(size: int) -> bool:
-            """Whether a write of `size` bytes stays under the connection's high-water mark: aiohttp then never
-            waits in it (it waits only on a paused transport), so the flusher is never held by one client."""
-            transport = request.transport
-            return transport is not None and not transport.is_closing() and not request.protocol.writing_paused and \
-                transport.get_write_buffer_size() + size + _CHUNK_FRAMING <= transport.get_write_buffer_limits()[1]
-
-        listener.start(response.write, room)
-        loop = asyncio.get_running_loop()
-        # A heartbeat when nothing was written for a beat, each stream's beat of its own length: listeners that
-        # connected together do not all write at the same moment every second.
-        beat = HEARTBEAT * random.uniform(0.8, 1.0)
-        beaten = loop.time()
-        while not listener.cut and not feed.closing:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            due = max(beaten, listener.sent_at) + beat - loop.time()
-            if due <= 0:
-                await response.write(b": heartbeat\n\n")
-                beaten = loop.time()
-                continue
-            try:
-                async with asyncio.timeout(min(due, left)):
-                    await listener.ready.wait()
-            except TimeoutError:
-                pass
-    except (ConnectionResetError, asyncio.CancelledError):
+        # Every write of the stream ends with its time (and a heartbeat's grace): one the client does not take by
+        # then (it does not read, and a long resume filled its buffers) ends the connection. It waited for as long as
+        # the client stayed connected, past max_seconds, holding one of PLANGATE_STREAM_MAX_LISTENERS.
+        async with asyncio.timeout(limit + HEARTBEAT):
+            await response.prepare(request)
+            hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
+                     "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount}
+            await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(),
+                                                                          orjson.dumps(hello)))
+            if resumed is None:        # a gap: what the client holds may be stale
+                await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())
+                feed.reset_said(client)
+            elif resumed:
+                await response.write(b"".join(resumed))
+            listener.start(response.write, room)
+            loop = asyncio.get_running_loop()
+            # A heartbeat when nothing was written for a beat, each stream's beat of its own length: listeners that
+            # connected together do not all write at the same moment every second.
+            beat = HEARTBEAT * random.uniform(0.8, 1.0)
+            beaten = loop.time()
+            while not listener.cut and not feed.closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                due = max(beaten, listener.sent_at) + beat - loop.time()
+                if due <= 0:
+                    await response.write(b": heartbeat\n\n")
+                    beaten = loop.time()
+                    continue
+                try:
+                    async with asyncio.timeout(min(due, left)):
+                        await listener.ready.wait()
+                except TimeoutError:
+                    pass
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()      # what it holds for the client goes nowhere: the client resumes
+    except (ConnectionError, asyncio.CancelledError):     # gone (a write that waited ends in ConnectionError)
         pass
     finally:
         feed.leave(listener)

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import socket
 import time
 
 import aiohttp
@@ -500,6 +501,45 @@ async def test_an_empty_last_event_id_starts_afresh_and_says_it_resumed_nothing(
                             client="fresh-client")
     hello = json.loads(got.split(b"event: hello\ndata: ", 1)[1].split(b"\n", 1)[0])
     assert hello["resumed"] is False and b"event: reset" not in got
+
+
+async def _resume_without_reading(gate) -> socket.socket:
+    """A stream resumed from before some 7 MB of kept events (usage of subjects of 200 four-byte characters), by a
+    client that never reads: more than the connection's buffers take, so the gate's write of them waits."""
+    feed = gate.app[GATE].feed
+    # A named client that may come back to resume: the feed keeps the events meanwhile.
+    assert (await gate.get("/v1/subjects/kept/snapshot?client=keeping-client"))[0] == 200
+    start = feed.last_id
+    subject = "\U0001F600" * 199
+    for i in range(0, 8000, 20):
+        await asyncio.gather(*(gate.post("/v1/usage", {"subject": subject + str(j % 10), "meter": "requests",
+                                                        "idempotency_key": f"k{j}"}) for j in range(i, i + 20)))
+    assert len(feed.kept) >= 8000
+    host, port = gate.url.removeprefix("http://").split(":")
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((host, int(port)))
+    client.sendall(f"GET /v1/stream?max_seconds=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                   f"Last-Event-ID: {start}\r\n\r\n".encode())
+    return client
+
+
+async def test_a_listener_that_never_reads_a_long_resume_is_let_go_when_its_time_is_up(gate):
+    """The resumed events are written before the stream's time starts to count, and the write waited for a client
+    that never reads for as long as it stayed connected: past max_seconds, holding one of the node's
+    PLANGATE_STREAM_MAX_LISTENERS (enough such clients and every stream is refused with 503)."""
+    feed = gate.app[GATE].feed
+    client = await _resume_without_reading(gate)
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if feed.listeners == 1:
+                break
+        assert feed.listeners == 1          # resumed, writing
+        await asyncio.sleep(3)              # max_seconds=1, and a heartbeat's grace
+        assert feed.listeners == 0
+    finally:
+        client.close()
 
 
 async def test_a_copy_without_the_current_window_is_fetched_again_not_left_to_the_gate(gate):

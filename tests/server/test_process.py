@@ -206,3 +206,30 @@ class TestMisbehavingClients:
         assert "Traceback" not in err and "Error handling request" not in err, err
         refused = [json.loads(line) for line in err.splitlines() if '"bad_http_request"' in line]
         assert len(refused) == len(broken) and all(line["status"] == 400 for line in refused), err
+
+    async def test_a_stream_client_hanging_up_while_its_resume_waits_to_be_written_is_no_error(self, gate_process):
+        """A client resumes from before some 7 MB of events, reads none of them and hangs up while the gate's write
+        waits for room: aiohttp ends that write with ConnectionError (not ConnectionResetError), which was logged
+        as internal_error with a traceback. aiohttp's test server cancels the handler instead."""
+        proc = gate_process()
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        subject = "\U0001F600" * 199        # 800 bytes of UTF-8 in every event
+        async with aiohttp.ClientSession(headers=auth) as s:
+            # A named client that may come back to resume: the feed keeps the events meanwhile.
+            async with s.get(proc.url + "/v1/subjects/kept/snapshot?client=keeping-client") as r:
+                start = (await r.json())["event_id"]
+            for i in range(0, 8000, 20):
+                await asyncio.gather(*(s.post(proc.url + "/v1/usage", json={
+                    "subject": subject + str(j % 10), "meter": "requests", "idempotency_key": f"k{j}"})
+                    for j in range(i, i + 20)))
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", proc.port))
+        client.sendall(f"GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                       f"Last-Event-ID: {start}\r\n\r\n".encode())
+        await asyncio.sleep(1)              # the resume is being written, and waits
+        client.close()
+        await asyncio.sleep(0.5)
+        code, out, err = proc.stop()
+        assert code == 0
+        assert '"internal_error"' not in err and "Traceback" not in err, err

@@ -30,6 +30,9 @@ _CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
 HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream
 # What the flusher may add to a connection's write buffer besides an event batch: the chunk's framing.
 _CHUNK_FRAMING = 32
+# Bytes of a resume written at once: aiohttp waits in a write while the connection is paused, so a client that reads
+# slowly has about this much, and its connection's high-water mark, held for it in the gate.
+RESUME_PIECE = 16_384
 
 
 def _local(gate) -> bool:
@@ -70,6 +73,22 @@ async def snapshot(request: web.Request) -> web.Response:
         "state": orjson.loads(state_json(state) or "{}"),
         "used": [{"meter": meter, "window_start": start, "used": n} for (meter, start), n in used.items()],
     })
+
+
+async def _write_in_pieces(response: web.StreamResponse, frames: list[bytes]) -> None:
+    """The missed events of a resumed stream (up to the feed's 10,000 kept, megabytes), RESUME_PIECE bytes at a time.
+    Joined and written at once, they were held whole in the gate (twice: the joined copy, the connection's buffer)
+    for as long as a client that does not read stayed; PLANGATE_STREAM_MAX_LISTENERS such clients took gigabytes."""
+    piece: list[bytes] = []
+    size = 0
+    for frame in frames:
+        piece.append(frame)
+        size += len(frame)
+        if size >= RESUME_PIECE:
+            await response.write(b"".join(piece))
+            piece, size = [], 0
+    if piece:
+        await response.write(b"".join(piece))
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -121,7 +140,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await response.write(b"id: %s\nevent: reset\ndata: {}\n\n" % feed.last_id.encode())
                 feed.reset_said(client)
             elif resumed:
-                await response.write(b"".join(resumed))
+                await _write_in_pieces(response, resumed)
             listener.start(response.write, room)
             loop = asyncio.get_running_loop()
             # A heartbeat when nothing was written for a beat, each stream's beat of its own length: listeners that

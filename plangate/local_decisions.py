@@ -35,6 +35,9 @@ import aiohttp
 RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
 ASK_LOCAL_AGAIN = 5.0           # seconds after the gate said `local: false` before a snapshot asks again
 OFFSET_KEPT = 60.0              # seconds a measurement of the gate's clock stands against slower ones
+PLAN_TIMEOUT = 10.0             # seconds one GET /v1/plan may take (one lost on a dead connection is asked again)
+PLAN_PAUSE = (0.2, 2.0)         # the pause after a plan fetch the gate did not answer, and the longest
+PLAN_TRIES = 20                 # answers whose plan cannot be used (another version) before the client gives up
 
 
 @dataclass
@@ -319,12 +322,23 @@ class LocalDecisions:
         from plangate.engine import compile_plan
         from plangate.policy import check_text
 
-        for _ in range(20):
+        # No answer (a timeout, a connection error, a status but 200) is asked again for as long as it lasts, less
+        # often as it goes on: given up, the client would have no plan, and send every check to the gate, until its
+        # stream next says hello (minutes away while it stays up). An answer whose plan is not the one wanted (a
+        # reload under way) is asked again PLAN_TRIES times.
+        tries, pause = 0, PLAN_PAUSE[0]
+        while tries < PLAN_TRIES:
             try:
-                async with self._session.get(f"{self.base_url}/v1/plan", headers=self.auth) as resp:
-                    body = json.loads(await resp.read()) if resp.status == 200 else {}
-            except (aiohttp.ClientError, OSError, ValueError):
-                body = {}
+                async with asyncio.timeout(PLAN_TIMEOUT):
+                    async with self._session.get(f"{self.base_url}/v1/plan", headers=self.auth) as resp:
+                        body = json.loads(await resp.read()) if resp.status == 200 else None
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                body = None
+            if not isinstance(body, dict):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, PLAN_PAUSE[1])
+                continue
+            tries, pause = tries + 1, PLAN_PAUSE[0]
             document = body.get("document")
             if document:
                 checked = check_text(document, body["file"])
@@ -339,7 +353,7 @@ class LocalDecisions:
                         self.credit_meters = frozenset(said) if isinstance(said, list) else None
                         self.table = table
                         return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(PLAN_PAUSE[0])
 
 
 def _state(data: dict):

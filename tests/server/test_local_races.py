@@ -339,3 +339,38 @@ async def test_a_gate_that_decides_itself_is_asked_again_once_a_period(start_gat
         for i in range(5):
             assert (await here.check(f"killed-{i}", "requests")).reason == "kill_switch"
         assert asked["snapshots"] == 1
+
+
+async def test_a_plan_fetch_that_never_answers_is_asked_again(gate, monkeypatch):
+    """GET /v1/plan had no time limit of its own (the stream and snapshots have): one lost on a dead connection
+    left the client without a plan, every check asked of the gate, until the session's own timeout (aiohttp's
+    default: 5 minutes; none for a caller's session without one), since no other fetch starts while it runs."""
+    monkeypatch.setattr(local_decisions, "PLAN_TIMEOUT", 0.5, raising=False)
+    session, held, release = _holding_session("/v1/plan")      # the first answer never reaches the client
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        await asyncio.wait_for(held.wait(), PATIENT)
+        try:
+            assert await here.local.ready(5.0), "no plan: the client waits for an answer that never comes"
+            assert (await here.check("patient", "requests")).evaluated_here
+        finally:
+            release.set()
+
+
+async def test_a_plan_fetch_that_fails_for_a_while_is_not_given_up(gate):
+    """Twenty failed plan fetches 0.2 s apart (a gate restarting, a store slow to answer /v1/plan) and the client
+    stopped asking: with its stream up it had no plan, and every check went to the gate, until the stream next
+    reconnected (PLANGATE_STREAM_MAX_SECONDS, 5 minutes by default). It keeps asking now, less often as it fails."""
+    failing_until = time.monotonic() + 5.0
+
+    async def on_request_start(session, ctx, params):
+        if params.url.path == "/v1/plan" and time.monotonic() < failing_until:
+            raise aiohttp.ClientConnectionError("the gate cannot be reached")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    session = aiohttp.ClientSession(trace_configs=[trace])
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here:
+        assert await here.local.ready(15.0), "the client gave the plan up while its stream was up"
+        assert (await here.check("persistent", "requests")).evaluated_here

@@ -3,10 +3,11 @@
 A client that decides `check` in its own process fetches the plan (GET /v1/plan), a snapshot of each subject it
 asks about, and listens to GET /v1/stream: every change that may alter a decision, each with an id, so that a
 reconnect with Last-Event-ID resumes without losing one (or, when the gate no longer keeps that id, starts with
-`reset`: fetch everything again). A heartbeat comment every second says the stream is alive: a client that
-heard nothing for longer than its staleness bound stops deciding locally. Each connection lasts at most
-PLANGATE_STREAM_MAX_SECONDS (or `max_seconds`, if less), and a listener that falls PLANGATE_STREAM_QUEUE events
-behind is cut off: slow clients never slow the gate.
+`reset`: fetch everything again). A heartbeat comment every second (or every `heartbeat` seconds the client asks
+for, from MIN_HEARTBEAT) says the stream is alive: a client that heard nothing for longer than its staleness bound
+stops deciding locally, so one whose bound is under a second asks for heartbeats that come within it. Each
+connection lasts at most PLANGATE_STREAM_MAX_SECONDS (or `max_seconds`, if less), and a listener that falls
+PLANGATE_STREAM_QUEUE events behind is cut off: slow clients never slow the gate.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from .api import GATE
 
 _CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
-HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream
+HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream, and the most a client may ask for
+MIN_HEARTBEAT = 0.1     # the least a client may ask for (one asking for less gets this)
 # What the flusher may add to a connection's write buffer besides an event batch: the chunk's framing.
 _CHUNK_FRAMING = 32
 # Bytes of a resume written at once: aiohttp waits in a write while the connection is paused, so a client that reads
@@ -91,19 +93,29 @@ async def _write_in_pieces(response: web.StreamResponse, frames: list[bytes]) ->
         await response.write(b"".join(piece))
 
 
+def _seconds(request: web.Request, name: str) -> float | None:
+    """A query parameter of seconds (above 0, at most a day), or None when not given."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        wanted = float(raw)
+    except ValueError:
+        wanted = -1.0
+    if not 0 < wanted <= 86_400:
+        raise inp.BadRequest(400, "invalid_field", f"'{name}' must be a number of seconds above 0")
+    return wanted
+
+
 async def stream(request: web.Request) -> web.StreamResponse:
     gate = request.app[GATE]
     feed = gate.feed
     limit = gate.config.stream_max_seconds
-    raw = request.query.get("max_seconds")
-    if raw is not None:
-        try:
-            wanted = float(raw)
-        except ValueError:
-            wanted = -1.0
-        if not 0 < wanted <= 86_400:
-            raise inp.BadRequest(400, "invalid_field", "'max_seconds' must be a number of seconds above 0")
+    wanted = _seconds(request, "max_seconds")
+    if wanted is not None:
         limit = min(limit, wanted)
+    wanted = _seconds(request, "heartbeat")
+    heartbeat = HEARTBEAT if wanted is None else min(max(wanted, MIN_HEARTBEAT), HEARTBEAT)
     client = _client(request)
     if feed.listeners >= gate.config.stream_max_listeners and (client is None or client not in feed.named):
         raise inp.BadRequest(503, "too_many_listeners", "this gate has as many streams open as it allows "
@@ -132,7 +144,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # the client stayed connected, past max_seconds, holding one of PLANGATE_STREAM_MAX_LISTENERS.
         async with asyncio.timeout(limit + HEARTBEAT):
             await response.prepare(request)
-            hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": HEARTBEAT,
+            hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": heartbeat,
                      "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount}
             await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(),
                                                                           orjson.dumps(hello)))
@@ -145,7 +157,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             loop = asyncio.get_running_loop()
             # A heartbeat when nothing was written for a beat, each stream's beat of its own length: listeners that
             # connected together do not all write at the same moment every second.
-            beat = HEARTBEAT * random.uniform(0.8, 1.0)
+            beat = heartbeat * random.uniform(0.8, 1.0)
             beaten = loop.time()
             while not listener.cut and not feed.closing:
                 left = deadline - time.monotonic()

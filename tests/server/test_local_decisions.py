@@ -680,3 +680,31 @@ async def test_a_capped_overage_is_left_to_the_gate_which_knows_what_the_window_
         assert not past.evaluated_here and (past.allowed, past.reason) == (False, "quota_exhausted")
         consumed = await there.consume("m1", "requests", 100, idempotency_key="after")
         assert (consumed.allowed, consumed.reason) == (False, "quota_exhausted")
+
+
+async def test_a_staleness_bound_under_a_second_still_decides_here_on_a_quiet_stream(gate):
+    """The gate wrote a heartbeat once a second whatever the client's bound: with staleness=0.3 the copy was usable
+    for 0.3 s after each one, and on a quiet stream most checks went to the gate. The client now asks for
+    heartbeats within half its bound."""
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=0.3) as here:
+        assert await here.local.ready()
+        await here.check("quiet", "requests")
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:
+            await here.check("quiet", "requests")
+            await asyncio.sleep(0.01)
+        checks = here.local.local_checks + here.local.remote_fallbacks
+        assert here.local.remote_fallbacks <= checks * 0.05, (here.local.local_checks, here.local.remote_fallbacks)
+
+
+async def test_a_stream_heartbeat_is_asked_within_bounds(gate):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        for wanted in ("0", "-1", "nan", "inf", "soon"):
+            async with s.get(f"{gate.url}/v1/stream?heartbeat={wanted}", headers=auth) as resp:
+                assert resp.status == 400 and (await resp.json())["error"] == "invalid_field", wanted
+        for wanted, said in (("0.01", 0.1), ("0.25", 0.25), ("30", 1.0)):
+            async with s.get(f"{gate.url}/v1/stream?max_seconds=1&heartbeat={wanted}", headers=auth) as resp:
+                assert resp.status == 200
+                line = await resp.content.readuntil(b"\n\n")
+                assert json.loads(line.split(b"data: ", 1)[1])["heartbeat"] == said

@@ -81,6 +81,9 @@ class PlanKeeper:
         self.deployed_at = 0.0
         self.last: Reload | None = None
         self.follow_error: str | None = None     # an announced version this node could not load
+        # (version, file, text) of the plan this node runs: a version is what a document says, so the text
+        # recorded under it first may differ from this node's in comments, layout or path, and rules name lines.
+        self.running: tuple[str, str, str] | None = None
         self._lock = asyncio.Lock()              # one deploy (or follow) at a time on this node
         self._tasks: set[asyncio.Task] = set()
         self._looked_again = 0.0
@@ -170,6 +173,7 @@ class PlanKeeper:
         table = _compile(plan, records, version, deployed_at,
                          {*census.versions, *((active.version,) if active else ())})
         self._use(table, deployed_at)
+        self.running = (version, self.file, text)
         return table, deploy, active, changes, summary
 
     def _use(self, table: StateTable, deployed_at: float) -> None:
@@ -334,6 +338,8 @@ class PlanKeeper:
             # As a deploy swaps: once the state changes this node is deciding under its plan have committed.
             async with self.gate.plan_swap.swapping():
                 self._use(table, active.at)
+            record = records[active.version]
+            self.running = (active.version, record.file, record.document)
             self.follow_error = None
             self.gate.metrics.plan_reloads.labels("followed").inc()
             # A subject this node wrote under a name the plan renamed or retired, after the deploying node had

@@ -2,6 +2,8 @@
 kept on older plan versions. Reload and upgrade change what the gate decides on a person's word: admin routes."""
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 
 from . import _input as inp, _json
@@ -19,17 +21,22 @@ async def plan_view(request: web.Request) -> web.Response:
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
     table = keeper.gate.table
+    # The text this node runs, which a client deciding locally compiles to give the same rules (lines and file):
+    # the one recorded under the version first may differ in comments, layout or path, not in what it says.
+    running = keeper.running
+    file, document = (running[1], running[2]) if running is not None and running[0] == table.version else \
+        ((record.file, record.document) if record else (table.plan.file, None))
     return _json.response({
         "version": table.version,
-        "file": record.file if record else table.plan.file,
-        "sha256": record.sha256 if record else None,
+        "file": file,
+        "sha256": hashlib.sha256(document.encode()).hexdigest() if document is not None else None,
         "deployed_at": iso(active.at) if active else None,
         "kept_versions": list(table.kept_versions),
         # Meters credits may pay past a limit: those of this version, and of older ones some tier's subscribers
         # keep (a client compiling this document alone would not know of those).
         "credit_meters": [m for m in table.meters if table.has_credits(m)],
         "node": keeper.node,
-        "document": record.document if record else None,
+        "document": document,
         "history": [{**d.to_dict(), "at": iso(d.at)} for d in deploys],
     })
 

@@ -708,3 +708,30 @@ async def test_a_stream_heartbeat_is_asked_within_bounds(gate):
                 assert resp.status == 200
                 line = await resp.content.readuntil(b"\n\n")
                 assert json.loads(line.split(b"data: ", 1)[1])["heartbeat"] == said
+
+
+async def test_a_plan_file_whose_layout_changed_gives_the_gates_rule_locally_too(start_gate, tmp_path):
+    """A plan's version is what the document says, not its text: comments added at the top of plans.yaml, then a
+    reload (or a restart, or the same plan under another path), run a table whose rules name the new lines, while
+    /v1/plan served the document first recorded under that version. A client compiling it gave `rule`s naming
+    the old lines (or file), for good: not the gate's answer field by field."""
+    plan = tmp_path / "plans.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    plan.write_text(text, encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        assert await here.local.ready()
+        plan.write_text("# Reviewed by ops.\n# Nothing but comments changed.\n" + text, encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert status == 200 and answer["outcome"] == "unchanged", answer
+        await _caught_up(here, gate)
+        await _on_the_gates_plan(here, gate)
+        assert await here.local.ready()
+        await here.check("relined", "requests")
+        remote = await there.check("relined", "requests")
+        local = await here.check("relined", "requests")
+        assert local.evaluated_here and local.rule == remote.rule, (local.rule, remote.rule)
+        _same(local, remote)
+        status, view = await gate.get("/v1/plan")
+        assert view["document"].startswith("# Reviewed by ops.")

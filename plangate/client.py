@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
-from .local_decisions import LocalDecisions, utc
+from .local_decisions import LocalDecisions, subject_path, utc
 
 __all__ = ["GateClient", "GateDecision", "GateError", "GateRequestError", "GateUnavailable", "MeterUsage",
            "StripeSubscription", "SubjectView", "TransitionRecord", "TransitionResult"]
@@ -377,7 +377,7 @@ class GateClient:
 
     async def subject(self, subject: str) -> SubjectView:
         """The subject's status, timers, usage per meter and recent transitions."""
-        return SubjectView.from_json(await self._strict("GET", f"/v1/subjects/{quote(subject, safe='')}"))
+        return SubjectView.from_json(await self._strict("GET", subject_path(self.base_url, subject)))
 
     async def transition(self, subject: str, *, to: str | None = None, action: str | None = None,
                          reason: str) -> TransitionResult:
@@ -385,26 +385,28 @@ class GateClient:
         if (to is None) == (action is None):
             raise ValueError("give exactly one of to= (a status) or action= (an admin action)")
         body = {"reason": reason, **({"to": to} if to is not None else {"action": action})}
-        path = f"/v1/subjects/{quote(subject, safe='')}/transition"
-        return TransitionResult.from_json(await self._strict("POST", path, body, admin=True))
+        url = subject_path(self.base_url, subject, "/transition")
+        return TransitionResult.from_json(await self._strict("POST", url, body, admin=True))
 
-    async def _strict(self, method: str, path: str, body: dict | None = None, *, admin: bool = False) -> dict:
+    async def _strict(self, method: str, path: str | URL, body: dict | None = None, *, admin: bool = False) -> dict:
         try:
             return await self._call(method, path, body, self._admin_auth if admin else self._auth)
         except _NoAnswer as exc:
-            raise GateUnavailable(f"{method} {self.base_url}{path}: {exc}") from None
+            where = path if isinstance(path, URL) else f"{self.base_url}{path}"
+            raise GateUnavailable(f"{method} {where}: {exc}") from None
 
     # --- the wire ---------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, body: dict | None, auth: dict | None = None, *,
+    async def _call(self, method: str, path: str | URL, body: dict | None, auth: dict | None = None, *,
                     timeout: float | None = None) -> dict:
         """The gate's JSON answer (2xx) within `timeout` (the client's by default); GateRequestError for a 4xx;
-        _NoAnswer for everything else."""
+        _NoAnswer for everything else. `path`: one under base_url, or a whole URL (subject_path)."""
         session = self._open()
         timeout = self.timeout if timeout is None else max(timeout, 0.0)
         try:
             async with asyncio.timeout(timeout):
-                async with session.request(method, self.base_url + path, json=body,
+                url = path if isinstance(path, URL) else self.base_url + path
+                async with session.request(method, url, json=body,
                                            headers=auth or self._auth) as resp:
                     status, raw = resp.status, await resp.read()
         except TimeoutError:

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
 ASK_LOCAL_AGAIN = 5.0           # seconds after the gate said `local: false` before a snapshot asks again
@@ -46,6 +47,18 @@ class _Copy:
     state: Any                                      # plangate.engine.SubjectState
     used: dict[tuple[str, int], int] = field(default_factory=dict)
     expires: float = float("inf")                   # monotonic time after which it is fetched again
+
+
+def subject_path(base_url: str, subject: str, tail: str = "") -> URL:
+    """base_url's /v1/subjects/{subject}{tail}, the subject one path segment whatever it holds: percent-encoded,
+    and its dots too when it is "." or "..", which the API takes as subject ids but a URL drops as dot segments
+    (/v1/subjects/../snapshot is /v1/snapshot); the URL is kept as encoded, not normalized again."""
+    segment = quote(subject, safe="")
+    if segment in (".", ".."):
+        segment = segment.replace(".", "%2E")
+    base = URL(base_url)
+    path, _, query = f"{base.raw_path.rstrip('/')}/v1/subjects/{segment}{tail}".partition("?")
+    return base.with_path(path, encoded=True).with_query(query or None)
 
 
 def _number(event_id: str | None) -> tuple[str, int]:
@@ -180,7 +193,7 @@ class LocalDecisions:
         self.counted_meanwhile[subject] = meanwhile
         try:
             async with asyncio.timeout(timeout):
-                url = f"{self.base_url}/v1/subjects/{quote(subject, safe='')}/snapshot?client={self.client}"
+                url = subject_path(self.base_url, subject, f"/snapshot?client={self.client}")
                 sent, asked = self.clock(), time.monotonic()
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:

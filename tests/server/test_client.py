@@ -152,6 +152,21 @@ class TestAdmin:
         assert (record.from_status, record.to_status, record.actor) == ("limited_free_trial", "paid_trial",
                                                                           "admin-api")
 
+    @pytest.mark.parametrize("name", [".", ".."])
+    async def test_a_subject_named_like_a_dot_segment(self, gate, name):
+        """"." and ".." are subject ids the API takes, but a URL's dot segments are removed: the view went to
+        GET /v1/ (404), the transition to /v1/transition (404), and a local check's snapshot of "." to
+        GET /v1/subjects/snapshot, a view of another subject, whose answer raised KeyError out of check()."""
+        async with GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as client, \
+                GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=2.0) as here:
+            assert await here.local.ready()
+            await here.check(name, "requests")
+            local = await here.check(name, "requests")
+            assert (local.evaluated_here, local.subject, local.status) == (True, name, "limited_free_trial")
+            moved = await client.transition(name, action="close_account", reason="test")
+            assert (moved.subject, moved.to_status) == (name, "closed")
+            assert (await client.subject(name)).status == "closed"
+
     async def test_an_action_that_does_not_apply_is_a_no_op(self, client):
         result = await client.transition("u", action="restart_free_trial", reason="why not")
         assert (result.moved, result.from_status, result.to_status) == (False, "limited_free_trial",

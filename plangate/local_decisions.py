@@ -296,13 +296,16 @@ class LocalDecisions:
         body = json.loads(data) if data else {}
         epoch, n = _number(event_id)
         if kind == "hello":
-            if epoch != self.epoch and self.n >= 0:     # another process: nothing held can be trusted
+            # Another process: nothing held can be trusted, its plan neither: at the same version its text may
+            # differ in comments, layout or path, which the rules' lines and file follow.
+            another = epoch != self.epoch and self.n >= 0
+            if another:
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self._may_decide(body.get("local", False))
             self.max_amount = body.get("max_amount", float("inf"))     # a gate that does not say: no bound
             self._plan_wanted = body.get("plan_version")
-            if self.table is None or self.table.version != body.get("plan_version"):
+            if another or self.table is None or self.table.version != body.get("plan_version"):
                 self._refetch_plan()
             self.live = True
             return

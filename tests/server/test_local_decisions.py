@@ -735,3 +735,32 @@ async def test_a_plan_file_whose_layout_changed_gives_the_gates_rule_locally_too
         _same(local, remote)
         status, view = await gate.get("/v1/plan")
         assert view["document"].startswith("# Reviewed by ops.")
+
+
+async def test_a_gate_restarted_on_the_same_plan_edited_gives_its_rule_locally_too(gate_process, tmp_path,
+                                                                                    monkeypatch):
+    """The same as a reload, across a restart: the client heard another process's hello (a new epoch) at the same
+    plan version, and kept the plan it had compiled from the earlier process's text, its rules naming other lines
+    than the gate's, for good. Another process's plan is fetched again."""
+    from . import conftest
+    plan = tmp_path / "plans.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    plan.write_text(text, encoding="utf-8")
+    first = gate_process(PLANGATE_PLANS=str(plan))
+    async with GateClient(first.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here, \
+            GateClient(first.url, TOKEN, timeout=PATIENT) as there:
+        assert await here.local.ready()
+        assert (await here.check("restarted", "requests")).evaluated_here
+        first.stop()
+        plan.write_text("# Reviewed by ops.\n# Nothing but comments changed.\n" + text, encoding="utf-8")
+        monkeypatch.setattr(conftest, "free_port", lambda: first.port)     # the same address, another process
+        gate_process(create_store=False, PLANGATE_PLANS=str(plan))
+        for _ in range(1000):
+            if here.local.reconnects and here.local.fresh and here.local.table is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await here.local.ready()
+        await here.check("restarted", "requests")
+        remote = await there.check("restarted", "requests")
+        local = await here.check("restarted", "requests")
+        assert local.evaluated_here and local.rule == remote.rule, (local.rule, remote.rule)

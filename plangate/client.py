@@ -406,8 +406,10 @@ class GateClient:
         try:
             async with asyncio.timeout(timeout):
                 url = path if isinstance(path, URL) else self.base_url + path
-                async with session.request(method, url, json=body,
-                                           headers=auth or self._auth) as resp:
+                # raise_for_status=False: a caller's session may raise for a 4xx, which would read as no answer (a
+                # wrong token or bad input answered by the fail mode, allowed) instead of the gate's refusal.
+                async with session.request(method, url, json=body, headers=auth or self._auth,
+                                           raise_for_status=False) as resp:
                     status, raw = resp.status, await resp.read()
         except TimeoutError:
             raise _NoAnswer(f"no answer within {timeout:.3g}s") from None

@@ -317,6 +317,19 @@ class TestClientItself:
             assert not session.closed
             assert "Authorization" not in session.headers
 
+    async def test_a_given_session_that_raises_for_status_still_gets_the_gates_refusals(self, gate):
+        """aiohttp's raise_for_status=True (a common session setting) turned every 4xx into a ClientResponseError,
+        which the client took for no answer: a wrong token or bad input answered fail_open, allowed, unseen."""
+        async with aiohttp.ClientSession(raise_for_status=True) as session:
+            async with GateClient(gate.url, "not-the-token-0123456789", timeout=PATIENT, session=session) as wrong:
+                with pytest.raises(GateRequestError) as refused:
+                    await wrong.check("u", "requests")
+                assert refused.value.status == 401
+            async with GateClient(gate.url, TOKEN, timeout=PATIENT, session=session, local=True) as client:
+                with pytest.raises(GateRequestError) as refused:
+                    await client.check("u", "no-such-meter")
+                assert (refused.value.status, refused.value.code) == (422, "unknown_meter")
+
     async def test_its_own_session_is_closed(self, gate):
         async with GateClient(gate.url, TOKEN, timeout=PATIENT) as client:
             session = client._session

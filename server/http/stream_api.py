@@ -173,14 +173,28 @@ async def stream(request: web.Request) -> web.StreamResponse:
                         await listener.ready.wait()
                 except TimeoutError:
                     pass
+        if listener.cut:
+            # It could not take a write at once, fell behind, or was replaced: the events its connection still holds
+            # go nowhere, it resumes from the last one it read. Ended as a stream whose time is up, its connection
+            # stayed open (kept alive, those bytes unsent) for as long as the client stayed without reading.
+            _abort(request)
+        else:
+            # The body's last chunk waits for room as any write does (aiohttp writes it after this returns, with no
+            # time limit): it has a heartbeat's grace.
+            async with asyncio.timeout(HEARTBEAT):
+                await response.write_eof()
     except TimeoutError:
-        if request.transport is not None:
-            request.transport.abort()      # what it holds for the client goes nowhere: the client resumes
+        _abort(request)         # what it holds for the client goes nowhere: the client resumes
     except (ConnectionError, asyncio.CancelledError):     # gone (a write that waited ends in ConnectionError)
         pass
     finally:
         feed.leave(listener)
     return response
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 ROUTES = (

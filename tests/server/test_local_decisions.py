@@ -542,6 +542,44 @@ async def test_a_listener_that_never_reads_a_long_resume_is_let_go_when_its_time
         client.close()
 
 
+async def test_a_listener_cut_off_for_not_reading_lets_its_connection_go(gate):
+    """A listener whose connection has no room for a write is cut off, and its handler returned as a stream whose
+    time is up: aiohttp wrote the body's last chunk and kept the connection alive, the bytes it held unsent, for
+    as long as the client stayed without reading (a socket held for a client the gate had given up on)."""
+    feed = gate.app[GATE].feed
+    host, port = gate.url.removeprefix("http://").split(":")
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((host, int(port)))
+    try:
+        client.sendall(f"GET /v1/stream?max_seconds=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+                       f"\r\n\r\n".encode())
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if feed.listeners == 1:
+                break
+        assert feed.listeners == 1
+        subject = "\U0001F600" * 199       # 800 bytes of UTF-8 in every event, all of them this listener's
+        for i in range(0, 8000, 20):
+            await asyncio.gather(*(gate.post("/v1/usage", {"subject": subject + str(j % 10), "meter": "requests",
+                                                            "idempotency_key": f"k{j}"}) for j in range(i, i + 20)))
+            if feed.cut_off:
+                break
+        await asyncio.sleep(1)
+        assert (feed.listeners, feed.cut_off) == (0, 1)
+        # The client reads at last what was sent: then the end of the connection (the gate let it go), not a
+        # connection kept alive for a next request.
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        got = b""
+        async with asyncio.timeout(5):
+            while chunk := await loop.sock_recv(client, 65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 200") and not got.endswith(b"0\r\n\r\n")    # no end: it resumes
+    finally:
+        client.close()
+
+
 async def test_a_copy_without_the_current_window_is_fetched_again_not_left_to_the_gate(gate):
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
         await here.check("roller", "requests")

@@ -100,6 +100,9 @@ class LocalDecisions:
         self._session: Any = None           # the client's aiohttp.ClientSession, from start()
         self._fetching: dict[str, asyncio.Future] = {}      # subject -> its one fetch under way
         self._plan_wanted: str | None = None                # the plan version the gate last said it runs
+        # Times the stream said to fetch the plan again: an answer to a fetch asked before the last of them (a
+        # reload of the same version with other lines, another process) is not installed, it is asked again.
+        self._plan_asked = 0
         # Older plan versions the gate keeps some tier's subscribers on (existing_subscribers): a state written
         # under one of them is the gate's to decide. A state of any other older version is decided by the plan
         # the gate runs, as the gate decides it.
@@ -336,6 +339,7 @@ class LocalDecisions:
 
     def _refetch_plan(self) -> None:
         self.table = None
+        self._plan_asked += 1
         if self._plan_task is None or self._plan_task.done():
             self._plan_task = asyncio.get_running_loop().create_task(self._fetch_plan())
 
@@ -349,6 +353,7 @@ class LocalDecisions:
         # reload under way) is asked again PLAN_TRIES times.
         tries, pause = 0, PLAN_PAUSE[0]
         while tries < PLAN_TRIES:
+            asked = self._plan_asked
             try:
                 async with asyncio.timeout(PLAN_TIMEOUT):
                     async with self._session.get(f"{self.base_url}/v1/plan", headers=self.auth) as resp:
@@ -367,7 +372,8 @@ class LocalDecisions:
                     table = compile_plan(checked.plan)
                     # The plan the gate runs now: one read before a reload this client has heard of since is
                     # not installed (every snapshot would be refused for its version), it is read again.
-                    if table.version == body["version"] and self._plan_wanted in (None, table.version):
+                    if table.version == body["version"] and self._plan_wanted in (None, table.version) and \
+                            asked == self._plan_asked:
                         self.copies.clear()
                         self.kept = frozenset(body.get("kept_versions") or ())
                         said = body.get("credit_meters")

@@ -374,3 +374,33 @@ async def test_a_plan_fetch_that_fails_for_a_while_is_not_given_up(gate):
                                    session=session) as here:
         assert await here.local.ready(15.0), "the client gave the plan up while its stream was up"
         assert (await here.check("persistent", "requests")).evaluated_here
+
+
+async def test_a_plan_fetch_answered_before_a_reload_of_the_same_version_is_not_installed(start_gate, tmp_path):
+    """A reload that changed only comments keeps the version but moves the rules' lines, and the stream says
+    `plan`. A GET /v1/plan the gate answered just before it, still on its way, was installed once it arrived (its
+    version is the one wanted): the client's rules named the old lines, for good, until its next reconnect to
+    another process."""
+    from .conftest import PLAN
+    plan = tmp_path / "plans.yaml"
+    text = PLAN.read_text(encoding="utf-8")
+    plan.write_text(text, encoding="utf-8")
+    gate = await start_gate(plan=plan)
+    session, held, release = _holding_session("/v1/plan")      # the first plan's answer is slow to arrive
+    async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
+                                   session=session) as here, GateClient(gate.url, TOKEN, timeout=PATIENT) as there:
+        await asyncio.wait_for(held.wait(), PATIENT)
+        plan.write_text("# Reviewed by ops.\n# Nothing but comments changed.\n" + text, encoding="utf-8")
+        status, answer = await gate.post("/v1/plan/reload", {"actor": "ops"})
+        assert status == 200 and answer["outcome"] == "unchanged", answer
+        for _ in range(500):                # the stream's `plan` reached the client
+            if here.local.resets:
+                break
+            await asyncio.sleep(0.01)
+        assert here.local.resets
+        release.set()
+        assert await here.local.ready(PATIENT)
+        await here.check("relined", "requests")
+        remote = await there.check("relined", "requests")
+        local = await here.check("relined", "requests")
+        assert local.evaluated_here and local.rule == remote.rule, (local.rule, remote.rule)

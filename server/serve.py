@@ -132,22 +132,30 @@ def _listen(host: str, port: int) -> list[socket.socket]:
 
 class _ServerLog(logging.LoggerAdapter):
     """aiohttp's server logger, but a request aiohttp could not parse (broken framing, a header line too long, bytes
-    no request line allows), which it refuses with a 400 before any route runs, is counted as a refused request
-    (plangate_rejected_requests, error bad_http_request) and logged as one debug line of the gate's log. aiohttp
-    logged each as an error with a traceback, in no format of the gate's: any client could fill the log."""
+    no request line allows, TLS or other non-HTTP bytes on a connection's first request), which it refuses with a
+    400 before any route runs, is counted as a refused request (plangate_rejected_requests, error bad_http_request)
+    and logged as one debug line of the gate's log. aiohttp logged each as an error with a traceback (the first
+    request's bad method at its own debug level), in no format of the gate's: any client could fill the log."""
 
     def __init__(self, rejected) -> None:
         super().__init__(server_logger, {})
         self._rejected = rejected.labels("bad_http_request")
 
-    def exception(self, msg, *args, exc_info=True, stack_info=False, stacklevel=1, extra=None, **kwargs) -> None:
+    def _refused(self, exc_info) -> bool:
         if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
             self._rejected.inc()
             log(logging.DEBUG, "bad_http_request", status=exc_info.code,
                 why=(exc_info.message or "").partition("\n")[0][:200])
-            return
-        super().exception(msg, *args, exc_info=exc_info, stack_info=stack_info, stacklevel=stacklevel, extra=extra,
-                          **kwargs)
+            return True
+        return False
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
+        if not self._refused(exc_info):
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg, *args, exc_info=None, **kwargs) -> None:
+        if not self._refused(exc_info):
+            super().debug(msg, *args, exc_info=exc_info, **kwargs)
 
 
 async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:

@@ -8,7 +8,7 @@ same reasons and the same `rule`), the subject's state and the usage of its curr
 /v1/subjects/{subject}/snapshot). GET /v1/stream tells of every change (a subject's state, a count by anyone,
 a plan reload, a reset), with ids: a reconnect sends Last-Event-ID and misses nothing; when the gate cannot
 resume it says `reset` and the copies are dropped. The gate sends a heartbeat every second (within half the
-staleness bound, when that is shorter, down to 0.1 s: the client asks for it); a copy is used only
+staleness bound, when that is shorter, down to 0.25 s: the client asks for it); a copy is used only
 while the stream was heard from within `staleness` seconds, else the client asks the gate (and counts it in
 `remote_fallbacks`). A copy is also fetched again once it is older than the snapshot's `max_age` (the gate's
 cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
@@ -275,7 +275,7 @@ class LocalDecisions:
         # Heartbeats well within the staleness bound: at the gate's default of one a second, a bound under it left
         # the copies unusable most of the time on a quiet stream (every check asked of the gate). A gate that does
         # not know the parameter ignores it.
-        heartbeat = min(1.0, max(0.1, self.staleness / 2))
+        heartbeat = min(1.0, max(0.25, self.staleness / 2))
         url = f"{self.base_url}/v1/stream?client={self.client}&heartbeat={heartbeat:g}"
         async with self._session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:

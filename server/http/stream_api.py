@@ -29,7 +29,7 @@ from .api import GATE
 _CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream, and the most a client may ask for
-MIN_HEARTBEAT = 0.1     # the least a client may ask for (one asking for less gets this)
+MIN_HEARTBEAT = 0.25    # the least a client may ask for (one asking for less gets this): 4 writes a second
 # What the flusher may add to a connection's write buffer besides an event batch: the chunk's framing.
 _CHUNK_FRAMING = 32
 # Bytes of a resume written at once: aiohttp waits in a write while the connection is paused, so a client that reads

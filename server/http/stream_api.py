@@ -27,6 +27,7 @@ from ..store._base import state_json
 from .api import GATE
 
 _CLIENT = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_SECONDS = re.compile(r"(?=.*[1-9])[0-9]{1,9}(?:\.[0-9]{1,9})?")     # above 0, in digits
 
 HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream, and the most a client may ask for
 MIN_HEARTBEAT = 0.25    # the least a client may ask for (one asking for less gets this): 4 writes a second
@@ -94,17 +95,15 @@ async def _write_in_pieces(response: web.StreamResponse, frames: list[bytes]) ->
 
 
 def _seconds(request: web.Request, name: str) -> float | None:
-    """A query parameter of seconds (above 0, at most a day), or None when not given."""
+    """A query parameter of seconds above 0, in digits with a decimal point if need be (float() also takes '1_0' as
+    10, other scripts' digits, spaces and exponents), or None when not given."""
     raw = request.query.get(name)
     if raw is None:
         return None
-    try:
-        wanted = float(raw)
-    except ValueError:
-        wanted = -1.0
-    if not 0 < wanted <= 86_400:
-        raise inp.BadRequest(400, "invalid_field", f"'{name}' must be a number of seconds above 0")
-    return wanted
+    if not _SECONDS.fullmatch(raw):
+        raise inp.BadRequest(400, "invalid_field", f"'{name}' must be a number of seconds above 0, in digits (such "
+                                                   "as 30 or 0.5)")
+    return float(raw)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:

@@ -126,9 +126,11 @@ async def test_the_stream_needs_the_api_token(gate):
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{gate.url}/v1/stream") as resp:
             assert resp.status == 401
-        async with s.get(f"{gate.url}/v1/stream?max_seconds=0",
-                         headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-            assert resp.status == 400 and (await resp.json())["error"] == "invalid_field"
+        # Python's float() took '1_0' as 10, Arabic-Indic digits, spaces and exponents.
+        for wanted in ("0", "1_0", "\u0661", " 1", "1e1", ".5", "5."):
+            async with s.get(f"{gate.url}/v1/stream", params={"max_seconds": wanted},
+                             headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                assert resp.status == 400 and (await resp.json())["error"] == "invalid_field", wanted
 
 
 async def _frames(session, url: str, headers: dict, until: bytes, client: str = "resuming-client") -> bytes:

@@ -29,6 +29,10 @@ import orjson
 
 FORGET_AFTER = 300.0        # seconds a disconnected client's subjects are kept for its reconnect
 MAX_SUBJECTS = 100_000      # subjects one client may hold: beyond, all are dropped and it is cut off (it resets)
+# Clients not listening here whose subjects are kept (for FORGET_AFTER): past this many, the one gone longest is
+# forgotten at once (it resumes with `reset`), so that snapshots under ever new names cannot grow the gate without
+# bound (40,000 names took some 45 MB).
+MAX_GONE = 20_000
 # Woken by an event, the flusher waits this long for more before it writes: a listener costs at most 1 / GATHER
 # writes a second however many counts it hears of, and a change still reaches it well within 50 ms.
 GATHER = 0.01
@@ -198,7 +202,10 @@ class ChangeFeed:
         now = time.monotonic()
         if client not in self.named:
             # Not listening here (another node's stream, or a script): its subjects are forgotten in time.
-            self.gone[client] = now
+            self.gone.pop(client, None)
+            self.gone[client] = now         # the newest last: the one gone longest is first
+            if len(self.gone) > MAX_GONE:
+                self._forget_now(next(iter(self.gone)), now)
         if now - self.forgotten_at > 1.0:
             self._forget(now)
         held = self.interest.setdefault(client, {})
@@ -214,6 +221,13 @@ class ChangeFeed:
             listener = self.named.get(client)
             if listener is not None:
                 listener.cut_off()
+
+    def _forget_now(self, client: str, now: float) -> None:
+        """A gone client's subjects dropped before FORGET_AFTER: its next resume is a reset, whatever it watches
+        meanwhile (as past MAX_SUBJECTS)."""
+        del self.gone[client]
+        self._drop(client)
+        self.must_reset[client] = now
 
     def _drop(self, client: str) -> None:
         for subject in self.interest.pop(client, {}):

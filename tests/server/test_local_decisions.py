@@ -470,6 +470,27 @@ def test_a_client_past_its_subject_limit_is_cut_off_and_resumes_with_reset(monke
     assert feed.since(None, "client-many") == [] and feed.since(last, "client-many") == []
 
 
+def test_past_max_gone_clients_the_one_gone_longest_is_forgotten_and_resumes_with_reset(monkeypatch):
+    """Each name a snapshot gave was kept FORGET_AFTER (5 minutes), with no bound on how many: snapshots under ever
+    new names grew the gate by some 45 MB for 40,000 of them."""
+    monkeypatch.setattr(changes, "MAX_GONE", 3)
+    feed = ChangeFeed()
+    listener = feed.listen("client-0")
+    feed.watch("client-0", "s0")
+    last = feed.last_id
+    feed.leave(listener)
+    for i in range(1, 4):
+        feed.watch(f"client-{i}", f"s{i}")
+    assert "client-0" not in feed.interest and "s0" not in feed.watchers and len(feed.gone) == 3
+    feed.watch("client-1", "s1b")               # seen again: now the newest
+    feed.watch("client-4", "s4")
+    assert set(feed.gone) == {"client-1", "client-3", "client-4"}
+    feed.watch("client-0", "s0")                # a snapshot before it resumes: still a reset, never a silent resume
+    assert feed.since(last, "client-0") is None
+    feed.reset_said("client-0")
+    assert feed.since(last, "client-0") == []
+
+
 def test_subjects_watched_by_a_client_that_never_listens_here_are_forgotten(monkeypatch):
     feed = ChangeFeed()
     for i in range(50):

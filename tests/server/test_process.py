@@ -155,6 +155,20 @@ class TestRestart:
         assert logs[-1]["event"] == "stopped"
 
 
+
+async def _kept_events(url: str, n: int) -> str:
+    """The event id before n counts of /v1/usage the gate at url publishes, each event 800 bytes (a subject of 199
+    four-byte characters): kept by its feed for a named client that may come back to resume."""
+    subject = "\U0001F600" * 199
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+        async with s.get(url + "/v1/subjects/kept/snapshot?client=keeping-client") as r:
+            start = (await r.json())["event_id"]
+        for i in range(0, n, 20):
+            await asyncio.gather(*(s.post(url + "/v1/usage", json={
+                "subject": subject + str(j % 10), "meter": "requests", "idempotency_key": f"k{j}"})
+                for j in range(i, i + 20)))
+    return start
+
 class TestMisbehavingClients:
     @pytest.mark.parametrize("framing", ["length", "chunked"])
     async def test_a_client_hanging_up_in_the_middle_of_its_body_is_no_error_of_the_gate(self, gate_process,
@@ -214,16 +228,7 @@ class TestMisbehavingClients:
         waits for room: aiohttp ends that write with ConnectionError (not ConnectionResetError), which was logged
         as internal_error with a traceback. aiohttp's test server cancels the handler instead."""
         proc = gate_process()
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        subject = "\U0001F600" * 199        # 800 bytes of UTF-8 in every event
-        async with aiohttp.ClientSession(headers=auth) as s:
-            # A named client that may come back to resume: the feed keeps the events meanwhile.
-            async with s.get(proc.url + "/v1/subjects/kept/snapshot?client=keeping-client") as r:
-                start = (await r.json())["event_id"]
-            for i in range(0, 8000, 20):
-                await asyncio.gather(*(s.post(proc.url + "/v1/usage", json={
-                    "subject": subject + str(j % 10), "meter": "requests", "idempotency_key": f"k{j}"})
-                    for j in range(i, i + 20)))
+        start = await _kept_events(proc.url, 8000)
         client = socket.socket()
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.connect(("127.0.0.1", proc.port))
@@ -242,15 +247,7 @@ class TestMisbehavingClients:
         connection at once: a client that does not read held all of it in the gate, twice over, until its time
         was up, and PLANGATE_STREAM_MAX_LISTENERS such clients (10,000 by default) could take the gate's memory."""
         proc = gate_process()
-        subject = "\U0001F600" * 199        # 800 bytes of UTF-8 in every event
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
-            # A named client that may come back to resume: the feed keeps the events meanwhile.
-            async with s.get(proc.url + "/v1/subjects/kept/snapshot?client=keeping-client") as r:
-                start = (await r.json())["event_id"]
-            for i in range(0, 9_000, 20):
-                await asyncio.gather(*(s.post(proc.url + "/v1/usage", json={
-                    "subject": subject + str(j % 10), "meter": "requests", "idempotency_key": f"k{j}"})
-                    for j in range(i, i + 20)))
+        start = await _kept_events(proc.url, 9000)
 
         def rss_mb() -> float:
             with open(f"/proc/{proc.proc.pid}/status") as status:

@@ -155,7 +155,6 @@ class TestRestart:
         assert logs[-1]["event"] == "stopped"
 
 
-
 async def _kept_events(url: str, n: int) -> str:
     """The event id before n counts of /v1/usage the gate at url publishes, each event 800 bytes (a subject of 199
     four-byte characters): kept by its feed for a named client that may come back to resume."""
@@ -168,6 +167,7 @@ async def _kept_events(url: str, n: int) -> str:
                 "subject": subject + str(j % 10), "meter": "requests", "idempotency_key": f"k{j}"})
                 for j in range(i, i + 20)))
     return start
+
 
 class TestMisbehavingClients:
     @pytest.mark.parametrize("framing", ["length", "chunked"])

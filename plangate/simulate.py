@@ -22,6 +22,7 @@ from .lifecycles import CorpusError, Lifecycle, corpus
 DAY = 86400
 END_AGO = 60                        # a lifecycle's last moment, this many seconds before now
 TIMEOUT = 10.0
+PLAYS = 3                           # plays of a lifecycle whose timers the gate's own schedule fired early
 
 
 class Unreachable(Exception):
@@ -97,6 +98,7 @@ class Run:
         self.tag = f"{life.tag}{secrets.token_hex(3)}"
         self.events = life.shifted(int(self.now - END_AGO - life.ends_at), self.tag, subject)
         self.problems: list[str] = []
+        self.disturbed = False      # a timer fired before the run's own sweep: the gate's schedule ran one
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -105,6 +107,10 @@ class Run:
         """Every event in the corpus's order, what the story expects after each, then a sweep and the end."""
         for event, expect in zip(self.events, self.life.expects):
             self.send(event, expect or {})
+        # The events lie in the past, so a timer they set is due at once: a sweep the gate's schedule runs while
+        # they are sent fires it before the story reaches it, which no real lifecycle does.
+        moves = self.gate.subject(self.subject).get("transitions", ())
+        self.disturbed = any(move.get("actor") == "timer" for move in moves)
         result = self.gate.sweep()
         self.say(f"  > POST /v1/jobs/sweep: {result.get('result')} timer(s) fired")
         view = self.gate.subject(self.subject)
@@ -161,6 +167,31 @@ def _usage(message: str) -> int:
     return 2
 
 
+def _play(gate: GateCalls, life: Lifecycle, subject: str, out) -> bool:
+    """One lifecycle; played again on a fresh subject (PLAYS times in all at the most) when it failed after the
+    gate's scheduled sweep fired one of its timers."""
+    for play in range(1, PLAYS + 1):
+        r = Run(gate, life, subject if play == 1 else f"{subject}-{play}", out)
+        r.say(f"== {life.name}: {life.title}\n   subject {r.subject}, {len(r.events)} events")
+        try:
+            passed = r.play()
+        except Refused as exc:
+            r.say(f"      !! {exc}")
+            r.problems.append(str(exc))
+            passed = False
+        if passed or not r.disturbed:
+            break
+        early = ("the gate's scheduled sweep (PLANGATE_SWEEP_SCHEDULE) fired a timer while the events were sent: "
+                 "they lie in the past, so their timers are due before the story reaches them")
+        if play < PLAYS:
+            r.say(f"AGAIN {life.name}: {early}\n")
+            continue
+        r.problems.append(f"{early}, at each of {PLAYS} plays; run it against a gate whose sweep runs seldom "
+                          "(e.g. PLANGATE_SWEEP_SCHEDULE='0 0 1 1 *': this command sweeps by itself)")
+    r.say(f"{'PASS' if passed else 'FAIL'} {life.name}" + ("" if passed else f": {'; '.join(r.problems)}") + "\n")
+    return passed
+
+
 def run(args, out=None) -> int:
     """Play the chosen lifecycles (args as parsed by `plangate stripe-simulate`)."""
     out = out or sys.stdout
@@ -200,16 +231,7 @@ def run(args, out=None) -> int:
     try:
         for name in names:
             subject = base if args.subject and len(names) == 1 else f"{base}-{name}"
-            r = Run(gate, lives[name], subject, out)
-            r.say(f"== {name}: {lives[name].title}\n   subject {subject}, {len(r.events)} events")
-            try:
-                results[name] = r.play()
-            except Refused as exc:
-                r.say(f"      !! {exc}")
-                r.problems.append(str(exc))
-                results[name] = False
-            r.say(f"{'PASS' if results[name] else 'FAIL'} {name}" +
-                  ("" if results[name] else f": {'; '.join(r.problems)}") + "\n")
+            results[name] = _play(gate, lives[name], subject, out)
     except Unreachable as exc:
         return _usage(str(exc))
     passed = sum(results.values())

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -22,13 +23,16 @@ from .conftest import ADMIN_TOKEN, BASE_ENV, ROOT, TOKEN, GateProcess, free_port
 PLANGATE = str(Path(sys.executable).with_name("plangate"))
 CORPUS = ROOT / "scenarios" / "lifecycles"
 LIVES = {life.name: life for life in corpus(CORPUS)}
+# The gates' own sweep once a year: a lifecycle's events lie in the past, so a scheduled sweep while they are sent
+# fires their timers early (the simulator plays such a lifecycle again; the two tests below show it).
+QUIET = {"PLANGATE_SWEEP_SCHEDULE": "0 0 1 1 *"}
 
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
     """One real gate for the module: every run uses fresh subjects, customers and subscriptions."""
     where = tmp_path_factory.mktemp("simulate")
-    proc = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(where / "gate.sqlite3"),
+    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(where / "gate.sqlite3"),
                         "STRIPE_WEBHOOK_SECRET": se.SECRET}, where)
     proc.database = str(where / "gate.sqlite3")
     yield proc
@@ -92,12 +96,68 @@ def test_an_event_the_gate_did_not_apply_says_why(gate, capsys):
 
 def test_a_gate_with_enforcement_off_plays_every_lifecycle(tmp_path, capsys):
     """With SUBSCRIPTION_ENABLED=false a check answers no status: an event the gate ignores asked it for one."""
-    proc = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "off.sqlite3"), "SUBSCRIPTION_ENABLED": "false",
-                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
+    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "off.sqlite3"),
+                        "SUBSCRIPTION_ENABLED": "false", "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
     try:
         assert simulate_(proc, "--subject", "off", *LIVES) == 0, capsys.readouterr().out
     finally:
         proc.stop()
+
+
+class _Schedule(threading.Thread):
+    """What a gate's sweep schedule does, sooner: POST /v1/jobs/sweep every 5 ms, until `stop` is set, or (until_fired)
+    until a sweep fires a timer."""
+
+    def __init__(self, url: str, *, until_fired: bool):
+        super().__init__(daemon=True)
+        self.url, self.until_fired, self.stop, self.fired = url, until_fired, threading.Event(), 0
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            post = urllib.request.Request(f"{self.url}/v1/jobs/sweep", method="POST",
+                                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            with self.opener.open(post, timeout=10) as resp:
+                self.fired += json.loads(resp.read())["result"]
+            if self.fired and self.until_fired:
+                return
+
+
+def test_a_lifecycle_whose_timer_a_scheduled_sweep_fired_early_is_played_again(tmp_path, capsys):
+    """A trial's end is due at once (its events lie in the past): a sweep of the gate's schedule while the events
+    are sent ended the trial before its charge came, and the run failed with no word of why. Now it says so and
+    plays the lifecycle again on a fresh subject."""
+    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "gate.sqlite3"),
+                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
+    schedule = _Schedule(proc.url, until_fired=True)
+    try:
+        schedule.start()
+        assert simulate_(proc, "--subject", "early", "trial-declined") == 0
+        schedule.join(10)
+    finally:
+        schedule.stop.set()
+        proc.stop()
+    out = capsys.readouterr().out
+    assert schedule.fired == 1
+    assert "AGAIN trial-declined: the gate's scheduled sweep (PLANGATE_SWEEP_SCHEDULE) fired a timer" in out
+    assert "subject early-2," in out and "PASS trial-declined" in out and "1 of 1 lifecycle(s) passed" in out
+
+
+def test_a_lifecycle_every_play_of_which_meets_a_scheduled_sweep_fails_saying_what_to_do(tmp_path, capsys):
+    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "gate.sqlite3"),
+                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
+    schedule = _Schedule(proc.url, until_fired=False)
+    try:
+        schedule.start()
+        assert simulate_(proc, "--subject", "busy", "trial-declined") == 1
+    finally:
+        schedule.stop.set()
+        schedule.join(10)
+        proc.stop()
+    out = capsys.readouterr().out
+    assert out.count("AGAIN trial-declined") == 2 and "subject busy-3," in out
+    assert "at each of 3 plays; run it against a gate whose sweep runs seldom" in out.split("FAIL trial-declined")[1]
+    assert "0 of 1 lifecycle(s) passed" in out
 
 
 def test_one_lifecycle_as_a_process(gate, tmp_path):

@@ -38,9 +38,12 @@ run: $(STAMP)
 	@exec $(BIN)/plangate serve $(RUN_ENV)
 
 # The console's browser tests need Debian's chromium and chromium-driver: tools/need-browser installs them.
+# The suite runs on TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0: in this one), its tests handed out one
+# by one: grouped by file, schemathesis's tests (which share a node id) ran one per function, not per operation.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	@tools/need-browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The repository's static checks (also .pre-commit-config.yaml's): ruff, mypy (tools/typecheck), the shipped plan.
 lint: $(STAMP)

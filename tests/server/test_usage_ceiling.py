@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 
 from plangate.client import GateClient, GateRequestError
+from plangate.engine import SubjectState
+from plangate.server.store import StoredSubject, open_store
 
 from . import stripe_events as se
 from .conftest import TOKEN
@@ -157,3 +159,37 @@ async def test_the_client_raises_the_refusal_and_still_decides(start_gate, datab
         decision = await client.check("c1", "requests")
         assert (decision.used, decision.allowed, decision.reason) == (CEILING, False, "quota_exhausted")
     assert await stored(database, "c1", "requests") == ([CEILING], ["first"], 0)
+
+
+async def test_a_count_sqlite_stored_as_a_float_before_the_ceiling_is_a_whole_number_after_migration_24(tmp_path):
+    """What a gate before the ceiling left in a SQLite file: a window counted past 2**63 - 1, which SQLite stores as
+    a REAL, and the idempotency key's answer beside it. Read back, it was a float in every answer of the subject;
+    migration 24 makes it the ceiling, a whole number (a window below it keeps its count)."""
+    database = str(tmp_path / "gate.sqlite3")
+    store = open_store(database)
+    await store.open()
+    try:
+        await store.migrate()
+        f1 = StoredSubject(SubjectState("f1", "free", since=1.0, plan_version="v1"), 0)
+        assert (await store.count(f1, "requests", 0, 5, None, "k1", 1.0)).counted
+        f1 = await store.load("f1")
+        assert (await store.count(f1, "requests", 60, 7, None, "k2", 61.0)).counted
+        with sqlite3.connect(database) as db:
+            db.execute("UPDATE quota_usage SET used = used + 9223372036854775807 WHERE window_start = 0")
+            db.execute("UPDATE usage_keys SET used_after = used_after + 9223372036854775807 WHERE key = 'k1'")
+            assert db.execute("SELECT typeof(used) FROM quota_usage WHERE window_start = 0").fetchone() == ("real",)
+            db.execute("PRAGMA user_version = 23")
+        assert type((await store.used("f1", [("requests", 0)]))[("requests", 0)]) is float     # as it was
+        await store.migrate()
+        with sqlite3.connect(database) as db:
+            assert db.execute("SELECT window_start, used, typeof(used) FROM quota_usage ORDER BY window_start"
+                              ).fetchall() == [(0, CEILING, "integer"), (60, 7, "integer")]
+            assert db.execute("SELECT key, used_after, typeof(used_after) FROM usage_keys ORDER BY key").fetchall() \
+                == [("k1", CEILING, "integer"), ("k2", 7, "integer")]
+        used = await store.used("f1", [("requests", 0), ("requests", 60)])
+        assert used == {("requests", 0): CEILING, ("requests", 60): 7}
+        assert {type(n) for n in used.values()} == {int}
+        again = await store.count(await store.load("f1"), "requests", 0, 5, None, "k1", 2.0)
+        assert (again.duplicate, again.used, type(again.used)) == (True, CEILING, int)
+    finally:
+        await store.close()

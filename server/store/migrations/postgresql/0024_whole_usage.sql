@@ -1,0 +1,3 @@
+-- Nothing for PostgreSQL: its counts are BIGINT, and a sum past 2**63 - 1 failed rather than being stored (until
+-- migration 22 bounded it). SQLite's migration of this number turns the floats it stored then into whole numbers.
+-- The file keeps the two folders' numbers the same, so both stores report schema version 24.

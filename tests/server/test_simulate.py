@@ -123,38 +123,35 @@ class _Schedule(threading.Thread):
                 return
 
 
+def simulate_while_sweeping(tmp_path, subject: str, *, until_fired: bool) -> tuple[int, _Schedule]:
+    """trial-declined played into a gate of its own while a _Schedule sweeps it: (the exit code, the schedule)."""
+    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "gate.sqlite3"),
+                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
+    schedule = _Schedule(proc.url, until_fired=until_fired)
+    try:
+        schedule.start()
+        return simulate_(proc, "--subject", subject, "trial-declined"), schedule
+    finally:
+        schedule.stop.set()
+        schedule.join(10)
+        proc.stop()
+
+
 def test_a_lifecycle_whose_timer_a_scheduled_sweep_fired_early_is_played_again(tmp_path, capsys):
     """A trial's end is due at once (its events lie in the past): a sweep of the gate's schedule while the events
     are sent ended the trial before its charge came, and the run failed with no word of why. Now it says so and
     plays the lifecycle again on a fresh subject."""
-    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "gate.sqlite3"),
-                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
-    schedule = _Schedule(proc.url, until_fired=True)
-    try:
-        schedule.start()
-        assert simulate_(proc, "--subject", "early", "trial-declined") == 0
-        schedule.join(10)
-    finally:
-        schedule.stop.set()
-        proc.stop()
+    code, schedule = simulate_while_sweeping(tmp_path, "early", until_fired=True)
     out = capsys.readouterr().out
-    assert schedule.fired == 1
+    assert code == 0 and schedule.fired == 1, out
     assert "AGAIN trial-declined: the gate's scheduled sweep (PLANGATE_SWEEP_SCHEDULE) ran while the events" in out
     assert "subject early-2-" in out and "PASS trial-declined" in out and "1 of 1 lifecycle(s) passed" in out
 
 
 def test_a_lifecycle_every_play_of_which_meets_a_scheduled_sweep_fails_saying_what_to_do(tmp_path, capsys):
-    proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "gate.sqlite3"),
-                        "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
-    schedule = _Schedule(proc.url, until_fired=False)
-    try:
-        schedule.start()
-        assert simulate_(proc, "--subject", "busy", "trial-declined") == 1
-    finally:
-        schedule.stop.set()
-        schedule.join(10)
-        proc.stop()
+    code, _ = simulate_while_sweeping(tmp_path, "busy", until_fired=False)
     out = capsys.readouterr().out
+    assert code == 1, out
     assert out.count("AGAIN trial-declined") == 2 and "subject busy-3-" in out
     assert "at each of 3 plays; run it against a gate whose sweep runs seldom" in out.split("FAIL trial-declined")[1]
     assert "0 of 1 lifecycle(s) passed" in out

@@ -567,6 +567,32 @@ async def test_a_listener_that_never_reads_a_long_resume_is_let_go_when_its_time
         client.close()
 
 
+async def test_a_burst_larger_than_the_connection_takes_at_once_reaches_a_reading_listener_whole(gate):
+    """Events published together past the connection's high-water mark (64 KB): the flusher found no room for
+    the one write of them all and cut the listener off as one that does not read, though it read all along (it
+    reconnected and resumed). It gets them in turns, in order, and stays connected."""
+    feed = gate.app[GATE].feed
+    subject = "\U0001F600" * 199       # 800 bytes of UTF-8 in every event
+    got = b""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gate.url}/v1/stream?max_seconds=20", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            async with asyncio.timeout(15):
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+                    if b"event: hello" in got:
+                        break
+                for j in range(500):        # some 400 KB at once, within the listener's queue (1,000 events)
+                    feed.usage(subject + str(j % 10), "requests", 0, j)
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+                    if got.count(b"event: usage") == 500 or b"event: reset" in got:
+                        break
+    assert feed.cut_off == 0 and b"event: reset" not in got
+    used = [json.loads(line.removeprefix(b"data: "))["used"] for line in got.split(b"\n")
+            if line.startswith(b'data: {"subject"')]
+    assert used == list(range(500))
+
+
 async def test_a_listener_cut_off_for_not_reading_lets_its_connection_go(gate):
     """A listener whose connection has no room for a write is cut off, and its handler returned as a stream whose
     time is up: aiohttp wrote the body's last chunk and kept the connection alive, the bytes it held unsent, for

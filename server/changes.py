@@ -41,7 +41,7 @@ _EVENT_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 class Listener:
-    """One client's queue of encoded events; `cut` once it overflowed (or could not take a write at once).
+    """One client's queue of encoded events; `cut` once it overflowed (or its connection took none of a write).
 
     Until its stream has started (`start`) its events only queue; from then on the feed's flusher writes them.
     `ready` is set when the stream must end: cut off, replaced, or the gate closing."""
@@ -73,11 +73,6 @@ class Listener:
         self.cut = True
         self.queue.clear()
         self.ready.set()
-
-    def drain(self) -> list[bytes]:
-        frames = list(self.queue)
-        self.queue.clear()
-        return frames
 
     def start(self, send: Callable[[bytes], Awaitable[None]], room: Callable[[int], bool]) -> None:
         """The stream's first frames are written: the feed writes its events from now on (those queued first)."""
@@ -148,24 +143,25 @@ class ChangeFeed:
             for i, listener in enumerate(dirty, 1):
                 if i % FLUSH_TURN == 0:
                     await asyncio.sleep(0)      # requests in between
-                frames = listener.drain()
-                if not frames or listener.cut or listener.send is None or listener.room is None:
+                queue = listener.queue
+                if not queue or listener.cut or listener.send is None or listener.room is None:
                     continue
-                data = b"".join(frames)
                 try:
-                    if not listener.room(len(data)):
+                    if listener.room(sum(map(len, queue))):
+                        data = b"".join(queue)
+                        queue.clear()
+                    else:
                         # More than the connection takes at once (a burst past its high-water mark, 64 KB): what
                         # fits now, the rest at the next turn, in order. Nothing fits: the client does not read.
-                        fit, size = 0, 0
-                        while fit < len(frames) and listener.room(size + len(frames[fit])):
-                            size += len(frames[fit])
-                            fit += 1
-                        if not fit:
+                        frames, size = [], 0
+                        while queue and listener.room(size + len(queue[0])):
+                            size += len(queue[0])
+                            frames.append(queue.popleft())
+                        if not frames:
                             listener.cut_off()
                             continue
-                        listener.queue.extendleft(reversed(frames[fit:]))
                         self._mark(listener)
-                        data = b"".join(frames[:fit])
+                        data = b"".join(frames)
                     await listener.send(data)
                 except Exception:  # noqa: BLE001 - gone, its response ended, or broken: that listener alone ends
                     listener.cut_off()

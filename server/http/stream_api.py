@@ -173,7 +173,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 except TimeoutError:
                     pass
         if listener.cut:
-            # It could not take a write at once, fell behind, or was replaced: the events its connection still holds
+            # Its connection took none of a write, it fell behind, or was replaced: the events its connection holds
             # go nowhere, it resumes from the last one it read. Ended as a stream whose time is up, its connection
             # stayed open (kept alive, those bytes unsent) for as long as the client stayed without reading.
             _abort(request)

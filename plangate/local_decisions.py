@@ -13,7 +13,8 @@ while the stream was heard from within `staleness` seconds, else the client asks
 `remote_fallbacks`). A copy is also fetched again once it is older than the snapshot's `max_age` (the gate's
 cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
 the copy cannot make exactly (a subject on an older plan version, credits deciding past a limit, enforcement
-off or the kill switch on at the gate) is asked too. Windows, timers and retry_after go by the gate's clock:
+off or the kill switch on at the gate) is asked too, as are the checks of the SNAPSHOT_PAUSE after a snapshot
+the gate could not give (its store down). Windows, timers and retry_after go by the gate's clock:
 each snapshot says the gate's time, and the client keeps its monotonic clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
@@ -40,6 +41,7 @@ OFFSET_KEPT = 60.0              # seconds a measurement of the gate's clock stan
 PLAN_TIMEOUT = 10.0             # seconds one GET /v1/plan may take (one lost on a dead connection is asked again)
 PLAN_PAUSE = (0.2, 2.0)         # the pause after a plan fetch the gate did not answer, and the longest
 PLAN_TRIES = 20                 # answers whose plan cannot be used (another version) before the client gives up
+SNAPSHOT_PAUSE = 1.0            # seconds after a snapshot the gate could not give (5xx, no answer) before another
 
 
 @dataclass
@@ -81,6 +83,10 @@ class LocalDecisions:
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
         self.declined_at = float("-inf")    # monotonic time the gate last said copies may not decide
+        # Monotonic time of the last snapshot the gate could not give (its store down, no answer): for
+        # SNAPSHOT_PAUSE the checks go straight to the gate, which answers them (by its fail mode, if need be),
+        # not each one first a snapshot that fails too.
+        self.snapshot_failed_at = float("-inf")
         self.max_amount: float = 0          # the gate's largest amount: one it refuses (a 400) is the gate's to say
         # The gate's time is this process's monotonic clock plus `offset`: measured by the snapshots (the gate says
         # its time in each), at first this process's own wall clock. A step of the wall clock here (NTP) moves
@@ -180,6 +186,8 @@ class LocalDecisions:
             if time.monotonic() - self.declined_at < ASK_LOCAL_AGAIN:
                 return False
             self.declined_at = time.monotonic()     # but one a period, whatever becomes of it
+        if time.monotonic() - self.snapshot_failed_at < SNAPSHOT_PAUSE:
+            return False
         pending = self._fetching.get(subject)
         if pending is None:
             pending = self._fetching[subject] = asyncio.ensure_future(self._fetch(subject, timeout))
@@ -200,10 +208,15 @@ class LocalDecisions:
                 sent, asked = self.clock(), time.monotonic()
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
+                        if resp.status >= 500:
+                            self.snapshot_failed_at = time.monotonic()
                         return False
                     body = json.loads(await resp.read())
                 self._measure(body.get("now"), sent, self.clock())
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            self.snapshot_failed_at = time.monotonic()
+            return False
+        except ValueError:
             return False
         finally:
             raced = self.touched.pop(subject, -1)

@@ -860,3 +860,23 @@ async def test_a_gate_restarted_on_the_same_plan_edited_gives_its_rule_locally_t
         remote = await there.check("restarted", "requests")
         local = await here.check("restarted", "requests")
         assert local.evaluated_here and local.rule == remote.rule, (local.rule, remote.rule)
+
+
+async def test_while_the_gates_store_is_down_checks_go_to_the_gate_without_a_snapshot_each(start_gate, pg_cluster):
+    """A store outage: every check of a subject the client held no copy of asked a snapshot first, which failed
+    (503) as the store did, and then the gate: two requests, and a quarter of the timeout spent, each. After one
+    snapshot fails, the checks go straight to the gate (which answers by its fail mode) for SNAPSHOT_PAUSE."""
+    gate = await start_gate(database=pg_cluster.dsn, PLANGATE_PG_CONNECT_TIMEOUT="1", PLANGATE_PG_COMMAND_TIMEOUT="2",
+                            PLANGATE_STORE_TIMEOUT="2")
+    snapshots = gate.app[GATE].metrics.latency.labels("/v1/subjects/{subject}/snapshot")
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        assert (await here.check("before-outage", "requests")).evaluated_here      # a snapshot, then decided here
+        assert sum(snapshots.counts) == 1
+        pg_cluster.stop("immediate")
+        started = time.monotonic()
+        answers = [await here.check(f"during-outage-{i}", "requests") for i in range(5)]
+        took = time.monotonic() - started
+    assert {(a.reason, a.evaluated_here) for a in answers} == {("fail_open", False)}
+    assert sum(snapshots.counts) == 2           # the first check during the outage asked one; the others none
+    assert took < local_decisions.SNAPSHOT_PAUSE      # all of them within the pause

@@ -208,8 +208,8 @@ class LocalDecisions:
                 sent, asked = self.clock(), time.monotonic()
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
-                        if resp.status >= 500:
-                            self.snapshot_failed_at = time.monotonic()
+                        if resp.status >= 500 and _error_code(await resp.read()) != "state_unknown":
+                            self.snapshot_failed_at = time.monotonic()      # the gate's trouble, not one subject's
                         return False
                     body = json.loads(await resp.read())
                 self._measure(body.get("now"), sent, self.clock())
@@ -394,6 +394,15 @@ class LocalDecisions:
                         self.table = table
                         return
             await asyncio.sleep(PLAN_PAUSE[0])
+
+
+def _error_code(body: bytes) -> str | None:
+    """The `error` of a refusal's JSON body, if it has one."""
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return None
+    return found.get("error") if isinstance(found, dict) else None
 
 
 def _state(data: dict):

@@ -65,8 +65,7 @@ async def snapshot(request: web.Request) -> web.Response:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be read right now; try again") from None
     except UnknownStatus as exc:
         gate.state_unknown(subject, exc)
-        raise inp.BadRequest(503, "store_unavailable", "the subject's stored state is not in this node's plan") \
-            from None
+        raise inp.BadRequest(503, "state_unknown", "the subject's stored state is not in this node's plan") from None
     return _json.response({
         "subject": subject, "plan_version": table.version, "event_id": event_id, "local": _local(gate),
         # A copy lives no longer than what is left of the gate's own cache entry: what the feed cannot tell (a

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import random
 import socket
+import sqlite3
 import time
 
 import aiohttp
@@ -880,3 +881,18 @@ async def test_while_the_gates_store_is_down_checks_go_to_the_gate_without_a_sna
     assert {(a.reason, a.evaluated_here) for a in answers} == {("fail_open", False)}
     assert sum(snapshots.counts) == 2           # the first check during the outage asked one; the others none
     assert took < local_decisions.SNAPSHOT_PAUSE      # all of them within the pause
+
+
+async def test_a_subject_the_gates_plan_cannot_read_pauses_no_other_subjects_snapshots(gate):
+    """A snapshot refused for one subject (its stored status is not in this node's plan: a deploy under way) says
+    state_unknown, not store_unavailable, and the client goes on fetching other subjects' snapshots."""
+    assert (await gate.consume("in-limbo", 1))[0] == 200
+    with sqlite3.connect(gate.database) as db:
+        db.execute("UPDATE subscriptions SET status = 'limbo' WHERE subject = 'in-limbo'")
+    gate.app[GATE].invalidate("in-limbo")           # as a write by another node reaches it
+    status, body = await gate.get("/v1/subjects/in-limbo/snapshot")
+    assert (status, body["error"]) == (503, "state_unknown"), body
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        assert (await here.check("in-limbo", "requests")).reason in ("fail_open", "fail_closed")
+        assert (await here.check("someone-else", "requests")).evaluated_here

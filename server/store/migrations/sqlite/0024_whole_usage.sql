@@ -3,14 +3,12 @@
 -- its API promises, and carried it into the idempotency key's answer and the overage beside it. Each becomes the
 -- whole number it stood for, at most the ceiling, 2**62 (4611686018427387904; USAGE_CEILING in
 -- server/store/_base.py): the window stays as full as it was, and a count past it is refused (422 usage_ceiling).
+-- A whole number is left as it is (min() and CAST change none).
 
-UPDATE quota_usage SET used = CASE WHEN used >= 4611686018427387904 THEN 4611686018427387904
-                                   ELSE CAST(used AS INTEGER) END WHERE typeof(used) = 'real';
-UPDATE quota_usage SET billed = CASE WHEN billed >= 4611686018427387904 THEN 4611686018427387904
-                                     ELSE CAST(billed AS INTEGER) END WHERE typeof(billed) = 'real';
-UPDATE usage_keys SET used_after = CASE WHEN used_after >= 4611686018427387904 THEN 4611686018427387904
-                                        ELSE CAST(used_after AS INTEGER) END WHERE typeof(used_after) = 'real';
-UPDATE usage_keys SET overage = CASE WHEN overage >= 4611686018427387904 THEN 4611686018427387904
-                                     ELSE CAST(overage AS INTEGER) END WHERE typeof(overage) = 'real';
-UPDATE overage_reports SET value = CASE WHEN value >= 4611686018427387904 THEN 4611686018427387904
-                                        ELSE CAST(value AS INTEGER) END WHERE typeof(value) = 'real';
+UPDATE quota_usage SET used = CAST(min(used, 4611686018427387904) AS INTEGER),
+                       billed = CAST(min(billed, 4611686018427387904) AS INTEGER)
+WHERE typeof(used) = 'real' OR typeof(billed) = 'real';
+UPDATE usage_keys SET used_after = CAST(min(used_after, 4611686018427387904) AS INTEGER),
+                      overage = CAST(min(overage, 4611686018427387904) AS INTEGER)
+WHERE typeof(used_after) = 'real' OR typeof(overage) = 'real';
+UPDATE overage_reports SET value = CAST(min(value, 4611686018427387904) AS INTEGER) WHERE typeof(value) = 'real';

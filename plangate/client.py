@@ -311,7 +311,7 @@ class GateClient:
                     if await asyncio.wait_for(local.fetch(subject, self.timeout), self.timeout * SNAPSHOT_SHARE):
                         d = local.decide(subject, meter, amount)
                 except TimeoutError:        # the gate is slow to give snapshots: the next checks do not wait on one
-                    local.snapshot_failed_at = time.monotonic()
+                    local.pause_snapshots()
                 budget = self.timeout - (time.monotonic() - started)
             if d is not None:       # the gate's answer, field by field
                 return _local_decision(subject, d.allowed, d.reason.value, d.status, d.tier, d.meter, amount, d.limit,

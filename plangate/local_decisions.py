@@ -195,6 +195,10 @@ class LocalDecisions:
                                       if self._fetching.get(subject) is done else None)
         return await asyncio.shield(pending)
 
+    def pause_snapshots(self) -> None:
+        """The gate could not give a snapshot (or not in time): none is asked for SNAPSHOT_PAUSE."""
+        self.snapshot_failed_at = time.monotonic()
+
     async def _fetch(self, subject: str, timeout: float) -> bool:
         table = self.table
         if not self.fresh or table is None or self.unreadable_under == table.version:
@@ -209,12 +213,12 @@ class LocalDecisions:
                 async with self._session.get(url, headers=self.auth) as resp:
                     if resp.status != 200:
                         if resp.status >= 500 and _error_code(await resp.read()) != "state_unknown":
-                            self.snapshot_failed_at = time.monotonic()      # the gate's trouble, not one subject's
+                            self.pause_snapshots()      # the gate's trouble, not one subject's
                         return False
                     body = json.loads(await resp.read())
                 self._measure(body.get("now"), sent, self.clock())
         except (TimeoutError, aiohttp.ClientError, OSError):
-            self.snapshot_failed_at = time.monotonic()
+            self.pause_snapshots()
             return False
         except ValueError:
             return False

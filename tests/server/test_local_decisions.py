@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import random
+import signal
 import socket
 import sqlite3
+import subprocess
 import time
 
 import aiohttp
 import pytest
 
-from plangate import local_decisions
+from plangate import client as client_module, local_decisions
 from plangate.client import GateClient, GateRequestError
 from plangate.server import changes, serve
 from plangate.server.changes import ChangeFeed
@@ -896,3 +899,31 @@ async def test_a_subject_the_gates_plan_cannot_read_pauses_no_other_subjects_sna
         assert await here.local.ready()
         assert (await here.check("in-limbo", "requests")).reason in ("fail_open", "fail_closed")
         assert (await here.check("someone-else", "requests")).evaluated_here
+
+
+async def test_a_check_that_gave_up_waiting_for_a_snapshot_pauses_the_next_ones(start_gate, pg_cluster):
+    """A store that hangs (its server stopped where it stands): a first check waits a quarter of its timeout for a
+    snapshot, then has the gate's answer (from its cache). The checks after it, of other subjects, go to the gate at
+    once, not each first waiting a quarter of its timeout on a snapshot of its own."""
+    gate = await start_gate(database=pg_cluster.dsn, PLANGATE_STORE_TIMEOUT="10")
+    for subject in ("hung-1", "hung-2"):
+        assert (await gate.check(subject))[0] == 200     # in the gate's cache: its own checks need no store
+    async with GateClient(gate.url, TOKEN, timeout=2.0, local=True, staleness=STALENESS) as here:
+        assert await here.local.ready()
+        postmaster = int((pg_cluster.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        frozen = [postmaster, *map(int, children)]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            first = await here.check("hung-1", "requests")
+            assert list(here.local._fetching) == ["hung-1"]         # its snapshot still waits on the store
+            started = time.monotonic()
+            second = await here.check("hung-2", "requests")
+            took = time.monotonic() - started
+            assert list(here.local._fetching) == ["hung-1"]         # none of its own
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+    assert (first.reason, second.reason) == ("ok", "ok") and not (first.evaluated_here or second.evaluated_here)
+    assert took < 2.0 * client_module.SNAPSHOT_SHARE                 # no quarter of its timeout spent waiting

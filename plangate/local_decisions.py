@@ -14,8 +14,9 @@ while the stream was heard from within `staleness` seconds, else the client asks
 cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
 the copy cannot make exactly (a subject on an older plan version, credits deciding past a limit, enforcement
 off or the kill switch on at the gate) is asked too, as are the checks of the SNAPSHOT_PAUSE after a snapshot
-the gate could not give (its store down). Windows, timers and retry_after go by the gate's clock:
-each snapshot says the gate's time, and the client keeps its monotonic clock's offset from it.
+the gate could not give (its store down; counted in `snapshot_fallbacks`). Windows, timers and retry_after go
+by the gate's clock: each snapshot says the gate's time, and the client keeps its monotonic clock's offset from
+it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
 from __future__ import annotations
@@ -96,6 +97,8 @@ class LocalDecisions:
         self._offset_rtt, self._offset_at = float("inf"), float("-inf")     # the measurement's round trip, time
         self.local_checks = 0               # checks decided here
         self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale
+        self.snapshot_fallbacks = 0         # ... because the gate could not give a snapshot (or not in time), or
+                                            # in the SNAPSHOT_PAUSE after one it could not
         # The plan version under which the gate sent a state this client cannot read whole (a newer gate's
         # field): every subject's is likely the same, so none is fetched again under it; the gate decides.
         self.unreadable_under: str | None = None
@@ -186,7 +189,7 @@ class LocalDecisions:
             if time.monotonic() - self.declined_at < ASK_LOCAL_AGAIN:
                 return False
             self.declined_at = time.monotonic()     # but one a period, whatever becomes of it
-        if time.monotonic() - self.snapshot_failed_at < SNAPSHOT_PAUSE:
+        if self.snapshots_paused:
             return False
         pending = self._fetching.get(subject)
         if pending is None:
@@ -198,6 +201,10 @@ class LocalDecisions:
     def pause_snapshots(self) -> None:
         """The gate could not give a snapshot (or not in time): none is asked for SNAPSHOT_PAUSE."""
         self.snapshot_failed_at = time.monotonic()
+
+    @property
+    def snapshots_paused(self) -> bool:
+        return time.monotonic() - self.snapshot_failed_at < SNAPSHOT_PAUSE
 
     async def _fetch(self, subject: str, timeout: float) -> bool:
         table = self.table

@@ -246,6 +246,11 @@ class Store(abc.ABC):
         version) about plans they deployed; (on_usage(subject, meter, window_start, used)) about their counts;
         on_reset() when some may have been missed (nothing to do for one node)."""
 
+    async def listening(self) -> bool:
+        """Wait until what listen() started hears other nodes, for as long as a connection may take to open;
+        whether it does (one node: nothing to hear, always)."""
+        return True
+
     async def unlisten(self) -> None:  # noqa: B027 - nor anything to stop
         """Stop what listen() started."""
 

@@ -606,6 +606,16 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
                                   connect_timeout=self.connect_timeout, mine=self._backends, on_plan=on_plan)
         self._listener.start()
 
+    async def listening(self) -> bool:
+        listener: Listener | None = getattr(self, "_listener", None)
+        if listener is None:
+            return False
+        try:
+            await asyncio.wait_for(listener.connected.wait(), self.connect_timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def unlisten(self) -> None:
         listener: Listener | None = getattr(self, "_listener", None)
         if listener is not None:

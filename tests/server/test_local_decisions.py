@@ -4,6 +4,7 @@ resumable, bounded per client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -884,6 +885,7 @@ async def test_while_the_gates_store_is_down_checks_go_to_the_gate_without_a_sna
     assert {(a.reason, a.evaluated_here) for a in answers} == {("fail_open", False)}
     assert sum(snapshots.counts) == 2           # the first check during the outage asked one; the others none
     assert took < local_decisions.SNAPSHOT_PAUSE      # all of them within the pause
+    assert (here.local.snapshot_fallbacks, here.local.remote_fallbacks) == (5, 0)     # each said, as what it was
 
 
 async def test_a_subject_the_gates_plan_cannot_read_pauses_no_other_subjects_snapshots(gate):
@@ -926,4 +928,39 @@ async def test_a_check_that_gave_up_waiting_for_a_snapshot_pauses_the_next_ones(
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
     assert (first.reason, second.reason) == ("ok", "ok") and not (first.evaluated_here or second.evaluated_here)
+    assert here.local.snapshot_fallbacks == 2
     assert took < 2.0 * client_module.SNAPSHOT_SHARE                 # no quarter of its timeout spent waiting
+
+
+async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate, pg_cluster):
+    """A node started serving before its listener (a connection of its own) was up: until then it could not hear
+    other nodes' counts, so its first streams said copies may not decide (their clients asked again 5 s later), and
+    the listener's connecting dropped every subject cached meanwhile. Seen as a first check of a gate just started
+    that went to the gate. Here a relay in front of the cluster holds each LISTEN a second."""
+    held = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", pg_cluster.port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, hold: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    if hold and b"LISTEN" in data:
+                        held.append(data)
+                        await asyncio.sleep(1.0)
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    door = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = door.sockets[0].getsockname()[1]
+    try:
+        gate = await start_gate(database=pg_cluster.dsn.replace(f":{pg_cluster.port}/", f":{port}/"))
+        assert held and gate.app[GATE].store.caches_usage       # the listener is up before any request is taken
+        async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+            assert await here.local.ready()
+            assert here.local.allowed
+            assert (await here.check("first-after-start", "requests")).evaluated_here
+    finally:
+        door.close()

@@ -79,9 +79,12 @@ ACCEPT_ENCODING = "gzip, deflate"
 def decoded(request: web.Request, raw: bytes, limit: int) -> bytes:
     """raw decoded as the request's Content-Encoding says: 415 for a coding the gate does not take, 400 for a
     body not in its coding, 413 for one that decodes to more than `limit` bytes."""
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
-    if encoding is None:        # nearly every body
+    codings = request.headers.getall(hdrs.CONTENT_ENCODING, None)
+    if codings is None:         # nearly every body
         return raw
+    # Two headers are one list (RFC 9110 5.3), as "gzip, gzip" is: more codings than the gate takes (the first
+    # header alone was decoded, and the body read as if that were all).
+    encoding = codings[0] if len(codings) == 1 else ", ".join(codings)
     coding = encoding.strip().lower()
     if coding in ("", "identity"):
         return raw

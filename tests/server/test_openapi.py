@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 from jsonschema import Draft202012Validator, FormatChecker
 from yarl import URL
 from referencing import Registry, Resource
@@ -434,6 +435,17 @@ class TestErrorsAsDocumented:
         assert (got, payload["error"]) == (415, "unsupported_media_type") and encoding in payload["message"]
         got, _ = await call(gate, "POST", path, template, raw=raw)
         assert got == 200       # sent as it is: taken (the first was not)
+
+    async def test_two_content_encoding_headers_are_the_list_they_make(self, gate):
+        """Sent twice, the header is one list of codings: the first alone was decoded and the rest ignored."""
+        packed = gzip.compress(gzip.compress(json.dumps(OK_BODY).encode()))
+        headers = CIMultiDict([("Authorization", f"Bearer {token_for('/v1/consume')}"), ("Content-Encoding", "gzip"),
+                               ("Content-Encoding", "gzip")])
+        async with gate.session.post(gate.url + "/v1/consume", data=packed, headers=headers) as resp:
+            payload = await resp.json()
+            documented("POST", "/v1/consume", resp.status, resp.content_type, payload, resp.headers)
+        assert (resp.status, payload["error"]) == (415, "unsupported_media_type")
+        assert "gzip, gzip" in payload["message"]
 
     async def test_a_gzip_body_that_decodes_past_the_limit_is_413(self, gate):
         template = "/v1/consume"

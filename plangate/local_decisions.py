@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ PLAN_TIMEOUT = 10.0             # seconds one GET /v1/plan may take (one lost on
 PLAN_PAUSE = (0.2, 2.0)         # the pause after a plan fetch the gate did not answer, and the longest
 PLAN_TRIES = 20                 # answers whose plan cannot be used (another version) before the client gives up
 SNAPSHOT_PAUSE = 1.0            # seconds after a snapshot the gate could not give (5xx, no answer) before another
+_log = logging.getLogger("plangate.client")
 
 
 @dataclass
@@ -104,6 +106,7 @@ class LocalDecisions:
         self.unreadable_under: str | None = None
         self.reconnects = 0
         self.resets = 0
+        self.refused: str | None = None     # why the gate refused the stream (a wrong token), until it takes it
         self._task: asyncio.Task | None = None
         self._plan_task: asyncio.Task | None = None
         self._session: Any = None           # the client's aiohttp.ClientSession, from start()
@@ -284,6 +287,11 @@ class LocalDecisions:
                 pause = RECONNECT_PAUSE[0]
             except asyncio.CancelledError:
                 raise
+            except _Refused as exc:
+                if self.refused is None:    # said once, until the gate takes the stream (every check asks it)
+                    _log.warning("the gate at %s refused the stream of local decisions (%s): every check goes to "
+                                 "the gate", self.base_url, exc)
+                self.refused = str(exc)
             except Exception:   # a broken connection or frame: reconnect and resume from the last id
                 pass
             self.live = False
@@ -302,6 +310,8 @@ class LocalDecisions:
         heartbeat = min(1.0, max(0.25, self.staleness / 2))
         url = f"{self.base_url}/v1/stream?client={self.client}&heartbeat={heartbeat:g}"
         async with self._session.get(url, headers=headers, timeout=timeout) as resp:
+            if resp.status in (401, 403):
+                raise _Refused(f"{resp.status} {_error_code(await resp.read())}")
             if resp.status != 200:
                 raise ConnectionError(f"the stream answered {resp.status}")
             kind, data, event_id = "", b"", None
@@ -330,6 +340,9 @@ class LocalDecisions:
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self._may_decide(body.get("local", False))
+            if self.refused is not None:
+                _log.info("the gate at %s takes the stream of local decisions again", self.base_url)
+                self.refused = None
             self.max_amount = body.get("max_amount", float("inf"))     # a gate that does not say: no bound
             self._plan_wanted = body.get("plan_version")
             if another or self.table is None or self.table.version != body.get("plan_version"):
@@ -405,6 +418,10 @@ class LocalDecisions:
                         self.table = table
                         return
             await asyncio.sleep(PLAN_PAUSE[0])
+
+
+class _Refused(Exception):
+    """The gate refused the stream: the token is not one it takes (401), or not for this (403)."""
 
 
 def _error_code(body: bytes) -> str | None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import signal
@@ -136,6 +137,23 @@ async def test_the_stream_needs_the_api_token(gate):
             async with s.get(f"{gate.url}/v1/stream", params={"max_seconds": wanted},
                              headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
                 assert resp.status == 400 and (await resp.json())["error"] == "invalid_field", wanted
+
+
+async def test_a_client_whose_token_the_gate_refuses_says_so_once(gate, caplog):
+    """A wrong token: the stream was refused and asked again every 2 s for good, and nothing said why the checks
+    all went to the gate. A warning says it once; the checks themselves are refused as a remote check is."""
+    caplog.set_level(logging.INFO, logger="plangate.client")
+    async with GateClient(gate.url, "not-the-token", timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        for _ in range(300):
+            if here.local.reconnects >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert here.local.refused == "401 unauthorized" and not await here.local.ready(0.1)
+        with pytest.raises(GateRequestError) as refused:
+            await here.check("u", "requests")
+        assert refused.value.status == 401
+    said = [r for r in caplog.records if "refused the stream" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING and "not-the-token" not in said[0].getMessage()
 
 
 async def _frames(session, url: str, headers: dict, until: bytes, client: str = "resuming-client") -> bytes:

@@ -8,15 +8,15 @@ same reasons and the same `rule`), the subject's state and the usage of its curr
 /v1/subjects/{subject}/snapshot). GET /v1/stream tells of every change (a subject's state, a count by anyone,
 a plan reload, a reset), with ids: a reconnect sends Last-Event-ID and misses nothing; when the gate cannot
 resume it says `reset` and the copies are dropped. The gate sends a heartbeat every second (within half the
-staleness bound, when that is shorter, down to 0.25 s: the client asks for it); a copy is used only
-while the stream was heard from within `staleness` seconds, else the client asks the gate (and counts it in
-`remote_fallbacks`). A copy is also fetched again once it is older than the snapshot's `max_age` (the gate's
-cache TTL), as the gate's own cache entry would be, and when its subject's window has rolled over. A decision
-the copy cannot make exactly (a subject on an older plan version, credits deciding past a limit, enforcement
-off or the kill switch on at the gate) is asked too, as are the checks of the SNAPSHOT_PAUSE after a snapshot
-the gate could not give (its store down; counted in `snapshot_fallbacks`). Windows, timers and retry_after go
-by the gate's clock: each snapshot says the gate's time, and the client keeps its monotonic clock's offset from
-it.
+staleness bound, when that is shorter, down to 0.25 s: the client asks for it), and ends every write with a stamp
+of when it wrote it; a copy is used only while the last stamp read is within `staleness` seconds old, however late
+it was read, else the client asks the gate (and counts it in `remote_fallbacks`). A copy is also fetched again
+once it is older than the snapshot's `max_age` (the gate's cache TTL), as the gate's own cache entry would be, and
+when its subject's window has rolled over. A decision the copy cannot make exactly (a subject on an older plan
+version, credits deciding past a limit, enforcement off or the kill switch on at the gate) is asked too, as are the
+checks of the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in
+`snapshot_fallbacks`). Windows, timers and retry_after go by the gate's clock: each snapshot says the gate's time,
+and the client keeps its monotonic clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
 from __future__ import annotations
@@ -82,7 +82,11 @@ class LocalDecisions:
         # merged into the snapshot (the larger figure is the newer) where a change of state makes it be refused.
         self.counted_meanwhile: dict[str, dict[tuple[str, int], int]] = {}
         self.epoch, self.n = "", -1         # the last event heard
-        self.heard = float("-inf")          # monotonic time of the last frame (event or heartbeat)
+        # Monotonic time as of which the stream has told everything: when the gate wrote the last stamp read (see
+        # _follow), or, from a gate that stamps nothing, when the last frame was read.
+        self.heard = float("-inf")
+        self._stamp_offset: float | None = None     # the gate's stamps less this clock, at most (this stream's)
+        self._asked_at = 0.0                        # when this stream was asked for
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
         self.declined_at = float("-inf")    # monotonic time the gate last said copies may not decide
@@ -309,6 +313,7 @@ class LocalDecisions:
         # not know the parameter ignores it.
         heartbeat = min(1.0, max(0.25, self.staleness / 2))
         url = f"{self.base_url}/v1/stream?client={self.client}&heartbeat={heartbeat:g}"
+        self._stamp_offset, self._asked_at = None, time.monotonic()
         async with self._session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status in (401, 403):
                 raise _Refused(f"{resp.status} {_error_code(await resp.read())}")
@@ -316,12 +321,20 @@ class LocalDecisions:
                 raise ConnectionError(f"the stream answered {resp.status}")
             kind, data, event_id = "", b"", None
             async for line in resp.content:
-                self.heard = time.monotonic()
                 line = line.rstrip(b"\r\n")
+                if self._stamp_offset is None:
+                    self.heard = time.monotonic()
                 if not line:
                     if kind:
                         self._event(kind, data, event_id)
                     kind, data, event_id = "", b"", None
+                elif line.startswith(b": at "):
+                    # The gate wrote this when it had written every change before it: as fresh as the copies
+                    # are, however long it took to be read. Its time here is at most when it was written (the
+                    # offset is measured from the moment the stream was asked for, before the gate's clock
+                    # was read), so a copy is never taken for fresher than it is.
+                    if self._stamp_offset is not None:
+                        self.heard = max(self.heard, float(line[5:]) - self._stamp_offset)
                 elif line.startswith(b"id: "):
                     event_id = line[4:].decode()
                 elif line.startswith(b"event: "):
@@ -340,6 +353,10 @@ class LocalDecisions:
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self._may_decide(body.get("local", False))
+            at = body.get("stamp")      # the gate's clock, read after the stream was asked for
+            if isinstance(at, (int, float)) and not isinstance(at, bool):
+                self._stamp_offset = at - self._asked_at
+                self.heard = float("-inf")      # the hello vouches for nothing: the resume after it, then a stamp
             if self.refused is not None:
                 _log.info("the gate at %s takes the stream of local decisions again", self.base_url)
                 self.refused = None

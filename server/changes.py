@@ -37,6 +37,17 @@ MAX_GONE = 20_000
 # writes a second however many counts it hears of, and a change still reaches it well within 50 ms.
 GATHER = 0.01
 FLUSH_TURN = 100            # listeners written before the flusher lets requests in (about a millisecond)
+
+
+def stamp(at: float) -> bytes:
+    """The comment that ends a write to a stream: every event published before `at` (this process's monotonic
+    clock, which no step of the wall clock moves) has been written to it. A client measures how fresh its copies
+    are by the last stamp it read, not by when it read it: frames held up on the way (a congested network, a
+    client's busy event loop) looked fresh on arrival while later changes still waited behind them."""
+    return b": at %.6f\n\n" % at
+
+
+_STAMP_SIZE = 32            # bytes a stamp takes at most
 _EVENT_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
@@ -147,7 +158,8 @@ class ChangeFeed:
                 if not queue or listener.cut or listener.send is None or listener.room is None:
                     continue
                 try:
-                    if listener.room(sum(map(len, queue))):
+                    if listener.room(sum(map(len, queue)) + _STAMP_SIZE):
+                        queue.append(stamp(time.monotonic()))     # the whole queue: everything published so far
                         data = b"".join(queue)
                         queue.clear()
                     else:

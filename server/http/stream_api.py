@@ -3,9 +3,11 @@
 A client that decides `check` in its own process fetches the plan (GET /v1/plan), a snapshot of each subject it
 asks about, and listens to GET /v1/stream: every change that may alter a decision, each with an id, so that a
 reconnect with Last-Event-ID resumes without losing one (or, when the gate no longer keeps that id, starts with
-`reset`: fetch everything again). A heartbeat comment every second (or every `heartbeat` seconds the client asks
-for, from MIN_HEARTBEAT) says the stream is alive: a client that heard nothing for longer than its staleness bound
-stops deciding locally, so one whose bound is under a second asks for heartbeats that come within it. Each
+`reset`: fetch everything again). Every write ends with a stamp (changes.stamp: this process's monotonic clock
+when everything before it had been written; the hello says the clock as the stream starts), and a stamp alone is
+written every second when nothing else was (or every `heartbeat` seconds the client asks for, from MIN_HEARTBEAT):
+a client whose last stamp is older than its staleness bound stops deciding locally, so one whose bound is under a
+second asks for heartbeats that come within it. Each
 connection lasts at most PLANGATE_STREAM_MAX_SECONDS (or `max_seconds`, if less), and a listener that falls
 PLANGATE_STREAM_QUEUE events behind is cut off: slow clients never slow the gate.
 """
@@ -22,6 +24,7 @@ from aiohttp import web
 from plangate.engine import UnknownStatus
 
 from . import _input as inp, _json
+from ..changes import stamp
 from ..gate import StoreUnavailable
 from ..store._base import state_json
 from .api import GATE
@@ -135,6 +138,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID")
     resumed = feed.since(last, client)
     listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed
+    started = time.monotonic()         # what the resume (or the reset) and the queue hold, between them
     deadline = time.monotonic() + limit
     try:
         # Every write of the stream ends with its time (and a heartbeat's grace): one the client does not take by
@@ -142,8 +146,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # the client stayed connected, past max_seconds, holding one of PLANGATE_STREAM_MAX_LISTENERS.
         async with asyncio.timeout(limit + HEARTBEAT):
             await response.prepare(request)
+            # `stamp`: this process's monotonic clock as the stream starts, which the client's measures the
+            # stream's stamps against (changes.stamp).
             hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": heartbeat,
-                     "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount}
+                     "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount,
+                     "stamp": started}
             await response.write(b"id: %s\nevent: hello\ndata: %s\n\n" % (feed.last_id.encode(),
                                                                           orjson.dumps(hello)))
             if resumed is None:        # a gap: what the client holds may be stale
@@ -151,6 +158,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 feed.reset_said(client)
             elif resumed:
                 await _write_in_pieces(response, resumed)
+            await response.write(stamp(started))
             listener.start(response.write, room)
             loop = asyncio.get_running_loop()
             # A heartbeat when nothing was written for a beat, each stream's beat of its own length: listeners that
@@ -163,7 +171,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     break
                 due = max(beaten, listener.sent_at) + beat - loop.time()
                 if due <= 0:
-                    await response.write(b": heartbeat\n\n")
+                    # Stamped when nothing waits to be written to it: every event published so far has been.
+                    await response.write(b": heartbeat\n\n" if listener.queue else stamp(time.monotonic()))
                     beaten = loop.time()
                     continue
                 try:

@@ -17,6 +17,7 @@ import subprocess
 import time
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from plangate import client as client_module, local_decisions
@@ -982,3 +983,101 @@ async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate
             assert (await here.check("first-after-start", "requests")).evaluated_here
     finally:
         door.close()
+
+
+class _DelayLine:
+    """A relay to the gate on 127.0.0.1 that holds what the gate sends for `delay` seconds, in order (a congested
+    path, or a client whose loop reads late); what the client sends goes on at once."""
+
+    def __init__(self, gate_url: str):
+        self.gate_port = int(gate_url.rsplit(":", 1)[1])
+        self.delay = 0.0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _DelayLine:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.gate_port)
+        loop = asyncio.get_running_loop()
+        held: asyncio.Queue = asyncio.Queue()
+
+        async def onward() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    up_writer.write(data)
+            up_writer.close()
+
+        async def back() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await up_reader.read(65536):
+                    held.put_nowait((loop.time() + self.delay, data))
+            held.put_nowait((loop.time() + self.delay, b""))
+
+        async def late() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    due, data = await held.get()
+                    await asyncio.sleep(due - loop.time())
+                    if not data:
+                        break
+                    writer.write(data)
+            writer.close()
+
+        await asyncio.gather(onward(), back(), late())
+
+
+async def test_copies_are_as_fresh_as_the_stream_was_when_the_gate_wrote_it_not_when_it_was_read(gate):
+    """The stream held up on its way (here 2.5 s, with a staleness bound of 1 s): heartbeats written before a change
+    kept arriving, each read as proof that the copies were fresh, and the client decided from a copy the change had
+    made stale. Every write of the stream now ends with the gate's time (a stamp), and freshness is measured by it."""
+    async with _DelayLine(gate.url) as line, \
+            GateClient(line.url, TOKEN, timeout=PATIENT, local=True, staleness=1.0) as here, \
+            GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
+        assert await here.local.ready()
+        assert (await here.check("held-up", "requests")).evaluated_here
+        line.delay = 2.5
+        await asyncio.sleep(3.0)        # frames come again, each 2.5 s after the gate wrote it
+        await there.transition("held-up", action="close_account", reason="test")
+        remote = await there.check("held-up", "requests")
+        assert not remote.allowed
+        await asyncio.sleep(1.2)        # the change is still on its way; heartbeats from before it arrive
+        local = await here.check("held-up", "requests")
+        assert (local.allowed, local.reason, local.evaluated_here) == (False, remote.reason, False)
+        assert here.local.remote_fallbacks >= 1
+
+
+async def test_a_gate_that_stamps_nothing_is_fresh_as_its_frames_are_read(aiohttp_server):
+    """A gate from before the stamps (its hello says no `stamp`, its heartbeats are bare comments): the client
+    measures freshness by when it reads a frame, as it did, rather than never taking its copies for fresh."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        hello = {"plan_version": "v1", "local": True, "heartbeat": 0.25, "resumed": False, "max_amount": 10}
+        await response.write(b"id: e0-0\nevent: hello\ndata: %s\n\n" % json.dumps(hello).encode())
+        for _ in range(40):
+            await response.write(b": heartbeat\n\n")
+            await asyncio.sleep(0.05)
+        return response
+
+    async def no_plan(request: web.Request) -> web.Response:
+        return web.json_response({}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/plan", no_plan)
+    older = await aiohttp_server(app, host="127.0.0.1")
+    async with GateClient(str(older.make_url("")).rstrip("/"), TOKEN, local=True, staleness=0.5) as here:
+        for _ in range(100):
+            if here.local.live:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.6)        # past the staleness bound since the hello: fresh by the heartbeats alone
+        assert here.local.fresh

@@ -151,6 +151,8 @@ class ChangeFeed:
             await asyncio.sleep(GATHER)
             self._wake.clear()
             dirty, self._dirty = self._dirty, {}
+            # One stamp for the round: true of every listener's whole queue however much later it is joined.
+            stamped = stamp(time.monotonic())
             for i, listener in enumerate(dirty, 1):
                 if i % FLUSH_TURN == 0:
                     await asyncio.sleep(0)      # requests in between
@@ -159,7 +161,7 @@ class ChangeFeed:
                     continue
                 try:
                     if listener.room(sum(map(len, queue)) + _STAMP_SIZE):
-                        queue.append(stamp(time.monotonic()))     # the whole queue: everything published so far
+                        queue.append(stamped)       # the whole queue: everything published so far
                         data = b"".join(queue)
                         queue.clear()
                     else:

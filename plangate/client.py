@@ -312,7 +312,6 @@ class GateClient:
                         d = local.decide(subject, meter, amount)
                 except TimeoutError:        # the gate is slow to give snapshots: the next checks do not wait on one
                     local.pause_snapshots()
-                if d is None and local.snapshots_paused:
                     local.snapshot_fallbacks += 1
                 budget = self.timeout - (time.monotonic() - started)
             if d is not None:       # the gate's answer, field by field

@@ -44,7 +44,35 @@ PLAN_TIMEOUT = 10.0             # seconds one GET /v1/plan may take (one lost on
 PLAN_PAUSE = (0.2, 2.0)         # the pause after a plan fetch the gate did not answer, and the longest
 PLAN_TRIES = 20                 # answers whose plan cannot be used (another version) before the client gives up
 SNAPSHOT_PAUSE = 1.0            # seconds after a snapshot the gate could not give (5xx, no answer) before another
+PROBE_PAUSE = 1.0               # seconds between two probes of the gate's clock (while it is known too loosely)
+CLOCK_HEADER = "X-Plangate-Clock"   # a stream's answer: "<epoch> <seconds>", the gate's monotonic clock
 _log = logging.getLogger("plangate.client")
+
+
+class _GateClock:
+    """Where one gate process's monotonic clock (its stream's stamps) stands against this process's: the offset,
+    gate less here, lies between `low` and `high`. A stamp read here was written no later than it was read (low);
+    a clock the gate says in answer to a request was read no earlier than the request was sent (high: the stream's
+    hello, HEAD /v1/stream). A stamp is converted with the highest offset both allow, so a copy is never taken for
+    fresher than it is; how much older it may look is `spread`, which a probe (a quick round trip) narrows."""
+
+    __slots__ = ("epoch", "low", "high")
+
+    def __init__(self, epoch: str, said: float, sent: float):
+        self.epoch = epoch
+        self.low, self.high = float("-inf"), said - sent
+
+    def answered(self, said: float, sent: float) -> None:
+        self.high = min(self.high, said - sent)
+
+    def written(self, at: float, read: float) -> float:
+        """The stamp `at`, read at `read`, in this process's clock."""
+        self.low = max(self.low, at - read)
+        return at - max(self.high, self.low)
+
+    @property
+    def spread(self) -> float:
+        return self.high - self.low
 
 
 @dataclass
@@ -85,8 +113,10 @@ class LocalDecisions:
         # Monotonic time as of which the stream has told everything: when the gate wrote the last stamp read (see
         # _follow), or, from a gate that stamps nothing, when the last frame was read.
         self.heard = float("-inf")
-        self._stamp_offset: float | None = None     # the gate's stamps less this clock, at most (this stream's)
-        self._asked_at = 0.0                        # when this stream was asked for
+        self._gate_clock: _GateClock | None = None      # this stream's gate's clock (None: it stamps nothing)
+        self._asked_at = 0.0                            # when this stream was asked for
+        self._probed_at = float("-inf")
+        self._probe_task: asyncio.Task | None = None
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
         self.declined_at = float("-inf")    # monotonic time the gate last said copies may not decide
@@ -136,12 +166,12 @@ class LocalDecisions:
             self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def stop(self) -> None:
-        for task in (self._task, self._plan_task):
+        for task in (self._task, self._plan_task, self._probe_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._task = self._plan_task = None
+        self._task = self._plan_task = self._probe_task = None
         self.live = False
 
     @property
@@ -196,14 +226,21 @@ class LocalDecisions:
             if time.monotonic() - self.declined_at < ASK_LOCAL_AGAIN:
                 return False
             self.declined_at = time.monotonic()     # but one a period, whatever becomes of it
+        if not self.fresh:      # counted in remote_fallbacks
+            return False
         if self.snapshots_paused:
+            self.snapshot_fallbacks += 1
             return False
         pending = self._fetching.get(subject)
         if pending is None:
             pending = self._fetching[subject] = asyncio.ensure_future(self._fetch(subject, timeout))
             pending.add_done_callback(lambda done: self._fetching.pop(subject, None)
                                       if self._fetching.get(subject) is done else None)
-        return await asyncio.shield(pending)
+        asked = time.monotonic()
+        fetched = await asyncio.shield(pending)
+        if not fetched and self.snapshot_failed_at >= asked:    # the gate could not give it
+            self.snapshot_fallbacks += 1
+        return fetched
 
     def pause_snapshots(self) -> None:
         """The gate could not give a snapshot (or not in time): none is asked for SNAPSHOT_PAUSE."""
@@ -313,7 +350,7 @@ class LocalDecisions:
         # not know the parameter ignores it.
         heartbeat = min(1.0, max(0.25, self.staleness / 2))
         url = f"{self.base_url}/v1/stream?client={self.client}&heartbeat={heartbeat:g}"
-        self._stamp_offset, self._asked_at = None, time.monotonic()
+        self._gate_clock, self._asked_at = None, time.monotonic()
         async with self._session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status in (401, 403):
                 raise _Refused(f"{resp.status} {_error_code(await resp.read())}")
@@ -322,19 +359,20 @@ class LocalDecisions:
             kind, data, event_id = "", b"", None
             async for line in resp.content:
                 line = line.rstrip(b"\r\n")
-                if self._stamp_offset is None:
+                clock = self._gate_clock
+                if clock is None:
                     self.heard = time.monotonic()
                 if not line:
                     if kind:
                         self._event(kind, data, event_id)
                     kind, data, event_id = "", b"", None
                 elif line.startswith(b": at "):
-                    # The gate wrote this when it had written every change before it: as fresh as the copies
-                    # are, however long it took to be read. Its time here is at most when it was written (the
-                    # offset is measured from the moment the stream was asked for, before the gate's clock
-                    # was read), so a copy is never taken for fresher than it is.
-                    if self._stamp_offset is not None:
-                        self.heard = max(self.heard, float(line[5:]) - self._stamp_offset)
+                    # The gate wrote this when it had written every change before it: the copies are as fresh as
+                    # it is, however long it took to be read.
+                    if clock is not None:
+                        self.heard = max(self.heard, clock.written(float(line[5:]), time.monotonic()))
+                        if clock.spread > self.staleness / 4:
+                            self._probe(clock)
                 elif line.startswith(b"id: "):
                     event_id = line[4:].decode()
                 elif line.startswith(b"event: "):
@@ -354,8 +392,8 @@ class LocalDecisions:
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self._may_decide(body.get("local", False))
             at = body.get("stamp")      # the gate's clock, read after the stream was asked for
-            if isinstance(at, (int, float)) and not isinstance(at, bool):
-                self._stamp_offset = at - self._asked_at
+            if self._gate_clock is None and isinstance(at, (int, float)) and not isinstance(at, bool):
+                self._gate_clock = _GateClock(epoch, at, self._asked_at)
                 self.heard = float("-inf")      # the hello vouches for nothing: the resume after it, then a stamp
             if self.refused is not None:
                 _log.info("the gate at %s takes the stream of local decisions again", self.base_url)
@@ -384,6 +422,28 @@ class LocalDecisions:
             self._plan_wanted = body.get("version")
             self._reset()
             self._refetch_plan()
+
+    def _probe(self, clock: _GateClock) -> None:
+        """Ask the gate its clock (HEAD /v1/stream) to narrow what a stamp may be here, at most every PROBE_PAUSE:
+        a stream asked for slowly (a busy gate, a connection pool full of checks) bounds it loosely, and each of its
+        stamps looked that much older for the connection's whole life."""
+        now = time.monotonic()
+        if now - self._probed_at < PROBE_PAUSE or (self._probe_task is not None and not self._probe_task.done()):
+            return
+        self._probed_at = now
+        self._probe_task = asyncio.get_running_loop().create_task(self._ask_clock(clock))
+
+    async def _ask_clock(self, clock: _GateClock) -> None:
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(PLAN_TIMEOUT):
+                async with self._session.head(f"{self.base_url}/v1/stream?client={self.client}",
+                                              headers=self.auth) as resp:
+                    epoch, _, said = resp.headers.get(CLOCK_HEADER, "").partition(" ")
+            if epoch == clock.epoch:    # the same process (another node behind the same address has its own)
+                clock.answered(float(said), sent)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            pass
 
     def _reset(self) -> None:
         self.resets += 1

@@ -79,16 +79,17 @@ ACCEPT_ENCODING = "gzip, deflate"
 def decoded(request: web.Request, raw: bytes, limit: int) -> bytes:
     """raw decoded as the request's Content-Encoding says: 415 for a coding the gate does not take, 400 for a
     body not in its coding, 413 for one that decodes to more than `limit` bytes."""
-    codings = request.headers.getall(hdrs.CONTENT_ENCODING, None)
-    if codings is None:         # nearly every body
+    headers = request.headers.getall(hdrs.CONTENT_ENCODING, None)
+    if headers is None:         # nearly every body
         return raw
-    # Two headers are one list (RFC 9110 5.3), as "gzip, gzip" is: more codings than the gate takes (the first
-    # header alone was decoded, and the body read as if that were all).
-    encoding = codings[0] if len(codings) == 1 else ", ".join(codings)
-    coding = encoding.strip().lower()
-    if coding in ("", "identity"):
+    # The codings applied, in order: one list however many headers say it (RFC 9110 5.3; the first header alone
+    # was decoded, and the body read as if that were all), empty elements and identity left out.
+    encoding = ", ".join(headers)
+    applied = [c for c in (part.strip().lower() for part in encoding.split(",")) if c not in ("", "identity")]
+    if not applied:
         return raw
-    wbits = _CODINGS.get(coding)
+    coding = applied[0]
+    wbits = _CODINGS.get(coding) if len(applied) == 1 else None
     if wbits is None:
         raise BadRequest(415, "unsupported_media_type", f"the body's Content-Encoding ({encoding[:40]}) is not one "
                                                         "the gate takes: send it as it is, or in gzip or deflate",

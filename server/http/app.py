@@ -78,7 +78,9 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         store.listen(gate.invalidate, gate.invalidate_all, plans.announced, on_usage=gate.usage_counted)
         # Served before its listener is up, a node reads usage on every check, tells streams that copies may not
         # decide (their clients ask again 5 s later), and drops every cached subject when it connects.
-        await store.listening()
+        if not await store.listening():
+            log(logging.WARNING, "listener_not_ready", why="serving before this node hears the others: usage is read "
+                "from the database on every check, and streams tell clients their copies may not decide, until it does")
         caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
         refresher = asyncio.create_task(gate.refresh_ahead(), name="plangate-cache-refresh")
         if run_jobs:

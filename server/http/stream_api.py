@@ -1,15 +1,15 @@
 """Local evaluation's routes (issue 21): a subject's snapshot, and the stream of changes (Server-Sent Events).
 
-A client that decides `check` in its own process fetches the plan (GET /v1/plan), a snapshot of each subject it
-asks about, and listens to GET /v1/stream: every change that may alter a decision, each with an id, so that a
-reconnect with Last-Event-ID resumes without losing one (or, when the gate no longer keeps that id, starts with
-`reset`: fetch everything again). Every write ends with a stamp (changes.stamp: this process's monotonic clock
-when everything before it had been written; the hello says the clock as the stream starts), and a stamp alone is
-written every second when nothing else was (or every `heartbeat` seconds the client asks for, from MIN_HEARTBEAT):
-a client whose last stamp is older than its staleness bound stops deciding locally, so one whose bound is under a
-second asks for heartbeats that come within it. Each
-connection lasts at most PLANGATE_STREAM_MAX_SECONDS (or `max_seconds`, if less), and a listener that falls
-PLANGATE_STREAM_QUEUE events behind is cut off: slow clients never slow the gate.
+A client that decides `check` in its own process fetches the plan (GET /v1/plan), a snapshot of each subject it asks
+about, and listens to GET /v1/stream: every change that may alter a decision, each with an id, so that a reconnect
+with Last-Event-ID resumes without losing one (or, when the gate no longer keeps that id, starts with `reset`: fetch
+everything again). A write that leaves nothing waiting ends with a stamp (changes.stamp: this process's monotonic
+clock when everything before it had been written; the hello and the X-Plangate-Clock header say the clock as the
+stream starts), and a stamp alone is written every second when nothing else was (or every `heartbeat` seconds the
+client asks for, from MIN_HEARTBEAT): a client whose last stamp is older than its staleness bound stops deciding
+locally, so one whose bound is under a second asks for heartbeats that come within it. Each connection lasts at most
+PLANGATE_STREAM_MAX_SECONDS (or `max_seconds`, if less), and a listener that falls PLANGATE_STREAM_QUEUE events
+behind is cut off: slow clients never slow the gate.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream, and the 
 MIN_HEARTBEAT = 0.25    # the least a client may ask for (one asking for less gets this): 4 writes a second
 # What the flusher may add to a connection's write buffer besides an event batch: the chunk's framing.
 _CHUNK_FRAMING = 32
+CLOCK_HEADER = "X-Plangate-Clock"     # "<epoch> <seconds>": this process's monotonic clock, which stamps are in
 # Bytes of a resume written at once: aiohttp waits in a write while the connection is paused, so a client that reads
 # slowly has about this much, and its connection's high-water mark, held for it in the gate.
 RESUME_PIECE = 16_384
@@ -121,9 +122,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if feed.listeners >= gate.config.stream_max_listeners and (client is None or client not in feed.named):
         raise inp.BadRequest(503, "too_many_listeners", "this gate has as many streams open as it allows "
                              "(PLANGATE_STREAM_MAX_LISTENERS); decide remotely and try again later")
+    # The clock the stream's stamps are in, read after the request came: a client bounds by it how old a stamp it
+    # reads may be (HEAD asks for it alone).
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Request-Id": request.headers.get("X-Request-Id", "")[:64] or
-                                           feed.last_id})
+                                           feed.last_id, CLOCK_HEADER: f"{feed.epoch} {time.monotonic():.6f}"})
     if request.method == "HEAD":        # the headers alone: no listener (a named one cut the client's live stream)
         await response.prepare(request)
         return response
@@ -171,7 +174,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     break
                 due = max(beaten, listener.sent_at) + beat - loop.time()
                 if due <= 0:
-                    # Stamped when nothing waits to be written to it: every event published so far has been.
+                    # Stamped when nothing waits to be written to it: every event published so far has been (aiohttp
+                    # hands a write to the transport before it first awaits, so what the flusher wrote is ahead).
                     await response.write(b": heartbeat\n\n" if listener.queue else stamp(time.monotonic()))
                     beaten = loop.time()
                     continue

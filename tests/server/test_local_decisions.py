@@ -955,7 +955,7 @@ async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate
     """A node started serving before its listener (a connection of its own) was up: until then it could not hear
     other nodes' counts, so its first streams said copies may not decide (their clients asked again 5 s later), and
     the listener's connecting dropped every subject cached meanwhile. Seen as a first check of a gate just started
-    that went to the gate. Here a relay in front of the cluster holds each LISTEN a second."""
+    that went to the gate. Here a relay in front of the cluster holds the first LISTEN a second."""
     held = []
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -964,7 +964,7 @@ async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, hold: bool) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await source.read(65536):
-                    if hold and b"LISTEN" in data:
+                    if hold and b"LISTEN" in data and not held:
                         held.append(data)
                         await asyncio.sleep(1.0)
                     sink.write(data)
@@ -975,7 +975,8 @@ async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate
     door = await asyncio.start_server(relay, "127.0.0.1", 0)
     port = door.sockets[0].getsockname()[1]
     try:
-        gate = await start_gate(database=pg_cluster.dsn.replace(f":{pg_cluster.port}/", f":{port}/"))
+        gate = await start_gate(database=pg_cluster.dsn.replace(f":{pg_cluster.port}/", f":{port}/"),
+                                PLANGATE_PG_CONNECT_TIMEOUT="15")
         assert held and gate.app[GATE].store.caches_usage       # the listener is up before any request is taken
         async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
             assert await here.local.ready()
@@ -987,11 +988,13 @@ async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate
 
 class _DelayLine:
     """A relay to the gate on 127.0.0.1 that holds what the gate sends for `delay` seconds, in order (a congested
-    path, or a client whose loop reads late); what the client sends goes on at once."""
+    path, or a client whose loop reads late); what the client sends goes on at once, but a request for the stream,
+    held `stream_asked` seconds (a busy gate, a client's connection pool full of checks)."""
 
-    def __init__(self, gate_url: str):
+    def __init__(self, gate_url: str, *, stream_asked: float = 0.0):
         self.gate_port = int(gate_url.rsplit(":", 1)[1])
         self.delay = 0.0
+        self.stream_asked = stream_asked
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -1012,6 +1015,8 @@ class _DelayLine:
         async def onward() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await reader.read(65536):
+                    if data.startswith(b"GET /v1/stream"):
+                        await asyncio.sleep(self.stream_asked)
                     up_writer.write(data)
             up_writer.close()
 
@@ -1081,3 +1086,49 @@ async def test_a_gate_that_stamps_nothing_is_fresh_as_its_frames_are_read(aiohtt
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.6)        # past the staleness bound since the hello: fresh by the heartbeats alone
         assert here.local.fresh
+
+
+async def test_a_stream_asked_for_slowly_has_the_gates_clock_measured_again(gate):
+    """The stream's request reached the gate 1.3 s after it was sent (bound 1 s): measured against that moment,
+    every stamp of a prompt stream looked 1.3 s older than it was, and no copy was ever used for the connection's
+    life. A quick HEAD /v1/stream measures the gate's clock again."""
+    async with _DelayLine(gate.url, stream_asked=1.3) as line, \
+            GateClient(line.url, TOKEN, timeout=PATIENT, local=True, staleness=1.0) as here:
+        assert await here.local.ready(PATIENT)
+        assert here.local._gate_clock.spread < 0.25
+        fresh = []
+        for _ in range(20):
+            fresh.append(here.local.fresh)
+            await asyncio.sleep(0.1)
+        assert all(fresh)
+
+
+async def test_a_stamp_ahead_of_this_clock_is_taken_for_no_later_than_it_was_read(aiohttp_server):
+    """A stamp read ahead of this process's clock (its monotonic clock stood still in a suspend while the gate's
+    went on, or runs slower) kept the copies fresh for that long with nothing more heard."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        now = time.monotonic()
+        hello = {"plan_version": "v1", "local": True, "heartbeat": 0.25, "resumed": False, "max_amount": 10,
+                 "stamp": now}
+        await response.write(b"id: e0-0\nevent: hello\ndata: %s\n\n" % json.dumps(hello).encode())
+        await response.write(b": at %.6f\n\n" % (now + 30))
+        await asyncio.sleep(5)              # then nothing comes
+        return response
+
+    async def no_plan(request: web.Request) -> web.Response:
+        return web.json_response({}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/plan", no_plan)
+    ahead = await aiohttp_server(app, host="127.0.0.1")
+    async with GateClient(str(ahead.make_url("")).rstrip("/"), TOKEN, local=True, staleness=0.5) as here:
+        for _ in range(100):
+            if here.local.heard > float("-inf"):
+                break
+            await asyncio.sleep(0.01)
+        assert here.local.heard <= time.monotonic()
+        await asyncio.sleep(1.0)            # twice the bound, nothing read
+        assert not here.local.fresh

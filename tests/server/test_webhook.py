@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import pytest
+from multidict import CIMultiDict
 
 from plangate.server.stripe import ingest
 from tests import postgres
@@ -127,6 +128,19 @@ class TestSignatures:
         assert (status, answer["error"]) == (415, "unsupported_media_type") and encoding in answer["message"]
         assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(0,)]
         assert (await deliver(hook, evt))[0] == 200
+
+    @pytest.mark.parametrize(("second", "status"), [("gzip", 415), ("identity", 200)])
+    async def test_two_content_encoding_headers_are_one_list(self, hook, second, status):
+        evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())
+        body = se.encode(evt)
+        raw = gzip.compress(gzip.compress(body)) if second == "gzip" else gzip.compress(body)
+        headers = CIMultiDict([("Content-Encoding", "gzip"), ("Content-Encoding", second),
+                               ("Stripe-Signature", se.sign(body))])
+        async with hook.session.post(hook.url + "/webhook/stripe", data=raw, headers=headers) as r:
+            payload = json.loads(await r.text())
+            documented("post", "/webhook/stripe", r.status, r.content_type, payload, r.headers)
+        assert r.status == status, payload
+        assert q(hook.database, "SELECT COUNT(*) FROM subscription_events") == [(1 if status == 200 else 0,)]
 
     async def test_a_gzip_event_is_taken(self, hook):
         evt = se.event("checkout.session.completed", se.checkout("alice"), time.time())

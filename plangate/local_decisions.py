@@ -44,35 +44,44 @@ PLAN_TIMEOUT = 10.0             # seconds one GET /v1/plan may take (one lost on
 PLAN_PAUSE = (0.2, 2.0)         # the pause after a plan fetch the gate did not answer, and the longest
 PLAN_TRIES = 20                 # answers whose plan cannot be used (another version) before the client gives up
 SNAPSHOT_PAUSE = 1.0            # seconds after a snapshot the gate could not give (5xx, no answer) before another
-PROBE_PAUSE = 1.0               # seconds between two probes of the gate's clock (while it is known too loosely)
+PROBE_PAUSE = (1.0, 60.0)       # seconds between probes of the gate's clock (while it is known too loosely), the
+                                # longest: doubled after each that narrowed nothing (the stream's own delay, which no
+                                # probe removes)
+DRIFT = 5e-4                    # how fast one clock may gain on another, seconds a second
 CLOCK_HEADER = "X-Plangate-Clock"   # a stream's answer: "<epoch> <seconds>", the gate's monotonic clock
 _log = logging.getLogger("plangate.client")
 
 
 class _GateClock:
-    """Where one gate process's monotonic clock (its stream's stamps) stands against this process's: the offset,
-    gate less here, lies between `low` and `high`. A stamp read here was written no later than it was read (low);
-    a clock the gate says in answer to a request was read no earlier than the request was sent (high: the stream's
-    hello, HEAD /v1/stream). A stamp is converted with the highest offset both allow, so a copy is never taken for
-    fresher than it is; how much older it may look is `spread`, which a probe (a quick round trip) narrows."""
+    """Where one gate process's monotonic clock (its stream's stamps) stands against this process's. The offset,
+    gate less here, is at most `high` when measured: an answer that says the gate's clock (the stream's hello, HEAD
+    /v1/stream) read it no earlier than its request was sent. From then on it may grow by DRIFT a second (the two
+    clocks' rates differ: NTP slews either by up to 500 ppm), so the bound widens as it ages. A stamp converted by
+    the bound is never taken for younger than it is. One that contradicts the bound (read before it could have been
+    written by it: this process slept while the gate's clock went on) breaks it: stamps vouch for nothing until
+    the gate's clock is measured again."""
 
-    __slots__ = ("epoch", "low", "high")
+    __slots__ = ("epoch", "high", "measured_at")
 
     def __init__(self, epoch: str, said: float, sent: float):
-        self.epoch = epoch
-        self.low, self.high = float("-inf"), said - sent
+        self.epoch, self.high, self.measured_at = epoch, said - sent, sent
+
+    def bound(self, now: float) -> float:
+        return self.high + DRIFT * (now - self.measured_at)
 
     def answered(self, said: float, sent: float) -> None:
-        self.high = min(self.high, said - sent)
+        """The gate said its clock is `said` in answer to a request sent at `sent`: the bound, if it is tighter."""
+        if said - sent < self.bound(sent):
+            self.high, self.measured_at = said - sent, sent
 
     def written(self, at: float, read: float) -> float:
-        """The stamp `at`, read at `read`, in this process's clock."""
-        self.low = max(self.low, at - read)
-        return at - max(self.high, self.low)
-
-    @property
-    def spread(self) -> float:
-        return self.high - self.low
+        """When the stamp `at`, read at `read`, was written at the latest, in this process's clock (-inf: the bound
+        is broken)."""
+        bound = self.bound(read)
+        if at - read > bound:
+            self.high = float("inf")
+            return float("-inf")
+        return at - bound
 
 
 @dataclass
@@ -116,6 +125,7 @@ class LocalDecisions:
         self._gate_clock: _GateClock | None = None      # this stream's gate's clock (None: it stamps nothing)
         self._asked_at = 0.0                            # when this stream was asked for
         self._probed_at = float("-inf")
+        self._probe_pause = PROBE_PAUSE[0]
         self._probe_task: asyncio.Task | None = None
         self.live = False                   # connected and said hello
         self.allowed = False                # the gate says copies may decide (enforcement on, every count heard)
@@ -351,6 +361,9 @@ class LocalDecisions:
         heartbeat = min(1.0, max(0.25, self.staleness / 2))
         url = f"{self.base_url}/v1/stream?client={self.client}&heartbeat={heartbeat:g}"
         self._gate_clock, self._asked_at = None, time.monotonic()
+        if self._probe_task is not None:    # the last connection's: its answer is no use now
+            self._probe_task.cancel()
+        self._probed_at, self._probe_pause = float("-inf"), PROBE_PAUSE[0]
         async with self._session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status in (401, 403):
                 raise _Refused(f"{resp.status} {_error_code(await resp.read())}")
@@ -370,8 +383,10 @@ class LocalDecisions:
                     # The gate wrote this when it had written every change before it: the copies are as fresh as
                     # it is, however long it took to be read.
                     if clock is not None:
-                        self.heard = max(self.heard, clock.written(float(line[5:]), time.monotonic()))
-                        if clock.spread > self.staleness / 4:
+                        read = time.monotonic()
+                        written = clock.written(float(line[5:]), read)
+                        self.heard = max(self.heard, written)
+                        if read - written > self.staleness / 4:     # looser than it need be, or broken
                             self._probe(clock)
                 elif line.startswith(b"id: "):
                     event_id = line[4:].decode()
@@ -424,16 +439,17 @@ class LocalDecisions:
             self._refetch_plan()
 
     def _probe(self, clock: _GateClock) -> None:
-        """Ask the gate its clock (HEAD /v1/stream) to narrow what a stamp may be here, at most every PROBE_PAUSE:
-        a stream asked for slowly (a busy gate, a connection pool full of checks) bounds it loosely, and each of its
-        stamps looked that much older for the connection's whole life."""
+        """Ask the gate its clock (HEAD /v1/stream) to tighten the bound, once a pause: a stream asked for slowly (a
+        busy gate, a connection pool full of checks) bounds it loosely, and each of its stamps looked that much older
+        for the connection's whole life."""
         now = time.monotonic()
-        if now - self._probed_at < PROBE_PAUSE or (self._probe_task is not None and not self._probe_task.done()):
+        if now - self._probed_at < self._probe_pause or (self._probe_task is not None and not self._probe_task.done()):
             return
         self._probed_at = now
         self._probe_task = asyncio.get_running_loop().create_task(self._ask_clock(clock))
 
     async def _ask_clock(self, clock: _GateClock) -> None:
+        before = clock.bound(time.monotonic())
         sent = time.monotonic()
         try:
             async with asyncio.timeout(PLAN_TIMEOUT):
@@ -444,6 +460,8 @@ class LocalDecisions:
                 clock.answered(float(said), sent)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             pass
+        narrowed = clock.bound(time.monotonic()) < before - self.staleness / 8
+        self._probe_pause = PROBE_PAUSE[0] if narrowed else min(self._probe_pause * 2, PROBE_PAUSE[1])
 
     def _reset(self) -> None:
         self.resets += 1

@@ -3,18 +3,18 @@ from the compiled plan and a copy of each subject the caller asks about, kept cu
 
     client = GateClient(url, token, local=True, staleness=1.0)
 
-The copy is what the gate itself decides from: the plan (GET /v1/plan, compiled here; the same version, so the
-same reasons and the same `rule`), the subject's state and the usage of its current windows (GET
-/v1/subjects/{subject}/snapshot). GET /v1/stream tells of every change (a subject's state, a count by anyone,
-a plan reload, a reset), with ids: a reconnect sends Last-Event-ID and misses nothing; when the gate cannot
-resume it says `reset` and the copies are dropped. The gate sends a heartbeat every second (within half the
-staleness bound, when that is shorter, down to 0.25 s: the client asks for it), and ends every write with a stamp
-of when it wrote it; a copy is used only while the last stamp read is within `staleness` seconds old, however late
-it was read, else the client asks the gate (and counts it in `remote_fallbacks`). A copy is also fetched again
-once it is older than the snapshot's `max_age` (the gate's cache TTL), as the gate's own cache entry would be, and
-when its subject's window has rolled over. A decision the copy cannot make exactly (a subject on an older plan
-version, credits deciding past a limit, enforcement off or the kill switch on at the gate) is asked too, as are the
-checks of the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in
+The copy is what the gate itself decides from: the plan (GET /v1/plan, compiled here; the same version, so the same
+reasons and the same `rule`), the subject's state and the usage of its current windows (GET
+/v1/subjects/{subject}/snapshot). GET /v1/stream tells of every change (a subject's state, a count by anyone, a plan
+reload, a reset), with ids: a reconnect sends Last-Event-ID and misses nothing; when the gate cannot resume it says
+`reset` and the copies are dropped. The gate sends a heartbeat every second (within half the staleness bound, when
+that is shorter, down to 0.25 s: the client asks for it), and ends a write that leaves nothing waiting with a stamp
+of when it wrote it; a copy is used only while the last stamp read is within `staleness` seconds old (see
+_GateClock), however late it was read, else the client asks the gate (and counts it in `remote_fallbacks`). A copy
+is also fetched again once it is older than the snapshot's `max_age` (the gate's cache TTL), as the gate's own cache
+entry would be, and when its subject's window has rolled over. A decision the copy cannot make exactly (a subject on
+an older plan version, credits deciding past a limit, enforcement off or the kill switch on at the gate) is asked
+too, as are the checks of the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in
 `snapshot_fallbacks`). Windows, timers and retry_after go by the gate's clock: each snapshot says the gate's time,
 and the client keeps its monotonic clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.

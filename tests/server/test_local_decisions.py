@@ -1059,6 +1059,17 @@ async def test_copies_are_as_fresh_as_the_stream_was_when_the_gate_wrote_it_not_
         assert here.local.remote_fallbacks >= 1
 
 
+async def _stream_only(aiohttp_server, stream) -> str:
+    """The address of a gate on 127.0.0.1 that is a stream alone (`stream`, GET /v1/stream): no plan to give."""
+    async def no_plan(request: web.Request) -> web.Response:
+        return web.json_response({}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/plan", no_plan)
+    return str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+
+
 async def test_a_gate_that_stamps_nothing_is_fresh_as_its_frames_are_read(aiohttp_server):
     """A gate from before the stamps (its hello says no `stamp`, its heartbeats are bare comments): the client
     measures freshness by when it reads a frame, as it did, rather than never taking its copies for fresh."""
@@ -1072,14 +1083,7 @@ async def test_a_gate_that_stamps_nothing_is_fresh_as_its_frames_are_read(aiohtt
             await asyncio.sleep(0.05)
         return response
 
-    async def no_plan(request: web.Request) -> web.Response:
-        return web.json_response({}, status=503)
-
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
-    app.router.add_get("/v1/plan", no_plan)
-    older = await aiohttp_server(app, host="127.0.0.1")
-    async with GateClient(str(older.make_url("")).rstrip("/"), TOKEN, local=True, staleness=0.5) as here:
+    async with GateClient(await _stream_only(aiohttp_server, stream), TOKEN, local=True, staleness=0.5) as here:
         for _ in range(100):
             if here.local.live:
                 break
@@ -1121,14 +1125,7 @@ async def test_a_stamp_ahead_of_this_clock_is_taken_for_no_later_than_it_was_rea
         await asyncio.sleep(5)              # then nothing comes
         return response
 
-    async def no_plan(request: web.Request) -> web.Response:
-        return web.json_response({}, status=503)
-
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
-    app.router.add_get("/v1/plan", no_plan)
-    ahead = await aiohttp_server(app, host="127.0.0.1")
-    async with GateClient(str(ahead.make_url("")).rstrip("/"), TOKEN, local=True, staleness=0.5) as here:
+    async with GateClient(await _stream_only(aiohttp_server, stream), TOKEN, local=True, staleness=0.5) as here:
         for _ in range(300):
             if here.local._gate_clock is not None and here.local._gate_clock.high == float("inf"):
                 break                       # the stamp was read, and broke the bound

@@ -25,6 +25,7 @@ from plangate.client import GateClient, GateRequestError
 from plangate.server import changes, serve
 from plangate.server.changes import ChangeFeed
 from plangate.server.http.api import GATE
+from plangate.server.logs import capture_logs
 
 from .conftest import ADMIN_TOKEN, BASE_ENV, PLAN, TOKEN
 
@@ -951,54 +952,25 @@ async def test_a_check_that_gave_up_waiting_for_a_snapshot_pauses_the_next_ones(
     assert took < 2.0 * client_module.SNAPSHOT_SHARE                 # no quarter of its timeout spent waiting
 
 
-async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate, pg_cluster):
-    """A node started serving before its listener (a connection of its own) was up: until then it could not hear
-    other nodes' counts, so its first streams said copies may not decide (their clients asked again 5 s later), and
-    the listener's connecting dropped every subject cached meanwhile. Seen as a first check of a gate just started
-    that went to the gate. Here a relay in front of the cluster holds the first LISTEN a second."""
-    held = []
+class _Relay:
+    """A relay on 127.0.0.1 to a server's `port` (the gate's, or PostgreSQL's). What the server sends is held `delay`
+    seconds, in order (a congested path, or a client whose loop reads late). What the client sends goes on at once,
+    but a request for the stream, held `stream_asked` seconds (a busy gate, a client's connection pool full of
+    checks), and the first LISTEN, held `listen_held` seconds (kept in `held`)."""
 
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", pg_cluster.port)
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, hold: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    if hold and b"LISTEN" in data and not held:
-                        held.append(data)
-                        await asyncio.sleep(1.0)
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-
-    door = await asyncio.start_server(relay, "127.0.0.1", 0)
-    port = door.sockets[0].getsockname()[1]
-    try:
-        gate = await start_gate(database=pg_cluster.dsn.replace(f":{pg_cluster.port}/", f":{port}/"),
-                                PLANGATE_PG_CONNECT_TIMEOUT="15")
-        assert held and gate.app[GATE].store.caches_usage       # the listener is up before any request is taken
-        async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
-            assert await here.local.ready()
-            assert here.local.allowed
-            assert (await here.check("first-after-start", "requests")).evaluated_here
-    finally:
-        door.close()
-
-
-class _DelayLine:
-    """A relay to the gate on 127.0.0.1 that holds what the gate sends for `delay` seconds, in order (a congested
-    path, or a client whose loop reads late); what the client sends goes on at once, but a request for the stream,
-    held `stream_asked` seconds (a busy gate, a client's connection pool full of checks)."""
-
-    def __init__(self, gate_url: str, *, stream_asked: float = 0.0):
-        self.gate_port = int(gate_url.rsplit(":", 1)[1])
+    def __init__(self, port: int, *, stream_asked: float = 0.0, listen_held: float = 0.0):
+        self.port = port
         self.delay = 0.0
-        self.stream_asked = stream_asked
+        self.stream_asked, self.listen_held = stream_asked, listen_held
+        self.held: list[bytes] = []
         self.url = ""
         self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> _DelayLine:
+    def dsn(self, cluster) -> str:
+        """The cluster's DSN through this relay."""
+        return cluster.dsn.replace(f":{cluster.port}/", f":{self.url.rsplit(':', 1)[1]}/")
+
+    async def __aenter__(self) -> _Relay:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
@@ -1008,7 +980,7 @@ class _DelayLine:
         self._server.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.gate_port)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
         loop = asyncio.get_running_loop()
         held: asyncio.Queue = asyncio.Queue()
 
@@ -1017,6 +989,9 @@ class _DelayLine:
                 while data := await reader.read(65536):
                     if data.startswith(b"GET /v1/stream"):
                         await asyncio.sleep(self.stream_asked)
+                    elif self.listen_held and b"LISTEN" in data and not self.held:
+                        self.held.append(data)
+                        await asyncio.sleep(self.listen_held)
                     up_writer.write(data)
             up_writer.close()
 
@@ -1039,11 +1014,43 @@ class _DelayLine:
         await asyncio.gather(onward(), back(), late())
 
 
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_a_postgresql_gate_serves_once_it_hears_the_other_nodes(start_gate, pg_cluster):
+    """A node started serving before its listener (a connection of its own) was up: until then it could not hear
+    other nodes' counts, so its first streams said copies may not decide (their clients asked again 5 s later), and
+    the listener's connecting dropped every subject cached meanwhile. Seen as a first check of a gate just started
+    that went to the gate. Here a relay in front of the cluster holds the first LISTEN a second."""
+    async with _Relay(pg_cluster.port, listen_held=1.0) as relay:
+        gate = await start_gate(database=relay.dsn(pg_cluster), PLANGATE_PG_CONNECT_TIMEOUT="15")
+        assert relay.held and gate.app[GATE].store.caches_usage     # the listener is up before any request is taken
+        async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+            assert await here.local.ready()
+            assert here.local.allowed
+            assert (await here.check("first-after-start", "requests")).evaluated_here
+
+
+async def test_a_postgresql_gate_whose_listener_does_not_come_serves_after_the_connect_timeout_and_says_so(
+        start_gate, pg_cluster):
+    """The wait for the listener is bounded by PLANGATE_PG_CONNECT_TIMEOUT: then the node serves (reading usage on
+    every check, as it does whenever its listener is away) and logs listener_not_ready."""
+    async with _Relay(pg_cluster.port, listen_held=4.0) as relay:
+        with capture_logs("INFO") as logs:
+            started = time.monotonic()
+            gate = await start_gate(database=relay.dsn(pg_cluster), PLANGATE_PG_CONNECT_TIMEOUT="1")
+            took = time.monotonic() - started
+        assert 1.0 <= took < 4.0 and not gate.app[GATE].store.caches_usage
+        assert [e["why"] for e in logs.events("listener_not_ready")]
+        assert (await gate.check("before-the-listener"))[0] == 200
+
+
 async def test_copies_are_as_fresh_as_the_stream_was_when_the_gate_wrote_it_not_when_it_was_read(gate):
     """The stream held up on its way (here 2.5 s, with a staleness bound of 1 s): heartbeats written before a change
     kept arriving, each read as proof that the copies were fresh, and the client decided from a copy the change had
     made stale. Every write of the stream now ends with the gate's time (a stamp), and freshness is measured by it."""
-    async with _DelayLine(gate.url) as line, \
+    async with _Relay(_port(gate.url)) as line, \
             GateClient(line.url, TOKEN, timeout=PATIENT, local=True, staleness=1.0) as here, \
             GateClient(gate.url, TOKEN, admin_token=ADMIN_TOKEN, timeout=PATIENT) as there:
         assert await here.local.ready()
@@ -1096,7 +1103,7 @@ async def test_a_stream_asked_for_slowly_has_the_gates_clock_measured_again(gate
     """The stream's request reached the gate 1.3 s after it was sent (bound 1 s): measured against that moment,
     every stamp of a prompt stream looked 1.3 s older than it was, and no copy was ever used for the connection's
     life. A quick HEAD /v1/stream measures the gate's clock again."""
-    async with _DelayLine(gate.url, stream_asked=1.3) as line, \
+    async with _Relay(_port(gate.url), stream_asked=1.3) as line, \
             GateClient(line.url, TOKEN, timeout=PATIENT, local=True, staleness=1.0) as here:
         assert await here.local.ready(PATIENT)
         for _ in range(500):            # the first probe answers within a second or so on a loaded machine

@@ -3,6 +3,7 @@ erase a subject's personal data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -177,8 +178,20 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
     # SIGHUP reads the plan file again: deployed if it lints clean and strands no stored subject, else refused
     # with a log line, the running plan kept.
     loop.add_signal_handler(signal.SIGHUP, app[PLANS].reload_soon, "sighup")
-    await runner.setup()
+    setup = asyncio.ensure_future(runner.setup())
+    stopped = asyncio.ensure_future(stop.wait())
     try:
+        # A SIGTERM while the gate starts stops it there: a start waits up to PLANGATE_PG_CONNECT_TIMEOUT (as long
+        # as 300 s) for the store, and again for its listener, and the signal waited with it.
+        await asyncio.wait((setup, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not setup.done():
+            print("plangate: stopping before it served", flush=True)
+            setup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await setup
+            log(logging.INFO, "stopped", why="stopped while it started")
+            return
+        setup.result()
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         # What exists now (modules, the plan, the app) lives as long as the process. A full collection
@@ -187,9 +200,10 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
         host, port = runner.addresses[0][:2]
         print(f"plangate: listening on http://{host}:{port} (plan {table.version}, "
               f"enforcement {'on' if config.enabled else 'off'})", flush=True)
-        await stop.wait()
+        await stopped
         print("plangate: stopping: finishing requests in flight", flush=True)
     finally:
+        stopped.cancel()
         # Stops accepting, lets requests in flight finish (up to the timeout), then closes the store.
         await runner.cleanup()
 

@@ -61,27 +61,32 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
                       ("POST", "/webhook/stripe", webhook.receive)),
                 _Guard(Tokens(config.api_tokens, config.admin_tokens), metrics, client_max_size))
 
-    async def lifecycle(app: web.Application):
-        await store.open()
-        try:
-            await store.claim()
-        except BaseException:
-            await store.close()
-            raise
+    async def starting() -> int:
+        """What comes before the first request, on an open store: the timers that fell due while the gate was down
+        fired, their number returned."""
+        await store.claim()
         if migrate:
             await personal.after_migration(*await store.migrate())
-        try:
-            await plans.start()     # checked against the stored subjects before anything is decided with it
-        except Exception:
-            await store.close()
-            raise
+        await plans.start()     # checked against the stored subjects before anything is decided with it
         store.listen(gate.invalidate, gate.invalidate_all, plans.announced, on_usage=gate.usage_counted)
         # Served before its listener is up, a node reads usage on every check, tells streams that copies may not
         # decide (their clients ask again 5 s later), and drops every cached subject when it connects.
         if not await store.listening():
             log(logging.WARNING, "listener_not_ready", why="serving before this node hears the others: usage is read "
                 "from the database on every check, and streams tell clients their copies may not decide, until it does")
-        caught_up = await jobs.run("sweep")   # timers that fell due while the gate was down
+        return await jobs.run("sweep")   # timers that fell due while the gate was down
+
+    async def lifecycle(app: web.Application):
+        await store.open()
+        try:
+            caught_up = await starting()
+        except BaseException:
+            # Refused (a claimed file, a plan that strands subjects) or stopped while it waited (a signal during a
+            # listener's connect): what was started stops, the store closes (a SQLite file's claim with it).
+            await plans.stop()
+            await store.unlisten()
+            await store.close()
+            raise
         refresher = asyncio.create_task(gate.refresh_ahead(), name="plangate-cache-refresh")
         if run_jobs:
             jobs.start()

@@ -22,12 +22,15 @@ import pytest
 
 from plangate import client as client_module, local_decisions
 from plangate.client import GateClient, GateRequestError
+from plangate.engine import compile_file
 from plangate.server import changes, serve
 from plangate.server.changes import ChangeFeed
 from plangate.server.http.api import GATE
+from plangate.server.http.app import create_app
 from plangate.server.logs import capture_logs
+from plangate.server.store import StoreError, open_store
 
-from .conftest import ADMIN_TOKEN, BASE_ENV, PLAN, TOKEN
+from .conftest import ADMIN_TOKEN, BASE_ENV, PLAN, TOKEN, config_for
 
 PATIENT = 10.0
 STALENESS = 2.0
@@ -1044,6 +1047,27 @@ async def test_a_postgresql_gate_whose_listener_does_not_come_serves_after_the_c
         assert 1.0 <= took < 4.0 and not gate.app[GATE].store.caches_usage
         assert [e["why"] for e in logs.events("listener_not_ready")]
         assert (await gate.check("before-the-listener"))[0] == 200
+
+
+async def test_a_start_stopped_while_it_waits_for_its_listener_closes_what_it_opened(pg_cluster):
+    """A stop (serve's SIGTERM) while a node waits for its listener ends the wait, as a failed start does: the
+    listener stops trying and the store closes. The start's steps stopped half-way left both running."""
+    async with _Relay(pg_cluster.port, listen_held=60.0) as relay:
+        config = config_for(relay.dsn(pg_cluster), PLANGATE_PG_CONNECT_TIMEOUT="60")
+        store = open_store(config.database, **config.store_options())
+        runner = web.AppRunner(create_app(config, compile_file(config.plans), store, run_jobs=False))
+        setup = asyncio.create_task(runner.setup())
+        async with asyncio.timeout(30):
+            while not relay.held:
+                await asyncio.sleep(0.05)
+        setup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await setup
+        await runner.cleanup()
+        listening = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Listener._run"]
+        assert not listening
+        with pytest.raises(StoreError, match="not open"):
+            await store.ping()
 
 
 async def test_copies_are_as_fresh_as_the_stream_was_when_the_gate_wrote_it_not_when_it_was_read(gate):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -153,6 +154,31 @@ class TestRestart:
         assert stored >= sum(b["counted"] for _, b in answered)
         logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert logs[-1]["event"] == "stopped"
+
+
+    def test_a_sigterm_while_the_store_does_not_answer_stops_the_start(self, tmp_path):
+        """A start waits up to PLANGATE_PG_CONNECT_TIMEOUT (as long as 300 s) for PostgreSQL to answer: a SIGTERM
+        meanwhile was kept until the wait ended, and the gate then started and stopped. It stops the start now."""
+        with socket.socket() as silent:     # takes connections (into the kernel's backlog) and never says a word
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            env = {**os.environ, **BASE_ENV, "PLANGATE_PG_CONNECT_TIMEOUT": "120", "PLANGATE_PORT": "0",
+                   "PLANGATE_HOST": "127.0.0.1",
+                   "PLANGATE_DATABASE": f"postgresql://plangate@127.0.0.1:{silent.getsockname()[1]}/plangate"}
+            proc = subprocess.Popen([PLANGATE, "serve", "--env-file", ""], env=env, cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert select.select([silent], [], [], 30)[0], "the gate never connected to its store"
+                proc.send_signal(signal.SIGTERM)
+                out, err = proc.communicate(timeout=15)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        assert proc.returncode == 0, err
+        assert "stopping before it served" in out and "listening on" not in out
+        logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert logs[-1]["event"] == "stopped" and "Traceback" not in err
 
 
 async def _kept_events(url: str, n: int) -> str:

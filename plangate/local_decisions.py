@@ -37,6 +37,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from plangate.stream_format import CLOCK_HEADER, stamped
+
 RECONNECT_PAUSE = (0.05, 2.0)   # the first pause before reconnecting, and the longest
 ASK_LOCAL_AGAIN = 5.0           # seconds after the gate said `local: false` before a snapshot asks again
 OFFSET_KEPT = 60.0              # seconds a measurement of the gate's clock stands against slower ones
@@ -48,7 +50,6 @@ PROBE_PAUSE = (1.0, 60.0)       # seconds between probes of the gate's clock (wh
                                 # longest: doubled after each that narrowed nothing (the stream's own delay, which no
                                 # probe removes)
 DRIFT = 5e-4                    # how fast one clock may gain on another, seconds a second
-CLOCK_HEADER = "X-Plangate-Clock"   # a stream's answer: "<epoch> <seconds>", the gate's monotonic clock
 _log = logging.getLogger("plangate.client")
 
 
@@ -379,12 +380,12 @@ class LocalDecisions:
                     if kind:
                         self._event(kind, data, event_id)
                     kind, data, event_id = "", b"", None
-                elif line.startswith(b": at "):
+                elif (at := stamped(line)) is not None:
                     # The gate wrote this when it had written every change before it: the copies are as fresh as
                     # it is, however long it took to be read.
                     if clock is not None:
                         read = time.monotonic()
-                        written = clock.written(float(line[5:]), read)
+                        written = clock.written(at, read)
                         self.heard = max(self.heard, written)
                         if read - written > self.staleness / 4:     # looser than it need be, or broken
                             self._probe(clock)

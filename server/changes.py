@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from plangate.stream_format import stamp
+
 FORGET_AFTER = 300.0        # seconds a disconnected client's subjects are kept for its reconnect
 MAX_SUBJECTS = 100_000      # subjects one client may hold: beyond, all are dropped and it is cut off (it resets)
 # Clients not listening here whose subjects are kept (for FORGET_AFTER): past this many, the one gone longest is
@@ -39,14 +41,10 @@ GATHER = 0.01
 FLUSH_TURN = 100            # listeners written before the flusher lets requests in (about a millisecond)
 
 
-def stamp(at: float) -> bytes:
-    """The comment that ends a write to a stream: every event published before `at` (this process's monotonic
-    clock, which no step of the wall clock moves) has been written to it. A client measures how fresh its copies
-    are by the last stamp it read, not by when it read it: frames held up on the way (a congested network, a
-    client's busy event loop) looked fresh on arrival while later changes still waited behind them."""
-    return b": at %.6f\n\n" % at
-
-
+# A write to a stream ends with a stamp (stream_format.stamp): every event published before it (this process's
+# monotonic clock, which no step of the wall clock moves) has been written. A client measures how fresh its copies
+# are by the last stamp it read, not by when it read it: frames held up on the way (a congested network, a client's
+# busy event loop) looked fresh on arrival while later changes still waited behind them.
 _STAMP_SIZE = 32            # bytes a stamp takes at most
 _EVENT_NUMBER = re.compile(r"[0-9]{1,18}")
 

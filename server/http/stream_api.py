@@ -22,9 +22,9 @@ import orjson
 from aiohttp import web
 
 from plangate.engine import UnknownStatus
+from plangate.stream_format import CLOCK_HEADER, stamp
 
 from . import _input as inp, _json
-from ..changes import stamp
 from ..gate import StoreUnavailable
 from ..store._base import state_json
 from .api import GATE
@@ -36,7 +36,6 @@ HEARTBEAT = 1.0         # seconds between heartbeats of an idle stream, and the 
 MIN_HEARTBEAT = 0.25    # the least a client may ask for (one asking for less gets this): 4 writes a second
 # What the flusher may add to a connection's write buffer besides an event batch: the chunk's framing.
 _CHUNK_FRAMING = 32
-CLOCK_HEADER = "X-Plangate-Clock"     # "<epoch> <seconds>": this process's monotonic clock, which stamps are in
 # Bytes of a resume written at once: aiohttp waits in a write while the connection is paused, so a client that reads
 # slowly has about this much, and its connection's high-water mark, held for it in the gate.
 RESUME_PIECE = 16_384

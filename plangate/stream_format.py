@@ -6,6 +6,7 @@ from __future__ import annotations
 # stream starts, the clock its stamps are in.
 CLOCK_HEADER = "X-Plangate-Clock"
 _STAMP = b": at "
+STAMP_SIZE = 32      # bytes a stamp takes at most (a monotonic clock of up to 18 digits before the point)
 
 
 def stamp(at: float) -> bytes:

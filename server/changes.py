@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from plangate.stream_format import stamp
+from plangate.stream_format import STAMP_SIZE, stamp
 
 FORGET_AFTER = 300.0        # seconds a disconnected client's subjects are kept for its reconnect
 MAX_SUBJECTS = 100_000      # subjects one client may hold: beyond, all are dropped and it is cut off (it resets)
@@ -45,7 +45,6 @@ FLUSH_TURN = 100            # listeners written before the flusher lets requests
 # monotonic clock, which no step of the wall clock moves) has been written. A client measures how fresh its copies
 # are by the last stamp it read, not by when it read it: frames held up on the way (a congested network, a client's
 # busy event loop) looked fresh on arrival while later changes still waited behind them.
-_STAMP_SIZE = 32            # bytes a stamp takes at most
 _EVENT_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
@@ -158,7 +157,7 @@ class ChangeFeed:
                 if not queue or listener.cut or listener.send is None or listener.room is None:
                     continue
                 try:
-                    if listener.room(sum(map(len, queue)) + _STAMP_SIZE):
+                    if listener.room(sum(map(len, queue)) + STAMP_SIZE):
                         queue.append(stamped)       # the whole queue: everything published so far
                         data = b"".join(queue)
                         queue.clear()

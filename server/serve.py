@@ -189,7 +189,8 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
             setup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await setup
-            log(logging.INFO, "stopped", why="stopped while it started")
+            if setup.cancelled():       # else it had started after all: runner.cleanup() stops it, and says so
+                log(logging.INFO, "stopped", why="stopped while it started")
             return
         setup.result()
         for sock in sockets:

@@ -77,15 +77,18 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         return await jobs.run("sweep")   # timers that fell due while the gate was down
 
     async def lifecycle(app: web.Application):
-        await store.open()
+        await store.open()      # opened, or nothing of it left open
         try:
             caught_up = await starting()
         except BaseException:
             # Refused (a claimed file, a plan that strands subjects) or stopped while it waited (a signal during a
-            # listener's connect): what was started stops, the store closes (a SQLite file's claim with it).
-            await plans.stop()
-            await store.unlisten()
-            await store.close()
+            # listener's connect): what was started stops, and the store closes (a SQLite file's claim with it),
+            # each step whatever the others did.
+            try:
+                await store.unlisten()      # first: a notification heard now would start a task on the plans
+                await plans.stop()
+            finally:
+                await store.close()
             raise
         refresher = asyncio.create_task(gate.refresh_ahead(), name="plangate-cache-refresh")
         if run_jobs:

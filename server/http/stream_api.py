@@ -3,7 +3,7 @@
 A client that decides `check` in its own process fetches the plan (GET /v1/plan), a snapshot of each subject it asks
 about, and listens to GET /v1/stream: every change that may alter a decision, each with an id, so that a reconnect
 with Last-Event-ID resumes without losing one (or, when the gate no longer keeps that id, starts with `reset`: fetch
-everything again). A write that leaves nothing waiting ends with a stamp (changes.stamp: this process's monotonic
+everything again). A write that leaves nothing waiting ends with a stamp (stream_format.stamp: this process's monotonic
 clock when everything before it had been written; the hello and the X-Plangate-Clock header say the clock as the
 stream starts), and a stamp alone is written every second when nothing else was (or every `heartbeat` seconds the
 client asks for, from MIN_HEARTBEAT): a client whose last stamp is older than its staleness bound stops deciding
@@ -149,7 +149,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         async with asyncio.timeout(limit + HEARTBEAT):
             await response.prepare(request)
             # `stamp`: this process's monotonic clock as the stream starts, which the client's measures the
-            # stream's stamps against (changes.stamp).
+            # stream's stamps against (stream_format.stamp).
             hello = {"plan_version": gate.table.version, "local": _local(gate), "heartbeat": heartbeat,
                      "resumed": resumed is not None and bool(last), "max_amount": gate.config.max_amount,
                      "stamp": started}

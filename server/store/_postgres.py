@@ -115,11 +115,17 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
     async def open(self) -> None:
         await self._primary.open()
         if self.replicas is not None:
-            for pool in self.replicas.pools:
-                try:
-                    await pool.open()
-                except StoreError:
-                    pass            # a replica down at start: reads go to the primary (its pool opens lazily)
+            try:
+                for pool in self.replicas.pools:
+                    try:
+                        await pool.open()
+                    except StoreError:
+                        pass        # a replica down at start: reads go to the primary (its pool opens lazily)
+            except BaseException:
+                # Stopped while a replica did not answer (up to PLANGATE_PG_CONNECT_TIMEOUT each): nothing stays open.
+                for pool in (*self.replicas.pools, self._primary):
+                    await pool.close()
+                raise
             self.replicas.start()
 
     async def _watch_replica(self, conn) -> None:

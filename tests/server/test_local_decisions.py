@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import sqlite3
@@ -968,6 +969,7 @@ class _Relay:
         self.held: list[bytes] = []
         self.url = ""
         self._server: asyncio.Server | None = None
+        self._relays: set[asyncio.Task] = set()
 
     def dsn(self, cluster) -> str:
         """The cluster's DSN through this relay."""
@@ -981,8 +983,21 @@ class _Relay:
     async def __aexit__(self, *exc) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._relays:       # what it still holds (a LISTEN held a minute) ends with it
+            task.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        try:
+            await self._relay_until_closed(reader, writer)
+        finally:
+            self._relays.discard(task)
+            writer.close()
+
+    async def _relay_until_closed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
         loop = asyncio.get_running_loop()
         held: asyncio.Queue = asyncio.Queue()
@@ -1014,7 +1029,10 @@ class _Relay:
                     writer.write(data)
             writer.close()
 
-        await asyncio.gather(onward(), back(), late())
+        try:
+            await asyncio.gather(onward(), back(), late())
+        finally:
+            up_writer.close()
 
 
 def _port(url: str) -> int:
@@ -1049,25 +1067,33 @@ async def test_a_postgresql_gate_whose_listener_does_not_come_serves_after_the_c
         assert (await gate.check("before-the-listener"))[0] == 200
 
 
-async def test_a_start_stopped_while_it_waits_for_its_listener_closes_what_it_opened(pg_cluster):
-    """A stop (serve's SIGTERM) while a node waits for its listener ends the wait, as a failed start does: the
-    listener stops trying and the store closes. The start's steps stopped half-way left both running."""
-    async with _Relay(pg_cluster.port, listen_held=60.0) as relay:
-        config = config_for(relay.dsn(pg_cluster), PLANGATE_PG_CONNECT_TIMEOUT="60")
-        store = open_store(config.database, **config.store_options())
-        runner = web.AppRunner(create_app(config, compile_file(config.plans), store, run_jobs=False))
-        setup = asyncio.create_task(runner.setup())
-        async with asyncio.timeout(30):
-            while not relay.held:
-                await asyncio.sleep(0.05)
-        setup.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await setup
-        await runner.cleanup()
-        listening = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Listener._run"]
-        assert not listening
-        with pytest.raises(StoreError, match="not open"):
-            await store.ping()
+@pytest.mark.parametrize("waiting_for", ["listener", "replica"])
+async def test_a_start_stopped_while_it_waits_for_postgresql_closes_what_it_opened(pg_cluster, waiting_for):
+    """A stop (serve's SIGTERM) while a node waits for PostgreSQL (its listener's LISTEN, or a replica that does not
+    answer, each up to PLANGATE_PG_CONNECT_TIMEOUT) ends the start as a failed one does: nothing it started goes on,
+    nothing it opened stays open. Stopped half-way, a start left its listener trying, or its primary's pool open."""
+    with socket.socket() as silent:     # a replica that takes connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {"PLANGATE_PG_CONNECT_TIMEOUT": "60"}
+        if waiting_for == "replica":
+            env["PLANGATE_PG_REPLICAS"] = f"postgresql://plangate@127.0.0.1:{silent.getsockname()[1]}/plangate"
+        async with _Relay(pg_cluster.port, listen_held=60.0 if waiting_for == "listener" else 0.0) as relay:
+            config = config_for(relay.dsn(pg_cluster), **env)
+            store = open_store(config.database, **config.store_options())
+            runner = web.AppRunner(create_app(config, compile_file(config.plans), store, run_jobs=False))
+            setup = asyncio.create_task(runner.setup())
+            async with asyncio.timeout(30):
+                while not (relay.held or select.select([silent], [], [], 0)[0]):
+                    await asyncio.sleep(0.05)
+            setup.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await setup
+            await runner.cleanup()
+            running = {getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()}
+            assert not running & {"Listener._run", "Replicas._probe_forever"}
+            with pytest.raises(StoreError, match="not open"):
+                await store.ping()
 
 
 async def test_copies_are_as_fresh_as_the_stream_was_when_the_gate_wrote_it_not_when_it_was_read(gate):

@@ -175,14 +175,23 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP reads the plan file again: deployed if it lints clean and strands no stored subject, else refused
-    # with a log line, the running plan kept.
-    loop.add_signal_handler(signal.SIGHUP, app[PLANS].reload_soon, "sighup")
     setup = asyncio.ensure_future(runner.setup())
     stopped = asyncio.ensure_future(stop.wait())
+    plans, reload_asked = app[PLANS], False
+
+    def reload() -> None:
+        """SIGHUP reads the plan file again: deployed if it lints clean and strands no stored subject, else refused
+        with a log line, the running plan kept. One that comes while the gate starts is done once it has started:
+        read before, the store not open yet, it was refused as the store's failure."""
+        nonlocal reload_asked
+        if setup.done():
+            plans.reload_soon("sighup")
+        else:
+            reload_asked = True
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         # A SIGTERM while the gate starts stops it there: a start waits up to PLANGATE_PG_CONNECT_TIMEOUT (as long
-        # as 300 s) for the store, and again for its listener, and the signal waited with it.
+        # as 300 s) for the database, for each replica and for its listener, and the signal waited with it.
         await asyncio.wait((setup, stopped), return_when=asyncio.FIRST_COMPLETED)
         if not setup.done():
             print("plangate: stopping before it served", flush=True)
@@ -193,6 +202,8 @@ async def _serve(config: Config, table, sockets: list[socket.socket]) -> None:
                 log(logging.INFO, "stopped", why="stopped while it started")
             return
         setup.result()
+        if reload_asked:
+            plans.reload_soon("sighup")
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         # What exists now (modules, the plan, the app) lives as long as the process. A full collection

@@ -960,13 +960,15 @@ class _Relay:
     """A relay on 127.0.0.1 to a server's `port` (the gate's, or PostgreSQL's). What the server sends is held `delay`
     seconds, in order (a congested path, or a client whose loop reads late). What the client sends goes on at once,
     but a request for the stream, held `stream_asked` seconds (a busy gate, a client's connection pool full of
-    checks), and the first LISTEN, held `listen_held` seconds (kept in `held`)."""
+    checks), the first LISTEN, held `listen_held` seconds (kept in `held`), and what is sent first (PostgreSQL's
+    startup message: the store's opening), held `opening_held` seconds (kept in `opening`)."""
 
-    def __init__(self, port: int, *, stream_asked: float = 0.0, listen_held: float = 0.0):
+    def __init__(self, port: int, *, stream_asked: float = 0.0, listen_held: float = 0.0, opening_held: float = 0.0):
         self.port = port
         self.delay = 0.0
-        self.stream_asked, self.listen_held = stream_asked, listen_held
+        self.stream_asked, self.listen_held, self.opening_held = stream_asked, listen_held, opening_held
         self.held: list[bytes] = []
+        self.opening: list[bytes] = []
         self.url = ""
         self._server: asyncio.Server | None = None
         self._relays: set[asyncio.Task] = set()
@@ -1005,7 +1007,10 @@ class _Relay:
         async def onward() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await reader.read(65536):
-                    if data.startswith(b"GET /v1/stream"):
+                    if self.opening_held and not self.opening:
+                        self.opening.append(data)
+                        await asyncio.sleep(self.opening_held)
+                    elif data.startswith(b"GET /v1/stream"):
                         await asyncio.sleep(self.stream_asked)
                     elif self.listen_held and b"LISTEN" in data and not self.held:
                         self.held.append(data)

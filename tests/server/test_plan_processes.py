@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 
 import aiohttp
@@ -13,7 +14,8 @@ from tests.plan_change import V1, WITHOUT_BILLING_PROBLEM, edited, lowered_pro, 
 
 from .conftest import BASE_ENV, GateProcess
 from .test_multinode import nodes  # noqa: F401 - the fixture
-from .test_process import AUTH, post, run
+from .test_local_decisions import _Relay
+from .test_process import AUTH, PLANGATE, post, run
 
 
 async def get(url: str, path: str) -> tuple[int, object]:
@@ -82,6 +84,47 @@ class TestSighup:
         assert [d["actor"] for d in view["history"]] == ["sighup", "start"]
         returncode, _, err = node.stop()
         assert returncode == 0 and "plan_applied" in err
+
+
+    async def test_a_sighup_while_the_gate_starts_reloads_once_it_has_started(self, tmp_path, pg_cluster):
+        """A SIGHUP that came while the gate started (here, while PostgreSQL was slow to answer its first connection)
+        was read at once, the store not open yet: refused as the store's failure, an error in the log. It is read
+        once the gate has started."""
+        plan = tmp_path / "plans.yaml"
+        plan.write_text(V1)
+        async with _Relay(pg_cluster.port, opening_held=3.0) as relay:
+            env = {**os.environ, **BASE_ENV, "PLANGATE_DATABASE": relay.dsn(pg_cluster), "PLANGATE_PLANS": str(plan),
+                   "PLANGATE_PG_CONNECT_TIMEOUT": "20", "PLANGATE_PORT": "0", "PLANGATE_HOST": "127.0.0.1"}
+            out, err = tmp_path / "gate.out", tmp_path / "gate.err"
+            with open(out, "w") as stdout, open(err, "w") as stderr:
+                proc = await asyncio.create_subprocess_exec(PLANGATE, "serve", "--env-file", "", env=env, cwd=tmp_path,
+                                                            stdout=stdout, stderr=stderr)
+            try:
+                async with asyncio.timeout(30):
+                    while not relay.opening:
+                        await asyncio.sleep(0.05)
+                proc.send_signal(signal.SIGHUP)
+
+                async def read_again() -> bool:
+                    return "listening on" in out.read_text() and any(e.get("actor") == "sighup" for e in _log(err))
+                assert await postgres.await_until(read_again, timeout=20), err.read_text()
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 15)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+        logs = _log(err)
+        reloads = [(e["event"], e["actor"]) for e in logs if e["event"] in ("plan_applied", "plan_unchanged")]
+        assert reloads == [("plan_applied", "start"), ("plan_unchanged", "sighup")]
+        assert not [e for e in logs if e["event"] == "plan_refused"] and proc.returncode == 0
+
+
+def _log(path) -> list[dict]:
+    """The JSON lines of a gate's log file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{") and line.endswith("}")]
 
 
 async def _logged(node: GateProcess, event: str) -> bool:

@@ -22,7 +22,7 @@ import asyncio
 import re
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -97,11 +97,17 @@ class ChangeFeed:
         self.everything: set[Listener] = set()          # listeners without a name: every event
         self.named: dict[str, Listener] = {}            # client -> its connected listener
         self.interest: dict[str, dict[str, None]] = {}  # client -> its subjects (insertion-ordered)
-        self.watchers: dict[str, set[str]] = {}         # subject -> clients holding it
-        self.gone: dict[str, float] = {}                # client -> when its listener left (or it watched unheard)
+        # subject -> the clients listening here that hold it: a count is pushed to these alone. A client that left
+        # is taken out (and put back when it returns): the events it misses meanwhile reach it by its resume, which
+        # reads the kept events by `interest`. Clients gone for up to FORGET_AFTER (thousands, when workers restart
+        # under new names) were walked on every count, which took most of a count's cost to the feed.
+        self.watchers: dict[str, set[str]] = {}
+        # client -> when its listener left (or it watched unheard), the one gone longest first: forgetting those
+        # gone past FORGET_AFTER stops at the first that is not (every stream's start walked them all).
+        self.gone: OrderedDict[str, float] = OrderedDict()
         # client -> when its subjects were dropped past MAX_SUBJECTS: its next resume is a reset, whatever it
         # watched since (a snapshot under way at the drop watches again, and made the client look known).
-        self.must_reset: dict[str, float] = {}
+        self.must_reset: OrderedDict[str, float] = OrderedDict()
         self.forgotten_at = 0.0
         self.queue_limit = queue_limit
         self.cut_off = 0            # listeners cut off for reading too slowly, since start
@@ -220,8 +226,7 @@ class ChangeFeed:
         now = time.monotonic()
         if client not in self.named:
             # Not listening here (another node's stream, or a script): its subjects are forgotten in time.
-            self.gone.pop(client, None)
-            self.gone[client] = now         # the newest last: the one gone longest is first
+            self._gone(client, now)
             if len(self.gone) > MAX_GONE:
                 self._forget_now(next(iter(self.gone)), now)
         if now - self.forgotten_at > 1.0:
@@ -230,12 +235,13 @@ class ChangeFeed:
         if subject in held:
             return
         held[subject] = None
-        self.watchers.setdefault(subject, set()).add(client)
+        if client in self.named:
+            self.watchers.setdefault(subject, set()).add(client)
         if len(held) > MAX_SUBJECTS:
             # Dropping one subject quietly would leave the client deciding it from a copy nobody updates: drop
             # them all and cut its stream off, so that it resumes with `reset`.
             self._drop(client)
-            self.must_reset[client] = now
+            self._must_reset(client, now)
             listener = self.named.get(client)
             if listener is not None:
                 listener.cut_off()
@@ -245,10 +251,21 @@ class ChangeFeed:
         meanwhile (as past MAX_SUBJECTS)."""
         del self.gone[client]
         self._drop(client)
-        self.must_reset[client] = now
+        self._must_reset(client, now)
+
+    def _gone(self, client: str, now: float) -> None:
+        self.gone.pop(client, None)
+        self.gone[client] = now         # the newest last
+
+    def _must_reset(self, client: str, now: float) -> None:
+        self.must_reset.pop(client, None)
+        self.must_reset[client] = now   # the newest last
 
     def _drop(self, client: str) -> None:
-        for subject in self.interest.pop(client, {}):
+        self._unwatched(client, self.interest.pop(client, {}))
+
+    def _unwatched(self, client: str, subjects) -> None:
+        for subject in subjects:
             clients = self.watchers.get(subject)
             if clients is not None:
                 clients.discard(client)
@@ -293,6 +310,9 @@ class ChangeFeed:
             earlier = self.named.get(client)
             if earlier is not None:
                 earlier.cut_off()
+            else:           # back (or new): what it holds is pushed to it again
+                for subject in self.interest.get(client, ()):
+                    self.watchers.setdefault(subject, set()).add(client)
             self.named[client] = listener
             self.gone.pop(client, None)
         return listener
@@ -304,17 +324,17 @@ class ChangeFeed:
             self.everything.discard(listener)
         elif self.named.get(listener.client) is listener:
             del self.named[listener.client]
-            self.gone[listener.client] = time.monotonic()
+            self._unwatched(listener.client, self.interest.get(listener.client, ()))
+            self._gone(listener.client, time.monotonic())
         if listener.cut:
             self.cut_off += 1
 
     def _forget(self, now: float) -> None:
         """The subjects of clients gone longer than FORGET_AFTER."""
         self.forgotten_at = now
-        for client, left in list(self.gone.items()):
-            if now - left > FORGET_AFTER:
-                del self.gone[client]
-                self._drop(client)
-        for client, dropped in list(self.must_reset.items()):
-            if now - dropped > FORGET_AFTER:
-                del self.must_reset[client]
+        gone, must_reset = self.gone, self.must_reset
+        while gone and now - next(iter(gone.values())) > FORGET_AFTER:
+            client, _ = gone.popitem(last=False)
+            self._drop(client)
+        while must_reset and now - next(iter(must_reset.values())) > FORGET_AFTER:
+            must_reset.popitem(last=False)

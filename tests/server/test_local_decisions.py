@@ -520,6 +520,48 @@ def test_past_max_gone_clients_the_one_gone_longest_is_forgotten_and_resumes_wit
     assert feed.since(last, "client-0") == []
 
 
+def test_counts_are_pushed_to_the_clients_listening_here_and_reach_one_that_left_by_its_resume():
+    """A client that left stayed among its subjects' watchers for FORGET_AFTER, and every count walked it: with
+    workers restarting under new names, thousands of gone clients took most of what a count cost the feed. Now
+    only clients listening here are walked; one that comes back is again, and its resume brings what it missed."""
+    feed = ChangeFeed()
+    here = feed.listen("client-here")
+    feed.watch("client-here", "s")
+    away = feed.listen("client-away")
+    feed.watch("client-away", "s")
+    last = feed.last_id
+    feed.leave(away)
+    assert feed.watchers == {"s": {"client-here"}}
+    feed.usage("s", "requests", 0, 5)
+    assert len(here.queue) == 1 and not away.queue
+    feed.watch("client-away", "t")          # a snapshot while its stream is away (or on another node)
+    feed.subject("t")
+    assert feed.watchers == {"s": {"client-here"}}
+    missed = feed.since(last, "client-away")
+    back = feed.listen("client-away")
+    assert [b"event: usage" in frame for frame in missed or ()] == [True, False]
+    assert feed.watchers == {"s": {"client-here", "client-away"}, "t": {"client-away"}}
+    feed.usage("t", "requests", 0, 1)
+    assert len(back.queue) == 1 and len(here.queue) == 1
+
+
+def test_clients_gone_past_forget_after_are_forgotten_the_longest_gone_first(monkeypatch):
+    """Forgetting stops at the first client gone less than FORGET_AFTER (every stream's start walked them all), so
+    a client seen again must move behind the others."""
+    clock = [1000.0]
+    monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
+    feed = ChangeFeed()
+    for client, at in (("client-0", 1000.0), ("client-1", 1100.0)):
+        clock[0] = at
+        feed.leave(feed.listen(client))
+        feed.watch(client, f"{client}-subject")
+    clock[0] = 1200.0
+    feed.watch("client-0", "another")       # seen again: gone longest is client-1 now
+    clock[0] = 1100.0 + changes.FORGET_AFTER + 1
+    feed.since(feed.last_id)
+    assert list(feed.gone) == ["client-0"] and list(feed.interest) == ["client-0"]
+
+
 def test_subjects_watched_by_a_client_that_never_listens_here_are_forgotten(monkeypatch):
     feed = ChangeFeed()
     for i in range(50):

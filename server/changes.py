@@ -108,6 +108,10 @@ class ChangeFeed:
         # client -> when its subjects were dropped past MAX_SUBJECTS: its next resume is a reset, whatever it
         # watched since (a snapshot under way at the drop watches again, and made the client look known).
         self.must_reset: OrderedDict[str, float] = OrderedDict()
+        # client -> the last event before its subjects were first watched while it did not listen here: a resume
+        # from that event or an earlier one is a reset (it may hold copies of subjects this feed forgot, FORGET_AFTER
+        # after it left, and no longer tells it of), until it listens here again.
+        self.unheard_from: dict[str, int] = {}
         self.forgotten_at = 0.0
         self.queue_limit = queue_limit
         self.cut_off = 0            # listeners cut off for reading too slowly, since start
@@ -231,7 +235,11 @@ class ChangeFeed:
                 self._forget_now(next(iter(self.gone)), now)
         if now - self.forgotten_at > 1.0:
             self._forget(now)
-        held = self.interest.setdefault(client, {})
+        held = self.interest.get(client)
+        if held is None:
+            held = self.interest[client] = {}
+            if client not in self.named:
+                self.unheard_from[client] = self.n
         if subject in held:
             return
         held[subject] = None
@@ -263,6 +271,7 @@ class ChangeFeed:
 
     def _drop(self, client: str) -> None:
         self._unwatched(client, self.interest.pop(client, {}))
+        self.unheard_from.pop(client, None)
 
     def _unwatched(self, client: str, subjects) -> None:
         for subject in subjects:
@@ -287,6 +296,8 @@ class ChangeFeed:
         if client is not None and client not in self.interest and client not in self.named:
             return None         # its subjects were dropped here (gone too long, or too many): it must refetch
         after = int(n)
+        if client is not None and self.unheard_from.get(client, -1) >= after:
+            return None
         if after == self.n:
             return []
         if not self.kept or self.kept[0][0] > after + 1:
@@ -302,6 +313,11 @@ class ChangeFeed:
 
     def listen(self, client: str | None = None) -> Listener:
         """A listener; a named one replaces (and cuts off) an earlier connection of the same client."""
+        if client is not None:
+            # Back before the forgetting below: its resume (since(), a moment ago) found its subjects kept, and
+            # they must stay (forgotten now, a resume at FORGET_AFTER's edge went on with nothing pushed to it).
+            self.gone.pop(client, None)
+            self.unheard_from.pop(client, None)     # it hears everything from its stream's hello on
         self._forget(time.monotonic())
         listener = Listener(self.queue_limit, client, self._mark)
         if client is None:
@@ -314,7 +330,6 @@ class ChangeFeed:
                 for subject in self.interest.get(client, ()):
                     self.watchers.setdefault(subject, set()).add(client)
             self.named[client] = listener
-            self.gone.pop(client, None)
         return listener
 
     def leave(self, listener: Listener) -> None:

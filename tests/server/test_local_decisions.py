@@ -491,6 +491,7 @@ def test_a_client_past_its_subject_limit_is_cut_off_and_resumes_with_reset(monke
     feed.watch("client-many", "d")                # a snapshot under way at the drop watches again
     assert feed.since(last, "client-many") is None
     assert feed.since(last, "client-many") is None    # until its stream has said `reset`
+    feed.listen("client-many")                        # the stream that says it
     feed.reset_said("client-many")
     assert feed.since(last, "client-many") == []
     feed.watch("client-many", "e")
@@ -516,6 +517,7 @@ def test_past_max_gone_clients_the_one_gone_longest_is_forgotten_and_resumes_wit
     assert set(feed.gone) == {"client-1", "client-3", "client-4"}
     feed.watch("client-0", "s0")                # a snapshot before it resumes: still a reset, never a silent resume
     assert feed.since(last, "client-0") is None
+    feed.listen("client-0")                     # the stream that says `reset`
     feed.reset_said("client-0")
     assert feed.since(last, "client-0") == []
 
@@ -560,6 +562,48 @@ def test_clients_gone_past_forget_after_are_forgotten_the_longest_gone_first(mon
     clock[0] = 1100.0 + changes.FORGET_AFTER + 1
     feed.since(feed.last_id)
     assert list(feed.gone) == ["client-0"] and list(feed.interest) == ["client-0"]
+
+
+def test_a_resume_at_forget_afters_edge_keeps_the_clients_subjects(monkeypatch):
+    """since() found the client's subjects kept and resumed it; listen(), a moment later, forgot them first: the
+    client went on with its copies and heard of none of them again. (Found by a review.)"""
+    clock = [1000.0]
+    monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
+    feed = ChangeFeed()
+    first = feed.listen("client-edge")
+    feed.watch("client-edge", "s")
+    last = feed.last_id
+    feed.leave(first)
+    feed.usage("s", "requests", 0, 1)
+    clock[0] = 1000.0 + changes.FORGET_AFTER
+    missed = feed.since(last, "client-edge")
+    assert missed is not None and len(missed) == 1
+    clock[0] += 1e-6
+    back = feed.listen("client-edge")
+    feed.usage("s", "requests", 0, 2)
+    assert len(back.queue) == 1
+
+
+def test_a_client_forgotten_then_given_a_snapshot_resumes_with_reset(monkeypatch):
+    """Its subjects forgotten FORGET_AFTER after it left, a client whose name watched a subject again (a snapshot
+    while its stream was away) looked known: its resume went on, heard only of the new subject, and the copies it
+    still held of the others were never told of again. (Found by a review.)"""
+    clock = [1000.0]
+    monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
+    feed = ChangeFeed()
+    feed.listen("client-other")
+    first = feed.listen("client-late")
+    feed.watch("client-late", "s")
+    last = feed.last_id
+    feed.leave(first)
+    clock[0] += changes.FORGET_AFTER + 1
+    feed.since(feed.last_id)                # forgets it
+    feed.usage("s", "requests", 0, 1)
+    feed.watch("client-late", "t")
+    assert feed.since(last, "client-late") is None
+    back = feed.listen("client-late")       # its stream said `reset`: from its hello on it hears everything
+    feed.usage("t", "requests", 0, 1)
+    assert len(back.queue) == 1 and feed.since(feed.last_id, "client-late") == []
 
 
 def test_subjects_watched_by_a_client_that_never_listens_here_are_forgotten(monkeypatch):

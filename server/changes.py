@@ -100,7 +100,7 @@ class ChangeFeed:
         # subject -> the clients listening here that hold it: a count is pushed to these alone. A client that left
         # is taken out (and put back when it returns): the events it misses meanwhile reach it by its resume, which
         # reads the kept events by `interest`. Clients gone for up to FORGET_AFTER (thousands, when workers restart
-        # under new names) were walked on every count, which took most of a count's cost to the feed.
+        # under new names) were walked on every count: most of what publishing it cost.
         self.watchers: dict[str, set[str]] = {}
         # client -> when its listener left (or it watched unheard), the one gone longest first: forgetting those
         # gone past FORGET_AFTER stops at the first that is not (every stream's start walked them all).

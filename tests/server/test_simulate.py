@@ -2,12 +2,14 @@
 and leaves the gate where its story ends; as a process too; an unreachable gate, a wrong secret and usage errors."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -104,36 +106,63 @@ def test_a_gate_with_enforcement_off_plays_every_lifecycle(tmp_path, capsys):
         proc.stop()
 
 
-class _Schedule(threading.Thread):
-    """What a gate's sweep schedule does, sooner: POST /v1/jobs/sweep every 5 ms, until `stop` is set, or (until_fired)
-    until a sweep fires a timer."""
+class _Schedule:
+    """What a gate's sweep schedule does, at the worst moment: a relay on 127.0.0.1 in front of the gate that asks
+    it for a sweep (POST /v1/jobs/sweep) before it passes on each webhook delivery, until `until_fired` and a sweep
+    fired a timer. A thread sweeping every 5 ms left it to chance whether a lifecycle's events met a sweep, and one
+    whose events all came between two sweeps passed where the test expected it to be disturbed."""
 
     def __init__(self, url: str, *, until_fired: bool):
-        super().__init__(daemon=True)
-        self.url, self.until_fired, self.stop, self.fired = url, until_fired, threading.Event(), 0
+        self.gate, self.until_fired, self.fired = url, until_fired, 0
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        schedule = self
 
-    def run(self) -> None:
-        while not self.stop.wait(0.005):
-            post = urllib.request.Request(f"{self.url}/v1/jobs/sweep", method="POST",
-                                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-            with self.opener.open(post, timeout=10) as resp:
-                self.fired += json.loads(resp.read())["result"]
-            if self.fired and self.until_fired:
-                return
+        class Relay(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                if self.path == "/webhook/stripe" and not (schedule.fired and schedule.until_fired):
+                    schedule.sweep()
+                names = ("Authorization", "Content-Type", "Stripe-Signature")
+                request = urllib.request.Request(schedule.gate + self.path, data=body, method=self.command,
+                                                 headers={n: self.headers[n] for n in names if self.headers[n]})
+                try:
+                    with schedule.opener.open(request, timeout=10) as resp:
+                        status, kind, answer = resp.status, resp.headers.get("Content-Type", ""), resp.read()
+                except urllib.error.HTTPError as exc:
+                    status, kind, answer = exc.code, exc.headers.get("Content-Type", ""), exc.read()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def sweep(self) -> None:
+        post = urllib.request.Request(f"{self.gate}/v1/jobs/sweep", method="POST",
+                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with self.opener.open(post, timeout=10) as resp:
+            self.fired += json.loads(resp.read())["result"]
 
 
 def simulate_while_sweeping(tmp_path, subject: str, *, until_fired: bool) -> tuple[int, _Schedule]:
-    """trial-declined played into a gate of its own while a _Schedule sweeps it: (the exit code, the schedule)."""
+    """trial-declined played into a gate of its own through a _Schedule: (the exit code, the schedule)."""
     proc = GateProcess({**BASE_ENV, **QUIET, "PLANGATE_DATABASE": str(tmp_path / "gate.sqlite3"),
                         "STRIPE_WEBHOOK_SECRET": se.SECRET}, tmp_path)
     schedule = _Schedule(proc.url, until_fired=until_fired)
+    schedule.thread.start()
     try:
-        schedule.start()
-        return simulate_(proc, "--subject", subject, "trial-declined"), schedule
+        return simulate_(schedule, "--subject", subject, "trial-declined"), schedule
     finally:
-        schedule.stop.set()
-        schedule.join(10)
+        schedule.server.shutdown()
+        schedule.server.server_close()
         proc.stop()
 
 

@@ -85,7 +85,6 @@ class TestSighup:
         returncode, _, err = node.stop()
         assert returncode == 0 and "plan_applied" in err
 
-
     async def test_a_sighup_while_the_gate_starts_reloads_once_it_has_started(self, tmp_path, pg_cluster):
         """A SIGHUP that came while the gate started (here, while PostgreSQL was slow to answer its first connection)
         was read at once, the store not open yet: refused as the store's failure, an error in the log. It is read

@@ -155,10 +155,9 @@ class TestRestart:
         logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert logs[-1]["event"] == "stopped"
 
-
     def test_a_sigterm_while_the_store_does_not_answer_stops_the_start(self, tmp_path):
         """A start waits up to PLANGATE_PG_CONNECT_TIMEOUT (as long as 300 s) for PostgreSQL to answer: a SIGTERM
-        meanwhile was kept until the wait ended, and the gate then started and stopped. It stops the start now."""
+        meanwhile was held until the wait ended. It stops the start now, and the gate exits 0."""
         with socket.socket() as silent:     # takes connections (into the kernel's backlog) and never says a word
             silent.bind(("127.0.0.1", 0))
             silent.listen(8)

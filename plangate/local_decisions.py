@@ -403,7 +403,9 @@ class LocalDecisions:
             # Another process: nothing held can be trusted, its plan neither: at the same version its text may
             # differ in comments, layout or path, which the rules' lines and file follow.
             another = epoch != self.epoch and self.n >= 0
-            if another:
+            # Not resumed though it asked to be (it sent Last-Event-ID): the gate's `reset` comes next, and the copies
+            # go now, so that they go even when that frame is lost with the connection.
+            if another or (self.n >= 0 and not body.get("resumed")):
                 self._reset()
             self.epoch, self.n = epoch, n if not body.get("resumed") else self.n
             self._may_decide(body.get("local", False))

@@ -108,9 +108,11 @@ class ChangeFeed:
         # client -> when its subjects were dropped past MAX_SUBJECTS: its next resume is a reset, whatever it
         # watched since (a snapshot under way at the drop watches again, and made the client look known).
         self.must_reset: OrderedDict[str, float] = OrderedDict()
-        # client -> the last event before its subjects were first watched while it did not listen here: a resume
-        # from that event or an earlier one is a reset (it may hold copies of subjects this feed forgot, FORGET_AFTER
-        # after it left, and no longer tells it of), until it listens here again.
+        # client -> an event from which (or before which) its resume is a reset, until a stream has told it `reset`:
+        # the last before its subjects were first watched while it did not listen here (it may hold copies of
+        # subjects this feed forgot, FORGET_AFTER after it left, and no longer tells it of), or the last before a
+        # resume of it was refused (its `reset` may be lost with the connection, and a snapshot meanwhile make it
+        # look known).
         self.unheard_from: dict[str, int] = {}
         self.forgotten_at = 0.0
         self.queue_limit = queue_limit
@@ -294,6 +296,7 @@ class ChangeFeed:
         if epoch != self.epoch or not _EVENT_NUMBER.fullmatch(n) or int(n) > self.n:
             return None
         if client is not None and client not in self.interest and client not in self.named:
+            self.unheard_from[client] = self.n
             return None         # its subjects were dropped here (gone too long, or too many): it must refetch
         after = int(n)
         if client is not None and self.unheard_from.get(client, -1) >= after:
@@ -310,6 +313,7 @@ class ChangeFeed:
         """The client's stream has told it `reset`: what it watches from now on is heard again."""
         if client is not None:
             self.must_reset.pop(client, None)
+            self.unheard_from.pop(client, None)
 
     def listen(self, client: str | None = None) -> Listener:
         """A listener; a named one replaces (and cuts off) an earlier connection of the same client."""
@@ -317,7 +321,6 @@ class ChangeFeed:
             # Back before the forgetting below: its resume (since(), a moment ago) found its subjects kept, and
             # they must stay (forgotten now, a resume at FORGET_AFTER's edge went on with nothing pushed to it).
             self.gone.pop(client, None)
-            self.unheard_from.pop(client, None)     # it hears everything from its stream's hello on
         self._forget(time.monotonic())
         listener = Listener(self.queue_limit, client, self._mark)
         if client is None:

@@ -601,9 +601,36 @@ def test_a_client_forgotten_then_given_a_snapshot_resumes_with_reset(monkeypatch
     feed.usage("s", "requests", 0, 1)
     feed.watch("client-late", "t")
     assert feed.since(last, "client-late") is None
-    back = feed.listen("client-late")       # its stream said `reset`: from its hello on it hears everything
+    back = feed.listen("client-late")
+    feed.reset_said("client-late")          # its stream said `reset`: from its hello on it hears everything
     feed.usage("t", "requests", 0, 1)
     assert len(back.queue) == 1 and feed.since(feed.last_id, "client-late") == []
+
+
+def test_a_refused_resume_stays_refused_until_the_stream_has_said_reset(monkeypatch):
+    """A resume the feed refused was cleared by the stream's listen(), before its `reset` was written: a connection
+    lost in between left the next resume from the same event to go on, its copies of forgotten subjects never told
+    of again. (Found by a review.)"""
+    clock = [1000.0]
+    monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
+    for snapshot_meanwhile in (False, True):
+        feed = ChangeFeed()
+        feed.listen("client-other")
+        first = feed.listen("client-late")
+        feed.watch("client-late", "a")
+        last = feed.last_id
+        feed.leave(first)
+        clock[0] += changes.FORGET_AFTER + 1
+        feed.since(feed.last_id)                # forgets it
+        if not snapshot_meanwhile:
+            feed.watch("client-late", "c")      # a snapshot before its stream comes back
+        assert feed.since(last, "client-late") is None
+        listener = feed.listen("client-late")
+        if snapshot_meanwhile:
+            feed.watch("client-late", "c")      # one under way as its stream came back
+        feed.leave(listener)                    # gone before `reset` was written
+        feed.usage("a", "requests", 0, 99)
+        assert feed.since(last, "client-late") is None, snapshot_meanwhile
 
 
 def test_subjects_watched_by_a_client_that_never_listens_here_are_forgotten(monkeypatch):
@@ -1216,6 +1243,28 @@ async def _stream_only(aiohttp_server, stream) -> str:
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/v1/plan", no_plan)
     return str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+
+
+async def test_a_stream_the_gate_did_not_resume_drops_the_copies_even_when_its_reset_is_lost(aiohttp_server):
+    """A reconnect the gate cannot resume is told so twice: the hello says `resumed: false`, and `reset` follows.
+    The copies went with the second alone, so a connection lost between the two left the client holding copies
+    nobody updates. (Found by a review.)"""
+    asked: list[str | None] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Last-Event-ID"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        hello = {"plan_version": "v1", "local": True, "heartbeat": 0.25, "resumed": False, "max_amount": 10}
+        await response.write(b"id: e1-%d\nevent: hello\ndata: %s\n\n" % (5 * len(asked), json.dumps(hello).encode()))
+        return response                     # the connection ends before any `reset`
+
+    async with GateClient(await _stream_only(aiohttp_server, stream), TOKEN, local=True, staleness=0.5) as here:
+        for _ in range(300):
+            if len(asked) >= 2 and here.local.resets:
+                break
+            await asyncio.sleep(0.01)
+        assert asked[:2] == [None, "e1-5"] and here.local.resets >= 1
 
 
 async def test_a_gate_that_stamps_nothing_is_fresh_as_its_frames_are_read(aiohttp_server):

@@ -584,20 +584,27 @@ def test_a_resume_at_forget_afters_edge_keeps_the_clients_subjects(monkeypatch):
     assert len(back.queue) == 1
 
 
-def test_a_client_forgotten_then_given_a_snapshot_resumes_with_reset(monkeypatch):
-    """Its subjects forgotten FORGET_AFTER after it left, a client whose name watched a subject again (a snapshot
-    while its stream was away) looked known: its resume went on, heard only of the new subject, and the copies it
-    still held of the others were never told of again. (Found by a review.)"""
+def _forgotten(monkeypatch, client: str, subject: str) -> tuple[ChangeFeed, str]:
+    """A feed (its clock in the test's hands) that forgot `client`, which had held `subject` and left FORGET_AFTER
+    ago, and the last event id the client had read."""
     clock = [1000.0]
     monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
     feed = ChangeFeed()
     feed.listen("client-other")
-    first = feed.listen("client-late")
-    feed.watch("client-late", "s")
+    first = feed.listen(client)
+    feed.watch(client, subject)
     last = feed.last_id
     feed.leave(first)
     clock[0] += changes.FORGET_AFTER + 1
     feed.since(feed.last_id)                # forgets it
+    return feed, last
+
+
+def test_a_client_forgotten_then_given_a_snapshot_resumes_with_reset(monkeypatch):
+    """Its subjects forgotten FORGET_AFTER after it left, a client whose name watched a subject again (a snapshot
+    while its stream was away) looked known: its resume went on, heard only of the new subject, and the copies it
+    still held of the others were never told of again. (Found by a review.)"""
+    feed, last = _forgotten(monkeypatch, "client-late", "s")
     feed.usage("s", "requests", 0, 1)
     feed.watch("client-late", "t")
     assert feed.since(last, "client-late") is None
@@ -611,17 +618,8 @@ def test_a_refused_resume_stays_refused_until_the_stream_has_said_reset(monkeypa
     """A resume the feed refused was cleared by the stream's listen(), before its `reset` was written: a connection
     lost in between left the next resume from the same event to go on, its copies of forgotten subjects never told
     of again. (Found by a review.)"""
-    clock = [1000.0]
-    monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
     for snapshot_meanwhile in (False, True):
-        feed = ChangeFeed()
-        feed.listen("client-other")
-        first = feed.listen("client-late")
-        feed.watch("client-late", "a")
-        last = feed.last_id
-        feed.leave(first)
-        clock[0] += changes.FORGET_AFTER + 1
-        feed.since(feed.last_id)                # forgets it
+        feed, last = _forgotten(monkeypatch, "client-late", "a")
         if not snapshot_meanwhile:
             feed.watch("client-late", "c")      # a snapshot before its stream comes back
         assert feed.since(last, "client-late") is None

@@ -187,7 +187,8 @@ class LocalDecisions:
 
     @property
     def fresh(self) -> bool:
-        """The stream is up and was heard from within the staleness bound."""
+        """The stream is up and has told everything as of less than `staleness` seconds ago (`heard`: when the gate
+        wrote the last stamp read, or when the last frame was read from a gate that stamps nothing)."""
         return self.live and time.monotonic() - self.heard <= self.staleness
 
     async def ready(self, timeout: float = 5.0) -> bool:

@@ -141,7 +141,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     resumed = feed.since(last, client)
     listener = feed.listen(client)     # with no await since `since`: nothing published from there on is missed
     started = time.monotonic()         # what the resume (or the reset) and the queue hold, between them
-    deadline = time.monotonic() + limit
+    deadline = started + limit
     try:
         # Every write of the stream ends with its time (and a heartbeat's grace): one the client does not take by
         # then (it does not read, and a long resume filled its buffers) ends the connection. It waited for as long as

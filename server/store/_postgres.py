@@ -117,10 +117,9 @@ class PostgresStore(PostgresCredits, PostgresPersonalData, PostgresPlans, Postgr
         if self.replicas is not None:
             try:
                 for pool in self.replicas.pools:
-                    try:
+                    # A replica down at start: reads go to the primary (its pool opens lazily).
+                    with contextlib.suppress(StoreError):
                         await pool.open()
-                    except StoreError:
-                        pass        # a replica down at start: reads go to the primary (its pool opens lazily)
             except BaseException:
                 # Stopped while a replica did not answer (up to PLANGATE_PG_CONNECT_TIMEOUT each): nothing stays open.
                 for pool in (*self.replicas.pools, self._primary):

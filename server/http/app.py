@@ -76,19 +76,23 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
                 "from the database on every check, and streams tell clients their copies may not decide, until it does")
         return await jobs.run("sweep")   # timers that fell due while the gate was down
 
+    async def stopping() -> None:
+        """What starting() started stops, and the store closes (a SQLite file's claim with it), each step whatever
+        the others did."""
+        try:
+            await store.unlisten()      # first: a notification heard later would start a task on the plans
+            await plans.stop()
+        finally:
+            await store.close()
+
     async def lifecycle(app: web.Application):
         await store.open()      # opened, or nothing of it left open
         try:
             caught_up = await starting()
         except BaseException:
             # Refused (a claimed file, a plan that strands subjects) or stopped while it waited (a signal during a
-            # listener's connect): what was started stops, and the store closes (a SQLite file's claim with it),
-            # each step whatever the others did.
-            try:
-                await store.unlisten()      # first: a notification heard now would start a task on the plans
-                await plans.stop()
-            finally:
-                await store.close()
+            # listener's connect).
+            await stopping()
             raise
         refresher = asyncio.create_task(gate.refresh_ahead(), name="plangate-cache-refresh")
         if run_jobs:
@@ -106,10 +110,10 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
-        await plans.stop()
-        await jobs.stop()
-        await store.unlisten()
-        await store.close()
+        try:
+            await jobs.stop()
+        finally:
+            await stopping()
         log(logging.INFO, "stopped")
 
     app.cleanup_ctx.append(lifecycle)

@@ -33,7 +33,8 @@ def redact_keys(text: str) -> str:
     return _KEY_LOOKING.sub("[redacted]", text)
 
 
-_ENCODER = json.JSONEncoder(default=str)      # json.dumps(..., default=str) builds one per call
+# json.dumps(..., default=str) builds one per call; compact, as orjson writes a line: one spacing in every line
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 # orjson writes a line in a fraction of the stdlib's time (a sweep logs a line per transition). Types it
 # writes differently from the stdlib (enums, datetimes, dataclasses...) and non-ASCII text (the stdlib's
 # lines are ASCII) go to the stdlib encoder, so a line says what it said before, only without spaces.

@@ -54,6 +54,7 @@ class TestLines:
             (str(at), "no_quota", "Zoë", 2**70)
         assert entry["nan"] != entry["nan"]         # NaN stays NaN, as the standard library writes it
         assert logs.text.isascii()
+        assert ": " not in logs.text and ", " not in logs.text      # compact, as every other line
 
     def test_a_line_logged_with_an_exception_names_the_exception(self):
         with capture_logs() as logs:

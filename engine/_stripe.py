@@ -107,3 +107,14 @@ def invoice_subscription(invoice: Mapping) -> str | None:
         return sub
     nested = field(invoice, ("parent", "subscription_details", "subscription"))
     return nested if isinstance(nested, str) else None
+
+
+def paid_periods(invoice: Mapping) -> list[tuple[float, float]] | None:
+    """The periods a paid invoice's lines cover, (start, end) each; None when the invoice is not paid."""
+    if invoice.get("status") != "paid" and invoice.get("paid") is not True:
+        return None
+    lines = invoice.get("lines")
+    data = lines.get("data") if isinstance(lines, Mapping) else None
+    periods = (line.get("period") for line in data if isinstance(line, Mapping)) if isinstance(data, list) else ()
+    return [(float(p["start"]), float(p["end"])) for p in periods
+            if isinstance(p, Mapping) and all(unix_seconds(p.get(k)) for k in ("start", "end")) and p["end"] > p["start"]]

@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, UTC
 from typing import Any, NamedTuple
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ._stripe import billing_period, invoice_subscription, unix_seconds
+from ._stripe import billing_period, invoice_subscription, paid_periods, unix_seconds
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
 INCOMPLETE = "incomplete"      # begun, its first payment not made (or awaiting 3-D Secure): serves nothing yet
@@ -54,6 +54,7 @@ class Subscription:
     ended_at: float | None = None
     quantity: int | None = None      # of the item whose price selects its tier (seats); None: not known
     addons: tuple[tuple[str, int], ...] = ()    # (add-on of the plan, quantity) its items buy
+    paid_through: float | None = None   # the end of the last period its paid invoices covered
 
     @property
     def ended(self) -> bool:
@@ -163,14 +164,20 @@ def _latest(s: Subscription) -> tuple:
 def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, created: float,
             items_of) -> tuple[Subscription, ...]:
     """The subscriptions with what the event's object says of `ident`: a subscription object tells its status
-    and dates; an invoice only that it exists; a checkout that it exists since `created`.
+    and dates; an invoice that it exists and, paid, what it is paid through (its lines' periods' end, else the
+    subscription's known period's); a checkout that it exists since `created`.
     items_of(subscription) -> (the tier its prices name or None, that item's quantity, its add-ons)."""
     known = next((s for s in subscriptions if s.id == ident), None)
     if obj.get("object") != "subscription":
-        if known is not None:
+        if known is None:
+            created_then = float(created) if obj.get("object") == "checkout.session" else None
+            known = Subscription(ident, created=created_then)
+            subscriptions += (known,)
+        periods = paid_periods(obj) if obj.get("object") == "invoice" else None
+        end = None if periods is None else max(e for _, e in periods) if periods else known.period_end
+        if end is None or (known.paid_through is not None and end <= known.paid_through):
             return subscriptions
-        created_then = float(created) if obj.get("object") == "checkout.session" else None
-        return subscriptions + (Subscription(ident, created=created_then),)
+        return tuple(replace(s, paid_through=end) if s.id == ident else s for s in subscriptions)
     status = obj.get("status") if isinstance(obj.get("status"), str) else (known.status if known else None)
     period = billing_period(obj)
     was = known or Subscription(ident)
@@ -188,7 +195,7 @@ def take_in(subscriptions: tuple[Subscription, ...], ident: str, obj: Mapping, c
         period[1] if period else was.period_end,
         _date(obj, "trial_end") if "trial_end" in obj else was.trial_end,
         _date(obj, "cancel_at") if "cancel_at" in obj else was.cancel_at,
-        ended_at, quantity, addons)
+        ended_at, quantity, addons, was.paid_through)
     if new == known:
         return subscriptions
     return tuple(new if s.id == ident else s for s in subscriptions) if known else subscriptions + (new,)

@@ -17,7 +17,7 @@ from ._credits import CreditRules, Spendable, TierGrants, cancelled_at, last_win
 from ._decision import MOST, Decision, Reason
 from ._entitlements import OVERAGE_UNBOUNDED, Features, beyond
 from ._state import SubjectState, compiled_replace
-from ._stripe import billing_period, price_ids, price_items, subscription_dates, unix_seconds
+from ._stripe import billing_period, paid_periods, price_ids, price_items, subscription_dates
 from ._subscriptions import Aside, Subscription, followed, live_addons, subscription_of, take_in
 from ._triggers import Outcome, StripeEvent, TimerFired, Trigger
 from ._versions import PLAN_TRIGGER, Pinned, former_names, kept_tiers, renewed
@@ -396,6 +396,11 @@ class StateTable:
         else:
             was, follows = state.follows, followed(subscriptions)
             state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
+            if was is not None and follows is not None and was.id != follows.id:
+                # What the subject has paid through is the followed subscription's: the one followed before may
+                # have been paid far beyond (a yearly one canceled in its first month), which held the grace of this
+                # one's failed renewal open until then.
+                state = state.with_(paid_through=follows.paid_through)
             # Another subscription followed now: the subject's dates are its (what is known of them), not those of
             # the one followed before. On an event about the new one, only once the old one ended (a returning
             # customer's new trial is not timed by the ended trial's trial_end); while the old one lives on (an
@@ -487,18 +492,16 @@ class StateTable:
         """A paid invoice extends what the subject has paid for: to the end of its lines' periods, or to the
         end of the known billing period. It also gives a billing period to a subject that has none yet
         (paid before any subscription event arrived)."""
-        if invoice.get("status") != "paid" and invoice.get("paid") is not True:
+        periods = paid_periods(invoice)
+        if periods is None:
             return state
-        periods = [(p["start"], p["end"]) for p in (line.get("period") for line in _lines(invoice))
-                   if isinstance(p, Mapping) and all(unix_seconds(p.get(k)) for k in ("start", "end"))
-                   and p["end"] > p["start"]]
         end = max(e for _, e in periods) if periods else state.period_end
         changes = {}
         if end is not None and (state.paid_through is None or end > state.paid_through):
             changes["paid_through"] = float(end)
         if state.period_start is None and periods:
             start, stop = max(periods, key=lambda p: p[1])
-            changes.update(period_start=float(start), period_end=float(stop))
+            changes.update(period_start=start, period_end=stop)
         return state.with_(**changes) if changes else state
 
     def tier_for_price(self, price: str) -> str | None:
@@ -741,12 +744,6 @@ def _date(state: SubjectState, anchor: Anchor) -> float | None:
     if anchor.date == "current_period_end":
         return state.period_end
     return state.trial_end if anchor.date == "trial_end" else state.cancel_at
-
-
-def _lines(invoice: Mapping) -> list:
-    lines = invoice.get("lines")
-    data = lines.get("data") if isinstance(lines, Mapping) else None
-    return [line for line in data if isinstance(line, Mapping)] if isinstance(data, list) else []
 
 
 def _check_amount(amount: int) -> None:

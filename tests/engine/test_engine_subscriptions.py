@@ -167,6 +167,71 @@ class TestResubscribeDuringDunning:
         assert final.status == "canceled" and final.follows.id == "sub_A"
 
 
+def paid(ident: str, subscription: str, start: float, end: float) -> dict:
+    """A paid invoice whose one line covers start..end."""
+    return {**invoice(ident, subscription, "paid"),
+            "lines": {"object": "list", "data": [{"period": {"start": int(start), "end": int(end)}}]}}
+
+
+class TestPaidThroughIsEachSubscriptions:
+    """A yearly subscription (A) canceled in its second month, and a monthly one (B) taken two months later whose
+    first renewal fails: B's grace runs its three days from the failure, whatever A had been paid through."""
+
+    def events(self) -> list[StripeEvent]:
+        return [
+            ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+            ev("invoice.paid", paid("in_A1", "sub_A", T0, T0 + 365 * DAY), T0),
+            ev("customer.subscription.deleted", sub("sub_A", "canceled", T0, ended_at=int(T0 + 40 * DAY)),
+               T0 + 40 * DAY),
+            ev("customer.subscription.created", sub("sub_B", "active", T0 + 60 * DAY), T0 + 60 * DAY),
+            ev("invoice.paid", paid("in_B1", "sub_B", T0 + 60 * DAY, T0 + 90 * DAY), T0 + 60 * DAY),
+            ev("invoice.payment_failed", invoice("in_B2", "sub_B", "open"), T0 + 90 * DAY),
+        ]
+
+    def test_a_failed_renewal_of_the_new_one_is_not_held_open_by_the_old_ones_payment(self, table):
+        final, steps = replay(table, table.initial_state("u", T0 - 10), self.events())
+        assert [s.outcome.state.status for s in steps] == ["paid", "paid", "canceled", "paid", "paid", "grace"]
+        assert final.follows.id == "sub_B"
+        assert final.paid_through == T0 + 90 * DAY
+        assert final.timer_due == T0 + 93 * DAY      # three days of grace, not until A's year ends
+
+    def test_each_subscription_keeps_what_its_own_invoices_paid_for(self, table):
+        final, _ = replay(table, table.initial_state("u", T0 - 10), self.events())
+        assert {s.id: s.paid_through for s in final.subscriptions} == \
+            {"sub_A": T0 + 365 * DAY, "sub_B": T0 + 90 * DAY}
+
+    def test_an_invoice_paid_before_its_subscription_is_followed_counts_once_it_is(self, table):
+        """B begins incomplete while A is paid (A is followed), B's first invoice is paid, and B turns active: the
+        subject follows B from then on, and B's payment (a year) bounds its grace, not A's month."""
+        b = T0 + 10 * DAY
+        events = [
+            ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+            ev("invoice.paid", paid("in_A1", "sub_A", T0, T0 + 30 * DAY), T0),
+            ev("customer.subscription.created", sub("sub_B", "incomplete", b), b),
+            ev("invoice.paid", paid("in_B1", "sub_B", b, b + 365 * DAY), b + 1),
+            ev("customer.subscription.updated", sub("sub_B", "active", b), b + 2),
+        ]
+        final, steps = replay(table, table.initial_state("u", T0 - 10), events)
+        assert steps[3].outcome.other_subscription      # B's payment, while A is followed: not the subject's yet
+        assert final.follows.id == "sub_B" and final.paid_through == b + 365 * DAY
+        # Back to A when B ends at once: A's month again.
+        final, _ = replay(table, final, [ev("customer.subscription.deleted", sub("sub_B", "canceled", b),
+                                            b + 3 * DAY)])
+        assert final.follows.id == "sub_A" and final.paid_through == T0 + 30 * DAY
+
+    def test_every_order_of_delivery_folds_to_the_same_state(self, table):
+        events = self.events()
+        expected, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        for order in itertools.islice(itertools.permutations(events), 0, None, 7):
+            assert replay(table, table.initial_state("u", T0 - 10), order)[0] == expected
+
+    def test_a_record_stored_before_it_was_kept_reads_as_not_known(self):
+        stored = Subscription("sub_A", "active", T0, "pro", paid_through=T0 + DAY).to_dict()
+        assert Subscription.from_dict(stored).paid_through == T0 + DAY
+        del stored["paid_through"]
+        assert Subscription.from_dict(stored).paid_through is None
+
+
 class TestAbandonedSecondSubscription:
     """A is set to cancel at its period's end; hours before that end the product's payment form starts B
     (default_incomplete) and the customer leaves it unpaid. A ends; B expires 23 hours after it began."""

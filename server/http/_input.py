@@ -17,7 +17,7 @@ from . import _json
 MAX_TEXT = 200
 MAX_BODY = web.AppKey("max_body", int)   # bytes a /v1/ body may have
 _CONTROL = re.compile("[\x00-\x1f\x7f]")     # one C scan, not a generator over every character
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")   # half of a UTF-16 pair: no Unicode text
 _NAME = re.compile("[a-z][a-z0-9_]{0,63}")
 _NOT_AN_ESCAPE = re.compile("%(?![0-9A-Fa-f]{2})")
 
@@ -160,7 +160,7 @@ def text(body: dict, name: str, *, required: bool = True) -> str | None:
         raise BadRequest(400, "invalid_field", f"'{name}' must be 1 to {MAX_TEXT} characters long")
     if _CONTROL.search(value):
         raise BadRequest(400, "invalid_field", f"'{name}' must not contain control characters")
-    if not value.isascii() and _SURROGATE.search(value):
+    if not value.isascii() and SURROGATE.search(value):
         # JSON lets "\ud800" through; the store cannot encode it (it would be a 500).
         raise BadRequest(400, "invalid_field", f"'{name}' must be valid Unicode (no lone surrogates)")
     return value

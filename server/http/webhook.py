@@ -13,7 +13,7 @@ from aiohttp import web
 from plangate.engine import AbsurdPurchase, StripeEvent
 
 from . import _json
-from ._input import BODY_TIMEOUT, BadRequest, body_timeout, decoded
+from ._input import BODY_TIMEOUT, SURROGATE, BadRequest, body_timeout, decoded
 from ..gate import StoreUnavailable
 from ..stripe.api import StripeUnavailable
 from ..stripe.ingest import Ingest
@@ -84,20 +84,25 @@ def _not_json(name: str):
     raise _Unstorable(f"{name}, which JSON does not allow: no Stripe event does")
 
 
-def _holds_nul(value) -> bool:
-    """Whether a NUL is in any name or string of a parsed JSON value (iteratively: nesting is not bounded here)."""
+def _unstorable_text(value) -> str | None:
+    """What no store keeps that a name or string of a parsed JSON value holds (iteratively: nesting is not bounded
+    here): a NUL, or half of a UTF-16 surrogate pair (the JSON parser joins a whole pair into its character); None
+    when neither."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return "a NUL character (\\u0000): no Stripe event does, and PostgreSQL stores none"
+            if SURROGATE.search(item):
+                return ("half of a UTF-16 surrogate pair (a lone \\ud800-\\udfff escape), which is no Unicode text: "
+                        "no Stripe event does, and no store keeps one")
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 def _event(text: str) -> tuple[StripeEvent, str]:
@@ -110,9 +115,12 @@ def _event(text: str) -> tuple[StripeEvent, str]:
                                                "Stripe event does; nothing was written") from None
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_event", "the signed body is not JSON (or nested too deeply)") from None
-    if "\\u0000" in text and _holds_nul(body):     # the escape is rare: only then is every string looked at
-        raise BadRequest(400, "invalid_event", "the signed body holds a NUL character (\\u0000): no Stripe event "
-                                               "does, and PostgreSQL stores none; nothing was written")
+    # The escapes are rare (a pair of \ud escapes is also how an encoder may write an emoji): only then is every
+    # string looked at.
+    if "\\u0000" in text or "\\ud" in text or "\\uD" in text:
+        unstorable = _unstorable_text(body)
+        if unstorable is not None:
+            raise BadRequest(400, "invalid_event", f"the signed body holds {unstorable}; nothing was written")
     created: Any = body.get("created") if isinstance(body, dict) else None
     seconds = (isinstance(created, int) and not isinstance(created, bool)) or \
         (isinstance(created, float) and created.is_integer())          # JSON Schema's integer: 5.0 is one
@@ -188,7 +196,7 @@ async def receive(request: web.Request) -> web.Response:
         metrics.webhooks.labels("error").inc()
         log(logging.ERROR, "webhook_failed", event_id=event.id, type=event.type, error=type(exc).__name__,
             at=_raised_at(exc))
-        raise BadRequest(500, "internal", "the event could not be handled; nothing was applied; it was logged; "
-                                          "Stripe will deliver it again") from None
+        raise BadRequest(500, "internal", "the event could not be handled whole; it was logged; Stripe will deliver "
+                                          "it again, and nothing of it is applied twice") from None
     metrics.webhooks.labels(received.outcome).inc()
     return _json.response(received.to_dict())

@@ -99,3 +99,60 @@ async def test_a_nul_in_a_signed_event_is_refused_with_400_on_every_store(start,
     assert status == 400 and answer["error"] == "invalid_event", answer
     assert "NUL" in answer["message"]
     assert await outcomes(gate, "alice") == before
+
+
+def _half_pair(evt: dict, where: str) -> dict:
+    """The event with half a UTF-16 surrogate pair (U+D800 alone, which json.dumps writes as the escape \\ud800)
+    in one of its strings or names."""
+    obj = evt["data"]["object"]
+    if where == "event id":
+        evt["id"] += "\ud800"
+    elif where == "a name":
+        obj["metadata"]["note\udc00"] = "x"
+    else:
+        obj[where] += "\ud800"
+    return evt
+
+
+@pytest.mark.parametrize("where", ["event id", "customer", "status", "a name"])
+async def test_half_a_surrogate_pair_in_a_signed_event_is_refused_with_400_on_every_store(start, where):
+    """JSON may escape half of a UTF-16 pair alone, which is no Unicode text: SQLite's driver and orjson refuse to
+    encode it, so the event failed as a 500 on every delivery. No Stripe event holds one: refused whole."""
+    gate = await start()
+    assert (await deliver(gate, se.event("checkout.session.completed", se.checkout("alice"), time.time())))[0] == 200
+    before = await outcomes(gate, "alice")
+    evt = _half_pair(se.event("customer.subscription.created", se.subscription("active", "alice"), time.time()),
+                     where)
+    assert b"\\ud800" in se.encode(evt) or b"\\udc00" in se.encode(evt)
+    status, answer = await deliver(gate, evt)
+    assert status == 400 and answer["error"] == "invalid_event", answer
+    assert "surrogate" in answer["message"] and "nothing was written" in answer["message"]
+    assert await outcomes(gate, "alice") == before
+
+
+async def test_an_event_waiting_for_its_subject_is_never_kept_with_half_a_pair(start):
+    """Kept `pending` (its customer not linked yet), such an event answered 200, and then failed the adoption of every
+    later event linking its customer: those answered 500 while their own fold had committed."""
+    gate = await start()
+    waiting = _half_pair(se.event("customer.subscription.updated", se.subscription("active", customer="cus_q1",
+                                                                                   sub_id="sub_q1"), time.time()),
+                         "status")
+    status, answer = await deliver(gate, waiting)
+    assert status == 400 and answer["error"] == "invalid_event", answer
+    linking = se.event("customer.subscription.created", se.subscription("active", "q1", customer="cus_q1",
+                                                                        sub_id="sub_q1"), time.time())
+    status, answer = await deliver(gate, linking)
+    assert status == 200, answer
+    assert list((await outcomes(gate, "q1")).values()) == [("customer.subscription.created", "applied")]
+
+
+async def test_a_whole_pair_written_as_two_escapes_is_text_like_any(start):
+    """An encoder that writes only ASCII escapes a character beyond the BMP as a pair: the parser joins the pair, and
+    the event is taken."""
+    gate = await start()
+    obj = se.subscription("active", "alice")
+    obj["metadata"]["team"] = "rocket \U0001f680"
+    evt = se.event("customer.subscription.created", obj, time.time())
+    assert b"\\ud83d\\ude80" in se.encode(evt)
+    status, answer = await deliver(gate, evt)
+    assert status == 200 and answer["outcome"] == "applied", answer

@@ -66,6 +66,13 @@ class NotInPlan(ValueError):
         self.code = code
 
 
+MAX_TRAITS = 32     # the names a subject holds: a request sets some of them, and the others stay
+
+
+class TooManyTraits(ValueError):
+    """Traits that would give a subject more than MAX_TRAITS names: refused, nothing changed."""
+
+
 class StateUnknown(StoreUnavailable):
     """A stored subject's status is neither in the plan this node runs nor mapped by it (another node may run a
     newer plan): answered like a store failure, never decided (already counted and logged)."""
@@ -548,6 +555,11 @@ class Gate:
         def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
             merged = dict(state.traits)
             merged.update(traits)
+            if len(merged) > MAX_TRAITS:
+                held = sorted(dict(state.traits))
+                raise TooManyTraits(f"subject {subject!r} holds {len(held)} traits ({', '.join(held)}); with these it "
+                                    f"would hold {len(merged)}, more than the {MAX_TRAITS} a subject may: set those "
+                                    "it holds")
             new = state.with_(traits=tuple(sorted(merged.items())))
             return [Outcome(state, new, TRAITS_TRIGGER, "traits set: " + ", ".join(f"{k}={v}" for k, v in
                                                                                  sorted(traits.items())))]

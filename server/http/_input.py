@@ -12,6 +12,8 @@ from aiohttp import hdrs, web
 
 from plangate.engine import LAST_INSTANT, subject_problem
 
+from ..gate import MAX_TRAITS
+
 from . import _json
 
 MAX_TEXT = 200
@@ -236,7 +238,6 @@ def instant(body: dict, name: str) -> float | None:
     return moment.timestamp()
 
 
-MAX_TRAITS = 32
 
 
 def traits(body: dict) -> dict[str, int]:

@@ -13,7 +13,7 @@ from plangate.engine._entitlements import UnknownFeature
 
 from . import _input as inp, _json
 from .. import entitlements
-from ..gate import Counting, Gate, NotInPlan, StoreUnavailable
+from ..gate import Counting, Gate, NotInPlan, StoreUnavailable, TooManyTraits
 from ..jobs import JobRunning, Jobs
 from ..plan_versions import PlanKeeper
 from ..metrics import CONTENT_TYPE
@@ -200,6 +200,8 @@ async def set_traits(request: web.Request) -> web.Response:
     reason = inp.text(body, "reason", required=False) or ""
     try:
         state = await gate.set_traits(subject, traits, actor, reason)
+    except TooManyTraits as exc:
+        raise inp.BadRequest(422, "too_many_traits", str(exc)) from None
     except StoreUnavailable:
         raise inp.BadRequest(503, "store_unavailable", "the store cannot be written right now; nothing "
                                                        "changed; try again") from None

@@ -365,6 +365,21 @@ class TestBadInput:
                                     token=ADMIN_TOKEN)
         assert status == 200
 
+    async def test_traits_past_what_a_subject_may_hold_are_refused_and_nothing_written(self, gate):
+        """A request sets at most 32 names, and the others a subject holds stay: three requests of 32 new names
+        each held 96."""
+        first = {"traits": {f"t{i}": i for i in range(32)}, "reason": "r"}
+        assert (await gate.post("/v1/subjects/u/traits", first, token=ADMIN_TOKEN))[0] == 200
+        status, body = await gate.post("/v1/subjects/u/traits", {"traits": {"t31": 5, "extra": 1}},
+                                       token=ADMIN_TOKEN)
+        assert (status, body["error"]) == (422, "too_many_traits"), body
+        assert "holds 32 traits" in body["message"] and "would hold 33" in body["message"]
+        status, view = await gate.get("/v1/subjects/u")
+        assert view["traits"] == {f"t{i}": i for i in range(32)}         # t31 not set either
+        # those it holds can still be set
+        status, body = await gate.post("/v1/subjects/u/traits", {"traits": {"t31": 5}}, token=ADMIN_TOKEN)
+        assert status == 200 and body["traits"]["t31"] == 5 and len(body["traits"]) == 32
+
     async def test_body_over_the_limit(self, gate):
         raw = b'{"subject": "' + b"a" * 20_000 + b'", "meter": "requests"}'
         status, body = await gate.post("/v1/consume", raw=raw)

@@ -13,9 +13,9 @@ of when it wrote it; a copy is used only while the last stamp read is within `st
 _GateClock), however late it was read, else the client asks the gate (and counts it in `remote_fallbacks`). A copy
 is also fetched again once it is older than the snapshot's `max_age` (the gate's cache TTL), as the gate's own cache
 entry would be, and when its subject's window has rolled over. A decision the copy cannot make exactly (a subject on
-an older plan version, credits deciding past a limit, enforcement off or the kill switch on at the gate) is asked
-too, as are the checks of the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in
-`snapshot_fallbacks`). Windows, timers and retry_after go by the gate's clock: each snapshot says the gate's time,
+an older plan version, credits deciding past a limit) is asked too, as are the checks while the gate says copies may
+not decide (enforcement off or the kill switch on at the gate, its cache off; counted in `declined`), and those of
+the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in `snapshot_fallbacks`). Windows, timers and retry_after go by the gate's clock: each snapshot says the gate's time,
 and the client keeps its monotonic clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
@@ -143,7 +143,10 @@ class LocalDecisions:
         self.offset = time.time() - time.monotonic()
         self._offset_rtt, self._offset_at = float("inf"), float("-inf")     # the measurement's round trip, time
         self.local_checks = 0               # checks decided here
-        self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale
+        self.remote_fallbacks = 0           # checks asked of the gate because the stream was down or stale (or
+                                            # not up yet: no plan compiled, no hello)
+        self.declined = 0                   # ... because the gate said copies may not decide (enforcement off, the
+                                            # kill switch, its cache off, counts from other nodes it does not hear)
         self.snapshot_fallbacks = 0         # ... because the gate could not give a snapshot (or not in time), or
                                             # in the SNAPSHOT_PAUSE after one it could not
         # The plan version under which the gate sent a state this client cannot read whole (a newer gate's
@@ -192,10 +195,11 @@ class LocalDecisions:
         return self.live and time.monotonic() - self.heard <= self.staleness
 
     async def ready(self, timeout: float = 5.0) -> bool:
-        """Wait until copies may decide (the stream up, the plan compiled); False on timeout."""
+        """Wait until copies may decide (the stream up, the plan compiled, the gate allowing it); False on
+        timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.fresh and self.table is not None:
+            if self.fresh and self.table is not None and self.allowed:
                 return True
             await asyncio.sleep(0.01)
         return False
@@ -205,11 +209,14 @@ class LocalDecisions:
     def decide(self, subject: str, meter: str, amount: int):
         """The engine's Decision from the copy, or None: the gate must answer."""
         table = self.table
-        if table is None or not self.allowed or amount.__class__ is not int or not 0 < amount <= self.max_amount:
-            return None
         moment = time.monotonic()
-        if not self.live or moment - self.heard > self.staleness:     # not fresh
+        if table is None or not self.live or moment - self.heard > self.staleness:     # not fresh, or no plan yet
             self.remote_fallbacks += 1
+            return None
+        if not self.allowed:
+            self.declined += 1
+            return None
+        if amount.__class__ is not int or not 0 < amount <= self.max_amount:
             return None
         copy = self.copies.get(subject)
         if copy is None or copy.state.plan_version in self.kept or meter not in table.meters:

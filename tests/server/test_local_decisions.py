@@ -802,6 +802,35 @@ async def test_streams_beyond_the_nodes_limit_are_refused_with_503(start_gate):
                 assert again.status == 200
 
 
+async def test_a_client_whose_stream_is_refused_from_the_start_counts_its_checks_as_sent_to_the_gate(start_gate):
+    """Refused its stream (503: the node's listeners all taken) before it ever had one, a client sent every check to
+    the gate and counted none of them anywhere (found by a new user watching the counters)."""
+    gate = await start_gate(PLANGATE_STREAM_MAX_LISTENERS="1")
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as first:
+        assert await first.local.ready()
+        async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as second:
+            answers = [await second.check(f"refused-{i}", "requests") for i in range(5)]
+            assert not await second.local.ready(0.2)
+    assert {(a.reason, a.evaluated_here) for a in answers} == {("ok", False)}
+    assert (second.local.remote_fallbacks, second.local.local_checks, second.local.declined) == (5, 0, 0)
+
+
+@pytest.mark.parametrize("setting", [{"SUBSCRIPTION_KILL_SWITCH": "true"}, {"PLANGATE_CACHE_TTL": "0"}])
+async def test_checks_the_gate_keeps_for_itself_are_counted_and_the_client_is_not_ready(start_gate, setting):
+    """The kill switch, or the gate's cache off: copies may not decide, and every check went to the gate while no
+    counter moved and ready() said True."""
+    gate = await start_gate(**setting)
+    async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
+        for _ in range(300):                # the stream's hello says what the gate allows
+            if here.local.live:
+                break
+            await asyncio.sleep(0.01)
+        assert here.local.live and not await here.local.ready(0.2)
+        answers = [await here.check(f"kept-{i}", "requests") for i in range(3)]
+    assert not any(a.evaluated_here for a in answers)
+    assert (here.local.declined, here.local.local_checks, here.local.remote_fallbacks) == (3, 0, 0)
+
+
 async def test_a_key_repeated_in_a_later_window_leaves_the_copys_usage_of_that_window_alone(gate):
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
         assert await here.local.ready()

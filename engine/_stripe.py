@@ -117,4 +117,5 @@ def paid_periods(invoice: Mapping) -> list[tuple[float, float]] | None:
     data = lines.get("data") if isinstance(lines, Mapping) else None
     periods = (line.get("period") for line in data if isinstance(line, Mapping)) if isinstance(data, list) else ()
     return [(float(p["start"]), float(p["end"])) for p in periods
-            if isinstance(p, Mapping) and all(unix_seconds(p.get(k)) for k in ("start", "end")) and p["end"] > p["start"]]
+            if isinstance(p, Mapping) and all(unix_seconds(p.get(k)) for k in ("start", "end"))
+            and p["end"] > p["start"]]

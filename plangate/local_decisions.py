@@ -15,8 +15,9 @@ is also fetched again once it is older than the snapshot's `max_age` (the gate's
 entry would be, and when its subject's window has rolled over. A decision the copy cannot make exactly (a subject on
 an older plan version, credits deciding past a limit) is asked too, as are the checks while the gate says copies may
 not decide (enforcement off or the kill switch on at the gate, its cache off; counted in `declined`), and those of
-the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in `snapshot_fallbacks`). Windows, timers and retry_after go by the gate's clock: each snapshot says the gate's time,
-and the client keeps its monotonic clock's offset from it.
+the SNAPSHOT_PAUSE after a snapshot the gate could not give (its store down; counted in `snapshot_fallbacks`).
+Windows, timers and retry_after go by the gate's clock: each snapshot says the gate's time, and the client keeps its
+monotonic clock's offset from it.
 consume and usage always go to the gate, which alone counts; their answers update the copy at once.
 """
 from __future__ import annotations

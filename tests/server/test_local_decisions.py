@@ -56,6 +56,16 @@ async def _caught_up(client: GateClient, gate) -> None:
     raise AssertionError(f"the client heard event {client.local.n}, the gate's last for it is {target}")
 
 
+async def _greeted(client: GateClient) -> bool:
+    """The client's stream is up (the gate's hello read, which says whether copies may decide): what ready() waits
+    for when the gate keeps its checks for itself, which ready() does not report as ready."""
+    for _ in range(500):
+        if client.local.live:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 def _erase_from_outside(monkeypatch, database: str) -> None:
     """The environment `plangate erase` reads, naming the gate's own store: a write the stream cannot tell."""
     for name, value in {**BASE_ENV, "PLANGATE_DATABASE": database}.items():
@@ -821,11 +831,7 @@ async def test_checks_the_gate_keeps_for_itself_are_counted_and_the_client_is_no
     counter moved and ready() said True."""
     gate = await start_gate(**setting)
     async with GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS) as here:
-        for _ in range(300):                # the stream's hello says what the gate allows
-            if here.local.live:
-                break
-            await asyncio.sleep(0.01)
-        assert here.local.live and not await here.local.ready(0.2)
+        assert await _greeted(here) and not await here.local.ready(0.2)
         answers = [await here.check(f"kept-{i}", "requests") for i in range(3)]
     assert not any(a.evaluated_here for a in answers)
     assert (here.local.declined, here.local.local_checks, here.local.remote_fallbacks) == (3, 0, 0)

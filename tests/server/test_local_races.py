@@ -14,7 +14,7 @@ from plangate.server import changes
 from plangate.server.http.api import GATE
 
 from .conftest import ADMIN_TOKEN, TOKEN
-from .test_local_decisions import PATIENT, STALENESS, _caught_up, _on_the_gates_plan
+from .test_local_decisions import PATIENT, STALENESS, _caught_up, _greeted, _on_the_gates_plan
 
 
 def _holding_session(path_part: str):
@@ -284,7 +284,7 @@ async def test_a_gate_that_decides_itself_is_asked_without_a_snapshot_first(star
     session, asked = _slow_snapshots(timeout * 2)
     async with session, GateClient(gate.url, TOKEN, timeout=timeout, local=True, staleness=STALENESS,
                                    session=session) as here:
-        assert await here.local.ready() and here.local.allowed is False
+        assert await _greeted(here) and here.local.allowed is False and not await here.local.ready(0.1)
         started = time.monotonic()
         decisions = [await here.check(f"killed-{i}", "requests") for i in range(5)]
         assert [d.reason for d in decisions] == ["kill_switch"] * 5
@@ -299,7 +299,7 @@ async def test_a_gate_without_a_cache_decides_itself(start_gate):
     session, asked = _slow_snapshots(0)
     async with session, GateClient(gate.url, TOKEN, timeout=PATIENT, local=True, staleness=STALENESS,
                                    session=session) as here:
-        assert await here.local.ready() and here.local.allowed is False
+        assert await _greeted(here) and here.local.allowed is False and not await here.local.ready(0.1)
         decisions = [await here.check("uncached", "requests") for _ in range(5)]
         assert [(d.allowed, d.evaluated_here) for d in decisions] == [(True, False)] * 5
         assert asked["snapshots"] == 0
@@ -334,7 +334,7 @@ async def test_a_gate_that_decides_itself_is_asked_again_once_a_period(start_gat
     session, asked = _slow_snapshots(1.0)
     async with session, GateClient(gate.url, TOKEN, timeout=0.4, local=True, staleness=STALENESS,
                                    session=session) as here:
-        assert await here.local.ready() and here.local.allowed is False
+        assert await _greeted(here) and here.local.allowed is False and not await here.local.ready(0.1)
         await asyncio.sleep(0.35)
         for i in range(5):
             assert (await here.check(f"killed-{i}", "requests")).reason == "kill_switch"

@@ -12,9 +12,8 @@ from aiohttp import hdrs, web
 
 from plangate.engine import LAST_INSTANT, subject_problem
 
-from ..gate import MAX_TRAITS
-
 from . import _json
+from ..gate import MAX_TRAITS
 
 MAX_TEXT = 200
 MAX_BODY = web.AppKey("max_body", int)   # bytes a /v1/ body may have
@@ -236,8 +235,6 @@ def instant(body: dict, name: str) -> float | None:
     if moment.timestamp() >= LAST_INSTANT:
         raise BadRequest(400, "invalid_field", f"'{name}' must be before 9000-01-01T00:00:00Z")
     return moment.timestamp()
-
-
 
 
 def traits(body: dict) -> dict[str, int]:

@@ -64,8 +64,21 @@ def _answering(handler):
             return refused.response
         except web.HTTPException:
             raise
+        except (web.RequestPayloadError, ConnectionResetError) as exc:
+            transport = request.transport
+            if isinstance(exc, ConnectionResetError) and transport is not None and not transport.is_closing():
+                return _failed(request)
+            # A form that could not be read whole (cut short, or its client gone before it came): the client's, as
+            # the API takes it, not an error of the gate's with a traceback in the log. Nothing else of it can be
+            # told from a next request: the connection closes after the answer (which may go nowhere).
+            response = page("Refused", '<p class="bad">The form could not be read whole.</p>', status=400)
+            response.force_close()
+            return response
         except Exception:
-            log(logging.ERROR, "internal_error", path=request.path, exc_info=True)
-            return page("Failed", '<p class="bad">The gate failed to show this page; it was logged.</p>',
-                        status=500)
+            return _failed(request)
     return answering
+
+
+def _failed(request: web.Request) -> web.Response:
+    log(logging.ERROR, "internal_error", path=request.path, exc_info=True)
+    return page("Failed", '<p class="bad">The gate failed to show this page; it was logged.</p>', status=500)

@@ -1,6 +1,7 @@
 """The console's page frame: escaping, the layout and its CSS (small, responsive, no script)."""
 from __future__ import annotations
 
+import re
 from html import escape
 from urllib.parse import quote
 
@@ -22,6 +23,16 @@ svg{max-width:100%;height:auto;background:#fff}
 
 def e(value) -> str:
     return escape("" if value is None else str(value), quote=True)
+
+
+# A plan rule's place as the engine writes it, "<path>/plans.yaml:157": the directories before the file's name.
+_RULE_DIRECTORIES = re.compile(r"[^\s\"'<>()]*/(?=[^/\s\"'<>()]+\.ya?ml:[0-9])")
+
+
+def without_directories(text: str) -> str:
+    """text with every plan rule's file named by its name alone: the console never shows the gate's directories
+    (the reasons of transitions and events name the plan file as it was when they were written)."""
+    return _RULE_DIRECTORIES.sub("", text)
 
 
 def link(path: str, text) -> str:

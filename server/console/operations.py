@@ -12,7 +12,7 @@ from ..gate import StoreUnavailable
 from ..http._input import BadRequest
 from ..http.api import GATE, JOBS, iso
 from ..http.console_api import STORED_OUTCOMES, cursor_of, parse_cursor
-from ._html import e, link, page, subject_path
+from ._html import e, link, page, subject_path, without_directories
 from .pages import _refused, _session, plain
 
 PAGE = 50
@@ -43,7 +43,8 @@ async def events(request: web.Request) -> web.Response:
         who = link(subject_path(r.subject), r.subject) if r.subject else \
             e(" ".join(x for x in (r.stripe_customer, r.stripe_subscription, r.stripe_payment) if x))
         cells.append(f"<tr><td>{e(iso(r.created))}</td><td>{e(r.type)}<br><code>{e(r.id)}</code></td>"
-                     f'<td class="outcome">{e(r.outcome)}</td><td>{who}</td><td>{e(r.reason)}</td></tr>')
+                     f'<td class="outcome">{e(r.outcome)}</td><td>{who}</td><td>{e(without_directories(r.reason))}</td>'
+                     "</tr>")
     body.append('<div class="wide"><table id="events"><tr><th>created</th><th>event</th><th>outcome</th>'
                 f'<th>subject</th><th>why</th></tr>{"".join(cells) or "<tr><td colspan=5>none</td></tr>"}'
                 "</table></div>")

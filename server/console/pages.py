@@ -21,7 +21,7 @@ from ..http import _input as inp
 from ..http._input import BadRequest, in_path, subject as subject_id, text
 from ..http.api import GATE, iso
 from ..http.console_api import CENSUS
-from ._html import csrf_field, e, link, page, subject_path
+from ._html import csrf_field, e, link, page, subject_path, without_directories
 from ..store import ConsoleSession
 from ._session import COOKIE, LOGIN_COOKIE, FailedLogins, Sessions, same
 from ._svg import plan_diagram, transitions_table, usage_bars, usage_history
@@ -283,9 +283,7 @@ async def subject(request: web.Request) -> web.Response:
         parts.append(_action_form(request, name, session))
     else:
         parts.append('<p class="muted">Read-only console: actions need the admin token.</p>')
-    file = gate.table.plan.file     # plan rules name the file: by its name, not the gate's directories
-    body = "".join(parts).replace(e(file), e(Path(file).name))
-    return page(f"Subject {name}", body, csrf=session.csrf, who=session.label)
+    return page(f"Subject {name}", without_directories("".join(parts)), csrf=session.csrf, who=session.label)
 
 
 def _day(start: int) -> str:

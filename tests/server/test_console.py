@@ -22,10 +22,10 @@ from plangate.engine import compile_file
 from plangate.server.config import ConfigError
 from plangate.server.gate import Gate
 from plangate.server.http.api import GATE
-from plangate.server.logs import capture_logs
+from plangate.server.logs import capture_logs, parse_lines
 from plangate.server.metrics import Metrics
 
-from .conftest import ADMIN_TOKEN, PLAN, TOKEN, config_for
+from .conftest import ADMIN_TOKEN, BASE_ENV, PLAN, TOKEN, GateProcess, config_for
 from .console_flow import WEBHOOK, hidden, lifecycle, login, new_session, play
 
 
@@ -130,6 +130,24 @@ class TestAccess:
             assert r.status == 415 and "Content-Encoding" in await r.text()
         async with session.get(gate.url + "/console/", allow_redirects=False) as r:
             assert r.status == 303      # not logged in
+
+    async def test_a_form_cut_short_is_the_clients_not_an_error_of_the_gate(self, tmp_path):
+        """A login whose body stops short of its Content-Length (its client gone): logged as an internal error with a
+        traceback, which anyone could fill the log with, no session needed. On `plangate serve` (uvloop)."""
+        gate = GateProcess({**BASE_ENV, "PLANGATE_DATABASE": str(tmp_path / "cut.sqlite3")}, tmp_path)
+        try:
+            host, port = gate.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /console/login HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n\r\ncsrf=abc&label=x&token=")
+            await writer.drain()
+            await asyncio.sleep(0.2)        # the handler waits for the rest of the form
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(), 5)        # the gate closes the connection
+            writer.close()
+        finally:
+            code, _, err = gate.stop()
+        assert code == 0 and [e for e in parse_lines(err) if e["level"] == "error"] == [], err
 
     async def test_a_wrong_token_is_refused(self, console):
         gate, session = console
@@ -370,6 +388,19 @@ class TestOperator:
         assert "console:Grace Hopper" in page and "asked to" in page
         view = (await gate.get(f"/v1/subjects/{life.subject}"))[1]
         assert view["transitions"][0]["actor"] == "console:Grace Hopper"
+
+    async def test_the_webhook_log_names_the_plan_file_without_the_gates_directories(self, console):
+        """The subject page named the plan file by its name alone; the webhook log's reasons showed its whole path (to
+        read-only sessions too)."""
+        gate, session = console
+        life = lifecycle()
+        await play(gate, life)
+        await login(gate.url, session, TOKEN, "Reader")
+        for path in ("/console/events", f"/console/subjects/{life.subject}"):
+            async with session.get(gate.url + path) as r:
+                page = await r.text()
+            assert r.status == 200 and f"{PLAN.name}:" in page, path
+            assert str(PLAN.parent) not in page, path
 
     async def test_usage_of_past_windows_is_charted_beside_the_current_one(self, console):
         gate, session = console

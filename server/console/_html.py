@@ -39,8 +39,12 @@ def link(path: str, text) -> str:
     return f'<a href="{e(path)}">{e(text)}</a>'
 
 
-def subject_path(subject: str) -> str:
-    return "/console/subjects/" + quote(subject, safe="")
+def subject_path(subject: str, then: str = "") -> str:
+    """A subject's page, or (then: "/transition") its action. A subject `.` or `..` goes in the query: a browser takes
+    either for a step of an address's path, escaped or not, and went to another page."""
+    if subject in (".", ".."):
+        return f"/console/subject{then}?id={quote(subject, safe='')}"
+    return "/console/subjects/" + quote(subject, safe="") + then
 
 
 def csrf_field(csrf: str) -> str:

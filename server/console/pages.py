@@ -257,8 +257,10 @@ async def find(request: web.Request) -> web.Response:
 
 
 def _subject(request: web.Request) -> str:
+    """The subject a page is about: in its path, or (`.` and `..`: subject_path) in its query's `id`."""
     try:
-        return subject_id({"subject": in_path(request)})
+        return subject_id({"subject": in_path(request) if "subject" in request.match_info else
+                           request.query.get("id", "")})
     except BadRequest as exc:
         raise _refused(400, exc.message) from None
 
@@ -376,7 +378,7 @@ def _action_form(request: web.Request, name: str, session: ConsoleSession) -> st
     table = request.app[GATE].table
     options = "".join(f'<option value="to:{e(s)}">move to {e(s)}</option>' for s in table.statuses)
     options += "".join(f'<option value="action:{e(a)}">action {e(a)}</option>' for a in table.actions)
-    return (f'<section><h2>Act</h2><form method="post" action="{e(subject_path(name))}/transition">'
+    return (f'<section><h2>Act</h2><form method="post" action="{e(subject_path(name, "/transition"))}">'
             f'{csrf_field(session.csrf)}<label>What <select name="what">{options}</select></label>'
             '<label>Why (recorded) <input name="reason" required maxlength="200"></label>'
             "<button>Review</button></form></section>")
@@ -404,7 +406,7 @@ async def act(request: web.Request) -> web.Response:
         what = f"move {name} to {target}" if kind == "to" else f"apply the action {target} to {name}"
         body = (f"<p>You are about to <strong>{e(what)}</strong> because “{e(reason)}”, as "
                 f"<strong>{e(session.label)}</strong>.</p>"
-                f'<form method="post" action="{e(back)}/transition">{csrf_field(session.csrf)}'
+                f'<form method="post" action="{e(subject_path(name, "/transition"))}">{csrf_field(session.csrf)}'
                 f'<input type="hidden" name="what" value="{e(kind)}:{e(target)}">'
                 f'<input type="hidden" name="reason" value="{e(reason)}">'
                 '<input type="hidden" name="confirm" value="yes"><button id="confirm">Confirm</button> '
@@ -479,6 +481,8 @@ ROUTES = (
     ("GET", "/console/find", find),
     ("GET", "/console/subjects/{subject}", subject),
     ("POST", "/console/subjects/{subject}/transition", act),
+    ("GET", "/console/subject", subject),       # ?id=. or ?id=.. (subject_path)
+    ("POST", "/console/subject/transition", act),
     ("GET", "/console/plan", plan),
     ("GET", "/console/health", health),
 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import hmac
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -401,6 +403,30 @@ class TestOperator:
                 page = await r.text()
             assert r.status == 200 and f"{PLAN.name}:" in page, path
             assert str(PLAN.parent) not in page, path
+
+    @pytest.mark.parametrize("name", [".", ".."])
+    async def test_a_subject_named_like_a_step_of_a_path_opens_and_is_acted_on(self, console, name):
+        """The API takes `.` and `..` as subject ids, but a browser reads either as a step of an address's path,
+        escaped or not: /console/subjects/. opened /console/subjects/ (no page), and the Act form of `..` posted to
+        /console/transition. Such a subject is addressed in the query."""
+        gate, session = console
+        assert (await gate.consume(name, 1))[0] == 200
+        await login(gate.url, session, ADMIN_TOKEN, "Ada")
+        async with session.get(gate.url + "/console/find", params={"q": name}, allow_redirects=False) as r:
+            where = r.headers["Location"]
+        assert r.status == 303 and "/./" not in where + "/" and "/../" not in where + "/", where
+        async with session.get(gate.url + where) as r:
+            page = await r.text()
+        assert r.status == 200 and '<strong id="status">limited_free_trial</strong>' in page
+        action = re.search(r'<form method="post" action="([^"]+/transition[^"]*)"', page).group(1)
+        url = gate.url + html.unescape(action)
+        form = {"csrf": hidden(page, "csrf"), "what": "action:close_account", "reason": "asked to"}
+        async with session.post(url, data=form) as r:
+            confirm = await r.text()
+        assert r.status == 200 and "Confirm" in confirm
+        async with session.post(url, data={**form, "confirm": "yes"}) as r:
+            assert r.status == 200 and '<strong id="status">closed</strong>' in await r.text()
+        assert (await gate.app[GATE].store.load(name)).state.status == "closed"
 
     async def test_usage_of_past_windows_is_charted_beside_the_current_one(self, console):
         gate, session = console

@@ -4,6 +4,7 @@ writes the store for them."""
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 import uuid
 from collections.abc import Iterable
@@ -66,7 +67,14 @@ def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enf
         decision.credits = None     # a repeat: the balance now is not what the first answer said
         decision = repeat_admitted(decision, done.used)
     elif not done.counted:
-        return table.can_process(state, meter, amount, done.used, now, done.balance or 0, done.billed)
+        decision = table.can_process(state, meter, amount, done.used, now, done.balance or 0, done.billed)
+        if enforce and decision.allowed:
+            # The store refused work the engine would let through (the window's usage as the transaction saw it,
+            # past the ceiling): nothing was counted nor spent, and the answer must not let the work go ahead.
+            decision.allowed, decision.reason = False, Reason.QUOTA_EXHAUSTED
+            decision.credits_used = decision.overage = 0
+            decision.retry_after = None if decision.resets_at is None else max(0, math.ceil(decision.resets_at - now))
+        return decision
     elif enforce:
         used_before = done.used - (amount - done.credits_used)
         billed = None if done.billed is None else done.billed - done.overage

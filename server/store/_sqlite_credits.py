@@ -130,7 +130,9 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
     bill = billable(over, billed, spend.cap)
     held = sum(g.remaining for g in grants)
     balance = min(held - spent, MOST)       # what a balance says at the most, as plangate_balance on PostgreSQL
-    if spend.ceiling is not None and (used + allow + over > spend.ceiling or bill < over):
+    # Work that adds nothing to the window's usage (within the limit, or paid by credits whole) is never past the
+    # ceiling, however far past it usage counted by /v1/usage took the window.
+    if spend.ceiling is not None and ((over and used + allow + over > spend.ceiling) or bill < over):
         refused = Counted(False, used, balance=min(held, MOST), billed=billed)
         if made:    # a new subject's row or the window's grants, made above: undone, as on PostgreSQL
             raise Undone(refused)

@@ -11,8 +11,11 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp import web
 
+from plangate.engine import compile_file
 from plangate.engine._credits import Grant, GrantSource
+from plangate.server import entitlements
 from plangate.server.http.api import GATE
+from plangate.server.store import Counted
 
 from . import stripe_events as se
 from .conftest import ROOT
@@ -249,6 +252,37 @@ class TestCredits:
         assert credits["balance"] == 400
         assert [(g["amount"], g["remaining"], g["note"]) for g in credits["grants"]] == \
             [(1000, 400, "support ticket 42")]
+
+    async def test_credits_pay_for_work_in_a_window_that_usage_took_past_its_limit(self, start):
+        """/v1/usage counts work that already ran, which no limit holds: it took the window past its limit (the
+        ceiling of a rule without overage). A consume paid whole by credits was then refused by the store, nothing
+        counted nor spent, yet answered allowed, again and again: work for free. It is counted and spent now, and
+        what credits cannot pay is refused."""
+        gate = await start(AI)
+        status, body = await gate.post("/v1/usage", {"subject": "u1", "meter": "tokens", "amount": 50001,
+                                                     "idempotency_key": "ran"})
+        assert status == 200 and body["used"] == 50001, body
+        status, _ = await gate.post("/v1/subjects/u1/credits", {"meter": "tokens", "amount": 1000, "reason": "r"})
+        assert status == 200
+        for n in (1, 2):
+            spent = await consume(gate, "u1", "tokens", 400, key=f"paid-{n}")
+            assert (spent["allowed"], spent["counted"], spent["credits_used"], spent["overage"]) == \
+                (True, True, 400, 0), spent
+            assert spent["credits"] == 1000 - 400 * n
+        short = await consume(gate, "u1", "tokens", 400, key="paid-3")        # 200 left: not enough
+        assert (short["allowed"], short["counted"], short["credits_used"]) == (False, False, 0), short
+        (credits,) = (await view(gate, "u1"))["credits"]
+        assert credits["balance"] == 200
+
+    def test_work_the_store_refused_is_never_answered_allowed(self):
+        """Whatever the engine makes of the store's figures, a consume the store did not count is refused: the
+        answer once said allowed while nothing was counted nor spent (the test above)."""
+        table = compile_file(AI)
+        state = table.initial_state("u2", NOW)
+        refused = Counted(False, 50001, balance=1000, billed=0)
+        decision = entitlements.decided(table, state, "tokens", 400, True, refused, NOW)
+        assert (decision.allowed, decision.reason, decision.credits_used) == (False, "quota_exhausted", 0)
+        assert decision.retry_after is not None and decision.retry_after > 0
 
     async def test_a_grants_key_repeated_answers_the_grant_it_made_and_refuses_other_credits(self, start):
         gate = await start(AI)

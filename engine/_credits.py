@@ -76,7 +76,10 @@ class Grant:
     tier_since: float | None = None
 
     def spendable(self, now: float, which: Spendable | None = None) -> bool:
-        if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at):
+        """Whether the grant may be spent at `now`: it holds some, it has not expired, and it was made by then (a
+        request of a window's last moments does not spend the next window's grant, stored by a request of the next
+        window meanwhile); `which` narrows it further."""
+        if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at) or now < self.created:
             return False
         if which is None:
             return True

@@ -285,11 +285,14 @@ transitions: [{from: free, on: "admin:close", to: gone}]
         left = {g.id: g.remaining for g in after}
         assert spent == 25 and left == {"g0": 5, "g1": 0, "g2": 0, "g3": 10}     # g3 expired at 50
 
-    def test_balance_leaves_out_spent_expired_and_forfeited_grants(self):
-        grants = self.grants((10, 0, 1, 1.0, None), (10, 7, 1, 1.0, 99.0), (10, 4, 1, 200.0, None))
-        assert balance(grants, "tokens", 50.0) == 11
-        assert balance(grants, "tokens", 100.0) == 4
-        assert balance(grants, "tokens", 50.0, Spendable(not_before=150.0)) == 4
+    def test_balance_leaves_out_spent_expired_forfeited_and_later_grants(self):
+        grants = self.grants((10, 0, 1, 1.0, None), (10, 7, 1, 1.0, 299.0), (10, 4, 1, 200.0, None))
+        assert balance(grants, "tokens", 250.0) == 11
+        assert balance(grants, "tokens", 300.0) == 4
+        assert balance(grants, "tokens", 250.0, Spendable(not_before=150.0)) == 4
+        # Not before it was made: a request of a window's last moments and the next window's grant.
+        assert balance(grants, "tokens", 50.0) == 7
+        assert spend(grants, "tokens", 10, 50.0)[1] == 7
 
     def test_a_cancellation_is_when_no_tier_subscription_stays_live(self):
         old = Subscription("sub_a", "canceled", 10.0, "pro", ended_at=100.0)

@@ -107,6 +107,32 @@ class TestAChangeOfTier:
         assert grants[f"rollover:tokens:{int(renewal)}"] == 500_000
 
 
+class TestTheWindowsEdge:
+    async def test_a_request_of_a_windows_last_moments_does_not_spend_the_next_windows_grant(self, start):
+        """A consume decided a moment before the period's end, while one of the next period had stored that period's
+        grant: the old window's request spent the new grant (created at the new period's start), so the subject
+        spent more than its old window held (found by a review, with 50 consumes across the boundary)."""
+        t0 = int(NOW - 40 * DAY)
+        gate = await start(AI, **LOTS)
+        await told(gate, "e1", "price_starter_monthly", t0, t0 + 10, t0)       # the period [t0, t0 + 30 days)
+        end = t0 + 30 * DAY
+        gate.app[GATE].clock = lambda: end - 60
+        spent = await consume(gate, "e1", "tokens", 2_000_000 + 199_000, key="most")   # 1000 of the grant left
+        assert (spent["allowed"], spent["credits_used"]) == (True, 199_000), spent
+        gate.app[GATE].clock = lambda: end + 10
+        assert (await consume(gate, "e1", "tokens", 1, key="next"))["allowed"]    # the next period's grants stored
+        gate.app[GATE].clock = lambda: end - 1       # a request of the old period, decided now
+        late = await consume(gate, "e1", "tokens", 5000, key="late")
+        assert (late["allowed"], late["counted"], late["credits_used"]) == (False, False, 0), late
+        fits = await consume(gate, "e1", "tokens", 1000, key="fits")     # what the old window still holds
+        assert (fits["allowed"], fits["credits_used"], fits["credits"]) == (True, 1000, 0), fits
+        gate.app[GATE].clock = lambda: end + 20
+        (credits,) = (await view(gate, "e1"))["credits"]
+        grants = {(g["source"], g["created"]): (g["amount"], g["remaining"]) for g in credits["grants"]}
+        assert grants[("period", iso(end))] == (200_000, 200_000)      # the new period's grant, whole
+        assert grants[("period", iso(t0))] == (200_000, 0)              # the old one's, spent to its last
+
+
 class TestAReloadOfTheTiersCredits:
     @pytest.mark.parametrize("policy, kept, renewed", [
         ("now", 500_000, 600_000), ("at_renewal", 200_000, 600_000), ("never", 200_000, 300_000)])

@@ -1,8 +1,22 @@
 -- plangate_spend refused a consume paid whole by credits when the window's usage was already past its ceiling (the
 -- limit plus the overage cap; the limit for a rule without overage): usage counted by /v1/usage, which no ceiling
 -- holds, took it there. The work added nothing to the window's usage, yet nothing was counted nor spent, and the
--- gate answered it allowed. Now only work that goes past the limit unpaid (overage) is held to the ceiling. The
--- function is 0022's but for that test.
+-- gate answered it allowed. Now only work that goes past the limit unpaid (overage) is held to the ceiling.
+--
+-- And a grant is spent (and counted in a balance) only from when it was made: a request of a window's last moments
+-- spent the next window's tier grant, which a request of the next window had stored meanwhile.
+--
+-- The functions are 0022's and 0023's but for those tests; same signatures and results.
+
+CREATE OR REPLACE FUNCTION plangate_balance(p_subject TEXT, p_meter TEXT, p_now DOUBLE PRECISION,
+                                            p_not_before DOUBLE PRECISION, p_tier_grants BOOLEAN)
+RETURNS BIGINT LANGUAGE sql STABLE AS $$
+    SELECT LEAST(coalesce(sum(c.remaining), 0), 4611686018427387904)::BIGINT FROM credit_grants AS c
+    WHERE c.subject = p_subject AND c.meter = p_meter AND c.remaining > 0
+      AND (c.expires_at IS NULL OR c.expires_at > p_now) AND c.created_at <= p_now
+      AND (p_not_before IS NULL OR c.created_at >= p_not_before)
+      AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
+$$;
 
 CREATE OR REPLACE FUNCTION plangate_spend(p_subject TEXT, p_meter TEXT, p_window BIGINT, p_amount BIGINT,
                                           p_limit BIGINT, p_ceiling BIGINT, p_cap BIGINT, p_credits BOOLEAN,
@@ -56,7 +70,7 @@ BEGIN
         IF v_rest > 0 AND p_credits THEN
             FOR g IN SELECT c.grant_id, c.remaining FROM credit_grants AS c
                      WHERE c.subject = p_subject AND c.meter = p_meter AND c.remaining > 0
-                       AND (c.expires_at IS NULL OR c.expires_at > p_now)
+                       AND (c.expires_at IS NULL OR c.expires_at > p_now) AND c.created_at <= p_now
                        AND (p_not_before IS NULL OR c.created_at >= p_not_before)
                        AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
                      ORDER BY c.priority, c.expires_at NULLS LAST, c.created_at, c.grant_id FOR UPDATE LOOP

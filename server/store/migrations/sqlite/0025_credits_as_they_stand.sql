@@ -1,0 +1,4 @@
+-- Nothing for SQLite: its spend is the store's Python code (server/store/_sqlite_credits.py), which holds only work
+-- that goes past the limit unpaid (overage) to the ceiling, and spends a grant only from when it was made
+-- (Grant.spendable), as PostgreSQL's functions do from this number on. The file keeps the two folders' numbers the
+-- same.

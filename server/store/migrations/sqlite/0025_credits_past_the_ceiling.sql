@@ -1,3 +1,0 @@
--- Nothing for SQLite: its spend is the store's Python code (server/store/_sqlite_credits.py), which holds only work
--- that goes past the limit unpaid (overage) to the ceiling, as PostgreSQL's plangate_spend does from this number on.
--- The file keeps the two folders' numbers the same.

@@ -97,9 +97,18 @@ def spending_order(grant: Grant) -> tuple:
     return (grant.priority, grant.expires_at is None, grant.expires_at or 0.0, grant.created, grant.id)
 
 
+def spendable_grants(grants: Iterable[Grant], meter: str, now: float, which: Spendable = ANY_GRANT) -> list[Grant]:
+    """The meter's grants that may be spent at `now` (Grant.spendable). Not a tier's grants once a later window's are
+    made: what they held then was carried into that window, and a request of a window's last moments, decided after
+    a request of the next window made its grants, spent it a second time."""
+    mine = [g for g in grants if g.meter == meter]
+    closed = any(g.source in _TIER_SOURCES and g.created > now for g in mine)
+    return [g for g in mine if g.spendable(now, which) and not (closed and g.source in _TIER_SOURCES)]
+
+
 def balance(grants: Iterable[Grant], meter: str, now: float, which: Spendable = ANY_GRANT) -> int:
     """What the grants that may be spent now hold, up to MOST (what a balance says at the most)."""
-    return min(sum(g.remaining for g in grants if g.meter == meter and g.spendable(now, which)), MOST)
+    return min(sum(g.remaining for g in spendable_grants(grants, meter, now, which)), MOST)
 
 
 def spend(grants: list[Grant], meter: str, amount: int, now: float,
@@ -107,7 +116,7 @@ def spend(grants: list[Grant], meter: str, amount: int, now: float,
     """The grants after spending up to `amount` of the meter's credits, in spending order; and what was spent."""
     left = amount
     by_id = {g.id: g for g in grants}
-    for g in sorted((g for g in grants if g.meter == meter and g.spendable(now, which)), key=spending_order):
+    for g in sorted(spendable_grants(grants, meter, now, which), key=spending_order):
         if left == 0:
             break
         take = min(left, g.remaining)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from collections.abc import Awaitable
 
-from plangate.engine._credits import Grant, spending_order
+from plangate.engine._credits import Grant, spendable_grants, spending_order
 from plangate.engine._decision import MOST
 from plangate.engine._entitlements import billable
 
@@ -159,7 +159,8 @@ def _spend(db: sqlite3.Connection, current: StoredSubject, meter: str, window_st
 
 
 def _spendable(db: sqlite3.Connection, subject: str, meter: str, spend: Spend, now: float) -> list[Grant]:
+    # With the tier's grants of a later window (spent or not): they close the earlier windows' (spendable_grants).
     rows = db.execute(f"SELECT {sql.GRANT_COLUMNS} FROM credit_grants WHERE subject = ? AND meter = ? AND "
-                      "remaining > 0 AND (expires_at IS NULL OR expires_at > ?)", (subject, meter, now)).fetchall()
-    grants = [g for g in map(sql.grant_from_row, rows) if g.spendable(now, spend.which)]
-    return sorted(grants, key=spending_order)
+                      "((remaining > 0 AND (expires_at IS NULL OR expires_at > ?)) OR "
+                      "(source IN ('period', 'rollover') AND created_at > ?))", (subject, meter, now, now)).fetchall()
+    return sorted(spendable_grants(map(sql.grant_from_row, rows), meter, now, spend.which), key=spending_order)

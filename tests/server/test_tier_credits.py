@@ -108,10 +108,11 @@ class TestAChangeOfTier:
 
 
 class TestTheWindowsEdge:
-    async def test_a_request_of_a_windows_last_moments_does_not_spend_the_next_windows_grant(self, start):
-        """A consume decided a moment before the period's end, while one of the next period had stored that period's
-        grant: the old window's request spent the new grant (created at the new period's start), so the subject
-        spent more than its old window held (found by a review, with 50 consumes across the boundary)."""
+    async def test_a_request_of_a_windows_last_moments_spends_nothing_the_next_window_holds(self, start):
+        """A consume decided a moment before the period's end, after one of the next period had made that period's
+        grants: the old window's request spent the new grant (created at the new period's start), or the old grant's
+        remainder that had been carried into the new period, so the subject spent more than its windows held (found
+        by a review, with 50 consumes across the boundary)."""
         t0 = int(NOW - 40 * DAY)
         gate = await start(AI, **LOTS)
         await told(gate, "e1", "price_starter_monthly", t0, t0 + 10, t0)       # the period [t0, t0 + 30 days)
@@ -124,13 +125,16 @@ class TestTheWindowsEdge:
         gate.app[GATE].clock = lambda: end - 1       # a request of the old period, decided now
         late = await consume(gate, "e1", "tokens", 5000, key="late")
         assert (late["allowed"], late["counted"], late["credits_used"]) == (False, False, 0), late
-        fits = await consume(gate, "e1", "tokens", 1000, key="fits")     # what the old window still holds
-        assert (fits["allowed"], fits["credits_used"], fits["credits"]) == (True, 1000, 0), fits
+        # Nor the old window's last 1000: carried into the new one when its grants were made.
+        again = await consume(gate, "e1", "tokens", 1000, key="again")
+        assert (again["allowed"], again["counted"], again["credits_used"]) == (False, False, 0), again
         gate.app[GATE].clock = lambda: end + 20
         (credits,) = (await view(gate, "e1"))["credits"]
         grants = {(g["source"], g["created"]): (g["amount"], g["remaining"]) for g in credits["grants"]}
         assert grants[("period", iso(end))] == (200_000, 200_000)      # the new period's grant, whole
-        assert grants[("period", iso(t0))] == (200_000, 0)              # the old one's, spent to its last
+        assert grants[("rollover", iso(end))] == (1000, 1000)           # what the old one left, carried once
+        assert grants[("period", iso(t0))] == (200_000, 1000)
+        assert credits["balance"] == 201_000
 
 
 class TestAReloadOfTheTiersCredits:

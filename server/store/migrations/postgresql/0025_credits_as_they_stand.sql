@@ -3,8 +3,10 @@
 -- holds, took it there. The work added nothing to the window's usage, yet nothing was counted nor spent, and the
 -- gate answered it allowed. Now only work that goes past the limit unpaid (overage) is held to the ceiling.
 --
--- And a grant is spent (and counted in a balance) only from when it was made: a request of a window's last moments
--- spent the next window's tier grant, which a request of the next window had stored meanwhile.
+-- And a grant is spent (and counted in a balance) only from when it was made, and a tier's grants no longer once a
+-- later window's are made (what they held then was carried into it): a request of a window's last moments, decided
+-- after a request of the next window had made that window's grants, spent the new grant, or the old one's remainder
+-- a second time.
 --
 -- The functions are 0022's and 0023's but for those tests; same signatures and results.
 
@@ -16,6 +18,9 @@ RETURNS BIGINT LANGUAGE sql STABLE AS $$
       AND (c.expires_at IS NULL OR c.expires_at > p_now) AND c.created_at <= p_now
       AND (p_not_before IS NULL OR c.created_at >= p_not_before)
       AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
+      AND NOT (c.source IN ('period', 'rollover') AND EXISTS (
+          SELECT 1 FROM credit_grants AS n WHERE n.subject = p_subject AND n.meter = p_meter
+                                             AND n.source IN ('period', 'rollover') AND n.created_at > p_now))
 $$;
 
 CREATE OR REPLACE FUNCTION plangate_spend(p_subject TEXT, p_meter TEXT, p_window BIGINT, p_amount BIGINT,
@@ -73,6 +78,10 @@ BEGIN
                        AND (c.expires_at IS NULL OR c.expires_at > p_now) AND c.created_at <= p_now
                        AND (p_not_before IS NULL OR c.created_at >= p_not_before)
                        AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
+                       AND NOT (c.source IN ('period', 'rollover') AND EXISTS (
+                           SELECT 1 FROM credit_grants AS n
+                           WHERE n.subject = p_subject AND n.meter = p_meter
+                             AND n.source IN ('period', 'rollover') AND n.created_at > p_now))
                      ORDER BY c.priority, c.expires_at NULLS LAST, c.created_at, c.grant_id FOR UPDATE LOOP
                 EXIT WHEN v_spent = v_rest;
                 v_take := LEAST(g.remaining, v_rest - v_spent);

@@ -397,10 +397,7 @@ class StateTable:
             was, follows = state.follows, followed(subscriptions)
             state = state.with_(subscriptions=subscriptions, addons=live_addons(subscriptions))
             if was is not None and follows is not None and was.id != follows.id:
-                # What the subject has paid through is the followed subscription's: the one followed before may
-                # have been paid far beyond (a yearly one canceled in its first month), which held the grace of this
-                # one's failed renewal open until then.
-                state = state.with_(paid_through=follows.paid_through)
+                state = _paid_through_on_switch(state, was.id)
             # Another subscription followed now: the subject's dates are its (what is known of them), not those of
             # the one followed before. On an event about the new one, only once the old one ended (a returning
             # customer's new trial is not timed by the ended trial's trial_end); while the old one lives on (an
@@ -744,6 +741,18 @@ def _date(state: SubjectState, anchor: Anchor) -> float | None:
     if anchor.date == "current_period_end":
         return state.period_end
     return state.trial_end if anchor.date == "trial_end" else state.cancel_at
+
+
+def _paid_through_on_switch(state: SubjectState, was: str) -> SubjectState:
+    """The subject now follows another subscription: what it has paid through is the latest date its subscriptions
+    that have not ended were paid through. One that ended does not count: a yearly subscription canceled in its
+    second month held a later monthly one's grace open until its year was out. A record stored before
+    subscriptions kept a date of their own gets the subject's, which was the one it followed (`was`)."""
+    subscriptions = state.subscriptions
+    if state.paid_through is not None and any(s.id == was and s.paid_through is None for s in subscriptions):
+        subscriptions = tuple(replace(s, paid_through=state.paid_through) if s.id == was else s for s in subscriptions)
+    live = [s.paid_through for s in subscriptions if not s.ended and s.paid_through is not None]
+    return state.with_(subscriptions=subscriptions, paid_through=max(live, default=None))
 
 
 def _check_amount(amount: int) -> None:

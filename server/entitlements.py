@@ -73,6 +73,7 @@ def decided(table: StateTable, state: SubjectState, meter: str, amount: int, enf
             # past the ceiling): nothing was counted nor spent, and the answer must not let the work go ahead.
             decision.allowed, decision.reason = False, Reason.QUOTA_EXHAUSTED
             decision.credits_used = decision.overage = 0
+            decision.credits = done.balance     # nothing was spent
             decision.retry_after = None if decision.resets_at is None else max(0, math.ceil(decision.resets_at - now))
         return decision
     elif enforce:

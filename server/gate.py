@@ -555,7 +555,7 @@ class Gate:
         def decide(table: StateTable, state: SubjectState, now: float) -> list[Outcome]:
             merged = dict(state.traits)
             merged.update(traits)
-            if len(merged) > MAX_TRAITS:
+            if len(merged) > max(MAX_TRAITS, len(state.traits)):     # one stored with more before the rule: no more
                 held = sorted(dict(state.traits))
                 raise TooManyTraits(f"subject {subject!r} holds {len(held)} traits ({', '.join(held)}); with these it "
                                     f"would hold {len(merged)}, more than the {MAX_TRAITS} a subject may: set those "

@@ -25,13 +25,18 @@ def e(value) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-# A plan rule's place as the engine writes it, "<path>/plans.yaml:157": the directories before the file's name.
-_RULE_DIRECTORIES = re.compile(r"[^\s\"'<>()]*/(?=[^/\s\"'<>()]+\.ya?ml:[0-9])")
+# A plan rule's place as the engine writes it, "<path>/plans.yaml:157 transitions[2]": the directories before the
+# file's name, where a rule's path in the plan follows.
+_RULE_DIRECTORIES = re.compile(r"(?<![^\s(])/[^\s\"'<>()&]*/(?=[^/\s\"'<>()&]+\.ya?ml:[0-9]+ "
+                               r"(?:statuses|transitions|tiers|meters|credits|addons|features|stripe)\b)")
 
 
-def without_directories(text: str) -> str:
-    """text with every plan rule's file named by its name alone: the console never shows the gate's directories
-    (the reasons of transitions and events name the plan file as it was when they were written)."""
+def without_directories(text: str, file: str | None = None) -> str:
+    """text with every plan rule's file named by its name alone: the console never shows the gate's directories.
+    `file`: the plan file the gate runs, replaced whole first (its directories may hold a space); the reasons of
+    transitions and events name the file as it was when they were written."""
+    if file:
+        text = text.replace(e(file), e(file.rsplit("/", 1)[-1]))
     return _RULE_DIRECTORIES.sub("", text)
 
 

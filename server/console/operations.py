@@ -38,13 +38,13 @@ async def events(request: web.Request) -> web.Response:
             f'any</option>{options}</select></label><label>Type <input name="type" value="{e(type_ or "")}" '
             'placeholder="invoice.paid"></label><button>Filter</button> '
             f'{link("/console/events?outcome=pending", "pending (waiting for a link)")}</form>']
-    cells = []
+    cells, plan_file = [], gate.table.plan.file
     for r in shown:
         who = link(subject_path(r.subject), r.subject) if r.subject else \
             e(" ".join(x for x in (r.stripe_customer, r.stripe_subscription, r.stripe_payment) if x))
         cells.append(f"<tr><td>{e(iso(r.created))}</td><td>{e(r.type)}<br><code>{e(r.id)}</code></td>"
-                     f'<td class="outcome">{e(r.outcome)}</td><td>{who}</td><td>{e(without_directories(r.reason))}</td>'
-                     "</tr>")
+                     f'<td class="outcome">{e(r.outcome)}</td><td>{who}</td>'
+                     f"<td>{without_directories(e(r.reason), plan_file)}</td></tr>")
     body.append('<div class="wide"><table id="events"><tr><th>created</th><th>event</th><th>outcome</th>'
                 f'<th>subject</th><th>why</th></tr>{"".join(cells) or "<tr><td colspan=5>none</td></tr>"}'
                 "</table></div>")

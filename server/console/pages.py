@@ -285,7 +285,8 @@ async def subject(request: web.Request) -> web.Response:
         parts.append(_action_form(request, name, session))
     else:
         parts.append('<p class="muted">Read-only console: actions need the admin token.</p>')
-    return page(f"Subject {name}", without_directories("".join(parts)), csrf=session.csrf, who=session.label)
+    return page(f"Subject {name}", without_directories("".join(parts), gate.table.plan.file), csrf=session.csrf,
+                who=session.label)
 
 
 def _day(start: int) -> str:

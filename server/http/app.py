@@ -80,8 +80,10 @@ def create_app(config: Config, table: StateTable, store: Store, *, migrate: bool
         """What starting() started stops, and the store closes (a SQLite file's claim with it), each step whatever
         the others did."""
         try:
-            await store.unlisten()      # first: a notification heard later would start a task on the plans
-            await plans.stop()
+            try:
+                await store.unlisten()      # first: a notification heard later would start a task on the plans
+            finally:
+                await plans.stop()
         finally:
             await store.close()
 

@@ -6,6 +6,7 @@ kept or dropped per test.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,34 @@ class TestPaidThroughIsEachSubscriptions:
         expected, _ = replay(table, table.initial_state("u", T0 - 10), events)
         for order in itertools.islice(itertools.permutations(events), 0, None, 7):
             assert replay(table, table.initial_state("u", T0 - 10), order)[0] == expected
+
+    def test_a_paid_subscription_that_lives_on_still_holds_the_grace_open(self, table):
+        """A yearly subscription (A), paid and live, and a monthly one (B) added later, which the subject follows:
+        B's failed renewal leaves the customer in grace while A stays paid, as before paid-through was kept per
+        subscription (only an ended subscription's payment stopped counting)."""
+        events = [
+            ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+            ev("invoice.paid", paid("in_A1", "sub_A", T0, T0 + 365 * DAY), T0),
+            ev("customer.subscription.created", sub("sub_B", "active", T0 + 40 * DAY), T0 + 40 * DAY),
+            ev("invoice.paid", paid("in_B1", "sub_B", T0 + 40 * DAY, T0 + 70 * DAY), T0 + 40 * DAY),
+            ev("invoice.payment_failed", invoice("in_B2", "sub_B", "open"), T0 + 70 * DAY),
+        ]
+        final, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        assert (final.status, final.follows.id) == ("grace", "sub_B")
+        assert final.paid_through == T0 + 365 * DAY and final.timer_due == T0 + 365 * DAY
+
+    def test_a_state_stored_before_the_dates_were_kept_apart_keeps_its_date(self, table):
+        """A subject stored before each subscription kept its own date: its one date was the followed subscription's.
+        A trial taken beside it and canceled must not lose it when the subject follows the paid one again."""
+        events = [ev("customer.subscription.created", sub("sub_A", "active", T0), T0),
+                  ev("invoice.paid", paid("in_A1", "sub_A", T0, T0 + 365 * DAY), T0)]
+        stored, _ = replay(table, table.initial_state("u", T0 - 10), events)
+        stored = stored.with_(subscriptions=tuple(replace(s, paid_through=None) for s in stored.subscriptions))
+        assert stored.paid_through == T0 + 365 * DAY
+        later = [ev("customer.subscription.created", sub("sub_B", "trialing", T0 + 40 * DAY), T0 + 40 * DAY),
+                 ev("customer.subscription.deleted", sub("sub_B", "canceled", T0 + 40 * DAY), T0 + 45 * DAY)]
+        final, _ = replay(table, stored, later)
+        assert final.follows.id == "sub_A" and final.paid_through == T0 + 365 * DAY
 
     def test_a_record_stored_before_it_was_kept_reads_as_not_known(self):
         stored = Subscription("sub_A", "active", T0, "pro", paid_through=T0 + DAY).to_dict()

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import sqlite3
 
 import pytest
+
+from plangate.server.http.api import GATE
 
 from .conftest import ADMIN_TOKEN, TOKEN
 
@@ -379,6 +382,17 @@ class TestBadInput:
         # those it holds can still be set
         status, body = await gate.post("/v1/subjects/u/traits", {"traits": {"t31": 5}}, token=ADMIN_TOKEN)
         assert status == 200 and body["traits"]["t31"] == 5 and len(body["traits"]) == 32
+
+    async def test_a_subject_stored_with_more_traits_than_the_rule_allows_can_still_set_those_it_holds(self, gate):
+        assert (await gate.post("/v1/subjects/v/traits", {"traits": {"a": 1}}, token=ADMIN_TOKEN))[0] == 200
+        with sqlite3.connect(gate.database) as db:      # as a gate before the rule could leave it
+            db.execute("UPDATE subscriptions SET traits = ? WHERE subject = 'v'",
+                       (json.dumps([[f"t{i}", i] for i in range(40)]),))
+        gate.app[GATE].invalidate("v")
+        status, body = await gate.post("/v1/subjects/v/traits", {"traits": {"t3": 30}}, token=ADMIN_TOKEN)
+        assert status == 200 and body["traits"]["t3"] == 30 and len(body["traits"]) == 40, body
+        status, body = await gate.post("/v1/subjects/v/traits", {"traits": {"new": 1}}, token=ADMIN_TOKEN)
+        assert (status, body["error"]) == (422, "too_many_traits")
 
     async def test_body_over_the_limit(self, gate):
         raw = b'{"subject": "' + b"a" * 20_000 + b'", "meter": "requests"}'

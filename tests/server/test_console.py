@@ -705,3 +705,13 @@ class TestBehindAProxy:
     def test_a_trusted_proxy_that_is_no_address_is_a_setting_error(self):
         with pytest.raises(ConfigError, match="PLANGATE_TRUSTED_PROXIES: 'proxy.internal' is not an IP address"):
             config_for("x.sqlite3", PLANGATE_TRUSTED_PROXIES="10.0.0.1, proxy.internal")
+
+
+def test_a_rules_file_is_named_without_its_directories_and_nothing_else_is_touched():
+    from plangate.server.console._html import e, without_directories
+    running = "/srv/plan gate/plans.yaml"      # the gate's own file, whose directories hold a space
+    text = e(f"on x ({running}:157 transitions[2]); before ({'/srv/old/plans.yaml'}:9 statuses.paid)")
+    assert without_directories(text, running) == "on x (plans.yaml:157 transitions[2]); before (plans.yaml:9 statuses.paid)"
+    # not a rule's place: a subject id, a reason's text
+    for kept in ("subject acme/eu/cfg.yaml:1 asked", "see /etc/app/conf.yaml:3 for why"):
+        assert without_directories(e(kept)) == e(kept)

@@ -282,6 +282,7 @@ class TestCredits:
         refused = Counted(False, 50001, balance=1000, billed=0)
         decision = entitlements.decided(table, state, "tokens", 400, True, refused, NOW)
         assert (decision.allowed, decision.reason, decision.credits_used) == (False, "quota_exhausted", 0)
+        assert decision.credits == 1000             # nothing was spent
         assert decision.retry_after is not None and decision.retry_after > 0
 
     async def test_a_grants_key_repeated_answers_the_grant_it_made_and_refuses_other_credits(self, start):

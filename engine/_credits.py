@@ -76,10 +76,12 @@ class Grant:
     tier_since: float | None = None
 
     def spendable(self, now: float, which: Spendable | None = None) -> bool:
-        """Whether the grant may be spent at `now`: it holds some, it has not expired, and it was made by then (a
+        """Whether the grant may be spent at `now`: it holds some, it has not expired, and a tier's grant has begun (a
         request of a window's last moments does not spend the next window's grant, stored by a request of the next
-        window meanwhile); `which` narrows it further."""
-        if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at) or now < self.created:
+        window meanwhile; other grants are made as they are bought or given, and a clock a moment behind another
+        node's or Stripe's must not hold them back); `which` narrows it further."""
+        if self.remaining <= 0 or (self.expires_at is not None and now >= self.expires_at) or \
+                (now < self.created and self.source in _TIER_SOURCES):
             return False
         if which is None:
             return True

@@ -3,10 +3,10 @@
 -- holds, took it there. The work added nothing to the window's usage, yet nothing was counted nor spent, and the
 -- gate answered it allowed. Now only work that goes past the limit unpaid (overage) is held to the ceiling.
 --
--- And a grant is spent (and counted in a balance) only from when it was made, and a tier's grants no longer once a
--- later window's are made (what they held then was carried into it): a request of a window's last moments, decided
--- after a request of the next window had made that window's grants, spent the new grant, or the old one's remainder
--- a second time.
+-- And a tier's grant is spent (and counted in a balance) only from its window's start, and no longer once a later
+-- window's are made (what it held then was carried into it): a request of a window's last moments, decided after a
+-- request of the next window had made that window's grants, spent the new grant, or the old one's remainder a second
+-- time.
 --
 -- The functions are 0022's and 0023's but for those tests; same signatures and results.
 
@@ -15,7 +15,8 @@ CREATE OR REPLACE FUNCTION plangate_balance(p_subject TEXT, p_meter TEXT, p_now 
 RETURNS BIGINT LANGUAGE sql STABLE AS $$
     SELECT LEAST(coalesce(sum(c.remaining), 0), 4611686018427387904)::BIGINT FROM credit_grants AS c
     WHERE c.subject = p_subject AND c.meter = p_meter AND c.remaining > 0
-      AND (c.expires_at IS NULL OR c.expires_at > p_now) AND c.created_at <= p_now
+      AND (c.expires_at IS NULL OR c.expires_at > p_now)
+      AND (c.created_at <= p_now OR c.source NOT IN ('period', 'rollover'))
       AND (p_not_before IS NULL OR c.created_at >= p_not_before)
       AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
       AND NOT (c.source IN ('period', 'rollover') AND EXISTS (
@@ -75,7 +76,8 @@ BEGIN
         IF v_rest > 0 AND p_credits THEN
             FOR g IN SELECT c.grant_id, c.remaining FROM credit_grants AS c
                      WHERE c.subject = p_subject AND c.meter = p_meter AND c.remaining > 0
-                       AND (c.expires_at IS NULL OR c.expires_at > p_now) AND c.created_at <= p_now
+                       AND (c.expires_at IS NULL OR c.expires_at > p_now)
+                       AND (c.created_at <= p_now OR c.source NOT IN ('period', 'rollover'))
                        AND (p_not_before IS NULL OR c.created_at >= p_not_before)
                        AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
                        AND NOT (c.source IN ('period', 'rollover') AND EXISTS (

@@ -8,7 +8,18 @@
 -- request of the next window had made that window's grants, spent the new grant, or the old one's remainder a second
 -- time.
 --
--- The functions are 0022's and 0023's but for those tests; same signatures and results.
+-- plangate_spend and plangate_balance are 0022's and 0023's but for those tests (one function, plangate_tier_open,
+-- says the tier's); same signatures and results.
+
+-- Whether a tier's grant (period or rollover) made at p_created may be spent at p_now: the subject's status takes
+-- the tier's credits, the grant's window has begun, and no later window's grants are made yet.
+CREATE OR REPLACE FUNCTION plangate_tier_open(p_subject TEXT, p_meter TEXT, p_now DOUBLE PRECISION,
+                                              p_tier_grants BOOLEAN, p_created DOUBLE PRECISION)
+RETURNS BOOLEAN LANGUAGE sql STABLE AS $$
+    SELECT p_tier_grants AND p_created <= p_now AND NOT EXISTS (
+        SELECT 1 FROM credit_grants AS n WHERE n.subject = p_subject AND n.meter = p_meter
+                                           AND n.source IN ('period', 'rollover') AND n.created_at > p_now)
+$$;
 
 CREATE OR REPLACE FUNCTION plangate_balance(p_subject TEXT, p_meter TEXT, p_now DOUBLE PRECISION,
                                             p_not_before DOUBLE PRECISION, p_tier_grants BOOLEAN)
@@ -16,12 +27,9 @@ RETURNS BIGINT LANGUAGE sql STABLE AS $$
     SELECT LEAST(coalesce(sum(c.remaining), 0), 4611686018427387904)::BIGINT FROM credit_grants AS c
     WHERE c.subject = p_subject AND c.meter = p_meter AND c.remaining > 0
       AND (c.expires_at IS NULL OR c.expires_at > p_now)
-      AND (c.created_at <= p_now OR c.source NOT IN ('period', 'rollover'))
       AND (p_not_before IS NULL OR c.created_at >= p_not_before)
-      AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
-      AND NOT (c.source IN ('period', 'rollover') AND EXISTS (
-          SELECT 1 FROM credit_grants AS n WHERE n.subject = p_subject AND n.meter = p_meter
-                                             AND n.source IN ('period', 'rollover') AND n.created_at > p_now))
+      AND (c.source NOT IN ('period', 'rollover') OR plangate_tier_open(p_subject, p_meter, p_now, p_tier_grants,
+                                                                        c.created_at))
 $$;
 
 CREATE OR REPLACE FUNCTION plangate_spend(p_subject TEXT, p_meter TEXT, p_window BIGINT, p_amount BIGINT,
@@ -77,13 +85,9 @@ BEGIN
             FOR g IN SELECT c.grant_id, c.remaining FROM credit_grants AS c
                      WHERE c.subject = p_subject AND c.meter = p_meter AND c.remaining > 0
                        AND (c.expires_at IS NULL OR c.expires_at > p_now)
-                       AND (c.created_at <= p_now OR c.source NOT IN ('period', 'rollover'))
                        AND (p_not_before IS NULL OR c.created_at >= p_not_before)
-                       AND (p_tier_grants OR c.source NOT IN ('period', 'rollover'))
-                       AND NOT (c.source IN ('period', 'rollover') AND EXISTS (
-                           SELECT 1 FROM credit_grants AS n
-                           WHERE n.subject = p_subject AND n.meter = p_meter
-                             AND n.source IN ('period', 'rollover') AND n.created_at > p_now))
+                       AND (c.source NOT IN ('period', 'rollover') OR
+                            plangate_tier_open(p_subject, p_meter, p_now, p_tier_grants, c.created_at))
                      ORDER BY c.priority, c.expires_at NULLS LAST, c.created_at, c.grant_id FOR UPDATE LOOP
                 EXIT WHEN v_spent = v_rest;
                 v_take := LEAST(g.remaining, v_rest - v_spent);

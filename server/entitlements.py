@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 
 from plangate.engine import Decision, Reason, StateTable, SubjectState
-from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance
+from plangate.engine._credits import ANY_GRANT, Grant, GrantSource, balance, spendable_grants
 from plangate.engine._entitlements import overage_cap
 from plangate.policy import ADMIN_PRIORITY
 
@@ -131,9 +131,9 @@ def credits_view(table: StateTable, state: SubjectState, now: float, spendable: 
         known = {g.id for g in held}
         shown = sorted([g for g in new if g.id not in known] + [g for g in held if g.meter == meter],
                        key=lambda g: -g.created)[:limit]
-        which = table.spendable(state, meter, now)
+        counted = {g.id for g in spendable_grants(shown, meter, now, table.spendable(state, meter, now))}
         out.append({"meter": meter, "balance": balance_of(table, state, meter, now, spendable),
-                    "grants": [_with_reversals({**g.to_dict(), "spendable": g.spendable(now, which)}, taken)
+                    "grants": [_with_reversals({**g.to_dict(), "spendable": g.id in counted}, taken)
                                for g in shown]})
     return out
 

@@ -128,6 +128,8 @@ class TestTheWindowsEdge:
         # Nor the old window's last 1000: carried into the new one when its grants were made.
         again = await consume(gate, "e1", "tokens", 1000, key="again")
         assert (again["allowed"], again["counted"], again["credits_used"]) == (False, False, 0), again
+        (credits,) = (await view(gate, "e1"))["credits"]       # as that request saw them: no grant it may spend
+        assert credits["balance"] == 0 and not any(g["spendable"] for g in credits["grants"]), credits
         gate.app[GATE].clock = lambda: end + 20
         (credits,) = (await view(gate, "e1"))["credits"]
         grants = {(g["source"], g["created"]): (g["amount"], g["remaining"]) for g in credits["grants"]}
